@@ -1,0 +1,169 @@
+//! The CLI verbs, as library functions (`main.rs` only parses arguments).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+
+use crate::data::synthetic;
+use crate::engine::{Engine, Project, RunOptions};
+use crate::manifest::Pipeline;
+use crate::report::progress::human_bytes;
+
+/// Options shared by every verb.
+#[derive(Debug, Clone, Default)]
+pub struct Global {
+    /// `--cache DIR`.
+    pub cache: Option<PathBuf>,
+}
+
+fn load(g: &Global, pipeline: &str, sets: &[String]) -> Result<(Project, Pipeline)> {
+    let discovered = Project::discover(g.cache.clone())?;
+    discovered.load(pipeline, sets)
+}
+
+/// `pipe run`.
+pub fn run(
+    g: &Global,
+    pipeline: &str,
+    sets: &[String],
+    opts: RunOptions,
+    json: bool,
+) -> Result<()> {
+    let (proj, p) = load(g, pipeline, sets)?;
+    let mut engine = Engine::new(&proj.cache)?;
+    if !json {
+        eprintln!(
+            "pipeline {} ({}){}",
+            p.name,
+            p.file.display(),
+            if opts.dry_run { " [dry run]" } else { "" }
+        );
+    }
+    let report = engine.run(
+        &p,
+        &RunOptions {
+            quiet: json,
+            ..opts
+        },
+    )?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let ran = report.stages.iter().filter(|s| s.state == "ran").count();
+        let cached = report.stages.iter().filter(|s| s.state == "cached").count();
+        let secs: f64 = report.stages.iter().map(|s| s.seconds).sum();
+        if ran == 0 && cached == report.stages.len() {
+            eprintln!("nothing to do: all {cached} stages cached");
+        } else {
+            eprintln!("{ran} ran, {cached} cached in {secs:.1}s");
+        }
+    }
+    Ok(())
+}
+
+/// `pipe status`.
+pub fn status(g: &Global, pipeline: &str, sets: &[String], json: bool) -> Result<()> {
+    let (proj, p) = load(g, pipeline, sets)?;
+    let mut engine = Engine::new(&proj.cache)?;
+    let stages = engine.status(&p)?;
+    if json {
+        let v = serde_json::json!({"pipeline": p.name, "manifest": p.file.display().to_string(), "stages": stages});
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("pipeline {} ({})", p.name, p.file.display());
+    for s in &stages {
+        let key = s.key.as_deref().map(|k| &k[..12]).unwrap_or("-");
+        let detail = if s.state == "cached" {
+            s.summary.clone()
+        } else {
+            s.reasons.join("; ")
+        };
+        println!("  {:<12} {:<7} key {key:<12}  {detail}", s.name, s.state);
+    }
+    Ok(())
+}
+
+/// `pipe dag`.
+pub fn dag(g: &Global, pipeline: &str, sets: &[String], dot: bool) -> Result<()> {
+    let (_, p) = load(g, pipeline, sets)?;
+    if dot {
+        println!("digraph \"{}\" {{\n  rankdir=LR;", p.name);
+        for name in p.topo_order() {
+            let s = &p.stages[&name];
+            println!("  \"{name}\" [label=\"{name}\\n({})\", shape=box];", s.config.kind());
+            for i in &s.inputs {
+                println!("  \"{i}\" -> \"{name}\";");
+            }
+        }
+        println!("}}");
+        return Ok(());
+    }
+    println!("{} ({})", p.name, p.file.display());
+    for name in p.topo_order() {
+        let s = &p.stages[&name];
+        let from = if s.inputs.is_empty() {
+            String::new()
+        } else {
+            format!("  <- {}", s.inputs.join(", "))
+        };
+        println!("  {name:<12} [{}]{from}", s.config.kind());
+    }
+    Ok(())
+}
+
+/// `pipe gc`.
+pub fn gc(g: &Global) -> Result<()> {
+    let proj = Project::discover(g.cache.clone())?;
+    let mut engine = Engine::new(&proj.cache)?;
+    let r = engine.gc(&proj)?;
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
+    println!(
+        "gc: removed {} artifacts and {} keys, freed {}",
+        r.artifacts,
+        r.keys,
+        human_bytes(r.bytes)
+    );
+    Ok(())
+}
+
+/// Dataset layouts `pipe demo-data` can write.
+#[derive(Debug, Clone, Copy)]
+pub enum DemoLayout {
+    /// Tiny ImageNet folders.
+    TinyImagenet,
+    /// CIFAR-10 binary batches.
+    Cifar10,
+    /// `root/<class>/*.jpg`.
+    ImageFolder,
+}
+
+/// `pipe demo-data`: write a generated dataset in a real layout.
+pub fn demo_data(
+    dir: &Path,
+    layout: DemoLayout,
+    classes: usize,
+    per_class: usize,
+    val_per_class: usize,
+    size: u32,
+    seed: u64,
+) -> Result<()> {
+    let t = std::time::Instant::now();
+    let n = match layout {
+        DemoLayout::TinyImagenet => {
+            synthetic::write_tiny_imagenet(dir, classes, per_class, val_per_class, size, seed)?
+        }
+        DemoLayout::Cifar10 => synthetic::write_cifar10(dir, per_class, seed)?,
+        DemoLayout::ImageFolder => {
+            synthetic::write_image_folder(dir, classes, per_class, size, seed)?
+        }
+    };
+    eprintln!(
+        "wrote {n} images to {} in {:.1}s",
+        dir.display(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

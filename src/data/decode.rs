@@ -1,0 +1,70 @@
+//! Image decoding (JPEG/PNG through `image`, CIFAR-10 records) and resizing.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use image::{imageops::FilterType, RgbImage};
+
+use super::{cifar, index::ImageRef};
+use crate::manifest::ResizeFilter;
+
+fn filter(f: ResizeFilter) -> FilterType {
+    match f {
+        ResizeFilter::Nearest => FilterType::Nearest,
+        ResizeFilter::Bilinear => FilterType::Triangle,
+        ResizeFilter::Bicubic => FilterType::CatmullRom,
+        ResizeFilter::Lanczos3 => FilterType::Lanczos3,
+    }
+}
+
+/// Decode an encoded image file to RGB (grayscale and RGBA are converted).
+pub fn decode_file(path: &Path) -> Result<RgbImage> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let img = image::load_from_memory(&bytes)
+        .with_context(|| format!("cannot decode image {}", path.display()))?;
+    Ok(img.to_rgb8())
+}
+
+/// Decode the image an index row points at; `batch` caches the bytes of a CIFAR batch.
+pub fn decode_ref(r: &ImageRef, batches: &BatchCache) -> Result<RgbImage> {
+    match r {
+        ImageRef::File(p) => decode_file(p),
+        ImageRef::CifarRecord(p, n) => {
+            let bytes = batches.get(p)?;
+            let start = n * cifar::RECORD;
+            let rec = bytes.get(start..start + cifar::RECORD).with_context(|| {
+                format!("{}: no record {n} (file holds {})", p.display(), bytes.len() / cifar::RECORD)
+            })?;
+            Ok(cifar::decode_record(rec).1)
+        }
+    }
+}
+
+/// Resize to `[w, h]` if the image is not that size already.
+pub fn resize_to(img: RgbImage, size: Option<[u32; 2]>, f: ResizeFilter) -> RgbImage {
+    match size {
+        Some([w, h]) if img.dimensions() != (w, h) => {
+            image::imageops::resize(&img, w, h, filter(f))
+        }
+        _ => img,
+    }
+}
+
+/// CIFAR batch files read once and shared between threads.
+#[derive(Default)]
+pub struct BatchCache {
+    map: std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, std::sync::Arc<Vec<u8>>>>,
+}
+
+impl BatchCache {
+    /// The bytes of a batch file, read on first use.
+    pub fn get(&self, p: &Path) -> Result<std::sync::Arc<Vec<u8>>> {
+        let mut m = self.map.lock().expect("batch cache poisoned");
+        if let Some(b) = m.get(p) {
+            return Ok(b.clone());
+        }
+        let b = std::sync::Arc::new(cifar::read_batch(p)?);
+        m.insert(p.to_path_buf(), b.clone());
+        Ok(b)
+    }
+}

@@ -1,0 +1,613 @@
+//! The engine: decides what must run, runs it, and stores what it made.
+//!
+//! A stage's key is the BLAKE3 of its kind, implementation version, effective config
+//! (defaults filled, so formatting and key order do not matter), the *content hashes* of
+//! the artifacts it reads and the fingerprint of any dataset folder. Because keys depend
+//! on input content and not on input keys, a stage that re-runs and reproduces identical
+//! bytes leaves every later key unchanged (early cutoff).
+
+pub mod fingerprint;
+pub mod store;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::manifest::{self, Pipeline};
+use crate::stages::{self, DatasetFiles, StageCtx};
+use fingerprint::{fingerprint_tree, TreeFingerprint};
+use store::{KeyRecord, StageState, Store};
+
+/// Where a project lives: its folder, its manifests and its cache.
+#[derive(Debug, Clone)]
+pub struct Project {
+    /// The folder holding `pipelines/` (relative paths in manifests start here).
+    pub dir: PathBuf,
+    /// `<dir>/pipelines`.
+    pub pipelines: PathBuf,
+    /// The store (`--cache`, `PIPE_CACHE`, or `<dir>/.pipe`).
+    pub cache: PathBuf,
+}
+
+impl Project {
+    /// Find the project from the current folder upward (the first with `pipelines/`).
+    pub fn discover(cache: Option<PathBuf>) -> Result<Project> {
+        let cwd = std::env::current_dir()?;
+        let dir = cwd
+            .ancestors()
+            .find(|d| d.join("pipelines").is_dir())
+            .unwrap_or(&cwd)
+            .to_path_buf();
+        Ok(Project::at(dir, cache))
+    }
+
+    /// The project of a manifest path given on the command line.
+    pub fn for_manifest(manifest: &Path, discovered: &Project) -> Project {
+        let abs = manifest
+            .canonicalize()
+            .unwrap_or_else(|_| manifest.to_path_buf());
+        match abs.parent() {
+            Some(parent) if parent.file_name().is_some_and(|n| n == "pipelines") => {
+                let dir = parent.parent().unwrap_or(parent).to_path_buf();
+                let default_cache = discovered.dir.join(".pipe");
+                let cache = if discovered.cache != default_cache {
+                    Some(discovered.cache.clone())
+                } else {
+                    None
+                };
+                Project::at(dir, cache)
+            }
+            _ => discovered.clone(),
+        }
+    }
+
+    fn at(dir: PathBuf, cache: Option<PathBuf>) -> Project {
+        let cache = cache
+            .or_else(|| std::env::var_os("PIPE_CACHE").map(PathBuf::from))
+            .unwrap_or_else(|| dir.join(".pipe"));
+        Project {
+            pipelines: dir.join("pipelines"),
+            dir,
+            cache,
+        }
+    }
+
+    /// Find and load a pipeline by name or path, with `--set` overrides.
+    pub fn load(&self, arg: &str, sets: &[String]) -> Result<(Project, Pipeline)> {
+        let path = manifest::find(&self.pipelines, arg)?;
+        let proj = Project::for_manifest(&path, self);
+        let p = manifest::load(&path, sets, &proj.dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok((proj, p))
+    }
+}
+
+/// Options of `pipe run`.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Stages to re-run even if cached.
+    pub force: Vec<String>,
+    /// Run only this stage and what it depends on.
+    pub until: Option<String>,
+    /// Decide, print, run nothing.
+    pub dry_run: bool,
+    /// Print no per-stage lines (the caller prints JSON).
+    pub quiet: bool,
+}
+
+/// What happened to one stage.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageOutcome {
+    /// Stage name.
+    pub name: String,
+    /// Stage kind.
+    pub kind: String,
+    /// `ran`, `cached`, `would-run`, `waiting` (dry run: an input would re-run) or
+    /// `skipped` (outside `--until`).
+    pub state: String,
+    /// Stage key, when it could be computed.
+    pub key: Option<String>,
+    /// Output content hash, when known.
+    pub output: Option<String>,
+    /// Seconds spent running (0 when cached).
+    pub seconds: f64,
+    /// What the stage produced.
+    pub summary: String,
+    /// Why it ran (or would run); empty when cached.
+    pub reasons: Vec<String>,
+}
+
+/// The result of `pipe run`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Manifest file.
+    pub manifest: String,
+    /// Store folder.
+    pub cache: String,
+    /// Every stage, in dependency order.
+    pub stages: Vec<StageOutcome>,
+}
+
+/// The engine over one store.
+pub struct Engine {
+    store: Store,
+    fingerprints: HashMap<PathBuf, TreeFingerprint>,
+}
+
+struct Resolved {
+    key: String,
+    config: serde_json::Value,
+    inputs: BTreeMap<String, String>,
+    external: Option<String>,
+}
+
+impl Engine {
+    /// Open the engine on a store folder.
+    pub fn new(cache: &Path) -> Result<Engine> {
+        Ok(Engine {
+            store: Store::open(cache)?,
+            fingerprints: HashMap::new(),
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn fingerprint(&mut self, root: &Path) -> Result<&TreeFingerprint> {
+        if !self.fingerprints.contains_key(root) {
+            let fp = fingerprint_tree(&self.store, root)?;
+            self.fingerprints.insert(root.to_path_buf(), fp);
+        }
+        Ok(&self.fingerprints[root])
+    }
+
+    /// Compute a stage's key if every input's output is known.
+    fn resolve(
+        &mut self,
+        p: &Pipeline,
+        name: &str,
+        outputs: &HashMap<String, String>,
+    ) -> Result<Option<Resolved>> {
+        let s = &p.stages[name];
+        let mut inputs = BTreeMap::new();
+        let mut input_hashes = Vec::new();
+        for i in &s.inputs {
+            match outputs.get(i) {
+                Some(h) => {
+                    inputs.insert(i.clone(), h.clone());
+                    input_hashes.push(h.clone());
+                }
+                None => return Ok(None),
+            }
+        }
+        let external = match stages::external_root(p, s) {
+            Some(root) => Some(
+                self.fingerprint(&root)
+                    .with_context(|| format!("stage `{name}`: cannot read its dataset folder"))?
+                    .hash
+                    .clone(),
+            ),
+            None => None,
+        };
+        let config = s.config.to_json();
+        let kind = s.config.kind();
+        let material = serde_json::json!({
+            "kind": kind,
+            "version": stages::version(kind),
+            "config": config,
+            "inputs": input_hashes,
+            "external": external,
+        });
+        let key = blake3::hash(&serde_json::to_vec(&material)?)
+            .to_hex()
+            .to_string();
+        Ok(Some(Resolved {
+            key,
+            config,
+            inputs,
+            external,
+        }))
+    }
+
+    /// Run a pipeline: every stage whose key is not in the store, in dependency order.
+    pub fn run(&mut self, p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
+        for f in opts.force.iter().chain(opts.until.iter()) {
+            if !p.stages.contains_key(f) {
+                anyhow::bail!(
+                    "no stage `{f}` in pipeline `{}` (stages: {})",
+                    p.name,
+                    p.stages.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
+            }
+        }
+        let _lock = if opts.dry_run {
+            None
+        } else {
+            let l = self.store.lock(&format!("pipe run {}", p.name))?;
+            self.store.clean_tmp()?;
+            Some(l)
+        };
+        let wanted: Option<BTreeSet<String>> = opts.until.as_ref().map(|u| p.ancestors_of(u));
+        let mut state = self.store.load_state(&p.name);
+        let mut outputs: HashMap<String, String> = HashMap::new();
+        let mut report = RunReport {
+            pipeline: p.name.clone(),
+            manifest: p.file.display().to_string(),
+            cache: self.store.root().display().to_string(),
+            stages: Vec::new(),
+        };
+        for name in p.topo_order() {
+            let s = &p.stages[&name];
+            let kind = s.config.kind().to_string();
+            let mut outcome = StageOutcome {
+                name: name.clone(),
+                kind: kind.clone(),
+                state: String::new(),
+                key: None,
+                output: None,
+                seconds: 0.0,
+                summary: String::new(),
+                reasons: Vec::new(),
+            };
+            if wanted.as_ref().is_some_and(|w| !w.contains(&name)) {
+                outcome.state = "skipped".into();
+                outcome.summary = "after --until".into();
+                self.print(&outcome, opts);
+                report.stages.push(outcome);
+                continue;
+            }
+            let Some(r) = self.resolve(p, &name, &outputs)? else {
+                outcome.state = "waiting".into();
+                outcome.reasons = s
+                    .inputs
+                    .iter()
+                    .filter(|i| !outputs.contains_key(*i))
+                    .map(|i| format!("input {i} would re-run"))
+                    .collect();
+                self.print(&outcome, opts);
+                report.stages.push(outcome);
+                continue;
+            };
+            let prev = state.stages.get(&name).cloned();
+            outcome.key = Some(r.key.clone());
+            let forced = opts.force.contains(&name);
+            let cached = if forced {
+                None
+            } else {
+                self.store.lookup(&r.key)
+            };
+            if let Some(rec) = cached {
+                outcome.state = "cached".into();
+                outcome.output = Some(rec.output.clone());
+                outcome.summary = rec.summary.clone();
+                outputs.insert(name.clone(), rec.output.clone());
+                if !opts.dry_run {
+                    state
+                        .stages
+                        .insert(name.clone(), self.stage_state(&kind, &r, &rec.output));
+                }
+                self.print(&outcome, opts);
+                report.stages.push(outcome);
+                continue;
+            }
+            outcome.reasons = if forced {
+                vec!["forced with --force".into()]
+            } else {
+                explain(prev.as_ref(), &kind, &r, &HashSet::new())
+            };
+            if opts.dry_run {
+                outcome.state = "would-run".into();
+                self.print(&outcome, opts);
+                report.stages.push(outcome);
+                continue;
+            }
+            if !opts.quiet {
+                eprintln!("{:<12} running ({})", name, outcome.reasons.join("; "));
+            }
+            let tmp = self.store.new_tmp(&name)?;
+            let started = Instant::now();
+            let inputs: Vec<(String, PathBuf)> = s
+                .inputs
+                .iter()
+                .map(|i| (i.clone(), self.store.artifact_dir(&outputs[i])))
+                .collect();
+            let fp = stages::external_root(p, s).and_then(|root| self.fingerprints.get(&root));
+            let ctx = StageCtx {
+                pipeline: p,
+                stage: s,
+                inputs,
+                out: &tmp,
+                dataset: fp.map(|f| DatasetFiles {
+                    root: &f.root,
+                    hashes: &f.files,
+                }),
+            };
+            let summary = match stages::run(&ctx) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&tmp);
+                    return Err(e.context(format!("stage `{name}` ({kind}) failed")));
+                }
+            };
+            let seconds = started.elapsed().as_secs_f64();
+            let output = self.store.publish(&tmp)?;
+            self.store.record(&KeyRecord {
+                key: r.key.clone(),
+                kind: kind.clone(),
+                stage: name.clone(),
+                output: output.clone(),
+                summary: summary.clone(),
+                seconds,
+            })?;
+            if prev.as_ref().is_some_and(|pr| pr.output == output) {
+                outcome
+                    .reasons
+                    .push("output unchanged: later stages stay cached".into());
+            }
+            outcome.state = "ran".into();
+            outcome.output = Some(output.clone());
+            outcome.seconds = seconds;
+            outcome.summary = summary;
+            outputs.insert(name.clone(), output.clone());
+            state
+                .stages
+                .insert(name.clone(), self.stage_state(&kind, &r, &output));
+            self.store.save_state(&p.name, &state)?;
+            self.print(&outcome, opts);
+            report.stages.push(outcome);
+        }
+        if !opts.dry_run {
+            self.store.save_state(&p.name, &state)?;
+        }
+        Ok(report)
+    }
+
+    fn stage_state(&self, kind: &str, r: &Resolved, output: &str) -> StageState {
+        StageState {
+            key: r.key.clone(),
+            kind: kind.to_string(),
+            version: stages::version(kind),
+            config: r.config.clone(),
+            inputs: r.inputs.clone(),
+            external: r.external.clone(),
+            output: output.to_string(),
+        }
+    }
+
+    fn print(&self, o: &StageOutcome, opts: &RunOptions) {
+        if opts.quiet {
+            return;
+        }
+        let key = o.key.as_deref().map(|k| &k[..12]).unwrap_or("-");
+        let time = if o.state == "ran" {
+            format!("{:.1}s", o.seconds)
+        } else {
+            String::new()
+        };
+        let detail = match o.state.as_str() {
+            "would-run" | "waiting" => o.reasons.join("; "),
+            _ => {
+                let mut d = o.summary.clone();
+                if o.state == "ran" && o.reasons.iter().any(|r| r.starts_with("output unchanged")) {
+                    d.push_str(" [output unchanged: later stages stay cached]");
+                }
+                d
+            }
+        };
+        eprintln!(
+            "{:<12} {:<9} {:>7}  key {key}  {detail}",
+            o.name, o.state, time
+        );
+    }
+
+    /// For each stage: cached or stale, and why, without running anything.
+    pub fn status(&mut self, p: &Pipeline) -> Result<Vec<StageOutcome>> {
+        let state = self.store.load_state(&p.name);
+        let mut outputs = HashMap::new();
+        let mut stale_inputs: HashSet<String> = HashSet::new();
+        let mut out = Vec::new();
+        for name in p.topo_order() {
+            let s = &p.stages[&name];
+            let kind = s.config.kind().to_string();
+            let prev = state.stages.get(&name);
+            let mut o = StageOutcome {
+                name: name.clone(),
+                kind: kind.clone(),
+                state: "stale".into(),
+                key: None,
+                output: None,
+                seconds: 0.0,
+                summary: String::new(),
+                reasons: Vec::new(),
+            };
+            match self.resolve(p, &name, &outputs)? {
+                Some(r) => {
+                    o.key = Some(r.key.clone());
+                    if let Some(rec) = self.store.lookup(&r.key) {
+                        o.state = "cached".into();
+                        o.summary = rec.summary.clone();
+                        o.output = Some(rec.output.clone());
+                        outputs.insert(name.clone(), rec.output);
+                    } else {
+                        o.reasons = explain(prev, &kind, &r, &stale_inputs);
+                        stale_inputs.insert(name.clone());
+                    }
+                }
+                None => {
+                    o.reasons = s
+                        .inputs
+                        .iter()
+                        .filter(|i| stale_inputs.contains(*i))
+                        .map(|i| format!("input {i} changed"))
+                        .collect();
+                    stale_inputs.insert(name.clone());
+                }
+            }
+            out.push(o);
+        }
+        Ok(out)
+    }
+
+    /// Remove every artifact and key that no manifest in `pipelines/` resolves to (and that
+    /// is not the last run of such a manifest). Returns (artifacts, keys, bytes) removed.
+    pub fn gc(&mut self, project: &Project) -> Result<GcReport> {
+        let _lock = self.store.lock("pipe gc")?;
+        self.store.clean_tmp()?;
+        let mut keep_keys: HashSet<String> = HashSet::new();
+        let mut keep_outputs: HashSet<String> = HashSet::new();
+        let mut warnings = Vec::new();
+        let mut names = HashSet::new();
+        for file in manifest::list(&project.pipelines)? {
+            // The last run of each pipeline is kept even if its manifest needs `--set` to load.
+            let stem = file
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let p = match manifest::load(&file, &[], &project.dir) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    warnings.push(format!(
+                        "{}: not resolved ({}); keeping its last run only",
+                        file.display(),
+                        e.message
+                    ));
+                    None
+                }
+            };
+            let name = p.as_ref().map(|p| p.name.clone()).unwrap_or(stem);
+            names.insert(name.clone());
+            let st = self.store.load_state(&name);
+            for s in st.stages.values() {
+                keep_keys.insert(s.key.clone());
+                keep_outputs.insert(s.output.clone());
+            }
+            if let Some(p) = p {
+                match self.status(&p) {
+                    Ok(stages) => {
+                        for s in stages {
+                            if let (Some(k), Some(o)) = (s.key, s.output) {
+                                keep_keys.insert(k);
+                                keep_outputs.insert(o);
+                            }
+                        }
+                    }
+                    Err(e) => warnings.push(format!("{}: {e:#}", file.display())),
+                }
+            }
+        }
+        let mut report = GcReport::default();
+        for rec in self.store.all_keys()? {
+            if !keep_keys.contains(&rec.key) {
+                self.store.remove_key(&rec.key)?;
+                report.keys += 1;
+            }
+        }
+        for a in self.store.all_artifacts()? {
+            if !keep_outputs.contains(&a) {
+                report.bytes += self.store.remove_artifact(&a)?;
+                report.artifacts += 1;
+            }
+        }
+        let state_dir = self.store.root().join("state");
+        for e in std::fs::read_dir(&state_dir)? {
+            let path = e?.path();
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if !names.contains(&stem) {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        report.warnings = warnings;
+        Ok(report)
+    }
+}
+
+/// The result of `pipe gc`.
+#[derive(Debug, Default, Serialize)]
+pub struct GcReport {
+    /// Artifacts removed.
+    pub artifacts: usize,
+    /// Key records removed.
+    pub keys: usize,
+    /// Bytes freed.
+    pub bytes: u64,
+    /// Manifests that could not be resolved.
+    pub warnings: Vec<String>,
+}
+
+/// Why a stage's key differs from its last run.
+fn explain(
+    prev: Option<&StageState>,
+    kind: &str,
+    r: &Resolved,
+    stale_inputs: &HashSet<String>,
+) -> Vec<String> {
+    let Some(prev) = prev else {
+        return vec!["never ran in this pipeline".into()];
+    };
+    let mut why = Vec::new();
+    if prev.kind != kind {
+        why.push(format!("kind changed: {} -> {kind}", prev.kind));
+    } else if prev.version != stages::version(kind) {
+        why.push(format!(
+            "implementation changed: {kind} v{} -> v{}",
+            prev.version,
+            stages::version(kind)
+        ));
+    }
+    let mut old = BTreeMap::new();
+    let mut new = BTreeMap::new();
+    flatten("", &prev.config, &mut old);
+    flatten("", &r.config, &mut new);
+    let keys: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    for k in keys {
+        let (a, b) = (old.get(k), new.get(k));
+        if a != b {
+            let show = |v: Option<&String>| v.cloned().unwrap_or_else(|| "(unset)".into());
+            why.push(format!("config changed: {k} {} -> {}", show(a), show(b)));
+        }
+    }
+    for (name, hash) in &r.inputs {
+        if stale_inputs.contains(name) || prev.inputs.get(name) != Some(hash) {
+            why.push(format!("input {name} changed"));
+        }
+    }
+    for name in prev.inputs.keys() {
+        if !r.inputs.contains_key(name) {
+            why.push(format!("input {name} removed"));
+        }
+    }
+    if prev.external != r.external {
+        why.push("dataset folder contents changed".into());
+    }
+    if why.is_empty() {
+        why.push("not in the cache (removed by `pipe gc`, or a cache folder change)".into());
+    }
+    why
+}
+
+fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&p, x, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_string(), other.to_string());
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! The content-addressed artifact store (`.pipe/` by default).
+//!
+//! Layout:
+//! - `artifacts/<output-hash>/`: a finished stage's output directory, named by the hash of
+//!   its content. Published by one `rename` from `tmp/`, so a directory here is complete.
+//! - `keys/<stage-key>.json`: stage key -> output hash (written after the artifact exists).
+//! - `state/<pipeline>.json`: what each pipeline last ran, used to explain staleness.
+//! - `statcache/`: (path, size, mtime, inode) -> content hash for external datasets.
+//! - `tmp/`: stages at work. Anything here is unfinished by definition and is removed by
+//!   the next run that holds the lock.
+//! - `lock`: `flock`ed by the process writing the store; holds its pid and command.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// A stage key resolved to its output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// The stage key.
+    pub key: String,
+    /// The stage kind.
+    pub kind: String,
+    /// The stage name that produced it (informative: keys are shared across pipelines).
+    pub stage: String,
+    /// Content hash of the output directory.
+    pub output: String,
+    /// One-line summary of what the stage produced.
+    pub summary: String,
+    /// Wall time of the run that produced it.
+    pub seconds: f64,
+}
+
+/// What one stage of a pipeline last resolved to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StageState {
+    /// Stage key.
+    pub key: String,
+    /// Stage kind.
+    pub kind: String,
+    /// Implementation version.
+    pub version: u32,
+    /// Effective configuration.
+    pub config: serde_json::Value,
+    /// Input stage name -> output hash it read.
+    pub inputs: BTreeMap<String, String>,
+    /// Hash of external inputs (dataset tree), if any.
+    pub external: Option<String>,
+    /// Output hash.
+    pub output: String,
+}
+
+/// The last run of a pipeline, stage by stage.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PipelineState {
+    /// Stage name -> state.
+    pub stages: BTreeMap<String, StageState>,
+}
+
+/// A handle on a store directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// Held while a process writes the store; released on drop (and by the OS on any exit).
+pub struct StoreLock {
+    _file: fs::File,
+}
+
+impl Store {
+    /// Open (creating if needed) a store at `root`.
+    pub fn open(root: &Path) -> Result<Store> {
+        for sub in ["artifacts", "keys", "state", "statcache", "tmp"] {
+            fs::create_dir_all(root.join(sub))
+                .with_context(|| format!("cannot create cache directory {}", root.display()))?;
+        }
+        Ok(Store {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// The store's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Take the store's exclusive lock, waiting (and saying for whom) if another process
+    /// holds it.
+    pub fn lock(&self, what: &str) -> Result<StoreLock> {
+        let path = self.root.join("lock");
+        let mut file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = fs::File::open(&path).and_then(|mut f| f.read_to_string(&mut holder));
+                let holder = holder.trim();
+                eprintln!(
+                    "waiting for the cache lock on {} (held by {})",
+                    self.root.display(),
+                    if holder.is_empty() { "another pipe process" } else { holder }
+                );
+                file.lock().context("waiting for the cache lock")?;
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("cannot lock {}", path.display()))
+            }
+        }
+        file.set_len(0)?;
+        write!(file, "pid {} ({})", std::process::id(), what)?;
+        file.flush()?;
+        Ok(StoreLock { _file: file })
+    }
+
+    /// Remove unfinished work left by killed processes. Call with the lock held.
+    pub fn clean_tmp(&self) -> Result<usize> {
+        let mut n = 0;
+        for e in fs::read_dir(self.root.join("tmp"))? {
+            let p = e?.path();
+            if p.is_dir() {
+                fs::remove_dir_all(&p)?;
+            } else {
+                fs::remove_file(&p)?;
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// A fresh directory for a stage to write into.
+    pub fn new_tmp(&self, stage: &str) -> Result<PathBuf> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let p = self
+            .root
+            .join("tmp")
+            .join(format!("{stage}-{}-{nanos}", std::process::id()));
+        fs::create_dir_all(&p)?;
+        Ok(p)
+    }
+
+    /// Directory of a published artifact.
+    pub fn artifact_dir(&self, output: &str) -> PathBuf {
+        self.root.join("artifacts").join(output)
+    }
+
+    /// Hash a finished temporary directory and publish it by rename; returns its hash.
+    /// A byte-identical artifact already present is kept and the new one dropped.
+    pub fn publish(&self, tmp: &Path) -> Result<String> {
+        let hash = hash_dir(tmp)?;
+        let dest = self.artifact_dir(&hash);
+        if dest.is_dir() {
+            fs::remove_dir_all(tmp)?;
+        } else {
+            fs::rename(tmp, &dest).with_context(|| {
+                format!("cannot publish {} as {}", tmp.display(), dest.display())
+            })?;
+        }
+        Ok(hash)
+    }
+
+    /// Look up a key; `None` if unknown or its artifact is gone.
+    pub fn lookup(&self, key: &str) -> Option<KeyRecord> {
+        let rec: KeyRecord = read_json(&self.key_path(key)).ok()??;
+        self.artifact_dir(&rec.output).is_dir().then_some(rec)
+    }
+
+    /// Record a key -> output mapping (atomically).
+    pub fn record(&self, rec: &KeyRecord) -> Result<()> {
+        write_json_atomic(&self.key_path(&rec.key), rec)
+    }
+
+    fn key_path(&self, key: &str) -> PathBuf {
+        self.root.join("keys").join(format!("{key}.json"))
+    }
+
+    /// The last recorded state of a pipeline.
+    pub fn load_state(&self, pipeline: &str) -> PipelineState {
+        read_json(&self.state_path(pipeline))
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    /// Save a pipeline's state (atomically).
+    pub fn save_state(&self, pipeline: &str, st: &PipelineState) -> Result<()> {
+        write_json_atomic(&self.state_path(pipeline), st)
+    }
+
+    fn state_path(&self, pipeline: &str) -> PathBuf {
+        self.root.join("state").join(format!("{pipeline}.json"))
+    }
+
+    /// Every key record in the store.
+    pub fn all_keys(&self) -> Result<Vec<KeyRecord>> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(self.root.join("keys"))? {
+            let p = e?.path();
+            if let Ok(Some(r)) = read_json::<KeyRecord>(&p) {
+                out.push(r);
+            } else if p.extension().is_some_and(|x| x == "json") {
+                // Unreadable record: treat as garbage.
+                out.push(KeyRecord {
+                    key: p
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    kind: String::new(),
+                    stage: String::new(),
+                    output: String::new(),
+                    summary: String::new(),
+                    seconds: 0.0,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every artifact hash in the store.
+    pub fn all_artifacts(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(self.root.join("artifacts"))? {
+            let e = e?;
+            out.push(e.file_name().to_string_lossy().into_owned());
+        }
+        Ok(out)
+    }
+
+    /// Remove a key record.
+    pub fn remove_key(&self, key: &str) -> Result<()> {
+        let p = self.key_path(key);
+        if p.exists() {
+            fs::remove_file(p)?;
+        }
+        Ok(())
+    }
+
+    /// Remove an artifact; returns the bytes freed.
+    pub fn remove_artifact(&self, output: &str) -> Result<u64> {
+        let p = self.artifact_dir(output);
+        let bytes = dir_size(&p);
+        if p.is_dir() {
+            fs::remove_dir_all(&p)?;
+        }
+        Ok(bytes)
+    }
+}
+
+/// Total size of the files under `p`.
+pub fn dir_size(p: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = fs::read_dir(p) {
+        for e in rd.flatten() {
+            let path = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => total += dir_size(&path),
+                Ok(_) => total += e.metadata().map(|m| m.len()).unwrap_or(0),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+fn files_sorted(dir: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let mut entries: Vec<_> = fs::read_dir(dir.join(rel))?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let r = rel.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            files_sorted(dir, &r, out)?;
+        } else {
+            out.push(r);
+        }
+    }
+    Ok(())
+}
+
+/// Content hash of a directory: relative paths, sizes and BLAKE3 of every file.
+pub fn hash_dir(dir: &Path) -> Result<String> {
+    let mut files = Vec::new();
+    files_sorted(dir, Path::new(""), &mut files)?;
+    let mut h = blake3::Hasher::new();
+    h.update(b"pipe-artifact-v1\0");
+    for rel in files {
+        let full = dir.join(&rel);
+        let mut fh = blake3::Hasher::new();
+        let len = fs::metadata(&full)?.len();
+        if len > 1 << 20 {
+            fh.update_mmap_rayon(&full)?;
+        } else {
+            fh.update(&fs::read(&full)?);
+        }
+        let rel = rel.to_string_lossy().replace('\\', "/");
+        h.update(rel.as_bytes());
+        h.update(&[0]);
+        h.update(&len.to_le_bytes());
+        h.update(fh.finalize().as_bytes());
+    }
+    Ok(h.finalize().to_hex().to_string())
+}
+
+/// Read a JSON file; `Ok(None)` if it does not exist.
+pub fn read_json<T: for<'de> Deserialize<'de>>(p: &Path) -> Result<Option<T>> {
+    match fs::read(p) {
+        Ok(bytes) => Ok(Some(
+            serde_json::from_slice(&bytes).with_context(|| format!("corrupt {}", p.display()))?,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
+    }
+}
+
+/// Write bytes to `p` atomically (temporary file in the same directory, fsync, rename).
+pub fn write_atomic(p: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = p.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        p.file_name().map(|f| f.to_string_lossy()).unwrap_or_default(),
+        std::process::id()
+    ));
+    {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, p).with_context(|| format!("cannot write {}", p.display()))?;
+    Ok(())
+}
+
+/// Write JSON to `p` atomically.
+pub fn write_json_atomic<T: Serialize>(p: &Path, v: &T) -> Result<()> {
+    write_atomic(p, &serde_json::to_vec_pretty(v)?)
+}

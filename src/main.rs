@@ -1,0 +1,164 @@
+//! The `pipe` command line: parses arguments and calls into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use pipe::commands::{self, DemoLayout, Global};
+use pipe::engine::RunOptions;
+
+#[derive(Parser)]
+#[command(name = "pipe", version, about = "Deep-learning experiments as cached TOML pipelines")]
+struct Cli {
+    /// Cache (artifact store) folder [default: $PIPE_CACHE, else .pipe beside pipelines/]
+    #[arg(long, global = true, value_name = "DIR")]
+    cache: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a pipeline: only the stages whose inputs changed
+    Run {
+        /// Pipeline name, alias, or manifest path
+        pipeline: String,
+        /// Override a key: STAGE.KEY=VALUE or KEY=VALUE (TOML value; bare text is a string)
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Re-run this stage even if cached (repeatable)
+        #[arg(long, value_name = "STAGE")]
+        force: Vec<String>,
+        /// Run only this stage and what it depends on
+        #[arg(long, value_name = "STAGE")]
+        until: Option<String>,
+        /// Say what would run; run nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Print one JSON object describing every stage (on stdout)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Which stages are cached or stale, and why
+    Status {
+        /// Pipeline name, alias, or manifest path
+        pipeline: String,
+        /// Override a key, as for `run`
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the stage graph
+    Dag {
+        /// Pipeline name, alias, or manifest path
+        pipeline: String,
+        /// Override a key, as for `run`
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Graphviz output
+        #[arg(long)]
+        dot: bool,
+    },
+    /// Remove artifacts no manifest in pipelines/ references
+    Gc,
+    /// Write a generated dataset (real JPEGs or CIFAR batches) in a real layout
+    DemoData {
+        /// Output folder
+        dir: PathBuf,
+        /// Layout to write
+        #[arg(long, value_enum, default_value_t = Layout::TinyImagenet)]
+        layout: Layout,
+        /// Number of classes (cifar10: always 10)
+        #[arg(long, default_value_t = 10)]
+        classes: usize,
+        /// Train images per class (cifar10: records per batch file)
+        #[arg(long, default_value_t = 100)]
+        per_class: usize,
+        /// Val images per class (tiny-imagenet)
+        #[arg(long, default_value_t = 10)]
+        val_per_class: usize,
+        /// Image side in pixels (cifar10: always 32)
+        #[arg(long, default_value_t = 64)]
+        size: u32,
+        /// Generator seed
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Layout {
+    TinyImagenet,
+    Cifar10,
+    ImageFolder,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let g = Global { cache: cli.cache };
+    let result = match cli.cmd {
+        Cmd::Run {
+            pipeline,
+            sets,
+            force,
+            until,
+            dry_run,
+            json,
+        } => commands::run(
+            &g,
+            &pipeline,
+            &sets,
+            RunOptions {
+                force,
+                until,
+                dry_run,
+                quiet: false,
+            },
+            json,
+        ),
+        Cmd::Status {
+            pipeline,
+            sets,
+            json,
+        } => commands::status(&g, &pipeline, &sets, json),
+        Cmd::Dag {
+            pipeline,
+            sets,
+            dot,
+        } => commands::dag(&g, &pipeline, &sets, dot),
+        Cmd::Gc => commands::gc(&g),
+        Cmd::DemoData {
+            dir,
+            layout,
+            classes,
+            per_class,
+            val_per_class,
+            size,
+            seed,
+        } => commands::demo_data(
+            &dir,
+            match layout {
+                Layout::TinyImagenet => DemoLayout::TinyImagenet,
+                Layout::Cifar10 => DemoLayout::Cifar10,
+                Layout::ImageFolder => DemoLayout::ImageFolder,
+            },
+            classes,
+            per_class,
+            val_per_class,
+            size,
+            seed,
+        ),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

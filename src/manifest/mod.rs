@@ -1,0 +1,720 @@
+//! Manifests: what the user wrote, loaded, merged (`extends`, `--set`) and typed.
+//!
+//! This module knows TOML, origins and stage configs; it does not know how stages run or
+//! how results are cached (that is `engine`). Every error it returns names the file, line,
+//! column and key path at fault.
+
+pub mod config;
+pub mod de;
+pub mod error;
+pub mod value;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+pub use config::*;
+pub use error::ManifestError;
+use value::{Entry, Kind, Origin, SValue, Source};
+
+/// Every stage kind this build knows.
+pub const STAGE_KINDS: &[&str] = &["ingest", "split", "hdf5"];
+
+/// A typed stage configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StageConfig {
+    /// `ingest`.
+    Ingest(IngestConfig),
+    /// `split`.
+    Split(SplitConfig),
+    /// `hdf5`.
+    Hdf5(Hdf5Config),
+}
+
+impl StageConfig {
+    /// The kind name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StageConfig::Ingest(_) => "ingest",
+            StageConfig::Split(_) => "split",
+            StageConfig::Hdf5(_) => "hdf5",
+        }
+    }
+
+    /// The effective configuration as JSON: defaults filled, order-independent.
+    pub fn to_json(&self) -> serde_json::Value {
+        let v = match self {
+            StageConfig::Ingest(c) => serde_json::to_value(c),
+            StageConfig::Split(c) => serde_json::to_value(c),
+            StageConfig::Hdf5(c) => serde_json::to_value(c),
+        };
+        v.expect("stage configs serialize to JSON")
+    }
+}
+
+/// One stage of a pipeline.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    /// The stage's name (its key under `[stages]`).
+    pub name: String,
+    /// Names of the stages it reads.
+    pub inputs: Vec<String>,
+    /// Its typed configuration.
+    pub config: StageConfig,
+    /// Where its table was written.
+    pub origin: Origin,
+}
+
+/// A loaded, merged, typed and validated pipeline.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// Pipeline name (the `name` key, or the file stem).
+    pub name: String,
+    /// Other names `pipe run` accepts for it.
+    pub aliases: Vec<String>,
+    /// Free text.
+    pub description: Option<String>,
+    /// Default seed for every seeded stage.
+    pub seed: u64,
+    /// The manifest file.
+    pub file: PathBuf,
+    /// The directory relative paths are resolved against.
+    pub project_dir: PathBuf,
+    /// Stages, in the order written (merged: base first).
+    pub stages: IndexMap<String, Stage>,
+}
+
+impl Pipeline {
+    /// Stage names in dependency order (inputs before readers; ties in written order).
+    pub fn topo_order(&self) -> Vec<String> {
+        let mut done: BTreeSet<&str> = BTreeSet::new();
+        let mut order = Vec::new();
+        while order.len() < self.stages.len() {
+            for (name, s) in &self.stages {
+                if !done.contains(name.as_str())
+                    && s.inputs.iter().all(|i| done.contains(i.as_str()))
+                {
+                    done.insert(name);
+                    order.push(name.clone());
+                }
+            }
+        }
+        order
+    }
+
+    /// The stages `target` depends on, and itself.
+    pub fn ancestors_of(&self, target: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        let mut todo = vec![target.to_string()];
+        while let Some(n) = todo.pop() {
+            if out.insert(n.clone()) {
+                if let Some(s) = self.stages.get(&n) {
+                    todo.extend(s.inputs.iter().cloned());
+                }
+            }
+        }
+        out
+    }
+
+    /// Resolve a path from the manifest against the project directory.
+    pub fn resolve_path(&self, p: &str) -> PathBuf {
+        let path = Path::new(p);
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.project_dir.join(path)
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopLevel {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    aliases: Vec<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default = "default_seed")]
+    seed: u64,
+    #[allow(dead_code)]
+    stages: serde::de::IgnoredAny,
+}
+
+fn default_seed() -> u64 {
+    42
+}
+
+/// Read one file and the chain of files it `extends`, merged base-first.
+fn load_merged(path: &Path, chain: &mut Vec<PathBuf>) -> Result<SValue, ManifestError> {
+    let canon = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let source = value::read_source(path, display_path(path))?;
+    let mut doc = value::parse_document(source)?;
+    chain.push(canon);
+    let table = doc.as_table_mut().expect("a document is a table");
+    let extends = table.shift_remove("extends");
+    let Some(ext) = extends else {
+        return Ok(doc);
+    };
+    let Some(rel) = ext.value.as_str() else {
+        return Err(ManifestError::new(format!(
+            "wrong type: `extends` must be a string (a manifest path), found {}",
+            ext.value.kind.type_name()
+        ))
+        .at(ext.value.origin.clone())
+        .path("extends"));
+    };
+    let base_path = path.parent().unwrap_or(Path::new(".")).join(rel);
+    if !base_path.is_file() {
+        return Err(
+            ManifestError::new(format!("`extends` names a file that does not exist: {rel}"))
+                .at(ext.value.origin.clone())
+                .path("extends"),
+        );
+    }
+    let base_canon = base_path.canonicalize().unwrap_or(base_path.clone());
+    if chain.contains(&base_canon) {
+        let names: Vec<String> = chain
+            .iter()
+            .chain(std::iter::once(&base_canon))
+            .map(|p| {
+                p.file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            })
+            .collect();
+        return Err(
+            ManifestError::new(format!("`extends` loop: {}", names.join(" -> ")))
+                .at(ext.value.origin.clone())
+                .path("extends"),
+        );
+    }
+    let mut base = load_merged(&base_path, chain)?;
+    // A name and its aliases belong to one file; they are not inherited.
+    if let Some(t) = base.as_table_mut() {
+        t.shift_remove("name");
+        t.shift_remove("aliases");
+    }
+    base.merge(doc);
+    Ok(base)
+}
+
+fn display_path(path: &Path) -> String {
+    let cwd = std::env::current_dir().ok();
+    if let Some(cwd) = cwd {
+        if let Ok(rel) = path.strip_prefix(&cwd) {
+            return rel.display().to_string();
+        }
+    }
+    path.display().to_string()
+}
+
+/// Apply one `--set key.path=value` override to the merged tree.
+fn apply_set(doc: &mut SValue, arg: &str) -> Result<(), ManifestError> {
+    let source = Arc::new(Source {
+        name: "--set".into(),
+        path: None,
+        text: arg.to_string(),
+    });
+    let whole = Origin {
+        source: source.clone(),
+        span: 0..arg.len(),
+    };
+    let Some(eq) = arg.find('=') else {
+        return Err(ManifestError::new(format!(
+            "`--set {arg}`: expected KEY=VALUE (e.g. `ingest.root=/data/tiny-imagenet-200`)"
+        ))
+        .at(whole));
+    };
+    let key = arg[..eq].trim();
+    if key.is_empty() || key.split('.').any(|s| s.is_empty()) {
+        return Err(ManifestError::new(format!("`--set {arg}`: empty key")).at(whole));
+    }
+    let value = value::parse_value(source.clone(), eq + 1).unwrap_or_else(|| SValue {
+        kind: Kind::Str(arg[eq + 1..].to_string()),
+        origin: Origin {
+            source: source.clone(),
+            span: eq + 1..arg.len(),
+        },
+    });
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let is_stage = doc
+        .get("stages")
+        .and_then(|s| s.value.get(parts[0]))
+        .is_some();
+    if is_stage {
+        parts.insert(0, "stages");
+    }
+    let key_origin = Origin {
+        source: source.clone(),
+        span: 0..eq,
+    };
+    let mut node = value;
+    for part in parts.iter().rev() {
+        let mut t = IndexMap::new();
+        t.insert(
+            part.to_string(),
+            Entry {
+                key_origin: key_origin.clone(),
+                value: node,
+            },
+        );
+        node = SValue {
+            kind: Kind::Table(t),
+            origin: key_origin.clone(),
+        };
+    }
+    doc.merge(node);
+    Ok(())
+}
+
+/// Load a manifest file, follow `extends`, apply `--set` overrides, type and validate it.
+pub fn load(path: &Path, sets: &[String], project_dir: &Path) -> Result<Pipeline, ManifestError> {
+    let mut chain = Vec::new();
+    let mut doc = load_merged(path, &mut chain)?;
+    for s in sets {
+        apply_set(&mut doc, s)?;
+    }
+    let top: TopLevel = match doc.get("stages") {
+        Some(_) => de::from_svalue(&doc, "")?,
+        None => {
+            return Err(ManifestError::new("missing required key `stages`")
+                .at(doc.origin.clone())
+                .help("a pipeline declares its stages as [stages.<name>] tables"))
+        }
+    };
+    let stages_entry = doc.get("stages").expect("checked above");
+    let Some(stage_tables) = stages_entry.value.as_table() else {
+        return Err(ManifestError::new("`stages` must be a table of stage tables")
+            .at(stages_entry.value.origin.clone())
+            .path("stages"));
+    };
+    if stage_tables.is_empty() {
+        return Err(ManifestError::new("the pipeline has no stages")
+            .at(stages_entry.key_origin.clone())
+            .path("stages"));
+    }
+    let name = top.name.unwrap_or_else(|| {
+        path.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "pipeline".into())
+    });
+    let mut stages = IndexMap::new();
+    let mut input_origins: HashMap<String, Vec<Origin>> = HashMap::new();
+    for (sname, entry) in stage_tables {
+        let (stage, origins) = parse_stage(sname, entry, top.seed)?;
+        input_origins.insert(sname.clone(), origins);
+        stages.insert(sname.clone(), stage);
+    }
+    let pipeline = Pipeline {
+        name,
+        aliases: top.aliases,
+        description: top.description,
+        seed: top.seed,
+        file: path.to_path_buf(),
+        project_dir: project_dir.to_path_buf(),
+        stages,
+    };
+    validate_graph(&pipeline, &input_origins)?;
+    Ok(pipeline)
+}
+
+fn parse_stage(
+    sname: &str,
+    entry: &Entry,
+    seed: u64,
+) -> Result<(Stage, Vec<Origin>), ManifestError> {
+    let path = format!("stages.{sname}");
+    let mut table = match &entry.value.kind {
+        Kind::Table(t) => t.clone(),
+        other => {
+            return Err(ManifestError::new(format!(
+                "wrong type: a stage must be a table, found {}",
+                other.type_name()
+            ))
+            .at(entry.value.origin.clone())
+            .path(path))
+        }
+    };
+    let kind = match table.shift_remove("kind") {
+        Some(k) => match k.value.as_str() {
+            Some(s) if STAGE_KINDS.contains(&s) => s.to_string(),
+            Some(s) => {
+                let mut e = ManifestError::new(format!("unknown stage kind `{s}`"))
+                    .at(k.value.origin.clone())
+                    .path(format!("{path}.kind"));
+                e.help = Some(match error::did_you_mean(s, STAGE_KINDS.iter().copied()) {
+                    Some(m) => format!("did you mean `{m}`?"),
+                    None => format!("known kinds: {}", STAGE_KINDS.join(", ")),
+                });
+                return Err(e);
+            }
+            None => {
+                return Err(ManifestError::new(format!(
+                    "wrong type: expected a string, found {}",
+                    k.value.kind.type_name()
+                ))
+                .at(k.value.origin.clone())
+                .path(format!("{path}.kind")))
+            }
+        },
+        None if STAGE_KINDS.contains(&sname) => sname.to_string(),
+        None => {
+            return Err(
+                ManifestError::new(format!("missing required key `kind` in stage `{sname}`"))
+                    .at(entry.key_origin.clone())
+                    .path(path)
+                    .help(format!("one of: {}", STAGE_KINDS.join(", "))),
+            )
+        }
+    };
+    let mut inputs = Vec::new();
+    let mut origins = Vec::new();
+    for key in ["input", "inputs"] {
+        if let Some(e) = table.shift_remove(key) {
+            let kp = format!("{path}.{key}");
+            let items: Vec<&SValue> = match &e.value.kind {
+                Kind::Str(_) => vec![&e.value],
+                Kind::Array(a) => a.iter().collect(),
+                other => {
+                    return Err(ManifestError::new(format!(
+                        "wrong type: `{key}` must be a stage name or a list of them, found {}",
+                        other.type_name()
+                    ))
+                    .at(e.value.origin.clone())
+                    .path(kp))
+                }
+            };
+            for it in items {
+                match it.as_str() {
+                    Some(s) => {
+                        inputs.push(s.to_string());
+                        origins.push(it.origin.clone());
+                    }
+                    None => {
+                        return Err(ManifestError::new(format!(
+                            "wrong type: expected a stage name, found {}",
+                            it.kind.type_name()
+                        ))
+                        .at(it.origin.clone())
+                        .path(kp))
+                    }
+                }
+            }
+        }
+    }
+    let body = SValue {
+        kind: Kind::Table(table.clone()),
+        origin: entry.value.origin.clone(),
+    };
+    let key_at = |k: &str| -> Origin {
+        table
+            .get(k)
+            .map(|e| e.key_origin.clone())
+            .unwrap_or_else(|| entry.key_origin.clone())
+    };
+    let config = match kind.as_str() {
+        "ingest" => {
+            let mut c: IngestConfig = de::from_svalue(&body, &path)?;
+            let synthetic_keys = [
+                ("classes", c.classes.is_some()),
+                ("train_per_class", c.train_per_class.is_some()),
+                ("val_per_class", c.val_per_class.is_some()),
+                ("image_size", c.image_size.is_some()),
+                ("seed", c.seed.is_some()),
+            ];
+            if c.format == IngestFormat::Synthetic {
+                if c.root.is_some() {
+                    return Err(ManifestError::new(
+                        "`root` is not used by format = \"synthetic\" (it generates its data)",
+                    )
+                    .at(key_at("root"))
+                    .path(format!("{path}.root")));
+                }
+                c.classes.get_or_insert(10);
+                c.train_per_class.get_or_insert(100);
+                c.val_per_class.get_or_insert(20);
+                c.image_size.get_or_insert([64, 64]);
+                c.seed.get_or_insert(seed);
+                if c.classes == Some(0) || c.train_per_class == Some(0) {
+                    return Err(ManifestError::new("`classes` and `train_per_class` must be > 0")
+                        .at(entry.key_origin.clone())
+                        .path(path));
+                }
+            } else {
+                if c.root.is_none() {
+                    return Err(ManifestError::new(format!(
+                        "missing required key `root` (the dataset folder) in stage `{sname}`"
+                    ))
+                    .at(entry.key_origin.clone())
+                    .path(format!("{path}.root"))
+                    .help(format!("set it in the manifest or with `--set {sname}.root=DIR`")));
+                }
+                if let Some((k, _)) = synthetic_keys.iter().find(|(_, set)| *set) {
+                    return Err(ManifestError::new(format!(
+                        "`{k}` is only used by format = \"synthetic\""
+                    ))
+                    .at(key_at(k))
+                    .path(format!("{path}.{k}")));
+                }
+            }
+            if !inputs.is_empty() {
+                return Err(ManifestError::new("an ingest stage takes no input")
+                    .at(origins[0].clone())
+                    .path(format!("{path}.input")));
+            }
+            StageConfig::Ingest(c)
+        }
+        "split" => {
+            let mut c: SplitConfig = de::from_svalue(&body, &path)?;
+            match (c.test_per_class, c.test_fraction) {
+                (Some(_), Some(_)) => {
+                    return Err(ManifestError::new(
+                        "`test_per_class` and `test_fraction` exclude each other",
+                    )
+                    .at(key_at("test_fraction"))
+                    .path(format!("{path}.test_fraction")))
+                }
+                (None, None) => {
+                    return Err(ManifestError::new(format!(
+                        "stage `{sname}` needs `test_per_class` or `test_fraction`"
+                    ))
+                    .at(entry.key_origin.clone())
+                    .path(path))
+                }
+                (None, Some(f)) if !(f > 0.0 && f < 1.0) => {
+                    return Err(ManifestError::new(format!(
+                        "`test_fraction` must be between 0 and 1 (exclusive), got {f}"
+                    ))
+                    .at(key_at("test_fraction"))
+                    .path(format!("{path}.test_fraction")))
+                }
+                (Some(0), None) => {
+                    return Err(ManifestError::new("`test_per_class` must be > 0")
+                        .at(key_at("test_per_class"))
+                        .path(format!("{path}.test_per_class")))
+                }
+                _ => {}
+            }
+            if c.from_split == c.to_split {
+                return Err(ManifestError::new("`from_split` and `to_split` must differ")
+                    .at(key_at("to_split"))
+                    .path(format!("{path}.to_split")));
+            }
+            c.seed.get_or_insert(seed);
+            StageConfig::Split(c)
+        }
+        "hdf5" => {
+            let c: Hdf5Config = de::from_svalue(&body, &path)?;
+            if c.chunk == 0 {
+                return Err(ManifestError::new("`chunk` must be > 0")
+                    .at(key_at("chunk"))
+                    .path(format!("{path}.chunk")));
+            }
+            if let Some([w, h]) = c.size {
+                if w == 0 || h == 0 {
+                    return Err(ManifestError::new("`size` must be [width, height] > 0")
+                        .at(key_at("size"))
+                        .path(format!("{path}.size")));
+                }
+            }
+            StageConfig::Hdf5(c)
+        }
+        _ => unreachable!("kind checked against STAGE_KINDS"),
+    };
+    if matches!(config, StageConfig::Split(_) | StageConfig::Hdf5(_)) && inputs.len() != 1 {
+        let e = ManifestError::new(format!(
+            "a {kind} stage reads exactly one input (`input = \"<stage>\"`), found {}",
+            inputs.len()
+        ))
+        .path(format!("{path}.input"));
+        return Err(match origins.get(1) {
+            Some(o) => e.at(o.clone()),
+            None => e.at(entry.key_origin.clone()),
+        });
+    }
+    Ok((
+        Stage {
+            name: sname.to_string(),
+            inputs,
+            config,
+            origin: entry.key_origin.clone(),
+        },
+        origins,
+    ))
+}
+
+fn validate_graph(
+    p: &Pipeline,
+    input_origins: &HashMap<String, Vec<Origin>>,
+) -> Result<(), ManifestError> {
+    // Every reference names a stage, of a kind that produces what the reader needs.
+    for (name, s) in &p.stages {
+        for (i, input) in s.inputs.iter().enumerate() {
+            let origin = input_origins[name][i].clone();
+            let path = format!("stages.{name}.input");
+            let Some(src) = p.stages.get(input) else {
+                let mut e = ManifestError::new(format!(
+                    "stage `{name}` reads `{input}`, which is not a stage of this pipeline"
+                ))
+                .at(origin)
+                .path(path);
+                e.help = Some(
+                    match error::did_you_mean(input, p.stages.keys().map(|k| k.as_str())) {
+                        Some(m) => format!("did you mean `{m}`?"),
+                        None => format!(
+                            "stages: {}",
+                            p.stages.keys().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                    },
+                );
+                return Err(e);
+            };
+            let ok = match s.config.kind() {
+                "split" | "hdf5" => matches!(src.config, StageConfig::Ingest(_) | StageConfig::Split(_)),
+                _ => true,
+            };
+            if !ok {
+                return Err(ManifestError::new(format!(
+                    "stage `{name}` ({}) needs an index from an ingest or split stage, but `{input}` is a {} stage",
+                    s.config.kind(),
+                    src.config.kind()
+                ))
+                .at(origin)
+                .path(path));
+            }
+        }
+    }
+    // Cycles: depth-first search, reporting the first cycle found.
+    fn visit<'a>(
+        p: &'a Pipeline,
+        n: &'a str,
+        state: &mut HashMap<&'a str, u8>,
+        stack: &mut Vec<&'a str>,
+    ) -> Option<Vec<String>> {
+        match state.get(n) {
+            Some(2) => return None,
+            Some(1) => {
+                let start = stack.iter().position(|s| *s == n).unwrap_or(0);
+                let mut cyc: Vec<String> = stack[start..].iter().map(|s| s.to_string()).collect();
+                cyc.push(n.to_string());
+                return Some(cyc);
+            }
+            _ => {}
+        }
+        state.insert(n, 1);
+        stack.push(n);
+        for i in &p.stages[n].inputs {
+            if let Some(c) = visit(p, i, state, stack) {
+                return Some(c);
+            }
+        }
+        stack.pop();
+        state.insert(n, 2);
+        None
+    }
+    let mut state = HashMap::new();
+    for name in p.stages.keys() {
+        let mut stack = Vec::new();
+        if let Some(cycle) = visit(p, name, &mut state, &mut stack) {
+            let reader = &cycle[cycle.len() - 2];
+            let read = &cycle[cycle.len() - 1];
+            let idx = p.stages[reader]
+                .inputs
+                .iter()
+                .position(|i| i == read)
+                .unwrap_or(0);
+            let origin = input_origins[reader.as_str()][idx].clone();
+            // The cycle is reported in data-flow order: producer -> reader.
+            let mut flow = cycle.clone();
+            flow.reverse();
+            return Err(ManifestError::new(format!(
+                "stages form a cycle: {}",
+                flow.join(" -> ")
+            ))
+            .at(origin)
+            .path(format!("stages.{reader}.input")));
+        }
+    }
+    Ok(())
+}
+
+/// Find the manifest for `arg`: a path, `pipelines/<arg>.toml`, or the manifest whose
+/// `name` or `aliases` is `arg`.
+pub fn find(pipelines_dir: &Path, arg: &str) -> anyhow::Result<PathBuf> {
+    let as_path = Path::new(arg);
+    if as_path.is_file() {
+        return Ok(as_path.to_path_buf());
+    }
+    let direct = pipelines_dir.join(format!("{arg}.toml"));
+    if direct.is_file() {
+        return Ok(direct);
+    }
+    let mut hits = Vec::new();
+    for f in list(pipelines_dir)? {
+        if let Ok((name, aliases)) = peek_names(&f) {
+            if name.as_deref() == Some(arg) || aliases.iter().any(|a| a == arg) {
+                hits.push(f);
+            }
+        }
+    }
+    match hits.len() {
+        1 => Ok(hits.remove(0)),
+        0 => {
+            let names: Vec<String> = list(pipelines_dir)?
+                .iter()
+                .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+                .collect();
+            let hint = error::did_you_mean(arg, names.iter().map(|s| s.as_str()))
+                .map(|m| format!(" (did you mean `{m}`?)"))
+                .unwrap_or_default();
+            anyhow::bail!(
+                "no pipeline `{arg}`: not a file, not {}, and no manifest there is named so{hint}",
+                direct.display()
+            )
+        }
+        _ => anyhow::bail!(
+            "`{arg}` is ambiguous: {}",
+            hits.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Every `*.toml` directly in `dir`, sorted.
+pub fn list(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    if dir.is_dir() {
+        for e in std::fs::read_dir(dir)? {
+            let p = e?.path();
+            if p.extension().is_some_and(|x| x == "toml") && p.is_file() {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn peek_names(path: &Path) -> Result<(Option<String>, Vec<String>), ManifestError> {
+    let src = value::read_source(path, display_path(path))?;
+    let doc = value::parse_document(src)?;
+    let name = doc
+        .get("name")
+        .and_then(|e| e.value.as_str())
+        .map(|s| s.to_string());
+    let aliases = match doc.get("aliases").map(|e| &e.value.kind) {
+        Some(Kind::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(|s| s.to_string()))
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok((name, aliases))
+}

@@ -1,0 +1,83 @@
+//! Stage implementations, one file per kind.
+//!
+//! A stage reads the artifact folders of its inputs (and, for `ingest`, a dataset folder
+//! the engine has fingerprinted), writes into an empty folder the engine gives it, and
+//! returns a one-line summary. It never touches the store: publishing, keys and caching
+//! are the engine's job.
+
+pub mod ingest;
+pub mod split;
+pub mod write_hdf5;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+
+use crate::manifest::{Pipeline, Stage, StageConfig};
+
+/// Bump when a kind's output for the same config and inputs changes: it changes every key
+/// of that kind, so old artifacts are not reused.
+pub fn version(kind: &str) -> u32 {
+    match kind {
+        "ingest" => 1,
+        "split" => 1,
+        "hdf5" => 1,
+        _ => 0,
+    }
+}
+
+/// A dataset folder and the content hash of each file in it (relative path -> hex).
+pub struct DatasetFiles<'a> {
+    /// The folder (canonical).
+    pub root: &'a Path,
+    /// Relative path (with `/`) -> BLAKE3 hex.
+    pub hashes: &'a HashMap<String, String>,
+}
+
+/// Everything a stage may read and where it writes.
+pub struct StageCtx<'a> {
+    /// The pipeline (for its seed and paths).
+    pub pipeline: &'a Pipeline,
+    /// The stage being run.
+    pub stage: &'a Stage,
+    /// Input stage name -> its artifact folder (read-only).
+    pub inputs: Vec<(String, PathBuf)>,
+    /// The empty folder to write into.
+    pub out: &'a Path,
+    /// The fingerprinted dataset folder, for stages that read one.
+    pub dataset: Option<DatasetFiles<'a>>,
+}
+
+impl StageCtx<'_> {
+    /// The folder of the only input.
+    pub fn input_dir(&self) -> &Path {
+        &self.inputs[0].1
+    }
+}
+
+/// The external folder a stage reads, if any (the engine fingerprints it).
+pub fn external_root(p: &Pipeline, s: &Stage) -> Option<PathBuf> {
+    match &s.config {
+        StageConfig::Ingest(c) => c.root.as_ref().map(|r| p.resolve_path(r)),
+        _ => None,
+    }
+}
+
+/// Run a stage; returns its summary line.
+pub fn run(ctx: &StageCtx<'_>) -> Result<String> {
+    match &ctx.stage.config {
+        StageConfig::Ingest(c) => ingest::run(ctx, c),
+        StageConfig::Split(c) => split::run(ctx, c),
+        StageConfig::Hdf5(c) => write_hdf5::run(ctx, c),
+    }
+}
+
+/// A fault-injection point for tests: with `PIPE_FAULT=<name>` in the environment the
+/// process announces itself on stderr and stalls here, so a test can kill it mid-stage.
+pub fn fault_point(name: &str) {
+    if std::env::var("PIPE_FAULT").is_ok_and(|v| v == name) {
+        eprintln!("PIPE_FAULT reached: {name}");
+        std::thread::sleep(std::time::Duration::from_secs(600));
+    }
+}
