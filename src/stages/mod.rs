@@ -74,10 +74,15 @@ pub fn run(ctx: &StageCtx<'_>) -> Result<String> {
 }
 
 /// A fault-injection point for tests: with `PIPE_FAULT=<name>` in the environment the
-/// process announces itself on stderr and stalls here, so a test can kill it mid-stage.
+/// process announces itself on stderr and stalls here (for `PIPE_FAULT_SECS`, default
+/// 600), so a test can kill it mid-stage or race another process against it.
 pub fn fault_point(name: &str) {
     if std::env::var("PIPE_FAULT").is_ok_and(|v| v == name) {
+        let secs: u64 = std::env::var("PIPE_FAULT_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(600);
         eprintln!("PIPE_FAULT reached: {name}");
-        std::thread::sleep(std::time::Duration::from_secs(600));
+        std::thread::sleep(std::time::Duration::from_secs(secs));
     }
 }

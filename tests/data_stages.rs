@@ -1,0 +1,260 @@
+//! The data stages on generated datasets: what they write, byte for byte.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use common::*;
+use pipe::data::{cifar, h5, index};
+
+fn artifact(p: &Project, r: &serde_json::Value, stage: &str) -> PathBuf {
+    p.cache().join("artifacts").join(field(r, stage, "output"))
+}
+
+#[test]
+fn hdf5_round_trip_matches_decoded_images_and_means() {
+    let p = Project::new();
+    let root = p.path().join("tiny");
+    tiny_imagenet(&root, 5, 16, 3);
+    p.manifest("exp.toml", &tiny_manifest(&root, 4));
+    let r = p.run_json("exp", &[]);
+    let split_dir = artifact(&p, &r, "split");
+    let h5_dir = artifact(&p, &r, "hdf5");
+
+    let mut train_sum = [0f64; 3];
+    let mut train_px = 0f64;
+    for (split, n) in [("train", 5 * 12), ("test", 5 * 4), ("val", 5 * 3)] {
+        let rows = index::read_index(&split_dir.join(format!("{split}.csv"))).unwrap();
+        assert_eq!(rows.len(), n, "{split}");
+        let data = h5::read_split(&h5_dir.join(format!("{split}.h5"))).unwrap();
+        assert_eq!(data.shape, [n, 16, 16, 3]);
+        assert_eq!(data.labels, rows.iter().map(|r| r.label).collect::<Vec<_>>());
+        for (i, row) in rows.iter().enumerate() {
+            let path = match index::ImageRef::resolve(&row.path, &split_dir).unwrap() {
+                index::ImageRef::File(p) => p,
+                other => panic!("unexpected {other:?}"),
+            };
+            let img = image::open(&path).unwrap().to_rgb8();
+            let stored = &data.images[i * 16 * 16 * 3..(i + 1) * 16 * 16 * 3];
+            assert_eq!(stored, img.as_raw().as_slice(), "{split} image {i} ({})", path.display());
+            if split == "train" {
+                for px in img.pixels() {
+                    for k in 0..3 {
+                        train_sum[k] += px.0[k] as f64;
+                    }
+                    train_px += 1.0;
+                }
+            }
+        }
+    }
+    let means: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(h5_dir.join("means.json")).unwrap()).unwrap();
+    for (k, ch) in ["R", "G", "B"].iter().enumerate() {
+        let got = means[ch].as_f64().unwrap();
+        let want = train_sum[k] / train_px;
+        assert!((got - want).abs() < 1e-9, "{ch}: {got} vs {want}");
+    }
+    // Labels follow sorted wnids; class names come from words.txt.
+    let classes = index::read_classes(&h5_dir.join("classes.csv")).unwrap();
+    assert_eq!(classes.len(), 5);
+    assert_eq!(classes[0].id, "n00001000");
+    assert_eq!(classes[0].name, "synthetic class 0, pattern 0");
+}
+
+#[test]
+fn h5py_opens_the_files() {
+    let have = std::process::Command::new("python3")
+        .args(["-c", "import h5py, numpy"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have {
+        assert!(
+            std::env::var("PIPE_REQUIRE_H5PY").is_err(),
+            "PIPE_REQUIRE_H5PY is set but python3 cannot import h5py"
+        );
+        eprintln!("skipping: h5py not installed (CI installs it and sets PIPE_REQUIRE_H5PY)");
+        return;
+    }
+    let p = Project::new();
+    let root = p.path().join("tiny");
+    tiny_imagenet(&root, 3, 10, 2);
+    p.manifest("exp.toml", &tiny_manifest(&root, 2));
+    let r = p.run_json("exp", &[]);
+    let dir = artifact(&p, &r, "hdf5");
+    let script = r#"
+import sys, h5py, numpy as np
+with h5py.File(sys.argv[1] + "/train.h5", "r") as f:
+    im, lb = f["images"], f["labels"]
+    assert im.shape == (24, 16, 16, 3), im.shape
+    assert im.dtype == np.uint8 and lb.dtype == np.int64
+    assert im.chunks[1:] == (16, 16, 3)
+    print(int(im[...].astype(np.int64).sum()), ",".join(str(int(x)) for x in lb[...]))
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (sum, labels) = text.trim().split_once(' ').unwrap();
+    let data = h5::read_split(&dir.join("train.h5")).unwrap();
+    let want: u64 = data.images.iter().map(|&b| b as u64).sum();
+    assert_eq!(sum.parse::<u64>().unwrap(), want);
+    let want_labels: Vec<String> = data.labels.iter().map(|l| l.to_string()).collect();
+    assert_eq!(labels, want_labels.join(","));
+}
+
+#[test]
+fn a_corrupt_jpeg_stops_the_stage_naming_the_file() {
+    let p = Project::new();
+    let root = p.path().join("tiny");
+    tiny_imagenet(&root, 3, 8, 2);
+    let bad = root.join("train/n00001007/images/n00001007_2.JPEG");
+    std::fs::write(&bad, b"\xff\xd8\xff\xe0 this is not a JPEG").unwrap();
+    p.manifest("exp.toml", &tiny_manifest(&root, 2));
+    let err = p.fails(&["run", "exp"]);
+    assert!(err.contains("stage `hdf5` (hdf5) failed"), "{err}");
+    assert!(err.contains(&format!("cannot decode image {}", bad.display())), "{err}");
+    assert!(err.contains("on_bad_image"), "{err}");
+    // Nothing half-written was published, and nothing is left in tmp/.
+    let s = p.ok(&["status", "exp", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&s.stdout).unwrap();
+    assert_eq!(v["stages"][2]["state"], "stale");
+    assert_eq!(std::fs::read_dir(p.cache().join("tmp")).unwrap().count(), 0);
+
+    // With on_bad_image = "skip" the file is left out and counted.
+    let text = tiny_manifest(&root, 2).replace("input = \"split\"\n", "input = \"split\"\non_bad_image = \"skip\"\n");
+    p.manifest("exp.toml", &text);
+    let r = p.run_json("exp", &[]);
+    assert!(field(&r, "hdf5", "summary").contains("1 undecodable images skipped"), "{r}");
+    let dir = artifact(&p, &r, "hdf5");
+    let n = |s: &str| h5::read_split(&dir.join(format!("{s}.h5"))).unwrap().shape[0];
+    assert_eq!(n("train") + n("test"), 3 * 8 - 1);
+    let skipped = std::fs::read_to_string(dir.join("skipped.txt")).unwrap();
+    assert!(skipped.contains("n00001007_2.JPEG"));
+}
+
+#[test]
+fn split_is_stratified_seeded_and_disjoint() {
+    let p = Project::new();
+    let root = p.path().join("tiny");
+    tiny_imagenet(&root, 4, 20, 0);
+    let run = |seed: u64| {
+        let text = tiny_manifest(&root, 5).replace("seed = 42", &format!("seed = {seed}"));
+        p.manifest("exp.toml", &text);
+        let r = p.run_json("exp", &["--until", "split"]);
+        let dir = artifact(&p, &r, "split");
+        (
+            index::read_index(&dir.join("train.csv")).unwrap(),
+            index::read_index(&dir.join("test.csv")).unwrap(),
+        )
+    };
+    let (train, test) = run(42);
+    assert_eq!(train.len(), 60);
+    assert_eq!(test.len(), 20);
+    let mut per_class = BTreeMap::new();
+    for r in &test {
+        *per_class.entry(r.label).or_insert(0) += 1;
+    }
+    assert_eq!(per_class.values().copied().collect::<Vec<_>>(), vec![5, 5, 5, 5]);
+    let a: HashSet<_> = train.iter().map(|r| r.path.clone()).collect();
+    let b: HashSet<_> = test.iter().map(|r| r.path.clone()).collect();
+    assert!(a.is_disjoint(&b));
+    assert_eq!(a.len() + b.len(), 80);
+    let (_, test_again) = run(42);
+    assert_eq!(test, test_again);
+    let (_, test_other) = run(7);
+    assert_ne!(test, test_other);
+}
+
+#[test]
+fn cifar10_batches_are_ingested_record_by_record() {
+    let p = Project::new();
+    let root = p.path().join("cifar");
+    pipe::data::synthetic::write_cifar10(&root, 30, 3).unwrap();
+    p.manifest(
+        "c.toml",
+        &format!(
+            "[stages.ingest]\nformat = \"cifar10\"\nroot = \"{}\"\n\n[stages.hdf5]\ninput = \"ingest\"\n",
+            root.display()
+        ),
+    );
+    let r = p.run_json("c", &[]);
+    assert_eq!(field(&r, "ingest", "summary"), "10 classes; test 30, train 150");
+    let dir = artifact(&p, &r, "hdf5");
+    let train = h5::read_split(&dir.join("train.h5")).unwrap();
+    assert_eq!(train.shape, [150, 32, 32, 3]);
+    let bytes = std::fs::read(root.join("data_batch_2.bin")).unwrap();
+    let rec = &bytes[7 * cifar::RECORD..8 * cifar::RECORD];
+    let (label, img) = cifar::decode_record(rec);
+    let i = 30 + 7;
+    assert_eq!(train.labels[i], label as i64);
+    assert_eq!(&train.images[i * 3072..(i + 1) * 3072], img.as_raw().as_slice());
+    // Planes (R then G then B) become interleaved pixels.
+    assert_eq!(train.images[i * 3072 + 1], rec[1 + 1024]);
+    let classes = index::read_classes(&dir.join("classes.csv")).unwrap();
+    assert_eq!(classes[3].name, "cat");
+}
+
+#[test]
+fn image_folder_ingest_and_resize() {
+    let p = Project::new();
+    let root = p.path().join("folders");
+    pipe::data::synthetic::write_image_folder(&root, 3, 6, 20, 1).unwrap();
+    // One PNG of another size among the JPEGs.
+    image::RgbImage::from_pixel(30, 10, image::Rgb([10, 20, 30]))
+        .save(root.join("class_001/extra.png"))
+        .unwrap();
+    let text = format!(
+        "[stages.ingest]\nformat = \"image-folder\"\nroot = \"{}\"\n\n[stages.hdf5]\ninput = \"ingest\"\n",
+        root.display()
+    );
+    p.manifest("f.toml", &text);
+    let err = p.fails(&["run", "f"]);
+    assert!(err.contains("extra.png is 30x10 but the split's images are 20x20"), "{err}");
+    assert!(err.contains("size = [20, 20]"), "{err}");
+    p.manifest("f.toml", &(text + "size = [8, 8]\nfilter = \"nearest\"\n"));
+    let r = p.run_json("f", &[]);
+    assert_eq!(field(&r, "ingest", "summary"), "3 classes; train 19");
+    let data = h5::read_split(&artifact(&p, &r, "hdf5").join("train.h5")).unwrap();
+    assert_eq!(data.shape, [19, 8, 8, 3]);
+    let extra = 6; // sorted: class_001/00000..00005.jpg then extra.png
+    let k = (6 + extra) * 8 * 8 * 3;
+    assert_eq!(&data.images[k..k + 3], &[10, 20, 30]);
+    assert_eq!(data.labels[6 + extra], 1);
+}
+
+#[test]
+fn missing_dataset_folder_is_a_clear_error() {
+    let p = Project::new();
+    p.manifest("exp.toml", &tiny_manifest(Path::new("/definitely/not/here"), 2));
+    let err = p.fails(&["run", "exp"]);
+    assert!(err.contains("stage `ingest`: cannot read its dataset folder"), "{err}");
+    assert!(err.contains("/definitely/not/here"), "{err}");
+}
+
+#[test]
+fn demo_pipeline_runs_end_to_end() {
+    let p = Project::new();
+    let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/demo.toml")).unwrap();
+    p.manifest("demo.toml", &demo);
+    let r = p.run_json("demo", &["--until", "hdf5"]);
+    assert_eq!(state_of(&r, "hdf5"), "ran");
+    let dir = artifact(&p, &r, "hdf5");
+    let train = h5::read_split(&dir.join("train.h5")).unwrap();
+    assert_eq!(train.shape[1..], [64, 64, 3]);
+    assert!(train.shape[0] > 0);
+}
+
+#[test]
+fn every_shipped_manifest_loads() {
+    let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines"));
+    let files = pipe::manifest::list(dir).unwrap();
+    assert!(files.len() >= 7, "{files:?}");
+    for f in files {
+        let m = pipe::manifest::load(&f, &[], dir.parent().unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        assert!(!m.stages.is_empty());
+    }
+}

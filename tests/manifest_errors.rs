@@ -1,0 +1,204 @@
+//! Every bad-manifest case gives one clear error with file:line:col and the key path.
+
+mod common;
+
+use std::path::Path;
+
+use common::Project;
+use pipe::manifest::{self, ManifestError};
+
+const GOOD: &str = r#"name = "exp"
+seed = 42
+
+[stages.ingest]
+kind = "ingest"
+format = "synthetic"
+
+[stages.split]
+kind = "split"
+input = "ingest"
+test_per_class = 5
+
+[stages.hdf5]
+kind = "hdf5"
+input = "split"
+"#;
+
+fn load_err(p: &Project, file: &str, text: &str) -> ManifestError {
+    let path = p.manifest(file, text);
+    manifest::load(&path, &[], p.path()).expect_err("manifest should be rejected")
+}
+
+/// 1-based (line, col) of the first occurrence of `needle` in `text`.
+fn pos(text: &str, needle: &str) -> (usize, usize) {
+    let at = text
+        .find(needle)
+        .unwrap_or_else(|| panic!("{needle} not in text"));
+    let line = text[..at].matches('\n').count() + 1;
+    let col = at - text[..at].rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, col)
+}
+
+fn assert_at(e: &ManifestError, file: &str, text: &str, needle: &str) {
+    let (l, c) = pos(text, needle);
+    let loc = e.location().expect("error has a location");
+    assert!(
+        loc.ends_with(&format!("{file}:{l}:{c}")),
+        "expected {file}:{l}:{c}, got {loc}\n{e}"
+    );
+}
+
+#[test]
+fn good_manifest_loads() {
+    let p = Project::new();
+    let path = p.manifest("exp.toml", GOOD);
+    let m = manifest::load(&path, &[], p.path()).unwrap();
+    assert_eq!(m.topo_order(), vec!["ingest", "split", "hdf5"]);
+    assert_eq!(m.seed, 42);
+}
+
+#[test]
+fn unknown_key_says_did_you_mean() {
+    let p = Project::new();
+    let text = GOOD.replace("test_per_class = 5", "tset_per_class = 5");
+    let e = load_err(&p, "exp.toml", &text);
+    assert!(e.message.contains("unknown key `tset_per_class`"), "{e}");
+    assert_eq!(e.key_path.as_deref(), Some("stages.split.tset_per_class"));
+    assert_eq!(e.help.as_deref(), Some("did you mean `test_per_class`?"));
+    assert_at(&e, "exp.toml", &text, "tset_per_class");
+    // The rendered form shows the line and a caret.
+    let shown = e.to_string();
+    assert!(shown.contains("| tset_per_class = 5"), "{shown}");
+    assert!(shown.contains("^^^^^^^^^^^^^^"), "{shown}");
+
+    let text = GOOD.replace("seed = 42", "sed = 42");
+    let e = load_err(&p, "exp.toml", &text);
+    assert_eq!(e.help.as_deref(), Some("did you mean `seed`?"));
+    assert_at(&e, "exp.toml", &text, "sed = 42");
+}
+
+#[test]
+fn wrong_type_points_at_the_value() {
+    let p = Project::new();
+    let text = GOOD.replace("test_per_class = 5", "test_per_class = \"five\"");
+    let e = load_err(&p, "exp.toml", &text);
+    assert!(e.message.contains("wrong type"), "{e}");
+    assert!(e.message.contains("string \"five\""), "{e}");
+    assert_eq!(e.key_path.as_deref(), Some("stages.split.test_per_class"));
+    assert_at(&e, "exp.toml", &text, "\"five\"");
+
+    let text = GOOD.replace("input = \"split\"", "input = \"split\"\nsize = [64, \"x\"]");
+    let e = load_err(&p, "exp.toml", &text);
+    assert_eq!(e.key_path.as_deref(), Some("stages.hdf5.size[1]"));
+    assert_at(&e, "exp.toml", &text, "\"x\"");
+
+    let text = GOOD.replace("format = \"synthetic\"", "format = \"tiny_imagenet\"");
+    let e = load_err(&p, "exp.toml", &text);
+    assert!(e.help.as_deref().unwrap().contains("did you mean `tiny-imagenet`?"), "{e}");
+    assert_at(&e, "exp.toml", &text, "\"tiny_imagenet\"");
+}
+
+#[test]
+fn missing_required_key_names_the_stage() {
+    let p = Project::new();
+    let text = GOOD.replace("format = \"synthetic\"\n", "");
+    let e = load_err(&p, "exp.toml", &text);
+    assert!(e.message.contains("missing required key `format`"), "{e}");
+    assert_eq!(e.key_path.as_deref(), Some("stages.ingest"));
+    assert_at(&e, "exp.toml", &text, "[stages.ingest]");
+
+    let text = GOOD.replace("format = \"synthetic\"", "format = \"cifar10\"");
+    let e = load_err(&p, "exp.toml", &text);
+    assert!(e.message.contains("missing required key `root`"), "{e}");
+    assert!(e.help.as_deref().unwrap().contains("--set ingest.root=DIR"), "{e}");
+}
+
+#[test]
+fn reference_to_a_missing_stage() {
+    let p = Project::new();
+    let text = GOOD.replace("input = \"split\"", "input = \"splt\"");
+    let e = load_err(&p, "exp.toml", &text);
+    assert!(e.message.contains("reads `splt`, which is not a stage"), "{e}");
+    assert_eq!(e.help.as_deref(), Some("did you mean `split`?"));
+    assert_at(&e, "exp.toml", &text, "\"splt\"");
+}
+
+#[test]
+fn a_cycle_is_reported_with_its_path() {
+    let p = Project::new();
+    let text = GOOD.replace(
+        "[stages.split]\nkind = \"split\"\ninput = \"ingest\"",
+        "[stages.split]\nkind = \"split\"\ninput = \"again\"",
+    ) + "\n[stages.again]\nkind = \"split\"\ninput = \"split\"\ntest_per_class = 1\n";
+    let e = load_err(&p, "exp.toml", &text);
+    assert!(e.message.contains("cycle"), "{e}");
+    assert!(
+        e.message.contains("split -> again -> split") || e.message.contains("again -> split -> again"),
+        "{e}"
+    );
+    assert!(e.location().unwrap().contains("exp.toml:"), "{e}");
+}
+
+#[test]
+fn an_extends_loop_is_reported() {
+    let p = Project::new();
+    p.manifest("a.toml", "extends = \"b.toml\"\n");
+    let b = "extends = \"a.toml\"\n";
+    p.manifest("b.toml", b);
+    let e = manifest::load(&p.path().join("pipelines/a.toml"), &[], p.path()).unwrap_err();
+    assert!(e.message.contains("`extends` loop: a.toml -> b.toml -> a.toml"), "{e}");
+    assert_at(&e, "b.toml", b, "\"a.toml\"");
+
+    let e = load_err(&p, "c.toml", "extends = \"missing.toml\"\n");
+    assert!(e.message.contains("does not exist: missing.toml"), "{e}");
+}
+
+#[test]
+fn unknown_stage_kind_and_bad_toml() {
+    let p = Project::new();
+    let text = GOOD.replace("kind = \"hdf5\"", "kind = \"hfd5\"");
+    let e = load_err(&p, "exp.toml", &text);
+    assert!(e.message.contains("unknown stage kind `hfd5`"), "{e}");
+    assert_eq!(e.help.as_deref(), Some("did you mean `hdf5`?"));
+    assert_at(&e, "exp.toml", &text, "\"hfd5\"");
+
+    let text = GOOD.replace("seed = 42", "seed = = 42");
+    let e = load_err(&p, "exp.toml", &text);
+    assert!(e.message.contains("invalid TOML"), "{e}");
+    assert!(e.location().unwrap().contains("exp.toml:2:"), "{e}");
+}
+
+#[test]
+fn set_errors_point_at_the_command_line() {
+    let p = Project::new();
+    let path = p.manifest("exp.toml", GOOD);
+    let e = manifest::load(&path, &["split.tset_per_class=3".into()], p.path()).unwrap_err();
+    assert!(e.message.contains("unknown key `tset_per_class`"), "{e}");
+    assert!(e.location().unwrap().starts_with("--set:1:"), "{e}");
+    let e = manifest::load(&path, &["split.test_per_class=many".into()], p.path()).unwrap_err();
+    assert!(e.message.contains("wrong type"), "{e}");
+    assert_eq!(e.location().unwrap(), "--set:1:22");
+    let ok = manifest::load(&path, &["split.test_per_class=9".into()], p.path()).unwrap();
+    match &ok.stages["split"].config {
+        manifest::StageConfig::Split(c) => assert_eq!(c.test_per_class, Some(9)),
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn the_cli_prints_the_location_and_fails_cleanly() {
+    let p = Project::new();
+    let text = GOOD.replace("test_per_class = 5", "tset_per_class = 5");
+    p.manifest("exp.toml", &text);
+    let err = p.fails(&["run", "exp"]);
+    let (l, c) = pos(&text, "tset_per_class");
+    assert!(
+        err.contains(&format!("exp.toml:{l}:{c}: unknown key `tset_per_class`")),
+        "{err}"
+    );
+    assert!(err.contains("did you mean `test_per_class`?"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let err = p.fails(&["run", "nope"]);
+    assert!(err.contains("no pipeline `nope`"), "{err}");
+    assert!(!Path::new(&p.cache().join("keys")).exists() || std::fs::read_dir(p.cache().join("keys")).unwrap().count() == 0);
+}
