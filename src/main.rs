@@ -63,6 +63,11 @@ enum Cmd {
     },
     /// Remove artifacts no manifest in pipelines/ references
     Gc,
+    /// Benchmarks (numbers for docs/performance.md)
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    },
     /// Write a generated dataset (real JPEGs or CIFAR batches) in a real layout
     DemoData {
         /// Output folder
@@ -85,6 +90,25 @@ enum Cmd {
         /// Generator seed
         #[arg(long, default_value_t = 42)]
         seed: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// ingest + split + hdf5 throughput and no-op re-run time on a generated Tiny-ImageNet tree
+    Data {
+        /// Classes
+        #[arg(long, default_value_t = 200)]
+        classes: usize,
+        /// Train images per class
+        #[arg(long, default_value_t = 550)]
+        per_class: usize,
+        /// Val images per class
+        #[arg(long, default_value_t = 50)]
+        val_per_class: usize,
+        /// Keep (and reuse) the generated tree in this folder
+        #[arg(long)]
+        keep: Option<PathBuf>,
     },
 }
 
@@ -129,6 +153,15 @@ fn main() -> ExitCode {
             dot,
         } => commands::dag(&g, &pipeline, &sets, dot),
         Cmd::Gc => commands::gc(&g),
+        Cmd::Bench {
+            what:
+                BenchCmd::Data {
+                    classes,
+                    per_class,
+                    val_per_class,
+                    keep,
+                },
+        } => commands::bench_data(classes, per_class, val_per_class, keep.as_deref()),
         Cmd::DemoData {
             dir,
             layout,

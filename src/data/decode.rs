@@ -22,7 +22,7 @@ pub fn decode_file(path: &Path) -> Result<RgbImage> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let img = image::load_from_memory(&bytes)
         .with_context(|| format!("cannot decode image {}", path.display()))?;
-    Ok(img.to_rgb8())
+    Ok(img.into_rgb8())
 }
 
 /// Decode the image an index row points at; `batch` caches the bytes of a CIFAR batch.

@@ -28,8 +28,10 @@ impl SplitWriter {
             .create(path)
             .with_context(|| format!("cannot create HDF5 file {}", path.display()))?;
         let chunk = chunk.max(1);
+        // No chunk cache: whole chunks are written straight to the file, not copied first.
         let images = file
             .new_dataset::<u8>()
+            .chunk_cache(0, 0, 1.0)
             .chunk((chunk, h, w, 3))
             .obj_track_times(false)
             .shape(SimpleExtents::from_vec(vec![

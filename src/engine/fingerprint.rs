@@ -4,7 +4,6 @@
 //! Hashing 120,000 JPEGs on every run would take seconds, so each file's hash is cached
 //! under (size, mtime in ns, inode): an unchanged tree costs one parallel `stat` walk.
 
-use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -22,8 +21,8 @@ pub struct TreeFingerprint {
     pub root: PathBuf,
     /// Hash over all files.
     pub hash: String,
-    /// Relative path (with `/`) -> content hash (hex).
-    pub files: HashMap<String, String>,
+    /// (relative path with `/`, content hash), sorted by path.
+    pub files: Vec<(String, [u8; 32])>,
     /// How many files had to be read (not found in the stat cache).
     pub hashed: usize,
 }
@@ -63,8 +62,13 @@ fn walk(root: &Path, rel: &str) -> Result<Vec<Stat>> {
             } else {
                 format!("{rel}/{name}")
             };
-            let md = fs::metadata(e.path())
-                .with_context(|| format!("cannot stat {}", e.path().display()))?;
+            // `DirEntry::metadata` stats relative to the open directory (no path walk);
+            // symlinks are followed with a full `stat`.
+            let md = match e.file_type() {
+                Ok(t) if t.is_symlink() => fs::metadata(e.path()),
+                _ => e.metadata(),
+            }
+            .with_context(|| format!("cannot stat {}", e.path().display()))?;
             if md.is_dir() {
                 walk(root, &r)
             } else {
@@ -97,19 +101,30 @@ pub fn fingerprint_tree(store: &Store, root: &Path) -> Result<TreeFingerprint> {
     stats.par_sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
 
     let cpath = cache_file(store, &root);
-    let cached: HashMap<String, CacheEntry> = fs::read(&cpath)
+    // The cache is written sorted by path, like `stats`: a merge join, no hash map.
+    let cached: Vec<CacheEntry> = fs::read(&cpath)
         .ok()
         .and_then(|b| postcard::from_bytes::<Vec<CacheEntry>>(&b).ok())
-        .map(|v| v.into_iter().map(|e| (e.path.clone(), e)).collect())
+        .filter(|v| v.windows(2).all(|w| w[0].path < w[1].path))
         .unwrap_or_default();
+    let mut matched: Vec<Option<[u8; 32]>> = Vec::with_capacity(stats.len());
+    let mut j = 0;
+    for s in &stats {
+        while j < cached.len() && cached[j].path < s.rel {
+            j += 1;
+        }
+        let hit = cached.get(j).filter(|c| {
+            c.path == s.rel && c.size == s.size && c.mtime_ns == s.mtime_ns && c.ino == s.ino
+        });
+        matched.push(hit.map(|c| c.hash));
+    }
 
     let hashes: Vec<([u8; 32], bool)> = stats
         .par_iter()
-        .map(|s| -> Result<([u8; 32], bool)> {
-            if let Some(c) = cached.get(&s.rel) {
-                if c.size == s.size && c.mtime_ns == s.mtime_ns && c.ino == s.ino {
-                    return Ok((c.hash, false));
-                }
+        .zip(matched.par_iter())
+        .map(|(s, m)| -> Result<([u8; 32], bool)> {
+            if let Some(h) = m {
+                return Ok((*h, false));
             }
             let p = root.join(&s.rel);
             let bytes = fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
@@ -120,23 +135,21 @@ pub fn fingerprint_tree(store: &Store, root: &Path) -> Result<TreeFingerprint> {
     let hashed = hashes.iter().filter(|(_, fresh)| *fresh).count();
     let mut h = blake3::Hasher::new();
     h.update(b"pipe-tree-v1\0");
-    let mut files = HashMap::with_capacity(stats.len());
     for (s, (fh, _)) in stats.iter().zip(&hashes) {
         h.update(s.rel.as_bytes());
         h.update(&[0]);
         h.update(fh);
-        files.insert(s.rel.clone(), blake3::Hash::from(*fh).to_hex().to_string());
     }
     if hashed > 0 || cached.len() != stats.len() {
         let entries: Vec<CacheEntry> = stats
-            .into_iter()
-            .zip(hashes)
+            .iter()
+            .zip(&hashes)
             .map(|(s, (hash, _))| CacheEntry {
-                path: s.rel,
+                path: s.rel.clone(),
                 size: s.size,
                 mtime_ns: s.mtime_ns,
                 ino: s.ino,
-                hash,
+                hash: *hash,
             })
             .collect();
         // The stat cache is an optimisation: failing to write it is not an error.
@@ -144,6 +157,11 @@ pub fn fingerprint_tree(store: &Store, root: &Path) -> Result<TreeFingerprint> {
             let _ = write_atomic(&cpath, &bytes);
         }
     }
+    let files = stats
+        .into_iter()
+        .zip(hashes)
+        .map(|(s, (hash, _))| (s.rel, hash))
+        .collect();
     Ok(TreeFingerprint {
         root,
         hash: h.finalize().to_hex().to_string(),

@@ -161,7 +161,17 @@ impl Engine {
 
     fn fingerprint(&mut self, root: &Path) -> Result<&TreeFingerprint> {
         if !self.fingerprints.contains_key(root) {
+            let t = Instant::now();
             let fp = fingerprint_tree(&self.store, root)?;
+            if fp.hashed > 0 {
+                eprintln!(
+                    "dataset {}: {} files, {} hashed (not in the stat cache) in {:.1}s",
+                    fp.root.display(),
+                    fp.files.len(),
+                    fp.hashed,
+                    t.elapsed().as_secs_f64()
+                );
+            }
             self.fingerprints.insert(root.to_path_buf(), fp);
         }
         Ok(&self.fingerprints[root])
@@ -235,6 +245,7 @@ impl Engine {
         };
         let wanted: Option<BTreeSet<String>> = opts.until.as_ref().map(|u| p.ancestors_of(u));
         let mut state = self.store.load_state(&p.name);
+        let state_before = state.clone();
         let mut outputs: HashMap<String, String> = HashMap::new();
         let mut report = RunReport {
             pipeline: p.name.clone(),
@@ -325,7 +336,7 @@ impl Engine {
                 out: &tmp,
                 dataset: fp.map(|f| DatasetFiles {
                     root: &f.root,
-                    hashes: &f.files,
+                    files: &f.files,
                 }),
             };
             let summary = match stages::run(&ctx) {
@@ -362,7 +373,7 @@ impl Engine {
             self.print(&outcome, opts);
             report.stages.push(outcome);
         }
-        if !opts.dry_run {
+        if !opts.dry_run && state.stages != state_before.stages {
             self.store.save_state(&p.name, &state)?;
         }
         Ok(report)

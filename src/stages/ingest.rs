@@ -47,7 +47,7 @@ fn is_image(name: &str) -> bool {
 }
 
 fn hash_of(ds: &DatasetFiles<'_>, rel: &str) -> Result<String> {
-    ds.hashes.get(rel).cloned().with_context(|| {
+    ds.hash_of(rel).with_context(|| {
         format!(
             "{}: file appeared after the dataset was fingerprinted; run again",
             ds.root.join(rel).display()
@@ -154,7 +154,7 @@ fn tiny_imagenet(ds: &DatasetFiles<'_>) -> Result<(Vec<ClassRow>, Splits)> {
                 );
             };
             let rel = format!("val/images/{}", file.trim());
-            if !ds.hashes.contains_key(&rel) {
+            if ds.hash_of(&rel).is_none() {
                 bail!(
                     "{}:{}: image {} does not exist",
                     ann_path.display(),

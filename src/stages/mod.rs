@@ -9,7 +9,6 @@ pub mod ingest;
 pub mod split;
 pub mod write_hdf5;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -27,12 +26,22 @@ pub fn version(kind: &str) -> u32 {
     }
 }
 
-/// A dataset folder and the content hash of each file in it (relative path -> hex).
+/// A dataset folder and the content hash of each file in it.
 pub struct DatasetFiles<'a> {
     /// The folder (canonical).
     pub root: &'a Path,
-    /// Relative path (with `/`) -> BLAKE3 hex.
-    pub hashes: &'a HashMap<String, String>,
+    /// (relative path with `/`, BLAKE3), sorted by path.
+    pub files: &'a [(String, [u8; 32])],
+}
+
+impl DatasetFiles<'_> {
+    /// The content hash (hex) of a file, by relative path.
+    pub fn hash_of(&self, rel: &str) -> Option<String> {
+        self.files
+            .binary_search_by(|(p, _)| p.as_str().cmp(rel))
+            .ok()
+            .map(|i| blake3::Hash::from(self.files[i].1).to_hex().to_string())
+    }
 }
 
 /// Everything a stage may read and where it writes.

@@ -67,59 +67,55 @@ pub fn run(ctx: &StageCtx<'_>, c: &Hdf5Config) -> Result<String> {
         let mut writer = SplitWriter::create(&out, rows.len(), h as usize, w as usize, c.chunk)?;
         let mut sums = [0u64; 3];
         let block = (c.chunk * 32).max(256);
-        let mut first_block = true;
-        for start in (0..rows.len()).step_by(block) {
+        let starts: Vec<usize> = (0..rows.len()).step_by(block).collect();
+        let decode_block = |start: usize| -> Result<Block> {
             let end = (start + block).min(rows.len());
             let decoded: Vec<Result<Option<(Vec<u8>, [u64; 3])>>> = refs[start..end]
                 .par_iter()
-                .map(|r| {
-                    let img = match decode_ref(r, &batches) {
-                        Ok(img) => img,
-                        Err(e) => {
-                            return match c.on_bad_image {
-                                OnBadImage::Skip => Ok(None),
-                                OnBadImage::Error => Err(e.context(format!(
-                                    "cannot decode image {r} (set on_bad_image = \"skip\" to leave such files out)"
-                                ))),
-                            }
-                        }
-                    };
-                    let img = resize_to(img, c.size, c.filter);
-                    if img.dimensions() != (w, h) {
-                        let (iw, ih) = img.dimensions();
-                        bail!(
-                            "image {r} is {iw}x{ih} but the split's images are {w}x{h}; set `size = [{w}, {h}]` in the hdf5 stage to resize"
-                        );
-                    }
-                    let px = img.into_raw();
-                    let mut s = [0u64; 3];
-                    for p in px.chunks_exact(3) {
-                        s[0] += p[0] as u64;
-                        s[1] += p[1] as u64;
-                        s[2] += p[2] as u64;
-                    }
-                    Ok(Some((px, s)))
-                })
+                .map(|r| decode_one(r, &batches, c, (w, h)))
                 .collect();
-            let mut pixels = Vec::with_capacity((end - start) * (w * h * 3) as usize);
-            let mut labels = Vec::with_capacity(end - start);
+            let mut out = Block {
+                pixels: Vec::with_capacity((end - start) * (w * h * 3) as usize),
+                labels: Vec::with_capacity(end - start),
+                sums: [0; 3],
+                skipped: Vec::new(),
+                len: end - start,
+            };
             for (i, d) in decoded.into_iter().enumerate() {
                 match d? {
                     Some((px, s)) => {
                         for k in 0..3 {
-                            sums[k] += s[k];
+                            out.sums[k] += s[k];
                         }
-                        pixels.extend_from_slice(&px);
-                        labels.push(rows[start + i].label);
+                        out.pixels.extend_from_slice(&px);
+                        out.labels.push(rows[start + i].label);
                     }
-                    None => skipped.push(refs[start + i].to_string()),
+                    None => out.skipped.push(refs[start + i].to_string()),
                 }
             }
-            writer.append(&pixels, &labels)?;
-            pb.inc((end - start) as u64);
-            if first_block {
+            Ok(out)
+        };
+        // Decode block k+1 on the pool while block k is written to the file.
+        let mut pending = match starts.first() {
+            Some(&s0) => Some(decode_block(s0)?),
+            None => None,
+        };
+        for (k, _) in starts.iter().enumerate() {
+            let current = pending.take().expect("a decoded block is pending");
+            let next_start = starts.get(k + 1).copied();
+            let (written, next) = rayon::join(
+                || -> Result<()> { writer.append(&current.pixels, &current.labels) },
+                || next_start.map(decode_block).transpose(),
+            );
+            written?;
+            pending = next?;
+            for ch in 0..3 {
+                sums[ch] += current.sums[ch];
+            }
+            skipped.extend(current.skipped);
+            pb.inc(current.len as u64);
+            if k == 0 {
                 fault_point("hdf5");
-                first_block = false;
             }
         }
         let n = writer.finish()?;
@@ -155,6 +151,49 @@ pub fn run(ctx: &StageCtx<'_>, c: &Hdf5Config) -> Result<String> {
         summary.push_str(&format!("; {} undecodable images skipped", skipped.len()));
     }
     Ok(summary)
+}
+
+struct Block {
+    pixels: Vec<u8>,
+    labels: Vec<i64>,
+    sums: [u64; 3],
+    skipped: Vec<String>,
+    len: usize,
+}
+
+/// Decode, resize and check one image; `None` when it is undecodable and skipped.
+fn decode_one(
+    r: &ImageRef,
+    batches: &BatchCache,
+    c: &Hdf5Config,
+    (w, h): (u32, u32),
+) -> Result<Option<(Vec<u8>, [u64; 3])>> {
+    let img = match decode_ref(r, batches) {
+        Ok(img) => img,
+        Err(e) => {
+            return match c.on_bad_image {
+                OnBadImage::Skip => Ok(None),
+                OnBadImage::Error => Err(e.context(format!(
+                    "cannot decode image {r} (set on_bad_image = \"skip\" to leave such files out)"
+                ))),
+            }
+        }
+    };
+    let img = resize_to(img, c.size, c.filter);
+    if img.dimensions() != (w, h) {
+        let (iw, ih) = img.dimensions();
+        bail!(
+            "image {r} is {iw}x{ih} but the split's images are {w}x{h}; set `size = [{w}, {h}]` in the hdf5 stage to resize"
+        );
+    }
+    let px = img.into_raw();
+    let mut s = [0u64; 3];
+    for p in px.chunks_exact(3) {
+        s[0] += p[0] as u64;
+        s[1] += p[1] as u64;
+        s[2] += p[2] as u64;
+    }
+    Ok(Some((px, s)))
 }
 
 fn copy_classes(input: &Path, out: &Path) -> Result<()> {
