@@ -91,7 +91,10 @@ pub fn dag(g: &Global, pipeline: &str, sets: &[String], dot: bool) -> Result<()>
         println!("digraph \"{}\" {{\n  rankdir=LR;", p.name);
         for name in p.topo_order() {
             let s = &p.stages[&name];
-            println!("  \"{name}\" [label=\"{name}\\n({})\", shape=box];", s.config.kind());
+            println!(
+                "  \"{name}\" [label=\"{name}\\n({})\", shape=box];",
+                s.config.kind()
+            );
             for i in &s.inputs {
                 println!("  \"{i}\" -> \"{name}\";");
             }
@@ -117,8 +120,11 @@ pub fn gc(g: &Global) -> Result<()> {
     let proj = Project::discover(g.cache.clone())?;
     let mut engine = Engine::new(&proj.cache)?;
     let r = engine.gc(&proj)?;
-    for w in &r.warnings {
-        eprintln!("warning: {w}");
+    if let Some(first) = r.warnings.first() {
+        eprintln!(
+            "note: {} manifest(s) do not resolve here (e.g. {first}); only their last runs were kept",
+            r.warnings.len()
+        );
     }
     println!(
         "gc: removed {} artifacts and {} keys, freed {}",
@@ -170,14 +176,22 @@ pub fn demo_data(
 
 /// `pipe bench data`: generate a Tiny-ImageNet-shaped tree of 64x64 JPEGs, time a cold
 /// `pipe run` (ingest + split + hdf5) and then no-op re-runs, each as a separate process.
-pub fn bench_data(classes: usize, per_class: usize, val_per_class: usize, keep: Option<&Path>) -> Result<()> {
+pub fn bench_data(
+    classes: usize,
+    per_class: usize,
+    val_per_class: usize,
+    keep: Option<&Path>,
+) -> Result<()> {
     let tmp = tempdir_in_target()?;
     let base = keep.map(|k| k.to_path_buf()).unwrap_or_else(|| tmp.clone());
     let root = base.join("tiny-imagenet");
     let proj = base.join("project");
     std::fs::create_dir_all(proj.join("pipelines"))?;
     if !root.join("wnids.txt").is_file() {
-        eprintln!("generating {} images...", classes * (per_class + val_per_class));
+        eprintln!(
+            "generating {} images...",
+            classes * (per_class + val_per_class)
+        );
         synthetic::write_tiny_imagenet(&root, classes, per_class, val_per_class, 64, 1)?;
     }
     let files = count_files(&root)?;

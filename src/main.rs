@@ -8,7 +8,11 @@ use pipe::commands::{self, DemoLayout, Global};
 use pipe::engine::RunOptions;
 
 #[derive(Parser)]
-#[command(name = "pipe", version, about = "Deep-learning experiments as cached TOML pipelines")]
+#[command(
+    name = "pipe",
+    version,
+    about = "Deep-learning experiments as cached TOML pipelines"
+)]
 struct Cli {
     /// Cache (artifact store) folder [default: $PIPE_CACHE, else .pipe beside pipelines/]
     #[arg(long, global = true, value_name = "DIR")]

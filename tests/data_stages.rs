@@ -29,7 +29,10 @@ fn hdf5_round_trip_matches_decoded_images_and_means() {
         assert_eq!(rows.len(), n, "{split}");
         let data = h5::read_split(&h5_dir.join(format!("{split}.h5"))).unwrap();
         assert_eq!(data.shape, [n, 16, 16, 3]);
-        assert_eq!(data.labels, rows.iter().map(|r| r.label).collect::<Vec<_>>());
+        assert_eq!(
+            data.labels,
+            rows.iter().map(|r| r.label).collect::<Vec<_>>()
+        );
         for (i, row) in rows.iter().enumerate() {
             let path = match index::ImageRef::resolve(&row.path, &split_dir).unwrap() {
                 index::ImageRef::File(p) => p,
@@ -37,11 +40,16 @@ fn hdf5_round_trip_matches_decoded_images_and_means() {
             };
             let img = image::open(&path).unwrap().to_rgb8();
             let stored = &data.images[i * 16 * 16 * 3..(i + 1) * 16 * 16 * 3];
-            assert_eq!(stored, img.as_raw().as_slice(), "{split} image {i} ({})", path.display());
+            assert_eq!(
+                stored,
+                img.as_raw().as_slice(),
+                "{split} image {i} ({})",
+                path.display()
+            );
             if split == "train" {
                 for px in img.pixels() {
-                    for k in 0..3 {
-                        train_sum[k] += px.0[k] as f64;
+                    for (acc, v) in train_sum.iter_mut().zip(px.0) {
+                        *acc += v as f64;
                     }
                     train_px += 1.0;
                 }
@@ -64,14 +72,15 @@ fn hdf5_round_trip_matches_decoded_images_and_means() {
 
 #[test]
 fn h5py_opens_the_files() {
-    let have = std::process::Command::new("python3")
+    let python = std::env::var("PIPE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let have = std::process::Command::new(&python)
         .args(["-c", "import h5py, numpy"])
         .status()
         .is_ok_and(|s| s.success());
     if !have {
         assert!(
             std::env::var("PIPE_REQUIRE_H5PY").is_err(),
-            "PIPE_REQUIRE_H5PY is set but python3 cannot import h5py"
+            "PIPE_REQUIRE_H5PY is set but {python} cannot import h5py"
         );
         eprintln!("skipping: h5py not installed (CI installs it and sets PIPE_REQUIRE_H5PY)");
         return;
@@ -91,11 +100,15 @@ with h5py.File(sys.argv[1] + "/train.h5", "r") as f:
     assert im.chunks[1:] == (16, 16, 3)
     print(int(im[...].astype(np.int64).sum()), ",".join(str(int(x)) for x in lb[...]))
 "#;
-    let out = std::process::Command::new("python3")
+    let out = std::process::Command::new(&python)
         .args(["-c", script, dir.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let (sum, labels) = text.trim().split_once(' ').unwrap();
     let data = h5::read_split(&dir.join("train.h5")).unwrap();
@@ -115,7 +128,10 @@ fn a_corrupt_jpeg_stops_the_stage_naming_the_file() {
     p.manifest("exp.toml", &tiny_manifest(&root, 2));
     let err = p.fails(&["run", "exp"]);
     assert!(err.contains("stage `hdf5` (hdf5) failed"), "{err}");
-    assert!(err.contains(&format!("cannot decode image {}", bad.display())), "{err}");
+    assert!(
+        err.contains(&format!("cannot decode image {}", bad.display())),
+        "{err}"
+    );
     assert!(err.contains("on_bad_image"), "{err}");
     // Nothing half-written was published, and nothing is left in tmp/.
     let s = p.ok(&["status", "exp", "--json"]);
@@ -124,10 +140,16 @@ fn a_corrupt_jpeg_stops_the_stage_naming_the_file() {
     assert_eq!(std::fs::read_dir(p.cache().join("tmp")).unwrap().count(), 0);
 
     // With on_bad_image = "skip" the file is left out and counted.
-    let text = tiny_manifest(&root, 2).replace("input = \"split\"\n", "input = \"split\"\non_bad_image = \"skip\"\n");
+    let text = tiny_manifest(&root, 2).replace(
+        "input = \"split\"\n",
+        "input = \"split\"\non_bad_image = \"skip\"\n",
+    );
     p.manifest("exp.toml", &text);
     let r = p.run_json("exp", &[]);
-    assert!(field(&r, "hdf5", "summary").contains("1 undecodable images skipped"), "{r}");
+    assert!(
+        field(&r, "hdf5", "summary").contains("1 undecodable images skipped"),
+        "{r}"
+    );
     let dir = artifact(&p, &r, "hdf5");
     let n = |s: &str| h5::read_split(&dir.join(format!("{s}.h5"))).unwrap().shape[0];
     assert_eq!(n("train") + n("test"), 3 * 8 - 1);
@@ -157,7 +179,10 @@ fn split_is_stratified_seeded_and_disjoint() {
     for r in &test {
         *per_class.entry(r.label).or_insert(0) += 1;
     }
-    assert_eq!(per_class.values().copied().collect::<Vec<_>>(), vec![5, 5, 5, 5]);
+    assert_eq!(
+        per_class.values().copied().collect::<Vec<_>>(),
+        vec![5, 5, 5, 5]
+    );
     let a: HashSet<_> = train.iter().map(|r| r.path.clone()).collect();
     let b: HashSet<_> = test.iter().map(|r| r.path.clone()).collect();
     assert!(a.is_disjoint(&b));
@@ -181,7 +206,10 @@ fn cifar10_batches_are_ingested_record_by_record() {
         ),
     );
     let r = p.run_json("c", &[]);
-    assert_eq!(field(&r, "ingest", "summary"), "10 classes; test 30, train 150");
+    assert_eq!(
+        field(&r, "ingest", "summary"),
+        "10 classes; test 30, train 150"
+    );
     let dir = artifact(&p, &r, "hdf5");
     let train = h5::read_split(&dir.join("train.h5")).unwrap();
     assert_eq!(train.shape, [150, 32, 32, 3]);
@@ -190,7 +218,10 @@ fn cifar10_batches_are_ingested_record_by_record() {
     let (label, img) = cifar::decode_record(rec);
     let i = 30 + 7;
     assert_eq!(train.labels[i], label as i64);
-    assert_eq!(&train.images[i * 3072..(i + 1) * 3072], img.as_raw().as_slice());
+    assert_eq!(
+        &train.images[i * 3072..(i + 1) * 3072],
+        img.as_raw().as_slice()
+    );
     // Planes (R then G then B) become interleaved pixels.
     assert_eq!(train.images[i * 3072 + 1], rec[1 + 1024]);
     let classes = index::read_classes(&dir.join("classes.csv")).unwrap();
@@ -212,7 +243,10 @@ fn image_folder_ingest_and_resize() {
     );
     p.manifest("f.toml", &text);
     let err = p.fails(&["run", "f"]);
-    assert!(err.contains("extra.png is 30x10 but the split's images are 20x20"), "{err}");
+    assert!(
+        err.contains("extra.png is 30x10 but the split's images are 20x20"),
+        "{err}"
+    );
     assert!(err.contains("size = [20, 20]"), "{err}");
     p.manifest("f.toml", &(text + "size = [8, 8]\nfilter = \"nearest\"\n"));
     let r = p.run_json("f", &[]);
@@ -228,16 +262,23 @@ fn image_folder_ingest_and_resize() {
 #[test]
 fn missing_dataset_folder_is_a_clear_error() {
     let p = Project::new();
-    p.manifest("exp.toml", &tiny_manifest(Path::new("/definitely/not/here"), 2));
+    p.manifest(
+        "exp.toml",
+        &tiny_manifest(Path::new("/definitely/not/here"), 2),
+    );
     let err = p.fails(&["run", "exp"]);
-    assert!(err.contains("stage `ingest`: cannot read its dataset folder"), "{err}");
+    assert!(
+        err.contains("stage `ingest`: cannot read its dataset folder"),
+        "{err}"
+    );
     assert!(err.contains("/definitely/not/here"), "{err}");
 }
 
 #[test]
 fn demo_pipeline_runs_end_to_end() {
     let p = Project::new();
-    let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/demo.toml")).unwrap();
+    let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/demo.toml"))
+        .unwrap();
     p.manifest("demo.toml", &demo);
     let r = p.run_json("demo", &["--until", "hdf5"]);
     assert_eq!(state_of(&r, "hdf5"), "ran");

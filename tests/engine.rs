@@ -32,7 +32,10 @@ fn second_run_runs_nothing() {
     assert!(states(&second).iter().all(|(_, s)| s == "cached"));
     for stage in ["ingest", "split", "hdf5"] {
         assert_eq!(field(&first, stage, "key"), field(&second, stage, "key"));
-        assert_eq!(field(&first, stage, "output"), field(&second, stage, "output"));
+        assert_eq!(
+            field(&first, stage, "output"),
+            field(&second, stage, "output")
+        );
     }
     // The human form says so too.
     let out = p.ok(&["run", "exp"]);
@@ -104,7 +107,10 @@ fn early_cutoff_keeps_later_stages_cached() {
     let r = p.run_json("exp", &[]);
     assert_eq!(state_of(&r, "split"), "ran");
     assert_ne!(field(&first, "split", "key"), field(&r, "split", "key"));
-    assert_eq!(field(&first, "split", "output"), field(&r, "split", "output"));
+    assert_eq!(
+        field(&first, "split", "output"),
+        field(&r, "split", "output")
+    );
     assert_eq!(state_of(&r, "hdf5"), "cached");
     assert_eq!(field(&first, "hdf5", "key"), field(&r, "hdf5", "key"));
 }
@@ -129,7 +135,10 @@ fn status_explains_what_changed() {
     };
     assert!(line("ingest").contains("cached"), "{s}");
     assert!(line("split").contains("stale"), "{s}");
-    assert!(line("split").contains("config changed: seed 42 -> 7"), "{s}");
+    assert!(
+        line("split").contains("config changed: seed 42 -> 7"),
+        "{s}"
+    );
     assert!(line("hdf5").contains("input split changed"), "{s}");
 
     let out = p.ok(&["status", "exp", "--json"]);
@@ -187,7 +196,11 @@ fn sigkill_during_hdf5_leaves_a_store_the_next_run_repairs() {
 
     // The half-written HDF5 file exists only under tmp/, and no key points at it.
     let tmp: Vec<_> = std::fs::read_dir(p.cache().join("tmp")).unwrap().collect();
-    assert_eq!(tmp.len(), 1, "the killed stage's work folder is left in tmp/");
+    assert_eq!(
+        tmp.len(),
+        1,
+        "the killed stage's work folder is left in tmp/"
+    );
     let out = p.ok(&["status", "exp", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["stages"][2]["state"], "stale");
@@ -256,7 +269,10 @@ fn until_and_force_and_dry_run() {
     let r = p.run_json("exp", &["--dry-run"]);
     assert_eq!(state_of(&r, "ingest"), "would-run");
     assert_eq!(state_of(&r, "split"), "waiting");
-    assert!(!p.cache().join("keys").exists() || std::fs::read_dir(p.cache().join("keys")).unwrap().count() == 0);
+    assert!(
+        !p.cache().join("keys").exists()
+            || std::fs::read_dir(p.cache().join("keys")).unwrap().count() == 0
+    );
 
     let r = p.run_json("exp", &["--until", "split"]);
     assert_eq!(state_of(&r, "split"), "ran");
@@ -278,13 +294,18 @@ fn gc_removes_only_unreferenced_artifacts() {
     let text = tiny_manifest(&root, 5).replace("test_per_class = 5", "test_per_class = 4");
     p.manifest("exp.toml", &text);
     let second = p.run_json("exp", &[]);
-    let arts = |p: &Project| std::fs::read_dir(p.cache().join("artifacts")).unwrap().count();
+    let arts = |p: &Project| {
+        std::fs::read_dir(p.cache().join("artifacts"))
+            .unwrap()
+            .count()
+    };
     assert_eq!(arts(&p), 5); // ingest + 2 splits + 2 hdf5
     let out = p.ok(&["gc"]);
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(s.contains("removed 2 artifacts"), "{s}");
     assert_eq!(arts(&p), 3);
-    let art = |r: &serde_json::Value, s: &str| p.cache().join("artifacts").join(field(r, s, "output"));
+    let art =
+        |r: &serde_json::Value, s: &str| p.cache().join("artifacts").join(field(r, s, "output"));
     assert!(!art(&first, "hdf5").exists());
     assert!(art(&second, "hdf5").exists());
     let r = p.run_json("exp", &[]);
@@ -331,7 +352,11 @@ fn set_overrides_any_key_and_extends_inherits() {
         .join(field(&r, "split", "output"))
         .join("test.csv");
     let rows = pipe::data::index::read_index(&split_out).unwrap();
-    assert_eq!(rows.len(), 9, "3 classes x test_per_class = 3 from the child");
+    assert_eq!(
+        rows.len(),
+        9,
+        "3 classes x test_per_class = 3 from the child"
+    );
     // A top-level key by --set.
     let r2 = p.run_json("child", &["--set", &set, "--set", "seed=9"]);
     assert_eq!(state_of(&r2, "split"), "ran");

@@ -94,7 +94,13 @@ fn wrong_type_points_at_the_value() {
 
     let text = GOOD.replace("format = \"synthetic\"", "format = \"tiny_imagenet\"");
     let e = load_err(&p, "exp.toml", &text);
-    assert!(e.help.as_deref().unwrap().contains("did you mean `tiny-imagenet`?"), "{e}");
+    assert!(
+        e.help
+            .as_deref()
+            .unwrap()
+            .contains("did you mean `tiny-imagenet`?"),
+        "{e}"
+    );
     assert_at(&e, "exp.toml", &text, "\"tiny_imagenet\"");
 }
 
@@ -110,7 +116,10 @@ fn missing_required_key_names_the_stage() {
     let text = GOOD.replace("format = \"synthetic\"", "format = \"cifar10\"");
     let e = load_err(&p, "exp.toml", &text);
     assert!(e.message.contains("missing required key `root`"), "{e}");
-    assert!(e.help.as_deref().unwrap().contains("--set ingest.root=DIR"), "{e}");
+    assert!(
+        e.help.as_deref().unwrap().contains("--set ingest.root=DIR"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -118,7 +127,10 @@ fn reference_to_a_missing_stage() {
     let p = Project::new();
     let text = GOOD.replace("input = \"split\"", "input = \"splt\"");
     let e = load_err(&p, "exp.toml", &text);
-    assert!(e.message.contains("reads `splt`, which is not a stage"), "{e}");
+    assert!(
+        e.message.contains("reads `splt`, which is not a stage"),
+        "{e}"
+    );
     assert_eq!(e.help.as_deref(), Some("did you mean `split`?"));
     assert_at(&e, "exp.toml", &text, "\"splt\"");
 }
@@ -133,7 +145,8 @@ fn a_cycle_is_reported_with_its_path() {
     let e = load_err(&p, "exp.toml", &text);
     assert!(e.message.contains("cycle"), "{e}");
     assert!(
-        e.message.contains("split -> again -> split") || e.message.contains("again -> split -> again"),
+        e.message.contains("split -> again -> split")
+            || e.message.contains("again -> split -> again"),
         "{e}"
     );
     assert!(e.location().unwrap().contains("exp.toml:"), "{e}");
@@ -146,7 +159,11 @@ fn an_extends_loop_is_reported() {
     let b = "extends = \"a.toml\"\n";
     p.manifest("b.toml", b);
     let e = manifest::load(&p.path().join("pipelines/a.toml"), &[], p.path()).unwrap_err();
-    assert!(e.message.contains("`extends` loop: a.toml -> b.toml -> a.toml"), "{e}");
+    assert!(
+        e.message
+            .contains("`extends` loop: a.toml -> b.toml -> a.toml"),
+        "{e}"
+    );
     assert_at(&e, "b.toml", b, "\"a.toml\"");
 
     let e = load_err(&p, "c.toml", "extends = \"missing.toml\"\n");
@@ -200,5 +217,8 @@ fn the_cli_prints_the_location_and_fails_cleanly() {
     assert!(!err.contains("panicked"), "{err}");
     let err = p.fails(&["run", "nope"]);
     assert!(err.contains("no pipeline `nope`"), "{err}");
-    assert!(!Path::new(&p.cache().join("keys")).exists() || std::fs::read_dir(p.cache().join("keys")).unwrap().count() == 0);
+    assert!(
+        !Path::new(&p.cache().join("keys")).exists()
+            || std::fs::read_dir(p.cache().join("keys")).unwrap().count() == 0
+    );
 }

@@ -33,7 +33,11 @@ pub fn decode_ref(r: &ImageRef, batches: &BatchCache) -> Result<RgbImage> {
             let bytes = batches.get(p)?;
             let start = n * cifar::RECORD;
             let rec = bytes.get(start..start + cifar::RECORD).with_context(|| {
-                format!("{}: no record {n} (file holds {})", p.display(), bytes.len() / cifar::RECORD)
+                format!(
+                    "{}: no record {n} (file holds {})",
+                    p.display(),
+                    bytes.len() / cifar::RECORD
+                )
             })?;
             Ok(cifar::decode_record(rec).1)
         }

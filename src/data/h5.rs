@@ -97,12 +97,17 @@ pub struct SplitData {
 
 /// Read a whole split file.
 pub fn read_split(path: &Path) -> Result<SplitData> {
-    let f = File::open(path).with_context(|| format!("cannot open HDF5 file {}", path.display()))?;
+    let f =
+        File::open(path).with_context(|| format!("cannot open HDF5 file {}", path.display()))?;
     let images = f.dataset("images")?;
     let labels = f.dataset("labels")?;
     let shape = images.shape();
     if shape.len() != 4 || shape[3] != 3 {
-        anyhow::bail!("{}: `images` has shape {:?}, expected (N,H,W,3)", path.display(), shape);
+        anyhow::bail!(
+            "{}: `images` has shape {:?}, expected (N,H,W,3)",
+            path.display(),
+            shape
+        );
     }
     Ok(SplitData {
         shape: [shape[0], shape[1], shape[2], shape[3]],

@@ -88,7 +88,9 @@ pub fn write_tiny_imagenet(
     size: u32,
     seed: u64,
 ) -> Result<usize> {
-    let wnids: Vec<String> = (0..classes).map(|c| format!("n{:08}", 1000 + c * 7)).collect();
+    let wnids: Vec<String> = (0..classes)
+        .map(|c| format!("n{:08}", 1000 + c * 7))
+        .collect();
     fs::create_dir_all(dir.join("val/images"))?;
     fs::write(dir.join("wnids.txt"), wnids.join("\n") + "\n")?;
     let words: String = wnids
@@ -146,7 +148,9 @@ pub fn write_image_folder(
     jobs.par_iter().try_for_each(|&(c, i)| -> Result<()> {
         let mut rng = rng_for(seed, 2, c, i);
         let img = synth_image(c, classes, size, size, &mut rng);
-        let p = dir.join(format!("class_{c:03}")).join(format!("{i:05}.jpg"));
+        let p = dir
+            .join(format!("class_{c:03}"))
+            .join(format!("{i:05}.jpg"));
         fs::write(&p, jpeg_bytes(&img)?).with_context(|| format!("cannot write {}", p.display()))
     })?;
     Ok(jobs.len())

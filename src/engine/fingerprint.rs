@@ -21,7 +21,7 @@ pub struct TreeFingerprint {
     pub root: PathBuf,
     /// Hash over all files.
     pub hash: String,
-    /// (relative path with `/`, content hash), sorted by path.
+    /// (relative path with `/`, content hash), in `stages::cmp_paths` order (the walk's).
     pub files: Vec<(String, [u8; 32])>,
     /// How many files had to be read (not found in the stat cache).
     pub hashed: usize,
@@ -49,10 +49,12 @@ fn walk(root: &Path, rel: &str) -> Result<Vec<Stat>> {
     } else {
         root.join(rel)
     };
-    let entries: Vec<fs::DirEntry> = fs::read_dir(&dir)
+    let mut entries: Vec<fs::DirEntry> = fs::read_dir(&dir)
         .with_context(|| format!("cannot read directory {}", dir.display()))?
         .collect::<Result<_, _>>()
         .with_context(|| format!("cannot read directory {}", dir.display()))?;
+    // Sorted per directory, so the whole walk comes out in `cmp_paths` order.
+    entries.sort_by_key(|e| e.file_name());
     let nested: Vec<Vec<Stat>> = entries
         .par_iter()
         .map(|e| -> Result<Vec<Stat>> {
@@ -86,7 +88,10 @@ fn walk(root: &Path, rel: &str) -> Result<Vec<Stat>> {
 
 fn cache_file(store: &Store, root: &Path) -> PathBuf {
     let id = blake3::hash(root.to_string_lossy().as_bytes()).to_hex();
-    store.root().join("statcache").join(format!("{}.bin", &id[..32]))
+    store
+        .root()
+        .join("statcache")
+        .join(format!("{}.bin", &id[..32]))
 }
 
 /// Fingerprint `root`, reading only files the stat cache does not vouch for.
@@ -97,25 +102,28 @@ pub fn fingerprint_tree(store: &Store, root: &Path) -> Result<TreeFingerprint> {
     if !root.is_dir() {
         anyhow::bail!("dataset root {} is not a directory", root.display());
     }
-    let mut stats = walk(&root, "")?;
-    stats.par_sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
+    let stats = walk(&root, "")?;
 
     let cpath = cache_file(store, &root);
-    // The cache is written sorted by path, like `stats`: a merge join, no hash map.
+    // The cache is written in walk order, so an unchanged tree matches it entry by entry;
+    // anything else falls back to a lookup by path.
     let cached: Vec<CacheEntry> = fs::read(&cpath)
         .ok()
         .and_then(|b| postcard::from_bytes::<Vec<CacheEntry>>(&b).ok())
-        .filter(|v| v.windows(2).all(|w| w[0].path < w[1].path))
         .unwrap_or_default();
+    let mut by_path: Option<std::collections::HashMap<&str, &CacheEntry>> = None;
     let mut matched: Vec<Option<[u8; 32]>> = Vec::with_capacity(stats.len());
-    let mut j = 0;
-    for s in &stats {
-        while j < cached.len() && cached[j].path < s.rel {
-            j += 1;
-        }
-        let hit = cached.get(j).filter(|c| {
-            c.path == s.rel && c.size == s.size && c.mtime_ns == s.mtime_ns && c.ino == s.ino
-        });
+    let mut in_order = cached.len() == stats.len();
+    for (i, s) in stats.iter().enumerate() {
+        let entry = match cached.get(i) {
+            Some(c) if c.path == s.rel => Some(c),
+            _ => by_path
+                .get_or_insert_with(|| cached.iter().map(|c| (c.path.as_str(), c)).collect())
+                .get(s.rel.as_str())
+                .copied()
+                .inspect(|_| in_order = false),
+        };
+        let hit = entry.filter(|c| c.size == s.size && c.mtime_ns == s.mtime_ns && c.ino == s.ino);
         matched.push(hit.map(|c| c.hash));
     }
 
@@ -140,7 +148,7 @@ pub fn fingerprint_tree(store: &Store, root: &Path) -> Result<TreeFingerprint> {
         h.update(&[0]);
         h.update(fh);
     }
-    if hashed > 0 || cached.len() != stats.len() {
+    if hashed > 0 || !in_order {
         let entries: Vec<CacheEntry> = stats
             .iter()
             .zip(&hashes)

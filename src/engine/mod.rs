@@ -483,11 +483,7 @@ impl Engine {
             let p = match manifest::load(&file, &[], &project.dir) {
                 Ok(p) => Some(p),
                 Err(e) => {
-                    warnings.push(format!(
-                        "{}: not resolved ({}); keeping its last run only",
-                        file.display(),
-                        e.message
-                    ));
+                    warnings.push(format!("{}: {}", display_name(&file), e.message));
                     None
                 }
             };
@@ -508,7 +504,7 @@ impl Engine {
                             }
                         }
                     }
-                    Err(e) => warnings.push(format!("{}: {e:#}", file.display())),
+                    Err(e) => warnings.push(format!("{}: {e}", display_name(&file))),
                 }
             }
         }
@@ -539,6 +535,12 @@ impl Engine {
         report.warnings = warnings;
         Ok(report)
     }
+}
+
+fn display_name(p: &Path) -> String {
+    p.file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// The result of `pipe gc`.

@@ -109,7 +109,11 @@ impl Store {
                 eprintln!(
                     "waiting for the cache lock on {} (held by {})",
                     self.root.display(),
-                    if holder.is_empty() { "another pipe process" } else { holder }
+                    if holder.is_empty() {
+                        "another pipe process"
+                    } else {
+                        holder
+                    }
                 );
                 file.lock().context("waiting for the cache lock")?;
             }
@@ -330,7 +334,9 @@ pub fn write_atomic(p: &Path, bytes: &[u8]) -> Result<()> {
     fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(
         ".{}.{}.tmp",
-        p.file_name().map(|f| f.to_string_lossy()).unwrap_or_default(),
+        p.file_name()
+            .map(|f| f.to_string_lossy())
+            .unwrap_or_default(),
         std::process::id()
     ));
     {

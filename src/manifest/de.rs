@@ -78,7 +78,8 @@ impl<'de, 'a> de::Deserializer<'de> for ValueDe<'a> {
     ) -> Result<V::Value, Self::Error> {
         match &self.v.kind {
             Kind::Str(s) => {
-                let d: de::value::StrDeserializer<'_, ManifestError> = s.as_str().into_deserializer();
+                let d: de::value::StrDeserializer<'_, ManifestError> =
+                    s.as_str().into_deserializer();
                 visitor.visit_enum(d).map_err(|e| self.locate(e))
             }
             other => Err(self.locate(ManifestError::new(format!(
@@ -141,16 +142,20 @@ where
         match self.entries.next() {
             Some((k, e)) => {
                 self.pending = Some((k, e));
-                let d: de::value::StrDeserializer<'_, ManifestError> = k.as_str().into_deserializer();
-                seed.deserialize(d).map(Some).map_err(|err| {
-                    err.at(e.key_origin.clone()).path(join(self.path, k))
-                })
+                let d: de::value::StrDeserializer<'_, ManifestError> =
+                    k.as_str().into_deserializer();
+                seed.deserialize(d)
+                    .map(Some)
+                    .map_err(|err| err.at(e.key_origin.clone()).path(join(self.path, k)))
             }
             None => Ok(None),
         }
     }
 
-    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Self::Error> {
+    fn next_value_seed<V: DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, Self::Error> {
         let (k, e) = self
             .pending
             .take()

@@ -170,11 +170,11 @@ fn load_merged(path: &Path, chain: &mut Vec<PathBuf>) -> Result<SValue, Manifest
     };
     let base_path = path.parent().unwrap_or(Path::new(".")).join(rel);
     if !base_path.is_file() {
-        return Err(
-            ManifestError::new(format!("`extends` names a file that does not exist: {rel}"))
-                .at(ext.value.origin.clone())
-                .path("extends"),
-        );
+        return Err(ManifestError::new(format!(
+            "`extends` names a file that does not exist: {rel}"
+        ))
+        .at(ext.value.origin.clone())
+        .path("extends"));
     }
     let base_canon = base_path.canonicalize().unwrap_or(base_path.clone());
     if chain.contains(&base_canon) {
@@ -289,9 +289,11 @@ pub fn load(path: &Path, sets: &[String], project_dir: &Path) -> Result<Pipeline
     };
     let stages_entry = doc.get("stages").expect("checked above");
     let Some(stage_tables) = stages_entry.value.as_table() else {
-        return Err(ManifestError::new("`stages` must be a table of stage tables")
-            .at(stages_entry.value.origin.clone())
-            .path("stages"));
+        return Err(
+            ManifestError::new("`stages` must be a table of stage tables")
+                .at(stages_entry.value.origin.clone())
+                .path("stages"),
+        );
     };
     if stage_tables.is_empty() {
         return Err(ManifestError::new("the pipeline has no stages")
@@ -364,12 +366,12 @@ fn parse_stage(
         },
         None if STAGE_KINDS.contains(&sname) => sname.to_string(),
         None => {
-            return Err(
-                ManifestError::new(format!("missing required key `kind` in stage `{sname}`"))
-                    .at(entry.key_origin.clone())
-                    .path(path)
-                    .help(format!("one of: {}", STAGE_KINDS.join(", "))),
-            )
+            return Err(ManifestError::new(format!(
+                "missing required key `kind` in stage `{sname}`"
+            ))
+            .at(entry.key_origin.clone())
+            .path(path)
+            .help(format!("one of: {}", STAGE_KINDS.join(", "))))
         }
     };
     let mut inputs = Vec::new();
@@ -441,9 +443,11 @@ fn parse_stage(
                 c.image_size.get_or_insert([64, 64]);
                 c.seed.get_or_insert(seed);
                 if c.classes == Some(0) || c.train_per_class == Some(0) {
-                    return Err(ManifestError::new("`classes` and `train_per_class` must be > 0")
-                        .at(entry.key_origin.clone())
-                        .path(path));
+                    return Err(
+                        ManifestError::new("`classes` and `train_per_class` must be > 0")
+                            .at(entry.key_origin.clone())
+                            .path(path),
+                    );
                 }
             } else {
                 if c.root.is_none() {
@@ -452,7 +456,9 @@ fn parse_stage(
                     ))
                     .at(entry.key_origin.clone())
                     .path(format!("{path}.root"))
-                    .help(format!("set it in the manifest or with `--set {sname}.root=DIR`")));
+                    .help(format!(
+                        "set it in the manifest or with `--set {sname}.root=DIR`"
+                    )));
                 }
                 if let Some((k, _)) = synthetic_keys.iter().find(|(_, set)| *set) {
                     return Err(ManifestError::new(format!(
@@ -501,9 +507,11 @@ fn parse_stage(
                 _ => {}
             }
             if c.from_split == c.to_split {
-                return Err(ManifestError::new("`from_split` and `to_split` must differ")
-                    .at(key_at("to_split"))
-                    .path(format!("{path}.to_split")));
+                return Err(
+                    ManifestError::new("`from_split` and `to_split` must differ")
+                        .at(key_at("to_split"))
+                        .path(format!("{path}.to_split")),
+                );
             }
             c.seed.get_or_insert(seed);
             StageConfig::Split(c)
@@ -575,7 +583,9 @@ fn validate_graph(
                 return Err(e);
             };
             let ok = match s.config.kind() {
-                "split" | "hdf5" => matches!(src.config, StageConfig::Ingest(_) | StageConfig::Split(_)),
+                "split" | "hdf5" => {
+                    matches!(src.config, StageConfig::Ingest(_) | StageConfig::Split(_))
+                }
                 _ => true,
             };
             if !ok {
@@ -632,12 +642,11 @@ fn validate_graph(
             // The cycle is reported in data-flow order: producer -> reader.
             let mut flow = cycle.clone();
             flow.reverse();
-            return Err(ManifestError::new(format!(
-                "stages form a cycle: {}",
-                flow.join(" -> ")
-            ))
-            .at(origin)
-            .path(format!("stages.{reader}.input")));
+            return Err(
+                ManifestError::new(format!("stages form a cycle: {}", flow.join(" -> ")))
+                    .at(origin)
+                    .path(format!("stages.{reader}.input")),
+            );
         }
     }
     Ok(())

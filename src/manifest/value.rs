@@ -290,8 +290,7 @@ fn convert_value(
                 "-inf" => f64::NEG_INFINITY,
                 "nan" | "+nan" | "-nan" => f64::NAN,
                 other => other.parse::<f64>().map_err(|_| {
-                    ManifestError::new(format!("invalid float `{}`", f.as_str()))
-                        .at(origin.clone())
+                    ManifestError::new(format!("invalid float `{}`", f.as_str())).at(origin.clone())
                 })?,
             };
             Kind::Float(x)

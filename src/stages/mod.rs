@@ -26,11 +26,16 @@ pub fn version(kind: &str) -> u32 {
     }
 }
 
+/// Path order of [`DatasetFiles::files`]: component by component.
+pub fn cmp_paths(a: &str, b: &str) -> std::cmp::Ordering {
+    a.split('/').cmp(b.split('/'))
+}
+
 /// A dataset folder and the content hash of each file in it.
 pub struct DatasetFiles<'a> {
     /// The folder (canonical).
     pub root: &'a Path,
-    /// (relative path with `/`, BLAKE3), sorted by path.
+    /// (relative path with `/`, BLAKE3), sorted by path component (see [`cmp_paths`]).
     pub files: &'a [(String, [u8; 32])],
 }
 
@@ -38,7 +43,7 @@ impl DatasetFiles<'_> {
     /// The content hash (hex) of a file, by relative path.
     pub fn hash_of(&self, rel: &str) -> Option<String> {
         self.files
-            .binary_search_by(|(p, _)| p.as_str().cmp(rel))
+            .binary_search_by(|(p, _)| cmp_paths(p, rel))
             .ok()
             .map(|i| blake3::Hash::from(self.files[i].1).to_hex().to_string())
     }

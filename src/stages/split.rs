@@ -34,7 +34,10 @@ pub fn run(ctx: &StageCtx<'_>, c: &SplitConfig) -> Result<String> {
             c.to_split
         );
     }
-    let rows = rebase(read_index(&input.join(format!("{}.csv", c.from_split)))?, input);
+    let rows = rebase(
+        read_index(&input.join(format!("{}.csv", c.from_split)))?,
+        input,
+    );
     let mut by_class: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
     for (i, r) in rows.iter().enumerate() {
         by_class.entry(r.label).or_default().push(i);
@@ -90,7 +93,11 @@ pub fn run(ctx: &StageCtx<'_>, c: &SplitConfig) -> Result<String> {
             counts.push(format!("{s} {n}"));
         }
     }
-    Ok(format!("{} (stratified over {} classes)", counts.join(", "), by_class.len()))
+    Ok(format!(
+        "{} (stratified over {} classes)",
+        counts.join(", "),
+        by_class.len()
+    ))
 }
 
 fn rebase(mut rows: Vec<IndexRow>, input: &std::path::Path) -> Vec<IndexRow> {

@@ -70,7 +70,7 @@ pub fn run(ctx: &StageCtx<'_>, c: &Hdf5Config) -> Result<String> {
         let starts: Vec<usize> = (0..rows.len()).step_by(block).collect();
         let decode_block = |start: usize| -> Result<Block> {
             let end = (start + block).min(rows.len());
-            let decoded: Vec<Result<Option<(Vec<u8>, [u64; 3])>>> = refs[start..end]
+            let decoded: Vec<Result<Option<Decoded>>> = refs[start..end]
                 .par_iter()
                 .map(|r| decode_one(r, &batches, c, (w, h)))
                 .collect();
@@ -84,8 +84,8 @@ pub fn run(ctx: &StageCtx<'_>, c: &Hdf5Config) -> Result<String> {
             for (i, d) in decoded.into_iter().enumerate() {
                 match d? {
                     Some((px, s)) => {
-                        for k in 0..3 {
-                            out.sums[k] += s[k];
+                        for (acc, v) in out.sums.iter_mut().zip(s) {
+                            *acc += v;
                         }
                         out.pixels.extend_from_slice(&px);
                         out.labels.push(rows[start + i].label);
@@ -109,8 +109,8 @@ pub fn run(ctx: &StageCtx<'_>, c: &Hdf5Config) -> Result<String> {
             );
             written?;
             pending = next?;
-            for ch in 0..3 {
-                sums[ch] += current.sums[ch];
+            for (acc, v) in sums.iter_mut().zip(current.sums) {
+                *acc += v;
             }
             skipped.extend(current.skipped);
             pb.inc(current.len as u64);
@@ -153,6 +153,9 @@ pub fn run(ctx: &StageCtx<'_>, c: &Hdf5Config) -> Result<String> {
     Ok(summary)
 }
 
+/// One decoded image: HWC pixels and its per-channel sums.
+type Decoded = (Vec<u8>, [u64; 3]);
+
 struct Block {
     pixels: Vec<u8>,
     labels: Vec<i64>,
@@ -167,7 +170,7 @@ fn decode_one(
     batches: &BatchCache,
     c: &Hdf5Config,
     (w, h): (u32, u32),
-) -> Result<Option<(Vec<u8>, [u64; 3])>> {
+) -> Result<Option<Decoded>> {
     let img = match decode_ref(r, batches) {
         Ok(img) => img,
         Err(e) => {
