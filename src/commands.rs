@@ -263,3 +263,49 @@ fn count_files(dir: &Path) -> Result<usize> {
     }
     Ok(n)
 }
+
+/// `pipe graph`: a summary of each network of a pipeline (or the one named).
+pub fn graph(
+    g: &Global,
+    pipeline: &str,
+    sets: &[String],
+    network: Option<&str>,
+    json: bool,
+) -> Result<()> {
+    let (_, p) = load(g, pipeline, sets)?;
+    let names: Vec<String> = match network {
+        Some(n) => vec![n.to_string()],
+        None => p.library.networks.keys().cloned().collect(),
+    };
+    if names.is_empty() {
+        anyhow::bail!(
+            "pipeline `{}` declares no network ([networks.<name>])",
+            p.name
+        );
+    }
+    let mut out = Vec::new();
+    for name in names {
+        let x = p
+            .library
+            .expand(&name, None)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let infos = x.graph.infer()?;
+        if json {
+            let t = crate::nn::graph::totals(&infos);
+            out.push(serde_json::json!({
+                "network": name,
+                "nodes": x.graph.nodes.iter().zip(&infos).map(|(n, i)| serde_json::json!({
+                    "name": n.name, "op": n.op.name(), "shape": i.shape.to_string(),
+                    "params": i.trainable + i.non_trainable, "macs": i.macs,
+                })).collect::<Vec<_>>(),
+                "trainable": t.trainable, "non_trainable": t.non_trainable, "macs": t.macs,
+            }));
+        } else {
+            println!("{}", crate::nn::summary(&name, &x.graph, &infos));
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(())
+}

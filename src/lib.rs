@@ -8,5 +8,6 @@ pub mod commands;
 pub mod data;
 pub mod engine;
 pub mod manifest;
+pub mod nn;
 pub mod report;
 pub mod stages;

@@ -65,6 +65,20 @@ enum Cmd {
         #[arg(long)]
         dot: bool,
     },
+    /// Summarise a pipeline's networks: layers, output shapes, parameters, MACs
+    Graph {
+        /// Pipeline name, alias, or manifest path
+        pipeline: String,
+        /// Only this network
+        #[arg(long)]
+        network: Option<String>,
+        /// Override a key, as for `run`
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove artifacts no manifest in pipelines/ references
     Gc,
     /// Benchmarks (numbers for docs/performance.md)
@@ -156,6 +170,12 @@ fn main() -> ExitCode {
             sets,
             dot,
         } => commands::dag(&g, &pipeline, &sets, dot),
+        Cmd::Graph {
+            pipeline,
+            network,
+            sets,
+            json,
+        } => commands::graph(&g, &pipeline, &sets, network.as_deref(), json),
         Cmd::Gc => commands::gc(&g),
         Cmd::Bench {
             what:

@@ -85,6 +85,8 @@ pub struct Pipeline {
     pub project_dir: PathBuf,
     /// Stages, in the order written (merged: base first).
     pub stages: IndexMap<String, Stage>,
+    /// Blocks and networks (`[blocks.*]`, `[networks.*]`).
+    pub library: crate::nn::spec::Library,
 }
 
 impl Pipeline {
@@ -143,6 +145,14 @@ struct TopLevel {
     seed: u64,
     #[allow(dead_code)]
     stages: serde::de::IgnoredAny,
+    /// Typed by `nn::spec`.
+    #[serde(default)]
+    #[allow(dead_code)]
+    networks: Option<serde::de::IgnoredAny>,
+    /// Typed by `nn::spec`.
+    #[serde(default)]
+    #[allow(dead_code)]
+    blocks: Option<serde::de::IgnoredAny>,
 }
 
 fn default_seed() -> u64 {
@@ -157,16 +167,58 @@ fn load_merged(path: &Path, chain: &mut Vec<PathBuf>) -> Result<SValue, Manifest
     chain.push(canon);
     let table = doc.as_table_mut().expect("a document is a table");
     let extends = table.shift_remove("extends");
-    let Some(ext) = extends else {
-        return Ok(doc);
+    let includes = table.shift_remove("include");
+    let mut base = match extends {
+        Some(ext) => Some(load_base(path, &ext, chain)?),
+        None => None,
     };
+    if let Some(inc) = includes {
+        let items: Vec<&SValue> = match &inc.value.kind {
+            Kind::Str(_) => vec![&inc.value],
+            Kind::Array(a) => a.iter().collect(),
+            other => {
+                return Err(ManifestError::new(format!(
+                    "wrong type: `include` must be a path or a list of paths, found {}",
+                    other.type_name()
+                ))
+                .at(inc.value.origin.clone())
+                .path("include"))
+            }
+        };
+        for item in items {
+            let included = load_base(
+                path,
+                &Entry {
+                    key_origin: inc.key_origin.clone(),
+                    value: item.clone(),
+                },
+                chain,
+            )?;
+            match &mut base {
+                Some(b) => b.merge(included),
+                None => base = Some(included),
+            }
+        }
+    }
+    match base {
+        Some(mut b) => {
+            b.merge(doc);
+            Ok(b)
+        }
+        None => Ok(doc),
+    }
+}
+
+/// Load a file named by `extends` or `include` (relative to `path`'s folder).
+fn load_base(path: &Path, ext: &Entry, chain: &mut Vec<PathBuf>) -> Result<SValue, ManifestError> {
+    let key = "extends/include";
     let Some(rel) = ext.value.as_str() else {
         return Err(ManifestError::new(format!(
-            "wrong type: `extends` must be a string (a manifest path), found {}",
+            "wrong type: expected a manifest path, found {}",
             ext.value.kind.type_name()
         ))
         .at(ext.value.origin.clone())
-        .path("extends"));
+        .path(key));
     };
     let base_path = path.parent().unwrap_or(Path::new(".")).join(rel);
     if !base_path.is_file() {
@@ -190,16 +242,16 @@ fn load_merged(path: &Path, chain: &mut Vec<PathBuf>) -> Result<SValue, Manifest
         return Err(
             ManifestError::new(format!("`extends` loop: {}", names.join(" -> ")))
                 .at(ext.value.origin.clone())
-                .path("extends"),
+                .path(key),
         );
     }
     let mut base = load_merged(&base_path, chain)?;
+    chain.pop();
     // A name and its aliases belong to one file; they are not inherited.
     if let Some(t) = base.as_table_mut() {
         t.shift_remove("name");
         t.shift_remove("aliases");
     }
-    base.merge(doc);
     Ok(base)
 }
 
@@ -312,7 +364,9 @@ pub fn load(path: &Path, sets: &[String], project_dir: &Path) -> Result<Pipeline
         input_origins.insert(sname.clone(), origins);
         stages.insert(sname.clone(), stage);
     }
+    let library = crate::nn::spec::parse_library(&doc)?;
     let pipeline = Pipeline {
+        library,
         name,
         aliases: top.aliases,
         description: top.description,
@@ -322,6 +376,11 @@ pub fn load(path: &Path, sets: &[String], project_dir: &Path) -> Result<Pipeline
         stages,
     };
     validate_graph(&pipeline, &input_origins)?;
+    // Shapes are checked now, before anything runs (the class count, if the network leaves
+    // it to the data, does not change any shape but the last).
+    for (name, n) in &pipeline.library.networks {
+        pipeline.library.expand(name, n.classes.or(Some(2)))?;
+    }
     Ok(pipeline)
 }
 

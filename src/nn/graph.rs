@@ -1,0 +1,419 @@
+//! The expanded layer graph: ops with concrete arguments, shape inference, parameter and
+//! MAC counts. This is what a training backend builds a model from; it names no backend.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// Padding of a convolution or pooling window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Padding {
+    /// Keras `same`: output = ceil(input / stride); extra padding goes bottom/right.
+    Same,
+    /// No padding: output = floor((input - k) / stride) + 1.
+    Valid,
+    /// Explicit symmetric padding.
+    Explicit(usize),
+}
+
+/// One operation with its arguments.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// The network input (H, W, C).
+    Input {
+        /// Height.
+        h: usize,
+        /// Width.
+        w: usize,
+        /// Channels.
+        c: usize,
+    },
+    /// 2-D convolution, NHWC.
+    Conv2d {
+        /// Output channels.
+        filters: usize,
+        /// (kh, kw).
+        kernel: (usize, usize),
+        /// (sh, sw).
+        stride: (usize, usize),
+        /// Padding.
+        padding: Padding,
+        /// Learn a bias.
+        bias: bool,
+        /// L2 penalty on the kernel.
+        l2: f64,
+    },
+    /// Batch normalisation over channels.
+    BatchNorm {
+        /// Running-statistics momentum (Keras convention: new = m * old + (1 - m) * batch).
+        momentum: f64,
+        /// Added to the variance.
+        epsilon: f64,
+    },
+    /// max(0, x).
+    Relu,
+    /// x if x > 0 else alpha * (exp(x) - 1).
+    Elu {
+        /// Saturation value for negative inputs.
+        alpha: f64,
+    },
+    /// Max pooling.
+    MaxPool {
+        /// (kh, kw).
+        size: (usize, usize),
+        /// (sh, sw).
+        stride: (usize, usize),
+        /// Padding (`same` pads with -inf).
+        padding: Padding,
+    },
+    /// Average pooling (`same` averages over the valid part of each window).
+    AvgPool {
+        /// (kh, kw).
+        size: (usize, usize),
+        /// (sh, sw).
+        stride: (usize, usize),
+        /// Padding.
+        padding: Padding,
+    },
+    /// Mean over H and W: (H, W, C) -> (C).
+    GlobalAvgPool,
+    /// Dropout (training only).
+    Dropout {
+        /// Fraction dropped.
+        rate: f64,
+    },
+    /// (H, W, C) -> (H*W*C).
+    Flatten,
+    /// Fully connected.
+    Dense {
+        /// Output units.
+        units: usize,
+        /// Learn a bias.
+        bias: bool,
+        /// L2 penalty on the weights.
+        l2: f64,
+    },
+    /// Channel concatenation (last axis).
+    Concat,
+    /// Element-wise sum.
+    Add,
+    /// Softmax over the last axis.
+    Softmax,
+}
+
+impl Op {
+    /// The op's manifest name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Input { .. } => "input",
+            Op::Conv2d { .. } => "conv2d",
+            Op::BatchNorm { .. } => "batchnorm",
+            Op::Relu => "relu",
+            Op::Elu { .. } => "elu",
+            Op::MaxPool { .. } => "maxpool",
+            Op::AvgPool { .. } => "avgpool",
+            Op::GlobalAvgPool => "global_avgpool",
+            Op::Dropout { .. } => "dropout",
+            Op::Flatten => "flatten",
+            Op::Dense { .. } => "dense",
+            Op::Concat => "concat",
+            Op::Add => "add",
+            Op::Softmax => "softmax",
+        }
+    }
+}
+
+/// The shape of one example (no batch axis).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Shape {
+    /// (H, W, C).
+    Image(usize, usize, usize),
+    /// (N).
+    Flat(usize),
+}
+
+impl Shape {
+    /// Number of values.
+    pub fn numel(&self) -> usize {
+        match *self {
+            Shape::Image(h, w, c) => h * w * c,
+            Shape::Flat(n) => n,
+        }
+    }
+}
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Shape::Image(h, w, c) => write!(f, "{h}x{w}x{c}"),
+            Shape::Flat(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// One node of the expanded graph.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Node {
+    /// Full name (`3a/branch2/conv`).
+    pub name: String,
+    /// The operation.
+    pub op: Op,
+    /// Indices of the nodes it reads (earlier in the list).
+    pub inputs: Vec<usize>,
+}
+
+/// A network: nodes in topological order; node 0 is the input, the last is the output.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Graph {
+    /// The nodes.
+    pub nodes: Vec<Node>,
+}
+
+/// Per-node facts from shape inference.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeInfo {
+    /// Output shape.
+    pub shape: Shape,
+    /// Trainable parameters.
+    pub trainable: usize,
+    /// Non-trainable parameters (batch-norm running statistics).
+    pub non_trainable: usize,
+    /// Multiply-accumulates per example.
+    pub macs: usize,
+}
+
+/// A shape error, naming the node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShapeError {
+    /// The node at fault.
+    pub node: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ShapeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.node, self.message)
+    }
+}
+
+impl std::error::Error for ShapeError {}
+
+/// Output length of a window op along one axis.
+pub fn out_len(input: usize, k: usize, s: usize, p: Padding) -> Option<usize> {
+    match p {
+        Padding::Same => Some(input.div_ceil(s)),
+        Padding::Valid => (input >= k).then(|| (input - k) / s + 1),
+        Padding::Explicit(pad) => (input + 2 * pad >= k).then(|| (input + 2 * pad - k) / s + 1),
+    }
+}
+
+/// Padding before (top/left) along one axis, Keras/TensorFlow convention.
+pub fn pad_before(input: usize, k: usize, s: usize, p: Padding) -> usize {
+    match p {
+        Padding::Same => {
+            let out = input.div_ceil(s);
+            ((out - 1) * s + k).saturating_sub(input) / 2
+        }
+        Padding::Valid => 0,
+        Padding::Explicit(pad) => pad,
+    }
+}
+
+impl Graph {
+    /// Infer every node's shape, parameters and MACs; the first inconsistency is an error
+    /// naming the node and the shapes involved.
+    pub fn infer(&self) -> Result<Vec<NodeInfo>, ShapeError> {
+        let mut infos: Vec<NodeInfo> = Vec::with_capacity(self.nodes.len());
+        for node in &self.nodes {
+            let err = |m: String| ShapeError {
+                node: node.name.clone(),
+                message: m,
+            };
+            let ins: Vec<Shape> = node.inputs.iter().map(|&i| infos[i].shape).collect();
+            let one = || -> Result<Shape, ShapeError> {
+                match ins.as_slice() {
+                    [s] => Ok(*s),
+                    _ => Err(err(format!(
+                        "{} takes one input, got {}",
+                        node.op.name(),
+                        ins.len()
+                    ))),
+                }
+            };
+            let image = |s: Shape| -> Result<(usize, usize, usize), ShapeError> {
+                match s {
+                    Shape::Image(h, w, c) => Ok((h, w, c)),
+                    Shape::Flat(n) => Err(err(format!(
+                        "{} needs an image (HxWxC) input, got a flat vector of {n} (flatten comes after it)",
+                        node.op.name()
+                    ))),
+                }
+            };
+            let mut info = NodeInfo {
+                shape: Shape::Flat(0),
+                trainable: 0,
+                non_trainable: 0,
+                macs: 0,
+            };
+            match &node.op {
+                Op::Input { h, w, c } => info.shape = Shape::Image(*h, *w, *c),
+                Op::Conv2d {
+                    filters,
+                    kernel,
+                    stride,
+                    padding,
+                    bias,
+                    ..
+                } => {
+                    let (h, w, c) = image(one()?)?;
+                    let oh = out_len(h, kernel.0, stride.0, *padding);
+                    let ow = out_len(w, kernel.1, stride.1, *padding);
+                    let (Some(oh), Some(ow)) = (oh, ow) else {
+                        return Err(err(format!(
+                            "kernel {}x{} does not fit input {h}x{w} with padding {:?}",
+                            kernel.0, kernel.1, padding
+                        )));
+                    };
+                    info.shape = Shape::Image(oh, ow, *filters);
+                    info.trainable =
+                        kernel.0 * kernel.1 * c * filters + if *bias { *filters } else { 0 };
+                    info.macs = oh * ow * filters * kernel.0 * kernel.1 * c;
+                }
+                Op::BatchNorm { .. } => {
+                    let s = one()?;
+                    let c = match s {
+                        Shape::Image(_, _, c) => c,
+                        Shape::Flat(n) => n,
+                    };
+                    info.shape = s;
+                    info.trainable = 2 * c;
+                    info.non_trainable = 2 * c;
+                }
+                Op::Relu | Op::Elu { .. } | Op::Dropout { .. } | Op::Softmax => {
+                    info.shape = one()?;
+                }
+                Op::MaxPool {
+                    size,
+                    stride,
+                    padding,
+                }
+                | Op::AvgPool {
+                    size,
+                    stride,
+                    padding,
+                } => {
+                    let (h, w, c) = image(one()?)?;
+                    let oh = out_len(h, size.0, stride.0, *padding);
+                    let ow = out_len(w, size.1, stride.1, *padding);
+                    let (Some(oh), Some(ow)) = (oh, ow) else {
+                        return Err(err(format!(
+                            "window {}x{} does not fit input {h}x{w} with padding {:?}",
+                            size.0, size.1, padding
+                        )));
+                    };
+                    info.shape = Shape::Image(oh, ow, c);
+                }
+                Op::GlobalAvgPool => {
+                    let (_, _, c) = image(one()?)?;
+                    info.shape = Shape::Flat(c);
+                }
+                Op::Flatten => info.shape = Shape::Flat(one()?.numel()),
+                Op::Dense { units, bias, .. } => {
+                    let n = match one()? {
+                        Shape::Flat(n) => n,
+                        s @ Shape::Image(..) => {
+                            return Err(err(format!(
+                                "dense needs a flat input, got {s} (add a flatten or global_avgpool before it)"
+                            )))
+                        }
+                    };
+                    info.shape = Shape::Flat(*units);
+                    info.trainable = n * units + if *bias { *units } else { 0 };
+                    info.macs = n * units;
+                }
+                Op::Concat | Op::Add => {
+                    if ins.len() < 2 {
+                        return Err(err(format!(
+                            "{} needs at least two inputs, got {}",
+                            node.op.name(),
+                            ins.len()
+                        )));
+                    }
+                    let describe = |s: &Shape| match s {
+                        Shape::Image(h, w, c) => format!("{h}x{w} ({c} channels)"),
+                        Shape::Flat(n) => format!("flat {n}"),
+                    };
+                    if matches!(node.op, Op::Concat) {
+                        let mut total = 0;
+                        for s in &ins {
+                            match (s, &ins[0]) {
+                                (Shape::Image(h, w, c), Shape::Image(h0, w0, _))
+                                    if h == h0 && w == w0 =>
+                                {
+                                    total += c
+                                }
+                                (Shape::Flat(n), Shape::Flat(_)) => total += n,
+                                _ => {
+                                    return Err(err(format!(
+                                        "concat inputs {} and {} differ in more than channels",
+                                        describe(&ins[0]),
+                                        describe(s)
+                                    )))
+                                }
+                            }
+                        }
+                        info.shape = match ins[0] {
+                            Shape::Image(h, w, _) => Shape::Image(h, w, total),
+                            Shape::Flat(_) => Shape::Flat(total),
+                        };
+                    } else {
+                        if let Some(s) = ins.iter().find(|s| **s != ins[0]) {
+                            return Err(err(format!(
+                                "add inputs {} and {} differ",
+                                describe(&ins[0]),
+                                describe(s)
+                            )));
+                        }
+                        info.shape = ins[0];
+                    }
+                }
+            }
+            infos.push(info);
+        }
+        Ok(infos)
+    }
+
+    /// The structure alone (ops and wiring, no names): what a train stage's key covers, so
+    /// renaming a block or a node changes nothing while changing one filter count does.
+    pub fn structure_json(&self) -> serde_json::Value {
+        serde_json::Value::Array(
+            self.nodes
+                .iter()
+                .map(|n| serde_json::json!({"op": n.op, "inputs": n.inputs}))
+                .collect(),
+        )
+    }
+}
+
+/// Totals over a graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Totals {
+    /// Trainable parameters.
+    pub trainable: usize,
+    /// Non-trainable parameters.
+    pub non_trainable: usize,
+    /// Multiply-accumulates per example.
+    pub macs: usize,
+}
+
+/// Sum of a graph's per-node facts.
+pub fn totals(infos: &[NodeInfo]) -> Totals {
+    infos.iter().fold(Totals::default(), |t, i| Totals {
+        trainable: t.trainable + i.trainable,
+        non_trainable: t.non_trainable + i.non_trainable,
+        macs: t.macs + i.macs,
+    })
+}
