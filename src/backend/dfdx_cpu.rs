@@ -1,0 +1,779 @@
+//! The dfdx backend (dfdx 0.13, public API only, CPU).
+//!
+//! dfdx's own conv/pool ops need its `nightly` feature, so this module builds every layer
+//! from public tensor ops on run-time shapes. Activations are matrices: an image batch
+//! (N, H, W, C) is (N*H*W, C), a flat batch (N, F) is itself.
+//! - conv: im2col by `gather` of rows (out-of-range taps read an extra zero row appended
+//!   by `concat_along`), then `matmul` with the (kh*kw*cin, cout) kernel. A 1x1/stride-1
+//!   conv is a plain `matmul`. (`gather`'s backward accumulates; `slice`'s would not.)
+//! - max/avg pool: the same gathered windows, then `max`/`sum` over the window axis.
+//! - batch norm, dropout, dense, concat, add: ops; dropout masks come from our own RNG.
+//! - a tensor read by several layers is handed out as `retaped()` copies to all but the
+//!   last reader, so its history stays on exactly one path to the loss.
+//!
+//! Parameters, running statistics and optimizer moments are plain vectors owned here, so
+//! the full state can be saved and restored exactly.
+
+use std::collections::HashMap;
+
+use anyhow::{bail, Result};
+use dfdx::prelude::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::{NamedTensor, State, StepStats};
+use crate::nn::graph::{pad_before, Graph, NodeInfo, Op, Padding, Shape as GShape};
+
+type Tp<E> = OwnedTape<E, Cpu>;
+type M<E> = Tensor<(usize, usize), E, Cpu, Tp<E>>;
+type Leaves<E> = Vec<Tensor<(usize, usize), E, Cpu>>;
+/// Per batch-norm layer: the batch mean and (biased) variance.
+type BatchStats<E> = Vec<(Vec<E>, Vec<E>)>;
+
+struct Slot {
+    name: String,
+    shape: Vec<usize>,
+    /// (rows, cols) as used in the matrix formulation.
+    mat: (usize, usize),
+    l2: f64,
+}
+
+#[derive(Default, Clone, Copy)]
+struct NodeParams {
+    kernel: Option<usize>,
+    bias: Option<usize>,
+    gamma: Option<usize>,
+    beta: Option<usize>,
+    stats: Option<usize>,
+}
+
+/// The generic core: a graph with its parameters in element type `E` (f32 to train, f64
+/// for gradient checks).
+pub struct Net<E: Dtype> {
+    graph: Graph,
+    infos: Vec<NodeInfo>,
+    /// Trainable parameters.
+    pub params: Vec<Vec<E>>,
+    slots: Vec<Slot>,
+    node_params: Vec<NodeParams>,
+    bn_mean: Vec<Vec<E>>,
+    bn_var: Vec<Vec<E>>,
+    bn_names: Vec<String>,
+    windows: HashMap<(usize, usize), Window<E>>,
+    dev: Cpu,
+    classes: usize,
+}
+
+struct Window<E> {
+    idx: Vec<usize>,
+    inv_count: Vec<E>,
+}
+
+fn e<E: Dtype>(x: f64) -> E {
+    E::from_f64(x).expect("f64 converts to the element type")
+}
+
+/// Row indices of every window tap, `pad` for taps outside the input; and 1/(valid taps)
+/// per output position.
+fn window_rows(
+    n: usize,
+    (h, w): (usize, usize),
+    (oh, ow): (usize, usize),
+    (kh, kw): (usize, usize),
+    (sh, sw): (usize, usize),
+    padding: Padding,
+) -> (Vec<usize>, Vec<f64>) {
+    let pad_row = n * h * w;
+    let pt = pad_before(h, kh, sh, padding) as isize;
+    let pl = pad_before(w, kw, sw, padding) as isize;
+    let mut idx = Vec::with_capacity(n * oh * ow * kh * kw);
+    let mut inv = Vec::with_capacity(n * oh * ow);
+    for b in 0..n {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut valid = 0;
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let iy = (oy * sh + ky) as isize - pt;
+                        let ix = (ox * sw + kx) as isize - pl;
+                        if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                            idx.push((b * h + iy as usize) * w + ix as usize);
+                            valid += 1;
+                        } else {
+                            idx.push(pad_row);
+                        }
+                    }
+                }
+                inv.push(1.0 / valid.max(1) as f64);
+            }
+        }
+    }
+    (idx, inv)
+}
+
+impl<E: Dtype> Net<E>
+where
+    Cpu: Device<E>,
+{
+    /// Build with Glorot-uniform kernels (Keras' default), zero biases, unit gammas.
+    pub fn new(graph: &Graph, seed: u64) -> Result<Self> {
+        let infos = graph.infer()?;
+        let classes = match infos.last().map(|i| i.shape) {
+            Some(GShape::Flat(k)) => k,
+            other => bail!("the network must end in a flat (classes) output, got {other:?}"),
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut net = Net {
+            graph: graph.clone(),
+            infos: infos.clone(),
+            params: Vec::new(),
+            slots: Vec::new(),
+            node_params: vec![NodeParams::default(); graph.nodes.len()],
+            bn_mean: Vec::new(),
+            bn_var: Vec::new(),
+            bn_names: Vec::new(),
+            windows: HashMap::new(),
+            dev: Cpu::seed_from_u64(seed),
+            classes,
+        };
+        for (i, node) in graph.nodes.iter().enumerate() {
+            let in_shape = node.inputs.first().map(|&j| infos[j].shape);
+            let cin = match in_shape {
+                Some(GShape::Image(_, _, c)) => c,
+                Some(GShape::Flat(n)) => n,
+                None => 0,
+            };
+            let mut np = NodeParams::default();
+            let mut glorot = |net: &mut Net<E>,
+                              name: String,
+                              shape: Vec<usize>,
+                              mat: (usize, usize),
+                              fan: (usize, usize),
+                              l2: f64| {
+                let limit = (6.0 / (fan.0 + fan.1) as f64).sqrt();
+                let v = (0..mat.0 * mat.1)
+                    .map(|_| e::<E>(rng.random_range(-limit..limit)))
+                    .collect();
+                net.params.push(v);
+                net.slots.push(Slot {
+                    name,
+                    shape,
+                    mat,
+                    l2,
+                });
+                net.params.len() - 1
+            };
+            match &node.op {
+                Op::Conv2d {
+                    filters,
+                    kernel: (kh, kw),
+                    bias,
+                    l2,
+                    ..
+                } => {
+                    let k = kh * kw * cin;
+                    np.kernel = Some(glorot(
+                        &mut net,
+                        format!("{}/kernel", node.name),
+                        vec![*kh, *kw, cin, *filters],
+                        (k, *filters),
+                        (k, kh * kw * filters),
+                        *l2,
+                    ));
+                    if *bias {
+                        np.bias =
+                            Some(net.push_const(format!("{}/bias", node.name), *filters, 0.0));
+                    }
+                }
+                Op::Dense { units, bias, l2 } => {
+                    np.kernel = Some(glorot(
+                        &mut net,
+                        format!("{}/kernel", node.name),
+                        vec![cin, *units],
+                        (cin, *units),
+                        (cin, *units),
+                        *l2,
+                    ));
+                    if *bias {
+                        np.bias = Some(net.push_const(format!("{}/bias", node.name), *units, 0.0));
+                    }
+                }
+                Op::BatchNorm { .. } => {
+                    np.gamma = Some(net.push_const(format!("{}/gamma", node.name), cin, 1.0));
+                    np.beta = Some(net.push_const(format!("{}/beta", node.name), cin, 0.0));
+                    net.bn_mean.push(vec![e(0.0); cin]);
+                    net.bn_var.push(vec![e(1.0); cin]);
+                    net.bn_names.push(node.name.clone());
+                    np.stats = Some(net.bn_mean.len() - 1);
+                }
+                _ => {}
+            }
+            net.node_params[i] = np;
+        }
+        Ok(net)
+    }
+
+    fn push_const(&mut self, name: String, n: usize, v: f64) -> usize {
+        self.params.push(vec![e(v); n]);
+        self.slots.push(Slot {
+            name,
+            shape: vec![n],
+            mat: (1, n),
+            l2: 0.0,
+        });
+        self.params.len() - 1
+    }
+
+    /// Class count.
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    fn window(&mut self, node: usize, n: usize) -> &Window<E> {
+        let (graph, infos) = (&self.graph, &self.infos);
+        self.windows.entry((node, n)).or_insert_with(|| {
+            let nd = &graph.nodes[node];
+            let GShape::Image(h, w, _) = infos[nd.inputs[0]].shape else {
+                unreachable!("shape inference checked window ops")
+            };
+            let GShape::Image(oh, ow, _) = infos[node].shape else {
+                unreachable!("shape inference checked window ops")
+            };
+            let (k, s, p) = match nd.op {
+                Op::Conv2d {
+                    kernel,
+                    stride,
+                    padding,
+                    ..
+                } => (kernel, stride, padding),
+                Op::MaxPool {
+                    size,
+                    stride,
+                    padding,
+                }
+                | Op::AvgPool {
+                    size,
+                    stride,
+                    padding,
+                } => (size, stride, padding),
+                _ => unreachable!("only window ops have windows"),
+            };
+            let (idx, inv) = window_rows(n, (h, w), (oh, ow), k, s, p);
+            Window {
+                idx,
+                inv_count: inv.into_iter().map(e).collect(),
+            }
+        })
+    }
+
+    /// Forward pass. Returns the logits (or, when the graph's last op is not softmax, its
+    /// output), the parameter leaves, and each batch-norm layer's batch mean and variance.
+    fn forward(
+        &mut self,
+        x: Vec<E>,
+        n: usize,
+        train: bool,
+        dropout_seed: u64,
+    ) -> (M<E>, Leaves<E>, BatchStats<E>) {
+        let dev = self.dev.clone();
+        let leaves: Leaves<E> = self
+            .params
+            .iter()
+            .zip(&self.slots)
+            .map(|(p, s)| dev.tensor_from_vec(p.clone(), s.mat))
+            .collect();
+        let mut uses = vec![0usize; self.graph.nodes.len()];
+        for nd in &self.graph.nodes {
+            for &i in &nd.inputs {
+                uses[i] += 1;
+            }
+        }
+        let last = self.graph.nodes.len() - 1;
+        let mut acts: Vec<Option<M<E>>> = (0..self.graph.nodes.len()).map(|_| None).collect();
+        let mut stats = Vec::new();
+        let mut drop_rng = ChaCha8Rng::seed_from_u64(dropout_seed);
+        for i in 0..self.graph.nodes.len() {
+            let node = self.graph.nodes[i].clone();
+            let mut take = |j: usize, acts: &mut Vec<Option<M<E>>>| -> M<E> {
+                uses[j] -= 1;
+                if uses[j] == 0 {
+                    acts[j].take().expect("activation consumed once")
+                } else {
+                    acts[j]
+                        .as_ref()
+                        .expect("activation present")
+                        .retaped::<Tp<E>>()
+                }
+            };
+            let rows = |s: GShape| match s {
+                GShape::Image(h, w, _) => n * h * w,
+                GShape::Flat(_) => n,
+            };
+            let cols = |s: GShape| match s {
+                GShape::Image(_, _, c) => c,
+                GShape::Flat(f) => f,
+            };
+            let out_shape = self.infos[i].shape;
+            let (r_out, c_out) = (rows(out_shape), cols(out_shape));
+            let np = self.node_params[i];
+            let leaf = |k: usize| leaves[k].retaped::<Tp<E>>();
+            let bias_add = |y: M<E>, b: Option<usize>| -> M<E> {
+                match b {
+                    Some(b) => {
+                        let bv = leaf(b).reshape_like(&(c_out,));
+                        y + bv.broadcast_like::<(usize, usize), Axis<0>>(&(r_out, c_out))
+                    }
+                    None => y,
+                }
+            };
+            let out: M<E> = match &node.op {
+                Op::Input { h, w, c } => dev
+                    .tensor_from_vec(x.clone(), (n * h * w, *c))
+                    .retaped::<Tp<E>>(),
+                Op::Conv2d { kernel, stride, .. } => {
+                    let xin = take(node.inputs[0], &mut acts);
+                    let in_shape = self.infos[node.inputs[0]].shape;
+                    let cin = cols(in_shape);
+                    let cols_m = if *kernel == (1, 1) && *stride == (1, 1) {
+                        xin
+                    } else {
+                        let win = self.window(i, n);
+                        let idx = dev.tensor_from_vec(win.idx.clone(), (win.idx.len(),));
+                        let pad = dev.zeros_like(&(1usize, cin)).retaped::<Tp<E>>();
+                        let padded = (xin, pad).concat_along(Axis::<0>);
+                        let g: M<E> = padded.gather(idx);
+                        g.reshape_like(&(r_out, kernel.0 * kernel.1 * cin))
+                    };
+                    let y = cols_m.matmul(leaf(np.kernel.expect("conv has a kernel")));
+                    bias_add(y, np.bias)
+                }
+                Op::Dense { .. } => {
+                    let xin = take(node.inputs[0], &mut acts);
+                    let y = xin.matmul(leaf(np.kernel.expect("dense has a kernel")));
+                    bias_add(y, np.bias)
+                }
+                Op::BatchNorm { epsilon, .. } => {
+                    let xin = take(node.inputs[0], &mut acts);
+                    let (r, c) = (r_out, c_out);
+                    let s = np.stats.expect("bn has statistics");
+                    let gamma = leaf(np.gamma.expect("bn gamma")).reshape_like(&(c,));
+                    let beta = leaf(np.beta.expect("bn beta")).reshape_like(&(c,));
+                    if train {
+                        let mean = xin.retaped::<Tp<E>>().sum::<(usize,), Axis<0>>()
+                            * e::<E>(1.0 / r as f64);
+                        let mean_v = mean.as_vec();
+                        let centered =
+                            xin - mean.broadcast_like::<(usize, usize), Axis<0>>(&(r, c));
+                        let var = centered
+                            .retaped::<Tp<E>>()
+                            .square()
+                            .sum::<(usize,), Axis<0>>()
+                            * e::<E>(1.0 / r as f64);
+                        stats.push((mean_v, var.as_vec()));
+                        let inv_std = (var + e::<E>(*epsilon)).sqrt().recip();
+                        let xhat =
+                            centered * inv_std.broadcast_like::<(usize, usize), Axis<0>>(&(r, c));
+                        xhat * gamma.broadcast_like::<(usize, usize), Axis<0>>(&(r, c))
+                            + beta.broadcast_like::<(usize, usize), Axis<0>>(&(r, c))
+                    } else {
+                        let rm: Vec<E> = self.bn_mean[s].clone();
+                        let rv: Vec<E> = self.bn_var[s].clone();
+                        let rm = dev.tensor_from_vec(rm, (c,));
+                        let inv = dev.tensor_from_vec(rv, (c,)).retaped::<Tp<E>>();
+                        let inv_std = (inv + e::<E>(*epsilon)).sqrt().recip();
+                        let centered = xin - rm.broadcast_like::<(usize, usize), Axis<0>>(&(r, c));
+                        let xhat =
+                            centered * inv_std.broadcast_like::<(usize, usize), Axis<0>>(&(r, c));
+                        xhat * gamma.broadcast_like::<(usize, usize), Axis<0>>(&(r, c))
+                            + beta.broadcast_like::<(usize, usize), Axis<0>>(&(r, c))
+                    }
+                }
+                Op::Relu => take(node.inputs[0], &mut acts).relu(),
+                Op::Elu { alpha } => {
+                    let xin = take(node.inputs[0], &mut acts);
+                    let neg = xin.retaped::<Tp<E>>().negate().relu().negate();
+                    let pos = xin.relu();
+                    pos + (neg.exp() - e::<E>(1.0)) * e::<E>(*alpha)
+                }
+                Op::MaxPool { size, .. } | Op::AvgPool { size, .. } => {
+                    let is_max = matches!(node.op, Op::MaxPool { .. });
+                    let xin = take(node.inputs[0], &mut acts);
+                    let c = c_out;
+                    let k = size.0 * size.1;
+                    let win = self.window(i, n);
+                    let idx = dev.tensor_from_vec(win.idx.clone(), (win.idx.len(),));
+                    let inv = win.inv_count.clone();
+                    let fill = if is_max { -1e30 } else { 0.0 };
+                    let pad = dev
+                        .tensor_from_vec(vec![e::<E>(fill); c], (1usize, c))
+                        .retaped::<Tp<E>>();
+                    let padded = (xin, pad).concat_along(Axis::<0>);
+                    let g: M<E> = padded.gather(idx);
+                    let g3 = g.reshape_like(&(r_out, k, c));
+                    if is_max {
+                        g3.max::<(usize, usize), Axis<1>>()
+                    } else {
+                        let inv = dev.tensor_from_vec(inv, (r_out,));
+                        g3.sum::<(usize, usize), Axis<1>>()
+                            * inv.broadcast_like::<(usize, usize), Axis<1>>(&(r_out, c))
+                    }
+                }
+                Op::GlobalAvgPool => {
+                    let xin = take(node.inputs[0], &mut acts);
+                    let GShape::Image(h, w, c) = self.infos[node.inputs[0]].shape else {
+                        unreachable!("checked by shape inference")
+                    };
+                    xin.reshape_like(&(n, h * w, c))
+                        .mean::<(usize, usize), Axis<1>>()
+                }
+                Op::Dropout { rate } => {
+                    let xin = take(node.inputs[0], &mut acts);
+                    if train && *rate > 0.0 {
+                        let keep = 1.0 - rate;
+                        let mask: Vec<E> = (0..r_out * c_out)
+                            .map(|_| {
+                                if drop_rng.random::<f64>() < keep {
+                                    e::<E>(1.0 / keep)
+                                } else {
+                                    e::<E>(0.0)
+                                }
+                            })
+                            .collect();
+                        xin * dev.tensor_from_vec(mask, (r_out, c_out))
+                    } else {
+                        xin
+                    }
+                }
+                Op::Flatten => {
+                    let xin = take(node.inputs[0], &mut acts);
+                    xin.reshape_like(&(n, c_out))
+                }
+                Op::Concat => {
+                    let mut it = node.inputs.clone().into_iter();
+                    let first = it.next().expect("concat has inputs");
+                    let mut acc = take(first, &mut acts);
+                    for j in it {
+                        let nxt = take(j, &mut acts);
+                        acc = (acc, nxt).concat_along(Axis::<1>);
+                    }
+                    acc
+                }
+                Op::Add => {
+                    let mut it = node.inputs.clone().into_iter();
+                    let first = it.next().expect("add has inputs");
+                    let mut acc = take(first, &mut acts);
+                    for j in it {
+                        let nxt = take(j, &mut acts);
+                        acc = acc + nxt;
+                    }
+                    acc
+                }
+                Op::Softmax => {
+                    let xin = take(node.inputs[0], &mut acts);
+                    if i == last {
+                        // The loss applies log-softmax to the logits; predict applies softmax.
+                        xin
+                    } else {
+                        xin.softmax::<Axis<1>>()
+                    }
+                }
+            };
+            acts[i] = Some(out);
+        }
+        let out = acts[last].take().expect("the output was computed");
+        (out, leaves, stats)
+    }
+
+    fn ends_in_softmax(&self) -> bool {
+        matches!(self.graph.nodes.last().map(|n| &n.op), Some(Op::Softmax))
+    }
+
+    /// Loss (cross-entropy + L2) and the gradient of every parameter, in training mode.
+    /// Also returns the logits and the batch-norm batch statistics.
+    #[allow(clippy::type_complexity)]
+    pub fn loss_and_grads(
+        &mut self,
+        x: Vec<E>,
+        labels: &[i64],
+        dropout_seed: u64,
+    ) -> Result<(f64, f64, Vec<E>, Vec<Vec<E>>, Vec<(Vec<E>, Vec<E>)>)> {
+        let n = labels.len();
+        let k = self.classes;
+        let mut onehot = vec![e::<E>(0.0); n * k];
+        for (i, &l) in labels.iter().enumerate() {
+            if l < 0 || l as usize >= k {
+                bail!("label {l} out of range for a network with {k} classes");
+            }
+            onehot[i * k + l as usize] = e(1.0);
+        }
+        let (logits, leaves, stats) = self.forward(x, n, true, dropout_seed);
+        let logits_v = logits.as_vec();
+        let target = self.dev.tensor_from_vec(onehot, (n, k));
+        let ce = cross_entropy_with_logits_loss(logits, target);
+        let ce_v = ce.as_vec()[0].to_f64().unwrap_or(f64::NAN);
+        let mut loss = ce;
+        for (p, s) in self.slots.iter().enumerate() {
+            if s.l2 > 0.0 {
+                let len = s.mat.0 * s.mat.1;
+                let reg = leaves[p]
+                    .retaped::<Tp<E>>()
+                    .reshape_like(&(len,))
+                    .square()
+                    .sum::<(), Axis<0>>();
+                loss = loss + reg * e::<E>(s.l2);
+            }
+        }
+        let total = loss.as_vec()[0].to_f64().unwrap_or(f64::NAN);
+        let grads = loss.backward();
+        let g = leaves.iter().map(|l| grads.get(l).as_vec()).collect();
+        Ok((ce_v, total, logits_v, g, stats))
+    }
+
+    /// Loss only (cross-entropy + L2), training mode, for finite differences.
+    pub fn loss(&mut self, x: Vec<E>, labels: &[i64], dropout_seed: u64) -> Result<f64> {
+        Ok(self.loss_and_grads(x, labels, dropout_seed)?.1)
+    }
+
+    /// Outputs in inference mode: probabilities if the graph ends in softmax.
+    pub fn infer(&mut self, x: Vec<E>, n: usize) -> Vec<E> {
+        let (out, _, _) = self.forward(x, n, false, 0);
+        if self.ends_in_softmax() {
+            out.softmax::<Axis<1>>().as_vec()
+        } else {
+            out.as_vec()
+        }
+    }
+
+    /// Fold a training batch's statistics into the running ones (Keras: m*old + (1-m)*new;
+    /// the variance is the unbiased batch variance).
+    pub fn update_running_stats(&mut self, stats: &[(Vec<E>, Vec<E>)], rows: &[usize]) {
+        let mut k = 0;
+        for node in &self.graph.nodes {
+            if let Op::BatchNorm { momentum, .. } = node.op {
+                let (mean, var) = &stats[k];
+                let r = rows[k] as f64;
+                let unbias = if r > 1.0 { r / (r - 1.0) } else { 1.0 };
+                for c in 0..mean.len() {
+                    let m = self.bn_mean[k][c].to_f64().unwrap_or(0.0);
+                    let v = self.bn_var[k][c].to_f64().unwrap_or(1.0);
+                    let bm = mean[c].to_f64().unwrap_or(0.0);
+                    let bv = var[c].to_f64().unwrap_or(0.0) * unbias;
+                    self.bn_mean[k][c] = e(momentum * m + (1.0 - momentum) * bm);
+                    self.bn_var[k][c] = e(momentum * v + (1.0 - momentum) * bv);
+                }
+                k += 1;
+            }
+        }
+    }
+
+    /// Rows each batch-norm layer normalises over, for a batch of `n`.
+    pub fn bn_rows(&self, n: usize) -> Vec<usize> {
+        self.graph
+            .nodes
+            .iter()
+            .zip(&self.infos)
+            .filter(|(nd, _)| matches!(nd.op, Op::BatchNorm { .. }))
+            .map(|(_, i)| match i.shape {
+                GShape::Image(h, w, _) => n * h * w,
+                GShape::Flat(_) => n,
+            })
+            .collect()
+    }
+
+    /// Parameter names in slot order.
+    pub fn param_names(&self) -> Vec<String> {
+        self.slots.iter().map(|s| s.name.clone()).collect()
+    }
+}
+
+/// Optimizer moments of one parameter.
+#[derive(Clone, Default)]
+struct Moments {
+    m: Vec<f32>,
+    v: Vec<f32>,
+}
+
+/// The f32 model behind [`super::Model`].
+pub struct DfdxModel {
+    net: Net<f32>,
+    moments: Vec<Moments>,
+    step: u64,
+}
+
+impl DfdxModel {
+    /// Build with fresh weights.
+    pub fn new(graph: &Graph, seed: u64) -> Result<Self> {
+        let net = Net::<f32>::new(graph, seed)?;
+        let moments = net
+            .params
+            .iter()
+            .map(|p| Moments {
+                m: vec![0.0; p.len()],
+                v: vec![0.0; p.len()],
+            })
+            .collect();
+        Ok(DfdxModel {
+            net,
+            moments,
+            step: 0,
+        })
+    }
+}
+
+impl super::Model for DfdxModel {
+    fn train_step(
+        &mut self,
+        images: &[f32],
+        labels: &[i64],
+        opt: &super::Optimizer,
+        lr: f64,
+        dropout_seed: u64,
+    ) -> Result<StepStats> {
+        let n = labels.len();
+        let (ce, _, logits, grads, stats) =
+            self.net
+                .loss_and_grads(images.to_vec(), labels, dropout_seed)?;
+        if !ce.is_finite() {
+            bail!("the loss is {ce} (diverged); lower the learning rate");
+        }
+        let rows = self.net.bn_rows(n);
+        self.net.update_running_stats(&stats, &rows);
+        self.step += 1;
+        let t = self.step as f64;
+        for ((p, g), mo) in self
+            .net
+            .params
+            .iter_mut()
+            .zip(&grads)
+            .zip(&mut self.moments)
+        {
+            match *opt {
+                super::Optimizer::Sgd { momentum, nesterov } => {
+                    for i in 0..p.len() {
+                        let v = momentum as f32 * mo.m[i] - lr as f32 * g[i];
+                        mo.m[i] = v;
+                        if nesterov {
+                            p[i] += momentum as f32 * v - lr as f32 * g[i];
+                        } else {
+                            p[i] += v;
+                        }
+                    }
+                }
+                super::Optimizer::Adam {
+                    beta1,
+                    beta2,
+                    epsilon,
+                } => {
+                    let lr_t = lr * (1.0 - beta2.powf(t)).sqrt() / (1.0 - beta1.powf(t));
+                    for i in 0..p.len() {
+                        mo.m[i] = beta1 as f32 * mo.m[i] + (1.0 - beta1 as f32) * g[i];
+                        mo.v[i] = beta2 as f32 * mo.v[i] + (1.0 - beta2 as f32) * g[i] * g[i];
+                        p[i] -= lr_t as f32 * mo.m[i] / (mo.v[i].sqrt() + epsilon as f32);
+                    }
+                }
+            }
+        }
+        let k = self.net.classes();
+        let correct = (0..n)
+            .filter(|&i| argmax(&logits[i * k..(i + 1) * k]) == labels[i] as usize)
+            .count();
+        Ok(StepStats { loss: ce, correct })
+    }
+
+    fn predict(&mut self, images: &[f32], n: usize) -> Result<Vec<f32>> {
+        Ok(self.net.infer(images.to_vec(), n))
+    }
+
+    fn state(&self) -> State {
+        let mut st = State {
+            step: self.step,
+            ..Default::default()
+        };
+        for ((s, p), mo) in self
+            .net
+            .slots
+            .iter()
+            .zip(&self.net.params)
+            .zip(&self.moments)
+        {
+            st.tensors.insert(
+                s.name.clone(),
+                NamedTensor {
+                    shape: s.shape.clone(),
+                    data: p.clone(),
+                },
+            );
+            for (suffix, buf) in [("m", &mo.m), ("v", &mo.v)] {
+                st.tensors.insert(
+                    format!("opt/{}/{suffix}", s.name),
+                    NamedTensor {
+                        shape: s.shape.clone(),
+                        data: buf.clone(),
+                    },
+                );
+            }
+        }
+        for (k, name) in self.net.bn_names.iter().enumerate() {
+            let c = self.net.bn_mean[k].len();
+            st.tensors.insert(
+                format!("{name}/moving_mean"),
+                NamedTensor {
+                    shape: vec![c],
+                    data: self.net.bn_mean[k].clone(),
+                },
+            );
+            st.tensors.insert(
+                format!("{name}/moving_variance"),
+                NamedTensor {
+                    shape: vec![c],
+                    data: self.net.bn_var[k].clone(),
+                },
+            );
+        }
+        st
+    }
+
+    fn load_state(&mut self, st: &State) -> Result<()> {
+        let get = |name: &str, len: usize| -> Result<Vec<f32>> {
+            let t = st
+                .tensors
+                .get(name)
+                .ok_or_else(|| anyhow::anyhow!("checkpoint has no tensor `{name}`"))?;
+            if t.data.len() != len {
+                bail!(
+                    "checkpoint tensor `{name}` has {} values, the network needs {len}",
+                    t.data.len()
+                );
+            }
+            Ok(t.data.clone())
+        };
+        for (i, s) in self.net.slots.iter().enumerate() {
+            let len = self.net.params[i].len();
+            self.net.params[i] = get(&s.name, len)?;
+            self.moments[i].m = get(&format!("opt/{}/m", s.name), len)?;
+            self.moments[i].v = get(&format!("opt/{}/v", s.name), len)?;
+        }
+        for (k, name) in self.net.bn_names.iter().enumerate() {
+            let c = self.net.bn_mean[k].len();
+            self.net.bn_mean[k] = get(&format!("{name}/moving_mean"), c)?;
+            self.net.bn_var[k] = get(&format!("{name}/moving_variance"), c)?;
+        }
+        self.step = st.step;
+        Ok(())
+    }
+
+    fn classes(&self) -> usize {
+        self.net.classes()
+    }
+}
+
+/// Index of the largest value (first on ties).
+pub fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best
+}

@@ -1,0 +1,97 @@
+//! The training backend interface: build a model from an expanded graph, take a training
+//! step, predict, and save/load the full state as named tensors.
+//!
+//! Stages and the engine use only this module's types. The one implementation today is
+//! `dfdx_cpu` (dfdx 0.13 through its public API); a faster backend can sit beside it and be
+//! checked against it with the same tests.
+
+pub mod dfdx_cpu;
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use crate::nn::graph::Graph;
+
+/// Optimizer settings (Keras semantics).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Optimizer {
+    /// SGD with optional (Nesterov) momentum: v = m*v - lr*g; w += v.
+    Sgd {
+        /// Momentum.
+        momentum: f64,
+        /// Nesterov update.
+        nesterov: bool,
+    },
+    /// Adam: bias-corrected moments, eps added to sqrt(v).
+    Adam {
+        /// First-moment decay.
+        beta1: f64,
+        /// Second-moment decay.
+        beta2: f64,
+        /// Added to sqrt(v).
+        epsilon: f64,
+    },
+}
+
+/// What one training step measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    /// Mean cross-entropy over the batch (without the L2 term).
+    pub loss: f64,
+    /// Examples whose arg-max prediction equals the label.
+    pub correct: usize,
+}
+
+/// A tensor of the state: shape and values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedTensor {
+    /// Shape (Keras layout: conv kernels are (kh, kw, cin, cout)).
+    pub shape: Vec<usize>,
+    /// Values, row-major.
+    pub data: Vec<f32>,
+}
+
+/// The full state of a model: weights, batch-norm running statistics, optimizer moments
+/// and step count. Names: `<node>/kernel`, `<node>/bias`, `<node>/gamma`, `<node>/beta`,
+/// `<node>/moving_mean`, `<node>/moving_variance`; optimizer `opt/<param>/m`, `opt/<param>/v`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct State {
+    /// Every tensor by name.
+    pub tensors: BTreeMap<String, NamedTensor>,
+    /// Optimizer steps taken.
+    pub step: u64,
+}
+
+/// A model being trained or evaluated.
+pub trait Model {
+    /// One optimizer step on a batch of `n` images (NHWC, already normalised) with integer
+    /// labels. `dropout_seed` makes the dropout masks reproducible.
+    fn train_step(
+        &mut self,
+        images: &[f32],
+        labels: &[i64],
+        opt: &Optimizer,
+        lr: f64,
+        dropout_seed: u64,
+    ) -> Result<StepStats>;
+
+    /// Class probabilities (N x classes) in inference mode (running statistics, no dropout).
+    fn predict(&mut self, images: &[f32], n: usize) -> Result<Vec<f32>>;
+
+    /// The full state.
+    fn state(&self) -> State;
+
+    /// Restore a full state saved by [`Model::state`] (from this backend or another).
+    fn load_state(&mut self, state: &State) -> Result<()>;
+
+    /// Number of classes the model outputs.
+    fn classes(&self) -> usize;
+}
+
+/// Build a model with freshly initialised weights (Glorot-uniform kernels, zero biases).
+pub fn build(graph: &Graph, seed: u64) -> Result<Box<dyn Model>> {
+    Ok(Box::new(dfdx_cpu::DfdxModel::new(graph, seed)?))
+}
