@@ -322,6 +322,7 @@ impl Engine {
                 eprintln!("{:<12} running ({})", name, outcome.reasons.join("; "));
             }
             let tmp = self.store.new_tmp(&name)?;
+            let scratch = self.store.scratch_dir(&r.key)?;
             let started = Instant::now();
             let inputs: Vec<(String, PathBuf)> = s
                 .inputs
@@ -334,6 +335,7 @@ impl Engine {
                 stage: s,
                 inputs,
                 out: &tmp,
+                scratch: &scratch,
                 dataset: fp.map(|f| DatasetFiles {
                     root: &f.root,
                     files: &f.files,
@@ -346,8 +348,8 @@ impl Engine {
                     return Err(e.context(format!("stage `{name}` ({kind}) failed")));
                 }
             };
-            let seconds = started.elapsed().as_secs_f64();
             let output = self.store.publish(&tmp)?;
+            let seconds = started.elapsed().as_secs_f64();
             self.store.record(&KeyRecord {
                 key: r.key.clone(),
                 kind: kind.clone(),
@@ -356,6 +358,7 @@ impl Engine {
                 summary: summary.clone(),
                 seconds,
             })?;
+            self.store.remove_scratch(&r.key)?;
             if prev.as_ref().is_some_and(|pr| pr.output == output) {
                 outcome
                     .reasons
@@ -519,6 +522,11 @@ impl Engine {
             if !keep_outputs.contains(&a) {
                 report.bytes += self.store.remove_artifact(&a)?;
                 report.artifacts += 1;
+            }
+        }
+        for k in self.store.all_scratch()? {
+            if !keep_keys.contains(&k) {
+                self.store.remove_scratch(&k)?;
             }
         }
         let state_dir = self.store.root().join("state");

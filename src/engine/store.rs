@@ -6,6 +6,8 @@
 //! - `keys/<stage-key>.json`: stage key -> output hash (written after the artifact exists).
 //! - `state/<pipeline>.json`: what each pipeline last ran, used to explain staleness.
 //! - `statcache/`: (path, size, mtime, inode) -> content hash for external datasets.
+//! - `scratch/<stage-key>/`: what a long stage keeps across interruptions (training
+//!   checkpoints); removed when the stage's artifact is published.
 //! - `tmp/`: stages at work. Anything here is unfinished by definition and is removed by
 //!   the next run that holds the lock.
 //! - `lock`: `flock`ed by the process writing the store; holds its pid and command.
@@ -75,7 +77,7 @@ pub struct StoreLock {
 impl Store {
     /// Open (creating if needed) a store at `root`.
     pub fn open(root: &Path) -> Result<Store> {
-        for sub in ["artifacts", "keys", "state", "statcache", "tmp"] {
+        for sub in ["artifacts", "keys", "state", "statcache", "tmp", "scratch"] {
             fs::create_dir_all(root.join(sub))
                 .with_context(|| format!("cannot create cache directory {}", root.display()))?;
         }
@@ -154,6 +156,31 @@ impl Store {
             .join(format!("{stage}-{}-{nanos}", std::process::id()));
         fs::create_dir_all(&p)?;
         Ok(p)
+    }
+
+    /// The scratch folder of a stage key (created): survives interrupted runs.
+    pub fn scratch_dir(&self, key: &str) -> Result<PathBuf> {
+        let p = self.root.join("scratch").join(key);
+        fs::create_dir_all(&p)?;
+        Ok(p)
+    }
+
+    /// Remove a key's scratch folder.
+    pub fn remove_scratch(&self, key: &str) -> Result<()> {
+        let p = self.root.join("scratch").join(key);
+        if p.exists() {
+            fs::remove_dir_all(&p)?;
+        }
+        Ok(())
+    }
+
+    /// Every scratch folder's key.
+    pub fn all_scratch(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(self.root.join("scratch"))? {
+            out.push(e?.file_name().to_string_lossy().into_owned());
+        }
+        Ok(out)
     }
 
     /// Directory of a published artifact.

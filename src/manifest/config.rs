@@ -121,3 +121,191 @@ pub struct Hdf5Config {
 fn default_chunk() -> usize {
     64
 }
+
+/// Optimizer of a training stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// SGD with momentum.
+    #[default]
+    Sgd,
+    /// Adam.
+    Adam,
+}
+
+/// Learning-rate schedule of a training stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ScheduleKind {
+    /// `lr` throughout.
+    #[default]
+    Constant,
+    /// `lr * (1 - epoch / epochs) ^ power` (the chapter's polynomial decay).
+    Poly,
+    /// `lr` until the first `steps` entry, then each entry's lr from its epoch on.
+    Step,
+}
+
+/// Mean subtraction before the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MeanKind {
+    /// Subtract the train split's mean R, G, B (`means.json`).
+    #[default]
+    Rgb,
+    /// Subtract the train split's per-pixel mean image (the chapter's CIFAR-10 recipe).
+    Pixel,
+    /// Feed raw 0..255 values.
+    None,
+}
+
+/// Random augmentation of training images (Keras `ImageDataGenerator` semantics, fill
+/// `nearest`). All zero/false by default.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AugmentConfig {
+    /// Horizontal shift, fraction of the width.
+    #[serde(default)]
+    pub width_shift: f64,
+    /// Vertical shift, fraction of the height.
+    #[serde(default)]
+    pub height_shift: f64,
+    /// Random horizontal flips.
+    #[serde(default)]
+    pub flip: bool,
+    /// Rotation range in degrees (uniform in [-r, r]).
+    #[serde(default)]
+    pub rotation: f64,
+    /// Zoom range: scale uniform in [1 - z, 1 + z], per axis.
+    #[serde(default)]
+    pub zoom: f64,
+    /// Shear angle range in degrees.
+    #[serde(default)]
+    pub shear: f64,
+}
+
+/// `kind = "train"`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// The network (`[networks.<name>]`).
+    pub network: String,
+    /// Epochs to train.
+    pub epochs: usize,
+    /// Images per batch (default 64).
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// `sgd` (default) or `adam`.
+    #[serde(default)]
+    pub optimizer: OptimizerKind,
+    /// Initial learning rate.
+    pub lr: f64,
+    /// SGD momentum (default 0.9).
+    #[serde(default = "default_momentum")]
+    pub momentum: f64,
+    /// Nesterov momentum (default false).
+    #[serde(default)]
+    pub nesterov: bool,
+    /// Adam beta1 (default 0.9).
+    #[serde(default = "default_beta1")]
+    pub beta1: f64,
+    /// Adam beta2 (default 0.999).
+    #[serde(default = "default_beta2")]
+    pub beta2: f64,
+    /// Adam epsilon (default 1e-7, Keras).
+    #[serde(default = "default_epsilon")]
+    pub epsilon: f64,
+    /// `constant` (default), `poly` or `step`.
+    #[serde(default)]
+    pub schedule: ScheduleKind,
+    /// `poly` power (default 1: linear decay).
+    #[serde(default = "default_power")]
+    pub power: f64,
+    /// `step`: `[[epoch, lr], ...]`, lr from that epoch on (epochs count from 0).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<(usize, f64)>,
+    /// `rgb` (default), `pixel` or `none`.
+    #[serde(default)]
+    pub mean: MeanKind,
+    /// Augmentation of training images.
+    #[serde(default)]
+    pub augment: AugmentConfig,
+    /// Keep a checkpoint every N epochs (default 5; the last epoch is always kept).
+    #[serde(default = "default_ckpt")]
+    pub checkpoint_every: usize,
+    /// Seed of initialisation, shuffling, augmentation and dropout (default: pipeline seed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// The split trained on (default `train`).
+    #[serde(default = "default_from_split")]
+    pub train_split: String,
+    /// The split validated on each epoch (default `val` if present, else `test`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_split: Option<String>,
+}
+
+fn default_batch() -> usize {
+    64
+}
+fn default_momentum() -> f64 {
+    0.9
+}
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.999
+}
+fn default_epsilon() -> f64 {
+    1e-7
+}
+fn default_power() -> f64 {
+    1.0
+}
+fn default_ckpt() -> usize {
+    5
+}
+
+/// `kind = "lr-drop"` and `kind = "resume"`: continue training from a stage's state.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContinueConfig {
+    /// `lr-drop`: the stage to continue (`"train"`); `resume`: a stage and epoch
+    /// (`"train@25"`).
+    pub from: String,
+    /// The new (constant) learning rate.
+    pub lr: f64,
+    /// How many more epochs.
+    pub epochs: usize,
+    /// Optional new SGD momentum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub momentum: Option<f64>,
+    /// Optional new Nesterov flag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nesterov: Option<bool>,
+    /// Optional new checkpoint interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_every: Option<usize>,
+}
+
+/// `kind = "evaluate"`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateConfig {
+    /// The split to evaluate (default `test`).
+    #[serde(default = "default_to_split")]
+    pub split: String,
+    /// Rank-k accuracies to report (default `[1, 5]`).
+    #[serde(default = "default_top_k")]
+    pub top_k: Vec<usize>,
+    /// Images per forward pass (default 128).
+    #[serde(default = "default_eval_batch")]
+    pub batch_size: usize,
+}
+
+fn default_top_k() -> Vec<usize> {
+    vec![1, 5]
+}
+fn default_eval_batch() -> usize {
+    128
+}

@@ -21,7 +21,18 @@ pub use error::ManifestError;
 use value::{Entry, Kind, Origin, SValue, Source};
 
 /// Every stage kind this build knows.
-pub const STAGE_KINDS: &[&str] = &["ingest", "split", "hdf5"];
+pub const STAGE_KINDS: &[&str] = &[
+    "ingest", "split", "hdf5", "train", "lr-drop", "resume", "evaluate",
+];
+
+/// A train stage: its config and the expanded network.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainStage {
+    /// What the user wrote (defaults filled).
+    pub config: TrainConfig,
+    /// The network, expanded and shape-checked.
+    pub graph: crate::nn::graph::Graph,
+}
 
 /// A typed stage configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +43,21 @@ pub enum StageConfig {
     Split(SplitConfig),
     /// `hdf5`.
     Hdf5(Hdf5Config),
+    /// `train`.
+    Train(Box<TrainStage>),
+    /// `lr-drop`: continue from the final state of `from`.
+    LrDrop(ContinueConfig),
+    /// `resume`: continue from epoch `at` of `from`.
+    Resume {
+        /// The config as written.
+        config: ContinueConfig,
+        /// The stage resumed.
+        stage: String,
+        /// The epoch resumed from.
+        at: usize,
+    },
+    /// `evaluate`.
+    Evaluate(EvaluateConfig),
 }
 
 impl StageConfig {
@@ -41,7 +67,19 @@ impl StageConfig {
             StageConfig::Ingest(_) => "ingest",
             StageConfig::Split(_) => "split",
             StageConfig::Hdf5(_) => "hdf5",
+            StageConfig::Train(_) => "train",
+            StageConfig::LrDrop(_) => "lr-drop",
+            StageConfig::Resume { .. } => "resume",
+            StageConfig::Evaluate(_) => "evaluate",
         }
+    }
+
+    /// Whether this stage produces a trained model (train, lr-drop, resume).
+    pub fn is_training(&self) -> bool {
+        matches!(
+            self,
+            StageConfig::Train(_) | StageConfig::LrDrop(_) | StageConfig::Resume { .. }
+        )
     }
 
     /// The effective configuration as JSON: defaults filled, order-independent.
@@ -50,6 +88,20 @@ impl StageConfig {
             StageConfig::Ingest(c) => serde_json::to_value(c),
             StageConfig::Split(c) => serde_json::to_value(c),
             StageConfig::Hdf5(c) => serde_json::to_value(c),
+            StageConfig::Train(t) => serde_json::to_value(&t.config).map(|mut v| {
+                // The key covers the expanded network's structure, not its names.
+                v["network"] = t.graph.structure_json();
+                v
+            }),
+            StageConfig::LrDrop(c) => serde_json::to_value(c).map(|mut v| {
+                v.as_object_mut().map(|o| o.remove("from"));
+                v
+            }),
+            StageConfig::Resume { config, at, .. } => serde_json::to_value(config).map(|mut v| {
+                v["from"] = serde_json::json!(at);
+                v
+            }),
+            StageConfig::Evaluate(c) => serde_json::to_value(c),
         };
         v.expect("stage configs serialize to JSON")
     }
@@ -357,15 +409,15 @@ pub fn load(path: &Path, sets: &[String], project_dir: &Path) -> Result<Pipeline
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "pipeline".into())
     });
+    let library = crate::nn::spec::parse_library(&doc)?;
     let mut stages = IndexMap::new();
     let mut input_origins: HashMap<String, Vec<Origin>> = HashMap::new();
     for (sname, entry) in stage_tables {
-        let (stage, origins) = parse_stage(sname, entry, top.seed)?;
+        let (stage, origins) = parse_stage(sname, entry, top.seed, &library)?;
         input_origins.insert(sname.clone(), origins);
         stages.insert(sname.clone(), stage);
     }
-    let library = crate::nn::spec::parse_library(&doc)?;
-    let pipeline = Pipeline {
+    let mut pipeline = Pipeline {
         library,
         name,
         aliases: top.aliases,
@@ -376,6 +428,7 @@ pub fn load(path: &Path, sets: &[String], project_dir: &Path) -> Result<Pipeline
         stages,
     };
     validate_graph(&pipeline, &input_origins)?;
+    wire_data_inputs(&mut pipeline);
     // Shapes are checked now, before anything runs (the class count, if the network leaves
     // it to the data, does not change any shape but the last).
     for (name, n) in &pipeline.library.networks {
@@ -388,6 +441,7 @@ fn parse_stage(
     sname: &str,
     entry: &Entry,
     seed: u64,
+    library: &crate::nn::spec::Library,
 ) -> Result<(Stage, Vec<Origin>), ManifestError> {
     let path = format!("stages.{sname}");
     let mut table = match &entry.value.kind {
@@ -591,9 +645,107 @@ fn parse_stage(
             }
             StageConfig::Hdf5(c)
         }
+        "train" => {
+            let mut c: TrainConfig = de::from_svalue(&body, &path)?;
+            c.seed.get_or_insert(seed);
+            let positive = [
+                ("epochs", c.epochs as f64),
+                ("batch_size", c.batch_size as f64),
+                ("lr", c.lr),
+                ("checkpoint_every", c.checkpoint_every as f64),
+            ];
+            if let Some((k, _)) = positive.iter().find(|(_, v)| *v <= 0.0) {
+                return Err(ManifestError::new(format!("`{k}` must be > 0"))
+                    .at(key_at(k))
+                    .path(format!("{path}.{k}")));
+            }
+            if c.schedule == ScheduleKind::Step && c.steps.is_empty() {
+                return Err(ManifestError::new(
+                    "schedule = \"step\" needs `steps = [[epoch, lr], ...]`",
+                )
+                .at(key_at("schedule"))
+                .path(format!("{path}.steps")));
+            }
+            let expanded = library.expand(&c.network, None).map_err(|e| {
+                if e.origin.is_none() {
+                    e.at(key_at("network")).path(format!("{path}.network"))
+                } else {
+                    e
+                }
+            })?;
+            StageConfig::Train(Box::new(TrainStage {
+                config: c,
+                graph: expanded.graph,
+            }))
+        }
+        "lr-drop" | "resume" => {
+            let c: ContinueConfig = de::from_svalue(&body, &path)?;
+            if !inputs.is_empty() {
+                return Err(ManifestError::new(format!(
+                    "a {kind} stage names what it continues with `from`, not `input`"
+                ))
+                .at(origins[0].clone())
+                .path(format!("{path}.input")));
+            }
+            if c.epochs == 0 || c.lr <= 0.0 {
+                return Err(ManifestError::new("`epochs` and `lr` must be > 0")
+                    .at(entry.key_origin.clone())
+                    .path(path));
+            }
+            let from_origin = table
+                .get("from")
+                .map(|e| e.value.origin.clone())
+                .unwrap_or_else(|| entry.key_origin.clone());
+            if kind == "resume" {
+                let Some((stage, epoch)) = c.from.split_once('@') else {
+                    return Err(ManifestError::new(format!(
+                        "`from` must be \"<stage>@<epoch>\" (e.g. \"train@25\"), got \"{}\"",
+                        c.from
+                    ))
+                    .at(from_origin)
+                    .path(format!("{path}.from")));
+                };
+                let Ok(at) = epoch.parse::<usize>() else {
+                    return Err(
+                        ManifestError::new(format!("`{epoch}` is not an epoch number"))
+                            .at(from_origin)
+                            .path(format!("{path}.from")),
+                    );
+                };
+                inputs.push(stage.to_string());
+                origins.push(from_origin);
+                StageConfig::Resume {
+                    stage: stage.to_string(),
+                    at,
+                    config: c,
+                }
+            } else {
+                inputs.push(c.from.clone());
+                origins.push(from_origin);
+                StageConfig::LrDrop(c)
+            }
+        }
+        "evaluate" => {
+            let c: EvaluateConfig = de::from_svalue(&body, &path)?;
+            if c.top_k.is_empty() || c.top_k.contains(&0) || c.batch_size == 0 {
+                return Err(ManifestError::new(
+                    "`top_k` must list ranks >= 1 and `batch_size` must be > 0",
+                )
+                .at(entry.key_origin.clone())
+                .path(path));
+            }
+            StageConfig::Evaluate(c)
+        }
         _ => unreachable!("kind checked against STAGE_KINDS"),
     };
-    if matches!(config, StageConfig::Split(_) | StageConfig::Hdf5(_)) && inputs.len() != 1 {
+    if matches!(
+        config,
+        StageConfig::Split(_)
+            | StageConfig::Hdf5(_)
+            | StageConfig::Train(_)
+            | StageConfig::Evaluate(_)
+    ) && inputs.len() != 1
+    {
         let e = ManifestError::new(format!(
             "a {kind} stage reads exactly one input (`input = \"<stage>\"`), found {}",
             inputs.len()
@@ -709,6 +861,26 @@ fn validate_graph(
         }
     }
     Ok(())
+}
+
+/// Stages that continue or evaluate a model also read the HDF5 files that model was
+/// trained on: add that input, so everything a stage reads is declared to the engine.
+fn wire_data_inputs(p: &mut Pipeline) {
+    for name in p.topo_order() {
+        let s = &p.stages[&name];
+        let needs_data = matches!(
+            s.config,
+            StageConfig::LrDrop(_) | StageConfig::Resume { .. } | StageConfig::Evaluate(_)
+        );
+        if needs_data && s.inputs.len() == 1 {
+            let model = &p.stages[&s.inputs[0]];
+            let data = match &model.config {
+                StageConfig::Train(_) => model.inputs[0].clone(),
+                _ => model.inputs[1].clone(),
+            };
+            p.stages[&name].inputs.push(data);
+        }
+    }
 }
 
 /// Find the manifest for `arg`: a path, `pipelines/<arg>.toml`, or the manifest whose

@@ -3,10 +3,10 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Padding of a convolution or pooling window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Padding {
     /// Keras `same`: output = ceil(input / stride); extra padding goes bottom/right.
@@ -18,7 +18,7 @@ pub enum Padding {
 }
 
 /// One operation with its arguments.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
     /// The network input (H, W, C).
@@ -154,7 +154,7 @@ impl fmt::Display for Shape {
 }
 
 /// One node of the expanded graph.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Node {
     /// Full name (`3a/branch2/conv`).
     pub name: String,
@@ -165,7 +165,7 @@ pub struct Node {
 }
 
 /// A network: nodes in topological order; node 0 is the input, the last is the output.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Graph {
     /// The nodes.
     pub nodes: Vec<Node>,

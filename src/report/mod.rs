@@ -1,4 +1,5 @@
-//! What the user sees while and after things run: progress bars and summary lines.
-//! (Training history and plots will live here too.)
+//! What the user sees while and after things run: progress bars, summary lines, the
+//! training history and its plot.
 
+pub mod history;
 pub mod progress;

@@ -5,8 +5,10 @@
 //! returns a one-line summary. It never touches the store: publishing, keys and caching
 //! are the engine's job.
 
+pub mod evaluate;
 pub mod ingest;
 pub mod split;
+pub mod train;
 pub mod write_hdf5;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +24,8 @@ pub fn version(kind: &str) -> u32 {
         "ingest" => 1,
         "split" => 1,
         "hdf5" => 1,
+        "train" | "lr-drop" | "resume" => 1,
+        "evaluate" => 1,
         _ => 0,
     }
 }
@@ -59,6 +63,9 @@ pub struct StageCtx<'a> {
     pub inputs: Vec<(String, PathBuf)>,
     /// The empty folder to write into.
     pub out: &'a Path,
+    /// A folder kept across interrupted runs of this stage key (checkpoints of a training
+    /// run in progress); removed once the stage's output is published.
+    pub scratch: &'a Path,
     /// The fingerprinted dataset folder, for stages that read one.
     pub dataset: Option<DatasetFiles<'a>>,
 }
@@ -84,6 +91,10 @@ pub fn run(ctx: &StageCtx<'_>) -> Result<String> {
         StageConfig::Ingest(c) => ingest::run(ctx, c),
         StageConfig::Split(c) => split::run(ctx, c),
         StageConfig::Hdf5(c) => write_hdf5::run(ctx, c),
+        StageConfig::Train(t) => train::run_train(ctx, t),
+        StageConfig::LrDrop(c) => train::run_continue(ctx, c, None),
+        StageConfig::Resume { config, at, .. } => train::run_continue(ctx, config, Some(*at)),
+        StageConfig::Evaluate(c) => evaluate::run(ctx, c),
     }
 }
 

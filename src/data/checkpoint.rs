@@ -1,0 +1,77 @@
+//! Model state on disk as safetensors: every tensor of a [`State`] (f32, Keras layouts) and
+//! string metadata (epoch, step, history). A PyTorch user can open the files with
+//! `safetensors.torch.load_file`.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+use crate::backend::{NamedTensor, State};
+use crate::engine::store::write_atomic;
+
+/// Write `state` (only the tensors `keep` accepts) with `metadata`, atomically.
+pub fn save(
+    path: &Path,
+    state: &State,
+    metadata: HashMap<String, String>,
+    keep: impl Fn(&str) -> bool,
+) -> Result<()> {
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = state
+        .tensors
+        .iter()
+        .filter(|(k, _)| keep(k))
+        .map(|(k, t)| {
+            let b: Vec<u8> = t.data.iter().flat_map(|x| x.to_le_bytes()).collect();
+            (k.clone(), b, t.shape.clone())
+        })
+        .collect();
+    let views: Vec<(String, TensorView<'_>)> = bytes
+        .iter()
+        .map(|(k, b, s)| Ok((k.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
+        .collect::<Result<_>>()?;
+    let mut meta = metadata;
+    meta.insert("step".into(), state.step.to_string());
+    let out = safetensors::serialize(views, &Some(meta))?;
+    write_atomic(path, &out)
+}
+
+/// Read a state and its metadata.
+pub fn load(path: &Path) -> Result<(State, HashMap<String, String>)> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("{} is not a safetensors file", path.display()))?;
+    let (_, meta) = SafeTensors::read_metadata(&bytes)?;
+    let metadata = meta.metadata().clone().unwrap_or_default();
+    let mut state = State {
+        step: metadata
+            .get("step")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+        ..Default::default()
+    };
+    for (name, view) in st.tensors() {
+        if view.dtype() != Dtype::F32 {
+            bail!(
+                "{}: tensor `{name}` is {:?}, expected F32",
+                path.display(),
+                view.dtype()
+            );
+        }
+        let data = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        state.tensors.insert(
+            name,
+            NamedTensor {
+                shape: view.shape().to_vec(),
+                data,
+            },
+        );
+    }
+    Ok((state, metadata))
+}

@@ -1,0 +1,144 @@
+//! `evaluate`: rank-k accuracy (any `top_k`), loss, per-class accuracy and the confusion
+//! matrix of a trained model on one split. Writes `metrics.json`, `per_class.csv`,
+//! `confusion.csv` and `predictions.csv` (label, top-5 classes).
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+use super::train::{load_split, load_trained, predict_split};
+use super::StageCtx;
+use crate::data::index::read_classes;
+use crate::manifest::EvaluateConfig;
+
+/// Fraction of rows whose label is among the `k` highest probabilities. A label tied with
+/// others counts as ranked below them (no credit for ties).
+pub fn rank_k(probs: &[f32], labels: &[i64], classes: usize, k: usize) -> f64 {
+    if labels.is_empty() {
+        return 0.0;
+    }
+    let hits = labels
+        .iter()
+        .enumerate()
+        .filter(|(i, &l)| {
+            let row = &probs[i * classes..(i + 1) * classes];
+            let p = row[l as usize];
+            let above = row
+                .iter()
+                .enumerate()
+                .filter(|(j, &q)| *j != l as usize && q >= p)
+                .count();
+            above < k
+        })
+        .count();
+    hits as f64 / labels.len() as f64
+}
+
+/// `metrics.json`.
+#[derive(Debug, Serialize)]
+pub struct Metrics {
+    /// The split evaluated.
+    pub split: String,
+    /// Images evaluated.
+    pub images: usize,
+    /// Mean cross-entropy.
+    pub loss: f64,
+    /// `rank-<k>` -> accuracy.
+    pub rank: BTreeMap<String, f64>,
+    /// Class id -> accuracy.
+    pub per_class: BTreeMap<String, f64>,
+}
+
+/// Run the evaluate stage.
+pub fn run(ctx: &StageCtx<'_>, c: &EvaluateConfig) -> Result<String> {
+    let model_dir = &ctx.inputs[0].1;
+    let data = &ctx.inputs[1].1;
+    let (mut model, plan, mean) = load_trained(model_dir)?;
+    let split = load_split(data, &c.split)?;
+    let k = model.classes();
+    if let Some(bad) = c.top_k.iter().find(|&&t| t > k) {
+        bail!("top_k {bad} exceeds the {k} classes");
+    }
+    let probs = predict_split(model.as_mut(), &plan.graph, &split, &mean, c.batch_size)?;
+    let classes = read_classes(&data.join("classes.csv"))?;
+    let labels = &split.labels;
+    let mut rank = BTreeMap::new();
+    for &t in &c.top_k {
+        rank.insert(format!("rank-{t}"), rank_k(&probs, labels, k, t));
+    }
+    let mut confusion = vec![vec![0usize; k]; k];
+    let mut loss = 0.0;
+    let mut pred_rows = Vec::with_capacity(labels.len());
+    for (i, &l) in labels.iter().enumerate() {
+        let row = &probs[i * k..(i + 1) * k];
+        let pred = crate::backend::dfdx_cpu::argmax(row);
+        confusion[l as usize][pred] += 1;
+        loss -= (row[l as usize].max(1e-12) as f64).ln();
+        let mut order: Vec<usize> = (0..k).collect();
+        order.sort_by(|a, b| row[*b].total_cmp(&row[*a]));
+        pred_rows.push((l, order.into_iter().take(5).collect::<Vec<_>>()));
+    }
+    let mut per_class = BTreeMap::new();
+    let mut pc = csv::Writer::from_path(ctx.out.join("per_class.csv"))?;
+    pc.write_record(["label", "class", "name", "images", "accuracy"])?;
+    for (label, row) in confusion.iter().enumerate() {
+        let n: usize = row.iter().sum();
+        let acc = if n > 0 {
+            row[label] as f64 / n as f64
+        } else {
+            0.0
+        };
+        let (id, name) = classes
+            .get(label)
+            .map(|c| (c.id.clone(), c.name.clone()))
+            .unwrap_or_else(|| (label.to_string(), label.to_string()));
+        per_class.insert(id.clone(), acc);
+        pc.write_record([
+            label.to_string(),
+            id,
+            name,
+            n.to_string(),
+            format!("{acc:.6}"),
+        ])?;
+    }
+    pc.flush()?;
+    let mut cm = csv::Writer::from_path(ctx.out.join("confusion.csv"))?;
+    let mut header = vec!["true\\predicted".to_string()];
+    header.extend((0..k).map(|j| j.to_string()));
+    cm.write_record(&header)?;
+    for (i, row) in confusion.iter().enumerate() {
+        let mut r = vec![i.to_string()];
+        r.extend(row.iter().map(|v| v.to_string()));
+        cm.write_record(&r)?;
+    }
+    cm.flush()?;
+    let mut pw = csv::Writer::from_path(ctx.out.join("predictions.csv"))?;
+    pw.write_record(["label", "top5"])?;
+    for (l, top) in pred_rows {
+        let t: Vec<String> = top.iter().map(|x| x.to_string()).collect();
+        pw.write_record([l.to_string(), t.join(" ")])?;
+    }
+    pw.flush()?;
+    let metrics = Metrics {
+        split: c.split.clone(),
+        images: labels.len(),
+        loss: loss / labels.len().max(1) as f64,
+        rank: rank.clone(),
+        per_class,
+    };
+    std::fs::write(
+        ctx.out.join("metrics.json"),
+        serde_json::to_vec_pretty(&metrics)?,
+    )?;
+    let ranks: Vec<String> = rank
+        .iter()
+        .map(|(k, v)| format!("{k} {:.2}%", 100.0 * v))
+        .collect();
+    Ok(format!(
+        "{} ({} images): {}",
+        c.split,
+        labels.len(),
+        ranks.join(", ")
+    ))
+}
