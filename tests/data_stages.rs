@@ -280,12 +280,19 @@ fn demo_pipeline_runs_end_to_end() {
     let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/demo.toml"))
         .unwrap();
     p.manifest("demo.toml", &demo);
-    let r = p.run_json("demo", &["--until", "hdf5"]);
-    assert_eq!(state_of(&r, "hdf5"), "ran");
+    let r = p.run_json("demo", &[]);
+    assert!(states(&r).iter().all(|(_, s)| s == "ran"), "{r}");
     let dir = artifact(&p, &r, "hdf5");
     let train = h5::read_split(&dir.join("train.h5")).unwrap();
-    assert_eq!(train.shape[1..], [64, 64, 3]);
-    assert!(train.shape[0] > 0);
+    assert_eq!(train.shape, [1000, 32, 32, 3]);
+    // The demo's network learns: far above chance (10 %) on the held-out test split.
+    let m: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(artifact(&p, &r, "evaluate").join("metrics.json")).unwrap(),
+    )
+    .unwrap();
+    let rank1 = m["rank"]["rank-1"].as_f64().unwrap();
+    assert!(rank1 > 0.6, "demo rank-1 accuracy {rank1}");
+    assert_eq!(m["images"], 200);
 }
 
 #[test]

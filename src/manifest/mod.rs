@@ -775,7 +775,11 @@ fn validate_graph(
     for (name, s) in &p.stages {
         for (i, input) in s.inputs.iter().enumerate() {
             let origin = input_origins[name][i].clone();
-            let path = format!("stages.{name}.input");
+            let key = match s.config {
+                StageConfig::LrDrop(_) | StageConfig::Resume { .. } => "from",
+                _ => "input",
+            };
+            let path = format!("stages.{name}.{key}");
             let Some(src) = p.stages.get(input) else {
                 let mut e = ManifestError::new(format!(
                     "stage `{name}` reads `{input}`, which is not a stage of this pipeline"
@@ -793,15 +797,24 @@ fn validate_graph(
                 );
                 return Err(e);
             };
-            let ok = match s.config.kind() {
-                "split" | "hdf5" => {
-                    matches!(src.config, StageConfig::Ingest(_) | StageConfig::Split(_))
-                }
-                _ => true,
+            let (ok, needs) = match s.config.kind() {
+                "split" | "hdf5" => (
+                    matches!(src.config, StageConfig::Ingest(_) | StageConfig::Split(_)),
+                    "an index from an ingest or split stage",
+                ),
+                "train" => (
+                    matches!(src.config, StageConfig::Hdf5(_)),
+                    "the HDF5 files of an hdf5 stage",
+                ),
+                "lr-drop" | "resume" | "evaluate" => (
+                    src.config.is_training(),
+                    "a model from a train, lr-drop or resume stage",
+                ),
+                _ => (true, ""),
             };
             if !ok {
                 return Err(ManifestError::new(format!(
-                    "stage `{name}` ({}) needs an index from an ingest or split stage, but `{input}` is a {} stage",
+                    "stage `{name}` ({}) needs {needs}, but `{input}` is a {} stage",
                     s.config.kind(),
                     src.config.kind()
                 ))

@@ -91,7 +91,8 @@ pub fn plot(path: &Path, h: &[EpochRecord]) -> Result<()> {
                 .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
         }
     }
-    let series: [(&str, RGBColor, fn(&EpochRecord) -> f64); 4] = [
+    type Series = (&'static str, RGBColor, fn(&EpochRecord) -> f64);
+    let series: [Series; 4] = [
         ("train_loss", RED, |r| r.train_loss),
         ("val_loss", BLUE, |r| r.val_loss),
         ("train_acc", MAGENTA, |r| r.train_acc),

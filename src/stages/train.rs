@@ -194,8 +194,8 @@ fn make_batch(
             let _ = k;
             if mean.data.len() == 3 {
                 for p in dst.chunks_exact_mut(3) {
-                    for c in 0..3 {
-                        p[c] -= mean.data[c];
+                    for (v, m) in p.iter_mut().zip(&mean.data) {
+                        *v -= m;
                     }
                 }
             } else {

@@ -1,0 +1,325 @@
+//! Training stages end to end: resume after SIGKILL, lr-drop edits, resume trimming,
+//! checkpoints, evaluation metrics.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use common::*;
+use pipe::data::checkpoint;
+use pipe::stages::evaluate::rank_k;
+
+const PIPELINE: &str = r#"name = "t"
+seed = 3
+
+[stages.ingest]
+format = "synthetic"
+classes = 4
+train_per_class = 30
+val_per_class = 8
+image_size = [16, 16]
+
+[stages.hdf5]
+input = "ingest"
+
+[networks.tiny]
+input = [16, 16, 3]
+classes = 4
+layers = [
+  { conv2d = { filters = 6, kernel = 3 } },
+  { batchnorm = {} },
+  { relu = {} },
+  { maxpool = { size = 2 } },
+  { conv2d = { filters = 8, kernel = 3 } },
+  { relu = {} },
+  { global_avgpool = {} },
+  { dropout = 0.2 },
+  { dense = "$classes" },
+  { softmax = {} },
+]
+
+[stages.train]
+input = "hdf5"
+network = "tiny"
+epochs = 4
+batch_size = 16
+optimizer = "sgd"
+lr = 0.05
+schedule = "poly"
+augment = { flip = true, width_shift = 0.1, rotation = 10 }
+checkpoint_every = 1
+
+[stages.drop]
+kind = "lr-drop"
+from = "train"
+lr = 0.005
+epochs = 2
+
+[stages.evaluate]
+input = "drop"
+split = "val"
+top_k = [1, 2]
+"#;
+
+fn artifact(p: &Project, r: &serde_json::Value, stage: &str) -> PathBuf {
+    p.cache().join("artifacts").join(field(r, stage, "output"))
+}
+
+fn tensors(path: &std::path::Path) -> std::collections::BTreeMap<String, Vec<f32>> {
+    let (st, _) = checkpoint::load(path).unwrap();
+    st.tensors.into_iter().map(|(k, t)| (k, t.data)).collect()
+}
+
+#[test]
+fn training_pipeline_runs_and_reports() {
+    let p = Project::new();
+    p.manifest("t.toml", PIPELINE);
+    let r = p.run_json("t", &[]);
+    for s in ["ingest", "hdf5", "train", "drop", "evaluate"] {
+        assert_eq!(state_of(&r, s), "ran", "{s}");
+    }
+    let train = artifact(&p, &r, "train");
+    for f in [
+        "model.safetensors",
+        "state.safetensors",
+        "history.json",
+        "history.png",
+        "plan.json",
+        "mean.safetensors",
+    ] {
+        assert!(train.join(f).is_file(), "{f}");
+    }
+    for e in 1..=4 {
+        assert!(train
+            .join(format!("checkpoints/epoch_{e}.safetensors"))
+            .is_file());
+    }
+    // The weights file holds no optimizer state; the state file does.
+    let w = tensors(&train.join("model.safetensors"));
+    let s = tensors(&train.join("state.safetensors"));
+    assert!(w.keys().all(|k| !k.starts_with("opt/")));
+    assert!(s.contains_key("opt/conv2d_1/kernel/m"));
+    assert_eq!(w["conv2d_1/kernel"], s["conv2d_1/kernel"]);
+    // History continues across the lr drop, with the drop's lr.
+    let drop = artifact(&p, &r, "drop");
+    let h: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(drop.join("history.json")).unwrap()).unwrap();
+    let epochs: Vec<u64> = h.iter().map(|r| r["epoch"].as_u64().unwrap()).collect();
+    assert_eq!(epochs, vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(h[5]["stage"], "drop");
+    assert_eq!(h[5]["lr"], 0.005);
+    // poly decay: lr0 * (1 - e/E), e from 0.
+    assert!((h[1]["lr"].as_f64().unwrap() - 0.05 * 0.75).abs() < 1e-12);
+    // Evaluation wrote its metrics.
+    let ev = artifact(&p, &r, "evaluate");
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ev.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(m["images"], 32);
+    let r1 = m["rank"]["rank-1"].as_f64().unwrap();
+    let r2 = m["rank"]["rank-2"].as_f64().unwrap();
+    assert!(r2 >= r1);
+    assert!(r1 > 0.5, "well above chance (0.25): {r1}");
+    let confusion = std::fs::read_to_string(ev.join("confusion.csv")).unwrap();
+    let total: usize = confusion
+        .lines()
+        .skip(1)
+        .flat_map(|l| {
+            l.split(',')
+                .skip(1)
+                .map(|v| v.parse::<usize>().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .sum();
+    assert_eq!(total, 32);
+}
+
+#[test]
+fn editing_the_last_lr_drop_reruns_only_it_and_evaluate() {
+    let p = Project::new();
+    p.manifest("t.toml", PIPELINE);
+    let first = p.run_json("t", &[]);
+    p.manifest("t.toml", &PIPELINE.replace("lr = 0.005", "lr = 0.001"));
+    let r = p.run_json("t", &[]);
+    assert_eq!(state_of(&r, "ingest"), "cached");
+    assert_eq!(state_of(&r, "hdf5"), "cached");
+    assert_eq!(state_of(&r, "train"), "cached");
+    assert_eq!(field(&first, "train", "key"), field(&r, "train", "key"));
+    assert_eq!(state_of(&r, "drop"), "ran");
+    assert_eq!(state_of(&r, "evaluate"), "ran");
+    let out = p.ok(&["status", "t"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .matches("cached")
+            .count()
+            == 5
+    );
+}
+
+#[test]
+fn resume_at_an_epoch_trims_the_history() {
+    let p = Project::new();
+    let text = PIPELINE.to_string()
+        + "\n[stages.again]\nkind = \"resume\"\nfrom = \"train@2\"\nlr = 0.01\nepochs = 1\n";
+    p.manifest("t.toml", &text);
+    let r = p.run_json("t", &["--until", "again"]);
+    assert_eq!(state_of(&r, "again"), "ran");
+    let dir = artifact(&p, &r, "again");
+    let h: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(dir.join("history.json")).unwrap()).unwrap();
+    let stages: Vec<&str> = h.iter().map(|r| r["stage"].as_str().unwrap()).collect();
+    assert_eq!(stages, vec!["train", "train", "again"]);
+    assert_eq!(h[2]["epoch"], 3);
+    // Its checkpoints are its own epochs only.
+    assert!(dir.join("checkpoints/epoch_3.safetensors").is_file());
+    assert!(!dir.join("checkpoints/epoch_2.safetensors").exists());
+
+    let bad = PIPELINE.to_string()
+        + "\n[stages.again]\nkind = \"resume\"\nfrom = \"train@9\"\nlr = 0.01\nepochs = 1\n";
+    p.manifest("t.toml", &bad);
+    let err = p.fails(&["run", "t", "--until", "again"]);
+    assert!(
+        err.contains("stage `train` has no checkpoint at epoch 9 (it has: 1, 2, 3, 4)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_killed_training_run_resumes_and_ends_bit_identical() {
+    let p = Project::new();
+    p.manifest("t.toml", PIPELINE);
+    let mut child = p
+        .cmd(&["run", "t", "--until", "train"])
+        .env("PIPE_FAULT", "train:epoch2")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reached = false;
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        if line.unwrap().contains("PIPE_FAULT reached: train:epoch2") {
+            reached = true;
+            break;
+        }
+    }
+    assert!(reached);
+    child.kill().unwrap(); // SIGKILL after epoch 2's checkpoint
+    child.wait().unwrap();
+    let out = p
+        .cmd(&["run", "t", "--until", "train", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("train: resuming from its checkpoint at epoch 2"),
+        "{err}"
+    );
+    let resumed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    let clean = Project::new();
+    clean.manifest("t.toml", PIPELINE);
+    let straight = clean.run_json("t", &["--until", "train"]);
+    let a = tensors(&artifact(&p, &resumed, "train").join("state.safetensors"));
+    let b = tensors(&artifact(&clean, &straight, "train").join("state.safetensors"));
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (k, v) in &a {
+        assert!(
+            v == &b[k],
+            "{k} differs between resumed and uninterrupted training"
+        );
+    }
+    // The scratch folder is gone once the stage is published.
+    assert_eq!(
+        std::fs::read_dir(p.cache().join("scratch"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn checkpoint_files_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = pipe::backend::State {
+        step: 17,
+        ..Default::default()
+    };
+    st.tensors.insert(
+        "a/kernel".into(),
+        pipe::backend::NamedTensor {
+            shape: vec![2, 3],
+            data: vec![1.0, -2.5, 3.25, f32::MIN_POSITIVE, 0.0, 7.0],
+        },
+    );
+    st.tensors.insert(
+        "opt/a/kernel/m".into(),
+        pipe::backend::NamedTensor {
+            shape: vec![1],
+            data: vec![0.125],
+        },
+    );
+    let mut meta = std::collections::HashMap::new();
+    meta.insert("epoch".to_string(), "5".to_string());
+    let path = dir.path().join("c.safetensors");
+    checkpoint::save(&path, &st, meta, |_| true).unwrap();
+    let (back, m) = checkpoint::load(&path).unwrap();
+    assert_eq!(back, st);
+    assert_eq!(m["epoch"], "5");
+    checkpoint::save(&path, &st, Default::default(), |k| !k.starts_with("opt/")).unwrap();
+    let (w, _) = checkpoint::load(&path).unwrap();
+    assert_eq!(w.tensors.keys().collect::<Vec<_>>(), vec!["a/kernel"]);
+}
+
+#[test]
+fn rank_k_on_a_hand_made_prediction_table() {
+    // 4 examples, 6 classes.
+    #[rustfmt::skip]
+    let probs = [
+        0.05, 0.10, 0.50, 0.15, 0.12, 0.08, // label 2: rank 1
+        0.30, 0.25, 0.20, 0.15, 0.06, 0.04, // label 3: rank 4
+        0.02, 0.03, 0.05, 0.10, 0.20, 0.60, // label 0: rank 6
+        0.10, 0.40, 0.05, 0.05, 0.30, 0.10, // label 4: rank 2
+    ];
+    let labels = [2, 3, 0, 4];
+    assert_eq!(rank_k(&probs, &labels, 6, 1), 0.25);
+    assert_eq!(rank_k(&probs, &labels, 6, 2), 0.5);
+    assert_eq!(rank_k(&probs, &labels, 6, 3), 0.5);
+    assert_eq!(rank_k(&probs, &labels, 6, 4), 0.75);
+    assert_eq!(rank_k(&probs, &labels, 6, 5), 0.75);
+    assert_eq!(rank_k(&probs, &labels, 6, 6), 1.0);
+    // A tie with the label gives no credit at k = 1.
+    assert_eq!(rank_k(&[0.5, 0.5], &[1], 2, 1), 0.0);
+}
+
+#[test]
+fn training_errors_are_clear() {
+    let p = Project::new();
+    p.manifest(
+        "t.toml",
+        &PIPELINE.replace("network = \"tiny\"", "network = \"tinny\""),
+    );
+    let err = p.fails(&["run", "t"]);
+    assert!(err.contains("no network `tinny`"), "{err}");
+    assert!(err.contains("did you mean `tiny`?"), "{err}");
+    p.manifest(
+        "t.toml",
+        &PIPELINE.replace("classes = 4\nlayers", "classes = 5\nlayers"),
+    );
+    let err = p.fails(&["run", "t"]);
+    assert!(
+        err.contains("network `tiny` outputs 5 classes but the data has 4"),
+        "{err}"
+    );
+    p.manifest(
+        "t.toml",
+        &PIPELINE.replace("from = \"train\"", "from = \"hdf5\""),
+    );
+    let err = p.fails(&["run", "t"]);
+    assert!(
+        err.contains(
+            "needs a model from a train, lr-drop or resume stage, but `hdf5` is a hdf5 stage"
+        ),
+        "{err}"
+    );
+}
