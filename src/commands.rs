@@ -309,3 +309,77 @@ pub fn graph(
     }
     Ok(())
 }
+
+/// `pipe bench train`: time MiniGoogLeNet training steps (batch `batch`, 32x32x3) with the
+/// dfdx backend, and the identical PyTorch model in the same run when `python` has torch.
+pub fn bench_train(batch: usize, steps: usize, python: &str) -> Result<()> {
+    let net = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/pipelines/networks/mini_googlenet.toml"
+    );
+    let dir = tempdir_in_target()?;
+    std::fs::create_dir_all(dir.join("pipelines/networks"))?;
+    std::fs::copy(net, dir.join("pipelines/networks/mini_googlenet.toml"))?;
+    let manifest = dir.join("pipelines/bench.toml");
+    std::fs::write(
+        &manifest,
+        "include = [\"networks/mini_googlenet.toml\"]\n[stages.ingest]\nformat = \"synthetic\"\n",
+    )?;
+    let p = crate::manifest::load(&manifest, &[], &dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let g = p
+        .library
+        .expand("mini_googlenet", None)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .graph;
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut model = crate::backend::build(&g, 0)?;
+    let px = 32 * 32 * 3;
+    let x: Vec<f32> = (0..batch * px)
+        .map(|i| ((i * 7919 % 255) as f32) - 127.0)
+        .collect();
+    let y: Vec<i64> = (0..batch).map(|i| (i % 10) as i64).collect();
+    let opt = crate::backend::Optimizer::Sgd {
+        momentum: 0.9,
+        nesterov: false,
+    };
+    model.train_step(&x, &y, &opt, 1e-2, 0)?; // warm-up
+    let t = std::time::Instant::now();
+    for s in 0..steps {
+        model.train_step(&x, &y, &opt, 1e-2, s as u64 + 1)?;
+    }
+    let ours = (batch * steps) as f64 / t.elapsed().as_secs_f64();
+    println!("| engine | images/s (MiniGoogLeNet train step, batch {batch}, 32x32, {steps} steps after 1 warm-up) |");
+    println!("|---|---|");
+    println!(
+        "| pipe (dfdx 0.13 CPU, {} threads) | {ours:.1} |",
+        rayon::current_num_threads()
+    );
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/benches/minigooglenet_torch.py"
+    );
+    let out = std::process::Command::new(python)
+        .args([script, &batch.to_string(), &steps.to_string()])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+            let theirs = v["images_per_sec"].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "| PyTorch {} ({} threads) | {theirs:.1} |",
+                v["device"].as_str().unwrap_or("cpu"),
+                v["threads"]
+            );
+            println!("| ratio pipe / PyTorch | {:.2} |", ours / theirs);
+        }
+        Ok(o) => eprintln!(
+            "PyTorch comparison skipped: {python} {script} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        ),
+        Err(e) => eprintln!("PyTorch comparison skipped: cannot run {python}: {e}"),
+    }
+    Ok(())
+}

@@ -128,6 +128,18 @@ enum BenchCmd {
         #[arg(long)]
         keep: Option<PathBuf>,
     },
+    /// MiniGoogLeNet training steps (dfdx CPU), and the identical PyTorch model if present
+    Train {
+        /// Batch size
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Timed steps (after one warm-up step)
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// Python with torch for the comparison
+        #[arg(long, default_value = "python3")]
+        python: String,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -186,6 +198,14 @@ fn main() -> ExitCode {
                     keep,
                 },
         } => commands::bench_data(classes, per_class, val_per_class, keep.as_deref()),
+        Cmd::Bench {
+            what:
+                BenchCmd::Train {
+                    batch,
+                    steps,
+                    python,
+                },
+        } => commands::bench_train(batch, steps, &python),
         Cmd::DemoData {
             dir,
             layout,

@@ -323,3 +323,108 @@ fn training_errors_are_clear() {
         "{err}"
     );
 }
+
+fn seed_project() -> Project {
+    let p = Project::new();
+    let src = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines"));
+    for sub in ["", "base", "networks"] {
+        std::fs::create_dir_all(p.path().join("pipelines").join(sub)).unwrap();
+        for e in std::fs::read_dir(src.join(sub)).unwrap() {
+            let path = e.unwrap().path();
+            if path.extension().is_some_and(|x| x == "toml") {
+                std::fs::copy(
+                    &path,
+                    p.path()
+                        .join("pipelines")
+                        .join(sub)
+                        .join(path.file_name().unwrap()),
+                )
+                .unwrap();
+            }
+        }
+    }
+    p
+}
+
+#[test]
+fn the_chapters_tiny_imagenet_exp3_runs_on_a_small_tree() {
+    let p = seed_project();
+    common::tiny_imagenet_sized(&p.path().join("data/tiny"), 3, 6, 2, 64);
+    let sets = [
+        "ingest.root=data/tiny",
+        "split.test_per_class=2",
+        "networks.deeper_googlenet.classes=3",
+        "train.epochs=1",
+        "train.batch_size=6",
+        "drop1.epochs=1",
+        "drop2.epochs=1",
+        "val.top_k=[1,2]",
+        "test.top_k=[1,2]",
+    ];
+    let mut args = vec![];
+    for s in &sets {
+        args.push("--set");
+        args.push(s);
+    }
+    let r = p.run_json("exp3", &args);
+    assert_eq!(r["pipeline"], "tiny_imagenet_exp3");
+    for s in [
+        "ingest", "split", "hdf5", "train", "drop1", "drop2", "val", "test",
+    ] {
+        assert_eq!(state_of(&r, s), "ran", "{s}");
+    }
+    let drop2 = artifact(&p, &r, "drop2");
+    let h: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(drop2.join("history.json")).unwrap()).unwrap();
+    let lrs: Vec<f64> = h.iter().map(|r| r["lr"].as_f64().unwrap()).collect();
+    assert_eq!(lrs, vec![1e-3, 1e-4, 1e-5]);
+    // exp3's L2 2e-4 reached the network that was trained.
+    let plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(drop2.join("plan.json")).unwrap()).unwrap();
+    let l2s: Vec<f64> = plan["graph"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["op"]["op"] == "conv2d")
+        .map(|n| n["op"]["l2"].as_f64().unwrap())
+        .collect();
+    assert_eq!(l2s.len(), 3 + 7 * 6);
+    assert!(l2s.iter().all(|&l| l == 2e-4));
+    // exp1..3 share their data stages: exp1's HDF5 is exp3's.
+    let r1 = p.run_json(
+        "exp1",
+        &[
+            "--until",
+            "hdf5",
+            "--set",
+            "ingest.root=data/tiny",
+            "--set",
+            "split.test_per_class=2",
+        ],
+    );
+    assert_eq!(state_of(&r1, "hdf5"), "cached");
+}
+
+#[test]
+fn the_chapters_cifar10_exp3_runs_on_small_batches() {
+    let p = seed_project();
+    pipe::data::synthetic::write_cifar10(&p.path().join("data/cifar-10-batches-bin"), 12, 5)
+        .unwrap();
+    let r = p.run_json(
+        "cifar10_minigooglenet_exp3",
+        &["--set", "train.epochs=1", "--set", "train.batch_size=20"],
+    );
+    assert_eq!(state_of(&r, "train"), "ran");
+    assert_eq!(state_of(&r, "evaluate"), "ran");
+    assert!(
+        field(&r, "evaluate", "summary").starts_with("test (12 images): rank-1"),
+        "{r}"
+    );
+    let plan: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(artifact(&p, &r, "train").join("plan.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(plan["mean"], "pixel");
+    assert_eq!(plan["val_split"], "test");
+    assert_eq!(plan["optimizer"]["kind"], "sgd");
+}

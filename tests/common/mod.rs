@@ -109,6 +109,18 @@ pub fn tiny_imagenet(dir: &Path, classes: usize, per_class: usize, val_per_class
         .unwrap();
 }
 
+/// A Tiny-ImageNet-shaped tree with images of side `size`.
+pub fn tiny_imagenet_sized(
+    dir: &Path,
+    classes: usize,
+    per_class: usize,
+    val_per_class: usize,
+    size: u32,
+) {
+    pipe::data::synthetic::write_tiny_imagenet(dir, classes, per_class, val_per_class, size, 7)
+        .unwrap();
+}
+
 /// The standard three-stage manifest over a Tiny ImageNet root.
 pub fn tiny_manifest(root: &Path, test_per_class: usize) -> String {
     format!(
