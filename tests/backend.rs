@@ -74,7 +74,7 @@ fn gradcheck(g: &Graph, n: usize, seed: u64) {
 #[test]
 fn gradcheck_conv_same_and_dense() {
     let g = graph(
-        "{ conv2d = { filters = 3, kernel = 3 } },\n{ flatten = {} },\n{ dense = \"$classes\" },\n{ softmax = {} },",
+        "{ conv2d = { filters = 3, kernel = 3 } },\n{ maxpool = { size = 2 } },\n{ flatten = {} },\n{ dense = \"$classes\" },\n{ softmax = {} },",
         "[5, 5, 2]",
     );
     gradcheck(&g, 3, 1);

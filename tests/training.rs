@@ -96,6 +96,10 @@ fn training_pipeline_runs_and_reports() {
             .join(format!("checkpoints/epoch_{e}.safetensors"))
             .is_file());
     }
+    // The plot is a real PNG with something drawn on it.
+    let png = image::open(train.join("history.png")).unwrap().to_rgb8();
+    assert_eq!(png.dimensions(), (900, 600));
+    assert!(png.pixels().filter(|p| p.0 != [255, 255, 255]).count() > 5_000);
     // The weights file holds no optimizer state; the state file does.
     let w = tensors(&train.join("model.safetensors"));
     let s = tensors(&train.join("state.safetensors"));
