@@ -310,34 +310,19 @@ pub fn graph(
     Ok(())
 }
 
-/// `pipe bench train`: time MiniGoogLeNet training steps (batch `batch`, 32x32x3) with the
-/// dfdx backend, and the identical PyTorch model in the same run when `python` has torch.
-pub fn bench_train(batch: usize, steps: usize, python: &str) -> Result<()> {
-    let net = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/pipelines/networks/mini_googlenet.toml"
-    );
-    let dir = tempdir_in_target()?;
-    std::fs::create_dir_all(dir.join("pipelines/networks"))?;
-    std::fs::copy(net, dir.join("pipelines/networks/mini_googlenet.toml"))?;
-    let manifest = dir.join("pipelines/bench.toml");
-    std::fs::write(
-        &manifest,
-        "include = [\"networks/mini_googlenet.toml\"]\n[stages.ingest]\nformat = \"synthetic\"\n",
-    )?;
-    let p = crate::manifest::load(&manifest, &[], &dir).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let g = p
-        .library
-        .expand("mini_googlenet", None)
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .graph;
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut model = crate::backend::build(&g, 0)?;
-    let px = 32 * 32 * 3;
-    let x: Vec<f32> = (0..batch * px)
-        .map(|i| ((i * 7919 % 255) as f32) - 127.0)
-        .collect();
-    let y: Vec<i64> = (0..batch).map(|i| (i % 10) as i64).collect();
+/// `pipe bench train`: time MiniGoogLeNet training steps (batch `batch`, 32x32x3) on a
+/// device, and the identical PyTorch model on the same device in the same run when
+/// `python` has torch.
+pub fn bench_train(
+    batch: usize,
+    steps: usize,
+    python: &str,
+    device: crate::backend::DeviceKind,
+) -> Result<()> {
+    use crate::backend::DeviceKind;
+    let g = mini_googlenet()?;
+    let mut model = crate::backend::build_on(&g, 0, device)?;
+    let (x, y) = bench_batch(batch);
     let opt = crate::backend::Optimizer::Sgd {
         momentum: 0.9,
         nesterov: false,
@@ -348,18 +333,35 @@ pub fn bench_train(batch: usize, steps: usize, python: &str) -> Result<()> {
         model.train_step(&x, &y, &opt, 1e-2, s as u64 + 1)?;
     }
     let ours = (batch * steps) as f64 / t.elapsed().as_secs_f64();
-    println!("| engine | images/s (MiniGoogLeNet train step, batch {batch}, 32x32, {steps} steps after 1 warm-up) |");
-    println!("|---|---|");
+    let (engine, torch_device) = match device {
+        DeviceKind::Cpu => (
+            format!("CPU, {} threads", rayon::current_num_threads()),
+            "cpu",
+        ),
+        DeviceKind::Cuda => ("CUDA".to_string(), "cuda"),
+    };
     println!(
-        "| pipe (dfdx 0.13 CPU, {} threads) | {ours:.1} |",
-        rayon::current_num_threads()
+        "| engine | images/s (MiniGoogLeNet train step, batch {batch}, 32x32, {steps} steps after 1 warm-up) |"
     );
+    println!("|---|---|");
+    println!("| pipe (dfdx 0.13, {engine}) | {ours:.1} |");
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/benches/minigooglenet_torch.py"
     );
+    let script = if std::path::Path::new(script).is_file() {
+        script.to_string()
+    } else {
+        // A binary carried to another machine: the script beside the working directory.
+        "benches/minigooglenet_torch.py".to_string()
+    };
     let out = std::process::Command::new(python)
-        .args([script, &batch.to_string(), &steps.to_string()])
+        .args([
+            script.as_str(),
+            &batch.to_string(),
+            &steps.to_string(),
+            torch_device,
+        ])
         .output();
     match out {
         Ok(o) if o.status.success() => {
@@ -382,4 +384,86 @@ pub fn bench_train(batch: usize, steps: usize, python: &str) -> Result<()> {
         Err(e) => eprintln!("PyTorch comparison skipped: cannot run {python}: {e}"),
     }
     Ok(())
+}
+
+/// `pipe bench parity`: one MiniGoogLeNet training step from the same weights on the same
+/// batch, on the CPU and on the GPU; compares the losses and the updated weights.
+pub fn bench_parity(batch: usize) -> Result<()> {
+    use crate::backend::DeviceKind;
+    let g = mini_googlenet()?;
+    let (x, y) = bench_batch(batch);
+    let opt = crate::backend::Optimizer::Sgd {
+        momentum: 0.9,
+        nesterov: false,
+    };
+    let mut results = Vec::new();
+    for device in [DeviceKind::Cpu, DeviceKind::Cuda] {
+        let mut m = crate::backend::build_on(&g, 0, device)?;
+        let s = m.train_step(&x, &y, &opt, 1e-2, 7)?;
+        let st = m.state();
+        let (mut sum, mut abs) = (0f64, 0f64);
+        for (k, t) in &st.tensors {
+            if !k.starts_with("opt/") {
+                for v in &t.data {
+                    sum += *v as f64;
+                    abs += v.abs() as f64;
+                }
+            }
+        }
+        let probs = m.predict(&x, batch)?;
+        let p: f64 = probs.iter().map(|v| *v as f64).sum();
+        results.push((device, s.loss, sum, abs, p));
+    }
+    println!("| device | loss | weight sum | weight abs-sum | sum of predicted probs |");
+    println!("|---|---|---|---|---|");
+    for (d, l, s, a, p) in &results {
+        println!("| {d:?} | {l:.6} | {s:.6} | {a:.6} | {p:.4} |");
+    }
+    let rel = |a: f64, b: f64| (a - b).abs() / a.abs().max(b.abs()).max(1e-12);
+    let (c, gpu) = (&results[0], &results[1]);
+    let worst = rel(c.1, gpu.1).max(rel(c.3, gpu.3));
+    println!(
+        "| relative difference | {:.2e} | {:.2e} | {:.2e} | {} |",
+        rel(c.1, gpu.1),
+        rel(c.2, gpu.2),
+        rel(c.3, gpu.3),
+        if worst < 1e-3 {
+            "parity: OK (< 1e-3)"
+        } else {
+            "parity: FAILED"
+        }
+    );
+    if worst >= 1e-3 {
+        anyhow::bail!("CPU and GPU differ by {worst:.2e} (> 1e-3)");
+    }
+    Ok(())
+}
+
+fn bench_batch(batch: usize) -> (Vec<f32>, Vec<i64>) {
+    let px = 32 * 32 * 3;
+    let x: Vec<f32> = (0..batch * px)
+        .map(|i| ((i * 7919 % 255) as f32) - 127.0)
+        .collect();
+    let y: Vec<i64> = (0..batch).map(|i| (i % 10) as i64).collect();
+    (x, y)
+}
+
+/// MiniGoogLeNet from the shipped network file (embedded, so a carried binary has it).
+fn mini_googlenet() -> Result<crate::nn::graph::Graph> {
+    let text = include_str!("../pipelines/networks/mini_googlenet.toml");
+    let dir = tempdir_in_target()?;
+    std::fs::create_dir_all(dir.join("pipelines/networks"))?;
+    std::fs::write(dir.join("pipelines/networks/mini_googlenet.toml"), text)?;
+    let manifest = dir.join("pipelines/bench.toml");
+    std::fs::write(
+        &manifest,
+        "include = [\"networks/mini_googlenet.toml\"]\n[stages.ingest]\nformat = \"synthetic\"\n",
+    )?;
+    let loaded = crate::manifest::load(&manifest, &[], &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    let p = loaded.map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(p.library
+        .expand("mini_googlenet", None)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .graph)
 }

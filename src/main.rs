@@ -139,7 +139,22 @@ enum BenchCmd {
         /// Python with torch for the comparison
         #[arg(long, default_value = "python3")]
         python: String,
+        /// Device to train on
+        #[arg(long, value_enum, default_value_t = Device::Cpu)]
+        device: Device,
     },
+    /// One MiniGoogLeNet training step on CPU and GPU from the same weights: parity check
+    Parity {
+        /// Batch size
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Device {
+    Cpu,
+    Cuda,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -204,8 +219,20 @@ fn main() -> ExitCode {
                     batch,
                     steps,
                     python,
+                    device,
                 },
-        } => commands::bench_train(batch, steps, &python),
+        } => commands::bench_train(
+            batch,
+            steps,
+            &python,
+            match device {
+                Device::Cpu => pipe::backend::DeviceKind::Cpu,
+                Device::Cuda => pipe::backend::DeviceKind::Cuda,
+            },
+        ),
+        Cmd::Bench {
+            what: BenchCmd::Parity { batch },
+        } => commands::bench_parity(batch),
         Cmd::DemoData {
             dir,
             layout,

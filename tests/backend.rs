@@ -4,7 +4,7 @@
 mod common;
 
 use common::Project;
-use pipe::backend::dfdx_cpu::Net;
+use pipe::backend::dfdx_backend::cpu_net;
 use pipe::backend::{self, Optimizer};
 use pipe::manifest;
 use pipe::nn::graph::Graph;
@@ -23,7 +23,7 @@ fn graph(layers: &str, input: &str) -> Graph {
 
 /// Compare analytic gradients with central differences on a sample of every parameter.
 fn gradcheck(g: &Graph, n: usize, seed: u64) {
-    let mut net = Net::<f64>::new(g, seed).unwrap();
+    let mut net = cpu_net::<f64>(g, seed).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(seed + 1);
     // Perturb the initial parameters so biases, gammas, betas are not at special values.
     for p in net.params.iter_mut() {
@@ -214,9 +214,7 @@ fn a_small_network_learns_generated_data() {
     }
     let probs = m.predict(&test_x, 128).unwrap();
     let correct = (0..128)
-        .filter(|&i| {
-            pipe::backend::dfdx_cpu::argmax(&probs[i * 4..(i + 1) * 4]) == test_y[i] as usize
-        })
+        .filter(|&i| pipe::backend::argmax(&probs[i * 4..(i + 1) * 4]) == test_y[i] as usize)
         .count();
     assert!(correct as f64 / 128.0 > 0.9, "accuracy {correct}/128");
     // Probabilities sum to one.

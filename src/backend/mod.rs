@@ -2,10 +2,10 @@
 //! step, predict, and save/load the full state as named tensors.
 //!
 //! Stages and the engine use only this module's types. The one implementation today is
-//! `dfdx_cpu` (dfdx 0.13 through its public API); a faster backend can sit beside it and be
-//! checked against it with the same tests.
+//! `dfdx_backend` (dfdx 0.13 through its public API, CPU or CUDA); a faster backend can sit
+//! beside it and be checked against it with the same tests.
 
-pub mod dfdx_cpu;
+pub mod dfdx_backend;
 
 use std::collections::BTreeMap;
 
@@ -91,7 +91,39 @@ pub trait Model {
     fn classes(&self) -> usize;
 }
 
+/// Where a model computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    /// The CPU (all cores).
+    #[default]
+    Cpu,
+    /// The first CUDA GPU (needs a build with the `cuda` feature).
+    Cuda,
+}
+
 /// Build a model with freshly initialised weights (Glorot-uniform kernels, zero biases).
 pub fn build(graph: &Graph, seed: u64) -> Result<Box<dyn Model>> {
-    Ok(Box::new(dfdx_cpu::DfdxModel::new(graph, seed)?))
+    build_on(graph, seed, DeviceKind::Cpu)
+}
+
+/// Build a model on a device.
+pub fn build_on(graph: &Graph, seed: u64, device: DeviceKind) -> Result<Box<dyn Model>> {
+    dfdx_backend::build_model(graph, seed, device)
+}
+
+/// Whether a CUDA GPU is usable by this build.
+pub fn cuda_available() -> bool {
+    dfdx_backend::cuda_available()
+}
+
+/// Index of the largest value (first on ties).
+pub fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best
 }

@@ -242,6 +242,9 @@ pub struct TrainConfig {
     /// The split validated on each epoch (default `val` if present, else `test`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_split: Option<String>,
+    /// `cpu`, `cuda` or `auto` (default: the pipeline's `device`).
+    #[serde(default)]
+    pub device: Option<DeviceSetting>,
 }
 
 fn default_batch() -> usize {
@@ -286,6 +289,9 @@ pub struct ContinueConfig {
     /// Optional new checkpoint interval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_every: Option<usize>,
+    /// `cpu`, `cuda` or `auto` (default: the pipeline's `device`).
+    #[serde(default)]
+    pub device: Option<DeviceSetting>,
 }
 
 /// `kind = "evaluate"`.
@@ -301,6 +307,9 @@ pub struct EvaluateConfig {
     /// Images per forward pass (default 128).
     #[serde(default = "default_eval_batch")]
     pub batch_size: usize,
+    /// `cpu`, `cuda` or `auto` (default: the pipeline's `device`).
+    #[serde(default)]
+    pub device: Option<DeviceSetting>,
 }
 
 fn default_top_k() -> Vec<usize> {
@@ -308,4 +317,18 @@ fn default_top_k() -> Vec<usize> {
 }
 fn default_eval_batch() -> usize {
     128
+}
+
+/// Where training and evaluation compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceSetting {
+    /// The CPU.
+    Cpu,
+    /// An NVIDIA GPU (needs a build with CUDA support).
+    Cuda,
+    /// The GPU when this build can open one, else the CPU (default). Resolved when the
+    /// manifest loads; the resolved device is part of the stage key.
+    #[default]
+    Auto,
 }

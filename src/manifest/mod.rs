@@ -195,6 +195,8 @@ struct TopLevel {
     description: Option<String>,
     #[serde(default = "default_seed")]
     seed: u64,
+    #[serde(default)]
+    device: DeviceSetting,
     #[allow(dead_code)]
     stages: serde::de::IgnoredAny,
     /// Typed by `nn::spec`.
@@ -413,7 +415,7 @@ pub fn load(path: &Path, sets: &[String], project_dir: &Path) -> Result<Pipeline
     let mut stages = IndexMap::new();
     let mut input_origins: HashMap<String, Vec<Origin>> = HashMap::new();
     for (sname, entry) in stage_tables {
-        let (stage, origins) = parse_stage(sname, entry, top.seed, &library)?;
+        let (stage, origins) = parse_stage(sname, entry, top.seed, top.device, &library)?;
         input_origins.insert(sname.clone(), origins);
         stages.insert(sname.clone(), stage);
     }
@@ -441,6 +443,7 @@ fn parse_stage(
     sname: &str,
     entry: &Entry,
     seed: u64,
+    device: DeviceSetting,
     library: &crate::nn::spec::Library,
 ) -> Result<(Stage, Vec<Origin>), ManifestError> {
     let path = format!("stages.{sname}");
@@ -648,6 +651,7 @@ fn parse_stage(
         "train" => {
             let mut c: TrainConfig = de::from_svalue(&body, &path)?;
             c.seed.get_or_insert(seed);
+            c.device = Some(resolve_device(c.device.unwrap_or(device)));
             let positive = [
                 ("epochs", c.epochs as f64),
                 ("batch_size", c.batch_size as f64),
@@ -679,7 +683,8 @@ fn parse_stage(
             }))
         }
         "lr-drop" | "resume" => {
-            let c: ContinueConfig = de::from_svalue(&body, &path)?;
+            let mut c: ContinueConfig = de::from_svalue(&body, &path)?;
+            c.device = Some(resolve_device(c.device.unwrap_or(device)));
             if !inputs.is_empty() {
                 return Err(ManifestError::new(format!(
                     "a {kind} stage names what it continues with `from`, not `input`"
@@ -726,7 +731,8 @@ fn parse_stage(
             }
         }
         "evaluate" => {
-            let c: EvaluateConfig = de::from_svalue(&body, &path)?;
+            let mut c: EvaluateConfig = de::from_svalue(&body, &path)?;
+            c.device = Some(resolve_device(c.device.unwrap_or(device)));
             if c.top_k.is_empty() || c.top_k.contains(&0) || c.batch_size == 0 {
                 return Err(ManifestError::new(
                     "`top_k` must list ranks >= 1 and `batch_size` must be > 0",
@@ -874,6 +880,24 @@ fn validate_graph(
         }
     }
     Ok(())
+}
+
+/// `auto` becomes `cuda` when this build can open a GPU, else `cpu` (said once on stderr).
+fn resolve_device(d: DeviceSetting) -> DeviceSetting {
+    match d {
+        DeviceSetting::Auto => {
+            static RESOLVED: std::sync::OnceLock<DeviceSetting> = std::sync::OnceLock::new();
+            *RESOLVED.get_or_init(|| {
+                if crate::backend::cuda_available() {
+                    eprintln!("device = \"auto\": using the CUDA GPU");
+                    DeviceSetting::Cuda
+                } else {
+                    DeviceSetting::Cpu
+                }
+            })
+        }
+        other => other,
+    }
 }
 
 /// Stages that continue or evaluate a model also read the HDF5 files that model was

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-use super::train::{load_split, load_trained, predict_split};
+use super::train::{device_kind, load_split, load_trained, predict_split};
 use super::StageCtx;
 use crate::data::index::read_classes;
 use crate::manifest::EvaluateConfig;
@@ -54,7 +54,7 @@ pub struct Metrics {
 pub fn run(ctx: &StageCtx<'_>, c: &EvaluateConfig) -> Result<String> {
     let model_dir = &ctx.inputs[0].1;
     let data = &ctx.inputs[1].1;
-    let (mut model, plan, mean) = load_trained(model_dir)?;
+    let (mut model, plan, mean) = load_trained(model_dir, device_kind(c.device))?;
     let split = load_split(data, &c.split)?;
     let k = model.classes();
     if let Some(bad) = c.top_k.iter().find(|&&t| t > k) {
@@ -72,7 +72,7 @@ pub fn run(ctx: &StageCtx<'_>, c: &EvaluateConfig) -> Result<String> {
     let mut pred_rows = Vec::with_capacity(labels.len());
     for (i, &l) in labels.iter().enumerate() {
         let row = &probs[i * k..(i + 1) * k];
-        let pred = crate::backend::dfdx_cpu::argmax(row);
+        let pred = crate::backend::argmax(row);
         confusion[l as usize][pred] += 1;
         loss -= (row[l as usize].max(1e-12) as f64).ln();
         let mut order: Vec<usize> = (0..k).collect();

@@ -24,10 +24,10 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::StageCtx;
-use crate::backend::{self, Model, NamedTensor, Optimizer, State};
+use crate::backend::{self, DeviceKind, Model, NamedTensor, Optimizer, State};
 use crate::data::{augment, checkpoint, h5};
 use crate::manifest::{
-    AugmentConfig, ContinueConfig, MeanKind, OptimizerKind, ScheduleKind, TrainStage,
+    AugmentConfig, ContinueConfig, DeviceSetting, MeanKind, OptimizerKind, ScheduleKind, TrainStage,
 };
 use crate::nn::graph::{Graph, Op};
 use crate::report::history::{self, EpochRecord};
@@ -58,6 +58,17 @@ pub struct Plan {
     pub checkpoint_every: usize,
     /// Epochs completed when this artifact was written.
     pub epochs_done: usize,
+    /// The device the last segment trained on.
+    #[serde(default)]
+    pub device: DeviceKind,
+}
+
+/// The backend device for a resolved device setting.
+pub fn device_kind(d: Option<DeviceSetting>) -> DeviceKind {
+    match d {
+        Some(DeviceSetting::Cuda) => DeviceKind::Cuda,
+        _ => DeviceKind::Cpu,
+    }
 }
 
 /// Learning rate of 0-based epoch `e`.
@@ -241,7 +252,7 @@ fn loss_and_acc(probs: &[f32], labels: &[i64], k: usize) -> (f64, f64) {
     for (i, &l) in labels.iter().enumerate() {
         let row = &probs[i * k..(i + 1) * k];
         loss -= (row[l as usize].max(1e-12) as f64).ln();
-        if backend::dfdx_cpu::argmax(row) == l as usize {
+        if backend::argmax(row) == l as usize {
             correct += 1;
         }
     }
@@ -345,6 +356,7 @@ pub fn run_train(ctx: &StageCtx<'_>, t: &TrainStage) -> Result<String> {
                 val_split,
                 checkpoint_every: c.checkpoint_every,
                 epochs_done: 0,
+                device: device_kind(c.device),
             },
             schedule,
             start: 0,
@@ -415,6 +427,7 @@ pub fn run_continue(ctx: &StageCtx<'_>, c: &ContinueConfig, at: Option<usize>) -
     if let Some(k) = c.checkpoint_every {
         plan.checkpoint_every = k;
     }
+    plan.device = device_kind(c.device);
     let (mean, _) = checkpoint::load(&model_dir.join("mean.safetensors"))?;
     let mean = mean
         .tensors
@@ -454,7 +467,7 @@ fn run_segment(ctx: &StageCtx<'_>, data: &Path, seg: Segment<'_>) -> Result<Stri
         Some(m) => m,
         None => compute_mean(plan.mean, data, &train)?,
     };
-    let mut model = backend::build(&plan.graph, plan.seed)?;
+    let mut model = backend::build_on(&plan.graph, plan.seed, plan.device)?;
     check_classes(model.as_ref(), data, &plan.network)?;
     if let Some(st) = &state {
         model.load_state(st)?;
@@ -474,11 +487,12 @@ fn run_segment(ctx: &StageCtx<'_>, data: &Path, seg: Segment<'_>) -> Result<Stri
         }
     }
     eprintln!(
-        "{stage}: epochs {}..{end} on {} images ({}x{}), validating on {} (monitor: {})",
+        "{stage}: epochs {}..{end} on {} images ({}x{}) on the {:?}, validating on {} (monitor: {})",
         first + 1,
         train.n,
         train.h,
         train.w,
+        plan.device,
         val.n,
         ctx.scratch.join("history.png").display()
     );
@@ -599,13 +613,16 @@ fn run_segment(ctx: &StageCtx<'_>, data: &Path, seg: Segment<'_>) -> Result<Stri
 }
 
 /// Load a trained model artifact for evaluation: (model, plan, mean).
-pub fn load_trained(model_dir: &Path) -> Result<(Box<dyn Model>, Plan, NamedTensor)> {
+pub fn load_trained(
+    model_dir: &Path,
+    device: DeviceKind,
+) -> Result<(Box<dyn Model>, Plan, NamedTensor)> {
     let plan: Plan = serde_json::from_slice(
         &std::fs::read(model_dir.join("plan.json"))
             .context("the model artifact has no plan.json")?,
     )?;
     let (state, _) = checkpoint::load(&model_dir.join("state.safetensors"))?;
-    let mut model = backend::build(&plan.graph, plan.seed)?;
+    let mut model = backend::build_on(&plan.graph, plan.seed, device)?;
     model.load_state(&state)?;
     let (mean, _) = checkpoint::load(&model_dir.join("mean.safetensors"))?;
     let mean = mean

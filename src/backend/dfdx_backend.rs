@@ -1,4 +1,6 @@
-//! The dfdx backend (dfdx 0.13, public API only, CPU).
+//! The dfdx backend (dfdx 0.13, public API only), on the CPU or, built with the `cuda`
+//! feature, on an NVIDIA GPU through dfdx's CUDA device. The code is the same for both:
+//! it is generic over dfdx's `Device`.
 //!
 //! dfdx's own conv/pool ops need its `nightly` feature, so this module builds every layer
 //! from public tensor ops on run-time shapes. Activations are matrices: an image batch
@@ -24,9 +26,9 @@ use rand_chacha::ChaCha8Rng;
 use super::{NamedTensor, State, StepStats};
 use crate::nn::graph::{pad_before, Graph, NodeInfo, Op, Padding, Shape as GShape};
 
-type Tp<E> = OwnedTape<E, Cpu>;
-type M<E> = Tensor<(usize, usize), E, Cpu, Tp<E>>;
-type Leaves<E> = Vec<Tensor<(usize, usize), E, Cpu>>;
+type Tp<E, D> = OwnedTape<E, D>;
+type M<E, D> = Tensor<(usize, usize), E, D, Tp<E, D>>;
+type Leaves<E, D> = Vec<Tensor<(usize, usize), E, D>>;
 /// Per batch-norm layer: the batch mean and (biased) variance.
 type BatchStats<E> = Vec<(Vec<E>, Vec<E>)>;
 
@@ -49,7 +51,7 @@ struct NodeParams {
 
 /// The generic core: a graph with its parameters in element type `E` (f32 to train, f64
 /// for gradient checks).
-pub struct Net<E: Dtype> {
+pub struct Net<E: Dtype, D: Device<E>> {
     graph: Graph,
     infos: Vec<NodeInfo>,
     /// Trainable parameters.
@@ -60,7 +62,7 @@ pub struct Net<E: Dtype> {
     bn_var: Vec<Vec<E>>,
     bn_names: Vec<String>,
     windows: HashMap<(usize, usize), Window<E>>,
-    dev: Cpu,
+    dev: D,
     classes: usize,
 }
 
@@ -111,12 +113,9 @@ fn window_rows(
     (idx, inv)
 }
 
-impl<E: Dtype> Net<E>
-where
-    Cpu: Device<E>,
-{
-    /// Build with Glorot-uniform kernels (Keras' default), zero biases, unit gammas.
-    pub fn new(graph: &Graph, seed: u64) -> Result<Self> {
+impl<E: Dtype, D: Device<E>> Net<E, D> {
+    /// Build with Glorot-uniform kernels (Keras' default), zero biases, unit gammas, on `dev`.
+    pub fn new(graph: &Graph, seed: u64, dev: D) -> Result<Self> {
         let infos = graph.infer()?;
         let classes = match infos.last().map(|i| i.shape) {
             Some(GShape::Flat(k)) => k,
@@ -133,7 +132,7 @@ where
             bn_var: Vec::new(),
             bn_names: Vec::new(),
             windows: HashMap::new(),
-            dev: Cpu::seed_from_u64(seed),
+            dev,
             classes,
         };
         for (i, node) in graph.nodes.iter().enumerate() {
@@ -144,7 +143,7 @@ where
                 None => 0,
             };
             let mut np = NodeParams::default();
-            let mut glorot = |net: &mut Net<E>,
+            let mut glorot = |net: &mut Net<E, D>,
                               name: String,
                               shape: Vec<usize>,
                               mat: (usize, usize),
@@ -274,9 +273,9 @@ where
         n: usize,
         train: bool,
         dropout_seed: u64,
-    ) -> (M<E>, Leaves<E>, BatchStats<E>) {
+    ) -> (M<E, D>, Leaves<E, D>, BatchStats<E>) {
         let dev = self.dev.clone();
-        let leaves: Leaves<E> = self
+        let leaves: Leaves<E, D> = self
             .params
             .iter()
             .zip(&self.slots)
@@ -289,12 +288,12 @@ where
             }
         }
         let last = self.graph.nodes.len() - 1;
-        let mut acts: Vec<Option<M<E>>> = (0..self.graph.nodes.len()).map(|_| None).collect();
+        let mut acts: Vec<Option<M<E, D>>> = (0..self.graph.nodes.len()).map(|_| None).collect();
         let mut stats = Vec::new();
         let mut drop_rng = ChaCha8Rng::seed_from_u64(dropout_seed);
         for i in 0..self.graph.nodes.len() {
             let node = self.graph.nodes[i].clone();
-            let mut take = |j: usize, acts: &mut Vec<Option<M<E>>>| -> M<E> {
+            let mut take = |j: usize, acts: &mut Vec<Option<M<E, D>>>| -> M<E, D> {
                 uses[j] -= 1;
                 if uses[j] == 0 {
                     acts[j].take().expect("activation consumed once")
@@ -302,7 +301,7 @@ where
                     acts[j]
                         .as_ref()
                         .expect("activation present")
-                        .retaped::<Tp<E>>()
+                        .retaped::<Tp<E, D>>()
                 }
             };
             let rows = |s: GShape| match s {
@@ -316,8 +315,8 @@ where
             let out_shape = self.infos[i].shape;
             let (r_out, c_out) = (rows(out_shape), cols(out_shape));
             let np = self.node_params[i];
-            let leaf = |k: usize| leaves[k].retaped::<Tp<E>>();
-            let bias_add = |y: M<E>, b: Option<usize>| -> M<E> {
+            let leaf = |k: usize| leaves[k].retaped::<Tp<E, D>>();
+            let bias_add = |y: M<E, D>, b: Option<usize>| -> M<E, D> {
                 match b {
                     Some(b) => {
                         let bv = leaf(b).reshape_like(&(c_out,));
@@ -326,10 +325,10 @@ where
                     None => y,
                 }
             };
-            let out: M<E> = match &node.op {
+            let out: M<E, D> = match &node.op {
                 Op::Input { h, w, c } => dev
                     .tensor_from_vec(x.clone(), (n * h * w, *c))
-                    .retaped::<Tp<E>>(),
+                    .retaped::<Tp<E, D>>(),
                 Op::Conv2d { kernel, stride, .. } => {
                     let xin = take(node.inputs[0], &mut acts);
                     let in_shape = self.infos[node.inputs[0]].shape;
@@ -339,9 +338,9 @@ where
                     } else {
                         let win = self.window(i, n);
                         let idx = dev.tensor_from_vec(win.idx.clone(), (win.idx.len(),));
-                        let pad = dev.zeros_like(&(1usize, cin)).retaped::<Tp<E>>();
+                        let pad = dev.zeros_like(&(1usize, cin)).retaped::<Tp<E, D>>();
                         let padded = (xin, pad).concat_along(Axis::<0>);
-                        let g: M<E> = padded.gather(idx);
+                        let g: M<E, D> = padded.gather(idx);
                         g.reshape_like(&(r_out, kernel.0 * kernel.1 * cin))
                     };
                     let y = cols_m.matmul(leaf(np.kernel.expect("conv has a kernel")));
@@ -359,13 +358,13 @@ where
                     let gamma = leaf(np.gamma.expect("bn gamma")).reshape_like(&(c,));
                     let beta = leaf(np.beta.expect("bn beta")).reshape_like(&(c,));
                     if train {
-                        let mean = xin.retaped::<Tp<E>>().sum::<(usize,), Axis<0>>()
+                        let mean = xin.retaped::<Tp<E, D>>().sum::<(usize,), Axis<0>>()
                             * e::<E>(1.0 / r as f64);
                         let mean_v = mean.as_vec();
                         let centered =
                             xin - mean.broadcast_like::<(usize, usize), Axis<0>>(&(r, c));
                         let var = centered
-                            .retaped::<Tp<E>>()
+                            .retaped::<Tp<E, D>>()
                             .square()
                             .sum::<(usize,), Axis<0>>()
                             * e::<E>(1.0 / r as f64);
@@ -379,7 +378,7 @@ where
                         let rm: Vec<E> = self.bn_mean[s].clone();
                         let rv: Vec<E> = self.bn_var[s].clone();
                         let rm = dev.tensor_from_vec(rm, (c,));
-                        let inv = dev.tensor_from_vec(rv, (c,)).retaped::<Tp<E>>();
+                        let inv = dev.tensor_from_vec(rv, (c,)).retaped::<Tp<E, D>>();
                         let inv_std = (inv + e::<E>(*epsilon)).sqrt().recip();
                         let centered = xin - rm.broadcast_like::<(usize, usize), Axis<0>>(&(r, c));
                         let xhat =
@@ -391,7 +390,7 @@ where
                 Op::Relu => take(node.inputs[0], &mut acts).relu(),
                 Op::Elu { alpha } => {
                     let xin = take(node.inputs[0], &mut acts);
-                    let neg = xin.retaped::<Tp<E>>().negate().relu().negate();
+                    let neg = xin.retaped::<Tp<E, D>>().negate().relu().negate();
                     let pos = xin.relu();
                     pos + (neg.exp() - e::<E>(1.0)) * e::<E>(*alpha)
                 }
@@ -406,9 +405,9 @@ where
                     let fill = if is_max { -1e30 } else { 0.0 };
                     let pad = dev
                         .tensor_from_vec(vec![e::<E>(fill); c], (1usize, c))
-                        .retaped::<Tp<E>>();
+                        .retaped::<Tp<E, D>>();
                     let padded = (xin, pad).concat_along(Axis::<0>);
-                    let g: M<E> = padded.gather(idx);
+                    let g: M<E, D> = padded.gather(idx);
                     let g3 = g.reshape_like(&(r_out, k, c));
                     if is_max {
                         g3.max::<(usize, usize), Axis<1>>()
@@ -516,7 +515,7 @@ where
             if s.l2 > 0.0 {
                 let len = s.mat.0 * s.mat.1;
                 let reg = leaves[p]
-                    .retaped::<Tp<E>>()
+                    .retaped::<Tp<E, D>>()
                     .reshape_like(&(len,))
                     .square()
                     .sum::<(), Axis<0>>();
@@ -594,16 +593,16 @@ struct Moments {
 }
 
 /// The f32 model behind [`super::Model`].
-pub struct DfdxModel {
-    net: Net<f32>,
+pub struct DfdxModel<D: Device<f32>> {
+    net: Net<f32, D>,
     moments: Vec<Moments>,
     step: u64,
 }
 
-impl DfdxModel {
-    /// Build with fresh weights.
-    pub fn new(graph: &Graph, seed: u64) -> Result<Self> {
-        let net = Net::<f32>::new(graph, seed)?;
+impl<D: Device<f32>> DfdxModel<D> {
+    /// Build with fresh weights on `dev`.
+    pub fn new(graph: &Graph, seed: u64, dev: D) -> Result<Self> {
+        let net = Net::<f32, D>::new(graph, seed, dev)?;
         let moments = net
             .params
             .iter()
@@ -620,7 +619,7 @@ impl DfdxModel {
     }
 }
 
-impl super::Model for DfdxModel {
+impl<D: Device<f32>> super::Model for DfdxModel<D> {
     fn train_step(
         &mut self,
         images: &[f32],
@@ -675,7 +674,7 @@ impl super::Model for DfdxModel {
         }
         let k = self.net.classes();
         let correct = (0..n)
-            .filter(|&i| argmax(&logits[i * k..(i + 1) * k]) == labels[i] as usize)
+            .filter(|&i| super::argmax(&logits[i * k..(i + 1) * k]) == labels[i] as usize)
             .count();
         Ok(StepStats { loss: ce, correct })
     }
@@ -767,13 +766,50 @@ impl super::Model for DfdxModel {
     }
 }
 
-/// Index of the largest value (first on ties).
-pub fn argmax(v: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
+/// A network on the CPU (for gradient checks in f64).
+pub type CpuNet<E> = Net<E, Cpu>;
+
+/// A CPU network with fresh weights.
+pub fn cpu_net<E: Dtype>(graph: &Graph, seed: u64) -> Result<CpuNet<E>>
+where
+    Cpu: Device<E>,
+{
+    Net::new(graph, seed, Cpu::seed_from_u64(seed))
+}
+
+/// Build an f32 model on the requested device.
+pub fn build_model(
+    graph: &Graph,
+    seed: u64,
+    device: super::DeviceKind,
+) -> Result<Box<dyn super::Model>> {
+    match device {
+        super::DeviceKind::Cpu => Ok(Box::new(DfdxModel::new(
+            graph,
+            seed,
+            Cpu::seed_from_u64(seed),
+        )?)),
+        #[cfg(feature = "cuda")]
+        super::DeviceKind::Cuda => {
+            let dev = Cuda::try_seed_from_u64(seed)
+                .map_err(|e| anyhow::anyhow!("cannot open the CUDA device: {e:?}"))?;
+            Ok(Box::new(DfdxModel::new(graph, seed, dev)?))
+        }
+        #[cfg(not(feature = "cuda"))]
+        super::DeviceKind::Cuda => {
+            bail!("device = \"cuda\" needs a pipe built with CUDA support (scripts/build-cuda)")
         }
     }
-    best
+}
+
+/// Whether a CUDA device can be opened (always false without the `cuda` feature).
+pub fn cuda_available() -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        Cuda::try_seed_from_u64(0).is_ok()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        false
+    }
 }
