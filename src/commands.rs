@@ -333,6 +333,21 @@ pub fn bench_train(
         model.train_step(&x, &y, &opt, 1e-2, s as u64 + 1)?;
     }
     let ours = (batch * steps) as f64 / t.elapsed().as_secs_f64();
+    let prof = model.profile();
+    if !prof.is_empty() {
+        let total: f64 = prof.iter().map(|(_, v)| v).sum();
+        let mut rows = prof.clone();
+        rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+        println!(
+            "| phase / op (PIPE_PROFILE, synchronised, {} steps incl. warm-up) | seconds | share |",
+            steps + 1
+        );
+        println!("|---|---|---|");
+        for (k, v) in rows {
+            println!("| {k} | {v:.4} | {:.1} % |", 100.0 * v / total);
+        }
+        println!();
+    }
     let (engine, torch_device) = match device {
         DeviceKind::Cpu => (
             format!("CPU, {} threads", rayon::current_num_threads()),

@@ -61,14 +61,19 @@ pub struct Net<E: Dtype, D: Device<E>> {
     bn_mean: Vec<Vec<E>>,
     bn_var: Vec<Vec<E>>,
     bn_names: Vec<String>,
-    windows: HashMap<(usize, usize), Window<E>>,
+    windows: HashMap<(usize, usize), Window<E, D>>,
     dev: D,
     classes: usize,
+    /// With `PIPE_PROFILE=1`: seconds per phase and per op kind (the device is
+    /// synchronised after each, so this slows training down).
+    profile: Option<std::collections::BTreeMap<String, f64>>,
 }
 
-struct Window<E> {
-    idx: Vec<usize>,
-    inv_count: Vec<E>,
+/// Gather indices and average-pool weights of one window op for one batch size, kept on
+/// the device: rebuilding and uploading them every step dominated GPU step time.
+struct Window<E: Dtype, D: Device<E>> {
+    idx: Tensor<(usize,), usize, D>,
+    inv_count: Tensor<(usize,), E, D>,
 }
 
 fn e<E: Dtype>(x: f64) -> E {
@@ -113,7 +118,7 @@ fn window_rows(
     (idx, inv)
 }
 
-impl<E: Dtype, D: Device<E>> Net<E, D> {
+impl<E: Dtype, D: Device<E> + Synchronize> Net<E, D> {
     /// Build with Glorot-uniform kernels (Keras' default), zero biases, unit gammas, on `dev`.
     pub fn new(graph: &Graph, seed: u64, dev: D) -> Result<Self> {
         let infos = graph.infer()?;
@@ -134,6 +139,9 @@ impl<E: Dtype, D: Device<E>> Net<E, D> {
             windows: HashMap::new(),
             dev,
             classes,
+            profile: std::env::var("PIPE_PROFILE")
+                .ok()
+                .map(|_| Default::default()),
         };
         for (i, node) in graph.nodes.iter().enumerate() {
             let in_shape = node.inputs.first().map(|&j| infos[j].shape);
@@ -228,8 +236,8 @@ impl<E: Dtype, D: Device<E>> Net<E, D> {
         self.classes
     }
 
-    fn window(&mut self, node: usize, n: usize) -> &Window<E> {
-        let (graph, infos) = (&self.graph, &self.infos);
+    fn window(&mut self, node: usize, n: usize) -> &Window<E, D> {
+        let (graph, infos, dev) = (&self.graph, &self.infos, &self.dev);
         self.windows.entry((node, n)).or_insert_with(|| {
             let nd = &graph.nodes[node];
             let GShape::Image(h, w, _) = infos[nd.inputs[0]].shape else {
@@ -258,9 +266,10 @@ impl<E: Dtype, D: Device<E>> Net<E, D> {
                 _ => unreachable!("only window ops have windows"),
             };
             let (idx, inv) = window_rows(n, (h, w), (oh, ow), k, s, p);
+            let (len, rows) = (idx.len(), inv.len());
             Window {
-                idx,
-                inv_count: inv.into_iter().map(e).collect(),
+                idx: dev.tensor_from_vec(idx, (len,)),
+                inv_count: dev.tensor_from_vec(inv.into_iter().map(e).collect(), (rows,)),
             }
         })
     }
@@ -275,12 +284,17 @@ impl<E: Dtype, D: Device<E>> Net<E, D> {
         dropout_seed: u64,
     ) -> (M<E, D>, Leaves<E, D>, BatchStats<E>) {
         let dev = self.dev.clone();
+        let t_up = std::time::Instant::now();
         let leaves: Leaves<E, D> = self
             .params
             .iter()
             .zip(&self.slots)
             .map(|(p, s)| dev.tensor_from_vec(p.clone(), s.mat))
             .collect();
+        if let Some(p) = self.profile.as_mut() {
+            dev.synchronize();
+            *p.entry("parameters to device".into()).or_default() += t_up.elapsed().as_secs_f64();
+        }
         let mut uses = vec![0usize; self.graph.nodes.len()];
         for nd in &self.graph.nodes {
             for &i in &nd.inputs {
@@ -325,6 +339,7 @@ impl<E: Dtype, D: Device<E>> Net<E, D> {
                     None => y,
                 }
             };
+            let t_node = std::time::Instant::now();
             let out: M<E, D> = match &node.op {
                 Op::Input { h, w, c } => dev
                     .tensor_from_vec(x.clone(), (n * h * w, *c))
@@ -336,13 +351,19 @@ impl<E: Dtype, D: Device<E>> Net<E, D> {
                     let cols_m = if *kernel == (1, 1) && *stride == (1, 1) {
                         xin
                     } else {
-                        let win = self.window(i, n);
-                        let idx = dev.tensor_from_vec(win.idx.clone(), (win.idx.len(),));
+                        let idx = self.window(i, n).idx.clone();
                         let pad = dev.zeros_like(&(1usize, cin)).retaped::<Tp<E, D>>();
                         let padded = (xin, pad).concat_along(Axis::<0>);
                         let g: M<E, D> = padded.gather(idx);
                         g.reshape_like(&(r_out, kernel.0 * kernel.1 * cin))
                     };
+                    if let Some(p) = self.profile.as_mut() {
+                        dev.synchronize();
+                        *p.entry("forward: conv2d im2col (concat + gather)".into())
+                            .or_default() += t_node.elapsed().as_secs_f64();
+                        *p.entry("forward: conv2d".into()).or_default() -=
+                            t_node.elapsed().as_secs_f64();
+                    }
                     let y = cols_m.matmul(leaf(np.kernel.expect("conv has a kernel")));
                     bias_add(y, np.bias)
                 }
@@ -400,8 +421,7 @@ impl<E: Dtype, D: Device<E>> Net<E, D> {
                     let c = c_out;
                     let k = size.0 * size.1;
                     let win = self.window(i, n);
-                    let idx = dev.tensor_from_vec(win.idx.clone(), (win.idx.len(),));
-                    let inv = win.inv_count.clone();
+                    let (idx, inv) = (win.idx.clone(), win.inv_count.clone());
                     let fill = if is_max { -1e30 } else { 0.0 };
                     let pad = dev
                         .tensor_from_vec(vec![e::<E>(fill); c], (1usize, c))
@@ -412,7 +432,6 @@ impl<E: Dtype, D: Device<E>> Net<E, D> {
                     if is_max {
                         g3.max::<(usize, usize), Axis<1>>()
                     } else {
-                        let inv = dev.tensor_from_vec(inv, (r_out,));
                         g3.sum::<(usize, usize), Axis<1>>()
                             * inv.broadcast_like::<(usize, usize), Axis<1>>(&(r_out, c))
                     }
@@ -477,6 +496,11 @@ impl<E: Dtype, D: Device<E>> Net<E, D> {
                     }
                 }
             };
+            if let Some(p) = self.profile.as_mut() {
+                self.dev.synchronize();
+                *p.entry(format!("forward: {}", node.op.name())).or_default() +=
+                    t_node.elapsed().as_secs_f64();
+            }
             acts[i] = Some(out);
         }
         let out = acts[last].take().expect("the output was computed");
@@ -507,6 +531,7 @@ impl<E: Dtype, D: Device<E>> Net<E, D> {
         }
         let (logits, leaves, stats) = self.forward(x, n, true, dropout_seed);
         let logits_v = logits.as_vec();
+        let t_loss = std::time::Instant::now();
         let target = self.dev.tensor_from_vec(onehot, (n, k));
         let ce = cross_entropy_with_logits_loss(logits, target);
         let ce_v = ce.as_vec()[0].to_f64().unwrap_or(f64::NAN);
@@ -523,8 +548,18 @@ impl<E: Dtype, D: Device<E>> Net<E, D> {
             }
         }
         let total = loss.as_vec()[0].to_f64().unwrap_or(f64::NAN);
+        let t_back = std::time::Instant::now();
         let grads = loss.backward();
+        if self.profile.is_some() {
+            self.dev.synchronize();
+        }
+        let t_down = std::time::Instant::now();
         let g = leaves.iter().map(|l| grads.get(l).as_vec()).collect();
+        if let Some(p) = self.profile.as_mut() {
+            *p.entry("loss (+ L2)".into()).or_default() += (t_back - t_loss).as_secs_f64();
+            *p.entry("backward (all ops)".into()).or_default() += (t_down - t_back).as_secs_f64();
+            *p.entry("gradients to host".into()).or_default() += t_down.elapsed().as_secs_f64();
+        }
         Ok((ce_v, total, logits_v, g, stats))
     }
 
@@ -593,13 +628,13 @@ struct Moments {
 }
 
 /// The f32 model behind [`super::Model`].
-pub struct DfdxModel<D: Device<f32>> {
+pub struct DfdxModel<D: Device<f32> + Synchronize> {
     net: Net<f32, D>,
     moments: Vec<Moments>,
     step: u64,
 }
 
-impl<D: Device<f32>> DfdxModel<D> {
+impl<D: Device<f32> + Synchronize> DfdxModel<D> {
     /// Build with fresh weights on `dev`.
     pub fn new(graph: &Graph, seed: u64, dev: D) -> Result<Self> {
         let net = Net::<f32, D>::new(graph, seed, dev)?;
@@ -619,7 +654,7 @@ impl<D: Device<f32>> DfdxModel<D> {
     }
 }
 
-impl<D: Device<f32>> super::Model for DfdxModel<D> {
+impl<D: Device<f32> + Synchronize> super::Model for DfdxModel<D> {
     fn train_step(
         &mut self,
         images: &[f32],
@@ -635,6 +670,7 @@ impl<D: Device<f32>> super::Model for DfdxModel<D> {
         if !ce.is_finite() {
             bail!("the loss is {ce} (diverged); lower the learning rate");
         }
+        let t_opt = std::time::Instant::now();
         let rows = self.net.bn_rows(n);
         self.net.update_running_stats(&stats, &rows);
         self.step += 1;
@@ -671,6 +707,10 @@ impl<D: Device<f32>> super::Model for DfdxModel<D> {
                     }
                 }
             }
+        }
+        if let Some(p) = self.net.profile.as_mut() {
+            *p.entry("optimizer + BN statistics (host)".into())
+                .or_default() += t_opt.elapsed().as_secs_f64();
         }
         let k = self.net.classes();
         let correct = (0..n)
@@ -763,6 +803,14 @@ impl<D: Device<f32>> super::Model for DfdxModel<D> {
 
     fn classes(&self) -> usize {
         self.net.classes()
+    }
+
+    fn profile(&self) -> Vec<(String, f64)> {
+        self.net
+            .profile
+            .as_ref()
+            .map(|p| p.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default()
     }
 }
 

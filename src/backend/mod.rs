@@ -89,6 +89,11 @@ pub trait Model {
 
     /// Number of classes the model outputs.
     fn classes(&self) -> usize;
+
+    /// Seconds spent per phase and op kind, when profiling (`PIPE_PROFILE=1`).
+    fn profile(&self) -> Vec<(String, f64)> {
+        Vec::new()
+    }
 }
 
 /// Where a model computes.
