@@ -61,6 +61,43 @@ pub struct Plan {
     /// The device the last segment trained on.
     #[serde(default)]
     pub device: DeviceKind,
+    /// What that device was (GPU name, driver, the CUDA version the binary was built
+    /// with): recorded, not part of the key.
+    #[serde(default)]
+    pub device_info: String,
+}
+
+/// A description of the device for the artifact's metadata.
+fn describe_device(d: DeviceKind) -> String {
+    match d {
+        DeviceKind::Cpu => format!(
+            "cpu ({} threads, {})",
+            rayon::current_num_threads(),
+            std::env::consts::ARCH
+        ),
+        DeviceKind::Cuda => {
+            let smi = std::process::Command::new("nvidia-smi")
+                .args([
+                    "--query-gpu=name,driver_version,compute_cap",
+                    "--format=csv,noheader",
+                ])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .to_string()
+                })
+                .unwrap_or_else(|| "unknown GPU".into());
+            format!(
+                "cuda ({smi}; built with CUDA {})",
+                option_env!("PIPE_CUDA_VERSION").unwrap_or("unknown")
+            )
+        }
+    }
 }
 
 /// The backend device for a resolved device setting.
@@ -357,6 +394,7 @@ pub fn run_train(ctx: &StageCtx<'_>, t: &TrainStage) -> Result<String> {
                 checkpoint_every: c.checkpoint_every,
                 epochs_done: 0,
                 device: device_kind(c.device),
+                device_info: String::new(),
             },
             schedule,
             start: 0,
@@ -599,6 +637,7 @@ fn run_segment(ctx: &StageCtx<'_>, data: &Path, seg: Segment<'_>) -> Result<Stri
     }
     history::write(ctx.out, &history)?;
     plan.epochs_done = end;
+    plan.device_info = describe_device(plan.device);
     std::fs::write(ctx.out.join("plan.json"), serde_json::to_vec_pretty(&plan)?)?;
     let last = history.last().context("no epoch was trained")?;
     Ok(format!(
