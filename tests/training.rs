@@ -432,3 +432,47 @@ fn the_chapters_cifar10_exp3_runs_on_small_batches() {
     assert_eq!(plan["val_split"], "test");
     assert_eq!(plan["optimizer"]["kind"], "sgd");
 }
+
+#[test]
+fn resume_from_a_checkpoint_file_equals_resume_from_the_stage() {
+    let p = Project::new();
+    let text = PIPELINE.to_string()
+        + "\n[stages.again]\nkind = \"resume\"\nfrom = \"train@2\"\nlr = 0.01\nepochs = 1\n";
+    p.manifest("t.toml", &text);
+    let r = p.run_json("t", &["--until", "again"]);
+    let ckpt = artifact(&p, &r, "train").join("checkpoints/epoch_2.safetensors");
+    std::fs::create_dir_all(p.path().join("saved")).unwrap();
+    std::fs::copy(&ckpt, p.path().join("saved/epoch_2.safetensors")).unwrap();
+    let text2 = PIPELINE.to_string()
+        + "\n[stages.again]\nkind = \"resume\"\nfrom = \"train@2\"\nlr = 0.01\nepochs = 1\n"
+        + "\n[stages.fromfile]\nkind = \"resume\"\nfrom = \"saved/epoch_2.safetensors\"\ninput = \"hdf5\"\nlr = 0.01\nepochs = 1\n";
+    p.manifest("t.toml", &text2);
+    let r2 = p.run_json("t", &["--until", "fromfile"]);
+    assert_eq!(state_of(&r2, "fromfile"), "ran");
+    let a = tensors(&artifact(&p, &r, "again").join("state.safetensors"));
+    let b = tensors(&artifact(&p, &r2, "fromfile").join("state.safetensors"));
+    for (k, v) in &a {
+        assert!(
+            v == &b[k],
+            "{k} differs between resume from the stage and from its file"
+        );
+    }
+    let h: Vec<serde_json::Value> = serde_json::from_slice(
+        &std::fs::read(artifact(&p, &r2, "fromfile").join("history.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(h.len(), 3);
+    assert_eq!(h[2]["stage"], "fromfile");
+    // The file's content is in the key: a different checkpoint re-runs the stage.
+    let other = artifact(&p, &r, "train").join("checkpoints/epoch_3.safetensors");
+    std::fs::copy(&other, p.path().join("saved/epoch_2.safetensors")).unwrap();
+    let r3 = p.run_json("t", &["--until", "fromfile"]);
+    assert_eq!(state_of(&r3, "fromfile"), "ran");
+    // A file that is not there is a manifest error at `from`.
+    p.manifest("t.toml", &text2.replace("saved/epoch_2", "saved/nope"));
+    let err = p.fails(&["run", "t"]);
+    assert!(
+        err.contains("t.toml:") && err.contains("cannot read"),
+        "{err}"
+    );
+}

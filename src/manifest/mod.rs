@@ -47,14 +47,16 @@ pub enum StageConfig {
     Train(Box<TrainStage>),
     /// `lr-drop`: continue from the final state of `from`.
     LrDrop(ContinueConfig),
-    /// `resume`: continue from epoch `at` of `from`.
+    /// `resume`: continue from epoch `at` of stage `stage`, or from a checkpoint file.
     Resume {
         /// The config as written.
         config: ContinueConfig,
-        /// The stage resumed.
+        /// The stage resumed (empty when resuming from a file).
         stage: String,
-        /// The epoch resumed from.
+        /// The epoch resumed from (from the file's metadata when resuming from a file).
         at: usize,
+        /// A checkpoint file written by pipe, and the BLAKE3 of its content.
+        file: Option<(PathBuf, String)>,
     },
     /// `evaluate`.
     Evaluate(EvaluateConfig),
@@ -97,8 +99,14 @@ impl StageConfig {
                 v.as_object_mut().map(|o| o.remove("from"));
                 v
             }),
-            StageConfig::Resume { config, at, .. } => serde_json::to_value(config).map(|mut v| {
-                v["from"] = serde_json::json!(at);
+            StageConfig::Resume {
+                config, at, file, ..
+            } => serde_json::to_value(config).map(|mut v| {
+                v["from"] = match file {
+                    // The file's content, not its path, decides what is resumed.
+                    Some((_, hash)) => serde_json::json!({ "checkpoint": hash }),
+                    None => serde_json::json!(at),
+                };
                 v
             }),
             StageConfig::Evaluate(c) => serde_json::to_value(c),
@@ -415,7 +423,8 @@ pub fn load(path: &Path, sets: &[String], project_dir: &Path) -> Result<Pipeline
     let mut stages = IndexMap::new();
     let mut input_origins: HashMap<String, Vec<Origin>> = HashMap::new();
     for (sname, entry) in stage_tables {
-        let (stage, origins) = parse_stage(sname, entry, top.seed, top.device, &library)?;
+        let (stage, origins) =
+            parse_stage(sname, entry, top.seed, top.device, &library, project_dir)?;
         input_origins.insert(sname.clone(), origins);
         stages.insert(sname.clone(), stage);
     }
@@ -445,6 +454,7 @@ fn parse_stage(
     seed: u64,
     device: DeviceSetting,
     library: &crate::nn::spec::Library,
+    project_dir: &Path,
 ) -> Result<(Stage, Vec<Origin>), ManifestError> {
     let path = format!("stages.{sname}");
     let mut table = match &entry.value.kind {
@@ -685,7 +695,15 @@ fn parse_stage(
         "lr-drop" | "resume" => {
             let mut c: ContinueConfig = de::from_svalue(&body, &path)?;
             c.device = Some(resolve_device(c.device.unwrap_or(device)));
-            if !inputs.is_empty() {
+            let from_file = kind == "resume" && !c.from.contains('@');
+            if from_file && inputs.len() != 1 {
+                return Err(ManifestError::new(
+                    "a resume stage that starts from a checkpoint file reads the data with `input = \"<hdf5 stage>\"`",
+                )
+                .at(entry.key_origin.clone())
+                .path(format!("{path}.input")));
+            }
+            if !from_file && !inputs.is_empty() {
                 return Err(ManifestError::new(format!(
                     "a {kind} stage names what it continues with `from`, not `input`"
                 ))
@@ -701,7 +719,28 @@ fn parse_stage(
                 .get("from")
                 .map(|e| e.value.origin.clone())
                 .unwrap_or_else(|| entry.key_origin.clone());
-            if kind == "resume" {
+            if from_file {
+                let file = if Path::new(&c.from).is_absolute() {
+                    PathBuf::from(&c.from)
+                } else {
+                    project_dir.join(&c.from)
+                };
+                let bytes = std::fs::read(&file).map_err(|e| {
+                    ManifestError::new(format!(
+                        "`from` must be \"<stage>@<epoch>\" or a checkpoint file; cannot read {}: {e}",
+                        file.display()
+                    ))
+                    .at(from_origin.clone())
+                    .path(format!("{path}.from"))
+                })?;
+                let hash = blake3::hash(&bytes).to_hex().to_string();
+                StageConfig::Resume {
+                    stage: String::new(),
+                    at: 0,
+                    file: Some((file, hash)),
+                    config: c,
+                }
+            } else if kind == "resume" {
                 let Some((stage, epoch)) = c.from.split_once('@') else {
                     return Err(ManifestError::new(format!(
                         "`from` must be \"<stage>@<epoch>\" (e.g. \"train@25\"), got \"{}\"",
@@ -722,6 +761,7 @@ fn parse_stage(
                 StageConfig::Resume {
                     stage: stage.to_string(),
                     at,
+                    file: None,
                     config: c,
                 }
             } else {
@@ -803,7 +843,12 @@ fn validate_graph(
                 );
                 return Err(e);
             };
+            let file_resume = matches!(s.config, StageConfig::Resume { file: Some(_), .. });
             let (ok, needs) = match s.config.kind() {
+                "resume" if file_resume => (
+                    matches!(src.config, StageConfig::Hdf5(_)),
+                    "the HDF5 files of an hdf5 stage",
+                ),
                 "split" | "hdf5" => (
                     matches!(src.config, StageConfig::Ingest(_) | StageConfig::Split(_)),
                     "an index from an ingest or split stage",
@@ -909,7 +954,8 @@ fn wire_data_inputs(p: &mut Pipeline) {
             s.config,
             StageConfig::LrDrop(_) | StageConfig::Resume { .. } | StageConfig::Evaluate(_)
         );
-        if needs_data && s.inputs.len() == 1 {
+        let file_resume = matches!(s.config, StageConfig::Resume { file: Some(_), .. });
+        if needs_data && !file_resume && s.inputs.len() == 1 {
             let model = &p.stages[&s.inputs[0]];
             let data = match &model.config {
                 StageConfig::Train(_) => model.inputs[0].clone(),

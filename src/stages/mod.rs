@@ -93,7 +93,12 @@ pub fn run(ctx: &StageCtx<'_>) -> Result<String> {
         StageConfig::Hdf5(c) => write_hdf5::run(ctx, c),
         StageConfig::Train(t) => train::run_train(ctx, t),
         StageConfig::LrDrop(c) => train::run_continue(ctx, c, None),
-        StageConfig::Resume { config, at, .. } => train::run_continue(ctx, config, Some(*at)),
+        StageConfig::Resume {
+            config, at, file, ..
+        } => match file {
+            Some((path, _)) => train::run_resume_file(ctx, config, path),
+            None => train::run_continue(ctx, config, Some(*at)),
+        },
         StageConfig::Evaluate(c) => evaluate::run(ctx, c),
     }
 }

@@ -309,8 +309,17 @@ fn check_classes(model: &dyn Model, data: &Path, network: &str) -> Result<()> {
     Ok(())
 }
 
-fn checkpoint_meta(epoch: usize, hist: &[EpochRecord]) -> Result<HashMap<String, String>> {
+fn checkpoint_meta(
+    epoch: usize,
+    hist: &[EpochRecord],
+    plan: &Plan,
+) -> Result<HashMap<String, String>> {
     let mut m = HashMap::new();
+    // A checkpoint is self-contained: with the plan (network, optimizer, data settings) a
+    // `resume` stage can start from the file alone.
+    let mut p = plan.clone();
+    p.epochs_done = epoch;
+    m.insert("plan".into(), serde_json::to_string(&p)?);
     m.insert("epoch".into(), epoch.to_string());
     m.insert("history".into(), serde_json::to_string(hist)?);
     m.insert("format".into(), "pipe-checkpoint-v1".into());
@@ -594,16 +603,16 @@ fn run_segment(ctx: &StageCtx<'_>, data: &Path, seg: Segment<'_>) -> Result<Stri
         if (e + 1) % plan.checkpoint_every == 0 || e + 1 == end {
             checkpoint::save(
                 &ckpt_dir.join(format!("epoch_{}.safetensors", e + 1)),
-                &model.state(),
-                checkpoint_meta(e + 1, &history)?,
+                &with_mean(model.state(), &mean),
+                checkpoint_meta(e + 1, &history, &plan)?,
                 |_| true,
             )?;
         }
         super::fault_point(&format!("{stage}:epoch{}", e + 1));
     }
     // Publish: final state, weights alone, this segment's checkpoints, history, plan.
-    let state = model.state();
-    let meta = checkpoint_meta(end, &history)?;
+    let state = with_mean(model.state(), &mean);
+    let meta = checkpoint_meta(end, &history, &plan)?;
     checkpoint::save(
         &ctx.out.join("state.safetensors"),
         &state,
@@ -649,6 +658,62 @@ fn run_segment(ctx: &StageCtx<'_>, data: &Path, seg: Segment<'_>) -> Result<Stri
         100.0 * last.val_acc,
         last.images_per_sec
     ))
+}
+
+/// The input mean travels inside every checkpoint (as `input/mean`), so that one file
+/// suffices to resume.
+fn with_mean(mut st: State, mean: &NamedTensor) -> State {
+    st.tensors.insert("input/mean".into(), mean.clone());
+    st
+}
+
+/// `resume` from a checkpoint file written by pipe (any stage, any pipeline): the plan,
+/// input mean, history and epoch come from the file; the data from the stage's input.
+pub fn run_resume_file(ctx: &StageCtx<'_>, c: &ContinueConfig, file: &Path) -> Result<String> {
+    let (state, meta) = checkpoint::load(file)?;
+    let mut plan: Plan = serde_json::from_str(meta.get("plan").with_context(|| {
+        format!(
+            "{} has no training plan in its metadata: it was not written by pipe's training stages",
+            file.display()
+        )
+    })?)?;
+    let epoch: usize = meta
+        .get("epoch")
+        .and_then(|s| s.parse().ok())
+        .context("checkpoint has no epoch")?;
+    let hist: Vec<EpochRecord> =
+        serde_json::from_str(meta.get("history").map(|s| s.as_str()).unwrap_or("[]"))?;
+    let mean = state
+        .tensors
+        .get("input/mean")
+        .cloned()
+        .context("checkpoint has no `input/mean`")?;
+    if let Optimizer::Sgd { momentum, nesterov } = &mut plan.optimizer {
+        if let Some(m) = c.momentum {
+            *momentum = m;
+        }
+        if let Some(n) = c.nesterov {
+            *nesterov = n;
+        }
+    }
+    if let Some(k) = c.checkpoint_every {
+        plan.checkpoint_every = k;
+    }
+    plan.device = device_kind(c.device);
+    run_segment(
+        ctx,
+        &ctx.inputs[0].1.clone(),
+        Segment {
+            plan,
+            schedule: Schedule::Constant(c.lr),
+            start: epoch,
+            end: epoch + c.epochs,
+            history: hist,
+            state: Some(state),
+            mean: Some(mean),
+            stage: &ctx.stage.name,
+        },
+    )
 }
 
 /// Load a trained model artifact for evaluation: (model, plan, mean).
