@@ -416,6 +416,22 @@ pub fn run_train(ctx: &StageCtx<'_>, t: &TrainStage) -> Result<String> {
     )
 }
 
+/// What an `lr-drop` or `resume` stage may change in the plan it continues.
+fn apply_overrides(plan: &mut Plan, c: &ContinueConfig) {
+    if let Optimizer::Sgd { momentum, nesterov } = &mut plan.optimizer {
+        if let Some(m) = c.momentum {
+            *momentum = m;
+        }
+        if let Some(n) = c.nesterov {
+            *nesterov = n;
+        }
+    }
+    if let Some(k) = c.checkpoint_every {
+        plan.checkpoint_every = k;
+    }
+    plan.device = device_kind(c.device);
+}
+
 /// `lr-drop` (`at = None`: the final state) and `resume` (`at = Some(epoch)`).
 pub fn run_continue(ctx: &StageCtx<'_>, c: &ContinueConfig, at: Option<usize>) -> Result<String> {
     let model_dir = &ctx.inputs[0].1;
@@ -463,18 +479,7 @@ pub fn run_continue(ctx: &StageCtx<'_>, c: &ContinueConfig, at: Option<usize>) -
         serde_json::from_str(meta.get("history").map(|s| s.as_str()).unwrap_or("[]"))?;
     // Resuming at an epoch forgets what came after it, as the chapter's monitor does.
     hist.retain(|r| r.epoch <= epoch);
-    if let Optimizer::Sgd { momentum, nesterov } = &mut plan.optimizer {
-        if let Some(m) = c.momentum {
-            *momentum = m;
-        }
-        if let Some(n) = c.nesterov {
-            *nesterov = n;
-        }
-    }
-    if let Some(k) = c.checkpoint_every {
-        plan.checkpoint_every = k;
-    }
-    plan.device = device_kind(c.device);
+    apply_overrides(&mut plan, c);
     let (mean, _) = checkpoint::load(&model_dir.join("mean.safetensors"))?;
     let mean = mean
         .tensors
@@ -688,18 +693,7 @@ pub fn run_resume_file(ctx: &StageCtx<'_>, c: &ContinueConfig, file: &Path) -> R
         .get("input/mean")
         .cloned()
         .context("checkpoint has no `input/mean`")?;
-    if let Optimizer::Sgd { momentum, nesterov } = &mut plan.optimizer {
-        if let Some(m) = c.momentum {
-            *momentum = m;
-        }
-        if let Some(n) = c.nesterov {
-            *nesterov = n;
-        }
-    }
-    if let Some(k) = c.checkpoint_every {
-        plan.checkpoint_every = k;
-    }
-    plan.device = device_kind(c.device);
+    apply_overrides(&mut plan, c);
     run_segment(
         ctx,
         &ctx.inputs[0].1.clone(),
