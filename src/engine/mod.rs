@@ -199,7 +199,11 @@ impl Engine {
         let external = match stages::external_root(p, s) {
             Some(root) => Some(
                 self.fingerprint(&root)
-                    .with_context(|| format!("stage `{name}`: cannot read its dataset folder"))?
+                    .with_context(|| {
+                        format!(
+                            "stage `{name}`: cannot read its dataset folder (point `root` at it, e.g. `--set {name}.root=DIR`)"
+                        )
+                    })?
                     .hash
                     .clone(),
             ),
