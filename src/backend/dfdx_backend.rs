@@ -246,25 +246,7 @@ impl<E: Dtype, D: Device<E> + Synchronize> Net<E, D> {
             let GShape::Image(oh, ow, _) = infos[node].shape else {
                 unreachable!("shape inference checked window ops")
             };
-            let (k, s, p) = match nd.op {
-                Op::Conv2d {
-                    kernel,
-                    stride,
-                    padding,
-                    ..
-                } => (kernel, stride, padding),
-                Op::MaxPool {
-                    size,
-                    stride,
-                    padding,
-                }
-                | Op::AvgPool {
-                    size,
-                    stride,
-                    padding,
-                } => (size, stride, padding),
-                _ => unreachable!("only window ops have windows"),
-            };
+            let (k, s, p) = nd.op.window().expect("only window ops have windows");
             let (idx, inv) = window_rows(n, (h, w), (oh, ow), k, s, p);
             let (len, rows) = (idx.len(), inv.len());
             Window {

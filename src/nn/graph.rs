@@ -103,7 +103,33 @@ pub enum Op {
     Softmax,
 }
 
+/// A window op's ((kh, kw), (sh, sw), padding).
+pub type WindowSpec = ((usize, usize), (usize, usize), Padding);
+
 impl Op {
+    /// Window (kernel, stride, padding) of a convolution or pooling op.
+    pub fn window(&self) -> Option<WindowSpec> {
+        match *self {
+            Op::Conv2d {
+                kernel,
+                stride,
+                padding,
+                ..
+            } => Some((kernel, stride, padding)),
+            Op::MaxPool {
+                size,
+                stride,
+                padding,
+            }
+            | Op::AvgPool {
+                size,
+                stride,
+                padding,
+            } => Some((size, stride, padding)),
+            _ => None,
+        }
+    }
+
     /// The op's manifest name.
     pub fn name(&self) -> &'static str {
         match self {

@@ -9,7 +9,8 @@
 //!
 //! Artifact: `model.safetensors` (weights + batch-norm statistics), `state.safetensors`
 //! (full state), `checkpoints/epoch_N.safetensors`, `history.json`, `history.png`,
-//! `mean.safetensors` (what is subtracted from inputs) and `plan.json` (what a later
+//! `mean.safetensors` (what is subtracted from inputs; every checkpoint also carries it
+//! as `input/mean`) and `plan.json` (what a later
 //! `lr-drop`, `resume` or `evaluate` needs: the network and data settings).
 
 use std::collections::HashMap;
@@ -326,10 +327,11 @@ fn checkpoint_meta(
     Ok(m)
 }
 
-/// The latest complete checkpoint in a folder: (epoch, path).
-fn latest_checkpoint(dir: &Path) -> Option<(usize, PathBuf)> {
-    std::fs::read_dir(dir)
-        .ok()?
+/// The checkpoints `epoch_N.safetensors` in a folder, by epoch.
+fn checkpoints_in(dir: &Path) -> Vec<(usize, PathBuf)> {
+    let mut out: Vec<(usize, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
@@ -340,7 +342,14 @@ fn latest_checkpoint(dir: &Path) -> Option<(usize, PathBuf)> {
                 .ok()?;
             Some((n, e.path()))
         })
-        .max_by_key(|(n, _)| *n)
+        .collect();
+    out.sort();
+    out
+}
+
+/// The latest complete checkpoint in a folder: (epoch, path).
+fn latest_checkpoint(dir: &Path) -> Option<(usize, PathBuf)> {
+    checkpoints_in(dir).pop()
 }
 
 struct Segment<'a> {
@@ -437,7 +446,7 @@ pub fn run_continue(ctx: &StageCtx<'_>, c: &ContinueConfig, at: Option<usize>) -
     let model_dir = &ctx.inputs[0].1;
     let from = &ctx.inputs[0].0;
     let data = &ctx.inputs[1].1;
-    let mut plan: Plan = serde_json::from_slice(
+    let plan: Plan = serde_json::from_slice(
         &std::fs::read(model_dir.join("plan.json"))
             .context("the model artifact has no plan.json")?,
     )?;
@@ -448,18 +457,10 @@ pub fn run_continue(ctx: &StageCtx<'_>, c: &ContinueConfig, at: Option<usize>) -
                 .join("checkpoints")
                 .join(format!("epoch_{e}.safetensors"));
             if !p.is_file() {
-                let mut have: Vec<usize> = std::fs::read_dir(model_dir.join("checkpoints"))?
-                    .filter_map(|x| x.ok())
-                    .filter_map(|x| {
-                        x.file_name()
-                            .to_string_lossy()
-                            .strip_prefix("epoch_")?
-                            .strip_suffix(".safetensors")?
-                            .parse()
-                            .ok()
-                    })
+                let have: Vec<usize> = checkpoints_in(&model_dir.join("checkpoints"))
+                    .into_iter()
+                    .map(|(n, _)| n)
                     .collect();
-                have.sort();
                 bail!(
                     "stage `{from}` has no checkpoint at epoch {e} (it has: {})",
                     have.iter()
@@ -471,21 +472,32 @@ pub fn run_continue(ctx: &StageCtx<'_>, c: &ContinueConfig, at: Option<usize>) -
             checkpoint::load(&p)?
         }
     };
+    continue_from(ctx, data, plan, c, state, &meta)
+}
+
+/// Continue training from a loaded checkpoint: epoch, history (trimmed to that epoch, as
+/// the chapter's monitor does on restart) and input mean come from the checkpoint itself.
+fn continue_from(
+    ctx: &StageCtx<'_>,
+    data: &Path,
+    mut plan: Plan,
+    c: &ContinueConfig,
+    state: State,
+    meta: &HashMap<String, String>,
+) -> Result<String> {
     let epoch: usize = meta
         .get("epoch")
         .and_then(|s| s.parse().ok())
         .context("checkpoint has no epoch")?;
     let mut hist: Vec<EpochRecord> =
         serde_json::from_str(meta.get("history").map(|s| s.as_str()).unwrap_or("[]"))?;
-    // Resuming at an epoch forgets what came after it, as the chapter's monitor does.
     hist.retain(|r| r.epoch <= epoch);
-    apply_overrides(&mut plan, c);
-    let (mean, _) = checkpoint::load(&model_dir.join("mean.safetensors"))?;
-    let mean = mean
+    let mean = state
         .tensors
-        .get("mean")
+        .get("input/mean")
         .cloned()
-        .context("mean.safetensors has no `mean`")?;
+        .context("checkpoint has no `input/mean`")?;
+    apply_overrides(&mut plan, c);
     run_segment(
         ctx,
         data,
@@ -637,16 +649,9 @@ fn run_segment(ctx: &StageCtx<'_>, data: &Path, seg: Segment<'_>) -> Result<Stri
     )?;
     let out_ckpt = ctx.out.join("checkpoints");
     std::fs::create_dir_all(&out_ckpt)?;
-    for entry in std::fs::read_dir(&ckpt_dir)? {
-        let p = entry?.path();
-        let name = p.file_name().map(|f| f.to_owned()).unwrap_or_default();
-        let epoch: Option<usize> = name
-            .to_string_lossy()
-            .strip_prefix("epoch_")
-            .and_then(|s| s.strip_suffix(".safetensors"))
-            .and_then(|s| s.parse().ok());
-        if epoch.is_some_and(|n| n > start && n <= end) {
-            std::fs::copy(&p, out_ckpt.join(name))?;
+    for (n, p) in checkpoints_in(&ckpt_dir) {
+        if n > start && n <= end {
+            std::fs::copy(&p, out_ckpt.join(format!("epoch_{n}.safetensors")))?;
         }
     }
     history::write(ctx.out, &history)?;
@@ -676,38 +681,13 @@ fn with_mean(mut st: State, mean: &NamedTensor) -> State {
 /// input mean, history and epoch come from the file; the data from the stage's input.
 pub fn run_resume_file(ctx: &StageCtx<'_>, c: &ContinueConfig, file: &Path) -> Result<String> {
     let (state, meta) = checkpoint::load(file)?;
-    let mut plan: Plan = serde_json::from_str(meta.get("plan").with_context(|| {
+    let plan: Plan = serde_json::from_str(meta.get("plan").with_context(|| {
         format!(
             "{} has no training plan in its metadata: it was not written by pipe's training stages",
             file.display()
         )
     })?)?;
-    let epoch: usize = meta
-        .get("epoch")
-        .and_then(|s| s.parse().ok())
-        .context("checkpoint has no epoch")?;
-    let hist: Vec<EpochRecord> =
-        serde_json::from_str(meta.get("history").map(|s| s.as_str()).unwrap_or("[]"))?;
-    let mean = state
-        .tensors
-        .get("input/mean")
-        .cloned()
-        .context("checkpoint has no `input/mean`")?;
-    apply_overrides(&mut plan, c);
-    run_segment(
-        ctx,
-        &ctx.inputs[0].1.clone(),
-        Segment {
-            plan,
-            schedule: Schedule::Constant(c.lr),
-            start: epoch,
-            end: epoch + c.epochs,
-            history: hist,
-            state: Some(state),
-            mean: Some(mean),
-            stage: &ctx.stage.name,
-        },
-    )
+    continue_from(ctx, &ctx.inputs[0].1, plan, c, state, &meta)
 }
 
 /// Load a trained model artifact for evaluation: (model, plan, mean).
@@ -722,11 +702,10 @@ pub fn load_trained(
     let (state, _) = checkpoint::load(&model_dir.join("state.safetensors"))?;
     let mut model = backend::build_on(&plan.graph, plan.seed, device)?;
     model.load_state(&state)?;
-    let (mean, _) = checkpoint::load(&model_dir.join("mean.safetensors"))?;
-    let mean = mean
+    let mean = state
         .tensors
-        .get("mean")
+        .get("input/mean")
         .cloned()
-        .context("mean.safetensors has no `mean`")?;
+        .context("state.safetensors has no `input/mean`")?;
     Ok((model, plan, mean))
 }
