@@ -321,7 +321,7 @@ pub fn bench_train(
 ) -> Result<()> {
     use crate::backend::DeviceKind;
     let g = mini_googlenet()?;
-    let mut model = crate::backend::build_on(&g, 0, device)?;
+    let mut model = crate::backend::build_with(&g, 0, device, crate::backend::BackendKind::Dfdx)?;
     let (x, y) = bench_batch(batch);
     let opt = crate::backend::Optimizer::Sgd {
         momentum: 0.9,
@@ -413,7 +413,7 @@ pub fn bench_parity(batch: usize) -> Result<()> {
     };
     let mut results = Vec::new();
     for device in [DeviceKind::Cpu, DeviceKind::Cuda] {
-        let mut m = crate::backend::build_on(&g, 0, device)?;
+        let mut m = crate::backend::build_with(&g, 0, device, crate::backend::BackendKind::Dfdx)?;
         let s = m.train_step(&x, &y, &opt, 1e-2, 7)?;
         let st = m.state();
         let (mut sum, mut abs) = (0f64, 0f64);

@@ -23,6 +23,7 @@ use dfdx::prelude::*;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::params::Role;
 use super::{NamedTensor, State, StepStats};
 use crate::nn::graph::{pad_before, Graph, NodeInfo, Op, Padding, Shape as GShape};
 
@@ -126,7 +127,6 @@ impl<E: Dtype, D: Device<E> + Synchronize> Net<E, D> {
             Some(GShape::Flat(k)) => k,
             other => bail!("the network must end in a flat (classes) output, got {other:?}"),
         };
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut net = Net {
             graph: graph.clone(),
             infos: infos.clone(),
@@ -143,92 +143,37 @@ impl<E: Dtype, D: Device<E> + Synchronize> Net<E, D> {
                 .ok()
                 .map(|_| Default::default()),
         };
-        for (i, node) in graph.nodes.iter().enumerate() {
-            let in_shape = node.inputs.first().map(|&j| infos[j].shape);
-            let cin = match in_shape {
-                Some(GShape::Image(_, _, c)) => c,
-                Some(GShape::Flat(n)) => n,
-                None => 0,
+        let layout = super::params::layout(graph, &infos);
+        let values = super::params::init_values(&layout, seed);
+        for (spec, v) in layout.params.iter().zip(values) {
+            let cols = *spec.shape.last().expect("parameters have a shape");
+            let mat = match spec.role {
+                Role::Kernel => (spec.len() / cols, cols),
+                _ => (1, cols),
             };
-            let mut np = NodeParams::default();
-            let mut glorot = |net: &mut Net<E, D>,
-                              name: String,
-                              shape: Vec<usize>,
-                              mat: (usize, usize),
-                              fan: (usize, usize),
-                              l2: f64| {
-                let limit = (6.0 / (fan.0 + fan.1) as f64).sqrt();
-                let v = (0..mat.0 * mat.1)
-                    .map(|_| e::<E>(rng.random_range(-limit..limit)))
-                    .collect();
-                net.params.push(v);
-                net.slots.push(Slot {
-                    name,
-                    shape,
-                    mat,
-                    l2,
-                });
-                net.params.len() - 1
-            };
-            match &node.op {
-                Op::Conv2d {
-                    filters,
-                    kernel: (kh, kw),
-                    bias,
-                    l2,
-                    ..
-                } => {
-                    let k = kh * kw * cin;
-                    np.kernel = Some(glorot(
-                        &mut net,
-                        format!("{}/kernel", node.name),
-                        vec![*kh, *kw, cin, *filters],
-                        (k, *filters),
-                        (k, kh * kw * filters),
-                        *l2,
-                    ));
-                    if *bias {
-                        np.bias =
-                            Some(net.push_const(format!("{}/bias", node.name), *filters, 0.0));
-                    }
-                }
-                Op::Dense { units, bias, l2 } => {
-                    np.kernel = Some(glorot(
-                        &mut net,
-                        format!("{}/kernel", node.name),
-                        vec![cin, *units],
-                        (cin, *units),
-                        (cin, *units),
-                        *l2,
-                    ));
-                    if *bias {
-                        np.bias = Some(net.push_const(format!("{}/bias", node.name), *units, 0.0));
-                    }
-                }
-                Op::BatchNorm { .. } => {
-                    np.gamma = Some(net.push_const(format!("{}/gamma", node.name), cin, 1.0));
-                    np.beta = Some(net.push_const(format!("{}/beta", node.name), cin, 0.0));
-                    net.bn_mean.push(vec![e(0.0); cin]);
-                    net.bn_var.push(vec![e(1.0); cin]);
-                    net.bn_names.push(node.name.clone());
-                    np.stats = Some(net.bn_mean.len() - 1);
-                }
-                _ => {}
+            net.params.push(v.into_iter().map(e::<E>).collect());
+            net.slots.push(Slot {
+                name: spec.name.clone(),
+                shape: spec.shape.clone(),
+                mat,
+                l2: spec.l2,
+            });
+            let k = net.params.len() - 1;
+            let np = &mut net.node_params[spec.node];
+            match spec.role {
+                Role::Kernel => np.kernel = Some(k),
+                Role::Bias => np.bias = Some(k),
+                Role::Gamma => np.gamma = Some(k),
+                Role::Beta => np.beta = Some(k),
             }
-            net.node_params[i] = np;
+        }
+        for bn in &layout.bns {
+            net.bn_mean.push(vec![e(0.0); bn.channels]);
+            net.bn_var.push(vec![e(1.0); bn.channels]);
+            net.bn_names.push(bn.name.clone());
+            net.node_params[bn.node].stats = Some(net.bn_mean.len() - 1);
         }
         Ok(net)
-    }
-
-    fn push_const(&mut self, name: String, n: usize, v: f64) -> usize {
-        self.params.push(vec![e(v); n]);
-        self.slots.push(Slot {
-            name,
-            shape: vec![n],
-            mat: (1, n),
-            l2: 0.0,
-        });
-        self.params.len() - 1
     }
 
     /// Class count.
@@ -412,7 +357,19 @@ impl<E: Dtype, D: Device<E> + Synchronize> Net<E, D> {
                     let g: M<E, D> = padded.gather(idx);
                     let g3 = g.reshape_like(&(r_out, k, c));
                     if is_max {
-                        g3.max::<(usize, usize), Axis<1>>()
+                        // dfdx's `max` sends the gradient to every tap equal to the
+                        // maximum; windows that overlap (a 3x3/1 pool over a 3x3/2 pool's
+                        // output) tie on the same source value and would count it twice.
+                        // Weight the tied taps by 1/ties instead: the same value, and the
+                        // gradient a single max would give.
+                        let plain = g3.retaped::<NoneTape>();
+                        let shape3 = (r_out, k, c);
+                        let m = plain.clone().max::<(usize, usize), Axis<1>>();
+                        let tied = plain.eq(&m.broadcast_like::<(usize, usize, usize), Axis<1>>(&shape3));
+                        let mask = tied.choose(dev.ones_like(&shape3), dev.zeros_like(&shape3));
+                        let count = mask.clone().sum::<(usize, usize), Axis<1>>();
+                        let weight = mask / count.broadcast_like::<(usize, usize, usize), Axis<1>>(&shape3);
+                        (g3 * weight).sum::<(usize, usize), Axis<1>>()
                     } else {
                         g3.sum::<(usize, usize), Axis<1>>()
                             * inv.broadcast_like::<(usize, usize), Axis<1>>(&(r_out, c))

@@ -1,11 +1,15 @@
 //! The training backend interface: build a model from an expanded graph, take a training
 //! step, predict, and save/load the full state as named tensors.
 //!
-//! Stages and the engine use only this module's types. The one implementation today is
-//! `dfdx_backend` (dfdx 0.13 through its public API, CPU or CUDA); a faster backend can sit
-//! beside it and be checked against it with the same tests.
+//! Stages and the engine use only this module's types. Two implementations sit behind
+//! it: `native` (our own kernels, the default) and `dfdx_backend` (dfdx 0.13 through its
+//! public API, CPU or CUDA). Both build from the same parameter layout (`params`), so the
+//! same seed gives the same weights and a state moves between them; the tests check each
+//! against the other.
 
 pub mod dfdx_backend;
+pub mod native;
+pub mod params;
 
 use std::collections::BTreeMap;
 
@@ -107,14 +111,46 @@ pub enum DeviceKind {
     Cuda,
 }
 
-/// Build a model with freshly initialised weights (Glorot-uniform kernels, zero biases).
-pub fn build(graph: &Graph, seed: u64) -> Result<Box<dyn Model>> {
-    build_on(graph, seed, DeviceKind::Cpu)
+/// Which implementation trains a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Our own kernels (`src/backend/native`), the default.
+    #[default]
+    Native,
+    /// dfdx 0.13 through its public API.
+    Dfdx,
 }
 
-/// Build a model on a device.
-pub fn build_on(graph: &Graph, seed: u64, device: DeviceKind) -> Result<Box<dyn Model>> {
-    dfdx_backend::build_model(graph, seed, device)
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BackendKind::Native => "native",
+            BackendKind::Dfdx => "dfdx",
+        })
+    }
+}
+
+/// Build a model with freshly initialised weights (Glorot-uniform kernels, zero biases)
+/// on the CPU with the default backend.
+pub fn build(graph: &Graph, seed: u64) -> Result<Box<dyn Model>> {
+    build_with(graph, seed, DeviceKind::Cpu, BackendKind::default())
+}
+
+/// Build a model with a backend on a device.
+pub fn build_with(
+    graph: &Graph,
+    seed: u64,
+    device: DeviceKind,
+    backend: BackendKind,
+) -> Result<Box<dyn Model>> {
+    match (backend, device) {
+        (BackendKind::Native, DeviceKind::Cpu) => Ok(Box::new(native::NativeModel::new(graph, seed)?)),
+        (BackendKind::Native, DeviceKind::Cuda) => anyhow::bail!(
+            "backend = \"native\" runs on the CPU only so far; use backend = \"dfdx\" for device = \"cuda\""
+        ),
+        (BackendKind::Dfdx, _) => dfdx_backend::build_model(graph, seed, device),
+    }
 }
 
 /// Whether a CUDA GPU is usable by this build.

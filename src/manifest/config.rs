@@ -245,6 +245,9 @@ pub struct TrainConfig {
     /// `cpu`, `cuda` or `auto` (default: the pipeline's `device`).
     #[serde(default)]
     pub device: Option<DeviceSetting>,
+    /// `native` or `dfdx` (default: the pipeline's `backend`, else `native`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<crate::backend::BackendKind>,
 }
 
 fn default_batch() -> usize {
@@ -292,6 +295,9 @@ pub struct ContinueConfig {
     /// `cpu`, `cuda` or `auto` (default: the pipeline's `device`).
     #[serde(default)]
     pub device: Option<DeviceSetting>,
+    /// `native` or `dfdx` (default: the pipeline's `backend`, else `native`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<crate::backend::BackendKind>,
 }
 
 /// `kind = "evaluate"`.
@@ -310,6 +316,9 @@ pub struct EvaluateConfig {
     /// `cpu`, `cuda` or `auto` (default: the pipeline's `device`).
     #[serde(default)]
     pub device: Option<DeviceSetting>,
+    /// `native` or `dfdx` (default: the pipeline's `backend`, else `native`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<crate::backend::BackendKind>,
 }
 
 fn default_top_k() -> Vec<usize> {

@@ -205,6 +205,8 @@ struct TopLevel {
     seed: u64,
     #[serde(default)]
     device: DeviceSetting,
+    #[serde(default)]
+    backend: Option<crate::backend::BackendKind>,
     #[allow(dead_code)]
     stages: serde::de::IgnoredAny,
     /// Typed by `nn::spec`.
@@ -424,7 +426,14 @@ pub fn load(path: &Path, sets: &[String], project_dir: &Path) -> Result<Pipeline
     let mut input_origins: HashMap<String, Vec<Origin>> = HashMap::new();
     for (sname, entry) in stage_tables {
         let (stage, origins) =
-            parse_stage(sname, entry, top.seed, top.device, &library, project_dir)?;
+            parse_stage(
+            sname,
+            entry,
+            top.seed,
+            (top.device, top.backend),
+            &library,
+            project_dir,
+        )?;
         input_origins.insert(sname.clone(), origins);
         stages.insert(sname.clone(), stage);
     }
@@ -452,7 +461,7 @@ fn parse_stage(
     sname: &str,
     entry: &Entry,
     seed: u64,
-    device: DeviceSetting,
+    (device, backend): (DeviceSetting, Option<crate::backend::BackendKind>),
     library: &crate::nn::spec::Library,
     project_dir: &Path,
 ) -> Result<(Stage, Vec<Origin>), ManifestError> {
@@ -662,6 +671,7 @@ fn parse_stage(
             let mut c: TrainConfig = de::from_svalue(&body, &path)?;
             c.seed.get_or_insert(seed);
             c.device = Some(resolve_device(c.device.unwrap_or(device)));
+            c.backend = Some(resolve_backend(c.backend.or(backend), c.device));
             let positive = [
                 ("epochs", c.epochs as f64),
                 ("batch_size", c.batch_size as f64),
@@ -695,6 +705,7 @@ fn parse_stage(
         "lr-drop" | "resume" => {
             let mut c: ContinueConfig = de::from_svalue(&body, &path)?;
             c.device = Some(resolve_device(c.device.unwrap_or(device)));
+            c.backend = Some(resolve_backend(c.backend.or(backend), c.device));
             let from_file = kind == "resume" && !c.from.contains('@');
             if from_file && inputs.len() != 1 {
                 return Err(ManifestError::new(
@@ -773,6 +784,7 @@ fn parse_stage(
         "evaluate" => {
             let mut c: EvaluateConfig = de::from_svalue(&body, &path)?;
             c.device = Some(resolve_device(c.device.unwrap_or(device)));
+            c.backend = Some(resolve_backend(c.backend.or(backend), c.device));
             if c.top_k.is_empty() || c.top_k.contains(&0) || c.batch_size == 0 {
                 return Err(ManifestError::new(
                     "`top_k` must list ranks >= 1 and `batch_size` must be > 0",
@@ -928,6 +940,19 @@ fn validate_graph(
 }
 
 /// `auto` becomes `cuda` when this build can open a GPU, else `cpu` (said once on stderr).
+/// The backend of a training or evaluation stage: as set, else `native` on the CPU and
+/// `dfdx` on a GPU (the native backend has no CUDA device yet).
+fn resolve_backend(
+    b: Option<crate::backend::BackendKind>,
+    device: Option<DeviceSetting>,
+) -> crate::backend::BackendKind {
+    use crate::backend::BackendKind;
+    b.unwrap_or(match device {
+        Some(DeviceSetting::Cuda) => BackendKind::Dfdx,
+        _ => BackendKind::Native,
+    })
+}
+
 fn resolve_device(d: DeviceSetting) -> DeviceSetting {
     match d {
         DeviceSetting::Auto => {

@@ -54,7 +54,7 @@ pub struct Metrics {
 pub fn run(ctx: &StageCtx<'_>, c: &EvaluateConfig) -> Result<String> {
     let model_dir = &ctx.inputs[0].1;
     let data = &ctx.inputs[1].1;
-    let (mut model, plan, mean) = load_trained(model_dir, device_kind(c.device))?;
+    let (mut model, plan, mean) = load_trained(model_dir, device_kind(c.device), c.backend)?;
     let split = load_split(data, &c.split)?;
     let k = model.classes();
     if let Some(bad) = c.top_k.iter().find(|&&t| t > k) {

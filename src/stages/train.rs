@@ -25,7 +25,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::StageCtx;
-use crate::backend::{self, DeviceKind, Model, NamedTensor, Optimizer, State};
+use crate::backend::{self, BackendKind, DeviceKind, Model, NamedTensor, Optimizer, State};
 use crate::data::{augment, checkpoint, h5};
 use crate::manifest::{
     AugmentConfig, ContinueConfig, DeviceSetting, MeanKind, OptimizerKind, ScheduleKind, TrainStage,
@@ -62,10 +62,18 @@ pub struct Plan {
     /// The device the last segment trained on.
     #[serde(default)]
     pub device: DeviceKind,
+    /// The backend the last segment trained with (plans written before backends existed
+    /// were dfdx's).
+    #[serde(default = "dfdx_backend")]
+    pub backend: BackendKind,
     /// What that device was (GPU name, driver, the CUDA version the binary was built
     /// with): recorded, not part of the key.
     #[serde(default)]
     pub device_info: String,
+}
+
+fn dfdx_backend() -> BackendKind {
+    BackendKind::Dfdx
 }
 
 /// A description of the device for the artifact's metadata.
@@ -412,6 +420,7 @@ pub fn run_train(ctx: &StageCtx<'_>, t: &TrainStage) -> Result<String> {
                 checkpoint_every: c.checkpoint_every,
                 epochs_done: 0,
                 device: device_kind(c.device),
+                backend: c.backend.unwrap_or_default(),
                 device_info: String::new(),
             },
             schedule,
@@ -439,6 +448,9 @@ fn apply_overrides(plan: &mut Plan, c: &ContinueConfig) {
         plan.checkpoint_every = k;
     }
     plan.device = device_kind(c.device);
+    if let Some(b) = c.backend {
+        plan.backend = b;
+    }
 }
 
 /// `lr-drop` (`at = None`: the final state) and `resume` (`at = Some(epoch)`).
@@ -531,7 +543,7 @@ fn run_segment(ctx: &StageCtx<'_>, data: &Path, seg: Segment<'_>) -> Result<Stri
         Some(m) => m,
         None => compute_mean(plan.mean, data, &train)?,
     };
-    let mut model = backend::build_on(&plan.graph, plan.seed, plan.device)?;
+    let mut model = backend::build_with(&plan.graph, plan.seed, plan.device, plan.backend)?;
     check_classes(model.as_ref(), data, &plan.network)?;
     if let Some(st) = &state {
         model.load_state(st)?;
@@ -694,13 +706,14 @@ pub fn run_resume_file(ctx: &StageCtx<'_>, c: &ContinueConfig, file: &Path) -> R
 pub fn load_trained(
     model_dir: &Path,
     device: DeviceKind,
+    backend: Option<BackendKind>,
 ) -> Result<(Box<dyn Model>, Plan, NamedTensor)> {
     let plan: Plan = serde_json::from_slice(
         &std::fs::read(model_dir.join("plan.json"))
             .context("the model artifact has no plan.json")?,
     )?;
     let (state, _) = checkpoint::load(&model_dir.join("state.safetensors"))?;
-    let mut model = backend::build_on(&plan.graph, plan.seed, device)?;
+    let mut model = backend::build_with(&plan.graph, plan.seed, device, backend.unwrap_or(plan.backend))?;
     model.load_state(&state)?;
     let mean = state
         .tensors

@@ -1,0 +1,356 @@
+//! `conv2d`, forward and backward: a 1x1 stride-1 convolution is one matrix product per
+//! image part; any other is im2col over a few images at a time (a workspace of bounded
+//! size), then a product with the (kh*kw*cin, cout) kernel.
+
+use rayon::prelude::*;
+
+use super::{gemm, part_range, parts, Mat, Ptr, Real, Workspaces};
+use crate::backend::native::plan::View;
+
+/// Values an im2col workspace may hold (4M: 16 MB in f32); at least one image's worth.
+const COL_CAP: usize = 1 << 22;
+
+/// Geometry of one convolution.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvGeom {
+    /// Input height, width, channels.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Input channels.
+    pub cin: usize,
+    /// Output height.
+    pub oh: usize,
+    /// Output width.
+    pub ow: usize,
+    /// Output channels.
+    pub cout: usize,
+    /// Kernel height.
+    pub kh: usize,
+    /// Kernel width.
+    pub kw: usize,
+    /// Vertical stride.
+    pub sh: usize,
+    /// Horizontal stride.
+    pub sw: usize,
+    /// Padding above.
+    pub pt: usize,
+    /// Padding left.
+    pub pl: usize,
+}
+
+impl ConvGeom {
+    /// Length of one im2col row: kh*kw*cin.
+    pub fn k(&self) -> usize {
+        self.kh * self.kw * self.cin
+    }
+
+    /// A 1x1, stride-1, unpadded convolution: the input rows are the im2col rows.
+    pub fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1 && self.pt == 0 && self.pl == 0
+    }
+
+    /// Images per im2col chunk.
+    fn chunk(&self) -> usize {
+        (COL_CAP / (self.oh * self.ow * self.k()).max(1)).max(1)
+    }
+}
+
+/// im2col of images `[b0, b1)`: `col` is ((b1-b0)*oh*ow, kh*kw*cin), column
+/// `(ky*kw + kx)*cin + ci`, zero where the window leaves the image.
+///
+/// # Safety
+/// `x` holds `b1` images of view `xv`, and no thread writes them meanwhile.
+unsafe fn im2col<T: Real>(x: Ptr<T>, xv: View, g: &ConvGeom, b0: usize, b1: usize, col: &mut [T]) {
+    let k = g.k();
+    let mut row = 0;
+    for b in b0..b1 {
+        for oy in 0..g.oh {
+            for ox in 0..g.ow {
+                let dst = &mut col[row * k..(row + 1) * k];
+                for ky in 0..g.kh {
+                    let iy = (oy * g.sh + ky) as isize - g.pt as isize;
+                    for kx in 0..g.kw {
+                        let ix = (ox * g.sw + kx) as isize - g.pl as isize;
+                        let d = &mut dst[(ky * g.kw + kx) * g.cin..(ky * g.kw + kx + 1) * g.cin];
+                        if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
+                            let r = (b * g.h + iy as usize) * g.w + ix as usize;
+                            // SAFETY: r is a row of image b < b1 (caller's contract).
+                            d.copy_from_slice(unsafe { x.row(xv, r) });
+                        } else {
+                            d.fill(T::zero());
+                        }
+                    }
+                }
+                row += 1;
+            }
+        }
+    }
+}
+
+/// col2im: add every im2col row of `dcol` back into the input rows it was gathered from.
+///
+/// # Safety
+/// `dx` holds images `[b0, b1)` of view `dxv`, and only this thread touches them.
+unsafe fn col2im_add<T: Real>(dcol: &[T], dx: Ptr<T>, dxv: View, g: &ConvGeom, b0: usize, b1: usize) {
+    let k = g.k();
+    let mut row = 0;
+    for b in b0..b1 {
+        for oy in 0..g.oh {
+            for ox in 0..g.ow {
+                let src = &dcol[row * k..(row + 1) * k];
+                for ky in 0..g.kh {
+                    let iy = (oy * g.sh + ky) as isize - g.pt as isize;
+                    if iy < 0 || iy as usize >= g.h {
+                        continue;
+                    }
+                    for kx in 0..g.kw {
+                        let ix = (ox * g.sw + kx) as isize - g.pl as isize;
+                        if ix < 0 || ix as usize >= g.w {
+                            continue;
+                        }
+                        let r = (b * g.h + iy as usize) * g.w + ix as usize;
+                        // SAFETY: r is a row of image b in [b0, b1), owned by this thread.
+                        let d = unsafe { dx.row_mut(dxv, r) };
+                        let s = &src[(ky * g.kw + kx) * g.cin..(ky * g.kw + kx + 1) * g.cin];
+                        for (a, v) in d.iter_mut().zip(s) {
+                            *a += *v;
+                        }
+                    }
+                }
+                row += 1;
+            }
+        }
+    }
+}
+
+/// Forward: `y (n*oh*ow, cout) = im2col(x) (n*oh*ow, kh*kw*cin) . w (kh*kw*cin, cout) + b`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_forward<T: Real>(
+    x: Ptr<T>,
+    xv: View,
+    w: &[T],
+    bias: Option<&[T]>,
+    y: Ptr<T>,
+    yv: View,
+    g: &ConvGeom,
+    n: usize,
+    ws: &Workspaces<T>,
+) {
+    let np = parts(n);
+    let k = g.k();
+    let ohw = g.oh * g.ow;
+    let wm = Mat {
+        ptr: w.as_ptr(),
+        rs: g.cout,
+        cs: 1,
+    };
+    (0..np).into_par_iter().for_each(|p| {
+        let (lo, hi) = part_range(n, p, np);
+        let start_rows = |b0: usize, b1: usize| {
+            if let Some(b) = bias {
+                for r in b0 * ohw..b1 * ohw {
+                    // SAFETY: rows of this part's images belong to this task.
+                    unsafe { y.row_mut(yv, r) }.copy_from_slice(b);
+                }
+            }
+        };
+        if g.pointwise() {
+            start_rows(lo, hi);
+            // SAFETY: this part's rows of x and y; y does not overlap x (different nodes).
+            unsafe {
+                gemm(
+                    (hi - lo) * ohw,
+                    g.cout,
+                    k,
+                    y.at(yv, lo * ohw),
+                    yv.ld,
+                    bias.is_some(),
+                    Mat {
+                        ptr: x.at(xv, lo * ohw),
+                        rs: xv.ld,
+                        cs: 1,
+                    },
+                    wm,
+                )
+            };
+            return;
+        }
+        let chunk = g.chunk();
+        ws.with(chunk.min(hi - lo) * ohw * k, |col| {
+            let mut b0 = lo;
+            while b0 < hi {
+                let b1 = (b0 + chunk).min(hi);
+                let rows = (b1 - b0) * ohw;
+                // SAFETY: images [b0, b1) of x exist and are only read.
+                unsafe { im2col(x, xv, g, b0, b1, col) };
+                start_rows(b0, b1);
+                // SAFETY: this task's rows of y; col is a private workspace.
+                unsafe {
+                    gemm(
+                        rows,
+                        g.cout,
+                        k,
+                        y.at(yv, b0 * ohw),
+                        yv.ld,
+                        bias.is_some(),
+                        Mat {
+                            ptr: col.as_ptr(),
+                            rs: k,
+                            cs: 1,
+                        },
+                        wm,
+                    )
+                };
+                b0 = b1;
+            }
+        });
+    });
+}
+
+/// Backward: `dw = im2col(x)^T . dy`, `db = sum of dy rows`, and (unless `dx` is `None`)
+/// `dx [+]= col2im(dy . w^T)`. `partials` holds `parts(n) * (len(w) + cout)` values: one
+/// weight and bias gradient per image part, summed afterwards in part order.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward<T: Real>(
+    x: Ptr<T>,
+    xv: View,
+    w: &[T],
+    dy: Ptr<T>,
+    dyv: View,
+    dx: Option<(Ptr<T>, View, bool)>,
+    g: &ConvGeom,
+    n: usize,
+    partials: &mut [T],
+    ws: &Workspaces<T>,
+) {
+    let np = parts(n);
+    let k = g.k();
+    let ohw = g.oh * g.ow;
+    let plen = k * g.cout + g.cout;
+    let wt = Mat {
+        ptr: w.as_ptr(),
+        rs: 1,
+        cs: g.cout,
+    };
+    partials[..np * plen]
+        .par_chunks_mut(plen)
+        .enumerate()
+        .for_each(|(p, part)| {
+            let (lo, hi) = part_range(n, p, np);
+            let (dw, db) = part.split_at_mut(k * g.cout);
+            db.fill(T::zero());
+            for r in lo * ohw..hi * ohw {
+                // SAFETY: rows of dy are only read.
+                let d = unsafe { dy.row(dyv, r) };
+                for (a, v) in db.iter_mut().zip(d) {
+                    *a += *v;
+                }
+            }
+            if g.pointwise() {
+                let rows = (hi - lo) * ohw;
+                // SAFETY: dw is this part's partial; x and dy rows are only read.
+                unsafe {
+                    gemm(
+                        k,
+                        g.cout,
+                        rows,
+                        dw.as_mut_ptr(),
+                        g.cout,
+                        false,
+                        Mat {
+                            ptr: x.at(xv, lo * ohw),
+                            rs: 1,
+                            cs: xv.ld,
+                        },
+                        Mat {
+                            ptr: dy.at(dyv, lo * ohw),
+                            rs: dyv.ld,
+                            cs: 1,
+                        },
+                    )
+                };
+                if let Some((dxp, dxv, acc)) = dx {
+                    // SAFETY: this part's rows of dx belong to this task.
+                    unsafe {
+                        gemm(
+                            rows,
+                            g.cin,
+                            g.cout,
+                            dxp.at(dxv, lo * ohw),
+                            dxv.ld,
+                            acc,
+                            Mat {
+                                ptr: dy.at(dyv, lo * ohw),
+                                rs: dyv.ld,
+                                cs: 1,
+                            },
+                            wt,
+                        )
+                    };
+                }
+                return;
+            }
+            let chunk = g.chunk();
+            let cols = chunk.min(hi - lo) * ohw * k;
+            ws.with(2 * cols, |buf| {
+                let (col, dcol) = buf.split_at_mut(cols);
+                let mut b0 = lo;
+                while b0 < hi {
+                    let b1 = (b0 + chunk).min(hi);
+                    let rows = (b1 - b0) * ohw;
+                    // SAFETY: images [b0, b1) of x are only read.
+                    unsafe { im2col(x, xv, g, b0, b1, col) };
+                    // SAFETY: dw is this part's partial; col is private.
+                    unsafe {
+                        gemm(
+                            k,
+                            g.cout,
+                            rows,
+                            dw.as_mut_ptr(),
+                            g.cout,
+                            b0 != lo,
+                            Mat {
+                                ptr: col.as_ptr(),
+                                rs: 1,
+                                cs: k,
+                            },
+                            Mat {
+                                ptr: dy.at(dyv, b0 * ohw),
+                                rs: dyv.ld,
+                                cs: 1,
+                            },
+                        )
+                    };
+                    if let Some((dxp, dxv, acc)) = dx {
+                        // SAFETY: dcol is private; dy rows are only read.
+                        unsafe {
+                            gemm(
+                                rows,
+                                k,
+                                g.cout,
+                                dcol.as_mut_ptr(),
+                                k,
+                                false,
+                                Mat {
+                                    ptr: dy.at(dyv, b0 * ohw),
+                                    rs: dyv.ld,
+                                    cs: 1,
+                                },
+                                wt,
+                            )
+                        };
+                        if !acc {
+                            for r in b0 * g.h * g.w..b1 * g.h * g.w {
+                                // SAFETY: images [b0, b1) of dx belong to this task.
+                                unsafe { dxp.row_mut(dxv, r) }.fill(T::zero());
+                            }
+                        }
+                        // SAFETY: as above.
+                        unsafe { col2im_add(dcol, dxp, dxv, g, b0, b1) };
+                    }
+                    b0 = b1;
+                }
+            });
+        });
+}

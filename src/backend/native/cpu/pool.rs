@@ -1,0 +1,212 @@
+//! `maxpool`, `avgpool` and `global_avgpool`, forward and backward, one image per task.
+//! Max pooling ignores padded taps (as padding with -inf does); its backward shares each
+//! output's gradient equally among the taps holding the maximum (a subgradient, as the
+//! dfdx backend computes it; PyTorch gives it all to one tap). Ties are common: a 3x3/1
+//! pool over a 3x3/2 pool's output sees one source value in neighbouring taps. Average pooling over `same`
+//! padding averages the valid taps only.
+
+use rayon::prelude::*;
+
+use super::{Ptr, Real};
+use crate::backend::native::plan::View;
+
+/// Geometry of a pooling window.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolGeom {
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Output height.
+    pub oh: usize,
+    /// Output width.
+    pub ow: usize,
+    /// Window height.
+    pub kh: usize,
+    /// Window width.
+    pub kw: usize,
+    /// Vertical stride.
+    pub sh: usize,
+    /// Horizontal stride.
+    pub sw: usize,
+    /// Padding above.
+    pub pt: usize,
+    /// Padding left.
+    pub pl: usize,
+}
+
+impl PoolGeom {
+    /// Input rows (within the image) under output position (oy, ox).
+    fn taps(&self, oy: usize, ox: usize) -> impl Iterator<Item = usize> + '_ {
+        let y0 = (oy * self.sh) as isize - self.pt as isize;
+        let x0 = (ox * self.sw) as isize - self.pl as isize;
+        (0..self.kh as isize).flat_map(move |ky| {
+            (0..self.kw as isize).filter_map(move |kx| {
+                let (iy, ix) = (y0 + ky, x0 + kx);
+                (iy >= 0 && ix >= 0 && (iy as usize) < self.h && (ix as usize) < self.w)
+                    .then(|| iy as usize * self.w + ix as usize)
+            })
+        })
+    }
+}
+
+/// Max pooling forward: `y[b, oy, ox, c] = max over the window of x[b, iy, ix, c]`.
+pub fn maxpool_forward<T: Real>(x: Ptr<T>, xv: View, y: Ptr<T>, yv: View, g: &PoolGeom, n: usize) {
+    let (ihw, ohw) = (g.h * g.w, g.oh * g.ow);
+    (0..n).into_par_iter().for_each(|b| {
+        for oy in 0..g.oh {
+            for ox in 0..g.ow {
+                // SAFETY: each image's rows belong to one task; x is only read.
+                let out = unsafe { y.row_mut(yv, b * ohw + oy * g.ow + ox) };
+                out.fill(super::r(-1e30));
+                for t in g.taps(oy, ox) {
+                    let src = unsafe { x.row(xv, b * ihw + t) };
+                    for (o, v) in out.iter_mut().zip(src) {
+                        if *v > *o {
+                            *o = *v;
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Max pooling backward: `dx [+]= dy / ties` at each tap of a window equal to its output.
+#[allow(clippy::too_many_arguments)]
+pub fn maxpool_backward<T: Real>(
+    x: Ptr<T>,
+    xv: View,
+    y: Ptr<T>,
+    yv: View,
+    dy: Ptr<T>,
+    dyv: View,
+    dx: (Ptr<T>, View, bool),
+    g: &PoolGeom,
+    n: usize,
+) {
+    let (ihw, ohw) = (g.h * g.w, g.oh * g.ow);
+    let (dxp, dxv, acc) = dx;
+    (0..n).into_par_iter().for_each(|b| {
+        if !acc {
+            for r in b * ihw..(b + 1) * ihw {
+                // SAFETY: image b of dx belongs to this task.
+                unsafe { dxp.row_mut(dxv, r) }.fill(T::zero());
+            }
+        }
+        for oy in 0..g.oh {
+            for ox in 0..g.ow {
+                let o = b * ohw + oy * g.ow + ox;
+                // SAFETY: x, y, dy are only read; image b of dx is this task's.
+                let (yr, dr) = unsafe { (y.row(yv, o), dy.row(dyv, o)) };
+                for ch in 0..yv.c {
+                    let hit = |t: usize| unsafe { x.row(xv, b * ihw + t) }[ch] == yr[ch];
+                    let ties = g.taps(oy, ox).filter(|&t| hit(t)).count();
+                    let share = dr[ch] / super::r::<T>(ties.max(1) as f64);
+                    for t in g.taps(oy, ox).filter(|&t| hit(t)) {
+                        let d = unsafe { dxp.row_mut(dxv, b * ihw + t) };
+                        d[ch] += share;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Average pooling forward: `y = sum over the window's valid taps of x / their count`.
+pub fn avgpool_forward<T: Real>(x: Ptr<T>, xv: View, y: Ptr<T>, yv: View, g: &PoolGeom, n: usize) {
+    let (ihw, ohw) = (g.h * g.w, g.oh * g.ow);
+    (0..n).into_par_iter().for_each(|b| {
+        for oy in 0..g.oh {
+            for ox in 0..g.ow {
+                // SAFETY: image b of y belongs to this task; x is only read.
+                let out = unsafe { y.row_mut(yv, b * ohw + oy * g.ow + ox) };
+                out.fill(T::zero());
+                let mut count = 0usize;
+                for t in g.taps(oy, ox) {
+                    count += 1;
+                    for (o, v) in out.iter_mut().zip(unsafe { x.row(xv, b * ihw + t) }) {
+                        *o += *v;
+                    }
+                }
+                let inv = super::r::<T>(1.0 / count.max(1) as f64);
+                out.iter_mut().for_each(|o| *o *= inv);
+            }
+        }
+    });
+}
+
+/// Average pooling backward: `dx [+]= dy / count` at every valid tap of each window.
+pub fn avgpool_backward<T: Real>(
+    dy: Ptr<T>,
+    dyv: View,
+    dx: (Ptr<T>, View, bool),
+    g: &PoolGeom,
+    n: usize,
+) {
+    let (ihw, ohw) = (g.h * g.w, g.oh * g.ow);
+    let (dxp, dxv, acc) = dx;
+    (0..n).into_par_iter().for_each(|b| {
+        if !acc {
+            for r in b * ihw..(b + 1) * ihw {
+                // SAFETY: image b of dx belongs to this task.
+                unsafe { dxp.row_mut(dxv, r) }.fill(T::zero());
+            }
+        }
+        for oy in 0..g.oh {
+            for ox in 0..g.ow {
+                let count = g.taps(oy, ox).count();
+                let inv = super::r::<T>(1.0 / count.max(1) as f64);
+                // SAFETY: dy is only read; image b of dx is this task's.
+                let dr = unsafe { dy.row(dyv, b * ohw + oy * g.ow + ox) };
+                for t in g.taps(oy, ox) {
+                    let d = unsafe { dxp.row_mut(dxv, b * ihw + t) };
+                    for (a, v) in d.iter_mut().zip(dr) {
+                        *a += *v * inv;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Global average pooling forward: (n*hw, C) -> (n, C), the mean over each image's rows.
+pub fn global_avgpool_forward<T: Real>(x: Ptr<T>, xv: View, y: Ptr<T>, yv: View, n: usize) {
+    let inv = super::r::<T>(1.0 / xv.hw as f64);
+    (0..n).into_par_iter().for_each(|b| {
+        // SAFETY: row b of y belongs to this task; x is only read.
+        let out = unsafe { y.row_mut(yv, b) };
+        out.fill(T::zero());
+        for r in b * xv.hw..(b + 1) * xv.hw {
+            for (o, v) in out.iter_mut().zip(unsafe { x.row(xv, r) }) {
+                *o += *v;
+            }
+        }
+        out.iter_mut().for_each(|o| *o *= inv);
+    });
+}
+
+/// Global average pooling backward: `dx[b, r, c] [+]= dy[b, c] / hw`.
+pub fn global_avgpool_backward<T: Real>(
+    dy: Ptr<T>,
+    dyv: View,
+    dx: (Ptr<T>, View, bool),
+    n: usize,
+) {
+    let (dxp, dxv, acc) = dx;
+    let inv = super::r::<T>(1.0 / dxv.hw as f64);
+    (0..n).into_par_iter().for_each(|b| {
+        // SAFETY: dy is only read; image b of dx is this task's.
+        let dr = unsafe { dy.row(dyv, b) };
+        for r in b * dxv.hw..(b + 1) * dxv.hw {
+            let d = unsafe { dxp.row_mut(dxv, r) };
+            for (a, v) in d.iter_mut().zip(dr) {
+                if acc {
+                    *a += *v * inv;
+                } else {
+                    *a = *v * inv;
+                }
+            }
+        }
+    });
+}

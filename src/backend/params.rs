@@ -1,0 +1,163 @@
+//! The parameters a graph has, their names, shapes and initial values: one layout that
+//! every backend builds from, so the same seed gives the same weights on each of them and
+//! a state saved by one loads into another.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::nn::graph::{Graph, NodeInfo, Op, Shape};
+
+/// What a parameter is to its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Conv kernel (kh, kw, cin, cout) or dense weights (in, out).
+    Kernel,
+    /// Bias of a conv or dense layer.
+    Bias,
+    /// Batch-norm scale.
+    Gamma,
+    /// Batch-norm shift.
+    Beta,
+}
+
+/// One trainable tensor.
+#[derive(Debug, Clone)]
+pub struct ParamSpec {
+    /// `<node>/kernel`, `<node>/bias`, `<node>/gamma` or `<node>/beta`.
+    pub name: String,
+    /// Keras shape.
+    pub shape: Vec<usize>,
+    /// The node it belongs to.
+    pub node: usize,
+    /// Its role there.
+    pub role: Role,
+    /// L2 penalty (kernels only).
+    pub l2: f64,
+    /// Glorot limit for kernels, `None` for constants.
+    glorot: Option<f64>,
+    /// Initial value of a constant.
+    constant: f64,
+}
+
+impl ParamSpec {
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Whether it has no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Running statistics of one batch-norm node.
+#[derive(Debug, Clone)]
+pub struct BnSpec {
+    /// The node's name (`<name>/moving_mean`, `<name>/moving_variance`).
+    pub name: String,
+    /// The node.
+    pub node: usize,
+    /// Channels.
+    pub channels: usize,
+}
+
+/// Every parameter and batch-norm statistic of a graph, in node order.
+#[derive(Debug, Clone, Default)]
+pub struct Layout {
+    /// Trainable tensors.
+    pub params: Vec<ParamSpec>,
+    /// Batch-norm running statistics.
+    pub bns: Vec<BnSpec>,
+}
+
+fn channels(s: Shape) -> usize {
+    match s {
+        Shape::Image(_, _, c) => c,
+        Shape::Flat(n) => n,
+    }
+}
+
+/// The layout of a graph whose shapes were inferred.
+pub fn layout(graph: &Graph, infos: &[NodeInfo]) -> Layout {
+    let mut out = Layout::default();
+    for (i, node) in graph.nodes.iter().enumerate() {
+        let cin = node.inputs.first().map(|&j| channels(infos[j].shape));
+        let cin = cin.unwrap_or(0);
+        let mut push = |suffix: &str, shape: Vec<usize>, role, l2, glorot, constant| {
+            out.params.push(ParamSpec {
+                name: format!("{}/{suffix}", node.name),
+                shape,
+                node: i,
+                role,
+                l2,
+                glorot,
+                constant,
+            })
+        };
+        match &node.op {
+            Op::Conv2d {
+                filters,
+                kernel: (kh, kw),
+                bias,
+                l2,
+                ..
+            } => {
+                let (fan_in, fan_out) = (kh * kw * cin, kh * kw * filters);
+                let limit = (6.0 / (fan_in + fan_out) as f64).sqrt();
+                push(
+                    "kernel",
+                    vec![*kh, *kw, cin, *filters],
+                    Role::Kernel,
+                    *l2,
+                    Some(limit),
+                    0.0,
+                );
+                if *bias {
+                    push("bias", vec![*filters], Role::Bias, 0.0, None, 0.0);
+                }
+            }
+            Op::Dense { units, bias, l2 } => {
+                let limit = (6.0 / (cin + units) as f64).sqrt();
+                push(
+                    "kernel",
+                    vec![cin, *units],
+                    Role::Kernel,
+                    *l2,
+                    Some(limit),
+                    0.0,
+                );
+                if *bias {
+                    push("bias", vec![*units], Role::Bias, 0.0, None, 0.0);
+                }
+            }
+            Op::BatchNorm { .. } => {
+                push("gamma", vec![cin], Role::Gamma, 0.0, None, 1.0);
+                push("beta", vec![cin], Role::Beta, 0.0, None, 0.0);
+                out.bns.push(BnSpec {
+                    name: node.name.clone(),
+                    node: i,
+                    channels: cin,
+                });
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Initial values: Glorot-uniform kernels (Keras' default), zero biases and betas, unit
+/// gammas; the draws come from one ChaCha8 stream seeded with `seed`, in layout order.
+pub fn init_values(layout: &Layout, seed: u64) -> Vec<Vec<f64>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    layout
+        .params
+        .iter()
+        .map(|p| match p.glorot {
+            Some(limit) => (0..p.len())
+                .map(|_| rng.random_range(-limit..limit))
+                .collect(),
+            None => vec![p.constant; p.len()],
+        })
+        .collect()
+}

@@ -1,0 +1,452 @@
+//! The native backend: finite-difference checks of every op's backward (f64), whole-network
+//! parity with the dfdx backend (same state, same batch, one SGD and one Adam step), and
+//! checkpoints moving between the two backends.
+
+mod common;
+
+use common::Project;
+use pipe::backend::dfdx_backend::cpu_net;
+use pipe::backend::native::{NativeModel, NativeNet};
+use pipe::backend::{self, BackendKind, DeviceKind, Model, Optimizer, State};
+use pipe::manifest;
+use pipe::nn::graph::Graph;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn graph(layers: &str, input: &str) -> Graph {
+    let p = Project::new();
+    let text = format!(
+        "[networks.n]\ninput = {input}\nclasses = 3\nlayers = [\n{layers}\n]\n\n[stages.ingest]\nformat = \"synthetic\"\n"
+    );
+    let path = p.manifest("g.toml", &text);
+    let m = manifest::load(&path, &[], p.path()).unwrap_or_else(|e| panic!("{e}"));
+    m.library.expand("n", None).unwrap().graph
+}
+
+/// A network from a shipped network file, with text replacements applied first.
+fn shipped(file: &str, network: &str, edits: &[(&str, &str)]) -> Graph {
+    let p = Project::new();
+    let mut text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file),
+    )
+    .unwrap();
+    for (a, b) in edits {
+        assert!(text.contains(a), "{file} has no `{a}`");
+        text = text.replace(a, b);
+    }
+    if !text.contains("[stages.") {
+        text.push_str("\n[stages.ingest]\nformat = \"synthetic\"\n");
+    }
+    let path = p.manifest("n.toml", &text);
+    let m = manifest::load(&path, &[], p.path()).unwrap_or_else(|e| panic!("{e}"));
+    m.library.expand(network, None).unwrap().graph
+}
+
+fn input_len(g: &Graph) -> usize {
+    g.infer().unwrap()[0].shape.numel()
+}
+
+/// Analytic gradients of the native backend against central differences (f64) on a sample
+/// of every parameter, with the parameters moved off their initial special values.
+fn gradcheck(g: &Graph, n: usize, seed: u64) {
+    let mut net = NativeNet::<f64>::new(g, seed).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed + 1);
+    for p in net.params.iter_mut() {
+        for v in p.iter_mut() {
+            *v += rng.random_range(-0.3..0.3);
+        }
+    }
+    let x: Vec<f64> = (0..n * input_len(g))
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    let labels: Vec<i64> = (0..n).map(|i| (i % 3) as i64).collect();
+    let (_, _, _, grads) = net.loss_and_grads(&x, &labels, 7).unwrap();
+    let names = net.param_names();
+    let h = 1e-6;
+    let mut checked = 0;
+    for p in 0..net.params.len() {
+        let len = net.params[p].len();
+        let picks: Vec<usize> = if len <= 8 {
+            (0..len).collect()
+        } else {
+            (0..8).map(|_| rng.random_range(0..len)).collect()
+        };
+        for i in picks {
+            let orig = net.params[p][i];
+            net.params[p][i] = orig + h;
+            let lp = net.loss(&x, &labels, 7).unwrap();
+            net.params[p][i] = orig - h;
+            let lm = net.loss(&x, &labels, 7).unwrap();
+            net.params[p][i] = orig;
+            let num = (lp - lm) / (2.0 * h);
+            let ana = grads[p][i];
+            let rel = (num - ana).abs() / (num.abs() + ana.abs()).max(1e-7);
+            assert!(
+                rel < 1e-4 || (num - ana).abs() < 1e-8,
+                "{}[{i}]: analytic {ana:e}, numeric {num:e} (relative error {rel:e})",
+                names[p]
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 0);
+}
+
+#[test]
+fn native_gradcheck_conv_same_maxpool_and_dense() {
+    let g = graph(
+        "{ conv2d = { filters = 3, kernel = 3 } },\n{ maxpool = { size = 2 } },\n{ flatten = {} },\n{ dense = \"$classes\" },\n{ softmax = {} },",
+        "[5, 5, 2]",
+    );
+    gradcheck(&g, 3, 1);
+}
+
+#[test]
+fn native_gradcheck_strided_valid_conv_batchnorm_relu_global_pool() {
+    let g = graph(
+        "{ conv2d = { filters = 4, kernel = 3, stride = 2, padding = \"valid\" } },\n{ batchnorm = {} },\n{ relu = {} },\n{ global_avgpool = {} },\n{ dense = \"$classes\" },\n{ softmax = {} },",
+        "[7, 6, 2]",
+    );
+    gradcheck(&g, 4, 2);
+}
+
+#[test]
+fn native_gradcheck_pointwise_conv_elu_maxpool_same_and_l2() {
+    let g = graph(
+        "{ conv2d = { filters = 3, kernel = 1, l2 = 0.01 } },\n{ elu = {} },\n{ maxpool = { size = 3, stride = 2, padding = \"same\" } },\n{ flatten = {} },\n{ dense = { units = \"$classes\", l2 = 0.02 } },\n{ softmax = {} },",
+        "[5, 5, 2]",
+    );
+    gradcheck(&g, 3, 3);
+}
+
+#[test]
+fn native_gradcheck_5x5_same_avgpool_same_dropout_and_explicit_padding() {
+    let g = graph(
+        "{ conv2d = { filters = 3, kernel = [3, 2], padding = 1 } },\n{ conv2d = { filters = 2, kernel = 5 } },\n{ avgpool = { size = 3, stride = 1, padding = \"same\" } },\n{ dropout = 0.5 },\n{ avgpool = { size = 2 } },\n{ flatten = {} },\n{ dense = \"$classes\" },\n{ softmax = {} },",
+        "[6, 5, 2]",
+    );
+    gradcheck(&g, 3, 4);
+}
+
+#[test]
+fn native_gradcheck_branch_used_three_times_concat_and_add() {
+    let g = graph(
+        r#"{ name = "a", conv2d = { filters = 4, kernel = 3 } },
+{ name = "b", conv2d = { filters = 2, kernel = 1 }, inputs = ["a"] },
+{ name = "c", maxpool = { size = 3, stride = 1, padding = "same" }, inputs = ["a"] },
+{ name = "d", concat = {}, inputs = ["b", "c"] },
+{ name = "e", conv2d = { filters = 4, kernel = 3 } },
+{ name = "f", add = {}, inputs = ["e", "a"] },
+{ batchnorm = {} },
+{ relu = {} },
+{ flatten = {} },
+{ dense = "$classes" },
+{ softmax = {} },"#,
+        "[4, 4, 2]",
+    );
+    gradcheck(&g, 3, 5);
+}
+
+#[test]
+fn max_pools_over_overlapping_pools_count_a_tied_source_once() {
+    // A 3x3/1 max pool over a 3x3/2 max pool's output sees the same source value in
+    // neighbouring taps; finite differences say the source's gradient is counted once.
+    let g = graph(
+        "{ conv2d = { filters = 2, kernel = 1 } },\n{ maxpool = { size = 3, stride = 2, padding = \"same\" } },\n{ maxpool = { size = 3, stride = 1, padding = \"same\" } },\n{ flatten = {} },\n{ dense = \"$classes\" },\n{ softmax = {} },",
+        "[8, 8, 2]",
+    );
+    gradcheck(&g, 2, 12);
+    // dfdx (weighting ties) agrees with native (first tap) in f64.
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let x: Vec<f64> = (0..2 * 128).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let (_, la, _, ga) = NativeNet::<f64>::new(&g, 1).unwrap().loss_and_grads(&x, &[0, 1], 0).unwrap();
+    let (_, lb, _, gb, _) = cpu_net::<f64>(&g, 1).unwrap().loss_and_grads(x, &[0, 1], 0).unwrap();
+    assert!((la - lb).abs() < 1e-12);
+    for (u, v) in ga.iter().zip(&gb) {
+        for (s, t) in u.iter().zip(v) {
+            assert!((s - t).abs() < 1e-10 * (1.0 + t.abs()), "{s} vs {t}");
+        }
+    }
+}
+
+#[test]
+fn native_gradcheck_inception_concat_written_in_place_feeding_three_readers() {
+    // Branches write straight into the concat (b1 through an in-place relu); the concat is
+    // read by three layers, so its gradient is accumulated from three writers.
+    let g = graph(
+        r#"{ name = "b1", conv2d = { filters = 2, kernel = 1 } },
+{ name = "bn1", batchnorm = {} },
+{ name = "r1", relu = {} },
+{ name = "b2", conv2d = { filters = 3, kernel = 3 }, inputs = ["input"] },
+{ name = "cat", concat = {}, inputs = ["r1", "b2"] },
+{ name = "x", conv2d = { filters = 2, kernel = 1 }, inputs = ["cat"] },
+{ name = "y", conv2d = { filters = 2, kernel = 3 }, inputs = ["cat"] },
+{ name = "z", avgpool = { size = 3, stride = 1, padding = "same" }, inputs = ["cat"] },
+{ name = "cat2", concat = {}, inputs = ["x", "y", "z"] },
+{ global_avgpool = {} },
+{ dense = "$classes" },
+{ softmax = {} },"#,
+        "[5, 5, 2]",
+    );
+    gradcheck(&g, 3, 8);
+}
+
+#[test]
+fn native_gradcheck_flat_batchnorm_and_mid_network_softmax() {
+    let g = graph(
+        "{ flatten = {} },\n{ dense = 5 },\n{ batchnorm = {} },\n{ relu = {} },\n{ dense = 4 },\n{ softmax = {} },\n{ dense = \"$classes\" },\n{ softmax = {} },",
+        "[3, 3, 2]",
+    );
+    gradcheck(&g, 4, 6);
+}
+
+/// Largest |a - b| over a tensor, relative to the tensor's largest |a| (or to 1e-3: a conv
+/// bias before batch norm has a gradient of exactly zero in exact arithmetic, so after a
+/// step it holds f32 rounding noise of ~1e-9 that no two summation orders share).
+fn rel_diff(a: &[f32], b: &[f32]) -> f64 {
+    let scale = a.iter().fold(0f64, |m, v| m.max(v.abs() as f64)).max(1e-3);
+    let diff = a
+        .iter()
+        .zip(b)
+        .fold(0f64, |m, (x, y)| m.max((*x as f64 - *y as f64).abs()));
+    diff / scale
+}
+
+fn assert_states_close(a: &State, b: &State, tol: f64, what: &str) {
+    assert_eq!(a.step, b.step);
+    assert_eq!(
+        a.tensors.keys().collect::<Vec<_>>(),
+        b.tensors.keys().collect::<Vec<_>>(),
+        "{what}: the backends name their tensors differently"
+    );
+    let mut bad = Vec::new();
+    for (k, t) in &a.tensors {
+        let d = rel_diff(&t.data, &b.tensors[k].data);
+        let scale = t.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+        if d > tol {
+            bad.push(format!("{k}: {d:e} (scale {scale:e})"));
+        }
+    }
+    assert!(bad.is_empty(), "{what}: {} of {} tensors differ by more than {tol:e}:\n{}", bad.len(), a.tensors.len(), bad.join("\n"));
+}
+
+/// One SGD step and one Adam step from the same weights on the same batch, on native and
+/// dfdx: losses within 1e-5 (relative), every tensor of the state within 1e-4.
+fn parity(g: &Graph, n: usize, classes: i64, tol: f64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let x: Vec<f32> = (0..n * input_len(g))
+        .map(|_| rng.random_range(0.0f32..1.0))
+        .collect();
+    let y: Vec<i64> = (0..n as i64).map(|i| i % classes).collect();
+    let sgd = Optimizer::Sgd {
+        momentum: 0.9,
+        nesterov: true,
+    };
+    let adam = Optimizer::Adam {
+        beta1: 0.9,
+        beta2: 0.999,
+        epsilon: 1e-7,
+    };
+    let mut native = backend::build_with(g, 5, DeviceKind::Cpu, BackendKind::Native).unwrap();
+    let mut dfdx = backend::build_with(g, 5, DeviceKind::Cpu, BackendKind::Dfdx).unwrap();
+    assert_states_close(&dfdx.state(), &native.state(), 0.0, "initial weights");
+    for (s, opt) in [(1u64, &sgd), (2, &adam)] {
+        let a = native.train_step(&x, &y, opt, 1e-2, s).unwrap();
+        let b = dfdx.train_step(&x, &y, opt, 1e-2, s).unwrap();
+        let rel = (a.loss - b.loss).abs() / b.loss.abs();
+        assert!(
+            rel < 1e-5,
+            "step {s}: loss native {} dfdx {} (relative {rel:e})",
+            a.loss,
+            b.loss
+        );
+        assert_states_close(&dfdx.state(), &native.state(), tol, &format!("after step {s}"));
+    }
+    let pa = native.predict(&x, n).unwrap();
+    let pb = dfdx.predict(&x, n).unwrap();
+    assert!(rel_diff(&pb, &pa) < 1e-4, "predictions differ");
+}
+
+#[test]
+fn parity_with_dfdx_demo_network() {
+    let g = shipped("pipelines/demo.toml", "demo_net", &[]);
+    parity(&g, 6, 10, 1e-4);
+}
+
+#[test]
+fn parity_with_dfdx_minigooglenet() {
+    let g = shipped(
+        "pipelines/networks/mini_googlenet.toml",
+        "mini_googlenet",
+        &[],
+    );
+    parity(&g, 4, 10, 1e-4);
+}
+
+#[test]
+fn parity_with_dfdx_deepergooglenet_at_32x32() {
+    // 32x32 input: pool4 leaves 2x2, so the final average pool is 2x2 instead of 4x4.
+    let g = shipped(
+        "pipelines/networks/deeper_googlenet.toml",
+        "deeper_googlenet",
+        &[
+            ("input = [64, 64, 3]", "input = [32, 32, 3]"),
+            ("avgpool = { size = 4 }", "avgpool = { size = 2 }"),
+        ],
+    );
+    // In f32 the layers below pool3 differ by up to ~2e-2 after a step: DeeperGoogLeNet's
+    // stride-1 max pool branch copies one value into neighbouring positions, so pool3 and
+    // the pools below it see exact ties that the two backends' summation orders break
+    // differently. The math is the same: `parity_f64_...` below agrees to 1e-8.
+    parity(&g, 3, 200, 3e-2);
+}
+
+fn small_net() -> Graph {
+    graph(
+        "{ conv2d = { filters = 4, kernel = 3, bias = false } },\n{ batchnorm = {} },\n{ relu = {} },\n{ maxpool = { size = 2 } },\n{ conv2d = { filters = 6, kernel = 1 } },\n{ global_avgpool = {} },\n{ dropout = 0.2 },\n{ dense = \"$classes\" },\n{ softmax = {} },",
+        "[8, 8, 3]",
+    )
+}
+
+/// A state written by one backend loads into the other, and the next steps agree.
+fn state_moves(from: BackendKind, to: BackendKind) {
+    let g = small_net();
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let x: Vec<f32> = (0..6 * 8 * 8 * 3)
+        .map(|_| rng.random_range(0.0f32..1.0))
+        .collect();
+    let y = [0, 1, 2, 0, 1, 2];
+    let opt = Optimizer::Adam {
+        beta1: 0.9,
+        beta2: 0.999,
+        epsilon: 1e-7,
+    };
+    let mut a = backend::build_with(&g, 1, DeviceKind::Cpu, from).unwrap();
+    for s in 0..3 {
+        a.train_step(&x, &y, &opt, 1e-2, s).unwrap();
+    }
+    let saved = a.state();
+    let mut b = backend::build_with(&g, 99, DeviceKind::Cpu, to).unwrap();
+    b.load_state(&saved).unwrap();
+    assert_eq!(b.state(), saved, "{to} does not restore {from}'s state exactly");
+    for s in 3..5 {
+        let la = a.train_step(&x, &y, &opt, 1e-2, s).unwrap().loss;
+        let lb = b.train_step(&x, &y, &opt, 1e-2, s).unwrap().loss;
+        assert!((la - lb).abs() / la.abs() < 1e-5, "step {s}: {la} vs {lb}");
+    }
+    assert_states_close(&a.state(), &b.state(), 1e-4, "two steps after the move");
+}
+
+#[test]
+fn a_dfdx_state_resumes_on_native() {
+    state_moves(BackendKind::Dfdx, BackendKind::Native);
+}
+
+#[test]
+fn a_native_state_resumes_on_dfdx() {
+    state_moves(BackendKind::Native, BackendKind::Dfdx);
+}
+
+#[test]
+fn native_steps_are_bit_identical_across_thread_counts() {
+    let g = shipped(
+        "pipelines/networks/mini_googlenet.toml",
+        "mini_googlenet",
+        &[],
+    );
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let x: Vec<f32> = (0..5 * 32 * 32 * 3)
+        .map(|_| rng.random_range(-1.0f32..1.0))
+        .collect();
+    let y = [0, 1, 2, 3, 4];
+    let opt = Optimizer::Sgd {
+        momentum: 0.9,
+        nesterov: false,
+    };
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut m = NativeModel::new(&g, 2).unwrap();
+            for s in 0..2 {
+                m.train_step(&x, &y, &opt, 1e-2, s).unwrap();
+            }
+            m.state()
+        })
+    };
+    let one = run(1);
+    assert_eq!(run(3), one, "3 threads differ from 1");
+    assert_eq!(run(2), one, "2 threads differ from 1");
+}
+
+#[test]
+fn native_cpu_net_matches_dfdx_loss_in_f64() {
+    // The f64 cores of both backends on a network with every kind of op: the same loss to
+    // 1e-10 (only summation order differs).
+    let g = graph(
+        r#"{ name = "a", conv2d = { filters = 4, kernel = 3 } },
+{ name = "b", conv2d = { filters = 2, kernel = 1 }, inputs = ["a"] },
+{ name = "c", maxpool = { size = 3, stride = 1, padding = "same" }, inputs = ["a"] },
+{ name = "d", concat = {}, inputs = ["b", "c"] },
+{ name = "e", conv2d = { filters = 4, kernel = 3, l2 = 0.01 } },
+{ name = "f", add = {}, inputs = ["e", "a"] },
+{ batchnorm = {} },
+{ elu = {} },
+{ avgpool = { size = 2, padding = "same" } },
+{ dropout = 0.3 },
+{ flatten = {} },
+{ dense = "$classes" },
+{ softmax = {} },"#,
+        "[5, 5, 2]",
+    );
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let x: Vec<f64> = (0..4 * 50).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let y = [0, 1, 2, 1];
+    let mut a = NativeNet::<f64>::new(&g, 1).unwrap();
+    let mut b = cpu_net::<f64>(&g, 1).unwrap();
+    let (ce_a, tot_a, _, ga) = a.loss_and_grads(&x, &y, 5).unwrap();
+    let (ce_b, tot_b, _, gb, _) = b.loss_and_grads(x.clone(), &y, 5).unwrap();
+    assert!((ce_a - ce_b).abs() < 1e-10 * ce_b.abs(), "{ce_a} vs {ce_b}");
+    assert!((tot_a - tot_b).abs() < 1e-10 * tot_b.abs());
+    for (p, (u, v)) in ga.iter().zip(&gb).enumerate() {
+        for (s, t) in u.iter().zip(v) {
+            assert!((s - t).abs() < 1e-9 * (1.0 + t.abs()), "param {p}: {s} vs {t}");
+        }
+    }
+}
+
+
+/// The f64 cores of both backends: the same loss and gradients to ~1e-9 (only summation
+/// order differs), with no f32 rounding to blur a difference in the math.
+fn parity_f64(g: &Graph, n: usize, classes: i64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    let x: Vec<f64> = (0..n * input_len(g)).map(|_| rng.random_range(0.0..1.0)).collect();
+    let y: Vec<i64> = (0..n as i64).map(|i| i % classes).collect();
+    let mut a = NativeNet::<f64>::new(g, 3).unwrap();
+    let mut b = cpu_net::<f64>(g, 3).unwrap();
+    let (ce_a, tot_a, _, ga) = a.loss_and_grads(&x, &y, 4).unwrap();
+    let (ce_b, tot_b, _, gb, _) = b.loss_and_grads(x.clone(), &y, 4).unwrap();
+    assert!((ce_a - ce_b).abs() < 1e-10 * ce_b.abs(), "loss {ce_a} vs {ce_b}");
+    assert!((tot_a - tot_b).abs() < 1e-10 * tot_b.abs());
+    let names = a.param_names();
+    for (p, (u, v)) in ga.iter().zip(&gb).enumerate() {
+        let scale = v.iter().fold(1e-3f64, |m, t| m.max(t.abs()));
+        let d = u.iter().zip(v).fold(0f64, |m, (s, t)| m.max((s - t).abs()));
+        assert!(d < 1e-8 * scale, "{}: gradients differ by {:e} (relative)", names[p], d / scale);
+    }
+}
+
+#[test]
+fn parity_f64_with_dfdx_deepergooglenet_at_32x32() {
+    let g = shipped(
+        "pipelines/networks/deeper_googlenet.toml",
+        "deeper_googlenet",
+        &[
+            ("input = [64, 64, 3]", "input = [32, 32, 3]"),
+            ("avgpool = { size = 4 }", "avgpool = { size = 2 }"),
+        ],
+    );
+    parity_f64(&g, 2, 200);
+}
