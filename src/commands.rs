@@ -310,19 +310,63 @@ pub fn graph(
     Ok(())
 }
 
-/// `pipe bench train`: time MiniGoogLeNet training steps (batch `batch`, 32x32x3) on a
-/// device, and the identical PyTorch model on the same device in the same run when
-/// `python` has torch.
-pub fn bench_train(
+/// One engine's numbers from one timed run.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct StepTiming {
+    /// Training images per second over the timed steps.
+    pub images_per_sec: f64,
+    /// Peak resident memory of the whole process, MB.
+    pub peak_rss_mb: f64,
+    /// Threads the engine used.
+    pub threads: usize,
+}
+
+/// Peak resident set size of this process (VmHWM), MB.
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// A benchmark network: (graph, input side).
+fn bench_network(name: &str) -> Result<(crate::nn::graph::Graph, usize)> {
+    match name {
+        "mini" => Ok((
+            shipped_network(
+                include_str!("../pipelines/networks/mini_googlenet.toml"),
+                "mini_googlenet",
+            )?,
+            32,
+        )),
+        "deeper" => Ok((
+            shipped_network(
+                include_str!("../pipelines/networks/deeper_googlenet.toml"),
+                "deeper_googlenet",
+            )?,
+            64,
+        )),
+        other => anyhow::bail!("unknown benchmark network `{other}` (mini, deeper)"),
+    }
+}
+
+/// `pipe bench step`: one engine, one network, in this process: a warm-up step, then
+/// `steps` timed SGD steps on one fixed batch. Prints [`StepTiming`] as JSON.
+pub fn bench_step(
+    network: &str,
+    backend: crate::backend::BackendKind,
     batch: usize,
     steps: usize,
-    python: &str,
     device: crate::backend::DeviceKind,
 ) -> Result<()> {
-    use crate::backend::DeviceKind;
-    let g = mini_googlenet()?;
-    let mut model = crate::backend::build_with(&g, 0, device, crate::backend::BackendKind::Dfdx)?;
-    let (x, y) = bench_batch(batch);
+    let (g, side) = bench_network(network)?;
+    let classes = g.infer()?.last().map_or(1, |i| i.shape.numel());
+    let mut model = crate::backend::build_with(&g, 0, device, backend)?;
+    let (x, y) = bench_batch(batch, side, classes);
     let opt = crate::backend::Optimizer::Sgd {
         momentum: 0.9,
         nesterov: false,
@@ -332,71 +376,153 @@ pub fn bench_train(
     for s in 0..steps {
         model.train_step(&x, &y, &opt, 1e-2, s as u64 + 1)?;
     }
-    let ours = (batch * steps) as f64 / t.elapsed().as_secs_f64();
+    let timing = StepTiming {
+        images_per_sec: (batch * steps) as f64 / t.elapsed().as_secs_f64(),
+        peak_rss_mb: peak_rss_mb(),
+        threads: rayon::current_num_threads(),
+    };
     let prof = model.profile();
     if !prof.is_empty() {
         let total: f64 = prof.iter().map(|(_, v)| v).sum();
         let mut rows = prof.clone();
         rows.sort_by(|a, b| b.1.total_cmp(&a.1));
-        println!(
-            "| phase / op (PIPE_PROFILE, synchronised, {} steps incl. warm-up) | seconds | share |",
+        eprintln!(
+            "| phase / op (PIPE_PROFILE, {backend}, {network}, {} steps incl. warm-up) | seconds | share |",
             steps + 1
         );
-        println!("|---|---|---|");
+        eprintln!("|---|---|---|");
         for (k, v) in rows {
-            println!("| {k} | {v:.4} | {:.1} % |", 100.0 * v / total);
+            eprintln!("| {k} | {v:.4} | {:.1} % |", 100.0 * v / total);
         }
-        println!();
     }
-    let (engine, torch_device) = match device {
-        DeviceKind::Cpu => (
-            format!("CPU, {} threads", rayon::current_num_threads()),
-            "cpu",
-        ),
-        DeviceKind::Cuda => ("CUDA".to_string(), "cuda"),
+    println!("{}", serde_json::to_string(&timing)?);
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Settings of `pipe bench train`.
+pub struct BenchTrain<'a> {
+    /// Batch size.
+    pub batch: usize,
+    /// Timed steps per round.
+    pub steps: usize,
+    /// Rounds (each runs every engine once, in turn).
+    pub rounds: usize,
+    /// `mini`, `deeper`.
+    pub networks: Vec<&'a str>,
+    /// Backends to time.
+    pub backends: Vec<crate::backend::BackendKind>,
+    /// Python with torch.
+    pub python: &'a str,
+    /// Device.
+    pub device: crate::backend::DeviceKind,
+}
+
+/// `pipe bench train`: every engine (each backend in its own `pipe bench step` process,
+/// and PyTorch) on each network, in alternating rounds; prints medians of images/s, peak
+/// RSS and the ratio to PyTorch within each round.
+pub fn bench_train(cfg: &BenchTrain<'_>) -> Result<()> {
+    use crate::backend::DeviceKind;
+    let exe = std::env::current_exe()?;
+    let dev = match cfg.device {
+        DeviceKind::Cpu => "cpu",
+        DeviceKind::Cuda => "cuda",
     };
-    println!(
-        "| engine | images/s (MiniGoogLeNet train step, batch {batch}, 32x32, {steps} steps after 1 warm-up) |"
-    );
-    println!("|---|---|");
-    println!("| pipe (dfdx 0.13, {engine}) | {ours:.1} |");
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/benches/minigooglenet_torch.py"
-    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/googlenet_torch.py");
     let script = if std::path::Path::new(script).is_file() {
         script.to_string()
     } else {
         // A binary carried to another machine: the script beside the working directory.
-        "benches/minigooglenet_torch.py".to_string()
+        "benches/googlenet_torch.py".to_string()
     };
-    let out = std::process::Command::new(python)
-        .args([
-            script.as_str(),
-            &batch.to_string(),
-            &steps.to_string(),
-            torch_device,
-        ])
-        .output();
-    match out {
-        Ok(o) if o.status.success() => {
-            let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
-            let theirs = v["images_per_sec"].as_f64().unwrap_or(f64::NAN);
-            println!(
-                "| PyTorch {} ({} threads) | {theirs:.1} |",
-                v["device"].as_str().unwrap_or("cpu"),
-                v["threads"]
-            );
-            println!("| ratio pipe / PyTorch | {:.2} |", ours / theirs);
+    let run = |cmd: &mut std::process::Command, what: &str| -> Option<StepTiming> {
+        match cmd.output() {
+            Ok(o) if o.status.success() => {
+                eprint!("{}", String::from_utf8_lossy(&o.stderr));
+                let line = String::from_utf8_lossy(&o.stdout);
+                serde_json::from_str(line.lines().last().unwrap_or("")).ok()
+            }
+            Ok(o) => {
+                eprintln!(
+                    "{what} skipped: {}",
+                    String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("{what} skipped: {e}");
+                None
+            }
         }
-        Ok(o) => eprintln!(
-            "PyTorch comparison skipped: {python} {script} failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        ),
-        Err(e) => eprintln!("PyTorch comparison skipped: cannot run {python}: {e}"),
+    };
+    for net in &cfg.networks {
+        let mut engines: Vec<String> = cfg.backends.iter().map(|b| format!("pipe {b}")).collect();
+        engines.push("PyTorch".into());
+        let mut results: Vec<Vec<Option<StepTiming>>> = vec![Vec::new(); engines.len()];
+        for round in 0..cfg.rounds {
+            eprintln!("bench train: {net}, round {}/{}", round + 1, cfg.rounds);
+            for (e, b) in cfg.backends.iter().enumerate() {
+                let mut cmd = std::process::Command::new(&exe);
+                cmd.args(["bench", "step", "--network", net, "--backend"])
+                    .arg(b.to_string())
+                    .args(["--batch", &cfg.batch.to_string()])
+                    .args(["--steps", &cfg.steps.to_string()])
+                    .args(["--device", dev]);
+                results[e].push(run(&mut cmd, &engines[e]));
+            }
+            let mut cmd = std::process::Command::new(cfg.python);
+            cmd.args([
+                script.as_str(),
+                net,
+                &cfg.batch.to_string(),
+                &cfg.steps.to_string(),
+                dev,
+            ]);
+            let last = engines.len() - 1;
+            results[last].push(run(&mut cmd, "PyTorch"));
+        }
+        let torch = &results[engines.len() - 1];
+        println!(
+            "\n{net}: batch {}, {} timed steps after 1 warm-up, {} rounds, {dev} ({} threads)",
+            cfg.batch,
+            cfg.steps,
+            cfg.rounds,
+            rayon::current_num_threads()
+        );
+        println!("| engine | images/s (median) | per round | peak RSS (MB) | ratio to PyTorch (median of rounds) |");
+        println!("|---|---|---|---|---|");
+        for (e, name) in engines.iter().enumerate() {
+            let ok: Vec<&StepTiming> = results[e].iter().flatten().collect();
+            if ok.is_empty() {
+                println!("| {name} | - | - | - | - |");
+                continue;
+            }
+            let per_round: Vec<String> = ok.iter().map(|t| format!("{:.1}", t.images_per_sec)).collect();
+            let ratios: Vec<f64> = results[e]
+                .iter()
+                .zip(torch)
+                .filter_map(|(a, b)| Some(a.as_ref()?.images_per_sec / b.as_ref()?.images_per_sec))
+                .collect();
+            println!(
+                "| {name} | {:.1} | {} | {:.0} | {} |",
+                median(ok.iter().map(|t| t.images_per_sec).collect()),
+                per_round.join(", "),
+                median(ok.iter().map(|t| t.peak_rss_mb).collect()),
+                if ratios.is_empty() {
+                    "-".to_string()
+                } else {
+                    format!("{:.2}", median(ratios))
+                }
+            );
+        }
     }
     Ok(())
 }
@@ -405,8 +531,8 @@ pub fn bench_train(
 /// batch, on the CPU and on the GPU; compares the losses and the updated weights.
 pub fn bench_parity(batch: usize) -> Result<()> {
     use crate::backend::DeviceKind;
-    let g = mini_googlenet()?;
-    let (x, y) = bench_batch(batch);
+    let (g, side) = bench_network("mini")?;
+    let (x, y) = bench_batch(batch, side, 10);
     let opt = crate::backend::Optimizer::Sgd {
         momentum: 0.9,
         nesterov: false,
@@ -454,31 +580,30 @@ pub fn bench_parity(batch: usize) -> Result<()> {
     Ok(())
 }
 
-fn bench_batch(batch: usize) -> (Vec<f32>, Vec<i64>) {
-    let px = 32 * 32 * 3;
+fn bench_batch(batch: usize, side: usize, classes: usize) -> (Vec<f32>, Vec<i64>) {
+    let px = side * side * 3;
     let x: Vec<f32> = (0..batch * px)
         .map(|i| ((i * 7919 % 255) as f32) - 127.0)
         .collect();
-    let y: Vec<i64> = (0..batch).map(|i| (i % 10) as i64).collect();
+    let y: Vec<i64> = (0..batch).map(|i| (i % classes) as i64).collect();
     (x, y)
 }
 
-/// MiniGoogLeNet from the shipped network file (embedded, so a carried binary has it).
-fn mini_googlenet() -> Result<crate::nn::graph::Graph> {
-    let text = include_str!("../pipelines/networks/mini_googlenet.toml");
+/// A network from a shipped network file (embedded, so a carried binary has it).
+fn shipped_network(text: &str, name: &str) -> Result<crate::nn::graph::Graph> {
     let dir = tempdir_in_target()?;
     std::fs::create_dir_all(dir.join("pipelines/networks"))?;
-    std::fs::write(dir.join("pipelines/networks/mini_googlenet.toml"), text)?;
+    std::fs::write(dir.join("pipelines/networks/net.toml"), text)?;
     let manifest = dir.join("pipelines/bench.toml");
     std::fs::write(
         &manifest,
-        "include = [\"networks/mini_googlenet.toml\"]\n[stages.ingest]\nformat = \"synthetic\"\n",
+        "include = [\"networks/net.toml\"]\n[stages.ingest]\nformat = \"synthetic\"\n",
     )?;
     let loaded = crate::manifest::load(&manifest, &[], &dir);
     let _ = std::fs::remove_dir_all(&dir);
     let p = loaded.map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(p.library
-        .expand("mini_googlenet", None)
+        .expand(name, None)
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .graph)
 }

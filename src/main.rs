@@ -128,17 +128,46 @@ enum BenchCmd {
         #[arg(long)]
         keep: Option<PathBuf>,
     },
-    /// MiniGoogLeNet training steps (dfdx CPU), and the identical PyTorch model if present
+    /// Training steps of MiniGoogLeNet (batch 64, 32x32) and DeeperGoogLeNet (batch 64, 64x64)
+    /// on each backend and in PyTorch, in alternating rounds: medians of images/s and peak RSS
     Train {
+        /// Batch size
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Timed steps per round (after one warm-up step)
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// Rounds; each runs every engine once, in turn
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Networks to time
+        #[arg(long, value_enum, default_values_t = [BenchNet::Mini, BenchNet::Deeper])]
+        network: Vec<BenchNet>,
+        /// Backends to time (PyTorch runs too when `--python` has torch)
+        #[arg(long, value_enum, default_values_t = [BackendArg::Native, BackendArg::Dfdx])]
+        backend: Vec<BackendArg>,
+        /// Python with torch for the comparison
+        #[arg(long, default_value = "python3")]
+        python: String,
+        /// Device to train on
+        #[arg(long, value_enum, default_value_t = Device::Cpu)]
+        device: Device,
+    },
+    /// One timed run of one engine, in this process (what `bench train` runs per round);
+    /// prints JSON with images/s and the peak RSS
+    Step {
+        /// Network
+        #[arg(long, value_enum)]
+        network: BenchNet,
+        /// Backend
+        #[arg(long, value_enum)]
+        backend: BackendArg,
         /// Batch size
         #[arg(long, default_value_t = 64)]
         batch: usize,
         /// Timed steps (after one warm-up step)
         #[arg(long, default_value_t = 5)]
         steps: usize,
-        /// Python with torch for the comparison
-        #[arg(long, default_value = "python3")]
-        python: String,
         /// Device to train on
         #[arg(long, value_enum, default_value_t = Device::Cpu)]
         device: Device,
@@ -149,6 +178,51 @@ enum BenchCmd {
         #[arg(long, default_value_t = 64)]
         batch: usize,
     },
+}
+
+/// A network `pipe bench train` times.
+#[derive(Clone, Copy, ValueEnum, Debug, PartialEq)]
+enum BenchNet {
+    /// MiniGoogLeNet, 32x32x3 input
+    Mini,
+    /// DeeperGoogLeNet, 64x64x3 input
+    Deeper,
+}
+
+/// A training backend.
+#[derive(Clone, Copy, ValueEnum, Debug, PartialEq)]
+enum BackendArg {
+    /// Our own kernels
+    Native,
+    /// dfdx 0.13
+    Dfdx,
+}
+
+impl From<BackendArg> for pipe::backend::BackendKind {
+    fn from(b: BackendArg) -> Self {
+        match b {
+            BackendArg::Native => pipe::backend::BackendKind::Native,
+            BackendArg::Dfdx => pipe::backend::BackendKind::Dfdx,
+        }
+    }
+}
+
+impl BenchNet {
+    fn name(self) -> &'static str {
+        match self {
+            BenchNet::Mini => "mini",
+            BenchNet::Deeper => "deeper",
+        }
+    }
+}
+
+impl From<Device> for pipe::backend::DeviceKind {
+    fn from(d: Device) -> Self {
+        match d {
+            Device::Cpu => pipe::backend::DeviceKind::Cpu,
+            Device::Cuda => pipe::backend::DeviceKind::Cuda,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -218,18 +292,31 @@ fn main() -> ExitCode {
                 BenchCmd::Train {
                     batch,
                     steps,
+                    rounds,
+                    network,
+                    backend,
                     python,
                     device,
                 },
-        } => commands::bench_train(
+        } => commands::bench_train(&commands::BenchTrain {
             batch,
             steps,
-            &python,
-            match device {
-                Device::Cpu => pipe::backend::DeviceKind::Cpu,
-                Device::Cuda => pipe::backend::DeviceKind::Cuda,
-            },
-        ),
+            rounds,
+            networks: network.iter().map(|n| n.name()).collect(),
+            backends: backend.into_iter().map(Into::into).collect(),
+            python: &python,
+            device: device.into(),
+        }),
+        Cmd::Bench {
+            what:
+                BenchCmd::Step {
+                    network,
+                    backend,
+                    batch,
+                    steps,
+                    device,
+                },
+        } => commands::bench_step(network.name(), backend.into(), batch, steps, device.into()),
         Cmd::Bench {
             what: BenchCmd::Parity { batch },
         } => commands::bench_parity(batch),

@@ -453,7 +453,7 @@ impl<T: Real> NativeNet<T> {
                 Op::MaxPool { .. } => {
                     if let Some(dx) = dx {
                         let g = self.pool_geom(i);
-                        pool::maxpool_backward(a, xv, a, yv, gp, dyv, dx, &g, n);
+                        pool::maxpool_backward(a, xv, a, yv, gp, dyv, dx, &g, n, &self.ws);
                     }
                 }
                 Op::AvgPool { .. } => {

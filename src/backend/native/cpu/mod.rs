@@ -47,6 +47,47 @@ pub fn r<T: Real>(x: f64) -> T {
 /// Image parts each batch is split into; weight-gradient partial sums exist per part.
 pub const PARTS: usize = 8;
 
+/// Run `f` compiled for the widest vectors this CPU has (AVX-512, else AVX2+FMA, else the
+/// baseline), chosen at run time: `f` is inlined into a function with those target
+/// features, so its loops vectorise for them. Call it around a task's whole loop nest.
+#[inline(always)]
+pub fn simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has every feature the function is compiled for.
+            return unsafe { with_avx512(f) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: as above.
+            return unsafe { with_avx2(f) };
+        }
+    }
+    f()
+}
+
+/// # Safety
+/// The CPU supports AVX-512 F/BW/DQ/VL and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+unsafe fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+/// # Safety
+/// The CPU supports AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
 /// Number of parts for a batch of `n` images.
 pub fn parts(n: usize) -> usize {
     n.clamp(1, PARTS)
@@ -214,13 +255,15 @@ pub fn reduce_parts<T: Real>(
 ) {
     use rayon::prelude::*;
     out.par_chunks_mut(4096).enumerate().for_each(|(ci, o)| {
-        let base = offset + ci * 4096;
-        o.copy_from_slice(&partials[base..base + o.len()]);
-        for p in 1..parts {
-            let src = &partials[p * stride + base..p * stride + base + o.len()];
-            for (a, b) in o.iter_mut().zip(src) {
-                *a += *b;
+        simd(|| {
+            let base = offset + ci * 4096;
+            o.copy_from_slice(&partials[base..base + o.len()]);
+            for p in 1..parts {
+                let src = &partials[p * stride + base..p * stride + base + o.len()];
+                for (a, b) in o.iter_mut().zip(src) {
+                    *a += *b;
+                }
             }
-        }
+        })
     });
 }

@@ -31,10 +31,12 @@ fn block_sums<const L: usize>(
         .par_chunks_mut(c * L)
         .enumerate()
         .for_each(|(b, acc)| {
-            acc.fill(0.0);
-            for r in b * BLOCK..((b + 1) * BLOCK).min(rows) {
-                f(r, acc);
-            }
+            super::simd(|| {
+                acc.fill(0.0);
+                for r in b * BLOCK..((b + 1) * BLOCK).min(rows) {
+                    f(r, acc);
+                }
+            })
         });
     for o in out.iter_mut() {
         *o = [0.0; L];
@@ -127,7 +129,7 @@ fn normalize<T: Real>(
     gamma: &[T],
     beta: &[T],
 ) {
-    (0..blocks(rows)).into_par_iter().for_each(|b| {
+    (0..blocks(rows)).into_par_iter().for_each(|b| super::simd(|| {
         for r in b * BLOCK..((b + 1) * BLOCK).min(rows) {
             // SAFETY: each block's rows belong to one task; x is read before y is written
             // element by element, so x == y (in place) is fine.
@@ -139,7 +141,7 @@ fn normalize<T: Real>(
                 *o = (v - mean[ch]) * inv_std[ch] * gamma[ch] + beta[ch];
             }
         }
-    });
+    }));
 }
 
 /// Backward of the training forward:
@@ -181,7 +183,7 @@ pub fn batchnorm_backward<T: Real>(
     let Some((dxp, dxv, acc)) = dx else { return };
     let inv_n = super::r::<T>(1.0 / rows as f64);
     let (db, dg): (&[T], &[T]) = (dbeta, dgamma);
-    (0..blocks(rows)).into_par_iter().for_each(|b| {
+    (0..blocks(rows)).into_par_iter().for_each(|b| super::simd(|| {
         for r in b * BLOCK..((b + 1) * BLOCK).min(rows) {
             // SAFETY: x and dy rows are read; this block's rows of dx belong to this task.
             // dx may be dy itself (in place): each element is read before it is written.
@@ -200,5 +202,5 @@ pub fn batchnorm_backward<T: Real>(
                 }
             }
         }
-    });
+    }));
 }

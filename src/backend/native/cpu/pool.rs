@@ -36,24 +36,27 @@ pub struct PoolGeom {
 }
 
 impl PoolGeom {
-    /// Input rows (within the image) under output position (oy, ox).
-    fn taps(&self, oy: usize, ox: usize) -> impl Iterator<Item = usize> + '_ {
+    /// The valid input rows and columns under output position (oy, ox).
+    fn window(&self, oy: usize, ox: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
         let y0 = (oy * self.sh) as isize - self.pt as isize;
         let x0 = (ox * self.sw) as isize - self.pl as isize;
-        (0..self.kh as isize).flat_map(move |ky| {
-            (0..self.kw as isize).filter_map(move |kx| {
-                let (iy, ix) = (y0 + ky, x0 + kx);
-                (iy >= 0 && ix >= 0 && (iy as usize) < self.h && (ix as usize) < self.w)
-                    .then(|| iy as usize * self.w + ix as usize)
-            })
-        })
+        let clip = |a: isize, k: usize, n: usize| {
+            (a.max(0) as usize).min(n)..((a + k as isize).max(0) as usize).min(n)
+        };
+        (clip(y0, self.kh, self.h), clip(x0, self.kw, self.w))
+    }
+
+    /// Input rows (within the image) under output position (oy, ox).
+    fn taps(&self, oy: usize, ox: usize) -> impl Iterator<Item = usize> + '_ {
+        let (ys, xs) = self.window(oy, ox);
+        ys.flat_map(move |iy| xs.clone().map(move |ix| iy * self.w + ix))
     }
 }
 
 /// Max pooling forward: `y[b, oy, ox, c] = max over the window of x[b, iy, ix, c]`.
 pub fn maxpool_forward<T: Real>(x: Ptr<T>, xv: View, y: Ptr<T>, yv: View, g: &PoolGeom, n: usize) {
     let (ihw, ohw) = (g.h * g.w, g.oh * g.ow);
-    (0..n).into_par_iter().for_each(|b| {
+    (0..n).into_par_iter().for_each(|b| super::simd(|| {
         for oy in 0..g.oh {
             for ox in 0..g.ow {
                 // SAFETY: each image's rows belong to one task; x is only read.
@@ -62,17 +65,16 @@ pub fn maxpool_forward<T: Real>(x: Ptr<T>, xv: View, y: Ptr<T>, yv: View, g: &Po
                 for t in g.taps(oy, ox) {
                     let src = unsafe { x.row(xv, b * ihw + t) };
                     for (o, v) in out.iter_mut().zip(src) {
-                        if *v > *o {
-                            *o = *v;
-                        }
+                        *o = if *v > *o { *v } else { *o };
                     }
                 }
             }
         }
-    });
+    }));
 }
 
 /// Max pooling backward: `dx [+]= dy / ties` at each tap of a window equal to its output.
+/// `ws` lends each image's task 2*C values (tie counts and shares).
 #[allow(clippy::too_many_arguments)]
 pub fn maxpool_backward<T: Real>(
     x: Ptr<T>,
@@ -84,39 +86,52 @@ pub fn maxpool_backward<T: Real>(
     dx: (Ptr<T>, View, bool),
     g: &PoolGeom,
     n: usize,
+    ws: &super::Workspaces<T>,
 ) {
     let (ihw, ohw) = (g.h * g.w, g.oh * g.ow);
     let (dxp, dxv, acc) = dx;
-    (0..n).into_par_iter().for_each(|b| {
+    let c = yv.c;
+    (0..n).into_par_iter().for_each(|b| super::simd(|| {
         if !acc {
             for r in b * ihw..(b + 1) * ihw {
                 // SAFETY: image b of dx belongs to this task.
                 unsafe { dxp.row_mut(dxv, r) }.fill(T::zero());
             }
         }
-        for oy in 0..g.oh {
-            for ox in 0..g.ow {
-                let o = b * ohw + oy * g.ow + ox;
-                // SAFETY: x, y, dy are only read; image b of dx is this task's.
-                let (yr, dr) = unsafe { (y.row(yv, o), dy.row(dyv, o)) };
-                for ch in 0..yv.c {
-                    let hit = |t: usize| unsafe { x.row(xv, b * ihw + t) }[ch] == yr[ch];
-                    let ties = g.taps(oy, ox).filter(|&t| hit(t)).count();
-                    let share = dr[ch] / super::r::<T>(ties.max(1) as f64);
-                    for t in g.taps(oy, ox).filter(|&t| hit(t)) {
+        ws.with(2 * c, |buf| {
+            let (count, share) = buf.split_at_mut(c);
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
+                    let o = b * ohw + oy * g.ow + ox;
+                    // SAFETY: x, y, dy are only read; image b of dx is this task's.
+                    let (yr, dr) = unsafe { (y.row(yv, o), dy.row(dyv, o)) };
+                    count.fill(T::zero());
+                    for t in g.taps(oy, ox) {
+                        let xr = unsafe { x.row(xv, b * ihw + t) };
+                        for ((k, xv), yv) in count.iter_mut().zip(xr).zip(yr) {
+                            *k += if *xv == *yv { T::one() } else { T::zero() };
+                        }
+                    }
+                    for ((s, d), k) in share.iter_mut().zip(dr).zip(count.iter()) {
+                        *s = *d / *k;
+                    }
+                    for t in g.taps(oy, ox) {
+                        let xr = unsafe { x.row(xv, b * ihw + t) };
                         let d = unsafe { dxp.row_mut(dxv, b * ihw + t) };
-                        d[ch] += share;
+                        for (((a, xv), yv), s) in d.iter_mut().zip(xr).zip(yr).zip(share.iter()) {
+                            *a += if *xv == *yv { *s } else { T::zero() };
+                        }
                     }
                 }
             }
-        }
-    });
+        });
+    }));
 }
 
 /// Average pooling forward: `y = sum over the window's valid taps of x / their count`.
 pub fn avgpool_forward<T: Real>(x: Ptr<T>, xv: View, y: Ptr<T>, yv: View, g: &PoolGeom, n: usize) {
     let (ihw, ohw) = (g.h * g.w, g.oh * g.ow);
-    (0..n).into_par_iter().for_each(|b| {
+    (0..n).into_par_iter().for_each(|b| super::simd(|| {
         for oy in 0..g.oh {
             for ox in 0..g.ow {
                 // SAFETY: image b of y belongs to this task; x is only read.
@@ -133,7 +148,7 @@ pub fn avgpool_forward<T: Real>(x: Ptr<T>, xv: View, y: Ptr<T>, yv: View, g: &Po
                 out.iter_mut().for_each(|o| *o *= inv);
             }
         }
-    });
+    }));
 }
 
 /// Average pooling backward: `dx [+]= dy / count` at every valid tap of each window.
@@ -146,7 +161,7 @@ pub fn avgpool_backward<T: Real>(
 ) {
     let (ihw, ohw) = (g.h * g.w, g.oh * g.ow);
     let (dxp, dxv, acc) = dx;
-    (0..n).into_par_iter().for_each(|b| {
+    (0..n).into_par_iter().for_each(|b| super::simd(|| {
         if !acc {
             for r in b * ihw..(b + 1) * ihw {
                 // SAFETY: image b of dx belongs to this task.
@@ -167,13 +182,13 @@ pub fn avgpool_backward<T: Real>(
                 }
             }
         }
-    });
+    }));
 }
 
 /// Global average pooling forward: (n*hw, C) -> (n, C), the mean over each image's rows.
 pub fn global_avgpool_forward<T: Real>(x: Ptr<T>, xv: View, y: Ptr<T>, yv: View, n: usize) {
     let inv = super::r::<T>(1.0 / xv.hw as f64);
-    (0..n).into_par_iter().for_each(|b| {
+    (0..n).into_par_iter().for_each(|b| super::simd(|| {
         // SAFETY: row b of y belongs to this task; x is only read.
         let out = unsafe { y.row_mut(yv, b) };
         out.fill(T::zero());
@@ -183,7 +198,7 @@ pub fn global_avgpool_forward<T: Real>(x: Ptr<T>, xv: View, y: Ptr<T>, yv: View,
             }
         }
         out.iter_mut().for_each(|o| *o *= inv);
-    });
+    }));
 }
 
 /// Global average pooling backward: `dx[b, r, c] [+]= dy[b, c] / hw`.
@@ -195,7 +210,7 @@ pub fn global_avgpool_backward<T: Real>(
 ) {
     let (dxp, dxv, acc) = dx;
     let inv = super::r::<T>(1.0 / dxv.hw as f64);
-    (0..n).into_par_iter().for_each(|b| {
+    (0..n).into_par_iter().for_each(|b| super::simd(|| {
         // SAFETY: dy is only read; image b of dx is this task's.
         let dr = unsafe { dy.row(dyv, b) };
         for r in b * dxv.hw..(b + 1) * dxv.hw {
@@ -208,5 +223,5 @@ pub fn global_avgpool_backward<T: Real>(
                 }
             }
         }
-    });
+    }));
 }
