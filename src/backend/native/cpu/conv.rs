@@ -7,8 +7,8 @@ use rayon::prelude::*;
 use super::{gemm, part_range, parts, Mat, Ptr, Real, Workspaces};
 use crate::backend::native::plan::View;
 
-/// Values an im2col workspace may hold (4M: 16 MB in f32); at least one image's worth.
-const COL_CAP: usize = 1 << 22;
+/// Values an im2col chunk aims at (128K: 512 KB in f32, inside L2), at least 16 rows.
+const COL_CAP: usize = 1 << 17;
 
 /// Geometry of one convolution.
 #[derive(Debug, Clone, Copy)]
@@ -50,23 +50,24 @@ impl ConvGeom {
         self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1 && self.pt == 0 && self.pl == 0
     }
 
-    /// Images per im2col chunk.
+    /// Output rows per im2col chunk (the workspace stays in the core's L2 cache).
     fn chunk(&self) -> usize {
-        (COL_CAP / (self.oh * self.ow * self.k()).max(1)).max(1)
+        (COL_CAP / self.k().max(1)).max(16)
     }
 }
 
-/// im2col of images `[b0, b1)`: `col` is ((b1-b0)*oh*ow, kh*kw*cin), column
-/// `(ky*kw + kx)*cin + ci`, zero where the window leaves the image.
+/// im2col of output rows `[r0, r1)` (row = (b*oh + oy)*ow + ox): `col` is (r1-r0,
+/// kh*kw*cin), column `(ky*kw + kx)*cin + ci`, zero where the window leaves the image.
 ///
 /// # Safety
-/// `x` holds `b1` images of view `xv`, and no thread writes them meanwhile.
-unsafe fn im2col<T: Real>(x: Ptr<T>, xv: View, g: &ConvGeom, b0: usize, b1: usize, col: &mut [T]) {
+/// `x` holds the images of these rows (view `xv`), and no thread writes them meanwhile.
+unsafe fn im2col<T: Real>(x: Ptr<T>, xv: View, g: &ConvGeom, r0: usize, r1: usize, col: &mut [T]) {
     let k = g.k();
-    let mut row = 0;
-    for b in b0..b1 {
-        for oy in 0..g.oh {
-            for ox in 0..g.ow {
+    let ohw = g.oh * g.ow;
+    for (row, o) in (r0..r1).enumerate() {
+        let (b, oy, ox) = (o / ohw, o % ohw / g.ow, o % g.ow);
+        {
+            {
                 let dst = &mut col[row * k..(row + 1) * k];
                 for ky in 0..g.kh {
                     let iy = (oy * g.sh + ky) as isize - g.pt as isize;
@@ -82,22 +83,23 @@ unsafe fn im2col<T: Real>(x: Ptr<T>, xv: View, g: &ConvGeom, b0: usize, b1: usiz
                         }
                     }
                 }
-                row += 1;
             }
         }
     }
 }
 
-/// col2im: add every im2col row of `dcol` back into the input rows it was gathered from.
+/// col2im: add every im2col row of `dcol` (output rows `[r0, r1)`) back into the input
+/// rows it was gathered from.
 ///
 /// # Safety
-/// `dx` holds images `[b0, b1)` of view `dxv`, and only this thread touches them.
-unsafe fn col2im_add<T: Real>(dcol: &[T], dx: Ptr<T>, dxv: View, g: &ConvGeom, b0: usize, b1: usize) {
+/// `dx` holds the images of these rows (view `dxv`), and only this thread touches them.
+unsafe fn col2im_add<T: Real>(dcol: &[T], dx: Ptr<T>, dxv: View, g: &ConvGeom, r0: usize, r1: usize) {
     let k = g.k();
-    let mut row = 0;
-    for b in b0..b1 {
-        for oy in 0..g.oh {
-            for ox in 0..g.ow {
+    let ohw = g.oh * g.ow;
+    for (row, o) in (r0..r1).enumerate() {
+        let (b, oy, ox) = (o / ohw, o % ohw / g.ow, o % g.ow);
+        {
+            {
                 let src = &dcol[row * k..(row + 1) * k];
                 for ky in 0..g.kh {
                     let iy = (oy * g.sh + ky) as isize - g.pt as isize;
@@ -118,7 +120,6 @@ unsafe fn col2im_add<T: Real>(dcol: &[T], dx: Ptr<T>, dxv: View, g: &ConvGeom, b
                         }
                     }
                 }
-                row += 1;
             }
         }
     }
@@ -147,16 +148,16 @@ pub fn conv2d_forward<T: Real>(
     };
     (0..np).into_par_iter().for_each(|p| {
         let (lo, hi) = part_range(n, p, np);
-        let start_rows = |b0: usize, b1: usize| {
+        let start_rows = |r0: usize, r1: usize| {
             if let Some(b) = bias {
-                for r in b0 * ohw..b1 * ohw {
+                for r in r0..r1 {
                     // SAFETY: rows of this part's images belong to this task.
                     unsafe { y.row_mut(yv, r) }.copy_from_slice(b);
                 }
             }
         };
         if g.pointwise() {
-            start_rows(lo, hi);
+            start_rows(lo * ohw, hi * ohw);
             // SAFETY: this part's rows of x and y; y does not overlap x (different nodes).
             unsafe {
                 gemm(
@@ -177,21 +178,22 @@ pub fn conv2d_forward<T: Real>(
             return;
         }
         let chunk = g.chunk();
-        ws.with(chunk.min(hi - lo) * ohw * k, |col| {
-            let mut b0 = lo;
-            while b0 < hi {
-                let b1 = (b0 + chunk).min(hi);
-                let rows = (b1 - b0) * ohw;
-                // SAFETY: images [b0, b1) of x exist and are only read.
-                unsafe { im2col(x, xv, g, b0, b1, col) };
-                start_rows(b0, b1);
+        let (lo, hi) = (lo * ohw, hi * ohw);
+        ws.with(chunk.min(hi - lo) * k, |col| {
+            let mut r0 = lo;
+            while r0 < hi {
+                let r1 = (r0 + chunk).min(hi);
+                let rows = r1 - r0;
+                // SAFETY: the images of rows [r0, r1) exist and are only read.
+                unsafe { im2col(x, xv, g, r0, r1, col) };
+                start_rows(r0, r1);
                 // SAFETY: this task's rows of y; col is a private workspace.
                 unsafe {
                     gemm(
                         rows,
                         g.cout,
                         k,
-                        y.at(yv, b0 * ohw),
+                        y.at(yv, r0),
                         yv.ld,
                         bias.is_some(),
                         Mat {
@@ -202,7 +204,7 @@ pub fn conv2d_forward<T: Real>(
                         wm,
                     )
                 };
-                b0 = b1;
+                r0 = r1;
             }
         });
     });
@@ -291,16 +293,23 @@ pub fn conv2d_backward<T: Real>(
                 }
                 return;
             }
+            if let Some((dxp, dxv, false)) = dx {
+                for r in lo * g.h * g.w..hi * g.h * g.w {
+                    // SAFETY: this part's images of dx belong to this task.
+                    unsafe { dxp.row_mut(dxv, r) }.fill(T::zero());
+                }
+            }
             let chunk = g.chunk();
-            let cols = chunk.min(hi - lo) * ohw * k;
+            let (lo, hi) = (lo * ohw, hi * ohw);
+            let cols = chunk.min(hi - lo) * k;
             ws.with(2 * cols, |buf| {
                 let (col, dcol) = buf.split_at_mut(cols);
-                let mut b0 = lo;
-                while b0 < hi {
-                    let b1 = (b0 + chunk).min(hi);
-                    let rows = (b1 - b0) * ohw;
-                    // SAFETY: images [b0, b1) of x are only read.
-                    unsafe { im2col(x, xv, g, b0, b1, col) };
+                let mut r0 = lo;
+                while r0 < hi {
+                    let r1 = (r0 + chunk).min(hi);
+                    let rows = r1 - r0;
+                    // SAFETY: the images of rows [r0, r1) of x are only read.
+                    unsafe { im2col(x, xv, g, r0, r1, col) };
                     // SAFETY: dw is this part's partial; col is private.
                     unsafe {
                         gemm(
@@ -309,20 +318,20 @@ pub fn conv2d_backward<T: Real>(
                             rows,
                             dw.as_mut_ptr(),
                             g.cout,
-                            b0 != lo,
+                            r0 != lo,
                             Mat {
                                 ptr: col.as_ptr(),
                                 rs: 1,
                                 cs: k,
                             },
                             Mat {
-                                ptr: dy.at(dyv, b0 * ohw),
+                                ptr: dy.at(dyv, r0),
                                 rs: dyv.ld,
                                 cs: 1,
                             },
                         )
                     };
-                    if let Some((dxp, dxv, acc)) = dx {
+                    if let Some((dxp, dxv, _)) = dx {
                         // SAFETY: dcol is private; dy rows are only read.
                         unsafe {
                             gemm(
@@ -333,23 +342,17 @@ pub fn conv2d_backward<T: Real>(
                                 k,
                                 false,
                                 Mat {
-                                    ptr: dy.at(dyv, b0 * ohw),
+                                    ptr: dy.at(dyv, r0),
                                     rs: dyv.ld,
                                     cs: 1,
                                 },
                                 wt,
                             )
                         };
-                        if !acc {
-                            for r in b0 * g.h * g.w..b1 * g.h * g.w {
-                                // SAFETY: images [b0, b1) of dx belong to this task.
-                                unsafe { dxp.row_mut(dxv, r) }.fill(T::zero());
-                            }
-                        }
-                        // SAFETY: as above.
-                        unsafe { col2im_add(dcol, dxp, dxv, g, b0, b1) };
+                        // SAFETY: rows [r0, r1) fall in this part's images of dx.
+                        unsafe { col2im_add(dcol, dxp, dxv, g, r0, r1) };
                     }
-                    b0 = b1;
+                    r0 = r1;
                 }
             });
         });
