@@ -350,7 +350,11 @@ fn bench_network(name: &str) -> Result<(crate::nn::graph::Graph, usize)> {
             )?,
             64,
         )),
-        other => anyhow::bail!("unknown benchmark network `{other}` (mini, deeper)"),
+        "demo" => Ok((
+            shipped_network(include_str!("../pipelines/demo.toml"), "demo_net")?,
+            32,
+        )),
+        other => anyhow::bail!("unknown benchmark network `{other}` (mini, deeper, demo)"),
     }
 }
 

@@ -187,6 +187,8 @@ enum BenchNet {
     Mini,
     /// DeeperGoogLeNet, 64x64x3 input
     Deeper,
+    /// The demo pipeline's network, 32x32x3 input
+    Demo,
 }
 
 /// A training backend.
@@ -212,6 +214,7 @@ impl BenchNet {
         match self {
             BenchNet::Mini => "mini",
             BenchNet::Deeper => "deeper",
+            BenchNet::Demo => "demo",
         }
     }
 }

@@ -476,3 +476,59 @@ fn resume_from_a_checkpoint_file_equals_resume_from_the_stage() {
         "{err}"
     );
 }
+
+#[test]
+fn a_byte_identical_retrain_cuts_off_early() {
+    // Timings live in timings.json, outside the artifact's hash; checkpoints are written
+    // with sorted headers: forcing the training stage again reproduces its artifact, so the
+    // stages after it stay cached.
+    let p = Project::new();
+    p.manifest("t.toml", PIPELINE);
+    let first = p.run_json("t", &[]);
+    let again = p.run_json("t", &["--force", "train"]);
+    assert_eq!(state_of(&again, "train"), "ran");
+    assert_eq!(
+        field(&first, "train", "output"),
+        field(&again, "train", "output")
+    );
+    assert_eq!(state_of(&again, "drop"), "cached");
+    assert_eq!(state_of(&again, "evaluate"), "cached");
+    let timings = artifact(&p, &again, "train").join("timings.json");
+    let t: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(timings).unwrap()).unwrap();
+    assert_eq!(t.as_array().unwrap().len(), 4, "one timing per epoch");
+    assert!(t[0]["images_per_sec"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn a_dfdx_trained_stage_continues_on_native_and_the_backend_is_in_the_key() {
+    let p = Project::new();
+    p.manifest(
+        "t.toml",
+        &PIPELINE.replace(
+            "[stages.train]\ninput = \"hdf5\"",
+            "[stages.train]\nbackend = \"dfdx\"\ninput = \"hdf5\"",
+        ),
+    );
+    let r = p.run_json("t", &[]);
+    assert_eq!(state_of(&r, "evaluate"), "ran");
+    let plan = |stage: &str| -> serde_json::Value {
+        serde_json::from_slice(
+            &std::fs::read(artifact(&p, &r, stage).join("plan.json")).unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(plan("train")["backend"], "dfdx");
+    assert_eq!(plan("drop")["backend"], "native");
+    // The drop continued from dfdx's final state: its history carries on from epoch 4.
+    let h: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(artifact(&p, &r, "drop").join("history.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(h.as_array().unwrap().len(), 6);
+    // Switching the training backend changes its key (and so everything after it).
+    p.manifest("t.toml", PIPELINE);
+    let native = p.run_json("t", &[]);
+    assert_ne!(field(&r, "train", "key"), field(&native, "train", "key"));
+    assert_eq!(state_of(&native, "train"), "ran");
+}

@@ -34,7 +34,22 @@ pub fn save(
     let mut meta = metadata;
     meta.insert("step".into(), state.step.to_string());
     let out = safetensors::serialize(views, &Some(meta))?;
-    write_atomic(path, &out)
+    write_atomic(path, &sorted_header(out)?)
+}
+
+/// The same file with its JSON header's keys sorted. safetensors writes the metadata map in
+/// hash order, which changes from process to process; sorted, the same state gives the same
+/// bytes, so a re-trained artifact that equals the old one is recognised as such.
+fn sorted_header(mut file: Vec<u8>) -> Result<Vec<u8>> {
+    let n = u64::from_le_bytes(file[..8].try_into().context("safetensors header length")?) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&file[8..8 + n])?;
+    let sorted = serde_json::to_vec(&header)?; // serde_json's maps are ordered by key
+    if sorted.len() > n {
+        bail!("re-serialised safetensors header grew ({} > {n} bytes)", sorted.len());
+    }
+    file[8..8 + sorted.len()].copy_from_slice(&sorted);
+    file[8 + sorted.len()..8 + n].fill(b' ');
+    Ok(file)
 }
 
 /// Read a state and its metadata.

@@ -320,10 +320,13 @@ fn files_sorted(dir: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// Content hash of a directory: relative paths, sizes and BLAKE3 of every file.
+/// Content hash of a directory: relative paths, sizes and BLAKE3 of every file, except a
+/// top-level `timings.json` (how long a stage took is not what it made; leaving it out
+/// lets a byte-identical re-run cut off early).
 pub fn hash_dir(dir: &Path) -> Result<String> {
     let mut files = Vec::new();
     files_sorted(dir, Path::new(""), &mut files)?;
+    files.retain(|f| f != Path::new(crate::report::history::TIMINGS));
     let mut h = blake3::Hasher::new();
     h.update(b"pipe-artifact-v1\0");
     for rel in files {

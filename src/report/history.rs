@@ -24,9 +24,40 @@ pub struct EpochRecord {
     pub val_loss: f64,
     /// Validation accuracy.
     pub val_acc: f64,
+    /// Training images per second. Not written to `history.json` (nor to checkpoints): a
+    /// timing is not content, and a byte-identical re-train must give a byte-identical
+    /// artifact. Timings go to `timings.json`, which the store does not hash.
+    #[serde(default, skip_serializing)]
+    pub images_per_sec: f64,
+}
+
+/// One epoch's timing, for `timings.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochTiming {
+    /// Epoch number, from 1.
+    pub epoch: usize,
+    /// The stage that trained it.
+    pub stage: String,
     /// Training images per second.
     pub images_per_sec: f64,
 }
+
+/// Write `timings.json` (the epochs of `history` that have a timing) into `dir`.
+pub fn write_timings(dir: &Path, history: &[EpochRecord]) -> Result<()> {
+    let t: Vec<EpochTiming> = history
+        .iter()
+        .filter(|r| r.images_per_sec > 0.0)
+        .map(|r| EpochTiming {
+            epoch: r.epoch,
+            stage: r.stage.clone(),
+            images_per_sec: r.images_per_sec,
+        })
+        .collect();
+    crate::engine::store::write_json_atomic(&dir.join(TIMINGS), &t)
+}
+
+/// The artifact file that holds timings; excluded from the artifact's content hash.
+pub const TIMINGS: &str = "timings.json";
 
 /// Write `history.json` and `history.png` into `dir`.
 pub fn write(dir: &Path, history: &[EpochRecord]) -> Result<()> {

@@ -264,6 +264,32 @@ fn make_batch(
     (out, idx.iter().map(|&i| s.labels[i]).collect())
 }
 
+/// Run `consume(i, make(i))` for `i` in `0..jobs`, with `make` running one or two jobs
+/// ahead on a worker thread: batches are gathered, augmented and normalised while the
+/// model works on the previous one.
+fn prefetched<T: Send>(
+    jobs: usize,
+    make: impl Fn(usize) -> T + Sync,
+    mut consume: impl FnMut(usize, T) -> Result<()>,
+) -> Result<()> {
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(2);
+        let make = &make;
+        scope.spawn(move || {
+            for i in 0..jobs {
+                if tx.send(make(i)).is_err() {
+                    break; // the consumer stopped (an error): stop too
+                }
+            }
+        });
+        for i in 0..jobs {
+            let item = rx.recv().context("the batch worker stopped")?;
+            consume(i, item)?;
+        }
+        Ok(())
+    })
+}
+
 /// Class probabilities for a whole split, in batches.
 pub(crate) fn predict_split(
     model: &mut dyn Model,
@@ -276,18 +302,23 @@ pub(crate) fn predict_split(
     let ends_in_softmax = matches!(graph.nodes.last().map(|n| &n.op), Some(Op::Softmax));
     let mut probs = Vec::with_capacity(s.n * k);
     let all: Vec<usize> = (0..s.n).collect();
-    for chunk in all.chunks(batch.max(1)) {
-        let (x, _) = make_batch(s, chunk, mean, None);
-        let mut out = model.predict(&x, chunk.len())?;
-        if !ends_in_softmax {
-            for row in out.chunks_exact_mut(k) {
-                let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                let z: f32 = row.iter().map(|v| (v - m).exp()).sum();
-                row.iter_mut().for_each(|v| *v = (*v - m).exp() / z);
+    let chunks: Vec<&[usize]> = all.chunks(batch.max(1)).collect();
+    prefetched(
+        chunks.len(),
+        |c| make_batch(s, chunks[c], mean, None),
+        |c, (x, _)| {
+            let mut out = model.predict(&x, chunks[c].len())?;
+            if !ends_in_softmax {
+                for row in out.chunks_exact_mut(k) {
+                    let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                    let z: f32 = row.iter().map(|v| (v - m).exp()).sum();
+                    row.iter_mut().for_each(|v| *v = (*v - m).exp() / z);
+                }
             }
-        }
-        probs.extend(out);
-    }
+            probs.extend(out);
+            Ok(())
+        },
+    )?;
     Ok(probs)
 }
 
@@ -563,11 +594,12 @@ fn run_segment(ctx: &StageCtx<'_>, data: &Path, seg: Segment<'_>) -> Result<Stri
         }
     }
     eprintln!(
-        "{stage}: epochs {}..{end} on {} images ({}x{}) on the {:?}, validating on {} (monitor: {})",
+        "{stage}: epochs {}..{end} on {} images ({}x{}), {} backend on the {:?}, validating on {} (monitor: {})",
         first + 1,
         train.n,
         train.h,
         train.w,
+        plan.backend,
         plan.device,
         val.n,
         ctx.scratch.join("history.png").display()
@@ -583,26 +615,27 @@ fn run_segment(ctx: &StageCtx<'_>, data: &Path, seg: Segment<'_>) -> Result<Stri
         let pb = progress::bar(train.n as u64, stage, &format!("epoch {}/{end}", e + 1));
         let t0 = Instant::now();
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
-        for (b, idx) in order.chunks(bs).enumerate() {
-            let (x, y) = make_batch(
-                &train,
-                idx,
-                &mean,
-                Some((&plan.augment, plan.seed, e as u64)),
-            );
-            let dseed = derive_seed(plan.seed, "dropout", e as u64, b as u64);
-            let s = model.train_step(&x, &y, &plan.optimizer, lr, dseed)?;
-            loss_sum += s.loss * idx.len() as f64;
-            correct += s.correct;
-            seen += idx.len();
-            pb.inc(idx.len() as u64);
-            pb.set_message(format!(
-                "epoch {}/{end} loss {:.3} acc {:.1}%",
-                e + 1,
-                loss_sum / seen as f64,
-                100.0 * correct as f64 / seen as f64
-            ));
-        }
+        let batches: Vec<&[usize]> = order.chunks(bs).collect();
+        let augment = (&plan.augment, plan.seed, e as u64);
+        prefetched(
+            batches.len(),
+            |b| make_batch(&train, batches[b], &mean, Some(augment)),
+            |b, (x, y)| {
+                let dseed = derive_seed(plan.seed, "dropout", e as u64, b as u64);
+                let s = model.train_step(&x, &y, &plan.optimizer, lr, dseed)?;
+                loss_sum += s.loss * y.len() as f64;
+                correct += s.correct;
+                seen += y.len();
+                pb.inc(y.len() as u64);
+                pb.set_message(format!(
+                    "epoch {}/{end} loss {:.3} acc {:.1}%",
+                    e + 1,
+                    loss_sum / seen as f64,
+                    100.0 * correct as f64 / seen as f64
+                ));
+                Ok(())
+            },
+        )?;
         let secs = t0.elapsed().as_secs_f64();
         pb.finish_and_clear();
         let probs = predict_split(model.as_mut(), &plan.graph, &val, &mean, 128)?;
@@ -629,6 +662,7 @@ fn run_segment(ctx: &StageCtx<'_>, data: &Path, seg: Segment<'_>) -> Result<Stri
         );
         history.push(rec);
         history::write(ctx.scratch, &history)?;
+        history::write_timings(ctx.scratch, &history)?;
         if (e + 1) % plan.checkpoint_every == 0 || e + 1 == end {
             checkpoint::save(
                 &ckpt_dir.join(format!("epoch_{}.safetensors", e + 1)),
@@ -667,18 +701,21 @@ fn run_segment(ctx: &StageCtx<'_>, data: &Path, seg: Segment<'_>) -> Result<Stri
         }
     }
     history::write(ctx.out, &history)?;
+    history::write_timings(ctx.out, &history)?;
     plan.epochs_done = end;
     plan.device_info = describe_device(plan.device);
     std::fs::write(ctx.out.join("plan.json"), serde_json::to_vec_pretty(&plan)?)?;
     let last = history.last().context("no epoch was trained")?;
     Ok(format!(
-        "epochs {}-{end}: loss {:.4} acc {:.2}%, val_loss {:.4} val_acc {:.2}% ({:.0} img/s)",
+        "epochs {}-{end}: loss {:.4} acc {:.2}%, val_loss {:.4} val_acc {:.2}% ({:.0} img/s, {} on the {:?})",
         start + 1,
         last.train_loss,
         100.0 * last.train_acc,
         last.val_loss,
         100.0 * last.val_acc,
-        last.images_per_sec
+        last.images_per_sec,
+        plan.backend,
+        plan.device
     ))
 }
 
