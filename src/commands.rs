@@ -283,6 +283,38 @@ pub fn graph(
             p.name
         );
     }
+    // Which stages train each network, and with what: train stages name their network;
+    // lr-drop and resume stages continue their `from`'s.
+    use crate::manifest::StageConfig;
+    let mut trains: Vec<(String, String, String)> = Vec::new(); // (stage, network, "backend, device")
+    fn network_of(p: &crate::manifest::Pipeline, stage: &str, depth: usize) -> Option<String> {
+        match &p.stages.get(stage)?.config {
+            StageConfig::Train(t) => Some(t.config.network.clone()),
+            StageConfig::LrDrop(c) if depth < 64 => network_of(p, &c.from, depth + 1),
+            StageConfig::Resume { stage, .. } if depth < 64 => network_of(p, stage, depth + 1),
+            _ => None,
+        }
+    }
+    for (sname, st) in &p.stages {
+        let (backend, device) = match &st.config {
+            StageConfig::Train(t) => (t.config.backend, t.config.device),
+            StageConfig::LrDrop(c) | StageConfig::Resume { config: c, .. } => (c.backend, c.device),
+            _ => continue,
+        };
+        let how = format!(
+            "{} backend, {}",
+            backend.unwrap_or_default(),
+            match device {
+                Some(crate::manifest::DeviceSetting::Cuda) => "cuda",
+                _ => "cpu",
+            }
+        );
+        trains.push((
+            sname.clone(),
+            network_of(&p, sname, 0).unwrap_or_default(),
+            how,
+        ));
+    }
     let mut out = Vec::new();
     for name in names {
         let x = p
@@ -290,6 +322,8 @@ pub fn graph(
             .expand(&name, None)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let infos = x.graph.infer()?;
+        let trained_by: Vec<&(String, String, String)> =
+            trains.iter().filter(|t| t.1 == name).collect();
         if json {
             let t = crate::nn::graph::totals(&infos);
             out.push(serde_json::json!({
@@ -299,9 +333,15 @@ pub fn graph(
                     "params": i.trainable + i.non_trainable, "macs": i.macs,
                 })).collect::<Vec<_>>(),
                 "trainable": t.trainable, "non_trainable": t.non_trainable, "macs": t.macs,
+                "trained_by": trained_by.iter().map(|t| serde_json::json!({
+                    "stage": t.0, "how": t.2,
+                })).collect::<Vec<_>>(),
             }));
         } else {
             println!("{}", crate::nn::summary(&name, &x.graph, &infos));
+            for t in &trained_by {
+                println!("trained by stage `{}`: {}", t.0, t.2);
+            }
         }
     }
     if json {
@@ -457,7 +497,10 @@ pub fn bench_train(cfg: &BenchTrain<'_>) -> Result<()> {
             Ok(o) => {
                 eprintln!(
                     "{what} skipped: {}",
-                    String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")
+                    String::from_utf8_lossy(&o.stderr)
+                        .lines()
+                        .last()
+                        .unwrap_or("")
                 );
                 None
             }
@@ -509,7 +552,10 @@ pub fn bench_train(cfg: &BenchTrain<'_>) -> Result<()> {
                 println!("| {name} | - | - | - | - |");
                 continue;
             }
-            let per_round: Vec<String> = ok.iter().map(|t| format!("{:.1}", t.images_per_sec)).collect();
+            let per_round: Vec<String> = ok
+                .iter()
+                .map(|t| format!("{:.1}", t.images_per_sec))
+                .collect();
             let ratios: Vec<f64> = results[e]
                 .iter()
                 .zip(torch)

@@ -26,10 +26,9 @@ fn graph(layers: &str, input: &str) -> Graph {
 /// A network from a shipped network file, with text replacements applied first.
 fn shipped(file: &str, network: &str, edits: &[(&str, &str)]) -> Graph {
     let p = Project::new();
-    let mut text = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file),
-    )
-    .unwrap();
+    let mut text =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file))
+            .unwrap();
     for (a, b) in edits {
         assert!(text.contains(a), "{file} has no `{a}`");
         text = text.replace(a, b);
@@ -159,8 +158,14 @@ fn max_pools_over_overlapping_pools_count_a_tied_source_once() {
     // dfdx (weighting ties) agrees with native (first tap) in f64.
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     let x: Vec<f64> = (0..2 * 128).map(|_| rng.random_range(-1.0..1.0)).collect();
-    let (_, la, _, ga) = NativeNet::<f64>::new(&g, 1).unwrap().loss_and_grads(&x, &[0, 1], 0).unwrap();
-    let (_, lb, _, gb, _) = cpu_net::<f64>(&g, 1).unwrap().loss_and_grads(x, &[0, 1], 0).unwrap();
+    let (_, la, _, ga) = NativeNet::<f64>::new(&g, 1)
+        .unwrap()
+        .loss_and_grads(&x, &[0, 1], 0)
+        .unwrap();
+    let (_, lb, _, gb, _) = cpu_net::<f64>(&g, 1)
+        .unwrap()
+        .loss_and_grads(x, &[0, 1], 0)
+        .unwrap();
     assert!((la - lb).abs() < 1e-12);
     for (u, v) in ga.iter().zip(&gb) {
         for (s, t) in u.iter().zip(v) {
@@ -232,7 +237,13 @@ fn assert_states_close(a: &State, b: &State, tol: f64, what: &str) {
             bad.push(format!("{k}: {d:e} (scale {scale:e})"));
         }
     }
-    assert!(bad.is_empty(), "{what}: {} of {} tensors differ by more than {tol:e}:\n{}", bad.len(), a.tensors.len(), bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "{what}: {} of {} tensors differ by more than {tol:e}:\n{}",
+        bad.len(),
+        a.tensors.len(),
+        bad.join("\n")
+    );
 }
 
 /// One SGD step and one Adam step from the same weights on the same batch, on native and
@@ -343,7 +354,11 @@ fn state_moves(from: BackendKind, to: BackendKind) {
     let saved = a.state();
     let mut b = backend::build_with(&g, 99, DeviceKind::Cpu, to).unwrap();
     b.load_state(&saved).unwrap();
-    assert_eq!(b.state(), saved, "{to} does not restore {from}'s state exactly");
+    assert_eq!(
+        b.state(),
+        saved,
+        "{to} does not restore {from}'s state exactly"
+    );
     for s in 3..5 {
         let la = a.train_step(&x, &y, &opt, 1e-2, s).unwrap().loss;
         let lb = b.train_step(&x, &y, &opt, 1e-2, s).unwrap().loss;
@@ -427,29 +442,41 @@ fn native_cpu_net_matches_dfdx_loss_in_f64() {
     assert!((tot_a - tot_b).abs() < 1e-10 * tot_b.abs());
     for (p, (u, v)) in ga.iter().zip(&gb).enumerate() {
         for (s, t) in u.iter().zip(v) {
-            assert!((s - t).abs() < 1e-9 * (1.0 + t.abs()), "param {p}: {s} vs {t}");
+            assert!(
+                (s - t).abs() < 1e-9 * (1.0 + t.abs()),
+                "param {p}: {s} vs {t}"
+            );
         }
     }
 }
-
 
 /// The f64 cores of both backends: the same loss and gradients to ~1e-9 (only summation
 /// order differs), with no f32 rounding to blur a difference in the math.
 fn parity_f64(g: &Graph, n: usize, classes: i64) {
     let mut rng = ChaCha8Rng::seed_from_u64(13);
-    let x: Vec<f64> = (0..n * input_len(g)).map(|_| rng.random_range(0.0..1.0)).collect();
+    let x: Vec<f64> = (0..n * input_len(g))
+        .map(|_| rng.random_range(0.0..1.0))
+        .collect();
     let y: Vec<i64> = (0..n as i64).map(|i| i % classes).collect();
     let mut a = NativeNet::<f64>::new(g, 3).unwrap();
     let mut b = cpu_net::<f64>(g, 3).unwrap();
     let (ce_a, tot_a, _, ga) = a.loss_and_grads(&x, &y, 4).unwrap();
     let (ce_b, tot_b, _, gb, _) = b.loss_and_grads(x.clone(), &y, 4).unwrap();
-    assert!((ce_a - ce_b).abs() < 1e-10 * ce_b.abs(), "loss {ce_a} vs {ce_b}");
+    assert!(
+        (ce_a - ce_b).abs() < 1e-10 * ce_b.abs(),
+        "loss {ce_a} vs {ce_b}"
+    );
     assert!((tot_a - tot_b).abs() < 1e-10 * tot_b.abs());
     let names = a.param_names();
     for (p, (u, v)) in ga.iter().zip(&gb).enumerate() {
         let scale = v.iter().fold(1e-3f64, |m, t| m.max(t.abs()));
         let d = u.iter().zip(v).fold(0f64, |m, (s, t)| m.max((s - t).abs()));
-        assert!(d < 1e-8 * scale, "{}: gradients differ by {:e} (relative)", names[p], d / scale);
+        assert!(
+            d < 1e-8 * scale,
+            "{}: gradients differ by {:e} (relative)",
+            names[p],
+            d / scale
+        );
     }
 }
 
@@ -496,8 +523,16 @@ fn native_f32_matches_the_f64_reference_on_deepergooglenet() {
     assert!(snaps.len() > 100, "every node's backward ran");
     for ((i, u), (_, v)) in snaps.iter().zip(b.snapshots.as_ref().unwrap()) {
         let s = v.iter().fold(1e-3f64, |m, t| m.max(t.abs()));
-        let e = u.iter().zip(v).fold(0f64, |m, (p, q)| m.max((*p as f64 - q).abs())) / s;
-        assert!(e < 1e-4, "{}: input gradient differs by {e:e}", g.nodes[*i].name);
+        let e = u
+            .iter()
+            .zip(v)
+            .fold(0f64, |m, (p, q)| m.max((*p as f64 - q).abs()))
+            / s;
+        assert!(
+            e < 1e-4,
+            "{}: input gradient differs by {e:e}",
+            g.nodes[*i].name
+        );
     }
     let names = a.param_names();
     for (p, (u, v)) in ga.iter().zip(&gb).enumerate() {
@@ -505,7 +540,11 @@ fn native_f32_matches_the_f64_reference_on_deepergooglenet() {
             continue; // before batch norm: zero in exact arithmetic, rounding noise here
         }
         let s = v.iter().fold(1e-3f64, |m, t| m.max(t.abs()));
-        let e = u.iter().zip(v).fold(0f64, |m, (p, q)| m.max((*p as f64 - q).abs())) / s;
+        let e = u
+            .iter()
+            .zip(v)
+            .fold(0f64, |m, (p, q)| m.max((*p as f64 - q).abs()))
+            / s;
         assert!(e < 1e-4, "{}: gradient differs by {e:e}", names[p]);
     }
 }

@@ -494,8 +494,7 @@ fn a_byte_identical_retrain_cuts_off_early() {
     assert_eq!(state_of(&again, "drop"), "cached");
     assert_eq!(state_of(&again, "evaluate"), "cached");
     let timings = artifact(&p, &again, "train").join("timings.json");
-    let t: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(timings).unwrap()).unwrap();
+    let t: serde_json::Value = serde_json::from_slice(&std::fs::read(timings).unwrap()).unwrap();
     assert_eq!(t.as_array().unwrap().len(), 4, "one timing per epoch");
     assert!(t[0]["images_per_sec"].as_f64().unwrap() > 0.0);
 }
@@ -513,10 +512,8 @@ fn a_dfdx_trained_stage_continues_on_native_and_the_backend_is_in_the_key() {
     let r = p.run_json("t", &[]);
     assert_eq!(state_of(&r, "evaluate"), "ran");
     let plan = |stage: &str| -> serde_json::Value {
-        serde_json::from_slice(
-            &std::fs::read(artifact(&p, &r, stage).join("plan.json")).unwrap(),
-        )
-        .unwrap()
+        serde_json::from_slice(&std::fs::read(artifact(&p, &r, stage).join("plan.json")).unwrap())
+            .unwrap()
     };
     assert_eq!(plan("train")["backend"], "dfdx");
     assert_eq!(plan("drop")["backend"], "native");

@@ -365,10 +365,12 @@ impl<E: Dtype, D: Device<E> + Synchronize> Net<E, D> {
                         let plain = g3.retaped::<NoneTape>();
                         let shape3 = (r_out, k, c);
                         let m = plain.clone().max::<(usize, usize), Axis<1>>();
-                        let tied = plain.eq(&m.broadcast_like::<(usize, usize, usize), Axis<1>>(&shape3));
+                        let tied =
+                            plain.eq(&m.broadcast_like::<(usize, usize, usize), Axis<1>>(&shape3));
                         let mask = tied.choose(dev.ones_like(&shape3), dev.zeros_like(&shape3));
                         let count = mask.clone().sum::<(usize, usize), Axis<1>>();
-                        let weight = mask / count.broadcast_like::<(usize, usize, usize), Axis<1>>(&shape3);
+                        let weight =
+                            mask / count.broadcast_like::<(usize, usize, usize), Axis<1>>(&shape3);
                         (g3 * weight).sum::<(usize, usize), Axis<1>>()
                     } else {
                         g3.sum::<(usize, usize), Axis<1>>()

@@ -45,7 +45,10 @@ fn sorted_header(mut file: Vec<u8>) -> Result<Vec<u8>> {
     let header: serde_json::Value = serde_json::from_slice(&file[8..8 + n])?;
     let sorted = serde_json::to_vec(&header)?; // serde_json's maps are ordered by key
     if sorted.len() > n {
-        bail!("re-serialised safetensors header grew ({} > {n} bytes)", sorted.len());
+        bail!(
+            "re-serialised safetensors header grew ({} > {n} bytes)",
+            sorted.len()
+        );
     }
     file[8..8 + sorted.len()].copy_from_slice(&sorted);
     file[8 + sorted.len()..8 + n].fill(b' ');

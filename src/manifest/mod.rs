@@ -425,8 +425,7 @@ pub fn load(path: &Path, sets: &[String], project_dir: &Path) -> Result<Pipeline
     let mut stages = IndexMap::new();
     let mut input_origins: HashMap<String, Vec<Origin>> = HashMap::new();
     for (sname, entry) in stage_tables {
-        let (stage, origins) =
-            parse_stage(
+        let (stage, origins) = parse_stage(
             sname,
             entry,
             top.seed,

@@ -750,7 +750,12 @@ pub fn load_trained(
             .context("the model artifact has no plan.json")?,
     )?;
     let (state, _) = checkpoint::load(&model_dir.join("state.safetensors"))?;
-    let mut model = backend::build_with(&plan.graph, plan.seed, device, backend.unwrap_or(plan.backend))?;
+    let mut model = backend::build_with(
+        &plan.graph,
+        plan.seed,
+        device,
+        backend.unwrap_or(plan.backend),
+    )?;
     model.load_state(&state)?;
     let mean = state
         .tensors

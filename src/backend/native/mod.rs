@@ -161,10 +161,7 @@ impl<T: Real> NativeNet<T> {
 
     /// Bytes held by the arenas and scratch buffers.
     pub fn footprint(&self) -> usize {
-        (self.act.capacity()
-            + self.grad.capacity()
-            + self.partials.capacity()
-)
+        (self.act.capacity() + self.grad.capacity() + self.partials.capacity())
             * std::mem::size_of::<T>()
             + self.bn_scratch.capacity() * 8
             + self.ws.bytes()
@@ -539,7 +536,11 @@ impl<T: Real> NativeNet<T> {
             }
             if let (Some(snaps), Some(v)) = (self.snapshots.as_mut(), plan.grad[j]) {
                 let vals = (0..v.rows(n))
-                    .flat_map(|r| self.grad[v.off + r * v.ld..v.off + r * v.ld + v.c].iter().copied())
+                    .flat_map(|r| {
+                        self.grad[v.off + r * v.ld..v.off + r * v.ld + v.c]
+                            .iter()
+                            .copied()
+                    })
                     .collect();
                 snaps.push((i, vals));
             }
@@ -567,7 +568,11 @@ impl<T: Real> NativeNet<T> {
         let plan = self.plan.as_ref().expect("planned");
         let v = plan.act[self.graph.nodes.len() - 1];
         (0..n)
-            .flat_map(|r| self.act[v.off + r * v.ld..v.off + r * v.ld + v.c].iter().copied())
+            .flat_map(|r| {
+                self.act[v.off + r * v.ld..v.off + r * v.ld + v.c]
+                    .iter()
+                    .copied()
+            })
             .collect()
     }
 
@@ -577,16 +582,27 @@ impl<T: Real> NativeNet<T> {
         let plan = self.plan.as_ref().expect("planned");
         let rows = |buf: &[T], v: View| -> Vec<T> {
             (0..v.rows(n))
-                .flat_map(|r| buf[v.off + r * v.ld..v.off + r * v.ld + v.c].iter().copied())
+                .flat_map(|r| {
+                    buf[v.off + r * v.ld..v.off + r * v.ld + v.c]
+                        .iter()
+                        .copied()
+                })
                 .collect()
         };
-        let g = plan.grad[i].map(|v| rows(&self.grad, v)).unwrap_or_default();
+        let g = plan.grad[i]
+            .map(|v| rows(&self.grad, v))
+            .unwrap_or_default();
         (rows(&self.act, plan.act[i]), g)
     }
 
     /// Training-mode forward and backward on a batch: (cross-entropy, cross-entropy + L2,
     /// correct predictions); gradients land in [`NativeNet::grads`].
-    pub fn train_pass(&mut self, x: &[T], labels: &[i64], dropout_seed: u64) -> Result<(T, T, usize)> {
+    pub fn train_pass(
+        &mut self,
+        x: &[T],
+        labels: &[i64],
+        dropout_seed: u64,
+    ) -> Result<(T, T, usize)> {
         let n = labels.len();
         let k = self.classes;
         if let Some(&l) = labels.iter().find(|&&l| l < 0 || l as usize >= k) {
@@ -640,7 +656,11 @@ impl<T: Real> NativeNet<T> {
 
     /// Loss (cross-entropy + L2) in training mode, for finite differences.
     pub fn loss(&mut self, x: &[T], labels: &[i64], dropout_seed: u64) -> Result<f64> {
-        Ok(self.train_pass(x, labels, dropout_seed)?.1.to_f64().unwrap_or(f64::NAN))
+        Ok(self
+            .train_pass(x, labels, dropout_seed)?
+            .1
+            .to_f64()
+            .unwrap_or(f64::NAN))
     }
 
     /// Outputs in inference mode (probabilities if the graph ends in softmax), in batches
@@ -648,7 +668,11 @@ impl<T: Real> NativeNet<T> {
     pub fn infer(&mut self, x: &[T], n: usize) -> Result<Vec<T>> {
         let px = self.infos[0].shape.numel();
         if x.len() != n * px {
-            bail!("the batch holds {} values, {n} images need {}", x.len(), n * px);
+            bail!(
+                "the batch holds {} values, {n} images need {}",
+                x.len(),
+                n * px
+            );
         }
         let cap = self.plan.as_ref().map_or(n.min(128), |p| p.cap).max(1);
         self.ensure_plan(cap.min(n.max(1)), false);
@@ -815,8 +839,10 @@ impl super::Model for NativeModel {
             };
             st.tensors
                 .insert(format!("{}/moving_mean", bn.name), t(&self.net.bn_mean[k]));
-            st.tensors
-                .insert(format!("{}/moving_variance", bn.name), t(&self.net.bn_var[k]));
+            st.tensors.insert(
+                format!("{}/moving_variance", bn.name),
+                t(&self.net.bn_var[k]),
+            );
         }
         st
     }

@@ -166,9 +166,9 @@ pub fn plan(graph: &Graph, infos: &[NodeInfo], cap: usize) -> Plan {
         }
     };
     let mut interval: Vec<Option<(usize, usize)>> = vec![None; nn];
-    for i in 1..nn {
+    for (i, readers) in consumers.iter().enumerate().skip(1) {
         let r = root(i);
-        let hi = consumers[i].iter().copied().max().unwrap_or(nn).max(i);
+        let hi = readers.iter().copied().max().unwrap_or(nn).max(i);
         let e = interval[r].get_or_insert((i, hi));
         e.0 = e.0.min(i);
         e.1 = e.1.max(hi);

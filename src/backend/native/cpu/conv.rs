@@ -93,7 +93,14 @@ unsafe fn im2col<T: Real>(x: Ptr<T>, xv: View, g: &ConvGeom, r0: usize, r1: usiz
 ///
 /// # Safety
 /// `dx` holds the images of these rows (view `dxv`), and only this thread touches them.
-unsafe fn col2im_add<T: Real>(dcol: &[T], dx: Ptr<T>, dxv: View, g: &ConvGeom, r0: usize, r1: usize) {
+unsafe fn col2im_add<T: Real>(
+    dcol: &[T],
+    dx: Ptr<T>,
+    dxv: View,
+    g: &ConvGeom,
+    r0: usize,
+    r1: usize,
+) {
     let k = g.k();
     let ohw = g.oh * g.ow;
     for (row, o) in (r0..r1).enumerate() {

@@ -56,7 +56,11 @@ unsafe fn zip_rows<T: Real>(
 /// `y = max(x, 0)`.
 pub fn relu_forward<T: Real>(x: Ptr<T>, xv: View, y: Ptr<T>, yv: View, rows: usize) {
     // SAFETY: arena views of `rows` rows; in place only as the same view.
-    unsafe { zip_rows(rows, (x, xv), (x, xv), (y, yv, false), |v, _| v.max(T::zero())) }
+    unsafe {
+        zip_rows(rows, (x, xv), (x, xv), (y, yv, false), |v, _| {
+            v.max(T::zero())
+        })
+    }
 }
 
 /// `dx [+]= dy * (y > 0)` (from the output, so it also works in place).

@@ -129,19 +129,21 @@ fn normalize<T: Real>(
     gamma: &[T],
     beta: &[T],
 ) {
-    (0..blocks(rows)).into_par_iter().for_each(|b| super::simd(|| {
-        for r in b * BLOCK..((b + 1) * BLOCK).min(rows) {
-            // SAFETY: each block's rows belong to one task; x is read before y is written
-            // element by element, so x == y (in place) is fine.
-            let xr = unsafe { x.row(xv, r) }.as_ptr();
-            let yr = unsafe { y.row_mut(yv, r) };
-            for (ch, o) in yr.iter_mut().enumerate() {
-                // SAFETY: ch < c, the row's length.
-                let v = unsafe { *xr.add(ch) };
-                *o = (v - mean[ch]) * inv_std[ch] * gamma[ch] + beta[ch];
+    (0..blocks(rows)).into_par_iter().for_each(|b| {
+        super::simd(|| {
+            for r in b * BLOCK..((b + 1) * BLOCK).min(rows) {
+                // SAFETY: each block's rows belong to one task; x is read before y is written
+                // element by element, so x == y (in place) is fine.
+                let xr = unsafe { x.row(xv, r) }.as_ptr();
+                let yr = unsafe { y.row_mut(yv, r) };
+                for (ch, o) in yr.iter_mut().enumerate() {
+                    // SAFETY: ch < c, the row's length.
+                    let v = unsafe { *xr.add(ch) };
+                    *o = (v - mean[ch]) * inv_std[ch] * gamma[ch] + beta[ch];
+                }
             }
-        }
-    }));
+        })
+    });
 }
 
 /// Backward of the training forward:
@@ -183,24 +185,26 @@ pub fn batchnorm_backward<T: Real>(
     let Some((dxp, dxv, acc)) = dx else { return };
     let inv_n = super::r::<T>(1.0 / rows as f64);
     let (db, dg): (&[T], &[T]) = (dbeta, dgamma);
-    (0..blocks(rows)).into_par_iter().for_each(|b| super::simd(|| {
-        for r in b * BLOCK..((b + 1) * BLOCK).min(rows) {
-            // SAFETY: x and dy rows are read; this block's rows of dx belong to this task.
-            // dx may be dy itself (in place): each element is read before it is written.
-            let xr = unsafe { x.row(xv, r) };
-            let dr = unsafe { dy.row(dyv, r) }.as_ptr();
-            let out = unsafe { dxp.row_mut(dxv, r) };
-            for ch in 0..c {
-                let xhat = (xr[ch] - mean[ch]) * inv_std[ch];
-                // SAFETY: ch < c.
-                let d = unsafe { *dr.add(ch) };
-                let g = gamma[ch] * inv_std[ch] * (d - db[ch] * inv_n - xhat * dg[ch] * inv_n);
-                if acc {
-                    out[ch] += g;
-                } else {
-                    out[ch] = g;
+    (0..blocks(rows)).into_par_iter().for_each(|b| {
+        super::simd(|| {
+            for r in b * BLOCK..((b + 1) * BLOCK).min(rows) {
+                // SAFETY: x and dy rows are read; this block's rows of dx belong to this task.
+                // dx may be dy itself (in place): each element is read before it is written.
+                let xr = unsafe { x.row(xv, r) };
+                let dr = unsafe { dy.row(dyv, r) }.as_ptr();
+                let out = unsafe { dxp.row_mut(dxv, r) };
+                for ch in 0..c {
+                    let xhat = (xr[ch] - mean[ch]) * inv_std[ch];
+                    // SAFETY: ch < c.
+                    let d = unsafe { *dr.add(ch) };
+                    let g = gamma[ch] * inv_std[ch] * (d - db[ch] * inv_n - xhat * dg[ch] * inv_n);
+                    if acc {
+                        out[ch] += g;
+                    } else {
+                        out[ch] = g;
+                    }
                 }
             }
-        }
-    }));
+        })
+    });
 }

@@ -56,21 +56,23 @@ impl PoolGeom {
 /// Max pooling forward: `y[b, oy, ox, c] = max over the window of x[b, iy, ix, c]`.
 pub fn maxpool_forward<T: Real>(x: Ptr<T>, xv: View, y: Ptr<T>, yv: View, g: &PoolGeom, n: usize) {
     let (ihw, ohw) = (g.h * g.w, g.oh * g.ow);
-    (0..n).into_par_iter().for_each(|b| super::simd(|| {
-        for oy in 0..g.oh {
-            for ox in 0..g.ow {
-                // SAFETY: each image's rows belong to one task; x is only read.
-                let out = unsafe { y.row_mut(yv, b * ohw + oy * g.ow + ox) };
-                out.fill(super::r(-1e30));
-                for t in g.taps(oy, ox) {
-                    let src = unsafe { x.row(xv, b * ihw + t) };
-                    for (o, v) in out.iter_mut().zip(src) {
-                        *o = if *v > *o { *v } else { *o };
+    (0..n).into_par_iter().for_each(|b| {
+        super::simd(|| {
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
+                    // SAFETY: each image's rows belong to one task; x is only read.
+                    let out = unsafe { y.row_mut(yv, b * ohw + oy * g.ow + ox) };
+                    out.fill(super::r(-1e30));
+                    for t in g.taps(oy, ox) {
+                        let src = unsafe { x.row(xv, b * ihw + t) };
+                        for (o, v) in out.iter_mut().zip(src) {
+                            *o = if *v > *o { *v } else { *o };
+                        }
                     }
                 }
             }
-        }
-    }));
+        })
+    });
 }
 
 /// Max pooling backward: `dx [+]= dy / ties` at each tap of a window equal to its output.
@@ -91,64 +93,69 @@ pub fn maxpool_backward<T: Real>(
     let (ihw, ohw) = (g.h * g.w, g.oh * g.ow);
     let (dxp, dxv, acc) = dx;
     let c = yv.c;
-    (0..n).into_par_iter().for_each(|b| super::simd(|| {
-        if !acc {
-            for r in b * ihw..(b + 1) * ihw {
-                // SAFETY: image b of dx belongs to this task.
-                unsafe { dxp.row_mut(dxv, r) }.fill(T::zero());
+    (0..n).into_par_iter().for_each(|b| {
+        super::simd(|| {
+            if !acc {
+                for r in b * ihw..(b + 1) * ihw {
+                    // SAFETY: image b of dx belongs to this task.
+                    unsafe { dxp.row_mut(dxv, r) }.fill(T::zero());
+                }
             }
-        }
-        ws.with(2 * c, |buf| {
-            let (count, share) = buf.split_at_mut(c);
-            for oy in 0..g.oh {
-                for ox in 0..g.ow {
-                    let o = b * ohw + oy * g.ow + ox;
-                    // SAFETY: x, y, dy are only read; image b of dx is this task's.
-                    let (yr, dr) = unsafe { (y.row(yv, o), dy.row(dyv, o)) };
-                    count.fill(T::zero());
-                    for t in g.taps(oy, ox) {
-                        let xr = unsafe { x.row(xv, b * ihw + t) };
-                        for ((k, xv), yv) in count.iter_mut().zip(xr).zip(yr) {
-                            *k += if *xv == *yv { T::one() } else { T::zero() };
+            ws.with(2 * c, |buf| {
+                let (count, share) = buf.split_at_mut(c);
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        let o = b * ohw + oy * g.ow + ox;
+                        // SAFETY: x, y, dy are only read; image b of dx is this task's.
+                        let (yr, dr) = unsafe { (y.row(yv, o), dy.row(dyv, o)) };
+                        count.fill(T::zero());
+                        for t in g.taps(oy, ox) {
+                            let xr = unsafe { x.row(xv, b * ihw + t) };
+                            for ((k, xv), yv) in count.iter_mut().zip(xr).zip(yr) {
+                                *k += if *xv == *yv { T::one() } else { T::zero() };
+                            }
                         }
-                    }
-                    for ((s, d), k) in share.iter_mut().zip(dr).zip(count.iter()) {
-                        *s = *d / *k;
-                    }
-                    for t in g.taps(oy, ox) {
-                        let xr = unsafe { x.row(xv, b * ihw + t) };
-                        let d = unsafe { dxp.row_mut(dxv, b * ihw + t) };
-                        for (((a, xv), yv), s) in d.iter_mut().zip(xr).zip(yr).zip(share.iter()) {
-                            *a += if *xv == *yv { *s } else { T::zero() };
+                        for ((s, d), k) in share.iter_mut().zip(dr).zip(count.iter()) {
+                            *s = *d / *k;
+                        }
+                        for t in g.taps(oy, ox) {
+                            let xr = unsafe { x.row(xv, b * ihw + t) };
+                            let d = unsafe { dxp.row_mut(dxv, b * ihw + t) };
+                            for (((a, xv), yv), s) in d.iter_mut().zip(xr).zip(yr).zip(share.iter())
+                            {
+                                *a += if *xv == *yv { *s } else { T::zero() };
+                            }
                         }
                     }
                 }
-            }
-        });
-    }));
+            });
+        })
+    });
 }
 
 /// Average pooling forward: `y = sum over the window's valid taps of x / their count`.
 pub fn avgpool_forward<T: Real>(x: Ptr<T>, xv: View, y: Ptr<T>, yv: View, g: &PoolGeom, n: usize) {
     let (ihw, ohw) = (g.h * g.w, g.oh * g.ow);
-    (0..n).into_par_iter().for_each(|b| super::simd(|| {
-        for oy in 0..g.oh {
-            for ox in 0..g.ow {
-                // SAFETY: image b of y belongs to this task; x is only read.
-                let out = unsafe { y.row_mut(yv, b * ohw + oy * g.ow + ox) };
-                out.fill(T::zero());
-                let mut count = 0usize;
-                for t in g.taps(oy, ox) {
-                    count += 1;
-                    for (o, v) in out.iter_mut().zip(unsafe { x.row(xv, b * ihw + t) }) {
-                        *o += *v;
+    (0..n).into_par_iter().for_each(|b| {
+        super::simd(|| {
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
+                    // SAFETY: image b of y belongs to this task; x is only read.
+                    let out = unsafe { y.row_mut(yv, b * ohw + oy * g.ow + ox) };
+                    out.fill(T::zero());
+                    let mut count = 0usize;
+                    for t in g.taps(oy, ox) {
+                        count += 1;
+                        for (o, v) in out.iter_mut().zip(unsafe { x.row(xv, b * ihw + t) }) {
+                            *o += *v;
+                        }
                     }
+                    let inv = super::r::<T>(1.0 / count.max(1) as f64);
+                    out.iter_mut().for_each(|o| *o *= inv);
                 }
-                let inv = super::r::<T>(1.0 / count.max(1) as f64);
-                out.iter_mut().for_each(|o| *o *= inv);
             }
-        }
-    }));
+        })
+    });
 }
 
 /// Average pooling backward: `dx [+]= dy / count` at every valid tap of each window.
@@ -161,67 +168,68 @@ pub fn avgpool_backward<T: Real>(
 ) {
     let (ihw, ohw) = (g.h * g.w, g.oh * g.ow);
     let (dxp, dxv, acc) = dx;
-    (0..n).into_par_iter().for_each(|b| super::simd(|| {
-        if !acc {
-            for r in b * ihw..(b + 1) * ihw {
-                // SAFETY: image b of dx belongs to this task.
-                unsafe { dxp.row_mut(dxv, r) }.fill(T::zero());
+    (0..n).into_par_iter().for_each(|b| {
+        super::simd(|| {
+            if !acc {
+                for r in b * ihw..(b + 1) * ihw {
+                    // SAFETY: image b of dx belongs to this task.
+                    unsafe { dxp.row_mut(dxv, r) }.fill(T::zero());
+                }
             }
-        }
-        for oy in 0..g.oh {
-            for ox in 0..g.ow {
-                let count = g.taps(oy, ox).count();
-                let inv = super::r::<T>(1.0 / count.max(1) as f64);
-                // SAFETY: dy is only read; image b of dx is this task's.
-                let dr = unsafe { dy.row(dyv, b * ohw + oy * g.ow + ox) };
-                for t in g.taps(oy, ox) {
-                    let d = unsafe { dxp.row_mut(dxv, b * ihw + t) };
-                    for (a, v) in d.iter_mut().zip(dr) {
-                        *a += *v * inv;
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
+                    let count = g.taps(oy, ox).count();
+                    let inv = super::r::<T>(1.0 / count.max(1) as f64);
+                    // SAFETY: dy is only read; image b of dx is this task's.
+                    let dr = unsafe { dy.row(dyv, b * ohw + oy * g.ow + ox) };
+                    for t in g.taps(oy, ox) {
+                        let d = unsafe { dxp.row_mut(dxv, b * ihw + t) };
+                        for (a, v) in d.iter_mut().zip(dr) {
+                            *a += *v * inv;
+                        }
                     }
                 }
             }
-        }
-    }));
+        })
+    });
 }
 
 /// Global average pooling forward: (n*hw, C) -> (n, C), the mean over each image's rows.
 pub fn global_avgpool_forward<T: Real>(x: Ptr<T>, xv: View, y: Ptr<T>, yv: View, n: usize) {
     let inv = super::r::<T>(1.0 / xv.hw as f64);
-    (0..n).into_par_iter().for_each(|b| super::simd(|| {
-        // SAFETY: row b of y belongs to this task; x is only read.
-        let out = unsafe { y.row_mut(yv, b) };
-        out.fill(T::zero());
-        for r in b * xv.hw..(b + 1) * xv.hw {
-            for (o, v) in out.iter_mut().zip(unsafe { x.row(xv, r) }) {
-                *o += *v;
+    (0..n).into_par_iter().for_each(|b| {
+        super::simd(|| {
+            // SAFETY: row b of y belongs to this task; x is only read.
+            let out = unsafe { y.row_mut(yv, b) };
+            out.fill(T::zero());
+            for r in b * xv.hw..(b + 1) * xv.hw {
+                for (o, v) in out.iter_mut().zip(unsafe { x.row(xv, r) }) {
+                    *o += *v;
+                }
             }
-        }
-        out.iter_mut().for_each(|o| *o *= inv);
-    }));
+            out.iter_mut().for_each(|o| *o *= inv);
+        })
+    });
 }
 
 /// Global average pooling backward: `dx[b, r, c] [+]= dy[b, c] / hw`.
-pub fn global_avgpool_backward<T: Real>(
-    dy: Ptr<T>,
-    dyv: View,
-    dx: (Ptr<T>, View, bool),
-    n: usize,
-) {
+pub fn global_avgpool_backward<T: Real>(dy: Ptr<T>, dyv: View, dx: (Ptr<T>, View, bool), n: usize) {
     let (dxp, dxv, acc) = dx;
     let inv = super::r::<T>(1.0 / dxv.hw as f64);
-    (0..n).into_par_iter().for_each(|b| super::simd(|| {
-        // SAFETY: dy is only read; image b of dx is this task's.
-        let dr = unsafe { dy.row(dyv, b) };
-        for r in b * dxv.hw..(b + 1) * dxv.hw {
-            let d = unsafe { dxp.row_mut(dxv, r) };
-            for (a, v) in d.iter_mut().zip(dr) {
-                if acc {
-                    *a += *v * inv;
-                } else {
-                    *a = *v * inv;
+    (0..n).into_par_iter().for_each(|b| {
+        super::simd(|| {
+            // SAFETY: dy is only read; image b of dx is this task's.
+            let dr = unsafe { dy.row(dyv, b) };
+            for r in b * dxv.hw..(b + 1) * dxv.hw {
+                let d = unsafe { dxp.row_mut(dxv, r) };
+                for (a, v) in d.iter_mut().zip(dr) {
+                    if acc {
+                        *a += *v * inv;
+                    } else {
+                        *a = *v * inv;
+                    }
                 }
             }
-        }
-    }));
+        })
+    });
 }
