@@ -548,3 +548,31 @@ fn native_f32_matches_the_f64_reference_on_deepergooglenet() {
         assert!(e < 1e-4, "{}: gradient differs by {e:e}", names[p]);
     }
 }
+
+#[test]
+fn bench_step_reports_images_per_second_and_peak_memory() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pipe"))
+        .args([
+            "bench",
+            "step",
+            "--network",
+            "demo",
+            "--backend",
+            "native",
+            "--batch",
+            "4",
+            "--steps",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["images_per_sec"].as_f64().unwrap() > 0.0);
+    let rss = v["peak_rss_mb"].as_f64().unwrap();
+    assert!(rss > 1.0 && rss < 1000.0, "peak RSS {rss} MB");
+}
