@@ -237,6 +237,13 @@ impl<T: Real> NativeNet<T> {
         }
     }
 
+    /// [`NativeNet::tick`] for one node's op (the name is built only when profiling).
+    fn tick_op(&mut self, direction: &str, op: &'static str, t: Instant) {
+        if self.profile.is_some() {
+            self.tick(&format!("{direction}: {op}"), t);
+        }
+    }
+
     /// Forward pass over `n` images already in the input view.
     fn forward(&mut self, n: usize, train: bool, dropout_seed: u64) {
         let plan = self.plan.take().expect("planned");
@@ -359,8 +366,8 @@ impl<T: Real> NativeNet<T> {
                     }
                 }
             }
-            let name = format!("forward: {}", nd.op.name());
-            self.tick(&name, t0);
+            let op = nd.op.name();
+            self.tick_op("forward", op, t0);
         }
         self.plan = Some(plan);
     }
@@ -544,8 +551,8 @@ impl<T: Real> NativeNet<T> {
                     .collect();
                 snaps.push((i, vals));
             }
-            let name = format!("backward: {}", nd.op.name());
-            self.tick(&name, t0);
+            let op = nd.op.name();
+            self.tick_op("backward", op, t0);
         }
         self.plan = Some(plan);
     }
