@@ -768,7 +768,9 @@ impl super::Model for NativeModel {
         dropout_seed: u64,
     ) -> Result<StepStats> {
         let n = labels.len();
-        let (ce, _, correct) = self.net.train_pass(images, labels, dropout_seed)?;
+        // On a pool thread, the kernels' parallel loops push work onto its own deque
+        // instead of injecting a job (and allocating) per loop from outside the pool.
+        let (ce, _, correct) = rayon::scope(|_| self.net.train_pass(images, labels, dropout_seed))?;
         if !ce.is_finite() {
             bail!("the loss is {ce} (diverged); lower the learning rate");
         }
@@ -820,7 +822,7 @@ impl super::Model for NativeModel {
     }
 
     fn predict(&mut self, images: &[f32], n: usize) -> Result<Vec<f32>> {
-        self.net.infer(images, n)
+        rayon::scope(|_| self.net.infer(images, n))
     }
 
     fn state(&self) -> State {

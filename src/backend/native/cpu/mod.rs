@@ -152,6 +152,17 @@ pub struct Mat<T> {
     pub cs: usize,
 }
 
+thread_local! {
+    static IN_GEMM: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread is inside a `gemm` crate call, which allocates its packing buffers
+/// itself: a test's counting allocator uses it to check that the rest of a training step
+/// allocates nothing.
+pub fn in_gemm() -> bool {
+    IN_GEMM.with(|f| f.get())
+}
+
 /// `dst (m x n) = [dst +] lhs (m x k) * rhs (k x n)`, single-threaded (callers run many of
 /// these at once, one per image part).
 ///
@@ -183,6 +194,7 @@ pub unsafe fn gemm<T: Real>(
         }
         return;
     }
+    IN_GEMM.with(|f| f.set(true));
     // SAFETY: forwarded contract; gemm reads/writes exactly the strided elements.
     unsafe {
         gemm::gemm(
@@ -206,7 +218,8 @@ pub unsafe fn gemm<T: Real>(
             false,
             gemm::Parallelism::None,
         )
-    }
+    };
+    IN_GEMM.with(|f| f.set(false));
 }
 
 /// Scratch buffers lent to parallel tasks and given back, so a step allocates only until
