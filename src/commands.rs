@@ -264,6 +264,53 @@ fn count_files(dir: &Path) -> Result<usize> {
     Ok(n)
 }
 
+/// `pipe verify [PIPELINE]`: re-hash every artifact (or the pipeline's last run's) against
+/// what was published; an error if any is damaged.
+pub fn verify(g: &Global, pipeline: Option<&str>) -> Result<()> {
+    let project = Project::discover(g.cache.clone())?;
+    let (project, only) = match pipeline {
+        Some(name) => {
+            let (proj, p) = project.load(name, &[])?;
+            let engine = Engine::new(&proj.cache)?;
+            let st = engine.store().load_state(&p.name);
+            let outs: std::collections::HashSet<String> =
+                st.stages.values().map(|s| s.output.clone()).collect();
+            (proj, Some(outs))
+        }
+        None => (project, None),
+    };
+    let engine = Engine::new(&project.cache)?;
+    let results = engine.verify(only.as_ref())?;
+    let mut damaged = 0;
+    for (a, stages, h) in &results {
+        let who = if stages.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", stages.join(", "))
+        };
+        match h {
+            crate::engine::integrity::Health::Sound => {
+                println!("ok       {}{who}", &a[..12.min(a.len())])
+            }
+            crate::engine::integrity::Health::Damaged(problems) => {
+                damaged += 1;
+                println!("DAMAGED  {}{who}", &a[..12.min(a.len())]);
+                for pr in problems {
+                    println!("         {pr}");
+                }
+            }
+        }
+    }
+    if damaged > 0 {
+        anyhow::bail!(
+            "{damaged} of {} artifacts are damaged: the next `pipe run` rebuilds what it needs, `pipe gc` deletes them",
+            results.len()
+        );
+    }
+    eprintln!("{} artifacts verified, none damaged", results.len());
+    Ok(())
+}
+
 /// `pipe graph`: a summary of each network of a pipeline (or the one named).
 pub fn graph(
     g: &Global,

@@ -79,8 +79,13 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Remove artifacts no manifest in pipelines/ references
+    /// Remove artifacts no manifest in pipelines/ references, and damaged ones
     Gc,
+    /// Re-hash artifacts against what was published and report any damage
+    Verify {
+        /// Only the artifacts of this pipeline's last run (default: the whole store)
+        pipeline: Option<String>,
+    },
     /// Benchmarks (numbers for docs/performance.md)
     Bench {
         #[command(subcommand)]
@@ -242,6 +247,13 @@ enum Layout {
 }
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, so printing into a closed pipe (`pipe dag x | head -1`) would
+    // panic; restore the default and end quietly, as cat, ripgrep and cargo do.
+    #[cfg(unix)]
+    // SAFETY: setting a signal disposition to its default at start-up, before any thread.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let g = Global { cache: cli.cache };
     let result = match cli.cmd {
@@ -281,6 +293,7 @@ fn main() -> ExitCode {
             json,
         } => commands::graph(&g, &pipeline, &sets, network.as_deref(), json),
         Cmd::Gc => commands::gc(&g),
+        Cmd::Verify { pipeline } => commands::verify(&g, pipeline.as_deref()),
         Cmd::Bench {
             what:
                 BenchCmd::Data {

@@ -17,9 +17,27 @@ fn filter(f: ResizeFilter) -> FilterType {
     }
 }
 
-/// Decode an encoded image file to RGB (grayscale and RGBA are converted).
+/// Whether a JPEG's entropy-coded data ends: an EOI marker (FF D9) after the first
+/// start-of-scan (FF DA). Inside a scan an FF byte is always followed by 00 or a restart
+/// marker, so a file cut anywhere after its header has no EOI there. (The `image` crate's
+/// decoder fills a truncated file with grey and reports success; PIL refuses it.)
+pub fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let Some(sos) = bytes.windows(2).position(|w| w == [0xFF, 0xDA]) else {
+        return false;
+    };
+    bytes[sos..].windows(2).any(|w| w == [0xFF, 0xD9])
+}
+
+/// Decode an encoded image file to RGB (grayscale and RGBA are converted). A JPEG whose
+/// data stops before its end marker is an error.
 pub fn decode_file(path: &Path) -> Result<RgbImage> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.starts_with(&[0xFF, 0xD8]) && !jpeg_is_complete(&bytes) {
+        anyhow::bail!(
+            "cannot decode image {}: the JPEG is truncated (no end-of-image marker after its scan data)",
+            path.display()
+        );
+    }
     let img = image::load_from_memory(&bytes)
         .with_context(|| format!("cannot decode image {}", path.display()))?;
     Ok(img.into_rgb8())

@@ -43,7 +43,8 @@ struct Stat {
     ino: u64,
 }
 
-fn walk(root: &Path, rel: &str) -> Result<Vec<Stat>> {
+/// Every file below `rel` (in `cmp_paths` order), and the folders with no file below them.
+fn walk(root: &Path, rel: &str) -> Result<(Vec<Stat>, Vec<String>)> {
     let dir = if rel.is_empty() {
         root.to_path_buf()
     } else {
@@ -55,9 +56,9 @@ fn walk(root: &Path, rel: &str) -> Result<Vec<Stat>> {
         .with_context(|| format!("cannot read directory {}", dir.display()))?;
     // Sorted per directory, so the whole walk comes out in `cmp_paths` order.
     entries.sort_by_key(|e| e.file_name());
-    let nested: Vec<Vec<Stat>> = entries
+    let nested: Vec<(Vec<Stat>, Vec<String>)> = entries
         .par_iter()
-        .map(|e| -> Result<Vec<Stat>> {
+        .map(|e| -> Result<(Vec<Stat>, Vec<String>)> {
             let name = e.file_name().to_string_lossy().into_owned();
             let r = if rel.is_empty() {
                 name
@@ -72,18 +73,29 @@ fn walk(root: &Path, rel: &str) -> Result<Vec<Stat>> {
             }
             .with_context(|| format!("cannot stat {}", e.path().display()))?;
             if md.is_dir() {
-                walk(root, &r)
+                let (files, mut empty) = walk(root, &r)?;
+                if files.is_empty() {
+                    empty.push(r);
+                }
+                Ok((files, empty))
             } else {
-                Ok(vec![Stat {
+                let st = Stat {
                     rel: r,
                     size: md.len(),
                     mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
                     ino: md.ino(),
-                }])
+                };
+                Ok((vec![st], Vec::new()))
             }
         })
         .collect::<Result<_>>()?;
-    Ok(nested.into_iter().flatten().collect())
+    let mut files = Vec::new();
+    let mut empty = Vec::new();
+    for (f, e) in nested {
+        files.extend(f);
+        empty.extend(e);
+    }
+    Ok((files, empty))
 }
 
 fn cache_file(store: &Store, root: &Path) -> PathBuf {
@@ -102,7 +114,7 @@ pub fn fingerprint_tree(store: &Store, root: &Path) -> Result<TreeFingerprint> {
     if !root.is_dir() {
         anyhow::bail!("dataset root {} is not a directory", root.display());
     }
-    let stats = walk(&root, "")?;
+    let (stats, empty) = walk(&root, "")?;
 
     let cpath = cache_file(store, &root);
     // The cache is written in walk order, so an unchanged tree matches it entry by entry;
@@ -147,6 +159,15 @@ pub fn fingerprint_tree(store: &Store, root: &Path) -> Result<TreeFingerprint> {
         h.update(s.rel.as_bytes());
         h.update(&[0]);
         h.update(fh);
+    }
+    // Empty folders are part of a dataset's layout (an image-folder class with no images is
+    // an error): they change the fingerprint, so a run sees them instead of a cached output.
+    if !empty.is_empty() {
+        h.update(b"empty-dirs\0");
+        for d in &empty {
+            h.update(d.as_bytes());
+            h.update(&[0]);
+        }
     }
     if hashed > 0 || !in_order {
         let entries: Vec<CacheEntry> = stats

@@ -7,6 +7,7 @@
 //! bytes leaves every later key unchanged (early cutoff).
 
 pub mod fingerprint;
+pub mod integrity;
 pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -292,10 +293,11 @@ impl Engine {
             let prev = state.stages.get(&name).cloned();
             outcome.key = Some(r.key.clone());
             let forced = opts.force.contains(&name);
+            let mut damage = Vec::new();
             let cached = if forced {
                 None
             } else {
-                self.store.lookup(&r.key)
+                self.lookup_sound(&name, &r.key, !opts.dry_run, &mut damage)?
             };
             if let Some(rec) = cached {
                 outcome.state = "cached".into();
@@ -313,6 +315,8 @@ impl Engine {
             }
             outcome.reasons = if forced {
                 vec!["forced with --force".into()]
+            } else if !damage.is_empty() {
+                damage
             } else {
                 explain(prev.as_ref(), &kind, &r, &HashSet::new())
             };
@@ -386,6 +390,61 @@ impl Engine {
         Ok(report)
     }
 
+    /// Re-hash artifacts fully against their seals: every artifact in the store, or those
+    /// `only` names. Returns (artifact, stages that produced it, health), damaged first.
+    pub fn verify(
+        &self,
+        only: Option<&HashSet<String>>,
+    ) -> Result<Vec<(String, Vec<String>, integrity::Health)>> {
+        let mut made_by: HashMap<String, BTreeSet<String>> = HashMap::new();
+        for rec in self.store.all_keys()? {
+            made_by.entry(rec.output).or_default().insert(rec.stage);
+        }
+        let mut out = Vec::new();
+        for a in self.store.all_artifacts()? {
+            if only.is_some_and(|o| !o.contains(&a)) {
+                continue;
+            }
+            let health = self.store.health(&a, true)?;
+            let stages = made_by.remove(&a).unwrap_or_default().into_iter().collect();
+            out.push((a, stages, health));
+        }
+        out.sort_by_key(|(a, _, h)| (*h == integrity::Health::Sound, a.clone()));
+        Ok(out)
+    }
+
+    /// The cached record of a key whose artifact is as published. A damaged artifact is
+    /// treated as missing: `damage` gets the reason (naming the files, also printed as a
+    /// warning) and, with `quarantine`, the artifact is moved aside so the stage's re-run
+    /// can publish it afresh.
+    fn lookup_sound(
+        &self,
+        stage: &str,
+        key: &str,
+        quarantine: bool,
+        damage: &mut Vec<String>,
+    ) -> Result<Option<store::KeyRecord>> {
+        let Some(rec) = self.store.lookup(key) else {
+            return Ok(None);
+        };
+        match self.store.health(&rec.output, false)? {
+            integrity::Health::Sound => Ok(Some(rec)),
+            integrity::Health::Damaged(problems) => {
+                for pr in &problems {
+                    eprintln!("warning: stage `{stage}`'s artifact is damaged: {pr}");
+                }
+                damage.push(format!(
+                    "its artifact is damaged ({}); it runs again",
+                    problems.join("; ")
+                ));
+                if quarantine {
+                    self.store.quarantine(&rec.output)?;
+                }
+                Ok(None)
+            }
+        }
+    }
+
     fn stage_state(&self, kind: &str, r: &Resolved, output: &str) -> StageState {
         StageState {
             key: r.key.clone(),
@@ -447,13 +506,18 @@ impl Engine {
             match self.resolve(p, &name, &outputs)? {
                 Some(r) => {
                     o.key = Some(r.key.clone());
-                    if let Some(rec) = self.store.lookup(&r.key) {
+                    let mut damage = Vec::new();
+                    if let Some(rec) = self.lookup_sound(&name, &r.key, false, &mut damage)? {
                         o.state = "cached".into();
                         o.summary = rec.summary.clone();
                         o.output = Some(rec.output.clone());
                         outputs.insert(name.clone(), rec.output);
                     } else {
-                        o.reasons = explain(prev, &kind, &r, &stale_inputs);
+                        o.reasons = if damage.is_empty() {
+                            explain(prev, &kind, &r, &stale_inputs)
+                        } else {
+                            damage
+                        };
                         stale_inputs.insert(name.clone());
                     }
                 }
@@ -516,6 +580,17 @@ impl Engine {
             }
         }
         let mut report = GcReport::default();
+        // Damaged artifacts go, whether or not a manifest still resolves to them.
+        for a in self.store.all_artifacts()? {
+            if let Ok(integrity::Health::Damaged(problems)) = self.store.health(&a, false) {
+                for pr in problems {
+                    warnings.push(format!("damaged artifact dropped: {pr}"));
+                }
+                self.store.quarantine(&a)?;
+                report.artifacts += 1;
+            }
+        }
+        report.bytes += self.store.remove_damaged()?;
         for rec in self.store.all_keys()? {
             if !keep_keys.contains(&rec.key) {
                 self.store.remove_key(&rec.key)?;

@@ -10,6 +10,9 @@
 //!   checkpoints); removed when the stage's artifact is published.
 //! - `tmp/`: stages at work. Anything here is unfinished by definition and is removed by
 //!   the next run that holds the lock.
+//! - `sealed/<output-hash>.json`: each artifact's files as published (size, mtime, BLAKE3),
+//!   checked before the artifact is used (`engine::integrity`).
+//! - `damaged/`: artifacts found damaged, moved aside until `pipe gc` deletes them.
 //! - `lock`: `flock`ed by the process writing the store; holds its pid and command.
 
 use std::collections::BTreeMap;
@@ -77,7 +80,16 @@ pub struct StoreLock {
 impl Store {
     /// Open (creating if needed) a store at `root`.
     pub fn open(root: &Path) -> Result<Store> {
-        for sub in ["artifacts", "keys", "state", "statcache", "tmp", "scratch"] {
+        for sub in [
+            "artifacts",
+            "keys",
+            "state",
+            "statcache",
+            "tmp",
+            "scratch",
+            "sealed",
+            "damaged",
+        ] {
             fs::create_dir_all(root.join(sub))
                 .with_context(|| format!("cannot create cache directory {}", root.display()))?;
         }
@@ -200,7 +212,65 @@ impl Store {
                 format!("cannot publish {} as {}", tmp.display(), dest.display())
             })?;
         }
+        let seal = self.seal_path(&hash);
+        if !seal.is_file() {
+            super::integrity::seal(&dest, &seal)?;
+        }
         Ok(hash)
+    }
+
+    fn seal_path(&self, output: &str) -> PathBuf {
+        self.root.join("sealed").join(format!("{output}.json"))
+    }
+
+    /// Check a published artifact against its seal (see `engine::integrity`); `full`
+    /// re-hashes every file. An artifact published before seals existed is re-hashed once
+    /// against its name.
+    pub fn health(&self, output: &str, full: bool) -> Result<super::integrity::Health> {
+        use super::integrity::Health;
+        let dir = self.artifact_dir(output);
+        match read_json::<super::integrity::Seal>(&self.seal_path(output)) {
+            Ok(Some(seal)) => super::integrity::check(&dir, &seal, full),
+            _ => Ok(if hash_dir(&dir)? == output {
+                Health::Sound
+            } else {
+                Health::Damaged(vec![format!(
+                    "{}: content does not match its hash (and it has no seal)",
+                    dir.display()
+                )])
+            }),
+        }
+    }
+
+    /// Move a damaged artifact aside (into `damaged/`), so that it counts as missing.
+    pub fn quarantine(&self, output: &str) -> Result<()> {
+        let dir = self.artifact_dir(output);
+        if dir.is_dir() {
+            super::integrity::set_read_only(&dir, false)?;
+            let to = super::integrity::quarantine_path(&self.root, output);
+            fs::rename(&dir, &to)
+                .with_context(|| format!("cannot move {} aside", dir.display()))?;
+        }
+        let seal = self.seal_path(output);
+        if seal.exists() {
+            fs::remove_file(seal)?;
+        }
+        Ok(())
+    }
+
+    /// Delete the artifacts moved aside as damaged; returns the bytes freed.
+    pub fn remove_damaged(&self) -> Result<u64> {
+        let mut bytes = 0;
+        let dir = self.root.join("damaged");
+        if let Ok(rd) = fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                let p = e.path();
+                bytes += dir_size(&p);
+                super::integrity::set_read_only(&p, false)?;
+                fs::remove_dir_all(&p)?;
+            }
+        }
+        Ok(bytes)
     }
 
     /// Look up a key; `None` if unknown or its artifact is gone.
@@ -284,7 +354,12 @@ impl Store {
         let p = self.artifact_dir(output);
         let bytes = dir_size(&p);
         if p.is_dir() {
+            super::integrity::set_read_only(&p, false)?;
             fs::remove_dir_all(&p)?;
+        }
+        let seal = self.seal_path(output);
+        if seal.exists() {
+            fs::remove_file(seal)?;
         }
         Ok(bytes)
     }
@@ -306,7 +381,8 @@ pub fn dir_size(p: &Path) -> u64 {
     total
 }
 
-fn files_sorted(dir: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+/// Every file below `dir/rel`, relative to `dir`, in path order.
+pub(crate) fn files_sorted(dir: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     let mut entries: Vec<_> = fs::read_dir(dir.join(rel))?.collect::<Result<_, _>>()?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {

@@ -395,6 +395,7 @@ pub fn load(path: &Path, sets: &[String], project_dir: &Path) -> Result<Pipeline
     for s in sets {
         apply_set(&mut doc, s)?;
     }
+    check_finite(&doc, "")?;
     let top: TopLevel = match doc.get("stages") {
         Some(_) => de::from_svalue(&doc, "")?,
         None => {
@@ -403,6 +404,11 @@ pub fn load(path: &Path, sets: &[String], project_dir: &Path) -> Result<Pipeline
                 .help("a pipeline declares its stages as [stages.<name>] tables"))
         }
     };
+    if let (Some(""), Some(e)) = (top.name.as_deref(), doc.get("name")) {
+        return Err(ManifestError::new("`name` must not be empty")
+            .at(e.value.origin.clone())
+            .path("name"));
+    }
     let stages_entry = doc.get("stages").expect("checked above");
     let Some(stage_tables) = stages_entry.value.as_table() else {
         return Err(
@@ -425,6 +431,13 @@ pub fn load(path: &Path, sets: &[String], project_dir: &Path) -> Result<Pipeline
     let mut stages = IndexMap::new();
     let mut input_origins: HashMap<String, Vec<Origin>> = HashMap::new();
     for (sname, entry) in stage_tables {
+        if sname.is_empty() || sname.chars().count() > 100 || sname.chars().any(char::is_control) {
+            return Err(ManifestError::new(format!(
+                "stage name {sname:?} must be 1 to 100 characters, none of them control characters"
+            ))
+            .at(entry.key_origin.clone())
+            .path(format!("stages.{}", sname.escape_debug())));
+        }
         let (stage, origins) = parse_stage(
             sname,
             entry,
@@ -447,6 +460,7 @@ pub fn load(path: &Path, sets: &[String], project_dir: &Path) -> Result<Pipeline
         stages,
     };
     validate_graph(&pipeline, &input_origins)?;
+    check_top_k(&pipeline)?;
     wire_data_inputs(&mut pipeline);
     // Shapes are checked now, before anything runs (the class count, if the network leaves
     // it to the data, does not change any shape but the last).
@@ -454,6 +468,90 @@ pub fn load(path: &Path, sets: &[String], project_dir: &Path) -> Result<Pipeline
         pipeline.library.expand(name, n.classes.or(Some(2)))?;
     }
     Ok(pipeline)
+}
+
+/// The network a training stage (or a chain of continuations) trains.
+fn trained_network<'a>(p: &'a Pipeline, stage: &str, depth: usize) -> Option<&'a str> {
+    match &p.stages.get(stage)?.config {
+        StageConfig::Train(t) => Some(&t.config.network),
+        StageConfig::LrDrop(c) if depth < 64 => trained_network(p, &c.from, depth + 1),
+        StageConfig::Resume { stage, .. } if depth < 64 => trained_network(p, stage, depth + 1),
+        _ => None,
+    }
+}
+
+/// An evaluate stage cannot ask for rank-k with k above the network's class count.
+fn check_top_k(p: &Pipeline) -> Result<(), ManifestError> {
+    for (name, s) in &p.stages {
+        let StageConfig::Evaluate(c) = &s.config else {
+            continue;
+        };
+        let Some(model) = s.inputs.first() else {
+            continue;
+        };
+        let classes = trained_network(p, model, 0)
+            .and_then(|n| p.library.networks.get(n))
+            .and_then(|n| n.classes);
+        if let (Some(k), Some(classes)) = (c.top_k.iter().max(), classes) {
+            if *k > classes {
+                return Err(ManifestError::new(format!(
+                    "`top_k` asks for rank-{k}, but the network has {classes} classes"
+                ))
+                .at(s.origin.clone())
+                .path(format!("stages.{name}.top_k")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// No number in a manifest may be NaN or infinite (TOML allows `nan` and `inf`).
+fn check_finite(v: &SValue, path: &str) -> Result<(), ManifestError> {
+    match &v.kind {
+        value::Kind::Float(f) if !f.is_finite() => Err(ManifestError::new(format!(
+            "`{}` is {f}: numbers must be finite",
+            if path.is_empty() { "value" } else { path }
+        ))
+        .at(v.origin.clone())
+        .path(path.to_string())),
+        value::Kind::Array(items) => {
+            for (i, it) in items.iter().enumerate() {
+                check_finite(it, &format!("{path}[{i}]"))?;
+            }
+            Ok(())
+        }
+        value::Kind::Table(t) => {
+            for (k, e) in t {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                check_finite(&e.value, &p)?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Largest image side a manifest may ask for (a 4096x4096 RGB image is 48 MiB).
+pub const MAX_IMAGE_SIDE: u32 = 4096;
+
+fn check_image_size(
+    [w, h]: [u32; 2],
+    key: &str,
+    path: &str,
+    at: Origin,
+) -> Result<(), ManifestError> {
+    if w == 0 || h == 0 || w > MAX_IMAGE_SIDE || h > MAX_IMAGE_SIDE {
+        return Err(ManifestError::new(format!(
+            "`{key}` = [{w}, {h}]: each side must be between 1 and {MAX_IMAGE_SIDE} pixels"
+        ))
+        .at(at)
+        .path(format!("{path}.{key}")));
+    }
+    Ok(())
 }
 
 fn parse_stage(
@@ -576,6 +674,9 @@ fn parse_stage(
                 c.val_per_class.get_or_insert(20);
                 c.image_size.get_or_insert([64, 64]);
                 c.seed.get_or_insert(seed);
+                if let Some(sz) = c.image_size {
+                    check_image_size(sz, "image_size", &path, key_at("image_size"))?;
+                }
                 if c.classes == Some(0) || c.train_per_class == Some(0) {
                     return Err(
                         ManifestError::new("`classes` and `train_per_class` must be > 0")
@@ -657,6 +758,9 @@ fn parse_stage(
                     .at(key_at("chunk"))
                     .path(format!("{path}.chunk")));
             }
+            if let Some(sz) = c.size {
+                check_image_size(sz, "size", &path, key_at("size"))?;
+            }
             if let Some([w, h]) = c.size {
                 if w == 0 || h == 0 {
                     return Err(ManifestError::new("`size` must be [width, height] > 0")
@@ -682,6 +786,48 @@ fn parse_stage(
                     .at(key_at(k))
                     .path(format!("{path}.{k}")));
             }
+            let ranges: [(&str, f64, bool); 8] = [
+                ("momentum", c.momentum, (0.0..1.0).contains(&c.momentum)),
+                ("power", c.power, c.power >= 0.0),
+                (
+                    "augment.width_shift",
+                    c.augment.width_shift,
+                    (0.0..=1.0).contains(&c.augment.width_shift),
+                ),
+                (
+                    "augment.height_shift",
+                    c.augment.height_shift,
+                    (0.0..=1.0).contains(&c.augment.height_shift),
+                ),
+                (
+                    "augment.zoom",
+                    c.augment.zoom,
+                    (0.0..=1.0).contains(&c.augment.zoom),
+                ),
+                (
+                    "augment.rotation",
+                    c.augment.rotation,
+                    c.augment.rotation.abs() <= 180.0,
+                ),
+                (
+                    "augment.shear",
+                    c.augment.shear,
+                    c.augment.shear.abs() <= 180.0,
+                ),
+                ("beta1", c.beta1, (0.0..1.0).contains(&c.beta1)),
+            ];
+            if let Some((k, v, _)) = ranges.iter().find(|(_, _, ok)| !ok) {
+                let allowed = match *k {
+                    "momentum" | "beta1" => "in [0, 1)",
+                    "power" => ">= 0",
+                    "augment.rotation" | "augment.shear" => "at most 180 (degrees)",
+                    _ => "in [0, 1] (a fraction of the image)",
+                };
+                let top = k.split('.').next().unwrap_or(k);
+                return Err(ManifestError::new(format!("`{k}` = {v} must be {allowed}"))
+                    .at(key_at(top))
+                    .path(format!("{path}.{k}")));
+            }
             if c.schedule == ScheduleKind::Step && c.steps.is_empty() {
                 return Err(ManifestError::new(
                     "schedule = \"step\" needs `steps = [[epoch, lr], ...]`",
@@ -705,6 +851,19 @@ fn parse_stage(
             let mut c: ContinueConfig = de::from_svalue(&body, &path)?;
             c.device = Some(resolve_device(c.device.unwrap_or(device)));
             c.backend = Some(resolve_backend(c.backend.or(backend), c.device));
+            if let Some(m) = c.momentum.filter(|m| !(0.0..1.0).contains(m)) {
+                return Err(
+                    ManifestError::new(format!("`momentum` = {m} must be in [0, 1)"))
+                        .at(key_at("momentum"))
+                        .path(format!("{path}.momentum")),
+                );
+            }
+            if c.lr <= 0.0 || c.epochs == 0 {
+                let k = if c.epochs == 0 { "epochs" } else { "lr" };
+                return Err(ManifestError::new(format!("`{k}` must be > 0"))
+                    .at(key_at(k))
+                    .path(format!("{path}.{k}")));
+            }
             let from_file = kind == "resume" && !c.from.contains('@');
             if from_file && inputs.len() != 1 {
                 return Err(ManifestError::new(
@@ -719,11 +878,6 @@ fn parse_stage(
                 ))
                 .at(origins[0].clone())
                 .path(format!("{path}.input")));
-            }
-            if c.epochs == 0 || c.lr <= 0.0 {
-                return Err(ManifestError::new("`epochs` and `lr` must be > 0")
-                    .at(entry.key_origin.clone())
-                    .path(path));
             }
             let from_origin = table
                 .get("from")
@@ -883,6 +1037,22 @@ fn validate_graph(
                 .at(origin)
                 .path(path));
             }
+            // The images a train stage reads must fit its network's input, when the hdf5
+            // stage fixes their size.
+            if let (StageConfig::Train(t), StageConfig::Hdf5(h)) = (&s.config, &src.config) {
+                if let (Some([w, hgt]), Some(crate::nn::graph::Op::Input { h: nh, w: nw, c })) =
+                    (h.size, t.graph.nodes.first().map(|n| &n.op))
+                {
+                    if (*nh, *nw, *c) != (hgt as usize, w as usize, 3) {
+                        return Err(ManifestError::new(format!(
+                            "network `{}` takes {nh}x{nw}x{c} images (`networks.{}.input = [{nh}, {nw}, {c}]`), but stage `{input}` writes {hgt}x{w}x3 RGB images (`stages.{input}.size = [{w}, {hgt}]`, width first)",
+                            t.config.network, t.config.network
+                        ))
+                        .at(origin)
+                        .path(path));
+                    }
+                }
+            }
         }
     }
     // Cycles: depth-first search, reporting the first cycle found.
@@ -981,11 +1151,17 @@ fn wire_data_inputs(p: &mut Pipeline) {
         let file_resume = matches!(s.config, StageConfig::Resume { file: Some(_), .. });
         if needs_data && !file_resume && s.inputs.len() == 1 {
             let model = &p.stages[&s.inputs[0]];
+            // A model stage's data: `train` and a `resume` from a file read it first; an
+            // `lr-drop` or `resume` from a stage reads (model, data).
             let data = match &model.config {
-                StageConfig::Train(_) => model.inputs[0].clone(),
-                _ => model.inputs[1].clone(),
+                StageConfig::Train(_) | StageConfig::Resume { file: Some(_), .. } => {
+                    model.inputs.first()
+                }
+                _ => model.inputs.get(1),
             };
-            p.stages[&name].inputs.push(data);
+            if let Some(data) = data.cloned() {
+                p.stages[&name].inputs.push(data);
+            }
         }
     }
 }

@@ -281,6 +281,20 @@ pub fn parse_library(doc: &SValue) -> Result<Library, ManifestError> {
                 };
                 for x in a {
                     match x.as_str() {
+                        Some(s) if params.iter().any(|q| q == s) => {
+                            return Err(err(
+                                format!("parameter `{s}` is listed twice in `params`"),
+                                &x.origin,
+                                &format!("{path}.params"),
+                            ))
+                        }
+                        Some("") => {
+                            return Err(err(
+                                "a parameter name must not be empty",
+                                &x.origin,
+                                &format!("{path}.params"),
+                            ))
+                        }
                         Some(s) => params.push(s.to_string()),
                         None => {
                             return Err(err(
@@ -312,6 +326,13 @@ pub fn parse_library(doc: &SValue) -> Result<Library, ManifestError> {
                     &path,
                 ));
             };
+            if matches!(&layers.value.kind, Kind::Array(a) if a.is_empty()) {
+                return Err(err(
+                    format!("block `{name}` has an empty `layers` list"),
+                    &layers.value.origin,
+                    &format!("{path}.layers"),
+                ));
+            }
             lib.blocks.insert(
                 name.clone(),
                 BlockSpec {
@@ -371,6 +392,13 @@ pub fn parse_library(doc: &SValue) -> Result<Library, ManifestError> {
                     &path,
                 ));
             };
+            if matches!(&layers.value.kind, Kind::Array(a) if a.is_empty()) {
+                return Err(err(
+                    format!("network `{name}` has an empty `layers` list"),
+                    &layers.value.origin,
+                    &format!("{path}.layers"),
+                ));
+            }
             lib.networks.insert(
                 name.clone(),
                 NetworkSpec {

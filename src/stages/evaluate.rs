@@ -56,6 +56,12 @@ pub fn run(ctx: &StageCtx<'_>, c: &EvaluateConfig) -> Result<String> {
     let data = &ctx.inputs[1].1;
     let (mut model, plan, mean) = load_trained(model_dir, device_kind(c.device), c.backend)?;
     let split = load_split(data, &c.split)?;
+    if split.n == 0 {
+        anyhow::bail!(
+            "split `{}` holds no images: nothing to evaluate (were they all skipped as undecodable?)",
+            c.split
+        );
+    }
     let k = model.classes();
     if let Some(bad) = c.top_k.iter().find(|&&t| t > k) {
         bail!("top_k {bad} exceeds the {k} classes");

@@ -124,6 +124,12 @@ fn tiny_imagenet(ds: &DatasetFiles<'_>) -> Result<(Vec<ClassRow>, Splits)> {
             .filter(|n| is_image(n))
             .collect();
         files.sort();
+        if files.is_empty() {
+            bail!(
+                "tiny-imagenet: {} holds no training images for class {w} (listed in wnids.txt)",
+                dir.display()
+            );
+        }
         for f in files {
             train.push(row(ds, &format!("train/{w}/images/{f}"), i, w)?);
         }
@@ -131,7 +137,13 @@ fn tiny_imagenet(ds: &DatasetFiles<'_>) -> Result<(Vec<ClassRow>, Splits)> {
     splits.insert("train".into(), train);
 
     let ann_path = root.join("val/val_annotations.txt");
-    if ann_path.is_file() {
+    if !ann_path.is_file() {
+        bail!(
+            "tiny-imagenet: {} is missing: the layout has a val split (val/images/ + val/val_annotations.txt); restore it, or use format = \"image-folder\" on train/",
+            ann_path.display()
+        );
+    }
+    {
         let ann = fs::read_to_string(&ann_path)?;
         let mut val = Vec::new();
         for (ln, l) in ann.lines().enumerate() {
@@ -248,6 +260,12 @@ fn image_folder(ds: &DatasetFiles<'_>) -> Result<(Vec<ClassRow>, Splits)> {
             .filter(|n| is_image(n))
             .collect();
         files.sort();
+        if files.is_empty() {
+            bail!(
+                "image-folder: class folder {} holds no images (.jpg, .jpeg, .png); remove it or add images",
+                root.join(c).display()
+            );
+        }
         for f in files {
             rows.push(row(ds, &format!("{c}/{f}"), i, c)?);
         }

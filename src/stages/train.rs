@@ -336,6 +336,24 @@ fn loss_and_acc(probs: &[f32], labels: &[i64], k: usize) -> (f64, f64) {
     (loss / n as f64, correct as f64 / n as f64)
 }
 
+/// The network's input must be the data's image shape (RGB).
+fn check_input(graph: &Graph, data: &Split, network: &str) -> Result<()> {
+    if let Some(Op::Input { h, w, c }) = graph.nodes.first().map(|n| &n.op) {
+        if (*h, *w, *c) != (data.h, data.w, 3) {
+            bail!(
+                "network `{network}` takes {h}x{w}x{c} images (`networks.{network}.input`), but the data holds {}x{}x3 RGB images; set `input = [{}, {}, 3]` or resize in the hdf5 stage (`size = [{}, {}]`, width first)",
+                data.h,
+                data.w,
+                data.h,
+                data.w,
+                w,
+                h
+            );
+        }
+    }
+    Ok(())
+}
+
 fn check_classes(model: &dyn Model, data: &Path, network: &str) -> Result<()> {
     let classes = crate::data::index::read_classes(&data.join("classes.csv"))?;
     if classes.len() != model.classes() {
@@ -570,10 +588,16 @@ fn run_segment(ctx: &StageCtx<'_>, data: &Path, seg: Segment<'_>) -> Result<Stri
     } = seg;
     let train = load_split(data, &plan.train_split)?;
     let val = load_split(data, &plan.val_split)?;
+    for (split, s) in [(&plan.train_split, &train), (&plan.val_split, &val)] {
+        if s.n == 0 {
+            bail!("split `{split}` holds no images: nothing to train or validate on (were they all skipped as undecodable?)");
+        }
+    }
     let mean = match mean {
         Some(m) => m,
         None => compute_mean(plan.mean, data, &train)?,
     };
+    check_input(&plan.graph, &train, &plan.network)?;
     let mut model = backend::build_with(&plan.graph, plan.seed, plan.device, plan.backend)?;
     check_classes(model.as_ref(), data, &plan.network)?;
     if let Some(st) = &state {

@@ -56,12 +56,26 @@ pub fn run(ctx: &StageCtx<'_>, c: &Hdf5Config) -> Result<String> {
             .collect::<Result<_>>()?;
         let (w, h) = match c.size {
             Some([w, h]) => (w, h),
-            None => match refs.first() {
-                Some(r) => decode_ref(r, &batches)
-                    .map(|i| i.dimensions())
-                    .with_context(|| format!("cannot decode image {r}"))?,
-                None => (1, 1),
-            },
+            // The split's size is its first decodable image's (with `skip`, undecodable
+            // ones before it are left out like any other).
+            None => {
+                let mut dims = None;
+                for r in &refs {
+                    match decode_ref(r, &batches) {
+                        Ok(i) => {
+                            dims = Some(i.dimensions());
+                            break;
+                        }
+                        Err(_) if c.on_bad_image == OnBadImage::Skip => continue,
+                        Err(e) => {
+                            return Err(e.context(format!(
+                                "cannot decode image {r} (set on_bad_image = \"skip\" to leave such files out)"
+                            )))
+                        }
+                    }
+                }
+                dims.unwrap_or((1, 1))
+            }
         };
         let out = ctx.out.join(format!("{split}.h5"));
         let mut writer = SplitWriter::create(&out, rows.len(), h as usize, w as usize, c.chunk)?;

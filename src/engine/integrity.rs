@@ -1,0 +1,167 @@
+//! Trust in published artifacts. At publish, an artifact is made read-only and *sealed*:
+//! `sealed/<hash>.json` records every file's size, mtime and BLAKE3. Before a cached
+//! artifact is used (and on `pipe status`), each file is stat-ed against its seal, which
+//! costs no reading; a file whose size or mtime moved is re-hashed, and a file whose content
+//! changed (or that went missing, or appeared) makes the artifact *damaged*: it is treated
+//! as missing, so the stage that made it runs again. `pipe verify` re-hashes everything.
+//!
+//! Not covered: damage that keeps a file's size and mtime (a flipped bit restored with
+//! `touch -d`) until `pipe verify` reads the bytes.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::store::{files_sorted, write_json_atomic};
+use crate::report::history::TIMINGS;
+
+/// One file of an artifact as published.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SealedFile {
+    /// Path relative to the artifact, `/`-separated.
+    pub path: String,
+    /// Bytes.
+    pub size: u64,
+    /// Modification time, ns since the epoch.
+    pub mtime_ns: i64,
+    /// BLAKE3 of the content, hex.
+    pub hash: String,
+}
+
+/// Every file of an artifact as published.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Seal {
+    /// Files in path order (`timings.json` excluded: it is not content).
+    pub files: Vec<SealedFile>,
+}
+
+/// What a check found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Health {
+    /// Every file as published.
+    Sound,
+    /// What differs, one line per file.
+    Damaged(Vec<String>),
+}
+
+fn mtime_ns(md: &fs::Metadata) -> i64 {
+    md.mtime() * 1_000_000_000 + md.mtime_nsec()
+}
+
+fn hash_file(p: &Path) -> Result<String> {
+    let mut h = blake3::Hasher::new();
+    if fs::metadata(p)?.len() > 1 << 20 {
+        h.update_mmap_rayon(p)?;
+    } else {
+        h.update(&fs::read(p).with_context(|| format!("cannot read {}", p.display()))?);
+    }
+    Ok(h.finalize().to_hex().to_string())
+}
+
+/// The content files of an artifact folder, relative, in path order.
+fn content_files(dir: &Path) -> Result<Vec<String>> {
+    let mut files = Vec::new();
+    files_sorted(dir, Path::new(""), &mut files)?;
+    Ok(files
+        .into_iter()
+        .map(|f| f.to_string_lossy().replace('\\', "/"))
+        .filter(|f| f != TIMINGS)
+        .collect())
+}
+
+/// Seal a published artifact folder: record it, then make it read-only.
+pub fn seal(dir: &Path, seal_path: &Path) -> Result<()> {
+    let mut files = Vec::new();
+    for rel in content_files(dir)? {
+        let p = dir.join(&rel);
+        let md = fs::metadata(&p)?;
+        files.push(SealedFile {
+            hash: hash_file(&p)?,
+            path: rel,
+            size: md.len(),
+            mtime_ns: mtime_ns(&md),
+        });
+    }
+    set_read_only(dir, true)?;
+    write_json_atomic(seal_path, &Seal { files })
+}
+
+/// Make a folder tree read-only (files 0444, folders 0555) or writable again (0644/0755),
+/// so that it can be deleted.
+pub fn set_read_only(dir: &Path, ro: bool) -> Result<()> {
+    let mode = |is_dir: bool| match (ro, is_dir) {
+        (true, true) => 0o555,
+        (true, false) => 0o444,
+        (false, true) => 0o755,
+        (false, false) => 0o644,
+    };
+    // Writable: folders first (to enter them); read-only: contents first.
+    if !ro {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode(true)))?;
+    }
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        let p = e.path();
+        if e.file_type()?.is_dir() {
+            set_read_only(&p, ro)?;
+        } else {
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode(false)))?;
+        }
+    }
+    if ro {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode(true)))?;
+    }
+    Ok(())
+}
+
+/// Check an artifact against its seal. `full`: re-hash every file (`pipe verify`);
+/// otherwise only files whose size or mtime moved.
+pub fn check(dir: &Path, seal: &Seal, full: bool) -> Result<Health> {
+    let mut problems = Vec::new();
+    let present = content_files(dir)?;
+    for f in &present {
+        if !seal.files.iter().any(|s| &s.path == f) {
+            problems.push(format!(
+                "{}: not part of the artifact as published",
+                dir.join(f).display()
+            ));
+        }
+    }
+    for s in &seal.files {
+        let p = dir.join(&s.path);
+        let Ok(md) = fs::metadata(&p) else {
+            problems.push(format!("{}: missing", p.display()));
+            continue;
+        };
+        let moved = md.len() != s.size || mtime_ns(&md) != s.mtime_ns;
+        if (full || moved) && hash_file(&p)? != s.hash {
+            problems.push(if md.len() != s.size {
+                format!(
+                    "{}: {} bytes, published with {} (truncated or rewritten)",
+                    p.display(),
+                    md.len(),
+                    s.size
+                )
+            } else {
+                format!("{}: content changed since it was published", p.display())
+            });
+        }
+    }
+    Ok(if problems.is_empty() {
+        Health::Sound
+    } else {
+        Health::Damaged(problems)
+    })
+}
+
+/// Where damaged artifacts are moved (deleted by `pipe gc`).
+pub fn quarantine_path(root: &Path, hash: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    root.join("damaged").join(format!("{hash}-{nanos}"))
+}
