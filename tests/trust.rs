@@ -458,8 +458,11 @@ fn bad_values_are_refused_before_the_run_at_their_line() {
             "control characters",
         ),
         (
-            DATA.replace("layers = [\n  { conv2d", "layers = []\nx = [\n  { conv2d"),
-            "no",
+            DATA.replace(
+                "layers = [\n  { conv2d = { filters = 4, kernel = 3 } },\n  { relu = {} },\n  { global_avgpool = {} },\n  { dense = \"$classes\" },\n  { softmax = {} },\n]",
+                "layers = []",
+            ),
+            "network `tiny` has an empty `layers` list",
         ),
         (
             DATA.replace(
