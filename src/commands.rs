@@ -30,7 +30,11 @@ pub fn run(
     json: bool,
 ) -> Result<()> {
     let (proj, p) = load(g, pipeline, sets)?;
-    let mut engine = Engine::new(&proj.cache)?;
+    let mut engine = if opts.dry_run {
+        Engine::read_only(&proj.cache)
+    } else {
+        Engine::new(&proj.cache)?
+    };
     if !json {
         eprintln!(
             "pipeline {} ({}){}",
@@ -64,7 +68,7 @@ pub fn run(
 /// `pipe status`.
 pub fn status(g: &Global, pipeline: &str, sets: &[String], json: bool) -> Result<()> {
     let (proj, p) = load(g, pipeline, sets)?;
-    let mut engine = Engine::new(&proj.cache)?;
+    let mut engine = Engine::read_only(&proj.cache);
     let stages = engine.status(&p)?;
     if json {
         let v = serde_json::json!({"pipeline": p.name, "manifest": p.file.display().to_string(), "stages": stages});
@@ -88,15 +92,19 @@ pub fn status(g: &Global, pipeline: &str, sets: &[String], json: bool) -> Result
 pub fn dag(g: &Global, pipeline: &str, sets: &[String], dot: bool) -> Result<()> {
     let (_, p) = load(g, pipeline, sets)?;
     if dot {
-        println!("digraph \"{}\" {{\n  rankdir=LR;", p.name);
+        // DOT string literals: backslash and double quote escaped.
+        let q = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+        println!("digraph \"{}\" {{\n  rankdir=LR;", q(&p.name));
         for name in p.topo_order() {
             let s = &p.stages[&name];
             println!(
-                "  \"{name}\" [label=\"{name}\\n({})\", shape=box];",
+                "  \"{}\" [label=\"{}\\n({})\", shape=box];",
+                q(&name),
+                q(&name),
                 s.config.kind()
             );
             for i in &s.inputs {
-                println!("  \"{i}\" -> \"{name}\";");
+                println!("  \"{}\" -> \"{}\";", q(i), q(&name));
             }
         }
         println!("}}");
@@ -271,7 +279,7 @@ pub fn verify(g: &Global, pipeline: Option<&str>) -> Result<()> {
     let (project, only) = match pipeline {
         Some(name) => {
             let (proj, p) = project.load(name, &[])?;
-            let engine = Engine::new(&proj.cache)?;
+            let engine = Engine::read_only(&proj.cache);
             let st = engine.store().load_state(&p.name);
             let outs: std::collections::HashSet<String> =
                 st.stages.values().map(|s| s.output.clone()).collect();
@@ -279,7 +287,7 @@ pub fn verify(g: &Global, pipeline: Option<&str>) -> Result<()> {
         }
         None => (project, None),
     };
-    let engine = Engine::new(&project.cache)?;
+    let engine = Engine::read_only(&project.cache);
     let results = engine.verify(only.as_ref())?;
     let mut damaged = 0;
     for (a, stages, h) in &results {

@@ -233,6 +233,19 @@ fn a_killed_training_run_resumes_and_ends_bit_identical() {
             "{k} differs between resumed and uninterrupted training"
         );
     }
+    // The history too, to the last bit (floats read back from a checkpoint round-trip).
+    let ha = std::fs::read(artifact(&p, &resumed, "train").join("history.json")).unwrap();
+    let hb = std::fs::read(artifact(&clean, &straight, "train").join("history.json")).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&ha),
+        String::from_utf8_lossy(&hb),
+        "history.json of the resumed run"
+    );
+    assert_eq!(
+        field(&resumed, "train", "output"),
+        field(&straight, "train", "output"),
+        "the resumed artifact is byte-identical"
+    );
     // The scratch folder is gone once the stage is published.
     assert_eq!(
         std::fs::read_dir(p.cache().join("scratch"))

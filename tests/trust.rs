@@ -508,3 +508,111 @@ fn bad_values_are_refused_before_the_run_at_their_line() {
     let err = p.fails(&["run", "t", "--dry-run", "--set", "train.lr=nan"]);
     assert!(err.contains("must be finite"), "{err}");
 }
+
+#[test]
+fn status_writes_nothing() {
+    let p = Project::new();
+    p.manifest("t.toml", DATA);
+    p.ok(&["status", "t"]);
+    p.ok(&["run", "t", "--dry-run"]);
+    assert!(!p.cache().exists(), "status or a dry run created the cache");
+    p.run_json("t", &["--until", "hdf5"]);
+    let listing = |root: &std::path::Path| {
+        let mut v = Vec::new();
+        fn walk(d: &std::path::Path, v: &mut Vec<(String, std::time::SystemTime)>) {
+            for e in std::fs::read_dir(d).unwrap() {
+                let e = e.unwrap();
+                let md = e.metadata().unwrap();
+                v.push((e.path().display().to_string(), md.modified().unwrap()));
+                if md.is_dir() {
+                    walk(&e.path(), v);
+                }
+            }
+        }
+        walk(root, &mut v);
+        v.sort();
+        v
+    };
+    let before = listing(&p.cache());
+    p.ok(&["status", "t"]);
+    p.ok(&["verify"]);
+    assert_eq!(listing(&p.cache()), before);
+}
+
+#[test]
+fn status_after_a_kill_says_where_training_resumes_and_gc_counts_scratch() {
+    use std::io::{BufRead, BufReader};
+    let p = Project::new();
+    p.manifest("t.toml", &DATA.replace("epochs = 2", "epochs = 3"));
+    let mut child = p
+        .cmd(&["run", "t"])
+        .env("PIPE_FAULT", "train:epoch2")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        if line.unwrap().contains("PIPE_FAULT reached") {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = p.ok(&["status", "t"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("interrupted") && text.contains("epoch 2"),
+        "{text}"
+    );
+    // Another learning rate: the interrupted run's scratch is garbage; gc frees its bytes.
+    p.manifest("t.toml", &DATA.replace("lr = 0.01", "lr = 0.02"));
+    let out = p.ok(&["gc"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("freed 0 B"), "{text}");
+    assert_eq!(
+        std::fs::read_dir(p.cache().join("scratch"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn located_messages_for_utf8_include_and_one_key_each() {
+    let p = Project::new();
+    let mut bytes = DATA.as_bytes().to_vec();
+    let at = DATA.find("seed").unwrap(); // line 2
+    bytes.insert(at, 0xFF);
+    std::fs::write(p.path().join("pipelines/t.toml"), &bytes).unwrap();
+    let err = p.fails(&["run", "t", "--dry-run"]);
+    assert!(err.contains("t.toml:2:1") && err.contains("UTF-8"), "{err}");
+    p.manifest("t.toml", &format!("include = [\"nope.toml\"]\n{DATA}"));
+    let err = p.fails(&["run", "t", "--dry-run"]);
+    assert!(
+        err.contains("`include` names a file") && !err.contains("extends"),
+        "{err}"
+    );
+    p.manifest(
+        "t.toml",
+        &DATA.replace(
+            "classes = 3\ntrain_per_class",
+            "classes = 0\ntrain_per_class",
+        ),
+    );
+    let err = p.fails(&["run", "t", "--dry-run"]);
+    assert!(
+        err.contains("`classes` must be > 0") && !err.contains(" and "),
+        "{err}"
+    );
+}
+
+#[test]
+fn dag_dot_escapes_stage_names() {
+    let p = Project::new();
+    p.manifest(
+        "t.toml",
+        &DATA.replace("[stages.train]", "[stages.'tr\"ai\\n']\nkind = \"train\""),
+    );
+    let out = p.ok(&["dag", "t", "--dot"]);
+    let dot = String::from_utf8_lossy(&out.stdout);
+    assert!(dot.contains(r#""tr\"ai\\n""#), "{dot}");
+}

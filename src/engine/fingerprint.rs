@@ -169,7 +169,7 @@ pub fn fingerprint_tree(store: &Store, root: &Path) -> Result<TreeFingerprint> {
             h.update(&[0]);
         }
     }
-    if hashed > 0 || !in_order {
+    if (hashed > 0 || !in_order) && !store.is_read_only() {
         let entries: Vec<CacheEntry> = stats
             .iter()
             .zip(&hashes)

@@ -155,6 +155,14 @@ impl Engine {
         })
     }
 
+    /// Open the engine to look only (status, dry runs, verify): it writes nothing.
+    pub fn read_only(cache: &Path) -> Engine {
+        Engine {
+            store: Store::open_read_only(cache),
+            fingerprints: HashMap::new(),
+        }
+    }
+
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store
@@ -518,6 +526,14 @@ impl Engine {
                         } else {
                             damage
                         };
+                        if let Some(e) = self.store.interrupted_at(&r.key) {
+                            o.reasons.insert(
+                                0,
+                                format!(
+                                    "interrupted: a run resumes from its checkpoint at epoch {e}"
+                                ),
+                            );
+                        }
                         stale_inputs.insert(name.clone());
                     }
                 }
@@ -584,7 +600,7 @@ impl Engine {
         for a in self.store.all_artifacts()? {
             if let Ok(integrity::Health::Damaged(problems)) = self.store.health(&a, false) {
                 for pr in problems {
-                    warnings.push(format!("damaged artifact dropped: {pr}"));
+                    eprintln!("gc: dropping a damaged artifact: {pr}");
                 }
                 self.store.quarantine(&a)?;
                 report.artifacts += 1;
@@ -605,6 +621,7 @@ impl Engine {
         }
         for k in self.store.all_scratch()? {
             if !keep_keys.contains(&k) {
+                report.bytes += store::dir_size(&self.store.root().join("scratch").join(&k));
                 self.store.remove_scratch(&k)?;
             }
         }

@@ -70,6 +70,7 @@ pub struct PipelineState {
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    read_only: bool,
 }
 
 /// Held while a process writes the store; released on drop (and by the OS on any exit).
@@ -95,7 +96,22 @@ impl Store {
         }
         Ok(Store {
             root: root.to_path_buf(),
+            read_only: false,
         })
+    }
+
+    /// Open a store only to look at it (`pipe status`, `--dry-run`, `verify`): nothing is
+    /// created or written, not even the folders of a store that does not exist yet.
+    pub fn open_read_only(root: &Path) -> Store {
+        Store {
+            root: root.to_path_buf(),
+            read_only: true,
+        }
+    }
+
+    /// Whether this handle must not write.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     /// The store's directory.
@@ -178,6 +194,23 @@ impl Store {
     }
 
     /// Remove a key's scratch folder.
+    /// The epoch of the latest checkpoint an interrupted run of `key` left in its scratch
+    /// folder (where the next run resumes).
+    pub fn interrupted_at(&self, key: &str) -> Option<usize> {
+        fs::read_dir(self.root.join("scratch").join(key).join("checkpoints"))
+            .ok()?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .strip_prefix("epoch_")?
+                    .strip_suffix(".safetensors")?
+                    .parse()
+                    .ok()
+            })
+            .max()
+    }
+
     pub fn remove_scratch(&self, key: &str) -> Result<()> {
         let p = self.root.join("scratch").join(key);
         if p.exists() {
@@ -308,7 +341,11 @@ impl Store {
     /// Every key record in the store.
     pub fn all_keys(&self) -> Result<Vec<KeyRecord>> {
         let mut out = Vec::new();
-        for e in fs::read_dir(self.root.join("keys"))? {
+        let dir = self.root.join("keys");
+        if !dir.is_dir() {
+            return Ok(out);
+        }
+        for e in fs::read_dir(dir)? {
             let p = e?.path();
             if let Ok(Some(r)) = read_json::<KeyRecord>(&p) {
                 out.push(r);
@@ -333,7 +370,11 @@ impl Store {
     /// Every artifact hash in the store.
     pub fn all_artifacts(&self) -> Result<Vec<String>> {
         let mut out = Vec::new();
-        for e in fs::read_dir(self.root.join("artifacts"))? {
+        let dir = self.root.join("artifacts");
+        if !dir.is_dir() {
+            return Ok(out);
+        }
+        for e in fs::read_dir(dir)? {
             let e = e?;
             out.push(e.file_name().to_string_lossy().into_owned());
         }

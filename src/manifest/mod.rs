@@ -233,7 +233,7 @@ fn load_merged(path: &Path, chain: &mut Vec<PathBuf>) -> Result<SValue, Manifest
     let extends = table.shift_remove("extends");
     let includes = table.shift_remove("include");
     let mut base = match extends {
-        Some(ext) => Some(load_base(path, &ext, chain)?),
+        Some(ext) => Some(load_base(path, &ext, chain, "extends")?),
         None => None,
     };
     if let Some(inc) = includes {
@@ -257,6 +257,7 @@ fn load_merged(path: &Path, chain: &mut Vec<PathBuf>) -> Result<SValue, Manifest
                     value: item.clone(),
                 },
                 chain,
+                "include",
             )?;
             match &mut base {
                 Some(b) => b.merge(included),
@@ -273,9 +274,13 @@ fn load_merged(path: &Path, chain: &mut Vec<PathBuf>) -> Result<SValue, Manifest
     }
 }
 
-/// Load a file named by `extends` or `include` (relative to `path`'s folder).
-fn load_base(path: &Path, ext: &Entry, chain: &mut Vec<PathBuf>) -> Result<SValue, ManifestError> {
-    let key = "extends/include";
+/// Load a file named by `extends` or `include` (`key`, relative to `path`'s folder).
+fn load_base(
+    path: &Path,
+    ext: &Entry,
+    chain: &mut Vec<PathBuf>,
+    key: &str,
+) -> Result<SValue, ManifestError> {
     let Some(rel) = ext.value.as_str() else {
         return Err(ManifestError::new(format!(
             "wrong type: expected a manifest path, found {}",
@@ -286,11 +291,11 @@ fn load_base(path: &Path, ext: &Entry, chain: &mut Vec<PathBuf>) -> Result<SValu
     };
     let base_path = path.parent().unwrap_or(Path::new(".")).join(rel);
     if !base_path.is_file() {
-        return Err(ManifestError::new(format!(
-            "`extends` names a file that does not exist: {rel}"
-        ))
-        .at(ext.value.origin.clone())
-        .path("extends"));
+        return Err(
+            ManifestError::new(format!("`{key}` names a file that does not exist: {rel}"))
+                .at(ext.value.origin.clone())
+                .path(key),
+        );
     }
     let base_canon = base_path.canonicalize().unwrap_or(base_path.clone());
     if chain.contains(&base_canon) {
@@ -304,7 +309,7 @@ fn load_base(path: &Path, ext: &Entry, chain: &mut Vec<PathBuf>) -> Result<SValu
             })
             .collect();
         return Err(
-            ManifestError::new(format!("`extends` loop: {}", names.join(" -> ")))
+            ManifestError::new(format!("`{key}` loop: {}", names.join(" -> ")))
                 .at(ext.value.origin.clone())
                 .path(key),
         );
@@ -677,12 +682,15 @@ fn parse_stage(
                 if let Some(sz) = c.image_size {
                     check_image_size(sz, "image_size", &path, key_at("image_size"))?;
                 }
-                if c.classes == Some(0) || c.train_per_class == Some(0) {
-                    return Err(
-                        ManifestError::new("`classes` and `train_per_class` must be > 0")
-                            .at(entry.key_origin.clone())
-                            .path(path),
-                    );
+                for (k, v) in [
+                    ("classes", c.classes),
+                    ("train_per_class", c.train_per_class),
+                ] {
+                    if v == Some(0) {
+                        return Err(ManifestError::new(format!("`{k}` must be > 0"))
+                            .at(key_at(k))
+                            .path(format!("{path}.{k}")));
+                    }
                 }
             } else {
                 if c.root.is_none() {

@@ -309,8 +309,22 @@ fn convert_value(
 
 /// Read a manifest file into a [`Source`].
 pub fn read_source(path: &Path, display: String) -> Result<Arc<Source>, ManifestError> {
-    let text = std::fs::read_to_string(path)
+    let bytes = std::fs::read(path)
         .map_err(|e| ManifestError::new(format!("cannot read {}: {e}", path.display())))?;
+    let text = match String::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            // Locate the first bad byte: line and column (in characters) of the valid prefix.
+            let at = e.utf8_error().valid_up_to();
+            let valid = std::str::from_utf8(&e.as_bytes()[..at]).unwrap_or_default();
+            let line = valid.matches('\n').count() + 1;
+            let col = valid.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            return Err(ManifestError::new(format!(
+                "{display}:{line}:{col}: the file is not valid UTF-8 (byte 0x{:02x}); TOML files are UTF-8",
+                e.as_bytes()[at]
+            )));
+        }
+    };
     Ok(Arc::new(Source {
         name: display,
         path: Some(path.to_path_buf()),
