@@ -4,6 +4,7 @@
 //! is cached) -> `stages` (one file per kind) -> artifacts in the store. `data` holds the
 //! formats stages read and write; `report` what the user sees; `commands` the CLI verbs.
 
+pub mod atomic;
 pub mod backend;
 pub mod commands;
 pub mod data;

@@ -8,8 +8,8 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
+use crate::atomic::write_atomic;
 use crate::backend::{NamedTensor, State};
-use crate::engine::store::write_atomic;
 
 /// Write `state` (only the tensors `keep` accepts) with `metadata`, atomically.
 pub fn save(

@@ -80,8 +80,51 @@ impl Project {
     pub fn load(&self, arg: &str, sets: &[String]) -> Result<(Project, Pipeline)> {
         let path = manifest::find(&self.pipelines, arg)?;
         let proj = Project::for_manifest(&path, self);
-        let p = manifest::load(&path, sets, &proj.dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut p = manifest::load(&path, sets, &proj.dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+        resolve_devices(&mut p);
         Ok((proj, p))
+    }
+}
+
+/// Settle what depends on this machine, before any key is computed: `device = "auto"`
+/// becomes `cuda` when this build can open a GPU (said once on stderr), else `cpu`; an
+/// unset `backend` becomes `native` on the CPU and `dfdx` on a GPU (the native backend has
+/// no CUDA device yet).
+pub fn resolve_devices(p: &mut Pipeline) {
+    use manifest::{BackendKind, DeviceSetting, StageConfig};
+    fn device(d: Option<DeviceSetting>) -> DeviceSetting {
+        match d.unwrap_or_default() {
+            DeviceSetting::Auto => {
+                static RESOLVED: std::sync::OnceLock<DeviceSetting> = std::sync::OnceLock::new();
+                *RESOLVED.get_or_init(|| {
+                    if crate::backend::cuda_available() {
+                        eprintln!("device = \"auto\": using the CUDA GPU");
+                        DeviceSetting::Cuda
+                    } else {
+                        DeviceSetting::Cpu
+                    }
+                })
+            }
+            other => other,
+        }
+    }
+    let settle = |d: &mut Option<DeviceSetting>, b: &mut Option<BackendKind>| {
+        let dev = device(*d);
+        *d = Some(dev);
+        b.get_or_insert(match dev {
+            DeviceSetting::Cuda => BackendKind::Dfdx,
+            _ => BackendKind::Native,
+        });
+    };
+    for s in p.stages.values_mut() {
+        match &mut s.config {
+            StageConfig::Train(t) => settle(&mut t.config.device, &mut t.config.backend),
+            StageConfig::LrDrop(c) | StageConfig::Resume { config: c, .. } => {
+                settle(&mut c.device, &mut c.backend)
+            }
+            StageConfig::Evaluate(c) => settle(&mut c.device, &mut c.backend),
+            _ => {}
+        }
     }
 }
 
@@ -568,7 +611,10 @@ impl Engine {
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
             let p = match manifest::load(&file, &[], &project.dir) {
-                Ok(p) => Some(p),
+                Ok(mut p) => {
+                    resolve_devices(&mut p);
+                    Some(p)
+                }
                 Err(e) => {
                     warnings.push(format!("{}: {}", display_name(&file), e.message));
                     None

@@ -23,6 +23,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+pub use crate::atomic::{write_atomic, write_json_atomic};
+
 /// A stage key resolved to its output.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KeyRecord {
@@ -473,29 +475,4 @@ pub fn read_json<T: for<'de> Deserialize<'de>>(p: &Path) -> Result<Option<T>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
     }
-}
-
-/// Write bytes to `p` atomically (temporary file in the same directory, fsync, rename).
-pub fn write_atomic(p: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = p.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        p.file_name()
-            .map(|f| f.to_string_lossy())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, p).with_context(|| format!("cannot write {}", p.display()))?;
-    Ok(())
-}
-
-/// Write JSON to `p` atomically.
-pub fn write_json_atomic<T: Serialize>(p: &Path, v: &T) -> Result<()> {
-    write_atomic(p, &serde_json::to_vec_pretty(v)?)
 }

@@ -247,7 +247,7 @@ pub struct TrainConfig {
     pub device: Option<DeviceSetting>,
     /// `native` or `dfdx` (default: the pipeline's `backend`, else `native`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backend: Option<crate::backend::BackendKind>,
+    pub backend: Option<BackendKind>,
 }
 
 fn default_batch() -> usize {
@@ -297,7 +297,7 @@ pub struct ContinueConfig {
     pub device: Option<DeviceSetting>,
     /// `native` or `dfdx` (default: the pipeline's `backend`, else `native`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backend: Option<crate::backend::BackendKind>,
+    pub backend: Option<BackendKind>,
 }
 
 /// `kind = "evaluate"`.
@@ -318,7 +318,7 @@ pub struct EvaluateConfig {
     pub device: Option<DeviceSetting>,
     /// `native` or `dfdx` (default: the pipeline's `backend`, else `native`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backend: Option<crate::backend::BackendKind>,
+    pub backend: Option<BackendKind>,
 }
 
 fn default_top_k() -> Vec<usize> {
@@ -326,6 +326,26 @@ fn default_top_k() -> Vec<usize> {
 }
 fn default_eval_batch() -> usize {
     128
+}
+
+/// Which implementation trains and evaluates a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Our own kernels (`src/backend/native`), the default.
+    #[default]
+    Native,
+    /// dfdx 0.13 through its public API.
+    Dfdx,
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BackendKind::Native => "native",
+            BackendKind::Dfdx => "dfdx",
+        })
+    }
 }
 
 /// Where training and evaluation compute.

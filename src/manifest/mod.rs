@@ -206,7 +206,7 @@ struct TopLevel {
     #[serde(default)]
     device: DeviceSetting,
     #[serde(default)]
-    backend: Option<crate::backend::BackendKind>,
+    backend: Option<BackendKind>,
     #[allow(dead_code)]
     stages: serde::de::IgnoredAny,
     /// Typed by `nn::spec`.
@@ -466,6 +466,7 @@ pub fn load(path: &Path, sets: &[String], project_dir: &Path) -> Result<Pipeline
     };
     validate_graph(&pipeline, &input_origins)?;
     check_top_k(&pipeline)?;
+    check_resume_epochs(&pipeline, &input_origins)?;
     wire_data_inputs(&mut pipeline);
     // Shapes are checked now, before anything runs (the class count, if the network leaves
     // it to the data, does not change any shape but the last).
@@ -483,6 +484,64 @@ fn trained_network<'a>(p: &'a Pipeline, stage: &str, depth: usize) -> Option<&'a
         StageConfig::Resume { stage, .. } if depth < 64 => trained_network(p, stage, depth + 1),
         _ => None,
     }
+}
+
+/// The last epoch a training stage (or chain) reaches; `None` when it starts from a file.
+fn end_epoch(p: &Pipeline, stage: &str, depth: usize) -> Option<usize> {
+    if depth > 64 {
+        return None;
+    }
+    match &p.stages.get(stage)?.config {
+        StageConfig::Train(t) => Some(t.config.epochs),
+        StageConfig::LrDrop(c) => Some(end_epoch(p, &c.from, depth + 1)? + c.epochs),
+        StageConfig::Resume {
+            config,
+            file: None,
+            at,
+            ..
+        } => Some(at + config.epochs),
+        _ => None,
+    }
+}
+
+/// A `resume` from `stage@N` needs a checkpoint at epoch N: within the epochs `stage`
+/// trains.
+fn check_resume_epochs(
+    p: &Pipeline,
+    input_origins: &HashMap<String, Vec<Origin>>,
+) -> Result<(), ManifestError> {
+    for (name, s) in &p.stages {
+        let StageConfig::Resume {
+            stage,
+            at,
+            file: None,
+            ..
+        } = &s.config
+        else {
+            continue;
+        };
+        let end = end_epoch(p, stage, 0);
+        let start = match p.stages.get(stage).map(|x| &x.config) {
+            Some(StageConfig::LrDrop(c)) => end.map(|e| e - c.epochs),
+            Some(StageConfig::Resume { at, .. }) => Some(*at),
+            _ => Some(0),
+        };
+        if let (Some(start), Some(end)) = (start, end) {
+            if *at <= start || *at > end {
+                let origin = input_origins
+                    .get(name)
+                    .and_then(|o| o.first().cloned())
+                    .unwrap_or_else(|| s.origin.clone());
+                return Err(ManifestError::new(format!(
+                    "`from = \"{stage}@{at}\"`: stage `{stage}` trains epochs {}..{end}, so it has no checkpoint at epoch {at}",
+                    start + 1
+                ))
+                .at(origin)
+                .path(format!("stages.{name}.from")));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// An evaluate stage cannot ask for rank-k with k above the network's class count.
@@ -563,7 +622,7 @@ fn parse_stage(
     sname: &str,
     entry: &Entry,
     seed: u64,
-    (device, backend): (DeviceSetting, Option<crate::backend::BackendKind>),
+    (device, backend): (DeviceSetting, Option<BackendKind>),
     library: &crate::nn::spec::Library,
     project_dir: &Path,
 ) -> Result<(Stage, Vec<Origin>), ManifestError> {
@@ -781,8 +840,10 @@ fn parse_stage(
         "train" => {
             let mut c: TrainConfig = de::from_svalue(&body, &path)?;
             c.seed.get_or_insert(seed);
-            c.device = Some(resolve_device(c.device.unwrap_or(device)));
-            c.backend = Some(resolve_backend(c.backend.or(backend), c.device));
+            // `auto` and the backend's default are resolved by the engine (it knows the
+            // machine); the resolved values are what the stage's key covers.
+            c.device = Some(c.device.unwrap_or(device));
+            c.backend = c.backend.or(backend);
             let positive = [
                 ("epochs", c.epochs as f64),
                 ("batch_size", c.batch_size as f64),
@@ -857,8 +918,10 @@ fn parse_stage(
         }
         "lr-drop" | "resume" => {
             let mut c: ContinueConfig = de::from_svalue(&body, &path)?;
-            c.device = Some(resolve_device(c.device.unwrap_or(device)));
-            c.backend = Some(resolve_backend(c.backend.or(backend), c.device));
+            // `auto` and the backend's default are resolved by the engine (it knows the
+            // machine); the resolved values are what the stage's key covers.
+            c.device = Some(c.device.unwrap_or(device));
+            c.backend = c.backend.or(backend);
             if let Some(m) = c.momentum.filter(|m| !(0.0..1.0).contains(m)) {
                 return Err(
                     ManifestError::new(format!("`momentum` = {m} must be in [0, 1)"))
@@ -944,8 +1007,10 @@ fn parse_stage(
         }
         "evaluate" => {
             let mut c: EvaluateConfig = de::from_svalue(&body, &path)?;
-            c.device = Some(resolve_device(c.device.unwrap_or(device)));
-            c.backend = Some(resolve_backend(c.backend.or(backend), c.device));
+            // `auto` and the backend's default are resolved by the engine (it knows the
+            // machine); the resolved values are what the stage's key covers.
+            c.device = Some(c.device.unwrap_or(device));
+            c.backend = c.backend.or(backend);
             if c.top_k.is_empty() || c.top_k.contains(&0) || c.batch_size == 0 {
                 return Err(ManifestError::new(
                     "`top_k` must list ranks >= 1 and `batch_size` must be > 0",
@@ -1114,37 +1179,6 @@ fn validate_graph(
         }
     }
     Ok(())
-}
-
-/// `auto` becomes `cuda` when this build can open a GPU, else `cpu` (said once on stderr).
-/// The backend of a training or evaluation stage: as set, else `native` on the CPU and
-/// `dfdx` on a GPU (the native backend has no CUDA device yet).
-fn resolve_backend(
-    b: Option<crate::backend::BackendKind>,
-    device: Option<DeviceSetting>,
-) -> crate::backend::BackendKind {
-    use crate::backend::BackendKind;
-    b.unwrap_or(match device {
-        Some(DeviceSetting::Cuda) => BackendKind::Dfdx,
-        _ => BackendKind::Native,
-    })
-}
-
-fn resolve_device(d: DeviceSetting) -> DeviceSetting {
-    match d {
-        DeviceSetting::Auto => {
-            static RESOLVED: std::sync::OnceLock<DeviceSetting> = std::sync::OnceLock::new();
-            *RESOLVED.get_or_init(|| {
-                if crate::backend::cuda_available() {
-                    eprintln!("device = \"auto\": using the CUDA GPU");
-                    DeviceSetting::Cuda
-                } else {
-                    DeviceSetting::Cpu
-                }
-            })
-        }
-        other => other,
-    }
 }
 
 /// Stages that continue or evaluate a model also read the HDF5 files that model was

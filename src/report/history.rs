@@ -53,7 +53,7 @@ pub fn write_timings(dir: &Path, history: &[EpochRecord]) -> Result<()> {
             images_per_sec: r.images_per_sec,
         })
         .collect();
-    crate::engine::store::write_json_atomic(&dir.join(TIMINGS), &t)
+    crate::atomic::write_json_atomic(&dir.join(TIMINGS), &t)
 }
 
 /// The artifact file that holds timings; excluded from the artifact's content hash.
@@ -61,7 +61,7 @@ pub const TIMINGS: &str = "timings.json";
 
 /// Write `history.json` and `history.png` into `dir`.
 pub fn write(dir: &Path, history: &[EpochRecord]) -> Result<()> {
-    crate::engine::store::write_json_atomic(&dir.join("history.json"), &history)?;
+    crate::atomic::write_json_atomic(&dir.join("history.json"), &history)?;
     plot(&dir.join("history.png"), history)
 }
 
