@@ -618,6 +618,404 @@ fn check_image_size(
     Ok(())
 }
 
+/// The "wrong type" error the loader gives wherever a value has the wrong shape: what was
+/// expected, what was found, at the value, under its key path.
+fn wrong_type(expected: &str, found: &SValue, path: impl Into<String>) -> ManifestError {
+    ManifestError::new(format!(
+        "wrong type: expected {expected}, found {}",
+        found.kind.type_name()
+    ))
+    .at(found.origin.clone())
+    .path(path.into())
+}
+
+/// What every stage parser needs: the stage's table and where it was written, the
+/// pipeline-level defaults, and the inputs found so far.
+struct StageCx<'a> {
+    sname: &'a str,
+    path: String,
+    entry: &'a Entry,
+    table: &'a IndexMap<String, Entry>,
+    body: SValue,
+    seed: u64,
+    device: DeviceSetting,
+    backend: Option<BackendKind>,
+    library: &'a crate::nn::spec::Library,
+    project_dir: &'a Path,
+    inputs: &'a mut Vec<String>,
+    origins: &'a mut Vec<Origin>,
+    kind: String,
+}
+
+impl StageCx<'_> {
+    /// Where key `k` of the stage was written (the stage's own key when absent).
+    fn key_at(&self, k: &str) -> Origin {
+        self.table
+            .get(k)
+            .map(|e| e.key_origin.clone())
+            .unwrap_or_else(|| self.entry.key_origin.clone())
+    }
+}
+
+/// `ingest`: dataset format and, for `synthetic`, what it generates.
+fn parse_ingest(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
+    let path = cx.path.clone();
+    let sname = cx.sname;
+    let entry = cx.entry;
+    let seed = cx.seed;
+    let body = cx.body.clone();
+    Ok({
+        let mut c: IngestConfig = de::from_svalue(&body, &path)?;
+        let synthetic_keys = [
+            ("classes", c.classes.is_some()),
+            ("train_per_class", c.train_per_class.is_some()),
+            ("val_per_class", c.val_per_class.is_some()),
+            ("image_size", c.image_size.is_some()),
+            ("seed", c.seed.is_some()),
+        ];
+        if c.format == IngestFormat::Synthetic {
+            if c.root.is_some() {
+                return Err(ManifestError::new(
+                    "`root` is not used by format = \"synthetic\" (it generates its data)",
+                )
+                .at(cx.key_at("root"))
+                .path(format!("{path}.root")));
+            }
+            c.classes.get_or_insert(10);
+            c.train_per_class.get_or_insert(100);
+            c.val_per_class.get_or_insert(20);
+            c.image_size.get_or_insert([64, 64]);
+            c.seed.get_or_insert(seed);
+            if let Some(sz) = c.image_size {
+                check_image_size(sz, "image_size", &path, cx.key_at("image_size"))?;
+            }
+            for (k, v) in [
+                ("classes", c.classes),
+                ("train_per_class", c.train_per_class),
+            ] {
+                if v == Some(0) {
+                    return Err(ManifestError::new(format!("`{k}` must be > 0"))
+                        .at(cx.key_at(k))
+                        .path(format!("{path}.{k}")));
+                }
+            }
+        } else {
+            if c.root.is_none() {
+                return Err(ManifestError::new(format!(
+                    "missing required key `root` (the dataset folder) in stage `{sname}`"
+                ))
+                .at(entry.key_origin.clone())
+                .path(format!("{path}.root"))
+                .help(format!(
+                    "set it in the manifest or with `--set {sname}.root=DIR`"
+                )));
+            }
+            if let Some((k, _)) = synthetic_keys.iter().find(|(_, set)| *set) {
+                return Err(ManifestError::new(format!(
+                    "`{k}` is only used by format = \"synthetic\""
+                ))
+                .at(cx.key_at(k))
+                .path(format!("{path}.{k}")));
+            }
+        }
+        if !cx.inputs.is_empty() {
+            return Err(ManifestError::new("an ingest stage takes no input")
+                .at(cx.origins[0].clone())
+                .path(format!("{path}.input")));
+        }
+        StageConfig::Ingest(c)
+    })
+}
+
+/// `split`: which images move to which split.
+fn parse_split(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
+    let path = cx.path.clone();
+    let sname = cx.sname;
+    let entry = cx.entry;
+    let seed = cx.seed;
+    let body = cx.body.clone();
+    Ok({
+        let mut c: SplitConfig = de::from_svalue(&body, &path)?;
+        match (c.test_per_class, c.test_fraction) {
+            (Some(_), Some(_)) => {
+                return Err(ManifestError::new(
+                    "`test_per_class` and `test_fraction` exclude each other",
+                )
+                .at(cx.key_at("test_fraction"))
+                .path(format!("{path}.test_fraction")))
+            }
+            (None, None) => {
+                return Err(ManifestError::new(format!(
+                    "stage `{sname}` needs `test_per_class` or `test_fraction`"
+                ))
+                .at(entry.key_origin.clone())
+                .path(path))
+            }
+            (None, Some(f)) if !(f > 0.0 && f < 1.0) => {
+                return Err(ManifestError::new(format!(
+                    "`test_fraction` must be between 0 and 1 (exclusive), got {f}"
+                ))
+                .at(cx.key_at("test_fraction"))
+                .path(format!("{path}.test_fraction")))
+            }
+            (Some(0), None) => {
+                return Err(ManifestError::new("`test_per_class` must be > 0")
+                    .at(cx.key_at("test_per_class"))
+                    .path(format!("{path}.test_per_class")))
+            }
+            _ => {}
+        }
+        if c.from_split == c.to_split {
+            return Err(
+                ManifestError::new("`from_split` and `to_split` must differ")
+                    .at(cx.key_at("to_split"))
+                    .path(format!("{path}.to_split")),
+            );
+        }
+        c.seed.get_or_insert(seed);
+        StageConfig::Split(c)
+    })
+}
+
+/// `hdf5`: image size, chunking, what to do with a bad image.
+fn parse_hdf5(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
+    let path = cx.path.clone();
+    let body = cx.body.clone();
+    Ok({
+        let c: Hdf5Config = de::from_svalue(&body, &path)?;
+        if c.chunk == 0 {
+            return Err(ManifestError::new("`chunk` must be > 0")
+                .at(cx.key_at("chunk"))
+                .path(format!("{path}.chunk")));
+        }
+        if let Some(sz) = c.size {
+            check_image_size(sz, "size", &path, cx.key_at("size"))?;
+        }
+        if let Some([w, h]) = c.size {
+            if w == 0 || h == 0 {
+                return Err(ManifestError::new("`size` must be [width, height] > 0")
+                    .at(cx.key_at("size"))
+                    .path(format!("{path}.size")));
+            }
+        }
+        StageConfig::Hdf5(c)
+    })
+}
+
+/// `train`: the network, optimizer and schedule, their ranges.
+fn parse_train(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
+    let path = cx.path.clone();
+    let seed = cx.seed;
+    let device = cx.device;
+    let backend = cx.backend;
+    let library = cx.library;
+    let body = cx.body.clone();
+    Ok({
+        let mut c: TrainConfig = de::from_svalue(&body, &path)?;
+        c.seed.get_or_insert(seed);
+        // `auto` and the backend's default are resolved by the engine (it knows the
+        // machine); the resolved values are what the stage's key covers.
+        c.device = Some(c.device.unwrap_or(device));
+        c.backend = c.backend.or(backend);
+        let positive = [
+            ("epochs", c.epochs as f64),
+            ("batch_size", c.batch_size as f64),
+            ("lr", c.lr),
+            ("checkpoint_every", c.checkpoint_every as f64),
+        ];
+        if let Some((k, _)) = positive.iter().find(|(_, v)| *v <= 0.0) {
+            return Err(ManifestError::new(format!("`{k}` must be > 0"))
+                .at(cx.key_at(k))
+                .path(format!("{path}.{k}")));
+        }
+        let ranges: [(&str, f64, bool); 8] = [
+            ("momentum", c.momentum, (0.0..1.0).contains(&c.momentum)),
+            ("power", c.power, c.power >= 0.0),
+            (
+                "augment.width_shift",
+                c.augment.width_shift,
+                (0.0..=1.0).contains(&c.augment.width_shift),
+            ),
+            (
+                "augment.height_shift",
+                c.augment.height_shift,
+                (0.0..=1.0).contains(&c.augment.height_shift),
+            ),
+            (
+                "augment.zoom",
+                c.augment.zoom,
+                (0.0..=1.0).contains(&c.augment.zoom),
+            ),
+            (
+                "augment.rotation",
+                c.augment.rotation,
+                c.augment.rotation.abs() <= 180.0,
+            ),
+            (
+                "augment.shear",
+                c.augment.shear,
+                c.augment.shear.abs() <= 180.0,
+            ),
+            ("beta1", c.beta1, (0.0..1.0).contains(&c.beta1)),
+        ];
+        if let Some((k, v, _)) = ranges.iter().find(|(_, _, ok)| !ok) {
+            let allowed = match *k {
+                "momentum" | "beta1" => "in [0, 1)",
+                "power" => ">= 0",
+                "augment.rotation" | "augment.shear" => "at most 180 (degrees)",
+                _ => "in [0, 1] (a fraction of the image)",
+            };
+            let top = k.split('.').next().unwrap_or(k);
+            return Err(ManifestError::new(format!("`{k}` = {v} must be {allowed}"))
+                .at(cx.key_at(top))
+                .path(format!("{path}.{k}")));
+        }
+        if c.schedule == ScheduleKind::Step && c.steps.is_empty() {
+            return Err(ManifestError::new(
+                "schedule = \"step\" needs `steps = [[epoch, lr], ...]`",
+            )
+            .at(cx.key_at("schedule"))
+            .path(format!("{path}.steps")));
+        }
+        let expanded = library.expand(&c.network, None).map_err(|e| {
+            if e.origin.is_none() {
+                e.at(cx.key_at("network")).path(format!("{path}.network"))
+            } else {
+                e
+            }
+        })?;
+        StageConfig::Train(Box::new(TrainStage {
+            config: c,
+            graph: expanded.graph,
+        }))
+    })
+}
+
+/// `lr-drop` and `resume`: what is continued (a stage, `stage@epoch` or a file).
+fn parse_continue(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
+    let path = cx.path.clone();
+    let entry = cx.entry;
+    let device = cx.device;
+    let backend = cx.backend;
+    let project_dir = cx.project_dir;
+    let kind = cx.kind.clone();
+    let body = cx.body.clone();
+    Ok({
+        let mut c: ContinueConfig = de::from_svalue(&body, &path)?;
+        // `auto` and the backend's default are resolved by the engine (it knows the
+        // machine); the resolved values are what the stage's key covers.
+        c.device = Some(c.device.unwrap_or(device));
+        c.backend = c.backend.or(backend);
+        if let Some(m) = c.momentum.filter(|m| !(0.0..1.0).contains(m)) {
+            return Err(
+                ManifestError::new(format!("`momentum` = {m} must be in [0, 1)"))
+                    .at(cx.key_at("momentum"))
+                    .path(format!("{path}.momentum")),
+            );
+        }
+        if c.lr <= 0.0 || c.epochs == 0 {
+            let k = if c.epochs == 0 { "epochs" } else { "lr" };
+            return Err(ManifestError::new(format!("`{k}` must be > 0"))
+                .at(cx.key_at(k))
+                .path(format!("{path}.{k}")));
+        }
+        let from_file = kind == "resume" && !c.from.contains('@');
+        if from_file && cx.inputs.len() != 1 {
+            return Err(ManifestError::new(
+                "a resume stage that starts from a checkpoint file reads the data with `input = \"<hdf5 stage>\"`",
+            )
+            .at(entry.key_origin.clone())
+            .path(format!("{path}.input")));
+        }
+        if !from_file && !cx.inputs.is_empty() {
+            return Err(ManifestError::new(format!(
+                "a {kind} stage names what it continues with `from`, not `input`"
+            ))
+            .at(cx.origins[0].clone())
+            .path(format!("{path}.input")));
+        }
+        let from_origin = cx
+            .table
+            .get("from")
+            .map(|e| e.value.origin.clone())
+            .unwrap_or_else(|| entry.key_origin.clone());
+        if from_file {
+            let file = if Path::new(&c.from).is_absolute() {
+                PathBuf::from(&c.from)
+            } else {
+                project_dir.join(&c.from)
+            };
+            let bytes = std::fs::read(&file).map_err(|e| {
+                ManifestError::new(format!(
+                    "`from` must be \"<stage>@<epoch>\" or a checkpoint file; cannot read {}: {e}",
+                    file.display()
+                ))
+                .at(from_origin.clone())
+                .path(format!("{path}.from"))
+            })?;
+            let hash = blake3::hash(&bytes).to_hex().to_string();
+            StageConfig::Resume {
+                stage: String::new(),
+                at: 0,
+                file: Some((file, hash)),
+                config: c,
+            }
+        } else if kind == "resume" {
+            let Some((stage, epoch)) = c.from.split_once('@') else {
+                return Err(ManifestError::new(format!(
+                    "`from` must be \"<stage>@<epoch>\" (e.g. \"train@25\"), got \"{}\"",
+                    c.from
+                ))
+                .at(from_origin)
+                .path(format!("{path}.from")));
+            };
+            let Ok(at) = epoch.parse::<usize>() else {
+                return Err(
+                    ManifestError::new(format!("`{epoch}` is not an epoch number"))
+                        .at(from_origin)
+                        .path(format!("{path}.from")),
+                );
+            };
+            cx.inputs.push(stage.to_string());
+            cx.origins.push(from_origin);
+            StageConfig::Resume {
+                stage: stage.to_string(),
+                at,
+                file: None,
+                config: c,
+            }
+        } else {
+            cx.inputs.push(c.from.clone());
+            cx.origins.push(from_origin);
+            StageConfig::LrDrop(c)
+        }
+    })
+}
+
+/// `evaluate`: split, ranks, batch size.
+fn parse_evaluate(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
+    let path = cx.path.clone();
+    let entry = cx.entry;
+    let device = cx.device;
+    let backend = cx.backend;
+    let body = cx.body.clone();
+    Ok({
+        let mut c: EvaluateConfig = de::from_svalue(&body, &path)?;
+        // `auto` and the backend's default are resolved by the engine (it knows the
+        // machine); the resolved values are what the stage's key covers.
+        c.device = Some(c.device.unwrap_or(device));
+        c.backend = c.backend.or(backend);
+        if c.top_k.is_empty() || c.top_k.contains(&0) || c.batch_size == 0 {
+            return Err(ManifestError::new(
+                "`top_k` must list ranks >= 1 and `batch_size` must be > 0",
+            )
+            .at(entry.key_origin.clone())
+            .path(path));
+        }
+        StageConfig::Evaluate(c)
+    })
+}
+
 fn parse_stage(
     sname: &str,
     entry: &Entry,
@@ -629,13 +1027,8 @@ fn parse_stage(
     let path = format!("stages.{sname}");
     let mut table = match &entry.value.kind {
         Kind::Table(t) => t.clone(),
-        other => {
-            return Err(ManifestError::new(format!(
-                "wrong type: a stage must be a table, found {}",
-                other.type_name()
-            ))
-            .at(entry.value.origin.clone())
-            .path(path))
+        _ => {
+            return Err(wrong_type("a stage table", &entry.value, path));
         }
     };
     let kind = match table.shift_remove("kind") {
@@ -651,14 +1044,7 @@ fn parse_stage(
                 });
                 return Err(e);
             }
-            None => {
-                return Err(ManifestError::new(format!(
-                    "wrong type: expected a string, found {}",
-                    k.value.kind.type_name()
-                ))
-                .at(k.value.origin.clone())
-                .path(format!("{path}.kind")))
-            }
+            None => return Err(wrong_type("a string", &k.value, format!("{path}.kind"))),
         },
         None if STAGE_KINDS.contains(&sname) => sname.to_string(),
         None => {
@@ -678,13 +1064,8 @@ fn parse_stage(
             let items: Vec<&SValue> = match &e.value.kind {
                 Kind::Str(_) => vec![&e.value],
                 Kind::Array(a) => a.iter().collect(),
-                other => {
-                    return Err(ManifestError::new(format!(
-                        "wrong type: `{key}` must be a stage name or a list of them, found {}",
-                        other.type_name()
-                    ))
-                    .at(e.value.origin.clone())
-                    .path(kp))
+                _ => {
+                    return Err(wrong_type("a stage name or a list of them", &e.value, kp));
                 }
             };
             for it in items {
@@ -693,14 +1074,7 @@ fn parse_stage(
                         inputs.push(s.to_string());
                         origins.push(it.origin.clone());
                     }
-                    None => {
-                        return Err(ManifestError::new(format!(
-                            "wrong type: expected a stage name, found {}",
-                            it.kind.type_name()
-                        ))
-                        .at(it.origin.clone())
-                        .path(kp))
-                    }
+                    None => return Err(wrong_type("a stage name", it, kp)),
                 }
             }
         }
@@ -709,317 +1083,28 @@ fn parse_stage(
         kind: Kind::Table(table.clone()),
         origin: entry.value.origin.clone(),
     };
-    let key_at = |k: &str| -> Origin {
-        table
-            .get(k)
-            .map(|e| e.key_origin.clone())
-            .unwrap_or_else(|| entry.key_origin.clone())
+    let mut cx = StageCx {
+        sname,
+        path: path.clone(),
+        entry,
+        table: &table,
+        body,
+        seed,
+        device,
+        backend,
+        library,
+        project_dir,
+        inputs: &mut inputs,
+        origins: &mut origins,
+        kind: kind.clone(),
     };
     let config = match kind.as_str() {
-        "ingest" => {
-            let mut c: IngestConfig = de::from_svalue(&body, &path)?;
-            let synthetic_keys = [
-                ("classes", c.classes.is_some()),
-                ("train_per_class", c.train_per_class.is_some()),
-                ("val_per_class", c.val_per_class.is_some()),
-                ("image_size", c.image_size.is_some()),
-                ("seed", c.seed.is_some()),
-            ];
-            if c.format == IngestFormat::Synthetic {
-                if c.root.is_some() {
-                    return Err(ManifestError::new(
-                        "`root` is not used by format = \"synthetic\" (it generates its data)",
-                    )
-                    .at(key_at("root"))
-                    .path(format!("{path}.root")));
-                }
-                c.classes.get_or_insert(10);
-                c.train_per_class.get_or_insert(100);
-                c.val_per_class.get_or_insert(20);
-                c.image_size.get_or_insert([64, 64]);
-                c.seed.get_or_insert(seed);
-                if let Some(sz) = c.image_size {
-                    check_image_size(sz, "image_size", &path, key_at("image_size"))?;
-                }
-                for (k, v) in [
-                    ("classes", c.classes),
-                    ("train_per_class", c.train_per_class),
-                ] {
-                    if v == Some(0) {
-                        return Err(ManifestError::new(format!("`{k}` must be > 0"))
-                            .at(key_at(k))
-                            .path(format!("{path}.{k}")));
-                    }
-                }
-            } else {
-                if c.root.is_none() {
-                    return Err(ManifestError::new(format!(
-                        "missing required key `root` (the dataset folder) in stage `{sname}`"
-                    ))
-                    .at(entry.key_origin.clone())
-                    .path(format!("{path}.root"))
-                    .help(format!(
-                        "set it in the manifest or with `--set {sname}.root=DIR`"
-                    )));
-                }
-                if let Some((k, _)) = synthetic_keys.iter().find(|(_, set)| *set) {
-                    return Err(ManifestError::new(format!(
-                        "`{k}` is only used by format = \"synthetic\""
-                    ))
-                    .at(key_at(k))
-                    .path(format!("{path}.{k}")));
-                }
-            }
-            if !inputs.is_empty() {
-                return Err(ManifestError::new("an ingest stage takes no input")
-                    .at(origins[0].clone())
-                    .path(format!("{path}.input")));
-            }
-            StageConfig::Ingest(c)
-        }
-        "split" => {
-            let mut c: SplitConfig = de::from_svalue(&body, &path)?;
-            match (c.test_per_class, c.test_fraction) {
-                (Some(_), Some(_)) => {
-                    return Err(ManifestError::new(
-                        "`test_per_class` and `test_fraction` exclude each other",
-                    )
-                    .at(key_at("test_fraction"))
-                    .path(format!("{path}.test_fraction")))
-                }
-                (None, None) => {
-                    return Err(ManifestError::new(format!(
-                        "stage `{sname}` needs `test_per_class` or `test_fraction`"
-                    ))
-                    .at(entry.key_origin.clone())
-                    .path(path))
-                }
-                (None, Some(f)) if !(f > 0.0 && f < 1.0) => {
-                    return Err(ManifestError::new(format!(
-                        "`test_fraction` must be between 0 and 1 (exclusive), got {f}"
-                    ))
-                    .at(key_at("test_fraction"))
-                    .path(format!("{path}.test_fraction")))
-                }
-                (Some(0), None) => {
-                    return Err(ManifestError::new("`test_per_class` must be > 0")
-                        .at(key_at("test_per_class"))
-                        .path(format!("{path}.test_per_class")))
-                }
-                _ => {}
-            }
-            if c.from_split == c.to_split {
-                return Err(
-                    ManifestError::new("`from_split` and `to_split` must differ")
-                        .at(key_at("to_split"))
-                        .path(format!("{path}.to_split")),
-                );
-            }
-            c.seed.get_or_insert(seed);
-            StageConfig::Split(c)
-        }
-        "hdf5" => {
-            let c: Hdf5Config = de::from_svalue(&body, &path)?;
-            if c.chunk == 0 {
-                return Err(ManifestError::new("`chunk` must be > 0")
-                    .at(key_at("chunk"))
-                    .path(format!("{path}.chunk")));
-            }
-            if let Some(sz) = c.size {
-                check_image_size(sz, "size", &path, key_at("size"))?;
-            }
-            if let Some([w, h]) = c.size {
-                if w == 0 || h == 0 {
-                    return Err(ManifestError::new("`size` must be [width, height] > 0")
-                        .at(key_at("size"))
-                        .path(format!("{path}.size")));
-                }
-            }
-            StageConfig::Hdf5(c)
-        }
-        "train" => {
-            let mut c: TrainConfig = de::from_svalue(&body, &path)?;
-            c.seed.get_or_insert(seed);
-            // `auto` and the backend's default are resolved by the engine (it knows the
-            // machine); the resolved values are what the stage's key covers.
-            c.device = Some(c.device.unwrap_or(device));
-            c.backend = c.backend.or(backend);
-            let positive = [
-                ("epochs", c.epochs as f64),
-                ("batch_size", c.batch_size as f64),
-                ("lr", c.lr),
-                ("checkpoint_every", c.checkpoint_every as f64),
-            ];
-            if let Some((k, _)) = positive.iter().find(|(_, v)| *v <= 0.0) {
-                return Err(ManifestError::new(format!("`{k}` must be > 0"))
-                    .at(key_at(k))
-                    .path(format!("{path}.{k}")));
-            }
-            let ranges: [(&str, f64, bool); 8] = [
-                ("momentum", c.momentum, (0.0..1.0).contains(&c.momentum)),
-                ("power", c.power, c.power >= 0.0),
-                (
-                    "augment.width_shift",
-                    c.augment.width_shift,
-                    (0.0..=1.0).contains(&c.augment.width_shift),
-                ),
-                (
-                    "augment.height_shift",
-                    c.augment.height_shift,
-                    (0.0..=1.0).contains(&c.augment.height_shift),
-                ),
-                (
-                    "augment.zoom",
-                    c.augment.zoom,
-                    (0.0..=1.0).contains(&c.augment.zoom),
-                ),
-                (
-                    "augment.rotation",
-                    c.augment.rotation,
-                    c.augment.rotation.abs() <= 180.0,
-                ),
-                (
-                    "augment.shear",
-                    c.augment.shear,
-                    c.augment.shear.abs() <= 180.0,
-                ),
-                ("beta1", c.beta1, (0.0..1.0).contains(&c.beta1)),
-            ];
-            if let Some((k, v, _)) = ranges.iter().find(|(_, _, ok)| !ok) {
-                let allowed = match *k {
-                    "momentum" | "beta1" => "in [0, 1)",
-                    "power" => ">= 0",
-                    "augment.rotation" | "augment.shear" => "at most 180 (degrees)",
-                    _ => "in [0, 1] (a fraction of the image)",
-                };
-                let top = k.split('.').next().unwrap_or(k);
-                return Err(ManifestError::new(format!("`{k}` = {v} must be {allowed}"))
-                    .at(key_at(top))
-                    .path(format!("{path}.{k}")));
-            }
-            if c.schedule == ScheduleKind::Step && c.steps.is_empty() {
-                return Err(ManifestError::new(
-                    "schedule = \"step\" needs `steps = [[epoch, lr], ...]`",
-                )
-                .at(key_at("schedule"))
-                .path(format!("{path}.steps")));
-            }
-            let expanded = library.expand(&c.network, None).map_err(|e| {
-                if e.origin.is_none() {
-                    e.at(key_at("network")).path(format!("{path}.network"))
-                } else {
-                    e
-                }
-            })?;
-            StageConfig::Train(Box::new(TrainStage {
-                config: c,
-                graph: expanded.graph,
-            }))
-        }
-        "lr-drop" | "resume" => {
-            let mut c: ContinueConfig = de::from_svalue(&body, &path)?;
-            // `auto` and the backend's default are resolved by the engine (it knows the
-            // machine); the resolved values are what the stage's key covers.
-            c.device = Some(c.device.unwrap_or(device));
-            c.backend = c.backend.or(backend);
-            if let Some(m) = c.momentum.filter(|m| !(0.0..1.0).contains(m)) {
-                return Err(
-                    ManifestError::new(format!("`momentum` = {m} must be in [0, 1)"))
-                        .at(key_at("momentum"))
-                        .path(format!("{path}.momentum")),
-                );
-            }
-            if c.lr <= 0.0 || c.epochs == 0 {
-                let k = if c.epochs == 0 { "epochs" } else { "lr" };
-                return Err(ManifestError::new(format!("`{k}` must be > 0"))
-                    .at(key_at(k))
-                    .path(format!("{path}.{k}")));
-            }
-            let from_file = kind == "resume" && !c.from.contains('@');
-            if from_file && inputs.len() != 1 {
-                return Err(ManifestError::new(
-                    "a resume stage that starts from a checkpoint file reads the data with `input = \"<hdf5 stage>\"`",
-                )
-                .at(entry.key_origin.clone())
-                .path(format!("{path}.input")));
-            }
-            if !from_file && !inputs.is_empty() {
-                return Err(ManifestError::new(format!(
-                    "a {kind} stage names what it continues with `from`, not `input`"
-                ))
-                .at(origins[0].clone())
-                .path(format!("{path}.input")));
-            }
-            let from_origin = table
-                .get("from")
-                .map(|e| e.value.origin.clone())
-                .unwrap_or_else(|| entry.key_origin.clone());
-            if from_file {
-                let file = if Path::new(&c.from).is_absolute() {
-                    PathBuf::from(&c.from)
-                } else {
-                    project_dir.join(&c.from)
-                };
-                let bytes = std::fs::read(&file).map_err(|e| {
-                    ManifestError::new(format!(
-                        "`from` must be \"<stage>@<epoch>\" or a checkpoint file; cannot read {}: {e}",
-                        file.display()
-                    ))
-                    .at(from_origin.clone())
-                    .path(format!("{path}.from"))
-                })?;
-                let hash = blake3::hash(&bytes).to_hex().to_string();
-                StageConfig::Resume {
-                    stage: String::new(),
-                    at: 0,
-                    file: Some((file, hash)),
-                    config: c,
-                }
-            } else if kind == "resume" {
-                let Some((stage, epoch)) = c.from.split_once('@') else {
-                    return Err(ManifestError::new(format!(
-                        "`from` must be \"<stage>@<epoch>\" (e.g. \"train@25\"), got \"{}\"",
-                        c.from
-                    ))
-                    .at(from_origin)
-                    .path(format!("{path}.from")));
-                };
-                let Ok(at) = epoch.parse::<usize>() else {
-                    return Err(
-                        ManifestError::new(format!("`{epoch}` is not an epoch number"))
-                            .at(from_origin)
-                            .path(format!("{path}.from")),
-                    );
-                };
-                inputs.push(stage.to_string());
-                origins.push(from_origin);
-                StageConfig::Resume {
-                    stage: stage.to_string(),
-                    at,
-                    file: None,
-                    config: c,
-                }
-            } else {
-                inputs.push(c.from.clone());
-                origins.push(from_origin);
-                StageConfig::LrDrop(c)
-            }
-        }
-        "evaluate" => {
-            let mut c: EvaluateConfig = de::from_svalue(&body, &path)?;
-            // `auto` and the backend's default are resolved by the engine (it knows the
-            // machine); the resolved values are what the stage's key covers.
-            c.device = Some(c.device.unwrap_or(device));
-            c.backend = c.backend.or(backend);
-            if c.top_k.is_empty() || c.top_k.contains(&0) || c.batch_size == 0 {
-                return Err(ManifestError::new(
-                    "`top_k` must list ranks >= 1 and `batch_size` must be > 0",
-                )
-                .at(entry.key_origin.clone())
-                .path(path));
-            }
-            StageConfig::Evaluate(c)
-        }
+        "ingest" => parse_ingest(&mut cx)?,
+        "split" => parse_split(&mut cx)?,
+        "hdf5" => parse_hdf5(&mut cx)?,
+        "train" => parse_train(&mut cx)?,
+        "lr-drop" | "resume" => parse_continue(&mut cx)?,
+        "evaluate" => parse_evaluate(&mut cx)?,
         _ => unreachable!("kind checked against STAGE_KINDS"),
     };
     if matches!(
