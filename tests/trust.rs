@@ -616,3 +616,50 @@ fn dag_dot_escapes_stage_names() {
     let dot = String::from_utf8_lossy(&out.stdout);
     assert!(dot.contains(r#""tr\"ai\\n""#), "{dot}");
 }
+
+#[test]
+fn the_manifest_keeps_auto_and_the_engine_settles_device_and_backend() {
+    let p = Project::new();
+    let path = p.manifest(
+        "t.toml",
+        &DATA.replace("[stages.train]", "[stages.train]\ndevice = \"auto\""),
+    );
+    let mut pl = pipe::manifest::load(&path, &[], p.path()).unwrap();
+    let pipe::manifest::StageConfig::Train(t) = &pl.stages["train"].config else {
+        panic!("train is a train stage")
+    };
+    assert_eq!(t.config.device, Some(pipe::manifest::DeviceSetting::Auto));
+    assert_eq!(t.config.backend, None);
+    pipe::engine::resolve_devices(&mut pl);
+    let pipe::manifest::StageConfig::Train(t) = &pl.stages["train"].config else {
+        panic!("train is a train stage")
+    };
+    // Auto is the GPU when this build can open one (then dfdx), else the CPU (then native).
+    let (dev, backend) = if pipe::backend::cuda_available() {
+        (
+            pipe::manifest::DeviceSetting::Cuda,
+            pipe::backend::BackendKind::Dfdx,
+        )
+    } else {
+        (
+            pipe::manifest::DeviceSetting::Cpu,
+            pipe::backend::BackendKind::Native,
+        )
+    };
+    assert_eq!(t.config.device, Some(dev));
+    assert_eq!(t.config.backend, Some(backend));
+}
+
+#[test]
+fn atomic_writes_replace_whole_files_and_leave_no_temporary() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("sub/state.json");
+    pipe::atomic::write_json_atomic(&f, &serde_json::json!({"a": 1})).unwrap();
+    pipe::atomic::write_atomic(&f, b"second").unwrap();
+    assert_eq!(std::fs::read(&f).unwrap(), b"second");
+    let names: Vec<String> = std::fs::read_dir(dir.path().join("sub"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["state.json"]);
+}
