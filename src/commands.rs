@@ -310,8 +310,16 @@ pub fn verify(g: &Global, pipeline: Option<&str>) -> Result<()> {
         }
     }
     if damaged > 0 {
+        // Move them aside (so even damage a stat check cannot see is not reused).
+        let store = crate::engine::store::Store::open(&project.cache)?;
+        let _lock = store.lock("pipe verify")?;
+        for (a, _, h) in &results {
+            if *h != crate::engine::integrity::Health::Sound {
+                store.quarantine(a)?;
+            }
+        }
         anyhow::bail!(
-            "{damaged} of {} artifacts are damaged: the next `pipe run` rebuilds what it needs, `pipe gc` deletes them",
+            "{damaged} of {} artifacts are damaged; they were moved aside: the next `pipe run` rebuilds what it needs, `pipe gc` deletes them",
             results.len()
         );
     }

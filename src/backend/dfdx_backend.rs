@@ -24,7 +24,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::params::Role;
-use super::{NamedTensor, State, StepStats};
+use super::{State, StepStats};
 use crate::nn::graph::{pad_before, Graph, NodeInfo, Op, Padding, Shape as GShape};
 
 type Tp<E, D> = OwnedTape<E, D>;
@@ -35,7 +35,6 @@ type BatchStats<E> = Vec<(Vec<E>, Vec<E>)>;
 
 struct Slot {
     name: String,
-    shape: Vec<usize>,
     /// (rows, cols) as used in the matrix formulation.
     mat: (usize, usize),
     l2: f64,
@@ -63,6 +62,7 @@ pub struct Net<E: Dtype, D: Device<E>> {
     bn_var: Vec<Vec<E>>,
     bn_names: Vec<String>,
     windows: HashMap<(usize, usize), Window<E, D>>,
+    layout: super::params::Layout,
     dev: D,
     classes: usize,
     /// With `PIPE_PROFILE=1`: seconds per phase and per op kind (the device is
@@ -137,6 +137,7 @@ impl<E: Dtype, D: Device<E> + Synchronize> Net<E, D> {
             bn_var: Vec::new(),
             bn_names: Vec::new(),
             windows: HashMap::new(),
+            layout: super::params::Layout::default(),
             dev,
             classes,
             profile: std::env::var("PIPE_PROFILE")
@@ -154,7 +155,6 @@ impl<E: Dtype, D: Device<E> + Synchronize> Net<E, D> {
             net.params.push(v.into_iter().map(e::<E>).collect());
             net.slots.push(Slot {
                 name: spec.name.clone(),
-                shape: spec.shape.clone(),
                 mat,
                 l2: spec.l2,
             });
@@ -173,6 +173,7 @@ impl<E: Dtype, D: Device<E> + Synchronize> Net<E, D> {
             net.bn_names.push(bn.name.clone());
             net.node_params[bn.node].stats = Some(net.bn_mean.len() - 1);
         }
+        net.layout = layout;
         Ok(net)
     }
 
@@ -665,80 +666,28 @@ impl<D: Device<f32> + Synchronize> super::Model for DfdxModel<D> {
     }
 
     fn state(&self) -> State {
-        let mut st = State {
+        self.net.layout.to_state(&super::params::StateParts {
+            params: self.net.params.clone(),
+            m: self.moments.iter().map(|mo| mo.m.clone()).collect(),
+            v: self.moments.iter().map(|mo| mo.v.clone()).collect(),
+            bn_mean: self.net.bn_mean.clone(),
+            bn_var: self.net.bn_var.clone(),
             step: self.step,
-            ..Default::default()
-        };
-        for ((s, p), mo) in self
-            .net
-            .slots
-            .iter()
-            .zip(&self.net.params)
-            .zip(&self.moments)
-        {
-            st.tensors.insert(
-                s.name.clone(),
-                NamedTensor {
-                    shape: s.shape.clone(),
-                    data: p.clone(),
-                },
-            );
-            for (suffix, buf) in [("m", &mo.m), ("v", &mo.v)] {
-                st.tensors.insert(
-                    format!("opt/{}/{suffix}", s.name),
-                    NamedTensor {
-                        shape: s.shape.clone(),
-                        data: buf.clone(),
-                    },
-                );
-            }
-        }
-        for (k, name) in self.net.bn_names.iter().enumerate() {
-            let c = self.net.bn_mean[k].len();
-            st.tensors.insert(
-                format!("{name}/moving_mean"),
-                NamedTensor {
-                    shape: vec![c],
-                    data: self.net.bn_mean[k].clone(),
-                },
-            );
-            st.tensors.insert(
-                format!("{name}/moving_variance"),
-                NamedTensor {
-                    shape: vec![c],
-                    data: self.net.bn_var[k].clone(),
-                },
-            );
-        }
-        st
+        })
     }
 
     fn load_state(&mut self, st: &State) -> Result<()> {
-        let get = |name: &str, len: usize| -> Result<Vec<f32>> {
-            let t = st
-                .tensors
-                .get(name)
-                .ok_or_else(|| anyhow::anyhow!("checkpoint has no tensor `{name}`"))?;
-            if t.data.len() != len {
-                bail!(
-                    "checkpoint tensor `{name}` has {} values, the network needs {len}",
-                    t.data.len()
-                );
-            }
-            Ok(t.data.clone())
-        };
-        for (i, s) in self.net.slots.iter().enumerate() {
-            let len = self.net.params[i].len();
-            self.net.params[i] = get(&s.name, len)?;
-            self.moments[i].m = get(&format!("opt/{}/m", s.name), len)?;
-            self.moments[i].v = get(&format!("opt/{}/v", s.name), len)?;
-        }
-        for (k, name) in self.net.bn_names.iter().enumerate() {
-            let c = self.net.bn_mean[k].len();
-            self.net.bn_mean[k] = get(&format!("{name}/moving_mean"), c)?;
-            self.net.bn_var[k] = get(&format!("{name}/moving_variance"), c)?;
-        }
-        self.step = st.step;
+        let parts = self.net.layout.from_state(st)?;
+        self.net.params = parts.params;
+        self.moments = parts
+            .m
+            .into_iter()
+            .zip(parts.v)
+            .map(|(m, v)| Moments { m, v })
+            .collect();
+        self.net.bn_mean = parts.bn_mean;
+        self.net.bn_var = parts.bn_var;
+        self.step = parts.step;
         Ok(())
     }
 

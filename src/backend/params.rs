@@ -5,6 +5,9 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use anyhow::{bail, Result};
+
+use super::{NamedTensor, State};
 use crate::nn::graph::{Graph, NodeInfo, Op, Shape};
 
 /// What a parameter is to its node.
@@ -160,4 +163,93 @@ pub fn init_values(layout: &Layout, seed: u64) -> Vec<Vec<f64>> {
             None => vec![p.constant; p.len()],
         })
         .collect()
+}
+
+/// Everything a model's state holds, in layout order: the values every backend keeps.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StateParts {
+    /// Trainable tensors.
+    pub params: Vec<Vec<f32>>,
+    /// Optimizer first moments (SGD: the velocity).
+    pub m: Vec<Vec<f32>>,
+    /// Optimizer second moments.
+    pub v: Vec<Vec<f32>>,
+    /// Batch-norm running means.
+    pub bn_mean: Vec<Vec<f32>>,
+    /// Batch-norm running variances.
+    pub bn_var: Vec<Vec<f32>>,
+    /// Optimizer steps taken.
+    pub step: u64,
+}
+
+impl Layout {
+    /// The named tensors of a state (the checkpoint format every backend shares):
+    /// `<param>`, `opt/<param>/m`, `opt/<param>/v`, `<bn>/moving_mean`,
+    /// `<bn>/moving_variance`.
+    pub fn to_state(&self, parts: &StateParts) -> State {
+        let mut st = State {
+            step: parts.step,
+            ..Default::default()
+        };
+        let t = |shape: &[usize], data: &Vec<f32>| NamedTensor {
+            shape: shape.to_vec(),
+            data: data.clone(),
+        };
+        for (k, spec) in self.params.iter().enumerate() {
+            st.tensors
+                .insert(spec.name.clone(), t(&spec.shape, &parts.params[k]));
+            st.tensors
+                .insert(format!("opt/{}/m", spec.name), t(&spec.shape, &parts.m[k]));
+            st.tensors
+                .insert(format!("opt/{}/v", spec.name), t(&spec.shape, &parts.v[k]));
+        }
+        for (k, bn) in self.bns.iter().enumerate() {
+            st.tensors.insert(
+                format!("{}/moving_mean", bn.name),
+                t(&[bn.channels], &parts.bn_mean[k]),
+            );
+            st.tensors.insert(
+                format!("{}/moving_variance", bn.name),
+                t(&[bn.channels], &parts.bn_var[k]),
+            );
+        }
+        st
+    }
+
+    /// Read a state back (from any backend); a missing tensor or a wrong size is an error
+    /// naming it.
+    pub fn from_state(&self, st: &State) -> Result<StateParts> {
+        let get = |name: &str, len: usize| -> Result<Vec<f32>> {
+            let t = st
+                .tensors
+                .get(name)
+                .ok_or_else(|| anyhow::anyhow!("checkpoint has no tensor `{name}`"))?;
+            if t.data.len() != len {
+                bail!(
+                    "checkpoint tensor `{name}` has {} values, the network needs {len}",
+                    t.data.len()
+                );
+            }
+            Ok(t.data.clone())
+        };
+        let mut parts = StateParts {
+            step: st.step,
+            ..Default::default()
+        };
+        for spec in &self.params {
+            let len = spec.len();
+            parts.params.push(get(&spec.name, len)?);
+            parts.m.push(get(&format!("opt/{}/m", spec.name), len)?);
+            parts.v.push(get(&format!("opt/{}/v", spec.name), len)?);
+        }
+        for bn in &self.bns {
+            parts
+                .bn_mean
+                .push(get(&format!("{}/moving_mean", bn.name), bn.channels)?);
+            parts
+                .bn_var
+                .push(get(&format!("{}/moving_variance", bn.name), bn.channels)?);
+        }
+        Ok(parts)
+    }
 }

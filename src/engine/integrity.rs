@@ -72,17 +72,17 @@ fn content_files(dir: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
-/// Seal a published artifact folder: record it, then make it read-only.
-pub fn seal(dir: &Path, seal_path: &Path) -> Result<()> {
-    let mut files = Vec::new();
-    for rel in content_files(dir)? {
-        let p = dir.join(&rel);
-        let md = fs::metadata(&p)?;
+/// Seal a published artifact folder: record its files (`hashed`: path, size, BLAKE3 as the
+/// store hashed them), then make it read-only.
+pub fn seal(dir: &Path, seal_path: &Path, hashed: &[super::store::HashedFile]) -> Result<()> {
+    let mut files = Vec::with_capacity(hashed.len());
+    for (rel, size, hash) in hashed {
+        let md = fs::metadata(dir.join(rel))?;
         files.push(SealedFile {
-            hash: hash_file(&p)?,
-            path: rel,
-            size: md.len(),
+            path: rel.clone(),
+            size: *size,
             mtime_ns: mtime_ns(&md),
+            hash: hash.clone(),
         });
     }
     set_read_only(dir, true)?;

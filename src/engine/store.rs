@@ -238,7 +238,7 @@ impl Store {
     /// Hash a finished temporary directory and publish it by rename; returns its hash.
     /// A byte-identical artifact already present is kept and the new one dropped.
     pub fn publish(&self, tmp: &Path) -> Result<String> {
-        let hash = hash_dir(tmp)?;
+        let (hash, files) = hash_dir_files(tmp)?;
         let dest = self.artifact_dir(&hash);
         if dest.is_dir() {
             fs::remove_dir_all(tmp)?;
@@ -249,7 +249,7 @@ impl Store {
         }
         let seal = self.seal_path(&hash);
         if !seal.is_file() {
-            super::integrity::seal(&dest, &seal)?;
+            super::integrity::seal(&dest, &seal, &files)?;
         }
         Ok(hash)
     }
@@ -443,11 +443,20 @@ pub(crate) fn files_sorted(dir: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Re
 /// top-level `timings.json` (how long a stage took is not what it made; leaving it out
 /// lets a byte-identical re-run cut off early).
 pub fn hash_dir(dir: &Path) -> Result<String> {
+    Ok(hash_dir_files(dir)?.0)
+}
+
+/// One file as [`hash_dir_files`] hashed it: (relative path, size, BLAKE3 hex).
+pub type HashedFile = (String, u64, String);
+
+/// [`hash_dir`], with each file as hashed.
+pub fn hash_dir_files(dir: &Path) -> Result<(String, Vec<HashedFile>)> {
     let mut files = Vec::new();
     files_sorted(dir, Path::new(""), &mut files)?;
     files.retain(|f| f != Path::new(crate::report::history::TIMINGS));
     let mut h = blake3::Hasher::new();
     h.update(b"pipe-artifact-v1\0");
+    let mut each = Vec::with_capacity(files.len());
     for rel in files {
         let full = dir.join(&rel);
         let mut fh = blake3::Hasher::new();
@@ -458,12 +467,14 @@ pub fn hash_dir(dir: &Path) -> Result<String> {
             fh.update(&fs::read(&full)?);
         }
         let rel = rel.to_string_lossy().replace('\\', "/");
+        let fh = fh.finalize();
         h.update(rel.as_bytes());
         h.update(&[0]);
         h.update(&len.to_le_bytes());
-        h.update(fh.finalize().as_bytes());
+        h.update(fh.as_bytes());
+        each.push((rel, len, fh.to_hex().to_string()));
     }
-    Ok(h.finalize().to_hex().to_string())
+    Ok((h.finalize().to_hex().to_string(), each))
 }
 
 /// Read a JSON file; `Ok(None)` if it does not exist.

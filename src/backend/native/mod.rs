@@ -23,7 +23,7 @@ use self::cpu::pool::{self, PoolGeom};
 use self::cpu::{dense, elementwise as ew, loss, norm, r, Ptr, Real, Workspaces};
 use self::plan::{Alias, Plan, View};
 use super::params::{self, Layout, Role};
-use super::{NamedTensor, State, StepStats};
+use super::{State, StepStats};
 use crate::nn::graph::{pad_before, Graph, NodeInfo, Op, Shape};
 
 #[derive(Default, Clone, Copy)]
@@ -826,61 +826,24 @@ impl super::Model for NativeModel {
     }
 
     fn state(&self) -> State {
-        let mut st = State {
+        self.net.layout.to_state(&params::StateParts {
+            params: self.net.params.clone(),
+            m: self.m.clone(),
+            v: self.v.clone(),
+            bn_mean: self.net.bn_mean.clone(),
+            bn_var: self.net.bn_var.clone(),
             step: self.step,
-            ..Default::default()
-        };
-        for (k, spec) in self.net.layout.params.iter().enumerate() {
-            let t = |data: &Vec<f32>| NamedTensor {
-                shape: spec.shape.clone(),
-                data: data.clone(),
-            };
-            st.tensors.insert(spec.name.clone(), t(&self.net.params[k]));
-            st.tensors
-                .insert(format!("opt/{}/m", spec.name), t(&self.m[k]));
-            st.tensors
-                .insert(format!("opt/{}/v", spec.name), t(&self.v[k]));
-        }
-        for (k, bn) in self.net.layout.bns.iter().enumerate() {
-            let t = |data: &Vec<f32>| NamedTensor {
-                shape: vec![bn.channels],
-                data: data.clone(),
-            };
-            st.tensors
-                .insert(format!("{}/moving_mean", bn.name), t(&self.net.bn_mean[k]));
-            st.tensors.insert(
-                format!("{}/moving_variance", bn.name),
-                t(&self.net.bn_var[k]),
-            );
-        }
-        st
+        })
     }
 
     fn load_state(&mut self, st: &State) -> Result<()> {
-        let get = |name: &str, len: usize| -> Result<Vec<f32>> {
-            let t = st
-                .tensors
-                .get(name)
-                .ok_or_else(|| anyhow::anyhow!("checkpoint has no tensor `{name}`"))?;
-            if t.data.len() != len {
-                bail!(
-                    "checkpoint tensor `{name}` has {} values, the network needs {len}",
-                    t.data.len()
-                );
-            }
-            Ok(t.data.clone())
-        };
-        for (k, spec) in self.net.layout.params.iter().enumerate() {
-            let len = spec.len();
-            self.net.params[k] = get(&spec.name, len)?;
-            self.m[k] = get(&format!("opt/{}/m", spec.name), len)?;
-            self.v[k] = get(&format!("opt/{}/v", spec.name), len)?;
-        }
-        for (k, bn) in self.net.layout.bns.iter().enumerate() {
-            self.net.bn_mean[k] = get(&format!("{}/moving_mean", bn.name), bn.channels)?;
-            self.net.bn_var[k] = get(&format!("{}/moving_variance", bn.name), bn.channels)?;
-        }
-        self.step = st.step;
+        let parts = self.net.layout.from_state(st)?;
+        self.net.params = parts.params;
+        self.m = parts.m;
+        self.v = parts.v;
+        self.net.bn_mean = parts.bn_mean;
+        self.net.bn_var = parts.bn_var;
+        self.step = parts.step;
         Ok(())
     }
 
