@@ -664,67 +664,65 @@ fn parse_ingest(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
     let entry = cx.entry;
     let seed = cx.seed;
     let body = cx.body.clone();
-    Ok({
-        let mut c: IngestConfig = de::from_svalue(&body, &path)?;
-        let synthetic_keys = [
-            ("classes", c.classes.is_some()),
-            ("train_per_class", c.train_per_class.is_some()),
-            ("val_per_class", c.val_per_class.is_some()),
-            ("image_size", c.image_size.is_some()),
-            ("seed", c.seed.is_some()),
-        ];
-        if c.format == IngestFormat::Synthetic {
-            if c.root.is_some() {
-                return Err(ManifestError::new(
-                    "`root` is not used by format = \"synthetic\" (it generates its data)",
-                )
-                .at(cx.key_at("root"))
-                .path(format!("{path}.root")));
-            }
-            c.classes.get_or_insert(10);
-            c.train_per_class.get_or_insert(100);
-            c.val_per_class.get_or_insert(20);
-            c.image_size.get_or_insert([64, 64]);
-            c.seed.get_or_insert(seed);
-            if let Some(sz) = c.image_size {
-                check_image_size(sz, "image_size", &path, cx.key_at("image_size"))?;
-            }
-            for (k, v) in [
-                ("classes", c.classes),
-                ("train_per_class", c.train_per_class),
-            ] {
-                if v == Some(0) {
-                    return Err(ManifestError::new(format!("`{k}` must be > 0"))
-                        .at(cx.key_at(k))
-                        .path(format!("{path}.{k}")));
-                }
-            }
-        } else {
-            if c.root.is_none() {
-                return Err(ManifestError::new(format!(
-                    "missing required key `root` (the dataset folder) in stage `{sname}`"
-                ))
-                .at(entry.key_origin.clone())
-                .path(format!("{path}.root"))
-                .help(format!(
-                    "set it in the manifest or with `--set {sname}.root=DIR`"
-                )));
-            }
-            if let Some((k, _)) = synthetic_keys.iter().find(|(_, set)| *set) {
-                return Err(ManifestError::new(format!(
-                    "`{k}` is only used by format = \"synthetic\""
-                ))
-                .at(cx.key_at(k))
-                .path(format!("{path}.{k}")));
+    let mut c: IngestConfig = de::from_svalue(&body, &path)?;
+    let synthetic_keys = [
+        ("classes", c.classes.is_some()),
+        ("train_per_class", c.train_per_class.is_some()),
+        ("val_per_class", c.val_per_class.is_some()),
+        ("image_size", c.image_size.is_some()),
+        ("seed", c.seed.is_some()),
+    ];
+    if c.format == IngestFormat::Synthetic {
+        if c.root.is_some() {
+            return Err(ManifestError::new(
+                "`root` is not used by format = \"synthetic\" (it generates its data)",
+            )
+            .at(cx.key_at("root"))
+            .path(format!("{path}.root")));
+        }
+        c.classes.get_or_insert(10);
+        c.train_per_class.get_or_insert(100);
+        c.val_per_class.get_or_insert(20);
+        c.image_size.get_or_insert([64, 64]);
+        c.seed.get_or_insert(seed);
+        if let Some(sz) = c.image_size {
+            check_image_size(sz, "image_size", &path, cx.key_at("image_size"))?;
+        }
+        for (k, v) in [
+            ("classes", c.classes),
+            ("train_per_class", c.train_per_class),
+        ] {
+            if v == Some(0) {
+                return Err(ManifestError::new(format!("`{k}` must be > 0"))
+                    .at(cx.key_at(k))
+                    .path(format!("{path}.{k}")));
             }
         }
-        if !cx.inputs.is_empty() {
-            return Err(ManifestError::new("an ingest stage takes no input")
-                .at(cx.origins[0].clone())
-                .path(format!("{path}.input")));
+    } else {
+        if c.root.is_none() {
+            return Err(ManifestError::new(format!(
+                "missing required key `root` (the dataset folder) in stage `{sname}`"
+            ))
+            .at(entry.key_origin.clone())
+            .path(format!("{path}.root"))
+            .help(format!(
+                "set it in the manifest or with `--set {sname}.root=DIR`"
+            )));
         }
-        StageConfig::Ingest(c)
-    })
+        if let Some((k, _)) = synthetic_keys.iter().find(|(_, set)| *set) {
+            return Err(ManifestError::new(format!(
+                "`{k}` is only used by format = \"synthetic\""
+            ))
+            .at(cx.key_at(k))
+            .path(format!("{path}.{k}")));
+        }
+    }
+    if !cx.inputs.is_empty() {
+        return Err(ManifestError::new("an ingest stage takes no input")
+            .at(cx.origins[0].clone())
+            .path(format!("{path}.input")));
+    }
+    Ok(StageConfig::Ingest(c))
 }
 
 /// `split`: which images move to which split.
@@ -734,72 +732,68 @@ fn parse_split(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
     let entry = cx.entry;
     let seed = cx.seed;
     let body = cx.body.clone();
-    Ok({
-        let mut c: SplitConfig = de::from_svalue(&body, &path)?;
-        match (c.test_per_class, c.test_fraction) {
-            (Some(_), Some(_)) => {
-                return Err(ManifestError::new(
-                    "`test_per_class` and `test_fraction` exclude each other",
-                )
-                .at(cx.key_at("test_fraction"))
-                .path(format!("{path}.test_fraction")))
-            }
-            (None, None) => {
-                return Err(ManifestError::new(format!(
-                    "stage `{sname}` needs `test_per_class` or `test_fraction`"
-                ))
-                .at(entry.key_origin.clone())
-                .path(path))
-            }
-            (None, Some(f)) if !(f > 0.0 && f < 1.0) => {
-                return Err(ManifestError::new(format!(
-                    "`test_fraction` must be between 0 and 1 (exclusive), got {f}"
-                ))
-                .at(cx.key_at("test_fraction"))
-                .path(format!("{path}.test_fraction")))
-            }
-            (Some(0), None) => {
-                return Err(ManifestError::new("`test_per_class` must be > 0")
-                    .at(cx.key_at("test_per_class"))
-                    .path(format!("{path}.test_per_class")))
-            }
-            _ => {}
+    let mut c: SplitConfig = de::from_svalue(&body, &path)?;
+    match (c.test_per_class, c.test_fraction) {
+        (Some(_), Some(_)) => {
+            return Err(ManifestError::new(
+                "`test_per_class` and `test_fraction` exclude each other",
+            )
+            .at(cx.key_at("test_fraction"))
+            .path(format!("{path}.test_fraction")))
         }
-        if c.from_split == c.to_split {
-            return Err(
-                ManifestError::new("`from_split` and `to_split` must differ")
-                    .at(cx.key_at("to_split"))
-                    .path(format!("{path}.to_split")),
-            );
+        (None, None) => {
+            return Err(ManifestError::new(format!(
+                "stage `{sname}` needs `test_per_class` or `test_fraction`"
+            ))
+            .at(entry.key_origin.clone())
+            .path(path))
         }
-        c.seed.get_or_insert(seed);
-        StageConfig::Split(c)
-    })
+        (None, Some(f)) if !(f > 0.0 && f < 1.0) => {
+            return Err(ManifestError::new(format!(
+                "`test_fraction` must be between 0 and 1 (exclusive), got {f}"
+            ))
+            .at(cx.key_at("test_fraction"))
+            .path(format!("{path}.test_fraction")))
+        }
+        (Some(0), None) => {
+            return Err(ManifestError::new("`test_per_class` must be > 0")
+                .at(cx.key_at("test_per_class"))
+                .path(format!("{path}.test_per_class")))
+        }
+        _ => {}
+    }
+    if c.from_split == c.to_split {
+        return Err(
+            ManifestError::new("`from_split` and `to_split` must differ")
+                .at(cx.key_at("to_split"))
+                .path(format!("{path}.to_split")),
+        );
+    }
+    c.seed.get_or_insert(seed);
+    Ok(StageConfig::Split(c))
 }
 
 /// `hdf5`: image size, chunking, what to do with a bad image.
 fn parse_hdf5(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
     let path = cx.path.clone();
     let body = cx.body.clone();
-    Ok({
-        let c: Hdf5Config = de::from_svalue(&body, &path)?;
-        if c.chunk == 0 {
-            return Err(ManifestError::new("`chunk` must be > 0")
-                .at(cx.key_at("chunk"))
-                .path(format!("{path}.chunk")));
+    let c: Hdf5Config = de::from_svalue(&body, &path)?;
+    if c.chunk == 0 {
+        return Err(ManifestError::new("`chunk` must be > 0")
+            .at(cx.key_at("chunk"))
+            .path(format!("{path}.chunk")));
+    }
+    if let Some(sz) = c.size {
+        check_image_size(sz, "size", &path, cx.key_at("size"))?;
+    }
+    if let Some([w, h]) = c.size {
+        if w == 0 || h == 0 {
+            return Err(ManifestError::new("`size` must be [width, height] > 0")
+                .at(cx.key_at("size"))
+                .path(format!("{path}.size")));
         }
-        if let Some(sz) = c.size {
-            check_image_size(sz, "size", &path, cx.key_at("size"))?;
-        }
-        if let Some([w, h]) = c.size {
-            if w == 0 || h == 0 {
-                return Err(ManifestError::new("`size` must be [width, height] > 0")
-                    .at(cx.key_at("size"))
-                    .path(format!("{path}.size")));
-            }
-        }
-        StageConfig::Hdf5(c)
-    })
+    }
+    Ok(StageConfig::Hdf5(c))
 }
 
 /// `train`: the network, optimizer and schedule, their ranges.
@@ -999,21 +993,19 @@ fn parse_evaluate(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
     let device = cx.device;
     let backend = cx.backend;
     let body = cx.body.clone();
-    Ok({
-        let mut c: EvaluateConfig = de::from_svalue(&body, &path)?;
-        // `auto` and the backend's default are resolved by the engine (it knows the
-        // machine); the resolved values are what the stage's key covers.
-        c.device = Some(c.device.unwrap_or(device));
-        c.backend = c.backend.or(backend);
-        if c.top_k.is_empty() || c.top_k.contains(&0) || c.batch_size == 0 {
-            return Err(ManifestError::new(
-                "`top_k` must list ranks >= 1 and `batch_size` must be > 0",
-            )
-            .at(entry.key_origin.clone())
-            .path(path));
-        }
-        StageConfig::Evaluate(c)
-    })
+    let mut c: EvaluateConfig = de::from_svalue(&body, &path)?;
+    // `auto` and the backend's default are resolved by the engine (it knows the
+    // machine); the resolved values are what the stage's key covers.
+    c.device = Some(c.device.unwrap_or(device));
+    c.backend = c.backend.or(backend);
+    if c.top_k.is_empty() || c.top_k.contains(&0) || c.batch_size == 0 {
+        return Err(ManifestError::new(
+            "`top_k` must list ranks >= 1 and `batch_size` must be > 0",
+        )
+        .at(entry.key_origin.clone())
+        .path(path));
+    }
+    Ok(StageConfig::Evaluate(c))
 }
 
 fn parse_stage(
