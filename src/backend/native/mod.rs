@@ -244,6 +244,24 @@ impl<T: Real> NativeNet<T> {
         }
     }
 
+    /// The relu that runs fused into batch-norm node `i` (its only reader, in place).
+    fn fused_relu(&self, plan: &Plan, i: usize) -> Option<usize> {
+        match (plan.alias[i], &self.graph.nodes[i].op) {
+            (Alias::InPlace(j), Op::BatchNorm { .. })
+                if matches!(self.graph.nodes[j].op, Op::Relu) =>
+            {
+                Some(j)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether relu node `j` was fused into the batch norm before it.
+    fn relu_is_fused(&self, plan: &Plan, j: usize) -> bool {
+        let i = self.graph.nodes[j].inputs[0];
+        matches!(self.graph.nodes[j].op, Op::Relu) && self.fused_relu(plan, i) == Some(j)
+    }
+
     /// Forward pass over `n` images already in the input view.
     fn forward(&mut self, n: usize, train: bool, dropout_seed: u64) {
         let plan = self.plan.take().expect("planned");
@@ -267,6 +285,7 @@ impl<T: Real> NativeNet<T> {
                     conv::conv2d_forward(a, xv, w, b, a, yv, &g, n, &self.ws);
                 }
                 Op::BatchNorm { epsilon, .. } => {
+                    let relu = self.fused_relu(&plan, i).is_some();
                     let k = np.bn.expect("bn statistics");
                     let gamma = &self.params[np.gamma.expect("bn gamma")];
                     let beta = &self.params[np.beta.expect("bn beta")];
@@ -285,6 +304,7 @@ impl<T: Real> NativeNet<T> {
                             &mut self.inv_std[k],
                             &mut self.bn_scratch,
                             &mut self.bn_sums,
+                            relu,
                         );
                     } else {
                         norm::batchnorm_forward_infer(
@@ -299,9 +319,11 @@ impl<T: Real> NativeNet<T> {
                             &self.bn_mean[k],
                             &self.bn_var[k],
                             &mut self.inv_std[k],
+                            relu,
                         );
                     }
                 }
+                Op::Relu if self.relu_is_fused(&plan, i) => {} // done by the batch norm
                 Op::Relu => ew::relu_forward(a, xv, a, yv, rows),
                 Op::Elu { alpha } => ew::elu_forward(a, xv, a, yv, rows, *alpha),
                 Op::MaxPool { .. } => pool::maxpool_forward(a, xv, a, yv, &self.pool_geom(i), n),
@@ -420,6 +442,7 @@ impl<T: Real> NativeNet<T> {
                     }
                 }
                 Op::BatchNorm { .. } => {
+                    let relu_out = self.fused_relu(&plan, i).map(|j| (a, plan.act[j]));
                     let k = np.bn.expect("bn statistics");
                     let (gi, bi) = (np.gamma.expect("gamma"), np.beta.expect("beta"));
                     let (mut dgamma, mut dbeta) = (
@@ -440,10 +463,13 @@ impl<T: Real> NativeNet<T> {
                         &mut dbeta,
                         &mut self.bn_scratch,
                         &mut self.bn_sums,
+                        relu_out,
                     );
                     self.grads[gi] = dgamma;
                     self.grads[bi] = dbeta;
                 }
+                // Fused: the batch norm before it masks the gradient itself.
+                Op::Relu if self.relu_is_fused(&plan, i) => {}
                 Op::Relu => {
                     if let Some(dx) = dx {
                         ew::relu_backward(a, yv, gp, dyv, dx, rows);

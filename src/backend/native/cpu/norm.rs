@@ -53,7 +53,8 @@ fn block_sums<const L: usize>(
 
 /// Training forward: `y = (x - mean) / sqrt(var + eps) * gamma + beta` with the batch's
 /// biased mean and variance over the `rows` rows of `x` (rows, C). Returns them in `mean`
-/// and `var`, and 1/sqrt(var + eps) in `inv_std`.
+/// and `var`, and 1/sqrt(var + eps) in `inv_std`. With `relu`, `y = max(y, 0)` in the
+/// same pass (a following in-place relu, fused).
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_forward_train<T: Real>(
     x: Ptr<T>,
@@ -69,6 +70,7 @@ pub fn batchnorm_forward_train<T: Real>(
     inv_std: &mut [T],
     scratch: &mut [f64],
     sums: &mut [[f64; 2]],
+    relu: bool,
 ) {
     let c = xv.c;
     let inv_n = 1.0 / rows as f64;
@@ -93,10 +95,10 @@ pub fn batchnorm_forward_train<T: Real>(
         var[ch] = super::r(s1[ch][0] * inv_n);
         inv_std[ch] = T::one() / (var[ch] + super::r(eps)).sqrt();
     }
-    normalize(x, xv, y, yv, rows, mean, inv_std, gamma, beta);
+    normalize(x, xv, y, yv, rows, (mean, inv_std, gamma, beta), relu);
 }
 
-/// Inference forward with running statistics.
+/// Inference forward with running statistics (and `relu` as in training).
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_forward_infer<T: Real>(
     x: Ptr<T>,
@@ -110,24 +112,32 @@ pub fn batchnorm_forward_infer<T: Real>(
     running_mean: &[T],
     running_var: &[T],
     inv_std: &mut [T],
+    relu: bool,
 ) {
     for (i, v) in inv_std.iter_mut().zip(running_var) {
         *i = T::one() / (*v + super::r(eps)).sqrt();
     }
-    normalize(x, xv, y, yv, rows, running_mean, inv_std, gamma, beta);
+    normalize(
+        x,
+        xv,
+        y,
+        yv,
+        rows,
+        (running_mean, inv_std, gamma, beta),
+        relu,
+    );
 }
 
 #[allow(clippy::too_many_arguments)]
+/// `y = (x - mean) * inv_std * gamma + beta`, then `max(y, 0)` with `relu`.
 fn normalize<T: Real>(
     x: Ptr<T>,
     xv: View,
     y: Ptr<T>,
     yv: View,
     rows: usize,
-    mean: &[T],
-    inv_std: &[T],
-    gamma: &[T],
-    beta: &[T],
+    (mean, inv_std, gamma, beta): (&[T], &[T], &[T], &[T]),
+    relu: bool,
 ) {
     (0..blocks(rows)).into_par_iter().for_each(|b| {
         super::simd(|| {
@@ -139,7 +149,12 @@ fn normalize<T: Real>(
                 for (ch, o) in yr.iter_mut().enumerate() {
                     // SAFETY: ch < c, the row's length.
                     let v = unsafe { *xr.add(ch) };
-                    *o = (v - mean[ch]) * inv_std[ch] * gamma[ch] + beta[ch];
+                    let n = (v - mean[ch]) * inv_std[ch] * gamma[ch] + beta[ch];
+                    *o = if relu && !(n > T::zero()) {
+                        T::zero()
+                    } else {
+                        n
+                    };
                 }
             }
         })
@@ -147,7 +162,8 @@ fn normalize<T: Real>(
 }
 
 /// Backward of the training forward:
-/// `dgamma = sum(dy * xhat)`, `dbeta = sum(dy)`,
+/// `dgamma = sum(dy * xhat)`, `dbeta = sum(dy)`, where with a fused relu `dy` is first
+/// masked by `relu_out > 0` (the fused output, read from `relu_out`);
 /// `dx [+]= gamma * inv_std * (dy - dbeta/N - xhat * dgamma/N)` with `xhat` recomputed
 /// from `x`, `mean` and `inv_std`.
 #[allow(clippy::too_many_arguments)]
@@ -165,17 +181,30 @@ pub fn batchnorm_backward<T: Real>(
     dbeta: &mut [T],
     scratch: &mut [f64],
     sums: &mut [[f64; 2]],
+    relu_out: Option<(Ptr<T>, View)>,
 ) {
     let c = xv.c;
     let s = &mut sums[..c];
+    // Row r of the fused relu's output, when there is one (only read).
+    // SAFETY: rows of the fused output lie in the arena and nobody writes them here.
+    let relu_row = |r: usize| relu_out.map(|(yp, yv)| unsafe { yp.row(yv, r) });
+    // dy, masked by that output.
+    let masked = |y: Option<&[T]>, ch: usize, d: T| -> T {
+        match y {
+            Some(y) if y[ch] <= T::zero() => T::zero(),
+            _ => d,
+        }
+    };
     block_sums::<2>(rows, c, scratch, s, |r, acc| {
         // SAFETY: rows of x and dy are only read here.
         let (xr, dr) = unsafe { (x.row(xv, r), dy.row(dyv, r)) };
+        let yr = relu_row(r);
         let (a0, a1) = acc.split_at_mut(c);
         for ch in 0..c {
             let xhat = (xr[ch] - mean[ch]) * inv_std[ch];
-            a0[ch] += dr[ch].to_f64().unwrap_or(f64::NAN);
-            a1[ch] += (dr[ch] * xhat).to_f64().unwrap_or(f64::NAN);
+            let d = masked(yr, ch, dr[ch]);
+            a0[ch] += d.to_f64().unwrap_or(f64::NAN);
+            a1[ch] += (d * xhat).to_f64().unwrap_or(f64::NAN);
         }
     });
     for ch in 0..c {
@@ -191,12 +220,13 @@ pub fn batchnorm_backward<T: Real>(
                 // SAFETY: x and dy rows are read; this block's rows of dx belong to this task.
                 // dx may be dy itself (in place): each element is read before it is written.
                 let xr = unsafe { x.row(xv, r) };
+                let yr = relu_row(r);
                 let dr = unsafe { dy.row(dyv, r) }.as_ptr();
                 let out = unsafe { dxp.row_mut(dxv, r) };
                 for ch in 0..c {
                     let xhat = (xr[ch] - mean[ch]) * inv_std[ch];
                     // SAFETY: ch < c.
-                    let d = unsafe { *dr.add(ch) };
+                    let d = masked(yr, ch, unsafe { *dr.add(ch) });
                     let g = gamma[ch] * inv_std[ch] * (d - db[ch] * inv_n - xhat * dg[ch] * inv_n);
                     if acc {
                         out[ch] += g;
