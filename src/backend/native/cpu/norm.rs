@@ -150,11 +150,7 @@ fn normalize<T: Real>(
                     // SAFETY: ch < c, the row's length.
                     let v = unsafe { *xr.add(ch) };
                     let n = (v - mean[ch]) * inv_std[ch] * gamma[ch] + beta[ch];
-                    *o = if relu && !(n > T::zero()) {
-                        T::zero()
-                    } else {
-                        n
-                    };
+                    *o = if relu && n <= T::zero() { T::zero() } else { n };
                 }
             }
         })
