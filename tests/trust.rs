@@ -677,3 +677,24 @@ fn atomic_writes_replace_whole_files_and_leave_no_temporary() {
         .collect();
     assert_eq!(names, vec!["state.json"]);
 }
+
+#[test]
+fn forcing_the_next_stage_does_not_carry_damage_forward() {
+    let p = Project::new();
+    p.manifest("t.toml", DATA);
+    let first = p.run_json("t", &[]);
+    let h5 = artifact_of(&p, &first, "hdf5").join("train.h5");
+    tamper(&h5, |b| b.truncate(b.len() - 10));
+    let r = p.run_json("t", &["--force", "train"]);
+    assert_eq!(
+        state_of(&r, "hdf5"),
+        "ran",
+        "the damaged input is rebuilt first"
+    );
+    assert_eq!(state_of(&r, "train"), "ran");
+    // Rebuilt hdf5 is byte-identical, so the forced training reproduces its artifact.
+    assert_eq!(
+        field(&r, "train", "output"),
+        field(&first, "train", "output")
+    );
+}
