@@ -624,31 +624,7 @@ impl<D: Device<f32> + Synchronize> super::Model for DfdxModel<D> {
             .zip(&grads)
             .zip(&mut self.moments)
         {
-            match *opt {
-                super::Optimizer::Sgd { momentum, nesterov } => {
-                    for i in 0..p.len() {
-                        let v = momentum as f32 * mo.m[i] - lr as f32 * g[i];
-                        mo.m[i] = v;
-                        if nesterov {
-                            p[i] += momentum as f32 * v - lr as f32 * g[i];
-                        } else {
-                            p[i] += v;
-                        }
-                    }
-                }
-                super::Optimizer::Adam {
-                    beta1,
-                    beta2,
-                    epsilon,
-                } => {
-                    let lr_t = lr * (1.0 - beta2.powf(t)).sqrt() / (1.0 - beta1.powf(t));
-                    for i in 0..p.len() {
-                        mo.m[i] = beta1 as f32 * mo.m[i] + (1.0 - beta1 as f32) * g[i];
-                        mo.v[i] = beta2 as f32 * mo.v[i] + (1.0 - beta2 as f32) * g[i] * g[i];
-                        p[i] -= lr_t as f32 * mo.m[i] / (mo.v[i].sqrt() + epsilon as f32);
-                    }
-                }
-            }
+            opt.update(lr, t, p, g, &mut mo.m, &mut mo.v);
         }
         if let Some(p) = self.net.profile.as_mut() {
             *p.entry("optimizer + BN statistics (host)".into())

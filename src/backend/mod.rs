@@ -40,6 +40,41 @@ pub enum Optimizer {
     },
 }
 
+impl Optimizer {
+    /// Update one parameter tensor `p` from its gradient `g` and its moments `m`, `v`
+    /// (SGD: `m` is the velocity), at learning rate `lr` on step `t` (from 1). Both
+    /// backends call this, so their updates are the same arithmetic.
+    pub fn update(&self, lr: f64, t: f64, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        match *self {
+            Optimizer::Sgd { momentum, nesterov } => {
+                let (mo, lr) = (momentum as f32, lr as f32);
+                for i in 0..p.len() {
+                    let vel = mo * m[i] - lr * g[i];
+                    m[i] = vel;
+                    if nesterov {
+                        p[i] += mo * vel - lr * g[i];
+                    } else {
+                        p[i] += vel;
+                    }
+                }
+            }
+            Optimizer::Adam {
+                beta1,
+                beta2,
+                epsilon,
+            } => {
+                let lr_t = (lr * (1.0 - beta2.powf(t)).sqrt() / (1.0 - beta1.powf(t))) as f32;
+                let (b1, b2, eps) = (beta1 as f32, beta2 as f32, epsilon as f32);
+                for i in 0..p.len() {
+                    m[i] = b1 * m[i] + (1.0 - b1) * g[i];
+                    v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
+                    p[i] -= lr_t * m[i] / (v[i].sqrt() + eps);
+                }
+            }
+        }
+    }
+}
+
 /// What one training step measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepStats {

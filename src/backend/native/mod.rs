@@ -812,33 +812,7 @@ impl super::Model for NativeModel {
             .zip(&mut self.m)
             .zip(&mut self.v)
         {
-            match *opt {
-                super::Optimizer::Sgd { momentum, nesterov } => {
-                    let (mo, lr) = (momentum as f32, lr as f32);
-                    for i in 0..p.len() {
-                        let vel = mo * m[i] - lr * g[i];
-                        m[i] = vel;
-                        if nesterov {
-                            p[i] += mo * vel - lr * g[i];
-                        } else {
-                            p[i] += vel;
-                        }
-                    }
-                }
-                super::Optimizer::Adam {
-                    beta1,
-                    beta2,
-                    epsilon,
-                } => {
-                    let lr_t = (lr * (1.0 - beta2.powf(t)).sqrt() / (1.0 - beta1.powf(t))) as f32;
-                    let (b1, b2, eps) = (beta1 as f32, beta2 as f32, epsilon as f32);
-                    for i in 0..p.len() {
-                        m[i] = b1 * m[i] + (1.0 - b1) * g[i];
-                        v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
-                        p[i] -= lr_t * m[i] / (v[i].sqrt() + eps);
-                    }
-                }
-            }
+            opt.update(lr, t, p, g, m, v);
         }
         net.tick("optimizer + BN statistics", t0);
         Ok(StepStats {
