@@ -177,7 +177,7 @@ enum BenchCmd {
         #[arg(long, value_enum, default_value_t = Device::Cpu)]
         device: Device,
     },
-    /// One MiniGoogLeNet training step on CPU and GPU from the same weights: parity check
+    /// One MiniGoogLeNet SGD and Adam step from the same weights on native-CPU, native-CUDA and dfdx-CUDA: parity check
     Parity {
         /// Batch size
         #[arg(long, default_value_t = 64)]

@@ -703,26 +703,26 @@ pub fn build_model(
             seed,
             Cpu::seed_from_u64(seed),
         )?)),
-        #[cfg(feature = "cuda")]
+        #[cfg(feature = "dfdx-cuda")]
         super::DeviceKind::Cuda => {
             let dev = Cuda::try_seed_from_u64(seed)
                 .map_err(|e| anyhow::anyhow!("cannot open the CUDA device: {e:?}"))?;
             Ok(Box::new(DfdxModel::new(graph, seed, dev)?))
         }
-        #[cfg(not(feature = "cuda"))]
+        #[cfg(not(feature = "dfdx-cuda"))]
         super::DeviceKind::Cuda => {
-            bail!("device = \"cuda\" needs a pipe built with CUDA support (scripts/build-cuda)")
+            bail!("backend = \"dfdx\" on device = \"cuda\" needs a pipe built with dfdx's CUDA device (`--features dfdx-cuda`, see scripts/build-cuda); backend = \"native\" needs only `--features cuda`")
         }
     }
 }
 
 /// Whether a CUDA device can be opened (always false without the `cuda` feature).
 pub fn cuda_available() -> bool {
-    #[cfg(feature = "cuda")]
+    #[cfg(feature = "dfdx-cuda")]
     {
         Cuda::try_seed_from_u64(0).is_ok()
     }
-    #[cfg(not(feature = "cuda"))]
+    #[cfg(not(feature = "dfdx-cuda"))]
     {
         false
     }

@@ -129,6 +129,20 @@ pub trait Model {
     /// Number of classes the model outputs.
     fn classes(&self) -> usize;
 
+    /// Loss and accuracy kept on the device: `(summed cross-entropy, correct)` over the
+    /// steps since the last call, after which they restart from zero. `None` for backends
+    /// whose [`Model::train_step`] returns them per step (then its `StepStats` hold them;
+    /// otherwise its `loss` is NaN). Reading waits for the device, so callers read once
+    /// per progress tick, not per step. Errors when the loss has diverged.
+    fn take_stats(&mut self) -> Result<Option<(f64, usize)>> {
+        Ok(None)
+    }
+
+    /// Bytes of device memory the model holds (GPU models only).
+    fn device_bytes(&self) -> Option<usize> {
+        None
+    }
+
     /// Seconds spent per phase and op kind, when profiling (`PIPE_PROFILE=1`).
     fn profile(&self) -> Vec<(String, f64)> {
         Vec::new()
@@ -164,8 +178,13 @@ pub fn build_with(
 ) -> Result<Box<dyn Model>> {
     match (backend, device) {
         (BackendKind::Native, DeviceKind::Cpu) => Ok(Box::new(native::NativeModel::new(graph, seed)?)),
+        #[cfg(feature = "cuda")]
+        (BackendKind::Native, DeviceKind::Cuda) => {
+            Ok(Box::new(native::gpu::device::CudaModel::new(graph, seed)?))
+        }
+        #[cfg(not(feature = "cuda"))]
         (BackendKind::Native, DeviceKind::Cuda) => anyhow::bail!(
-            "backend = \"native\" runs on the CPU only so far; use backend = \"dfdx\" for device = \"cuda\""
+            "this pipe was built without CUDA: rebuild with `cargo build --release --features cuda` for device = \"cuda\""
         ),
         (BackendKind::Dfdx, _) => dfdx_backend::build_model(graph, seed, device),
     }
@@ -173,7 +192,14 @@ pub fn build_with(
 
 /// Whether a CUDA GPU is usable by this build.
 pub fn cuda_available() -> bool {
-    dfdx_backend::cuda_available()
+    #[cfg(feature = "cuda")]
+    {
+        native::gpu::device::available()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        dfdx_backend::cuda_available()
+    }
 }
 
 /// Index of the largest value (first on ties).

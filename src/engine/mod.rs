@@ -112,7 +112,8 @@ pub fn resolve_devices(p: &mut Pipeline) {
         let dev = device(*d);
         *d = Some(dev);
         b.get_or_insert(match dev {
-            DeviceSetting::Cuda => BackendKind::Dfdx,
+            // dfdx where its CUDA device is built in (the card's engine), else native.
+            DeviceSetting::Cuda if cfg!(feature = "dfdx-cuda") => BackendKind::Dfdx,
             _ => BackendKind::Native,
         });
     };

@@ -9,6 +9,7 @@
 //! is the other's reference in the tests.
 
 pub mod cpu;
+pub mod gpu;
 pub mod plan;
 
 use std::collections::BTreeMap;
@@ -26,8 +27,9 @@ use super::params::{self, Layout, Role};
 use super::{State, StepStats};
 use crate::nn::graph::{pad_before, Graph, NodeInfo, Op, Shape};
 
+/// Which parameters (indices into the layout) and batch-norm statistics a node owns.
 #[derive(Default, Clone, Copy)]
-struct NodeParams {
+pub(crate) struct NodeParams {
     kernel: Option<usize>,
     bias: Option<usize>,
     gamma: Option<usize>,
@@ -66,10 +68,50 @@ pub struct NativeNet<T: Real> {
     pub snapshots: Option<Vec<(usize, Vec<T>)>>,
 }
 
-fn dims(s: Shape) -> (usize, usize, usize) {
+pub(crate) fn dims(s: Shape) -> (usize, usize, usize) {
     match s {
         Shape::Image(h, w, c) => (h, w, c),
         Shape::Flat(n) => (1, 1, n),
+    }
+}
+
+/// The parameters and statistics of every node.
+pub(crate) fn node_params(graph: &Graph, layout: &Layout) -> Vec<NodeParams> {
+    let mut node_params = vec![NodeParams::default(); graph.nodes.len()];
+    for (k, spec) in layout.params.iter().enumerate() {
+        let np = &mut node_params[spec.node];
+        match spec.role {
+            Role::Kernel => np.kernel = Some(k),
+            Role::Bias => np.bias = Some(k),
+            Role::Gamma => np.gamma = Some(k),
+            Role::Beta => np.beta = Some(k),
+        }
+    }
+    for (k, bn) in layout.bns.iter().enumerate() {
+        node_params[bn.node].bn = Some(k);
+    }
+    node_params
+}
+
+/// The window geometry of conv or pool node `i`.
+pub(crate) fn conv_geom(graph: &Graph, infos: &[NodeInfo], i: usize) -> ConvGeom {
+    let nd = &graph.nodes[i];
+    let (h, w, cin) = dims(infos[nd.inputs[0]].shape);
+    let (oh, ow, cout) = dims(infos[i].shape);
+    let ((kh, kw), (sh, sw), p) = nd.op.window().expect("a window op");
+    ConvGeom {
+        h,
+        w,
+        cin,
+        oh,
+        ow,
+        cout,
+        kh,
+        kw,
+        sh,
+        sw,
+        pt: pad_before(h, kh, sh, p),
+        pl: pad_before(w, kw, sw, p),
     }
 }
 
@@ -83,19 +125,7 @@ impl<T: Real> NativeNet<T> {
         };
         let layout = params::layout(graph, &infos);
         let values = params::init_values(&layout, seed);
-        let mut node_params = vec![NodeParams::default(); graph.nodes.len()];
-        for (k, spec) in layout.params.iter().enumerate() {
-            let np = &mut node_params[spec.node];
-            match spec.role {
-                Role::Kernel => np.kernel = Some(k),
-                Role::Bias => np.bias = Some(k),
-                Role::Gamma => np.gamma = Some(k),
-                Role::Beta => np.beta = Some(k),
-            }
-        }
-        for (k, bn) in layout.bns.iter().enumerate() {
-            node_params[bn.node].bn = Some(k);
-        }
+        let node_params = node_params(graph, &layout);
         let params: Vec<Vec<T>> = values
             .into_iter()
             .map(|v| v.into_iter().map(r::<T>).collect())
@@ -195,24 +225,7 @@ impl<T: Real> NativeNet<T> {
     }
 
     fn conv_geom(&self, i: usize) -> ConvGeom {
-        let nd = &self.graph.nodes[i];
-        let (h, w, cin) = dims(self.infos[nd.inputs[0]].shape);
-        let (oh, ow, cout) = dims(self.infos[i].shape);
-        let ((kh, kw), (sh, sw), p) = nd.op.window().expect("a window op");
-        ConvGeom {
-            h,
-            w,
-            cin,
-            oh,
-            ow,
-            cout,
-            kh,
-            kw,
-            sh,
-            sw,
-            pt: pad_before(h, kh, sh, p),
-            pl: pad_before(w, kw, sw, p),
-        }
+        conv_geom(&self.graph, &self.infos, i)
     }
 
     fn pool_geom(&self, i: usize) -> PoolGeom {

@@ -1,0 +1,2123 @@
+//! The native model on a CUDA GPU: the planner's graph run by cuDNN (convolutions, batch
+//! norm), cuBLAS (dense layers) and our NVRTC kernels (everything else).
+//!
+//! Everything a step touches lives on the device, in buffers sized once per batch shape:
+//! the planner's activation and gradient arenas (the same [`Plan`] as the CPU path, so
+//! concat slices are strided descriptors and relu/dropout run in place), parameters,
+//! gradients and optimizer moments as flat buffers, batch-norm statistics, one cuDNN
+//! workspace. Per step the host uploads the batch, labels, dropout masks and the learning
+//! rate from pinned buffers (asynchronously, double-buffered) and launches the step, which
+//! after its first eager run is replayed as a captured CUDA graph. Loss and accuracy add up
+//! on the device and are read by [`Model::take_stats`]. Parameters come back to the host
+//! only for [`Model::state`].
+//!
+//! Conv kernels are kept on the device as (cout, kh, kw, cin) (cuDNN's NHWC filter
+//! layout) and transposed to and from the state's (kh, kw, cin, cout).
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
+use cudarc::cudnn::sys as dnn;
+use cudarc::driver::{result as drv, sys as drv_sys, CudaContext, CudaGraph, CudaStream};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::super::cpu::conv::ConvGeom;
+use super::super::plan::{self, Alias, Plan, View};
+use super::super::{conv_geom, dims, node_params, NodeParams};
+use super::{kernels, libs};
+use crate::backend::params::{self, Layout, Role};
+use crate::backend::{Model, Optimizer, State, StepStats};
+use crate::nn::graph::{Graph, NodeInfo, Op, Shape};
+
+/// Find and open the libraries, then the first GPU: an error (never a panic) when any
+/// part is missing.
+pub fn open_gpu() -> Result<Arc<CudaContext>> {
+    libs::load(&libs::WANTED)?;
+    let count = drv::device::get_count()
+        .map_err(|e| anyhow!("the CUDA driver is present but does not start: {e:?}"))?;
+    if count < 1 {
+        bail!("the CUDA driver found no GPU");
+    }
+    CudaContext::new(0).map_err(|e| anyhow!("opening GPU 0: {e:?}"))
+}
+
+/// Whether a GPU is usable (libraries present, a device visible).
+pub fn available() -> bool {
+    libs::load(&libs::WANTED).is_ok()
+        && drv::init().is_ok()
+        && drv::device::get_count().is_ok_and(|c| c > 0)
+}
+
+fn ck(s: dnn::cudnnStatus_t, what: &str) -> Result<()> {
+    if s == dnn::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
+        Ok(())
+    } else {
+        bail!("cuDNN {what}: {s:?}")
+    }
+}
+
+fn dk<T>(r: std::result::Result<T, drv::DriverError>, what: &str) -> Result<T> {
+    r.map_err(|e| anyhow!("CUDA {what}: {e:?}"))
+}
+
+/// A raw device allocation, freed on drop.
+struct DevBuf {
+    ptr: u64,
+    bytes: usize,
+}
+
+impl DevBuf {
+    fn new(bytes: usize) -> Result<Self> {
+        let ptr = if bytes == 0 {
+            0
+        } else {
+            // SAFETY: the context is current on this thread (bound when the model was built).
+            dk(
+                unsafe { drv::malloc_sync(bytes) },
+                "allocating device memory",
+            )?
+        };
+        Ok(DevBuf { ptr, bytes })
+    }
+    /// Address of float `i`.
+    fn f(&self, i: usize) -> u64 {
+        self.ptr + 4 * i as u64
+    }
+}
+
+impl Drop for DevBuf {
+    fn drop(&mut self) {
+        if self.ptr != 0 {
+            // SAFETY: allocated by malloc_sync and freed once, here.
+            let _ = unsafe { drv::free_sync(self.ptr) };
+        }
+    }
+}
+
+/// Page-locked host memory for asynchronous uploads, freed on drop.
+struct Pinned {
+    ptr: *mut u8,
+    bytes: usize,
+    /// Recorded after the upload that last read this buffer.
+    done: drv_sys::CUevent,
+}
+
+impl Pinned {
+    fn new(bytes: usize) -> Result<Self> {
+        // SAFETY: a plain page-locked allocation of `bytes` (at least 1) bytes.
+        let ptr = dk(
+            unsafe { drv::malloc_host(bytes.max(1), 0) },
+            "allocating pinned memory",
+        )?;
+        let done = dk(
+            drv::event::create(drv_sys::CUevent_flags::CU_EVENT_DISABLE_TIMING),
+            "creating an event",
+        )?;
+        Ok(Pinned {
+            ptr: ptr.cast(),
+            bytes,
+            done,
+        })
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        // SAFETY: allocated by malloc_host / event::create, released once here.
+        unsafe {
+            let _ = drv::event::synchronize(self.done);
+            let _ = drv::event::destroy(self.done);
+            let _ = drv::free_host(self.ptr.cast());
+        }
+    }
+}
+
+/// The loaded kernel module.
+struct Kernels {
+    funcs: HashMap<&'static str, drv_sys::CUfunction>,
+    max_blocks: u32,
+}
+
+/// A kernel argument: a value copied into the launch.
+enum Arg {
+    P(u64),
+    I(i64),
+    F(f32),
+    B(i32),
+    Pool(PoolArg),
+}
+
+/// Mirrors `struct Pool` in kernels.cu.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct PoolArg {
+    n: i64,
+    h: i64,
+    w: i64,
+    c: i64,
+    oh: i64,
+    ow: i64,
+    kh: i32,
+    kw: i32,
+    sh: i32,
+    sw: i32,
+    pt: i32,
+    pl: i32,
+}
+
+/// cuDNN descriptors of one conv node for one batch size, with the measured algorithms.
+struct ConvDescs {
+    x: dnn::cudnnTensorDescriptor_t,
+    y: dnn::cudnnTensorDescriptor_t,
+    w: dnn::cudnnFilterDescriptor_t,
+    conv: dnn::cudnnConvolutionDescriptor_t,
+    fwd: dnn::cudnnConvolutionFwdAlgo_t,
+    bwd_data: dnn::cudnnConvolutionBwdDataAlgo_t,
+    bwd_filter: dnn::cudnnConvolutionBwdFilterAlgo_t,
+}
+
+/// cuDNN descriptors of one batch-norm node for one batch size.
+struct BnDescs {
+    x: dnn::cudnnTensorDescriptor_t,
+    y: dnn::cudnnTensorDescriptor_t,
+    stats: dnn::cudnnTensorDescriptor_t,
+}
+
+/// Everything shaped by the batch size `n`.
+struct Shaped {
+    conv: HashMap<usize, ConvDescs>,
+    bn: HashMap<usize, BnDescs>,
+    graph: Option<CudaGraph>,
+    eager_runs: usize,
+}
+
+/// The native model on a GPU.
+pub struct CudaModel {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    dnn: dnn::cudnnHandle_t,
+    k: Kernels,
+    graph: Graph,
+    infos: Vec<NodeInfo>,
+    layout: Layout,
+    np: Vec<NodeParams>,
+    classes: usize,
+    /// Offsets of each parameter in the flat buffers, and the total.
+    poff: Vec<usize>,
+    plen: usize,
+    params: DevBuf,
+    grads: DevBuf,
+    m: DevBuf,
+    v: DevBuf,
+    /// Running mean and variance, saved batch mean and inverse std, per BN node (offsets).
+    boff: Vec<usize>,
+    bn_mean: DevBuf,
+    bn_var: DevBuf,
+    save_mean: DevBuf,
+    save_inv: DevBuf,
+    plan: Option<Plan>,
+    act: DevBuf,
+    grad: DevBuf,
+    /// Where a batch norm writes dx when its input has no gradient.
+    sink: DevBuf,
+    labels: DevBuf,
+    /// [cross-entropy sum, correct] since the last read.
+    stats: DevBuf,
+    /// [lr, Adam's bias-corrected lr].
+    hyper: DevBuf,
+    workspace: DevBuf,
+    pinned: [Pinned; 2],
+    slot: usize,
+    shaped: HashMap<usize, Shaped>,
+    written: Vec<bool>,
+    step: u64,
+    examples: usize,
+    tf32: bool,
+    use_graphs: bool,
+    /// The optimizer the captured graphs were built with.
+    graph_opt: Option<Optimizer>,
+}
+
+fn blocks(k: &Kernels, total: usize) -> u32 {
+    (total.div_ceil(256) as u32).clamp(1, k.max_blocks)
+}
+
+impl CudaModel {
+    /// Build on GPU 0 with the shared initial values.
+    pub fn new(graph: &Graph, seed: u64) -> Result<Self> {
+        let ctx = open_gpu()?;
+        dk(ctx.bind_to_thread(), "binding the context")?;
+        // SAFETY: no cudarc-managed allocations exist yet; we synchronise by hand.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = dk(ctx.new_stream(), "creating a stream")?;
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| anyhow!("cuBLAS: {e:?}"))?;
+        let mut handle: dnn::cudnnHandle_t = std::ptr::null_mut();
+        // SAFETY: an out-pointer to a handle; the stream outlives the handle (both ours).
+        unsafe {
+            ck(dnn::cudnnCreate(&mut handle), "create")?;
+            ck(
+                dnn::cudnnSetStream(handle, stream.cu_stream() as dnn::cudaStream_t),
+                "set stream",
+            )?;
+        }
+        let (major, minor) = dk(ctx.compute_capability(), "compute capability")?;
+        let cubin = kernels::cubin(major, minor)?;
+        let k = load_kernels(&cubin, &ctx)?;
+
+        let infos = graph.infer()?;
+        let classes = match infos.last().map(|i| i.shape) {
+            Some(Shape::Flat(k)) => k,
+            other => bail!("the network must end in a flat (classes) output, got {other:?}"),
+        };
+        for (i, nd) in graph.nodes.iter().enumerate() {
+            if let Op::BatchNorm { epsilon, .. } = nd.op {
+                if epsilon < 1e-5 {
+                    bail!(
+                        "layer {}: cuDNN's batch norm needs epsilon >= 1e-5, the manifest gives {epsilon}",
+                        nd.name
+                    );
+                }
+            }
+            if matches!(nd.op, Op::Conv2d { .. }) {
+                let g = conv_geom(graph, &infos, i);
+                if !symmetric(&g) {
+                    bail!(
+                        "layer {}: padding \"same\" with stride {}x{} pads unevenly here, which cuDNN cannot; use padding = \"valid\" or stride 1 on the GPU",
+                        nd.name, g.sh, g.sw
+                    );
+                }
+            }
+        }
+        let layout = params::layout(graph, &infos);
+        let values = params::init_values(&layout, seed);
+        let np = node_params(graph, &layout);
+        let mut poff = Vec::new();
+        let mut plen = 0;
+        for p in &layout.params {
+            poff.push(plen);
+            plen += p.len();
+        }
+        let mut boff = Vec::new();
+        let mut blen = 0;
+        for b in &layout.bns {
+            boff.push(blen);
+            blen += b.channels;
+        }
+        let mut model = CudaModel {
+            params: DevBuf::new(4 * plen)?,
+            grads: DevBuf::new(4 * plen)?,
+            m: DevBuf::new(4 * plen)?,
+            v: DevBuf::new(4 * plen)?,
+            bn_mean: DevBuf::new(4 * blen)?,
+            bn_var: DevBuf::new(4 * blen)?,
+            save_mean: DevBuf::new(4 * blen)?,
+            save_inv: DevBuf::new(4 * blen)?,
+            stats: DevBuf::new(8)?,
+            hyper: DevBuf::new(8)?,
+            act: DevBuf::new(0)?,
+            grad: DevBuf::new(0)?,
+            sink: DevBuf::new(0)?,
+            labels: DevBuf::new(0)?,
+            workspace: DevBuf::new(0)?,
+            pinned: [Pinned::new(0)?, Pinned::new(0)?],
+            slot: 0,
+            ctx,
+            stream,
+            blas,
+            dnn: handle,
+            k,
+            written: vec![false; graph.nodes.len()],
+            graph: graph.clone(),
+            infos,
+            np,
+            classes,
+            poff,
+            plen,
+            boff,
+            plan: None,
+            shaped: HashMap::new(),
+            step: 0,
+            examples: 0,
+            tf32: std::env::var("PIPE_CUDA_TF32").map_or(true, |v| v != "0"),
+            use_graphs: std::env::var("PIPE_CUDA_GRAPHS").map_or(true, |v| v != "0"),
+            graph_opt: None,
+            layout,
+        };
+        let parts = params::StateParts {
+            m: values.iter().map(|p| vec![0.0; p.len()]).collect(),
+            v: values.iter().map(|p| vec![0.0; p.len()]).collect(),
+            bn_mean: model
+                .layout
+                .bns
+                .iter()
+                .map(|b| vec![0.0; b.channels])
+                .collect(),
+            bn_var: model
+                .layout
+                .bns
+                .iter()
+                .map(|b| vec![1.0; b.channels])
+                .collect(),
+            params: values
+                .into_iter()
+                .map(|v| v.into_iter().map(|x| x as f32).collect())
+                .collect(),
+            step: 0,
+        };
+        model.upload_parts(&parts)?;
+        model.zero(&model.stats, 2)?;
+        Ok(model)
+    }
+
+    fn cu(&self) -> drv_sys::CUstream {
+        self.stream.cu_stream()
+    }
+
+    fn zero(&self, b: &DevBuf, floats: usize) -> Result<()> {
+        if floats == 0 {
+            return Ok(());
+        }
+        // SAFETY: `b` holds at least `floats` floats; the stream is ours.
+        dk(
+            unsafe { drv::memset_d8_async(b.ptr, 0, 4 * floats, self.cu()) },
+            "memset",
+        )
+    }
+
+    fn sync(&self) -> Result<()> {
+        dk(self.stream.synchronize(), "synchronising the stream")
+    }
+
+    fn upload<T: Copy>(&self, dst: u64, src: &[T]) -> Result<()> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: `dst` has room for `src` (callers size it from the same layout); the
+        // copy is synchronous on the host side (pageable memory), then the stream syncs.
+        dk(
+            unsafe { drv::memcpy_htod_async(dst, src, self.cu()) },
+            "upload",
+        )?;
+        self.sync()
+    }
+
+    fn download(&self, src: u64, n: usize) -> Result<Vec<f32>> {
+        let mut out = vec![0f32; n];
+        if n > 0 {
+            self.sync()?;
+            // SAFETY: `src` holds `n` floats; `out` is a live host buffer of `n` floats.
+            dk(unsafe { drv::memcpy_dtoh_sync(&mut out, src) }, "download")?;
+        }
+        Ok(out)
+    }
+
+    fn is_conv_kernel(&self, p: usize) -> Option<[usize; 4]> {
+        let s = &self.layout.params[p];
+        (s.role == Role::Kernel && s.shape.len() == 4)
+            .then(|| [s.shape[0], s.shape[1], s.shape[2], s.shape[3]])
+    }
+
+    fn upload_parts(&mut self, parts: &params::StateParts) -> Result<()> {
+        for (p, off) in self.poff.clone().into_iter().enumerate() {
+            let shape = self.is_conv_kernel(p);
+            let prep = |v: &[f32]| match shape {
+                Some(s) => hwio_to_ohwi(v, s),
+                None => v.to_vec(),
+            };
+            self.upload(self.params.f(off), &prep(&parts.params[p]))?;
+            self.upload(self.m.f(off), &prep(&parts.m[p]))?;
+            self.upload(self.v.f(off), &prep(&parts.v[p]))?;
+        }
+        for (b, off) in self.boff.clone().into_iter().enumerate() {
+            self.upload(self.bn_mean.f(off), &parts.bn_mean[b])?;
+            self.upload(self.bn_var.f(off), &parts.bn_var[b])?;
+        }
+        self.step = parts.step;
+        Ok(())
+    }
+
+    fn download_flat(&self, buf: &DevBuf) -> Result<Vec<Vec<f32>>> {
+        let all = self.download(buf.ptr, self.plen)?;
+        Ok((0..self.layout.params.len())
+            .map(|p| {
+                let v = &all[self.poff[p]..self.poff[p] + self.layout.params[p].len()];
+                match self.is_conv_kernel(p) {
+                    Some(s) => ohwi_to_hwio(v, s),
+                    None => v.to_vec(),
+                }
+            })
+            .collect())
+    }
+
+    /// Plan for batches of up to `n` (replanned when `n` exceeds the capacity).
+    fn ensure_plan(&mut self, n: usize) -> Result<()> {
+        if self.plan.as_ref().is_some_and(|p| p.cap >= n) {
+            return Ok(());
+        }
+        self.sync()?;
+        self.shaped.clear();
+        let p = plan::plan(&self.graph, &self.infos, n);
+        self.act = DevBuf::new(4 * p.act_len)?;
+        self.grad = DevBuf::new(4 * p.grad_len)?;
+        let sink = self
+            .graph
+            .nodes
+            .iter()
+            .filter(|nd| matches!(nd.op, Op::BatchNorm { .. }))
+            .map(|nd| self.infos[nd.inputs[0]].shape.numel() * n)
+            .max()
+            .unwrap_or(0);
+        self.sink = DevBuf::new(4 * sink)?;
+        self.labels = DevBuf::new(4 * n)?;
+        let masks: usize = (0..self.graph.nodes.len())
+            .filter(|&i| p.mask[i].is_some())
+            .map(|i| self.infos[i].shape.numel() * n)
+            .sum();
+        let bytes = 4 * (self.infos[0].shape.numel() * n + n + masks + 2);
+        self.pinned = [Pinned::new(bytes)?, Pinned::new(bytes)?];
+        self.plan = Some(p);
+        Ok(())
+    }
+
+    /// Descriptors and measured algorithms for batch size `n` (built once per size).
+    fn ensure_shaped(&mut self, n: usize) -> Result<()> {
+        if self.shaped.contains_key(&n) {
+            return Ok(());
+        }
+        let plan = self.plan.take().expect("planned");
+        let r = self.build_shaped(&plan, n);
+        self.plan = Some(plan);
+        let s = r?;
+        self.shaped.insert(n, s);
+        Ok(())
+    }
+
+    fn build_shaped(&mut self, plan: &Plan, n: usize) -> Result<Shaped> {
+        let mut conv = HashMap::new();
+        let mut bn = HashMap::new();
+        // Measuring needs room: a generous scratch workspace, freed afterwards.
+        let (free, _) = dk(self.ctx.mem_get_info(), "memory info")?;
+        let trial = (free / 4).min(1 << 30);
+        let scratch = DevBuf::new(trial)?;
+        let mut need = self.workspace.bytes;
+        for i in 0..self.graph.nodes.len() {
+            let nd = &self.graph.nodes[i];
+            match nd.op {
+                Op::Conv2d { .. } => {
+                    let g = conv_geom(&self.graph, &self.infos, i);
+                    let (xv, yv) = (plan.act[nd.inputs[0]], plan.act[i]);
+                    let x = tensor(n, g.h, g.w, xv)?;
+                    let y = tensor(n, g.oh, g.ow, yv)?;
+                    let w = filter(&g)?;
+                    let c = convolution(&g, self.tf32)?;
+                    let kp = self.np[i].kernel.expect("conv kernel");
+                    let wp = self.params.f(self.poff[kp]);
+                    let (xp, yp) = (self.act.f(xv.off), self.act.f(yv.off));
+                    let dyp = self.grad.f(plan.grad[i].expect("conv gradient").off);
+                    let dxp = plan.grad[nd.inputs[0]].map(|v| self.grad.f(v.off));
+                    let dwp = self.grads.f(self.poff[kp]);
+                    let (fwd, m1) = find_fwd(self.dnn, x, xp, w, wp, c, y, yp, &scratch)
+                        .with_context(|| format!("layer {}", nd.name))?;
+                    let (bwd_data, m2) = match dxp {
+                        Some(dxp) => find_bwd_data(self.dnn, w, wp, y, dyp, c, x, dxp, &scratch)
+                            .with_context(|| format!("layer {}", nd.name))?,
+                        None => (
+                            dnn::cudnnConvolutionBwdDataAlgo_t::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1,
+                            0,
+                        ),
+                    };
+                    let (bwd_filter, m3) =
+                        find_bwd_filter(self.dnn, x, xp, y, dyp, c, w, dwp, &scratch)
+                            .with_context(|| format!("layer {}", nd.name))?;
+                    need = need.max(m1).max(m2).max(m3);
+                    conv.insert(
+                        i,
+                        ConvDescs {
+                            x,
+                            y,
+                            w,
+                            conv: c,
+                            fwd,
+                            bwd_data,
+                            bwd_filter,
+                        },
+                    );
+                }
+                Op::BatchNorm { .. } => {
+                    let (h, w, _) = dims(self.infos[i].shape);
+                    let x = tensor(n, h, w, plan.act[nd.inputs[0]])?;
+                    let y = tensor(n, h, w, plan.act[i])?;
+                    let mut stats: dnn::cudnnTensorDescriptor_t = std::ptr::null_mut();
+                    // SAFETY: out-pointer to a descriptor, then derived from a valid one.
+                    unsafe {
+                        ck(
+                            dnn::cudnnCreateTensorDescriptor(&mut stats),
+                            "tensor descriptor",
+                        )?;
+                        ck(
+                            dnn::cudnnDeriveBNTensorDescriptor(stats, x, BN_MODE),
+                            "batch-norm descriptor",
+                        )?;
+                    }
+                    bn.insert(i, BnDescs { x, y, stats });
+                }
+                _ => {}
+            }
+        }
+        drop(scratch);
+        if need > self.workspace.bytes {
+            self.sync()?;
+            self.workspace = DevBuf::new(need)?;
+            // A new workspace address invalidates graphs captured for other sizes.
+            for s in self.shaped.values_mut() {
+                s.graph = None;
+                s.eager_runs = 0;
+            }
+        }
+        Ok(Shaped {
+            conv,
+            bn,
+            graph: None,
+            eager_runs: 0,
+        })
+    }
+
+    fn launch(&self, name: &str, grid: (u32, u32), block: (u32, u32), args: &[Arg]) -> Result<()> {
+        let f = *self
+            .k
+            .funcs
+            .get(name)
+            .ok_or_else(|| anyhow!("no kernel {name}"))?;
+        let mut vals: Vec<[u8; 64]> = Vec::with_capacity(args.len());
+        for a in args {
+            let mut b = [0u8; 64];
+            match a {
+                Arg::P(v) => b[..8].copy_from_slice(&v.to_ne_bytes()),
+                Arg::I(v) => b[..8].copy_from_slice(&v.to_ne_bytes()),
+                Arg::F(v) => b[..4].copy_from_slice(&v.to_ne_bytes()),
+                Arg::B(v) => b[..4].copy_from_slice(&v.to_ne_bytes()),
+                Arg::Pool(p) => {
+                    // SAFETY: PoolArg is repr(C), 64 bytes at most, plain integers.
+                    let bytes = unsafe {
+                        std::slice::from_raw_parts(
+                            (p as *const PoolArg).cast::<u8>(),
+                            std::mem::size_of::<PoolArg>(),
+                        )
+                    };
+                    b[..bytes.len()].copy_from_slice(bytes);
+                }
+            }
+            vals.push(b);
+        }
+        let mut ptrs: Vec<*mut c_void> = vals.iter_mut().map(|b| b.as_mut_ptr().cast()).collect();
+        // SAFETY: `f` comes from our module and `args` match its C signature (each value
+        // lives in `vals` until the launch returns, which copies them).
+        dk(
+            unsafe {
+                drv::launch_kernel(
+                    f,
+                    (grid.0, grid.1, 1),
+                    (block.0, block.1, 1),
+                    0,
+                    self.cu(),
+                    &mut ptrs,
+                )
+            },
+            name,
+        )
+    }
+
+    /// An elementwise kernel over `total` items with the given arguments.
+    fn ew(&self, name: &str, total: usize, args: &[Arg]) -> Result<()> {
+        if total == 0 {
+            return Ok(());
+        }
+        self.launch(name, (blocks(&self.k, total), 1), (256, 1), args)
+    }
+
+    fn a(&self, v: View) -> Arg {
+        Arg::P(self.act.f(v.off))
+    }
+
+    fn g(&self, v: View) -> Arg {
+        Arg::P(self.grad.f(v.off))
+    }
+
+    fn pool_arg(&self, i: usize, n: usize) -> PoolArg {
+        let g = conv_geom(&self.graph, &self.infos, i);
+        PoolArg {
+            n: n as i64,
+            h: g.h as i64,
+            w: g.w as i64,
+            c: dims(self.infos[i].shape).2 as i64,
+            oh: g.oh as i64,
+            ow: g.ow as i64,
+            kh: g.kh as i32,
+            kw: g.kw as i32,
+            sh: g.sh as i32,
+            sw: g.sw as i32,
+            pt: g.pt as i32,
+            pl: g.pl as i32,
+        }
+    }
+
+    fn fused_relu(&self, plan: &Plan, i: usize) -> Option<usize> {
+        match (plan.alias[i], &self.graph.nodes[i].op) {
+            (Alias::InPlace(j), Op::BatchNorm { .. })
+                if matches!(self.graph.nodes[j].op, Op::Relu) =>
+            {
+                Some(j)
+            }
+            _ => None,
+        }
+    }
+
+    fn relu_is_fused(&self, plan: &Plan, j: usize) -> bool {
+        let i = self.graph.nodes[j].inputs[0];
+        matches!(self.graph.nodes[j].op, Op::Relu) && self.fused_relu(plan, i) == Some(j)
+    }
+
+    /// Forward pass over `n` images already in the input view; dropout masks already in
+    /// the arena when training.
+    fn forward(&self, plan: &Plan, sh: &Shaped, n: usize, train: bool) -> Result<()> {
+        let last = self.graph.nodes.len() - 1;
+        let (one, zero) = (1f32, 0f32);
+        let (pone, pzero) = (
+            (&one as *const f32).cast::<c_void>(),
+            (&zero as *const f32).cast::<c_void>(),
+        );
+        for i in 1..self.graph.nodes.len() {
+            let nd = &self.graph.nodes[i];
+            let (yv, xv) = (plan.act[i], plan.act[nd.inputs[0]]);
+            let rows = yv.rows(n) as i64;
+            let c = yv.c as i64;
+            let np = self.np[i];
+            match &nd.op {
+                Op::Input { .. } => unreachable!("only node 0 is the input"),
+                Op::Conv2d { .. } => {
+                    let d = &sh.conv[&i];
+                    let wp = self.params.f(self.poff[np.kernel.expect("kernel")]);
+                    // SAFETY: descriptors match the views' shapes; pointers are in our
+                    // arenas; the workspace holds what the algorithm was measured with.
+                    unsafe {
+                        ck(
+                            dnn::cudnnConvolutionForward(
+                                self.dnn,
+                                pone,
+                                d.x,
+                                self.act.f(xv.off) as *const c_void,
+                                d.w,
+                                wp as *const c_void,
+                                d.conv,
+                                d.fwd,
+                                self.workspace.ptr as *mut c_void,
+                                self.workspace.bytes,
+                                pzero,
+                                d.y,
+                                self.act.f(yv.off) as *mut c_void,
+                            ),
+                            "convolution forward",
+                        )?;
+                    }
+                    if let Some(b) = np.bias {
+                        let bp = self.params.f(self.poff[b]);
+                        self.ew(
+                            "bias_forward",
+                            (rows * c) as usize,
+                            &[
+                                self.a(yv),
+                                Arg::I(yv.ld as i64),
+                                Arg::P(bp),
+                                Arg::I(rows),
+                                Arg::I(c),
+                            ],
+                        )?;
+                    }
+                }
+                Op::BatchNorm {
+                    epsilon, momentum, ..
+                } => {
+                    let d = &sh.bn[&i];
+                    let k = np.bn.expect("bn");
+                    let gp = self.params.f(self.poff[np.gamma.expect("gamma")]);
+                    let bp = self.params.f(self.poff[np.beta.expect("beta")]);
+                    let off = self.boff[k];
+                    // SAFETY: as for the convolution; the statistics buffers hold c floats.
+                    unsafe {
+                        if train {
+                            ck(
+                                dnn::cudnnBatchNormalizationForwardTraining(
+                                    self.dnn,
+                                    BN_MODE,
+                                    pone,
+                                    pzero,
+                                    d.x,
+                                    self.act.f(xv.off) as *const c_void,
+                                    d.y,
+                                    self.act.f(yv.off) as *mut c_void,
+                                    d.stats,
+                                    gp as *const c_void,
+                                    bp as *const c_void,
+                                    1.0 - momentum,
+                                    self.bn_mean.f(off) as *mut c_void,
+                                    self.bn_var.f(off) as *mut c_void,
+                                    *epsilon,
+                                    self.save_mean.f(off) as *mut c_void,
+                                    self.save_inv.f(off) as *mut c_void,
+                                ),
+                                "batch norm forward",
+                            )?;
+                        } else {
+                            ck(
+                                dnn::cudnnBatchNormalizationForwardInference(
+                                    self.dnn,
+                                    BN_MODE,
+                                    pone,
+                                    pzero,
+                                    d.x,
+                                    self.act.f(xv.off) as *const c_void,
+                                    d.y,
+                                    self.act.f(yv.off) as *mut c_void,
+                                    d.stats,
+                                    gp as *const c_void,
+                                    bp as *const c_void,
+                                    self.bn_mean.f(off) as *const c_void,
+                                    self.bn_var.f(off) as *const c_void,
+                                    *epsilon,
+                                ),
+                                "batch norm inference",
+                            )?;
+                        }
+                    }
+                    if self.fused_relu(plan, i).is_some() {
+                        let args = [
+                            self.a(yv),
+                            Arg::I(yv.ld as i64),
+                            self.a(yv),
+                            Arg::I(yv.ld as i64),
+                            Arg::I(rows),
+                            Arg::I(c),
+                        ];
+                        self.ew("relu_forward", (rows * c) as usize, &args)?;
+                    }
+                }
+                Op::Relu if self.relu_is_fused(plan, i) => {}
+                Op::Relu => self.ew(
+                    "relu_forward",
+                    (rows * c) as usize,
+                    &[
+                        self.a(xv),
+                        Arg::I(xv.ld as i64),
+                        self.a(yv),
+                        Arg::I(yv.ld as i64),
+                        Arg::I(rows),
+                        Arg::I(c),
+                    ],
+                )?,
+                Op::Elu { alpha } => self.ew(
+                    "elu_forward",
+                    (rows * c) as usize,
+                    &[
+                        self.a(xv),
+                        Arg::I(xv.ld as i64),
+                        self.a(yv),
+                        Arg::I(yv.ld as i64),
+                        Arg::I(rows),
+                        Arg::I(c),
+                        Arg::F(*alpha as f32),
+                    ],
+                )?,
+                Op::MaxPool { .. } | Op::AvgPool { .. } => {
+                    let p = self.pool_arg(i, n);
+                    let name = if matches!(nd.op, Op::MaxPool { .. }) {
+                        "maxpool_forward"
+                    } else {
+                        "avgpool_forward"
+                    };
+                    self.ew(
+                        name,
+                        (rows * c) as usize,
+                        &[
+                            self.a(xv),
+                            Arg::I(xv.ld as i64),
+                            self.a(yv),
+                            Arg::I(yv.ld as i64),
+                            Arg::Pool(p),
+                        ],
+                    )?;
+                }
+                Op::GlobalAvgPool => self.ew(
+                    "global_avgpool_forward",
+                    (rows * c) as usize,
+                    &[
+                        self.a(xv),
+                        Arg::I(xv.ld as i64),
+                        self.a(yv),
+                        Arg::I(yv.ld as i64),
+                        Arg::I(n as i64),
+                        Arg::I(xv.hw as i64),
+                        Arg::I(c),
+                    ],
+                )?,
+                Op::Dropout { .. } => {
+                    let args = [
+                        self.a(xv),
+                        Arg::I(xv.ld as i64),
+                        self.a(yv),
+                        Arg::I(yv.ld as i64),
+                        Arg::I(rows),
+                        Arg::I(c),
+                        Arg::B(0),
+                    ];
+                    if train {
+                        let mp = self.act.f(plan.mask[i].expect("dropout mask"));
+                        self.ew(
+                            "dropout_forward",
+                            (rows * c) as usize,
+                            &[
+                                self.a(xv),
+                                Arg::I(xv.ld as i64),
+                                Arg::P(mp),
+                                self.a(yv),
+                                Arg::I(yv.ld as i64),
+                                Arg::I(rows),
+                                Arg::I(c),
+                            ],
+                        )?;
+                    } else if xv.off != yv.off {
+                        self.ew("copy_rows", (rows * c) as usize, &args)?;
+                    }
+                }
+                Op::Flatten => {
+                    let len = (xv.hw * xv.c) as i64;
+                    debug_assert_eq!(xv.ld, xv.c, "flatten reads a packed input");
+                    self.ew(
+                        "copy_rows",
+                        n * len as usize,
+                        &[
+                            self.a(xv),
+                            Arg::I(len),
+                            self.a(yv),
+                            Arg::I(yv.ld as i64),
+                            Arg::I(n as i64),
+                            Arg::I(len),
+                            Arg::B(0),
+                        ],
+                    )?;
+                }
+                Op::Dense { .. } => {
+                    let kp = np.kernel.expect("dense kernel");
+                    let cin = xv.c;
+                    self.gemm(
+                        false,
+                        false,
+                        yv.c,
+                        n,
+                        cin,
+                        self.params.f(self.poff[kp]),
+                        yv.c,
+                        self.act.f(xv.off),
+                        xv.ld,
+                        0.0,
+                        self.act.f(yv.off),
+                        yv.ld,
+                    )?;
+                    if let Some(b) = np.bias {
+                        let bp = self.params.f(self.poff[b]);
+                        self.ew(
+                            "bias_forward",
+                            (rows * c) as usize,
+                            &[
+                                self.a(yv),
+                                Arg::I(yv.ld as i64),
+                                Arg::P(bp),
+                                Arg::I(rows),
+                                Arg::I(c),
+                            ],
+                        )?;
+                    }
+                }
+                Op::Concat => {
+                    let mut off = 0;
+                    for &k in &nd.inputs {
+                        let kv = plan.act[k];
+                        if plan.alias[k] != Alias::Concat(i, off) {
+                            let dst = View {
+                                off: yv.off + off,
+                                c: kv.c,
+                                ..yv
+                            };
+                            self.ew(
+                                "copy_rows",
+                                rows as usize * kv.c,
+                                &[
+                                    self.a(kv),
+                                    Arg::I(kv.ld as i64),
+                                    self.a(dst),
+                                    Arg::I(dst.ld as i64),
+                                    Arg::I(rows),
+                                    Arg::I(kv.c as i64),
+                                    Arg::B(0),
+                                ],
+                            )?;
+                        }
+                        off += kv.c;
+                    }
+                }
+                Op::Add => {
+                    let v1 = plan.act[nd.inputs[1]];
+                    self.ew(
+                        "add_forward",
+                        (rows * c) as usize,
+                        &[
+                            self.a(xv),
+                            Arg::I(xv.ld as i64),
+                            self.a(v1),
+                            Arg::I(v1.ld as i64),
+                            self.a(yv),
+                            Arg::I(yv.ld as i64),
+                            Arg::I(rows),
+                            Arg::I(c),
+                        ],
+                    )?;
+                    for &k in &nd.inputs[2..] {
+                        let kv = plan.act[k];
+                        self.ew(
+                            "copy_rows",
+                            (rows * c) as usize,
+                            &[
+                                self.a(kv),
+                                Arg::I(kv.ld as i64),
+                                self.a(yv),
+                                Arg::I(yv.ld as i64),
+                                Arg::I(rows),
+                                Arg::I(c),
+                                Arg::B(1),
+                            ],
+                        )?;
+                    }
+                }
+                Op::Softmax => {
+                    let name = if i == last {
+                        "copy_rows"
+                    } else {
+                        "softmax_forward"
+                    };
+                    let mut args = vec![
+                        self.a(xv),
+                        Arg::I(xv.ld as i64),
+                        self.a(yv),
+                        Arg::I(yv.ld as i64),
+                        Arg::I(rows),
+                        Arg::I(c),
+                    ];
+                    if i == last {
+                        args.push(Arg::B(0));
+                        self.ew(name, (rows * c) as usize, &args)?;
+                    } else {
+                        self.ew(name, rows as usize, &args)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Row-major `C (m x n) = alpha * C + op(A) op(B)` expressed for column-major cuBLAS:
+    /// the caller passes the column-major view (C^T = B^T A^T), see [`CudaModel::forward`].
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        &self,
+        ta: bool,
+        tb: bool,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: u64,
+        lda: usize,
+        b: u64,
+        ldb: usize,
+        beta: f32,
+        c: u64,
+        ldc: usize,
+    ) -> Result<()> {
+        let op = |t: bool| {
+            if t {
+                blas_sys::cublasOperation_t::CUBLAS_OP_T
+            } else {
+                blas_sys::cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        let alpha = 1f32;
+        // SAFETY: a, b, c are device pointers into our buffers with the given leading
+        // dimensions; alpha and beta are host scalars (cuBLAS's default pointer mode).
+        unsafe {
+            blas::sgemm(
+                *self.blas.handle(),
+                op(ta),
+                op(tb),
+                m as i32,
+                n as i32,
+                k as i32,
+                &alpha,
+                a as *const f32,
+                lda as i32,
+                b as *const f32,
+                ldb as i32,
+                &beta,
+                c as *mut f32,
+                ldc as i32,
+            )
+        }
+        .map_err(|e| anyhow!("cuBLAS sgemm: {e:?}"))
+    }
+
+    /// Backward pass from the loss gradient already in the output's gradient view.
+    fn backward(&mut self, plan: &Plan, sh: &Shaped, n: usize) -> Result<()> {
+        let last = self.graph.nodes.len() - 1;
+        let (one, zero) = (1f32, 0f32);
+        let (pone, pzero) = (
+            (&one as *const f32).cast::<c_void>(),
+            (&zero as *const f32).cast::<c_void>(),
+        );
+        self.zero(&self.grads, self.plen)?;
+        self.written.fill(false);
+        self.written[last] = true;
+        for i in (1..self.graph.nodes.len()).rev() {
+            if !self.written[i] {
+                continue;
+            }
+            let nd = &self.graph.nodes[i];
+            let yv = plan.act[i];
+            let dyv = plan.grad[i].expect("non-input nodes have gradients");
+            let j = nd.inputs[0];
+            let xv = plan.act[j];
+            let dx = plan.grad[j];
+            let acc = Arg::B(self.written[j] as i32);
+            let rows = yv.rows(n) as i64;
+            let c = yv.c as i64;
+            let np = self.np[i];
+            match &nd.op {
+                Op::Input { .. } => unreachable!(),
+                Op::Conv2d { .. } => {
+                    let d = &sh.conv[&i];
+                    let kp = np.kernel.expect("kernel");
+                    let wp = self.params.f(self.poff[kp]);
+                    let dwp = self.grads.f(self.poff[kp]);
+                    let beta_dx = if self.written[j] { pone } else { pzero };
+                    // SAFETY: as in the forward pass; dw is this kernel's own gradient.
+                    unsafe {
+                        ck(
+                            dnn::cudnnConvolutionBackwardFilter(
+                                self.dnn,
+                                pone,
+                                d.x,
+                                self.act.f(xv.off) as *const c_void,
+                                d.y,
+                                self.grad.f(dyv.off) as *const c_void,
+                                d.conv,
+                                d.bwd_filter,
+                                self.workspace.ptr as *mut c_void,
+                                self.workspace.bytes,
+                                pzero,
+                                d.w,
+                                dwp as *mut c_void,
+                            ),
+                            "convolution backward filter",
+                        )?;
+                        if let Some(dxv) = dx {
+                            ck(
+                                dnn::cudnnConvolutionBackwardData(
+                                    self.dnn,
+                                    pone,
+                                    d.w,
+                                    wp as *const c_void,
+                                    d.y,
+                                    self.grad.f(dyv.off) as *const c_void,
+                                    d.conv,
+                                    d.bwd_data,
+                                    self.workspace.ptr as *mut c_void,
+                                    self.workspace.bytes,
+                                    beta_dx,
+                                    d.x,
+                                    self.grad.f(dxv.off) as *mut c_void,
+                                ),
+                                "convolution backward data",
+                            )?;
+                        }
+                    }
+                    if let Some(b) = np.bias {
+                        self.bias_backward(dyv, rows as usize, self.grads.f(self.poff[b]))?;
+                    }
+                }
+                Op::BatchNorm { epsilon, .. } => {
+                    if self.fused_relu(plan, i).is_some() {
+                        // dy *= (y > 0), in place: the relu's gradient is this node's.
+                        self.ew(
+                            "relu_backward",
+                            (rows * c) as usize,
+                            &[
+                                self.a(yv),
+                                Arg::I(yv.ld as i64),
+                                self.g(dyv),
+                                Arg::I(dyv.ld as i64),
+                                self.g(dyv),
+                                Arg::I(dyv.ld as i64),
+                                Arg::I(rows),
+                                Arg::I(c),
+                                Arg::B(0),
+                            ],
+                        )?;
+                    }
+                    let d = &sh.bn[&i];
+                    let k = np.bn.expect("bn");
+                    let off = self.boff[k];
+                    let gp = self.params.f(self.poff[np.gamma.expect("gamma")]);
+                    let dgp = self.grads.f(self.poff[np.gamma.expect("gamma")]);
+                    let dbp = self.grads.f(self.poff[np.beta.expect("beta")]);
+                    let (dxp, beta_dx) = match dx {
+                        Some(v) => (
+                            self.grad.f(v.off),
+                            if self.written[j] { pone } else { pzero },
+                        ),
+                        None => (self.sink.ptr, pzero),
+                    };
+                    // SAFETY: as in the forward pass; saved statistics from this step's
+                    // forward; dx is the input's gradient (or the sink).
+                    unsafe {
+                        ck(
+                            dnn::cudnnBatchNormalizationBackward(
+                                self.dnn,
+                                BN_MODE,
+                                pone,
+                                beta_dx,
+                                pone,
+                                pzero,
+                                d.x,
+                                self.act.f(xv.off) as *const c_void,
+                                d.y,
+                                self.grad.f(dyv.off) as *const c_void,
+                                d.x,
+                                dxp as *mut c_void,
+                                d.stats,
+                                gp as *const c_void,
+                                dgp as *mut c_void,
+                                dbp as *mut c_void,
+                                *epsilon,
+                                self.save_mean.f(off) as *const c_void,
+                                self.save_inv.f(off) as *const c_void,
+                            ),
+                            "batch norm backward",
+                        )?;
+                    }
+                }
+                Op::Relu if self.relu_is_fused(plan, i) => {}
+                Op::Relu => {
+                    if let Some(dxv) = dx {
+                        self.ew(
+                            "relu_backward",
+                            (rows * c) as usize,
+                            &[
+                                self.a(yv),
+                                Arg::I(yv.ld as i64),
+                                self.g(dyv),
+                                Arg::I(dyv.ld as i64),
+                                self.g(dxv),
+                                Arg::I(dxv.ld as i64),
+                                Arg::I(rows),
+                                Arg::I(c),
+                                acc,
+                            ],
+                        )?;
+                    }
+                }
+                Op::Elu { alpha } => {
+                    if let Some(dxv) = dx {
+                        self.ew(
+                            "elu_backward",
+                            (rows * c) as usize,
+                            &[
+                                self.a(xv),
+                                Arg::I(xv.ld as i64),
+                                self.g(dyv),
+                                Arg::I(dyv.ld as i64),
+                                self.g(dxv),
+                                Arg::I(dxv.ld as i64),
+                                Arg::I(rows),
+                                Arg::I(c),
+                                Arg::F(*alpha as f32),
+                                acc,
+                            ],
+                        )?;
+                    }
+                }
+                Op::MaxPool { .. } => {
+                    if let Some(dxv) = dx {
+                        let p = self.pool_arg(i, n);
+                        self.ew(
+                            "maxpool_backward",
+                            xv.rows(n) * xv.c,
+                            &[
+                                self.a(xv),
+                                Arg::I(xv.ld as i64),
+                                self.a(yv),
+                                Arg::I(yv.ld as i64),
+                                self.g(dyv),
+                                Arg::I(dyv.ld as i64),
+                                self.g(dxv),
+                                Arg::I(dxv.ld as i64),
+                                Arg::Pool(p),
+                                acc,
+                            ],
+                        )?;
+                    }
+                }
+                Op::AvgPool { .. } => {
+                    if let Some(dxv) = dx {
+                        let p = self.pool_arg(i, n);
+                        self.ew(
+                            "avgpool_backward",
+                            xv.rows(n) * xv.c,
+                            &[
+                                self.g(dyv),
+                                Arg::I(dyv.ld as i64),
+                                self.g(dxv),
+                                Arg::I(dxv.ld as i64),
+                                Arg::Pool(p),
+                                acc,
+                            ],
+                        )?;
+                    }
+                }
+                Op::GlobalAvgPool => {
+                    if let Some(dxv) = dx {
+                        self.ew(
+                            "global_avgpool_backward",
+                            xv.rows(n) * xv.c,
+                            &[
+                                self.g(dyv),
+                                Arg::I(dyv.ld as i64),
+                                self.g(dxv),
+                                Arg::I(dxv.ld as i64),
+                                Arg::I(n as i64),
+                                Arg::I(xv.hw as i64),
+                                Arg::I(c),
+                                acc,
+                            ],
+                        )?;
+                    }
+                }
+                Op::Dropout { .. } => {
+                    if let Some(dxv) = dx {
+                        let mp = self.act.f(plan.mask[i].expect("dropout mask"));
+                        self.ew(
+                            "dropout_backward",
+                            (rows * c) as usize,
+                            &[
+                                Arg::P(mp),
+                                self.g(dyv),
+                                Arg::I(dyv.ld as i64),
+                                self.g(dxv),
+                                Arg::I(dxv.ld as i64),
+                                Arg::I(rows),
+                                Arg::I(c),
+                                acc,
+                            ],
+                        )?;
+                    }
+                }
+                Op::Flatten => {
+                    if let Some(dxv) = dx {
+                        let len = (xv.hw * xv.c) as i64;
+                        self.ew(
+                            "copy_rows",
+                            n * len as usize,
+                            &[
+                                self.g(dyv),
+                                Arg::I(dyv.ld as i64),
+                                self.g(dxv),
+                                Arg::I(len),
+                                Arg::I(n as i64),
+                                Arg::I(len),
+                                acc,
+                            ],
+                        )?;
+                    }
+                }
+                Op::Dense { .. } => {
+                    let kp = np.kernel.expect("dense kernel");
+                    let (cin, units) = (xv.c, yv.c);
+                    // dW (cin x units) = X^T dY: column-major dW^T = dY^T X.
+                    self.gemm(
+                        false,
+                        true,
+                        units,
+                        cin,
+                        n,
+                        self.grad.f(dyv.off),
+                        dyv.ld,
+                        self.act.f(xv.off),
+                        xv.ld,
+                        0.0,
+                        self.grads.f(self.poff[kp]),
+                        units,
+                    )?;
+                    if let Some(b) = np.bias {
+                        self.bias_backward(dyv, n, self.grads.f(self.poff[b]))?;
+                    }
+                    if let Some(dxv) = dx {
+                        // dX (n x cin) [+]= dY W^T: column-major dX^T = W dY^T.
+                        self.gemm(
+                            true,
+                            false,
+                            cin,
+                            n,
+                            units,
+                            self.params.f(self.poff[kp]),
+                            units,
+                            self.grad.f(dyv.off),
+                            dyv.ld,
+                            if self.written[j] { 1.0 } else { 0.0 },
+                            self.grad.f(dxv.off),
+                            dxv.ld,
+                        )?;
+                    }
+                }
+                Op::Concat => {
+                    let mut off = 0;
+                    for &k in &nd.inputs {
+                        let kc = plan.act[k].c;
+                        if plan.alias[k] != Alias::Concat(i, off) {
+                            if let Some(kv) = plan.grad[k] {
+                                let src = View {
+                                    off: dyv.off + off,
+                                    c: kc,
+                                    ..dyv
+                                };
+                                self.ew(
+                                    "copy_rows",
+                                    rows as usize * kc,
+                                    &[
+                                        self.g(src),
+                                        Arg::I(src.ld as i64),
+                                        self.g(kv),
+                                        Arg::I(kv.ld as i64),
+                                        Arg::I(rows),
+                                        Arg::I(kc as i64),
+                                        Arg::B(self.written[k] as i32),
+                                    ],
+                                )?;
+                            }
+                        }
+                        self.written[k] = true;
+                        off += kc;
+                    }
+                }
+                Op::Add => {
+                    for &k in &nd.inputs {
+                        if let Some(kv) = plan.grad[k] {
+                            self.ew(
+                                "copy_rows",
+                                (rows * c) as usize,
+                                &[
+                                    self.g(dyv),
+                                    Arg::I(dyv.ld as i64),
+                                    self.g(kv),
+                                    Arg::I(kv.ld as i64),
+                                    Arg::I(rows),
+                                    Arg::I(c),
+                                    Arg::B(self.written[k] as i32),
+                                ],
+                            )?;
+                        }
+                        self.written[k] = true;
+                    }
+                }
+                Op::Softmax => {
+                    if let Some(dxv) = dx {
+                        if i == last {
+                            self.ew(
+                                "copy_rows",
+                                (rows * c) as usize,
+                                &[
+                                    self.g(dyv),
+                                    Arg::I(dyv.ld as i64),
+                                    self.g(dxv),
+                                    Arg::I(dxv.ld as i64),
+                                    Arg::I(rows),
+                                    Arg::I(c),
+                                    acc,
+                                ],
+                            )?;
+                        } else {
+                            self.ew(
+                                "softmax_backward",
+                                rows as usize,
+                                &[
+                                    self.a(yv),
+                                    Arg::I(yv.ld as i64),
+                                    self.g(dyv),
+                                    Arg::I(dyv.ld as i64),
+                                    self.g(dxv),
+                                    Arg::I(dxv.ld as i64),
+                                    Arg::I(rows),
+                                    Arg::I(c),
+                                    acc,
+                                ],
+                            )?;
+                        }
+                    }
+                }
+            }
+            for &k in &nd.inputs {
+                self.written[k] = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn bias_backward(&self, dyv: View, rows: usize, out: u64) -> Result<()> {
+        let gy = (rows.div_ceil(8 * 64) as u32).clamp(1, 128);
+        self.launch(
+            "bias_backward",
+            (dyv.c.div_ceil(32) as u32, gy),
+            (32, 8),
+            &[
+                self.g(dyv),
+                Arg::I(dyv.ld as i64),
+                Arg::P(out),
+                Arg::I(rows as i64),
+                Arg::I(dyv.c as i64),
+            ],
+        )
+    }
+
+    /// The device part of a training step (what a CUDA graph captures): forward, loss,
+    /// backward, L2 and the optimizer update.
+    fn device_step(&mut self, plan: &Plan, sh: &Shaped, n: usize, opt: &Optimizer) -> Result<()> {
+        self.forward(plan, sh, n, true)?;
+        let last = self.graph.nodes.len() - 1;
+        let (lv, dlv) = (plan.act[last], plan.grad[last].expect("output gradient"));
+        self.ew(
+            "softmax_cross_entropy",
+            n,
+            &[
+                self.a(lv),
+                Arg::I(lv.ld as i64),
+                Arg::P(self.labels.ptr),
+                Arg::I(n as i64),
+                Arg::I(self.classes as i64),
+                self.g(dlv),
+                Arg::I(dlv.ld as i64),
+                Arg::P(self.stats.ptr),
+            ],
+        )?;
+        self.backward(plan, sh, n)?;
+        for (p, spec) in self.layout.params.iter().enumerate() {
+            if spec.l2 > 0.0 {
+                let off = self.poff[p];
+                self.ew(
+                    "l2_backward",
+                    spec.len(),
+                    &[
+                        Arg::P(self.params.f(off)),
+                        Arg::P(self.grads.f(off)),
+                        Arg::I(spec.len() as i64),
+                        Arg::F(spec.l2 as f32),
+                    ],
+                )?;
+            }
+        }
+        let len = self.plen;
+        match *opt {
+            Optimizer::Sgd { momentum, nesterov } => self.ew(
+                "sgd_update",
+                len,
+                &[
+                    Arg::P(self.params.ptr),
+                    Arg::P(self.grads.ptr),
+                    Arg::P(self.m.ptr),
+                    Arg::I(len as i64),
+                    Arg::P(self.hyper.ptr),
+                    Arg::F(momentum as f32),
+                    Arg::B(nesterov as i32),
+                ],
+            ),
+            Optimizer::Adam {
+                beta1,
+                beta2,
+                epsilon,
+            } => self.ew(
+                "adam_update",
+                len,
+                &[
+                    Arg::P(self.params.ptr),
+                    Arg::P(self.grads.ptr),
+                    Arg::P(self.m.ptr),
+                    Arg::P(self.v.ptr),
+                    Arg::I(len as i64),
+                    Arg::P(self.hyper.ptr),
+                    Arg::F(beta1 as f32),
+                    Arg::F(beta2 as f32),
+                    Arg::F(epsilon as f32),
+                ],
+            ),
+        }
+    }
+
+    /// Copy a batch, its labels, dropout masks and the rates into the next pinned slot and
+    /// start their upload (the host returns at once; the stream orders it before the step).
+    fn stage_batch(
+        &mut self,
+        images: &[f32],
+        labels: &[i64],
+        hyper: [f32; 2],
+        dropout_seed: Option<u64>,
+    ) -> Result<()> {
+        let plan = self.plan.as_ref().expect("planned");
+        let n = labels.len();
+        let slot = self.slot;
+        self.slot ^= 1;
+        let pin = &self.pinned[slot];
+        // SAFETY: the event marks the end of the last upload that read this slot.
+        dk(
+            unsafe { drv::event::synchronize(pin.done) },
+            "waiting for an upload",
+        )?;
+        let floats = pin.bytes / 4;
+        // SAFETY: the slot holds `floats` f32s (sized for the plan's capacity) and no
+        // upload reads it now (waited above).
+        let buf = unsafe { std::slice::from_raw_parts_mut(pin.ptr.cast::<f32>(), floats) };
+        let mut at = 0;
+        let mut put =
+            |vals: &mut dyn Iterator<Item = f32>, dst: u64, count: usize| -> (usize, usize, u64) {
+                let start = at;
+                for (o, v) in buf[at..at + count].iter_mut().zip(vals) {
+                    *o = v;
+                }
+                at += count;
+                (start, count, dst)
+            };
+        let mut copies = Vec::new();
+        copies.push(put(
+            &mut images.iter().copied(),
+            self.act.f(plan.act[0].off),
+            images.len(),
+        ));
+        copies.push(put(
+            &mut labels.iter().map(|&l| f32::from_bits(l as i32 as u32)),
+            self.labels.ptr,
+            n,
+        ));
+        copies.push(put(&mut hyper.into_iter(), self.hyper.ptr, 2));
+        if let Some(seed) = dropout_seed {
+            // The same masks as the CPU path: one ChaCha8 stream over the dropout nodes in
+            // graph order, value by value.
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            for (i, nd) in self.graph.nodes.iter().enumerate() {
+                let Op::Dropout { rate } = nd.op else {
+                    continue;
+                };
+                let len = self.infos[i].shape.numel() * n;
+                let keep = 1.0 - rate;
+                let on = (1.0 / keep) as f32;
+                let dst = self.act.f(plan.mask[i].expect("dropout mask"));
+                let mut it = (0..len).map(|_| {
+                    if rate > 0.0 {
+                        if rng.random::<f64>() < keep {
+                            on
+                        } else {
+                            0.0
+                        }
+                    } else {
+                        1.0
+                    }
+                });
+                copies.push(put(&mut it, dst, len));
+            }
+        }
+        for (start, count, dst) in copies {
+            // SAFETY: pinned source range inside the slot; destination sized by the plan.
+            dk(
+                unsafe { drv::memcpy_htod_async(dst, &buf[start..start + count], self.cu()) },
+                "uploading a batch",
+            )?;
+        }
+        // SAFETY: a live event on our stream.
+        dk(
+            unsafe { drv::event::record(pin.done, self.cu()) },
+            "recording an event",
+        )?;
+        Ok(())
+    }
+}
+
+const BN_MODE: dnn::cudnnBatchNormMode_t = dnn::cudnnBatchNormMode_t::CUDNN_BATCHNORM_SPATIAL;
+
+fn symmetric(g: &ConvGeom) -> bool {
+    let pb =
+        |i: usize, k: usize, s: usize, o: usize, p: usize| ((o - 1) * s + k).saturating_sub(i + p);
+    pb(g.h, g.kh, g.sh, g.oh, g.pt) == g.pt && pb(g.w, g.kw, g.sw, g.ow, g.pl) == g.pl
+}
+
+fn load_kernels(cubin: &[u8], ctx: &Arc<CudaContext>) -> Result<Kernels> {
+    dk(ctx.bind_to_thread(), "binding the context")?;
+    // SAFETY: a CUBIN image produced by NVRTC for this device's architecture; the module
+    // stays loaded for the life of the process (its functions are kept in `Kernels`).
+    let module = dk(
+        unsafe { drv::module::load_data(cubin.as_ptr().cast()) },
+        "loading the kernels",
+    )?;
+    let mut funcs = HashMap::new();
+    for name in kernels::NAMES {
+        let c = std::ffi::CString::new(name).expect("no NUL");
+        // SAFETY: a loaded module and a NUL-terminated name.
+        let f = dk(unsafe { drv::module::get_function(module, c) }, name)?;
+        funcs.insert(name, f);
+    }
+    let sms = dk(
+        ctx.attribute(drv_sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT),
+        "SM count",
+    )?;
+    Ok(Kernels {
+        funcs,
+        max_blocks: (sms.max(1) as u32) * 8,
+    })
+}
+
+/// An NHWC tensor descriptor for `n` images of `h x w` over a view (pixel stride `ld`).
+fn tensor(n: usize, h: usize, w: usize, v: View) -> Result<dnn::cudnnTensorDescriptor_t> {
+    let mut d: dnn::cudnnTensorDescriptor_t = std::ptr::null_mut();
+    let i = |x: usize| x as i32;
+    // SAFETY: out-pointer, then a plain setter on the new descriptor.
+    unsafe {
+        ck(
+            dnn::cudnnCreateTensorDescriptor(&mut d),
+            "tensor descriptor",
+        )?;
+        ck(
+            dnn::cudnnSetTensor4dDescriptorEx(
+                d,
+                dnn::cudnnDataType_t::CUDNN_DATA_FLOAT,
+                i(n),
+                i(v.c),
+                i(h),
+                i(w),
+                i(h * w * v.ld),
+                1,
+                i(w * v.ld),
+                i(v.ld),
+            ),
+            "tensor shape",
+        )?;
+    }
+    Ok(d)
+}
+
+fn filter(g: &ConvGeom) -> Result<dnn::cudnnFilterDescriptor_t> {
+    let mut d: dnn::cudnnFilterDescriptor_t = std::ptr::null_mut();
+    // SAFETY: out-pointer, then a plain setter on the new descriptor.
+    unsafe {
+        ck(
+            dnn::cudnnCreateFilterDescriptor(&mut d),
+            "filter descriptor",
+        )?;
+        ck(
+            dnn::cudnnSetFilter4dDescriptor(
+                d,
+                dnn::cudnnDataType_t::CUDNN_DATA_FLOAT,
+                dnn::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC,
+                g.cout as i32,
+                g.cin as i32,
+                g.kh as i32,
+                g.kw as i32,
+            ),
+            "filter shape",
+        )?;
+    }
+    Ok(d)
+}
+
+fn convolution(g: &ConvGeom, tf32: bool) -> Result<dnn::cudnnConvolutionDescriptor_t> {
+    let mut d: dnn::cudnnConvolutionDescriptor_t = std::ptr::null_mut();
+    // SAFETY: out-pointer, then plain setters on the new descriptor.
+    unsafe {
+        ck(
+            dnn::cudnnCreateConvolutionDescriptor(&mut d),
+            "convolution descriptor",
+        )?;
+        ck(
+            dnn::cudnnSetConvolution2dDescriptor(
+                d,
+                g.pt as i32,
+                g.pl as i32,
+                g.sh as i32,
+                g.sw as i32,
+                1,
+                1,
+                dnn::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+                dnn::cudnnDataType_t::CUDNN_DATA_FLOAT,
+            ),
+            "convolution shape",
+        )?;
+        let math = if tf32 {
+            dnn::cudnnMathType_t::CUDNN_DEFAULT_MATH
+        } else {
+            dnn::cudnnMathType_t::CUDNN_FMA_MATH
+        };
+        ck(dnn::cudnnSetConvolutionMathType(d, math), "math type")?;
+    }
+    Ok(d)
+}
+
+macro_rules! find_algo {
+    ($name:ident, $find:ident, $perf:ty, $algo:ty, $what:literal,
+     ($d1:ident, $p1:ident: $t1:ty), ($d2:ident, $p2:ident: $t2:ty), ($d3:ident, $p3:ident: $t3:ty)) => {
+        /// Measure every algorithm cuDNN offers for this shape and take the fastest that
+        /// succeeds: (algorithm, workspace bytes).
+        #[allow(clippy::too_many_arguments)]
+        fn $name(
+            h: dnn::cudnnHandle_t,
+            $d1: $t1,
+            $p1: u64,
+            $d2: $t2,
+            $p2: u64,
+            conv: dnn::cudnnConvolutionDescriptor_t,
+            $d3: $t3,
+            $p3: u64,
+            ws: &DevBuf,
+        ) -> Result<($algo, usize)> {
+            let mut perf: [$perf; 16] = unsafe { std::mem::zeroed() };
+            let mut got = 0i32;
+            // SAFETY: descriptors and buffers of matching shapes; `perf` holds 16 results;
+            // the workspace holds `ws.bytes`.
+            unsafe {
+                ck(
+                    dnn::$find(
+                        h,
+                        $d1,
+                        $p1 as *const c_void,
+                        $d2,
+                        $p2 as *const c_void,
+                        conv,
+                        $d3,
+                        $p3 as *mut c_void,
+                        16,
+                        &mut got,
+                        perf.as_mut_ptr(),
+                        ws.ptr as *mut c_void,
+                        ws.bytes,
+                    ),
+                    $what,
+                )?;
+            }
+            perf[..got.max(0) as usize]
+                .iter()
+                .find(|p| p.status == dnn::cudnnStatus_t::CUDNN_STATUS_SUCCESS)
+                .map(|p| (p.algo, p.memory))
+                .ok_or_else(|| {
+                    anyhow!("cuDNN has no {} algorithm for this shape and layout", $what)
+                })
+        }
+    };
+}
+
+find_algo!(
+    find_fwd,
+    cudnnFindConvolutionForwardAlgorithmEx,
+    dnn::cudnnConvolutionFwdAlgoPerf_t,
+    dnn::cudnnConvolutionFwdAlgo_t,
+    "convolution forward",
+    (x, xp: dnn::cudnnTensorDescriptor_t),
+    (w, wp: dnn::cudnnFilterDescriptor_t),
+    (y, yp: dnn::cudnnTensorDescriptor_t)
+);
+find_algo!(
+    find_bwd_data,
+    cudnnFindConvolutionBackwardDataAlgorithmEx,
+    dnn::cudnnConvolutionBwdDataAlgoPerf_t,
+    dnn::cudnnConvolutionBwdDataAlgo_t,
+    "convolution backward-data",
+    (w, wp: dnn::cudnnFilterDescriptor_t),
+    (dy, dyp: dnn::cudnnTensorDescriptor_t),
+    (dx, dxp: dnn::cudnnTensorDescriptor_t)
+);
+find_algo!(
+    find_bwd_filter,
+    cudnnFindConvolutionBackwardFilterAlgorithmEx,
+    dnn::cudnnConvolutionBwdFilterAlgoPerf_t,
+    dnn::cudnnConvolutionBwdFilterAlgo_t,
+    "convolution backward-filter",
+    (x, xp: dnn::cudnnTensorDescriptor_t),
+    (dy, dyp: dnn::cudnnTensorDescriptor_t),
+    (dw, dwp: dnn::cudnnFilterDescriptor_t)
+);
+
+/// (kh, kw, cin, cout) -> (cout, kh, kw, cin).
+fn hwio_to_ohwi(v: &[f32], [kh, kw, ci, co]: [usize; 4]) -> Vec<f32> {
+    let mut out = vec![0.0; v.len()];
+    for y in 0..kh {
+        for x in 0..kw {
+            for i in 0..ci {
+                for o in 0..co {
+                    out[((o * kh + y) * kw + x) * ci + i] = v[((y * kw + x) * ci + i) * co + o];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// (cout, kh, kw, cin) -> (kh, kw, cin, cout).
+fn ohwi_to_hwio(v: &[f32], [kh, kw, ci, co]: [usize; 4]) -> Vec<f32> {
+    let mut out = vec![0.0; v.len()];
+    for y in 0..kh {
+        for x in 0..kw {
+            for i in 0..ci {
+                for o in 0..co {
+                    out[((y * kw + x) * ci + i) * co + o] = v[((o * kh + y) * kw + x) * ci + i];
+                }
+            }
+        }
+    }
+    out
+}
+
+impl Model for CudaModel {
+    fn train_step(
+        &mut self,
+        images: &[f32],
+        labels: &[i64],
+        opt: &Optimizer,
+        lr: f64,
+        dropout_seed: u64,
+    ) -> Result<StepStats> {
+        let n = labels.len();
+        let k = self.classes;
+        if let Some(&l) = labels.iter().find(|&&l| l < 0 || l as usize >= k) {
+            bail!("label {l} out of range for a network with {k} classes");
+        }
+        let px = self.infos[0].shape.numel();
+        if images.len() != n * px {
+            bail!(
+                "the batch holds {} values, {n} images need {}",
+                images.len(),
+                n * px
+            );
+        }
+        dk(self.ctx.bind_to_thread(), "binding the context")?;
+        self.ensure_plan(n)?;
+        self.ensure_shaped(n)?;
+        self.step += 1;
+        let t = self.step as f64;
+        let lr_t = match *opt {
+            Optimizer::Adam { beta1, beta2, .. } => {
+                lr * (1.0 - beta2.powf(t)).sqrt() / (1.0 - beta1.powf(t))
+            }
+            Optimizer::Sgd { .. } => lr,
+        };
+        self.stage_batch(images, labels, [lr as f32, lr_t as f32], Some(dropout_seed))?;
+        if self.graph_opt.as_ref() != Some(opt) {
+            for s in self.shaped.values_mut() {
+                s.graph = None;
+                s.eager_runs = 0;
+            }
+            self.graph_opt = Some(opt.clone());
+        }
+        let plan = self.plan.take().expect("planned");
+        let mut sh = self.shaped.remove(&n).expect("shaped");
+        let r = self.run_step(&plan, &mut sh, n, opt);
+        self.plan = Some(plan);
+        self.shaped.insert(n, sh);
+        r?;
+        self.examples += n;
+        Ok(StepStats {
+            loss: f64::NAN,
+            correct: 0,
+        })
+    }
+
+    fn take_stats(&mut self) -> Result<Option<(f64, usize)>> {
+        let s = self.download(self.stats.ptr, 2)?;
+        self.zero(&self.stats, 2)?;
+        let (sum, correct) = (s[0] as f64, s[1].round() as usize);
+        if !sum.is_finite() {
+            bail!("the loss is {sum} (diverged); lower the learning rate");
+        }
+        self.examples = 0;
+        Ok(Some((sum, correct)))
+    }
+
+    fn predict(&mut self, images: &[f32], n: usize) -> Result<Vec<f32>> {
+        let px = self.infos[0].shape.numel();
+        if images.len() != n * px {
+            bail!(
+                "the batch holds {} values, {n} images need {}",
+                images.len(),
+                n * px
+            );
+        }
+        dk(self.ctx.bind_to_thread(), "binding the context")?;
+        let cap = self.plan.as_ref().map_or(n.clamp(1, 128), |p| p.cap);
+        self.ensure_plan(cap)?;
+        let softmax = matches!(self.graph.nodes.last().map(|n| &n.op), Some(Op::Softmax));
+        let mut out = Vec::with_capacity(n * self.classes);
+        let mut b0 = 0;
+        while b0 < n {
+            let b1 = (b0 + cap).min(n);
+            let m = b1 - b0;
+            self.ensure_shaped(m)?;
+            let zeros = vec![0i64; m];
+            self.stage_batch(&images[b0 * px..b1 * px], &zeros, [0.0, 0.0], None)?;
+            let plan = self.plan.take().expect("planned");
+            let sh = self.shaped.remove(&m).expect("shaped");
+            let r = self.forward(&plan, &sh, m, false);
+            let lv = plan.act[self.graph.nodes.len() - 1];
+            self.plan = Some(plan);
+            self.shaped.insert(m, sh);
+            r?;
+            let raw = self.download(self.act.f(lv.off), m * lv.ld)?;
+            for row in raw.chunks(lv.ld) {
+                let mut o: Vec<f32> = row[..self.classes].to_vec();
+                if softmax {
+                    let mx = o.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut z = 0.0;
+                    for v in o.iter_mut() {
+                        *v = (*v - mx).exp();
+                        z += *v;
+                    }
+                    o.iter_mut().for_each(|v| *v /= z);
+                }
+                out.extend(o);
+            }
+            b0 = b1;
+        }
+        Ok(out)
+    }
+
+    fn state(&self) -> State {
+        let get = || -> Result<params::StateParts> {
+            let bn = |b: &DevBuf| -> Result<Vec<Vec<f32>>> {
+                let all = self.download(
+                    b.ptr,
+                    self.boff
+                        .last()
+                        .map_or(0, |o| o + self.layout.bns.last().map_or(0, |b| b.channels)),
+                )?;
+                Ok(self
+                    .layout
+                    .bns
+                    .iter()
+                    .zip(&self.boff)
+                    .map(|(s, &o)| all[o..o + s.channels].to_vec())
+                    .collect())
+            };
+            Ok(params::StateParts {
+                params: self.download_flat(&self.params)?,
+                m: self.download_flat(&self.m)?,
+                v: self.download_flat(&self.v)?,
+                bn_mean: bn(&self.bn_mean)?,
+                bn_var: bn(&self.bn_var)?,
+                step: self.step,
+            })
+        };
+        // The trait returns a state, not a result: a device failure here is fatal.
+        let parts = get().unwrap_or_else(|e| panic!("reading the model back from the GPU: {e:#}"));
+        self.layout.to_state(&parts)
+    }
+
+    fn load_state(&mut self, st: &State) -> Result<()> {
+        let parts = self.layout.from_state(st)?;
+        dk(self.ctx.bind_to_thread(), "binding the context")?;
+        self.upload_parts(&parts)
+    }
+
+    fn classes(&self) -> usize {
+        self.classes
+    }
+
+    fn device_bytes(&self) -> Option<usize> {
+        let bufs = [
+            &self.params,
+            &self.grads,
+            &self.m,
+            &self.v,
+            &self.bn_mean,
+            &self.bn_var,
+            &self.save_mean,
+            &self.save_inv,
+            &self.act,
+            &self.grad,
+            &self.sink,
+            &self.labels,
+            &self.stats,
+            &self.hyper,
+            &self.workspace,
+        ];
+        Some(bufs.iter().map(|b| b.bytes).sum())
+    }
+}
+
+impl CudaModel {
+    /// Run the device part of a step: eagerly the first times for this batch size, then
+    /// captured once as a CUDA graph and replayed.
+    fn run_step(&mut self, plan: &Plan, sh: &mut Shaped, n: usize, opt: &Optimizer) -> Result<()> {
+        if let Some(g) = &sh.graph {
+            return dk(g.launch(), "replaying the step graph");
+        }
+        if !self.use_graphs || sh.eager_runs < 1 {
+            sh.eager_runs += 1;
+            return self.device_step(plan, sh, n, opt);
+        }
+        dk(
+            self.stream
+                .begin_capture(drv_sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
+            "starting a graph capture",
+        )?;
+        let captured = self.device_step(plan, sh, n, opt);
+        let ended = self
+            .stream
+            .end_capture(drv_sys::CUgraphInstantiate_flags(0));
+        match (captured, ended) {
+            (Ok(()), Ok(Some(g))) => {
+                dk(g.launch(), "launching the step graph")?;
+                sh.graph = Some(g);
+                Ok(())
+            }
+            (captured, ended) => {
+                // Capture is an optimisation: report once and run this size eagerly.
+                eprintln!(
+                    "note: the training step could not be captured as a CUDA graph ({}); running it eagerly",
+                    match (&captured, &ended) {
+                        (Err(e), _) => format!("{e:#}"),
+                        (_, Err(e)) => format!("{e:?}"),
+                        _ => "empty graph".into(),
+                    }
+                );
+                self.use_graphs = false;
+                self.device_step(plan, sh, n, opt)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_layouts_round_trip() {
+        let s = [3, 2, 4, 5];
+        let v: Vec<f32> = (0..120).map(|x| x as f32).collect();
+        let o = hwio_to_ohwi(&v, s);
+        assert_ne!(o, v);
+        // (y=0, x=1, i=2, o=3): hwio ((0*2+1)*4+2)*5+3 = 33, ohwi ((3*3+0)*2+1)*4+2 = 78.
+        assert_eq!(o[78], v[33]);
+        assert_eq!(ohwi_to_hwio(&o, s), v);
+    }
+}

@@ -1,0 +1,9 @@
+//! The native backend on NVIDIA GPUs: library discovery ([`libs`]), our own kernels
+//! compiled by NVRTC ([`kernels`]), and, with the `cuda` feature, the model that runs the
+//! planner's graph with cuDNN, cuBLAS and those kernels (`device`).
+
+pub mod kernels;
+pub mod libs;
+
+#[cfg(feature = "cuda")]
+pub mod device;
