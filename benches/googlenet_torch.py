@@ -1,13 +1,16 @@
 """MiniGoogLeNet and DeeperGoogLeNet in PyTorch, timed the same way as `pipe bench step`.
 
-Usage: python benches/googlenet_torch.py NETWORK BATCH STEPS [device]
+Usage: python benches/googlenet_torch.py NETWORK BATCH STEPS [device] [eager|compile]
   NETWORK: mini (32x32x3, 10 classes) or deeper (64x64x3, 200 classes)
 Prints one JSON line: {"images_per_sec", "peak_rss_mb", "threads", "device", ...}.
 Same layers as pipelines/networks/*.toml (Keras conventions: conv with bias, BN momentum
 0.99 / eps 1e-3, 'same' padding), SGD momentum 0.9, one warm-up step, then STEPS timed
 steps of forward + backward + update on one fixed batch.
+On a GPU: cudnn.benchmark, the faster of NCHW and channels-last, TF32 in convolutions
+unless PIPE_CUDA_TF32=0, never in matrix products; `compile` times torch.compile too.
 """
 import json
+import os
 import resource
 import sys
 import time
@@ -83,44 +86,81 @@ def deeper_googlenet(classes=200):
     )
 
 
-def main():
-    network, batch, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    device = sys.argv[4] if len(sys.argv) > 4 else "cpu"
-    torch.manual_seed(0)
-    if network == "mini":
-        model, side, classes = mini_googlenet(), 32, 10
-    else:
-        model, side, classes = deeper_googlenet(), 64, 200
-    model = model.to(device)
-    params = sum(p.numel() for p in model.parameters())
+def time_steps(model, x, y, steps, device, channels_last):
+    """Images/s of STEPS timed SGD steps after one warm-up (two when compiled)."""
     opt = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
-    x = torch.randn(batch, side, side, 3, device=device).permute(0, 3, 1, 2).contiguous()
-    y = torch.randint(0, classes, (batch,), device=device)
     loss_fn = nn.CrossEntropyLoss()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
 
     def step():
-        opt.zero_grad()
+        opt.zero_grad(set_to_none=True)
         loss = loss_fn(model(x), y)
         loss.backward()
         opt.step()
 
-    step()  # warm-up
+    for _ in range(2):
+        step()  # warm-up (cudnn.benchmark measures here; torch.compile compiles here)
     if device != "cpu":
         torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()
     for _ in range(steps):
         step()
     if device != "cpu":
         torch.cuda.synchronize()
     secs = time.perf_counter() - t
-    print(json.dumps({
-        "images_per_sec": batch * steps / secs,
+    gpu_mb = torch.cuda.max_memory_allocated() / 1e6 if device != "cpu" else None
+    return x.shape[0] * steps / secs, gpu_mb
+
+
+def main():
+    network, batch, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    device = sys.argv[4] if len(sys.argv) > 4 else "cpu"
+    # mode: "eager" (on a GPU: the faster of NCHW and channels-last, both with
+    # cudnn.benchmark) or "compile" (torch.compile of the faster eager layout's model).
+    mode = sys.argv[5] if len(sys.argv) > 5 else "eager"
+    if device != "cpu":
+        torch.backends.cudnn.benchmark = True
+        # Precision rules shared with pipe: TF32 in convolutions as PIPE_CUDA_TF32 says
+        # (default allowed, PyTorch's default too), never in matrix products.
+        torch.backends.cudnn.allow_tf32 = os.environ.get("PIPE_CUDA_TF32", "1") != "0"
+        torch.backends.cuda.matmul.allow_tf32 = False
+    torch.manual_seed(0)
+    build = (lambda: mini_googlenet()) if network == "mini" else (lambda: deeper_googlenet())
+    side, classes = (32, 10) if network == "mini" else (64, 200)
+    x = torch.randn(batch, side, side, 3, device=device).permute(0, 3, 1, 2).contiguous()
+    y = torch.randint(0, classes, (batch,), device=device)
+    params = sum(p.numel() for p in build().parameters())
+    layouts = [False, True] if device != "cpu" else [False]
+    results = []
+    for cl in layouts:
+        torch.manual_seed(0)
+        ips, mb = time_steps(build().to(device), x, y, steps, device, cl)
+        results.append((ips, mb, "channels-last" if cl else "NCHW"))
+    best = max(results)
+    setting = "eager, " + best[2] + (", cudnn.benchmark" if device != "cpu" else "")
+    if mode == "compile":
+        torch.manual_seed(0)
+        model = torch.compile(build().to(device))
+        ips, mb = time_steps(model, x, y, steps, device, best[2] == "channels-last")
+        best, setting = (ips, mb, best[2]), "torch.compile, " + best[2]
+    out = {
+        "images_per_sec": best[0],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "threads": torch.get_num_threads(),
         "device": device,
         "torch": torch.__version__,
         "trainable_params": params,
-    }))
+        "setting": setting if device != "cpu" else None,
+        "eager_layouts": {r[2]: r[0] for r in results},
+    }
+    if best[1] is not None:
+        out["gpu_mb"] = best[1]
+    if device != "cpu":
+        out["tf32_convolutions"] = torch.backends.cudnn.allow_tf32
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":
