@@ -174,10 +174,26 @@ struct ConvDescs {
     x: dnn::cudnnTensorDescriptor_t,
     y: dnn::cudnnTensorDescriptor_t,
     w: dnn::cudnnFilterDescriptor_t,
-    conv: dnn::cudnnConvolutionDescriptor_t,
+    /// One convolution descriptor per direction, each set to the math type (TF32 or FMA)
+    /// its measured algorithm was found with.
+    conv: [dnn::cudnnConvolutionDescriptor_t; 3],
     fwd: dnn::cudnnConvolutionFwdAlgo_t,
     bwd_data: dnn::cudnnConvolutionBwdDataAlgo_t,
     bwd_filter: dnn::cudnnConvolutionBwdFilterAlgo_t,
+}
+
+impl Drop for ConvDescs {
+    fn drop(&mut self) {
+        // SAFETY: created by this model, destroyed once, not used after.
+        unsafe {
+            dnn::cudnnDestroyTensorDescriptor(self.x);
+            dnn::cudnnDestroyTensorDescriptor(self.y);
+            dnn::cudnnDestroyFilterDescriptor(self.w);
+            for c in self.conv {
+                dnn::cudnnDestroyConvolutionDescriptor(c);
+            }
+        }
+    }
 }
 
 /// cuDNN descriptors of one batch-norm node for one batch size.
@@ -185,6 +201,17 @@ struct BnDescs {
     x: dnn::cudnnTensorDescriptor_t,
     y: dnn::cudnnTensorDescriptor_t,
     stats: dnn::cudnnTensorDescriptor_t,
+}
+
+impl Drop for BnDescs {
+    fn drop(&mut self) {
+        // SAFETY: created by this model, destroyed once, not used after.
+        unsafe {
+            dnn::cudnnDestroyTensorDescriptor(self.x);
+            dnn::cudnnDestroyTensorDescriptor(self.y);
+            dnn::cudnnDestroyTensorDescriptor(self.stats);
+        }
+    }
 }
 
 /// Everything shaped by the batch size `n`.
@@ -197,9 +224,6 @@ struct Shaped {
 
 /// The native model on a GPU.
 pub struct CudaModel {
-    ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
-    blas: CudaBlas,
     dnn: dnn::cudnnHandle_t,
     k: Kernels,
     graph: Graph,
@@ -231,6 +255,7 @@ pub struct CudaModel {
     /// [lr, Adam's bias-corrected lr].
     hyper: DevBuf,
     workspace: DevBuf,
+    blas_ws: DevBuf,
     pinned: [Pinned; 2],
     slot: usize,
     shaped: HashMap<usize, Shaped>,
@@ -241,6 +266,10 @@ pub struct CudaModel {
     use_graphs: bool,
     /// The optimizer the captured graphs were built with.
     graph_opt: Option<Optimizer>,
+    // Last, so they drop after every buffer and descriptor (fields drop in order).
+    blas: CudaBlas,
+    stream: Arc<CudaStream>,
+    ctx: Arc<CudaContext>,
 }
 
 fn blocks(k: &Kernels, total: usize) -> u32 {
@@ -256,6 +285,18 @@ impl CudaModel {
         unsafe { ctx.disable_event_tracking() };
         let stream = dk(ctx.new_stream(), "creating a stream")?;
         let blas = CudaBlas::new(stream.clone()).map_err(|e| anyhow!("cuBLAS: {e:?}"))?;
+        // A workspace of our own, so cuBLAS allocates nothing while a step is captured.
+        let blas_ws = DevBuf::new(32 << 20)?;
+        // SAFETY: a live handle and a device buffer that lives as long as the model.
+        unsafe {
+            blas_sys::cublasSetWorkspace_v2(
+                *blas.handle(),
+                blas_ws.ptr as *mut c_void,
+                blas_ws.bytes,
+            )
+        }
+        .result()
+        .map_err(|e| anyhow!("cuBLAS workspace: {e:?}"))?;
         let mut handle: dnn::cudnnHandle_t = std::ptr::null_mut();
         // SAFETY: an out-pointer to a handle; the stream outlives the handle (both ours).
         unsafe {
@@ -326,6 +367,7 @@ impl CudaModel {
             workspace: DevBuf::new(0)?,
             pinned: [Pinned::new(0)?, Pinned::new(0)?],
             slot: 0,
+            blas_ws,
             ctx,
             stream,
             blas,
@@ -514,17 +556,21 @@ impl CudaModel {
                     let x = tensor(n, g.h, g.w, xv)?;
                     let y = tensor(n, g.oh, g.ow, yv)?;
                     let w = filter(&g)?;
-                    let c = convolution(&g, self.tf32)?;
+                    let c = [
+                        convolution(&g, self.tf32)?,
+                        convolution(&g, self.tf32)?,
+                        convolution(&g, self.tf32)?,
+                    ];
                     let kp = self.np[i].kernel.expect("conv kernel");
                     let wp = self.params.f(self.poff[kp]);
                     let (xp, yp) = (self.act.f(xv.off), self.act.f(yv.off));
                     let dyp = self.grad.f(plan.grad[i].expect("conv gradient").off);
                     let dxp = plan.grad[nd.inputs[0]].map(|v| self.grad.f(v.off));
                     let dwp = self.grads.f(self.poff[kp]);
-                    let (fwd, m1) = find_fwd(self.dnn, x, xp, w, wp, c, y, yp, &scratch)
+                    let (fwd, m1) = find_fwd(self.dnn, x, xp, w, wp, c[0], y, yp, &scratch)
                         .with_context(|| format!("layer {}", nd.name))?;
                     let (bwd_data, m2) = match dxp {
-                        Some(dxp) => find_bwd_data(self.dnn, w, wp, y, dyp, c, x, dxp, &scratch)
+                        Some(dxp) => find_bwd_data(self.dnn, w, wp, y, dyp, c[1], x, dxp, &scratch)
                             .with_context(|| format!("layer {}", nd.name))?,
                         None => (
                             dnn::cudnnConvolutionBwdDataAlgo_t::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1,
@@ -532,7 +578,7 @@ impl CudaModel {
                         ),
                     };
                     let (bwd_filter, m3) =
-                        find_bwd_filter(self.dnn, x, xp, y, dyp, c, w, dwp, &scratch)
+                        find_bwd_filter(self.dnn, x, xp, y, dyp, c[2], w, dwp, &scratch)
                             .with_context(|| format!("layer {}", nd.name))?;
                     need = need.max(m1).max(m2).max(m3);
                     conv.insert(
@@ -593,16 +639,17 @@ impl CudaModel {
             .funcs
             .get(name)
             .ok_or_else(|| anyhow!("no kernel {name}"))?;
-        let mut vals: Vec<[u8; 64]> = Vec::with_capacity(args.len());
+        const _: () = assert!(std::mem::size_of::<PoolArg>() <= 128);
+        let mut vals: Vec<[u8; 128]> = Vec::with_capacity(args.len());
         for a in args {
-            let mut b = [0u8; 64];
+            let mut b = [0u8; 128];
             match a {
                 Arg::P(v) => b[..8].copy_from_slice(&v.to_ne_bytes()),
                 Arg::I(v) => b[..8].copy_from_slice(&v.to_ne_bytes()),
                 Arg::F(v) => b[..4].copy_from_slice(&v.to_ne_bytes()),
                 Arg::B(v) => b[..4].copy_from_slice(&v.to_ne_bytes()),
                 Arg::Pool(p) => {
-                    // SAFETY: PoolArg is repr(C), 64 bytes at most, plain integers.
+                    // SAFETY: PoolArg is repr(C) plain integers, 72 bytes (<= 128, checked).
                     let bytes = unsafe {
                         std::slice::from_raw_parts(
                             (p as *const PoolArg).cast::<u8>(),
@@ -713,7 +760,7 @@ impl CudaModel {
                                 self.act.f(xv.off) as *const c_void,
                                 d.w,
                                 wp as *const c_void,
-                                d.conv,
+                                d.conv[0],
                                 d.fwd,
                                 self.workspace.ptr as *mut c_void,
                                 self.workspace.bytes,
@@ -747,6 +794,9 @@ impl CudaModel {
                     let gp = self.params.f(self.poff[np.gamma.expect("gamma")]);
                     let bp = self.params.f(self.poff[np.beta.expect("beta")]);
                     let off = self.boff[k];
+                    // One value per channel (a batch of one flat vector): cuDNN's unbiased
+                    // variance would divide by zero; the CPU folds in variance 0. Same here.
+                    let single = rows == 1;
                     // SAFETY: as for the convolution; the statistics buffers hold c floats.
                     unsafe {
                         if train {
@@ -763,7 +813,7 @@ impl CudaModel {
                                     d.stats,
                                     gp as *const c_void,
                                     bp as *const c_void,
-                                    1.0 - momentum,
+                                    if single { 0.0 } else { 1.0 - momentum },
                                     self.bn_mean.f(off) as *mut c_void,
                                     self.bn_var.f(off) as *mut c_void,
                                     *epsilon,
@@ -793,6 +843,19 @@ impl CudaModel {
                                 "batch norm inference",
                             )?;
                         }
+                    }
+                    if train && single {
+                        self.ew(
+                            "batchnorm_running_single",
+                            c as usize,
+                            &[
+                                Arg::P(self.bn_mean.f(off)),
+                                Arg::P(self.bn_var.f(off)),
+                                Arg::P(self.save_mean.f(off)),
+                                Arg::I(c),
+                                Arg::F(*momentum as f32),
+                            ],
+                        )?;
                     }
                     if self.fused_relu(plan, i).is_some() {
                         let args = [
@@ -1120,7 +1183,7 @@ impl CudaModel {
                                 self.act.f(xv.off) as *const c_void,
                                 d.y,
                                 self.grad.f(dyv.off) as *const c_void,
-                                d.conv,
+                                d.conv[2],
                                 d.bwd_filter,
                                 self.workspace.ptr as *mut c_void,
                                 self.workspace.bytes,
@@ -1139,7 +1202,7 @@ impl CudaModel {
                                     wp as *const c_void,
                                     d.y,
                                     self.grad.f(dyv.off) as *const c_void,
-                                    d.conv,
+                                    d.conv[1],
                                     d.bwd_data,
                                     self.workspace.ptr as *mut c_void,
                                     self.workspace.bytes,
@@ -1659,10 +1722,12 @@ impl CudaModel {
 
 const BN_MODE: dnn::cudnnBatchNormMode_t = dnn::cudnnBatchNormMode_t::CUDNN_BATCHNORM_SPATIAL;
 
+/// Whether cuDNN's symmetric padding (pad_before on both sides) gives the graph's output
+/// size: cuDNN computes `(i + 2p - k) / s + 1`.
 fn symmetric(g: &ConvGeom) -> bool {
-    let pb =
-        |i: usize, k: usize, s: usize, o: usize, p: usize| ((o - 1) * s + k).saturating_sub(i + p);
-    pb(g.h, g.kh, g.sh, g.oh, g.pt) == g.pt && pb(g.w, g.kw, g.sw, g.ow, g.pl) == g.pl
+    let o =
+        |i: usize, k: usize, s: usize, p: usize| (i + 2 * p >= k).then(|| (i + 2 * p - k) / s + 1);
+    o(g.h, g.kh, g.sh, g.pt) == Some(g.oh) && o(g.w, g.kw, g.sw, g.pl) == Some(g.ow)
 }
 
 fn load_kernels(cubin: &[u8], ctx: &Arc<CudaContext>) -> Result<Kernels> {
@@ -1816,13 +1881,21 @@ macro_rules! find_algo {
                     $what,
                 )?;
             }
-            perf[..got.max(0) as usize]
+            let best = perf[..got.max(0) as usize]
                 .iter()
-                .find(|p| p.status == dnn::cudnnStatus_t::CUDNN_STATUS_SUCCESS)
-                .map(|p| (p.algo, p.memory))
-                .ok_or_else(|| {
-                    anyhow!("cuDNN has no {} algorithm for this shape and layout", $what)
-                })
+                .find(|p| p.status == dnn::cudnnStatus_t::CUDNN_STATUS_SUCCESS);
+            if let Some(p) = best {
+                // SAFETY: a live descriptor; the math type cuDNN measured the algorithm with.
+                unsafe {
+                    ck(
+                        dnn::cudnnSetConvolutionMathType(conv, p.mathType),
+                        "math type",
+                    )?
+                };
+            }
+            best.map(|p| (p.algo, p.memory)).ok_or_else(|| {
+                anyhow!("cuDNN has no {} algorithm for this shape and layout", $what)
+            })
         }
     };
 }
@@ -1886,6 +1959,18 @@ fn ohwi_to_hwio(v: &[f32], [kh, kw, ci, co]: [usize; 4]) -> Vec<f32> {
         }
     }
     out
+}
+
+impl Drop for CudaModel {
+    fn drop(&mut self) {
+        // Free on this model's context after its queued work, then release cuDNN; the
+        // buffers drop after this (fields), the context last (held by `ctx`'s Arc).
+        let _ = self.ctx.bind_to_thread();
+        let _ = self.stream.synchronize();
+        self.shaped.clear();
+        // SAFETY: the handle was created in `new` and is destroyed once, here.
+        unsafe { dnn::cudnnDestroy(self.dnn) };
+    }
 }
 
 impl Model for CudaModel {
@@ -2058,6 +2143,7 @@ impl Model for CudaModel {
             &self.stats,
             &self.hyper,
             &self.workspace,
+            &self.blas_ws,
         ];
         Some(bufs.iter().map(|b| b.bytes).sum())
     }

@@ -134,7 +134,7 @@ extern "C" __global__ void maxpool_forward(const float* x, i64 ldx, float* y, i6
     FOR_EACH(i, g.n * g.oh * g.ow * g.c) {
         i64 k = i % g.c, o = i / g.c;
         i64 ox = o % g.ow, oy = (o / g.ow) % g.oh, b = o / (g.ow * g.oh);
-        float m = NEG_INF;
+        float m = -1e30f;  // the CPU's start value: a window of padding only gives it too
         for (int ty = 0; ty < g.kh; ++ty) {
             i64 iy = oy * g.sh - g.pt + ty;
             if (iy < 0 || iy >= g.h) continue;
@@ -291,6 +291,17 @@ extern "C" __global__ void softmax_cross_entropy(const float* x, i64 ldx, const 
         for (i64 j = 0; j < k; ++j) dr[j] = (dr[j] / z - (j == l ? 1.f : 0.f)) * inv_n;
         atomicAdd(&stats[0], logf(z) + m - xr[l]);
         if (best == l) atomicAdd(&stats[1], 1.f);
+    }
+}
+
+// batchnorm_running_single: the running-statistics update of a batch norm over a single
+// row (n*h*w == 1), where cuDNN's unbiased variance is undefined: mean = m*mean + (1-m)*x,
+// var = m*var (the batch variance is 0), as on the CPU.
+extern "C" __global__ void batchnorm_running_single(float* mean, float* var, const float* batch_mean,
+                                                    i64 c, float m) {
+    FOR_EACH(k, c) {
+        mean[k] = m * mean[k] + (1.f - m) * batch_mean[k];
+        var[k] = m * var[k];
     }
 }
 

@@ -5,7 +5,7 @@
 pub const SOURCE: &str = include_str!("kernels.cu");
 
 /// Every kernel in [`SOURCE`], by name (each is loaded after compiling).
-pub const NAMES: [&str; 22] = [
+pub const NAMES: [&str; 23] = [
     "relu_forward",
     "relu_backward",
     "elu_forward",
@@ -25,6 +25,7 @@ pub const NAMES: [&str; 22] = [
     "softmax_forward",
     "softmax_backward",
     "softmax_cross_entropy",
+    "batchnorm_running_single",
     "l2_backward",
     "sgd_update",
     "adam_update",
