@@ -65,6 +65,45 @@ pub fn run(
     Ok(())
 }
 
+/// `pipe run --executor`: stages as local worker processes or Slurm jobs.
+pub fn run_with(
+    g: &Global,
+    pipeline: &str,
+    sets: &[String],
+    opts: RunOptions,
+    exec: &crate::engine::executor::Executor,
+) -> Result<()> {
+    let (proj, p) = load(g, pipeline, sets)?;
+    let mut engine = if opts.dry_run {
+        Engine::read_only(&proj.cache)
+    } else {
+        Engine::new(&proj.cache)?
+    };
+    eprintln!(
+        "pipeline {} ({}){}",
+        p.name,
+        p.file.display(),
+        if opts.dry_run { " [dry run]" } else { "" }
+    );
+    engine.run_with(&p, sets, &opts, exec)
+}
+
+/// `pipe run-stage`: one stage, its inputs read from the store (an executor's job).
+pub fn run_stage(g: &Global, manifest: &str, stage: &str, sets: &[String]) -> Result<()> {
+    let (proj, p) = load(g, manifest, sets)?;
+    let mut engine = Engine::new(&proj.cache)?;
+    let o = engine.run_stage(&p, stage)?;
+    eprintln!(
+        "{:<12} {:<7} {:>6.1}s  key {}  {}",
+        o.name,
+        o.state,
+        o.seconds,
+        o.key.as_deref().map_or("-", |k| &k[..12]),
+        o.summary
+    );
+    Ok(())
+}
+
 /// `pipe status`.
 pub fn status(g: &Global, pipeline: &str, sets: &[String], json: bool) -> Result<()> {
     let (proj, p) = load(g, pipeline, sets)?;

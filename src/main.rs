@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use pipe::commands::{self, DemoLayout, Global};
+use pipe::engine::executor::{Executor, SlurmOptions};
 use pipe::engine::RunOptions;
 
 #[derive(Parser)]
@@ -42,6 +43,34 @@ enum Cmd {
         /// Print one JSON object describing every stage (on stdout)
         #[arg(long)]
         json: bool,
+        /// Where stages run: in this process (default), as parallel local processes
+        /// (`local`, with -j), or as Slurm jobs (`slurm`)
+        #[arg(long, value_enum)]
+        executor: Option<ExecutorArg>,
+        /// With `--executor local`: stages run at once
+        /// (`-j` alone implies `--executor local`)
+        #[arg(short = 'j', long)]
+        jobs: Option<usize>,
+        /// With `--executor slurm`: the partition for every job
+        #[arg(long)]
+        partition: Option<String>,
+        /// With `--executor slurm`: GPUs for each training and evaluation job
+        #[arg(long)]
+        gpus_per_stage: Option<u32>,
+        /// With `--executor slurm`: wait for the jobs and report how they ended
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Run one stage whose inputs are in the store (what an executor's job runs)
+    #[command(hide = true)]
+    RunStage {
+        /// Manifest path
+        manifest: String,
+        /// Stage name
+        stage: String,
+        /// Override a key, as for `run`
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
     },
     /// Which stages are cached or stale, and why
     Status {
@@ -114,6 +143,14 @@ enum Cmd {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExecutorArg {
+    /// Parallel processes on this machine (`-j N`)
+    Local,
+    /// Slurm batch jobs (`sbatch`), dependencies mirroring the DAG
+    Slurm,
 }
 
 #[derive(Subcommand)]
@@ -264,18 +301,41 @@ fn main() -> ExitCode {
             until,
             dry_run,
             json,
-        } => commands::run(
-            &g,
-            &pipeline,
-            &sets,
-            RunOptions {
+            executor,
+            jobs,
+            partition,
+            gpus_per_stage,
+            wait,
+        } => {
+            let opts = RunOptions {
                 force,
                 until,
                 dry_run,
                 quiet: false,
-            },
-            json,
-        ),
+            };
+            let executor = executor.or(jobs.map(|_| ExecutorArg::Local));
+            match executor {
+                None => commands::run(&g, &pipeline, &sets, opts, json),
+                Some(e) => {
+                    let exec = match e {
+                        ExecutorArg::Local => Executor::Local {
+                            jobs: jobs.unwrap_or(2),
+                        },
+                        ExecutorArg::Slurm => Executor::Slurm(SlurmOptions {
+                            partition,
+                            gpus_per_stage,
+                            wait,
+                        }),
+                    };
+                    commands::run_with(&g, &pipeline, &sets, opts, &exec)
+                }
+            }
+        }
+        Cmd::RunStage {
+            manifest,
+            stage,
+            sets,
+        } => commands::run_stage(&g, &manifest, &stage, &sets),
         Cmd::Status {
             pipeline,
             sets,

@@ -6,6 +6,7 @@
 //! on input content and not on input keys, a stage that re-runs and reproduces identical
 //! bytes leaves every later key unchanged (early cutoff).
 
+pub mod executor;
 pub mod fingerprint;
 pub mod integrity;
 pub mod store;
@@ -381,44 +382,7 @@ impl Engine {
             if !opts.quiet {
                 eprintln!("{:<12} running ({})", name, outcome.reasons.join("; "));
             }
-            let tmp = self.store.new_tmp(&name)?;
-            let scratch = self.store.scratch_dir(&r.key)?;
-            let started = Instant::now();
-            let inputs: Vec<(String, PathBuf)> = s
-                .inputs
-                .iter()
-                .map(|i| (i.clone(), self.store.artifact_dir(&outputs[i])))
-                .collect();
-            let fp = stages::external_root(p, s).and_then(|root| self.fingerprints.get(&root));
-            let ctx = StageCtx {
-                pipeline: p,
-                stage: s,
-                inputs,
-                out: &tmp,
-                scratch: &scratch,
-                dataset: fp.map(|f| DatasetFiles {
-                    root: &f.root,
-                    files: &f.files,
-                }),
-            };
-            let summary = match stages::run(&ctx) {
-                Ok(s) => s,
-                Err(e) => {
-                    let _ = std::fs::remove_dir_all(&tmp);
-                    return Err(e.context(format!("stage `{name}` ({kind}) failed")));
-                }
-            };
-            let output = self.store.publish(&tmp)?;
-            let seconds = started.elapsed().as_secs_f64();
-            self.store.record(&KeyRecord {
-                key: r.key.clone(),
-                kind: kind.clone(),
-                stage: name.clone(),
-                output: output.clone(),
-                summary: summary.clone(),
-                seconds,
-            })?;
-            self.store.remove_scratch(&r.key)?;
+            let (output, summary, seconds) = self.execute(p, &name, &r, &outputs)?;
             if prev.as_ref().is_some_and(|pr| pr.output == output) {
                 outcome
                     .reasons
@@ -429,17 +393,148 @@ impl Engine {
             outcome.seconds = seconds;
             outcome.summary = summary;
             outputs.insert(name.clone(), output.clone());
-            state
-                .stages
-                .insert(name.clone(), self.stage_state(&kind, &r, &output));
-            self.store.save_state(&p.name, &state)?;
+            let st = self.stage_state(&kind, &r, &output);
+            state.stages.insert(name.clone(), st.clone());
+            self.store.update_state(&p.name, |all| {
+                all.stages.insert(name.clone(), st);
+            })?;
             self.print(&outcome, opts);
             report.stages.push(outcome);
         }
         if !opts.dry_run && state.stages != state_before.stages {
-            self.store.save_state(&p.name, &state)?;
+            self.store.update_state(&p.name, |all| {
+                for (k, v) in &state.stages {
+                    all.stages.insert(k.clone(), v.clone());
+                }
+            })?;
         }
         Ok(report)
+    }
+
+    /// Run one stage whose inputs are published: under its key's lock (another process
+    /// running the same key is waited for, then its artifact is taken), into a private
+    /// folder in its scratch, published atomically and recorded. Returns (output hash,
+    /// summary, seconds; 0 when another process had published it meanwhile).
+    fn execute(
+        &mut self,
+        p: &Pipeline,
+        name: &str,
+        r: &Resolved,
+        outputs: &HashMap<String, String>,
+    ) -> Result<(String, String, f64)> {
+        let s = &p.stages[name];
+        let kind = s.config.kind().to_string();
+        let _key_lock = self.store.lock_key(&r.key, name)?;
+        let mut damage = Vec::new();
+        if let Some(rec) = self.lookup_sound(name, &r.key, true, &mut damage)? {
+            return Ok((rec.output, rec.summary, 0.0));
+        }
+        let tmp = self.store.new_out_dir(&r.key)?;
+        let scratch = self.store.scratch_dir(&r.key)?;
+        let started = Instant::now();
+        let inputs: Vec<(String, PathBuf)> = s
+            .inputs
+            .iter()
+            .map(|i| (i.clone(), self.store.artifact_dir(&outputs[i])))
+            .collect();
+        let fp = stages::external_root(p, s).and_then(|root| self.fingerprints.get(&root));
+        let ctx = StageCtx {
+            pipeline: p,
+            stage: s,
+            inputs,
+            out: &tmp,
+            scratch: &scratch,
+            dataset: fp.map(|f| DatasetFiles {
+                root: &f.root,
+                files: &f.files,
+            }),
+        };
+        let summary = match stages::run(&ctx) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(e.context(format!("stage `{name}` ({kind}) failed")));
+            }
+        };
+        let output = self.store.publish(&tmp)?;
+        let seconds = started.elapsed().as_secs_f64();
+        self.store.record(&KeyRecord {
+            key: r.key.clone(),
+            kind: kind.clone(),
+            stage: name.to_string(),
+            output: output.clone(),
+            summary: summary.clone(),
+            seconds,
+        })?;
+        self.store.remove_scratch(&r.key)?;
+        Ok((output, summary, seconds))
+    }
+
+    /// Run one stage of a pipeline whose inputs are all in the store (what a cluster job
+    /// or a local worker runs): resolves every stage before it from the store, then runs
+    /// this one unless it is cached. Errors name an input that is missing.
+    pub fn run_stage(&mut self, p: &Pipeline, stage: &str) -> Result<StageOutcome> {
+        if !p.stages.contains_key(stage) {
+            anyhow::bail!(
+                "no stage `{stage}` in pipeline `{}` (stages: {})",
+                p.name,
+                p.stages.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+        let wanted = p.ancestors_of(stage);
+        let mut outputs: HashMap<String, String> = HashMap::new();
+        for name in p.topo_order() {
+            if !wanted.contains(&name) {
+                continue;
+            }
+            let r = self
+                .resolve(p, &name, &outputs)?
+                .ok_or_else(|| anyhow::anyhow!("stage `{name}`: an input is not in the store"))?;
+            let kind = p.stages[&name].config.kind().to_string();
+            if name != stage {
+                let mut damage = Vec::new();
+                let rec = self
+                    .lookup_sound(&name, &r.key, true, &mut damage)?
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "stage `{stage}` needs `{name}`, which is not in the store (did its job fail? `pipe status {}` says)",
+                            p.name
+                        )
+                    })?;
+                outputs.insert(name.clone(), rec.output);
+                continue;
+            }
+            let mut outcome = StageOutcome {
+                name: name.clone(),
+                kind: kind.clone(),
+                state: "cached".into(),
+                key: Some(r.key.clone()),
+                output: None,
+                seconds: 0.0,
+                summary: String::new(),
+                reasons: Vec::new(),
+            };
+            let mut damage = Vec::new();
+            let (output, summary, seconds) =
+                match self.lookup_sound(&name, &r.key, true, &mut damage)? {
+                    Some(rec) => (rec.output, rec.summary, 0.0),
+                    None => {
+                        eprintln!("{name:<12} running");
+                        let done = self.execute(p, &name, &r, &outputs)?;
+                        outcome.state = "ran".into();
+                        done
+                    }
+                };
+            let st = self.stage_state(&kind, &r, &output);
+            self.store.update_state(&p.name, |all| {
+                all.stages.insert(name.clone(), st);
+            })?;
+            outcome.output = Some(output);
+            outcome.summary = summary;
+            outcome.seconds = seconds;
+            return Ok(outcome);
+        }
+        unreachable!("the stage is among its own ancestors")
     }
 
     /// Re-hash artifacts fully against their seals: every artifact in the store, or those
@@ -537,6 +632,37 @@ impl Engine {
 
     /// For each stage: cached or stale, and why, without running anything.
     pub fn status(&mut self, p: &Pipeline) -> Result<Vec<StageOutcome>> {
+        let mut out = self.status_only(p)?;
+        // Stages submitted to an executor: queued, running, or how their job ended.
+        if out.iter().any(|o| o.state != "cached") && self.store.jobs_dir().is_dir() {
+            let recipes = self.recipes(p)?;
+            for o in out.iter_mut().filter(|o| o.state != "cached") {
+                let Some(rec) = self.job_record(&recipes[&o.name]) else {
+                    continue;
+                };
+                let who = format!("{} job {}", rec.executor, rec.job);
+                match self.job_state(&rec) {
+                    executor::JobState::Queued(why) => {
+                        o.state = "queued".into();
+                        o.reasons
+                            .insert(0, format!("{who} pending {why}").trim().to_string());
+                    }
+                    executor::JobState::Running(how) => {
+                        o.state = "running".into();
+                        o.reasons
+                            .insert(0, format!("{who} {how}").trim().to_string());
+                    }
+                    executor::JobState::Failed(why) => o
+                        .reasons
+                        .insert(0, format!("{who} failed ({why}); log {}", rec.log)),
+                    executor::JobState::Done | executor::JobState::Gone => {}
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn status_only(&mut self, p: &Pipeline) -> Result<Vec<StageOutcome>> {
         let state = self.store.load_state(&p.name);
         let mut outputs = HashMap::new();
         let mut stale_inputs: HashSet<String> = HashSet::new();
@@ -667,7 +793,7 @@ impl Engine {
             }
         }
         for k in self.store.all_scratch()? {
-            if !keep_keys.contains(&k) {
+            if !keep_keys.contains(&k) && !self.store.key_is_running(&k) {
                 report.bytes += store::dir_size(&self.store.root().join("scratch").join(&k));
                 self.store.remove_scratch(&k)?;
             }

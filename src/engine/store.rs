@@ -92,6 +92,8 @@ impl Store {
             "scratch",
             "sealed",
             "damaged",
+            "running",
+            "jobs",
         ] {
             fs::create_dir_all(root.join(sub))
                 .with_context(|| format!("cannot create cache directory {}", root.display()))?;
@@ -242,10 +244,15 @@ impl Store {
         let dest = self.artifact_dir(&hash);
         if dest.is_dir() {
             fs::remove_dir_all(tmp)?;
-        } else {
-            fs::rename(tmp, &dest).with_context(|| {
-                format!("cannot publish {} as {}", tmp.display(), dest.display())
-            })?;
+        } else if let Err(e) = fs::rename(tmp, &dest) {
+            if dest.is_dir() {
+                // Another process published the same content first: same bytes, keep theirs.
+                fs::remove_dir_all(tmp)?;
+            } else {
+                return Err(e).with_context(|| {
+                    format!("cannot publish {} as {}", tmp.display(), dest.display())
+                });
+            }
         }
         let seal = self.seal_path(&hash);
         if !seal.is_file() {
@@ -321,6 +328,83 @@ impl Store {
 
     fn key_path(&self, key: &str) -> PathBuf {
         self.root.join("keys").join(format!("{key}.json"))
+    }
+
+    /// Take the lock of one stage key, held while a process runs that stage: waits (and
+    /// says so) while another process runs it. Cluster jobs and local runs hold it, so a
+    /// key never runs twice at once; the store-wide lock is not needed for that.
+    pub fn lock_key(&self, key: &str, stage: &str) -> Result<StoreLock> {
+        let path = self.root.join("running").join(format!("{key}.lock"));
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                eprintln!("{stage}: another process is running this stage; waiting for it");
+                file.lock().context("waiting for a stage lock")?;
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("cannot lock {}", path.display()))
+            }
+        }
+        Ok(StoreLock { _file: file })
+    }
+
+    /// Whether some process holds `key`'s lock (is running that stage) now.
+    pub fn key_is_running(&self, key: &str) -> bool {
+        let path = self.root.join("running").join(format!("{key}.lock"));
+        match fs::OpenOptions::new().write(true).open(&path) {
+            Ok(f) => matches!(f.try_lock(), Err(fs::TryLockError::WouldBlock)),
+            Err(_) => false,
+        }
+    }
+
+    /// A fresh directory for a stage to write its artifact into, inside the key's scratch
+    /// folder: only the holder of the key's lock uses it, so no other process's clean-up
+    /// touches it. Left-overs of killed runs are removed first.
+    pub fn new_out_dir(&self, key: &str) -> Result<PathBuf> {
+        let scratch = self.scratch_dir(key)?;
+        for e in fs::read_dir(&scratch)? {
+            let p = e?.path();
+            if p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("publishing-"))
+            {
+                fs::remove_dir_all(&p)?;
+            }
+        }
+        let p = scratch.join(format!("publishing-{}", std::process::id()));
+        fs::create_dir_all(&p)?;
+        Ok(p)
+    }
+
+    /// Change a pipeline's recorded state under its own lock (read, change, write), so
+    /// concurrent jobs of one pipeline each add their stage.
+    pub fn update_state(
+        &self,
+        pipeline: &str,
+        change: impl FnOnce(&mut PipelineState),
+    ) -> Result<()> {
+        let lock = self.root.join("state").join(format!("{pipeline}.lock"));
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock)
+            .with_context(|| format!("cannot open {}", lock.display()))?;
+        file.lock().context("locking a pipeline's state")?;
+        let mut st = self.load_state(pipeline);
+        change(&mut st);
+        self.save_state(pipeline, &st)
+    }
+
+    /// The folder of cluster job records and logs.
+    pub fn jobs_dir(&self) -> PathBuf {
+        self.root.join("jobs")
     }
 
     /// The last recorded state of a pipeline.

@@ -126,6 +126,45 @@ pub struct Stage {
     pub config: StageConfig,
     /// Where its table was written.
     pub origin: Origin,
+    /// What a cluster job running it asks for (`[stages.<name>.resources]`); not part of
+    /// the stage's key.
+    pub resources: Resources,
+}
+
+/// A stage's cluster resources (`[stages.<name>.resources]`), for `--executor slurm`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// GPUs (`--gres=gpu:N`); default: `--gpus-per-stage` for training and evaluation.
+    pub gpus: Option<u32>,
+    /// CPU cores (`--cpus-per-task`).
+    pub cpus: Option<u32>,
+    /// Memory, Slurm's syntax: `"32G"`, `"500M"` (`--mem`).
+    pub mem: Option<String>,
+    /// Time limit, Slurm's syntax: `"12:00:00"`, `"1-00:00:00"`, `"90"` minutes (`--time`).
+    pub time: Option<String>,
+    /// Partition (`--partition`); default: `--partition`, else the cluster's default.
+    pub partition: Option<String>,
+}
+
+/// Whether `t` is a Slurm time limit: `M`, `M:S`, `H:M:S`, `D-H`, `D-H:M`, `D-H:M:S`.
+pub fn is_slurm_time(t: &str) -> bool {
+    let num = |x: &str| !x.is_empty() && x.len() <= 4 && x.bytes().all(|b| b.is_ascii_digit());
+    let (days, rest) = match t.split_once('-') {
+        Some((d, r)) => (Some(d), r),
+        None => (None, t),
+    };
+    if days.is_some_and(|d| !num(d)) {
+        return false;
+    }
+    let parts: Vec<&str> = rest.split(':').collect();
+    !parts.is_empty() && parts.len() <= 3 && parts.iter().all(|p| num(p))
+}
+
+/// Whether `m` is a Slurm memory size: digits with an optional K, M, G or T.
+pub fn is_slurm_mem(m: &str) -> bool {
+    let digits = m.trim_end_matches(['K', 'M', 'G', 'T', 'k', 'm', 'g', 't']);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && m.len() - digits.len() <= 1
 }
 
 /// A loaded, merged, typed and validated pipeline.
@@ -1071,6 +1110,32 @@ fn parse_stage(
             }
         }
     }
+    let resources = match table.shift_remove("resources") {
+        None => Resources::default(),
+        Some(e) => {
+            let rp = format!("{path}.resources");
+            let r: Resources = de::from_svalue(&e.value, &rp)?;
+            let field = |k: &str| match &e.value.kind {
+                Kind::Table(t) => t.get(k).map(|x| x.value.origin.clone()),
+                _ => None,
+            };
+            if let Some(m) = r.mem.as_deref().filter(|m| !is_slurm_mem(m)) {
+                return Err(ManifestError::new(format!(
+                    "`mem` must be a size like \"32G\" or \"500M\", got \"{m}\""
+                ))
+                .at(field("mem").unwrap_or(e.value.origin.clone()))
+                .path(format!("{rp}.mem")));
+            }
+            if let Some(t) = r.time.as_deref().filter(|t| !is_slurm_time(t)) {
+                return Err(ManifestError::new(format!(
+                    "`time` must be a Slurm time limit like \"12:00:00\" or \"1-00:00:00\", got \"{t}\""
+                ))
+                .at(field("time").unwrap_or(e.value.origin.clone()))
+                .path(format!("{rp}.time")));
+            }
+            r
+        }
+    };
     let body = SValue {
         kind: Kind::Table(table.clone()),
         origin: entry.value.origin.clone(),
@@ -1123,6 +1188,7 @@ fn parse_stage(
             inputs,
             config,
             origin: entry.key_origin.clone(),
+            resources,
         },
         origins,
     ))

@@ -1,0 +1,573 @@
+//! Executors: running a pipeline's stale stages somewhere other than this process, one
+//! `pipe run-stage` per stage, ordered by the DAG.
+//!
+//! - `local -j N`: up to N `pipe run-stage` child processes at once on this machine.
+//! - `slurm`: one `sbatch` job per stage, `--dependency=afterok:` mirroring the DAG, on a
+//!   store every node shares. `pipe run` submits and returns (or waits with `--wait`).
+//!
+//! A stage that must run is known before its inputs exist, but its key is not (keys hold
+//! input *content*). Jobs are therefore named by a stage's **recipe**: the BLAKE3 of its
+//! kind, implementation version, effective config, dataset fingerprint and its inputs'
+//! recipes. Two pipelines that share their data stages share those recipes, so the second
+//! submission finds the first one's jobs (`<store>/jobs/<recipe>.json`) still queued or
+//! running and depends on them instead of submitting again. Each job publishes atomically
+//! under its key's lock (see [`super::Engine::run_stage`]), writes its log to
+//! `<store>/jobs/<recipe>.log`, and a re-run submits only what is still missing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::{Engine, RunOptions};
+use crate::manifest::{Pipeline, StageConfig};
+
+/// Where the stages run.
+#[derive(Debug, Clone)]
+pub enum Executor {
+    /// Child processes on this machine, at most `jobs` at once.
+    Local {
+        /// Parallel stages.
+        jobs: usize,
+    },
+    /// Slurm batch jobs.
+    Slurm(SlurmOptions),
+}
+
+/// `--executor slurm` settings.
+#[derive(Debug, Clone, Default)]
+pub struct SlurmOptions {
+    /// `--partition` for every job (a stage's `resources.partition` wins).
+    pub partition: Option<String>,
+    /// GPUs for each training and evaluation stage (a stage's `resources.gpus` wins).
+    pub gpus_per_stage: Option<u32>,
+    /// Wait for the jobs to end and report how they ended.
+    pub wait: bool,
+}
+
+/// What `<store>/jobs/<recipe>.json` remembers of a submitted stage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// Slurm job id, or the local process id.
+    pub job: String,
+    /// `slurm` or `local`.
+    pub executor: String,
+    /// Pipeline that submitted it.
+    pub pipeline: String,
+    /// Stage name in that pipeline.
+    pub stage: String,
+    /// The stage's recipe.
+    pub recipe: String,
+    /// Its log file.
+    pub log: String,
+    /// Submission time (seconds since the epoch).
+    pub submitted: u64,
+}
+
+/// A job's state as its scheduler reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobState {
+    /// Waiting (Slurm PENDING, or local and not started).
+    Queued(String),
+    /// Running (Slurm RUNNING / CONFIGURING / COMPLETING), with how long.
+    Running(String),
+    /// Ended well.
+    Done,
+    /// Ended badly (FAILED, CANCELLED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL, ...).
+    Failed(String),
+    /// The scheduler no longer knows it.
+    Gone,
+}
+
+impl JobState {
+    /// Whether it is queued or running.
+    pub fn live(&self) -> bool {
+        matches!(self, JobState::Queued(_) | JobState::Running(_))
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Run a Slurm command, with its stderr in the error.
+fn slurm(cmd: &str, args: &[String]) -> Result<String> {
+    let out = Command::new(cmd).args(args).output().with_context(|| {
+        format!("cannot run `{cmd}` (is Slurm installed, and SLURM_CONF set if needed?)")
+    })?;
+    if !out.status.success() {
+        bail!(
+            "`{cmd} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The state of a Slurm job: `squeue` while it is queued or running, then `scontrol`
+/// (which remembers ended jobs for the cluster's MinJobAge), else gone.
+pub fn slurm_state(job: &str) -> JobState {
+    let q = Command::new("squeue")
+        .args(["-h", "-j", job, "-o", "%T %M %r"])
+        .output();
+    if let Ok(o) = &q {
+        let line = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        let mut it = line.split_whitespace();
+        match (it.next(), it.next(), it.next()) {
+            (Some("PENDING"), _, reason) => {
+                let r = reason.filter(|r| *r != "None").unwrap_or("");
+                return JobState::Queued(if r.is_empty() {
+                    String::new()
+                } else {
+                    format!("({r})")
+                });
+            }
+            (Some(s @ ("RUNNING" | "CONFIGURING" | "COMPLETING" | "SUSPENDED")), t, _) => {
+                return JobState::Running(format!("{} {}", s.to_lowercase(), t.unwrap_or("")))
+            }
+            _ => {}
+        }
+    }
+    let Ok(o) = Command::new("scontrol")
+        .args(["show", "job", job, "-o"])
+        .output()
+    else {
+        return JobState::Gone;
+    };
+    let text = String::from_utf8_lossy(&o.stdout);
+    let field = |k: &str| {
+        text.split_whitespace()
+            .find_map(|f| f.strip_prefix(k))
+            .map(|v| v.to_string())
+    };
+    match field("JobState=").as_deref() {
+        Some("COMPLETED") => JobState::Done,
+        Some("PENDING") => JobState::Queued(field("Reason=").unwrap_or_default()),
+        Some("RUNNING" | "CONFIGURING" | "COMPLETING") => JobState::Running("running".into()),
+        Some(s) => JobState::Failed(format!(
+            "{s}{}",
+            field("ExitCode=")
+                .map(|c| format!(", exit code {c}"))
+                .unwrap_or_default()
+        )),
+        None => JobState::Gone,
+    }
+}
+
+/// The state of a local worker process by pid (alive or gone: its exit status is not
+/// knowable from another process, so a gone worker is judged by the store).
+fn local_state(pid: &str) -> JobState {
+    if Path::new("/proc").join(pid).exists() {
+        JobState::Running("running (local)".into())
+    } else {
+        JobState::Gone
+    }
+}
+
+/// Quote for a POSIX shell.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+impl Engine {
+    /// Every stage's recipe (see the module docs), in dependency order.
+    pub fn recipes(&mut self, p: &Pipeline) -> Result<HashMap<String, String>> {
+        let mut out: HashMap<String, String> = HashMap::new();
+        for name in p.topo_order() {
+            let s = &p.stages[&name];
+            let external = match crate::stages::external_root(p, s) {
+                Some(root) => Some(self.fingerprint(&root)?.hash.clone()),
+                None => None,
+            };
+            let inputs: Vec<&String> = s.inputs.iter().map(|i| &out[i]).collect();
+            let kind = s.config.kind();
+            let material = serde_json::json!({
+                "kind": kind,
+                "version": crate::stages::version(kind),
+                "config": s.config.to_json(),
+                "inputs": inputs,
+                "external": external,
+            });
+            let r = blake3::hash(&serde_json::to_vec(&material)?)
+                .to_hex()
+                .to_string();
+            out.insert(name, r);
+        }
+        Ok(out)
+    }
+
+    /// The job record of a recipe, if one was submitted.
+    pub fn job_record(&self, recipe: &str) -> Option<JobRecord> {
+        let p = self.store.jobs_dir().join(format!("{recipe}.json"));
+        super::store::read_json(&p).ok().flatten()
+    }
+
+    /// A recorded job's state now.
+    pub fn job_state(&self, rec: &JobRecord) -> JobState {
+        match rec.executor.as_str() {
+            "slurm" => slurm_state(&rec.job),
+            _ => local_state(&rec.job),
+        }
+    }
+
+    /// The stages of `p` that must run (not in the store, or forced), in dependency order,
+    /// limited to `--until`'s ancestors.
+    fn must_run(&mut self, p: &Pipeline, opts: &RunOptions) -> Result<Vec<String>> {
+        let status = self.status_only(p)?;
+        let wanted = opts.until.as_ref().map(|u| p.ancestors_of(u));
+        let mut must: Vec<String> = Vec::new();
+        for o in status {
+            if wanted.as_ref().is_some_and(|w| !w.contains(&o.name)) {
+                continue;
+            }
+            let forced = opts.force.contains(&o.name);
+            let input_runs = p.stages[&o.name].inputs.iter().any(|i| must.contains(i));
+            if o.state != "cached" || forced || input_runs {
+                must.push(o.name);
+            }
+        }
+        Ok(must)
+    }
+
+    /// `pipe run --executor ...`: run (local) or submit (Slurm) every stage that must run.
+    pub fn run_with(
+        &mut self,
+        p: &Pipeline,
+        sets: &[String],
+        opts: &RunOptions,
+        exec: &Executor,
+    ) -> Result<()> {
+        for f in opts.force.iter().chain(opts.until.iter()) {
+            if !p.stages.contains_key(f) {
+                bail!(
+                    "no stage `{f}` in pipeline `{}` (stages: {})",
+                    p.name,
+                    p.stages.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
+            }
+        }
+        if !opts.force.is_empty() {
+            bail!("--force runs with the default executor only (it re-runs a cached stage in this process)");
+        }
+        let must = self.must_run(p, opts)?;
+        let recipes = self.recipes(p)?;
+        for name in p.topo_order() {
+            if !must.contains(&name) {
+                eprintln!("{name:<12} cached");
+            }
+        }
+        if must.is_empty() {
+            eprintln!("nothing to do: every stage is in the store");
+            return Ok(());
+        }
+        if opts.dry_run {
+            for name in &must {
+                eprintln!("{name:<12} would run");
+            }
+            return Ok(());
+        }
+        match exec {
+            Executor::Slurm(o) => self.submit_slurm(p, sets, &must, &recipes, o),
+            Executor::Local { jobs } => self.run_local(p, sets, &must, &recipes, (*jobs).max(1)),
+        }
+    }
+
+    fn worker_args(&self, p: &Pipeline, sets: &[String], stage: &str) -> Vec<String> {
+        let abs = |x: &Path| std::fs::canonicalize(x).unwrap_or_else(|_| x.to_path_buf());
+        let mut a = vec![
+            "--cache".to_string(),
+            abs(self.store.root()).display().to_string(),
+            "run-stage".to_string(),
+            abs(&p.file).display().to_string(),
+            stage.to_string(),
+        ];
+        for s in sets {
+            a.push("--set".into());
+            a.push(s.clone());
+        }
+        a
+    }
+
+    fn write_job_record(&self, rec: &JobRecord) -> Result<()> {
+        crate::atomic::write_json_atomic(
+            &self.store.jobs_dir().join(format!("{}.json", rec.recipe)),
+            rec,
+        )
+    }
+
+    fn submit_slurm(
+        &mut self,
+        p: &Pipeline,
+        sets: &[String],
+        must: &[String],
+        recipes: &HashMap<String, String>,
+        o: &SlurmOptions,
+    ) -> Result<()> {
+        let exe = std::env::current_exe().context("finding the pipe executable")?;
+        let jobs_dir = self.store.jobs_dir();
+        std::fs::create_dir_all(&jobs_dir)?;
+        let mut ids: HashMap<String, String> = HashMap::new();
+        let mut submitted = Vec::new();
+        for name in must {
+            let recipe = &recipes[name];
+            if let Some(rec) = self.job_record(recipe) {
+                let st = self.job_state(&rec);
+                if rec.executor == "slurm" && st.live() {
+                    eprintln!(
+                        "{name:<12} already queued as job {} (submitted for {}:{}); depending on it",
+                        rec.job, rec.pipeline, rec.stage
+                    );
+                    ids.insert(name.clone(), rec.job);
+                    continue;
+                }
+            }
+            let s = &p.stages[name];
+            let deps: Vec<&str> = s
+                .inputs
+                .iter()
+                .filter_map(|i| ids.get(i).map(|x| x.as_str()))
+                .collect();
+            let log = jobs_dir.join(format!("{recipe}.log"));
+            let script = jobs_dir.join(format!("{recipe}.sh"));
+            let cmd = std::iter::once(sh_quote(&exe.display().to_string()))
+                .chain(self.worker_args(p, sets, name).iter().map(|a| sh_quote(a)))
+                .collect::<Vec<_>>()
+                .join(" ");
+            crate::atomic::write_atomic(
+                &script,
+                format!(
+                    "#!/bin/sh\n# pipe: pipeline {}, stage {name} (recipe {recipe})\nexec {cmd}\n",
+                    p.name
+                )
+                .as_bytes(),
+            )?;
+            let mut args = vec![
+                "--parsable".to_string(),
+                format!("--job-name=pipe:{}:{name}", p.name),
+                format!("--output={}", log.display()),
+                "--open-mode=append".to_string(),
+                format!("--chdir={}", p.project_dir.display()),
+            ];
+            if !deps.is_empty() {
+                args.push(format!("--dependency=afterok:{}", deps.join(":")));
+                args.push("--kill-on-invalid-dep=yes".into());
+            }
+            let r = &s.resources;
+            if let Some(part) = r.partition.as_ref().or(o.partition.as_ref()) {
+                args.push(format!("--partition={part}"));
+            }
+            let trains = matches!(
+                s.config,
+                StageConfig::Train(_)
+                    | StageConfig::LrDrop(_)
+                    | StageConfig::Resume { .. }
+                    | StageConfig::Evaluate(_)
+            );
+            let gpus = r.gpus.or(if trains { o.gpus_per_stage } else { None });
+            if let Some(g) = gpus.filter(|g| *g > 0) {
+                args.push(format!("--gres=gpu:{g}"));
+            }
+            if let Some(c) = r.cpus {
+                args.push(format!("--cpus-per-task={c}"));
+            }
+            if let Some(m) = &r.mem {
+                args.push(format!("--mem={m}"));
+            }
+            if let Some(t) = &r.time {
+                args.push(format!("--time={t}"));
+            }
+            args.push(script.display().to_string());
+            let out = slurm("sbatch", &args)
+                .with_context(|| format!("submitting stage `{name}` of `{}`", p.name))?;
+            let id = out.trim().split(';').next().unwrap_or("").to_string();
+            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+                bail!("sbatch printed no job id for stage `{name}`: {out:?}");
+            }
+            self.write_job_record(&JobRecord {
+                job: id.clone(),
+                executor: "slurm".into(),
+                pipeline: p.name.clone(),
+                stage: name.clone(),
+                recipe: recipe.clone(),
+                log: log.display().to_string(),
+                submitted: now_secs(),
+            })?;
+            eprintln!(
+                "{name:<12} submitted as job {id}{}  log {}",
+                if deps.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (after {})", deps.join(", "))
+                },
+                log.display()
+            );
+            ids.insert(name.clone(), id.clone());
+            submitted.push((name.clone(), id));
+        }
+        eprintln!(
+            "{} submitted, {} already queued; `pipe status {}` follows them",
+            submitted.len(),
+            must.len() - submitted.len(),
+            p.name
+        );
+        if !o.wait {
+            return Ok(());
+        }
+        // Wait for every job this pipeline depends on, then say how each ended.
+        let mut failed = Vec::new();
+        loop {
+            let states: BTreeMap<&String, JobState> =
+                ids.iter().map(|(n, id)| (n, slurm_state(id))).collect();
+            if states.values().all(|s| !s.live()) {
+                for name in must {
+                    match &states[name] {
+                        JobState::Failed(why) => failed.push(format!("{name} ({why})")),
+                        JobState::Gone | JobState::Done => {}
+                        _ => {}
+                    }
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        let missing: Vec<String> = self
+            .status_only(p)?
+            .into_iter()
+            .filter(|s| must.contains(&s.name) && s.state != "cached")
+            .map(|s| s.name)
+            .collect();
+        if !failed.is_empty() || !missing.is_empty() {
+            bail!(
+                "jobs ended without finishing: {}; logs in {}",
+                if failed.is_empty() {
+                    missing.join(", ")
+                } else {
+                    failed.join(", ")
+                },
+                jobs_dir.display()
+            );
+        }
+        eprintln!("all {} stages finished", must.len());
+        Ok(())
+    }
+
+    fn run_local(
+        &mut self,
+        p: &Pipeline,
+        sets: &[String],
+        must: &[String],
+        recipes: &HashMap<String, String>,
+        jobs: usize,
+    ) -> Result<()> {
+        let exe = std::env::current_exe().context("finding the pipe executable")?;
+        let jobs_dir = self.store.jobs_dir();
+        std::fs::create_dir_all(&jobs_dir)?;
+        #[derive(PartialEq)]
+        enum St {
+            Waiting,
+            Running,
+            Done,
+            Failed,
+        }
+        let mut state: BTreeMap<&String, St> = must.iter().map(|n| (n, St::Waiting)).collect();
+        let mut running: Vec<(&String, Child, Instant, PathBuf)> = Vec::new();
+        let mut failures = Vec::new();
+        loop {
+            // Start what is ready.
+            for name in must {
+                if running.len() >= jobs {
+                    break;
+                }
+                if state[name] != St::Waiting {
+                    continue;
+                }
+                let ins = &p.stages[name].inputs;
+                if ins
+                    .iter()
+                    .any(|i| state.get(i).is_some_and(|s| *s == St::Failed))
+                {
+                    state.insert(name, St::Failed);
+                    failures.push(format!("{name} (an input failed)"));
+                    continue;
+                }
+                if ins
+                    .iter()
+                    .any(|i| state.get(i).is_some_and(|s| *s != St::Done))
+                {
+                    continue;
+                }
+                let recipe = &recipes[name];
+                let log = jobs_dir.join(format!("{recipe}.log"));
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .with_context(|| format!("cannot open {}", log.display()))?;
+                let child = Command::new(&exe)
+                    .args(self.worker_args(p, sets, name))
+                    .current_dir(&p.project_dir)
+                    .stdin(Stdio::null())
+                    .stdout(f.try_clone()?)
+                    .stderr(f)
+                    .spawn()
+                    .with_context(|| format!("starting stage `{name}`"))?;
+                self.write_job_record(&JobRecord {
+                    job: child.id().to_string(),
+                    executor: "local".into(),
+                    pipeline: p.name.clone(),
+                    stage: name.clone(),
+                    recipe: recipe.clone(),
+                    log: log.display().to_string(),
+                    submitted: now_secs(),
+                })?;
+                eprintln!("{name:<12} started (log {})", log.display());
+                state.insert(name, St::Running);
+                running.push((name, child, Instant::now(), log));
+            }
+            if running.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            let mut i = 0;
+            while i < running.len() {
+                match running[i].1.try_wait()? {
+                    None => i += 1,
+                    Some(status) => {
+                        let (name, _, t0, log) = running.swap_remove(i);
+                        let secs = t0.elapsed().as_secs_f64();
+                        if status.success() {
+                            eprintln!("{name:<12} ran      {secs:>6.1}s");
+                            state.insert(name, St::Done);
+                        } else {
+                            let tail = std::fs::read_to_string(&log)
+                                .ok()
+                                .and_then(|t| t.lines().last().map(|l| l.to_string()))
+                                .unwrap_or_default();
+                            eprintln!(
+                                "{name:<12} FAILED   {secs:>6.1}s  {tail}  (log {})",
+                                log.display()
+                            );
+                            failures.push(format!("{name}: {tail}"));
+                            state.insert(name, St::Failed);
+                        }
+                    }
+                }
+            }
+        }
+        if !failures.is_empty() {
+            bail!(
+                "{} stage(s) did not finish: {}",
+                failures.len(),
+                failures.join("; ")
+            );
+        }
+        eprintln!("{} ran with up to {jobs} at once", must.len());
+        Ok(())
+    }
+}
