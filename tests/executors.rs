@@ -1,0 +1,408 @@
+//! Executors: `--executor local -j N`, and `--executor slurm` against a real one-node Slurm
+//! cluster (Debian's slurmctld + slurmd + munge, started by `scripts/slurm-up`).
+//!
+//! When the daemons cannot start here, the Slurm tests print why and skip
+//! (`scripts/test` starts the cluster first and says so loudly; with
+//! `PIPE_REQUIRE_SLURM=1` a cluster that does not start fails the tests instead).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::Project;
+
+/// Two experiments over the same data stages; `lr` and `epochs` differ per pipeline.
+fn experiment(name: &str, lr: f64, epochs: usize, per_class: usize) -> String {
+    format!(
+        r#"name = "{name}"
+seed = 7
+
+[stages.ingest]
+kind = "ingest"
+format = "synthetic"
+classes = 4
+train_per_class = {per_class}
+val_per_class = 10
+image_size = [24, 24]
+
+[stages.split]
+kind = "split"
+input = "ingest"
+test_per_class = 10
+
+[stages.hdf5]
+kind = "hdf5"
+input = "split"
+size = [16, 16]
+
+[networks.net]
+input = [16, 16, 3]
+classes = 4
+layers = [
+  {{ conv2d = {{ filters = 8, kernel = 3 }} }},
+  {{ batchnorm = {{}} }},
+  {{ relu = {{}} }},
+  {{ maxpool = {{ size = 2 }} }},
+  {{ flatten = {{}} }},
+  {{ dense = "$classes" }},
+  {{ softmax = {{}} }},
+]
+
+[stages.train]
+kind = "train"
+input = "hdf5"
+network = "net"
+epochs = {epochs}
+batch_size = 16
+optimizer = "sgd"
+lr = {lr}
+checkpoint_every = 1
+device = "cpu"
+resources = {{ cpus = 1, mem = "1G", time = "00:30:00" }}
+
+[stages.evaluate]
+kind = "evaluate"
+input = "train"
+split = "test"
+top_k = [1, 3]
+device = "cpu"
+"#
+    )
+}
+
+/// SLURM_CONF of a running cluster, or None (skipped, with the reason printed).
+fn cluster() -> Option<String> {
+    static CONF: OnceLock<Result<String, String>> = OnceLock::new();
+    let r = CONF.get_or_init(|| {
+        if let Ok(why) = std::env::var("PIPE_SLURM_SKIP") {
+            return Err(why);
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/slurm-up");
+        let out = Command::new(&script)
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        match stdout.trim().strip_prefix("export SLURM_CONF=") {
+            Some(conf) if out.status.success() => Ok(conf.to_string()),
+            _ => Err(format!(
+                "scripts/slurm-up failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+        }
+    });
+    match r {
+        Ok(c) => Some(c.clone()),
+        Err(why) => {
+            if std::env::var("PIPE_REQUIRE_SLURM").is_ok_and(|v| v == "1") {
+                panic!("PIPE_REQUIRE_SLURM=1 but the Slurm cluster is not up: {why}");
+            }
+            eprintln!("SKIPPED: Slurm's daemons cannot start here: {why}");
+            None
+        }
+    }
+}
+
+fn pipe(p: &Project, conf: &str, args: &[&str]) -> (bool, String) {
+    let out = p
+        .cmd(args)
+        .env("SLURM_CONF", conf)
+        .output()
+        .expect("spawn pipe");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `(stage, job id)` of every "submitted as job N" / "already queued as job N" line.
+fn jobs_in(stderr: &str) -> Vec<(String, String, bool)> {
+    stderr
+        .lines()
+        .filter_map(|l| {
+            let stage = l.split_whitespace().next()?.to_string();
+            let (fresh, rest) = if let Some(r) = l.split("submitted as job ").nth(1) {
+                (true, r)
+            } else {
+                (false, l.split("already queued as job ").nth(1)?)
+            };
+            let id: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+            Some((stage, id, fresh))
+        })
+        .collect()
+}
+
+fn slurm_job_state(conf: &str, id: &str) -> String {
+    let out = Command::new("scontrol")
+        .args(["show", "job", id, "-o"])
+        .env("SLURM_CONF", conf)
+        .output()
+        .expect("scontrol");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("JobState="))
+        .unwrap_or("GONE")
+        .to_string()
+}
+
+fn wait_for(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !done() {
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "timed out after {secs}s waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn log_of(p: &Project, conf: &str, id: &str) -> String {
+    let out = Command::new("scontrol")
+        .args(["show", "job", id, "-o"])
+        .env("SLURM_CONF", conf)
+        .output()
+        .expect("scontrol");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let path = text
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("StdOut="))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| p.cache().join("jobs"));
+    std::fs::read_to_string(&path).unwrap_or_default()
+}
+
+#[test]
+fn slurm_runs_shared_data_stages_once_and_each_training_as_its_own_job() {
+    let Some(conf) = cluster() else { return };
+    let p = Project::new();
+    p.manifest("exp1.toml", &experiment("exp1", 0.01, 2, 30));
+    p.manifest("exp2.toml", &experiment("exp2", 0.02, 2, 30));
+
+    let (ok, e1) = pipe(&p, &conf, &["run", "exp1", "--executor", "slurm"]);
+    assert!(ok, "{e1}");
+    let (ok, e2) = pipe(&p, &conf, &["run", "exp2", "--executor", "slurm", "--wait"]);
+    assert!(ok, "{e2}");
+    let j1 = jobs_in(&e1);
+    let j2 = jobs_in(&e2);
+    assert_eq!(j1.len(), 5, "exp1 submits all five stages:\n{e1}");
+    assert!(j1.iter().all(|j| j.2), "{e1}");
+    // exp2's data stages are exp1's jobs; its train and evaluate are new jobs.
+    for (stage, id, fresh) in &j2 {
+        let mine = j1.iter().find(|j| &j.0 == stage);
+        match stage.as_str() {
+            "ingest" | "split" | "hdf5" => {
+                assert!(!fresh, "{stage} submitted again:\n{e2}");
+                assert_eq!(Some(id), mine.map(|j| &j.1), "{e2}");
+            }
+            "train" | "evaluate" => {
+                assert!(fresh, "{e2}");
+                assert_ne!(Some(id), mine.map(|j| &j.1));
+            }
+            other => panic!("unexpected stage {other}"),
+        }
+    }
+    let train1 = &j1.iter().find(|j| j.0 == "train").unwrap().1;
+    let train2 = &j2.iter().find(|j| j.0 == "train").unwrap().1;
+    wait_for("exp1's jobs", 240, || {
+        j1.iter().all(|(_, id, _)| {
+            !matches!(
+                slurm_job_state(&conf, id).as_str(),
+                "PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING"
+            )
+        })
+    });
+    for id in [train1, train2] {
+        assert_eq!(slurm_job_state(&conf, id), "COMPLETED");
+        let log = log_of(&p, &conf, id);
+        assert!(log.contains("train        ran"), "job {id}'s log:\n{log}");
+    }
+    // The shared stages ran once: one log, one "ran", per data stage.
+    for (stage, id, _) in j1
+        .iter()
+        .filter(|j| ["ingest", "split", "hdf5"].contains(&j.0.as_str()))
+    {
+        let log = log_of(&p, &conf, id);
+        assert_eq!(
+            log.matches(&format!("{stage:<12} ran")).count(),
+            1,
+            "{stage}: {log}"
+        );
+    }
+    // Both pipelines are complete in the store, and a second run submits nothing.
+    for name in ["exp1", "exp2"] {
+        let st = p.ok(&["status", name, "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+        for s in v["stages"].as_array().unwrap() {
+            assert_eq!(s["state"], "cached", "{name}: {s}");
+        }
+        let (ok, again) = pipe(&p, &conf, &["run", name, "--executor", "slurm"]);
+        assert!(ok, "{again}");
+        assert!(again.contains("nothing to do"), "{again}");
+        assert!(jobs_in(&again).is_empty(), "{again}");
+    }
+    // Different learning rates: two different trained models.
+    let metrics = |n: &str| {
+        let out = p.ok(&["run", n, "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        common::field(&v, "train", "output")
+    };
+    assert_ne!(metrics("exp1"), metrics("exp2"));
+}
+
+#[test]
+fn a_training_job_cancelled_mid_run_resumes_from_its_checkpoint() {
+    let Some(conf) = cluster() else { return };
+    let p = Project::new();
+    // Enough images that an epoch takes a moment on two cores.
+    p.manifest("long.toml", &experiment("long", 0.01, 8, 400));
+    let (ok, e1) = pipe(&p, &conf, &["run", "long", "--executor", "slurm"]);
+    assert!(ok, "{e1}");
+    let jobs = jobs_in(&e1);
+    let train = jobs.iter().find(|j| j.0 == "train").unwrap().1.clone();
+    let eval = jobs.iter().find(|j| j.0 == "evaluate").unwrap().1.clone();
+    // Cancel it once it has written a checkpoint and is still training.
+    let scratch = p.cache().join("scratch");
+    let checkpoint = || -> Option<PathBuf> {
+        for e in std::fs::read_dir(&scratch).ok()? {
+            let c = e.ok()?.path().join("checkpoints/epoch_1.safetensors");
+            if c.is_file() {
+                return Some(c);
+            }
+        }
+        None
+    };
+    wait_for("the first checkpoint", 240, || checkpoint().is_some());
+    assert_eq!(slurm_job_state(&conf, &train), "RUNNING");
+    let st = Command::new("scancel")
+        .arg(&train)
+        .env("SLURM_CONF", &conf)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    wait_for("the cancelled job to end", 60, || {
+        slurm_job_state(&conf, &train) == "CANCELLED"
+    });
+    // Its dependent was cancelled too, nothing of it was published, and status says why.
+    wait_for("the dependent job to be cancelled", 60, || {
+        slurm_job_state(&conf, &eval) != "PENDING"
+    });
+    assert_ne!(slurm_job_state(&conf, &eval), "COMPLETED");
+    let out = p
+        .cmd(&["status", "long", "--json"])
+        .env("SLURM_CONF", &conf)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let train_status = v["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "train")
+        .unwrap()
+        .clone();
+    assert_eq!(train_status["state"], "stale", "{train_status}");
+    let reasons = train_status["reasons"].to_string();
+    assert!(reasons.contains("CANCELLED"), "{reasons}");
+    assert!(reasons.contains("resumes from its checkpoint"), "{reasons}");
+    // The next run submits train and evaluate only, and the training resumes.
+    let (ok, e2) = pipe(&p, &conf, &["run", "long", "--executor", "slurm", "--wait"]);
+    assert!(ok, "{e2}");
+    let again: Vec<String> = jobs_in(&e2).into_iter().map(|j| j.0).collect();
+    assert_eq!(again, ["train", "evaluate"], "{e2}");
+    let new_train = jobs_in(&e2).into_iter().find(|j| j.0 == "train").unwrap().1;
+    let log = log_of(&p, &conf, &new_train);
+    assert!(
+        log.contains("resuming from its checkpoint at epoch"),
+        "the second training job's log:\n{log}"
+    );
+    let out = p.ok(&["status", "long", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["state"] == "cached"));
+}
+
+#[test]
+fn local_executor_runs_independent_stages_side_by_side() {
+    let p = Project::new();
+    // Two trainings reading one HDF5 stage: independent once the data exists.
+    let mut text = experiment("fan", 0.01, 1, 20);
+    text.push_str(
+        r#"
+[stages.train_b]
+kind = "train"
+input = "hdf5"
+network = "net"
+epochs = 1
+batch_size = 16
+optimizer = "sgd"
+lr = 0.05
+device = "cpu"
+"#,
+    );
+    p.manifest("fan.toml", &text);
+    let out = p.ok(&["run", "fan", "-j", "2"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    for stage in ["ingest", "split", "hdf5", "train", "train_b", "evaluate"] {
+        assert!(err.contains(&format!("{stage:<12} started")), "{err}");
+        assert!(err.contains(&format!("{stage:<12} ran")), "{err}");
+    }
+    // train and train_b both started before either finished.
+    let pos = |s: &str| err.find(s).unwrap_or_else(|| panic!("{s} in {err}"));
+    let first_done = pos("train        ran").min(pos("train_b      ran"));
+    assert!(
+        pos("train        started") < first_done && pos("train_b      started") < first_done,
+        "{err}"
+    );
+    let again = p.ok(&["run", "fan", "-j", "2"]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("nothing to do"));
+    // The local run and the in-process run agree on every key.
+    let v = p.run_json("fan", &[]);
+    assert!(common::states(&v).iter().all(|(_, s)| s == "cached"));
+}
+
+#[test]
+fn resources_are_checked_and_stay_out_of_the_key() {
+    let p = Project::new();
+    let base = experiment("r", 0.01, 1, 20);
+    p.manifest("r.toml", &base);
+    let key = |p: &Project| {
+        let out = p.ok(&["status", "r", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["stages"][3]["key"].as_str().unwrap_or("").to_string()
+    };
+    p.ok(&["run", "r", "--until", "hdf5"]);
+    let k1 = key(&p);
+    p.manifest(
+        "r.toml",
+        &base.replace(
+            r#"resources = { cpus = 1, mem = "1G", time = "00:30:00" }"#,
+            r#"resources = { cpus = 8, gpus = 1, mem = "32G", time = "1-12:00:00", partition = "gpu" }"#,
+        ),
+    );
+    assert_eq!(key(&p), k1, "resources are not part of the key");
+    for (bad, msg) in [
+        (r#"resources = { mem = "lots" }"#, "`mem` must be a size"),
+        (
+            r#"resources = { time = "noon" }"#,
+            "`time` must be a Slurm time limit",
+        ),
+        (r#"resources = { gpu = 1 }"#, "gpu"),
+        (r#"resources = { cpus = -1 }"#, "cpus"),
+    ] {
+        p.manifest(
+            "r.toml",
+            &base.replace(
+                r#"resources = { cpus = 1, mem = "1G", time = "00:30:00" }"#,
+                bad,
+            ),
+        );
+        let err = p.fails(&["status", "r"]);
+        assert!(err.contains(msg), "{bad}: {err}");
+        assert!(err.contains("stages.train.resources"), "{bad}: {err}");
+    }
+}
