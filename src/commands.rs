@@ -104,6 +104,138 @@ pub fn run_stage(g: &Global, manifest: &str, stage: &str, sets: &[String]) -> Re
     Ok(())
 }
 
+/// Columns of the terminal on stdout (`$COLUMNS`, else the tty's, else 120).
+fn terminal_width() -> usize {
+    if let Some(w) = std::env::var("COLUMNS").ok().and_then(|c| c.parse().ok()) {
+        return w;
+    }
+    // SAFETY: TIOCGWINSZ fills a winsize struct we own; on failure it is left zeroed.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
+    if ok && ws.ws_col > 0 {
+        ws.ws_col as usize
+    } else {
+        120
+    }
+}
+
+/// Output format of `show`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShowFormat {
+    /// A table that fits the terminal.
+    Table,
+    /// JSON rows.
+    Json,
+    /// CSV, every column.
+    Csv,
+}
+
+/// `pipe show`: pipelines side by side (default: every manifest in `pipelines/`).
+pub fn show(
+    g: &Global,
+    pipelines: &[String],
+    sets: &[String],
+    sort: Option<&str>,
+    format: ShowFormat,
+) -> Result<()> {
+    use crate::report::compare;
+    let discovered = Project::discover(g.cache.clone())?;
+    let names: Vec<String> = if pipelines.is_empty() {
+        crate::manifest::list(&discovered.pipelines)?
+            .into_iter()
+            .map(|p| p.display().to_string())
+            .collect()
+    } else {
+        pipelines.to_vec()
+    };
+    let mut rows = Vec::new();
+    let mut skipped = Vec::new();
+    for n in &names {
+        match discovered.load(n, sets) {
+            Ok((proj, p)) => {
+                let mut engine = Engine::read_only(&proj.cache);
+                rows.push(compare::gather(&mut engine, &p)?);
+            }
+            // Named explicitly: an error. Listed from the folder: say so and go on (a
+            // base file that is not a pipeline, a manifest that needs `--set`).
+            Err(e) if pipelines.is_empty() => skipped.push(format!("{n}: {e}")),
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some(key) = sort {
+        compare::sort(&mut rows, key)?;
+    }
+    match format {
+        ShowFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        ShowFormat::Csv => print!("{}", compare::render_csv(&rows)?),
+        ShowFormat::Table => {
+            if rows.is_empty() {
+                anyhow::bail!("no pipelines to show in {}", discovered.pipelines.display());
+            }
+            print!("{}", compare::render_table(&rows, terminal_width()));
+        }
+    }
+    for s in skipped {
+        eprintln!("note: not shown: {}", s.lines().next().unwrap_or(""));
+    }
+    Ok(())
+}
+
+/// `pipe diff A [B]`: two pipelines, or one against its last run.
+pub fn diff(g: &Global, a: &str, b: Option<&str>, sets: &[String], json: bool) -> Result<()> {
+    use crate::report::compare;
+    let discovered = Project::discover(g.cache.clone())?;
+    let (pa, p) = discovered.load(a, sets)?;
+    let mut ea = Engine::read_only(&pa.cache);
+    let (sa, sb) = match b {
+        Some(b) => {
+            let (pb, q) = discovered.load(b, sets)?;
+            let mut eb = Engine::read_only(&pb.cache);
+            (
+                compare::side_of(&mut ea, &p)?,
+                compare::side_of(&mut eb, &q)?,
+            )
+        }
+        None => {
+            let last = compare::last_run_side(&ea, &p)?;
+            // The current manifest in the same terms as the record (structure networks).
+            let mut now = compare::side_of(&mut ea, &p)?;
+            now.label = format!("{} (manifest now)", p.name);
+            for (stage, s) in &p.stages {
+                if let crate::manifest::StageConfig::Train(_) = &s.config {
+                    let v = s.config.to_json();
+                    let arr = v["network"].clone();
+                    now.config.insert(
+                        format!("stages.{stage}.network"),
+                        format!(
+                            "(structure {})",
+                            &blake3::hash(serde_json::to_string(&arr)?.as_bytes()).to_hex()[..12]
+                        ),
+                    );
+                    if let Some((_, g)) = now.networks.get_mut(stage) {
+                        for (i, n) in g.nodes.iter_mut().enumerate() {
+                            n.name = format!("#{i}");
+                        }
+                    }
+                }
+            }
+            // Keys the record does not hold (resources, inputs of never-run stages) are
+            // not part of a run.
+            now.config
+                .retain(|k, _| !k.contains(".resources.") && k != "seed");
+            (last, now)
+        }
+    };
+    let d = compare::diff(&sa, &sb);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&d)?);
+    } else {
+        println!("{} vs {}", d.a, d.b);
+        print!("{}", compare::render_diff(&d));
+    }
+    Ok(())
+}
+
 /// `pipe status`.
 pub fn status(g: &Global, pipeline: &str, sets: &[String], json: bool) -> Result<()> {
     let (proj, p) = load(g, pipeline, sets)?;

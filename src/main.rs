@@ -72,6 +72,36 @@ enum Cmd {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
     },
+    /// Pipelines side by side: schedules, final metrics, ranks, size, time, state
+    Show {
+        /// Pipelines (default: every manifest in pipelines/)
+        pipelines: Vec<String>,
+        /// Sort best first by a metric: val.acc, val.loss, rank1, <stage>.rank1, <split>.rank5, time, params, ...
+        #[arg(long, value_name = "METRIC")]
+        sort: Option<String>,
+        /// Override a key in every pipeline, as for `run`
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Print JSON
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        /// Print CSV
+        #[arg(long)]
+        csv: bool,
+    },
+    /// Compare two pipelines (config, network layers, metrics), or one with its last run
+    Diff {
+        /// A pipeline
+        a: String,
+        /// Another pipeline (default: A's last run in the store)
+        b: Option<String>,
+        /// Override a key in both, as for `run`
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Which stages are cached or stale, and why
     Status {
         /// Pipeline name, alias, or manifest path
@@ -341,6 +371,26 @@ fn main() -> ExitCode {
             sets,
             json,
         } => commands::status(&g, &pipeline, &sets, json),
+        Cmd::Show {
+            pipelines,
+            sort,
+            sets,
+            json,
+            csv,
+        } => commands::show(
+            &g,
+            &pipelines,
+            &sets,
+            sort.as_deref(),
+            if json {
+                commands::ShowFormat::Json
+            } else if csv {
+                commands::ShowFormat::Csv
+            } else {
+                commands::ShowFormat::Table
+            },
+        ),
+        Cmd::Diff { a, b, sets, json } => commands::diff(&g, &a, b.as_deref(), &sets, json),
         Cmd::Dag {
             pipeline,
             sets,
