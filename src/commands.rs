@@ -30,6 +30,7 @@ pub fn run(
     json: bool,
 ) -> Result<()> {
     let (proj, p) = load(g, pipeline, sets)?;
+    let opts_dry_run = opts.dry_run;
     let mut engine = if opts.dry_run {
         Engine::read_only(&proj.cache)
     } else {
@@ -53,6 +54,12 @@ pub fn run(
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
+        if opts_dry_run {
+            let total: f64 = report.stages.iter().filter_map(|s| s.estimate).sum();
+            if total > 0.0 {
+                eprintln!("estimated: {}", crate::engine::estimate::human(total));
+            }
+        }
         let ran = report.stages.iter().filter(|s| s.state == "ran").count();
         let cached = report.stages.iter().filter(|s| s.state == "cached").count();
         let secs: f64 = report.stages.iter().map(|s| s.seconds).sum();
@@ -252,9 +259,28 @@ pub fn status(g: &Global, pipeline: &str, sets: &[String], json: bool) -> Result
         let detail = if s.state == "cached" {
             s.summary.clone()
         } else {
-            s.reasons.join("; ")
+            let est = s.estimate.map_or(String::new(), |e| {
+                format!("[est. {}] ", crate::engine::estimate::human(e))
+            });
+            format!("{est}{}", s.reasons.join("; "))
         };
         println!("  {:<12} {:<7} key {key:<12}  {detail}", s.name, s.state);
+    }
+    let total: f64 = stages.iter().filter_map(|s| s.estimate).sum();
+    let unknown = stages
+        .iter()
+        .filter(|s| s.state != "cached" && s.estimate.is_none())
+        .count();
+    if total > 0.0 {
+        println!(
+            "estimated time to bring it up to date: {}{}",
+            crate::engine::estimate::human(total),
+            if unknown > 0 {
+                format!(" (+ {unknown} stage(s) with no past run to go by)")
+            } else {
+                String::new()
+            }
+        );
     }
     Ok(())
 }

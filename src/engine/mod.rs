@@ -6,6 +6,7 @@
 //! on input content and not on input keys, a stage that re-runs and reproduces identical
 //! bytes leaves every later key unchanged (early cutoff).
 
+pub mod estimate;
 pub mod executor;
 pub mod fingerprint;
 pub mod integrity;
@@ -18,7 +19,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::manifest::{self, Pipeline};
+use crate::manifest::{self, Pipeline, StageConfig};
 use crate::stages::{self, DatasetFiles, StageCtx};
 use fingerprint::{fingerprint_tree, TreeFingerprint};
 use store::{KeyRecord, StageState, Store};
@@ -163,6 +164,8 @@ pub struct StageOutcome {
     pub summary: String,
     /// Why it ran (or would run); empty when cached.
     pub reasons: Vec<String>,
+    /// Estimated seconds, for a stage that would run (from past runs; see `estimate`).
+    pub estimate: Option<f64>,
 }
 
 /// The result of `pipe run`.
@@ -182,6 +185,8 @@ pub struct RunReport {
 pub struct Engine {
     store: Store,
     fingerprints: HashMap<PathBuf, TreeFingerprint>,
+    /// The store's timing log, read once (for estimates).
+    timings: Option<Vec<estimate::TimingRecord>>,
 }
 
 struct Resolved {
@@ -197,6 +202,7 @@ impl Engine {
         Ok(Engine {
             store: Store::open(cache)?,
             fingerprints: HashMap::new(),
+            timings: None,
         })
     }
 
@@ -205,6 +211,7 @@ impl Engine {
         Engine {
             store: Store::open_read_only(cache),
             fingerprints: HashMap::new(),
+            timings: None,
         }
     }
 
@@ -323,6 +330,7 @@ impl Engine {
                 seconds: 0.0,
                 summary: String::new(),
                 reasons: Vec::new(),
+                estimate: None,
             };
             if wanted.as_ref().is_some_and(|w| !w.contains(&name)) {
                 outcome.state = "skipped".into();
@@ -332,6 +340,7 @@ impl Engine {
                 continue;
             }
             let Some(r) = self.resolve(p, &name, &outputs)? else {
+                outcome.estimate = self.estimate_stage(p, &name, &outputs);
                 outcome.state = "waiting".into();
                 outcome.reasons = s
                     .inputs
@@ -374,6 +383,7 @@ impl Engine {
                 explain(prev.as_ref(), &kind, &r, &HashSet::new())
             };
             if opts.dry_run {
+                outcome.estimate = self.estimate_stage(p, &name, &outputs);
                 outcome.state = "would-run".into();
                 self.print(&outcome, opts);
                 report.stages.push(outcome);
@@ -467,7 +477,66 @@ impl Engine {
             seconds,
         })?;
         self.store.remove_scratch(&r.key)?;
+        let dirs: Vec<PathBuf> = s
+            .inputs
+            .iter()
+            .map(|i| self.store.artifact_dir(&outputs[i]))
+            .collect();
+        let files = stages::external_root(p, s)
+            .and_then(|root| self.fingerprints.get(&root))
+            .map(|f| f.files.len());
+        if let Some((images, epochs)) = estimate::units(p, name, &dirs, files) {
+            let (kind, network, device, backend) = estimate::describe(p, name);
+            let rec = estimate::TimingRecord {
+                kind,
+                network,
+                device,
+                backend,
+                images,
+                epochs,
+                seconds,
+            };
+            if let Err(e) = estimate::append(self.store.root(), &rec) {
+                eprintln!("warning: could not record the stage's timing: {e:#}");
+            }
+        }
         Ok((output, summary, seconds))
+    }
+
+    /// Estimated seconds for a stage that would run, given the outputs known so far.
+    fn estimate_stage(
+        &mut self,
+        p: &Pipeline,
+        name: &str,
+        outputs: &HashMap<String, String>,
+    ) -> Option<f64> {
+        let past = self
+            .timings
+            .get_or_insert_with(|| estimate::load(self.store.root()));
+        if past.is_empty() {
+            return None;
+        }
+        let s = &p.stages[name];
+        let mut dirs: Vec<PathBuf> = s
+            .inputs
+            .iter()
+            .filter_map(|i| outputs.get(i).map(|o| self.store.artifact_dir(o)))
+            .collect();
+        // An lr-drop's HDF5 input may be reached only through its `from`: look upstream.
+        for a in p.ancestors_of(name) {
+            if let Some(o) = outputs.get(&a) {
+                if matches!(p.stages[&a].config, StageConfig::Hdf5(_)) {
+                    dirs.push(self.store.artifact_dir(o));
+                }
+            }
+        }
+        let files = stages::external_root(p, s)
+            .and_then(|root| self.fingerprints.get(&root))
+            .map(|f| f.files.len());
+        let (images, epochs) = estimate::units(p, name, &dirs, files)?;
+        let what = estimate::describe(p, name);
+        let past = self.timings.as_ref()?;
+        estimate::estimate(past, &what, images, epochs)
     }
 
     /// Run one stage of a pipeline whose inputs are all in the store (what a cluster job
@@ -513,6 +582,7 @@ impl Engine {
                 seconds: 0.0,
                 summary: String::new(),
                 reasons: Vec::new(),
+                estimate: None,
             };
             let mut damage = Vec::new();
             let (output, summary, seconds) =
@@ -615,7 +685,12 @@ impl Engine {
             String::new()
         };
         let detail = match o.state.as_str() {
-            "would-run" | "waiting" => o.reasons.join("; "),
+            "would-run" | "waiting" => {
+                let est = o.estimate.map_or("no estimate yet".into(), |e| {
+                    format!("est. {}", estimate::human(e))
+                });
+                format!("[{est}] {}", o.reasons.join("; "))
+            }
             _ => {
                 let mut d = o.summary.clone();
                 if o.state == "ran" && o.reasons.iter().any(|r| r.starts_with("output unchanged")) {
@@ -680,6 +755,7 @@ impl Engine {
                 seconds: 0.0,
                 summary: String::new(),
                 reasons: Vec::new(),
+                estimate: None,
             };
             match self.resolve(p, &name, &outputs)? {
                 Some(r) => {
@@ -705,6 +781,7 @@ impl Engine {
                             );
                         }
                         stale_inputs.insert(name.clone());
+                        o.estimate = self.estimate_stage(p, &name, &outputs);
                     }
                 }
                 None => {
@@ -715,6 +792,7 @@ impl Engine {
                         .map(|i| format!("input {i} changed"))
                         .collect();
                     stale_inputs.insert(name.clone());
+                    o.estimate = self.estimate_stage(p, &name, &outputs);
                 }
             }
             out.push(o);

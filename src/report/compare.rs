@@ -450,6 +450,29 @@ pub fn render_table(rows: &[Row], width: usize) -> String {
         };
         widths[i] -= 1;
     }
+    // Still too wide: leave out the least telling columns, and say which.
+    let mut dropped = Vec::new();
+    for name in [
+        "MACs",
+        "params",
+        "backend",
+        "device",
+        "time",
+        "train loss",
+        "train acc",
+        "network",
+        "schedule",
+        "state",
+    ] {
+        if total(&widths) <= width {
+            break;
+        }
+        if let Some(i) = cols.iter().position(|(h, _)| h == name) {
+            cols.remove(i);
+            widths.remove(i);
+            dropped.push(name);
+        }
+    }
     let cut = |s: &str, w: usize| -> String {
         if s.chars().count() <= w {
             format!("{s:<w$}")
@@ -459,9 +482,40 @@ pub fn render_table(rows: &[Row], width: usize) -> String {
             t
         }
     };
+    // Header lines wrap at the width, between items.
+    let wrap = |first: &str, items: Vec<String>, sep: &str, last: &str| -> String {
+        let mut out = String::new();
+        let mut line = first.to_string();
+        for (i, it) in items.iter().enumerate() {
+            let piece = if i + 1 < items.len() {
+                format!("{it}{sep}")
+            } else {
+                format!("{it}{last}")
+            };
+            if line.chars().count() + piece.trim_end().chars().count() > width
+                && !line.trim().is_empty()
+            {
+                out.push_str(line.trim_end());
+                out.push('\n');
+                line = "  ".to_string();
+            }
+            line.push_str(&piece);
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+        out
+    };
     let mut out = String::new();
     if !header.is_empty() {
-        out.push_str(&format!("same for all: {}\n", header.join(" | ")));
+        out.push_str(&wrap("same for all: ", header, " | ", ""));
+    }
+    if !dropped.is_empty() {
+        out.push_str(&wrap(
+            "(not shown for the width: ",
+            dropped.iter().map(|d| d.to_string()).collect(),
+            ", ",
+            "; see --csv or --json)",
+        ));
     }
     let line = |cells: Vec<String>| cells.join("  ").trim_end().to_string() + "\n";
     out.push_str(&line(

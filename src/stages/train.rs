@@ -630,13 +630,18 @@ fn run_segment(ctx: &StageCtx<'_>, data: &Path, seg: Segment<'_>) -> Result<Stri
     );
     let k = model.classes();
     let bs = plan.batch_size;
+    // One bar for the whole stage: images/s and the ETA cover every remaining epoch.
+    let pb = progress::bar(
+        (train.n * (end - first)) as u64,
+        stage,
+        &format!("epoch {}/{end}", first + 1),
+    );
     for e in first..end {
         let lr = schedule.lr(e);
         let mut order: Vec<usize> = (0..train.n).collect();
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(derive_seed(
             plan.seed, "shuffle", e as u64, 0,
         )));
-        let pb = progress::bar(train.n as u64, stage, &format!("epoch {}/{end}", e + 1));
         let t0 = Instant::now();
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
         // Backends that keep loss and accuracy on the device are read at most 4 times a
@@ -683,7 +688,6 @@ fn run_segment(ctx: &StageCtx<'_>, data: &Path, seg: Segment<'_>) -> Result<Stri
             }
         }
         let secs = t0.elapsed().as_secs_f64();
-        pb.finish_and_clear();
         let probs = predict_split(model.as_mut(), &plan.graph, &val, &mean, 128)?;
         let (val_loss, val_acc) = loss_and_acc(&probs, &val.labels, k);
         let rec = EpochRecord {
@@ -696,16 +700,18 @@ fn run_segment(ctx: &StageCtx<'_>, data: &Path, seg: Segment<'_>) -> Result<Stri
             val_acc,
             images_per_sec: seen as f64 / secs.max(1e-9),
         };
-        eprintln!(
-            "{stage}: epoch {:>3}/{end}  lr {:.2e}  loss {:.4}  acc {:.2}%  val_loss {:.4}  val_acc {:.2}%  {:.0} img/s",
-            rec.epoch,
-            rec.lr,
-            rec.train_loss,
-            100.0 * rec.train_acc,
-            rec.val_loss,
-            100.0 * rec.val_acc,
-            rec.images_per_sec
-        );
+        pb.suspend(|| {
+            eprintln!(
+                "{stage}: epoch {:>3}/{end}  lr {:.2e}  loss {:.4}  acc {:.2}%  val_loss {:.4}  val_acc {:.2}%  {:.0} img/s",
+                rec.epoch,
+                rec.lr,
+                rec.train_loss,
+                100.0 * rec.train_acc,
+                rec.val_loss,
+                100.0 * rec.val_acc,
+                rec.images_per_sec
+            )
+        });
         history.push(rec);
         history::write(ctx.scratch, &history)?;
         history::write_timings(ctx.scratch, &history)?;
@@ -719,6 +725,7 @@ fn run_segment(ctx: &StageCtx<'_>, data: &Path, seg: Segment<'_>) -> Result<Stri
         }
         super::fault_point(&format!("{stage}:epoch{}", e + 1));
     }
+    pb.finish_and_clear();
     // Publish: final state, weights alone, this segment's checkpoints, history, plan.
     let state = with_mean(model.state(), &mean);
     let meta = checkpoint_meta(end, &history, &plan)?;
