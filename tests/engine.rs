@@ -194,12 +194,33 @@ fn sigkill_during_hdf5_leaves_a_store_the_next_run_repairs() {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 
-    // The half-written HDF5 file exists only under tmp/, and no key points at it.
-    let tmp: Vec<_> = std::fs::read_dir(p.cache().join("tmp")).unwrap().collect();
+    // The half-written HDF5 file exists only in the stage key's scratch folder (its
+    // `publishing-<pid>` work folder), and no key points at it.
+    let work = || -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for k in std::fs::read_dir(p.cache().join("scratch")).unwrap() {
+            for e in std::fs::read_dir(k.unwrap().path()).unwrap() {
+                let e = e.unwrap().path();
+                if e.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("publishing-")
+                {
+                    out.push(e);
+                }
+            }
+        }
+        out
+    };
+    let left = work();
     assert_eq!(
-        tmp.len(),
+        left.len(),
         1,
-        "the killed stage's work folder is left in tmp/"
+        "the killed stage's work folder is left: {left:?}"
+    );
+    assert!(
+        std::fs::read_dir(&left[0]).unwrap().count() > 0,
+        "it holds the half-written output"
     );
     let out = p.ok(&["status", "exp", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -209,7 +230,7 @@ fn sigkill_during_hdf5_leaves_a_store_the_next_run_repairs() {
     assert_eq!(state_of(&r, "ingest"), "cached");
     assert_eq!(state_of(&r, "split"), "cached");
     assert_eq!(state_of(&r, "hdf5"), "ran");
-    assert_eq!(std::fs::read_dir(p.cache().join("tmp")).unwrap().count(), 0);
+    assert!(work().is_empty(), "the next run cleared it");
 
     // Identical to a run that was never interrupted.
     let clean = Project::new();

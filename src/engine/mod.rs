@@ -90,8 +90,8 @@ impl Project {
 
 /// Settle what depends on this machine, before any key is computed: `device = "auto"`
 /// becomes `cuda` when this build can open a GPU (said once on stderr), else `cpu`; an
-/// unset `backend` becomes `native` on the CPU and `dfdx` on a GPU (the native backend has
-/// no CUDA device yet).
+/// unset `backend` becomes `native`, except on a GPU in builds with dfdx's CUDA device
+/// (`dfdx-cuda`), where it stays `dfdx` until the native CUDA path has been measured.
 pub fn resolve_devices(p: &mut Pipeline) {
     use manifest::{BackendKind, DeviceSetting, StageConfig};
     fn device(d: Option<DeviceSetting>) -> DeviceSetting {

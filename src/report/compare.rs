@@ -81,6 +81,8 @@ pub struct Row {
     pub backend: String,
     /// Every stage's state.
     pub stages: Vec<StageState>,
+    /// Why the stages' states are unknown (a dataset folder that is not there, say).
+    pub error: Option<String>,
 }
 
 fn network_of(p: &Pipeline, stage: &str, depth: usize) -> Option<String> {
@@ -114,7 +116,10 @@ pub fn first_graph(p: &Pipeline) -> Option<(String, &Graph)> {
 
 /// Gather one pipeline's row from its manifest and the store.
 pub fn gather(engine: &mut Engine, p: &Pipeline) -> Result<Row> {
-    let status = engine.status(p)?;
+    let (status, error) = match engine.status(p) {
+        Ok(s) => (s, None),
+        Err(e) => (Vec::new(), Some(format!("{e:#}"))),
+    };
     let by_name: BTreeMap<&str, &crate::engine::StageOutcome> =
         status.iter().map(|o| (o.name.as_str(), o)).collect();
     let artifact = |stage: &str| -> Option<std::path::PathBuf> {
@@ -139,6 +144,7 @@ pub fn gather(engine: &mut Engine, p: &Pipeline) -> Result<Row> {
                 reasons: o.reasons.clone(),
             })
             .collect(),
+        error,
     };
     if let Some((_, g)) = first_graph(p) {
         if let Ok(infos) = g.infer() {
@@ -285,6 +291,9 @@ impl Row {
 
     /// `cached`, or what is not: `4/7 cached; train: config changed: lr 0.002 -> 0.003`.
     pub fn state_line(&self) -> String {
+        if let Some(e) = &self.error {
+            return format!("unknown: {}", e.split(": caused by").next().unwrap_or(e));
+        }
         let cached = self.stages.iter().filter(|s| s.state == "cached").count();
         if cached == self.stages.len() {
             return "cached".into();
