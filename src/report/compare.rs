@@ -444,21 +444,17 @@ pub fn render_table(rows: &[Row], width: usize) -> String {
         })
         .collect();
     let total = |w: &[usize]| w.iter().sum::<usize>() + 2 * w.len().saturating_sub(1);
-    // Narrow the widest of the long text columns until it fits (not below 12).
-    while total(&widths) > width {
-        let Some((i, _)) = widths
-            .iter()
-            .enumerate()
-            .filter(|(i, w)| {
-                **w > 12
-                    && ["schedule", "state", "network", "pipeline"].contains(&cols[*i].0.as_str())
-            })
-            .max_by_key(|(_, w)| **w)
-        else {
-            break;
-        };
-        widths[i] -= 1;
-    }
+    // Narrow the long text columns, least telling first, down to 12 characters each.
+    let narrow = |cols: &Vec<(String, Vec<String>)>, widths: &mut Vec<usize>, order: &[&str]| {
+        for name in order {
+            if let Some(i) = cols.iter().position(|(h, _)| h == name) {
+                while total(widths) > width && widths[i] > 12 {
+                    widths[i] -= 1;
+                }
+            }
+        }
+    };
+    narrow(&cols, &mut widths, &["state", "network", "schedule"]);
     // Still too wide: leave out the least telling columns, and say which.
     let mut dropped = Vec::new();
     for name in [
@@ -482,6 +478,7 @@ pub fn render_table(rows: &[Row], width: usize) -> String {
             dropped.push(name);
         }
     }
+    narrow(&cols, &mut widths, &["pipeline"]);
     let cut = |s: &str, w: usize| -> String {
         if s.chars().count() <= w {
             format!("{s:<w$}")
