@@ -248,7 +248,14 @@ fn slurm_runs_shared_data_stages_once_and_each_training_as_its_own_job() {
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         common::field(&v, "train", "output")
     };
-    assert_ne!(metrics("exp1"), metrics("exp2"));
+    let (o1, o2) = (metrics("exp1"), metrics("exp2"));
+    assert_ne!(o1, o2);
+    // Each job's log sits next to the artifact it made.
+    for out in [o1, o2] {
+        let log = std::fs::read_to_string(p.cache().join("logs").join(format!("{out}.log")))
+            .unwrap_or_else(|e| panic!("the log of artifact {out}: {e}"));
+        assert!(log.contains("train        ran"), "{log}");
+    }
 }
 
 #[test]

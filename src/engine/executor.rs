@@ -342,8 +342,9 @@ impl Engine {
             crate::atomic::write_atomic(
                 &script,
                 format!(
-                    "#!/bin/sh\n# pipe: pipeline {}, stage {name} (recipe {recipe})\nexec {cmd}\n",
-                    p.name
+                    "#!/bin/sh\n# pipe: pipeline {}, stage {name} (recipe {recipe})\nexport PIPE_JOB_LOG={}\nexec {cmd}\n",
+                    p.name,
+                    sh_quote(&log.display().to_string())
                 )
                 .as_bytes(),
             )?;
@@ -511,6 +512,7 @@ impl Engine {
                     .with_context(|| format!("cannot open {}", log.display()))?;
                 let child = Command::new(&exe)
                     .args(self.worker_args(p, sets, name))
+                    .env("PIPE_JOB_LOG", &log)
                     .current_dir(&p.project_dir)
                     .stdin(Stdio::null())
                     .stdout(f.try_clone()?)

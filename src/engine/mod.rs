@@ -599,6 +599,20 @@ impl Engine {
             self.store.update_state(&p.name, |all| {
                 all.stages.insert(name.clone(), st);
             })?;
+            // A job's log, next to the artifact it made: `logs/<artifact>.log` (a link to
+            // the job's log file, which keeps its last lines as the job ends).
+            if let (Some(log), "ran") = (std::env::var_os("PIPE_JOB_LOG"), outcome.state.as_str()) {
+                let dir = self.store.root().join("logs");
+                let link = dir.join(format!("{output}.log"));
+                let _ = std::fs::create_dir_all(&dir);
+                let _ = std::fs::remove_file(&link);
+                if let Err(e) = std::os::unix::fs::symlink(&log, &link) {
+                    eprintln!(
+                        "warning: could not link the job's log at {}: {e}",
+                        link.display()
+                    );
+                }
+            }
             outcome.output = Some(output);
             outcome.summary = summary;
             outcome.seconds = seconds;
