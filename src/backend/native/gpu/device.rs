@@ -143,7 +143,7 @@ struct Kernels {
 }
 
 /// A kernel argument: a value copied into the launch.
-enum Arg {
+pub(super) enum Arg {
     P(u64),
     I(i64),
     F(f32),
@@ -154,7 +154,7 @@ enum Arg {
 /// Mirrors `struct Pool` in kernels.cu.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct PoolArg {
+pub(super) struct PoolArg {
     n: i64,
     h: i64,
     w: i64,
@@ -167,6 +167,60 @@ struct PoolArg {
     sw: i32,
     pt: i32,
     pl: i32,
+}
+
+impl PoolArg {
+    /// The pool geometry of a window op over `n` images of `c` channels.
+    pub(super) fn new(g: &ConvGeom, n: usize, c: usize) -> PoolArg {
+        PoolArg {
+            n: n as i64,
+            h: g.h as i64,
+            w: g.w as i64,
+            c: c as i64,
+            oh: g.oh as i64,
+            ow: g.ow as i64,
+            kh: g.kh as i32,
+            kw: g.kw as i32,
+            sh: g.sh as i32,
+            sw: g.sw as i32,
+            pt: g.pt as i32,
+            pl: g.pl as i32,
+        }
+    }
+}
+
+/// Each argument's bytes in its own slot, as `cuLaunchKernel` takes them (an array of
+/// pointers to the values; the driver copies each by the size the kernel declares).
+pub(super) fn pack_args(args: &[Arg]) -> Vec<[u8; 128]> {
+    const _: () = assert!(std::mem::size_of::<PoolArg>() <= 128);
+    let mut vals: Vec<[u8; 128]> = Vec::with_capacity(args.len());
+    for a in args {
+        let mut b = [0u8; 128];
+        match a {
+            Arg::P(v) => b[..8].copy_from_slice(&v.to_ne_bytes()),
+            Arg::I(v) => b[..8].copy_from_slice(&v.to_ne_bytes()),
+            Arg::F(v) => b[..4].copy_from_slice(&v.to_ne_bytes()),
+            Arg::B(v) => b[..4].copy_from_slice(&v.to_ne_bytes()),
+            Arg::Pool(p) => {
+                // SAFETY: PoolArg is repr(C) plain integers, 72 bytes (<= 128, checked).
+                let bytes = unsafe {
+                    std::slice::from_raw_parts(
+                        (p as *const PoolArg).cast::<u8>(),
+                        std::mem::size_of::<PoolArg>(),
+                    )
+                };
+                b[..bytes.len()].copy_from_slice(bytes);
+            }
+        }
+        vals.push(b);
+    }
+    vals
+}
+
+/// Launch shape of `bias_backward` for `rows` x `c`: (grid, block).
+pub(super) fn bias_grid(rows: usize, c: usize) -> ((u32, u32), (u32, u32)) {
+    let gy = (rows.div_ceil(8 * 64) as u32).clamp(1, 128);
+    ((c.div_ceil(32) as u32, gy), (32, 8))
 }
 
 /// cuDNN descriptors of one conv node for one batch size, with the measured algorithms.
@@ -639,28 +693,7 @@ impl CudaModel {
             .funcs
             .get(name)
             .ok_or_else(|| anyhow!("no kernel {name}"))?;
-        const _: () = assert!(std::mem::size_of::<PoolArg>() <= 128);
-        let mut vals: Vec<[u8; 128]> = Vec::with_capacity(args.len());
-        for a in args {
-            let mut b = [0u8; 128];
-            match a {
-                Arg::P(v) => b[..8].copy_from_slice(&v.to_ne_bytes()),
-                Arg::I(v) => b[..8].copy_from_slice(&v.to_ne_bytes()),
-                Arg::F(v) => b[..4].copy_from_slice(&v.to_ne_bytes()),
-                Arg::B(v) => b[..4].copy_from_slice(&v.to_ne_bytes()),
-                Arg::Pool(p) => {
-                    // SAFETY: PoolArg is repr(C) plain integers, 72 bytes (<= 128, checked).
-                    let bytes = unsafe {
-                        std::slice::from_raw_parts(
-                            (p as *const PoolArg).cast::<u8>(),
-                            std::mem::size_of::<PoolArg>(),
-                        )
-                    };
-                    b[..bytes.len()].copy_from_slice(bytes);
-                }
-            }
-            vals.push(b);
-        }
+        let mut vals = pack_args(args);
         let mut ptrs: Vec<*mut c_void> = vals.iter_mut().map(|b| b.as_mut_ptr().cast()).collect();
         // SAFETY: `f` comes from our module and `args` match its C signature (each value
         // lives in `vals` until the launch returns, which copies them).
@@ -697,20 +730,7 @@ impl CudaModel {
 
     fn pool_arg(&self, i: usize, n: usize) -> PoolArg {
         let g = conv_geom(&self.graph, &self.infos, i);
-        PoolArg {
-            n: n as i64,
-            h: g.h as i64,
-            w: g.w as i64,
-            c: dims(self.infos[i].shape).2 as i64,
-            oh: g.oh as i64,
-            ow: g.ow as i64,
-            kh: g.kh as i32,
-            kw: g.kw as i32,
-            sh: g.sh as i32,
-            sw: g.sw as i32,
-            pt: g.pt as i32,
-            pl: g.pl as i32,
-        }
+        PoolArg::new(&g, n, dims(self.infos[i].shape).2)
     }
 
     fn fused_relu(&self, plan: &Plan, i: usize) -> Option<usize> {
@@ -1545,11 +1565,11 @@ impl CudaModel {
     }
 
     fn bias_backward(&self, dyv: View, rows: usize, out: u64) -> Result<()> {
-        let gy = (rows.div_ceil(8 * 64) as u32).clamp(1, 128);
+        let (grid, block) = bias_grid(rows, dyv.c);
         self.launch(
             "bias_backward",
-            (dyv.c.div_ceil(32) as u32, gy),
-            (32, 8),
+            grid,
+            block,
             &[
                 self.g(dyv),
                 Arg::I(dyv.ld as i64),

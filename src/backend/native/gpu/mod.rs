@@ -7,3 +7,6 @@ pub mod libs;
 
 #[cfg(feature = "cuda")]
 pub mod device;
+
+#[cfg(all(test, feature = "cuda"))]
+mod emulate;
