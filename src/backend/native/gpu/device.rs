@@ -318,6 +318,8 @@ pub struct CudaModel {
     examples: usize,
     tf32: bool,
     use_graphs: bool,
+    /// `PIPE_CUDA_SYNC=1`: synchronise after every layer (debugging; no graphs).
+    debug_sync: bool,
     /// The optimizer the captured graphs were built with.
     graph_opt: Option<Optimizer>,
     // Last, so they drop after every buffer and descriptor (fields drop in order).
@@ -440,7 +442,9 @@ impl CudaModel {
             step: 0,
             examples: 0,
             tf32: std::env::var("PIPE_CUDA_TF32").map_or(true, |v| v != "0"),
-            use_graphs: std::env::var("PIPE_CUDA_GRAPHS").map_or(true, |v| v != "0"),
+            use_graphs: std::env::var("PIPE_CUDA_GRAPHS").map_or(true, |v| v != "0")
+                && std::env::var("PIPE_CUDA_SYNC").map_or(true, |v| v != "1"),
+            debug_sync: std::env::var("PIPE_CUDA_SYNC").is_ok_and(|v| v == "1"),
             graph_opt: None,
             layout,
         };
@@ -1107,8 +1111,20 @@ impl CudaModel {
                     }
                 }
             }
+            self.debug_check("forward", i)?;
         }
         Ok(())
+    }
+
+    /// With `PIPE_CUDA_SYNC=1`: wait for the device after each layer, so an asynchronous
+    /// failure names the layer and direction it came from (graphs are off in that mode).
+    fn debug_check(&self, direction: &str, i: usize) -> Result<()> {
+        if !self.debug_sync {
+            return Ok(());
+        }
+        let nd = &self.graph.nodes[i];
+        self.sync()
+            .with_context(|| format!("{direction} of layer `{}` ({})", nd.name, nd.op.name()))
     }
 
     /// Row-major `C (m x n) = alpha * C + op(A) op(B)` expressed for column-major cuBLAS:
@@ -1560,6 +1576,7 @@ impl CudaModel {
             for &k in &nd.inputs {
                 self.written[k] = true;
             }
+            self.debug_check("backward", i)?;
         }
         Ok(())
     }
