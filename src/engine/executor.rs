@@ -80,6 +80,8 @@ pub enum JobState {
     Failed(String),
     /// The scheduler no longer knows it.
     Gone,
+    /// The scheduler did not answer (its commands failed).
+    Unknown,
 }
 
 impl JobState {
@@ -110,16 +112,28 @@ fn slurm(cmd: &str, args: &[String]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The state of a Slurm job: `squeue` while it is queued or running, then `scontrol`
-/// (which remembers ended jobs for the cluster's MinJobAge), else gone.
-pub fn slurm_state(job: &str) -> JobState {
+/// The state of Slurm job `job`, named `name` (a recorded id that now names another job —
+/// the cluster's numbering restarted — is gone): `squeue` while it is queued or running,
+/// then `scontrol` (which remembers ended jobs for the cluster's MinJobAge), else gone.
+/// When Slurm does not answer, `Unknown`.
+pub fn slurm_state(job: &str, name: &str) -> JobState {
     let q = Command::new("squeue")
-        .args(["-h", "-j", job, "-o", "%T %M %r"])
+        .args(["-h", "-j", job, "-o", "%T %M %j %r"])
         .output();
+    match &q {
+        Ok(o) if o.status.success() => {}
+        // squeue fails for a job id it no longer knows: ask scontrol below.
+        Ok(o) if String::from_utf8_lossy(&o.stderr).contains("Invalid job id") => {}
+        _ => return JobState::Unknown,
+    }
     if let Ok(o) = &q {
         let line = String::from_utf8_lossy(&o.stdout).trim().to_string();
         let mut it = line.split_whitespace();
-        match (it.next(), it.next(), it.next()) {
+        let (state, time, jname, reason) = (it.next(), it.next(), it.next(), it.next());
+        if jname.is_some_and(|j| j != name) {
+            return JobState::Gone;
+        }
+        match (state, time, reason) {
             (Some("PENDING"), _, reason) => {
                 let r = reason.filter(|r| *r != "None").unwrap_or("");
                 return JobState::Queued(if r.is_empty() {
@@ -128,9 +142,14 @@ pub fn slurm_state(job: &str) -> JobState {
                     format!("({r})")
                 });
             }
-            (Some(s @ ("RUNNING" | "CONFIGURING" | "COMPLETING" | "SUSPENDED")), t, _) => {
-                return JobState::Running(format!("{} {}", s.to_lowercase(), t.unwrap_or("")))
-            }
+            (
+                Some(
+                    s @ ("RUNNING" | "CONFIGURING" | "COMPLETING" | "SUSPENDED" | "REQUEUED"
+                    | "RESIZING" | "STOPPED" | "PREEMPTED"),
+                ),
+                t,
+                _,
+            ) => return JobState::Running(format!("{} {}", s.to_lowercase(), t.unwrap_or(""))),
             _ => {}
         }
     }
@@ -138,16 +157,29 @@ pub fn slurm_state(job: &str) -> JobState {
         .args(["show", "job", job, "-o"])
         .output()
     else {
-        return JobState::Gone;
+        return JobState::Unknown;
     };
     let text = String::from_utf8_lossy(&o.stdout);
+    if !o.status.success() {
+        return if String::from_utf8_lossy(&o.stderr).contains("Invalid job id") {
+            JobState::Gone
+        } else {
+            JobState::Unknown
+        };
+    }
     let field = |k: &str| {
         text.split_whitespace()
             .find_map(|f| f.strip_prefix(k))
             .map(|v| v.to_string())
     };
+    if field("JobName=").is_some_and(|j| j != name) {
+        return JobState::Gone;
+    }
     match field("JobState=").as_deref() {
         Some("COMPLETED") => JobState::Done,
+        Some("REQUEUED" | "RESIZING" | "STOPPED" | "PREEMPTED" | "SUSPENDED") => {
+            JobState::Running("requeued or suspended".into())
+        }
         Some("PENDING") => JobState::Queued(field("Reason=").unwrap_or_default()),
         Some("RUNNING" | "CONFIGURING" | "COMPLETING") => JobState::Running("running".into()),
         Some(s) => JobState::Failed(format!(
@@ -168,6 +200,11 @@ fn local_state(pid: &str) -> JobState {
     } else {
         JobState::Gone
     }
+}
+
+/// The Slurm job name of a stage.
+fn job_name(pipeline: &str, stage: &str) -> String {
+    format!("pipe:{pipeline}:{stage}")
 }
 
 /// Quote for a POSIX shell.
@@ -211,7 +248,7 @@ impl Engine {
     /// A recorded job's state now.
     pub fn job_state(&self, rec: &JobRecord) -> JobState {
         match rec.executor.as_str() {
-            "slurm" => slurm_state(&rec.job),
+            "slurm" => slurm_state(&rec.job, &job_name(&rec.pipeline, &rec.stage)),
             _ => local_state(&rec.job),
         }
     }
@@ -257,8 +294,11 @@ impl Engine {
         }
         let must = self.must_run(p, opts)?;
         let recipes = self.recipes(p)?;
+        let wanted = opts.until.as_ref().map(|u| p.ancestors_of(u));
         for name in p.topo_order() {
-            if !must.contains(&name) {
+            if wanted.as_ref().is_some_and(|w| !w.contains(&name)) {
+                eprintln!("{name:<12} skipped (after --until)");
+            } else if !must.contains(&name) {
                 eprintln!("{name:<12} cached");
             }
         }
@@ -314,8 +354,37 @@ impl Engine {
         std::fs::create_dir_all(&jobs_dir)?;
         let mut ids: HashMap<String, String> = HashMap::new();
         let mut submitted = Vec::new();
+        // `auto` devices and default backends were settled on this machine: jobs get the
+        // same settings, so every node computes the same keys.
+        let mut sets: Vec<String> = sets.to_vec();
+        for (sname, s) in &p.stages {
+            let (device, backend) = match &s.config {
+                StageConfig::Train(t) => (t.config.device, t.config.backend),
+                StageConfig::LrDrop(c) | StageConfig::Resume { config: c, .. } => {
+                    (c.device, c.backend)
+                }
+                StageConfig::Evaluate(c) => (c.device, c.backend),
+                _ => continue,
+            };
+            if let Some(d) = device {
+                let d = format!("{d:?}").to_lowercase();
+                let gpus = s.resources.gpus.or(o.gpus_per_stage).unwrap_or(0);
+                if gpus > 0 && d == "cpu" {
+                    eprintln!(
+                        "warning: stage `{sname}` asks for {gpus} GPU(s) but its device is `cpu` here (\"auto\" resolves on this machine); set device = \"cuda\" to train on the nodes' GPUs"
+                    );
+                }
+                sets.push(format!("{sname}.device=\"{d}\""));
+            }
+            if let Some(b) = backend {
+                sets.push(format!("{sname}.backend=\"{b}\""));
+            }
+        }
+        let sets = &sets;
         for name in must {
             let recipe = &recipes[name];
+            // One submitter at a time per recipe: check, submit, record.
+            let _recipe_lock = self.store.lock_key(&format!("recipe-{recipe}"), name)?;
             if let Some(rec) = self.job_record(recipe) {
                 let st = self.job_state(&rec);
                 if rec.executor == "slurm" && st.live() {
@@ -350,7 +419,7 @@ impl Engine {
             )?;
             let mut args = vec![
                 "--parsable".to_string(),
-                format!("--job-name=pipe:{}:{name}", p.name),
+                format!("--job-name={}", job_name(&p.name, name)),
                 format!("--output={}", log.display()),
                 "--open-mode=append".to_string(),
                 format!("--chdir={}", p.project_dir.display()),
@@ -422,9 +491,26 @@ impl Engine {
         }
         // Wait for every job this pipeline depends on, then say how each ended.
         let mut failed = Vec::new();
+        let mut unknown_polls = 0;
         loop {
-            let states: BTreeMap<&String, JobState> =
-                ids.iter().map(|(n, id)| (n, slurm_state(id))).collect();
+            let states: BTreeMap<&String, JobState> = ids
+                .iter()
+                .map(|(n, id)| {
+                    let rec = self.job_record(&recipes[n.as_str()]);
+                    let jname =
+                        rec.map_or(job_name(&p.name, n), |r| job_name(&r.pipeline, &r.stage));
+                    (n, slurm_state(id, &jname))
+                })
+                .collect();
+            if states.values().any(|s| *s == JobState::Unknown) {
+                unknown_polls += 1;
+                if unknown_polls > 150 {
+                    bail!("Slurm has not answered for 5 minutes; the jobs may still be running (`pipe status {}`)", p.name);
+                }
+                std::thread::sleep(Duration::from_secs(2));
+                continue;
+            }
+            unknown_polls = 0;
             if states.values().all(|s| !s.live()) {
                 for name in must {
                     match &states[name] {

@@ -311,6 +311,9 @@ impl Engine {
         let wanted: Option<BTreeSet<String>> = opts.until.as_ref().map(|u| p.ancestors_of(u));
         let mut state = self.store.load_state(&p.name);
         let state_before = state.clone();
+        // Stages this run found cached or ran: the only entries it writes back, so what
+        // concurrent jobs recorded for other stages meanwhile is kept.
+        let mut touched: HashSet<String> = HashSet::new();
         let mut outputs: HashMap<String, String> = HashMap::new();
         let mut report = RunReport {
             pipeline: p.name.clone(),
@@ -370,6 +373,7 @@ impl Engine {
                     state
                         .stages
                         .insert(name.clone(), self.stage_state(&kind, &r, &rec.output));
+                    touched.insert(name.clone());
                 }
                 self.print(&outcome, opts);
                 report.stages.push(outcome);
@@ -405,6 +409,7 @@ impl Engine {
             outputs.insert(name.clone(), output.clone());
             let st = self.stage_state(&kind, &r, &output);
             state.stages.insert(name.clone(), st.clone());
+            touched.insert(name.clone());
             self.store.update_state(&p.name, |all| {
                 all.stages.insert(name.clone(), st);
             })?;
@@ -413,7 +418,7 @@ impl Engine {
         }
         if !opts.dry_run && state.stages != state_before.stages {
             self.store.update_state(&p.name, |all| {
-                for (k, v) in &state.stages {
+                for (k, v) in state.stages.iter().filter(|(k, _)| touched.contains(*k)) {
                     all.stages.insert(k.clone(), v.clone());
                 }
             })?;
@@ -439,6 +444,7 @@ impl Engine {
         if let Some(rec) = self.lookup_sound(name, &r.key, true, &mut damage)? {
             return Ok((rec.output, rec.summary, 0.0));
         }
+        let resumed = self.store.interrupted_at(&r.key).is_some();
         let tmp = self.store.new_out_dir(&r.key)?;
         let scratch = self.store.scratch_dir(&r.key)?;
         let started = Instant::now();
@@ -485,7 +491,9 @@ impl Engine {
         let files = stages::external_root(p, s)
             .and_then(|root| self.fingerprints.get(&root))
             .map(|f| f.files.len());
-        if let Some((images, epochs)) = estimate::units(p, name, &dirs, files) {
+        // A resumed training ran only part of its epochs: its time is no rate to go by.
+        if let Some((images, epochs)) = estimate::units(p, name, &dirs, files).filter(|_| !resumed)
+        {
             let (kind, network, device, backend) = estimate::describe(p, name);
             let rec = estimate::TimingRecord {
                 kind,
@@ -745,6 +753,9 @@ impl Engine {
                         .reasons
                         .insert(0, format!("{who} failed ({why}); log {}", rec.log)),
                     executor::JobState::Done | executor::JobState::Gone => {}
+                    executor::JobState::Unknown => {
+                        o.reasons.insert(0, format!("{who}: Slurm does not answer"))
+                    }
                 }
             }
         }
@@ -821,6 +832,7 @@ impl Engine {
         self.store.clean_tmp()?;
         let mut keep_keys: HashSet<String> = HashSet::new();
         let mut keep_outputs: HashSet<String> = HashSet::new();
+        let mut keep_scratch: HashSet<String> = HashSet::new();
         let mut warnings = Vec::new();
         let mut names = HashSet::new();
         for file in manifest::list(&project.pipelines)? {
@@ -850,6 +862,11 @@ impl Engine {
                 match self.status(&p) {
                     Ok(stages) => {
                         for s in stages {
+                            // A stale stage's scratch (an interrupted training's
+                            // checkpoints) stays: the next run resumes from it.
+                            if let Some(k) = &s.key {
+                                keep_scratch.insert(k.clone());
+                            }
                             if let (Some(k), Some(o)) = (s.key, s.output) {
                                 keep_keys.insert(k);
                                 keep_outputs.insert(o);
@@ -885,7 +902,10 @@ impl Engine {
             }
         }
         for k in self.store.all_scratch()? {
-            if !keep_keys.contains(&k) && !self.store.key_is_running(&k) {
+            if !keep_keys.contains(&k)
+                && !keep_scratch.contains(&k)
+                && !self.store.key_is_running(&k)
+            {
                 report.bytes += store::dir_size(&self.store.root().join("scratch").join(&k));
                 self.store.remove_scratch(&k)?;
             }

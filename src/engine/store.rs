@@ -83,6 +83,8 @@ pub struct StoreLock {
 impl Store {
     /// Open (creating if needed) a store at `root`.
     pub fn open(root: &Path) -> Result<Store> {
+        // Absolute, so job scripts, logs and links work from any folder.
+        let root = &std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
         for sub in [
             "artifacts",
             "keys",
@@ -108,7 +110,7 @@ impl Store {
     /// created or written, not even the folders of a store that does not exist yet.
     pub fn open_read_only(root: &Path) -> Store {
         Store {
-            root: root.to_path_buf(),
+            root: std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf()),
             read_only: true,
         }
     }
