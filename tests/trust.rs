@@ -581,7 +581,10 @@ fn status_after_a_kill_says_where_training_resumes_and_gc_counts_scratch() {
     p.ok(&["gc"]);
     let out = p.ok(&["status", "t"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("resumes from its checkpoint at epoch 2"), "{text}");
+    assert!(
+        text.contains("resumes from its checkpoint at epoch 2"),
+        "{text}"
+    );
     // Another learning rate: the interrupted run's scratch is garbage; gc frees its bytes.
     p.manifest("t.toml", &DATA.replace("lr = 0.01", "lr = 0.02"));
     let out = p.ok(&["gc"]);
