@@ -229,19 +229,7 @@ impl<T: Real> NativeNet<T> {
     }
 
     fn pool_geom(&self, i: usize) -> PoolGeom {
-        let g = self.conv_geom(i);
-        PoolGeom {
-            h: g.h,
-            w: g.w,
-            oh: g.oh,
-            ow: g.ow,
-            kh: g.kh,
-            kw: g.kw,
-            sh: g.sh,
-            sw: g.sw,
-            pt: g.pt,
-            pl: g.pl,
-        }
+        PoolGeom::from(&self.conv_geom(i))
     }
 
     fn tick(&mut self, what: &str, t: Instant) {
@@ -257,22 +245,12 @@ impl<T: Real> NativeNet<T> {
         }
     }
 
-    /// The relu that runs fused into batch-norm node `i` (its only reader, in place).
     fn fused_relu(&self, plan: &Plan, i: usize) -> Option<usize> {
-        match (plan.alias[i], &self.graph.nodes[i].op) {
-            (Alias::InPlace(j), Op::BatchNorm { .. })
-                if matches!(self.graph.nodes[j].op, Op::Relu) =>
-            {
-                Some(j)
-            }
-            _ => None,
-        }
+        plan.fused_relu(&self.graph, i)
     }
 
-    /// Whether relu node `j` was fused into the batch norm before it.
     fn relu_is_fused(&self, plan: &Plan, j: usize) -> bool {
-        let i = self.graph.nodes[j].inputs[0];
-        matches!(self.graph.nodes[j].op, Op::Relu) && self.fused_relu(plan, i) == Some(j)
+        plan.relu_is_fused(&self.graph, j)
     }
 
     /// Forward pass over `n` images already in the input view.

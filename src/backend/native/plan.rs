@@ -63,6 +63,24 @@ pub struct Plan {
     pub consumers: Vec<Vec<usize>>,
 }
 
+impl Plan {
+    /// The relu that runs fused into batch-norm node `i` (its only reader, in place).
+    pub fn fused_relu(&self, graph: &Graph, i: usize) -> Option<usize> {
+        match (self.alias[i], &graph.nodes[i].op) {
+            (Alias::InPlace(j), Op::BatchNorm { .. }) if matches!(graph.nodes[j].op, Op::Relu) => {
+                Some(j)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether relu node `j` was fused into the batch norm before it.
+    pub fn relu_is_fused(&self, graph: &Graph, j: usize) -> bool {
+        let i = graph.nodes[j].inputs[0];
+        matches!(graph.nodes[j].op, Op::Relu) && self.fused_relu(graph, i) == Some(j)
+    }
+}
+
 fn dims(s: Shape) -> (usize, usize) {
     match s {
         Shape::Image(h, w, c) => (h * w, c),

@@ -35,6 +35,23 @@ pub struct PoolGeom {
     pub pl: usize,
 }
 
+impl From<&super::conv::ConvGeom> for PoolGeom {
+    fn from(g: &super::conv::ConvGeom) -> PoolGeom {
+        PoolGeom {
+            h: g.h,
+            w: g.w,
+            oh: g.oh,
+            ow: g.ow,
+            kh: g.kh,
+            kw: g.kw,
+            sh: g.sh,
+            sw: g.sw,
+            pt: g.pt,
+            pl: g.pl,
+        }
+    }
+}
+
 impl PoolGeom {
     /// The valid input rows and columns under output position (oy, ox).
     fn window(&self, oy: usize, ox: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>) {

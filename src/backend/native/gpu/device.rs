@@ -738,19 +738,11 @@ impl CudaModel {
     }
 
     fn fused_relu(&self, plan: &Plan, i: usize) -> Option<usize> {
-        match (plan.alias[i], &self.graph.nodes[i].op) {
-            (Alias::InPlace(j), Op::BatchNorm { .. })
-                if matches!(self.graph.nodes[j].op, Op::Relu) =>
-            {
-                Some(j)
-            }
-            _ => None,
-        }
+        plan.fused_relu(&self.graph, i)
     }
 
     fn relu_is_fused(&self, plan: &Plan, j: usize) -> bool {
-        let i = self.graph.nodes[j].inputs[0];
-        matches!(self.graph.nodes[j].op, Op::Relu) && self.fused_relu(plan, i) == Some(j)
+        plan.relu_is_fused(&self.graph, j)
     }
 
     /// Forward pass over `n` images already in the input view; dropout masks already in

@@ -238,21 +238,6 @@ fn geom(h: usize, w: usize, k: usize, s: usize, pad: Padding) -> ConvGeom {
     }
 }
 
-fn pool_geom(g: &ConvGeom) -> PoolGeom {
-    PoolGeom {
-        h: g.h,
-        w: g.w,
-        oh: g.oh,
-        ow: g.ow,
-        kh: g.kh,
-        kw: g.kw,
-        sh: g.sh,
-        sw: g.sw,
-        pt: g.pt,
-        pl: g.pl,
-    }
-}
-
 #[test]
 fn pools_match_the_cpu_kernels_ties_padding_and_strides_included() {
     let Some(f) = emu() else { return };
@@ -265,7 +250,7 @@ fn pools_match_the_cpu_kernels_ties_padding_and_strides_included() {
         (5, 5, 3, 1, Padding::Same),
     ] {
         let g = geom(h, w, k, s, pad);
-        let pg = pool_geom(&g);
+        let pg = PoolGeom::from(&g);
         let arg = || Arg::Pool(PoolArg::new(&g, n, c));
         let xv = View {
             off: 0,
