@@ -413,3 +413,32 @@ fn resources_are_checked_and_stay_out_of_the_key() {
         assert!(err.contains("stages.train.resources"), "{bad}: {err}");
     }
 }
+
+#[test]
+fn a_worker_whose_input_is_missing_and_force_with_an_executor_are_clear_errors() {
+    let p = Project::new();
+    let m = p.manifest("w.toml", &experiment("w", 0.01, 1, 20));
+    let manifest = m.display().to_string();
+    // `run-stage` (what a job runs) for a stage whose inputs never ran.
+    let err = p.fails(&["run-stage", &manifest, "train"]);
+    assert!(
+        err.contains("stage `train` needs `ingest`, which is not in the store"),
+        "{err}"
+    );
+    let err = p.fails(&["run-stage", &manifest, "nope"]);
+    assert!(err.contains("no stage `nope` in pipeline `w`"), "{err}");
+    // --force re-runs in this process only.
+    let err = p.fails(&["run", "w", "-j", "2", "--force", "train"]);
+    assert!(
+        err.contains("--force runs with the default executor only"),
+        "{err}"
+    );
+    // Nothing was half-published by the failed worker.
+    assert!(
+        !p.cache().join("artifacts").exists()
+            || std::fs::read_dir(p.cache().join("artifacts"))
+                .unwrap()
+                .count()
+                == 0
+    );
+}
