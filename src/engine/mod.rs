@@ -131,6 +131,28 @@ pub fn resolve_devices(p: &mut Pipeline) {
     }
 }
 
+/// The key of stage `name` given the content hashes of its inputs (in input order) and
+/// its dataset fingerprint.
+pub fn stage_key(
+    p: &Pipeline,
+    name: &str,
+    input_hashes: &[String],
+    external: Option<&str>,
+) -> String {
+    let s = &p.stages[name];
+    let kind = s.config.kind();
+    let material = serde_json::json!({
+        "kind": kind,
+        "version": stages::version(kind),
+        "config": s.config.to_json(),
+        "inputs": input_hashes,
+        "external": external,
+    });
+    blake3::hash(&serde_json::to_vec(&material).expect("JSON"))
+        .to_hex()
+        .to_string()
+}
+
 /// Options of `pipe run`.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -271,17 +293,7 @@ impl Engine {
             None => None,
         };
         let config = s.config.to_json();
-        let kind = s.config.kind();
-        let material = serde_json::json!({
-            "kind": kind,
-            "version": stages::version(kind),
-            "config": config,
-            "inputs": input_hashes,
-            "external": external,
-        });
-        let key = blake3::hash(&serde_json::to_vec(&material)?)
-            .to_hex()
-            .to_string();
+        let key = stage_key(p, name, &input_hashes, external.as_deref());
         Ok(Some(Resolved {
             key,
             config,
