@@ -7,6 +7,7 @@
 pub mod atomic;
 pub mod backend;
 pub mod commands;
+pub mod content;
 pub mod data;
 pub mod engine;
 pub mod manifest;

@@ -341,7 +341,6 @@ fn main() -> ExitCode {
                 force,
                 until,
                 dry_run,
-                quiet: false,
             };
             let executor = executor.or(jobs.map(|_| ExecutorArg::Local));
             match executor {

@@ -18,7 +18,7 @@ fn graph(layers: &str, input: &str) -> Graph {
     );
     let path = p.manifest("g.toml", &text);
     let m = manifest::load(&path, &[], p.path()).unwrap_or_else(|e| panic!("{e}"));
-    m.library.expand("n", None).unwrap().graph
+    pipe::nn::expand(&m.library, "n", None).unwrap().graph
 }
 
 /// Compare analytic gradients with central differences on a sample of every parameter.
@@ -176,12 +176,8 @@ fn a_small_network_learns_generated_data() {
         let p = Project::new();
         let text = "[networks.n]\ninput = [16, 16, 3]\nclasses = 4\nlayers = [\n{ conv2d = { filters = 8, kernel = 3 } },\n{ batchnorm = {} },\n{ relu = {} },\n{ maxpool = { size = 2 } },\n{ conv2d = { filters = 16, kernel = 3 } },\n{ batchnorm = {} },\n{ relu = {} },\n{ global_avgpool = {} },\n{ dense = \"$classes\" },\n{ softmax = {} },\n]\n[stages.ingest]\nformat = \"synthetic\"\n";
         let path = p.manifest("g.toml", text);
-        manifest::load(&path, &[], p.path())
-            .unwrap()
-            .library
-            .expand("n", None)
-            .unwrap()
-            .graph
+        let m = manifest::load(&path, &[], p.path()).unwrap();
+        pipe::nn::expand(&m.library, "n", None).unwrap().graph
     };
     let make = |count: usize, seed: u64| {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);

@@ -53,7 +53,7 @@ fn without_a_driver_the_cuda_model_is_an_error_naming_the_library() {
     let text = "[networks.n]\ninput = [8, 8, 3]\nclasses = 3\nlayers = [\n  { conv2d = { filters = 4, kernel = 3 } },\n  { flatten = {} },\n  { dense = \"$classes\" },\n  { softmax = {} },\n]\n\n[stages.ingest]\nformat = \"synthetic\"\n";
     let path = p.manifest("g.toml", text);
     let m = pipe::manifest::load(&path, &[], p.path()).unwrap_or_else(|e| panic!("{e}"));
-    let g = m.library.expand("n", None).unwrap().graph;
+    let g = pipe::nn::expand(&m.library, "n", None).unwrap().graph;
     let err = match pipe::backend::build_with(
         &g,
         0,

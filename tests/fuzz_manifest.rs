@@ -133,7 +133,7 @@ proptest! {
         if let Ok(mut p) = pipe::manifest::load(&path, &[], dir.path()) {
             pipe::engine::resolve_devices(&mut p);
             for name in p.library.networks.keys() {
-                if let Ok(x) = p.library.expand(name, None) {
+                if let Ok(x) = pipe::nn::expand(&p.library, name, None) {
                     let _ = x.graph.infer();
                 }
             }

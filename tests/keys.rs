@@ -43,7 +43,7 @@ fn computed() -> String {
         for name in p.topo_order() {
             let s = &p.stages[&name];
             let inputs: Vec<String> = s.inputs.iter().map(|i| format!("in:{i}")).collect();
-            let key = pipe::engine::stage_key(&p, &name, &inputs, Some("fingerprint"));
+            let key = pipe::engine::stage_key(&p, &name, &inputs, Some("fingerprint")).unwrap();
             writeln!(out, "{} {name} {key}", p.name).unwrap();
         }
     }

@@ -20,7 +20,7 @@ fn graph(layers: &str, input: &str) -> Graph {
     );
     let path = p.manifest("g.toml", &text);
     let m = manifest::load(&path, &[], p.path()).unwrap_or_else(|e| panic!("{e}"));
-    m.library.expand("n", None).unwrap().graph
+    pipe::nn::expand(&m.library, "n", None).unwrap().graph
 }
 
 /// A network from a shipped network file, with text replacements applied first.
@@ -38,7 +38,7 @@ fn shipped(file: &str, network: &str, edits: &[(&str, &str)]) -> Graph {
     }
     let path = p.manifest("n.toml", &text);
     let m = manifest::load(&path, &[], p.path()).unwrap_or_else(|e| panic!("{e}"));
-    m.library.expand(network, None).unwrap().graph
+    pipe::nn::expand(&m.library, network, None).unwrap().graph
 }
 
 fn input_len(g: &Graph) -> usize {

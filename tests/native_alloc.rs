@@ -50,10 +50,8 @@ fn a_native_training_step_allocates_nothing_after_the_first() {
     .unwrap()
         + "\n[stages.ingest]\nformat = \"synthetic\"\n";
     let path = p.manifest("m.toml", &text);
-    let g = pipe::manifest::load(&path, &[], p.path())
-        .unwrap()
-        .library
-        .expand("mini_googlenet", None)
+    let m = pipe::manifest::load(&path, &[], p.path()).unwrap();
+    let g = pipe::nn::expand(&m.library, "mini_googlenet", None)
         .unwrap()
         .graph;
     let n = 8;

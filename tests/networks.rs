@@ -6,9 +6,13 @@ use common::Project;
 use pipe::manifest;
 use pipe::nn::graph::{totals, Op, Shape};
 
+/// The front end whole: the manifest typed and checked, then its networks expanded and
+/// shape-checked.
 fn load(p: &Project, text: &str) -> Result<manifest::Pipeline, manifest::ManifestError> {
     let path = p.manifest("net.toml", text);
-    manifest::load(&path, &[], p.path())
+    let m = manifest::load(&path, &[], p.path())?;
+    pipe::nn::check(&m)?;
+    Ok(m)
 }
 
 const STAGES: &str = "\n[stages.ingest]\nformat = \"synthetic\"\n";
@@ -27,7 +31,7 @@ fn conv_bn(k: usize, cin: usize, f: usize) -> usize {
 #[test]
 fn mini_googlenet_total_matches_the_hand_count() {
     let p = shipped("cifar10_minigooglenet_exp3.toml");
-    let x = p.library.expand("mini_googlenet", None).unwrap();
+    let x = pipe::nn::expand(&p.library, "mini_googlenet", None).unwrap();
     let infos = x.graph.infer().unwrap();
     // Channel bookkeeping of the chapter's table.
     let mut total = conv_bn(3, 3, 96);
@@ -72,7 +76,7 @@ fn mini_googlenet_total_matches_the_hand_count() {
 #[test]
 fn deeper_googlenet_total_matches_the_hand_count() {
     let p = shipped("tiny_imagenet_exp3.toml");
-    let x = p.library.expand("deeper_googlenet", None).unwrap();
+    let x = pipe::nn::expand(&p.library, "deeper_googlenet", None).unwrap();
     let infos = x.graph.infer().unwrap();
     let mut total = conv_bn(5, 3, 64) + conv_bn(1, 64, 64) + conv_bn(3, 64, 192);
     let mut c = 192;
@@ -120,7 +124,7 @@ fn deeper_googlenet_total_matches_the_hand_count() {
     }
     // Nine inception modules would be 7 here; the chapter's 4a-4e version has all seven,
     // exp1's network none of 4a-4e.
-    let no4 = p.library.expand("deeper_googlenet_no4", None).unwrap();
+    let no4 = pipe::nn::expand(&p.library, "deeper_googlenet_no4", None).unwrap();
     assert!(no4.graph.nodes.iter().all(|n| !n.name.starts_with("4")));
     assert!(x.graph.nodes.iter().any(|n| n.name == "4e/mixed"));
 }
@@ -143,12 +147,15 @@ layers = [ { cbr = [8] }, { cbr = [8] }, { global_avgpool = {} }, { dense = "$cl
     let b = load(&p, &(renamed + STAGES)).unwrap();
     let wider = net.replace("{ cbr = [8] }, { global", "{ cbr = [16] }, { global");
     let c = load(&p, &(wider + STAGES)).unwrap();
-    let s = |m: &manifest::Pipeline| m.library.expand("n", None).unwrap().graph.structure_json();
+    let s = |m: &manifest::Pipeline| {
+        pipe::nn::expand(&m.library, "n", None)
+            .unwrap()
+            .graph
+            .structure_json()
+    };
     assert_eq!(s(&a), s(&b));
     assert_ne!(s(&a), s(&c));
-    let names: Vec<String> = a
-        .library
-        .expand("n", None)
+    let names: Vec<String> = pipe::nn::expand(&a.library, "n", None)
         .unwrap()
         .graph
         .nodes

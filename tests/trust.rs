@@ -650,8 +650,8 @@ fn the_manifest_keeps_auto_and_the_engine_settles_device_and_backend() {
     let pipe::manifest::StageConfig::Train(t) = &pl.stages["train"].config else {
         panic!("train is a train stage")
     };
-    assert_eq!(t.config.device, Some(pipe::manifest::DeviceSetting::Auto));
-    assert_eq!(t.config.backend, None);
+    assert_eq!(t.device, Some(pipe::manifest::DeviceSetting::Auto));
+    assert_eq!(t.backend, None);
     pipe::engine::resolve_devices(&mut pl);
     let pipe::manifest::StageConfig::Train(t) = &pl.stages["train"].config else {
         panic!("train is a train stage")
@@ -668,8 +668,8 @@ fn the_manifest_keeps_auto_and_the_engine_settles_device_and_backend() {
             pipe::backend::BackendKind::Native,
         )
     };
-    assert_eq!(t.config.device, Some(dev));
-    assert_eq!(t.config.backend, Some(backend));
+    assert_eq!(t.device, Some(dev));
+    assert_eq!(t.backend, Some(backend));
 }
 
 #[test]

@@ -15,13 +15,13 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::{IngestFormat, Pipeline, StageConfig};
+use crate::manifest::{IngestFormat, Pipeline, StageConfig, StageKind};
 
 /// One past run of a stage.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TimingRecord {
     /// Stage kind.
-    pub kind: String,
+    pub kind: StageKind,
     /// Network trained or evaluated (training kinds and evaluate).
     pub network: Option<String>,
     /// `cpu` or `cuda`.
@@ -36,10 +36,32 @@ pub struct TimingRecord {
     pub seconds: f64,
 }
 
-fn group(kind: &str) -> &str {
-    match kind {
-        "lr-drop" | "resume" => "train",
-        k => k,
+impl TimingRecord {
+    /// A record of a stage described by `what` ([`describe`]) that handled `images` x
+    /// `epochs` in `seconds`.
+    pub fn new(what: Described, images: u64, epochs: u64, seconds: f64) -> TimingRecord {
+        let (kind, network, device, backend) = what;
+        TimingRecord {
+            kind,
+            network,
+            device,
+            backend,
+            images,
+            epochs,
+            seconds,
+        }
+    }
+}
+
+/// What describes a stage for matching past runs: (kind, network, device, backend).
+pub type Described = (StageKind, Option<String>, Option<String>, Option<String>);
+
+/// Training kinds count as one: an lr-drop runs at a train's rate.
+fn group(kind: StageKind) -> StageKind {
+    if kind.is_training() {
+        StageKind::Train
+    } else {
+        kind
     }
 }
 
@@ -68,42 +90,20 @@ pub fn load(store_root: &Path) -> Vec<TimingRecord> {
         .unwrap_or_default()
 }
 
-/// What describes a stage for matching: (kind, network, device, backend).
-pub fn describe(
-    p: &Pipeline,
-    stage: &str,
-) -> (String, Option<String>, Option<String>, Option<String>) {
+/// What describes stage `stage` for matching past runs.
+pub fn describe(p: &Pipeline, stage: &str) -> Described {
     let s = &p.stages[stage];
-    let kind = s.config.kind().to_string();
+    let kind = s.config.kind();
     let dev =
         |d: Option<crate::manifest::DeviceSetting>| d.map(|d| format!("{d:?}").to_lowercase());
     let be = |b: Option<crate::manifest::BackendKind>| b.map(|b| b.to_string());
+    let network = p.network_of(stage).map(str::to_string);
     match &s.config {
-        StageConfig::Train(t) => (
-            kind,
-            Some(t.config.network.clone()),
-            dev(t.config.device),
-            be(t.config.backend),
-        ),
-        StageConfig::LrDrop(c) | StageConfig::Resume { config: c, .. } => {
-            (kind, network_of(p, stage, 0), dev(c.device), be(c.backend))
-        }
-        StageConfig::Evaluate(c) => (
-            kind,
-            s.inputs.iter().find_map(|i| network_of(p, i, 0)),
-            dev(c.device),
-            be(c.backend),
-        ),
-        _ => (kind, None, None, None),
-    }
-}
-
-fn network_of(p: &Pipeline, stage: &str, depth: usize) -> Option<String> {
-    match &p.stages.get(stage)?.config {
-        StageConfig::Train(t) => Some(t.config.network.clone()),
-        StageConfig::LrDrop(c) if depth < 64 => network_of(p, &c.from, depth + 1),
-        StageConfig::Resume { stage, .. } if depth < 64 => network_of(p, stage, depth + 1),
-        _ => None,
+        StageConfig::Evaluate(c) => (kind, network, dev(c.device), be(c.backend)),
+        c => match c.training() {
+            Some((_, _, device, backend)) => (kind, network, dev(device), be(backend)),
+            None => (kind, None, None, None),
+        },
     }
 }
 
@@ -164,7 +164,7 @@ pub fn units(
             _ => dataset_files.map(|n| (n as u64, 1)),
         },
         StageConfig::Split(_) | StageConfig::Hdf5(_) => Some((csvs(), 1)).filter(|u| u.0 > 0),
-        StageConfig::Train(t) => h5(&t.config.train_split).map(|n| (n, t.config.epochs as u64)),
+        StageConfig::Train(t) => h5(&t.train_split).map(|n| (n, t.epochs as u64)),
         StageConfig::LrDrop(c) | StageConfig::Resume { config: c, .. } => {
             h5("train").map(|n| (n, c.epochs as u64))
         }
@@ -174,21 +174,17 @@ pub fn units(
 
 /// Estimated seconds for a stage handling `images` x `epochs`, from `past` runs that
 /// match it; `None` without a matching past run.
-pub fn estimate(
-    past: &[TimingRecord],
-    what: &(String, Option<String>, Option<String>, Option<String>),
-    images: u64,
-    epochs: u64,
-) -> Option<f64> {
+pub fn estimate(past: &[TimingRecord], what: &Described, images: u64, epochs: u64) -> Option<f64> {
     let (kind, network, device, backend) = what;
+    let kind = *kind;
     let mut rates: Vec<f64> = past
         .iter()
         .rev()
         .filter(|r| {
-            group(&r.kind) == group(kind)
+            group(r.kind) == group(kind)
                 && r.images > 0
                 && r.epochs > 0
-                && (group(kind) != "train" && kind != "evaluate"
+                && (group(kind) != StageKind::Train && kind != StageKind::Evaluate
                     || (&r.network == network && &r.device == device && &r.backend == backend))
         })
         .take(5)
@@ -199,15 +195,4 @@ pub fn estimate(
     }
     rates.sort_by(|a, b| a.total_cmp(b));
     Some(rates[rates.len() / 2] * (images * epochs) as f64)
-}
-
-/// "12s", "3.4 min", "2.1 h".
-pub fn human(secs: f64) -> String {
-    if secs >= 5400.0 {
-        format!("{:.1} h", secs / 3600.0)
-    } else if secs >= 90.0 {
-        format!("{:.1} min", secs / 60.0)
-    } else {
-        format!("{secs:.1}s")
-    }
 }

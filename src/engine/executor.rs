@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::{Engine, RunOptions};
+use super::{Engine, KeyMaterial, RunOptions};
 use crate::manifest::{Pipeline, StageConfig};
+use crate::report::outcome::StageState;
 
 /// Where the stages run.
 #[derive(Debug, Clone)]
@@ -222,18 +223,8 @@ impl Engine {
                 Some(root) => Some(self.fingerprint(&root)?.hash.clone()),
                 None => None,
             };
-            let inputs: Vec<&String> = s.inputs.iter().map(|i| &out[i]).collect();
-            let kind = s.config.kind();
-            let material = serde_json::json!({
-                "kind": kind,
-                "version": crate::stages::version(kind),
-                "config": s.config.to_json(),
-                "inputs": inputs,
-                "external": external,
-            });
-            let r = blake3::hash(&serde_json::to_vec(&material)?)
-                .to_hex()
-                .to_string();
+            let inputs: Vec<String> = s.inputs.iter().map(|i| out[i].clone()).collect();
+            let r = KeyMaterial::of(p, &name, inputs, external)?.hash();
             out.insert(name, r);
         }
         Ok(out)
@@ -265,7 +256,7 @@ impl Engine {
             }
             let forced = opts.force.contains(&o.name);
             let input_runs = p.stages[&o.name].inputs.iter().any(|i| must.contains(i));
-            if o.state != "cached" || forced || input_runs {
+            if o.state != StageState::Cached || forced || input_runs {
                 must.push(o.name);
             }
         }
@@ -297,18 +288,18 @@ impl Engine {
         let wanted = opts.until.as_ref().map(|u| p.ancestors_of(u));
         for name in p.topo_order() {
             if wanted.as_ref().is_some_and(|w| !w.contains(&name)) {
-                eprintln!("{name:<12} skipped (after --until)");
+                self.note(format!("{name:<12} skipped (after --until)"));
             } else if !must.contains(&name) {
-                eprintln!("{name:<12} cached");
+                self.note(format!("{name:<12} cached"));
             }
         }
         if must.is_empty() {
-            eprintln!("nothing to do: every stage is in the store");
+            self.note("nothing to do: every stage is in the store".to_string());
             return Ok(());
         }
         if opts.dry_run {
             for name in &must {
-                eprintln!("{name:<12} would run");
+                self.note(format!("{name:<12} would run"));
             }
             return Ok(());
         }
@@ -359,7 +350,7 @@ impl Engine {
         let mut sets: Vec<String> = sets.to_vec();
         for (sname, s) in &p.stages {
             let (device, backend) = match &s.config {
-                StageConfig::Train(t) => (t.config.device, t.config.backend),
+                StageConfig::Train(t) => (t.device, t.backend),
                 StageConfig::LrDrop(c) | StageConfig::Resume { config: c, .. } => {
                     (c.device, c.backend)
                 }
@@ -370,9 +361,9 @@ impl Engine {
                 let d = format!("{d:?}").to_lowercase();
                 let gpus = s.resources.gpus.or(o.gpus_per_stage).unwrap_or(0);
                 if gpus > 0 && d == "cpu" {
-                    eprintln!(
-                        "warning: stage `{sname}` asks for {gpus} GPU(s) but its device is `cpu` here (\"auto\" resolves on this machine); set device = \"cuda\" to train on the nodes' GPUs"
-                    );
+                    self.warn(format!(
+                        "stage `{sname}` asks for {gpus} GPU(s) but its device is `cpu` here (\"auto\" resolves on this machine); set device = \"cuda\" to train on the nodes' GPUs"
+                    ));
                 }
                 sets.push(format!("{sname}.device=\"{d}\""));
             }
@@ -388,10 +379,10 @@ impl Engine {
             if let Some(rec) = self.job_record(recipe) {
                 let st = self.job_state(&rec);
                 if rec.executor == "slurm" && st.live() {
-                    eprintln!(
+                    self.note(format!(
                         "{name:<12} already queued as job {} (submitted for {}:{}); depending on it",
                         rec.job, rec.pipeline, rec.stage
-                    );
+                    ));
                     ids.insert(name.clone(), rec.job);
                     continue;
                 }
@@ -432,13 +423,7 @@ impl Engine {
             if let Some(part) = r.partition.as_ref().or(o.partition.as_ref()) {
                 args.push(format!("--partition={part}"));
             }
-            let trains = matches!(
-                s.config,
-                StageConfig::Train(_)
-                    | StageConfig::LrDrop(_)
-                    | StageConfig::Resume { .. }
-                    | StageConfig::Evaluate(_)
-            );
+            let trains = s.config.is_training() || matches!(s.config, StageConfig::Evaluate(_));
             let gpus = r.gpus.or(if trains { o.gpus_per_stage } else { None });
             if let Some(g) = gpus.filter(|g| *g > 0) {
                 args.push(format!("--gres=gpu:{g}"));
@@ -468,7 +453,7 @@ impl Engine {
                 log: log.display().to_string(),
                 submitted: now_secs(),
             })?;
-            eprintln!(
+            self.note(format!(
                 "{name:<12} submitted as job {id}{}  log {}",
                 if deps.is_empty() {
                     String::new()
@@ -476,16 +461,16 @@ impl Engine {
                     format!(" (after {})", deps.join(", "))
                 },
                 log.display()
-            );
+            ));
             ids.insert(name.clone(), id.clone());
             submitted.push((name.clone(), id));
         }
-        eprintln!(
+        self.note(format!(
             "{} submitted, {} already queued; `pipe status {}` follows them",
             submitted.len(),
             must.len() - submitted.len(),
             p.name
-        );
+        ));
         if !o.wait {
             return Ok(());
         }
@@ -526,7 +511,7 @@ impl Engine {
         let missing: Vec<String> = self
             .status_only(p)?
             .into_iter()
-            .filter(|s| must.contains(&s.name) && s.state != "cached")
+            .filter(|s| must.contains(&s.name) && s.state != StageState::Cached)
             .map(|s| s.name)
             .collect();
         if !failed.is_empty() || !missing.is_empty() {
@@ -540,7 +525,7 @@ impl Engine {
                 jobs_dir.display()
             );
         }
-        eprintln!("all {} stages finished", must.len());
+        self.note(format!("all {} stages finished", must.len()));
         Ok(())
     }
 
@@ -614,7 +599,7 @@ impl Engine {
                     log: log.display().to_string(),
                     submitted: now_secs(),
                 })?;
-                eprintln!("{name:<12} started (log {})", log.display());
+                self.note(format!("{name:<12} started (log {})", log.display()));
                 state.insert(name, St::Running);
                 running.push((name, child, Instant::now(), log));
             }
@@ -630,17 +615,17 @@ impl Engine {
                         let (name, _, t0, log) = running.swap_remove(i);
                         let secs = t0.elapsed().as_secs_f64();
                         if status.success() {
-                            eprintln!("{name:<12} ran      {secs:>6.1}s");
+                            self.note(format!("{name:<12} ran      {secs:>6.1}s"));
                             state.insert(name, St::Done);
                         } else {
                             let tail = std::fs::read_to_string(&log)
                                 .ok()
                                 .and_then(|t| t.lines().last().map(|l| l.to_string()))
                                 .unwrap_or_default();
-                            eprintln!(
+                            self.note(format!(
                                 "{name:<12} FAILED   {secs:>6.1}s  {tail}  (log {})",
                                 log.display()
-                            );
+                            ));
                             failures.push(format!("{name}: {tail}"));
                             state.insert(name, St::Failed);
                         }
@@ -655,7 +640,7 @@ impl Engine {
                 failures.join("; ")
             );
         }
-        eprintln!("{} ran with up to {jobs} at once", must.len());
+        self.note(format!("{} ran with up to {jobs} at once", must.len()));
         Ok(())
     }
 }

@@ -12,11 +12,11 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use super::store::{files_sorted, write_json_atomic};
-use crate::report::history::TIMINGS;
+use crate::atomic::write_json_atomic;
+use crate::content::{content_files, hash_file, HashedFile};
 
 /// One file of an artifact as published.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,7 +34,7 @@ pub struct SealedFile {
 /// Every file of an artifact as published.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Seal {
-    /// Files in path order (`timings.json` excluded: it is not content).
+    /// Content files in path order (the stage kind's record files are not content).
     pub files: Vec<SealedFile>,
 }
 
@@ -51,30 +51,9 @@ fn mtime_ns(md: &fs::Metadata) -> i64 {
     md.mtime() * 1_000_000_000 + md.mtime_nsec()
 }
 
-fn hash_file(p: &Path) -> Result<String> {
-    let mut h = blake3::Hasher::new();
-    if fs::metadata(p)?.len() > 1 << 20 {
-        h.update_mmap_rayon(p)?;
-    } else {
-        h.update(&fs::read(p).with_context(|| format!("cannot read {}", p.display()))?);
-    }
-    Ok(h.finalize().to_hex().to_string())
-}
-
-/// The content files of an artifact folder, relative, in path order.
-fn content_files(dir: &Path) -> Result<Vec<String>> {
-    let mut files = Vec::new();
-    files_sorted(dir, Path::new(""), &mut files)?;
-    Ok(files
-        .into_iter()
-        .map(|f| f.to_string_lossy().replace('\\', "/"))
-        .filter(|f| f != TIMINGS)
-        .collect())
-}
-
 /// Seal a published artifact folder: record its files (`hashed`: path, size, BLAKE3 as the
 /// store hashed them), then make it read-only.
-pub fn seal(dir: &Path, seal_path: &Path, hashed: &[super::store::HashedFile]) -> Result<()> {
+pub fn seal(dir: &Path, seal_path: &Path, hashed: &[HashedFile]) -> Result<()> {
     let mut files = Vec::with_capacity(hashed.len());
     for (rel, size, hash) in hashed {
         let md = fs::metadata(dir.join(rel))?;
@@ -118,10 +97,11 @@ pub fn set_read_only(dir: &Path, ro: bool) -> Result<()> {
 }
 
 /// Check an artifact against its seal. `full`: re-hash every file (`pipe verify`);
-/// otherwise only files whose size or mtime moved.
-pub fn check(dir: &Path, seal: &Seal, full: bool) -> Result<Health> {
+/// otherwise only files whose size or mtime moved. `records`: the top-level files its
+/// stage kind declares as records, not content (they may come and go).
+pub fn check(dir: &Path, seal: &Seal, full: bool, records: &[&str]) -> Result<Health> {
     let mut problems = Vec::new();
-    let present = content_files(dir)?;
+    let present = content_files(dir, records)?;
     for f in &present {
         if !seal.files.iter().any(|s| &s.path == f) {
             problems.push(format!(

@@ -1,15 +1,21 @@
 //! The engine: decides what must run, runs it, and stores what it made.
 //!
-//! A stage's key is the BLAKE3 of its kind, implementation version, effective config
-//! (defaults filled, so formatting and key order do not matter), the *content hashes* of
-//! the artifacts it reads and the fingerprint of any dataset folder. Because keys depend
-//! on input content and not on input keys, a stage that re-runs and reproduces identical
-//! bytes leaves every later key unchanged (early cutoff).
+//! A stage's key is the BLAKE3 of its [`KeyMaterial`]: kind, implementation version,
+//! effective config (defaults filled, so formatting and key order do not matter), the
+//! *content hashes* of the artifacts it reads and the fingerprint of any dataset folder.
+//! Because keys depend on input content and not on input keys, a stage that re-runs and
+//! reproduces identical bytes leaves every later key unchanged (early cutoff).
+//!
+//! The engine answers (`query`: status, rows for `show`, sides for `diff`, estimates) and
+//! runs; it prints nothing itself. What happens goes to a [`Watcher`] as events, and
+//! `report` turns them (and the answers) into text.
 
 pub mod estimate;
 pub mod executor;
 pub mod fingerprint;
 pub mod integrity;
+pub mod keys;
+pub mod query;
 pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -19,10 +25,15 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::manifest::{self, Pipeline, StageConfig};
+pub use keys::{stage_key, KeyMaterial};
+
+use crate::manifest::{self, Pipeline, StageKind};
+use crate::report::outcome::{
+    Console, Event, Reason, RunReport, StageOutcome, StageState, Watcher,
+};
 use crate::stages::{self, DatasetFiles, StageCtx};
 use fingerprint::{fingerprint_tree, TreeFingerprint};
-use store::{KeyRecord, StageState, Store};
+use store::{KeyRecord, StageRecord, Store};
 
 /// Where a project lives: its folder, its manifests and its cache.
 #[derive(Debug, Clone)]
@@ -67,7 +78,9 @@ impl Project {
         }
     }
 
-    fn at(dir: PathBuf, cache: Option<PathBuf>) -> Project {
+    /// The project in folder `dir`, with its store at `cache` (else `$PIPE_CACHE`, else
+    /// `<dir>/.pipe`).
+    pub fn at(dir: PathBuf, cache: Option<PathBuf>) -> Project {
         let cache = cache
             .or_else(|| std::env::var_os("PIPE_CACHE").map(PathBuf::from))
             .unwrap_or_else(|| dir.join(".pipe"));
@@ -78,14 +91,23 @@ impl Project {
         }
     }
 
-    /// Find and load a pipeline by name or path, with `--set` overrides.
+    /// Find and load a pipeline by name or path, with `--set` overrides: typed, its
+    /// networks checked, its devices settled.
     pub fn load(&self, arg: &str, sets: &[String]) -> Result<(Project, Pipeline)> {
         let path = manifest::find(&self.pipelines, arg)?;
         let proj = Project::for_manifest(&path, self);
-        let mut p = manifest::load(&path, sets, &proj.dir).map_err(|e| anyhow::anyhow!("{e}"))?;
-        resolve_devices(&mut p);
+        let p = load_pipeline(&path, sets, &proj.dir)?;
         Ok((proj, p))
     }
+}
+
+/// Load a manifest as every command does: typed and checked (`manifest`), its networks
+/// expanded and shape-checked (`nn`), `auto` devices settled for this machine.
+pub fn load_pipeline(path: &Path, sets: &[String], project_dir: &Path) -> Result<Pipeline> {
+    let mut p = manifest::load(path, sets, project_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    crate::nn::check(&p).map_err(|e| anyhow::anyhow!("{e}"))?;
+    resolve_devices(&mut p);
+    Ok(p)
 }
 
 /// Settle what depends on this machine, before any key is computed: `device = "auto"`
@@ -121,7 +143,7 @@ pub fn resolve_devices(p: &mut Pipeline) {
     };
     for s in p.stages.values_mut() {
         match &mut s.config {
-            StageConfig::Train(t) => settle(&mut t.config.device, &mut t.config.backend),
+            StageConfig::Train(t) => settle(&mut t.device, &mut t.backend),
             StageConfig::LrDrop(c) | StageConfig::Resume { config: c, .. } => {
                 settle(&mut c.device, &mut c.backend)
             }
@@ -131,76 +153,15 @@ pub fn resolve_devices(p: &mut Pipeline) {
     }
 }
 
-/// The key of stage `name` given the content hashes of its inputs (in input order) and
-/// its dataset fingerprint.
-pub fn stage_key(
-    p: &Pipeline,
-    name: &str,
-    input_hashes: &[String],
-    external: Option<&str>,
-) -> String {
-    let s = &p.stages[name];
-    let kind = s.config.kind();
-    let material = serde_json::json!({
-        "kind": kind,
-        "version": stages::version(kind),
-        "config": s.config.to_json(),
-        "inputs": input_hashes,
-        "external": external,
-    });
-    blake3::hash(&serde_json::to_vec(&material).expect("JSON"))
-        .to_hex()
-        .to_string()
-}
-
 /// Options of `pipe run`.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
-    /// Stages to re-run even if cached.
+    /// Stages to re-run even if cached (from their first epoch, for training).
     pub force: Vec<String>,
     /// Run only this stage and what it depends on.
     pub until: Option<String>,
-    /// Decide, print, run nothing.
+    /// Decide and report; run nothing, write nothing.
     pub dry_run: bool,
-    /// Print no per-stage lines (the caller prints JSON).
-    pub quiet: bool,
-}
-
-/// What happened to one stage.
-#[derive(Debug, Clone, Serialize)]
-pub struct StageOutcome {
-    /// Stage name.
-    pub name: String,
-    /// Stage kind.
-    pub kind: String,
-    /// `ran`, `cached`, `would-run`, `waiting` (dry run: an input would re-run) or
-    /// `skipped` (outside `--until`).
-    pub state: String,
-    /// Stage key, when it could be computed.
-    pub key: Option<String>,
-    /// Output content hash, when known.
-    pub output: Option<String>,
-    /// Seconds spent running (0 when cached).
-    pub seconds: f64,
-    /// What the stage produced.
-    pub summary: String,
-    /// Why it ran (or would run); empty when cached.
-    pub reasons: Vec<String>,
-    /// Estimated seconds, for a stage that would run (from past runs; see `estimate`).
-    pub estimate: Option<f64>,
-}
-
-/// The result of `pipe run`.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunReport {
-    /// Pipeline name.
-    pub pipeline: String,
-    /// Manifest file.
-    pub manifest: String,
-    /// Store folder.
-    pub cache: String,
-    /// Every stage, in dependency order.
-    pub stages: Vec<StageOutcome>,
 }
 
 /// The engine over one store.
@@ -209,13 +170,25 @@ pub struct Engine {
     fingerprints: HashMap<PathBuf, TreeFingerprint>,
     /// The store's timing log, read once (for estimates).
     timings: Option<Vec<estimate::TimingRecord>>,
+    watcher: Box<dyn Watcher>,
 }
 
-struct Resolved {
+/// A stage whose key is known.
+pub(crate) struct Resolved {
     key: String,
-    config: serde_json::Value,
+    material: KeyMaterial,
+    /// Input stage name -> the content hash it read.
     inputs: BTreeMap<String, String>,
-    external: Option<String>,
+}
+
+/// What resolving a stage's key found.
+pub(crate) enum Resolution {
+    /// The key.
+    Ready(Box<Resolved>),
+    /// An input's output is not known (it would run first).
+    InputsPending,
+    /// The dataset folder the stage reads is not there (only when looking, not running).
+    DatasetMissing(PathBuf),
 }
 
 impl Engine {
@@ -225,6 +198,7 @@ impl Engine {
             store: Store::open(cache)?,
             fingerprints: HashMap::new(),
             timings: None,
+            watcher: Box::new(Console::default()),
         })
     }
 
@@ -234,7 +208,14 @@ impl Engine {
             store: Store::open_read_only(cache),
             fingerprints: HashMap::new(),
             timings: None,
+            watcher: Box::new(Console::default()),
         }
+    }
+
+    /// Send what happens to `w` (the default: the console).
+    pub fn watched_by(mut self, w: Box<dyn Watcher>) -> Engine {
+        self.watcher = w;
+        self
     }
 
     /// The store.
@@ -242,31 +223,50 @@ impl Engine {
         &self.store
     }
 
+    /// The epoch an interrupted training of `key` left its last checkpoint at.
+    fn interrupted_at(&self, key: &str) -> Option<usize> {
+        stages::train::interrupted_at(&self.store.scratch_path(key))
+    }
+
+    fn warn(&mut self, w: String) {
+        self.watcher.event(Event::Warning(w));
+    }
+
+    fn note(&mut self, n: String) {
+        self.watcher.event(Event::Note(n));
+    }
+
+    fn settled(&mut self, o: &StageOutcome) {
+        self.watcher.event(Event::Settled(o));
+    }
+
     fn fingerprint(&mut self, root: &Path) -> Result<&TreeFingerprint> {
         if !self.fingerprints.contains_key(root) {
             let t = Instant::now();
             let fp = fingerprint_tree(&self.store, root)?;
             if fp.hashed > 0 {
-                eprintln!(
+                self.note(format!(
                     "dataset {}: {} files, {} hashed (not in the stat cache) in {:.1}s",
                     fp.root.display(),
                     fp.files.len(),
                     fp.hashed,
                     t.elapsed().as_secs_f64()
-                );
+                ));
             }
             self.fingerprints.insert(root.to_path_buf(), fp);
         }
         Ok(&self.fingerprints[root])
     }
 
-    /// Compute a stage's key if every input's output is known.
-    fn resolve(
+    /// A stage's key, if every input's output is known. `looking`: a dataset folder that
+    /// is not there makes the stage wait (status, dry runs) instead of failing (runs).
+    pub(crate) fn resolve(
         &mut self,
         p: &Pipeline,
         name: &str,
         outputs: &HashMap<String, String>,
-    ) -> Result<Option<Resolved>> {
+        looking: bool,
+    ) -> Result<Resolution> {
         let s = &p.stages[name];
         let mut inputs = BTreeMap::new();
         let mut input_hashes = Vec::new();
@@ -276,10 +276,13 @@ impl Engine {
                     inputs.insert(i.clone(), h.clone());
                     input_hashes.push(h.clone());
                 }
-                None => return Ok(None),
+                None => return Ok(Resolution::InputsPending),
             }
         }
         let external = match stages::external_root(p, s) {
+            Some(root) if looking && !root.exists() => {
+                return Ok(Resolution::DatasetMissing(root));
+            }
             Some(root) => Some(
                 self.fingerprint(&root)
                     .with_context(|| {
@@ -292,20 +295,17 @@ impl Engine {
             ),
             None => None,
         };
-        let config = s.config.to_json();
-        let key = stage_key(p, name, &input_hashes, external.as_deref());
-        Ok(Some(Resolved {
-            key,
-            config,
+        let material = KeyMaterial::of(p, name, input_hashes, external)?;
+        Ok(Resolution::Ready(Box::new(Resolved {
+            key: material.hash(),
+            material,
             inputs,
-            external,
-        }))
+        })))
     }
 
-    /// Run a pipeline: every stage whose key is not in the store, in dependency order.
-    pub fn run(&mut self, p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
-        for f in opts.force.iter().chain(opts.until.iter()) {
-            if !p.stages.contains_key(f) {
+    fn check_stage_names(p: &Pipeline, names: &[&String]) -> Result<()> {
+        for f in names {
+            if !p.stages.contains_key(*f) {
                 anyhow::bail!(
                     "no stage `{f}` in pipeline `{}` (stages: {})",
                     p.name,
@@ -313,6 +313,13 @@ impl Engine {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// Run a pipeline: every stage whose key is not in the store, in dependency order.
+    pub fn run(&mut self, p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
+        let named: Vec<&String> = opts.force.iter().chain(opts.until.iter()).collect();
+        Self::check_stage_names(p, &named)?;
         let _lock = if opts.dry_run {
             None
         } else {
@@ -327,6 +334,7 @@ impl Engine {
         // concurrent jobs recorded for other stages meanwhile is kept.
         let mut touched: HashSet<String> = HashSet::new();
         let mut outputs: HashMap<String, String> = HashMap::new();
+        let mut waits_for_data: HashSet<String> = HashSet::new();
         let mut report = RunReport {
             pipeline: p.name.clone(),
             manifest: p.file.display().to_string(),
@@ -335,37 +343,41 @@ impl Engine {
         };
         for name in p.topo_order() {
             let s = &p.stages[&name];
-            let kind = s.config.kind().to_string();
-            let mut outcome = StageOutcome {
-                name: name.clone(),
-                kind: kind.clone(),
-                state: String::new(),
-                key: None,
-                output: None,
-                seconds: 0.0,
-                summary: String::new(),
-                reasons: Vec::new(),
-                estimate: None,
-            };
+            let kind = s.config.kind();
+            let mut outcome = StageOutcome::new(&name, kind, StageState::Waiting);
             if wanted.as_ref().is_some_and(|w| !w.contains(&name)) {
-                outcome.state = "skipped".into();
+                outcome.state = StageState::Skipped;
                 outcome.summary = "after --until".into();
-                self.print(&outcome, opts);
+                self.settled(&outcome);
                 report.stages.push(outcome);
                 continue;
             }
-            let Some(r) = self.resolve(p, &name, &outputs)? else {
-                outcome.estimate = self.estimate_stage(p, &name, &outputs);
-                outcome.state = "waiting".into();
-                outcome.reasons = s
-                    .inputs
-                    .iter()
-                    .filter(|i| !outputs.contains_key(*i))
-                    .map(|i| format!("input {i} would re-run"))
-                    .collect();
-                self.print(&outcome, opts);
-                report.stages.push(outcome);
-                continue;
+            let r = match self.resolve(p, &name, &outputs, opts.dry_run)? {
+                Resolution::Ready(r) => r,
+                Resolution::InputsPending => {
+                    outcome.estimate = self.estimate_stage(p, &name, &outputs);
+                    outcome.reasons = pending_inputs(s, &outputs, &waits_for_data);
+                    if outcome
+                        .reasons
+                        .iter()
+                        .any(|r| matches!(r, Reason::InputWaits(_)))
+                    {
+                        waits_for_data.insert(name.clone());
+                    }
+                    self.settled(&outcome);
+                    report.stages.push(outcome);
+                    continue;
+                }
+                Resolution::DatasetMissing(root) => {
+                    outcome.reasons = vec![Reason::DatasetMissing {
+                        path: root.display().to_string(),
+                        key: format!("{name}.root"),
+                    }];
+                    waits_for_data.insert(name.clone());
+                    self.settled(&outcome);
+                    report.stages.push(outcome);
+                    continue;
+                }
             };
             let prev = state.stages.get(&name).cloned();
             outcome.key = Some(r.key.clone());
@@ -377,55 +389,51 @@ impl Engine {
                 self.lookup_sound(&name, &r.key, !opts.dry_run, &mut damage)?
             };
             if let Some(rec) = cached {
-                outcome.state = "cached".into();
+                outcome.state = StageState::Cached;
                 outcome.output = Some(rec.output.clone());
                 outcome.summary = rec.summary.clone();
                 outputs.insert(name.clone(), rec.output.clone());
                 if !opts.dry_run {
                     state
                         .stages
-                        .insert(name.clone(), self.stage_state(&kind, &r, &rec.output));
+                        .insert(name.clone(), stage_record(&r, &rec.output));
                     touched.insert(name.clone());
                 }
-                self.print(&outcome, opts);
+                self.settled(&outcome);
                 report.stages.push(outcome);
                 continue;
             }
             outcome.reasons = if forced {
-                vec!["forced with --force".into()]
+                vec![Reason::Forced]
             } else if !damage.is_empty() {
-                damage
+                vec![Reason::Damaged(damage)]
             } else {
-                explain(prev.as_ref(), &kind, &r, &HashSet::new())
+                query::explain(prev.as_ref(), &r, &HashSet::new())
             };
             if opts.dry_run {
                 outcome.estimate = self.estimate_stage(p, &name, &outputs);
-                outcome.state = "would-run".into();
-                self.print(&outcome, opts);
+                outcome.state = StageState::WouldRun;
+                self.settled(&outcome);
                 report.stages.push(outcome);
                 continue;
             }
-            if !opts.quiet {
-                eprintln!("{:<12} running ({})", name, outcome.reasons.join("; "));
-            }
-            let (output, summary, seconds) = self.execute(p, &name, &r, &outputs)?;
+            self.watcher.event(Event::Starting(&name, &outcome.reasons));
+            let (output, summary, seconds) = self.execute(p, &name, &r, &outputs, forced)?;
             if prev.as_ref().is_some_and(|pr| pr.output == output) {
-                outcome
-                    .reasons
-                    .push("output unchanged: later stages stay cached".into());
+                outcome.reasons.push(Reason::OutputUnchanged);
             }
-            outcome.state = "ran".into();
+            outcome.state = StageState::Ran;
             outcome.output = Some(output.clone());
             outcome.seconds = seconds;
             outcome.summary = summary;
             outputs.insert(name.clone(), output.clone());
-            let st = self.stage_state(&kind, &r, &output);
+            let st = stage_record(&r, &output);
             state.stages.insert(name.clone(), st.clone());
             touched.insert(name.clone());
             self.store.update_state(&p.name, |all| {
                 all.stages.insert(name.clone(), st);
             })?;
-            self.print(&outcome, opts);
+            self.settled(&outcome);
             report.stages.push(outcome);
         }
         if !opts.dry_run && state.stages != state_before.stages {
@@ -439,24 +447,31 @@ impl Engine {
     }
 
     /// Run one stage whose inputs are published: under its key's lock (another process
-    /// running the same key is waited for, then its artifact is taken), into a private
-    /// folder in its scratch, published atomically and recorded. Returns (output hash,
-    /// summary, seconds; 0 when another process had published it meanwhile).
+    /// running the same key is waited for, then its artifact is taken, unless `forced`),
+    /// into a private folder in its scratch, published atomically and recorded. A forced
+    /// stage starts over: its key's scratch (an interrupted run's checkpoints) is cleared
+    /// first. Returns (output hash, summary, seconds; 0 when another process had published
+    /// it meanwhile).
     fn execute(
         &mut self,
         p: &Pipeline,
         name: &str,
         r: &Resolved,
         outputs: &HashMap<String, String>,
+        forced: bool,
     ) -> Result<(String, String, f64)> {
         let s = &p.stages[name];
-        let kind = s.config.kind().to_string();
+        let kind = s.config.kind();
         let _key_lock = self.store.lock_key(&r.key, name)?;
-        let mut damage = Vec::new();
-        if let Some(rec) = self.lookup_sound(name, &r.key, true, &mut damage)? {
-            return Ok((rec.output, rec.summary, 0.0));
+        if forced {
+            self.store.remove_scratch(&r.key)?;
+        } else {
+            let mut damage = Vec::new();
+            if let Some(rec) = self.lookup_sound(name, &r.key, true, &mut damage)? {
+                return Ok((rec.output, rec.summary, 0.0));
+            }
         }
-        let resumed = self.store.interrupted_at(&r.key).is_some();
+        let resumed = self.interrupted_at(&r.key).is_some();
         let tmp = self.store.new_out_dir(&r.key)?;
         let scratch = self.store.scratch_dir(&r.key)?;
         let started = Instant::now();
@@ -465,6 +480,12 @@ impl Engine {
             .iter()
             .map(|i| (i.clone(), self.store.artifact_dir(&outputs[i])))
             .collect();
+        let network = match kind {
+            StageKind::Train => {
+                Some(crate::nn::train_graph(p, name).map_err(|e| anyhow::anyhow!("{e}"))?)
+            }
+            _ => None,
+        };
         let fp = stages::external_root(p, s).and_then(|root| self.fingerprints.get(&root));
         let ctx = StageCtx {
             pipeline: p,
@@ -476,6 +497,7 @@ impl Engine {
                 root: &f.root,
                 files: &f.files,
             }),
+            network: network.as_ref(),
         };
         let summary = match stages::run(&ctx) {
             Ok(s) => s,
@@ -484,11 +506,11 @@ impl Engine {
                 return Err(e.context(format!("stage `{name}` ({kind}) failed")));
             }
         };
-        let output = self.store.publish(&tmp)?;
+        let output = self.store.publish(&tmp, stages::records(kind))?;
         let seconds = started.elapsed().as_secs_f64();
         self.store.record(&KeyRecord {
             key: r.key.clone(),
-            kind: kind.clone(),
+            kind,
             stage: name.to_string(),
             output: output.clone(),
             summary: summary.clone(),
@@ -506,80 +528,30 @@ impl Engine {
         // A resumed training ran only part of its epochs: its time is no rate to go by.
         if let Some((images, epochs)) = estimate::units(p, name, &dirs, files).filter(|_| !resumed)
         {
-            let (kind, network, device, backend) = estimate::describe(p, name);
-            let rec = estimate::TimingRecord {
-                kind,
-                network,
-                device,
-                backend,
-                images,
-                epochs,
-                seconds,
-            };
+            let rec =
+                estimate::TimingRecord::new(estimate::describe(p, name), images, epochs, seconds);
             if let Err(e) = estimate::append(self.store.root(), &rec) {
-                eprintln!("warning: could not record the stage's timing: {e:#}");
+                self.warn(format!("could not record the stage's timing: {e:#}"));
             }
         }
         Ok((output, summary, seconds))
-    }
-
-    /// Estimated seconds for a stage that would run, given the outputs known so far.
-    fn estimate_stage(
-        &mut self,
-        p: &Pipeline,
-        name: &str,
-        outputs: &HashMap<String, String>,
-    ) -> Option<f64> {
-        let past = self
-            .timings
-            .get_or_insert_with(|| estimate::load(self.store.root()));
-        if past.is_empty() {
-            return None;
-        }
-        let s = &p.stages[name];
-        let mut dirs: Vec<PathBuf> = s
-            .inputs
-            .iter()
-            .filter_map(|i| outputs.get(i).map(|o| self.store.artifact_dir(o)))
-            .collect();
-        // An lr-drop's HDF5 input may be reached only through its `from`: look upstream.
-        for a in p.ancestors_of(name) {
-            if let Some(o) = outputs.get(&a) {
-                if matches!(p.stages[&a].config, StageConfig::Hdf5(_)) {
-                    dirs.push(self.store.artifact_dir(o));
-                }
-            }
-        }
-        let files = stages::external_root(p, s)
-            .and_then(|root| self.fingerprints.get(&root))
-            .map(|f| f.files.len());
-        let (images, epochs) = estimate::units(p, name, &dirs, files)?;
-        let what = estimate::describe(p, name);
-        let past = self.timings.as_ref()?;
-        estimate::estimate(past, &what, images, epochs)
     }
 
     /// Run one stage of a pipeline whose inputs are all in the store (what a cluster job
     /// or a local worker runs): resolves every stage before it from the store, then runs
     /// this one unless it is cached. Errors name an input that is missing.
     pub fn run_stage(&mut self, p: &Pipeline, stage: &str) -> Result<StageOutcome> {
-        if !p.stages.contains_key(stage) {
-            anyhow::bail!(
-                "no stage `{stage}` in pipeline `{}` (stages: {})",
-                p.name,
-                p.stages.keys().cloned().collect::<Vec<_>>().join(", ")
-            );
-        }
+        Self::check_stage_names(p, &[&stage.to_string()])?;
         let wanted = p.ancestors_of(stage);
         let mut outputs: HashMap<String, String> = HashMap::new();
         for name in p.topo_order() {
             if !wanted.contains(&name) {
                 continue;
             }
-            let r = self
-                .resolve(p, &name, &outputs)?
-                .ok_or_else(|| anyhow::anyhow!("stage `{name}`: an input is not in the store"))?;
-            let kind = p.stages[&name].config.kind().to_string();
+            let Resolution::Ready(r) = self.resolve(p, &name, &outputs, false)? else {
+                anyhow::bail!("stage `{name}`: an input is not in the store");
+            };
+            let kind = p.stages[&name].config.kind();
             if name != stage {
                 let mut damage = Vec::new();
                 let rec = self
@@ -593,44 +565,36 @@ impl Engine {
                 outputs.insert(name.clone(), rec.output);
                 continue;
             }
-            let mut outcome = StageOutcome {
-                name: name.clone(),
-                kind: kind.clone(),
-                state: "cached".into(),
-                key: Some(r.key.clone()),
-                output: None,
-                seconds: 0.0,
-                summary: String::new(),
-                reasons: Vec::new(),
-                estimate: None,
-            };
+            let mut outcome = StageOutcome::new(&name, kind, StageState::Cached);
+            outcome.key = Some(r.key.clone());
             let mut damage = Vec::new();
             let (output, summary, seconds) =
                 match self.lookup_sound(&name, &r.key, true, &mut damage)? {
                     Some(rec) => (rec.output, rec.summary, 0.0),
                     None => {
-                        eprintln!("{name:<12} running");
-                        let done = self.execute(p, &name, &r, &outputs)?;
-                        outcome.state = "ran".into();
+                        self.watcher.event(Event::Starting(&name, &[]));
+                        let done = self.execute(p, &name, &r, &outputs, false)?;
+                        outcome.state = StageState::Ran;
                         done
                     }
                 };
-            let st = self.stage_state(&kind, &r, &output);
+            let st = stage_record(&r, &output);
             self.store.update_state(&p.name, |all| {
                 all.stages.insert(name.clone(), st);
             })?;
             // A job's log, next to the artifact it made: `logs/<artifact>.log` (a link to
             // the job's log file, which keeps its last lines as the job ends).
-            if let (Some(log), "ran") = (std::env::var_os("PIPE_JOB_LOG"), outcome.state.as_str()) {
+            if let (Some(log), StageState::Ran) = (std::env::var_os("PIPE_JOB_LOG"), outcome.state)
+            {
                 let dir = self.store.root().join("logs");
                 let link = dir.join(format!("{output}.log"));
                 let _ = std::fs::create_dir_all(&dir);
                 let _ = std::fs::remove_file(&link);
                 if let Err(e) = std::os::unix::fs::symlink(&log, &link) {
-                    eprintln!(
-                        "warning: could not link the job's log at {}: {e}",
+                    self.warn(format!(
+                        "could not link the job's log at {}: {e}",
                         link.display()
-                    );
+                    ));
                 }
             }
             outcome.output = Some(output);
@@ -648,7 +612,9 @@ impl Engine {
         only: Option<&HashSet<String>>,
     ) -> Result<Vec<(String, Vec<String>, integrity::Health)>> {
         let mut made_by: HashMap<String, BTreeSet<String>> = HashMap::new();
+        let mut kinds: HashMap<String, StageKind> = HashMap::new();
         for rec in self.store.all_keys()? {
+            kinds.insert(rec.output.clone(), rec.kind);
             made_by.entry(rec.output).or_default().insert(rec.stage);
         }
         let mut out = Vec::new();
@@ -656,7 +622,10 @@ impl Engine {
             if only.is_some_and(|o| !o.contains(&a)) {
                 continue;
             }
-            let health = self.store.health(&a, true)?;
+            let records = kinds
+                .get(&a)
+                .map_or(stages::ALL_RECORDS, |k| stages::records(*k));
+            let health = self.store.health(&a, true, records)?;
             let stages = made_by.remove(&a).unwrap_or_default().into_iter().collect();
             out.push((a, stages, health));
         }
@@ -665,29 +634,29 @@ impl Engine {
     }
 
     /// The cached record of a key whose artifact is as published. A damaged artifact is
-    /// treated as missing: `damage` gets the reason (naming the files, also printed as a
-    /// warning) and, with `quarantine`, the artifact is moved aside so the stage's re-run
-    /// can publish it afresh.
+    /// treated as missing: `damage` gets the problems (each also a warning) and, with
+    /// `quarantine`, the artifact is moved aside so the stage's re-run can publish it
+    /// afresh.
     fn lookup_sound(
-        &self,
+        &mut self,
         stage: &str,
         key: &str,
         quarantine: bool,
         damage: &mut Vec<String>,
-    ) -> Result<Option<store::KeyRecord>> {
+    ) -> Result<Option<KeyRecord>> {
         let Some(rec) = self.store.lookup(key) else {
             return Ok(None);
         };
-        match self.store.health(&rec.output, false)? {
+        match self
+            .store
+            .health(&rec.output, false, stages::records(rec.kind))?
+        {
             integrity::Health::Sound => Ok(Some(rec)),
             integrity::Health::Damaged(problems) => {
                 for pr in &problems {
-                    eprintln!("warning: stage `{stage}`'s artifact is damaged: {pr}");
+                    self.warn(format!("stage `{stage}`'s artifact is damaged: {pr}"));
                 }
-                damage.push(format!(
-                    "its artifact is damaged ({}); it runs again",
-                    problems.join("; ")
-                ));
+                damage.extend(problems);
                 if quarantine {
                     self.store.quarantine(&rec.output)?;
                 }
@@ -696,149 +665,8 @@ impl Engine {
         }
     }
 
-    fn stage_state(&self, kind: &str, r: &Resolved, output: &str) -> StageState {
-        StageState {
-            key: r.key.clone(),
-            kind: kind.to_string(),
-            version: stages::version(kind),
-            config: r.config.clone(),
-            inputs: r.inputs.clone(),
-            external: r.external.clone(),
-            output: output.to_string(),
-        }
-    }
-
-    fn print(&self, o: &StageOutcome, opts: &RunOptions) {
-        if opts.quiet {
-            return;
-        }
-        let key = o.key.as_deref().map(|k| &k[..12]).unwrap_or("-");
-        let time = if o.state == "ran" {
-            format!("{:.1}s", o.seconds)
-        } else {
-            String::new()
-        };
-        let detail = match o.state.as_str() {
-            "would-run" | "waiting" => {
-                let est = o.estimate.map_or("no estimate yet".into(), |e| {
-                    format!("est. {}", estimate::human(e))
-                });
-                format!("[{est}] {}", o.reasons.join("; "))
-            }
-            _ => {
-                let mut d = o.summary.clone();
-                if o.state == "ran" && o.reasons.iter().any(|r| r.starts_with("output unchanged")) {
-                    d.push_str(" [output unchanged: later stages stay cached]");
-                }
-                d
-            }
-        };
-        eprintln!(
-            "{:<12} {:<9} {:>7}  key {key}  {detail}",
-            o.name, o.state, time
-        );
-    }
-
-    /// For each stage: cached or stale, and why, without running anything.
-    pub fn status(&mut self, p: &Pipeline) -> Result<Vec<StageOutcome>> {
-        let mut out = self.status_only(p)?;
-        // Stages submitted to an executor: queued, running, or how their job ended.
-        if out.iter().any(|o| o.state != "cached") && self.store.jobs_dir().is_dir() {
-            let recipes = self.recipes(p)?;
-            for o in out.iter_mut().filter(|o| o.state != "cached") {
-                let Some(rec) = self.job_record(&recipes[&o.name]) else {
-                    continue;
-                };
-                let who = format!("{} job {}", rec.executor, rec.job);
-                match self.job_state(&rec) {
-                    executor::JobState::Queued(why) => {
-                        o.state = "queued".into();
-                        o.reasons
-                            .insert(0, format!("{who} pending {why}").trim().to_string());
-                    }
-                    executor::JobState::Running(how) => {
-                        o.state = "running".into();
-                        o.reasons
-                            .insert(0, format!("{who} {how}").trim().to_string());
-                    }
-                    executor::JobState::Failed(why) => o
-                        .reasons
-                        .insert(0, format!("{who} failed ({why}); log {}", rec.log)),
-                    executor::JobState::Done | executor::JobState::Gone => {}
-                    executor::JobState::Unknown => {
-                        o.reasons.insert(0, format!("{who}: Slurm does not answer"))
-                    }
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    fn status_only(&mut self, p: &Pipeline) -> Result<Vec<StageOutcome>> {
-        let state = self.store.load_state(&p.name);
-        let mut outputs = HashMap::new();
-        let mut stale_inputs: HashSet<String> = HashSet::new();
-        let mut out = Vec::new();
-        for name in p.topo_order() {
-            let s = &p.stages[&name];
-            let kind = s.config.kind().to_string();
-            let prev = state.stages.get(&name);
-            let mut o = StageOutcome {
-                name: name.clone(),
-                kind: kind.clone(),
-                state: "stale".into(),
-                key: None,
-                output: None,
-                seconds: 0.0,
-                summary: String::new(),
-                reasons: Vec::new(),
-                estimate: None,
-            };
-            match self.resolve(p, &name, &outputs)? {
-                Some(r) => {
-                    o.key = Some(r.key.clone());
-                    let mut damage = Vec::new();
-                    if let Some(rec) = self.lookup_sound(&name, &r.key, false, &mut damage)? {
-                        o.state = "cached".into();
-                        o.summary = rec.summary.clone();
-                        o.output = Some(rec.output.clone());
-                        outputs.insert(name.clone(), rec.output);
-                    } else {
-                        o.reasons = if damage.is_empty() {
-                            explain(prev, &kind, &r, &stale_inputs)
-                        } else {
-                            damage
-                        };
-                        if let Some(e) = self.store.interrupted_at(&r.key) {
-                            o.reasons.insert(
-                                0,
-                                format!(
-                                    "interrupted: a run resumes from its checkpoint at epoch {e}"
-                                ),
-                            );
-                        }
-                        stale_inputs.insert(name.clone());
-                        o.estimate = self.estimate_stage(p, &name, &outputs);
-                    }
-                }
-                None => {
-                    o.reasons = s
-                        .inputs
-                        .iter()
-                        .filter(|i| stale_inputs.contains(*i))
-                        .map(|i| format!("input {i} changed"))
-                        .collect();
-                    stale_inputs.insert(name.clone());
-                    o.estimate = self.estimate_stage(p, &name, &outputs);
-                }
-            }
-            out.push(o);
-        }
-        Ok(out)
-    }
-
     /// Remove every artifact and key that no manifest in `pipelines/` resolves to (and that
-    /// is not the last run of such a manifest). Returns (artifacts, keys, bytes) removed.
+    /// is not the last run of such a manifest).
     pub fn gc(&mut self, project: &Project) -> Result<GcReport> {
         let _lock = self.store.lock("pipe gc")?;
         self.store.clean_tmp()?;
@@ -853,13 +681,15 @@ impl Engine {
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let p = match manifest::load(&file, &[], &project.dir) {
-                Ok(mut p) => {
-                    resolve_devices(&mut p);
-                    Some(p)
-                }
+            let p = match load_pipeline(&file, &[], &project.dir) {
+                Ok(p) => Some(p),
                 Err(e) => {
-                    warnings.push(format!("{}: {}", display_name(&file), e.message));
+                    let first = format!("{e}");
+                    warnings.push(format!(
+                        "{}: {}",
+                        display_name(&file),
+                        first.lines().next().unwrap_or("")
+                    ));
                     None
                 }
             };
@@ -891,19 +721,29 @@ impl Engine {
         }
         let mut report = GcReport::default();
         // Damaged artifacts go, whether or not a manifest still resolves to them.
+        let kinds: HashMap<String, StageKind> = self
+            .store
+            .all_keys()?
+            .into_iter()
+            .map(|r| (r.output, r.kind))
+            .collect();
         for a in self.store.all_artifacts()? {
-            if let Ok(integrity::Health::Damaged(problems)) = self.store.health(&a, false) {
+            let records = kinds
+                .get(&a)
+                .map_or(stages::ALL_RECORDS, |k| stages::records(*k));
+            if let Ok(integrity::Health::Damaged(problems)) = self.store.health(&a, false, records)
+            {
                 for pr in problems {
-                    eprintln!("gc: dropping a damaged artifact: {pr}");
+                    self.warn(format!("gc: dropping a damaged artifact: {pr}"));
                 }
                 self.store.quarantine(&a)?;
                 report.artifacts += 1;
             }
         }
         report.bytes += self.store.remove_damaged()?;
-        for rec in self.store.all_keys()? {
-            if !keep_keys.contains(&rec.key) {
-                self.store.remove_key(&rec.key)?;
+        for key in self.store.all_key_names()? {
+            if !keep_keys.contains(&key) {
+                self.store.remove_key(&key)?;
                 report.keys += 1;
             }
         }
@@ -918,7 +758,8 @@ impl Engine {
                 && !keep_scratch.contains(&k)
                 && !self.store.key_is_running(&k)
             {
-                report.bytes += store::dir_size(&self.store.root().join("scratch").join(&k));
+                report.bytes +=
+                    crate::content::dir_size(&self.store.root().join("scratch").join(&k));
                 self.store.remove_scratch(&k)?;
             }
         }
@@ -935,6 +776,39 @@ impl Engine {
         }
         report.warnings = warnings;
         Ok(report)
+    }
+}
+
+/// Why a stage whose inputs are not all known waits: each input that would run first, or
+/// that itself waits for a dataset folder.
+fn pending_inputs(
+    s: &manifest::Stage,
+    outputs: &HashMap<String, String>,
+    waits_for_data: &HashSet<String>,
+) -> Vec<Reason> {
+    s.inputs
+        .iter()
+        .filter(|i| !outputs.contains_key(*i))
+        .map(|i| {
+            if waits_for_data.contains(i) {
+                Reason::InputWaits(i.clone())
+            } else {
+                Reason::InputWouldRun(i.clone())
+            }
+        })
+        .collect()
+}
+
+/// What a pipeline's state records of a stage that resolved to `r` and made `output`.
+pub(crate) fn stage_record(r: &Resolved, output: &str) -> StageRecord {
+    StageRecord {
+        key: r.key.clone(),
+        kind: r.material.kind,
+        version: r.material.version,
+        config: r.material.config.clone(),
+        inputs: r.inputs.clone(),
+        external: r.material.external.clone(),
+        output: output.to_string(),
     }
 }
 
@@ -955,73 +829,4 @@ pub struct GcReport {
     pub bytes: u64,
     /// Manifests that could not be resolved.
     pub warnings: Vec<String>,
-}
-
-/// Why a stage's key differs from its last run.
-fn explain(
-    prev: Option<&StageState>,
-    kind: &str,
-    r: &Resolved,
-    stale_inputs: &HashSet<String>,
-) -> Vec<String> {
-    let Some(prev) = prev else {
-        return vec!["never ran in this pipeline".into()];
-    };
-    let mut why = Vec::new();
-    if prev.kind != kind {
-        why.push(format!("kind changed: {} -> {kind}", prev.kind));
-    } else if prev.version != stages::version(kind) {
-        why.push(format!(
-            "implementation changed: {kind} v{} -> v{}",
-            prev.version,
-            stages::version(kind)
-        ));
-    }
-    let mut old = BTreeMap::new();
-    let mut new = BTreeMap::new();
-    flatten("", &prev.config, &mut old);
-    flatten("", &r.config, &mut new);
-    let keys: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
-    for k in keys {
-        let (a, b) = (old.get(k), new.get(k));
-        if a != b {
-            let show = |v: Option<&String>| v.cloned().unwrap_or_else(|| "(unset)".into());
-            why.push(format!("config changed: {k} {} -> {}", show(a), show(b)));
-        }
-    }
-    for (name, hash) in &r.inputs {
-        if stale_inputs.contains(name) || prev.inputs.get(name) != Some(hash) {
-            why.push(format!("input {name} changed"));
-        }
-    }
-    for name in prev.inputs.keys() {
-        if !r.inputs.contains_key(name) {
-            why.push(format!("input {name} removed"));
-        }
-    }
-    if prev.external != r.external {
-        why.push("dataset folder contents changed".into());
-    }
-    if why.is_empty() {
-        why.push("not in the cache (removed by `pipe gc`, or a cache folder change)".into());
-    }
-    why
-}
-
-fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, String>) {
-    match v {
-        serde_json::Value::Object(m) => {
-            for (k, x) in m {
-                let p = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(&p, x, out);
-            }
-        }
-        other => {
-            out.insert(prefix.to_string(), other.to_string());
-        }
-    }
 }

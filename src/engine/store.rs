@@ -24,6 +24,8 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 pub use crate::atomic::{write_atomic, write_json_atomic};
+use crate::content::{self, dir_size};
+use crate::manifest::StageKind;
 
 /// A stage key resolved to its output.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -31,7 +33,7 @@ pub struct KeyRecord {
     /// The stage key.
     pub key: String,
     /// The stage kind.
-    pub kind: String,
+    pub kind: StageKind,
     /// The stage name that produced it (informative: keys are shared across pipelines).
     pub stage: String,
     /// Content hash of the output directory.
@@ -44,11 +46,11 @@ pub struct KeyRecord {
 
 /// What one stage of a pipeline last resolved to.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct StageState {
+pub struct StageRecord {
     /// Stage key.
     pub key: String,
     /// Stage kind.
-    pub kind: String,
+    pub kind: StageKind,
     /// Implementation version.
     pub version: u32,
     /// Effective configuration.
@@ -64,8 +66,8 @@ pub struct StageState {
 /// The last run of a pipeline, stage by stage.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PipelineState {
-    /// Stage name -> state.
-    pub stages: BTreeMap<String, StageState>,
+    /// Stage name -> what it last resolved to.
+    pub stages: BTreeMap<String, StageRecord>,
 }
 
 /// A handle on a store directory.
@@ -199,24 +201,12 @@ impl Store {
         Ok(p)
     }
 
-    /// Remove a key's scratch folder.
-    /// The epoch of the latest checkpoint an interrupted run of `key` left in its scratch
-    /// folder (where the next run resumes).
-    pub fn interrupted_at(&self, key: &str) -> Option<usize> {
-        fs::read_dir(self.root.join("scratch").join(key).join("checkpoints"))
-            .ok()?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .strip_prefix("epoch_")?
-                    .strip_suffix(".safetensors")?
-                    .parse()
-                    .ok()
-            })
-            .max()
+    /// The scratch folder of a stage key (not created).
+    pub fn scratch_path(&self, key: &str) -> PathBuf {
+        self.root.join("scratch").join(key)
     }
 
+    /// Remove a key's scratch folder.
     pub fn remove_scratch(&self, key: &str) -> Result<()> {
         let p = self.root.join("scratch").join(key);
         if p.exists() {
@@ -241,8 +231,9 @@ impl Store {
 
     /// Hash a finished temporary directory and publish it by rename; returns its hash.
     /// A byte-identical artifact already present is kept and the new one dropped.
-    pub fn publish(&self, tmp: &Path) -> Result<String> {
-        let (hash, files) = hash_dir_files(tmp)?;
+    /// `records`: the top-level files its stage kind declares as records, not content.
+    pub fn publish(&self, tmp: &Path, records: &[&str]) -> Result<String> {
+        let (hash, files) = content::hash_dir(tmp, records)?;
         let dest = self.artifact_dir(&hash);
         if dest.is_dir() {
             fs::remove_dir_all(tmp)?;
@@ -269,13 +260,18 @@ impl Store {
 
     /// Check a published artifact against its seal (see `engine::integrity`); `full`
     /// re-hashes every file. An artifact published before seals existed is re-hashed once
-    /// against its name.
-    pub fn health(&self, output: &str, full: bool) -> Result<super::integrity::Health> {
+    /// against its name. `records`: as for [`Store::publish`].
+    pub fn health(
+        &self,
+        output: &str,
+        full: bool,
+        records: &[&str],
+    ) -> Result<super::integrity::Health> {
         use super::integrity::Health;
         let dir = self.artifact_dir(output);
         match read_json::<super::integrity::Seal>(&self.seal_path(output)) {
-            Ok(Some(seal)) => super::integrity::check(&dir, &seal, full),
-            _ => Ok(if hash_dir(&dir)? == output {
+            Ok(Some(seal)) => super::integrity::check(&dir, &seal, full, records),
+            _ => Ok(if content::hash_dir(&dir, records)?.0 == output {
                 Health::Sound
             } else {
                 Health::Damaged(vec![format!(
@@ -426,8 +422,19 @@ impl Store {
         self.root.join("state").join(format!("{pipeline}.json"))
     }
 
-    /// Every key record in the store.
+    /// Every key record in the store that reads (see [`Store::all_key_names`] for all).
     pub fn all_keys(&self) -> Result<Vec<KeyRecord>> {
+        let mut out = Vec::new();
+        for key in self.all_key_names()? {
+            if let Ok(Some(r)) = read_json::<KeyRecord>(&self.key_path(&key)) {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The key of every key record file, readable or not.
+    pub fn all_key_names(&self) -> Result<Vec<String>> {
         let mut out = Vec::new();
         let dir = self.root.join("keys");
         if !dir.is_dir() {
@@ -435,21 +442,10 @@ impl Store {
         }
         for e in fs::read_dir(dir)? {
             let p = e?.path();
-            if let Ok(Some(r)) = read_json::<KeyRecord>(&p) {
-                out.push(r);
-            } else if p.extension().is_some_and(|x| x == "json") {
-                // Unreadable record: treat as garbage.
-                out.push(KeyRecord {
-                    key: p
-                        .file_stem()
-                        .map(|s| s.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
-                    kind: String::new(),
-                    stage: String::new(),
-                    output: String::new(),
-                    summary: String::new(),
-                    seconds: 0.0,
-                });
+            if p.extension().is_some_and(|x| x == "json") {
+                if let Some(stem) = p.file_stem() {
+                    out.push(stem.to_string_lossy().into_owned());
+                }
             }
         }
         Ok(out)
@@ -492,75 +488,6 @@ impl Store {
         }
         Ok(bytes)
     }
-}
-
-/// Total size of the files under `p`.
-pub fn dir_size(p: &Path) -> u64 {
-    let mut total = 0;
-    if let Ok(rd) = fs::read_dir(p) {
-        for e in rd.flatten() {
-            let path = e.path();
-            match e.file_type() {
-                Ok(t) if t.is_dir() => total += dir_size(&path),
-                Ok(_) => total += e.metadata().map(|m| m.len()).unwrap_or(0),
-                Err(_) => {}
-            }
-        }
-    }
-    total
-}
-
-/// Every file below `dir/rel`, relative to `dir`, in path order.
-pub(crate) fn files_sorted(dir: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let mut entries: Vec<_> = fs::read_dir(dir.join(rel))?.collect::<Result<_, _>>()?;
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let r = rel.join(e.file_name());
-        if e.file_type()?.is_dir() {
-            files_sorted(dir, &r, out)?;
-        } else {
-            out.push(r);
-        }
-    }
-    Ok(())
-}
-
-/// Content hash of a directory: relative paths, sizes and BLAKE3 of every file, except a
-/// top-level `timings.json` (how long a stage took is not what it made; leaving it out
-/// lets a byte-identical re-run cut off early).
-pub fn hash_dir(dir: &Path) -> Result<String> {
-    Ok(hash_dir_files(dir)?.0)
-}
-
-/// One file as [`hash_dir_files`] hashed it: (relative path, size, BLAKE3 hex).
-pub type HashedFile = (String, u64, String);
-
-/// [`hash_dir`], with each file as hashed.
-pub fn hash_dir_files(dir: &Path) -> Result<(String, Vec<HashedFile>)> {
-    let mut files = Vec::new();
-    files_sorted(dir, Path::new(""), &mut files)?;
-    files.retain(|f| f != Path::new(crate::report::history::TIMINGS));
-    let mut h = blake3::Hasher::new();
-    h.update(b"pipe-artifact-v1\0");
-    let mut each = Vec::with_capacity(files.len());
-    for rel in files {
-        let full = dir.join(&rel);
-        let mut fh = blake3::Hasher::new();
-        let len = fs::metadata(&full)?.len();
-        if len > 1 << 20 {
-            fh.update_mmap_rayon(&full)?;
-        } else {
-            fh.update(&fs::read(&full)?);
-        }
-        let rel = rel.to_string_lossy().replace('\\', "/");
-        let fh = fh.finalize();
-        h.update(rel.as_bytes());
-        h.update(&[0]);
-        h.update(&len.to_le_bytes());
-        h.update(fh.as_bytes());
-        each.push((rel, len, fh.to_hex().to_string()));
-    }
-    Ok((h.finalize().to_hex().to_string(), each))
 }
 
 /// Read a JSON file; `Ok(None)` if it does not exist.

@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use super::value::Origin;
+use super::source::{Origin, ReadError};
 
 /// An error in a manifest, located in its source when possible.
 #[derive(Clone)]
@@ -111,6 +111,12 @@ impl fmt::Debug for ManifestError {
 }
 
 impl std::error::Error for ManifestError {}
+
+impl From<ReadError> for ManifestError {
+    fn from(e: ReadError) -> Self {
+        ManifestError::new(e.0)
+    }
+}
 
 impl serde::de::Error for ManifestError {
     fn custom<T: fmt::Display>(msg: T) -> Self {

@@ -1,9 +1,11 @@
-//! Networks as data: blocks and networks from the manifest (`spec`), expanded into a
-//! graph with shapes, parameters and MACs (`graph`), and a Keras-like summary.
-//! Nothing here knows a training backend.
+//! Networks as data: a manifest's networks expanded into graphs (`expand`), each node's
+//! shape, parameters and MACs (`graph`), and a Keras-like summary. Nothing here knows a
+//! training backend, a stage or the store; it reads only the manifest's network specs.
 
+pub mod expand;
 pub mod graph;
-pub mod spec;
+
+pub use expand::{check, expand, train_graph};
 
 use graph::{totals, Graph, NodeInfo};
 

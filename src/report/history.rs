@@ -26,7 +26,7 @@ pub struct EpochRecord {
     pub val_acc: f64,
     /// Training images per second. Not written to `history.json` (nor to checkpoints): a
     /// timing is not content, and a byte-identical re-train must give a byte-identical
-    /// artifact. Timings go to `timings.json`, which the store does not hash.
+    /// artifact. Timings go to `timings.json`, a record the store does not hash.
     #[serde(default, skip_serializing)]
     pub images_per_sec: f64,
 }
@@ -42,8 +42,9 @@ pub struct EpochTiming {
     pub images_per_sec: f64,
 }
 
-/// Write `timings.json` (the epochs of `history` that have a timing) into `dir`.
-pub fn write_timings(dir: &Path, history: &[EpochRecord]) -> Result<()> {
+/// Write the epochs of `history` that have a timing to `path` (a training stage's
+/// `timings.json`).
+pub fn write_timings(path: &Path, history: &[EpochRecord]) -> Result<()> {
     let t: Vec<EpochTiming> = history
         .iter()
         .filter(|r| r.images_per_sec > 0.0)
@@ -53,11 +54,8 @@ pub fn write_timings(dir: &Path, history: &[EpochRecord]) -> Result<()> {
             images_per_sec: r.images_per_sec,
         })
         .collect();
-    crate::atomic::write_json_atomic(&dir.join(TIMINGS), &t)
+    crate::atomic::write_json_atomic(path, &t)
 }
-
-/// The artifact file that holds timings; excluded from the artifact's content hash.
-pub const TIMINGS: &str = "timings.json";
 
 /// Write `history.json` and `history.png` into `dir`.
 pub fn write(dir: &Path, history: &[EpochRecord]) -> Result<()> {

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-use super::train::{device_kind, load_split, load_trained, predict_split};
+use super::batches::load_split;
+use super::model::{device_kind, load_trained, predict_split};
 use super::StageCtx;
 use crate::data::index::read_classes;
 use crate::manifest::EvaluateConfig;
@@ -48,6 +49,26 @@ pub struct Metrics {
     pub rank: BTreeMap<String, f64>,
     /// Class id -> accuracy.
     pub per_class: BTreeMap<String, f64>,
+}
+
+/// The rank-k accuracies an evaluate artifact holds (`metrics.json`), by k; empty when
+/// it does not read.
+pub fn read_ranks(dir: &std::path::Path) -> BTreeMap<usize, f64> {
+    let mut ranks = BTreeMap::new();
+    let m: Option<serde_json::Value> = std::fs::read(dir.join("metrics.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    if let Some(r) = m.as_ref().and_then(|m| m["rank"].as_object()) {
+        for (k, v) in r {
+            if let (Some(k), Some(v)) = (
+                k.strip_prefix("rank-").and_then(|k| k.parse().ok()),
+                v.as_f64(),
+            ) {
+                ranks.insert(k, v);
+            }
+        }
+    }
+    ranks
 }
 
 /// Run the evaluate stage.

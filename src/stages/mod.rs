@@ -1,12 +1,17 @@
-//! Stage implementations, one file per kind.
+//! Stage implementations, one file (or folder) per kind, and what every kind declares:
+//! its implementation version and which of its files are records rather than content.
 //!
 //! A stage reads the artifact folders of its inputs (and, for `ingest`, a dataset folder
 //! the engine has fingerprinted), writes into an empty folder the engine gives it, and
 //! returns a one-line summary. It never touches the store: publishing, keys and caching
-//! are the engine's job.
+//! are the engine's job. `batches` and `model` hold what training, evaluation and
+//! prediction share: splits in memory and their batches, trained models and their
+//! predictions.
 
+pub mod batches;
 pub mod evaluate;
 pub mod ingest;
+pub mod model;
 pub mod split;
 pub mod train;
 pub mod write_hdf5;
@@ -15,20 +20,32 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use crate::manifest::{Pipeline, Stage, StageConfig};
+use crate::manifest::{Pipeline, Stage, StageConfig, StageKind};
+use crate::nn::graph::Graph;
 
 /// Bump when a kind's output for the same config and inputs changes: it changes every key
 /// of that kind, so old artifacts are not reused.
-pub fn version(kind: &str) -> u32 {
+pub fn version(kind: StageKind) -> u32 {
     match kind {
-        "ingest" => 1,
-        "split" => 1,
-        "hdf5" => 1,
-        "train" | "lr-drop" | "resume" => 1,
-        "evaluate" => 1,
-        _ => 0,
+        StageKind::Ingest => 1,
+        StageKind::Split => 1,
+        StageKind::Hdf5 => 1,
+        StageKind::Train | StageKind::LrDrop | StageKind::Resume => 1,
+        StageKind::Evaluate => 1,
     }
 }
+
+/// The top-level files of a kind's artifact that are records (how long it took), not
+/// content: the store leaves them out of the artifact's hash and its seal.
+pub fn records(kind: StageKind) -> &'static [&'static str] {
+    match kind {
+        StageKind::Train | StageKind::LrDrop | StageKind::Resume => train::RECORDS,
+        StageKind::Ingest | StageKind::Split | StageKind::Hdf5 | StageKind::Evaluate => &[],
+    }
+}
+
+/// Every kind's record files: for an artifact whose kind is unknown (no key names it).
+pub const ALL_RECORDS: &[&str] = train::RECORDS;
 
 /// Path order of [`DatasetFiles::files`]: component by component.
 pub fn cmp_paths(a: &str, b: &str) -> std::cmp::Ordering {
@@ -68,6 +85,8 @@ pub struct StageCtx<'a> {
     pub scratch: &'a Path,
     /// The fingerprinted dataset folder, for stages that read one.
     pub dataset: Option<DatasetFiles<'a>>,
+    /// The expanded network, for a `train` stage.
+    pub network: Option<&'a Graph>,
 }
 
 impl StageCtx<'_> {
@@ -91,7 +110,7 @@ pub fn run(ctx: &StageCtx<'_>) -> Result<String> {
         StageConfig::Ingest(c) => ingest::run(ctx, c),
         StageConfig::Split(c) => split::run(ctx, c),
         StageConfig::Hdf5(c) => write_hdf5::run(ctx, c),
-        StageConfig::Train(t) => train::run_train(ctx, t),
+        StageConfig::Train(c) => train::run_train(ctx, c),
         StageConfig::LrDrop(c) => train::run_continue(ctx, c, None),
         StageConfig::Resume {
             config, at, file, ..

@@ -1,0 +1,477 @@
+//! `pipe bench`: the data stages' throughput, training steps of each engine against
+//! PyTorch in alternating rounds, and parity of one step across engines.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+
+use crate::data::synthetic;
+
+/// `pipe bench data`: generate a Tiny-ImageNet-shaped tree of 64x64 JPEGs, time a cold
+/// `pipe run` (ingest + split + hdf5) and then no-op re-runs, each as a separate process.
+pub fn bench_data(
+    classes: usize,
+    per_class: usize,
+    val_per_class: usize,
+    keep: Option<&Path>,
+) -> Result<()> {
+    let tmp = tempdir_in_target()?;
+    let base = keep.map(|k| k.to_path_buf()).unwrap_or_else(|| tmp.clone());
+    let root = base.join("tiny-imagenet");
+    let proj = base.join("project");
+    std::fs::create_dir_all(proj.join("pipelines"))?;
+    if !root.join("wnids.txt").is_file() {
+        eprintln!(
+            "generating {} images...",
+            classes * (per_class + val_per_class)
+        );
+        synthetic::write_tiny_imagenet(&root, classes, per_class, val_per_class, 64, 1)?;
+    }
+    let files = count_files(&root)?;
+    let test_per_class = (per_class / 10).max(1);
+    std::fs::write(
+        proj.join("pipelines/bench.toml"),
+        format!(
+            "[stages.ingest]\nformat = \"tiny-imagenet\"\nroot = \"{}\"\n\n[stages.split]\ninput = \"ingest\"\ntest_per_class = {test_per_class}\n\n[stages.hdf5]\ninput = \"split\"\nsize = [64, 64]\n",
+            root.display()
+        ),
+    )?;
+    let _ = std::fs::remove_dir_all(proj.join(".pipe"));
+    let exe = std::env::current_exe()?;
+    let run = || -> Result<f64> {
+        let t = std::time::Instant::now();
+        let out = std::process::Command::new(&exe)
+            .args(["run", "bench", "--json"])
+            .current_dir(&proj)
+            .output()?;
+        if !out.status.success() {
+            anyhow::bail!("bench run failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(t.elapsed().as_secs_f64())
+    };
+    // Drop the page cache effect of generation as far as we can without root tricks:
+    // the first run reads files the generator just wrote (warm cache), as a re-run would.
+    let cold = run()?;
+    let images = classes * (per_class + val_per_class);
+    let mut noop = Vec::new();
+    for _ in 0..5 {
+        noop.push(run()?);
+    }
+    noop.sort_by(|a, b| a.total_cmp(b));
+    let threads = rayon::current_num_threads();
+    println!("| measurement | value |");
+    println!("|---|---|");
+    println!("| tree | {files} files, {images} JPEGs 64x64, {classes} classes |");
+    println!("| threads | {threads} |");
+    println!("| first run (ingest+split+hdf5) | {cold:.2} s |");
+    println!("| throughput | {:.0} images/s |", images as f64 / cold);
+    println!(
+        "| no-op re-run (median of 5, whole process) | {:.3} s (min {:.3}, max {:.3}) |",
+        noop[2], noop[0], noop[4]
+    );
+    if keep.is_none() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    Ok(())
+}
+
+fn tempdir_in_target() -> Result<PathBuf> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos();
+    let p = std::env::temp_dir().join(format!("pipe-bench-{nanos}"));
+    std::fs::create_dir_all(&p)?;
+    Ok(p)
+}
+
+fn count_files(dir: &Path) -> Result<usize> {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            n += count_files(&e.path())?;
+        } else {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// One engine's numbers from one timed run.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct StepTiming {
+    /// Training images per second over the timed steps.
+    pub images_per_sec: f64,
+    /// Peak resident memory of the whole process, MB.
+    pub peak_rss_mb: f64,
+    /// Threads the engine used.
+    pub threads: usize,
+    /// Peak GPU memory the engine allocated, MB (GPU runs only).
+    #[serde(default)]
+    pub gpu_mb: Option<f64>,
+    /// How the engine ran, when it has variants (PyTorch: eager, channels-last, compiled).
+    #[serde(default)]
+    pub setting: Option<String>,
+}
+
+/// Peak resident set size of this process (VmHWM), MB.
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// A benchmark network: (graph, input side).
+fn bench_network(name: &str) -> Result<(crate::nn::graph::Graph, usize)> {
+    match name {
+        "mini" => Ok((
+            shipped_network(
+                include_str!("../../pipelines/networks/mini_googlenet.toml"),
+                "mini_googlenet",
+            )?,
+            32,
+        )),
+        "deeper" => Ok((
+            shipped_network(
+                include_str!("../../pipelines/networks/deeper_googlenet.toml"),
+                "deeper_googlenet",
+            )?,
+            64,
+        )),
+        "demo" => Ok((
+            shipped_network(include_str!("../../pipelines/demo.toml"), "demo_net")?,
+            32,
+        )),
+        other => anyhow::bail!("unknown benchmark network `{other}` (mini, deeper, demo)"),
+    }
+}
+
+/// `pipe bench step`: one engine, one network, in this process: a warm-up step, then
+/// `steps` timed SGD steps on one fixed batch. Prints [`StepTiming`] as JSON.
+pub fn bench_step(
+    network: &str,
+    backend: crate::backend::BackendKind,
+    batch: usize,
+    steps: usize,
+    device: crate::backend::DeviceKind,
+) -> Result<()> {
+    let (g, side) = bench_network(network)?;
+    let classes = g.infer()?.last().map_or(1, |i| i.shape.numel());
+    let mut model = crate::backend::build_with(&g, 0, device, backend)?;
+    let (x, y) = bench_batch(batch, side, classes);
+    let opt = crate::backend::Optimizer::Sgd {
+        momentum: 0.9,
+        nesterov: false,
+    };
+    // Warm-up: the first step plans and measures; on a GPU the second is captured.
+    for s in 0..2 {
+        model.train_step(&x, &y, &opt, 1e-2, s)?;
+    }
+    model.take_stats()?; // waits for the device
+    let t = std::time::Instant::now();
+    for s in 0..steps {
+        model.train_step(&x, &y, &opt, 1e-2, s as u64 + 2)?;
+    }
+    model.take_stats()?;
+    let timing = StepTiming {
+        images_per_sec: (batch * steps) as f64 / t.elapsed().as_secs_f64(),
+        peak_rss_mb: peak_rss_mb(),
+        threads: rayon::current_num_threads(),
+        gpu_mb: model.device_bytes().map(|b| b as f64 / 1e6),
+        setting: None,
+    };
+    let prof = model.profile();
+    if !prof.is_empty() {
+        let total: f64 = prof.iter().map(|(_, v)| v).sum();
+        let mut rows = prof.clone();
+        rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+        eprintln!(
+            "| phase / op (PIPE_PROFILE, {backend}, {network}, {} steps incl. warm-up) | seconds | share |",
+            steps + 1
+        );
+        eprintln!("|---|---|---|");
+        for (k, v) in rows {
+            eprintln!("| {k} | {v:.4} | {:.1} % |", 100.0 * v / total);
+        }
+    }
+    println!("{}", serde_json::to_string(&timing)?);
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Settings of `pipe bench train`.
+pub struct BenchTrain<'a> {
+    /// Batch size.
+    pub batch: usize,
+    /// Timed steps per round.
+    pub steps: usize,
+    /// Rounds (each runs every engine once, in turn).
+    pub rounds: usize,
+    /// `mini`, `deeper`.
+    pub networks: Vec<&'a str>,
+    /// Backends to time.
+    pub backends: Vec<crate::backend::BackendKind>,
+    /// Python with torch.
+    pub python: &'a str,
+    /// Device.
+    pub device: crate::backend::DeviceKind,
+}
+
+/// `pipe bench train`: every engine (each backend in its own `pipe bench step` process,
+/// and PyTorch) on each network, in alternating rounds; prints medians of images/s, peak
+/// RSS and the ratio to PyTorch within each round.
+pub fn bench_train(cfg: &BenchTrain<'_>) -> Result<()> {
+    use crate::backend::DeviceKind;
+    let exe = std::env::current_exe()?;
+    let dev = match cfg.device {
+        DeviceKind::Cpu => "cpu",
+        DeviceKind::Cuda => "cuda",
+    };
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/googlenet_torch.py");
+    let script = if std::path::Path::new(script).is_file() {
+        script.to_string()
+    } else {
+        // A binary carried to another machine: the script beside the working directory.
+        "benches/googlenet_torch.py".to_string()
+    };
+    let run = |cmd: &mut std::process::Command, what: &str| -> Option<StepTiming> {
+        match cmd.output() {
+            Ok(o) if o.status.success() => {
+                eprint!("{}", String::from_utf8_lossy(&o.stderr));
+                let line = String::from_utf8_lossy(&o.stdout);
+                serde_json::from_str(line.lines().last().unwrap_or("")).ok()
+            }
+            Ok(o) => {
+                eprintln!(
+                    "{what} skipped: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                        .lines()
+                        .last()
+                        .unwrap_or("")
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("{what} skipped: {e}");
+                None
+            }
+        }
+    };
+    for net in &cfg.networks {
+        let mut engines: Vec<String> = cfg.backends.iter().map(|b| format!("pipe {b}")).collect();
+        engines.push("PyTorch".into());
+        let mut results: Vec<Vec<Option<StepTiming>>> = vec![Vec::new(); engines.len()];
+        for round in 0..cfg.rounds {
+            eprintln!("bench train: {net}, round {}/{}", round + 1, cfg.rounds);
+            for (e, b) in cfg.backends.iter().enumerate() {
+                let mut cmd = std::process::Command::new(&exe);
+                cmd.args(["bench", "step", "--network", net, "--backend"])
+                    .arg(b.to_string())
+                    .args(["--batch", &cfg.batch.to_string()])
+                    .args(["--steps", &cfg.steps.to_string()])
+                    .args(["--device", dev]);
+                results[e].push(run(&mut cmd, &engines[e]));
+            }
+            let mut cmd = std::process::Command::new(cfg.python);
+            cmd.args([
+                script.as_str(),
+                net,
+                &cfg.batch.to_string(),
+                &cfg.steps.to_string(),
+                dev,
+            ]);
+            let last = engines.len() - 1;
+            let r = run(&mut cmd, "PyTorch");
+            if let Some(s) = r.as_ref().and_then(|r| r.setting.clone()) {
+                engines[last] = format!("PyTorch ({s})");
+            }
+            results[last].push(r);
+        }
+        let torch = &results[engines.len() - 1];
+        println!(
+            "\n{net}: batch {}, {} timed steps after 1 warm-up, {} rounds, {dev} ({} threads)",
+            cfg.batch,
+            cfg.steps,
+            cfg.rounds,
+            rayon::current_num_threads()
+        );
+        println!("| engine | images/s (median) | per round | peak RSS (MB) | peak GPU memory (MB) | ratio to PyTorch (median of rounds) |");
+        println!("|---|---|---|---|---|---|");
+        for (e, name) in engines.iter().enumerate() {
+            let ok: Vec<&StepTiming> = results[e].iter().flatten().collect();
+            if ok.is_empty() {
+                println!("| {name} | - | - | - | - | - |");
+                continue;
+            }
+            let per_round: Vec<String> = ok
+                .iter()
+                .map(|t| format!("{:.1}", t.images_per_sec))
+                .collect();
+            let ratios: Vec<f64> = results[e]
+                .iter()
+                .zip(torch)
+                .filter_map(|(a, b)| Some(a.as_ref()?.images_per_sec / b.as_ref()?.images_per_sec))
+                .collect();
+            let gpu: Vec<f64> = ok.iter().filter_map(|t| t.gpu_mb).collect();
+            println!(
+                "| {name} | {:.1} | {} | {:.0} | {} | {} |",
+                median(ok.iter().map(|t| t.images_per_sec).collect()),
+                per_round.join(", "),
+                median(ok.iter().map(|t| t.peak_rss_mb).collect()),
+                if gpu.is_empty() {
+                    "-".to_string()
+                } else {
+                    format!("{:.0}", median(gpu))
+                },
+                if ratios.is_empty() {
+                    "-".to_string()
+                } else {
+                    format!("{:.2}", median(ratios))
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `pipe bench parity`: one MiniGoogLeNet SGD step and one Adam step from the same
+/// weights on the same batch, on native-CPU (the reference), native-CUDA and dfdx-CUDA;
+/// compares the losses and the updated weights. Engines this build or machine lacks are
+/// listed as unavailable; any available one off by more than 1e-3 relative fails.
+pub fn bench_parity(batch: usize) -> Result<()> {
+    use crate::backend::{BackendKind, DeviceKind, Optimizer};
+    let (g, side) = bench_network("mini")?;
+    let (x, y) = bench_batch(batch, side, 10);
+    let engines = [
+        ("native CPU", BackendKind::Native, DeviceKind::Cpu),
+        ("native CUDA", BackendKind::Native, DeviceKind::Cuda),
+        ("dfdx CUDA", BackendKind::Dfdx, DeviceKind::Cuda),
+    ];
+    let optimizers = [
+        Optimizer::Sgd {
+            momentum: 0.9,
+            nesterov: false,
+        },
+        Optimizer::Adam {
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-7,
+        },
+    ];
+    let rel = |a: f64, b: f64| (a - b).abs() / a.abs().max(b.abs()).max(1e-12);
+    let mut worst = 0f64;
+    let mut compared = 0;
+    println!("| step | engine | loss | weight sum | weight abs-sum | rel. diff to native CPU (loss, sum, abs-sum) |");
+    println!("|---|---|---|---|---|---|");
+    for opt in &optimizers {
+        let kind = match opt {
+            Optimizer::Sgd { .. } => "SGD",
+            Optimizer::Adam { .. } => "Adam",
+        };
+        let mut reference: Option<(f64, f64, f64)> = None;
+        for (name, backend, device) in engines {
+            let run = || -> Result<(f64, f64, f64)> {
+                let mut m = crate::backend::build_with(&g, 0, device, backend)?;
+                let s = m.train_step(&x, &y, opt, 1e-2, 7)?;
+                let loss = match m.take_stats()? {
+                    Some((sum, _)) => sum / batch as f64,
+                    None => s.loss,
+                };
+                let (mut sum, mut abs) = (0f64, 0f64);
+                for (k, t) in &m.state().tensors {
+                    if !k.starts_with("opt/") {
+                        for v in &t.data {
+                            sum += *v as f64;
+                            abs += v.abs() as f64;
+                        }
+                    }
+                }
+                Ok((loss, sum, abs))
+            };
+            match run() {
+                Ok(r) => {
+                    let diff = match reference {
+                        None => {
+                            reference = Some(r);
+                            "(reference)".to_string()
+                        }
+                        Some(c) => {
+                            let d = [rel(c.0, r.0), rel(c.1, r.1), rel(c.2, r.2)];
+                            compared += 1;
+                            worst = d.iter().copied().fold(worst, f64::max);
+                            format!("{:.2e}, {:.2e}, {:.2e}", d[0], d[1], d[2])
+                        }
+                    };
+                    println!(
+                        "| {kind} | {name} | {:.6} | {:.6} | {:.6} | {diff} |",
+                        r.0, r.1, r.2
+                    );
+                }
+                Err(e) => println!(
+                    "| {kind} | {name} | unavailable: {} | | | |",
+                    format!("{e:#}")
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .replace('|', "/")
+                ),
+            }
+        }
+    }
+    if compared == 0 {
+        println!("\nparity: NOT CHECKED (no GPU engine ran)");
+        anyhow::bail!("no GPU engine could run, so nothing was compared");
+    }
+    println!(
+        "\nworst relative difference over {compared} comparisons: {worst:.2e} ({})",
+        if worst < 1e-3 {
+            "parity: OK (< 1e-3)"
+        } else {
+            "parity: FAILED"
+        }
+    );
+    if worst >= 1e-3 {
+        anyhow::bail!("the engines differ by {worst:.2e} (> 1e-3)");
+    }
+    Ok(())
+}
+
+fn bench_batch(batch: usize, side: usize, classes: usize) -> (Vec<f32>, Vec<i64>) {
+    let px = side * side * 3;
+    let x: Vec<f32> = (0..batch * px)
+        .map(|i| ((i * 7919 % 255) as f32) - 127.0)
+        .collect();
+    let y: Vec<i64> = (0..batch).map(|i| (i % classes) as i64).collect();
+    (x, y)
+}
+
+/// A network from a shipped network file (embedded, so a carried binary has it).
+fn shipped_network(text: &str, name: &str) -> Result<crate::nn::graph::Graph> {
+    let dir = tempdir_in_target()?;
+    std::fs::create_dir_all(dir.join("pipelines/networks"))?;
+    std::fs::write(dir.join("pipelines/networks/net.toml"), text)?;
+    let manifest = dir.join("pipelines/bench.toml");
+    std::fs::write(
+        &manifest,
+        "include = [\"networks/net.toml\"]\n[stages.ingest]\nformat = \"synthetic\"\n",
+    )?;
+    let loaded = crate::manifest::load(&manifest, &[], &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    let p = loaded.map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(crate::nn::expand(&p.library, name, None)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .graph)
+}

@@ -1,0 +1,44 @@
+//! The CLI verbs, as library functions (`main.rs` only parses arguments): one file per
+//! verb, benchmarks in `bench`. A verb loads what it needs, asks the engine, and hands the
+//! answer to `report` to print.
+
+mod bench;
+mod dag;
+mod data;
+mod diff;
+mod gc;
+mod graph;
+mod run;
+mod show;
+mod status;
+mod verify;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use crate::engine::Project;
+use crate::manifest::Pipeline;
+
+pub use bench::{bench_data, bench_parity, bench_step, bench_train, BenchTrain, StepTiming};
+pub use dag::dag;
+pub use data::{demo_data, DemoLayout};
+pub use diff::diff;
+pub use gc::gc;
+pub use graph::graph;
+pub use run::{run, run_stage, run_with};
+pub use show::{show, ShowFormat};
+pub use status::status;
+pub use verify::verify;
+
+/// Options shared by every verb.
+#[derive(Debug, Clone, Default)]
+pub struct Global {
+    /// `--cache DIR`.
+    pub cache: Option<PathBuf>,
+}
+
+fn load(g: &Global, pipeline: &str, sets: &[String]) -> Result<(Project, Pipeline)> {
+    let discovered = Project::discover(g.cache.clone())?;
+    discovered.load(pipeline, sets)
+}

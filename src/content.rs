@@ -1,0 +1,91 @@
+//! What an artifact's content is, and its hash: every file of the folder (relative path,
+//! size, BLAKE3), in path order, except the top-level *record* files its stage kind
+//! declares (training's timings: how long a stage took is not what it made, and leaving it
+//! out lets a byte-identical re-run cut off early). The store hashes with it when it
+//! publishes and integrity re-checks with it, so the two can never disagree about what an
+//! artifact holds. A leaf: it depends on nothing of pipe's.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+/// One file as hashed: (relative path with `/`, size, BLAKE3 hex).
+pub type HashedFile = (String, u64, String);
+
+/// Every file below `dir/rel`, relative to `dir`, in path order.
+fn files_sorted(dir: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let mut entries: Vec<_> = fs::read_dir(dir.join(rel))?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let r = rel.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            files_sorted(dir, &r, out)?;
+        } else {
+            out.push(r);
+        }
+    }
+    Ok(())
+}
+
+/// The content files of an artifact folder, relative with `/`, in path order: every file
+/// but the top-level `records`.
+pub fn content_files(dir: &Path, records: &[&str]) -> Result<Vec<String>> {
+    let mut files = Vec::new();
+    files_sorted(dir, Path::new(""), &mut files)?;
+    Ok(files
+        .into_iter()
+        .map(|f| f.to_string_lossy().replace('\\', "/"))
+        .filter(|f| !records.contains(&f.as_str()))
+        .collect())
+}
+
+/// BLAKE3 of one file, hex (large files memory-mapped and hashed in parallel).
+pub fn hash_file(p: &Path) -> Result<String> {
+    Ok(hash_file_raw(p)?.to_hex().to_string())
+}
+
+fn hash_file_raw(p: &Path) -> Result<blake3::Hash> {
+    let mut h = blake3::Hasher::new();
+    if fs::metadata(p)?.len() > 1 << 20 {
+        h.update_mmap_rayon(p)?;
+    } else {
+        h.update(&fs::read(p).with_context(|| format!("cannot read {}", p.display()))?);
+    }
+    Ok(h.finalize())
+}
+
+/// The content hash of an artifact folder, and each content file as hashed.
+pub fn hash_dir(dir: &Path, records: &[&str]) -> Result<(String, Vec<HashedFile>)> {
+    let mut h = blake3::Hasher::new();
+    h.update(b"pipe-artifact-v1\0");
+    let files = content_files(dir, records)?;
+    let mut each = Vec::with_capacity(files.len());
+    for rel in files {
+        let full = dir.join(&rel);
+        let len = fs::metadata(&full)?.len();
+        let fh = hash_file_raw(&full)?;
+        h.update(rel.as_bytes());
+        h.update(&[0]);
+        h.update(&len.to_le_bytes());
+        h.update(fh.as_bytes());
+        each.push((rel, len, fh.to_hex().to_string()));
+    }
+    Ok((h.finalize().to_hex().to_string(), each))
+}
+
+/// Total size of the files under `p`.
+pub fn dir_size(p: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = fs::read_dir(p) {
+        for e in rd.flatten() {
+            let path = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => total += dir_size(&path),
+                Ok(_) => total += e.metadata().map(|m| m.len()).unwrap_or(0),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}

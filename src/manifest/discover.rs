@@ -1,0 +1,84 @@
+//! Finding manifests: by path, by file name in `pipelines/`, or by a manifest's `name`
+//! or `aliases`.
+
+use std::path::{Path, PathBuf};
+
+use super::error::{self, ManifestError};
+use super::source::{display_path, read_source};
+use super::value::{self, Kind};
+
+/// Find the manifest for `arg`: a path, `pipelines/<arg>.toml`, or the manifest whose
+/// `name` or `aliases` is `arg`.
+pub fn find(pipelines_dir: &Path, arg: &str) -> anyhow::Result<PathBuf> {
+    let as_path = Path::new(arg);
+    if as_path.is_file() {
+        return Ok(as_path.to_path_buf());
+    }
+    let direct = pipelines_dir.join(format!("{arg}.toml"));
+    if direct.is_file() {
+        return Ok(direct);
+    }
+    let mut hits = Vec::new();
+    for f in list(pipelines_dir)? {
+        if let Ok((name, aliases)) = peek_names(&f) {
+            if name.as_deref() == Some(arg) || aliases.iter().any(|a| a == arg) {
+                hits.push(f);
+            }
+        }
+    }
+    match hits.len() {
+        1 => Ok(hits.remove(0)),
+        0 => {
+            let names: Vec<String> = list(pipelines_dir)?
+                .iter()
+                .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+                .collect();
+            let hint = error::did_you_mean(arg, names.iter().map(|s| s.as_str()))
+                .map(|m| format!(" (did you mean `{m}`?)"))
+                .unwrap_or_default();
+            anyhow::bail!(
+                "no pipeline `{arg}`: not a file, not {}, and no manifest there is named so{hint}",
+                direct.display()
+            )
+        }
+        _ => anyhow::bail!(
+            "`{arg}` is ambiguous: {}",
+            hits.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Every `*.toml` directly in `dir`, sorted.
+pub fn list(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    if dir.is_dir() {
+        for e in std::fs::read_dir(dir)? {
+            let p = e?.path();
+            if p.extension().is_some_and(|x| x == "toml") && p.is_file() {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn peek_names(path: &Path) -> Result<(Option<String>, Vec<String>), ManifestError> {
+    let src = read_source(path, display_path(path))?;
+    let doc = value::parse_document(src)?;
+    let name = doc
+        .get("name")
+        .and_then(|e| e.value.as_str())
+        .map(|s| s.to_string());
+    let aliases = match doc.get("aliases").map(|e| &e.value.kind) {
+        Some(Kind::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(|s| s.to_string()))
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok((name, aliases))
+}

@@ -1,0 +1,317 @@
+//! Loading: read a manifest and the files it `extends` or `include`s, merge them base
+//! first, apply `--set` overrides, then type every stage (`parse`) and check the whole
+//! (`check`). The result is a [`Pipeline`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+use super::config::{BackendKind, DeviceSetting};
+use super::error::ManifestError;
+use super::model::Pipeline;
+use super::source::{display_path, read_source, Origin, Source};
+use super::value::{self, Entry, Kind, SValue};
+use super::{check, de, network, parse};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopLevel {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    aliases: Vec<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default = "default_seed")]
+    seed: u64,
+    #[serde(default)]
+    device: DeviceSetting,
+    #[serde(default)]
+    backend: Option<BackendKind>,
+    #[allow(dead_code)]
+    stages: serde::de::IgnoredAny,
+    /// Typed by `network`.
+    #[serde(default)]
+    #[allow(dead_code)]
+    networks: Option<serde::de::IgnoredAny>,
+    /// Typed by `network`.
+    #[serde(default)]
+    #[allow(dead_code)]
+    blocks: Option<serde::de::IgnoredAny>,
+}
+
+fn default_seed() -> u64 {
+    42
+}
+
+/// Read one file and the chain of files it `extends`, merged base-first.
+fn load_merged(path: &Path, chain: &mut Vec<PathBuf>) -> Result<SValue, ManifestError> {
+    let canon = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let source = read_source(path, display_path(path))?;
+    let mut doc = value::parse_document(source)?;
+    chain.push(canon);
+    let table = doc.as_table_mut().expect("a document is a table");
+    let extends = table.shift_remove("extends");
+    let includes = table.shift_remove("include");
+    let mut base = match extends {
+        Some(ext) => Some(load_base(path, &ext, chain, "extends")?),
+        None => None,
+    };
+    if let Some(inc) = includes {
+        let items: Vec<&SValue> = match &inc.value.kind {
+            Kind::Str(_) => vec![&inc.value],
+            Kind::Array(a) => a.iter().collect(),
+            other => {
+                return Err(ManifestError::new(format!(
+                    "wrong type: `include` must be a path or a list of paths, found {}",
+                    other.type_name()
+                ))
+                .at(inc.value.origin.clone())
+                .path("include"))
+            }
+        };
+        for item in items {
+            let included = load_base(
+                path,
+                &Entry {
+                    key_origin: inc.key_origin.clone(),
+                    value: item.clone(),
+                },
+                chain,
+                "include",
+            )?;
+            match &mut base {
+                Some(b) => b.merge(included),
+                None => base = Some(included),
+            }
+        }
+    }
+    match base {
+        Some(mut b) => {
+            b.merge(doc);
+            Ok(b)
+        }
+        None => Ok(doc),
+    }
+}
+
+/// Load a file named by `extends` or `include` (`key`, relative to `path`'s folder).
+fn load_base(
+    path: &Path,
+    ext: &Entry,
+    chain: &mut Vec<PathBuf>,
+    key: &str,
+) -> Result<SValue, ManifestError> {
+    let Some(rel) = ext.value.as_str() else {
+        return Err(ManifestError::new(format!(
+            "wrong type: expected a manifest path, found {}",
+            ext.value.kind.type_name()
+        ))
+        .at(ext.value.origin.clone())
+        .path(key));
+    };
+    let base_path = path.parent().unwrap_or(Path::new(".")).join(rel);
+    if !base_path.is_file() {
+        return Err(
+            ManifestError::new(format!("`{key}` names a file that does not exist: {rel}"))
+                .at(ext.value.origin.clone())
+                .path(key),
+        );
+    }
+    let base_canon = base_path.canonicalize().unwrap_or(base_path.clone());
+    if chain.contains(&base_canon) {
+        let names: Vec<String> = chain
+            .iter()
+            .chain(std::iter::once(&base_canon))
+            .map(|p| {
+                p.file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            })
+            .collect();
+        return Err(
+            ManifestError::new(format!("`{key}` loop: {}", names.join(" -> ")))
+                .at(ext.value.origin.clone())
+                .path(key),
+        );
+    }
+    let mut base = load_merged(&base_path, chain)?;
+    chain.pop();
+    // A name and its aliases belong to one file; they are not inherited.
+    if let Some(t) = base.as_table_mut() {
+        t.shift_remove("name");
+        t.shift_remove("aliases");
+    }
+    Ok(base)
+}
+
+/// Apply one `--set key.path=value` override to the merged tree.
+fn apply_set(doc: &mut SValue, arg: &str) -> Result<(), ManifestError> {
+    let source = Arc::new(Source {
+        name: "--set".into(),
+        path: None,
+        text: arg.to_string(),
+    });
+    let whole = Origin {
+        source: source.clone(),
+        span: 0..arg.len(),
+    };
+    let Some(eq) = arg.find('=') else {
+        return Err(ManifestError::new(format!(
+            "`--set {arg}`: expected KEY=VALUE (e.g. `ingest.root=/data/tiny-imagenet-200`)"
+        ))
+        .at(whole));
+    };
+    let key = arg[..eq].trim();
+    if key.is_empty() || key.split('.').any(|s| s.is_empty()) {
+        return Err(ManifestError::new(format!("`--set {arg}`: empty key")).at(whole));
+    }
+    let value = value::parse_value(source.clone(), eq + 1).unwrap_or_else(|| SValue {
+        kind: Kind::Str(arg[eq + 1..].to_string()),
+        origin: Origin {
+            source: source.clone(),
+            span: eq + 1..arg.len(),
+        },
+    });
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let is_stage = doc
+        .get("stages")
+        .and_then(|s| s.value.get(parts[0]))
+        .is_some();
+    if is_stage {
+        parts.insert(0, "stages");
+    }
+    let key_origin = Origin {
+        source: source.clone(),
+        span: 0..eq,
+    };
+    let mut node = value;
+    for part in parts.iter().rev() {
+        let mut t = IndexMap::new();
+        t.insert(
+            part.to_string(),
+            Entry {
+                key_origin: key_origin.clone(),
+                value: node,
+            },
+        );
+        node = SValue {
+            kind: Kind::Table(t),
+            origin: key_origin.clone(),
+        };
+    }
+    doc.merge(node);
+    Ok(())
+}
+
+/// Load a manifest file, follow `extends`, apply `--set` overrides, type and validate it.
+/// Networks are checked by `nn::check` (the engine's `Project::load` runs both).
+pub fn load(path: &Path, sets: &[String], project_dir: &Path) -> Result<Pipeline, ManifestError> {
+    let mut chain = Vec::new();
+    let mut doc = load_merged(path, &mut chain)?;
+    for s in sets {
+        apply_set(&mut doc, s)?;
+    }
+    check_finite(&doc, "")?;
+    let top: TopLevel = match doc.get("stages") {
+        Some(_) => de::from_svalue(&doc, "")?,
+        None => {
+            return Err(ManifestError::new("missing required key `stages`")
+                .at(doc.origin.clone())
+                .help("a pipeline declares its stages as [stages.<name>] tables"))
+        }
+    };
+    if let (Some(""), Some(e)) = (top.name.as_deref(), doc.get("name")) {
+        return Err(ManifestError::new("`name` must not be empty")
+            .at(e.value.origin.clone())
+            .path("name"));
+    }
+    let stages_entry = doc.get("stages").expect("checked above");
+    let Some(stage_tables) = stages_entry.value.as_table() else {
+        return Err(
+            ManifestError::new("`stages` must be a table of stage tables")
+                .at(stages_entry.value.origin.clone())
+                .path("stages"),
+        );
+    };
+    if stage_tables.is_empty() {
+        return Err(ManifestError::new("the pipeline has no stages")
+            .at(stages_entry.key_origin.clone())
+            .path("stages"));
+    }
+    let name = top.name.unwrap_or_else(|| {
+        path.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "pipeline".into())
+    });
+    let library = network::parse_library(&doc)?;
+    let mut stages = IndexMap::new();
+    let mut input_origins: HashMap<String, Vec<Origin>> = HashMap::new();
+    for (sname, entry) in stage_tables {
+        if sname.is_empty() || sname.chars().count() > 100 || sname.chars().any(char::is_control) {
+            return Err(ManifestError::new(format!(
+                "stage name {sname:?} must be 1 to 100 characters, none of them control characters"
+            ))
+            .at(entry.key_origin.clone())
+            .path(format!("stages.{}", sname.escape_debug())));
+        }
+        let (stage, origins) = parse::parse_stage(
+            sname,
+            entry,
+            top.seed,
+            (top.device, top.backend),
+            &library,
+            project_dir,
+        )?;
+        input_origins.insert(sname.clone(), origins);
+        stages.insert(sname.clone(), stage);
+    }
+    let mut pipeline = Pipeline {
+        library,
+        name,
+        aliases: top.aliases,
+        description: top.description,
+        seed: top.seed,
+        file: path.to_path_buf(),
+        project_dir: project_dir.to_path_buf(),
+        stages,
+    };
+    check::validate_graph(&pipeline, &input_origins)?;
+    check::check_top_k(&pipeline)?;
+    check::check_resume_epochs(&pipeline, &input_origins)?;
+    check::wire_data_inputs(&mut pipeline);
+    Ok(pipeline)
+}
+
+/// No number in a manifest may be NaN or infinite (TOML allows `nan` and `inf`).
+fn check_finite(v: &SValue, path: &str) -> Result<(), ManifestError> {
+    match &v.kind {
+        value::Kind::Float(f) if !f.is_finite() => Err(ManifestError::new(format!(
+            "`{}` is {f}: numbers must be finite",
+            if path.is_empty() { "value" } else { path }
+        ))
+        .at(v.origin.clone())
+        .path(path.to_string())),
+        value::Kind::Array(items) => {
+            for (i, it) in items.iter().enumerate() {
+                check_finite(it, &format!("{path}[{i}]"))?;
+            }
+            Ok(())
+        }
+        value::Kind::Table(t) => {
+            for (k, e) in t {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                check_finite(&e.value, &p)?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}

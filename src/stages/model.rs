@@ -1,0 +1,201 @@
+//! A trained model as later stages use it: the training plan a model artifact carries
+//! (`plan.json`: network, optimizer, data settings), loading a model artifact, and class
+//! probabilities for a whole split. Shared by training (validation), evaluation and
+//! prediction.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::batches::{make_batch, prefetched, Split};
+use crate::backend::{self, BackendKind, DeviceKind, Model, NamedTensor, Optimizer};
+use crate::data::checkpoint;
+use crate::manifest::{AugmentConfig, DeviceSetting, MeanKind};
+use crate::nn::graph::{Graph, Op};
+
+/// Everything needed to continue or evaluate a trained model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    /// The expanded network.
+    pub graph: Graph,
+    /// Network name (informative).
+    pub network: String,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Optimizer and its settings.
+    pub optimizer: Optimizer,
+    /// Mean subtraction.
+    pub mean: MeanKind,
+    /// Augmentation.
+    pub augment: AugmentConfig,
+    /// Seed of every random draw.
+    pub seed: u64,
+    /// Split trained on.
+    pub train_split: String,
+    /// Split validated on.
+    pub val_split: String,
+    /// Checkpoint interval.
+    pub checkpoint_every: usize,
+    /// Epochs completed when this artifact was written.
+    pub epochs_done: usize,
+    /// The device the last segment trained on.
+    #[serde(default)]
+    pub device: DeviceKind,
+    /// The backend the last segment trained with (plans written before backends existed
+    /// were dfdx's).
+    #[serde(default = "dfdx_backend")]
+    pub backend: BackendKind,
+    /// What that device was (GPU name, driver, the CUDA version the binary was built
+    /// with): recorded, not part of the key.
+    #[serde(default)]
+    pub device_info: String,
+}
+
+fn dfdx_backend() -> BackendKind {
+    BackendKind::Dfdx
+}
+
+/// A description of the device for the artifact's metadata.
+pub(crate) fn describe_device(d: DeviceKind) -> String {
+    match d {
+        DeviceKind::Cpu => format!(
+            "cpu ({} threads, {})",
+            rayon::current_num_threads(),
+            std::env::consts::ARCH
+        ),
+        DeviceKind::Cuda => {
+            let smi = std::process::Command::new("nvidia-smi")
+                .args([
+                    "--query-gpu=name,driver_version,compute_cap",
+                    "--format=csv,noheader",
+                ])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .to_string()
+                })
+                .unwrap_or_else(|| "unknown GPU".into());
+            format!(
+                "cuda ({smi}; built with CUDA {})",
+                option_env!("PIPE_CUDA_VERSION").unwrap_or("unknown")
+            )
+        }
+    }
+}
+
+/// The backend device for a resolved device setting.
+pub fn device_kind(d: Option<DeviceSetting>) -> DeviceKind {
+    match d {
+        Some(DeviceSetting::Cuda) => DeviceKind::Cuda,
+        _ => DeviceKind::Cpu,
+    }
+}
+
+/// Class probabilities for a whole split, in batches.
+pub(crate) fn predict_split(
+    model: &mut dyn Model,
+    graph: &Graph,
+    s: &Split,
+    mean: &NamedTensor,
+    batch: usize,
+) -> Result<Vec<f32>> {
+    let k = model.classes();
+    let ends_in_softmax = matches!(graph.nodes.last().map(|n| &n.op), Some(Op::Softmax));
+    let mut probs = Vec::with_capacity(s.n * k);
+    let all: Vec<usize> = (0..s.n).collect();
+    let chunks: Vec<&[usize]> = all.chunks(batch.max(1)).collect();
+    prefetched(
+        chunks.len(),
+        |c| make_batch(s, chunks[c], mean, None),
+        |c, (x, _)| {
+            let mut out = model.predict(&x, chunks[c].len())?;
+            if !ends_in_softmax {
+                for row in out.chunks_exact_mut(k) {
+                    let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                    let z: f32 = row.iter().map(|v| (v - m).exp()).sum();
+                    row.iter_mut().for_each(|v| *v = (*v - m).exp() / z);
+                }
+            }
+            probs.extend(out);
+            Ok(())
+        },
+    )?;
+    Ok(probs)
+}
+
+pub(crate) fn loss_and_acc(probs: &[f32], labels: &[i64], k: usize) -> (f64, f64) {
+    let n = labels.len().max(1);
+    let mut loss = 0.0;
+    let mut correct = 0;
+    for (i, &l) in labels.iter().enumerate() {
+        let row = &probs[i * k..(i + 1) * k];
+        loss -= (row[l as usize].max(1e-12) as f64).ln();
+        if backend::argmax(row) == l as usize {
+            correct += 1;
+        }
+    }
+    (loss / n as f64, correct as f64 / n as f64)
+}
+
+/// The network's input must be the data's image shape (RGB).
+pub(crate) fn check_input(graph: &Graph, data: &Split, network: &str) -> Result<()> {
+    if let Some(Op::Input { h, w, c }) = graph.nodes.first().map(|n| &n.op) {
+        if (*h, *w, *c) != (data.h, data.w, 3) {
+            bail!(
+                "network `{network}` takes {h}x{w}x{c} images (`networks.{network}.input`), but the data holds {}x{}x3 RGB images; set `input = [{}, {}, 3]` or resize in the hdf5 stage (`size = [{}, {}]`, width first)",
+                data.h,
+                data.w,
+                data.h,
+                data.w,
+                w,
+                h
+            );
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn check_classes(model: &dyn Model, data: &Path, network: &str) -> Result<()> {
+    let classes = crate::data::index::read_classes(&data.join("classes.csv"))?;
+    if classes.len() != model.classes() {
+        bail!(
+            "network `{network}` outputs {} classes but the data has {}; set `classes = {}` in [networks.{network}]",
+            model.classes(),
+            classes.len(),
+            classes.len()
+        );
+    }
+    Ok(())
+}
+
+/// Load a trained model artifact for evaluation: (model, plan, mean).
+pub fn load_trained(
+    model_dir: &Path,
+    device: DeviceKind,
+    backend: Option<BackendKind>,
+) -> Result<(Box<dyn Model>, Plan, NamedTensor)> {
+    let plan: Plan = serde_json::from_slice(
+        &std::fs::read(model_dir.join("plan.json"))
+            .context("the model artifact has no plan.json")?,
+    )?;
+    let (state, _) = checkpoint::load(&model_dir.join("state.safetensors"))?;
+    let mut model = backend::build_with(
+        &plan.graph,
+        plan.seed,
+        device,
+        backend.unwrap_or(plan.backend),
+    )?;
+    model.load_state(&state)?;
+    let mean = state
+        .tensors
+        .get("input/mean")
+        .cloned()
+        .context("state.safetensors has no `input/mean`")?;
+    Ok((model, plan, mean))
+}

@@ -1,0 +1,153 @@
+//! A training stage's files: checkpoints (`checkpoints/epoch_N.safetensors`, each carrying
+//! the full state, the input mean, the plan, the epoch and the history so far), and the
+//! artifact it publishes — `state.safetensors` (full state), `model.safetensors`
+//! (weights and batch-norm statistics), `mean.safetensors`, this segment's checkpoints,
+//! `history.json` and `history.png`, `plan.json`, and the record `timings.json` (how fast
+//! each epoch went: not content, see [`RECORDS`]).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+
+use crate::backend::{NamedTensor, State};
+use crate::data::checkpoint;
+use crate::report::history::{self, EpochRecord};
+use crate::stages::model::{describe_device, Plan};
+
+/// The file that holds each epoch's images/s.
+pub const TIMINGS: &str = "timings.json";
+
+/// The files of a training artifact that are records, not content: the store leaves them
+/// out of the artifact's hash, so a byte-identical re-train cuts off early.
+pub const RECORDS: &[&str] = &[TIMINGS];
+
+/// Where checkpoints go inside a stage's folder (its scratch, or its artifact).
+pub fn checkpoint_dir(dir: &Path) -> PathBuf {
+    dir.join("checkpoints")
+}
+
+/// The metadata every checkpoint carries: with the plan (network, optimizer, data
+/// settings) a `resume` stage can start from the file alone.
+pub(crate) fn checkpoint_meta(
+    epoch: usize,
+    hist: &[EpochRecord],
+    plan: &Plan,
+) -> Result<HashMap<String, String>> {
+    let mut m = HashMap::new();
+    let mut p = plan.clone();
+    p.epochs_done = epoch;
+    m.insert("plan".into(), serde_json::to_string(&p)?);
+    m.insert("epoch".into(), epoch.to_string());
+    m.insert("history".into(), serde_json::to_string(hist)?);
+    m.insert("format".into(), "pipe-checkpoint-v1".into());
+    Ok(m)
+}
+
+/// The checkpoints `epoch_N.safetensors` in a folder, by epoch.
+pub fn checkpoints_in(dir: &Path) -> Vec<(usize, PathBuf)> {
+    let mut out: Vec<(usize, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let n: usize = name
+                .strip_prefix("epoch_")?
+                .strip_suffix(".safetensors")?
+                .parse()
+                .ok()?;
+            Some((n, e.path()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The epoch of the latest checkpoint an interrupted run left in a stage's scratch
+/// folder: where the next run of that stage resumes.
+pub fn interrupted_at(scratch: &Path) -> Option<usize> {
+    checkpoints_in(&checkpoint_dir(scratch)).last().map(|c| c.0)
+}
+
+/// The input mean travels inside every checkpoint (as `input/mean`), so that one file
+/// suffices to resume.
+pub(crate) fn with_mean(mut st: State, mean: &NamedTensor) -> State {
+    st.tensors.insert("input/mean".into(), mean.clone());
+    st
+}
+
+/// Save the checkpoint of epoch `epoch` into `dir`.
+pub(crate) fn save_checkpoint(
+    dir: &Path,
+    epoch: usize,
+    state: State,
+    mean: &NamedTensor,
+    history: &[EpochRecord],
+    plan: &Plan,
+) -> Result<()> {
+    checkpoint::save(
+        &dir.join(format!("epoch_{epoch}.safetensors")),
+        &with_mean(state, mean),
+        checkpoint_meta(epoch, history, plan)?,
+        |_| true,
+    )
+}
+
+/// Write the monitor of a run in progress into `dir`: `history.json`, `history.png` and
+/// the timings.
+pub(crate) fn write_history(dir: &Path, history: &[EpochRecord]) -> Result<()> {
+    history::write(dir, history)?;
+    history::write_timings(&dir.join(TIMINGS), history)
+}
+
+/// Write the artifact of a finished segment into `out`: the final state, the weights
+/// alone, the mean, this segment's checkpoints (epochs in `(start, end]`, copied from
+/// `ckpt_dir`), the history and the plan.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn publish(
+    out: &Path,
+    state: State,
+    mean: &NamedTensor,
+    history: &[EpochRecord],
+    plan: &mut Plan,
+    ckpt_dir: &Path,
+    start: usize,
+    end: usize,
+) -> Result<()> {
+    let state = with_mean(state, mean);
+    let meta = checkpoint_meta(end, history, plan)?;
+    checkpoint::save(&out.join("state.safetensors"), &state, meta.clone(), |_| {
+        true
+    })?;
+    checkpoint::save(&out.join("model.safetensors"), &state, meta, |k| {
+        !k.starts_with("opt/")
+    })?;
+    let mut mean_state = State::default();
+    mean_state.tensors.insert("mean".into(), mean.clone());
+    checkpoint::save(
+        &out.join("mean.safetensors"),
+        &mean_state,
+        HashMap::new(),
+        |_| true,
+    )?;
+    let out_ckpt = checkpoint_dir(out);
+    std::fs::create_dir_all(&out_ckpt)?;
+    for (n, p) in checkpoints_in(ckpt_dir) {
+        if n > start && n <= end {
+            std::fs::copy(&p, out_ckpt.join(format!("epoch_{n}.safetensors")))?;
+        }
+    }
+    write_history(out, history)?;
+    plan.epochs_done = end;
+    plan.device_info = describe_device(plan.device);
+    std::fs::write(out.join("plan.json"), serde_json::to_vec_pretty(&plan)?)?;
+    Ok(())
+}
+
+/// The last epoch's record of a training artifact (`history.json`), if it reads.
+pub fn last_epoch(dir: &Path) -> Option<EpochRecord> {
+    let bytes = std::fs::read(dir.join("history.json")).ok()?;
+    let h: Vec<EpochRecord> = serde_json::from_slice(&bytes).ok()?;
+    h.into_iter().last()
+}

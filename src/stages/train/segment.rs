@@ -1,0 +1,245 @@
+//! The segment loop: train epochs `start+1..=end` of one training stage, validating after
+//! each, writing the monitor (`history.json`, `history.png`) and a checkpoint every
+//! `checkpoint_every` epochs into the stage's scratch folder, then publishing the
+//! artifact. A killed run of the same key resumes from its last checkpoint there.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::files;
+use super::Schedule;
+use crate::backend::{self, Model, NamedTensor, State};
+use crate::data::checkpoint;
+use crate::report::history::EpochRecord;
+use crate::report::progress;
+use crate::stages::batches::{
+    compute_mean, derive_seed, load_split, make_batch, prefetched, Split,
+};
+use crate::stages::model::{check_classes, check_input, loss_and_acc, predict_split, Plan};
+use crate::stages::StageCtx;
+
+/// One segment of training: where it starts and ends, what it starts from.
+pub(super) struct Segment<'a> {
+    /// Network, optimizer and data settings.
+    pub plan: Plan,
+    /// The learning rate of each epoch.
+    pub schedule: Schedule,
+    /// The epoch it starts after (0 for a `train`).
+    pub start: usize,
+    /// Its last epoch.
+    pub end: usize,
+    /// The history so far (continued segments).
+    pub history: Vec<EpochRecord>,
+    /// The state it continues from (continued segments).
+    pub state: Option<State>,
+    /// The input mean it continues with (continued segments).
+    pub mean: Option<NamedTensor>,
+    /// The stage's name, for messages.
+    pub stage: &'a str,
+}
+
+/// Train a segment and publish its artifact into `ctx.out`; returns the summary line.
+pub(super) fn run(ctx: &StageCtx<'_>, data: &Path, seg: Segment<'_>) -> Result<String> {
+    let Segment {
+        mut plan,
+        schedule,
+        start,
+        end,
+        mut history,
+        state,
+        mean,
+        stage,
+    } = seg;
+    let train = load_split(data, &plan.train_split)?;
+    let val = load_split(data, &plan.val_split)?;
+    for (split, s) in [(&plan.train_split, &train), (&plan.val_split, &val)] {
+        if s.n == 0 {
+            bail!("split `{split}` holds no images: nothing to train or validate on (were they all skipped as undecodable?)");
+        }
+    }
+    let mean = match mean {
+        Some(m) => m,
+        None => compute_mean(plan.mean, data, &train)?,
+    };
+    check_input(&plan.graph, &train, &plan.network)?;
+    let mut model = backend::build_with(&plan.graph, plan.seed, plan.device, plan.backend)?;
+    check_classes(model.as_ref(), data, &plan.network)?;
+    if let Some(st) = &state {
+        model.load_state(st)?;
+    }
+    let ckpt_dir = files::checkpoint_dir(ctx.scratch);
+    std::fs::create_dir_all(&ckpt_dir)?;
+    let first = resume_in_scratch(model.as_mut(), &ckpt_dir, start, end, &mut history, stage)?;
+    eprintln!(
+        "{stage}: epochs {}..{end} on {} images ({}x{}), {} backend on the {:?}, validating on {} (monitor: {})",
+        first + 1,
+        train.n,
+        train.h,
+        train.w,
+        plan.backend,
+        plan.device,
+        val.n,
+        ctx.scratch.join("history.png").display()
+    );
+    // One bar for the whole stage: images/s and the ETA cover every remaining epoch.
+    let pb = progress::bar(
+        (train.n * (end - first)) as u64,
+        stage,
+        &format!("epoch {}/{end}", first + 1),
+    );
+    for e in first..end {
+        let lr = schedule.lr(e);
+        let t0 = Instant::now();
+        let (loss_sum, correct, seen) =
+            train_epoch(model.as_mut(), &plan, &train, &mean, e, end, lr, &pb)?;
+        let secs = t0.elapsed().as_secs_f64();
+        let probs = predict_split(model.as_mut(), &plan.graph, &val, &mean, 128)?;
+        let (val_loss, val_acc) = loss_and_acc(&probs, &val.labels, model.classes());
+        let rec = EpochRecord {
+            epoch: e + 1,
+            stage: stage.to_string(),
+            lr,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_acc: correct as f64 / seen.max(1) as f64,
+            val_loss,
+            val_acc,
+            images_per_sec: seen as f64 / secs.max(1e-9),
+        };
+        pb.suspend(|| {
+            eprintln!(
+                "{stage}: epoch {:>3}/{end}  lr {:.2e}  loss {:.4}  acc {:.2}%  val_loss {:.4}  val_acc {:.2}%  {:.0} img/s",
+                rec.epoch,
+                rec.lr,
+                rec.train_loss,
+                100.0 * rec.train_acc,
+                rec.val_loss,
+                100.0 * rec.val_acc,
+                rec.images_per_sec
+            )
+        });
+        history.push(rec);
+        files::write_history(ctx.scratch, &history)?;
+        if (e + 1) % plan.checkpoint_every == 0 || e + 1 == end {
+            files::save_checkpoint(&ckpt_dir, e + 1, model.state(), &mean, &history, &plan)?;
+        }
+        crate::stages::fault_point(&format!("{stage}:epoch{}", e + 1));
+    }
+    pb.finish_and_clear();
+    files::publish(
+        ctx.out,
+        model.state(),
+        &mean,
+        &history,
+        &mut plan,
+        &ckpt_dir,
+        start,
+        end,
+    )?;
+    let last = history
+        .last()
+        .ok_or_else(|| anyhow::anyhow!("no epoch was trained"))?;
+    Ok(format!(
+        "epochs {}-{end}: loss {:.4} acc {:.2}%, val_loss {:.4} val_acc {:.2}% ({:.0} img/s, {} on the {:?})",
+        start + 1,
+        last.train_loss,
+        100.0 * last.train_acc,
+        last.val_loss,
+        100.0 * last.val_acc,
+        last.images_per_sec,
+        plan.backend,
+        plan.device
+    ))
+}
+
+/// A killed run of this very stage left checkpoints in its scratch folder: load the
+/// latest one inside this segment and return the epoch to continue after (else `start`).
+fn resume_in_scratch(
+    model: &mut dyn Model,
+    ckpt_dir: &Path,
+    start: usize,
+    end: usize,
+    history: &mut Vec<EpochRecord>,
+    stage: &str,
+) -> Result<usize> {
+    let Some((e, path)) = files::checkpoints_in(ckpt_dir).pop() else {
+        return Ok(start);
+    };
+    if e <= start || e > end {
+        return Ok(start);
+    }
+    let (st, meta) = checkpoint::load(&path)?;
+    model.load_state(&st)?;
+    *history = serde_json::from_str(meta.get("history").map(|s| s.as_str()).unwrap_or("[]"))?;
+    eprintln!(
+        "{stage}: resuming from its checkpoint at epoch {e} (an earlier run was interrupted)"
+    );
+    Ok(e)
+}
+
+/// One epoch over the shuffled training split: (summed loss, correct, images seen).
+#[allow(clippy::too_many_arguments)]
+fn train_epoch(
+    model: &mut dyn Model,
+    plan: &Plan,
+    train: &Split,
+    mean: &NamedTensor,
+    e: usize,
+    end: usize,
+    lr: f64,
+    pb: &indicatif::ProgressBar,
+) -> Result<(f64, usize, usize)> {
+    let mut order: Vec<usize> = (0..train.n).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(derive_seed(
+        plan.seed, "shuffle", e as u64, 0,
+    )));
+    let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
+    // Backends that keep loss and accuracy on the device are read at most 4 times a
+    // second (`read` examples so far), not once per step.
+    let (mut read, mut last_read) = (0usize, Instant::now());
+    let batches: Vec<&[usize]> = order.chunks(plan.batch_size).collect();
+    let augment = (&plan.augment, plan.seed, e as u64);
+    prefetched(
+        batches.len(),
+        |b| make_batch(train, batches[b], mean, Some(augment)),
+        |b, (x, y)| {
+            let dseed = derive_seed(plan.seed, "dropout", e as u64, b as u64);
+            let s = model.train_step(&x, &y, &plan.optimizer, lr, dseed)?;
+            seen += y.len();
+            pb.inc(y.len() as u64);
+            if s.loss.is_nan() {
+                if last_read.elapsed().as_secs_f64() < 0.25 {
+                    return Ok(());
+                }
+                if let Some((l, c)) = model.take_stats()? {
+                    loss_sum += l;
+                    correct += c;
+                    read = seen;
+                    last_read = Instant::now();
+                }
+            } else {
+                loss_sum += s.loss * y.len() as f64;
+                correct += s.correct;
+                read = seen;
+            }
+            pb.set_message(format!(
+                "epoch {}/{end} loss {:.3} acc {:.1}%",
+                e + 1,
+                loss_sum / read.max(1) as f64,
+                100.0 * correct as f64 / read.max(1) as f64
+            ));
+            Ok(())
+        },
+    )?;
+    if read < seen {
+        if let Some((l, c)) = model.take_stats()? {
+            loss_sum += l;
+            correct += c;
+        }
+    }
+    Ok((loss_sum, correct, seen))
+}
