@@ -1,27 +1,11 @@
 //! The broken-manifest corpus (`tests/corpus/broken/`, written by
-//! `tests/corpus/generate.py`): every file fails `pipe run --dry-run` and `pipe graph` with
-//! an error located at file:line:col, and none panics.
+//! `tests/corpus/generate.py`): every file fails `pipe run --dry-run` and `pipe graph`,
+//! none panics, and each error names the line:col and says the phrase that the generator
+//! wrote beside the case (`<case>.expect`).
 
 mod common;
 
 use common::Project;
-
-/// Whether `text` holds `<stem>.toml:<line>:<col>`.
-fn located(text: &str, stem: &str) -> bool {
-    let needle = format!("{stem}.toml:");
-    text.match_indices(&needle).any(|(i, _)| {
-        let rest = &text[i + needle.len()..];
-        let mut parts = rest.splitn(3, ':');
-        let line = parts.next().unwrap_or("");
-        let col: String = parts
-            .next()
-            .unwrap_or("")
-            .chars()
-            .take_while(|c| c.is_ascii_digit())
-            .collect();
-        !line.is_empty() && line.chars().all(|c| c.is_ascii_digit()) && !col.is_empty()
-    })
-}
 
 #[test]
 fn every_broken_manifest_fails_with_a_located_error_and_no_panic() {
@@ -43,18 +27,24 @@ fn every_broken_manifest_fails_with_a_located_error_and_no_panic() {
         let stem = f.file_stem().unwrap().to_string_lossy().into_owned();
         let target = p.path().join("pipelines").join(format!("{stem}.toml"));
         std::fs::copy(f, &target).unwrap();
+        let expect = std::fs::read_to_string(f.with_extension("expect"))
+            .unwrap_or_else(|_| panic!("{stem}.expect is missing: run tests/corpus/generate.py"));
+        let mut lines = expect.lines();
+        let (at, phrase) = (lines.next().unwrap(), lines.next().unwrap());
+        let want = format!("{stem}.toml:{at}: ");
         for args in [vec!["run", &stem, "--dry-run"], vec!["graph", &stem]] {
             let out = p.cmd(&args).output().unwrap();
             let err = String::from_utf8_lossy(&out.stderr);
+            let first = err.lines().next().unwrap_or("");
             if out.status.success()
                 || out.status.code() == Some(101)
                 || err.contains("panicked")
-                || !located(&err, &stem)
+                || !first.contains(&want)
+                || !first.contains(phrase)
             {
                 bad.push(format!(
-                    "{stem} ({}): {}",
-                    args[0],
-                    err.lines().next().unwrap_or("")
+                    "{stem} ({}): expected {want}...{phrase}..., got: {first}",
+                    args[0]
                 ));
             }
         }

@@ -382,3 +382,57 @@ fn set_overrides_any_key_and_extends_inherits() {
     let r2 = p.run_json("child", &["--set", &set, "--set", "seed=9"]);
     assert_eq!(state_of(&r2, "split"), "ran");
 }
+
+#[test]
+fn status_and_dry_run_before_the_dataset_exists_list_every_stage() {
+    let p = Project::new();
+    let root = p.path().join("data/tiny-imagenet-200");
+    p.manifest("exp.toml", &tiny_manifest(&root, 5));
+    // `status` lists every stage: the ingest waits for its folder and names the key to
+    // set; what reads it waits too.
+    let out = p.ok(&["status", "exp"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = |stage: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(stage))
+            .unwrap_or_else(|| panic!("no {stage} line in:\n{text}"))
+            .to_string()
+    };
+    assert!(line("ingest").contains("waiting"), "{text}");
+    assert!(
+        line("ingest").contains(&format!(
+            "dataset folder {} does not exist: point `ingest.root` at it (`--set ingest.root=DIR`)",
+            root.display()
+        )),
+        "{text}"
+    );
+    assert!(
+        line("split").contains("input ingest waits for its dataset"),
+        "{text}"
+    );
+    assert!(
+        line("hdf5").contains("input split waits for its dataset"),
+        "{text}"
+    );
+    // A dry run says the same, as JSON too.
+    let dry = p.run_json("exp", &["--dry-run"]);
+    assert_eq!(
+        states(&dry),
+        [
+            ("ingest".to_string(), "waiting".to_string()),
+            ("split".to_string(), "waiting".to_string()),
+            ("hdf5".to_string(), "waiting".to_string())
+        ]
+    );
+    assert!(!p.cache().exists(), "looking wrote to the store");
+    // Only a real run fails, on the missing folder.
+    let err = p.fails(&["run", "exp"]);
+    assert!(err.contains("cannot read its dataset folder"), "{err}");
+    assert!(err.contains(&root.display().to_string()), "{err}");
+    // Once the dataset is there, status sees it.
+    tiny_imagenet(&root, 2, 10, 2);
+    let out = p.ok(&["status", "exp"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!text.contains("waiting"), "{text}");
+    assert!(text.contains("never ran in this pipeline"), "{text}");
+}

@@ -492,6 +492,15 @@ fn resume_from_a_checkpoint_file_equals_resume_from_the_stage() {
     );
 }
 
+/// The epochs a run's stderr says it trained, per stage (`train: epoch   3/4 ...`).
+fn epochs_trained(stderr: &str, stage: &str) -> Vec<usize> {
+    stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("{stage}: epoch ")))
+        .filter_map(|l| l.trim_start().split('/').next()?.parse().ok())
+        .collect()
+}
+
 #[test]
 fn a_byte_identical_retrain_cuts_off_early() {
     // Timings live in timings.json, outside the artifact's hash; checkpoints are written
@@ -500,8 +509,29 @@ fn a_byte_identical_retrain_cuts_off_early() {
     let p = Project::new();
     p.manifest("t.toml", PIPELINE);
     let first = p.run_json("t", &[]);
-    let again = p.run_json("t", &["--force", "train"]);
+    let out = p.ok(&["run", "t", "--force", "train", "--json"]);
+    let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // `--force` really trains: every epoch, from the first.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(epochs_trained(&err, "train"), [1, 2, 3, 4], "{err}");
     assert_eq!(state_of(&again, "train"), "ran");
+    let stage = |r: &serde_json::Value, name: &str| -> serde_json::Value {
+        r["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert!(stage(&again, "train")["seconds"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        stage(&again, "train")["reasons"],
+        serde_json::json!([
+            "forced with --force",
+            "output unchanged: later stages stay cached"
+        ])
+    );
     assert_eq!(
         field(&first, "train", "output"),
         field(&again, "train", "output")
@@ -512,6 +542,34 @@ fn a_byte_identical_retrain_cuts_off_early() {
     let t: serde_json::Value = serde_json::from_slice(&std::fs::read(timings).unwrap()).unwrap();
     assert_eq!(t.as_array().unwrap().len(), 4, "one timing per epoch");
     assert!(t[0]["images_per_sec"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn a_forced_stage_starts_over_instead_of_resuming_its_interrupted_run() {
+    let p = Project::new();
+    p.manifest("t.toml", PIPELINE);
+    let mut child = p
+        .cmd(&["run", "t", "--until", "train"])
+        .env("PIPE_FAULT", "train:epoch2")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        if line.unwrap().contains("PIPE_FAULT reached: train:epoch2") {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Without --force the next run would resume at epoch 2; forced, it trains all four.
+    let status = p.ok(&["status", "t"]);
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("resumes from its checkpoint at epoch 2")
+    );
+    let out = p.ok(&["run", "t", "--until", "train", "--force", "train"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("resuming from its checkpoint"), "{err}");
+    assert_eq!(epochs_trained(&err, "train"), [1, 2, 3, 4], "{err}");
 }
 
 #[test]

@@ -61,7 +61,7 @@ pub(crate) fn check_top_k(p: &Pipeline) -> Result<(), ManifestError> {
                 return Err(ManifestError::new(format!(
                     "`top_k` asks for rank-{k}, but the network has {classes} classes"
                 ))
-                .at(s.origin.clone())
+                .at(s.key_origin("top_k"))
                 .path(format!("stages.{name}.top_k")));
             }
         }
@@ -121,10 +121,14 @@ pub(crate) fn validate_graph(
                 StageKind::Ingest => (true, ""),
             };
             if !ok {
+                let kind = src.config.kind();
+                let article = match kind {
+                    StageKind::Ingest | StageKind::Evaluate | StageKind::Hdf5 => "an",
+                    _ => "a",
+                };
                 return Err(ManifestError::new(format!(
-                    "stage `{name}` ({}) needs {needs}, but `{input}` is a {} stage",
+                    "stage `{name}` ({}) needs {needs}, but `{input}` is {article} {kind} stage",
                     s.config.kind(),
-                    src.config.kind()
                 ))
                 .at(origin)
                 .path(path));

@@ -89,6 +89,20 @@ impl StageCx<'_> {
             .map(|e| e.key_origin.clone())
             .unwrap_or_else(|| self.entry.key_origin.clone())
     }
+
+    /// Where dotted key `a.b` of the stage was written: the inner key when `a` is a table
+    /// that holds `b`, else `a`.
+    fn dotted_at(&self, k: &str) -> Origin {
+        match k.split_once('.') {
+            Some((outer, inner)) => self
+                .table
+                .get(outer)
+                .and_then(|e| e.value.get(inner))
+                .map(|e| e.key_origin.clone())
+                .unwrap_or_else(|| self.key_at(outer)),
+            None => self.key_at(k),
+        }
+    }
 }
 
 /// `ingest`: dataset format and, for `synthetic`, what it generates.
@@ -293,9 +307,8 @@ fn parse_train(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
                 "augment.rotation" | "augment.shear" => "at most 180 (degrees)",
                 _ => "in [0, 1] (a fraction of the image)",
             };
-            let top = k.split('.').next().unwrap_or(k);
             return Err(ManifestError::new(format!("`{k}` = {v} must be {allowed}"))
-                .at(cx.key_at(top))
+                .at(cx.dotted_at(k))
                 .path(format!("{path}.{k}")));
         }
         if c.schedule == ScheduleKind::Step && c.steps.is_empty() {
@@ -433,7 +446,6 @@ fn parse_continue(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
 /// `evaluate`: split, ranks, batch size.
 fn parse_evaluate(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
     let path = cx.path.clone();
-    let entry = cx.entry;
     let device = cx.device;
     let backend = cx.backend;
     let body = cx.body.clone();
@@ -442,12 +454,17 @@ fn parse_evaluate(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
     // machine); the resolved values are what the stage's key covers.
     c.device = Some(c.device.unwrap_or(device));
     c.backend = c.backend.or(backend);
-    if c.top_k.is_empty() || c.top_k.contains(&0) || c.batch_size == 0 {
-        return Err(ManifestError::new(
-            "`top_k` must list ranks >= 1 and `batch_size` must be > 0",
-        )
-        .at(entry.key_origin.clone())
-        .path(path));
+    if c.top_k.is_empty() || c.top_k.contains(&0) {
+        return Err(
+            ManifestError::new(format!("`top_k` must list ranks >= 1, got {:?}", c.top_k))
+                .at(cx.key_at("top_k"))
+                .path(format!("{path}.top_k")),
+        );
+    }
+    if c.batch_size == 0 {
+        return Err(ManifestError::new("`batch_size` must be > 0")
+            .at(cx.key_at("batch_size"))
+            .path(format!("{path}.batch_size")));
     }
     Ok(StageConfig::Evaluate(c))
 }

@@ -279,7 +279,12 @@ fn build_op(l: &LayerSpec, env: &Env, path: &str) -> Result<Op, ManifestError> {
         "dropout" => {
             let rate = a.f64("rate", None)?;
             if !(0.0..1.0).contains(&rate) {
-                return Err(err("dropout `rate` must be in [0, 1)", &l.origin, path));
+                let at = a.v.get("rate").map_or(&l.origin, |v| &v.origin);
+                return Err(err(
+                    format!("dropout `rate` = {rate} must be in [0, 1)"),
+                    at,
+                    path,
+                ));
             }
             Op::Dropout { rate }
         }

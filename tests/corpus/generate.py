@@ -2,7 +2,8 @@
 
 Run from the repository root:  python3 tests/corpus/generate.py
 `tests/corpus.rs` runs every file through `pipe run --dry-run` and `pipe graph` and checks
-that each fails with an error located at file:line:col, and never panics.
+that each fails, never panics, and says what `<case>.expect` beside it says: the error's
+line:col (first line) and a phrase of its message (second line).
 """
 import os
 import shutil
@@ -75,7 +76,7 @@ cases = []
 
 def sub(desc, old, new, count=1):
     assert old in BASE, old
-    cases.append((desc, BASE.replace(old, new, count)))
+    cases.append((desc, BASE.replace(old, new, count), BASE.index(old)))
 
 
 # Wrong types, one key at a time.
@@ -192,7 +193,7 @@ values = [
     ("test_per_class = 2", "test_fraction = 1.5"),
     ("lr = 0.01", "lr = 0.01\nschedule = \"poly\"\npower = -2"),
     ("lr = 0.01", "lr = 0.01\nschedule = \"step\""),
-    ("lr = 0.01", "lr = 0.01\noptimizer = \"adam\"\nbeta1 = 1.0"),
+    ('optimizer = "sgd"', 'optimizer = "adam"\nbeta1 = 1.0'),
     ("seed = 3", "seed = -3"),
 ]
 for i, (old, new) in enumerate(values):
@@ -269,13 +270,202 @@ syntax = [
 for i, (old, new) in enumerate(syntax):
     sub(f"syntax-{i:02}", old, new)
 
+
+# What each case must report and where. `at` is the text the error points at, searched
+# from where the case changed the base (from the top of the file when it starts with `^`);
+# `phrase` is part of the message.
+EXPECT = {
+    '000-type-seed': ('"', 'wrong type: expected u64, found string "three"'),
+    '001-type-classes': ('"', 'wrong type: expected usize, found string "3"'),
+    '002-type-train_per_class': ('1', 'wrong type: expected usize, found floating point `1.5`'),
+    '003-type-val_per_class': ('[', 'wrong type: expected usize, found sequence'),
+    '004-type-image_size': ('16', 'wrong type: expected an array of length 2, found integer'),
+    '005-type-image_size_str': ('"', 'wrong type: expected u32, found string "a"'),
+    '006-type-test_per_class': ('"', 'wrong type: expected usize, found string "2"'),
+    '007-type-size': ('{', 'wrong type: expected an array of length 2, found map'),
+    '008-type-epochs': ('2', 'wrong type: expected usize, found floating point `2.5`'),
+    '009-type-epochs_str': ('"', 'wrong type: expected usize, found string "2"'),
+    '010-type-batch_size': ('true', 'wrong type: expected usize, found boolean `true`'),
+    '011-type-optimizer': ('1', 'wrong type: expected a string, found integer'),
+    '012-type-lr_str': ('"', 'wrong type: expected f64, found string "0.01"'),
+    '013-type-momentum': ('"', 'wrong type: expected f64, found string "high"'),
+    '014-type-augment': ('true', 'wrong type: expected struct AugmentConfig, found boolean'),
+    '015-type-flip': ('"', 'wrong type: expected a boolean, found string "yes"'),
+    '016-type-checkpoint_every': ('[', 'wrong type: expected usize, found sequence'),
+    '017-type-network': ('3', 'wrong type: expected a string, found integer `3`'),
+    '018-type-from': ('1', 'wrong type: expected a string, found integer `1`'),
+    '019-type-drop_epochs': ('"', 'wrong type: expected usize, found string "one"'),
+    '020-type-top_k': ('"', 'wrong type: expected a sequence, found string "1"'),
+    '021-type-top_k_item': ('"', 'wrong type: expected usize, found string "2"'),
+    '022-type-split': ('2', 'wrong type: expected a string, found integer `2`'),
+    '023-type-input': ('5', 'wrong type: expected a stage name or a list of them, found'),
+    '024-type-net_input': ('"', '`input` must be [height, width, channels]'),
+    '025-type-net_classes': ('"', 'wrong type: expected a non-negative integer, found string'),
+    '026-type-layers': ('x', 'unknown key `x`'),
+    '027-type-params': ('1', '`params` must be an array of names'),
+    '028-type-defaults': ('3', 'wrong type: expected a table, found integer'),
+    '029-type-filters': ('"', 'wrong type: expected a non-negative integer, found string'),
+    '030-type-kernel': ('[', 'wrong type: expected a non-negative integer, found array'),
+    '031-type-dropout': ('"', 'wrong type: expected a number, found string "a lot"'),
+    '032-type-dense': ('"', 'wrong type: expected a non-negative integer, found string'),
+    '033-type-maxpool': ('"', 'wrong type: expected a non-negative integer, found string'),
+    '034-type-format': ('7', 'wrong type: expected a string, found integer'),
+    '035-type-name': ('1', 'wrong type: expected a string, found integer `1`'),
+    '036-type-stages': ('stages.', 'invalid TOML: cannot extend value of type integer with a'),
+    '037-typo-00': ('epoch', 'unknown key `epoch`'),
+    '038-typo-01': ('batchsize', 'unknown key `batchsize`'),
+    '039-typo-02': ('momentun', 'unknown key `momentun`'),
+    '040-typo-03': ('checkpoint_evry', 'unknown key `checkpoint_evry`'),
+    '041-typo-04': ('optimiser', 'unknown key `optimiser`'),
+    '042-typo-05': ('lr_drop', 'unknown key `lr_drop`'),
+    '043-typo-06': ('topk', 'unknown key `topk`'),
+    '044-typo-07': ('splitt', 'unknown key `splitt`'),
+    '045-typo-08': ('tests_per_class', 'unknown key `tests_per_class`'),
+    '046-typo-09': ('sise', 'unknown key `sise`'),
+    '047-typo-10': ('img_size', 'unknown key `img_size`'),
+    '048-typo-11': ('train_per_klass', 'unknown key `train_per_klass`'),
+    '049-typo-12': ('sead', 'unknown key `sead`'),
+    '050-typo-13': ('default', 'unknown key `default`'),
+    '051-typo-14': ('clases', 'unknown key `clases`'),
+    '052-typo-15': ('flipp', 'unknown key `flipp`'),
+    '053-typo-16': ('width_shif', 'unknown key `width_shif`'),
+    '054-typo-17': ('filter', '`conv2d` has no argument `filter`'),
+    '055-typo-18': ('sizes', '`maxpool` has no argument `sizes`'),
+    '056-typo-19': ('drop_out', 'unknown op or block `drop_out`'),
+    '057-typo-20': ('global_avg_pool', 'unknown op or block `global_avg_pool`'),
+    '058-typo-21': ('batch_norm', 'unknown op or block `batch_norm`'),
+    '059-typo-22': ('"', 'unknown stage kind `lrdrop`'),
+    '060-typo-23': ('"', 'unknown value `synthetc`'),
+    '061-typo-24': ('"', 'unknown value `adamw`'),
+    '062-value-00': ('epochs', '`epochs` must be > 0'),
+    '063-value-01': ('-', 'invalid value: integer `-2`, expected usize'),
+    '064-value-02': ('batch_size', '`batch_size` must be > 0'),
+    '065-value-03': ('lr', '`lr` must be > 0'),
+    '066-value-04': ('lr', '`lr` must be > 0'),
+    '067-value-05': ('nan', '`stages.train.lr` is NaN: numbers must be finite'),
+    '068-value-06': ('inf', '`stages.train.lr` is inf: numbers must be finite'),
+    '069-value-07': ('-', '`stages.train.lr` is -inf: numbers must be finite'),
+    '070-value-08': ('momentum', '`momentum` = 1 must be in [0, 1)'),
+    '071-value-09': ('momentum', '`momentum` = -0.1 must be in [0, 1)'),
+    '072-value-10': ('nan', '`stages.train.momentum` is NaN: numbers must be finite'),
+    '073-value-11': ('width_shift', '`augment.width_shift` = 1.5 must be in [0, 1] (a fraction'),
+    '074-value-12': ('width_shift', '`augment.width_shift` = -0.1 must be in [0, 1] (a fraction'),
+    '075-value-13': ('rotation', '`augment.rotation` = 400 must be at most 180 (degrees)'),
+    '076-value-14': ('shear', '`augment.shear` = -181 must be at most 180 (degrees)'),
+    '077-value-15': ('zoom', '`augment.zoom` = 2 must be in [0, 1] (a fraction of the'),
+    '078-value-16': ('inf', '`stages.train.augment.height_shift` is inf: numbers must be'),
+    '079-value-17': ('checkpoint_every', '`checkpoint_every` must be > 0'),
+    '080-value-18': ('lr', '`lr` must be > 0'),
+    '081-value-19': ('epochs', '`epochs` must be > 0'),
+    '082-value-20': ('momentum', '`momentum` = 1.5 must be in [0, 1)'),
+    '083-value-21': ('top_k', '`top_k` asks for rank-5, but the network has 3 classes'),
+    '084-value-22': ('top_k', '`top_k` must list ranks >= 1, got [0]'),
+    '085-value-23': ('top_k', '`top_k` must list ranks >= 1, got []'),
+    '086-value-24': ('batch_size', '`batch_size` must be > 0'),
+    '087-value-25': ('classes', '`classes` must be > 0'),
+    '088-value-26': ('train_per_class', '`train_per_class` must be > 0'),
+    '089-value-27': ('image_size', '`image_size` = [0, 16]: each side must be between 1 and'),
+    '090-value-28': ('image_size', '`image_size` = [100000, 100000]: each side must be between'),
+    '091-value-29': ('size', '`size` = [16, 99999]: each side must be between 1 and 4096'),
+    '092-value-30': ('"hdf5', 'network `tiny` takes 16x16x3 images (`networks.tiny.input ='),
+    '093-value-31': ('"hdf5', 'network `tiny` takes 16x16x1 images (`networks.tiny.input ='),
+    '094-value-32': ('[', '`input` must be [height, width, channels]'),
+    '095-value-33': ('1', 'dropout `rate` = 1.5 must be in [0, 1)'),
+    '096-value-34': ('test_fraction', '`test_per_class` and `test_fraction` exclude each other'),
+    '097-value-35': ('test_fraction', '`test_fraction` must be between 0 and 1 (exclusive), got 1.5'),
+    '098-value-36': ('power', '`power` = -2 must be >= 0'),
+    '099-value-37': ('schedule', 'schedule = "step" needs `steps = [[epoch, lr], ...]`'),
+    '100-value-38': ('beta1', '`beta1` = 1 must be in [0, 1)'),
+    '101-value-39': ('-', 'invalid value: integer `-3`, expected u64'),
+    '102-graph-00': ('"', 'stage `split` reads `ingets`, which is not a stage of this'),
+    '103-graph-01': ('"', 'stage `hdf5` reads `nope`, which is not a stage of this'),
+    '104-graph-02': ('"', 'stage `train` (train) needs the HDF5 files of an hdf5'),
+    '105-graph-03': ('"', 'stage `train` (train) needs the HDF5 files of an hdf5'),
+    '106-graph-04': ('"', 'stage `drop` (lr-drop) needs a model from a train, lr-drop'),
+    '107-graph-05': ('"', 'stage `drop` reads `trian`, which is not a stage of this'),
+    '108-graph-06': ('"', 'stage `evaluate` (evaluate) needs a model from a train,'),
+    '109-graph-07': ('"', 'stage `evaluate` reads `nowhere`, which is not a stage of'),
+    '110-graph-08': ('network', 'no network `tinny` in this manifest'),
+    '111-graph-09': ('"', 'stage `split` (split) needs an index from an ingest or'),
+    '112-graph-10': ('"train', '`from = "train@9"`: stage `train` trains epochs 1..2, so it'),
+    '113-graph-11': ('"missing', '`from` must be "<stage>@<epoch>" or a checkpoint file;'),
+    '114-graph-12': ('"hdf5', 'a lr-drop stage names what it continues with `from`, not'),
+    '115-graph-13': ('"', 'unknown stage kind `bake`'),
+    '116-graph-14': ('drop', 'missing required key `kind` in stage `drop`'),
+    '117-graph-15': ('"', 'stage `split` (split) needs an index from an ingest or'),
+    '118-graph-16': ('cbx', 'unknown op or block `cbx`'),
+    '119-graph-17': ('"nope', '`c2` reads `nope`, which is not an earlier layer here'),
+    '120-graph-18': ('{', 'two layers named `c1` in one scope'),
+    '121-graph-19': ('"', '`name` must be a non-empty string without `/` (and not'),
+    '122-graph-20': ('9', '`cbr` takes 2 argument(s) (k, size), got 3'),
+    '123-graph-21': ('q', '`cbr` has no argument `q`'),
+    '124-graph-22': ('{', 'block `cbr` needs `k` (params: k, size)'),
+    '125-graph-23': ('"', 'unknown parameter `$kk`'),
+    '126-graph-24': ('{ conv2d', 'shape error at conv2d_1: conv2d needs an image (HxWxC)'),
+    '127-graph-25': ('{ dense', 'shape error at dense_1: dense needs a flat input, got 8x8x8'),
+    '128-graph-26': ('{', 'shape error at maxpool_1: window 40x40 does not fit input'),
+    '129-graph-27': ('{', 'shape error at conv2d_1: kernel 30x30 does not fit input'),
+    '130-graph-28': ('{', 'shape error at concat_1: concat needs at least two inputs,'),
+    '131-graph-29': ('{', 'shape error at add_1: add inputs 16x16 (4 channels) and'),
+    '132-graph-30': ('"k"]', 'parameter `k` is listed twice in `params`'),
+    '133-graph-31': ('""', 'a parameter name must not be empty'),
+    '134-graph-32': ('nope', 'default for `nope`, which is not in `params`'),
+    '135-graph-33': ('old', 'unknown key `old`'),
+    '136-graph-34': ('layers2', 'unknown key `layers2`'),
+    '137-graph-35': ('3', '`relu` takes 0 argument(s) (), got 1'),
+    '138-graph-36': ('0', '`filters` must be > 0'),
+    '139-graph-37': ('0', '`stride` must be > 0'),
+    '140-graph-38': ('"', 'stage name "bad\\u{1}name" must be 1 to 100 characters, none'),
+    '141-graph-39': ('"', 'stage name "" must be 1 to 100 characters, none of them'),
+    '142-graph-40': ('xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx', 'stage name'),
+    '143-graph-41': ('"', '`name` must not be empty'),
+    '144-graph-42': ('"missing', '`extends` names a file that does not exist: missing.toml'),
+    '145-graph-43': ('"missing', '`include` names a file that does not exist: missing.toml'),
+    '146-graph-44': ('3', 'wrong type: `include` must be a path or a list of paths,'),
+    '147-graph-45': ('"tpu', 'unknown value `tpu`'),
+    '148-graph-46': ('"tensorflow', 'unknown value `tensorflow`'),
+    '149-graph-47': ('"jax', 'unknown value `jax`'),
+    '150-syntax-00': ('\n', 'invalid TOML: string values must be quoted, expected'),
+    '151-syntax-01': ('epochs = 3', 'invalid TOML: duplicate key'),
+    '152-syntax-02': ('\n', 'invalid TOML: invalid basic string, expected `"`'),
+    '153-syntax-03': ('\n', 'invalid TOML: unclosed array, expected `]`'),
+    '154-syntax-04': ('\n', 'invalid TOML: unclosed table, expected `]`'),
+    '155-syntax-05': ('layers', 'invalid TOML: missing comma between key-value pairs,'),
+    '156-syntax-06': ('.1', 'invalid TOML: invalid float, expected nothing'),
+    '157-syntax-07': ('= ', 'invalid TOML: extra `=`, expected nothing'),
+    '158-syntax-08': ('train', 'invalid TOML: duplicate key'),
+    '159-syntax-09': (',\n', 'invalid TOML: unexpected key or value, expected newline, `#`'),
+    '160-syntax-10': ('\n', "invalid TOML: invalid literal string, expected `'`"),
+}
+
+
+def location(text, start, at):
+    """1-based (line, col) of `at` in `text`, searched from `start`."""
+    if at.startswith("^"):
+        at, start = at[1:], 0
+    i = text.find(at, start)
+    assert i >= 0, (at, start)
+    line = text.count("\n", 0, i) + 1
+    col = i - (text.rfind("\n", 0, i) + 1) + 1
+    return line, col
+
+
 out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "broken")
 shutil.rmtree(out, ignore_errors=True)
 os.makedirs(out)
-for i, (desc, text) in enumerate(cases):
-    with open(os.path.join(out, f"{i:03}-{desc}.toml"), "w", encoding="utf-8") as f:
+assert len(EXPECT) == len(cases), "every case needs its expectation"
+for i, (desc, text, start) in enumerate(cases):
+    stem = f"{i:03}-{desc}"
+    with open(os.path.join(out, f"{stem}.toml"), "w", encoding="utf-8") as f:
         f.write(text)
-# One file that is not UTF-8.
-with open(os.path.join(out, f"{len(cases):03}-not-utf8.toml"), "wb") as f:
+    at, phrase = EXPECT[stem]
+    line, col = location(text, start, at)
+    with open(os.path.join(out, f"{stem}.expect"), "w", encoding="utf-8") as f:
+        f.write(f"{line}:{col}\n{phrase}\n")
+# One file that is not UTF-8: the bad byte is the 15th character of line 2.
+stem = f"{len(cases):03}-not-utf8"
+with open(os.path.join(out, f"{stem}.toml"), "wb") as f:
     f.write(BASE.replace("seed = 3", "seed = 3 # caf\xe9").encode("latin-1"))
+with open(os.path.join(out, f"{stem}.expect"), "w", encoding="utf-8") as f:
+    f.write("2:15\nthe file is not valid UTF-8\n")
 print(f"{len(cases) + 1} broken manifests in {out}")
