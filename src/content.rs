@@ -6,6 +6,7 @@
 //! artifact holds. A leaf: it depends on nothing of pipe's.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -88,4 +89,32 @@ pub fn dir_size(p: &Path) -> u64 {
         }
     }
     total
+}
+
+/// Make a folder tree read-only (files 0444, folders 0555) or writable again (0644/0755),
+/// so that it can be deleted.
+pub fn set_read_only(dir: &Path, ro: bool) -> Result<()> {
+    let mode = |is_dir: bool| match (ro, is_dir) {
+        (true, true) => 0o555,
+        (true, false) => 0o444,
+        (false, true) => 0o755,
+        (false, false) => 0o644,
+    };
+    // Writable: folders first (to enter them); read-only: contents first.
+    if !ro {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode(true)))?;
+    }
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        let p = e.path();
+        if e.file_type()?.is_dir() {
+            set_read_only(&p, ro)?;
+        } else {
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode(false)))?;
+        }
+    }
+    if ro {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode(true)))?;
+    }
+    Ok(())
 }

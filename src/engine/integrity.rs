@@ -9,14 +9,14 @@
 //! `touch -d`) until `pipe verify` reads the bytes.
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::atomic::write_json_atomic;
-use crate::content::{content_files, hash_file, HashedFile};
+use crate::content::{content_files, hash_dir, hash_file, set_read_only, HashedFile};
 
 /// One file of an artifact as published.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,34 +68,6 @@ pub fn seal(dir: &Path, seal_path: &Path, hashed: &[HashedFile]) -> Result<()> {
     write_json_atomic(seal_path, &Seal { files })
 }
 
-/// Make a folder tree read-only (files 0444, folders 0555) or writable again (0644/0755),
-/// so that it can be deleted.
-pub fn set_read_only(dir: &Path, ro: bool) -> Result<()> {
-    let mode = |is_dir: bool| match (ro, is_dir) {
-        (true, true) => 0o555,
-        (true, false) => 0o444,
-        (false, true) => 0o755,
-        (false, false) => 0o644,
-    };
-    // Writable: folders first (to enter them); read-only: contents first.
-    if !ro {
-        fs::set_permissions(dir, fs::Permissions::from_mode(mode(true)))?;
-    }
-    for e in fs::read_dir(dir)? {
-        let e = e?;
-        let p = e.path();
-        if e.file_type()?.is_dir() {
-            set_read_only(&p, ro)?;
-        } else {
-            fs::set_permissions(&p, fs::Permissions::from_mode(mode(false)))?;
-        }
-    }
-    if ro {
-        fs::set_permissions(dir, fs::Permissions::from_mode(mode(true)))?;
-    }
-    Ok(())
-}
-
 /// Check an artifact against its seal. `full`: re-hash every file (`pipe verify`);
 /// otherwise only files whose size or mtime moved. `records`: the top-level files its
 /// stage kind declares as records, not content (they may come and go).
@@ -137,11 +109,28 @@ pub fn check(dir: &Path, seal: &Seal, full: bool, records: &[&str]) -> Result<He
     })
 }
 
-/// Where damaged artifacts are moved (deleted by `pipe gc`).
-pub fn quarantine_path(root: &Path, hash: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    root.join("damaged").join(format!("{hash}-{nanos}"))
+/// The health of a published artifact in folder `dir` whose seal is (or would be) at
+/// `seal_path`: checked against the seal ([`check`]); an artifact published before seals
+/// existed is re-hashed against its name, `output`.
+pub fn health(
+    dir: &Path,
+    output: &str,
+    seal_path: &Path,
+    full: bool,
+    records: &[&str],
+) -> Result<Health> {
+    let seal: Option<Seal> = std::fs::read(seal_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    match seal {
+        Some(seal) => check(dir, &seal, full, records),
+        None => Ok(if hash_dir(dir, records)?.0 == output {
+            Health::Sound
+        } else {
+            Health::Damaged(vec![format!(
+                "{}: content does not match its hash (and it has no seal)",
+                dir.display()
+            )])
+        }),
+    }
 }

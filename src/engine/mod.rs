@@ -506,7 +506,7 @@ impl Engine {
                 return Err(e.context(format!("stage `{name}` ({kind}) failed")));
             }
         };
-        let output = self.store.publish(&tmp, stages::records(kind))?;
+        let output = self.publish(&tmp, kind)?;
         let seconds = started.elapsed().as_secs_f64();
         self.store.record(&KeyRecord {
             key: r.key.clone(),
@@ -625,12 +625,35 @@ impl Engine {
             let records = kinds
                 .get(&a)
                 .map_or(stages::ALL_RECORDS, |k| stages::records(*k));
-            let health = self.store.health(&a, true, records)?;
+            let health = self.health(&a, true, records)?;
             let stages = made_by.remove(&a).unwrap_or_default().into_iter().collect();
             out.push((a, stages, health));
         }
         out.sort_by_key(|(a, _, h)| (*h == integrity::Health::Sound, a.clone()));
         Ok(out)
+    }
+
+    /// Publish a stage's finished output folder (see [`Store::publish`]), then make it
+    /// read-only and seal it (see [`integrity`]); returns its content hash.
+    fn publish(&self, tmp: &Path, kind: StageKind) -> Result<String> {
+        let (output, files) = self.store.publish(tmp, stages::records(kind))?;
+        let seal = self.store.seal_path(&output);
+        if !seal.is_file() {
+            integrity::seal(&self.store.artifact_dir(&output), &seal, &files)?;
+        }
+        Ok(output)
+    }
+
+    /// Check a published artifact against its seal; `full` re-hashes every file.
+    /// `records`: its stage kind's record files.
+    fn health(&self, output: &str, full: bool, records: &[&str]) -> Result<integrity::Health> {
+        integrity::health(
+            &self.store.artifact_dir(output),
+            output,
+            &self.store.seal_path(output),
+            full,
+            records,
+        )
     }
 
     /// The cached record of a key whose artifact is as published. A damaged artifact is
@@ -647,10 +670,7 @@ impl Engine {
         let Some(rec) = self.store.lookup(key) else {
             return Ok(None);
         };
-        match self
-            .store
-            .health(&rec.output, false, stages::records(rec.kind))?
-        {
+        match self.health(&rec.output, false, stages::records(rec.kind))? {
             integrity::Health::Sound => Ok(Some(rec)),
             integrity::Health::Damaged(problems) => {
                 for pr in &problems {
@@ -731,8 +751,7 @@ impl Engine {
             let records = kinds
                 .get(&a)
                 .map_or(stages::ALL_RECORDS, |k| stages::records(*k));
-            if let Ok(integrity::Health::Damaged(problems)) = self.store.health(&a, false, records)
-            {
+            if let Ok(integrity::Health::Damaged(problems)) = self.health(&a, false, records) {
                 for pr in problems {
                     self.warn(format!("gc: dropping a damaged artifact: {pr}"));
                 }

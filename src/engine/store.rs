@@ -24,7 +24,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 pub use crate::atomic::{write_atomic, write_json_atomic};
-use crate::content::{self, dir_size};
+use crate::content::{self, dir_size, HashedFile};
 use crate::manifest::StageKind;
 
 /// A stage key resolved to its output.
@@ -229,10 +229,11 @@ impl Store {
         self.root.join("artifacts").join(output)
     }
 
-    /// Hash a finished temporary directory and publish it by rename; returns its hash.
-    /// A byte-identical artifact already present is kept and the new one dropped.
-    /// `records`: the top-level files its stage kind declares as records, not content.
-    pub fn publish(&self, tmp: &Path, records: &[&str]) -> Result<String> {
+    /// Hash a finished temporary directory and publish it by rename; returns its hash and
+    /// each content file as hashed (for its seal). A byte-identical artifact already
+    /// present is kept and the new one dropped. `records`: the top-level files its stage
+    /// kind declares as records, not content.
+    pub fn publish(&self, tmp: &Path, records: &[&str]) -> Result<(String, Vec<HashedFile>)> {
         let (hash, files) = content::hash_dir(tmp, records)?;
         let dest = self.artifact_dir(&hash);
         if dest.is_dir() {
@@ -247,47 +248,24 @@ impl Store {
                 });
             }
         }
-        let seal = self.seal_path(&hash);
-        if !seal.is_file() {
-            super::integrity::seal(&dest, &seal, &files)?;
-        }
-        Ok(hash)
+        Ok((hash, files))
     }
 
-    fn seal_path(&self, output: &str) -> PathBuf {
+    /// Where an artifact's seal lives (`engine::integrity` writes and reads it).
+    pub fn seal_path(&self, output: &str) -> PathBuf {
         self.root.join("sealed").join(format!("{output}.json"))
-    }
-
-    /// Check a published artifact against its seal (see `engine::integrity`); `full`
-    /// re-hashes every file. An artifact published before seals existed is re-hashed once
-    /// against its name. `records`: as for [`Store::publish`].
-    pub fn health(
-        &self,
-        output: &str,
-        full: bool,
-        records: &[&str],
-    ) -> Result<super::integrity::Health> {
-        use super::integrity::Health;
-        let dir = self.artifact_dir(output);
-        match read_json::<super::integrity::Seal>(&self.seal_path(output)) {
-            Ok(Some(seal)) => super::integrity::check(&dir, &seal, full, records),
-            _ => Ok(if content::hash_dir(&dir, records)?.0 == output {
-                Health::Sound
-            } else {
-                Health::Damaged(vec![format!(
-                    "{}: content does not match its hash (and it has no seal)",
-                    dir.display()
-                )])
-            }),
-        }
     }
 
     /// Move a damaged artifact aside (into `damaged/`), so that it counts as missing.
     pub fn quarantine(&self, output: &str) -> Result<()> {
         let dir = self.artifact_dir(output);
         if dir.is_dir() {
-            super::integrity::set_read_only(&dir, false)?;
-            let to = super::integrity::quarantine_path(&self.root, output);
+            content::set_read_only(&dir, false)?;
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            let to = self.root.join("damaged").join(format!("{output}-{nanos}"));
             fs::rename(&dir, &to)
                 .with_context(|| format!("cannot move {} aside", dir.display()))?;
         }
@@ -306,7 +284,7 @@ impl Store {
             for e in rd.flatten() {
                 let p = e.path();
                 bytes += dir_size(&p);
-                super::integrity::set_read_only(&p, false)?;
+                content::set_read_only(&p, false)?;
                 fs::remove_dir_all(&p)?;
             }
         }
@@ -479,7 +457,7 @@ impl Store {
         let p = self.artifact_dir(output);
         let bytes = dir_size(&p);
         if p.is_dir() {
-            super::integrity::set_read_only(&p, false)?;
+            content::set_read_only(&p, false)?;
             fs::remove_dir_all(&p)?;
         }
         let seal = self.seal_path(output);
