@@ -352,6 +352,7 @@ impl Engine {
                 report.stages.push(outcome);
                 continue;
             }
+            self.check_known_data(p, &name, &outputs)?;
             let r = match self.resolve(p, &name, &outputs, opts.dry_run)? {
                 Resolution::Ready(r) => r,
                 Resolution::InputsPending => {

@@ -12,7 +12,7 @@ use super::executor::JobState;
 use super::keys::{effective_config, flatten};
 use super::store::StageRecord;
 use super::{estimate, Engine, Resolution, Resolved};
-use crate::manifest::{Pipeline, StageConfig, StageKind};
+use crate::manifest::{ManifestError, Pipeline, StageConfig, StageKind};
 use crate::nn::graph::{totals, Graph, Node};
 use crate::report::diff::Side;
 use crate::report::outcome::{JobStatus, Reason, StageOutcome, StageState};
@@ -379,6 +379,73 @@ impl Engine {
         now.config
             .retain(|k, _| !k.contains(".resources.") && k != "seed");
         Ok((last, now))
+    }
+}
+
+impl Engine {
+    /// Checks that need a dataset's index, made as soon as the index is in the store (so a
+    /// dry run catches them, and a run before it trains): a network's classes against the
+    /// data's, and an evaluate stage's `top_k` against them. Errors name the key at fault.
+    pub(crate) fn check_known_data(
+        &self,
+        p: &Pipeline,
+        name: &str,
+        outputs: &HashMap<String, String>,
+    ) -> Result<()> {
+        let s = &p.stages[name];
+        let data = match &s.config {
+            StageConfig::Train(_) => s.inputs.first(),
+            StageConfig::Evaluate(_) => s.inputs.get(1),
+            _ => None,
+        };
+        // The nearest stage at or before the data whose index is in the store.
+        let mut at = data;
+        let mut classes = None;
+        for _ in 0..64 {
+            let Some(stage) = at else { break };
+            if let Some(out) = outputs.get(stage) {
+                let f = self.store.artifact_dir(out).join("classes.csv");
+                if f.is_file() {
+                    classes = Some((crate::data::index::read_classes(&f)?.len(), stage));
+                    break;
+                }
+            }
+            at = p.stages.get(stage).and_then(|x| x.inputs.first());
+        }
+        let Some((d, from)) = classes else {
+            return Ok(());
+        };
+        match &s.config {
+            StageConfig::Train(t) => {
+                let Some(net) = p.library.networks.get(&t.network) else {
+                    return Ok(());
+                };
+                match net.classes {
+                    Some(k) if k != d => Err(anyhow::anyhow!(
+                        "{}",
+                        ManifestError::new(format!(
+                            "network `{}` outputs {k} classes, but stage `{name}` trains on {d} (the index of stage `{from}`); set `classes = {d}`",
+                            t.network
+                        ))
+                        .at(net.key_origins.get("classes").unwrap_or(&net.origin).clone())
+                        .path(format!("networks.{}.classes", t.network))
+                    )),
+                    _ => Ok(()),
+                }
+            }
+            StageConfig::Evaluate(c) => match c.top_k.iter().max() {
+                Some(k) if *k > d => Err(anyhow::anyhow!(
+                    "{}",
+                    ManifestError::new(format!(
+                        "`top_k` asks for rank-{k}, but the data has {d} classes (the index of stage `{from}`)"
+                    ))
+                    .at(s.key_origin("top_k"))
+                    .path(format!("stages.{name}.top_k"))
+                )),
+                _ => Ok(()),
+            },
+            _ => Ok(()),
+        }
     }
 }
 

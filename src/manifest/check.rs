@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use super::error::{self, ManifestError};
+use super::config::IngestFormat;
 use super::model::{Pipeline, StageConfig, StageKind};
 use super::source::Origin;
 
@@ -64,6 +65,120 @@ pub(crate) fn check_top_k(p: &Pipeline) -> Result<(), ManifestError> {
                 .at(s.key_origin("top_k"))
                 .path(format!("stages.{name}.top_k")));
             }
+        }
+    }
+    Ok(())
+}
+
+/// What the manifest alone says of the images a stage's data holds: their size (h, w) and
+/// class count, and which key says so. Known for generated (`synthetic`) and CIFAR-10 data;
+/// a folder's images and classes are known only once it is ingested.
+struct DataShape {
+    size: Option<((usize, usize), String)>,
+    classes: Option<(usize, String)>,
+}
+
+fn data_shape(p: &Pipeline, stage: &str, depth: usize) -> DataShape {
+    let none = DataShape {
+        size: None,
+        classes: None,
+    };
+    let Some(s) = p.stages.get(stage).filter(|_| depth < 64) else {
+        return none;
+    };
+    match &s.config {
+        StageConfig::Ingest(c) => match c.format {
+            IngestFormat::Synthetic => DataShape {
+                size: c.image_size.map(|[w, h]| {
+                    (
+                        (h as usize, w as usize),
+                        format!("`stages.{stage}.image_size = [{w}, {h}]`"),
+                    )
+                }),
+                classes: c
+                    .classes
+                    .map(|k| (k, format!("`stages.{stage}.classes = {k}`"))),
+            },
+            IngestFormat::Cifar10 => DataShape {
+                size: Some(((32, 32), format!("stage `{stage}` reads CIFAR-10, 32x32"))),
+                classes: Some((10, format!("stage `{stage}` reads CIFAR-10, 10 classes"))),
+            },
+            _ => none,
+        },
+        StageConfig::Split(_) => match s.inputs.first() {
+            Some(i) => data_shape(p, i, depth + 1),
+            None => none,
+        },
+        StageConfig::Hdf5(h) => {
+            let mut d = match s.inputs.first() {
+                Some(i) => data_shape(p, i, depth + 1),
+                None => none,
+            };
+            if let Some([w, hgt]) = h.size {
+                d.size = Some((
+                    (hgt as usize, w as usize),
+                    format!("`stages.{stage}.size = [{w}, {hgt}]`"),
+                ));
+            }
+            d
+        }
+        _ => none,
+    }
+}
+
+/// Checks that depend on the data, where the manifest says what the data is: a network's
+/// input against generated or CIFAR-10 images it is not resized from, its classes against
+/// the data's, and `top_k` against the data's classes.
+pub(crate) fn check_data(p: &Pipeline) -> Result<(), ManifestError> {
+    for (name, s) in &p.stages {
+        match &s.config {
+            StageConfig::Train(t) => {
+                let Some(data) = s.inputs.first() else {
+                    continue;
+                };
+                let Some(net) = p.library.networks.get(&t.network) else {
+                    continue;
+                };
+                let shape = data_shape(p, data, 0);
+                let (nh, nw, nc) = net.input;
+                if let Some(((h, w), says)) = &shape.size {
+                    if (nh, nw, nc) != (*h, *w, 3) {
+                        return Err(ManifestError::new(format!(
+                            "network `{}` takes {nh}x{nw}x{nc} images (`networks.{}.input`), but stage `{name}` gets {h}x{w}x3 RGB images from `{data}` ({says}); resize them in the hdf5 stage (`size = [{nw}, {nh}]`, width first) or change the network's input",
+                            t.network, t.network
+                        ))
+                        .at(net.key_origins.get("input").unwrap_or(&net.origin).clone())
+                        .path(format!("networks.{}.input", t.network)));
+                    }
+                }
+                if let (Some(k), Some((d, says))) = (net.classes, &shape.classes) {
+                    if k != *d {
+                        return Err(ManifestError::new(format!(
+                            "network `{}` outputs {k} classes, but stage `{name}` trains on {d} ({says})",
+                            t.network
+                        ))
+                        .at(net.key_origins.get("classes").unwrap_or(&net.origin).clone())
+                        .path(format!("networks.{}.classes", t.network)));
+                    }
+                }
+            }
+            StageConfig::Evaluate(c) => {
+                let Some(data) = s.inputs.get(1) else {
+                    continue;
+                };
+                if let (Some(k), Some((d, says))) =
+                    (c.top_k.iter().max(), data_shape(p, data, 0).classes)
+                {
+                    if *k > d {
+                        return Err(ManifestError::new(format!(
+                            "`top_k` asks for rank-{k}, but the data has {d} classes ({says})"
+                        ))
+                        .at(s.key_origin("top_k"))
+                        .path(format!("stages.{name}.top_k")));
+                    }
+                }
+            }
+            _ => {}
         }
     }
     Ok(())

@@ -45,10 +45,25 @@ impl<'de, 'a> de::Deserializer<'de> for ValueDe<'a> {
             Kind::Int(i) => visitor.visit_i64(*i),
             Kind::Float(f) => visitor.visit_f64(*f),
             Kind::Bool(b) => visitor.visit_bool(*b),
-            Kind::Array(a) => visitor.visit_seq(SeqDe {
-                items: a.iter().enumerate(),
-                path: &self.path,
-            }),
+            Kind::Array(a) => {
+                let mut seq = SeqDe {
+                    items: a.iter().enumerate(),
+                    path: &self.path,
+                };
+                visitor.visit_seq(&mut seq).and_then(|v| {
+                    // A fixed-length list (`size = [w, h]`, a `[epoch, lr]` pair) takes
+                    // only the elements it needs: any left over is an error, not ignored.
+                    let left = seq.items.count();
+                    if left > 0 {
+                        return Err(ManifestError::new(format!(
+                            "wrong length: expected {} element(s), found {}",
+                            a.len() - left,
+                            a.len()
+                        )));
+                    }
+                    Ok(v)
+                })
+            }
             Kind::Table(t) => visitor.visit_map(MapDe {
                 entries: t.iter(),
                 pending: None,

@@ -258,6 +258,13 @@ pub fn load(path: &Path, sets: &[String], project_dir: &Path) -> Result<Pipeline
             .at(entry.key_origin.clone())
             .path(format!("stages.{}", sname.escape_debug())));
         }
+        if sname.contains('@') {
+            return Err(ManifestError::new(format!(
+                "stage name {sname:?} holds `@`, which `from = \"stage@epoch\"` reserves: rename the stage"
+            ))
+            .at(entry.key_origin.clone())
+            .path(format!("stages.{sname}")));
+        }
         let (stage, origins) = parse::parse_stage(
             sname,
             entry,
@@ -283,6 +290,7 @@ pub fn load(path: &Path, sets: &[String], project_dir: &Path) -> Result<Pipeline
     check::check_top_k(&pipeline)?;
     check::check_resume_epochs(&pipeline, &input_origins)?;
     check::wire_data_inputs(&mut pipeline);
+    check::check_data(&pipeline)?;
     Ok(pipeline)
 }
 

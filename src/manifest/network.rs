@@ -99,6 +99,8 @@ pub struct NetworkSpec {
     pub layers: Vec<LayerSpec>,
     /// Where `[networks.<name>]` was written.
     pub origin: Origin,
+    /// Where its `input` and `classes` keys were written.
+    pub key_origins: IndexMap<String, Origin>,
 }
 
 /// All blocks and networks of a manifest.
@@ -423,6 +425,10 @@ pub fn parse_library(doc: &SValue) -> Result<Library, ManifestError> {
                     params,
                     layers: parse_layers(&layers.value, &format!("{path}.layers"))?,
                     origin: e.key_origin.clone(),
+                    key_origins: t
+                        .iter()
+                        .map(|(k, x)| (k.clone(), x.key_origin.clone()))
+                        .collect(),
                 },
             );
         }

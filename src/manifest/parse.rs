@@ -36,6 +36,24 @@ pub fn is_slurm_mem(m: &str) -> bool {
 /// Largest image side a manifest may ask for (a 4096x4096 RGB image is 48 MiB).
 pub const MAX_IMAGE_SIDE: u32 = 4096;
 
+/// The most epochs one training stage may ask for (a run of more would not end).
+pub const MAX_EPOCHS: usize = 100_000;
+
+/// The largest batch a stage may ask for.
+pub const MAX_BATCH: usize = 65_536;
+
+/// `epochs` within 1..=MAX_EPOCHS (zero is checked with the other positives).
+fn check_epochs(epochs: usize, path: &str, at: Origin) -> Result<(), ManifestError> {
+    if epochs > MAX_EPOCHS {
+        return Err(ManifestError::new(format!(
+            "`epochs` = {epochs} is more than the {MAX_EPOCHS} a stage may train"
+        ))
+        .at(at)
+        .path(format!("{path}.epochs")));
+    }
+    Ok(())
+}
+
 fn check_image_size(
     [w, h]: [u32; 2],
     key: &str,
@@ -270,6 +288,15 @@ fn parse_train(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
                 .at(cx.key_at(k))
                 .path(format!("{path}.{k}")));
         }
+        check_epochs(c.epochs, &path, cx.key_at("epochs"))?;
+        if c.batch_size > MAX_BATCH {
+            return Err(ManifestError::new(format!(
+                "`batch_size` = {} is more than the {MAX_BATCH} a batch may hold",
+                c.batch_size
+            ))
+            .at(cx.key_at("batch_size"))
+            .path(format!("{path}.batch_size")));
+        }
         let ranges: [(&str, f64, bool); 8] = [
             ("momentum", c.momentum, (0.0..1.0).contains(&c.momentum)),
             ("power", c.power, c.power >= 0.0),
@@ -370,6 +397,7 @@ fn parse_continue(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
                 .at(cx.key_at(k))
                 .path(format!("{path}.{k}")));
         }
+        check_epochs(c.epochs, &path, cx.key_at("epochs"))?;
         let from_file = kind == StageKind::Resume && !c.from.contains('@');
         if from_file && cx.inputs.len() != 1 {
             return Err(ManifestError::new(
@@ -460,6 +488,14 @@ fn parse_evaluate(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
                 .at(cx.key_at("top_k"))
                 .path(format!("{path}.top_k")),
         );
+    }
+    if c.batch_size > MAX_BATCH {
+        return Err(ManifestError::new(format!(
+            "`batch_size` = {} is more than the {MAX_BATCH} a batch may hold",
+            c.batch_size
+        ))
+        .at(cx.key_at("batch_size"))
+        .path(format!("{path}.batch_size")));
     }
     if c.batch_size == 0 {
         return Err(ManifestError::new("`batch_size` must be > 0")

@@ -271,6 +271,33 @@ for i, (old, new) in enumerate(syntax):
     sub(f"syntax-{i:02}", old, new)
 
 
+def subs(desc, pairs):
+    """A case that changes the base in several places; its location is searched from the
+    first change."""
+    text = BASE
+    for old, new in pairs:
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    cases.append((desc, text, min(BASE.index(old) for old, _ in pairs)))
+
+
+# Refused before anything runs: fixed-length lists, stage names `from` cannot name,
+# endless runs, and what the manifest says of the data against the network.
+sub("late-00", "size = [16, 16]\n\n[blocks", "size = [16, 16, 3]\n\n[blocks")
+sub("late-01", "image_size = [16, 16]", "image_size = [16, 16, 16]")
+sub("late-02", 'lr = 0.01', 'lr = 0.01\nschedule = "step"\nsteps = [[1, 0.001, 7]]')
+sub("late-03", "[stages.drop]", '[stages."drop@2"]')
+sub("late-04", "epochs = 2", "epochs = 9223372036854775807")
+sub("late-05", "lr = 0.001\nepochs = 1", "lr = 0.001\nepochs = 200000")
+sub("late-06", "batch_size = 8", "batch_size = 1000000")
+subs("late-07", [("image_size = [16, 16]", "image_size = [20, 20]"),
+                 ("size = [16, 16]\n\n[blocks", "\n\n[blocks")])
+sub("late-08", "classes = 3\ntrain", "classes = 4\ntrain")
+subs("late-09", [('format = "synthetic"\nclasses = 3\ntrain_per_class = 12\nval_per_class = 4\nimage_size = [16, 16]',
+                  'format = "cifar10"\nroot = "data/cifar"'),
+                 ("size = [16, 16]\n\n[blocks", "\n\n[blocks")])
+
+
 # What each case must report and where. `at` is the text the error points at, searched
 # from where the case changed the base (from the top of the file when it starts with `^`);
 # `phrase` is part of the message.
@@ -436,6 +463,16 @@ EXPECT = {
     '158-syntax-08': ('train', 'invalid TOML: duplicate key'),
     '159-syntax-09': (',\n', 'invalid TOML: unexpected key or value, expected newline, `#`'),
     '160-syntax-10': ('\n', "invalid TOML: invalid literal string, expected `'`"),
+    '161-late-00': ('[16, 16, 3]', 'wrong length: expected 2 element(s), found 3'),
+    '162-late-01': ('[16, 16, 16]', 'wrong length: expected 2 element(s), found 3'),
+    '163-late-02': ('[1, 0.001, 7]', 'wrong length: expected 2 element(s), found 3'),
+    '164-late-03': ('"drop@2"', 'holds `@`, which `from = "stage@epoch"` reserves'),
+    '165-late-04': ('epochs', 'is more than the 100000 a stage may train'),
+    '166-late-05': ('epochs', 'is more than the 100000 a stage may train'),
+    '167-late-06': ('batch_size', 'is more than the 65536 a batch may hold'),
+    '168-late-07': ('^input = [', 'network `tiny` takes 16x16x3 images'),
+    '169-late-08': ('^classes = 3\nlayers', 'network `tiny` outputs 3 classes, but stage `train` trains on 4'),
+    '170-late-09': ('^input = [', 'but stage `train` gets 32x32x3 RGB images from `hdf5`'),
 }
 
 
