@@ -138,8 +138,19 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Remove artifacts no manifest in pipelines/ references, and damaged ones
-    Gc,
+    /// Remove what no manifest of the store's projects uses, and damaged artifacts (prints the list first)
+    Gc {
+        /// The folder of the manifests that use the store (default: the projects the store
+        /// recorded, else `pipelines/` beside the store)
+        #[arg(long, value_name = "DIR")]
+        pipelines: Option<PathBuf>,
+        /// Print what would be removed; remove nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Also drop the recorded runs of pipelines whose manifest is not found
+        #[arg(long)]
+        all: bool,
+    },
     /// Re-hash artifacts against what was published and report any damage
     Verify {
         /// Only the artifacts of this pipeline's last run (default: the whole store)
@@ -401,7 +412,11 @@ fn main() -> ExitCode {
             sets,
             json,
         } => commands::graph(&g, &pipeline, &sets, network.as_deref(), json),
-        Cmd::Gc => commands::gc(&g),
+        Cmd::Gc {
+            pipelines,
+            dry_run,
+            all,
+        } => commands::gc(&g, pipelines, dry_run, all),
         Cmd::Verify { pipeline } => commands::verify(&g, pipeline.as_deref()),
         Cmd::Bench {
             what:

@@ -1,27 +1,44 @@
-//! `pipe gc`: remove what no manifest refers to.
+//! `pipe gc`: remove what no manifest of the store's projects uses.
 
-use anyhow::Result;
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
 
 use super::Global;
+use crate::engine::gc::GcOptions;
 use crate::engine::{Engine, Project};
-use crate::report::progress::human_bytes;
+use crate::report::gc::describe;
 
-/// `pipe gc`.
-pub fn gc(g: &Global) -> Result<()> {
+/// `pipe gc [--pipelines DIR] [--dry-run] [--all]`.
+pub fn gc(g: &Global, pipelines: Option<PathBuf>, dry_run: bool, all: bool) -> Result<()> {
     let proj = Project::discover(g.cache.clone())?;
-    let mut engine = Engine::new(&proj.cache)?;
-    let r = engine.gc(&proj)?;
+    if !proj.cache.join("keys").is_dir() {
+        bail!("no store at {} (nothing to clean)", proj.cache.display());
+    }
+    let mut engine = if dry_run {
+        Engine::read_only(&proj.cache)
+    } else {
+        Engine::new(&proj.cache)?
+    };
+    let opts = GcOptions {
+        pipelines,
+        dry_run,
+        all,
+    };
+    let r = engine.gc(&opts, &mut |plan| {
+        let text = describe(plan);
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.pop(); // the summary: printed once it is done
+        for l in lines {
+            println!("{l}");
+        }
+    })?;
     if let Some(first) = r.warnings.first() {
         eprintln!(
-            "note: {} manifest(s) do not resolve here (e.g. {first}); only their last runs were kept",
+            "note: {} manifest(s) do not resolve (e.g. {first}); their last runs were kept",
             r.warnings.len()
         );
     }
-    println!(
-        "gc: removed {} artifacts and {} keys, freed {}",
-        r.artifacts,
-        r.keys,
-        human_bytes(r.bytes)
-    );
+    println!("{}", describe(&r).lines().last().unwrap_or(""));
     Ok(())
 }

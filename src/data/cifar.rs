@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use image::RgbImage;
 
 /// Bytes per record: label + 3 x 32 x 32.
@@ -23,7 +23,7 @@ pub const TEST_BATCH: &str = "test_batch.bin";
 
 /// Read a whole batch file, checking its length.
 pub fn read_batch(path: &Path) -> Result<Vec<u8>> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = super::read_regular(path)?;
     if bytes.is_empty() || bytes.len() % RECORD != 0 {
         anyhow::bail!(
             "{}: {} bytes is not a whole number of {RECORD}-byte CIFAR-10 records",
@@ -59,7 +59,7 @@ pub fn encode_record(label: u8, img: &RgbImage) -> Vec<u8> {
 /// Class names from `batches.meta.txt` (one a line, blank lines ignored).
 pub fn read_meta(path: &Path) -> Result<Vec<String>> {
     let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        super::read_regular_text(path)?;
     Ok(text
         .lines()
         .map(|l| l.trim())

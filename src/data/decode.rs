@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
+
 use image::{imageops::FilterType, RgbImage};
 
 use super::{cifar, index::ImageRef};
@@ -29,18 +30,73 @@ pub fn jpeg_is_complete(bytes: &[u8]) -> bool {
 }
 
 /// Decode an encoded image file to RGB (grayscale and RGBA are converted). A JPEG whose
-/// data stops before its end marker is an error.
+/// data stops before its end marker is an error; so is a path that is not a regular file.
 pub fn decode_file(path: &Path) -> Result<RgbImage> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    if bytes.starts_with(&[0xFF, 0xD8]) && !jpeg_is_complete(&bytes) {
+    decode_bytes(&super::read_regular(path)?, path)
+}
+
+/// Decode an encoded image (the bytes of file `path`) to RGB.
+pub fn decode_bytes(bytes: &[u8], path: &Path) -> Result<RgbImage> {
+    if bytes.starts_with(&[0xFF, 0xD8]) && !jpeg_is_complete(bytes) {
         anyhow::bail!(
             "cannot decode image {}: the JPEG is truncated (no end-of-image marker after its scan data)",
             path.display()
         );
     }
-    let img = image::load_from_memory(&bytes)
+    let img = image::load_from_memory(bytes)
         .with_context(|| format!("cannot decode image {}", path.display()))?;
     Ok(img.into_rgb8())
+}
+
+/// Why an indexed image could not be used.
+pub enum Unusable {
+    /// Its bytes are not the bytes the index recorded: the dataset changed since it was
+    /// fingerprinted. Never skipped: what would be made is not what the key vouches for.
+    Changed(anyhow::Error),
+    /// It cannot be read as an image (undecodable, truncated, not a regular file).
+    Bad(anyhow::Error),
+}
+
+/// Decode the image an index row points at, checking the bytes read against the content
+/// hash the index recorded (`hash`, BLAKE3 hex; empty: not checked) as they are decoded,
+/// so the check costs no second read.
+pub fn decode_checked(
+    r: &ImageRef,
+    batches: &BatchCache,
+    hash: &str,
+) -> std::result::Result<RgbImage, Unusable> {
+    let check = |bytes: &[u8]| -> std::result::Result<(), Unusable> {
+        if hash.is_empty() || blake3::hash(bytes).to_hex().as_str() == hash {
+            Ok(())
+        } else {
+            Err(Unusable::Changed(anyhow::anyhow!(
+                "image {r} changed after its dataset was fingerprinted (its content is not the one indexed, {}...): nothing is published; run again to take the dataset as it is now",
+                &hash[..12.min(hash.len())]
+            )))
+        }
+    };
+    match r {
+        ImageRef::File(p) => {
+            let bytes = super::read_regular(p).map_err(Unusable::Bad)?;
+            check(&bytes)?;
+            decode_bytes(&bytes, p).map_err(Unusable::Bad)
+        }
+        ImageRef::CifarRecord(p, n) => {
+            let bytes = batches.get(p).map_err(Unusable::Bad)?;
+            let start = n * cifar::RECORD;
+            let rec = bytes
+                .get(start..start + cifar::RECORD)
+                .ok_or_else(|| {
+                    Unusable::Bad(anyhow::anyhow!(
+                        "{}: no record {n} (file holds {})",
+                        p.display(),
+                        bytes.len() / cifar::RECORD
+                    ))
+                })?;
+            check(rec)?;
+            Ok(cifar::decode_record(rec).1)
+        }
+    }
 }
 
 /// Decode the image an index row points at; `batch` caches the bytes of a CIFAR batch.

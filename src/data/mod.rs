@@ -8,3 +8,53 @@ pub mod decode;
 pub mod h5;
 pub mod index;
 pub mod synthetic;
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+/// What a file that is not a regular file is, for messages.
+fn special_kind(md: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = md.file_type();
+    if t.is_dir() {
+        "a folder"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Whether `path` is a regular file or a link to one; `Err` names what it is instead.
+pub fn check_regular(path: &Path) -> Result<()> {
+    let md = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if md.is_file() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "{} is {}, not a regular file: only regular files (or links to them) are read",
+            path.display(),
+            special_kind(&md)
+        )
+    }
+}
+
+/// Read a whole file, which must be a regular file (or a link to one): a FIFO, a device
+/// or a socket named like a data file is an error, never a read that does not end.
+pub fn read_regular(path: &Path) -> Result<Vec<u8>> {
+    check_regular(path)?;
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// [`read_regular`], as UTF-8 text.
+pub fn read_regular_text(path: &Path) -> Result<String> {
+    String::from_utf8(read_regular(path)?)
+        .with_context(|| format!("{} is not UTF-8 text", path.display()))
+}

@@ -41,10 +41,23 @@ struct Stat {
     size: u64,
     mtime_ns: i64,
     ino: u64,
+    /// A regular file (or a link to one): its content is read and hashed. Anything else
+    /// (a FIFO, a device, a socket) is never opened: it counts by its kind alone, and the
+    /// stage that would read it as data refuses it by name.
+    regular: bool,
 }
 
 /// Every file below `rel` (in `cmp_paths` order), and the folders with no file below them.
+/// Folders nested deeper than this are refused (a symlink loop would never end).
+const MAX_DEPTH: usize = 64;
+
 fn walk(root: &Path, rel: &str) -> Result<(Vec<Stat>, Vec<String>)> {
+    if rel.matches('/').count() >= MAX_DEPTH {
+        anyhow::bail!(
+            "{}: folders nested more than {MAX_DEPTH} deep (a symbolic link to a folder above it?)",
+            root.join(rel).display()
+        );
+    }
     let dir = if rel.is_empty() {
         root.to_path_buf()
     } else {
@@ -84,6 +97,7 @@ fn walk(root: &Path, rel: &str) -> Result<(Vec<Stat>, Vec<String>)> {
                     size: md.len(),
                     mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
                     ino: md.ino(),
+                    regular: md.is_file(),
                 };
                 Ok((vec![st], Vec::new()))
             }
@@ -145,6 +159,9 @@ pub fn fingerprint_tree(store: &Store, root: &Path) -> Result<TreeFingerprint> {
         .map(|(s, m)| -> Result<([u8; 32], bool)> {
             if let Some(h) = m {
                 return Ok((*h, false));
+            }
+            if !s.regular {
+                return Ok((*blake3::hash(b"pipe-special-file\0").as_bytes(), false));
             }
             let p = root.join(&s.rel);
             let bytes = fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;

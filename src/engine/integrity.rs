@@ -31,11 +31,15 @@ pub struct SealedFile {
     pub hash: String,
 }
 
-/// Every file of an artifact as published.
+/// Every file of an artifact as published, and the stage keys that published it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Seal {
     /// Content files in path order (the stage kind's record files are not content).
     pub files: Vec<SealedFile>,
+    /// The stage keys that produced this content (one, unless two keys made the same
+    /// bytes). Empty in seals written before keys were recorded.
+    #[serde(default)]
+    pub keys: Vec<String>,
 }
 
 /// What a check found.
@@ -51,9 +55,20 @@ fn mtime_ns(md: &fs::Metadata) -> i64 {
     md.mtime() * 1_000_000_000 + md.mtime_nsec()
 }
 
-/// Seal a published artifact folder: record its files (`hashed`: path, size, BLAKE3 as the
-/// store hashed them), then make it read-only.
-pub fn seal(dir: &Path, seal_path: &Path, hashed: &[HashedFile]) -> Result<()> {
+/// Seal a published artifact folder that stage key `key` produced: record its files
+/// (`hashed`: path, size, BLAKE3 as the store hashed them) and the key, then make it
+/// read-only. An artifact sealed already (another key made the same bytes) gains the key.
+pub fn seal(dir: &Path, seal_path: &Path, hashed: &[HashedFile], key: &str) -> Result<()> {
+    if let Some(mut seal) = read_seal(seal_path) {
+        // A seal from before keys were recorded stays as it is: the keys that published
+        // it then are not known, and vouching falls back to the kind's files.
+        if !seal.keys.is_empty() && !seal.keys.iter().any(|k| k == key) {
+            seal.keys.push(key.to_string());
+            seal.keys.sort();
+            write_json_atomic(seal_path, &seal)?;
+        }
+        return Ok(());
+    }
     let mut files = Vec::with_capacity(hashed.len());
     for (rel, size, hash) in hashed {
         let md = fs::metadata(dir.join(rel))?;
@@ -65,7 +80,53 @@ pub fn seal(dir: &Path, seal_path: &Path, hashed: &[HashedFile]) -> Result<()> {
         });
     }
     set_read_only(dir, true)?;
-    write_json_atomic(seal_path, &Seal { files })
+    write_json_atomic(
+        seal_path,
+        &Seal {
+            files,
+            keys: vec![key.to_string()],
+        },
+    )
+}
+
+/// The seal at `path`, if it reads.
+pub fn read_seal(path: &Path) -> Option<Seal> {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
+/// Whether artifact `dir` (sealed at `seal_path`) is what stage key `key`, of kind
+/// `required` describes, made: its seal names the key, or — a seal from before keys were
+/// recorded — it holds the files every artifact of that kind holds (`required`). `Err`
+/// says why not.
+pub fn vouches(dir: &Path, seal_path: &Path, key: &str, required: &[&str]) -> Result<(), String> {
+    let seal = read_seal(seal_path);
+    match seal {
+        Some(s) if !s.keys.is_empty() => {
+            if s.keys.iter().any(|k| k == key) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{}: its seal says stage key(s) {} made it, not {}",
+                    dir.display(),
+                    s.keys
+                        .iter()
+                        .map(|k| &k[..12.min(k.len())])
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    &key[..12.min(key.len())]
+                ))
+            }
+        }
+        _ => match required.iter().find(|f| !dir.join(f).is_file()) {
+            None => Ok(()),
+            Some(f) => Err(format!(
+                "{}: no {f}, so it is not what this stage makes",
+                dir.display()
+            )),
+        },
+    }
 }
 
 /// Check an artifact against its seal. `full`: re-hash every file (`pipe verify`);
@@ -119,10 +180,7 @@ pub fn health(
     full: bool,
     records: &[&str],
 ) -> Result<Health> {
-    let seal: Option<Seal> = std::fs::read(seal_path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    match seal {
+    match read_seal(seal_path) {
         Some(seal) => check(dir, &seal, full, records),
         None => Ok(if hash_dir(dir, records)?.0 == output {
             Health::Sound

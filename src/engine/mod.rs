@@ -13,6 +13,7 @@
 pub mod estimate;
 pub mod executor;
 pub mod fingerprint;
+pub mod gc;
 pub mod integrity;
 pub mod keys;
 pub mod query;
@@ -23,7 +24,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use serde::Serialize;
 
 pub use keys::{stage_key, KeyMaterial};
 
@@ -325,6 +325,7 @@ impl Engine {
         } else {
             let l = self.store.lock(&format!("pipe run {}", p.name))?;
             self.store.clean_tmp()?;
+            self.store.note_project(&p.project_dir)?;
             Some(l)
         };
         let wanted: Option<BTreeSet<String>> = opts.until.as_ref().map(|u| p.ancestors_of(u));
@@ -507,7 +508,7 @@ impl Engine {
                 return Err(e.context(format!("stage `{name}` ({kind}) failed")));
             }
         };
-        let output = self.publish(&tmp, kind)?;
+        let output = self.publish(&tmp, kind, &r.key)?;
         let seconds = started.elapsed().as_secs_f64();
         self.store.record(&KeyRecord {
             key: r.key.clone(),
@@ -543,6 +544,7 @@ impl Engine {
     /// this one unless it is cached. Errors name an input that is missing.
     pub fn run_stage(&mut self, p: &Pipeline, stage: &str) -> Result<StageOutcome> {
         Self::check_stage_names(p, &[&stage.to_string()])?;
+        self.store.note_project(&p.project_dir)?;
         let wanted = p.ancestors_of(stage);
         let mut outputs: HashMap<String, String> = HashMap::new();
         for name in p.topo_order() {
@@ -634,14 +636,57 @@ impl Engine {
         Ok(out)
     }
 
-    /// Publish a stage's finished output folder (see [`Store::publish`]), then make it
-    /// read-only and seal it (see [`integrity`]); returns its content hash.
-    fn publish(&self, tmp: &Path, kind: StageKind) -> Result<String> {
-        let (output, files) = self.store.publish(tmp, stages::records(kind))?;
-        let seal = self.store.seal_path(&output);
-        if !seal.is_file() {
-            integrity::seal(&self.store.artifact_dir(&output), &seal, &files)?;
+    /// Every key record (or those whose key `only` names) whose artifact is missing, or is
+    /// not what that key made: (key, stage, why).
+    pub fn verify_keys(
+        &self,
+        only: Option<&HashSet<String>>,
+    ) -> Result<Vec<(String, String, String)>> {
+        let mut out = Vec::new();
+        for name in self.store.all_key_names()? {
+            if only.is_some_and(|o| !o.contains(&name)) {
+                continue;
+            }
+            let Ok(Some(rec)) =
+                store::read_json::<KeyRecord>(&self.store.root().join("keys").join(format!("{name}.json")))
+            else {
+                out.push((name, String::new(), "the key record does not read".into()));
+                continue;
+            };
+            let dir = self.store.artifact_dir(&rec.output);
+            if !dir.is_dir() {
+                out.push((
+                    name,
+                    rec.stage,
+                    format!("its artifact {} is not in the store", &rec.output[..12.min(rec.output.len())]),
+                ));
+                continue;
+            }
+            if let Err(why) = integrity::vouches(
+                &dir,
+                &self.store.seal_path(&rec.output),
+                &rec.key,
+                stages::required_files(rec.kind),
+            ) {
+                out.push((name, rec.stage, why));
+            } else if rec.key != name {
+                out.push((name, rec.stage, format!("the record names key {}", rec.key)));
+            }
         }
+        Ok(out)
+    }
+
+    /// Publish the finished output folder of stage key `key` (see [`Store::publish`]),
+    /// then make it read-only and seal it with the key (see [`integrity`]); returns its
+    /// content hash.
+    fn publish(&self, tmp: &Path, kind: StageKind, key: &str) -> Result<String> {
+        let (output, files) = self.store.publish(tmp, stages::records(kind))?;
+        integrity::seal(
+            &self.store.artifact_dir(&output),
+            &self.store.seal_path(&output),
+            &files,
+            key,
+        )?;
         Ok(output)
     }
 
@@ -671,6 +716,23 @@ impl Engine {
         let Some(rec) = self.store.lookup(key) else {
             return Ok(None);
         };
+        // A key record that points at an artifact this key did not make (rewritten by
+        // hand or by a tool) is dropped like damage: the stage runs again.
+        if let Err(why) = integrity::vouches(
+            &self.store.artifact_dir(&rec.output),
+            &self.store.seal_path(&rec.output),
+            key,
+            stages::required_files(rec.kind),
+        ) {
+            self.warn(format!(
+                "stage `{stage}`'s key record points at the wrong artifact: {why}"
+            ));
+            damage.push(format!("its key record points at the wrong artifact ({why})"));
+            if quarantine {
+                self.store.remove_key(key)?;
+            }
+            return Ok(None);
+        }
         match self.health(&rec.output, false, stages::records(rec.kind))? {
             integrity::Health::Sound => Ok(Some(rec)),
             integrity::Health::Damaged(problems) => {
@@ -684,118 +746,6 @@ impl Engine {
                 Ok(None)
             }
         }
-    }
-
-    /// Remove every artifact and key that no manifest in `pipelines/` resolves to (and that
-    /// is not the last run of such a manifest).
-    pub fn gc(&mut self, project: &Project) -> Result<GcReport> {
-        let _lock = self.store.lock("pipe gc")?;
-        self.store.clean_tmp()?;
-        let mut keep_keys: HashSet<String> = HashSet::new();
-        let mut keep_outputs: HashSet<String> = HashSet::new();
-        let mut keep_scratch: HashSet<String> = HashSet::new();
-        let mut warnings = Vec::new();
-        let mut names = HashSet::new();
-        for file in manifest::list(&project.pipelines)? {
-            // The last run of each pipeline is kept even if its manifest needs `--set` to load.
-            let stem = file
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let p = match load_pipeline(&file, &[], &project.dir) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    let first = format!("{e}");
-                    warnings.push(format!(
-                        "{}: {}",
-                        display_name(&file),
-                        first.lines().next().unwrap_or("")
-                    ));
-                    None
-                }
-            };
-            let name = p.as_ref().map(|p| p.name.clone()).unwrap_or(stem);
-            names.insert(name.clone());
-            let st = self.store.load_state(&name);
-            for s in st.stages.values() {
-                keep_keys.insert(s.key.clone());
-                keep_outputs.insert(s.output.clone());
-            }
-            if let Some(p) = p {
-                match self.status(&p) {
-                    Ok(stages) => {
-                        for s in stages {
-                            // A stale stage's scratch (an interrupted training's
-                            // checkpoints) stays: the next run resumes from it.
-                            if let Some(k) = &s.key {
-                                keep_scratch.insert(k.clone());
-                            }
-                            if let (Some(k), Some(o)) = (s.key, s.output) {
-                                keep_keys.insert(k);
-                                keep_outputs.insert(o);
-                            }
-                        }
-                    }
-                    Err(e) => warnings.push(format!("{}: {e}", display_name(&file))),
-                }
-            }
-        }
-        let mut report = GcReport::default();
-        // Damaged artifacts go, whether or not a manifest still resolves to them.
-        let kinds: HashMap<String, StageKind> = self
-            .store
-            .all_keys()?
-            .into_iter()
-            .map(|r| (r.output, r.kind))
-            .collect();
-        for a in self.store.all_artifacts()? {
-            let records = kinds
-                .get(&a)
-                .map_or(stages::ALL_RECORDS, |k| stages::records(*k));
-            if let Ok(integrity::Health::Damaged(problems)) = self.health(&a, false, records) {
-                for pr in problems {
-                    self.warn(format!("gc: dropping a damaged artifact: {pr}"));
-                }
-                self.store.quarantine(&a)?;
-                report.artifacts += 1;
-            }
-        }
-        report.bytes += self.store.remove_damaged()?;
-        for key in self.store.all_key_names()? {
-            if !keep_keys.contains(&key) {
-                self.store.remove_key(&key)?;
-                report.keys += 1;
-            }
-        }
-        for a in self.store.all_artifacts()? {
-            if !keep_outputs.contains(&a) {
-                report.bytes += self.store.remove_artifact(&a)?;
-                report.artifacts += 1;
-            }
-        }
-        for k in self.store.all_scratch()? {
-            if !keep_keys.contains(&k)
-                && !keep_scratch.contains(&k)
-                && !self.store.key_is_running(&k)
-            {
-                report.bytes +=
-                    crate::content::dir_size(&self.store.root().join("scratch").join(&k));
-                self.store.remove_scratch(&k)?;
-            }
-        }
-        let state_dir = self.store.root().join("state");
-        for e in std::fs::read_dir(&state_dir)? {
-            let path = e?.path();
-            let stem = path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if !names.contains(&stem) {
-                std::fs::remove_file(&path)?;
-            }
-        }
-        report.warnings = warnings;
-        Ok(report)
     }
 }
 
@@ -830,23 +780,4 @@ pub(crate) fn stage_record(r: &Resolved, output: &str) -> StageRecord {
         external: r.material.external.clone(),
         output: output.to_string(),
     }
-}
-
-fn display_name(p: &Path) -> String {
-    p.file_name()
-        .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-/// The result of `pipe gc`.
-#[derive(Debug, Default, Serialize)]
-pub struct GcReport {
-    /// Artifacts removed.
-    pub artifacts: usize,
-    /// Key records removed.
-    pub keys: usize,
-    /// Bytes freed.
-    pub bytes: u64,
-    /// Manifests that could not be resolved.
-    pub warnings: Vec<String>,
 }

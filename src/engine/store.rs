@@ -14,6 +14,8 @@
 //!   checked before the artifact is used (`engine::integrity`).
 //! - `damaged/`: artifacts found damaged, moved aside until `pipe gc` deletes them.
 //! - `lock`: `flock`ed by the process writing the store; holds its pid and command.
+//! - `projects.json`: the project folders whose pipelines have run against this store
+//!   (where `pipe gc` finds the manifests that still use it).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -276,6 +278,21 @@ impl Store {
         Ok(())
     }
 
+    /// The artifacts moved aside as damaged: (folder name, bytes).
+    pub fn damaged_dirs(&self) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        if let Ok(rd) = fs::read_dir(self.root.join("damaged")) {
+            for e in rd {
+                let e = e?;
+                out.push((
+                    e.file_name().to_string_lossy().into_owned(),
+                    dir_size(&e.path()),
+                ));
+            }
+        }
+        Ok(out)
+    }
+
     /// Delete the artifacts moved aside as damaged; returns the bytes freed.
     pub fn remove_damaged(&self) -> Result<u64> {
         let mut bytes = 0;
@@ -376,6 +393,65 @@ impl Store {
         let mut st = self.load_state(pipeline);
         change(&mut st);
         self.save_state(pipeline, &st)
+    }
+
+    /// Remember that the project in folder `dir` runs pipelines against this store (so
+    /// `pipe gc` finds its manifests from anywhere). Written once per project.
+    pub fn note_project(&self, dir: &Path) -> Result<()> {
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        if self.projects().contains(&dir) {
+            return Ok(());
+        }
+        let lock = self.root.join("projects.lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock)
+            .with_context(|| format!("cannot open {}", lock.display()))?;
+        file.lock().context("locking the store's project list")?;
+        let mut all = self.projects();
+        if !all.contains(&dir) {
+            all.push(dir);
+            all.sort();
+            write_json_atomic(&self.root.join("projects.json"), &all)?;
+        }
+        Ok(())
+    }
+
+    /// The project folders recorded by [`Store::note_project`].
+    pub fn projects(&self) -> Vec<PathBuf> {
+        read_json(&self.root.join("projects.json"))
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    /// The names of the pipelines with a recorded state.
+    pub fn state_names(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let dir = self.root.join("state");
+        if let Ok(rd) = fs::read_dir(&dir) {
+            for e in rd {
+                let p = e?.path();
+                if p.extension().is_some_and(|x| x == "json") {
+                    if let Some(stem) = p.file_stem() {
+                        out.push(stem.to_string_lossy().into_owned());
+                    }
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Remove a pipeline's recorded state.
+    pub fn remove_state(&self, pipeline: &str) -> Result<()> {
+        let p = self.state_path(pipeline);
+        if p.exists() {
+            fs::remove_file(p)?;
+        }
+        Ok(())
     }
 
     /// The folder of cluster job records and logs.

@@ -4,6 +4,7 @@
 //! store's layout: the engine's query layer hands it what to show.
 
 pub mod diff;
+pub mod gc;
 pub mod history;
 pub mod outcome;
 pub mod progress;

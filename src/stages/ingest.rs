@@ -69,7 +69,7 @@ type Splits = BTreeMap<String, Vec<IndexRow>>;
 fn tiny_imagenet(ds: &DatasetFiles<'_>) -> Result<(Vec<ClassRow>, Splits)> {
     let root = ds.root;
     let wnids_path = root.join("wnids.txt");
-    let text = fs::read_to_string(&wnids_path).with_context(|| {
+    let text = crate::data::read_regular_text(&wnids_path).with_context(|| {
         format!(
             "tiny-imagenet: {} not found (is `root` the tiny-imagenet-200 folder?)",
             wnids_path.display()
@@ -91,7 +91,7 @@ fn tiny_imagenet(ds: &DatasetFiles<'_>) -> Result<(Vec<ClassRow>, Splits)> {
         .map(|(i, w)| (w.as_str(), i))
         .collect();
     let mut names: HashMap<String, String> = HashMap::new();
-    if let Ok(words) = fs::read_to_string(root.join("words.txt")) {
+    if let Ok(words) = crate::data::read_regular_text(&root.join("words.txt")) {
         for l in words.lines() {
             if let Some((w, n)) = l.split_once('\t') {
                 names.insert(w.trim().to_string(), n.trim().to_string());
@@ -144,7 +144,7 @@ fn tiny_imagenet(ds: &DatasetFiles<'_>) -> Result<(Vec<ClassRow>, Splits)> {
         );
     }
     {
-        let ann = fs::read_to_string(&ann_path)?;
+        let ann = crate::data::read_regular_text(&ann_path)?;
         let mut val = Vec::new();
         for (ln, l) in ann.lines().enumerate() {
             if l.trim().is_empty() {

@@ -44,6 +44,22 @@ pub fn records(kind: StageKind) -> &'static [&'static str] {
     }
 }
 
+/// The files every artifact of a kind holds: what makes a folder an artifact of that kind
+/// (a key record that points at a folder without them points at the wrong artifact).
+pub fn required_files(kind: StageKind) -> &'static [&'static str] {
+    match kind {
+        StageKind::Ingest | StageKind::Split => &["classes.csv"],
+        StageKind::Hdf5 => &["classes.csv", "means.json"],
+        StageKind::Train | StageKind::LrDrop | StageKind::Resume => &[
+            "plan.json",
+            "state.safetensors",
+            "model.safetensors",
+            "history.json",
+        ],
+        StageKind::Evaluate => &["metrics.json", "predictions.csv"],
+    }
+}
+
 /// Every kind's record files: for an artifact whose kind is unknown (no key names it).
 pub const ALL_RECORDS: &[&str] = train::RECORDS;
 

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::{fault_point, StageCtx};
-use crate::data::decode::{decode_ref, resize_to, BatchCache};
+use crate::data::decode::{decode_checked, decode_ref, resize_to, BatchCache, Unusable};
 use crate::data::h5::SplitWriter;
 use crate::data::index::{read_index, splits_in, ImageRef};
 use crate::manifest::{Hdf5Config, OnBadImage};
@@ -86,7 +86,8 @@ pub fn run(ctx: &StageCtx<'_>, c: &Hdf5Config) -> Result<String> {
             let end = (start + block).min(rows.len());
             let decoded: Vec<Result<Option<Decoded>>> = refs[start..end]
                 .par_iter()
-                .map(|r| decode_one(r, &batches, c, (w, h)))
+                .enumerate()
+                .map(|(i, r)| decode_one(r, &rows[start + i].hash, &batches, c, (w, h)))
                 .collect();
             let mut out = Block {
                 pixels: Vec::with_capacity((end - start) * (w * h * 3) as usize),
@@ -178,16 +179,19 @@ struct Block {
     len: usize,
 }
 
-/// Decode, resize and check one image; `None` when it is undecodable and skipped.
+/// Decode, resize and check one image, whose index recorded content hash `hash`; `None`
+/// when it is unusable and skipped.
 fn decode_one(
     r: &ImageRef,
+    hash: &str,
     batches: &BatchCache,
     c: &Hdf5Config,
     (w, h): (u32, u32),
 ) -> Result<Option<Decoded>> {
-    let img = match decode_ref(r, batches) {
+    let img = match decode_checked(r, batches, hash) {
         Ok(img) => img,
-        Err(e) => {
+        Err(Unusable::Changed(e)) => return Err(e),
+        Err(Unusable::Bad(e)) => {
             return match c.on_bad_image {
                 OnBadImage::Skip => Ok(None),
                 OnBadImage::Error => Err(e.context(format!(

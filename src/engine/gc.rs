@@ -1,0 +1,257 @@
+//! `pipe gc`: remove from a store what nothing uses any more.
+//!
+//! What uses an artifact is decided from the manifests *of the store being cleaned*, never
+//! from the current folder: the projects recorded in the store (every project whose
+//! pipelines ran against it), else the `pipelines/` folder beside the store, else the
+//! folder given with `--pipelines`. When none can be found, gc refuses and says why.
+//!
+//! Kept: what each of those manifests resolves to now (and the checkpoints of a stage that
+//! would resume), and everything the recorded state of any pipeline points to — also of
+//! pipelines whose manifest is gone, unless `--all`. Removed: damaged artifacts, keys and
+//! artifacts nothing keeps, and scratch folders no stage wants (what a killed run left).
+//! The plan is printed before anything is removed; `--dry-run` prints it and stops.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+
+use super::{integrity, load_pipeline, Engine};
+use crate::content::dir_size;
+use crate::manifest::{self, StageKind};
+use crate::report::gc::{GcReport, Removal};
+use crate::stages;
+
+/// Options of `pipe gc`.
+#[derive(Debug, Clone, Default)]
+pub struct GcOptions {
+    /// The manifests that use the store (default: from the store, see the module docs).
+    pub pipelines: Option<PathBuf>,
+    /// Say what would be removed; remove nothing.
+    pub dry_run: bool,
+    /// Also drop the recorded runs of pipelines whose manifest is not found, and what only
+    /// they keep.
+    pub all: bool,
+}
+
+impl Engine {
+    /// The folders whose manifests use this store: `--pipelines`, else the projects the
+    /// store recorded, else `pipelines/` beside the store. An error says why none can be
+    /// found, or which recorded project has no manifests any more.
+    fn manifest_folders(&self, explicit: Option<&Path>) -> Result<Vec<PathBuf>> {
+        let root = self.store.root();
+        if let Some(dir) = explicit {
+            if !dir.is_dir() {
+                bail!("--pipelines {}: no such folder", dir.display());
+            }
+            return Ok(vec![dir.to_path_buf()]);
+        }
+        let recorded = self.store.projects();
+        if !recorded.is_empty() {
+            let mut out = Vec::new();
+            for p in recorded {
+                let dir = p.join("pipelines");
+                if !dir.is_dir() {
+                    bail!(
+                        "gc refuses: store {} was used by the project in {}, whose pipelines/ is gone, so what still uses its artifacts cannot be known; pass --pipelines DIR (the manifests that use this store)",
+                        root.display(),
+                        p.display()
+                    );
+                }
+                out.push(dir);
+            }
+            return Ok(out);
+        }
+        let beside = root.parent().map(|d| d.join("pipelines"));
+        match beside.filter(|d| d.is_dir()) {
+            Some(dir) => Ok(vec![dir]),
+            None => bail!(
+                "gc refuses: store {} records no project and has no pipelines/ beside it, so what uses its artifacts cannot be known; pass --pipelines DIR (the manifests that use this store)",
+                root.display()
+            ),
+        }
+    }
+
+    /// Remove what nothing uses (see the module docs). `plan` is shown what will be removed
+    /// before anything is; with `dry_run` nothing is. Returns the same list.
+    pub fn gc(&mut self, opts: &GcOptions, plan: &mut dyn FnMut(&GcReport)) -> Result<GcReport> {
+        let folders = self.manifest_folders(opts.pipelines.as_deref())?;
+        let _lock = if opts.dry_run || self.store.is_read_only() {
+            None
+        } else {
+            Some(self.store.lock("pipe gc")?)
+        };
+        let mut report = GcReport {
+            pipelines: folders.clone(),
+            dry_run: opts.dry_run,
+            ..GcReport::default()
+        };
+        let mut keep_keys: HashSet<String> = HashSet::new();
+        let mut keep_outputs: HashSet<String> = HashSet::new();
+        let mut keep_scratch: HashSet<String> = HashSet::new();
+        let mut names: HashSet<String> = HashSet::new();
+        for folder in &folders {
+            let project = folder.parent().unwrap_or(folder);
+            for file in manifest::list(folder)? {
+                let stem = file
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let p = match load_pipeline(&file, &[], project) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        let msg = format!("{e}");
+                        report.warnings.push(format!(
+                            "{}: {}",
+                            file.display(),
+                            msg.lines().next().unwrap_or("")
+                        ));
+                        None
+                    }
+                };
+                // A manifest that does not load (one needing `--set`, a base file) keeps
+                // its pipeline's last run.
+                names.insert(p.as_ref().map_or(stem, |p| p.name.clone()));
+                let Some(p) = p else { continue };
+                match self.status(&p) {
+                    Ok(stages) => {
+                        for s in stages {
+                            // A stale stage's scratch (an interrupted training's
+                            // checkpoints) stays: the next run resumes from it.
+                            if let Some(k) = &s.key {
+                                keep_scratch.insert(k.clone());
+                            }
+                            if let (Some(k), Some(o)) = (s.key, s.output) {
+                                keep_keys.insert(k);
+                                keep_outputs.insert(o);
+                            }
+                        }
+                    }
+                    Err(e) => report.warnings.push(format!("{}: {e}", file.display())),
+                }
+            }
+        }
+        // Every recorded run is kept — also of pipelines whose manifest is gone, unless
+        // `--all`.
+        let mut drop_states = Vec::new();
+        for name in self.store.state_names()? {
+            if opts.all && !names.contains(&name) {
+                drop_states.push(name);
+                continue;
+            }
+            for s in self.store.load_state(&name).stages.values() {
+                keep_keys.insert(s.key.clone());
+                keep_outputs.insert(s.output.clone());
+            }
+        }
+        let records: HashMap<String, (StageKind, String)> = self
+            .store
+            .all_keys()?
+            .into_iter()
+            .map(|r| (r.output, (r.kind, r.stage)))
+            .collect();
+        let detail = |a: &str| {
+            records
+                .get(a)
+                .map_or(String::new(), |(k, s)| format!("{k} ({s})"))
+        };
+        // Damaged artifacts go, whether or not anything refers to them.
+        let mut damaged = Vec::new();
+        for a in self.store.all_artifacts()? {
+            let records = records
+                .get(&a)
+                .map_or(stages::ALL_RECORDS, |(k, _)| stages::records(*k));
+            if let Ok(integrity::Health::Damaged(problems)) = self.health(&a, false, records) {
+                report.removed.push(Removal {
+                    what: "damaged artifact".into(),
+                    name: a.clone(),
+                    detail: problems.join("; "),
+                    bytes: dir_size(&self.store.artifact_dir(&a)),
+                });
+                damaged.push(a);
+            }
+        }
+        for (name, bytes) in self.store.damaged_dirs()? {
+            report.removed.push(Removal {
+                what: "damaged artifact".into(),
+                name,
+                detail: "moved aside earlier".into(),
+                bytes,
+            });
+        }
+        let drop_keys: Vec<String> = self
+            .store
+            .all_key_names()?
+            .into_iter()
+            .filter(|k| !keep_keys.contains(k))
+            .collect();
+        for k in &drop_keys {
+            report.removed.push(Removal {
+                what: "key".into(),
+                name: k.clone(),
+                detail: String::new(),
+                bytes: 0,
+            });
+        }
+        let drop_artifacts: Vec<String> = self
+            .store
+            .all_artifacts()?
+            .into_iter()
+            .filter(|a| !keep_outputs.contains(a) && !damaged.contains(a))
+            .collect();
+        for a in &drop_artifacts {
+            report.removed.push(Removal {
+                what: "artifact".into(),
+                name: a.clone(),
+                detail: detail(a),
+                bytes: dir_size(&self.store.artifact_dir(a)),
+            });
+        }
+        let drop_scratch: Vec<String> = self
+            .store
+            .all_scratch()?
+            .into_iter()
+            .filter(|k| {
+                !keep_keys.contains(k) && !keep_scratch.contains(k) && !self.store.key_is_running(k)
+            })
+            .collect();
+        for k in &drop_scratch {
+            report.removed.push(Removal {
+                what: "scratch".into(),
+                name: k.clone(),
+                detail: "left by a run that did not finish".into(),
+                bytes: dir_size(&self.store.scratch_path(k)),
+            });
+        }
+        for n in &drop_states {
+            report.removed.push(Removal {
+                what: "state".into(),
+                name: n.clone(),
+                detail: "no manifest of this name".into(),
+                bytes: 0,
+            });
+        }
+        plan(&report);
+        if opts.dry_run {
+            return Ok(report);
+        }
+        self.store.clean_tmp()?;
+        for a in &damaged {
+            self.store.quarantine(a)?;
+        }
+        self.store.remove_damaged()?;
+        for k in &drop_keys {
+            self.store.remove_key(k)?;
+        }
+        for a in &drop_artifacts {
+            self.store.remove_artifact(a)?;
+        }
+        for k in &drop_scratch {
+            self.store.remove_scratch(k)?;
+        }
+        for n in &drop_states {
+            self.store.remove_state(n)?;
+        }
+        Ok(report)
+    }
+}
