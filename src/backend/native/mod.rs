@@ -11,31 +11,19 @@
 pub mod cpu;
 pub mod gpu;
 pub mod plan;
+pub mod shared;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
-use self::cpu::conv::{self, ConvGeom};
-use self::cpu::pool::{self, PoolGeom};
-use self::cpu::{dense, elementwise as ew, loss, norm, r, Ptr, Real, Workspaces};
+use self::cpu::{conv, dense, elementwise as ew, loss, norm, pool, r, Ptr, Real, Workspaces};
 use self::plan::{Alias, Plan, View};
-use super::params::{self, Layout, Role};
+use self::shared::{conv_geom, dims, fill_dropout_masks, ConvGeom, Network, NodeParams, PoolGeom};
+use super::params::{self, Layout};
 use super::{State, StepStats};
-use crate::nn::graph::{pad_before, Graph, NodeInfo, Op, Shape};
-
-/// Which parameters (indices into the layout) and batch-norm statistics a node owns.
-#[derive(Default, Clone, Copy)]
-pub(crate) struct NodeParams {
-    kernel: Option<usize>,
-    bias: Option<usize>,
-    gamma: Option<usize>,
-    beta: Option<usize>,
-    bn: Option<usize>,
-}
+use crate::nn::graph::{Graph, NodeInfo, Op};
 
 /// A graph with its parameters and arenas, in element type `T`.
 pub struct NativeNet<T: Real> {
@@ -68,64 +56,17 @@ pub struct NativeNet<T: Real> {
     pub snapshots: Option<Vec<(usize, Vec<T>)>>,
 }
 
-pub(crate) fn dims(s: Shape) -> (usize, usize, usize) {
-    match s {
-        Shape::Image(h, w, c) => (h, w, c),
-        Shape::Flat(n) => (1, 1, n),
-    }
-}
-
-/// The parameters and statistics of every node.
-pub(crate) fn node_params(graph: &Graph, layout: &Layout) -> Vec<NodeParams> {
-    let mut node_params = vec![NodeParams::default(); graph.nodes.len()];
-    for (k, spec) in layout.params.iter().enumerate() {
-        let np = &mut node_params[spec.node];
-        match spec.role {
-            Role::Kernel => np.kernel = Some(k),
-            Role::Bias => np.bias = Some(k),
-            Role::Gamma => np.gamma = Some(k),
-            Role::Beta => np.beta = Some(k),
-        }
-    }
-    for (k, bn) in layout.bns.iter().enumerate() {
-        node_params[bn.node].bn = Some(k);
-    }
-    node_params
-}
-
-/// The window geometry of conv or pool node `i`.
-pub(crate) fn conv_geom(graph: &Graph, infos: &[NodeInfo], i: usize) -> ConvGeom {
-    let nd = &graph.nodes[i];
-    let (h, w, cin) = dims(infos[nd.inputs[0]].shape);
-    let (oh, ow, cout) = dims(infos[i].shape);
-    let ((kh, kw), (sh, sw), p) = nd.op.window().expect("a window op");
-    ConvGeom {
-        h,
-        w,
-        cin,
-        oh,
-        ow,
-        cout,
-        kh,
-        kw,
-        sh,
-        sw,
-        pt: pad_before(h, kh, sh, p),
-        pl: pad_before(w, kw, sw, p),
-    }
-}
-
 impl<T: Real> NativeNet<T> {
     /// Build with the shared initial values ([`params::init_values`]).
     pub fn new(graph: &Graph, seed: u64) -> Result<Self> {
-        let infos = graph.infer()?;
-        let classes = match infos.last().map(|i| i.shape) {
-            Some(Shape::Flat(k)) => k,
-            other => bail!("the network must end in a flat (classes) output, got {other:?}"),
-        };
-        let layout = params::layout(graph, &infos);
+        let Network {
+            infos,
+            layout,
+            params: node_params,
+            classes,
+            ..
+        } = Network::new(graph)?;
         let values = params::init_values(&layout, seed);
-        let node_params = node_params(graph, &layout);
         let params: Vec<Vec<T>> = values
             .into_iter()
             .map(|v| v.into_iter().map(r::<T>).collect())
@@ -254,11 +195,10 @@ impl<T: Real> NativeNet<T> {
     }
 
     /// Forward pass over `n` images already in the input view.
-    fn forward(&mut self, n: usize, train: bool, dropout_seed: u64) {
+    fn forward(&mut self, n: usize, train: bool) {
         let plan = self.plan.take().expect("planned");
         let a = Ptr(self.act.as_mut_ptr());
         let last = self.graph.nodes.len() - 1;
-        let mut drop_rng = ChaCha8Rng::seed_from_u64(dropout_seed);
         for i in 1..self.graph.nodes.len() {
             let t0 = Instant::now();
             let nd = &self.graph.nodes[i];
@@ -320,22 +260,11 @@ impl<T: Real> NativeNet<T> {
                 Op::MaxPool { .. } => pool::maxpool_forward(a, xv, a, yv, &self.pool_geom(i), n),
                 Op::AvgPool { .. } => pool::avgpool_forward(a, xv, a, yv, &self.pool_geom(i), n),
                 Op::GlobalAvgPool => pool::global_avgpool_forward(a, xv, a, yv, n),
-                Op::Dropout { rate } => {
+                Op::Dropout { .. } => {
+                    // Training: this batch's mask is in place (`fill_masks`).
                     let off = plan.mask[i].expect("dropout has a mask");
-                    let len = rows * yv.c;
-                    let mask = &mut self.act[off..off + len];
-                    if train && *rate > 0.0 {
-                        let keep = 1.0 - rate;
-                        let on = r::<T>(1.0 / keep);
-                        for m in mask.iter_mut() {
-                            *m = if drop_rng.random::<f64>() < keep {
-                                on
-                            } else {
-                                T::zero()
-                            };
-                        }
-                    } else {
-                        mask.fill(T::one());
+                    if !train {
+                        self.act[off..off + rows * yv.c].fill(T::one());
                     }
                     let mp = Ptr(a.0.wrapping_add(off));
                     ew::dropout_forward(a, xv, mp, a, yv, rows);
@@ -574,6 +503,15 @@ impl<T: Real> NativeNet<T> {
         self.plan = Some(plan);
     }
 
+    /// This batch's dropout masks, into their places in the activation arena.
+    fn fill_masks(&mut self, n: usize, seed: u64) {
+        let plan = self.plan.as_ref().expect("planned");
+        let (graph, infos) = (&self.graph, &self.infos);
+        fill_dropout_masks(graph, infos, n, seed, &mut self.act, |i, _| {
+            plan.mask[i].expect("dropout has a mask")
+        });
+    }
+
     fn load_input(&mut self, x: &[T], n: usize) -> Result<()> {
         let (h, w, c) = dims(self.infos[0].shape);
         if x.len() != n * h * w * c {
@@ -634,7 +572,8 @@ impl<T: Real> NativeNet<T> {
         }
         self.ensure_plan(n, true);
         self.load_input(x, n)?;
-        self.forward(n, true, dropout_seed);
+        self.fill_masks(n, dropout_seed);
+        self.forward(n, true);
         let t0 = Instant::now();
         let plan = self.plan.as_ref().expect("planned");
         let last = self.graph.nodes.len() - 1;
@@ -707,7 +646,7 @@ impl<T: Real> NativeNet<T> {
         while b0 < n {
             let b1 = (b0 + cap).min(n);
             self.load_input(&x[b0 * px..b1 * px], b1 - b0)?;
-            self.forward(b1 - b0, false, 0);
+            self.forward(b1 - b0, false);
             let mut o = self.logits(b1 - b0);
             if softmax {
                 for row in o.chunks_exact_mut(self.classes) {

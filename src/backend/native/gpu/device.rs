@@ -22,16 +22,13 @@ use anyhow::{anyhow, bail, Context, Result};
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::cudnn::sys as dnn;
 use cudarc::driver::{result as drv, sys as drv_sys, CudaContext, CudaGraph, CudaStream};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
-use super::super::cpu::conv::ConvGeom;
 use super::super::plan::{self, Alias, Plan, View};
-use super::super::{conv_geom, dims, node_params, NodeParams};
+use super::super::shared::{conv_geom, dims, fill_dropout_masks, ConvGeom, Network, NodeParams};
 use super::{kernels, libs};
 use crate::backend::params::{self, Layout, Role};
 use crate::backend::{Model, Optimizer, State, StepStats};
-use crate::nn::graph::{Graph, NodeInfo, Op, Shape};
+use crate::nn::graph::{Graph, NodeInfo, Op};
 
 /// Find and open the libraries, then the first GPU: an error (never a panic) when any
 /// part is missing.
@@ -366,11 +363,13 @@ impl CudaModel {
         let cubin = kernels::cubin(major, minor)?;
         let k = load_kernels(&cubin, &ctx)?;
 
-        let infos = graph.infer()?;
-        let classes = match infos.last().map(|i| i.shape) {
-            Some(Shape::Flat(k)) => k,
-            other => bail!("the network must end in a flat (classes) output, got {other:?}"),
-        };
+        let Network {
+            infos,
+            layout,
+            params: np,
+            classes,
+            ..
+        } = Network::new(graph)?;
         for (i, nd) in graph.nodes.iter().enumerate() {
             if let Op::BatchNorm { epsilon, .. } = nd.op {
                 if epsilon < 1e-5 {
@@ -390,9 +389,7 @@ impl CudaModel {
                 }
             }
         }
-        let layout = params::layout(graph, &infos);
         let values = params::init_values(&layout, seed);
-        let np = node_params(graph, &layout);
         let mut poff = Vec::new();
         let mut plen = 0;
         for p in &layout.params {
@@ -1685,53 +1682,27 @@ impl CudaModel {
         // SAFETY: the slot holds `floats` f32s (sized for the plan's capacity) and no
         // upload reads it now (waited above).
         let buf = unsafe { std::slice::from_raw_parts_mut(pin.ptr.cast::<f32>(), floats) };
-        let mut at = 0;
-        let mut put =
-            |vals: &mut dyn Iterator<Item = f32>, dst: u64, count: usize| -> (usize, usize, u64) {
-                let start = at;
-                for (o, v) in buf[at..at + count].iter_mut().zip(vals) {
-                    *o = v;
-                }
-                at += count;
-                (start, count, dst)
-            };
-        let mut copies = Vec::new();
-        copies.push(put(
-            &mut images.iter().copied(),
-            self.act.f(plan.act[0].off),
-            images.len(),
-        ));
-        copies.push(put(
-            &mut labels.iter().map(|&l| f32::from_bits(l as i32 as u32)),
-            self.labels.ptr,
-            n,
-        ));
-        copies.push(put(&mut hyper.into_iter(), self.hyper.ptr, 2));
+        // (start in the slot, floats, device destination) of each upload.
+        let mut copies: Vec<(usize, usize, u64)> = Vec::new();
+        let mut place = |count: usize, dst: u64| -> usize {
+            let start = copies.last().map_or(0, |&(s, c, _)| s + c);
+            copies.push((start, count, dst));
+            start
+        };
+        let at = place(images.len(), self.act.f(plan.act[0].off));
+        buf[at..at + images.len()].copy_from_slice(images);
+        let at = place(n, self.labels.ptr);
+        for (b, &l) in buf[at..at + n].iter_mut().zip(labels) {
+            *b = f32::from_bits(l as i32 as u32);
+        }
+        let at = place(2, self.hyper.ptr);
+        buf[at..at + 2].copy_from_slice(&hyper);
         if let Some(seed) = dropout_seed {
-            // The same masks as the CPU path: one ChaCha8 stream over the dropout nodes in
-            // graph order, value by value.
-            let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            for (i, nd) in self.graph.nodes.iter().enumerate() {
-                let Op::Dropout { rate } = nd.op else {
-                    continue;
-                };
-                let len = self.infos[i].shape.numel() * n;
-                let keep = 1.0 - rate;
-                let on = (1.0 / keep) as f32;
-                let dst = self.act.f(plan.mask[i].expect("dropout mask"));
-                let mut it = (0..len).map(|_| {
-                    if rate > 0.0 {
-                        if rng.random::<f64>() < keep {
-                            on
-                        } else {
-                            0.0
-                        }
-                    } else {
-                        1.0
-                    }
-                });
-                copies.push(put(&mut it, dst, len));
-            }
+            // The same masks as the CPU path and the dfdx backend.
+            let (graph, infos) = (&self.graph, &self.infos);
+            fill_dropout_masks(graph, infos, n, seed, buf, |i, len| {
+                place(len, self.act.f(plan.mask[i].expect("dropout has a mask")))
+            });
         }
         for (start, count, dst) in copies {
             // SAFETY: pinned source range inside the slot; destination sized by the plan.

@@ -20,10 +20,10 @@ use std::sync::OnceLock;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::super::cpu::conv::ConvGeom;
-use super::super::cpu::pool::{self, PoolGeom};
+use super::super::cpu::pool;
 use super::super::cpu::{elementwise as ew, loss, Ptr, Workspaces};
 use super::super::plan::View;
+use super::super::shared::{ConvGeom, PoolGeom};
 use super::device::{bias_grid, pack_args, Arg, PoolArg};
 use super::kernels;
 use crate::nn::graph::{pad_before, Padding};
