@@ -27,7 +27,7 @@ use anyhow::{bail, Result};
 use self::cpu::device::{Buffers, Cpu};
 use self::cpu::{loss, norm, r, Ptr, Real};
 use self::plan::{Plan, View};
-use self::shared::{dims, fill_dropout_masks, Network};
+use self::shared::{dims, fill_dropout_masks, softmax_rows, Network};
 use super::params;
 use super::{State, StepStats};
 use crate::nn::graph::{Graph, Op};
@@ -315,10 +315,7 @@ impl<T: Real> NativeNet<T> {
         let cap = self.plan.as_ref().map_or(n.min(128), |p| p.cap).max(1);
         self.ensure_plan(cap.min(n.max(1)), false);
         let cap = self.plan.as_ref().expect("planned").cap;
-        let softmax = matches!(
-            self.net.graph.nodes.last().map(|n| &n.op),
-            Some(Op::Softmax)
-        );
+        let softmax = self.net.ends_in_softmax();
         let mut out = Vec::with_capacity(n * self.net.classes);
         let mut b0 = 0;
         while b0 < n {
@@ -327,15 +324,7 @@ impl<T: Real> NativeNet<T> {
             self.forward(b1 - b0, false);
             let mut o = self.logits(b1 - b0);
             if softmax {
-                for row in o.chunks_exact_mut(self.net.classes) {
-                    let m = row.iter().copied().fold(T::neg_infinity(), T::max);
-                    let mut z = T::zero();
-                    for v in row.iter_mut() {
-                        *v = (*v - m).exp();
-                        z += *v;
-                    }
-                    row.iter_mut().for_each(|v| *v = *v / z);
-                }
+                softmax_rows(&mut o, self.net.classes);
             }
             out.extend(o);
             b0 = b1;

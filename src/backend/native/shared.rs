@@ -3,8 +3,10 @@
 //! conv and pool nodes ([`ConvGeom`], [`PoolGeom`]), and the dropout masks
 //! ([`fill_dropout_masks`], which the dfdx backend uses too).
 
+use std::ops::AddAssign;
+
 use anyhow::{bail, Result};
-use num_traits::FromPrimitive;
+use num_traits::{Float, FromPrimitive};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -105,6 +107,26 @@ impl Network {
     /// The window geometry of conv or pool node `i`.
     pub fn conv_geom(&self, i: usize) -> ConvGeom {
         conv_geom(&self.graph, &self.infos, i)
+    }
+
+    /// Whether the last node is a softmax: training leaves it to the loss (the logits pass
+    /// through), so inference applies it to the outputs ([`softmax_rows`]).
+    pub fn ends_in_softmax(&self) -> bool {
+        matches!(self.graph.nodes.last().map(|n| &n.op), Some(Op::Softmax))
+    }
+}
+
+/// Softmax over each row of `classes` values of inference outputs, on the host:
+/// `exp(x - max) / sum`.
+pub fn softmax_rows<T: Float + AddAssign>(out: &mut [T], classes: usize) {
+    for row in out.chunks_exact_mut(classes) {
+        let m = row.iter().copied().fold(T::neg_infinity(), T::max);
+        let mut z = T::zero();
+        for v in row.iter_mut() {
+            *v = (*v - m).exp();
+            z += *v;
+        }
+        row.iter_mut().for_each(|v| *v = *v / z);
     }
 }
 

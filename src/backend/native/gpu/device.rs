@@ -24,7 +24,7 @@ use cudarc::cudnn::sys as dnn;
 use cudarc::driver::{result as drv, sys as drv_sys, CudaContext, CudaGraph, CudaStream};
 
 use super::super::plan::{self, Plan, View};
-use super::super::shared::{dims, fill_dropout_masks, ConvGeom, Network, PoolGeom};
+use super::super::shared::{dims, fill_dropout_masks, softmax_rows, ConvGeom, Network, PoolGeom};
 use super::super::walk::{self, Arena, Dst, Kernels, Node, Pass};
 use super::launch::{self, DMat, Launcher, PoolArg};
 use super::{kernels, libs};
@@ -1604,10 +1604,7 @@ impl Model for CudaModel {
         dk(self.ctx.bind_to_thread(), "binding the context")?;
         let cap = self.plan.as_ref().map_or(n.clamp(1, 128), |p| p.cap);
         self.ensure_plan(cap)?;
-        let softmax = matches!(
-            self.net.graph.nodes.last().map(|n| &n.op),
-            Some(Op::Softmax)
-        );
+        let softmax = self.net.ends_in_softmax();
         let mut out = Vec::with_capacity(n * self.net.classes);
         let mut b0 = 0;
         while b0 < n {
@@ -1624,18 +1621,12 @@ impl Model for CudaModel {
             self.shaped.insert(m, sh);
             r?;
             let raw = self.download(self.act.f(lv.off), m * lv.ld)?;
+            let start = out.len();
             for row in raw.chunks(lv.ld) {
-                let mut o: Vec<f32> = row[..self.net.classes].to_vec();
-                if softmax {
-                    let mx = o.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut z = 0.0;
-                    for v in o.iter_mut() {
-                        *v = (*v - mx).exp();
-                        z += *v;
-                    }
-                    o.iter_mut().for_each(|v| *v /= z);
-                }
-                out.extend(o);
+                out.extend_from_slice(&row[..self.net.classes]);
+            }
+            if softmax {
+                softmax_rows(&mut out[start..], self.net.classes);
             }
             b0 = b1;
         }
