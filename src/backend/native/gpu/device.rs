@@ -1411,6 +1411,8 @@ macro_rules! find_algo {
             $p3: u64,
             ws: &DevBuf,
         ) -> Result<($algo, usize)> {
+            // SAFETY: a plain C struct (status, algorithm, time, memory, enums whose 0 is a
+            // valid value), filled by cuDNN below.
             let mut perf: [$perf; 16] = unsafe { std::mem::zeroed() };
             let mut got = 0i32;
             // SAFETY: descriptors and buffers of matching shapes; `perf` holds 16 results;
