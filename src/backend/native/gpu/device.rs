@@ -26,6 +26,7 @@ use cudarc::driver::{result as drv, sys as drv_sys, CudaContext, CudaGraph, Cuda
 use super::super::plan::{self, Plan, View};
 use super::super::shared::{dims, fill_dropout_masks, softmax_rows, ConvGeom, Network, PoolGeom};
 use super::super::walk::{self, Arena, Dst, Kernels, Node, Pass};
+use super::cudnn::{self, ck, hwio_to_ohwi, ohwi_to_hwio, symmetric, BnDescs, ConvBufs, ConvDescs};
 use super::launch::{self, DMat, Launcher, PoolArg};
 use super::{kernels, libs};
 use crate::backend::params::{self, Role};
@@ -49,14 +50,6 @@ pub fn available() -> bool {
     libs::load(&libs::WANTED).is_ok()
         && drv::init().is_ok()
         && drv::device::get_count().is_ok_and(|c| c > 0)
-}
-
-fn ck(s: dnn::cudnnStatus_t, what: &str) -> Result<()> {
-    if s == dnn::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
-        Ok(())
-    } else {
-        bail!("cuDNN {what}: {s:?}")
-    }
 }
 
 fn dk<T>(r: std::result::Result<T, drv::DriverError>, what: &str) -> Result<T> {
@@ -131,51 +124,6 @@ impl Drop for Pinned {
             let _ = drv::event::synchronize(self.done);
             let _ = drv::event::destroy(self.done);
             let _ = drv::free_host(self.ptr.cast());
-        }
-    }
-}
-
-/// cuDNN descriptors of one conv node for one batch size, with the measured algorithms.
-struct ConvDescs {
-    x: dnn::cudnnTensorDescriptor_t,
-    y: dnn::cudnnTensorDescriptor_t,
-    w: dnn::cudnnFilterDescriptor_t,
-    /// One convolution descriptor per direction, each set to the math type (TF32 or FMA)
-    /// its measured algorithm was found with.
-    conv: [dnn::cudnnConvolutionDescriptor_t; 3],
-    fwd: dnn::cudnnConvolutionFwdAlgo_t,
-    bwd_data: dnn::cudnnConvolutionBwdDataAlgo_t,
-    bwd_filter: dnn::cudnnConvolutionBwdFilterAlgo_t,
-}
-
-impl Drop for ConvDescs {
-    fn drop(&mut self) {
-        // SAFETY: created by this model, destroyed once, not used after.
-        unsafe {
-            dnn::cudnnDestroyTensorDescriptor(self.x);
-            dnn::cudnnDestroyTensorDescriptor(self.y);
-            dnn::cudnnDestroyFilterDescriptor(self.w);
-            for c in self.conv {
-                dnn::cudnnDestroyConvolutionDescriptor(c);
-            }
-        }
-    }
-}
-
-/// cuDNN descriptors of one batch-norm node for one batch size.
-struct BnDescs {
-    x: dnn::cudnnTensorDescriptor_t,
-    y: dnn::cudnnTensorDescriptor_t,
-    stats: dnn::cudnnTensorDescriptor_t,
-}
-
-impl Drop for BnDescs {
-    fn drop(&mut self) {
-        // SAFETY: created by this model, destroyed once, not used after.
-        unsafe {
-            dnn::cudnnDestroyTensorDescriptor(self.x);
-            dnn::cudnnDestroyTensorDescriptor(self.y);
-            dnn::cudnnDestroyTensorDescriptor(self.stats);
         }
     }
 }
@@ -507,65 +455,26 @@ impl CudaModel {
             match nd.op {
                 Op::Conv2d { .. } => {
                     let g = self.net.conv_geom(i);
-                    let (xv, yv) = (plan.act[nd.inputs[0]], plan.act[i]);
-                    let x = tensor(n, g.h, g.w, xv)?;
-                    let y = tensor(n, g.oh, g.ow, yv)?;
-                    let w = filter(&g)?;
-                    let c = [
-                        convolution(&g, self.tf32)?,
-                        convolution(&g, self.tf32)?,
-                        convolution(&g, self.tf32)?,
-                    ];
-                    let kp = self.net.params[i].kernel.expect("conv kernel");
-                    let wp = self.params.f(self.poff[kp]);
-                    let (xp, yp) = (self.act.f(xv.off), self.act.f(yv.off));
-                    let dyp = self.grad.f(plan.grad[i].expect("conv gradient").off);
-                    let dxp = plan.grad[nd.inputs[0]].map(|v| self.grad.f(v.off));
-                    let dwp = self.grads.f(self.poff[kp]);
-                    let (fwd, m1) = find_fwd(self.dnn, x, xp, w, wp, c[0], y, yp, &scratch)
-                        .with_context(|| format!("layer {}", nd.name))?;
-                    let (bwd_data, m2) = match dxp {
-                        Some(dxp) => find_bwd_data(self.dnn, w, wp, y, dyp, c[1], x, dxp, &scratch)
-                            .with_context(|| format!("layer {}", nd.name))?,
-                        None => (
-                            dnn::cudnnConvolutionBwdDataAlgo_t::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1,
-                            0,
-                        ),
+                    let kp = self.net.params[i].kernel();
+                    let bufs = ConvBufs {
+                        x: self.act.f(plan.act[nd.inputs[0]].off),
+                        w: self.params.f(self.poff[kp]),
+                        y: self.act.f(plan.act[i].off),
+                        dy: self.grad.f(plan.grad[i].expect("conv gradient").off),
+                        dx: plan.grad[nd.inputs[0]].map(|v| self.grad.f(v.off)),
+                        dw: self.grads.f(self.poff[kp]),
                     };
-                    let (bwd_filter, m3) =
-                        find_bwd_filter(self.dnn, x, xp, y, dyp, c[2], w, dwp, &scratch)
-                            .with_context(|| format!("layer {}", nd.name))?;
-                    need = need.max(m1).max(m2).max(m3);
-                    conv.insert(
-                        i,
-                        ConvDescs {
-                            x,
-                            y,
-                            w,
-                            conv: c,
-                            fwd,
-                            bwd_data,
-                            bwd_filter,
-                        },
-                    );
+                    let views = (plan.act[nd.inputs[0]], plan.act[i]);
+                    let ws = (scratch.ptr, scratch.bytes);
+                    let (d, m) = ConvDescs::measure(self.dnn, &g, n, views, self.tf32, &bufs, ws)
+                        .with_context(|| format!("layer {}", nd.name))?;
+                    need = need.max(m);
+                    conv.insert(i, d);
                 }
                 Op::BatchNorm { .. } => {
                     let (h, w, _) = dims(self.net.infos[i].shape);
-                    let x = tensor(n, h, w, plan.act[nd.inputs[0]])?;
-                    let y = tensor(n, h, w, plan.act[i])?;
-                    let mut stats: dnn::cudnnTensorDescriptor_t = std::ptr::null_mut();
-                    // SAFETY: out-pointer to a descriptor, then derived from a valid one.
-                    unsafe {
-                        ck(
-                            dnn::cudnnCreateTensorDescriptor(&mut stats),
-                            "tensor descriptor",
-                        )?;
-                        ck(
-                            dnn::cudnnDeriveBNTensorDescriptor(stats, x, BN_MODE),
-                            "batch-norm descriptor",
-                        )?;
-                    }
-                    bn.insert(i, BnDescs { x, y, stats });
+                    let (xv, yv) = (plan.act[nd.inputs[0]], plan.act[i]);
+                    bn.insert(i, BnDescs::new(n, h, w, xv, yv)?);
                 }
                 _ => {}
             }
@@ -783,17 +692,6 @@ impl Launcher for CudaModel {
     }
 }
 
-/// cuDNN's host-side scaling factors (alpha, beta).
-static ONE: f32 = 1.0;
-static ZERO: f32 = 0.0;
-
-/// A host scaling factor: 1 (`alpha`; `beta` to add into the output) or 0 (`beta` to
-/// overwrite it).
-fn scale(one: bool) -> *const c_void {
-    let v: &'static f32 = if one { &ONE } else { &ZERO };
-    (v as *const f32).cast()
-}
-
 /// The GPU device for one pass: the model's buffers and the descriptors for one batch
 /// size. Conv and batch norm run in cuDNN, dense in cuBLAS, the rest in our kernels.
 struct Gpu<'a> {
@@ -810,6 +708,11 @@ impl Gpu<'_> {
     /// View `v` of the gradient arena.
     fn g(&self, v: View) -> DMat {
         DMat::at(self.m.grad.ptr, v)
+    }
+
+    /// The cuDNN workspace: (address, bytes).
+    fn ws(&self) -> (u64, usize) {
+        (self.m.workspace.ptr, self.m.workspace.bytes)
     }
 
     /// Address of parameter `p`.
@@ -835,11 +738,6 @@ impl Gpu<'_> {
     }
 }
 
-/// A device address as cuDNN's untyped pointer.
-fn vp(p: u64) -> *mut c_void {
-    p as *mut c_void
-}
-
 impl Kernels for Gpu<'_> {
     type Error = anyhow::Error;
 
@@ -860,29 +758,9 @@ impl Kernels for Gpu<'_> {
         n: usize,
     ) -> Result<()> {
         let (m, d) = (self.m, &self.sh.conv[&node.i]);
-        let ws = &m.workspace;
         let w = self.param(node.params.kernel());
         let (xp, yp) = (m.act.f(x.off), m.act.f(y.off));
-        // SAFETY: descriptors match the views' shapes; pointers are in our arenas; the
-        // workspace holds what the algorithm was measured with.
-        let s = unsafe {
-            dnn::cudnnConvolutionForward(
-                m.dnn,
-                scale(true),
-                d.x,
-                vp(xp),
-                d.w,
-                vp(w),
-                d.conv[0],
-                d.fwd,
-                vp(ws.ptr),
-                ws.bytes,
-                scale(false),
-                d.y,
-                vp(yp),
-            )
-        };
-        ck(s, "convolution forward")?;
+        cudnn::conv_forward(m.dnn, d, (xp, w, yp), self.ws())?;
         if let Some(b) = node.params.bias {
             launch::bias_forward(m, self.a(y), self.param(b), y.rows(n))?;
         }
@@ -899,49 +777,12 @@ impl Kernels for Gpu<'_> {
         n: usize,
     ) -> Result<()> {
         let (m, d) = (self.m, &self.sh.conv[&node.i]);
-        let ws = &m.workspace;
         let kp = node.params.kernel();
         let (xp, dyp) = (m.act.f(x.off), m.grad.f(dy.off));
-        // SAFETY: as in the forward; dw is this kernel's own gradient.
-        let s = unsafe {
-            dnn::cudnnConvolutionBackwardFilter(
-                m.dnn,
-                scale(true),
-                d.x,
-                vp(xp),
-                d.y,
-                vp(dyp),
-                d.conv[2],
-                d.bwd_filter,
-                vp(ws.ptr),
-                ws.bytes,
-                scale(false),
-                d.w,
-                vp(self.dparam(kp)),
-            )
-        };
-        ck(s, "convolution backward filter")?;
+        cudnn::conv_backward_filter(m.dnn, d, (xp, dyp, self.dparam(kp)), self.ws())?;
         if let Some(dx) = dx {
             let (w, dxp) = (self.param(kp), m.grad.f(dx.v.off));
-            // SAFETY: as in the forward; dx is the input's gradient.
-            let s = unsafe {
-                dnn::cudnnConvolutionBackwardData(
-                    m.dnn,
-                    scale(true),
-                    d.w,
-                    vp(w),
-                    d.y,
-                    vp(dyp),
-                    d.conv[1],
-                    d.bwd_data,
-                    vp(ws.ptr),
-                    ws.bytes,
-                    scale(dx.acc),
-                    d.x,
-                    vp(dxp),
-                )
-            };
-            ck(s, "convolution backward data")?;
+            cudnn::conv_backward_data(m.dnn, d, (w, dyp, dxp), dx.acc, self.ws())?;
         }
         if let Some(b) = node.params.bias {
             launch::bias_backward(m, self.g(dy), self.dparam(b), dy.rows(n))?;
@@ -968,29 +809,17 @@ impl Kernels for Gpu<'_> {
         let factor = if single { 0.0 } else { 1.0 - momentum };
         let (xp, yp) = (m.act.f(x.off), m.act.f(y.off));
         let (g, b) = (self.param(gi), self.param(bi));
-        // SAFETY: descriptors match the views; the statistics buffers hold c floats each.
-        let s = unsafe {
-            dnn::cudnnBatchNormalizationForwardTraining(
-                m.dnn,
-                BN_MODE,
-                scale(true),
-                scale(false),
-                d.x,
-                vp(xp),
-                d.y,
-                vp(yp),
-                d.stats,
-                vp(g),
-                vp(b),
-                factor,
-                vp(mean),
-                vp(var),
-                epsilon,
-                vp(save_mean),
-                vp(save_inv),
-            )
-        };
-        ck(s, "batch norm forward")?;
+        let (running, saved) = ((mean, var), (save_mean, save_inv));
+        cudnn::batchnorm_forward_training(
+            m.dnn,
+            d,
+            (xp, yp),
+            (g, b),
+            factor,
+            running,
+            epsilon,
+            saved,
+        )?;
         if single {
             launch::batchnorm_running_single(m, mean, var, save_mean, y.c, momentum as f32)?;
         }
@@ -1014,26 +843,7 @@ impl Kernels for Gpu<'_> {
         let [mean, var, _, _] = self.stats(m.boff[k]);
         let (xp, yp) = (m.act.f(x.off), m.act.f(y.off));
         let (g, b) = (self.param(gi), self.param(bi));
-        // SAFETY: as in training.
-        let s = unsafe {
-            dnn::cudnnBatchNormalizationForwardInference(
-                m.dnn,
-                BN_MODE,
-                scale(true),
-                scale(false),
-                d.x,
-                vp(xp),
-                d.y,
-                vp(yp),
-                d.stats,
-                vp(g),
-                vp(b),
-                vp(mean),
-                vp(var),
-                epsilon,
-            )
-        };
-        ck(s, "batch norm inference")?;
+        cudnn::batchnorm_forward_inference(m.dnn, d, (xp, yp), (g, b), (mean, var), epsilon)?;
         if relu {
             launch::relu_forward(m, self.a(y), self.a(y), rows)?;
         }
@@ -1059,37 +869,15 @@ impl Kernels for Gpu<'_> {
         let (gi, bi, k) = node.params.batchnorm();
         let [_, _, save_mean, save_inv] = self.stats(m.boff[k]);
         // Without an input gradient, dx goes to the sink.
-        let (dxp, beta_dx) = match dx {
-            Some(dx) => (m.grad.f(dx.v.off), scale(dx.acc)),
-            None => (m.sink.ptr, scale(false)),
+        let (dxp, acc) = match dx {
+            Some(dx) => (m.grad.f(dx.v.off), dx.acc),
+            None => (m.sink.ptr, false),
         };
         let (xp, dyp) = (m.act.f(x.off), m.grad.f(dy.off));
         let (g, dg, db) = (self.param(gi), self.dparam(gi), self.dparam(bi));
-        // SAFETY: as in the forward; saved statistics from this step's forward.
-        let s = unsafe {
-            dnn::cudnnBatchNormalizationBackward(
-                m.dnn,
-                BN_MODE,
-                scale(true),
-                beta_dx,
-                scale(true),
-                scale(false),
-                d.x,
-                vp(xp),
-                d.y,
-                vp(dyp),
-                d.x,
-                vp(dxp),
-                d.stats,
-                vp(g),
-                vp(dg),
-                vp(db),
-                epsilon,
-                vp(save_mean),
-                vp(save_inv),
-            )
-        };
-        ck(s, "batch norm backward")
+        let saved = (save_mean, save_inv);
+        let bufs = (xp, dyp, dxp);
+        cudnn::batchnorm_backward(m.dnn, d, bufs, acc, g, (dg, db), epsilon, saved)
     }
 
     fn relu_forward(&mut self, x: View, y: View, rows: usize) -> Result<()> {
@@ -1268,16 +1056,6 @@ impl Kernels for Gpu<'_> {
     }
 }
 
-const BN_MODE: dnn::cudnnBatchNormMode_t = dnn::cudnnBatchNormMode_t::CUDNN_BATCHNORM_SPATIAL;
-
-/// Whether cuDNN's symmetric padding (pad_before on both sides) gives the graph's output
-/// size: cuDNN computes `(i + 2p - k) / s + 1`.
-fn symmetric(g: &ConvGeom) -> bool {
-    let o =
-        |i: usize, k: usize, s: usize, p: usize| (i + 2 * p >= k).then(|| (i + 2 * p - k) / s + 1);
-    o(g.h, g.kh, g.sh, g.pt) == Some(g.oh) && o(g.w, g.kw, g.sw, g.pl) == Some(g.ow)
-}
-
 /// The loaded kernel module.
 struct Module {
     funcs: HashMap<&'static str, drv_sys::CUfunction>,
@@ -1307,214 +1085,6 @@ fn load_kernels(cubin: &[u8], ctx: &Arc<CudaContext>) -> Result<Module> {
         funcs,
         max_blocks: (sms.max(1) as u32) * 8,
     })
-}
-
-/// An NHWC tensor descriptor for `n` images of `h x w` over a view (pixel stride `ld`).
-fn tensor(n: usize, h: usize, w: usize, v: View) -> Result<dnn::cudnnTensorDescriptor_t> {
-    let mut d: dnn::cudnnTensorDescriptor_t = std::ptr::null_mut();
-    let i = |x: usize| x as i32;
-    // SAFETY: out-pointer, then a plain setter on the new descriptor.
-    unsafe {
-        ck(
-            dnn::cudnnCreateTensorDescriptor(&mut d),
-            "tensor descriptor",
-        )?;
-        ck(
-            dnn::cudnnSetTensor4dDescriptorEx(
-                d,
-                dnn::cudnnDataType_t::CUDNN_DATA_FLOAT,
-                i(n),
-                i(v.c),
-                i(h),
-                i(w),
-                i(h * w * v.ld),
-                1,
-                i(w * v.ld),
-                i(v.ld),
-            ),
-            "tensor shape",
-        )?;
-    }
-    Ok(d)
-}
-
-fn filter(g: &ConvGeom) -> Result<dnn::cudnnFilterDescriptor_t> {
-    let mut d: dnn::cudnnFilterDescriptor_t = std::ptr::null_mut();
-    // SAFETY: out-pointer, then a plain setter on the new descriptor.
-    unsafe {
-        ck(
-            dnn::cudnnCreateFilterDescriptor(&mut d),
-            "filter descriptor",
-        )?;
-        ck(
-            dnn::cudnnSetFilter4dDescriptor(
-                d,
-                dnn::cudnnDataType_t::CUDNN_DATA_FLOAT,
-                dnn::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC,
-                g.cout as i32,
-                g.cin as i32,
-                g.kh as i32,
-                g.kw as i32,
-            ),
-            "filter shape",
-        )?;
-    }
-    Ok(d)
-}
-
-fn convolution(g: &ConvGeom, tf32: bool) -> Result<dnn::cudnnConvolutionDescriptor_t> {
-    let mut d: dnn::cudnnConvolutionDescriptor_t = std::ptr::null_mut();
-    // SAFETY: out-pointer, then plain setters on the new descriptor.
-    unsafe {
-        ck(
-            dnn::cudnnCreateConvolutionDescriptor(&mut d),
-            "convolution descriptor",
-        )?;
-        ck(
-            dnn::cudnnSetConvolution2dDescriptor(
-                d,
-                g.pt as i32,
-                g.pl as i32,
-                g.sh as i32,
-                g.sw as i32,
-                1,
-                1,
-                dnn::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
-                dnn::cudnnDataType_t::CUDNN_DATA_FLOAT,
-            ),
-            "convolution shape",
-        )?;
-        let math = if tf32 {
-            dnn::cudnnMathType_t::CUDNN_DEFAULT_MATH
-        } else {
-            dnn::cudnnMathType_t::CUDNN_FMA_MATH
-        };
-        ck(dnn::cudnnSetConvolutionMathType(d, math), "math type")?;
-    }
-    Ok(d)
-}
-
-macro_rules! find_algo {
-    ($name:ident, $find:ident, $perf:ty, $algo:ty, $what:literal,
-     ($d1:ident, $p1:ident: $t1:ty), ($d2:ident, $p2:ident: $t2:ty), ($d3:ident, $p3:ident: $t3:ty)) => {
-        /// Measure every algorithm cuDNN offers for this shape and take the fastest that
-        /// succeeds: (algorithm, workspace bytes).
-        #[allow(clippy::too_many_arguments)]
-        fn $name(
-            h: dnn::cudnnHandle_t,
-            $d1: $t1,
-            $p1: u64,
-            $d2: $t2,
-            $p2: u64,
-            conv: dnn::cudnnConvolutionDescriptor_t,
-            $d3: $t3,
-            $p3: u64,
-            ws: &DevBuf,
-        ) -> Result<($algo, usize)> {
-            // SAFETY: a plain C struct (status, algorithm, time, memory, enums whose 0 is a
-            // valid value), filled by cuDNN below.
-            let mut perf: [$perf; 16] = unsafe { std::mem::zeroed() };
-            let mut got = 0i32;
-            // SAFETY: descriptors and buffers of matching shapes; `perf` holds 16 results;
-            // the workspace holds `ws.bytes`.
-            unsafe {
-                ck(
-                    dnn::$find(
-                        h,
-                        $d1,
-                        $p1 as *const c_void,
-                        $d2,
-                        $p2 as *const c_void,
-                        conv,
-                        $d3,
-                        $p3 as *mut c_void,
-                        16,
-                        &mut got,
-                        perf.as_mut_ptr(),
-                        ws.ptr as *mut c_void,
-                        ws.bytes,
-                    ),
-                    $what,
-                )?;
-            }
-            let best = perf[..got.max(0) as usize]
-                .iter()
-                .find(|p| p.status == dnn::cudnnStatus_t::CUDNN_STATUS_SUCCESS);
-            if let Some(p) = best {
-                // SAFETY: a live descriptor; the math type cuDNN measured the algorithm with.
-                unsafe {
-                    ck(
-                        dnn::cudnnSetConvolutionMathType(conv, p.mathType),
-                        "math type",
-                    )?
-                };
-            }
-            best.map(|p| (p.algo, p.memory)).ok_or_else(|| {
-                anyhow!("cuDNN has no {} algorithm for this shape and layout", $what)
-            })
-        }
-    };
-}
-
-find_algo!(
-    find_fwd,
-    cudnnFindConvolutionForwardAlgorithmEx,
-    dnn::cudnnConvolutionFwdAlgoPerf_t,
-    dnn::cudnnConvolutionFwdAlgo_t,
-    "convolution forward",
-    (x, xp: dnn::cudnnTensorDescriptor_t),
-    (w, wp: dnn::cudnnFilterDescriptor_t),
-    (y, yp: dnn::cudnnTensorDescriptor_t)
-);
-find_algo!(
-    find_bwd_data,
-    cudnnFindConvolutionBackwardDataAlgorithmEx,
-    dnn::cudnnConvolutionBwdDataAlgoPerf_t,
-    dnn::cudnnConvolutionBwdDataAlgo_t,
-    "convolution backward-data",
-    (w, wp: dnn::cudnnFilterDescriptor_t),
-    (dy, dyp: dnn::cudnnTensorDescriptor_t),
-    (dx, dxp: dnn::cudnnTensorDescriptor_t)
-);
-find_algo!(
-    find_bwd_filter,
-    cudnnFindConvolutionBackwardFilterAlgorithmEx,
-    dnn::cudnnConvolutionBwdFilterAlgoPerf_t,
-    dnn::cudnnConvolutionBwdFilterAlgo_t,
-    "convolution backward-filter",
-    (x, xp: dnn::cudnnTensorDescriptor_t),
-    (dy, dyp: dnn::cudnnTensorDescriptor_t),
-    (dw, dwp: dnn::cudnnFilterDescriptor_t)
-);
-
-/// (kh, kw, cin, cout) -> (cout, kh, kw, cin).
-fn hwio_to_ohwi(v: &[f32], [kh, kw, ci, co]: [usize; 4]) -> Vec<f32> {
-    let mut out = vec![0.0; v.len()];
-    for y in 0..kh {
-        for x in 0..kw {
-            for i in 0..ci {
-                for o in 0..co {
-                    out[((o * kh + y) * kw + x) * ci + i] = v[((y * kw + x) * ci + i) * co + o];
-                }
-            }
-        }
-    }
-    out
-}
-
-/// (cout, kh, kw, cin) -> (kh, kw, cin, cout).
-fn ohwi_to_hwio(v: &[f32], [kh, kw, ci, co]: [usize; 4]) -> Vec<f32> {
-    let mut out = vec![0.0; v.len()];
-    for y in 0..kh {
-        for x in 0..kw {
-            for i in 0..ci {
-                for o in 0..co {
-                    out[((y * kw + x) * ci + i) * co + o] = v[((o * kh + y) * kw + x) * ci + i];
-                }
-            }
-        }
-    }
-    out
 }
 
 impl Drop for CudaModel {
@@ -1740,21 +1310,5 @@ impl CudaModel {
                 self.device_step(plan, sh, n, opt)
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kernel_layouts_round_trip() {
-        let s = [3, 2, 4, 5];
-        let v: Vec<f32> = (0..120).map(|x| x as f32).collect();
-        let o = hwio_to_ohwi(&v, s);
-        assert_ne!(o, v);
-        // (y=0, x=1, i=2, o=3): hwio ((0*2+1)*4+2)*5+3 = 33, ohwi ((3*3+0)*2+1)*4+2 = 78.
-        assert_eq!(o[78], v[33]);
-        assert_eq!(ohwi_to_hwio(&o, s), v);
     }
 }
