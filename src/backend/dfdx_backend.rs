@@ -20,9 +20,8 @@ use std::collections::HashMap;
 
 use anyhow::{bail, Result};
 use dfdx::prelude::*;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
+use super::native::shared::fill_dropout_masks;
 use super::params::Role;
 use super::{State, StepStats};
 use crate::nn::graph::{pad_before, Graph, NodeInfo, Op, Padding, Shape as GShape};
@@ -232,7 +231,24 @@ impl<E: Dtype, D: Device<E> + Synchronize> Net<E, D> {
         let last = self.graph.nodes.len() - 1;
         let mut acts: Vec<Option<M<E, D>>> = (0..self.graph.nodes.len()).map(|_| None).collect();
         let mut stats = Vec::new();
-        let mut drop_rng = ChaCha8Rng::seed_from_u64(dropout_seed);
+        // This batch's dropout masks (the native backend's, value for value): node i's
+        // at masks[mask_at[i]..] (the length of its output).
+        let mut mask_at = vec![0; self.graph.nodes.len()];
+        let mut masks: Vec<E> = Vec::new();
+        if train {
+            let total = (self.graph.nodes.iter().zip(&self.infos))
+                .filter(|(nd, _)| matches!(nd.op, Op::Dropout { .. }))
+                .map(|(_, info)| n * info.shape.numel())
+                .sum();
+            masks = vec![e::<E>(0.0); total];
+            let mut next = 0;
+            let (graph, infos) = (&self.graph, &self.infos);
+            fill_dropout_masks(graph, infos, n, dropout_seed, &mut masks, |i, len| {
+                mask_at[i] = next;
+                next += len;
+                mask_at[i]
+            });
+        }
         for i in 0..self.graph.nodes.len() {
             let node = self.graph.nodes[i].clone();
             let mut take = |j: usize, acts: &mut Vec<Option<M<E, D>>>| -> M<E, D> {
@@ -389,16 +405,7 @@ impl<E: Dtype, D: Device<E> + Synchronize> Net<E, D> {
                 Op::Dropout { rate } => {
                     let xin = take(node.inputs[0], &mut acts);
                     if train && *rate > 0.0 {
-                        let keep = 1.0 - rate;
-                        let mask: Vec<E> = (0..r_out * c_out)
-                            .map(|_| {
-                                if drop_rng.random::<f64>() < keep {
-                                    e::<E>(1.0 / keep)
-                                } else {
-                                    e::<E>(0.0)
-                                }
-                            })
-                            .collect();
+                        let mask = masks[mask_at[i]..mask_at[i] + r_out * c_out].to_vec();
                         xin * dev.tensor_from_vec(mask, (r_out, c_out))
                     } else {
                         xin

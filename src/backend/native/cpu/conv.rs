@@ -6,50 +6,12 @@ use rayon::prelude::*;
 
 use super::{gemm, part_range, parts, Mat, Ptr, Real, Workspaces};
 use crate::backend::native::plan::View;
+use crate::backend::native::shared::ConvGeom;
 
 /// Values an im2col chunk aims at (128K: 512 KB in f32, inside L2), at least 16 rows.
 const COL_CAP: usize = 1 << 17;
 
-/// Geometry of one convolution.
-#[derive(Debug, Clone, Copy)]
-pub struct ConvGeom {
-    /// Input height, width, channels.
-    pub h: usize,
-    /// Input width.
-    pub w: usize,
-    /// Input channels.
-    pub cin: usize,
-    /// Output height.
-    pub oh: usize,
-    /// Output width.
-    pub ow: usize,
-    /// Output channels.
-    pub cout: usize,
-    /// Kernel height.
-    pub kh: usize,
-    /// Kernel width.
-    pub kw: usize,
-    /// Vertical stride.
-    pub sh: usize,
-    /// Horizontal stride.
-    pub sw: usize,
-    /// Padding above.
-    pub pt: usize,
-    /// Padding left.
-    pub pl: usize,
-}
-
 impl ConvGeom {
-    /// Length of one im2col row: kh*kw*cin.
-    pub fn k(&self) -> usize {
-        self.kh * self.kw * self.cin
-    }
-
-    /// A 1x1, stride-1, unpadded convolution: the input rows are the im2col rows.
-    pub fn pointwise(&self) -> bool {
-        self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1 && self.pt == 0 && self.pl == 0
-    }
-
     /// Output rows per im2col chunk (the workspace stays in the core's L2 cache).
     fn chunk(&self) -> usize {
         (COL_CAP / self.k().max(1)).max(16)

@@ -10,6 +10,7 @@
 
 pub mod conv;
 pub mod dense;
+pub mod device;
 pub mod elementwise;
 pub mod loss;
 pub mod norm;
@@ -139,6 +140,17 @@ impl<T> Ptr<T> {
     pub fn at(self, v: View, r: usize) -> *mut T {
         self.0.wrapping_add(v.off + r * v.ld)
     }
+}
+
+/// The first `rows` rows of view `v` of `buf`, packed.
+pub fn packed_rows<T: Copy>(buf: &[T], v: View, rows: usize) -> Vec<T> {
+    (0..rows)
+        .flat_map(|r| {
+            buf[v.off + r * v.ld..v.off + r * v.ld + v.c]
+                .iter()
+                .copied()
+        })
+        .collect()
 }
 
 /// A strided matrix operand of [`gemm`]: element (i, j) at `ptr + i*rs + j*cs`.

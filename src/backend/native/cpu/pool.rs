@@ -9,48 +9,7 @@ use rayon::prelude::*;
 
 use super::{Ptr, Real};
 use crate::backend::native::plan::View;
-
-/// Geometry of a pooling window.
-#[derive(Debug, Clone, Copy)]
-pub struct PoolGeom {
-    /// Input height.
-    pub h: usize,
-    /// Input width.
-    pub w: usize,
-    /// Output height.
-    pub oh: usize,
-    /// Output width.
-    pub ow: usize,
-    /// Window height.
-    pub kh: usize,
-    /// Window width.
-    pub kw: usize,
-    /// Vertical stride.
-    pub sh: usize,
-    /// Horizontal stride.
-    pub sw: usize,
-    /// Padding above.
-    pub pt: usize,
-    /// Padding left.
-    pub pl: usize,
-}
-
-impl From<&super::conv::ConvGeom> for PoolGeom {
-    fn from(g: &super::conv::ConvGeom) -> PoolGeom {
-        PoolGeom {
-            h: g.h,
-            w: g.w,
-            oh: g.oh,
-            ow: g.ow,
-            kh: g.kh,
-            kw: g.kw,
-            sh: g.sh,
-            sw: g.sw,
-            pt: g.pt,
-            pl: g.pl,
-        }
-    }
-}
+use crate::backend::native::shared::PoolGeom;
 
 impl PoolGeom {
     /// The valid input rows and columns under output position (oy, ox).

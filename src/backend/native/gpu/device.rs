@@ -22,16 +22,16 @@ use anyhow::{anyhow, bail, Context, Result};
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::cudnn::sys as dnn;
 use cudarc::driver::{result as drv, sys as drv_sys, CudaContext, CudaGraph, CudaStream};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
-use super::super::cpu::conv::ConvGeom;
-use super::super::plan::{self, Alias, Plan, View};
-use super::super::{conv_geom, dims, node_params, NodeParams};
+use super::super::plan::{self, Plan, View};
+use super::super::shared::{dims, fill_dropout_masks, softmax_rows, ConvGeom, Network, PoolGeom};
+use super::super::walk::{self, Arena, Dst, Kernels, Node, Pass};
+use super::cudnn::{self, ck, hwio_to_ohwi, ohwi_to_hwio, symmetric, BnDescs, ConvBufs, ConvDescs};
+use super::launch::{self, DMat, Launcher, PoolArg};
 use super::{kernels, libs};
-use crate::backend::params::{self, Layout, Role};
+use crate::backend::params::{self, Role};
 use crate::backend::{Model, Optimizer, State, StepStats};
-use crate::nn::graph::{Graph, NodeInfo, Op, Shape};
+use crate::nn::graph::{Graph, Op};
 
 /// Find and open the libraries, then the first GPU: an error (never a panic) when any
 /// part is missing.
@@ -50,14 +50,6 @@ pub fn available() -> bool {
     libs::load(&libs::WANTED).is_ok()
         && drv::init().is_ok()
         && drv::device::get_count().is_ok_and(|c| c > 0)
-}
-
-fn ck(s: dnn::cudnnStatus_t, what: &str) -> Result<()> {
-    if s == dnn::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
-        Ok(())
-    } else {
-        bail!("cuDNN {what}: {s:?}")
-    }
 }
 
 fn dk<T>(r: std::result::Result<T, drv::DriverError>, what: &str) -> Result<T> {
@@ -136,138 +128,6 @@ impl Drop for Pinned {
     }
 }
 
-/// The loaded kernel module.
-struct Kernels {
-    funcs: HashMap<&'static str, drv_sys::CUfunction>,
-    max_blocks: u32,
-}
-
-/// A kernel argument: a value copied into the launch.
-pub(super) enum Arg {
-    P(u64),
-    I(i64),
-    F(f32),
-    B(i32),
-    Pool(PoolArg),
-}
-
-/// Mirrors `struct Pool` in kernels.cu.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub(super) struct PoolArg {
-    n: i64,
-    h: i64,
-    w: i64,
-    c: i64,
-    oh: i64,
-    ow: i64,
-    kh: i32,
-    kw: i32,
-    sh: i32,
-    sw: i32,
-    pt: i32,
-    pl: i32,
-}
-
-impl PoolArg {
-    /// The pool geometry of a window op over `n` images of `c` channels.
-    pub(super) fn new(g: &ConvGeom, n: usize, c: usize) -> PoolArg {
-        PoolArg {
-            n: n as i64,
-            h: g.h as i64,
-            w: g.w as i64,
-            c: c as i64,
-            oh: g.oh as i64,
-            ow: g.ow as i64,
-            kh: g.kh as i32,
-            kw: g.kw as i32,
-            sh: g.sh as i32,
-            sw: g.sw as i32,
-            pt: g.pt as i32,
-            pl: g.pl as i32,
-        }
-    }
-}
-
-/// Each argument's bytes in its own slot, as `cuLaunchKernel` takes them (an array of
-/// pointers to the values; the driver copies each by the size the kernel declares).
-pub(super) fn pack_args(args: &[Arg]) -> Vec<[u8; 128]> {
-    const _: () = assert!(std::mem::size_of::<PoolArg>() <= 128);
-    let mut vals: Vec<[u8; 128]> = Vec::with_capacity(args.len());
-    for a in args {
-        let mut b = [0u8; 128];
-        match a {
-            Arg::P(v) => b[..8].copy_from_slice(&v.to_ne_bytes()),
-            Arg::I(v) => b[..8].copy_from_slice(&v.to_ne_bytes()),
-            Arg::F(v) => b[..4].copy_from_slice(&v.to_ne_bytes()),
-            Arg::B(v) => b[..4].copy_from_slice(&v.to_ne_bytes()),
-            Arg::Pool(p) => {
-                // SAFETY: PoolArg is repr(C) plain integers, 72 bytes (<= 128, checked).
-                let bytes = unsafe {
-                    std::slice::from_raw_parts(
-                        (p as *const PoolArg).cast::<u8>(),
-                        std::mem::size_of::<PoolArg>(),
-                    )
-                };
-                b[..bytes.len()].copy_from_slice(bytes);
-            }
-        }
-        vals.push(b);
-    }
-    vals
-}
-
-/// Launch shape of `bias_backward` for `rows` x `c`: (grid, block).
-pub(super) fn bias_grid(rows: usize, c: usize) -> ((u32, u32), (u32, u32)) {
-    let gy = (rows.div_ceil(8 * 64) as u32).clamp(1, 128);
-    ((c.div_ceil(32) as u32, gy), (32, 8))
-}
-
-/// cuDNN descriptors of one conv node for one batch size, with the measured algorithms.
-struct ConvDescs {
-    x: dnn::cudnnTensorDescriptor_t,
-    y: dnn::cudnnTensorDescriptor_t,
-    w: dnn::cudnnFilterDescriptor_t,
-    /// One convolution descriptor per direction, each set to the math type (TF32 or FMA)
-    /// its measured algorithm was found with.
-    conv: [dnn::cudnnConvolutionDescriptor_t; 3],
-    fwd: dnn::cudnnConvolutionFwdAlgo_t,
-    bwd_data: dnn::cudnnConvolutionBwdDataAlgo_t,
-    bwd_filter: dnn::cudnnConvolutionBwdFilterAlgo_t,
-}
-
-impl Drop for ConvDescs {
-    fn drop(&mut self) {
-        // SAFETY: created by this model, destroyed once, not used after.
-        unsafe {
-            dnn::cudnnDestroyTensorDescriptor(self.x);
-            dnn::cudnnDestroyTensorDescriptor(self.y);
-            dnn::cudnnDestroyFilterDescriptor(self.w);
-            for c in self.conv {
-                dnn::cudnnDestroyConvolutionDescriptor(c);
-            }
-        }
-    }
-}
-
-/// cuDNN descriptors of one batch-norm node for one batch size.
-struct BnDescs {
-    x: dnn::cudnnTensorDescriptor_t,
-    y: dnn::cudnnTensorDescriptor_t,
-    stats: dnn::cudnnTensorDescriptor_t,
-}
-
-impl Drop for BnDescs {
-    fn drop(&mut self) {
-        // SAFETY: created by this model, destroyed once, not used after.
-        unsafe {
-            dnn::cudnnDestroyTensorDescriptor(self.x);
-            dnn::cudnnDestroyTensorDescriptor(self.y);
-            dnn::cudnnDestroyTensorDescriptor(self.stats);
-        }
-    }
-}
-
 /// Everything shaped by the batch size `n`.
 struct Shaped {
     conv: HashMap<usize, ConvDescs>,
@@ -279,12 +139,8 @@ struct Shaped {
 /// The native model on a GPU.
 pub struct CudaModel {
     dnn: dnn::cudnnHandle_t,
-    k: Kernels,
-    graph: Graph,
-    infos: Vec<NodeInfo>,
-    layout: Layout,
-    np: Vec<NodeParams>,
-    classes: usize,
+    k: Module,
+    net: Network,
     /// Offsets of each parameter in the flat buffers, and the total.
     poff: Vec<usize>,
     plen: usize,
@@ -328,10 +184,6 @@ pub struct CudaModel {
     ctx: Arc<CudaContext>,
 }
 
-fn blocks(k: &Kernels, total: usize) -> u32 {
-    (total.div_ceil(256) as u32).clamp(1, k.max_blocks)
-}
-
 impl CudaModel {
     /// Build on GPU 0 with the shared initial values.
     pub fn new(graph: &Graph, seed: u64) -> Result<Self> {
@@ -366,11 +218,7 @@ impl CudaModel {
         let cubin = kernels::cubin(major, minor)?;
         let k = load_kernels(&cubin, &ctx)?;
 
-        let infos = graph.infer()?;
-        let classes = match infos.last().map(|i| i.shape) {
-            Some(Shape::Flat(k)) => k,
-            other => bail!("the network must end in a flat (classes) output, got {other:?}"),
-        };
+        let net = Network::new(graph)?;
         for (i, nd) in graph.nodes.iter().enumerate() {
             if let Op::BatchNorm { epsilon, .. } = nd.op {
                 if epsilon < 1e-5 {
@@ -381,7 +229,7 @@ impl CudaModel {
                 }
             }
             if matches!(nd.op, Op::Conv2d { .. }) {
-                let g = conv_geom(graph, &infos, i);
+                let g = net.conv_geom(i);
                 if !symmetric(&g) {
                     bail!(
                         "layer {}: padding \"same\" with stride {}x{} pads unevenly here, which cuDNN cannot; use padding = \"valid\" or stride 1 on the GPU",
@@ -390,18 +238,16 @@ impl CudaModel {
                 }
             }
         }
-        let layout = params::layout(graph, &infos);
-        let values = params::init_values(&layout, seed);
-        let np = node_params(graph, &layout);
+        let values = params::init_values(&net.layout, seed);
         let mut poff = Vec::new();
         let mut plen = 0;
-        for p in &layout.params {
+        for p in &net.layout.params {
             poff.push(plen);
             plen += p.len();
         }
         let mut boff = Vec::new();
         let mut blen = 0;
-        for b in &layout.bns {
+        for b in &net.layout.bns {
             boff.push(blen);
             blen += b.channels;
         }
@@ -430,10 +276,7 @@ impl CudaModel {
             dnn: handle,
             k,
             written: vec![false; graph.nodes.len()],
-            graph: graph.clone(),
-            infos,
-            np,
-            classes,
+            net,
             poff,
             plen,
             boff,
@@ -446,18 +289,19 @@ impl CudaModel {
                 && std::env::var("PIPE_CUDA_SYNC").map_or(true, |v| v != "1"),
             debug_sync: std::env::var("PIPE_CUDA_SYNC").is_ok_and(|v| v == "1"),
             graph_opt: None,
-            layout,
         };
         let parts = params::StateParts {
             m: values.iter().map(|p| vec![0.0; p.len()]).collect(),
             v: values.iter().map(|p| vec![0.0; p.len()]).collect(),
             bn_mean: model
+                .net
                 .layout
                 .bns
                 .iter()
                 .map(|b| vec![0.0; b.channels])
                 .collect(),
             bn_var: model
+                .net
                 .layout
                 .bns
                 .iter()
@@ -517,7 +361,7 @@ impl CudaModel {
     }
 
     fn is_conv_kernel(&self, p: usize) -> Option<[usize; 4]> {
-        let s = &self.layout.params[p];
+        let s = &self.net.layout.params[p];
         (s.role == Role::Kernel && s.shape.len() == 4)
             .then(|| [s.shape[0], s.shape[1], s.shape[2], s.shape[3]])
     }
@@ -543,9 +387,9 @@ impl CudaModel {
 
     fn download_flat(&self, buf: &DevBuf) -> Result<Vec<Vec<f32>>> {
         let all = self.download(buf.ptr, self.plen)?;
-        Ok((0..self.layout.params.len())
+        Ok((0..self.net.layout.params.len())
             .map(|p| {
-                let v = &all[self.poff[p]..self.poff[p] + self.layout.params[p].len()];
+                let v = &all[self.poff[p]..self.poff[p] + self.net.layout.params[p].len()];
                 match self.is_conv_kernel(p) {
                     Some(s) => ohwi_to_hwio(v, s),
                     None => v.to_vec(),
@@ -561,24 +405,25 @@ impl CudaModel {
         }
         self.sync()?;
         self.shaped.clear();
-        let p = plan::plan(&self.graph, &self.infos, n);
+        let p = plan::plan(&self.net.graph, &self.net.infos, n);
         self.act = DevBuf::new(4 * p.act_len)?;
         self.grad = DevBuf::new(4 * p.grad_len)?;
         let sink = self
+            .net
             .graph
             .nodes
             .iter()
             .filter(|nd| matches!(nd.op, Op::BatchNorm { .. }))
-            .map(|nd| self.infos[nd.inputs[0]].shape.numel() * n)
+            .map(|nd| self.net.infos[nd.inputs[0]].shape.numel() * n)
             .max()
             .unwrap_or(0);
         self.sink = DevBuf::new(4 * sink)?;
         self.labels = DevBuf::new(4 * n)?;
-        let masks: usize = (0..self.graph.nodes.len())
+        let masks: usize = (0..self.net.graph.nodes.len())
             .filter(|&i| p.mask[i].is_some())
-            .map(|i| self.infos[i].shape.numel() * n)
+            .map(|i| self.net.infos[i].shape.numel() * n)
             .sum();
-        let bytes = 4 * (self.infos[0].shape.numel() * n + n + masks + 2);
+        let bytes = 4 * (self.net.infos[0].shape.numel() * n + n + masks + 2);
         self.pinned = [Pinned::new(bytes)?, Pinned::new(bytes)?];
         self.plan = Some(p);
         Ok(())
@@ -605,70 +450,31 @@ impl CudaModel {
         let trial = (free / 4).min(1 << 30);
         let scratch = DevBuf::new(trial)?;
         let mut need = self.workspace.bytes;
-        for i in 0..self.graph.nodes.len() {
-            let nd = &self.graph.nodes[i];
+        for i in 0..self.net.graph.nodes.len() {
+            let nd = &self.net.graph.nodes[i];
             match nd.op {
                 Op::Conv2d { .. } => {
-                    let g = conv_geom(&self.graph, &self.infos, i);
-                    let (xv, yv) = (plan.act[nd.inputs[0]], plan.act[i]);
-                    let x = tensor(n, g.h, g.w, xv)?;
-                    let y = tensor(n, g.oh, g.ow, yv)?;
-                    let w = filter(&g)?;
-                    let c = [
-                        convolution(&g, self.tf32)?,
-                        convolution(&g, self.tf32)?,
-                        convolution(&g, self.tf32)?,
-                    ];
-                    let kp = self.np[i].kernel.expect("conv kernel");
-                    let wp = self.params.f(self.poff[kp]);
-                    let (xp, yp) = (self.act.f(xv.off), self.act.f(yv.off));
-                    let dyp = self.grad.f(plan.grad[i].expect("conv gradient").off);
-                    let dxp = plan.grad[nd.inputs[0]].map(|v| self.grad.f(v.off));
-                    let dwp = self.grads.f(self.poff[kp]);
-                    let (fwd, m1) = find_fwd(self.dnn, x, xp, w, wp, c[0], y, yp, &scratch)
-                        .with_context(|| format!("layer {}", nd.name))?;
-                    let (bwd_data, m2) = match dxp {
-                        Some(dxp) => find_bwd_data(self.dnn, w, wp, y, dyp, c[1], x, dxp, &scratch)
-                            .with_context(|| format!("layer {}", nd.name))?,
-                        None => (
-                            dnn::cudnnConvolutionBwdDataAlgo_t::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1,
-                            0,
-                        ),
+                    let g = self.net.conv_geom(i);
+                    let kp = self.net.params[i].kernel();
+                    let bufs = ConvBufs {
+                        x: self.act.f(plan.act[nd.inputs[0]].off),
+                        w: self.params.f(self.poff[kp]),
+                        y: self.act.f(plan.act[i].off),
+                        dy: self.grad.f(plan.grad[i].expect("conv gradient").off),
+                        dx: plan.grad[nd.inputs[0]].map(|v| self.grad.f(v.off)),
+                        dw: self.grads.f(self.poff[kp]),
                     };
-                    let (bwd_filter, m3) =
-                        find_bwd_filter(self.dnn, x, xp, y, dyp, c[2], w, dwp, &scratch)
-                            .with_context(|| format!("layer {}", nd.name))?;
-                    need = need.max(m1).max(m2).max(m3);
-                    conv.insert(
-                        i,
-                        ConvDescs {
-                            x,
-                            y,
-                            w,
-                            conv: c,
-                            fwd,
-                            bwd_data,
-                            bwd_filter,
-                        },
-                    );
+                    let views = (plan.act[nd.inputs[0]], plan.act[i]);
+                    let ws = (scratch.ptr, scratch.bytes);
+                    let (d, m) = ConvDescs::measure(self.dnn, &g, n, views, self.tf32, &bufs, ws)
+                        .with_context(|| format!("layer {}", nd.name))?;
+                    need = need.max(m);
+                    conv.insert(i, d);
                 }
                 Op::BatchNorm { .. } => {
-                    let (h, w, _) = dims(self.infos[i].shape);
-                    let x = tensor(n, h, w, plan.act[nd.inputs[0]])?;
-                    let y = tensor(n, h, w, plan.act[i])?;
-                    let mut stats: dnn::cudnnTensorDescriptor_t = std::ptr::null_mut();
-                    // SAFETY: out-pointer to a descriptor, then derived from a valid one.
-                    unsafe {
-                        ck(
-                            dnn::cudnnCreateTensorDescriptor(&mut stats),
-                            "tensor descriptor",
-                        )?;
-                        ck(
-                            dnn::cudnnDeriveBNTensorDescriptor(stats, x, BN_MODE),
-                            "batch-norm descriptor",
-                        )?;
-                    }
-                    bn.insert(i, BnDescs { x, y, stats });
+                    let (h, w, _) = dims(self.net.infos[i].shape);
+                    let (xv, yv) = (plan.act[nd.inputs[0]], plan.act[i]);
+                    bn.insert(i, BnDescs::new(n, h, w, xv, yv)?);
                 }
                 _ => {}
             }
@@ -691,436 +497,19 @@ impl CudaModel {
         })
     }
 
-    fn launch(&self, name: &str, grid: (u32, u32), block: (u32, u32), args: &[Arg]) -> Result<()> {
-        let f = *self
-            .k
-            .funcs
-            .get(name)
-            .ok_or_else(|| anyhow!("no kernel {name}"))?;
-        let mut vals = pack_args(args);
-        let mut ptrs: Vec<*mut c_void> = vals.iter_mut().map(|b| b.as_mut_ptr().cast()).collect();
-        // SAFETY: `f` comes from our module and `args` match its C signature (each value
-        // lives in `vals` until the launch returns, which copies them).
-        dk(
-            unsafe {
-                drv::launch_kernel(
-                    f,
-                    (grid.0, grid.1, 1),
-                    (block.0, block.1, 1),
-                    0,
-                    self.cu(),
-                    &mut ptrs,
-                )
-            },
-            name,
-        )
-    }
-
-    /// An elementwise kernel over `total` items with the given arguments.
-    fn ew(&self, name: &str, total: usize, args: &[Arg]) -> Result<()> {
-        if total == 0 {
-            return Ok(());
-        }
-        self.launch(name, (blocks(&self.k, total), 1), (256, 1), args)
-    }
-
-    fn a(&self, v: View) -> Arg {
-        Arg::P(self.act.f(v.off))
-    }
-
-    fn g(&self, v: View) -> Arg {
-        Arg::P(self.grad.f(v.off))
-    }
-
-    fn pool_arg(&self, i: usize, n: usize) -> PoolArg {
-        let g = conv_geom(&self.graph, &self.infos, i);
-        PoolArg::new(&g, n, dims(self.infos[i].shape).2)
-    }
-
-    fn fused_relu(&self, plan: &Plan, i: usize) -> Option<usize> {
-        plan.fused_relu(&self.graph, i)
-    }
-
-    fn relu_is_fused(&self, plan: &Plan, j: usize) -> bool {
-        plan.relu_is_fused(&self.graph, j)
-    }
-
-    /// Forward pass over `n` images already in the input view; dropout masks already in
-    /// the arena when training.
-    fn forward(&self, plan: &Plan, sh: &Shaped, n: usize, train: bool) -> Result<()> {
-        let last = self.graph.nodes.len() - 1;
-        let (one, zero) = (1f32, 0f32);
-        let (pone, pzero) = (
-            (&one as *const f32).cast::<c_void>(),
-            (&zero as *const f32).cast::<c_void>(),
-        );
-        for i in 1..self.graph.nodes.len() {
-            let nd = &self.graph.nodes[i];
-            let (yv, xv) = (plan.act[i], plan.act[nd.inputs[0]]);
-            let rows = yv.rows(n) as i64;
-            let c = yv.c as i64;
-            let np = self.np[i];
-            match &nd.op {
-                Op::Input { .. } => unreachable!("only node 0 is the input"),
-                Op::Conv2d { .. } => {
-                    let d = &sh.conv[&i];
-                    let wp = self.params.f(self.poff[np.kernel.expect("kernel")]);
-                    // SAFETY: descriptors match the views' shapes; pointers are in our
-                    // arenas; the workspace holds what the algorithm was measured with.
-                    unsafe {
-                        ck(
-                            dnn::cudnnConvolutionForward(
-                                self.dnn,
-                                pone,
-                                d.x,
-                                self.act.f(xv.off) as *const c_void,
-                                d.w,
-                                wp as *const c_void,
-                                d.conv[0],
-                                d.fwd,
-                                self.workspace.ptr as *mut c_void,
-                                self.workspace.bytes,
-                                pzero,
-                                d.y,
-                                self.act.f(yv.off) as *mut c_void,
-                            ),
-                            "convolution forward",
-                        )?;
-                    }
-                    if let Some(b) = np.bias {
-                        let bp = self.params.f(self.poff[b]);
-                        self.ew(
-                            "bias_forward",
-                            (rows * c) as usize,
-                            &[
-                                self.a(yv),
-                                Arg::I(yv.ld as i64),
-                                Arg::P(bp),
-                                Arg::I(rows),
-                                Arg::I(c),
-                            ],
-                        )?;
-                    }
-                }
-                Op::BatchNorm {
-                    epsilon, momentum, ..
-                } => {
-                    let d = &sh.bn[&i];
-                    let k = np.bn.expect("bn");
-                    let gp = self.params.f(self.poff[np.gamma.expect("gamma")]);
-                    let bp = self.params.f(self.poff[np.beta.expect("beta")]);
-                    let off = self.boff[k];
-                    // One value per channel (a batch of one flat vector): cuDNN's unbiased
-                    // variance would divide by zero; the CPU folds in variance 0. Same here.
-                    let single = rows == 1;
-                    // SAFETY: as for the convolution; the statistics buffers hold c floats.
-                    unsafe {
-                        if train {
-                            ck(
-                                dnn::cudnnBatchNormalizationForwardTraining(
-                                    self.dnn,
-                                    BN_MODE,
-                                    pone,
-                                    pzero,
-                                    d.x,
-                                    self.act.f(xv.off) as *const c_void,
-                                    d.y,
-                                    self.act.f(yv.off) as *mut c_void,
-                                    d.stats,
-                                    gp as *const c_void,
-                                    bp as *const c_void,
-                                    if single { 0.0 } else { 1.0 - momentum },
-                                    self.bn_mean.f(off) as *mut c_void,
-                                    self.bn_var.f(off) as *mut c_void,
-                                    *epsilon,
-                                    self.save_mean.f(off) as *mut c_void,
-                                    self.save_inv.f(off) as *mut c_void,
-                                ),
-                                "batch norm forward",
-                            )?;
-                        } else {
-                            ck(
-                                dnn::cudnnBatchNormalizationForwardInference(
-                                    self.dnn,
-                                    BN_MODE,
-                                    pone,
-                                    pzero,
-                                    d.x,
-                                    self.act.f(xv.off) as *const c_void,
-                                    d.y,
-                                    self.act.f(yv.off) as *mut c_void,
-                                    d.stats,
-                                    gp as *const c_void,
-                                    bp as *const c_void,
-                                    self.bn_mean.f(off) as *const c_void,
-                                    self.bn_var.f(off) as *const c_void,
-                                    *epsilon,
-                                ),
-                                "batch norm inference",
-                            )?;
-                        }
-                    }
-                    if train && single {
-                        self.ew(
-                            "batchnorm_running_single",
-                            c as usize,
-                            &[
-                                Arg::P(self.bn_mean.f(off)),
-                                Arg::P(self.bn_var.f(off)),
-                                Arg::P(self.save_mean.f(off)),
-                                Arg::I(c),
-                                Arg::F(*momentum as f32),
-                            ],
-                        )?;
-                    }
-                    if self.fused_relu(plan, i).is_some() {
-                        let args = [
-                            self.a(yv),
-                            Arg::I(yv.ld as i64),
-                            self.a(yv),
-                            Arg::I(yv.ld as i64),
-                            Arg::I(rows),
-                            Arg::I(c),
-                        ];
-                        self.ew("relu_forward", (rows * c) as usize, &args)?;
-                    }
-                }
-                Op::Relu if self.relu_is_fused(plan, i) => {}
-                Op::Relu => self.ew(
-                    "relu_forward",
-                    (rows * c) as usize,
-                    &[
-                        self.a(xv),
-                        Arg::I(xv.ld as i64),
-                        self.a(yv),
-                        Arg::I(yv.ld as i64),
-                        Arg::I(rows),
-                        Arg::I(c),
-                    ],
-                )?,
-                Op::Elu { alpha } => self.ew(
-                    "elu_forward",
-                    (rows * c) as usize,
-                    &[
-                        self.a(xv),
-                        Arg::I(xv.ld as i64),
-                        self.a(yv),
-                        Arg::I(yv.ld as i64),
-                        Arg::I(rows),
-                        Arg::I(c),
-                        Arg::F(*alpha as f32),
-                    ],
-                )?,
-                Op::MaxPool { .. } | Op::AvgPool { .. } => {
-                    let p = self.pool_arg(i, n);
-                    let name = if matches!(nd.op, Op::MaxPool { .. }) {
-                        "maxpool_forward"
-                    } else {
-                        "avgpool_forward"
-                    };
-                    self.ew(
-                        name,
-                        (rows * c) as usize,
-                        &[
-                            self.a(xv),
-                            Arg::I(xv.ld as i64),
-                            self.a(yv),
-                            Arg::I(yv.ld as i64),
-                            Arg::Pool(p),
-                        ],
-                    )?;
-                }
-                Op::GlobalAvgPool => self.ew(
-                    "global_avgpool_forward",
-                    (rows * c) as usize,
-                    &[
-                        self.a(xv),
-                        Arg::I(xv.ld as i64),
-                        self.a(yv),
-                        Arg::I(yv.ld as i64),
-                        Arg::I(n as i64),
-                        Arg::I(xv.hw as i64),
-                        Arg::I(c),
-                    ],
-                )?,
-                Op::Dropout { .. } => {
-                    let args = [
-                        self.a(xv),
-                        Arg::I(xv.ld as i64),
-                        self.a(yv),
-                        Arg::I(yv.ld as i64),
-                        Arg::I(rows),
-                        Arg::I(c),
-                        Arg::B(0),
-                    ];
-                    if train {
-                        let mp = self.act.f(plan.mask[i].expect("dropout mask"));
-                        self.ew(
-                            "dropout_forward",
-                            (rows * c) as usize,
-                            &[
-                                self.a(xv),
-                                Arg::I(xv.ld as i64),
-                                Arg::P(mp),
-                                self.a(yv),
-                                Arg::I(yv.ld as i64),
-                                Arg::I(rows),
-                                Arg::I(c),
-                            ],
-                        )?;
-                    } else if xv.off != yv.off {
-                        self.ew("copy_rows", (rows * c) as usize, &args)?;
-                    }
-                }
-                Op::Flatten => {
-                    let len = (xv.hw * xv.c) as i64;
-                    debug_assert_eq!(xv.ld, xv.c, "flatten reads a packed input");
-                    self.ew(
-                        "copy_rows",
-                        n * len as usize,
-                        &[
-                            self.a(xv),
-                            Arg::I(len),
-                            self.a(yv),
-                            Arg::I(yv.ld as i64),
-                            Arg::I(n as i64),
-                            Arg::I(len),
-                            Arg::B(0),
-                        ],
-                    )?;
-                }
-                Op::Dense { .. } => {
-                    let kp = np.kernel.expect("dense kernel");
-                    let cin = xv.c;
-                    self.gemm(
-                        false,
-                        false,
-                        yv.c,
-                        n,
-                        cin,
-                        self.params.f(self.poff[kp]),
-                        yv.c,
-                        self.act.f(xv.off),
-                        xv.ld,
-                        0.0,
-                        self.act.f(yv.off),
-                        yv.ld,
-                    )?;
-                    if let Some(b) = np.bias {
-                        let bp = self.params.f(self.poff[b]);
-                        self.ew(
-                            "bias_forward",
-                            (rows * c) as usize,
-                            &[
-                                self.a(yv),
-                                Arg::I(yv.ld as i64),
-                                Arg::P(bp),
-                                Arg::I(rows),
-                                Arg::I(c),
-                            ],
-                        )?;
-                    }
-                }
-                Op::Concat => {
-                    let mut off = 0;
-                    for &k in &nd.inputs {
-                        let kv = plan.act[k];
-                        if plan.alias[k] != Alias::Concat(i, off) {
-                            let dst = View {
-                                off: yv.off + off,
-                                c: kv.c,
-                                ..yv
-                            };
-                            self.ew(
-                                "copy_rows",
-                                rows as usize * kv.c,
-                                &[
-                                    self.a(kv),
-                                    Arg::I(kv.ld as i64),
-                                    self.a(dst),
-                                    Arg::I(dst.ld as i64),
-                                    Arg::I(rows),
-                                    Arg::I(kv.c as i64),
-                                    Arg::B(0),
-                                ],
-                            )?;
-                        }
-                        off += kv.c;
-                    }
-                }
-                Op::Add => {
-                    let v1 = plan.act[nd.inputs[1]];
-                    self.ew(
-                        "add_forward",
-                        (rows * c) as usize,
-                        &[
-                            self.a(xv),
-                            Arg::I(xv.ld as i64),
-                            self.a(v1),
-                            Arg::I(v1.ld as i64),
-                            self.a(yv),
-                            Arg::I(yv.ld as i64),
-                            Arg::I(rows),
-                            Arg::I(c),
-                        ],
-                    )?;
-                    for &k in &nd.inputs[2..] {
-                        let kv = plan.act[k];
-                        self.ew(
-                            "copy_rows",
-                            (rows * c) as usize,
-                            &[
-                                self.a(kv),
-                                Arg::I(kv.ld as i64),
-                                self.a(yv),
-                                Arg::I(yv.ld as i64),
-                                Arg::I(rows),
-                                Arg::I(c),
-                                Arg::B(1),
-                            ],
-                        )?;
-                    }
-                }
-                Op::Softmax => {
-                    let name = if i == last {
-                        "copy_rows"
-                    } else {
-                        "softmax_forward"
-                    };
-                    let mut args = vec![
-                        self.a(xv),
-                        Arg::I(xv.ld as i64),
-                        self.a(yv),
-                        Arg::I(yv.ld as i64),
-                        Arg::I(rows),
-                        Arg::I(c),
-                    ];
-                    if i == last {
-                        args.push(Arg::B(0));
-                        self.ew(name, (rows * c) as usize, &args)?;
-                    } else {
-                        self.ew(name, rows as usize, &args)?;
-                    }
-                }
-            }
-            self.debug_check("forward", i)?;
-        }
-        Ok(())
-    }
-
     /// With `PIPE_CUDA_SYNC=1`: wait for the device after each layer, so an asynchronous
     /// failure names the layer and direction it came from (graphs are off in that mode).
     fn debug_check(&self, direction: &str, i: usize) -> Result<()> {
         if !self.debug_sync {
             return Ok(());
         }
-        let nd = &self.graph.nodes[i];
+        let nd = &self.net.graph.nodes[i];
         self.sync()
             .with_context(|| format!("{direction} of layer `{}` ({})", nd.name, nd.op.name()))
     }
 
     /// Row-major `C (m x n) = alpha * C + op(A) op(B)` expressed for column-major cuBLAS:
-    /// the caller passes the column-major view (C^T = B^T A^T), see [`CudaModel::forward`].
+    /// the caller passes the column-major view (C^T = B^T A^T), see `Gpu::dense_forward`.
     #[allow(clippy::too_many_arguments)]
     fn gemm(
         &self,
@@ -1168,497 +557,50 @@ impl CudaModel {
         .map_err(|e| anyhow!("cuBLAS sgemm: {e:?}"))
     }
 
-    /// Backward pass from the loss gradient already in the output's gradient view.
-    fn backward(&mut self, plan: &Plan, sh: &Shaped, n: usize) -> Result<()> {
-        let last = self.graph.nodes.len() - 1;
-        let (one, zero) = (1f32, 0f32);
-        let (pone, pzero) = (
-            (&one as *const f32).cast::<c_void>(),
-            (&zero as *const f32).cast::<c_void>(),
-        );
-        self.zero(&self.grads, self.plen)?;
-        self.written.fill(false);
-        self.written[last] = true;
-        for i in (1..self.graph.nodes.len()).rev() {
-            if !self.written[i] {
-                continue;
-            }
-            let nd = &self.graph.nodes[i];
-            let yv = plan.act[i];
-            let dyv = plan.grad[i].expect("non-input nodes have gradients");
-            let j = nd.inputs[0];
-            let xv = plan.act[j];
-            let dx = plan.grad[j];
-            let acc = Arg::B(self.written[j] as i32);
-            let rows = yv.rows(n) as i64;
-            let c = yv.c as i64;
-            let np = self.np[i];
-            match &nd.op {
-                Op::Input { .. } => unreachable!(),
-                Op::Conv2d { .. } => {
-                    let d = &sh.conv[&i];
-                    let kp = np.kernel.expect("kernel");
-                    let wp = self.params.f(self.poff[kp]);
-                    let dwp = self.grads.f(self.poff[kp]);
-                    let beta_dx = if self.written[j] { pone } else { pzero };
-                    // SAFETY: as in the forward pass; dw is this kernel's own gradient.
-                    unsafe {
-                        ck(
-                            dnn::cudnnConvolutionBackwardFilter(
-                                self.dnn,
-                                pone,
-                                d.x,
-                                self.act.f(xv.off) as *const c_void,
-                                d.y,
-                                self.grad.f(dyv.off) as *const c_void,
-                                d.conv[2],
-                                d.bwd_filter,
-                                self.workspace.ptr as *mut c_void,
-                                self.workspace.bytes,
-                                pzero,
-                                d.w,
-                                dwp as *mut c_void,
-                            ),
-                            "convolution backward filter",
-                        )?;
-                        if let Some(dxv) = dx {
-                            ck(
-                                dnn::cudnnConvolutionBackwardData(
-                                    self.dnn,
-                                    pone,
-                                    d.w,
-                                    wp as *const c_void,
-                                    d.y,
-                                    self.grad.f(dyv.off) as *const c_void,
-                                    d.conv[1],
-                                    d.bwd_data,
-                                    self.workspace.ptr as *mut c_void,
-                                    self.workspace.bytes,
-                                    beta_dx,
-                                    d.x,
-                                    self.grad.f(dxv.off) as *mut c_void,
-                                ),
-                                "convolution backward data",
-                            )?;
-                        }
-                    }
-                    if let Some(b) = np.bias {
-                        self.bias_backward(dyv, rows as usize, self.grads.f(self.poff[b]))?;
-                    }
-                }
-                Op::BatchNorm { epsilon, .. } => {
-                    if self.fused_relu(plan, i).is_some() {
-                        // dy *= (y > 0), in place: the relu's gradient is this node's.
-                        self.ew(
-                            "relu_backward",
-                            (rows * c) as usize,
-                            &[
-                                self.a(yv),
-                                Arg::I(yv.ld as i64),
-                                self.g(dyv),
-                                Arg::I(dyv.ld as i64),
-                                self.g(dyv),
-                                Arg::I(dyv.ld as i64),
-                                Arg::I(rows),
-                                Arg::I(c),
-                                Arg::B(0),
-                            ],
-                        )?;
-                    }
-                    let d = &sh.bn[&i];
-                    let k = np.bn.expect("bn");
-                    let off = self.boff[k];
-                    let gp = self.params.f(self.poff[np.gamma.expect("gamma")]);
-                    let dgp = self.grads.f(self.poff[np.gamma.expect("gamma")]);
-                    let dbp = self.grads.f(self.poff[np.beta.expect("beta")]);
-                    let (dxp, beta_dx) = match dx {
-                        Some(v) => (
-                            self.grad.f(v.off),
-                            if self.written[j] { pone } else { pzero },
-                        ),
-                        None => (self.sink.ptr, pzero),
-                    };
-                    // SAFETY: as in the forward pass; saved statistics from this step's
-                    // forward; dx is the input's gradient (or the sink).
-                    unsafe {
-                        ck(
-                            dnn::cudnnBatchNormalizationBackward(
-                                self.dnn,
-                                BN_MODE,
-                                pone,
-                                beta_dx,
-                                pone,
-                                pzero,
-                                d.x,
-                                self.act.f(xv.off) as *const c_void,
-                                d.y,
-                                self.grad.f(dyv.off) as *const c_void,
-                                d.x,
-                                dxp as *mut c_void,
-                                d.stats,
-                                gp as *const c_void,
-                                dgp as *mut c_void,
-                                dbp as *mut c_void,
-                                *epsilon,
-                                self.save_mean.f(off) as *const c_void,
-                                self.save_inv.f(off) as *const c_void,
-                            ),
-                            "batch norm backward",
-                        )?;
-                    }
-                }
-                Op::Relu if self.relu_is_fused(plan, i) => {}
-                Op::Relu => {
-                    if let Some(dxv) = dx {
-                        self.ew(
-                            "relu_backward",
-                            (rows * c) as usize,
-                            &[
-                                self.a(yv),
-                                Arg::I(yv.ld as i64),
-                                self.g(dyv),
-                                Arg::I(dyv.ld as i64),
-                                self.g(dxv),
-                                Arg::I(dxv.ld as i64),
-                                Arg::I(rows),
-                                Arg::I(c),
-                                acc,
-                            ],
-                        )?;
-                    }
-                }
-                Op::Elu { alpha } => {
-                    if let Some(dxv) = dx {
-                        self.ew(
-                            "elu_backward",
-                            (rows * c) as usize,
-                            &[
-                                self.a(xv),
-                                Arg::I(xv.ld as i64),
-                                self.g(dyv),
-                                Arg::I(dyv.ld as i64),
-                                self.g(dxv),
-                                Arg::I(dxv.ld as i64),
-                                Arg::I(rows),
-                                Arg::I(c),
-                                Arg::F(*alpha as f32),
-                                acc,
-                            ],
-                        )?;
-                    }
-                }
-                Op::MaxPool { .. } => {
-                    if let Some(dxv) = dx {
-                        let p = self.pool_arg(i, n);
-                        self.ew(
-                            "maxpool_backward",
-                            xv.rows(n) * xv.c,
-                            &[
-                                self.a(xv),
-                                Arg::I(xv.ld as i64),
-                                self.a(yv),
-                                Arg::I(yv.ld as i64),
-                                self.g(dyv),
-                                Arg::I(dyv.ld as i64),
-                                self.g(dxv),
-                                Arg::I(dxv.ld as i64),
-                                Arg::Pool(p),
-                                acc,
-                            ],
-                        )?;
-                    }
-                }
-                Op::AvgPool { .. } => {
-                    if let Some(dxv) = dx {
-                        let p = self.pool_arg(i, n);
-                        self.ew(
-                            "avgpool_backward",
-                            xv.rows(n) * xv.c,
-                            &[
-                                self.g(dyv),
-                                Arg::I(dyv.ld as i64),
-                                self.g(dxv),
-                                Arg::I(dxv.ld as i64),
-                                Arg::Pool(p),
-                                acc,
-                            ],
-                        )?;
-                    }
-                }
-                Op::GlobalAvgPool => {
-                    if let Some(dxv) = dx {
-                        self.ew(
-                            "global_avgpool_backward",
-                            xv.rows(n) * xv.c,
-                            &[
-                                self.g(dyv),
-                                Arg::I(dyv.ld as i64),
-                                self.g(dxv),
-                                Arg::I(dxv.ld as i64),
-                                Arg::I(n as i64),
-                                Arg::I(xv.hw as i64),
-                                Arg::I(c),
-                                acc,
-                            ],
-                        )?;
-                    }
-                }
-                Op::Dropout { .. } => {
-                    if let Some(dxv) = dx {
-                        let mp = self.act.f(plan.mask[i].expect("dropout mask"));
-                        self.ew(
-                            "dropout_backward",
-                            (rows * c) as usize,
-                            &[
-                                Arg::P(mp),
-                                self.g(dyv),
-                                Arg::I(dyv.ld as i64),
-                                self.g(dxv),
-                                Arg::I(dxv.ld as i64),
-                                Arg::I(rows),
-                                Arg::I(c),
-                                acc,
-                            ],
-                        )?;
-                    }
-                }
-                Op::Flatten => {
-                    if let Some(dxv) = dx {
-                        let len = (xv.hw * xv.c) as i64;
-                        self.ew(
-                            "copy_rows",
-                            n * len as usize,
-                            &[
-                                self.g(dyv),
-                                Arg::I(dyv.ld as i64),
-                                self.g(dxv),
-                                Arg::I(len),
-                                Arg::I(n as i64),
-                                Arg::I(len),
-                                acc,
-                            ],
-                        )?;
-                    }
-                }
-                Op::Dense { .. } => {
-                    let kp = np.kernel.expect("dense kernel");
-                    let (cin, units) = (xv.c, yv.c);
-                    // dW (cin x units) = X^T dY: column-major dW^T = dY^T X.
-                    self.gemm(
-                        false,
-                        true,
-                        units,
-                        cin,
-                        n,
-                        self.grad.f(dyv.off),
-                        dyv.ld,
-                        self.act.f(xv.off),
-                        xv.ld,
-                        0.0,
-                        self.grads.f(self.poff[kp]),
-                        units,
-                    )?;
-                    if let Some(b) = np.bias {
-                        self.bias_backward(dyv, n, self.grads.f(self.poff[b]))?;
-                    }
-                    if let Some(dxv) = dx {
-                        // dX (n x cin) [+]= dY W^T: column-major dX^T = W dY^T.
-                        self.gemm(
-                            true,
-                            false,
-                            cin,
-                            n,
-                            units,
-                            self.params.f(self.poff[kp]),
-                            units,
-                            self.grad.f(dyv.off),
-                            dyv.ld,
-                            if self.written[j] { 1.0 } else { 0.0 },
-                            self.grad.f(dxv.off),
-                            dxv.ld,
-                        )?;
-                    }
-                }
-                Op::Concat => {
-                    let mut off = 0;
-                    for &k in &nd.inputs {
-                        let kc = plan.act[k].c;
-                        if plan.alias[k] != Alias::Concat(i, off) {
-                            if let Some(kv) = plan.grad[k] {
-                                let src = View {
-                                    off: dyv.off + off,
-                                    c: kc,
-                                    ..dyv
-                                };
-                                self.ew(
-                                    "copy_rows",
-                                    rows as usize * kc,
-                                    &[
-                                        self.g(src),
-                                        Arg::I(src.ld as i64),
-                                        self.g(kv),
-                                        Arg::I(kv.ld as i64),
-                                        Arg::I(rows),
-                                        Arg::I(kc as i64),
-                                        Arg::B(self.written[k] as i32),
-                                    ],
-                                )?;
-                            }
-                        }
-                        self.written[k] = true;
-                        off += kc;
-                    }
-                }
-                Op::Add => {
-                    for &k in &nd.inputs {
-                        if let Some(kv) = plan.grad[k] {
-                            self.ew(
-                                "copy_rows",
-                                (rows * c) as usize,
-                                &[
-                                    self.g(dyv),
-                                    Arg::I(dyv.ld as i64),
-                                    self.g(kv),
-                                    Arg::I(kv.ld as i64),
-                                    Arg::I(rows),
-                                    Arg::I(c),
-                                    Arg::B(self.written[k] as i32),
-                                ],
-                            )?;
-                        }
-                        self.written[k] = true;
-                    }
-                }
-                Op::Softmax => {
-                    if let Some(dxv) = dx {
-                        if i == last {
-                            self.ew(
-                                "copy_rows",
-                                (rows * c) as usize,
-                                &[
-                                    self.g(dyv),
-                                    Arg::I(dyv.ld as i64),
-                                    self.g(dxv),
-                                    Arg::I(dxv.ld as i64),
-                                    Arg::I(rows),
-                                    Arg::I(c),
-                                    acc,
-                                ],
-                            )?;
-                        } else {
-                            self.ew(
-                                "softmax_backward",
-                                rows as usize,
-                                &[
-                                    self.a(yv),
-                                    Arg::I(yv.ld as i64),
-                                    self.g(dyv),
-                                    Arg::I(dyv.ld as i64),
-                                    self.g(dxv),
-                                    Arg::I(dxv.ld as i64),
-                                    Arg::I(rows),
-                                    Arg::I(c),
-                                    acc,
-                                ],
-                            )?;
-                        }
-                    }
-                }
-            }
-            for &k in &nd.inputs {
-                self.written[k] = true;
-            }
-            self.debug_check("backward", i)?;
-        }
-        Ok(())
-    }
-
-    fn bias_backward(&self, dyv: View, rows: usize, out: u64) -> Result<()> {
-        let (grid, block) = bias_grid(rows, dyv.c);
-        self.launch(
-            "bias_backward",
-            grid,
-            block,
-            &[
-                self.g(dyv),
-                Arg::I(dyv.ld as i64),
-                Arg::P(out),
-                Arg::I(rows as i64),
-                Arg::I(dyv.c as i64),
-            ],
-        )
-    }
-
     /// The device part of a training step (what a CUDA graph captures): forward, loss,
     /// backward, L2 and the optimizer update.
     fn device_step(&mut self, plan: &Plan, sh: &Shaped, n: usize, opt: &Optimizer) -> Result<()> {
-        self.forward(plan, sh, n, true)?;
-        let last = self.graph.nodes.len() - 1;
+        let mut written = std::mem::take(&mut self.written);
+        let r = self.train_walk(plan, sh, n, opt, &mut written);
+        self.written = written;
+        r
+    }
+
+    fn train_walk(
+        &self,
+        plan: &Plan,
+        sh: &Shaped,
+        n: usize,
+        opt: &Optimizer,
+        written: &mut [bool],
+    ) -> Result<()> {
+        let mut gpu = Gpu { m: self, sh };
+        walk::forward(&self.net, plan, &mut gpu, n, true)?;
+        let last = self.net.last();
         let (lv, dlv) = (plan.act[last], plan.grad[last].expect("output gradient"));
-        self.ew(
-            "softmax_cross_entropy",
-            n,
-            &[
-                self.a(lv),
-                Arg::I(lv.ld as i64),
-                Arg::P(self.labels.ptr),
-                Arg::I(n as i64),
-                Arg::I(self.classes as i64),
-                self.g(dlv),
-                Arg::I(dlv.ld as i64),
-                Arg::P(self.stats.ptr),
-            ],
-        )?;
-        self.backward(plan, sh, n)?;
-        for (p, spec) in self.layout.params.iter().enumerate() {
+        let (x, dx) = (gpu.a(lv), gpu.g(dlv));
+        launch::softmax_cross_entropy(self, x, self.labels.ptr, n, dx, self.stats.ptr)?;
+        walk::backward(&self.net, plan, &mut gpu, n, written)?;
+        for (p, spec) in self.net.layout.params.iter().enumerate() {
             if spec.l2 > 0.0 {
-                let off = self.poff[p];
-                self.ew(
-                    "l2_backward",
-                    spec.len(),
-                    &[
-                        Arg::P(self.params.f(off)),
-                        Arg::P(self.grads.f(off)),
-                        Arg::I(spec.len() as i64),
-                        Arg::F(spec.l2 as f32),
-                    ],
-                )?;
+                let (w, g) = (self.params.f(self.poff[p]), self.grads.f(self.poff[p]));
+                launch::l2_backward(self, w, g, spec.len(), spec.l2 as f32)?;
             }
         }
-        let len = self.plen;
+        let (w, g, m, v) = (self.params.ptr, self.grads.ptr, self.m.ptr, self.v.ptr);
+        let (len, hyper) = (self.plen, self.hyper.ptr);
         match *opt {
-            Optimizer::Sgd { momentum, nesterov } => self.ew(
-                "sgd_update",
-                len,
-                &[
-                    Arg::P(self.params.ptr),
-                    Arg::P(self.grads.ptr),
-                    Arg::P(self.m.ptr),
-                    Arg::I(len as i64),
-                    Arg::P(self.hyper.ptr),
-                    Arg::F(momentum as f32),
-                    Arg::B(nesterov as i32),
-                ],
-            ),
+            Optimizer::Sgd { momentum, nesterov } => {
+                launch::sgd_update(self, w, g, m, len, hyper, momentum as f32, nesterov)
+            }
             Optimizer::Adam {
                 beta1,
                 beta2,
                 epsilon,
-            } => self.ew(
-                "adam_update",
-                len,
-                &[
-                    Arg::P(self.params.ptr),
-                    Arg::P(self.grads.ptr),
-                    Arg::P(self.m.ptr),
-                    Arg::P(self.v.ptr),
-                    Arg::I(len as i64),
-                    Arg::P(self.hyper.ptr),
-                    Arg::F(beta1 as f32),
-                    Arg::F(beta2 as f32),
-                    Arg::F(epsilon as f32),
-                ],
-            ),
+            } => {
+                let b = (beta1 as f32, beta2 as f32, epsilon as f32);
+                launch::adam_update(self, w, g, m, v, len, hyper, b)
+            }
         }
     }
 
@@ -1685,53 +627,27 @@ impl CudaModel {
         // SAFETY: the slot holds `floats` f32s (sized for the plan's capacity) and no
         // upload reads it now (waited above).
         let buf = unsafe { std::slice::from_raw_parts_mut(pin.ptr.cast::<f32>(), floats) };
-        let mut at = 0;
-        let mut put =
-            |vals: &mut dyn Iterator<Item = f32>, dst: u64, count: usize| -> (usize, usize, u64) {
-                let start = at;
-                for (o, v) in buf[at..at + count].iter_mut().zip(vals) {
-                    *o = v;
-                }
-                at += count;
-                (start, count, dst)
-            };
-        let mut copies = Vec::new();
-        copies.push(put(
-            &mut images.iter().copied(),
-            self.act.f(plan.act[0].off),
-            images.len(),
-        ));
-        copies.push(put(
-            &mut labels.iter().map(|&l| f32::from_bits(l as i32 as u32)),
-            self.labels.ptr,
-            n,
-        ));
-        copies.push(put(&mut hyper.into_iter(), self.hyper.ptr, 2));
+        // (start in the slot, floats, device destination) of each upload.
+        let mut copies: Vec<(usize, usize, u64)> = Vec::new();
+        let mut place = |count: usize, dst: u64| -> usize {
+            let start = copies.last().map_or(0, |&(s, c, _)| s + c);
+            copies.push((start, count, dst));
+            start
+        };
+        let at = place(images.len(), self.act.f(plan.act[0].off));
+        buf[at..at + images.len()].copy_from_slice(images);
+        let at = place(n, self.labels.ptr);
+        for (b, &l) in buf[at..at + n].iter_mut().zip(labels) {
+            *b = f32::from_bits(l as i32 as u32);
+        }
+        let at = place(2, self.hyper.ptr);
+        buf[at..at + 2].copy_from_slice(&hyper);
         if let Some(seed) = dropout_seed {
-            // The same masks as the CPU path: one ChaCha8 stream over the dropout nodes in
-            // graph order, value by value.
-            let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            for (i, nd) in self.graph.nodes.iter().enumerate() {
-                let Op::Dropout { rate } = nd.op else {
-                    continue;
-                };
-                let len = self.infos[i].shape.numel() * n;
-                let keep = 1.0 - rate;
-                let on = (1.0 / keep) as f32;
-                let dst = self.act.f(plan.mask[i].expect("dropout mask"));
-                let mut it = (0..len).map(|_| {
-                    if rate > 0.0 {
-                        if rng.random::<f64>() < keep {
-                            on
-                        } else {
-                            0.0
-                        }
-                    } else {
-                        1.0
-                    }
-                });
-                copies.push(put(&mut it, dst, len));
-            }
+            // The same masks as the CPU path and the dfdx backend.
+            let (graph, infos) = (&self.net.graph, &self.net.infos);
+            fill_dropout_masks(graph, infos, n, seed, buf, |i, len| {
+                place(len, self.act.f(plan.mask[i].expect("dropout has a mask")))
+            });
         }
         for (start, count, dst) in copies {
             // SAFETY: pinned source range inside the slot; destination sized by the plan.
@@ -1749,20 +665,407 @@ impl CudaModel {
     }
 }
 
-const BN_MODE: dnn::cudnnBatchNormMode_t = dnn::cudnnBatchNormMode_t::CUDNN_BATCHNORM_SPATIAL;
+impl Launcher for CudaModel {
+    fn max_blocks(&self) -> u32 {
+        self.k.max_blocks
+    }
 
-/// Whether cuDNN's symmetric padding (pad_before on both sides) gives the graph's output
-/// size: cuDNN computes `(i + 2p - k) / s + 1`.
-fn symmetric(g: &ConvGeom) -> bool {
-    let o =
-        |i: usize, k: usize, s: usize, p: usize| (i + 2 * p >= k).then(|| (i + 2 * p - k) / s + 1);
-    o(g.h, g.kh, g.sh, g.pt) == Some(g.oh) && o(g.w, g.kw, g.sw, g.pl) == Some(g.ow)
+    fn launch(
+        &self,
+        name: &'static str,
+        grid: (u32, u32),
+        block: (u32, u32),
+        args: &[launch::Arg],
+    ) -> Result<()> {
+        let f = *self
+            .k
+            .funcs
+            .get(name)
+            .ok_or_else(|| anyhow!("no kernel {name}"))?;
+        launch::with_packed(args, |ptrs| {
+            let (grid, block) = ((grid.0, grid.1, 1), (block.0, block.1, 1));
+            // SAFETY: `f` is from our module; `args` match its C signature (the typed
+            // launchers' contract); the slots live until the launch returns (it copies).
+            let r = unsafe { drv::launch_kernel(f, grid, block, 0, self.cu(), ptrs) };
+            dk(r, name)
+        })
+    }
 }
 
-fn load_kernels(cubin: &[u8], ctx: &Arc<CudaContext>) -> Result<Kernels> {
+/// The GPU device for one pass: the model's buffers and the descriptors for one batch
+/// size. Conv and batch norm run in cuDNN, dense in cuBLAS, the rest in our kernels.
+struct Gpu<'a> {
+    m: &'a CudaModel,
+    sh: &'a Shaped,
+}
+
+impl Gpu<'_> {
+    /// View `v` of the activation arena.
+    fn a(&self, v: View) -> DMat {
+        DMat::at(self.m.act.ptr, v)
+    }
+
+    /// View `v` of the gradient arena.
+    fn g(&self, v: View) -> DMat {
+        DMat::at(self.m.grad.ptr, v)
+    }
+
+    /// The cuDNN workspace: (address, bytes).
+    fn ws(&self) -> (u64, usize) {
+        (self.m.workspace.ptr, self.m.workspace.bytes)
+    }
+
+    /// Address of parameter `p`.
+    fn param(&self, p: usize) -> u64 {
+        self.m.params.f(self.m.poff[p])
+    }
+
+    /// Address of parameter `p`'s gradient.
+    fn dparam(&self, p: usize) -> u64 {
+        self.m.grads.f(self.m.poff[p])
+    }
+
+    /// The batch-norm statistics at offset `off`: (running mean, running var, saved mean,
+    /// saved inverse std).
+    fn stats(&self, off: usize) -> [u64; 4] {
+        let m = self.m;
+        [
+            m.bn_mean.f(off),
+            m.bn_var.f(off),
+            m.save_mean.f(off),
+            m.save_inv.f(off),
+        ]
+    }
+}
+
+impl Kernels for Gpu<'_> {
+    type Error = anyhow::Error;
+
+    fn end_node(&mut self, pass: Pass, i: usize, _dx: Option<View>, _n: usize) -> Result<()> {
+        self.m.debug_check(pass.name(), i)
+    }
+
+    fn zero_param_grads(&mut self) -> Result<()> {
+        self.m.zero(&self.m.grads, self.m.plen)
+    }
+
+    fn conv2d_forward(
+        &mut self,
+        node: Node,
+        _g: &ConvGeom,
+        x: View,
+        y: View,
+        n: usize,
+    ) -> Result<()> {
+        let (m, d) = (self.m, &self.sh.conv[&node.i]);
+        let w = self.param(node.params.kernel());
+        let (xp, yp) = (m.act.f(x.off), m.act.f(y.off));
+        cudnn::conv_forward(m.dnn, d, (xp, w, yp), self.ws())?;
+        if let Some(b) = node.params.bias {
+            launch::bias_forward(m, self.a(y), self.param(b), y.rows(n))?;
+        }
+        Ok(())
+    }
+
+    fn conv2d_backward(
+        &mut self,
+        node: Node,
+        _g: &ConvGeom,
+        x: View,
+        dy: View,
+        dx: Option<Dst>,
+        n: usize,
+    ) -> Result<()> {
+        let (m, d) = (self.m, &self.sh.conv[&node.i]);
+        let kp = node.params.kernel();
+        let (xp, dyp) = (m.act.f(x.off), m.grad.f(dy.off));
+        cudnn::conv_backward_filter(m.dnn, d, (xp, dyp, self.dparam(kp)), self.ws())?;
+        if let Some(dx) = dx {
+            let (w, dxp) = (self.param(kp), m.grad.f(dx.v.off));
+            cudnn::conv_backward_data(m.dnn, d, (w, dyp, dxp), dx.acc, self.ws())?;
+        }
+        if let Some(b) = node.params.bias {
+            launch::bias_backward(m, self.g(dy), self.dparam(b), dy.rows(n))?;
+        }
+        Ok(())
+    }
+
+    fn batchnorm_forward_train(
+        &mut self,
+        node: Node,
+        x: View,
+        y: View,
+        rows: usize,
+        epsilon: f64,
+        momentum: f64,
+        relu: bool,
+    ) -> Result<()> {
+        let (m, d) = (self.m, &self.sh.bn[&node.i]);
+        let (gi, bi, k) = node.params.batchnorm();
+        let [mean, var, save_mean, save_inv] = self.stats(m.boff[k]);
+        // One value per channel (a batch of one flat vector): cuDNN's unbiased variance
+        // would divide by zero; the CPU folds in variance 0. Same here, below.
+        let single = rows == 1;
+        let factor = if single { 0.0 } else { 1.0 - momentum };
+        let (xp, yp) = (m.act.f(x.off), m.act.f(y.off));
+        let (g, b) = (self.param(gi), self.param(bi));
+        let (running, saved) = ((mean, var), (save_mean, save_inv));
+        cudnn::batchnorm_forward_training(
+            m.dnn,
+            d,
+            (xp, yp),
+            (g, b),
+            factor,
+            running,
+            epsilon,
+            saved,
+        )?;
+        if single {
+            launch::batchnorm_running_single(m, mean, var, save_mean, y.c, momentum as f32)?;
+        }
+        if relu {
+            launch::relu_forward(m, self.a(y), self.a(y), rows)?;
+        }
+        Ok(())
+    }
+
+    fn batchnorm_forward_infer(
+        &mut self,
+        node: Node,
+        x: View,
+        y: View,
+        rows: usize,
+        epsilon: f64,
+        relu: bool,
+    ) -> Result<()> {
+        let (m, d) = (self.m, &self.sh.bn[&node.i]);
+        let (gi, bi, k) = node.params.batchnorm();
+        let [mean, var, _, _] = self.stats(m.boff[k]);
+        let (xp, yp) = (m.act.f(x.off), m.act.f(y.off));
+        let (g, b) = (self.param(gi), self.param(bi));
+        cudnn::batchnorm_forward_inference(m.dnn, d, (xp, yp), (g, b), (mean, var), epsilon)?;
+        if relu {
+            launch::relu_forward(m, self.a(y), self.a(y), rows)?;
+        }
+        Ok(())
+    }
+
+    fn batchnorm_backward(
+        &mut self,
+        node: Node,
+        x: View,
+        y: View,
+        dy: View,
+        dx: Option<Dst>,
+        rows: usize,
+        epsilon: f64,
+        relu: bool,
+    ) -> Result<()> {
+        let (m, d) = (self.m, &self.sh.bn[&node.i]);
+        if relu {
+            // dy *= (y > 0), in place: the relu's gradient is this node's.
+            launch::relu_backward(m, self.a(y), self.g(dy), self.g(dy), rows, false)?;
+        }
+        let (gi, bi, k) = node.params.batchnorm();
+        let [_, _, save_mean, save_inv] = self.stats(m.boff[k]);
+        // Without an input gradient, dx goes to the sink.
+        let (dxp, acc) = match dx {
+            Some(dx) => (m.grad.f(dx.v.off), dx.acc),
+            None => (m.sink.ptr, false),
+        };
+        let (xp, dyp) = (m.act.f(x.off), m.grad.f(dy.off));
+        let (g, dg, db) = (self.param(gi), self.dparam(gi), self.dparam(bi));
+        let saved = (save_mean, save_inv);
+        let bufs = (xp, dyp, dxp);
+        cudnn::batchnorm_backward(m.dnn, d, bufs, acc, g, (dg, db), epsilon, saved)
+    }
+
+    fn relu_forward(&mut self, x: View, y: View, rows: usize) -> Result<()> {
+        launch::relu_forward(self.m, self.a(x), self.a(y), rows)
+    }
+
+    fn relu_backward(&mut self, y: View, dy: View, dx: Dst, rows: usize) -> Result<()> {
+        let (y, dy, dxm) = (self.a(y), self.g(dy), self.g(dx.v));
+        launch::relu_backward(self.m, y, dy, dxm, rows, dx.acc)
+    }
+
+    fn elu_forward(&mut self, x: View, y: View, rows: usize, alpha: f64) -> Result<()> {
+        launch::elu_forward(self.m, self.a(x), self.a(y), rows, alpha as f32)
+    }
+
+    fn elu_backward(&mut self, x: View, dy: View, dx: Dst, rows: usize, alpha: f64) -> Result<()> {
+        let (x, dy, dxm) = (self.a(x), self.g(dy), self.g(dx.v));
+        launch::elu_backward(self.m, x, dy, dxm, rows, alpha as f32, dx.acc)
+    }
+
+    fn maxpool_forward(&mut self, x: View, y: View, g: &PoolGeom, n: usize) -> Result<()> {
+        let p = PoolArg::new(g, n, y.c);
+        launch::maxpool_forward(self.m, self.a(x), self.a(y), p)
+    }
+
+    fn maxpool_backward(
+        &mut self,
+        x: View,
+        y: View,
+        dy: View,
+        dx: Dst,
+        g: &PoolGeom,
+        n: usize,
+    ) -> Result<()> {
+        let p = PoolArg::new(g, n, y.c);
+        let (x, y, dy, dxm) = (self.a(x), self.a(y), self.g(dy), self.g(dx.v));
+        launch::maxpool_backward(self.m, x, y, dy, dxm, p, dx.acc)
+    }
+
+    fn avgpool_forward(&mut self, x: View, y: View, g: &PoolGeom, n: usize) -> Result<()> {
+        let p = PoolArg::new(g, n, y.c);
+        launch::avgpool_forward(self.m, self.a(x), self.a(y), p)
+    }
+
+    fn avgpool_backward(&mut self, dy: View, dx: Dst, g: &PoolGeom, n: usize) -> Result<()> {
+        let p = PoolArg::new(g, n, dy.c);
+        launch::avgpool_backward(self.m, self.g(dy), self.g(dx.v), p, dx.acc)
+    }
+
+    fn global_avgpool_forward(&mut self, x: View, y: View, n: usize) -> Result<()> {
+        launch::global_avgpool_forward(self.m, self.a(x), self.a(y), n, x.hw)
+    }
+
+    fn global_avgpool_backward(&mut self, dy: View, dx: Dst, n: usize) -> Result<()> {
+        let (dy, dxm) = (self.g(dy), self.g(dx.v));
+        launch::global_avgpool_backward(self.m, dy, dxm, n, dx.v.hw, dx.acc)
+    }
+
+    fn dropout_forward(&mut self, x: View, mask: usize, y: View, rows: usize) -> Result<()> {
+        let mask = self.m.act.f(mask);
+        launch::dropout_forward(self.m, self.a(x), mask, self.a(y), rows)
+    }
+
+    fn dropout_backward(&mut self, mask: usize, dy: View, dx: Dst, rows: usize) -> Result<()> {
+        let (mask, dy, dxm) = (self.m.act.f(mask), self.g(dy), self.g(dx.v));
+        launch::dropout_backward(self.m, mask, dy, dxm, rows, dx.acc)
+    }
+
+    fn flatten_forward(&mut self, x: View, y: View, n: usize) -> Result<()> {
+        // n rows of one image each: the input is packed (a flatten's input is its own).
+        debug_assert_eq!(x.ld, x.c, "flatten reads a packed input");
+        let len = x.hw * x.c;
+        let src = DMat {
+            ptr: self.m.act.f(x.off),
+            ld: len,
+            c: len,
+        };
+        launch::copy_rows(self.m, src, self.a(y), n, false)
+    }
+
+    fn flatten_backward(&mut self, dy: View, dx: Dst, n: usize) -> Result<()> {
+        let len = dx.v.hw * dx.v.c;
+        let dst = DMat {
+            ptr: self.m.grad.f(dx.v.off),
+            ld: len,
+            c: len,
+        };
+        launch::copy_rows(self.m, self.g(dy), dst, n, dx.acc)
+    }
+
+    fn dense_forward(&mut self, node: Node, x: View, y: View, n: usize) -> Result<()> {
+        let m = self.m;
+        let w = self.param(node.params.kernel());
+        // Y (n x units) = X W: column-major Y^T = W^T X^T.
+        m.gemm(
+            false,
+            false,
+            y.c,
+            n,
+            x.c,
+            w,
+            y.c,
+            m.act.f(x.off),
+            x.ld,
+            0.0,
+            m.act.f(y.off),
+            y.ld,
+        )?;
+        if let Some(b) = node.params.bias {
+            launch::bias_forward(m, self.a(y), self.param(b), y.rows(n))?;
+        }
+        Ok(())
+    }
+
+    fn dense_backward(
+        &mut self,
+        node: Node,
+        x: View,
+        dy: View,
+        dx: Option<Dst>,
+        n: usize,
+    ) -> Result<()> {
+        let m = self.m;
+        let kp = node.params.kernel();
+        let (cin, units) = (x.c, dy.c);
+        let (xp, dyp) = (m.act.f(x.off), m.grad.f(dy.off));
+        // dW (cin x units) = X^T dY: column-major dW^T = dY^T X.
+        m.gemm(
+            false,
+            true,
+            units,
+            cin,
+            n,
+            dyp,
+            dy.ld,
+            xp,
+            x.ld,
+            0.0,
+            self.dparam(kp),
+            units,
+        )?;
+        if let Some(b) = node.params.bias {
+            launch::bias_backward(m, self.g(dy), self.dparam(b), n)?;
+        }
+        if let Some(dx) = dx {
+            // dX (n x cin) [+]= dY W^T: column-major dX^T = W dY^T.
+            let (w, dxp) = (self.param(kp), m.grad.f(dx.v.off));
+            let acc = if dx.acc { 1.0 } else { 0.0 };
+            m.gemm(
+                true, false, cin, n, units, w, units, dyp, dy.ld, acc, dxp, dx.v.ld,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn add_forward(&mut self, a: View, b: View, y: View, rows: usize) -> Result<()> {
+        launch::add_forward(self.m, self.a(a), self.a(b), self.a(y), rows)
+    }
+
+    fn copy_rows(&mut self, arena: Arena, src: View, dst: Dst, rows: usize) -> Result<()> {
+        let base = match arena {
+            Arena::Act => self.m.act.ptr,
+            Arena::Grad => self.m.grad.ptr,
+        };
+        let (s, d) = (DMat::at(base, src), DMat::at(base, dst.v));
+        launch::copy_rows(self.m, s, d, rows, dst.acc)
+    }
+
+    fn softmax_forward(&mut self, x: View, y: View, rows: usize) -> Result<()> {
+        launch::softmax_forward(self.m, self.a(x), self.a(y), rows)
+    }
+
+    fn softmax_backward(&mut self, y: View, dy: View, dx: Dst, rows: usize) -> Result<()> {
+        let (y, dy, dxm) = (self.a(y), self.g(dy), self.g(dx.v));
+        launch::softmax_backward(self.m, y, dy, dxm, rows, dx.acc)
+    }
+}
+
+/// The loaded kernel module.
+struct Module {
+    funcs: HashMap<&'static str, drv_sys::CUfunction>,
+    max_blocks: u32,
+}
+
+fn load_kernels(cubin: &[u8], ctx: &Arc<CudaContext>) -> Result<Module> {
     dk(ctx.bind_to_thread(), "binding the context")?;
     // SAFETY: a CUBIN image produced by NVRTC for this device's architecture; the module
-    // stays loaded for the life of the process (its functions are kept in `Kernels`).
+    // stays loaded for the life of the process (its functions are kept in `Module`).
     let module = dk(
         unsafe { drv::module::load_data(cubin.as_ptr().cast()) },
         "loading the kernels",
@@ -1778,216 +1081,10 @@ fn load_kernels(cubin: &[u8], ctx: &Arc<CudaContext>) -> Result<Kernels> {
         ctx.attribute(drv_sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT),
         "SM count",
     )?;
-    Ok(Kernels {
+    Ok(Module {
         funcs,
         max_blocks: (sms.max(1) as u32) * 8,
     })
-}
-
-/// An NHWC tensor descriptor for `n` images of `h x w` over a view (pixel stride `ld`).
-fn tensor(n: usize, h: usize, w: usize, v: View) -> Result<dnn::cudnnTensorDescriptor_t> {
-    let mut d: dnn::cudnnTensorDescriptor_t = std::ptr::null_mut();
-    let i = |x: usize| x as i32;
-    // SAFETY: out-pointer, then a plain setter on the new descriptor.
-    unsafe {
-        ck(
-            dnn::cudnnCreateTensorDescriptor(&mut d),
-            "tensor descriptor",
-        )?;
-        ck(
-            dnn::cudnnSetTensor4dDescriptorEx(
-                d,
-                dnn::cudnnDataType_t::CUDNN_DATA_FLOAT,
-                i(n),
-                i(v.c),
-                i(h),
-                i(w),
-                i(h * w * v.ld),
-                1,
-                i(w * v.ld),
-                i(v.ld),
-            ),
-            "tensor shape",
-        )?;
-    }
-    Ok(d)
-}
-
-fn filter(g: &ConvGeom) -> Result<dnn::cudnnFilterDescriptor_t> {
-    let mut d: dnn::cudnnFilterDescriptor_t = std::ptr::null_mut();
-    // SAFETY: out-pointer, then a plain setter on the new descriptor.
-    unsafe {
-        ck(
-            dnn::cudnnCreateFilterDescriptor(&mut d),
-            "filter descriptor",
-        )?;
-        ck(
-            dnn::cudnnSetFilter4dDescriptor(
-                d,
-                dnn::cudnnDataType_t::CUDNN_DATA_FLOAT,
-                dnn::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC,
-                g.cout as i32,
-                g.cin as i32,
-                g.kh as i32,
-                g.kw as i32,
-            ),
-            "filter shape",
-        )?;
-    }
-    Ok(d)
-}
-
-fn convolution(g: &ConvGeom, tf32: bool) -> Result<dnn::cudnnConvolutionDescriptor_t> {
-    let mut d: dnn::cudnnConvolutionDescriptor_t = std::ptr::null_mut();
-    // SAFETY: out-pointer, then plain setters on the new descriptor.
-    unsafe {
-        ck(
-            dnn::cudnnCreateConvolutionDescriptor(&mut d),
-            "convolution descriptor",
-        )?;
-        ck(
-            dnn::cudnnSetConvolution2dDescriptor(
-                d,
-                g.pt as i32,
-                g.pl as i32,
-                g.sh as i32,
-                g.sw as i32,
-                1,
-                1,
-                dnn::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
-                dnn::cudnnDataType_t::CUDNN_DATA_FLOAT,
-            ),
-            "convolution shape",
-        )?;
-        let math = if tf32 {
-            dnn::cudnnMathType_t::CUDNN_DEFAULT_MATH
-        } else {
-            dnn::cudnnMathType_t::CUDNN_FMA_MATH
-        };
-        ck(dnn::cudnnSetConvolutionMathType(d, math), "math type")?;
-    }
-    Ok(d)
-}
-
-macro_rules! find_algo {
-    ($name:ident, $find:ident, $perf:ty, $algo:ty, $what:literal,
-     ($d1:ident, $p1:ident: $t1:ty), ($d2:ident, $p2:ident: $t2:ty), ($d3:ident, $p3:ident: $t3:ty)) => {
-        /// Measure every algorithm cuDNN offers for this shape and take the fastest that
-        /// succeeds: (algorithm, workspace bytes).
-        #[allow(clippy::too_many_arguments)]
-        fn $name(
-            h: dnn::cudnnHandle_t,
-            $d1: $t1,
-            $p1: u64,
-            $d2: $t2,
-            $p2: u64,
-            conv: dnn::cudnnConvolutionDescriptor_t,
-            $d3: $t3,
-            $p3: u64,
-            ws: &DevBuf,
-        ) -> Result<($algo, usize)> {
-            let mut perf: [$perf; 16] = unsafe { std::mem::zeroed() };
-            let mut got = 0i32;
-            // SAFETY: descriptors and buffers of matching shapes; `perf` holds 16 results;
-            // the workspace holds `ws.bytes`.
-            unsafe {
-                ck(
-                    dnn::$find(
-                        h,
-                        $d1,
-                        $p1 as *const c_void,
-                        $d2,
-                        $p2 as *const c_void,
-                        conv,
-                        $d3,
-                        $p3 as *mut c_void,
-                        16,
-                        &mut got,
-                        perf.as_mut_ptr(),
-                        ws.ptr as *mut c_void,
-                        ws.bytes,
-                    ),
-                    $what,
-                )?;
-            }
-            let best = perf[..got.max(0) as usize]
-                .iter()
-                .find(|p| p.status == dnn::cudnnStatus_t::CUDNN_STATUS_SUCCESS);
-            if let Some(p) = best {
-                // SAFETY: a live descriptor; the math type cuDNN measured the algorithm with.
-                unsafe {
-                    ck(
-                        dnn::cudnnSetConvolutionMathType(conv, p.mathType),
-                        "math type",
-                    )?
-                };
-            }
-            best.map(|p| (p.algo, p.memory)).ok_or_else(|| {
-                anyhow!("cuDNN has no {} algorithm for this shape and layout", $what)
-            })
-        }
-    };
-}
-
-find_algo!(
-    find_fwd,
-    cudnnFindConvolutionForwardAlgorithmEx,
-    dnn::cudnnConvolutionFwdAlgoPerf_t,
-    dnn::cudnnConvolutionFwdAlgo_t,
-    "convolution forward",
-    (x, xp: dnn::cudnnTensorDescriptor_t),
-    (w, wp: dnn::cudnnFilterDescriptor_t),
-    (y, yp: dnn::cudnnTensorDescriptor_t)
-);
-find_algo!(
-    find_bwd_data,
-    cudnnFindConvolutionBackwardDataAlgorithmEx,
-    dnn::cudnnConvolutionBwdDataAlgoPerf_t,
-    dnn::cudnnConvolutionBwdDataAlgo_t,
-    "convolution backward-data",
-    (w, wp: dnn::cudnnFilterDescriptor_t),
-    (dy, dyp: dnn::cudnnTensorDescriptor_t),
-    (dx, dxp: dnn::cudnnTensorDescriptor_t)
-);
-find_algo!(
-    find_bwd_filter,
-    cudnnFindConvolutionBackwardFilterAlgorithmEx,
-    dnn::cudnnConvolutionBwdFilterAlgoPerf_t,
-    dnn::cudnnConvolutionBwdFilterAlgo_t,
-    "convolution backward-filter",
-    (x, xp: dnn::cudnnTensorDescriptor_t),
-    (dy, dyp: dnn::cudnnTensorDescriptor_t),
-    (dw, dwp: dnn::cudnnFilterDescriptor_t)
-);
-
-/// (kh, kw, cin, cout) -> (cout, kh, kw, cin).
-fn hwio_to_ohwi(v: &[f32], [kh, kw, ci, co]: [usize; 4]) -> Vec<f32> {
-    let mut out = vec![0.0; v.len()];
-    for y in 0..kh {
-        for x in 0..kw {
-            for i in 0..ci {
-                for o in 0..co {
-                    out[((o * kh + y) * kw + x) * ci + i] = v[((y * kw + x) * ci + i) * co + o];
-                }
-            }
-        }
-    }
-    out
-}
-
-/// (cout, kh, kw, cin) -> (kh, kw, cin, cout).
-fn ohwi_to_hwio(v: &[f32], [kh, kw, ci, co]: [usize; 4]) -> Vec<f32> {
-    let mut out = vec![0.0; v.len()];
-    for y in 0..kh {
-        for x in 0..kw {
-            for i in 0..ci {
-                for o in 0..co {
-                    out[((y * kw + x) * ci + i) * co + o] = v[((o * kh + y) * kw + x) * ci + i];
-                }
-            }
-        }
-    }
-    out
 }
 
 impl Drop for CudaModel {
@@ -2012,11 +1109,11 @@ impl Model for CudaModel {
         dropout_seed: u64,
     ) -> Result<StepStats> {
         let n = labels.len();
-        let k = self.classes;
+        let k = self.net.classes;
         if let Some(&l) = labels.iter().find(|&&l| l < 0 || l as usize >= k) {
             bail!("label {l} out of range for a network with {k} classes");
         }
-        let px = self.infos[0].shape.numel();
+        let px = self.net.infos[0].shape.numel();
         if images.len() != n * px {
             bail!(
                 "the batch holds {} values, {n} images need {}",
@@ -2068,7 +1165,7 @@ impl Model for CudaModel {
     }
 
     fn predict(&mut self, images: &[f32], n: usize) -> Result<Vec<f32>> {
-        let px = self.infos[0].shape.numel();
+        let px = self.net.infos[0].shape.numel();
         if images.len() != n * px {
             bail!(
                 "the batch holds {} values, {n} images need {}",
@@ -2079,8 +1176,8 @@ impl Model for CudaModel {
         dk(self.ctx.bind_to_thread(), "binding the context")?;
         let cap = self.plan.as_ref().map_or(n.clamp(1, 128), |p| p.cap);
         self.ensure_plan(cap)?;
-        let softmax = matches!(self.graph.nodes.last().map(|n| &n.op), Some(Op::Softmax));
-        let mut out = Vec::with_capacity(n * self.classes);
+        let softmax = self.net.ends_in_softmax();
+        let mut out = Vec::with_capacity(n * self.net.classes);
         let mut b0 = 0;
         while b0 < n {
             let b1 = (b0 + cap).min(n);
@@ -2090,24 +1187,18 @@ impl Model for CudaModel {
             self.stage_batch(&images[b0 * px..b1 * px], &zeros, [0.0, 0.0], None)?;
             let plan = self.plan.take().expect("planned");
             let sh = self.shaped.remove(&m).expect("shaped");
-            let r = self.forward(&plan, &sh, m, false);
-            let lv = plan.act[self.graph.nodes.len() - 1];
+            let r = walk::forward(&self.net, &plan, &mut Gpu { m: self, sh: &sh }, m, false);
+            let lv = plan.act[self.net.last()];
             self.plan = Some(plan);
             self.shaped.insert(m, sh);
             r?;
             let raw = self.download(self.act.f(lv.off), m * lv.ld)?;
+            let start = out.len();
             for row in raw.chunks(lv.ld) {
-                let mut o: Vec<f32> = row[..self.classes].to_vec();
-                if softmax {
-                    let mx = o.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut z = 0.0;
-                    for v in o.iter_mut() {
-                        *v = (*v - mx).exp();
-                        z += *v;
-                    }
-                    o.iter_mut().for_each(|v| *v /= z);
-                }
-                out.extend(o);
+                out.extend_from_slice(&row[..self.net.classes]);
+            }
+            if softmax {
+                softmax_rows(&mut out[start..], self.net.classes);
             }
             b0 = b1;
         }
@@ -2119,11 +1210,12 @@ impl Model for CudaModel {
             let bn = |b: &DevBuf| -> Result<Vec<Vec<f32>>> {
                 let all = self.download(
                     b.ptr,
-                    self.boff
-                        .last()
-                        .map_or(0, |o| o + self.layout.bns.last().map_or(0, |b| b.channels)),
+                    self.boff.last().map_or(0, |o| {
+                        o + self.net.layout.bns.last().map_or(0, |b| b.channels)
+                    }),
                 )?;
                 Ok(self
+                    .net
                     .layout
                     .bns
                     .iter()
@@ -2142,17 +1234,17 @@ impl Model for CudaModel {
         };
         // The trait returns a state, not a result: a device failure here is fatal.
         let parts = get().unwrap_or_else(|e| panic!("reading the model back from the GPU: {e:#}"));
-        self.layout.to_state(&parts)
+        self.net.layout.to_state(&parts)
     }
 
     fn load_state(&mut self, st: &State) -> Result<()> {
-        let parts = self.layout.from_state(st)?;
+        let parts = self.net.layout.from_state(st)?;
         dk(self.ctx.bind_to_thread(), "binding the context")?;
         self.upload_parts(&parts)
     }
 
     fn classes(&self) -> usize {
-        self.classes
+        self.net.classes
     }
 
     fn device_bytes(&self) -> Option<usize> {
@@ -2218,21 +1310,5 @@ impl CudaModel {
                 self.device_step(plan, sh, n, opt)
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kernel_layouts_round_trip() {
-        let s = [3, 2, 4, 5];
-        let v: Vec<f32> = (0..120).map(|x| x as f32).collect();
-        let o = hwio_to_ohwi(&v, s);
-        assert_ne!(o, v);
-        // (y=0, x=1, i=2, o=3): hwio ((0*2+1)*4+2)*5+3 = 33, ohwi ((3*3+0)*2+1)*4+2 = 78.
-        assert_eq!(o[78], v[33]);
-        assert_eq!(ohwi_to_hwio(&o, s), v);
     }
 }

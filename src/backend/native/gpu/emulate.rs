@@ -6,10 +6,13 @@
 //! like the GPU does: the grid's blocks one after another, each block's threads as real
 //! threads (a `std::barrier` for `__syncthreads`, `static` for `__shared__`, atomics for
 //! `atomicAdd`), and it takes its arguments the way `cuLaunchKernel` does — an array of
-//! pointers to values — packed by the same [`pack_args`] as the GPU path. So these tests
-//! check each kernel's index arithmetic, its accumulate flags, its ties, its argument list
-//! (types, order, the 72-byte pool struct) and its launch shape against the CPU kernels
-//! that the finite-difference tests check, all without a GPU.
+//! pointers to values. The tests launch through the GPU path's own typed launchers
+//! ([`launch`]), with the emulator as their [`Launcher`]: so they check each kernel's
+//! index arithmetic, its accumulate flags, its ties, and each launcher's argument list
+//! (types, order, the 72-byte pool struct, packed by [`launch::pack_args`]) and launch
+//! shape against the CPU kernels that the finite-difference tests check, all without a
+//! GPU. Grid-stride launches here use blocks of 64 threads, at most 3 of them, so the
+//! kernels' loops wrap.
 //!
 //! The harness needs `c++` (g++ 11+ or clang 14+); without it the tests say so and skip,
 //! unless `PIPE_REQUIRE_CXX=1` (the test command sets it).
@@ -20,12 +23,12 @@ use std::sync::OnceLock;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::super::cpu::conv::ConvGeom;
-use super::super::cpu::pool::{self, PoolGeom};
+use super::super::cpu::pool;
 use super::super::cpu::{elementwise as ew, loss, Ptr, Workspaces};
 use super::super::plan::View;
-use super::device::{bias_grid, pack_args, Arg, PoolArg};
+use super::super::shared::{ConvGeom, PoolGeom};
 use super::kernels;
+use super::launch::{self, Arg, DMat, Launcher, PoolArg};
 use crate::nn::graph::{pad_before, Padding};
 
 const SHIM: &str = r#"
@@ -153,9 +156,9 @@ fn harness() -> Result<Launch, String> {
 }
 
 /// The harness, or None after saying why the test skips.
-fn emu() -> Option<Launch> {
+fn emu() -> Option<Emu> {
     match harness() {
-        Ok(f) => Some(f),
+        Ok(f) => Some(Emu(f)),
         Err(e) => {
             if std::env::var("PIPE_REQUIRE_CXX").is_ok_and(|v| v == "1") {
                 panic!("PIPE_REQUIRE_CXX=1 but: {e}");
@@ -166,32 +169,59 @@ fn emu() -> Option<Launch> {
     }
 }
 
-fn launch(f: Launch, name: &str, grid: (u32, u32), block: (u32, u32), args: &[Arg]) {
-    let mut vals = pack_args(args);
-    let mut ptrs: Vec<*mut c_void> = vals.iter_mut().map(|b| b.as_mut_ptr().cast()).collect();
-    let c = CString::new(name).expect("no NUL");
-    // SAFETY: the harness reads each argument by its kernel's C type from its slot; the
-    // buffers the pointers name outlive the call.
-    let rc = unsafe {
-        f(
-            c.as_ptr(),
-            grid.0,
-            grid.1,
-            block.0,
-            block.1,
-            ptrs.as_mut_ptr(),
-        )
-    };
-    assert_eq!(rc, 0, "no kernel {name}");
+/// The emulator as the launchers' [`Launcher`]. Device addresses are host addresses here:
+/// the tests pass pointers into their own live buffers.
+struct Emu(Launch);
+
+impl Launcher for Emu {
+    fn max_blocks(&self) -> u32 {
+        3
+    }
+
+    fn threads(&self) -> u32 {
+        64
+    }
+
+    fn launch(
+        &self,
+        name: &'static str,
+        grid: (u32, u32),
+        block: (u32, u32),
+        args: &[Arg],
+    ) -> anyhow::Result<()> {
+        let c = CString::new(name)?;
+        launch::with_packed(args, |ptrs| {
+            // SAFETY: the harness reads each argument by its kernel's C type from its slot
+            // (the launchers pack them by the signature); the buffers the pointers name
+            // outlive the call.
+            let rc = unsafe {
+                (self.0)(
+                    c.as_ptr(),
+                    grid.0,
+                    grid.1,
+                    block.0,
+                    block.1,
+                    ptrs.as_mut_ptr(),
+                )
+            };
+            anyhow::ensure!(rc == 0, "no kernel {name}");
+            Ok(())
+        })
+    }
 }
 
-/// An elementwise launch: 3 blocks of 64 threads, so grid-stride loops wrap.
-fn ew_launch(f: Launch, name: &str, args: &[Arg]) {
-    launch(f, name, (3, 1), (64, 1), args);
+/// A host buffer as a device matrix of `c` values per row, row stride `ld`.
+fn dm(v: &mut [f32], ld: usize, c: usize) -> DMat {
+    DMat {
+        ptr: v.as_mut_ptr() as u64,
+        ld,
+        c,
+    }
 }
 
-fn p(v: &mut [f32]) -> Arg {
-    Arg::P(v.as_mut_ptr() as u64)
+/// A host buffer as a device address.
+fn addr<T>(v: &mut [T]) -> u64 {
+    v.as_mut_ptr() as u64
 }
 
 fn rand_vec(rng: &mut ChaCha8Rng, n: usize, ties: bool) -> Vec<f32> {
@@ -251,7 +281,7 @@ fn pools_match_the_cpu_kernels_ties_padding_and_strides_included() {
     ] {
         let g = geom(h, w, k, s, pad);
         let pg = PoolGeom::from(&g);
-        let arg = || Arg::Pool(PoolArg::new(&g, n, c));
+        let arg = PoolArg::new(&pg, n, c);
         let xv = View {
             off: 0,
             ld,
@@ -270,20 +300,16 @@ fn pools_match_the_cpu_kernels_ties_padding_and_strides_included() {
             ("maxpool_forward", "maxpool_backward"),
             ("avgpool_forward", "avgpool_backward"),
         ] {
+            let max = fwd.starts_with("max");
             let (mut yg, mut yc) = (vec![0f32; n * yv.hw * c], vec![0f32; n * yv.hw * c]);
-            ew_launch(
-                f,
-                fwd,
-                &[
-                    p(&mut x),
-                    Arg::I(ld as i64),
-                    p(&mut yg),
-                    Arg::I(c as i64),
-                    arg(),
-                ],
-            );
+            let (xm, ym) = (dm(&mut x, ld, c), dm(&mut yg, c, c));
+            if max {
+                launch::maxpool_forward(&f, xm, ym, arg).unwrap();
+            } else {
+                launch::avgpool_forward(&f, xm, ym, arg).unwrap();
+            }
             let (xp, ycp) = (Ptr(x.as_mut_ptr()), Ptr(yc.as_mut_ptr()));
-            if fwd.starts_with("max") {
+            if max {
                 pool::maxpool_forward(xp, xv, ycp, yv, &pg, n);
             } else {
                 pool::avgpool_forward(xp, xv, ycp, yv, &pg, n);
@@ -300,24 +326,10 @@ fn pools_match_the_cpu_kernels_ties_padding_and_strides_included() {
                     c,
                     hw: h * w,
                 };
-                let a = Arg::B(acc as i32);
-                if bwd.starts_with("max") {
-                    ew_launch(
-                        f,
-                        bwd,
-                        &[
-                            p(&mut x),
-                            Arg::I(ld as i64),
-                            p(&mut yc),
-                            Arg::I(c as i64),
-                            p(&mut dy),
-                            Arg::I(c as i64),
-                            p(&mut dxg),
-                            Arg::I(ld as i64),
-                            arg(),
-                            a,
-                        ],
-                    );
+                let (dym, dxm) = (dm(&mut dy, c, c), dm(&mut dxg, ld, c));
+                if max {
+                    let (xm, ym) = (dm(&mut x, ld, c), dm(&mut yc, c, c));
+                    launch::maxpool_backward(&f, xm, ym, dym, dxm, arg, acc).unwrap();
                     pool::maxpool_backward(
                         Ptr(x.as_mut_ptr()),
                         xv,
@@ -331,18 +343,7 @@ fn pools_match_the_cpu_kernels_ties_padding_and_strides_included() {
                         &Workspaces::default(),
                     );
                 } else {
-                    ew_launch(
-                        f,
-                        bwd,
-                        &[
-                            p(&mut dy),
-                            Arg::I(c as i64),
-                            p(&mut dxg),
-                            Arg::I(ld as i64),
-                            arg(),
-                            a,
-                        ],
-                    );
+                    launch::avgpool_backward(&f, dym, dxm, arg, acc).unwrap();
                     pool::avgpool_backward(
                         Ptr(dy.as_mut_ptr()),
                         yv,
@@ -367,38 +368,14 @@ fn pools_match_the_cpu_kernels_ties_padding_and_strides_included() {
         hw: 1,
     };
     let (mut yg, mut yc) = (vec![0f32; n * c], vec![0f32; n * c]);
-    ew_launch(
-        f,
-        "global_avgpool_forward",
-        &[
-            p(&mut x),
-            Arg::I(ld as i64),
-            p(&mut yg),
-            Arg::I(c as i64),
-            Arg::I(n as i64),
-            Arg::I(hw as i64),
-            Arg::I(c as i64),
-        ],
-    );
+    launch::global_avgpool_forward(&f, dm(&mut x, ld, c), dm(&mut yg, c, c), n, hw).unwrap();
     pool::global_avgpool_forward(Ptr(x.as_mut_ptr()), xv, Ptr(yc.as_mut_ptr()), yv, n);
     close(&yg, &yc, 1e-6, "global_avgpool_forward");
     let mut dy = rand_vec(&mut rng, n * c, false);
     let start = rand_vec(&mut rng, n * hw * ld, false);
     let (mut dxg, mut dxc) = (start.clone(), start);
-    ew_launch(
-        f,
-        "global_avgpool_backward",
-        &[
-            p(&mut dy),
-            Arg::I(c as i64),
-            p(&mut dxg),
-            Arg::I(ld as i64),
-            Arg::I(n as i64),
-            Arg::I(hw as i64),
-            Arg::I(c as i64),
-            Arg::B(1),
-        ],
-    );
+    let (dym, dxm) = (dm(&mut dy, c, c), dm(&mut dxg, ld, c));
+    launch::global_avgpool_backward(&f, dym, dxm, n, hw, true).unwrap();
     pool::global_avgpool_backward(
         Ptr(dy.as_mut_ptr()),
         yv,
@@ -421,20 +398,9 @@ fn loss_bias_and_optimizer_kernels_match_the_cpu() {
     let mut lab32: Vec<i32> = labels.iter().map(|&l| l as i32).collect();
     let (mut dg, mut dc) = (vec![0f32; n * ld], vec![0f32; n * ld]);
     let mut stats = vec![0f32; 2];
-    ew_launch(
-        f,
-        "softmax_cross_entropy",
-        &[
-            p(&mut x),
-            Arg::I(ld as i64),
-            Arg::P(lab32.as_mut_ptr() as u64),
-            Arg::I(n as i64),
-            Arg::I(k as i64),
-            p(&mut dg),
-            Arg::I(ld as i64),
-            p(&mut stats),
-        ],
-    );
+    let (xm, dgm) = (dm(&mut x, ld, k), dm(&mut dg, ld, k));
+    let (lp, sp) = (addr(&mut lab32), addr(&mut stats));
+    launch::softmax_cross_entropy(&f, xm, lp, n, dgm, sp).unwrap();
     let v = View {
         off: 0,
         ld,
@@ -451,40 +417,14 @@ fn loss_bias_and_optimizer_kernels_match_the_cpu() {
     );
     assert_eq!(stats[1] as usize, correct);
     // The stats accumulate over launches (read and reset by the host per tick).
-    ew_launch(
-        f,
-        "softmax_cross_entropy",
-        &[
-            p(&mut x),
-            Arg::I(ld as i64),
-            Arg::P(lab32.as_mut_ptr() as u64),
-            Arg::I(n as i64),
-            Arg::I(k as i64),
-            p(&mut dg),
-            Arg::I(ld as i64),
-            p(&mut stats),
-        ],
-    );
+    launch::softmax_cross_entropy(&f, xm, lp, n, dgm, sp).unwrap();
     assert_eq!(stats[1] as usize, 2 * correct);
 
     // Bias gradients: column sums of a strided matrix, with the production launch shape.
     for (rows, c, ld) in [(3000, 70, 96), (17, 3, 3), (1, 40, 40)] {
         let mut dy = rand_vec(&mut rng, rows * ld, false);
         let mut out = vec![0f32; c];
-        let (grid, block) = bias_grid(rows, c);
-        launch(
-            f,
-            "bias_backward",
-            grid,
-            block,
-            &[
-                p(&mut dy),
-                Arg::I(ld as i64),
-                p(&mut out),
-                Arg::I(rows as i64),
-                Arg::I(c as i64),
-            ],
-        );
+        launch::bias_backward(&f, dm(&mut dy, ld, c), addr(&mut out), rows).unwrap();
         let want: Vec<f32> = (0..c)
             .map(|j| (0..rows).map(|r| dy[r * ld + j] as f64).sum::<f64>() as f32)
             .collect();
@@ -525,40 +465,27 @@ fn loss_bias_and_optimizer_kernels_match_the_cpu() {
             _ => lr,
         };
         let mut hyper = vec![lr as f32, lr_t as f32];
+        let (wp, gp, mp, vp, hp) = (
+            addr(&mut wg),
+            addr(&mut g),
+            addr(&mut mg),
+            addr(&mut vg),
+            addr(&mut hyper),
+        );
         match opt {
-            crate::backend::Optimizer::Sgd { momentum, nesterov } => ew_launch(
-                f,
-                "sgd_update",
-                &[
-                    p(&mut wg),
-                    p(&mut g),
-                    p(&mut mg),
-                    Arg::I(len as i64),
-                    p(&mut hyper),
-                    Arg::F(momentum as f32),
-                    Arg::B(nesterov as i32),
-                ],
-            ),
+            crate::backend::Optimizer::Sgd { momentum, nesterov } => {
+                launch::sgd_update(&f, wp, gp, mp, len, hp, momentum as f32, nesterov)
+            }
             crate::backend::Optimizer::Adam {
                 beta1,
                 beta2,
                 epsilon,
-            } => ew_launch(
-                f,
-                "adam_update",
-                &[
-                    p(&mut wg),
-                    p(&mut g),
-                    p(&mut mg),
-                    p(&mut vg),
-                    Arg::I(len as i64),
-                    p(&mut hyper),
-                    Arg::F(beta1 as f32),
-                    Arg::F(beta2 as f32),
-                    Arg::F(epsilon as f32),
-                ],
-            ),
+            } => {
+                let b = (beta1 as f32, beta2 as f32, epsilon as f32);
+                launch::adam_update(&f, wp, gp, mp, vp, len, hp, b)
+            }
         }
+        .unwrap();
         opt.update(lr, t, &mut wc, &g, &mut mc, &mut vc);
         close(&wg, &wc, 1e-6, &format!("{opt:?} weights"));
         close(&mg, &mc, 1e-6, &format!("{opt:?} first moment"));
@@ -568,27 +495,14 @@ fn loss_bias_and_optimizer_kernels_match_the_cpu() {
     let mut w = rand_vec(&mut rng, 300, false);
     let g0 = rand_vec(&mut rng, 300, false);
     let (mut gg, mut gc) = (g0.clone(), g0);
-    ew_launch(
-        f,
-        "l2_backward",
-        &[p(&mut w), p(&mut gg), Arg::I(300), Arg::F(5e-4)],
-    );
+    launch::l2_backward(&f, addr(&mut w), addr(&mut gg), 300, 5e-4).unwrap();
     loss::l2_penalty(&w, 5e-4, &mut gc);
     close(&gg, &gc, 1e-6, "l2_backward");
     // Running statistics of a single-row batch norm.
     let (mut mean, mut var) = (vec![0.5f32, -1.0], vec![2.0f32, 1.0]);
     let mut bm = vec![1.5f32, 3.0];
-    ew_launch(
-        f,
-        "batchnorm_running_single",
-        &[
-            p(&mut mean),
-            p(&mut var),
-            p(&mut bm),
-            Arg::I(2),
-            Arg::F(0.9),
-        ],
-    );
+    let (mp, vp, bp) = (addr(&mut mean), addr(&mut var), addr(&mut bm));
+    launch::batchnorm_running_single(&f, mp, vp, bp, 2, 0.9).unwrap();
     close(
         &mean,
         &[0.9 * 0.5 + 0.1 * 1.5, -0.9 + 0.1 * 3.0],
@@ -616,22 +530,15 @@ fn elementwise_kernels_match_the_cpu_in_place_and_strided() {
         hw: 1,
     };
     let mut x = rand_vec(&mut rng, rows * ldx, true);
-    let (lx, ly) = (|| Arg::I(8), || Arg::I(11));
+    // Matrices over buffers of the x and y shapes.
+    let mx = |v: &mut [f32]| dm(v, ldx, c);
+    let my = |v: &mut [f32]| dm(v, ldy, c);
     // relu / elu forward.
     for (name, alpha) in [("relu_forward", None), ("elu_forward", Some(0.7f32))] {
         let start = rand_vec(&mut rng, rows * ldy, false);
         let (mut yg, mut yc) = (start.clone(), start);
-        let mut args = vec![
-            p(&mut x),
-            lx(),
-            p(&mut yg),
-            ly(),
-            Arg::I(rows as i64),
-            Arg::I(c as i64),
-        ];
         if let Some(a) = alpha {
-            args.push(Arg::F(a));
-            ew_launch(f, name, &args);
+            launch::elu_forward(&f, mx(&mut x), my(&mut yg), rows, a).unwrap();
             ew::elu_forward(
                 Ptr(x.as_mut_ptr()),
                 xv,
@@ -641,7 +548,7 @@ fn elementwise_kernels_match_the_cpu_in_place_and_strided() {
                 a as f64,
             );
         } else {
-            ew_launch(f, name, &args);
+            launch::relu_forward(&f, mx(&mut x), my(&mut yg), rows).unwrap();
             ew::relu_forward(Ptr(x.as_mut_ptr()), xv, Ptr(yc.as_mut_ptr()), yv, rows);
         }
         close(&yg, &yc, 1e-6, name);
@@ -654,23 +561,8 @@ fn elementwise_kernels_match_the_cpu_in_place_and_strided() {
         .collect();
     for acc in [false, true] {
         let start = rand_vec(&mut rng, rows * ldx, false);
-        let a = || Arg::B(acc as i32);
         let (mut dg, mut dc) = (start.clone(), start.clone());
-        ew_launch(
-            f,
-            "relu_backward",
-            &[
-                p(&mut y),
-                ly(),
-                p(&mut dy),
-                ly(),
-                p(&mut dg),
-                lx(),
-                Arg::I(rows as i64),
-                Arg::I(c as i64),
-                a(),
-            ],
-        );
+        launch::relu_backward(&f, my(&mut y), my(&mut dy), mx(&mut dg), rows, acc).unwrap();
         ew::relu_backward(
             Ptr(y.as_mut_ptr()),
             yv,
@@ -681,22 +573,7 @@ fn elementwise_kernels_match_the_cpu_in_place_and_strided() {
         );
         close(&dg, &dc, 1e-6, "relu_backward");
         let (mut dg, mut dc) = (start.clone(), start.clone());
-        ew_launch(
-            f,
-            "elu_backward",
-            &[
-                p(&mut x),
-                lx(),
-                p(&mut dy),
-                ly(),
-                p(&mut dg),
-                lx(),
-                Arg::I(rows as i64),
-                Arg::I(c as i64),
-                Arg::F(0.7),
-                a(),
-            ],
-        );
+        launch::elu_backward(&f, mx(&mut x), my(&mut dy), mx(&mut dg), rows, 0.7, acc).unwrap();
         ew::elu_backward(
             Ptr(x.as_mut_ptr()),
             xv,
@@ -708,20 +585,8 @@ fn elementwise_kernels_match_the_cpu_in_place_and_strided() {
         );
         close(&dg, &dc, 1e-5, "elu_backward");
         let (mut dg, mut dc) = (start.clone(), start.clone());
-        ew_launch(
-            f,
-            "dropout_backward",
-            &[
-                p(&mut mask),
-                p(&mut dy),
-                ly(),
-                p(&mut dg),
-                lx(),
-                Arg::I(rows as i64),
-                Arg::I(c as i64),
-                a(),
-            ],
-        );
+        let mp = addr(&mut mask);
+        launch::dropout_backward(&f, mp, my(&mut dy), mx(&mut dg), rows, acc).unwrap();
         ew::dropout_backward(
             Ptr(mask.as_mut_ptr()),
             Ptr(dy.as_mut_ptr()),
@@ -732,19 +597,7 @@ fn elementwise_kernels_match_the_cpu_in_place_and_strided() {
         close(&dg, &dc, 1e-6, "dropout_backward");
         // copy_rows (a concat slice, an add's fan-out).
         let (mut dg, mut dc) = (start.clone(), start);
-        ew_launch(
-            f,
-            "copy_rows",
-            &[
-                p(&mut dy),
-                ly(),
-                p(&mut dg),
-                lx(),
-                Arg::I(rows as i64),
-                Arg::I(c as i64),
-                a(),
-            ],
-        );
+        launch::copy_rows(&f, my(&mut dy), mx(&mut dg), rows, acc).unwrap();
         ew::copy_rows(
             Ptr(dy.as_mut_ptr()),
             yv,
@@ -755,23 +608,8 @@ fn elementwise_kernels_match_the_cpu_in_place_and_strided() {
     }
     // In place: the fused batch-norm relu masks its own gradient (dx == dy).
     let mut d_inplace = dy.clone();
-    let ptr = Arg::P(d_inplace.as_mut_ptr() as u64);
-    let ptr2 = Arg::P(d_inplace.as_mut_ptr() as u64);
-    ew_launch(
-        f,
-        "relu_backward",
-        &[
-            p(&mut y),
-            ly(),
-            ptr,
-            ly(),
-            ptr2,
-            ly(),
-            Arg::I(rows as i64),
-            Arg::I(c as i64),
-            Arg::B(0),
-        ],
-    );
+    let d = my(&mut d_inplace);
+    launch::relu_backward(&f, my(&mut y), d, d, rows, false).unwrap();
     for r in 0..rows {
         for j in 0..c {
             let i = r * ldy + j;
@@ -781,19 +619,8 @@ fn elementwise_kernels_match_the_cpu_in_place_and_strided() {
     }
     // dropout forward, add forward.
     let (mut yg, mut yc) = (vec![0f32; rows * ldy], vec![0f32; rows * ldy]);
-    ew_launch(
-        f,
-        "dropout_forward",
-        &[
-            p(&mut x),
-            lx(),
-            p(&mut mask),
-            p(&mut yg),
-            ly(),
-            Arg::I(rows as i64),
-            Arg::I(c as i64),
-        ],
-    );
+    let mp = addr(&mut mask);
+    launch::dropout_forward(&f, mx(&mut x), mp, my(&mut yg), rows).unwrap();
     ew::dropout_forward(
         Ptr(x.as_mut_ptr()),
         xv,
@@ -805,20 +632,7 @@ fn elementwise_kernels_match_the_cpu_in_place_and_strided() {
     close(&yg, &yc, 1e-6, "dropout_forward");
     let mut b = rand_vec(&mut rng, rows * ldy, false);
     let (mut yg, mut yc) = (vec![0f32; rows * ldy], vec![0f32; rows * ldy]);
-    ew_launch(
-        f,
-        "add_forward",
-        &[
-            p(&mut x),
-            lx(),
-            p(&mut b),
-            ly(),
-            p(&mut yg),
-            ly(),
-            Arg::I(rows as i64),
-            Arg::I(c as i64),
-        ],
-    );
+    launch::add_forward(&f, mx(&mut x), my(&mut b), my(&mut yg), rows).unwrap();
     ew::add_forward(
         (Ptr(x.as_mut_ptr()), xv),
         (Ptr(b.as_mut_ptr()), yv),
@@ -829,17 +643,7 @@ fn elementwise_kernels_match_the_cpu_in_place_and_strided() {
     // bias forward: y += b per column.
     let mut bias = rand_vec(&mut rng, c, false);
     let mut yb = b.clone();
-    ew_launch(
-        f,
-        "bias_forward",
-        &[
-            p(&mut yb),
-            ly(),
-            p(&mut bias),
-            Arg::I(rows as i64),
-            Arg::I(c as i64),
-        ],
-    );
+    launch::bias_forward(&f, my(&mut yb), addr(&mut bias), rows).unwrap();
     for r in 0..rows {
         for j in 0..ldy {
             let want = if j < c {
@@ -855,37 +659,12 @@ fn elementwise_kernels_match_the_cpu_in_place_and_strided() {
     }
     // Mid-network softmax, forward and backward.
     let (mut sg, mut sc) = (vec![0f32; rows * ldy], vec![0f32; rows * ldy]);
-    ew_launch(
-        f,
-        "softmax_forward",
-        &[
-            p(&mut x),
-            lx(),
-            p(&mut sg),
-            ly(),
-            Arg::I(rows as i64),
-            Arg::I(c as i64),
-        ],
-    );
+    launch::softmax_forward(&f, mx(&mut x), my(&mut sg), rows).unwrap();
     ew::softmax_forward(Ptr(x.as_mut_ptr()), xv, Ptr(sc.as_mut_ptr()), yv, rows);
     close(&sg, &sc, 1e-6, "softmax_forward");
     let start = rand_vec(&mut rng, rows * ldx, false);
     let (mut dg, mut dc) = (start.clone(), start);
-    ew_launch(
-        f,
-        "softmax_backward",
-        &[
-            p(&mut sc),
-            ly(),
-            p(&mut dy),
-            ly(),
-            p(&mut dg),
-            lx(),
-            Arg::I(rows as i64),
-            Arg::I(c as i64),
-            Arg::B(1),
-        ],
-    );
+    launch::softmax_backward(&f, my(&mut sc), my(&mut dy), mx(&mut dg), rows, true).unwrap();
     ew::softmax_backward(
         Ptr(sc.as_mut_ptr()),
         yv,
