@@ -660,12 +660,12 @@ fn the_manifest_keeps_auto_and_the_engine_settles_device_and_backend() {
     let (dev, backend) = if pipe::backend::cuda_available() {
         (
             pipe::manifest::DeviceSetting::Cuda,
-            pipe::backend::BackendKind::Dfdx,
+            pipe::manifest::BackendSetting::Dfdx,
         )
     } else {
         (
             pipe::manifest::DeviceSetting::Cpu,
-            pipe::backend::BackendKind::Native,
+            pipe::manifest::BackendSetting::Native,
         )
     };
     assert_eq!(t.device, Some(dev));

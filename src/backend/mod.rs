@@ -160,8 +160,25 @@ pub enum DeviceKind {
     Cuda,
 }
 
-/// Which implementation trains a model (a manifest setting, so it is defined there).
-pub use crate::manifest::BackendKind;
+/// Which implementation trains a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Our own kernels (`native`), the default.
+    #[default]
+    Native,
+    /// dfdx 0.13 through its public API.
+    Dfdx,
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BackendKind::Native => "native",
+            BackendKind::Dfdx => "dfdx",
+        })
+    }
+}
 
 /// Build a model with freshly initialised weights (Glorot-uniform kernels, zero biases)
 /// on the CPU with the default backend.

@@ -47,7 +47,10 @@ pub fn verify(g: &Global, pipeline: Option<&str>) -> Result<()> {
         }
     }
     for (key, stage, why) in &wrong {
-        println!("WRONG    key {} ({stage}): {why}", &key[..12.min(key.len())]);
+        println!(
+            "WRONG    key {} ({stage}): {why}",
+            &key[..12.min(key.len())]
+        );
     }
     if damaged > 0 || !wrong.is_empty() {
         // Move damaged artifacts aside (so even damage a stat check cannot see is not

@@ -57,8 +57,8 @@ fn sorted_header(mut file: Vec<u8>) -> Result<Vec<u8>> {
 
 /// Read a state and its metadata.
 pub fn load(path: &Path) -> Result<(State, HashMap<String, String>)> {
-    let bytes =
-        super::read_regular(path).with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+    let bytes = super::read_regular(path)
+        .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
     let st = SafeTensors::deserialize(&bytes)
         .with_context(|| format!("{} is not a safetensors file", path.display()))?;
     let (_, meta) = SafeTensors::read_metadata(&bytes)?;

@@ -58,8 +58,7 @@ pub fn encode_record(label: u8, img: &RgbImage) -> Vec<u8> {
 
 /// Class names from `batches.meta.txt` (one a line, blank lines ignored).
 pub fn read_meta(path: &Path) -> Result<Vec<String>> {
-    let text =
-        super::read_regular_text(path)?;
+    let text = super::read_regular_text(path)?;
     Ok(text
         .lines()
         .map(|l| l.trim())

@@ -84,15 +84,13 @@ pub fn decode_checked(
         ImageRef::CifarRecord(p, n) => {
             let bytes = batches.get(p).map_err(Unusable::Bad)?;
             let start = n * cifar::RECORD;
-            let rec = bytes
-                .get(start..start + cifar::RECORD)
-                .ok_or_else(|| {
-                    Unusable::Bad(anyhow::anyhow!(
-                        "{}: no record {n} (file holds {})",
-                        p.display(),
-                        bytes.len() / cifar::RECORD
-                    ))
-                })?;
+            let rec = bytes.get(start..start + cifar::RECORD).ok_or_else(|| {
+                Unusable::Bad(anyhow::anyhow!(
+                    "{}: no record {n} (file holds {})",
+                    p.display(),
+                    bytes.len() / cifar::RECORD
+                ))
+            })?;
             check(rec)?;
             Ok(cifar::decode_record(rec).1)
         }

@@ -115,7 +115,7 @@ pub fn load_pipeline(path: &Path, sets: &[String], project_dir: &Path) -> Result
 /// unset `backend` becomes `native`, except on a GPU in builds with dfdx's CUDA device
 /// (`dfdx-cuda`), where it stays `dfdx` until the native CUDA path has been measured.
 pub fn resolve_devices(p: &mut Pipeline) {
-    use manifest::{BackendKind, DeviceSetting, StageConfig};
+    use manifest::{BackendSetting, DeviceSetting, StageConfig};
     fn device(d: Option<DeviceSetting>) -> DeviceSetting {
         match d.unwrap_or_default() {
             DeviceSetting::Auto => {
@@ -132,13 +132,13 @@ pub fn resolve_devices(p: &mut Pipeline) {
             other => other,
         }
     }
-    let settle = |d: &mut Option<DeviceSetting>, b: &mut Option<BackendKind>| {
+    let settle = |d: &mut Option<DeviceSetting>, b: &mut Option<BackendSetting>| {
         let dev = device(*d);
         *d = Some(dev);
         b.get_or_insert(match dev {
             // dfdx where its CUDA device is built in (the card's engine), else native.
-            DeviceSetting::Cuda if cfg!(feature = "dfdx-cuda") => BackendKind::Dfdx,
-            _ => BackendKind::Native,
+            DeviceSetting::Cuda if cfg!(feature = "dfdx-cuda") => BackendSetting::Dfdx,
+            _ => BackendSetting::Native,
         });
     };
     for s in p.stages.values_mut() {
@@ -647,9 +647,9 @@ impl Engine {
             if only.is_some_and(|o| !o.contains(&name)) {
                 continue;
             }
-            let Ok(Some(rec)) =
-                store::read_json::<KeyRecord>(&self.store.root().join("keys").join(format!("{name}.json")))
-            else {
+            let Ok(Some(rec)) = store::read_json::<KeyRecord>(
+                &self.store.root().join("keys").join(format!("{name}.json")),
+            ) else {
                 out.push((name, String::new(), "the key record does not read".into()));
                 continue;
             };
@@ -658,7 +658,10 @@ impl Engine {
                 out.push((
                     name,
                     rec.stage,
-                    format!("its artifact {} is not in the store", &rec.output[..12.min(rec.output.len())]),
+                    format!(
+                        "its artifact {} is not in the store",
+                        &rec.output[..12.min(rec.output.len())]
+                    ),
                 ));
                 continue;
             }
@@ -727,7 +730,9 @@ impl Engine {
             self.warn(format!(
                 "stage `{stage}`'s key record points at the wrong artifact: {why}"
             ));
-            damage.push(format!("its key record points at the wrong artifact ({why})"));
+            damage.push(format!(
+                "its key record points at the wrong artifact ({why})"
+            ));
             if quarantine {
                 self.store.remove_key(key)?;
             }

@@ -5,8 +5,8 @@
 
 use std::collections::HashMap;
 
-use super::error::{self, ManifestError};
 use super::config::IngestFormat;
+use super::error::{self, ManifestError};
 use super::model::{Pipeline, StageConfig, StageKind};
 use super::source::Origin;
 

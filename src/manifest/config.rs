@@ -247,7 +247,7 @@ pub struct TrainConfig {
     pub device: Option<DeviceSetting>,
     /// `native` or `dfdx` (default: the pipeline's `backend`, else `native`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backend: Option<BackendKind>,
+    pub backend: Option<BackendSetting>,
 }
 
 fn default_batch() -> usize {
@@ -297,7 +297,7 @@ pub struct ContinueConfig {
     pub device: Option<DeviceSetting>,
     /// `native` or `dfdx` (default: the pipeline's `backend`, else `native`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backend: Option<BackendKind>,
+    pub backend: Option<BackendSetting>,
 }
 
 /// `kind = "evaluate"`.
@@ -318,7 +318,7 @@ pub struct EvaluateConfig {
     pub device: Option<DeviceSetting>,
     /// `native` or `dfdx` (default: the pipeline's `backend`, else `native`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backend: Option<BackendKind>,
+    pub backend: Option<BackendSetting>,
 }
 
 fn default_top_k() -> Vec<usize> {
@@ -328,10 +328,11 @@ fn default_eval_batch() -> usize {
     128
 }
 
-/// Which implementation trains and evaluates a model.
+/// Which implementation trains and evaluates a model, as a manifest says it (the backend's
+/// own `BackendKind` is what a built model is; `stages` maps one to the other).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum BackendKind {
+pub enum BackendSetting {
     /// Our own kernels (`src/backend/native`), the default.
     #[default]
     Native,
@@ -339,11 +340,11 @@ pub enum BackendKind {
     Dfdx,
 }
 
-impl std::fmt::Display for BackendKind {
+impl std::fmt::Display for BackendSetting {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            BackendKind::Native => "native",
-            BackendKind::Dfdx => "dfdx",
+            BackendSetting::Native => "native",
+            BackendSetting::Dfdx => "dfdx",
         })
     }
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::batches::{make_batch, prefetched, Split};
 use crate::backend::{self, BackendKind, DeviceKind, Model, NamedTensor, Optimizer};
 use crate::data::checkpoint;
-use crate::manifest::{AugmentConfig, DeviceSetting, MeanKind};
+use crate::manifest::{AugmentConfig, BackendSetting, DeviceSetting, MeanKind};
 use crate::nn::graph::{Graph, Op};
 
 /// Everything needed to continue or evaluate a trained model.
@@ -97,6 +97,14 @@ pub fn device_kind(d: Option<DeviceSetting>) -> DeviceKind {
     }
 }
 
+/// The backend a model is built with, for a resolved backend setting.
+pub fn backend_kind(b: BackendSetting) -> BackendKind {
+    match b {
+        BackendSetting::Native => BackendKind::Native,
+        BackendSetting::Dfdx => BackendKind::Dfdx,
+    }
+}
+
 /// Class probabilities for a whole split, in batches.
 pub(crate) fn predict_split(
     model: &mut dyn Model,
@@ -178,7 +186,7 @@ pub(crate) fn check_classes(model: &dyn Model, data: &Path, network: &str) -> Re
 pub fn load_trained(
     model_dir: &Path,
     device: DeviceKind,
-    backend: Option<BackendKind>,
+    backend: Option<BackendSetting>,
 ) -> Result<(Box<dyn Model>, Plan, NamedTensor)> {
     let plan: Plan = serde_json::from_slice(
         &std::fs::read(model_dir.join("plan.json"))
@@ -189,7 +197,7 @@ pub fn load_trained(
         &plan.graph,
         plan.seed,
         device,
-        backend.unwrap_or(plan.backend),
+        backend.map(backend_kind).unwrap_or(plan.backend),
     )?;
     model.load_state(&state)?;
     let mean = state
