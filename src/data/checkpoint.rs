@@ -55,6 +55,33 @@ fn sorted_header(mut file: Vec<u8>) -> Result<Vec<u8>> {
     Ok(file)
 }
 
+/// A checkpoint's metadata alone, from its header (the tensors are not read). A header
+/// longer than 64 MiB is refused rather than read.
+pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    use std::io::Read;
+    super::check_regular(path)?;
+    let mut f = std::fs::File::open(path)
+        .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .with_context(|| format!("{} is not a safetensors file", path.display()))?;
+    let n = u64::from_le_bytes(len);
+    if n > 64 << 20 {
+        bail!(
+            "{}: a {n}-byte header is not a checkpoint's",
+            path.display()
+        );
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header)
+        .with_context(|| format!("{}: the header is cut short", path.display()))?;
+    let v: serde_json::Value = serde_json::from_slice(&header)
+        .with_context(|| format!("{}: the header is not JSON", path.display()))?;
+    Ok(v.get("__metadata__")
+        .and_then(|m| serde_json::from_value(m.clone()).ok())
+        .unwrap_or_default())
+}
+
 /// Read a state and its metadata.
 pub fn load(path: &Path) -> Result<(State, HashMap<String, String>)> {
     let bytes = super::read_regular(path)

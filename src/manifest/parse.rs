@@ -424,6 +424,25 @@ fn parse_continue(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
             } else {
                 project_dir.join(&c.from)
             };
+            // Only a regular file (or a link to one) is read: a FIFO or a device named
+            // like a checkpoint would never end.
+            if let Ok(md) = std::fs::metadata(&file) {
+                if !md.is_file() {
+                    return Err(ManifestError::new(format!(
+                        "`from` names {}, which is {}, not a regular file: a checkpoint is a file pipe wrote",
+                        file.display(),
+                        if md.is_dir() {
+                            "a folder"
+                        } else if std::os::unix::fs::FileTypeExt::is_fifo(&md.file_type()) {
+                            "a FIFO"
+                        } else {
+                            "a device or socket"
+                        }
+                    ))
+                    .at(from_origin.clone())
+                    .path(format!("{path}.from")));
+                }
+            }
             let bytes = std::fs::read(&file).map_err(|e| {
                 ManifestError::new(format!(
                     "`from` must be \"<stage>@<epoch>\" or a checkpoint file; cannot read {}: {e}",

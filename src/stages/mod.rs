@@ -103,6 +103,9 @@ pub struct StageCtx<'a> {
     pub dataset: Option<DatasetFiles<'a>>,
     /// The expanded network, for a `train` stage.
     pub network: Option<&'a Graph>,
+    /// The stage's key: what its checkpoints say they belong to, so a run resumes only
+    /// from checkpoints its own key wrote.
+    pub key: &'a str,
 }
 
 impl StageCtx<'_> {

@@ -43,6 +43,7 @@ pub fn run(ctx: &StageCtx<'_>, c: &Hdf5Config) -> Result<String> {
         .iter()
         .map(|s| read_index(&input.join(format!("{s}.csv"))).map(|r| r.len()))
         .sum::<Result<usize>>()?;
+    fault_point("hdf5:start");
     let pb = progress::bar(total as u64, &ctx.stage.name, "images");
     let batches = BatchCache::default();
     let mut parts = Vec::new();

@@ -64,10 +64,14 @@ pub fn checkpoints_in(dir: &Path) -> Vec<(usize, PathBuf)> {
     out
 }
 
-/// The epoch of the latest checkpoint an interrupted run left in a stage's scratch
-/// folder: where the next run of that stage resumes.
-pub fn interrupted_at(scratch: &Path) -> Option<usize> {
-    checkpoints_in(&checkpoint_dir(scratch)).last().map(|c| c.0)
+/// The epoch of the latest checkpoint of stage key `key` that an interrupted run left in
+/// its scratch folder: where the next run of that stage resumes.
+pub fn interrupted_at(scratch: &Path, key: &str) -> Option<usize> {
+    checkpoints_in(&checkpoint_dir(scratch))
+        .into_iter()
+        .rev()
+        .find(|(_, p)| belongs_to(p, key).is_ok())
+        .map(|c| c.0)
 }
 
 /// The input mean travels inside every checkpoint (as `input/mean`), so that one file
@@ -77,7 +81,9 @@ pub(crate) fn with_mean(mut st: State, mean: &NamedTensor) -> State {
     st
 }
 
-/// Save the checkpoint of epoch `epoch` into `dir`.
+/// Save the checkpoint of epoch `epoch` of stage key `key` into `dir` (the key goes into
+/// its metadata: a run resumes only from checkpoints of its own key).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn save_checkpoint(
     dir: &Path,
     epoch: usize,
@@ -85,13 +91,31 @@ pub(crate) fn save_checkpoint(
     mean: &NamedTensor,
     history: &[EpochRecord],
     plan: &Plan,
+    key: &str,
 ) -> Result<()> {
+    let mut meta = checkpoint_meta(epoch, history, plan)?;
+    meta.insert("key".into(), key.to_string());
     checkpoint::save(
         &dir.join(format!("epoch_{epoch}.safetensors")),
         &with_mean(state, mean),
-        checkpoint_meta(epoch, history, plan)?,
+        meta,
         |_| true,
     )
+}
+
+/// Whether the checkpoint at `path` belongs to stage key `key` (its metadata says so);
+/// `Err` says why not: it does not read, or another key (or none) wrote it.
+pub fn belongs_to(path: &Path, key: &str) -> Result<(), String> {
+    let meta = checkpoint::read_metadata(path).map_err(|e| format!("{e:#}"))?;
+    match meta.get("key") {
+        Some(k) if k == key => Ok(()),
+        Some(k) => Err(format!(
+            "it belongs to stage key {}, not this one ({})",
+            &k[..12.min(k.len())],
+            &key[..12.min(key.len())]
+        )),
+        None => Err("it names no stage key".into()),
+    }
 }
 
 /// Write the monitor of a run in progress into `dir`: `history.json`, `history.png` and

@@ -74,7 +74,14 @@ pub(super) fn run(ctx: &StageCtx<'_>, data: &Path, seg: Segment<'_>) -> Result<S
     }
     let ckpt_dir = files::checkpoint_dir(ctx.scratch);
     std::fs::create_dir_all(&ckpt_dir)?;
-    let first = resume_in_scratch(model.as_mut(), &ckpt_dir, start, end, &mut history, stage)?;
+    let first = resume_in_scratch(
+        model.as_mut(),
+        &ckpt_dir,
+        (start, end),
+        &mut history,
+        stage,
+        ctx.key,
+    )?;
     eprintln!(
         "{stage}: epochs {}..{end} on {} images ({}x{}), {} backend on the {:?}, validating on {} (monitor: {})",
         first + 1,
@@ -125,7 +132,15 @@ pub(super) fn run(ctx: &StageCtx<'_>, data: &Path, seg: Segment<'_>) -> Result<S
         history.push(rec);
         files::write_history(ctx.scratch, &history)?;
         if (e + 1) % plan.checkpoint_every == 0 || e + 1 == end {
-            files::save_checkpoint(&ckpt_dir, e + 1, model.state(), &mean, &history, &plan)?;
+            files::save_checkpoint(
+                &ckpt_dir,
+                e + 1,
+                model.state(),
+                &mean,
+                &history,
+                &plan,
+                ctx.key,
+            )?;
         }
         crate::stages::fault_point(&format!("{stage}:epoch{}", e + 1));
     }
@@ -156,29 +171,45 @@ pub(super) fn run(ctx: &StageCtx<'_>, data: &Path, seg: Segment<'_>) -> Result<S
     ))
 }
 
-/// A killed run of this very stage left checkpoints in its scratch folder: load the
-/// latest one inside this segment and return the epoch to continue after (else `start`).
+/// A killed run of this very stage key left checkpoints in its scratch folder: load the
+/// newest one inside this segment (epochs `(start, end]`) and return the epoch to
+/// continue after, else `start`. A checkpoint that does not load (truncated, garbage) or
+/// that another key wrote (copied in, or a scratch folder two stores share) is never
+/// resumed from: it is removed with a warning naming it, and the next older one is tried.
 fn resume_in_scratch(
     model: &mut dyn Model,
     ckpt_dir: &Path,
-    start: usize,
-    end: usize,
+    (start, end): (usize, usize),
     history: &mut Vec<EpochRecord>,
     stage: &str,
+    key: &str,
 ) -> Result<usize> {
-    let Some((e, path)) = files::checkpoints_in(ckpt_dir).pop() else {
-        return Ok(start);
-    };
-    if e <= start || e > end {
-        return Ok(start);
+    for (e, path) in files::checkpoints_in(ckpt_dir).into_iter().rev() {
+        let verdict = files::belongs_to(&path, key).and_then(|()| {
+            checkpoint::load(&path).map_err(|err| format!("it does not load: {err:#}"))
+        });
+        let (st, meta) = match verdict {
+            Ok(x) => x,
+            Err(why) => {
+                eprintln!(
+                    "warning: {stage}: not resuming from {}: {why}; it is removed",
+                    path.display()
+                );
+                std::fs::remove_file(&path)?;
+                continue;
+            }
+        };
+        if e <= start || e > end {
+            continue;
+        }
+        model.load_state(&st)?;
+        *history = serde_json::from_str(meta.get("history").map(|s| s.as_str()).unwrap_or("[]"))?;
+        eprintln!(
+            "{stage}: resuming from its checkpoint at epoch {e} (an earlier run was interrupted)"
+        );
+        return Ok(e);
     }
-    let (st, meta) = checkpoint::load(&path)?;
-    model.load_state(&st)?;
-    *history = serde_json::from_str(meta.get("history").map(|s| s.as_str()).unwrap_or("[]"))?;
-    eprintln!(
-        "{stage}: resuming from its checkpoint at epoch {e} (an earlier run was interrupted)"
-    );
-    Ok(e)
+    Ok(start)
 }
 
 /// One epoch over the shuffled training split: (summed loss, correct, images seen).
