@@ -47,6 +47,10 @@ pub fn hash_file(p: &Path) -> Result<String> {
 }
 
 fn hash_file_raw(p: &Path) -> Result<blake3::Hash> {
+    let md = fs::metadata(p).with_context(|| format!("cannot read {}", p.display()))?;
+    if !md.is_file() {
+        anyhow::bail!("{} is not a regular file: it is not read", p.display());
+    }
     let mut h = blake3::Hasher::new();
     if fs::metadata(p)?.len() > 1 << 20 {
         h.update_mmap_rayon(p)?;
@@ -117,4 +121,13 @@ pub fn set_read_only(dir: &Path, ro: bool) -> Result<()> {
         fs::set_permissions(dir, fs::Permissions::from_mode(mode(true)))?;
     }
     Ok(())
+}
+
+/// The first 12 characters of a hash or key, for messages (whole characters, whatever
+/// the text: a file name it came from may not be ASCII).
+pub fn short(s: &str) -> &str {
+    match s.char_indices().nth(12) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
 }

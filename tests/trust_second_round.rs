@@ -187,7 +187,7 @@ fn gc_refuses_when_it_cannot_find_the_stores_manifests() {
     );
     assert_eq!(artifacts(&copy), before);
 
-    // A recorded project whose pipelines/ is gone: refused, naming it.
+    // A recorded manifest folder that is gone: refused, naming it.
     let moved = p.path().join("pipelines-moved");
     std::fs::rename(p.path().join("pipelines"), &moved).unwrap();
     let out = pipe_in(
@@ -196,9 +196,53 @@ fn gc_refuses_when_it_cannot_find_the_stores_manifests() {
     );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&p.path().display().to_string()), "{err}");
-    assert!(err.contains("pipelines/ is gone"), "{err}");
+    assert!(
+        err.contains(&p.path().join("pipelines").display().to_string()),
+        "{err}"
+    );
+    assert!(err.contains("which is gone"), "{err}");
     std::fs::rename(&moved, p.path().join("pipelines")).unwrap();
+}
+
+#[test]
+fn gc_counts_every_project_that_shares_a_store_and_pipelines_adds_to_them() {
+    // Two projects run against one store; the second one's manifests move.
+    let shared = tempfile::tempdir().unwrap();
+    let store = shared.path().join("store").display().to_string();
+    let a = Project::new();
+    a.manifest("t.toml", DATA);
+    a.ok(&["run", "t", "--until", "hdf5", "--cache", &store]);
+    let b = Project::new();
+    b.manifest(
+        "u.toml",
+        &DATA
+            .replace("name = \"t\"", "name = \"u\"")
+            .replace("test_per_class = 2", "test_per_class = 1"),
+    );
+    b.ok(&["run", "u", "--until", "hdf5", "--cache", &store]);
+    let cache = shared.path().join("store");
+    assert_eq!(artifacts(&cache).len(), 5);
+    // From a's folder, gc counts b's manifests too: nothing goes.
+    let out = a.ok(&["gc", "--cache", &store]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed 0 artifacts"));
+    assert_eq!(artifacts(&cache).len(), 5);
+    // b's manifests move: refused; told where they are now, gc counts them and a's.
+    let moved = b.path().join("moved/pipelines");
+    std::fs::create_dir_all(moved.parent().unwrap()).unwrap();
+    std::fs::rename(b.path().join("pipelines"), &moved).unwrap();
+    let err = a.fails(&["gc", "--cache", &store]);
+    assert!(err.contains("which is gone"), "{err}");
+    let out = a.ok(&[
+        "gc",
+        "--cache",
+        &store,
+        "--all",
+        "--pipelines",
+        &moved.display().to_string(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("removed 0 artifacts"), "{text}");
+    assert_eq!(artifacts(&cache).len(), 5);
 }
 
 #[test]
@@ -627,4 +671,125 @@ lr = 0.01
         "{err}"
     );
     assert!(err.contains("networks.n.classes"), "{err}");
+}
+
+#[test]
+fn a_fifo_in_place_of_an_artifact_file_is_damage_not_a_hang() {
+    let p = Project::new();
+    p.manifest("t.toml", DATA);
+    let r = p.run_json("t", &["--until", "split"]);
+    let dir = p
+        .cache()
+        .join("artifacts")
+        .join(field(&r, "split", "output"));
+    let f = dir.join("classes.csv");
+    let mut perms = std::fs::metadata(&dir).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&dir, perms).unwrap();
+    std::fs::remove_file(&f).unwrap();
+    assert!(Command::new("mkfifo").arg(&f).status().unwrap().success());
+    let out = bounded(&p, &["status", "t"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("not a regular file any more"), "{text}");
+    let out = bounded(&p, &["verify"]);
+    assert!(!out.status.success());
+    let r = bounded(&p, &["run", "t", "--until", "split", "--json"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+}
+
+#[test]
+fn an_artifact_from_before_seals_keeps_its_key_when_another_key_makes_the_same_bytes() {
+    let p = Project::new();
+    p.manifest("t.toml", DATA);
+    let a = p.run_json("t", &["--until", "hdf5"]);
+    // As published before seals existed.
+    std::fs::remove_file(
+        p.cache()
+            .join("sealed")
+            .join(format!("{}.json", field(&a, "hdf5", "output"))),
+    )
+    .unwrap();
+    // Another key (another setting that changes no byte) publishes the same artifact.
+    let b = p.run_json(
+        "t",
+        &["--until", "hdf5", "--set", "hdf5.on_bad_image=\"skip\""],
+    );
+    assert_eq!(state_of(&b, "hdf5"), "ran");
+    assert_eq!(field(&a, "hdf5", "output"), field(&b, "hdf5", "output"));
+    assert_ne!(field(&a, "hdf5", "key"), field(&b, "hdf5", "key"));
+    // The first key still vouches for it: cached, and verify agrees.
+    let again = p.run_json("t", &["--until", "hdf5"]);
+    assert_eq!(state_of(&again, "hdf5"), "cached");
+    assert!(p.ok(&["verify"]).status.success());
+}
+
+#[test]
+fn an_image_removed_after_the_fingerprint_fails_the_stage_even_with_skip() {
+    let p = Project::new();
+    let root = p.path().join("data/tiny");
+    tiny_imagenet(&root, 3, 8, 2);
+    p.manifest(
+        "exp.toml",
+        &(tiny_manifest(&root, 2) + "on_bad_image = \"skip\"\n"),
+    );
+    let class = std::fs::read_dir(root.join("train"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let img = std::fs::read_dir(class.join("images"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let (ok, err) = stall_at(&p, &["run", "exp"], "hdf5:start", 2, || {
+        std::fs::remove_file(&img).unwrap();
+    });
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("was removed after its dataset was fingerprinted"),
+        "{err}"
+    );
+    assert_eq!(artifacts(&p.cache()).len(), 2, "nothing published for hdf5");
+}
+
+#[test]
+fn status_lists_every_stage_when_a_dataset_goes_missing_from_a_used_store() {
+    let p = Project::new();
+    let root = p.path().join("data/tiny");
+    tiny_imagenet(&root, 2, 8, 2);
+    p.manifest("exp.toml", &tiny_manifest(&root, 2));
+    p.run_json("exp", &[]);
+    std::fs::rename(&root, p.path().join("data/elsewhere")).unwrap();
+    let out = p.ok(&["status", "exp"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("does not exist"), "{text}");
+    assert_eq!(text.matches("waiting").count(), 3, "{text}");
+    let out = p
+        .cmd(&["show", "exp"])
+        .env("COLUMNS", "400")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ingest waiting: dataset folder"), "{text}");
+}
+
+#[test]
+fn gc_lists_names_that_are_not_ascii_without_panicking() {
+    let p = Project::new();
+    let name = "éxpériénces-à-réessayer";
+    p.manifest(
+        "x.toml",
+        &DATA.replace("name = \"t\"", &format!("name = \"{name}\"")),
+    );
+    p.run_json(name, &["--until", "ingest"]);
+    std::fs::remove_file(p.path().join("pipelines/x.toml")).unwrap();
+    p.manifest("t.toml", DATA);
+    let out = p.ok(&["gc", "--all", "--dry-run"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("would remove state éxpériénces"), "{text}");
 }

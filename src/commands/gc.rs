@@ -33,11 +33,8 @@ pub fn gc(g: &Global, pipelines: Option<PathBuf>, dry_run: bool, all: bool) -> R
             println!("{l}");
         }
     })?;
-    if let Some(first) = r.warnings.first() {
-        eprintln!(
-            "note: {} manifest(s) do not resolve (e.g. {first}); their last runs were kept",
-            r.warnings.len()
-        );
+    for w in &r.warnings {
+        eprintln!("note: {w} (what its pipeline last ran is kept)");
     }
     println!("{}", describe(&r).lines().last().unwrap_or(""));
     Ok(())

@@ -35,11 +35,11 @@ pub fn verify(g: &Global, pipeline: Option<&str>) -> Result<()> {
         };
         match h {
             Health::Sound => {
-                println!("ok       {}{who}", &a[..12.min(a.len())])
+                println!("ok       {}{who}", crate::content::short(a))
             }
             Health::Damaged(problems) => {
                 damaged += 1;
-                println!("DAMAGED  {}{who}", &a[..12.min(a.len())]);
+                println!("DAMAGED  {}{who}", crate::content::short(a));
                 for pr in problems {
                     println!("         {pr}");
                 }
@@ -49,7 +49,7 @@ pub fn verify(g: &Global, pipeline: Option<&str>) -> Result<()> {
     for (key, stage, why) in &wrong {
         println!(
             "WRONG    key {} ({stage}): {why}",
-            &key[..12.min(key.len())]
+            crate::content::short(key)
         );
     }
     if damaged > 0 || !wrong.is_empty() {

@@ -71,12 +71,19 @@ pub fn decode_checked(
         } else {
             Err(Unusable::Changed(anyhow::anyhow!(
                 "image {r} changed after its dataset was fingerprinted (its content is not the one indexed, {}...): nothing is published; run again to take the dataset as it is now",
-                &hash[..12.min(hash.len())]
+                crate::content::short(hash)
             )))
         }
     };
     match r {
         ImageRef::File(p) => {
+            if !hash.is_empty() && std::fs::symlink_metadata(p).is_err() {
+                // Indexed, fingerprinted, and gone now: not a bad image to skip, a dataset
+                // that changed under the run.
+                return Err(Unusable::Changed(anyhow::anyhow!(
+                    "image {r} was removed after its dataset was fingerprinted: nothing is published; run again to take the dataset as it is now"
+                )));
+            }
             let bytes = super::read_regular(p).map_err(Unusable::Bad)?;
             check(&bytes)?;
             decode_bytes(&bytes, p).map_err(Unusable::Bad)

@@ -215,15 +215,24 @@ fn sh_quote(s: &str) -> String {
 
 impl Engine {
     /// Every stage's recipe (see the module docs), in dependency order.
+    /// A stage whose dataset folder is not there has no recipe, nor has anything after it.
     pub fn recipes(&mut self, p: &Pipeline) -> Result<HashMap<String, String>> {
         let mut out: HashMap<String, String> = HashMap::new();
         for name in p.topo_order() {
             let s = &p.stages[&name];
             let external = match crate::stages::external_root(p, s) {
+                Some(root) if !root.exists() => continue,
                 Some(root) => Some(self.fingerprint(&root)?.hash.clone()),
                 None => None,
             };
-            let inputs: Vec<String> = s.inputs.iter().map(|i| out[i].clone()).collect();
+            let Some(inputs) = s
+                .inputs
+                .iter()
+                .map(|i| out.get(i).cloned())
+                .collect::<Option<Vec<String>>>()
+            else {
+                continue;
+            };
             let r = KeyMaterial::of(p, &name, inputs, external)?.hash();
             out.insert(name, r);
         }
@@ -285,6 +294,20 @@ impl Engine {
         }
         let must = self.must_run(p, opts)?;
         let recipes = self.recipes(p)?;
+        if let Some(name) = must.iter().find(|n| !recipes.contains_key(*n)) {
+            let root = p
+                .ancestors_of(name)
+                .into_iter()
+                .find_map(|a| crate::stages::external_root(p, &p.stages[&a]).map(|r| (a, r)))
+                .filter(|(_, r)| !r.exists());
+            match root {
+                Some((stage, r)) => bail!(
+                    "stage `{stage}`: its dataset folder {} does not exist (point `root` at it, e.g. `--set {stage}.root=DIR`)",
+                    r.display()
+                ),
+                None => bail!("stage `{name}`: its inputs cannot be known"),
+            }
+        }
         let wanted = opts.until.as_ref().map(|u| p.ancestors_of(u));
         for name in p.topo_order() {
             if wanted.as_ref().is_some_and(|w| !w.contains(&name)) {

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
+use super::store::ProjectRecord;
 use super::{integrity, load_pipeline, Engine};
 use crate::content::dir_size;
 use crate::manifest::{self, StageKind};
@@ -35,36 +36,59 @@ pub struct GcOptions {
 }
 
 impl Engine {
-    /// The folders whose manifests use this store: `--pipelines`, else the projects the
-    /// store recorded, else `pipelines/` beside the store. An error says why none can be
-    /// found, or which recorded project has no manifests any more.
-    fn manifest_folders(&self, explicit: Option<&Path>) -> Result<Vec<PathBuf>> {
+    /// The manifest folders that use this store, each with its project folder: those the
+    /// store recorded, plus `--pipelines`; with no record, `pipelines/` beside the store.
+    /// A recorded folder that is gone is an error unless `--pipelines` says where the
+    /// manifests are now (it is then left out, and said so in `notes`).
+    fn manifest_folders(
+        &self,
+        explicit: Option<&Path>,
+        notes: &mut Vec<String>,
+    ) -> Result<Vec<ProjectRecord>> {
         let root = self.store.root();
+        let mut out: Vec<ProjectRecord> = Vec::new();
         if let Some(dir) = explicit {
             if !dir.is_dir() {
                 bail!("--pipelines {}: no such folder", dir.display());
             }
-            return Ok(vec![dir.to_path_buf()]);
+            let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+            let project = match dir.file_name() {
+                Some(n) if n == "pipelines" => dir.parent().unwrap_or(&dir).to_path_buf(),
+                _ => dir.clone(),
+            };
+            out.push(ProjectRecord {
+                pipelines: dir,
+                project,
+            });
         }
         let recorded = self.store.projects();
-        if !recorded.is_empty() {
-            let mut out = Vec::new();
-            for p in recorded {
-                let dir = p.join("pipelines");
-                if !dir.is_dir() {
-                    bail!(
-                        "gc refuses: store {} was used by the project in {}, whose pipelines/ is gone, so what still uses its artifacts cannot be known; pass --pipelines DIR (the manifests that use this store)",
-                        root.display(),
-                        p.display()
-                    );
+        for rec in &recorded {
+            if rec.pipelines.is_dir() {
+                if !out.iter().any(|o| o.pipelines == rec.pipelines) {
+                    out.push(rec.clone());
                 }
-                out.push(dir);
+            } else if explicit.is_some() {
+                notes.push(format!(
+                    "{}: recorded as using this store, but gone; not counted",
+                    rec.pipelines.display()
+                ));
+            } else {
+                bail!(
+                    "gc refuses: store {} was used by the manifests in {}, which is gone, so what still uses its artifacts cannot be known; pass --pipelines DIR (the manifests that use this store now; the other recorded folders still count)",
+                    root.display(),
+                    rec.pipelines.display()
+                );
             }
+        }
+        if !out.is_empty() {
             return Ok(out);
         }
         let beside = root.parent().map(|d| d.join("pipelines"));
         match beside.filter(|d| d.is_dir()) {
-            Some(dir) => Ok(vec![dir]),
+            Some(dir) => Ok(vec![ProjectRecord {
+                project: dir.parent().unwrap_or(&dir).to_path_buf(),
+                pipelines: dir,
+            }]),
             None => bail!(
                 "gc refuses: store {} records no project and has no pipelines/ beside it, so what uses its artifacts cannot be known; pass --pipelines DIR (the manifests that use this store)",
                 root.display()
@@ -75,14 +99,16 @@ impl Engine {
     /// Remove what nothing uses (see the module docs). `plan` is shown what will be removed
     /// before anything is; with `dry_run` nothing is. Returns the same list.
     pub fn gc(&mut self, opts: &GcOptions, plan: &mut dyn FnMut(&GcReport)) -> Result<GcReport> {
-        let folders = self.manifest_folders(opts.pipelines.as_deref())?;
+        let mut notes = Vec::new();
+        let folders = self.manifest_folders(opts.pipelines.as_deref(), &mut notes)?;
         let _lock = if opts.dry_run || self.store.is_read_only() {
             None
         } else {
             Some(self.store.lock("pipe gc")?)
         };
         let mut report = GcReport {
-            pipelines: folders.clone(),
+            pipelines: folders.iter().map(|f| f.pipelines.clone()).collect(),
+            warnings: notes,
             dry_run: opts.dry_run,
             ..GcReport::default()
         };
@@ -91,8 +117,8 @@ impl Engine {
         let mut keep_scratch: HashSet<String> = HashSet::new();
         let mut names: HashSet<String> = HashSet::new();
         for folder in &folders {
-            let project = folder.parent().unwrap_or(folder);
-            for file in manifest::list(folder)? {
+            let project = &folder.project;
+            for file in manifest::list(&folder.pipelines)? {
                 let stem = file
                     .file_stem()
                     .map(|s| s.to_string_lossy().into_owned())
@@ -110,8 +136,11 @@ impl Engine {
                     }
                 };
                 // A manifest that does not load (one needing `--set`, a base file) keeps
-                // its pipeline's last run.
-                names.insert(p.as_ref().map_or(stem, |p| p.name.clone()));
+                // its pipeline's last run, under the name it declares.
+                names.insert(match &p {
+                    Some(p) => p.name.clone(),
+                    None => manifest::discover::declared_name(&file).unwrap_or(stem),
+                });
                 let Some(p) = p else { continue };
                 match self.status(&p) {
                     Ok(stages) => {

@@ -55,15 +55,30 @@ fn mtime_ns(md: &fs::Metadata) -> i64 {
     md.mtime() * 1_000_000_000 + md.mtime_nsec()
 }
 
-/// Seal a published artifact folder that stage key `key` produced: record its files
-/// (`hashed`: path, size, BLAKE3 as the store hashed them) and the key, then make it
-/// read-only. An artifact sealed already (another key made the same bytes) gains the key.
-pub fn seal(dir: &Path, seal_path: &Path, hashed: &[HashedFile], key: &str) -> Result<()> {
+/// Seal a published artifact folder that stage keys `keys` produced: record its files
+/// (`hashed`: path, size, BLAKE3 as the store hashed them) and the keys, then make it
+/// read-only. An artifact sealed already (another key made the same bytes) gains the keys;
+/// a seal from before keys were recorded stays as it is (the keys that published it then
+/// are not known, and vouching falls back to the kind's files). Seals are changed under
+/// one lock, so two keys publishing the same bytes at once both end up in it.
+pub fn seal(dir: &Path, seal_path: &Path, hashed: &[HashedFile], keys: &[String]) -> Result<()> {
+    let lock_path = seal_path.with_file_name(".lock");
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)?;
+    lock.lock()?;
     if let Some(mut seal) = read_seal(seal_path) {
-        // A seal from before keys were recorded stays as it is: the keys that published
-        // it then are not known, and vouching falls back to the kind's files.
-        if !seal.keys.is_empty() && !seal.keys.iter().any(|k| k == key) {
-            seal.keys.push(key.to_string());
+        let before = seal.keys.len();
+        if before > 0 {
+            for k in keys {
+                if !seal.keys.contains(k) {
+                    seal.keys.push(k.clone());
+                }
+            }
+        }
+        if seal.keys.len() != before {
             seal.keys.sort();
             write_json_atomic(seal_path, &seal)?;
         }
@@ -80,13 +95,10 @@ pub fn seal(dir: &Path, seal_path: &Path, hashed: &[HashedFile], key: &str) -> R
         });
     }
     set_read_only(dir, true)?;
-    write_json_atomic(
-        seal_path,
-        &Seal {
-            files,
-            keys: vec![key.to_string()],
-        },
-    )
+    let mut keys = keys.to_vec();
+    keys.sort();
+    keys.dedup();
+    write_json_atomic(seal_path, &Seal { files, keys })
 }
 
 /// The seal at `path`, if it reads.
@@ -112,10 +124,10 @@ pub fn vouches(dir: &Path, seal_path: &Path, key: &str, required: &[&str]) -> Re
                     dir.display(),
                     s.keys
                         .iter()
-                        .map(|k| &k[..12.min(k.len())])
+                        .map(|k| crate::content::short(k))
                         .collect::<Vec<_>>()
                         .join(", "),
-                    &key[..12.min(key.len())]
+                    crate::content::short(key)
                 ))
             }
         }
@@ -149,6 +161,14 @@ pub fn check(dir: &Path, seal: &Seal, full: bool, records: &[&str]) -> Result<He
             problems.push(format!("{}: missing", p.display()));
             continue;
         };
+        if !md.is_file() {
+            // Never read: a FIFO or a device put in its place would not end.
+            problems.push(format!(
+                "{}: not a regular file any more (published as one)",
+                p.display()
+            ));
+            continue;
+        }
         let moved = md.len() != s.size || mtime_ns(&md) != s.mtime_ns;
         if (full || moved) && hash_file(&p)? != s.hash {
             problems.push(if md.len() != s.size {
@@ -182,7 +202,7 @@ pub fn health(
 ) -> Result<Health> {
     match read_seal(seal_path) {
         Some(seal) => check(dir, &seal, full, records),
-        None => Ok(if hash_dir(dir, records)?.0 == output {
+        None => Ok(if hash_dir(dir, records).is_ok_and(|(h, _)| h == output) {
             Health::Sound
         } else {
             Health::Damaged(vec![format!(

@@ -228,6 +228,16 @@ impl Engine {
         stages::train::interrupted_at(&self.store.scratch_path(key), key)
     }
 
+    /// Record in the store where `p`'s manifest lives (for `pipe gc`).
+    fn note_project(&self, p: &Pipeline) -> Result<()> {
+        let folder = p
+            .file
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        self.store.note_project(folder, &p.project_dir)
+    }
+
     fn warn(&mut self, w: String) {
         self.watcher.event(Event::Warning(w));
     }
@@ -325,7 +335,7 @@ impl Engine {
         } else {
             let l = self.store.lock(&format!("pipe run {}", p.name))?;
             self.store.clean_tmp()?;
-            self.store.note_project(&p.project_dir)?;
+            self.note_project(p)?;
             Some(l)
         };
         let wanted: Option<BTreeSet<String>> = opts.until.as_ref().map(|u| p.ancestors_of(u));
@@ -545,7 +555,7 @@ impl Engine {
     /// this one unless it is cached. Errors name an input that is missing.
     pub fn run_stage(&mut self, p: &Pipeline, stage: &str) -> Result<StageOutcome> {
         Self::check_stage_names(p, &[&stage.to_string()])?;
-        self.store.note_project(&p.project_dir)?;
+        self.note_project(p)?;
         let wanted = p.ancestors_of(stage);
         let mut outputs: HashMap<String, String> = HashMap::new();
         for name in p.topo_order() {
@@ -678,13 +688,20 @@ impl Engine {
     /// then make it read-only and seal it with the key (see [`integrity`]); returns its
     /// content hash.
     fn publish(&self, tmp: &Path, kind: StageKind, key: &str) -> Result<String> {
-        let (output, files) = self.store.publish(tmp, stages::records(kind))?;
-        integrity::seal(
-            &self.store.artifact_dir(&output),
-            &self.store.seal_path(&output),
-            &files,
-            key,
-        )?;
+        let (output, files, existed) = self.store.publish(tmp, stages::records(kind))?;
+        let seal = self.store.seal_path(&output);
+        let mut keys = vec![key.to_string()];
+        if existed && !seal.is_file() {
+            // An artifact from before seals: the keys already recorded for it made it too.
+            keys.extend(
+                self.store
+                    .all_keys()?
+                    .into_iter()
+                    .filter(|r| r.output == output)
+                    .map(|r| r.key),
+            );
+        }
+        integrity::seal(&self.store.artifact_dir(&output), &seal, &files, &keys)?;
         Ok(output)
     }
 

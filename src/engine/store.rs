@@ -14,8 +14,8 @@
 //!   checked before the artifact is used (`engine::integrity`).
 //! - `damaged/`: artifacts found damaged, moved aside until `pipe gc` deletes them.
 //! - `lock`: `flock`ed by the process writing the store; holds its pid and command.
-//! - `projects.json`: the project folders whose pipelines have run against this store
-//!   (where `pipe gc` finds the manifests that still use it).
+//! - `projects.json`: the manifest folders (and their projects) whose pipelines have run
+//!   against this store (where `pipe gc` finds the manifests that still use it).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -63,6 +63,16 @@ pub struct StageRecord {
     pub external: Option<String>,
     /// Output hash.
     pub output: String,
+}
+
+/// A folder of manifests that ran against a store, and its project folder (where their
+/// relative paths start).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectRecord {
+    /// The folder holding the manifests (`<project>/pipelines`).
+    pub pipelines: PathBuf,
+    /// The project folder.
+    pub project: PathBuf,
 }
 
 /// The last run of a pipeline, stage by stage.
@@ -231,26 +241,29 @@ impl Store {
         self.root.join("artifacts").join(output)
     }
 
-    /// Hash a finished temporary directory and publish it by rename; returns its hash and
-    /// each content file as hashed (for its seal). A byte-identical artifact already
-    /// present is kept and the new one dropped. `records`: the top-level files its stage
-    /// kind declares as records, not content.
-    pub fn publish(&self, tmp: &Path, records: &[&str]) -> Result<(String, Vec<HashedFile>)> {
+    /// Hash a finished temporary directory and publish it by rename; returns its hash,
+    /// each content file as hashed (for its seal), and whether the artifact was there
+    /// already (a byte-identical artifact already present is kept and the new one
+    /// dropped). `records`: the top-level files its stage kind declares as records.
+    pub fn publish(&self, tmp: &Path, records: &[&str]) -> Result<(String, Vec<HashedFile>, bool)> {
         let (hash, files) = content::hash_dir(tmp, records)?;
         let dest = self.artifact_dir(&hash);
+        let mut existed = false;
         if dest.is_dir() {
             fs::remove_dir_all(tmp)?;
+            existed = true;
         } else if let Err(e) = fs::rename(tmp, &dest) {
             if dest.is_dir() {
                 // Another process published the same content first: same bytes, keep theirs.
                 fs::remove_dir_all(tmp)?;
+                existed = true;
             } else {
                 return Err(e).with_context(|| {
                     format!("cannot publish {} as {}", tmp.display(), dest.display())
                 });
             }
         }
-        Ok((hash, files))
+        Ok((hash, files, existed))
     }
 
     /// Where an artifact's seal lives (`engine::integrity` writes and reads it).
@@ -395,11 +408,15 @@ impl Store {
         self.save_state(pipeline, &st)
     }
 
-    /// Remember that the project in folder `dir` runs pipelines against this store (so
-    /// `pipe gc` finds its manifests from anywhere). Written once per project.
-    pub fn note_project(&self, dir: &Path) -> Result<()> {
-        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
-        if self.projects().contains(&dir) {
+    /// Remember that manifests in folder `pipelines` (of the project in folder `project`)
+    /// run against this store, so `pipe gc` finds them from anywhere. Written once each.
+    pub fn note_project(&self, pipelines: &Path, project: &Path) -> Result<()> {
+        let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let entry = ProjectRecord {
+            pipelines: abs(pipelines),
+            project: abs(project),
+        };
+        if self.projects().contains(&entry) {
             return Ok(());
         }
         let lock = self.root.join("projects.lock");
@@ -411,16 +428,16 @@ impl Store {
             .with_context(|| format!("cannot open {}", lock.display()))?;
         file.lock().context("locking the store's project list")?;
         let mut all = self.projects();
-        if !all.contains(&dir) {
-            all.push(dir);
-            all.sort();
+        if !all.contains(&entry) {
+            all.push(entry);
+            all.sort_by(|a, b| a.pipelines.cmp(&b.pipelines));
             write_json_atomic(&self.root.join("projects.json"), &all)?;
         }
         Ok(())
     }
 
-    /// The project folders recorded by [`Store::note_project`].
-    pub fn projects(&self) -> Vec<PathBuf> {
+    /// The manifest folders recorded by [`Store::note_project`].
+    pub fn projects(&self) -> Vec<ProjectRecord> {
         read_json(&self.root.join("projects.json"))
             .ok()
             .flatten()

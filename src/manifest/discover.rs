@@ -66,6 +66,12 @@ pub fn list(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// The name a manifest gives its pipeline (`name = ...`), read without loading it whole;
+/// `None` when it gives none or does not parse.
+pub fn declared_name(path: &Path) -> Option<String> {
+    peek_names(path).ok().and_then(|(name, _)| name)
+}
+
 fn peek_names(path: &Path) -> Result<(Option<String>, Vec<String>), ManifestError> {
     let src = read_source(path, display_path(path))?;
     let doc = value::parse_document(src)?;

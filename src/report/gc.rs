@@ -61,7 +61,7 @@ pub fn describe(r: &GcReport) -> String {
         for x in items {
             out.push_str(&format!(
                 "{verb} {what} {}  {}  {}\n",
-                &x.name[..12.min(x.name.len())],
+                crate::content::short(&x.name),
                 human_bytes(x.bytes),
                 x.detail
             ));

@@ -234,7 +234,9 @@ impl StageOutcome {
 
     /// The first 12 characters of its key, or `-`.
     pub fn short_key(&self) -> &str {
-        self.key.as_deref().map_or("-", |k| &k[..12.min(k.len())])
+        self.key
+            .as_deref()
+            .map_or("-", |k| crate::content::short(k))
     }
 }
 

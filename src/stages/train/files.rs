@@ -111,8 +111,8 @@ pub fn belongs_to(path: &Path, key: &str) -> Result<(), String> {
         Some(k) if k == key => Ok(()),
         Some(k) => Err(format!(
             "it belongs to stage key {}, not this one ({})",
-            &k[..12.min(k.len())],
-            &key[..12.min(key.len())]
+            crate::content::short(k),
+            crate::content::short(key)
         )),
         None => Err("it names no stage key".into()),
     }

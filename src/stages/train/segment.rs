@@ -173,9 +173,10 @@ pub(super) fn run(ctx: &StageCtx<'_>, data: &Path, seg: Segment<'_>) -> Result<S
 
 /// A killed run of this very stage key left checkpoints in its scratch folder: load the
 /// newest one inside this segment (epochs `(start, end]`) and return the epoch to
-/// continue after, else `start`. A checkpoint that does not load (truncated, garbage) or
-/// that another key wrote (copied in, or a scratch folder two stores share) is never
-/// resumed from: it is removed with a warning naming it, and the next older one is tried.
+/// continue after, else `start`. A checkpoint that does not load (truncated, garbage), or
+/// that another key wrote (copied in, or a scratch folder two stores share), or that names
+/// no key (written before checkpoints did) is never resumed from: it is moved aside into
+/// `refused/` with a warning naming it, and the next older one is tried.
 fn resume_in_scratch(
     model: &mut dyn Model,
     ckpt_dir: &Path,
@@ -191,11 +192,16 @@ fn resume_in_scratch(
         let (st, meta) = match verdict {
             Ok(x) => x,
             Err(why) => {
+                // Moved aside (never published, never tried again), not deleted.
+                let aside = ckpt_dir.with_file_name("refused");
+                std::fs::create_dir_all(&aside)?;
+                let to = aside.join(path.file_name().unwrap_or_default());
+                std::fs::rename(&path, &to)?;
                 eprintln!(
-                    "warning: {stage}: not resuming from {}: {why}; it is removed",
-                    path.display()
+                    "warning: {stage}: not resuming from {}: {why}; moved to {}",
+                    path.display(),
+                    to.display()
                 );
-                std::fs::remove_file(&path)?;
                 continue;
             }
         };
