@@ -122,7 +122,7 @@ pub fn resolve_devices(p: &mut Pipeline) {
                 static RESOLVED: std::sync::OnceLock<DeviceSetting> = std::sync::OnceLock::new();
                 *RESOLVED.get_or_init(|| {
                     if crate::backend::cuda_available() {
-                        eprintln!("device = \"auto\": using the CUDA GPU");
+                        crate::report::outcome::notice("device = \"auto\": using the CUDA GPU");
                         DeviceSetting::Cuda
                     } else {
                         DeviceSetting::Cpu

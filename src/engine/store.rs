@@ -156,7 +156,7 @@ impl Store {
                 let mut holder = String::new();
                 let _ = fs::File::open(&path).and_then(|mut f| f.read_to_string(&mut holder));
                 let holder = holder.trim();
-                eprintln!(
+                crate::report::outcome::notice(&format!(
                     "waiting for the cache lock on {} (held by {})",
                     self.root.display(),
                     if holder.is_empty() {
@@ -164,7 +164,7 @@ impl Store {
                     } else {
                         holder
                     }
-                );
+                ));
                 file.lock().context("waiting for the cache lock")?;
             }
             Err(fs::TryLockError::Error(e)) => {
@@ -350,7 +350,9 @@ impl Store {
         match file.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
-                eprintln!("{stage}: another process is running this stage; waiting for it");
+                crate::report::outcome::notice(&format!(
+                    "{stage}: another process is running this stage; waiting for it"
+                ));
                 file.lock().context("waiting for a stage lock")?;
             }
             Err(fs::TryLockError::Error(e)) => {

@@ -294,6 +294,12 @@ impl Watcher for Console {
     }
 }
 
+/// A notice on the console from below a run's [`Watcher`] (waiting for a lock held by
+/// another process, how `device = "auto"` resolved): one line on stderr.
+pub fn notice(msg: &str) {
+    eprintln!("{msg}");
+}
+
 /// Reasons as one line: `a; b`.
 pub fn join(reasons: &[Reason]) -> String {
     reasons
