@@ -14,7 +14,8 @@ use super::error::ManifestError;
 use super::model::Pipeline;
 use super::source::{display_path, read_source, Origin, Source};
 use super::value::{self, Entry, Kind, SValue};
-use super::{check, de, network, parse};
+use super::sweep::{self, Sweep};
+use super::{check, de, error, network, parse};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -176,6 +177,31 @@ fn apply_set(doc: &mut SValue, arg: &str) -> Result<(), ManifestError> {
             span: eq + 1..arg.len(),
         },
     });
+    let key_origin = Origin {
+        source: source.clone(),
+        span: 0..eq,
+    };
+    apply_override(doc, key, value, key_origin);
+    Ok(())
+}
+
+/// Top-level keys a manifest may hold.
+const TOP_KEYS: [&str; 10] = [
+    "name",
+    "aliases",
+    "description",
+    "seed",
+    "device",
+    "backend",
+    "stages",
+    "networks",
+    "blocks",
+    "sweep",
+];
+
+/// Set key `key` (as `--set` takes it: `train.lr` is `stages.train.lr` when `train` is a
+/// stage) to `value` in the merged tree; the key is said to be written at `key_origin`.
+fn apply_override(doc: &mut SValue, key: &str, value: SValue, key_origin: Origin) {
     let mut parts: Vec<&str> = key.split('.').collect();
     let is_stage = doc
         .get("stages")
@@ -184,10 +210,6 @@ fn apply_set(doc: &mut SValue, arg: &str) -> Result<(), ManifestError> {
     if is_stage {
         parts.insert(0, "stages");
     }
-    let key_origin = Origin {
-        source: source.clone(),
-        span: 0..eq,
-    };
     let mut node = value;
     for part in parts.iter().rev() {
         let mut t = IndexMap::new();
@@ -204,18 +226,97 @@ fn apply_set(doc: &mut SValue, arg: &str) -> Result<(), ManifestError> {
         };
     }
     doc.merge(node);
-    Ok(())
 }
 
-/// Load a manifest file, follow `extends`, apply `--set` overrides, type and validate it.
-/// Networks are checked by `nn::check` (the engine's `Project::load` runs both).
+/// A swept key must name a stage or a top-level key: anything else is a typo, said with
+/// the names it could have meant.
+fn check_swept_key(doc: &SValue, key: &str, at: &Origin) -> Result<(), ManifestError> {
+    let first = key.split('.').next().unwrap_or(key);
+    let stages: Vec<String> = doc
+        .get("stages")
+        .and_then(|s| s.value.as_table())
+        .map(|t| t.keys().cloned().collect())
+        .unwrap_or_default();
+    if stages.iter().any(|s| s == first) || TOP_KEYS.contains(&first) && first != "sweep" {
+        return Ok(());
+    }
+    let candidates = stages
+        .iter()
+        .map(|s| s.as_str())
+        .chain(TOP_KEYS.iter().copied());
+    let mut e = ManifestError::new(format!(
+        "swept key `{key}`: `{first}` is neither a stage of this pipeline nor a top-level key"
+    ))
+    .at(at.clone())
+    .path(format!("sweep.{key}"));
+    e.help = Some(match error::did_you_mean(first, candidates) {
+        Some(m) => format!("did you mean `{m}`?"),
+        None => format!("stages: {}", stages.join(", ")),
+    });
+    Err(e)
+}
+
+/// What a manifest is: one pipeline, or a sweep of them.
+#[derive(Debug, Clone)]
+pub enum Loaded {
+    /// A manifest without `[sweep]`.
+    Pipeline(Pipeline),
+    /// A manifest with `[sweep]`: every point typed and checked.
+    Sweep(Sweep),
+}
+
+/// Load a manifest that is not a sweep (see [`load_any`]).
 pub fn load(path: &Path, sets: &[String], project_dir: &Path) -> Result<Pipeline, ManifestError> {
+    match load_any(path, sets, project_dir)? {
+        Loaded::Pipeline(p) => Ok(p),
+        Loaded::Sweep(s) => Err(ManifestError::new(format!(
+            "{} is a sweep of {} points: run it whole (`pipe run {}`) or name a point (`pipe run {}`)",
+            path.display(),
+            s.points.len(),
+            s.name,
+            s.points[0].pipeline.name
+        ))),
+    }
+}
+
+/// Load a manifest file, follow `extends`, apply `--set` overrides, type and validate it;
+/// with a `[sweep]`, every point. Networks are checked by `nn::check` (the engine's
+/// `Project::load` runs both).
+pub fn load_any(path: &Path, sets: &[String], project_dir: &Path) -> Result<Loaded, ManifestError> {
     let mut chain = Vec::new();
     let mut doc = load_merged(path, &mut chain)?;
     for s in sets {
         apply_set(&mut doc, s)?;
     }
     check_finite(&doc, "")?;
+    let sweep = doc.as_table_mut().and_then(|t| t.shift_remove("sweep"));
+    let Some(sweep) = sweep else {
+        return type_doc(&doc, path, project_dir).map(Loaded::Pipeline);
+    };
+    let spec = sweep::parse_spec(&sweep)?;
+    let base: TopLevel = match doc.get("stages") {
+        Some(_) => de::from_svalue(&doc, "")?,
+        None => return type_doc(&doc, path, project_dir).map(Loaded::Pipeline),
+    };
+    let name = base.name.clone().unwrap_or_else(|| {
+        path.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "pipeline".into())
+    });
+    let s = sweep::load_points(&name, base.aliases.clone(), path, &spec, |over| {
+        let mut d = doc.clone();
+        for (key, origin, value) in over {
+            check_swept_key(&d, key, origin)?;
+            apply_override(&mut d, key, value.clone(), origin.clone());
+        }
+        check_finite(&d, "")?;
+        type_doc(&d, path, project_dir)
+    })?;
+    Ok(Loaded::Sweep(s))
+}
+
+/// Type and check a merged manifest tree (no `[sweep]` left in it) as one pipeline.
+fn type_doc(doc: &SValue, path: &Path, project_dir: &Path) -> Result<Pipeline, ManifestError> {
     let top: TopLevel = match doc.get("stages") {
         Some(_) => de::from_svalue(&doc, "")?,
         None => {

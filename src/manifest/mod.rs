@@ -8,7 +8,8 @@
 //! - `network`: blocks and networks as written (`nn` expands them into graphs);
 //! - `model`: the typed pipeline ([`Pipeline`], [`Stage`], [`StageKind`], [`StageConfig`]);
 //! - `load`: reading, merging, overrides; `parse`: one parser per stage kind; `check`:
-//!   checks over the whole pipeline; `discover`: finding a manifest by name.
+//!   checks over the whole pipeline; `discover`: finding a manifest by name;
+//! - `sweep`: a `[sweep]` table, its points and their ids (each point a [`Pipeline`]).
 //!
 //! It knows nothing of how stages run or how results are cached, and imports nothing of
 //! pipe's above it. Every error names the file, line, column and key path at fault.
@@ -23,11 +24,13 @@ pub mod model;
 pub mod network;
 pub mod parse;
 pub mod source;
+pub mod sweep;
 pub mod value;
 
 pub use config::*;
 pub use discover::{find, list};
 pub use error::ManifestError;
-pub use load::load;
+pub use load::{load, load_any, Loaded};
+pub use sweep::{Sweep, SweepPoint};
 pub use model::{Pipeline, Resources, Stage, StageConfig, StageKind};
 pub use parse::{is_slurm_mem, is_slurm_time, MAX_IMAGE_SIDE};
