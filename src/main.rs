@@ -60,6 +60,28 @@ enum Cmd {
         /// With `--executor slurm`: wait for the jobs and report how they ended
         #[arg(long)]
         wait: bool,
+        /// A sweep: run only the points this selects (`lr=5e-3`, `lr<1e-2`, `act=elu,lr>=1e-3`),
+        /// each whole (halving does not prune them)
+        #[arg(long, value_name = "EXPR")]
+        only: Option<String>,
+    },
+    /// Decide a sweep's halving rung and submit the next (what a promotion job runs)
+    #[command(hide = true)]
+    SweepPromote {
+        /// The sweep's manifest
+        manifest: String,
+        /// The rung just finished (0 = the first)
+        #[arg(long)]
+        rung: usize,
+        /// Overrides, as for `run`
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// The partition for the jobs it submits
+        #[arg(long)]
+        partition: Option<String>,
+        /// GPUs for each training and evaluation job
+        #[arg(long)]
+        gpus_per_stage: Option<u32>,
     },
     /// Run one stage whose inputs are in the store (what an executor's job runs)
     #[command(hide = true)]
@@ -102,9 +124,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Which stages are cached or stale, and why
+    /// Which stages are cached or stale, and why (a sweep: as a tree)
     Status {
-        /// Pipeline name, alias, or manifest path
+        /// Pipeline name, alias, or manifest path; a sweep, or a sweep's point `SWEEP@ID`
         pipeline: String,
         /// Override a key, as for `run`
         #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -112,6 +134,9 @@ enum Cmd {
         /// Print JSON
         #[arg(long)]
         json: bool,
+        /// A sweep: only the points this selects, as for `run`
+        #[arg(long, value_name = "EXPR")]
+        only: Option<String>,
     },
     /// Print the stage graph
     Dag {
@@ -347,6 +372,7 @@ fn main() -> ExitCode {
             partition,
             gpus_per_stage,
             wait,
+            only,
         } => {
             let opts = RunOptions {
                 force,
@@ -355,7 +381,7 @@ fn main() -> ExitCode {
             };
             let executor = executor.or(jobs.map(|_| ExecutorArg::Local));
             match executor {
-                None => commands::run(&g, &pipeline, &sets, opts, json),
+                None => commands::run(&g, &pipeline, &sets, opts, json, only.as_deref()),
                 Some(e) => {
                     let exec = match e {
                         ExecutorArg::Local => Executor::Local {
@@ -367,10 +393,27 @@ fn main() -> ExitCode {
                             wait,
                         }),
                     };
-                    commands::run_with(&g, &pipeline, &sets, opts, &exec)
+                    commands::run_with(&g, &pipeline, &sets, opts, &exec, only.as_deref())
                 }
             }
         }
+        Cmd::SweepPromote {
+            manifest,
+            rung,
+            sets,
+            partition,
+            gpus_per_stage,
+        } => commands::sweep_promote(
+            &g,
+            &manifest,
+            rung,
+            &sets,
+            &SlurmOptions {
+                partition,
+                gpus_per_stage,
+                wait: false,
+            },
+        ),
         Cmd::RunStage {
             manifest,
             stage,
@@ -380,7 +423,8 @@ fn main() -> ExitCode {
             pipeline,
             sets,
             json,
-        } => commands::status(&g, &pipeline, &sets, json),
+            only,
+        } => commands::status(&g, &pipeline, &sets, json, only.as_deref()),
         Cmd::Show {
             pipelines,
             sort,

@@ -26,7 +26,7 @@ pub use data::{demo_data, DemoLayout};
 pub use diff::diff;
 pub use gc::gc;
 pub use graph::graph;
-pub use run::{run, run_stage, run_with};
+pub use run::{run, run_stage, run_with, sweep_promote};
 pub use show::{show, ShowFormat};
 pub use status::status;
 pub use verify::verify;

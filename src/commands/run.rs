@@ -1,27 +1,38 @@
-//! `pipe run` (in this process, or with an executor) and `pipe run-stage` (what an
-//! executor's job runs).
+//! `pipe run` (in this process, or with an executor; a pipeline, a sweep, or one point of
+//! a sweep) and `pipe run-stage` (what an executor's job runs).
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 use super::{load, Global};
-use crate::engine::{Engine, RunOptions};
+use crate::engine::{sweep, Engine, Project, RunOptions, Target};
+use crate::manifest::Sweep;
 use crate::report::outcome::{self, Console};
+use crate::report::sweep as report;
 
-/// `pipe run`.
+/// `pipe run P` (`only`: `--only EXPR`, for a sweep).
 pub fn run(
     g: &Global,
     pipeline: &str,
     sets: &[String],
     opts: RunOptions,
     json: bool,
+    only: Option<&str>,
 ) -> Result<()> {
-    let (proj, p) = load(g, pipeline, sets)?;
-    let opts_dry_run = opts.dry_run;
+    let (proj, target) = Project::discover(g.cache.clone())?.load_target(pipeline, sets)?;
     let engine = if opts.dry_run {
         Engine::read_only(&proj.cache)
     } else {
         Engine::new(&proj.cache)?
     };
+    let mut engine = engine.watched_by(Box::new(Console { quiet: json }));
+    let p = match target {
+        Target::Sweep(s) => return run_sweep(&mut engine, &s, &opts, json, only),
+        Target::Pipeline(p) => p,
+        Target::Point(s, i) => s.points[i].pipeline.clone(),
+    };
+    if only.is_some() {
+        bail!("--only selects points of a sweep; `{pipeline}` is one pipeline");
+    }
     if !json {
         eprintln!(
             "pipeline {} ({}){}",
@@ -30,30 +41,128 @@ pub fn run(
             if opts.dry_run { " [dry run]" } else { "" }
         );
     }
-    let mut engine = engine.watched_by(Box::new(Console { quiet: json }));
     let report = engine.run(&p, &opts)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        eprintln!("{}", outcome::run_summary(&report, opts_dry_run));
+        eprintln!("{}", outcome::run_summary(&report, opts.dry_run));
     }
     Ok(())
 }
 
-/// `pipe run --executor`: stages as local worker processes or Slurm jobs.
+/// `pipe run SWEEP`: a dry run shows the sweep as a tree; a run runs every point (or those
+/// `--only` selects) and fails, listing them, if any point failed.
+fn run_sweep(
+    engine: &mut Engine,
+    s: &Sweep,
+    opts: &RunOptions,
+    json: bool,
+    only: Option<&str>,
+) -> Result<()> {
+    let selected = sweep::select(s, only)?;
+    if opts.dry_run {
+        let stages = engine.sweep_stages(s, &selected)?;
+        let ids: Vec<String> = selected.iter().map(|&i| s.points[i].id.clone()).collect();
+        if json {
+            let v = serde_json::json!({"sweep": s.name, "points": ids, "stages": stages});
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            print!(
+                "{}",
+                report::tree(
+                    &s.name,
+                    &s.file.display().to_string(),
+                    &ids,
+                    &stages,
+                    &engine.decisions(&s.name)
+                )
+            );
+        }
+        return Ok(());
+    }
+    if !json {
+        eprintln!(
+            "sweep {} ({}): {} of {} points",
+            s.name,
+            s.file.display(),
+            selected.len(),
+            s.points.len()
+        );
+    }
+    let run = engine.run_sweep(s, opts, only.map(|_| &selected[..]))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&run)?);
+    } else {
+        eprint!("{}", report::decisions_text(&run.decisions));
+        eprintln!("{}", report::run_summary(&run));
+    }
+    let failed = run.failed();
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} points failed: {}",
+            failed.len(),
+            run.points.len(),
+            failed
+                .iter()
+                .map(|(id, _)| format!("{}@{id}", s.name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// `pipe run --executor`: stages as local worker processes or Slurm jobs; a sweep's points
+/// all at once (each shared stage once).
 pub fn run_with(
     g: &Global,
     pipeline: &str,
     sets: &[String],
     opts: RunOptions,
     exec: &crate::engine::executor::Executor,
+    only: Option<&str>,
 ) -> Result<()> {
-    let (proj, p) = load(g, pipeline, sets)?;
+    let (proj, target) = Project::discover(g.cache.clone())?.load_target(pipeline, sets)?;
     let mut engine = if opts.dry_run {
         Engine::read_only(&proj.cache)
     } else {
         Engine::new(&proj.cache)?
     };
+    let p = match target {
+        Target::Sweep(s) => {
+            let selected = sweep::select(&s, only)?;
+            eprintln!(
+                "sweep {} ({}): {} of {} points{}",
+                s.name,
+                s.file.display(),
+                selected.len(),
+                s.points.len(),
+                if opts.dry_run { " [dry run]" } else { "" }
+            );
+            let run = engine.run_sweep_with(&s, &selected, only.is_some(), sets, &opts, exec)?;
+            eprint!("{}", report::decisions_text(&run.decisions));
+            eprintln!("{}", report::run_summary(&run));
+            let failed = run.failed();
+            if !failed.is_empty() {
+                bail!(
+                    "{} of {} points failed: {}",
+                    failed.len(),
+                    run.points.len(),
+                    failed
+                        .iter()
+                        .map(|(id, _)| format!("{}@{id}", s.name))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            return Ok(());
+        }
+        Target::Pipeline(p) => p,
+        Target::Point(s, i) => s.points[i].pipeline.clone(),
+    };
+    if only.is_some() {
+        bail!("--only selects points of a sweep; `{pipeline}` is one pipeline");
+    }
     eprintln!(
         "pipeline {} ({}){}",
         p.name,
@@ -61,6 +170,29 @@ pub fn run_with(
         if opts.dry_run { " [dry run]" } else { "" }
     );
     engine.run_with(&p, sets, &opts, exec)
+}
+
+/// `pipe sweep-promote SWEEP --rung R` (what a halving promotion job runs on Slurm).
+pub fn sweep_promote(
+    g: &Global,
+    manifest: &str,
+    rung: usize,
+    sets: &[String],
+    o: &crate::engine::executor::SlurmOptions,
+) -> Result<()> {
+    let (proj, target) = Project::discover(g.cache.clone())?.load_target(manifest, sets)?;
+    let Target::Sweep(s) = target else {
+        bail!("`{manifest}` is not a sweep");
+    };
+    let mut engine = Engine::new(&proj.cache)?;
+    let kept = engine.promote_on_slurm(&s, rung, sets, o)?;
+    eprintln!(
+        "sweep {}: after rung {rung}, {} go on: {}",
+        s.name,
+        kept.len(),
+        kept.join(", ")
+    );
+    Ok(())
 }
 
 /// `pipe run-stage`: one stage, its inputs read from the store (an executor's job).

@@ -3,7 +3,7 @@
 use anyhow::Result;
 
 use super::Global;
-use crate::engine::{Engine, Project};
+use crate::engine::{Engine, Project, Target};
 use crate::report::show;
 
 /// Columns of the terminal on stdout (`$COLUMNS`, else the tty's, else 120).
@@ -51,11 +51,20 @@ pub fn show(
     };
     let mut rows = Vec::new();
     let mut skipped = Vec::new();
+    let mut sweeps = 0;
     for n in &names {
-        match discovered.load(n, sets) {
-            Ok((proj, p)) => {
+        match discovered.load_target(n, sets) {
+            Ok((proj, t)) => {
                 let mut engine = Engine::read_only(&proj.cache);
-                rows.push(engine.row(&p)?);
+                match t {
+                    Target::Pipeline(p) => rows.push(engine.row(&p)?),
+                    Target::Point(s, i) => rows.extend(engine.sweep_rows(&s, &[i])?),
+                    Target::Sweep(s) => {
+                        sweeps += 1;
+                        let all: Vec<usize> = (0..s.points.len()).collect();
+                        rows.extend(engine.sweep_rows(&s, &all)?);
+                    }
+                }
             }
             // Named explicitly: an error. Listed from the folder: say so and go on (a
             // base file that is not a pipeline, a manifest that needs `--set`).
@@ -65,6 +74,9 @@ pub fn show(
     }
     if let Some(key) = sort {
         show::sort(&mut rows, key)?;
+    }
+    if sweeps > 0 {
+        show::mark_best(&mut rows, sort);
     }
     match format {
         ShowFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),

@@ -1,15 +1,53 @@
-//! `pipe status`: each stage cached or stale, and why.
+//! `pipe status`: each stage cached or stale, and why; a sweep as a tree.
 
 use anyhow::Result;
 
-use super::{load, Global};
-use crate::engine::Engine;
-use crate::report::outcome;
+use super::Global;
+use crate::engine::{sweep, Engine, Project, Target};
+use crate::report::{outcome, sweep as report};
 
-/// `pipe status`.
-pub fn status(g: &Global, pipeline: &str, sets: &[String], json: bool) -> Result<()> {
-    let (proj, p) = load(g, pipeline, sets)?;
+/// `pipe status P` (a pipeline, a sweep, or a point; `only` selects a sweep's points).
+pub fn status(
+    g: &Global,
+    pipeline: &str,
+    sets: &[String],
+    json: bool,
+    only: Option<&str>,
+) -> Result<()> {
+    let (proj, target) = Project::discover(g.cache.clone())?.load_target(pipeline, sets)?;
     let mut engine = Engine::read_only(&proj.cache);
+    let p = match target {
+        Target::Sweep(s) => {
+            let selected = sweep::select(&s, only)?;
+            let stages = engine.sweep_stages(&s, &selected)?;
+            let ids: Vec<String> = selected.iter().map(|&i| s.points[i].id.clone()).collect();
+            let decisions = engine.decisions(&s.name);
+            if json {
+                let v = serde_json::json!({
+                    "sweep": s.name,
+                    "manifest": s.file.display().to_string(),
+                    "points": ids,
+                    "stages": stages,
+                    "halving": decisions,
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!(
+                    "{}",
+                    report::tree(
+                        &s.name,
+                        &s.file.display().to_string(),
+                        &ids,
+                        &stages,
+                        &decisions
+                    )
+                );
+            }
+            return Ok(());
+        }
+        Target::Pipeline(p) => p,
+        Target::Point(s, i) => s.points[i].pipeline.clone(),
+    };
     let stages = engine.status(&p)?;
     if json {
         let v = serde_json::json!({"pipeline": p.name, "manifest": p.file.display().to_string(), "stages": stages});

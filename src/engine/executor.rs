@@ -208,6 +208,48 @@ fn job_name(pipeline: &str, stage: &str) -> String {
     format!("pipe:{pipeline}:{stage}")
 }
 
+/// A stage that must run but has no recipe waits for a dataset folder that is not there:
+/// an error naming it.
+fn missing_dataset(p: &Pipeline, must: &[String], recipes: &HashMap<String, String>) -> Result<()> {
+    if let Some(name) = must.iter().find(|n| !recipes.contains_key(*n)) {
+        let root = p
+            .ancestors_of(name)
+            .into_iter()
+            .find_map(|a| crate::stages::external_root(p, &p.stages[&a]).map(|r| (a, r)))
+            .filter(|(_, r)| !r.exists());
+        match root {
+                Some((stage, r)) => bail!(
+                    "stage `{stage}`: its dataset folder {} does not exist (point `root` at it, e.g. `--set {stage}.root=DIR`)",
+                    r.display()
+                ),
+                None => bail!("stage `{name}`: its inputs cannot be known"),
+            }
+    }
+    Ok(())
+}
+
+/// How a worker names pipeline `p`: its manifest's absolute path, and for a sweep's point
+/// `@<id>` after it.
+pub(crate) fn target_arg(p: &Pipeline) -> String {
+    let file = std::fs::canonicalize(&p.file).unwrap_or_else(|_| p.file.clone());
+    match p.name.split_once('@') {
+        Some((_, id)) => format!("{}@{id}", file.display()),
+        None => file.display().to_string(),
+    }
+}
+
+/// One stage a worker runs: of which pipeline, its recipe, and the recipes it waits for.
+pub(crate) struct Job<'a> {
+    /// The pipeline (a sweep's point, maybe).
+    pub p: &'a Pipeline,
+    /// The stage.
+    pub stage: String,
+    /// Its recipe (what names its job).
+    pub recipe: String,
+    /// The recipes of the jobs it waits for.
+    pub deps: Vec<String>,
+}
+
 /// Quote for a POSIX shell.
 fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
@@ -255,7 +297,7 @@ impl Engine {
 
     /// The stages of `p` that must run (not in the store, or forced), in dependency order,
     /// limited to `--until`'s ancestors.
-    fn must_run(&mut self, p: &Pipeline, opts: &RunOptions) -> Result<Vec<String>> {
+    pub(crate) fn must_run(&mut self, p: &Pipeline, opts: &RunOptions) -> Result<Vec<String>> {
         let status = self.status_only(p)?;
         let wanted = opts.until.as_ref().map(|u| p.ancestors_of(u));
         let mut must: Vec<String> = Vec::new();
@@ -270,6 +312,42 @@ impl Engine {
             }
         }
         Ok(must)
+    }
+
+    /// The stages `points` must run (see [`Engine::must_run`]), each recipe once across
+    /// them (what points share runs once), in dependency order. A stage whose dataset
+    /// folder is missing is an error naming it.
+    pub(crate) fn plan_jobs<'a>(
+        &mut self,
+        points: &[&'a Pipeline],
+        opts: &RunOptions,
+    ) -> Result<Vec<Job<'a>>> {
+        let mut out: Vec<Job<'a>> = Vec::new();
+        let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
+        for &p in points {
+            let must = self.must_run(p, opts)?;
+            let recipes = self.recipes(p)?;
+            missing_dataset(p, &must, &recipes)?;
+            for name in &must {
+                let recipe = recipes[name].clone();
+                if !seen.insert(recipe.clone()) {
+                    continue;
+                }
+                let deps = p.stages[name]
+                    .inputs
+                    .iter()
+                    .filter(|i| must.contains(*i))
+                    .filter_map(|i| recipes.get(i).cloned())
+                    .collect();
+                out.push(Job {
+                    p,
+                    stage: name.clone(),
+                    recipe,
+                    deps,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// `pipe run --executor ...`: run (local) or submit (Slurm) every stage that must run.
@@ -294,20 +372,7 @@ impl Engine {
         }
         let must = self.must_run(p, opts)?;
         let recipes = self.recipes(p)?;
-        if let Some(name) = must.iter().find(|n| !recipes.contains_key(*n)) {
-            let root = p
-                .ancestors_of(name)
-                .into_iter()
-                .find_map(|a| crate::stages::external_root(p, &p.stages[&a]).map(|r| (a, r)))
-                .filter(|(_, r)| !r.exists());
-            match root {
-                Some((stage, r)) => bail!(
-                    "stage `{stage}`: its dataset folder {} does not exist (point `root` at it, e.g. `--set {stage}.root=DIR`)",
-                    r.display()
-                ),
-                None => bail!("stage `{name}`: its inputs cannot be known"),
-            }
-        }
+        missing_dataset(p, &must, &recipes)?;
         let wanted = opts.until.as_ref().map(|u| p.ancestors_of(u));
         for name in p.topo_order() {
             if wanted.as_ref().is_some_and(|w| !w.contains(&name)) {
@@ -327,8 +392,23 @@ impl Engine {
             return Ok(());
         }
         match exec {
-            Executor::Slurm(o) => self.submit_slurm(p, sets, &must, &recipes, o),
-            Executor::Local { jobs } => self.run_local(p, sets, &must, &recipes, (*jobs).max(1)),
+            Executor::Slurm(o) => self.submit_slurm(p, sets, &must, &recipes, o).map(|_| ()),
+            Executor::Local { jobs } => {
+                let plan = self.plan_jobs(&[p], opts)?;
+                let failures = self.run_local_jobs(&plan, sets, (*jobs).max(1))?;
+                if !failures.is_empty() {
+                    bail!(
+                        "{} stage(s) did not finish: {}",
+                        failures.len(),
+                        failures
+                            .iter()
+                            .map(|f| f.1.as_str())
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    );
+                }
+                Ok(())
+            }
         }
     }
 
@@ -338,7 +418,7 @@ impl Engine {
             "--cache".to_string(),
             abs(self.store.root()).display().to_string(),
             "run-stage".to_string(),
-            abs(&p.file).display().to_string(),
+            target_arg(p),
             stage.to_string(),
         ];
         for s in sets {
@@ -355,14 +435,16 @@ impl Engine {
         )
     }
 
-    fn submit_slurm(
+    /// Submit `must` (stages of `p`) as Slurm jobs; returns each stage's job id (its own,
+    /// or the live job of its recipe it depends on). With `o.wait`, waits for them.
+    pub(crate) fn submit_slurm(
         &mut self,
         p: &Pipeline,
         sets: &[String],
         must: &[String],
         recipes: &HashMap<String, String>,
         o: &SlurmOptions,
-    ) -> Result<()> {
+    ) -> Result<HashMap<String, String>> {
         let exe = std::env::current_exe().context("finding the pipe executable")?;
         let jobs_dir = self.store.jobs_dir();
         std::fs::create_dir_all(&jobs_dir)?;
@@ -494,9 +576,22 @@ impl Engine {
             must.len() - submitted.len(),
             p.name
         ));
-        if !o.wait {
-            return Ok(());
+        if o.wait {
+            self.wait_slurm(p, must, recipes, &ids)?;
         }
+        Ok(ids)
+    }
+
+    /// Wait for the Slurm jobs `ids` (stage -> job) of `p`'s stages `must` to end, then
+    /// say how each ended: an error lists those that did not finish.
+    pub(crate) fn wait_slurm(
+        &mut self,
+        p: &Pipeline,
+        must: &[String],
+        recipes: &HashMap<String, String>,
+        ids: &HashMap<String, String>,
+    ) -> Result<()> {
+        let jobs_dir = self.store.jobs_dir();
         // Wait for every job this pipeline depends on, then say how each ended.
         let mut failed = Vec::new();
         let mut unknown_polls = 0;
@@ -552,14 +647,15 @@ impl Engine {
         Ok(())
     }
 
-    fn run_local(
+    /// Run `jobs` (stages of one or more pipelines, each recipe once) as up to `n` local
+    /// `pipe run-stage` processes, each as soon as the jobs it waits for are done. Returns
+    /// the recipes that failed (or could not run because an input failed), with why.
+    pub(crate) fn run_local_jobs(
         &mut self,
-        p: &Pipeline,
+        jobs: &[Job<'_>],
         sets: &[String],
-        must: &[String],
-        recipes: &HashMap<String, String>,
-        jobs: usize,
-    ) -> Result<()> {
+        n: usize,
+    ) -> Result<Vec<(String, String)>> {
         let exe = std::env::current_exe().context("finding the pipe executable")?;
         let jobs_dir = self.store.jobs_dir();
         std::fs::create_dir_all(&jobs_dir)?;
@@ -570,61 +666,78 @@ impl Engine {
             Done,
             Failed,
         }
-        let mut state: BTreeMap<&String, St> = must.iter().map(|n| (n, St::Waiting)).collect();
-        let mut running: Vec<(&String, Child, Instant, PathBuf)> = Vec::new();
-        let mut failures = Vec::new();
+        let many = jobs
+            .iter()
+            .map(|j| j.p.name.as_str())
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            > 1;
+        let label = |j: &Job<'_>| {
+            if many {
+                format!("{}:{}", j.p.name, j.stage)
+            } else {
+                format!("{:<12}", j.stage)
+            }
+        };
+        let mut state: BTreeMap<&str, St> = jobs
+            .iter()
+            .map(|j| (j.recipe.as_str(), St::Waiting))
+            .collect();
+        let mut running: Vec<(&Job<'_>, Child, Instant, PathBuf)> = Vec::new();
+        let mut failures: Vec<(String, String)> = Vec::new();
         loop {
             // Start what is ready.
-            for name in must {
-                if running.len() >= jobs {
+            for j in jobs {
+                if running.len() >= n.max(1) {
                     break;
                 }
-                if state[name] != St::Waiting {
+                if state[j.recipe.as_str()] != St::Waiting {
                     continue;
                 }
-                let ins = &p.stages[name].inputs;
-                if ins
+                if j.deps
                     .iter()
-                    .any(|i| state.get(i).is_some_and(|s| *s == St::Failed))
+                    .any(|d| state.get(d.as_str()).is_some_and(|s| *s == St::Failed))
                 {
-                    state.insert(name, St::Failed);
-                    failures.push(format!("{name} (an input failed)"));
+                    state.insert(&j.recipe, St::Failed);
+                    failures.push((
+                        j.recipe.clone(),
+                        format!("{} (an input failed)", label(j).trim()),
+                    ));
                     continue;
                 }
-                if ins
+                if j.deps
                     .iter()
-                    .any(|i| state.get(i).is_some_and(|s| *s != St::Done))
+                    .any(|d| state.get(d.as_str()).is_some_and(|s| *s != St::Done))
                 {
                     continue;
                 }
-                let recipe = &recipes[name];
-                let log = jobs_dir.join(format!("{recipe}.log"));
+                let log = jobs_dir.join(format!("{}.log", j.recipe));
                 let f = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(&log)
                     .with_context(|| format!("cannot open {}", log.display()))?;
                 let child = Command::new(&exe)
-                    .args(self.worker_args(p, sets, name))
+                    .args(self.worker_args(j.p, sets, &j.stage))
                     .env("PIPE_JOB_LOG", &log)
-                    .current_dir(&p.project_dir)
+                    .current_dir(&j.p.project_dir)
                     .stdin(Stdio::null())
                     .stdout(f.try_clone()?)
                     .stderr(f)
                     .spawn()
-                    .with_context(|| format!("starting stage `{name}`"))?;
+                    .with_context(|| format!("starting stage `{}`", j.stage))?;
                 self.write_job_record(&JobRecord {
                     job: child.id().to_string(),
                     executor: "local".into(),
-                    pipeline: p.name.clone(),
-                    stage: name.clone(),
-                    recipe: recipe.clone(),
+                    pipeline: j.p.name.clone(),
+                    stage: j.stage.clone(),
+                    recipe: j.recipe.clone(),
                     log: log.display().to_string(),
                     submitted: now_secs(),
                 })?;
-                self.note(format!("{name:<12} started (log {})", log.display()));
-                state.insert(name, St::Running);
-                running.push((name, child, Instant::now(), log));
+                self.note(format!("{} started (log {})", label(j), log.display()));
+                state.insert(&j.recipe, St::Running);
+                running.push((j, child, Instant::now(), log));
             }
             if running.is_empty() {
                 break;
@@ -635,35 +748,73 @@ impl Engine {
                 match running[i].1.try_wait()? {
                     None => i += 1,
                     Some(status) => {
-                        let (name, _, t0, log) = running.swap_remove(i);
+                        let (j, _, t0, log) = running.swap_remove(i);
                         let secs = t0.elapsed().as_secs_f64();
                         if status.success() {
-                            self.note(format!("{name:<12} ran      {secs:>6.1}s"));
-                            state.insert(name, St::Done);
+                            self.note(format!("{} ran      {secs:>6.1}s", label(j)));
+                            state.insert(&j.recipe, St::Done);
                         } else {
                             let tail = std::fs::read_to_string(&log)
                                 .ok()
                                 .and_then(|t| t.lines().last().map(|l| l.to_string()))
                                 .unwrap_or_default();
                             self.note(format!(
-                                "{name:<12} FAILED   {secs:>6.1}s  {tail}  (log {})",
+                                "{} FAILED   {secs:>6.1}s  {tail}  (log {})",
+                                label(j),
                                 log.display()
                             ));
-                            failures.push(format!("{name}: {tail}"));
-                            state.insert(name, St::Failed);
+                            failures
+                                .push((j.recipe.clone(), format!("{}: {tail}", label(j).trim())));
+                            state.insert(&j.recipe, St::Failed);
                         }
                     }
                 }
             }
         }
-        if !failures.is_empty() {
-            bail!(
-                "{} stage(s) did not finish: {}",
-                failures.len(),
-                failures.join("; ")
-            );
-        }
-        self.note(format!("{} ran with up to {jobs} at once", must.len()));
-        Ok(())
+        self.note(format!("{} ran with up to {n} at once", jobs.len()));
+        Ok(failures)
     }
+}
+
+/// Submit a small `pipe` command as a Slurm job (a sweep's promotion step): named `name`,
+/// logging to `log`, after every job of `after` has ended however it ended (`afterany`).
+/// Returns its job id.
+pub(crate) fn sbatch_command(
+    name: &str,
+    args: &[String],
+    log: &Path,
+    after: &[String],
+    partition: Option<&str>,
+    chdir: &Path,
+) -> Result<String> {
+    let exe = std::env::current_exe().context("finding the pipe executable")?;
+    let script = log.with_extension("sh");
+    let cmd = std::iter::once(sh_quote(&exe.display().to_string()))
+        .chain(args.iter().map(|a| sh_quote(a)))
+        .collect::<Vec<_>>()
+        .join(" ");
+    crate::atomic::write_atomic(
+        &script,
+        format!("#!/bin/sh\n# pipe: {name}\nexec {cmd}\n").as_bytes(),
+    )?;
+    let mut sb = vec![
+        "--parsable".to_string(),
+        format!("--job-name={name}"),
+        format!("--output={}", log.display()),
+        "--open-mode=append".to_string(),
+        format!("--chdir={}", chdir.display()),
+    ];
+    if !after.is_empty() {
+        sb.push(format!("--dependency=afterany:{}", after.join(":")));
+    }
+    if let Some(p) = partition {
+        sb.push(format!("--partition={p}"));
+    }
+    sb.push(script.display().to_string());
+    let out = slurm("sbatch", &sb).with_context(|| format!("submitting `{name}`"))?;
+    let id = out.trim().split(';').next().unwrap_or("").to_string();
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+        bail!("sbatch printed no job id for `{name}`: {out:?}");
+    }
+    Ok(id)
 }

@@ -18,6 +18,7 @@ pub mod integrity;
 pub mod keys;
 pub mod query;
 pub mod store;
+pub mod sweep;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -92,22 +93,104 @@ impl Project {
     }
 
     /// Find and load a pipeline by name or path, with `--set` overrides: typed, its
-    /// networks checked, its devices settled.
+    /// networks checked, its devices settled. A sweep's point is named `<sweep>@<id>`.
     pub fn load(&self, arg: &str, sets: &[String]) -> Result<(Project, Pipeline)> {
-        let path = manifest::find(&self.pipelines, arg)?;
+        match self.load_target(arg, sets)? {
+            (proj, Target::Pipeline(p)) => Ok((proj, p)),
+            (proj, Target::Point(s, i)) => Ok((proj, s.points[i].pipeline.clone())),
+            (_, Target::Sweep(s)) => anyhow::bail!(
+                "`{arg}` is a sweep of {} points: name one of them (e.g. `{}`)",
+                s.points.len(),
+                s.points[0].pipeline.name
+            ),
+        }
+    }
+
+    /// Find and load what `arg` names: a pipeline, a sweep, or one point of a sweep
+    /// (`<sweep>@<id>`).
+    pub fn load_target(&self, arg: &str, sets: &[String]) -> Result<(Project, Target)> {
+        let (path, point) = match manifest::find(&self.pipelines, arg) {
+            Ok(path) => (path, None),
+            Err(e) => match arg.split_once('@') {
+                Some((sweep, id)) => match manifest::find(&self.pipelines, sweep) {
+                    Ok(path) => (path, Some(id)),
+                    Err(_) => return Err(e),
+                },
+                None => return Err(e),
+            },
+        };
         let proj = Project::for_manifest(&path, self);
-        let p = load_pipeline(&path, sets, &proj.dir)?;
-        Ok((proj, p))
+        let target = load_target(&path, sets, &proj.dir)?;
+        match (target, point) {
+            (t, None) => Ok((proj, t)),
+            (Target::Sweep(s), Some(id)) => match s.points.iter().position(|p| p.id == id) {
+                Some(i) => Ok((proj, Target::Point(s, i))),
+                None => anyhow::bail!(
+                    "sweep `{}` has no point `{id}` (its points: {})",
+                    s.name,
+                    s.points
+                        .iter()
+                        .take(12)
+                        .map(|p| p.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            },
+            (_, Some(_)) => anyhow::bail!("`{arg}`: {} is not a sweep", path.display()),
+        }
     }
 }
 
+/// What a name on the command line stands for.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// One pipeline.
+    Pipeline(Pipeline),
+    /// A sweep: every point.
+    Sweep(manifest::Sweep),
+    /// One point of a sweep (its index).
+    Point(manifest::Sweep, usize),
+}
+
 /// Load a manifest as every command does: typed and checked (`manifest`), its networks
-/// expanded and shape-checked (`nn`), `auto` devices settled for this machine.
+/// expanded and shape-checked (`nn`), `auto` devices settled for this machine; a sweep
+/// with every point so.
+pub fn load_target(path: &Path, sets: &[String], project_dir: &Path) -> Result<Target> {
+    let fail = |e: manifest::ManifestError| anyhow::anyhow!("{e}");
+    match manifest::load_any(path, sets, project_dir).map_err(fail)? {
+        manifest::Loaded::Pipeline(mut p) => {
+            crate::nn::check(&p).map_err(fail)?;
+            resolve_devices(&mut p);
+            Ok(Target::Pipeline(p))
+        }
+        manifest::Loaded::Sweep(mut s) => {
+            // Networks are checked once, unless a swept key reaches into them.
+            let networks_swept = s
+                .keys
+                .iter()
+                .any(|k| k.starts_with("networks.") || k.starts_with("blocks."));
+            for (i, pt) in s.points.iter_mut().enumerate() {
+                if i == 0 || networks_swept {
+                    crate::nn::check(&pt.pipeline).map_err(fail)?;
+                }
+                resolve_devices(&mut pt.pipeline);
+            }
+            Ok(Target::Sweep(s))
+        }
+    }
+}
+
+/// Load a manifest that is one pipeline (see [`load_target`]).
 pub fn load_pipeline(path: &Path, sets: &[String], project_dir: &Path) -> Result<Pipeline> {
-    let mut p = manifest::load(path, sets, project_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
-    crate::nn::check(&p).map_err(|e| anyhow::anyhow!("{e}"))?;
-    resolve_devices(&mut p);
-    Ok(p)
+    match load_target(path, sets, project_dir)? {
+        Target::Pipeline(p) => Ok(p),
+        Target::Point(s, i) => Ok(s.points[i].pipeline.clone()),
+        Target::Sweep(s) => anyhow::bail!(
+            "{} is a sweep of {} points, not one pipeline",
+            path.display(),
+            s.points.len()
+        ),
+    }
 }
 
 /// Settle what depends on this machine, before any key is computed: `device = "auto"`

@@ -191,6 +191,9 @@ impl Engine {
                 })
                 .collect(),
             error,
+            swept: Vec::new(),
+            note: None,
+            best: false,
         };
         let first_train = p
             .stages
@@ -248,6 +251,36 @@ impl Engine {
         }
         row.train_seconds = timed.then_some(seconds);
         Ok(row)
+    }
+
+    /// One row per selected point of a sweep for `pipe show`, with the swept values and,
+    /// for a point halving stopped, why.
+    pub fn sweep_rows(
+        &mut self,
+        s: &crate::manifest::Sweep,
+        selected: &[usize],
+    ) -> Result<Vec<Row>> {
+        let decisions = self.decisions(&s.name);
+        let mut rows = Vec::new();
+        for &i in selected {
+            let pt = &s.points[i];
+            let mut row = self.row(&pt.pipeline)?;
+            row.swept = pt
+                .values
+                .iter()
+                .map(|(k, v)| (s.short_key(k), crate::manifest::sweep::id_value(v)))
+                .collect();
+            if let Some(r) = decisions.pruned_at(&pt.id) {
+                let v = r
+                    .values
+                    .iter()
+                    .find(|(p, _)| *p == pt.id)
+                    .map_or(String::new(), |(_, v)| format!(" ({} {v:.4})", r.metric));
+                row.note = Some(format!("pruned after {}{v}", r.stage));
+            }
+            rows.push(row);
+        }
+        Ok(rows)
     }
 
     /// A pipeline's side for `pipe diff`: its effective configuration (after `extends`,

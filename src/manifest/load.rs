@@ -13,8 +13,8 @@ use super::config::{BackendSetting, DeviceSetting};
 use super::error::ManifestError;
 use super::model::Pipeline;
 use super::source::{display_path, read_source, Origin, Source};
-use super::value::{self, Entry, Kind, SValue};
 use super::sweep::{self, Sweep};
+use super::value::{self, Entry, Kind, SValue};
 use super::{check, de, error, network, parse};
 
 #[derive(Deserialize)]

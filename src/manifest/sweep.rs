@@ -151,9 +151,7 @@ pub struct Sweep {
 impl Sweep {
     /// The point with this id (or `<sweep>@<id>`).
     pub fn point(&self, id: &str) -> Option<&SweepPoint> {
-        let id = id
-            .strip_prefix(&format!("{}@", self.name))
-            .unwrap_or(id);
+        let id = id.strip_prefix(&format!("{}@", self.name)).unwrap_or(id);
         self.points.iter().find(|p| p.id == id)
     }
 
@@ -249,7 +247,10 @@ fn number(v: &SValue, path: &str) -> Result<f64, ManifestError> {
         Kind::Float(f) => Ok(f),
         Kind::Int(i) => Ok(i as f64),
         _ => Err(err(
-            format!("wrong type: expected a number, found {}", v.kind.type_name()),
+            format!(
+                "wrong type: expected a number, found {}",
+                v.kind.type_name()
+            ),
             &v.origin,
             path,
         )),
@@ -269,11 +270,7 @@ fn pair(v: &SValue, path: &str) -> Result<(f64, f64, Origin), ManifestError> {
             }
             Ok((lo, hi, v.origin.clone()))
         }
-        _ => Err(err(
-            "expected [low, high]".to_string(),
-            &v.origin,
-            path,
-        )),
+        _ => Err(err("expected [low, high]".to_string(), &v.origin, path)),
     }
 }
 
@@ -377,22 +374,14 @@ fn random(entry: &Entry) -> Result<RandomSpec, ManifestError> {
             "log_uniform" => {
                 let (lo, hi, o) = pair(&spec.value, &sp)?;
                 if lo <= 0.0 {
-                    return Err(err(
-                        "`log_uniform` needs a range above 0",
-                        &o,
-                        &sp,
-                    ));
+                    return Err(err("`log_uniform` needs a range above 0", &o, &sp));
                 }
                 Dist::LogUniform(lo, hi)
             }
             _ => {
                 let (lo, hi, o) = pair(&spec.value, &sp)?;
                 if lo.fract() != 0.0 || hi.fract() != 0.0 {
-                    return Err(err(
-                        "`int_uniform` needs whole numbers",
-                        &o,
-                        &sp,
-                    ));
+                    return Err(err("`int_uniform` needs whole numbers", &o, &sp));
                 }
                 Dist::IntUniform(lo as i64, hi as i64)
             }
@@ -427,7 +416,11 @@ fn halving(entry: &Entry) -> Result<(Halving, Vec<Origin>), ManifestError> {
     };
     for (k, e) in t {
         if !["rungs", "metric", "goal", "eta"].contains(&k.as_str()) {
-            let mut x = err(format!("unknown key `{k}`"), &e.key_origin, &format!("{path}.{k}"));
+            let mut x = err(
+                format!("unknown key `{k}`"),
+                &e.key_origin,
+                &format!("{path}.{k}"),
+            );
             x.help = Some(match did_you_mean(k, ["rungs", "metric", "goal", "eta"]) {
                 Some(m) => format!("did you mean `{m}`?"),
                 None => "expected one of: rungs, metric, goal, eta".into(),
@@ -566,7 +559,11 @@ pub fn parse_spec(entry: &Entry) -> Result<SweepSpec, ManifestError> {
                 }
             },
             _ => {
-                let mut x = err(format!("unknown key `{k}`"), &e.key_origin, &format!("sweep.{k}"));
+                let mut x = err(
+                    format!("unknown key `{k}`"),
+                    &e.key_origin,
+                    &format!("sweep.{k}"),
+                );
                 x.help = Some(match did_you_mean(k, known) {
                     Some(m) => format!("did you mean `{m}`?"),
                     None => format!("expected one of: {}", known.join(", ")),
@@ -601,7 +598,10 @@ pub fn parse_spec(entry: &Entry) -> Result<SweepSpec, ManifestError> {
     }
     // A key swept twice would set one value over another.
     let mut seen: BTreeSet<&str> = BTreeSet::new();
-    let random_keys = spec.random.iter().flat_map(|r| r.keys.iter().map(|k| (&k.0, &k.1)));
+    let random_keys = spec
+        .random
+        .iter()
+        .flat_map(|r| r.keys.iter().map(|k| (&k.0, &k.1)));
     for (k, o) in spec
         .grid
         .iter()
@@ -688,7 +688,9 @@ pub fn expand(spec: &SweepSpec) -> Result<Vec<Vec<(String, Origin, SValue)>>, Ma
             for (key, origin, d) in &r.keys {
                 let kind = match d {
                     Dist::Choice(vals) => vals[rng.random_range(0..vals.len())].kind.clone(),
-                    Dist::Uniform(lo, hi) => Kind::Float(round4(lo + (hi - lo) * rng.random::<f64>())),
+                    Dist::Uniform(lo, hi) => {
+                        Kind::Float(round4(lo + (hi - lo) * rng.random::<f64>()))
+                    }
                     Dist::LogUniform(lo, hi) => Kind::Float(round4(
                         (lo.ln() + (hi.ln() - lo.ln()) * rng.random::<f64>()).exp(),
                     )),
@@ -815,18 +817,20 @@ fn check_rungs(p: &Pipeline, h: &Halving, origins: &[Origin]) -> Result<(), Mani
                 at,
                 "sweep.halving.rungs",
             );
-            e.help = Some(match did_you_mean(rung, p.stages.keys().map(|k| k.as_str())) {
-                Some(m) => format!("did you mean `{m}`?"),
-                None => format!(
-                    "training stages: {}",
-                    p.stages
-                        .iter()
-                        .filter(|(_, s)| s.config.is_training())
-                        .map(|(n, _)| n.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            });
+            e.help = Some(
+                match did_you_mean(rung, p.stages.keys().map(|k| k.as_str())) {
+                    Some(m) => format!("did you mean `{m}`?"),
+                    None => format!(
+                        "training stages: {}",
+                        p.stages
+                            .iter()
+                            .filter(|(_, s)| s.config.is_training())
+                            .map(|(n, _)| n.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                },
+            );
             return Err(e);
         };
         if !s.config.is_training() {

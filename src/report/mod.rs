@@ -9,3 +9,4 @@ pub mod history;
 pub mod outcome;
 pub mod progress;
 pub mod show;
+pub mod sweep;

@@ -77,6 +77,15 @@ pub struct Row {
     pub stages: Vec<StageStatus>,
     /// Why the stages' states are unknown (a dataset folder that is not there, say).
     pub error: Option<String>,
+    /// A sweep point's swept keys and their values (short key -> value as its id shows).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub swept: Vec<(String, String)>,
+    /// Why a sweep point stopped early (`pruned after drop1`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub note: Option<String>,
+    /// The best row of a sweep (by `--sort`'s metric, or the first rank-1, else val acc).
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub best: bool,
 }
 
 impl Row {
@@ -141,6 +150,9 @@ impl Row {
 
     /// `cached`, or what is not: `4/7 cached; train: config changed: lr 0.002 -> 0.003`.
     pub fn state_line(&self) -> String {
+        if let Some(n) = &self.note {
+            return n.clone();
+        }
         if let Some(e) = &self.error {
             return format!("unknown: {}", e.split(": caused by").next().unwrap_or(e));
         }
@@ -220,7 +232,30 @@ pub fn columns(rows: &[Row]) -> Vec<(String, Vec<String>)> {
     let mut push = |h: &str, f: &dyn Fn(&Row) -> String| {
         cols.push((h.to_string(), rows.iter().map(f).collect()));
     };
-    push("pipeline", &|r| r.pipeline.clone());
+    push("pipeline", &|r| {
+        if r.best {
+            format!("{} *", r.pipeline)
+        } else {
+            r.pipeline.clone()
+        }
+    });
+    let swept: Vec<String> = rows
+        .iter()
+        .flat_map(|r| r.swept.iter().map(|(k, _)| k.clone()))
+        .fold(Vec::new(), |mut v, k| {
+            if !v.contains(&k) {
+                v.push(k);
+            }
+            v
+        });
+    for k in &swept {
+        push(k, &|r| {
+            r.swept
+                .iter()
+                .find(|(x, _)| x == k)
+                .map_or("-".into(), |(_, v)| v.clone())
+        });
+    }
     push("network", &|r| {
         r.segments.first().map_or("-".into(), |s| s.network.clone())
     });
@@ -249,6 +284,35 @@ pub fn columns(rows: &[Row]) -> Vec<(String, Vec<String>)> {
     push("backend", &|r| r.backend.clone());
     push("state", &|r| r.state_line());
     cols
+}
+
+/// Mark the best row by `metric` (see [`sort`] for which way is better); by default the
+/// first evaluate stage's rank-1, else the final val accuracy.
+pub fn mark_best(rows: &mut [Row], metric: Option<&str>) {
+    let key = metric.map(str::to_string).or_else(|| {
+        ["rank1", "val.acc"]
+            .iter()
+            .find(|k| rows.iter().any(|r| r.metrics().contains_key(**k)))
+            .map(|k| k.to_string())
+    });
+    let Some(key) = key else { return };
+    let lower_better = key.ends_with(".loss") || ["time", "params", "macs"].contains(&key.as_str());
+    let mut best: Option<(usize, f64)> = None;
+    for (i, r) in rows.iter().enumerate() {
+        if let Some(v) = r.metrics().get(&key).copied() {
+            let better = match best {
+                None => true,
+                Some((_, b)) if lower_better => v < b,
+                Some((_, b)) => v > b,
+            };
+            if better {
+                best = Some((i, v));
+            }
+        }
+    }
+    if let Some((i, _)) = best {
+        rows[i].best = true;
+    }
 }
 
 /// Sort rows best first by a metric (higher is better, except losses, time, params and

@@ -1,0 +1,656 @@
+//! Running a sweep: every point is a pipeline keyed as usual, so what points share (the
+//! data stages; a first training segment that only a later lr differs in) has one key and
+//! runs once. A failing point does not stop the others. Successive halving runs the points
+//! rung by rung (a rung is a training segment) and, after each rung but the last, keeps the
+//! best ⌈n/η⌉ by the metric (ties by point order); the decisions are recorded in the store
+//! (`sweeps/<sweep>.json`) and the same results give the same decisions. A pruned point
+//! stays cached: naming it later (`--only`, or its id) continues from where it stopped.
+
+use std::collections::{BTreeMap, HashMap};
+
+use anyhow::{bail, Result};
+
+use super::executor::{Executor, SlurmOptions};
+use super::{Engine, RunOptions};
+use crate::manifest::sweep::{Goal, Halving};
+use crate::manifest::{Pipeline, Sweep};
+use crate::report::outcome::{StageOutcome, StageState};
+use crate::report::sweep::{Decisions, PointResult, Rung, SharedStage, SweepRun};
+use crate::stages;
+
+/// One comparison of `--only`: `lr=5e-3`, `lr<1e-2`, `act!=elu`.
+#[derive(Debug, Clone)]
+struct Condition {
+    key: String,
+    op: &'static str,
+    value: String,
+}
+
+fn parse_only(expr: &str) -> Result<Vec<Condition>> {
+    let mut out = Vec::new();
+    for part in expr.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let ops = ["<=", ">=", "!=", "=", "<", ">"];
+        let Some((at, op)) = ops
+            .iter()
+            .filter_map(|op| part.find(op).map(|i| (i, *op)))
+            .min_by_key(|(i, op)| (*i, usize::MAX - op.len()))
+        else {
+            bail!("--only `{part}`: expected KEY=VALUE, KEY<VALUE, KEY<=VALUE, KEY>VALUE, KEY>=VALUE or KEY!=VALUE");
+        };
+        out.push(Condition {
+            key: part[..at].trim().to_string(),
+            op,
+            value: part[at + op.len()..].trim().to_string(),
+        });
+    }
+    if out.is_empty() {
+        bail!("--only: no condition given");
+    }
+    Ok(out)
+}
+
+/// The points `--only EXPR` selects (every point without it), in order.
+pub fn select(s: &Sweep, only: Option<&str>) -> Result<Vec<usize>> {
+    let Some(expr) = only else {
+        return Ok((0..s.points.len()).collect());
+    };
+    let conds = parse_only(expr)?;
+    for c in &conds {
+        if !s
+            .keys
+            .iter()
+            .any(|k| *k == c.key || s.short_key(k) == c.key)
+        {
+            bail!(
+                "--only: `{}` is not a swept key of `{}` (swept: {})",
+                c.key,
+                s.name,
+                s.keys
+                    .iter()
+                    .map(|k| s.short_key(k))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    let mut out = Vec::new();
+    for (i, pt) in s.points.iter().enumerate() {
+        let ok = conds.iter().all(|c| {
+            let Some((_, v)) = pt
+                .values
+                .iter()
+                .find(|(k, _)| *k == c.key || s.short_key(k) == c.key)
+            else {
+                return false;
+            };
+            let shown = crate::manifest::sweep::id_value(v);
+            let (a, b) = (v.as_f64(), c.value.parse::<f64>().ok());
+            match (c.op, a, b) {
+                ("=", Some(a), Some(b)) => a == b,
+                ("!=", Some(a), Some(b)) => a != b,
+                ("<", Some(a), Some(b)) => a < b,
+                ("<=", Some(a), Some(b)) => a <= b,
+                (">", Some(a), Some(b)) => a > b,
+                (">=", Some(a), Some(b)) => a >= b,
+                ("=", _, _) => shown == c.value || v.as_str() == Some(c.value.as_str()),
+                ("!=", _, _) => shown != c.value && v.as_str() != Some(c.value.as_str()),
+                _ => false,
+            }
+        });
+        if ok {
+            out.push(i);
+        }
+    }
+    if out.is_empty() {
+        bail!("--only `{expr}` selects no point of `{}`", s.name);
+    }
+    Ok(out)
+}
+
+/// A rung's metric from the artifact of a point's rung stage.
+fn metric_of(dir: &std::path::Path, metric: &str) -> Option<f64> {
+    let last = stages::train::last_epoch(dir)?;
+    Some(match metric {
+        "val.acc" => last.val_acc,
+        "val.loss" => last.val_loss,
+        "train.acc" => last.train_acc,
+        _ => last.train_loss,
+    })
+}
+
+/// The points that go on after a rung: the best ⌈n/η⌉ by `metric` (`values` in point
+/// order; ties go to the earlier point).
+pub fn promote(values: &[(String, f64)], h: &Halving) -> Vec<String> {
+    let keep = values.len().div_ceil(h.eta).max(1);
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (x, y) = (values[a].1, values[b].1);
+        let by = match h.goal {
+            Goal::Max => y.total_cmp(&x),
+            Goal::Min => x.total_cmp(&y),
+        };
+        by.then(a.cmp(&b))
+    });
+    order
+        .into_iter()
+        .take(keep)
+        .map(|i| values[i].0.clone())
+        .collect()
+}
+
+impl Engine {
+    /// The halving decisions recorded for a sweep.
+    pub fn decisions(&self, sweep: &str) -> Decisions {
+        super::store::read_json(
+            &self
+                .store
+                .root()
+                .join("sweeps")
+                .join(format!("{sweep}.json")),
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+    }
+
+    fn record_decisions(&self, sweep: &str, d: &Decisions) -> Result<()> {
+        if self.store.is_read_only() {
+            return Ok(());
+        }
+        crate::atomic::write_json_atomic(
+            &self
+                .store
+                .root()
+                .join("sweeps")
+                .join(format!("{sweep}.json")),
+            d,
+        )
+    }
+
+    /// Run one point, catching its failure (the error's first line).
+    fn run_point(&mut self, p: &Pipeline, opts: &RunOptions) -> Result<Vec<StageOutcome>, String> {
+        let what = match &opts.until {
+            Some(u) => format!("== {} (until {u})", p.name),
+            None => format!("== {}", p.name),
+        };
+        self.note(what);
+        self.run(p, opts).map(|r| r.stages).map_err(|e| {
+            let msg = format!("{e:#}");
+            msg.lines().next().unwrap_or("").to_string()
+        })
+    }
+
+    /// Run a sweep's points (`only`: those `--only` selected, which run whole, without
+    /// halving), one after another in this process. A failing point is recorded and the
+    /// others go on.
+    pub fn run_sweep(
+        &mut self,
+        s: &Sweep,
+        opts: &RunOptions,
+        only: Option<&[usize]>,
+    ) -> Result<SweepRun> {
+        let selected: Vec<usize> = only.map_or((0..s.points.len()).collect(), |o| o.to_vec());
+        let mut run = SweepRun {
+            sweep: s.name.clone(),
+            points: Vec::new(),
+            decisions: self.decisions(&s.name),
+        };
+        let halving = s.halving.as_ref().filter(|_| only.is_none());
+        let Some(h) = halving else {
+            for &i in &selected {
+                let pt = &s.points[i];
+                let r = self.run_point(&pt.pipeline, opts);
+                run.points.push(match r {
+                    Ok(stages) if opts.dry_run => (pt.id.clone(), PointResult::Planned, stages),
+                    Ok(stages) => (pt.id.clone(), PointResult::Done, stages),
+                    Err(error) => (pt.id.clone(), PointResult::Failed { error }, Vec::new()),
+                });
+            }
+            return Ok(run);
+        };
+        // Successive halving: rung by rung over the live points.
+        let mut live: Vec<usize> = selected.clone();
+        let mut results: BTreeMap<usize, (PointResult, Vec<StageOutcome>)> = BTreeMap::new();
+        let mut decisions = Decisions::default();
+        for (r, rung) in h.rungs.iter().enumerate() {
+            let mut values = Vec::new();
+            for &i in &live {
+                let pt = &s.points[i];
+                let until = RunOptions {
+                    until: Some(rung.clone()),
+                    ..opts.clone()
+                };
+                let res = self.run_point(&pt.pipeline, &until);
+                match res {
+                    Ok(stages) => {
+                        let out = stages
+                            .iter()
+                            .find(|o| o.name == *rung && o.state != StageState::Skipped)
+                            .and_then(|o| o.output.clone());
+                        let m =
+                            out.and_then(|o| metric_of(&self.store.artifact_dir(&o), &h.metric));
+                        if let Some(m) = m {
+                            values.push((pt.id.clone(), m));
+                        }
+                        results.insert(i, (PointResult::Planned, stages));
+                    }
+                    Err(error) => {
+                        results.insert(i, (PointResult::Failed { error }, Vec::new()));
+                    }
+                }
+            }
+            live.retain(|i| !matches!(results.get(i), Some((PointResult::Failed { .. }, _))));
+            if r + 1 == h.rungs.len() || opts.dry_run {
+                break;
+            }
+            let kept = promote(&values, h);
+            for &i in &live {
+                if !kept.contains(&s.points[i].id) {
+                    let stages = results.remove(&i).map(|x| x.1).unwrap_or_default();
+                    results.insert(i, (PointResult::Pruned { rung: rung.clone() }, stages));
+                }
+            }
+            live.retain(|&i| kept.contains(&s.points[i].id));
+            decisions.rungs.push(rung_record(rung, h, values, kept));
+        }
+        // The survivors run whole (the stages after the last rung: evaluation).
+        for &i in &live {
+            let pt = &s.points[i];
+            let res = self.run_point(&pt.pipeline, opts);
+            results.insert(
+                i,
+                match res {
+                    Ok(stages) if opts.dry_run => (PointResult::Planned, stages),
+                    Ok(stages) => (PointResult::Done, stages),
+                    Err(error) => (PointResult::Failed { error }, Vec::new()),
+                },
+            );
+        }
+        if !opts.dry_run {
+            self.record_decisions(&s.name, &decisions)?;
+            run.decisions = decisions;
+        }
+        for (i, (res, stages)) in results {
+            run.points.push((s.points[i].id.clone(), res, stages));
+        }
+        Ok(run)
+    }
+
+    /// The stages of a sweep's points grouped by what they share: one entry per distinct
+    /// stage (same name and recipe), with the points that have it, in dependency order.
+    pub fn sweep_stages(&mut self, s: &Sweep, selected: &[usize]) -> Result<Vec<SharedStage>> {
+        let mut groups: Vec<SharedStage> = Vec::new();
+        let mut index: HashMap<(String, String), usize> = HashMap::new();
+        for &i in selected {
+            let pt = &s.points[i];
+            let status = self.status(&pt.pipeline)?;
+            let recipes = self.recipes(&pt.pipeline)?;
+            for o in status {
+                // What identifies a stage across points: its key when known, else its
+                // recipe, else (a dataset folder missing) its name.
+                let id = o
+                    .key
+                    .clone()
+                    .or_else(|| recipes.get(&o.name).cloned())
+                    .unwrap_or_else(|| format!("{}@{}", o.name, pt.id));
+                match index.get(&(o.name.clone(), id.clone())) {
+                    Some(&g) => groups[g].points.push(pt.id.clone()),
+                    None => {
+                        index.insert((o.name.clone(), id), groups.len());
+                        groups.push(SharedStage {
+                            points: vec![pt.id.clone()],
+                            outcome: o,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(groups)
+    }
+}
+
+impl Engine {
+    /// A point's metric at a rung, from the store (`None`: the rung is not there: the
+    /// point failed or has not got there).
+    fn rung_metric(&mut self, p: &Pipeline, rung: &str, metric: &str) -> Result<Option<f64>> {
+        let status = self.status_only(p)?;
+        Ok(status
+            .iter()
+            .find(|o| o.name == rung && o.state == StageState::Cached)
+            .and_then(|o| o.output.as_ref())
+            .and_then(|out| metric_of(&self.store.artifact_dir(out), metric)))
+    }
+
+    /// Run a sweep's points with an executor: with `-j N` as local workers over all points
+    /// at once (each shared stage once); on Slurm, submitted. With halving on Slurm, rung 0
+    /// is submitted with a promotion job after it that decides and submits the next rung,
+    /// so nothing waits on the submitting machine.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_sweep_with(
+        &mut self,
+        s: &Sweep,
+        selected: &[usize],
+        only: bool,
+        sets: &[String],
+        opts: &RunOptions,
+        exec: &Executor,
+    ) -> Result<SweepRun> {
+        if !opts.force.is_empty() {
+            bail!("--force runs with the default executor only (it re-runs a cached stage in this process)");
+        }
+        let halving = s.halving.clone().filter(|_| !only);
+        let mut run = SweepRun {
+            sweep: s.name.clone(),
+            points: Vec::new(),
+            decisions: self.decisions(&s.name),
+        };
+        match (exec, halving) {
+            (Executor::Local { jobs }, None) => {
+                let points: Vec<&Pipeline> =
+                    selected.iter().map(|&i| &s.points[i].pipeline).collect();
+                let failed = self.run_jobs_locally(&points, sets, opts, *jobs)?;
+                for &i in selected {
+                    let pt = &s.points[i];
+                    run.points.push(match failed.get(&pt.pipeline.name) {
+                        Some(e) => (
+                            pt.id.clone(),
+                            PointResult::Failed { error: e.clone() },
+                            Vec::new(),
+                        ),
+                        None if opts.dry_run => (pt.id.clone(), PointResult::Planned, Vec::new()),
+                        None => (pt.id.clone(), PointResult::Done, Vec::new()),
+                    });
+                }
+            }
+            (Executor::Local { jobs }, Some(h)) => {
+                let mut live: Vec<usize> = selected.to_vec();
+                let mut results: BTreeMap<usize, PointResult> = BTreeMap::new();
+                let mut decisions = Decisions::default();
+                for (r, rung) in h.rungs.iter().enumerate() {
+                    let until = RunOptions {
+                        until: Some(rung.clone()),
+                        ..opts.clone()
+                    };
+                    let points: Vec<&Pipeline> =
+                        live.iter().map(|&i| &s.points[i].pipeline).collect();
+                    let failed = self.run_jobs_locally(&points, sets, &until, *jobs)?;
+                    let mut values = Vec::new();
+                    for &i in &live {
+                        let pt = &s.points[i];
+                        if let Some(e) = failed.get(&pt.pipeline.name) {
+                            results.insert(i, PointResult::Failed { error: e.clone() });
+                        } else if let Some(m) = self.rung_metric(&pt.pipeline, rung, &h.metric)? {
+                            values.push((pt.id.clone(), m));
+                        }
+                    }
+                    live.retain(|i| !results.contains_key(i));
+                    if r + 1 == h.rungs.len() {
+                        break;
+                    }
+                    let kept = promote(&values, &h);
+                    for &i in &live {
+                        if !kept.contains(&s.points[i].id) {
+                            results.insert(i, PointResult::Pruned { rung: rung.clone() });
+                        }
+                    }
+                    live.retain(|&i| kept.contains(&s.points[i].id));
+                    decisions.rungs.push(rung_record(rung, &h, values, kept));
+                }
+                let points: Vec<&Pipeline> = live.iter().map(|&i| &s.points[i].pipeline).collect();
+                let failed = self.run_jobs_locally(&points, sets, opts, *jobs)?;
+                for &i in &live {
+                    let name = &s.points[i].pipeline.name;
+                    results.insert(
+                        i,
+                        match failed.get(name) {
+                            Some(e) => PointResult::Failed { error: e.clone() },
+                            None => PointResult::Done,
+                        },
+                    );
+                }
+                self.record_decisions(&s.name, &decisions)?;
+                run.decisions = decisions;
+                for (i, res) in results {
+                    run.points.push((s.points[i].id.clone(), res, Vec::new()));
+                }
+            }
+            (Executor::Slurm(o), None) => {
+                let nowait = SlurmOptions {
+                    wait: false,
+                    ..o.clone()
+                };
+                let mut submitted = Vec::new();
+                for &i in selected {
+                    let p = &s.points[i].pipeline;
+                    let (must, recipes) = self.plan_slurm(p, opts)?;
+                    let ids = if must.is_empty() || opts.dry_run {
+                        HashMap::new()
+                    } else {
+                        self.submit_slurm(p, sets, &must, &recipes, &nowait)?
+                    };
+                    submitted.push((i, must, recipes, ids));
+                }
+                for (i, must, recipes, ids) in submitted {
+                    let pt = &s.points[i];
+                    let res = if o.wait && !must.is_empty() {
+                        match self.wait_slurm(&pt.pipeline, &must, &recipes, &ids) {
+                            Ok(()) => PointResult::Done,
+                            Err(e) => PointResult::Failed {
+                                error: format!("{e:#}"),
+                            },
+                        }
+                    } else {
+                        PointResult::Planned
+                    };
+                    run.points.push((pt.id.clone(), res, Vec::new()));
+                }
+            }
+            (Executor::Slurm(o), Some(h)) => {
+                if o.wait {
+                    bail!("--wait with halving on Slurm: the promotion jobs decide later; follow them with `pipe status {}`", s.name);
+                }
+                let live: Vec<usize> = selected.to_vec();
+                self.submit_rung(s, &h, 0, &live, sets, o, opts)?;
+                for &i in selected {
+                    run.points
+                        .push((s.points[i].id.clone(), PointResult::Planned, Vec::new()));
+                }
+            }
+        }
+        Ok(run)
+    }
+
+    /// Run `points` as local workers; returns each failed point's error (by pipeline name).
+    fn run_jobs_locally(
+        &mut self,
+        points: &[&Pipeline],
+        sets: &[String],
+        opts: &RunOptions,
+        n: usize,
+    ) -> Result<HashMap<String, String>> {
+        let jobs = self.plan_jobs(points, opts)?;
+        if opts.dry_run {
+            for j in &jobs {
+                self.note(format!("{}:{} would run", j.p.name, j.stage));
+            }
+            return Ok(HashMap::new());
+        }
+        // Which points each recipe belongs to (a shared stage's failure fails them all).
+        let mut failed_recipes: HashMap<String, String> = HashMap::new();
+        for (recipe, why) in self.run_local_jobs(&jobs, sets, n.max(1))? {
+            failed_recipes.insert(recipe, why);
+        }
+        let mut out = HashMap::new();
+        if failed_recipes.is_empty() {
+            return Ok(out);
+        }
+        for p in points {
+            let recipes = self.recipes(p)?;
+            if let Some(why) = recipes.values().find_map(|r| failed_recipes.get(r)) {
+                out.insert(p.name.clone(), why.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    fn plan_slurm(
+        &mut self,
+        p: &Pipeline,
+        opts: &RunOptions,
+    ) -> Result<(Vec<String>, HashMap<String, String>)> {
+        let jobs = self.plan_jobs(&[p], opts)?;
+        let recipes = self.recipes(p)?;
+        Ok((jobs.into_iter().map(|j| j.stage).collect(), recipes))
+    }
+
+    /// Submit rung `r` for points `live` (each until the rung's stage; after the last rung,
+    /// whole), and — unless it is the last rung — the promotion job that decides after it.
+    #[allow(clippy::too_many_arguments)]
+    fn submit_rung(
+        &mut self,
+        s: &Sweep,
+        h: &Halving,
+        r: usize,
+        live: &[usize],
+        sets: &[String],
+        o: &SlurmOptions,
+        opts: &RunOptions,
+    ) -> Result<()> {
+        let last = r + 1 == h.rungs.len();
+        let nowait = SlurmOptions {
+            wait: false,
+            ..o.clone()
+        };
+        let mut after = Vec::new();
+        for &i in live {
+            let p = &s.points[i].pipeline;
+            let o2 = RunOptions {
+                until: if last { None } else { Some(h.rungs[r].clone()) },
+                ..opts.clone()
+            };
+            let (must, recipes) = self.plan_slurm(p, &o2)?;
+            if must.is_empty() {
+                continue;
+            }
+            let ids = self.submit_slurm(p, sets, &must, &recipes, &nowait)?;
+            after.extend(ids.into_values());
+        }
+        if last {
+            return Ok(());
+        }
+        after.sort();
+        after.dedup();
+        let jobs_dir = self.store.jobs_dir();
+        std::fs::create_dir_all(&jobs_dir)?;
+        let log = jobs_dir.join(format!("promote-{}-{r}.log", s.name));
+        let mut args = vec![
+            "--cache".to_string(),
+            std::fs::canonicalize(self.store.root())
+                .unwrap_or_else(|_| self.store.root().to_path_buf())
+                .display()
+                .to_string(),
+            "sweep-promote".to_string(),
+            std::fs::canonicalize(&s.file)
+                .unwrap_or_else(|_| s.file.clone())
+                .display()
+                .to_string(),
+            "--rung".to_string(),
+            r.to_string(),
+        ];
+        if let Some(p) = &o.partition {
+            args.extend(["--partition".to_string(), p.clone()]);
+        }
+        if let Some(g) = o.gpus_per_stage {
+            args.extend(["--gpus-per-stage".to_string(), g.to_string()]);
+        }
+        for x in sets {
+            args.extend(["--set".to_string(), x.clone()]);
+        }
+        let id = super::executor::sbatch_command(
+            &format!("pipe-promote:{}:{}", s.name, h.rungs[r]),
+            &args,
+            &log,
+            &after,
+            o.partition.as_deref(),
+            &s.points[0].pipeline.project_dir,
+        )?;
+        self.note(format!(
+            "halving after `{}`: promotion job {id} waits for {} job(s), then decides and submits the next rung (log {})",
+            h.rungs[r],
+            after.len(),
+            log.display()
+        ));
+        Ok(())
+    }
+
+    /// A promotion job's work (`pipe sweep-promote SWEEP --rung R`): the live points'
+    /// metrics at rung `r` decide who goes on (recorded), and the next rung is submitted
+    /// for them, with the next promotion job after it.
+    pub fn promote_on_slurm(
+        &mut self,
+        s: &Sweep,
+        r: usize,
+        sets: &[String],
+        o: &SlurmOptions,
+    ) -> Result<Vec<String>> {
+        let Some(h) = s.halving.clone() else {
+            bail!("sweep `{}` has no [sweep.halving]", s.name);
+        };
+        if r + 1 >= h.rungs.len() {
+            bail!(
+                "rung {r} is the last of `{}`: nothing to promote to",
+                s.name
+            );
+        }
+        let mut decisions = self.decisions(&s.name);
+        decisions.rungs.truncate(r);
+        let live: Vec<usize> = match r {
+            0 => (0..s.points.len()).collect(),
+            _ => {
+                let Some(prev) = decisions.rungs.get(r - 1) else {
+                    bail!("rung {} of `{}` has no recorded decision", r - 1, s.name);
+                };
+                (0..s.points.len())
+                    .filter(|&i| prev.kept.contains(&s.points[i].id))
+                    .collect()
+            }
+        };
+        let rung = &h.rungs[r];
+        let mut values = Vec::new();
+        for &i in &live {
+            let pt = &s.points[i];
+            match self.rung_metric(&pt.pipeline, rung, &h.metric)? {
+                Some(m) => values.push((pt.id.clone(), m)),
+                None => self.warn(format!(
+                    "{}: no `{rung}` result (its job failed?): it does not go on",
+                    pt.pipeline.name
+                )),
+            }
+        }
+        let kept = promote(&values, &h);
+        decisions
+            .rungs
+            .push(rung_record(rung, &h, values, kept.clone()));
+        self.record_decisions(&s.name, &decisions)?;
+        let next: Vec<usize> = (0..s.points.len())
+            .filter(|&i| kept.contains(&s.points[i].id))
+            .collect();
+        self.submit_rung(s, &h, r + 1, &next, sets, o, &RunOptions::default())?;
+        Ok(kept)
+    }
+}
+
+/// The record of one rung's decision.
+fn rung_record(rung: &str, h: &Halving, values: Vec<(String, f64)>, kept: Vec<String>) -> Rung {
+    Rung {
+        stage: rung.to_string(),
+        metric: h.metric.clone(),
+        goal: match h.goal {
+            Goal::Max => "max".into(),
+            Goal::Min => "min".into(),
+        },
+        eta: h.eta,
+        values,
+        kept,
+    }
+}

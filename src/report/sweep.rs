@@ -1,0 +1,224 @@
+//! What a sweep looks like to the user: its stages as a tree (what all points share, what
+//! some share, what is each point's own), how a run of it went (which points finished,
+//! failed or were pruned), and the decisions of successive halving.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::outcome::{human_secs, join, StageOutcome, StageState};
+
+/// One stage as the points of a sweep share it: the same key (or, before inputs exist,
+/// the same recipe) in every point listed.
+#[derive(Debug, Clone, Serialize)]
+pub struct SharedStage {
+    /// The points (ids) that have this stage.
+    pub points: Vec<String>,
+    /// Its outcome (the first point's).
+    pub outcome: StageOutcome,
+}
+
+/// A halving decision after one rung.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rung {
+    /// The rung's stage.
+    pub stage: String,
+    /// The metric compared (`val.acc`).
+    pub metric: String,
+    /// `max` or `min`.
+    pub goal: String,
+    /// Reduction factor.
+    pub eta: usize,
+    /// Each live point's metric at this rung, in point order.
+    pub values: Vec<(String, f64)>,
+    /// The points that go on, best first.
+    pub kept: Vec<String>,
+}
+
+/// The decisions recorded for a sweep (`<store>/sweeps/<sweep>.json`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Decisions {
+    /// One entry per rung decided, in order.
+    pub rungs: Vec<Rung>,
+}
+
+impl Decisions {
+    /// The rung after which a point was pruned, if it was.
+    pub fn pruned_at(&self, id: &str) -> Option<&Rung> {
+        self.rungs
+            .iter()
+            .find(|r| r.values.iter().any(|(p, _)| p == id) && !r.kept.iter().any(|k| k == id))
+    }
+}
+
+/// How one point of a run went.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "state")]
+pub enum PointResult {
+    /// Every stage is done.
+    Done,
+    /// A stage failed: the error.
+    Failed {
+        /// The error, one line.
+        error: String,
+    },
+    /// Successive halving stopped it after this rung.
+    Pruned {
+        /// The rung.
+        rung: String,
+    },
+    /// A dry run: what would run.
+    Planned,
+}
+
+/// A run of a sweep.
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepRun {
+    /// The sweep.
+    pub sweep: String,
+    /// Each point run, in order, with its stages.
+    pub points: Vec<(String, PointResult, Vec<StageOutcome>)>,
+    /// Halving decisions made (or repeated).
+    pub decisions: Decisions,
+}
+
+impl SweepRun {
+    /// The ids of the points that failed, with their errors.
+    pub fn failed(&self) -> Vec<(&str, &str)> {
+        self.points
+            .iter()
+            .filter_map(|(id, r, _)| match r {
+                PointResult::Failed { error } => Some((id.as_str(), error.as_str())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// The stages of a sweep as a tree: shared by all points, by some, and per point.
+pub fn tree(
+    name: &str,
+    file: &str,
+    points: &[String],
+    stages: &[SharedStage],
+    d: &Decisions,
+) -> String {
+    let mut out = format!("sweep {name} ({file}): {} points\n", points.len());
+    let line = |o: &StageOutcome| {
+        let detail = if o.state == StageState::Cached {
+            o.summary.clone()
+        } else {
+            let est = o
+                .estimate
+                .map_or(String::new(), |e| format!("[est. {}] ", human_secs(e)));
+            format!("{est}{}", join(&o.reasons))
+        };
+        format!(
+            "{:<12} {:<9} key {:<12}  {detail}",
+            o.name,
+            o.state,
+            o.short_key()
+        )
+    };
+    let all: Vec<&SharedStage> = stages
+        .iter()
+        .filter(|s| s.points.len() == points.len() && points.len() > 1)
+        .collect();
+    if !all.is_empty() {
+        out.push_str(&format!("shared by all {} points:\n", points.len()));
+        for s in all {
+            out.push_str(&format!("  {}\n", line(&s.outcome)));
+        }
+    }
+    let some: Vec<&SharedStage> = stages
+        .iter()
+        .filter(|s| s.points.len() > 1 && s.points.len() < points.len())
+        .collect();
+    if !some.is_empty() {
+        out.push_str("shared by some points:\n");
+        for s in some {
+            out.push_str(&format!(
+                "  {}  ({})\n",
+                line(&s.outcome),
+                s.points.join(", ")
+            ));
+        }
+    }
+    let mut own: BTreeMap<usize, Vec<&SharedStage>> = BTreeMap::new();
+    for s in stages
+        .iter()
+        .filter(|s| s.points.len() == 1 || points.len() == 1)
+    {
+        if let Some(i) = points.iter().position(|p| *p == s.points[0]) {
+            own.entry(i).or_default().push(s);
+        }
+    }
+    if !own.is_empty() {
+        out.push_str("per point:\n");
+        for (i, ss) in own {
+            let id = &points[i];
+            let pruned = d
+                .pruned_at(id)
+                .map_or(String::new(), |r| format!("  [pruned after {}]", r.stage));
+            out.push_str(&format!("  {id}{pruned}\n"));
+            for s in ss {
+                out.push_str(&format!("    {}\n", line(&s.outcome)));
+            }
+        }
+    }
+    out.push_str(&decisions_text(d));
+    let total: f64 = stages.iter().filter_map(|s| s.outcome.estimate).sum();
+    if total > 0.0 {
+        out.push_str(&format!("estimated: {}\n", human_secs(total)));
+    }
+    out
+}
+
+/// The halving decisions as text: per rung, each point's metric and who went on.
+pub fn decisions_text(d: &Decisions) -> String {
+    let mut out = String::new();
+    for r in &d.rungs {
+        out.push_str(&format!(
+            "halving after `{}` ({} {}, eta {}): {} of {} go on: {}\n",
+            r.stage,
+            r.goal,
+            r.metric,
+            r.eta,
+            r.kept.len(),
+            r.values.len(),
+            r.kept.join(", ")
+        ));
+        for (id, v) in &r.values {
+            let mark = if r.kept.contains(id) {
+                "kept  "
+            } else {
+                "pruned"
+            };
+            out.push_str(&format!("  {mark} {v:.4}  {id}\n"));
+        }
+    }
+    out
+}
+
+/// The end of a sweep run: what finished, what was pruned, what failed.
+pub fn run_summary(r: &SweepRun) -> String {
+    let count = |f: &dyn Fn(&PointResult) -> bool| r.points.iter().filter(|p| f(&p.1)).count();
+    let done = count(&|p| matches!(p, PointResult::Done));
+    let pruned = count(&|p| matches!(p, PointResult::Pruned { .. }));
+    let planned = count(&|p| matches!(p, PointResult::Planned));
+    let failed = r.failed();
+    let mut out = String::new();
+    if planned > 0 {
+        out.push_str(&format!("sweep {}: {planned} points planned", r.sweep));
+    } else {
+        out.push_str(&format!(
+            "sweep {}: {done} points finished, {pruned} pruned, {} failed",
+            r.sweep,
+            failed.len()
+        ));
+    }
+    for (id, e) in failed {
+        out.push_str(&format!("\n  failed: {}@{id}: {e}", r.sweep));
+    }
+    out
+}
