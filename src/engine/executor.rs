@@ -259,10 +259,24 @@ impl Engine {
     /// Every stage's recipe (see the module docs), in dependency order.
     /// A stage whose dataset folder is not there has no recipe, nor has anything after it.
     pub fn recipes(&mut self, p: &Pipeline) -> Result<HashMap<String, String>> {
+        self.recipes_of(p, false)
+    }
+
+    /// Every stage's recipe, or with `placeholder` a stand-in for stages whose dataset
+    /// folder is missing (the folder's path in place of its fingerprint): what tells which
+    /// stages a sweep's points share before the data is there. Never a job's name.
+    pub(crate) fn recipes_of(
+        &mut self,
+        p: &Pipeline,
+        placeholder: bool,
+    ) -> Result<HashMap<String, String>> {
         let mut out: HashMap<String, String> = HashMap::new();
         for name in p.topo_order() {
             let s = &p.stages[&name];
             let external = match crate::stages::external_root(p, s) {
+                Some(root) if !root.exists() && placeholder => {
+                    Some(format!("missing:{}", root.display()))
+                }
                 Some(root) if !root.exists() => continue,
                 Some(root) => Some(self.fingerprint(&root)?.hash.clone()),
                 None => None,

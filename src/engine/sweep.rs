@@ -284,7 +284,7 @@ impl Engine {
         for &i in selected {
             let pt = &s.points[i];
             let status = self.status(&pt.pipeline)?;
-            let recipes = self.recipes(&pt.pipeline)?;
+            let recipes = self.recipes_of(&pt.pipeline, true)?;
             for o in status {
                 // What identifies a stage across points: its key when known, else its
                 // recipe, else (a dataset folder missing) its name.

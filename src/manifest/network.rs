@@ -60,6 +60,9 @@ pub struct LayerSpec {
     pub args: Args,
     /// `inputs = [...]`, if given (else the previous layer).
     pub inputs: Option<Vec<(String, Origin)>>,
+    /// `if = <bool>` (true) or `unless = <bool>` (false): the layer is there only when the
+    /// value (a `$param`, usually) is that.
+    pub when: Option<(bool, SValue)>,
     /// Where the layer was written.
     pub origin: Origin,
 }
@@ -167,9 +170,20 @@ fn parse_layers(v: &SValue, path: &str) -> Result<Vec<LayerSpec>, ManifestError>
         let t = table(item, &p)?;
         let mut name = None;
         let mut inputs = None;
+        let mut when = None;
         let mut call: Option<(&String, &Entry)> = None;
         for (k, e) in t {
             match k.as_str() {
+                "if" | "unless" => {
+                    if when.is_some() {
+                        return Err(err(
+                            "a layer takes one `if` or `unless`",
+                            &e.key_origin,
+                            &format!("{p}.{k}"),
+                        ));
+                    }
+                    when = Some((k == "if", e.value.clone()));
+                }
                 "name" => match e.value.as_str() {
                     Some(s) if !s.is_empty() && !s.contains('/') && s != "input" => {
                         name = Some(s.to_string())
@@ -244,6 +258,7 @@ fn parse_layers(v: &SValue, path: &str) -> Result<Vec<LayerSpec>, ManifestError>
             callee_origin: e.key_origin.clone(),
             args,
             inputs,
+            when,
             origin: item.origin.clone(),
         });
     }

@@ -628,7 +628,8 @@ pub fn id_value(v: &serde_json::Value) -> String {
             let f = n.as_f64().unwrap_or(0.0);
             let plain = format!("{f}");
             let sci = format!("{f:e}");
-            if sci.len() < plain.len() {
+            let small_or_large = f != 0.0 && (f.abs() < 0.1 || f.abs() >= 1e5);
+            if sci.len() < plain.len() || (sci.len() == plain.len() && small_or_large) {
                 sci
             } else {
                 plain

@@ -318,11 +318,59 @@ impl Expander<'_> {
     ) -> Result<usize, ManifestError> {
         let mut local: HashMap<String, usize> = HashMap::new();
         local.insert("input".into(), input);
-        let mut counts: HashMap<&str, usize> = HashMap::new();
+        let mut counts: HashMap<String, usize> = HashMap::new();
         let mut prev = input;
         for (i, l) in layers.iter().enumerate() {
             let lpath = format!("{path}[{i}]");
-            let n = counts.entry(l.callee.as_str()).or_insert(0);
+            // `if = "$p"` / `unless = "$p"`: a layer that is not there takes no name and
+            // is no one's input.
+            if let Some((want, v)) = &l.when {
+                match substitute(v, env, &lpath)?.kind {
+                    Kind::Bool(b) if b == *want => {}
+                    Kind::Bool(_) => continue,
+                    _ => {
+                        return Err(err(
+                            format!(
+                                "`{}` needs true or false, found {}",
+                                if *want { "if" } else { "unless" },
+                                describe(v)
+                            ),
+                            &v.origin,
+                            &lpath,
+                        ))
+                    }
+                }
+            }
+            // `{ "$act" = {} }`: the op or block a parameter names.
+            let resolved;
+            let l = if let Some(param) = l.callee.strip_prefix('$') {
+                let v = substitute(
+                    &SValue {
+                        kind: Kind::Str(l.callee.clone()),
+                        origin: l.callee_origin.clone(),
+                    },
+                    env,
+                    &lpath,
+                )?;
+                let Some(callee) = v.as_str() else {
+                    return Err(err(
+                        format!(
+                            "`${param}` must name an op or a block, found {}",
+                            describe(&v)
+                        ),
+                        &l.callee_origin,
+                        &lpath,
+                    ));
+                };
+                resolved = LayerSpec {
+                    callee: callee.to_string(),
+                    ..l.clone()
+                };
+                &resolved
+            } else {
+                l
+            };
+            let n = counts.entry(l.callee.clone()).or_insert(0);
             *n += 1;
             let name = l
                 .name
