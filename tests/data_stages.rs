@@ -300,9 +300,69 @@ fn every_shipped_manifest_loads() {
     let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines"));
     let files = pipe::manifest::list(dir).unwrap();
     assert!(files.len() >= 7, "{files:?}");
+    let mut sweeps = Vec::new();
     for f in files {
-        let m = pipe::manifest::load(&f, &[], dir.parent().unwrap())
+        let t = pipe::engine::load_target(&f, &[], dir.parent().unwrap())
             .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
-        assert!(!m.stages.is_empty());
+        match t {
+            pipe::engine::Target::Pipeline(m) => assert!(!m.stages.is_empty()),
+            pipe::engine::Target::Sweep(s) => {
+                sweeps.push((s.name.clone(), s.points.iter().map(|p| p.id.clone()).collect::<Vec<_>>()))
+            }
+            pipe::engine::Target::Point(..) => unreachable!("a file is not a point"),
+        }
+    }
+    // The chapter as sweeps: its three learning rates, and the ablation's four points.
+    assert_eq!(
+        sweeps,
+        [
+            (
+                "cifar10_minigooglenet_lr".to_string(),
+                vec!["lr=1e-3".to_string(), "lr=1e-2".into(), "lr=5e-3".into()]
+            ),
+            (
+                "tiny_imagenet_ablation".to_string(),
+                vec![
+                    "act=relu,bn_first=true".to_string(),
+                    "act=relu,bn_first=false".into(),
+                    "act=elu,bn_first=true".into(),
+                    "act=elu,bn_first=false".into()
+                ]
+            )
+        ]
+    );
+}
+
+#[test]
+fn the_lr_sweeps_points_have_the_keys_of_the_chapters_three_runs() {
+    // So a run of either is the other's cache.
+    let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines"));
+    let load = |name: &str| {
+        pipe::engine::load_target(&dir.join(name), &[], dir.parent().unwrap()).unwrap()
+    };
+    let pipe::engine::Target::Sweep(s) = load("cifar10_minigooglenet_lr.toml") else {
+        panic!("a sweep")
+    };
+    let key = |p: &pipe::manifest::Pipeline, stage: &str, inputs: &[&str]| {
+        let inputs: Vec<String> = inputs.iter().map(|i| i.to_string()).collect();
+        pipe::engine::stage_key(p, stage, &inputs, Some("fingerprint")).unwrap()
+    };
+    for (id, exp) in [
+        ("lr=1e-3", "cifar10_minigooglenet_exp1.toml"),
+        ("lr=1e-2", "cifar10_minigooglenet_exp2.toml"),
+        ("lr=5e-3", "cifar10_minigooglenet_exp3.toml"),
+    ] {
+        let point = &s.point(id).unwrap().pipeline;
+        let pipe::engine::Target::Pipeline(e) = load(exp) else {
+            panic!("a pipeline")
+        };
+        assert_eq!(key(point, "ingest", &[]), key(&e, "ingest", &[]), "{id}");
+        assert_eq!(key(point, "hdf5", &["x"]), key(&e, "hdf5", &["x"]), "{id}");
+        assert_eq!(key(point, "train", &["x"]), key(&e, "train", &["x"]), "{id}");
+        assert_eq!(
+            key(point, "evaluate", &["y", "x"]),
+            key(&e, "evaluate", &["y", "x"]),
+            "{id}"
+        );
     }
 }

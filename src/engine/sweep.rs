@@ -118,6 +118,18 @@ fn metric_of(dir: &std::path::Path, metric: &str) -> Option<f64> {
     })
 }
 
+/// A point's stages over several runs (rung by rung): a stage that ran in any of them is
+/// shown as ran.
+fn merge(earlier: Vec<StageOutcome>, later: Vec<StageOutcome>) -> Vec<StageOutcome> {
+    later
+        .into_iter()
+        .map(|o| match earlier.iter().find(|e| e.name == o.name) {
+            Some(e) if e.state == StageState::Ran && o.state == StageState::Cached => e.clone(),
+            _ => o,
+        })
+        .collect()
+}
+
 /// The points that go on after a rung: the best ⌈n/η⌉ by `metric` (`values` in point
 /// order; ties go to the earlier point).
 pub fn promote(values: &[(String, f64)], h: &Halving) -> Vec<String> {
@@ -221,8 +233,10 @@ impl Engine {
                     ..opts.clone()
                 };
                 let res = self.run_point(&pt.pipeline, &until);
+                let before = results.remove(&i).map(|x| x.1).unwrap_or_default();
                 match res {
                     Ok(stages) => {
+                        let stages = merge(before, stages);
                         let out = stages
                             .iter()
                             .find(|o| o.name == *rung && o.state != StageState::Skipped)
@@ -257,12 +271,13 @@ impl Engine {
         for &i in &live {
             let pt = &s.points[i];
             let res = self.run_point(&pt.pipeline, opts);
+            let before = results.remove(&i).map(|x| x.1).unwrap_or_default();
             results.insert(
                 i,
                 match res {
-                    Ok(stages) if opts.dry_run => (PointResult::Planned, stages),
-                    Ok(stages) => (PointResult::Done, stages),
-                    Err(error) => (PointResult::Failed { error }, Vec::new()),
+                    Ok(stages) if opts.dry_run => (PointResult::Planned, merge(before, stages)),
+                    Ok(stages) => (PointResult::Done, merge(before, stages)),
+                    Err(error) => (PointResult::Failed { error }, before),
                 },
             );
         }

@@ -329,8 +329,13 @@ fn random(entry: &Entry) -> Result<RandomSpec, ManifestError> {
             path,
         ));
     };
+    // A table that holds no table is where a key ends: a distribution, or a mistake in one.
+    let ends = |v: &SValue| match &v.kind {
+        Kind::Table(t) => dist_of(v) || !t.values().any(|e| matches!(e.value.kind, Kind::Table(_))),
+        _ => true,
+    };
     let mut found = Vec::new();
-    leaves(&rest, "", &dist_of, &mut found);
+    leaves(&rest, "", &ends, &mut found);
     let mut keys = Vec::new();
     for (key, e) in found {
         let kp = format!("{path}.{key}");
@@ -783,7 +788,10 @@ pub fn load_points(
                 "sweep",
             ));
         }
-        let mut pipeline = typed(over)?;
+        let mut pipeline = typed(over).map_err(|mut e| {
+            e.message = format!("{} (in sweep point `{id}`)", e.message);
+            e
+        })?;
         pipeline.name = format!("{name}@{id}");
         pipeline.aliases.clear();
         points.push(SweepPoint {
@@ -837,7 +845,8 @@ fn check_rungs(p: &Pipeline, h: &Halving, origins: &[Origin]) -> Result<(), Mani
         if !s.config.is_training() {
             return Err(err(
                 format!(
-                    "halving rung `{rung}` is a {} stage: a rung is a training stage (train, lr-drop, resume)",
+                    "halving rung `{rung}` is not a training stage but {} `{}` stage: a rung is a train, lr-drop or resume stage",
+                    if matches!(s.config.kind().as_str().as_bytes()[0], b'a' | b'e' | b'i' | b'o' | b'u' | b'h') { "an" } else { "a" },
                     s.config.kind()
                 ),
                 at,

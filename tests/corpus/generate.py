@@ -297,6 +297,23 @@ subs("late-09", [('format = "synthetic"\nclasses = 3\ntrain_per_class = 12\nval_
                   'format = "cifar10"\nroot = "data/cifar"'),
                  ("size = [16, 16]\n\n[blocks", "\n\n[blocks")])
 
+# Sweeps: every point is checked before any runs, mistakes at their place in [sweep].
+SW = "\n[sweep.grid]\n"
+sub("sweep-00", "top_k = [1, 2]\n", "top_k = [1, 2]\n" + SW + '"train.lrr" = [0.1, 0.2]\n')
+sub("sweep-01", "top_k = [1, 2]\n", "top_k = [1, 2]\n" + SW + '"trian.lr" = [0.1, 0.2]\n')
+sub("sweep-02", "top_k = [1, 2]\n", "top_k = [1, 2]\n" + SW + '"train.epochs" = [1, 2, 3, 4, 5, 6, "seven"]\n')
+sub("sweep-03", "top_k = [1, 2]\n", "top_k = [1, 2]\n" + SW + '"train.lr" = [0.1, -1.0]\n')
+sub("sweep-04", "top_k = [1, 2]\n", "top_k = [1, 2]\n" + SW + '"train.lr" = []\n')
+sub("sweep-05", "top_k = [1, 2]\n", "top_k = [1, 2]\n" + '\n[sweep.zip]\n"train.lr" = [0.1, 0.2]\n"drop.lr" = [0.01]\n')
+sub("sweep-06", "top_k = [1, 2]\n", "top_k = [1, 2]\n" + SW + '"train.lr" = [0.1, 0.2, 0.1]\n')
+sub("sweep-07", "top_k = [1, 2]\n", "top_k = [1, 2]\n" + SW + '"train.lr" = [0.1, 0.2]\n\n[sweep.halving]\nrungs = ["hdf5", "train"]\n')
+sub("sweep-08", "top_k = [1, 2]\n", "top_k = [1, 2]\n" + SW + '"train.lr" = [0.1, 0.2]\n\n[sweep.halving]\nrungs = ["drop", "train"]\n')
+sub("sweep-09", "top_k = [1, 2]\n", "top_k = [1, 2]\n" + '\n[sweep]\nmax_points = 5\n\n[sweep.grid]\n"train.lr" = [0.1, 0.2, 0.3]\n"drop.lr" = [0.01, 0.02]\n')
+sub("sweep-10", "top_k = [1, 2]\n", "top_k = [1, 2]\n" + '\n[sweep.random]\nsamples = 4\n"train.lr" = { normal = [0.1, 0.2] }\n')
+sub("sweep-11", "top_k = [1, 2]\n", "top_k = [1, 2]\n" + '\n[sweep.random]\nsamples = 4\n"train.lr" = { log_uniform = [0.0, 0.2] }\n')
+sub("sweep-12", "top_k = [1, 2]\n", "top_k = [1, 2]\n" + SW + '"train.lr" = 0.1\n')
+sub("sweep-13", "top_k = [1, 2]\n", "top_k = [1, 2]\n" + '\n[sweep]\ngird = 1\n')
+
 
 # What each case must report and where. `at` is the text the error points at, searched
 # from where the case changed the base (from the top of the file when it starts with `^`);
@@ -473,6 +490,20 @@ EXPECT = {
     '168-late-07': ('^input = [', 'network `tiny` takes 16x16x3 images'),
     '169-late-08': ('^classes = 3\nlayers', 'network `tiny` outputs 3 classes, but stage `train` trains on 4'),
     '170-late-09': ('^input = [', 'but stage `train` gets 32x32x3 RGB images from `hdf5`'),
+    '171-sweep-00': ('"train.lrr"', 'unknown key `lrr` (in sweep point `lrr=0.1`)'),
+    '172-sweep-01': ('"trian.lr"', '`trian` is neither a stage of this pipeline nor a top-level key'),
+    '173-sweep-02': ('"seven"', 'wrong type: expected usize, found string "seven" (in sweep point `epochs=seven`)'),
+    '174-sweep-03': ('"train.lr"', '`lr` must be > 0 (in sweep point `lr=-1`)'),
+    '175-sweep-04': ('[]', '`train.lr` sweeps an empty list'),
+    '176-sweep-05': ('"drop.lr"', 'zipped lists must have one length'),
+    '177-sweep-06': ('0.1]', 'two points of the sweep are identical (lr=0.1)'),
+    '178-sweep-07': ('"hdf5"', 'halving rung `hdf5` is not a training stage'),
+    '179-sweep-08': ('"train"]', 'halving rung `train` does not continue `drop`'),
+    '180-sweep-09': ('sweep]\nmax', 'the sweep has 6 points, more than `max_points` = 5'),
+    '181-sweep-10': ('{ normal', '`train.lr` needs a distribution'),
+    '182-sweep-11': ('[0.0', '`log_uniform` needs a range above 0'),
+    '183-sweep-12': ('0.1\n', 'wrong type: `train.lr` needs a list of values to sweep'),
+    '184-sweep-13': ('gird', 'unknown key `gird`'),
 }
 
 

@@ -1,0 +1,449 @@
+//! Sweeps (`[sweep]`): one manifest, many points; what points share runs once; a failing
+//! point leaves the others; successive halving over training segments decides the same
+//! way every time. On real data (scikit-learn's 8x8 handwritten digits, written as an image
+//! folder by tests/data/digits.py) and on generated data. Manifest mistakes in `[sweep]`
+//! are cases of the corpus (tests/corpus).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::*;
+
+/// Write the digits (`limit` of them) as `<dir>/<digit>/<i>.png`. The test command's
+/// Python (`PIPE_PYTHON`) has scikit-learn; without it this fails, it does not skip.
+fn digits(dir: &Path, limit: usize) {
+    let python = std::env::var("PIPE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/digits.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(dir)
+        .arg(limit.to_string())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+    assert!(
+        out.status.success(),
+        "writing the digits needs scikit-learn in {python} (scripts/bootstrap installs it in .venv): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A digits pipeline: image folder -> split -> hdf5 -> a small convnet, an lr drop, an
+/// evaluation; `sweep` appended.
+fn digits_manifest(root: &Path, sweep: &str) -> String {
+    format!(
+        r#"name = "dg"
+seed = 5
+
+[stages.ingest]
+format = "image-folder"
+root = "{}"
+
+[stages.split]
+input = "ingest"
+test_per_class = 4
+
+[stages.hdf5]
+input = "split"
+
+[networks.net]
+input = [8, 8, 3]
+classes = 10
+layers = [
+  {{ conv2d = {{ filters = 16, kernel = 3 }} }},
+  {{ relu = {{}} }},
+  {{ flatten = {{}} }},
+  {{ dense = "$classes" }},
+  {{ softmax = {{}} }},
+]
+
+[stages.train]
+input = "hdf5"
+network = "net"
+epochs = 4
+batch_size = 32
+optimizer = "adam"
+lr = 0.01
+mean = "rgb"
+val_split = "test"
+
+[stages.drop]
+kind = "lr-drop"
+from = "train"
+lr = 0.001
+epochs = 1
+
+[stages.evaluate]
+input = "drop"
+split = "test"
+top_k = [1, 3]
+
+{sweep}
+"#,
+        root.display()
+    )
+}
+
+/// (point id, its stages as `(name, state)`) from a `pipe run SWEEP --json`.
+fn point_states(run: &serde_json::Value) -> Vec<(String, Vec<(String, String)>)> {
+    run["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let id = p[0].as_str().unwrap().to_string();
+            let stages = p[2]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| {
+                    (
+                        s["name"].as_str().unwrap().to_string(),
+                        s["state"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect();
+            (id, stages)
+        })
+        .collect()
+}
+
+/// How many times each stage ran over the whole sweep.
+fn runs(run: &serde_json::Value) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for (_, stages) in point_states(run) {
+        for (name, state) in stages {
+            *out.entry(name).or_insert(0) += usize::from(state == "ran");
+        }
+    }
+    out
+}
+
+fn sweep_json(p: &Project, args: &[&str]) -> serde_json::Value {
+    let out = p.ok(args);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn a_three_point_lr_sweep_on_the_digits_runs_each_data_stage_once() {
+    let p = Project::new();
+    let root = p.path().join("data/digits");
+    digits(&root, 600);
+    p.manifest(
+        "dg.toml",
+        &digits_manifest(&root, "[sweep.grid]\n\"train.lr\" = [1e-2, 2e-2, 5e-3]\n"),
+    );
+    let run = sweep_json(&p, &["run", "dg", "--json"]);
+    let ids: Vec<String> = point_states(&run).into_iter().map(|p| p.0).collect();
+    assert_eq!(ids, ["lr=1e-2", "lr=2e-2", "lr=5e-3"]);
+    let r = runs(&run);
+    assert_eq!(r["ingest"], 1, "{r:?}");
+    assert_eq!(r["split"], 1, "{r:?}");
+    assert_eq!(r["hdf5"], 1, "{r:?}");
+    assert_eq!(r["train"], 3, "{r:?}");
+    assert_eq!(r["evaluate"], 3, "{r:?}");
+    // Real digits are learnt: every point is far above chance (10 %) on the held-out test
+    // split.
+    let out = p.cmd(&["show", "dg", "--json"]).output().unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 3);
+    for row in rows.as_array().unwrap() {
+        let rank1 = row["evals"][0]["ranks"]["1"].as_f64().unwrap();
+        assert!(rank1 > 0.7, "{row}");
+        assert_eq!(row["swept"][0][0], "lr");
+    }
+    // A second run runs nothing; a point is addressed by its id.
+    let again = sweep_json(&p, &["run", "dg", "--json"]);
+    assert!(runs(&again).values().all(|n| *n == 0), "{:?}", runs(&again));
+    let one = p.run_json("dg@lr=5e-3", &[]);
+    assert!(states(&one).iter().all(|(_, s)| s == "cached"));
+    // `show` has the swept key as its only varying setting, and marks the best point.
+    let out = p
+        .cmd(&["show", "dg"])
+        .env("COLUMNS", "300")
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    let header = table
+        .lines()
+        .find(|l| l.starts_with("pipeline"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(header.split_whitespace().nth(1) == Some("lr"), "{table}");
+    assert_eq!(table.matches(" * ").count() + table.matches(" *\n").count(), 1, "{table}");
+}
+
+/// Generated data, a train -> drop chain.
+const GEN: &str = r#"name = "g"
+seed = 3
+
+[stages.ingest]
+format = "synthetic"
+classes = 3
+train_per_class = 12
+val_per_class = 6
+image_size = [16, 16]
+
+[stages.hdf5]
+input = "ingest"
+
+[networks.tiny]
+input = [16, 16, 3]
+classes = 3
+layers = [
+  { conv2d = { filters = 4, kernel = 3 } },
+  { relu = {} },
+  { global_avgpool = {} },
+  { dense = "$classes" },
+  { softmax = {} },
+]
+
+[stages.train]
+input = "hdf5"
+network = "tiny"
+epochs = 2
+batch_size = 8
+lr = 0.01
+checkpoint_every = 1
+
+[stages.drop]
+kind = "lr-drop"
+from = "train"
+lr = 0.001
+epochs = 1
+
+[stages.evaluate]
+input = "drop"
+split = "val"
+top_k = [1, 2]
+"#;
+
+#[test]
+fn a_sweep_over_the_last_lr_shares_the_first_training_segment() {
+    let p = Project::new();
+    p.manifest(
+        "g.toml",
+        &(GEN.to_string() + "\n[sweep.grid]\n\"drop.lr\" = [1e-3, 5e-4, 1e-4]\n"),
+    );
+    // The dry run's tree says what is shared before anything runs.
+    let out = p.ok(&["run", "g", "--dry-run"]);
+    let tree = String::from_utf8_lossy(&out.stdout);
+    let shared = tree
+        .split("per point:")
+        .next()
+        .unwrap_or_else(|| panic!("{tree}"));
+    for stage in ["ingest", "hdf5", "train"] {
+        assert!(shared.contains(stage), "{tree}");
+    }
+    assert!(!shared.contains("drop "), "{tree}");
+    let run = sweep_json(&p, &["run", "g", "--json"]);
+    let r = runs(&run);
+    assert_eq!((r["train"], r["drop"], r["evaluate"]), (1, 3, 3), "{r:?}");
+}
+
+#[test]
+fn a_failing_point_leaves_the_others_finished_and_fails_the_run() {
+    let p = Project::new();
+    p.manifest(
+        "g.toml",
+        &(GEN.to_string()
+            + "\n[sweep.zip]\n\"evaluate.split\" = [\"val\", \"nope\", \"train\"]\n"),
+    );
+    let out = p.cmd(&["run", "g"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("1 of 3 points failed: g@split=nope"), "{err}");
+    assert!(err.contains("no split `nope`"), "{err}");
+    // The others finished.
+    for ok in ["g@split=val", "g@split=train"] {
+        let r = p.run_json(ok, &[]);
+        assert!(states(&r).iter().all(|(_, s)| s == "cached"), "{ok}: {r}");
+    }
+    // Running again runs only what failed (and fails the same way).
+    let out = p.cmd(&["run", "g"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("running (").count(), 1, "{err}");
+    assert!(err.contains("1 of 3 points failed"), "{err}");
+}
+
+/// Nine points of the digits, three rungs: train -> drop1 -> drop2.
+fn halving_manifest(root: &Path) -> String {
+    digits_manifest(
+        root,
+        r#"[stages.drop2]
+kind = "lr-drop"
+from = "drop"
+lr = 0.0001
+epochs = 1
+
+[sweep.grid]
+"train.lr" = [1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 3e-2, 5e-2, 1e-1, 2e-1]
+
+[sweep.halving]
+rungs = ["train", "drop", "drop2"]
+metric = "val.loss"
+eta = 3
+"#,
+    )
+    .replace("input = \"drop\"\nsplit", "input = \"drop2\"\nsplit")
+}
+
+/// The last epoch's val loss of a point's stage, read from the store.
+fn val_loss(p: &Project, point: &str, stage: &str) -> f64 {
+    let st = p.ok(&["status", point, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    let out = v["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == stage)
+        .and_then(|s| s["output"].as_str())
+        .unwrap_or_else(|| panic!("{point} has no {stage}: {v}"))
+        .to_string();
+    let h: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(p.cache().join("artifacts").join(out).join("history.json")).unwrap(),
+    )
+    .unwrap();
+    h.as_array().unwrap().last().unwrap()["val_loss"]
+        .as_f64()
+        .unwrap()
+}
+
+#[test]
+fn halving_nine_points_keeps_three_then_one_the_same_way_every_time() {
+    let p = Project::new();
+    let root = p.path().join("data/digits");
+    digits(&root, 500);
+    p.manifest("dg.toml", &halving_manifest(&root));
+    let run = sweep_json(&p, &["run", "dg", "--json"]);
+    let rungs = run["decisions"]["rungs"].as_array().unwrap().clone();
+    assert_eq!(rungs.len(), 2, "{run}");
+    let kept = |r: &serde_json::Value| -> Vec<String> {
+        r["kept"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(kept(&rungs[0]).len(), 3);
+    assert_eq!(kept(&rungs[1]).len(), 1);
+    let r = runs(&run);
+    assert_eq!((r["train"], r["drop"], r["drop2"], r["evaluate"]), (9, 3, 1, 1), "{r:?}");
+    // By hand from the recorded metrics: the 3 lowest val losses after train (ties to the
+    // earlier point), then the lowest of those after drop.
+    let ids: Vec<String> = point_states(&run).into_iter().map(|p| p.0).collect();
+    let mut after_train: Vec<(f64, usize, String)> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (val_loss(&p, &format!("dg@{id}"), "train"), i, id.clone()))
+        .collect();
+    after_train.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let three: Vec<String> = after_train.iter().take(3).map(|x| x.2.clone()).collect();
+    assert_eq!(kept(&rungs[0]), three);
+    let mut after_drop: Vec<(f64, usize, String)> = three
+        .iter()
+        .map(|id| {
+            let i = ids.iter().position(|x| x == id).unwrap();
+            (val_loss(&p, &format!("dg@{id}"), "drop"), i, id.clone())
+        })
+        .collect();
+    after_drop.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    assert_eq!(kept(&rungs[1]), vec![after_drop[0].2.clone()]);
+    // Again: the same decisions, nothing re-run.
+    let again = sweep_json(&p, &["run", "dg", "--json"]);
+    assert_eq!(again["decisions"], run["decisions"]);
+    assert!(runs(&again).values().all(|n| *n == 0), "{:?}", runs(&again));
+    // status shows them, and the pruned points.
+    let out = p.ok(&["status", "dg"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("halving after `train`"), "{text}");
+    assert_eq!(text.matches("[pruned after train]").count(), 6, "{text}");
+    // A pruned point continues from its cached train when named: no retraining.
+    let pruned = after_train[8].2.clone();
+    let out = p.ok(&["run", "dg", "--only", &pruned, "--json"]);
+    let one: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = runs(&one);
+    assert_eq!((r["train"], r["drop"], r["drop2"]), (0, 1, 1), "{r:?}");
+}
+
+#[test]
+fn a_sweep_killed_mid_way_finishes_the_same_when_run_again() {
+    let p = Project::new();
+    p.manifest(
+        "g.toml",
+        &(GEN.to_string() + "\n[sweep.grid]\n\"train.lr\" = [1e-2, 2e-2]\n"),
+    );
+    // Killed in the second point's training, after its first epoch's checkpoint.
+    let mut child = p
+        .cmd(&["run", "g"])
+        .env("PIPE_FAULT", "train:epoch1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = 0;
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line.contains("PIPE_FAULT reached: train:epoch1") {
+            seen += 1;
+            break;
+        }
+    }
+    assert_eq!(seen, 1);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = p.ok(&["run", "g", "--json"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("resuming from its checkpoint at epoch 1"), "{err}");
+    let resumed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let clean = Project::new();
+    clean.manifest(
+        "g.toml",
+        &(GEN.to_string() + "\n[sweep.grid]\n\"train.lr\" = [1e-2, 2e-2]\n"),
+    );
+    let straight = sweep_json(&clean, &["run", "g", "--json"]);
+    let outputs = |r: &serde_json::Value| -> Vec<String> {
+        r["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|p| {
+                p[2].as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s["output"].as_str().unwrap_or("").to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    assert_eq!(outputs(&resumed), outputs(&straight));
+}
+
+#[test]
+fn only_selects_points_by_value() {
+    let p = Project::new();
+    p.manifest(
+        "g.toml",
+        &(GEN.to_string()
+            + "\n[sweep.grid]\n\"train.lr\" = [1e-3, 1e-2, 5e-3]\n\"train.batch_size\" = [8, 16]\n"),
+    );
+    let run = sweep_json(
+        &p,
+        &["run", "g", "--only", "lr<1e-2,batch_size=16", "--json"],
+    );
+    let ids: Vec<String> = point_states(&run).into_iter().map(|p| p.0).collect();
+    assert_eq!(ids, ["lr=1e-3,batch_size=16", "lr=5e-3,batch_size=16"]);
+    let err = p.fails(&["run", "g", "--only", "momentum=0.9"]);
+    assert!(err.contains("`momentum` is not a swept key"), "{err}");
+    let err = p.fails(&["run", "g", "--only", "lr>1"]);
+    assert!(err.contains("selects no point"), "{err}");
+}
