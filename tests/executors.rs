@@ -439,3 +439,79 @@ fn a_worker_whose_input_is_missing_and_force_with_an_executor_are_clear_errors()
                 == 0
     );
 }
+
+#[test]
+fn slurm_runs_a_two_by_two_sweep_submitting_each_shared_stage_once() {
+    let Some(conf) = cluster() else { return };
+    let p = Project::new();
+    p.manifest(
+        "sw.toml",
+        &(experiment("sw", 0.01, 1, 20)
+            + "\n[sweep.grid]\n\"train.lr\" = [0.01, 0.02]\n\"train.batch_size\" = [8, 16]\n"),
+    );
+    let (ok, err) = pipe(&p, &conf, &["run", "sw", "--executor", "slurm", "--wait"]);
+    assert!(ok, "{err}");
+    let jobs = jobs_in(&err);
+    let fresh = |stage: &str| jobs.iter().filter(|j| j.0 == stage && j.2).count();
+    let reused = |stage: &str| jobs.iter().filter(|j| j.0 == stage && !j.2).count();
+    for stage in ["ingest", "split", "hdf5"] {
+        assert_eq!((fresh(stage), reused(stage)), (1, 3), "{stage}:\n{err}");
+    }
+    assert_eq!(fresh("train"), 4, "{err}");
+    assert_eq!(fresh("evaluate"), 4, "{err}");
+    // Every point is done.
+    let out = p.cmd(&["status", "sw"]).env("SLURM_CONF", &conf).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("stale") && !text.contains("waiting"), "{text}");
+    // And a second submission submits nothing.
+    let (ok, err) = pipe(&p, &conf, &["run", "sw", "--executor", "slurm"]);
+    assert!(ok, "{err}");
+    assert!(jobs_in(&err).is_empty(), "{err}");
+}
+
+#[test]
+fn slurm_halving_decides_in_a_promotion_job_with_no_pipe_left_waiting() {
+    let Some(conf) = cluster() else { return };
+    let p = Project::new();
+    let text = experiment("hv", 0.01, 1, 20).replace(
+        "[stages.evaluate]\nkind = \"evaluate\"\ninput = \"train\"",
+        "[stages.drop]\nkind = \"lr-drop\"\nfrom = \"train\"\nlr = 0.001\nepochs = 1\n\n[stages.evaluate]\nkind = \"evaluate\"\ninput = \"drop\"",
+    ) + "\n[sweep.grid]\n\"train.lr\" = [0.01, 0.02, 0.05]\n\n[sweep.halving]\nrungs = [\"train\", \"drop\"]\nmetric = \"val.loss\"\neta = 3\n";
+    p.manifest("hv.toml", &text);
+    let (ok, err) = pipe(&p, &conf, &["run", "hv", "--executor", "slurm"]);
+    assert!(ok, "{err}");
+    // The submitting command has returned; the promotion job has not run yet (it waits
+    // for the rung's jobs), so nothing of pipe's waits on this machine for it.
+    let promote_log = p.cache().join("jobs/promote-hv-0.log");
+    let decisions = p.cache().join("sweeps/hv.json");
+    assert!(err.contains("promotion job"), "{err}");
+    assert!(
+        !promote_log.exists() && !decisions.exists(),
+        "the promotion ran before the submitting command returned"
+    );
+    // It runs, decides, and submits the survivor's next rung and evaluation.
+    wait_for("the halving decision", 240, || decisions.exists());
+    let d: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&decisions).unwrap()).unwrap();
+    let kept = d["rungs"][0]["kept"].as_array().unwrap().clone();
+    assert_eq!(kept.len(), 1, "{d}");
+    assert_eq!(d["rungs"][0]["values"].as_array().unwrap().len(), 3, "{d}");
+    let survivor = format!("hv@{}", kept[0].as_str().unwrap());
+    wait_for("the survivor's evaluation", 240, || {
+        let out = p
+            .cmd(&["status", &survivor, "--json"])
+            .env("SLURM_CONF", &conf)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["stages"]
+            .as_array()
+            .is_some_and(|s| s.iter().all(|x| x["state"] == "cached"))
+    });
+    // The pruned points trained their first rung only.
+    let out = p.cmd(&["status", "hv"]).env("SLURM_CONF", &conf).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("[pruned after train]").count(), 2, "{text}");
+    let log = std::fs::read_to_string(&promote_log).unwrap();
+    assert!(log.contains("go on"), "{log}");
+}

@@ -447,3 +447,30 @@ fn only_selects_points_by_value() {
     let err = p.fails(&["run", "g", "--only", "lr>1"]);
     assert!(err.contains("selects no point"), "{err}");
 }
+
+#[test]
+fn local_workers_run_a_sweep_with_each_shared_stage_once_and_halve_it() {
+    let p = Project::new();
+    p.manifest(
+        "g.toml",
+        &(GEN.to_string()
+            + "\n[sweep.grid]\n\"train.lr\" = [1e-2, 2e-2, 5e-2]\n\n[sweep.halving]\nrungs = [\"train\", \"drop\"]\nmetric = \"val.loss\"\neta = 3\n"),
+    );
+    let out = p.ok(&["run", "g", "-j", "2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Shared stages start once (the data), each point's training once.
+    assert_eq!(err.matches(":ingest started").count(), 1, "{err}");
+    assert_eq!(err.matches(":hdf5 started").count(), 1, "{err}");
+    assert_eq!(err.matches(":train started").count(), 3, "{err}");
+    assert!(err.contains("halving after `train`"), "{err}");
+    let d: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p.cache().join("sweeps/g.json")).unwrap()).unwrap();
+    let kept = d["rungs"][0]["kept"].as_array().unwrap();
+    assert_eq!(kept.len(), 1, "{d}");
+    // The survivor is done; in-process, the same decision.
+    let survivor = format!("g@{}", kept[0].as_str().unwrap());
+    let r = p.run_json(&survivor, &[]);
+    assert!(states(&r).iter().all(|(_, s)| s == "cached"), "{r}");
+    let again = sweep_json(&p, &["run", "g", "--json"]);
+    assert_eq!(again["decisions"], d);
+}
