@@ -280,6 +280,16 @@ enum BenchCmd {
         #[arg(long, value_enum, default_value_t = Device::Cpu)]
         device: Device,
     },
+    /// `--dry-run` of a VALUES³-point grid over the demo pipeline, every key planned:
+    /// median whole-process time
+    Sweep {
+        /// Values per swept key (train.lr, drop.lr, train.batch_size)
+        #[arg(long, default_value_t = 10)]
+        values: usize,
+        /// Timed runs
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// One MiniGoogLeNet SGD and Adam step from the same weights on native-CPU, native-CUDA and dfdx-CUDA: parity check
     Parity {
         /// Batch size
@@ -501,6 +511,9 @@ fn main() -> ExitCode {
                     device,
                 },
         } => commands::bench_step(network.name(), backend.into(), batch, steps, device.into()),
+        Cmd::Bench {
+            what: BenchCmd::Sweep { values, rounds },
+        } => commands::bench_sweep(values, rounds),
         Cmd::Bench {
             what: BenchCmd::Parity { batch },
         } => commands::bench_parity(batch),

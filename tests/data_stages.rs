@@ -306,19 +306,30 @@ fn every_shipped_manifest_loads() {
             .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         match t {
             pipe::engine::Target::Pipeline(m) => assert!(!m.stages.is_empty()),
-            pipe::engine::Target::Sweep(s) => {
-                sweeps.push((s.name.clone(), s.points.iter().map(|p| p.id.clone()).collect::<Vec<_>>()))
-            }
+            pipe::engine::Target::Sweep(s) => sweeps.push((
+                s.name.clone(),
+                s.points.iter().map(|p| p.id.clone()).collect::<Vec<_>>(),
+            )),
             pipe::engine::Target::Point(..) => unreachable!("a file is not a point"),
         }
     }
-    // The chapter as sweeps: its three learning rates, and the ablation's four points.
+    // The chapter as sweeps: its three learning rates, and the ablation's four points;
+    // and the demo's 2 x 2.
     assert_eq!(
         sweeps,
         [
             (
                 "cifar10_minigooglenet_lr".to_string(),
                 vec!["lr=1e-3".to_string(), "lr=1e-2".into(), "lr=5e-3".into()]
+            ),
+            (
+                "demo_lr".to_string(),
+                vec![
+                    "train.lr=2e-3,drop.lr=2e-4".to_string(),
+                    "train.lr=2e-3,drop.lr=1e-3".into(),
+                    "train.lr=5e-3,drop.lr=2e-4".into(),
+                    "train.lr=5e-3,drop.lr=1e-3".into()
+                ]
             ),
             (
                 "tiny_imagenet_ablation".to_string(),
@@ -358,7 +369,11 @@ fn the_lr_sweeps_points_have_the_keys_of_the_chapters_three_runs() {
         };
         assert_eq!(key(point, "ingest", &[]), key(&e, "ingest", &[]), "{id}");
         assert_eq!(key(point, "hdf5", &["x"]), key(&e, "hdf5", &["x"]), "{id}");
-        assert_eq!(key(point, "train", &["x"]), key(&e, "train", &["x"]), "{id}");
+        assert_eq!(
+            key(point, "train", &["x"]),
+            key(&e, "train", &["x"]),
+            "{id}"
+        );
         assert_eq!(
             key(point, "evaluate", &["y", "x"]),
             key(&e, "evaluate", &["y", "x"]),

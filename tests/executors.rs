@@ -460,9 +460,16 @@ fn slurm_runs_a_two_by_two_sweep_submitting_each_shared_stage_once() {
     assert_eq!(fresh("train"), 4, "{err}");
     assert_eq!(fresh("evaluate"), 4, "{err}");
     // Every point is done.
-    let out = p.cmd(&["status", "sw"]).env("SLURM_CONF", &conf).output().unwrap();
+    let out = p
+        .cmd(&["status", "sw"])
+        .env("SLURM_CONF", &conf)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!text.contains("stale") && !text.contains("waiting"), "{text}");
+    assert!(
+        !text.contains("stale") && !text.contains("waiting"),
+        "{text}"
+    );
     // And a second submission submits nothing.
     let (ok, err) = pipe(&p, &conf, &["run", "sw", "--executor", "slurm"]);
     assert!(ok, "{err}");
@@ -491,8 +498,7 @@ fn slurm_halving_decides_in_a_promotion_job_with_no_pipe_left_waiting() {
     );
     // It runs, decides, and submits the survivor's next rung and evaluation.
     wait_for("the halving decision", 240, || decisions.exists());
-    let d: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&decisions).unwrap()).unwrap();
+    let d: serde_json::Value = serde_json::from_slice(&std::fs::read(&decisions).unwrap()).unwrap();
     let kept = d["rungs"][0]["kept"].as_array().unwrap().clone();
     assert_eq!(kept.len(), 1, "{d}");
     assert_eq!(d["rungs"][0]["values"].as_array().unwrap().len(), 3, "{d}");
@@ -509,7 +515,11 @@ fn slurm_halving_decides_in_a_promotion_job_with_no_pipe_left_waiting() {
             .is_some_and(|s| s.iter().all(|x| x["state"] == "cached"))
     });
     // The pruned points trained their first rung only.
-    let out = p.cmd(&["status", "hv"]).env("SLURM_CONF", &conf).output().unwrap();
+    let out = p
+        .cmd(&["status", "hv"])
+        .env("SLURM_CONF", &conf)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.matches("[pruned after train]").count(), 2, "{text}");
     let log = std::fs::read_to_string(&promote_log).unwrap();

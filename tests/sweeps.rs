@@ -178,7 +178,11 @@ fn a_three_point_lr_sweep_on_the_digits_runs_each_data_stage_once() {
         .find(|l| l.starts_with("pipeline"))
         .unwrap_or_else(|| panic!("{table}"));
     assert!(header.split_whitespace().nth(1) == Some("lr"), "{table}");
-    assert_eq!(table.matches(" * ").count() + table.matches(" *\n").count(), 1, "{table}");
+    assert_eq!(
+        table.matches(" * ").count() + table.matches(" *\n").count(),
+        1,
+        "{table}"
+    );
 }
 
 /// Generated data, a train -> drop chain.
@@ -254,8 +258,7 @@ fn a_failing_point_leaves_the_others_finished_and_fails_the_run() {
     let p = Project::new();
     p.manifest(
         "g.toml",
-        &(GEN.to_string()
-            + "\n[sweep.zip]\n\"evaluate.split\" = [\"val\", \"nope\", \"train\"]\n"),
+        &(GEN.to_string() + "\n[sweep.zip]\n\"evaluate.split\" = [\"val\", \"nope\", \"train\"]\n"),
     );
     let out = p.cmd(&["run", "g"]).output().unwrap();
     assert!(!out.status.success());
@@ -338,7 +341,11 @@ fn halving_nine_points_keeps_three_then_one_the_same_way_every_time() {
     assert_eq!(kept(&rungs[0]).len(), 3);
     assert_eq!(kept(&rungs[1]).len(), 1);
     let r = runs(&run);
-    assert_eq!((r["train"], r["drop"], r["drop2"], r["evaluate"]), (9, 3, 1, 1), "{r:?}");
+    assert_eq!(
+        (r["train"], r["drop"], r["drop2"], r["evaluate"]),
+        (9, 3, 1, 1),
+        "{r:?}"
+    );
     // By hand from the recorded metrics: the 3 lowest val losses after train (ties to the
     // earlier point), then the lowest of those after drop.
     let ids: Vec<String> = point_states(&run).into_iter().map(|p| p.0).collect();
@@ -403,7 +410,10 @@ fn a_sweep_killed_mid_way_finishes_the_same_when_run_again() {
     child.wait().unwrap();
     let out = p.ok(&["run", "g", "--json"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("resuming from its checkpoint at epoch 1"), "{err}");
+    assert!(
+        err.contains("resuming from its checkpoint at epoch 1"),
+        "{err}"
+    );
     let resumed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let clean = Project::new();
     clean.manifest(

@@ -75,6 +75,106 @@ pub fn bench_data(
     Ok(())
 }
 
+/// `pipe bench sweep`: a grid of `values`³ points over the demo pipeline (`train.lr` x
+/// `drop.lr` x `train.batch_size`), its data stages run once so that every key can be
+/// computed, then `pipe run <grid> --dry-run --json` timed as whole processes (median of
+/// `rounds`), checking that every stage of every point is planned: by its key where its
+/// inputs are stored, else by its recipe.
+pub fn bench_sweep(values: usize, rounds: usize) -> Result<()> {
+    anyhow::ensure!(values >= 1, "--values must be at least 1");
+    let rounds = rounds.max(1);
+    let points = values.pow(3);
+    let tmp = tempdir_in_target()?;
+    let proj = tmp.join("project");
+    std::fs::create_dir_all(proj.join("pipelines"))?;
+    std::fs::write(
+        proj.join("pipelines/demo.toml"),
+        include_str!("../../pipelines/demo.toml"),
+    )?;
+    let axis = |f: &dyn Fn(usize) -> String| (1..=values).map(f).collect::<Vec<_>>().join(", ");
+    std::fs::write(
+        proj.join("pipelines/grid.toml"),
+        format!(
+            "extends = \"demo.toml\"\nname = \"grid\"\n\n[sweep]\nmax_points = {points}\n\n[sweep.grid]\n\"train.lr\" = [{}]\n\"drop.lr\" = [{}]\n\"train.batch_size\" = [{}]\n",
+            axis(&|i| format!("{i}e-3")),
+            axis(&|i| format!("{i}e-4")),
+            axis(&|i| (8 * i).to_string()),
+        ),
+    )?;
+    let exe = std::env::current_exe()?;
+    let pipe = |args: &[&str]| -> Result<(f64, Vec<u8>)> {
+        let t = std::time::Instant::now();
+        let out = std::process::Command::new(&exe)
+            .args(args)
+            .current_dir(&proj)
+            .output()?;
+        let secs = t.elapsed().as_secs_f64();
+        if !out.status.success() {
+            anyhow::bail!(
+                "`pipe {}` failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok((secs, out.stdout))
+    };
+    eprintln!("running the demo's data stages once...");
+    pipe(&["run", "demo", "--until", "hdf5"])?;
+    let mut times = Vec::new();
+    let mut plan = serde_json::Value::Null;
+    for _ in 0..rounds {
+        let (secs, out) = pipe(&["run", "grid", "--dry-run", "--json"])?;
+        times.push(secs);
+        plan = serde_json::from_slice(&out)?;
+    }
+    let mut shows = Vec::new();
+    for _ in 0..rounds {
+        shows.push(pipe(&["show", "grid", "--csv"])?.0);
+    }
+    let stages = plan["stages"].as_array().cloned().unwrap_or_default();
+    let keyed = stages
+        .iter()
+        .filter(|s| s["outcome"]["key"].is_string())
+        .count();
+    let recipes = stages.iter().filter(|s| s["recipe"].is_string()).count();
+    let per_point: usize = stages
+        .iter()
+        .map(|s| s["points"].as_array().map_or(0, Vec::len))
+        .sum();
+    let planned = plan["points"].as_array().map_or(0, Vec::len);
+    let _ = std::fs::remove_dir_all(&tmp);
+    anyhow::ensure!(
+        planned == points,
+        "planned {planned} points, expected {points}"
+    );
+    anyhow::ensure!(
+        keyed + recipes == stages.len(),
+        "{} of {} distinct stages have neither a key nor a recipe",
+        stages.len() - keyed - recipes,
+        stages.len()
+    );
+    let mut sorted = times.clone();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    println!("| measurement | value |");
+    println!("|---|---|");
+    println!("| points | {points} ({values} x {values} x {values} grid over the demo) |");
+    println!(
+        "| stages planned | {per_point} (6 per point) as {} distinct stages: {keyed} keys computed (every stage whose inputs are stored), {recipes} recipes (inputs not built yet) |",
+        stages.len()
+    );
+    println!(
+        "| `pipe run grid --dry-run --json`, whole process (median of {rounds}) | {:.3} s (min {:.3}, max {:.3}) |",
+        median(times),
+        sorted[0],
+        sorted[sorted.len() - 1]
+    );
+    println!(
+        "| `pipe show grid --csv` (one row per point), whole process (median of {rounds}) | {:.3} s |",
+        median(shows)
+    );
+    Ok(())
+}
+
 fn tempdir_in_target() -> Result<PathBuf> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?

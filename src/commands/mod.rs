@@ -20,7 +20,9 @@ use anyhow::Result;
 use crate::engine::Project;
 use crate::manifest::Pipeline;
 
-pub use bench::{bench_data, bench_parity, bench_step, bench_train, BenchTrain, StepTiming};
+pub use bench::{
+    bench_data, bench_parity, bench_step, bench_sweep, bench_train, BenchTrain, StepTiming,
+};
 pub use dag::dag;
 pub use data::{demo_data, DemoLayout};
 pub use diff::diff;

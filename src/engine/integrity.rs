@@ -147,8 +147,10 @@ pub fn vouches(dir: &Path, seal_path: &Path, key: &str, required: &[&str]) -> Re
 pub fn check(dir: &Path, seal: &Seal, full: bool, records: &[&str]) -> Result<Health> {
     let mut problems = Vec::new();
     let present = content_files(dir, records)?;
+    let sealed: std::collections::HashSet<&str> =
+        seal.files.iter().map(|s| s.path.as_str()).collect();
     for f in &present {
-        if !seal.files.iter().any(|s| &s.path == f) {
+        if !sealed.contains(f.as_str()) {
             problems.push(format!(
                 "{}: not part of the artifact as published",
                 dir.join(f).display()

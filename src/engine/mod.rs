@@ -254,6 +254,10 @@ pub struct Engine {
     /// The store's timing log, read once (for estimates).
     timings: Option<Vec<estimate::TimingRecord>>,
     watcher: Box<dyn Watcher>,
+    /// While one query looks at many pipelines (a sweep's points): the keys already found
+    /// sound in it, so a stage shared by a thousand points is checked once, not a thousand
+    /// times. `None` outside such a query: a run checks an artifact each time it uses it.
+    sound_memo: Option<HashMap<String, store::KeyRecord>>,
 }
 
 /// A stage whose key is known.
@@ -282,6 +286,7 @@ impl Engine {
             fingerprints: HashMap::new(),
             timings: None,
             watcher: Box::new(Console::default()),
+            sound_memo: None,
         })
     }
 
@@ -292,6 +297,7 @@ impl Engine {
             fingerprints: HashMap::new(),
             timings: None,
             watcher: Box::new(Console::default()),
+            sound_memo: None,
         }
     }
 
@@ -800,6 +806,18 @@ impl Engine {
         )
     }
 
+    /// Run a read-only query over many pipelines with each key's soundness checked once
+    /// (see `sound_memo`).
+    pub(crate) fn with_sound_memo<T>(
+        &mut self,
+        f: impl FnOnce(&mut Engine) -> Result<T>,
+    ) -> Result<T> {
+        let outer = self.sound_memo.replace(HashMap::new());
+        let r = f(self);
+        self.sound_memo = outer;
+        r
+    }
+
     /// The cached record of a key whose artifact is as published. A damaged artifact is
     /// treated as missing: `damage` gets the problems (each also a warning) and, with
     /// `quarantine`, the artifact is moved aside so the stage's re-run can publish it
@@ -811,6 +829,9 @@ impl Engine {
         quarantine: bool,
         damage: &mut Vec<String>,
     ) -> Result<Option<KeyRecord>> {
+        if let Some(rec) = self.sound_memo.as_ref().and_then(|m| m.get(key)) {
+            return Ok(Some(rec.clone()));
+        }
         let Some(rec) = self.store.lookup(key) else {
             return Ok(None);
         };
@@ -834,7 +855,12 @@ impl Engine {
             return Ok(None);
         }
         match self.health(&rec.output, false, stages::records(rec.kind))? {
-            integrity::Health::Sound => Ok(Some(rec)),
+            integrity::Health::Sound => {
+                if let Some(m) = self.sound_memo.as_mut() {
+                    m.insert(key.to_string(), rec.clone());
+                }
+                Ok(Some(rec))
+            }
             integrity::Health::Damaged(problems) => {
                 for pr in &problems {
                     self.warn(format!("stage `{stage}`'s artifact is damaged: {pr}"));

@@ -260,6 +260,14 @@ impl Engine {
         s: &crate::manifest::Sweep,
         selected: &[usize],
     ) -> Result<Vec<Row>> {
+        self.with_sound_memo(|e| e.sweep_rows_memo(s, selected))
+    }
+
+    fn sweep_rows_memo(
+        &mut self,
+        s: &crate::manifest::Sweep,
+        selected: &[usize],
+    ) -> Result<Vec<Row>> {
         let decisions = self.decisions(&s.name);
         let mut rows = Vec::new();
         for &i in selected {

@@ -131,7 +131,8 @@ fn merge(earlier: Vec<StageOutcome>, later: Vec<StageOutcome>) -> Vec<StageOutco
 }
 
 /// The points that go on after a rung: the best ⌈n/η⌉ by `metric` (`values` in point
-/// order; ties go to the earlier point).
+/// order; ties go to the earlier point). A NaN (a diverged training) is worst, whatever
+/// the goal.
 pub fn promote(values: &[(String, f64)], h: &Halving) -> Vec<String> {
     let keep = values.len().div_ceil(h.eta).max(1);
     let mut order: Vec<usize> = (0..values.len()).collect();
@@ -141,7 +142,7 @@ pub fn promote(values: &[(String, f64)], h: &Halving) -> Vec<String> {
             Goal::Max => y.total_cmp(&x),
             Goal::Min => x.total_cmp(&y),
         };
-        by.then(a.cmp(&b))
+        x.is_nan().cmp(&y.is_nan()).then(by).then(a.cmp(&b))
     });
     order
         .into_iter()
@@ -294,6 +295,10 @@ impl Engine {
     /// The stages of a sweep's points grouped by what they share: one entry per distinct
     /// stage (same name and recipe), with the points that have it, in dependency order.
     pub fn sweep_stages(&mut self, s: &Sweep, selected: &[usize]) -> Result<Vec<SharedStage>> {
+        self.with_sound_memo(|e| e.sweep_stages_memo(s, selected))
+    }
+
+    fn sweep_stages_memo(&mut self, s: &Sweep, selected: &[usize]) -> Result<Vec<SharedStage>> {
         let mut groups: Vec<SharedStage> = Vec::new();
         let mut index: HashMap<(String, String), usize> = HashMap::new();
         for &i in selected {
@@ -303,10 +308,14 @@ impl Engine {
             for o in status {
                 // What identifies a stage across points: its key when known, else its
                 // recipe, else (a dataset folder missing) its name.
+                let recipe = match o.key {
+                    Some(_) => None,
+                    None => recipes.get(&o.name).cloned(),
+                };
                 let id = o
                     .key
                     .clone()
-                    .or_else(|| recipes.get(&o.name).cloned())
+                    .or_else(|| recipe.clone())
                     .unwrap_or_else(|| format!("{}@{}", o.name, pt.id));
                 match index.get(&(o.name.clone(), id.clone())) {
                     Some(&g) => groups[g].points.push(pt.id.clone()),
@@ -315,6 +324,7 @@ impl Engine {
                         groups.push(SharedStage {
                             points: vec![pt.id.clone()],
                             outcome: o,
+                            recipe,
                         });
                     }
                 }
@@ -667,5 +677,42 @@ fn rung_record(rung: &str, h: &Halving, values: Vec<(String, f64)>, kept: Vec<St
         eta: h.eta,
         values,
         kept,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(goal: Goal, eta: usize) -> Halving {
+        Halving {
+            rungs: vec!["train".into()],
+            metric: "val.acc".into(),
+            goal,
+            eta,
+        }
+    }
+
+    fn vals(v: &[f64]) -> Vec<(String, f64)> {
+        v.iter()
+            .enumerate()
+            .map(|(i, x)| (format!("p{i}"), *x))
+            .collect()
+    }
+
+    #[test]
+    fn promote_keeps_the_best_ceil_n_over_eta_ties_by_point_order() {
+        // 7 points, eta 3: ceil(7/3) = 3 go on.
+        let v = vals(&[0.5, 0.7, 0.7, 0.2, 0.9, 0.1, 0.7]);
+        assert_eq!(promote(&v, &h(Goal::Max, 3)), ["p4", "p1", "p2"]);
+        assert_eq!(promote(&v, &h(Goal::Min, 3)), ["p5", "p3", "p0"]);
+        assert_eq!(promote(&vals(&[0.3]), &h(Goal::Max, 2)), ["p0"]);
+    }
+
+    #[test]
+    fn a_diverged_point_is_worst_whatever_the_goal() {
+        let v = vals(&[f64::NAN, 0.4, -f64::NAN, 0.6]);
+        assert_eq!(promote(&v, &h(Goal::Max, 2)), ["p3", "p1"]);
+        assert_eq!(promote(&v, &h(Goal::Min, 2)), ["p1", "p3"]);
     }
 }

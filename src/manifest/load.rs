@@ -318,7 +318,7 @@ pub fn load_any(path: &Path, sets: &[String], project_dir: &Path) -> Result<Load
 /// Type and check a merged manifest tree (no `[sweep]` left in it) as one pipeline.
 fn type_doc(doc: &SValue, path: &Path, project_dir: &Path) -> Result<Pipeline, ManifestError> {
     let top: TopLevel = match doc.get("stages") {
-        Some(_) => de::from_svalue(&doc, "")?,
+        Some(_) => de::from_svalue(doc, "")?,
         None => {
             return Err(ManifestError::new("missing required key `stages`")
                 .at(doc.origin.clone())
@@ -348,7 +348,7 @@ fn type_doc(doc: &SValue, path: &Path, project_dir: &Path) -> Result<Pipeline, M
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "pipeline".into())
     });
-    let library = network::parse_library(&doc)?;
+    let library = network::parse_library(doc)?;
     let mut stages = IndexMap::new();
     let mut input_origins: HashMap<String, Vec<Origin>> = HashMap::new();
     for (sname, entry) in stage_tables {

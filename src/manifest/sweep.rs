@@ -669,8 +669,11 @@ fn round4(x: f64) -> f64 {
     (x * f).round() / f
 }
 
-/// Every point's overrides: (key, key's origin, value), in the sweep's key order.
-pub fn expand(spec: &SweepSpec) -> Result<Vec<Vec<(String, Origin, SValue)>>, ManifestError> {
+/// One point's overrides: (key, key's origin, value), in the sweep's key order.
+pub type Overrides = Vec<(String, Origin, SValue)>;
+
+/// Every point's overrides.
+pub fn expand(spec: &SweepSpec) -> Result<Vec<Overrides>, ManifestError> {
     let grid_n: usize = spec.grid.iter().map(|a| a.values.len()).product();
     let zip_n = spec.zip.first().map_or(1, |a| a.values.len());
     let random_n = spec.random.as_ref().map_or(1, |r| r.samples);
@@ -686,7 +689,7 @@ pub fn expand(spec: &SweepSpec) -> Result<Vec<Vec<(String, Origin, SValue)>>, Ma
         ));
     }
     // Random draws, once, in order: sample by sample, key by key.
-    let mut draws: Vec<Vec<(String, Origin, SValue)>> = Vec::new();
+    let mut draws: Vec<Overrides> = Vec::new();
     if let Some(r) = &spec.random {
         let mut rng = ChaCha8Rng::seed_from_u64(r.seed);
         for _ in 0..r.samples {

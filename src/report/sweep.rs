@@ -16,6 +16,10 @@ pub struct SharedStage {
     pub points: Vec<String>,
     /// Its outcome (the first point's).
     pub outcome: StageOutcome,
+    /// What identifies it while its key cannot be known yet (an input not built): its
+    /// recipe, the hash of its configuration and its inputs' recipes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<String>,
 }
 
 /// A halving decision after one rung.
@@ -140,7 +144,7 @@ pub fn tree(
             out.push_str(&format!(
                 "  {}  ({})\n",
                 line(&s.outcome),
-                s.points.join(", ")
+                group_label(&s.points)
             ));
         }
     }
@@ -172,6 +176,27 @@ pub fn tree(
         out.push_str(&format!("estimated: {}\n", human_secs(total)));
     }
     out
+}
+
+/// The points that share a stage, as a reader wants them: up to three ids as they are;
+/// more as the values they have in common (`train.lr=1e-3,batch_size=8: 10 points`), since
+/// an id's parts are `key=value` joined by `,` (values escape both).
+fn group_label(ids: &[String]) -> String {
+    if ids.len() <= 3 {
+        return ids.join(", ");
+    }
+    let parts = |id: &str| -> Vec<String> { id.split(',').map(str::to_string).collect() };
+    let first = parts(&ids[0]);
+    let common: Vec<&String> = first
+        .iter()
+        .filter(|p| ids[1..].iter().all(|id| parts(id).contains(p)))
+        .collect();
+    if common.is_empty() {
+        format!("{} points: {}, ...", ids.len(), ids[..2].join(", "))
+    } else {
+        let common: Vec<&str> = common.iter().map(|s| s.as_str()).collect();
+        format!("{}: {} points", common.join(","), ids.len())
+    }
 }
 
 /// The halving decisions as text: per rung, each point's metric and who went on.
@@ -221,4 +246,30 @@ pub fn run_summary(r: &SweepRun) -> String {
         out.push_str(&format!("\n  failed: {}@{id}: {e}", r.sweep));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::group_label;
+
+    fn ids(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn small_groups_list_their_ids_large_ones_what_they_share() {
+        assert_eq!(
+            group_label(&ids(&["lr=1e-3", "lr=1e-2"])),
+            "lr=1e-3, lr=1e-2"
+        );
+        let g = ids(&[
+            "train.lr=1e-3,drop.lr=1e-4,batch_size=8",
+            "train.lr=1e-3,drop.lr=2e-4,batch_size=8",
+            "train.lr=1e-3,drop.lr=3e-4,batch_size=8",
+            "train.lr=1e-3,drop.lr=4e-4,batch_size=8",
+        ]);
+        assert_eq!(group_label(&g), "train.lr=1e-3,batch_size=8: 4 points");
+        let none = ids(&["a=1,b=1", "a=2,b=2", "a=3,b=3", "a=4,b=4"]);
+        assert_eq!(group_label(&none), "4 points: a=1,b=1, a=2,b=2, ...");
+    }
 }
