@@ -484,3 +484,128 @@ fn local_workers_run_a_sweep_with_each_shared_stage_once_and_halve_it() {
     let again = sweep_json(&p, &["run", "g", "--json"]);
     assert_eq!(again["decisions"], d);
 }
+
+#[test]
+fn gc_keeps_every_point_of_a_sweep_and_an_interrupted_points_checkpoints() {
+    let p = Project::new();
+    p.manifest(
+        "g.toml",
+        &(GEN.to_string() + "\n[sweep.grid]\n\"train.lr\" = [1e-2, 2e-2]\n"),
+    );
+    p.ok(&["run", "g", "--only", "lr=1e-2"]);
+    // The second point is killed in its training, after its first epoch's checkpoint.
+    let mut child = p
+        .cmd(&["run", "g", "--only", "lr=2e-2"])
+        .env("PIPE_FAULT", "train:epoch1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reached = false;
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        if line.unwrap().contains("PIPE_FAULT reached: train:epoch1") {
+            reached = true;
+            break;
+        }
+    }
+    assert!(reached);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // `--all` drops the runs of pipelines whose manifest is gone; a sweep's points are
+    // pipelines of a manifest that is there.
+    let gc = p.ok(&["gc", "--all"]);
+    let said =
+        String::from_utf8_lossy(&gc.stdout).to_string() + &String::from_utf8_lossy(&gc.stderr);
+    assert!(
+        said.contains("removed 0 artifacts, 0 keys, 0 scratch folders"),
+        "{said}"
+    );
+    assert!(!said.contains("removed state"), "{said}");
+    let out = p.ok(&["run", "g", "--json"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("resuming from its checkpoint at epoch 1"),
+        "{err}"
+    );
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let states = point_states(&run);
+    assert!(
+        states[0].1.iter().all(|(_, s)| s == "cached"),
+        "the finished point stays cached: {states:?}"
+    );
+    // The point whose manifest value is gone is what `--all` removes.
+    p.manifest(
+        "g.toml",
+        &(GEN.to_string() + "\n[sweep.grid]\n\"train.lr\" = [1e-2]\n"),
+    );
+    let gc = p.ok(&["gc", "--all"]);
+    let said =
+        String::from_utf8_lossy(&gc.stdout).to_string() + &String::from_utf8_lossy(&gc.stderr);
+    assert!(said.contains("removed state g@lr=2e-2 "), "{said}");
+    assert!(!said.contains("g@lr=1e-2"), "{said}");
+}
+
+#[test]
+fn a_point_whose_id_is_longer_than_a_file_name_runs_and_stays_cached() {
+    let p = Project::new();
+    let long = "x".repeat(300);
+    p.manifest(
+        "g.toml",
+        &(GEN.to_string()
+            + &format!("\n[sweep.grid]\n\"description\" = [\"{long}\", \"short\"]\n")),
+    );
+    let run = sweep_json(&p, &["run", "g", "--json"]);
+    assert_eq!(point_states(&run).len(), 2);
+    let again = sweep_json(&p, &["run", "g", "--json"]);
+    for (id, stages) in point_states(&again) {
+        assert!(
+            stages.iter().all(|(_, s)| s == "cached"),
+            "{id}: {stages:?}"
+        );
+    }
+    let status = p.ok(&["status", &format!("g@description={long}")]);
+    assert!(String::from_utf8_lossy(&status.stdout).contains("cached"));
+}
+
+#[test]
+fn a_name_that_would_leave_the_stores_folder_or_pick_a_point_is_refused() {
+    let p = Project::new();
+    for (name, phrase) in [
+        ("../../evil", "must not hold `/`"),
+        ("a@b", "must not hold `@`"),
+        (".hidden", "must not start with `.`"),
+    ] {
+        let text = GEN.replacen("name = \"g\"", &format!("name = {name:?}"), 1);
+        p.manifest("g.toml", &text);
+        let err = p.fails(&["status", "pipelines/g.toml"]);
+        assert!(err.contains("g.toml:1:8") && err.contains(phrase), "{err}");
+    }
+    let text = GEN.replacen(
+        "name = \"g\"",
+        "name = \"g\"\naliases = [\"ok\", \"x/y\"]",
+        1,
+    );
+    p.manifest("g.toml", &text);
+    let err = p.fails(&["status", "g"]);
+    assert!(
+        err.contains("g.toml:2:18") && err.contains("an alias"),
+        "{err}"
+    );
+    assert!(!p.cache().join("../../evil.json").exists());
+}
+
+#[test]
+fn a_set_of_a_swept_key_is_refused_not_silently_overridden() {
+    let p = Project::new();
+    p.manifest(
+        "g.toml",
+        &(GEN.to_string() + "\n[sweep.grid]\n\"train.lr\" = [1e-2, 2e-2]\n"),
+    );
+    let err = p.fails(&["run", "g", "--set", "train.lr=1e-3", "--dry-run"]);
+    assert!(
+        err.contains("--set:1:1") && err.contains("`train.lr` is swept"),
+        "{err}"
+    );
+    // Any other key may be set for every point.
+    let out = p.ok(&["run", "g", "--set", "train.epochs=1", "--dry-run"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 points"));
+}

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
-use super::store::ProjectRecord;
-use super::{integrity, load_pipeline, Engine};
+use super::store::{state_stem, ProjectRecord};
+use super::{integrity, load_target, Engine, Target};
 use crate::content::dir_size;
 use crate::manifest::{self, StageKind};
 use crate::report::gc::{GcReport, Removal};
@@ -33,6 +33,14 @@ pub struct GcOptions {
     /// Also drop the recorded runs of pipelines whose manifest is not found, and what only
     /// they keep.
     pub all: bool,
+}
+
+/// What gc keeps: key records, artifacts, scratch folders.
+#[derive(Default)]
+struct Kept {
+    keys: HashSet<String>,
+    outputs: HashSet<String>,
+    scratch: HashSet<String>,
 }
 
 impl Engine {
@@ -96,6 +104,83 @@ impl Engine {
         }
     }
 
+    /// What the manifests in `folders` use now (see [`Engine::keep_what_resolves`]), the
+    /// names of their pipelines (a sweep's: its own and each point's), and the declared
+    /// names of the manifests that did not load.
+    fn keep_what_manifests_use(
+        &mut self,
+        folders: &[ProjectRecord],
+        report: &mut GcReport,
+    ) -> Result<(Kept, HashSet<String>, HashSet<String>)> {
+        let mut keep = Kept::default();
+        let mut names: HashSet<String> = HashSet::new();
+        let mut unloaded: HashSet<String> = HashSet::new();
+        for folder in folders {
+            let project = &folder.project;
+            for file in manifest::list(&folder.pipelines)? {
+                let stem = file
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                // A sweep stands for every one of its points.
+                let pipelines = match load_target(&file, &[], project) {
+                    Ok(Target::Pipeline(p)) => vec![p],
+                    Ok(Target::Sweep(sw)) => {
+                        names.insert(state_stem(&sw.name));
+                        sw.points.into_iter().map(|pt| pt.pipeline).collect()
+                    }
+                    Ok(Target::Point(sw, i)) => vec![sw.points[i].pipeline.clone()],
+                    Err(e) => {
+                        let msg = format!("{e}");
+                        report.warnings.push(format!(
+                            "{}: {}",
+                            file.display(),
+                            msg.lines().next().unwrap_or("")
+                        ));
+                        // A manifest that does not load (one needing `--set`, a base
+                        // file) keeps its pipeline's last run under the name it declares,
+                        // and, were it a sweep, its points' (`<name>@<id>`).
+                        let name = manifest::discover::declared_name(&file).unwrap_or(stem);
+                        names.insert(state_stem(&name));
+                        unloaded.insert(name);
+                        Vec::new()
+                    }
+                };
+                for p in pipelines {
+                    names.insert(state_stem(&p.name));
+                    self.keep_what_resolves(&p, &file, &mut keep, report);
+                }
+            }
+        }
+        Ok((keep, names, unloaded))
+    }
+
+    /// Keep what pipeline `p` (of manifest `file`) resolves to now: its cached stages'
+    /// keys and artifacts, and the scratch of its stale stages (an interrupted training's
+    /// checkpoints: the next run resumes from them).
+    fn keep_what_resolves(
+        &mut self,
+        p: &manifest::Pipeline,
+        file: &Path,
+        keep: &mut Kept,
+        report: &mut GcReport,
+    ) {
+        match self.status(p) {
+            Ok(stages) => {
+                for s in stages {
+                    if let Some(k) = &s.key {
+                        keep.scratch.insert(k.clone());
+                    }
+                    if let (Some(k), Some(o)) = (s.key, s.output) {
+                        keep.keys.insert(k);
+                        keep.outputs.insert(o);
+                    }
+                }
+            }
+            Err(e) => report.warnings.push(format!("{}: {e}", file.display())),
+        }
+    }
+
     /// Remove what nothing uses (see the module docs). `plan` is shown what will be removed
     /// before anything is; with `dry_run` nothing is. Returns the same list.
     pub fn gc(&mut self, opts: &GcOptions, plan: &mut dyn FnMut(&GcReport)) -> Result<GcReport> {
@@ -112,67 +197,30 @@ impl Engine {
             dry_run: opts.dry_run,
             ..GcReport::default()
         };
-        let mut keep_keys: HashSet<String> = HashSet::new();
-        let mut keep_outputs: HashSet<String> = HashSet::new();
-        let mut keep_scratch: HashSet<String> = HashSet::new();
-        let mut names: HashSet<String> = HashSet::new();
-        for folder in &folders {
-            let project = &folder.project;
-            for file in manifest::list(&folder.pipelines)? {
-                let stem = file
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let p = match load_pipeline(&file, &[], project) {
-                    Ok(p) => Some(p),
-                    Err(e) => {
-                        let msg = format!("{e}");
-                        report.warnings.push(format!(
-                            "{}: {}",
-                            file.display(),
-                            msg.lines().next().unwrap_or("")
-                        ));
-                        None
-                    }
-                };
-                // A manifest that does not load (one needing `--set`, a base file) keeps
-                // its pipeline's last run, under the name it declares.
-                names.insert(match &p {
-                    Some(p) => p.name.clone(),
-                    None => manifest::discover::declared_name(&file).unwrap_or(stem),
-                });
-                let Some(p) = p else { continue };
-                match self.status(&p) {
-                    Ok(stages) => {
-                        for s in stages {
-                            // A stale stage's scratch (an interrupted training's
-                            // checkpoints) stays: the next run resumes from it.
-                            if let Some(k) = &s.key {
-                                keep_scratch.insert(k.clone());
-                            }
-                            if let (Some(k), Some(o)) = (s.key, s.output) {
-                                keep_keys.insert(k);
-                                keep_outputs.insert(o);
-                            }
-                        }
-                    }
-                    Err(e) => report.warnings.push(format!("{}: {e}", file.display())),
-                }
-            }
-        }
+        // A sweep's points share stages: each key's seal is checked once.
+        let (mut keep, names, unloaded) =
+            self.with_sound_memo(|e| e.keep_what_manifests_use(&folders, &mut report))?;
         // Every recorded run is kept — also of pipelines whose manifest is gone, unless
         // `--all`.
         let mut drop_states = Vec::new();
         for name in self.store.state_names()? {
-            if opts.all && !names.contains(&name) {
+            let of_unloaded = name
+                .split_once('@')
+                .is_some_and(|(sweep, _)| unloaded.contains(sweep));
+            if opts.all && !names.contains(&name) && !of_unloaded {
                 drop_states.push(name);
                 continue;
             }
             for s in self.store.load_state(&name).stages.values() {
-                keep_keys.insert(s.key.clone());
-                keep_outputs.insert(s.output.clone());
+                keep.keys.insert(s.key.clone());
+                keep.outputs.insert(s.output.clone());
             }
         }
+        let Kept {
+            keys: keep_keys,
+            outputs: keep_outputs,
+            scratch: keep_scratch,
+        } = keep;
         let records: HashMap<String, (StageKind, String)> = self
             .store
             .all_keys()?

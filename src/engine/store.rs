@@ -397,7 +397,10 @@ impl Store {
         pipeline: &str,
         change: impl FnOnce(&mut PipelineState),
     ) -> Result<()> {
-        let lock = self.root.join("state").join(format!("{pipeline}.lock"));
+        let lock = self
+            .root
+            .join("state")
+            .join(format!("{}.lock", state_stem(pipeline)));
         let file = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -446,7 +449,7 @@ impl Store {
             .unwrap_or_default()
     }
 
-    /// The names of the pipelines with a recorded state.
+    /// The names of the pipelines with a recorded state, as [`state_stem`] makes them.
     pub fn state_names(&self) -> Result<Vec<String>> {
         let mut out = Vec::new();
         let dir = self.root.join("state");
@@ -492,7 +495,9 @@ impl Store {
     }
 
     fn state_path(&self, pipeline: &str) -> PathBuf {
-        self.root.join("state").join(format!("{pipeline}.json"))
+        self.root
+            .join("state")
+            .join(format!("{}.json", state_stem(pipeline)))
     }
 
     /// Every key record in the store that reads (see [`Store::all_key_names`] for all).
@@ -571,5 +576,62 @@ pub fn read_json<T: for<'de> Deserialize<'de>>(p: &Path) -> Result<Option<T>> {
         )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
+    }
+}
+
+/// The file name (without extension) of a pipeline's state: its name, unless the name is
+/// too long for a file name (a sweep point's id grows with its values) or could leave the
+/// folder; then its first 100 bytes and a hash of the whole, so the stem stays unique.
+pub fn state_stem(pipeline: &str) -> String {
+    let plain = pipeline.len() <= 200
+        && !pipeline.is_empty()
+        && !pipeline.starts_with('.')
+        && !pipeline.contains(['/', '\\', '\0']);
+    if plain {
+        return pipeline.to_string();
+    }
+    let mut cut = 100.min(pipeline.len());
+    while !pipeline.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let head: String = pipeline[..cut]
+        .chars()
+        .map(|c| {
+            if matches!(c, '/' | '\\' | '\0') {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    let head = head.trim_start_matches('.');
+    format!(
+        "{head}~{}",
+        &blake3::hash(pipeline.as_bytes()).to_hex()[..16]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::state_stem;
+
+    #[test]
+    fn a_state_file_name_stays_in_its_folder_and_under_the_length_limit() {
+        assert_eq!(state_stem("exp3"), "exp3");
+        assert_eq!(state_stem("mini_lr@lr=5e-3"), "mini_lr@lr=5e-3");
+        let long = format!("sweep@description={}", "a".repeat(300));
+        let stem = state_stem(&long);
+        assert!(
+            stem.len() < 130 && stem.starts_with("sweep@description=aaa"),
+            "{stem}"
+        );
+        assert_ne!(stem, state_stem(&format!("{long}b")), "stems stay unique");
+        assert_eq!(state_stem(&stem), stem, "a stem is its own stem");
+        for bad in ["../../evil", "a/b", ".hidden"] {
+            let s = state_stem(bad);
+            assert!(!s.contains('/') && !s.starts_with('.'), "{bad} -> {s}");
+        }
+        // Multi-byte characters are cut on a character boundary.
+        assert!(state_stem(&"é".repeat(150)).starts_with("éé"));
     }
 }

@@ -294,6 +294,36 @@ pub fn load_any(path: &Path, sets: &[String], project_dir: &Path) -> Result<Load
         return type_doc(&doc, path, project_dir).map(Loaded::Pipeline);
     };
     let spec = sweep::parse_spec(&sweep)?;
+    check_names(&doc, path)?;
+    // A `--set` of a swept key would be overridden by every point: say so.
+    let swept: Vec<&str> = spec
+        .grid
+        .iter()
+        .chain(&spec.zip)
+        .map(|a| a.key.as_str())
+        .chain(
+            spec.random
+                .iter()
+                .flat_map(|r| r.keys.iter().map(|k| k.0.as_str())),
+        )
+        .collect();
+    for arg in sets {
+        let key = arg.split_once('=').map_or(arg.as_str(), |(k, _)| k.trim());
+        let bare = |k: &str| k.strip_prefix("stages.").unwrap_or(k).to_string();
+        if swept.iter().any(|k| bare(k) == bare(key)) {
+            return Err(ManifestError::new(format!(
+                "`--set {arg}`: `{key}` is swept by this manifest, so every point sets it; to run the points with one value, use `--only {key}=VALUE`"
+            ))
+            .at(Origin {
+                source: Arc::new(Source {
+                    name: "--set".into(),
+                    path: None,
+                    text: arg.to_string(),
+                }),
+                span: 0..key.len(),
+            }));
+        }
+    }
     let base: TopLevel = match doc.get("stages") {
         Some(_) => de::from_svalue(&doc, "")?,
         None => return type_doc(&doc, path, project_dir).map(Loaded::Pipeline),
@@ -315,6 +345,71 @@ pub fn load_any(path: &Path, sets: &[String], project_dir: &Path) -> Result<Load
     Ok(Loaded::Sweep(s))
 }
 
+/// A pipeline's name and aliases name files in the store (`state/<name>.json`,
+/// `sweeps/<name>.json`) and are typed on command lines, where `@` picks a sweep's point:
+/// 1 to 100 characters, no control character, no `/`, `\` or `@`, not starting with `.`.
+/// A name taken from the file name is held to the same rule.
+fn check_names(doc: &SValue, path: &Path) -> Result<(), ManifestError> {
+    let bad = |n: &str| -> Option<&'static str> {
+        if n.is_empty() {
+            Some("must not be empty")
+        } else if n.chars().count() > 100 {
+            Some("must be at most 100 characters")
+        } else if n.chars().any(char::is_control) {
+            Some("must not hold control characters")
+        } else if n.contains(['/', '\\']) {
+            Some("must not hold `/` or `\\` (it names a file in the store)")
+        } else if n.contains('@') {
+            Some("must not hold `@`, which picks a sweep's point (`sweep@lr=1e-3`)")
+        } else if n.starts_with('.') {
+            Some("must not start with `.`")
+        } else {
+            None
+        }
+    };
+    let mut named: Vec<(String, Origin, String)> = Vec::new();
+    match doc.get("name") {
+        Some(e) => {
+            if let Some(n) = e.value.as_str() {
+                named.push((n.to_string(), e.value.origin.clone(), "name".into()));
+            }
+        }
+        None => {
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if let Some(why) = bad(&stem) {
+                return Err(ManifestError::new(format!(
+                    "the pipeline is named after its file, `{stem}`, and a name {why}: rename the file or set `name`"
+                ))
+                .at(doc.origin.clone()));
+            }
+        }
+    }
+    if let Some(e) = doc.get("aliases") {
+        if let Kind::Array(a) = &e.value.kind {
+            for (i, v) in a.iter().enumerate() {
+                if let Some(n) = v.as_str() {
+                    named.push((n.to_string(), v.origin.clone(), format!("aliases[{i}]")));
+                }
+            }
+        }
+    }
+    for (n, origin, key) in named {
+        if let Some(why) = bad(&n) {
+            let what = if key == "name" { "`name`" } else { "an alias" };
+            let msg = if n.is_empty() {
+                format!("{what} {why}")
+            } else {
+                format!("{what} {n:?} {why}")
+            };
+            return Err(ManifestError::new(msg).at(origin).path(key));
+        }
+    }
+    Ok(())
+}
+
 /// Type and check a merged manifest tree (no `[sweep]` left in it) as one pipeline.
 fn type_doc(doc: &SValue, path: &Path, project_dir: &Path) -> Result<Pipeline, ManifestError> {
     let top: TopLevel = match doc.get("stages") {
@@ -325,11 +420,7 @@ fn type_doc(doc: &SValue, path: &Path, project_dir: &Path) -> Result<Pipeline, M
                 .help("a pipeline declares its stages as [stages.<name>] tables"))
         }
     };
-    if let (Some(""), Some(e)) = (top.name.as_deref(), doc.get("name")) {
-        return Err(ManifestError::new("`name` must not be empty")
-            .at(e.value.origin.clone())
-            .path("name"));
-    }
+    check_names(doc, path)?;
     let stages_entry = doc.get("stages").expect("checked above");
     let Some(stage_tables) = stages_entry.value.as_table() else {
         return Err(

@@ -59,9 +59,15 @@ pub fn describe(r: &GcReport) -> String {
             continue;
         }
         for x in items {
+            // Hashes are shown short; a pipeline's name whole.
+            let name = if *what == "state" {
+                x.name.as_str()
+            } else {
+                crate::content::short(&x.name)
+            };
             out.push_str(&format!(
                 "{verb} {what} {}  {}  {}\n",
-                crate::content::short(&x.name),
+                name,
                 human_bytes(x.bytes),
                 x.detail
             ));
