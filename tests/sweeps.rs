@@ -609,3 +609,35 @@ fn a_set_of_a_swept_key_is_refused_not_silently_overridden() {
     let out = p.ok(&["run", "g", "--set", "train.epochs=1", "--dry-run"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("2 points"));
 }
+
+#[test]
+fn show_of_a_sweep_as_csv_keeps_names_clean_and_marks_the_best_in_a_column() {
+    let p = Project::new();
+    p.manifest(
+        "g.toml",
+        &(GEN.to_string() + "\n[sweep.grid]\n\"train.lr\" = [1e-2, 2e-2]\n"),
+    );
+    p.ok(&["run", "g"]);
+    let out = p.ok(&["show", "g", "--csv"]);
+    let mut r = csv::Reader::from_reader(&out.stdout[..]);
+    let headers: Vec<String> = r.headers().unwrap().iter().map(str::to_string).collect();
+    assert_eq!(&headers[..3], ["pipeline", "best", "lr"], "{headers:?}");
+    let rows: Vec<Vec<String>> = r
+        .records()
+        .map(|x| x.unwrap().iter().map(str::to_string).collect())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0][0], "g@lr=1e-2");
+    assert_eq!(rows[1][0], "g@lr=2e-2");
+    assert_eq!(rows.iter().filter(|r| r[1] == "*").count(), 1, "{rows:?}");
+    // The JSON marks the same point.
+    let json: serde_json::Value =
+        serde_json::from_slice(&p.ok(&["show", "g", "--json"]).stdout).unwrap();
+    let best = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|r| r["best"] == true);
+    let marked = rows.iter().position(|r| r[1] == "*");
+    assert_eq!(best, marked);
+}

@@ -7,7 +7,7 @@ use super::{load, Global};
 use crate::engine::{sweep, Engine, Project, RunOptions, Target};
 use crate::manifest::Sweep;
 use crate::report::outcome::{self, Console};
-use crate::report::sweep as report;
+use crate::report::sweep::{self as report, SweepRun};
 
 /// `pipe run P` (`only`: `--only EXPR`, for a sweep).
 pub fn run(
@@ -61,24 +61,7 @@ fn run_sweep(
 ) -> Result<()> {
     let selected = sweep::select(s, only)?;
     if opts.dry_run {
-        let stages = engine.sweep_stages(s, &selected)?;
-        let ids: Vec<String> = selected.iter().map(|&i| s.points[i].id.clone()).collect();
-        if json {
-            let v = serde_json::json!({"sweep": s.name, "points": ids, "stages": stages});
-            println!("{}", serde_json::to_string_pretty(&v)?);
-        } else {
-            print!(
-                "{}",
-                report::tree(
-                    &s.name,
-                    &s.file.display().to_string(),
-                    &ids,
-                    &stages,
-                    &engine.decisions(&s.name)
-                )
-            );
-        }
-        return Ok(());
+        return super::status::print_tree(engine, s, &selected, json);
     }
     if !json {
         eprintln!(
@@ -90,11 +73,17 @@ fn run_sweep(
         );
     }
     let run = engine.run_sweep(s, opts, only.map(|_| &selected[..]))?;
+    finish_sweep(s, &run, json)
+}
+
+/// Print how a sweep run went (JSON, or the decisions and the summary) and fail, listing
+/// them, if any point failed.
+fn finish_sweep(s: &Sweep, run: &SweepRun, json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&run)?);
+        println!("{}", serde_json::to_string_pretty(run)?);
     } else {
         eprint!("{}", report::decisions_text(&run.decisions));
-        eprintln!("{}", report::run_summary(&run));
+        eprintln!("{}", report::run_summary(run));
     }
     let failed = run.failed();
     if !failed.is_empty() {
@@ -140,22 +129,7 @@ pub fn run_with(
                 if opts.dry_run { " [dry run]" } else { "" }
             );
             let run = engine.run_sweep_with(&s, &selected, only.is_some(), sets, &opts, exec)?;
-            eprint!("{}", report::decisions_text(&run.decisions));
-            eprintln!("{}", report::run_summary(&run));
-            let failed = run.failed();
-            if !failed.is_empty() {
-                bail!(
-                    "{} of {} points failed: {}",
-                    failed.len(),
-                    run.points.len(),
-                    failed
-                        .iter()
-                        .map(|(id, _)| format!("{}@{id}", s.name))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-            }
-            return Ok(());
+            return finish_sweep(&s, &run, false);
         }
         Target::Pipeline(p) => p,
         Target::Point(s, i) => s.points[i].pipeline.clone(),

@@ -19,31 +19,7 @@ pub fn status(
     let p = match target {
         Target::Sweep(s) => {
             let selected = sweep::select(&s, only)?;
-            let stages = engine.sweep_stages(&s, &selected)?;
-            let ids: Vec<String> = selected.iter().map(|&i| s.points[i].id.clone()).collect();
-            let decisions = engine.decisions(&s.name);
-            if json {
-                let v = serde_json::json!({
-                    "sweep": s.name,
-                    "manifest": s.file.display().to_string(),
-                    "points": ids,
-                    "stages": stages,
-                    "halving": decisions,
-                });
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                print!(
-                    "{}",
-                    report::tree(
-                        &s.name,
-                        &s.file.display().to_string(),
-                        &ids,
-                        &stages,
-                        &decisions
-                    )
-                );
-            }
-            return Ok(());
+            return print_tree(&mut engine, &s, &selected, json);
         }
         Target::Pipeline(p) => p,
         Target::Point(s, i) => s.points[i].pipeline.clone(),
@@ -58,5 +34,41 @@ pub fn status(
         "{}",
         outcome::status_text(&p.name, &p.file.display().to_string(), &stages)
     );
+    Ok(())
+}
+
+/// A sweep's points (those `selected`) as a tree — what all share, what some share, each
+/// point's own — with the halving decisions; or the same as JSON. For `status` and
+/// `run --dry-run`.
+pub(super) fn print_tree(
+    engine: &mut Engine,
+    s: &crate::manifest::Sweep,
+    selected: &[usize],
+    json: bool,
+) -> Result<()> {
+    let stages = engine.sweep_stages(s, selected)?;
+    let ids: Vec<String> = selected.iter().map(|&i| s.points[i].id.clone()).collect();
+    let decisions = engine.decisions(&s.name);
+    if json {
+        let v = serde_json::json!({
+            "sweep": s.name,
+            "manifest": s.file.display().to_string(),
+            "points": ids,
+            "stages": stages,
+            "halving": decisions,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!(
+            "{}",
+            report::tree(
+                &s.name,
+                &s.file.display().to_string(),
+                &ids,
+                &stages,
+                &decisions
+            )
+        );
+    }
     Ok(())
 }

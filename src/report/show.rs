@@ -467,9 +467,22 @@ pub fn render_table(rows: &[Row], width: usize) -> String {
     out
 }
 
-/// The table as CSV (every column, nothing cut).
+/// The table as CSV (every column, nothing cut). The pipeline column holds the name
+/// alone; a sweep's best point is marked in a `best` column of its own.
 pub fn render_csv(rows: &[Row]) -> Result<String> {
-    let cols = columns(rows);
+    let mut cols = columns(rows);
+    cols[0].1 = rows.iter().map(|r| r.pipeline.clone()).collect();
+    if rows.iter().any(|r| r.best) {
+        cols.insert(
+            1,
+            (
+                "best".to_string(),
+                rows.iter()
+                    .map(|r| if r.best { "*" } else { "" }.to_string())
+                    .collect(),
+            ),
+        );
+    }
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record(cols.iter().map(|(h, _)| h.as_str()))?;
     for r in 0..rows.len() {
