@@ -14,3 +14,4 @@ pub mod manifest;
 pub mod nn;
 pub mod report;
 pub mod stages;
+pub mod ui;

@@ -181,6 +181,21 @@ enum Cmd {
         /// Only the artifacts of this pipeline's last run (default: the whole store)
         pipeline: Option<String>,
     },
+    /// A dashboard of the project's runs in the browser (read-only; loopback unless --bind)
+    Ui {
+        /// Port to listen on (0: any free port)
+        #[arg(long, default_value_t = 8765)]
+        port: u16,
+        /// Address to listen on; anything but loopback lets other machines read the runs
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: std::net::IpAddr,
+        /// Open it in the browser (xdg-open)
+        #[arg(long)]
+        open: bool,
+        /// Write the pages as static HTML and SVG into DIR instead of serving them
+        #[arg(long, value_name = "DIR")]
+        export: Option<PathBuf>,
+    },
     /// Benchmarks (numbers for docs/performance.md)
     Bench {
         #[command(subcommand)]
@@ -288,6 +303,16 @@ enum BenchCmd {
         values: usize,
         /// Timed runs
         #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+    /// `pipe ui` over RUNS trained runs: the runs page's time, and how soon an epoch
+    /// written by another process reaches an open page
+    Ui {
+        /// Runs in the store
+        #[arg(long, default_value_t = 1000)]
+        runs: usize,
+        /// Requests timed
+        #[arg(long, default_value_t = 20)]
         rounds: usize,
     },
     /// One MiniGoogLeNet SGD and Adam step from the same weights on native-CPU, native-CUDA and dfdx-CUDA: parity check
@@ -472,6 +497,12 @@ fn main() -> ExitCode {
             all,
         } => commands::gc(&g, pipelines, dry_run, all),
         Cmd::Verify { pipeline } => commands::verify(&g, pipeline.as_deref()),
+        Cmd::Ui {
+            port,
+            bind,
+            open,
+            export,
+        } => commands::ui(&g, port, bind, open, export.as_deref()),
         Cmd::Bench {
             what:
                 BenchCmd::Data {
@@ -514,6 +545,9 @@ fn main() -> ExitCode {
         Cmd::Bench {
             what: BenchCmd::Sweep { values, rounds },
         } => commands::bench_sweep(values, rounds),
+        Cmd::Bench {
+            what: BenchCmd::Ui { runs, rounds },
+        } => commands::bench_ui(runs, rounds),
         Cmd::Bench {
             what: BenchCmd::Parity { batch },
         } => commands::bench_parity(batch),

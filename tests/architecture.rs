@@ -1,4 +1,4 @@
-//! The house's floors: `main → commands → engine → stages → data, report → backend → nn →
+//! The house's floors: `main → commands → ui → engine → stages → data, report → backend → nn →
 //! manifest`, with the leaves `atomic` and `content` below everything. No module imports
 //! one above it, and no two modules import each other (top-level folders, and the files
 //! inside one folder). Read from the source: every `crate::<module>` path and every
@@ -18,7 +18,8 @@ fn floor(m: &str) -> Option<u32> {
         "data" | "report" => 4,
         "stages" => 5,
         "engine" => 6,
-        "commands" => 7,
+        "ui" => 7,
+        "commands" => 8,
         _ => return None,
     })
 }

@@ -175,6 +175,251 @@ pub fn bench_sweep(values: usize, rounds: usize) -> Result<()> {
     Ok(())
 }
 
+/// The tiny pipeline `pipe bench ui` runs many times: generated 16x16 images, one short
+/// training segment and an evaluation.
+const BENCH_UI_TINY: &str = r#"name = "tiny"
+seed = 3
+
+[stages.ingest]
+format = "synthetic"
+classes = 3
+train_per_class = 12
+val_per_class = 6
+image_size = [16, 16]
+
+[stages.hdf5]
+input = "ingest"
+
+[networks.tiny]
+input = [16, 16, 3]
+classes = 3
+layers = [
+  { conv2d = { filters = 4, kernel = 3 } },
+  { relu = {} },
+  { global_avgpool = {} },
+  { dense = "$classes" },
+  { softmax = {} },
+]
+
+[stages.train]
+input = "hdf5"
+network = "tiny"
+epochs = 1
+batch_size = 8
+lr = 0.01
+
+[stages.evaluate]
+input = "train"
+split = "val"
+top_k = [1, 2]
+"#;
+
+/// A raw HTTP GET on loopback: (seconds to the last byte, status, body bytes).
+fn http_get(host: &str, path: &str) -> Result<(f64, u16, usize)> {
+    use std::io::{Read, Write};
+    let t = std::time::Instant::now();
+    let mut s = std::net::TcpStream::connect(host)?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let secs = t.elapsed().as_secs_f64();
+    let text = String::from_utf8_lossy(&buf);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((secs, status, buf.len()))
+}
+
+/// `pipe bench ui`: a store of `runs` runs (a random sweep over a tiny pipeline, every
+/// point trained), served by `pipe ui`; the runs page and `/api/runs` timed over `rounds`
+/// requests each; then a training in another process, and for each epoch how long after
+/// its `history.json` was written the open page's event arrived, and the chart it fetches.
+pub fn bench_ui(runs: usize, rounds: usize) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    anyhow::ensure!(runs >= 2, "--runs must be at least 2");
+    let tmp = tempdir_in_target()?;
+    let proj = tmp.join("project");
+    std::fs::create_dir_all(proj.join("pipelines"))?;
+    std::fs::write(proj.join("pipelines/tiny.toml"), BENCH_UI_TINY)?;
+    std::fs::write(
+        proj.join("pipelines/many.toml"),
+        format!(
+            "extends = \"tiny.toml\"\nname = \"many\"\n\n[sweep]\nmax_points = {runs}\n\n[sweep.random]\nsamples = {runs}\nseed = 1\n\"train.lr\" = {{ log_uniform = [1e-4, 1e-1] }}\n\"train.batch_size\" = {{ int_uniform = [2, 64] }}\n"
+        ),
+    )?;
+    std::fs::write(
+        proj.join("pipelines/slow.toml"),
+        concat!(
+            "extends = \"tiny.toml\"\nname = \"slow\"\n\n[stages.ingest]\ntrain_per_class = 1000\n",
+            "image_size = [32, 32]\n\n[networks.wide]\ninput = [32, 32, 3]\nclasses = 3\nlayers = [\n",
+            "  { conv2d = { filters = 32, kernel = 3 } },\n  { relu = {} },\n",
+            "  { conv2d = { filters = 32, kernel = 3 } },\n  { relu = {} },\n",
+            "  { global_avgpool = {} },\n  { dense = \"$classes\" },\n  { softmax = {} },\n]\n\n",
+            "[stages.train]\nnetwork = \"wide\"\nepochs = 12\nbatch_size = 32\n",
+        ),
+    )?;
+    let exe = std::env::current_exe()?;
+    let pipe = |args: &[&str]| -> Result<()> {
+        let out = std::process::Command::new(&exe)
+            .args(args)
+            .current_dir(&proj)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "`pipe {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    eprintln!("training {runs} runs (a random sweep over a tiny pipeline)...");
+    let t = std::time::Instant::now();
+    pipe(&["run", "many"])?;
+    eprintln!("  {:.1} s", t.elapsed().as_secs_f64());
+    pipe(&["run", "slow", "--until", "hdf5"])?;
+    let mut server = std::process::Command::new(&exe)
+        .args(["ui", "--port", "0"])
+        .current_dir(&proj)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut banner = String::new();
+    BufReader::new(server.stdout.take().expect("piped")).read_line(&mut banner)?;
+    let host = banner
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http://"))
+        .map(|h| h.trim_end_matches('/').to_string())
+        .ok_or_else(|| anyhow::anyhow!("no URL in `{banner}`"))?;
+    let result = (|| -> Result<()> {
+        let mut page = Vec::new();
+        let mut api = Vec::new();
+        let mut bytes = 0;
+        for _ in 0..rounds.max(1) {
+            let (s, status, n) = http_get(&host, "/")?;
+            anyhow::ensure!(status == 200, "GET / answered {status}");
+            page.push(s);
+            bytes = n;
+            api.push(http_get(&host, "/api/runs")?.0);
+        }
+        // Live: the events of `slow` while another process trains it.
+        let mut trainer = std::process::Command::new(&exe)
+            .args(["run", "slow"])
+            .current_dir(&proj)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let mut s = std::net::TcpStream::connect(&host)?;
+        {
+            use std::io::Write;
+            write!(
+                s,
+                "GET /api/runs/slow/events HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n"
+            )?;
+        }
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        let began = std::time::Instant::now();
+        let scratch = proj.join(".pipe/scratch");
+        let mut lat = Vec::new();
+        let mut svg = Vec::new();
+        let mut last = 0;
+        let mut reader = BufReader::new(s);
+        loop {
+            anyhow::ensure!(
+                began.elapsed() < std::time::Duration::from_secs(300),
+                "`slow` did not finish within 300 s"
+            );
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) => break,
+                Ok(_) => {}
+                // Quiet for a while (between epochs): look whether the trainer ended.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if trainer.try_wait()?.is_some() {
+                        break;
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            let line = line.trim_end();
+            let Some(data) = line.strip_prefix("data: ") else {
+                continue;
+            };
+            let arrived = std::time::SystemTime::now();
+            let v: serde_json::Value = serde_json::from_str(data)?;
+            let epochs = v["epochs"].as_u64().unwrap_or(0);
+            let running = v["live"]["running"] == true;
+            if epochs > last && running {
+                // When the epoch was written: the newest history.json in the scratch.
+                let written = std::fs::read_dir(&scratch)?
+                    .flatten()
+                    .filter_map(|e| std::fs::metadata(e.path().join("history.json")).ok())
+                    .filter_map(|m| m.modified().ok())
+                    .max();
+                if let Some(w) = written {
+                    if last > 0 {
+                        lat.push(arrived.duration_since(w).unwrap_or_default().as_secs_f64());
+                        svg.push(http_get(&host, "/run/slow/curves.svg")?.0);
+                    }
+                }
+                last = epochs;
+            }
+            if lat.len() >= 10 || trainer.try_wait()?.is_some() {
+                break;
+            }
+        }
+        let _ = trainer.kill();
+        let _ = trainer.wait();
+        anyhow::ensure!(
+            !lat.is_empty(),
+            "no epoch event arrived while `slow` trained"
+        );
+        let max = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
+        println!("| measurement | value |");
+        println!("|---|---|");
+        println!("| runs | {runs} (a random sweep over a tiny pipeline, every point trained and evaluated) |");
+        println!(
+            "| `GET /` (the runs page, {} KiB), median of {} | {:.1} ms (max {:.1} ms) |",
+            bytes / 1024,
+            page.len(),
+            1e3 * median(page.clone()),
+            1e3 * max(&page)
+        );
+        println!(
+            "| `GET /api/runs`, median of {} | {:.1} ms (max {:.1} ms) |",
+            api.len(),
+            1e3 * median(api.clone()),
+            1e3 * max(&api)
+        );
+        println!(
+            "| epoch written -> its event at an open page, median of {} epochs | {:.0} ms (max {:.0} ms) |",
+            lat.len(),
+            1e3 * median(lat.clone()),
+            1e3 * max(&lat)
+        );
+        println!(
+            "| then the page's chart (`GET /run/slow/curves.svg`), median | {:.1} ms (max {:.1} ms) |",
+            1e3 * median(svg.clone()),
+            1e3 * max(&svg)
+        );
+        Ok(())
+    })();
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
+}
+
 fn tempdir_in_target() -> Result<PathBuf> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?

@@ -11,6 +11,7 @@ mod graph;
 mod run;
 mod show;
 mod status;
+mod ui;
 mod verify;
 
 use std::path::PathBuf;
@@ -21,7 +22,8 @@ use crate::engine::Project;
 use crate::manifest::Pipeline;
 
 pub use bench::{
-    bench_data, bench_parity, bench_step, bench_sweep, bench_train, BenchTrain, StepTiming,
+    bench_data, bench_parity, bench_step, bench_sweep, bench_train, bench_ui, BenchTrain,
+    StepTiming,
 };
 pub use dag::dag;
 pub use data::{demo_data, DemoLayout};
@@ -31,6 +33,7 @@ pub use graph::graph;
 pub use run::{run, run_stage, run_with, sweep_promote};
 pub use show::{show, ShowFormat};
 pub use status::status;
+pub use ui::ui;
 pub use verify::verify;
 
 /// Options shared by every verb.

@@ -3,7 +3,7 @@
 use anyhow::Result;
 
 use super::Global;
-use crate::engine::{Engine, Project, Target};
+use crate::engine::Project;
 use crate::report::show;
 
 /// Columns of the terminal on stdout (`$COLUMNS`, else the tty's, else 120).
@@ -41,41 +41,14 @@ pub fn show(
     format: ShowFormat,
 ) -> Result<()> {
     let discovered = Project::discover(g.cache.clone())?;
-    let names: Vec<String> = if pipelines.is_empty() {
-        crate::manifest::list(&discovered.pipelines)?
-            .into_iter()
-            .map(|p| p.display().to_string())
-            .collect()
-    } else {
-        pipelines.to_vec()
-    };
-    let mut rows = Vec::new();
-    let mut skipped = Vec::new();
-    let mut sweeps = 0;
-    for n in &names {
-        match discovered.load_target(n, sets) {
-            Ok((proj, t)) => {
-                let mut engine = Engine::read_only(&proj.cache);
-                match t {
-                    Target::Pipeline(p) => rows.push(engine.row(&p)?),
-                    Target::Point(s, i) => rows.extend(engine.sweep_rows(&s, &[i])?),
-                    Target::Sweep(s) => {
-                        sweeps += 1;
-                        let all: Vec<usize> = (0..s.points.len()).collect();
-                        rows.extend(engine.sweep_rows(&s, &all)?);
-                    }
-                }
-            }
-            // Named explicitly: an error. Listed from the folder: say so and go on (a
-            // base file that is not a pipeline, a manifest that needs `--set`).
-            Err(e) if pipelines.is_empty() => skipped.push(format!("{n}: {e}")),
-            Err(e) => return Err(e),
-        }
-    }
+    let runs = discovered.runs(pipelines, sets)?;
+    let mut rows = runs.rows;
+    let skipped = runs.skipped;
+    let points = runs.runs.iter().filter(|r| r.sweep.is_some()).count();
     if let Some(key) = sort {
         show::sort(&mut rows, key)?;
     }
-    if sweeps > 0 {
+    if points > 1 {
         show::mark_best(&mut rows, sort);
     }
     match format {

@@ -17,6 +17,7 @@ pub mod gc;
 pub mod integrity;
 pub mod keys;
 pub mod query;
+pub mod runs;
 pub mod store;
 pub mod sweep;
 

@@ -24,6 +24,16 @@ impl Engine {
     /// submitted to an executor say whether their job is queued, running or failed.
     pub fn status(&mut self, p: &Pipeline) -> Result<Vec<StageOutcome>> {
         let mut out = self.status_only(p)?;
+        // A stage whose key's lock a process holds is running now (in a `pipe run`
+        // elsewhere, or an executor's job).
+        for o in out.iter_mut().filter(|o| o.state != StageState::Cached) {
+            if o.key
+                .as_deref()
+                .is_some_and(|k| self.store.key_is_running(k))
+            {
+                o.state = StageState::Running;
+            }
+        }
         if out.iter().any(|o| o.state != StageState::Cached) && self.store.jobs_dir().is_dir() {
             let recipes = self.recipes(p)?;
             for o in out.iter_mut().filter(|o| o.state != StageState::Cached) {

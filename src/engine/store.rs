@@ -365,7 +365,8 @@ impl Store {
     /// Whether some process holds `key`'s lock (is running that stage) now.
     pub fn key_is_running(&self, key: &str) -> bool {
         let path = self.root.join("running").join(format!("{key}.lock"));
-        match fs::OpenOptions::new().write(true).open(&path) {
+        // Read-only: flock needs no write access, and a reader of the store writes nothing.
+        match fs::File::open(&path) {
             Ok(f) => matches!(f.try_lock(), Err(fs::TryLockError::WouldBlock)),
             Err(_) => false,
         }

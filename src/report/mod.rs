@@ -8,5 +8,6 @@ pub mod gc;
 pub mod history;
 pub mod outcome;
 pub mod progress;
+pub mod run;
 pub mod show;
 pub mod sweep;

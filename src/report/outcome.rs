@@ -27,7 +27,8 @@ pub enum StageState {
     Skipped,
     /// Submitted to an executor, waiting for its turn.
     Queued,
-    /// Running in an executor's job.
+    /// Running now: a process holds its key's lock (a `pipe run` elsewhere, or an
+    /// executor's job).
     Running,
 }
 

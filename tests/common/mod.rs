@@ -1,8 +1,10 @@
 //! Helpers for the integration tests: a throwaway project folder and the `pipe` binary.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 /// A temporary project: `<dir>/pipelines/`, cache at `<dir>/.pipe`.
 pub struct Project {
@@ -143,4 +145,88 @@ input = "split"
 "#,
         root.display()
     )
+}
+
+/// The dashboard of `p`, served on a free loopback port; killed when dropped.
+pub struct Ui {
+    child: Child,
+    pub base: String,
+}
+
+impl Drop for Ui {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Ui {
+    pub fn start(p: &Project, extra: &[&str]) -> (Ui, String) {
+        let mut args = vec!["ui", "--port", "0"];
+        args.extend_from_slice(extra);
+        let mut child = p
+            .cmd(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let base = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no URL in `{line}`"))
+            .trim_end_matches('/')
+            .to_string();
+        (Ui { child, base }, line)
+    }
+
+    /// A raw GET of `path` exactly as written: (status, body).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let host = self.base.trim_start_matches("http://");
+        let mut s = TcpStream::connect(host).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).unwrap();
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map_or(String::new(), |(_, b)| b.to_string());
+        (status, body)
+    }
+
+    pub fn json(&self, path: &str) -> serde_json::Value {
+        let (status, body) = self.get(path);
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+    }
+}
+
+/// Every file and folder under `dir` with its modification time.
+pub fn listing(dir: &std::path::Path) -> Vec<(String, std::time::SystemTime)> {
+    fn walk(d: &std::path::Path, out: &mut Vec<(String, std::time::SystemTime)>) {
+        for e in std::fs::read_dir(d).unwrap() {
+            let e = e.unwrap();
+            let md = e.metadata().unwrap();
+            out.push((e.path().display().to_string(), md.modified().unwrap()));
+            if md.is_dir() {
+                walk(&e.path(), out);
+            }
+        }
+    }
+    let mut v = Vec::new();
+    walk(dir, &mut v);
+    v.sort();
+    v
 }

@@ -1,0 +1,367 @@
+//! The project's runs as the dashboard (and `pipe show`) reads them: every pipeline and
+//! every sweep point of `pipelines/` with its row ([`Project::runs`]); one run whole
+//! ([`Engine::run_view`]); and a run's curves so far, read from the store while another
+//! process trains it ([`Engine::curves`]). All of it reads; nothing here writes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+
+use super::{Engine, Project, Target};
+use crate::manifest::{Pipeline, StageConfig, StageKind, Sweep};
+use crate::report::history::{EpochRecord, EpochTiming};
+use crate::report::outcome::StageState;
+use crate::report::run::{ArtifactView, EvalView, Layer, Live, NetworkView, RunView};
+use crate::report::show::Row;
+use crate::stages;
+
+/// One run: a pipeline, or a point of a sweep.
+#[derive(Debug, Clone)]
+pub struct RunEntry {
+    /// Its name (`exp3`, `mini_lr@lr=5e-3`).
+    pub name: String,
+    /// The pipeline, loaded and typed.
+    pub pipeline: Pipeline,
+    /// The sweep it is a point of.
+    pub sweep: Option<String>,
+}
+
+/// Every run of a set of manifests, with the rows `pipe show` prints.
+#[derive(Debug, Clone, Default)]
+pub struct ProjectRuns {
+    /// The runs, in manifest order (a sweep's points in point order).
+    pub runs: Vec<RunEntry>,
+    /// Their rows, one per run, in the same order.
+    pub rows: Vec<Row>,
+    /// The sweeps among them.
+    pub sweeps: Vec<Sweep>,
+    /// Manifests listed from the folder that did not load, with why (a base file that is
+    /// not a pipeline, a manifest that needs `--set`).
+    pub skipped: Vec<String>,
+}
+
+impl Project {
+    /// The runs of `names` (default: every manifest in `pipelines/`), each with its row.
+    /// A manifest named explicitly that does not load is an error; one listed from the
+    /// folder is skipped and said why.
+    pub fn runs(&self, names: &[String], sets: &[String]) -> Result<ProjectRuns> {
+        let listed = names.is_empty();
+        let names: Vec<String> = if listed {
+            crate::manifest::list(&self.pipelines)?
+                .into_iter()
+                .map(|p| p.display().to_string())
+                .collect()
+        } else {
+            names.to_vec()
+        };
+        let mut out = ProjectRuns::default();
+        // One engine per store, so a stage shared by many runs is checked once.
+        let mut engines: BTreeMap<PathBuf, Engine> = BTreeMap::new();
+        for n in &names {
+            let (proj, t) = match self.load_target(n, sets) {
+                Ok(x) => x,
+                Err(e) if listed => {
+                    out.skipped.push(format!("{n}: {e}"));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let engine = engines
+                .entry(proj.cache.clone())
+                .or_insert_with(|| Engine::read_only(&proj.cache));
+            let (points, sweep) = match t {
+                Target::Pipeline(p) => {
+                    out.rows.push(engine.with_sound_memo(|e| e.row(&p))?);
+                    out.runs.push(RunEntry {
+                        name: p.name.clone(),
+                        pipeline: p,
+                        sweep: None,
+                    });
+                    continue;
+                }
+                Target::Point(s, i) => (vec![i], s),
+                Target::Sweep(s) => ((0..s.points.len()).collect(), s),
+            };
+            out.rows.extend(engine.sweep_rows(&sweep, &points)?);
+            for i in points {
+                out.runs.push(RunEntry {
+                    name: sweep.points[i].pipeline.name.clone(),
+                    pipeline: sweep.points[i].pipeline.clone(),
+                    sweep: Some(sweep.name.clone()),
+                });
+            }
+            if !out.sweeps.iter().any(|s| s.name == sweep.name) {
+                out.sweeps.push(sweep);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A training stage's curves file, read whole or not at all (it is replaced atomically
+/// each epoch, so a reader sees the epochs finished so far).
+fn read_history(dir: &Path) -> Option<Vec<EpochRecord>> {
+    let bytes = std::fs::read(dir.join("history.json")).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn read_timings(dir: &Path) -> Vec<EpochTiming> {
+    std::fs::read(dir.join(stages::train::TIMINGS))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Where a training stage's epochs can be read: its artifact when it is in the store,
+/// else its key's scratch folder (a training in progress, or one killed mid-way).
+#[derive(Debug, Clone)]
+pub struct CurveSource {
+    /// The training stage.
+    pub stage: String,
+    /// Its key, when its inputs are known.
+    pub key: Option<String>,
+    /// Its artifact, when cached.
+    pub artifact: Option<PathBuf>,
+    /// The epoch the stage ends with.
+    pub last_epoch: usize,
+}
+
+impl Engine {
+    /// Where the epochs of `p`'s training stages are (in dependency order).
+    pub fn curve_sources(&mut self, p: &Pipeline) -> Result<Vec<CurveSource>> {
+        let status = self.status(p)?;
+        Ok(status
+            .into_iter()
+            .filter(|o| {
+                matches!(
+                    o.kind,
+                    StageKind::Train | StageKind::LrDrop | StageKind::Resume
+                )
+            })
+            .map(|o| CurveSource {
+                last_epoch: p.epochs_of(&o.name).map_or(0, |(_, end)| end),
+                artifact: o
+                    .output
+                    .as_ref()
+                    .filter(|_| o.state == StageState::Cached)
+                    .map(|out| self.store.artifact_dir(out)),
+                key: o.key,
+                stage: o.name,
+            })
+            .collect())
+    }
+
+    /// Bring sources up to date cheaply: a training that has finished since they were
+    /// read now reads from its artifact.
+    pub fn refresh_sources(&self, sources: &mut [CurveSource]) {
+        for s in sources.iter_mut().filter(|s| s.artifact.is_none()) {
+            if let Some(rec) = s.key.as_deref().and_then(|k| self.store.lookup(k)) {
+                s.artifact = Some(self.store.artifact_dir(&rec.output));
+            }
+        }
+    }
+
+    /// A run's epochs so far and, when a training is in progress (or was killed), where
+    /// it stands. Each training stage's file holds every epoch of its chain before it, so
+    /// the furthest one read is the run's curve.
+    pub fn curves(&self, sources: &[CurveSource]) -> (Vec<EpochRecord>, Option<Live>) {
+        let mut best: Vec<EpochRecord> = Vec::new();
+        let mut live = None;
+        for s in sources {
+            let (dir, in_progress) = match (&s.artifact, &s.key) {
+                (Some(a), _) => (a.clone(), false),
+                (None, Some(k)) => (self.store.scratch_path(k), true),
+                (None, None) => continue,
+            };
+            let Some(h) = read_history(&dir) else {
+                continue;
+            };
+            if h.len() < best.len() {
+                continue;
+            }
+            if in_progress && h.last().is_some_and(|r| r.stage == s.stage) {
+                let epoch = h.last().map_or(0, |r| r.epoch);
+                let images_per_sec = read_timings(&dir)
+                    .into_iter()
+                    .rev()
+                    .find(|t| t.epoch == epoch)
+                    .map(|t| t.images_per_sec);
+                live = Some(Live {
+                    stage: s.stage.clone(),
+                    epoch,
+                    last_epoch: s.last_epoch,
+                    images_per_sec,
+                    running: s
+                        .key
+                        .as_deref()
+                        .is_some_and(|k| self.store.key_is_running(k)),
+                });
+            } else if !in_progress {
+                live = None;
+            }
+            best = h;
+        }
+        (best, live)
+    }
+
+    /// Everything the dashboard shows of one run. `row` is its row, when the caller has
+    /// it already (else it is read).
+    pub fn run_view(&mut self, p: &Pipeline, row: Option<Row>) -> Result<RunView> {
+        let stages_now = self.status(p)?;
+        let row = match row {
+            Some(r) => r,
+            None => self.row(p)?,
+        };
+        let sources = self.curve_sources(p)?;
+        let (history, live) = self.curves(&sources);
+        let mut edges = Vec::new();
+        for name in p.topo_order() {
+            let mut ins = p.stages[&name].inputs.clone();
+            ins.dedup();
+            for i in ins {
+                edges.push((i, name.clone()));
+            }
+        }
+        let config = self.side(p).map(|s| s.config).unwrap_or_default();
+        let mut networks = Vec::new();
+        for (net, _) in &p.library.networks {
+            let Ok(x) = crate::nn::expand(&p.library, net, None) else {
+                continue;
+            };
+            let Ok(infos) = x.graph.infer() else {
+                continue;
+            };
+            let t = crate::nn::graph::totals(&infos);
+            networks.push(NetworkView {
+                name: net.clone(),
+                trained_by: p
+                    .stages
+                    .iter()
+                    .filter(|(n, s)| {
+                        s.config.training().is_some() && p.network_of(n) == Some(net.as_str())
+                    })
+                    .map(|(n, _)| n.clone())
+                    .collect(),
+                layers: x
+                    .graph
+                    .nodes
+                    .iter()
+                    .zip(&infos)
+                    .map(|(n, i)| Layer {
+                        name: n.name.clone(),
+                        op: n.op.name().to_string(),
+                        shape: i.shape.to_string(),
+                        params: i.trainable + i.non_trainable,
+                        macs: i.macs,
+                    })
+                    .collect(),
+                trainable: t.trainable,
+                non_trainable: t.non_trainable,
+                macs: t.macs,
+            });
+        }
+        let mut evals = Vec::new();
+        let mut artifacts = Vec::new();
+        for o in &stages_now {
+            let Some(out) = o.output.as_ref().filter(|_| o.state == StageState::Cached) else {
+                continue;
+            };
+            let dir = self.store.artifact_dir(out);
+            if let StageConfig::Evaluate(c) = &p.stages[&o.name].config {
+                evals.push(read_eval(&o.name, &c.split, &dir));
+            }
+            artifacts.push(ArtifactView {
+                stage: o.name.clone(),
+                output: out.clone(),
+                files: list_files(&dir),
+            });
+        }
+        Ok(RunView {
+            pipeline: p.name.clone(),
+            manifest: p.file.display().to_string(),
+            description: p.description.clone(),
+            row,
+            stages: stages_now,
+            edges,
+            history,
+            live,
+            config,
+            networks,
+            evals,
+            artifacts,
+        })
+    }
+
+    /// The folder of a published artifact, if `output` names one (64 hex digits) that is
+    /// in the store.
+    pub fn artifact_folder(&self, output: &str) -> Option<PathBuf> {
+        if output.len() != 64 || !output.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let dir = self.store.artifact_dir(output);
+        dir.is_dir().then_some(dir)
+    }
+}
+
+/// An evaluate artifact's numbers: `metrics.json`, the class names (`per_class.csv`) and
+/// the confusion matrix (`confusion.csv`). What does not read is left empty.
+fn read_eval(stage: &str, split: &str, dir: &Path) -> EvalView {
+    let metrics: Option<serde_json::Value> = std::fs::read(dir.join("metrics.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let mut classes = Vec::new();
+    if let Ok(mut r) = csv::Reader::from_path(dir.join("per_class.csv")) {
+        for rec in r.records().map_while(|x| x.ok()) {
+            classes.push(rec.get(2).unwrap_or("").to_string());
+        }
+    }
+    let mut confusion = Vec::new();
+    if let Ok(mut r) = csv::Reader::from_path(dir.join("confusion.csv")) {
+        for rec in r.records().map_while(|x| x.ok()) {
+            confusion.push(
+                rec.iter()
+                    .skip(1)
+                    .map(|v| v.parse().unwrap_or(0))
+                    .collect::<Vec<usize>>(),
+            );
+        }
+    }
+    EvalView {
+        stage: stage.to_string(),
+        split: split.to_string(),
+        images: metrics
+            .as_ref()
+            .and_then(|m| m["images"].as_u64())
+            .map(|n| n as usize),
+        loss: metrics.as_ref().and_then(|m| m["loss"].as_f64()),
+        ranks: stages::evaluate::read_ranks(dir),
+        classes,
+        confusion,
+    }
+}
+
+/// Every file under `dir` (relative paths, sorted) with its size. Links and special files
+/// are not listed.
+fn list_files(dir: &Path) -> Vec<(String, u64)> {
+    fn walk(root: &Path, d: &Path, depth: usize, out: &mut Vec<(String, u64)>) {
+        let Ok(rd) = std::fs::read_dir(d) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let Ok(ft) = e.file_type() else { continue };
+            let p = e.path();
+            if ft.is_dir() && depth < 16 {
+                walk(root, &p, depth + 1, out);
+            } else if ft.is_file() {
+                let rel = p.strip_prefix(root).unwrap_or(&p);
+                let size = e.metadata().map_or(0, |m| m.len());
+                out.push((rel.to_string_lossy().into_owned(), size));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, 0, &mut out);
+    out.sort();
+    out
+}

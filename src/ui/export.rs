@@ -1,0 +1,198 @@
+//! `pipe ui --export DIR`: the dashboard's pages as static files, for a report or a CI
+//! artifact. `index.html` (the runs), `runs/<run>.html` with `runs/<run>.svg` (its
+//! curves), `sweeps/<sweep>.html`, `compare/<id>.html` (each sweep's points together),
+//! and `assets/`. Links are relative; artifact files are linked where they lie in the
+//! store (`file://`). No live updates: a page shows what the store held when written.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use super::pages::{self, Links};
+use super::snapshot::Snapshot;
+use super::{assets, svg};
+use crate::engine::{Engine, Project};
+use crate::report::show;
+
+/// A file name for a run or sweep: its name where every character is plain, else the
+/// plain part and a hash of the whole (distinct names never share a file).
+pub fn stem(name: &str) -> String {
+    let plain = name.len() <= 120
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.@=,+".contains(c));
+    if plain {
+        return name.to_string();
+    }
+    let head: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "-_".contains(*c))
+        .take(60)
+        .collect();
+    format!("{head}~{}", &blake3::hash(name.as_bytes()).to_hex()[..16])
+}
+
+/// The name of a compare page for these runs.
+fn compare_id(names: &[&str]) -> String {
+    blake3::hash(names.join("\n").as_bytes()).to_hex()[..16].to_string()
+}
+
+struct FileLinks {
+    /// `../` per level below the export's root.
+    up: String,
+    store: PathBuf,
+}
+
+impl FileLinks {
+    fn at(depth: usize, store: &Path) -> FileLinks {
+        FileLinks {
+            up: "../".repeat(depth),
+            store: store.to_path_buf(),
+        }
+    }
+}
+
+fn href(s: &str) -> String {
+    super::segment(s)
+}
+
+impl Links for FileLinks {
+    fn home(&self) -> String {
+        format!("{}index.html", self.up)
+    }
+    fn run(&self, name: &str) -> String {
+        format!("{}runs/{}.html", self.up, href(&stem(name)))
+    }
+    fn curves(&self, name: &str) -> Option<String> {
+        Some(format!("{}runs/{}.svg", self.up, href(&stem(name))))
+    }
+    fn events(&self, _: &str) -> Option<String> {
+        None
+    }
+    fn compare(&self, names: &[&str]) -> String {
+        if names.is_empty() {
+            // The runs page's "compare selected" needs a server.
+            return String::new();
+        }
+        format!("{}compare/{}.html", self.up, compare_id(names))
+    }
+    fn sweep(&self, name: &str) -> String {
+        format!("{}sweeps/{}.html", self.up, href(&stem(name)))
+    }
+    fn file(&self, output: &str, path: &str) -> String {
+        let parts: Vec<String> = path.split('/').map(href).collect();
+        let root: Vec<String> = self
+            .store
+            .join("artifacts")
+            .join(output)
+            .components()
+            .filter_map(|c| match c {
+                std::path::Component::Normal(s) => Some(href(&s.to_string_lossy())),
+                _ => None,
+            })
+            .collect();
+        format!("file:///{}/{}", root.join("/"), parts.join("/"))
+    }
+    fn asset(&self, name: &str) -> String {
+        format!("{}assets/{name}", self.up)
+    }
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    crate::atomic::write_atomic(path, text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Write the dashboard of `project` into `dir`; returns how many pages.
+pub fn export(project: &Project, dir: &Path) -> Result<usize> {
+    let snap = Snapshot::build(project)?;
+    let store = project
+        .cache
+        .canonicalize()
+        .unwrap_or_else(|_| project.cache.clone());
+    let mut engine = Engine::read_only(&project.cache);
+    let mut pages_written = 0;
+    for name in ["ui.css", "ui.js"] {
+        let (_, body) = assets::get(name).expect("built in");
+        write(&dir.join("assets").join(name), body)?;
+    }
+    let root = FileLinks::at(0, &store);
+    write(
+        &dir.join("index.html"),
+        &pages::runs_page(&snap.rows, &snap.sweep_list(), &snap.skipped, &root),
+    )?;
+    pages_written += 1;
+    let one = FileLinks::at(1, &store);
+    for (run, row) in snap.runs.iter().zip(&snap.rows) {
+        let v = engine.run_view(&run.pipeline, Some(row.clone()))?;
+        let s = stem(&run.name);
+        write(
+            &dir.join("runs").join(format!("{s}.svg")),
+            &svg::curves(
+                &[svg::Series {
+                    name: &run.name,
+                    epochs: &v.history,
+                }],
+                false,
+            ),
+        )?;
+        write(
+            &dir.join("runs").join(format!("{s}.html")),
+            &pages::run_page(&v, &one),
+        )?;
+        pages_written += 1;
+    }
+    for sw in &snap.sweeps {
+        let metric = snap.sweep_metric(sw);
+        let mut rows = snap.sweep_rows(&sw.name);
+        for r in &mut rows {
+            r.best = false;
+        }
+        show::mark_best(&mut rows, Some(&metric));
+        let keys: Vec<String> = sw.keys.iter().map(|k| sw.short_key(k)).collect();
+        write(
+            &dir.join("sweeps").join(format!("{}.html", stem(&sw.name))),
+            &pages::sweep_page(
+                &sw.name,
+                &sw.file.display().to_string(),
+                &keys,
+                &rows,
+                &metric,
+                &engine.decisions(&sw.name),
+                &one,
+            ),
+        )?;
+        pages_written += 1;
+        // Its points compared, as the sweep page links.
+        let names: Vec<&str> = rows.iter().map(|r| r.pipeline.as_str()).collect();
+        let mut runs = Vec::new();
+        for pt in &sw.points {
+            let sources = engine.curve_sources(&pt.pipeline)?;
+            let (h, _) = engine.curves(&sources);
+            let row = rows
+                .iter()
+                .find(|r| r.pipeline == pt.pipeline.name)
+                .cloned()
+                .map_or_else(|| engine.row(&pt.pipeline), Ok)?;
+            runs.push((pt.pipeline.name.clone(), h, row));
+        }
+        let diff = match (sw.points.first(), sw.points.get(1)) {
+            (Some(a), Some(b)) => Some(crate::report::diff::diff(
+                &engine.side(&a.pipeline)?,
+                &engine.side(&b.pipeline)?,
+            )),
+            _ => None,
+        };
+        write(
+            &dir.join("compare")
+                .join(format!("{}.html", compare_id(&names))),
+            &pages::compare_page(&runs, diff.as_ref(), &one),
+        )?;
+        pages_written += 1;
+    }
+    Ok(pages_written)
+}

@@ -1,0 +1,585 @@
+//! The dashboard's pages as HTML: runs, one run, compare, a sweep, and "not found". The
+//! same functions make the served pages and `--export`'s files; [`Links`] says where a
+//! link goes in each. Every string from a manifest, the store or a request goes through
+//! maud, which escapes it; the only markup inserted as is comes from [`super::svg`].
+
+use std::collections::BTreeMap;
+
+use maud::{html, Markup, DOCTYPE};
+
+use super::svg;
+use crate::report::diff::Diff;
+use crate::report::history::EpochRecord;
+use crate::report::outcome::{human_secs, join, StageState};
+use crate::report::run::{Live, RunView};
+use crate::report::show::{self, Row};
+use crate::report::sweep::Decisions;
+
+/// Where links point: the server's URLs, or the exported files.
+pub trait Links {
+    /// The runs page.
+    fn home(&self) -> String;
+    /// A run's page.
+    fn run(&self, name: &str) -> String;
+    /// A run's curves as SVG (`None`: embedded only).
+    fn curves(&self, name: &str) -> Option<String>;
+    /// A run's live events (server-sent events; `None` when exported).
+    fn events(&self, name: &str) -> Option<String>;
+    /// Compare these runs.
+    fn compare(&self, names: &[&str]) -> String;
+    /// A sweep's page.
+    fn sweep(&self, name: &str) -> String;
+    /// A file of an artifact.
+    fn file(&self, output: &str, path: &str) -> String;
+    /// A built-in asset (`ui.css`, `ui.js`).
+    fn asset(&self, name: &str) -> String;
+}
+
+/// A run's state in one word, for colour and filtering.
+pub fn row_state(r: &Row) -> &'static str {
+    if r.error.is_some() {
+        return "unknown";
+    }
+    if r.note.is_some() {
+        return "pruned";
+    }
+    if r.stages.iter().any(|s| {
+        s.reasons.iter().any(|x| {
+            matches!(
+                x,
+                crate::report::outcome::Reason::Job {
+                    state: crate::report::outcome::JobStatus::Failed { .. },
+                    ..
+                }
+            )
+        })
+    }) {
+        return "failed";
+    }
+    if r.stages.iter().any(|s| s.state == StageState::Running) {
+        return "running";
+    }
+    if r.stages.iter().any(|s| s.state == StageState::Queued) {
+        return "queued";
+    }
+    if !r.stages.is_empty() && r.stages.iter().all(|s| s.state == StageState::Cached) {
+        return "cached";
+    }
+    "stale"
+}
+
+fn page(title: &str, links: &dyn Links, attrs: &[(&str, String)], body: Markup) -> String {
+    let events = attrs
+        .iter()
+        .find(|(k, _)| *k == "events")
+        .map(|(_, v)| v.clone());
+    let curves = attrs
+        .iter()
+        .find(|(k, _)| *k == "curves")
+        .map(|(_, v)| v.clone());
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · pipe" }
+                link rel="stylesheet" href=(links.asset("ui.css"));
+                script src=(links.asset("ui.js")) defer {}
+            }
+            body data-events=[events] data-curves=[curves] {
+                header {
+                    a class="brand" href=(links.home()) { "pipe" }
+                    nav { a href=(links.home()) { "runs" } }
+                }
+                main { (body) }
+            }
+        }
+    }
+    .into_string()
+}
+
+/// A number of a row's metrics as a sortable value.
+fn sort_value(r: &Row, header: &str) -> Option<f64> {
+    let m = r.metrics();
+    let key = match header {
+        "train loss" => "train.loss".to_string(),
+        "train acc" => "train.acc".to_string(),
+        "val loss" => "val.loss".to_string(),
+        "val acc" => "val.acc".to_string(),
+        "params" => "params".to_string(),
+        "MACs" => "macs".to_string(),
+        "time" => "time".to_string(),
+        h => h.to_string(),
+    };
+    if let Some(v) = m.get(&key) {
+        return Some(*v);
+    }
+    r.swept
+        .iter()
+        .find(|(k, _)| k == header)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+/// The runs page: every pipeline and sweep point, the columns of `pipe show` (sortable,
+/// those equal for all hidden on demand), a filter by name and by state, a compare
+/// button, the best so far, and the sweeps.
+pub fn runs_page(
+    rows: &[Row],
+    sweeps: &[(String, usize)],
+    skipped: &[String],
+    links: &dyn Links,
+) -> String {
+    let cols = show::columns(rows);
+    let constant: Vec<bool> = cols
+        .iter()
+        .map(|(_, cells)| rows.len() > 1 && cells.iter().all(|c| *c == cells[0]))
+        .collect();
+    let states: Vec<&str> = rows.iter().map(row_state).collect();
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in &states {
+        *counts.entry(s).or_insert(0) += 1;
+    }
+    // Best so far: the highest of each accuracy, the lowest val loss.
+    let mut best: Vec<(String, String, f64)> = Vec::new();
+    for (key, higher) in [("val.acc", true), ("val.loss", false), ("rank1", true)] {
+        let found = rows
+            .iter()
+            .filter_map(|r| r.metrics().get(key).map(|v| (r.pipeline.clone(), *v)))
+            .filter(|(_, v)| v.is_finite())
+            .reduce(|a, b| {
+                if (higher && b.1 > a.1) || (!higher && b.1 < a.1) {
+                    b
+                } else {
+                    a
+                }
+            });
+        if let Some((name, v)) = found {
+            best.push((key.to_string(), name, v));
+        }
+    }
+    let body = html! {
+        h1 { "Runs" }
+        p class="summary" {
+            (rows.len()) " runs"
+            @for (s, n) in &counts { " · " span class={ "state state-" (s) } { (n) " " (s) } }
+        }
+        @if !best.is_empty() {
+            p class="best-so-far" {
+                "Best so far: "
+                @for (i, (key, name, v)) in best.iter().enumerate() {
+                    @if i > 0 { " · " }
+                    (key) " "
+                    (if key.ends_with("loss") { format!("{v:.4}") } else { format!("{:.2}%", 100.0 * v) })
+                    " (" a href=(links.run(name)) { (name) } ")"
+                }
+            }
+        }
+        @if !sweeps.is_empty() {
+            p class="sweeps" {
+                "Sweeps: "
+                @for (i, (name, n)) in sweeps.iter().enumerate() {
+                    @if i > 0 { ", " }
+                    a href=(links.sweep(name)) { (name) } " (" (n) " points)"
+                }
+            }
+        }
+        div class="controls" {
+            input id="filter" type="search" placeholder="filter by name";
+            select id="state-filter" {
+                option value="" { "any state" }
+                @for s in counts.keys() { option value=(s) { (s) } }
+            }
+            label { input id="varying" type="checkbox"; " only columns that vary" }
+            button id="compare" type="button" data-href=(links.compare(&[])) { "compare selected" }
+        }
+        table id="runs" class="runs" {
+            thead {
+                tr {
+                    th class="pick" {}
+                    @for (i, (h, _)) in cols.iter().enumerate() {
+                        th class=[constant[i].then_some("const")] data-col=(i) title="sort" { (h) }
+                    }
+                }
+            }
+            tbody {
+                @for (ri, r) in rows.iter().enumerate() {
+                    tr data-name=(r.pipeline) data-state=(states[ri]) class={ "row-" (states[ri]) @if r.best { " best" } } {
+                        td class="pick" { input type="checkbox" value=(r.pipeline) aria-label="select"; }
+                        @for (ci, (h, cells)) in cols.iter().enumerate() {
+                            @let v = if ci == 0 { None } else { sort_value(r, h) };
+                            td class=[constant[ci].then_some("const")] data-v=[v.map(|x| x.to_string())] {
+                                @if ci == 0 {
+                                    a href=(links.run(&r.pipeline)) { (r.pipeline) }
+                                    @if r.best { " " span class="star" title="best" { "★" } }
+                                } @else if h == "state" {
+                                    span class={ "state state-" (states[ri]) } { (cells[ri]) }
+                                } @else {
+                                    (cells[ri])
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @if !skipped.is_empty() {
+            details class="skipped" {
+                summary { (skipped.len()) " manifests not shown" }
+                ul { @for s in skipped { li { (s.lines().next().unwrap_or("")) } } }
+            }
+        }
+    };
+    page("Runs", links, &[], body)
+}
+
+/// Progress of a training running now (or stopped mid-way).
+pub fn progress_text(live: &Option<Live>, eta: Option<f64>) -> String {
+    match live {
+        None => String::new(),
+        Some(l) => {
+            let speed = l
+                .images_per_sec
+                .map_or(String::new(), |v| format!(", {v:.0} images/s"));
+            let eta = eta.map_or(String::new(), |s| format!(", about {} left", human_secs(s)));
+            if l.running {
+                format!(
+                    "{} running: epoch {} of {}{speed}{eta}",
+                    l.stage, l.epoch, l.last_epoch
+                )
+            } else {
+                format!(
+                    "{} stopped at epoch {} of {} (no process runs it now; `pipe run` resumes it)",
+                    l.stage, l.epoch, l.last_epoch
+                )
+            }
+        }
+    }
+}
+
+/// Files listed per artifact (an ingest of generated images holds thousands).
+const MAX_FILES: usize = 100;
+
+fn fmt_bytes(b: u64) -> String {
+    let (v, u) = match b {
+        b if b >= 1 << 30 => (b as f64 / (1u64 << 30) as f64, "GiB"),
+        b if b >= 1 << 20 => (b as f64 / (1u64 << 20) as f64, "MiB"),
+        b if b >= 1 << 10 => (b as f64 / 1024.0, "KiB"),
+        b => return format!("{b} B"),
+    };
+    format!("{v:.1} {u}")
+}
+
+/// A metric's value: counts whole, the rest to 4 decimals.
+fn metric_text(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() >= 1.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.4}")
+    }
+}
+
+fn pct(v: f64) -> String {
+    format!("{:.2}%", 100.0 * v)
+}
+
+/// One run: progress, curves, DAG and stages, configuration, networks, evaluations,
+/// artifacts.
+pub fn run_page(v: &RunView, links: &dyn Links) -> String {
+    let curves = svg::curves(
+        &[svg::Series {
+            name: &v.pipeline,
+            epochs: &v.history,
+        }],
+        false,
+    );
+    let dag_stages: Vec<(String, String)> = v
+        .stages
+        .iter()
+        .map(|o| (o.name.clone(), o.state.to_string()))
+        .collect();
+    let dag = svg::dag(&dag_stages, &v.edges);
+    let mut attrs = Vec::new();
+    if let Some(e) = links.events(&v.pipeline) {
+        attrs.push(("events", e));
+    }
+    if let Some(c) = links.curves(&v.pipeline) {
+        attrs.push(("curves", c));
+    }
+    let body = html! {
+        h1 { (v.pipeline) }
+        p class="manifest" { "manifest " code { (v.manifest) } }
+        @if let Some(d) = &v.description { p class="description" { (d) } }
+        p id="progress" class="progress" data-epochs=(v.history.len()) { (progress_text(&v.live, None)) }
+        section {
+            h2 { "Curves" }
+            div class="controls" { label { input id="logloss" type="checkbox"; " log loss axis" } }
+            div id="curves" { (svg::embed(&curves)) }
+        }
+        section {
+            h2 { "Stages" }
+            div class="dag" { (svg::embed(&dag)) }
+            table class="stages" {
+                thead { tr { th { "stage" } th { "kind" } th { "state" } th { "key" } th { "result or why it would run" } } }
+                tbody {
+                    @for o in &v.stages {
+                        tr class={ "row-" (o.state) } {
+                            td { (o.name) }
+                            td { (o.kind) }
+                            td { span class={ "state state-" (o.state) } { (o.state) } }
+                            td { code { (o.short_key()) } }
+                            td {
+                                @if o.state == StageState::Cached { (o.summary) } @else {
+                                    @if let Some(e) = o.estimate { "[est. " (human_secs(e)) "] " }
+                                    (join(&o.reasons))
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @if !v.evals.is_empty() {
+            section {
+                h2 { "Evaluation" }
+                @for e in &v.evals {
+                    h3 { (e.stage) " (" (e.split) @if let Some(n) = e.images { ", " (n) " images" } ")" }
+                    p {
+                        @for (k, r) in &e.ranks { "rank-" (k) ": " strong { (pct(*r)) } " " }
+                        @if let Some(l) = e.loss { "loss " (format!("{l:.4}")) }
+                    }
+                    @if !e.confusion.is_empty() && e.confusion.len() <= 200 {
+                        details open[e.confusion.len() <= 20] {
+                            summary { "confusion matrix (rows: true class, columns: predicted)" }
+                            table class="confusion" {
+                                thead { tr { th {} @for j in 0..e.confusion.len() { th title=(e.classes.get(j).map_or("", |s| s.as_str())) { (j) } } } }
+                                tbody {
+                                    @for (i, row) in e.confusion.iter().enumerate() {
+                                        @let total: usize = row.iter().sum();
+                                        tr {
+                                            th { (i) " " (e.classes.get(i).map_or("", |s| s.as_str())) }
+                                            @for (j, c) in row.iter().enumerate() {
+                                                @let shade = if total > 0 { (*c * 9).div_ceil(total).min(9) } else { 0 };
+                                                td class={ "c" (shade) @if i == j { " diag" } } { (c) }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        section {
+            h2 { "Configuration" }
+            table class="config" {
+                tbody { @for (k, val) in &v.config { tr { td { code { (k) } } td { (val) } } } }
+            }
+        }
+        @if !v.networks.is_empty() {
+            section {
+                h2 { "Networks" }
+                @for n in &v.networks {
+                    details {
+                        summary {
+                            strong { (n.name) }
+                            @if !n.trained_by.is_empty() { " (trained by " (n.trained_by.join(", ")) ")" }
+                            ": " (n.layers.len()) " layers, " (n.trainable + n.non_trainable) " parameters ("
+                            (n.non_trainable) " batch-norm statistics), " (n.macs) " MACs per image"
+                        }
+                        table class="layers" {
+                            thead { tr { th { "layer" } th { "op" } th { "output" } th { "params" } th { "MACs" } } }
+                            tbody {
+                                @for l in &n.layers {
+                                    tr { td { (l.name) } td { (l.op) } td { (l.shape) } td class="num" { (l.params) } td class="num" { (l.macs) } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @if !v.artifacts.is_empty() {
+            section {
+                h2 { "Artifacts" }
+                @for a in &v.artifacts {
+                    details {
+                        summary { (a.stage) ": " code { (crate::content::short(&a.output)) } " (" (a.files.len()) " files)" }
+                        ul class="files" {
+                            @for (f, size) in a.files.iter().take(MAX_FILES) {
+                                li { a href=(links.file(&a.output, f)) { (f) } " " span class="size" { (fmt_bytes(*size)) } }
+                            }
+                        }
+                        @if a.files.len() > MAX_FILES {
+                            p class="more" { "and " (a.files.len() - MAX_FILES) " more files (" code { "artifacts/" (a.output) } " in the store)" }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page(&v.pipeline, links, &attrs, body)
+}
+
+/// Compare runs: their curves overlaid, their metrics side by side, and the diff of the
+/// first two (configuration, layers, metrics).
+pub fn compare_page(
+    runs: &[(String, Vec<EpochRecord>, Row)],
+    diff: Option<&Diff>,
+    links: &dyn Links,
+) -> String {
+    let series: Vec<svg::Series> = runs
+        .iter()
+        .map(|(n, h, _)| svg::Series { name: n, epochs: h })
+        .collect();
+    let curves = svg::curves(&series, false);
+    let metrics: std::collections::BTreeSet<String> = runs
+        .iter()
+        .flat_map(|(_, _, r)| r.canonical_metrics().into_keys())
+        .collect();
+    let body = html! {
+        h1 { "Compare " (runs.len()) " runs" }
+        section {
+            h2 { "Curves" }
+            div id="curves" { (svg::embed(&curves)) }
+        }
+        section {
+            h2 { "Metrics" }
+            table class="metrics" {
+                thead { tr { th { "metric" } @for (i, (n, _, _)) in runs.iter().enumerate() { th { svg class="swatch" width="10" height="10" { rect width="10" height="10" fill=(svg::colour(i)) {} } " " a href=(links.run(n)) { (n) } } } } }
+                tbody {
+                    @for m in &metrics {
+                        tr {
+                            td { (m) }
+                            @for (_, _, r) in runs {
+                                td class="num" { (r.canonical_metrics().get(m).map_or("-".to_string(), |v| metric_text(*v))) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @if let Some(d) = diff {
+            section {
+                h2 { "Differences: " (d.a) " vs " (d.b) }
+                h3 { "Configuration" }
+                @if d.config.is_empty() { p { "the same" } } @else {
+                    table class="diff" {
+                        thead { tr { th { "key" } th { (d.a) } th { (d.b) } } }
+                        tbody { @for (k, a, b) in &d.config { tr { td { code { (k) } } td { (a.as_deref().unwrap_or("-")) } td { (b.as_deref().unwrap_or("-")) } } } }
+                    }
+                }
+                h3 { "Networks" }
+                @if d.networks.is_empty() { p { "the same" } } @else {
+                    @for n in &d.networks {
+                        p { (n.stage) ": " (n.networks.0) " (" (n.params.0) " params) -> " (n.networks.1) " (" (n.params.1) " params)" }
+                        table class="diff" {
+                            thead { tr { th { "change" } th { "layer" } th { "what" } th { "params" } } }
+                            tbody { @for l in &n.layers { tr { td { (l.change) } td { (l.layer) } td { (l.detail) } td class="num" { (format!("{:+}", l.params)) } } } }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page("Compare", links, &[], body)
+}
+
+/// A sweep: parallel coordinates of the swept values against a metric (best point and
+/// pruned points marked), the points with their values, and the halving decisions.
+pub fn sweep_page(
+    name: &str,
+    file: &str,
+    keys: &[String],
+    rows: &[Row],
+    metric: &str,
+    decisions: &Decisions,
+    links: &dyn Links,
+) -> String {
+    let mut axes: Vec<svg::PAxis> = keys
+        .iter()
+        .map(|k| svg::PAxis {
+            name: k.clone(),
+            values: rows
+                .iter()
+                .map(|r| {
+                    let v = r
+                        .swept
+                        .iter()
+                        .find(|(x, _)| x == k)
+                        .map_or("-".to_string(), |(_, v)| v.clone());
+                    let n = v.parse::<f64>().ok();
+                    (v, n)
+                })
+                .collect(),
+        })
+        .collect();
+    let values: Vec<Option<f64>> = rows
+        .iter()
+        .map(|r| r.metrics().get(metric).copied())
+        .collect();
+    axes.push(svg::PAxis {
+        name: metric.to_string(),
+        values: values
+            .iter()
+            .map(|v| (v.map_or("-".into(), |x| format!("{x:.4}")), *v))
+            .collect(),
+    });
+    let lines: Vec<svg::PLine> = rows
+        .iter()
+        .map(|r| svg::PLine {
+            id: r.pipeline.clone(),
+            best: r.best,
+            pruned: r.note.is_some(),
+            href: links.run(&r.pipeline),
+        })
+        .collect();
+    let chart = svg::parallel(&axes, &lines);
+    let names: Vec<&str> = rows.iter().map(|r| r.pipeline.as_str()).collect();
+    let body = html! {
+        h1 { "Sweep " (name) }
+        p class="manifest" { "manifest " code { (file) } " · " (rows.len()) " points · "
+            a href=(links.compare(&names)) { "compare all" } }
+        section {
+            h2 { "Parallel coordinates (" (metric) ")" }
+            p class="legend" { span class="best-key" { "best" } " · " span class="pruned-key" { "pruned" } }
+            div class="parallel" { (svg::embed(&chart)) }
+        }
+        section {
+            h2 { "Points" }
+            table class="runs" {
+                thead { tr { th { "point" } @for k in keys { th { (k) } } th { (metric) } th { "state" } } }
+                tbody {
+                    @for (i, r) in rows.iter().enumerate() {
+                        tr class={ "row-" (row_state(r)) @if r.best { " best" } } {
+                            td { a href=(links.run(&r.pipeline)) { (r.pipeline) } @if r.best { " " span class="star" { "★" } } }
+                            @for k in keys { td { (r.swept.iter().find(|(x, _)| x == k).map_or("-", |(_, v)| v.as_str())) } }
+                            td class="num" { (values[i].map_or("-".into(), |x| format!("{x:.4}"))) }
+                            td { span class={ "state state-" (row_state(r)) } { (r.state_line()) } }
+                        }
+                    }
+                }
+            }
+        }
+        @if !decisions.rungs.is_empty() {
+            section {
+                h2 { "Halving" }
+                @for rg in &decisions.rungs {
+                    p { "after " strong { (rg.stage) } " (" (rg.metric) ", " (rg.goal) ", eta " (rg.eta) "): kept " (rg.kept.join(", ")) }
+                }
+            }
+        }
+    };
+    page(&format!("Sweep {name}"), links, &[], body)
+}
+
+/// The page for an unknown run, sweep or file, or a refused path.
+pub fn not_found_page(what: &str, links: &dyn Links) -> String {
+    let body = html! {
+        h1 { "Not found" }
+        p class="not-found" { (what) }
+        p { a href=(links.home()) { "all runs" } }
+    };
+    page("Not found", links, &[], body)
+}

@@ -1,0 +1,616 @@
+//! The dashboard's HTTP server (axum on tokio). Every route reads: the store is opened
+//! read-only and nothing is written. Runs are found by name in the snapshot, never as
+//! paths; artifact files are served only from inside a published artifact, and a path
+//! with `..`, `.`, or an encoded `/` or `\` anywhere is refused before routing.
+//!
+//! Pages: `/`, `/run/{name}`, `/compare?run=A&run=B`, `/sweep/{name}`; charts:
+//! `/run/{name}/curves.svg`; data (JSON): `/api/runs`, `/api/runs/{name}`,
+//! `/api/runs/{name}/history`, `/api/sweeps/{name}`; live: `/api/runs/{name}/events`
+//! (server-sent events, one per new epoch); files: `/files/{artifact}/{path}`.
+
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Json, Response};
+use axum::routing::get;
+use axum::Router;
+
+use super::pages::{self, Links};
+use super::snapshot::Snapshot;
+use super::{assets, segment, svg};
+use crate::engine::runs::CurveSource;
+use crate::engine::{Engine, Project};
+use crate::manifest::Pipeline;
+use crate::report::history::EpochRecord;
+use crate::report::run::Live;
+use crate::report::show;
+
+/// How often a live page's training is looked at.
+const POLL: Duration = Duration::from_millis(200);
+
+/// `pipe ui`'s options.
+#[derive(Debug, Clone)]
+pub struct UiOptions {
+    /// Port (0: any free one).
+    pub port: u16,
+    /// Address to listen on (default 127.0.0.1).
+    pub bind: IpAddr,
+    /// Open the dashboard in a browser.
+    pub open: bool,
+}
+
+struct App {
+    project: Project,
+    snap: RwLock<Arc<Snapshot>>,
+}
+
+impl App {
+    fn snap(&self) -> Arc<Snapshot> {
+        self.snap
+            .read()
+            .map_or_else(|e| e.into_inner().clone(), |s| s.clone())
+    }
+
+    fn engine(&self) -> Engine {
+        Engine::read_only(&self.project.cache)
+    }
+}
+
+/// Links of the served pages.
+pub struct ServerLinks;
+
+impl Links for ServerLinks {
+    fn home(&self) -> String {
+        "/".into()
+    }
+    fn run(&self, name: &str) -> String {
+        format!("/run/{}", segment(name))
+    }
+    fn curves(&self, name: &str) -> Option<String> {
+        Some(format!("/run/{}/curves.svg", segment(name)))
+    }
+    fn events(&self, name: &str) -> Option<String> {
+        Some(format!("/api/runs/{}/events", segment(name)))
+    }
+    fn compare(&self, names: &[&str]) -> String {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        for n in names {
+            q.append_pair("run", n);
+        }
+        format!("/compare?{}", q.finish())
+    }
+    fn sweep(&self, name: &str) -> String {
+        format!("/sweep/{}", segment(name))
+    }
+    fn file(&self, output: &str, path: &str) -> String {
+        let parts: Vec<String> = path.split('/').map(segment).collect();
+        format!("/files/{output}/{}", parts.join("/"))
+    }
+    fn asset(&self, name: &str) -> String {
+        format!("/assets/{name}")
+    }
+}
+
+/// Serve the dashboard of `project` until Ctrl-C.
+pub fn serve(project: Project, opts: &UiOptions) -> Result<()> {
+    let snap = Snapshot::build(&project)?;
+    let app = Arc::new(App {
+        project,
+        snap: RwLock::new(Arc::new(snap)),
+    });
+    // The runs and their rows are gathered again in the background, never in a request.
+    let bg = app.clone();
+    std::thread::spawn(move || loop {
+        let took = bg.snap().took;
+        std::thread::sleep((took * 3).max(Duration::from_secs(2)));
+        if let Ok(s) = Snapshot::build(&bg.project) {
+            if let Ok(mut w) = bg.snap.write() {
+                *w = Arc::new(s);
+            }
+        }
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((opts.bind, opts.port))
+            .await
+            .with_context(|| format!("cannot listen on {}:{}", opts.bind, opts.port))?;
+        let addr = listener.local_addr()?;
+        if !addr.ip().is_loopback() {
+            eprintln!(
+                "warning: serving on {addr}, not loopback: anyone who can reach this machine can read these runs"
+            );
+        }
+        let url = format!("http://{addr}/");
+        println!(
+            "pipe ui: {} runs of {} at {url} (Ctrl-C to stop)",
+            app.snap().runs.len(),
+            app.project.pipelines.display()
+        );
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        if opts.open {
+            if let Err(e) = std::process::Command::new("xdg-open").arg(&url).spawn() {
+                eprintln!("note: could not open a browser ({e}); open {url}");
+            }
+        }
+        axum::serve(listener, router(app))
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+        Ok(())
+    })
+}
+
+fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/", get(runs_page))
+        .route("/run/{name}", get(run_page))
+        .route("/run/{name}/curves.svg", get(curves_svg))
+        .route("/compare", get(compare_page))
+        .route("/sweep/{name}", get(sweep_page))
+        .route("/files/{output}/{*path}", get(file))
+        .route("/assets/{name}", get(asset))
+        .route("/api/runs", get(api_runs))
+        .route("/api/runs/{name}", get(api_run))
+        .route("/api/runs/{name}/history", get(api_history))
+        .route("/api/runs/{name}/events", get(events))
+        .route("/api/sweeps/{name}", get(api_sweep))
+        .fallback(fallback)
+        .layer(middleware::from_fn(guard))
+        .with_state(app)
+}
+
+/// Whether a request path stays inside the dashboard: no segment that, decoded, is `.`
+/// or `..` or holds `/`, `\` or NUL (`%2e%2e`, `%2F`, `..%5c` included).
+pub fn path_is_safe(path: &str) -> bool {
+    path.split('/').all(|seg| {
+        let d = percent_encoding::percent_decode_str(seg).decode_utf8_lossy();
+        d != "." && d != ".." && !d.contains(['/', '\\', '\0'])
+    })
+}
+
+/// Refuse paths out of the dashboard; add the headers every answer carries (no script
+/// but ours, no sniffing, no framing, no caching).
+async fn guard(req: Request, next: Next) -> Response {
+    let mut res = if path_is_safe(req.uri().path()) {
+        next.run(req).await
+    } else {
+        not_found("refused: that path leads outside the dashboard")
+    };
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+fn not_found(what: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Html(pages::not_found_page(what, &ServerLinks)),
+    )
+        .into_response()
+}
+
+fn server_error(e: impl std::fmt::Display) -> Response {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Html(pages::not_found_page(&format!("error: {e}"), &ServerLinks)),
+    )
+        .into_response()
+}
+
+async fn fallback() -> Response {
+    not_found("no such page")
+}
+
+/// Run blocking store reads off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T, Response> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(server_error(format!("{e:#}"))),
+        Err(e) => Err(server_error(e)),
+    }
+}
+
+fn unknown_run(name: &str) -> Response {
+    not_found(&format!("no run named `{name}` in this project"))
+}
+
+async fn runs_page(State(app): State<Arc<App>>) -> Response {
+    let s = app.snap();
+    Html(pages::runs_page(
+        &s.rows,
+        &s.sweep_list(),
+        &s.skipped,
+        &ServerLinks,
+    ))
+    .into_response()
+}
+
+fn pipeline_of(app: &App, name: &str) -> Option<Pipeline> {
+    app.snap().run(name).map(|(r, _)| r.pipeline.clone())
+}
+
+async fn run_page(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
+    let Some(p) = pipeline_of(&app, &name) else {
+        return unknown_run(&name);
+    };
+    let a = app.clone();
+    match blocking(move || a.engine().run_view(&p, None)).await {
+        Ok(v) => Html(pages::run_page(&v, &ServerLinks)).into_response(),
+        Err(r) => r,
+    }
+}
+
+fn query_pairs(q: &Option<String>) -> Vec<(String, String)> {
+    form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+fn curves_of(engine: &mut Engine, p: &Pipeline) -> Result<(Vec<EpochRecord>, Option<Live>)> {
+    let sources = engine.curve_sources(p)?;
+    Ok(engine.curves(&sources))
+}
+
+async fn curves_svg(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let Some(p) = pipeline_of(&app, &name) else {
+        return unknown_run(&name);
+    };
+    let log = query_pairs(&q).iter().any(|(k, v)| k == "log" && v == "1");
+    let a = app.clone();
+    match blocking(move || curves_of(&mut a.engine(), &p)).await {
+        Ok((h, _)) => (
+            [(header::CONTENT_TYPE, "image/svg+xml")],
+            svg::curves(
+                &[svg::Series {
+                    name: &name,
+                    epochs: &h,
+                }],
+                log,
+            ),
+        )
+            .into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn compare_page(State(app): State<Arc<App>>, RawQuery(q): RawQuery) -> Response {
+    let names: Vec<String> = query_pairs(&q)
+        .into_iter()
+        .filter(|(k, _)| k == "run")
+        .map(|(_, v)| v)
+        .collect();
+    if names.is_empty() {
+        return not_found("compare what? pick runs on the runs page (compare?run=A&run=B)");
+    }
+    let mut ps = Vec::new();
+    for n in &names {
+        match pipeline_of(&app, n) {
+            Some(p) => ps.push(p),
+            None => return unknown_run(n),
+        }
+    }
+    let a = app.clone();
+    let r = blocking(move || {
+        let mut e = a.engine();
+        let mut runs = Vec::new();
+        for p in &ps {
+            let (h, _) = curves_of(&mut e, p)?;
+            runs.push((p.name.clone(), h, e.row(p)?));
+        }
+        let diff = if ps.len() >= 2 {
+            Some(crate::report::diff::diff(
+                &e.side(&ps[0])?,
+                &e.side(&ps[1])?,
+            ))
+        } else {
+            None
+        };
+        Ok((runs, diff))
+    })
+    .await;
+    match r {
+        Ok((runs, diff)) => {
+            Html(pages::compare_page(&runs, diff.as_ref(), &ServerLinks)).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+/// A sweep's rows with its own best marked (by its metric).
+fn sweep_rows_marked(s: &Snapshot, name: &str, metric: &str) -> Vec<show::Row> {
+    let mut rows = s.sweep_rows(name);
+    for r in &mut rows {
+        r.best = false;
+    }
+    show::mark_best(&mut rows, Some(metric));
+    rows
+}
+
+async fn sweep_page(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
+    let snap = app.snap();
+    let Some(sw) = snap.sweep(&name) else {
+        return not_found(&format!("no sweep named `{name}` in this project"));
+    };
+    let metric = snap.sweep_metric(sw);
+    let rows = sweep_rows_marked(&snap, &name, &metric);
+    let keys: Vec<String> = sw.keys.iter().map(|k| sw.short_key(k)).collect();
+    let decisions = app.engine().decisions(&name);
+    Html(pages::sweep_page(
+        &sw.name,
+        &sw.file.display().to_string(),
+        &keys,
+        &rows,
+        &metric,
+        &decisions,
+        &ServerLinks,
+    ))
+    .into_response()
+}
+
+async fn file(
+    State(app): State<Arc<App>>,
+    Path((output, path)): Path<(String, String)>,
+) -> Response {
+    // (The engine is not held across an await: its watcher is not `Send`.)
+    let dir = app.engine().artifact_folder(&output);
+    let Some(dir) = dir else {
+        return not_found("no such artifact in the store");
+    };
+    if path
+        .split('/')
+        .any(|s| s.is_empty() || s == "." || s == ".." || s.contains(['\\', '\0']))
+    {
+        return not_found("refused: that path leads outside the artifact");
+    }
+    let full: PathBuf = dir.join(&path);
+    // Only a regular file (no link, FIFO or device) that is inside the artifact.
+    let inside = match (full.canonicalize(), dir.canonicalize()) {
+        (Ok(f), Ok(d)) => f.starts_with(&d),
+        _ => false,
+    };
+    let regular = std::fs::symlink_metadata(&full).is_ok_and(|m| m.file_type().is_file());
+    if !inside || !regular {
+        return not_found("no such file in that artifact");
+    }
+    let Ok(f) = tokio::fs::File::open(&full).await else {
+        return not_found("no such file in that artifact");
+    };
+    let ext = full
+        .extension()
+        .map(|e| e.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    let (ctype, attach) = match ext.as_str() {
+        "png" => ("image/png", false),
+        "json" | "csv" | "txt" | "log" | "toml" => ("text/plain; charset=utf-8", false),
+        _ => ("application/octet-stream", true),
+    };
+    let mut res = Response::new(Body::from_stream(tokio_util::io::ReaderStream::new(f)));
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    if attach {
+        res.headers_mut().insert(
+            header::CONTENT_DISPOSITION,
+            HeaderValue::from_static("attachment"),
+        );
+    }
+    res
+}
+
+async fn asset(Path(name): Path<String>) -> Response {
+    match assets::get(&name) {
+        Some((ctype, body)) => ([(header::CONTENT_TYPE, ctype)], body).into_response(),
+        None => not_found("no such asset"),
+    }
+}
+
+async fn api_runs(State(app): State<Arc<App>>) -> Response {
+    Json(app.snap().rows.clone()).into_response()
+}
+
+async fn api_run(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
+    let Some(p) = pipeline_of(&app, &name) else {
+        return unknown_run(&name);
+    };
+    let a = app.clone();
+    match blocking(move || a.engine().run_view(&p, None)).await {
+        Ok(v) => Json(v).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn api_history(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
+    let Some(p) = pipeline_of(&app, &name) else {
+        return unknown_run(&name);
+    };
+    let a = app.clone();
+    match blocking(move || curves_of(&mut a.engine(), &p)).await {
+        Ok((h, live)) => {
+            Json(serde_json::json!({"run": name, "epochs": h, "live": live})).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+async fn api_sweep(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
+    let snap = app.snap();
+    let Some(sw) = snap.sweep(&name) else {
+        return not_found(&format!("no sweep named `{name}` in this project"));
+    };
+    let metric = snap.sweep_metric(sw);
+    let rows = sweep_rows_marked(&snap, &name, &metric);
+    Json(serde_json::json!({
+        "sweep": sw.name,
+        "manifest": sw.file.display().to_string(),
+        "keys": sw.keys,
+        "metric": metric,
+        "points": rows,
+        "halving": app.engine().decisions(&name),
+    }))
+    .into_response()
+}
+
+/// What a live page is told, when it changes.
+struct Watch {
+    app: Arc<App>,
+    pipeline: Pipeline,
+    sources: Vec<CurveSource>,
+    refreshed: Instant,
+    sent: Option<(usize, Option<Live>)>,
+    /// When each epoch was first seen (for the time left).
+    seen: Vec<(usize, Instant)>,
+    first: bool,
+}
+
+impl Watch {
+    /// Look again (blocking: file reads). Cheap: the sources' files; every 2 s, when a
+    /// training's key was not known yet, the sources themselves.
+    fn look(&mut self) -> Result<(Vec<EpochRecord>, Option<Live>)> {
+        let mut e = self.app.engine();
+        if self.sources.iter().any(|s| s.key.is_none())
+            && self.refreshed.elapsed() > Duration::from_secs(2)
+        {
+            self.sources = e.curve_sources(&self.pipeline)?;
+            self.refreshed = Instant::now();
+        }
+        e.refresh_sources(&mut self.sources);
+        Ok(e.curves(&self.sources))
+    }
+}
+
+/// Server-sent events of a run: one `epoch` event whenever its curves gain an epoch (or
+/// its training starts or stops), with the epochs so far, the progress and the time left.
+async fn events(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
+    let Some(p) = pipeline_of(&app, &name) else {
+        return unknown_run(&name);
+    };
+    let a = app.clone();
+    let p2 = p.clone();
+    let sources = match blocking(move || a.engine().curve_sources(&p2)).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let watch = Watch {
+        app,
+        pipeline: p,
+        sources,
+        refreshed: Instant::now(),
+        sent: None,
+        seen: Vec::new(),
+        first: true,
+    };
+    let stream = futures_util::stream::unfold(watch, |mut w| async move {
+        loop {
+            if !w.first {
+                tokio::time::sleep(POLL).await;
+            }
+            w.first = false;
+            let (w2, looked) = match tokio::task::spawn_blocking(move || {
+                let r = w.look();
+                (w, r)
+            })
+            .await
+            {
+                Ok(x) => x,
+                Err(_) => return None,
+            };
+            w = w2;
+            let Ok((history, live)) = looked else {
+                continue;
+            };
+            let now = (history.len(), live.clone());
+            if w.sent.as_ref() == Some(&now) {
+                continue;
+            }
+            let epoch = history.last().map_or(0, |r| r.epoch);
+            if !w.seen.iter().any(|(e, _)| *e == epoch) {
+                w.seen.push((epoch, Instant::now()));
+            }
+            let eta = live.as_ref().filter(|l| l.running).and_then(|l| {
+                let n = w.seen.len();
+                if n < 2 {
+                    return None;
+                }
+                let (e0, t0) = w.seen[n - 2];
+                let (e1, t1) = w.seen[n - 1];
+                let per = (t1 - t0).as_secs_f64() / (e1.saturating_sub(e0)).max(1) as f64;
+                Some(per * l.last_epoch.saturating_sub(l.epoch) as f64)
+            });
+            let data = serde_json::json!({
+                "epochs": history.len(),
+                "epoch": epoch,
+                "live": live,
+                "eta_s": eta,
+                "text": pages::progress_text(&live, eta),
+            });
+            w.sent = Some(now);
+            let ev = Event::default().event("epoch").data(data.to_string());
+            return Some((Ok::<_, Infallible>(ev), w));
+        }
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::path_is_safe;
+
+    #[test]
+    fn paths_out_of_the_dashboard_are_refused_in_every_spelling() {
+        for bad in [
+            "/files/abc/../../etc/passwd",
+            "/files/abc/%2e%2e/x",
+            "/files/abc/%2E%2E%2Fetc",
+            "/run/..%2f..%2fetc",
+            "/run/a%5cb",
+            "/run/%00",
+            "/./x",
+        ] {
+            assert!(!path_is_safe(bad), "{bad}");
+        }
+        for good in [
+            "/",
+            "/run/mini_lr@lr=5e-3",
+            "/run/a%2525b",
+            "/files/abc/history.json",
+        ] {
+            assert!(path_is_safe(good), "{good}");
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! `pipe ui` without a browser: its JSON against `pipe show --json`, `--export`'s pages and
+//! their SVG, escaping, refused paths (as raw requests: a browser would normalise `..`
+//! away), 404s, loopback by default, and no write to the store from any request. The
+//! browser tests are in tests/ui_browser.rs.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::Stdio;
+
+use common::*;
+
+/// A tiny pipeline (generated data, two short segments, an evaluation) and a two-point
+/// sweep over it.
+pub const TINY: &str = r#"name = "tiny"
+description = "<script>window.__pwned = 1</script><img src=x onerror=alert(1)> & co"
+seed = 3
+
+[stages.ingest]
+format = "synthetic"
+classes = 3
+train_per_class = 12
+val_per_class = 6
+image_size = [16, 16]
+
+[stages.hdf5]
+input = "ingest"
+
+[networks.tiny]
+input = [16, 16, 3]
+classes = 3
+layers = [
+  { conv2d = { filters = 4, kernel = 3 } },
+  { relu = {} },
+  { global_avgpool = {} },
+  { dense = "$classes" },
+  { softmax = {} },
+]
+
+[stages.train]
+input = "hdf5"
+network = "tiny"
+epochs = 3
+batch_size = 8
+lr = 0.01
+
+[stages.drop]
+kind = "lr-drop"
+from = "train"
+lr = 0.001
+epochs = 2
+
+[stages.evaluate]
+input = "drop"
+split = "val"
+top_k = [1, 2]
+"#;
+
+fn project() -> Project {
+    let p = Project::new();
+    p.manifest("tiny.toml", TINY);
+    p.manifest(
+        "tiny_lr.toml",
+        "extends = \"tiny.toml\"\nname = \"tiny_lr\"\n\n[sweep.grid]\n\"train.lr\" = [1e-2, 3e-2]\n",
+    );
+    p.ok(&["run", "tiny"]);
+    p.ok(&["run", "tiny_lr"]);
+    p
+}
+
+#[test]
+fn the_json_endpoints_give_what_pipe_show_gives_and_no_request_writes() {
+    let p = project();
+    let before = listing(&p.cache());
+    let (ui, banner) = Ui::start(&p, &[]);
+    assert!(ui.base.starts_with("http://127.0.0.1:"), "{banner}");
+    // The runs: the same rows as `pipe show --json`.
+    let show: serde_json::Value =
+        serde_json::from_slice(&p.ok(&["show", "--json"]).stdout).unwrap();
+    let api = ui.json("/api/runs");
+    assert_eq!(api, show);
+    assert_eq!(api.as_array().unwrap().len(), 3, "tiny and two points");
+    // One run: its curve has one record per epoch (3 + 2), its stages, its evaluation.
+    let h = ui.json("/api/runs/tiny/history");
+    assert_eq!(h["epochs"].as_array().unwrap().len(), 5);
+    assert_eq!(h["epochs"][4]["stage"], "drop");
+    let v = ui.json("/api/runs/tiny");
+    assert_eq!(v["stages"].as_array().unwrap().len(), 5);
+    assert_eq!(v["evals"][0]["confusion"].as_array().unwrap().len(), 3);
+    let images: u64 = v["evals"][0]["confusion"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()))
+        .sum();
+    assert_eq!(images, 18, "every val image counted once");
+    let mut first = show[0].clone();
+    first.as_object_mut().unwrap().remove("best");
+    assert_eq!(
+        v["row"], first,
+        "the run's own row (the best mark is the table's)"
+    );
+    // A point by its id, the sweep with its swept key.
+    let pt = ui.json("/api/runs/tiny_lr@lr=3e-2/history");
+    assert_eq!(pt["epochs"][0]["lr"], 0.03);
+    let sw = ui.json("/api/sweeps/tiny_lr");
+    assert_eq!(sw["keys"], serde_json::json!(["train.lr"]));
+    assert_eq!(sw["points"].as_array().unwrap().len(), 2);
+    // Pages render.
+    for path in [
+        "/",
+        "/run/tiny",
+        "/run/tiny_lr@lr=1e-2",
+        "/run/tiny/curves.svg",
+        "/sweep/tiny_lr",
+        "/compare?run=tiny&run=tiny_lr%40lr%3D3e-2",
+        "/assets/ui.js",
+    ] {
+        let (status, body) = ui.get(path);
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    // No request wrote anything.
+    drop(ui);
+    assert_eq!(before, listing(&p.cache()), "a request changed the store");
+}
+
+#[test]
+fn user_strings_are_escaped_and_paths_out_of_the_store_refused() {
+    let p = project();
+    let (ui, _) = Ui::start(&p, &[]);
+    let (status, page) = ui.get("/run/tiny");
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("&lt;script&gt;window.__pwned = 1&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt; &amp; co"),
+        "the description is shown as text"
+    );
+    assert!(!page.contains("<script>window") && !page.contains("<img src=x"));
+    // The page allows no script but the dashboard's own.
+    let host = ui.base.trim_start_matches("http://").to_string();
+    let mut s = TcpStream::connect(&host).unwrap();
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = String::new();
+    s.read_to_string(&mut head).unwrap();
+    assert!(head.contains("content-security-policy: default-src 'none'; script-src 'self'"));
+    // A real artifact, then every way out of it.
+    let v = ui.json("/api/runs/tiny");
+    let a = v["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["stage"] == "evaluate")
+        .unwrap();
+    let out = a["output"].as_str().unwrap();
+    let (status, body) = ui.get(&format!("/files/{out}/metrics.json"));
+    assert_eq!(status, 200);
+    assert!(body.contains("\"rank\""), "{body}");
+    for bad in [
+        format!("/files/{out}/../../../../../../etc/passwd"),
+        format!("/files/{out}/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd"),
+        format!("/files/{out}/..%2f..%2f..%2f..%2fetc%2fpasswd"),
+        format!("/files/{out}/..%5c..%5cetc%5cpasswd"),
+        "/files/../../etc/passwd".to_string(),
+        "/run/..%2F..%2F..%2Fetc%2Fpasswd".to_string(),
+        "/assets/..%2f..%2fCargo.toml".to_string(),
+        "/files/0000000000000000000000000000000000000000000000000000000000000000/x".to_string(),
+        "/run/%2Fetc%2Fpasswd".to_string(),
+    ] {
+        let (status, body) = ui.get(&bad);
+        assert_eq!(status, 404, "{bad}: {body}");
+        assert!(!body.contains("root:"), "{bad}");
+        assert!(body.contains("Not found"), "{bad}: {body}");
+    }
+    // Unknown things are 404 pages.
+    for unknown in [
+        "/run/nope",
+        "/sweep/nope",
+        "/api/runs/nope",
+        "/nope",
+        "/compare?run=nope",
+    ] {
+        let (status, body) = ui.get(unknown);
+        assert_eq!(status, 404, "{unknown}");
+        assert!(body.contains("Not found"), "{unknown}: {body}");
+    }
+}
+
+#[test]
+fn export_writes_pages_whose_svg_holds_one_point_per_epoch() {
+    let p = project();
+    let before = listing(&p.cache());
+    let out = p.path().join("site");
+    let o = p.ok(&["ui", "--export", out.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("wrote"));
+    assert_eq!(before, listing(&p.cache()), "export changed the store");
+    let svg = std::fs::read_to_string(out.join("runs/tiny.svg")).unwrap();
+    for metric in ["train_loss", "val_loss", "train_acc", "val_acc"] {
+        let at = svg
+            .find(&format!("data-metric=\"{metric}\""))
+            .unwrap_or_else(|| panic!("{metric}"));
+        let group = &svg[at..svg[at..].find("</g>").unwrap() + at];
+        assert_eq!(group.matches("<circle").count(), 5, "{metric}: {group}");
+    }
+    assert_eq!(
+        svg.matches("class=\"drop\"").count(),
+        2,
+        "the lr drop, in both panels"
+    );
+    let page = std::fs::read_to_string(out.join("runs/tiny.html")).unwrap();
+    assert!(page.contains(&svg), "the page embeds the same chart");
+    assert!(page.contains("../assets/ui.css"));
+    let index = std::fs::read_to_string(out.join("index.html")).unwrap();
+    for run in [
+        "runs/tiny.html",
+        "runs/tiny_lr@lr=1e-2.html",
+        "sweeps/tiny_lr.html",
+    ] {
+        assert!(index.contains(&format!("href=\"{run}\"")), "{run}");
+        assert!(out.join(run).is_file(), "{run}");
+    }
+    let sweep = std::fs::read_to_string(out.join("sweeps/tiny_lr.html")).unwrap();
+    assert_eq!(sweep.matches("<polyline class=\"pline").count(), 2);
+    assert!(out.join("assets/ui.js").is_file());
+}
+
+#[test]
+fn another_address_than_loopback_is_said_out_loud() {
+    let p = Project::new();
+    p.manifest("tiny.toml", TINY);
+    let mut child = p
+        .cmd(&["ui", "--port", "0", "--bind", "0.0.0.0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = String::new();
+    BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut err)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        err.contains("warning") && err.contains("not loopback"),
+        "{err}"
+    );
+}
