@@ -248,3 +248,54 @@ fn another_address_than_loopback_is_said_out_loud() {
         "{err}"
     );
 }
+
+#[test]
+fn a_history_being_written_never_breaks_a_page() {
+    let p = project();
+    // A training that has not finished: its key's scratch holds what it wrote so far.
+    p.manifest(
+        "longer.toml",
+        "extends = \"tiny.toml\"\nname = \"longer\"\n\n[stages.train]\nepochs = 9\n",
+    );
+    let (ui, _) = Ui::start(&p, &[]);
+    let v = ui.json("/api/runs/longer");
+    let key = v["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "train")
+        .and_then(|s| s["key"].as_str())
+        .expect("the training's key is known: its input is cached")
+        .to_string();
+    let scratch = p.cache().join("scratch").join(&key);
+    std::fs::create_dir_all(&scratch).unwrap();
+    let epoch = |e: usize| {
+        format!(
+            "{{\"epoch\":{e},\"stage\":\"train\",\"lr\":0.01,\"train_loss\":1.0,\"train_acc\":0.5,\"val_loss\":1.1,\"val_acc\":0.4}}"
+        )
+    };
+    // Half a file: nothing to show yet, and every page still answers.
+    let whole = format!("[{},{}]", epoch(1), epoch(2));
+    std::fs::write(scratch.join("history.json"), &whole[..whole.len() / 2]).unwrap();
+    for path in [
+        "/run/longer",
+        "/run/longer/curves.svg",
+        "/api/runs/longer",
+        "/",
+    ] {
+        assert_eq!(ui.get(path).0, 200, "{path}");
+    }
+    assert_eq!(
+        ui.json("/api/runs/longer/history")["epochs"],
+        serde_json::json!([])
+    );
+    // The whole file: two epochs, and no process holds the training: it stopped there.
+    std::fs::write(scratch.join("history.json"), &whole).unwrap();
+    let h = ui.json("/api/runs/longer/history");
+    assert_eq!(h["epochs"].as_array().unwrap().len(), 2);
+    assert_eq!(h["live"]["epoch"], 2);
+    assert_eq!(h["live"]["last_epoch"], 9);
+    assert_eq!(h["live"]["running"], false);
+    let (_, page) = ui.get("/run/longer");
+    assert!(page.contains("train stopped at epoch 2 of 9"), "{page}");
+}
