@@ -181,6 +181,33 @@ enum Cmd {
         /// Only the artifacts of this pipeline's last run (default: the whole store)
         pipeline: Option<String>,
     },
+    /// Classify images with a trained stage: one line per image, its top-k classes
+    Predict {
+        /// Pipeline (name, alias, path or sweep point), optionally `:STAGE` (default: its
+        /// last training stage)
+        target: String,
+        /// Image files, folders (searched for .jpg/.jpeg/.png), or `-` for paths on stdin
+        #[arg(required = true)]
+        inputs: Vec<String>,
+        /// Classes per image
+        #[arg(long, default_value_t = 5)]
+        top_k: usize,
+        /// One JSON object per line
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        /// CSV
+        #[arg(long)]
+        csv: bool,
+        /// Images per forward pass
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        /// Device (default: the GPU where this build and machine have one, else the CPU)
+        #[arg(long, value_enum)]
+        device: Option<Device>,
+        /// Skip images that do not decode (counted in the summary) instead of failing
+        #[arg(long)]
+        skip_bad: bool,
+    },
     /// A dashboard of the project's runs in the browser (read-only; loopback unless --bind)
     Ui {
         /// Port to listen on (0: any free port)
@@ -497,6 +524,33 @@ fn main() -> ExitCode {
             all,
         } => commands::gc(&g, pipelines, dry_run, all),
         Cmd::Verify { pipeline } => commands::verify(&g, pipeline.as_deref()),
+        Cmd::Predict {
+            target,
+            inputs,
+            top_k,
+            json,
+            csv,
+            batch,
+            device,
+            skip_bad,
+        } => commands::predict(
+            &g,
+            &target,
+            &inputs,
+            &commands::PredictOptions {
+                top_k,
+                format: if json {
+                    commands::PredictFormat::Json
+                } else if csv {
+                    commands::PredictFormat::Csv
+                } else {
+                    commands::PredictFormat::Text
+                },
+                batch,
+                device: device.map(Into::into),
+                skip_bad,
+            },
+        ),
         Cmd::Ui {
             port,
             bind,

@@ -127,7 +127,92 @@ pub struct CurveSource {
     pub last_epoch: usize,
 }
 
+/// A trained stage as `pipe predict` and `pipe export` use it.
+#[derive(Debug, Clone)]
+pub struct Trained {
+    /// The training stage.
+    pub stage: String,
+    /// Its key.
+    pub key: String,
+    /// Its artifact (`model.safetensors`, `state.safetensors`, `plan.json`).
+    pub model_dir: PathBuf,
+    /// The artifact of the hdf5 stage it was trained on (`classes.csv`, `means.json`).
+    pub data_dir: PathBuf,
+    /// That hdf5 stage's resize filter.
+    pub filter: crate::manifest::ResizeFilter,
+}
+
 impl Engine {
+    /// The trained artifact of `stage` of `p` (default: its last training stage), with
+    /// the data it was trained on. A stage that is not in the store is an error saying
+    /// what to run.
+    pub fn trained(&mut self, p: &Pipeline, stage: Option<&str>) -> Result<Trained> {
+        let order = p.topo_order();
+        let training: Vec<&String> = order
+            .iter()
+            .filter(|n| p.stages[*n].config.is_training())
+            .collect();
+        let stage = match stage {
+            Some(s) if training.iter().any(|t| *t == s) => s.to_string(),
+            Some(s) => anyhow::bail!(
+                "`{s}` is not a training stage of `{}` (its training stages: {})",
+                p.name,
+                training
+                    .iter()
+                    .map(|t| t.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => match training.last() {
+                Some(t) => t.to_string(),
+                None => anyhow::bail!(
+                    "`{}` has no training stage: nothing to predict with",
+                    p.name
+                ),
+            },
+        };
+        let status = self.status(p)?;
+        let of = |name: &str| status.iter().find(|o| o.name == name);
+        let o = of(&stage).expect("every stage has a status");
+        let Some(out) = o.output.clone().filter(|_| o.state == StageState::Cached) else {
+            anyhow::bail!(
+                "stage `{stage}` of `{}` has not been trained yet ({}{}): run `pipe run {} --until {stage}` first",
+                p.name,
+                o.state,
+                if o.reasons.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", crate::report::outcome::join(&o.reasons))
+                },
+                p.name
+            );
+        };
+        let root = p.training_root(&stage).ok_or_else(|| {
+            anyhow::anyhow!("stage `{stage}` continues a checkpoint file: its data is not known")
+        })?;
+        let data = p.stages[root].inputs.first().cloned().unwrap_or_default();
+        let filter = match &p.stages.get(&data).map(|s| &s.config) {
+            Some(StageConfig::Hdf5(c)) => c.filter,
+            _ => anyhow::bail!("stage `{root}` does not read an hdf5 stage"),
+        };
+        let data_dir = of(&data)
+            .and_then(|d| d.output.clone().filter(|_| d.state == StageState::Cached))
+            .map(|out| self.store.artifact_dir(&out))
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the data `{stage}` was trained on (stage `{data}`) is not in the store: run `pipe run {} --until {data}`",
+                    p.name
+                )
+            })?;
+        Ok(Trained {
+            key: o.key.clone().unwrap_or_default(),
+            model_dir: self.store.artifact_dir(&out),
+            data_dir,
+            filter,
+            stage,
+        })
+    }
+
     /// Where the epochs of `p`'s training stages are (in dependency order).
     pub fn curve_sources(&mut self, p: &Pipeline) -> Result<Vec<CurveSource>> {
         let status = self.status(p)?;

@@ -122,19 +122,26 @@ pub(crate) fn make_batch(
                 _ => dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v as f32),
             }
             let _ = k;
-            if mean.data.len() == 3 {
-                for p in dst.chunks_exact_mut(3) {
-                    for (v, m) in p.iter_mut().zip(&mean.data) {
-                        *v -= m;
-                    }
-                }
-            } else {
-                for (d, m) in dst.iter_mut().zip(&mean.data) {
-                    *d -= m;
-                }
-            }
+            subtract_mean(dst, mean);
         });
     (out, idx.iter().map(|&i| s.labels[i]).collect())
+}
+
+/// Subtract the training mean from one image's values (0..255, HWC): per channel (RGB
+/// means, 3 values) or per pixel (the mean image). What every model input goes through,
+/// in training, evaluation and prediction.
+pub(crate) fn subtract_mean(dst: &mut [f32], mean: &NamedTensor) {
+    if mean.data.len() == 3 {
+        for p in dst.chunks_exact_mut(3) {
+            for (v, m) in p.iter_mut().zip(&mean.data) {
+                *v -= m;
+            }
+        }
+    } else {
+        for (d, m) in dst.iter_mut().zip(&mean.data) {
+            *d -= m;
+        }
+    }
 }
 
 /// Run `consume(i, make(i))` for `i` in `0..jobs`, with `make` running one or two jobs

@@ -12,6 +12,7 @@ pub mod batches;
 pub mod evaluate;
 pub mod ingest;
 pub mod model;
+pub mod predict;
 pub mod split;
 pub mod train;
 pub mod write_hdf5;

@@ -124,17 +124,22 @@ pub(crate) fn predict_split(
         |c, (x, _)| {
             let mut out = model.predict(&x, chunks[c].len())?;
             if !ends_in_softmax {
-                for row in out.chunks_exact_mut(k) {
-                    let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                    let z: f32 = row.iter().map(|v| (v - m).exp()).sum();
-                    row.iter_mut().for_each(|v| *v = (*v - m).exp() / z);
-                }
+                softmax_rows(&mut out, k);
             }
             probs.extend(out);
             Ok(())
         },
     )?;
     Ok(probs)
+}
+
+/// Softmax over each row of `k` values (for a network that does not end in one).
+pub(crate) fn softmax_rows(out: &mut [f32], k: usize) {
+    for row in out.chunks_exact_mut(k) {
+        let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let z: f32 = row.iter().map(|v| (v - m).exp()).sum();
+        row.iter_mut().for_each(|v| *v = (*v - m).exp() / z);
+    }
 }
 
 pub(crate) fn loss_and_acc(probs: &[f32], labels: &[i64], k: usize) -> (f64, f64) {

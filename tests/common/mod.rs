@@ -230,3 +230,21 @@ pub fn listing(dir: &std::path::Path) -> Vec<(String, std::time::SystemTime)> {
     v.sort();
     v
 }
+
+/// Write the digits (`limit` of them) as `<dir>/<digit>/<i>.png`. The test command's
+/// Python (`PIPE_PYTHON`) has scikit-learn; without it this fails, it does not skip.
+pub fn digits(dir: &Path, limit: usize) {
+    let python = std::env::var("PIPE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/digits.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(dir)
+        .arg(limit.to_string())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+    assert!(
+        out.status.success(),
+        "writing the digits needs scikit-learn in {python} (scripts/bootstrap installs it in .venv): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

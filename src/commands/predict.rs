@@ -1,0 +1,255 @@
+//! `pipe predict PIPELINE[:STAGE] INPUT...`: classify new images with a trained stage.
+//! Inputs are image files, folders (walked, sorted, JPEG and PNG files) or `-` (paths on
+//! stdin). Images stream through in batches — prepared on the pool while the model runs
+//! the previous batch — so memory stays flat however many there are; one line per image
+//! goes to stdout as its batch finishes, the progress and a summary to stderr.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
+
+use super::Global;
+use crate::backend::DeviceKind;
+use crate::engine::{Engine, Project};
+use crate::report::progress;
+use crate::stages::predict::{prepare_image, top_k, Predictor};
+
+/// Output format of `predict`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PredictFormat {
+    /// `path  name (p)  name (p) ...`.
+    Text,
+    /// One JSON object per line.
+    Json,
+    /// CSV: `path,class_1,name_1,p_1,...`.
+    Csv,
+}
+
+/// Options of `pipe predict`.
+#[derive(Debug, Clone)]
+pub struct PredictOptions {
+    /// Classes per image.
+    pub top_k: usize,
+    /// Output format.
+    pub format: PredictFormat,
+    /// Images per forward pass.
+    pub batch: usize,
+    /// Device (`None`: the GPU where this build and machine have one, else the CPU).
+    pub device: Option<DeviceKind>,
+    /// Skip (and count) images that do not decode, instead of failing.
+    pub skip_bad: bool,
+}
+
+fn is_image(p: &Path) -> bool {
+    p.extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .is_some_and(|e| matches!(e.as_str(), "jpg" | "jpeg" | "png"))
+}
+
+fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
+    if depth > 64 {
+        bail!(
+            "{}: folders nested more than 64 deep (a link loop?)",
+            dir.display()
+        );
+    }
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read folder {}", dir.display()))?
+        .collect::<std::io::Result<_>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let p = e.path();
+        let meta = std::fs::metadata(&p);
+        match meta {
+            Ok(m) if m.is_dir() => walk(&p, depth + 1, out)?,
+            // Files by their extension; anything else in a folder (a FIFO, a README) is
+            // not an image of it.
+            Ok(m) if m.is_file() && is_image(&p) => out.push(p),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The image paths `inputs` name, in order: files as given, folders walked (sorted), `-`
+/// read as one path per line from stdin.
+pub fn collect_inputs(inputs: &[String]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for i in inputs {
+        if i == "-" {
+            for line in std::io::stdin().lock().lines() {
+                let line = line.context("reading paths from stdin")?;
+                let t = line.trim();
+                if !t.is_empty() {
+                    out.push(PathBuf::from(t));
+                }
+            }
+            continue;
+        }
+        let p = PathBuf::from(i);
+        match std::fs::metadata(&p) {
+            Ok(m) if m.is_dir() => walk(&p, 0, &mut out)?,
+            // A file given by name is tried whatever its extension (and refused by name if
+            // it is not a regular file or not an image).
+            Ok(_) => out.push(p),
+            Err(e) => bail!("{i}: {e}"),
+        }
+    }
+    Ok(out)
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// `pipe predict`.
+pub fn predict(g: &Global, target: &str, inputs: &[String], o: &PredictOptions) -> Result<()> {
+    let discovered = Project::discover(g.cache.clone())?;
+    // `PIPELINE:STAGE`, unless the whole names a pipeline.
+    let (proj, p, stage) = match discovered.load(target, &[]) {
+        Ok((proj, p)) => (proj, p, None),
+        Err(whole) => match target.rsplit_once(':') {
+            Some((name, stage)) if !stage.is_empty() => {
+                let (proj, p) = discovered.load(name, &[]).map_err(|_| whole)?;
+                (proj, p, Some(stage.to_string()))
+            }
+            _ => return Err(whole),
+        },
+    };
+    let mut engine = Engine::read_only(&proj.cache);
+    let trained = engine.trained(&p, stage.as_deref())?;
+    if o.top_k == 0 {
+        bail!("--top-k must be at least 1");
+    }
+    let paths = collect_inputs(inputs)?;
+    if paths.is_empty() {
+        bail!(
+            "no images to predict in {} (folders are searched for .jpg, .jpeg and .png files)",
+            inputs.join(", ")
+        );
+    }
+    let device = o.device.unwrap_or(if crate::backend::cuda_available() {
+        DeviceKind::Cuda
+    } else {
+        DeviceKind::Cpu
+    });
+    let mut model = Predictor::load(
+        &trained.model_dir,
+        &trained.data_dir,
+        trained.filter,
+        device,
+    )?;
+    let k = o.top_k.min(model.classes.len());
+    let pb = progress::bar(paths.len() as u64, "predict", "images");
+    let started = std::time::Instant::now();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    if o.format == PredictFormat::Csv {
+        let mut head = vec!["path".to_string()];
+        for r in 1..=k {
+            head.extend([format!("class_{r}"), format!("name_{r}"), format!("p_{r}")]);
+        }
+        writeln!(out, "{}", head.join(","))?;
+    }
+    let batch = o.batch.max(1);
+    let chunks: Vec<&[PathBuf]> = paths.chunks(batch).collect();
+    let mut done = 0usize;
+    let mut skipped: Vec<String> = Vec::new();
+    // Images are prepared on the pool, one batch ahead of the model.
+    let (size, filter) = (model.size, model.filter);
+    let prepare = |c: usize| -> Vec<(usize, Result<Vec<u8>>)> {
+        chunks[c]
+            .par_iter()
+            .enumerate()
+            .map(|(i, p)| (i, prepare_image(p, size, filter)))
+            .collect()
+    };
+    let mut failure: Option<anyhow::Error> = None;
+    crate::stages::batches::prefetched(chunks.len(), prepare, |c, prepared| {
+        let mut images = Vec::with_capacity(prepared.len());
+        let mut which = Vec::with_capacity(prepared.len());
+        for (i, r) in prepared {
+            match r {
+                Ok(px) => {
+                    images.push(px);
+                    which.push(&chunks[c][i]);
+                }
+                Err(e) if o.skip_bad => skipped.push(format!("{e:#}")),
+                Err(e) => {
+                    failure = Some(anyhow::anyhow!(
+                        "{e:#} (pass --skip-bad to leave such files out)"
+                    ));
+                    anyhow::bail!("stopped");
+                }
+            }
+        }
+        if images.is_empty() {
+            pb.inc(chunks[c].len() as u64);
+            return Ok(());
+        }
+        let probs = model.predict(&images)?;
+        let n = model.classes.len();
+        for (row, path) in probs.chunks_exact(n).zip(&which) {
+            let top = top_k(row, k);
+            let path_s = path.display().to_string();
+            match o.format {
+                PredictFormat::Text => {
+                    let parts: Vec<String> = top
+                        .iter()
+                        .map(|(l, p)| format!("{} ({p:.4})", model.classes[*l].name))
+                        .collect();
+                    writeln!(out, "{path_s}\t{}", parts.join("\t"))?;
+                }
+                PredictFormat::Csv => {
+                    let mut f = vec![csv_field(&path_s)];
+                    for (l, p) in &top {
+                        let c = &model.classes[*l];
+                        f.extend([csv_field(&c.id), csv_field(&c.name), format!("{p:.6}")]);
+                    }
+                    writeln!(out, "{}", f.join(","))?;
+                }
+                PredictFormat::Json => {
+                    let top: Vec<serde_json::Value> = top
+                        .iter()
+                        .map(|(l, p)| {
+                            let c = &model.classes[*l];
+                            serde_json::json!({"label": l, "class": c.id, "name": c.name, "p": p})
+                        })
+                        .collect();
+                    writeln!(out, "{}", serde_json::json!({"path": path_s, "top": top}))?;
+                }
+            }
+        }
+        out.flush()?;
+        done += images.len();
+        pb.inc(chunks[c].len() as u64);
+        Ok(())
+    })
+    .map_err(|e| failure.take().unwrap_or(e))?;
+    pb.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    let mut summary = format!(
+        "predicted {done} images with `{}` stage `{}` in {secs:.2} s ({:.0} images/s)",
+        p.name,
+        trained.stage,
+        done as f64 / secs.max(1e-9)
+    );
+    if !skipped.is_empty() {
+        summary.push_str(&format!(
+            "; skipped {} that did not decode (first: {})",
+            skipped.len(),
+            skipped[0]
+        ));
+    }
+    eprintln!("{summary}");
+    if done == 0 {
+        bail!("no image could be predicted: every input was skipped as undecodable");
+    }
+    Ok(())
+}

@@ -1,0 +1,298 @@
+//! `pipe predict` on new images: on scikit-learn's real handwritten digits its top-1 (and
+//! top-5) is the evaluate stage's, image by image; on JPEGs that need resizing it prepares
+//! exactly the pixels the hdf5 stage stored; every bad input gets its error.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+/// `pipe run --json`'s artifact folder of `stage`.
+fn artifact(p: &Project, run: &serde_json::Value, stage: &str) -> PathBuf {
+    let out = run["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == stage)
+        .and_then(|s| s["output"].as_str())
+        .unwrap_or_else(|| panic!("no output for {stage}: {run}"));
+    p.cache().join("artifacts").join(out)
+}
+
+/// The image paths of a split index, in order (relative ones resolved against the index's
+/// artifact, as the hdf5 stage resolves them).
+fn split_paths(index_dir: &Path, split: &str) -> Vec<String> {
+    let mut r = csv::Reader::from_path(index_dir.join(format!("{split}.csv"))).unwrap();
+    let col = r
+        .headers()
+        .unwrap()
+        .iter()
+        .position(|h| h == "path")
+        .unwrap();
+    r.records()
+        .map(|x| {
+            let p = PathBuf::from(x.unwrap()[col].to_string());
+            let p = if p.is_absolute() {
+                p
+            } else {
+                index_dir.join(p)
+            };
+            p.display().to_string()
+        })
+        .collect()
+}
+
+/// The evaluate stage's top-5 labels per image, in split order.
+fn evaluated_top5(eval_dir: &Path) -> Vec<Vec<usize>> {
+    let mut r = csv::Reader::from_path(eval_dir.join("predictions.csv")).unwrap();
+    r.records()
+        .map(|x| {
+            x.unwrap()[1]
+                .split_whitespace()
+                .map(|v| v.parse().unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+/// `pipe predict --json` lines: (path, top labels, top probabilities).
+fn predicted(out: &[u8]) -> Vec<(String, Vec<usize>, Vec<f64>)> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let top = v["top"].as_array().unwrap();
+            (
+                v["path"].as_str().unwrap().to_string(),
+                top.iter()
+                    .map(|t| t["label"].as_u64().unwrap() as usize)
+                    .collect(),
+                top.iter().map(|t| t["p"].as_f64().unwrap()).collect(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn on_the_digits_predict_agrees_with_evaluate_image_by_image() {
+    let p = Project::new();
+    let root = p.path().join("digits");
+    digits(&root, 600);
+    p.manifest(
+        "dg.toml",
+        &format!(
+            r#"name = "dg"
+seed = 5
+
+[stages.ingest]
+format = "image-folder"
+root = "{}"
+
+[stages.split]
+input = "ingest"
+test_per_class = 10
+
+[stages.hdf5]
+input = "split"
+
+[blocks.conv_bn_relu]
+params = ["k"]
+layers = [
+  {{ conv2d = {{ filters = "$k", kernel = 3 }} }},
+  {{ batchnorm = {{}} }},
+  {{ relu = {{}} }},
+]
+
+[networks.net]
+input = [8, 8, 3]
+classes = 10
+layers = [
+  {{ conv_bn_relu = [16] }},
+  {{ maxpool = {{ size = 2 }} }},
+  {{ conv_bn_relu = [32] }},
+  {{ global_avgpool = {{}} }},
+  {{ dropout = 0.3 }},
+  {{ dense = "$classes" }},
+  {{ softmax = {{}} }},
+]
+
+[stages.train]
+input = "hdf5"
+network = "net"
+epochs = 20
+batch_size = 32
+optimizer = "adam"
+lr = 0.005
+mean = "rgb"
+val_split = "test"
+
+[stages.evaluate]
+input = "train"
+split = "test"
+top_k = [1, 5]
+"#,
+            root.display()
+        ),
+    );
+    let run = p.run_json("dg", &[]);
+    let paths = split_paths(&artifact(&p, &run, "split"), "test");
+    assert_eq!(paths.len(), 100);
+    let want = evaluated_top5(&artifact(&p, &run, "evaluate"));
+    let mut args = vec!["predict", "dg", "--json", "--top-k", "5"];
+    args.extend(paths.iter().map(String::as_str));
+    let got = predicted(&p.ok(&args).stdout);
+    assert_eq!(got.len(), paths.len());
+    let mut right = 0;
+    for (i, (path, labels, probs)) in got.iter().enumerate() {
+        assert_eq!(path, &paths[i], "one line per image, in order");
+        assert_eq!(labels, &want[i], "{path}: predict's top-5 is evaluate's");
+        assert!(probs.windows(2).all(|w| w[0] >= w[1]) && probs.iter().sum::<f64>() <= 1.0 + 1e-5);
+        let truth: usize = Path::new(path)
+            .parent()
+            .and_then(|d| d.file_name())
+            .and_then(|d| d.to_str())
+            .unwrap()
+            .parse()
+            .unwrap();
+        right += usize::from(labels[0] == truth);
+    }
+    assert!(right >= 70, "the network learned the digits: {right}/100");
+    // A folder, and paths on stdin, give the same answers.
+    let folder = p.ok(&[
+        "predict",
+        "dg",
+        root.join("3").to_str().unwrap(),
+        "--top-k",
+        "1",
+        "--csv",
+    ]);
+    let text = String::from_utf8_lossy(&folder.stdout);
+    assert!(text.starts_with("path,class_1,name_1,p_1\n"), "{text}");
+    assert_eq!(
+        text.lines().count() - 1,
+        std::fs::read_dir(root.join("3")).unwrap().count()
+    );
+}
+
+#[test]
+fn a_jpeg_that_needs_resizing_is_prepared_as_the_hdf5_stage_prepared_it() {
+    let p = Project::new();
+    let root = p.path().join("tiny");
+    tiny_imagenet_sized(&root, 4, 20, 10, 45);
+    p.manifest(
+        "t.toml",
+        &format!(
+            r#"name = "t"
+seed = 2
+
+[stages.ingest]
+format = "tiny-imagenet"
+root = "{}"
+
+[stages.hdf5]
+input = "ingest"
+size = [32, 24]
+filter = "bicubic"
+
+[networks.net]
+input = [24, 32, 3]
+classes = 4
+layers = [
+  {{ conv2d = {{ filters = 8, kernel = 3, stride = 2 }} }},
+  {{ relu = {{}} }},
+  {{ global_avgpool = {{}} }},
+  {{ dense = "$classes" }},
+  {{ softmax = {{}} }},
+]
+
+[stages.train]
+input = "hdf5"
+network = "net"
+epochs = 2
+batch_size = 16
+lr = 0.01
+mean = "pixel"
+
+[stages.evaluate]
+input = "train"
+split = "val"
+top_k = [1, 2]
+"#,
+            root.display()
+        ),
+    );
+    let run = p.run_json("t", &[]);
+    let paths = split_paths(&artifact(&p, &run, "ingest"), "val");
+    let h5 = pipe::data::h5::read_split(&artifact(&p, &run, "hdf5").join("val.h5")).unwrap();
+    assert_eq!(h5.shape, [40, 24, 32, 3]);
+    let px = 24 * 32 * 3;
+    for (i, path) in paths.iter().enumerate() {
+        let (w, h) = image::image_dimensions(path).unwrap();
+        assert_eq!((w, h), (45, 45), "the JPEG needs resizing");
+        let mine = pipe::stages::predict::prepare_image(
+            Path::new(path),
+            (32, 24),
+            pipe::manifest::ResizeFilter::Bicubic,
+        )
+        .unwrap();
+        assert!(
+            mine == h5.images[i * px..(i + 1) * px],
+            "{path}: other pixels than the hdf5 stage's"
+        );
+    }
+    // End to end, with the mean image subtracted: predict ranks as evaluate ranked.
+    let want = evaluated_top5(&artifact(&p, &run, "evaluate"));
+    let mut args = vec!["predict", "t:train", "--json", "--top-k", "4"];
+    args.extend(paths.iter().map(String::as_str));
+    let got = predicted(&p.ok(&args).stdout);
+    for (i, (_, labels, _)) in got.iter().enumerate() {
+        assert_eq!(labels, &want[i]);
+    }
+
+    // Bad input, each with its error.
+    let first = &paths[0];
+    let bytes = std::fs::read(first).unwrap();
+    let cut = p.path().join("cut.jpg");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let cut_s = cut.to_str().unwrap();
+    let err = p.fails(&["predict", "t", cut_s, first]);
+    assert!(
+        err.contains("cut.jpg") && err.contains("truncated") && err.contains("--skip-bad"),
+        "{err}"
+    );
+    let ok = p.ok(&["predict", "t", cut_s, first, "--skip-bad"]);
+    assert_eq!(String::from_utf8_lossy(&ok.stdout).lines().count(), 1);
+    assert!(String::from_utf8_lossy(&ok.stderr).contains("skipped 1 that did not decode"));
+    let empty = p.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::write(empty.join("notes.txt"), "not an image").unwrap();
+    let err = p.fails(&["predict", "t", empty.to_str().unwrap()]);
+    assert!(err.contains("no images to predict"), "{err}");
+    let err = p.fails(&["predict", "t", p.path().join("nope").to_str().unwrap()]);
+    assert!(err.contains("nope"), "{err}");
+    let fifo = p.path().join("pipe.jpg");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let err = p.fails(&["predict", "t", fifo.to_str().unwrap()]);
+    assert!(err.contains("pipe.jpg") && err.contains("FIFO"), "{err}");
+    let err = p.fails(&["predict", "t:evaluate", first]);
+    assert!(
+        err.contains("not a training stage") && err.contains("train"),
+        "{err}"
+    );
+    // Not trained yet: which stage must run first.
+    p.manifest(
+        "t2.toml",
+        "extends = \"t.toml\"\nname = \"t2\"\n\n[stages.train]\nepochs = 3\n",
+    );
+    let err = p.fails(&["predict", "t2", first]);
+    assert!(
+        err.contains("stage `train` of `t2` has not been trained yet")
+            && err.contains("pipe run t2 --until train"),
+        "{err}"
+    );
+}
