@@ -21,13 +21,18 @@ pub fn write_atomic(p: &Path, bytes: &[u8]) -> Result<()> {
             .unwrap_or_default(),
         std::process::id()
     ));
-    {
+    let written = (|| -> Result<()> {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
+        fs::rename(&tmp, p).with_context(|| format!("cannot write {}", p.display()))?;
+        Ok(())
+    })();
+    if written.is_err() {
+        // A full disk or a refused rename leaves no temporary file behind.
+        let _ = fs::remove_file(&tmp);
     }
-    fs::rename(&tmp, p).with_context(|| format!("cannot write {}", p.display()))?;
-    Ok(())
+    written
 }
 
 /// Write JSON to `p` atomically.

@@ -208,6 +208,15 @@ enum Cmd {
         #[arg(long)]
         skip_bad: bool,
     },
+    /// Write a trained stage as an ONNX model (opset 17) for other runtimes
+    Export {
+        /// Pipeline (name, alias, path or sweep point), optionally `:STAGE` (default: its
+        /// last training stage)
+        target: String,
+        /// The file to write (`-`: stdout); replaced atomically, never half-written
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
     /// A dashboard of the project's runs in the browser (read-only; loopback unless --bind)
     Ui {
         /// Port to listen on (0: any free port)
@@ -341,6 +350,22 @@ enum BenchCmd {
         /// Requests timed
         #[arg(long, default_value_t = 20)]
         rounds: usize,
+    },
+    /// `pipe predict` with a trained MiniGoogLeNet on IMAGES new 32x32 JPEGs against PyTorch
+    /// running the same weights on the same files, in alternating rounds: medians of images/s
+    Predict {
+        /// Images to classify
+        #[arg(long, default_value_t = 10_000)]
+        images: usize,
+        /// Images per forward pass
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        /// Rounds; each runs both engines once, in turn
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Python with torch, numpy, pillow and safetensors for the comparison
+        #[arg(long, default_value = "python3")]
+        python: String,
     },
     /// One MiniGoogLeNet SGD and Adam step from the same weights on native-CPU, native-CUDA and dfdx-CUDA: parity check
     Parity {
@@ -551,6 +576,7 @@ fn main() -> ExitCode {
                 skip_bad,
             },
         ),
+        Cmd::Export { target, output } => commands::export(&g, &target, &output),
         Cmd::Ui {
             port,
             bind,
@@ -602,6 +628,20 @@ fn main() -> ExitCode {
         Cmd::Bench {
             what: BenchCmd::Ui { runs, rounds },
         } => commands::bench_ui(runs, rounds),
+        Cmd::Bench {
+            what:
+                BenchCmd::Predict {
+                    images,
+                    batch,
+                    rounds,
+                    python,
+                },
+        } => commands::bench_predict(&commands::BenchPredict {
+            images,
+            batch,
+            rounds,
+            python: &python,
+        }),
         Cmd::Bench {
             what: BenchCmd::Parity { batch },
         } => commands::bench_parity(batch),

@@ -576,3 +576,207 @@ fn bench_step_reports_images_per_second_and_peak_memory() {
     let rss = v["peak_rss_mb"].as_f64().unwrap();
     assert!(rss > 1.0 && rss < 1000.0, "peak RSS {rss} MB");
 }
+
+/// Inference folds a batch norm into the conv before it (one pass: conv, normalisation
+/// with the running statistics, relu). From the same trained state (running statistics
+/// away from their initial 0 and 1), native's folded outputs equal dfdx's unfolded ones:
+/// MiniGoogLeNet (1x1 and 3x3 convs, each followed by batch norm and relu), and a network
+/// with a conv without bias, a batch norm without relu, one with elu, a 1x1 conv whose
+/// output two nodes read (not folded) and a batch norm after a non-conv.
+#[test]
+fn folded_inference_equals_dfdx() {
+    let mini = shipped(
+        "pipelines/networks/mini_googlenet.toml",
+        "mini_googlenet",
+        &[],
+    );
+    let mixed = graph(
+        "{ name = \"a\", conv2d = { filters = 5, kernel = 3, bias = false } },\n{ batchnorm = {} },\n{ name = \"b\", conv2d = { filters = 6, kernel = 1 } },\n{ name = \"bn\", batchnorm = {} },\n{ elu = {} },\n{ name = \"p\", conv2d = { filters = 6, kernel = 1 } },\n{ name = \"q\", batchnorm = {} },\n{ name = \"r\", relu = {}, inputs = [\"p\"] },\n{ name = \"s\", add = {}, inputs = [\"q\", \"r\"] },\n{ maxpool = { size = 2 } },\n{ batchnorm = {} },\n{ relu = {} },\n{ global_avgpool = {} },\n{ dense = \"$classes\" },",
+        "[8, 8, 3]",
+    );
+    for (name, g, side) in [("mini", &mini, 32), ("mixed", &mixed, 8)] {
+        let n = 6;
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let x: Vec<f32> = (0..n * side * side * 3)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        let classes = g.infer().unwrap().last().unwrap().shape.numel();
+        let y: Vec<i64> = (0..n as i64).map(|i| i % classes as i64).collect();
+        let mut native = backend::build_with(g, 1, DeviceKind::Cpu, BackendKind::Native).unwrap();
+        let sgd = Optimizer::Sgd {
+            momentum: 0.9,
+            nesterov: false,
+        };
+        for s in 1..=3 {
+            native.train_step(&x, &y, &sgd, 5e-2, s).unwrap();
+        }
+        // Running statistics (and gammas, betas) away from their initial values.
+        let mut state = native.state();
+        for (k, t) in state.tensors.iter_mut() {
+            let (lo, hi) = match k.rsplit('/').next().unwrap() {
+                "moving_mean" | "beta" => (-0.5, 0.5),
+                "moving_variance" | "gamma" => (0.3, 2.0),
+                _ => continue,
+            };
+            t.data
+                .iter_mut()
+                .for_each(|v| *v = rng.random_range(lo..hi));
+        }
+        native.load_state(&state).unwrap();
+        let mut dfdx = backend::build_with(g, 2, DeviceKind::Cpu, BackendKind::Dfdx).unwrap();
+        dfdx.load_state(&state).unwrap();
+        let (pa, pb) = (native.predict(&x, n).unwrap(), dfdx.predict(&x, n).unwrap());
+        let d = rel_diff(&pb, &pa);
+        assert!(
+            d < 1e-5,
+            "{name}: folded inference differs from dfdx by {d:e}"
+        );
+    }
+}
+
+/// Winograd F(2x2, 3x3) (3x3 `same` stride-1 convs with 8 or more channels each way):
+/// forward, input gradient (the turned kernel) and weight gradient (im2col) against
+/// finite differences in f64, on odd and even sizes (tiles that leave the image), with a
+/// batch norm and relu after it and a second Winograd conv reading the first.
+#[test]
+fn native_gradcheck_winograd_convs_on_odd_and_even_sizes() {
+    for input in ["[5, 6, 3]", "[4, 4, 3]"] {
+        let g = graph(
+            "{ conv2d = { filters = 8, kernel = 1 } },\n{ conv2d = { filters = 9, kernel = 3 } },\n{ batchnorm = {} },\n{ relu = {} },\n{ conv2d = { filters = 8, kernel = 3, bias = false } },\n{ global_avgpool = {} },\n{ dense = \"$classes\" },\n{ softmax = {} },",
+            input,
+        );
+        gradcheck(&g, 2, 7);
+    }
+}
+
+/// A 3x3 `same` convolution computed by Winograd and by im2col, in f32, against the
+/// direct sum in f64: the error of each, relative to the largest output, is printed
+/// (docs/performance.md quotes it) and Winograd's stays within 1e-5.
+#[test]
+fn winograd_error_against_the_direct_path() {
+    use pipe::backend::native::cpu::conv::conv2d_forward_im2col;
+    use pipe::backend::native::cpu::winograd;
+    use pipe::backend::native::cpu::{Epilogue, Ptr, Workspaces};
+    use pipe::backend::native::plan::View;
+    use pipe::backend::native::shared::ConvGeom;
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for (n, h, w, cin, cout) in [
+        (4, 32, 32, 96, 32),
+        (3, 15, 15, 160, 80),
+        (2, 7, 7, 336, 160),
+    ] {
+        let g = ConvGeom {
+            h,
+            w,
+            cin,
+            oh: h,
+            ow: w,
+            cout,
+            kh: 3,
+            kw: 3,
+            sh: 1,
+            sw: 1,
+            pt: 1,
+            pl: 1,
+        };
+        assert!(winograd::applies(&g));
+        let x: Vec<f32> = (0..n * h * w * cin)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        let k: Vec<f32> = (0..9 * cin * cout)
+            .map(|_| rng.random_range(-0.1..0.1))
+            .collect();
+        let bias: Vec<f32> = (0..cout).map(|_| rng.random_range(-0.1..0.1)).collect();
+        // The direct sum, in f64.
+        let mut want = vec![0f64; n * h * w * cout];
+        for b in 0..n {
+            for oy in 0..h {
+                for ox in 0..w {
+                    let o = &mut want[((b * h + oy) * w + ox) * cout..][..cout];
+                    for (co, v) in o.iter_mut().enumerate() {
+                        *v = bias[co] as f64;
+                    }
+                    for ky in 0..3 {
+                        for kx in 0..3 {
+                            let (iy, ix) =
+                                (oy as isize + ky as isize - 1, ox as isize + kx as isize - 1);
+                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                continue;
+                            }
+                            let xr = &x[((b * h + iy as usize) * w + ix as usize) * cin..][..cin];
+                            for (ci, xv) in xr.iter().enumerate() {
+                                let kr = &k[((ky * 3 + kx) * cin + ci) * cout..][..cout];
+                                for (co, v) in o.iter_mut().enumerate() {
+                                    *v += *xv as f64 * kr[co] as f64;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let xv = View {
+            off: 0,
+            ld: cin,
+            c: cin,
+            hw: h * w,
+        };
+        let yv = View {
+            off: 0,
+            ld: cout,
+            c: cout,
+            hw: h * w,
+        };
+        let ws = Workspaces::<f32>::default();
+        let epi = Epilogue {
+            bias: Some(&bias),
+            relu: false,
+        };
+        let mut xs = x.clone();
+        let mut direct = vec![0f32; n * h * w * cout];
+        conv2d_forward_im2col(
+            Ptr(xs.as_mut_ptr()),
+            xv,
+            &k,
+            epi,
+            Ptr(direct.as_mut_ptr()),
+            yv,
+            &g,
+            n,
+            &ws,
+        );
+        let mut u = vec![0f32; winograd::kernel_len(&g)];
+        winograd::winograd_kernel(&k, cin, cout, false, &mut u);
+        let mut wino = vec![0f32; n * h * w * cout];
+        // SAFETY: whole buffers of these shapes; x and y are distinct.
+        unsafe {
+            winograd::winograd_conv2d(
+                Ptr(xs.as_mut_ptr()),
+                xv,
+                &u,
+                (cin, cout),
+                (h, w),
+                Ptr(wino.as_mut_ptr()),
+                yv,
+                (0, n),
+                epi,
+                false,
+                &ws,
+            )
+        };
+        let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+        let err = |y: &[f32]| {
+            y.iter()
+                .zip(&want)
+                .map(|(a, b)| (*a as f64 - b).abs())
+                .fold(0f64, f64::max)
+                / scale
+        };
+        let (e_direct, e_wino) = (err(&direct), err(&wino));
+        println!(
+            "{n}x{h}x{w}x{cin} -> {cout}: largest error relative to the largest output: im2col {e_direct:.2e}, Winograd {e_wino:.2e}"
+        );
+        assert!(e_wino < 1e-5, "Winograd error {e_wino:e}");
+        assert!(e_direct < 1e-5, "im2col error {e_direct:e}");
+    }
+}

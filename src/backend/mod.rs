@@ -194,7 +194,10 @@ pub fn build_with(
     backend: BackendKind,
 ) -> Result<Box<dyn Model>> {
     match (backend, device) {
-        (BackendKind::Native, DeviceKind::Cpu) => Ok(Box::new(native::NativeModel::new(graph, seed)?)),
+        (BackendKind::Native, DeviceKind::Cpu) => {
+            native::cpu::check_env().map_err(|e| anyhow::anyhow!(e))?;
+            Ok(Box::new(native::NativeModel::new(graph, seed)?))
+        }
         #[cfg(feature = "cuda")]
         (BackendKind::Native, DeviceKind::Cuda) => {
             Ok(Box::new(native::gpu::device::CudaModel::new(graph, seed)?))

@@ -420,6 +420,45 @@ pub fn bench_ui(runs: usize, rounds: usize) -> Result<()> {
     result
 }
 
+/// The machine a figure was measured on: CPU model, the vector width of our kernels
+/// (`PIPE_SIMD`) and of the `gemm` crate's products (feature `avx512`), cache sizes.
+pub fn machine_line() -> String {
+    use crate::backend::native::cpu::{cache_bytes, gemm_simd_level, simd_level};
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |k: &str| {
+        info.lines()
+            .find(|l| l.split(':').next().is_some_and(|n| n.trim() == k))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let model = field("model name").unwrap_or_else(|| "unknown CPU".into());
+    let family = match (field("cpu family"), field("model")) {
+        (Some(f), Some(m)) => format!(" (family {f}, model {m})"),
+        _ => String::new(),
+    };
+    let size = |level: usize| {
+        cache_bytes(level).map_or("?".to_string(), |b| {
+            if b >= 1 << 20 {
+                format!("{} MiB", b >> 20)
+            } else {
+                format!("{} KiB", b >> 10)
+            }
+        })
+    };
+    let (ours, gemm) = (simd_level(), gemm_simd_level());
+    format!(
+        "{model}{family}, {} threads; vectors: our kernels {} ({}-bit), gemm {} ({}-bit); L1d {}, L2 {}, L3 {}",
+        rayon::current_num_threads(),
+        ours.name(),
+        ours.bits(),
+        gemm.name(),
+        gemm.bits(),
+        size(1),
+        size(2),
+        size(3)
+    )
+}
+
 fn tempdir_in_target() -> Result<PathBuf> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
@@ -638,20 +677,30 @@ pub fn bench_train(cfg: &BenchTrain<'_>) -> Result<()> {
                 &cfg.steps.to_string(),
                 dev,
             ]);
+            // Our kernels capped at AVX2 (PIPE_SIMD=avx2, as on an AVX2-only machine):
+            // PyTorch's oneDNN and ATen kernels capped the same way.
+            use crate::backend::native::cpu::{simd_level, SimdLevel};
+            let capped = simd_level() == SimdLevel::Avx2 && dev == "cpu";
+            if capped {
+                cmd.env("DNNL_MAX_CPU_ISA", "AVX2")
+                    .env("ATEN_CPU_CAPABILITY", "avx2");
+            }
             let last = engines.len() - 1;
             let r = run(&mut cmd, "PyTorch");
             if let Some(s) = r.as_ref().and_then(|r| r.setting.clone()) {
-                engines[last] = format!("PyTorch ({s})");
+                let cap = if capped { ", capped at AVX2" } else { "" };
+                engines[last] = format!("PyTorch ({s}{cap})");
             }
             results[last].push(r);
         }
         let torch = &results[engines.len() - 1];
         println!(
-            "\n{net}: batch {}, {} timed steps after 1 warm-up, {} rounds, {dev} ({} threads)",
+            "\n{net}: batch {}, {} timed steps after 1 warm-up, {} rounds, {dev} ({} threads)\nmachine: {}",
             cfg.batch,
             cfg.steps,
             cfg.rounds,
-            rayon::current_num_threads()
+            rayon::current_num_threads(),
+            machine_line()
         );
         println!("| engine | images/s (median) | per round | peak RSS (MB) | peak GPU memory (MB) | ratio to PyTorch (median of rounds) |");
         println!("|---|---|---|---|---|---|");
@@ -819,4 +868,327 @@ fn shipped_network(text: &str, name: &str) -> Result<crate::nn::graph::Graph> {
     Ok(crate::nn::expand(&p.library, name, None)
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .graph)
+}
+
+/// Settings of `pipe bench predict`.
+pub struct BenchPredict<'a> {
+    /// Images to classify.
+    pub images: usize,
+    /// Images per forward pass.
+    pub batch: usize,
+    /// Rounds (each runs both engines, in turn).
+    pub rounds: usize,
+    /// Python with torch, numpy, pillow and safetensors.
+    pub python: &'a str,
+}
+
+/// `pipe bench predict`: MiniGoogLeNet trained by a small pipeline, then `images` new
+/// 32x32 JPEGs classified by `pipe predict` (a separate process, timed whole) and by
+/// PyTorch (`benches/predict_torch.py`, the same weights, timed from the first file opened)
+/// in alternating rounds; also each engine's forward passes alone on decoded batches.
+/// Prints medians and the ratio to PyTorch within each round, and checks that both give
+/// the same top-1 class for every image.
+pub fn bench_predict(cfg: &BenchPredict<'_>) -> Result<()> {
+    use rayon::prelude::*;
+    anyhow::ensure!(cfg.images >= 1, "--images must be at least 1");
+    let exe = std::env::current_exe()?;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/predict_torch.py");
+    let script = if Path::new(script).is_file() {
+        script.to_string()
+    } else {
+        "benches/predict_torch.py".to_string()
+    };
+    let tmp = tempdir_in_target()?;
+    let result = (|| -> Result<()> {
+        let proj = tmp.join("project");
+        std::fs::create_dir_all(proj.join("pipelines/networks"))?;
+        std::fs::write(
+            proj.join("pipelines/networks/mini_googlenet.toml"),
+            include_str!("../../pipelines/networks/mini_googlenet.toml"),
+        )?;
+        std::fs::write(
+            proj.join("pipelines/bench.toml"),
+            concat!(
+                "include = [\"networks/mini_googlenet.toml\"]\nname = \"bench\"\n\n",
+                "[stages.ingest]\nformat = \"synthetic\"\nclasses = 10\ntrain_per_class = 6\n",
+                "val_per_class = 2\nimage_size = [32, 32]\n\n[stages.hdf5]\ninput = \"ingest\"\n\n",
+                "[stages.train]\ninput = \"hdf5\"\nnetwork = \"mini_googlenet\"\nepochs = 2\n",
+                "batch_size = 20\nlr = 0.01\n",
+            ),
+        )?;
+        eprintln!("bench predict: training MiniGoogLeNet briefly (a small synthetic pipeline)...");
+        let out = std::process::Command::new(&exe)
+            .args(["run", "bench"])
+            .current_dir(&proj)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "`pipe run bench` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // New images: 10 folders of smooth random 32x32 JPEGs.
+        eprintln!("bench predict: writing {} 32x32 JPEGs...", cfg.images);
+        let dir = proj.join("images");
+        (0..cfg.images)
+            .into_par_iter()
+            .try_for_each(|i| -> Result<()> {
+                let sub = dir.join(format!("c{}", i % 10));
+                std::fs::create_dir_all(&sub)?;
+                let mut s = (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                let mut next = move || {
+                    s ^= s << 13;
+                    s ^= s >> 7;
+                    s ^= s << 17;
+                    (s >> 40) as f32 / (1u64 << 24) as f32
+                };
+                let (a, b, c) = (next() * 0.6, next() * 0.6, next() * 6.0);
+                let base = [next() * 255.0, next() * 255.0, next() * 255.0];
+                let img = image::RgbImage::from_fn(32, 32, |x, y| {
+                    let v = ((x as f32 * a + y as f32 * b + c).sin() * 0.5 + 0.5) * 255.0;
+                    image::Rgb(std::array::from_fn(|k| {
+                        ((base[k] + v) * 0.5 + next() * 24.0).clamp(0.0, 255.0) as u8
+                    }))
+                });
+                img.save(sub.join(format!("{i:06}.jpg")))?;
+                Ok(())
+            })?;
+        let mut paths = Vec::new();
+        super::predict::collect_inputs(&[dir.display().to_string()])?
+            .into_iter()
+            .for_each(|p| paths.push(p));
+        let list = tmp.join("images.txt");
+        std::fs::write(
+            &list,
+            paths
+                .iter()
+                .map(|p| format!("{}\n", p.display()))
+                .collect::<String>(),
+        )?;
+        // The trained stage, for the in-process forward timing and the torch script.
+        let project = crate::engine::Project::at(proj.clone(), None);
+        let (_, pipeline) = project.load("bench", &[])?;
+        let trained = crate::engine::Engine::read_only(&project.cache).trained(&pipeline, None)?;
+        let (graph, _) = bench_network("mini")?;
+        let order: Vec<(String, &str)> = graph
+            .nodes
+            .iter()
+            .filter_map(|n| match n.op {
+                crate::nn::graph::Op::Conv2d { .. } => Some((n.name.clone(), "conv2d")),
+                crate::nn::graph::Op::BatchNorm { .. } => Some((n.name.clone(), "batchnorm")),
+                crate::nn::graph::Op::Dense { .. } => Some((n.name.clone(), "dense")),
+                _ => None,
+            })
+            .collect();
+        let order_file = tmp.join("order.json");
+        std::fs::write(&order_file, serde_json::to_string(&order)?)?;
+        let mut predictor = crate::stages::predict::Predictor::load(
+            &trained.model_dir,
+            &trained.data_dir,
+            trained.filter,
+            crate::backend::DeviceKind::Cpu,
+        )?;
+        let (size, filter) = (predictor.size, predictor.filter);
+        let decoded: Vec<Vec<u8>> = paths
+            .par_iter()
+            .map(|p| crate::stages::predict::prepare_image(p, size, filter))
+            .collect::<Result<_>>()?;
+        let n = paths.len() as f64;
+        // Engines: pipe, then PyTorch eager and compiled. Per engine and round: end to
+        // end and forward-only images/s (None: the engine did not run that round).
+        let mut names = vec!["pipe predict (native)".to_string()];
+        let modes = ["eager", "compile"];
+        names.extend(modes.iter().map(|m| format!("PyTorch {m}")));
+        let mut e2e: Vec<Vec<Option<f64>>> = vec![Vec::new(); names.len()];
+        let mut fwd: Vec<Vec<Option<f64>>> = vec![Vec::new(); names.len()];
+        let mut notes: Vec<String> = Vec::new();
+        let mut agreement: Vec<String> = Vec::new();
+        let read = |f: &Path| -> Result<std::collections::HashMap<String, (u64, f64)>> {
+            std::fs::read_to_string(f)?
+                .lines()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l)?;
+                    let (label, p) = match v.get("top") {
+                        Some(t) => (t[0]["label"].as_u64(), t[0]["p"].as_f64()),
+                        None => (v["label"].as_u64(), v["p"].as_f64()),
+                    };
+                    Ok((
+                        v["path"].as_str().unwrap_or("").to_string(),
+                        (label.unwrap_or(u64::MAX), p.unwrap_or(f64::NAN)),
+                    ))
+                })
+                .collect()
+        };
+        let rounds = cfg.rounds.max(1);
+        for round in 0..rounds {
+            eprintln!("bench predict: round {}/{rounds}", round + 1);
+            // pipe predict, the whole process.
+            let pipe_out = tmp.join("pipe.jsonl");
+            let t = std::time::Instant::now();
+            let o = std::process::Command::new(&exe)
+                .args(["predict", "bench", "--json", "--top-k", "1", "--batch"])
+                .arg(cfg.batch.to_string())
+                .arg(&dir)
+                .current_dir(&proj)
+                .stdout(std::fs::File::create(&pipe_out)?)
+                .stderr(std::process::Stdio::piped())
+                .output()?;
+            let secs = t.elapsed().as_secs_f64();
+            anyhow::ensure!(
+                o.status.success(),
+                "`pipe predict` failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            e2e[0].push(Some(n / secs));
+            // pipe's forward passes alone, in this process.
+            let t = std::time::Instant::now();
+            for chunk in decoded.chunks(cfg.batch.max(1)) {
+                std::hint::black_box(predictor.predict(chunk)?);
+            }
+            fwd[0].push(Some(n / t.elapsed().as_secs_f64()));
+            let ours = read(&pipe_out)?;
+            anyhow::ensure!(
+                ours.len() == paths.len(),
+                "pipe wrote {} rows for {} images",
+                ours.len(),
+                paths.len()
+            );
+            for (m, mode) in modes.iter().enumerate() {
+                let e = m + 1;
+                let torch_out = tmp.join("torch.jsonl");
+                let o = std::process::Command::new(cfg.python)
+                    .arg(&script)
+                    .arg("mini")
+                    .arg(&trained.model_dir)
+                    .arg(&order_file)
+                    .arg(&list)
+                    .arg(cfg.batch.to_string())
+                    .arg(&torch_out)
+                    .arg(mode)
+                    .output()?;
+                let v: Option<serde_json::Value> = o
+                    .status
+                    .success()
+                    .then(|| {
+                        serde_json::from_str(
+                            String::from_utf8_lossy(&o.stdout)
+                                .lines()
+                                .last()
+                                .unwrap_or(""),
+                        )
+                        .ok()
+                    })
+                    .flatten();
+                let Some(v) = v else {
+                    eprintln!(
+                        "{} skipped: {}",
+                        names[e],
+                        String::from_utf8_lossy(&o.stderr)
+                            .lines()
+                            .last()
+                            .unwrap_or("")
+                    );
+                    e2e[e].push(None);
+                    fwd[e].push(None);
+                    continue;
+                };
+                e2e[e].push(v["images_per_sec"].as_f64());
+                fwd[e].push(v["forward_images_per_sec"].as_f64());
+                names[e] = format!(
+                    "PyTorch {} ({}, {} threads)",
+                    v["torch"].as_str().unwrap_or("?"),
+                    v["setting"].as_str().unwrap_or(mode),
+                    v["threads"]
+                );
+                if let Some(c) = v["compile_secs"].as_f64() {
+                    notes.push(format!(
+                        "torch.compile took {c:.1} s before the clock started"
+                    ));
+                }
+                // Same answers? Near-ties may fall either way in f32, and PIL's JPEG
+                // decoder is not the `image` crate's: pixels differ by one here and there.
+                let theirs = read(&torch_out)?;
+                anyhow::ensure!(
+                    theirs.len() == paths.len(),
+                    "{} wrote {} rows for {} images",
+                    names[e],
+                    theirs.len(),
+                    paths.len()
+                );
+                let agree = ours
+                    .iter()
+                    .filter(|(k, x)| theirs.get(*k).is_some_and(|y| y.0 == x.0))
+                    .count();
+                let max_dp = ours
+                    .iter()
+                    .filter_map(|(k, x)| {
+                        theirs
+                            .get(k)
+                            .filter(|y| y.0 == x.0)
+                            .map(|y| (y.1 - x.1).abs())
+                    })
+                    .fold(0.0, f64::max);
+                anyhow::ensure!(
+                    agree * 100 >= paths.len() * 99,
+                    "pipe and {} disagree on {} of {} images: not the same network",
+                    names[e],
+                    paths.len() - agree,
+                    paths.len()
+                );
+                if round + 1 == rounds {
+                    agreement.push(format!(
+                        "{}: same top-1 class for {agree} of {} images; largest difference of an agreed top-1 probability {max_dp:.2e}",
+                        names[e],
+                        paths.len()
+                    ));
+                }
+            }
+        }
+        println!(
+            "\nMiniGoogLeNet predict: {} 32x32 JPEGs, batch {}, {rounds} rounds, CPU ({} threads)\nmachine: {}",
+            paths.len(),
+            cfg.batch,
+            rayon::current_num_threads(),
+            machine_line()
+        );
+        println!("| engine | end to end, images/s (median) | per round | forward only, images/s (median) | ratio to PyTorch eager, end to end | forward only |");
+        println!("|---|---|---|---|---|---|");
+        let med = |v: &[Option<f64>]| {
+            let ok: Vec<f64> = v.iter().flatten().copied().collect();
+            (!ok.is_empty()).then(|| median(ok))
+        };
+        let ratio = |a: &[Option<f64>], b: &[Option<f64>]| {
+            let r: Vec<f64> = a
+                .iter()
+                .zip(b)
+                .filter_map(|(x, y)| Some((*x)? / (*y)?))
+                .collect();
+            (!r.is_empty()).then(|| median(r))
+        };
+        let show =
+            |x: Option<f64>, digits: usize| x.map_or("-".to_string(), |x| format!("{x:.digits$}"));
+        for e in 0..names.len() {
+            let per_round: Vec<String> = e2e[e].iter().map(|x| show(*x, 0)).collect();
+            println!(
+                "| {} | {} | {} | {} | {} | {} |",
+                names[e],
+                show(med(&e2e[e]), 0),
+                per_round.join(", "),
+                show(med(&fwd[e]), 0),
+                show(ratio(&e2e[e], &e2e[1]), 2),
+                show(ratio(&fwd[e], &fwd[1]), 2),
+            );
+        }
+        for (e, name) in names.iter().enumerate().skip(2) {
+            if let (Some(a), Some(b)) = (ratio(&e2e[0], &e2e[e]), ratio(&fwd[0], &fwd[e])) {
+                println!("\npipe against {name}: {a:.2}x end to end, {b:.2}x forward only");
+            }
+        }
+        println!();
+        for line in agreement.iter().chain(notes.iter().take(1)) {
+            println!("{line}");
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
 }

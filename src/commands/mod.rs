@@ -6,6 +6,7 @@ mod bench;
 mod dag;
 mod data;
 mod diff;
+mod export;
 mod gc;
 mod graph;
 mod predict;
@@ -23,12 +24,13 @@ use crate::engine::Project;
 use crate::manifest::Pipeline;
 
 pub use bench::{
-    bench_data, bench_parity, bench_step, bench_sweep, bench_train, bench_ui, BenchTrain,
-    StepTiming,
+    bench_data, bench_parity, bench_predict, bench_step, bench_sweep, bench_train, bench_ui,
+    BenchPredict, BenchTrain, StepTiming,
 };
 pub use dag::dag;
 pub use data::{demo_data, DemoLayout};
 pub use diff::diff;
+pub use export::export;
 pub use gc::gc;
 pub use graph::graph;
 pub use predict::{predict, PredictFormat, PredictOptions};

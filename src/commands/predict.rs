@@ -100,6 +100,25 @@ pub fn collect_inputs(inputs: &[String]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// `PIPELINE[:STAGE]`: the pipeline (a name, alias, path or sweep point) and the stage
+/// named after its last `:`, unless the whole names a pipeline.
+pub(super) fn load_stage_target(
+    g: &Global,
+    target: &str,
+) -> Result<(Project, crate::manifest::Pipeline, Option<String>)> {
+    let discovered = Project::discover(g.cache.clone())?;
+    match discovered.load(target, &[]) {
+        Ok((proj, p)) => Ok((proj, p, None)),
+        Err(whole) => match target.rsplit_once(':') {
+            Some((name, stage)) if !stage.is_empty() => {
+                let (proj, p) = discovered.load(name, &[]).map_err(|_| whole)?;
+                Ok((proj, p, Some(stage.to_string())))
+            }
+            _ => Err(whole),
+        },
+    }
+}
+
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
@@ -110,18 +129,7 @@ fn csv_field(s: &str) -> String {
 
 /// `pipe predict`.
 pub fn predict(g: &Global, target: &str, inputs: &[String], o: &PredictOptions) -> Result<()> {
-    let discovered = Project::discover(g.cache.clone())?;
-    // `PIPELINE:STAGE`, unless the whole names a pipeline.
-    let (proj, p, stage) = match discovered.load(target, &[]) {
-        Ok((proj, p)) => (proj, p, None),
-        Err(whole) => match target.rsplit_once(':') {
-            Some((name, stage)) if !stage.is_empty() => {
-                let (proj, p) = discovered.load(name, &[]).map_err(|_| whole)?;
-                (proj, p, Some(stage.to_string()))
-            }
-            _ => return Err(whole),
-        },
-    };
+    let (proj, p, stage) = load_stage_target(g, target)?;
     let mut engine = Engine::read_only(&proj.cache);
     let trained = engine.trained(&p, stage.as_deref())?;
     if o.top_k == 0 {

@@ -7,6 +7,7 @@ pub mod cifar;
 pub mod decode;
 pub mod h5;
 pub mod index;
+pub mod onnx;
 pub mod synthetic;
 
 use std::path::Path;

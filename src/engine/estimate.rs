@@ -169,6 +169,8 @@ pub fn units(
             h5("train").map(|n| (n, c.epochs as u64))
         }
         StageConfig::Evaluate(c) => h5(&c.split).map(|n| (n, 1)),
+        // Writing a file: no images to count.
+        StageConfig::Export(_) => None,
     }
 }
 

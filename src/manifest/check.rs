@@ -229,16 +229,21 @@ pub(crate) fn validate_graph(
                     matches!(src.config, StageConfig::Hdf5(_)),
                     "the HDF5 files of an hdf5 stage",
                 ),
-                StageKind::LrDrop | StageKind::Resume | StageKind::Evaluate => (
-                    src.config.is_training(),
-                    "a model from a train, lr-drop or resume stage",
-                ),
+                StageKind::LrDrop | StageKind::Resume | StageKind::Evaluate | StageKind::Export => {
+                    (
+                        src.config.is_training(),
+                        "a model from a train, lr-drop or resume stage",
+                    )
+                }
                 StageKind::Ingest => (true, ""),
             };
             if !ok {
                 let kind = src.config.kind();
                 let article = match kind {
-                    StageKind::Ingest | StageKind::Evaluate | StageKind::Hdf5 => "an",
+                    StageKind::Ingest
+                    | StageKind::Evaluate
+                    | StageKind::Export
+                    | StageKind::Hdf5 => "an",
                     _ => "a",
                 };
                 return Err(ManifestError::new(format!(
@@ -326,7 +331,10 @@ pub(crate) fn wire_data_inputs(p: &mut Pipeline) {
         let s = &p.stages[&name];
         let needs_data = matches!(
             s.config,
-            StageConfig::LrDrop(_) | StageConfig::Resume { .. } | StageConfig::Evaluate(_)
+            StageConfig::LrDrop(_)
+                | StageConfig::Resume { .. }
+                | StageConfig::Evaluate(_)
+                | StageConfig::Export(_)
         );
         let file_resume = matches!(s.config, StageConfig::Resume { file: Some(_), .. });
         if needs_data && !file_resume && s.inputs.len() == 1 {

@@ -371,3 +371,21 @@ impl std::fmt::Display for OptimizerKind {
         })
     }
 }
+
+/// The format `kind = "export"` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportFormat {
+    /// ONNX, opset 17 (`model.onnx`).
+    #[default]
+    Onnx,
+}
+
+/// `kind = "export"`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportConfig {
+    /// The file format (default `onnx`).
+    #[serde(default)]
+    pub format: ExportFormat,
+}

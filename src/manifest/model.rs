@@ -31,11 +31,13 @@ pub enum StageKind {
     Resume,
     /// Rank-k accuracies of a trained model on a split.
     Evaluate,
+    /// A trained model as a file other runtimes load (ONNX).
+    Export,
 }
 
 impl StageKind {
     /// Every kind, in pipeline order.
-    pub const ALL: [StageKind; 7] = [
+    pub const ALL: [StageKind; 8] = [
         StageKind::Ingest,
         StageKind::Split,
         StageKind::Hdf5,
@@ -43,6 +45,7 @@ impl StageKind {
         StageKind::LrDrop,
         StageKind::Resume,
         StageKind::Evaluate,
+        StageKind::Export,
     ];
 
     /// The name a manifest writes (`kind = "lr-drop"`).
@@ -55,6 +58,7 @@ impl StageKind {
             StageKind::LrDrop => "lr-drop",
             StageKind::Resume => "resume",
             StageKind::Evaluate => "evaluate",
+            StageKind::Export => "export",
         }
     }
 
@@ -104,6 +108,8 @@ pub enum StageConfig {
     },
     /// `evaluate`.
     Evaluate(EvaluateConfig),
+    /// `export`.
+    Export(ExportConfig),
 }
 
 impl StageConfig {
@@ -117,6 +123,7 @@ impl StageConfig {
             StageConfig::LrDrop(_) => StageKind::LrDrop,
             StageConfig::Resume { .. } => StageKind::Resume,
             StageConfig::Evaluate(_) => StageKind::Evaluate,
+            StageConfig::Export(_) => StageKind::Export,
         }
     }
 
@@ -160,6 +167,7 @@ impl StageConfig {
                 v
             }),
             StageConfig::Evaluate(c) => serde_json::to_value(c),
+            StageConfig::Export(c) => serde_json::to_value(c),
         };
         v.expect("stage configs serialize to JSON")
     }
@@ -315,7 +323,7 @@ impl Pipeline {
     pub fn network_of(&self, stage: &str) -> Option<&str> {
         let s = self.stages.get(stage)?;
         let model = match s.config {
-            StageConfig::Evaluate(_) => s.inputs.first()?,
+            StageConfig::Evaluate(_) | StageConfig::Export(_) => s.inputs.first()?,
             _ => stage,
         };
         self.root_config(model).map(|t| t.network.as_str())

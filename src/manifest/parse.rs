@@ -524,6 +524,14 @@ fn parse_evaluate(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
     Ok(StageConfig::Evaluate(c))
 }
 
+/// `export`: the format.
+fn parse_export(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
+    let path = cx.path.clone();
+    let body = cx.body.clone();
+    let c: ExportConfig = de::from_svalue(&body, &path)?;
+    Ok(StageConfig::Export(c))
+}
+
 pub(crate) fn parse_stage(
     sname: &str,
     entry: &Entry,
@@ -648,6 +656,7 @@ pub(crate) fn parse_stage(
         StageKind::Train => parse_train(&mut cx)?,
         StageKind::LrDrop | StageKind::Resume => parse_continue(&mut cx)?,
         StageKind::Evaluate => parse_evaluate(&mut cx)?,
+        StageKind::Export => parse_export(&mut cx)?,
     };
     if matches!(
         config,
@@ -655,6 +664,7 @@ pub(crate) fn parse_stage(
             | StageConfig::Hdf5(_)
             | StageConfig::Train(_)
             | StageConfig::Evaluate(_)
+            | StageConfig::Export(_)
     ) && inputs.len() != 1
     {
         let e = ManifestError::new(format!(

@@ -10,6 +10,7 @@
 
 pub mod batches;
 pub mod evaluate;
+pub mod export;
 pub mod ingest;
 pub mod model;
 pub mod predict;
@@ -33,6 +34,7 @@ pub fn version(kind: StageKind) -> u32 {
         StageKind::Hdf5 => 1,
         StageKind::Train | StageKind::LrDrop | StageKind::Resume => 1,
         StageKind::Evaluate => 1,
+        StageKind::Export => 1,
     }
 }
 
@@ -41,7 +43,11 @@ pub fn version(kind: StageKind) -> u32 {
 pub fn records(kind: StageKind) -> &'static [&'static str] {
     match kind {
         StageKind::Train | StageKind::LrDrop | StageKind::Resume => train::RECORDS,
-        StageKind::Ingest | StageKind::Split | StageKind::Hdf5 | StageKind::Evaluate => &[],
+        StageKind::Ingest
+        | StageKind::Split
+        | StageKind::Hdf5
+        | StageKind::Evaluate
+        | StageKind::Export => &[],
     }
 }
 
@@ -58,6 +64,7 @@ pub fn required_files(kind: StageKind) -> &'static [&'static str] {
             "history.json",
         ],
         StageKind::Evaluate => &["metrics.json", "predictions.csv"],
+        StageKind::Export => &["model.onnx"],
     }
 }
 
@@ -139,6 +146,7 @@ pub fn run(ctx: &StageCtx<'_>) -> Result<String> {
             None => train::run_continue(ctx, config, Some(*at)),
         },
         StageConfig::Evaluate(c) => evaluate::run(ctx, c),
+        StageConfig::Export(c) => export::run(ctx, c),
     }
 }
 

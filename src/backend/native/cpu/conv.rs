@@ -4,17 +4,16 @@
 
 use rayon::prelude::*;
 
-use super::{gemm, part_range, parts, Mat, Ptr, Real, Workspaces};
+use super::{gemm, part_range, parts, Epilogue, Mat, Ptr, Real, Workspaces};
 use crate::backend::native::plan::View;
 use crate::backend::native::shared::ConvGeom;
 
-/// Values an im2col chunk aims at (128K: 512 KB in f32, inside L2), at least 16 rows.
-const COL_CAP: usize = 1 << 17;
-
 impl ConvGeom {
-    /// Output rows per im2col chunk (the workspace stays in the core's L2 cache).
+    /// Output rows per im2col chunk: the chunk's im2col rows fill half of the core's L2
+    /// cache (read at run time; 512 KB of f32 on a 1 MiB L2), at least 16 rows.
     fn chunk(&self) -> usize {
-        (COL_CAP / self.k().max(1)).max(16)
+        let values = super::l2_bytes() / 2 / std::mem::size_of::<f32>();
+        (values / self.k().max(1)).max(16)
     }
 }
 
@@ -94,13 +93,89 @@ unsafe fn col2im_add<T: Real>(
     }
 }
 
-/// Forward: `y (n*oh*ow, cout) = im2col(x) (n*oh*ow, kh*kw*cin) . w (kh*kw*cin, cout) + b`.
+/// Output rows per product of a 1x1 convolution, so the epilogue finds them in cache.
+const POINTWISE_ROWS: usize = 512;
+
+/// Apply `epi` to rows `[r0, r1)` of `y`.
+///
+/// # Safety
+/// Those rows belong to the calling task.
+unsafe fn finish_rows<T: Real>(y: Ptr<T>, yv: View, r0: usize, r1: usize, epi: Epilogue<'_, T>) {
+    if epi.bias.is_none() && !epi.relu {
+        return;
+    }
+    super::simd(
+        #[inline(always)]
+        || {
+            for r in r0..r1 {
+                // SAFETY: the caller's rows.
+                let row = unsafe { y.row_mut(yv, r) };
+                match (epi.bias, epi.relu) {
+                    (Some(b), true) => row
+                        .iter_mut()
+                        .zip(b)
+                        .for_each(|(v, b)| *v = (*v + *b).max(T::zero())),
+                    (Some(b), false) => row.iter_mut().zip(b).for_each(|(v, b)| *v += *b),
+                    (None, _) => row.iter_mut().for_each(|v| *v = v.max(T::zero())),
+                }
+            }
+        },
+    );
+}
+
+/// Forward: `y (n*oh*ow, cout) = epi(im2col(x) (n*oh*ow, kh*kw*cin) . w (kh*kw*cin, cout))`
+/// ([`Epilogue`]: `+ bias`, then relu); 3x3 `same` stride-1 convolutions by Winograd
+/// ([`super::winograd`]).
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_forward<T: Real>(
     x: Ptr<T>,
     xv: View,
     w: &[T],
-    bias: Option<&[T]>,
+    epi: Epilogue<'_, T>,
+    y: Ptr<T>,
+    yv: View,
+    g: &ConvGeom,
+    n: usize,
+    ws: &Workspaces<T>,
+) {
+    let np = parts(n);
+    if super::winograd::applies(g) {
+        ws.with(super::winograd::kernel_len(g), |u| {
+            super::winograd::winograd_kernel(w, g.cin, g.cout, false, u);
+            let u: &[T] = u;
+            (0..np).into_par_iter().for_each(|p| {
+                let part = part_range(n, p, np);
+                // SAFETY: this part's images of x (read) and y (written); different nodes.
+                unsafe {
+                    super::winograd::winograd_conv2d(
+                        x,
+                        xv,
+                        u,
+                        (g.cin, g.cout),
+                        (g.h, g.w),
+                        y,
+                        yv,
+                        part,
+                        epi,
+                        false,
+                        ws,
+                    )
+                };
+            });
+        });
+        return;
+    }
+    conv2d_forward_im2col(x, xv, w, epi, y, yv, g, n, ws);
+}
+
+/// [`conv2d_forward`] without Winograd: a 1x1 stride-1 convolution as one product per
+/// chunk of rows, any other by im2col.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_forward_im2col<T: Real>(
+    x: Ptr<T>,
+    xv: View,
+    w: &[T],
+    epi: Epilogue<'_, T>,
     y: Ptr<T>,
     yv: View,
     g: &ConvGeom,
@@ -117,37 +192,35 @@ pub fn conv2d_forward<T: Real>(
     };
     (0..np).into_par_iter().for_each(|p| {
         let (lo, hi) = part_range(n, p, np);
-        let start_rows = |r0: usize, r1: usize| {
-            if let Some(b) = bias {
-                for r in r0..r1 {
-                    // SAFETY: rows of this part's images belong to this task.
-                    unsafe { y.row_mut(yv, r) }.copy_from_slice(b);
-                }
-            }
-        };
+        let (lo, hi) = (lo * ohw, hi * ohw);
         if g.pointwise() {
-            start_rows(lo * ohw, hi * ohw);
-            // SAFETY: this part's rows of x and y; y does not overlap x (different nodes).
-            unsafe {
-                gemm(
-                    (hi - lo) * ohw,
-                    g.cout,
-                    k,
-                    y.at(yv, lo * ohw),
-                    yv.ld,
-                    bias.is_some(),
-                    Mat {
-                        ptr: x.at(xv, lo * ohw),
-                        rs: xv.ld,
-                        cs: 1,
-                    },
-                    wm,
-                )
-            };
+            let mut r0 = lo;
+            while r0 < hi {
+                let r1 = (r0 + POINTWISE_ROWS).min(hi);
+                // SAFETY: this part's rows of x and y; y does not overlap x (different
+                // nodes); the epilogue's rows are this task's.
+                unsafe {
+                    gemm(
+                        r1 - r0,
+                        g.cout,
+                        k,
+                        y.at(yv, r0),
+                        yv.ld,
+                        false,
+                        Mat {
+                            ptr: x.at(xv, r0),
+                            rs: xv.ld,
+                            cs: 1,
+                        },
+                        wm,
+                    );
+                    finish_rows(y, yv, r0, r1, epi);
+                }
+                r0 = r1;
+            }
             return;
         }
         let chunk = g.chunk();
-        let (lo, hi) = (lo * ohw, hi * ohw);
         ws.with(chunk.min(hi - lo) * k, |col| {
             let mut r0 = lo;
             while r0 < hi {
@@ -155,7 +228,6 @@ pub fn conv2d_forward<T: Real>(
                 let rows = r1 - r0;
                 // SAFETY: the images of rows [r0, r1) exist and are only read.
                 unsafe { im2col(x, xv, g, r0, r1, col) };
-                start_rows(r0, r1);
                 // SAFETY: this task's rows of y; col is a private workspace.
                 unsafe {
                     gemm(
@@ -164,15 +236,16 @@ pub fn conv2d_forward<T: Real>(
                         k,
                         y.at(yv, r0),
                         yv.ld,
-                        bias.is_some(),
+                        false,
                         Mat {
                             ptr: col.as_ptr(),
                             rs: k,
                             cs: 1,
                         },
                         wm,
-                    )
-                };
+                    );
+                    finish_rows(y, yv, r0, r1, epi);
+                }
                 r0 = r1;
             }
         });
@@ -194,6 +267,41 @@ pub fn conv2d_backward<T: Real>(
     n: usize,
     partials: &mut [T],
     ws: &Workspaces<T>,
+) {
+    // The input gradient of a 3x3 `same` convolution is the `same` convolution of dy with
+    // the turned kernel: Winograd computes it, and the im2col loop below only the weights'.
+    let wino = dx.is_some() && super::winograd::applies(g);
+    ws.with(
+        if wino {
+            super::winograd::kernel_len(g)
+        } else {
+            0
+        },
+        |u| {
+            if wino {
+                super::winograd::winograd_kernel(w, g.cin, g.cout, true, u);
+            }
+            let u: &[T] = u;
+            conv2d_backward_parts(x, xv, w, dy, dyv, dx, g, n, partials, ws, wino.then_some(u));
+        },
+    );
+}
+
+/// [`conv2d_backward`]'s work per image part; `wino`: the turned kernel's Winograd
+/// transform, when the input gradient is computed by Winograd.
+#[allow(clippy::too_many_arguments)]
+fn conv2d_backward_parts<T: Real>(
+    x: Ptr<T>,
+    xv: View,
+    w: &[T],
+    dy: Ptr<T>,
+    dyv: View,
+    dx: Option<(Ptr<T>, View, bool)>,
+    g: &ConvGeom,
+    n: usize,
+    partials: &mut [T],
+    ws: &Workspaces<T>,
+    wino: Option<&[T]>,
 ) {
     let np = parts(n);
     let k = g.k();
@@ -262,6 +370,31 @@ pub fn conv2d_backward<T: Real>(
                 }
                 return;
             }
+            let dx = match (dx, wino) {
+                (Some((dxp, dxv, acc)), Some(u)) => {
+                    // SAFETY: this part's images of dy (read) and dx (written).
+                    unsafe {
+                        super::winograd::winograd_conv2d(
+                            dy,
+                            dyv,
+                            u,
+                            (g.cout, g.cin),
+                            (g.h, g.w),
+                            dxp,
+                            dxv,
+                            (lo, hi),
+                            Epilogue {
+                                bias: None,
+                                relu: false,
+                            },
+                            acc,
+                            ws,
+                        )
+                    };
+                    None
+                }
+                (dx, _) => dx,
+            };
             if let Some((dxp, dxv, false)) = dx {
                 for r in lo * g.h * g.w..hi * g.h * g.w {
                     // SAFETY: this part's images of dx belong to this task.

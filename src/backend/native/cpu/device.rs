@@ -120,9 +120,50 @@ impl<T: Real> Kernels for Cpu<'_, T> {
     ) -> Result<(), Infallible> {
         let a = self.a();
         let w = &self.params[node.params.kernel()];
-        let b = node.params.bias.map(|b| self.params[b].as_slice());
-        conv::conv2d_forward(a, x, w, b, a, y, g, n, &self.buf.ws);
+        let bias = node.params.bias.map(|b| self.params[b].as_slice());
+        let epi = super::Epilogue { bias, relu: false };
+        conv::conv2d_forward(a, x, w, epi, a, y, g, n, &self.buf.ws);
         Ok(())
+    }
+
+    fn conv2d_bn_forward_infer(
+        &mut self,
+        conv: Node,
+        bn: Node,
+        g: &ConvGeom,
+        x: View,
+        y: View,
+        n: usize,
+        epsilon: f64,
+        relu: bool,
+    ) -> Result<bool, Infallible> {
+        // With s = gamma / sqrt(var + eps): bn(conv(x; w) + b) = conv(x; w * s) + (b - mean) * s + beta.
+        let a = self.a();
+        let w = &self.params[conv.params.kernel()];
+        let (gamma, beta, k) = bn.params.batchnorm();
+        let (gamma, beta) = (&self.params[gamma], &self.params[beta]);
+        let (mean, var) = (&self.running.0[k], &self.running.1[k]);
+        let s: Vec<T> = gamma
+            .iter()
+            .zip(var)
+            .map(|(g, v)| *g / (*v + super::r(epsilon)).sqrt())
+            .collect();
+        let folded: Vec<T> = w
+            .chunks_exact(g.cout)
+            .flat_map(|row| row.iter().zip(&s).map(|(w, s)| *w * *s))
+            .collect();
+        let bias: Vec<T> = (0..g.cout)
+            .map(|c| {
+                let b = conv.params.bias.map_or(T::zero(), |b| self.params[b][c]);
+                (b - mean[c]) * s[c] + beta[c]
+            })
+            .collect();
+        let epi = super::Epilogue {
+            bias: Some(&bias),
+            relu,
+        };
+        conv::conv2d_forward(a, x, &folded, epi, a, y, g, n, &self.buf.ws);
+        Ok(true)
     }
 
     fn conv2d_backward(

@@ -14,11 +14,14 @@ const ROWS: usize = 256;
 /// Run `f(row)` for every row in `[0, rows)`, rows split over tasks.
 pub fn par_rows(rows: usize, f: impl Fn(usize) + Sync + Send) {
     (0..rows.div_ceil(ROWS)).into_par_iter().for_each(|b| {
-        super::simd(|| {
-            for r in b * ROWS..((b + 1) * ROWS).min(rows) {
-                f(r)
-            }
-        })
+        super::simd(
+            #[inline(always)]
+            || {
+                for r in b * ROWS..((b + 1) * ROWS).min(rows) {
+                    f(r)
+                }
+            },
+        )
     });
 }
 

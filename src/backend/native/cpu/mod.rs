@@ -15,6 +15,7 @@ pub mod elementwise;
 pub mod loss;
 pub mod norm;
 pub mod pool;
+pub mod winograd;
 
 use std::fmt::Debug;
 use std::ops::{AddAssign, MulAssign, SubAssign};
@@ -40,6 +41,17 @@ pub trait Real:
 impl Real for f32 {}
 impl Real for f64 {}
 
+/// What a convolution adds to its product, row by row while the rows are still in cache:
+/// `y = relu?(y + bias)`. Inference folds a following batch norm into the kernel and this
+/// bias ([`device`]), so conv, batch norm and relu are one pass over `y`.
+#[derive(Clone, Copy)]
+pub struct Epilogue<'a, T> {
+    /// Added to every output row (`cout` values).
+    pub bias: Option<&'a [T]>,
+    /// Then `max(y, 0)`.
+    pub relu: bool,
+}
+
 /// Convert an f64 constant.
 pub fn r<T: Real>(x: f64) -> T {
     T::from_f64(x).expect("f64 converts to the element type")
@@ -48,11 +60,39 @@ pub fn r<T: Real>(x: f64) -> T {
 /// Image parts each batch is split into; weight-gradient partial sums exist per part.
 pub const PARTS: usize = 8;
 
-/// Run `f` compiled for the widest vectors this CPU has (AVX-512, else AVX2+FMA, else the
-/// baseline), chosen at run time: `f` is inlined into a function with those target
-/// features, so its loops vectorise for them. Call it around a task's whole loop nest.
-#[inline(always)]
-pub fn simd<R>(f: impl FnOnce() -> R) -> R {
+/// The vector width our kernels are compiled for at run time ([`simd`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SimdLevel {
+    /// No vector extension beyond the baseline (SSE2 on x86-64).
+    Baseline,
+    /// AVX2 and FMA: 256-bit vectors.
+    Avx2,
+    /// AVX-512 F/BW/DQ/VL and FMA: 512-bit vectors.
+    Avx512,
+}
+
+impl SimdLevel {
+    /// The name `PIPE_SIMD` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            SimdLevel::Baseline => "baseline",
+            SimdLevel::Avx2 => "avx2",
+            SimdLevel::Avx512 => "avx512",
+        }
+    }
+
+    /// Vector width in bits.
+    pub fn bits(self) -> usize {
+        match self {
+            SimdLevel::Baseline => 128,
+            SimdLevel::Avx2 => 256,
+            SimdLevel::Avx512 => 512,
+        }
+    }
+}
+
+/// The widest level this CPU has.
+pub fn cpu_simd_level() -> SimdLevel {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f")
@@ -61,13 +101,118 @@ pub fn simd<R>(f: impl FnOnce() -> R) -> R {
             && std::arch::is_x86_feature_detected!("avx512vl")
             && std::arch::is_x86_feature_detected!("fma")
         {
-            // SAFETY: the CPU has every feature the function is compiled for.
-            return unsafe { with_avx512(f) };
+            return SimdLevel::Avx512;
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
+            return SimdLevel::Avx2;
+        }
+    }
+    SimdLevel::Baseline
+}
+
+/// `PIPE_SIMD` as a level (`avx512`, `avx2`, `baseline`), or the error naming it.
+fn requested_simd() -> Result<Option<SimdLevel>, String> {
+    match std::env::var("PIPE_SIMD") {
+        Err(_) => Ok(None),
+        Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => Ok(None),
+            "avx512" => Ok(Some(SimdLevel::Avx512)),
+            "avx2" => Ok(Some(SimdLevel::Avx2)),
+            "baseline" | "sse2" | "none" => Ok(Some(SimdLevel::Baseline)),
+            other => Err(format!(
+                "PIPE_SIMD={other}: expected avx512, avx2, baseline or auto"
+            )),
+        },
+    }
+}
+
+/// The level our kernels use: the CPU's widest, capped by `PIPE_SIMD` (read once).
+pub fn simd_level() -> SimdLevel {
+    static LEVEL: std::sync::OnceLock<SimdLevel> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let cpu = cpu_simd_level();
+        match requested_simd() {
+            Ok(Some(cap)) => cap.min(cpu),
+            _ => cpu,
+        }
+    })
+}
+
+/// The vector width of the `gemm` crate's products: AVX-512 when this build has its
+/// `x86-v4` kernels (feature `avx512`, on by default) and the CPU has it, else AVX2+FMA
+/// where the CPU has them. Capped at build time only: `gemm` has no run-time switch.
+pub fn gemm_simd_level() -> SimdLevel {
+    let cpu = cpu_simd_level();
+    if cfg!(feature = "avx512") {
+        cpu
+    } else {
+        cpu.min(SimdLevel::Avx2)
+    }
+}
+
+/// Check the native CPU kernels' environment (`PIPE_SIMD`, `PIPE_WINOGRAD`): a value
+/// they do not know is an error naming it, not a silent default.
+pub fn check_env() -> Result<(), String> {
+    requested_simd()?;
+    match std::env::var("PIPE_WINOGRAD").as_deref() {
+        Err(_) | Ok("0") | Ok("1") | Ok("") => Ok(()),
+        Ok(v) => Err(format!(
+            "PIPE_WINOGRAD={v}: expected 0 (off) or 1 (on, the default)"
+        )),
+    }
+}
+
+/// Whether 3x3 stride-1 convolutions use Winograd's F(2x2, 3x3) ([`winograd`]); off with
+/// `PIPE_WINOGRAD=0` (read once), to measure against the im2col path.
+pub fn winograd_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("PIPE_WINOGRAD").as_deref() != Ok("0"))
+}
+
+/// Bytes of one core's L2 cache, read once from sysfs (1 MiB where it says nothing).
+pub fn l2_bytes() -> usize {
+    static L2: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *L2.get_or_init(|| cache_bytes(2).unwrap_or(1 << 20))
+}
+
+/// Size of cpu0's level-`level` data or unified cache, from sysfs.
+pub fn cache_bytes(level: usize) -> Option<usize> {
+    let base = std::path::Path::new("/sys/devices/system/cpu/cpu0/cache");
+    std::fs::read_dir(base).ok()?.flatten().find_map(|e| {
+        let read = |f: &str| std::fs::read_to_string(e.path().join(f)).ok();
+        let lvl: usize = read("level")?.trim().parse().ok()?;
+        let kind = read("type")?;
+        if lvl != level || kind.trim() == "Instruction" {
+            return None;
+        }
+        let size = read("size")?;
+        let size = size.trim();
+        let (num, mult) = match size.strip_suffix('K') {
+            Some(n) => (n, 1 << 10),
+            None => match size.strip_suffix('M') {
+                Some(n) => (n, 1 << 20),
+                None => (size, 1),
+            },
+        };
+        num.parse::<usize>().ok().map(|n| n * mult)
+    })
+}
+
+/// Run `f` compiled for the vectors of [`simd_level`] (AVX-512, else AVX2+FMA, else the
+/// baseline), chosen at run time: `f` is inlined into a function with those target
+/// features, so its loops vectorise for them. Call it around a task's whole loop nest.
+#[inline(always)]
+pub fn simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        match simd_level() {
+            // SAFETY: the CPU has every feature the function is compiled for
+            // (simd_level never exceeds cpu_simd_level).
+            SimdLevel::Avx512 => return unsafe { with_avx512(f) },
             // SAFETY: as above.
-            return unsafe { with_avx2(f) };
+            SimdLevel::Avx2 => return unsafe { with_avx2(f) },
+            SimdLevel::Baseline => {}
         }
     }
     f()
@@ -244,12 +389,17 @@ pub struct Workspaces<T> {
 impl<T: Real> Workspaces<T> {
     /// Run `f` with a buffer of at least `len` zero-or-stale values.
     pub fn with<R>(&self, len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
-        let mut buf = self
-            .free
-            .lock()
-            .expect("workspace lock")
-            .pop()
-            .unwrap_or_default();
+        // The smallest free buffer that is long enough, else the longest (grown): tasks
+        // asking for different sizes each find theirs, and a step stops allocating once
+        // every size has been asked for.
+        let mut buf = {
+            let mut free = self.free.lock().expect("workspace lock");
+            let fit = (0..free.len())
+                .filter(|&i| free[i].len() >= len)
+                .min_by_key(|&i| free[i].len())
+                .or_else(|| (0..free.len()).max_by_key(|&i| free[i].len()));
+            fit.map(|i| free.swap_remove(i)).unwrap_or_default()
+        };
         if buf.len() < len {
             buf.resize(len, T::zero());
         }
@@ -280,15 +430,18 @@ pub fn reduce_parts<T: Real>(
 ) {
     use rayon::prelude::*;
     out.par_chunks_mut(4096).enumerate().for_each(|(ci, o)| {
-        simd(|| {
-            let base = offset + ci * 4096;
-            o.copy_from_slice(&partials[base..base + o.len()]);
-            for p in 1..parts {
-                let src = &partials[p * stride + base..p * stride + base + o.len()];
-                for (a, b) in o.iter_mut().zip(src) {
-                    *a += *b;
+        simd(
+            #[inline(always)]
+            || {
+                let base = offset + ci * 4096;
+                o.copy_from_slice(&partials[base..base + o.len()]);
+                for p in 1..parts {
+                    let src = &partials[p * stride + base..p * stride + base + o.len()];
+                    for (a, b) in o.iter_mut().zip(src) {
+                        *a += *b;
+                    }
                 }
-            }
-        })
+            },
+        )
     });
 }

@@ -31,12 +31,15 @@ fn block_sums<const L: usize>(
         .par_chunks_mut(c * L)
         .enumerate()
         .for_each(|(b, acc)| {
-            super::simd(|| {
-                acc.fill(0.0);
-                for r in b * BLOCK..((b + 1) * BLOCK).min(rows) {
-                    f(r, acc);
-                }
-            })
+            super::simd(
+                #[inline(always)]
+                || {
+                    acc.fill(0.0);
+                    for r in b * BLOCK..((b + 1) * BLOCK).min(rows) {
+                        f(r, acc);
+                    }
+                },
+            )
         });
     for o in out.iter_mut() {
         *o = [0.0; L];
@@ -76,21 +79,35 @@ pub fn batchnorm_forward_train<T: Real>(
     let inv_n = 1.0 / rows as f64;
     let s1 = &mut sums[..c];
     // SAFETY (all closures): rows of x are only read here.
-    block_sums::<2>(rows, c, scratch, s1, |r, acc| {
-        for (a, v) in acc.iter_mut().zip(unsafe { x.row(xv, r) }) {
-            *a += v.to_f64().unwrap_or(f64::NAN);
-        }
-    });
+    block_sums::<2>(
+        rows,
+        c,
+        scratch,
+        s1,
+        #[inline(always)]
+        |r, acc| {
+            for (a, v) in acc.iter_mut().zip(unsafe { x.row(xv, r) }) {
+                *a += v.to_f64().unwrap_or(f64::NAN);
+            }
+        },
+    );
     for ch in 0..c {
         mean[ch] = super::r(s1[ch][0] * inv_n);
     }
     let m: &[T] = mean;
-    block_sums::<2>(rows, c, scratch, s1, |r, acc| {
-        for ((a, v), mu) in acc.iter_mut().zip(unsafe { x.row(xv, r) }).zip(m) {
-            let d = (*v - *mu).to_f64().unwrap_or(f64::NAN);
-            *a += d * d;
-        }
-    });
+    block_sums::<2>(
+        rows,
+        c,
+        scratch,
+        s1,
+        #[inline(always)]
+        |r, acc| {
+            for ((a, v), mu) in acc.iter_mut().zip(unsafe { x.row(xv, r) }).zip(m) {
+                let d = (*v - *mu).to_f64().unwrap_or(f64::NAN);
+                *a += d * d;
+            }
+        },
+    );
     for ch in 0..c {
         var[ch] = super::r(s1[ch][0] * inv_n);
         inv_std[ch] = T::one() / (var[ch] + super::r(eps)).sqrt();
@@ -140,20 +157,23 @@ fn normalize<T: Real>(
     relu: bool,
 ) {
     (0..blocks(rows)).into_par_iter().for_each(|b| {
-        super::simd(|| {
-            for r in b * BLOCK..((b + 1) * BLOCK).min(rows) {
-                // SAFETY: each block's rows belong to one task; x is read before y is written
-                // element by element, so x == y (in place) is fine.
-                let xr = unsafe { x.row(xv, r) }.as_ptr();
-                let yr = unsafe { y.row_mut(yv, r) };
-                for (ch, o) in yr.iter_mut().enumerate() {
-                    // SAFETY: ch < c, the row's length.
-                    let v = unsafe { *xr.add(ch) };
-                    let n = (v - mean[ch]) * inv_std[ch] * gamma[ch] + beta[ch];
-                    *o = if relu && n <= T::zero() { T::zero() } else { n };
+        super::simd(
+            #[inline(always)]
+            || {
+                for r in b * BLOCK..((b + 1) * BLOCK).min(rows) {
+                    // SAFETY: each block's rows belong to one task; x is read before y is written
+                    // element by element, so x == y (in place) is fine.
+                    let xr = unsafe { x.row(xv, r) }.as_ptr();
+                    let yr = unsafe { y.row_mut(yv, r) };
+                    for (ch, o) in yr.iter_mut().enumerate() {
+                        // SAFETY: ch < c, the row's length.
+                        let v = unsafe { *xr.add(ch) };
+                        let n = (v - mean[ch]) * inv_std[ch] * gamma[ch] + beta[ch];
+                        *o = if relu && n <= T::zero() { T::zero() } else { n };
+                    }
                 }
-            }
-        })
+            },
+        )
     });
 }
 
@@ -184,25 +204,46 @@ pub fn batchnorm_backward<T: Real>(
     // Row r of the fused relu's output, when there is one (only read).
     // SAFETY: rows of the fused output lie in the arena and nobody writes them here.
     let relu_row = |r: usize| relu_out.map(|(yp, yv)| unsafe { yp.row(yv, r) });
-    // dy, masked by that output.
-    let masked = |y: Option<&[T]>, ch: usize, d: T| -> T {
-        match y {
-            Some(y) if y[ch] <= T::zero() => T::zero(),
-            _ => d,
-        }
-    };
-    block_sums::<2>(rows, c, scratch, s, |r, acc| {
-        // SAFETY: rows of x and dy are only read here.
-        let (xr, dr) = unsafe { (x.row(xv, r), dy.row(dyv, r)) };
-        let yr = relu_row(r);
-        let (a0, a1) = acc.split_at_mut(c);
-        for ch in 0..c {
-            let xhat = (xr[ch] - mean[ch]) * inv_std[ch];
-            let d = masked(yr, ch, dr[ch]);
-            a0[ch] += d.to_f64().unwrap_or(f64::NAN);
-            a1[ch] += (d * xhat).to_f64().unwrap_or(f64::NAN);
-        }
-    });
+    block_sums::<2>(
+        rows,
+        c,
+        scratch,
+        s,
+        #[inline(always)]
+        |r, acc| {
+            // SAFETY: rows of x and dy are only read here.
+            let (xr, dr) = unsafe { (x.row(xv, r), dy.row(dyv, r)) };
+            let (a0, a1) = acc.split_at_mut(c);
+            // Equal lengths up front, and the relu mask chosen outside the loop, so the loop
+            // vectorises.
+            let (xr, dr, m, is) = (&xr[..c], &dr[..c], &mean[..c], &inv_std[..c]);
+            let (a0, a1) = (&mut a0[..c], &mut a1[..c]);
+            let f = |v: T| v.to_f64().unwrap_or(f64::NAN);
+            match relu_row(r) {
+                Some(yr) => {
+                    let yr = &yr[..c];
+                    for ch in 0..c {
+                        let d = if yr[ch] > T::zero() {
+                            dr[ch]
+                        } else {
+                            T::zero()
+                        };
+                        let xhat = (xr[ch] - m[ch]) * is[ch];
+                        a0[ch] += f(d);
+                        a1[ch] += f(d * xhat);
+                    }
+                }
+                None => {
+                    for ch in 0..c {
+                        let d = dr[ch];
+                        let xhat = (xr[ch] - m[ch]) * is[ch];
+                        a0[ch] += f(d);
+                        a1[ch] += f(d * xhat);
+                    }
+                }
+            }
+        },
+    );
     for ch in 0..c {
         dbeta[ch] = super::r(s[ch][0]);
         dgamma[ch] = super::r(s[ch][1]);
@@ -211,26 +252,41 @@ pub fn batchnorm_backward<T: Real>(
     let inv_n = super::r::<T>(1.0 / rows as f64);
     let (db, dg): (&[T], &[T]) = (dbeta, dgamma);
     (0..blocks(rows)).into_par_iter().for_each(|b| {
-        super::simd(|| {
-            for r in b * BLOCK..((b + 1) * BLOCK).min(rows) {
-                // SAFETY: x and dy rows are read; this block's rows of dx belong to this task.
-                // dx may be dy itself (in place): each element is read before it is written.
-                let xr = unsafe { x.row(xv, r) };
-                let yr = relu_row(r);
-                let dr = unsafe { dy.row(dyv, r) }.as_ptr();
-                let out = unsafe { dxp.row_mut(dxv, r) };
-                for ch in 0..c {
-                    let xhat = (xr[ch] - mean[ch]) * inv_std[ch];
-                    // SAFETY: ch < c.
-                    let d = masked(yr, ch, unsafe { *dr.add(ch) });
-                    let g = gamma[ch] * inv_std[ch] * (d - db[ch] * inv_n - xhat * dg[ch] * inv_n);
-                    if acc {
-                        out[ch] += g;
-                    } else {
-                        out[ch] = g;
+        super::simd(
+            #[inline(always)]
+            || {
+                for r in b * BLOCK..((b + 1) * BLOCK).min(rows) {
+                    // SAFETY: x and dy rows are read; this block's rows of dx belong to this task.
+                    // dx may be dy itself (in place): each element is read before it is written.
+                    let xr = unsafe { x.row(xv, r) };
+                    let yr = relu_row(r);
+                    let dr = unsafe { dy.row(dyv, r) }.as_ptr();
+                    let out = unsafe { dxp.row_mut(dxv, r) };
+                    let grad = |ch: usize, d: T| {
+                        let xhat = (xr[ch] - mean[ch]) * inv_std[ch];
+                        gamma[ch] * inv_std[ch] * (d - db[ch] * inv_n - xhat * dg[ch] * inv_n)
+                    };
+                    // The four cases outside the loop, so each vectorises.
+                    // SAFETY (each `dr.add(ch)`): ch < c; dy's element is read before dx's is
+                    // written.
+                    match (yr, acc) {
+                        (Some(y), true) => (0..c).for_each(|ch| {
+                            let d = unsafe { *dr.add(ch) };
+                            out[ch] += grad(ch, if y[ch] > T::zero() { d } else { T::zero() });
+                        }),
+                        (Some(y), false) => (0..c).for_each(|ch| {
+                            let d = unsafe { *dr.add(ch) };
+                            out[ch] = grad(ch, if y[ch] > T::zero() { d } else { T::zero() });
+                        }),
+                        (None, true) => {
+                            (0..c).for_each(|ch| out[ch] += grad(ch, unsafe { *dr.add(ch) }))
+                        }
+                        (None, false) => {
+                            (0..c).for_each(|ch| out[ch] = grad(ch, unsafe { *dr.add(ch) }))
+                        }
                     }
                 }
-            }
-        })
+            },
+        )
     });
 }

@@ -33,21 +33,24 @@ impl PoolGeom {
 pub fn maxpool_forward<T: Real>(x: Ptr<T>, xv: View, y: Ptr<T>, yv: View, g: &PoolGeom, n: usize) {
     let (ihw, ohw) = (g.h * g.w, g.oh * g.ow);
     (0..n).into_par_iter().for_each(|b| {
-        super::simd(|| {
-            for oy in 0..g.oh {
-                for ox in 0..g.ow {
-                    // SAFETY: each image's rows belong to one task; x is only read.
-                    let out = unsafe { y.row_mut(yv, b * ohw + oy * g.ow + ox) };
-                    out.fill(super::r(-1e30));
-                    for t in g.taps(oy, ox) {
-                        let src = unsafe { x.row(xv, b * ihw + t) };
-                        for (o, v) in out.iter_mut().zip(src) {
-                            *o = if *v > *o { *v } else { *o };
+        super::simd(
+            #[inline(always)]
+            || {
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        // SAFETY: each image's rows belong to one task; x is only read.
+                        let out = unsafe { y.row_mut(yv, b * ohw + oy * g.ow + ox) };
+                        out.fill(super::r(-1e30));
+                        for t in g.taps(oy, ox) {
+                            let src = unsafe { x.row(xv, b * ihw + t) };
+                            for (o, v) in out.iter_mut().zip(src) {
+                                *o = if *v > *o { *v } else { *o };
+                            }
                         }
                     }
                 }
-            }
-        })
+            },
+        )
     });
 }
 
@@ -70,41 +73,47 @@ pub fn maxpool_backward<T: Real>(
     let (dxp, dxv, acc) = dx;
     let c = yv.c;
     (0..n).into_par_iter().for_each(|b| {
-        super::simd(|| {
-            if !acc {
-                for r in b * ihw..(b + 1) * ihw {
-                    // SAFETY: image b of dx belongs to this task.
-                    unsafe { dxp.row_mut(dxv, r) }.fill(T::zero());
-                }
-            }
-            ws.with(2 * c, |buf| {
-                let (count, share) = buf.split_at_mut(c);
-                for oy in 0..g.oh {
-                    for ox in 0..g.ow {
-                        let o = b * ohw + oy * g.ow + ox;
-                        // SAFETY: x, y, dy are only read; image b of dx is this task's.
-                        let (yr, dr) = unsafe { (y.row(yv, o), dy.row(dyv, o)) };
-                        count.fill(T::zero());
-                        for t in g.taps(oy, ox) {
-                            let xr = unsafe { x.row(xv, b * ihw + t) };
-                            for ((k, xv), yv) in count.iter_mut().zip(xr).zip(yr) {
-                                *k += if *xv == *yv { T::one() } else { T::zero() };
+        // The loops run inside `simd` (inside the workspace's closure, not around it, or
+        // they would be compiled in `with`, without the wide vectors).
+        ws.with(2 * c, |buf| {
+            super::simd(
+                #[inline(always)]
+                || {
+                    if !acc {
+                        for r in b * ihw..(b + 1) * ihw {
+                            // SAFETY: image b of dx belongs to this task.
+                            unsafe { dxp.row_mut(dxv, r) }.fill(T::zero());
+                        }
+                    }
+                    let (count, share) = buf.split_at_mut(c);
+                    for oy in 0..g.oh {
+                        for ox in 0..g.ow {
+                            let o = b * ohw + oy * g.ow + ox;
+                            // SAFETY: x, y, dy are only read; image b of dx is this task's.
+                            let (yr, dr) = unsafe { (y.row(yv, o), dy.row(dyv, o)) };
+                            count.fill(T::zero());
+                            for t in g.taps(oy, ox) {
+                                let xr = unsafe { x.row(xv, b * ihw + t) };
+                                for ((k, xv), yv) in count.iter_mut().zip(xr).zip(yr) {
+                                    *k += if *xv == *yv { T::one() } else { T::zero() };
+                                }
                             }
-                        }
-                        for ((s, d), k) in share.iter_mut().zip(dr).zip(count.iter()) {
-                            *s = *d / *k;
-                        }
-                        for t in g.taps(oy, ox) {
-                            let xr = unsafe { x.row(xv, b * ihw + t) };
-                            let d = unsafe { dxp.row_mut(dxv, b * ihw + t) };
-                            for (((a, xv), yv), s) in d.iter_mut().zip(xr).zip(yr).zip(share.iter())
-                            {
-                                *a += if *xv == *yv { *s } else { T::zero() };
+                            for ((s, d), k) in share.iter_mut().zip(dr).zip(count.iter()) {
+                                *s = *d / *k;
+                            }
+                            for t in g.taps(oy, ox) {
+                                let xr = unsafe { x.row(xv, b * ihw + t) };
+                                let d = unsafe { dxp.row_mut(dxv, b * ihw + t) };
+                                for (((a, xv), yv), s) in
+                                    d.iter_mut().zip(xr).zip(yr).zip(share.iter())
+                                {
+                                    *a += if *xv == *yv { *s } else { T::zero() };
+                                }
                             }
                         }
                     }
-                }
-            });
+                },
+            );
         })
     });
 }
@@ -113,24 +122,27 @@ pub fn maxpool_backward<T: Real>(
 pub fn avgpool_forward<T: Real>(x: Ptr<T>, xv: View, y: Ptr<T>, yv: View, g: &PoolGeom, n: usize) {
     let (ihw, ohw) = (g.h * g.w, g.oh * g.ow);
     (0..n).into_par_iter().for_each(|b| {
-        super::simd(|| {
-            for oy in 0..g.oh {
-                for ox in 0..g.ow {
-                    // SAFETY: image b of y belongs to this task; x is only read.
-                    let out = unsafe { y.row_mut(yv, b * ohw + oy * g.ow + ox) };
-                    out.fill(T::zero());
-                    let mut count = 0usize;
-                    for t in g.taps(oy, ox) {
-                        count += 1;
-                        for (o, v) in out.iter_mut().zip(unsafe { x.row(xv, b * ihw + t) }) {
-                            *o += *v;
+        super::simd(
+            #[inline(always)]
+            || {
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        // SAFETY: image b of y belongs to this task; x is only read.
+                        let out = unsafe { y.row_mut(yv, b * ohw + oy * g.ow + ox) };
+                        out.fill(T::zero());
+                        let mut count = 0usize;
+                        for t in g.taps(oy, ox) {
+                            count += 1;
+                            for (o, v) in out.iter_mut().zip(unsafe { x.row(xv, b * ihw + t) }) {
+                                *o += *v;
+                            }
                         }
+                        let inv = super::r::<T>(1.0 / count.max(1) as f64);
+                        out.iter_mut().for_each(|o| *o *= inv);
                     }
-                    let inv = super::r::<T>(1.0 / count.max(1) as f64);
-                    out.iter_mut().for_each(|o| *o *= inv);
                 }
-            }
-        })
+            },
+        )
     });
 }
 
@@ -145,28 +157,31 @@ pub fn avgpool_backward<T: Real>(
     let (ihw, ohw) = (g.h * g.w, g.oh * g.ow);
     let (dxp, dxv, acc) = dx;
     (0..n).into_par_iter().for_each(|b| {
-        super::simd(|| {
-            if !acc {
-                for r in b * ihw..(b + 1) * ihw {
-                    // SAFETY: image b of dx belongs to this task.
-                    unsafe { dxp.row_mut(dxv, r) }.fill(T::zero());
+        super::simd(
+            #[inline(always)]
+            || {
+                if !acc {
+                    for r in b * ihw..(b + 1) * ihw {
+                        // SAFETY: image b of dx belongs to this task.
+                        unsafe { dxp.row_mut(dxv, r) }.fill(T::zero());
+                    }
                 }
-            }
-            for oy in 0..g.oh {
-                for ox in 0..g.ow {
-                    let count = g.taps(oy, ox).count();
-                    let inv = super::r::<T>(1.0 / count.max(1) as f64);
-                    // SAFETY: dy is only read; image b of dx is this task's.
-                    let dr = unsafe { dy.row(dyv, b * ohw + oy * g.ow + ox) };
-                    for t in g.taps(oy, ox) {
-                        let d = unsafe { dxp.row_mut(dxv, b * ihw + t) };
-                        for (a, v) in d.iter_mut().zip(dr) {
-                            *a += *v * inv;
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        let count = g.taps(oy, ox).count();
+                        let inv = super::r::<T>(1.0 / count.max(1) as f64);
+                        // SAFETY: dy is only read; image b of dx is this task's.
+                        let dr = unsafe { dy.row(dyv, b * ohw + oy * g.ow + ox) };
+                        for t in g.taps(oy, ox) {
+                            let d = unsafe { dxp.row_mut(dxv, b * ihw + t) };
+                            for (a, v) in d.iter_mut().zip(dr) {
+                                *a += *v * inv;
+                            }
                         }
                     }
                 }
-            }
-        })
+            },
+        )
     });
 }
 
@@ -174,17 +189,20 @@ pub fn avgpool_backward<T: Real>(
 pub fn global_avgpool_forward<T: Real>(x: Ptr<T>, xv: View, y: Ptr<T>, yv: View, n: usize) {
     let inv = super::r::<T>(1.0 / xv.hw as f64);
     (0..n).into_par_iter().for_each(|b| {
-        super::simd(|| {
-            // SAFETY: row b of y belongs to this task; x is only read.
-            let out = unsafe { y.row_mut(yv, b) };
-            out.fill(T::zero());
-            for r in b * xv.hw..(b + 1) * xv.hw {
-                for (o, v) in out.iter_mut().zip(unsafe { x.row(xv, r) }) {
-                    *o += *v;
+        super::simd(
+            #[inline(always)]
+            || {
+                // SAFETY: row b of y belongs to this task; x is only read.
+                let out = unsafe { y.row_mut(yv, b) };
+                out.fill(T::zero());
+                for r in b * xv.hw..(b + 1) * xv.hw {
+                    for (o, v) in out.iter_mut().zip(unsafe { x.row(xv, r) }) {
+                        *o += *v;
+                    }
                 }
-            }
-            out.iter_mut().for_each(|o| *o *= inv);
-        })
+                out.iter_mut().for_each(|o| *o *= inv);
+            },
+        )
     });
 }
 
@@ -193,19 +211,22 @@ pub fn global_avgpool_backward<T: Real>(dy: Ptr<T>, dyv: View, dx: (Ptr<T>, View
     let (dxp, dxv, acc) = dx;
     let inv = super::r::<T>(1.0 / dxv.hw as f64);
     (0..n).into_par_iter().for_each(|b| {
-        super::simd(|| {
-            // SAFETY: dy is only read; image b of dx is this task's.
-            let dr = unsafe { dy.row(dyv, b) };
-            for r in b * dxv.hw..(b + 1) * dxv.hw {
-                let d = unsafe { dxp.row_mut(dxv, r) };
-                for (a, v) in d.iter_mut().zip(dr) {
-                    if acc {
-                        *a += *v * inv;
-                    } else {
-                        *a = *v * inv;
+        super::simd(
+            #[inline(always)]
+            || {
+                // SAFETY: dy is only read; image b of dx is this task's.
+                let dr = unsafe { dy.row(dyv, b) };
+                for r in b * dxv.hw..(b + 1) * dxv.hw {
+                    let d = unsafe { dxp.row_mut(dxv, r) };
+                    for (a, v) in d.iter_mut().zip(dr) {
+                        if acc {
+                            *a += *v * inv;
+                        } else {
+                            *a = *v * inv;
+                        }
                     }
                 }
-            }
-        })
+            },
+        )
     });
 }

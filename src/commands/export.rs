@@ -1,0 +1,68 @@
+//! `pipe export PIPELINE[:STAGE] -o FILE`: a trained stage as an ONNX model.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use super::predict::load_stage_target;
+use super::Global;
+use crate::engine::Engine;
+
+/// `pipe export`.
+pub fn export(g: &Global, target: &str, out: &Path) -> Result<()> {
+    let (proj, p, stage) = load_stage_target(g, target)?;
+    let mut engine = Engine::read_only(&proj.cache);
+    let t = engine.trained(&p, stage.as_deref())?;
+    let bytes =
+        crate::stages::export::onnx_of(&t.model_dir, &t.data_dir, &p.name, &t.stage, &t.key)?;
+    if out == Path::new("-") {
+        use std::io::Write;
+        let mut o = std::io::stdout().lock();
+        o.write_all(&bytes)?;
+        o.flush()?;
+        eprintln!(
+            "wrote {} KiB to stdout: `{}` stage `{}` as ONNX (opset {})",
+            bytes.len() / 1024,
+            p.name,
+            t.stage,
+            crate::data::onnx::OPSET
+        );
+        return Ok(());
+    }
+    // A link is written through; what is there must be a file (or nothing): the file is
+    // replaced by one rename, which would replace a folder's entry, a FIFO or a device
+    // node itself.
+    let out = match std::fs::symlink_metadata(out) {
+        Ok(m) if m.file_type().is_symlink() => out
+            .canonicalize()
+            .or_else(|_| {
+                std::fs::read_link(out).map(|l| match out.parent() {
+                    Some(d) if l.is_relative() => d.join(l),
+                    _ => l,
+                })
+            })
+            .with_context(|| format!("cannot follow the link {}", out.display()))?,
+        _ => out.to_path_buf(),
+    };
+    match std::fs::metadata(&out) {
+        Ok(m) if !m.is_file() => anyhow::bail!(
+            "{} exists and is not a regular file (a folder, FIFO or device): give a file path, or `-` for stdout",
+            out.display()
+        ),
+        _ => {}
+    }
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    crate::atomic::write_atomic(&out, &bytes)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    println!(
+        "wrote {} ({} KiB): `{}` stage `{}` as ONNX (opset {})",
+        out.display(),
+        bytes.len() / 1024,
+        p.name,
+        t.stage,
+        crate::data::onnx::OPSET
+    );
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! `export`: a trained model as a file other runtimes load — ONNX (see
+//! [`crate::data::onnx`]). The stage writes `model.onnx` into its artifact, cached like
+//! every stage; `pipe export` writes the same bytes where it is told.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use super::model::Plan;
+use super::StageCtx;
+use crate::data::checkpoint;
+use crate::data::index::read_classes;
+use crate::data::onnx::{self, Provenance};
+use crate::manifest::ExportConfig;
+
+/// The ONNX model of the trained artifact `model_dir`, with the class names of the data
+/// it was trained on (`data_dir`'s `classes.csv`) and, when given, the pipeline, stage and
+/// key it comes from (the stage gives none: its artifact is shared by every pipeline
+/// whose stage has its key, so it names only the model's content hash).
+pub fn onnx_of(
+    model_dir: &Path,
+    data_dir: &Path,
+    pipeline: &str,
+    stage: &str,
+    key: &str,
+) -> Result<Vec<u8>> {
+    let model = model_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let plan: Plan = serde_json::from_slice(
+        &std::fs::read(model_dir.join("plan.json"))
+            .context("the model artifact has no plan.json")?,
+    )?;
+    let (state, _) = checkpoint::load(&model_dir.join("model.safetensors"))?;
+    let mean = state
+        .tensors
+        .get("input/mean")
+        .cloned()
+        .context("model.safetensors has no `input/mean`")?;
+    let mut classes = read_classes(&data_dir.join("classes.csv"))?;
+    classes.sort_by_key(|c| c.label);
+    onnx::export(
+        &plan.graph,
+        &state,
+        &mean,
+        &Provenance {
+            pipeline: pipeline.into(),
+            stage: stage.into(),
+            key: key.into(),
+            model,
+            class_ids: classes.iter().map(|c| c.id.clone()).collect(),
+            class_names: classes
+                .iter()
+                .map(|c| {
+                    if c.name.trim().is_empty() {
+                        c.id.clone()
+                    } else {
+                        c.name.clone()
+                    }
+                })
+                .collect(),
+        },
+    )
+}
+
+/// Run the export stage: `model.onnx` of its input model.
+pub fn run(ctx: &StageCtx<'_>, _c: &ExportConfig) -> Result<String> {
+    let model_dir = &ctx.inputs[0].1;
+    let data = &ctx.inputs[1].1;
+    let bytes = onnx_of(model_dir, data, "", "", "")?;
+    crate::atomic::write_atomic(&ctx.out.join("model.onnx"), &bytes)?;
+    Ok(format!(
+        "model.onnx ({} KiB, opset {})",
+        bytes.len() / 1024,
+        onnx::OPSET
+    ))
+}

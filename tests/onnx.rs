@@ -1,0 +1,452 @@
+//! ONNX export, checked by the real tools: `onnx.checker.check_model(full_check=True)`
+//! and onnxruntime's CPU provider (both in the test command's `.venv`), and `tract-onnx`
+//! in Rust. Each gives the same probabilities as `pipe predict`, within 1e-4, for the demo
+//! network, MiniGoogLeNet, DeeperGoogLeNet at a reduced input, and a network of edge
+//! cases: stride-2 `same` pooling on an odd size, average pooling next to padding, elu,
+//! add, explicit padding, a flatten of an image, a dense layer without bias, and no final
+//! softmax.
+//!
+//! The test command sets `PIPE_REQUIRE_ONNXRUNTIME=1`: there, onnx or onnxruntime missing
+//! fails these tests. Run alone without them, the Python half is skipped saying so.
+
+mod common;
+
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use tract_onnx::prelude::*;
+
+fn python() -> String {
+    std::env::var("PIPE_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Whether onnx and onnxruntime import (a failure when the test command requires them).
+fn onnxruntime_ready() -> bool {
+    let ok = Command::new(python())
+        .args(["-c", "import onnx, onnxruntime"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        if std::env::var("PIPE_REQUIRE_ONNXRUNTIME").is_ok_and(|v| v == "1") {
+            panic!(
+                "PIPE_REQUIRE_ONNXRUNTIME=1 but {} cannot import onnx and onnxruntime (scripts/bootstrap --with-python installs them)",
+                python()
+            );
+        }
+        eprintln!(
+            "skipped the onnxruntime half: {} has no onnx/onnxruntime",
+            python()
+        );
+    }
+    ok
+}
+
+fn read_f32(path: &Path) -> Vec<f32> {
+    std::fs::read(path)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+/// `pipe predict TARGET IMAGES --json` as full probability rows (by label).
+fn predict_probs(p: &Project, target: &str, images: &[PathBuf], classes: usize) -> Vec<Vec<f32>> {
+    let k = classes.to_string();
+    let mut args = vec!["predict", target, "--json", "--top-k", &k];
+    let paths: Vec<String> = images.iter().map(|i| i.display().to_string()).collect();
+    args.extend(paths.iter().map(String::as_str));
+    let out = p.ok(&args);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let mut row = vec![f32::NAN; classes];
+            for t in v["top"].as_array().unwrap() {
+                row[t["label"].as_u64().unwrap() as usize] = t["p"].as_f64().unwrap() as f32;
+            }
+            row
+        })
+        .collect()
+}
+
+fn max_diff(a: &[Vec<f32>], b: &[f32]) -> f32 {
+    a.iter()
+        .flatten()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Export `target`, run the file in onnxruntime and tract on `images`, and compare with
+/// `pipe predict`; returns the file.
+fn check(
+    p: &Project,
+    target: &str,
+    images: &[PathBuf],
+    (w, h): (u32, u32),
+    classes: usize,
+) -> PathBuf {
+    let model = p.path().join(format!("{}.onnx", target.replace(':', "_")));
+    let said = p.ok(&["export", target, "-o", model.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&said.stdout).contains("opset 17"));
+    let n = images.len();
+    let mut x = Vec::with_capacity(n * (w * h * 3) as usize);
+    for i in images {
+        let px =
+            pipe::stages::predict::prepare_image(i, (w, h), pipe::manifest::ResizeFilter::Bilinear)
+                .unwrap();
+        x.extend(px.into_iter().map(f32::from));
+    }
+    let want = predict_probs(p, target, images, classes);
+    assert_eq!(want.len(), n);
+    assert!(want.iter().flatten().all(|v| v.is_finite()));
+    // tract, in this process.
+    let plan = tract_onnx::onnx()
+        .model_for_path(&model)
+        .unwrap()
+        .with_input_fact(0, f32::fact([n, h as usize, w as usize, 3]).into())
+        .unwrap()
+        .into_optimized()
+        .unwrap()
+        .into_runnable()
+        .unwrap();
+    let input = Tensor::from_shape(&[n, h as usize, w as usize, 3], &x).unwrap();
+    let out = plan.run(tvec!(input.into())).unwrap();
+    let tract: Vec<f32> = out[0]
+        .to_plain_array_view::<f32>()
+        .unwrap()
+        .iter()
+        .copied()
+        .collect();
+    assert_eq!(tract.len(), n * classes);
+    let d = max_diff(&want, &tract);
+    assert!(
+        d <= 1e-4,
+        "{target}: tract differs from pipe predict by {d}"
+    );
+    // onnx's checker and onnxruntime.
+    if onnxruntime_ready() {
+        let input_path = p.path().join("input.f32");
+        let output_path = p.path().join("output.f32");
+        std::fs::write(
+            &input_path,
+            x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+        )
+        .unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/onnx_check.py");
+        let o = Command::new(python())
+            .arg(&script)
+            .arg(&model)
+            .arg(&input_path)
+            .args([n.to_string(), h.to_string(), w.to_string()])
+            .arg(&output_path)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{target}: the onnx checker or onnxruntime refused the file:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(info["opset"], 17);
+        assert_eq!(info["output"], serde_json::json!([n, classes]));
+        for key in [
+            "pipe.classes",
+            "pipe.mean",
+            "pipe.input_size",
+            "pipe.pipeline",
+            "pipe.key",
+        ] {
+            assert!(
+                info["metadata"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|k| k == key),
+                "{key}: {info}"
+            );
+        }
+        let ort = read_f32(&output_path);
+        let d = max_diff(&want, &ort);
+        assert!(
+            d <= 1e-4,
+            "{target}: onnxruntime differs from pipe predict by {d}"
+        );
+    }
+    model
+}
+
+/// Some of an ingest artifact's generated images.
+fn images_of(p: &Project, run: &serde_json::Value, n: usize) -> Vec<PathBuf> {
+    let out = run["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "ingest")
+        .and_then(|s| s["output"].as_str())
+        .unwrap()
+        .to_string();
+    let mut all = Vec::new();
+    fn walk(d: &Path, out: &mut Vec<PathBuf>) {
+        let mut es: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        es.sort();
+        for e in es {
+            if e.is_dir() {
+                walk(&e, out);
+            } else if e.extension().is_some_and(|x| x == "jpg") {
+                out.push(e);
+            }
+        }
+    }
+    walk(&p.cache().join("artifacts").join(out), &mut all);
+    let step = (all.len() / n).max(1);
+    all.into_iter().step_by(step).take(n).collect()
+}
+
+fn network_file(name: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("pipelines/networks")
+            .join(name),
+    )
+    .unwrap()
+}
+
+#[test]
+fn the_demo_network_exports_and_runs_the_same_everywhere() {
+    let p = Project::new();
+    let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/demo.toml"))
+        .unwrap();
+    p.manifest("demo.toml", &demo);
+    p.manifest(
+        "small.toml",
+        "extends = \"demo.toml\"\nname = \"small\"\n\n[stages.ingest]\ntrain_per_class = 20\nval_per_class = 4\n\n[stages.split]\ntest_per_class = 4\n\n[stages.train]\nepochs = 2\n\n[stages.drop]\nepochs = 1\n\n[stages.onnx]\nkind = \"export\"\ninput = \"drop\"\n",
+    );
+    let run = p.run_json("small", &[]);
+    let images = images_of(&p, &run, 12);
+    check(&p, "small", &images, (32, 32), 10);
+    // The export stage's artifact is the same network: same answers, and it names the
+    // model's content, not a pipeline (it is shared by every pipeline with its key).
+    let stage = run["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "onnx")
+        .unwrap();
+    assert_eq!(stage["state"], "ran");
+    let file = p
+        .cache()
+        .join("artifacts")
+        .join(stage["output"].as_str().unwrap())
+        .join("model.onnx");
+    let m = pipe::data::onnx::read(&std::fs::read(&file).unwrap()).unwrap();
+    let meta = pipe::data::onnx::metadata(&m);
+    assert!(meta.contains_key("pipe.model") && !meta.contains_key("pipe.pipeline"));
+    assert_eq!(meta["pipe.input_size"], "32x32");
+    let classes: Vec<String> = serde_json::from_str(&meta["pipe.classes"]).unwrap();
+    assert_eq!(classes.len(), 10);
+    // Cached like every stage.
+    let again = p.run_json("small", &[]);
+    assert!(again["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["state"] == "cached"));
+
+    // `-o -` writes the same bytes to stdout; a link is written through.
+    let file = p.path().join("small.onnx");
+    let written = std::fs::read(&file).unwrap();
+    let out = p.ok(&["export", "small", "-o", "-"]);
+    assert_eq!(out.stdout, written);
+    let target = p.path().join("real.onnx");
+    std::fs::write(&target, b"old").unwrap();
+    let link = p.path().join("link.onnx");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    p.ok(&["export", "small", "-o", link.to_str().unwrap()]);
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(std::fs::read(&target).unwrap(), written);
+    // A folder, a FIFO or a device is refused, and left as it was.
+    let err = p.fails(&["export", "small", "-o", p.path().to_str().unwrap()]);
+    assert!(err.contains("is not a regular file"), "{err}");
+    let fifo = p.path().join("fifo.onnx");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let err = p.fails(&["export", "small", "-o", fifo.to_str().unwrap()]);
+    assert!(err.contains("is not a regular file"), "{err}");
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    let err = p.fails(&["export", "small", "-o", "/dev/null"]);
+    assert!(err.contains("is not a regular file"), "{err}");
+    assert!(std::fs::metadata("/dev/null")
+        .unwrap()
+        .file_type()
+        .is_char_device());
+    // No temporary file is left behind by any of these.
+    let left: Vec<_> = std::fs::read_dir(p.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // Untrained: which stage must run first; a stage that does not train: named.
+    p.manifest(
+        "other.toml",
+        "extends = \"small.toml\"\nname = \"other\"\n\n[stages.drop]\nepochs = 2\n",
+    );
+    let err = p.fails(&["export", "other", "-o", "x.onnx"]);
+    assert!(
+        err.contains("stage `drop` of `other` has not been trained yet"),
+        "{err}"
+    );
+    assert!(err.contains("pipe run other --until drop"), "{err}");
+    assert!(!p.path().join("x.onnx").exists());
+    let err = p.fails(&["export", "small:hdf5", "-o", "x.onnx"]);
+    assert!(
+        err.contains("`hdf5` is not a training stage of `small`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn mini_googlenet_exports_and_runs_the_same_everywhere() {
+    let p = Project::new();
+    std::fs::create_dir_all(p.path().join("pipelines/networks")).unwrap();
+    p.manifest(
+        "networks/mini_googlenet.toml",
+        &network_file("mini_googlenet.toml"),
+    );
+    p.manifest(
+        "mini.toml",
+        r#"include = ["networks/mini_googlenet.toml"]
+name = "mini"
+
+[stages.ingest]
+format = "synthetic"
+classes = 10
+train_per_class = 3
+val_per_class = 1
+image_size = [32, 32]
+
+[stages.hdf5]
+input = "ingest"
+
+[stages.train]
+input = "hdf5"
+network = "mini_googlenet"
+epochs = 1
+batch_size = 10
+lr = 0.01
+mean = "pixel"
+"#,
+    );
+    let run = p.run_json("mini", &[]);
+    check(&p, "mini", &images_of(&p, &run, 6), (32, 32), 10);
+}
+
+#[test]
+fn deeper_googlenet_at_a_reduced_input_exports_and_runs_the_same_everywhere() {
+    let p = Project::new();
+    std::fs::create_dir_all(p.path().join("pipelines/networks")).unwrap();
+    p.manifest(
+        "networks/deeper_googlenet.toml",
+        &network_file("deeper_googlenet.toml"),
+    );
+    // 56 x 56 (not 64): the windows meet odd sizes (7 -> 4 at pool4).
+    p.manifest(
+        "deeper.toml",
+        r#"include = ["networks/deeper_googlenet.toml"]
+name = "deeper"
+
+[networks.deeper_googlenet]
+input = [56, 56, 3]
+classes = 4
+
+[stages.ingest]
+format = "synthetic"
+classes = 4
+train_per_class = 2
+val_per_class = 1
+image_size = [56, 56]
+
+[stages.hdf5]
+input = "ingest"
+
+[stages.train]
+input = "hdf5"
+network = "deeper_googlenet"
+epochs = 1
+batch_size = 8
+lr = 0.01
+"#,
+    );
+    let run = p.run_json("deeper", &[]);
+    check(&p, "deeper", &images_of(&p, &run, 4), (56, 56), 4);
+}
+
+#[test]
+fn edge_cases_export_as_our_kernels_compute_them() {
+    let p = Project::new();
+    p.manifest(
+        "edge.toml",
+        r#"name = "edge"
+
+[stages.ingest]
+format = "synthetic"
+classes = 3
+train_per_class = 8
+val_per_class = 2
+image_size = [15, 15]
+
+[stages.hdf5]
+input = "ingest"
+
+[networks.edge]
+input = [15, 15, 3]
+classes = 3
+layers = [
+  { name = "c1", conv2d = { filters = 6, kernel = 3 } },
+  { name = "bn1", batchnorm = {} },
+  { name = "e1", elu = { alpha = 0.7 } },
+  # stride-2 `same` max pooling on an odd size: 15 -> 8, the extra padding after
+  { name = "p1", maxpool = { size = 3, stride = 2, padding = "same" } },
+  { name = "a", conv2d = { filters = 6, kernel = 1 } },
+  { name = "b", conv2d = { filters = 6, kernel = 3, padding = 1 }, inputs = ["p1"] },
+  { name = "sum", add = {}, inputs = ["a", "b"] },
+  { name = "r", relu = {} },
+  # average pooling next to padding: border windows average only their valid cells
+  { name = "p2", avgpool = { size = 3, stride = 2, padding = "same" } },
+  { name = "p3", avgpool = { size = 2, stride = 1, padding = 1 }, inputs = ["sum"] },
+  { name = "p3s", maxpool = { size = 2, stride = 2 } },
+  { name = "cat", concat = {}, inputs = ["p2", "p3s"] },
+  { name = "v", conv2d = { filters = 4, kernel = [2, 3], stride = [1, 2], padding = "valid", bias = false } },
+  { name = "do", dropout = 0.3 },
+  { name = "flat", flatten = {} },
+  { name = "fc", dense = { units = 8, bias = false } },
+  { name = "e2", elu = {} },
+  { name = "out", dense = "$classes" },
+]
+
+[stages.train]
+input = "hdf5"
+network = "edge"
+epochs = 2
+batch_size = 6
+lr = 0.02
+"#,
+    );
+    let run = p.run_json("edge", &[]);
+    check(&p, "edge", &images_of(&p, &run, 8), (15, 15), 3);
+}
