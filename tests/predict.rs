@@ -279,6 +279,18 @@ top_k = [1, 2]
         .success());
     let err = p.fails(&["predict", "t", fifo.to_str().unwrap()]);
     assert!(err.contains("pipe.jpg") && err.contains("FIFO"), "{err}");
+    // A folder with a link back to itself: each image once, and a warning naming the loop.
+    let looped = p.path().join("looped");
+    std::fs::create_dir_all(&looped).unwrap();
+    std::fs::copy(first, looped.join("a.jpg")).unwrap();
+    std::os::unix::fs::symlink("../looped", looped.join("again")).unwrap();
+    let out = p.ok(&["predict", "t", looped.to_str().unwrap()]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    let warned = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        warned.contains("again") && warned.contains("a loop"),
+        "{warned}"
+    );
     let err = p.fails(&["predict", "t:evaluate", first]);
     assert!(
         err.contains("not a training stage") && err.contains("train"),

@@ -48,13 +48,25 @@ fn is_image(p: &Path) -> bool {
         .is_some_and(|e| matches!(e.as_str(), "jpg" | "jpeg" | "png"))
 }
 
-fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
-    if depth > 64 {
-        bail!(
-            "{}: folders nested more than 64 deep (a link loop?)",
-            dir.display()
-        );
+/// The image files under `dir`, sorted, into `out`. `chain` holds the real paths of the
+/// folders being walked (dir's ancestors in this walk): a link back to one of them (a
+/// loop) is skipped with a warning, not walked until the path is too long.
+fn walk(dir: &Path, chain: &mut Vec<PathBuf>, out: &mut Vec<PathBuf>) -> Result<()> {
+    if chain.len() > 64 {
+        bail!("{}: folders nested more than 64 deep", dir.display());
     }
+    let real = dir
+        .canonicalize()
+        .with_context(|| format!("cannot read folder {}", dir.display()))?;
+    if chain.contains(&real) {
+        eprintln!(
+            "warning: skipped {}: a link back to {}, which is being walked (a loop)",
+            dir.display(),
+            real.display()
+        );
+        return Ok(());
+    }
+    chain.push(real);
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read folder {}", dir.display()))?
         .collect::<std::io::Result<_>>()?;
@@ -63,13 +75,14 @@ fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
         let p = e.path();
         let meta = std::fs::metadata(&p);
         match meta {
-            Ok(m) if m.is_dir() => walk(&p, depth + 1, out)?,
+            Ok(m) if m.is_dir() => walk(&p, chain, out)?,
             // Files by their extension; anything else in a folder (a FIFO, a README) is
             // not an image of it.
             Ok(m) if m.is_file() && is_image(&p) => out.push(p),
             _ => {}
         }
     }
+    chain.pop();
     Ok(())
 }
 
@@ -90,7 +103,7 @@ pub fn collect_inputs(inputs: &[String]) -> Result<Vec<PathBuf>> {
         }
         let p = PathBuf::from(i);
         match std::fs::metadata(&p) {
-            Ok(m) if m.is_dir() => walk(&p, 0, &mut out)?,
+            Ok(m) if m.is_dir() => walk(&p, &mut Vec::new(), &mut out)?,
             // A file given by name is tried whatever its extension (and refused by name if
             // it is not a regular file or not an image).
             Ok(_) => out.push(p),
