@@ -780,3 +780,41 @@ fn winograd_error_against_the_direct_path() {
         assert!(e_direct < 1e-5, "im2col error {e_direct:e}");
     }
 }
+
+/// `PIPE_SIMD` caps our kernels (`avx2`, `baseline`) and `PIPE_WINOGRAD=0` turns Winograd
+/// off; a value they do not know is an error naming the variable, not a silent default.
+#[test]
+fn simd_and_winograd_switches_run_and_refuse_unknown_values() {
+    let step = |env: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pipe"));
+        cmd.args(["bench", "step", "--network", "demo", "--backend", "native"])
+            .args(["--batch", "4", "--steps", "1"]);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    for env in [
+        [("PIPE_SIMD", "avx2"), ("PIPE_WINOGRAD", "0")],
+        [("PIPE_SIMD", "baseline"), ("PIPE_WINOGRAD", "1")],
+    ] {
+        let out = step(&env);
+        assert!(
+            out.status.success(),
+            "{env:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = step(&[("PIPE_SIMD", "avx1024")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("PIPE_SIMD=avx1024"),
+        "{err}"
+    );
+    let out = step(&[("PIPE_WINOGRAD", "yes")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("PIPE_WINOGRAD=yes"),
+        "{err}"
+    );
+}
