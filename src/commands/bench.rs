@@ -952,10 +952,7 @@ pub fn bench_predict(cfg: &BenchPredict<'_>) -> Result<()> {
                 img.save(sub.join(format!("{i:06}.jpg")))?;
                 Ok(())
             })?;
-        let mut paths = Vec::new();
-        super::predict::collect_inputs(&[dir.display().to_string()])?
-            .into_iter()
-            .for_each(|p| paths.push(p));
+        let paths = super::predict::collect_inputs(&[dir.display().to_string()])?;
         let list = tmp.join("images.txt");
         std::fs::write(
             &list,

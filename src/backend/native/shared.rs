@@ -65,6 +65,9 @@ pub struct Network {
     pub params: Vec<NodeParams>,
     /// Classes the network outputs.
     pub classes: usize,
+    /// For a `conv2d` node, the batch norm that alone reads it (and reads nothing else):
+    /// inference folds the two into one op.
+    pub bn_after: Vec<Option<usize>>,
 }
 
 impl Network {
@@ -90,12 +93,33 @@ impl Network {
         for (k, bn) in layout.bns.iter().enumerate() {
             np[bn.node].bn = Some(k);
         }
+        let mut readers: Vec<Vec<usize>> = vec![Vec::new(); graph.nodes.len()];
+        for (j, nd) in graph.nodes.iter().enumerate() {
+            for &m in &nd.inputs {
+                readers[m].push(j);
+            }
+        }
+        let bn_after = graph
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, nd)| match (&nd.op, readers[i].as_slice()) {
+                (Op::Conv2d { .. }, &[j])
+                    if matches!(graph.nodes[j].op, Op::BatchNorm { .. })
+                        && graph.nodes[j].inputs == [i] =>
+                {
+                    Some(j)
+                }
+                _ => None,
+            })
+            .collect();
         Ok(Network {
             graph: graph.clone(),
             infos,
             layout,
             params: np,
             classes,
+            bn_after,
         })
     }
 

@@ -100,23 +100,25 @@ pub trait Kernels {
         n: usize,
     ) -> Result<(), Self::Error>;
 
-    /// Inference only: `conv2d` node `conv` and the batch norm `bn` that alone reads it,
-    /// as one op: `y (n*oh*ow, cout) = relu?(bn(conv(x)))` with the running statistics,
-    /// written into the batch norm's output view `y`. `Ok(false)`: this device does not
-    /// fold, the walk runs the two nodes.
+    /// Inference only: `conv2d` node `conv` and the batch norm `bn` that alone reads it
+    /// (`Network::bn_after`), as one op: `y (n*oh*ow, cout) = relu?(bn(conv(x)))` with the
+    /// running statistics, into the batch norm's output view `y` (`yc`: the conv's own).
+    /// By default the two kernels, one after the other; the CPU folds the batch norm into
+    /// the kernel and bias.
     #[allow(clippy::too_many_arguments)]
     fn conv2d_bn_forward_infer(
         &mut self,
-        _conv: Node,
-        _bn: Node,
-        _g: &ConvGeom,
-        _x: View,
-        _y: View,
-        _n: usize,
-        _epsilon: f64,
-        _relu: bool,
-    ) -> Result<bool, Self::Error> {
-        Ok(false)
+        conv: Node,
+        bn: Node,
+        g: &ConvGeom,
+        x: View,
+        (yc, y): (View, View),
+        n: usize,
+        epsilon: f64,
+        relu: bool,
+    ) -> Result<(), Self::Error> {
+        self.conv2d_forward(conv, g, x, yc, n)?;
+        self.batchnorm_forward_infer(bn, yc, y, y.rows(n), epsilon, relu)
     }
 
     /// `dkernel`, `dbias` (overwritten) and `dx (n*h*w, cin) [+]= conv^T(dy (n*oh*ow, cout))`.
@@ -319,47 +321,33 @@ pub fn forward<K: Kernels>(
     train: bool,
 ) -> Result<(), K::Error> {
     let last = net.last();
-    // In inference a batch norm that alone reads a conv is folded into it.
-    // (Training allocates nothing here: the vectors stay empty.)
-    let nodes = net.graph.nodes.len();
-    let mut readers = vec![0usize; if train { 0 } else { nodes }];
-    if !train {
-        for nd in &net.graph.nodes {
-            for &m in &nd.inputs {
-                readers[m] += 1;
-            }
-        }
-    }
-    let mut folded = vec![false; if train { 0 } else { nodes }];
-    for i in 1..nodes {
-        if !train && folded[i] {
-            continue; // computed with the conv before it
+    for i in 1..net.graph.nodes.len() {
+        let nd = &net.graph.nodes[i];
+        // In inference a batch norm that alone reads a conv runs with it, as one op.
+        if !train && net.bn_after[nd.inputs[0]] == Some(i) {
+            continue; // done with the conv before it
         }
         k.begin_node(Pass::Forward, i);
-        let nd = &net.graph.nodes[i];
-        if !train && matches!(nd.op, Op::Conv2d { .. }) && readers[i] == 1 {
-            let j = (i + 1..nodes).find(|&j| net.graph.nodes[j].inputs.contains(&i));
-            if let Some(j) = j.filter(|&j| net.graph.nodes[j].inputs.len() == 1) {
-                if let Op::BatchNorm { epsilon, .. } = net.graph.nodes[j].op {
-                    let relu = plan.fused_relu(&net.graph, j).is_some();
-                    let (conv, bn) = (
-                        Node {
-                            i,
-                            params: net.params[i],
-                        },
-                        Node {
-                            i: j,
-                            params: net.params[j],
-                        },
-                    );
-                    let (g, x, y) = (net.conv_geom(i), plan.act[nd.inputs[0]], plan.act[j]);
-                    if k.conv2d_bn_forward_infer(conv, bn, &g, x, y, n, epsilon, relu)? {
-                        folded[j] = true;
-                        k.end_node(Pass::Forward, i, None, n)?;
-                        continue;
-                    }
-                }
-            }
+        if let (false, Some(j)) = (train, net.bn_after[i]) {
+            let Op::BatchNorm { epsilon, .. } = net.graph.nodes[j].op else {
+                unreachable!("bn_after names batch norms")
+            };
+            let relu = plan.fused_relu(&net.graph, j).is_some();
+            let (conv, bn) = (
+                Node {
+                    i,
+                    params: net.params[i],
+                },
+                Node {
+                    i: j,
+                    params: net.params[j],
+                },
+            );
+            let views = (plan.act[i], plan.act[j]);
+            let (g, x) = (net.conv_geom(i), plan.act[nd.inputs[0]]);
+            k.conv2d_bn_forward_infer(conv, bn, &g, x, views, n, epsilon, relu)?;
+            k.end_node(Pass::Forward, i, None, n)?;
+            continue;
         }
         let node = Node {
             i,

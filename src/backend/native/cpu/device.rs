@@ -132,11 +132,11 @@ impl<T: Real> Kernels for Cpu<'_, T> {
         bn: Node,
         g: &ConvGeom,
         x: View,
-        y: View,
+        (_, y): (View, View),
         n: usize,
         epsilon: f64,
         relu: bool,
-    ) -> Result<bool, Infallible> {
+    ) -> Result<(), Infallible> {
         // With s = gamma / sqrt(var + eps): bn(conv(x; w) + b) = conv(x; w * s) + (b - mean) * s + beta.
         let a = self.a();
         let w = &self.params[conv.params.kernel()];
@@ -163,7 +163,7 @@ impl<T: Real> Kernels for Cpu<'_, T> {
             relu,
         };
         conv::conv2d_forward(a, x, &folded, epi, a, y, g, n, &self.buf.ws);
-        Ok(true)
+        Ok(())
     }
 
     fn conv2d_backward(

@@ -92,12 +92,6 @@ fn chunk_tiles(cin: usize, cout: usize) -> usize {
     (values / (16 * (cin + cout))).clamp(32, 1024)
 }
 
-/// Workspace values [`winograd_conv2d`] needs for a part of `images` images.
-pub fn workspace_len(g: &ConvGeom, cin: usize, cout: usize, images: usize) -> usize {
-    let tiles = images * g.oh.div_ceil(2) * g.ow.div_ceil(2);
-    16 * chunk_tiles(cin, cout).min(tiles.max(1)) * (cin + cout)
-}
-
 /// `y (rows of images [lo, hi), cout) = epi(conv3x3_same(x (rows, cin), u))`, or
 /// `y += conv(...)` with `acc` (then `epi` must be empty). `u` is [`winograd_kernel`]'s
 /// transform (16, cin, cout); `h`, `w` the image size (input and output).
