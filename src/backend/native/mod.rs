@@ -92,6 +92,7 @@ impl<T: Real> NativeNet<T> {
         let buf = Buffers {
             partials: vec![T::zero(); cpu::PARTS * max_partial],
             bn_sums: vec![[0.0; 2]; max_channels],
+            bn_coef: vec![T::zero(); 3 * max_channels],
             batch_mean: per_bn(0.0),
             batch_var: per_bn(0.0),
             inv_std: per_bn(0.0),

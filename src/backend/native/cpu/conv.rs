@@ -49,11 +49,22 @@ unsafe fn im2col<T: Real>(x: Ptr<T>, xv: View, g: &ConvGeom, r0: usize, r1: usiz
     }
 }
 
+/// `acc += v`, element by element (slices as arguments: the compiler knows they do not
+/// alias, and vectorises the loop).
+#[inline(always)]
+fn add_row<T: Real>(acc: &mut [T], v: &[T]) {
+    let v = &v[..acc.len()];
+    for (a, v) in acc.iter_mut().zip(v) {
+        *a += *v;
+    }
+}
+
 /// col2im: add every im2col row of `dcol` (output rows `[r0, r1)`) back into the input
 /// rows it was gathered from.
 ///
 /// # Safety
 /// `dx` holds the images of these rows (view `dxv`), and only this thread touches them.
+#[inline(always)]
 unsafe fn col2im_add<T: Real>(
     dcol: &[T],
     dx: Ptr<T>,
@@ -83,9 +94,7 @@ unsafe fn col2im_add<T: Real>(
                         // SAFETY: r is a row of image b in [b0, b1), owned by this thread.
                         let d = unsafe { dx.row_mut(dxv, r) };
                         let s = &src[(ky * g.kw + kx) * g.cin..(ky * g.kw + kx + 1) * g.cin];
-                        for (a, v) in d.iter_mut().zip(s) {
-                            *a += *v;
-                        }
+                        add_row(d, s);
                     }
                 }
             }
@@ -319,13 +328,15 @@ fn conv2d_backward_parts<T: Real>(
             let (lo, hi) = part_range(n, p, np);
             let (dw, db) = part.split_at_mut(k * g.cout);
             db.fill(T::zero());
-            for r in lo * ohw..hi * ohw {
-                // SAFETY: rows of dy are only read.
-                let d = unsafe { dy.row(dyv, r) };
-                for (a, v) in db.iter_mut().zip(d) {
-                    *a += *v;
-                }
-            }
+            super::simd(
+                #[inline(always)]
+                || {
+                    for r in lo * ohw..hi * ohw {
+                        // SAFETY: rows of dy are only read.
+                        add_row(db, unsafe { dy.row(dyv, r) });
+                    }
+                },
+            );
             if g.pointwise() {
                 let rows = (hi - lo) * ohw;
                 // SAFETY: dw is this part's partial; x and dy rows are only read.
@@ -395,6 +406,11 @@ fn conv2d_backward_parts<T: Real>(
                 }
                 (dx, _) => dx,
             };
+            if dx.is_none() && gathers_dy(g) {
+                // SAFETY: this part's images of x and dy, only read; dw is its partial.
+                unsafe { kernel_grad_gathering_dy(x, xv, dy, dyv, g, (lo, hi), dw, ws) };
+                return;
+            }
             if let Some((dxp, dxv, false)) = dx {
                 for r in lo * g.h * g.w..hi * g.h * g.w {
                     // SAFETY: this part's images of dx belong to this task.
@@ -451,11 +467,131 @@ fn conv2d_backward_parts<T: Real>(
                                 wt,
                             )
                         };
-                        // SAFETY: rows [r0, r1) fall in this part's images of dx.
-                        unsafe { col2im_add(dcol, dxp, dxv, g, r0, r1) };
+                        super::simd(
+                            #[inline(always)]
+                            || {
+                                // SAFETY: rows [r0, r1) fall in this part's images of dx.
+                                unsafe { col2im_add(dcol, dxp, dxv, g, r0, r1) }
+                            },
+                        );
                     }
                     r0 = r1;
                 }
             });
         });
+}
+
+/// Whether the kernel gradient is better taken by gathering `dy` ([`gather_dy`]:
+/// kh*kw*cout values per row) than `x` (im2col: kh*kw*cin): stride 1, the output the
+/// input's size, fewer output channels than input ones (and no input gradient left to
+/// compute by col2im, which needs im2col's layout).
+fn gathers_dy(g: &ConvGeom) -> bool {
+    g.sh == 1 && g.sw == 1 && g.oh == g.h && g.ow == g.w && g.cout < g.cin && !g.pointwise()
+}
+
+/// The transpose of im2col for a stride-1 convolution whose output is its input's size:
+/// for input rows `[r0, r1)` (row = (b*h + iy)*w + ix), `col` is (r1-r0, kh*kw*cout),
+/// column `(ky*kw + kx)*cout + co` the gradient `dy` of the output that read this input
+/// pixel through tap (ky, kx), zero where that output lies outside the image.
+///
+/// # Safety
+/// `dy` holds the images of these rows (view `dyv`), and no thread writes them meanwhile.
+unsafe fn gather_dy<T: Real>(
+    dy: Ptr<T>,
+    dyv: View,
+    g: &ConvGeom,
+    r0: usize,
+    r1: usize,
+    col: &mut [T],
+) {
+    let kc = g.kh * g.kw * g.cout;
+    let hw = g.h * g.w;
+    for (row, q) in (r0..r1).enumerate() {
+        let (b, iy, ix) = (q / hw, q % hw / g.w, q % g.w);
+        let dst = &mut col[row * kc..(row + 1) * kc];
+        for ky in 0..g.kh {
+            let oy = (iy + g.pt) as isize - ky as isize;
+            for kx in 0..g.kw {
+                let ox = (ix + g.pl) as isize - kx as isize;
+                let d = &mut dst[(ky * g.kw + kx) * g.cout..(ky * g.kw + kx + 1) * g.cout];
+                if oy >= 0 && ox >= 0 && (oy as usize) < g.oh && (ox as usize) < g.ow {
+                    let o = (b * g.oh + oy as usize) * g.ow + ox as usize;
+                    // SAFETY: o is a row of image b (caller's contract).
+                    d.copy_from_slice(unsafe { dy.row(dyv, o) });
+                } else {
+                    d.fill(T::zero());
+                }
+            }
+        }
+    }
+}
+
+/// Kernel gradient of images `[lo, hi)` into `dw` (kh*kw*cin, cout), for the
+/// convolutions of [`gathers_dy`]: `dw[t][ci][co] = Σ_q x[q][ci] * col[q][t][co]` over the
+/// input rows `q`, `col` = [`gather_dy`], as products (cin, kh*kw*cout) over chunks of rows
+/// (the wide side is now kh*kw*cout, so the products run on full-width micro-kernels),
+/// then put into `dw`'s (kh*kw, cin, cout) order.
+///
+/// # Safety
+/// The images `[lo, hi)` of `x` and `dy` are only read.
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_grad_gathering_dy<T: Real>(
+    x: Ptr<T>,
+    xv: View,
+    dy: Ptr<T>,
+    dyv: View,
+    g: &ConvGeom,
+    (lo, hi): (usize, usize),
+    dw: &mut [T],
+    ws: &Workspaces<T>,
+) {
+    let taps = g.kh * g.kw;
+    let kc = taps * g.cout;
+    let hw = g.h * g.w;
+    let (lo, hi) = (lo * hw, hi * hw);
+    if lo == hi {
+        dw.fill(T::zero());
+        return;
+    }
+    // Rows per chunk: the chunk's gathered rows fill half of L2, as im2col's do.
+    let chunk = (super::l2_bytes() / 2 / std::mem::size_of::<f32>() / kc).max(16);
+    let cols = chunk.min(hi - lo) * kc;
+    ws.with(cols + g.cin * kc, |buf| {
+        let (col, t) = buf.split_at_mut(cols);
+        let mut r0 = lo;
+        while r0 < hi {
+            let r1 = (r0 + chunk).min(hi);
+            // SAFETY: the images of rows [r0, r1) of dy are only read.
+            unsafe { gather_dy(dy, dyv, g, r0, r1, col) };
+            // SAFETY: t and col are private; rows [r0, r1) of x are only read.
+            unsafe {
+                gemm(
+                    g.cin,
+                    kc,
+                    r1 - r0,
+                    t.as_mut_ptr(),
+                    kc,
+                    r0 != lo,
+                    Mat {
+                        ptr: x.at(xv, r0),
+                        rs: 1,
+                        cs: xv.ld,
+                    },
+                    Mat {
+                        ptr: col.as_ptr(),
+                        rs: kc,
+                        cs: 1,
+                    },
+                )
+            };
+            r0 = r1;
+        }
+        // t is (cin, taps, cout); dw is (taps, cin, cout).
+        for ci in 0..g.cin {
+            for tp in 0..taps {
+                dw[(tp * g.cin + ci) * g.cout..(tp * g.cin + ci + 1) * g.cout]
+                    .copy_from_slice(&t[(ci * taps + tp) * g.cout..(ci * taps + tp + 1) * g.cout]);
+            }
+        }
+    });
 }

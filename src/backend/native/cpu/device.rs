@@ -25,6 +25,8 @@ pub struct Buffers<T> {
     pub bn_scratch: Vec<f64>,
     /// Batch norms' per-channel sums.
     pub bn_sums: Vec<[f64; 2]>,
+    /// Batch-norm backward's per-channel coefficients (3 per channel).
+    pub bn_coef: Vec<T>,
     /// Each batch norm's mean over the last training batch.
     pub batch_mean: Vec<Vec<T>>,
     /// Each batch norm's (biased) variance over the last training batch.
@@ -97,7 +99,13 @@ impl<T: Real> Kernels for Cpu<'_, T> {
             snaps.push((i, super::packed_rows(&self.buf.grad, v, v.rows(n))));
         }
         if self.buf.profile.is_some() {
-            let what = format!("{}: {}", pass.name(), self.graph.nodes[i].op.name());
+            let node = &self.graph.nodes[i];
+            // `PIPE_PROFILE=nodes`: node by node, not op kind by op kind.
+            let what = if std::env::var("PIPE_PROFILE").as_deref() == Ok("nodes") {
+                format!("{}: {} {}", pass.name(), node.op.name(), node.name)
+            } else {
+                format!("{}: {}", pass.name(), node.op.name())
+            };
             self.buf.tick(&what, self.t0);
         }
         Ok(())
@@ -265,7 +273,7 @@ impl<T: Real> Kernels for Cpu<'_, T> {
         &mut self,
         node: Node,
         x: View,
-        y: View,
+        _y: View,
         dy: View,
         dx: Option<Dst>,
         rows: usize,
@@ -294,7 +302,8 @@ impl<T: Real> Kernels for Cpu<'_, T> {
             &mut dbeta,
             &mut buf.bn_scratch,
             &mut buf.bn_sums,
-            relu.then_some((a, y)),
+            &mut buf.bn_coef,
+            relu.then_some(&self.params[bi][..]),
         );
         self.grads[gi] = dgamma;
         self.grads[bi] = dbeta;
