@@ -9,6 +9,9 @@
 //! - the output transform `Y = Aᵀ M A` of each tile, the epilogue (bias, relu) or the
 //!   accumulation applied as its 2x2 outputs are written.
 //!
+//! The transforms run a tile at a time, one vector register of channels at a time (16 with
+//! AVX-512, else 8), the whole patch in registers.
+//!
 //! The backward pass's input gradient is the same convolution of `dy` with the kernel
 //! turned by 180 degrees and its channels swapped (`same` padding of 1 on every side is
 //! its own transpose), so it runs here too. Chunks are a fixed number of tiles and
@@ -120,11 +123,14 @@ pub unsafe fn winograd_conv2d<T: Real>(
         return;
     }
     let chunk = chunk_tiles(cin, cout).min(tiles);
-    ws.with(16 * chunk * (cin + cout) + 17 * cin + 8 * cout, |buf| {
-        let (v, rest) = buf.split_at_mut(16 * chunk * cin);
-        let (m, rest) = rest.split_at_mut(16 * chunk * cout);
-        let (q, rest) = rest.split_at_mut(16 * cin);
-        let (rr, zero) = rest.split_at_mut(8 * cout);
+    // The 16 matrices lie one cache line more apart than their size: a tile's 16 rows are
+    // written (and its 16 products read) together, and at strides of a multiple of 4 KiB
+    // they would all fall in the same L1 set.
+    let (vs, ms) = (chunk * cin + 16, chunk * cout + 16);
+    ws.with(16 * (vs + ms) + cin + cout, |buf| {
+        let (v, rest) = buf.split_at_mut(16 * vs);
+        let (m, rest) = rest.split_at_mut(16 * ms);
+        let (zero, sink) = rest.split_at_mut(cin);
         zero.fill(T::zero());
         let zero: &[T] = zero;
         let mut t0 = 0;
@@ -137,24 +143,29 @@ pub unsafe fn winograd_conv2d<T: Real>(
                 || {
                     for t in t0..t1 {
                         let (b, ty, tx) = (lo + t / per_image, t % per_image / tw, t % tw);
-                        let row = |dy: usize, dx: usize| -> &[T] {
-                            let (iy, ix) = ((2 * ty + dy) as isize - 1, (2 * tx + dx) as isize - 1);
-                            if iy < 0 || ix < 0 || iy as usize >= h || ix as usize >= w {
-                                zero
-                            } else {
-                                // SAFETY: a row of image b, only read (caller's contract).
-                                unsafe { x.row(xv, (b * h + iy as usize) * w + ix as usize) }
-                            }
-                        };
-                        let d: [[&[T]; 4]; 4] =
-                            std::array::from_fn(|i| std::array::from_fn(|j| &row(i, j)[..cin]));
+                        // The patch's 16 rows (the zero row outside the image), and the
+                        // tile's row in each of the 16 matrices.
                         let tt = t - t0;
-                        let mut parts = v.chunks_exact_mut(chunk * cin);
-                        let mut dst: [&mut [T]; 16] = std::array::from_fn(|_| {
-                            let s = parts.next().expect("16 matrices");
-                            &mut s[tt * cin..(tt + 1) * cin]
-                        });
-                        input_transform(&d, &mut dst, q);
+                        let mut src = [zero.as_ptr(); 16];
+                        let mut dst = [std::ptr::null_mut(); 16];
+                        for k in 0..16 {
+                            let (iy, ix) =
+                                ((2 * ty + k / 4) as isize - 1, (2 * tx + k % 4) as isize - 1);
+                            if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                src[k] = x.at(xv, (b * h + iy as usize) * w + ix as usize);
+                            }
+                            dst[k] = v[k * vs + tt * cin..].as_mut_ptr();
+                        }
+                        // SAFETY: every pointer has cin values: rows of image b of x (only
+                        // read, caller's contract), the zero row, or this tile's row of a
+                        // private matrix.
+                        unsafe {
+                            transform_channels(
+                                cin,
+                                #[inline(always)]
+                                |c, l| input_tile(&src, &dst, c, l),
+                            )
+                        };
                     }
                 },
             );
@@ -166,11 +177,11 @@ pub unsafe fn winograd_conv2d<T: Real>(
                         nt,
                         cout,
                         cin,
-                        m.as_mut_ptr().add(xi * chunk * cout),
+                        m.as_mut_ptr().add(xi * ms),
                         cout,
                         false,
                         Mat {
-                            ptr: v.as_ptr().add(xi * chunk * cin),
+                            ptr: v.as_ptr().add(xi * vs),
                             rs: cin,
                             cs: 1,
                         },
@@ -189,19 +200,29 @@ pub unsafe fn winograd_conv2d<T: Real>(
                     for t in t0..t1 {
                         let (b, ty, tx) = (lo + t / per_image, t % per_image / tw, t % tw);
                         let tt = t - t0;
-                        let mm: [&[T]; 16] = std::array::from_fn(|xi| {
-                            &m[(xi * chunk + tt) * cout..(xi * chunk + tt + 1) * cout]
-                        });
-                        output_rows(&mm, rr, cout);
-                        for (a, bx) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
-                            let (oy, ox) = (2 * ty + a, 2 * tx + bx);
-                            if oy >= h || ox >= w {
-                                continue;
-                            }
-                            // SAFETY: a row of image b of y, the caller's.
-                            let out = unsafe { y.row_mut(yv, (b * h + oy) * w + ox) };
-                            output_pixel(rr, cout, a, bx, &mut out[..cout], epi, acc);
+                        let mut src = [std::ptr::null(); 16];
+                        for (k, p) in src.iter_mut().enumerate() {
+                            *p = m[k * ms + tt * cout..].as_ptr();
                         }
+                        // The tile's four output pixels; `sink` (scratch) for those outside
+                        // the image.
+                        let mut dst = [sink.as_mut_ptr(); 4];
+                        for (k, p) in dst.iter_mut().enumerate() {
+                            let (oy, ox) = (2 * ty + k / 2, 2 * tx + k % 2);
+                            if oy < h && ox < w {
+                                *p = y.at(yv, (b * h + oy) * w + ox);
+                            }
+                        }
+                        // SAFETY: every pointer has cout values: this tile's rows of the
+                        // private products, rows of image b of y (the caller's, distinct
+                        // pixels) or the private sink.
+                        unsafe {
+                            transform_channels(
+                                cout,
+                                #[inline(always)]
+                                |c, l| output_tile(&src, &dst, c, l, epi, acc),
+                            )
+                        };
                     }
                 },
             );
@@ -210,118 +231,216 @@ pub unsafe fn winograd_conv2d<T: Real>(
     });
 }
 
-/// `out = a - b`, element by element.
+/// Run `f(c, lanes)` over the channel blocks `[c, c + lanes)` of `n` channels: blocks of
+/// one vector register (16 lanes with AVX-512, else 8), then single channels.
 #[inline(always)]
-fn sub<T: Real>(a: &[T], b: &[T], out: &mut [T]) {
-    for ((o, a), b) in out.iter_mut().zip(a).zip(b) {
-        *o = *a - *b;
+fn transform_channels(n: usize, mut f: impl FnMut(usize, usize)) {
+    let lanes = if super::simd_level() == super::SimdLevel::Avx512 {
+        16
+    } else {
+        8
+    };
+    let mut c = 0;
+    while c + lanes <= n {
+        f(c, lanes);
+        c += lanes;
+    }
+    while c < n {
+        f(c, 1);
+        c += 1;
     }
 }
 
-/// `out = a + b`, element by element.
+/// `L` values at `p`.
+///
+/// # Safety
+/// `p` points at `L` readable values.
 #[inline(always)]
-fn add<T: Real>(a: &[T], b: &[T], out: &mut [T]) {
-    for ((o, a), b) in out.iter_mut().zip(a).zip(b) {
-        *o = *a + *b;
-    }
+unsafe fn vld<T: Real, const L: usize>(p: *const T) -> [T; L] {
+    // SAFETY: the caller's contract; [T; L] has T's alignment, read unaligned anyway.
+    unsafe { p.cast::<[T; L]>().read_unaligned() }
 }
 
-/// `V = Bᵀ d B` of one tile's 4x4 patch `d` (each a row of `cin` values) into the tile's
-/// rows of the 16 matrices `v`; `q` (16 * cin) holds `Bᵀ d`. Every step is one
-/// element-wise pass over `cin` values, so each vectorises.
+/// Store `L` values at `p`.
+///
+/// # Safety
+/// `p` points at `L` writable values no one else uses meanwhile.
 #[inline(always)]
-fn input_transform<T: Real>(d: &[[&[T]; 4]; 4], v: &mut [&mut [T]; 16], q: &mut [T]) {
-    let cin = d[0][0].len();
-    // Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]] over the rows.
-    let mut qs = q.chunks_exact_mut(cin);
-    let qrow: [&mut [T]; 16] = std::array::from_fn(|_| qs.next().expect("16 rows"));
-    for j in 0..4 {
-        sub(d[0][j], d[2][j], qrow[j]);
-        add(d[1][j], d[2][j], qrow[4 + j]);
-        sub(d[2][j], d[1][j], qrow[8 + j]);
-        sub(d[1][j], d[3][j], qrow[12 + j]);
-    }
-    // ... then B over the columns.
-    for i in 0..4 {
-        let (q0, q1, q2, q3) = (
-            &*qrow[4 * i],
-            &*qrow[4 * i + 1],
-            &*qrow[4 * i + 2],
-            &*qrow[4 * i + 3],
-        );
-        sub(q0, q2, v[4 * i]);
-        add(q1, q2, v[4 * i + 1]);
-        sub(q2, q1, v[4 * i + 2]);
-        sub(q1, q3, v[4 * i + 3]);
-    }
+unsafe fn vst<T: Real, const L: usize>(p: *mut T, v: [T; L]) {
+    // SAFETY: the caller's contract.
+    unsafe { p.cast::<[T; L]>().write_unaligned(v) }
 }
 
-/// `Aᵀ M` of one tile's 16 product rows `m` into `r` (8 rows of `cout`): row `j` is
-/// `m0j + m1j + m2j`, row `4 + j` is `m1j - m2j - m3j`.
+/// `a + b`, lane by lane.
 #[inline(always)]
-fn output_rows<T: Real>(m: &[&[T]; 16], r: &mut [T], cout: usize) {
-    let (top, bottom) = r.split_at_mut(4 * cout);
-    for j in 0..4 {
-        let (m0, m1, m2, m3) = (m[j], m[4 + j], m[8 + j], m[12 + j]);
-        let t = &mut top[j * cout..(j + 1) * cout];
-        for (((o, a), b), c) in t.iter_mut().zip(m0).zip(m1).zip(m2) {
-            *o = *a + *b + *c;
+fn vadd<T: Real, const L: usize>(a: [T; L], b: [T; L]) -> [T; L] {
+    let mut o = a;
+    for l in 0..L {
+        o[l] = a[l] + b[l];
+    }
+    o
+}
+
+/// `a - b`, lane by lane.
+#[inline(always)]
+fn vsub<T: Real, const L: usize>(a: [T; L], b: [T; L]) -> [T; L] {
+    let mut o = a;
+    for l in 0..L {
+        o[l] = a[l] - b[l];
+    }
+    o
+}
+
+/// [`input_tile_l`] for `lanes` channels at `c` (16, 8 or 1).
+///
+/// # Safety
+/// As [`input_tile_l`].
+#[inline(always)]
+unsafe fn input_tile<T: Real>(src: &[*const T; 16], dst: &[*mut T; 16], c: usize, lanes: usize) {
+    // SAFETY: forwarded.
+    unsafe {
+        match lanes {
+            16 => input_tile_l::<T, 16>(src, dst, c),
+            8 => input_tile_l::<T, 8>(src, dst, c),
+            _ => input_tile_l::<T, 1>(src, dst, c),
         }
-        let u = &mut bottom[j * cout..(j + 1) * cout];
-        for (((o, a), b), c) in u.iter_mut().zip(m1).zip(m2).zip(m3) {
-            *o = *a - *b - *c;
-        }
     }
 }
 
-/// Output `(a, bx)` of a tile's 2x2 block, `(Aᵀ M A)[a][bx]`, from [`output_rows`]'s `r`,
-/// into `out`: set through `epi`, or added with `acc`.
+/// `V = Bᵀ d B` of channels `[c, c + L)` of one tile: `src` the 4x4 patch's rows
+/// (row-major), `dst` the tile's rows of the 16 matrices, with
+/// Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]. The whole patch stays
+/// in registers: 16 loads, 32 additions, 16 stores per block.
+///
+/// # Safety
+/// Every pointer has `c + L` values; `dst`'s are written by this task only.
 #[inline(always)]
-fn output_pixel<T: Real>(
-    r: &[T],
-    cout: usize,
-    a: usize,
-    bx: usize,
-    out: &mut [T],
+unsafe fn input_tile_l<T: Real, const L: usize>(
+    src: &[*const T; 16],
+    dst: &[*mut T; 16],
+    c: usize,
+) {
+    // SAFETY (all loads and stores): the caller's contract. (Macros, not closures: a
+    // closure is not always inlined, and outside the `simd` function it would lose the
+    // wide vectors.)
+    macro_rules! d {
+        ($i:expr, $j:expr) => {
+            unsafe { vld::<T, L>(src[$i * 4 + $j].add(c)) }
+        };
+    }
+    // Bᵀ over the rows, column by column: (q0j, q1j, q2j, q3j).
+    macro_rules! col {
+        ($j:expr) => {{
+            let (d0, d1, d2, d3) = (d!(0, $j), d!(1, $j), d!(2, $j), d!(3, $j));
+            (vsub(d0, d2), vadd(d1, d2), vsub(d2, d1), vsub(d1, d3))
+        }};
+    }
+    let (q00, q10, q20, q30) = col!(0);
+    let (q01, q11, q21, q31) = col!(1);
+    let (q02, q12, q22, q32) = col!(2);
+    let (q03, q13, q23, q33) = col!(3);
+    // ... then B over the columns, row by row.
+    macro_rules! row {
+        ($i:expr, $a:expr, $b:expr, $cc:expr, $dd:expr) => {
+            unsafe {
+                vst(dst[4 * $i].add(c), vsub($a, $cc));
+                vst(dst[4 * $i + 1].add(c), vadd($b, $cc));
+                vst(dst[4 * $i + 2].add(c), vsub($cc, $b));
+                vst(dst[4 * $i + 3].add(c), vsub($b, $dd));
+            }
+        };
+    }
+    row!(0, q00, q01, q02, q03);
+    row!(1, q10, q11, q12, q13);
+    row!(2, q20, q21, q22, q23);
+    row!(3, q30, q31, q32, q33);
+}
+
+/// [`output_tile_l`] for `lanes` channels at `c` (16, 8 or 1).
+///
+/// # Safety
+/// As [`output_tile_l`].
+#[inline(always)]
+unsafe fn output_tile<T: Real>(
+    src: &[*const T; 16],
+    dst: &[*mut T; 4],
+    c: usize,
+    lanes: usize,
     epi: Epilogue<'_, T>,
     acc: bool,
 ) {
-    let row = |j: usize| &r[(4 * a + j) * cout..(4 * a + j + 1) * cout];
-    // A over the columns: (r0 + r1 + r2) or (r1 - r2 - r3).
-    let (p, q, s, sign) = if bx == 0 {
-        (row(0), row(1), row(2), T::one())
-    } else {
-        (row(1), row(2), row(3), -T::one())
-    };
-    let it = out.iter_mut().zip(p).zip(q).zip(s);
-    if acc {
-        for (((o, p), q), s) in it {
-            *o += *p + sign * (*q + *s);
+    // SAFETY: forwarded.
+    unsafe {
+        match lanes {
+            16 => output_tile_l::<T, 16>(src, dst, c, epi, acc),
+            8 => output_tile_l::<T, 8>(src, dst, c, epi, acc),
+            _ => output_tile_l::<T, 1>(src, dst, c, epi, acc),
         }
-        return;
     }
-    match epi.bias {
-        Some(bias) => {
-            if epi.relu {
-                for ((((o, p), q), s), b) in it.zip(bias) {
-                    *o = (*p + sign * (*q + *s) + *b).max(T::zero());
-                }
-            } else {
-                for ((((o, p), q), s), b) in it.zip(bias) {
-                    *o = *p + sign * (*q + *s) + *b;
-                }
+}
+
+/// `Y = Aᵀ M A` of channels `[c, c + L)` of one tile: `src` its 16 product rows
+/// (row-major 4x4), `dst` its 2x2 output pixels (row-major), with
+/// Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]]; set through `epi`, or added to with `acc`.
+///
+/// # Safety
+/// Every pointer has `c + L` values (and the epilogue's bias, if any); `dst`'s are
+/// distinct and written by this task only.
+#[inline(always)]
+unsafe fn output_tile_l<T: Real, const L: usize>(
+    src: &[*const T; 16],
+    dst: &[*mut T; 4],
+    c: usize,
+    epi: Epilogue<'_, T>,
+    acc: bool,
+) {
+    // SAFETY (all loads and stores): the caller's contract. (Macros, as in
+    // `input_tile_l`.)
+    macro_rules! m {
+        ($i:expr, $j:expr) => {
+            unsafe { vld::<T, L>(src[$i * 4 + $j].add(c)) }
+        };
+    }
+    // Aᵀ M: top row j = m0j + m1j + m2j, bottom row j = m1j - m2j - m3j.
+    macro_rules! col {
+        ($j:expr) => {{
+            let (m0, m1, m2, m3) = (m!(0, $j), m!(1, $j), m!(2, $j), m!(3, $j));
+            (vadd(vadd(m0, m1), m2), vsub(vsub(m1, m2), m3))
+        }};
+    }
+    let (t0, b0) = col!(0);
+    let (t1, b1) = col!(1);
+    let (t2, b2) = col!(2);
+    let (t3, b3) = col!(3);
+    // ... then A over the columns: r0 + (r1 + r2), r1 - (r2 + r3).
+    let ys = [
+        vadd(t0, vadd(t1, t2)),
+        vsub(t1, vadd(t2, t3)),
+        vadd(b0, vadd(b1, b2)),
+        vsub(b1, vadd(b2, b3)),
+    ];
+    let bias = epi.bias.map(|b| {
+        let b = &b[c..c + L];
+        // SAFETY: b has L values.
+        unsafe { vld::<T, L>(b.as_ptr()) }
+    });
+    for (k, mut y) in ys.into_iter().enumerate() {
+        // SAFETY: dst[k] has c + L values (caller's contract).
+        let p = unsafe { dst[k].add(c) };
+        if acc {
+            // SAFETY: as above.
+            unsafe { vst(p, vadd(vld::<T, L>(p), y)) };
+            continue;
+        }
+        if let Some(b) = bias {
+            y = vadd(y, b);
+        }
+        if epi.relu {
+            for v in y.iter_mut() {
+                *v = v.max(T::zero());
             }
         }
-        None => {
-            if epi.relu {
-                for (((o, p), q), s) in it {
-                    *o = (*p + sign * (*q + *s)).max(T::zero());
-                }
-            } else {
-                for (((o, p), q), s) in it {
-                    *o = *p + sign * (*q + *s);
-                }
-            }
-        }
+        // SAFETY: as above.
+        unsafe { vst(p, y) };
     }
 }
