@@ -41,10 +41,10 @@ pub fn maxpool_forward<T: Real>(x: Ptr<T>, xv: View, y: Ptr<T>, yv: View, g: &Po
                         // SAFETY: each image's rows belong to one task; x is only read.
                         let out = unsafe { y.row_mut(yv, b * ohw + oy * g.ow + ox) };
                         out.fill(super::r(-1e30));
-                        for t in g.taps(oy, ox) {
-                            let src = unsafe { x.row(xv, b * ihw + t) };
-                            for (o, v) in out.iter_mut().zip(src) {
-                                *o = if *v > *o { *v } else { *o };
+                        let (ys, xs) = g.window(oy, ox);
+                        for iy in ys {
+                            for ix in xs.clone() {
+                                max_row(out, unsafe { x.row(xv, b * ihw + iy * g.w + ix) });
                             }
                         }
                     }
@@ -92,22 +92,20 @@ pub fn maxpool_backward<T: Real>(
                             // SAFETY: x, y, dy are only read; image b of dx is this task's.
                             let (yr, dr) = unsafe { (y.row(yv, o), dy.row(dyv, o)) };
                             count.fill(T::zero());
-                            for t in g.taps(oy, ox) {
-                                let xr = unsafe { x.row(xv, b * ihw + t) };
-                                for ((k, xv), yv) in count.iter_mut().zip(xr).zip(yr) {
-                                    *k += if *xv == *yv { T::one() } else { T::zero() };
+                            let (ys, xs) = g.window(oy, ox);
+                            for iy in ys.clone() {
+                                for ix in xs.clone() {
+                                    let xr = unsafe { x.row(xv, b * ihw + iy * g.w + ix) };
+                                    count_row(count, xr, yr);
                                 }
                             }
-                            for ((s, d), k) in share.iter_mut().zip(dr).zip(count.iter()) {
-                                *s = *d / *k;
-                            }
-                            for t in g.taps(oy, ox) {
-                                let xr = unsafe { x.row(xv, b * ihw + t) };
-                                let d = unsafe { dxp.row_mut(dxv, b * ihw + t) };
-                                for (((a, xv), yv), s) in
-                                    d.iter_mut().zip(xr).zip(yr).zip(share.iter())
-                                {
-                                    *a += if *xv == *yv { *s } else { T::zero() };
+                            share_row(share, dr, count);
+                            for iy in ys {
+                                for ix in xs.clone() {
+                                    let t = b * ihw + iy * g.w + ix;
+                                    let xr = unsafe { x.row(xv, t) };
+                                    let d = unsafe { dxp.row_mut(dxv, t) };
+                                    route_row(d, xr, yr, share);
                                 }
                             }
                         }
@@ -229,4 +227,44 @@ pub fn global_avgpool_backward<T: Real>(dy: Ptr<T>, dyv: View, dx: (Ptr<T>, View
             },
         )
     });
+}
+
+// The row functions below take their rows as slice arguments, so the compiler knows the
+// row written does not alias the rows read, and vectorises each loop.
+
+/// `out = max(out, src)`, element by element.
+#[inline(always)]
+fn max_row<T: Real>(out: &mut [T], src: &[T]) {
+    let src = &src[..out.len()];
+    for (o, v) in out.iter_mut().zip(src) {
+        *o = if *v > *o { *v } else { *o };
+    }
+}
+
+/// `count += (x == y)`, element by element: the taps holding the maximum.
+#[inline(always)]
+fn count_row<T: Real>(count: &mut [T], x: &[T], y: &[T]) {
+    let (x, y) = (&x[..count.len()], &y[..count.len()]);
+    for ((k, xv), yv) in count.iter_mut().zip(x).zip(y) {
+        *k += if *xv == *yv { T::one() } else { T::zero() };
+    }
+}
+
+/// `share = dy / count`, element by element.
+#[inline(always)]
+fn share_row<T: Real>(share: &mut [T], dy: &[T], count: &[T]) {
+    let (dy, count) = (&dy[..share.len()], &count[..share.len()]);
+    for ((s, d), k) in share.iter_mut().zip(dy).zip(count) {
+        *s = *d / *k;
+    }
+}
+
+/// `dx += share` where `x == y` (the tap held the maximum), element by element.
+#[inline(always)]
+fn route_row<T: Real>(dx: &mut [T], x: &[T], y: &[T], share: &[T]) {
+    let n = dx.len();
+    let (x, y, share) = (&x[..n], &y[..n], &share[..n]);
+    for (((a, xv), yv), s) in dx.iter_mut().zip(x).zip(y).zip(share) {
+        *a += if *xv == *yv { *s } else { T::zero() };
+    }
 }
