@@ -17,35 +17,55 @@ impl ConvGeom {
     }
 }
 
+/// Gather rows `[r0, r1)` of `col` ((r1-r0, kh*kw*width)): for row `r` and tap `(ky, kx)`,
+/// the `width` values at `col[(r - r0), (ky*kw + kx)*width..]` are row `at(r, ky, kx)` of
+/// `src` (view `sv`), or zeros where `at` gives `None` (outside the image). im2col and
+/// [`gather_dy`] are this with their own `at`.
+///
+/// # Safety
+/// Every row `at` gives is a row of `src` that no thread writes meanwhile.
+#[inline(always)]
+unsafe fn gather_taps<T: Real>(
+    src: Ptr<T>,
+    sv: View,
+    (kh, kw, width): (usize, usize, usize),
+    r0: usize,
+    r1: usize,
+    col: &mut [T],
+    at: impl Fn(usize, usize, usize) -> Option<usize>,
+) {
+    let k = kh * kw * width;
+    for (row, r) in (r0..r1).enumerate() {
+        let dst = &mut col[row * k..(row + 1) * k];
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let d = &mut dst[(ky * kw + kx) * width..(ky * kw + kx + 1) * width];
+                match at(r, ky, kx) {
+                    // SAFETY: the caller's contract.
+                    Some(s) => d.copy_from_slice(unsafe { src.row(sv, s) }),
+                    None => d.fill(T::zero()),
+                }
+            }
+        }
+    }
+}
+
 /// im2col of output rows `[r0, r1)` (row = (b*oh + oy)*ow + ox): `col` is (r1-r0,
 /// kh*kw*cin), column `(ky*kw + kx)*cin + ci`, zero where the window leaves the image.
 ///
 /// # Safety
 /// `x` holds the images of these rows (view `xv`), and no thread writes them meanwhile.
 unsafe fn im2col<T: Real>(x: Ptr<T>, xv: View, g: &ConvGeom, r0: usize, r1: usize, col: &mut [T]) {
-    let k = g.k();
     let ohw = g.oh * g.ow;
-    for (row, o) in (r0..r1).enumerate() {
-        let (b, oy, ox) = (o / ohw, o % ohw / g.ow, o % g.ow);
-        {
-            {
-                let dst = &mut col[row * k..(row + 1) * k];
-                for ky in 0..g.kh {
-                    let iy = (oy * g.sh + ky) as isize - g.pt as isize;
-                    for kx in 0..g.kw {
-                        let ix = (ox * g.sw + kx) as isize - g.pl as isize;
-                        let d = &mut dst[(ky * g.kw + kx) * g.cin..(ky * g.kw + kx + 1) * g.cin];
-                        if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
-                            let r = (b * g.h + iy as usize) * g.w + ix as usize;
-                            // SAFETY: r is a row of image b < b1 (caller's contract).
-                            d.copy_from_slice(unsafe { x.row(xv, r) });
-                        } else {
-                            d.fill(T::zero());
-                        }
-                    }
-                }
-            }
-        }
+    // SAFETY: the rows named are rows of image b (caller's contract).
+    unsafe {
+        gather_taps(x, xv, (g.kh, g.kw, g.cin), r0, r1, col, |o, ky, kx| {
+            let (b, oy, ox) = (o / ohw, o % ohw / g.ow, o % g.ow);
+            let iy = (oy * g.sh + ky) as isize - g.pt as isize;
+            let ix = (ox * g.sw + kx) as isize - g.pl as isize;
+            (iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w)
+                .then(|| (b * g.h + iy as usize) * g.w + ix as usize)
+        })
     }
 }
 
@@ -261,8 +281,9 @@ pub fn conv2d_forward_im2col<T: Real>(
     });
 }
 
-/// Backward: `dw = im2col(x)^T . dy`, `db = sum of dy rows`, and (unless `dx` is `None`)
-/// `dx [+]= col2im(dy . w^T)`. `partials` holds `parts(n) * (len(w) + cout)` values: one
+/// Backward: `dw = im2col(x)^T . dy` (or, for the convolutions of [`gathers_dy`], from
+/// `x` and the gathered `dy`), `db = sum of dy rows`, and (unless `dx` is `None`)
+/// `dx [+]= col2im(dy . w^T)` (by Winograd for 3x3 `same` stride-1 convolutions). `partials` holds `parts(n) * (len(w) + cout)` values: one
 /// weight and bias gradient per image part, summed afterwards in part order.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward<T: Real>(
@@ -504,25 +525,16 @@ unsafe fn gather_dy<T: Real>(
     r1: usize,
     col: &mut [T],
 ) {
-    let kc = g.kh * g.kw * g.cout;
     let hw = g.h * g.w;
-    for (row, q) in (r0..r1).enumerate() {
-        let (b, iy, ix) = (q / hw, q % hw / g.w, q % g.w);
-        let dst = &mut col[row * kc..(row + 1) * kc];
-        for ky in 0..g.kh {
+    // SAFETY: the rows named are rows of image b (caller's contract).
+    unsafe {
+        gather_taps(dy, dyv, (g.kh, g.kw, g.cout), r0, r1, col, |q, ky, kx| {
+            let (b, iy, ix) = (q / hw, q % hw / g.w, q % g.w);
             let oy = (iy + g.pt) as isize - ky as isize;
-            for kx in 0..g.kw {
-                let ox = (ix + g.pl) as isize - kx as isize;
-                let d = &mut dst[(ky * g.kw + kx) * g.cout..(ky * g.kw + kx + 1) * g.cout];
-                if oy >= 0 && ox >= 0 && (oy as usize) < g.oh && (ox as usize) < g.ow {
-                    let o = (b * g.oh + oy as usize) * g.ow + ox as usize;
-                    // SAFETY: o is a row of image b (caller's contract).
-                    d.copy_from_slice(unsafe { dy.row(dyv, o) });
-                } else {
-                    d.fill(T::zero());
-                }
-            }
-        }
+            let ox = (ix + g.pl) as isize - kx as isize;
+            (oy >= 0 && ox >= 0 && (oy as usize) < g.oh && (ox as usize) < g.ow)
+                .then(|| (b * g.oh + oy as usize) * g.ow + ox as usize)
+        })
     }
 }
 

@@ -123,6 +123,12 @@ pub unsafe fn winograd_conv2d<T: Real>(
         return;
     }
     let chunk = chunk_tiles(cin, cout).min(tiles);
+    // Channels per register block of the transforms.
+    let lanes = if super::simd_level() == super::SimdLevel::Avx512 {
+        16
+    } else {
+        8
+    };
     // The 16 matrices lie one cache line more apart than their size: a tile's 16 rows are
     // written (and its 16 products read) together, and at strides of a multiple of 4 KiB
     // they would all fall in the same L1 set.
@@ -162,6 +168,7 @@ pub unsafe fn winograd_conv2d<T: Real>(
                         unsafe {
                             transform_channels(
                                 cin,
+                                lanes,
                                 #[inline(always)]
                                 |c, l| input_tile(&src, &dst, c, l),
                             )
@@ -219,6 +226,7 @@ pub unsafe fn winograd_conv2d<T: Real>(
                         unsafe {
                             transform_channels(
                                 cout,
+                                lanes,
                                 #[inline(always)]
                                 |c, l| output_tile(&src, &dst, c, l, epi, acc),
                             )
@@ -231,15 +239,10 @@ pub unsafe fn winograd_conv2d<T: Real>(
     });
 }
 
-/// Run `f(c, lanes)` over the channel blocks `[c, c + lanes)` of `n` channels: blocks of
-/// one vector register (16 lanes with AVX-512, else 8), then single channels.
+/// Run `f(c, l)` over the channel blocks `[c, c + l)` of `n` channels: blocks of `lanes`
+/// (one vector register: 16 with AVX-512, else 8), then single channels.
 #[inline(always)]
-fn transform_channels(n: usize, mut f: impl FnMut(usize, usize)) {
-    let lanes = if super::simd_level() == super::SimdLevel::Avx512 {
-        16
-    } else {
-        8
-    };
+fn transform_channels(n: usize, lanes: usize, mut f: impl FnMut(usize, usize)) {
     let mut c = 0;
     while c + lanes <= n {
         f(c, lanes);
