@@ -635,7 +635,7 @@ fn folded_inference_equals_dfdx() {
 }
 
 /// Winograd F(2x2, 3x3) (3x3 `same` stride-1 convs with 8 or more channels each way):
-/// forward, input gradient (the turned kernel) and weight gradient (im2col) against
+/// forward, input gradient (the turned kernel) and weight gradient (F(3x3, 2x2)) against
 /// finite differences in f64, on odd and even sizes (tiles that leave the image), with a
 /// batch norm and relu after it and a second Winograd conv reading the first.
 #[test]
@@ -651,7 +651,8 @@ fn native_gradcheck_winograd_convs_on_odd_and_even_sizes() {
 
 /// A 3x3 `same` convolution computed by Winograd and by im2col, in f32, against the
 /// direct sum in f64: the error of each, relative to the largest output, is printed
-/// (docs/performance.md quotes it) and Winograd's stays within 1e-5.
+/// (docs/performance.md quotes it) and Winograd's stays within 1e-5; and the same for
+/// the kernel gradient by Winograd's F(3x3, 2x2).
 #[test]
 fn winograd_error_against_the_direct_path() {
     use pipe::backend::native::cpu::conv::conv2d_forward_im2col;
@@ -778,6 +779,73 @@ fn winograd_error_against_the_direct_path() {
         );
         assert!(e_wino < 1e-5, "Winograd error {e_wino:e}");
         assert!(e_direct < 1e-5, "im2col error {e_direct:e}");
+
+        // The kernel gradient by F(3x3, 2x2) against the direct sum in f64, for an
+        // output gradient dy of the same shape as y.
+        let dy: Vec<f32> = (0..n * h * w * cout)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        let mut want = vec![0f64; 9 * cin * cout];
+        for b in 0..n {
+            for oy in 0..h {
+                for ox in 0..w {
+                    let d = &dy[((b * h + oy) * w + ox) * cout..][..cout];
+                    for ky in 0..3 {
+                        for kx in 0..3 {
+                            let (iy, ix) =
+                                (oy as isize + ky as isize - 1, ox as isize + kx as isize - 1);
+                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                continue;
+                            }
+                            let xr = &x[((b * h + iy as usize) * w + ix as usize) * cin..][..cin];
+                            for (ci, xv) in xr.iter().enumerate() {
+                                let o = &mut want[((ky * 3 + kx) * cin + ci) * cout..][..cout];
+                                for (v, d) in o.iter_mut().zip(d) {
+                                    *v += *xv as f64 * *d as f64;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let mut dys = dy.clone();
+        let mut dw = vec![0f32; 9 * cin * cout];
+        let mut db = vec![f32::NAN; cout];
+        // SAFETY: whole buffers of these shapes, only read.
+        unsafe {
+            winograd::winograd_kernel_grad(
+                Ptr(xs.as_mut_ptr()),
+                xv,
+                Ptr(dys.as_mut_ptr()),
+                yv,
+                (cin, cout),
+                (h, w),
+                (0, n),
+                &mut dw,
+                &mut db,
+                &ws,
+            )
+        };
+        // The bias gradient, summed on the way: every pixel's dy once.
+        for (co, got) in db.iter().enumerate() {
+            let want: f64 = dy.iter().skip(co).step_by(cout).map(|v| *v as f64).sum();
+            assert!(
+                (*got as f64 - want).abs() < 1e-3,
+                "bias gradient of channel {co}: {got} against {want}"
+            );
+        }
+        let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+        let e_grad = dw
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (*a as f64 - b).abs())
+            .fold(0f64, f64::max)
+            / scale;
+        println!(
+            "{n}x{h}x{w}x{cin} -> {cout}: kernel gradient by Winograd F(3x3, 2x2), largest error relative to the largest value: {e_grad:.2e}"
+        );
+        assert!(e_grad < 1e-5, "Winograd kernel-gradient error {e_grad:e}");
     }
 }
 

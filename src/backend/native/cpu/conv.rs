@@ -283,8 +283,11 @@ pub fn conv2d_forward_im2col<T: Real>(
 
 /// Backward: `dw = im2col(x)^T . dy` (or, for the convolutions of [`gathers_dy`], from
 /// `x` and the gathered `dy`), `db = sum of dy rows`, and (unless `dx` is `None`)
-/// `dx [+]= col2im(dy . w^T)` (by Winograd for 3x3 `same` stride-1 convolutions). `partials` holds `parts(n) * (len(w) + cout)` values: one
-/// weight and bias gradient per image part, summed afterwards in part order.
+/// `dx [+]= col2im(dy . w^T)`. 3x3 `same` stride-1 convolutions run both by Winograd:
+/// `dx` by F(2x2, 3x3) with the turned kernel, `dw` and `db` by F(3x3, 2x2)
+/// ([`super::winograd::winograd_kernel_grad`]). `partials` holds
+/// `parts(n) * (len(w) + cout)` values: one weight and bias gradient per image part,
+/// summed afterwards in part order.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward<T: Real>(
     x: Ptr<T>,
@@ -348,16 +351,21 @@ fn conv2d_backward_parts<T: Real>(
         .for_each(|(p, part)| {
             let (lo, hi) = part_range(n, p, np);
             let (dw, db) = part.split_at_mut(k * g.cout);
-            db.fill(T::zero());
-            super::simd(
-                #[inline(always)]
-                || {
-                    for r in lo * ohw..hi * ohw {
-                        // SAFETY: rows of dy are only read.
-                        add_row(db, unsafe { dy.row(dyv, r) });
-                    }
-                },
-            );
+            // The kernel gradient by Winograd (every convolution whose input gradient is
+            // not left to col2im) sums db as it reads dy.
+            let wino_grad = super::winograd::applies(g);
+            if !wino_grad {
+                db.fill(T::zero());
+                super::simd(
+                    #[inline(always)]
+                    || {
+                        for r in lo * ohw..hi * ohw {
+                            // SAFETY: rows of dy are only read.
+                            add_row(db, unsafe { dy.row(dyv, r) });
+                        }
+                    },
+                );
+            }
             if g.pointwise() {
                 let rows = (hi - lo) * ohw;
                 // SAFETY: dw is this part's partial; x and dy rows are only read.
@@ -427,6 +435,25 @@ fn conv2d_backward_parts<T: Real>(
                 }
                 (dx, _) => dx,
             };
+            if wino_grad {
+                debug_assert!(dx.is_none(), "the input gradient is Winograd's too");
+                // SAFETY: this part's images of x and dy, only read; dw is its partial.
+                unsafe {
+                    super::winograd::winograd_kernel_grad(
+                        x,
+                        xv,
+                        dy,
+                        dyv,
+                        (g.cin, g.cout),
+                        (g.h, g.w),
+                        (lo, hi),
+                        dw,
+                        db,
+                        ws,
+                    )
+                };
+                return;
+            }
             if dx.is_none() && gathers_dy(g) {
                 // SAFETY: this part's images of x and dy, only read; dw is its partial.
                 unsafe { kernel_grad_gathering_dy(x, xv, dy, dyv, g, (lo, hi), dw, ws) };

@@ -14,10 +14,14 @@
 //!
 //! The backward pass's input gradient is the same convolution of `dy` with the kernel
 //! turned by 180 degrees and its channels swapped (`same` padding of 1 on every side is
-//! its own transpose), so it runs here too. Chunks are a fixed number of tiles and
+//! its own transpose), so it runs here too. So does its kernel gradient, by F(3x3, 2x2):
+//! the 3x3 correlation of each 4x4 input patch with its tile's 2x2 output gradient, 16
+//! multiplies per channel pair and tile instead of 36 ([`winograd_kernel_grad`]; the
+//! same input transform, and its 16 products summed over the tiles before one output
+//! transform per channel pair). Chunks are a fixed number of tiles and
 //! products are single-threaded per image part, so results do not depend on the thread
-//! count. In f32 the outputs differ from the direct product's by about 1e-6 relative
-//! (measured in `tests/native.rs`).
+//! count. In f32 the outputs and the kernel gradient differ from the exact sums by a few
+//! 1e-7 relative, as the direct products' do (measured in `tests/native.rs`).
 
 use super::{gemm, r, Epilogue, Mat, Ptr, Real, Workspaces};
 use crate::backend::native::plan::View;
@@ -144,38 +148,9 @@ pub unsafe fn winograd_conv2d<T: Real>(
             let t1 = (t0 + chunk).min(tiles);
             let nt = t1 - t0;
             // Input transform: V[ξ][t][ci].
-            super::simd(
-                #[inline(always)]
-                || {
-                    for t in t0..t1 {
-                        let (b, ty, tx) = (lo + t / per_image, t % per_image / tw, t % tw);
-                        // The patch's 16 rows (the zero row outside the image), and the
-                        // tile's row in each of the 16 matrices.
-                        let tt = t - t0;
-                        let mut src = [zero.as_ptr(); 16];
-                        let mut dst = [std::ptr::null_mut(); 16];
-                        for k in 0..16 {
-                            let (iy, ix) =
-                                ((2 * ty + k / 4) as isize - 1, (2 * tx + k % 4) as isize - 1);
-                            if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
-                                src[k] = x.at(xv, (b * h + iy as usize) * w + ix as usize);
-                            }
-                            dst[k] = v[k * vs + tt * cin..].as_mut_ptr();
-                        }
-                        // SAFETY: every pointer has cin values: rows of image b of x (only
-                        // read, caller's contract), the zero row, or this tile's row of a
-                        // private matrix.
-                        unsafe {
-                            transform_channels(
-                                cin,
-                                lanes,
-                                #[inline(always)]
-                                |c, l| input_tile(&src, &dst, c, l),
-                            )
-                        };
-                    }
-                },
-            );
+            // SAFETY: the caller's contract (images [lo, hi) of x are only read); v is
+            // private, 16 matrices `vs` apart of at least `nt` rows of cin.
+            unsafe { input_transform(x, xv, cin, (h, w), lo, (t0, t1), zero, v, vs, lanes) };
             // The 16 products.
             for xi in 0..16 {
                 // SAFETY: m, v and u are private or read-only buffers of these sizes.
@@ -239,6 +214,62 @@ pub unsafe fn winograd_conv2d<T: Real>(
     });
 }
 
+/// The input transform `V = Bᵀ d B` of tiles `[t0, t1)` (tile `t` of images from `lo`
+/// on: image `lo + t / per_image`, row-major tiles of 2x2 outputs) into `v`: 16 matrices
+/// `vs` values apart, tile `t`'s row `t - t0` of `cin` values in each. The patch's rows
+/// outside the image read `zero` (`cin` zeros).
+///
+/// # Safety
+/// The rows of the named images of `x` exist (view `xv`) and are only read; `v` holds
+/// `16 * vs` values, `vs >= (t1 - t0) * cin`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn input_transform<T: Real>(
+    x: Ptr<T>,
+    xv: View,
+    cin: usize,
+    (h, w): (usize, usize),
+    lo: usize,
+    (t0, t1): (usize, usize),
+    zero: &[T],
+    v: &mut [T],
+    vs: usize,
+    lanes: usize,
+) {
+    let tw = w.div_ceil(2);
+    let per_image = h.div_ceil(2) * tw;
+    super::simd(
+        #[inline(always)]
+        || {
+            for t in t0..t1 {
+                let (b, ty, tx) = (lo + t / per_image, t % per_image / tw, t % tw);
+                // The patch's 16 rows (the zero row outside the image), and the tile's row
+                // in each of the 16 matrices.
+                let tt = t - t0;
+                let mut src = [zero.as_ptr(); 16];
+                let mut dst = [std::ptr::null_mut(); 16];
+                for k in 0..16 {
+                    let (iy, ix) = ((2 * ty + k / 4) as isize - 1, (2 * tx + k % 4) as isize - 1);
+                    if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                        src[k] = x.at(xv, (b * h + iy as usize) * w + ix as usize);
+                    }
+                    dst[k] = v[k * vs + tt * cin..].as_mut_ptr();
+                }
+                // SAFETY: every pointer has cin values: rows of image b of x (only read,
+                // the caller's contract), the zero row, or this tile's row of a private
+                // matrix.
+                unsafe {
+                    transform_channels(
+                        cin,
+                        lanes,
+                        #[inline(always)]
+                        |c, l| input_tile(&src, &dst, c, l),
+                    )
+                };
+            }
+        },
+    );
+}
+
 /// Run `f(c, l)` over the channel blocks `[c, c + l)` of `n` channels: blocks of `lanes`
 /// (one vector register: 16 with AVX-512, else 8), then single channels.
 #[inline(always)]
@@ -280,6 +311,16 @@ fn vadd<T: Real, const L: usize>(a: [T; L], b: [T; L]) -> [T; L] {
     let mut o = a;
     for l in 0..L {
         o[l] = a[l] + b[l];
+    }
+    o
+}
+
+/// `a * b`, lane by lane.
+#[inline(always)]
+fn vmul<T: Real, const L: usize>(a: [T; L], b: [T; L]) -> [T; L] {
+    let mut o = a;
+    for l in 0..L {
+        o[l] = a[l] * b[l];
     }
     o
 }
@@ -446,4 +487,270 @@ unsafe fn output_tile_l<T: Real, const L: usize>(
         // SAFETY: as above.
         unsafe { vst(p, y) };
     }
+}
+
+/// Kernel gradient of a 3x3 `same` stride-1 convolution by Winograd's F(3x3, 2x2), over
+/// images `[lo, hi)`: `dw[ky][kx][ci][co] = Σ x[oy+ky-1][ox+kx-1][ci] * dy[oy][ox][co]`,
+/// summed over output pixels. Per 2x2 tile of `dy` and its 4x4 patch of `x`, that sum is
+/// the 3x3 correlation of the patch with the tile, `Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A`, so
+/// over all tiles:
+///
+/// - the patches' transform `V = Bᵀ d B` ([`input_transform`], the forward's),
+///   16 matrices (tiles, cin) per chunk of tiles;
+/// - the `dy` tiles' transform `U = G g Gᵀ` ([`dy_tile_l`]), 16 matrices (tiles, cout);
+/// - 16 products summed over the chunks, `M[ξ] (cin, cout) += V[ξ]ᵀ . U[ξ]`: 16
+///   multiplies per tile and channel pair instead of 36;
+/// - once at the end, `dw = Aᵀ M A` for every channel pair ([`kernel_grad_tile_l`]).
+///
+/// The bias gradient `db`, the sum of `dy` over the pixels, is taken as the tiles are read.
+///
+/// With the forward's `Bᵀ` (points 0, 1, -1, ∞), `G = [[1, 0], [1, 1], [1, -1], [0, 1]]`
+/// and `Aᵀ = [[1, 1/2, 1/2, 0], [0, 1/2, -1/2, 0], [0, 1/2, 1/2, -1]]`: the halves and
+/// the sign are in `Aᵀ`, applied once to the summed `M`, so the per-tile transforms are
+/// additions only.
+///
+/// Shapes: `x` and `dy` rows of images `[lo, hi)` (h*w rows each, cin and cout values),
+/// `dw` 9*cin*cout, `(3, 3, cin, cout)`; `db` cout.
+///
+/// # Safety
+/// The rows of images `[lo, hi)` of `x` and `dy` are only read.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn winograd_kernel_grad<T: Real>(
+    x: Ptr<T>,
+    xv: View,
+    dy: Ptr<T>,
+    dyv: View,
+    (cin, cout): (usize, usize),
+    (h, w): (usize, usize),
+    (lo, hi): (usize, usize),
+    dw: &mut [T],
+    db: &mut [T],
+    ws: &Workspaces<T>,
+) {
+    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+    let per_image = th * tw;
+    let tiles = (hi - lo) * per_image;
+    let (dw, db) = (&mut dw[..9 * cin * cout], &mut db[..cout]);
+    db.fill(T::zero());
+    if tiles == 0 {
+        dw.fill(T::zero());
+        return;
+    }
+    let chunk = chunk_tiles(cin, cout).min(tiles);
+    let lanes = if super::simd_level() == super::SimdLevel::Avx512 {
+        16
+    } else {
+        8
+    };
+    // As in `winograd_conv2d`, the 16 matrices of a kind a cache line more than their
+    // size apart.
+    let (vs, us) = (chunk * cin + 16, chunk * cout + 16);
+    let mlen = 16 * cin * cout;
+    let zlen = cin.max(cout);
+    ws.with(16 * (vs + us) + mlen + zlen, |buf| {
+        let (v, rest) = buf.split_at_mut(16 * vs);
+        let (u, rest) = rest.split_at_mut(16 * us);
+        let (m, zero) = rest.split_at_mut(mlen);
+        zero.fill(T::zero());
+        let zero: &[T] = zero;
+        let mut t0 = 0;
+        while t0 < tiles {
+            let t1 = (t0 + chunk).min(tiles);
+            let nt = t1 - t0;
+            // SAFETY: images [lo, hi) of x are only read (the caller's contract); v is
+            // private, 16 matrices vs apart of nt rows of cin.
+            unsafe { input_transform(x, xv, cin, (h, w), lo, (t0, t1), zero, v, vs, lanes) };
+            // The dy tiles' transform: U[ξ][t][co].
+            super::simd(
+                #[inline(always)]
+                || {
+                    for t in t0..t1 {
+                        let (b, ty, tx) = (lo + t / per_image, t % per_image / tw, t % tw);
+                        let tt = t - t0;
+                        // The tile's 2x2 rows of dy (the zero row outside the image).
+                        let mut src = [zero.as_ptr(); 4];
+                        for (k, p) in src.iter_mut().enumerate() {
+                            let (oy, ox) = (2 * ty + k / 2, 2 * tx + k % 2);
+                            if oy < h && ox < w {
+                                *p = dy.at(dyv, (b * h + oy) * w + ox);
+                            }
+                        }
+                        let mut dst = [std::ptr::null_mut(); 16];
+                        for (k, p) in dst.iter_mut().enumerate() {
+                            *p = u[k * us + tt * cout..].as_mut_ptr();
+                        }
+                        // SAFETY: every pointer has cout values: rows of image b of dy
+                        // (only read), the zero row, or this tile's row of a private
+                        // matrix.
+                        unsafe {
+                            transform_channels(
+                                cout,
+                                lanes,
+                                #[inline(always)]
+                                |c, l| match l {
+                                    16 => dy_tile_l::<T, 16>(&src, &dst, db, c),
+                                    8 => dy_tile_l::<T, 8>(&src, &dst, db, c),
+                                    _ => dy_tile_l::<T, 1>(&src, &dst, db, c),
+                                },
+                            )
+                        };
+                    }
+                },
+            );
+            // The 16 products, summed over the chunks.
+            for xi in 0..16 {
+                // SAFETY: m, v and u are private buffers of these sizes.
+                unsafe {
+                    gemm(
+                        cin,
+                        cout,
+                        nt,
+                        m.as_mut_ptr().add(xi * cin * cout),
+                        cout,
+                        t0 != 0,
+                        Mat {
+                            ptr: v.as_ptr().add(xi * vs),
+                            rs: 1,
+                            cs: cin,
+                        },
+                        Mat {
+                            ptr: u.as_ptr().add(xi * us),
+                            rs: cout,
+                            cs: 1,
+                        },
+                    )
+                };
+            }
+            t0 = t1;
+        }
+        // dw = Aᵀ M A, channel pair by channel pair.
+        let m: &[T] = m;
+        super::simd(
+            #[inline(always)]
+            || {
+                for ci in 0..cin {
+                    let mut src = [std::ptr::null(); 16];
+                    for (k, p) in src.iter_mut().enumerate() {
+                        *p = m[(k * cin + ci) * cout..].as_ptr();
+                    }
+                    let mut dst = [std::ptr::null_mut(); 9];
+                    for (k, p) in dst.iter_mut().enumerate() {
+                        *p = dw[(k * cin + ci) * cout..].as_mut_ptr();
+                    }
+                    // SAFETY: every pointer has cout values: row ci of the 16 private
+                    // products, and of the 9 taps of dw.
+                    unsafe {
+                        transform_channels(
+                            cout,
+                            lanes,
+                            #[inline(always)]
+                            |c, l| match l {
+                                16 => kernel_grad_tile_l::<T, 16>(&src, &dst, c),
+                                8 => kernel_grad_tile_l::<T, 8>(&src, &dst, c),
+                                _ => kernel_grad_tile_l::<T, 1>(&src, &dst, c),
+                            },
+                        )
+                    };
+                }
+            },
+        );
+    });
+}
+
+/// `U = G g Gᵀ` of channels `[c, c + L)` of one 2x2 tile `g` of `dy` (`src`, row-major),
+/// with `G = [[1, 0], [1, 1], [1, -1], [0, 1]]`, into the tile's rows of the 16 matrices
+/// (`dst`, row-major 4x4): 4 loads, 12 additions, 16 stores per block. The bias gradient
+/// `db` gets the tile's sum, `g00 + g01 + g10 + g11` (which `U[1][1]` is).
+///
+/// # Safety
+/// Every pointer has `c + L` values; `dst`'s are written by this task only.
+#[inline(always)]
+unsafe fn dy_tile_l<T: Real, const L: usize>(
+    src: &[*const T; 4],
+    dst: &[*mut T; 16],
+    db: &mut [T],
+    c: usize,
+) {
+    // SAFETY (all loads and stores): the caller's contract. (Macros, as in
+    // `input_tile_l`.)
+    macro_rules! g {
+        ($k:expr) => {
+            unsafe { vld::<T, L>(src[$k].add(c)) }
+        };
+    }
+    let (g00, g01, g10, g11) = (g!(0), g!(1), g!(2), g!(3));
+    // G over the rows, (g0j, g0j + g1j, g0j - g1j, g1j) for columns j = 0, 1, then over
+    // the columns, row by row.
+    macro_rules! row {
+        ($i:expr, $a:expr, $b:expr) => {{
+            let (a, b) = ($a, $b);
+            unsafe {
+                vst(dst[4 * $i].add(c), a);
+                vst(dst[4 * $i + 1].add(c), vadd(a, b));
+                vst(dst[4 * $i + 2].add(c), vsub(a, b));
+                vst(dst[4 * $i + 3].add(c), b);
+            }
+        }};
+    }
+    row!(0, g00, g01);
+    let (s0, s1) = (vadd(g00, g10), vadd(g01, g11));
+    row!(1, s0, s1);
+    let db = &mut db[c..c + L];
+    // SAFETY: db has L values from c.
+    unsafe {
+        vst(
+            db.as_mut_ptr(),
+            vadd(vld::<T, L>(db.as_ptr()), vadd(s0, s1)),
+        )
+    };
+    row!(2, vsub(g00, g10), vsub(g01, g11));
+    row!(3, g10, g11);
+}
+
+/// `dw = Aᵀ M A` of channels `[c, c + L)` of one input channel: `src` its 16 summed
+/// products (row-major 4x4), `dst` its 9 taps (row-major 3x3), with
+/// `Aᵀ = [[1, 1/2, 1/2, 0], [0, 1/2, -1/2, 0], [0, 1/2, 1/2, -1]]`.
+///
+/// # Safety
+/// Every pointer has `c + L` values; `dst`'s are written by this task only.
+#[inline(always)]
+unsafe fn kernel_grad_tile_l<T: Real, const L: usize>(
+    src: &[*const T; 16],
+    dst: &[*mut T; 9],
+    c: usize,
+) {
+    let half = [r::<T>(0.5); L];
+    // SAFETY (all loads and stores): the caller's contract. (Macros, as in
+    // `input_tile_l`.)
+    macro_rules! m {
+        ($i:expr, $j:expr) => {
+            unsafe { vld::<T, L>(src[4 * $i + $j].add(c)) }
+        };
+    }
+    // Aᵀ applied to four values: (a + (b + c)/2, (b - c)/2, (b + c)/2 - d).
+    macro_rules! at {
+        ($a:expr, $b:expr, $c:expr, $d:expr) => {{
+            let s = vmul(vadd($b, $c), half);
+            (vadd($a, s), vmul(vsub($b, $c), half), vsub(s, $d))
+        }};
+    }
+    // Aᵀ M, column by column ...
+    let (t00, t10, t20) = at!(m!(0, 0), m!(1, 0), m!(2, 0), m!(3, 0));
+    let (t01, t11, t21) = at!(m!(0, 1), m!(1, 1), m!(2, 1), m!(3, 1));
+    let (t02, t12, t22) = at!(m!(0, 2), m!(1, 2), m!(2, 2), m!(3, 2));
+    let (t03, t13, t23) = at!(m!(0, 3), m!(1, 3), m!(2, 3), m!(3, 3));
+    // ... then A over the columns, row by row.
+    macro_rules! row {
+        ($i:expr, $a:expr, $b:expr, $c:expr, $d:expr) => {{
+            let (o0, o1, o2) = at!($a, $b, $c, $d);
+            unsafe {
+                vst(dst[3 * $i].add(c), o0);
+                vst(dst[3 * $i + 1].add(c), o1);
+                vst(dst[3 * $i + 2].add(c), o2);
+            }
+        }};
+    }
+    row!(0, t00, t01, t02, t03);
+    row!(1, t10, t11, t12, t13);
+    row!(2, t20, t21, t22, t23);
 }
