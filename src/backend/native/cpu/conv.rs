@@ -35,9 +35,26 @@ unsafe fn gather_taps<T: Real>(
     at: impl Fn(usize, usize, usize) -> Option<usize>,
 ) {
     let k = kh * kw * width;
+    // Rows `s, s + 1, ...` of a dense view are one run of values: a window row wholly
+    // inside the image is then one copy of kw*width values (a few values per tap, as a
+    // 3-channel input has, cost a call each).
+    let dense = sv.ld == width;
     for (row, r) in (r0..r1).enumerate() {
         let dst = &mut col[row * k..(row + 1) * k];
         for ky in 0..kh {
+            if dense {
+                if let (Some(s0), Some(s1)) = (at(r, ky, 0), at(r, ky, kw - 1)) {
+                    if s1 == s0 + kw - 1 {
+                        let d = &mut dst[ky * kw * width..(ky + 1) * kw * width];
+                        // SAFETY: rows s0..=s1 are rows of src (the caller's contract), one
+                        // run of kw*width values in a dense view.
+                        d.copy_from_slice(unsafe {
+                            std::slice::from_raw_parts(src.at(sv, s0), kw * width)
+                        });
+                        continue;
+                    }
+                }
+            }
             for kx in 0..kw {
                 let d = &mut dst[(ky * kw + kx) * width..(ky * kw + kx + 1) * width];
                 match at(r, ky, kx) {
