@@ -368,8 +368,9 @@ fn conv2d_backward_parts<T: Real>(
         .for_each(|(p, part)| {
             let (lo, hi) = part_range(n, p, np);
             let (dw, db) = part.split_at_mut(k * g.cout);
-            // The kernel gradient by Winograd (every convolution whose input gradient is
-            // not left to col2im) sums db as it reads dy.
+            // The kernel gradient by Winograd (the 3x3 `same` stride-1 convolutions of
+            // `winograd::applies`, whose input gradient is Winograd's too) sums db as it
+            // reads dy.
             let wino_grad = super::winograd::applies(g);
             if !wino_grad {
                 db.fill(T::zero());
