@@ -140,7 +140,7 @@ impl<T: Real> NativeNet<T> {
     /// Plan for batches of `n` or fewer (replanned only when `n` exceeds the capacity).
     fn ensure_plan(&mut self, n: usize, train: bool) {
         if self.plan.as_ref().is_none_or(|p| p.cap < n) {
-            let p = plan::plan(&self.net.graph, &self.net.infos, n);
+            let p = plan::plan(&self.net.graph, &self.net.infos, n, true);
             self.buf.act = vec![T::zero(); p.act_len];
             self.buf.grad = Vec::new();
             let scratch = self

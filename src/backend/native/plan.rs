@@ -102,8 +102,13 @@ fn backward_reads_output(op: &Op) -> bool {
     )
 }
 
-/// Plan a graph for batches of up to `cap`.
-pub fn plan(graph: &Graph, infos: &[NodeInfo], cap: usize) -> Plan {
+/// Plan a graph for batches of up to `cap`. With `bn_grad_in_place`, a node read only by
+/// a batch norm keeps its gradient where that batch norm's output gradient is: the batch
+/// norm's backward reads its output gradient (twice) before it writes its input gradient
+/// over it, and nothing reads it after, so the input gradient needs no buffer of its own
+/// (nor the write-allocate reads of a fresh one). The CPU backward does that; cuDNN's
+/// batch-norm backward is not documented to run in place, so the GPU plans without it.
+pub fn plan(graph: &Graph, infos: &[NodeInfo], cap: usize, bn_grad_in_place: bool) -> Plan {
     let nn = graph.nodes.len();
     let last = nn - 1;
     let mut consumers = vec![Vec::new(); nn];
@@ -176,9 +181,21 @@ pub fn plan(graph: &Graph, infos: &[NodeInfo], cap: usize) -> Plan {
             act_len += cap * infos[i].shape.numel();
         }
     }
+    // Gradients mirror the activations' aliasing, plus (with `bn_grad_in_place`) a batch
+    // norm's sole input in place over its output.
+    let mut grad_alias = alias.clone();
+    if bn_grad_in_place {
+        for i in 1..nn {
+            if let ([j], Alias::Own) = (&consumers[i][..], alias[i]) {
+                if *j != last && matches!(graph.nodes[*j].op, Op::BatchNorm { .. }) {
+                    grad_alias[i] = Alias::InPlace(*j);
+                }
+            }
+        }
+    }
     // Gradient buffers: one per root, live over [lowest member, highest writer].
     let root = |mut i: usize| loop {
-        match alias[i] {
+        match grad_alias[i] {
             Alias::Own => return i,
             Alias::Concat(j, _) | Alias::InPlace(j) => i = j,
         }
@@ -192,7 +209,7 @@ pub fn plan(graph: &Graph, infos: &[NodeInfo], cap: usize) -> Plan {
         e.1 = e.1.max(hi);
     }
     let mut placed: Vec<(usize, usize, usize, usize)> = Vec::new(); // (off, len, lo, hi)
-    let mut roots: Vec<usize> = (1..nn).filter(|&i| alias[i] == Alias::Own).collect();
+    let mut roots: Vec<usize> = (1..nn).filter(|&i| grad_alias[i] == Alias::Own).collect();
     roots.sort_by_key(|&i| std::cmp::Reverse(cap * infos[i].shape.numel()));
     let mut grad_root_off = vec![0usize; nn];
     let mut grad_len = 0;
@@ -219,7 +236,7 @@ pub fn plan(graph: &Graph, infos: &[NodeInfo], cap: usize) -> Plan {
     let mut grad = vec![None; nn];
     for i in (1..nn).rev() {
         let (hw, c) = dims(infos[i].shape);
-        grad[i] = Some(match alias[i] {
+        grad[i] = Some(match grad_alias[i] {
             Alias::Own => View {
                 off: grad_root_off[i],
                 ld: c,

@@ -405,7 +405,7 @@ impl CudaModel {
         }
         self.sync()?;
         self.shaped.clear();
-        let p = plan::plan(&self.net.graph, &self.net.infos, n);
+        let p = plan::plan(&self.net.graph, &self.net.infos, n, false);
         self.act = DevBuf::new(4 * p.act_len)?;
         self.grad = DevBuf::new(4 * p.grad_len)?;
         let sink = self
