@@ -747,7 +747,7 @@ fn winograd_error_against_the_direct_path() {
             &ws,
         );
         let mut u = vec![0f32; winograd::kernel_len(&g)];
-        winograd::winograd_kernel(&k, cin, cout, false, &mut u);
+        winograd::winograd_kernel(&k, cin, cout, false, &mut u, &ws);
         let mut wino = vec![0f32; n * h * w * cout];
         // SAFETY: whole buffers of these shapes; x and y are distinct.
         unsafe {

@@ -187,7 +187,7 @@ pub fn conv2d_forward<T: Real>(
     let np = parts(n);
     if super::winograd::applies(g) {
         ws.with(super::winograd::kernel_len(g), |u| {
-            super::winograd::winograd_kernel(w, g.cin, g.cout, false, u);
+            super::winograd::winograd_kernel(w, g.cin, g.cout, false, u, ws);
             let u: &[T] = u;
             (0..np).into_par_iter().for_each(|p| {
                 let part = part_range(n, p, np);
@@ -329,7 +329,7 @@ pub fn conv2d_backward<T: Real>(
         },
         |u| {
             if wino {
-                super::winograd::winograd_kernel(w, g.cin, g.cout, true, u);
+                super::winograd::winograd_kernel(w, g.cin, g.cout, true, u, ws);
             }
             let u: &[T] = u;
             conv2d_backward_parts(x, xv, w, dy, dyv, dx, g, n, partials, ws, wino.then_some(u));

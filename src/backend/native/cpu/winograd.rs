@@ -51,45 +51,107 @@ pub fn kernel_len(g: &ConvGeom) -> usize {
 
 /// `U = G g Gᵀ` of kernel `w` (3, 3, cin, cout), into `u` as 16 matrices (cin, cout).
 /// With `turned`, of the kernel the input gradient needs: `w'[ky][kx][co][ci] =
-/// w[2-ky][2-kx][ci][co]`, so `u` is 16 matrices (cout, cin).
+/// w[2-ky][2-kx][ci][co]`, so `u` is 16 matrices (cout, cin). Rows of `u` in parallel,
+/// each row's values as vector loops (the same operations in the same order per value
+/// whatever the thread count).
 ///
 /// Shapes: `w` 9*cin*cout, `u` 16*cin*cout.
-#[allow(clippy::needless_range_loop)] // the transform reads best with its indices
-pub fn winograd_kernel<T: Real>(w: &[T], cin: usize, cout: usize, turned: bool, u: &mut [T]) {
-    let half = r::<T>(0.5);
+pub fn winograd_kernel<T: Real>(
+    w: &[T],
+    cin: usize,
+    cout: usize,
+    turned: bool,
+    u: &mut [T],
+    ws: &Workspaces<T>,
+) {
+    use rayon::prelude::*;
     let (rows, cols) = if turned { (cout, cin) } else { (cin, cout) };
-    for a in 0..rows {
-        for b in 0..cols {
-            // g[ky][kx] of the (row a, column b) channel pair.
-            let g = |ky: usize, kx: usize| {
-                if turned {
-                    w[((2 - ky) * 3 + (2 - kx)) * cin * cout + b * cout + a]
-                } else {
-                    w[(ky * 3 + kx) * cin * cout + a * cout + b]
+    let (w, u) = (&w[..9 * cin * cout], &mut u[..16 * cin * cout]);
+    // u as 16*rows rows of `cols` values.
+    let (up, uv) = (
+        Ptr(u.as_mut_ptr()),
+        View {
+            off: 0,
+            ld: cols,
+            c: cols,
+            hw: 1,
+        },
+    );
+    // Rows per task.
+    const ROWS: usize = 8;
+    (0..rows.div_ceil(ROWS)).into_par_iter().for_each(|task| {
+        ws.with(21 * cols, |buf| {
+            let (g, t) = buf.split_at_mut(9 * cols);
+            for a in task * ROWS..((task + 1) * ROWS).min(rows) {
+                // g[ky][kx] of row a: 9 rows of `cols` values.
+                for tap in 0..9 {
+                    let gr = &mut g[tap * cols..(tap + 1) * cols];
+                    if turned {
+                        let src = &w[(8 - tap) * cin * cout..];
+                        for (b, v) in gr.iter_mut().enumerate() {
+                            *v = src[b * cout + a];
+                        }
+                    } else {
+                        gr.copy_from_slice(&w[tap * cin * cout + a * cout..][..cols]);
+                    }
                 }
-            };
-            // t = G g (4 x 3).
-            let mut t = [[T::zero(); 3]; 4];
-            for kx in 0..3 {
-                let (g0, g1, g2) = (g(0, kx), g(1, kx), g(2, kx));
-                t[0][kx] = g0;
-                t[1][kx] = (g0 + g1 + g2) * half;
-                t[2][kx] = (g0 - g1 + g2) * half;
-                t[3][kx] = g2;
+                let out: [&mut [T]; 16] = std::array::from_fn(|xi| {
+                    // SAFETY: row a of matrix xi of u: rows of different (xi, a) do not
+                    // overlap, and each a belongs to one task.
+                    unsafe { up.row_mut(uv, xi * rows + a) }
+                });
+                super::simd(
+                    #[inline(always)]
+                    || kernel_transform_rows(g, t, out, cols),
+                );
             }
-            // U = t Gᵀ (4 x 4).
-            for (i, ti) in t.iter().enumerate() {
-                let v = [
-                    ti[0],
-                    (ti[0] + ti[1] + ti[2]) * half,
-                    (ti[0] - ti[1] + ti[2]) * half,
-                    ti[2],
-                ];
-                for (j, v) in v.into_iter().enumerate() {
-                    u[((i * 4 + j) * rows + a) * cols + b] = v;
-                }
+        })
+    });
+}
+
+/// The 16 rows `U[ξ][a]` of one row `a` from its 9 kernel rows `g` (tap-major, `cols`
+/// values each): `t = G g` over the taps' rows (into `t`, 12 rows), then `U = t Gᵀ`, with
+/// `G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]`.
+#[inline(always)]
+fn kernel_transform_rows<T: Real>(g: &[T], t: &mut [T], out: [&mut [T]; 16], cols: usize) {
+    let half = r::<T>(0.5);
+    for i in 0..4 {
+        for kx in 0..3 {
+            let (g0, g1, g2) = (
+                &g[kx * cols..][..cols],
+                &g[(3 + kx) * cols..][..cols],
+                &g[(6 + kx) * cols..][..cols],
+            );
+            g_combination(&mut t[(i * 3 + kx) * cols..][..cols], g0, g1, g2, i, half);
+        }
+    }
+    for (xi, o) in out.into_iter().enumerate() {
+        let (i, j) = (xi / 4, xi % 4);
+        let ti = &t[i * 3 * cols..(i + 1) * 3 * cols];
+        let (t0, t1, t2) = (&ti[..cols], &ti[cols..2 * cols], &ti[2 * cols..]);
+        g_combination(o, t0, t1, t2, j, half);
+    }
+}
+
+/// Row `k` of `G` applied to three rows: `a`, `(a + b + c) / 2`, `(a - b + c) / 2` or `c`.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // indexed over equal lengths: vectorises
+fn g_combination<T: Real>(out: &mut [T], a: &[T], b: &[T], c: &[T], k: usize, half: T) {
+    let n = out.len();
+    let (a, b, c) = (&a[..n], &b[..n], &c[..n]);
+    match k {
+        0 => out.copy_from_slice(a),
+        1 => {
+            for q in 0..n {
+                out[q] = (a[q] + b[q] + c[q]) * half;
             }
         }
+        2 => {
+            for q in 0..n {
+                out[q] = (a[q] - b[q] + c[q]) * half;
+            }
+        }
+        _ => out.copy_from_slice(c),
     }
 }
 
