@@ -634,6 +634,18 @@ fn folded_inference_equals_dfdx() {
     }
 }
 
+/// Conv -> relu -> batch norm and conv -> elu -> batch norm (conv_module's
+/// `bn_first = false`): the batch norm's input gradient is planned in place over its
+/// output gradient, and the activation's and the conv's with it.
+#[test]
+fn native_gradcheck_activation_before_batchnorm() {
+    let g = graph(
+        "{ conv2d = { filters = 8, kernel = 3 } },\n{ relu = {} },\n{ batchnorm = {} },\n{ conv2d = { filters = 8, kernel = 3 } },\n{ elu = {} },\n{ batchnorm = {} },\n{ global_avgpool = {} },\n{ dense = \"$classes\" },\n{ softmax = {} },",
+        "[6, 5, 3]",
+    );
+    gradcheck(&g, 2, 5);
+}
+
 /// Winograd F(2x2, 3x3) (3x3 `same` stride-1 convs with 8 or more channels each way):
 /// forward, input gradient (the turned kernel) and weight gradient (F(3x3, 2x2)) against
 /// finite differences in f64, on odd and even sizes (tiles that leave the image), with a
