@@ -661,6 +661,26 @@ fn native_gradcheck_winograd_convs_on_odd_and_even_sizes() {
     }
 }
 
+/// Every (output pixel, tap, input pixel) of a 3x3 `same` stride-1 convolution over `n`
+/// images of h x w, taps that fall outside the image left out: `f(out, ky*3 + kx, in)`
+/// with pixels numbered `(b*h + y)*w + x`.
+fn same_3x3_taps(n: usize, h: usize, w: usize, mut f: impl FnMut(usize, usize, usize)) {
+    for b in 0..n {
+        for oy in 0..h {
+            for ox in 0..w {
+                for ky in 0..3 {
+                    for kx in 0..3 {
+                        let (iy, ix) = ((oy + ky).wrapping_sub(1), (ox + kx).wrapping_sub(1));
+                        if iy < h && ix < w {
+                            f((b * h + oy) * w + ox, ky * 3 + kx, (b * h + iy) * w + ix);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A 3x3 `same` convolution computed by Winograd and by im2col, in f32, against the
 /// direct sum in f64: the error of each, relative to the largest output, is printed
 /// (docs/performance.md quotes it) and Winograd's stays within 1e-5; and the same for
@@ -702,32 +722,20 @@ fn winograd_error_against_the_direct_path() {
         let bias: Vec<f32> = (0..cout).map(|_| rng.random_range(-0.1..0.1)).collect();
         // The direct sum, in f64.
         let mut want = vec![0f64; n * h * w * cout];
-        for b in 0..n {
-            for oy in 0..h {
-                for ox in 0..w {
-                    let o = &mut want[((b * h + oy) * w + ox) * cout..][..cout];
-                    for (co, v) in o.iter_mut().enumerate() {
-                        *v = bias[co] as f64;
-                    }
-                    for ky in 0..3 {
-                        for kx in 0..3 {
-                            let (iy, ix) =
-                                (oy as isize + ky as isize - 1, ox as isize + kx as isize - 1);
-                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
-                                continue;
-                            }
-                            let xr = &x[((b * h + iy as usize) * w + ix as usize) * cin..][..cin];
-                            for (ci, xv) in xr.iter().enumerate() {
-                                let kr = &k[((ky * 3 + kx) * cin + ci) * cout..][..cout];
-                                for (co, v) in o.iter_mut().enumerate() {
-                                    *v += *xv as f64 * kr[co] as f64;
-                                }
-                            }
-                        }
-                    }
-                }
+        for o in want.chunks_mut(cout) {
+            for (v, b) in o.iter_mut().zip(&bias) {
+                *v = *b as f64;
             }
         }
+        same_3x3_taps(n, h, w, |out, tap, inp| {
+            let o = &mut want[out * cout..][..cout];
+            for (ci, xv) in x[inp * cin..][..cin].iter().enumerate() {
+                let kr = &k[(tap * cin + ci) * cout..][..cout];
+                for (v, kv) in o.iter_mut().zip(kr) {
+                    *v += *xv as f64 * *kv as f64;
+                }
+            }
+        });
         let xv = View {
             off: 0,
             ld: cin,
@@ -798,29 +806,15 @@ fn winograd_error_against_the_direct_path() {
             .map(|_| rng.random_range(-1.0..1.0))
             .collect();
         let mut want = vec![0f64; 9 * cin * cout];
-        for b in 0..n {
-            for oy in 0..h {
-                for ox in 0..w {
-                    let d = &dy[((b * h + oy) * w + ox) * cout..][..cout];
-                    for ky in 0..3 {
-                        for kx in 0..3 {
-                            let (iy, ix) =
-                                (oy as isize + ky as isize - 1, ox as isize + kx as isize - 1);
-                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
-                                continue;
-                            }
-                            let xr = &x[((b * h + iy as usize) * w + ix as usize) * cin..][..cin];
-                            for (ci, xv) in xr.iter().enumerate() {
-                                let o = &mut want[((ky * 3 + kx) * cin + ci) * cout..][..cout];
-                                for (v, d) in o.iter_mut().zip(d) {
-                                    *v += *xv as f64 * *d as f64;
-                                }
-                            }
-                        }
-                    }
+        same_3x3_taps(n, h, w, |out, tap, inp| {
+            let d = &dy[out * cout..][..cout];
+            for (ci, xv) in x[inp * cin..][..cin].iter().enumerate() {
+                let o = &mut want[(tap * cin + ci) * cout..][..cout];
+                for (v, d) in o.iter_mut().zip(d) {
+                    *v += *xv as f64 * *d as f64;
                 }
             }
-        }
+        });
         let mut dys = dy.clone();
         let mut dw = vec![0f32; 9 * cin * cout];
         let mut db = vec![f32::NAN; cout];

@@ -155,6 +155,22 @@ fn g_combination<T: Real>(out: &mut [T], a: &[T], b: &[T], c: &[T], k: usize, ha
     }
 }
 
+/// 2x2 tiles of an h x w image: per tile row, and per image (row-major, the last row and
+/// column overhanging an odd size).
+fn tile_grid(h: usize, w: usize) -> (usize, usize) {
+    let tw = w.div_ceil(2);
+    (tw, h.div_ceil(2) * tw)
+}
+
+/// Channels per register block of the transforms: one vector register of f32.
+fn lanes() -> usize {
+    if super::simd_level() == super::SimdLevel::Avx512 {
+        16
+    } else {
+        8
+    }
+}
+
 /// Tiles per chunk: the chunk's 16 input and 16 product matrices fill about half of L2.
 fn chunk_tiles(cin: usize, cout: usize) -> usize {
     let values = super::l2_bytes() / 2 / std::mem::size_of::<f32>();
@@ -182,19 +198,13 @@ pub unsafe fn winograd_conv2d<T: Real>(
     acc: bool,
     ws: &Workspaces<T>,
 ) {
-    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
-    let per_image = th * tw;
+    let (tw, per_image) = tile_grid(h, w);
     let tiles = (hi - lo) * per_image;
     if tiles == 0 {
         return;
     }
     let chunk = chunk_tiles(cin, cout).min(tiles);
-    // Channels per register block of the transforms.
-    let lanes = if super::simd_level() == super::SimdLevel::Avx512 {
-        16
-    } else {
-        8
-    };
+    let lanes = lanes();
     // The 16 matrices lie one cache line more apart than their size: a tile's 16 rows are
     // written (and its 16 products read) together, and at strides of a multiple of 4 KiB
     // they would all fall in the same L1 set.
@@ -297,8 +307,7 @@ unsafe fn input_transform<T: Real>(
     vs: usize,
     lanes: usize,
 ) {
-    let tw = w.div_ceil(2);
-    let per_image = h.div_ceil(2) * tw;
+    let (tw, per_image) = tile_grid(h, w);
     super::simd(
         #[inline(always)]
         || {
@@ -589,8 +598,7 @@ pub unsafe fn winograd_kernel_grad<T: Real>(
     db: &mut [T],
     ws: &Workspaces<T>,
 ) {
-    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
-    let per_image = th * tw;
+    let (tw, per_image) = tile_grid(h, w);
     let tiles = (hi - lo) * per_image;
     let (dw, db) = (&mut dw[..9 * cin * cout], &mut db[..cout]);
     db.fill(T::zero());
@@ -599,11 +607,7 @@ pub unsafe fn winograd_kernel_grad<T: Real>(
         return;
     }
     let chunk = chunk_tiles(cin, cout).min(tiles);
-    let lanes = if super::simd_level() == super::SimdLevel::Avx512 {
-        16
-    } else {
-        8
-    };
+    let lanes = lanes();
     // As in `winograd_conv2d`, the 16 matrices of a kind a cache line more than their
     // size apart.
     let (vs, us) = (chunk * cin + 16, chunk * cout + 16);
