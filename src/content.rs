@@ -122,12 +122,3 @@ pub fn set_read_only(dir: &Path, ro: bool) -> Result<()> {
     }
     Ok(())
 }
-
-/// The first 12 characters of a hash or key, for messages (whole characters, whatever
-/// the text: a file name it came from may not be ASCII).
-pub fn short(s: &str) -> &str {
-    match s.char_indices().nth(12) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
-}

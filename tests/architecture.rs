@@ -1,8 +1,10 @@
-//! The house's floors: `main → commands → ui → engine → stages → data, report → backend → nn →
-//! manifest`, with the leaves `atomic` and `content` below everything. No module imports
-//! one above it, and no two modules import each other (top-level folders, and the files
-//! inside one folder). Read from the source: every `crate::<module>` path and every
-//! `super::<sibling>` path.
+//! The house's floors: `main → commands → ui → engine → stages → data, report → outcome →
+//! backend → nn → manifest`, with the leaves `atomic`, `content`, `ids` and `fmt` below
+//! everything. No module imports one above it, and no two modules import each other
+//! (top-level folders, and the files inside one folder). Read from the source: every
+//! `crate::<module>` path and every `super::<sibling>` path. Below the engine nothing
+//! prints: the engine and the stages send events to a watcher, and the command line (or
+//! the dashboard) decides what to show.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -11,15 +13,16 @@ use std::path::{Path, PathBuf};
 /// (and, for `data` and `report`, not each other).
 fn floor(m: &str) -> Option<u32> {
     Some(match m {
-        "atomic" | "content" => 0,
+        "atomic" | "content" | "ids" | "fmt" => 0,
         "manifest" => 1,
         "nn" => 2,
         "backend" => 3,
-        "data" | "report" => 4,
-        "stages" => 5,
-        "engine" => 6,
-        "ui" => 7,
-        "commands" => 8,
+        "outcome" => 4,
+        "data" | "report" => 5,
+        "stages" => 6,
+        "engine" => 7,
+        "ui" => 8,
+        "commands" => 9,
         _ => return None,
     })
 }
@@ -182,4 +185,111 @@ fn no_two_files_of_one_folder_import_each_other() {
         }
     }
     assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
+/// The top-level module of a source file (`engine` for `src/engine/store.rs`).
+fn top_module(src: &Path, f: &Path) -> String {
+    f.strip_prefix(src)
+        .unwrap()
+        .components()
+        .next()
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy()
+        .trim_end_matches(".rs")
+        .to_string()
+}
+
+/// Whether the module in `f` is compiled only for tests (`#[cfg(test)]` or
+/// `#[cfg(all(test, ...))]` on its `mod` line in the file that declares it).
+fn test_only(f: &Path) -> bool {
+    let stem = f.file_stem().unwrap().to_string_lossy();
+    let dir = f.parent().unwrap();
+    let parents = [dir.join("mod.rs"), dir.with_extension("rs")];
+    parents.iter().filter(|p| p.is_file() && *p != f).any(|p| {
+        let text = std::fs::read_to_string(p).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        lines.windows(2).any(|w| {
+            let decl = w[1].trim();
+            (decl == format!("mod {stem};") || decl == format!("pub mod {stem};"))
+                && w[0].trim().starts_with("#[cfg(")
+                && w[0].contains("test")
+        })
+    })
+}
+
+#[test]
+fn nothing_below_the_engine_prints() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let engine = floor("engine").unwrap();
+    // What writes to the terminal: the print macros, the standard streams, a progress bar
+    // drawn on stderr.
+    let printing = [
+        "println!",
+        "eprintln!",
+        "print!(",
+        "eprint!(",
+        "std::io::stdout(",
+        "std::io::stderr(",
+        "ProgressDrawTarget::stderr",
+        "dbg!(",
+    ];
+    let mut bad = Vec::new();
+    for f in &files {
+        let top = top_module(&src, f);
+        if floor(&top).is_none_or(|fl| fl >= engine) || test_only(f) {
+            continue;
+        }
+        // Tests inside a module may print what they measured.
+        let text = code(f);
+        let text = text.split("#[cfg(test)]").next().unwrap_or("");
+        for p in printing {
+            for (i, _) in text.match_indices(p) {
+                let line = text[..i].lines().count();
+                bad.push(format!(
+                    "{}:{line} ({top}) uses {p}",
+                    f.strip_prefix(&src).unwrap().display()
+                ));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "printing below the engine:\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn report_knows_nothing_of_the_engine_and_writes_nothing() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/report");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut bad = Vec::new();
+    for f in &files {
+        let text = code(f);
+        for needle in [
+            "crate::engine",
+            "crate::stages",
+            "fs::write",
+            "File::create",
+            "OpenOptions",
+            "create_dir",
+            "write_atomic",
+            "write_json_atomic",
+            "remove_file",
+            "remove_dir",
+        ] {
+            if text.contains(needle) {
+                bad.push(format!("{}: {needle}", f.display()));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "report/ reaches past the values it is given:\n{}",
+        bad.join("\n")
+    );
 }

@@ -133,11 +133,17 @@ fn a_corrupt_jpeg_stops_the_stage_naming_the_file() {
         "{err}"
     );
     assert!(err.contains("on_bad_image"), "{err}");
-    // Nothing half-written was published, and nothing is left in tmp/.
+    // Nothing half-written was published, and no output folder is left in scratch.
     let s = p.ok(&["status", "exp", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&s.stdout).unwrap();
     assert_eq!(v["stages"][2]["state"], "stale");
-    assert_eq!(std::fs::read_dir(p.cache().join("tmp")).unwrap().count(), 0);
+    let left: Vec<_> = std::fs::read_dir(p.cache().join("scratch"))
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with("publishing-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 
     // With on_bad_image = "skip" the file is left out and counted.
     let text = tiny_manifest(&root, 2).replace(

@@ -287,9 +287,11 @@ fn two_concurrent_runs_share_one_store_safely() {
 #[test]
 fn until_and_force_and_dry_run() {
     let (p, _) = setup(3, 10);
+    // A dry run decides as `status` does: what would run is stale, with its reasons.
     let r = p.run_json("exp", &["--dry-run"]);
-    assert_eq!(state_of(&r, "ingest"), "would-run");
-    assert_eq!(state_of(&r, "split"), "waiting");
+    assert_eq!(state_of(&r, "ingest"), "stale");
+    assert_eq!(state_of(&r, "split"), "stale");
+    assert_eq!(r["stages"][1]["reasons"][0], "input ingest changed");
     assert!(
         !p.cache().join("keys").exists()
             || std::fs::read_dir(p.cache().join("keys")).unwrap().count() == 0

@@ -40,7 +40,7 @@ struct Slot {
 }
 
 #[derive(Default, Clone, Copy)]
-struct NodeParams {
+struct DfdxParams {
     kernel: Option<usize>,
     bias: Option<usize>,
     gamma: Option<usize>,
@@ -56,7 +56,7 @@ pub struct Net<E: Dtype, D: Device<E>> {
     /// Trainable parameters.
     pub params: Vec<Vec<E>>,
     slots: Vec<Slot>,
-    node_params: Vec<NodeParams>,
+    node_params: Vec<DfdxParams>,
     bn_mean: Vec<Vec<E>>,
     bn_var: Vec<Vec<E>>,
     bn_names: Vec<String>,
@@ -131,7 +131,7 @@ impl<E: Dtype, D: Device<E> + Synchronize> Net<E, D> {
             infos: infos.clone(),
             params: Vec::new(),
             slots: Vec::new(),
-            node_params: vec![NodeParams::default(); graph.nodes.len()],
+            node_params: vec![DfdxParams::default(); graph.nodes.len()],
             bn_mean: Vec::new(),
             bn_var: Vec::new(),
             bn_names: Vec::new(),

@@ -138,6 +138,12 @@ pub trait Model {
         Ok(None)
     }
 
+    /// What the model has to say since it was last asked (a CUDA graph that could not be
+    /// captured, say): lines for whoever watches the run. A model prints nothing itself.
+    fn take_notes(&mut self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Bytes of device memory the model holds (GPU models only).
     fn device_bytes(&self) -> Option<usize> {
         None

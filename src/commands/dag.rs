@@ -3,7 +3,7 @@
 use anyhow::Result;
 
 use super::Global;
-use crate::engine::{Engine, Project, Target};
+use crate::engine::{Project, Target};
 
 /// `pipe dag`: a pipeline's stages; for a sweep, each distinct stage with the points that
 /// share it.
@@ -11,7 +11,7 @@ pub fn dag(g: &Global, pipeline: &str, sets: &[String], dot: bool) -> Result<()>
     let (proj, target) = Project::discover(g.cache.clone())?.load_target(pipeline, sets)?;
     let p = match target {
         Target::Sweep(s) => {
-            let mut engine = Engine::read_only(&proj.cache);
+            let mut engine = super::looking(&proj);
             let all: Vec<usize> = (0..s.points.len()).collect();
             let stages = engine.sweep_stages(&s, &all)?;
             println!(

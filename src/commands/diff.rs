@@ -3,18 +3,18 @@
 use anyhow::Result;
 
 use super::Global;
-use crate::engine::{Engine, Project};
+use crate::engine::Project;
 use crate::report::diff;
 
 /// `pipe diff A [B]`: two pipelines, or one against its last run.
 pub fn diff(g: &Global, a: &str, b: Option<&str>, sets: &[String], json: bool) -> Result<()> {
     let discovered = Project::discover(g.cache.clone())?;
     let (pa, p) = discovered.load(a, sets)?;
-    let mut ea = Engine::read_only(&pa.cache);
+    let mut ea = super::looking(&pa);
     let (sa, sb) = match b {
         Some(b) => {
             let (pb, q) = discovered.load(b, sets)?;
-            let mut eb = Engine::read_only(&pb.cache);
+            let mut eb = super::looking(&pb);
             (ea.side(&p)?, eb.side(&q)?)
         }
         None => ea.against_last_run(&p)?,

@@ -6,15 +6,14 @@ use anyhow::{Context, Result};
 
 use super::predict::load_stage_target;
 use super::Global;
-use crate::engine::Engine;
 
 /// `pipe export`.
 pub fn export(g: &Global, target: &str, out: &Path) -> Result<()> {
     let (proj, p, stage) = load_stage_target(g, target)?;
-    let mut engine = Engine::read_only(&proj.cache);
+    let mut engine = super::looking(&proj);
     let t = engine.trained(&p, stage.as_deref())?;
     let bytes =
-        crate::stages::export::onnx_of(&t.model_dir, &t.data_dir, &p.name, &t.stage, &t.key)?;
+        crate::stages::export::onnx_of(&t.model_dir, &t.data_dir, &p.name, &t.stage, Some(&t.key))?;
     if out == Path::new("-") {
         use std::io::Write;
         let mut o = std::io::stdout().lock();

@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 
 use super::Global;
 use crate::engine::gc::GcOptions;
-use crate::engine::{Engine, Project};
+use crate::engine::Project;
 use crate::report::gc::describe;
 
 /// `pipe gc [--pipelines DIR] [--dry-run] [--all]`.
@@ -16,9 +16,9 @@ pub fn gc(g: &Global, pipelines: Option<PathBuf>, dry_run: bool, all: bool) -> R
         bail!("no store at {} (nothing to clean)", proj.cache.display());
     }
     let mut engine = if dry_run {
-        Engine::read_only(&proj.cache)
+        super::looking(&proj)
     } else {
-        Engine::new(&proj.cache)?
+        super::writing(&proj, false)?
     };
     let opts = GcOptions {
         pipelines,

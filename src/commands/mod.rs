@@ -3,6 +3,7 @@
 //! answer to `report` to print.
 
 mod bench;
+mod console;
 mod dag;
 mod data;
 mod diff;
@@ -20,7 +21,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::engine::Project;
+pub use console::Console;
+
+use crate::engine::{Engine, Project};
 use crate::manifest::Pipeline;
 
 pub use bench::{
@@ -49,5 +52,27 @@ pub struct Global {
 
 fn load(g: &Global, pipeline: &str, sets: &[String]) -> Result<(Project, Pipeline)> {
     let discovered = Project::discover(g.cache.clone())?;
-    discovered.load(pipeline, sets)
+    let loaded = discovered.load(pipeline, sets)?;
+    device_notice();
+    Ok(loaded)
+}
+
+/// Say once that `device = "auto"` chose the GPU, if it did.
+fn device_notice() {
+    if let Some(n) = crate::engine::take_device_notice() {
+        eprintln!("{n}");
+    }
+}
+
+/// The engine over a project's store to look only, its warnings on the console.
+fn looking(proj: &Project) -> Engine {
+    device_notice();
+    Engine::read_only(&proj.cache).watched_by(Box::new(Console::new(false)))
+}
+
+/// The engine over a project's store to run and write, watched by the console (`quiet`:
+/// warnings only, as `--json` wants).
+fn writing(proj: &Project, quiet: bool) -> Result<Engine> {
+    device_notice();
+    Ok(Engine::new(&proj.cache)?.watched_by(Box::new(Console::new(quiet))))
 }

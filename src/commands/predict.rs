@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 
+use super::Console;
 use super::Global;
 use crate::backend::DeviceKind;
-use crate::engine::{Engine, Project};
-use crate::report::progress;
+use crate::engine::Project;
 use crate::stages::predict::{prepare_image, top_k, Predictor};
 
 /// Output format of `predict`.
@@ -143,7 +143,7 @@ fn csv_field(s: &str) -> String {
 /// `pipe predict`.
 pub fn predict(g: &Global, target: &str, inputs: &[String], o: &PredictOptions) -> Result<()> {
     let (proj, p, stage) = load_stage_target(g, target)?;
-    let mut engine = Engine::read_only(&proj.cache);
+    let mut engine = super::looking(&proj);
     let trained = engine.trained(&p, stage.as_deref())?;
     if o.top_k == 0 {
         bail!("--top-k must be at least 1");
@@ -167,7 +167,12 @@ pub fn predict(g: &Global, target: &str, inputs: &[String], o: &PredictOptions) 
         device,
     )?;
     let k = o.top_k.min(model.classes.len());
-    let pb = progress::bar(paths.len() as u64, "predict", "images");
+    let pb = crate::outcome::Watcher::bar(
+        &Console::new(false),
+        paths.len() as u64,
+        "predict",
+        "images",
+    );
     let started = std::time::Instant::now();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

@@ -3,11 +3,13 @@
 
 use anyhow::{bail, Result};
 
+use super::Console;
 use super::{load, Global};
 use crate::engine::{sweep, Engine, Project, RunOptions, Target};
 use crate::manifest::Sweep;
-use crate::report::outcome::{self, Console};
-use crate::report::sweep::{self as report, SweepRun};
+use crate::outcome::sweep::SweepRun;
+use crate::report::outcome;
+use crate::report::sweep as report;
 
 /// `pipe run P` (`only`: `--only EXPR`, for a sweep).
 pub fn run(
@@ -19,12 +21,11 @@ pub fn run(
     only: Option<&str>,
 ) -> Result<()> {
     let (proj, target) = Project::discover(g.cache.clone())?.load_target(pipeline, sets)?;
-    let engine = if opts.dry_run {
-        Engine::read_only(&proj.cache)
+    let mut engine = if opts.dry_run {
+        super::looking(&proj).watched_by(Box::new(Console::new(json)))
     } else {
-        Engine::new(&proj.cache)?
+        super::writing(&proj, json)?
     };
-    let mut engine = engine.watched_by(Box::new(Console { quiet: json }));
     let p = match target {
         Target::Sweep(s) => return run_sweep(&mut engine, &s, &opts, json, only),
         Target::Pipeline(p) => p,
@@ -113,9 +114,9 @@ pub fn run_with(
 ) -> Result<()> {
     let (proj, target) = Project::discover(g.cache.clone())?.load_target(pipeline, sets)?;
     let mut engine = if opts.dry_run {
-        Engine::read_only(&proj.cache)
+        super::looking(&proj)
     } else {
-        Engine::new(&proj.cache)?
+        super::writing(&proj, false)?
     };
     let p = match target {
         Target::Sweep(s) => {
@@ -158,7 +159,7 @@ pub fn sweep_promote(
     let Target::Sweep(s) = target else {
         bail!("`{manifest}` is not a sweep");
     };
-    let mut engine = Engine::new(&proj.cache)?;
+    let mut engine = super::writing(&proj, false)?;
     let kept = engine.promote_on_slurm(&s, rung, sets, o)?;
     eprintln!(
         "sweep {}: after rung {rung}, {} go on: {}",
@@ -172,7 +173,7 @@ pub fn sweep_promote(
 /// `pipe run-stage`: one stage, its inputs read from the store (an executor's job).
 pub fn run_stage(g: &Global, manifest: &str, stage: &str, sets: &[String]) -> Result<()> {
     let (proj, p) = load(g, manifest, sets)?;
-    let mut engine = Engine::new(&proj.cache)?;
+    let mut engine = super::writing(&proj, false)?;
     let o = engine.run_stage(&p, stage)?;
     eprintln!(
         "{:<12} {:<7} {:>6.1}s  key {}  {}",

@@ -15,7 +15,7 @@ pub fn status(
     only: Option<&str>,
 ) -> Result<()> {
     let (proj, target) = Project::discover(g.cache.clone())?.load_target(pipeline, sets)?;
-    let mut engine = Engine::read_only(&proj.cache);
+    let mut engine = super::looking(&proj);
     let p = match target {
         Target::Sweep(s) => {
             let selected = sweep::select(&s, only)?;

@@ -6,7 +6,8 @@ use anyhow::Result;
 
 use super::Global;
 use crate::engine::integrity::Health;
-use crate::engine::{Engine, Project};
+use crate::engine::Project;
+use crate::ids::ContentHash;
 
 /// `pipe verify [PIPELINE]`: re-hash every artifact (or the pipeline's last run's) against
 /// what was published; an error if any is damaged.
@@ -15,15 +16,15 @@ pub fn verify(g: &Global, pipeline: Option<&str>) -> Result<()> {
     let (project, only, only_keys) = match pipeline {
         Some(name) => {
             let (proj, p) = project.load(name, &[])?;
-            let engine = Engine::read_only(&proj.cache);
+            let engine = super::looking(&proj);
             let st = engine.store().load_state(&p.name);
-            let outs: HashSet<String> = st.stages.values().map(|s| s.output.clone()).collect();
-            let keys: HashSet<String> = st.stages.values().map(|s| s.key.clone()).collect();
+            let outs: HashSet<ContentHash> = st.stages.values().map(|s| s.output.clone()).collect();
+            let keys: HashSet<String> = st.stages.values().map(|s| s.key.to_string()).collect();
             (proj, Some(outs), Some(keys))
         }
         None => (project, None, None),
     };
-    let engine = Engine::read_only(&project.cache);
+    let engine = super::looking(&project);
     let results = engine.verify(only.as_ref())?;
     let wrong = engine.verify_keys(only_keys.as_ref())?;
     let mut damaged = 0;
@@ -35,11 +36,11 @@ pub fn verify(g: &Global, pipeline: Option<&str>) -> Result<()> {
         };
         match h {
             Health::Sound => {
-                println!("ok       {}{who}", crate::content::short(a))
+                println!("ok       {}{who}", a.short())
             }
             Health::Damaged(problems) => {
                 damaged += 1;
-                println!("DAMAGED  {}{who}", crate::content::short(a));
+                println!("DAMAGED  {}{who}", a.short());
                 for pr in problems {
                     println!("         {pr}");
                 }
@@ -47,24 +48,18 @@ pub fn verify(g: &Global, pipeline: Option<&str>) -> Result<()> {
         }
     }
     for (key, stage, why) in &wrong {
-        println!(
-            "WRONG    key {} ({stage}): {why}",
-            crate::content::short(key)
-        );
+        println!("WRONG    key {} ({stage}): {why}", crate::ids::short(key));
     }
     if damaged > 0 || !wrong.is_empty() {
         // Move damaged artifacts aside (so even damage a stat check cannot see is not
         // reused) and drop key records that point at the wrong artifact.
-        let store = crate::engine::store::Store::open(&project.cache)?;
-        let _lock = store.lock("pipe verify")?;
-        for (a, _, h) in &results {
-            if *h != Health::Sound {
-                store.quarantine(a)?;
-            }
-        }
-        for (key, _, _) in &wrong {
-            store.remove_key(key)?;
-        }
+        let set_aside: Vec<ContentHash> = results
+            .iter()
+            .filter(|(_, _, h)| *h != Health::Sound)
+            .map(|(a, _, _)| a.clone())
+            .collect();
+        let keys: Vec<String> = wrong.iter().map(|(k, _, _)| k.clone()).collect();
+        super::writing(&project, false)?.set_aside(&set_aside, &keys)?;
         anyhow::bail!(
             "{damaged} of {} artifacts are damaged and {} key records point at the wrong artifact; the damaged were moved aside and the records dropped: the next `pipe run` rebuilds what it needs, `pipe gc` deletes the rest",
             results.len(),

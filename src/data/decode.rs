@@ -71,7 +71,7 @@ pub fn decode_checked(
         } else {
             Err(Unusable::Changed(anyhow::anyhow!(
                 "image {r} changed after its dataset was fingerprinted (its content is not the one indexed, {}...): nothing is published; run again to take the dataset as it is now",
-                crate::content::short(hash)
+                crate::ids::short(hash)
             )))
         }
     };

@@ -22,9 +22,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::{Engine, KeyMaterial, RunOptions};
+use super::{Engine, RunOptions, WalkOptions};
+use crate::ids::Recipe;
 use crate::manifest::{Pipeline, StageConfig};
-use crate::report::outcome::StageState;
+pub use crate::outcome::JobState;
+use crate::outcome::StageState;
 
 /// Where the stages run.
 #[derive(Debug, Clone)]
@@ -49,47 +51,42 @@ pub struct SlurmOptions {
     pub wait: bool,
 }
 
+/// Which executor ran or submitted a job (as its record names it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutorKind {
+    /// A child process of `pipe run -j N`.
+    Local,
+    /// A Slurm batch job.
+    Slurm,
+}
+
+impl std::fmt::Display for ExecutorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            ExecutorKind::Local => "local",
+            ExecutorKind::Slurm => "slurm",
+        })
+    }
+}
+
 /// What `<store>/jobs/<recipe>.json` remembers of a submitted stage.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobRecord {
     /// Slurm job id, or the local process id.
     pub job: String,
-    /// `slurm` or `local`.
-    pub executor: String,
+    /// Who runs it.
+    pub executor: ExecutorKind,
     /// Pipeline that submitted it.
     pub pipeline: String,
     /// Stage name in that pipeline.
     pub stage: String,
     /// The stage's recipe.
-    pub recipe: String,
+    pub recipe: Recipe,
     /// Its log file.
     pub log: String,
     /// Submission time (seconds since the epoch).
     pub submitted: u64,
-}
-
-/// A job's state as its scheduler reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JobState {
-    /// Waiting (Slurm PENDING, or local and not started).
-    Queued(String),
-    /// Running (Slurm RUNNING / CONFIGURING / COMPLETING), with how long.
-    Running(String),
-    /// Ended well.
-    Done,
-    /// Ended badly (FAILED, CANCELLED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL, ...).
-    Failed(String),
-    /// The scheduler no longer knows it.
-    Gone,
-    /// The scheduler did not answer (its commands failed).
-    Unknown,
-}
-
-impl JobState {
-    /// Whether it is queued or running.
-    pub fn live(&self) -> bool {
-        matches!(self, JobState::Queued(_) | JobState::Running(_))
-    }
 }
 
 fn now_secs() -> u64 {
@@ -208,24 +205,24 @@ fn job_name(pipeline: &str, stage: &str) -> String {
     format!("pipe:{pipeline}:{stage}")
 }
 
-/// A stage that must run but has no recipe waits for a dataset folder that is not there:
-/// an error naming it.
-fn missing_dataset(p: &Pipeline, must: &[String], recipes: &HashMap<String, String>) -> Result<()> {
-    if let Some(name) = must.iter().find(|n| !recipes.contains_key(*n)) {
-        let root = p
-            .ancestors_of(name)
-            .into_iter()
-            .find_map(|a| crate::stages::external_root(p, &p.stages[&a]).map(|r| (a, r)))
-            .filter(|(_, r)| !r.exists());
-        match root {
-                Some((stage, r)) => bail!(
-                    "stage `{stage}`: its dataset folder {} does not exist (point `root` at it, e.g. `--set {stage}.root=DIR`)",
-                    r.display()
-                ),
-                None => bail!("stage `{name}`: its inputs cannot be known"),
-            }
+/// A stage that must run but waits for a dataset folder that is not there: an error
+/// naming the folder and the key to set.
+fn missing_dataset(p: &Pipeline, waiting: Option<&str>) -> Result<()> {
+    let Some(name) = waiting else {
+        return Ok(());
+    };
+    let root = p
+        .ancestors_of(name)
+        .into_iter()
+        .find_map(|a| crate::stages::external_root(p, &p.stages[&a]).map(|r| (a, r)))
+        .filter(|(_, r)| !r.exists());
+    match root {
+        Some((stage, r)) => bail!(
+            "stage `{stage}`: its dataset folder {} does not exist (point `root` at it, e.g. `--set {stage}.root=DIR`)",
+            r.display()
+        ),
+        None => bail!("stage `{name}`: its inputs cannot be known"),
     }
-    Ok(())
 }
 
 /// How a worker names pipeline `p`: its manifest's absolute path, and for a sweep's point
@@ -245,9 +242,9 @@ pub(crate) struct Job<'a> {
     /// The stage.
     pub stage: String,
     /// Its recipe (what names its job).
-    pub recipe: String,
+    pub recipe: Recipe,
     /// The recipes of the jobs it waits for.
-    pub deps: Vec<String>,
+    pub deps: Vec<Recipe>,
 }
 
 /// Quote for a POSIX shell.
@@ -256,92 +253,61 @@ fn sh_quote(s: &str) -> String {
 }
 
 impl Engine {
-    /// Every stage's recipe (see the module docs), in dependency order.
-    /// A stage whose dataset folder is not there has no recipe, nor has anything after it.
-    pub fn recipes(&mut self, p: &Pipeline) -> Result<HashMap<String, String>> {
-        self.recipes_of(p, false)
-    }
-
-    /// Every stage's recipe, or with `placeholder` a stand-in for stages whose dataset
-    /// folder is missing (the folder's path in place of its fingerprint): what tells which
-    /// stages a sweep's points share before the data is there. Never a job's name.
-    pub(crate) fn recipes_of(
-        &mut self,
-        p: &Pipeline,
-        placeholder: bool,
-    ) -> Result<HashMap<String, String>> {
-        let mut out: HashMap<String, String> = HashMap::new();
-        for name in p.topo_order() {
-            let s = &p.stages[&name];
-            let external = match crate::stages::external_root(p, s) {
-                Some(root) if !root.exists() && placeholder => {
-                    Some(format!("missing:{}", root.display()))
-                }
-                Some(root) if !root.exists() => continue,
-                Some(root) => Some(self.fingerprint(&root)?.hash.clone()),
-                None => None,
-            };
-            let Some(inputs) = s
-                .inputs
-                .iter()
-                .map(|i| out.get(i).cloned())
-                .collect::<Option<Vec<String>>>()
-            else {
-                continue;
-            };
-            let r = KeyMaterial::of(p, &name, inputs, external)?.hash();
-            out.insert(name, r);
-        }
-        Ok(out)
-    }
-
     /// The job record of a recipe, if one was submitted.
-    pub fn job_record(&self, recipe: &str) -> Option<JobRecord> {
+    pub fn job_record(&self, recipe: &Recipe) -> Option<JobRecord> {
         let p = self.store.jobs_dir().join(format!("{recipe}.json"));
         super::store::read_json(&p).ok().flatten()
     }
 
     /// A recorded job's state now.
     pub fn job_state(&self, rec: &JobRecord) -> JobState {
-        match rec.executor.as_str() {
-            "slurm" => slurm_state(&rec.job, &job_name(&rec.pipeline, &rec.stage)),
-            _ => local_state(&rec.job),
+        match rec.executor {
+            ExecutorKind::Slurm => slurm_state(&rec.job, &job_name(&rec.pipeline, &rec.stage)),
+            ExecutorKind::Local => local_state(&rec.job),
         }
     }
 
-    /// The stages of `p` that must run (not in the store, or forced), in dependency order,
-    /// limited to `--until`'s ancestors.
-    pub(crate) fn must_run(&mut self, p: &Pipeline, opts: &RunOptions) -> Result<Vec<String>> {
-        let status = self.status_only(p)?;
-        let wanted = opts.until.as_ref().map(|u| p.ancestors_of(u));
-        let mut must: Vec<String> = Vec::new();
-        for o in status {
-            if wanted.as_ref().is_some_and(|w| !w.contains(&o.name)) {
-                continue;
-            }
-            let forced = opts.force.contains(&o.name);
-            let input_runs = p.stages[&o.name].inputs.iter().any(|i| must.contains(i));
-            if o.state != StageState::Cached || forced || input_runs {
-                must.push(o.name);
-            }
-        }
-        Ok(must)
+    /// The stages of `p` that must run (not in the store, or an input must run), in
+    /// dependency order, limited to `--until`'s ancestors, with every stage's recipe. A
+    /// stage that waits for a missing dataset folder is an error naming it.
+    pub(crate) fn must_run(
+        &mut self,
+        p: &Pipeline,
+        opts: &RunOptions,
+    ) -> Result<(Vec<String>, HashMap<String, Recipe>)> {
+        let walk = WalkOptions {
+            force: &opts.force,
+            until: opts.until.as_deref(),
+        };
+        let decisions = self.decide(p, &walk)?;
+        let waiting = decisions
+            .iter()
+            .find(|d| d.outcome.state == StageState::Waiting)
+            .map(|d| d.outcome.name.as_str());
+        missing_dataset(p, waiting)?;
+        let must = decisions
+            .iter()
+            .filter(|d| !matches!(d.outcome.state, StageState::Cached | StageState::Skipped))
+            .map(|d| d.outcome.name.clone())
+            .collect();
+        let recipes = decisions
+            .into_iter()
+            .map(|d| (d.outcome.name, d.recipe))
+            .collect();
+        Ok((must, recipes))
     }
 
     /// The stages `points` must run (see [`Engine::must_run`]), each recipe once across
-    /// them (what points share runs once), in dependency order. A stage whose dataset
-    /// folder is missing is an error naming it.
+    /// them (what points share runs once), in dependency order.
     pub(crate) fn plan_jobs<'a>(
         &mut self,
         points: &[&'a Pipeline],
         opts: &RunOptions,
     ) -> Result<Vec<Job<'a>>> {
         let mut out: Vec<Job<'a>> = Vec::new();
-        let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut seen: std::collections::HashSet<Recipe> = std::collections::HashSet::new();
         for &p in points {
-            let must = self.must_run(p, opts)?;
-            let recipes = self.recipes(p)?;
-            missing_dataset(p, &must, &recipes)?;
+            let (must, recipes) = self.must_run(p, opts)?;
             for name in &must {
                 let recipe = recipes[name].clone();
                 if !seen.insert(recipe.clone()) {
@@ -351,7 +317,7 @@ impl Engine {
                     .inputs
                     .iter()
                     .filter(|i| must.contains(*i))
-                    .filter_map(|i| recipes.get(i).cloned())
+                    .map(|i| recipes[i].clone())
                     .collect();
                 out.push(Job {
                     p,
@@ -372,21 +338,17 @@ impl Engine {
         opts: &RunOptions,
         exec: &Executor,
     ) -> Result<()> {
-        for f in opts.force.iter().chain(opts.until.iter()) {
-            if !p.stages.contains_key(f) {
-                bail!(
-                    "no stage `{f}` in pipeline `{}` (stages: {})",
-                    p.name,
-                    p.stages.keys().cloned().collect::<Vec<_>>().join(", ")
-                );
-            }
-        }
+        let named: Vec<&str> = opts
+            .force
+            .iter()
+            .chain(opts.until.iter())
+            .map(String::as_str)
+            .collect();
+        super::decide::check_stage_names(p, &named)?;
         if !opts.force.is_empty() {
             bail!("--force runs with the default executor only (it re-runs a cached stage in this process)");
         }
-        let must = self.must_run(p, opts)?;
-        let recipes = self.recipes(p)?;
-        missing_dataset(p, &must, &recipes)?;
+        let (must, recipes) = self.must_run(p, opts)?;
         let wanted = opts.until.as_ref().map(|u| p.ancestors_of(u));
         for name in p.topo_order() {
             if wanted.as_ref().is_some_and(|w| !w.contains(&name)) {
@@ -456,7 +418,7 @@ impl Engine {
         p: &Pipeline,
         sets: &[String],
         must: &[String],
-        recipes: &HashMap<String, String>,
+        recipes: &HashMap<String, Recipe>,
         o: &SlurmOptions,
     ) -> Result<HashMap<String, String>> {
         let exe = std::env::current_exe().context("finding the pipe executable")?;
@@ -494,10 +456,10 @@ impl Engine {
         for name in must {
             let recipe = &recipes[name];
             // One submitter at a time per recipe: check, submit, record.
-            let _recipe_lock = self.store.lock_key(&format!("recipe-{recipe}"), name)?;
+            let _recipe_lock = self.store.lock_recipe(recipe, name, &|w| self.notice(w))?;
             if let Some(rec) = self.job_record(recipe) {
                 let st = self.job_state(&rec);
-                if rec.executor == "slurm" && st.live() {
+                if rec.executor == ExecutorKind::Slurm && st.live() {
                     self.note(format!(
                         "{name:<12} already queued as job {} (submitted for {}:{}); depending on it",
                         rec.job, rec.pipeline, rec.stage
@@ -565,7 +527,7 @@ impl Engine {
             }
             self.write_job_record(&JobRecord {
                 job: id.clone(),
-                executor: "slurm".into(),
+                executor: ExecutorKind::Slurm,
                 pipeline: p.name.clone(),
                 stage: name.clone(),
                 recipe: recipe.clone(),
@@ -602,7 +564,7 @@ impl Engine {
         &mut self,
         p: &Pipeline,
         must: &[String],
-        recipes: &HashMap<String, String>,
+        recipes: &HashMap<String, Recipe>,
         ids: &HashMap<String, String>,
     ) -> Result<()> {
         let jobs_dir = self.store.jobs_dir();
@@ -641,10 +603,10 @@ impl Engine {
             std::thread::sleep(Duration::from_secs(2));
         }
         let missing: Vec<String> = self
-            .status_only(p)?
+            .decide(p, &WalkOptions::default())?
             .into_iter()
-            .filter(|s| must.contains(&s.name) && s.state != StageState::Cached)
-            .map(|s| s.name)
+            .filter(|d| must.contains(&d.outcome.name) && d.outcome.state != StageState::Cached)
+            .map(|d| d.outcome.name)
             .collect();
         if !failed.is_empty() || !missing.is_empty() {
             bail!(
@@ -669,7 +631,7 @@ impl Engine {
         jobs: &[Job<'_>],
         sets: &[String],
         n: usize,
-    ) -> Result<Vec<(String, String)>> {
+    ) -> Result<Vec<(Recipe, String)>> {
         let exe = std::env::current_exe().context("finding the pipe executable")?;
         let jobs_dir = self.store.jobs_dir();
         std::fs::create_dir_all(&jobs_dir)?;
@@ -693,24 +655,22 @@ impl Engine {
                 format!("{:<12}", j.stage)
             }
         };
-        let mut state: BTreeMap<&str, St> = jobs
-            .iter()
-            .map(|j| (j.recipe.as_str(), St::Waiting))
-            .collect();
+        let mut state: BTreeMap<&Recipe, St> =
+            jobs.iter().map(|j| (&j.recipe, St::Waiting)).collect();
         let mut running: Vec<(&Job<'_>, Child, Instant, PathBuf)> = Vec::new();
-        let mut failures: Vec<(String, String)> = Vec::new();
+        let mut failures: Vec<(Recipe, String)> = Vec::new();
         loop {
             // Start what is ready.
             for j in jobs {
                 if running.len() >= n.max(1) {
                     break;
                 }
-                if state[j.recipe.as_str()] != St::Waiting {
+                if state[&j.recipe] != St::Waiting {
                     continue;
                 }
                 if j.deps
                     .iter()
-                    .any(|d| state.get(d.as_str()).is_some_and(|s| *s == St::Failed))
+                    .any(|d| state.get(d).is_some_and(|s| *s == St::Failed))
                 {
                     state.insert(&j.recipe, St::Failed);
                     failures.push((
@@ -721,7 +681,7 @@ impl Engine {
                 }
                 if j.deps
                     .iter()
-                    .any(|d| state.get(d.as_str()).is_some_and(|s| *s != St::Done))
+                    .any(|d| state.get(d).is_some_and(|s| *s != St::Done))
                 {
                     continue;
                 }
@@ -742,7 +702,7 @@ impl Engine {
                     .with_context(|| format!("starting stage `{}`", j.stage))?;
                 self.write_job_record(&JobRecord {
                     job: child.id().to_string(),
-                    executor: "local".into(),
+                    executor: ExecutorKind::Local,
                     pipeline: j.p.name.clone(),
                     stage: j.stage.clone(),
                     recipe: j.recipe.clone(),

@@ -19,6 +19,7 @@ use anyhow::{bail, Result};
 use super::store::{state_stem, ProjectRecord};
 use super::{integrity, load_target, Engine, Target};
 use crate::content::dir_size;
+use crate::ids::{ContentHash, StageKey};
 use crate::manifest::{self, StageKind};
 use crate::report::gc::{GcReport, Removal};
 use crate::stages;
@@ -38,8 +39,10 @@ pub struct GcOptions {
 /// What gc keeps: key records, artifacts, scratch folders.
 #[derive(Default)]
 struct Kept {
+    /// Key record names (keys).
     keys: HashSet<String>,
-    outputs: HashSet<String>,
+    outputs: HashSet<ContentHash>,
+    /// Scratch folder names (keys).
     scratch: HashSet<String>,
 }
 
@@ -169,10 +172,10 @@ impl Engine {
             Ok(stages) => {
                 for s in stages {
                     if let Some(k) = &s.key {
-                        keep.scratch.insert(k.clone());
+                        keep.scratch.insert(k.to_string());
                     }
                     if let (Some(k), Some(o)) = (s.key, s.output) {
-                        keep.keys.insert(k);
+                        keep.keys.insert(k.to_string());
                         keep.outputs.insert(o);
                     }
                 }
@@ -189,7 +192,7 @@ impl Engine {
         let _lock = if opts.dry_run || self.store.is_read_only() {
             None
         } else {
-            Some(self.store.lock("pipe gc")?)
+            Some(self.lock_store("pipe gc")?)
         };
         let mut report = GcReport {
             pipelines: folders.iter().map(|f| f.pipelines.clone()).collect(),
@@ -212,7 +215,7 @@ impl Engine {
                 continue;
             }
             for s in self.store.load_state(&name).stages.values() {
-                keep.keys.insert(s.key.clone());
+                keep.keys.insert(s.key.to_string());
                 keep.outputs.insert(s.output.clone());
             }
         }
@@ -221,13 +224,13 @@ impl Engine {
             outputs: keep_outputs,
             scratch: keep_scratch,
         } = keep;
-        let records: HashMap<String, (StageKind, String)> = self
+        let records: HashMap<ContentHash, (StageKind, String)> = self
             .store
             .all_keys()?
             .into_iter()
             .map(|r| (r.output, (r.kind, r.stage)))
             .collect();
-        let detail = |a: &str| {
+        let detail = |a: &ContentHash| {
             records
                 .get(a)
                 .map_or(String::new(), |(k, s)| format!("{k} ({s})"))
@@ -241,7 +244,7 @@ impl Engine {
             if let Ok(integrity::Health::Damaged(problems)) = self.health(&a, false, records) {
                 report.removed.push(Removal {
                     what: "damaged artifact".into(),
-                    name: a.clone(),
+                    name: a.to_string(),
                     detail: problems.join("; "),
                     bytes: dir_size(&self.store.artifact_dir(&a)),
                 });
@@ -270,7 +273,7 @@ impl Engine {
                 bytes: 0,
             });
         }
-        let drop_artifacts: Vec<String> = self
+        let drop_artifacts: Vec<ContentHash> = self
             .store
             .all_artifacts()?
             .into_iter()
@@ -279,7 +282,7 @@ impl Engine {
         for a in &drop_artifacts {
             report.removed.push(Removal {
                 what: "artifact".into(),
-                name: a.clone(),
+                name: a.to_string(),
                 detail: detail(a),
                 bytes: dir_size(&self.store.artifact_dir(a)),
             });
@@ -289,7 +292,9 @@ impl Engine {
             .all_scratch()?
             .into_iter()
             .filter(|k| {
-                !keep_keys.contains(k) && !keep_scratch.contains(k) && !self.store.key_is_running(k)
+                !keep_keys.contains(k)
+                    && !keep_scratch.contains(k)
+                    && !self.store.key_is_running(&StageKey::new(k.as_str()))
             })
             .collect();
         for k in &drop_scratch {
@@ -297,7 +302,7 @@ impl Engine {
                 what: "scratch".into(),
                 name: k.clone(),
                 detail: "left by a run that did not finish".into(),
-                bytes: dir_size(&self.store.scratch_path(k)),
+                bytes: dir_size(&self.store.scratch_path(&StageKey::new(k.as_str()))),
             });
         }
         for n in &drop_states {
@@ -312,7 +317,6 @@ impl Engine {
         if opts.dry_run {
             return Ok(report);
         }
-        self.store.clean_tmp()?;
         for a in &damaged {
             self.store.quarantine(a)?;
         }

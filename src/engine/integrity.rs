@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::atomic::write_json_atomic;
 use crate::content::{content_files, hash_dir, hash_file, set_read_only, HashedFile};
+use crate::ids::{ContentHash, StageKey};
 
 /// One file of an artifact as published.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,7 +40,7 @@ pub struct Seal {
     /// The stage keys that produced this content (one, unless two keys made the same
     /// bytes). Empty in seals written before keys were recorded.
     #[serde(default)]
-    pub keys: Vec<String>,
+    pub keys: Vec<StageKey>,
 }
 
 /// What a check found.
@@ -61,7 +62,7 @@ fn mtime_ns(md: &fs::Metadata) -> i64 {
 /// a seal from before keys were recorded stays as it is (the keys that published it then
 /// are not known, and vouching falls back to the kind's files). Seals are changed under
 /// one lock, so two keys publishing the same bytes at once both end up in it.
-pub fn seal(dir: &Path, seal_path: &Path, hashed: &[HashedFile], keys: &[String]) -> Result<()> {
+pub fn seal(dir: &Path, seal_path: &Path, hashed: &[HashedFile], keys: &[StageKey]) -> Result<()> {
     let lock_path = seal_path.with_file_name(".lock");
     let lock = fs::OpenOptions::new()
         .create(true)
@@ -112,11 +113,16 @@ pub fn read_seal(path: &Path) -> Option<Seal> {
 /// `required` describes, made: its seal names the key, or — a seal from before keys were
 /// recorded — it holds the files every artifact of that kind holds (`required`). `Err`
 /// says why not.
-pub fn vouches(dir: &Path, seal_path: &Path, key: &str, required: &[&str]) -> Result<(), String> {
+pub fn vouches(
+    dir: &Path,
+    seal_path: &Path,
+    key: &StageKey,
+    required: &[&str],
+) -> Result<(), String> {
     let seal = read_seal(seal_path);
     match seal {
         Some(s) if !s.keys.is_empty() => {
-            if s.keys.iter().any(|k| k == key) {
+            if s.keys.contains(key) {
                 Ok(())
             } else {
                 Err(format!(
@@ -124,10 +130,10 @@ pub fn vouches(dir: &Path, seal_path: &Path, key: &str, required: &[&str]) -> Re
                     dir.display(),
                     s.keys
                         .iter()
-                        .map(|k| crate::content::short(k))
+                        .map(|k| k.short())
                         .collect::<Vec<_>>()
                         .join(", "),
-                    crate::content::short(key)
+                    key.short()
                 ))
             }
         }
@@ -197,20 +203,22 @@ pub fn check(dir: &Path, seal: &Seal, full: bool, records: &[&str]) -> Result<He
 /// existed is re-hashed against its name, `output`.
 pub fn health(
     dir: &Path,
-    output: &str,
+    output: &ContentHash,
     seal_path: &Path,
     full: bool,
     records: &[&str],
 ) -> Result<Health> {
     match read_seal(seal_path) {
         Some(seal) => check(dir, &seal, full, records),
-        None => Ok(if hash_dir(dir, records).is_ok_and(|(h, _)| h == output) {
-            Health::Sound
-        } else {
-            Health::Damaged(vec![format!(
-                "{}: content does not match its hash (and it has no seal)",
-                dir.display()
-            )])
-        }),
+        None => Ok(
+            if hash_dir(dir, records).is_ok_and(|(h, _)| h == output.as_str()) {
+                Health::Sound
+            } else {
+                Health::Damaged(vec![format!(
+                    "{}: content does not match its hash (and it has no seal)",
+                    dir.display()
+                )])
+            },
+        ),
     }
 }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 
+use crate::ids::{Recipe, StageKey};
 use crate::manifest::{Pipeline, StageConfig, StageKind};
 use crate::stages;
 
@@ -44,20 +45,28 @@ impl KeyMaterial {
         })
     }
 
-    /// The BLAKE3 of the material, hex: a key or a recipe.
-    pub fn hash(&self) -> String {
+    /// The key: the BLAKE3 of the material, with the inputs' content hashes.
+    pub fn key(&self) -> StageKey {
+        StageKey::from(self.hash_with(&self.inputs, self.external.as_deref()))
+    }
+
+    /// The recipe: the same material with `inputs` (the inputs' recipes) in place of the
+    /// inputs' content hashes, and `external` as the dataset's stand-in.
+    pub fn recipe(&self, inputs: &[String], external: Option<&str>) -> Recipe {
+        Recipe::from(self.hash_with(inputs, external))
+    }
+
+    fn hash_with(&self, inputs: &[String], external: Option<&str>) -> blake3::Hash {
         // A JSON object's keys serialize sorted, so this is the same bytes whatever the
         // order below; it is what every store written so far was keyed by.
         let material = serde_json::json!({
             "kind": self.kind.as_str(),
             "version": self.version,
             "config": self.config,
-            "inputs": self.inputs,
-            "external": self.external,
+            "inputs": inputs,
+            "external": external,
         });
         blake3::hash(&serde_json::to_vec(&material).expect("JSON values serialize"))
-            .to_hex()
-            .to_string()
     }
 }
 
@@ -68,8 +77,8 @@ pub fn stage_key(
     name: &str,
     input_hashes: &[String],
     external: Option<&str>,
-) -> Result<String> {
-    Ok(KeyMaterial::of(p, name, input_hashes.to_vec(), external.map(str::to_string))?.hash())
+) -> Result<StageKey> {
+    Ok(KeyMaterial::of(p, name, input_hashes.to_vec(), external.map(str::to_string))?.key())
 }
 
 /// A stage's configuration as its key covers it: defaults filled, and for a train stage

@@ -6,10 +6,13 @@
 //! Because keys depend on input content and not on input keys, a stage that re-runs and
 //! reproduces identical bytes leaves every later key unchanged (early cutoff).
 //!
-//! The engine answers (`query`: status, rows for `show`, sides for `diff`, estimates) and
-//! runs; it prints nothing itself. What happens goes to a [`Watcher`] as events, and
-//! `report` turns them (and the answers) into text.
+//! What must run, and why, is decided once, by the decision walk (`decide`): `run`,
+//! `status`, dry runs, the executors, sweeps and the dashboard all read it. The engine
+//! answers (`query`: rows for `show`, sides for `diff`, estimates) and runs; it prints
+//! nothing itself. What happens goes to a [`Watcher`] as events, and the command line
+//! decides how they look.
 
+pub mod decide;
 pub mod estimate;
 pub mod executor;
 pub mod fingerprint;
@@ -21,21 +24,22 @@ pub mod runs;
 pub mod store;
 pub mod sweep;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
+pub use decide::{Decision, Mode, WalkOptions};
 pub use keys::{stage_key, KeyMaterial};
 
+use crate::ids::{ContentHash, StageKey};
 use crate::manifest::{self, Pipeline, StageKind};
-use crate::report::outcome::{
-    Console, Event, Reason, RunReport, StageOutcome, StageState, Watcher,
-};
+use crate::outcome::{Event, Reason, RunReport, Silent, StageOutcome, StageState, Watcher};
 use crate::stages::{self, DatasetFiles, StageCtx};
+use decide::{stage_record, Resolved};
 use fingerprint::{fingerprint_tree, TreeFingerprint};
-use store::{KeyRecord, StageRecord, Store};
+use store::{KeyRecord, Store};
 
 /// Where a project lives: its folder, its manifests and its cache.
 #[derive(Debug, Clone)]
@@ -181,21 +185,8 @@ pub fn load_target(path: &Path, sets: &[String], project_dir: &Path) -> Result<T
     }
 }
 
-/// Load a manifest that is one pipeline (see [`load_target`]).
-pub fn load_pipeline(path: &Path, sets: &[String], project_dir: &Path) -> Result<Pipeline> {
-    match load_target(path, sets, project_dir)? {
-        Target::Pipeline(p) => Ok(p),
-        Target::Point(s, i) => Ok(s.points[i].pipeline.clone()),
-        Target::Sweep(s) => anyhow::bail!(
-            "{} is a sweep of {} points, not one pipeline",
-            path.display(),
-            s.points.len()
-        ),
-    }
-}
-
 /// Settle what depends on this machine, before any key is computed: `device = "auto"`
-/// becomes `cuda` when this build can open a GPU (said once on stderr), else `cpu`; an
+/// becomes `cuda` when this build can open a GPU (see [`take_device_notice`]), else `cpu`; an
 /// unset `backend` becomes `native`, except on a GPU in builds with dfdx's CUDA device
 /// (`dfdx-cuda`), where it stays `dfdx` until the native CUDA path has been measured.
 pub fn resolve_devices(p: &mut Pipeline) {
@@ -206,7 +197,7 @@ pub fn resolve_devices(p: &mut Pipeline) {
                 static RESOLVED: std::sync::OnceLock<DeviceSetting> = std::sync::OnceLock::new();
                 *RESOLVED.get_or_init(|| {
                     if crate::backend::cuda_available() {
-                        crate::report::outcome::notice("device = \"auto\": using the CUDA GPU");
+                        AUTO_CUDA.store(true, std::sync::atomic::Ordering::Relaxed);
                         DeviceSetting::Cuda
                     } else {
                         DeviceSetting::Cpu
@@ -237,6 +228,17 @@ pub fn resolve_devices(p: &mut Pipeline) {
     }
 }
 
+/// Set when `device = "auto"` resolved to the GPU, until the command line has said so.
+static AUTO_CUDA: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The line to show once when `device = "auto"` chose the GPU (`None` afterwards, and
+/// when it did not).
+pub fn take_device_notice() -> Option<&'static str> {
+    AUTO_CUDA
+        .swap(false, std::sync::atomic::Ordering::Relaxed)
+        .then_some("device = \"auto\": using the CUDA GPU")
+}
+
 /// Options of `pipe run`.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -258,25 +260,15 @@ pub struct Engine {
     /// While one query looks at many pipelines (a sweep's points): the keys already found
     /// sound in it, so a stage shared by a thousand points is checked once, not a thousand
     /// times. `None` outside such a query: a run checks an artifact each time it uses it.
-    sound_memo: Option<HashMap<String, store::KeyRecord>>,
+    sound_memo: Option<HashMap<StageKey, store::KeyRecord>>,
 }
 
-/// A stage whose key is known.
-pub(crate) struct Resolved {
-    key: String,
-    material: KeyMaterial,
-    /// Input stage name -> the content hash it read.
-    inputs: BTreeMap<String, String>,
-}
-
-/// What resolving a stage's key found.
-pub(crate) enum Resolution {
-    /// The key.
-    Ready(Box<Resolved>),
-    /// An input's output is not known (it would run first).
-    InputsPending,
-    /// The dataset folder the stage reads is not there (only when looking, not running).
-    DatasetMissing(PathBuf),
+/// What running a stage made: its artifact, its summary line and how long it took (0 when
+/// another process had published it meanwhile).
+pub(crate) struct Made {
+    output: ContentHash,
+    summary: String,
+    seconds: f64,
 }
 
 impl Engine {
@@ -286,7 +278,7 @@ impl Engine {
             store: Store::open(cache)?,
             fingerprints: HashMap::new(),
             timings: None,
-            watcher: Box::new(Console::default()),
+            watcher: Box::new(Silent),
             sound_memo: None,
         })
     }
@@ -297,12 +289,12 @@ impl Engine {
             store: Store::open_read_only(cache),
             fingerprints: HashMap::new(),
             timings: None,
-            watcher: Box::new(Console::default()),
+            watcher: Box::new(Silent),
             sound_memo: None,
         }
     }
 
-    /// Send what happens to `w` (the default: the console).
+    /// Send what happens to `w` (the default: nobody).
     pub fn watched_by(mut self, w: Box<dyn Watcher>) -> Engine {
         self.watcher = w;
         self
@@ -314,7 +306,7 @@ impl Engine {
     }
 
     /// The epoch an interrupted training of `key` left its last checkpoint at.
-    fn interrupted_at(&self, key: &str) -> Option<usize> {
+    fn interrupted_at(&self, key: &StageKey) -> Option<usize> {
         stages::train::interrupted_at(&self.store.scratch_path(key), key)
     }
 
@@ -328,16 +320,22 @@ impl Engine {
         self.store.note_project(folder, &p.project_dir)
     }
 
-    fn warn(&mut self, w: String) {
+    fn warn(&self, w: String) {
         self.watcher.event(Event::Warning(w));
     }
 
-    fn note(&mut self, n: String) {
+    fn note(&self, n: String) {
         self.watcher.event(Event::Note(n));
     }
 
-    fn settled(&mut self, o: &StageOutcome) {
-        self.watcher.event(Event::Settled(o));
+    /// Tell the watcher something it shows whatever the output format.
+    fn notice(&self, n: String) {
+        self.watcher.event(Event::Notice(n));
+    }
+
+    /// Take the store's lock, telling the watcher whom it waits for.
+    fn lock_store(&self, what: &str) -> Result<store::StoreLock> {
+        self.store.lock(what, &|w| self.notice(w))
     }
 
     fn fingerprint(&mut self, root: &Path) -> Result<&TreeFingerprint> {
@@ -358,219 +356,118 @@ impl Engine {
         Ok(&self.fingerprints[root])
     }
 
-    /// A stage's key, if every input's output is known. `looking`: a dataset folder that
-    /// is not there makes the stage wait (status, dry runs) instead of failing (runs).
-    pub(crate) fn resolve(
-        &mut self,
-        p: &Pipeline,
-        name: &str,
-        outputs: &HashMap<String, String>,
-        looking: bool,
-    ) -> Result<Resolution> {
-        let s = &p.stages[name];
-        let mut inputs = BTreeMap::new();
-        let mut input_hashes = Vec::new();
-        for i in &s.inputs {
-            match outputs.get(i) {
-                Some(h) => {
-                    inputs.insert(i.clone(), h.clone());
-                    input_hashes.push(h.clone());
-                }
-                None => return Ok(Resolution::InputsPending),
-            }
-        }
-        let external = match stages::external_root(p, s) {
-            Some(root) if looking && !root.exists() => {
-                return Ok(Resolution::DatasetMissing(root));
-            }
-            Some(root) => Some(
-                self.fingerprint(&root)
-                    .with_context(|| {
-                        format!(
-                            "stage `{name}`: cannot read its dataset folder (point `root` at it, e.g. `--set {name}.root=DIR`)"
-                        )
-                    })?
-                    .hash
-                    .clone(),
-            ),
-            None => None,
-        };
-        let material = KeyMaterial::of(p, name, input_hashes, external)?;
-        Ok(Resolution::Ready(Box::new(Resolved {
-            key: material.hash(),
-            material,
-            inputs,
-        })))
-    }
-
-    fn check_stage_names(p: &Pipeline, names: &[&String]) -> Result<()> {
-        for f in names {
-            if !p.stages.contains_key(*f) {
-                anyhow::bail!(
-                    "no stage `{f}` in pipeline `{}` (stages: {})",
-                    p.name,
-                    p.stages.keys().cloned().collect::<Vec<_>>().join(", ")
-                );
-            }
-        }
-        Ok(())
-    }
-
-    /// Run a pipeline: every stage whose key is not in the store, in dependency order.
+    /// Run a pipeline: every stage whose key is not in the store, in dependency order
+    /// (a dry run: decide and report, run nothing, write nothing).
     pub fn run(&mut self, p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
-        let named: Vec<&String> = opts.force.iter().chain(opts.until.iter()).collect();
-        Self::check_stage_names(p, &named)?;
-        let _lock = if opts.dry_run {
-            None
-        } else {
-            let l = self.store.lock(&format!("pipe run {}", p.name))?;
-            self.store.clean_tmp()?;
-            self.note_project(p)?;
-            Some(l)
+        let walk = WalkOptions {
+            force: &opts.force,
+            until: opts.until.as_deref(),
         };
-        let wanted: Option<BTreeSet<String>> = opts.until.as_ref().map(|u| p.ancestors_of(u));
-        let mut state = self.store.load_state(&p.name);
-        let state_before = state.clone();
+        let named: Vec<&str> = opts
+            .force
+            .iter()
+            .map(String::as_str)
+            .chain(walk.until)
+            .collect();
+        decide::check_stage_names(p, &named)?;
+        let _lock = match opts.dry_run {
+            true => None,
+            false => {
+                let l = self.lock_store(&format!("pipe run {}", p.name))?;
+                self.note_project(p)?;
+                Some(l)
+            }
+        };
+        let mode = if opts.dry_run { Mode::Look } else { Mode::Run };
         // Stages this run found cached or ran: the only entries it writes back, so what
         // concurrent jobs recorded for other stages meanwhile is kept.
-        let mut touched: HashSet<String> = HashSet::new();
-        let mut outputs: HashMap<String, String> = HashMap::new();
-        let mut waits_for_data: HashSet<String> = HashSet::new();
-        let mut report = RunReport {
+        let mut touched: HashMap<String, store::StageRecord> = HashMap::new();
+        let decisions = self.walk(p, &walk, mode, &mut |e, d| {
+            if !opts.dry_run {
+                e.act_on(p, d, &opts.force, &mut touched)?;
+            }
+            e.watcher.event(Event::Settled(&d.outcome));
+            Ok(())
+        })?;
+        if !touched.is_empty() {
+            let before = self.store.load_state(&p.name);
+            if touched.iter().any(|(k, v)| before.stages.get(k) != Some(v)) {
+                self.store
+                    .update_state(&p.name, |all| all.stages.extend(touched))?;
+            }
+        }
+        Ok(RunReport {
             pipeline: p.name.clone(),
             manifest: p.file.display().to_string(),
             cache: self.store.root().display().to_string(),
-            stages: Vec::new(),
+            stages: decisions.into_iter().map(|d| d.outcome).collect(),
+        })
+    }
+
+    /// What `pipe run` does with a decided stage: a cached one is recorded in the
+    /// pipeline's state, a stale one runs (and is recorded at once, so concurrent jobs of
+    /// the pipeline see it).
+    fn act_on(
+        &mut self,
+        p: &Pipeline,
+        d: &mut Decision,
+        force: &[String],
+        touched: &mut HashMap<String, store::StageRecord>,
+    ) -> Result<()> {
+        let (Some(r), name) = (d.resolved.as_deref(), d.outcome.name.clone()) else {
+            return Ok(());
         };
-        for name in p.topo_order() {
-            let s = &p.stages[&name];
-            let kind = s.config.kind();
-            let mut outcome = StageOutcome::new(&name, kind, StageState::Waiting);
-            if wanted.as_ref().is_some_and(|w| !w.contains(&name)) {
-                outcome.state = StageState::Skipped;
-                outcome.summary = "after --until".into();
-                self.settled(&outcome);
-                report.stages.push(outcome);
-                continue;
+        match d.outcome.state {
+            StageState::Cached => {
+                let output = d
+                    .outcome
+                    .output
+                    .clone()
+                    .expect("a cached stage has an output");
+                touched.insert(name, stage_record(r, &output));
             }
-            self.check_known_data(p, &name, &outputs)?;
-            let r = match self.resolve(p, &name, &outputs, opts.dry_run)? {
-                Resolution::Ready(r) => r,
-                Resolution::InputsPending => {
-                    outcome.estimate = self.estimate_stage(p, &name, &outputs);
-                    outcome.reasons = pending_inputs(s, &outputs, &waits_for_data);
-                    if outcome
-                        .reasons
-                        .iter()
-                        .any(|r| matches!(r, Reason::InputWaits(_)))
-                    {
-                        waits_for_data.insert(name.clone());
-                    }
-                    self.settled(&outcome);
-                    report.stages.push(outcome);
-                    continue;
+            StageState::Stale => {
+                self.watcher
+                    .event(Event::Starting(&name, &d.outcome.reasons));
+                let made = self.execute(p, &name, r, force.contains(&name))?;
+                if d.prev.as_ref().is_some_and(|pr| pr.output == made.output) {
+                    d.outcome.reasons.push(Reason::OutputUnchanged);
                 }
-                Resolution::DatasetMissing(root) => {
-                    outcome.reasons = vec![Reason::DatasetMissing {
-                        path: root.display().to_string(),
-                        key: format!("{name}.root"),
-                    }];
-                    waits_for_data.insert(name.clone());
-                    self.settled(&outcome);
-                    report.stages.push(outcome);
-                    continue;
-                }
-            };
-            let prev = state.stages.get(&name).cloned();
-            outcome.key = Some(r.key.clone());
-            let forced = opts.force.contains(&name);
-            let mut damage = Vec::new();
-            let cached = if forced {
-                None
-            } else {
-                self.lookup_sound(&name, &r.key, !opts.dry_run, &mut damage)?
-            };
-            if let Some(rec) = cached {
-                outcome.state = StageState::Cached;
-                outcome.output = Some(rec.output.clone());
-                outcome.summary = rec.summary.clone();
-                outputs.insert(name.clone(), rec.output.clone());
-                if !opts.dry_run {
-                    state
-                        .stages
-                        .insert(name.clone(), stage_record(&r, &rec.output));
-                    touched.insert(name.clone());
-                }
-                self.settled(&outcome);
-                report.stages.push(outcome);
-                continue;
+                let st = stage_record(r, &made.output);
+                self.store.update_state(&p.name, |all| {
+                    all.stages.insert(name.clone(), st.clone());
+                })?;
+                touched.insert(name, st);
+                let o = &mut d.outcome;
+                o.state = StageState::Ran;
+                o.output = Some(made.output);
+                o.seconds = made.seconds;
+                o.summary = made.summary;
             }
-            outcome.reasons = if forced {
-                vec![Reason::Forced]
-            } else if !damage.is_empty() {
-                vec![Reason::Damaged(damage)]
-            } else {
-                query::explain(prev.as_ref(), &r, &HashSet::new())
-            };
-            if opts.dry_run {
-                outcome.estimate = self.estimate_stage(p, &name, &outputs);
-                outcome.state = StageState::WouldRun;
-                self.settled(&outcome);
-                report.stages.push(outcome);
-                continue;
-            }
-            self.watcher.event(Event::Starting(&name, &outcome.reasons));
-            let (output, summary, seconds) = self.execute(p, &name, &r, &outputs, forced)?;
-            if prev.as_ref().is_some_and(|pr| pr.output == output) {
-                outcome.reasons.push(Reason::OutputUnchanged);
-            }
-            outcome.state = StageState::Ran;
-            outcome.output = Some(output.clone());
-            outcome.seconds = seconds;
-            outcome.summary = summary;
-            outputs.insert(name.clone(), output.clone());
-            let st = stage_record(&r, &output);
-            state.stages.insert(name.clone(), st.clone());
-            touched.insert(name.clone());
-            self.store.update_state(&p.name, |all| {
-                all.stages.insert(name.clone(), st);
-            })?;
-            self.settled(&outcome);
-            report.stages.push(outcome);
+            _ => {}
         }
-        if !opts.dry_run && state.stages != state_before.stages {
-            self.store.update_state(&p.name, |all| {
-                for (k, v) in state.stages.iter().filter(|(k, _)| touched.contains(*k)) {
-                    all.stages.insert(k.clone(), v.clone());
-                }
-            })?;
-        }
-        Ok(report)
+        Ok(())
     }
 
     /// Run one stage whose inputs are published: under its key's lock (another process
     /// running the same key is waited for, then its artifact is taken, unless `forced`),
     /// into a private folder in its scratch, published atomically and recorded. A forced
     /// stage starts over: its key's scratch (an interrupted run's checkpoints) is cleared
-    /// first. Returns (output hash, summary, seconds; 0 when another process had published
-    /// it meanwhile).
-    fn execute(
-        &mut self,
-        p: &Pipeline,
-        name: &str,
-        r: &Resolved,
-        outputs: &HashMap<String, String>,
-        forced: bool,
-    ) -> Result<(String, String, f64)> {
+    /// first.
+    fn execute(&mut self, p: &Pipeline, name: &str, r: &Resolved, forced: bool) -> Result<Made> {
         let s = &p.stages[name];
         let kind = s.config.kind();
-        let _key_lock = self.store.lock_key(&r.key, name)?;
+        let _key_lock = self.store.lock_key(&r.key, name, &|w| self.notice(w))?;
         if forced {
-            self.store.remove_scratch(&r.key)?;
+            self.store.remove_scratch(r.key.as_str())?;
         } else {
             let mut damage = Vec::new();
             if let Some(rec) = self.lookup_sound(name, &r.key, true, &mut damage)? {
-                return Ok((rec.output, rec.summary, 0.0));
+                return Ok(Made {
+                    output: rec.output,
+                    summary: rec.summary,
+                    seconds: 0.0,
+                });
             }
         }
         let resumed = self.interrupted_at(&r.key).is_some();
@@ -580,7 +477,7 @@ impl Engine {
         let inputs: Vec<(String, PathBuf)> = s
             .inputs
             .iter()
-            .map(|i| (i.clone(), self.store.artifact_dir(&outputs[i])))
+            .map(|i| (i.clone(), self.store.artifact_dir(&r.inputs[i])))
             .collect();
         let network = match kind {
             StageKind::Train => {
@@ -601,6 +498,7 @@ impl Engine {
             }),
             network: network.as_ref(),
             key: &r.key,
+            watcher: self.watcher.as_ref(),
         };
         let summary = match stages::run(&ctx) {
             Ok(s) => s,
@@ -619,11 +517,11 @@ impl Engine {
             summary: summary.clone(),
             seconds,
         })?;
-        self.store.remove_scratch(&r.key)?;
+        self.store.remove_scratch(r.key.as_str())?;
         let dirs: Vec<PathBuf> = s
             .inputs
             .iter()
-            .map(|i| self.store.artifact_dir(&outputs[i]))
+            .map(|i| self.store.artifact_dir(&r.inputs[i]))
             .collect();
         let files = stages::external_root(p, s)
             .and_then(|root| self.fingerprints.get(&root))
@@ -637,86 +535,80 @@ impl Engine {
                 self.warn(format!("could not record the stage's timing: {e:#}"));
             }
         }
-        Ok((output, summary, seconds))
+        Ok(Made {
+            output,
+            summary,
+            seconds,
+        })
     }
 
     /// Run one stage of a pipeline whose inputs are all in the store (what a cluster job
-    /// or a local worker runs): resolves every stage before it from the store, then runs
-    /// this one unless it is cached. Errors name an input that is missing.
+    /// or a local worker runs): decides every stage before it (each must be in the store),
+    /// then runs this one unless it is cached. Errors name an input that is missing.
     pub fn run_stage(&mut self, p: &Pipeline, stage: &str) -> Result<StageOutcome> {
-        Self::check_stage_names(p, &[&stage.to_string()])?;
+        decide::check_stage_names(p, &[stage])?;
         self.note_project(p)?;
-        let wanted = p.ancestors_of(stage);
-        let mut outputs: HashMap<String, String> = HashMap::new();
-        for name in p.topo_order() {
-            if !wanted.contains(&name) {
-                continue;
+        let walk = WalkOptions {
+            force: &[],
+            until: Some(stage),
+        };
+        let decisions = self.walk(p, &walk, Mode::Run, &mut |e, d| {
+            let name = d.outcome.name.clone();
+            match (d.outcome.state, name == stage) {
+                (StageState::Skipped | StageState::Cached, false) => Ok(()),
+                (_, false) => anyhow::bail!(
+                    "stage `{stage}` needs `{name}`, which is not in the store (did its job fail? `pipe status {}` says)",
+                    p.name
+                ),
+                (_, true) => e.act_on_job(p, d),
             }
-            let Resolution::Ready(r) = self.resolve(p, &name, &outputs, false)? else {
-                anyhow::bail!("stage `{name}`: an input is not in the store");
-            };
-            let kind = p.stages[&name].config.kind();
-            if name != stage {
-                let mut damage = Vec::new();
-                let rec = self
-                    .lookup_sound(&name, &r.key, true, &mut damage)?
-                    .ok_or_else(|| {
-                        anyhow::anyhow!(
-                            "stage `{stage}` needs `{name}`, which is not in the store (did its job fail? `pipe status {}` says)",
-                            p.name
-                        )
-                    })?;
-                outputs.insert(name.clone(), rec.output);
-                continue;
-            }
-            let mut outcome = StageOutcome::new(&name, kind, StageState::Cached);
-            outcome.key = Some(r.key.clone());
-            let mut damage = Vec::new();
-            let (output, summary, seconds) =
-                match self.lookup_sound(&name, &r.key, true, &mut damage)? {
-                    Some(rec) => (rec.output, rec.summary, 0.0),
-                    None => {
-                        self.watcher.event(Event::Starting(&name, &[]));
-                        let done = self.execute(p, &name, &r, &outputs, false)?;
-                        outcome.state = StageState::Ran;
-                        done
-                    }
-                };
-            let st = stage_record(&r, &output);
-            self.store.update_state(&p.name, |all| {
-                all.stages.insert(name.clone(), st);
-            })?;
-            // A job's log, next to the artifact it made: `logs/<artifact>.log` (a link to
-            // the job's log file, which keeps its last lines as the job ends).
-            if let (Some(log), StageState::Ran) = (std::env::var_os("PIPE_JOB_LOG"), outcome.state)
-            {
-                let dir = self.store.root().join("logs");
-                let link = dir.join(format!("{output}.log"));
-                let _ = std::fs::create_dir_all(&dir);
-                let _ = std::fs::remove_file(&link);
-                if let Err(e) = std::os::unix::fs::symlink(&log, &link) {
-                    self.warn(format!(
-                        "could not link the job's log at {}: {e}",
-                        link.display()
-                    ));
-                }
-            }
-            outcome.output = Some(output);
-            outcome.summary = summary;
-            outcome.seconds = seconds;
-            return Ok(outcome);
+        })?;
+        let outcome = decisions
+            .into_iter()
+            .map(|d| d.outcome)
+            .find(|o| o.name == stage)
+            .expect("the stage is among its own ancestors");
+        Ok(outcome)
+    }
+
+    /// A worker's stage, decided: run it unless cached, record it in the pipeline's state,
+    /// and link the job's log next to the artifact it made.
+    fn act_on_job(&mut self, p: &Pipeline, d: &mut Decision) -> Result<()> {
+        let mut touched = HashMap::new();
+        self.act_on(p, d, &[], &mut touched)?;
+        if d.outcome.state == StageState::Cached {
+            self.store
+                .update_state(&p.name, |all| all.stages.extend(touched))?;
         }
-        unreachable!("the stage is among its own ancestors")
+        // A job's log, next to the artifact it made: `logs/<artifact>.log` (a link to the
+        // job's log file, which keeps its last lines as the job ends).
+        if let (Some(log), StageState::Ran, Some(output)) = (
+            std::env::var_os("PIPE_JOB_LOG"),
+            d.outcome.state,
+            &d.outcome.output,
+        ) {
+            let dir = self.store.root().join("logs");
+            let link = dir.join(format!("{output}.log"));
+            let _ = std::fs::create_dir_all(&dir);
+            let _ = std::fs::remove_file(&link);
+            if let Err(e) = std::os::unix::fs::symlink(&log, &link) {
+                self.warn(format!(
+                    "could not link the job's log at {}: {e}",
+                    link.display()
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Re-hash artifacts fully against their seals: every artifact in the store, or those
     /// `only` names. Returns (artifact, stages that produced it, health), damaged first.
     pub fn verify(
         &self,
-        only: Option<&HashSet<String>>,
-    ) -> Result<Vec<(String, Vec<String>, integrity::Health)>> {
-        let mut made_by: HashMap<String, BTreeSet<String>> = HashMap::new();
-        let mut kinds: HashMap<String, StageKind> = HashMap::new();
+        only: Option<&HashSet<ContentHash>>,
+    ) -> Result<Vec<(ContentHash, Vec<String>, integrity::Health)>> {
+        let mut made_by: HashMap<ContentHash, BTreeSet<String>> = HashMap::new();
+        let mut kinds: HashMap<ContentHash, StageKind> = HashMap::new();
         for rec in self.store.all_keys()? {
             kinds.insert(rec.output.clone(), rec.kind);
             made_by.entry(rec.output).or_default().insert(rec.stage);
@@ -748,9 +640,7 @@ impl Engine {
             if only.is_some_and(|o| !o.contains(&name)) {
                 continue;
             }
-            let Ok(Some(rec)) = store::read_json::<KeyRecord>(
-                &self.store.root().join("keys").join(format!("{name}.json")),
-            ) else {
+            let Ok(Some(rec)) = store::read_json::<KeyRecord>(&self.store.key_path(&name)) else {
                 out.push((name, String::new(), "the key record does not read".into()));
                 continue;
             };
@@ -767,20 +657,34 @@ impl Engine {
                 stages::required_files(rec.kind),
             ) {
                 out.push((name, rec.stage, why));
-            } else if rec.key != name {
+            } else if rec.key.as_str() != name {
                 out.push((name, rec.stage, format!("the record names key {}", rec.key)));
             }
         }
         Ok(out)
     }
 
+    /// Move damaged artifacts aside (so even damage a stat check cannot see is not reused)
+    /// and drop key records (by name) that point at the wrong artifact: what `pipe verify`
+    /// does with what it found, under the store's lock.
+    pub fn set_aside(&self, damaged: &[ContentHash], wrong_keys: &[String]) -> Result<()> {
+        let _lock = self.lock_store("pipe verify")?;
+        for a in damaged {
+            self.store.quarantine(a)?;
+        }
+        for k in wrong_keys {
+            self.store.remove_key(k)?;
+        }
+        Ok(())
+    }
+
     /// Publish the finished output folder of stage key `key` (see [`Store::publish`]),
     /// then make it read-only and seal it with the key (see [`integrity`]); returns its
     /// content hash.
-    fn publish(&self, tmp: &Path, kind: StageKind, key: &str) -> Result<String> {
+    fn publish(&self, tmp: &Path, kind: StageKind, key: &StageKey) -> Result<ContentHash> {
         let (output, files, existed) = self.store.publish(tmp, stages::records(kind))?;
         let seal = self.store.seal_path(&output);
-        let mut keys = vec![key.to_string()];
+        let mut keys = vec![key.clone()];
         if existed && !seal.is_file() {
             // An artifact from before seals: the keys already recorded for it made it too.
             keys.extend(
@@ -797,7 +701,12 @@ impl Engine {
 
     /// Check a published artifact against its seal; `full` re-hashes every file.
     /// `records`: its stage kind's record files.
-    fn health(&self, output: &str, full: bool, records: &[&str]) -> Result<integrity::Health> {
+    fn health(
+        &self,
+        output: &ContentHash,
+        full: bool,
+        records: &[&str],
+    ) -> Result<integrity::Health> {
         integrity::health(
             &self.store.artifact_dir(output),
             output,
@@ -826,7 +735,7 @@ impl Engine {
     fn lookup_sound(
         &mut self,
         stage: &str,
-        key: &str,
+        key: &StageKey,
         quarantine: bool,
         damage: &mut Vec<String>,
     ) -> Result<Option<KeyRecord>> {
@@ -851,14 +760,14 @@ impl Engine {
                 "its key record points at the wrong artifact ({why})"
             ));
             if quarantine {
-                self.store.remove_key(key)?;
+                self.store.remove_key(key.as_str())?;
             }
             return Ok(None);
         }
         match self.health(&rec.output, false, stages::records(rec.kind))? {
             integrity::Health::Sound => {
                 if let Some(m) = self.sound_memo.as_mut() {
-                    m.insert(key.to_string(), rec.clone());
+                    m.insert(key.clone(), rec.clone());
                 }
                 Ok(Some(rec))
             }
@@ -873,38 +782,5 @@ impl Engine {
                 Ok(None)
             }
         }
-    }
-}
-
-/// Why a stage whose inputs are not all known waits: each input that would run first, or
-/// that itself waits for a dataset folder.
-fn pending_inputs(
-    s: &manifest::Stage,
-    outputs: &HashMap<String, String>,
-    waits_for_data: &HashSet<String>,
-) -> Vec<Reason> {
-    s.inputs
-        .iter()
-        .filter(|i| !outputs.contains_key(*i))
-        .map(|i| {
-            if waits_for_data.contains(i) {
-                Reason::InputWaits(i.clone())
-            } else {
-                Reason::InputWouldRun(i.clone())
-            }
-        })
-        .collect()
-}
-
-/// What a pipeline's state records of a stage that resolved to `r` and made `output`.
-pub(crate) fn stage_record(r: &Resolved, output: &str) -> StageRecord {
-    StageRecord {
-        key: r.key.clone(),
-        kind: r.material.kind,
-        version: r.material.version,
-        config: r.material.config.clone(),
-        inputs: r.inputs.clone(),
-        external: r.material.external.clone(),
-        output: output.to_string(),
     }
 }

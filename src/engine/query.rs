@@ -1,142 +1,29 @@
-//! The engine's answers: every read of the store that `status`, `show`, `diff` and the
-//! estimates need goes through here and comes back as typed values (`report` renders
-//! them): each stage's state and why ([`Engine::status`]), one [`Row`] per pipeline for
-//! `show`, [`Side`]s for `diff`, estimated seconds for what would run.
+//! The engine's answers, built on the decision walk (`decide`) and the store, as typed
+//! values that `report` renders: one [`Row`] per pipeline for `show`, [`Side`]s for
+//! `diff`, estimated seconds for what would run.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
-use super::executor::JobState;
 use super::keys::{effective_config, flatten};
-use super::store::StageRecord;
-use super::{estimate, Engine, Resolution, Resolved};
-use crate::manifest::{ManifestError, Pipeline, StageConfig, StageKind};
+use super::{estimate, Engine};
+use crate::ids::ContentHash;
+use crate::manifest::{Pipeline, StageConfig, StageKind};
 use crate::nn::graph::{totals, Graph, Node};
+use crate::outcome::{StageOutcome, StageState};
 use crate::report::diff::Side;
-use crate::report::outcome::{JobStatus, Reason, StageOutcome, StageState};
 use crate::report::show::{Eval, Row, Segment, StageStatus};
 use crate::stages;
 
 impl Engine {
-    /// For each stage: cached or stale, and why, without running anything; stages
-    /// submitted to an executor say whether their job is queued, running or failed.
-    pub fn status(&mut self, p: &Pipeline) -> Result<Vec<StageOutcome>> {
-        let mut out = self.status_only(p)?;
-        // A stage whose key's lock a process holds is running now (in a `pipe run`
-        // elsewhere, or an executor's job).
-        for o in out.iter_mut().filter(|o| o.state != StageState::Cached) {
-            if o.key
-                .as_deref()
-                .is_some_and(|k| self.store.key_is_running(k))
-            {
-                o.state = StageState::Running;
-            }
-        }
-        if out.iter().any(|o| o.state != StageState::Cached) && self.store.jobs_dir().is_dir() {
-            let recipes = self.recipes(p)?;
-            for o in out.iter_mut().filter(|o| o.state != StageState::Cached) {
-                let Some(recipe) = recipes.get(&o.name) else {
-                    continue;
-                };
-                let Some(rec) = self.job_record(recipe) else {
-                    continue;
-                };
-                let who = format!("{} job {}", rec.executor, rec.job);
-                let status = match self.job_state(&rec) {
-                    JobState::Queued(why) => {
-                        o.state = StageState::Queued;
-                        JobStatus::Pending(why)
-                    }
-                    JobState::Running(how) => {
-                        o.state = StageState::Running;
-                        JobStatus::Running(how)
-                    }
-                    JobState::Failed(why) => JobStatus::Failed { why, log: rec.log },
-                    JobState::Done | JobState::Gone => continue,
-                    JobState::Unknown => JobStatus::Silent,
-                };
-                o.reasons.insert(0, Reason::Job { who, state: status });
-            }
-        }
-        Ok(out)
-    }
-
-    /// Each stage's state from the store alone (no scheduler asked).
-    pub(crate) fn status_only(&mut self, p: &Pipeline) -> Result<Vec<StageOutcome>> {
-        let state = self.store.load_state(&p.name);
-        let mut outputs = HashMap::new();
-        let mut stale_inputs: HashSet<String> = HashSet::new();
-        let mut waits_for_data: HashSet<String> = HashSet::new();
-        let mut out = Vec::new();
-        for name in p.topo_order() {
-            let s = &p.stages[&name];
-            let prev = state.stages.get(&name);
-            let mut o = StageOutcome::new(&name, s.config.kind(), StageState::Stale);
-            match self.resolve(p, &name, &outputs, true)? {
-                Resolution::Ready(r) => {
-                    o.key = Some(r.key.clone());
-                    let mut damage = Vec::new();
-                    if let Some(rec) = self.lookup_sound(&name, &r.key, false, &mut damage)? {
-                        o.state = StageState::Cached;
-                        o.summary = rec.summary.clone();
-                        o.output = Some(rec.output.clone());
-                        outputs.insert(name.clone(), rec.output);
-                    } else {
-                        o.reasons = if damage.is_empty() {
-                            explain(prev, &r, &stale_inputs)
-                        } else {
-                            vec![Reason::Damaged(damage)]
-                        };
-                        if let Some(epoch) = self.interrupted_at(&r.key) {
-                            o.reasons.insert(0, Reason::Interrupted { epoch });
-                        }
-                        stale_inputs.insert(name.clone());
-                        o.estimate = self.estimate_stage(p, &name, &outputs);
-                    }
-                }
-                Resolution::InputsPending => {
-                    o.reasons = s
-                        .inputs
-                        .iter()
-                        .filter(|i| stale_inputs.contains(*i))
-                        .map(|i| {
-                            if waits_for_data.contains(i) {
-                                Reason::InputWaits(i.clone())
-                            } else {
-                                Reason::InputChanged(i.clone())
-                            }
-                        })
-                        .collect();
-                    if o.reasons.iter().any(|r| matches!(r, Reason::InputWaits(_))) {
-                        o.state = StageState::Waiting;
-                        waits_for_data.insert(name.clone());
-                    }
-                    stale_inputs.insert(name.clone());
-                    o.estimate = self.estimate_stage(p, &name, &outputs);
-                }
-                Resolution::DatasetMissing(root) => {
-                    o.state = StageState::Waiting;
-                    o.reasons = vec![Reason::DatasetMissing {
-                        path: root.display().to_string(),
-                        key: format!("{name}.root"),
-                    }];
-                    stale_inputs.insert(name.clone());
-                    waits_for_data.insert(name.clone());
-                }
-            }
-            out.push(o);
-        }
-        Ok(out)
-    }
-
     /// Estimated seconds for a stage that would run, given the outputs known so far.
     pub(crate) fn estimate_stage(
         &mut self,
         p: &Pipeline,
         name: &str,
-        outputs: &HashMap<String, String>,
+        outputs: &HashMap<String, ContentHash>,
     ) -> Option<f64> {
         let past = self
             .timings
@@ -243,7 +130,7 @@ impl Engine {
             if let Some(rec) = by_name
                 .get(name.as_str())
                 .filter(|o| o.state == StageState::Cached)
-                .and_then(|o| self.store.lookup(o.key.as_deref()?))
+                .and_then(|o| self.store.lookup(o.key.as_ref()?))
             {
                 seconds += rec.seconds;
                 timed = true;
@@ -433,73 +320,6 @@ impl Engine {
     }
 }
 
-impl Engine {
-    /// Checks that need a dataset's index, made as soon as the index is in the store (so a
-    /// dry run catches them, and a run before it trains): a network's classes against the
-    /// data's, and an evaluate stage's `top_k` against them. Errors name the key at fault.
-    pub(crate) fn check_known_data(
-        &self,
-        p: &Pipeline,
-        name: &str,
-        outputs: &HashMap<String, String>,
-    ) -> Result<()> {
-        let s = &p.stages[name];
-        let data = match &s.config {
-            StageConfig::Train(_) => s.inputs.first(),
-            StageConfig::Evaluate(_) => s.inputs.get(1),
-            _ => None,
-        };
-        // The nearest stage at or before the data whose index is in the store.
-        let mut at = data;
-        let mut classes = None;
-        for _ in 0..64 {
-            let Some(stage) = at else { break };
-            if let Some(out) = outputs.get(stage) {
-                let f = self.store.artifact_dir(out).join("classes.csv");
-                if f.is_file() {
-                    classes = Some((crate::data::index::read_classes(&f)?.len(), stage));
-                    break;
-                }
-            }
-            at = p.stages.get(stage).and_then(|x| x.inputs.first());
-        }
-        let Some((d, from)) = classes else {
-            return Ok(());
-        };
-        match &s.config {
-            StageConfig::Train(t) => {
-                let Some(net) = p.library.networks.get(&t.network) else {
-                    return Ok(());
-                };
-                match net.classes {
-                    Some(k) if k != d => Err(anyhow::anyhow!(
-                        "{}",
-                        ManifestError::new(format!(
-                            "network `{}` outputs {k} classes, but stage `{name}` trains on {d} (the index of stage `{from}`); set `classes = {d}`",
-                            t.network
-                        ))
-                        .at(net.key_origins.get("classes").unwrap_or(&net.origin).clone())
-                        .path(format!("networks.{}.classes", t.network))
-                    )),
-                    _ => Ok(()),
-                }
-            }
-            StageConfig::Evaluate(c) => match c.top_k.iter().max() {
-                Some(k) if *k > d => Err(anyhow::anyhow!(
-                    "{}",
-                    ManifestError::new(format!(
-                        "`top_k` asks for rank-{k}, but the data has {d} classes (the index of stage `{from}`)"
-                    ))
-                    .at(s.key_origin("top_k"))
-                    .path(format!("stages.{name}.top_k"))
-                )),
-                _ => Ok(()),
-            },
-            _ => Ok(()),
-        }
-    }
-}
-
 /// `(structure 1a2b3c4d5e6f)`: a network's structure, named by its hash.
 fn structure_label(arr: &[serde_json::Value]) -> String {
     let text = serde_json::to_string(arr).unwrap_or_default();
@@ -507,61 +327,4 @@ fn structure_label(arr: &[serde_json::Value]) -> String {
         "(structure {})",
         &blake3::hash(text.as_bytes()).to_hex()[..12]
     )
-}
-
-/// Why a stage's key differs from its last run.
-pub(crate) fn explain(
-    prev: Option<&StageRecord>,
-    r: &Resolved,
-    stale_inputs: &HashSet<String>,
-) -> Vec<Reason> {
-    let Some(prev) = prev else {
-        return vec![Reason::NeverRan];
-    };
-    let kind = r.material.kind;
-    let mut why = Vec::new();
-    if prev.kind != kind {
-        why.push(Reason::KindChanged {
-            from: prev.kind,
-            to: kind,
-        });
-    } else if prev.version != r.material.version {
-        why.push(Reason::VersionChanged {
-            kind,
-            from: prev.version,
-            to: r.material.version,
-        });
-    }
-    let mut old = BTreeMap::new();
-    let mut new = BTreeMap::new();
-    flatten("", &prev.config, &mut old);
-    flatten("", &r.material.config, &mut new);
-    let keys: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
-    for k in keys {
-        let (a, b) = (old.get(k), new.get(k));
-        if a != b {
-            why.push(Reason::ConfigChanged {
-                key: k.clone(),
-                from: a.cloned(),
-                to: b.cloned(),
-            });
-        }
-    }
-    for (name, hash) in &r.inputs {
-        if stale_inputs.contains(name) || prev.inputs.get(name) != Some(hash) {
-            why.push(Reason::InputChanged(name.clone()));
-        }
-    }
-    for name in prev.inputs.keys() {
-        if !r.inputs.contains_key(name) {
-            why.push(Reason::InputRemoved(name.clone()));
-        }
-    }
-    if prev.external != r.material.external {
-        why.push(Reason::DatasetChanged);
-    }
-    if why.is_empty() {
-        why.push(Reason::NotInCache);
-    }
-    why
 }

@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 
 use super::{Engine, Project, Target};
+use crate::ids::{ContentHash, StageKey};
 use crate::manifest::{Pipeline, StageConfig, StageKind, Sweep};
-use crate::report::history::{EpochRecord, EpochTiming};
-use crate::report::outcome::StageState;
+use crate::outcome::history::{EpochRecord, EpochTiming};
+use crate::outcome::StageState;
 use crate::report::run::{ArtifactView, EvalView, Layer, Live, NetworkView, RunView};
 use crate::report::show::Row;
 use crate::stages;
@@ -120,7 +121,7 @@ pub struct CurveSource {
     /// The training stage.
     pub stage: String,
     /// Its key, when its inputs are known.
-    pub key: Option<String>,
+    pub key: Option<StageKey>,
     /// Its artifact, when cached.
     pub artifact: Option<PathBuf>,
     /// The epoch the stage ends with.
@@ -133,7 +134,7 @@ pub struct Trained {
     /// The training stage.
     pub stage: String,
     /// Its key.
-    pub key: String,
+    pub key: StageKey,
     /// Its artifact (`model.safetensors`, `state.safetensors`, `plan.json`).
     pub model_dir: PathBuf,
     /// The artifact of the hdf5 stage it was trained on (`classes.csv`, `means.json`).
@@ -205,7 +206,7 @@ impl Engine {
                 )
             })?;
         Ok(Trained {
-            key: o.key.clone().unwrap_or_default(),
+            key: o.key.clone().expect("a cached stage has a key"),
             model_dir: self.store.artifact_dir(&out),
             data_dir,
             filter,
@@ -241,7 +242,7 @@ impl Engine {
     /// read now reads from its artifact.
     pub fn refresh_sources(&self, sources: &mut [CurveSource]) {
         for s in sources.iter_mut().filter(|s| s.artifact.is_none()) {
-            if let Some(rec) = s.key.as_deref().and_then(|k| self.store.lookup(k)) {
+            if let Some(rec) = s.key.as_ref().and_then(|k| self.store.lookup(k)) {
                 s.artifact = Some(self.store.artifact_dir(&rec.output));
             }
         }
@@ -277,10 +278,7 @@ impl Engine {
                     epoch,
                     last_epoch: s.last_epoch,
                     images_per_sec,
-                    running: s
-                        .key
-                        .as_deref()
-                        .is_some_and(|k| self.store.key_is_running(k)),
+                    running: s.key.as_ref().is_some_and(|k| self.store.key_is_running(k)),
                 });
             } else if !in_progress {
                 live = None;
@@ -358,7 +356,7 @@ impl Engine {
             }
             artifacts.push(ArtifactView {
                 stage: o.name.clone(),
-                output: out.clone(),
+                output: out.to_string(),
                 files: list_files(&dir),
             });
         }
@@ -381,10 +379,7 @@ impl Engine {
     /// The folder of a published artifact, if `output` names one (64 hex digits) that is
     /// in the store.
     pub fn artifact_folder(&self, output: &str) -> Option<PathBuf> {
-        if output.len() != 64 || !output.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        let dir = self.store.artifact_dir(output);
+        let dir = self.store.artifact_dir(&ContentHash::parse(output)?);
         dir.is_dir().then_some(dir)
     }
 }

@@ -2,14 +2,14 @@
 //!
 //! Layout:
 //! - `artifacts/<output-hash>/`: a finished stage's output directory, named by the hash of
-//!   its content. Published by one `rename` from `tmp/`, so a directory here is complete.
+//!   its content. Published by one `rename` from the key's scratch folder, so a directory
+//!   here is complete.
 //! - `keys/<stage-key>.json`: stage key -> output hash (written after the artifact exists).
 //! - `state/<pipeline>.json`: what each pipeline last ran, used to explain staleness.
 //! - `statcache/`: (path, size, mtime, inode) -> content hash for external datasets.
-//! - `scratch/<stage-key>/`: what a long stage keeps across interruptions (training
-//!   checkpoints); removed when the stage's artifact is published.
-//! - `tmp/`: stages at work. Anything here is unfinished by definition and is removed by
-//!   the next run that holds the lock.
+//! - `scratch/<stage-key>/`: what a stage keeps across interruptions (training
+//!   checkpoints) and the folder it writes its artifact into (`publishing-<pid>/`);
+//!   removed when the stage's artifact is published.
 //! - `sealed/<output-hash>.json`: each artifact's files as published (size, mtime, BLAKE3),
 //!   checked before the artifact is used (`engine::integrity`).
 //! - `damaged/`: artifacts found damaged, moved aside until `pipe gc` deletes them.
@@ -27,19 +27,20 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::atomic::{write_atomic, write_json_atomic};
 use crate::content::{self, dir_size, HashedFile};
+use crate::ids::{ContentHash, Recipe, StageKey};
 use crate::manifest::StageKind;
 
 /// A stage key resolved to its output.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KeyRecord {
     /// The stage key.
-    pub key: String,
+    pub key: StageKey,
     /// The stage kind.
     pub kind: StageKind,
     /// The stage name that produced it (informative: keys are shared across pipelines).
     pub stage: String,
     /// Content hash of the output directory.
-    pub output: String,
+    pub output: ContentHash,
     /// One-line summary of what the stage produced.
     pub summary: String,
     /// Wall time of the run that produced it.
@@ -50,7 +51,7 @@ pub struct KeyRecord {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StageRecord {
     /// Stage key.
-    pub key: String,
+    pub key: StageKey,
     /// Stage kind.
     pub kind: StageKind,
     /// Implementation version.
@@ -58,11 +59,11 @@ pub struct StageRecord {
     /// Effective configuration.
     pub config: serde_json::Value,
     /// Input stage name -> output hash it read.
-    pub inputs: BTreeMap<String, String>,
+    pub inputs: BTreeMap<String, ContentHash>,
     /// Hash of external inputs (dataset tree), if any.
     pub external: Option<String>,
     /// Output hash.
-    pub output: String,
+    pub output: ContentHash,
 }
 
 /// A folder of manifests that ran against a store, and its project folder (where their
@@ -104,7 +105,6 @@ impl Store {
             "keys",
             "state",
             "statcache",
-            "tmp",
             "scratch",
             "sealed",
             "damaged",
@@ -139,9 +139,9 @@ impl Store {
         &self.root
     }
 
-    /// Take the store's exclusive lock, waiting (and saying for whom) if another process
-    /// holds it.
-    pub fn lock(&self, what: &str) -> Result<StoreLock> {
+    /// Take the store's exclusive lock, waiting if another process holds it (`waiting` is
+    /// told for whom, first).
+    pub fn lock(&self, what: &str, waiting: &dyn Fn(String)) -> Result<StoreLock> {
         let path = self.root.join("lock");
         let mut file = fs::OpenOptions::new()
             .create(true)
@@ -156,7 +156,7 @@ impl Store {
                 let mut holder = String::new();
                 let _ = fs::File::open(&path).and_then(|mut f| f.read_to_string(&mut holder));
                 let holder = holder.trim();
-                crate::report::outcome::notice(&format!(
+                waiting(format!(
                     "waiting for the cache lock on {} (held by {})",
                     self.root.display(),
                     if holder.is_empty() {
@@ -177,50 +177,21 @@ impl Store {
         Ok(StoreLock { _file: file })
     }
 
-    /// Remove unfinished work left by killed processes. Call with the lock held.
-    pub fn clean_tmp(&self) -> Result<usize> {
-        let mut n = 0;
-        for e in fs::read_dir(self.root.join("tmp"))? {
-            let p = e?.path();
-            if p.is_dir() {
-                fs::remove_dir_all(&p)?;
-            } else {
-                fs::remove_file(&p)?;
-            }
-            n += 1;
-        }
-        Ok(n)
-    }
-
-    /// A fresh directory for a stage to write into.
-    pub fn new_tmp(&self, stage: &str) -> Result<PathBuf> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let p = self
-            .root
-            .join("tmp")
-            .join(format!("{stage}-{}-{nanos}", std::process::id()));
-        fs::create_dir_all(&p)?;
-        Ok(p)
-    }
-
     /// The scratch folder of a stage key (created): survives interrupted runs.
-    pub fn scratch_dir(&self, key: &str) -> Result<PathBuf> {
-        let p = self.root.join("scratch").join(key);
+    pub fn scratch_dir(&self, key: &StageKey) -> Result<PathBuf> {
+        let p = self.scratch_path(key);
         fs::create_dir_all(&p)?;
         Ok(p)
     }
 
     /// The scratch folder of a stage key (not created).
-    pub fn scratch_path(&self, key: &str) -> PathBuf {
-        self.root.join("scratch").join(key)
+    pub fn scratch_path(&self, key: &StageKey) -> PathBuf {
+        self.root.join("scratch").join(key.as_str())
     }
 
-    /// Remove a key's scratch folder.
-    pub fn remove_scratch(&self, key: &str) -> Result<()> {
-        let p = self.root.join("scratch").join(key);
+    /// Remove the scratch folder named `name` (a key's, or one found on disk).
+    pub fn remove_scratch(&self, name: &str) -> Result<()> {
+        let p = self.root.join("scratch").join(name);
         if p.exists() {
             fs::remove_dir_all(&p)?;
         }
@@ -237,16 +208,21 @@ impl Store {
     }
 
     /// Directory of a published artifact.
-    pub fn artifact_dir(&self, output: &str) -> PathBuf {
-        self.root.join("artifacts").join(output)
+    pub fn artifact_dir(&self, output: &ContentHash) -> PathBuf {
+        self.root.join("artifacts").join(output.as_str())
     }
 
     /// Hash a finished temporary directory and publish it by rename; returns its hash,
     /// each content file as hashed (for its seal), and whether the artifact was there
     /// already (a byte-identical artifact already present is kept and the new one
     /// dropped). `records`: the top-level files its stage kind declares as records.
-    pub fn publish(&self, tmp: &Path, records: &[&str]) -> Result<(String, Vec<HashedFile>, bool)> {
+    pub fn publish(
+        &self,
+        tmp: &Path,
+        records: &[&str],
+    ) -> Result<(ContentHash, Vec<HashedFile>, bool)> {
         let (hash, files) = content::hash_dir(tmp, records)?;
+        let hash = ContentHash::new(hash);
         let dest = self.artifact_dir(&hash);
         let mut existed = false;
         if dest.is_dir() {
@@ -267,12 +243,12 @@ impl Store {
     }
 
     /// Where an artifact's seal lives (`engine::integrity` writes and reads it).
-    pub fn seal_path(&self, output: &str) -> PathBuf {
+    pub fn seal_path(&self, output: &ContentHash) -> PathBuf {
         self.root.join("sealed").join(format!("{output}.json"))
     }
 
     /// Move a damaged artifact aside (into `damaged/`), so that it counts as missing.
-    pub fn quarantine(&self, output: &str) -> Result<()> {
+    pub fn quarantine(&self, output: &ContentHash) -> Result<()> {
         let dir = self.artifact_dir(output);
         if dir.is_dir() {
             content::set_read_only(&dir, false)?;
@@ -322,25 +298,47 @@ impl Store {
     }
 
     /// Look up a key; `None` if unknown or its artifact is gone.
-    pub fn lookup(&self, key: &str) -> Option<KeyRecord> {
-        let rec: KeyRecord = read_json(&self.key_path(key)).ok()??;
+    pub fn lookup(&self, key: &StageKey) -> Option<KeyRecord> {
+        let rec: KeyRecord = read_json(&self.key_path(key.as_str())).ok()??;
         self.artifact_dir(&rec.output).is_dir().then_some(rec)
     }
 
     /// Record a key -> output mapping (atomically).
     pub fn record(&self, rec: &KeyRecord) -> Result<()> {
-        write_json_atomic(&self.key_path(&rec.key), rec)
+        write_json_atomic(&self.key_path(rec.key.as_str()), rec)
     }
 
-    fn key_path(&self, key: &str) -> PathBuf {
-        self.root.join("keys").join(format!("{key}.json"))
+    /// Where a key's record lives (`keys/<key>.json`); `name` is a key, or a record's
+    /// file name found on disk.
+    pub fn key_path(&self, name: &str) -> PathBuf {
+        self.root.join("keys").join(format!("{name}.json"))
     }
 
     /// Take the lock of one stage key, held while a process runs that stage: waits (and
     /// says so) while another process runs it. Cluster jobs and local runs hold it, so a
     /// key never runs twice at once; the store-wide lock is not needed for that.
-    pub fn lock_key(&self, key: &str, stage: &str) -> Result<StoreLock> {
-        let path = self.root.join("running").join(format!("{key}.lock"));
+    pub fn lock_key(
+        &self,
+        key: &StageKey,
+        stage: &str,
+        waiting: &dyn Fn(String),
+    ) -> Result<StoreLock> {
+        self.lock_running(key.as_str(), stage, waiting)
+    }
+
+    /// Take the lock of one recipe while its job is looked up, submitted and recorded, so
+    /// two submitters never submit it twice.
+    pub fn lock_recipe(
+        &self,
+        recipe: &Recipe,
+        stage: &str,
+        waiting: &dyn Fn(String),
+    ) -> Result<StoreLock> {
+        self.lock_running(&format!("recipe-{recipe}"), stage, waiting)
+    }
+
+    fn lock_running(&self, name: &str, stage: &str, waiting: &dyn Fn(String)) -> Result<StoreLock> {
+        let path = self.root.join("running").join(format!("{name}.lock"));
         let file = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -350,7 +348,7 @@ impl Store {
         match file.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
-                crate::report::outcome::notice(&format!(
+                waiting(format!(
                     "{stage}: another process is running this stage; waiting for it"
                 ));
                 file.lock().context("waiting for a stage lock")?;
@@ -363,7 +361,7 @@ impl Store {
     }
 
     /// Whether some process holds `key`'s lock (is running that stage) now.
-    pub fn key_is_running(&self, key: &str) -> bool {
+    pub fn key_is_running(&self, key: &StageKey) -> bool {
         let path = self.root.join("running").join(format!("{key}.lock"));
         // Read-only: flock needs no write access, and a reader of the store writes nothing.
         match fs::File::open(&path) {
@@ -375,7 +373,7 @@ impl Store {
     /// A fresh directory for a stage to write its artifact into, inside the key's scratch
     /// folder: only the holder of the key's lock uses it, so no other process's clean-up
     /// touches it. Left-overs of killed runs are removed first.
-    pub fn new_out_dir(&self, key: &str) -> Result<PathBuf> {
+    pub fn new_out_dir(&self, key: &StageKey) -> Result<PathBuf> {
         let scratch = self.scratch_dir(key)?;
         for e in fs::read_dir(&scratch)? {
             let p = e?.path();
@@ -530,23 +528,25 @@ impl Store {
         Ok(out)
     }
 
-    /// Every artifact hash in the store.
-    pub fn all_artifacts(&self) -> Result<Vec<String>> {
+    /// Every artifact hash in the store (folders whose names are no hash are not
+    /// artifacts).
+    pub fn all_artifacts(&self) -> Result<Vec<ContentHash>> {
         let mut out = Vec::new();
         let dir = self.root.join("artifacts");
         if !dir.is_dir() {
             return Ok(out);
         }
         for e in fs::read_dir(dir)? {
-            let e = e?;
-            out.push(e.file_name().to_string_lossy().into_owned());
+            if let Some(h) = ContentHash::parse(&e?.file_name().to_string_lossy()) {
+                out.push(h);
+            }
         }
         Ok(out)
     }
 
-    /// Remove a key record.
-    pub fn remove_key(&self, key: &str) -> Result<()> {
-        let p = self.key_path(key);
+    /// Remove the key record named `name` (a key, or a record's file name found on disk).
+    pub fn remove_key(&self, name: &str) -> Result<()> {
+        let p = self.key_path(name);
         if p.exists() {
             fs::remove_file(p)?;
         }
@@ -554,7 +554,7 @@ impl Store {
     }
 
     /// Remove an artifact; returns the bytes freed.
-    pub fn remove_artifact(&self, output: &str) -> Result<u64> {
+    pub fn remove_artifact(&self, output: &ContentHash) -> Result<u64> {
         let p = self.artifact_dir(output);
         let bytes = dir_size(&p);
         if p.is_dir() {

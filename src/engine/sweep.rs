@@ -11,36 +11,71 @@ use std::collections::{BTreeMap, HashMap};
 use anyhow::{bail, Result};
 
 use super::executor::{Executor, SlurmOptions};
-use super::{Engine, RunOptions};
-use crate::manifest::sweep::{Goal, Halving};
+use super::{Engine, RunOptions, WalkOptions};
+use crate::ids::Recipe;
+use crate::manifest::sweep::{Goal, Halving, Metric};
 use crate::manifest::{Pipeline, Sweep};
-use crate::report::outcome::{StageOutcome, StageState};
-use crate::report::sweep::{Decisions, PointResult, Rung, SharedStage, SweepRun};
+use crate::outcome::sweep::{HalvingDecisions, PointResult, Rung, SharedStage, SweepRun};
+use crate::outcome::{StageOutcome, StageState};
 use crate::stages;
+
+/// How one condition of `--only` compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl Op {
+    /// Each operator as written, longest first where one starts another.
+    const WRITTEN: [(&'static str, Op); 6] = [
+        ("<=", Op::Le),
+        (">=", Op::Ge),
+        ("!=", Op::Ne),
+        ("=", Op::Eq),
+        ("<", Op::Lt),
+        (">", Op::Gt),
+    ];
+
+    /// Whether `a OP b` holds for numbers.
+    fn holds(self, a: f64, b: f64) -> bool {
+        match self {
+            Op::Eq => a == b,
+            Op::Ne => a != b,
+            Op::Lt => a < b,
+            Op::Le => a <= b,
+            Op::Gt => a > b,
+            Op::Ge => a >= b,
+        }
+    }
+}
 
 /// One comparison of `--only`: `lr=5e-3`, `lr<1e-2`, `act!=elu`.
 #[derive(Debug, Clone)]
 struct Condition {
     key: String,
-    op: &'static str,
+    op: Op,
     value: String,
 }
 
 fn parse_only(expr: &str) -> Result<Vec<Condition>> {
     let mut out = Vec::new();
     for part in expr.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let ops = ["<=", ">=", "!=", "=", "<", ">"];
-        let Some((at, op)) = ops
+        let Some((at, written, op)) = Op::WRITTEN
             .iter()
-            .filter_map(|op| part.find(op).map(|i| (i, *op)))
-            .min_by_key(|(i, op)| (*i, usize::MAX - op.len()))
+            .filter_map(|(w, op)| part.find(w).map(|i| (i, *w, *op)))
+            .min_by_key(|(i, w, _)| (*i, usize::MAX - w.len()))
         else {
             bail!("--only `{part}`: expected KEY=VALUE, KEY<VALUE, KEY<=VALUE, KEY>VALUE, KEY>=VALUE or KEY!=VALUE");
         };
         out.push(Condition {
             key: part[..at].trim().to_string(),
             op,
-            value: part[at + op.len()..].trim().to_string(),
+            value: part[at + written.len()..].trim().to_string(),
         });
     }
     if out.is_empty() {
@@ -86,14 +121,9 @@ pub fn select(s: &Sweep, only: Option<&str>) -> Result<Vec<usize>> {
             let shown = crate::manifest::sweep::id_value(v);
             let (a, b) = (v.as_f64(), c.value.parse::<f64>().ok());
             match (c.op, a, b) {
-                ("=", Some(a), Some(b)) => a == b,
-                ("!=", Some(a), Some(b)) => a != b,
-                ("<", Some(a), Some(b)) => a < b,
-                ("<=", Some(a), Some(b)) => a <= b,
-                (">", Some(a), Some(b)) => a > b,
-                (">=", Some(a), Some(b)) => a >= b,
-                ("=", _, _) => shown == c.value || v.as_str() == Some(c.value.as_str()),
-                ("!=", _, _) => shown != c.value && v.as_str() != Some(c.value.as_str()),
+                (op, Some(a), Some(b)) => op.holds(a, b),
+                (Op::Eq, _, _) => shown == c.value || v.as_str() == Some(c.value.as_str()),
+                (Op::Ne, _, _) => shown != c.value && v.as_str() != Some(c.value.as_str()),
                 _ => false,
             }
         });
@@ -108,13 +138,13 @@ pub fn select(s: &Sweep, only: Option<&str>) -> Result<Vec<usize>> {
 }
 
 /// A rung's metric from the artifact of a point's rung stage.
-fn metric_of(dir: &std::path::Path, metric: &str) -> Option<f64> {
+fn metric_of(dir: &std::path::Path, metric: Metric) -> Option<f64> {
     let last = stages::train::last_epoch(dir)?;
     Some(match metric {
-        "val.acc" => last.val_acc,
-        "val.loss" => last.val_loss,
-        "train.acc" => last.train_acc,
-        _ => last.train_loss,
+        Metric::ValAcc => last.val_acc,
+        Metric::ValLoss => last.val_loss,
+        Metric::TrainAcc => last.train_acc,
+        Metric::TrainLoss => last.train_loss,
     })
 }
 
@@ -153,7 +183,7 @@ pub fn promote(values: &[(String, f64)], h: &Halving) -> Vec<String> {
 
 impl Engine {
     /// The halving decisions recorded for a sweep.
-    pub fn decisions(&self, sweep: &str) -> Decisions {
+    pub fn decisions(&self, sweep: &str) -> HalvingDecisions {
         super::store::read_json(
             &self
                 .store
@@ -166,7 +196,7 @@ impl Engine {
         .unwrap_or_default()
     }
 
-    fn record_decisions(&self, sweep: &str, d: &Decisions) -> Result<()> {
+    fn record_decisions(&self, sweep: &str, d: &HalvingDecisions) -> Result<()> {
         if self.store.is_read_only() {
             return Ok(());
         }
@@ -224,7 +254,7 @@ impl Engine {
         // Successive halving: rung by rung over the live points.
         let mut live: Vec<usize> = selected.clone();
         let mut results: BTreeMap<usize, (PointResult, Vec<StageOutcome>)> = BTreeMap::new();
-        let mut decisions = Decisions::default();
+        let mut decisions = HalvingDecisions::default();
         for (r, rung) in h.rungs.iter().enumerate() {
             let mut values = Vec::new();
             for &i in &live {
@@ -242,8 +272,7 @@ impl Engine {
                             .iter()
                             .find(|o| o.name == *rung && o.state != StageState::Skipped)
                             .and_then(|o| o.output.clone());
-                        let m =
-                            out.and_then(|o| metric_of(&self.store.artifact_dir(&o), &h.metric));
+                        let m = out.and_then(|o| metric_of(&self.store.artifact_dir(&o), h.metric));
                         if let Some(m) = m {
                             values.push((pt.id.clone(), m));
                         }
@@ -303,20 +332,19 @@ impl Engine {
         let mut index: HashMap<(String, String), usize> = HashMap::new();
         for &i in selected {
             let pt = &s.points[i];
-            let status = self.status(&pt.pipeline)?;
-            let recipes = self.recipes_of(&pt.pipeline, true)?;
-            for o in status {
+            for d in self.decide(&pt.pipeline, &WalkOptions::default())? {
+                let o = d.outcome;
                 // What identifies a stage across points: its key when known, else its
-                // recipe, else (a dataset folder missing) its name.
-                let recipe = match o.key {
+                // recipe (made with a missing dataset folder's path in its place).
+                let recipe: Option<Recipe> = match o.key {
                     Some(_) => None,
-                    None => recipes.get(&o.name).cloned(),
+                    None => Some(d.recipe),
                 };
-                let id = o
-                    .key
-                    .clone()
-                    .or_else(|| recipe.clone())
-                    .unwrap_or_else(|| format!("{}@{}", o.name, pt.id));
+                let id = match (&o.key, &recipe) {
+                    (Some(k), _) => k.to_string(),
+                    (None, Some(r)) => r.to_string(),
+                    (None, None) => unreachable!("a stage has a key or a recipe"),
+                };
                 match index.get(&(o.name.clone(), id.clone())) {
                     Some(&g) => groups[g].points.push(pt.id.clone()),
                     None => {
@@ -337,10 +365,11 @@ impl Engine {
 impl Engine {
     /// A point's metric at a rung, from the store (`None`: the rung is not there: the
     /// point failed or has not got there).
-    fn rung_metric(&mut self, p: &Pipeline, rung: &str, metric: &str) -> Result<Option<f64>> {
-        let status = self.status_only(p)?;
-        Ok(status
+    fn rung_metric(&mut self, p: &Pipeline, rung: &str, metric: Metric) -> Result<Option<f64>> {
+        let decisions = self.decide(p, &WalkOptions::default())?;
+        Ok(decisions
             .iter()
+            .map(|d| &d.outcome)
             .find(|o| o.name == rung && o.state == StageState::Cached)
             .and_then(|o| o.output.as_ref())
             .and_then(|out| metric_of(&self.store.artifact_dir(out), metric)))
@@ -390,7 +419,7 @@ impl Engine {
             (Executor::Local { jobs }, Some(h)) => {
                 let mut live: Vec<usize> = selected.to_vec();
                 let mut results: BTreeMap<usize, PointResult> = BTreeMap::new();
-                let mut decisions = Decisions::default();
+                let mut decisions = HalvingDecisions::default();
                 for (r, rung) in h.rungs.iter().enumerate() {
                     let until = RunOptions {
                         until: Some(rung.clone()),
@@ -404,7 +433,7 @@ impl Engine {
                         let pt = &s.points[i];
                         if let Some(e) = failed.get(&pt.pipeline.name) {
                             results.insert(i, PointResult::Failed { error: e.clone() });
-                        } else if let Some(m) = self.rung_metric(&pt.pipeline, rung, &h.metric)? {
+                        } else if let Some(m) = self.rung_metric(&pt.pipeline, rung, h.metric)? {
                             values.push((pt.id.clone(), m));
                         }
                     }
@@ -501,7 +530,7 @@ impl Engine {
             return Ok(HashMap::new());
         }
         // Which points each recipe belongs to (a shared stage's failure fails them all).
-        let mut failed_recipes: HashMap<String, String> = HashMap::new();
+        let mut failed_recipes: HashMap<Recipe, String> = HashMap::new();
         for (recipe, why) in self.run_local_jobs(&jobs, sets, n.max(1))? {
             failed_recipes.insert(recipe, why);
         }
@@ -510,8 +539,8 @@ impl Engine {
             return Ok(out);
         }
         for p in points {
-            let recipes = self.recipes(p)?;
-            if let Some(why) = recipes.values().find_map(|r| failed_recipes.get(r)) {
+            let recipes = self.decide(p, &WalkOptions::default())?;
+            if let Some(why) = recipes.iter().find_map(|d| failed_recipes.get(&d.recipe)) {
                 out.insert(p.name.clone(), why.clone());
             }
         }
@@ -522,10 +551,8 @@ impl Engine {
         &mut self,
         p: &Pipeline,
         opts: &RunOptions,
-    ) -> Result<(Vec<String>, HashMap<String, String>)> {
-        let jobs = self.plan_jobs(&[p], opts)?;
-        let recipes = self.recipes(p)?;
-        Ok((jobs.into_iter().map(|j| j.stage).collect(), recipes))
+    ) -> Result<(Vec<String>, HashMap<String, Recipe>)> {
+        self.must_run(p, opts)
     }
 
     /// Submit rung `r` for points `live` (each until the rung's stage; after the last rung,
@@ -644,7 +671,7 @@ impl Engine {
         let mut values = Vec::new();
         for &i in &live {
             let pt = &s.points[i];
-            match self.rung_metric(&pt.pipeline, rung, &h.metric)? {
+            match self.rung_metric(&pt.pipeline, rung, h.metric)? {
                 Some(m) => values.push((pt.id.clone(), m)),
                 None => self.warn(format!(
                     "{}: no `{rung}` result (its job failed?): it does not go on",
@@ -669,11 +696,8 @@ impl Engine {
 fn rung_record(rung: &str, h: &Halving, values: Vec<(String, f64)>, kept: Vec<String>) -> Rung {
     Rung {
         stage: rung.to_string(),
-        metric: h.metric.clone(),
-        goal: match h.goal {
-            Goal::Max => "max".into(),
-            Goal::Min => "min".into(),
-        },
+        metric: h.metric,
+        goal: h.goal,
         eta: h.eta,
         values,
         kept,
@@ -687,7 +711,7 @@ mod tests {
     fn h(goal: Goal, eta: usize) -> Halving {
         Halving {
             rungs: vec!["train".into()],
-            metric: "val.acc".into(),
+            metric: Metric::ValAcc,
             goal,
             eta,
         }

@@ -87,21 +87,83 @@ pub enum Goal {
     Min,
 }
 
+impl std::fmt::Display for Goal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            Goal::Max => "max",
+            Goal::Min => "min",
+        })
+    }
+}
+
+/// What halving compares: a rung's last epoch's validation or training accuracy or loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Metric {
+    /// `val.acc`.
+    #[serde(rename = "val.acc")]
+    ValAcc,
+    /// `val.loss`.
+    #[serde(rename = "val.loss")]
+    ValLoss,
+    /// `train.acc`.
+    #[serde(rename = "train.acc")]
+    TrainAcc,
+    /// `train.loss`.
+    #[serde(rename = "train.loss")]
+    TrainLoss,
+}
+
+impl Metric {
+    /// Every metric, as written.
+    pub const ALL: [Metric; 4] = [
+        Metric::ValAcc,
+        Metric::ValLoss,
+        Metric::TrainAcc,
+        Metric::TrainLoss,
+    ];
+
+    /// As written in a manifest (`val.acc`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Metric::ValAcc => "val.acc",
+            Metric::ValLoss => "val.loss",
+            Metric::TrainAcc => "train.acc",
+            Metric::TrainLoss => "train.loss",
+        }
+    }
+
+    /// The metric written `s`, if it is one.
+    pub fn parse(s: &str) -> Option<Metric> {
+        Metric::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+
+    /// Whether it is better high (accuracy) or low (loss), unless the manifest says.
+    pub fn default_goal(self) -> Goal {
+        match self {
+            Metric::ValLoss | Metric::TrainLoss => Goal::Min,
+            Metric::ValAcc | Metric::TrainAcc => Goal::Max,
+        }
+    }
+}
+
+impl std::fmt::Display for Metric {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// `[sweep.halving]`: successive halving over training segments.
 #[derive(Debug, Clone)]
 pub struct Halving {
     /// The training stages after which points are compared, in order.
     pub rungs: Vec<String>,
-    /// `val.acc`, `val.loss`, `train.acc` or `train.loss` of a rung's last epoch.
-    pub metric: String,
+    /// What is compared of a rung's last epoch.
+    pub metric: Metric,
     /// Better is higher or lower.
     pub goal: Goal,
     /// After each rung the best ⌈n/η⌉ of n live points go on.
     pub eta: usize,
 }
-
-/// The metrics halving can compare.
-pub const METRICS: [&str; 4] = ["val.acc", "val.loss", "train.acc", "train.loss"];
 
 /// The `[sweep]` table, parsed.
 #[derive(Debug, Clone)]
@@ -469,9 +531,9 @@ fn halving(entry: &Entry) -> Result<(Halving, Vec<Origin>), ManifestError> {
         }
     }
     let metric = match t.get("metric") {
-        None => "val.acc".to_string(),
-        Some(m) => match m.value.as_str() {
-            Some(s) if METRICS.contains(&s) => s.to_string(),
+        None => Metric::ValAcc,
+        Some(m) => match m.value.as_str().and_then(Metric::parse) {
+            Some(metric) => metric,
             _ => {
                 let mut x = err(
                     "`metric` must be one of val.acc, val.loss, train.acc, train.loss",
@@ -479,7 +541,7 @@ fn halving(entry: &Entry) -> Result<(Halving, Vec<Origin>), ManifestError> {
                     "sweep.halving.metric",
                 );
                 if let Some(s) = m.value.as_str() {
-                    if let Some(d) = did_you_mean(s, METRICS) {
+                    if let Some(d) = did_you_mean(s, Metric::ALL.map(Metric::as_str)) {
                         x = x.help(format!("did you mean `{d}`?"));
                     }
                 }
@@ -488,8 +550,7 @@ fn halving(entry: &Entry) -> Result<(Halving, Vec<Origin>), ManifestError> {
         },
     };
     let goal = match t.get("goal") {
-        None if metric.ends_with(".loss") => Goal::Min,
-        None => Goal::Max,
+        None => metric.default_goal(),
         Some(g) => match g.value.as_str() {
             Some("max") => Goal::Max,
             Some("min") => Goal::Min,

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
+use crate::fmt;
 use crate::nn::graph::{totals, Graph, NodeInfo, Op};
-use crate::report::show::{fmt_count, fmt_secs};
 
 /// One side of a diff: a configuration (flat keys), networks and metrics.
 pub struct Side {
@@ -314,8 +314,8 @@ pub fn render_diff(d: &Diff) -> String {
             n.stage,
             n.networks.0,
             n.networks.1,
-            fmt_count(n.params.0),
-            fmt_count(n.params.1),
+            fmt::count(n.params.0),
+            fmt::count(n.params.1),
             n.params.1 as i64 - n.params.0 as i64
         ));
         // The same change on many layers (an L2 setting, say) is one line.
@@ -368,8 +368,8 @@ pub fn render_diff(d: &Diff) -> String {
             let count = k == "params" || k == "macs";
             let f = |x: &Option<f64>| {
                 x.map_or("-".to_string(), |v| match k.as_str() {
-                    _ if count => fmt_count(v as usize),
-                    "time" => fmt_secs(v),
+                    _ if count => fmt::count(v as usize),
+                    "time" => fmt::secs(v),
                     _ => format!("{v:.4}"),
                 })
             };

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::progress::human_bytes;
+use crate::fmt;
 
 /// One thing gc removes (or would).
 #[derive(Debug, Clone, Serialize)]
@@ -63,12 +63,12 @@ pub fn describe(r: &GcReport) -> String {
             let name = if *what == "state" {
                 x.name.as_str()
             } else {
-                crate::content::short(&x.name)
+                crate::ids::short(&x.name)
             };
             out.push_str(&format!(
                 "{verb} {what} {}  {}  {}\n",
                 name,
-                human_bytes(x.bytes),
+                fmt::bytes(x.bytes),
                 x.detail
             ));
         }
@@ -82,7 +82,7 @@ pub fn describe(r: &GcReport) -> String {
             0 => String::new(),
             n => format!(", {n} recorded runs"),
         },
-        human_bytes(r.bytes()),
+        fmt::bytes(r.bytes()),
         r.pipelines
             .iter()
             .map(|p| p.display().to_string())

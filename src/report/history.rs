@@ -1,67 +1,10 @@
-//! Training history: one record per epoch, across every segment (train, lr drops,
-//! resumes) of a run, written as `history.json` and plotted as `history.png`.
-
-use std::path::Path;
+//! The training plot, `history.png`: loss and accuracy (train and val) per epoch, with the
+//! stage boundaries marked, rendered to PNG bytes (the training stage writes them).
 
 use anyhow::Result;
 use plotters::prelude::*;
-use serde::{Deserialize, Serialize};
 
-/// One epoch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EpochRecord {
-    /// Epoch number, from 1.
-    pub epoch: usize,
-    /// The stage that trained it.
-    pub stage: String,
-    /// Learning rate used.
-    pub lr: f64,
-    /// Mean training loss (cross-entropy).
-    pub train_loss: f64,
-    /// Training accuracy (on augmented batches).
-    pub train_acc: f64,
-    /// Validation loss.
-    pub val_loss: f64,
-    /// Validation accuracy.
-    pub val_acc: f64,
-    /// Training images per second. Not written to `history.json` (nor to checkpoints): a
-    /// timing is not content, and a byte-identical re-train must give a byte-identical
-    /// artifact. Timings go to `timings.json`, a record the store does not hash.
-    #[serde(default, skip_serializing)]
-    pub images_per_sec: f64,
-}
-
-/// One epoch's timing, for `timings.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EpochTiming {
-    /// Epoch number, from 1.
-    pub epoch: usize,
-    /// The stage that trained it.
-    pub stage: String,
-    /// Training images per second.
-    pub images_per_sec: f64,
-}
-
-/// Write the epochs of `history` that have a timing to `path` (a training stage's
-/// `timings.json`).
-pub fn write_timings(path: &Path, history: &[EpochRecord]) -> Result<()> {
-    let t: Vec<EpochTiming> = history
-        .iter()
-        .filter(|r| r.images_per_sec > 0.0)
-        .map(|r| EpochTiming {
-            epoch: r.epoch,
-            stage: r.stage.clone(),
-            images_per_sec: r.images_per_sec,
-        })
-        .collect();
-    crate::atomic::write_json_atomic(path, &t)
-}
-
-/// Write `history.json` and `history.png` into `dir`.
-pub fn write(dir: &Path, history: &[EpochRecord]) -> Result<()> {
-    crate::atomic::write_json_atomic(&dir.join("history.json"), &history)?;
-    plot(&dir.join("history.png"), history)
-}
+use crate::outcome::history::EpochRecord;
 
 fn font() -> Option<&'static [u8]> {
     // The bitmap backend draws text with a TrueType font from the system (Debian:
@@ -80,10 +23,28 @@ fn font() -> Option<&'static [u8]> {
     })
 }
 
-/// Loss and accuracy (train and val) per epoch, with the stage boundaries marked.
-pub fn plot(path: &Path, h: &[EpochRecord]) -> Result<()> {
+/// The plot's size in pixels.
+const SIZE: (u32, u32) = (900, 600);
+
+/// Loss and accuracy (train and val) per epoch, with the stage boundaries marked, as the
+/// bytes of a PNG file.
+pub fn plot_png(h: &[EpochRecord]) -> Result<Vec<u8>> {
+    let mut rgb = vec![0u8; SIZE.0 as usize * SIZE.1 as usize * 3];
+    draw(&mut rgb, h)?;
+    let mut png = Vec::new();
+    image::ImageEncoder::write_image(
+        image::codecs::png::PngEncoder::new(&mut png),
+        &rgb,
+        SIZE.0,
+        SIZE.1,
+        image::ExtendedColorType::Rgb8,
+    )?;
+    Ok(png)
+}
+
+fn draw(rgb: &mut [u8], h: &[EpochRecord]) -> Result<()> {
     let has_font = font().is_some();
-    let root = BitMapBackend::new(path, (900, 600)).into_drawing_area();
+    let root = BitMapBackend::with_buffer(rgb, SIZE).into_drawing_area();
     root.fill(&WHITE)
         .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
     let max_epoch = h.iter().map(|r| r.epoch).max().unwrap_or(1).max(1);

@@ -1,13 +1,13 @@
-//! What the user sees: the outcome of each stage and the lines a run prints (`outcome`),
-//! progress bars, the training history and its plot, `pipe show`'s table and `pipe diff`'s
-//! comparison. It turns typed values into text and pictures, and knows nothing of the
-//! store's layout: the engine's query layer hands it what to show.
+//! What the user sees, as text and pictures: the lines a run prints (`outcome`), the
+//! training plot (`history`), `pipe show`'s table, `pipe diff`'s comparison, a sweep's
+//! tree, what gc removes. It turns typed values into text and bytes, knows nothing of the
+//! store's layout, and prints and writes nothing: the engine's query layer hands it what
+//! to show, and the command line prints it.
 
 pub mod diff;
 pub mod gc;
 pub mod history;
 pub mod outcome;
-pub mod progress;
 pub mod run;
 pub mod show;
 pub mod sweep;

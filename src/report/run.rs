@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::history::EpochRecord;
-use super::outcome::StageOutcome;
 use super::show::Row;
+use crate::outcome::history::EpochRecord;
+use crate::outcome::StageOutcome;
 
 /// A training running now, as far as the store shows it.
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -9,9 +9,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::{bail, Result};
 use serde::Serialize;
 
+use crate::fmt;
 use crate::manifest::StageKind;
-use crate::report::history::EpochRecord;
-use crate::report::outcome::{Reason, StageState};
+use crate::outcome::history::EpochRecord;
+use crate::outcome::{Reason, StageState};
 
 /// One training segment (`train`, `lr-drop`, `resume`).
 #[derive(Debug, Clone, Serialize)]
@@ -169,10 +170,7 @@ impl Row {
                 s.reasons.iter().any(|r| {
                     matches!(
                         r,
-                        Reason::NeverRan
-                            | Reason::InputChanged(_)
-                            | Reason::InputWouldRun(_)
-                            | Reason::InputRemoved(_)
+                        Reason::NeverRan | Reason::InputChanged(_) | Reason::InputRemoved(_)
                     )
                 })
             })
@@ -197,25 +195,6 @@ fn fmt_lr(x: f64) -> String {
     let s = format!("{x:e}");
     // 1e-3, 2.5e-4 (drop a trailing "e0").
     s.strip_suffix("e0").map(|x| x.to_string()).unwrap_or(s)
-}
-
-pub(crate) fn fmt_count(n: usize) -> String {
-    match n {
-        n if n >= 1_000_000_000 => format!("{:.2}G", n as f64 / 1e9),
-        n if n >= 1_000_000 => format!("{:.2}M", n as f64 / 1e6),
-        n if n >= 1_000 => format!("{:.1}k", n as f64 / 1e3),
-        n => n.to_string(),
-    }
-}
-
-pub(crate) fn fmt_secs(s: f64) -> String {
-    if s >= 3600.0 {
-        format!("{:.1}h", s / 3600.0)
-    } else if s >= 60.0 {
-        format!("{:.1}m", s / 60.0)
-    } else {
-        format!("{s:.1}s")
-    }
 }
 
 fn pct(x: Option<f64>) -> String {
@@ -277,9 +256,9 @@ pub fn columns(rows: &[Row]) -> Vec<(String, Vec<String>)> {
         let key = format!("{stage}.rank{k}");
         push(&key, &|r| pct(m(r, &key)));
     }
-    push("params", &|r| r.params.map_or("-".into(), fmt_count));
-    push("MACs", &|r| r.macs.map_or("-".into(), fmt_count));
-    push("time", &|r| r.train_seconds.map_or("-".into(), fmt_secs));
+    push("params", &|r| r.params.map_or("-".into(), fmt::count));
+    push("MACs", &|r| r.macs.map_or("-".into(), fmt::count));
+    push("time", &|r| r.train_seconds.map_or("-".into(), fmt::secs));
     push("device", &|r| r.device.clone());
     push("backend", &|r| r.backend.clone());
     push("state", &|r| r.state_line());

@@ -4,100 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-
-use super::outcome::{human_secs, join, StageOutcome, StageState};
-
-/// One stage as the points of a sweep share it: the same key (or, before inputs exist,
-/// the same recipe) in every point listed.
-#[derive(Debug, Clone, Serialize)]
-pub struct SharedStage {
-    /// The points (ids) that have this stage.
-    pub points: Vec<String>,
-    /// Its outcome (the first point's).
-    pub outcome: StageOutcome,
-    /// What identifies it while its key cannot be known yet (an input not built): its
-    /// recipe, the hash of its configuration and its inputs' recipes.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub recipe: Option<String>,
-}
-
-/// A halving decision after one rung.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Rung {
-    /// The rung's stage.
-    pub stage: String,
-    /// The metric compared (`val.acc`).
-    pub metric: String,
-    /// `max` or `min`.
-    pub goal: String,
-    /// Reduction factor.
-    pub eta: usize,
-    /// Each live point's metric at this rung, in point order.
-    pub values: Vec<(String, f64)>,
-    /// The points that go on, best first.
-    pub kept: Vec<String>,
-}
-
-/// The decisions recorded for a sweep (`<store>/sweeps/<sweep>.json`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Decisions {
-    /// One entry per rung decided, in order.
-    pub rungs: Vec<Rung>,
-}
-
-impl Decisions {
-    /// The rung after which a point was pruned, if it was.
-    pub fn pruned_at(&self, id: &str) -> Option<&Rung> {
-        self.rungs
-            .iter()
-            .find(|r| r.values.iter().any(|(p, _)| p == id) && !r.kept.iter().any(|k| k == id))
-    }
-}
-
-/// How one point of a run went.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "kebab-case", tag = "state")]
-pub enum PointResult {
-    /// Every stage is done.
-    Done,
-    /// A stage failed: the error.
-    Failed {
-        /// The error, one line.
-        error: String,
-    },
-    /// Successive halving stopped it after this rung.
-    Pruned {
-        /// The rung.
-        rung: String,
-    },
-    /// A dry run: what would run.
-    Planned,
-}
-
-/// A run of a sweep.
-#[derive(Debug, Clone, Serialize)]
-pub struct SweepRun {
-    /// The sweep.
-    pub sweep: String,
-    /// Each point run, in order, with its stages.
-    pub points: Vec<(String, PointResult, Vec<StageOutcome>)>,
-    /// Halving decisions made (or repeated).
-    pub decisions: Decisions,
-}
-
-impl SweepRun {
-    /// The ids of the points that failed, with their errors.
-    pub fn failed(&self) -> Vec<(&str, &str)> {
-        self.points
-            .iter()
-            .filter_map(|(id, r, _)| match r {
-                PointResult::Failed { error } => Some((id.as_str(), error.as_str())),
-                _ => None,
-            })
-            .collect()
-    }
-}
+use super::outcome::join;
+use crate::fmt;
+use crate::outcome::sweep::{HalvingDecisions, PointResult, SharedStage, SweepRun};
+use crate::outcome::{StageOutcome, StageState};
 
 /// The stages of a sweep as a tree: shared by all points, by some, and per point.
 pub fn tree(
@@ -105,7 +15,7 @@ pub fn tree(
     file: &str,
     points: &[String],
     stages: &[SharedStage],
-    d: &Decisions,
+    d: &HalvingDecisions,
 ) -> String {
     let mut out = format!("sweep {name} ({file}): {} points\n", points.len());
     let line = |o: &StageOutcome| {
@@ -114,7 +24,7 @@ pub fn tree(
         } else {
             let est = o
                 .estimate
-                .map_or(String::new(), |e| format!("[est. {}] ", human_secs(e)));
+                .map_or(String::new(), |e| format!("[est. {}] ", fmt::secs(e)));
             format!("{est}{}", join(&o.reasons))
         };
         format!(
@@ -173,7 +83,7 @@ pub fn tree(
     out.push_str(&decisions_text(d));
     let total: f64 = stages.iter().filter_map(|s| s.outcome.estimate).sum();
     if total > 0.0 {
-        out.push_str(&format!("estimated: {}\n", human_secs(total)));
+        out.push_str(&format!("estimated: {}\n", fmt::secs(total)));
     }
     out
 }
@@ -200,7 +110,7 @@ fn group_label(ids: &[String]) -> String {
 }
 
 /// The halving decisions as text: per rung, each point's metric and who went on.
-pub fn decisions_text(d: &Decisions) -> String {
+pub fn decisions_text(d: &HalvingDecisions) -> String {
     let mut out = String::new();
     for r in &d.rungs {
         out.push_str(&format!(

@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 
 use super::batches::load_split;
-use super::model::{device_kind, load_trained, predict_split};
+use super::model::{device_kind, predict_split, ModelArtifact};
 use super::StageCtx;
 use crate::data::index::read_classes;
 use crate::manifest::EvaluateConfig;
@@ -75,7 +75,9 @@ pub fn read_ranks(dir: &std::path::Path) -> BTreeMap<usize, f64> {
 pub fn run(ctx: &StageCtx<'_>, c: &EvaluateConfig) -> Result<String> {
     let model_dir = &ctx.inputs[0].1;
     let data = &ctx.inputs[1].1;
-    let (mut model, plan, mean) = load_trained(model_dir, device_kind(c.device), c.backend)?;
+    let artifact = ModelArtifact::open(model_dir)?;
+    let (mut model, mean) = artifact.load(device_kind(c.device), c.backend)?;
+    let plan = artifact.plan;
     let split = load_split(data, &c.split)?;
     if split.n == 0 {
         anyhow::bail!(

@@ -4,13 +4,13 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
-use super::model::Plan;
+use super::model::{input_mean, ModelArtifact};
 use super::StageCtx;
-use crate::data::checkpoint;
 use crate::data::index::read_classes;
 use crate::data::onnx::{self, Provenance};
+use crate::ids::StageKey;
 use crate::manifest::ExportConfig;
 
 /// The ONNX model of the trained artifact `model_dir`, with the class names of the data
@@ -22,22 +22,16 @@ pub fn onnx_of(
     data_dir: &Path,
     pipeline: &str,
     stage: &str,
-    key: &str,
+    key: Option<&StageKey>,
 ) -> Result<Vec<u8>> {
     let model = model_dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let plan: Plan = serde_json::from_slice(
-        &std::fs::read(model_dir.join("plan.json"))
-            .context("the model artifact has no plan.json")?,
-    )?;
-    let (state, _) = checkpoint::load(&model_dir.join("model.safetensors"))?;
-    let mean = state
-        .tensors
-        .get("input/mean")
-        .cloned()
-        .context("model.safetensors has no `input/mean`")?;
+    let artifact = ModelArtifact::open(model_dir)?;
+    let (state, _) = artifact.weights()?;
+    let mean = input_mean(&state, ModelArtifact::WEIGHTS)?;
+    let plan = artifact.plan;
     let mut classes = read_classes(&data_dir.join("classes.csv"))?;
     classes.sort_by_key(|c| c.label);
     onnx::export(
@@ -47,7 +41,7 @@ pub fn onnx_of(
         &Provenance {
             pipeline: pipeline.into(),
             stage: stage.into(),
-            key: key.into(),
+            key: key.map_or(String::new(), |k| k.to_string()),
             model,
             class_ids: classes.iter().map(|c| c.id.clone()).collect(),
             class_names: classes
@@ -68,7 +62,7 @@ pub fn onnx_of(
 pub fn run(ctx: &StageCtx<'_>, _c: &ExportConfig) -> Result<String> {
     let model_dir = &ctx.inputs[0].1;
     let data = &ctx.inputs[1].1;
-    let bytes = onnx_of(model_dir, data, "", "", "")?;
+    let bytes = onnx_of(model_dir, data, "", "", None)?;
     crate::atomic::write_atomic(&ctx.out.join("model.onnx"), &bytes)?;
     Ok(format!(
         "model.onnx ({} KiB, opset {})",

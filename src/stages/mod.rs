@@ -22,8 +22,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
+use crate::ids::StageKey;
 use crate::manifest::{Pipeline, Stage, StageConfig, StageKind};
 use crate::nn::graph::Graph;
+use crate::outcome::{Event, Watcher};
 
 /// Bump when a kind's output for the same config and inputs changes: it changes every key
 /// of that kind, so old artifacts are not reused.
@@ -113,13 +115,40 @@ pub struct StageCtx<'a> {
     pub network: Option<&'a Graph>,
     /// The stage's key: what its checkpoints say they belong to, so a run resumes only
     /// from checkpoints its own key wrote.
-    pub key: &'a str,
+    pub key: &'a StageKey,
+    /// Whoever watches the run: the stage's lines, warnings and progress bars go here.
+    pub watcher: &'a dyn Watcher,
 }
 
 impl StageCtx<'_> {
     /// The folder of the only input.
     pub fn input_dir(&self) -> &Path {
         &self.inputs[0].1
+    }
+
+    /// Tell the watcher something worth a line, whatever the output format.
+    pub fn note(&self, text: String) {
+        self.watcher.event(Event::Notice(text));
+    }
+
+    /// Warn the watcher.
+    pub fn warn(&self, text: String) {
+        self.watcher.event(Event::Warning(text));
+    }
+
+    /// A fault-injection point for tests: with `PIPE_FAULT=<name>` in the environment the
+    /// watcher is told (the console always shows it) and the process stalls here (for
+    /// `PIPE_FAULT_SECS`, default 600), so a test can kill it mid-stage or race another
+    /// process against it.
+    pub fn fault_point(&self, name: &str) {
+        if std::env::var("PIPE_FAULT").is_ok_and(|v| v == name) {
+            let secs: u64 = std::env::var("PIPE_FAULT_SECS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(600);
+            self.watcher.event(Event::Fault(name));
+            std::thread::sleep(std::time::Duration::from_secs(secs));
+        }
     }
 }
 
@@ -147,19 +176,5 @@ pub fn run(ctx: &StageCtx<'_>) -> Result<String> {
         },
         StageConfig::Evaluate(c) => evaluate::run(ctx, c),
         StageConfig::Export(c) => export::run(ctx, c),
-    }
-}
-
-/// A fault-injection point for tests: with `PIPE_FAULT=<name>` in the environment the
-/// process announces itself on stderr and stalls here (for `PIPE_FAULT_SECS`, default
-/// 600), so a test can kill it mid-stage or race another process against it.
-pub fn fault_point(name: &str) {
-    if std::env::var("PIPE_FAULT").is_ok_and(|v| v == name) {
-        let secs: u64 = std::env::var("PIPE_FAULT_SECS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(600);
-        eprintln!("PIPE_FAULT reached: {name}");
-        std::thread::sleep(std::time::Duration::from_secs(secs));
     }
 }

@@ -3,20 +3,21 @@
 //! probabilities for a whole split. Shared by training (validation), evaluation and
 //! prediction.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::batches::{make_batch, prefetched, Split};
-use crate::backend::{self, BackendKind, DeviceKind, Model, NamedTensor, Optimizer};
+use crate::backend::{self, BackendKind, DeviceKind, Model, NamedTensor, Optimizer, State};
 use crate::data::checkpoint;
 use crate::manifest::{AugmentConfig, BackendSetting, DeviceSetting, MeanKind};
 use crate::nn::graph::{Graph, Op};
 
 /// Everything needed to continue or evaluate a trained model.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Plan {
+pub struct TrainingPlan {
     /// The expanded network.
     pub graph: Graph,
     /// Network name (informative).
@@ -187,28 +188,69 @@ pub(crate) fn check_classes(model: &dyn Model, data: &Path, network: &str) -> Re
     Ok(())
 }
 
-/// Load a trained model artifact for evaluation: (model, plan, mean).
-pub fn load_trained(
-    model_dir: &Path,
-    device: DeviceKind,
-    backend: Option<BackendSetting>,
-) -> Result<(Box<dyn Model>, Plan, NamedTensor)> {
-    let plan: Plan = serde_json::from_slice(
-        &std::fs::read(model_dir.join("plan.json"))
-            .context("the model artifact has no plan.json")?,
-    )?;
-    let (state, _) = checkpoint::load(&model_dir.join("state.safetensors"))?;
-    let mut model = backend::build_with(
-        &plan.graph,
-        plan.seed,
-        device,
-        backend.map(backend_kind).unwrap_or(plan.backend),
-    )?;
-    model.load_state(&state)?;
-    let mean = state
+/// A trained model artifact (a `train`, `lr-drop` or `resume` stage's output) as every
+/// reader opens it: its plan, read once, and its files by name.
+#[derive(Debug, Clone)]
+pub struct ModelArtifact {
+    /// The artifact's folder.
+    pub dir: PathBuf,
+    /// Its `plan.json`.
+    pub plan: TrainingPlan,
+}
+
+impl ModelArtifact {
+    /// The full state: weights, batch-norm statistics, optimizer moments, the mean.
+    pub const STATE: &'static str = "state.safetensors";
+    /// The weights and statistics alone (no optimizer moments), with the mean.
+    pub const WEIGHTS: &'static str = "model.safetensors";
+    /// The training plan.
+    pub const PLAN: &'static str = "plan.json";
+
+    /// Open the model artifact in `dir`: its plan must read.
+    pub fn open(dir: &Path) -> Result<ModelArtifact> {
+        let path = dir.join(Self::PLAN);
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("the model artifact {} has no plan.json", dir.display()))?;
+        let plan = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} does not read", path.display()))?;
+        Ok(ModelArtifact {
+            dir: dir.to_path_buf(),
+            plan,
+        })
+    }
+
+    /// Its full state and that file's metadata.
+    pub fn state(&self) -> Result<(State, HashMap<String, String>)> {
+        checkpoint::load(&self.dir.join(Self::STATE))
+    }
+
+    /// Its weights (no optimizer moments) and that file's metadata.
+    pub fn weights(&self) -> Result<(State, HashMap<String, String>)> {
+        checkpoint::load(&self.dir.join(Self::WEIGHTS))
+    }
+
+    /// The model with its trained state on `device`, by `backend` (default: the one it
+    /// was trained with), and the input mean it was trained with.
+    pub fn load(
+        &self,
+        device: DeviceKind,
+        backend: Option<BackendSetting>,
+    ) -> Result<(Box<dyn Model>, NamedTensor)> {
+        let (state, _) = self.state()?;
+        let plan = &self.plan;
+        let kind = backend.map(backend_kind).unwrap_or(plan.backend);
+        let mut model = backend::build_with(&plan.graph, plan.seed, device, kind)?;
+        model.load_state(&state)?;
+        let mean = input_mean(&state, Self::STATE)?;
+        Ok((model, mean))
+    }
+}
+
+/// The input mean a state carries (`input/mean`); `file` names it in the error.
+pub fn input_mean(state: &State, file: &str) -> Result<NamedTensor> {
+    state
         .tensors
         .get("input/mean")
         .cloned()
-        .context("state.safetensors has no `input/mean`")?;
-    Ok((model, plan, mean))
+        .with_context(|| format!("{file} has no `input/mean`"))
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use super::batches::subtract_mean;
-use super::model::{load_trained, softmax_rows, Plan};
+use super::model::{softmax_rows, ModelArtifact, TrainingPlan};
 use crate::backend::{DeviceKind, Model, NamedTensor};
 use crate::data::decode::{decode_file, resize_to};
 use crate::data::index::read_classes;
@@ -38,7 +38,7 @@ pub fn prepare_image(path: &Path, (w, h): (u32, u32), filter: ResizeFilter) -> R
 /// A trained model ready to classify images.
 pub struct Predictor {
     model: Box<dyn Model>,
-    plan: Plan,
+    plan: TrainingPlan,
     mean: NamedTensor,
     /// The classes, by label.
     pub classes: Vec<ClassName>,
@@ -57,7 +57,9 @@ impl Predictor {
         filter: ResizeFilter,
         device: DeviceKind,
     ) -> Result<Predictor> {
-        let (model, plan, mean) = load_trained(model_dir, device, Some(BackendSetting::Native))?;
+        let artifact = ModelArtifact::open(model_dir)?;
+        let (model, mean) = artifact.load(device, Some(BackendSetting::Native))?;
+        let plan = artifact.plan;
         let (h, w) = match plan.graph.nodes.first().map(|n| &n.op) {
             Some(Op::Input { h, w, c: 3 }) => (*h as u32, *w as u32),
             other => bail!("the model's input is not an RGB image ({other:?})"),

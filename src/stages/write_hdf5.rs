@@ -11,12 +11,11 @@ use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::{fault_point, StageCtx};
+use super::StageCtx;
 use crate::data::decode::{decode_checked, decode_ref, resize_to, BatchCache, Unusable};
 use crate::data::h5::SplitWriter;
 use crate::data::index::{read_index, splits_in, ImageRef};
 use crate::manifest::{Hdf5Config, OnBadImage};
-use crate::report::progress;
 
 /// `means.json`: per-channel mean of the train split, in 0..255.
 #[derive(Debug, Serialize, serde::Deserialize, PartialEq)]
@@ -43,8 +42,8 @@ pub fn run(ctx: &StageCtx<'_>, c: &Hdf5Config) -> Result<String> {
         .iter()
         .map(|s| read_index(&input.join(format!("{s}.csv"))).map(|r| r.len()))
         .sum::<Result<usize>>()?;
-    fault_point("hdf5:start");
-    let pb = progress::bar(total as u64, &ctx.stage.name, "images");
+    ctx.fault_point("hdf5:start");
+    let pb = ctx.watcher.bar(total as u64, &ctx.stage.name, "images");
     let batches = BatchCache::default();
     let mut parts = Vec::new();
     let mut skipped: Vec<String> = Vec::new();
@@ -131,7 +130,7 @@ pub fn run(ctx: &StageCtx<'_>, c: &Hdf5Config) -> Result<String> {
             skipped.extend(current.skipped);
             pb.inc(current.len as u64);
             if k == 0 {
-                fault_point("hdf5");
+                ctx.fault_point("hdf5");
             }
         }
         let n = writer.finish()?;
@@ -161,7 +160,7 @@ pub fn run(ctx: &StageCtx<'_>, c: &Hdf5Config) -> Result<String> {
     let mut summary = parts.join(", ");
     if !skipped.is_empty() {
         for s in skipped.iter().take(5) {
-            eprintln!("warning: {}: skipped undecodable image {s}", ctx.stage.name);
+            ctx.warn(format!("{}: skipped undecodable image {s}", ctx.stage.name));
         }
         std::fs::write(ctx.out.join("skipped.txt"), skipped.join("\n") + "\n")?;
         summary.push_str(&format!("; {} undecodable images skipped", skipped.len()));

@@ -8,12 +8,14 @@ use std::collections::BTreeMap;
 use maud::{html, Markup, DOCTYPE};
 
 use super::svg;
+use crate::fmt;
+use crate::outcome::history::EpochRecord;
+use crate::outcome::sweep::HalvingDecisions;
+use crate::outcome::StageState;
 use crate::report::diff::Diff;
-use crate::report::history::EpochRecord;
-use crate::report::outcome::{human_secs, join, StageState};
+use crate::report::outcome::join;
 use crate::report::run::{Live, RunView};
 use crate::report::show::{self, Row};
-use crate::report::sweep::Decisions;
 
 /// Where links point: the server's URLs, or the exported files.
 pub trait Links {
@@ -47,8 +49,8 @@ pub fn row_state(r: &Row) -> &'static str {
         s.reasons.iter().any(|x| {
             matches!(
                 x,
-                crate::report::outcome::Reason::Job {
-                    state: crate::report::outcome::JobStatus::Failed { .. },
+                crate::outcome::Reason::Job {
+                    state: crate::outcome::JobState::Failed(_),
                     ..
                 }
             )
@@ -241,7 +243,7 @@ pub fn progress_text(live: &Option<Live>, eta: Option<f64>) -> String {
             let speed = l
                 .images_per_sec
                 .map_or(String::new(), |v| format!(", {v:.0} images/s"));
-            let eta = eta.map_or(String::new(), |s| format!(", about {} left", human_secs(s)));
+            let eta = eta.map_or(String::new(), |s| format!(", about {} left", fmt::secs(s)));
             if l.running {
                 format!(
                     "{} running: epoch {} of {}{speed}{eta}",
@@ -259,16 +261,6 @@ pub fn progress_text(live: &Option<Live>, eta: Option<f64>) -> String {
 
 /// Files listed per artifact (an ingest of generated images holds thousands).
 const MAX_FILES: usize = 100;
-
-fn fmt_bytes(b: u64) -> String {
-    let (v, u) = match b {
-        b if b >= 1 << 30 => (b as f64 / (1u64 << 30) as f64, "GiB"),
-        b if b >= 1 << 20 => (b as f64 / (1u64 << 20) as f64, "MiB"),
-        b if b >= 1 << 10 => (b as f64 / 1024.0, "KiB"),
-        b => return format!("{b} B"),
-    };
-    format!("{v:.1} {u}")
-}
 
 /// A metric's value: counts whole, the rest to 4 decimals.
 fn metric_text(v: f64) -> String {
@@ -330,7 +322,7 @@ pub fn run_page(v: &RunView, links: &dyn Links) -> String {
                             td { code { (o.short_key()) } }
                             td {
                                 @if o.state == StageState::Cached { (o.summary) } @else {
-                                    @if let Some(e) = o.estimate { "[est. " (human_secs(e)) "] " }
+                                    @if let Some(e) = o.estimate { "[est. " (fmt::secs(e)) "] " }
                                     (join(&o.reasons))
                                 }
                             }
@@ -405,10 +397,10 @@ pub fn run_page(v: &RunView, links: &dyn Links) -> String {
                 h2 { "Artifacts" }
                 @for a in &v.artifacts {
                     details {
-                        summary { (a.stage) ": " code { (crate::content::short(&a.output)) } " (" (a.files.len()) " files)" }
+                        summary { (a.stage) ": " code { (crate::ids::short(&a.output)) } " (" (a.files.len()) " files)" }
                         ul class="files" {
                             @for (f, size) in a.files.iter().take(MAX_FILES) {
-                                li { a href=(links.file(&a.output, f)) { (f) } " " span class="size" { (fmt_bytes(*size)) } }
+                                li { a href=(links.file(&a.output, f)) { (f) } " " span class="size" { (fmt::bytes(*size)) } }
                             }
                         }
                         @if a.files.len() > MAX_FILES {
@@ -494,7 +486,7 @@ pub fn sweep_page(
     keys: &[String],
     rows: &[Row],
     metric: &str,
-    decisions: &Decisions,
+    decisions: &HalvingDecisions,
     links: &dyn Links,
 ) -> String {
     let mut axes: Vec<svg::PAxis> = keys

@@ -30,7 +30,7 @@ use super::{assets, segment, svg};
 use crate::engine::runs::CurveSource;
 use crate::engine::{Engine, Project};
 use crate::manifest::Pipeline;
-use crate::report::history::EpochRecord;
+use crate::outcome::history::EpochRecord;
 use crate::report::run::Live;
 use crate::report::show;
 

@@ -88,7 +88,7 @@ impl Snapshot {
     /// stage's rank-1 if any point has one, else the final val accuracy.
     pub fn sweep_metric(&self, s: &Sweep) -> String {
         if let Some(h) = &s.halving {
-            return h.metric.clone();
+            return h.metric.to_string();
         }
         let rows = self.sweep_rows(&s.name);
         if rows.iter().any(|r| r.metrics().contains_key("rank1")) {

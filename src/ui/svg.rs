@@ -5,7 +5,7 @@
 
 use maud::{html, Markup, PreEscaped};
 
-use crate::report::history::EpochRecord;
+use crate::outcome::history::EpochRecord;
 
 /// One run's curves.
 pub struct Series<'a> {

@@ -25,8 +25,8 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 
 use self::cpu::device::{Buffers, Cpu};
-use self::cpu::{loss, norm, r, Ptr, Real};
-use self::plan::{Plan, View};
+use self::cpu::{norm, r, Real};
+use self::plan::MemoryPlan;
 use self::shared::{dims, fill_dropout_masks, softmax_rows, Network};
 use super::params;
 use super::{State, StepStats};
@@ -43,7 +43,7 @@ pub struct NativeNet<T: Real> {
     pub bn_mean: Vec<Vec<T>>,
     /// Running variance of each batch-norm node.
     pub bn_var: Vec<Vec<T>>,
-    plan: Option<Plan>,
+    plan: Option<MemoryPlan>,
     buf: Buffers<T>,
     written: Vec<bool>,
     /// When set: each node's input gradient, copied right after its backward (tests).
@@ -166,8 +166,11 @@ impl<T: Real> NativeNet<T> {
     }
 
     /// The walk's view of this network (graph, plan, written flags) and the CPU device
-    /// over its parameters and buffers.
-    fn split(&mut self) -> (&Network, &Plan, &mut [bool], Cpu<'_, T>) {
+    /// over its parameters and buffers (and a training batch's labels).
+    fn split<'a>(
+        &'a mut self,
+        labels: &'a [i64],
+    ) -> (&'a Network, &'a MemoryPlan, &'a mut [bool], Cpu<'a, T>) {
         let cpu = Cpu {
             graph: &self.net.graph,
             params: &self.params,
@@ -176,6 +179,9 @@ impl<T: Real> NativeNet<T> {
             buf: &mut self.buf,
             snapshots: self.snapshots.as_mut(),
             t0: Instant::now(),
+            labels,
+            loss: (T::zero(), 0),
+            total: T::zero(),
         };
         let plan = self.plan.as_ref().expect("planned");
         (&self.net, plan, &mut self.written, cpu)
@@ -184,14 +190,8 @@ impl<T: Real> NativeNet<T> {
     /// Forward pass over `n` images already in the input view (dropout masks in place
     /// when training).
     fn forward(&mut self, n: usize, train: bool) {
-        let (net, plan, _, mut cpu) = self.split();
+        let (net, plan, _, mut cpu) = self.split(&[]);
         ok(walk::forward(net, plan, &mut cpu, n, train));
-    }
-
-    /// Backward pass from the gradient of the output (already in its gradient view).
-    fn backward(&mut self, n: usize) {
-        let (net, plan, written, mut cpu) = self.split();
-        ok(walk::backward(net, plan, &mut cpu, n, written));
     }
 
     /// This batch's dropout masks, into their places in the activation arena.
@@ -222,17 +222,6 @@ impl<T: Real> NativeNet<T> {
         cpu::packed_rows(&self.buf.act, plan.act[self.net.last()], n)
     }
 
-    /// The gradient of node `i`'s output after the last training pass (n rows), and its
-    /// activation: for tests that look inside the network.
-    pub fn node_values(&self, i: usize, n: usize) -> (Vec<T>, Vec<T>) {
-        let plan = self.plan.as_ref().expect("planned");
-        let rows = |buf: &[T], v: View| cpu::packed_rows(buf, v, v.rows(n));
-        let g = plan.grad[i]
-            .map(|v| rows(&self.buf.grad, v))
-            .unwrap_or_default();
-        (rows(&self.buf.act, plan.act[i]), g)
-    }
-
     /// Training-mode forward and backward on a batch: (cross-entropy, cross-entropy + L2,
     /// correct predictions); gradients land in [`NativeNet::grads`].
     pub fn train_pass(
@@ -251,27 +240,9 @@ impl<T: Real> NativeNet<T> {
         let t0 = Instant::now();
         self.fill_masks(n, dropout_seed);
         self.buf.tick("dropout masks", t0);
-        self.forward(n, true);
-        let t0 = Instant::now();
-        let plan = self.plan.as_ref().expect("planned");
-        let last = self.net.last();
-        let (lv, dlv) = (plan.act[last], plan.grad[last].expect("output gradient"));
-        let (ce, correct) = loss::softmax_cross_entropy(
-            Ptr(self.buf.act.as_mut_ptr()),
-            lv,
-            labels,
-            (Ptr(self.buf.grad.as_mut_ptr()), dlv),
-        );
-        self.buf.tick("loss", t0);
-        self.backward(n);
-        let t0 = Instant::now();
-        let mut total = ce;
-        for (p, spec) in self.net.layout.params.iter().enumerate() {
-            if spec.l2 > 0.0 {
-                total += loss::l2_penalty(&self.params[p], spec.l2, &mut self.grads[p]);
-            }
-        }
-        self.buf.tick("L2", t0);
+        let (net, plan, written, mut cpu) = self.split(labels);
+        ok(walk::train_pass(net, plan, &mut cpu, n, written));
+        let ((ce, correct), total) = (cpu.loss, cpu.total);
         Ok((ce, total, correct))
     }
 

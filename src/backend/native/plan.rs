@@ -44,7 +44,7 @@ pub enum Alias {
 
 /// Where everything lives.
 #[derive(Debug, Clone)]
-pub struct Plan {
+pub struct MemoryPlan {
     /// Largest batch the arenas hold.
     pub cap: usize,
     /// Storage relation of each node.
@@ -63,7 +63,7 @@ pub struct Plan {
     pub consumers: Vec<Vec<usize>>,
 }
 
-impl Plan {
+impl MemoryPlan {
     /// The relu that runs fused into batch-norm node `i` (its only reader, in place).
     pub fn fused_relu(&self, graph: &Graph, i: usize) -> Option<usize> {
         match (self.alias[i], &graph.nodes[i].op) {
@@ -108,7 +108,7 @@ fn backward_reads_output(op: &Op) -> bool {
 /// over it, and nothing reads it after, so the input gradient needs no buffer of its own
 /// (nor the write-allocate reads of a fresh one). The CPU backward does that; cuDNN's
 /// batch-norm backward is not documented to run in place, so the GPU plans without it.
-pub fn plan(graph: &Graph, infos: &[NodeInfo], cap: usize, bn_grad_in_place: bool) -> Plan {
+pub fn plan(graph: &Graph, infos: &[NodeInfo], cap: usize, bn_grad_in_place: bool) -> MemoryPlan {
     let nn = graph.nodes.len();
     let last = nn - 1;
     let mut consumers = vec![Vec::new(); nn];
@@ -255,7 +255,7 @@ pub fn plan(graph: &Graph, infos: &[NodeInfo], cap: usize, bn_grad_in_place: boo
             Alias::InPlace(j) => grad[j].expect("a later node has a gradient"),
         });
     }
-    Plan {
+    MemoryPlan {
         cap,
         alias,
         act,

@@ -1,4 +1,4 @@
-//! The forward and backward passes over a [`Plan`], written once for every device.
+//! The forward and backward passes over a [`MemoryPlan`], written once for every device.
 //!
 //! The walk makes every decision about the graph: which relu runs fused into the batch
 //! norm before it, which concat inputs were written in place (and the copies for the rest),
@@ -12,7 +12,7 @@
 //! dropout masks) in the activation arena, gradients (`dy`, `dx`) in the gradient arena.
 //! Shapes in the docs below are (rows, channels) with `rows = n * h * w` for images.
 
-use super::plan::{Alias, Plan, View};
+use super::plan::{Alias, MemoryPlan, View};
 use super::shared::{ConvGeom, Network, NodeParams, PoolGeom};
 use crate::nn::graph::Op;
 
@@ -55,7 +55,7 @@ impl Pass {
 
 /// The node an op with parameters runs for: its index and its parameters.
 #[derive(Debug, Clone, Copy)]
-pub struct Node {
+pub struct ParamNode {
     /// Index in the graph.
     pub i: usize,
     /// Its parameters and statistics.
@@ -90,10 +90,19 @@ pub trait Kernels {
     /// Zero every parameter gradient (nodes with no path to the loss keep zeros).
     fn zero_param_grads(&mut self) -> Result<(), Self::Error>;
 
+    /// The loss: softmax cross-entropy of the logits `x (n, classes)` against the batch's
+    /// labels (which the device holds), its gradient written into `dx (n, classes)`. The
+    /// device keeps the loss and the count of correct predictions.
+    fn softmax_cross_entropy(&mut self, x: View, dx: View, n: usize) -> Result<(), Self::Error>;
+
+    /// Parameter `param`'s L2 term (Keras's `l2 * sum(w^2)`): `grad += 2 * l2 * w`. The
+    /// device keeps the penalty if it reports one.
+    fn l2_backward(&mut self, param: usize, l2: f64) -> Result<(), Self::Error>;
+
     /// `y (n*oh*ow, cout) = conv(x (n*h*w, cin), kernel (kh, kw, cin, cout)) [+ bias (cout)]`.
     fn conv2d_forward(
         &mut self,
-        node: Node,
+        node: ParamNode,
         g: &ConvGeom,
         x: View,
         y: View,
@@ -108,8 +117,8 @@ pub trait Kernels {
     #[allow(clippy::too_many_arguments)]
     fn conv2d_bn_forward_infer(
         &mut self,
-        conv: Node,
-        bn: Node,
+        conv: ParamNode,
+        bn: ParamNode,
         g: &ConvGeom,
         x: View,
         (yc, y): (View, View),
@@ -124,7 +133,7 @@ pub trait Kernels {
     /// `dkernel`, `dbias` (overwritten) and `dx (n*h*w, cin) [+]= conv^T(dy (n*oh*ow, cout))`.
     fn conv2d_backward(
         &mut self,
-        node: Node,
+        node: ParamNode,
         g: &ConvGeom,
         x: View,
         dy: View,
@@ -137,7 +146,7 @@ pub trait Kernels {
     /// `y = max(y, 0)` too (the relu after it, fused: `y` is also the relu's output).
     fn batchnorm_forward_train(
         &mut self,
-        node: Node,
+        node: ParamNode,
         x: View,
         y: View,
         rows: usize,
@@ -149,7 +158,7 @@ pub trait Kernels {
     /// Inference batch norm with the running statistics (and `relu` as in training).
     fn batchnorm_forward_infer(
         &mut self,
-        node: Node,
+        node: ParamNode,
         x: View,
         y: View,
         rows: usize,
@@ -162,7 +171,7 @@ pub trait Kernels {
     /// `y > 0` (`y` the fused relu's output, `dy` its gradient).
     fn batchnorm_backward(
         &mut self,
-        node: Node,
+        node: ParamNode,
         x: View,
         y: View,
         dy: View,
@@ -264,13 +273,19 @@ pub trait Kernels {
     fn flatten_backward(&mut self, dy: View, dx: Dst, n: usize) -> Result<(), Self::Error>;
 
     /// `y (n, out) = x (n, in) . kernel (in, out) [+ bias (out)]`.
-    fn dense_forward(&mut self, node: Node, x: View, y: View, n: usize) -> Result<(), Self::Error>;
+    fn dense_forward(
+        &mut self,
+        node: ParamNode,
+        x: View,
+        y: View,
+        n: usize,
+    ) -> Result<(), Self::Error>;
 
     /// `dkernel = x^T dy`, `dbias = column sums of dy (n, out)` (overwritten) and
     /// `dx (n, in) [+]= dy . kernel^T`.
     fn dense_backward(
         &mut self,
-        node: Node,
+        node: ParamNode,
         x: View,
         dy: View,
         dx: Option<Dst>,
@@ -315,7 +330,7 @@ fn set(v: View) -> Dst {
 /// statistics; in inference dropout is the identity and batch norms use the running ones.
 pub fn forward<K: Kernels>(
     net: &Network,
-    plan: &Plan,
+    plan: &MemoryPlan,
     k: &mut K,
     n: usize,
     train: bool,
@@ -334,11 +349,11 @@ pub fn forward<K: Kernels>(
             };
             let relu = plan.fused_relu(&net.graph, j).is_some();
             let (conv, bn) = (
-                Node {
+                ParamNode {
                     i,
                     params: net.params[i],
                 },
-                Node {
+                ParamNode {
                     i: j,
                     params: net.params[j],
                 },
@@ -349,7 +364,7 @@ pub fn forward<K: Kernels>(
             k.end_node(Pass::Forward, i, None, n)?;
             continue;
         }
-        let node = Node {
+        let node = ParamNode {
             i,
             params: net.params[i],
         };
@@ -420,13 +435,35 @@ pub fn forward<K: Kernels>(
     Ok(())
 }
 
+/// A training pass, written once for every device: the forward pass, the loss and its
+/// gradient at the output, the backward pass, and each parameter's L2 gradient. The
+/// optimizer's update follows on the device that owns the moments.
+pub fn train_pass<K: Kernels>(
+    net: &Network,
+    plan: &MemoryPlan,
+    k: &mut K,
+    n: usize,
+    written: &mut [bool],
+) -> Result<(), K::Error> {
+    forward(net, plan, k, n, true)?;
+    let last = net.last();
+    k.softmax_cross_entropy(plan.act[last], plan.grad[last].expect("output gradient"), n)?;
+    backward(net, plan, k, n, written)?;
+    for (p, spec) in net.layout.params.iter().enumerate() {
+        if spec.l2 > 0.0 {
+            k.l2_backward(p, spec.l2)?;
+        }
+    }
+    Ok(())
+}
+
 /// Backward pass from the loss gradient already in the last node's gradient view, after a
 /// training [`forward`]. Parameter gradients are zeroed first. `written[k]` says whether
 /// node k's gradient holds a value yet (so the next writer accumulates into it); a node
 /// none of whose readers was reached has no path to the loss and is skipped.
 pub fn backward<K: Kernels>(
     net: &Network,
-    plan: &Plan,
+    plan: &MemoryPlan,
     k: &mut K,
     n: usize,
     written: &mut [bool],
@@ -441,7 +478,7 @@ pub fn backward<K: Kernels>(
         }
         k.begin_node(Pass::Backward, i);
         let nd = &net.graph.nodes[i];
-        let node = Node {
+        let node = ParamNode {
             i,
             params: net.params[i],
         };

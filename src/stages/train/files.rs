@@ -12,8 +12,10 @@ use anyhow::Result;
 
 use crate::backend::{NamedTensor, State};
 use crate::data::checkpoint;
-use crate::report::history::{self, EpochRecord};
-use crate::stages::model::{describe_device, Plan};
+use crate::ids::StageKey;
+use crate::outcome::history::{EpochRecord, EpochTiming};
+use crate::report::history::plot_png;
+use crate::stages::model::{describe_device, TrainingPlan};
 
 /// The file that holds each epoch's images/s.
 pub const TIMINGS: &str = "timings.json";
@@ -32,7 +34,7 @@ pub fn checkpoint_dir(dir: &Path) -> PathBuf {
 pub(crate) fn checkpoint_meta(
     epoch: usize,
     hist: &[EpochRecord],
-    plan: &Plan,
+    plan: &TrainingPlan,
 ) -> Result<HashMap<String, String>> {
     let mut m = HashMap::new();
     let mut p = plan.clone();
@@ -66,7 +68,7 @@ pub fn checkpoints_in(dir: &Path) -> Vec<(usize, PathBuf)> {
 
 /// The epoch of the latest checkpoint of stage key `key` that an interrupted run left in
 /// its scratch folder: where the next run of that stage resumes.
-pub fn interrupted_at(scratch: &Path, key: &str) -> Option<usize> {
+pub fn interrupted_at(scratch: &Path, key: &StageKey) -> Option<usize> {
     checkpoints_in(&checkpoint_dir(scratch))
         .into_iter()
         .rev()
@@ -90,8 +92,8 @@ pub(crate) fn save_checkpoint(
     state: State,
     mean: &NamedTensor,
     history: &[EpochRecord],
-    plan: &Plan,
-    key: &str,
+    plan: &TrainingPlan,
+    key: &StageKey,
 ) -> Result<()> {
     let mut meta = checkpoint_meta(epoch, history, plan)?;
     meta.insert("key".into(), key.to_string());
@@ -105,14 +107,14 @@ pub(crate) fn save_checkpoint(
 
 /// Whether the checkpoint at `path` belongs to stage key `key` (its metadata says so);
 /// `Err` says why not: it does not read, or another key (or none) wrote it.
-pub fn belongs_to(path: &Path, key: &str) -> Result<(), String> {
+pub fn belongs_to(path: &Path, key: &StageKey) -> Result<(), String> {
     let meta = checkpoint::read_metadata(path).map_err(|e| format!("{e:#}"))?;
     match meta.get("key") {
-        Some(k) if k == key => Ok(()),
+        Some(k) if k == key.as_str() => Ok(()),
         Some(k) => Err(format!(
             "it belongs to stage key {}, not this one ({})",
-            crate::content::short(k),
-            crate::content::short(key)
+            crate::ids::short(k),
+            key.short()
         )),
         None => Err("it names no stage key".into()),
     }
@@ -121,8 +123,18 @@ pub fn belongs_to(path: &Path, key: &str) -> Result<(), String> {
 /// Write the monitor of a run in progress into `dir`: `history.json`, `history.png` and
 /// the timings.
 pub(crate) fn write_history(dir: &Path, history: &[EpochRecord]) -> Result<()> {
-    history::write(dir, history)?;
-    history::write_timings(&dir.join(TIMINGS), history)
+    crate::atomic::write_json_atomic(&dir.join("history.json"), &history)?;
+    crate::atomic::write_atomic(&dir.join("history.png"), &plot_png(history)?)?;
+    let timings: Vec<EpochTiming> = history
+        .iter()
+        .filter(|r| r.images_per_sec > 0.0)
+        .map(|r| EpochTiming {
+            epoch: r.epoch,
+            stage: r.stage.clone(),
+            images_per_sec: r.images_per_sec,
+        })
+        .collect();
+    crate::atomic::write_json_atomic(&dir.join(TIMINGS), &timings)
 }
 
 /// Write the artifact of a finished segment into `out`: the final state, the weights
@@ -134,7 +146,7 @@ pub(crate) fn publish(
     state: State,
     mean: &NamedTensor,
     history: &[EpochRecord],
-    plan: &mut Plan,
+    plan: &mut TrainingPlan,
     ckpt_dir: &Path,
     start: usize,
     end: usize,

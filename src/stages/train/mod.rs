@@ -20,12 +20,12 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use super::model::{backend_kind, device_kind, Plan};
+use super::model::{backend_kind, device_kind, ModelArtifact, TrainingPlan};
 use super::StageCtx;
 use crate::backend::{Optimizer, State};
 use crate::data::checkpoint;
 use crate::manifest::{ContinueConfig, OptimizerKind, ScheduleKind, TrainConfig};
-use crate::report::history::EpochRecord;
+use crate::outcome::history::EpochRecord;
 use segment::Segment;
 
 pub use files::{interrupted_at, last_epoch, RECORDS, TIMINGS};
@@ -93,7 +93,7 @@ pub fn run_train(ctx: &StageCtx<'_>, c: &TrainConfig) -> Result<String> {
         ctx,
         data,
         Segment {
-            plan: Plan {
+            plan: TrainingPlan {
                 graph: graph.clone(),
                 network: c.network.clone(),
                 batch_size: c.batch_size,
@@ -121,7 +121,7 @@ pub fn run_train(ctx: &StageCtx<'_>, c: &TrainConfig) -> Result<String> {
 }
 
 /// What an `lr-drop` or `resume` stage may change in the plan it continues.
-fn apply_overrides(plan: &mut Plan, c: &ContinueConfig) {
+fn apply_overrides(plan: &mut TrainingPlan, c: &ContinueConfig) {
     if let Optimizer::Sgd { momentum, nesterov } = &mut plan.optimizer {
         if let Some(m) = c.momentum {
             *momentum = m;
@@ -144,12 +144,9 @@ pub fn run_continue(ctx: &StageCtx<'_>, c: &ContinueConfig, at: Option<usize>) -
     let model_dir = &ctx.inputs[0].1;
     let from = &ctx.inputs[0].0;
     let data = &ctx.inputs[1].1;
-    let plan: Plan = serde_json::from_slice(
-        &std::fs::read(model_dir.join("plan.json"))
-            .context("the model artifact has no plan.json")?,
-    )?;
+    let artifact = ModelArtifact::open(model_dir)?;
     let (state, meta) = match at {
-        None => checkpoint::load(&model_dir.join("state.safetensors"))?,
+        None => artifact.state()?,
         Some(e) => {
             let p = files::checkpoint_dir(model_dir).join(format!("epoch_{e}.safetensors"));
             if !p.is_file() {
@@ -168,7 +165,7 @@ pub fn run_continue(ctx: &StageCtx<'_>, c: &ContinueConfig, at: Option<usize>) -
             checkpoint::load(&p)?
         }
     };
-    continue_from(ctx, data, plan, c, state, &meta)
+    continue_from(ctx, data, artifact.plan, c, state, &meta)
 }
 
 /// Continue training from a loaded checkpoint: epoch, history (trimmed to that epoch, as
@@ -176,7 +173,7 @@ pub fn run_continue(ctx: &StageCtx<'_>, c: &ContinueConfig, at: Option<usize>) -
 fn continue_from(
     ctx: &StageCtx<'_>,
     data: &Path,
-    mut plan: Plan,
+    mut plan: TrainingPlan,
     c: &ContinueConfig,
     state: State,
     meta: &HashMap<String, String>,
@@ -214,7 +211,7 @@ fn continue_from(
 /// input mean, history and epoch come from the file; the data from the stage's input.
 pub fn run_resume_file(ctx: &StageCtx<'_>, c: &ContinueConfig, file: &Path) -> Result<String> {
     let (state, meta) = checkpoint::load(file)?;
-    let plan: Plan = serde_json::from_str(meta.get("plan").with_context(|| {
+    let plan: TrainingPlan = serde_json::from_str(meta.get("plan").with_context(|| {
         format!(
             "{} has no training plan in its metadata: it was not written by pipe's training stages",
             file.display()

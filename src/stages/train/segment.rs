@@ -15,18 +15,18 @@ use super::files;
 use super::Schedule;
 use crate::backend::{self, Model, NamedTensor, State};
 use crate::data::checkpoint;
-use crate::report::history::EpochRecord;
-use crate::report::progress;
+use crate::outcome::history::EpochRecord;
+use crate::outcome::Event;
 use crate::stages::batches::{
     compute_mean, derive_seed, load_split, make_batch, prefetched, Split,
 };
-use crate::stages::model::{check_classes, check_input, loss_and_acc, predict_split, Plan};
+use crate::stages::model::{check_classes, check_input, loss_and_acc, predict_split, TrainingPlan};
 use crate::stages::StageCtx;
 
 /// One segment of training: where it starts and ends, what it starts from.
 pub(super) struct Segment<'a> {
     /// Network, optimizer and data settings.
-    pub plan: Plan,
+    pub plan: TrainingPlan,
     /// The learning rate of each epoch.
     pub schedule: Schedule,
     /// The epoch it starts after (0 for a `train`).
@@ -74,15 +74,8 @@ pub(super) fn run(ctx: &StageCtx<'_>, data: &Path, seg: Segment<'_>) -> Result<S
     }
     let ckpt_dir = files::checkpoint_dir(ctx.scratch);
     std::fs::create_dir_all(&ckpt_dir)?;
-    let first = resume_in_scratch(
-        model.as_mut(),
-        &ckpt_dir,
-        (start, end),
-        &mut history,
-        stage,
-        ctx.key,
-    )?;
-    eprintln!(
+    let first = resume_in_scratch(ctx, model.as_mut(), &ckpt_dir, (start, end), &mut history)?;
+    ctx.note(format!(
         "{stage}: epochs {}..{end} on {} images ({}x{}), {} backend on the {:?}, validating on {} (monitor: {})",
         first + 1,
         train.n,
@@ -92,9 +85,9 @@ pub(super) fn run(ctx: &StageCtx<'_>, data: &Path, seg: Segment<'_>) -> Result<S
         plan.device,
         val.n,
         ctx.scratch.join("history.png").display()
-    );
+    ));
     // One bar for the whole stage: images/s and the ETA cover every remaining epoch.
-    let pb = progress::bar(
+    let pb = ctx.watcher.bar(
         (train.n * (end - first)) as u64,
         stage,
         &format!("epoch {}/{end}", first + 1),
@@ -117,18 +110,10 @@ pub(super) fn run(ctx: &StageCtx<'_>, data: &Path, seg: Segment<'_>) -> Result<S
             val_acc,
             images_per_sec: seen as f64 / secs.max(1e-9),
         };
-        pb.suspend(|| {
-            eprintln!(
-                "{stage}: epoch {:>3}/{end}  lr {:.2e}  loss {:.4}  acc {:.2}%  val_loss {:.4}  val_acc {:.2}%  {:.0} img/s",
-                rec.epoch,
-                rec.lr,
-                rec.train_loss,
-                100.0 * rec.train_acc,
-                rec.val_loss,
-                100.0 * rec.val_acc,
-                rec.images_per_sec
-            )
-        });
+        for n in model.take_notes() {
+            ctx.note(n);
+        }
+        ctx.watcher.event(Event::Epoch { record: &rec, end });
         history.push(rec);
         files::write_history(ctx.scratch, &history)?;
         if (e + 1) % plan.checkpoint_every == 0 || e + 1 == end {
@@ -142,7 +127,7 @@ pub(super) fn run(ctx: &StageCtx<'_>, data: &Path, seg: Segment<'_>) -> Result<S
                 ctx.key,
             )?;
         }
-        crate::stages::fault_point(&format!("{stage}:epoch{}", e + 1));
+        ctx.fault_point(&format!("{stage}:epoch{}", e + 1));
     }
     pb.finish_and_clear();
     files::publish(
@@ -178,15 +163,15 @@ pub(super) fn run(ctx: &StageCtx<'_>, data: &Path, seg: Segment<'_>) -> Result<S
 /// no key (written before checkpoints did) is never resumed from: it is moved aside into
 /// `refused/` with a warning naming it, and the next older one is tried.
 fn resume_in_scratch(
+    ctx: &StageCtx<'_>,
     model: &mut dyn Model,
     ckpt_dir: &Path,
     (start, end): (usize, usize),
     history: &mut Vec<EpochRecord>,
-    stage: &str,
-    key: &str,
 ) -> Result<usize> {
+    let stage = &ctx.stage.name;
     for (e, path) in files::checkpoints_in(ckpt_dir).into_iter().rev() {
-        let verdict = files::belongs_to(&path, key).and_then(|()| {
+        let verdict = files::belongs_to(&path, ctx.key).and_then(|()| {
             checkpoint::load(&path).map_err(|err| format!("it does not load: {err:#}"))
         });
         let (st, meta) = match verdict {
@@ -197,11 +182,11 @@ fn resume_in_scratch(
                 std::fs::create_dir_all(&aside)?;
                 let to = aside.join(path.file_name().unwrap_or_default());
                 std::fs::rename(&path, &to)?;
-                eprintln!(
-                    "warning: {stage}: not resuming from {}: {why}; moved to {}",
+                ctx.warn(format!(
+                    "{stage}: not resuming from {}: {why}; moved to {}",
                     path.display(),
                     to.display()
-                );
+                ));
                 continue;
             }
         };
@@ -210,9 +195,9 @@ fn resume_in_scratch(
         }
         model.load_state(&st)?;
         *history = serde_json::from_str(meta.get("history").map(|s| s.as_str()).unwrap_or("[]"))?;
-        eprintln!(
+        ctx.note(format!(
             "{stage}: resuming from its checkpoint at epoch {e} (an earlier run was interrupted)"
-        );
+        ));
         return Ok(e);
     }
     Ok(start)
@@ -222,7 +207,7 @@ fn resume_in_scratch(
 #[allow(clippy::too_many_arguments)]
 fn train_epoch(
     model: &mut dyn Model,
-    plan: &Plan,
+    plan: &TrainingPlan,
     train: &Split,
     mean: &NamedTensor,
     e: usize,

@@ -5,10 +5,12 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::time::Instant;
 
-use super::{conv, dense, elementwise as ew, norm, pool, reduce_parts, Ptr, Real, Workspaces};
+use super::{
+    conv, dense, elementwise as ew, loss, norm, pool, reduce_parts, Ptr, Real, Workspaces,
+};
 use crate::backend::native::plan::View;
 use crate::backend::native::shared::{ConvGeom, PoolGeom};
-use crate::backend::native::walk::{Arena, Dst, Kernels, Node, Pass};
+use crate::backend::native::walk::{Arena, Dst, Kernels, ParamNode, Pass};
 use crate::nn::graph::Graph;
 
 /// A network's arenas, batch-norm statistics of the last batch and scratch buffers, sized
@@ -64,6 +66,12 @@ pub struct Cpu<'a, T: Real> {
     pub snapshots: Option<&'a mut Vec<(usize, Vec<T>)>>,
     /// When the current node started.
     pub t0: Instant,
+    /// The batch's labels (a training pass).
+    pub labels: &'a [i64],
+    /// What the loss found: (cross-entropy, correct predictions).
+    pub loss: (T, usize),
+    /// The loss with every parameter's L2 penalty added, in parameter order.
+    pub total: T,
 }
 
 impl<T: Real> Cpu<'_, T> {
@@ -83,6 +91,23 @@ impl<T: Real> Cpu<'_, T> {
 
 impl<T: Real> Kernels for Cpu<'_, T> {
     type Error = Infallible;
+
+    fn softmax_cross_entropy(&mut self, x: View, dx: View, n: usize) -> Result<(), Infallible> {
+        debug_assert_eq!(n, self.labels.len());
+        let t0 = Instant::now();
+        let (a, g) = (self.a(), self.g());
+        self.loss = loss::softmax_cross_entropy(a, x, self.labels, (g, dx));
+        self.total = self.loss.0;
+        self.buf.tick("loss", t0);
+        Ok(())
+    }
+
+    fn l2_backward(&mut self, param: usize, l2: f64) -> Result<(), Infallible> {
+        let t0 = Instant::now();
+        self.total += loss::l2_penalty(&self.params[param], l2, &mut self.grads[param]);
+        self.buf.tick("L2", t0);
+        Ok(())
+    }
 
     fn begin_node(&mut self, _pass: Pass, _i: usize) {
         self.t0 = Instant::now();
@@ -120,7 +145,7 @@ impl<T: Real> Kernels for Cpu<'_, T> {
 
     fn conv2d_forward(
         &mut self,
-        node: Node,
+        node: ParamNode,
         g: &ConvGeom,
         x: View,
         y: View,
@@ -136,8 +161,8 @@ impl<T: Real> Kernels for Cpu<'_, T> {
 
     fn conv2d_bn_forward_infer(
         &mut self,
-        conv: Node,
-        bn: Node,
+        conv: ParamNode,
+        bn: ParamNode,
         g: &ConvGeom,
         x: View,
         (_, y): (View, View),
@@ -176,7 +201,7 @@ impl<T: Real> Kernels for Cpu<'_, T> {
 
     fn conv2d_backward(
         &mut self,
-        node: Node,
+        node: ParamNode,
         g: &ConvGeom,
         x: View,
         dy: View,
@@ -211,7 +236,7 @@ impl<T: Real> Kernels for Cpu<'_, T> {
 
     fn batchnorm_forward_train(
         &mut self,
-        node: Node,
+        node: ParamNode,
         x: View,
         y: View,
         rows: usize,
@@ -243,7 +268,7 @@ impl<T: Real> Kernels for Cpu<'_, T> {
 
     fn batchnorm_forward_infer(
         &mut self,
-        node: Node,
+        node: ParamNode,
         x: View,
         y: View,
         rows: usize,
@@ -271,7 +296,7 @@ impl<T: Real> Kernels for Cpu<'_, T> {
 
     fn batchnorm_backward(
         &mut self,
-        node: Node,
+        node: ParamNode,
         x: View,
         _y: View,
         dy: View,
@@ -441,7 +466,13 @@ impl<T: Real> Kernels for Cpu<'_, T> {
         Ok(())
     }
 
-    fn dense_forward(&mut self, node: Node, x: View, y: View, n: usize) -> Result<(), Infallible> {
+    fn dense_forward(
+        &mut self,
+        node: ParamNode,
+        x: View,
+        y: View,
+        n: usize,
+    ) -> Result<(), Infallible> {
         let a = self.a();
         let w = &self.params[node.params.kernel()];
         let b = node.params.bias.map(|b| self.params[b].as_slice());
@@ -451,7 +482,7 @@ impl<T: Real> Kernels for Cpu<'_, T> {
 
     fn dense_backward(
         &mut self,
-        node: Node,
+        node: ParamNode,
         x: View,
         dy: View,
         dx: Option<Dst>,

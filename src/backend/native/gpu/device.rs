@@ -2,7 +2,7 @@
 //! norm), cuBLAS (dense layers) and our NVRTC kernels (everything else).
 //!
 //! Everything a step touches lives on the device, in buffers sized once per batch shape:
-//! the planner's activation and gradient arenas (the same [`Plan`] as the CPU path, so
+//! the planner's activation and gradient arenas (the same [`MemoryPlan`] as the CPU path, so
 //! concat slices are strided descriptors and relu/dropout run in place), parameters,
 //! gradients and optimizer moments as flat buffers, batch-norm statistics, one cuDNN
 //! workspace. Per step the host uploads the batch, labels, dropout masks and the learning
@@ -23,9 +23,9 @@ use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::cudnn::sys as dnn;
 use cudarc::driver::{result as drv, sys as drv_sys, CudaContext, CudaGraph, CudaStream};
 
-use super::super::plan::{self, Plan, View};
+use super::super::plan::{self, MemoryPlan, View};
 use super::super::shared::{dims, fill_dropout_masks, softmax_rows, ConvGeom, Network, PoolGeom};
-use super::super::walk::{self, Arena, Dst, Kernels, Node, Pass};
+use super::super::walk::{self, Arena, Dst, Kernels, ParamNode, Pass};
 use super::cudnn::{self, ck, hwio_to_ohwi, ohwi_to_hwio, symmetric, BnDescs, ConvBufs, ConvDescs};
 use super::launch::{self, DMat, Launcher, PoolArg};
 use super::{kernels, libs};
@@ -154,7 +154,7 @@ pub struct CudaModel {
     bn_var: DevBuf,
     save_mean: DevBuf,
     save_inv: DevBuf,
-    plan: Option<Plan>,
+    plan: Option<MemoryPlan>,
     act: DevBuf,
     grad: DevBuf,
     /// Where a batch norm writes dx when its input has no gradient.
@@ -174,6 +174,8 @@ pub struct CudaModel {
     examples: usize,
     tf32: bool,
     use_graphs: bool,
+    /// Notes for whoever watches the run ([`Model::take_notes`]).
+    notes: Vec<String>,
     /// `PIPE_CUDA_SYNC=1`: synchronise after every layer (debugging; no graphs).
     debug_sync: bool,
     /// The optimizer the captured graphs were built with.
@@ -285,6 +287,7 @@ impl CudaModel {
             step: 0,
             examples: 0,
             tf32: std::env::var("PIPE_CUDA_TF32").map_or(true, |v| v != "0"),
+            notes: Vec::new(),
             use_graphs: std::env::var("PIPE_CUDA_GRAPHS").map_or(true, |v| v != "0")
                 && std::env::var("PIPE_CUDA_SYNC").map_or(true, |v| v != "1"),
             debug_sync: std::env::var("PIPE_CUDA_SYNC").is_ok_and(|v| v == "1"),
@@ -442,7 +445,7 @@ impl CudaModel {
         Ok(())
     }
 
-    fn build_shaped(&mut self, plan: &Plan, n: usize) -> Result<Shaped> {
+    fn build_shaped(&mut self, plan: &MemoryPlan, n: usize) -> Result<Shaped> {
         let mut conv = HashMap::new();
         let mut bn = HashMap::new();
         // Measuring needs room: a generous scratch workspace, freed afterwards.
@@ -559,7 +562,13 @@ impl CudaModel {
 
     /// The device part of a training step (what a CUDA graph captures): forward, loss,
     /// backward, L2 and the optimizer update.
-    fn device_step(&mut self, plan: &Plan, sh: &Shaped, n: usize, opt: &Optimizer) -> Result<()> {
+    fn device_step(
+        &mut self,
+        plan: &MemoryPlan,
+        sh: &Shaped,
+        n: usize,
+        opt: &Optimizer,
+    ) -> Result<()> {
         let mut written = std::mem::take(&mut self.written);
         let r = self.train_walk(plan, sh, n, opt, &mut written);
         self.written = written;
@@ -568,25 +577,14 @@ impl CudaModel {
 
     fn train_walk(
         &self,
-        plan: &Plan,
+        plan: &MemoryPlan,
         sh: &Shaped,
         n: usize,
         opt: &Optimizer,
         written: &mut [bool],
     ) -> Result<()> {
         let mut gpu = Gpu { m: self, sh };
-        walk::forward(&self.net, plan, &mut gpu, n, true)?;
-        let last = self.net.last();
-        let (lv, dlv) = (plan.act[last], plan.grad[last].expect("output gradient"));
-        let (x, dx) = (gpu.a(lv), gpu.g(dlv));
-        launch::softmax_cross_entropy(self, x, self.labels.ptr, n, dx, self.stats.ptr)?;
-        walk::backward(&self.net, plan, &mut gpu, n, written)?;
-        for (p, spec) in self.net.layout.params.iter().enumerate() {
-            if spec.l2 > 0.0 {
-                let (w, g) = (self.params.f(self.poff[p]), self.grads.f(self.poff[p]));
-                launch::l2_backward(self, w, g, spec.len(), spec.l2 as f32)?;
-            }
-        }
+        walk::train_pass(&self.net, plan, &mut gpu, n, written)?;
         let (w, g, m, v) = (self.params.ptr, self.grads.ptr, self.m.ptr, self.v.ptr);
         let (len, hyper) = (self.plen, self.hyper.ptr);
         match *opt {
@@ -749,9 +747,25 @@ impl Kernels for Gpu<'_> {
         self.m.zero(&self.m.grads, self.m.plen)
     }
 
+    fn softmax_cross_entropy(&mut self, x: View, dx: View, n: usize) -> Result<()> {
+        let m = self.m;
+        launch::softmax_cross_entropy(m, self.a(x), m.labels.ptr, n, self.g(dx), m.stats.ptr)
+    }
+
+    fn l2_backward(&mut self, param: usize, l2: f64) -> Result<()> {
+        let len = self.m.net.layout.params[param].len();
+        launch::l2_backward(
+            self.m,
+            self.param(param),
+            self.dparam(param),
+            len,
+            l2 as f32,
+        )
+    }
+
     fn conv2d_forward(
         &mut self,
-        node: Node,
+        node: ParamNode,
         _g: &ConvGeom,
         x: View,
         y: View,
@@ -769,7 +783,7 @@ impl Kernels for Gpu<'_> {
 
     fn conv2d_backward(
         &mut self,
-        node: Node,
+        node: ParamNode,
         _g: &ConvGeom,
         x: View,
         dy: View,
@@ -792,7 +806,7 @@ impl Kernels for Gpu<'_> {
 
     fn batchnorm_forward_train(
         &mut self,
-        node: Node,
+        node: ParamNode,
         x: View,
         y: View,
         rows: usize,
@@ -831,7 +845,7 @@ impl Kernels for Gpu<'_> {
 
     fn batchnorm_forward_infer(
         &mut self,
-        node: Node,
+        node: ParamNode,
         x: View,
         y: View,
         rows: usize,
@@ -852,7 +866,7 @@ impl Kernels for Gpu<'_> {
 
     fn batchnorm_backward(
         &mut self,
-        node: Node,
+        node: ParamNode,
         x: View,
         y: View,
         dy: View,
@@ -968,7 +982,7 @@ impl Kernels for Gpu<'_> {
         launch::copy_rows(self.m, self.g(dy), dst, n, dx.acc)
     }
 
-    fn dense_forward(&mut self, node: Node, x: View, y: View, n: usize) -> Result<()> {
+    fn dense_forward(&mut self, node: ParamNode, x: View, y: View, n: usize) -> Result<()> {
         let m = self.m;
         let w = self.param(node.params.kernel());
         // Y (n x units) = X W: column-major Y^T = W^T X^T.
@@ -994,7 +1008,7 @@ impl Kernels for Gpu<'_> {
 
     fn dense_backward(
         &mut self,
-        node: Node,
+        node: ParamNode,
         x: View,
         dy: View,
         dx: Option<Dst>,
@@ -1164,6 +1178,10 @@ impl Model for CudaModel {
         Ok(Some((sum, correct)))
     }
 
+    fn take_notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
+    }
+
     fn predict(&mut self, images: &[f32], n: usize) -> Result<Vec<f32>> {
         let px = self.net.infos[0].shape.numel();
         if images.len() != n * px {
@@ -1273,7 +1291,13 @@ impl Model for CudaModel {
 impl CudaModel {
     /// Run the device part of a step: eagerly the first times for this batch size, then
     /// captured once as a CUDA graph and replayed.
-    fn run_step(&mut self, plan: &Plan, sh: &mut Shaped, n: usize, opt: &Optimizer) -> Result<()> {
+    fn run_step(
+        &mut self,
+        plan: &MemoryPlan,
+        sh: &mut Shaped,
+        n: usize,
+        opt: &Optimizer,
+    ) -> Result<()> {
         if let Some(g) = &sh.graph {
             return dk(g.launch(), "replaying the step graph");
         }
@@ -1298,14 +1322,14 @@ impl CudaModel {
             }
             (captured, ended) => {
                 // Capture is an optimisation: report once and run this size eagerly.
-                eprintln!(
+                self.notes.push(format!(
                     "note: the training step could not be captured as a CUDA graph ({}); running it eagerly",
                     match (&captured, &ended) {
                         (Err(e), _) => format!("{e:#}"),
                         (_, Err(e)) => format!("{e:?}"),
                         _ => "empty graph".into(),
                     }
-                );
+                ));
                 self.use_graphs = false;
                 self.device_step(plan, sh, n, opt)
             }
