@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use pipe::backend::{BackendKind, DeviceKind};
 use pipe::commands::{self, DemoLayout, Global};
 use pipe::engine::executor::{Executor, SlurmOptions};
 use pipe::engine::RunOptions;
@@ -203,7 +204,7 @@ enum Cmd {
         batch: usize,
         /// Device (default: the GPU where this build and machine have one, else the CPU)
         #[arg(long, value_enum)]
-        device: Option<Device>,
+        device: Option<DeviceKind>,
         /// Skip images that do not decode (counted in the summary) instead of failing
         #[arg(long)]
         skip_bad: bool,
@@ -303,14 +304,14 @@ enum BenchCmd {
         #[arg(long, value_enum, default_values_t = [BenchNet::Mini, BenchNet::Deeper])]
         network: Vec<BenchNet>,
         /// Backends to time (PyTorch runs too when `--python` has torch)
-        #[arg(long, value_enum, default_values_t = [BackendArg::Native, BackendArg::Dfdx])]
-        backend: Vec<BackendArg>,
+        #[arg(long, value_enum, default_values_t = [BackendKind::Native, BackendKind::Dfdx])]
+        backend: Vec<BackendKind>,
         /// Python with torch for the comparison
         #[arg(long, default_value = "python3")]
         python: String,
         /// Device to train on
-        #[arg(long, value_enum, default_value_t = Device::Cpu)]
-        device: Device,
+        #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+        device: DeviceKind,
     },
     /// One timed run of one engine, in this process (what `bench train` runs per round);
     /// prints JSON with images/s and the peak RSS
@@ -320,7 +321,7 @@ enum BenchCmd {
         network: BenchNet,
         /// Backend
         #[arg(long, value_enum)]
-        backend: BackendArg,
+        backend: BackendKind,
         /// Batch size
         #[arg(long, default_value_t = 64)]
         batch: usize,
@@ -328,8 +329,8 @@ enum BenchCmd {
         #[arg(long, default_value_t = 5)]
         steps: usize,
         /// Device to train on
-        #[arg(long, value_enum, default_value_t = Device::Cpu)]
-        device: Device,
+        #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+        device: DeviceKind,
     },
     /// `--dry-run` of a VALUES³-point grid over the demo pipeline, every key planned:
     /// median whole-process time
@@ -386,24 +387,6 @@ enum BenchNet {
     Demo,
 }
 
-/// A training backend.
-#[derive(Clone, Copy, ValueEnum, Debug, PartialEq)]
-enum BackendArg {
-    /// Our own kernels
-    Native,
-    /// dfdx 0.13
-    Dfdx,
-}
-
-impl From<BackendArg> for pipe::backend::BackendKind {
-    fn from(b: BackendArg) -> Self {
-        match b {
-            BackendArg::Native => pipe::backend::BackendKind::Native,
-            BackendArg::Dfdx => pipe::backend::BackendKind::Dfdx,
-        }
-    }
-}
-
 impl BenchNet {
     fn name(self) -> &'static str {
         match self {
@@ -412,21 +395,6 @@ impl BenchNet {
             BenchNet::Demo => "demo",
         }
     }
-}
-
-impl From<Device> for pipe::backend::DeviceKind {
-    fn from(d: Device) -> Self {
-        match d {
-            Device::Cpu => pipe::backend::DeviceKind::Cpu,
-            Device::Cuda => pipe::backend::DeviceKind::Cuda,
-        }
-    }
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Device {
-    Cpu,
-    Cuda,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -755,17 +755,20 @@ fn winograd_error_against_the_direct_path() {
         };
         let mut xs = x.clone();
         let mut direct = vec![0f32; n * h * w * cout];
-        conv2d_forward_im2col(
-            Ptr(xs.as_mut_ptr()),
-            xv,
-            &k,
-            epi,
-            Ptr(direct.as_mut_ptr()),
-            yv,
-            &g,
-            n,
-            &ws,
-        );
+        // SAFETY: whole buffers of these shapes; x and y are distinct.
+        unsafe {
+            conv2d_forward_im2col(
+                Ptr(xs.as_mut_ptr()),
+                xv,
+                &k,
+                epi,
+                Ptr(direct.as_mut_ptr()),
+                yv,
+                &g,
+                n,
+                &ws,
+            )
+        };
         let mut u = vec![0f32; winograd::kernel_len(&g)];
         winograd::winograd_kernel(&k, cin, cout, false, &mut u, &ws);
         let mut wino = vec![0f32; n * h * w * cout];

@@ -661,12 +661,12 @@ fn the_manifest_keeps_auto_and_the_engine_settles_device_and_backend() {
     let (dev, backend) = if pipe::backend::cuda_available() {
         (
             pipe::manifest::DeviceSetting::Cuda,
-            pipe::manifest::BackendSetting::Dfdx,
+            pipe::manifest::BackendKind::Dfdx,
         )
     } else {
         (
             pipe::manifest::DeviceSetting::Cpu,
-            pipe::manifest::BackendSetting::Native,
+            pipe::manifest::BackendKind::Native,
         )
     };
     assert_eq!(t.device, Some(dev));

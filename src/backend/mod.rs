@@ -155,36 +155,7 @@ pub trait Model {
     }
 }
 
-/// Where a model computes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceKind {
-    /// The CPU (all cores).
-    #[default]
-    Cpu,
-    /// The first CUDA GPU (needs a build with the `cuda` feature).
-    Cuda,
-}
-
-/// Which implementation trains a model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendKind {
-    /// Our own kernels (`native`), the default.
-    #[default]
-    Native,
-    /// dfdx 0.13 through its public API.
-    Dfdx,
-}
-
-impl std::fmt::Display for BackendKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            BackendKind::Native => "native",
-            BackendKind::Dfdx => "dfdx",
-        })
-    }
-}
+pub use crate::manifest::{BackendKind, DeviceKind};
 
 /// Build a model with freshly initialised weights (Glorot-uniform kernels, zero biases)
 /// on the CPU with the default backend.

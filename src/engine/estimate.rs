@@ -96,7 +96,7 @@ pub fn describe(p: &Pipeline, stage: &str) -> Described {
     let kind = s.config.kind();
     let dev =
         |d: Option<crate::manifest::DeviceSetting>| d.map(|d| format!("{d:?}").to_lowercase());
-    let be = |b: Option<crate::manifest::BackendSetting>| b.map(|b| b.to_string());
+    let be = |b: Option<crate::manifest::BackendKind>| b.map(|b| b.to_string());
     let network = p.network_of(stage).map(str::to_string);
     match &s.config {
         StageConfig::Evaluate(c) => (kind, network, dev(c.device), be(c.backend)),

@@ -190,7 +190,7 @@ pub fn load_target(path: &Path, sets: &[String], project_dir: &Path) -> Result<T
 /// unset `backend` becomes `native`, except on a GPU in builds with dfdx's CUDA device
 /// (`dfdx-cuda`), where it stays `dfdx` until the native CUDA path has been measured.
 pub fn resolve_devices(p: &mut Pipeline) {
-    use manifest::{BackendSetting, DeviceSetting, StageConfig};
+    use manifest::{BackendKind, DeviceSetting, StageConfig};
     fn device(d: Option<DeviceSetting>) -> DeviceSetting {
         match d.unwrap_or_default() {
             DeviceSetting::Auto => {
@@ -207,13 +207,13 @@ pub fn resolve_devices(p: &mut Pipeline) {
             other => other,
         }
     }
-    let settle = |d: &mut Option<DeviceSetting>, b: &mut Option<BackendSetting>| {
+    let settle = |d: &mut Option<DeviceSetting>, b: &mut Option<BackendKind>| {
         let dev = device(*d);
         *d = Some(dev);
         b.get_or_insert(match dev {
             // dfdx where its CUDA device is built in (the card's engine), else native.
-            DeviceSetting::Cuda if cfg!(feature = "dfdx-cuda") => BackendSetting::Dfdx,
-            _ => BackendSetting::Native,
+            DeviceSetting::Cuda if cfg!(feature = "dfdx-cuda") => BackendKind::Dfdx,
+            _ => BackendKind::Native,
         });
     };
     for s in p.stages.values_mut() {

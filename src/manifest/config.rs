@@ -247,7 +247,7 @@ pub struct TrainConfig {
     pub device: Option<DeviceSetting>,
     /// `native` or `dfdx` (default: the pipeline's `backend`, else `native`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backend: Option<BackendSetting>,
+    pub backend: Option<BackendKind>,
 }
 
 fn default_batch() -> usize {
@@ -297,7 +297,7 @@ pub struct ContinueConfig {
     pub device: Option<DeviceSetting>,
     /// `native` or `dfdx` (default: the pipeline's `backend`, else `native`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backend: Option<BackendSetting>,
+    pub backend: Option<BackendKind>,
 }
 
 /// `kind = "evaluate"`.
@@ -318,7 +318,7 @@ pub struct EvaluateConfig {
     pub device: Option<DeviceSetting>,
     /// `native` or `dfdx` (default: the pipeline's `backend`, else `native`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backend: Option<BackendSetting>,
+    pub backend: Option<BackendKind>,
 }
 
 fn default_top_k() -> Vec<usize> {
@@ -328,11 +328,11 @@ fn default_eval_batch() -> usize {
     128
 }
 
-/// Which implementation trains and evaluates a model, as a manifest says it (the backend's
-/// own `BackendKind` is what a built model is; `stages` maps one to the other).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// Which implementation trains and evaluates a model: what a manifest, the command line
+/// and a built model all name (`backend::build_with` takes it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
-pub enum BackendSetting {
+pub enum BackendKind {
     /// Our own kernels (`src/backend/native`), the default.
     #[default]
     Native,
@@ -340,11 +340,32 @@ pub enum BackendSetting {
     Dfdx,
 }
 
-impl std::fmt::Display for BackendSetting {
+impl std::fmt::Display for BackendKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            BackendSetting::Native => "native",
-            BackendSetting::Dfdx => "dfdx",
+            BackendKind::Native => "native",
+            BackendKind::Dfdx => "dfdx",
+        })
+    }
+}
+
+/// Where a model computes: the device a [`DeviceSetting`] resolves to on this machine,
+/// and what the command line names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    /// The CPU (all cores).
+    #[default]
+    Cpu,
+    /// The first CUDA GPU (needs a build with the `cuda` feature).
+    Cuda,
+}
+
+impl std::fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Cuda => "cuda",
         })
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use indexmap::IndexMap;
 use serde::Deserialize;
 
-use super::config::{BackendSetting, DeviceSetting};
+use super::config::{BackendKind, DeviceSetting};
 use super::error::ManifestError;
 use super::model::Pipeline;
 use super::source::{display_path, read_source, Origin, Source};
@@ -31,7 +31,7 @@ struct TopLevel {
     #[serde(default)]
     device: DeviceSetting,
     #[serde(default)]
-    backend: Option<BackendSetting>,
+    backend: Option<BackendKind>,
     #[allow(dead_code)]
     stages: serde::de::IgnoredAny,
     /// Typed by `network`.

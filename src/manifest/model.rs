@@ -133,7 +133,7 @@ impl StageConfig {
     }
 
     /// The training settings of a training stage: (lr, epochs, device, backend).
-    pub fn training(&self) -> Option<(f64, usize, Option<DeviceSetting>, Option<BackendSetting>)> {
+    pub fn training(&self) -> Option<(f64, usize, Option<DeviceSetting>, Option<BackendKind>)> {
         match self {
             StageConfig::Train(t) => Some((t.lr, t.epochs, t.device, t.backend)),
             StageConfig::LrDrop(c) | StageConfig::Resume { config: c, .. } => {

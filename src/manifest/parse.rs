@@ -91,7 +91,7 @@ struct StageCx<'a> {
     body: SValue,
     seed: u64,
     device: DeviceSetting,
-    backend: Option<BackendSetting>,
+    backend: Option<BackendKind>,
     library: &'a Library,
     project_dir: &'a Path,
     inputs: &'a mut Vec<String>,
@@ -536,7 +536,7 @@ pub(crate) fn parse_stage(
     sname: &str,
     entry: &Entry,
     seed: u64,
-    (device, backend): (DeviceSetting, Option<BackendSetting>),
+    (device, backend): (DeviceSetting, Option<BackendKind>),
     library: &Library,
     project_dir: &Path,
 ) -> Result<(Stage, Vec<Origin>), ManifestError> {

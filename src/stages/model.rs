@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::batches::{make_batch, prefetched, Split};
 use crate::backend::{self, BackendKind, DeviceKind, Model, NamedTensor, Optimizer, State};
 use crate::data::checkpoint;
-use crate::manifest::{AugmentConfig, BackendSetting, DeviceSetting, MeanKind};
+use crate::manifest::{AugmentConfig, DeviceSetting, MeanKind};
 use crate::nn::graph::{Graph, Op};
 
 /// Everything needed to continue or evaluate a trained model.
@@ -95,14 +95,6 @@ pub fn device_kind(d: Option<DeviceSetting>) -> DeviceKind {
     match d {
         Some(DeviceSetting::Cuda) => DeviceKind::Cuda,
         _ => DeviceKind::Cpu,
-    }
-}
-
-/// The backend a model is built with, for a resolved backend setting.
-pub fn backend_kind(b: BackendSetting) -> BackendKind {
-    match b {
-        BackendSetting::Native => BackendKind::Native,
-        BackendSetting::Dfdx => BackendKind::Dfdx,
     }
 }
 
@@ -234,11 +226,11 @@ impl ModelArtifact {
     pub fn load(
         &self,
         device: DeviceKind,
-        backend: Option<BackendSetting>,
+        backend: Option<BackendKind>,
     ) -> Result<(Box<dyn Model>, NamedTensor)> {
         let (state, _) = self.state()?;
         let plan = &self.plan;
-        let kind = backend.map(backend_kind).unwrap_or(plan.backend);
+        let kind = backend.unwrap_or(plan.backend);
         let mut model = backend::build_with(&plan.graph, plan.seed, device, kind)?;
         model.load_state(&state)?;
         let mean = input_mean(&state, Self::STATE)?;

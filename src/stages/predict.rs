@@ -14,7 +14,7 @@ use super::model::{softmax_rows, ModelArtifact, TrainingPlan};
 use crate::backend::{DeviceKind, Model, NamedTensor};
 use crate::data::decode::{decode_file, resize_to};
 use crate::data::index::read_classes;
-use crate::manifest::{BackendSetting, ResizeFilter};
+use crate::manifest::{BackendKind, ResizeFilter};
 use crate::nn::graph::Op;
 
 /// One class as predictions name it.
@@ -58,7 +58,7 @@ impl Predictor {
         device: DeviceKind,
     ) -> Result<Predictor> {
         let artifact = ModelArtifact::open(model_dir)?;
-        let (model, mean) = artifact.load(device, Some(BackendSetting::Native))?;
+        let (model, mean) = artifact.load(device, Some(BackendKind::Native))?;
         let plan = artifact.plan;
         let (h, w) = match plan.graph.nodes.first().map(|n| &n.op) {
             Some(Op::Input { h, w, c: 3 }) => (*h as u32, *w as u32),

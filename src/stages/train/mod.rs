@@ -20,7 +20,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use super::model::{backend_kind, device_kind, ModelArtifact, TrainingPlan};
+use super::model::{device_kind, ModelArtifact, TrainingPlan};
 use super::StageCtx;
 use crate::backend::{Optimizer, State};
 use crate::data::checkpoint;
@@ -106,7 +106,7 @@ pub fn run_train(ctx: &StageCtx<'_>, c: &TrainConfig) -> Result<String> {
                 checkpoint_every: c.checkpoint_every,
                 epochs_done: 0,
                 device: device_kind(c.device),
-                backend: backend_kind(c.backend.unwrap_or_default()),
+                backend: c.backend.unwrap_or_default(),
                 device_info: String::new(),
             },
             schedule,
@@ -135,7 +135,7 @@ fn apply_overrides(plan: &mut TrainingPlan, c: &ContinueConfig) {
     }
     plan.device = device_kind(c.device);
     if let Some(b) = c.backend {
-        plan.backend = backend_kind(b);
+        plan.backend = b;
     }
 }
 

@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::{gemm, part_range, parts, Epilogue, Mat, Ptr, Real, Workspaces};
+use super::{gemm, part_range, parts, Epilogue, Mat, Out, Ptr, Real, Workspaces};
 use crate::backend::native::plan::View;
 use crate::backend::native::shared::ConvGeom;
 
@@ -172,8 +172,13 @@ unsafe fn finish_rows<T: Real>(y: Ptr<T>, yv: View, r0: usize, r1: usize, epi: E
 /// Forward: `y (n*oh*ow, cout) = epi(im2col(x) (n*oh*ow, kh*kw*cin) . w (kh*kw*cin, cout))`
 /// ([`Epilogue`]: `+ bias`, then relu); 3x3 `same` stride-1 convolutions by Winograd
 /// ([`super::winograd`]).
+///
+/// # Safety
+/// Each view lies inside the arena its pointer points into, for every row the kernel
+/// touches; while it runs no other thread or reference touches the rows it writes; an
+/// output aliases an input only where this doc says so (an in-place op).
 #[allow(clippy::too_many_arguments)]
-pub fn conv2d_forward<T: Real>(
+pub unsafe fn conv2d_forward<T: Real>(
     x: Ptr<T>,
     xv: View,
     w: &[T],
@@ -216,8 +221,13 @@ pub fn conv2d_forward<T: Real>(
 
 /// [`conv2d_forward`] without Winograd: a 1x1 stride-1 convolution as one product per
 /// chunk of rows, any other by im2col.
+///
+/// # Safety
+/// Each view lies inside the arena its pointer points into, for every row the kernel
+/// touches; while it runs no other thread or reference touches the rows it writes; an
+/// output aliases an input only where this doc says so (an in-place op).
 #[allow(clippy::too_many_arguments)]
-pub fn conv2d_forward_im2col<T: Real>(
+pub unsafe fn conv2d_forward_im2col<T: Real>(
     x: Ptr<T>,
     xv: View,
     w: &[T],
@@ -305,19 +315,25 @@ pub fn conv2d_forward_im2col<T: Real>(
 /// ([`super::winograd::winograd_kernel_grad`]). `partials` holds
 /// `parts(n) * (len(w) + cout)` values: one weight and bias gradient per image part,
 /// summed afterwards in part order.
+///
+/// # Safety
+/// Each view lies inside the arena its pointer points into, for every row the kernel
+/// touches; while it runs no other thread or reference touches the rows it writes; an
+/// output aliases an input only where this doc says so (an in-place op).
 #[allow(clippy::too_many_arguments)]
-pub fn conv2d_backward<T: Real>(
+pub unsafe fn conv2d_backward<T: Real>(
     x: Ptr<T>,
     xv: View,
     w: &[T],
     dy: Ptr<T>,
     dyv: View,
-    dx: Option<(Ptr<T>, View, bool)>,
+    dx: Option<Out<T>>,
     g: &ConvGeom,
     n: usize,
     partials: &mut [T],
     ws: &Workspaces<T>,
 ) {
+    let dx = dx.map(Out::parts);
     // The input gradient of a 3x3 `same` convolution is the `same` convolution of dy with
     // the turned kernel: Winograd computes it, and the im2col loop below only the weights'.
     let wino = dx.is_some() && super::winograd::applies(g);

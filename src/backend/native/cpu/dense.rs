@@ -1,11 +1,16 @@
 //! `dense`: `y (n, out) = x (n, in) . w (in, out) + b`, and its backward. Batches are small
 //! here (n rows), so each product is one call.
 
-use super::{gemm, Mat, Ptr, Real};
+use super::{gemm, Mat, Out, Ptr, Real};
 use crate::backend::native::plan::View;
 
 /// Forward.
-pub fn dense_forward<T: Real>(
+///
+/// # Safety
+/// Each view lies inside the arena its pointer points into, for every row the kernel
+/// touches; while it runs no other thread or reference touches the rows it writes; an
+/// output aliases an input only where this doc says so (an in-place op).
+pub unsafe fn dense_forward<T: Real>(
     x: Ptr<T>,
     xv: View,
     w: &[T],
@@ -44,18 +49,24 @@ pub fn dense_forward<T: Real>(
 }
 
 /// Backward: `dw = x^T . dy`, `db = sum of dy rows`, `dx [+]= dy . w^T`.
+///
+/// # Safety
+/// Each view lies inside the arena its pointer points into, for every row the kernel
+/// touches; while it runs no other thread or reference touches the rows it writes; an
+/// output aliases an input only where this doc says so (an in-place op).
 #[allow(clippy::too_many_arguments)]
-pub fn dense_backward<T: Real>(
+pub unsafe fn dense_backward<T: Real>(
     x: Ptr<T>,
     xv: View,
     w: &[T],
     dy: Ptr<T>,
     dyv: View,
-    dx: Option<(Ptr<T>, View, bool)>,
+    dx: Option<Out<T>>,
     n: usize,
     dw: &mut [T],
     db: Option<&mut [T]>,
 ) {
+    let dx = dx.map(Out::parts);
     let (fin, fout) = (xv.c, dyv.c);
     // SAFETY: dw is (in, out), owned here; x and dy rows are only read.
     unsafe {

@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::time::Instant;
 
 use super::{
-    conv, dense, elementwise as ew, loss, norm, pool, reduce_parts, Ptr, Real, Workspaces,
+    conv, dense, elementwise as ew, loss, norm, pool, reduce_parts, Out, Ptr, Real, Workspaces,
 };
 use crate::backend::native::plan::View;
 use crate::backend::native::shared::{ConvGeom, PoolGeom};
@@ -84,8 +84,11 @@ impl<T: Real> Cpu<'_, T> {
     }
 
     /// A gradient destination in the gradient arena.
-    fn dst(&mut self, d: Dst) -> (Ptr<T>, View, bool) {
-        (self.g(), d.v, d.acc)
+    fn dst(&mut self, d: Dst) -> Out<T> {
+        Out {
+            ptr: self.g(),
+            dst: d,
+        }
     }
 }
 
@@ -96,7 +99,9 @@ impl<T: Real> Kernels for Cpu<'_, T> {
         debug_assert_eq!(n, self.labels.len());
         let t0 = Instant::now();
         let (a, g) = (self.a(), self.g());
-        self.loss = loss::softmax_cross_entropy(a, x, self.labels, (g, dx));
+        // SAFETY: the walk hands views of this network's planned arenas, sized for the
+        // batch; no other borrow of the arenas is alive while the kernel runs.
+        self.loss = unsafe { loss::softmax_cross_entropy(a, x, self.labels, (g, dx)) };
         self.total = self.loss.0;
         self.buf.tick("loss", t0);
         Ok(())
@@ -155,7 +160,9 @@ impl<T: Real> Kernels for Cpu<'_, T> {
         let w = &self.params[node.params.kernel()];
         let bias = node.params.bias.map(|b| self.params[b].as_slice());
         let epi = super::Epilogue { bias, relu: false };
-        conv::conv2d_forward(a, x, w, epi, a, y, g, n, &self.buf.ws);
+        // SAFETY: the walk hands views of this network's planned arenas, sized for the
+        // batch; no other borrow of the arenas is alive while the kernel runs.
+        unsafe { conv::conv2d_forward(a, x, w, epi, a, y, g, n, &self.buf.ws) };
         Ok(())
     }
 
@@ -195,7 +202,9 @@ impl<T: Real> Kernels for Cpu<'_, T> {
             bias: Some(&bias),
             relu,
         };
-        conv::conv2d_forward(a, x, &folded, epi, a, y, g, n, &self.buf.ws);
+        // SAFETY: the walk hands views of this network's planned arenas, sized for the
+        // batch; no other borrow of the arenas is alive while the kernel runs.
+        unsafe { conv::conv2d_forward(a, x, &folded, epi, a, y, g, n, &self.buf.ws) };
         Ok(())
     }
 
@@ -212,18 +221,22 @@ impl<T: Real> Kernels for Cpu<'_, T> {
         let kp = node.params.kernel();
         let dx = dx.map(|d| self.dst(d));
         let buf = &mut *self.buf;
-        conv::conv2d_backward(
-            a,
-            x,
-            &self.params[kp],
-            gp,
-            dy,
-            dx,
-            g,
-            n,
-            &mut buf.partials,
-            &buf.ws,
-        );
+        // SAFETY: the walk hands views of this network's planned arenas, sized for the
+        // batch; no other borrow of the arenas is alive while the kernel runs.
+        unsafe {
+            conv::conv2d_backward(
+                a,
+                x,
+                &self.params[kp],
+                gp,
+                dy,
+                dx,
+                g,
+                n,
+                &mut buf.partials,
+                &buf.ws,
+            )
+        };
         // One weight and bias gradient per image part, summed in part order.
         let (plen, parts) = (g.k() * g.cout + g.cout, super::parts(n));
         reduce_parts(&buf.partials, plen, 0, parts, &mut self.grads[kp]);
@@ -247,22 +260,26 @@ impl<T: Real> Kernels for Cpu<'_, T> {
         let a = self.a();
         let (gamma, beta, k) = node.params.batchnorm();
         let buf = &mut *self.buf;
-        norm::batchnorm_forward_train(
-            a,
-            x,
-            a,
-            y,
-            rows,
-            &self.params[gamma],
-            &self.params[beta],
-            epsilon,
-            &mut buf.batch_mean[k],
-            &mut buf.batch_var[k],
-            &mut buf.inv_std[k],
-            &mut buf.bn_scratch,
-            &mut buf.bn_sums,
-            relu,
-        );
+        // SAFETY: the walk hands views of this network's planned arenas, sized for the
+        // batch; no other borrow of the arenas is alive while the kernel runs.
+        unsafe {
+            norm::batchnorm_forward_train(
+                a,
+                x,
+                a,
+                y,
+                rows,
+                &self.params[gamma],
+                &self.params[beta],
+                epsilon,
+                &mut buf.batch_mean[k],
+                &mut buf.batch_var[k],
+                &mut buf.inv_std[k],
+                &mut buf.bn_scratch,
+                &mut buf.bn_sums,
+                relu,
+            )
+        };
         Ok(())
     }
 
@@ -277,20 +294,24 @@ impl<T: Real> Kernels for Cpu<'_, T> {
     ) -> Result<(), Infallible> {
         let a = self.a();
         let (gamma, beta, k) = node.params.batchnorm();
-        norm::batchnorm_forward_infer(
-            a,
-            x,
-            a,
-            y,
-            rows,
-            &self.params[gamma],
-            &self.params[beta],
-            epsilon,
-            &self.running.0[k],
-            &self.running.1[k],
-            &mut self.buf.inv_std[k],
-            relu,
-        );
+        // SAFETY: the walk hands views of this network's planned arenas, sized for the
+        // batch; no other borrow of the arenas is alive while the kernel runs.
+        unsafe {
+            norm::batchnorm_forward_infer(
+                a,
+                x,
+                a,
+                y,
+                rows,
+                &self.params[gamma],
+                &self.params[beta],
+                epsilon,
+                &self.running.0[k],
+                &self.running.1[k],
+                &mut self.buf.inv_std[k],
+                relu,
+            )
+        };
         Ok(())
     }
 
@@ -313,23 +334,27 @@ impl<T: Real> Kernels for Cpu<'_, T> {
             std::mem::take(&mut self.grads[bi]),
         );
         let buf = &mut *self.buf;
-        norm::batchnorm_backward(
-            a,
-            x,
-            gp,
-            dy,
-            dx,
-            rows,
-            &self.params[gi],
-            &buf.batch_mean[k],
-            &buf.inv_std[k],
-            &mut dgamma,
-            &mut dbeta,
-            &mut buf.bn_scratch,
-            &mut buf.bn_sums,
-            &mut buf.bn_coef,
-            relu.then_some(&self.params[bi][..]),
-        );
+        // SAFETY: the walk hands views of this network's planned arenas, sized for the
+        // batch; no other borrow of the arenas is alive while the kernel runs.
+        unsafe {
+            norm::batchnorm_backward(
+                a,
+                x,
+                gp,
+                dy,
+                dx,
+                rows,
+                &self.params[gi],
+                &buf.batch_mean[k],
+                &buf.inv_std[k],
+                &mut dgamma,
+                &mut dbeta,
+                &mut buf.bn_scratch,
+                &mut buf.bn_sums,
+                &mut buf.bn_coef,
+                relu.then_some(&self.params[bi][..]),
+            )
+        };
         self.grads[gi] = dgamma;
         self.grads[bi] = dbeta;
         Ok(())
@@ -337,19 +362,25 @@ impl<T: Real> Kernels for Cpu<'_, T> {
 
     fn relu_forward(&mut self, x: View, y: View, rows: usize) -> Result<(), Infallible> {
         let a = self.a();
-        ew::relu_forward(a, x, a, y, rows);
+        // SAFETY: the walk hands views of this network's planned arenas, sized for the
+        // batch; no other borrow of the arenas is alive while the kernel runs.
+        unsafe { ew::relu_forward(a, x, a, y, rows) };
         Ok(())
     }
 
     fn relu_backward(&mut self, y: View, dy: View, dx: Dst, rows: usize) -> Result<(), Infallible> {
         let (a, gp, dx) = (self.a(), self.g(), self.dst(dx));
-        ew::relu_backward(a, y, gp, dy, dx, rows);
+        // SAFETY: the walk hands views of this network's planned arenas, sized for the
+        // batch; no other borrow of the arenas is alive while the kernel runs.
+        unsafe { ew::relu_backward(a, y, gp, dy, dx, rows) };
         Ok(())
     }
 
     fn elu_forward(&mut self, x: View, y: View, rows: usize, alpha: f64) -> Result<(), Infallible> {
         let a = self.a();
-        ew::elu_forward(a, x, a, y, rows, alpha);
+        // SAFETY: the walk hands views of this network's planned arenas, sized for the
+        // batch; no other borrow of the arenas is alive while the kernel runs.
+        unsafe { ew::elu_forward(a, x, a, y, rows, alpha) };
         Ok(())
     }
 
@@ -362,7 +393,9 @@ impl<T: Real> Kernels for Cpu<'_, T> {
         alpha: f64,
     ) -> Result<(), Infallible> {
         let (a, gp, dx) = (self.a(), self.g(), self.dst(dx));
-        ew::elu_backward(a, x, gp, dy, dx, rows, alpha);
+        // SAFETY: the walk hands views of this network's planned arenas, sized for the
+        // batch; no other borrow of the arenas is alive while the kernel runs.
+        unsafe { ew::elu_backward(a, x, gp, dy, dx, rows, alpha) };
         Ok(())
     }
 
@@ -374,7 +407,9 @@ impl<T: Real> Kernels for Cpu<'_, T> {
         n: usize,
     ) -> Result<(), Infallible> {
         let a = self.a();
-        pool::maxpool_forward(a, x, a, y, g, n);
+        // SAFETY: the walk hands views of this network's planned arenas, sized for the
+        // batch; no other borrow of the arenas is alive while the kernel runs.
+        unsafe { pool::maxpool_forward(a, x, a, y, g, n) };
         Ok(())
     }
 
@@ -388,7 +423,9 @@ impl<T: Real> Kernels for Cpu<'_, T> {
         n: usize,
     ) -> Result<(), Infallible> {
         let (a, gp, dx) = (self.a(), self.g(), self.dst(dx));
-        pool::maxpool_backward(a, x, a, y, gp, dy, dx, g, n, &self.buf.ws);
+        // SAFETY: the walk hands views of this network's planned arenas, sized for the
+        // batch; no other borrow of the arenas is alive while the kernel runs.
+        unsafe { pool::maxpool_backward(a, x, a, y, gp, dy, dx, g, n, &self.buf.ws) };
         Ok(())
     }
 
@@ -400,7 +437,9 @@ impl<T: Real> Kernels for Cpu<'_, T> {
         n: usize,
     ) -> Result<(), Infallible> {
         let a = self.a();
-        pool::avgpool_forward(a, x, a, y, g, n);
+        // SAFETY: the walk hands views of this network's planned arenas, sized for the
+        // batch; no other borrow of the arenas is alive while the kernel runs.
+        unsafe { pool::avgpool_forward(a, x, a, y, g, n) };
         Ok(())
     }
 
@@ -412,19 +451,25 @@ impl<T: Real> Kernels for Cpu<'_, T> {
         n: usize,
     ) -> Result<(), Infallible> {
         let (gp, dx) = (self.g(), self.dst(dx));
-        pool::avgpool_backward(gp, dy, dx, g, n);
+        // SAFETY: the walk hands views of this network's planned arenas, sized for the
+        // batch; no other borrow of the arenas is alive while the kernel runs.
+        unsafe { pool::avgpool_backward(gp, dy, dx, g, n) };
         Ok(())
     }
 
     fn global_avgpool_forward(&mut self, x: View, y: View, n: usize) -> Result<(), Infallible> {
         let a = self.a();
-        pool::global_avgpool_forward(a, x, a, y, n);
+        // SAFETY: the walk hands views of this network's planned arenas, sized for the
+        // batch; no other borrow of the arenas is alive while the kernel runs.
+        unsafe { pool::global_avgpool_forward(a, x, a, y, n) };
         Ok(())
     }
 
     fn global_avgpool_backward(&mut self, dy: View, dx: Dst, n: usize) -> Result<(), Infallible> {
         let (gp, dx) = (self.g(), self.dst(dx));
-        pool::global_avgpool_backward(gp, dy, dx, n);
+        // SAFETY: the walk hands views of this network's planned arenas, sized for the
+        // batch; no other borrow of the arenas is alive while the kernel runs.
+        unsafe { pool::global_avgpool_backward(gp, dy, dx, n) };
         Ok(())
     }
 
@@ -436,7 +481,9 @@ impl<T: Real> Kernels for Cpu<'_, T> {
         rows: usize,
     ) -> Result<(), Infallible> {
         let a = self.a();
-        ew::dropout_forward(a, x, Ptr(a.0.wrapping_add(mask)), a, y, rows);
+        // SAFETY: the walk hands views of this network's planned arenas, sized for the
+        // batch; no other borrow of the arenas is alive while the kernel runs.
+        unsafe { ew::dropout_forward(a, x, Ptr(a.0.wrapping_add(mask)), a, y, rows) };
         Ok(())
     }
 
@@ -448,14 +495,20 @@ impl<T: Real> Kernels for Cpu<'_, T> {
         rows: usize,
     ) -> Result<(), Infallible> {
         let (a, gp, dx) = (self.a(), self.g(), self.dst(dx));
-        ew::dropout_backward(Ptr(a.0.wrapping_add(mask)), gp, dy, dx, rows);
+        // SAFETY: the walk hands views of this network's planned arenas, sized for the
+        // batch; no other borrow of the arenas is alive while the kernel runs.
+        unsafe { ew::dropout_backward(Ptr(a.0.wrapping_add(mask)), gp, dy, dx, rows) };
         Ok(())
     }
 
     fn flatten_forward(&mut self, x: View, y: View, n: usize) -> Result<(), Infallible> {
         let a = self.a();
+        let y = Out {
+            ptr: a,
+            dst: Dst { v: y, acc: false },
+        };
         // SAFETY: flatten's output is its own buffer (flatten never aliases).
-        unsafe { ew::reshape_rows(a, x, (a, y, false), n) };
+        unsafe { ew::reshape_rows(a, x, y, n) };
         Ok(())
     }
 
@@ -476,7 +529,9 @@ impl<T: Real> Kernels for Cpu<'_, T> {
         let a = self.a();
         let w = &self.params[node.params.kernel()];
         let b = node.params.bias.map(|b| self.params[b].as_slice());
-        dense::dense_forward(a, x, w, b, a, y, n);
+        // SAFETY: the walk hands views of this network's planned arenas, sized for the
+        // batch; no other borrow of the arenas is alive while the kernel runs.
+        unsafe { dense::dense_forward(a, x, w, b, a, y, n) };
         Ok(())
     }
 
@@ -493,17 +548,21 @@ impl<T: Real> Kernels for Cpu<'_, T> {
         let kp = node.params.kernel();
         let mut dw = std::mem::take(&mut self.grads[kp]);
         let mut db = node.params.bias.map(|b| std::mem::take(&mut self.grads[b]));
-        dense::dense_backward(
-            a,
-            x,
-            &self.params[kp],
-            gp,
-            dy,
-            dx,
-            n,
-            &mut dw,
-            db.as_deref_mut(),
-        );
+        // SAFETY: the walk hands views of this network's planned arenas, sized for the
+        // batch; no other borrow of the arenas is alive while the kernel runs.
+        unsafe {
+            dense::dense_backward(
+                a,
+                x,
+                &self.params[kp],
+                gp,
+                dy,
+                dx,
+                n,
+                &mut dw,
+                db.as_deref_mut(),
+            )
+        };
         self.grads[kp] = dw;
         if let (Some(b), Some(db)) = (node.params.bias, db) {
             self.grads[b] = db;
@@ -513,7 +572,9 @@ impl<T: Real> Kernels for Cpu<'_, T> {
 
     fn add_forward(&mut self, a: View, b: View, y: View, rows: usize) -> Result<(), Infallible> {
         let p = self.a();
-        ew::add_forward((p, a), (p, b), (p, y), rows);
+        // SAFETY: the walk hands views of this network's planned arenas, sized for the
+        // batch; no other borrow of the arenas is alive while the kernel runs.
+        unsafe { ew::add_forward((p, a), (p, b), (p, y), rows) };
         Ok(())
     }
 
@@ -528,13 +589,17 @@ impl<T: Real> Kernels for Cpu<'_, T> {
             Arena::Act => self.a(),
             Arena::Grad => self.g(),
         };
-        ew::copy_rows(p, src, (p, dst.v, dst.acc), rows);
+        // SAFETY: the walk hands views of this network's planned arenas, sized for the
+        // batch; no other borrow of the arenas is alive while the kernel runs.
+        unsafe { ew::copy_rows(p, src, Out { ptr: p, dst }, rows) };
         Ok(())
     }
 
     fn softmax_forward(&mut self, x: View, y: View, rows: usize) -> Result<(), Infallible> {
         let a = self.a();
-        ew::softmax_forward(a, x, a, y, rows);
+        // SAFETY: the walk hands views of this network's planned arenas, sized for the
+        // batch; no other borrow of the arenas is alive while the kernel runs.
+        unsafe { ew::softmax_forward(a, x, a, y, rows) };
         Ok(())
     }
 
@@ -546,7 +611,9 @@ impl<T: Real> Kernels for Cpu<'_, T> {
         rows: usize,
     ) -> Result<(), Infallible> {
         let (a, gp, dx) = (self.a(), self.g(), self.dst(dx));
-        ew::softmax_backward(a, y, gp, dy, dx, rows);
+        // SAFETY: the walk hands views of this network's planned arenas, sized for the
+        // batch; no other borrow of the arenas is alive while the kernel runs.
+        unsafe { ew::softmax_backward(a, y, gp, dy, dx, rows) };
         Ok(())
     }
 }

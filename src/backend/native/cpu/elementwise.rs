@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use super::{Ptr, Real};
+use super::{Out, Ptr, Real};
 use crate::backend::native::plan::View;
 
 /// Rows per task.
@@ -57,7 +57,12 @@ unsafe fn zip_rows<T: Real>(
 }
 
 /// `y = max(x, 0)`.
-pub fn relu_forward<T: Real>(x: Ptr<T>, xv: View, y: Ptr<T>, yv: View, rows: usize) {
+///
+/// # Safety
+/// Each view lies inside the arena its pointer points into, for every row the kernel
+/// touches; while it runs no other thread or reference touches the rows it writes; an
+/// output aliases an input only where this doc says so (an in-place op).
+pub unsafe fn relu_forward<T: Real>(x: Ptr<T>, xv: View, y: Ptr<T>, yv: View, rows: usize) {
     // SAFETY: arena views of `rows` rows; in place only as the same view.
     unsafe {
         zip_rows(rows, (x, xv), (x, xv), (y, yv, false), |v, _| {
@@ -67,14 +72,20 @@ pub fn relu_forward<T: Real>(x: Ptr<T>, xv: View, y: Ptr<T>, yv: View, rows: usi
 }
 
 /// `dx [+]= dy * (y > 0)` (from the output, so it also works in place).
-pub fn relu_backward<T: Real>(
+///
+/// # Safety
+/// Each view lies inside the arena its pointer points into, for every row the kernel
+/// touches; while it runs no other thread or reference touches the rows it writes; an
+/// output aliases an input only where this doc says so (an in-place op).
+pub unsafe fn relu_backward<T: Real>(
     y: Ptr<T>,
     yv: View,
     dy: Ptr<T>,
     dyv: View,
-    dx: (Ptr<T>, View, bool),
+    dx: Out<T>,
     rows: usize,
 ) {
+    let dx = dx.parts();
     // SAFETY: as above.
     unsafe {
         zip_rows(rows, (y, yv), (dy, dyv), dx, |y, d| {
@@ -88,7 +99,19 @@ pub fn relu_backward<T: Real>(
 }
 
 /// `y = x if x > 0 else alpha * (exp(x) - 1)`.
-pub fn elu_forward<T: Real>(x: Ptr<T>, xv: View, y: Ptr<T>, yv: View, rows: usize, alpha: f64) {
+///
+/// # Safety
+/// Each view lies inside the arena its pointer points into, for every row the kernel
+/// touches; while it runs no other thread or reference touches the rows it writes; an
+/// output aliases an input only where this doc says so (an in-place op).
+pub unsafe fn elu_forward<T: Real>(
+    x: Ptr<T>,
+    xv: View,
+    y: Ptr<T>,
+    yv: View,
+    rows: usize,
+    alpha: f64,
+) {
     let a = super::r::<T>(alpha);
     // SAFETY: as above.
     unsafe {
@@ -103,16 +126,22 @@ pub fn elu_forward<T: Real>(x: Ptr<T>, xv: View, y: Ptr<T>, yv: View, rows: usiz
 }
 
 /// `dx [+]= dy if x > 0 else dy * alpha * exp(x)`.
+///
+/// # Safety
+/// Each view lies inside the arena its pointer points into, for every row the kernel
+/// touches; while it runs no other thread or reference touches the rows it writes; an
+/// output aliases an input only where this doc says so (an in-place op).
 #[allow(clippy::too_many_arguments)]
-pub fn elu_backward<T: Real>(
+pub unsafe fn elu_backward<T: Real>(
     x: Ptr<T>,
     xv: View,
     dy: Ptr<T>,
     dyv: View,
-    dx: (Ptr<T>, View, bool),
+    dx: Out<T>,
     rows: usize,
     alpha: f64,
 ) {
+    let dx = dx.parts();
     let a = super::r::<T>(alpha);
     // SAFETY: as above.
     unsafe {
@@ -127,7 +156,12 @@ pub fn elu_backward<T: Real>(
 }
 
 /// `y = x * mask` (the mask holds 0 or 1/keep, row-major (rows, C)).
-pub fn dropout_forward<T: Real>(
+///
+/// # Safety
+/// Each view lies inside the arena its pointer points into, for every row the kernel
+/// touches; while it runs no other thread or reference touches the rows it writes; an
+/// output aliases an input only where this doc says so (an in-place op).
+pub unsafe fn dropout_forward<T: Real>(
     x: Ptr<T>,
     xv: View,
     mask: Ptr<T>,
@@ -146,13 +180,19 @@ pub fn dropout_forward<T: Real>(
 }
 
 /// `dx [+]= dy * mask`.
-pub fn dropout_backward<T: Real>(
+///
+/// # Safety
+/// Each view lies inside the arena its pointer points into, for every row the kernel
+/// touches; while it runs no other thread or reference touches the rows it writes; an
+/// output aliases an input only where this doc says so (an in-place op).
+pub unsafe fn dropout_backward<T: Real>(
     mask: Ptr<T>,
     dy: Ptr<T>,
     dyv: View,
-    dx: (Ptr<T>, View, bool),
+    dx: Out<T>,
     rows: usize,
 ) {
+    let dx = dx.parts();
     let mv = View {
         off: 0,
         ld: dyv.c,
@@ -164,13 +204,29 @@ pub fn dropout_backward<T: Real>(
 }
 
 /// `y [+]= x` (a copy, or an accumulation of a gradient).
-pub fn copy_rows<T: Real>(x: Ptr<T>, xv: View, y: (Ptr<T>, View, bool), rows: usize) {
+///
+/// # Safety
+/// Each view lies inside the arena its pointer points into, for every row the kernel
+/// touches; while it runs no other thread or reference touches the rows it writes; an
+/// output aliases an input only where this doc says so (an in-place op).
+pub unsafe fn copy_rows<T: Real>(x: Ptr<T>, xv: View, y: Out<T>, rows: usize) {
+    let y = y.parts();
     // SAFETY: as above.
     unsafe { zip_rows(rows, (x, xv), (x, xv), y, |v, _| v) }
 }
 
 /// `y = a + b`.
-pub fn add_forward<T: Real>(a: (Ptr<T>, View), b: (Ptr<T>, View), y: (Ptr<T>, View), rows: usize) {
+///
+/// # Safety
+/// Each view lies inside the arena its pointer points into, for every row the kernel
+/// touches; while it runs no other thread or reference touches the rows it writes; an
+/// output aliases an input only where this doc says so (an in-place op).
+pub unsafe fn add_forward<T: Real>(
+    a: (Ptr<T>, View),
+    b: (Ptr<T>, View),
+    y: (Ptr<T>, View),
+    rows: usize,
+) {
     // SAFETY: as above.
     unsafe { zip_rows(rows, a, b, (y.0, y.1, false), |u, v| u + v) }
 }
@@ -181,7 +237,8 @@ pub fn add_forward<T: Real>(a: (Ptr<T>, View), b: (Ptr<T>, View), y: (Ptr<T>, Vi
 /// # Safety
 /// `src` holds `n` images of `sv`, `dst` `n` images of `dv`, with the same number of values
 /// per image; they do not overlap.
-pub unsafe fn reshape_rows<T: Real>(src: Ptr<T>, sv: View, dst: (Ptr<T>, View, bool), n: usize) {
+pub unsafe fn reshape_rows<T: Real>(src: Ptr<T>, sv: View, dst: Out<T>, n: usize) {
+    let dst = dst.parts();
     let (dp, dv, acc) = dst;
     (0..n).into_par_iter().for_each(|b| {
         let mut i = 0;
@@ -203,7 +260,12 @@ pub unsafe fn reshape_rows<T: Real>(src: Ptr<T>, sv: View, dst: (Ptr<T>, View, b
 }
 
 /// Mid-network softmax forward: `y = exp(x - max) / sum` per row.
-pub fn softmax_forward<T: Real>(x: Ptr<T>, xv: View, y: Ptr<T>, yv: View, rows: usize) {
+///
+/// # Safety
+/// Each view lies inside the arena its pointer points into, for every row the kernel
+/// touches; while it runs no other thread or reference touches the rows it writes; an
+/// output aliases an input only where this doc says so (an in-place op).
+pub unsafe fn softmax_forward<T: Real>(x: Ptr<T>, xv: View, y: Ptr<T>, yv: View, rows: usize) {
     par_rows(rows, |r| {
         // SAFETY: this row belongs to this task; x and y are different nodes.
         let (xr, yr) = unsafe { (x.row(xv, r), y.row_mut(yv, r)) };
@@ -218,14 +280,20 @@ pub fn softmax_forward<T: Real>(x: Ptr<T>, xv: View, y: Ptr<T>, yv: View, rows: 
 }
 
 /// Mid-network softmax backward: `dx [+]= y * (dy - sum(dy * y))` per row.
-pub fn softmax_backward<T: Real>(
+///
+/// # Safety
+/// Each view lies inside the arena its pointer points into, for every row the kernel
+/// touches; while it runs no other thread or reference touches the rows it writes; an
+/// output aliases an input only where this doc says so (an in-place op).
+pub unsafe fn softmax_backward<T: Real>(
     y: Ptr<T>,
     yv: View,
     dy: Ptr<T>,
     dyv: View,
-    dx: (Ptr<T>, View, bool),
+    dx: Out<T>,
     rows: usize,
 ) {
+    let dx = dx.parts();
     let (dxp, dxv, acc) = dx;
     par_rows(rows, |r| {
         // SAFETY: row r belongs to this task; dx is another node's gradient.

@@ -5,7 +5,12 @@ use crate::backend::native::plan::View;
 
 /// Mean cross-entropy of `softmax(logits)` against integer labels; writes
 /// `dlogits = (softmax - onehot) / n` and returns (loss, correct arg-max predictions).
-pub fn softmax_cross_entropy<T: Real>(
+///
+/// # Safety
+/// Each view lies inside the arena its pointer points into, for every row the kernel
+/// touches; while it runs no other thread or reference touches the rows it writes; an
+/// output aliases an input only where this doc says so (an in-place op).
+pub unsafe fn softmax_cross_entropy<T: Real>(
     logits: Ptr<T>,
     lv: View,
     labels: &[i64],

@@ -22,6 +22,7 @@ use std::ops::{AddAssign, MulAssign, SubAssign};
 use std::sync::Mutex;
 
 use super::plan::View;
+use super::walk::Dst;
 
 /// The element types the kernels run in: f32 to train, f64 for gradient checks.
 pub trait Real:
@@ -252,6 +253,23 @@ pub struct Ptr<T>(pub *mut T);
 unsafe impl<T> Send for Ptr<T> {}
 // SAFETY: as above; shared reads never overlap a concurrent write.
 unsafe impl<T> Sync for Ptr<T> {}
+
+/// Where a kernel writes a gradient: a pointer into an arena and the walk's [`Dst`] (the
+/// view, and whether to add into it or overwrite it).
+#[derive(Clone, Copy, Debug)]
+pub struct Out<T> {
+    /// The arena.
+    pub ptr: Ptr<T>,
+    /// The view in it, and whether to accumulate.
+    pub dst: Dst,
+}
+
+impl<T> Out<T> {
+    /// (pointer, view, accumulate): what the loops inside a kernel take apart.
+    pub fn parts(self) -> (Ptr<T>, View, bool) {
+        (self.ptr, self.dst.v, self.dst.acc)
+    }
+}
 
 // SAFETY: a matrix operand is only read, by the task it was made for.
 unsafe impl<T> Send for Mat<T> {}

@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::{Ptr, Real};
+use super::{Out, Ptr, Real};
 use crate::backend::native::plan::View;
 
 /// Rows per block of a batch-norm sum.
@@ -58,8 +58,13 @@ fn block_sums<const L: usize>(
 /// biased mean and variance over the `rows` rows of `x` (rows, C). Returns them in `mean`
 /// and `var`, and 1/sqrt(var + eps) in `inv_std`. With `relu`, `y = max(y, 0)` in the
 /// same pass (a following in-place relu, fused).
+///
+/// # Safety
+/// Each view lies inside the arena its pointer points into, for every row the kernel
+/// touches; while it runs no other thread or reference touches the rows it writes; an
+/// output aliases an input only where this doc says so (an in-place op).
 #[allow(clippy::too_many_arguments)]
-pub fn batchnorm_forward_train<T: Real>(
+pub unsafe fn batchnorm_forward_train<T: Real>(
     x: Ptr<T>,
     xv: View,
     y: Ptr<T>,
@@ -107,8 +112,13 @@ pub fn batchnorm_forward_train<T: Real>(
 }
 
 /// Inference forward with running statistics (and `relu` as in training).
+///
+/// # Safety
+/// Each view lies inside the arena its pointer points into, for every row the kernel
+/// touches; while it runs no other thread or reference touches the rows it writes; an
+/// output aliases an input only where this doc says so (an in-place op).
 #[allow(clippy::too_many_arguments)]
-pub fn batchnorm_forward_infer<T: Real>(
+pub unsafe fn batchnorm_forward_infer<T: Real>(
     x: Ptr<T>,
     xv: View,
     y: Ptr<T>,
@@ -176,13 +186,18 @@ fn normalize<T: Real>(
 /// `dx [+]= gamma * inv_std * (dy - dbeta/N - xhat * dgamma/N)` with `xhat` recomputed
 /// from `x`, `mean` and `inv_std`, as `a * dy + b * (x - mean) + c` with per-channel
 /// coefficients (worked out in f64 once, into `coef`: 3 * C values).
+///
+/// # Safety
+/// Each view lies inside the arena its pointer points into, for every row the kernel
+/// touches; while it runs no other thread or reference touches the rows it writes; an
+/// output aliases an input only where this doc says so (an in-place op).
 #[allow(clippy::too_many_arguments)]
-pub fn batchnorm_backward<T: Real>(
+pub unsafe fn batchnorm_backward<T: Real>(
     x: Ptr<T>,
     xv: View,
     dy: Ptr<T>,
     dyv: View,
-    dx: Option<(Ptr<T>, View, bool)>,
+    dx: Option<Out<T>>,
     rows: usize,
     gamma: &[T],
     mean: &[T],
@@ -194,6 +209,7 @@ pub fn batchnorm_backward<T: Real>(
     coef: &mut [T],
     relu: Option<&[T]>,
 ) {
+    let dx = dx.map(Out::parts);
     let c = xv.c;
     let s = &mut sums[..c];
     let (m, is, ga) = (&mean[..c], &inv_std[..c], &gamma[..c]);

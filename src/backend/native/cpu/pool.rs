@@ -7,7 +7,7 @@
 
 use rayon::prelude::*;
 
-use super::{Ptr, Real};
+use super::{Out, Ptr, Real};
 use crate::backend::native::plan::View;
 use crate::backend::native::shared::PoolGeom;
 
@@ -30,7 +30,19 @@ impl PoolGeom {
 }
 
 /// Max pooling forward: `y[b, oy, ox, c] = max over the window of x[b, iy, ix, c]`.
-pub fn maxpool_forward<T: Real>(x: Ptr<T>, xv: View, y: Ptr<T>, yv: View, g: &PoolGeom, n: usize) {
+///
+/// # Safety
+/// Each view lies inside the arena its pointer points into, for every row the kernel
+/// touches; while it runs no other thread or reference touches the rows it writes; an
+/// output aliases an input only where this doc says so (an in-place op).
+pub unsafe fn maxpool_forward<T: Real>(
+    x: Ptr<T>,
+    xv: View,
+    y: Ptr<T>,
+    yv: View,
+    g: &PoolGeom,
+    n: usize,
+) {
     let (ihw, ohw) = (g.h * g.w, g.oh * g.ow);
     (0..n).into_par_iter().for_each(|b| {
         super::simd(
@@ -56,19 +68,25 @@ pub fn maxpool_forward<T: Real>(x: Ptr<T>, xv: View, y: Ptr<T>, yv: View, g: &Po
 
 /// Max pooling backward: `dx [+]= dy / ties` at each tap of a window equal to its output.
 /// `ws` lends each image's task 2*C values (tie counts and shares).
+///
+/// # Safety
+/// Each view lies inside the arena its pointer points into, for every row the kernel
+/// touches; while it runs no other thread or reference touches the rows it writes; an
+/// output aliases an input only where this doc says so (an in-place op).
 #[allow(clippy::too_many_arguments)]
-pub fn maxpool_backward<T: Real>(
+pub unsafe fn maxpool_backward<T: Real>(
     x: Ptr<T>,
     xv: View,
     y: Ptr<T>,
     yv: View,
     dy: Ptr<T>,
     dyv: View,
-    dx: (Ptr<T>, View, bool),
+    dx: Out<T>,
     g: &PoolGeom,
     n: usize,
     ws: &super::Workspaces<T>,
 ) {
+    let dx = dx.parts();
     let (ihw, ohw) = (g.h * g.w, g.oh * g.ow);
     let (dxp, dxv, acc) = dx;
     let c = yv.c;
@@ -117,7 +135,19 @@ pub fn maxpool_backward<T: Real>(
 }
 
 /// Average pooling forward: `y = sum over the window's valid taps of x / their count`.
-pub fn avgpool_forward<T: Real>(x: Ptr<T>, xv: View, y: Ptr<T>, yv: View, g: &PoolGeom, n: usize) {
+///
+/// # Safety
+/// Each view lies inside the arena its pointer points into, for every row the kernel
+/// touches; while it runs no other thread or reference touches the rows it writes; an
+/// output aliases an input only where this doc says so (an in-place op).
+pub unsafe fn avgpool_forward<T: Real>(
+    x: Ptr<T>,
+    xv: View,
+    y: Ptr<T>,
+    yv: View,
+    g: &PoolGeom,
+    n: usize,
+) {
     let (ihw, ohw) = (g.h * g.w, g.oh * g.ow);
     (0..n).into_par_iter().for_each(|b| {
         super::simd(
@@ -145,13 +175,13 @@ pub fn avgpool_forward<T: Real>(x: Ptr<T>, xv: View, y: Ptr<T>, yv: View, g: &Po
 }
 
 /// Average pooling backward: `dx [+]= dy / count` at every valid tap of each window.
-pub fn avgpool_backward<T: Real>(
-    dy: Ptr<T>,
-    dyv: View,
-    dx: (Ptr<T>, View, bool),
-    g: &PoolGeom,
-    n: usize,
-) {
+///
+/// # Safety
+/// Each view lies inside the arena its pointer points into, for every row the kernel
+/// touches; while it runs no other thread or reference touches the rows it writes; an
+/// output aliases an input only where this doc says so (an in-place op).
+pub unsafe fn avgpool_backward<T: Real>(dy: Ptr<T>, dyv: View, dx: Out<T>, g: &PoolGeom, n: usize) {
+    let dx = dx.parts();
     let (ihw, ohw) = (g.h * g.w, g.oh * g.ow);
     let (dxp, dxv, acc) = dx;
     (0..n).into_par_iter().for_each(|b| {
@@ -184,7 +214,12 @@ pub fn avgpool_backward<T: Real>(
 }
 
 /// Global average pooling forward: (n*hw, C) -> (n, C), the mean over each image's rows.
-pub fn global_avgpool_forward<T: Real>(x: Ptr<T>, xv: View, y: Ptr<T>, yv: View, n: usize) {
+///
+/// # Safety
+/// Each view lies inside the arena its pointer points into, for every row the kernel
+/// touches; while it runs no other thread or reference touches the rows it writes; an
+/// output aliases an input only where this doc says so (an in-place op).
+pub unsafe fn global_avgpool_forward<T: Real>(x: Ptr<T>, xv: View, y: Ptr<T>, yv: View, n: usize) {
     let inv = super::r::<T>(1.0 / xv.hw as f64);
     (0..n).into_par_iter().for_each(|b| {
         super::simd(
@@ -205,7 +240,13 @@ pub fn global_avgpool_forward<T: Real>(x: Ptr<T>, xv: View, y: Ptr<T>, yv: View,
 }
 
 /// Global average pooling backward: `dx[b, r, c] [+]= dy[b, c] / hw`.
-pub fn global_avgpool_backward<T: Real>(dy: Ptr<T>, dyv: View, dx: (Ptr<T>, View, bool), n: usize) {
+///
+/// # Safety
+/// Each view lies inside the arena its pointer points into, for every row the kernel
+/// touches; while it runs no other thread or reference touches the rows it writes; an
+/// output aliases an input only where this doc says so (an in-place op).
+pub unsafe fn global_avgpool_backward<T: Real>(dy: Ptr<T>, dyv: View, dx: Out<T>, n: usize) {
+    let dx = dx.parts();
     let (dxp, dxv, acc) = dx;
     let inv = super::r::<T>(1.0 / dxv.hw as f64);
     (0..n).into_par_iter().for_each(|b| {

@@ -24,7 +24,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::super::cpu::pool;
-use super::super::cpu::{elementwise as ew, loss, Ptr, Workspaces};
+use super::super::cpu::{elementwise as ew, loss, Out, Ptr, Workspaces};
 use super::super::plan::View;
 use super::super::shared::{ConvGeom, PoolGeom};
 use super::kernels;
@@ -152,6 +152,14 @@ fn harness() -> Result<Launch, String> {
         // SAFETY: the address of `emu_launch`, whose C signature is `Launch`.
         Ok(f) => Ok(unsafe { std::mem::transmute::<usize, Launch>(*f) }),
         Err(e) => Err(e.clone()),
+    }
+}
+
+/// A CPU kernel's gradient destination in a test's own vector.
+fn out(ptr: Ptr<f32>, v: View, acc: bool) -> Out<f32> {
+    Out {
+        ptr,
+        dst: crate::backend::native::walk::Dst { v, acc },
     }
 }
 
@@ -310,9 +318,11 @@ fn pools_match_the_cpu_kernels_ties_padding_and_strides_included() {
             }
             let (xp, ycp) = (Ptr(x.as_mut_ptr()), Ptr(yc.as_mut_ptr()));
             if max {
-                pool::maxpool_forward(xp, xv, ycp, yv, &pg, n);
+                // SAFETY: the views lie in this test's own vectors, which nothing else touches.
+                unsafe { pool::maxpool_forward(xp, xv, ycp, yv, &pg, n) };
             } else {
-                pool::avgpool_forward(xp, xv, ycp, yv, &pg, n);
+                // SAFETY: the views lie in this test's own vectors, which nothing else touches.
+                unsafe { pool::avgpool_forward(xp, xv, ycp, yv, &pg, n) };
             }
             close(&yg, &yc, 1e-6, &format!("{fwd} {what}"));
             // Backward into a strided dx, overwriting and accumulating.
@@ -330,27 +340,33 @@ fn pools_match_the_cpu_kernels_ties_padding_and_strides_included() {
                 if max {
                     let (xm, ym) = (dm(&mut x, ld, c), dm(&mut yc, c, c));
                     launch::maxpool_backward(&f, xm, ym, dym, dxm, arg, acc).unwrap();
-                    pool::maxpool_backward(
-                        Ptr(x.as_mut_ptr()),
-                        xv,
-                        Ptr(yc.as_mut_ptr()),
-                        yv,
-                        Ptr(dy.as_mut_ptr()),
-                        yv,
-                        (Ptr(dxc.as_mut_ptr()), dxv, acc),
-                        &pg,
-                        n,
-                        &Workspaces::default(),
-                    );
+                    // SAFETY: the views lie in this test's own vectors, which nothing else touches.
+                    unsafe {
+                        pool::maxpool_backward(
+                            Ptr(x.as_mut_ptr()),
+                            xv,
+                            Ptr(yc.as_mut_ptr()),
+                            yv,
+                            Ptr(dy.as_mut_ptr()),
+                            yv,
+                            out(Ptr(dxc.as_mut_ptr()), dxv, acc),
+                            &pg,
+                            n,
+                            &Workspaces::default(),
+                        )
+                    };
                 } else {
                     launch::avgpool_backward(&f, dym, dxm, arg, acc).unwrap();
-                    pool::avgpool_backward(
-                        Ptr(dy.as_mut_ptr()),
-                        yv,
-                        (Ptr(dxc.as_mut_ptr()), dxv, acc),
-                        &pg,
-                        n,
-                    );
+                    // SAFETY: the views lie in this test's own vectors, which nothing else touches.
+                    unsafe {
+                        pool::avgpool_backward(
+                            Ptr(dy.as_mut_ptr()),
+                            yv,
+                            out(Ptr(dxc.as_mut_ptr()), dxv, acc),
+                            &pg,
+                            n,
+                        )
+                    };
                 }
                 // Channels past c (the stride's gap) are untouched by both.
                 close(&dxg, &dxc, 1e-5, &format!("{bwd} {what} acc={acc}"));
@@ -369,19 +385,23 @@ fn pools_match_the_cpu_kernels_ties_padding_and_strides_included() {
     };
     let (mut yg, mut yc) = (vec![0f32; n * c], vec![0f32; n * c]);
     launch::global_avgpool_forward(&f, dm(&mut x, ld, c), dm(&mut yg, c, c), n, hw).unwrap();
-    pool::global_avgpool_forward(Ptr(x.as_mut_ptr()), xv, Ptr(yc.as_mut_ptr()), yv, n);
+    // SAFETY: the views lie in this test's own vectors, which nothing else touches.
+    unsafe { pool::global_avgpool_forward(Ptr(x.as_mut_ptr()), xv, Ptr(yc.as_mut_ptr()), yv, n) };
     close(&yg, &yc, 1e-6, "global_avgpool_forward");
     let mut dy = rand_vec(&mut rng, n * c, false);
     let start = rand_vec(&mut rng, n * hw * ld, false);
     let (mut dxg, mut dxc) = (start.clone(), start);
     let (dym, dxm) = (dm(&mut dy, c, c), dm(&mut dxg, ld, c));
     launch::global_avgpool_backward(&f, dym, dxm, n, hw, true).unwrap();
-    pool::global_avgpool_backward(
-        Ptr(dy.as_mut_ptr()),
-        yv,
-        (Ptr(dxc.as_mut_ptr()), xv, true),
-        n,
-    );
+    // SAFETY: the views lie in this test's own vectors, which nothing else touches.
+    unsafe {
+        pool::global_avgpool_backward(
+            Ptr(dy.as_mut_ptr()),
+            yv,
+            out(Ptr(dxc.as_mut_ptr()), xv, true),
+            n,
+        )
+    };
     close(&dxg, &dxc, 1e-6, "global_avgpool_backward");
 }
 
@@ -407,8 +427,10 @@ fn loss_bias_and_optimizer_kernels_match_the_cpu() {
         c: k,
         hw: 1,
     };
-    let (ce, correct) =
-        loss::softmax_cross_entropy(Ptr(x.as_mut_ptr()), v, &labels, (Ptr(dc.as_mut_ptr()), v));
+    // SAFETY: both views lie in their live vectors, which nothing else touches.
+    let (ce, correct) = unsafe {
+        loss::softmax_cross_entropy(Ptr(x.as_mut_ptr()), v, &labels, (Ptr(dc.as_mut_ptr()), v))
+    };
     close(&dg, &dc, 1e-6, "dlogits");
     assert!(
         (stats[0] / n as f32 - ce).abs() < 1e-5,
@@ -539,17 +561,21 @@ fn elementwise_kernels_match_the_cpu_in_place_and_strided() {
         let (mut yg, mut yc) = (start.clone(), start);
         if let Some(a) = alpha {
             launch::elu_forward(&f, mx(&mut x), my(&mut yg), rows, a).unwrap();
-            ew::elu_forward(
-                Ptr(x.as_mut_ptr()),
-                xv,
-                Ptr(yc.as_mut_ptr()),
-                yv,
-                rows,
-                a as f64,
-            );
+            // SAFETY: the views lie in this test's own vectors, which nothing else touches.
+            unsafe {
+                ew::elu_forward(
+                    Ptr(x.as_mut_ptr()),
+                    xv,
+                    Ptr(yc.as_mut_ptr()),
+                    yv,
+                    rows,
+                    a as f64,
+                )
+            };
         } else {
             launch::relu_forward(&f, mx(&mut x), my(&mut yg), rows).unwrap();
-            ew::relu_forward(Ptr(x.as_mut_ptr()), xv, Ptr(yc.as_mut_ptr()), yv, rows);
+            // SAFETY: the views lie in this test's own vectors, which nothing else touches.
+            unsafe { ew::relu_forward(Ptr(x.as_mut_ptr()), xv, Ptr(yc.as_mut_ptr()), yv, rows) };
         }
         close(&yg, &yc, 1e-6, name);
     }
@@ -563,47 +589,59 @@ fn elementwise_kernels_match_the_cpu_in_place_and_strided() {
         let start = rand_vec(&mut rng, rows * ldx, false);
         let (mut dg, mut dc) = (start.clone(), start.clone());
         launch::relu_backward(&f, my(&mut y), my(&mut dy), mx(&mut dg), rows, acc).unwrap();
-        ew::relu_backward(
-            Ptr(y.as_mut_ptr()),
-            yv,
-            Ptr(dy.as_mut_ptr()),
-            yv,
-            (Ptr(dc.as_mut_ptr()), xv, acc),
-            rows,
-        );
+        // SAFETY: the views lie in this test's own vectors, which nothing else touches.
+        unsafe {
+            ew::relu_backward(
+                Ptr(y.as_mut_ptr()),
+                yv,
+                Ptr(dy.as_mut_ptr()),
+                yv,
+                out(Ptr(dc.as_mut_ptr()), xv, acc),
+                rows,
+            )
+        };
         close(&dg, &dc, 1e-6, "relu_backward");
         let (mut dg, mut dc) = (start.clone(), start.clone());
         launch::elu_backward(&f, mx(&mut x), my(&mut dy), mx(&mut dg), rows, 0.7, acc).unwrap();
-        ew::elu_backward(
-            Ptr(x.as_mut_ptr()),
-            xv,
-            Ptr(dy.as_mut_ptr()),
-            yv,
-            (Ptr(dc.as_mut_ptr()), xv, acc),
-            rows,
-            0.7f32 as f64,
-        );
+        // SAFETY: the views lie in this test's own vectors, which nothing else touches.
+        unsafe {
+            ew::elu_backward(
+                Ptr(x.as_mut_ptr()),
+                xv,
+                Ptr(dy.as_mut_ptr()),
+                yv,
+                out(Ptr(dc.as_mut_ptr()), xv, acc),
+                rows,
+                0.7f32 as f64,
+            )
+        };
         close(&dg, &dc, 1e-5, "elu_backward");
         let (mut dg, mut dc) = (start.clone(), start.clone());
         let mp = addr(&mut mask);
         launch::dropout_backward(&f, mp, my(&mut dy), mx(&mut dg), rows, acc).unwrap();
-        ew::dropout_backward(
-            Ptr(mask.as_mut_ptr()),
-            Ptr(dy.as_mut_ptr()),
-            yv,
-            (Ptr(dc.as_mut_ptr()), xv, acc),
-            rows,
-        );
+        // SAFETY: the views lie in this test's own vectors, which nothing else touches.
+        unsafe {
+            ew::dropout_backward(
+                Ptr(mask.as_mut_ptr()),
+                Ptr(dy.as_mut_ptr()),
+                yv,
+                out(Ptr(dc.as_mut_ptr()), xv, acc),
+                rows,
+            )
+        };
         close(&dg, &dc, 1e-6, "dropout_backward");
         // copy_rows (a concat slice, an add's fan-out).
         let (mut dg, mut dc) = (start.clone(), start);
         launch::copy_rows(&f, my(&mut dy), mx(&mut dg), rows, acc).unwrap();
-        ew::copy_rows(
-            Ptr(dy.as_mut_ptr()),
-            yv,
-            (Ptr(dc.as_mut_ptr()), xv, acc),
-            rows,
-        );
+        // SAFETY: the views lie in this test's own vectors, which nothing else touches.
+        unsafe {
+            ew::copy_rows(
+                Ptr(dy.as_mut_ptr()),
+                yv,
+                out(Ptr(dc.as_mut_ptr()), xv, acc),
+                rows,
+            )
+        };
         close(&dg, &dc, 1e-6, "copy_rows");
     }
     // In place: the fused batch-norm relu masks its own gradient (dx == dy).
@@ -621,24 +659,30 @@ fn elementwise_kernels_match_the_cpu_in_place_and_strided() {
     let (mut yg, mut yc) = (vec![0f32; rows * ldy], vec![0f32; rows * ldy]);
     let mp = addr(&mut mask);
     launch::dropout_forward(&f, mx(&mut x), mp, my(&mut yg), rows).unwrap();
-    ew::dropout_forward(
-        Ptr(x.as_mut_ptr()),
-        xv,
-        Ptr(mask.as_mut_ptr()),
-        Ptr(yc.as_mut_ptr()),
-        yv,
-        rows,
-    );
+    // SAFETY: the views lie in this test's own vectors, which nothing else touches.
+    unsafe {
+        ew::dropout_forward(
+            Ptr(x.as_mut_ptr()),
+            xv,
+            Ptr(mask.as_mut_ptr()),
+            Ptr(yc.as_mut_ptr()),
+            yv,
+            rows,
+        )
+    };
     close(&yg, &yc, 1e-6, "dropout_forward");
     let mut b = rand_vec(&mut rng, rows * ldy, false);
     let (mut yg, mut yc) = (vec![0f32; rows * ldy], vec![0f32; rows * ldy]);
     launch::add_forward(&f, mx(&mut x), my(&mut b), my(&mut yg), rows).unwrap();
-    ew::add_forward(
-        (Ptr(x.as_mut_ptr()), xv),
-        (Ptr(b.as_mut_ptr()), yv),
-        (Ptr(yc.as_mut_ptr()), yv),
-        rows,
-    );
+    // SAFETY: the views lie in this test's own vectors, which nothing else touches.
+    unsafe {
+        ew::add_forward(
+            (Ptr(x.as_mut_ptr()), xv),
+            (Ptr(b.as_mut_ptr()), yv),
+            (Ptr(yc.as_mut_ptr()), yv),
+            rows,
+        )
+    };
     close(&yg, &yc, 1e-6, "add_forward");
     // bias forward: y += b per column.
     let mut bias = rand_vec(&mut rng, c, false);
@@ -660,18 +704,22 @@ fn elementwise_kernels_match_the_cpu_in_place_and_strided() {
     // Mid-network softmax, forward and backward.
     let (mut sg, mut sc) = (vec![0f32; rows * ldy], vec![0f32; rows * ldy]);
     launch::softmax_forward(&f, mx(&mut x), my(&mut sg), rows).unwrap();
-    ew::softmax_forward(Ptr(x.as_mut_ptr()), xv, Ptr(sc.as_mut_ptr()), yv, rows);
+    // SAFETY: the views lie in this test's own vectors, which nothing else touches.
+    unsafe { ew::softmax_forward(Ptr(x.as_mut_ptr()), xv, Ptr(sc.as_mut_ptr()), yv, rows) };
     close(&sg, &sc, 1e-6, "softmax_forward");
     let start = rand_vec(&mut rng, rows * ldx, false);
     let (mut dg, mut dc) = (start.clone(), start);
     launch::softmax_backward(&f, my(&mut sc), my(&mut dy), mx(&mut dg), rows, true).unwrap();
-    ew::softmax_backward(
-        Ptr(sc.as_mut_ptr()),
-        yv,
-        Ptr(dy.as_mut_ptr()),
-        yv,
-        (Ptr(dc.as_mut_ptr()), xv, true),
-        rows,
-    );
+    // SAFETY: the views lie in this test's own vectors, which nothing else touches.
+    unsafe {
+        ew::softmax_backward(
+            Ptr(sc.as_mut_ptr()),
+            yv,
+            Ptr(dy.as_mut_ptr()),
+            yv,
+            out(Ptr(dc.as_mut_ptr()), xv, true),
+            rows,
+        )
+    };
     close(&dg, &dc, 1e-5, "softmax_backward");
 }
