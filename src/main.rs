@@ -540,7 +540,7 @@ fn main() -> ExitCode {
                     commands::PredictFormat::Text
                 },
                 batch,
-                device: device.map(Into::into),
+                device,
                 skip_bad,
             },
         ),
@@ -576,9 +576,9 @@ fn main() -> ExitCode {
             steps,
             rounds,
             networks: network.iter().map(|n| n.name()).collect(),
-            backends: backend.into_iter().map(Into::into).collect(),
+            backends: backend,
             python: &python,
-            device: device.into(),
+            device,
         }),
         Cmd::Bench {
             what:
@@ -589,7 +589,7 @@ fn main() -> ExitCode {
                     steps,
                     device,
                 },
-        } => commands::bench_step(network.name(), backend.into(), batch, steps, device.into()),
+        } => commands::bench_step(network.name(), backend, batch, steps, device),
         Cmd::Bench {
             what: BenchCmd::Sweep { values, rounds },
         } => commands::bench_sweep(values, rounds),
