@@ -26,46 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a pipeline: only the stages whose inputs changed
-    Run {
-        /// Pipeline name, alias, or manifest path
-        pipeline: String,
-        /// Override a key: STAGE.KEY=VALUE or KEY=VALUE (TOML value; bare text is a string)
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        sets: Vec<String>,
-        /// Re-run this stage even if cached (repeatable)
-        #[arg(long, value_name = "STAGE")]
-        force: Vec<String>,
-        /// Run only this stage and what it depends on
-        #[arg(long, value_name = "STAGE")]
-        until: Option<String>,
-        /// Say what would run; run nothing
-        #[arg(long)]
-        dry_run: bool,
-        /// Print one JSON object describing every stage (on stdout)
-        #[arg(long)]
-        json: bool,
-        /// Where stages run: in this process (default), as parallel local processes
-        /// (`local`, with -j), or as Slurm jobs (`slurm`)
-        #[arg(long, value_enum)]
-        executor: Option<ExecutorArg>,
-        /// With `--executor local`: stages run at once
-        /// (`-j` alone implies `--executor local`)
-        #[arg(short = 'j', long)]
-        jobs: Option<usize>,
-        /// With `--executor slurm`: the partition for every job
-        #[arg(long)]
-        partition: Option<String>,
-        /// With `--executor slurm`: GPUs for each training and evaluation job
-        #[arg(long)]
-        gpus_per_stage: Option<u32>,
-        /// With `--executor slurm`: wait for the jobs and report how they ended
-        #[arg(long)]
-        wait: bool,
-        /// A sweep: run only the points this selects (`lr=5e-3`, `lr<1e-2`, `act=elu,lr>=1e-3`),
-        /// each whole (halving does not prune them)
-        #[arg(long, value_name = "EXPR")]
-        only: Option<String>,
-    },
+    Run(RunArgs),
     /// Decide a sweep's halving rung and submit the next (what a promotion job runs)
     #[command(hide = true)]
     SweepPromote {
@@ -271,6 +232,49 @@ enum ExecutorArg {
     Slurm,
 }
 
+/// `pipe run`'s options.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Pipeline name, alias, or manifest path
+    pipeline: String,
+    /// Override a key: STAGE.KEY=VALUE or KEY=VALUE (TOML value; bare text is a string)
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Re-run this stage even if cached (repeatable)
+    #[arg(long, value_name = "STAGE")]
+    force: Vec<String>,
+    /// Run only this stage and what it depends on
+    #[arg(long, value_name = "STAGE")]
+    until: Option<String>,
+    /// Say what would run; run nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Print one JSON object describing every stage (on stdout)
+    #[arg(long)]
+    json: bool,
+    /// Where stages run: in this process (default), as parallel local processes
+    /// (`local`, with -j), or as Slurm jobs (`slurm`)
+    #[arg(long, value_enum)]
+    executor: Option<ExecutorArg>,
+    /// With `--executor local`: stages run at once
+    /// (`-j` alone implies `--executor local`)
+    #[arg(short = 'j', long)]
+    jobs: Option<usize>,
+    /// With `--executor slurm`: the partition for every job
+    #[arg(long)]
+    partition: Option<String>,
+    /// With `--executor slurm`: GPUs for each training and evaluation job
+    #[arg(long)]
+    gpus_per_stage: Option<u32>,
+    /// With `--executor slurm`: wait for the jobs and report how they ended
+    #[arg(long)]
+    wait: bool,
+    /// A sweep: run only the points this selects (`lr=5e-3`, `lr<1e-2`, `act=elu,lr>=1e-3`),
+    /// each whole (halving does not prune them)
+    #[arg(long, value_name = "EXPR")]
+    only: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum BenchCmd {
     /// ingest + split + hdf5 throughput and no-op re-run time on a generated Tiny-ImageNet tree
@@ -414,44 +418,73 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let g = Global { cache: cli.cache };
-    let result = match cli.cmd {
-        Cmd::Run {
-            pipeline,
-            sets,
-            force,
-            until,
-            dry_run,
-            json,
-            executor,
-            jobs,
-            partition,
-            gpus_per_stage,
-            wait,
-            only,
-        } => {
-            let opts = RunOptions {
-                force,
-                until,
-                dry_run,
-            };
-            let executor = executor.or(jobs.map(|_| ExecutorArg::Local));
-            match executor {
-                None => commands::run(&g, &pipeline, &sets, opts, json, only.as_deref()),
-                Some(e) => {
-                    let exec = match e {
-                        ExecutorArg::Local => Executor::Local {
-                            jobs: jobs.unwrap_or(2),
-                        },
-                        ExecutorArg::Slurm => Executor::Slurm(SlurmOptions {
-                            partition,
-                            gpus_per_stage,
-                            wait,
-                        }),
-                    };
-                    commands::run_with(&g, &pipeline, &sets, opts, &exec, only.as_deref())
-                }
+    let result = dispatch(g, cli.cmd);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
             }
+            ExitCode::FAILURE
         }
+    }
+}
+
+/// `pipe bench ...`.
+fn bench(what: BenchCmd) -> anyhow::Result<()> {
+    match what {
+        BenchCmd::Data {
+            classes,
+            per_class,
+            val_per_class,
+            keep,
+        } => commands::bench_data(classes, per_class, val_per_class, keep.as_deref()),
+        BenchCmd::Train {
+            batch,
+            steps,
+            rounds,
+            network,
+            backend,
+            python,
+            device,
+        } => commands::bench_train(&commands::BenchTrain {
+            batch,
+            steps,
+            rounds,
+            networks: network.iter().map(|n| n.name()).collect(),
+            backends: backend,
+            python: &python,
+            device,
+        }),
+        BenchCmd::Step {
+            network,
+            backend,
+            batch,
+            steps,
+            device,
+        } => commands::bench_step(network.name(), backend, batch, steps, device),
+        BenchCmd::Sweep { values, rounds } => commands::bench_sweep(values, rounds),
+        BenchCmd::Ui { runs, rounds } => commands::bench_ui(runs, rounds),
+        BenchCmd::Predict {
+            images,
+            batch,
+            rounds,
+            python,
+        } => commands::bench_predict(&commands::BenchPredict {
+            images,
+            batch,
+            rounds,
+            python: &python,
+        }),
+        BenchCmd::Parity { batch } => commands::bench_parity(batch),
+    }
+}
+
+/// Each verb to its command.
+fn dispatch(g: Global, cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Run(args) => run(&g, args),
         Cmd::SweepPromote {
             manifest,
             rung,
@@ -551,68 +584,7 @@ fn main() -> ExitCode {
             open,
             export,
         } => commands::ui(&g, port, bind, open, export.as_deref()),
-        Cmd::Bench {
-            what:
-                BenchCmd::Data {
-                    classes,
-                    per_class,
-                    val_per_class,
-                    keep,
-                },
-        } => commands::bench_data(classes, per_class, val_per_class, keep.as_deref()),
-        Cmd::Bench {
-            what:
-                BenchCmd::Train {
-                    batch,
-                    steps,
-                    rounds,
-                    network,
-                    backend,
-                    python,
-                    device,
-                },
-        } => commands::bench_train(&commands::BenchTrain {
-            batch,
-            steps,
-            rounds,
-            networks: network.iter().map(|n| n.name()).collect(),
-            backends: backend,
-            python: &python,
-            device,
-        }),
-        Cmd::Bench {
-            what:
-                BenchCmd::Step {
-                    network,
-                    backend,
-                    batch,
-                    steps,
-                    device,
-                },
-        } => commands::bench_step(network.name(), backend, batch, steps, device),
-        Cmd::Bench {
-            what: BenchCmd::Sweep { values, rounds },
-        } => commands::bench_sweep(values, rounds),
-        Cmd::Bench {
-            what: BenchCmd::Ui { runs, rounds },
-        } => commands::bench_ui(runs, rounds),
-        Cmd::Bench {
-            what:
-                BenchCmd::Predict {
-                    images,
-                    batch,
-                    rounds,
-                    python,
-                },
-        } => commands::bench_predict(&commands::BenchPredict {
-            images,
-            batch,
-            rounds,
-            python: &python,
-        }),
-        Cmd::Bench {
-            what: BenchCmd::Parity { batch },
-        } => commands::bench_parity(batch),
+        Cmd::Bench { what } => bench(what),
         Cmd::DemoData {
             dir,
             layout,
@@ -634,15 +606,46 @@ fn main() -> ExitCode {
             size,
             seed,
         ),
+    }
+}
+
+/// `pipe run`: in this process, or with an executor.
+fn run(g: &Global, args: RunArgs) -> anyhow::Result<()> {
+    let RunArgs {
+        pipeline,
+        sets,
+        force,
+        until,
+        dry_run,
+        json,
+        executor,
+        jobs,
+        partition,
+        gpus_per_stage,
+        wait,
+        only,
+    } = args;
+    let opts = RunOptions {
+        force,
+        until,
+        dry_run,
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
-            }
-            ExitCode::FAILURE
+    let slurm = SlurmOptions {
+        partition,
+        gpus_per_stage,
+        wait,
+    };
+    match executor.or(jobs.map(|_| ExecutorArg::Local)) {
+        None => commands::run(g, &pipeline, &sets, opts, json, only.as_deref()),
+        Some(ExecutorArg::Local) => {
+            let exec = Executor::Local {
+                jobs: jobs.unwrap_or(2),
+            };
+            commands::run_with(g, &pipeline, &sets, opts, &exec, only.as_deref())
+        }
+        Some(ExecutorArg::Slurm) => {
+            let exec = Executor::Slurm(slurm);
+            commands::run_with(g, &pipeline, &sets, opts, &exec, only.as_deref())
         }
     }
 }
