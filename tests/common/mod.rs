@@ -123,6 +123,24 @@ pub fn tiny_imagenet_sized(
         .unwrap();
 }
 
+/// `[networks.tiny]`, the small network most tests train: on 16x16 RGB images, a conv of
+/// 4 filters, relu, global average pooling, a dense layer of `classes` and softmax.
+pub fn tiny_network(classes: usize) -> String {
+    format!(
+        r#"[networks.tiny]
+input = [16, 16, 3]
+classes = {classes}
+layers = [
+  {{ conv2d = {{ filters = 4, kernel = 3 }} }},
+  {{ relu = {{}} }},
+  {{ global_avgpool = {{}} }},
+  {{ dense = "$classes" }},
+  {{ softmax = {{}} }},
+]
+"#
+    )
+}
+
 /// The standard three-stage manifest over a Tiny ImageNet root.
 pub fn tiny_manifest(root: &Path, test_per_class: usize) -> String {
     format!(
