@@ -3,104 +3,46 @@
 
 mod common;
 
+use common::gradcheck::*;
 use common::Project;
-use pipe::backend::dfdx_backend::cpu_net;
+use pipe::backend::dfdx_backend::{cpu_net, CpuNet};
 use pipe::backend::{self, Optimizer};
 use pipe::manifest;
 use pipe::nn::graph::Graph;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-fn graph(layers: &str, input: &str) -> Graph {
-    let p = Project::new();
-    let text = format!(
-        "[networks.n]\ninput = {input}\nclasses = 3\nlayers = [\n{layers}\n]\n\n[stages.ingest]\nformat = \"synthetic\"\n"
-    );
-    let path = p.manifest("g.toml", &text);
-    let m = manifest::load(&path, &[], p.path()).unwrap_or_else(|e| panic!("{e}"));
-    pipe::nn::expand(&m.library, "n", None).unwrap().graph
+impl Differentiable for CpuNet<f64> {
+    fn params(&mut self) -> &mut Vec<Vec<f64>> {
+        &mut self.params
+    }
+    fn names(&self) -> Vec<String> {
+        self.param_names()
+    }
+    fn train_loss(&mut self, x: &[f64], labels: &[i64]) -> f64 {
+        self.loss(x.to_vec(), labels, 7).unwrap()
+    }
+    fn train_gradients(&mut self, x: &[f64], labels: &[i64]) -> Vec<Vec<f64>> {
+        self.loss_and_grads(x.to_vec(), labels, 7).unwrap().3
+    }
 }
 
-/// Compare analytic gradients with central differences on a sample of every parameter.
+/// dfdx's analytic gradients against central differences on 6 entries of every parameter.
 fn gradcheck(g: &Graph, n: usize, seed: u64) {
-    let mut net = cpu_net::<f64>(g, seed).unwrap();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed + 1);
-    // Perturb the initial parameters so biases, gammas, betas are not at special values.
-    for p in net.params.iter_mut() {
-        for v in p.iter_mut() {
-            *v += rng.random_range(-0.3..0.3);
-        }
-    }
-    let numel = match g.infer().unwrap()[0].shape {
-        pipe::nn::graph::Shape::Image(h, w, c) => h * w * c,
-        pipe::nn::graph::Shape::Flat(f) => f,
-    };
-    let x: Vec<f64> = (0..n * numel)
-        .map(|_| rng.random_range(-1.0..1.0))
-        .collect();
-    let labels: Vec<i64> = (0..n).map(|i| (i % 3) as i64).collect();
-    let (_, _, _, grads, _) = net.loss_and_grads(x.clone(), &labels, 7).unwrap();
-    let names = net.param_names();
-    let h = 1e-6;
-    let mut checked = 0;
-    for p in 0..net.params.len() {
-        let len = net.params[p].len();
-        let picks: Vec<usize> = if len <= 6 {
-            (0..len).collect()
-        } else {
-            (0..6).map(|_| rng.random_range(0..len)).collect()
-        };
-        for i in picks {
-            let orig = net.params[p][i];
-            net.params[p][i] = orig + h;
-            let lp = net.loss(x.clone(), &labels, 7).unwrap();
-            net.params[p][i] = orig - h;
-            let lm = net.loss(x.clone(), &labels, 7).unwrap();
-            net.params[p][i] = orig;
-            let num = (lp - lm) / (2.0 * h);
-            let ana = grads[p][i];
-            let rel = (num - ana).abs() / (num.abs() + ana.abs()).max(1e-7);
-            assert!(
-                rel < 1e-4 || (num - ana).abs() < 1e-8,
-                "{}[{i}]: analytic {ana:e}, numeric {num:e} (relative error {rel:e})",
-                names[p]
-            );
-            checked += 1;
-        }
-    }
-    assert!(checked > 0);
+    check_gradients(&mut cpu_net::<f64>(g, seed).unwrap(), g, n, seed, 6);
 }
 
-#[test]
-fn gradcheck_conv_same_and_dense() {
-    let g = graph(
-        "{ conv2d = { filters = 3, kernel = 3 } },\n{ maxpool = { size = 2 } },\n{ flatten = {} },\n{ dense = \"$classes\" },\n{ softmax = {} },",
-        "[5, 5, 2]",
-    );
-    gradcheck(&g, 3, 1);
-}
-
-#[test]
-fn gradcheck_strided_valid_conv_batchnorm_relu_global_pool() {
-    let g = graph(
-        "{ conv2d = { filters = 4, kernel = 3, stride = 2, padding = \"valid\" } },\n{ batchnorm = {} },\n{ relu = {} },\n{ global_avgpool = {} },\n{ dense = \"$classes\" },\n{ softmax = {} },",
-        "[7, 6, 2]",
-    );
-    gradcheck(&g, 4, 2);
-}
-
-#[test]
-fn gradcheck_pointwise_conv_elu_maxpool_same_and_l2() {
-    let g = graph(
-        "{ conv2d = { filters = 3, kernel = 1, l2 = 0.01 } },\n{ elu = {} },\n{ maxpool = { size = 3, stride = 2, padding = \"same\" } },\n{ flatten = {} },\n{ dense = { units = \"$classes\", l2 = 0.02 } },\n{ softmax = {} },",
-        "[5, 5, 2]",
-    );
-    gradcheck(&g, 3, 3);
-}
+// The checks of the networks that the native backend (tests/native.rs) is checked on too.
+shared_gradchecks!(gradcheck:
+    gradcheck_conv_same_and_dense,
+    gradcheck_strided_valid_conv_batchnorm_relu_global_pool,
+    gradcheck_pointwise_conv_elu_maxpool_same_and_l2,
+    gradcheck_branch_used_three_times_concat_and_add
+);
 
 #[test]
 fn gradcheck_avgpool_same_dropout_and_explicit_padding() {
-    let g = graph(
+    let g = network(
         "{ conv2d = { filters = 3, kernel = [3, 2], padding = 1 } },\n{ avgpool = { size = 3, stride = 1, padding = \"same\" } },\n{ dropout = 0.5 },\n{ avgpool = { size = 2 } },\n{ flatten = {} },\n{ dense = \"$classes\" },\n{ softmax = {} },",
         "[6, 5, 2]",
     );
@@ -108,27 +50,8 @@ fn gradcheck_avgpool_same_dropout_and_explicit_padding() {
 }
 
 #[test]
-fn gradcheck_branch_used_three_times_concat_and_add() {
-    let g = graph(
-        r#"{ name = "a", conv2d = { filters = 4, kernel = 3 } },
-{ name = "b", conv2d = { filters = 2, kernel = 1 }, inputs = ["a"] },
-{ name = "c", maxpool = { size = 3, stride = 1, padding = "same" }, inputs = ["a"] },
-{ name = "d", concat = {}, inputs = ["b", "c"] },
-{ name = "e", conv2d = { filters = 4, kernel = 3 } },
-{ name = "f", add = {}, inputs = ["e", "a"] },
-{ batchnorm = {} },
-{ relu = {} },
-{ flatten = {} },
-{ dense = "$classes" },
-{ softmax = {} },"#,
-        "[4, 4, 2]",
-    );
-    gradcheck(&g, 3, 5);
-}
-
-#[test]
 fn gradcheck_flat_batchnorm_between_dense_layers() {
-    let g = graph(
+    let g = network(
         "{ flatten = {} },\n{ dense = 5 },\n{ batchnorm = {} },\n{ relu = {} },\n{ dense = \"$classes\" },\n{ softmax = {} },",
         "[3, 3, 2]",
     );
@@ -137,7 +60,7 @@ fn gradcheck_flat_batchnorm_between_dense_layers() {
 
 #[test]
 fn state_round_trip_restores_every_tensor() {
-    let g = graph(
+    let g = network(
         "{ conv2d = { filters = 3, kernel = 3 } },\n{ batchnorm = {} },\n{ relu = {} },\n{ global_avgpool = {} },\n{ dense = \"$classes\" },\n{ softmax = {} },",
         "[6, 6, 3]",
     );

@@ -3,109 +3,35 @@
 
 mod common;
 
-use common::Project;
+use common::{field, fill, read_json, stage, string_pairs, Project};
 use serde_json::Value;
 
 /// A small experiment; `extra_block` adds a named conv block, `c2` sets its filters.
 fn experiment(name: &str, lr: f64, c2: usize, extra_block: bool) -> String {
-    format!(
-        r#"name = "{name}"
-seed = 3
-
-[stages.ingest]
-kind = "ingest"
-format = "synthetic"
-classes = 4
-train_per_class = 20
-val_per_class = 8
-image_size = [20, 20]
-
-[stages.split]
-kind = "split"
-input = "ingest"
-test_per_class = 8
-
-[stages.hdf5]
-kind = "hdf5"
-input = "split"
-size = [16, 16]
-
-[blocks.cbr]
-params = ["k"]
-layers = [
-  {{ conv2d = {{ filters = "$k", kernel = 3 }} }},
-  {{ batchnorm = {{}} }},
-  {{ relu = {{}} }},
-]
-
-[networks.net]
-input = [16, 16, 3]
-classes = 4
-layers = [
-  {{ name = "c1", cbr = [8] }},
-  {{ maxpool = {{ size = 2 }} }},
-  {{ name = "c2", cbr = [{c2}] }},
-  {extra}
-  {{ global_avgpool = {{}} }},
-  {{ dense = "$classes" }},
-  {{ softmax = {{}} }},
-]
-
-[stages.train]
-kind = "train"
-input = "hdf5"
-network = "net"
-epochs = 2
-batch_size = 16
-optimizer = "sgd"
-lr = {lr}
-device = "cpu"
-
-[stages.drop]
-kind = "lr-drop"
-from = "train"
-lr = {drop}
-epochs = 1
-
-[stages.test]
-kind = "evaluate"
-input = "drop"
-split = "test"
-top_k = [1, 2]
-device = "cpu"
-"#,
-        drop = lr / 10.0,
-        extra = if extra_block {
-            r#"{ name = "c3", cbr = [16] },"#
-        } else {
-            ""
-        }
+    let extra = if extra_block {
+        r#"{ name = "c3", cbr = [16] },"#
+    } else {
+        ""
+    };
+    fill(
+        include_str!("manifests/compare_experiment.toml"),
+        &[
+            ("name", &name),
+            ("lr", &lr),
+            ("c2", &c2),
+            ("extra", &extra),
+            ("drop", &(lr / 10.0)),
+        ],
     )
-}
-
-fn json(p: &Project, args: &[&str]) -> Value {
-    let out = p.ok(args);
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{args:?}: {e}\n{}", String::from_utf8_lossy(&out.stdout)))
-}
-
-fn artifact(p: &Project, run: &Value, stage: &str) -> std::path::PathBuf {
-    let out = common::field(run, stage, "output");
-    p.cache().join("artifacts").join(out)
-}
-
-fn read(path: &std::path::Path) -> Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
 #[test]
 fn show_reports_the_artifacts_own_numbers() {
-    let p = Project::new();
-    p.manifest("a.toml", &experiment("a", 0.05, 8, false));
+    let p = Project::with("a.toml", &experiment("a", 0.05, 8, false));
     p.manifest("b.toml", &experiment("b", 0.01, 8, false));
     let ra = p.run_json("a", &[]);
     let rb = p.run_json("b", &[]);
-    let rows = json(&p, &["show", "--json"]);
+    let rows = p.ok_json(&["show", "--json"]);
     let rows = rows.as_array().unwrap();
     assert_eq!(rows.len(), 2);
     for (row, run) in rows.iter().zip([&ra, &rb]) {
@@ -115,7 +41,7 @@ fn show_reports_the_artifacts_own_numbers() {
         assert_eq!(segs.len(), 2, "{name}");
         for seg in segs {
             let stage = seg["stage"].as_str().unwrap();
-            let hist = read(&artifact(&p, run, stage).join("history.json"));
+            let hist = read_json::<Value>(&p.artifact(run, stage).join("history.json"));
             let last = hist.as_array().unwrap().last().unwrap();
             for k in ["epoch", "train_loss", "train_acc", "val_loss", "val_acc"] {
                 assert_eq!(seg["last"][k], last[k], "{name}.{stage}.{k}");
@@ -125,20 +51,20 @@ fn show_reports_the_artifacts_own_numbers() {
         assert_eq!(segs[1]["epochs"], 1);
         assert_eq!(segs[0]["optimizer"], "sgd");
         // Ranks: the evaluate artifact's metrics.json.
-        let m = read(&artifact(&p, run, "test").join("metrics.json"));
+        let m = read_json::<Value>(&p.artifact(run, "test").join("metrics.json"));
         let ev = &row["evals"][0];
         assert_eq!(ev["ranks"]["1"], m["rank"]["rank-1"], "{name}");
         assert_eq!(ev["ranks"]["2"], m["rank"]["rank-2"], "{name}");
         // Size: what `pipe graph` counts; time: the key records' seconds.
-        let g = json(&p, &["graph", name, "--json"]);
+        let g = p.ok_json(&["graph", name, "--json"]);
         let params = g[0]["trainable"].as_u64().unwrap() + g[0]["non_trainable"].as_u64().unwrap();
         assert_eq!(row["params"].as_u64(), Some(params));
         assert_eq!(row["macs"], g[0]["macs"]);
         let secs: f64 = ["train", "drop"]
             .iter()
             .map(|s| {
-                let key = common::field(run, s, "key");
-                read(&p.cache().join("keys").join(format!("{key}.json")))["seconds"]
+                let key = field(run, s, "key");
+                read_json::<Value>(&p.cache().join("keys").join(format!("{key}.json")))["seconds"]
                     .as_f64()
                     .unwrap()
             })
@@ -182,7 +108,7 @@ fn show_reports_the_artifacts_own_numbers() {
     assert!(lines[0].starts_with("pipeline,network,schedule,"), "{csv}");
     assert!(lines[0].contains("test.rank1") && lines[0].contains("test.rank2"));
     // Sorting: best first; an unknown metric lists the known ones.
-    let by_loss = json(&p, &["show", "--json", "--sort", "val.loss"]);
+    let by_loss = p.ok_json(&["show", "--json", "--sort", "val.loss"]);
     let l: Vec<f64> = by_loss
         .as_array()
         .unwrap()
@@ -190,7 +116,7 @@ fn show_reports_the_artifacts_own_numbers() {
         .map(|r| r["segments"][1]["last"]["val_loss"].as_f64().unwrap())
         .collect();
     assert!(l[0] <= l[1], "{l:?}");
-    let by_acc = json(&p, &["show", "--json", "--sort", "test.rank1"]);
+    let by_acc = p.ok_json(&["show", "--json", "--sort", "test.rank1"]);
     let r: Vec<f64> = by_acc
         .as_array()
         .unwrap()
@@ -205,14 +131,8 @@ fn show_reports_the_artifacts_own_numbers() {
     );
     // A changed manifest: its stale stages and why.
     p.manifest("b.toml", &experiment("b", 0.02, 8, false));
-    let rows = json(&p, &["show", "b", "--json"]);
-    let st = &rows[0]["stages"];
-    let train = st
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "train")
-        .unwrap();
+    let rows = p.ok_json(&["show", "b", "--json"]);
+    let train = stage(&rows[0], "train");
     assert_eq!(train["state"], "stale");
     assert!(train["reasons"]
         .to_string()
@@ -225,15 +145,14 @@ fn show_reports_the_artifacts_own_numbers() {
 
 #[test]
 fn diff_lists_exactly_the_keys_and_layers_that_differ() {
-    let p = Project::new();
-    p.manifest("a.toml", &experiment("a", 0.05, 8, false));
+    let p = Project::with("a.toml", &experiment("a", 0.05, 8, false));
     p.manifest("b.toml", &experiment("b", 0.01, 8, false));
     p.manifest("c.toml", &experiment("c", 0.05, 12, true));
     let ra = p.run_json("a", &[]);
     let rb = p.run_json("b", &[]);
 
     // a vs b: the learning rates, nothing in the network; metrics side by side.
-    let d = json(&p, &["diff", "a", "b", "--json"]);
+    let d = p.ok_json(&["diff", "a", "b", "--json"]);
     let keys: Vec<&str> = d["config"]
         .as_array()
         .unwrap()
@@ -253,13 +172,13 @@ fn diff_lists_exactly_the_keys_and_layers_that_differ() {
             .unwrap_or_else(|| panic!("{name} in {}", d["metrics"]))
             .clone()
     };
-    let ma = read(&artifact(&p, &ra, "test").join("metrics.json"));
-    let mb = read(&artifact(&p, &rb, "test").join("metrics.json"));
+    let ma = read_json::<Value>(&p.artifact(&ra, "test").join("metrics.json"));
+    let mb = read_json::<Value>(&p.artifact(&rb, "test").join("metrics.json"));
     assert_eq!(metric("test.rank1")[1], ma["rank"]["rank-1"]);
     assert_eq!(metric("test.rank1")[2], mb["rank"]["rank-1"]);
 
     // a vs c: no config key (same name of network), one block added, c2 wider.
-    let d = json(&p, &["diff", "a", "c", "--json"]);
+    let d = p.ok_json(&["diff", "a", "c", "--json"]);
     let keys: Vec<&str> = d["config"]
         .as_array()
         .unwrap()
@@ -269,17 +188,7 @@ fn diff_lists_exactly_the_keys_and_layers_that_differ() {
     assert!(keys.is_empty(), "{keys:?}");
     let net = &d["networks"][0];
     assert_eq!(net["stage"], "train");
-    let layers: Vec<(String, String)> = net["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| {
-            (
-                l["change"].as_str().unwrap().to_string(),
-                l["layer"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let layers = string_pairs(&net["layers"], "change", "layer");
     let added: Vec<&str> = layers
         .iter()
         .filter(|l| l.0 == "added")
@@ -330,7 +239,7 @@ fn diff_lists_exactly_the_keys_and_layers_that_differ() {
         "a.toml",
         &experiment("a", 0.05, 8, false).replace("epochs = 2", "epochs = 3"),
     );
-    let d = json(&p, &["diff", "a", "--json"]);
+    let d = p.ok_json(&["diff", "a", "--json"]);
     let keys: Vec<&str> = d["config"]
         .as_array()
         .unwrap()

@@ -3,24 +3,18 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
 use pipe::data::{cifar, h5, index};
 
-fn artifact(p: &Project, r: &serde_json::Value, stage: &str) -> PathBuf {
-    p.cache().join("artifacts").join(field(r, stage, "output"))
-}
-
 #[test]
 fn hdf5_round_trip_matches_decoded_images_and_means() {
-    let p = Project::new();
-    let root = p.path().join("tiny");
-    tiny_imagenet(&root, 5, 16, 3);
+    let (p, root) = Project::with_tiny_imagenet("tiny", 5, 16, 3);
     p.manifest("exp.toml", &tiny_manifest(&root, 4));
     let r = p.run_json("exp", &[]);
-    let split_dir = artifact(&p, &r, "split");
-    let h5_dir = artifact(&p, &r, "hdf5");
+    let split_dir = p.artifact(&r, "split");
+    let h5_dir = p.artifact(&r, "hdf5");
 
     let mut train_sum = [0f64; 3];
     let mut train_px = 0f64;
@@ -56,8 +50,7 @@ fn hdf5_round_trip_matches_decoded_images_and_means() {
             }
         }
     }
-    let means: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(h5_dir.join("means.json")).unwrap()).unwrap();
+    let means: serde_json::Value = read_json(&h5_dir.join("means.json"));
     for (k, ch) in ["R", "G", "B"].iter().enumerate() {
         let got = means[ch].as_f64().unwrap();
         let want = train_sum[k] / train_px;
@@ -85,12 +78,10 @@ fn h5py_opens_the_files() {
         eprintln!("skipping: h5py not installed (CI installs it and sets PIPE_REQUIRE_H5PY)");
         return;
     }
-    let p = Project::new();
-    let root = p.path().join("tiny");
-    tiny_imagenet(&root, 3, 10, 2);
+    let (p, root) = Project::with_tiny_imagenet("tiny", 3, 10, 2);
     p.manifest("exp.toml", &tiny_manifest(&root, 2));
     let r = p.run_json("exp", &[]);
-    let dir = artifact(&p, &r, "hdf5");
+    let dir = p.artifact(&r, "hdf5");
     let script = r#"
 import sys, h5py, numpy as np
 with h5py.File(sys.argv[1] + "/train.h5", "r") as f:
@@ -104,11 +95,7 @@ with h5py.File(sys.argv[1] + "/train.h5", "r") as f:
         .args(["-c", script, dir.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, "h5py reading the files");
     let text = String::from_utf8_lossy(&out.stdout);
     let (sum, labels) = text.trim().split_once(' ').unwrap();
     let data = h5::read_split(&dir.join("train.h5")).unwrap();
@@ -120,9 +107,7 @@ with h5py.File(sys.argv[1] + "/train.h5", "r") as f:
 
 #[test]
 fn a_corrupt_jpeg_stops_the_stage_naming_the_file() {
-    let p = Project::new();
-    let root = p.path().join("tiny");
-    tiny_imagenet(&root, 3, 8, 2);
+    let (p, root) = Project::with_tiny_imagenet("tiny", 3, 8, 2);
     let bad = root.join("train/n00001007/images/n00001007_2.JPEG");
     std::fs::write(&bad, b"\xff\xd8\xff\xe0 this is not a JPEG").unwrap();
     p.manifest("exp.toml", &tiny_manifest(&root, 2));
@@ -156,7 +141,7 @@ fn a_corrupt_jpeg_stops_the_stage_naming_the_file() {
         field(&r, "hdf5", "summary").contains("1 undecodable images skipped"),
         "{r}"
     );
-    let dir = artifact(&p, &r, "hdf5");
+    let dir = p.artifact(&r, "hdf5");
     let n = |s: &str| h5::read_split(&dir.join(format!("{s}.h5"))).unwrap().shape[0];
     assert_eq!(n("train") + n("test"), 3 * 8 - 1);
     let skipped = std::fs::read_to_string(dir.join("skipped.txt")).unwrap();
@@ -165,14 +150,12 @@ fn a_corrupt_jpeg_stops_the_stage_naming_the_file() {
 
 #[test]
 fn split_is_stratified_seeded_and_disjoint() {
-    let p = Project::new();
-    let root = p.path().join("tiny");
-    tiny_imagenet(&root, 4, 20, 0);
+    let (p, root) = Project::with_tiny_imagenet("tiny", 4, 20, 0);
     let run = |seed: u64| {
         let text = tiny_manifest(&root, 5).replace("seed = 42", &format!("seed = {seed}"));
         p.manifest("exp.toml", &text);
         let r = p.run_json("exp", &["--until", "split"]);
-        let dir = artifact(&p, &r, "split");
+        let dir = p.artifact(&r, "split");
         (
             index::read_index(&dir.join("train.csv")).unwrap(),
             index::read_index(&dir.join("test.csv")).unwrap(),
@@ -216,7 +199,7 @@ fn cifar10_batches_are_ingested_record_by_record() {
         field(&r, "ingest", "summary"),
         "10 classes; test 30, train 150"
     );
-    let dir = artifact(&p, &r, "hdf5");
+    let dir = p.artifact(&r, "hdf5");
     let train = h5::read_split(&dir.join("train.h5")).unwrap();
     assert_eq!(train.shape, [150, 32, 32, 3]);
     let bytes = std::fs::read(root.join("data_batch_2.bin")).unwrap();
@@ -257,7 +240,7 @@ fn image_folder_ingest_and_resize() {
     p.manifest("f.toml", &(text + "size = [8, 8]\nfilter = \"nearest\"\n"));
     let r = p.run_json("f", &[]);
     assert_eq!(field(&r, "ingest", "summary"), "3 classes; train 19");
-    let data = h5::read_split(&artifact(&p, &r, "hdf5").join("train.h5")).unwrap();
+    let data = h5::read_split(&p.artifact(&r, "hdf5").join("train.h5")).unwrap();
     assert_eq!(data.shape, [19, 8, 8, 3]);
     let extra = 6; // sorted: class_001/00000..00005.jpg then extra.png
     let k = (6 + extra) * 8 * 8 * 3;
@@ -267,8 +250,7 @@ fn image_folder_ingest_and_resize() {
 
 #[test]
 fn missing_dataset_folder_is_a_clear_error() {
-    let p = Project::new();
-    p.manifest(
+    let p = Project::with(
         "exp.toml",
         &tiny_manifest(Path::new("/definitely/not/here"), 2),
     );
@@ -282,20 +264,14 @@ fn missing_dataset_folder_is_a_clear_error() {
 
 #[test]
 fn demo_pipeline_runs_end_to_end() {
-    let p = Project::new();
-    let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/demo.toml"))
-        .unwrap();
-    p.manifest("demo.toml", &demo);
+    let p = demo_project();
     let r = p.run_json("demo", &[]);
     assert!(states(&r).iter().all(|(_, s)| s == "ran"), "{r}");
-    let dir = artifact(&p, &r, "hdf5");
+    let dir = p.artifact(&r, "hdf5");
     let train = h5::read_split(&dir.join("train.h5")).unwrap();
     assert_eq!(train.shape, [1000, 32, 32, 3]);
     // The demo's network learns: far above chance (10 %) on the held-out test split.
-    let m: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(artifact(&p, &r, "evaluate").join("metrics.json")).unwrap(),
-    )
-    .unwrap();
+    let m: serde_json::Value = read_json(&p.artifact(&r, "evaluate").join("metrics.json"));
     let rank1 = m["rank"]["rank-1"].as_f64().unwrap();
     assert!(rank1 > 0.6, "demo rank-1 accuracy {rank1}");
     assert_eq!(m["images"], 200);

@@ -12,41 +12,7 @@ use serde_json::Value;
 
 /// Generated data, a train -> drop chain and an evaluation.
 fn pipeline(drop_lr: &str) -> String {
-    format!(
-        r#"name = "d"
-seed = 3
-
-[stages.ingest]
-format = "synthetic"
-classes = 3
-train_per_class = 12
-val_per_class = 6
-image_size = [16, 16]
-
-[stages.hdf5]
-input = "ingest"
-
-{}
-[stages.train]
-input = "hdf5"
-network = "tiny"
-epochs = 2
-batch_size = 8
-lr = 0.01
-
-[stages.drop]
-kind = "lr-drop"
-from = "train"
-lr = {drop_lr}
-epochs = 1
-
-[stages.evaluate]
-input = "drop"
-split = "val"
-top_k = [1, 2]
-"#,
-        tiny_network(3)
-    )
+    Generated::new("d").drop(drop_lr, 1).evaluate().text()
 }
 
 /// (stage, key, state, reasons) of each stage, from `status --json` or `run --json`.
@@ -68,8 +34,7 @@ fn decided(v: &Value) -> Vec<(String, Value, String, Value)> {
 
 /// `status` and `run --dry-run` of `name`, which must agree stage by stage; returns them.
 fn look(p: &Project, name: &str) -> Vec<(String, Value, String, Value)> {
-    let out = p.ok(&["status", name, "--json"]);
-    let status = decided(&serde_json::from_slice(&out.stdout).unwrap());
+    let status = decided(&p.ok_json(&["status", name, "--json"]));
     let dry = decided(&p.run_json(name, &["--dry-run"]));
     assert_eq!(status, dry, "status and --dry-run disagree");
     status
@@ -109,8 +74,7 @@ fn run_as_decided(
 
 #[test]
 fn status_dry_run_and_run_decide_alike_fresh_edited_and_damaged() {
-    let p = Project::new();
-    p.manifest("d.toml", &pipeline("0.001"));
+    let p = Project::with("d.toml", &pipeline("0.001"));
     // Fresh: the first stage never ran; what reads it waits for its output.
     let fresh = look(&p, "d");
     assert_eq!(fresh[0].2, "stale");
@@ -141,23 +105,16 @@ fn status_dry_run_and_run_decide_alike_fresh_edited_and_damaged() {
     run_as_decided(&p, "d", &edited);
 
     // Damaged: a byte of the hdf5 artifact flipped.
-    let out = p.ok(&["status", "d", "--json"]);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let hdf5 = v["stages"][1]["output"].as_str().unwrap().to_string();
-    let dir = p.cache().join("artifacts").join(&hdf5);
+    let dir = p.artifact(&p.ok_json(&["status", "d", "--json"]), "hdf5");
     let file = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .find(|f| f.extension().is_some_and(|x| x == "h5"))
         .unwrap();
-    let mut perms = std::fs::metadata(&file).unwrap().permissions();
-    #[allow(clippy::permissions_set_readonly_false)]
-    perms.set_readonly(false);
-    std::fs::set_permissions(&file, perms).unwrap();
-    let mut bytes = std::fs::read(&file).unwrap();
-    let at = bytes.len() / 2;
-    bytes[at] ^= 0xff;
-    std::fs::write(&file, &bytes).unwrap();
+    tamper(&file, |b| {
+        let at = b.len() / 2;
+        b[at] ^= 0xff;
+    });
     let damaged = look(&p, "d");
     assert_eq!(damaged[1].2, "stale");
     let why = damaged[1].3[0].as_str().unwrap();
@@ -192,16 +149,14 @@ fn a_missing_dataset_waits_alike_in_status_and_dry_run_and_fails_a_run() {
 
 #[test]
 fn a_sweep_is_decided_alike_by_status_dry_run_and_the_local_executor() {
-    let p = Project::new();
-    p.manifest("d.toml", &pipeline("0.001"));
+    let p = Project::with("d.toml", &pipeline("0.001"));
     p.manifest(
         "s.toml",
         "extends = \"d.toml\"\nname = \"s\"\n\n[sweep.grid]\n\"drop.lr\" = [1e-3, 2e-3]\n",
     );
     p.ok(&["run", "d", "--until", "train"]);
-    let status: Value = serde_json::from_slice(&p.ok(&["status", "s", "--json"]).stdout).unwrap();
-    let dry: Value =
-        serde_json::from_slice(&p.ok(&["run", "s", "--dry-run", "--json"]).stdout).unwrap();
+    let status = p.ok_json(&["status", "s", "--json"]);
+    let dry = p.ok_json(&["run", "s", "--dry-run", "--json"]);
     assert_eq!(status["stages"], dry["stages"]);
     // What the tree says is not cached is what the local executor would run, each
     // shared stage once: (point, stage) for every point a stale stage belongs to.

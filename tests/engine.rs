@@ -2,16 +2,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
 
 fn setup(classes: usize, per_class: usize) -> (Project, std::path::PathBuf) {
-    let p = Project::new();
-    let root = p.path().join("data/tiny");
-    tiny_imagenet(&root, classes, per_class, 4);
+    let (p, root) = Project::with_tiny_imagenet("data/tiny", classes, per_class, 4);
     p.manifest("exp.toml", &tiny_manifest(&root, 5));
     (p, root)
 }
@@ -176,23 +173,7 @@ fn touching_files_without_changing_them_reruns_nothing() {
 #[test]
 fn sigkill_during_hdf5_leaves_a_store_the_next_run_repairs() {
     let (p, root) = setup(4, 40);
-    let mut child = p
-        .cmd(&["run", "exp"])
-        .env("PIPE_FAULT", "hdf5")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut reached = false;
-    for line in BufReader::new(stderr).lines() {
-        if line.unwrap().contains("PIPE_FAULT reached: hdf5") {
-            reached = true;
-            break;
-        }
-    }
-    assert!(reached, "the run never reached the hdf5 fault point");
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    kill_at_fault(&p, &["run", "exp"], "hdf5"); // SIGKILL in the middle of hdf5
 
     // The half-written HDF5 file exists only in the stage key's scratch folder (its
     // `publishing-<pid>` work folder), and no key points at it.
@@ -233,15 +214,10 @@ fn sigkill_during_hdf5_leaves_a_store_the_next_run_repairs() {
     assert!(work().is_empty(), "the next run cleared it");
 
     // Identical to a run that was never interrupted.
-    let clean = Project::new();
-    clean.manifest("exp.toml", &tiny_manifest(&root, 5));
+    let clean = Project::with("exp.toml", &tiny_manifest(&root, 5));
     let c = clean.run_json("exp", &[]);
     assert_eq!(field(&r, "hdf5", "output"), field(&c, "hdf5", "output"));
-    let h5 = p
-        .cache()
-        .join("artifacts")
-        .join(field(&r, "hdf5", "output"))
-        .join("train.h5");
+    let h5 = p.artifact(&r, "hdf5").join("train.h5");
     let data = pipe::data::h5::read_split(&h5).unwrap();
     assert_eq!(data.shape, [4 * 35, 16, 16, 3]);
 }
@@ -251,21 +227,10 @@ fn two_concurrent_runs_share_one_store_safely() {
     let (p, _) = setup(4, 30);
     // The first holds the lock for 2 s inside hdf5; the second must wait, then find
     // everything cached.
-    let mut first = p
-        .cmd(&["run", "exp", "--json"])
-        .env("PIPE_FAULT", "hdf5")
-        .env("PIPE_FAULT_SECS", "2")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = first.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    for line in lines.by_ref() {
-        if line.unwrap().contains("PIPE_FAULT reached") {
-            break;
-        }
-    }
+    let mut first = p.cmd(&["run", "exp", "--json"]);
+    first.env("PIPE_FAULT_SECS", "2").stdout(Stdio::piped());
+    // Its stderr stays open (`_stderr`) until the end.
+    let (first, _stderr, _) = spawn_to_fault(first, "hdf5");
     let started = Instant::now();
     let second = p.cmd(&["run", "exp", "--json"]).output().unwrap();
     assert!(second.status.success());
@@ -327,10 +292,8 @@ fn gc_removes_only_unreferenced_artifacts() {
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(s.contains("removed 2 artifacts"), "{s}");
     assert_eq!(arts(&p), 3);
-    let art =
-        |r: &serde_json::Value, s: &str| p.cache().join("artifacts").join(field(r, s, "output"));
-    assert!(!art(&first, "hdf5").exists());
-    assert!(art(&second, "hdf5").exists());
+    assert!(!p.artifact(&first, "hdf5").exists());
+    assert!(p.artifact(&second, "hdf5").exists());
     let r = p.run_json("exp", &[]);
     assert!(states(&r).iter().all(|(_, s)| s == "cached"));
 }
@@ -358,9 +321,7 @@ fn cache_location_follows_flag_then_env() {
 
 #[test]
 fn set_overrides_any_key_and_extends_inherits() {
-    let p = Project::new();
-    let root = p.path().join("data/tiny");
-    tiny_imagenet(&root, 3, 10, 2);
+    let (p, root) = Project::with_tiny_imagenet("data/tiny", 3, 10, 2);
     p.manifest("base.toml", &tiny_manifest(&p.path().join("nowhere"), 5));
     p.manifest(
         "child.toml",
@@ -369,11 +330,7 @@ fn set_overrides_any_key_and_extends_inherits() {
     let set = format!("ingest.root={}", root.display());
     let r = p.run_json("c1", &["--set", &set]);
     assert_eq!(r["pipeline"], "child");
-    let split_out = p
-        .cache()
-        .join("artifacts")
-        .join(field(&r, "split", "output"))
-        .join("test.csv");
+    let split_out = p.artifact(&r, "split").join("test.csv");
     let rows = pipe::data::index::read_index(&split_out).unwrap();
     assert_eq!(
         rows.len(),

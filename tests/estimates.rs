@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::Project;
+use common::demo_project;
 use pipe::engine::estimate::{estimate, TimingRecord};
 use pipe::manifest::StageKind;
 
@@ -71,10 +71,7 @@ fn an_estimate_is_the_median_rate_of_the_last_five_matching_runs() {
 
 #[test]
 fn the_demo_records_its_runs_and_estimates_from_them() {
-    let p = Project::new();
-    let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/demo.toml"))
-        .unwrap();
-    p.manifest("demo.toml", &demo);
+    let p = demo_project();
     // Before any run: nothing to estimate from, and it says so.
     let out = p.ok(&["run", "demo", "--dry-run"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no estimate yet"));

@@ -12,64 +12,18 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::Project;
+use common::{fill, read_json, Project};
 
 /// Two experiments over the same data stages; `lr` and `epochs` differ per pipeline.
 fn experiment(name: &str, lr: f64, epochs: usize, per_class: usize) -> String {
-    format!(
-        r#"name = "{name}"
-seed = 7
-
-[stages.ingest]
-kind = "ingest"
-format = "synthetic"
-classes = 4
-train_per_class = {per_class}
-val_per_class = 10
-image_size = [24, 24]
-
-[stages.split]
-kind = "split"
-input = "ingest"
-test_per_class = 10
-
-[stages.hdf5]
-kind = "hdf5"
-input = "split"
-size = [16, 16]
-
-[networks.net]
-input = [16, 16, 3]
-classes = 4
-layers = [
-  {{ conv2d = {{ filters = 8, kernel = 3 }} }},
-  {{ batchnorm = {{}} }},
-  {{ relu = {{}} }},
-  {{ maxpool = {{ size = 2 }} }},
-  {{ flatten = {{}} }},
-  {{ dense = "$classes" }},
-  {{ softmax = {{}} }},
-]
-
-[stages.train]
-kind = "train"
-input = "hdf5"
-network = "net"
-epochs = {epochs}
-batch_size = 16
-optimizer = "sgd"
-lr = {lr}
-checkpoint_every = 1
-device = "cpu"
-resources = {{ cpus = 1, mem = "1G", time = "00:30:00" }}
-
-[stages.evaluate]
-kind = "evaluate"
-input = "train"
-split = "test"
-top_k = [1, 3]
-device = "cpu"
-"#
+    fill(
+        include_str!("manifests/executors_experiment.toml"),
+        &[
+            ("name", &name),
+            ("lr", &lr),
+            ("epochs", &epochs),
+            ("per_class", &per_class),
+        ],
     )
 }
 
@@ -173,8 +127,7 @@ fn log_of(p: &Project, conf: &str, id: &str) -> String {
 #[test]
 fn slurm_runs_shared_data_stages_once_and_each_training_as_its_own_job() {
     let Some(conf) = cluster() else { return };
-    let p = Project::new();
-    p.manifest("exp1.toml", &experiment("exp1", 0.01, 2, 30));
+    let p = Project::with("exp1.toml", &experiment("exp1", 0.01, 2, 30));
     p.manifest("exp2.toml", &experiment("exp2", 0.02, 2, 30));
 
     let (ok, e1) = pipe(&p, &conf, &["run", "exp1", "--executor", "slurm"]);
@@ -443,8 +396,7 @@ fn a_worker_whose_input_is_missing_and_force_with_an_executor_are_clear_errors()
 #[test]
 fn slurm_runs_a_two_by_two_sweep_submitting_each_shared_stage_once() {
     let Some(conf) = cluster() else { return };
-    let p = Project::new();
-    p.manifest(
+    let p = Project::with(
         "sw.toml",
         &(experiment("sw", 0.01, 1, 20)
             + "\n[sweep.grid]\n\"train.lr\" = [0.01, 0.02]\n\"train.batch_size\" = [8, 16]\n"),
@@ -498,7 +450,7 @@ fn slurm_halving_decides_in_a_promotion_job_with_no_pipe_left_waiting() {
     );
     // It runs, decides, and submits the survivor's next rung and evaluation.
     wait_for("the halving decision", 240, || decisions.exists());
-    let d: serde_json::Value = serde_json::from_slice(&std::fs::read(&decisions).unwrap()).unwrap();
+    let d: serde_json::Value = read_json(&decisions);
     let kept = d["rungs"][0]["kept"].as_array().unwrap().clone();
     assert_eq!(kept.len(), 1, "{d}");
     assert_eq!(d["rungs"][0]["values"].as_array().unwrap().len(), 3, "{d}");

@@ -73,11 +73,7 @@ fn shipped_manifests_keep_their_keys() {
 
 #[test]
 fn demo_data_stages_keep_their_keys_and_outputs() {
-    let p = Project::new();
-    p.manifest(
-        "demo.toml",
-        &std::fs::read_to_string(repo().join("pipelines/demo.toml")).unwrap(),
-    );
+    let p = demo_project();
     let r = p.run_json("demo", &["--until", "split", "--set", "device=cpu"]);
     let mut now = String::new();
     for stage in ["ingest", "split"] {

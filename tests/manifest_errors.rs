@@ -154,8 +154,7 @@ fn a_cycle_is_reported_with_its_path() {
 
 #[test]
 fn an_extends_loop_is_reported() {
-    let p = Project::new();
-    p.manifest("a.toml", "extends = \"b.toml\"\n");
+    let p = Project::with("a.toml", "extends = \"b.toml\"\n");
     let b = "extends = \"a.toml\"\n";
     p.manifest("b.toml", b);
     let e = manifest::load(&p.path().join("pipelines/a.toml"), &[], p.path()).unwrap_err();

@@ -4,7 +4,8 @@
 
 mod common;
 
-use common::Project;
+use common::gradcheck::*;
+use common::{assert_success, repo_file, Project};
 use pipe::backend::dfdx_backend::cpu_net;
 use pipe::backend::native::{NativeModel, NativeNet};
 use pipe::backend::{self, BackendKind, DeviceKind, Model, Optimizer, State};
@@ -13,22 +14,10 @@ use pipe::nn::graph::Graph;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-fn graph(layers: &str, input: &str) -> Graph {
-    let p = Project::new();
-    let text = format!(
-        "[networks.n]\ninput = {input}\nclasses = 3\nlayers = [\n{layers}\n]\n\n[stages.ingest]\nformat = \"synthetic\"\n"
-    );
-    let path = p.manifest("g.toml", &text);
-    let m = manifest::load(&path, &[], p.path()).unwrap_or_else(|e| panic!("{e}"));
-    pipe::nn::expand(&m.library, "n", None).unwrap().graph
-}
-
 /// A network from a shipped network file, with text replacements applied first.
 fn shipped(file: &str, network: &str, edits: &[(&str, &str)]) -> Graph {
     let p = Project::new();
-    let mut text =
-        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file))
-            .unwrap();
+    let mut text = repo_file(file);
     for (a, b) in edits {
         assert!(text.contains(a), "{file} has no `{a}`");
         text = text.replace(a, b);
@@ -41,86 +30,38 @@ fn shipped(file: &str, network: &str, edits: &[(&str, &str)]) -> Graph {
     pipe::nn::expand(&m.library, network, None).unwrap().graph
 }
 
-fn input_len(g: &Graph) -> usize {
-    g.infer().unwrap()[0].shape.numel()
+impl Differentiable for NativeNet<f64> {
+    fn params(&mut self) -> &mut Vec<Vec<f64>> {
+        &mut self.params
+    }
+    fn names(&self) -> Vec<String> {
+        self.param_names()
+    }
+    fn train_loss(&mut self, x: &[f64], labels: &[i64]) -> f64 {
+        self.loss(x, labels, 7).unwrap()
+    }
+    fn train_gradients(&mut self, x: &[f64], labels: &[i64]) -> Vec<Vec<f64>> {
+        self.loss_and_grads(x, labels, 7).unwrap().3
+    }
 }
 
-/// Analytic gradients of the native backend against central differences (f64) on a sample
-/// of every parameter, with the parameters moved off their initial special values.
+/// The native backend's analytic gradients against central differences on 8 entries of
+/// every parameter.
 fn gradcheck(g: &Graph, n: usize, seed: u64) {
-    let mut net = NativeNet::<f64>::new(g, seed).unwrap();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed + 1);
-    for p in net.params.iter_mut() {
-        for v in p.iter_mut() {
-            *v += rng.random_range(-0.3..0.3);
-        }
-    }
-    let x: Vec<f64> = (0..n * input_len(g))
-        .map(|_| rng.random_range(-1.0..1.0))
-        .collect();
-    let labels: Vec<i64> = (0..n).map(|i| (i % 3) as i64).collect();
-    let (_, _, _, grads) = net.loss_and_grads(&x, &labels, 7).unwrap();
-    let names = net.param_names();
-    let h = 1e-6;
-    let mut checked = 0;
-    for p in 0..net.params.len() {
-        let len = net.params[p].len();
-        let picks: Vec<usize> = if len <= 8 {
-            (0..len).collect()
-        } else {
-            (0..8).map(|_| rng.random_range(0..len)).collect()
-        };
-        for i in picks {
-            let orig = net.params[p][i];
-            net.params[p][i] = orig + h;
-            let lp = net.loss(&x, &labels, 7).unwrap();
-            net.params[p][i] = orig - h;
-            let lm = net.loss(&x, &labels, 7).unwrap();
-            net.params[p][i] = orig;
-            let num = (lp - lm) / (2.0 * h);
-            let ana = grads[p][i];
-            let rel = (num - ana).abs() / (num.abs() + ana.abs()).max(1e-7);
-            assert!(
-                rel < 1e-4 || (num - ana).abs() < 1e-8,
-                "{}[{i}]: analytic {ana:e}, numeric {num:e} (relative error {rel:e})",
-                names[p]
-            );
-            checked += 1;
-        }
-    }
-    assert!(checked > 0);
+    check_gradients(&mut NativeNet::<f64>::new(g, seed).unwrap(), g, n, seed, 8);
 }
 
-#[test]
-fn native_gradcheck_conv_same_maxpool_and_dense() {
-    let g = graph(
-        "{ conv2d = { filters = 3, kernel = 3 } },\n{ maxpool = { size = 2 } },\n{ flatten = {} },\n{ dense = \"$classes\" },\n{ softmax = {} },",
-        "[5, 5, 2]",
-    );
-    gradcheck(&g, 3, 1);
-}
-
-#[test]
-fn native_gradcheck_strided_valid_conv_batchnorm_relu_global_pool() {
-    let g = graph(
-        "{ conv2d = { filters = 4, kernel = 3, stride = 2, padding = \"valid\" } },\n{ batchnorm = {} },\n{ relu = {} },\n{ global_avgpool = {} },\n{ dense = \"$classes\" },\n{ softmax = {} },",
-        "[7, 6, 2]",
-    );
-    gradcheck(&g, 4, 2);
-}
-
-#[test]
-fn native_gradcheck_pointwise_conv_elu_maxpool_same_and_l2() {
-    let g = graph(
-        "{ conv2d = { filters = 3, kernel = 1, l2 = 0.01 } },\n{ elu = {} },\n{ maxpool = { size = 3, stride = 2, padding = \"same\" } },\n{ flatten = {} },\n{ dense = { units = \"$classes\", l2 = 0.02 } },\n{ softmax = {} },",
-        "[5, 5, 2]",
-    );
-    gradcheck(&g, 3, 3);
-}
+// The checks of the networks that the dfdx backend (tests/backend.rs) is checked on too.
+shared_gradchecks!(gradcheck:
+    native_gradcheck_conv_same_maxpool_and_dense,
+    native_gradcheck_strided_valid_conv_batchnorm_relu_global_pool,
+    native_gradcheck_pointwise_conv_elu_maxpool_same_and_l2,
+    native_gradcheck_branch_used_three_times_concat_and_add
+);
 
 #[test]
 fn native_gradcheck_5x5_same_avgpool_same_dropout_and_explicit_padding() {
-    let g = graph(
+    let g = network(
         "{ conv2d = { filters = 3, kernel = [3, 2], padding = 1 } },\n{ conv2d = { filters = 2, kernel = 5 } },\n{ avgpool = { size = 3, stride = 1, padding = \"same\" } },\n{ dropout = 0.5 },\n{ avgpool = { size = 2 } },\n{ flatten = {} },\n{ dense = \"$classes\" },\n{ softmax = {} },",
         "[6, 5, 2]",
     );
@@ -128,29 +69,10 @@ fn native_gradcheck_5x5_same_avgpool_same_dropout_and_explicit_padding() {
 }
 
 #[test]
-fn native_gradcheck_branch_used_three_times_concat_and_add() {
-    let g = graph(
-        r#"{ name = "a", conv2d = { filters = 4, kernel = 3 } },
-{ name = "b", conv2d = { filters = 2, kernel = 1 }, inputs = ["a"] },
-{ name = "c", maxpool = { size = 3, stride = 1, padding = "same" }, inputs = ["a"] },
-{ name = "d", concat = {}, inputs = ["b", "c"] },
-{ name = "e", conv2d = { filters = 4, kernel = 3 } },
-{ name = "f", add = {}, inputs = ["e", "a"] },
-{ batchnorm = {} },
-{ relu = {} },
-{ flatten = {} },
-{ dense = "$classes" },
-{ softmax = {} },"#,
-        "[4, 4, 2]",
-    );
-    gradcheck(&g, 3, 5);
-}
-
-#[test]
 fn max_pools_over_overlapping_pools_count_a_tied_source_once() {
     // A 3x3/1 max pool over a 3x3/2 max pool's output sees the same source value in
     // neighbouring taps; finite differences say the source's gradient is counted once.
-    let g = graph(
+    let g = network(
         "{ conv2d = { filters = 2, kernel = 1 } },\n{ maxpool = { size = 3, stride = 2, padding = \"same\" } },\n{ maxpool = { size = 3, stride = 1, padding = \"same\" } },\n{ flatten = {} },\n{ dense = \"$classes\" },\n{ softmax = {} },",
         "[8, 8, 2]",
     );
@@ -178,7 +100,7 @@ fn max_pools_over_overlapping_pools_count_a_tied_source_once() {
 fn native_gradcheck_inception_concat_written_in_place_feeding_three_readers() {
     // Branches write straight into the concat (b1 through an in-place relu); the concat is
     // read by three layers, so its gradient is accumulated from three writers.
-    let g = graph(
+    let g = network(
         r#"{ name = "b1", conv2d = { filters = 2, kernel = 1 } },
 { name = "bn1", batchnorm = {} },
 { name = "r1", relu = {} },
@@ -198,7 +120,7 @@ fn native_gradcheck_inception_concat_written_in_place_feeding_three_readers() {
 
 #[test]
 fn native_gradcheck_flat_batchnorm_and_mid_network_softmax() {
-    let g = graph(
+    let g = network(
         "{ flatten = {} },\n{ dense = 5 },\n{ batchnorm = {} },\n{ relu = {} },\n{ dense = 4 },\n{ softmax = {} },\n{ dense = \"$classes\" },\n{ softmax = {} },",
         "[3, 3, 2]",
     );
@@ -328,7 +250,7 @@ fn parity_with_dfdx_minigooglenet() {
 }
 
 fn small_net() -> Graph {
-    graph(
+    network(
         "{ conv2d = { filters = 4, kernel = 3, bias = false } },\n{ batchnorm = {} },\n{ relu = {} },\n{ maxpool = { size = 2 } },\n{ conv2d = { filters = 6, kernel = 1 } },\n{ global_avgpool = {} },\n{ dropout = 0.2 },\n{ dense = \"$classes\" },\n{ softmax = {} },",
         "[8, 8, 3]",
     )
@@ -415,7 +337,7 @@ fn native_steps_are_bit_identical_across_thread_counts() {
 fn native_cpu_net_matches_dfdx_loss_in_f64() {
     // The f64 cores of both backends on a network with every kind of op: the same loss to
     // 1e-10 (only summation order differs).
-    let g = graph(
+    let g = network(
         r#"{ name = "a", conv2d = { filters = 4, kernel = 3 } },
 { name = "b", conv2d = { filters = 2, kernel = 1 }, inputs = ["a"] },
 { name = "c", maxpool = { size = 3, stride = 1, padding = "same" }, inputs = ["a"] },
@@ -566,11 +488,7 @@ fn bench_step_reports_images_per_second_and_peak_memory() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, "pipe bench step");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["images_per_sec"].as_f64().unwrap() > 0.0);
     let rss = v["peak_rss_mb"].as_f64().unwrap();
@@ -590,7 +508,7 @@ fn folded_inference_equals_dfdx() {
         "mini_googlenet",
         &[],
     );
-    let mixed = graph(
+    let mixed = network(
         "{ name = \"a\", conv2d = { filters = 5, kernel = 3, bias = false } },\n{ batchnorm = {} },\n{ name = \"b\", conv2d = { filters = 6, kernel = 1 } },\n{ name = \"bn\", batchnorm = {} },\n{ elu = {} },\n{ name = \"p\", conv2d = { filters = 6, kernel = 1 } },\n{ name = \"q\", batchnorm = {} },\n{ name = \"r\", relu = {}, inputs = [\"p\"] },\n{ name = \"s\", add = {}, inputs = [\"q\", \"r\"] },\n{ maxpool = { size = 2 } },\n{ batchnorm = {} },\n{ relu = {} },\n{ global_avgpool = {} },\n{ dense = \"$classes\" },",
         "[8, 8, 3]",
     );
@@ -639,7 +557,7 @@ fn folded_inference_equals_dfdx() {
 /// output gradient, and the activation's and the conv's with it.
 #[test]
 fn native_gradcheck_activation_before_batchnorm() {
-    let g = graph(
+    let g = network(
         "{ conv2d = { filters = 8, kernel = 3 } },\n{ relu = {} },\n{ batchnorm = {} },\n{ conv2d = { filters = 8, kernel = 3 } },\n{ elu = {} },\n{ batchnorm = {} },\n{ global_avgpool = {} },\n{ dense = \"$classes\" },\n{ softmax = {} },",
         "[6, 5, 3]",
     );
@@ -653,7 +571,7 @@ fn native_gradcheck_activation_before_batchnorm() {
 #[test]
 fn native_gradcheck_winograd_convs_on_odd_and_even_sizes() {
     for input in ["[5, 6, 3]", "[4, 4, 3]"] {
-        let g = graph(
+        let g = network(
             "{ conv2d = { filters = 8, kernel = 1 } },\n{ conv2d = { filters = 9, kernel = 3 } },\n{ batchnorm = {} },\n{ relu = {} },\n{ conv2d = { filters = 8, kernel = 3, bias = false } },\n{ global_avgpool = {} },\n{ dense = \"$classes\" },\n{ softmax = {} },",
             input,
         );
@@ -876,11 +794,7 @@ fn simd_and_winograd_switches_run_and_refuse_unknown_values() {
         [("PIPE_SIMD", "baseline"), ("PIPE_WINOGRAD", "1")],
     ] {
         let out = step(&env);
-        assert!(
-            out.status.success(),
-            "{env:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out, &format!("{env:?}"));
     }
     let out = step(&[("PIPE_SIMD", "avx1024")]);
     let err = String::from_utf8_lossy(&out.stderr);

@@ -144,10 +144,9 @@ fn check(
             .arg(&output_path)
             .output()
             .unwrap();
-        assert!(
-            o.status.success(),
-            "{target}: the onnx checker or onnxruntime refused the file:\n{}",
-            String::from_utf8_lossy(&o.stderr)
+        assert_success(
+            &o,
+            &format!("{target}: the onnx checker or onnxruntime refused the file"),
         );
         let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(info["opset"], 17);
@@ -180,14 +179,6 @@ fn check(
 
 /// Some of an ingest artifact's generated images.
 fn images_of(p: &Project, run: &serde_json::Value, n: usize) -> Vec<PathBuf> {
-    let out = run["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "ingest")
-        .and_then(|s| s["output"].as_str())
-        .unwrap()
-        .to_string();
     let mut all = Vec::new();
     fn walk(d: &Path, out: &mut Vec<PathBuf>) {
         let mut es: Vec<_> = std::fs::read_dir(d)
@@ -203,26 +194,18 @@ fn images_of(p: &Project, run: &serde_json::Value, n: usize) -> Vec<PathBuf> {
             }
         }
     }
-    walk(&p.cache().join("artifacts").join(out), &mut all);
+    walk(&p.artifact(run, "ingest"), &mut all);
     let step = (all.len() / n).max(1);
     all.into_iter().step_by(step).take(n).collect()
 }
 
 fn network_file(name: &str) -> String {
-    std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("pipelines/networks")
-            .join(name),
-    )
-    .unwrap()
+    repo_file(&format!("pipelines/networks/{name}"))
 }
 
 #[test]
 fn the_demo_network_exports_and_runs_the_same_everywhere() {
-    let p = Project::new();
-    let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/demo.toml"))
-        .unwrap();
-    p.manifest("demo.toml", &demo);
+    let p = demo_project();
     p.manifest(
         "small.toml",
         "extends = \"demo.toml\"\nname = \"small\"\n\n[stages.ingest]\ntrain_per_class = 20\nval_per_class = 4\n\n[stages.split]\ntest_per_class = 4\n\n[stages.train]\nepochs = 2\n\n[stages.drop]\nepochs = 1\n\n[stages.onnx]\nkind = \"export\"\ninput = \"drop\"\n",
@@ -232,18 +215,8 @@ fn the_demo_network_exports_and_runs_the_same_everywhere() {
     check(&p, "small", &images, (32, 32), 10);
     // The export stage's artifact is the same network: same answers, and it names the
     // model's content, not a pipeline (it is shared by every pipeline with its key).
-    let stage = run["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "onnx")
-        .unwrap();
-    assert_eq!(stage["state"], "ran");
-    let file = p
-        .cache()
-        .join("artifacts")
-        .join(stage["output"].as_str().unwrap())
-        .join("model.onnx");
+    assert_eq!(stage(&run, "onnx")["state"], "ran");
+    let file = p.artifact(&run, "onnx").join("model.onnx");
     let m = pipe::data::onnx::read(&std::fs::read(&file).unwrap()).unwrap();
     let meta = pipe::data::onnx::metadata(&m);
     assert!(meta.contains_key("pipe.model") && !meta.contains_key("pipe.pipeline"));
@@ -277,11 +250,7 @@ fn the_demo_network_exports_and_runs_the_same_everywhere() {
     let err = p.fails(&["export", "small", "-o", p.path().to_str().unwrap()]);
     assert!(err.contains("is not a regular file"), "{err}");
     let fifo = p.path().join("fifo.onnx");
-    assert!(Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap()
-        .success());
+    mkfifo(&fifo);
     let err = p.fails(&["export", "small", "-o", fifo.to_str().unwrap()]);
     assert!(err.contains("is not a regular file"), "{err}");
     assert!(std::fs::symlink_metadata(&fifo)
@@ -328,30 +297,7 @@ fn mini_googlenet_exports_and_runs_the_same_everywhere() {
         "networks/mini_googlenet.toml",
         &network_file("mini_googlenet.toml"),
     );
-    p.manifest(
-        "mini.toml",
-        r#"include = ["networks/mini_googlenet.toml"]
-name = "mini"
-
-[stages.ingest]
-format = "synthetic"
-classes = 10
-train_per_class = 3
-val_per_class = 1
-image_size = [32, 32]
-
-[stages.hdf5]
-input = "ingest"
-
-[stages.train]
-input = "hdf5"
-network = "mini_googlenet"
-epochs = 1
-batch_size = 10
-lr = 0.01
-mean = "pixel"
-"#,
-    );
+    p.manifest("mini.toml", include_str!("manifests/onnx_mini.toml"));
     let run = p.run_json("mini", &[]);
     check(&p, "mini", &images_of(&p, &run, 6), (32, 32), 10);
 }
@@ -365,88 +311,14 @@ fn deeper_googlenet_at_a_reduced_input_exports_and_runs_the_same_everywhere() {
         &network_file("deeper_googlenet.toml"),
     );
     // 56 x 56 (not 64): the windows meet odd sizes (7 -> 4 at pool4).
-    p.manifest(
-        "deeper.toml",
-        r#"include = ["networks/deeper_googlenet.toml"]
-name = "deeper"
-
-[networks.deeper_googlenet]
-input = [56, 56, 3]
-classes = 4
-
-[stages.ingest]
-format = "synthetic"
-classes = 4
-train_per_class = 2
-val_per_class = 1
-image_size = [56, 56]
-
-[stages.hdf5]
-input = "ingest"
-
-[stages.train]
-input = "hdf5"
-network = "deeper_googlenet"
-epochs = 1
-batch_size = 8
-lr = 0.01
-"#,
-    );
+    p.manifest("deeper.toml", include_str!("manifests/onnx_deeper.toml"));
     let run = p.run_json("deeper", &[]);
     check(&p, "deeper", &images_of(&p, &run, 4), (56, 56), 4);
 }
 
 #[test]
 fn edge_cases_export_as_our_kernels_compute_them() {
-    let p = Project::new();
-    p.manifest(
-        "edge.toml",
-        r#"name = "edge"
-
-[stages.ingest]
-format = "synthetic"
-classes = 3
-train_per_class = 8
-val_per_class = 2
-image_size = [15, 15]
-
-[stages.hdf5]
-input = "ingest"
-
-[networks.edge]
-input = [15, 15, 3]
-classes = 3
-layers = [
-  { name = "c1", conv2d = { filters = 6, kernel = 3 } },
-  { name = "bn1", batchnorm = {} },
-  { name = "e1", elu = { alpha = 0.7 } },
-  # stride-2 `same` max pooling on an odd size: 15 -> 8, the extra padding after
-  { name = "p1", maxpool = { size = 3, stride = 2, padding = "same" } },
-  { name = "a", conv2d = { filters = 6, kernel = 1 } },
-  { name = "b", conv2d = { filters = 6, kernel = 3, padding = 1 }, inputs = ["p1"] },
-  { name = "sum", add = {}, inputs = ["a", "b"] },
-  { name = "r", relu = {} },
-  # average pooling next to padding: border windows average only their valid cells
-  { name = "p2", avgpool = { size = 3, stride = 2, padding = "same" } },
-  { name = "p3", avgpool = { size = 2, stride = 1, padding = 1 }, inputs = ["sum"] },
-  { name = "p3s", maxpool = { size = 2, stride = 2 } },
-  { name = "cat", concat = {}, inputs = ["p2", "p3s"] },
-  { name = "v", conv2d = { filters = 4, kernel = [2, 3], stride = [1, 2], padding = "valid", bias = false } },
-  { name = "do", dropout = 0.3 },
-  { name = "flat", flatten = {} },
-  { name = "fc", dense = { units = 8, bias = false } },
-  { name = "e2", elu = {} },
-  { name = "out", dense = "$classes" },
-]
-
-[stages.train]
-input = "hdf5"
-network = "edge"
-epochs = 2
-batch_size = 6
-lr = 0.02
-"#,
-    );
+    let p = Project::with("edge.toml", include_str!("manifests/onnx_edge.toml"));
     let run = p.run_json("edge", &[]);
     check(&p, "edge", &images_of(&p, &run, 8), (15, 15), 3);
 }

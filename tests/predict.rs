@@ -8,18 +8,6 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 
-/// `pipe run --json`'s artifact folder of `stage`.
-fn artifact(p: &Project, run: &serde_json::Value, stage: &str) -> PathBuf {
-    let out = run["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == stage)
-        .and_then(|s| s["output"].as_str())
-        .unwrap_or_else(|| panic!("no output for {stage}: {run}"));
-    p.cache().join("artifacts").join(out)
-}
-
 /// The image paths of a split index, in order (relative ones resolved against the index's
 /// artifact, as the hdf5 stage resolves them).
 fn split_paths(index_dir: &Path, split: &str) -> Vec<String> {
@@ -81,64 +69,15 @@ fn on_the_digits_predict_agrees_with_evaluate_image_by_image() {
     digits(&root, 600);
     p.manifest(
         "dg.toml",
-        &format!(
-            r#"name = "dg"
-seed = 5
-
-[stages.ingest]
-format = "image-folder"
-root = "{}"
-
-[stages.split]
-input = "ingest"
-test_per_class = 10
-
-[stages.hdf5]
-input = "split"
-
-[blocks.conv_bn_relu]
-params = ["k"]
-layers = [
-  {{ conv2d = {{ filters = "$k", kernel = 3 }} }},
-  {{ batchnorm = {{}} }},
-  {{ relu = {{}} }},
-]
-
-[networks.net]
-input = [8, 8, 3]
-classes = 10
-layers = [
-  {{ conv_bn_relu = [16] }},
-  {{ maxpool = {{ size = 2 }} }},
-  {{ conv_bn_relu = [32] }},
-  {{ global_avgpool = {{}} }},
-  {{ dropout = 0.3 }},
-  {{ dense = "$classes" }},
-  {{ softmax = {{}} }},
-]
-
-[stages.train]
-input = "hdf5"
-network = "net"
-epochs = 20
-batch_size = 32
-optimizer = "adam"
-lr = 0.005
-mean = "rgb"
-val_split = "test"
-
-[stages.evaluate]
-input = "train"
-split = "test"
-top_k = [1, 5]
-"#,
-            root.display()
+        &fill(
+            include_str!("manifests/predict_digits.toml"),
+            &[("root", &root.display())],
         ),
     );
     let run = p.run_json("dg", &[]);
-    let paths = split_paths(&artifact(&p, &run, "split"), "test");
+    let paths = split_paths(&p.artifact(&run, "split"), "test");
     assert_eq!(paths.len(), 100);
-    let want = evaluated_top5(&artifact(&p, &run, "evaluate"));
+    let want = evaluated_top5(&p.artifact(&run, "evaluate"));
     let mut args = vec!["predict", "dg", "--json", "--top-k", "5"];
     args.extend(paths.iter().map(String::as_str));
     let got = predicted(&p.ok(&args).stdout);
@@ -182,49 +121,14 @@ fn a_jpeg_that_needs_resizing_is_prepared_as_the_hdf5_stage_prepared_it() {
     tiny_imagenet_sized(&root, 4, 20, 10, 45);
     p.manifest(
         "t.toml",
-        &format!(
-            r#"name = "t"
-seed = 2
-
-[stages.ingest]
-format = "tiny-imagenet"
-root = "{}"
-
-[stages.hdf5]
-input = "ingest"
-size = [32, 24]
-filter = "bicubic"
-
-[networks.net]
-input = [24, 32, 3]
-classes = 4
-layers = [
-  {{ conv2d = {{ filters = 8, kernel = 3, stride = 2 }} }},
-  {{ relu = {{}} }},
-  {{ global_avgpool = {{}} }},
-  {{ dense = "$classes" }},
-  {{ softmax = {{}} }},
-]
-
-[stages.train]
-input = "hdf5"
-network = "net"
-epochs = 2
-batch_size = 16
-lr = 0.01
-mean = "pixel"
-
-[stages.evaluate]
-input = "train"
-split = "val"
-top_k = [1, 2]
-"#,
-            root.display()
+        &fill(
+            include_str!("manifests/predict_resized.toml"),
+            &[("root", &root.display())],
         ),
     );
     let run = p.run_json("t", &[]);
-    let paths = split_paths(&artifact(&p, &run, "ingest"), "val");
-    let h5 = pipe::data::h5::read_split(&artifact(&p, &run, "hdf5").join("val.h5")).unwrap();
+    let paths = split_paths(&p.artifact(&run, "ingest"), "val");
+    let h5 = pipe::data::h5::read_split(&p.artifact(&run, "hdf5").join("val.h5")).unwrap();
     assert_eq!(h5.shape, [40, 24, 32, 3]);
     let px = 24 * 32 * 3;
     for (i, path) in paths.iter().enumerate() {
@@ -242,7 +146,7 @@ top_k = [1, 2]
         );
     }
     // End to end, with the mean image subtracted: predict ranks as evaluate ranked.
-    let want = evaluated_top5(&artifact(&p, &run, "evaluate"));
+    let want = evaluated_top5(&p.artifact(&run, "evaluate"));
     let mut args = vec!["predict", "t:train", "--json", "--top-k", "4"];
     args.extend(paths.iter().map(String::as_str));
     let got = predicted(&p.ok(&args).stdout);
@@ -272,11 +176,7 @@ top_k = [1, 2]
     let err = p.fails(&["predict", "t", p.path().join("nope").to_str().unwrap()]);
     assert!(err.contains("nope"), "{err}");
     let fifo = p.path().join("pipe.jpg");
-    assert!(std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap()
-        .success());
+    mkfifo(&fifo);
     let err = p.fails(&["predict", "t", fifo.to_str().unwrap()]);
     assert!(err.contains("pipe.jpg") && err.contains("FIFO"), "{err}");
     // A folder with a link back to itself: each image once, and a warning naming the loop.

@@ -7,65 +7,16 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::Stdio;
 
 use common::*;
 
 /// A digits pipeline: image folder -> split -> hdf5 -> a small convnet, an lr drop, an
 /// evaluation; `sweep` appended.
 fn digits_manifest(root: &Path, sweep: &str) -> String {
-    format!(
-        r#"name = "dg"
-seed = 5
-
-[stages.ingest]
-format = "image-folder"
-root = "{}"
-
-[stages.split]
-input = "ingest"
-test_per_class = 4
-
-[stages.hdf5]
-input = "split"
-
-[networks.net]
-input = [8, 8, 3]
-classes = 10
-layers = [
-  {{ conv2d = {{ filters = 16, kernel = 3 }} }},
-  {{ relu = {{}} }},
-  {{ flatten = {{}} }},
-  {{ dense = "$classes" }},
-  {{ softmax = {{}} }},
-]
-
-[stages.train]
-input = "hdf5"
-network = "net"
-epochs = 4
-batch_size = 32
-optimizer = "adam"
-lr = 0.01
-mean = "rgb"
-val_split = "test"
-
-[stages.drop]
-kind = "lr-drop"
-from = "train"
-lr = 0.001
-epochs = 1
-
-[stages.evaluate]
-input = "drop"
-split = "test"
-top_k = [1, 3]
-
-{sweep}
-"#,
-        root.display()
+    fill(
+        include_str!("manifests/sweeps_digits.toml"),
+        &[("root", &root.display()), ("sweep", &sweep)],
     )
 }
 
@@ -75,21 +26,7 @@ fn point_states(run: &serde_json::Value) -> Vec<(String, Vec<(String, String)>)>
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| {
-            let id = p[0].as_str().unwrap().to_string();
-            let stages = p[2]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|s| {
-                    (
-                        s["name"].as_str().unwrap().to_string(),
-                        s["state"].as_str().unwrap().to_string(),
-                    )
-                })
-                .collect();
-            (id, stages)
-        })
+        .map(|p| (p[0].as_str().unwrap().to_string(), stage_states(&p[2])))
         .collect()
 }
 
@@ -104,17 +41,6 @@ fn runs(run: &serde_json::Value) -> BTreeMap<String, usize> {
     out
 }
 
-fn sweep_json(p: &Project, args: &[&str]) -> serde_json::Value {
-    let out = p.ok(args);
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
 #[test]
 fn a_three_point_lr_sweep_on_the_digits_runs_each_data_stage_once() {
     let p = Project::new();
@@ -124,7 +50,7 @@ fn a_three_point_lr_sweep_on_the_digits_runs_each_data_stage_once() {
         "dg.toml",
         &digits_manifest(&root, "[sweep.grid]\n\"train.lr\" = [1e-2, 2e-2, 5e-3]\n"),
     );
-    let run = sweep_json(&p, &["run", "dg", "--json"]);
+    let run = p.ok_json(&["run", "dg", "--json"]);
     let ids: Vec<String> = point_states(&run).into_iter().map(|p| p.0).collect();
     assert_eq!(ids, ["lr=1e-2", "lr=2e-2", "lr=5e-3"]);
     let r = runs(&run);
@@ -144,7 +70,7 @@ fn a_three_point_lr_sweep_on_the_digits_runs_each_data_stage_once() {
         assert_eq!(row["swept"][0][0], "lr");
     }
     // A second run runs nothing; a point is addressed by its id.
-    let again = sweep_json(&p, &["run", "dg", "--json"]);
+    let again = p.ok_json(&["run", "dg", "--json"]);
     assert!(runs(&again).values().all(|n| *n == 0), "{:?}", runs(&again));
     let one = p.run_json("dg@lr=5e-3", &[]);
     assert!(states(&one).iter().all(|(_, s)| s == "cached"));
@@ -167,57 +93,21 @@ fn a_three_point_lr_sweep_on_the_digits_runs_each_data_stage_once() {
     );
 }
 
-/// Generated data, a train -> drop chain.
-const GEN: &str = r#"name = "g"
-seed = 3
-
-[stages.ingest]
-format = "synthetic"
-classes = 3
-train_per_class = 12
-val_per_class = 6
-image_size = [16, 16]
-
-[stages.hdf5]
-input = "ingest"
-
-[networks.tiny]
-input = [16, 16, 3]
-classes = 3
-layers = [
-  { conv2d = { filters = 4, kernel = 3 } },
-  { relu = {} },
-  { global_avgpool = {} },
-  { dense = "$classes" },
-  { softmax = {} },
-]
-
-[stages.train]
-input = "hdf5"
-network = "tiny"
-epochs = 2
-batch_size = 8
-lr = 0.01
-checkpoint_every = 1
-
-[stages.drop]
-kind = "lr-drop"
-from = "train"
-lr = 0.001
-epochs = 1
-
-[stages.evaluate]
-input = "drop"
-split = "val"
-top_k = [1, 2]
-"#;
+/// Generated data, a train -> drop chain and an evaluation; `sweep` appended.
+fn generated(sweep: &str) -> String {
+    Generated::new("g")
+        .checkpoints()
+        .drop("0.001", 1)
+        .evaluate()
+        .text()
+        + sweep
+}
 
 #[test]
 fn a_sweep_over_the_last_lr_shares_the_first_training_segment() {
-    let p = Project::new();
-    p.manifest(
+    let p = Project::with(
         "g.toml",
-        &(GEN.to_string() + "\n[sweep.grid]\n\"drop.lr\" = [1e-3, 5e-4, 1e-4]\n"),
+        &generated("\n[sweep.grid]\n\"drop.lr\" = [1e-3, 5e-4, 1e-4]\n"),
     );
     // The dry run's tree says what is shared before anything runs.
     let out = p.ok(&["run", "g", "--dry-run"]);
@@ -230,17 +120,16 @@ fn a_sweep_over_the_last_lr_shares_the_first_training_segment() {
         assert!(shared.contains(stage), "{tree}");
     }
     assert!(!shared.contains("drop "), "{tree}");
-    let run = sweep_json(&p, &["run", "g", "--json"]);
+    let run = p.ok_json(&["run", "g", "--json"]);
     let r = runs(&run);
     assert_eq!((r["train"], r["drop"], r["evaluate"]), (1, 3, 3), "{r:?}");
 }
 
 #[test]
 fn a_failing_point_leaves_the_others_finished_and_fails_the_run() {
-    let p = Project::new();
-    p.manifest(
+    let p = Project::with(
         "g.toml",
-        &(GEN.to_string() + "\n[sweep.zip]\n\"evaluate.split\" = [\"val\", \"nope\", \"train\"]\n"),
+        &generated("\n[sweep.zip]\n\"evaluate.split\" = [\"val\", \"nope\", \"train\"]\n"),
     );
     let out = p.cmd(&["run", "g"]).output().unwrap();
     assert!(!out.status.success());
@@ -284,20 +173,8 @@ eta = 3
 
 /// The last epoch's val loss of a point's stage, read from the store.
 fn val_loss(p: &Project, point: &str, stage: &str) -> f64 {
-    let st = p.ok(&["status", point, "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
-    let out = v["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == stage)
-        .and_then(|s| s["output"].as_str())
-        .unwrap_or_else(|| panic!("{point} has no {stage}: {v}"))
-        .to_string();
-    let h: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(p.cache().join("artifacts").join(out).join("history.json")).unwrap(),
-    )
-    .unwrap();
+    let status = p.ok_json(&["status", point, "--json"]);
+    let h: serde_json::Value = read_json(&p.artifact(&status, stage).join("history.json"));
     h.as_array().unwrap().last().unwrap()["val_loss"]
         .as_f64()
         .unwrap()
@@ -309,7 +186,7 @@ fn halving_nine_points_keeps_three_then_one_the_same_way_every_time() {
     let root = p.path().join("data/digits");
     digits(&root, 500);
     p.manifest("dg.toml", &halving_manifest(&root));
-    let run = sweep_json(&p, &["run", "dg", "--json"]);
+    let run = p.ok_json(&["run", "dg", "--json"]);
     let rungs = run["decisions"]["rungs"].as_array().unwrap().clone();
     assert_eq!(rungs.len(), 2, "{run}");
     let kept = |r: &serde_json::Value| -> Vec<String> {
@@ -349,7 +226,7 @@ fn halving_nine_points_keeps_three_then_one_the_same_way_every_time() {
     after_drop.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     assert_eq!(kept(&rungs[1]), vec![after_drop[0].2.clone()]);
     // Again: the same decisions, nothing re-run.
-    let again = sweep_json(&p, &["run", "dg", "--json"]);
+    let again = p.ok_json(&["run", "dg", "--json"]);
     assert_eq!(again["decisions"], run["decisions"]);
     assert!(runs(&again).values().all(|n| *n == 0), "{:?}", runs(&again));
     // status shows them, and the pruned points.
@@ -359,37 +236,19 @@ fn halving_nine_points_keeps_three_then_one_the_same_way_every_time() {
     assert_eq!(text.matches("[pruned after train]").count(), 6, "{text}");
     // A pruned point continues from its cached train when named: no retraining.
     let pruned = after_train[8].2.clone();
-    let out = p.ok(&["run", "dg", "--only", &pruned, "--json"]);
-    let one: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let one = p.ok_json(&["run", "dg", "--only", &pruned, "--json"]);
     let r = runs(&one);
     assert_eq!((r["train"], r["drop"], r["drop2"]), (0, 1, 1), "{r:?}");
 }
 
 #[test]
 fn a_sweep_killed_mid_way_finishes_the_same_when_run_again() {
-    let p = Project::new();
-    p.manifest(
+    let p = Project::with(
         "g.toml",
-        &(GEN.to_string() + "\n[sweep.grid]\n\"train.lr\" = [1e-2, 2e-2]\n"),
+        &generated("\n[sweep.grid]\n\"train.lr\" = [1e-2, 2e-2]\n"),
     );
     // Killed in the second point's training, after its first epoch's checkpoint.
-    let mut child = p
-        .cmd(&["run", "g"])
-        .env("PIPE_FAULT", "train:epoch1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut seen = 0;
-    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
-        let line = line.unwrap();
-        if line.contains("PIPE_FAULT reached: train:epoch1") {
-            seen += 1;
-            break;
-        }
-    }
-    assert_eq!(seen, 1);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_at_fault(&p, &["run", "g"], "train:epoch1");
     let out = p.ok(&["run", "g", "--json"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -397,12 +256,11 @@ fn a_sweep_killed_mid_way_finishes_the_same_when_run_again() {
         "{err}"
     );
     let resumed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let clean = Project::new();
-    clean.manifest(
+    let clean = Project::with(
         "g.toml",
-        &(GEN.to_string() + "\n[sweep.grid]\n\"train.lr\" = [1e-2, 2e-2]\n"),
+        &generated("\n[sweep.grid]\n\"train.lr\" = [1e-2, 2e-2]\n"),
     );
-    let straight = sweep_json(&clean, &["run", "g", "--json"]);
+    let straight = clean.ok_json(&["run", "g", "--json"]);
     let outputs = |r: &serde_json::Value| -> Vec<String> {
         r["points"]
             .as_array()
@@ -422,16 +280,13 @@ fn a_sweep_killed_mid_way_finishes_the_same_when_run_again() {
 
 #[test]
 fn only_selects_points_by_value() {
-    let p = Project::new();
-    p.manifest(
+    let p = Project::with(
         "g.toml",
-        &(GEN.to_string()
-            + "\n[sweep.grid]\n\"train.lr\" = [1e-3, 1e-2, 5e-3]\n\"train.batch_size\" = [8, 16]\n"),
+        &generated(
+            "\n[sweep.grid]\n\"train.lr\" = [1e-3, 1e-2, 5e-3]\n\"train.batch_size\" = [8, 16]\n",
+        ),
     );
-    let run = sweep_json(
-        &p,
-        &["run", "g", "--only", "lr<1e-2,batch_size=16", "--json"],
-    );
+    let run = p.ok_json(&["run", "g", "--only", "lr<1e-2,batch_size=16", "--json"]);
     let ids: Vec<String> = point_states(&run).into_iter().map(|p| p.0).collect();
     assert_eq!(ids, ["lr=1e-3,batch_size=16", "lr=5e-3,batch_size=16"]);
     let err = p.fails(&["run", "g", "--only", "momentum=0.9"]);
@@ -442,11 +297,9 @@ fn only_selects_points_by_value() {
 
 #[test]
 fn local_workers_run_a_sweep_with_each_shared_stage_once_and_halve_it() {
-    let p = Project::new();
-    p.manifest(
+    let p = Project::with(
         "g.toml",
-        &(GEN.to_string()
-            + "\n[sweep.grid]\n\"train.lr\" = [1e-2, 2e-2, 5e-2]\n\n[sweep.halving]\nrungs = [\"train\", \"drop\"]\nmetric = \"val.loss\"\neta = 3\n"),
+        &generated("\n[sweep.grid]\n\"train.lr\" = [1e-2, 2e-2, 5e-2]\n\n[sweep.halving]\nrungs = [\"train\", \"drop\"]\nmetric = \"val.loss\"\neta = 3\n"),
     );
     let out = p.ok(&["run", "g", "-j", "2"]);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -455,43 +308,26 @@ fn local_workers_run_a_sweep_with_each_shared_stage_once_and_halve_it() {
     assert_eq!(err.matches(":hdf5 started").count(), 1, "{err}");
     assert_eq!(err.matches(":train started").count(), 3, "{err}");
     assert!(err.contains("halving after `train`"), "{err}");
-    let d: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(p.cache().join("sweeps/g.json")).unwrap()).unwrap();
+    let d: serde_json::Value = read_json(&p.cache().join("sweeps/g.json"));
     let kept = d["rungs"][0]["kept"].as_array().unwrap();
     assert_eq!(kept.len(), 1, "{d}");
     // The survivor is done; in-process, the same decision.
     let survivor = format!("g@{}", kept[0].as_str().unwrap());
     let r = p.run_json(&survivor, &[]);
     assert!(states(&r).iter().all(|(_, s)| s == "cached"), "{r}");
-    let again = sweep_json(&p, &["run", "g", "--json"]);
+    let again = p.ok_json(&["run", "g", "--json"]);
     assert_eq!(again["decisions"], d);
 }
 
 #[test]
 fn gc_keeps_every_point_of_a_sweep_and_an_interrupted_points_checkpoints() {
-    let p = Project::new();
-    p.manifest(
+    let p = Project::with(
         "g.toml",
-        &(GEN.to_string() + "\n[sweep.grid]\n\"train.lr\" = [1e-2, 2e-2]\n"),
+        &generated("\n[sweep.grid]\n\"train.lr\" = [1e-2, 2e-2]\n"),
     );
     p.ok(&["run", "g", "--only", "lr=1e-2"]);
     // The second point is killed in its training, after its first epoch's checkpoint.
-    let mut child = p
-        .cmd(&["run", "g", "--only", "lr=2e-2"])
-        .env("PIPE_FAULT", "train:epoch1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut reached = false;
-    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
-        if line.unwrap().contains("PIPE_FAULT reached: train:epoch1") {
-            reached = true;
-            break;
-        }
-    }
-    assert!(reached);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_at_fault(&p, &["run", "g", "--only", "lr=2e-2"], "train:epoch1");
     // `--all` drops the runs of pipelines whose manifest is gone; a sweep's points are
     // pipelines of a manifest that is there.
     let gc = p.ok(&["gc", "--all"]);
@@ -517,7 +353,7 @@ fn gc_keeps_every_point_of_a_sweep_and_an_interrupted_points_checkpoints() {
     // The point whose manifest value is gone is what `--all` removes.
     p.manifest(
         "g.toml",
-        &(GEN.to_string() + "\n[sweep.grid]\n\"train.lr\" = [1e-2]\n"),
+        &generated("\n[sweep.grid]\n\"train.lr\" = [1e-2]\n"),
     );
     let gc = p.ok(&["gc", "--all"]);
     let said =
@@ -532,12 +368,13 @@ fn a_point_whose_id_is_longer_than_a_file_name_runs_and_stays_cached() {
     let long = "x".repeat(300);
     p.manifest(
         "g.toml",
-        &(GEN.to_string()
-            + &format!("\n[sweep.grid]\n\"description\" = [\"{long}\", \"short\"]\n")),
+        &generated(&format!(
+            "\n[sweep.grid]\n\"description\" = [\"{long}\", \"short\"]\n"
+        )),
     );
-    let run = sweep_json(&p, &["run", "g", "--json"]);
+    let run = p.ok_json(&["run", "g", "--json"]);
     assert_eq!(point_states(&run).len(), 2);
-    let again = sweep_json(&p, &["run", "g", "--json"]);
+    let again = p.ok_json(&["run", "g", "--json"]);
     for (id, stages) in point_states(&again) {
         assert!(
             stages.iter().all(|(_, s)| s == "cached"),
@@ -556,12 +393,12 @@ fn a_name_that_would_leave_the_stores_folder_or_pick_a_point_is_refused() {
         ("a@b", "must not hold `@`"),
         (".hidden", "must not start with `.`"),
     ] {
-        let text = GEN.replacen("name = \"g\"", &format!("name = {name:?}"), 1);
+        let text = generated("").replacen("name = \"g\"", &format!("name = {name:?}"), 1);
         p.manifest("g.toml", &text);
         let err = p.fails(&["status", "pipelines/g.toml"]);
         assert!(err.contains("g.toml:1:8") && err.contains(phrase), "{err}");
     }
-    let text = GEN.replacen(
+    let text = generated("").replacen(
         "name = \"g\"",
         "name = \"g\"\naliases = [\"ok\", \"x/y\"]",
         1,
@@ -577,10 +414,9 @@ fn a_name_that_would_leave_the_stores_folder_or_pick_a_point_is_refused() {
 
 #[test]
 fn a_set_of_a_swept_key_is_refused_not_silently_overridden() {
-    let p = Project::new();
-    p.manifest(
+    let p = Project::with(
         "g.toml",
-        &(GEN.to_string() + "\n[sweep.grid]\n\"train.lr\" = [1e-2, 2e-2]\n"),
+        &generated("\n[sweep.grid]\n\"train.lr\" = [1e-2, 2e-2]\n"),
     );
     let err = p.fails(&["run", "g", "--set", "train.lr=1e-3", "--dry-run"]);
     assert!(
@@ -594,10 +430,9 @@ fn a_set_of_a_swept_key_is_refused_not_silently_overridden() {
 
 #[test]
 fn show_of_a_sweep_as_csv_keeps_names_clean_and_marks_the_best_in_a_column() {
-    let p = Project::new();
-    p.manifest(
+    let p = Project::with(
         "g.toml",
-        &(GEN.to_string() + "\n[sweep.grid]\n\"train.lr\" = [1e-2, 2e-2]\n"),
+        &generated("\n[sweep.grid]\n\"train.lr\" = [1e-2, 2e-2]\n"),
     );
     p.ok(&["run", "g"]);
     let out = p.ok(&["show", "g", "--csv"]);
@@ -613,8 +448,7 @@ fn show_of_a_sweep_as_csv_keeps_names_clean_and_marks_the_best_in_a_column() {
     assert_eq!(rows[1][0], "g@lr=2e-2");
     assert_eq!(rows.iter().filter(|r| r[1] == "*").count(), 1, "{rows:?}");
     // The JSON marks the same point.
-    let json: serde_json::Value =
-        serde_json::from_slice(&p.ok(&["show", "g", "--json"]).stdout).unwrap();
+    let json = p.ok_json(&["show", "g", "--json"]);
     let best = json
         .as_array()
         .unwrap()

@@ -3,84 +3,33 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::Stdio;
-
 use common::*;
 use pipe::data::checkpoint;
 use pipe::stages::evaluate::rank_k;
 
-const PIPELINE: &str = r#"name = "t"
-seed = 3
-
-[stages.ingest]
-format = "synthetic"
-classes = 4
-train_per_class = 30
-val_per_class = 8
-image_size = [16, 16]
-
-[stages.hdf5]
-input = "ingest"
-
-[networks.tiny]
-input = [16, 16, 3]
-classes = 4
-layers = [
-  { conv2d = { filters = 6, kernel = 3 } },
-  { batchnorm = {} },
-  { relu = {} },
-  { maxpool = { size = 2 } },
-  { conv2d = { filters = 8, kernel = 3 } },
-  { relu = {} },
-  { global_avgpool = {} },
-  { dropout = 0.2 },
-  { dense = "$classes" },
-  { softmax = {} },
-]
-
-[stages.train]
-input = "hdf5"
-network = "tiny"
-epochs = 4
-batch_size = 16
-optimizer = "sgd"
-lr = 0.05
-schedule = "poly"
-augment = { flip = true, width_shift = 0.1, rotation = 10 }
-checkpoint_every = 1
-
-[stages.drop]
-kind = "lr-drop"
-from = "train"
-lr = 0.005
-epochs = 2
-
-[stages.evaluate]
-input = "drop"
-split = "val"
-top_k = [1, 2]
-"#;
-
-fn artifact(p: &Project, r: &serde_json::Value, stage: &str) -> PathBuf {
-    p.cache().join("artifacts").join(field(r, stage, "output"))
-}
+/// Generated data (4 classes), a network of two convs with batch norm, max pooling and
+/// dropout, a training with SGD, a poly schedule, augmentation and checkpoints, an lr drop
+/// and an evaluation.
+const PIPELINE: &str = include_str!("manifests/training.toml");
 
 fn tensors(path: &std::path::Path) -> std::collections::BTreeMap<String, Vec<f32>> {
     let (st, _) = checkpoint::load(path).unwrap();
     st.tensors.into_iter().map(|(k, t)| (k, t.data)).collect()
 }
 
+/// `[stages.again]`: one more epoch at lr 0.01, resumed from `from` (`stage@epoch`).
+fn resume_from(from: &str) -> String {
+    format!("\n[stages.again]\nkind = \"resume\"\nfrom = \"{from}\"\nlr = 0.01\nepochs = 1\n")
+}
+
 #[test]
 fn training_pipeline_runs_and_reports() {
-    let p = Project::new();
-    p.manifest("t.toml", PIPELINE);
+    let p = Project::with("t.toml", PIPELINE);
     let r = p.run_json("t", &[]);
     for s in ["ingest", "hdf5", "train", "drop", "evaluate"] {
         assert_eq!(state_of(&r, s), "ran", "{s}");
     }
-    let train = artifact(&p, &r, "train");
+    let train = p.artifact(&r, "train");
     for f in [
         "model.safetensors",
         "state.safetensors",
@@ -107,9 +56,8 @@ fn training_pipeline_runs_and_reports() {
     assert!(s.contains_key("opt/conv2d_1/kernel/m"));
     assert_eq!(w["conv2d_1/kernel"], s["conv2d_1/kernel"]);
     // History continues across the lr drop, with the drop's lr.
-    let drop = artifact(&p, &r, "drop");
-    let h: Vec<serde_json::Value> =
-        serde_json::from_slice(&std::fs::read(drop.join("history.json")).unwrap()).unwrap();
+    let drop = p.artifact(&r, "drop");
+    let h: Vec<serde_json::Value> = read_json(&drop.join("history.json"));
     let epochs: Vec<u64> = h.iter().map(|r| r["epoch"].as_u64().unwrap()).collect();
     assert_eq!(epochs, vec![1, 2, 3, 4, 5, 6]);
     assert_eq!(h[5]["stage"], "drop");
@@ -117,9 +65,8 @@ fn training_pipeline_runs_and_reports() {
     // poly decay: lr0 * (1 - e/E), e from 0.
     assert!((h[1]["lr"].as_f64().unwrap() - 0.05 * 0.75).abs() < 1e-12);
     // Evaluation wrote its metrics.
-    let ev = artifact(&p, &r, "evaluate");
-    let m: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(ev.join("metrics.json")).unwrap()).unwrap();
+    let ev = p.artifact(&r, "evaluate");
+    let m: serde_json::Value = read_json(&ev.join("metrics.json"));
     assert_eq!(m["images"], 32);
     let r1 = m["rank"]["rank-1"].as_f64().unwrap();
     let r2 = m["rank"]["rank-2"].as_f64().unwrap();
@@ -141,8 +88,7 @@ fn training_pipeline_runs_and_reports() {
 
 #[test]
 fn editing_the_last_lr_drop_reruns_only_it_and_evaluate() {
-    let p = Project::new();
-    p.manifest("t.toml", PIPELINE);
+    let p = Project::with("t.toml", PIPELINE);
     let first = p.run_json("t", &[]);
     p.manifest("t.toml", &PIPELINE.replace("lr = 0.005", "lr = 0.001"));
     let r = p.run_json("t", &[]);
@@ -164,14 +110,12 @@ fn editing_the_last_lr_drop_reruns_only_it_and_evaluate() {
 #[test]
 fn resume_at_an_epoch_trims_the_history() {
     let p = Project::new();
-    let text = PIPELINE.to_string()
-        + "\n[stages.again]\nkind = \"resume\"\nfrom = \"train@2\"\nlr = 0.01\nepochs = 1\n";
+    let text = PIPELINE.to_string() + &resume_from("train@2");
     p.manifest("t.toml", &text);
     let r = p.run_json("t", &["--until", "again"]);
     assert_eq!(state_of(&r, "again"), "ran");
-    let dir = artifact(&p, &r, "again");
-    let h: Vec<serde_json::Value> =
-        serde_json::from_slice(&std::fs::read(dir.join("history.json")).unwrap()).unwrap();
+    let dir = p.artifact(&r, "again");
+    let h: Vec<serde_json::Value> = read_json(&dir.join("history.json"));
     let stages: Vec<&str> = h.iter().map(|r| r["stage"].as_str().unwrap()).collect();
     assert_eq!(stages, vec!["train", "train", "again"]);
     assert_eq!(h[2]["epoch"], 3);
@@ -179,8 +123,7 @@ fn resume_at_an_epoch_trims_the_history() {
     assert!(dir.join("checkpoints/epoch_3.safetensors").is_file());
     assert!(!dir.join("checkpoints/epoch_2.safetensors").exists());
 
-    let bad = PIPELINE.to_string()
-        + "\n[stages.again]\nkind = \"resume\"\nfrom = \"train@9\"\nlr = 0.01\nepochs = 1\n";
+    let bad = PIPELINE.to_string() + &resume_from("train@9");
     p.manifest("t.toml", &bad);
     // Caught when the manifest loads, at `from`: train runs 4 epochs.
     let err = p.fails(&["run", "t", "--until", "again", "--dry-run"]);
@@ -193,24 +136,9 @@ fn resume_at_an_epoch_trims_the_history() {
 
 #[test]
 fn a_killed_training_run_resumes_and_ends_bit_identical() {
-    let p = Project::new();
-    p.manifest("t.toml", PIPELINE);
-    let mut child = p
-        .cmd(&["run", "t", "--until", "train"])
-        .env("PIPE_FAULT", "train:epoch2")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut reached = false;
-    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
-        if line.unwrap().contains("PIPE_FAULT reached: train:epoch2") {
-            reached = true;
-            break;
-        }
-    }
-    assert!(reached);
-    child.kill().unwrap(); // SIGKILL after epoch 2's checkpoint
-    child.wait().unwrap();
+    let p = Project::with("t.toml", PIPELINE);
+    // SIGKILL after epoch 2's checkpoint.
+    kill_at_fault(&p, &["run", "t", "--until", "train"], "train:epoch2");
     let out = p
         .cmd(&["run", "t", "--until", "train", "--json"])
         .output()
@@ -223,11 +151,10 @@ fn a_killed_training_run_resumes_and_ends_bit_identical() {
     );
     let resumed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
 
-    let clean = Project::new();
-    clean.manifest("t.toml", PIPELINE);
+    let clean = Project::with("t.toml", PIPELINE);
     let straight = clean.run_json("t", &["--until", "train"]);
-    let a = tensors(&artifact(&p, &resumed, "train").join("state.safetensors"));
-    let b = tensors(&artifact(&clean, &straight, "train").join("state.safetensors"));
+    let a = tensors(&p.artifact(&resumed, "train").join("state.safetensors"));
+    let b = tensors(&clean.artifact(&straight, "train").join("state.safetensors"));
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
     for (k, v) in &a {
         assert!(
@@ -236,8 +163,8 @@ fn a_killed_training_run_resumes_and_ends_bit_identical() {
         );
     }
     // The history too, to the last bit (floats read back from a checkpoint round-trip).
-    let ha = std::fs::read(artifact(&p, &resumed, "train").join("history.json")).unwrap();
-    let hb = std::fs::read(artifact(&clean, &straight, "train").join("history.json")).unwrap();
+    let ha = std::fs::read(p.artifact(&resumed, "train").join("history.json")).unwrap();
+    let hb = std::fs::read(clean.artifact(&straight, "train").join("history.json")).unwrap();
     assert_eq!(
         String::from_utf8_lossy(&ha),
         String::from_utf8_lossy(&hb),
@@ -313,8 +240,7 @@ fn rank_k_on_a_hand_made_prediction_table() {
 
 #[test]
 fn training_errors_are_clear() {
-    let p = Project::new();
-    p.manifest(
+    let p = Project::with(
         "t.toml",
         &PIPELINE.replace("network = \"tiny\"", "network = \"tinny\""),
     );
@@ -396,14 +322,12 @@ fn the_chapters_tiny_imagenet_exp3_runs_on_a_small_tree() {
     ] {
         assert_eq!(state_of(&r, s), "ran", "{s}");
     }
-    let drop2 = artifact(&p, &r, "drop2");
-    let h: Vec<serde_json::Value> =
-        serde_json::from_slice(&std::fs::read(drop2.join("history.json")).unwrap()).unwrap();
+    let drop2 = p.artifact(&r, "drop2");
+    let h: Vec<serde_json::Value> = read_json(&drop2.join("history.json"));
     let lrs: Vec<f64> = h.iter().map(|r| r["lr"].as_f64().unwrap()).collect();
     assert_eq!(lrs, vec![1e-3, 1e-4, 1e-5]);
     // exp3's L2 2e-4 reached the network that was trained.
-    let plan: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(drop2.join("plan.json")).unwrap()).unwrap();
+    let plan: serde_json::Value = read_json(&drop2.join("plan.json"));
     let l2s: Vec<f64> = plan["graph"]["nodes"]
         .as_array()
         .unwrap()
@@ -443,10 +367,7 @@ fn the_chapters_cifar10_exp3_runs_on_small_batches() {
         field(&r, "evaluate", "summary").starts_with("test (12 images): rank-1"),
         "{r}"
     );
-    let plan: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(artifact(&p, &r, "train").join("plan.json")).unwrap(),
-    )
-    .unwrap();
+    let plan: serde_json::Value = read_json(&p.artifact(&r, "train").join("plan.json"));
     assert_eq!(plan["mean"], "pixel");
     assert_eq!(plan["val_split"], "test");
     assert_eq!(plan["optimizer"]["kind"], "sgd");
@@ -455,35 +376,34 @@ fn the_chapters_cifar10_exp3_runs_on_small_batches() {
 #[test]
 fn resume_from_a_checkpoint_file_equals_resume_from_the_stage() {
     let p = Project::new();
-    let text = PIPELINE.to_string()
-        + "\n[stages.again]\nkind = \"resume\"\nfrom = \"train@2\"\nlr = 0.01\nepochs = 1\n";
+    let text = PIPELINE.to_string() + &resume_from("train@2");
     p.manifest("t.toml", &text);
     let r = p.run_json("t", &["--until", "again"]);
-    let ckpt = artifact(&p, &r, "train").join("checkpoints/epoch_2.safetensors");
+    let ckpt = p
+        .artifact(&r, "train")
+        .join("checkpoints/epoch_2.safetensors");
     std::fs::create_dir_all(p.path().join("saved")).unwrap();
     std::fs::copy(&ckpt, p.path().join("saved/epoch_2.safetensors")).unwrap();
-    let text2 = PIPELINE.to_string()
-        + "\n[stages.again]\nkind = \"resume\"\nfrom = \"train@2\"\nlr = 0.01\nepochs = 1\n"
+    let text2 = text.clone()
         + "\n[stages.fromfile]\nkind = \"resume\"\nfrom = \"saved/epoch_2.safetensors\"\ninput = \"hdf5\"\nlr = 0.01\nepochs = 1\n";
     p.manifest("t.toml", &text2);
     let r2 = p.run_json("t", &["--until", "fromfile"]);
     assert_eq!(state_of(&r2, "fromfile"), "ran");
-    let a = tensors(&artifact(&p, &r, "again").join("state.safetensors"));
-    let b = tensors(&artifact(&p, &r2, "fromfile").join("state.safetensors"));
+    let a = tensors(&p.artifact(&r, "again").join("state.safetensors"));
+    let b = tensors(&p.artifact(&r2, "fromfile").join("state.safetensors"));
     for (k, v) in &a {
         assert!(
             v == &b[k],
             "{k} differs between resume from the stage and from its file"
         );
     }
-    let h: Vec<serde_json::Value> = serde_json::from_slice(
-        &std::fs::read(artifact(&p, &r2, "fromfile").join("history.json")).unwrap(),
-    )
-    .unwrap();
+    let h: Vec<serde_json::Value> = read_json(&p.artifact(&r2, "fromfile").join("history.json"));
     assert_eq!(h.len(), 3);
     assert_eq!(h[2]["stage"], "fromfile");
     // The file's content is in the key: a different checkpoint re-runs the stage.
-    let other = artifact(&p, &r, "train").join("checkpoints/epoch_3.safetensors");
+    let other = p
+        .artifact(&r, "train")
+        .join("checkpoints/epoch_3.safetensors");
     std::fs::copy(&other, p.path().join("saved/epoch_2.safetensors")).unwrap();
     let r3 = p.run_json("t", &["--until", "fromfile"]);
     assert_eq!(state_of(&r3, "fromfile"), "ran");
@@ -496,22 +416,12 @@ fn resume_from_a_checkpoint_file_equals_resume_from_the_stage() {
     );
 }
 
-/// The epochs a run's stderr says it trained, per stage (`train: epoch   3/4 ...`).
-fn epochs_trained(stderr: &str, stage: &str) -> Vec<usize> {
-    stderr
-        .lines()
-        .filter_map(|l| l.strip_prefix(&format!("{stage}: epoch ")))
-        .filter_map(|l| l.trim_start().split('/').next()?.parse().ok())
-        .collect()
-}
-
 #[test]
 fn a_byte_identical_retrain_cuts_off_early() {
     // Timings live in timings.json, outside the artifact's hash; checkpoints are written
     // with sorted headers: forcing the training stage again reproduces its artifact, so the
     // stages after it stay cached.
-    let p = Project::new();
-    p.manifest("t.toml", PIPELINE);
+    let p = Project::with("t.toml", PIPELINE);
     let first = p.run_json("t", &[]);
     let out = p.ok(&["run", "t", "--force", "train", "--json"]);
     let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -519,15 +429,6 @@ fn a_byte_identical_retrain_cuts_off_early() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(epochs_trained(&err, "train"), [1, 2, 3, 4], "{err}");
     assert_eq!(state_of(&again, "train"), "ran");
-    let stage = |r: &serde_json::Value, name: &str| -> serde_json::Value {
-        r["stages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == name)
-            .unwrap()
-            .clone()
-    };
     assert!(stage(&again, "train")["seconds"].as_f64().unwrap() > 0.0);
     assert_eq!(
         stage(&again, "train")["reasons"],
@@ -542,29 +443,16 @@ fn a_byte_identical_retrain_cuts_off_early() {
     );
     assert_eq!(state_of(&again, "drop"), "cached");
     assert_eq!(state_of(&again, "evaluate"), "cached");
-    let timings = artifact(&p, &again, "train").join("timings.json");
-    let t: serde_json::Value = serde_json::from_slice(&std::fs::read(timings).unwrap()).unwrap();
+    let timings = p.artifact(&again, "train").join("timings.json");
+    let t: serde_json::Value = read_json(&timings);
     assert_eq!(t.as_array().unwrap().len(), 4, "one timing per epoch");
     assert!(t[0]["images_per_sec"].as_f64().unwrap() > 0.0);
 }
 
 #[test]
 fn a_forced_stage_starts_over_instead_of_resuming_its_interrupted_run() {
-    let p = Project::new();
-    p.manifest("t.toml", PIPELINE);
-    let mut child = p
-        .cmd(&["run", "t", "--until", "train"])
-        .env("PIPE_FAULT", "train:epoch2")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
-        if line.unwrap().contains("PIPE_FAULT reached: train:epoch2") {
-            break;
-        }
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let p = Project::with("t.toml", PIPELINE);
+    kill_at_fault(&p, &["run", "t", "--until", "train"], "train:epoch2");
     // Without --force the next run would resume at epoch 2; forced, it trains all four.
     let status = p.ok(&["status", "t"]);
     assert!(
@@ -578,8 +466,7 @@ fn a_forced_stage_starts_over_instead_of_resuming_its_interrupted_run() {
 
 #[test]
 fn a_dfdx_trained_stage_continues_on_native_and_the_backend_is_in_the_key() {
-    let p = Project::new();
-    p.manifest(
+    let p = Project::with(
         "t.toml",
         &PIPELINE.replace(
             "[stages.train]\ninput = \"hdf5\"",
@@ -588,17 +475,12 @@ fn a_dfdx_trained_stage_continues_on_native_and_the_backend_is_in_the_key() {
     );
     let r = p.run_json("t", &[]);
     assert_eq!(state_of(&r, "evaluate"), "ran");
-    let plan = |stage: &str| -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(artifact(&p, &r, stage).join("plan.json")).unwrap())
-            .unwrap()
-    };
+    let plan =
+        |stage: &str| -> serde_json::Value { read_json(&p.artifact(&r, stage).join("plan.json")) };
     assert_eq!(plan("train")["backend"], "dfdx");
     assert_eq!(plan("drop")["backend"], "native");
     // The drop continued from dfdx's final state: its history carries on from epoch 4.
-    let h: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(artifact(&p, &r, "drop").join("history.json")).unwrap(),
-    )
-    .unwrap();
+    let h: serde_json::Value = read_json(&p.artifact(&r, "drop").join("history.json"));
     assert_eq!(h.as_array().unwrap().len(), 6);
     // Switching the training backend changes its key (and so everything after it).
     p.manifest("t.toml", PIPELINE);

@@ -5,61 +5,24 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::Stdio;
+use std::io::{BufRead, BufReader};
 
 use common::*;
 
-/// A tiny pipeline (generated data, two short segments, an evaluation) and a two-point
-/// sweep over it.
-pub const TINY: &str = r#"name = "tiny"
-description = "<script>window.__pwned = 1</script><img src=x onerror=alert(1)> & co"
-seed = 3
+/// A tiny pipeline (generated data, two short segments, an evaluation) whose description
+/// is markup.
+fn tiny() -> String {
+    Generated::new("tiny")
+        .description("<script>window.__pwned = 1</script><img src=x onerror=alert(1)> & co")
+        .epochs(3)
+        .drop("0.001", 2)
+        .evaluate()
+        .text()
+}
 
-[stages.ingest]
-format = "synthetic"
-classes = 3
-train_per_class = 12
-val_per_class = 6
-image_size = [16, 16]
-
-[stages.hdf5]
-input = "ingest"
-
-[networks.tiny]
-input = [16, 16, 3]
-classes = 3
-layers = [
-  { conv2d = { filters = 4, kernel = 3 } },
-  { relu = {} },
-  { global_avgpool = {} },
-  { dense = "$classes" },
-  { softmax = {} },
-]
-
-[stages.train]
-input = "hdf5"
-network = "tiny"
-epochs = 3
-batch_size = 8
-lr = 0.01
-
-[stages.drop]
-kind = "lr-drop"
-from = "train"
-lr = 0.001
-epochs = 2
-
-[stages.evaluate]
-input = "drop"
-split = "val"
-top_k = [1, 2]
-"#;
-
+/// The tiny pipeline and a two-point sweep over it, both run.
 fn project() -> Project {
-    let p = Project::new();
-    p.manifest("tiny.toml", TINY);
+    let p = Project::with("tiny.toml", &tiny());
     p.manifest(
         "tiny_lr.toml",
         "extends = \"tiny.toml\"\nname = \"tiny_lr\"\n\n[sweep.grid]\n\"train.lr\" = [1e-2, 3e-2]\n",
@@ -76,8 +39,7 @@ fn the_json_endpoints_give_what_pipe_show_gives_and_no_request_writes() {
     let (ui, banner) = Ui::start(&p, &[]);
     assert!(ui.base.starts_with("http://127.0.0.1:"), "{banner}");
     // The runs: the same rows as `pipe show --json`.
-    let show: serde_json::Value =
-        serde_json::from_slice(&p.ok(&["show", "--json"]).stdout).unwrap();
+    let show = p.ok_json(&["show", "--json"]);
     let api = ui.json("/api/runs");
     assert_eq!(api, show);
     assert_eq!(api.as_array().unwrap().len(), 3, "tiny and two points");
@@ -137,15 +99,7 @@ fn user_strings_are_escaped_and_paths_out_of_the_store_refused() {
     );
     assert!(!page.contains("<script>window") && !page.contains("<img src=x"));
     // The page allows no script but the dashboard's own.
-    let host = ui.base.trim_start_matches("http://").to_string();
-    let mut s = TcpStream::connect(&host).unwrap();
-    write!(
-        s,
-        "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut head = String::new();
-    s.read_to_string(&mut head).unwrap();
+    let head = ui.raw("/");
     assert!(head.contains("content-security-policy: default-src 'none'; script-src 'self'"));
     // A real artifact, then every way out of it.
     let v = ui.json("/api/runs/tiny");
@@ -229,14 +183,8 @@ fn export_writes_pages_whose_svg_holds_one_point_per_epoch() {
 
 #[test]
 fn another_address_than_loopback_is_said_out_loud() {
-    let p = Project::new();
-    p.manifest("tiny.toml", TINY);
-    let mut child = p
-        .cmd(&["ui", "--port", "0", "--bind", "0.0.0.0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let p = Project::with("tiny.toml", &tiny());
+    let mut child = Ui::spawn(&p, &["--bind", "0.0.0.0"]);
     let mut err = String::new();
     BufReader::new(child.stderr.take().unwrap())
         .read_line(&mut err)
@@ -259,12 +207,8 @@ fn a_history_being_written_never_breaks_a_page() {
     );
     let (ui, _) = Ui::start(&p, &[]);
     let v = ui.json("/api/runs/longer");
-    let key = v["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "train")
-        .and_then(|s| s["key"].as_str())
+    let key = stage(&v, "train")["key"]
+        .as_str()
         .expect("the training's key is known: its input is cached")
         .to_string();
     let scratch = p.cache().join("scratch").join(&key);

@@ -161,13 +161,12 @@ async fn points(c: &Client, selector: &str) -> usize {
 }
 
 fn demo() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/demo.toml")).unwrap()
+    repo_file("pipelines/demo.toml")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_in_a_real_browser() {
-    let p = Project::new();
-    p.manifest("demo.toml", &demo());
+    let p = Project::with("demo.toml", &demo());
     p.manifest(
         "demo_lr.toml",
         "extends = \"demo.toml\"\nname = \"demo_lr\"\n\n[sweep.grid]\n\"drop.lr\" = [2e-4, 1e-3]\n",

@@ -1,10 +1,35 @@
-//! Helpers for the integration tests: a throwaway project folder and the `pipe` binary.
+//! Helpers for the integration tests: a throwaway project folder and the `pipe` binary,
+//! readers of its reports, the datasets and manifests the tests share, runs stopped at a
+//! fault point, and (in `gradcheck`) networks and finite-difference gradient checks.
 #![allow(dead_code)]
 
+pub mod gradcheck;
+mod manifests;
+
+#[allow(unused_imports)] // not every test uses the shared manifests
+pub use manifests::*;
+
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, ChildStderr, Command, Output, Stdio};
+
+// Running `pipe`.
+
+/// `pipe args` run in folder `dir`, with no `PIPE_CACHE` or `PIPE_FAULT` from the test's
+/// environment.
+pub fn pipe_command(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pipe"));
+    c.args(args).current_dir(dir);
+    c.env_remove("PIPE_CACHE").env_remove("PIPE_FAULT");
+    c
+}
+
+/// `pipe args` run in folder `dir` (not necessarily a project): its output.
+pub fn pipe_in(dir: &Path, args: &[&str]) -> Output {
+    pipe_command(dir, args).output().unwrap()
+}
 
 /// A temporary project: `<dir>/pipelines/`, cache at `<dir>/.pipe`.
 pub struct Project {
@@ -16,6 +41,27 @@ impl Project {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
         Project { dir }
+    }
+
+    /// A new project holding the manifest `pipelines/<name>`.
+    pub fn with(name: &str, text: &str) -> Project {
+        let p = Project::new();
+        p.manifest(name, text);
+        p
+    }
+
+    /// A new project with a Tiny ImageNet tree at `<project>/<folder>` (see
+    /// [`tiny_imagenet`]); and the tree's root.
+    pub fn with_tiny_imagenet(
+        folder: &str,
+        classes: usize,
+        per_class: usize,
+        val_per_class: usize,
+    ) -> (Project, PathBuf) {
+        let p = Project::new();
+        let root = p.path().join(folder);
+        tiny_imagenet(&root, classes, per_class, val_per_class);
+        (p, root)
     }
 
     pub fn path(&self) -> &Path {
@@ -34,10 +80,7 @@ impl Project {
     }
 
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_pipe"));
-        c.args(args).current_dir(self.path());
-        c.env_remove("PIPE_CACHE").env_remove("PIPE_FAULT");
-        c
+        pipe_command(self.path(), args)
     }
 
     /// Run `pipe` and return its output, asserting success.
@@ -62,6 +105,18 @@ impl Project {
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
+    /// Run `pipe`, asserting success, and parse what it prints as JSON.
+    pub fn ok_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.ok(args);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "pipe {args:?}: {e}: {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
     /// `pipe run <p> --json ...`, parsed.
     pub fn run_json(&self, pipeline: &str, extra: &[&str]) -> serde_json::Value {
         let mut args = vec!["run", pipeline, "--json"];
@@ -69,23 +124,93 @@ impl Project {
         let out = self.ok(&args);
         serde_json::from_slice(&out.stdout).expect("run --json prints JSON")
     }
+
+    /// The artifact folder of `stage` in a `run --json` (or `status --json`) report.
+    pub fn artifact(&self, report: &serde_json::Value, stage: &str) -> PathBuf {
+        let out = field(report, stage, "output");
+        assert!(!out.is_empty(), "no output for {stage}: {report}");
+        self.cache().join("artifacts").join(out)
+    }
+}
+
+/// Asserts that a finished process succeeded, saying `what` it was and its stderr when
+/// not.
+#[track_caller]
+pub fn assert_success(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Spawn `cmd` with the fault point `fault` set (`PIPE_FAULT`) and its stderr piped, and
+/// read its stderr until it says it reached the fault: the child (still running or
+/// stalled there), the rest of its stderr, and what it said so far. Panics when it ends
+/// before.
+pub fn spawn_to_fault(mut cmd: Command, fault: &str) -> (Child, BufReader<ChildStderr>, String) {
+    let mut child = cmd
+        .env("PIPE_FAULT", fault)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    let reached = format!("PIPE_FAULT reached: {fault}");
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            panic!("the run never reached {fault}:\n{said}");
+        }
+        said.push_str(&line);
+        if line.contains(&reached) {
+            break;
+        }
+    }
+    (child, reader, said)
+}
+
+/// `pipe args` in `p`, killed (SIGKILL) as soon as it reaches the fault point `fault`.
+pub fn kill_at_fault(p: &Project, args: &[&str], fault: &str) {
+    let (mut child, stderr, _) = spawn_to_fault(p.cmd(args), fault);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(stderr);
+}
+
+/// The epochs a run's stderr says `stage` trained (`train: epoch   3/4 ...`).
+pub fn epochs_trained(stderr: &str, stage: &str) -> Vec<usize> {
+    stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("{stage}: epoch ")))
+        .filter_map(|l| l.trim_start().split('/').next()?.parse().ok())
+        .collect()
+}
+
+// Reading its reports and its store.
+
+/// The string fields `a` and `b` of each object of a JSON array.
+pub fn string_pairs(items: &serde_json::Value, a: &str, b: &str) -> Vec<(String, String)> {
+    let text = |item: &serde_json::Value, f: &str| item[f].as_str().unwrap().to_string();
+    items
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| (text(item, a), text(item, b)))
+        .collect()
+}
+
+/// (name, state) of each stage of a report's `stages` array.
+pub fn stage_states(stages: &serde_json::Value) -> Vec<(String, String)> {
+    string_pairs(stages, "name", "state")
 }
 
 /// stage name -> state from a `run --json` report.
 pub fn states(report: &serde_json::Value) -> Vec<(String, String)> {
-    report["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["name"].as_str().unwrap().to_string(),
-                s["state"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
+    stage_states(&report["stages"])
 }
 
+/// The state of `stage` in a report (a panic when it has no such stage).
 pub fn state_of(report: &serde_json::Value, stage: &str) -> String {
     states(report)
         .into_iter()
@@ -94,6 +219,17 @@ pub fn state_of(report: &serde_json::Value, stage: &str) -> String {
         .unwrap_or_else(|| panic!("no stage {stage} in report"))
 }
 
+/// The stage `name` of a report (its object in `stages`).
+pub fn stage<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no stage {name} in {report}"))
+}
+
+/// The string field `f` of `stage` in a report ("" when either is not there).
 pub fn field(report: &serde_json::Value, stage: &str, f: &str) -> String {
     report["stages"]
         .as_array()
@@ -103,6 +239,64 @@ pub fn field(report: &serde_json::Value, stage: &str, f: &str) -> String {
         .and_then(|s| s[f].as_str())
         .unwrap_or_default()
         .to_string()
+}
+
+/// A JSON file, parsed.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> T {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The names in a store's `artifacts/` folder (none when it has none).
+pub fn artifact_names(store: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(store.join("artifacts"))
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every file and folder under `dir` with its modification time.
+pub fn listing(dir: &Path) -> Vec<(String, std::time::SystemTime)> {
+    fn walk(d: &Path, out: &mut Vec<(String, std::time::SystemTime)>) {
+        for e in std::fs::read_dir(d).unwrap() {
+            let e = e.unwrap();
+            let md = e.metadata().unwrap();
+            out.push((e.path().display().to_string(), md.modified().unwrap()));
+            if md.is_dir() {
+                walk(&e.path(), out);
+            }
+        }
+    }
+    let mut v = Vec::new();
+    walk(dir, &mut v);
+    v.sort();
+    v
+}
+
+/// Overwrite a published (read-only) file as a careless user would: chmod, then write
+/// what `edit` makes of its bytes.
+pub fn tamper(path: &Path, edit: impl FnOnce(&mut Vec<u8>)) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut bytes = std::fs::read(path).unwrap();
+    edit(&mut bytes);
+    std::fs::write(path, bytes).unwrap();
+}
+
+// Datasets and files.
+
+/// The text of a file of this repository (`path` from its root), such as a shipped
+/// manifest.
+pub fn repo_file(path: &str) -> String {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
+}
+
+/// A project holding the shipped demo pipeline (`pipelines/demo.toml`).
+pub fn demo_project() -> Project {
+    Project::with("demo.toml", &repo_file("pipelines/demo.toml"))
 }
 
 /// A small Tiny-ImageNet-shaped tree of real JPEGs.
@@ -123,132 +317,6 @@ pub fn tiny_imagenet_sized(
         .unwrap();
 }
 
-/// `[networks.tiny]`, the small network most tests train: on 16x16 RGB images, a conv of
-/// 4 filters, relu, global average pooling, a dense layer of `classes` and softmax.
-pub fn tiny_network(classes: usize) -> String {
-    format!(
-        r#"[networks.tiny]
-input = [16, 16, 3]
-classes = {classes}
-layers = [
-  {{ conv2d = {{ filters = 4, kernel = 3 }} }},
-  {{ relu = {{}} }},
-  {{ global_avgpool = {{}} }},
-  {{ dense = "$classes" }},
-  {{ softmax = {{}} }},
-]
-"#
-    )
-}
-
-/// The standard three-stage manifest over a Tiny ImageNet root.
-pub fn tiny_manifest(root: &Path, test_per_class: usize) -> String {
-    format!(
-        r#"name = "exp"
-seed = 42
-
-[stages.ingest]
-kind = "ingest"
-format = "tiny-imagenet"
-root = "{}"
-
-[stages.split]
-kind = "split"
-input = "ingest"
-test_per_class = {test_per_class}
-
-[stages.hdf5]
-kind = "hdf5"
-input = "split"
-"#,
-        root.display()
-    )
-}
-
-/// The dashboard of `p`, served on a free loopback port; killed when dropped.
-pub struct Ui {
-    child: Child,
-    pub base: String,
-}
-
-impl Drop for Ui {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Ui {
-    pub fn start(p: &Project, extra: &[&str]) -> (Ui, String) {
-        let mut args = vec!["ui", "--port", "0"];
-        args.extend_from_slice(extra);
-        let mut child = p
-            .cmd(&args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no URL in `{line}`"))
-            .trim_end_matches('/')
-            .to_string();
-        (Ui { child, base }, line)
-    }
-
-    /// A raw GET of `path` exactly as written: (status, body).
-    pub fn get(&self, path: &str) -> (u16, String) {
-        let host = self.base.trim_start_matches("http://");
-        let mut s = TcpStream::connect(host).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).unwrap();
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = text
-            .split_once("\r\n\r\n")
-            .map_or(String::new(), |(_, b)| b.to_string());
-        (status, body)
-    }
-
-    pub fn json(&self, path: &str) -> serde_json::Value {
-        let (status, body) = self.get(path);
-        assert_eq!(status, 200, "{path}: {body}");
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
-    }
-}
-
-/// Every file and folder under `dir` with its modification time.
-pub fn listing(dir: &std::path::Path) -> Vec<(String, std::time::SystemTime)> {
-    fn walk(d: &std::path::Path, out: &mut Vec<(String, std::time::SystemTime)>) {
-        for e in std::fs::read_dir(d).unwrap() {
-            let e = e.unwrap();
-            let md = e.metadata().unwrap();
-            out.push((e.path().display().to_string(), md.modified().unwrap()));
-            if md.is_dir() {
-                walk(&e.path(), out);
-            }
-        }
-    }
-    let mut v = Vec::new();
-    walk(dir, &mut v);
-    v.sort();
-    v
-}
-
 /// Write the digits (`limit` of them) as `<dir>/<digit>/<i>.png`. The test command's
 /// Python (`PIPE_PYTHON`) has scikit-learn; without it this fails, it does not skip.
 pub fn digits(dir: &Path, limit: usize) {
@@ -265,4 +333,98 @@ pub fn digits(dir: &Path, limit: usize) {
         "writing the digits needs scikit-learn in {python} (scripts/bootstrap installs it in .venv): {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The first entry that `read_dir` lists in `dir` (in no particular order).
+pub fn first_entry(dir: &Path) -> PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .next()
+        .unwrap_or_else(|| panic!("{} is empty", dir.display()))
+        .unwrap()
+        .path()
+}
+
+/// Make a FIFO (a named pipe) at `path`.
+pub fn mkfifo(path: &Path) {
+    let made = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(made.success(), "mkfifo {}", path.display());
+}
+
+// The dashboard.
+
+/// The dashboard of `p`, served on a free loopback port; killed when dropped.
+pub struct Ui {
+    child: Child,
+    pub base: String,
+}
+
+impl Drop for Ui {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Ui {
+    /// `pipe ui --port 0 <extra>` in `p`, its stdout and stderr piped.
+    pub fn spawn(p: &Project, extra: &[&str]) -> Child {
+        let mut args = vec!["ui", "--port", "0"];
+        args.extend_from_slice(extra);
+        p.cmd(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// The dashboard, started; and the line it printed first.
+    pub fn start(p: &Project, extra: &[&str]) -> (Ui, String) {
+        let mut child = Ui::spawn(p, extra);
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let base = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no URL in `{line}`"))
+            .trim_end_matches('/')
+            .to_string();
+        (Ui { child, base }, line)
+    }
+
+    /// The whole response (head and body) to a raw GET of `path` exactly as written.
+    pub fn raw(&self, path: &str) -> String {
+        let host = self.base.trim_start_matches("http://");
+        let mut s = TcpStream::connect(host).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    /// A raw GET of `path` exactly as written: (status, body).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let text = self.raw(path);
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map_or(String::new(), |(_, b)| b.to_string());
+        (status, body)
+    }
+
+    pub fn json(&self, path: &str) -> serde_json::Value {
+        let (status, body) = self.get(path);
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+    }
 }

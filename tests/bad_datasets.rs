@@ -1,0 +1,231 @@
+//! Datasets that are broken, change while a run reads them, or go missing: an empty class
+//! folder, a Tiny ImageNet class without images or without val, a split whose images were
+//! all skipped, a truncated JPEG, an image replaced or removed after ingest fingerprinted
+//! the tree (the stage fails and publishes nothing), a dataset folder that is gone.
+
+mod common;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use common::*;
+
+/// An image-folder dataset of real JPEGs: `root/<class>/<i>.jpg`.
+fn image_folder(root: &Path, classes: &[&str], per_class: usize) {
+    for (k, c) in classes.iter().enumerate() {
+        std::fs::create_dir_all(root.join(c)).unwrap();
+        for i in 0..per_class {
+            let img = image::RgbImage::from_fn(16, 16, |x, y| {
+                image::Rgb([(x * 16) as u8, (y * 16) as u8, (k * 80 + i) as u8])
+            });
+            img.save(root.join(c).join(format!("{i}.jpg"))).unwrap();
+        }
+    }
+}
+
+/// The training of [`pipeline_t`] on the image folder `data/`, 2 images of each class split off
+/// as `val` (`extra_hdf5` appended to the hdf5 stage).
+fn folder_pipeline(extra_hdf5: &str) -> String {
+    pipeline_t().replace(
+        "format = \"synthetic\"\nclasses = 3\ntrain_per_class = 12\nval_per_class = 4\nimage_size = [16, 16]",
+        "format = \"image-folder\"\nroot = \"data\"",
+    )
+    .replace(
+        "[stages.hdf5]\ninput = \"ingest\"",
+        &format!("[stages.split]\ninput = \"ingest\"\nto_split = \"val\"\ntest_per_class = 2\n\n[stages.hdf5]\ninput = \"split\"{extra_hdf5}"),
+    )
+}
+
+#[test]
+fn an_empty_class_folder_is_an_error_naming_it_even_after_a_cached_run() {
+    let p = Project::new();
+    image_folder(&p.path().join("data"), &["cat", "dog", "owl"], 6);
+    p.manifest("t.toml", &folder_pipeline(""));
+    let r = p.run_json("t", &["--until", "ingest"]);
+    assert_eq!(state_of(&r, "ingest"), "ran");
+    // A new, empty class folder changes the fingerprint: ingest runs again and refuses it.
+    std::fs::create_dir_all(p.path().join("data/emu")).unwrap();
+    let err = p.fails(&["run", "t", "--until", "ingest"]);
+    assert!(
+        err.contains("emu") && err.contains("holds no images"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_tiny_imagenet_class_without_training_images_or_without_val_is_an_error() {
+    let (p, root) = Project::with_tiny_imagenet("tiny", 3, 4, 2);
+    let text = tiny_manifest(&root, 1);
+    p.manifest("t.toml", &text);
+    p.ok(&["run", "t", "--until", "ingest"]);
+    let wnid = std::fs::read_to_string(root.join("wnids.txt")).unwrap();
+    let first = wnid.lines().next().unwrap().to_string();
+    let imgs = root.join("train").join(&first).join("images");
+    for e in std::fs::read_dir(&imgs).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    let err = p.fails(&["run", "t", "--until", "ingest"]);
+    assert!(
+        err.contains(&first) && err.contains("no training images"),
+        "{err}"
+    );
+    // Restore, then lose val/.
+    tiny_imagenet(&root, 3, 4, 2);
+    std::fs::remove_dir_all(root.join("val")).unwrap();
+    let err = p.fails(&["run", "t", "--until", "ingest"]);
+    assert!(
+        err.contains("val_annotations.txt") && err.contains("missing"),
+        "{err}"
+    );
+}
+
+#[test]
+fn training_on_a_split_whose_images_were_all_skipped_is_an_error() {
+    let p = Project::new();
+    image_folder(&p.path().join("data"), &["cat", "dog"], 6);
+    // Every file of `dog` is garbage, and the hdf5 stage skips undecodable images.
+    for i in 0..6 {
+        std::fs::write(p.path().join(format!("data/dog/{i}.jpg")), b"not a jpeg").unwrap();
+    }
+    for i in 0..6 {
+        std::fs::write(
+            p.path().join(format!("data/cat/{i}.jpg")),
+            b"not a jpeg either",
+        )
+        .unwrap();
+    }
+    p.manifest(
+        "t.toml",
+        &folder_pipeline("\non_bad_image = \"skip\"").replace("classes = 3", "classes = 2"),
+    );
+    let err = p.fails(&["run", "t"]);
+    assert!(
+        err.contains("holds no images") || err.contains("no images"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn a_truncated_jpeg_is_undecodable() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([x as u8 * 8, y as u8 * 8, 99]));
+    let full = dir.path().join("full.jpg");
+    img.save(&full).unwrap();
+    assert!(pipe::data::decode::decode_file(&full).is_ok());
+    let bytes = std::fs::read(&full).unwrap();
+    let cut = dir.path().join("cut.jpg");
+    std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let err = format!("{:#}", pipe::data::decode::decode_file(&cut).unwrap_err());
+    assert!(
+        err.contains("cut.jpg") && err.contains("truncated"),
+        "{err}"
+    );
+    assert!(pipe::data::decode::jpeg_is_complete(&bytes));
+    assert!(!pipe::data::decode::jpeg_is_complete(
+        &bytes[..bytes.len() - 2]
+    ));
+}
+
+/// Run `pipe` with a fault point: wait until it stalls there, do `meanwhile`, then let it
+/// go on (it stalls for `secs`) and return its output.
+fn stall_at(
+    p: &Project,
+    args: &[&str],
+    fault: &str,
+    secs: u64,
+    meanwhile: impl FnOnce(),
+) -> (bool, String) {
+    let mut cmd = p.cmd(args);
+    cmd.env("PIPE_FAULT_SECS", secs.to_string())
+        .stdout(Stdio::null());
+    let (mut child, mut stderr, mut text) = spawn_to_fault(cmd, fault);
+    meanwhile();
+    stderr.read_to_string(&mut text).unwrap();
+    (child.wait().unwrap().success(), text)
+}
+
+#[test]
+fn an_image_changed_while_hdf5_reads_it_fails_the_stage_and_publishes_nothing() {
+    let (p, root) = Project::with_tiny_imagenet("data/tiny", 3, 8, 2);
+    p.manifest("exp.toml", &tiny_manifest(&root, 2));
+    // Replace one image with another of the class (a real, decodable JPEG) after ingest
+    // fingerprinted the tree, before hdf5 reads it.
+    let class = first_entry(&root.join("train"));
+    let mut imgs: Vec<PathBuf> = std::fs::read_dir(class.join("images"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    imgs.sort();
+    let (a, b) = (imgs[0].clone(), imgs[1].clone());
+    let (ok, err) = stall_at(&p, &["run", "exp"], "hdf5:start", 2, || {
+        std::fs::copy(&b, &a).unwrap();
+    });
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("changed after its dataset was fingerprinted"),
+        "{err}"
+    );
+    assert!(err.contains(&a.display().to_string()), "{err}");
+    // Nothing published for hdf5: no key, no artifact but ingest's and split's.
+    assert_eq!(artifact_names(&p.cache()).len(), 2);
+    let status = p.ok(&["status", "exp"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("dataset folder contents changed"), "{text}");
+    // The next run takes the dataset as it is now, and verify finds the store sound.
+    let r = p.run_json("exp", &[]);
+    assert_eq!(state_of(&r, "ingest"), "ran");
+    assert_eq!(state_of(&r, "hdf5"), "ran");
+    assert!(p.ok(&["verify"]).status.success());
+    // A fresh store over the same data gives the same keys and outputs.
+    let fresh = Project::with("exp.toml", &tiny_manifest(&root, 2));
+    let f = fresh.run_json("exp", &[]);
+    for stage in ["ingest", "split", "hdf5"] {
+        assert_eq!(field(&r, stage, "key"), field(&f, stage, "key"));
+        assert_eq!(field(&r, stage, "output"), field(&f, stage, "output"));
+    }
+}
+
+#[test]
+fn an_image_removed_after_the_fingerprint_fails_the_stage_even_with_skip() {
+    let (p, root) = Project::with_tiny_imagenet("data/tiny", 3, 8, 2);
+    p.manifest(
+        "exp.toml",
+        &(tiny_manifest(&root, 2) + "on_bad_image = \"skip\"\n"),
+    );
+    let img = first_entry(&first_entry(&root.join("train")).join("images"));
+    let (ok, err) = stall_at(&p, &["run", "exp"], "hdf5:start", 2, || {
+        std::fs::remove_file(&img).unwrap();
+    });
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("was removed after its dataset was fingerprinted"),
+        "{err}"
+    );
+    assert_eq!(
+        artifact_names(&p.cache()).len(),
+        2,
+        "nothing published for hdf5"
+    );
+}
+
+#[test]
+fn status_lists_every_stage_when_a_dataset_goes_missing_from_a_used_store() {
+    let (p, root) = Project::with_tiny_imagenet("data/tiny", 2, 8, 2);
+    p.manifest("exp.toml", &tiny_manifest(&root, 2));
+    p.run_json("exp", &[]);
+    std::fs::rename(&root, p.path().join("data/elsewhere")).unwrap();
+    let out = p.ok(&["status", "exp"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("does not exist"), "{text}");
+    assert_eq!(text.matches("waiting").count(), 3, "{text}");
+    let out = p
+        .cmd(&["show", "exp"])
+        .env("COLUMNS", "400")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ingest waiting: dataset folder"), "{text}");
+}

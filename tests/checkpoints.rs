@@ -1,0 +1,152 @@
+//! Checkpoints and resuming: a resume stage from a checkpoint file, what `status` says
+//! after a training is killed (and that gc keeps its checkpoints while the manifest wants
+//! them), and that a run resumes only from a checkpoint its own key wrote and that loads:
+//! a foreign, truncated or garbage one is passed over, and the result is what an
+//! uninterrupted run makes.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+
+#[test]
+fn evaluate_after_a_resume_from_a_checkpoint_file_runs() {
+    let p = Project::with("t.toml", &pipeline_t());
+    let r = p.run_json("t", &[]);
+    let ckpt = p
+        .artifact(&r, "train")
+        .join("checkpoints/epoch_1.safetensors");
+    std::fs::copy(&ckpt, p.path().join("epoch_1.safetensors")).unwrap();
+    let text = pipeline_t()
+        + "\n[stages.more]\nkind = \"resume\"\nfrom = \"epoch_1.safetensors\"\ninput = \"hdf5\"\nlr = 0.001\nepochs = 1\n"
+        + "\n[stages.evaluate]\ninput = \"more\"\nsplit = \"val\"\ntop_k = [1, 2]\n";
+    p.manifest("t.toml", &text);
+    for cmd in [
+        &["status", "t"][..],
+        &["dag", "t"],
+        &["graph", "t"],
+        &["run", "t", "--dry-run"],
+    ] {
+        let out = p.cmd(cmd).output().unwrap();
+        assert_success(&out, &format!("{cmd:?}"));
+    }
+    let r = p.run_json("t", &[]);
+    assert_eq!(state_of(&r, "evaluate"), "ran");
+    assert!(field(&r, "evaluate", "summary").contains("rank-1"));
+}
+
+#[test]
+fn status_after_a_kill_says_where_training_resumes_and_gc_counts_scratch() {
+    let p = Project::with("t.toml", &pipeline_t().replace("epochs = 2", "epochs = 3"));
+    kill_at_fault(&p, &["run", "t"], "train:epoch2");
+    let out = p.ok(&["status", "t"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("interrupted") && text.contains("epoch 2"),
+        "{text}"
+    );
+    // While the manifest still wants that training, gc keeps its checkpoints.
+    p.ok(&["gc"]);
+    let out = p.ok(&["status", "t"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("resumes from its checkpoint at epoch 2"),
+        "{text}"
+    );
+    // Another learning rate: the interrupted run's scratch is garbage; gc frees its bytes.
+    p.manifest("t.toml", &pipeline_t().replace("lr = 0.01", "lr = 0.02"));
+    let out = p.ok(&["gc"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("freed 0 B"), "{text}");
+    assert_eq!(
+        std::fs::read_dir(p.cache().join("scratch"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+/// The key of a stage from a dry run.
+fn key_of(p: &Project, pipeline: &str, stage: &str, extra: &[&str]) -> String {
+    let mut args = vec!["--dry-run"];
+    args.extend_from_slice(extra);
+    let r = p.run_json(pipeline, &args);
+    let k = field(&r, stage, "key");
+    assert!(!k.is_empty(), "no key for {stage}: {r}");
+    k
+}
+
+#[test]
+fn a_checkpoint_this_key_did_not_write_is_not_resumed_from() {
+    let p = Project::with("t.toml", &pipeline_t_with_split());
+    // Another run (another lr: another key) leaves valid checkpoints.
+    let other = p.run_json("t", &["--set", "train.lr=0.05"]);
+    let foreign = p
+        .artifact(&other, "train")
+        .join("checkpoints/epoch_2.safetensors");
+    // Put one into this key's scratch, as a copy or a shared scratch path would.
+    let key = key_of(&p, "t", "train", &[]);
+    let scratch = p.cache().join("scratch").join(&key).join("checkpoints");
+    std::fs::create_dir_all(&scratch).unwrap();
+    std::fs::copy(&foreign, scratch.join("epoch_2.safetensors")).unwrap();
+    let status = p.ok(&["status", "t"]);
+    assert!(
+        !String::from_utf8_lossy(&status.stdout).contains("resumes from its checkpoint"),
+        "status must not promise to resume from a foreign checkpoint"
+    );
+    let out = p.ok(&["run", "t", "--json"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not resuming from"), "{err}");
+    assert!(err.contains("it belongs to stage key"), "{err}");
+    assert!(!err.contains("resuming from its checkpoint"), "{err}");
+    assert_eq!(epochs_trained(&err, "train"), [1, 2, 3, 4], "{err}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // What is published is what a clean store makes.
+    let clean = Project::with("t.toml", &pipeline_t_with_split());
+    let c = clean.run_json("t", &[]);
+    assert_eq!(field(&r, "train", "output"), field(&c, "train", "output"));
+}
+
+#[test]
+fn a_damaged_or_garbage_checkpoint_does_not_block_the_stage() {
+    let p = Project::with("t.toml", &pipeline_t_with_split());
+    // Kill the training right after epoch 3's checkpoint.
+    kill_at_fault(&p, &["run", "t"], "train:epoch3");
+    let scratch: PathBuf = std::fs::read_dir(p.cache().join("scratch"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|d| d.join("checkpoints/epoch_3.safetensors").is_file())
+        .expect("the killed run's scratch");
+    // Truncate epoch 3 and turn epoch 2 into garbage: the run falls back to epoch 1.
+    let e3 = scratch.join("checkpoints/epoch_3.safetensors");
+    let len = std::fs::metadata(&e3).unwrap().len();
+    std::fs::File::options()
+        .write(true)
+        .open(&e3)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let e2 = scratch.join("checkpoints/epoch_2.safetensors");
+    std::fs::write(&e2, b"not a checkpoint at all").unwrap();
+    let out = p.ok(&["run", "t", "--json"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("not resuming from {}", e3.display())),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("not resuming from {}", e2.display())),
+        "{err}"
+    );
+    assert!(
+        err.contains("resuming from its checkpoint at epoch 1"),
+        "{err}"
+    );
+    assert_eq!(epochs_trained(&err, "train"), [2, 3, 4], "{err}");
+    // And it ends where an uninterrupted run ends.
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let clean = Project::with("t.toml", &pipeline_t_with_split());
+    let c = clean.run_json("t", &[]);
+    assert_eq!(field(&r, "train", "output"), field(&c, "train", "output"));
+}

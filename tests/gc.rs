@@ -1,0 +1,241 @@
+//! `pipe gc` over a store that projects share: run from any folder, it keeps what the
+//! manifests of every project recorded in the store use (and a recorded run whose
+//! manifest is gone, unless `--all`), removes the rest and scratch folders no stage
+//! wants, lists the same in a dry run, and refuses when it cannot find a project's
+//! manifests (`--pipelines` says where they are).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use common::*;
+
+/// The artifact names a `gc` listing mentions (`removed artifact 1a2b3c4d5e6f ...`).
+fn listed(stdout: &str) -> BTreeSet<String> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let rest = l
+                .strip_prefix("removed artifact ")
+                .or_else(|| l.strip_prefix("would remove artifact "))?;
+            Some(rest.split_whitespace().next()?.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn gc_from_another_folder_keeps_what_the_stores_projects_use() {
+    let p = Project::with("t.toml", &pipeline_t_with_split());
+    p.run_json("t", &["--until", "hdf5"]);
+    let all = artifact_names(&p.cache());
+    assert_eq!(all.len(), 3);
+    let cache = p.cache().display().to_string();
+    let elsewhere = tempfile::tempdir().unwrap();
+
+    // From a folder with no pipelines/ (what used to wipe the store): nothing goes.
+    let out = pipe_in(elsewhere.path(), &["gc", "--cache", &cache]);
+    assert_success(&out, "gc from another folder");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("removed 0 artifacts"), "{text}");
+    assert!(
+        text.contains(&p.path().join("pipelines").display().to_string()),
+        "{text}"
+    );
+    assert_eq!(artifact_names(&p.cache()), all);
+
+    // A superseded run's split and hdf5 are what gc removes; the dry run lists the same.
+    p.manifest(
+        "t.toml",
+        &pipeline_t_with_split().replace("test_per_class = 2", "test_per_class = 1"),
+    );
+    p.run_json("t", &["--until", "hdf5"]);
+    assert_eq!(artifact_names(&p.cache()).len(), 5);
+    let dry = pipe_in(elsewhere.path(), &["gc", "--cache", &cache, "--dry-run"]);
+    assert!(dry.status.success());
+    let dry_list = listed(&String::from_utf8_lossy(&dry.stdout));
+    assert_eq!(
+        dry_list.len(),
+        2,
+        "{}",
+        String::from_utf8_lossy(&dry.stdout)
+    );
+    assert_eq!(
+        artifact_names(&p.cache()).len(),
+        5,
+        "a dry run removes nothing"
+    );
+    let real = pipe_in(elsewhere.path(), &["gc", "--cache", &cache]);
+    assert!(real.status.success());
+    assert_eq!(listed(&String::from_utf8_lossy(&real.stdout)), dry_list);
+    let left = artifact_names(&p.cache());
+    assert_eq!(left.len(), 3);
+    assert!(dry_list
+        .iter()
+        .all(|short| !left.iter().any(|a| a.starts_with(short))));
+    let r = p.run_json("t", &["--until", "hdf5"]);
+    for stage in ["ingest", "split", "hdf5"] {
+        assert_eq!(state_of(&r, stage), "cached");
+    }
+}
+
+#[test]
+fn gc_refuses_when_it_cannot_find_the_stores_manifests() {
+    let p = Project::with("t.toml", &pipeline_t_with_split());
+    p.run_json("t", &["--until", "split"]);
+    let elsewhere = tempfile::tempdir().unwrap();
+    // A copy of the store somewhere else, with no record of its project.
+    let copy = elsewhere.path().join("store");
+    let status = Command::new("cp")
+        .args([
+            "-a",
+            &p.cache().display().to_string(),
+            &copy.display().to_string(),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::remove_file(copy.join("projects.json")).unwrap();
+    let before = artifact_names(&copy);
+    let out = pipe_in(
+        elsewhere.path(),
+        &["gc", "--cache", &copy.display().to_string()],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("gc refuses"), "{err}");
+    assert!(err.contains("records no project"), "{err}");
+    assert!(err.contains("--pipelines"), "{err}");
+    assert_eq!(artifact_names(&copy), before);
+    // Told where the manifests are, it cleans (and keeps what they use).
+    let pipelines = p.path().join("pipelines").display().to_string();
+    let out = pipe_in(
+        elsewhere.path(),
+        &[
+            "gc",
+            "--cache",
+            &copy.display().to_string(),
+            "--pipelines",
+            &pipelines,
+        ],
+    );
+    assert_success(&out, "gc --pipelines");
+    assert_eq!(artifact_names(&copy), before);
+
+    // A recorded manifest folder that is gone: refused, naming it.
+    let moved = p.path().join("pipelines-moved");
+    std::fs::rename(p.path().join("pipelines"), &moved).unwrap();
+    let out = pipe_in(
+        elsewhere.path(),
+        &["gc", "--cache", &p.cache().display().to_string()],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&p.path().join("pipelines").display().to_string()),
+        "{err}"
+    );
+    assert!(err.contains("which is gone"), "{err}");
+    std::fs::rename(&moved, p.path().join("pipelines")).unwrap();
+}
+
+#[test]
+fn gc_counts_every_project_that_shares_a_store_and_pipelines_adds_to_them() {
+    // Two projects run against one store; the second one's manifests move.
+    let shared = tempfile::tempdir().unwrap();
+    let store = shared.path().join("store").display().to_string();
+    let a = Project::with("t.toml", &pipeline_t_with_split());
+    a.ok(&["run", "t", "--until", "hdf5", "--cache", &store]);
+    let b = Project::with(
+        "u.toml",
+        &pipeline_t_with_split()
+            .replace("name = \"t\"", "name = \"u\"")
+            .replace("test_per_class = 2", "test_per_class = 1"),
+    );
+    b.ok(&["run", "u", "--until", "hdf5", "--cache", &store]);
+    let cache = shared.path().join("store");
+    assert_eq!(artifact_names(&cache).len(), 5);
+    // From a's folder, gc counts b's manifests too: nothing goes.
+    let out = a.ok(&["gc", "--cache", &store]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed 0 artifacts"));
+    assert_eq!(artifact_names(&cache).len(), 5);
+    // b's manifests move: refused; told where they are now, gc counts them and a's.
+    let moved = b.path().join("moved/pipelines");
+    std::fs::create_dir_all(moved.parent().unwrap()).unwrap();
+    std::fs::rename(b.path().join("pipelines"), &moved).unwrap();
+    let err = a.fails(&["gc", "--cache", &store]);
+    assert!(err.contains("which is gone"), "{err}");
+    let out = a.ok(&[
+        "gc",
+        "--cache",
+        &store,
+        "--all",
+        "--pipelines",
+        &moved.display().to_string(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("removed 0 artifacts"), "{text}");
+    assert_eq!(artifact_names(&cache).len(), 5);
+}
+
+#[test]
+fn a_recorded_run_whose_manifest_is_gone_is_kept_unless_all() {
+    let p = Project::with("t.toml", &pipeline_t_with_split());
+    p.manifest(
+        "other.toml",
+        &pipeline_t_with_split()
+            .replace("name = \"t\"", "name = \"other\"")
+            .replace("test_per_class = 2", "test_per_class = 1"),
+    );
+    p.run_json("t", &["--until", "hdf5"]);
+    p.run_json("other", &["--until", "hdf5"]);
+    assert_eq!(artifact_names(&p.cache()).len(), 5);
+    std::fs::remove_file(p.path().join("pipelines/other.toml")).unwrap();
+    let out = p.ok(&["gc"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed 0 artifacts"));
+    assert_eq!(
+        artifact_names(&p.cache()).len(),
+        5,
+        "other's last run is kept"
+    );
+    let out = p.ok(&["gc", "--all"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("removed 2 artifacts"), "{text}");
+    assert!(text.contains("removed state other"), "{text}");
+    assert!(!p.cache().join("state/other.json").exists());
+    assert_eq!(artifact_names(&p.cache()).len(), 3);
+}
+
+#[test]
+fn gc_counts_and_removes_a_scratch_folder_no_stage_wants() {
+    let p = Project::with("t.toml", &pipeline_t_with_split());
+    p.run_json("t", &["--until", "hdf5"]);
+    // What a run killed while publishing leaves, for a key nothing resolves to.
+    let orphan = p.cache().join("scratch").join("0".repeat(64));
+    std::fs::create_dir_all(orphan.join("publishing-4242")).unwrap();
+    std::fs::write(orphan.join("publishing-4242/half.csv"), "path,label\n").unwrap();
+    let out = p.ok(&["gc", "--dry-run"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("would remove scratch 000000000000"), "{text}");
+    assert!(text.contains("1 scratch folders"), "{text}");
+    assert!(orphan.exists());
+    let out = p.ok(&["gc"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 scratch folders"));
+    assert!(!orphan.exists());
+}
+
+#[test]
+fn gc_lists_names_that_are_not_ascii_without_panicking() {
+    let p = Project::new();
+    let name = "éxpériénces-à-réessayer";
+    p.manifest(
+        "x.toml",
+        &pipeline_t_with_split().replace("name = \"t\"", &format!("name = \"{name}\"")),
+    );
+    p.run_json(name, &["--until", "ingest"]);
+    std::fs::remove_file(p.path().join("pipelines/x.toml")).unwrap();
+    p.manifest("t.toml", &pipeline_t_with_split());
+    let out = p.ok(&["gc", "--all", "--dry-run"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("would remove state éxpériénces"), "{text}");
+}

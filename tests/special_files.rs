@@ -1,0 +1,106 @@
+//! Special files are never read as data: FIFOs and device files in a dataset are refused
+//! by name (or skipped and counted with `on_bad_image = "skip"`), a resume from a FIFO is
+//! refused, and a FIFO in place of an artifact's file is damage. No command hangs on one.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Run `pipe` in project `p`, failing the test if it takes longer than a minute (a hang).
+fn bounded(p: &Project, args: &[&str]) -> std::process::Output {
+    let mut child = p
+        .cmd(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t.elapsed() > Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("pipe {args:?} hung on a special file");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn special_files_in_a_dataset_are_refused_by_name_or_skipped_never_read() {
+    let (p, root) = Project::with_tiny_imagenet("data/tiny", 3, 8, 2);
+    let class = first_entry(&root.join("train"));
+    let fifo = class.join("images/fifo_0.JPEG");
+    mkfifo(&fifo);
+    let dev = class.join("images/zero_0.JPEG");
+    std::os::unix::fs::symlink("/dev/zero", &dev).unwrap();
+    p.manifest("exp.toml", &tiny_manifest(&root, 2));
+    // status and a dry run finish.
+    assert!(bounded(&p, &["status", "exp"]).status.success());
+    assert!(bounded(&p, &["run", "exp", "--dry-run"]).status.success());
+    // A run refuses the first one it meets, by name.
+    let out = bounded(&p, &["run", "exp"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a regular file"), "{err}");
+    assert!(
+        err.contains(&fifo.display().to_string()) || err.contains(&dev.display().to_string()),
+        "{err}"
+    );
+    // With `skip`, both are left out and counted.
+    let text = tiny_manifest(&root, 2) + "on_bad_image = \"skip\"\n";
+    p.manifest("exp.toml", &text);
+    let out = bounded(&p, &["run", "exp", "--json"]);
+    assert_success(&out, "pipe run exp --json");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let summary = r["stages"][2]["summary"].as_str().unwrap().to_string();
+    assert!(
+        summary.contains("2 undecodable images skipped"),
+        "{summary}"
+    );
+    let skipped = std::fs::read_to_string(p.artifact(&r, "hdf5").join("skipped.txt")).unwrap();
+    assert!(
+        skipped.contains("fifo_0.JPEG") && skipped.contains("zero_0.JPEG"),
+        "{skipped}"
+    );
+}
+
+#[test]
+fn a_resume_from_a_fifo_is_refused_not_read() {
+    let p = Project::new();
+    let fifo = p.path().join("ckpt.safetensors");
+    mkfifo(&fifo);
+    let text = pipeline_t_with_split()
+        + "\n[stages.more]\nkind = \"resume\"\nfrom = \"ckpt.safetensors\"\ninput = \"hdf5\"\nlr = 0.001\nepochs = 1\n";
+    p.manifest("t.toml", &text);
+    let out = bounded(&p, &["status", "t"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not a regular file") && err.contains("a FIFO"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_fifo_in_place_of_an_artifact_file_is_damage_not_a_hang() {
+    let p = Project::with("t.toml", &pipeline_t_with_split());
+    let r = p.run_json("t", &["--until", "split"]);
+    let dir = p.artifact(&r, "split");
+    let f = dir.join("classes.csv");
+    let mut perms = std::fs::metadata(&dir).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&dir, perms).unwrap();
+    std::fs::remove_file(&f).unwrap();
+    mkfifo(&f);
+    let out = bounded(&p, &["status", "t"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("not a regular file any more"), "{text}");
+    let out = bounded(&p, &["verify"]);
+    assert!(!out.status.success());
+    let r = bounded(&p, &["run", "t", "--until", "split", "--json"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+}

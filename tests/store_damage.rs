@@ -1,0 +1,255 @@
+//! The store vouches for what it serves: published artifacts are read-only; a damaged,
+//! truncated or edited file, deleted checkpoints, a key record that points at the wrong
+//! artifact are found (by `status`, `verify`, which re-hashes everything, or a run),
+//! reported by name, rebuilt and never carried forward, and gc frees what was moved aside;
+//! an artifact published before seals keeps its key; `status` and `verify` write nothing;
+//! files are replaced atomically.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+#[test]
+fn published_artifacts_are_read_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = Project::with("t.toml", &pipeline_t());
+    let r = p.run_json("t", &["--until", "hdf5"]);
+    let dir = p.artifact(&r, "hdf5");
+    let mode = |q: &Path| std::fs::metadata(q).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o555);
+    assert_eq!(mode(&dir.join("train.h5")), 0o444);
+}
+
+#[test]
+fn a_damaged_artifact_is_rebuilt_with_a_warning_naming_the_file() {
+    let p = Project::with("t.toml", &pipeline_t());
+    let first = p.run_json("t", &[]);
+    // Flip bytes in the middle of train.h5.
+    let h5 = p.artifact(&first, "hdf5").join("train.h5");
+    tamper(&h5, |b| {
+        let mid = b.len() / 2;
+        b[mid] ^= 0xFF;
+        b[mid + 1] ^= 0xFF;
+    });
+    // status reports it (and writes nothing), then run rebuilds hdf5 and, since hdf5
+    // reproduces the same bytes, everything after it stays cached.
+    let out = p.ok(&["status", "t"]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("train.h5") && text.contains("damaged"),
+        "{text}"
+    );
+    let out = p.cmd(&["run", "t", "--json"]).output().unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("warning") && err.contains("train.h5"), "{err}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(state_of(&r, "hdf5"), "ran");
+    assert_eq!(field(&r, "hdf5", "output"), field(&first, "hdf5", "output"));
+    assert_eq!(state_of(&r, "train"), "cached");
+    // The rebuilt artifact is sound again.
+    assert!(p.ok(&["verify", "t"]).status.success());
+}
+
+#[test]
+fn truncated_files_deleted_checkpoints_and_edited_indexes_are_caught() {
+    let p = Project::with("t.toml", &pipeline_t());
+    let first = p.run_json("t", &[]);
+    let train = p.artifact(&first, "train");
+    tamper(&train.join("state.safetensors"), |b| {
+        b.truncate(b.len() / 2)
+    });
+    let r = p.run_json("t", &["--force", "train"]);
+    assert_eq!(state_of(&r, "train"), "ran");
+    // Deleted checkpoints/.
+    let train = p.artifact(&r, "train");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&train, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let ck = train.join("checkpoints");
+        std::fs::set_permissions(&ck, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::remove_dir_all(&ck).unwrap();
+    }
+    let r = p.run_json("t", &[]);
+    assert_eq!(
+        state_of(&r, "train"),
+        "ran",
+        "a train artifact without checkpoints is damaged"
+    );
+    // An edited index of the ingest stage.
+    let csv = p.artifact(&r, "ingest").join("train.csv");
+    tamper(&csv, |b| b.extend_from_slice(b"extra,row\n"));
+    let r = p.run_json("t", &[]);
+    assert_eq!(state_of(&r, "ingest"), "ran");
+}
+
+#[test]
+fn verify_rehashes_everything_and_gc_drops_the_damage() {
+    let p = Project::with("t.toml", &pipeline_t());
+    let first = p.run_json("t", &["--until", "hdf5"]);
+    assert!(p.ok(&["verify"]).status.success());
+    // Same size, mtime put back: only a full re-hash sees it.
+    let h5 = p.artifact(&first, "hdf5").join("val.h5");
+    let mtime = std::fs::metadata(&h5).unwrap().modified().unwrap();
+    tamper(&h5, |b| {
+        let last = b.len() - 100;
+        b[last] ^= 1;
+    });
+    std::fs::File::options()
+        .write(true)
+        .open(&h5)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let out = p.cmd(&["verify", "t"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("damaged"), "{err}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("DAMAGED") && text.contains("val.h5"),
+        "{text}"
+    );
+    // Moved aside: verify is clean again, the next run rebuilds hdf5, gc frees the bytes.
+    assert!(p.ok(&["verify"]).status.success());
+    let r = p.run_json("t", &["--until", "hdf5"]);
+    assert_eq!(state_of(&r, "hdf5"), "ran");
+    let out = p.ok(&["gc"]);
+    let gc = String::from_utf8_lossy(&out.stdout);
+    assert!(gc.contains("removed damaged artifact"), "{gc}");
+    assert!(!gc.contains(" 0 B in all"), "{gc}");
+    assert_eq!(
+        std::fs::read_dir(p.cache().join("damaged"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn forcing_the_next_stage_does_not_carry_damage_forward() {
+    let p = Project::with("t.toml", &pipeline_t());
+    let first = p.run_json("t", &[]);
+    let h5 = p.artifact(&first, "hdf5").join("train.h5");
+    tamper(&h5, |b| b.truncate(b.len() - 10));
+    let r = p.run_json("t", &["--force", "train"]);
+    assert_eq!(
+        state_of(&r, "hdf5"),
+        "ran",
+        "the damaged input is rebuilt first"
+    );
+    assert_eq!(state_of(&r, "train"), "ran");
+    // Rebuilt hdf5 is byte-identical, so the forced training reproduces its artifact.
+    assert_eq!(
+        field(&r, "train", "output"),
+        field(&first, "train", "output")
+    );
+}
+
+/// Rewrite the key record at `path` to point at the artifact `output`.
+fn point_record_at(path: &Path, output: String) {
+    let mut rec: serde_json::Value = read_json(path);
+    rec["output"] = serde_json::Value::String(output);
+    std::fs::write(path, serde_json::to_vec(&rec).unwrap()).unwrap();
+}
+
+#[test]
+fn a_key_record_that_points_at_the_wrong_artifact_is_dropped_and_rebuilt() {
+    let p = Project::with("t.toml", &pipeline_t_with_split());
+    let first = p.run_json("t", &["--until", "hdf5"]);
+    // Rewrite split's key record to point at hdf5's artifact.
+    let rec_path = p
+        .cache()
+        .join("keys")
+        .join(format!("{}.json", field(&first, "split", "key")));
+    point_record_at(&rec_path, field(&first, "hdf5", "output"));
+    // status sees it,
+    let out = p.ok(&["status", "t"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("points at the wrong artifact"), "{text}");
+    // verify reports it and drops the record,
+    let out = p.cmd(&["verify"]).output().unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("WRONG") && text.contains("(split)"), "{text}");
+    assert!(!rec_path.exists());
+    // and the next run rebuilds split, byte-identical, after which all is sound.
+    let r = p.run_json("t", &["--until", "hdf5"]);
+    assert_eq!(state_of(&r, "split"), "ran");
+    assert_eq!(
+        field(&r, "split", "output"),
+        field(&first, "split", "output")
+    );
+    assert_eq!(state_of(&r, "hdf5"), "cached");
+    assert!(p.ok(&["verify"]).status.success());
+
+    // A run meets one too (no verify first): it warns, drops it and re-runs.
+    point_record_at(&rec_path, field(&first, "ingest", "output"));
+    let out = p.ok(&["run", "t", "--until", "hdf5", "--json"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("key record points at the wrong artifact"),
+        "{err}"
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(state_of(&r, "split"), "ran");
+    assert_eq!(
+        field(&r, "split", "output"),
+        field(&first, "split", "output")
+    );
+}
+
+#[test]
+fn an_artifact_from_before_seals_keeps_its_key_when_another_key_makes_the_same_bytes() {
+    let p = Project::with("t.toml", &pipeline_t_with_split());
+    let a = p.run_json("t", &["--until", "hdf5"]);
+    // As published before seals existed.
+    std::fs::remove_file(
+        p.cache()
+            .join("sealed")
+            .join(format!("{}.json", field(&a, "hdf5", "output"))),
+    )
+    .unwrap();
+    // Another key (another setting that changes no byte) publishes the same artifact.
+    let b = p.run_json(
+        "t",
+        &["--until", "hdf5", "--set", "hdf5.on_bad_image=\"skip\""],
+    );
+    assert_eq!(state_of(&b, "hdf5"), "ran");
+    assert_eq!(field(&a, "hdf5", "output"), field(&b, "hdf5", "output"));
+    assert_ne!(field(&a, "hdf5", "key"), field(&b, "hdf5", "key"));
+    // The first key still vouches for it: cached, and verify agrees.
+    let again = p.run_json("t", &["--until", "hdf5"]);
+    assert_eq!(state_of(&again, "hdf5"), "cached");
+    assert!(p.ok(&["verify"]).status.success());
+}
+
+#[test]
+fn status_writes_nothing() {
+    let p = Project::with("t.toml", &pipeline_t());
+    p.ok(&["status", "t"]);
+    p.ok(&["run", "t", "--dry-run"]);
+    assert!(!p.cache().exists(), "status or a dry run created the cache");
+    p.run_json("t", &["--until", "hdf5"]);
+    let before = listing(&p.cache());
+    p.ok(&["status", "t"]);
+    p.ok(&["verify"]);
+    assert_eq!(listing(&p.cache()), before);
+}
+
+#[test]
+fn atomic_writes_replace_whole_files_and_leave_no_temporary() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("sub/state.json");
+    pipe::atomic::write_json_atomic(&f, &serde_json::json!({"a": 1})).unwrap();
+    pipe::atomic::write_atomic(&f, b"second").unwrap();
+    assert_eq!(std::fs::read(&f).unwrap(), b"second");
+    let names: Vec<String> = std::fs::read_dir(dir.path().join("sub"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["state.json"]);
+}
