@@ -45,6 +45,28 @@ pub struct WalkOptions<'a> {
     pub until: Option<&'a str>,
 }
 
+impl WalkOptions<'_> {
+    /// The stages `--force` and `--until` name are stages of `p`.
+    pub fn check(&self, p: &Pipeline) -> Result<()> {
+        let named: Vec<&str> = self
+            .force
+            .iter()
+            .map(String::as_str)
+            .chain(self.until)
+            .collect();
+        check_stage_names(p, &named)
+    }
+}
+
+impl<'a> From<&'a super::RunOptions> for WalkOptions<'a> {
+    fn from(o: &'a super::RunOptions) -> Self {
+        WalkOptions {
+            force: &o.force,
+            until: o.until.as_deref(),
+        }
+    }
+}
+
 /// One stage, decided.
 #[derive(Debug, Clone)]
 pub struct Decision {
@@ -108,13 +130,7 @@ impl Engine {
         mode: Mode,
         act: &mut Act<'_>,
     ) -> Result<Vec<Decision>> {
-        let named: Vec<&str> = opts
-            .force
-            .iter()
-            .map(String::as_str)
-            .chain(opts.until)
-            .collect();
-        check_stage_names(p, &named)?;
+        opts.check(p)?;
         let wanted: Option<BTreeSet<String>> = opts.until.map(|u| p.ancestors_of(u));
         let state = self.store().load_state(&p.name);
         let mut outputs: HashMap<String, ContentHash> = HashMap::new();

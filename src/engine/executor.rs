@@ -275,11 +275,7 @@ impl Engine {
         p: &Pipeline,
         opts: &RunOptions,
     ) -> Result<(Vec<String>, HashMap<String, Recipe>)> {
-        let walk = WalkOptions {
-            force: &opts.force,
-            until: opts.until.as_deref(),
-        };
-        let decisions = self.decide(p, &walk)?;
+        let decisions = self.decide(p, &WalkOptions::from(opts))?;
         let waiting = decisions
             .iter()
             .find(|d| d.outcome.state == StageState::Waiting)
@@ -338,13 +334,7 @@ impl Engine {
         opts: &RunOptions,
         exec: &Executor,
     ) -> Result<()> {
-        let named: Vec<&str> = opts
-            .force
-            .iter()
-            .chain(opts.until.iter())
-            .map(String::as_str)
-            .collect();
-        super::decide::check_stage_names(p, &named)?;
+        WalkOptions::from(opts).check(p)?;
         if !opts.force.is_empty() {
             bail!("--force runs with the default executor only (it re-runs a cached stage in this process)");
         }
@@ -456,7 +446,11 @@ impl Engine {
         for name in must {
             let recipe = &recipes[name];
             // One submitter at a time per recipe: check, submit, record.
-            let _recipe_lock = self.store.lock_recipe(recipe, name, &|w| self.notice(w))?;
+            let _recipe_lock =
+                self.store
+                    .lock_running(super::store::Running::Recipe(recipe), name, &|w| {
+                        self.notice(w)
+                    })?;
             if let Some(rec) = self.job_record(recipe) {
                 let st = self.job_state(&rec);
                 if rec.executor == ExecutorKind::Slurm && st.live() {

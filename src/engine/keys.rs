@@ -100,12 +100,7 @@ pub fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, S
     match v {
         serde_json::Value::Object(m) => {
             for (k, x) in m {
-                let p = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(&p, x, out);
+                flatten(&crate::manifest::value::join_key(prefix, k), x, out);
             }
         }
         serde_json::Value::String(s) => {

@@ -359,17 +359,8 @@ impl Engine {
     /// Run a pipeline: every stage whose key is not in the store, in dependency order
     /// (a dry run: decide and report, run nothing, write nothing).
     pub fn run(&mut self, p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
-        let walk = WalkOptions {
-            force: &opts.force,
-            until: opts.until.as_deref(),
-        };
-        let named: Vec<&str> = opts
-            .force
-            .iter()
-            .map(String::as_str)
-            .chain(walk.until)
-            .collect();
-        decide::check_stage_names(p, &named)?;
+        let walk = WalkOptions::from(opts);
+        walk.check(p)?;
         let _lock = match opts.dry_run {
             true => None,
             false => {
@@ -457,7 +448,9 @@ impl Engine {
     fn execute(&mut self, p: &Pipeline, name: &str, r: &Resolved, forced: bool) -> Result<Made> {
         let s = &p.stages[name];
         let kind = s.config.kind();
-        let _key_lock = self.store.lock_key(&r.key, name, &|w| self.notice(w))?;
+        let _key_lock = self
+            .store
+            .lock_running(store::Running::Key(&r.key), name, &|w| self.notice(w))?;
         if forced {
             self.store.remove_scratch(r.key.as_str())?;
         } else {

@@ -83,6 +83,16 @@ pub struct PipelineState {
     pub stages: BTreeMap<String, StageRecord>,
 }
 
+/// What a lock in `running/` is held for: a stage key being run, or a recipe being
+/// submitted.
+#[derive(Debug, Clone, Copy)]
+pub enum Running<'a> {
+    /// A stage key: held while a process runs that stage.
+    Key(&'a StageKey),
+    /// A recipe: held while its job is looked up, submitted and recorded.
+    Recipe(&'a Recipe),
+}
+
 /// A handle on a store directory.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -143,34 +153,20 @@ impl Store {
     /// told for whom, first).
     pub fn lock(&self, what: &str, waiting: &dyn Fn(String)) -> Result<StoreLock> {
         let path = self.root.join("lock");
-        let mut file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                let mut holder = String::new();
-                let _ = fs::File::open(&path).and_then(|mut f| f.read_to_string(&mut holder));
-                let holder = holder.trim();
-                waiting(format!(
-                    "waiting for the cache lock on {} (held by {})",
-                    self.root.display(),
-                    if holder.is_empty() {
-                        "another pipe process"
-                    } else {
-                        holder
-                    }
-                ));
-                file.lock().context("waiting for the cache lock")?;
-            }
-            Err(fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("cannot lock {}", path.display()))
-            }
-        }
+        let mut file = acquire(&path, || {
+            let mut holder = String::new();
+            let _ = fs::File::open(&path).and_then(|mut f| f.read_to_string(&mut holder));
+            let holder = holder.trim();
+            waiting(format!(
+                "waiting for the cache lock on {} (held by {})",
+                self.root.display(),
+                if holder.is_empty() {
+                    "another pipe process"
+                } else {
+                    holder
+                }
+            ))
+        })?;
         file.set_len(0)?;
         write!(file, "pid {} ({})", std::process::id(), what)?;
         file.flush()?;
@@ -200,10 +196,29 @@ impl Store {
 
     /// Every scratch folder's key.
     pub fn all_scratch(&self) -> Result<Vec<String>> {
+        self.names_in("scratch", None)
+    }
+
+    /// The names of the entries of store folder `sub` (none if it is missing); with
+    /// `ext`, only those ending `.<ext>`, without it.
+    fn names_in(&self, sub: &str, ext: Option<&str>) -> Result<Vec<String>> {
+        let dir = self.root.join(sub);
         let mut out = Vec::new();
-        for e in fs::read_dir(self.root.join("scratch"))? {
-            out.push(e?.file_name().to_string_lossy().into_owned());
+        if !dir.is_dir() {
+            return Ok(out);
         }
+        for e in fs::read_dir(&dir)? {
+            let name = e?.file_name().to_string_lossy().into_owned();
+            match ext {
+                None => out.push(name),
+                Some(x) => {
+                    if let Some(stem) = name.strip_suffix(x).and_then(|n| n.strip_suffix('.')) {
+                        out.push(stem.to_string());
+                    }
+                }
+            }
+        }
+        out.sort();
         Ok(out)
     }
 
@@ -269,17 +284,15 @@ impl Store {
 
     /// The artifacts moved aside as damaged: (folder name, bytes).
     pub fn damaged_dirs(&self) -> Result<Vec<(String, u64)>> {
-        let mut out = Vec::new();
-        if let Ok(rd) = fs::read_dir(self.root.join("damaged")) {
-            for e in rd {
-                let e = e?;
-                out.push((
-                    e.file_name().to_string_lossy().into_owned(),
-                    dir_size(&e.path()),
-                ));
-            }
-        }
-        Ok(out)
+        let dir = self.root.join("damaged");
+        let names = self.names_in("damaged", None)?;
+        Ok(names
+            .into_iter()
+            .map(|n| {
+                let bytes = dir_size(&dir.join(&n));
+                (n, bytes)
+            })
+            .collect())
     }
 
     /// Delete the artifacts moved aside as damaged; returns the bytes freed.
@@ -317,46 +330,25 @@ impl Store {
     /// Take the lock of one stage key, held while a process runs that stage: waits (and
     /// says so) while another process runs it. Cluster jobs and local runs hold it, so a
     /// key never runs twice at once; the store-wide lock is not needed for that.
-    pub fn lock_key(
+    ///
+    /// A recipe's lock (`Running::Recipe`) is held while its job is looked up, submitted
+    /// and recorded, so two submitters never submit it twice.
+    pub fn lock_running(
         &self,
-        key: &StageKey,
+        what: Running<'_>,
         stage: &str,
         waiting: &dyn Fn(String),
     ) -> Result<StoreLock> {
-        self.lock_running(key.as_str(), stage, waiting)
-    }
-
-    /// Take the lock of one recipe while its job is looked up, submitted and recorded, so
-    /// two submitters never submit it twice.
-    pub fn lock_recipe(
-        &self,
-        recipe: &Recipe,
-        stage: &str,
-        waiting: &dyn Fn(String),
-    ) -> Result<StoreLock> {
-        self.lock_running(&format!("recipe-{recipe}"), stage, waiting)
-    }
-
-    fn lock_running(&self, name: &str, stage: &str, waiting: &dyn Fn(String)) -> Result<StoreLock> {
+        let name = match what {
+            Running::Key(k) => k.to_string(),
+            Running::Recipe(r) => format!("recipe-{r}"),
+        };
         let path = self.root.join("running").join(format!("{name}.lock"));
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                waiting(format!(
-                    "{stage}: another process is running this stage; waiting for it"
-                ));
-                file.lock().context("waiting for a stage lock")?;
-            }
-            Err(fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("cannot lock {}", path.display()))
-            }
-        }
+        let file = acquire(&path, || {
+            waiting(format!(
+                "{stage}: another process is running this stage; waiting for it"
+            ))
+        })?;
         Ok(StoreLock { _file: file })
     }
 
@@ -400,13 +392,7 @@ impl Store {
             .root
             .join("state")
             .join(format!("{}.lock", state_stem(pipeline)));
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock)
-            .with_context(|| format!("cannot open {}", lock.display()))?;
-        file.lock().context("locking a pipeline's state")?;
+        let _held = acquire(&lock, || {})?;
         let mut st = self.load_state(pipeline);
         change(&mut st);
         self.save_state(pipeline, &st)
@@ -424,13 +410,7 @@ impl Store {
             return Ok(());
         }
         let lock = self.root.join("projects.lock");
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock)
-            .with_context(|| format!("cannot open {}", lock.display()))?;
-        file.lock().context("locking the store's project list")?;
+        let _held = acquire(&lock, || {})?;
         let mut all = self.projects();
         if !all.contains(&entry) {
             all.push(entry);
@@ -450,20 +430,7 @@ impl Store {
 
     /// The names of the pipelines with a recorded state, as [`state_stem`] makes them.
     pub fn state_names(&self) -> Result<Vec<String>> {
-        let mut out = Vec::new();
-        let dir = self.root.join("state");
-        if let Ok(rd) = fs::read_dir(&dir) {
-            for e in rd {
-                let p = e?.path();
-                if p.extension().is_some_and(|x| x == "json") {
-                    if let Some(stem) = p.file_stem() {
-                        out.push(stem.to_string_lossy().into_owned());
-                    }
-                }
-            }
-        }
-        out.sort();
-        Ok(out)
+        self.names_in("state", Some("json"))
     }
 
     /// Remove a pipeline's recorded state.
@@ -512,36 +479,14 @@ impl Store {
 
     /// The key of every key record file, readable or not.
     pub fn all_key_names(&self) -> Result<Vec<String>> {
-        let mut out = Vec::new();
-        let dir = self.root.join("keys");
-        if !dir.is_dir() {
-            return Ok(out);
-        }
-        for e in fs::read_dir(dir)? {
-            let p = e?.path();
-            if p.extension().is_some_and(|x| x == "json") {
-                if let Some(stem) = p.file_stem() {
-                    out.push(stem.to_string_lossy().into_owned());
-                }
-            }
-        }
-        Ok(out)
+        self.names_in("keys", Some("json"))
     }
 
     /// Every artifact hash in the store (folders whose names are no hash are not
     /// artifacts).
     pub fn all_artifacts(&self) -> Result<Vec<ContentHash>> {
-        let mut out = Vec::new();
-        let dir = self.root.join("artifacts");
-        if !dir.is_dir() {
-            return Ok(out);
-        }
-        for e in fs::read_dir(dir)? {
-            if let Some(h) = ContentHash::parse(&e?.file_name().to_string_lossy()) {
-                out.push(h);
-            }
-        }
-        Ok(out)
+        let names = self.names_in("artifacts", None)?;
+        Ok(names.iter().filter_map(|n| ContentHash::parse(n)).collect())
     }
 
     /// Remove the key record named `name` (a key, or a record's file name found on disk).
@@ -567,6 +512,31 @@ impl Store {
         }
         Ok(bytes)
     }
+}
+
+/// Open (creating it) the lock file at `path` and take its exclusive `flock`; if another
+/// process holds it, call `waiting` first, then wait. The lock is released when the file
+/// is dropped, and by the OS on any exit.
+fn acquire(path: &Path, waiting: impl FnOnce()) -> Result<fs::File> {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            waiting();
+            file.lock()
+                .with_context(|| format!("waiting for the lock {}", path.display()))?;
+        }
+        Err(fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+    Ok(file)
 }
 
 /// Read a JSON file; `Ok(None)` if it does not exist.

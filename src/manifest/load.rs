@@ -503,12 +503,7 @@ fn check_finite(v: &SValue, path: &str) -> Result<(), ManifestError> {
         }
         value::Kind::Table(t) => {
             for (k, e) in t {
-                let p = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
-                check_finite(&e.value, &p)?;
+                check_finite(&e.value, &value::join_key(path, k))?;
             }
             Ok(())
         }

@@ -244,3 +244,12 @@ fn convert_value(
     };
     Ok(SValue { kind, origin })
 }
+
+/// A dotted key path one level down: `prefix.key`, or `key` at the top.
+pub fn join_key(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}

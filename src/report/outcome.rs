@@ -68,18 +68,23 @@ pub fn run_summary(r: &RunReport, dry_run: bool) -> String {
     out
 }
 
+/// What `status` says of a stage after its key: what it made, or its estimate and why it
+/// is not cached.
+pub fn status_detail(s: &StageOutcome) -> String {
+    if s.state == StageState::Cached {
+        return s.summary.clone();
+    }
+    let est = s
+        .estimate
+        .map_or(String::new(), |e| format!("[est. {}] ", fmt::secs(e)));
+    format!("{est}{}", join(&s.reasons))
+}
+
 /// `pipe status`: a header, one line per stage, and the time to bring it up to date.
 pub fn status_text(pipeline: &str, manifest: &str, stages: &[StageOutcome]) -> String {
     let mut out = format!("pipeline {pipeline} ({manifest})\n");
     for s in stages {
-        let detail = if s.state == StageState::Cached {
-            s.summary.clone()
-        } else {
-            let est = s
-                .estimate
-                .map_or(String::new(), |e| format!("[est. {}] ", fmt::secs(e)));
-            format!("{est}{}", join(&s.reasons))
-        };
+        let detail = status_detail(s);
         out.push_str(&format!(
             "  {:<12} {:<7} key {:<12}  {detail}\n",
             s.name,

@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use super::outcome::join;
+use super::outcome::status_detail;
 use crate::fmt;
 use crate::outcome::sweep::{HalvingDecisions, PointResult, SharedStage, SweepRun};
-use crate::outcome::{StageOutcome, StageState};
+use crate::outcome::StageOutcome;
 
 /// The stages of a sweep as a tree: shared by all points, by some, and per point.
 pub fn tree(
@@ -19,14 +19,7 @@ pub fn tree(
 ) -> String {
     let mut out = format!("sweep {name} ({file}): {} points\n", points.len());
     let line = |o: &StageOutcome| {
-        let detail = if o.state == StageState::Cached {
-            o.summary.clone()
-        } else {
-            let est = o
-                .estimate
-                .map_or(String::new(), |e| format!("[est. {}] ", fmt::secs(e)));
-            format!("{est}{}", join(&o.reasons))
-        };
+        let detail = status_detail(o);
         format!(
             "{:<12} {:<9} key {:<12}  {detail}",
             o.name,

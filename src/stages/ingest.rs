@@ -46,6 +46,17 @@ fn is_image(name: &str) -> bool {
     lower.ends_with(".jpg") || lower.ends_with(".jpeg") || lower.ends_with(".png")
 }
 
+/// The image files (`.jpg`, `.jpeg`, `.png`) directly in `dir`, by name.
+fn images_in(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut files: Vec<String> = fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| is_image(n))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 fn hash_of(ds: &DatasetFiles<'_>, rel: &str) -> Result<String> {
     ds.hash_of(rel).with_context(|| {
         format!(
@@ -112,18 +123,12 @@ fn tiny_imagenet(ds: &DatasetFiles<'_>) -> Result<(Vec<ClassRow>, Splits)> {
     let mut train = Vec::new();
     for (i, w) in wnids.iter().enumerate() {
         let dir = root.join("train").join(w).join("images");
-        let mut files: Vec<String> = fs::read_dir(&dir)
-            .with_context(|| {
-                format!(
-                    "tiny-imagenet: {} missing (wnids.txt lists {w})",
-                    dir.display()
-                )
-            })?
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| is_image(n))
-            .collect();
-        files.sort();
+        let files = images_in(&dir).with_context(|| {
+            format!(
+                "tiny-imagenet: {} missing (wnids.txt lists {w})",
+                dir.display()
+            )
+        })?;
         if files.is_empty() {
             bail!(
                 "tiny-imagenet: {} holds no training images for class {w} (listed in wnids.txt)",
@@ -254,12 +259,7 @@ fn image_folder(ds: &DatasetFiles<'_>) -> Result<(Vec<ClassRow>, Splits)> {
     }
     let mut rows = Vec::new();
     for (i, c) in class_dirs.iter().enumerate() {
-        let mut files: Vec<String> = fs::read_dir(root.join(c))?
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| is_image(n))
-            .collect();
-        files.sort();
+        let files = images_in(&root.join(c))?;
         if files.is_empty() {
             bail!(
                 "image-folder: class folder {} holds no images (.jpg, .jpeg, .png); remove it or add images",

@@ -174,9 +174,8 @@ unsafe fn finish_rows<T: Real>(y: Ptr<T>, yv: View, r0: usize, r1: usize, epi: E
 /// ([`super::winograd`]).
 ///
 /// # Safety
-/// Each view lies inside the arena its pointer points into, for every row the kernel
-/// touches; while it runs no other thread or reference touches the rows it writes; an
-/// output aliases an input only where this doc says so (an in-place op).
+/// The kernels' contract (see [`super`]): views inside their arenas, written rows
+/// touched by nobody else, outputs aliasing inputs only as said above.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn conv2d_forward<T: Real>(
     x: Ptr<T>,
@@ -223,9 +222,8 @@ pub unsafe fn conv2d_forward<T: Real>(
 /// chunk of rows, any other by im2col.
 ///
 /// # Safety
-/// Each view lies inside the arena its pointer points into, for every row the kernel
-/// touches; while it runs no other thread or reference touches the rows it writes; an
-/// output aliases an input only where this doc says so (an in-place op).
+/// The kernels' contract (see [`super`]): views inside their arenas, written rows
+/// touched by nobody else, outputs aliasing inputs only as said above.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn conv2d_forward_im2col<T: Real>(
     x: Ptr<T>,
@@ -317,9 +315,8 @@ pub unsafe fn conv2d_forward_im2col<T: Real>(
 /// summed afterwards in part order.
 ///
 /// # Safety
-/// Each view lies inside the arena its pointer points into, for every row the kernel
-/// touches; while it runs no other thread or reference touches the rows it writes; an
-/// output aliases an input only where this doc says so (an in-place op).
+/// The kernels' contract (see [`super`]): views inside their arenas, written rows
+/// touched by nobody else, outputs aliasing inputs only as said above.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn conv2d_backward<T: Real>(
     x: Ptr<T>,

@@ -7,9 +7,8 @@ use crate::backend::native::plan::View;
 /// Forward.
 ///
 /// # Safety
-/// Each view lies inside the arena its pointer points into, for every row the kernel
-/// touches; while it runs no other thread or reference touches the rows it writes; an
-/// output aliases an input only where this doc says so (an in-place op).
+/// The kernels' contract (see [`super`]): views inside their arenas, written rows
+/// touched by nobody else, outputs aliasing inputs only as said above.
 pub unsafe fn dense_forward<T: Real>(
     x: Ptr<T>,
     xv: View,
@@ -51,9 +50,8 @@ pub unsafe fn dense_forward<T: Real>(
 /// Backward: `dw = x^T . dy`, `db = sum of dy rows`, `dx [+]= dy . w^T`.
 ///
 /// # Safety
-/// Each view lies inside the arena its pointer points into, for every row the kernel
-/// touches; while it runs no other thread or reference touches the rows it writes; an
-/// output aliases an input only where this doc says so (an in-place op).
+/// The kernels' contract (see [`super`]): views inside their arenas, written rows
+/// touched by nobody else, outputs aliasing inputs only as said above.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn dense_backward<T: Real>(
     x: Ptr<T>,

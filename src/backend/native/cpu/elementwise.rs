@@ -59,9 +59,8 @@ unsafe fn zip_rows<T: Real>(
 /// `y = max(x, 0)`.
 ///
 /// # Safety
-/// Each view lies inside the arena its pointer points into, for every row the kernel
-/// touches; while it runs no other thread or reference touches the rows it writes; an
-/// output aliases an input only where this doc says so (an in-place op).
+/// The kernels' contract (see [`super`]): views inside their arenas, written rows
+/// touched by nobody else, outputs aliasing inputs only as said above.
 pub unsafe fn relu_forward<T: Real>(x: Ptr<T>, xv: View, y: Ptr<T>, yv: View, rows: usize) {
     // SAFETY: arena views of `rows` rows; in place only as the same view.
     unsafe {
@@ -74,9 +73,8 @@ pub unsafe fn relu_forward<T: Real>(x: Ptr<T>, xv: View, y: Ptr<T>, yv: View, ro
 /// `dx [+]= dy * (y > 0)` (from the output, so it also works in place).
 ///
 /// # Safety
-/// Each view lies inside the arena its pointer points into, for every row the kernel
-/// touches; while it runs no other thread or reference touches the rows it writes; an
-/// output aliases an input only where this doc says so (an in-place op).
+/// The kernels' contract (see [`super`]): views inside their arenas, written rows
+/// touched by nobody else, outputs aliasing inputs only as said above.
 pub unsafe fn relu_backward<T: Real>(
     y: Ptr<T>,
     yv: View,
@@ -101,9 +99,8 @@ pub unsafe fn relu_backward<T: Real>(
 /// `y = x if x > 0 else alpha * (exp(x) - 1)`.
 ///
 /// # Safety
-/// Each view lies inside the arena its pointer points into, for every row the kernel
-/// touches; while it runs no other thread or reference touches the rows it writes; an
-/// output aliases an input only where this doc says so (an in-place op).
+/// The kernels' contract (see [`super`]): views inside their arenas, written rows
+/// touched by nobody else, outputs aliasing inputs only as said above.
 pub unsafe fn elu_forward<T: Real>(
     x: Ptr<T>,
     xv: View,
@@ -128,9 +125,8 @@ pub unsafe fn elu_forward<T: Real>(
 /// `dx [+]= dy if x > 0 else dy * alpha * exp(x)`.
 ///
 /// # Safety
-/// Each view lies inside the arena its pointer points into, for every row the kernel
-/// touches; while it runs no other thread or reference touches the rows it writes; an
-/// output aliases an input only where this doc says so (an in-place op).
+/// The kernels' contract (see [`super`]): views inside their arenas, written rows
+/// touched by nobody else, outputs aliasing inputs only as said above.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn elu_backward<T: Real>(
     x: Ptr<T>,
@@ -158,9 +154,8 @@ pub unsafe fn elu_backward<T: Real>(
 /// `y = x * mask` (the mask holds 0 or 1/keep, row-major (rows, C)).
 ///
 /// # Safety
-/// Each view lies inside the arena its pointer points into, for every row the kernel
-/// touches; while it runs no other thread or reference touches the rows it writes; an
-/// output aliases an input only where this doc says so (an in-place op).
+/// The kernels' contract (see [`super`]): views inside their arenas, written rows
+/// touched by nobody else, outputs aliasing inputs only as said above.
 pub unsafe fn dropout_forward<T: Real>(
     x: Ptr<T>,
     xv: View,
@@ -182,9 +177,8 @@ pub unsafe fn dropout_forward<T: Real>(
 /// `dx [+]= dy * mask`.
 ///
 /// # Safety
-/// Each view lies inside the arena its pointer points into, for every row the kernel
-/// touches; while it runs no other thread or reference touches the rows it writes; an
-/// output aliases an input only where this doc says so (an in-place op).
+/// The kernels' contract (see [`super`]): views inside their arenas, written rows
+/// touched by nobody else, outputs aliasing inputs only as said above.
 pub unsafe fn dropout_backward<T: Real>(
     mask: Ptr<T>,
     dy: Ptr<T>,
@@ -206,9 +200,8 @@ pub unsafe fn dropout_backward<T: Real>(
 /// `y [+]= x` (a copy, or an accumulation of a gradient).
 ///
 /// # Safety
-/// Each view lies inside the arena its pointer points into, for every row the kernel
-/// touches; while it runs no other thread or reference touches the rows it writes; an
-/// output aliases an input only where this doc says so (an in-place op).
+/// The kernels' contract (see [`super`]): views inside their arenas, written rows
+/// touched by nobody else, outputs aliasing inputs only as said above.
 pub unsafe fn copy_rows<T: Real>(x: Ptr<T>, xv: View, y: Out<T>, rows: usize) {
     let y = y.parts();
     // SAFETY: as above.
@@ -218,9 +211,8 @@ pub unsafe fn copy_rows<T: Real>(x: Ptr<T>, xv: View, y: Out<T>, rows: usize) {
 /// `y = a + b`.
 ///
 /// # Safety
-/// Each view lies inside the arena its pointer points into, for every row the kernel
-/// touches; while it runs no other thread or reference touches the rows it writes; an
-/// output aliases an input only where this doc says so (an in-place op).
+/// The kernels' contract (see [`super`]): views inside their arenas, written rows
+/// touched by nobody else, outputs aliasing inputs only as said above.
 pub unsafe fn add_forward<T: Real>(
     a: (Ptr<T>, View),
     b: (Ptr<T>, View),
@@ -238,8 +230,7 @@ pub unsafe fn add_forward<T: Real>(
 /// `src` holds `n` images of `sv`, `dst` `n` images of `dv`, with the same number of values
 /// per image; they do not overlap.
 pub unsafe fn reshape_rows<T: Real>(src: Ptr<T>, sv: View, dst: Out<T>, n: usize) {
-    let dst = dst.parts();
-    let (dp, dv, acc) = dst;
+    let (dp, dv, acc) = dst.parts();
     (0..n).into_par_iter().for_each(|b| {
         let mut i = 0;
         for r in b * sv.hw..(b + 1) * sv.hw {
@@ -262,9 +253,8 @@ pub unsafe fn reshape_rows<T: Real>(src: Ptr<T>, sv: View, dst: Out<T>, n: usize
 /// Mid-network softmax forward: `y = exp(x - max) / sum` per row.
 ///
 /// # Safety
-/// Each view lies inside the arena its pointer points into, for every row the kernel
-/// touches; while it runs no other thread or reference touches the rows it writes; an
-/// output aliases an input only where this doc says so (an in-place op).
+/// The kernels' contract (see [`super`]): views inside their arenas, written rows
+/// touched by nobody else, outputs aliasing inputs only as said above.
 pub unsafe fn softmax_forward<T: Real>(x: Ptr<T>, xv: View, y: Ptr<T>, yv: View, rows: usize) {
     par_rows(rows, |r| {
         // SAFETY: this row belongs to this task; x and y are different nodes.
@@ -282,9 +272,8 @@ pub unsafe fn softmax_forward<T: Real>(x: Ptr<T>, xv: View, y: Ptr<T>, yv: View,
 /// Mid-network softmax backward: `dx [+]= y * (dy - sum(dy * y))` per row.
 ///
 /// # Safety
-/// Each view lies inside the arena its pointer points into, for every row the kernel
-/// touches; while it runs no other thread or reference touches the rows it writes; an
-/// output aliases an input only where this doc says so (an in-place op).
+/// The kernels' contract (see [`super`]): views inside their arenas, written rows
+/// touched by nobody else, outputs aliasing inputs only as said above.
 pub unsafe fn softmax_backward<T: Real>(
     y: Ptr<T>,
     yv: View,
@@ -293,8 +282,7 @@ pub unsafe fn softmax_backward<T: Real>(
     dx: Out<T>,
     rows: usize,
 ) {
-    let dx = dx.parts();
-    let (dxp, dxv, acc) = dx;
+    let (dxp, dxv, acc) = dx.parts();
     par_rows(rows, |r| {
         // SAFETY: row r belongs to this task; dx is another node's gradient.
         let (yr, dr, out) = unsafe { (y.row(yv, r), dy.row(dyv, r), dxp.row_mut(dxv, r)) };

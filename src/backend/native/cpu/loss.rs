@@ -7,9 +7,8 @@ use crate::backend::native::plan::View;
 /// `dlogits = (softmax - onehot) / n` and returns (loss, correct arg-max predictions).
 ///
 /// # Safety
-/// Each view lies inside the arena its pointer points into, for every row the kernel
-/// touches; while it runs no other thread or reference touches the rows it writes; an
-/// output aliases an input only where this doc says so (an in-place op).
+/// The kernels' contract (see [`super`]): views inside their arenas, written rows
+/// touched by nobody else, outputs aliasing inputs only as said above.
 pub unsafe fn softmax_cross_entropy<T: Real>(
     logits: Ptr<T>,
     lv: View,

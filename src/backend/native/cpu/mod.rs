@@ -7,6 +7,15 @@
 //! every sum (weight gradients, batch-norm statistics) is added in the same order whatever
 //! the thread count: results are bit-identical from run to run and machine to machine of
 //! the same instruction set.
+//!
+//! # Safety
+//!
+//! The kernels read and write rows of the two arenas through [`Ptr`]s that a kernel's
+//! threads share (each thread touching its own rows), so every kernel that takes one is
+//! an `unsafe fn` under one contract: each view lies inside the arena its pointer points
+//! into, for every row the kernel touches; while it runs no other thread or reference
+//! touches the rows it writes; an output aliases an input only where the kernel's doc says
+//! so (an in-place op). The walk's views of a planned arena meet it (`device`).
 
 pub mod conv;
 pub mod dense;

@@ -60,9 +60,8 @@ fn block_sums<const L: usize>(
 /// same pass (a following in-place relu, fused).
 ///
 /// # Safety
-/// Each view lies inside the arena its pointer points into, for every row the kernel
-/// touches; while it runs no other thread or reference touches the rows it writes; an
-/// output aliases an input only where this doc says so (an in-place op).
+/// The kernels' contract (see [`super`]): views inside their arenas, written rows
+/// touched by nobody else, outputs aliasing inputs only as said above.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn batchnorm_forward_train<T: Real>(
     x: Ptr<T>,
@@ -114,9 +113,8 @@ pub unsafe fn batchnorm_forward_train<T: Real>(
 /// Inference forward with running statistics (and `relu` as in training).
 ///
 /// # Safety
-/// Each view lies inside the arena its pointer points into, for every row the kernel
-/// touches; while it runs no other thread or reference touches the rows it writes; an
-/// output aliases an input only where this doc says so (an in-place op).
+/// The kernels' contract (see [`super`]): views inside their arenas, written rows
+/// touched by nobody else, outputs aliasing inputs only as said above.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn batchnorm_forward_infer<T: Real>(
     x: Ptr<T>,
@@ -188,9 +186,8 @@ fn normalize<T: Real>(
 /// coefficients (worked out in f64 once, into `coef`: 3 * C values).
 ///
 /// # Safety
-/// Each view lies inside the arena its pointer points into, for every row the kernel
-/// touches; while it runs no other thread or reference touches the rows it writes; an
-/// output aliases an input only where this doc says so (an in-place op).
+/// The kernels' contract (see [`super`]): views inside their arenas, written rows
+/// touched by nobody else, outputs aliasing inputs only as said above.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn batchnorm_backward<T: Real>(
     x: Ptr<T>,

@@ -32,9 +32,8 @@ impl PoolGeom {
 /// Max pooling forward: `y[b, oy, ox, c] = max over the window of x[b, iy, ix, c]`.
 ///
 /// # Safety
-/// Each view lies inside the arena its pointer points into, for every row the kernel
-/// touches; while it runs no other thread or reference touches the rows it writes; an
-/// output aliases an input only where this doc says so (an in-place op).
+/// The kernels' contract (see [`super`]): views inside their arenas, written rows
+/// touched by nobody else, outputs aliasing inputs only as said above.
 pub unsafe fn maxpool_forward<T: Real>(
     x: Ptr<T>,
     xv: View,
@@ -70,9 +69,8 @@ pub unsafe fn maxpool_forward<T: Real>(
 /// `ws` lends each image's task 2*C values (tie counts and shares).
 ///
 /// # Safety
-/// Each view lies inside the arena its pointer points into, for every row the kernel
-/// touches; while it runs no other thread or reference touches the rows it writes; an
-/// output aliases an input only where this doc says so (an in-place op).
+/// The kernels' contract (see [`super`]): views inside their arenas, written rows
+/// touched by nobody else, outputs aliasing inputs only as said above.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn maxpool_backward<T: Real>(
     x: Ptr<T>,
@@ -137,9 +135,8 @@ pub unsafe fn maxpool_backward<T: Real>(
 /// Average pooling forward: `y = sum over the window's valid taps of x / their count`.
 ///
 /// # Safety
-/// Each view lies inside the arena its pointer points into, for every row the kernel
-/// touches; while it runs no other thread or reference touches the rows it writes; an
-/// output aliases an input only where this doc says so (an in-place op).
+/// The kernels' contract (see [`super`]): views inside their arenas, written rows
+/// touched by nobody else, outputs aliasing inputs only as said above.
 pub unsafe fn avgpool_forward<T: Real>(
     x: Ptr<T>,
     xv: View,
@@ -177,9 +174,8 @@ pub unsafe fn avgpool_forward<T: Real>(
 /// Average pooling backward: `dx [+]= dy / count` at every valid tap of each window.
 ///
 /// # Safety
-/// Each view lies inside the arena its pointer points into, for every row the kernel
-/// touches; while it runs no other thread or reference touches the rows it writes; an
-/// output aliases an input only where this doc says so (an in-place op).
+/// The kernels' contract (see [`super`]): views inside their arenas, written rows
+/// touched by nobody else, outputs aliasing inputs only as said above.
 pub unsafe fn avgpool_backward<T: Real>(dy: Ptr<T>, dyv: View, dx: Out<T>, g: &PoolGeom, n: usize) {
     let dx = dx.parts();
     let (ihw, ohw) = (g.h * g.w, g.oh * g.ow);
@@ -216,9 +212,8 @@ pub unsafe fn avgpool_backward<T: Real>(dy: Ptr<T>, dyv: View, dx: Out<T>, g: &P
 /// Global average pooling forward: (n*hw, C) -> (n, C), the mean over each image's rows.
 ///
 /// # Safety
-/// Each view lies inside the arena its pointer points into, for every row the kernel
-/// touches; while it runs no other thread or reference touches the rows it writes; an
-/// output aliases an input only where this doc says so (an in-place op).
+/// The kernels' contract (see [`super`]): views inside their arenas, written rows
+/// touched by nobody else, outputs aliasing inputs only as said above.
 pub unsafe fn global_avgpool_forward<T: Real>(x: Ptr<T>, xv: View, y: Ptr<T>, yv: View, n: usize) {
     let inv = super::r::<T>(1.0 / xv.hw as f64);
     (0..n).into_par_iter().for_each(|b| {
@@ -242,12 +237,10 @@ pub unsafe fn global_avgpool_forward<T: Real>(x: Ptr<T>, xv: View, y: Ptr<T>, yv
 /// Global average pooling backward: `dx[b, r, c] [+]= dy[b, c] / hw`.
 ///
 /// # Safety
-/// Each view lies inside the arena its pointer points into, for every row the kernel
-/// touches; while it runs no other thread or reference touches the rows it writes; an
-/// output aliases an input only where this doc says so (an in-place op).
+/// The kernels' contract (see [`super`]): views inside their arenas, written rows
+/// touched by nobody else, outputs aliasing inputs only as said above.
 pub unsafe fn global_avgpool_backward<T: Real>(dy: Ptr<T>, dyv: View, dx: Out<T>, n: usize) {
-    let dx = dx.parts();
-    let (dxp, dxv, acc) = dx;
+    let (dxp, dxv, acc) = dx.parts();
     let inv = super::r::<T>(1.0 / dxv.hw as f64);
     (0..n).into_par_iter().for_each(|b| {
         super::simd(
