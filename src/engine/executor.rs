@@ -338,6 +338,10 @@ impl Engine {
         if !opts.force.is_empty() {
             bail!("--force runs with the default executor only (it re-runs a cached stage in this process)");
         }
+        let _lock = match opts.dry_run {
+            true => None,
+            false => Some(self.share_store(&format!("pipe run {} (executor)", p.name))?),
+        };
         let (must, recipes) = self.must_run(p, opts)?;
         let wanted = opts.until.as_ref().map(|u| p.ancestors_of(u));
         for name in p.topo_order() {

@@ -333,9 +333,17 @@ impl Engine {
         self.watcher.event(Event::Notice(n));
     }
 
-    /// Take the store's lock, telling the watcher whom it waits for.
+    /// Take the store's lock alone, telling the watcher whom it waits for.
     fn lock_store(&self, what: &str) -> Result<store::StoreLock> {
-        self.store.lock(what, &|w| self.notice(w))
+        self.store
+            .lock(what, store::Hold::Exclusive, &|w| self.notice(w))
+    }
+
+    /// Take the store's lock beside other publishers (see [`store::Hold::Shared`]):
+    /// `pipe gc` waits until no process holds it.
+    pub(crate) fn share_store(&self, what: &str) -> Result<store::StoreLock> {
+        self.store
+            .lock(what, store::Hold::Shared, &|w| self.notice(w))
     }
 
     fn fingerprint(&mut self, root: &Path) -> Result<&TreeFingerprint> {
@@ -540,6 +548,7 @@ impl Engine {
     /// then runs this one unless it is cached. Errors name an input that is missing.
     pub fn run_stage(&mut self, p: &Pipeline, stage: &str) -> Result<StageOutcome> {
         decide::check_stage_names(p, &[stage])?;
+        let _lock = self.share_store(&format!("pipe run-stage {} {stage}", p.name))?;
         self.note_project(p)?;
         let walk = WalkOptions {
             force: &[],

@@ -19,7 +19,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -103,6 +102,29 @@ pub struct Store {
 /// Held while a process writes the store; released on drop (and by the OS on any exit).
 pub struct StoreLock {
     _file: fs::File,
+    /// This holder's line in `holders/` (who holds the lock), removed on drop.
+    note: Option<PathBuf>,
+}
+
+impl Drop for StoreLock {
+    fn drop(&mut self) {
+        if let Some(n) = &self.note {
+            let _ = fs::remove_file(n);
+        }
+    }
+}
+
+/// How the store's lock is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// Alone: `pipe run` in this process (it decides, runs and records as one), `pipe gc`
+    /// and `pipe verify` (they delete and move).
+    Exclusive,
+    /// Beside other such holders, never beside an exclusive one: every process that
+    /// publishes without holding it exclusively (an executor's workers and their parent,
+    /// Slurm jobs, a sweep's promotion job), so `gc` never runs while one publishes or
+    /// reads what it published.
+    Shared,
 }
 
 impl Store {
@@ -151,26 +173,46 @@ impl Store {
 
     /// Take the store's exclusive lock, waiting if another process holds it (`waiting` is
     /// told for whom, first).
-    pub fn lock(&self, what: &str, waiting: &dyn Fn(String)) -> Result<StoreLock> {
+    pub fn lock(&self, what: &str, hold: Hold, waiting: &dyn Fn(String)) -> Result<StoreLock> {
         let path = self.root.join("lock");
-        let mut file = acquire(&path, || {
-            let mut holder = String::new();
-            let _ = fs::File::open(&path).and_then(|mut f| f.read_to_string(&mut holder));
-            let holder = holder.trim();
+        let file = acquire(&path, hold == Hold::Shared, || {
+            let holders = self.holders();
             waiting(format!(
                 "waiting for the cache lock on {} (held by {})",
                 self.root.display(),
-                if holder.is_empty() {
-                    "another pipe process"
+                if holders.is_empty() {
+                    "another pipe process".to_string()
                 } else {
-                    holder
+                    holders.join("; ")
                 }
             ))
         })?;
-        file.set_len(0)?;
-        write!(file, "pid {} ({})", std::process::id(), what)?;
-        file.flush()?;
-        Ok(StoreLock { _file: file })
+        // Who holds it, for whoever waits: one file per holder.
+        let dir = self.root.join("holders");
+        let note = dir.join(format!("{}-{}", std::process::id(), unique_suffix()));
+        let note = fs::create_dir_all(&dir)
+            .and_then(|()| fs::write(&note, format!("pid {} ({what})", std::process::id())))
+            .ok()
+            .map(|()| note);
+        Ok(StoreLock { _file: file, note })
+    }
+
+    /// Who holds the store's lock now, as they said when they took it (holders on this
+    /// machine that are gone are left out and their notes removed).
+    fn holders(&self) -> Vec<String> {
+        let dir = self.root.join("holders");
+        let mut out = Vec::new();
+        for name in self.names_in("holders", None).unwrap_or_default() {
+            let pid = name.split('-').next().unwrap_or("");
+            if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
+                let _ = fs::remove_file(dir.join(&name));
+                continue;
+            }
+            if let Ok(t) = fs::read_to_string(dir.join(&name)) {
+                out.push(t.trim().to_string());
+            }
+        }
+        out
     }
 
     /// The scratch folder of a stage key (created): survives interrupted runs.
@@ -344,12 +386,15 @@ impl Store {
             Running::Recipe(r) => format!("recipe-{r}"),
         };
         let path = self.root.join("running").join(format!("{name}.lock"));
-        let file = acquire(&path, || {
+        let file = acquire(&path, false, || {
             waiting(format!(
                 "{stage}: another process is running this stage; waiting for it"
             ))
         })?;
-        Ok(StoreLock { _file: file })
+        Ok(StoreLock {
+            _file: file,
+            note: None,
+        })
     }
 
     /// Whether some process holds `key`'s lock (is running that stage) now.
@@ -392,7 +437,7 @@ impl Store {
             .root
             .join("state")
             .join(format!("{}.lock", state_stem(pipeline)));
-        let _held = acquire(&lock, || {})?;
+        let _held = acquire(&lock, false, || {})?;
         let mut st = self.load_state(pipeline);
         change(&mut st);
         self.save_state(pipeline, &st)
@@ -410,7 +455,7 @@ impl Store {
             return Ok(());
         }
         let lock = self.root.join("projects.lock");
-        let _held = acquire(&lock, || {})?;
+        let _held = acquire(&lock, false, || {})?;
         let mut all = self.projects();
         if !all.contains(&entry) {
             all.push(entry);
@@ -514,10 +559,11 @@ impl Store {
     }
 }
 
-/// Open (creating it) the lock file at `path` and take its exclusive `flock`; if another
-/// process holds it, call `waiting` first, then wait. The lock is released when the file
-/// is dropped, and by the OS on any exit.
-fn acquire(path: &Path, waiting: impl FnOnce()) -> Result<fs::File> {
+/// Open (creating it) the lock file at `path` and take its `flock`, exclusive or
+/// `shared`; if another process holds it in a way that excludes this one, call `waiting`
+/// first, then wait. The lock is released when the file is dropped, and by the OS on any
+/// exit.
+fn acquire(path: &Path, shared: bool, waiting: impl FnOnce()) -> Result<fs::File> {
     let file = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -525,18 +571,32 @@ fn acquire(path: &Path, waiting: impl FnOnce()) -> Result<fs::File> {
         .write(true)
         .open(path)
         .with_context(|| format!("cannot open {}", path.display()))?;
-    match file.try_lock() {
+    let tried = match shared {
+        true => file.try_lock_shared(),
+        false => file.try_lock(),
+    };
+    match tried {
         Ok(()) => {}
         Err(fs::TryLockError::WouldBlock) => {
             waiting();
-            file.lock()
-                .with_context(|| format!("waiting for the lock {}", path.display()))?;
+            match shared {
+                true => file.lock_shared(),
+                false => file.lock(),
+            }
+            .with_context(|| format!("waiting for the lock {}", path.display()))?;
         }
         Err(fs::TryLockError::Error(e)) => {
             return Err(e).with_context(|| format!("cannot lock {}", path.display()))
         }
     }
     Ok(file)
+}
+
+/// Nanoseconds of the clock, to tell apart files one process makes.
+fn unique_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
 }
 
 /// Read a JSON file; `Ok(None)` if it does not exist.

@@ -392,6 +392,10 @@ impl Engine {
         if !opts.force.is_empty() {
             bail!("--force runs with the default executor only (it re-runs a cached stage in this process)");
         }
+        let _lock = match opts.dry_run {
+            true => None,
+            false => Some(self.share_store(&format!("pipe run {} (executor)", s.name))?),
+        };
         let halving = s.halving.clone().filter(|_| !only);
         let mut run = SweepRun {
             sweep: s.name.clone(),
@@ -654,6 +658,7 @@ impl Engine {
                 s.name
             );
         }
+        let _lock = self.share_store(&format!("pipe sweep-promote {} --rung {r}", s.name))?;
         let mut decisions = self.decisions(&s.name);
         decisions.rungs.truncate(r);
         let live: Vec<usize> = match r {
