@@ -150,3 +150,60 @@ fn a_damaged_or_garbage_checkpoint_does_not_block_the_stage() {
     let c = clean.run_json("t", &[]);
     assert_eq!(field(&r, "train", "output"), field(&c, "train", "output"));
 }
+
+/// A checkpoint whose bytes were flipped on disk, its size kept (what a bad disk or a
+/// stray write leaves): its recorded BLAKE3 no longer matches, so the run does not resume
+/// from it; nor from one whose hash was never recorded (killed between the two writes),
+/// which `status` does not promise either. The run resumes from the epoch before both and
+/// ends where an uninterrupted run ends: the same artifact, under the same key.
+#[test]
+fn a_bit_flipped_checkpoint_is_refused_by_its_hash() {
+    let p = Project::with("t.toml", &pipeline_t_with_split());
+    kill_at_fault(&p, &["run", "t"], "train:epoch3");
+    let scratch: PathBuf = std::fs::read_dir(p.cache().join("scratch"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|d| d.join("checkpoints/epoch_3.safetensors").is_file())
+        .expect("the killed run's scratch");
+    let resumes_at = |p: &Project| {
+        let v = p.ok_json(&["status", "t", "--json"]);
+        stage(&v, "train")["reasons"][0].as_str().unwrap().to_string()
+    };
+    assert!(resumes_at(&p).contains("at epoch 3"), "{}", resumes_at(&p));
+    let e3 = scratch.join("checkpoints/epoch_3.safetensors");
+    std::fs::remove_file(scratch.join("checkpoints/epoch_3.safetensors.blake3")).unwrap();
+    assert!(resumes_at(&p).contains("at epoch 2"), "{}", resumes_at(&p));
+    // Flip the exponent bits of float values near the end of epoch 2 (tensor data, not
+    // the header): the file still loads, with wrong weights.
+    let e2 = scratch.join("checkpoints/epoch_2.safetensors");
+    let len = std::fs::metadata(&e2).unwrap().len();
+    tamper(&e2, |b| {
+        let n = b.len();
+        for i in (n - 64..n).step_by(4) {
+            b[i + 3] ^= 0x40;
+        }
+    });
+    assert_eq!(std::fs::metadata(&e2).unwrap().len(), len);
+    let out = p.ok(&["run", "t", "--json"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("not resuming from {}", e3.display()))
+            && err.contains("no hash was recorded for it"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("not resuming from {}", e2.display()))
+            && err.contains("its bytes are not the ones written"),
+        "{err}"
+    );
+    assert!(
+        err.contains("resuming from its checkpoint at epoch 1"),
+        "{err}"
+    );
+    assert_eq!(epochs_trained(&err, "train"), [2, 3, 4], "{err}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let clean = Project::with("t.toml", &pipeline_t_with_split());
+    let c = clean.run_json("t", &[]);
+    assert_eq!(field(&r, "train", "output"), field(&c, "train", "output"));
+    assert_eq!(field(&r, "train", "key"), field(&c, "train", "key"));
+}

@@ -17,7 +17,7 @@ pub fn save(
     state: &State,
     metadata: HashMap<String, String>,
     keep: impl Fn(&str) -> bool,
-) -> Result<()> {
+) -> Result<Written> {
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = state
         .tensors
         .iter()
@@ -33,8 +33,21 @@ pub fn save(
         .collect::<Result<_>>()?;
     let mut meta = metadata;
     meta.insert("step".into(), state.step.to_string());
-    let out = safetensors::serialize(views, &Some(meta))?;
-    write_atomic(path, &sorted_header(out)?)
+    let out = sorted_header(safetensors::serialize(views, &Some(meta))?)?;
+    write_atomic(path, &out)?;
+    Ok(Written {
+        blake3: blake3::hash(&out).to_hex().to_string(),
+        bytes: out.len() as u64,
+    })
+}
+
+/// What [`save`] wrote: the file's BLAKE3 (hex) and its length.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Written {
+    /// BLAKE3 of the whole file, hex.
+    pub blake3: String,
+    /// Its length in bytes.
+    pub bytes: u64,
 }
 
 /// The same file with its JSON header's keys sorted. safetensors writes the metadata map in

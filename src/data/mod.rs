@@ -47,6 +47,12 @@ pub fn check_regular(path: &Path) -> Result<()> {
     }
 }
 
+/// The length of `path`, which must be a regular file (or a link to one).
+pub fn regular_len(path: &Path) -> Result<u64> {
+    check_regular(path)?;
+    Ok(std::fs::metadata(path)?.len())
+}
+
 /// Read a whole file, which must be a regular file (or a link to one): a FIFO, a device
 /// or a socket named like a data file is an error, never a read that does not end.
 pub fn read_regular(path: &Path) -> Result<Vec<u8>> {

@@ -72,7 +72,7 @@ pub fn interrupted_at(scratch: &Path, key: &StageKey) -> Option<usize> {
     checkpoints_in(&checkpoint_dir(scratch))
         .into_iter()
         .rev()
-        .find(|(_, p)| belongs_to(p, key).is_ok())
+        .find(|(_, p)| belongs_to(p, key).is_ok() && as_written(p, false).is_ok())
         .map(|c| c.0)
 }
 
@@ -97,12 +97,63 @@ pub(crate) fn save_checkpoint(
 ) -> Result<()> {
     let mut meta = checkpoint_meta(epoch, history, plan)?;
     meta.insert("key".into(), key.to_string());
-    checkpoint::save(
-        &dir.join(format!("epoch_{epoch}.safetensors")),
-        &with_mean(state, mean),
-        meta,
-        |_| true,
-    )
+    let path = dir.join(format!("epoch_{epoch}.safetensors"));
+    let written = checkpoint::save(&path, &with_mean(state, mean), meta, |_| true)?;
+    // The checkpoint's hash beside it, written after it: a checkpoint whose bytes are not
+    // the ones written (flipped on disk, or a hash never written: killed in between) is
+    // never resumed from.
+    crate::atomic::write_json_atomic(&hash_path(&path), &written)
+}
+
+/// Where a checkpoint's recorded hash lives: `epoch_N.safetensors.blake3`.
+fn hash_path(checkpoint: &Path) -> PathBuf {
+    let mut name = checkpoint.file_name().unwrap_or_default().to_os_string();
+    name.push(".blake3");
+    checkpoint.with_file_name(name)
+}
+
+/// Whether the checkpoint at `path` is what was written (its BLAKE3 against the one
+/// recorded beside it); `Err` says why not. `full`: hash the file; otherwise compare only
+/// its length (what `status` can afford).
+pub fn as_written(path: &Path, full: bool) -> Result<(), String> {
+    let recorded: checkpoint::Written = std::fs::read(hash_path(path))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or("no hash was recorded for it (written before checkpoints were hashed, or the run was killed before recording it)")?;
+    let len = crate::data::regular_len(path).map_err(|e| format!("{e:#}"))?;
+    if len != recorded.bytes {
+        return Err(format!(
+            "it holds {len} bytes, {} were written",
+            recorded.bytes
+        ));
+    }
+    if full {
+        let now = crate::content::hash_file(path).map_err(|e| format!("{e:#}"))?;
+        if now != recorded.blake3 {
+            return Err(format!(
+                "its bytes are not the ones written (BLAKE3 {} recorded, {} now)",
+                crate::ids::short(&recorded.blake3),
+                crate::ids::short(&now)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Move a refused checkpoint (and its recorded hash) into `refused/` beside `checkpoints/`,
+/// where no run looks; returns where it went.
+pub(crate) fn refuse(path: &Path) -> Result<PathBuf> {
+    let aside = path
+        .parent()
+        .map_or_else(|| PathBuf::from("refused"), |d| d.with_file_name("refused"));
+    std::fs::create_dir_all(&aside)?;
+    let to = aside.join(path.file_name().unwrap_or_default());
+    std::fs::rename(path, &to)?;
+    let hash = hash_path(path);
+    if hash.exists() {
+        let _ = std::fs::rename(&hash, hash_path(&to));
+    }
+    Ok(to)
 }
 
 /// Whether the checkpoint at `path` belongs to stage key `key` (its metadata says so);

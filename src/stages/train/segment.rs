@@ -171,17 +171,16 @@ fn resume_in_scratch(
 ) -> Result<usize> {
     let stage = &ctx.stage.name;
     for (e, path) in files::checkpoints_in(ckpt_dir).into_iter().rev() {
-        let verdict = files::belongs_to(&path, ctx.key).and_then(|()| {
-            checkpoint::load(&path).map_err(|err| format!("it does not load: {err:#}"))
-        });
+        let verdict = files::belongs_to(&path, ctx.key)
+            .and_then(|()| files::as_written(&path, true))
+            .and_then(|()| {
+                checkpoint::load(&path).map_err(|err| format!("it does not load: {err:#}"))
+            });
         let (st, meta) = match verdict {
             Ok(x) => x,
             Err(why) => {
                 // Moved aside (never published, never tried again), not deleted.
-                let aside = ckpt_dir.with_file_name("refused");
-                std::fs::create_dir_all(&aside)?;
-                let to = aside.join(path.file_name().unwrap_or_default());
-                std::fs::rename(&path, &to)?;
+                let to = files::refuse(&path)?;
                 ctx.warn(format!(
                     "{stage}: not resuming from {}: {why}; moved to {}",
                     path.display(),
