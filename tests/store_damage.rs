@@ -253,3 +253,46 @@ fn atomic_writes_replace_whole_files_and_leave_no_temporary() {
         .collect();
     assert_eq!(names, vec!["state.json"]);
 }
+
+/// Damage that keeps a model file's size and time (a stat check cannot see it): `predict`
+/// and `export` re-hash the files they read and refuse, naming `pipe verify`, printing no
+/// probability and writing no file; the dashboard answers 409 for the damaged file and
+/// still serves the sound ones.
+#[test]
+fn a_model_damaged_in_place_is_refused_by_predict_export_and_the_dashboard() {
+    let p = Project::with("t.toml", &pipeline_t());
+    let r = p.run_json("t", &[]);
+    let images = p.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    image::RgbImage::from_pixel(16, 16, image::Rgb([120, 30, 200]))
+        .save(images.join("a.png"))
+        .unwrap();
+    let ok = p.ok(&["predict", "t", images.to_str().unwrap()]);
+    assert!(!ok.stdout.is_empty());
+    let model = p.artifact(&r, "train");
+    tamper_keeping_time(&model.join("state.safetensors"), |b| {
+        let n = b.len();
+        for i in (n - 32..n).step_by(4) {
+            b[i + 3] ^= 0x7f;
+        }
+    });
+    let out = p.cmd(&["predict", "t", images.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && out.stdout.is_empty(), "{err}");
+    assert!(
+        err.contains("the model of stage `train`")
+            && err.contains("state.safetensors: content changed since it was published")
+            && err.contains("pipe verify"),
+        "{err}"
+    );
+    let onnx = p.path().join("m.onnx");
+    let err = p.fails(&["export", "t", "-o", onnx.to_str().unwrap()]);
+    assert!(err.contains("pipe verify"), "{err}");
+    assert!(!onnx.exists(), "export wrote a file from a damaged model");
+    let (ui, _) = Ui::start(&p, &[]);
+    let hash = field(&r, "train", "output");
+    let (status, body) = ui.get(&format!("/files/{hash}/state.safetensors"));
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("content changed since it was published"), "{body}");
+    assert_eq!(ui.get(&format!("/files/{hash}/plan.json")).0, 200);
+}

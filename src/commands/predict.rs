@@ -222,6 +222,16 @@ pub fn predict(g: &Global, target: &str, inputs: &[String], o: &PredictOptions) 
         let probs = model.predict(&images)?;
         let n = model.classes.len();
         for (row, path) in probs.chunks_exact(n).zip(&which) {
+            if row.iter().any(|p| !p.is_finite()) {
+                failure = Some(anyhow::anyhow!(
+                    "stage `{}` of `{}` gives {} probabilities for {}: its model is damaged or its training diverged; nothing is printed for it (`pipe verify` checks the store)",
+                    trained.stage,
+                    p.name,
+                    if row.iter().any(|p| p.is_nan()) { "NaN" } else { "infinite" },
+                    path.display()
+                ));
+                anyhow::bail!("stopped");
+            }
             let top = top_k(row, k);
             let path_s = path.display().to_string();
             match o.format {

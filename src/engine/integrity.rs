@@ -198,6 +198,37 @@ pub fn check(dir: &Path, seal: &Seal, full: bool, records: &[&str]) -> Result<He
     })
 }
 
+/// Check one file of an artifact (`rel`, relative with `/`) fully against the seal: it
+/// must be listed, a regular file reached through no link, and have the sealed BLAKE3.
+/// `Err` says what is wrong.
+pub fn check_file(dir: &Path, seal: &Seal, rel: &str) -> Result<(), String> {
+    let Some(s) = seal.files.iter().find(|f| f.path == rel) else {
+        return Err(format!("{rel} is not a file of the artifact as published"));
+    };
+    let mut p = dir.to_path_buf();
+    for part in rel.split('/') {
+        p.push(part);
+        let md = fs::symlink_metadata(&p).map_err(|_| format!("{}: missing", p.display()))?;
+        if md.file_type().is_symlink() {
+            return Err(format!("{}: a link (published as a file)", p.display()));
+        }
+    }
+    if !fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
+        return Err(format!(
+            "{}: not a regular file any more (published as one)",
+            p.display()
+        ));
+    }
+    match hash_file(&p) {
+        Ok(h) if h == s.hash => Ok(()),
+        Ok(_) => Err(format!(
+            "{}: content changed since it was published",
+            p.display()
+        )),
+        Err(e) => Err(format!("{e:#}")),
+    }
+}
+
 /// The health of a published artifact in folder `dir` whose seal is (or would be) at
 /// `seal_path`: checked against the seal ([`check`]); an artifact published before seals
 /// existed is re-hashed against its name, `output`.

@@ -718,6 +718,33 @@ impl Engine {
         )
     }
 
+    /// Re-hash `files` of artifact `output` (what a reader is about to use) against its
+    /// seal: an error that says what is wrong and what to run, when any is not as
+    /// published. The artifact folder itself must be a folder of the store, not a link.
+    pub fn check_files(&self, output: &ContentHash, what: &str, files: &[&str]) -> Result<()> {
+        let dir = self.store.artifact_dir(output);
+        let fail = |why: String| {
+            anyhow::anyhow!(
+                "{what} (artifact {}) is damaged: {why}; nothing was read from it. `pipe verify` sets damaged artifacts aside and `pipe run` rebuilds them",
+                output.short()
+            )
+        };
+        if !std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+            return Err(fail(format!("{} is not a folder of the store", dir.display())));
+        }
+        let Some(seal) = integrity::read_seal(&self.store.seal_path(output)) else {
+            // Published before seals: the whole folder against its name.
+            return match self.health(output, true, stages::ALL_RECORDS)? {
+                integrity::Health::Sound => Ok(()),
+                integrity::Health::Damaged(p) => Err(fail(p.join("; "))),
+            };
+        };
+        for f in files {
+            integrity::check_file(&dir, &seal, f).map_err(fail)?;
+        }
+        Ok(())
+    }
+
     /// Run a read-only query over many pipelines with each key's soundness checked once
     /// (see `sound_memo`).
     pub(crate) fn with_sound_memo<T>(

@@ -196,19 +196,31 @@ impl Engine {
             Some(StageConfig::Hdf5(c)) => c.filter,
             _ => anyhow::bail!("stage `{root}` does not read an hdf5 stage"),
         };
-        let data_dir = of(&data)
+        let data_out = of(&data)
             .and_then(|d| d.output.clone().filter(|_| d.state == StageState::Cached))
-            .map(|out| self.store.artifact_dir(&out))
             .ok_or_else(|| {
                 anyhow::anyhow!(
                     "the data `{stage}` was trained on (stage `{data}`) is not in the store: run `pipe run {} --until {data}`",
                     p.name
                 )
             })?;
+        // What `predict` and `export` read, re-hashed against the seals now: damage that
+        // kept a file's size and time is caught here, not printed as predictions.
+        use crate::stages::model::ModelArtifact as M;
+        self.check_files(
+            &out,
+            &format!("the model of stage `{stage}`"),
+            &[M::PLAN, M::STATE, M::WEIGHTS],
+        )?;
+        self.check_files(
+            &data_out,
+            &format!("the data of stage `{data}`"),
+            &["classes.csv", "means.json"],
+        )?;
         Ok(Trained {
             key: o.key.clone().expect("a cached stage has a key"),
             model_dir: self.store.artifact_dir(&out),
-            data_dir,
+            data_dir: self.store.artifact_dir(&data_out),
             filter,
             stage,
         })
@@ -376,12 +388,53 @@ impl Engine {
         })
     }
 
-    /// The folder of a published artifact, if `output` names one (64 hex digits) that is
-    /// in the store.
-    pub fn artifact_folder(&self, output: &str) -> Option<PathBuf> {
-        let dir = self.store.artifact_dir(&ContentHash::parse(output)?);
-        dir.is_dir().then_some(dir)
+    /// A file of a published artifact that may be served as it is (the dashboard's file
+    /// links, its model downloads): `output` names a sealed artifact, a real folder of the
+    /// store (no link); `rel` is a file of it as published, reached through no link and
+    /// re-hashed against the seal now — or one of its kind's record files (timings, the
+    /// plot), a regular file at its top.
+    pub fn servable(&self, output: &str, rel: &str) -> Servable {
+        let Some(output) = ContentHash::parse(output) else {
+            return Servable::Missing("no such artifact in the store".into());
+        };
+        let dir = self.store.artifact_dir(&output);
+        if !std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+            return Servable::Missing("no such artifact in the store".into());
+        }
+        if rel
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == ".." || s.contains(['\\', '\0']))
+        {
+            return Servable::Missing("refused: that path leads outside the artifact".into());
+        }
+        let Some(seal) = super::integrity::read_seal(&self.store.seal_path(&output)) else {
+            return Servable::Missing("that artifact is not sealed: nothing of it is served".into());
+        };
+        let file = dir.join(rel);
+        if seal.files.iter().any(|f| f.path == rel) {
+            return match super::integrity::check_file(&dir, &seal, rel) {
+                Ok(()) => Servable::File(file),
+                Err(why) => Servable::Damaged(why),
+            };
+        }
+        let record = stages::ALL_RECORDS.contains(&rel)
+            && std::fs::symlink_metadata(&file).is_ok_and(|m| m.is_file());
+        match record {
+            true => Servable::File(file),
+            false => Servable::Missing("no such file in that artifact".into()),
+        }
     }
+}
+
+/// Whether a file of the store may be served (see [`Engine::servable`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Servable {
+    /// Yes: this file, as published.
+    File(PathBuf),
+    /// No such sealed artifact or file (or a path that leaves it): why.
+    Missing(String),
+    /// It does not match its seal: why.
+    Damaged(String),
 }
 
 /// An evaluate artifact's numbers: `metrics.json`, the class names (`per_class.csv`) and

@@ -10,7 +10,6 @@
 
 use std::convert::Infallible;
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -27,6 +26,7 @@ use axum::Router;
 use super::pages::{self, Links};
 use super::snapshot::Snapshot;
 use super::{assets, segment, svg};
+use crate::engine::runs::Servable;
 use crate::engine::runs::CurveSource;
 use crate::engine::{Engine, Project};
 use crate::manifest::Pipeline;
@@ -386,27 +386,22 @@ async fn file(
     State(app): State<Arc<App>>,
     Path((output, path)): Path<(String, String)>,
 ) -> Response {
-    // (The engine is not held across an await: its watcher is not `Send`.)
-    let dir = app.engine().artifact_folder(&output);
-    let Some(dir) = dir else {
-        return not_found("no such artifact in the store");
+    // (The engine is not held across an await.)
+    let servable = app.engine().servable(&output, &path);
+    let full = match servable {
+        Servable::File(f) => f,
+        Servable::Missing(why) => return not_found(&why),
+        Servable::Damaged(why) => {
+            return (
+                StatusCode::CONFLICT,
+                Html(pages::not_found_page(
+                    &format!("damaged, not served: {why} (`pipe verify` sets it aside)"),
+                    &ServerLinks,
+                )),
+            )
+                .into_response()
+        }
     };
-    if path
-        .split('/')
-        .any(|s| s.is_empty() || s == "." || s == ".." || s.contains(['\\', '\0']))
-    {
-        return not_found("refused: that path leads outside the artifact");
-    }
-    let full: PathBuf = dir.join(&path);
-    // Only a regular file (no link, FIFO or device) that is inside the artifact.
-    let inside = match (full.canonicalize(), dir.canonicalize()) {
-        (Ok(f), Ok(d)) => f.starts_with(&d),
-        _ => false,
-    };
-    let regular = std::fs::symlink_metadata(&full).is_ok_and(|m| m.file_type().is_file());
-    if !inside || !regular {
-        return not_found("no such file in that artifact");
-    }
     let Ok(f) = tokio::fs::File::open(&full).await else {
         return not_found("no such file in that artifact");
     };

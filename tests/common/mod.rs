@@ -285,6 +285,19 @@ pub fn tamper(path: &Path, edit: impl FnOnce(&mut Vec<u8>)) {
     std::fs::write(path, bytes).unwrap();
 }
 
+/// [`tamper`], then give the file back its modification time: damage that a size and
+/// time check cannot see.
+pub fn tamper_keeping_time(path: &Path, edit: impl FnOnce(&mut Vec<u8>)) {
+    let mtime = std::fs::metadata(path).unwrap().modified().unwrap();
+    tamper(path, edit);
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+}
+
 // Datasets and files.
 
 /// The text of a file of this repository (`path` from its root), such as a shipped
