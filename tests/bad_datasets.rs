@@ -229,3 +229,43 @@ fn status_lists_every_stage_when_a_dataset_goes_missing_from_a_used_store() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("ingest waiting: dataset folder"), "{text}");
 }
+
+/// An image changed in place with its size, time and inode kept (a byte of its JFIF
+/// header: the pixels decode the same): the stat cache vouches for the old bytes, so the
+/// hdf5 stage rightly fails on it — once. The failure makes the next fingerprint read that
+/// file again, so the next run takes the dataset as it is and finishes; `--force ingest`
+/// re-hashes the folder as well. Neither needs a `touch`.
+#[test]
+fn an_image_changed_in_place_with_its_time_kept_is_no_dead_end() {
+    let (p, root) = Project::with_tiny_imagenet("data/tiny", 3, 8, 2);
+    p.manifest("exp.toml", &tiny_manifest(&root, 2));
+    p.run_json("exp", &["--until", "split"]);
+    let class = first_entry(&root.join("train"));
+    let mut imgs: Vec<PathBuf> = std::fs::read_dir(class.join("images"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    imgs.sort();
+    let edit = |path: &Path| {
+        tamper_keeping_time(path, |b| {
+            assert_eq!(&b[6..11], b"JFIF\0", "a JFIF header");
+            b[15] ^= 0x01; // the horizontal pixel density
+        })
+    };
+    edit(&imgs[0]);
+    let err = p.fails(&["run", "exp"]);
+    assert!(
+        err.contains("changed after its dataset was fingerprinted")
+            && err.contains(&imgs[0].display().to_string()),
+        "{err}"
+    );
+    let r = p.run_json("exp", &[]);
+    assert_eq!(state_of(&r, "ingest"), "ran", "the changed file was read again");
+    assert_eq!(state_of(&r, "hdf5"), "ran");
+
+    // The same change to another file, then `--force ingest`: ingest reads every file.
+    edit(&imgs[1]);
+    let r = p.run_json("exp", &["--force", "ingest"]);
+    assert_eq!(state_of(&r, "hdf5"), "ran");
+    assert!(p.ok(&["verify"]).status.success());
+}

@@ -57,6 +57,23 @@ pub enum Unusable {
     Bad(anyhow::Error),
 }
 
+/// A dataset file whose bytes are not the ones its fingerprint recorded: carried in the
+/// error's chain, so the engine can make the next fingerprint read the file again (its
+/// size and time may not show the change).
+#[derive(Debug, Clone)]
+pub struct ChangedFile {
+    /// The file, as the index names it.
+    pub file: std::path::PathBuf,
+}
+
+impl std::fmt::Display for ChangedFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} is not the file that was fingerprinted", self.file.display())
+    }
+}
+
+impl std::error::Error for ChangedFile {}
+
 /// Decode the image an index row points at, checking the bytes read against the content
 /// hash the index recorded (`hash`, BLAKE3 hex; empty: not checked) as they are decoded,
 /// so the check costs no second read.
@@ -67,13 +84,17 @@ pub fn decode_checked(
 ) -> std::result::Result<RgbImage, Unusable> {
     let check = |bytes: &[u8]| -> std::result::Result<(), Unusable> {
         if hash.is_empty() || blake3::hash(bytes).to_hex().as_str() == hash {
-            Ok(())
-        } else {
-            Err(Unusable::Changed(anyhow::anyhow!(
+            return Ok(());
+        }
+        let file = match r {
+            ImageRef::File(p) | ImageRef::CifarRecord(p, _) => p.clone(),
+        };
+        Err(Unusable::Changed(anyhow::Error::new(ChangedFile { file }).context(
+            format!(
                 "image {r} changed after its dataset was fingerprinted (its content is not the one indexed, {}...): nothing is published; run again to take the dataset as it is now",
                 crate::ids::short(hash)
-            )))
-        }
+            ),
+        )))
     };
     match r {
         ImageRef::File(p) => {

@@ -140,7 +140,8 @@ impl Engine {
         for name in p.topo_order() {
             let s = &p.stages[&name];
             let material = KeyMaterial::of(p, &name, Vec::new(), None)?;
-            let dataset = self.dataset(p, &name, mode)?;
+            let forced = opts.force.contains(&name);
+            let dataset = self.dataset(p, &name, mode, forced)?;
             let input_recipes: Vec<String> = s
                 .inputs
                 .iter()
@@ -164,7 +165,6 @@ impl Engine {
                 d.outcome.summary = "after --until".into();
             } else {
                 self.check_known_data(p, &name, &outputs)?;
-                let forced = opts.force.contains(&name);
                 self.decide_stage(p, &mut d, material, dataset, &outputs, &waits, forced, mode)?;
                 if mode == Mode::Look {
                     self.overlay_running(&mut d);
@@ -276,14 +276,14 @@ impl Engine {
 
     /// What a stage's dataset folder is to its key: none, its fingerprint, or (looking)
     /// missing. Running, a folder that cannot be read is an error naming the key to set.
-    fn dataset(&mut self, p: &Pipeline, name: &str, mode: Mode) -> Result<Dataset> {
+    fn dataset(&mut self, p: &Pipeline, name: &str, mode: Mode, rehash: bool) -> Result<Dataset> {
         let Some(root) = stages::external_root(p, &p.stages[name]) else {
             return Ok(Dataset::None);
         };
         if mode == Mode::Look && !root.exists() {
             return Ok(Dataset::Missing(root));
         }
-        let fp = self.fingerprint(&root).with_context(|| {
+        let fp = self.fingerprint(&root, rehash).with_context(|| {
             format!(
                 "stage `{name}`: cannot read its dataset folder (point `root` at it, e.g. `--set {name}.root=DIR`)"
             )

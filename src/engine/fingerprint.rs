@@ -120,8 +120,32 @@ fn cache_file(store: &Store, root: &Path) -> PathBuf {
         .join(format!("{}.bin", &id[..32]))
 }
 
-/// Fingerprint `root`, reading only files the stat cache does not vouch for.
-pub fn fingerprint_tree(store: &Store, root: &Path) -> Result<TreeFingerprint> {
+/// Forget what the stat cache of `root` says of `file` (a path below it): the next
+/// fingerprint reads it again. For a file whose bytes changed while its size, time and
+/// inode did not.
+pub fn forget(store: &Store, root: &Path, file: &Path) -> Result<()> {
+    let Ok(root) = root.canonicalize() else {
+        return Ok(());
+    };
+    let file = file.canonicalize().unwrap_or_else(|_| file.to_path_buf());
+    let Ok(rel) = file.strip_prefix(&root) else {
+        return Ok(());
+    };
+    let rel = rel.to_string_lossy().replace('\\', "/");
+    let cpath = cache_file(store, &root);
+    let Some(mut entries) = fs::read(&cpath)
+        .ok()
+        .and_then(|b| postcard::from_bytes::<Vec<CacheEntry>>(&b).ok())
+    else {
+        return Ok(());
+    };
+    entries.retain(|e| e.path != rel);
+    write_atomic(&cpath, &postcard::to_stdvec(&entries)?)
+}
+
+/// Fingerprint `root`, reading only files the stat cache does not vouch for (`rehash`:
+/// reading every file, as `--force` of the stage that reads it asks).
+pub fn fingerprint_tree(store: &Store, root: &Path, rehash: bool) -> Result<TreeFingerprint> {
     let root = root
         .canonicalize()
         .with_context(|| format!("dataset folder {} does not exist", root.display()))?;
@@ -149,7 +173,9 @@ pub fn fingerprint_tree(store: &Store, root: &Path) -> Result<TreeFingerprint> {
                 .copied()
                 .inspect(|_| in_order = false),
         };
-        let hit = entry.filter(|c| c.size == s.size && c.mtime_ns == s.mtime_ns && c.ino == s.ino);
+        let hit = entry
+            .filter(|_| !rehash)
+            .filter(|c| c.size == s.size && c.mtime_ns == s.mtime_ns && c.ino == s.ino);
         matched.push(hit.map(|c| c.hash));
     }
 

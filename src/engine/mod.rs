@@ -254,6 +254,8 @@ pub struct RunOptions {
 pub struct Engine {
     store: Store,
     fingerprints: HashMap<PathBuf, TreeFingerprint>,
+    /// Dataset folders fingerprinted with every file read (`--force` of their stage).
+    rehashed: HashSet<PathBuf>,
     /// The store's timing log, read once (for estimates).
     timings: Option<Vec<estimate::TimingRecord>>,
     watcher: Box<dyn Watcher>,
@@ -277,6 +279,7 @@ impl Engine {
         Ok(Engine {
             store: Store::open(cache)?,
             fingerprints: HashMap::new(),
+            rehashed: HashSet::new(),
             timings: None,
             watcher: Box::new(Silent),
             sound_memo: None,
@@ -288,6 +291,7 @@ impl Engine {
         Engine {
             store: Store::open_read_only(cache),
             fingerprints: HashMap::new(),
+            rehashed: HashSet::new(),
             timings: None,
             watcher: Box::new(Silent),
             sound_memo: None,
@@ -346,10 +350,16 @@ impl Engine {
             .lock(what, store::Hold::Shared, &|w| self.notice(w))
     }
 
-    fn fingerprint(&mut self, root: &Path) -> Result<&TreeFingerprint> {
+    /// The fingerprint of dataset folder `root`, taken once per engine (`rehash`: reading
+    /// every file, not trusting the stat cache; see [`fingerprint_tree`]).
+    fn fingerprint(&mut self, root: &Path, rehash: bool) -> Result<&TreeFingerprint> {
+        if rehash && !self.rehashed.contains(root) {
+            self.fingerprints.remove(root);
+            self.rehashed.insert(root.to_path_buf());
+        }
         if !self.fingerprints.contains_key(root) {
             let t = Instant::now();
-            let fp = fingerprint_tree(&self.store, root)?;
+            let fp = fingerprint_tree(&self.store, root, rehash)?;
             if fp.hashed > 0 {
                 self.note(format!(
                     "dataset {}: {} files, {} hashed (not in the stat cache) in {:.1}s",
@@ -505,6 +515,7 @@ impl Engine {
             Ok(s) => s,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&tmp);
+                self.forget_changed(&e);
                 return Err(e.context(format!("stage `{name}` ({kind}) failed")));
             }
         };
@@ -541,6 +552,23 @@ impl Engine {
             summary,
             seconds,
         })
+    }
+
+    /// A stage failed on a dataset file that changed after it was fingerprinted: make the
+    /// next fingerprint read that file again, so the next run takes the dataset as it is
+    /// (a change that kept the file's size and time would otherwise be a dead end).
+    fn forget_changed(&self, e: &anyhow::Error) {
+        let Some(c) = e
+            .chain()
+            .find_map(|c| c.downcast_ref::<crate::data::decode::ChangedFile>())
+        else {
+            return;
+        };
+        for root in self.fingerprints.keys() {
+            if let Err(err) = fingerprint::forget(&self.store, root, &c.file) {
+                self.warn(format!("could not update the stat cache of {}: {err:#}", root.display()));
+            }
+        }
     }
 
     /// Run one stage of a pipeline whose inputs are all in the store (what a cluster job
