@@ -269,6 +269,10 @@ struct RunArgs {
     /// With `--executor slurm`: wait for the jobs and report how they ended
     #[arg(long)]
     wait: bool,
+    /// The most memory a training may need, e.g. `8G`, `512M` (default: what this machine
+    /// has available); a training estimated to need more is refused before it starts
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_memory: Option<u64>,
     /// A sweep: run only the points this selects (`lr=5e-3`, `lr<1e-2`, `act=elu,lr>=1e-3`),
     /// each whole (halving does not prune them)
     #[arg(long, value_name = "EXPR")]
@@ -623,12 +627,14 @@ fn run(g: &Global, args: RunArgs) -> anyhow::Result<()> {
         partition,
         gpus_per_stage,
         wait,
+        max_memory,
         only,
     } = args;
     let opts = RunOptions {
         force,
         until,
         dry_run,
+        max_memory,
     };
     let slurm = SlurmOptions {
         partition,
@@ -648,4 +654,30 @@ fn run(g: &Global, args: RunArgs) -> anyhow::Result<()> {
             commands::run_with(g, &pipeline, &sets, opts, &exec, only.as_deref())
         }
     }
+}
+
+/// A size as people write it: `4096`, `512K`, `512M`, `8G`, `1T` (powers of 1024; a `B` or
+/// `iB` after the letter is allowed).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (digits, shift) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 10),
+        Some('M') => (&t[..t.len() - 1], 20),
+        Some('G') => (&t[..t.len() - 1], 30),
+        Some('T') => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    let n: f64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (e.g. 8G, 512M, 4096)"))?;
+    let bytes = n * (1u64 << shift) as f64;
+    if !(bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(format!("`{text}` is not a size of at least one byte"));
+    }
+    Ok(bytes as u64)
 }

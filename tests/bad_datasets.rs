@@ -260,7 +260,11 @@ fn an_image_changed_in_place_with_its_time_kept_is_no_dead_end() {
         "{err}"
     );
     let r = p.run_json("exp", &[]);
-    assert_eq!(state_of(&r, "ingest"), "ran", "the changed file was read again");
+    assert_eq!(
+        state_of(&r, "ingest"),
+        "ran",
+        "the changed file was read again"
+    );
     assert_eq!(state_of(&r, "hdf5"), "ran");
 
     // The same change to another file, then `--force ingest`: ingest reads every file.

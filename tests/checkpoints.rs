@@ -167,7 +167,10 @@ fn a_bit_flipped_checkpoint_is_refused_by_its_hash() {
         .expect("the killed run's scratch");
     let resumes_at = |p: &Project| {
         let v = p.ok_json(&["status", "t", "--json"]);
-        stage(&v, "train")["reasons"][0].as_str().unwrap().to_string()
+        stage(&v, "train")["reasons"][0]
+            .as_str()
+            .unwrap()
+            .to_string()
     };
     assert!(resumes_at(&p).contains("at epoch 3"), "{}", resumes_at(&p));
     let e3 = scratch.join("checkpoints/epoch_3.safetensors");

@@ -278,3 +278,64 @@ fn printing_into_a_closed_pipe_ends_quietly() {
         assert_ne!(out.status.code(), Some(101), "{args:?}: {err}");
     }
 }
+
+/// An `extends` chain 5,000 files deep is refused at the 33rd file with a clear error, by
+/// `run` and `status` alike (it overflowed the stack before).
+#[test]
+fn an_extends_chain_thousands_deep_is_refused_not_a_stack_overflow() {
+    let p = Project::new();
+    p.manifest("f0.toml", &pipeline_t());
+    for i in 1..5000 {
+        p.manifest(
+            &format!("f{i}.toml"),
+            &format!("extends = \"f{}.toml\"\nname = \"f{i}\"\n", i - 1),
+        );
+    }
+    for cmd in [&["run", "f4999", "--dry-run"][..], &["status", "f4999"]] {
+        let out = p.cmd(cmd).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{cmd:?}: {err}");
+        assert!(
+            err.contains("`extends` chains more than 32 files deep"),
+            "{cmd:?}: {err}"
+        );
+    }
+}
+
+/// A training estimated to need more memory than there is (or than `--max-memory`
+/// allows) is refused by a dry run and a run before anything is allocated, saying the
+/// estimate; the store gets no training artifact.
+#[test]
+fn a_training_too_large_for_memory_is_refused_before_it_allocates() {
+    let huge = Generated::new("h").text().replace(
+        "{ dense = \"$classes\" }",
+        "{ dense = 1000000000 },\n  { dense = \"$classes\" }",
+    );
+    let p = Project::with("h.toml", &huge);
+    for args in [&["run", "h", "--dry-run"][..], &["run", "h"]] {
+        let err = p.fails(args);
+        assert!(
+            err.contains(
+                "stage `train`: training network `tiny` at batch_size 8 needs an estimated"
+            ) && err.contains("GiB")
+                && err.contains("lower `stages.train.batch_size`"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(
+        !std::fs::read_dir(p.cache().join("artifacts"))
+            .unwrap()
+            .any(|e| e.unwrap().path().join("plan.json").exists()),
+        "a training artifact was published"
+    );
+    // The same check with a limit given: the small network fits 1 GiB, not 1 KiB.
+    let q = Project::with("t.toml", &Generated::new("t").text());
+    q.ok(&["run", "t", "--dry-run", "--max-memory", "1G"]);
+    let err = q.fails(&["run", "t", "--dry-run", "--max-memory", "1K"]);
+    assert!(
+        err.contains("more than the 1.0 KiB --max-memory allows"),
+        "{err}"
+    );
+    let err = q.fails(&["run", "t", "--max-memory", "lots"]);
+    assert!(err.contains("`lots` is not a size"), "{err}");
+}

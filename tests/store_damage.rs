@@ -276,7 +276,10 @@ fn a_model_damaged_in_place_is_refused_by_predict_export_and_the_dashboard() {
             b[i + 3] ^= 0x7f;
         }
     });
-    let out = p.cmd(&["predict", "t", images.to_str().unwrap()]).output().unwrap();
+    let out = p
+        .cmd(&["predict", "t", images.to_str().unwrap()])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && out.stdout.is_empty(), "{err}");
     assert!(
@@ -293,6 +296,9 @@ fn a_model_damaged_in_place_is_refused_by_predict_export_and_the_dashboard() {
     let hash = field(&r, "train", "output");
     let (status, body) = ui.get(&format!("/files/{hash}/state.safetensors"));
     assert_eq!(status, 409, "{body}");
-    assert!(body.contains("content changed since it was published"), "{body}");
+    assert!(
+        body.contains("content changed since it was published"),
+        "{body}"
+    );
     assert_eq!(ui.get(&format!("/files/{hash}/plan.json")).0, 200);
 }

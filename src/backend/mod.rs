@@ -157,6 +157,85 @@ pub trait Model {
 
 pub use crate::manifest::{BackendKind, DeviceKind};
 
+/// What training a network needs in memory, estimated from its graph before anything is
+/// allocated (bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryEstimate {
+    /// Weights, their gradients and the optimizer's two moments (4 floats a parameter).
+    pub parameters: u64,
+    /// The planned activation and gradient arenas at the batch size (the native plan;
+    /// dfdx's tape keeps about twice that).
+    pub activations: u64,
+}
+
+impl MemoryEstimate {
+    /// Everything.
+    pub fn total(&self) -> u64 {
+        self.parameters.saturating_add(self.activations)
+    }
+}
+
+/// Estimate what training `graph` at batch `batch` with `backend` needs; `None` when it is
+/// too large even to count (more than 2^64 bytes).
+pub fn training_memory(
+    graph: &Graph,
+    batch: usize,
+    backend: BackendKind,
+) -> Option<MemoryEstimate> {
+    let infos = graph.infer().ok()?;
+    let t = crate::nn::graph::totals(&infos);
+    let parameters = (t.trainable as u64)
+        .checked_add(t.non_trainable as u64)?
+        .checked_mul(16)?;
+    // Every node's values at the batch size, twice (activation and gradient): an upper
+    // bound that must count before the planner, which shares buffers, is asked.
+    let bound = infos.iter().try_fold(0u64, |acc, i| {
+        (i.shape.numel() as u64)
+            .checked_mul(batch as u64)?
+            .checked_mul(8)?
+            .checked_add(acc)
+    })?;
+    usize::try_from(bound).ok()?;
+    let plan = native::plan::plan(graph, &infos, batch.max(1), true);
+    let arenas = (plan.act_len as u64 + plan.grad_len as u64) * 4;
+    let activations = match backend {
+        BackendKind::Native => arenas,
+        BackendKind::Dfdx => arenas.saturating_mul(2),
+    };
+    Some(MemoryEstimate {
+        parameters,
+        activations,
+    })
+}
+
+/// Memory this process may still allocate: the machine's available memory
+/// (`MemAvailable`), or less where an address-space limit (`ulimit -v`) leaves less.
+pub fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = |key: &str, text: &str| -> Option<u64> {
+        text.lines()
+            .find(|l| l.starts_with(key))?
+            .split_whitespace()
+            .nth(1)?
+            .parse::<u64>()
+            .ok()
+            .map(|k| k * 1024)
+    };
+    let mut avail = kib("MemAvailable:", &meminfo)?;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit struct, which lives on this stack frame.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut lim) } == 0;
+    if ok && lim.rlim_cur != libc::RLIM_INFINITY {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let used = kib("VmSize:", &status).unwrap_or(0);
+        avail = avail.min((lim.rlim_cur as u64).saturating_sub(used));
+    }
+    Some(avail)
+}
+
 /// Build a model with freshly initialised weights (Glorot-uniform kernels, zero biases)
 /// on the CPU with the default backend.
 pub fn build(graph: &Graph, seed: u64) -> Result<Box<dyn Model>> {

@@ -68,7 +68,11 @@ pub struct ChangedFile {
 
 impl std::fmt::Display for ChangedFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} is not the file that was fingerprinted", self.file.display())
+        write!(
+            f,
+            "{} is not the file that was fingerprinted",
+            self.file.display()
+        )
     }
 }
 

@@ -35,14 +35,26 @@ pub enum Mode {
     Run,
 }
 
-/// What the walk is asked: which stages to run again (`--force`) and where to stop
-/// (`--until`).
+/// What the walk is asked: which stages to run again (`--force`), where to stop
+/// (`--until`), and how much memory a training that would run may need.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct WalkOptions<'a> {
     /// Stages to decide as stale even if cached.
     pub force: &'a [String],
     /// Only this stage and what it depends on; the rest is skipped.
     pub until: Option<&'a str>,
+    /// A training on the CPU that would run and needs more (estimated) is refused before
+    /// anything is allocated. `None`: not checked (`status`).
+    pub memory: Option<MemoryLimit>,
+}
+
+/// A bound on a training's memory, and where it comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryLimit {
+    /// Bytes.
+    pub bytes: u64,
+    /// `--max-memory` (else: what this machine has available).
+    pub given: bool,
 }
 
 impl WalkOptions<'_> {
@@ -60,9 +72,17 @@ impl WalkOptions<'_> {
 
 impl<'a> From<&'a super::RunOptions> for WalkOptions<'a> {
     fn from(o: &'a super::RunOptions) -> Self {
+        let memory = match o.max_memory {
+            Some(bytes) => Some(MemoryLimit { bytes, given: true }),
+            None => crate::backend::available_memory().map(|bytes| MemoryLimit {
+                bytes,
+                given: false,
+            }),
+        };
         WalkOptions {
             force: &o.force,
             until: o.until.as_deref(),
+            memory,
         }
     }
 }
@@ -166,6 +186,9 @@ impl Engine {
             } else {
                 self.check_known_data(p, &name, &outputs)?;
                 self.decide_stage(p, &mut d, material, dataset, &outputs, &waits, forced, mode)?;
+                if let (Some(limit), StageState::Stale) = (opts.memory, d.outcome.state) {
+                    check_memory(p, &name, limit)?;
+                }
                 if mode == Mode::Look {
                     self.overlay_running(&mut d);
                 }
@@ -391,6 +414,45 @@ impl Engine {
         };
         Err(anyhow::anyhow!("{err}"))
     }
+}
+
+/// A training on the CPU that needs more memory than `limit` (estimated from its graph and
+/// batch size) is an error that says the estimate, before anything is allocated.
+fn check_memory(p: &Pipeline, name: &str, limit: MemoryLimit) -> Result<()> {
+    let StageConfig::Train(t) = &p.stages[name].config else {
+        return Ok(());
+    };
+    if t.device == Some(crate::manifest::DeviceSetting::Cuda) {
+        return Ok(());
+    }
+    let graph = crate::nn::train_graph(p, name).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let backend = t.backend.unwrap_or_default();
+    let est = crate::backend::training_memory(&graph, t.batch_size, backend);
+    if est.is_some_and(|e| e.total() <= limit.bytes) {
+        return Ok(());
+    }
+    let needs = match est {
+        Some(e) => format!(
+            "an estimated {} (weights, their gradients and the optimizer's moments {}; activations and their gradients {})",
+            crate::fmt::bytes(e.total()),
+            crate::fmt::bytes(e.parameters),
+            crate::fmt::bytes(e.activations)
+        ),
+        None => "more than 2^64 bytes".to_string(),
+    };
+    let has = match limit.given {
+        true => format!("the {} --max-memory allows", crate::fmt::bytes(limit.bytes)),
+        false => format!(
+            "the {} this machine has available",
+            crate::fmt::bytes(limit.bytes)
+        ),
+    };
+    anyhow::bail!(
+        "stage `{name}`: training network `{}` at batch_size {} needs {needs}, more than {has}; lower `stages.{name}.batch_size` or the network's size{}",
+        t.network,
+        t.batch_size,
+        if limit.given { "" } else { " (or say how much may be used with --max-memory)" }
+    )
 }
 
 /// `--force` and `--until` name stages of the pipeline.

@@ -248,6 +248,9 @@ pub struct RunOptions {
     pub until: Option<String>,
     /// Decide and report; run nothing, write nothing.
     pub dry_run: bool,
+    /// The most memory (bytes) a training may need (default: what this machine has
+    /// available).
+    pub max_memory: Option<u64>,
 }
 
 /// The engine over one store.
@@ -566,7 +569,10 @@ impl Engine {
         };
         for root in self.fingerprints.keys() {
             if let Err(err) = fingerprint::forget(&self.store, root, &c.file) {
-                self.warn(format!("could not update the stat cache of {}: {err:#}", root.display()));
+                self.warn(format!(
+                    "could not update the stat cache of {}: {err:#}",
+                    root.display()
+                ));
             }
         }
     }
@@ -581,6 +587,10 @@ impl Engine {
         let walk = WalkOptions {
             force: &[],
             until: Some(stage),
+            memory: crate::backend::available_memory().map(|bytes| decide::MemoryLimit {
+                bytes,
+                given: false,
+            }),
         };
         let decisions = self.walk(p, &walk, Mode::Run, &mut |e, d| {
             let name = d.outcome.name.clone();
@@ -758,7 +768,10 @@ impl Engine {
             )
         };
         if !std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
-            return Err(fail(format!("{} is not a folder of the store", dir.display())));
+            return Err(fail(format!(
+                "{} is not a folder of the store",
+                dir.display()
+            )));
         }
         let Some(seal) = integrity::read_seal(&self.store.seal_path(output)) else {
             // Published before seals: the whole folder against its name.

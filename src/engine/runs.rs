@@ -408,7 +408,9 @@ impl Engine {
             return Servable::Missing("refused: that path leads outside the artifact".into());
         }
         let Some(seal) = super::integrity::read_seal(&self.store.seal_path(&output)) else {
-            return Servable::Missing("that artifact is not sealed: nothing of it is served".into());
+            return Servable::Missing(
+                "that artifact is not sealed: nothing of it is served".into(),
+            );
         };
         let file = dir.join(rel);
         if seal.files.iter().any(|f| f.path == rel) {

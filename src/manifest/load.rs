@@ -48,6 +48,10 @@ fn default_seed() -> u64 {
     42
 }
 
+/// How many files deep `extends` and `include` may chain (a file counts with all it
+/// extends and includes, level by level).
+pub const MAX_CHAIN: usize = 32;
+
 /// Read one file and the chain of files it `extends`, merged base-first.
 fn load_merged(path: &Path, chain: &mut Vec<PathBuf>) -> Result<SValue, ManifestError> {
     let canon = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
@@ -116,11 +120,21 @@ fn load_base(
     };
     let base_path = path.parent().unwrap_or(Path::new(".")).join(rel);
     if !base_path.is_file() {
-        return Err(
-            ManifestError::new(format!("`{key}` names a file that does not exist: {rel}"))
-                .at(ext.value.origin.clone())
-                .path(key),
-        );
+        let what = match std::fs::metadata(&base_path) {
+            Ok(m) if m.is_dir() => format!("`{key}` names a folder, not a manifest file: {rel}"),
+            Ok(_) => format!("`{key}` names something that is not a regular file: {rel}"),
+            Err(_) => format!("`{key}` names a file that does not exist: {rel}"),
+        };
+        return Err(ManifestError::new(what)
+            .at(ext.value.origin.clone())
+            .path(key));
+    }
+    if chain.len() >= MAX_CHAIN {
+        return Err(ManifestError::new(format!(
+            "`{key}` chains more than {MAX_CHAIN} files deep (each file may extend or include others, to at most {MAX_CHAIN} levels)"
+        ))
+        .at(ext.value.origin.clone())
+        .path(key));
     }
     let base_canon = base_path.canonicalize().unwrap_or(base_path.clone());
     if chain.contains(&base_canon) {

@@ -42,6 +42,10 @@ use super::value::{Entry, Kind, SValue};
 /// The most points a sweep may have unless `max_points` says more.
 pub const DEFAULT_MAX_POINTS: usize = 1000;
 
+/// The most `max_points` may allow: every point is a typed pipeline held in memory (and a
+/// row in every table), so a sweep is bounded before anything is expanded.
+pub const MAX_POINTS_CEILING: usize = 100_000;
+
 /// One swept key and the values it takes (grid and zip).
 #[derive(Debug, Clone)]
 pub struct Axis {
@@ -615,10 +619,14 @@ pub fn parse_spec(entry: &Entry) -> Result<SweepSpec, ManifestError> {
             "random" => spec.random = Some(random(e)?),
             "halving" => spec.halving = Some(halving(e)?),
             "max_points" => match e.value.kind {
-                Kind::Int(n) if n > 0 => spec.max_points = n as usize,
+                Kind::Int(n) if n > 0 && n as u64 <= MAX_POINTS_CEILING as u64 => {
+                    spec.max_points = n as usize
+                }
                 _ => {
                     return Err(err(
-                        "`max_points` must be a whole number > 0",
+                        format!(
+                            "`max_points` must be a whole number from 1 to {MAX_POINTS_CEILING}"
+                        ),
                         &e.value.origin,
                         "sweep.max_points",
                     ))
@@ -735,14 +743,19 @@ pub type Overrides = Vec<(String, Origin, SValue)>;
 
 /// Every point's overrides.
 pub fn expand(spec: &SweepSpec) -> Result<Vec<Overrides>, ManifestError> {
-    let grid_n: usize = spec.grid.iter().map(|a| a.values.len()).product();
-    let zip_n = spec.zip.first().map_or(1, |a| a.values.len());
-    let random_n = spec.random.as_ref().map_or(1, |r| r.samples);
-    let total = grid_n.saturating_mul(zip_n).saturating_mul(random_n);
-    if total > spec.max_points {
+    // Counted in u128, which no product of these counts passes: a grid of 16 keys of
+    // 16 values is 2^64 points, not 0.
+    let counts = spec
+        .grid
+        .iter()
+        .map(|a| a.values.len())
+        .chain(spec.zip.first().map(|a| a.values.len()))
+        .chain(spec.random.as_ref().map(|r| r.samples));
+    let total = counts.fold(1u128, |t, n| t.saturating_mul(n as u128));
+    if total > spec.max_points as u128 {
         return Err(err(
             format!(
-                "the sweep has {total} points, more than `max_points` = {} (raise it in [sweep] if you mean it)",
+                "the sweep has {total} points, more than `max_points` = {} (raise it in [sweep] if you mean it, up to {MAX_POINTS_CEILING})",
                 spec.max_points
             ),
             &spec.origin,
@@ -780,7 +793,10 @@ pub fn expand(spec: &SweepSpec) -> Result<Vec<Overrides>, ManifestError> {
     } else {
         draws.push(Vec::new());
     }
-    let mut out = Vec::with_capacity(total);
+    // At most `max_points` (checked above): these products fit.
+    let grid_n: usize = spec.grid.iter().map(|a| a.values.len()).product();
+    let zip_n = spec.zip.first().map_or(1, |a| a.values.len());
+    let mut out = Vec::with_capacity(total as usize);
     for g in 0..grid_n {
         // Mixed radix, the last grid key fastest.
         let mut rem = g;

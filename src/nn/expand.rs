@@ -301,11 +301,37 @@ fn build_op(l: &LayerSpec, env: &Env, path: &str) -> Result<Op, ManifestError> {
     })
 }
 
+/// The most layers a network may expand to (blocks counted layer by layer): far above any
+/// network that trains (DeeperGoogLeNet has 216), and a bound on the memory and time
+/// expansion itself may spend on a manifest.
+pub const MAX_LAYERS: usize = 100_000;
+
+/// How deep blocks may call blocks.
+pub const MAX_NESTING: usize = 32;
+
 impl Expander<'_> {
-    fn push(&mut self, name: String, op: Op, inputs: Vec<usize>, origin: Origin) -> usize {
+    /// Add a node, unless the network already holds [`MAX_LAYERS`]: then an error at the
+    /// layer that would pass it.
+    fn push(
+        &mut self,
+        name: String,
+        op: Op,
+        inputs: Vec<usize>,
+        origin: Origin,
+        path: &str,
+    ) -> Result<usize, ManifestError> {
+        if self.nodes.len() >= MAX_LAYERS {
+            return Err(err(
+                format!(
+                    "the network expands to more than {MAX_LAYERS} layers (blocks count layer by layer); no network this large can be trained"
+                ),
+                &origin,
+                path,
+            ));
+        }
         self.nodes.push(Node { name, op, inputs });
         self.origins.push(origin);
-        self.nodes.len() - 1
+        Ok(self.nodes.len() - 1)
     }
 
     fn expand(
@@ -408,8 +434,19 @@ impl Expander<'_> {
             let full = format!("{prefix}{name}");
             let out = if OPS.contains(&l.callee.as_str()) {
                 let op = build_op(l, env, &lpath)?;
-                self.push(full, op, inputs, l.origin.clone())
+                self.push(full, op, inputs, l.origin.clone(), &lpath)?
             } else if let Some(block) = self.lib.blocks.get(&l.callee) {
+                if self.stack.len() >= MAX_NESTING {
+                    return Err(err(
+                        format!(
+                            "blocks nested more than {MAX_NESTING} deep: {} -> {}",
+                            self.stack.join(" -> "),
+                            l.callee
+                        ),
+                        &l.callee_origin,
+                        &lpath,
+                    ));
+                }
                 if self.stack.contains(&l.callee) {
                     return Err(err(
                         format!(
@@ -534,7 +571,8 @@ pub fn expand(
             Op::Input { h, w, c },
             vec![],
             spec.origin.clone(),
-        );
+            &format!("networks.{network}.input"),
+        )?;
         let out = x.expand(
             &spec.layers,
             &env,

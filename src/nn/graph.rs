@@ -248,9 +248,23 @@ pub fn pad_before(input: usize, k: usize, s: usize, p: Padding) -> usize {
     }
 }
 
+/// The most values, parameters or multiply-adds one layer may have (2^48): far above any
+/// network that trains, and far enough below `usize::MAX` that a batch of such values and
+/// the totals over every layer are still counted without overflow.
+pub const MAX_COUNT: usize = 1 << 48;
+
+/// The product of `xs`, if it is at most [`MAX_COUNT`] (`None`: too large to count).
+pub fn product(xs: &[usize]) -> Option<usize> {
+    xs.iter()
+        .try_fold(1usize, |a, &x| a.checked_mul(x))
+        .filter(|&p| p <= MAX_COUNT)
+}
+
 impl Graph {
     /// Infer every node's shape, parameters and MACs; the first inconsistency is an error
-    /// naming the node and the shapes involved.
+    /// naming the node and the shapes involved, and so is a layer whose values,
+    /// parameters or multiply-adds pass [`MAX_COUNT`] (checked as they are counted, so
+    /// nothing overflows).
     pub fn infer(&self) -> Result<Vec<NodeInfo>, ShapeError> {
         let mut infos: Vec<NodeInfo> = Vec::with_capacity(self.nodes.len());
         for node in &self.nodes {
@@ -269,6 +283,15 @@ impl Graph {
                     ))),
                 }
             };
+            let count = |xs: &[usize], what: &str| -> Result<usize, ShapeError> {
+                product(xs).ok_or_else(|| {
+                    err(format!(
+                        "{} has too many {what} ({} multiplied: more than 2^48); no network this large can be trained",
+                        node.op.name(),
+                        xs.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(" x ")
+                    ))
+                })
+            };
             let image = |s: Shape| -> Result<(usize, usize, usize), ShapeError> {
                 match s {
                     Shape::Image(h, w, c) => Ok((h, w, c)),
@@ -285,7 +308,10 @@ impl Graph {
                 macs: 0,
             };
             match &node.op {
-                Op::Input { h, w, c } => info.shape = Shape::Image(*h, *w, *c),
+                Op::Input { h, w, c } => {
+                    count(&[*h, *w, *c], "input values")?;
+                    info.shape = Shape::Image(*h, *w, *c)
+                }
                 Op::Conv2d {
                     filters,
                     kernel,
@@ -303,10 +329,11 @@ impl Graph {
                             kernel.0, kernel.1, padding
                         )));
                     };
+                    count(&[oh, ow, *filters], "output values")?;
                     info.shape = Shape::Image(oh, ow, *filters);
-                    info.trainable =
-                        kernel.0 * kernel.1 * c * filters + if *bias { *filters } else { 0 };
-                    info.macs = oh * ow * filters * kernel.0 * kernel.1 * c;
+                    info.trainable = count(&[kernel.0, kernel.1, c, *filters], "parameters")?
+                        + if *bias { *filters } else { 0 };
+                    info.macs = count(&[oh, ow, *filters, kernel.0, kernel.1, c], "multiply-adds")?;
                 }
                 Op::BatchNorm { .. } => {
                     let s = one()?;
@@ -347,6 +374,9 @@ impl Graph {
                     info.shape = Shape::Flat(c);
                 }
                 Op::Flatten => info.shape = Shape::Flat(one()?.numel()),
+                Op::Dense { units, .. } if product(&[*units]).is_none() => {
+                    return Err(err(format!("dense of {units} units: more than 2^48")));
+                }
                 Op::Dense { units, bias, .. } => {
                     let n = match one()? {
                         Shape::Flat(n) => n,
@@ -357,8 +387,9 @@ impl Graph {
                         }
                     };
                     info.shape = Shape::Flat(*units);
-                    info.trainable = n * units + if *bias { *units } else { 0 };
-                    info.macs = n * units;
+                    info.trainable =
+                        count(&[n, *units], "parameters")? + if *bias { *units } else { 0 };
+                    info.macs = count(&[n, *units], "multiply-adds")?;
                 }
                 Op::Concat | Op::Add => {
                     if ins.len() < 2 {
@@ -379,9 +410,11 @@ impl Graph {
                                 (Shape::Image(h, w, c), Shape::Image(h0, w0, _))
                                     if h == h0 && w == w0 =>
                                 {
-                                    total += c
+                                    total = count(&[1, total + c], "channels")?
                                 }
-                                (Shape::Flat(n), Shape::Flat(_)) => total += n,
+                                (Shape::Flat(n), Shape::Flat(_)) => {
+                                    total = count(&[1, total + n], "values")?
+                                }
                                 _ => {
                                     return Err(err(format!(
                                         "concat inputs {} and {} differ in more than channels",
@@ -437,9 +470,10 @@ pub struct Totals {
 
 /// Sum of a graph's per-node facts.
 pub fn totals(infos: &[NodeInfo]) -> Totals {
+    // Each layer's counts are at most 2^48 (`Graph::infer`): saturating sums never wrap.
     infos.iter().fold(Totals::default(), |t, i| Totals {
-        trainable: t.trainable + i.trainable,
-        non_trainable: t.non_trainable + i.non_trainable,
-        macs: t.macs + i.macs,
+        trainable: t.trainable.saturating_add(i.trainable),
+        non_trainable: t.non_trainable.saturating_add(i.non_trainable),
+        macs: t.macs.saturating_add(i.macs),
     })
 }

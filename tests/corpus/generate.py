@@ -314,6 +314,15 @@ sub("sweep-11", "top_k = [1, 2]\n", "top_k = [1, 2]\n" + '\n[sweep.random]\nsamp
 sub("sweep-12", "top_k = [1, 2]\n", "top_k = [1, 2]\n" + SW + '"train.lr" = 0.1\n')
 sub("sweep-13", "top_k = [1, 2]\n", "top_k = [1, 2]\n" + '\n[sweep]\ngird = 1\n')
 
+# Bounds: nothing the manifest says may exhaust memory, the stack or a counter.
+sub("bound-00", "cbr = [8]", "cbr = [9223372036854775807]")
+sub("bound-01", '{ name = "c2", cbr = [8] },', '{ name = "c2", cbr = [8] },\n  { w9 = [] },')
+cases[-1] = (cases[-1][0], cases[-1][1] + '\n[blocks.w0]\nlayers = [{ relu = {} }, { relu = {} }, { relu = {} }, { relu = {} }, { relu = {} }, { relu = {} }, { relu = {} }, { relu = {} }, { relu = {} }, { relu = {} }]\n\n[blocks.w1]\nlayers = [{ w0 = [] }, { w0 = [] }, { w0 = [] }, { w0 = [] }, { w0 = [] }, { w0 = [] }, { w0 = [] }, { w0 = [] }, { w0 = [] }, { w0 = [] }]\n\n[blocks.w2]\nlayers = [{ w1 = [] }, { w1 = [] }, { w1 = [] }, { w1 = [] }, { w1 = [] }, { w1 = [] }, { w1 = [] }, { w1 = [] }, { w1 = [] }, { w1 = [] }]\n\n[blocks.w3]\nlayers = [{ w2 = [] }, { w2 = [] }, { w2 = [] }, { w2 = [] }, { w2 = [] }, { w2 = [] }, { w2 = [] }, { w2 = [] }, { w2 = [] }, { w2 = [] }]\n\n[blocks.w4]\nlayers = [{ w3 = [] }, { w3 = [] }, { w3 = [] }, { w3 = [] }, { w3 = [] }, { w3 = [] }, { w3 = [] }, { w3 = [] }, { w3 = [] }, { w3 = [] }]\n\n[blocks.w5]\nlayers = [{ w4 = [] }, { w4 = [] }, { w4 = [] }, { w4 = [] }, { w4 = [] }, { w4 = [] }, { w4 = [] }, { w4 = [] }, { w4 = [] }, { w4 = [] }]\n\n[blocks.w6]\nlayers = [{ w5 = [] }, { w5 = [] }, { w5 = [] }, { w5 = [] }, { w5 = [] }, { w5 = [] }, { w5 = [] }, { w5 = [] }, { w5 = [] }, { w5 = [] }]\n\n[blocks.w7]\nlayers = [{ w6 = [] }, { w6 = [] }, { w6 = [] }, { w6 = [] }, { w6 = [] }, { w6 = [] }, { w6 = [] }, { w6 = [] }, { w6 = [] }, { w6 = [] }]\n\n[blocks.w8]\nlayers = [{ w7 = [] }, { w7 = [] }, { w7 = [] }, { w7 = [] }, { w7 = [] }, { w7 = [] }, { w7 = [] }, { w7 = [] }, { w7 = [] }, { w7 = [] }]\n\n[blocks.w9]\nlayers = [{ w8 = [] }, { w8 = [] }, { w8 = [] }, { w8 = [] }, { w8 = [] }, { w8 = [] }, { w8 = [] }, { w8 = [] }, { w8 = [] }, { w8 = [] }]\n', cases[-1][2])
+sub("bound-02", '{ name = "c2", cbr = [8] },', '{ name = "c2", cbr = [8] },\n  { d39 = [] },')
+cases[-1] = (cases[-1][0], cases[-1][1] + '\n[blocks.d0]\nlayers = [{ relu = {} }]\n\n[blocks.d1]\nlayers = [{ d0 = [] }]\n\n[blocks.d2]\nlayers = [{ d1 = [] }]\n\n[blocks.d3]\nlayers = [{ d2 = [] }]\n\n[blocks.d4]\nlayers = [{ d3 = [] }]\n\n[blocks.d5]\nlayers = [{ d4 = [] }]\n\n[blocks.d6]\nlayers = [{ d5 = [] }]\n\n[blocks.d7]\nlayers = [{ d6 = [] }]\n\n[blocks.d8]\nlayers = [{ d7 = [] }]\n\n[blocks.d9]\nlayers = [{ d8 = [] }]\n\n[blocks.d10]\nlayers = [{ d9 = [] }]\n\n[blocks.d11]\nlayers = [{ d10 = [] }]\n\n[blocks.d12]\nlayers = [{ d11 = [] }]\n\n[blocks.d13]\nlayers = [{ d12 = [] }]\n\n[blocks.d14]\nlayers = [{ d13 = [] }]\n\n[blocks.d15]\nlayers = [{ d14 = [] }]\n\n[blocks.d16]\nlayers = [{ d15 = [] }]\n\n[blocks.d17]\nlayers = [{ d16 = [] }]\n\n[blocks.d18]\nlayers = [{ d17 = [] }]\n\n[blocks.d19]\nlayers = [{ d18 = [] }]\n\n[blocks.d20]\nlayers = [{ d19 = [] }]\n\n[blocks.d21]\nlayers = [{ d20 = [] }]\n\n[blocks.d22]\nlayers = [{ d21 = [] }]\n\n[blocks.d23]\nlayers = [{ d22 = [] }]\n\n[blocks.d24]\nlayers = [{ d23 = [] }]\n\n[blocks.d25]\nlayers = [{ d24 = [] }]\n\n[blocks.d26]\nlayers = [{ d25 = [] }]\n\n[blocks.d27]\nlayers = [{ d26 = [] }]\n\n[blocks.d28]\nlayers = [{ d27 = [] }]\n\n[blocks.d29]\nlayers = [{ d28 = [] }]\n\n[blocks.d30]\nlayers = [{ d29 = [] }]\n\n[blocks.d31]\nlayers = [{ d30 = [] }]\n\n[blocks.d32]\nlayers = [{ d31 = [] }]\n\n[blocks.d33]\nlayers = [{ d32 = [] }]\n\n[blocks.d34]\nlayers = [{ d33 = [] }]\n\n[blocks.d35]\nlayers = [{ d34 = [] }]\n\n[blocks.d36]\nlayers = [{ d35 = [] }]\n\n[blocks.d37]\nlayers = [{ d36 = [] }]\n\n[blocks.d38]\nlayers = [{ d37 = [] }]\n\n[blocks.d39]\nlayers = [{ d38 = [] }]\n', cases[-1][2])
+sub("bound-03", "top_k = [1, 2]\n", "top_k = [1, 2]\n" + SW + "".join(f'"train.p{i}" = [' + ", ".join(str(v) for v in range(1, 17)) + "]\n" for i in range(16)))
+sub("bound-04", "top_k = [1, 2]\n", "top_k = [1, 2]\n" + '\n[sweep]\nmax_points = 1000000000\n\n[sweep.random]\nsamples = 1000000000\n"train.lr" = { log_uniform = [0.001, 0.1] }\n')
+
 
 # What each case must report and where. `at` is the text the error points at, searched
 # from where the case changed the base (from the top of the file when it starts with `^`);
@@ -504,6 +513,11 @@ EXPECT = {
     '182-sweep-11': ('[0.0', '`log_uniform` needs a range above 0'),
     '183-sweep-12': ('0.1\n', 'wrong type: `train.lr` needs a list of values to sweep'),
     '184-sweep-13': ('gird', 'unknown key `gird`'),
+    '185-bound-00': ('^{ conv2d', 'conv2d has too many output values (8 x 8 x 9223372036854775807'),
+    '186-bound-01': ('^' + ', '.join(['{ relu = {} }'] * 8) + ']', 'the network expands to more than 100000 layers'),
+    '187-bound-02': ('^d7 = []', 'blocks nested more than 32 deep'),
+    '188-bound-03': ('^sweep.grid]', 'the sweep has 18446744073709551616 points, more than `max_points` = 1000'),
+    '189-bound-04': ('1000000000\n', '`max_points` must be a whole number from 1 to 100000'),
 }
 
 
