@@ -488,3 +488,27 @@ fn a_dfdx_trained_stage_continues_on_native_and_the_backend_is_in_the_key() {
     assert_ne!(field(&r, "train", "key"), field(&native, "train", "key"));
     assert_eq!(state_of(&native, "train"), "ran");
 }
+
+/// The training plot is drawn with whatever font a machine has, so its pixels differ from
+/// machine to machine: it is a record of the artifact, not its content. The same training
+/// with the font found and with it hidden gives different plots and the same artifact.
+#[test]
+fn the_training_plot_is_a_record_so_the_font_changes_no_hash() {
+    let text = Generated::new("f").text();
+    let with = Project::with("f.toml", &text);
+    let a = with.run_json("f", &[]);
+    let without = Project::with("f.toml", &text);
+    let out = without
+        .cmd(&["run", "f", "--json"])
+        .env("PIPE_PLOT_FONT", "none")
+        .output()
+        .unwrap();
+    assert_success(&out, "run with the font hidden");
+    let b: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let plot = |p: &Project, r: &serde_json::Value| {
+        std::fs::read(p.artifact(r, "train").join("history.png")).unwrap()
+    };
+    assert_ne!(plot(&with, &a), plot(&without, &b), "the font was not used");
+    assert_eq!(field(&a, "train", "output"), field(&b, "train", "output"));
+    assert_eq!(field(&a, "train", "key"), field(&b, "train", "key"));
+}

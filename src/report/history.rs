@@ -6,16 +6,25 @@ use plotters::prelude::*;
 
 use crate::outcome::history::EpochRecord;
 
+/// The font the plot's text is drawn with: `PIPE_PLOT_FONT` (a TrueType file, or `none`
+/// for no text), else the system's DejaVu Sans (Debian: fonts-dejavu-core, installed by
+/// scripts/bootstrap); without one the plot has no text. The plot is a record of a
+/// training, not its content (`stages::train::PLOT`), so the font changes no hash.
 fn font() -> Option<&'static [u8]> {
-    // The bitmap backend draws text with a TrueType font from the system (Debian:
-    // fonts-dejavu-core, installed by scripts/bootstrap); without one the plot has no text.
     static FONT: std::sync::OnceLock<Option<&'static [u8]>> = std::sync::OnceLock::new();
     *FONT.get_or_init(|| {
-        let candidates = [
-            "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-            "/usr/share/fonts/TTF/DejaVuSans.ttf",
-            "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-        ];
+        let chosen = std::env::var("PIPE_PLOT_FONT").ok();
+        let candidates: Vec<String> = match chosen.as_deref() {
+            Some("none") => Vec::new(),
+            Some(path) => vec![path.to_string()],
+            None => [
+                "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+                "/usr/share/fonts/TTF/DejaVuSans.ttf",
+                "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+            ]
+            .map(String::from)
+            .to_vec(),
+        };
         let bytes = candidates.iter().find_map(|p| std::fs::read(p).ok())?;
         let leaked: &'static [u8] = Box::leak(bytes.into_boxed_slice());
         plotters::style::register_font("sans-serif", FontStyle::Normal, leaked).ok()?;

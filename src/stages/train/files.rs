@@ -22,7 +22,13 @@ pub const TIMINGS: &str = "timings.json";
 
 /// The files of a training artifact that are records, not content: the store leaves them
 /// out of the artifact's hash, so a byte-identical re-train cuts off early.
-pub const RECORDS: &[&str] = &[TIMINGS];
+pub const RECORDS: &[&str] = &[TIMINGS, PLOT];
+
+/// The training plot: a picture of `history.json`, drawn with whatever font the machine
+/// has (so its pixels differ from machine to machine). A record, not content: the same
+/// training gives the same artifact hash wherever it runs, and a shared store or a remote
+/// cache finds it.
+pub const PLOT: &str = "history.png";
 
 /// Where checkpoints go inside a stage's folder (its scratch, or its artifact).
 pub fn checkpoint_dir(dir: &Path) -> PathBuf {
@@ -175,7 +181,7 @@ pub fn belongs_to(path: &Path, key: &StageKey) -> Result<(), String> {
 /// the timings.
 pub(crate) fn write_history(dir: &Path, history: &[EpochRecord]) -> Result<()> {
     crate::atomic::write_json_atomic(&dir.join("history.json"), &history)?;
-    crate::atomic::write_atomic(&dir.join("history.png"), &plot_png(history)?)?;
+    crate::atomic::write_atomic(&dir.join(PLOT), &plot_png(history)?)?;
     let timings: Vec<EpochTiming> = history
         .iter()
         .filter(|r| r.images_per_sec > 0.0)
