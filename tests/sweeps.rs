@@ -457,3 +457,62 @@ fn show_of_a_sweep_as_csv_keeps_names_clean_and_marks_the_best_in_a_column() {
     let marked = rows.iter().position(|r| r[1] == "*");
     assert_eq!(best, marked);
 }
+
+/// The halving decisions a run recorded (`sweeps/<sweep>.json`) are sealed over what they
+/// say and the points they were made over. Edited, damaged or about another set of points,
+/// they are not trusted: `status` works them out again from the results in the store (with
+/// a warning when the file was damaged), so no finished point is shown pruned by an edit.
+#[test]
+fn halving_decisions_edited_damaged_or_stale_are_worked_out_again() {
+    let grid = |lrs: &str| {
+        generated(&format!(
+            "\n[sweep.grid]\n\"train.lr\" = [{lrs}]\n\n[sweep.halving]\nrungs = [\"train\", \"drop\"]\nmetric = \"val.loss\"\neta = 3\n"
+        ))
+    };
+    let p = Project::with("g.toml", &grid("1e-2, 2e-2, 5e-2"));
+    let run = p.ok_json(&["run", "g", "--json"]);
+    let kept = run["decisions"]["rungs"][0]["kept"][0].as_str().unwrap().to_string();
+    let file = p.cache().join("sweeps/g.json");
+    let status = |p: &Project| {
+        let out = p.ok(&["status", "g"]);
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (text, _) = status(&p);
+    let best_line = |text: &str, id: &str| {
+        text.lines()
+            .filter(|l| l.contains(id))
+            .any(|l| l.contains("pruned"))
+    };
+    assert!(!best_line(&text, &kept), "{text}");
+    // Edited: the kept point swapped for another.
+    let mut d: serde_json::Value = read_json(&file);
+    let other = d["rungs"][0]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v[0].as_str().unwrap().to_string())
+        .find(|id| *id != kept)
+        .unwrap();
+    d["rungs"][0]["kept"] = serde_json::json!([other]);
+    std::fs::write(&file, serde_json::to_vec(&d).unwrap()).unwrap();
+    let (text, err) = status(&p);
+    assert!(err.contains("its seal does not match"), "{err}");
+    assert!(!best_line(&text, &kept), "the edit pruned the best point:\n{text}");
+    assert_eq!(text.matches("[pruned after train]").count(), 2, "{text}");
+    // Damaged: garbage, then empty.
+    for junk in [&b"{\"rungs\": [tru"[..], b""] {
+        std::fs::write(&file, junk).unwrap();
+        let (text, err) = status(&p);
+        assert!(err.contains("g.json") && err.contains("worked out again"), "{err}");
+        assert_eq!(text.matches("[pruned after train]").count(), 2, "{text}");
+    }
+    // Stale: a point taken out of the grid. The decisions are about the two left.
+    p.ok(&["run", "g"]);
+    p.manifest("g.toml", &grid("1e-2, 2e-2"));
+    let (text, _) = status(&p);
+    assert_eq!(text.matches("[pruned after train]").count(), 1, "{text}");
+    assert!(!text.contains("5e-2"), "{text}");
+}

@@ -48,7 +48,7 @@ pub(super) fn print_tree(
 ) -> Result<()> {
     let stages = engine.sweep_stages(s, selected)?;
     let ids: Vec<String> = selected.iter().map(|&i| s.points[i].id.clone()).collect();
-    let decisions = engine.decisions(&s.name);
+    let decisions = engine.decisions(s);
     if json {
         let v = serde_json::json!({
             "sweep": s.name,

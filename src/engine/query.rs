@@ -165,7 +165,7 @@ impl Engine {
         s: &crate::manifest::Sweep,
         selected: &[usize],
     ) -> Result<Vec<Row>> {
-        let decisions = self.decisions(&s.name);
+        let decisions = self.decisions(s);
         let mut rows = Vec::new();
         for &i in selected {
             let pt = &s.points[i];

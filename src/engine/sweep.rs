@@ -182,32 +182,78 @@ pub fn promote(values: &[(String, f64)], h: &Halving) -> Vec<String> {
 }
 
 impl Engine {
-    /// The halving decisions recorded for a sweep.
-    pub fn decisions(&self, sweep: &str) -> HalvingDecisions {
-        super::store::read_json(
-            &self
-                .store
-                .root()
-                .join("sweeps")
-                .join(format!("{sweep}.json")),
-        )
-        .ok()
-        .flatten()
-        .unwrap_or_default()
+    /// The halving decisions of sweep `s`, as recorded (`<store>/sweeps/<sweep>.json`)
+    /// when the record is sound and about the sweep's points as they are now. A record
+    /// that does not read, whose seal does not match what it says, or that was sealed
+    /// over other points is not trusted: the decisions are worked out again from the
+    /// results in the store (as a run would decide them), with a warning when the file
+    /// was damaged.
+    pub fn decisions(&mut self, s: &Sweep) -> HalvingDecisions {
+        let path = self.decisions_path(&s.name);
+        let ids: Vec<String> = s.points.iter().map(|p| p.id.clone()).collect();
+        let read: Result<Option<HalvingDecisions>> = super::store::read_json(&path);
+        match read {
+            Ok(None) => HalvingDecisions::default(),
+            Ok(Some(d)) if !d.seal.is_empty() && d.seal == decisions_seal(&d) && d.points == ids => d,
+            Ok(Some(d)) => {
+                if !d.seal.is_empty() && d.seal != decisions_seal(&d) {
+                    self.warn(format!(
+                        "{}: its seal does not match what it says (edited or damaged); the halving decisions are worked out again from the results",
+                        path.display()
+                    ));
+                }
+                self.decide_from_results(s)
+            }
+            Err(e) => {
+                self.warn(format!(
+                    "{e:#}; the halving decisions are worked out again from the results"
+                ));
+                self.decide_from_results(s)
+            }
+        }
     }
 
-    fn record_decisions(&self, sweep: &str, d: &HalvingDecisions) -> Result<()> {
+    fn decisions_path(&self, sweep: &str) -> std::path::PathBuf {
+        self.store
+            .root()
+            .join("sweeps")
+            .join(format!("{}.json", super::store::state_stem(sweep)))
+    }
+
+    /// Halving's decisions from the results in the store alone: rung by rung, the points
+    /// still live whose rung stage is cached are compared as a run compares them. A rung
+    /// that not every live point has finished is not decided yet (neither are those after
+    /// it).
+    fn decide_from_results(&mut self, s: &Sweep) -> HalvingDecisions {
+        let mut d = HalvingDecisions::default();
+        let Some(h) = s.halving.clone() else {
+            return d;
+        };
+        let mut live: Vec<usize> = (0..s.points.len()).collect();
+        for rung in h.rungs.iter().take(h.rungs.len().saturating_sub(1)) {
+            let mut values = Vec::new();
+            for &i in &live {
+                match self.rung_metric(&s.points[i].pipeline, rung, h.metric) {
+                    Ok(Some(m)) => values.push((s.points[i].id.clone(), m)),
+                    _ => return d,
+                }
+            }
+            let kept = promote(&values, &h);
+            live.retain(|&i| kept.contains(&s.points[i].id));
+            d.rungs.push(rung_record(rung, &h, values, kept));
+        }
+        d
+    }
+
+    /// Record sweep `s`'s decisions, sealed over its points as they are now.
+    fn record_decisions(&self, s: &Sweep, d: &HalvingDecisions) -> Result<()> {
         if self.store.is_read_only() {
             return Ok(());
         }
-        crate::atomic::write_json_atomic(
-            &self
-                .store
-                .root()
-                .join("sweeps")
-                .join(format!("{sweep}.json")),
-            d,
-        )
+        let mut d = d.clone();
+        d.points = s.points.iter().map(|p| p.id.clone()).collect();
+        d.seal = decisions_seal(&d);
+        crate::atomic::write_json_atomic(&self.decisions_path(&s.name), &d)
     }
 
     /// Run one point, catching its failure (the error's first line).
@@ -236,7 +282,7 @@ impl Engine {
         let mut run = SweepRun {
             sweep: s.name.clone(),
             points: Vec::new(),
-            decisions: self.decisions(&s.name),
+            decisions: self.decisions(s),
         };
         let halving = s.halving.as_ref().filter(|_| only.is_none());
         let Some(h) = halving else {
@@ -312,7 +358,7 @@ impl Engine {
             );
         }
         if !opts.dry_run {
-            self.record_decisions(&s.name, &decisions)?;
+            self.record_decisions(s, &decisions)?;
             run.decisions = decisions;
         }
         for (i, (res, stages)) in results {
@@ -400,7 +446,7 @@ impl Engine {
         let mut run = SweepRun {
             sweep: s.name.clone(),
             points: Vec::new(),
-            decisions: self.decisions(&s.name),
+            decisions: self.decisions(s),
         };
         match (exec, halving) {
             (Executor::Local { jobs }, None) => {
@@ -466,7 +512,7 @@ impl Engine {
                         },
                     );
                 }
-                self.record_decisions(&s.name, &decisions)?;
+                self.record_decisions(s, &decisions)?;
                 run.decisions = decisions;
                 for (i, res) in results {
                     run.points.push((s.points[i].id.clone(), res, Vec::new()));
@@ -659,7 +705,7 @@ impl Engine {
             );
         }
         let _lock = self.share_store(&format!("pipe sweep-promote {} --rung {r}", s.name))?;
-        let mut decisions = self.decisions(&s.name);
+        let mut decisions = self.decisions(s);
         decisions.rungs.truncate(r);
         let live: Vec<usize> = match r {
             0 => (0..s.points.len()).collect(),
@@ -688,13 +734,21 @@ impl Engine {
         decisions
             .rungs
             .push(rung_record(rung, &h, values, kept.clone()));
-        self.record_decisions(&s.name, &decisions)?;
+        self.record_decisions(s, &decisions)?;
         let next: Vec<usize> = (0..s.points.len())
             .filter(|&i| kept.contains(&s.points[i].id))
             .collect();
         self.submit_rung(s, &h, r + 1, &next, sets, o, &RunOptions::default())?;
         Ok(kept)
     }
+}
+
+/// The seal of a decisions record: BLAKE3 of its rungs and points as JSON.
+fn decisions_seal(d: &HalvingDecisions) -> String {
+    let body = serde_json::json!({"rungs": d.rungs, "points": d.points});
+    blake3::hash(&serde_json::to_vec(&body).expect("JSON values serialize"))
+        .to_hex()
+        .to_string()
 }
 
 /// The record of one rung's decision.

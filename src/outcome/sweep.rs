@@ -44,6 +44,14 @@ pub struct Rung {
 pub struct HalvingDecisions {
     /// One entry per rung decided, in order.
     pub rungs: Vec<Rung>,
+    /// The ids of the sweep's points when these were decided (a sweep whose points
+    /// changed since has its decisions worked out again).
+    #[serde(default)]
+    pub points: Vec<String>,
+    /// BLAKE3 of the rungs and the points as written: a file edited or damaged since is
+    /// not trusted.
+    #[serde(default)]
+    pub seal: String,
 }
 
 impl HalvingDecisions {

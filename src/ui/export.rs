@@ -162,7 +162,7 @@ pub fn export(project: &Project, dir: &Path) -> Result<usize> {
                 &keys,
                 &rows,
                 &metric,
-                &engine.decisions(&sw.name),
+                &engine.decisions(sw),
                 &one,
             ),
         )?;

@@ -369,7 +369,7 @@ async fn sweep_page(State(app): State<Arc<App>>, Path(name): Path<String>) -> Re
     let metric = snap.sweep_metric(sw);
     let rows = sweep_rows_marked(&snap, &name, &metric);
     let keys: Vec<String> = sw.keys.iter().map(|k| sw.short_key(k)).collect();
-    let decisions = app.engine().decisions(&name);
+    let decisions = app.engine().decisions(sw);
     Html(pages::sweep_page(
         &sw.name,
         &sw.file.display().to_string(),
@@ -474,7 +474,7 @@ async fn api_sweep(State(app): State<Arc<App>>, Path(name): Path<String>) -> Res
         "keys": sw.keys,
         "metric": metric,
         "points": rows,
-        "halving": app.engine().decisions(&name),
+        "halving": app.engine().decisions(sw),
     }))
     .into_response()
 }
