@@ -13,7 +13,7 @@ use serde::Serialize;
 /// Write bytes to `p` atomically (temporary file in the same directory, fsync, rename).
 pub fn write_atomic(p: &Path, bytes: &[u8]) -> Result<()> {
     let dir = p.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)?;
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let tmp = dir.join(format!(
         ".{}.{}.tmp",
         p.file_name()
@@ -21,13 +21,13 @@ pub fn write_atomic(p: &Path, bytes: &[u8]) -> Result<()> {
             .unwrap_or_default(),
         std::process::id()
     ));
-    let written = (|| -> Result<()> {
+    let written = (|| -> std::io::Result<()> {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        fs::rename(&tmp, p).with_context(|| format!("cannot write {}", p.display()))?;
-        Ok(())
-    })();
+        fs::rename(&tmp, p)
+    })()
+    .with_context(|| format!("cannot write {} ({} bytes)", p.display(), bytes.len()));
     if written.is_err() {
         // A full disk or a refused rename leaves no temporary file behind.
         let _ = fs::remove_file(&tmp);

@@ -302,3 +302,43 @@ fn a_model_damaged_in_place_is_refused_by_predict_export_and_the_dashboard() {
     );
     assert_eq!(ui.get(&format!("/files/{hash}/plan.json")).0, 200);
 }
+
+/// A small filesystem (tmpfs, mounted here) that fills up while a run writes its store:
+/// the error says the disk is full, which stage, and which file it was writing, and
+/// nothing is recorded as done. At each fill level (where the store fills up differs):
+/// never a bare "No space left on device".
+#[test]
+fn a_full_disk_names_the_stage_the_file_and_the_store() {
+    struct Mounted(std::path::PathBuf);
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let p = Project::with("t.toml", &pipeline_t());
+    for size in ["64K", "200K", "600K"] {
+        let dir = tempfile::tempdir().unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("running mount");
+        assert!(
+            st.success(),
+            "this test mounts a small tmpfs to fill it (it needs root, as the test command's bootstrap does)"
+        );
+        let _m = Mounted(dir.path().to_path_buf());
+        let store = dir.path().join("store");
+        let err = p.fails(&["--cache", store.to_str().unwrap(), "run", "t"]);
+        let first = err.lines().find(|l| l.starts_with("error:")).unwrap_or("");
+        assert!(
+            first.contains("the disk is full") && first.contains(&store.display().to_string()),
+            "{size}: {err}"
+        );
+        assert!(err.contains("stage `"), "{size}: {err}");
+        assert!(
+            err.contains("cannot write") || err.contains("cannot copy") || err.contains("cannot create"),
+            "{size}: {err}"
+        );
+    }
+}

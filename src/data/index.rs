@@ -65,13 +65,11 @@ fn read_csv<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
 }
 
 fn write_csv<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
-    let mut w =
-        csv::Writer::from_path(path).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut w = csv::Writer::from_writer(Vec::new());
     for r in rows {
         w.serialize(r)?;
     }
-    w.flush()?;
-    Ok(())
+    super::write_file(path, w.into_inner()?)
 }
 
 /// The split names present in an index folder (`<split>.csv`, except `classes.csv`),

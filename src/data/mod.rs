@@ -47,6 +47,21 @@ pub fn check_regular(path: &Path) -> Result<()> {
     }
 }
 
+/// Write `bytes` to `path` (a stage's output file), with an error that names the file.
+pub fn write_file(path: &Path, bytes: impl AsRef<[u8]>) -> Result<()> {
+    std::fs::write(path, bytes.as_ref())
+        .with_context(|| format!("cannot write {} ({} bytes)", path.display(), bytes.as_ref().len()))
+}
+
+/// Copy `from` to `to`, with an error that names both and says which side failed (a
+/// missing input, or a full disk while writing).
+pub fn copy_file(from: &Path, to: &Path) -> Result<()> {
+    check_regular(from)?;
+    std::fs::copy(from, to)
+        .map(|_| ())
+        .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))
+}
+
 /// The length of `path`, which must be a regular file (or a link to one).
 pub fn regular_len(path: &Path) -> Result<u64> {
     check_regular(path)?;

@@ -28,7 +28,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 pub use decide::{Decision, Mode, WalkOptions};
 pub use keys::{stage_key, KeyMaterial};
@@ -441,7 +441,9 @@ impl Engine {
             StageState::Stale => {
                 self.watcher
                     .event(Event::Starting(&name, &d.outcome.reasons));
-                let made = self.execute(p, &name, r, force.contains(&name))?;
+                let made = self
+                    .execute(p, &name, r, force.contains(&name))
+                    .map_err(|e| disk_full(e, &self.store))?;
                 if d.prev.as_ref().is_some_and(|pr| pr.output == made.output) {
                     d.outcome.reasons.push(Reason::OutputUnchanged);
                 }
@@ -522,7 +524,9 @@ impl Engine {
                 return Err(e.context(format!("stage `{name}` ({kind}) failed")));
             }
         };
-        let output = self.publish(&tmp, kind, &r.key)?;
+        let output = self
+            .publish(&tmp, kind, &r.key)
+            .with_context(|| format!("stage `{name}` ({kind}): publishing its output failed"))?;
         let seconds = started.elapsed().as_secs_f64();
         self.store.record(&KeyRecord {
             key: r.key.clone(),
@@ -531,7 +535,8 @@ impl Engine {
             output: output.clone(),
             summary: summary.clone(),
             seconds,
-        })?;
+        })
+        .with_context(|| format!("stage `{name}` ({kind}): recording its key failed"))?;
         self.store.remove_scratch(r.key.as_str())?;
         let dirs: Vec<PathBuf> = s
             .inputs
@@ -853,4 +858,34 @@ impl Engine {
             }
         }
     }
+}
+
+/// An error whose cause is a full disk says so, and where the store is (the I/O error
+/// alone says only "No space left on device").
+fn disk_full(e: anyhow::Error, store: &Store) -> anyhow::Error {
+    let io_full = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
+    });
+    // A library that reports a failed write in its own words (HDF5): the filesystem is
+    // asked how much room is left.
+    let full = io_full || free_bytes(store.root()).is_some_and(|b| b < 1 << 20);
+    match full {
+        true => e.context(format!(
+            "the disk is full (the store is {}): free space, or `pipe gc` what is no longer used; the stage is not recorded as done and runs again next time",
+            store.root().display()
+        )),
+        false => e,
+    }
+}
+
+/// Bytes an unprivileged process may still write on the filesystem holding `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: a NUL-terminated path and a statvfs struct on this stack frame.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; statvfs only writes the struct.
+    let ok = unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0;
+    ok.then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }

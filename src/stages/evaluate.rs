@@ -109,7 +109,7 @@ pub fn run(ctx: &StageCtx<'_>, c: &EvaluateConfig) -> Result<String> {
         pred_rows.push((l, order.into_iter().take(5).collect::<Vec<_>>()));
     }
     let mut per_class = BTreeMap::new();
-    let mut pc = csv::Writer::from_path(ctx.out.join("per_class.csv"))?;
+    let mut pc = csv::Writer::from_writer(Vec::new());
     pc.write_record(["label", "class", "name", "images", "accuracy"])?;
     for (label, row) in confusion.iter().enumerate() {
         let n: usize = row.iter().sum();
@@ -131,8 +131,8 @@ pub fn run(ctx: &StageCtx<'_>, c: &EvaluateConfig) -> Result<String> {
             format!("{acc:.6}"),
         ])?;
     }
-    pc.flush()?;
-    let mut cm = csv::Writer::from_path(ctx.out.join("confusion.csv"))?;
+    crate::data::write_file(&ctx.out.join("per_class.csv"), pc.into_inner()?)?;
+    let mut cm = csv::Writer::from_writer(Vec::new());
     let mut header = vec!["true\\predicted".to_string()];
     header.extend((0..k).map(|j| j.to_string()));
     cm.write_record(&header)?;
@@ -141,14 +141,14 @@ pub fn run(ctx: &StageCtx<'_>, c: &EvaluateConfig) -> Result<String> {
         r.extend(row.iter().map(|v| v.to_string()));
         cm.write_record(&r)?;
     }
-    cm.flush()?;
-    let mut pw = csv::Writer::from_path(ctx.out.join("predictions.csv"))?;
+    crate::data::write_file(&ctx.out.join("confusion.csv"), cm.into_inner()?)?;
+    let mut pw = csv::Writer::from_writer(Vec::new());
     pw.write_record(["label", "top5"])?;
     for (l, top) in pred_rows {
         let t: Vec<String> = top.iter().map(|x| x.to_string()).collect();
         pw.write_record([l.to_string(), t.join(" ")])?;
     }
-    pw.flush()?;
+    crate::data::write_file(&ctx.out.join("predictions.csv"), pw.into_inner()?)?;
     let metrics = Metrics {
         split: c.split.clone(),
         images: labels.len(),
@@ -156,7 +156,7 @@ pub fn run(ctx: &StageCtx<'_>, c: &EvaluateConfig) -> Result<String> {
         rank: rank.clone(),
         per_class,
     };
-    std::fs::write(
+    crate::data::write_file(&
         ctx.out.join("metrics.json"),
         serde_json::to_vec_pretty(&metrics)?,
     )?;

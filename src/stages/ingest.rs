@@ -316,7 +316,7 @@ fn synthetic_dataset(out: &Path, c: &IngestConfig) -> Result<(Vec<ClassRow>, Spl
                 let img = synthetic::synth_image(k, classes, w, h, &mut rng);
                 let bytes = synthetic::jpeg_bytes(&img)?;
                 let rel = format!("images/{split}/{}/{i:05}.jpg", class_rows[k].id);
-                fs::write(out.join(&rel), &bytes)?;
+                crate::data::write_file(&out.join(&rel), &bytes)?;
                 Ok(IndexRow {
                     path: rel,
                     label: k as i64,

@@ -81,8 +81,7 @@ pub fn run(ctx: &StageCtx<'_>, c: &SplitConfig) -> Result<String> {
                 .with_context(|| format!("cannot copy split {s}"))?;
         }
     }
-    std::fs::copy(input.join("classes.csv"), ctx.out.join("classes.csv"))
-        .context("input has no classes.csv")?;
+    crate::data::copy_file(&input.join("classes.csv"), &ctx.out.join("classes.csv"))?;
     let mut counts = vec![
         format!("{} {}", c.from_split, kept.len()),
         format!("{} {}", c.to_split, cut.len()),

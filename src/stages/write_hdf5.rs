@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -152,7 +152,7 @@ pub fn run(ctx: &StageCtx<'_>, c: &Hdf5Config) -> Result<String> {
             splits.join(", ")
         );
     };
-    std::fs::write(
+    crate::data::write_file(&
         ctx.out.join("means.json"),
         serde_json::to_vec_pretty(&means)?,
     )?;
@@ -162,7 +162,7 @@ pub fn run(ctx: &StageCtx<'_>, c: &Hdf5Config) -> Result<String> {
         for s in skipped.iter().take(5) {
             ctx.warn(format!("{}: skipped undecodable image {s}", ctx.stage.name));
         }
-        std::fs::write(ctx.out.join("skipped.txt"), skipped.join("\n") + "\n")?;
+        crate::data::write_file(&ctx.out.join("skipped.txt"), skipped.join("\n") + "\n")?;
         summary.push_str(&format!("; {} undecodable images skipped", skipped.len()));
     }
     Ok(summary)
@@ -218,7 +218,5 @@ fn decode_one(
 }
 
 fn copy_classes(input: &Path, out: &Path) -> Result<()> {
-    std::fs::copy(input.join("classes.csv"), out.join("classes.csv"))
-        .context("input has no classes.csv")?;
-    Ok(())
+    crate::data::copy_file(&input.join("classes.csv"), &out.join("classes.csv"))
 }

@@ -228,13 +228,13 @@ pub(crate) fn publish(
     std::fs::create_dir_all(&out_ckpt)?;
     for (n, p) in checkpoints_in(ckpt_dir) {
         if n > start && n <= end {
-            std::fs::copy(&p, out_ckpt.join(format!("epoch_{n}.safetensors")))?;
+            crate::data::copy_file(&p, &out_ckpt.join(format!("epoch_{n}.safetensors")))?;
         }
     }
     write_history(out, history)?;
     plan.epochs_done = end;
     plan.device_info = describe_device(plan.device);
-    std::fs::write(out.join("plan.json"), serde_json::to_vec_pretty(&plan)?)?;
+    crate::data::write_file(&out.join("plan.json"), serde_json::to_vec_pretty(&plan)?)?;
     Ok(())
 }
 
