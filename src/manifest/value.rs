@@ -170,8 +170,29 @@ fn shift(v: &mut SValue, by: usize) {
     }
 }
 
+/// The span of the line whose key, or table header, has the most dots (outside strings,
+/// roughly: enough to point at a key nested too deep).
+fn deepest_line(text: &str) -> std::ops::Range<usize> {
+    let mut best = (0, 0..0);
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        let key = line.split('=').next().unwrap_or("");
+        let dots = key.matches('.').count() + key.matches('{').count();
+        if dots > best.0 {
+            best = (dots, at..at + line.trim_end().len());
+        }
+        at += line.len();
+    }
+    best.1
+}
+
 fn toml_error(source: &Arc<Source>, e: &toml::de::Error) -> ManifestError {
-    let span = e.span().unwrap_or(0..0);
+    // The parser stops nesting at its recursion limit without saying where: the line
+    // whose key (or table header) nests deepest is where it gave up.
+    let span = e.span().unwrap_or_else(|| match e.message().contains("recursion limit") {
+        true => deepest_line(&source.text),
+        false => 0..0,
+    });
     ManifestError::new(format!("invalid TOML: {}", e.message().trim())).at(Origin {
         source: source.clone(),
         span,

@@ -80,12 +80,13 @@ type Splits = BTreeMap<String, Vec<IndexRow>>;
 fn tiny_imagenet(ds: &DatasetFiles<'_>) -> Result<(Vec<ClassRow>, Splits)> {
     let root = ds.root;
     let wnids_path = root.join("wnids.txt");
-    let text = crate::data::read_regular_text(&wnids_path).with_context(|| {
-        format!(
+    if std::fs::symlink_metadata(&wnids_path).is_err() {
+        bail!(
             "tiny-imagenet: {} not found (is `root` the tiny-imagenet-200 folder?)",
             wnids_path.display()
-        )
-    })?;
+        );
+    }
+    let text = crate::data::read_regular_text(&wnids_path).context("tiny-imagenet")?;
     let mut wnids: Vec<String> = text
         .lines()
         .map(|l| l.trim().to_string())
@@ -209,9 +210,12 @@ fn cifar10(ds: &DatasetFiles<'_>) -> Result<(Vec<ClassRow>, Splits)> {
         let mut rows = Vec::new();
         for f in files {
             let p = root.join(f);
-            if !p.is_file() {
+            if std::fs::symlink_metadata(&p).is_err() {
                 bail!("cifar10: {} not found", p.display());
             }
+            // A FIFO, a device, or a link to one named like a batch is refused by what it
+            // is, never read.
+            crate::data::check_regular(&p).context("cifar10")?;
             let bytes = cifar::read_batch(&p)?;
             let batch_rows: Vec<Result<IndexRow>> = bytes
                 .par_chunks(cifar::RECORD)

@@ -321,6 +321,9 @@ cases[-1] = (cases[-1][0], cases[-1][1] + '\n[blocks.w0]\nlayers = [{ relu = {} 
 sub("bound-02", '{ name = "c2", cbr = [8] },', '{ name = "c2", cbr = [8] },\n  { d39 = [] },')
 cases[-1] = (cases[-1][0], cases[-1][1] + '\n[blocks.d0]\nlayers = [{ relu = {} }]\n\n[blocks.d1]\nlayers = [{ d0 = [] }]\n\n[blocks.d2]\nlayers = [{ d1 = [] }]\n\n[blocks.d3]\nlayers = [{ d2 = [] }]\n\n[blocks.d4]\nlayers = [{ d3 = [] }]\n\n[blocks.d5]\nlayers = [{ d4 = [] }]\n\n[blocks.d6]\nlayers = [{ d5 = [] }]\n\n[blocks.d7]\nlayers = [{ d6 = [] }]\n\n[blocks.d8]\nlayers = [{ d7 = [] }]\n\n[blocks.d9]\nlayers = [{ d8 = [] }]\n\n[blocks.d10]\nlayers = [{ d9 = [] }]\n\n[blocks.d11]\nlayers = [{ d10 = [] }]\n\n[blocks.d12]\nlayers = [{ d11 = [] }]\n\n[blocks.d13]\nlayers = [{ d12 = [] }]\n\n[blocks.d14]\nlayers = [{ d13 = [] }]\n\n[blocks.d15]\nlayers = [{ d14 = [] }]\n\n[blocks.d16]\nlayers = [{ d15 = [] }]\n\n[blocks.d17]\nlayers = [{ d16 = [] }]\n\n[blocks.d18]\nlayers = [{ d17 = [] }]\n\n[blocks.d19]\nlayers = [{ d18 = [] }]\n\n[blocks.d20]\nlayers = [{ d19 = [] }]\n\n[blocks.d21]\nlayers = [{ d20 = [] }]\n\n[blocks.d22]\nlayers = [{ d21 = [] }]\n\n[blocks.d23]\nlayers = [{ d22 = [] }]\n\n[blocks.d24]\nlayers = [{ d23 = [] }]\n\n[blocks.d25]\nlayers = [{ d24 = [] }]\n\n[blocks.d26]\nlayers = [{ d25 = [] }]\n\n[blocks.d27]\nlayers = [{ d26 = [] }]\n\n[blocks.d28]\nlayers = [{ d27 = [] }]\n\n[blocks.d29]\nlayers = [{ d28 = [] }]\n\n[blocks.d30]\nlayers = [{ d29 = [] }]\n\n[blocks.d31]\nlayers = [{ d30 = [] }]\n\n[blocks.d32]\nlayers = [{ d31 = [] }]\n\n[blocks.d33]\nlayers = [{ d32 = [] }]\n\n[blocks.d34]\nlayers = [{ d33 = [] }]\n\n[blocks.d35]\nlayers = [{ d34 = [] }]\n\n[blocks.d36]\nlayers = [{ d35 = [] }]\n\n[blocks.d37]\nlayers = [{ d36 = [] }]\n\n[blocks.d38]\nlayers = [{ d37 = [] }]\n\n[blocks.d39]\nlayers = [{ d38 = [] }]\n', cases[-1][2])
 sub("bound-03", "top_k = [1, 2]\n", "top_k = [1, 2]\n" + SW + "".join(f'"train.p{i}" = [' + ", ".join(str(v) for v in range(1, 17)) + "]\n" for i in range(16)))
+sub("bound-05", "top_k = [1, 2]", "top_k = [2, 1, 1]")
+sub("bound-06", 'name = "c"\n', 'name = "c"\nextends = "."\n')
+sub("bound-07", "top_k = [1, 2]\n", "top_k = [1, 2]\n\n[stages.evaluate." + ".".join(f"k{i}" for i in range(200)) + "]\nv = 1\n")
 sub("bound-04", "top_k = [1, 2]\n", "top_k = [1, 2]\n" + '\n[sweep]\nmax_points = 1000000000\n\n[sweep.random]\nsamples = 1000000000\n"train.lr" = { log_uniform = [0.001, 0.1] }\n')
 
 
@@ -412,8 +415,8 @@ EXPECT = {
     '081-value-19': ('epochs', '`epochs` must be > 0'),
     '082-value-20': ('momentum', '`momentum` = 1.5 must be in [0, 1)'),
     '083-value-21': ('top_k', '`top_k` asks for rank-5, but the network has 3 classes'),
-    '084-value-22': ('top_k', '`top_k` must list ranks >= 1, got [0]'),
-    '085-value-23': ('top_k', '`top_k` must list ranks >= 1, got []'),
+    '084-value-22': ('top_k', 'in increasing order (e.g. [1, 5]), got [0]'),
+    '085-value-23': ('top_k', 'in increasing order (e.g. [1, 5]), got []'),
     '086-value-24': ('batch_size', '`batch_size` must be > 0'),
     '087-value-25': ('classes', '`classes` must be > 0'),
     '088-value-26': ('train_per_class', '`train_per_class` must be > 0'),
@@ -517,7 +520,10 @@ EXPECT = {
     '186-bound-01': ('^' + ', '.join(['{ relu = {} }'] * 8) + ']', 'the network expands to more than 100000 layers'),
     '187-bound-02': ('^d7 = []', 'blocks nested more than 32 deep'),
     '188-bound-03': ('^sweep.grid]', 'the sweep has 18446744073709551616 points, more than `max_points` = 1000'),
-    '189-bound-04': ('1000000000\n', '`max_points` must be a whole number from 1 to 100000'),
+    '189-bound-05': ('top_k', 'each once, in increasing order (e.g. [1, 5]), got [2, 1, 1]'),
+    '190-bound-06': ('"."', '`extends` names a folder, not a manifest file: .'),
+    '191-bound-07': ('^[stages.evaluate.k0', 'invalid TOML: recursion limit'),
+    '192-bound-04': ('1000000000\n', '`max_points` must be a whole number from 1 to 100000'),
 }
 
 
