@@ -104,3 +104,35 @@ fn a_fifo_in_place_of_an_artifact_file_is_damage_not_a_hang() {
     let r = bounded(&p, &["run", "t", "--until", "split", "--json"]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
 }
+
+/// A CIFAR-10 batch that is a FIFO, or a link to `/dev/zero`, is refused by what it is,
+/// naming the file, and never read (it used to be called "not found").
+#[test]
+fn a_cifar_batch_that_is_a_fifo_or_a_device_link_is_refused_by_what_it_is() {
+    for (what, said) in [("fifo", "is a FIFO"), ("zero", "is a character device")] {
+        let p = Project::new();
+        let root = p.path().join("cifar");
+        pipe::data::synthetic::write_cifar10(&root, 10, 3).unwrap();
+        let batch = root.join("data_batch_3.bin");
+        std::fs::remove_file(&batch).unwrap();
+        match what {
+            "fifo" => mkfifo(&batch),
+            _ => std::os::unix::fs::symlink("/dev/zero", &batch).unwrap(),
+        }
+        p.manifest(
+            "c.toml",
+            &format!(
+                "[stages.ingest]\nformat = \"cifar10\"\nroot = \"{}\"\n",
+                root.display()
+            ),
+        );
+        let out = bounded(&p, &["run", "c"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(
+            err.contains(&batch.display().to_string()) && err.contains(said),
+            "{what}: {err}"
+        );
+        assert!(!err.contains("not found"), "{what}: {err}");
+    }
+}
