@@ -151,9 +151,9 @@ enum Cmd {
         /// Image files, folders (searched for .jpg/.jpeg/.png), or `-` for paths on stdin
         #[arg(required = true)]
         inputs: Vec<String>,
-        /// Classes per image
-        #[arg(long, default_value_t = 5)]
-        top_k: usize,
+        /// Classes per image (default: 5, or every class of a model with fewer)
+        #[arg(long)]
+        top_k: Option<usize>,
         /// One JSON object per line
         #[arg(long, conflicts_with = "csv")]
         json: bool,
@@ -166,9 +166,17 @@ enum Cmd {
         /// Device (default: the GPU where this build and machine have one, else the CPU)
         #[arg(long, value_enum)]
         device: Option<DeviceKind>,
-        /// Skip images that do not decode (counted in the summary) instead of failing
+        /// Skip images that do not decode (each named in the summary, and a row of its
+        /// own in JSON and CSV) instead of failing
         #[arg(long)]
         skip_bad: bool,
+        /// The most pixels an image may have; a larger one (a decompression bomb) is
+        /// refused from its header
+        #[arg(long, default_value_t = pipe::data::decode::MAX_PIXELS)]
+        max_pixels: u64,
+        /// With `-`: paths on stdin are separated by NUL bytes (`find -print0`), not lines
+        #[arg(short = '0', long = "null")]
+        nul: bool,
     },
     /// Write a trained stage as an ONNX model (opset 17) for other runtimes
     Export {
@@ -563,6 +571,8 @@ fn dispatch(g: Global, cmd: Cmd) -> anyhow::Result<()> {
             batch,
             device,
             skip_bad,
+            max_pixels,
+            nul,
         } => commands::predict(
             &g,
             &target,
@@ -579,6 +589,8 @@ fn dispatch(g: Global, cmd: Cmd) -> anyhow::Result<()> {
                 batch,
                 device,
                 skip_bad,
+                max_pixels,
+                nul,
             },
         ),
         Cmd::Export { target, output } => commands::export(&g, &target, &output),

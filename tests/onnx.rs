@@ -95,7 +95,12 @@ fn check(
     let mut x = Vec::with_capacity(n * (w * h * 3) as usize);
     for i in images {
         let px =
-            pipe::stages::predict::prepare_image(i, (w, h), pipe::manifest::ResizeFilter::Bilinear)
+            pipe::stages::predict::prepare_image(
+                i,
+                (w, h),
+                pipe::manifest::ResizeFilter::Bilinear,
+                pipe::data::decode::MAX_PIXELS,
+            )
                 .unwrap();
         x.extend(px.into_iter().map(f32::from));
     }

@@ -30,8 +30,8 @@ pub enum PredictFormat {
 /// Options of `pipe predict`.
 #[derive(Debug, Clone)]
 pub struct PredictOptions {
-    /// Classes per image.
-    pub top_k: usize,
+    /// Classes per image (`None`: 5, or every class of a model with fewer).
+    pub top_k: Option<usize>,
     /// Output format.
     pub format: PredictFormat,
     /// Images per forward pass.
@@ -40,6 +40,11 @@ pub struct PredictOptions {
     pub device: Option<DeviceKind>,
     /// Skip (and count) images that do not decode, instead of failing.
     pub skip_bad: bool,
+    /// The most pixels an image may have (a decompression bomb is refused from its
+    /// header).
+    pub max_pixels: u64,
+    /// `-` reads paths separated by NUL bytes (as `find -print0` writes them), not lines.
+    pub nul: bool,
 }
 
 fn is_image(p: &Path) -> bool {
@@ -87,12 +92,24 @@ fn walk(dir: &Path, chain: &mut Vec<PathBuf>, out: &mut Vec<PathBuf>) -> Result<
 }
 
 /// The image paths `inputs` name, in order: files as given, folders walked (sorted), `-`
-/// read as one path per line from stdin.
-pub fn collect_inputs(inputs: &[String]) -> Result<Vec<PathBuf>> {
+/// read from stdin, one path per line (`nul`: separated by NUL bytes, so a name may hold
+/// anything but NUL).
+pub fn collect_inputs(inputs: &[String], nul: bool) -> Result<Vec<PathBuf>> {
+    use std::os::unix::ffi::OsStringExt;
     let mut out = Vec::new();
     for i in inputs {
         if i == "-" {
-            for line in std::io::stdin().lock().lines() {
+            let stdin = std::io::stdin().lock();
+            if nul {
+                for item in stdin.split(0) {
+                    let bytes = item.context("reading paths from stdin")?;
+                    if !bytes.is_empty() {
+                        out.push(PathBuf::from(std::ffi::OsString::from_vec(bytes)));
+                    }
+                }
+                continue;
+            }
+            for line in stdin.lines() {
                 let line = line.context("reading paths from stdin")?;
                 let t = line.trim();
                 if !t.is_empty() {
@@ -132,6 +149,18 @@ pub(super) fn load_stage_target(
     }
 }
 
+/// A field of the text output's tab-separated lines: a tab, a line break or a backslash
+/// in it (a file name may hold them) written as `\t`, `\n`, `\r`, `\\`.
+fn tsv_field(s: &str) -> String {
+    if !s.contains(['\t', '\n', '\r', '\\']) {
+        return s.to_string();
+    }
+    s.replace('\\', "\\\\")
+        .replace('\t', "\\t")
+        .replace('\n', "\\n")
+        .replace('\r', "\\r")
+}
+
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
@@ -145,10 +174,13 @@ pub fn predict(g: &Global, target: &str, inputs: &[String], o: &PredictOptions) 
     let (proj, p, stage) = load_stage_target(g, target)?;
     let mut engine = super::looking(&proj);
     let trained = engine.trained(&p, stage.as_deref())?;
-    if o.top_k == 0 {
+    if o.top_k == Some(0) {
         bail!("--top-k must be at least 1");
     }
-    let paths = collect_inputs(inputs)?;
+    if o.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let paths = collect_inputs(inputs, o.nul)?;
     if paths.is_empty() {
         bail!(
             "no images to predict in {} (folders are searched for .jpg, .jpeg and .png files)",
@@ -166,7 +198,16 @@ pub fn predict(g: &Global, target: &str, inputs: &[String], o: &PredictOptions) 
         trained.filter,
         device,
     )?;
-    let k = o.top_k.min(model.classes.len());
+    let k = match o.top_k {
+        Some(k) if k > model.classes.len() => bail!(
+            "--top-k {k} asks for more classes than stage `{}` of `{}` knows ({})",
+            trained.stage,
+            p.name,
+            model.classes.len()
+        ),
+        Some(k) => k,
+        None => model.classes.len().min(5),
+    };
     let pb = crate::outcome::Watcher::bar(
         &Console::new(false),
         paths.len() as u64,
@@ -181,9 +222,10 @@ pub fn predict(g: &Global, target: &str, inputs: &[String], o: &PredictOptions) 
         for r in 1..=k {
             head.extend([format!("class_{r}"), format!("name_{r}"), format!("p_{r}")]);
         }
+        head.push("skipped".into());
         writeln!(out, "{}", head.join(","))?;
     }
-    let batch = o.batch.max(1);
+    let batch = o.batch;
     let chunks: Vec<&[PathBuf]> = paths.chunks(batch).collect();
     let mut done = 0usize;
     let mut skipped: Vec<String> = Vec::new();
@@ -193,7 +235,7 @@ pub fn predict(g: &Global, target: &str, inputs: &[String], o: &PredictOptions) 
         chunks[c]
             .par_iter()
             .enumerate()
-            .map(|(i, p)| (i, prepare_image(p, size, filter)))
+            .map(|(i, p)| (i, prepare_image(p, size, filter, o.max_pixels)))
             .collect()
     };
     let mut failure: Option<anyhow::Error> = None;
@@ -206,7 +248,31 @@ pub fn predict(g: &Global, target: &str, inputs: &[String], o: &PredictOptions) 
                     images.push(px);
                     which.push(&chunks[c][i]);
                 }
-                Err(e) if o.skip_bad => skipped.push(format!("{e:#}")),
+                Err(e) if o.skip_bad => {
+                    // Every skipped file is named: on stderr, and as a row of its own in
+                    // JSON and CSV (so a consumer can join the output to its inputs).
+                    let why = format!("{e:#}");
+                    let path_s = chunks[c][i].display().to_string();
+                    match o.format {
+                        PredictFormat::Text => {}
+                        PredictFormat::Csv => {
+                            let empty = vec![String::new(); 3 * k];
+                            writeln!(
+                                out,
+                                "{},{},{}",
+                                csv_field(&path_s),
+                                empty.join(","),
+                                csv_field(&why)
+                            )?;
+                        }
+                        PredictFormat::Json => writeln!(
+                            out,
+                            "{}",
+                            serde_json::json!({"path": path_s, "skipped": why})
+                        )?,
+                    }
+                    skipped.push(why);
+                }
                 Err(e) => {
                     failure = Some(anyhow::anyhow!(
                         "{e:#} (pass --skip-bad to leave such files out)"
@@ -238,9 +304,9 @@ pub fn predict(g: &Global, target: &str, inputs: &[String], o: &PredictOptions) 
                 PredictFormat::Text => {
                     let parts: Vec<String> = top
                         .iter()
-                        .map(|(l, p)| format!("{} ({p:.4})", model.classes[*l].name))
+                        .map(|(l, p)| format!("{} ({p:.4})", tsv_field(&model.classes[*l].name)))
                         .collect();
-                    writeln!(out, "{path_s}\t{}", parts.join("\t"))?;
+                    writeln!(out, "{}\t{}", tsv_field(&path_s), parts.join("\t"))?;
                 }
                 PredictFormat::Csv => {
                     let mut f = vec![csv_field(&path_s)];
@@ -248,6 +314,7 @@ pub fn predict(g: &Global, target: &str, inputs: &[String], o: &PredictOptions) 
                         let c = &model.classes[*l];
                         f.extend([csv_field(&c.id), csv_field(&c.name), format!("{p:.6}")]);
                     }
+                    f.push(String::new());
                     writeln!(out, "{}", f.join(","))?;
                 }
                 PredictFormat::Json => {
@@ -277,11 +344,10 @@ pub fn predict(g: &Global, target: &str, inputs: &[String], o: &PredictOptions) 
         done as f64 / secs.max(1e-9)
     );
     if !skipped.is_empty() {
-        summary.push_str(&format!(
-            "; skipped {} that did not decode (first: {})",
-            skipped.len(),
-            skipped[0]
-        ));
+        summary.push_str(&format!("; skipped {} that did not decode:", skipped.len()));
+        for why in &skipped {
+            summary.push_str(&format!("\n  skipped: {why}"));
+        }
     }
     eprintln!("{summary}");
     if done == 0 {

@@ -29,22 +29,55 @@ pub fn jpeg_is_complete(bytes: &[u8]) -> bool {
     bytes[sos..].windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
-/// Decode an encoded image file to RGB (grayscale and RGBA are converted). A JPEG whose
-/// data stops before its end marker is an error; so is a path that is not a regular file.
+/// The most pixels an image may have unless told otherwise (`pipe predict --max-pixels`):
+/// Pillow's default limit (about 179 million). A small file that claims more (a
+/// decompression bomb) is refused from its header, before any pixel is decoded.
+pub const MAX_PIXELS: u64 = 178_956_970;
+
+/// Decode an encoded image file to RGB (grayscale and RGBA are converted), upright (its
+/// EXIF orientation applied). A JPEG whose data stops before its end marker is an error;
+/// so is a path that is not a regular file, and an image of more than [`MAX_PIXELS`].
 pub fn decode_file(path: &Path) -> Result<RgbImage> {
     decode_bytes(&super::read_regular(path)?, path)
 }
 
-/// Decode an encoded image (the bytes of file `path`) to RGB.
+/// [`decode_file`] with its own pixel limit.
+pub fn decode_file_max(path: &Path, max_pixels: u64) -> Result<RgbImage> {
+    decode_bytes_max(&super::read_regular(path)?, path, max_pixels)
+}
+
+/// Decode an encoded image (the bytes of file `path`) to RGB, upright.
 pub fn decode_bytes(bytes: &[u8], path: &Path) -> Result<RgbImage> {
+    decode_bytes_max(bytes, path, MAX_PIXELS)
+}
+
+/// [`decode_bytes`] with its own pixel limit. The image is turned as its EXIF orientation
+/// says (as Pillow's `ImageOps.exif_transpose` does): a phone photo stored sideways is
+/// classified, and stored, upright.
+pub fn decode_bytes_max(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<RgbImage> {
+    use image::{DynamicImage, ImageDecoder, ImageReader};
     if bytes.starts_with(&[0xFF, 0xD8]) && !jpeg_is_complete(bytes) {
         anyhow::bail!(
             "cannot decode image {}: the JPEG is truncated (no end-of-image marker after its scan data)",
             path.display()
         );
     }
-    let img = image::load_from_memory(bytes)
-        .with_context(|| format!("cannot decode image {}", path.display()))?;
+    let cannot = || format!("cannot decode image {}", path.display());
+    let reader = ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .with_context(cannot)?;
+    let mut decoder = reader.into_decoder().with_context(cannot)?;
+    let (w, h) = decoder.dimensions();
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels > max_pixels {
+        anyhow::bail!(
+            "image {} is {w}x{h} = {pixels} pixels, more than the {max_pixels} allowed (a decompression bomb?); it is not decoded (raise the limit with --max-pixels if the image is meant)",
+            path.display()
+        );
+    }
+    let orientation = decoder.orientation().with_context(cannot)?;
+    let mut img = DynamicImage::from_decoder(decoder).with_context(cannot)?;
+    img.apply_orientation(orientation);
     Ok(img.into_rgb8())
 }
 

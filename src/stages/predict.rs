@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use super::batches::subtract_mean;
 use super::model::{softmax_rows, ModelArtifact, TrainingPlan};
 use crate::backend::{DeviceKind, Model, NamedTensor};
-use crate::data::decode::{decode_file, resize_to};
+use crate::data::decode::{decode_file_max, resize_to};
 use crate::data::index::read_classes;
 use crate::manifest::{BackendKind, ResizeFilter};
 use crate::nn::graph::Op;
@@ -30,8 +30,13 @@ pub struct ClassName {
 
 /// The pixels a model sees for image file `path` before normalisation: decoded to RGB
 /// and resized to `(w, h)` with `filter` — what the hdf5 stage stores for that file.
-pub fn prepare_image(path: &Path, (w, h): (u32, u32), filter: ResizeFilter) -> Result<Vec<u8>> {
-    let img = decode_file(path)?;
+pub fn prepare_image(
+    path: &Path,
+    (w, h): (u32, u32),
+    filter: ResizeFilter,
+    max_pixels: u64,
+) -> Result<Vec<u8>> {
+    let img = decode_file_max(path, max_pixels)?;
     Ok(resize_to(img, Some([w, h]), filter).into_raw())
 }
 
@@ -98,7 +103,7 @@ impl Predictor {
 
     /// [`prepare_image`] at this model's input size and filter.
     pub fn prepare(&self, path: &Path) -> Result<Vec<u8>> {
-        prepare_image(path, self.size, self.filter)
+        prepare_image(path, self.size, self.filter, crate::data::decode::MAX_PIXELS)
     }
 
     /// Class probabilities of prepared images (`images[i]`: H*W*3 bytes), one row of

@@ -98,7 +98,7 @@ fn set_up(cfg: &BenchPredict<'_>, tmp: &Path) -> Result<Setup> {
     eprintln!("bench predict: writing {} 32x32 JPEGs...", cfg.images);
     let folder = pipe.project.join("images");
     write_images(&folder, cfg.images)?;
-    let images = crate::commands::predict::collect_inputs(&[folder.display().to_string()])?;
+    let images = crate::commands::predict::collect_inputs(&[folder.display().to_string()], false)?;
     let list = tmp.join("images.txt");
     let lines: String = images
         .iter()
@@ -131,7 +131,7 @@ fn set_up(cfg: &BenchPredict<'_>, tmp: &Path) -> Result<Setup> {
     let (size, filter) = (predictor.size, predictor.filter);
     let decoded = images
         .par_iter()
-        .map(|p| prepare_image(p, size, filter))
+        .map(|p| prepare_image(p, size, filter, crate::data::decode::MAX_PIXELS))
         .collect::<Result<_>>()?;
     Ok(Setup {
         pipe,
