@@ -264,6 +264,11 @@ fn the_demo_network_exports_and_runs_the_same_everywhere() {
         .is_fifo());
     let err = p.fails(&["export", "small", "-o", "/dev/null"]);
     assert!(err.contains("is not a regular file"), "{err}");
+    // A folder that is not there is an error, not created.
+    let nowhere = p.path().join("no/such/dir/m.onnx");
+    let err = p.fails(&["export", "small", "-o", nowhere.to_str().unwrap()]);
+    assert!(err.contains("there is no folder"), "{err}");
+    assert!(!p.path().join("no").exists());
     assert!(std::fs::metadata("/dev/null")
         .unwrap()
         .file_type()
@@ -326,4 +331,94 @@ fn edge_cases_export_as_our_kernels_compute_them() {
     let p = Project::with("edge.toml", include_str!("manifests/onnx_edge.toml"));
     let run = p.run_json("edge", &[]);
     check(&p, "edge", &images_of(&p, &run, 8), (15, 15), 3);
+}
+
+/// The README's ONNX snippet, run as written (only its two file names replaced) on images
+/// of other sizes than the model's: it agrees with `pipe predict` on every top-1, and on
+/// PNGs (which every decoder decodes alike) its probabilities are `pipe predict`'s within
+/// 1e-4: its resize is pipe's, and the exported model says which filter that is.
+#[test]
+fn the_readmes_onnx_snippet_agrees_with_pipe_predict() {
+    let p = Project::with("r.toml", &Generated::new("r").epochs(3).text());
+    p.ok(&["run", "r"]);
+    let onnx = p.path().join("r.onnx");
+    p.ok(&["export", "r", "-o", onnx.to_str().unwrap()]);
+    let meta = pipe::data::onnx::metadata(
+        &pipe::data::onnx::read(&std::fs::read(&onnx).unwrap()).unwrap(),
+    );
+    assert_eq!(meta["pipe.resize_filter"], "bilinear");
+    // Images of other sizes: smooth patterns (shrunk and enlarged), as PNG and JPEG.
+    let dir = p.path().join("imgs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut images = Vec::new();
+    for (i, (w, h)) in [(45, 31), (9, 12), (64, 64), (16, 40), (23, 23), (100, 7)]
+        .into_iter()
+        .enumerate()
+    {
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            let t = (x as f32 * 0.37 + y as f32 * 0.21 + i as f32).sin() * 0.5 + 0.5;
+            image::Rgb([(t * 255.0) as u8, (y * 255 / h) as u8, (i * 40) as u8])
+        });
+        for ext in ["png", "jpg"] {
+            let path = dir.join(format!("{i}.{ext}"));
+            img.save(&path).unwrap();
+            images.push(path);
+        }
+    }
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .unwrap();
+    let snippet = readme
+        .split("```python\n")
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.contains("ort.InferenceSession"))
+        .expect("the README's ONNX snippet");
+    let harness = dir.join("harness.py");
+    std::fs::write(
+        &harness,
+        r#"import json, sys
+snippet, onnx = open(sys.argv[1]).read(), sys.argv[2]
+for path in sys.argv[3:]:
+    scope = {}
+    code = snippet.replace('"exp3.onnx"', repr(onnx)).replace('"cat.jpg"', repr(path))
+    code = code.replace("print(", "_ = (")
+    exec(code, scope)
+    print(json.dumps({"path": path, "probs": [float(x) for x in scope["probs"][0]]}))
+"#,
+    )
+    .unwrap();
+    let snippet_file = dir.join("snippet.py");
+    std::fs::write(&snippet_file, snippet).unwrap();
+    let out = Command::new(python())
+        .arg(&harness)
+        .arg(&snippet_file)
+        .arg(&onnx)
+        .args(&images)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the README's snippet failed (its Python needs numpy, onnxruntime and pillow): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let theirs: Vec<Vec<f32>> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["probs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        })
+        .collect();
+    let ours = predict_probs(&p, "r", &images, 3);
+    let top1 = |r: &[f32]| (0..r.len()).max_by(|&a, &b| r[a].total_cmp(&r[b])).unwrap();
+    for ((img, a), b) in images.iter().zip(&ours).zip(&theirs) {
+        assert_eq!(top1(a), top1(b), "{}: {a:?} against {b:?}", img.display());
+        if img.extension().is_some_and(|e| e == "png") {
+            let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(d < 1e-4, "{}: {a:?} against {b:?}", img.display());
+        }
+    }
 }

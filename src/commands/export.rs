@@ -13,7 +13,7 @@ pub fn export(g: &Global, target: &str, out: &Path) -> Result<()> {
     let mut engine = super::looking(&proj);
     let t = engine.trained(&p, stage.as_deref())?;
     let bytes =
-        crate::stages::export::onnx_of(&t.model_dir, &t.data_dir, &p.name, &t.stage, Some(&t.key))?;
+        crate::stages::export::onnx_of(&t.model_dir, &t.data_dir, &p.name, &t.stage, Some(&t.key), t.filter)?;
     if out == Path::new("-") {
         use std::io::Write;
         let mut o = std::io::stdout().lock();
@@ -50,8 +50,15 @@ pub fn export(g: &Global, target: &str, out: &Path) -> Result<()> {
         ),
         _ => {}
     }
+    // The folder must be there: a typo in it is an error, not a new tree of folders.
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        if !dir.is_dir() {
+            anyhow::bail!(
+                "{}: there is no folder {} to write it into",
+                out.display(),
+                dir.display()
+            );
+        }
     }
     crate::atomic::write_atomic(&out, &bytes)
         .with_context(|| format!("cannot write {}", out.display()))?;

@@ -225,6 +225,9 @@ pub struct Provenance {
     pub class_ids: Vec<String>,
     /// Readable class names, by label.
     pub class_names: Vec<String>,
+    /// How the images the model was trained on were resized (`bilinear`, ...): what a
+    /// caller's preprocessing must do to feed it the same pixels.
+    pub resize_filter: String,
 }
 
 fn attr_ints(name: &str, v: &[usize]) -> AttributeProto {
@@ -590,6 +593,7 @@ pub fn export(
                 serde_json::to_string(&serde_json::json!({"shape": mean_dims, "values": mean.data}))?,
             ),
             meta("pipe.input_size", format!("{w}x{h}")),
+            meta("pipe.resize_filter", from.resize_filter.clone()),
             meta(
                 "pipe.input",
                 "float32 [N, H, W, 3], RGB values 0..255, the image resized to the input size; the mean is subtracted inside the model".into(),

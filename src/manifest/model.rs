@@ -311,6 +311,17 @@ impl Pipeline {
         None
     }
 
+    /// The resize filter of the hdf5 stage that the root of `stage`'s training chain
+    /// reads: how every image a model of the chain saw was resized.
+    pub fn resize_filter_of(&self, stage: &str) -> Option<super::config::ResizeFilter> {
+        let root = self.training_root(stage)?;
+        let data = self.stages.get(root)?.inputs.first()?;
+        match &self.stages.get(data)?.config {
+            StageConfig::Hdf5(c) => Some(c.filter),
+            _ => None,
+        }
+    }
+
     /// The train stage's configuration at the root of `stage`'s chain.
     pub fn root_config(&self, stage: &str) -> Option<&TrainConfig> {
         match &self.stages.get(self.training_root(stage)?)?.config {

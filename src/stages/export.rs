@@ -11,7 +11,7 @@ use super::StageCtx;
 use crate::data::index::read_classes;
 use crate::data::onnx::{self, Provenance};
 use crate::ids::StageKey;
-use crate::manifest::ExportConfig;
+use crate::manifest::{ExportConfig, ResizeFilter};
 
 /// The ONNX model of the trained artifact `model_dir`, with the class names of the data
 /// it was trained on (`data_dir`'s `classes.csv`) and, when given, the pipeline, stage and
@@ -23,6 +23,7 @@ pub fn onnx_of(
     pipeline: &str,
     stage: &str,
     key: Option<&StageKey>,
+    filter: ResizeFilter,
 ) -> Result<Vec<u8>> {
     let model = model_dir
         .file_name()
@@ -42,6 +43,10 @@ pub fn onnx_of(
             pipeline: pipeline.into(),
             stage: stage.into(),
             key: key.map_or(String::new(), |k| k.to_string()),
+            resize_filter: serde_json::to_value(filter)?
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
             model,
             class_ids: classes.iter().map(|c| c.id.clone()).collect(),
             class_names: classes
@@ -62,7 +67,11 @@ pub fn onnx_of(
 pub fn run(ctx: &StageCtx<'_>, _c: &ExportConfig) -> Result<String> {
     let model_dir = &ctx.inputs[0].1;
     let data = &ctx.inputs[1].1;
-    let bytes = onnx_of(model_dir, data, "", "", None)?;
+    let filter = ctx
+        .pipeline
+        .resize_filter_of(&ctx.stage.inputs[0])
+        .unwrap_or_default();
+    let bytes = onnx_of(model_dir, data, "", "", None, filter)?;
     crate::atomic::write_atomic(&ctx.out.join("model.onnx"), &bytes)?;
     Ok(format!(
         "model.onnx ({} KiB, opset {})",

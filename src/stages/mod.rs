@@ -36,7 +36,8 @@ pub fn version(kind: StageKind) -> u32 {
         StageKind::Hdf5 => 1,
         StageKind::Train | StageKind::LrDrop | StageKind::Resume => 1,
         StageKind::Evaluate => 1,
-        StageKind::Export => 1,
+        // 2: the model records its resize filter.
+        StageKind::Export => 2,
     }
 }
 
