@@ -94,14 +94,13 @@ fn check(
     let n = images.len();
     let mut x = Vec::with_capacity(n * (w * h * 3) as usize);
     for i in images {
-        let px =
-            pipe::stages::predict::prepare_image(
-                i,
-                (w, h),
-                pipe::manifest::ResizeFilter::Bilinear,
-                pipe::data::decode::MAX_PIXELS,
-            )
-                .unwrap();
+        let px = pipe::stages::predict::prepare_image(
+            i,
+            (w, h),
+            pipe::manifest::ResizeFilter::Bilinear,
+            pipe::data::decode::MAX_PIXELS,
+        )
+        .unwrap();
         x.extend(px.into_iter().map(f32::from));
     }
     let want = predict_probs(p, target, images, classes);
@@ -365,8 +364,8 @@ fn the_readmes_onnx_snippet_agrees_with_pipe_predict() {
             images.push(path);
         }
     }
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-        .unwrap();
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
     let snippet = readme
         .split("```python\n")
         .filter_map(|b| b.split("```").next())
@@ -417,7 +416,11 @@ for path in sys.argv[3:]:
     for ((img, a), b) in images.iter().zip(&ours).zip(&theirs) {
         assert_eq!(top1(a), top1(b), "{}: {a:?} against {b:?}", img.display());
         if img.extension().is_some_and(|e| e == "png") {
-            let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            let d = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
             assert!(d < 1e-4, "{}: {a:?} against {b:?}", img.display());
         }
     }

@@ -107,7 +107,10 @@ fn on_the_digits_predict_agrees_with_evaluate_image_by_image() {
         "--csv",
     ]);
     let text = String::from_utf8_lossy(&folder.stdout);
-    assert!(text.starts_with("path,class_1,name_1,p_1,skipped\n"), "{text}");
+    assert!(
+        text.starts_with("path,class_1,name_1,p_1,skipped\n"),
+        "{text}"
+    );
     assert_eq!(
         text.lines().count() - 1,
         std::fs::read_dir(root.join("3")).unwrap().count()
@@ -216,7 +219,11 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &b in bytes {
         c ^= b as u32;
         for _ in 0..8 {
-            c = if c & 1 == 1 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 == 1 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
         }
     }
     !c
@@ -269,7 +276,11 @@ fn user_images_meet_orientation_limits_and_every_option_checked() {
             std::fs::create_dir_all(root.join(class)).unwrap();
             for i in 0..4u8 {
                 let img = image::RgbImage::from_fn(16, 16, |x, y| {
-                    image::Rgb([x as u8 * 9 + i, y as u8 * 9, if class == "a" { 40 } else { 200 }])
+                    image::Rgb([
+                        x as u8 * 9 + i,
+                        y as u8 * 9,
+                        if class == "a" { 40 } else { 200 },
+                    ])
                 });
                 img.save(root.join(class).join(format!("{i}.png"))).unwrap();
             }
@@ -322,7 +333,10 @@ fn user_images_meet_orientation_limits_and_every_option_checked() {
     ihdr.extend_from_slice(&20000u32.to_be_bytes());
     ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
     bomb.extend(chunk(b"IHDR", &ihdr));
-    bomb.extend(chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]));
+    bomb.extend(chunk(
+        b"IDAT",
+        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+    ));
     bomb.extend(chunk(b"IEND", &[]));
     let bomb_path = a.path().join("bomb.png");
     std::fs::write(&bomb_path, &bomb).unwrap();
@@ -339,7 +353,10 @@ fn user_images_meet_orientation_limits_and_every_option_checked() {
     let err = a.fails(&["predict", "o", up.to_str().unwrap(), "--batch", "0"]);
     assert!(err.contains("--batch must be at least 1"), "{err}");
     let err = a.fails(&["predict", "o", up.to_str().unwrap(), "--top-k", "11"]);
-    assert!(err.contains("--top-k 11 asks for more classes than stage `train`"), "{err}");
+    assert!(
+        err.contains("--top-k 11 asks for more classes than stage `train`"),
+        "{err}"
+    );
 
     // --skip-bad: every skipped file named, with a row of its own.
     let junk1 = a.path().join("junk1.png");
@@ -363,16 +380,27 @@ fn user_images_meet_orientation_limits_and_every_option_checked() {
     };
     let out = run(args("--json"));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("junk1.png") && err.contains("junk2.png"), "{err}");
+    assert!(
+        err.contains("junk1.png") && err.contains("junk2.png"),
+        "{err}"
+    );
     let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(rows.len(), 3, "{rows:?}");
-    assert!(rows.iter().filter(|r| r["skipped"].is_string()).count() == 2, "{rows:?}");
+    assert!(
+        rows.iter().filter(|r| r["skipped"].is_string()).count() == 2,
+        "{rows:?}"
+    );
     let csv = String::from_utf8_lossy(&run(args("--csv")).stdout).into_owned();
     assert_eq!(csv.lines().count(), 4, "{csv}");
-    assert!(csv.lines().filter(|l| l.contains("junk")).all(|l| l.ends_with('"') || l.contains("cannot decode")), "{csv}");
+    assert!(
+        csv.lines()
+            .filter(|l| l.contains("junk"))
+            .all(|l| l.ends_with('"') || l.contains("cannot decode")),
+        "{csv}"
+    );
 
     // A tab and a line break in a file name stay inside one escaped field.
     let odd_name = a.path().join("odd\tname\nx.png");
@@ -380,7 +408,10 @@ fn user_images_meet_orientation_limits_and_every_option_checked() {
     let out = a.ok(&["predict", "o", odd_name.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.lines().count(), 1, "{text}");
-    assert!(text.starts_with(&format!("{}/odd\\tname\\nx.png\t", a.path().display())), "{text}");
+    assert!(
+        text.starts_with(&format!("{}/odd\\tname\\nx.png\t", a.path().display())),
+        "{text}"
+    );
 
     // -0: NUL-separated paths on stdin (names with a line break come through whole).
     let mut child = a

@@ -337,7 +337,9 @@ fn a_full_disk_names_the_stage_the_file_and_the_store() {
         );
         assert!(err.contains("stage `"), "{size}: {err}");
         assert!(
-            err.contains("cannot write") || err.contains("cannot copy") || err.contains("cannot create"),
+            err.contains("cannot write")
+                || err.contains("cannot copy")
+                || err.contains("cannot create"),
             "{size}: {err}"
         );
     }

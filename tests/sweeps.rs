@@ -471,7 +471,10 @@ fn halving_decisions_edited_damaged_or_stale_are_worked_out_again() {
     };
     let p = Project::with("g.toml", &grid("1e-2, 2e-2, 5e-2"));
     let run = p.ok_json(&["run", "g", "--json"]);
-    let kept = run["decisions"]["rungs"][0]["kept"][0].as_str().unwrap().to_string();
+    let kept = run["decisions"]["rungs"][0]["kept"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
     let file = p.cache().join("sweeps/g.json");
     let status = |p: &Project| {
         let out = p.ok(&["status", "g"]);
@@ -500,13 +503,19 @@ fn halving_decisions_edited_damaged_or_stale_are_worked_out_again() {
     std::fs::write(&file, serde_json::to_vec(&d).unwrap()).unwrap();
     let (text, err) = status(&p);
     assert!(err.contains("its seal does not match"), "{err}");
-    assert!(!best_line(&text, &kept), "the edit pruned the best point:\n{text}");
+    assert!(
+        !best_line(&text, &kept),
+        "the edit pruned the best point:\n{text}"
+    );
     assert_eq!(text.matches("[pruned after train]").count(), 2, "{text}");
     // Damaged: garbage, then empty.
     for junk in [&b"{\"rungs\": [tru"[..], b""] {
         std::fs::write(&file, junk).unwrap();
         let (text, err) = status(&p);
-        assert!(err.contains("g.json") && err.contains("worked out again"), "{err}");
+        assert!(
+            err.contains("g.json") && err.contains("worked out again"),
+            "{err}"
+        );
         assert_eq!(text.matches("[pruned after train]").count(), 2, "{text}");
     }
     // Stale: a point taken out of the grid. The decisions are about the two left.

@@ -231,7 +231,7 @@ pub fn available_memory() -> Option<u64> {
     if ok && lim.rlim_cur != libc::RLIM_INFINITY {
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
         let used = kib("VmSize:", &status).unwrap_or(0);
-        avail = avail.min((lim.rlim_cur as u64).saturating_sub(used));
+        avail = avail.min(lim.rlim_cur.saturating_sub(used));
     }
     Some(avail)
 }

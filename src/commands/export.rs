@@ -12,8 +12,14 @@ pub fn export(g: &Global, target: &str, out: &Path) -> Result<()> {
     let (proj, p, stage) = load_stage_target(g, target)?;
     let mut engine = super::looking(&proj);
     let t = engine.trained(&p, stage.as_deref())?;
-    let bytes =
-        crate::stages::export::onnx_of(&t.model_dir, &t.data_dir, &p.name, &t.stage, Some(&t.key), t.filter)?;
+    let bytes = crate::stages::export::onnx_of(
+        &t.model_dir,
+        &t.data_dir,
+        &p.name,
+        &t.stage,
+        Some(&t.key),
+        t.filter,
+    )?;
     if out == Path::new("-") {
         use std::io::Write;
         let mut o = std::io::stdout().lock();

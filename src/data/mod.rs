@@ -49,8 +49,13 @@ pub fn check_regular(path: &Path) -> Result<()> {
 
 /// Write `bytes` to `path` (a stage's output file), with an error that names the file.
 pub fn write_file(path: &Path, bytes: impl AsRef<[u8]>) -> Result<()> {
-    std::fs::write(path, bytes.as_ref())
-        .with_context(|| format!("cannot write {} ({} bytes)", path.display(), bytes.as_ref().len()))
+    std::fs::write(path, bytes.as_ref()).with_context(|| {
+        format!(
+            "cannot write {} ({} bytes)",
+            path.display(),
+            bytes.as_ref().len()
+        )
+    })
 }
 
 /// Copy `from` to `to`, with an error that names both and says which side failed (a

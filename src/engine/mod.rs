@@ -528,15 +528,16 @@ impl Engine {
             .publish(&tmp, kind, &r.key)
             .with_context(|| format!("stage `{name}` ({kind}): publishing its output failed"))?;
         let seconds = started.elapsed().as_secs_f64();
-        self.store.record(&KeyRecord {
-            key: r.key.clone(),
-            kind,
-            stage: name.to_string(),
-            output: output.clone(),
-            summary: summary.clone(),
-            seconds,
-        })
-        .with_context(|| format!("stage `{name}` ({kind}): recording its key failed"))?;
+        self.store
+            .record(&KeyRecord {
+                key: r.key.clone(),
+                kind,
+                stage: name.to_string(),
+                output: output.clone(),
+                summary: summary.clone(),
+                seconds,
+            })
+            .with_context(|| format!("stage `{name}` ({kind}): recording its key failed"))?;
         self.store.remove_scratch(r.key.as_str())?;
         let dirs: Vec<PathBuf> = s
             .inputs

@@ -194,7 +194,11 @@ impl Engine {
         let read: Result<Option<HalvingDecisions>> = super::store::read_json(&path);
         match read {
             Ok(None) => HalvingDecisions::default(),
-            Ok(Some(d)) if !d.seal.is_empty() && d.seal == decisions_seal(&d) && d.points == ids => d,
+            Ok(Some(d))
+                if !d.seal.is_empty() && d.seal == decisions_seal(&d) && d.points == ids =>
+            {
+                d
+            }
             Ok(Some(d)) => {
                 if !d.seal.is_empty() && d.seal != decisions_seal(&d) {
                     self.warn(format!(

@@ -502,14 +502,12 @@ fn parse_evaluate(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
     c.device = Some(c.device.unwrap_or(device));
     c.backend = c.backend.or(backend);
     if c.top_k.is_empty() || c.top_k.contains(&0) || c.top_k.windows(2).any(|w| w[0] >= w[1]) {
-        return Err(
-            ManifestError::new(format!(
-                "`top_k` must list ranks >= 1, each once, in increasing order (e.g. [1, 5]), got {:?}",
-                c.top_k
-            ))
-                .at(cx.key_at("top_k"))
-                .path(format!("{path}.top_k")),
-        );
+        return Err(ManifestError::new(format!(
+            "`top_k` must list ranks >= 1, each once, in increasing order (e.g. [1, 5]), got {:?}",
+            c.top_k
+        ))
+        .at(cx.key_at("top_k"))
+        .path(format!("{path}.top_k")));
     }
     if c.batch_size > MAX_BATCH {
         return Err(ManifestError::new(format!(

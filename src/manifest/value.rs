@@ -189,10 +189,12 @@ fn deepest_line(text: &str) -> std::ops::Range<usize> {
 fn toml_error(source: &Arc<Source>, e: &toml::de::Error) -> ManifestError {
     // The parser stops nesting at its recursion limit without saying where: the line
     // whose key (or table header) nests deepest is where it gave up.
-    let span = e.span().unwrap_or_else(|| match e.message().contains("recursion limit") {
-        true => deepest_line(&source.text),
-        false => 0..0,
-    });
+    let span = e
+        .span()
+        .unwrap_or_else(|| match e.message().contains("recursion limit") {
+            true => deepest_line(&source.text),
+            false => 0..0,
+        });
     ManifestError::new(format!("invalid TOML: {}", e.message().trim())).at(Origin {
         source: source.clone(),
         span,

@@ -156,8 +156,8 @@ pub fn run(ctx: &StageCtx<'_>, c: &EvaluateConfig) -> Result<String> {
         rank: rank.clone(),
         per_class,
     };
-    crate::data::write_file(&
-        ctx.out.join("metrics.json"),
+    crate::data::write_file(
+        &ctx.out.join("metrics.json"),
         serde_json::to_vec_pretty(&metrics)?,
     )?;
     let ranks: Vec<String> = rank

@@ -103,7 +103,12 @@ impl Predictor {
 
     /// [`prepare_image`] at this model's input size and filter.
     pub fn prepare(&self, path: &Path) -> Result<Vec<u8>> {
-        prepare_image(path, self.size, self.filter, crate::data::decode::MAX_PIXELS)
+        prepare_image(
+            path,
+            self.size,
+            self.filter,
+            crate::data::decode::MAX_PIXELS,
+        )
     }
 
     /// Class probabilities of prepared images (`images[i]`: H*W*3 bytes), one row of

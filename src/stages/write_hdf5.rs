@@ -152,8 +152,8 @@ pub fn run(ctx: &StageCtx<'_>, c: &Hdf5Config) -> Result<String> {
             splits.join(", ")
         );
     };
-    crate::data::write_file(&
-        ctx.out.join("means.json"),
+    crate::data::write_file(
+        &ctx.out.join("means.json"),
         serde_json::to_vec_pretty(&means)?,
     )?;
     copy_classes(input, ctx.out)?;
