@@ -249,15 +249,16 @@ impl Engine {
         d
     }
 
-    /// Record sweep `s`'s decisions, sealed over its points as they are now.
-    fn record_decisions(&self, s: &Sweep, d: &HalvingDecisions) -> Result<()> {
-        if self.store.is_read_only() {
-            return Ok(());
-        }
-        let mut d = d.clone();
+    /// Record sweep `s`'s decisions, sealed over its points as they are now; the record
+    /// as written (what `decisions` reads back).
+    fn record_decisions(&self, s: &Sweep, d: HalvingDecisions) -> Result<HalvingDecisions> {
+        let mut d = d;
         d.points = s.points.iter().map(|p| p.id.clone()).collect();
         d.seal = decisions_seal(&d);
-        crate::atomic::write_json_atomic(&self.decisions_path(&s.name), &d)
+        if !self.store.is_read_only() {
+            crate::atomic::write_json_atomic(&self.decisions_path(&s.name), &d)?;
+        }
+        Ok(d)
     }
 
     /// Run one point, catching its failure (the error's first line).
@@ -362,8 +363,7 @@ impl Engine {
             );
         }
         if !opts.dry_run {
-            self.record_decisions(s, &decisions)?;
-            run.decisions = decisions;
+            run.decisions = self.record_decisions(s, decisions)?;
         }
         for (i, (res, stages)) in results {
             run.points.push((s.points[i].id.clone(), res, stages));
@@ -516,8 +516,7 @@ impl Engine {
                         },
                     );
                 }
-                self.record_decisions(s, &decisions)?;
-                run.decisions = decisions;
+                run.decisions = self.record_decisions(s, decisions)?;
                 for (i, res) in results {
                     run.points.push((s.points[i].id.clone(), res, Vec::new()));
                 }
@@ -738,7 +737,7 @@ impl Engine {
         decisions
             .rungs
             .push(rung_record(rung, &h, values, kept.clone()));
-        self.record_decisions(s, &decisions)?;
+        self.record_decisions(s, decisions)?;
         let next: Vec<usize> = (0..s.points.len())
             .filter(|&i| kept.contains(&s.points[i].id))
             .collect();
