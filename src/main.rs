@@ -86,6 +86,45 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The run journal: every recorded run, newest first, with what changed since the
+    /// pipeline's previous run
+    Runs {
+        /// Pipelines or sweeps (default: every run)
+        names: Vec<String>,
+        /// Only runs that meet every condition: `lr<1e-2`, `val.acc>=0.9`, `state=done`,
+        /// `tag=baseline` (config keys, metrics, pipeline, state, tag, backend, device)
+        #[arg(long = "where", value_name = "EXPR")]
+        filter: Option<String>,
+        /// Only runs started since: `30m`, `12h`, `3d`, `2w`, a date or an RFC 3339 time
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// At most this many runs (the newest)
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Print JSON (whole records)
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        /// Print CSV (one column per metric and configuration key)
+        #[arg(long)]
+        csv: bool,
+        /// Write TensorBoard event files of the selected runs into DIR
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["json", "csv"])]
+        tensorboard: Option<PathBuf>,
+    },
+    /// Tag a recorded run (`pipe runs --where tag=TEXT` finds it)
+    Tag {
+        /// A run: its id, `PIPELINE~N` (N runs before the latest) or `PIPELINE@ID-PREFIX`
+        run: String,
+        /// The tag
+        text: String,
+    },
+    /// Add a note to a recorded run
+    Note {
+        /// A run: its id, `PIPELINE~N` or `PIPELINE@ID-PREFIX`
+        run: String,
+        /// The note
+        text: String,
+    },
     /// Which stages are cached or stale, and why (a sweep: as a tree)
     Status {
         /// Pipeline name, alias, or manifest path; a sweep, or a sweep's point `SWEEP@ID`
@@ -137,6 +176,9 @@ enum Cmd {
         /// Also drop the recorded runs of pipelines whose manifest is not found
         #[arg(long)]
         all: bool,
+        /// Keep what the last N runs of each pipeline in the journal made (`pipe runs`)
+        #[arg(long, value_name = "N", default_value_t = 5)]
+        keep_runs: usize,
     },
     /// Re-hash artifacts against what was published and report any damage
     Verify {
@@ -244,7 +286,13 @@ enum ExecutorArg {
 #[derive(clap::Args)]
 struct RunArgs {
     /// Pipeline name, alias, or manifest path
-    pipeline: String,
+    #[arg(required_unless_present = "from")]
+    pipeline: Option<String>,
+    /// Re-run a recorded run's exact configuration (its id, `PIPELINE~N` or
+    /// `PIPELINE@ID-PREFIX`): its manifest text and overrides as recorded, even after the
+    /// manifest was edited
+    #[arg(long, value_name = "RUN", conflicts_with_all = ["pipeline", "sets", "only"])]
+    from: Option<String>,
     /// Override a key: STAGE.KEY=VALUE or KEY=VALUE (TOML value; bare text is a string)
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
@@ -519,6 +567,28 @@ fn dispatch(g: Global, cmd: Cmd) -> anyhow::Result<()> {
             stage,
             sets,
         } => commands::run_stage(&g, &manifest, &stage, &sets),
+        Cmd::Runs {
+            names,
+            filter,
+            since,
+            limit,
+            json,
+            csv,
+            tensorboard,
+        } => commands::runs(
+            &g,
+            &commands::RunsOptions {
+                names,
+                filter,
+                since,
+                limit,
+                json,
+                csv,
+                tensorboard,
+            },
+        ),
+        Cmd::Tag { run, text } => commands::annotate(&g, &run, "tag", &text),
+        Cmd::Note { run, text } => commands::annotate(&g, &run, "note", &text),
         Cmd::Status {
             pipeline,
             sets,
@@ -560,7 +630,8 @@ fn dispatch(g: Global, cmd: Cmd) -> anyhow::Result<()> {
             pipelines,
             dry_run,
             all,
-        } => commands::gc(&g, pipelines, dry_run, all),
+            keep_runs,
+        } => commands::gc(&g, pipelines, dry_run, all, keep_runs),
         Cmd::Verify { pipeline } => commands::verify(&g, pipeline.as_deref()),
         Cmd::Predict {
             target,
@@ -641,6 +712,7 @@ fn run(g: &Global, args: RunArgs) -> anyhow::Result<()> {
         wait,
         max_memory,
         only,
+        from,
     } = args;
     let opts = RunOptions {
         force,
@@ -653,6 +725,13 @@ fn run(g: &Global, args: RunArgs) -> anyhow::Result<()> {
         gpus_per_stage,
         wait,
     };
+    if let Some(from) = from {
+        if executor.is_some() || jobs.is_some() {
+            anyhow::bail!("--from re-runs in this process: leave out --executor and -j");
+        }
+        return commands::run_from(g, &from, opts, json);
+    }
+    let pipeline = pipeline.expect("clap requires PIPELINE without --from");
     match executor.or(jobs.map(|_| ExecutorArg::Local)) {
         None => commands::run(g, &pipeline, &sets, opts, json, only.as_deref()),
         Some(ExecutorArg::Local) => {

@@ -163,6 +163,21 @@ fn slurm_runs_shared_data_stages_once_and_each_training_as_its_own_job() {
             )
         })
     });
+    // exp1's journal record, left running when it was submitted, is completed by its
+    // jobs: every stage ran in its job, and the final metrics are there.
+    let runs = p.ok_json(&["runs", "exp1", "--json"]);
+    let rec = &runs.as_array().unwrap()[0];
+    assert_eq!(rec["executor"], "slurm", "{rec}");
+    assert_eq!(rec["state"], "done", "{rec}");
+    let train = rec["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "train")
+        .unwrap();
+    assert_eq!(train["state"], "ran", "{rec}");
+    assert_eq!(train["job"].as_str(), Some(train1.as_str()), "{rec}");
+    assert!(rec["metrics"]["val.acc"].as_f64().is_some(), "{rec}");
     for id in [train1, train2] {
         assert_eq!(slurm_job_state(&conf, id), "COMPLETED");
         let log = log_of(&p, &conf, id);
@@ -422,6 +437,24 @@ fn slurm_runs_a_two_by_two_sweep_submitting_each_shared_stage_once() {
         !text.contains("stale") && !text.contains("waiting"),
         "{text}"
     );
+    // The journal holds one record per point, each done, with its own learning rate.
+    let runs = p.ok_json(&["runs", "sw", "--json"]);
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 4, "{runs:?}");
+    let mut points: Vec<&str> = runs.iter().map(|r| r["point"].as_str().unwrap()).collect();
+    points.sort();
+    points.dedup();
+    assert_eq!(points.len(), 4, "{points:?}");
+    for r in runs {
+        assert_eq!(r["state"], "done", "{r}");
+        assert_eq!(r["executor"], "slurm", "{r}");
+        assert!(r["metrics"]["rank1"].as_f64().is_some(), "{r}");
+    }
+    let lrs: std::collections::BTreeSet<&str> = runs
+        .iter()
+        .map(|r| r["config"]["stages.train.lr"].as_str().unwrap())
+        .collect();
+    assert_eq!(lrs.len(), 2, "{lrs:?}");
     // And a second submission submits nothing.
     let (ok, err) = pipe(&p, &conf, &["run", "sw", "--executor", "slurm"]);
     assert!(ok, "{err}");

@@ -9,9 +9,9 @@ use super::Global;
 
 /// `pipe export`.
 pub fn export(g: &Global, target: &str, out: &Path) -> Result<()> {
-    let (proj, p, stage) = load_stage_target(g, target)?;
+    let (proj, p, stage, run) = load_stage_target(g, target)?;
     let mut engine = super::looking(&proj);
-    let t = engine.trained(&p, stage.as_deref())?;
+    let t = engine.trained_in(&p, stage.as_deref(), run.as_ref())?;
     let bytes = crate::stages::export::onnx_of(
         &t.model_dir,
         &t.data_dir,

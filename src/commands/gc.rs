@@ -10,7 +10,13 @@ use crate::engine::Project;
 use crate::report::gc::describe;
 
 /// `pipe gc [--pipelines DIR] [--dry-run] [--all]`.
-pub fn gc(g: &Global, pipelines: Option<PathBuf>, dry_run: bool, all: bool) -> Result<()> {
+pub fn gc(
+    g: &Global,
+    pipelines: Option<PathBuf>,
+    dry_run: bool,
+    all: bool,
+    keep_runs: usize,
+) -> Result<()> {
     let proj = Project::discover(g.cache.clone())?;
     if !proj.cache.join("keys").is_dir() {
         bail!("no store at {} (nothing to clean)", proj.cache.display());
@@ -24,6 +30,7 @@ pub fn gc(g: &Global, pipelines: Option<PathBuf>, dry_run: bool, all: bool) -> R
         pipelines,
         dry_run,
         all,
+        keep_runs,
     };
     let r = engine.gc(&opts, &mut |plan| {
         let text = describe(plan);

@@ -12,6 +12,7 @@ mod gc;
 mod graph;
 mod predict;
 mod run;
+mod runs;
 mod show;
 mod status;
 mod ui;
@@ -37,7 +38,8 @@ pub use export::export;
 pub use gc::gc;
 pub use graph::graph;
 pub use predict::{predict, PredictFormat, PredictOptions};
-pub use run::{run, run_stage, run_with, sweep_promote};
+pub use run::{run, run_from, run_stage, run_with, sweep_promote};
+pub use runs::{annotate, runs, RunsOptions};
 pub use show::{show, ShowFormat};
 pub use status::status;
 pub use ui::ui;
@@ -55,6 +57,26 @@ fn load(g: &Global, pipeline: &str, sets: &[String]) -> Result<(Project, Pipelin
     let loaded = discovered.load(pipeline, sets)?;
     device_notice();
     Ok(loaded)
+}
+
+/// What a run reference on the command line names (`20261206-041500-3fa9`, `exp3~1`,
+/// `exp3@2026120604`): the project, the record, and its pipeline loaded from the recorded
+/// manifest texts (`None` when they no longer load: the error). `Ok(None)`: `arg` is no
+/// run reference.
+pub(crate) fn resolve_run(
+    g: &Global,
+    arg: &str,
+) -> Result<Option<(Project, crate::outcome::record::RunRecord, Result<Pipeline>)>> {
+    let proj = Project::discover(g.cache.clone())?;
+    let store = crate::engine::store::Store::open_read_only(&proj.cache);
+    let j = crate::engine::journal::Journal::of(&store);
+    let Some(rec) = j.resolve(arg, None)? else {
+        return Ok(None);
+    };
+    let p = j
+        .sources(&rec)
+        .and_then(|src| crate::engine::load_run(&rec, &src));
+    Ok(Some((proj, rec, p)))
 }
 
 /// Say once that `device = "auto"` chose the GPU, if it did.

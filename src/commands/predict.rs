@@ -135,6 +135,29 @@ pub fn collect_inputs(inputs: &[String], nul: bool) -> Result<Vec<PathBuf>> {
 pub(super) fn load_stage_target(
     g: &Global,
     target: &str,
+) -> Result<(
+    Project,
+    crate::manifest::Pipeline,
+    Option<String>,
+    Option<crate::outcome::record::RunRecord>,
+)> {
+    // A recorded run (`exp3~1`, `exp3~1:drop`): its pipeline as it ran, its artifacts.
+    let (run_arg, stage) = match target.rsplit_once(':') {
+        Some((r, s)) if !s.is_empty() && !s.contains(['~', '@']) => (r, Some(s.to_string())),
+        _ => (target, None),
+    };
+    for (arg, stage) in [(run_arg, stage), (target, None)] {
+        if let Some((proj, rec, p)) = super::resolve_run(g, arg)? {
+            return Ok((proj, p?, stage, Some(rec)));
+        }
+    }
+    let (proj, p, stage) = load_pipeline_target(g, target)?;
+    Ok((proj, p, stage, None))
+}
+
+fn load_pipeline_target(
+    g: &Global,
+    target: &str,
 ) -> Result<(Project, crate::manifest::Pipeline, Option<String>)> {
     let discovered = Project::discover(g.cache.clone())?;
     match discovered.load(target, &[]) {
@@ -171,9 +194,9 @@ fn csv_field(s: &str) -> String {
 
 /// `pipe predict`.
 pub fn predict(g: &Global, target: &str, inputs: &[String], o: &PredictOptions) -> Result<()> {
-    let (proj, p, stage) = load_stage_target(g, target)?;
+    let (proj, p, stage, run) = load_stage_target(g, target)?;
     let mut engine = super::looking(&proj);
-    let trained = engine.trained(&p, stage.as_deref())?;
+    let trained = engine.trained_in(&p, stage.as_deref(), run.as_ref())?;
     if o.top_k == Some(0) {
         bail!("--top-k must be at least 1");
     }

@@ -51,6 +51,42 @@ pub fn run(
     Ok(())
 }
 
+/// `pipe run --from RUN`: a recorded run's pipeline, loaded from its recorded manifest
+/// texts and overrides, run again (its stages are cached unless something they read
+/// changed, and its keys are the original run's).
+pub fn run_from(g: &Global, reference: &str, opts: RunOptions, json: bool) -> Result<()> {
+    let Some((proj, rec, p)) = super::resolve_run(g, reference)? else {
+        bail!("--from `{reference}` names no recorded run: give a run id (`pipe runs` lists them), `PIPELINE~N` or `PIPELINE@ID-PREFIX`");
+    };
+    let p = p?;
+    let mut engine = if opts.dry_run {
+        super::looking(&proj).watched_by(Box::new(Console::new(json)))
+    } else {
+        super::writing(&proj, json)?
+    };
+    if !json {
+        eprintln!(
+            "pipeline {} as run {} ran it ({}{}){}",
+            p.name,
+            rec.id,
+            p.file.display(),
+            if rec.sets.is_empty() {
+                String::new()
+            } else {
+                format!(", --set {}", rec.sets.join(" --set "))
+            },
+            if opts.dry_run { " [dry run]" } else { "" }
+        );
+    }
+    let report = engine.run(&p, &opts)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        eprintln!("{}", outcome::run_summary(&report, opts.dry_run));
+    }
+    Ok(())
+}
+
 /// `pipe run SWEEP`: a dry run shows the sweep as a tree; a run runs every point (or those
 /// `--only` selects) and fails, listing them, if any point failed.
 fn run_sweep(
@@ -174,7 +210,51 @@ pub fn sweep_promote(
 pub fn run_stage(g: &Global, manifest: &str, stage: &str, sets: &[String]) -> Result<()> {
     let (proj, p) = load(g, manifest, sets)?;
     let mut engine = super::writing(&proj, false)?;
-    let o = engine.run_stage(&p, stage)?;
+    // A Slurm job says how it went in the journal, for the records of the runs that
+    // submitted it (or depend on it): `running` while it holds its lock, then its outcome.
+    let job = std::env::var("SLURM_JOB_ID")
+        .ok()
+        .filter(|j| !j.is_empty() && j.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+    let journal = crate::engine::journal::Journal::of(engine.store());
+    let kind = p
+        .stages
+        .get(stage)
+        .map(|s| s.config.kind().to_string())
+        .unwrap_or_default();
+    let entry = |state: &str, summary: String| crate::outcome::record::StageEntry {
+        name: stage.to_string(),
+        kind: kind.clone(),
+        key: None,
+        output: None,
+        state: state.to_string(),
+        seconds: 0.0,
+        summary,
+        job: job.clone(),
+    };
+    let _live = match &job {
+        Some(j) => journal
+            .job_started(j, &entry("running", String::new()))
+            .ok(),
+        None => None,
+    };
+    let result = engine.run_stage(&p, stage);
+    if let Some(j) = &job {
+        let e = match &result {
+            Ok(o) => {
+                let mut e = crate::engine::journal::entry_of(o);
+                e.job = Some(j.clone());
+                if e.state == "not-run" {
+                    e.state = "ran".into();
+                }
+                e
+            }
+            Err(err) => entry("failed", format!("{err:#}")),
+        };
+        if let Err(err) = journal.job_ended(j, &e) {
+            eprintln!("warning: could not record the job in the journal: {err:#}");
+        }
+    }
+    let o = result?;
     eprintln!(
         "{:<12} {:<7} {:>6.1}s  key {}  {}",
         o.name,

@@ -50,6 +50,12 @@ pub fn verify(g: &Global, pipeline: Option<&str>) -> Result<()> {
     for (key, stage, why) in &wrong {
         println!("WRONG    key {} ({stage}): {why}", crate::ids::short(key));
     }
+    // The run journal: every record reads, names itself, and its manifest texts match
+    // their hash.
+    let (records, problems) = crate::engine::journal::Journal::of(engine.store()).verify();
+    for p in &problems {
+        println!("DAMAGED  run record: {p}");
+    }
     if damaged > 0 || !wrong.is_empty() {
         // Move damaged artifacts aside (so even damage a stat check cannot see is not
         // reused) and drop key records that point at the wrong artifact.
@@ -66,8 +72,15 @@ pub fn verify(g: &Global, pipeline: Option<&str>) -> Result<()> {
             wrong.len()
         );
     }
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "{} of {} run records are damaged (listed above); `pipe runs` skips them",
+            problems.len(),
+            records + problems.len()
+        );
+    }
     eprintln!(
-        "{} artifacts and their keys verified, none damaged",
+        "{} artifacts and their keys verified, and {records} run records; none damaged",
         results.len()
     );
     Ok(())

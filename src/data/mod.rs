@@ -9,6 +9,7 @@ pub mod h5;
 pub mod index;
 pub mod onnx;
 pub mod synthetic;
+pub mod tensorboard;
 
 use std::path::Path;
 

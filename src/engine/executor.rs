@@ -22,9 +22,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::journal::{entry_of, Journal, Recording};
 use super::{Engine, RunOptions, WalkOptions};
 use crate::ids::Recipe;
 use crate::manifest::{Pipeline, StageConfig};
+use crate::outcome::record::StageEntry;
 pub use crate::outcome::JobState;
 use crate::outcome::StageState;
 
@@ -326,7 +328,8 @@ impl Engine {
         Ok(out)
     }
 
-    /// `pipe run --executor ...`: run (local) or submit (Slurm) every stage that must run.
+    /// `pipe run --executor ...`: run (local) or submit (Slurm) every stage that must run,
+    /// under a journal record (a Slurm run's record is completed by its jobs).
     pub fn run_with(
         &mut self,
         p: &Pipeline,
@@ -342,7 +345,90 @@ impl Engine {
             true => None,
             false => Some(self.share_store(&format!("pipe run {} (executor)", p.name))?),
         };
+        let mut rec = match opts.dry_run {
+            true => None,
+            false => self.begin_record(p, exec),
+        };
+        let mut jobs = HashMap::new();
+        let mut must = Vec::new();
+        let out = self.run_with_inner(p, sets, opts, exec, &mut must, &mut jobs);
+        if let Some(rec) = rec.take() {
+            let detached = matches!(exec, Executor::Slurm(o) if !o.wait) && out.is_ok();
+            self.finish_record(rec, p, &must, &jobs, out.as_ref().err(), None, detached);
+        }
+        out
+    }
+
+    /// Start a journal record for a run by an executor (a warning if it cannot be).
+    pub(crate) fn begin_record(&self, p: &Pipeline, exec: &Executor) -> Option<Recording> {
+        let kind = match exec {
+            Executor::Local { .. } => "local",
+            Executor::Slurm(_) => "slurm",
+        };
+        match Journal::of(&self.store).begin(p, kind) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                self.warn(format!(
+                    "{}: this run is not recorded in the journal: {e:#}",
+                    p.name
+                ));
+                None
+            }
+        }
+    }
+
+    /// Complete an executor's record: each stage as the store holds it now (`ran`: those
+    /// it ran, `jobs`: the Slurm job of each submitted stage). `detached`: Slurm jobs
+    /// still to come complete it.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn finish_record(
+        &mut self,
+        rec: Recording,
+        p: &Pipeline,
+        ran: &[String],
+        jobs: &HashMap<String, String>,
+        error: Option<&anyhow::Error>,
+        remark: Option<String>,
+        detached: bool,
+    ) {
+        let mut entries: Vec<StageEntry> = match self.status(p) {
+            Ok(st) => st.iter().map(entry_of).collect(),
+            Err(_) => Vec::new(),
+        };
+        for e in &mut entries {
+            if e.state == "cached" && ran.contains(&e.name) && !jobs.contains_key(&e.name) {
+                e.state = "ran".into();
+            }
+        }
+        for e in &mut entries {
+            let Some(job) = jobs.get(&e.name) else {
+                continue;
+            };
+            e.job = Some(job.clone());
+            if detached {
+                e.state = "queued".into();
+            } else if e.state == "cached" {
+                e.state = "ran".into();
+            }
+        }
+        let artifacts = self.store.root().join("artifacts");
+        let error = error.map(|e| format!("{e:#}"));
+        if let Err(e) = rec.finish(&entries, &artifacts, error, remark, detached) {
+            self.warn(format!("could not complete the run's record: {e:#}"));
+        }
+    }
+
+    fn run_with_inner(
+        &mut self,
+        p: &Pipeline,
+        sets: &[String],
+        opts: &RunOptions,
+        exec: &Executor,
+        must_out: &mut Vec<String>,
+        jobs_of: &mut HashMap<String, String>,
+    ) -> Result<()> {
         let (must, recipes) = self.must_run(p, opts)?;
+        must_out.clone_from(&must);
         let wanted = opts.until.as_ref().map(|u| p.ancestors_of(u));
         for name in p.topo_order() {
             if wanted.as_ref().is_some_and(|w| !w.contains(&name)) {
@@ -362,7 +448,11 @@ impl Engine {
             return Ok(());
         }
         match exec {
-            Executor::Slurm(o) => self.submit_slurm(p, sets, &must, &recipes, o).map(|_| ()),
+            Executor::Slurm(o) => {
+                let ids = self.submit_slurm(p, sets, &must, &recipes, o)?;
+                jobs_of.extend(ids);
+                Ok(())
+            }
             Executor::Local { jobs } => {
                 let plan = self.plan_jobs(&[p], opts)?;
                 let failures = self.run_local_jobs(&plan, sets, (*jobs).max(1))?;

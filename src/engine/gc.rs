@@ -34,6 +34,8 @@ pub struct GcOptions {
     /// Also drop the recorded runs of pipelines whose manifest is not found, and what only
     /// they keep.
     pub all: bool,
+    /// Keep what the last N journal runs of each pipeline made (`--keep-runs`).
+    pub keep_runs: usize,
 }
 
 /// What gc keeps: key records, artifacts, scratch folders.
@@ -217,6 +219,25 @@ impl Engine {
             for s in self.store.load_state(&name).stages.values() {
                 keep.keys.insert(s.key.to_string());
                 keep.outputs.insert(s.output.clone());
+            }
+        }
+        // The last `keep_runs` runs of each pipeline in the journal, and every run still
+        // going, keep what they made (an older record stays, its artifacts collected).
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for r in super::journal::Journal::of(&self.store).list().runs {
+            let n = seen.entry(r.pipeline.clone()).or_default();
+            *n += 1;
+            if *n > opts.keep_runs && r.state != crate::outcome::record::RunState::Running {
+                continue;
+            }
+            for s in &r.stages {
+                if let Some(k) = &s.key {
+                    keep.keys.insert(k.clone());
+                    keep.scratch.insert(k.clone());
+                }
+                if let Some(o) = s.output.as_deref().and_then(ContentHash::parse) {
+                    keep.outputs.insert(o);
+                }
             }
         }
         let Kept {

@@ -18,6 +18,7 @@ pub mod executor;
 pub mod fingerprint;
 pub mod gc;
 pub mod integrity;
+pub mod journal;
 pub mod keys;
 pub mod query;
 pub mod runs;
@@ -185,6 +186,31 @@ pub fn load_target(path: &Path, sets: &[String], project_dir: &Path) -> Result<T
     }
 }
 
+/// Load a recorded run's pipeline as it was: from the manifest texts and overrides its
+/// record kept (`src`), whatever the files hold now; a sweep point's from its sweep.
+pub fn load_run(
+    rec: &crate::outcome::record::RunRecord,
+    src: &manifest::ManifestSources,
+) -> Result<Pipeline> {
+    let fail = |e: manifest::ManifestError| {
+        anyhow::anyhow!("run {}: its recorded manifest does not load: {e}", rec.id)
+    };
+    let loaded = manifest::load::load_recorded(src, Path::new(&rec.project)).map_err(fail)?;
+    let mut p = match loaded {
+        manifest::Loaded::Pipeline(p) => p,
+        manifest::Loaded::Sweep(s) => {
+            let id = rec.point.as_deref().unwrap_or_default();
+            match s.points.into_iter().find(|pt| pt.id == id) {
+                Some(pt) => pt.pipeline,
+                None => anyhow::bail!("run {}: its recorded sweep has no point `{id}`", rec.id),
+            }
+        }
+    };
+    crate::nn::check(&p).map_err(fail)?;
+    resolve_devices(&mut p);
+    Ok(p)
+}
+
 /// Settle what depends on this machine, before any key is computed: `device = "auto"`
 /// becomes `cuda` when this build can open a GPU (see [`take_device_notice`]), else `cpu`; an
 /// unset `backend` becomes `native`, except on a GPU in builds with dfdx's CUDA device
@@ -266,6 +292,10 @@ pub struct Engine {
     /// sound in it, so a stage shared by a thousand points is checked once, not a thousand
     /// times. `None` outside such a query: a run checks an artifact each time it uses it.
     sound_memo: Option<HashMap<StageKey, store::KeyRecord>>,
+    /// The journal record of the run in progress (see [`journal`]).
+    recording: Option<journal::Recording>,
+    /// The record of the last run this engine completed.
+    pub last_record: Option<crate::outcome::record::RunRecord>,
 }
 
 /// What running a stage made: its artifact, its summary line and how long it took (0 when
@@ -286,6 +316,8 @@ impl Engine {
             timings: None,
             watcher: Box::new(Silent),
             sound_memo: None,
+            recording: None,
+            last_record: None,
         })
     }
 
@@ -298,6 +330,8 @@ impl Engine {
             timings: None,
             watcher: Box::new(Silent),
             sound_memo: None,
+            recording: None,
+            last_record: None,
         }
     }
 
@@ -380,6 +414,48 @@ impl Engine {
     /// Run a pipeline: every stage whose key is not in the store, in dependency order
     /// (a dry run: decide and report, run nothing, write nothing).
     pub fn run(&mut self, p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
+        if opts.dry_run || self.recording.is_some() {
+            return self.run_walk(p, opts, &mut Vec::new());
+        }
+        WalkOptions::from(opts).check(p)?;
+        let rec = match journal::Journal::of(&self.store).begin(p, "in-process") {
+            Ok(r) => Some(r),
+            Err(e) => {
+                self.warn(format!("this run is not recorded in the journal: {e:#}"));
+                None
+            }
+        };
+        if let Some(r) = &rec {
+            self.note(format!("run {}", r.id()));
+        }
+        self.recording = rec;
+        let mut settled = Vec::new();
+        let out = self.run_walk(p, opts, &mut settled);
+        if let Some(rec) = self.recording.take() {
+            let entries: Vec<_> = settled.iter().map(journal::entry_of).collect();
+            let error = out.as_ref().err().map(|e| format!("{e:#}"));
+            match rec.finish(
+                &entries,
+                &self.store.root().join("artifacts"),
+                error,
+                None,
+                false,
+            ) {
+                Ok(r) => self.last_record = Some(r),
+                Err(e) => self.warn(format!("could not complete the run's record: {e:#}")),
+            }
+        }
+        out
+    }
+
+    /// [`Engine::run`]'s walk: `settled` gets each stage's outcome as it is settled (so a
+    /// failed run's record has those before the failure).
+    fn run_walk(
+        &mut self,
+        p: &Pipeline,
+        opts: &RunOptions,
+        settled: &mut Vec<StageOutcome>,
+    ) -> Result<RunReport> {
         let walk = WalkOptions::from(opts);
         walk.check(p)?;
         let _lock = match opts.dry_run {
@@ -396,7 +472,24 @@ impl Engine {
         let mut touched: HashMap<String, store::StageRecord> = HashMap::new();
         let decisions = self.walk(p, &walk, mode, &mut |e, d| {
             if !opts.dry_run {
-                e.act_on(p, d, &opts.force, &mut touched)?;
+                // The record says what is done so far and which stage runs now (its key:
+                // where a reader finds its live curves, or its checkpoints if killed).
+                if let (StageState::Stale, Some(r), Some(rec)) =
+                    (d.outcome.state, d.resolved.as_deref(), e.recording.as_mut())
+                {
+                    let done: Vec<_> = settled.iter().map(journal::entry_of).collect();
+                    rec.stage_running(&done, &d.outcome.name, Some(r.key.as_str()));
+                }
+                if let Err(err) = e.act_on(p, d, &opts.force, &mut touched) {
+                    let mut failed = d.outcome.clone();
+                    failed.state = StageState::Running;
+                    settled.push(failed);
+                    return Err(err);
+                }
+            }
+            settled.push(d.outcome.clone());
+            if let (StageState::Ran, Some(rec)) = (d.outcome.state, e.recording.as_mut()) {
+                rec.update(&[journal::entry_of(&d.outcome)]);
             }
             e.watcher.event(Event::Settled(&d.outcome));
             Ok(())
@@ -412,6 +505,7 @@ impl Engine {
             pipeline: p.name.clone(),
             manifest: p.file.display().to_string(),
             cache: self.store.root().display().to_string(),
+            run: self.recording.as_ref().map(|r| r.id().to_string()),
             stages: decisions.into_iter().map(|d| d.outcome).collect(),
         })
     }
@@ -441,6 +535,7 @@ impl Engine {
             StageState::Stale => {
                 self.watcher
                     .event(Event::Starting(&name, &d.outcome.reasons));
+
                 let made = self
                     .execute(p, &name, r, force.contains(&name))
                     .map_err(|e| disk_full(e, &self.store))?;

@@ -191,36 +191,49 @@ impl Engine {
     /// A pipeline's side for `pipe diff`: its effective configuration (after `extends`,
     /// `include`, defaults and `--set`), its training networks, and its metrics.
     pub fn side(&mut self, p: &Pipeline) -> Result<Side> {
-        let mut config = BTreeMap::new();
-        config.insert("seed".into(), p.seed.to_string());
-        let mut networks = BTreeMap::new();
-        for (name, s) in &p.stages {
-            let pre = format!("stages.{name}");
-            config.insert(format!("{pre}.kind"), s.config.kind().to_string());
-            if !s.inputs.is_empty() {
-                let mut ins = s.inputs.clone();
-                ins.sort();
-                ins.dedup();
-                config.insert(format!("{pre}.input"), ins.join(", "));
-            }
-            let v = s.config.to_json();
-            if let StageConfig::Train(t) = &s.config {
-                let g = crate::nn::train_graph(p, name).map_err(|e| anyhow::anyhow!("{e}"))?;
-                networks.insert(name.clone(), (t.network.clone(), g));
-            }
-            flatten(&pre, &v, &mut config);
-            if let Ok(r) = serde_json::to_value(&s.resources) {
-                let mut res = BTreeMap::new();
-                flatten(&format!("{pre}.resources"), &r, &mut res);
-                config.extend(res.into_iter().filter(|(_, v)| v != "null"));
-            }
-        }
+        let (config, networks) = flat_config(p)?;
         let row = self.row(p)?;
         Ok(Side {
             label: p.name.clone(),
             config,
             networks,
             metrics: row.canonical_metrics(),
+        })
+    }
+
+    /// A recorded run's side for `pipe diff`: the configuration it ran with, its networks
+    /// (from its recorded manifest, `p`, when that loads) and its final metrics.
+    pub fn record_side(
+        &self,
+        rec: &crate::outcome::record::RunRecord,
+        p: Option<&Pipeline>,
+    ) -> Result<Side> {
+        let networks = match p {
+            Some(p) => flat_config(p)?.1,
+            None => BTreeMap::new(),
+        };
+        let evals: Vec<&str> = rec
+            .stages
+            .iter()
+            .filter(|s| s.kind == "evaluate")
+            .map(|s| s.name.as_str())
+            .collect();
+        let metrics = rec
+            .metrics
+            .iter()
+            .filter(|(k, _)| {
+                ["train.loss", "train.acc", "val.loss", "val.acc"].contains(&k.as_str())
+                    || k.split_once('.').is_some_and(|(stage, rest)| {
+                        rest.starts_with("rank") && evals.contains(&stage)
+                    })
+            })
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        Ok(Side {
+            label: format!("{}@{}", rec.pipeline, rec.id),
+            config: rec.config.clone(),
+            networks,
+            metrics,
         })
     }
 
@@ -319,6 +332,39 @@ impl Engine {
         Ok((last, now))
     }
 }
+
+/// A pipeline's effective configuration, flat (after `extends`, `include`, defaults and
+/// `--set`: `stages.train.lr = 0.01`), and its training stages' networks (name, graph).
+pub fn flat_config(p: &Pipeline) -> Result<(BTreeMap<String, String>, Networks)> {
+    let mut config = BTreeMap::new();
+    config.insert("seed".into(), p.seed.to_string());
+    let mut networks = BTreeMap::new();
+    for (name, s) in &p.stages {
+        let pre = format!("stages.{name}");
+        config.insert(format!("{pre}.kind"), s.config.kind().to_string());
+        if !s.inputs.is_empty() {
+            let mut ins = s.inputs.clone();
+            ins.sort();
+            ins.dedup();
+            config.insert(format!("{pre}.input"), ins.join(", "));
+        }
+        let v = s.config.to_json();
+        if let StageConfig::Train(t) = &s.config {
+            let g = crate::nn::train_graph(p, name).map_err(|e| anyhow::anyhow!("{e}"))?;
+            networks.insert(name.clone(), (t.network.clone(), g));
+        }
+        flatten(&pre, &v, &mut config);
+        if let Ok(r) = serde_json::to_value(&s.resources) {
+            let mut res = BTreeMap::new();
+            flatten(&format!("{pre}.resources"), &r, &mut res);
+            config.extend(res.into_iter().filter(|(_, v)| v != "null"));
+        }
+    }
+    Ok((config, networks))
+}
+
+/// Training stages' networks: stage -> (network name, graph).
+pub type Networks = BTreeMap<String, (String, Graph)>;
 
 /// `(structure 1a2b3c4d5e6f)`: a network's structure, named by its hash.
 fn structure_label(arr: &[serde_json::Value]) -> String {

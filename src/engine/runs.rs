@@ -148,6 +148,17 @@ impl Engine {
     /// the data it was trained on. A stage that is not in the store is an error saying
     /// what to run.
     pub fn trained(&mut self, p: &Pipeline, stage: Option<&str>) -> Result<Trained> {
+        self.trained_in(p, stage, None)
+    }
+
+    /// [`Engine::trained`], taking the stages' artifacts from a recorded run (`run`) rather
+    /// than from deciding `p` now.
+    pub fn trained_in(
+        &mut self,
+        p: &Pipeline,
+        stage: Option<&str>,
+        run: Option<&crate::outcome::record::RunRecord>,
+    ) -> Result<Trained> {
         let order = p.topo_order();
         let training: Vec<&String> = order
             .iter()
@@ -172,9 +183,14 @@ impl Engine {
                 ),
             },
         };
-        let status = self.status(p)?;
+        let status = match run {
+            Some(r) => super::journal::outcomes_of(r),
+            None => self.status(p)?,
+        };
         let of = |name: &str| status.iter().find(|o| o.name == name);
-        let o = of(&stage).expect("every stage has a status");
+        let Some(o) = of(&stage) else {
+            anyhow::bail!("stage `{stage}` is not in the run's record");
+        };
         let Some(out) = o.output.clone().filter(|_| o.state == StageState::Cached) else {
             anyhow::bail!(
                 "stage `{stage}` of `{}` has not been trained yet ({}{}): run `pipe run {} --until {stage}` first",

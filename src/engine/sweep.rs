@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use anyhow::{bail, Result};
 
 use super::executor::{Executor, SlurmOptions};
+use super::journal::{entry_of, Journal, Recording};
 use super::{Engine, RunOptions, WalkOptions};
 use crate::ids::Recipe;
 use crate::manifest::sweep::{Goal, Halving, Metric};
@@ -54,12 +55,33 @@ impl Op {
     }
 }
 
-/// One comparison of `--only`: `lr=5e-3`, `lr<1e-2`, `act!=elu`.
+/// One comparison of `--only` (and `runs --where`): `lr=5e-3`, `lr<1e-2`, `act!=elu`.
 #[derive(Debug, Clone)]
-struct Condition {
-    key: String,
+pub struct Condition {
+    /// The key as written.
+    pub key: String,
     op: Op,
-    value: String,
+    /// The value as written.
+    pub value: String,
+}
+
+impl Condition {
+    /// Whether a value (as shown, and as a number when it is one) meets it: numbers
+    /// compare as numbers; otherwise only `=` and `!=` hold, on the text.
+    pub fn holds(&self, shown: &str) -> bool {
+        let a = shown.trim_matches('"').parse::<f64>().ok();
+        match (self.op, a, self.value.parse::<f64>().ok()) {
+            (op, Some(a), Some(b)) => op.holds(a, b),
+            (Op::Eq, _, _) => shown.trim_matches('"') == self.value,
+            (Op::Ne, _, _) => shown.trim_matches('"') != self.value,
+            _ => false,
+        }
+    }
+}
+
+/// `--only`'s (and `--where`'s) conditions: comma-separated comparisons.
+pub fn parse_conditions(expr: &str) -> Result<Vec<Condition>> {
+    parse_only(expr)
 }
 
 fn parse_only(expr: &str) -> Result<Vec<Condition>> {
@@ -274,6 +296,101 @@ impl Engine {
         })
     }
 
+    /// [`Engine::run_point`] under point `i`'s journal record (started on its first run
+    /// in this sweep run; completed by [`Engine::finish_point`]).
+    fn run_point_recorded(
+        &mut self,
+        i: usize,
+        p: &Pipeline,
+        opts: &RunOptions,
+        recs: &mut HashMap<usize, Recording>,
+    ) -> Result<Vec<StageOutcome>, String> {
+        if !opts.dry_run && !recs.contains_key(&i) {
+            match Journal::of(&self.store).begin(p, "in-process") {
+                Ok(r) => {
+                    recs.insert(i, r);
+                }
+                Err(e) => self.warn(format!(
+                    "{}: this run is not recorded in the journal: {e:#}",
+                    p.name
+                )),
+            }
+        }
+        self.recording = recs.remove(&i);
+        let r = self.run_point(p, opts);
+        if let Some(mut rec) = self.recording.take() {
+            if let Ok(st) = &r {
+                rec.update(&st.iter().map(entry_of).collect::<Vec<_>>());
+            }
+            recs.insert(i, rec);
+        }
+        r
+    }
+
+    /// Journal records for a sweep's points run by an executor, each with the stages
+    /// cached before it (to tell what ran); none for a dry run.
+    fn begin_point_records(
+        &mut self,
+        s: &Sweep,
+        selected: &[usize],
+        exec: &Executor,
+        opts: &RunOptions,
+    ) -> HashMap<usize, (Recording, Vec<String>)> {
+        let mut out = HashMap::new();
+        if opts.dry_run {
+            return out;
+        }
+        for &i in selected {
+            let p = &s.points[i].pipeline;
+            if let Some(rec) = self.begin_record(p, exec) {
+                let before = self.cached_stages(p);
+                out.insert(i, (rec, before));
+            }
+        }
+        out
+    }
+
+    /// The stages of `p` the store holds now.
+    fn cached_stages(&mut self, p: &Pipeline) -> Vec<String> {
+        self.status(p)
+            .map(|st| {
+                st.into_iter()
+                    .filter(|o| o.state == StageState::Cached)
+                    .map(|o| o.name)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The stages of `p` cached now that were not (`before`).
+    fn ran_since(&mut self, p: &Pipeline, before: &[String]) -> Vec<String> {
+        self.cached_stages(p)
+            .into_iter()
+            .filter(|n| !before.contains(n))
+            .collect()
+    }
+
+    /// Complete point `i`'s record with how it ended.
+    fn finish_point(
+        &mut self,
+        i: usize,
+        res: &PointResult,
+        stages: &[StageOutcome],
+        recs: &mut HashMap<usize, Recording>,
+    ) {
+        let Some(rec) = recs.remove(&i) else { return };
+        let entries: Vec<_> = stages.iter().map(entry_of).collect();
+        let (error, remark) = match res {
+            PointResult::Failed { error } => (Some(error.clone()), None),
+            PointResult::Pruned { rung } => (None, Some(format!("pruned after {rung}"))),
+            _ => (None, None),
+        };
+        let artifacts = self.store.root().join("artifacts");
+        if let Err(e) = rec.finish(&entries, &artifacts, error, remark, false) {
+            self.warn(format!("could not complete a run's record: {e:#}"));
+        }
+    }
+
     /// Run a sweep's points (`only`: those `--only` selected, which run whole, without
     /// halving), one after another in this process. A failing point is recorded and the
     /// others go on.
@@ -291,14 +408,17 @@ impl Engine {
         };
         let halving = s.halving.as_ref().filter(|_| only.is_none());
         let Some(h) = halving else {
+            let mut recs = HashMap::new();
             for &i in &selected {
                 let pt = &s.points[i];
-                let r = self.run_point(&pt.pipeline, opts);
-                run.points.push(match r {
-                    Ok(stages) if opts.dry_run => (pt.id.clone(), PointResult::Planned, stages),
-                    Ok(stages) => (pt.id.clone(), PointResult::Done, stages),
-                    Err(error) => (pt.id.clone(), PointResult::Failed { error }, Vec::new()),
-                });
+                let r = self.run_point_recorded(i, &pt.pipeline, opts, &mut recs);
+                let (res, stages) = match r {
+                    Ok(stages) if opts.dry_run => (PointResult::Planned, stages),
+                    Ok(stages) => (PointResult::Done, stages),
+                    Err(error) => (PointResult::Failed { error }, Vec::new()),
+                };
+                self.finish_point(i, &res, &stages, &mut recs);
+                run.points.push((pt.id.clone(), res, stages));
             }
             return Ok(run);
         };
@@ -306,6 +426,7 @@ impl Engine {
         let mut live: Vec<usize> = selected.clone();
         let mut results: BTreeMap<usize, (PointResult, Vec<StageOutcome>)> = BTreeMap::new();
         let mut decisions = HalvingDecisions::default();
+        let mut recs = HashMap::new();
         for (r, rung) in h.rungs.iter().enumerate() {
             let mut values = Vec::new();
             for &i in &live {
@@ -314,7 +435,7 @@ impl Engine {
                     until: Some(rung.clone()),
                     ..opts.clone()
                 };
-                let res = self.run_point(&pt.pipeline, &until);
+                let res = self.run_point_recorded(i, &pt.pipeline, &until, &mut recs);
                 let before = results.remove(&i).map(|x| x.1).unwrap_or_default();
                 match res {
                     Ok(stages) => {
@@ -351,7 +472,7 @@ impl Engine {
         // The survivors run whole (the stages after the last rung: evaluation).
         for &i in &live {
             let pt = &s.points[i];
-            let res = self.run_point(&pt.pipeline, opts);
+            let res = self.run_point_recorded(i, &pt.pipeline, opts, &mut recs);
             let before = results.remove(&i).map(|x| x.1).unwrap_or_default();
             results.insert(
                 i,
@@ -366,6 +487,7 @@ impl Engine {
             run.decisions = self.record_decisions(s, decisions)?;
         }
         for (i, (res, stages)) in results {
+            self.finish_point(i, &res, &stages, &mut recs);
             run.points.push((s.points[i].id.clone(), res, stages));
         }
         Ok(run)
@@ -456,9 +578,25 @@ impl Engine {
             (Executor::Local { jobs }, None) => {
                 let points: Vec<&Pipeline> =
                     selected.iter().map(|&i| &s.points[i].pipeline).collect();
+                let mut recs = self.begin_point_records(s, selected, exec, opts);
                 let failed = self.run_jobs_locally(&points, sets, opts, *jobs)?;
                 for &i in selected {
                     let pt = &s.points[i];
+                    if let Some((rec, before)) = recs.remove(&i) {
+                        let err = failed
+                            .get(&pt.pipeline.name)
+                            .map(|e| anyhow::anyhow!("{e}"));
+                        let ran = self.ran_since(&pt.pipeline, &before);
+                        self.finish_record(
+                            rec,
+                            &pt.pipeline,
+                            &ran,
+                            &HashMap::new(),
+                            err.as_ref(),
+                            None,
+                            false,
+                        );
+                    }
                     run.points.push(match failed.get(&pt.pipeline.name) {
                         Some(e) => (
                             pt.id.clone(),
@@ -471,6 +609,7 @@ impl Engine {
                 }
             }
             (Executor::Local { jobs }, Some(h)) => {
+                let mut recs = self.begin_point_records(s, selected, exec, opts);
                 let mut live: Vec<usize> = selected.to_vec();
                 let mut results: BTreeMap<usize, PointResult> = BTreeMap::new();
                 let mut decisions = HalvingDecisions::default();
@@ -518,6 +657,28 @@ impl Engine {
                 }
                 run.decisions = self.record_decisions(s, decisions)?;
                 for (i, res) in results {
+                    if let Some((rec, before)) = recs.remove(&i) {
+                        let p = &s.points[i].pipeline;
+                        let (err, remark) = match &res {
+                            PointResult::Failed { error } => {
+                                (Some(anyhow::anyhow!("{error}")), None)
+                            }
+                            PointResult::Pruned { rung } => {
+                                (None, Some(format!("pruned after {rung}")))
+                            }
+                            _ => (None, None),
+                        };
+                        let ran = self.ran_since(p, &before);
+                        self.finish_record(
+                            rec,
+                            p,
+                            &ran,
+                            &HashMap::new(),
+                            err.as_ref(),
+                            remark,
+                            false,
+                        );
+                    }
                     run.points.push((s.points[i].id.clone(), res, Vec::new()));
                 }
             }
@@ -527,6 +688,7 @@ impl Engine {
                     ..o.clone()
                 };
                 let mut submitted = Vec::new();
+                let mut recs = self.begin_point_records(s, selected, exec, opts);
                 for &i in selected {
                     let p = &s.points[i].pipeline;
                     let (must, recipes) = self.plan_slurm(p, opts)?;
@@ -539,15 +701,19 @@ impl Engine {
                 }
                 for (i, must, recipes, ids) in submitted {
                     let pt = &s.points[i];
-                    let res = if o.wait && !must.is_empty() {
-                        match self.wait_slurm(&pt.pipeline, &must, &recipes, &ids) {
-                            Ok(()) => PointResult::Done,
-                            Err(e) => PointResult::Failed {
-                                error: format!("{e:#}"),
-                            },
-                        }
-                    } else {
-                        PointResult::Planned
+                    let waited = (o.wait && !must.is_empty())
+                        .then(|| self.wait_slurm(&pt.pipeline, &must, &recipes, &ids));
+                    if let Some((rec, _)) = recs.remove(&i) {
+                        let err = waited.as_ref().and_then(|w| w.as_ref().err());
+                        let detached = !o.wait && !must.is_empty();
+                        self.finish_record(rec, &pt.pipeline, &must, &ids, err, None, detached);
+                    }
+                    let res = match waited {
+                        Some(Ok(())) => PointResult::Done,
+                        Some(Err(e)) => PointResult::Failed {
+                            error: format!("{e:#}"),
+                        },
+                        None => PointResult::Planned,
                     };
                     run.points.push((pt.id.clone(), res, Vec::new()));
                 }

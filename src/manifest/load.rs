@@ -2,6 +2,7 @@
 //! first, apply `--set` overrides, then type every stage (`parse`) and check the whole
 //! (`check`). The result is a [`Pipeline`].
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use serde::Deserialize;
 
 use super::config::{BackendKind, DeviceSetting};
 use super::error::ManifestError;
-use super::model::Pipeline;
+use super::model::{ManifestSources, Pipeline, SourceFile};
 use super::source::{display_path, read_source, Origin, Source};
 use super::sweep::{self, Sweep};
 use super::value::{self, Entry, Kind, SValue};
@@ -52,10 +53,90 @@ fn default_seed() -> u64 {
 /// extends and includes, level by level).
 pub const MAX_CHAIN: usize = 32;
 
+thread_local! {
+    /// The files read by the load in progress on this thread (see [`load_any`]).
+    static READ: RefCell<Vec<SourceFile>> = const { RefCell::new(Vec::new()) };
+    /// While [`load_recorded`] runs: the recorded texts, read instead of the files.
+    static RECORDED: RefCell<Option<HashMap<PathBuf, String>>> = const { RefCell::new(None) };
+}
+
+/// `path` made absolute, `.` and `..` folded (without touching the file system): how a
+/// recorded file is looked up when the file itself may be gone.
+fn lexical(path: &Path) -> PathBuf {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Where a manifest file is found: canonical when it exists, else folded lexically.
+fn canonical(path: &Path) -> PathBuf {
+    path.canonicalize().unwrap_or_else(|_| lexical(path))
+}
+
+/// The recorded text of `path`, while [`load_recorded`] runs.
+fn recorded_text(path: &Path) -> Option<String> {
+    RECORDED.with(|r| {
+        let r = r.borrow();
+        let map = r.as_ref()?;
+        map.get(&canonical(path))
+            .or_else(|| map.get(&lexical(path)))
+            .cloned()
+    })
+}
+
+/// Read one manifest file (its recorded text, under [`load_recorded`]), noting it among
+/// the files this load read.
+fn read_manifest(path: &Path) -> Result<Arc<Source>, ManifestError> {
+    let source = match recorded_text(path) {
+        Some(text) => Arc::new(Source {
+            name: display_path(path),
+            path: Some(path.to_path_buf()),
+            text,
+        }),
+        None => read_source(path, display_path(path))?,
+    };
+    READ.with(|r| {
+        r.borrow_mut().push(SourceFile {
+            path: canonical(path).display().to_string(),
+            text: source.text.clone(),
+        })
+    });
+    Ok(source)
+}
+
+/// Load a pipeline or sweep from recorded texts (a run's record: `files[0]` the manifest,
+/// then what it extends and includes) with the recorded `--set` overrides, as
+/// [`load_any`] loaded it then, whatever the files hold now.
+pub fn load_recorded(src: &ManifestSources, project_dir: &Path) -> Result<Loaded, ManifestError> {
+    let Some(first) = src.files.first() else {
+        return Err(ManifestError::new(
+            "the run's record holds no manifest text",
+        ));
+    };
+    let map: HashMap<PathBuf, String> = src
+        .files
+        .iter()
+        .map(|f| (PathBuf::from(&f.path), f.text.clone()))
+        .collect();
+    RECORDED.with(|r| *r.borrow_mut() = Some(map));
+    let out = load_any(Path::new(&first.path), &src.sets, project_dir);
+    RECORDED.with(|r| *r.borrow_mut() = None);
+    out
+}
+
 /// Read one file and the chain of files it `extends`, merged base-first.
 fn load_merged(path: &Path, chain: &mut Vec<PathBuf>) -> Result<SValue, ManifestError> {
-    let canon = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    let source = read_source(path, display_path(path))?;
+    let canon = canonical(path);
+    let source = read_manifest(path)?;
     let mut doc = value::parse_document(source)?;
     chain.push(canon);
     let table = doc.as_table_mut().expect("a document is a table");
@@ -119,7 +200,7 @@ fn load_base(
         .path(key));
     };
     let base_path = path.parent().unwrap_or(Path::new(".")).join(rel);
-    if !base_path.is_file() {
+    if recorded_text(&base_path).is_none() && !base_path.is_file() {
         let what = match std::fs::metadata(&base_path) {
             Ok(m) if m.is_dir() => format!("`{key}` names a folder, not a manifest file: {rel}"),
             Ok(_) => format!("`{key}` names something that is not a regular file: {rel}"),
@@ -136,7 +217,7 @@ fn load_base(
         .at(ext.value.origin.clone())
         .path(key));
     }
-    let base_canon = base_path.canonicalize().unwrap_or(base_path.clone());
+    let base_canon = canonical(&base_path);
     if chain.contains(&base_canon) {
         let names: Vec<String> = chain
             .iter()
@@ -297,15 +378,20 @@ pub fn load(path: &Path, sets: &[String], project_dir: &Path) -> Result<Pipeline
 /// with a `[sweep]`, every point. Networks are checked by `nn::check` (the engine's
 /// `Project::load` runs both).
 pub fn load_any(path: &Path, sets: &[String], project_dir: &Path) -> Result<Loaded, ManifestError> {
-    let mut chain = Vec::new();
-    let mut doc = load_merged(path, &mut chain)?;
+    READ.with(|r| r.borrow_mut().clear());
+    let merged = load_merged(path, &mut Vec::new());
+    let sources = Arc::new(ManifestSources {
+        files: READ.with(|r| std::mem::take(&mut *r.borrow_mut())),
+        sets: sets.to_vec(),
+    });
+    let mut doc = merged?;
     for s in sets {
         apply_set(&mut doc, s)?;
     }
     check_finite(&doc, "")?;
     let sweep = doc.as_table_mut().and_then(|t| t.shift_remove("sweep"));
     let Some(sweep) = sweep else {
-        return type_doc(&doc, path, project_dir).map(Loaded::Pipeline);
+        return type_doc(&doc, path, project_dir, &sources).map(Loaded::Pipeline);
     };
     let spec = sweep::parse_spec(&sweep)?;
     check_names(&doc, path)?;
@@ -340,7 +426,7 @@ pub fn load_any(path: &Path, sets: &[String], project_dir: &Path) -> Result<Load
     }
     let base: TopLevel = match doc.get("stages") {
         Some(_) => de::from_svalue(&doc, "")?,
-        None => return type_doc(&doc, path, project_dir).map(Loaded::Pipeline),
+        None => return type_doc(&doc, path, project_dir, &sources).map(Loaded::Pipeline),
     };
     let name = base.name.clone().unwrap_or_else(|| {
         path.file_stem()
@@ -354,7 +440,7 @@ pub fn load_any(path: &Path, sets: &[String], project_dir: &Path) -> Result<Load
             apply_override(&mut d, key, value.clone(), origin.clone());
         }
         check_finite(&d, "")?;
-        type_doc(&d, path, project_dir)
+        type_doc(&d, path, project_dir, &sources)
     })?;
     Ok(Loaded::Sweep(s))
 }
@@ -425,7 +511,12 @@ fn check_names(doc: &SValue, path: &Path) -> Result<(), ManifestError> {
 }
 
 /// Type and check a merged manifest tree (no `[sweep]` left in it) as one pipeline.
-fn type_doc(doc: &SValue, path: &Path, project_dir: &Path) -> Result<Pipeline, ManifestError> {
+fn type_doc(
+    doc: &SValue,
+    path: &Path,
+    project_dir: &Path,
+    sources: &Arc<ManifestSources>,
+) -> Result<Pipeline, ManifestError> {
     let top: TopLevel = match doc.get("stages") {
         Some(_) => de::from_svalue(doc, "")?,
         None => {
@@ -491,6 +582,7 @@ fn type_doc(doc: &SValue, path: &Path, project_dir: &Path) -> Result<Pipeline, M
         file: path.to_path_buf(),
         project_dir: project_dir.to_path_buf(),
         stages,
+        sources: sources.clone(),
     };
     check::validate_graph(&pipeline, &input_origins)?;
     check::check_top_k(&pipeline)?;

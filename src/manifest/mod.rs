@@ -31,6 +31,6 @@ pub use config::*;
 pub use discover::{find, list};
 pub use error::ManifestError;
 pub use load::{load, load_any, Loaded};
-pub use model::{Pipeline, Resources, Stage, StageConfig, StageKind};
+pub use model::{ManifestSources, Pipeline, Resources, SourceFile, Stage, StageConfig, StageKind};
 pub use parse::{is_slurm_mem, is_slurm_time, MAX_IMAGE_SIDE};
 pub use sweep::{Sweep, SweepPoint};

@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
@@ -233,6 +234,27 @@ pub struct Pipeline {
     pub stages: IndexMap<String, Stage>,
     /// Blocks and networks (`[blocks.*]`, `[networks.*]`).
     pub library: Library,
+    /// What it was loaded from: the manifest's text, every file it extends or includes,
+    /// and the `--set` overrides (what a run's record keeps, and `run --from` loads again).
+    pub sources: Arc<ManifestSources>,
+}
+
+/// The texts a pipeline was loaded from, as read (see [`crate::manifest::load::load_recorded`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestSources {
+    /// The manifest first, then every file it extends or includes, in reading order.
+    pub files: Vec<SourceFile>,
+    /// The `--set` overrides, as given.
+    pub sets: Vec<String>,
+}
+
+/// One file's text, with its absolute (canonical) path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceFile {
+    /// Where it was read.
+    pub path: String,
+    /// Its text.
+    pub text: String,
 }
 
 /// How deep a chain of continuations may go before it counts as a loop (loops are refused

@@ -7,6 +7,7 @@
 
 pub mod events;
 pub mod history;
+pub mod record;
 pub mod sweep;
 
 use std::fmt;
@@ -282,6 +283,9 @@ pub struct RunReport {
     pub manifest: String,
     /// Store folder.
     pub cache: String,
+    /// The run's id in the journal (a dry run has none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
     /// Every stage, in dependency order.
     pub stages: Vec<StageOutcome>,
 }

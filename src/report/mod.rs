@@ -9,5 +9,6 @@ pub mod gc;
 pub mod history;
 pub mod outcome;
 pub mod run;
+pub mod runs;
 pub mod show;
 pub mod sweep;

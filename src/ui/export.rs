@@ -97,6 +97,9 @@ impl Links for FileLinks {
     fn asset(&self, name: &str) -> String {
         format!("{}assets/{name}", self.up)
     }
+    fn journal(&self, _: Option<&str>) -> String {
+        String::new()
+    }
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {

@@ -10,11 +10,13 @@ use maud::{html, Markup, DOCTYPE};
 use super::svg;
 use crate::fmt;
 use crate::outcome::history::EpochRecord;
+use crate::outcome::record::RunRecord;
 use crate::outcome::sweep::HalvingDecisions;
 use crate::outcome::StageState;
 use crate::report::diff::Diff;
 use crate::report::outcome::join;
 use crate::report::run::{Live, RunView};
+use crate::report::runs as runs_report;
 use crate::report::show::{self, Row};
 
 /// Where links point: the server's URLs, or the exported files.
@@ -35,6 +37,14 @@ pub trait Links {
     fn file(&self, output: &str, path: &str) -> String;
     /// A built-in asset (`ui.css`, `ui.js`).
     fn asset(&self, name: &str) -> String;
+    /// The journal (`None`), or one recorded run's page; empty where there is none (the
+    /// static export).
+    fn journal(&self, id: Option<&str>) -> String {
+        match id {
+            None => "/journal".into(),
+            Some(id) => format!("/journal/{id}"),
+        }
+    }
 }
 
 /// A run's state in one word, for colour and filtering.
@@ -92,7 +102,11 @@ fn page(title: &str, links: &dyn Links, attrs: &[(&str, String)], body: Markup) 
             body data-events=[events] data-curves=[curves] {
                 header {
                     a class="brand" href=(links.home()) { "pipe" }
-                    nav { a href=(links.home()) { "runs" } }
+                    nav {
+                        a href=(links.home()) { "runs" }
+                        @let j = links.journal(None);
+                        @if !j.is_empty() { " " a href=(j) { "journal" } }
+                    }
                 }
                 main { (body) }
             }
@@ -574,4 +588,100 @@ pub fn not_found_page(what: &str, links: &dyn Links) -> String {
         p { a href=(links.home()) { "all runs" } }
     };
     page("Not found", links, &[], body)
+}
+
+/// The journal: every recorded run, grouped by pipeline, newest first in each, with what
+/// changed since the pipeline's run before.
+pub fn journal_page(runs: &[RunRecord], warnings: &[String], links: &dyn Links) -> String {
+    let mut groups: BTreeMap<&str, Vec<&RunRecord>> = BTreeMap::new();
+    for r in runs {
+        groups.entry(r.pipeline.as_str()).or_default().push(r);
+    }
+    let body = html! {
+        h1 { "Journal" }
+        p class="summary" { (runs.len()) " recorded runs of " (groups.len()) " pipelines" }
+        @for w in warnings { p class="warning" { (w) } }
+        @for (name, rs) in &groups {
+            h2 { a href=(links.run(name)) { (name) } }
+            table class="runs journal" {
+                thead { tr {
+                    th { "run" } th { "started (UTC)" } th { "state" } th { "time" }
+                    th { "metrics" } th { "changed" } th { "tags" }
+                } }
+                tbody {
+                    @for r in rs {
+                        tr class={ "row-" (r.state.as_str()) } {
+                            td { a href=(links.journal(Some(&r.id))) { (r.id) } }
+                            td { (runs_report::when(&r.started)) }
+                            td { span class={ "state state-" (r.state.as_str()) } { (runs_report::state(r)) } }
+                            td { (r.seconds.map(fmt::secs).unwrap_or_else(|| "-".into())) }
+                            td { (runs_report::headline(r)) }
+                            td { (if r.previous.is_none() { "(first run)".to_string() } else { r.changes.join(", ") }) }
+                            td { (r.tags.join(", ")) }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page("Journal", links, &[], body)
+}
+
+/// One recorded run as it ran: its state, where and when, what changed, its overrides,
+/// metrics, stages, curves (`history`: its epochs so far, read from the artifact or, while
+/// it trains, from its scratch) and configuration.
+pub fn record_page(r: &RunRecord, history: &[EpochRecord], links: &dyn Links) -> String {
+    let curves = svg::curves(
+        &[svg::Series {
+            name: &r.pipeline,
+            epochs: history,
+        }],
+        false,
+    );
+    let body = html! {
+        h1 { (r.pipeline) " · run " (r.id) }
+        p class="summary" {
+            span class={ "state state-" (r.state.as_str()) } { (runs_report::state(r)) }
+            " · started " (runs_report::when(&r.started)) " UTC"
+            @if let Some(s) = r.seconds { " · " (fmt::secs(s)) }
+            " · " (r.executor) " on " (r.host.hostname) " (" (r.host.cpu) ", " (r.host.cores) " cores)"
+            @if !r.backend.is_empty() { " · " (r.backend) " on " (r.device) }
+            @if let Some(g) = &r.git { " · git " (g.commit.get(..12).unwrap_or(&g.commit)) @if g.dirty { " (dirty)" } }
+        }
+        @if let Some(e) = &r.error { p class="error" { (e) } }
+        p { "Manifest " code { (r.manifest) } @if !r.sets.is_empty() { " with " code { "--set " (r.sets.join(" --set ")) } } }
+        p { "Run it again as it ran: " code { "pipe run --from " (r.id) } }
+        @if !r.changes.is_empty() {
+            p { "Changed since " @if let Some(prev) = &r.previous { a href=(links.journal(Some(prev))) { (prev) } } ": " (r.changes.join(", ")) }
+        }
+        @if !r.tags.is_empty() { p { "Tags: " (r.tags.join(", ")) } }
+        @for n in &r.notes { p class="note" { (n) } }
+        h2 { "Curves" }
+        @if history.is_empty() { p { "no epoch recorded yet" } } @else { div class="curves" { (maud::PreEscaped(curves)) } }
+        @if !r.metrics.is_empty() {
+            h2 { "Metrics" }
+            table class="metrics" { tbody {
+                @for (k, v) in &r.metrics { tr { td { (k) } td { (format!("{v:.4}")) } } }
+            } }
+        }
+        h2 { "Stages" }
+        table class="stages" {
+            thead { tr { th { "stage" } th { "kind" } th { "state" } th { "time" } th { "key" } th { "summary" } } }
+            tbody {
+                @for s in &r.stages {
+                    tr {
+                        td { (s.name) } td { (s.kind) } td { (s.state) @if let Some(j) = &s.job { " (job " (j) ")" } }
+                        td { (fmt::secs(s.seconds)) }
+                        td { code { (s.key.as_deref().map(crate::ids::short).unwrap_or("-")) } }
+                        td { (s.summary) }
+                    }
+                }
+            }
+        }
+        h2 { "Configuration" }
+        table class="config" { tbody {
+            @for (k, v) in &r.config { tr { td { (k) } td { (v) } } }
+        } }
+    };
+    page(&format!("{} {}", r.pipeline, r.id), links, &[], body)
 }

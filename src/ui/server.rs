@@ -168,6 +168,10 @@ fn router(app: Arc<App>) -> Router {
         .route("/api/runs/{name}/history", get(api_history))
         .route("/api/runs/{name}/events", get(events))
         .route("/api/sweeps/{name}", get(api_sweep))
+        .route("/journal", get(journal_page))
+        .route("/journal/{id}", get(record_page))
+        .route("/api/journal", get(api_journal))
+        .route("/api/journal/{id}", get(api_record))
         .fallback(fallback)
         .layer(middleware::from_fn(guard))
         .with_state(app)
@@ -254,6 +258,96 @@ async fn runs_page(State(app): State<Arc<App>>) -> Response {
         &ServerLinks,
     ))
     .into_response()
+}
+
+fn journal(app: &App) -> crate::engine::journal::Journal {
+    crate::engine::journal::Journal::of(&crate::engine::store::Store::open_read_only(
+        &app.project.cache,
+    ))
+}
+
+async fn journal_page(State(app): State<Arc<App>>) -> Response {
+    let a = app.clone();
+    match blocking(move || Ok(journal(&a).list())).await {
+        Ok(l) => Html(pages::journal_page(&l.runs, &l.warnings, &ServerLinks)).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn api_journal(State(app): State<Arc<App>>) -> Response {
+    let a = app.clone();
+    match blocking(move || Ok(journal(&a).list())).await {
+        Ok(l) => Json(l.runs).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// A recorded run and its epochs so far: from the artifact of its last training stage
+/// that made one, else (it trains now) from the scratch of the stage running.
+fn record_and_history(
+    app: &App,
+    id: &str,
+) -> Result<Option<(crate::outcome::record::RunRecord, Vec<EpochRecord>)>> {
+    if !crate::engine::journal::is_run_id(id) {
+        return Ok(None);
+    }
+    let j = journal(app);
+    let Ok(r) = j.get(id) else { return Ok(None) };
+    let cache = &app.project.cache;
+    let read = |p: std::path::PathBuf| -> Option<Vec<EpochRecord>> {
+        serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+    };
+    let training = |k: &str| matches!(k, "train" | "lr-drop" | "resume");
+    let running = r
+        .stages
+        .iter()
+        .filter(|s| training(&s.kind) && s.state == "running")
+        .find_map(|s| {
+            let key = crate::ids::StageKey::parse(s.key.as_deref()?)?;
+            read(
+                cache
+                    .join("scratch")
+                    .join(key.as_str())
+                    .join("history.json"),
+            )
+        });
+    let done = || {
+        r.stages
+            .iter()
+            .rev()
+            .filter(|s| training(&s.kind))
+            .find_map(|s| {
+                let out = crate::ids::ContentHash::parse(s.output.as_deref()?)?;
+                read(
+                    cache
+                        .join("artifacts")
+                        .join(out.as_str())
+                        .join("history.json"),
+                )
+            })
+    };
+    let h = running.or_else(done).unwrap_or_default();
+    Ok(Some((r, h)))
+}
+
+async fn record_page(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    let a = app.clone();
+    let i = id.clone();
+    match blocking(move || record_and_history(&a, &i)).await {
+        Ok(Some((r, h))) => Html(pages::record_page(&r, &h, &ServerLinks)).into_response(),
+        Ok(None) => not_found(&format!("no recorded run `{id}`")),
+        Err(r) => r,
+    }
+}
+
+async fn api_record(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
+    let a = app.clone();
+    let i = id.clone();
+    match blocking(move || record_and_history(&a, &i)).await {
+        Ok(Some((r, h))) => Json(serde_json::json!({ "record": r, "epochs": h })).into_response(),
+        Ok(None) => not_found(&format!("no recorded run `{id}`")),
+        Err(r) => r,
+    }
 }
 
 fn pipeline_of(app: &App, name: &str) -> Option<Pipeline> {

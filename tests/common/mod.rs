@@ -330,6 +330,11 @@ pub fn tiny_imagenet_sized(
         .unwrap();
 }
 
+/// The test command's Python (`PIPE_PYTHON`, else `python3`).
+pub fn python() -> String {
+    std::env::var("PIPE_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
 /// Write the digits (`limit` of them) as `<dir>/<digit>/<i>.png`. The test command's
 /// Python (`PIPE_PYTHON`) has scikit-learn; without it this fails, it does not skip.
 pub fn digits(dir: &Path, limit: usize) {

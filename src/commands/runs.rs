@@ -1,0 +1,205 @@
+//! `pipe runs` (the journal: list, filter, export to TensorBoard), `pipe tag` and
+//! `pipe note`.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use super::Global;
+use crate::engine::journal::{Journal, Listing};
+use crate::engine::sweep::{parse_conditions, Condition};
+use crate::engine::Project;
+use crate::outcome::record::RunRecord;
+use crate::report::runs as report;
+
+/// `pipe runs`'s options.
+#[derive(Debug, Clone, Default)]
+pub struct RunsOptions {
+    /// Pipelines or sweeps (none: every run).
+    pub names: Vec<String>,
+    /// `--where EXPR`.
+    pub filter: Option<String>,
+    /// `--since WHEN`.
+    pub since: Option<String>,
+    /// `--limit N`.
+    pub limit: Option<usize>,
+    /// `--json`.
+    pub json: bool,
+    /// `--csv`.
+    pub csv: bool,
+    /// `--tensorboard DIR`.
+    pub tensorboard: Option<std::path::PathBuf>,
+}
+
+/// The journal of the project's store (read-only).
+fn journal(g: &Global) -> Result<(Project, Journal)> {
+    let proj = Project::discover(g.cache.clone())?;
+    let store = crate::engine::store::Store::open_read_only(&proj.cache);
+    let j = Journal::of(&store);
+    Ok((proj, j))
+}
+
+/// `pipe runs [NAMES...]`.
+pub fn runs(g: &Global, o: &RunsOptions) -> Result<()> {
+    let (_, j) = journal(g)?;
+    let listing = j.list();
+    for w in &listing.warnings {
+        eprintln!("warning: {w}");
+    }
+    let mut selected = select(&listing, o)?;
+    j.mark_collected(&mut selected);
+    if let Some(dir) = &o.tensorboard {
+        let n = crate::data::tensorboard::write_runs(
+            dir,
+            &selected,
+            &j.dir().parent().unwrap_or(Path::new(".")).join("artifacts"),
+        )?;
+        eprintln!(
+            "wrote TensorBoard event files for {n} run(s) into {} (tensorboard --logdir {})",
+            dir.display(),
+            dir.display()
+        );
+        return Ok(());
+    }
+    if o.json {
+        println!("{}", serde_json::to_string_pretty(&selected)?);
+    } else if o.csv {
+        print!("{}", report::csv(&selected)?);
+    } else if selected.is_empty() {
+        eprintln!(
+            "no recorded run{} in {}",
+            if o.names.is_empty() && o.filter.is_none() && o.since.is_none() {
+                String::new()
+            } else {
+                " matches".to_string()
+            },
+            j.dir().display()
+        );
+    } else {
+        print!("{}", report::table(&selected));
+    }
+    Ok(())
+}
+
+/// The runs `o` selects, newest first.
+pub fn select(listing: &Listing, o: &RunsOptions) -> Result<Vec<RunRecord>> {
+    let conds = match &o.filter {
+        Some(e) => parse_conditions(e).context("--where")?,
+        None => Vec::new(),
+    };
+    let since = match &o.since {
+        Some(s) => Some(since_cutoff(s)?),
+        None => None,
+    };
+    let mut out = Vec::new();
+    for r in &listing.runs {
+        if !o.names.is_empty()
+            && !o
+                .names
+                .iter()
+                .any(|n| r.pipeline == *n || r.sweep.as_deref() == Some(n.as_str()))
+        {
+            continue;
+        }
+        if since.is_some_and(|c| {
+            crate::engine::journal::unix_nanos_of(&r.started).is_none_or(|t| t < c)
+        }) {
+            continue;
+        }
+        if !conds.iter().all(|c| condition_holds(r, c)) {
+            continue;
+        }
+        out.push(r.clone());
+        if o.limit.is_some_and(|l| out.len() >= l) {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Whether a run meets one `--where` condition: the key is a metric (`val.acc`,
+/// `evaluate.rank1`), a configuration key (`train.lr`, `stages.train.lr`, or a unique
+/// last part: `lr`), `pipeline`, `state`, `tag` or `backend`.
+fn condition_holds(r: &RunRecord, c: &Condition) -> bool {
+    let key = c.key.as_str();
+    match key {
+        "pipeline" => return c.holds(&r.pipeline),
+        "state" => return c.holds(r.state.as_str()),
+        "backend" => return c.holds(&r.backend),
+        "device" => return c.holds(&r.device),
+        "tag" => {
+            return r.tags.iter().any(|t| c.holds(t)) || (c.value.is_empty() && r.tags.is_empty())
+        }
+        _ => {}
+    }
+    if let Some(v) = r.metrics.get(key) {
+        return c.holds(&v.to_string());
+    }
+    if let Some(v) = r
+        .config
+        .get(key)
+        .or_else(|| r.config.get(&format!("stages.{key}")))
+    {
+        return c.holds(v);
+    }
+    let suffix = format!(".{key}");
+    let found: Vec<&String> = r
+        .config
+        .iter()
+        .filter(|(k, _)| k.ends_with(&suffix))
+        .map(|(_, v)| v)
+        .collect();
+    !found.is_empty() && found.iter().all(|v| c.holds(v))
+}
+
+/// `--since`: `30m`, `12h`, `3d`, `2w` ago, a date (`2026-12-01`, UTC) or an RFC 3339
+/// time; as nanoseconds since the epoch.
+fn since_cutoff(s: &str) -> Result<i128> {
+    let s = s.trim();
+    let now = time::OffsetDateTime::now_utc();
+    let unit = s.chars().last().unwrap_or(' ');
+    let num = &s[..s.len().saturating_sub(1)];
+    let secs = match (num.parse::<i64>(), unit) {
+        (Ok(n), 's') => Some(n),
+        (Ok(n), 'm') => Some(n * 60),
+        (Ok(n), 'h') => Some(n * 3600),
+        (Ok(n), 'd') => Some(n * 86400),
+        (Ok(n), 'w') => Some(n * 7 * 86400),
+        _ => None,
+    };
+    let rfc = &time::format_description::well_known::Rfc3339;
+    let t = if let Some(secs) = secs {
+        now - time::Duration::seconds(secs)
+    } else if let Ok(t) = time::OffsetDateTime::parse(s, rfc) {
+        t
+    } else if let Ok(d) =
+        time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]"))
+    {
+        d.midnight().assume_utc()
+    } else {
+        bail!("--since `{s}`: expected a span back from now (`30m`, `12h`, `3d`, `2w`), a date (`2026-12-01`) or an RFC 3339 time");
+    };
+    Ok(t.unix_timestamp_nanos())
+}
+
+/// `pipe tag RUN TEXT` / `pipe note RUN TEXT` (`kind`: `tag` or `note`).
+pub fn annotate(g: &Global, reference: &str, kind: &str, text: &str) -> Result<()> {
+    let proj = Project::discover(g.cache.clone())?;
+    let store = crate::engine::store::Store::open_read_only(&proj.cache);
+    let j = Journal::of(&store);
+    let Some(rec) = j.resolve(reference, None)? else {
+        bail!("`{reference}` names no run: give a run id (`pipe runs` lists them), `PIPELINE~N` or `PIPELINE@ID-PREFIX`");
+    };
+    if text.trim().is_empty() {
+        bail!("the {kind} is empty");
+    }
+    if text
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        bail!("the {kind} holds a control character");
+    }
+    j.annotate(&rec.id, kind, text)?;
+    eprintln!("{kind} added to run {} ({})", rec.id, rec.pipeline);
+    Ok(())
+}

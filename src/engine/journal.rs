@@ -1,0 +1,919 @@
+//! The run journal: one immutable record per run of a pipeline or sweep point, under the
+//! store's `runs/` folder.
+//!
+//! ```text
+//! runs/<id>.json           the record (written when the run starts, completed when it ends)
+//! runs/<id>.live           locked (flock) by the run's process while it runs
+//! runs/<id>.notes.jsonl    tags and notes added later (`pipe tag`, `pipe note`)
+//! runs/sources/<h>.json    the manifest texts and overrides a run was loaded from (shared)
+//! runs/last/<pipeline>     the id of the pipeline's latest run (for "what changed")
+//! runs/jobs/<job>.json     what a Slurm job made, for the records that wait on it
+//! ```
+//!
+//! A record is created with a hard link (never over another's), rewritten only by its
+//! own process and always atomically. A record still `running` whose lock nobody holds was
+//! left by a killed process: readers show it as interrupted. A record that does not parse
+//! is skipped with a warning that names it.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
+
+use super::store::{read_json, state_stem, Store};
+use crate::atomic::{write_atomic, write_json_atomic};
+use crate::manifest::{ManifestSources, Pipeline, StageKind};
+use crate::outcome::record::{
+    Annotation, GitInfo, HostInfo, RunRecord, RunState, StageEntry, RECORD_FORMAT,
+};
+use crate::outcome::{StageOutcome, StageState};
+use crate::stages;
+
+/// The journal of one store.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    dir: PathBuf,
+}
+
+/// The records read, and a warning for each file that could not be.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Newest first.
+    pub runs: Vec<RunRecord>,
+    /// `runs/x.json: damaged record skipped (...)`.
+    pub warnings: Vec<String>,
+}
+
+/// Whether `s` looks like a run id: `20261206-041500-3fa9`.
+pub fn is_run_id(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 20
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'-'
+        && b[9..15].iter().all(u8::is_ascii_digit)
+        && b[15] == b'-'
+        && b[16..]
+            .iter()
+            .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Now, as RFC 3339 (UTC, milliseconds).
+pub fn now_rfc3339() -> String {
+    let t = time::OffsetDateTime::now_utc();
+    t.replace_millisecond(t.millisecond())
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// Seconds since the epoch of an RFC 3339 time (`None` if it does not parse).
+pub fn unix_of(t: &str) -> Option<i64> {
+    unix_nanos_of(t).map(|n| (n / 1_000_000_000) as i64)
+}
+
+/// Nanoseconds since the epoch of an RFC 3339 time.
+pub fn unix_nanos_of(t: &str) -> Option<i128> {
+    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp_nanos())
+}
+
+impl Journal {
+    /// The journal of `store`.
+    pub fn of(store: &Store) -> Journal {
+        Journal {
+            dir: store.root().join("runs"),
+        }
+    }
+
+    /// The journal folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn record_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+
+    fn live_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.live"))
+    }
+
+    fn notes_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.notes.jsonl"))
+    }
+
+    fn job_path(&self, job: &str) -> PathBuf {
+        self.dir.join("jobs").join(format!("{job}.json"))
+    }
+
+    /// Start a record for a run of `p` by `executor` (`in-process`, `local`, `slurm`):
+    /// written at once, with state `running`, and held (locked) by this process until
+    /// [`Recording::finish`] or its exit.
+    pub fn begin(&self, p: &Pipeline, executor: &str) -> Result<Recording> {
+        let t0 = Instant::now();
+        fs::create_dir_all(&self.dir)
+            .with_context(|| format!("cannot create {}", self.dir.display()))?;
+        let project = p.project_dir.clone();
+        let git = std::thread::spawn(move || git_info(&project));
+        let sources = self.keep_sources(&p.sources)?;
+        let (config, _) = super::query::flat_config(p)?;
+        let (previous, changes) = self.changes_since_last(&p.name, &config, &p.sources.sets);
+        let (sweep, point) = match p.name.split_once('@') {
+            Some((s, pt)) => (Some(s.to_string()), Some(pt.to_string())),
+            None => (None, None),
+        };
+        let (device, backend) = devices_of(p);
+        let mut record = RunRecord {
+            format: RECORD_FORMAT,
+            id: String::new(),
+            pipeline: p.name.clone(),
+            sweep,
+            point,
+            manifest: p.file.display().to_string(),
+            project: p.project_dir.display().to_string(),
+            sources,
+            sets: p.sources.sets.clone(),
+            config,
+            stages: p
+                .topo_order()
+                .iter()
+                .map(|n| StageEntry {
+                    name: n.clone(),
+                    kind: p.stages[n].config.kind().to_string(),
+                    key: None,
+                    output: None,
+                    state: "not-run".into(),
+                    seconds: 0.0,
+                    summary: String::new(),
+                    job: None,
+                })
+                .collect(),
+            metrics: BTreeMap::new(),
+            previous,
+            changes,
+            git: None,
+            host: host_info(),
+            device,
+            backend,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            command: std::env::args().collect(),
+            executor: executor.to_string(),
+            started: now_rfc3339(),
+            ended: None,
+            seconds: None,
+            state: RunState::Running,
+            error: None,
+            remark: None,
+            pid: std::process::id(),
+            tags: Vec::new(),
+            notes: Vec::new(),
+            collected: Vec::new(),
+        };
+        // A fresh id whose record nobody else has: the live lock first (so a reader never
+        // sees a running record that nobody holds), then the record by a hard link, which
+        // fails rather than replace another run's.
+        for _ in 0..64 {
+            let id = new_id();
+            let live_path = self.live_path(&id);
+            let live = match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&live_path)
+            {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot create {}", live_path.display()))
+                }
+            };
+            live.lock()
+                .with_context(|| format!("cannot lock {}", live_path.display()))?;
+            record.id = id.clone();
+            let path = self.record_path(&id);
+            let tmp = self.dir.join(format!(".{id}.{}.new", std::process::id()));
+            fs::write(&tmp, serde_json::to_vec_pretty(&record)?)
+                .with_context(|| format!("cannot write {}", tmp.display()))?;
+            let linked = fs::hard_link(&tmp, &path);
+            let _ = fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => {
+                    let _ = write_atomic(
+                        &self.dir.join("last").join(state_stem(&p.name)),
+                        id.as_bytes(),
+                    );
+                    return Ok(Recording {
+                        journal: self.clone(),
+                        record,
+                        live: Some(live),
+                        git: Some(git),
+                        t0,
+                    });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let _ = fs::remove_file(&live_path);
+                    continue;
+                }
+                Err(e) => {
+                    let _ = fs::remove_file(&live_path);
+                    return Err(e).with_context(|| format!("cannot write {}", path.display()));
+                }
+            }
+        }
+        bail!("could not find a free run id in {}", self.dir.display())
+    }
+
+    /// Keep the texts a run was loaded from (once per distinct content); their hash.
+    fn keep_sources(&self, src: &ManifestSources) -> Result<String> {
+        let bytes = serde_json::to_vec(src)?;
+        let hash = blake3::hash(&bytes).to_hex().to_string();
+        let path = self.dir.join("sources").join(format!("{hash}.json"));
+        if !path.exists() {
+            write_atomic(&path, &bytes)?;
+        }
+        Ok(hash)
+    }
+
+    /// The texts and overrides a recorded run was loaded from.
+    pub fn sources(&self, rec: &RunRecord) -> Result<ManifestSources> {
+        let path = self
+            .dir
+            .join("sources")
+            .join(format!("{}.json", rec.sources));
+        let bytes = fs::read(&path).with_context(|| {
+            format!(
+                "run {}: its manifest texts ({}) cannot be read",
+                rec.id,
+                path.display()
+            )
+        })?;
+        if blake3::hash(&bytes).to_hex().as_str() != rec.sources {
+            bail!(
+                "run {}: its manifest texts ({}) are damaged (their hash differs)",
+                rec.id,
+                path.display()
+            );
+        }
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("run {}: {} does not parse", rec.id, path.display()))
+    }
+
+    /// The latest run of `pipeline` and what changed since: keys whose value differs,
+    /// and overrides.
+    fn changes_since_last(
+        &self,
+        pipeline: &str,
+        config: &BTreeMap<String, String>,
+        sets: &[String],
+    ) -> (Option<String>, Vec<String>) {
+        let last = self.dir.join("last").join(state_stem(pipeline));
+        let Some(id) = fs::read_to_string(last)
+            .ok()
+            .filter(|s| is_run_id(s.trim()))
+        else {
+            return (None, Vec::new());
+        };
+        let id = id.trim().to_string();
+        let Ok(Some(prev)) = read_json::<RunRecord>(&self.record_path(&id)) else {
+            return (None, Vec::new());
+        };
+        let mut changes = config_changes(&prev.config, config);
+        if changes.is_empty() && prev.sets != sets {
+            changes.push(format!(
+                "--set [{}] -> [{}]",
+                prev.sets.join(" "),
+                sets.join(" ")
+            ));
+        }
+        (Some(id), changes)
+    }
+
+    /// Every record, newest first, each as it stands now (a running one whose process
+    /// died: interrupted; a Slurm run: assembled from its jobs), with tags and notes.
+    /// Records that do not read are skipped with a warning.
+    pub fn list(&self) -> Listing {
+        let Ok(rd) = fs::read_dir(&self.dir) else {
+            return Listing::default();
+        };
+        let mut ids = Vec::new();
+        let mut annotated = std::collections::HashSet::new();
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(id) = name.strip_suffix(".json").filter(|i| is_run_id(i)) {
+                ids.push(id.to_string());
+            } else if let Some(id) = name.strip_suffix(".notes.jsonl") {
+                annotated.insert(id.to_string());
+            }
+        }
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        let read: Vec<Result<RunRecord, String>> = ids
+            .par_iter()
+            .map(|id| self.read_record(id, annotated.contains(id.as_str())))
+            .collect();
+        let mut out = Listing::default();
+        for r in read {
+            match r {
+                Ok(rec) => out.runs.push(rec),
+                Err(w) => out.warnings.push(w),
+            }
+        }
+        // Newest first by start time (ids sort by the second; runs in one second by time).
+        out.runs.sort_by_cached_key(|r| {
+            std::cmp::Reverse((unix_nanos_of(&r.started).unwrap_or(0), r.id.clone()))
+        });
+        out
+    }
+
+    /// One record by its id, as it stands now.
+    pub fn get(&self, id: &str) -> Result<RunRecord> {
+        if !self.record_path(id).exists() {
+            bail!("no run `{id}` in {}", self.dir.display());
+        }
+        self.read_record(id, self.notes_path(id).exists())
+            .map_err(|w| anyhow::anyhow!("{w}"))
+    }
+
+    fn read_record(&self, id: &str, annotated: bool) -> Result<RunRecord, String> {
+        let path = self.record_path(id);
+        let damaged =
+            |why: String| format!("{}: damaged run record skipped ({why})", path.display());
+        let bytes = fs::read(&path).map_err(|e| damaged(e.to_string()))?;
+        let mut rec: RunRecord =
+            serde_json::from_slice(&bytes).map_err(|e| damaged(e.to_string()))?;
+        if rec.id != id {
+            return Err(damaged(format!("it names itself `{}`", rec.id)));
+        }
+        if rec.state == RunState::Running {
+            if rec.executor == "slurm" {
+                self.assemble_jobs(&mut rec);
+            } else if !is_held(&self.live_path(id)) {
+                rec.state = RunState::Interrupted;
+                for s in &mut rec.stages {
+                    if s.state == "running" {
+                        s.state = "interrupted".into();
+                    }
+                }
+            }
+        }
+        if annotated {
+            for a in self.annotations(id) {
+                match a.kind.as_str() {
+                    "tag" => rec.tags.push(a.text),
+                    _ => rec.notes.push(a.text),
+                }
+            }
+        }
+        Ok(rec)
+    }
+
+    /// A Slurm run's record completed from what its jobs recorded (`runs/jobs/`): each
+    /// queued stage takes its job's entry; the run is done when every job is, failed when
+    /// one failed, interrupted when one was killed.
+    fn assemble_jobs(&self, rec: &mut RunRecord) {
+        let mut all_done = true;
+        let mut failed = None;
+        let mut killed = false;
+        for s in &mut rec.stages {
+            let Some(job) = s.job.clone() else { continue };
+            if !matches!(s.state.as_str(), "queued" | "running") {
+                continue;
+            }
+            match read_json::<StageEntry>(&self.job_path(&job)) {
+                Ok(Some(e)) => {
+                    let live = e.state == "running";
+                    let held = is_held(&self.dir.join("jobs").join(format!("{job}.live")));
+                    *s = StageEntry {
+                        job: Some(job),
+                        name: s.name.clone(),
+                        ..e
+                    };
+                    if live && !held {
+                        s.state = "interrupted".into();
+                        killed = true;
+                    }
+                    if s.state == "failed" {
+                        failed = Some(format!("stage `{}` failed: {}", s.name, s.summary));
+                    }
+                    if s.state != "ran" && s.state != "cached" {
+                        all_done = false;
+                    }
+                }
+                _ => all_done = false,
+            }
+        }
+        if let Some(f) = failed {
+            rec.state = RunState::Failed;
+            rec.error = Some(f);
+        } else if killed {
+            rec.state = RunState::Interrupted;
+        } else if all_done {
+            rec.state = RunState::Done;
+            rec.metrics = metrics_from(
+                &rec.stages,
+                &self
+                    .dir
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .join("artifacts"),
+            );
+        }
+    }
+
+    fn annotations(&self, id: &str) -> Vec<Annotation> {
+        fs::read_to_string(self.notes_path(id))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Add a tag or a note to a run, beside its record (the record is not changed).
+    pub fn annotate(&self, id: &str, kind: &str, text: &str) -> Result<()> {
+        self.get(id)?;
+        let a = Annotation {
+            kind: kind.to_string(),
+            text: text.to_string(),
+            at: now_rfc3339(),
+        };
+        let mut line = serde_json::to_string(&a)?;
+        line.push('\n');
+        use std::io::Write;
+        let path = self.notes_path(id);
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        f.write_all(line.as_bytes())
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// What a command line's run reference names: a run id, `PIPELINE~N` (the N-th run
+    /// before the latest of PIPELINE; `~0` the latest), or `PIPELINE@ID-PREFIX`.
+    /// `Ok(None)` when `arg` is no run reference (a pipeline, a sweep point).
+    pub fn resolve(&self, arg: &str, listing: Option<&Listing>) -> Result<Option<RunRecord>> {
+        if is_run_id(arg) {
+            return self.get(arg).map(Some);
+        }
+        let (pipeline, pick) = if let Some((p, n)) = arg.rsplit_once('~') {
+            let Ok(n) = n.parse::<usize>() else {
+                return Ok(None);
+            };
+            (p, Pick::Back(n))
+        } else if let Some((p, prefix)) = arg.rsplit_once('@') {
+            let looks = prefix.len() >= 4
+                && prefix.bytes().all(|c| c.is_ascii_hexdigit() || c == b'-')
+                && prefix.as_bytes()[0].is_ascii_digit()
+                && prefix.len() <= 20;
+            if !looks {
+                return Ok(None);
+            }
+            (p, Pick::Prefix(prefix))
+        } else {
+            return Ok(None);
+        };
+        let owned;
+        let listing = match listing {
+            Some(l) => l,
+            None => {
+                owned = self.list();
+                &owned
+            }
+        };
+        let runs: Vec<&RunRecord> = listing
+            .runs
+            .iter()
+            .filter(|r| r.pipeline == pipeline)
+            .collect();
+        match pick {
+            Pick::Back(n) => match runs.get(n) {
+                Some(r) => Ok(Some((*r).clone())),
+                None if runs.is_empty() => {
+                    bail!("`{arg}`: no run of `{pipeline}` is recorded in this store")
+                }
+                None => bail!(
+                    "`{arg}`: `{pipeline}` has {} recorded run(s); `~{}` is the oldest",
+                    runs.len(),
+                    runs.len() - 1
+                ),
+            },
+            Pick::Prefix(prefix) => {
+                let hits: Vec<&&RunRecord> =
+                    runs.iter().filter(|r| r.id.starts_with(prefix)).collect();
+                match hits.as_slice() {
+                    [one] => Ok(Some((**one).clone())),
+                    [] if runs.is_empty() => Ok(None),
+                    [] => bail!("`{arg}`: no run of `{pipeline}` has an id starting `{prefix}`"),
+                    many => bail!(
+                        "`{arg}`: {} runs of `{pipeline}` start `{prefix}` ({}); give more of the id",
+                        many.len(),
+                        many.iter().take(5).map(|r| r.id.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Mark in each record the stages whose artifacts are gone (`pipe gc` collected them).
+    pub fn mark_collected(&self, runs: &mut [RunRecord]) {
+        let artifacts = self
+            .dir
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("artifacts");
+        for r in runs {
+            r.collected = r
+                .stages
+                .iter()
+                .filter(|s| {
+                    s.output
+                        .as_ref()
+                        .is_some_and(|o| !artifacts.join(o).is_dir())
+                })
+                .map(|s| s.name.clone())
+                .collect();
+        }
+    }
+
+    /// Check every record: it parses, names itself, its manifest texts are present and
+    /// match their hash. One line per problem.
+    pub fn verify(&self) -> (usize, Vec<String>) {
+        let l = self.list();
+        let mut problems = l.warnings.clone();
+        for r in &l.runs {
+            if let Err(e) = self.sources(r) {
+                problems.push(format!("{e:#}"));
+            }
+        }
+        (l.runs.len(), problems)
+    }
+
+    /// Write a Slurm job's entry (`running` when it starts, its outcome when it ends),
+    /// holding `runs/jobs/<job>.live` while the job runs.
+    pub fn job_started(&self, job: &str, entry: &StageEntry) -> Result<fs::File> {
+        let live = self.dir.join("jobs").join(format!("{job}.live"));
+        fs::create_dir_all(live.parent().expect("a folder"))?;
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&live)?;
+        f.lock()?;
+        write_json_atomic(&self.job_path(job), entry)?;
+        Ok(f)
+    }
+
+    /// A Slurm job's final entry.
+    pub fn job_ended(&self, job: &str, entry: &StageEntry) -> Result<()> {
+        write_json_atomic(&self.job_path(job), entry)
+    }
+}
+
+enum Pick<'a> {
+    Back(usize),
+    Prefix(&'a str),
+}
+
+/// Whether some process holds the lock on `path` (a missing file: nobody).
+fn is_held(path: &Path) -> bool {
+    match fs::File::open(path) {
+        Ok(f) => matches!(f.try_lock_shared(), Err(fs::TryLockError::WouldBlock)),
+        Err(_) => false,
+    }
+}
+
+/// `20261206-041500-3fa9`: UTC start time and 16 random bits.
+fn new_id() -> String {
+    let t = time::OffsetDateTime::now_utc();
+    let fmt = time::macros::format_description!("[year][month][day]-[hour][minute][second]");
+    format!(
+        "{}-{:04x}",
+        t.format(&fmt).unwrap_or_default(),
+        rand::random::<u16>()
+    )
+}
+
+/// `lr 0.01 -> 0.005` for each key whose value differs (at most 8, then `+N more`).
+pub fn config_changes(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Vec<String> {
+    let mut out = Vec::new();
+    for k in a.keys().chain(b.keys().filter(|k| !a.contains_key(*k))) {
+        let (x, y) = (a.get(k), b.get(k));
+        if x != y {
+            let show = |v: Option<&String>| v.cloned().unwrap_or_else(|| "(unset)".into());
+            out.push(format!(
+                "{} {} -> {}",
+                RunRecord::short_key(k),
+                show(x),
+                show(y)
+            ));
+        }
+    }
+    if out.len() > 8 {
+        let more = out.len() - 8;
+        out.truncate(8);
+        out.push(format!("+{more} more"));
+    }
+    out
+}
+
+/// The training devices and backends of a pipeline (`cpu`, `native`; several joined by
+/// `,`).
+fn devices_of(p: &Pipeline) -> (String, String) {
+    let mut devices = Vec::new();
+    let mut backends = Vec::new();
+    for s in p.stages.values() {
+        if let Some((_, _, d, b)) = s.config.training() {
+            if let Some(d) = d {
+                let d = format!("{d:?}").to_lowercase();
+                if !devices.contains(&d) {
+                    devices.push(d);
+                }
+            }
+            if let Some(b) = b {
+                let b = b.to_string();
+                if !backends.contains(&b) {
+                    backends.push(b);
+                }
+            }
+        }
+    }
+    (devices.join(","), backends.join(","))
+}
+
+/// This machine: host name, CPU model, cores.
+pub fn host_info() -> HostInfo {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into the buffer we own.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let hostname = if rc == 0 {
+        let end = buf.iter().position(|&c| c == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        String::new()
+    };
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    HostInfo {
+        hostname,
+        cpu,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
+}
+
+/// The git commit of the folder's repository and whether tracked files changed (`None`
+/// outside a repository, or without git).
+fn git_info(dir: &Path) -> Option<GitInfo> {
+    let run = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let commit = run(&["rev-parse", "HEAD"])?;
+    let dirty =
+        run(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    Some(GitInfo { commit, dirty })
+}
+
+/// A record's stages as outcomes: those with an artifact as cached (what `predict` and
+/// `export` take a past run's model from).
+pub fn outcomes_of(rec: &RunRecord) -> Vec<StageOutcome> {
+    rec.stages
+        .iter()
+        .filter_map(|s| {
+            let kind: StageKind =
+                serde_json::from_value(serde_json::Value::String(s.kind.clone())).ok()?;
+            let made = s.output.is_some() && matches!(s.state.as_str(), "ran" | "cached");
+            let mut o = StageOutcome::new(
+                &s.name,
+                kind,
+                if made {
+                    StageState::Cached
+                } else {
+                    StageState::Waiting
+                },
+            );
+            o.key = s.key.as_deref().and_then(crate::ids::StageKey::parse);
+            o.output = s.output.as_deref().and_then(crate::ids::ContentHash::parse);
+            o.summary = s.summary.clone();
+            o.seconds = s.seconds;
+            Some(o)
+        })
+        .collect()
+}
+
+/// A stage entry from how the decision walk (or a run) left it.
+pub fn entry_of(o: &StageOutcome) -> StageEntry {
+    StageEntry {
+        name: o.name.clone(),
+        kind: o.kind.to_string(),
+        key: o.key.as_ref().map(|k| k.to_string()),
+        output: o.output.as_ref().map(|h| h.to_string()),
+        state: match o.state {
+            StageState::Stale => "not-run".to_string(),
+            s => s.as_str().to_string(),
+        },
+        seconds: o.seconds,
+        summary: o.summary.clone(),
+        job: None,
+    }
+}
+
+/// The final metrics of what a run's stages made (`artifacts`: the store's artifact
+/// folder): per training stage its last epoch's `train_loss`, `train_acc`, `val_loss`,
+/// `val_acc`; per evaluation its ranks; and as `show` names them, `train.loss` ...
+/// `val.acc` of the last training stage and `rank<k>` of the first evaluation.
+pub fn metrics_from(stages: &[StageEntry], artifacts: &Path) -> BTreeMap<String, f64> {
+    let mut m = BTreeMap::new();
+    let mut first_eval = true;
+    for s in stages {
+        let Some(out) = s.output.as_ref() else {
+            continue;
+        };
+        let dir = artifacts.join(out);
+        let kind: Option<StageKind> =
+            serde_json::from_value(serde_json::Value::String(s.kind.clone())).ok();
+        match kind {
+            Some(k) if k.is_training() => {
+                if let Some(last) = stages::train::last_epoch(&dir) {
+                    for (name, v) in [
+                        ("train_loss", last.train_loss),
+                        ("train_acc", last.train_acc),
+                        ("val_loss", last.val_loss),
+                        ("val_acc", last.val_acc),
+                    ] {
+                        m.insert(format!("{}.{name}", s.name), v);
+                    }
+                    m.insert("train.loss".into(), last.train_loss);
+                    m.insert("train.acc".into(), last.train_acc);
+                    m.insert("val.loss".into(), last.val_loss);
+                    m.insert("val.acc".into(), last.val_acc);
+                }
+            }
+            Some(StageKind::Evaluate) => {
+                for (k, v) in stages::evaluate::read_ranks(&dir) {
+                    m.insert(format!("{}.rank{k}", s.name), v);
+                    if first_eval {
+                        m.insert(format!("rank{k}"), v);
+                    }
+                }
+                first_eval = false;
+            }
+            _ => {}
+        }
+    }
+    m.retain(|_, v| v.is_finite());
+    m
+}
+
+/// A run being recorded: its record is rewritten (atomically) as stages start and end,
+/// and completed by [`Recording::finish`]. Dropped without finishing (a panic), it is
+/// completed as failed.
+pub struct Recording {
+    journal: Journal,
+    record: RunRecord,
+    live: Option<fs::File>,
+    git: Option<std::thread::JoinHandle<Option<GitInfo>>>,
+    t0: Instant,
+}
+
+impl Recording {
+    /// The run's id.
+    pub fn id(&self) -> &str {
+        &self.record.id
+    }
+
+    /// The record as it stands.
+    pub fn record(&self) -> &RunRecord {
+        &self.record
+    }
+
+    /// Replace the stage entries (as decided or as they went), and write the record.
+    pub fn update(&mut self, stages: &[StageEntry]) {
+        merge_entries(&mut self.record.stages, stages);
+        let _ = self.write(false);
+    }
+
+    /// A stage starts running (`done`: the stages settled before it): its key, so a
+    /// reader finds its live curves.
+    pub fn stage_running(&mut self, done: &[StageEntry], name: &str, key: Option<&str>) {
+        merge_entries(&mut self.record.stages, done);
+        if let Some(s) = self.record.stages.iter_mut().find(|s| s.name == name) {
+            s.state = "running".into();
+            s.key = key.map(str::to_string);
+        }
+        let _ = self.write(false);
+    }
+
+    fn write(&self, sync: bool) -> Result<()> {
+        let path = self.journal.record_path(&self.record.id);
+        let bytes = serde_json::to_vec_pretty(&self.record)?;
+        if sync {
+            write_atomic(&path, &bytes)
+        } else {
+            // Intermediate states need no fsync: the final one has it.
+            let tmp =
+                self.journal
+                    .dir
+                    .join(format!(".{}.{}.tmp", self.record.id, std::process::id()));
+            fs::write(&tmp, &bytes)
+                .and_then(|()| fs::rename(&tmp, &path))
+                .with_context(|| format!("cannot write {}", path.display()))
+        }
+    }
+
+    /// Complete the record: the stages as they went, the final metrics (read from the
+    /// store's `artifacts`), the error of a failed run. A run handed to Slurm stays
+    /// `running` (`detached`): its jobs complete it.
+    pub fn finish(
+        mut self,
+        stages: &[StageEntry],
+        artifacts: &Path,
+        error: Option<String>,
+        remark: Option<String>,
+        detached: bool,
+    ) -> Result<RunRecord> {
+        merge_entries(&mut self.record.stages, stages);
+        if error.is_some() {
+            for s in &mut self.record.stages {
+                if s.state == "running" {
+                    s.state = "failed".into();
+                }
+            }
+        }
+        self.record.git = self.git.take().and_then(|g| g.join().ok()).flatten();
+        self.record.metrics = metrics_from(&self.record.stages, artifacts);
+        self.record.remark = remark;
+        if !detached {
+            self.record.ended = Some(now_rfc3339());
+            self.record.seconds = Some(self.t0.elapsed().as_secs_f64());
+            self.record.state = if error.is_some() {
+                RunState::Failed
+            } else {
+                RunState::Done
+            };
+        }
+        self.record.error = error;
+        self.write(true)?;
+        self.release();
+        Ok(self.record.clone())
+    }
+
+    fn release(&mut self) {
+        if let Some(f) = self.live.take() {
+            if self.record.state != RunState::Running {
+                let _ = fs::remove_file(self.journal.live_path(&self.record.id));
+            }
+            drop(f);
+        }
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        if self.live.is_some() && self.record.state == RunState::Running {
+            self.record.state = RunState::Failed;
+            self.record.error = Some("pipe stopped before completing the record".into());
+            self.record.ended = Some(now_rfc3339());
+            let _ = self.write(true);
+            self.release();
+        }
+    }
+}
+
+/// Entries by name replace the recorded ones.
+fn merge_entries(into: &mut Vec<StageEntry>, from: &[StageEntry]) {
+    for e in from {
+        match into.iter_mut().find(|s| s.name == e.name) {
+            Some(s) => {
+                let job = s.job.take();
+                *s = e.clone();
+                if s.job.is_none() {
+                    s.job = job;
+                }
+            }
+            None => into.push(e.clone()),
+        }
+    }
+}
