@@ -352,6 +352,16 @@ enum BenchCmd {
         #[arg(long)]
         keep: Option<PathBuf>,
     },
+    /// The run journal over many records: `pipe runs`, the journal page, and what writing
+    /// a record adds to a no-op run
+    Journal {
+        /// Records in the journal
+        #[arg(long, default_value_t = 10_000)]
+        records: usize,
+        /// Timed rounds of each
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// Training steps of MiniGoogLeNet (batch 64, 32x32) and DeeperGoogLeNet (batch 64, 64x64)
     /// on each backend and in PyTorch, in alternating rounds: medians of images/s and peak RSS
     Train {
@@ -526,6 +536,7 @@ fn bench(what: BenchCmd) -> anyhow::Result<()> {
         } => commands::bench_step(network.name(), backend, batch, steps, device),
         BenchCmd::Sweep { values, rounds } => commands::bench_sweep(values, rounds),
         BenchCmd::Ui { runs, rounds } => commands::bench_ui(runs, rounds),
+        BenchCmd::Journal { records, rounds } => commands::bench_journal(records, rounds),
         BenchCmd::Predict {
             images,
             batch,

@@ -288,7 +288,10 @@ fn gc_removes_only_unreferenced_artifacts() {
             .count()
     };
     assert_eq!(arts(&p), 5); // ingest + 2 splits + 2 hdf5
+                             // The journal's last runs keep what they made (the default keeps 5 per pipeline).
     let out = p.ok(&["gc"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed 0 artifacts"));
+    let out = p.ok(&["gc", "--keep-runs", "1"]);
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(s.contains("removed 2 artifacts"), "{s}");
     assert_eq!(arts(&p), 3);

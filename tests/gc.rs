@@ -44,14 +44,18 @@ fn gc_from_another_folder_keeps_what_the_stores_projects_use() {
     );
     assert_eq!(artifact_names(&p.cache()), all);
 
-    // A superseded run's split and hdf5 are what gc removes; the dry run lists the same.
+    // A superseded run's split and hdf5 are what gc removes once no kept journal run
+    // (`--keep-runs 0`: none) holds them; the dry run lists the same.
     p.manifest(
         "t.toml",
         &pipeline_t_with_split().replace("test_per_class = 2", "test_per_class = 1"),
     );
     p.run_json("t", &["--until", "hdf5"]);
     assert_eq!(artifact_names(&p.cache()).len(), 5);
-    let dry = pipe_in(elsewhere.path(), &["gc", "--cache", &cache, "--dry-run"]);
+    let dry = pipe_in(
+        elsewhere.path(),
+        &["gc", "--cache", &cache, "--dry-run", "--keep-runs", "0"],
+    );
     assert!(dry.status.success());
     let dry_list = listed(&String::from_utf8_lossy(&dry.stdout));
     assert_eq!(
@@ -65,7 +69,10 @@ fn gc_from_another_folder_keeps_what_the_stores_projects_use() {
         5,
         "a dry run removes nothing"
     );
-    let real = pipe_in(elsewhere.path(), &["gc", "--cache", &cache]);
+    let real = pipe_in(
+        elsewhere.path(),
+        &["gc", "--cache", &cache, "--keep-runs", "0"],
+    );
     assert!(real.status.success());
     assert_eq!(listed(&String::from_utf8_lossy(&real.stdout)), dry_list);
     let left = artifact_names(&p.cache());

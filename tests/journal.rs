@@ -141,6 +141,25 @@ fn after_an_edit_the_previous_run_stays_and_diff_names_the_change_and_from_rerun
     let dj = p.ok_json(&["diff", "exp~1", "exp~0", "--json"]);
     let text = dj.to_string();
     assert!(text.contains("stages.train.lr"), "{dj}");
+    // `show` shows a recorded run as it ran, beside the pipeline as it stands.
+    let rows = p.ok_json(&["show", "exp~1", "exp", "--json"]);
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    let old = rows
+        .iter()
+        .find(|r| r["pipeline"].as_str().unwrap().starts_with("exp@"))
+        .unwrap();
+    assert_eq!(old["segments"][0]["lr"], 0.01, "{old}");
+    assert_eq!(
+        old["segments"][0]["last"]["val_acc"].as_f64(),
+        all[1]["metrics"]["val.acc"].as_f64()
+    );
+    assert_eq!(
+        old["evals"][0]["ranks"]["1"].as_f64(),
+        all[1]["metrics"]["rank1"].as_f64()
+    );
+    let now = rows.iter().find(|r| r["pipeline"] == "exp").unwrap();
+    assert_eq!(now["segments"][0]["lr"], 0.02);
     // `run --from` re-runs the old configuration from its recorded text: every key is
     // the original run's, and everything is cached.
     let again = p.ok_json(&["run", "--from", "exp~1", "--json"]);
@@ -412,4 +431,35 @@ fn the_dashboard_shows_a_set_run_live_and_a_past_run_after_an_edit() {
     assert_eq!(status, 404);
     let (status, _) = ui.get("/journal/20990101-000000-0000");
     assert_eq!(status, 404);
+}
+
+#[test]
+fn a_halved_sweep_leaves_one_record_per_point_with_its_fate() {
+    let text = Generated::new("hv").drop("0.001", 1).evaluate().text()
+        + "\n[sweep.grid]\n\"train.lr\" = [0.01, 0.02, 0.05]\n\n[sweep.halving]\nrungs = [\"train\", \"drop\"]\nmetric = \"val.loss\"\neta = 3\n";
+    let p = Project::with("hv.toml", &text);
+    p.ok(&["run", "hv"]);
+    let all = runs(&p, &["hv"]);
+    assert_eq!(all.len(), 3, "one record per point: {all:?}");
+    let pruned: Vec<&Value> = all
+        .iter()
+        .filter(|r| r["remark"].as_str().is_some())
+        .collect();
+    assert_eq!(pruned.len(), 2, "{all:?}");
+    for r in &pruned {
+        assert_eq!(r["remark"], "pruned after train");
+        assert_eq!(stage_field(r, "drop", "state"), "skipped", "{r}");
+    }
+    let kept = all.iter().find(|r| r["remark"].is_null()).unwrap();
+    assert_eq!(stage_field(kept, "evaluate", "state"), "ran", "{kept}");
+    assert!(kept["metrics"]["rank1"].as_f64().is_some());
+    for r in &all {
+        assert_eq!(r["sweep"], "hv");
+        assert_eq!(r["state"], "done");
+        assert!(r["pipeline"].as_str().unwrap().starts_with("hv@"));
+    }
+    // A point is a run reference's pipeline too.
+    let name = kept["pipeline"].as_str().unwrap();
+    let again = runs(&p, &[name]);
+    assert_eq!(again.len(), 1);
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use super::Global;
-use crate::engine::journal::{Journal, Listing};
+use crate::engine::journal::Journal;
 use crate::engine::sweep::{parse_conditions, Condition};
 use crate::engine::Project;
 use crate::outcome::record::RunRecord;
@@ -46,7 +46,7 @@ pub fn runs(g: &Global, o: &RunsOptions) -> Result<()> {
     for w in &listing.warnings {
         eprintln!("warning: {w}");
     }
-    let mut selected = select(&listing, o)?;
+    let mut selected = select(listing.runs, o)?;
     j.mark_collected(&mut selected);
     if let Some(dir) = &o.tensorboard {
         let n = crate::data::tensorboard::write_runs(
@@ -82,7 +82,7 @@ pub fn runs(g: &Global, o: &RunsOptions) -> Result<()> {
 }
 
 /// The runs `o` selects, newest first.
-pub fn select(listing: &Listing, o: &RunsOptions) -> Result<Vec<RunRecord>> {
+pub fn select(runs: Vec<RunRecord>, o: &RunsOptions) -> Result<Vec<RunRecord>> {
     let conds = match &o.filter {
         Some(e) => parse_conditions(e).context("--where")?,
         None => Vec::new(),
@@ -92,7 +92,7 @@ pub fn select(listing: &Listing, o: &RunsOptions) -> Result<Vec<RunRecord>> {
         None => None,
     };
     let mut out = Vec::new();
-    for r in &listing.runs {
+    for r in runs {
         if !o.names.is_empty()
             && !o
                 .names
@@ -106,10 +106,10 @@ pub fn select(listing: &Listing, o: &RunsOptions) -> Result<Vec<RunRecord>> {
         }) {
             continue;
         }
-        if !conds.iter().all(|c| condition_holds(r, c)) {
+        if !conds.iter().all(|c| condition_holds(&r, c)) {
             continue;
         }
-        out.push(r.clone());
+        out.push(r);
         if o.limit.is_some_and(|l| out.len() >= l) {
             break;
         }
@@ -135,16 +135,15 @@ fn condition_holds(r: &RunRecord, c: &Condition) -> bool {
     if let Some(v) = r.metrics.get(key) {
         return c.holds(&v.to_string());
     }
-    if let Some(v) = r
-        .config
+    let config = r.config();
+    if let Some(v) = config
         .get(key)
-        .or_else(|| r.config.get(&format!("stages.{key}")))
+        .or_else(|| config.get(&format!("stages.{key}")))
     {
         return c.holds(v);
     }
     let suffix = format!(".{key}");
-    let found: Vec<&String> = r
-        .config
+    let found: Vec<&String> = config
         .iter()
         .filter(|(k, _)| k.ends_with(&suffix))
         .map(|(_, v)| v)

@@ -41,8 +41,28 @@ pub fn show(
     format: ShowFormat,
 ) -> Result<()> {
     let discovered = Project::discover(g.cache.clone())?;
-    let runs = discovered.runs(pipelines, sets)?;
+    // Recorded runs (`exp3~1`, an id) are shown as they ran; the rest as they stand.
+    let mut names = Vec::new();
+    let mut recorded = Vec::new();
+    for a in pipelines {
+        match super::resolve_run(g, a)? {
+            Some((proj, rec, p)) => {
+                if !sets.is_empty() {
+                    anyhow::bail!("`{a}` is a recorded run: --set does not apply to it");
+                }
+                let engine = super::looking(&proj);
+                recorded.push(engine.record_row(&rec, p.as_ref().ok()));
+            }
+            None => names.push(a.clone()),
+        }
+    }
+    let runs = if names.is_empty() && !recorded.is_empty() {
+        crate::engine::runs::ProjectRuns::default()
+    } else {
+        discovered.runs(&names, sets)?
+    };
     let mut rows = runs.rows;
+    rows.extend(recorded);
     let skipped = runs.skipped;
     let points = runs.runs.iter().filter(|r| r.sweep.is_some()).count();
     if let Some(key) = sort {

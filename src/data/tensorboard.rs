@@ -186,12 +186,13 @@ fn proto_value(v: &str) -> ProtoValue {
 /// when none do (one run, or identical ones), the training keys (`lr`, `epochs`,
 /// `batch_size`, `optimizer`).
 pub fn hparam_keys(runs: &[RunRecord]) -> Vec<String> {
-    let all: BTreeSet<&String> = runs.iter().flat_map(|r| r.config.keys()).collect();
+    let configs: Vec<_> = runs.iter().map(RunRecord::config).collect();
+    let all: BTreeSet<&String> = configs.iter().flat_map(|c| c.keys()).collect();
     let differ: Vec<String> = all
         .iter()
         .filter(|k| {
-            let first = runs[0].config.get(**k);
-            runs.iter().any(|r| r.config.get(**k) != first)
+            let first = configs[0].get(**k);
+            configs.iter().any(|c| c.get(**k) != first)
         })
         .map(|k| (*k).clone())
         .collect();
@@ -222,7 +223,7 @@ pub fn write_runs(dir: &Path, runs: &[RunRecord], artifacts: &Path) -> Result<us
         std::fs::create_dir_all(&run_dir)
             .with_context(|| format!("cannot create {}", run_dir.display()))?;
         let bytes = events_of(r, &keys, artifacts);
-        let start = crate::engine::journal::unix_of(&r.started).unwrap_or(0);
+        let start = crate::outcome::record::unix_of(&r.started).unwrap_or(0);
         let host = if r.host.hostname.is_empty() {
             "pipe".to_string()
         } else {
@@ -236,11 +237,12 @@ pub fn write_runs(dir: &Path, runs: &[RunRecord], artifacts: &Path) -> Result<us
 
 /// The event file's bytes for one run.
 pub fn events_of(r: &RunRecord, keys: &[String], artifacts: &Path) -> Vec<u8> {
-    let start = crate::engine::journal::unix_of(&r.started).unwrap_or(0) as f64;
+    let start = crate::outcome::record::unix_of(&r.started).unwrap_or(0) as f64;
+    let config = r.config();
     let end = r
         .ended
         .as_deref()
-        .and_then(crate::engine::journal::unix_of)
+        .and_then(crate::outcome::record::unix_of)
         .map_or(start, |e| e as f64);
     let mut out = Vec::new();
     let event = |out: &mut Vec<u8>, step: i64, wall: f64, values: Vec<Value>| {
@@ -267,7 +269,7 @@ pub fn events_of(r: &RunRecord, keys: &[String], artifacts: &Path) -> Vec<u8> {
         hparams: keys
             .iter()
             .filter_map(|k| {
-                r.config.get(k).map(|v| {
+                config.get(k).map(|v| {
                     (
                         crate::outcome::record::RunRecord::short_key(k).to_string(),
                         proto_value(v),

@@ -223,17 +223,33 @@ impl Engine {
         }
         // The last `keep_runs` runs of each pipeline in the journal, and every run still
         // going, keep what they made (an older record stays, its artifacts collected).
+        // With `--all`, not the runs of pipelines whose manifest is gone. A running run's
+        // scratch (its checkpoints) is kept too.
         let mut seen: HashMap<String, usize> = HashMap::new();
         for r in super::journal::Journal::of(&self.store).list().runs {
+            let running = r.state == crate::outcome::record::RunState::Running;
+            let of_unloaded = r
+                .pipeline
+                .split_once('@')
+                .is_some_and(|(sweep, _)| unloaded.contains(sweep));
+            if opts.all && !running && !names.contains(&r.pipeline) && !of_unloaded {
+                continue;
+            }
             let n = seen.entry(r.pipeline.clone()).or_default();
             *n += 1;
-            if *n > opts.keep_runs && r.state != crate::outcome::record::RunState::Running {
+            if *n > opts.keep_runs && !running {
                 continue;
             }
             for s in &r.stages {
+                // A stage that made its artifact keeps its key record; only a running run
+                // keeps a scratch (an interrupted run's checkpoints go with its manifest).
                 if let Some(k) = &s.key {
-                    keep.keys.insert(k.clone());
-                    keep.scratch.insert(k.clone());
+                    if s.output.is_some() || running {
+                        keep.keys.insert(k.clone());
+                    }
+                    if running {
+                        keep.scratch.insert(k.clone());
+                    }
                 }
                 if let Some(o) = s.output.as_deref().and_then(ContentHash::parse) {
                     keep.outputs.insert(o);

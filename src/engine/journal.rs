@@ -47,6 +47,12 @@ pub struct Listing {
     pub warnings: Vec<String>,
 }
 
+/// Whether `PIPE_NO_JOURNAL=1` turns the journal off (for benchmarks that measure what
+/// it costs: `pipe bench journal`).
+pub fn disabled() -> bool {
+    std::env::var_os("PIPE_NO_JOURNAL").is_some_and(|v| v == "1")
+}
+
 /// Whether `s` looks like a run id: `20261206-041500-3fa9`.
 pub fn is_run_id(s: &str) -> bool {
     let b = s.as_bytes();
@@ -60,29 +66,7 @@ pub fn is_run_id(s: &str) -> bool {
             .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// Now, as RFC 3339 (UTC, milliseconds).
-pub fn now_rfc3339() -> String {
-    let t = time::OffsetDateTime::now_utc();
-    t.replace_millisecond(t.millisecond())
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
-
-/// Seconds since the epoch of an RFC 3339 time (`None` if it does not parse).
-pub fn unix_of(t: &str) -> Option<i64> {
-    unix_nanos_of(t).map(|n| (n / 1_000_000_000) as i64)
-}
-
-/// Nanoseconds since the epoch of an RFC 3339 time.
-pub fn unix_nanos_of(t: &str) -> Option<i128> {
-    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-        .ok()
-        .map(|t| t.unix_timestamp_nanos())
-}
+pub use crate::outcome::record::{now_rfc3339, unix_nanos_of, unix_of};
 
 impl Journal {
     /// The journal of `store`.
@@ -140,7 +124,7 @@ impl Journal {
             project: p.project_dir.display().to_string(),
             sources,
             sets: p.sources.sets.clone(),
-            config,
+            config_json: crate::outcome::record::config_json(&config),
             stages: p
                 .topo_order()
                 .iter()
@@ -198,16 +182,19 @@ impl Journal {
             record.id = id.clone();
             let path = self.record_path(&id);
             let tmp = self.dir.join(format!(".{id}.{}.new", std::process::id()));
-            fs::write(&tmp, serde_json::to_vec_pretty(&record)?)
+            fs::write(&tmp, serde_json::to_vec(&record)?)
                 .with_context(|| format!("cannot write {}", tmp.display()))?;
             let linked = fs::hard_link(&tmp, &path);
             let _ = fs::remove_file(&tmp);
             match linked {
                 Ok(()) => {
-                    let _ = write_atomic(
-                        &self.dir.join("last").join(state_stem(&p.name)),
-                        id.as_bytes(),
-                    );
+                    // A hint (what changed since): no fsync; a lost one only loses that.
+                    let last = self.dir.join("last");
+                    let _ = fs::create_dir_all(&last).and_then(|()| {
+                        let tmp = last.join(format!(".{}.tmp", std::process::id()));
+                        fs::write(&tmp, id.as_bytes())
+                            .and_then(|()| fs::rename(&tmp, last.join(state_stem(&p.name))))
+                    });
                     return Ok(Recording {
                         journal: self.clone(),
                         record,
@@ -283,7 +270,7 @@ impl Journal {
         let Ok(Some(prev)) = read_json::<RunRecord>(&self.record_path(&id)) else {
             return (None, Vec::new());
         };
-        let mut changes = config_changes(&prev.config, config);
+        let mut changes = config_changes(&prev.config(), config);
         if changes.is_empty() && prev.sets != sets {
             changes.push(format!(
                 "--set [{}] -> [{}]",
@@ -344,7 +331,7 @@ impl Journal {
         let path = self.record_path(id);
         let damaged =
             |why: String| format!("{}: damaged run record skipped ({why})", path.display());
-        let bytes = fs::read(&path).map_err(|e| damaged(e.to_string()))?;
+        let bytes = read_small(&path).map_err(|e| damaged(e.to_string()))?;
         let mut rec: RunRecord =
             serde_json::from_slice(&bytes).map_err(|e| damaged(e.to_string()))?;
         if rec.id != id {
@@ -363,14 +350,18 @@ impl Journal {
             }
         }
         if annotated {
-            for a in self.annotations(id) {
-                match a.kind.as_str() {
-                    "tag" => rec.tags.push(a.text),
-                    _ => rec.notes.push(a.text),
-                }
-            }
+            self.add_annotations(&mut rec);
         }
         Ok(rec)
+    }
+
+    fn add_annotations(&self, rec: &mut RunRecord) {
+        for a in self.annotations(&rec.id) {
+            match a.kind.as_str() {
+                "tag" => rec.tags.push(a.text),
+                _ => rec.notes.push(a.text),
+            }
+        }
     }
 
     /// A Slurm run's record completed from what its jobs recorded (`runs/jobs/`): each
@@ -529,15 +520,19 @@ impl Journal {
             .parent()
             .unwrap_or(Path::new("."))
             .join("artifacts");
+        // One listing of the artifacts, not a stat per stage of every record.
+        let present: std::collections::HashSet<String> = fs::read_dir(&artifacts)
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
         for r in runs {
             r.collected = r
                 .stages
                 .iter()
-                .filter(|s| {
-                    s.output
-                        .as_ref()
-                        .is_some_and(|o| !artifacts.join(o).is_dir())
-                })
+                .filter(|s| s.output.as_ref().is_some_and(|o| !present.contains(o)))
                 .map(|s| s.name.clone())
                 .collect();
         }
@@ -580,6 +575,15 @@ impl Journal {
 enum Pick<'a> {
     Back(usize),
     Prefix(&'a str),
+}
+
+/// A small file's bytes: open and read, no `stat` for a size hint (listing reads ten
+/// thousand records; each syscall counts).
+fn read_small(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = Vec::with_capacity(8192);
+    fs::File::open(path)?.read_to_end(&mut buf)?;
+    Ok(buf)
 }
 
 /// Whether some process holds the lock on `path` (a missing file: nobody).
@@ -676,23 +680,32 @@ pub fn host_info() -> HostInfo {
 }
 
 /// The git commit of the folder's repository and whether tracked files changed (`None`
-/// outside a repository, or without git).
+/// outside a repository, or without git): one `git status --porcelain=v2 --branch`.
 fn git_info(dir: &Path) -> Option<GitInfo> {
-    let run = |args: &[&str]| {
-        std::process::Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    let commit = run(&["rev-parse", "HEAD"])?;
-    let dirty =
-        run(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "status",
+            "--porcelain=v2",
+            "--branch",
+            "--untracked-files=no",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let commit = text
+        .lines()
+        .find_map(|l| l.strip_prefix("# branch.oid "))?
+        .trim()
+        .to_string();
+    if commit == "(initial)" {
+        return None;
+    }
+    let dirty = text.lines().any(|l| !l.starts_with('#'));
     Some(GitInfo { commit, dirty })
 }
 
@@ -828,7 +841,7 @@ impl Recording {
 
     fn write(&self, sync: bool) -> Result<()> {
         let path = self.journal.record_path(&self.record.id);
-        let bytes = serde_json::to_vec_pretty(&self.record)?;
+        let bytes = serde_json::to_vec(&self.record)?;
         if sync {
             write_atomic(&path, &bytes)
         } else {

@@ -418,9 +418,14 @@ impl Engine {
             return self.run_walk(p, opts, &mut Vec::new());
         }
         WalkOptions::from(opts).check(p)?;
-        let rec = match journal::Journal::of(&self.store).begin(p, "in-process") {
-            Ok(r) => Some(r),
-            Err(e) => {
+        let began = match journal::disabled() {
+            true => None,
+            false => Some(journal::Journal::of(&self.store).begin(p, "in-process")),
+        };
+        let rec = match began {
+            None => None,
+            Some(Ok(r)) => Some(r),
+            Some(Err(e)) => {
                 self.warn(format!("this run is not recorded in the journal: {e:#}"));
                 None
             }

@@ -231,10 +231,115 @@ impl Engine {
             .collect();
         Ok(Side {
             label: format!("{}@{}", rec.pipeline, rec.id),
-            config: rec.config.clone(),
+            config: rec.config(),
             networks,
             metrics,
         })
+    }
+
+    /// A recorded run's row for `pipe show`, as it ran: its segments (configuration from
+    /// the record, last epochs from its artifacts), its evaluations' ranks, parameters and
+    /// MACs of its network (from its recorded manifest, `p`, when that loads).
+    pub fn record_row(&self, rec: &crate::outcome::record::RunRecord, p: Option<&Pipeline>) -> Row {
+        let config = rec.config();
+        let cfg = |stage: &str, key: &str| config.get(&format!("stages.{stage}.{key}")).cloned();
+        let mut row = Row {
+            pipeline: format!("{}@{}", rec.pipeline, rec.id),
+            segments: Vec::new(),
+            evals: Vec::new(),
+            params: None,
+            macs: None,
+            train_seconds: None,
+            device: rec.device.clone(),
+            backend: rec.backend.clone(),
+            stages: Vec::new(),
+            error: rec.error.clone(),
+            swept: Vec::new(),
+            note: rec.remark.clone(),
+            best: false,
+        };
+        if let Some(p) = p {
+            if let Some((name, _)) = p
+                .stages
+                .iter()
+                .find(|(_, s)| s.config.kind() == StageKind::Train)
+            {
+                if let Ok(Ok(infos)) = crate::nn::train_graph(p, name).map(|g| g.infer()) {
+                    let t = totals(&infos);
+                    row.params = Some(t.trainable + t.non_trainable);
+                    row.macs = Some(t.macs);
+                }
+            }
+        }
+        let mut seconds = 0.0;
+        let mut timed = false;
+        for s in &rec.stages {
+            let kind: Option<StageKind> =
+                serde_json::from_value(serde_json::Value::String(s.kind.clone())).ok();
+            let made = s.output.is_some() && matches!(s.state.as_str(), "ran" | "cached");
+            row.stages.push(crate::report::show::StageStatus {
+                name: s.name.clone(),
+                state: if made {
+                    StageState::Cached
+                } else {
+                    StageState::Waiting
+                },
+                reasons: Vec::new(),
+            });
+            let dir = s
+                .output
+                .as_ref()
+                .map(|o| self.store.artifact_dir(&ContentHash::new(o.clone())));
+            match kind {
+                Some(StageKind::Evaluate) => row.evals.push(Eval {
+                    stage: s.name.clone(),
+                    split: cfg(&s.name, "split").unwrap_or_default(),
+                    ranks: rec
+                        .metrics
+                        .iter()
+                        .filter_map(|(k, v)| {
+                            let rest = k.strip_prefix(&format!("{}.rank", s.name))?;
+                            Some((rest.parse().ok()?, *v))
+                        })
+                        .collect(),
+                }),
+                Some(k) if k.is_training() => {
+                    let took = match s.state.as_str() {
+                        "ran" => Some(s.seconds),
+                        "cached" => s
+                            .key
+                            .as_deref()
+                            .and_then(crate::ids::StageKey::parse)
+                            .and_then(|k| self.store.lookup(&k))
+                            .map(|r| r.seconds),
+                        _ => None,
+                    };
+                    if let Some(t) = took {
+                        seconds += t;
+                        timed = true;
+                    }
+                    let root = p.and_then(|p| p.root_config(&s.name));
+                    row.segments.push(Segment {
+                        stage: s.name.clone(),
+                        kind: k,
+                        network: root.map(|t| t.network.clone()).unwrap_or_default(),
+                        optimizer: root.map(|t| t.optimizer.to_string()).unwrap_or_default(),
+                        lr: cfg(&s.name, "lr")
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(f64::NAN),
+                        epochs: cfg(&s.name, "epochs")
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(0),
+                        last: dir
+                            .filter(|_| made)
+                            .and_then(|d| stages::train::last_epoch(&d)),
+                    });
+                }
+                _ => {}
+            }
+        }
+        row.train_seconds = timed.then_some(seconds);
+        row
     }
 
     /// A pipeline's last run, from the store's record of it: the configuration each stage

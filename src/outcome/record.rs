@@ -6,6 +6,30 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// Now, as RFC 3339 (UTC, milliseconds).
+pub fn now_rfc3339() -> String {
+    let t = time::OffsetDateTime::now_utc();
+    t.replace_millisecond(t.millisecond())
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// Seconds since the epoch of an RFC 3339 time (`None` if it does not parse).
+pub fn unix_of(t: &str) -> Option<i64> {
+    unix_nanos_of(t).map(|n| (n / 1_000_000_000) as i64)
+}
+
+/// Nanoseconds since the epoch of an RFC 3339 time.
+pub fn unix_nanos_of(t: &str) -> Option<i128> {
+    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp_nanos())
+}
+
 /// The record format this version writes.
 pub const RECORD_FORMAT: u32 = 1;
 
@@ -101,7 +125,7 @@ pub struct Annotation {
 }
 
 /// One run of a pipeline or of a sweep's point.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunRecord {
     /// [`RECORD_FORMAT`].
     pub format: u32,
@@ -125,9 +149,10 @@ pub struct RunRecord {
     /// The `--set` overrides.
     #[serde(default)]
     pub sets: Vec<String>,
-    /// The resolved configuration, flat (`stages.train.lr = 0.01`).
-    #[serde(default)]
-    pub config: BTreeMap<String, String>,
+    /// The resolved configuration, flat (`stages.train.lr = 0.01`), as written: read
+    /// with [`RunRecord::config`] (kept unparsed, so listing many records is cheap).
+    #[serde(rename = "config", default = "empty_object")]
+    pub config_json: Box<serde_json::value::RawValue>,
     /// Every stage, in dependency order.
     #[serde(default)]
     pub stages: Vec<StageEntry>,
@@ -188,7 +213,21 @@ pub struct RunRecord {
     pub collected: Vec<String>,
 }
 
+fn empty_object() -> Box<serde_json::value::RawValue> {
+    serde_json::value::RawValue::from_string("{}".into()).expect("valid JSON")
+}
+
+/// A flat configuration as a record keeps it.
+pub fn config_json(config: &BTreeMap<String, String>) -> Box<serde_json::value::RawValue> {
+    serde_json::value::to_raw_value(config).unwrap_or_else(|_| empty_object())
+}
+
 impl RunRecord {
+    /// The resolved configuration, flat (`stages.train.lr` -> `0.01`).
+    pub fn config(&self) -> BTreeMap<String, String> {
+        serde_json::from_str(self.config_json.get()).unwrap_or_default()
+    }
+
     /// The headline metrics, as `name value` pairs: rank-1 and rank-5 of the first
     /// evaluation, else the last segment's validation accuracy and loss.
     pub fn headline(&self) -> Vec<(&'static str, f64)> {

@@ -109,9 +109,10 @@ pub fn table(runs: &[RunRecord]) -> String {
 pub fn csv(runs: &[RunRecord]) -> Result<String> {
     let mut metrics = std::collections::BTreeSet::new();
     let mut config = std::collections::BTreeSet::new();
-    for r in runs {
+    let configs: Vec<_> = runs.iter().map(RunRecord::config).collect();
+    for (r, c) in runs.iter().zip(&configs) {
         metrics.extend(r.metrics.keys().cloned());
-        config.extend(r.config.keys().cloned());
+        config.extend(c.keys().cloned());
     }
     let mut w = csv::Writer::from_writer(Vec::new());
     let mut head: Vec<String> = [
@@ -138,7 +139,7 @@ pub fn csv(runs: &[RunRecord]) -> Result<String> {
     head.extend(metrics.iter().cloned());
     head.extend(config.iter().cloned());
     w.write_record(&head)?;
-    for r in runs {
+    for (r, cfg) in runs.iter().zip(&configs) {
         let mut row = vec![
             r.id.clone(),
             r.pipeline.clone(),
@@ -168,7 +169,7 @@ pub fn csv(runs: &[RunRecord]) -> Result<String> {
         row.extend(
             config
                 .iter()
-                .map(|k| r.config.get(k).cloned().unwrap_or_default()),
+                .map(|k| cfg.get(k).cloned().unwrap_or_default()),
         );
         w.write_record(&row)?;
     }

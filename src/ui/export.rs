@@ -126,7 +126,7 @@ pub fn export(project: &Project, dir: &Path) -> Result<usize> {
     let root = FileLinks::at(0, &store);
     write(
         &dir.join("index.html"),
-        &pages::runs_page(&snap.rows, &snap.sweep_list(), &snap.skipped, &root),
+        &pages::runs_page(&snap.rows, &snap.sweep_list(), &snap.skipped, &[], &root),
     )?;
     pages_written += 1;
     let one = FileLinks::at(1, &store);
@@ -181,7 +181,12 @@ pub fn export(project: &Project, dir: &Path) -> Result<usize> {
                 .find(|r| r.pipeline == pt.pipeline.name)
                 .cloned()
                 .map_or_else(|| engine.row(&pt.pipeline), Ok)?;
-            runs.push((pt.pipeline.name.clone(), h, row));
+            runs.push(pages::Compared {
+                name: pt.pipeline.name.clone(),
+                link: one.run(&pt.pipeline.name),
+                epochs: h,
+                metrics: row.canonical_metrics(),
+            });
         }
         let diff = match (sw.points.first(), sw.points.get(1)) {
             (Some(a), Some(b)) => Some(crate::report::diff::diff(

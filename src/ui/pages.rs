@@ -144,6 +144,7 @@ pub fn runs_page(
     rows: &[Row],
     sweeps: &[(String, usize)],
     skipped: &[String],
+    journal: &[RunRecord],
     links: &dyn Links,
 ) -> String {
     let cols = show::columns(rows);
@@ -237,6 +238,13 @@ pub fn runs_page(
                         }
                     }
                 }
+            }
+        }
+        @if !journal.is_empty() {
+            section class="recorded" {
+                h2 { "Recorded runs" }
+                p { "From the journal (" a href=(links.journal(None)) { "all " (journal.len()) } "): runs with " code { "--set" } ", on Slurm, or before their manifest changed; the first line of each pipeline is its manifest now." }
+                (journal_groups(journal, rows, Some(10), links))
             }
         }
         @if !skipped.is_empty() {
@@ -430,19 +438,31 @@ pub fn run_page(v: &RunView, links: &dyn Links) -> String {
 
 /// Compare runs: their curves overlaid, their metrics side by side, and the diff of the
 /// first two (configuration, layers, metrics).
-pub fn compare_page(
-    runs: &[(String, Vec<EpochRecord>, Row)],
-    diff: Option<&Diff>,
-    links: &dyn Links,
-) -> String {
+/// One run on the compare page: a pipeline as it stands, or a recorded run.
+#[derive(Debug, Clone)]
+pub struct Compared {
+    /// Its name (`exp`, or `exp@20261206-041500-3fa9`).
+    pub name: String,
+    /// Its page.
+    pub link: String,
+    /// Its epochs.
+    pub epochs: Vec<EpochRecord>,
+    /// Its metrics, as `diff` names them.
+    pub metrics: BTreeMap<String, f64>,
+}
+
+pub fn compare_page(runs: &[Compared], diff: Option<&Diff>, links: &dyn Links) -> String {
     let series: Vec<svg::Series> = runs
         .iter()
-        .map(|(n, h, _)| svg::Series { name: n, epochs: h })
+        .map(|c| svg::Series {
+            name: &c.name,
+            epochs: &c.epochs,
+        })
         .collect();
     let curves = svg::curves(&series, false);
     let metrics: std::collections::BTreeSet<String> = runs
         .iter()
-        .flat_map(|(_, _, r)| r.canonical_metrics().into_keys())
+        .flat_map(|c| c.metrics.keys().cloned())
         .collect();
     let body = html! {
         h1 { "Compare " (runs.len()) " runs" }
@@ -453,13 +473,13 @@ pub fn compare_page(
         section {
             h2 { "Metrics" }
             table class="metrics" {
-                thead { tr { th { "metric" } @for (i, (n, _, _)) in runs.iter().enumerate() { th { svg class="swatch" width="10" height="10" { rect width="10" height="10" fill=(svg::colour(i)) {} } " " a href=(links.run(n)) { (n) } } } } }
+                thead { tr { th { "metric" } @for (i, c) in runs.iter().enumerate() { th { svg class="swatch" width="10" height="10" { rect width="10" height="10" fill=(svg::colour(i)) {} } " " a href=(c.link) { (c.name) } } } } }
                 tbody {
                     @for m in &metrics {
                         tr {
                             td { (m) }
-                            @for (_, _, r) in runs {
-                                td class="num" { (r.canonical_metrics().get(m).map_or("-".to_string(), |v| metric_text(*v))) }
+                            @for c in runs {
+                                td class="num" { (c.metrics.get(m).map_or("-".to_string(), |v| metric_text(*v))) }
                             }
                         }
                     }
@@ -590,27 +610,57 @@ pub fn not_found_page(what: &str, links: &dyn Links) -> String {
     page("Not found", links, &[], body)
 }
 
-/// The journal: every recorded run, grouped by pipeline, newest first in each, with what
-/// changed since the pipeline's run before.
-pub fn journal_page(runs: &[RunRecord], warnings: &[String], links: &dyn Links) -> String {
+/// The manifest's state now, in one line: `now: cached`, or the first stage that is not
+/// and why (`now: drop stale: config changed: lr 0.01 -> 0.005`).
+fn now_line(r: &Row) -> String {
+    match r.stages.iter().find(|s| s.state != StageState::Cached) {
+        None if r.error.is_none() => "now: cached (as its last run left it)".to_string(),
+        None => format!(
+            "now: {}",
+            r.error
+                .as_deref()
+                .unwrap_or("")
+                .lines()
+                .next()
+                .unwrap_or("")
+        ),
+        Some(s) if s.reasons.is_empty() => format!("now: {} {}", s.name, s.state),
+        Some(s) => format!("now: {} {}: {}", s.name, s.state, join(&s.reasons)),
+    }
+}
+
+/// Recorded runs grouped by pipeline, newest first in each (at most `per_group` each,
+/// with a link to the rest), each group led by its manifest's state now (`rows`).
+fn journal_groups(
+    runs: &[RunRecord],
+    rows: &[Row],
+    per_group: Option<usize>,
+    links: &dyn Links,
+) -> Markup {
     let mut groups: BTreeMap<&str, Vec<&RunRecord>> = BTreeMap::new();
     for r in runs {
         groups.entry(r.pipeline.as_str()).or_default().push(r);
     }
-    let body = html! {
-        h1 { "Journal" }
-        p class="summary" { (runs.len()) " recorded runs of " (groups.len()) " pipelines" }
-        @for w in warnings { p class="warning" { (w) } }
+    html! {
         @for (name, rs) in &groups {
-            h2 { a href=(links.run(name)) { (name) } }
+            @let now = rows.iter().find(|r| r.pipeline == *name);
+            @let shown = per_group.map_or(rs.len(), |n| n.min(rs.len()));
+            h3 { a href=(links.run(name)) { (name) } " · " (rs.len()) " runs" }
             table class="runs journal" {
                 thead { tr {
-                    th { "run" } th { "started (UTC)" } th { "state" } th { "time" }
+                    th class="pick" {} th { "run" } th { "started (UTC)" } th { "state" } th { "time" }
                     th { "metrics" } th { "changed" } th { "tags" }
                 } }
                 tbody {
-                    @for r in rs {
+                    @if let Some(row) = now {
+                        tr class="now" {
+                            td class="pick" { input type="checkbox" value=(row.pipeline) aria-label="select"; }
+                            td colspan="7" { a href=(links.run(name)) { (now_line(row)) } }
+                        }
+                    }
+                    @for r in &rs[..shown] {
                         tr class={ "row-" (r.state.as_str()) } {
+                            td class="pick" { input type="checkbox" value=(r.id) aria-label="select"; }
                             td { a href=(links.journal(Some(&r.id))) { (r.id) } }
                             td { (runs_report::when(&r.started)) }
                             td { span class={ "state state-" (r.state.as_str()) } { (runs_report::state(r)) } }
@@ -620,9 +670,33 @@ pub fn journal_page(runs: &[RunRecord], warnings: &[String], links: &dyn Links) 
                             td { (r.tags.join(", ")) }
                         }
                     }
+                    @if shown < rs.len() {
+                        tr { td {} td colspan="7" { a href=(links.journal(None)) { (rs.len() - shown) " older runs in the journal" } } }
+                    }
                 }
             }
         }
+    }
+}
+
+/// The journal: every recorded run, grouped by pipeline, newest first in each, with what
+/// changed since the pipeline's run before, each group led by its manifest's state now.
+pub fn journal_page(
+    runs: &[RunRecord],
+    rows: &[Row],
+    warnings: &[String],
+    links: &dyn Links,
+) -> String {
+    let pipelines: std::collections::BTreeSet<&str> =
+        runs.iter().map(|r| r.pipeline.as_str()).collect();
+    let body = html! {
+        h1 { "Journal" }
+        p class="summary" { (runs.len()) " recorded runs of " (pipelines.len()) " pipelines" }
+        @for w in warnings { p class="warning" { (w) } }
+        div class="controls" {
+            button id="compare" type="button" data-href=(links.compare(&[])) { "compare selected" }
+        }
+        (journal_groups(runs, rows, None, links))
     };
     page("Journal", links, &[], body)
 }
@@ -680,7 +754,7 @@ pub fn record_page(r: &RunRecord, history: &[EpochRecord], links: &dyn Links) ->
         }
         h2 { "Configuration" }
         table class="config" { tbody {
-            @for (k, v) in &r.config { tr { td { (k) } td { (v) } } }
+            @for (k, v) in &r.config() { tr { td { (k) } td { (v) } } }
         } }
     };
     page(&format!("{} {}", r.pipeline, r.id), links, &[], body)

@@ -251,10 +251,16 @@ fn unknown_run(name: &str) -> Response {
 
 async fn runs_page(State(app): State<Arc<App>>) -> Response {
     let s = app.snap();
+    let a = app.clone();
+    let journal = match blocking(move || Ok(journal(&a).list())).await {
+        Ok(l) => l.runs,
+        Err(r) => return r,
+    };
     Html(pages::runs_page(
         &s.rows,
         &s.sweep_list(),
         &s.skipped,
+        &journal,
         &ServerLinks,
     ))
     .into_response()
@@ -269,7 +275,13 @@ fn journal(app: &App) -> crate::engine::journal::Journal {
 async fn journal_page(State(app): State<Arc<App>>) -> Response {
     let a = app.clone();
     match blocking(move || Ok(journal(&a).list())).await {
-        Ok(l) => Html(pages::journal_page(&l.runs, &l.warnings, &ServerLinks)).into_response(),
+        Ok(l) => Html(pages::journal_page(
+            &l.runs,
+            &app.snap().rows,
+            &l.warnings,
+            &ServerLinks,
+        ))
+        .into_response(),
         Err(r) => r,
     }
 }
@@ -411,10 +423,15 @@ async fn compare_page(State(app): State<Arc<App>>, RawQuery(q): RawQuery) -> Res
     if names.is_empty() {
         return not_found("compare what? pick runs on the runs page (compare?run=A&run=B)");
     }
+    // Each a pipeline as it stands, or a recorded run (its id), past or present.
     let mut ps = Vec::new();
     for n in &names {
+        if crate::engine::journal::is_run_id(n) {
+            ps.push(Err(n.clone()));
+            continue;
+        }
         match pipeline_of(&app, n) {
-            Some(p) => ps.push(p),
+            Some(p) => ps.push(Ok(p)),
             None => return unknown_run(n),
         }
     }
@@ -422,23 +439,50 @@ async fn compare_page(State(app): State<Arc<App>>, RawQuery(q): RawQuery) -> Res
     let r = blocking(move || {
         let mut e = a.engine();
         let mut runs = Vec::new();
+        let mut sides = Vec::new();
         for p in &ps {
-            let (h, _) = curves_of(&mut e, p)?;
-            runs.push((p.name.clone(), h, e.row(p)?));
+            match p {
+                Ok(p) => {
+                    let (h, _) = curves_of(&mut e, p)?;
+                    let side = e.side(p)?;
+                    runs.push(pages::Compared {
+                        name: p.name.clone(),
+                        link: ServerLinks.run(&p.name),
+                        epochs: h,
+                        metrics: side.metrics.clone(),
+                    });
+                    sides.push(side);
+                }
+                Err(id) => {
+                    let Some((rec, h)) = record_and_history(&a, id)? else {
+                        return Ok(None);
+                    };
+                    let j = journal(&a);
+                    let p = j
+                        .sources(&rec)
+                        .and_then(|src| crate::engine::load_run(&rec, &src))
+                        .ok();
+                    let side = e.record_side(&rec, p.as_ref())?;
+                    runs.push(pages::Compared {
+                        name: side.label.clone(),
+                        link: ServerLinks.journal(Some(id)),
+                        epochs: h,
+                        metrics: side.metrics.clone(),
+                    });
+                    sides.push(side);
+                }
+            }
         }
-        let diff = if ps.len() >= 2 {
-            Some(crate::report::diff::diff(
-                &e.side(&ps[0])?,
-                &e.side(&ps[1])?,
-            ))
-        } else {
-            None
+        let diff = match (sides.first(), sides.get(1)) {
+            (Some(x), Some(y)) => Some(crate::report::diff::diff(x, y)),
+            _ => None,
         };
-        Ok((runs, diff))
+        Ok(Some((runs, diff)))
     })
     .await;
     match r {
-        Ok((runs, diff)) => {
+        Ok(None) => not_found("no such recorded run"),
+        Ok(Some((runs, diff))) => {
             Html(pages::compare_page(&runs, diff.as_ref(), &ServerLinks)).into_response()
         }
         Err(r) => r,

@@ -5,6 +5,7 @@
 //! - `data`: the data stages' throughput and the no-op re-run;
 //! - `sweep`: planning a large grid;
 //! - `ui`: the dashboard's pages and live events;
+//! - `journal`: `pipe runs` and the journal page over many records, and the record's cost;
 //! - `train`: training steps of each engine against PyTorch in alternating rounds (and
 //!   `step`, one engine's timed run, what each round runs);
 //! - `parity`: one step of each engine from the same weights;
@@ -13,6 +14,7 @@
 //! Numbers go to stdout as Markdown tables for `docs/performance.md`; progress to stderr.
 
 mod data;
+mod journal;
 mod parity;
 mod predict;
 mod sweep;
@@ -26,6 +28,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 pub use data::bench_data;
+pub use journal::bench_journal;
 pub use parity::bench_parity;
 pub use predict::{bench_predict, BenchPredict};
 pub use sweep::bench_sweep;

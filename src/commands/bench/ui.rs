@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use super::{manifest, max, median, Pipe, Scratch};
 
 /// An HTTP client for the server on loopback: statuses are answers, not errors.
-fn agent() -> ureq::Agent {
+pub(super) fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
@@ -18,7 +18,7 @@ fn agent() -> ureq::Agent {
 }
 
 /// GET `path` from the server at `host`: (seconds to the last byte, status, body bytes).
-fn get(agent: &ureq::Agent, host: &str, path: &str) -> Result<(f64, u16, usize)> {
+pub(super) fn get(agent: &ureq::Agent, host: &str, path: &str) -> Result<(f64, u16, usize)> {
     let t = Instant::now();
     let mut resp = agent
         .get(&format!("http://{host}{path}"))

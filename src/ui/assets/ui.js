@@ -48,10 +48,15 @@ function setupRuns() {
     table.classList.toggle("varying", varying.checked);
     localStorage.setItem("pipe.varying", varying.checked ? "1" : "0");
   });
+}
+
+// "compare selected": the runs ticked in any table (pipelines as they stand, recorded runs).
+function setupCompare() {
   const compare = document.getElementById("compare");
+  if (!compare) return;
   if (!compare.dataset.href) { compare.hidden = true; return; }
   compare.addEventListener("click", () => {
-    const picked = Array.from(table.querySelectorAll("td.pick input:checked")).map((i) => i.value);
+    const picked = Array.from(document.querySelectorAll("td.pick input:checked")).map((i) => i.value);
     if (picked.length < 1) return;
     const q = new URLSearchParams();
     for (const n of picked) q.append("run", n);
@@ -100,5 +105,6 @@ function setupCurves() {
 
 document.addEventListener("DOMContentLoaded", () => {
   setupRuns();
+  setupCompare();
   setupCurves();
 });
