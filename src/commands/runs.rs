@@ -42,7 +42,10 @@ fn journal(g: &Global) -> Result<(Project, Journal)> {
 /// `pipe runs [NAMES...]`.
 pub fn runs(g: &Global, o: &RunsOptions) -> Result<()> {
     let (_, j) = journal(g)?;
-    let listing = j.list();
+    // The table needs only what the heads hold; JSON, CSV, TensorBoard and conditions on
+    // configuration keys read the records whole.
+    let whole = o.json || o.csv || o.tensorboard.is_some() || o.filter.is_some();
+    let listing = if whole { j.list() } else { j.list_heads() };
     for w in &listing.warnings {
         eprintln!("warning: {w}");
     }

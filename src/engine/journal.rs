@@ -159,6 +159,7 @@ impl Journal {
             tags: Vec::new(),
             notes: Vec::new(),
             collected: Vec::new(),
+            partial: false,
         };
         // A fresh id whose record nobody else has: the live lock first (so a reader never
         // sees a running record that nobody holds), then the record by a hard link, which
@@ -285,6 +286,20 @@ impl Journal {
     /// died: interrupted; a Slurm run: assembled from its jobs), with tags and notes.
     /// Records that do not read are skipped with a warning.
     pub fn list(&self) -> Listing {
+        self.list_from(false)
+    }
+
+    /// [`Journal::list`] for display (`pipe runs`' table, the dashboard's lists): each
+    /// completed run as its head in `runs/heads.jsonl` when its record file is as it was
+    /// then (size and time): what a list shows — id, pipeline, start, time, state,
+    /// changes, headline metrics, artifacts — and nothing else ([`RunRecord::partial`]);
+    /// every other run (running, interrupted, a Slurm run, a changed file, one without a
+    /// head) read whole.
+    pub fn list_heads(&self) -> Listing {
+        self.list_from(true)
+    }
+
+    fn list_from(&self, heads: bool) -> Listing {
         let Ok(rd) = fs::read_dir(&self.dir) else {
             return Listing::default();
         };
@@ -300,9 +315,27 @@ impl Journal {
             }
         }
         ids.sort_unstable_by(|a, b| b.cmp(a));
+        let mut index = match heads {
+            true => self.read_heads(),
+            false => std::collections::HashMap::new(),
+        };
+        let from_head: Vec<Option<Head>> = ids.iter().map(|id| index.remove(id)).collect();
         let read: Vec<Result<RunRecord, String>> = ids
             .par_iter()
-            .map(|id| self.read_record(id, annotated.contains(id.as_str())))
+            .zip(from_head)
+            .map(|(id, head)| {
+                let annotated = annotated.contains(id.as_str());
+                if let Some(h) = head {
+                    if file_stamp(&self.record_path(id)) == Some((h.size, h.mtime_ns)) {
+                        let mut rec = h.into_record();
+                        if annotated {
+                            self.add_annotations(&mut rec);
+                        }
+                        return Ok(rec);
+                    }
+                }
+                self.read_record(id, annotated)
+            })
             .collect();
         let mut out = Listing::default();
         for r in read {
@@ -316,6 +349,78 @@ impl Journal {
             std::cmp::Reverse((unix_nanos_of(&r.started).unwrap_or(0), r.id.clone()))
         });
         out
+    }
+
+    fn heads_path(&self) -> PathBuf {
+        self.dir.join("heads.jsonl")
+    }
+
+    /// The heads of completed runs (`runs/heads.jsonl`, one line each). A cache only: the
+    /// record files are the truth, and a line that does not parse (two appends
+    /// interleaved on a network file system) is passed over.
+    fn read_heads(&self) -> std::collections::HashMap<String, Head> {
+        let Ok(bytes) = fs::read(self.heads_path()) else {
+            return std::collections::HashMap::new();
+        };
+        bytes
+            .par_split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| serde_json::from_slice::<Head>(l).ok())
+            .map(|h| (h.id.clone(), h))
+            .collect()
+    }
+
+    /// Add a completed record's head to `runs/heads.jsonl`: one line, one `write` in
+    /// append mode, after the record file (whose size and time it holds).
+    pub fn add_head(&self, rec: &RunRecord) -> Result<()> {
+        let Some((size, mtime_ns)) = file_stamp(&self.record_path(&rec.id)) else {
+            return Ok(());
+        };
+        let head = Head {
+            size,
+            mtime_ns,
+            id: rec.id.clone(),
+            pipeline: rec.pipeline.clone(),
+            sweep: rec.sweep.clone(),
+            point: rec.point.clone(),
+            started: rec.started.clone(),
+            seconds: rec.seconds,
+            state: rec.state,
+            remark: rec.remark.clone(),
+            previous: rec.previous.clone(),
+            changes: rec.changes.clone(),
+            metrics: rec
+                .headline()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            outputs: rec
+                .stages
+                .iter()
+                .filter_map(|s| Some((s.name.clone(), s.output.clone()?)))
+                .collect(),
+            executor: rec.executor.clone(),
+            backend: rec.backend.clone(),
+            device: rec.device.clone(),
+        };
+        let mut line = serde_json::to_vec(&head)?;
+        line.push(b'\n');
+        use std::io::Write;
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.heads_path())?;
+        f.write_all(&line)?;
+        Ok(())
+    }
+
+    fn add_annotations(&self, rec: &mut RunRecord) {
+        for a in self.annotations(&rec.id) {
+            match a.kind.as_str() {
+                "tag" => rec.tags.push(a.text),
+                _ => rec.notes.push(a.text),
+            }
+        }
     }
 
     /// One record by its id, as it stands now.
@@ -353,15 +458,6 @@ impl Journal {
             self.add_annotations(&mut rec);
         }
         Ok(rec)
-    }
-
-    fn add_annotations(&self, rec: &mut RunRecord) {
-        for a in self.annotations(&rec.id) {
-            match a.kind.as_str() {
-                "tag" => rec.tags.push(a.text),
-                _ => rec.notes.push(a.text),
-            }
-        }
     }
 
     /// A Slurm run's record completed from what its jobs recorded (`runs/jobs/`): each
@@ -570,6 +666,105 @@ impl Journal {
     pub fn job_ended(&self, job: &str, entry: &StageEntry) -> Result<()> {
         write_json_atomic(&self.job_path(job), entry)
     }
+}
+
+/// A line of `runs/heads.jsonl`: a completed record without its bulk, and its file's
+/// size and time when it was written.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Head {
+    size: u64,
+    mtime_ns: i128,
+    id: String,
+    pipeline: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sweep: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    point: Option<String>,
+    started: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    seconds: Option<f64>,
+    state: RunState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    remark: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    previous: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    changes: Vec<String>,
+    /// The headline metrics only.
+    #[serde(default)]
+    metrics: BTreeMap<String, f64>,
+    /// Stage -> artifact, for the stages that made one.
+    #[serde(default)]
+    outputs: Vec<(String, String)>,
+    executor: String,
+    #[serde(default)]
+    backend: String,
+    #[serde(default)]
+    device: String,
+}
+
+impl Head {
+    /// The partial record it stands for (see [`Journal::list_heads`]).
+    fn into_record(self) -> RunRecord {
+        RunRecord {
+            format: RECORD_FORMAT,
+            id: self.id,
+            pipeline: self.pipeline,
+            sweep: self.sweep,
+            point: self.point,
+            manifest: String::new(),
+            project: String::new(),
+            sources: String::new(),
+            sets: Vec::new(),
+            config_json: crate::outcome::record::config_json(&BTreeMap::new()),
+            stages: self
+                .outputs
+                .into_iter()
+                .map(|(name, output)| StageEntry {
+                    name,
+                    kind: String::new(),
+                    key: None,
+                    output: Some(output),
+                    state: "made".into(),
+                    seconds: 0.0,
+                    summary: String::new(),
+                    job: None,
+                })
+                .collect(),
+            metrics: self.metrics,
+            previous: self.previous,
+            changes: self.changes,
+            git: None,
+            host: HostInfo::default(),
+            device: self.device,
+            backend: self.backend,
+            version: String::new(),
+            command: Vec::new(),
+            executor: self.executor,
+            started: self.started,
+            ended: None,
+            seconds: self.seconds,
+            state: self.state,
+            error: None,
+            remark: self.remark,
+            pid: 0,
+            tags: Vec::new(),
+            notes: Vec::new(),
+            collected: Vec::new(),
+            partial: true,
+        }
+    }
+}
+
+/// A file's size and modification time (nanoseconds), or `None` when it is not there.
+fn file_stamp(path: &Path) -> Option<(u64, i128)> {
+    let m = fs::metadata(path).ok()?;
+    let t = m.modified().ok()?;
+    let ns = match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i128,
+        Err(e) => -(e.duration().as_nanos() as i128),
+    };
+    Some((m.len(), ns))
 }
 
 enum Pick<'a> {
@@ -889,6 +1084,10 @@ impl Recording {
         }
         self.record.error = error;
         self.write(true)?;
+        if self.record.state != RunState::Running {
+            // What listings read instead of ten thousand files; the record stays the truth.
+            let _ = self.journal.add_head(&self.record);
+        }
         self.release();
         Ok(self.record.clone())
     }

@@ -211,6 +211,11 @@ pub struct RunRecord {
     /// Stages whose artifacts `pipe gc` has collected since.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub collected: Vec<String>,
+    /// Read from the journal's heads, for display: only what a list shows (id, pipeline,
+    /// start, time, state, changes, headline metrics, artifacts); read the record whole
+    /// for the rest.
+    #[serde(skip)]
+    pub partial: bool,
 }
 
 fn empty_object() -> Box<serde_json::value::RawValue> {

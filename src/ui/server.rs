@@ -252,7 +252,7 @@ fn unknown_run(name: &str) -> Response {
 async fn runs_page(State(app): State<Arc<App>>) -> Response {
     let s = app.snap();
     let a = app.clone();
-    let journal = match blocking(move || Ok(journal(&a).list())).await {
+    let journal = match blocking(move || Ok(journal(&a).list_heads())).await {
         Ok(l) => l.runs,
         Err(r) => return r,
     };
@@ -274,7 +274,7 @@ fn journal(app: &App) -> crate::engine::journal::Journal {
 
 async fn journal_page(State(app): State<Arc<App>>) -> Response {
     let a = app.clone();
-    match blocking(move || Ok(journal(&a).list())).await {
+    match blocking(move || Ok(journal(&a).list_heads())).await {
         Ok(l) => Html(pages::journal_page(
             &l.runs,
             &app.snap().rows,

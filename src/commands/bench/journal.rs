@@ -10,7 +10,8 @@ use super::{manifest, max, median, Pipe, Scratch};
 use crate::engine::journal::Journal;
 
 /// `pipe bench journal --records N`: the tiny pipeline run once, its record copied to N
-/// records (each its own id, start time and lr, as N runs would leave them); then, `rounds`
+/// records (each its own id, start time and lr, written with their heads as N runs would
+/// leave them); then, `rounds`
 /// times each: `pipe runs` (whole process, all N listed), `GET /journal` from `pipe ui`,
 /// a no-op `pipe run`, and the journal's own begin + finish of one record in this process.
 pub fn bench_journal(records: usize, rounds: usize) -> Result<()> {
@@ -41,6 +42,7 @@ pub fn bench_journal(records: usize, rounds: usize) -> Result<()> {
         .context("the first run left no record")?;
     let proto: serde_json::Value = serde_json::from_slice(&std::fs::read(&first)?)?;
     eprintln!("writing {records} records...");
+    let j = Journal::of(&crate::engine::store::Store::open(&project.join(".pipe"))?);
 
     let base = time::OffsetDateTime::now_utc() - time::Duration::days(30);
     let fmt = time::macros::format_description!("[year][month][day]-[hour][minute][second]");
@@ -58,6 +60,9 @@ pub fn bench_journal(records: usize, rounds: usize) -> Result<()> {
             serde_json::to_vec_pretty(&r)?,
         )?;
     }
+    // Past runs' records are on disk, not in flight: let the writeback finish first.
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
     let mut list = Vec::new();
     let mut lines = 0;
     let mut noop = Vec::new();
@@ -83,8 +88,6 @@ pub fn bench_journal(records: usize, rounds: usize) -> Result<()> {
     // changes, the record and its lock) and finish (metrics, the fsync'd record).
     let proj = crate::engine::Project::at(project.clone(), Some(project.join(".pipe")));
     let (_, p) = proj.load("tiny", &[])?;
-    let store = crate::engine::store::Store::open(&proj.cache)?;
-    let j = Journal::of(&store);
     let mut own = Vec::new();
     for _ in 0..rounds.max(1) * 4 {
         let t = Instant::now();
