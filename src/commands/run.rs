@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use super::Console;
 use super::{load, Global};
 use crate::engine::{sweep, Engine, Project, RunOptions, Target};
-use crate::manifest::Sweep;
+use crate::manifest::{Pipeline, Sweep};
 use crate::outcome::sweep::SweepRun;
 use crate::report::outcome;
 use crate::report::sweep as report;
@@ -21,28 +21,37 @@ pub fn run(
     only: Option<&str>,
 ) -> Result<()> {
     let (proj, target) = Project::discover(g.cache.clone())?.load_target(pipeline, sets)?;
-    let mut engine = if opts.dry_run {
-        super::looking(&proj).watched_by(Box::new(Console::new(json)))
-    } else {
-        super::writing(&proj, json)?
-    };
     let p = match target {
-        Target::Sweep(s) => return run_sweep(&mut engine, &s, &opts, json, only),
+        Target::Sweep(s) => {
+            let mut engine = if opts.dry_run {
+                super::looking(&proj).watched_by(Box::new(Console::new(json)))
+            } else {
+                super::writing(&proj, json)?
+            };
+            return run_sweep(&mut engine, &s, &opts, json, only);
+        }
         Target::Pipeline(p) => p,
         Target::Point(s, i) => s.points[i].pipeline.clone(),
     };
     if only.is_some() {
         bail!("--only selects points of a sweep; `{pipeline}` is one pipeline");
     }
+    let what = format!("pipeline {} ({})", p.name, p.file.display());
+    run_one(&proj, &p, &opts, json, &what)
+}
+
+/// Run one pipeline in this process, saying `what` first and how it went after (JSON:
+/// the report on stdout).
+fn run_one(proj: &Project, p: &Pipeline, opts: &RunOptions, json: bool, what: &str) -> Result<()> {
+    let mut engine = if opts.dry_run {
+        super::looking(proj).watched_by(Box::new(Console::new(json)))
+    } else {
+        super::writing(proj, json)?
+    };
     if !json {
-        eprintln!(
-            "pipeline {} ({}){}",
-            p.name,
-            p.file.display(),
-            if opts.dry_run { " [dry run]" } else { "" }
-        );
+        eprintln!("{what}{}", if opts.dry_run { " [dry run]" } else { "" });
     }
-    let report = engine.run(&p, &opts)?;
+    let report = engine.run(p, opts)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -59,32 +68,17 @@ pub fn run_from(g: &Global, reference: &str, opts: RunOptions, json: bool) -> Re
         bail!("--from `{reference}` names no recorded run: give a run id (`pipe runs` lists them), `PIPELINE~N` or `PIPELINE@ID-PREFIX`");
     };
     let p = p?;
-    let mut engine = if opts.dry_run {
-        super::looking(&proj).watched_by(Box::new(Console::new(json)))
-    } else {
-        super::writing(&proj, json)?
+    let sets = match rec.sets.is_empty() {
+        true => String::new(),
+        false => format!(", --set {}", rec.sets.join(" --set ")),
     };
-    if !json {
-        eprintln!(
-            "pipeline {} as run {} ran it ({}{}){}",
-            p.name,
-            rec.id,
-            p.file.display(),
-            if rec.sets.is_empty() {
-                String::new()
-            } else {
-                format!(", --set {}", rec.sets.join(" --set "))
-            },
-            if opts.dry_run { " [dry run]" } else { "" }
-        );
-    }
-    let report = engine.run(&p, &opts)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        eprintln!("{}", outcome::run_summary(&report, opts.dry_run));
-    }
-    Ok(())
+    let what = format!(
+        "pipeline {} as run {} ran it ({}{sets})",
+        p.name,
+        rec.id,
+        p.file.display()
+    );
+    run_one(&proj, &p, &opts, json, &what)
 }
 
 /// `pipe run SWEEP`: a dry run shows the sweep as a tree; a run runs every point (or those

@@ -92,17 +92,7 @@ impl Engine {
             note: None,
             best: false,
         };
-        let first_train = p
-            .stages
-            .iter()
-            .find(|(_, s)| s.config.kind() == StageKind::Train);
-        if let Some((name, _)) = first_train {
-            if let Ok(Ok(infos)) = crate::nn::train_graph(p, name).map(|g| g.infer()) {
-                let t = totals(&infos);
-                row.params = Some(t.trainable + t.non_trainable);
-                row.macs = Some(t.macs);
-            }
-        }
+        (row.params, row.macs) = network_size(p);
         let mut seconds = 0.0;
         let mut timed = false;
         for name in p.topo_order() {
@@ -259,17 +249,7 @@ impl Engine {
             best: false,
         };
         if let Some(p) = p {
-            if let Some((name, _)) = p
-                .stages
-                .iter()
-                .find(|(_, s)| s.config.kind() == StageKind::Train)
-            {
-                if let Ok(Ok(infos)) = crate::nn::train_graph(p, name).map(|g| g.infer()) {
-                    let t = totals(&infos);
-                    row.params = Some(t.trainable + t.non_trainable);
-                    row.macs = Some(t.macs);
-                }
-            }
+            (row.params, row.macs) = network_size(p);
         }
         let mut seconds = 0.0;
         let mut timed = false;
@@ -435,6 +415,25 @@ impl Engine {
         now.config
             .retain(|k, _| !k.contains(".resources.") && k != "seed");
         Ok((last, now))
+    }
+}
+
+/// Parameters (trainable + statistics) and MACs per image of a pipeline's first training
+/// network, when it builds.
+fn network_size(p: &Pipeline) -> (Option<usize>, Option<usize>) {
+    let Some((name, _)) = p
+        .stages
+        .iter()
+        .find(|(_, s)| s.config.kind() == StageKind::Train)
+    else {
+        return (None, None);
+    };
+    match crate::nn::train_graph(p, name).map(|g| g.infer()) {
+        Ok(Ok(infos)) => {
+            let t = totals(&infos);
+            (Some(t.trainable + t.non_trainable), Some(t.macs))
+        }
+        _ => (None, None),
     }
 }
 

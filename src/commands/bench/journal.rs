@@ -1,7 +1,6 @@
 //! `pipe bench journal`: the run journal at scale — `pipe runs` and the dashboard's
 //! journal page over N records, and what writing the record adds to a no-op `pipe run`.
 
-use std::io::{BufRead, BufReader};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -153,25 +152,13 @@ type PageTimes = (Vec<f64>, usize);
 
 /// `GET /journal` and `GET /` from `pipe ui` over the project, `rounds` times each.
 fn journal_page(pipe: &Pipe, rounds: usize) -> Result<(PageTimes, PageTimes)> {
-    let mut server = pipe
-        .command(&["ui", "--port", "0"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let mut banner = String::new();
-    BufReader::new(server.stdout.take().expect("piped")).read_line(&mut banner)?;
-    let result = (|| {
-        let host = banner
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("http://"))
-            .map(|h| h.trim_end_matches('/').to_string())
-            .ok_or_else(|| anyhow::anyhow!("no URL in `{banner}`"))?;
+    super::ui::with_server(pipe, |host| {
         let agent = super::ui::agent();
         let page = |path: &str| -> Result<PageTimes> {
             let mut times = Vec::new();
             let mut bytes = 0;
             for _ in 0..rounds.max(1) {
-                let (s, status, n) = super::ui::get(&agent, &host, path)?;
+                let (s, status, n) = super::ui::get(&agent, host, path)?;
                 anyhow::ensure!(status == 200, "GET {path} answered {status}");
                 times.push(s);
                 bytes = n;
@@ -179,8 +166,5 @@ fn journal_page(pipe: &Pipe, rounds: usize) -> Result<(PageTimes, PageTimes)> {
             Ok((times, bytes))
         };
         Ok((page("/journal")?, page("/")?))
-    })();
-    let _ = server.kill();
-    let _ = server.wait();
-    result
+    })
 }

@@ -50,6 +50,12 @@ pub fn bench_ui(runs: usize, rounds: usize) -> Result<()> {
     let (secs, _) = pipe.run(&["run", "many"])?;
     eprintln!("  {secs:.1} s");
     pipe.run(&["run", "slow", "--until", "hdf5"])?;
+    with_server(&pipe, |host| measure(&pipe, host, runs, rounds))
+}
+
+/// `pipe ui --port 0` in the project, for as long as `f` runs against its address
+/// (`127.0.0.1:PORT`, from its banner); stopped after.
+pub(super) fn with_server<T>(pipe: &Pipe, f: impl FnOnce(&str) -> Result<T>) -> Result<T> {
     let mut server = pipe
         .command(&["ui", "--port", "0"])
         .stdout(std::process::Stdio::piped())
@@ -62,7 +68,7 @@ pub fn bench_ui(runs: usize, rounds: usize) -> Result<()> {
         .find_map(|w| w.strip_prefix("http://"))
         .map(|h| h.trim_end_matches('/').to_string())
         .ok_or_else(|| anyhow::anyhow!("no URL in `{banner}`"))
-        .and_then(|host| measure(&pipe, &host, runs, rounds));
+        .and_then(|host| f(&host));
     let _ = server.kill();
     let _ = server.wait();
     result
