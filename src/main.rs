@@ -234,9 +234,14 @@ enum Cmd {
         /// Port to listen on (0: any free port)
         #[arg(long, default_value_t = 8765)]
         port: u16,
-        /// Address to listen on; anything but loopback lets other machines read the runs
+        /// Address (or host name, e.g. localhost) to listen on; anything but loopback lets
+        /// other machines read the runs
         #[arg(long, default_value = "127.0.0.1")]
-        bind: std::net::IpAddr,
+        bind: String,
+        /// Also answer requests whose Host header is NAME (a name this machine is reached
+        /// by); loopback names and the bound address are always answered. Repeatable
+        #[arg(long = "allow-host", value_name = "NAME")]
+        allow_host: Vec<String>,
         /// Open it in the browser (xdg-open)
         #[arg(long)]
         open: bool,
@@ -679,9 +684,10 @@ fn dispatch(g: Global, cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Ui {
             port,
             bind,
+            allow_host,
             open,
             export,
-        } => commands::ui(&g, port, bind, open, export.as_deref()),
+        } => commands::ui(&g, port, &bind, allow_host, open, export.as_deref()),
         Cmd::Bench { what } => bench(what),
         Cmd::DemoData {
             dir,

@@ -1,6 +1,7 @@
 //! `pipe ui` without a browser: its JSON against `pipe show --json`, `--export`'s pages and
-//! their SVG, escaping, refused paths (as raw requests: a browser would normalise `..`
-//! away), 404s, loopback by default, and no write to the store from any request. The
+//! their chart data, escaping, refused paths (as raw requests: a browser would normalise
+//! `..` away) and hosts, 404s, loopback by default, and no write to the store from any
+//! request. The
 //! browser tests are in tests/ui_browser.rs.
 
 mod common;
@@ -74,10 +75,13 @@ fn the_json_endpoints_give_what_pipe_show_gives_and_no_request_writes() {
         "/",
         "/run/tiny",
         "/run/tiny_lr@lr=1e-2",
-        "/run/tiny/curves.svg",
+        "/api/runs/tiny/chart",
         "/sweep/tiny_lr",
         "/compare?run=tiny&run=tiny_lr%40lr%3D3e-2",
         "/assets/ui.js",
+        "/assets/charts.js",
+        "/assets/echarts.min.js",
+        "/assets/echarts.LICENSE.txt",
     ] {
         let (status, body) = ui.get(path);
         assert_eq!(status, 200, "{path}: {body}");
@@ -143,30 +147,52 @@ fn user_strings_are_escaped_and_paths_out_of_the_store_refused() {
     }
 }
 
+/// The JSON data block `id` of a page.
+fn data_block(page: &str, id: &str) -> serde_json::Value {
+    let open = format!("<script type=\"application/json\" id=\"{id}\">");
+    let at = page.find(&open).unwrap_or_else(|| panic!("no {id} block")) + open.len();
+    let end = page[at..].find("</script>").unwrap() + at;
+    serde_json::from_str(&page[at..end]).unwrap()
+}
+
 #[test]
-fn export_writes_pages_whose_svg_holds_one_point_per_epoch() {
+fn export_writes_pages_whose_charts_hold_one_point_per_epoch() {
     let p = project();
     let before = listing(&p.cache());
     let out = p.path().join("site");
     let o = p.ok(&["ui", "--export", out.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("wrote"));
     assert_eq!(before, listing(&p.cache()), "export changed the store");
-    let svg = std::fs::read_to_string(out.join("runs/tiny.svg")).unwrap();
-    for metric in ["train_loss", "val_loss", "train_acc", "val_acc"] {
-        let at = svg
-            .find(&format!("data-metric=\"{metric}\""))
-            .unwrap_or_else(|| panic!("{metric}"));
-        let group = &svg[at..svg[at..].find("</g>").unwrap() + at];
-        assert_eq!(group.matches("<circle").count(), 5, "{metric}: {group}");
-    }
-    assert_eq!(
-        svg.matches("class=\"drop\"").count(),
-        2,
-        "the lr drop, in both panels"
-    );
     let page = std::fs::read_to_string(out.join("runs/tiny.html")).unwrap();
-    assert!(page.contains(&svg), "the page embeds the same chart");
-    assert!(page.contains("../assets/ui.css"));
+    let d = data_block(&page, "curve-data");
+    let epochs = d["runs"][0]["epochs"].as_array().unwrap();
+    assert_eq!(d["runs"][0]["name"], "tiny");
+    assert_eq!(epochs.len(), 5, "3 + 2 epochs");
+    let lrs: Vec<f64> = epochs.iter().map(|e| e["lr"].as_f64().unwrap()).collect();
+    assert_eq!(lrs[2], 0.01);
+    assert_eq!(lrs[3], 0.001, "the drop, where the chart draws it");
+    for metric in ["train_loss", "val_loss", "train_acc", "val_acc"] {
+        assert!(
+            epochs
+                .iter()
+                .all(|e| e[metric].as_f64().is_some_and(f64::is_finite)),
+            "{metric}"
+        );
+    }
+    assert!(
+        epochs.iter().all(|e| e["seconds"].as_f64().unwrap() > 0.0),
+        "every epoch has its wall time: {epochs:?}"
+    );
+    assert!(d["live"].is_null(), "an exported page fetches nothing");
+    assert!(!page.contains("data-events"), "nor opens a stream");
+    // The page loads the chart library and its script from the folder: it works offline.
+    for asset in ["ui.css", "ui.js", "charts.js", "echarts.min.js"] {
+        assert!(page.contains(&format!("\"../assets/{asset}\"")), "{asset}");
+        assert!(out.join("assets").join(asset).is_file(), "{asset}");
+    }
+    assert!(out.join("assets/echarts.LICENSE.txt").is_file());
+    let echarts = std::fs::read(out.join("assets/echarts.min.js")).unwrap();
+    assert!(echarts.len() > 500_000, "the real library");
     let index = std::fs::read_to_string(out.join("index.html")).unwrap();
     for run in [
         "runs/tiny.html",
@@ -177,8 +203,162 @@ fn export_writes_pages_whose_svg_holds_one_point_per_epoch() {
         assert!(out.join(run).is_file(), "{run}");
     }
     let sweep = std::fs::read_to_string(out.join("sweeps/tiny_lr.html")).unwrap();
-    assert_eq!(sweep.matches("<polyline class=\"pline").count(), 2);
-    assert!(out.join("assets/ui.js").is_file());
+    let par = data_block(&sweep, "parallel-data");
+    assert_eq!(par["lines"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        par["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["best"] == true)
+            .count(),
+        1
+    );
+    assert_eq!(par["axes"][0]["name"], "lr");
+    assert_eq!(
+        par["axes"].as_array().unwrap().len(),
+        2,
+        "lr and the metric"
+    );
+}
+
+#[test]
+fn only_this_dashboards_host_is_answered() {
+    let p = Project::with("tiny.toml", &tiny());
+    let (ui, _) = Ui::start(&p, &["--allow-host", "pipe.lan"]);
+    let port = ui.base.rsplit(':').next().unwrap().to_string();
+    let status = |text: &str| -> u16 {
+        text.split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    };
+    for ok in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        "localhost".to_string(),
+        format!("[::1]:{port}"),
+        format!("app.localhost:{port}"),
+        format!("PIPE.LAN:{port}"),
+        "pipe.lan".to_string(),
+    ] {
+        let r = ui.raw_as("/api/runs", &ok);
+        assert_eq!(status(&r), 200, "{ok}: {r}");
+    }
+    for bad in [
+        "attacker.example".to_string(),
+        format!("attacker.example:{port}"),
+        format!("localhost.attacker.example:{port}"),
+        format!("127.0.0.1.nip.io:{port}"),
+        format!("10.1.2.3:{port}"),
+        "pipe.lan.evil".to_string(),
+        "localhost:80:80".to_string(),
+        "[::1".to_string(),
+        String::new(),
+    ] {
+        let r = ui.raw_as("/api/runs", &bad);
+        assert!(matches!(status(&r), 403 | 400), "{bad}: {r}");
+        assert!(!r.contains("\"pipeline\""), "{bad}: no data");
+    }
+    let r = ui.raw_as("/", "attacker.example");
+    assert!(
+        r.contains("refused: the Host `attacker.example` is not this dashboard")
+            && r.contains("--allow-host"),
+        "{r}"
+    );
+    drop(ui);
+    // `--bind localhost` listens on loopback.
+    let (ui, banner) = Ui::start(&p, &["--bind", "localhost"]);
+    assert!(ui.base.starts_with("http://127.0.0.1:"), "{banner}");
+    assert_eq!(ui.get("/api/runs").0, 200);
+    // A name that does not resolve is a clear error, not a panic.
+    let o = p
+        .cmd(&["ui", "--bind", "no-such-host.invalid", "--port", "0"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--bind no-such-host.invalid"), "{err}");
+}
+
+#[test]
+fn a_linked_artifact_folder_and_every_traversal_are_refused() {
+    let p = project();
+    // An artifact folder that is a link out of the store (never sealed): nothing of it.
+    let fake = "ab".repeat(32);
+    std::os::unix::fs::symlink("/etc", p.cache().join("artifacts").join(&fake)).unwrap();
+    let (ui, _) = Ui::start(&p, &[]);
+    for path in [
+        format!("/files/{fake}/passwd"),
+        format!("/files/{fake}/hostname"),
+    ] {
+        let (status, body) = ui.get(&path);
+        assert_eq!(status, 404, "{path}: {body}");
+        assert!(!body.contains("root:"), "{path}");
+    }
+    // A sealed artifact with a file swapped for a link out: refused too.
+    let v = ui.json("/api/runs/tiny");
+    let out = v["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["stage"] == "evaluate")
+        .unwrap()["output"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let metrics = p.cache().join("artifacts").join(&out).join("metrics.json");
+    let (status, _) = ui.get(&format!("/files/{out}/metrics.json"));
+    assert_eq!(status, 200);
+    let kept = std::fs::read(&metrics).unwrap();
+    std::fs::remove_file(&metrics).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", &metrics).unwrap();
+    let (status, body) = ui.get(&format!("/files/{out}/metrics.json"));
+    assert!(status == 409 || status == 404, "{status}: {body}");
+    assert!(!body.contains("root:"));
+    std::fs::remove_file(&metrics).unwrap();
+    std::fs::write(&metrics, kept).unwrap();
+    // Every spelling of a way out, on every route that takes a path: 404, nothing read.
+    let ways = [
+        "../../../../etc/passwd",
+        "..%2f..%2f..%2f..%2fetc%2fpasswd",
+        "..%2F..%2F..%2F..%2Fetc%2Fpasswd",
+        "%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+        "%2E%2E/%2E%2E/%2E%2E/%2E%2E/etc/passwd",
+        "%2e%2e%2f%2e%2e%2f%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+        "..%5c..%5c..%5c..%5cetc%5cpasswd",
+        "..\\..\\..\\..\\etc\\passwd",
+        ".%2e/.%2e/.%2e/.%2e/etc/passwd",
+        "%2e./%2e./%2e./%2e./etc/passwd",
+        "..%00/etc/passwd",
+        "%00",
+        "./../../../../etc/passwd",
+        "%2fetc%2fpasswd",
+        "%2Fetc%2Fpasswd",
+        "..;/..;/..;/etc/passwd",
+    ];
+    let mut n = 0;
+    for prefix in [
+        format!("/files/{out}/"),
+        "/run/".to_string(),
+        "/assets/".to_string(),
+    ] {
+        for way in ways {
+            let path = format!("{prefix}{way}");
+            let (status, body) = ui.get(&path);
+            assert!(status == 404 || status == 400, "{path}: {status} {body}");
+            assert!(!body.contains("root:"), "{path}");
+            n += 1;
+        }
+    }
+    // And the bare ones.
+    for path in ["/files/../../etc/passwd", "/../../etc/passwd"] {
+        let (status, body) = ui.get(path);
+        assert!(status == 404 || status == 400, "{path}: {status}");
+        assert!(!body.contains("root:"), "{path}");
+        n += 1;
+    }
+    assert!(n >= 47, "{n} variants");
 }
 
 #[test]
@@ -223,7 +403,7 @@ fn a_history_being_written_never_breaks_a_page() {
     std::fs::write(scratch.join("history.json"), &whole[..whole.len() / 2]).unwrap();
     for path in [
         "/run/longer",
-        "/run/longer/curves.svg",
+        "/api/runs/longer/chart",
         "/api/runs/longer",
         "/",
     ] {

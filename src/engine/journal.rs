@@ -252,6 +252,14 @@ impl Journal {
             .with_context(|| format!("run {}: {} does not parse", rec.id, path.display()))
     }
 
+    /// Whether the latest recorded run of `pipeline` is running now (`None`: none is
+    /// recorded). The dashboard's live pages close their stream when it ends.
+    pub fn last_is_running(&self, pipeline: &str) -> Option<bool> {
+        let id = fs::read_to_string(self.dir.join("last").join(state_stem(pipeline))).ok()?;
+        let rec = self.get(id.trim()).ok()?;
+        Some(rec.state == RunState::Running)
+    }
+
     /// The latest run of `pipeline` and what changed since: keys whose value differs,
     /// and overrides.
     fn changes_since_last(

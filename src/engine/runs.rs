@@ -279,9 +279,12 @@ impl Engine {
     /// A run's epochs so far and, when a training is in progress (or was killed), where
     /// it stands. Each training stage's file holds every epoch of its chain before it, so
     /// the furthest one read is the run's curve.
+    /// Each epoch carries its timing (images/s, seconds) from the `timings.json` of the
+    /// stage that trained it, when that is on disk.
     pub fn curves(&self, sources: &[CurveSource]) -> (Vec<EpochRecord>, Option<Live>) {
         let mut best: Vec<EpochRecord> = Vec::new();
         let mut live = None;
+        let mut timings: Vec<EpochTiming> = Vec::new();
         for s in sources {
             let (dir, in_progress) = match (&s.artifact, &s.key) {
                 (Some(a), _) => (a.clone(), false),
@@ -291,6 +294,7 @@ impl Engine {
             let Some(h) = read_history(&dir) else {
                 continue;
             };
+            timings.extend(read_timings(&dir));
             if h.len() < best.len() {
                 continue;
             }
@@ -312,6 +316,16 @@ impl Engine {
                 live = None;
             }
             best = h;
+        }
+        for r in &mut best {
+            if let Some(t) = timings
+                .iter()
+                .rev()
+                .find(|t| t.epoch == r.epoch && t.stage == r.stage)
+            {
+                r.images_per_sec = t.images_per_sec;
+                r.seconds = t.seconds;
+            }
         }
         (best, live)
     }

@@ -26,6 +26,10 @@ pub struct EpochRecord {
     /// artifact. Timings go to `timings.json`, a record the store does not hash.
     #[serde(default, skip_serializing)]
     pub images_per_sec: f64,
+    /// Wall-clock seconds of the epoch (training and validation). Not written to
+    /// `history.json` either, for the same reason: it goes to `timings.json`.
+    #[serde(default, skip_serializing)]
+    pub seconds: f64,
 }
 
 /// One epoch's timing, for `timings.json`.
@@ -37,4 +41,8 @@ pub struct EpochTiming {
     pub stage: String,
     /// Training images per second.
     pub images_per_sec: f64,
+    /// Wall-clock seconds of the epoch, training and validation (0: not recorded, as in
+    /// stores written before it was).
+    #[serde(default)]
+    pub seconds: f64,
 }

@@ -1,6 +1,6 @@
 //! `pipe ui --export DIR`: the dashboard's pages as static files, for a report or a CI
-//! artifact. `index.html` (the runs), `runs/<run>.html` with `runs/<run>.svg` (its
-//! curves), `sweeps/<sweep>.html`, `compare/<id>.html` (each sweep's points together),
+//! artifact. `index.html` (the runs), `runs/<run>.html` (its charts' data
+//! inside the page), `sweeps/<sweep>.html`, `compare/<id>.html` (each sweep's points together),
 //! and `assets/`. Links are relative; artifact files are linked where they lie in the
 //! store (`file://`). No live updates: a page shows what the store held when written.
 
@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use super::assets;
 use super::pages::{self, Links};
 use super::snapshot::Snapshot;
-use super::{assets, svg};
 use crate::engine::{Engine, Project};
 use crate::report::show;
 
@@ -64,8 +64,8 @@ impl Links for FileLinks {
     fn run(&self, name: &str) -> String {
         format!("{}runs/{}.html", self.up, href(&stem(name)))
     }
-    fn curves(&self, name: &str) -> Option<String> {
-        Some(format!("{}runs/{}.svg", self.up, href(&stem(name))))
+    fn curves(&self, _: &str) -> Option<String> {
+        None
     }
     fn events(&self, _: &str) -> Option<String> {
         None
@@ -119,7 +119,7 @@ pub fn export(project: &Project, dir: &Path) -> Result<usize> {
         .unwrap_or_else(|_| project.cache.clone());
     let mut engine = Engine::read_only(&project.cache);
     let mut pages_written = 0;
-    for name in ["ui.css", "ui.js"] {
+    for name in assets::NAMES {
         let (_, body) = assets::get(name).expect("built in");
         write(&dir.join("assets").join(name), body)?;
     }
@@ -133,16 +133,6 @@ pub fn export(project: &Project, dir: &Path) -> Result<usize> {
     for (run, row) in snap.runs.iter().zip(&snap.rows) {
         let v = engine.run_view(&run.pipeline, Some(row.clone()))?;
         let s = stem(&run.name);
-        write(
-            &dir.join("runs").join(format!("{s}.svg")),
-            &svg::curves(
-                &[svg::Series {
-                    name: &run.name,
-                    epochs: &v.history,
-                }],
-                false,
-            ),
-        )?;
         write(
             &dir.join("runs").join(format!("{s}.html")),
             &pages::run_page(&v, &one),

@@ -6,10 +6,12 @@
 //!   served from memory however many runs there are.
 //! - `server`: the routes (pages, JSON, server-sent events for live curves, artifact
 //!   files), with every request read-only and every path checked.
-//! - `pages` (HTML, escaped by maud) and `svg` (charts): shared by both.
+//! - `pages` (HTML, escaped by maud), `charts` (the charts' data, drawn in the browser by
+//!   ECharts) and `svg` (the stage DAG): shared by both.
 //! - `export`: the same pages as files.
 
 mod assets;
+pub mod charts;
 mod export;
 pub mod pages;
 mod server;

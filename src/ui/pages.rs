@@ -1,13 +1,14 @@
 //! The dashboard's pages as HTML: runs, one run, compare, a sweep, and "not found". The
 //! same functions make the served pages and `--export`'s files; [`Links`] says where a
 //! link goes in each. Every string from a manifest, the store or a request goes through
-//! maud, which escapes it; the only markup inserted as is comes from [`super::svg`].
+//! maud, which escapes it; the only markup inserted as is: the DAG from [`super::svg`], and
+//! the charts' JSON data blocks from [`super::charts`] (every `<` in them escaped).
 
 use std::collections::BTreeMap;
 
 use maud::{html, Markup, DOCTYPE};
 
-use super::svg;
+use super::{charts, svg};
 use crate::fmt;
 use crate::outcome::history::EpochRecord;
 use crate::outcome::record::RunRecord;
@@ -25,7 +26,7 @@ pub trait Links {
     fn home(&self) -> String;
     /// A run's page.
     fn run(&self, name: &str) -> String;
-    /// A run's curves as SVG (`None`: embedded only).
+    /// A run's chart data as JSON, fetched again by a live page (`None`: embedded only).
     fn curves(&self, name: &str) -> Option<String>;
     /// A run's live events (server-sent events; `None` when exported).
     fn events(&self, name: &str) -> Option<String>;
@@ -85,10 +86,7 @@ fn page(title: &str, links: &dyn Links, attrs: &[(&str, String)], body: Markup) 
         .iter()
         .find(|(k, _)| *k == "events")
         .map(|(_, v)| v.clone());
-    let curves = attrs
-        .iter()
-        .find(|(k, _)| *k == "curves")
-        .map(|(_, v)| v.clone());
+    let charts = attrs.iter().any(|(k, _)| *k == "charts");
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -98,8 +96,12 @@ fn page(title: &str, links: &dyn Links, attrs: &[(&str, String)], body: Markup) 
                 title { (title) " · pipe" }
                 link rel="stylesheet" href=(links.asset("ui.css"));
                 script src=(links.asset("ui.js")) defer {}
+                @if charts {
+                    script src=(links.asset("echarts.min.js")) defer {}
+                    script src=(links.asset("charts.js")) defer {}
+                }
             }
-            body data-events=[events] data-curves=[curves] {
+            body data-events=[events] {
                 header {
                     a class="brand" href=(links.home()) { "pipe" }
                     nav {
@@ -114,6 +116,9 @@ fn page(title: &str, links: &dyn Links, attrs: &[(&str, String)], body: Markup) 
     }
     .into_string()
 }
+
+/// A cell longer than this (a waiting reason) is cut, with the whole text on hover.
+const LONG_CELL: usize = 40;
 
 /// A number of a row's metrics as a sortable value.
 fn sort_value(r: &Row, header: &str) -> Option<f64> {
@@ -147,7 +152,17 @@ pub fn runs_page(
     journal: &[RunRecord],
     links: &dyn Links,
 ) -> String {
-    let cols = show::columns(rows);
+    // The headline metrics come right after the name, so that they are on screen at
+    // 1,400 px however many swept keys and stage metrics follow.
+    let mut cols = show::columns(rows);
+    let rank = |h: &str| match h {
+        "pipeline" => 0,
+        "val acc" | "val loss" => 1,
+        h if h.ends_with(".rank1") => 1,
+        "state" => 2,
+        _ => 3,
+    };
+    cols.sort_by_key(|(h, _)| rank(h));
     let constant: Vec<bool> = cols
         .iter()
         .map(|(_, cells)| rows.len() > 1 && cells.iter().all(|c| *c == cells[0]))
@@ -207,15 +222,26 @@ pub fn runs_page(
                 option value="" { "any state" }
                 @for s in counts.keys() { option value=(s) { (s) } }
             }
-            label { input id="varying" type="checkbox"; " only columns that vary" }
+            label { input id="varying" type="checkbox" checked; " only columns that vary" }
+            details id="columns" class="columns" {
+                summary { "columns" }
+                div class="panel" {
+                    @for (h, _) in cols.iter().skip(1) {
+                        label { input type="checkbox" value=(h) checked; " " (h) }
+                    }
+                }
+            }
             button id="compare" type="button" data-href=(links.compare(&[])) { "compare selected" }
         }
-        table id="runs" class="runs" {
+        div class="table-wrap" {
+        table id="runs" class="runs varying" {
             thead {
                 tr {
                     th class="pick" {}
                     @for (i, (h, _)) in cols.iter().enumerate() {
-                        th class=[constant[i].then_some("const")] data-col=(i) title="sort" { (h) }
+                        th class=[constant[i].then_some("const")] data-col=(i) data-h=(h)
+                            data-best=[higher_is_better(h).map(|hi| if hi { "max" } else { "min" })]
+                            title=(if higher_is_better(h).is_some() { "sort (best first)" } else { "sort" }) { (h) }
                     }
                 }
             }
@@ -231,6 +257,8 @@ pub fn runs_page(
                                     @if r.best { " " span class="star" title="best" { "★" } }
                                 } @else if h == "state" {
                                     span class={ "state state-" (states[ri]) } { (cells[ri]) }
+                                } @else if cells[ri].chars().count() > LONG_CELL {
+                                    span class="long" title=(cells[ri]) { (cells[ri]) }
                                 } @else {
                                     (cells[ri])
                                 }
@@ -239,6 +267,7 @@ pub fn runs_page(
                     }
                 }
             }
+        }
         }
         @if !journal.is_empty() {
             section class="recorded" {
@@ -285,11 +314,47 @@ pub fn progress_text(live: &Option<Live>, eta: Option<f64>) -> String {
 const MAX_FILES: usize = 100;
 
 /// A metric's value: counts whole, the rest to 4 decimals.
-fn metric_text(v: f64) -> String {
-    if v.fract() == 0.0 && v.abs() >= 1.0 {
-        format!("{v:.0}")
+/// Which way a metric is better, by its name: `Some(true)` higher (accuracies, ranks),
+/// `Some(false)` lower (losses, time), `None` neither (sizes).
+fn higher_is_better(name: &str) -> Option<bool> {
+    let n = name.to_ascii_lowercase();
+    if n.ends_with("acc") || n.contains("rank") {
+        Some(true)
+    } else if n.ends_with("loss") || n == "time" {
+        Some(false)
     } else {
-        format!("{v:.4}")
+        None
+    }
+}
+
+/// A metric as people read it: accuracies and ranks in percent, time as a duration,
+/// sizes as counts (`24.7k`), losses to 4 significant digits (large ones abbreviated).
+pub fn metric_cell(name: &str, v: f64) -> String {
+    let n = name.to_ascii_lowercase();
+    if !v.is_finite() {
+        return format!("{v}");
+    }
+    if higher_is_better(&n) == Some(true) {
+        return pct(v);
+    }
+    if n == "time" {
+        return fmt::secs(v);
+    }
+    if (n == "params" || n == "macs") && v >= 0.0 {
+        return fmt::count(v as usize);
+    }
+    let a = v.abs();
+    if a >= 1e5 || (a > 0.0 && a < 1e-3) {
+        format!("{v:.3e}")
+    } else {
+        let digits = if a >= 100.0 {
+            1
+        } else if a >= 10.0 {
+            2
+        } else {
+            4
+        };
+        format!("{v:.digits$}")
     }
 }
 
@@ -300,12 +365,12 @@ fn pct(v: f64) -> String {
 /// One run: progress, curves, DAG and stages, configuration, networks, evaluations,
 /// artifacts.
 pub fn run_page(v: &RunView, links: &dyn Links) -> String {
-    let curves = svg::curves(
-        &[svg::Series {
+    let curves = charts::curves(
+        &[charts::Series {
             name: &v.pipeline,
             epochs: &v.history,
         }],
-        false,
+        links.curves(&v.pipeline).as_deref(),
     );
     let dag_stages: Vec<(String, String)> = v
         .stages
@@ -313,12 +378,12 @@ pub fn run_page(v: &RunView, links: &dyn Links) -> String {
         .map(|o| (o.name.clone(), o.state.to_string()))
         .collect();
     let dag = svg::dag(&dag_stages, &v.edges);
-    let mut attrs = Vec::new();
-    if let Some(e) = links.events(&v.pipeline) {
+    let mut attrs = vec![("charts", String::new())];
+    // A finished run opens no stream; one that may still run (or runs now) does.
+    let finished = v.stages.iter().all(|o| o.state == StageState::Cached)
+        && !v.live.as_ref().is_some_and(|l| l.running);
+    if let Some(e) = links.events(&v.pipeline).filter(|_| !finished) {
         attrs.push(("events", e));
-    }
-    if let Some(c) = links.curves(&v.pipeline) {
-        attrs.push(("curves", c));
     }
     let body = html! {
         h1 { (v.pipeline) }
@@ -327,10 +392,9 @@ pub fn run_page(v: &RunView, links: &dyn Links) -> String {
         p id="progress" class="progress" data-epochs=(v.history.len()) { (progress_text(&v.live, None)) }
         section {
             h2 { "Curves" }
-            div class="controls" { label { input id="logloss" type="checkbox"; " log loss axis" } }
-            div id="curves" { (svg::embed(&curves)) }
+            (charts::curves_panel(&curves))
         }
-        section {
+        section id="stages" {
             h2 { "Stages" }
             div class="dag" { (svg::embed(&dag)) }
             table class="stages" {
@@ -452,14 +516,14 @@ pub struct Compared {
 }
 
 pub fn compare_page(runs: &[Compared], diff: Option<&Diff>, links: &dyn Links) -> String {
-    let series: Vec<svg::Series> = runs
+    let series: Vec<charts::Series> = runs
         .iter()
-        .map(|c| svg::Series {
+        .map(|c| charts::Series {
             name: &c.name,
             epochs: &c.epochs,
         })
         .collect();
-    let curves = svg::curves(&series, false);
+    let curves = charts::curves(&series, None);
     let metrics: std::collections::BTreeSet<String> = runs
         .iter()
         .flat_map(|c| c.metrics.keys().cloned())
@@ -468,18 +532,24 @@ pub fn compare_page(runs: &[Compared], diff: Option<&Diff>, links: &dyn Links) -
         h1 { "Compare " (runs.len()) " runs" }
         section {
             h2 { "Curves" }
-            div id="curves" { (svg::embed(&curves)) }
+            (charts::curves_panel(&curves))
         }
         section {
             h2 { "Metrics" }
             table class="metrics" {
-                thead { tr { th { "metric" } @for (i, c) in runs.iter().enumerate() { th { svg class="swatch" width="10" height="10" { rect width="10" height="10" fill=(svg::colour(i)) {} } " " a href=(c.link) { (c.name) } } } } }
+                thead { tr { th { "metric" } @for (i, c) in runs.iter().enumerate() { th { svg class="swatch" width="10" height="10" { rect width="10" height="10" fill=(charts::colour(i)) {} } " " a href=(c.link) { (c.name) } } } } }
                 tbody {
                     @for m in &metrics {
+                        @let vals: Vec<Option<f64>> = runs.iter().map(|c| c.metrics.get(m).copied()).collect();
+                        @let best = higher_is_better(m).and_then(|hi| {
+                            vals.iter().flatten().copied().filter(|v| v.is_finite()).reduce(|a, b| if (b > a) == hi { b } else { a })
+                        });
                         tr {
                             td { (m) }
-                            @for c in runs {
-                                td class="num" { (c.metrics.get(m).map_or("-".to_string(), |v| metric_text(*v))) }
+                            @for v in &vals {
+                                td class={ "num" @if runs.len() > 1 && v.is_some() && *v == best { " best" } } title=[v.map(|x| x.to_string())] {
+                                    (v.map_or("-".to_string(), |x| metric_cell(m, x)))
+                                }
                             }
                         }
                     }
@@ -509,7 +579,7 @@ pub fn compare_page(runs: &[Compared], diff: Option<&Diff>, links: &dyn Links) -
             }
         }
     };
-    page("Compare", links, &[], body)
+    page("Compare", links, &[("charts", String::new())], body)
 }
 
 /// A sweep: parallel coordinates of the swept values against a metric (best point and
@@ -523,9 +593,9 @@ pub fn sweep_page(
     decisions: &HalvingDecisions,
     links: &dyn Links,
 ) -> String {
-    let mut axes: Vec<svg::PAxis> = keys
+    let mut axes: Vec<charts::Axis> = keys
         .iter()
-        .map(|k| svg::PAxis {
+        .map(|k| charts::Axis {
             name: k.clone(),
             values: rows
                 .iter()
@@ -545,23 +615,23 @@ pub fn sweep_page(
         .iter()
         .map(|r| r.metrics().get(metric).copied())
         .collect();
-    axes.push(svg::PAxis {
+    axes.push(charts::Axis {
         name: metric.to_string(),
         values: values
             .iter()
             .map(|v| (v.map_or("-".into(), |x| format!("{x:.4}")), *v))
             .collect(),
     });
-    let lines: Vec<svg::PLine> = rows
+    let lines: Vec<charts::Line> = rows
         .iter()
-        .map(|r| svg::PLine {
-            id: r.pipeline.clone(),
+        .map(|r| charts::Line {
+            name: r.pipeline.clone(),
             best: r.best,
             pruned: r.note.is_some(),
             href: links.run(&r.pipeline),
         })
         .collect();
-    let chart = svg::parallel(&axes, &lines);
+    let chart = charts::parallel(&axes, &lines);
     let names: Vec<&str> = rows.iter().map(|r| r.pipeline.as_str()).collect();
     let body = html! {
         h1 { "Sweep " (name) }
@@ -569,16 +639,16 @@ pub fn sweep_page(
             a href=(links.compare(&names)) { "compare all" } }
         section {
             h2 { "Parallel coordinates (" (metric) ")" }
-            p class="legend" { span class="best-key" { "best" } " · " span class="pruned-key" { "pruned" } }
-            div class="parallel" { (svg::embed(&chart)) }
+            p class="legend" { span class="best-key" { "best" } " · " span class="pruned-key" { "pruned" } " · drag along an axis to brush it; the points table follows" }
+            (charts::parallel_panel(&chart))
         }
         section {
             h2 { "Points" }
-            table class="runs" {
+            table class="runs" id="points" {
                 thead { tr { th { "point" } @for k in keys { th { (k) } } th { (metric) } th { "state" } } }
                 tbody {
                     @for (i, r) in rows.iter().enumerate() {
-                        tr class={ "row-" (row_state(r)) @if r.best { " best" } } {
+                        tr data-name=(r.pipeline) class={ "row-" (row_state(r)) @if r.best { " best" } } {
                             td { a href=(links.run(&r.pipeline)) { (r.pipeline) } @if r.best { " " span class="star" { "★" } } }
                             @for k in keys { td { (r.swept.iter().find(|(x, _)| x == k).map_or("-", |(_, v)| v.as_str())) } }
                             td class="num" { (values[i].map_or("-".into(), |x| format!("{x:.4}"))) }
@@ -597,7 +667,12 @@ pub fn sweep_page(
             }
         }
     };
-    page(&format!("Sweep {name}"), links, &[], body)
+    page(
+        &format!("Sweep {name}"),
+        links,
+        &[("charts", String::new())],
+        body,
+    )
 }
 
 /// The page for an unknown run, sweep or file, or a refused path.
@@ -705,12 +780,12 @@ pub fn journal_page(
 /// metrics, stages, curves (`history`: its epochs so far, read from the artifact or, while
 /// it trains, from its scratch) and configuration.
 pub fn record_page(r: &RunRecord, history: &[EpochRecord], links: &dyn Links) -> String {
-    let curves = svg::curves(
-        &[svg::Series {
+    let curves = charts::curves(
+        &[charts::Series {
             name: &r.pipeline,
             epochs: history,
         }],
-        false,
+        None,
     );
     let body = html! {
         h1 { (r.pipeline) " · run " (r.id) }
@@ -731,11 +806,11 @@ pub fn record_page(r: &RunRecord, history: &[EpochRecord], links: &dyn Links) ->
         @if !r.tags.is_empty() { p { "Tags: " (r.tags.join(", ")) } }
         @for n in &r.notes { p class="note" { (n) } }
         h2 { "Curves" }
-        @if history.is_empty() { p { "no epoch recorded yet" } } @else { div class="curves" { (maud::PreEscaped(curves)) } }
+        @if history.is_empty() { p { "no epoch recorded yet" } } @else { (charts::curves_panel(&curves)) }
         @if !r.metrics.is_empty() {
             h2 { "Metrics" }
             table class="metrics" { tbody {
-                @for (k, v) in &r.metrics { tr { td { (k) } td { (format!("{v:.4}")) } } }
+                @for (k, v) in &r.metrics { tr { td { (k) } td class="num" title=(v) { (metric_cell(k, *v)) } } }
             } }
         }
         h2 { "Stages" }
@@ -757,5 +832,6 @@ pub fn record_page(r: &RunRecord, history: &[EpochRecord], links: &dyn Links) ->
             @for (k, v) in &r.config() { tr { td { (k) } td { (v) } } }
         } }
     };
-    page(&format!("{} {}", r.pipeline, r.id), links, &[], body)
+    let attrs = [("charts", String::new())];
+    page(&format!("{} {}", r.pipeline, r.id), links, &attrs, body)
 }

@@ -3,10 +3,15 @@
 //! paths; artifact files are served only from inside a published artifact, and a path
 //! with `..`, `.`, or an encoded `/` or `\` anywhere is refused before routing.
 //!
-//! Pages: `/`, `/run/{name}`, `/compare?run=A&run=B`, `/sweep/{name}`; charts:
-//! `/run/{name}/curves.svg`; data (JSON): `/api/runs`, `/api/runs/{name}`,
-//! `/api/runs/{name}/history`, `/api/sweeps/{name}`; live: `/api/runs/{name}/events`
-//! (server-sent events, one per new epoch); files: `/files/{artifact}/{path}`.
+//! Pages: `/`, `/run/{name}`, `/compare?run=A&run=B`, `/sweep/{name}`; data (JSON):
+//! `/api/runs`, `/api/runs/{name}`, `/api/runs/{name}/history`, `/api/runs/{name}/chart`
+//! (a run page's chart data), `/api/sweeps/{name}`; live: `/api/runs/{name}/events`
+//! (server-sent events, one per new epoch, and `done` when its training ends); files:
+//! `/files/{artifact}/{path}`.
+//!
+//! A request is answered only when its `Host` names this dashboard: a loopback name or
+//! address, the address it is bound to, or a name given with `--allow-host` (a page of
+//! another site that rebinds its DNS name to 127.0.0.1 is refused).
 
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -25,7 +30,7 @@ use axum::Router;
 
 use super::pages::{self, Links};
 use super::snapshot::Snapshot;
-use super::{assets, segment, svg};
+use super::{assets, charts, segment};
 use crate::engine::runs::CurveSource;
 use crate::engine::runs::Servable;
 use crate::engine::{Engine, Project};
@@ -44,6 +49,9 @@ pub struct UiOptions {
     pub port: u16,
     /// Address to listen on (default 127.0.0.1).
     pub bind: IpAddr,
+    /// Host names answered besides loopback ones and the bound address (`--allow-host`,
+    /// and the name `--bind` was given as).
+    pub allow_hosts: Vec<String>,
     /// Open the dashboard in a browser.
     pub open: bool,
 }
@@ -51,6 +59,10 @@ pub struct UiOptions {
 struct App {
     project: Project,
     snap: RwLock<Arc<Snapshot>>,
+    /// The address bound.
+    bound: IpAddr,
+    /// `--allow-host` names, lowercase.
+    allow_hosts: Vec<String>,
 }
 
 impl App {
@@ -76,7 +88,7 @@ impl Links for ServerLinks {
         format!("/run/{}", segment(name))
     }
     fn curves(&self, name: &str) -> Option<String> {
-        Some(format!("/run/{}/curves.svg", segment(name)))
+        Some(format!("/api/runs/{}/chart", segment(name)))
     }
     fn events(&self, name: &str) -> Option<String> {
         Some(format!("/api/runs/{}/events", segment(name)))
@@ -106,6 +118,12 @@ pub fn serve(project: Project, opts: &UiOptions) -> Result<()> {
     let app = Arc::new(App {
         project,
         snap: RwLock::new(Arc::new(snap)),
+        bound: opts.bind,
+        allow_hosts: opts
+            .allow_hosts
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
     });
     // The runs and their rows are gathered again in the background, never in a request.
     let bg = app.clone();
@@ -158,7 +176,7 @@ fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/", get(runs_page))
         .route("/run/{name}", get(run_page))
-        .route("/run/{name}/curves.svg", get(curves_svg))
+        .route("/api/runs/{name}/chart", get(api_chart))
         .route("/compare", get(compare_page))
         .route("/sweep/{name}", get(sweep_page))
         .route("/files/{output}/{*path}", get(file))
@@ -173,7 +191,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/api/journal", get(api_journal))
         .route("/api/journal/{id}", get(api_record))
         .fallback(fallback)
-        .layer(middleware::from_fn(guard))
+        .layer(middleware::from_fn_with_state(app.clone(), guard))
         .with_state(app)
 }
 
@@ -186,13 +204,52 @@ pub fn path_is_safe(path: &str) -> bool {
     })
 }
 
-/// Refuse paths out of the dashboard; add the headers every answer carries (no script
-/// but ours, no sniffing, no framing, no caching).
-async fn guard(req: Request, next: Next) -> Response {
-    let mut res = if path_is_safe(req.uri().path()) {
-        next.run(req).await
-    } else {
-        not_found("refused: that path leads outside the dashboard")
+/// Whether a request's `Host` header names this dashboard: `localhost` (or a name under
+/// `.localhost`), a loopback address, the bound address (any address when bound to
+/// `0.0.0.0` or `::`), or one of `allow` (lowercase). A port, if any, is not looked at.
+pub fn host_is_allowed(host: &str, bound: IpAddr, allow: &[String]) -> bool {
+    let h = host.trim().to_ascii_lowercase();
+    let name = match h.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((ip, tail)) if tail.is_empty() || tail.starts_with(':') => ip,
+            _ => return false,
+        },
+        None => match h.rsplit_once(':') {
+            Some((n, port)) if port.bytes().all(|b| b.is_ascii_digit()) => n,
+            Some(_) => return false,
+            None => h.as_str(),
+        },
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() {
+        return false;
+    }
+    if name == "localhost" || name.ends_with(".localhost") {
+        return true;
+    }
+    if let Ok(ip) = name.parse::<IpAddr>() {
+        return ip.is_loopback() || ip == bound || bound.is_unspecified();
+    }
+    allow.iter().any(|a| a == name)
+}
+
+/// Refuse requests for another host and paths out of the dashboard; add the headers
+/// every answer carries (no script but ours, no sniffing, no framing, no caching).
+async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()));
+    let mut res = match host {
+        Some(h) if !host_is_allowed(&h, app.bound, &app.allow_hosts) => refused(&format!(
+            "refused: the Host `{h}` is not this dashboard's (a loopback name, {}, or a name given with --allow-host)",
+            app.bound
+        )),
+        None => refused("refused: a request without a Host header"),
+        Some(_) if path_is_safe(req.uri().path()) => next.run(req).await,
+        Some(_) => not_found("refused: that path leads outside the dashboard"),
     };
     let h = res.headers_mut();
     h.insert(
@@ -217,6 +274,14 @@ async fn guard(req: Request, next: Next) -> Response {
 fn not_found(what: &str) -> Response {
     (
         StatusCode::NOT_FOUND,
+        Html(pages::not_found_page(what, &ServerLinks)),
+    )
+        .into_response()
+}
+
+fn refused(what: &str) -> Response {
+    (
+        StatusCode::FORBIDDEN,
         Html(pages::not_found_page(what, &ServerLinks)),
     )
         .into_response()
@@ -388,28 +453,21 @@ fn curves_of(engine: &mut Engine, p: &Pipeline) -> Result<(Vec<EpochRecord>, Opt
     Ok(engine.curves(&sources))
 }
 
-async fn curves_svg(
-    State(app): State<Arc<App>>,
-    Path(name): Path<String>,
-    RawQuery(q): RawQuery,
-) -> Response {
+/// A run page's chart data, as embedded in the page (a live page fetches it again).
+async fn api_chart(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
     let Some(p) = pipeline_of(&app, &name) else {
         return unknown_run(&name);
     };
-    let log = query_pairs(&q).iter().any(|(k, v)| k == "log" && v == "1");
     let a = app.clone();
     match blocking(move || curves_of(&mut a.engine(), &p)).await {
-        Ok((h, _)) => (
-            [(header::CONTENT_TYPE, "image/svg+xml")],
-            svg::curves(
-                &[svg::Series {
-                    name: &name,
-                    epochs: &h,
-                }],
-                log,
-            ),
-        )
-            .into_response(),
+        Ok((h, _)) => Json(charts::curves(
+            &[charts::Series {
+                name: &name,
+                epochs: &h,
+            }],
+            ServerLinks.curves(&name).as_deref(),
+        ))
+        .into_response(),
         Err(r) => r,
     }
 }
@@ -627,12 +685,16 @@ struct Watch {
     /// When each epoch was first seen (for the time left).
     seen: Vec<(usize, Instant)>,
     first: bool,
+    /// Something of the run was seen running.
+    was_running: bool,
+    /// `done` was sent: the stream ends.
+    ended: bool,
 }
 
 impl Watch {
     /// Look again (blocking: file reads). Cheap: the sources' files; every 2 s, when a
     /// training's key was not known yet, the sources themselves.
-    fn look(&mut self) -> Result<(Vec<EpochRecord>, Option<Live>)> {
+    fn look(&mut self) -> Result<(Vec<EpochRecord>, Option<Live>, bool)> {
         let mut e = self.app.engine();
         if self.sources.iter().any(|s| s.key.is_none())
             && self.refreshed.elapsed() > Duration::from_secs(2)
@@ -641,7 +703,11 @@ impl Watch {
             self.refreshed = Instant::now();
         }
         e.refresh_sources(&mut self.sources);
-        Ok(e.curves(&self.sources))
+        let (h, live) = e.curves(&self.sources);
+        // Running: a training of it, or its latest recorded run (any stage).
+        let running = live.as_ref().is_some_and(|l| l.running)
+            || journal(&self.app).last_is_running(&self.pipeline.name) == Some(true);
+        Ok((h, live, running))
     }
 }
 
@@ -665,9 +731,14 @@ async fn events(State(app): State<Arc<App>>, Path(name): Path<String>) -> Respon
         sent: None,
         seen: Vec::new(),
         first: true,
+        was_running: false,
+        ended: false,
     };
     let stream = futures_util::stream::unfold(watch, |mut w| async move {
         loop {
+            if w.ended {
+                return None;
+            }
             if !w.first {
                 tokio::time::sleep(POLL).await;
             }
@@ -682,9 +753,22 @@ async fn events(State(app): State<Arc<App>>, Path(name): Path<String>) -> Respon
                 Err(_) => return None,
             };
             w = w2;
-            let Ok((history, live)) = looked else {
+            let Ok((history, live, running)) = looked else {
                 continue;
             };
+            if running {
+                w.was_running = true;
+            } else if w.was_running {
+                // It ended: say so once, with the last epochs, and close the stream.
+                w.ended = true;
+                let data = serde_json::json!({
+                    "epochs": history.len(),
+                    "live": live,
+                    "text": pages::progress_text(&live, None),
+                });
+                let ev = Event::default().event("done").data(data.to_string());
+                return Some((Ok::<_, Infallible>(ev), w));
+            }
             let now = (history.len(), live.clone());
             if w.sent.as_ref() == Some(&now) {
                 continue;

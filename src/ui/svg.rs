@@ -1,465 +1,264 @@
-//! The dashboard's charts, drawn as SVG on the server (and into `--export`'s files): a
-//! run's loss and accuracy curves (several runs overlaid; one marked point per epoch, the
-//! lr drops as vertical lines), parallel coordinates of a sweep, and a stage DAG. Markup
-//! goes through maud, so every label (a run's name, a class name) is escaped.
+//! The stage DAG of a run's page, drawn as SVG on the server (and into `--export`'s
+//! files). Markup goes through maud, so every label (a stage's name) is escaped. The
+//! charts are drawn in the browser (see [`super::charts`]).
+//!
+//! The layout is layered (Sugiyama's scheme, small): a stage's layer is its longest path
+//! from an input; an edge that skips layers passes through a waypoint in each layer it
+//! crosses, which takes a slot of that layer like a stage does; the slots of each layer
+//! are ordered by the mean slot of their neighbours (a few sweeps each way); each layer's
+//! boxes are as wide as its longest name. Edges run only between neighbouring layers'
+//! slots, so no edge crosses a box.
 
-use maud::{html, Markup, PreEscaped};
+use maud::{html, PreEscaped};
 
-use crate::outcome::history::EpochRecord;
-
-/// One run's curves.
-pub struct Series<'a> {
-    /// Its name (legend).
-    pub name: &'a str,
-    /// Its epochs.
-    pub epochs: &'a [EpochRecord],
+/// A box of the DAG: where it is drawn.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rect {
+    /// Left.
+    pub x: f64,
+    /// Top.
+    pub y: f64,
+    /// Width.
+    pub w: f64,
+    /// Height.
+    pub h: f64,
 }
 
-const PALETTE: [&str; 8] = [
-    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
-];
-
-/// A colour per series index.
-pub fn colour(i: usize) -> &'static str {
-    PALETTE[i % PALETTE.len()]
-}
-
-/// Round tick positions covering `[lo, hi]` (1, 2, 5 x 10^k steps).
-fn ticks(lo: f64, hi: f64, want: usize) -> Vec<f64> {
-    if !(lo.is_finite() && hi.is_finite()) || hi <= lo {
-        return vec![lo];
-    }
-    let raw = (hi - lo) / want.max(1) as f64;
-    let mag = 10f64.powf(raw.log10().floor());
-    let step = [1.0, 2.0, 5.0, 10.0]
-        .iter()
-        .map(|m| m * mag)
-        .find(|s| *s >= raw)
-        .unwrap_or(10.0 * mag);
-    let mut t = (lo / step).ceil() * step;
-    let mut out = Vec::new();
-    while t <= hi + step * 1e-9 {
-        out.push(if t.abs() < step * 1e-9 { 0.0 } else { t });
-        t += step;
-    }
-    out
-}
-
-/// A number as an axis label.
-fn label(v: f64) -> String {
-    if v == 0.0 {
-        return "0".into();
-    }
-    let a = v.abs();
-    if !(1e-2..1e4).contains(&a) {
-        format!("{v:.0e}")
-    } else if a >= 100.0 || v.fract() == 0.0 {
-        format!("{v:.0}")
-    } else if a >= 1.0 {
-        format!("{v:.1}")
-    } else {
-        let s = format!("{v:.3}");
-        s.trim_end_matches('0').to_string()
-    }
-}
-
-/// A linear or log10 scale from data to pixels.
-#[derive(Clone, Copy)]
-struct Scale {
-    lo: f64,
-    hi: f64,
-    px0: f64,
-    px1: f64,
-    log: bool,
-}
-
-impl Scale {
-    fn at(&self, v: f64) -> f64 {
-        let (lo, hi, v) = if self.log {
-            (
-                self.lo.log10(),
-                self.hi.log10(),
-                v.max(f64::MIN_POSITIVE).log10(),
-            )
-        } else {
-            (self.lo, self.hi, v)
-        };
-        if hi <= lo {
-            return (self.px0 + self.px1) / 2.0;
-        }
-        self.px0 + (v - lo) / (hi - lo) * (self.px1 - self.px0)
-    }
-
-    fn ticks(&self) -> Vec<f64> {
-        if self.log {
-            let (a, b) = (
-                self.lo.log10().floor() as i32,
-                self.hi.log10().ceil() as i32,
-            );
-            (a..=b)
-                .map(|e| 10f64.powi(e))
-                .filter(|t| *t >= self.lo * 0.999 && *t <= self.hi * 1.001)
-                .collect()
-        } else {
-            ticks(self.lo, self.hi, 5)
-        }
-    }
-}
-
-/// Which value of an epoch a panel plots.
-#[derive(Clone, Copy)]
-enum Metric {
-    TrainLoss,
-    ValLoss,
-    TrainAcc,
-    ValAcc,
-}
-
-impl Metric {
-    fn of(self, r: &EpochRecord) -> f64 {
-        match self {
-            Metric::TrainLoss => r.train_loss,
-            Metric::ValLoss => r.val_loss,
-            Metric::TrainAcc => r.train_acc,
-            Metric::ValAcc => r.val_acc,
-        }
-    }
-
-    fn id(self) -> &'static str {
-        match self {
-            Metric::TrainLoss => "train_loss",
-            Metric::ValLoss => "val_loss",
-            Metric::TrainAcc => "train_acc",
-            Metric::ValAcc => "val_acc",
-        }
-    }
-
-    fn train(self) -> bool {
-        matches!(self, Metric::TrainLoss | Metric::TrainAcc)
-    }
-}
-
-const W: f64 = 440.0;
-const H: f64 = 280.0;
-const LEFT: f64 = 52.0;
-const RIGHT: f64 = 12.0;
-const TOP: f64 = 28.0;
-const BOTTOM: f64 = 36.0;
-
-/// One panel: `metrics` of every series against the epoch, at horizontal offset `x0`.
-fn panel(
-    title: &str,
-    x0: f64,
-    series: &[Series],
-    metrics: [Metric; 2],
-    log: bool,
-    percent: bool,
-) -> Markup {
-    let max_epoch = series
-        .iter()
-        .flat_map(|s| s.epochs.iter().map(|r| r.epoch))
-        .max()
-        .unwrap_or(1)
-        .max(1) as f64;
-    let values: Vec<f64> = series
-        .iter()
-        .flat_map(|s| {
-            s.epochs
-                .iter()
-                .flat_map(move |r| metrics.into_iter().map(move |m| m.of(r)))
-        })
-        .filter(|v| v.is_finite() && (!log || *v > 0.0))
-        .collect();
-    let (mut lo, mut hi) = values
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
-            (a.min(*v), b.max(*v))
-        });
-    if values.is_empty() {
-        (lo, hi) = if log { (0.1, 1.0) } else { (0.0, 1.0) };
-    }
-    if percent {
-        // Accuracy: always the whole 0-100 %.
-        (lo, hi) = (0.0, 1.0);
-    } else if !log {
-        lo = lo.min(0.0);
-        if hi <= lo {
-            hi = lo + 1.0;
-        }
-    } else if hi <= lo {
-        hi = lo * 10.0;
-    }
-    let x = Scale {
-        lo: if max_epoch > 1.0 { 1.0 } else { 0.0 },
-        hi: max_epoch,
-        px0: x0 + LEFT,
-        px1: x0 + W - RIGHT,
-        log: false,
-    };
-    let y = Scale {
-        lo,
-        hi,
-        px0: H - BOTTOM,
-        px1: TOP,
-        log,
-    };
-    // Where the stage changes: an lr drop (or a resume) starts.
-    let mut drops: Vec<(f64, String)> = Vec::new();
-    if let Some(s) = series.first() {
-        for w in s.epochs.windows(2) {
-            if w[1].stage != w[0].stage {
-                drops.push((
-                    w[0].epoch as f64 + 0.5,
-                    format!("{}: lr {}", w[1].stage, label(w[1].lr)),
-                ));
-            }
-        }
-    }
-    let fmt_y = |v: f64| {
-        if percent {
-            format!("{:.0}%", 100.0 * v)
-        } else {
-            label(v)
-        }
-    };
-    html! {
-        g class="panel" {
-            text x=(x0 + LEFT) y="16" class="title" { (title) }
-            @for t in y.ticks() {
-                line class="grid" x1=(x.px0) x2=(x.px1) y1=(y.at(t)) y2=(y.at(t)) {}
-                text class="tick" x=(x.px0 - 4.0) y=(y.at(t) + 4.0) text-anchor="end" { (fmt_y(t)) }
-            }
-            @for t in ticks(x.lo, x.hi, 6).into_iter().filter(|t| t.fract() == 0.0) {
-                text class="tick" x=(x.at(t)) y=(H - BOTTOM + 16.0) text-anchor="middle" { (label(t)) }
-            }
-            text class="axis" x=((x.px0 + x.px1) / 2.0) y=(H - 4.0) text-anchor="middle" { "epoch" }
-            line class="frame" x1=(x.px0) x2=(x.px0) y1=(y.px1) y2=(y.px0) {}
-            line class="frame" x1=(x.px0) x2=(x.px1) y1=(y.px0) y2=(y.px0) {}
-            @for (at, what) in &drops {
-                g class="drop" {
-                    line x1=(x.at(*at)) x2=(x.at(*at)) y1=(y.px1) y2=(y.px0) {}
-                    text x=(x.at(*at) + 3.0) y=(y.px1 + 10.0) { (what) }
+impl Rect {
+    /// Whether the segment `a`-`b` passes through the inside of this box (touching its
+    /// border is not passing through).
+    pub fn crossed_by(&self, a: (f64, f64), b: (f64, f64)) -> bool {
+        // Liang-Barsky clipping against the box shrunk by a hair.
+        let e = 1e-6;
+        let (x0, x1, y0, y1) = (
+            self.x + e,
+            self.x + self.w - e,
+            self.y + e,
+            self.y + self.h - e,
+        );
+        let (dx, dy) = (b.0 - a.0, b.1 - a.1);
+        let (mut t0, mut t1) = (0.0f64, 1.0f64);
+        for (p, q) in [
+            (-dx, a.0 - x0),
+            (dx, x1 - a.0),
+            (-dy, a.1 - y0),
+            (dy, y1 - a.1),
+        ] {
+            if p == 0.0 {
+                if q < 0.0 {
+                    return false;
                 }
-            }
-            @for (i, s) in series.iter().enumerate() {
-                @for m in metrics {
-                    @let pts: Vec<(usize, f64)> = s.epochs.iter().map(|r| (r.epoch, m.of(r))).filter(|(_, v)| v.is_finite() && (!log || *v > 0.0)).collect();
-                    g class={ "series " (if m.train() { "train" } else { "val" }) } data-run=(s.name) data-metric=(m.id()) data-points=(pts.len()) stroke=(colour(i)) fill=(colour(i)) {
-                        polyline fill="none" points=(pts.iter().map(|(e, v)| format!("{:.1},{:.1}", x.at(*e as f64), y.at(*v))).collect::<Vec<_>>().join(" ")) {}
-                        @for (e, v) in &pts {
-                            circle class="pt" cx=(format!("{:.1}", x.at(*e as f64))) cy=(format!("{:.1}", y.at(*v))) r="2.5" data-epoch=(e) {
-                                title { (s.name) " epoch " (e) ": " (m.id()) " " (format!("{v:.4}")) }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Loss and accuracy curves of one or more runs: two panels, train dashed and val solid,
-/// one point per epoch, lr drops marked (of the first run). `log`: the loss axis in log10.
-pub fn curves(series: &[Series], log: bool) -> String {
-    let epochs: usize = series.iter().map(|s| s.epochs.len()).sum();
-    let legend_h = if series.len() > 1 {
-        16.0 * series.len() as f64 + 8.0
-    } else {
-        0.0
-    };
-    let total_h = H + legend_h;
-    let svg = html! {
-        svg xmlns="http://www.w3.org/2000/svg" class="curves" viewBox=(format!("0 0 {} {total_h}", 2.0 * W)) width=(2.0 * W) height=(total_h) data-epochs=(epochs) {
-            @if epochs == 0 {
-                text x=(W) y=(H / 2.0) text-anchor="middle" class="empty" { "no epochs yet" }
-            } @else {
-                (panel(if log { "loss (log scale)" } else { "loss" }, 0.0, series, [Metric::TrainLoss, Metric::ValLoss], log, false))
-                (panel("accuracy", W, series, [Metric::TrainAcc, Metric::ValAcc], false, true))
-                @if series.len() > 1 {
-                    @for (i, s) in series.iter().enumerate() {
-                        g class="legend" {
-                            rect x=(LEFT) y=(H + 4.0 + 16.0 * i as f64) width="12" height="10" fill=(colour(i)) {}
-                            text x=(LEFT + 18.0) y=(H + 13.0 + 16.0 * i as f64) { (s.name) }
-                        }
-                    }
-                }
-                text class="key" x=(2.0 * W - RIGHT) y="16" text-anchor="end" { "dashed: train, solid: val" }
-            }
-        }
-    };
-    svg.into_string()
-}
-
-/// One axis of a parallel-coordinates chart: a swept key or the metric.
-pub struct PAxis {
-    /// Its name.
-    pub name: String,
-    /// Each line's value on it, as shown (`5e-3`, `elu`), and as a number if it is one.
-    pub values: Vec<(String, Option<f64>)>,
-}
-
-/// One line: a sweep point.
-pub struct PLine {
-    /// Its id.
-    pub id: String,
-    /// The best point.
-    pub best: bool,
-    /// Pruned by halving (or not finished).
-    pub pruned: bool,
-    /// Where it links to.
-    pub href: String,
-}
-
-/// Parallel coordinates: one vertical axis per swept key and the metric (numeric axes
-/// linear, or log10 when all values are positive and span more than a decade; text axes
-/// with their values evenly spaced), one polyline per point.
-pub fn parallel(axes: &[PAxis], lines: &[PLine]) -> String {
-    let w = (160.0 * axes.len() as f64).max(480.0);
-    let h = 360.0;
-    let (top, bottom) = (30.0, 40.0);
-    let gap = if axes.len() > 1 {
-        (w - 120.0) / (axes.len() - 1) as f64
-    } else {
-        0.0
-    };
-    // Each axis: a function from a line's index to a y.
-    let mut ys: Vec<Vec<Option<f64>>> = Vec::new();
-    let mut tick_labels: Vec<Vec<(f64, String)>> = Vec::new();
-    for a in axes {
-        let nums: Vec<f64> = a.values.iter().filter_map(|v| v.1).collect();
-        let numeric =
-            nums.len() == a.values.iter().filter(|v| v.0 != "-").count() && !nums.is_empty();
-        if numeric {
-            let lo = nums.iter().cloned().fold(f64::INFINITY, f64::min);
-            let hi = nums.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let log = lo > 0.0 && hi / lo > 10.0;
-            let pad = (lo.abs() * 0.05).max(1e-3);
-            let (lo, hi) = if hi > lo {
-                (lo, hi)
             } else {
-                (lo - pad, hi + pad)
-            };
-            let log = log && lo > 0.0;
-            let s = Scale {
-                lo,
-                hi,
-                px0: h - bottom,
-                px1: top,
-                log,
-            };
-            ys.push(a.values.iter().map(|v| v.1.map(|x| s.at(x))).collect());
-            let mut t: Vec<(f64, String)> =
-                s.ticks().into_iter().map(|t| (s.at(t), label(t))).collect();
-            if t.len() < 2 {
-                t = vec![(s.at(lo), label(lo)), (s.at(hi), label(hi))];
-            }
-            tick_labels.push(t);
-        } else {
-            let mut cats: Vec<String> = Vec::new();
-            for v in &a.values {
-                if v.0 != "-" && !cats.contains(&v.0) {
-                    cats.push(v.0.clone());
-                }
-            }
-            let at = |i: usize| {
-                if cats.len() <= 1 {
-                    (top + h - bottom) / 2.0
+                let r = q / p;
+                if p < 0.0 {
+                    t0 = t0.max(r);
                 } else {
-                    h - bottom - i as f64 * (h - bottom - top) / (cats.len() - 1) as f64
+                    t1 = t1.min(r);
                 }
-            };
-            ys.push(
-                a.values
-                    .iter()
-                    .map(|v| cats.iter().position(|c| *c == v.0).map(at))
-                    .collect(),
-            );
-            tick_labels.push(
-                cats.iter()
-                    .enumerate()
-                    .map(|(i, c)| (at(i), c.clone()))
-                    .collect(),
-            );
+                if t0 > t1 {
+                    return false;
+                }
+            }
         }
+        t1 - t0 > 1e-9
     }
-    let ax_x = |i: usize| 60.0 + gap * i as f64;
-    let svg = html! {
-        svg xmlns="http://www.w3.org/2000/svg" class="parallel" viewBox=(format!("0 0 {w} {h}")) width=(w) height=(h) data-lines=(lines.len()) {
-            @for (li, l) in lines.iter().enumerate() {
-                @let pts: Vec<String> = ys.iter().enumerate().filter_map(|(ai, y)| y[li].map(|y| format!("{:.1},{:.1}", ax_x(ai), y))).collect();
-                a href=(l.href) {
-                    polyline class={ "pline" @if l.best { " best" } @if l.pruned { " pruned" } } fill="none" points=(pts.join(" ")) data-id=(l.id) {
-                        title { (l.id) @if l.best { " (best)" } @if l.pruned { " (pruned)" } }
-                    }
-                }
-            }
-            @for (ai, a) in axes.iter().enumerate() {
-                g class="paxis" {
-                    line x1=(ax_x(ai)) x2=(ax_x(ai)) y1=(top) y2=(h - bottom) {}
-                    text class="title" x=(ax_x(ai)) y=(h - 12.0) text-anchor="middle" { (a.name) }
-                    @for (y, t) in &tick_labels[ai] {
-                        text class="tick" x=(ax_x(ai) + 5.0) y=(y + 4.0) { (t) }
-                    }
-                }
-            }
-        }
-    };
-    svg.into_string()
 }
 
-/// A stage DAG: stages in columns by depth (inputs to the left), each box coloured by its
-/// state (the class `state-<state>`), an arrow per input.
-pub fn dag(stages: &[(String, String)], edges: &[(String, String)]) -> String {
-    let mut depth: Vec<usize> = vec![0; stages.len()];
-    let idx = |n: &str| stages.iter().position(|s| s.0 == n);
-    // Stages come in dependency order, so one pass settles every depth.
-    for (i, (name, _)) in stages.iter().enumerate() {
-        for (from, to) in edges {
-            if to == name {
-                if let Some(j) = idx(from) {
-                    depth[i] = depth[i].max(depth[j] + 1);
-                }
+/// A DAG laid out: each stage's box (in the order given) and each edge's polyline (from
+/// the input's right side to the stage's left side), and the drawing's size.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// One box per stage.
+    pub boxes: Vec<Rect>,
+    /// One polyline per edge that names two known stages: (from, to, points).
+    pub edges: Vec<(usize, usize, Vec<(f64, f64)>)>,
+    /// Width and height.
+    pub size: (f64, f64),
+}
+
+const BOX_H: f64 = 32.0;
+const GAP_X: f64 = 44.0;
+const GAP_Y: f64 = 14.0;
+const MARGIN: f64 = 6.0;
+/// Width of a character of the 11 px labels (an upper bound for system-ui).
+const CHAR_W: f64 = 7.0;
+
+/// Lay out `stages` (name, state; in dependency order) with `edges` (input, stage).
+/// (Waypoints have no box: `vlayer[v]` for `v >= stages.len()` is a waypoint's layer.)
+pub fn layout(stages: &[(String, String)], edges: &[(String, String)]) -> Layout {
+    let n = stages.len();
+    let idx = |s: &str| stages.iter().position(|x| x.0 == s);
+    let known: Vec<(usize, usize)> = edges
+        .iter()
+        .filter_map(|(a, b)| Some((idx(a)?, idx(b)?)))
+        .filter(|(a, b)| a != b)
+        .collect();
+    // Layers: the longest path from an input (stages come in dependency order, but a
+    // few passes settle any order).
+    let mut layer = vec![0usize; n];
+    for _ in 0..n.max(1) {
+        let mut moved = false;
+        for &(a, b) in &known {
+            if layer[b] < layer[a] + 1 && layer[a] < n {
+                layer[b] = layer[a] + 1;
+                moved = true;
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
+    let layers = layer.iter().max().map_or(1, |m| m + 1);
+    // Slots: stages (vertices 0..n), then a waypoint per skipped layer of each long edge.
+    let mut vlayer: Vec<usize> = layer.clone();
+    let mut chains: Vec<Vec<usize>> = Vec::new(); // per edge: vertices from a to b
+    for &(a, b) in &known {
+        let mut chain = vec![a];
+        for l in layer[a] + 1..layer[b] {
+            vlayer.push(l);
+            chain.push(vlayer.len() - 1);
+        }
+        chain.push(b);
+        chains.push(chain);
+    }
+    let v = vlayer.len();
+    let mut up: Vec<Vec<usize>> = vec![Vec::new(); v];
+    let mut down: Vec<Vec<usize>> = vec![Vec::new(); v];
+    for c in &chains {
+        for w in c.windows(2) {
+            down[w[0]].push(w[1]);
+            up[w[1]].push(w[0]);
+        }
+    }
+    let mut order: Vec<Vec<usize>> = vec![Vec::new(); layers];
+    for (x, &l) in vlayer.iter().enumerate() {
+        order[l].push(x);
+    }
+    let mut pos = vec![0.0f64; v];
+    let set_pos = |order: &Vec<Vec<usize>>, pos: &mut Vec<f64>| {
+        for row in order {
+            for (i, &x) in row.iter().enumerate() {
+                pos[x] = i as f64;
+            }
+        }
+    };
+    set_pos(&order, &mut pos);
+    for sweep in 0..8 {
+        let (range, nb): (Vec<usize>, &Vec<Vec<usize>>) = if sweep % 2 == 0 {
+            ((1..layers).collect(), &up)
+        } else {
+            ((0..layers.saturating_sub(1)).rev().collect(), &down)
+        };
+        for l in range {
+            let mut keyed: Vec<(f64, usize)> = order[l]
+                .iter()
+                .map(|&x| {
+                    let ns = &nb[x];
+                    let k = if ns.is_empty() {
+                        pos[x]
+                    } else {
+                        ns.iter().map(|&y| pos[y]).sum::<f64>() / ns.len() as f64
+                    };
+                    (k, x)
+                })
+                .collect();
+            keyed.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            order[l] = keyed.into_iter().map(|(_, x)| x).collect();
+            for (i, &x) in order[l].iter().enumerate() {
+                pos[x] = i as f64;
             }
         }
     }
-    let mut row_of = vec![0usize; stages.len()];
-    let mut per_depth: std::collections::BTreeMap<usize, usize> = Default::default();
-    for (i, d) in depth.iter().enumerate() {
-        let n = per_depth.entry(*d).or_insert(0);
-        row_of[i] = *n;
-        *n += 1;
+    // Column widths: the longest label of the layer's stages.
+    let label_w = |s: usize| {
+        let chars = stages[s].0.chars().count().max(stages[s].1.chars().count());
+        (chars as f64 * CHAR_W + 20.0).max(80.0)
+    };
+    let col_w: Vec<f64> = (0..layers)
+        .map(|l| {
+            order[l]
+                .iter()
+                .filter(|&&x| x < n)
+                .map(|&x| label_w(x))
+                .fold(24.0, f64::max)
+        })
+        .collect();
+    let mut col_x = vec![MARGIN; layers];
+    for l in 1..layers {
+        col_x[l] = col_x[l - 1] + col_w[l - 1] + GAP_X;
     }
-    let (bw, bh, gx, gy) = (120.0, 30.0, 40.0, 14.0);
-    let cols = depth.iter().max().map_or(1, |d| d + 1) as f64;
-    let rows = per_depth.values().max().copied().unwrap_or(1) as f64;
-    let w = cols * (bw + gx) + 10.0;
-    let h = rows * (bh + gy) + 10.0;
-    let pos = |i: usize| {
-        (
-            5.0 + depth[i] as f64 * (bw + gx),
-            5.0 + row_of[i] as f64 * (bh + gy),
-        )
+    let rows = order.iter().map(Vec::len).max().unwrap_or(1).max(1);
+    let slot_y = |x: usize| MARGIN + pos[x] * (BOX_H + GAP_Y);
+    let boxes: Vec<Rect> = (0..n)
+        .map(|s| {
+            let l = layer[s];
+            let w = label_w(s);
+            Rect {
+                x: col_x[l] + (col_w[l] - w) / 2.0,
+                y: slot_y(s),
+                w,
+                h: BOX_H,
+            }
+        })
+        .collect();
+    let mid = BOX_H / 2.0;
+    let edges_out = known
+        .iter()
+        .zip(&chains)
+        .map(|(&(a, b), chain)| {
+            // Within a layer an edge runs level, in its own slot's row; it changes rows
+            // only in the gaps between layers.
+            let (la, lb) = (layer[a], layer[b]);
+            let (ya, yb) = (boxes[a].y + mid, boxes[b].y + mid);
+            let mut pts = vec![(boxes[a].x + boxes[a].w, ya), (col_x[la] + col_w[la], ya)];
+            for &w in &chain[1..chain.len() - 1] {
+                let l = vlayer[w];
+                let y = slot_y(w) + mid;
+                pts.push((col_x[l], y));
+                pts.push((col_x[l] + col_w[l], y));
+            }
+            pts.push((col_x[lb], yb));
+            pts.push((boxes[b].x, yb));
+            pts.dedup();
+            (a, b, pts)
+        })
+        .collect();
+    let width = col_x[layers - 1] + col_w[layers - 1] + MARGIN;
+    let height = MARGIN * 2.0 + rows as f64 * (BOX_H + GAP_Y) - GAP_Y;
+    Layout {
+        boxes,
+        edges: edges_out,
+        size: (width, height),
+    }
+}
+
+/// A stage DAG, laid out by [`layout`]: each box coloured by its state (the class
+/// `state-<state>`), an arrow per input.
+pub fn dag(stages: &[(String, String)], edges: &[(String, String)]) -> String {
+    let lay = layout(stages, edges);
+    let (w, h) = lay.size;
+    let points = |pts: &[(f64, f64)]| {
+        pts.iter()
+            .map(|(x, y)| format!("{x:.1},{y:.1}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     };
     let svg = html! {
-        svg xmlns="http://www.w3.org/2000/svg" class="dag" viewBox=(format!("0 0 {w} {h}")) width=(w) height=(h) {
+        svg xmlns="http://www.w3.org/2000/svg" class="dag" viewBox=(format!("0 0 {w:.0} {h:.0}")) width=(format!("{w:.0}")) height=(format!("{h:.0}")) {
             defs {
                 marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="6" markerHeight="6" orient="auto-start-reverse" {
                     path d="M 0 0 L 10 5 L 0 10 z" {}
                 }
             }
-            @for (from, to) in edges {
-                @if let (Some(a), Some(b)) = (idx(from), idx(to)) {
-                    @let (ax, ay) = pos(a);
-                    @let (bx, by) = pos(b);
-                    line class="edge" x1=(ax + bw) y1=(ay + bh / 2.0) x2=(bx) y2=(by + bh / 2.0) marker-end="url(#arrow)" {}
-                }
+            @for (a, b, pts) in &lay.edges {
+                polyline class="edge" data-from=(stages[*a].0) data-to=(stages[*b].0) points=(points(pts)) fill="none" marker-end="url(#arrow)" {}
             }
             @for (i, (name, state)) in stages.iter().enumerate() {
-                @let (x, y) = pos(i);
+                @let r = lay.boxes[i];
                 g class={ "node state-" (state) } data-stage=(name) data-state=(state) {
-                    rect x=(x) y=(y) width=(bw) height=(bh) rx="5" {}
-                    text x=(x + bw / 2.0) y=(y + 13.0) text-anchor="middle" { (name) }
-                    text class="state" x=(x + bw / 2.0) y=(y + 25.0) text-anchor="middle" { (state) }
+                    rect x=(format!("{:.1}", r.x)) y=(format!("{:.1}", r.y)) width=(format!("{:.1}", r.w)) height=(format!("{:.1}", r.h)) rx="5" {}
+                    text x=(format!("{:.1}", r.x + r.w / 2.0)) y=(format!("{:.1}", r.y + 14.0)) text-anchor="middle" { (name) }
+                    text class="state" x=(format!("{:.1}", r.x + r.w / 2.0)) y=(format!("{:.1}", r.y + 26.0)) text-anchor="middle" { (state) }
                 }
             }
         }
@@ -476,83 +275,114 @@ pub fn embed(svg: &str) -> PreEscaped<&str> {
 mod tests {
     use super::*;
 
-    fn rec(epoch: usize, stage: &str, v: f64) -> EpochRecord {
-        EpochRecord {
-            epoch,
-            stage: stage.into(),
-            lr: if stage == "train" { 0.01 } else { 0.001 },
-            train_loss: 2.0 - v,
-            train_acc: v / 2.0,
-            val_loss: 2.1 - v,
-            val_acc: v / 2.1,
-            images_per_sec: 0.0,
+    fn s(names: &[&str]) -> Vec<(String, String)> {
+        names
+            .iter()
+            .map(|n| (n.to_string(), "cached".to_string()))
+            .collect()
+    }
+
+    fn e(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    /// No edge segment passes through a box other than its own two ends'.
+    fn no_edge_through_a_box(l: &Layout) {
+        for (a, b, pts) in &l.edges {
+            for seg in pts.windows(2) {
+                for (i, r) in l.boxes.iter().enumerate() {
+                    if i == *a || i == *b {
+                        continue;
+                    }
+                    assert!(
+                        !r.crossed_by(seg[0], seg[1]),
+                        "edge {a}->{b} segment {seg:?} crosses box {i} {r:?}"
+                    );
+                }
+            }
+        }
+        for (i, p) in l.boxes.iter().enumerate() {
+            for q in &l.boxes[i + 1..] {
+                let apart =
+                    p.x + p.w <= q.x || q.x + q.w <= p.x || p.y + p.h <= q.y || q.y + q.h <= p.y;
+                assert!(apart, "boxes overlap: {p:?} {q:?}");
+            }
         }
     }
 
     #[test]
-    fn one_point_per_epoch_and_series_and_the_drop_marked() {
-        let h: Vec<EpochRecord> = (1..=5)
-            .map(|e| rec(e, if e <= 3 { "train" } else { "drop" }, e as f64 / 5.0))
-            .collect();
-        let svg = curves(
-            &[Series {
-                name: "a<b>",
-                epochs: &h,
-            }],
-            false,
-        );
-        assert_eq!(svg.matches("<circle class=\"pt\"").count(), 4 * 5);
-        assert_eq!(
-            svg.matches("data-metric=\"val_loss\" data-points=\"5\"")
-                .count(),
-            1
-        );
-        assert_eq!(svg.matches("class=\"drop\"").count(), 2, "one per panel");
-        assert!(svg.contains("drop: lr 1e-3"), "{svg}");
-        assert!(svg.contains("a&lt;b&gt;") && !svg.contains("a<b>"));
-        assert!(curves(&[], false).contains("no epochs yet"));
+    fn a_skip_edge_goes_around_the_stages_it_skips() {
+        // data -> split -> hdf5 -> train -> drop -> test, and hdf5 -> test (a skip edge
+        // that a one-row layout draws through train and drop).
+        let st = s(&["data", "split", "hdf5", "train", "drop", "test"]);
+        let ed = e(&[
+            ("data", "split"),
+            ("split", "hdf5"),
+            ("hdf5", "train"),
+            ("train", "drop"),
+            ("drop", "test"),
+            ("hdf5", "test"),
+        ]);
+        let l = layout(&st, &ed);
+        no_edge_through_a_box(&l);
+        // The skip edge bends: it leaves the row of the chain.
+        let skip = l.edges.iter().find(|(a, b, _)| *a == 2 && *b == 5).unwrap();
+        assert!(skip.2.len() > 2, "{:?}", skip.2);
+        assert!(skip
+            .2
+            .iter()
+            .any(|p| (p.1 - (l.boxes[3].y + 16.0)).abs() > 1.0));
     }
 
     #[test]
-    fn ticks_are_round_and_cover_the_range() {
-        let close = |a: &[f64], b: &[f64]| {
-            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-9)
+    fn boxes_fit_their_names() {
+        let long = "evaluate_on_the_validation_split_after_the_lr_drop";
+        let st = s(&["a", long]);
+        let l = layout(&st, &e(&[("a", long)]));
+        assert!(
+            l.boxes[1].w >= long.len() as f64 * CHAR_W,
+            "{:?}",
+            l.boxes[1]
+        );
+        no_edge_through_a_box(&l);
+    }
+
+    #[test]
+    fn a_wide_graph_keeps_every_edge_clear() {
+        // Two branches of different lengths joining, plus fan-out.
+        let st = s(&["d", "s", "h", "t1", "t2", "t3", "x1", "ev1", "ev2", "ev3"]);
+        let ed = e(&[
+            ("d", "s"),
+            ("s", "h"),
+            ("h", "t1"),
+            ("t1", "t2"),
+            ("t2", "t3"),
+            ("h", "x1"),
+            ("h", "ev1"),
+            ("t1", "ev1"),
+            ("h", "ev2"),
+            ("t2", "ev2"),
+            ("h", "ev3"),
+            ("t3", "ev3"),
+            ("x1", "ev3"),
+        ]);
+        no_edge_through_a_box(&layout(&st, &ed));
+    }
+
+    #[test]
+    fn a_crossing_is_seen_and_a_touch_is_not() {
+        let r = Rect {
+            x: 10.0,
+            y: 10.0,
+            w: 10.0,
+            h: 10.0,
         };
-        assert!(close(&ticks(0.0, 1.0, 5), &[0.0, 0.2, 0.4, 0.6, 0.8, 1.0]));
-        assert!(close(&ticks(1.0, 8.0, 6), &[2.0, 4.0, 6.0, 8.0]));
-        assert_eq!(label(0.005), "5e-3");
-        assert_eq!(label(0.25), "0.25");
-    }
-
-    #[test]
-    fn parallel_coordinates_have_a_line_per_point() {
-        let axes = vec![
-            PAxis {
-                name: "lr".into(),
-                values: vec![("1e-3".into(), Some(1e-3)), ("1e-1".into(), Some(0.1))],
-            },
-            PAxis {
-                name: "act".into(),
-                values: vec![("relu".into(), None), ("<elu>".into(), None)],
-            },
-        ];
-        let lines = vec![
-            PLine {
-                id: "a".into(),
-                best: true,
-                pruned: false,
-                href: "/run/a".into(),
-            },
-            PLine {
-                id: "b".into(),
-                best: false,
-                pruned: true,
-                href: "/run/b".into(),
-            },
-        ];
-        let svg = parallel(&axes, &lines);
-        assert_eq!(svg.matches("<polyline").count(), 2);
-        assert!(svg.contains("pline best") && svg.contains("pline pruned"));
-        assert!(svg.contains("&lt;elu&gt;"));
+        assert!(r.crossed_by((0.0, 15.0), (30.0, 15.0)));
+        assert!(!r.crossed_by((0.0, 10.0), (30.0, 10.0)));
+        assert!(!r.crossed_by((0.0, 0.0), (9.0, 30.0)));
+        assert!(!r.crossed_by((20.0, 15.0), (40.0, 15.0)));
     }
 }

@@ -415,7 +415,13 @@ impl Ui {
     /// The whole response (head and body) to a raw GET of `path` exactly as written.
     pub fn raw(&self, path: &str) -> String {
         let host = self.base.trim_start_matches("http://");
-        let mut s = TcpStream::connect(host).unwrap();
+        self.raw_as(path, host)
+    }
+
+    /// The whole response to a raw GET of `path` whose `Host` header says `host`.
+    pub fn raw_as(&self, path: &str, host: &str) -> String {
+        let addr = self.base.trim_start_matches("http://");
+        let mut s = TcpStream::connect(addr).unwrap();
         write!(
             s,
             "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"

@@ -109,7 +109,7 @@ fn measure(pipe: &Pipe, host: &str, runs: usize, rounds: usize) -> Result<()> {
         1e3 * max(&lat)
     );
     println!(
-        "| then the page's chart (`GET /run/slow/curves.svg`), median | {:.1} ms (max {:.1} ms) |",
+        "| then the page's chart data (`GET /api/runs/slow/chart`), median | {:.1} ms (max {:.1} ms) |",
         1e3 * median(svg.clone()),
         1e3 * max(&svg)
     );
@@ -169,7 +169,7 @@ fn live_latency(pipe: &Pipe, host: &str, agent: &ureq::Agent) -> Result<(Vec<f64
             .max();
         if let (Some(w), true) = (written, last > 0) {
             lat.push(arrived.duration_since(w).unwrap_or_default().as_secs_f64());
-            svg.push(get(agent, host, "/run/slow/curves.svg")?.0);
+            svg.push(get(agent, host, "/api/runs/slow/chart")?.0);
         }
         last = epochs;
     }

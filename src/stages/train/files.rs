@@ -189,6 +189,7 @@ pub(crate) fn write_history(dir: &Path, history: &[EpochRecord]) -> Result<()> {
             epoch: r.epoch,
             stage: r.stage.clone(),
             images_per_sec: r.images_per_sec,
+            seconds: r.seconds,
         })
         .collect();
     crate::atomic::write_json_atomic(&dir.join(TIMINGS), &timings)

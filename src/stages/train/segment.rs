@@ -109,6 +109,7 @@ pub(super) fn run(ctx: &StageCtx<'_>, data: &Path, seg: Segment<'_>) -> Result<S
             val_loss,
             val_acc,
             images_per_sec: seen as f64 / secs.max(1e-9),
+            seconds: t0.elapsed().as_secs_f64(),
         };
         for n in model.take_notes() {
             ctx.note(n);

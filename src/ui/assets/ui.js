@@ -1,11 +1,15 @@
-// pipe ui: sorting and filtering the runs table, picking runs to compare, the log loss
-// axis (remembered), and live curves over server-sent events. No third-party code.
+// pipe ui: sorting and filtering the runs table, picking runs to compare, and the live
+// stage table. The charts are charts.js's (drawn with ECharts).
 "use strict";
 
+// Sort by a column. A metric's first click puts the best first (highest accuracy, lowest
+// loss); a second click reverses. Rows without the value go last either way.
 function sortTable(table, col, th) {
   const body = table.tBodies[0];
   const rows = Array.from(body.rows);
-  const dir = th.getAttribute("aria-sort") === "ascending" ? -1 : 1;
+  const now = th.getAttribute("aria-sort");
+  const first = th.dataset.best === "max" ? -1 : 1;
+  const dir = now === null ? first : now === "ascending" ? -1 : 1;
   for (const h of table.tHead.rows[0].cells) h.removeAttribute("aria-sort");
   th.setAttribute("aria-sort", dir === 1 ? "ascending" : "descending");
   const key = (tr) => {
@@ -23,6 +27,19 @@ function sortTable(table, col, th) {
   for (const r of rows) body.appendChild(r);
 }
 
+// "Only columns that vary": a column whose cells are all the same among the rows shown
+// (after the filters) is marked const, and hidden while the box is ticked.
+function markConstant(table) {
+  const rows = Array.from(table.tBodies[0].rows).filter((r) => !r.classList.contains("hidden"));
+  const heads = table.tHead.rows[0].cells;
+  for (let c = 2; c < heads.length; c++) {
+    const first = rows.length ? rows[0].cells[c].textContent : "";
+    const same = rows.length > 1 && rows.every((r) => r.cells[c].textContent === first);
+    heads[c].classList.toggle("const", same);
+    for (const r of table.tBodies[0].rows) r.cells[c].classList.toggle("const", same);
+  }
+}
+
 function filterRows(table) {
   const text = (document.getElementById("filter").value || "").toLowerCase();
   const state = document.getElementById("state-filter").value;
@@ -30,6 +47,55 @@ function filterRows(table) {
     const show = tr.dataset.name.toLowerCase().includes(text) && (!state || tr.dataset.state === state);
     tr.classList.toggle("hidden", !show);
   }
+  markConstant(table);
+}
+
+function remembered(key, fallback) {
+  try {
+    const v = localStorage.getItem(key);
+    return v === null ? fallback : v;
+  } catch (e) {
+    return fallback;
+  }
+}
+
+function remember(key, value) {
+  try {
+    localStorage.setItem(key, value);
+  } catch (e) {
+    /* no storage (file://): not remembered */
+  }
+}
+
+// The column chooser: unticked columns are hidden, and remembered by name.
+function setupColumns(table) {
+  const box = document.getElementById("columns");
+  if (!box) return;
+  let off = [];
+  try {
+    off = JSON.parse(remembered("pipe.columns.off", "[]"));
+  } catch (e) {
+    off = [];
+  }
+  const heads = Array.from(table.tHead.rows[0].cells);
+  const apply = () => {
+    heads.forEach((th, c) => {
+      if (!th.dataset.h) return;
+      const hide = off.includes(th.dataset.h);
+      th.classList.toggle("off", hide);
+      for (const r of table.tBodies[0].rows) r.cells[c].classList.toggle("off", hide);
+    });
+  };
+  for (const cb of box.querySelectorAll("input[type=checkbox]")) {
+    cb.checked = !off.includes(cb.value);
+    cb.addEventListener("change", () => {
+      off = off.filter((h) => h !== cb.value);
+      if (!cb.checked) off.push(cb.value);
+      remember("pipe.columns.off", JSON.stringify(off));
+      apply();
+    });
+  }
+  apply();
 }
 
 function setupRuns() {
@@ -42,12 +108,14 @@ function setupRuns() {
   document.getElementById("filter").addEventListener("input", () => filterRows(table));
   document.getElementById("state-filter").addEventListener("change", () => filterRows(table));
   const varying = document.getElementById("varying");
-  varying.checked = localStorage.getItem("pipe.varying") === "1";
+  varying.checked = remembered("pipe.varying", "1") === "1";
   table.classList.toggle("varying", varying.checked);
   varying.addEventListener("change", () => {
     table.classList.toggle("varying", varying.checked);
-    localStorage.setItem("pipe.varying", varying.checked ? "1" : "0");
+    remember("pipe.varying", varying.checked ? "1" : "0");
   });
+  markConstant(table);
+  setupColumns(table);
 }
 
 // "compare selected": the runs ticked in any table (pipelines as they stand, recorded runs).
@@ -64,47 +132,27 @@ function setupCompare() {
   });
 }
 
-function setupCurves() {
-  const body = document.body;
-  const box = document.getElementById("curves");
-  const log = document.getElementById("logloss");
-  if (!box || !body.dataset.curves) return;
-  const url = body.dataset.curves;
-  let busy = false;
-  const redraw = () => {
-    if (busy) return;
-    busy = true;
-    fetch(url + (log && log.checked ? "?log=1" : ""))
-      .then((r) => (r.ok ? r.text() : Promise.reject(r.status)))
-      .then((svg) => { box.innerHTML = svg; })
-      .catch(() => {})
-      .finally(() => { busy = false; });
-  };
-  if (log) {
-    log.checked = localStorage.getItem("pipe.logloss") === "1";
-    if (log.checked) redraw();
-    log.addEventListener("change", () => {
-      localStorage.setItem("pipe.logloss", log.checked ? "1" : "0");
-      redraw();
+// The run page's stage table and DAG, fetched again (after an epoch, when a training
+// ends): the page itself is asked for, and its #stages section swapped in.
+const PIPE = (window.PIPE = window.PIPE || {});
+PIPE.refreshStages = () => {
+  const here = document.getElementById("stages");
+  if (!here || PIPE.refreshing) return;
+  PIPE.refreshing = true;
+  fetch(location.href, { cache: "no-store" })
+    .then((r) => (r.ok ? r.text() : Promise.reject(r.status)))
+    .then((html) => {
+      const doc = new DOMParser().parseFromString(html, "text/html");
+      const fresh = doc.getElementById("stages");
+      if (fresh) here.replaceChildren(...Array.from(fresh.childNodes).map((n) => document.importNode(n, true)));
+    })
+    .catch(() => {})
+    .finally(() => {
+      PIPE.refreshing = false;
     });
-  }
-  if (!body.dataset.events || !window.EventSource) return;
-  const progress = document.getElementById("progress");
-  const es = new EventSource(body.dataset.events);
-  es.addEventListener("epoch", (e) => {
-    const d = JSON.parse(e.data);
-    if (progress) {
-      progress.textContent = d.text;
-      const before = parseInt(progress.dataset.epochs || "0", 10);
-      progress.dataset.epochs = String(d.epochs);
-      if (d.epochs === before && box.querySelector("svg")) return;
-    }
-    redraw();
-  });
-}
+};
 
 document.addEventListener("DOMContentLoaded", () => {
   setupRuns();
   setupCompare();
-  setupCurves();
 });
