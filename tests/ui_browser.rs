@@ -1,10 +1,14 @@
 //! `pipe ui` in a real browser: Debian's Chromium, headless, driven through WebDriver by
-//! its own chromedriver (fantoccini). The demo's runs and a sweep over it are served; the
-//! test sorts the runs table, opens a run by a click and counts its curve's points, watches
-//! a training that another `pipe` process runs gain epochs with no reload, compares two
-//! runs, checks that a `<script>` description renders as text and runs nothing, and that
-//! `..` paths are refused. It saves a screenshot of each page (into `$PIPE_UI_SHOTS`, else
-//! the test's scratch folder).
+//! its own chromedriver (fantoccini). The demo's runs and sweeps over it are served; the
+//! test sorts the runs table (headline metrics on screen at 1,400 px, best first), opens a
+//! run by a click and counts its charts' points, compares three runs (each run's own lr
+//! drop, smoothing checked against TensorBoard's formula, zoom followed by every chart),
+//! brushes a 100-point sweep's parallel coordinates and sees the table follow, checks that
+//! the DAG of tiny_imagenet_exp3 has no edge through a box, that a `<script>` description
+//! renders as text and runs nothing, and that `..` paths are refused, and watches a
+//! training that another `pipe` process runs gain epochs with no reload, then turn its
+//! stage table cached and close its stream. It saves a screenshot of each page (into
+//! `$PIPE_UI_SHOTS`, else the test's scratch folder).
 //!
 //! The test command installs chromium and chromium-driver (scripts/bootstrap) and sets
 //! `PIPE_REQUIRE_CHROMIUM=1`: there, a browser that cannot start fails the test. Run alone
@@ -164,6 +168,50 @@ fn demo() -> String {
     repo_file("pipelines/demo.toml")
 }
 
+/// How many points the series `id` of chart `panel` ("loss", "acc", "lr") has.
+async fn series_points(c: &Client, panel: &str, id: &str) -> i64 {
+    js(
+        c,
+        &format!(
+            "const o = window.PIPE && window.PIPE.curves && window.PIPE.curves.charts.{panel}.getOption();
+             const s = o ? o.series.find(s => s.id === {id:?}) : null;
+             return s ? s.data.length : -1;"
+        ),
+    )
+    .await
+    .as_i64()
+    .unwrap()
+}
+
+/// Segments of the DAG's edges that pass through a stage box other than their own two
+/// ends, from the drawn SVG's coordinates (empty: none).
+const DAG_CROSSINGS: &str = r#"
+const boxes = Array.from(document.querySelectorAll('svg.dag g.node')).map(g => {
+  const r = g.querySelector('rect');
+  return { name: g.dataset.stage, x: +r.getAttribute('x'), y: +r.getAttribute('y'),
+           w: +r.getAttribute('width'), h: +r.getAttribute('height') };
+});
+const crosses = (b, a, c) => {
+  const e = 1e-3, x0 = b.x + e, x1 = b.x + b.w - e, y0 = b.y + e, y1 = b.y + b.h - e;
+  const dx = c[0] - a[0], dy = c[1] - a[1];
+  let t0 = 0, t1 = 1;
+  for (const [p, q] of [[-dx, a[0] - x0], [dx, x1 - a[0]], [-dy, a[1] - y0], [dy, y1 - a[1]]]) {
+    if (p === 0) { if (q < 0) return false; }
+    else { const r = q / p; if (p < 0) t0 = Math.max(t0, r); else t1 = Math.min(t1, r); if (t0 > t1) return false; }
+  }
+  return t1 - t0 > 1e-9;
+};
+const out = [];
+for (const pl of document.querySelectorAll('svg.dag polyline.edge')) {
+  const pts = pl.getAttribute('points').trim().split(/\s+/).map(p => p.split(',').map(Number));
+  for (let i = 1; i < pts.length; i++)
+    for (const b of boxes)
+      if (b.name !== pl.dataset.from && b.name !== pl.dataset.to && crosses(b, pts[i - 1], pts[i]))
+        out.push(pl.dataset.from + '->' + pl.dataset.to + ' through ' + b.name);
+}
+return { crossings: out, boxes: boxes.length, edges: document.querySelectorAll('svg.dag polyline.edge').length };
+"#;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_in_a_real_browser() {
     let p = Project::with("demo.toml", &demo());
@@ -175,10 +223,36 @@ async fn the_dashboard_in_a_real_browser() {
         "xss.toml",
         "extends = \"demo.toml\"\nname = \"xss\"\ndescription = \"<script>window.__pwned = 1</script><img src=x onerror=\\\"window.__pwned = 2\\\">\"\n",
     );
-    // A longer training, watched while it runs: small batches, many epochs.
+    // A longer training, watched while it runs: small batches, more epochs.
     p.manifest(
         "slow.toml",
-        "extends = \"demo.toml\"\nname = \"slow\"\n\n[stages.train]\nepochs = 60\nbatch_size = 4\n",
+        "extends = \"demo.toml\"\nname = \"slow\"\n\n[stages.train]\nepochs = 10\nbatch_size = 4\n",
+    );
+    // A 100-point sweep (not run: its points are brushed on their swept axes).
+    let lrs: Vec<String> = (1..=10).map(|i| format!("{i}e-3")).collect();
+    let drops: Vec<String> = (1..=10).map(|i| format!("{i}e-4")).collect();
+    p.manifest(
+        "grid.toml",
+        &format!(
+            "extends = \"demo.toml\"\nname = \"grid\"\n\n[sweep.grid]\n\"train.lr\" = [{}]\n\"drop.lr\" = [{}]\n",
+            lrs.join(", "),
+            drops.join(", ")
+        ),
+    );
+    // The biggest shipped pipeline's graph, for its DAG.
+    for dir in ["base", "networks"] {
+        let from = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("pipelines")
+            .join(dir);
+        let to = p.path().join("pipelines").join(dir);
+        std::fs::create_dir_all(&to).unwrap();
+        for e in std::fs::read_dir(&from).unwrap().flatten() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+    p.manifest(
+        "tiny_imagenet_exp3.toml",
+        &repo_file("pipelines/tiny_imagenet_exp3.toml"),
     );
     let profile = tempfile::tempdir().unwrap();
     let Some((_driver, c)) = browser_or_skip(profile.path()).await else {
@@ -189,7 +263,7 @@ async fn the_dashboard_in_a_real_browser() {
     let (ui, _) = Ui::start(&p, &[]);
     let base = ui.base.clone();
 
-    // The runs table lists the demo's runs, and sorts.
+    // The runs table lists the demo's runs, and sorts, best first on a metric.
     c.goto(&format!("{base}/")).await.unwrap();
     let names: Vec<String> = js(
         &c,
@@ -203,6 +277,15 @@ async fn the_dashboard_in_a_real_browser() {
     .collect();
     for want in ["demo", "demo_lr@lr=2e-4", "demo_lr@lr=1e-3", "xss", "slow"] {
         assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
+    }
+    // At 1,400 px the headline metrics are on screen without scrolling.
+    let visible = js(
+        &c,
+        "return ['val loss', 'val acc'].map(h => { const th = document.querySelector(`#runs th[data-h='${h}']`); const r = th.getBoundingClientRect(); return [h, r.width > 0 && r.right <= window.innerWidth, window.innerWidth]; });",
+    )
+    .await;
+    for v in visible.as_array().unwrap() {
+        assert_eq!(v[1], true, "{v} is not on screen at 1,400 px");
     }
     let col = js(
         &c,
@@ -223,7 +306,10 @@ async fn the_dashboard_in_a_real_browser() {
     header.click().await.unwrap();
     let up: Vec<f64> = serde_json::from_value(js(&c, &column).await).unwrap();
     assert!(up.len() >= 3, "{up:?}");
-    assert!(up.windows(2).all(|w| w[0] <= w[1]), "ascending: {up:?}");
+    assert!(
+        up.windows(2).all(|w| w[0] <= w[1]),
+        "lowest loss first: {up:?}"
+    );
     header.click().await.unwrap();
     let down: Vec<f64> = serde_json::from_value(js(&c, &column).await).unwrap();
     assert!(
@@ -247,32 +333,184 @@ async fn the_dashboard_in_a_real_browser() {
             .filter(|u| u.path() == "/run/demo")
     })
     .await;
-    assert_eq!(
-        points(&c, "#curves g.series[data-metric='val_loss'] circle").await,
-        8
-    );
+    wait_for(10, "the charts", move || async move {
+        (series_points(cr, "loss", "demo/val_loss").await == 8).then_some(())
+    })
+    .await;
+    assert_eq!(series_points(&c, "acc", "demo/train_acc").await, 8);
+    assert_eq!(series_points(&c, "lr", "demo/lr").await, 8);
     assert_eq!(points(&c, "svg.dag g.node.state-cached").await, 6);
+    assert_eq!(
+        js(&c, "return document.body.dataset.events === undefined;").await,
+        true,
+        "a finished run opens no stream"
+    );
     shot(&c, "run").await;
 
-    // Compare shows both runs' curves.
-    c.goto(&format!("{base}/compare?run=demo&run=demo_lr%40lr%3D1e-3"))
-        .await
-        .unwrap();
+    // Compare three runs: overlaid, each with its own lr drop; smoothing; zoom.
+    c.goto(&format!(
+        "{base}/compare?run=demo&run=demo_lr%40lr%3D2e-4&run=demo_lr%40lr%3D1e-3"
+    ))
+    .await
+    .unwrap();
+    wait_for(10, "three runs on the chart", move || async move {
+        (series_points(cr, "loss", "demo_lr@lr=1e-3/val_loss").await == 8).then_some(())
+    })
+    .await;
+    let legend = js(
+        &c,
+        "return window.PIPE.curves.charts.loss.getOption().legend[0].data;",
+    )
+    .await;
     assert_eq!(
-        points(&c, "#curves g.series[data-metric='val_acc']").await,
-        2
+        legend,
+        serde_json::json!(["demo", "demo_lr@lr=2e-4", "demo_lr@lr=1e-3"])
     );
+    let drops = js(
+        &c,
+        "return window.PIPE.curves.charts.loss.getOption().series.filter(s => s.markLine).map(s => s.markLine.data.map(d => d.label.formatter)).flat();",
+    )
+    .await;
     assert_eq!(
-        points(&c, "#curves g.series[data-metric='val_acc'] circle").await,
-        16
+        drops,
+        serde_json::json!(["lr 2e-4", "lr 2e-4", "lr 1e-3"]),
+        "each run's drop is labelled with its own lr"
     );
+    // Smoothing: the slider moves, the raw curves fade behind the smoothed ones.
+    let raw_first = js(&c, "return window.PIPE.curves.charts.loss.getOption().series.find(s => s.id === 'demo/val_loss').data.map(p => p[1]);").await;
+    js(
+        &c,
+        "const s = document.getElementById('smooth'); s.value = '0.6'; s.dispatchEvent(new Event('input')); return 0;",
+    )
+    .await;
+    let smoothed = js(&c, "return window.PIPE.curves.charts.loss.getOption().series.find(s => s.id === 'demo/val_loss').data.map(p => p[1]);").await;
+    let (r, sm): (Vec<f64>, Vec<f64>) = (
+        serde_json::from_value(raw_first).unwrap(),
+        serde_json::from_value(smoothed).unwrap(),
+    );
+    assert_eq!(r.len(), sm.len());
+    assert!(
+        (r[0] - sm[0]).abs() < 1e-9,
+        "debiased: the first point is kept"
+    );
+    // The EMA of TensorBoard: s_k = (0.6 m + 0.4 x_k), debiased by 1 - 0.6^k.
+    let (mut m, mut want) = (0.0, Vec::new());
+    for (k, x) in r.iter().enumerate() {
+        m = 0.6 * m + 0.4 * x;
+        want.push(m / (1.0 - 0.6f64.powi(k as i32 + 1)));
+    }
+    for (a, b) in sm.iter().zip(&want) {
+        assert!((a - b).abs() < 1e-9, "{sm:?} vs {want:?}");
+    }
+    assert_eq!(
+        points(&c, "#smooth-value").await,
+        1,
+        "the slider's value is shown"
+    );
+    assert!(
+        js(&c, "return window.PIPE.curves.charts.loss.getOption().series.filter(s => s.id.endsWith('/raw')).length;").await.as_u64().unwrap() >= 6,
+        "the raw curves stay, faded"
+    );
+    // Zoom: epochs 3-6 of 8 on the loss chart; the connected charts follow.
+    js(
+        &c,
+        "window.PIPE.curves.charts.loss.dispatchAction({type: 'dataZoom', startValue: 3, endValue: 6}); return 0;",
+    )
+    .await;
+    let zoomed = wait_for(10, "the zoom on every chart", move || async move {
+        let v = js(
+            cr,
+            "return ['loss', 'acc', 'lr'].map(p => { const z = window.PIPE.curves.charts[p].getOption().dataZoom[0]; return [z.startValue, z.endValue]; });",
+        )
+        .await;
+        (v.as_array()?.iter().all(|z| z[0] == 3 && z[1] == 6)).then_some(v)
+    })
+    .await;
+    eprintln!("zoomed: {zoomed}");
     shot(&c, "compare").await;
 
-    // The sweep: parallel coordinates, one line per point, the best marked.
+    // The 2-point sweep: the best line on top.
     c.goto(&format!("{base}/sweep/demo_lr")).await.unwrap();
-    assert_eq!(points(&c, "svg.parallel polyline.pline").await, 2);
-    assert_eq!(points(&c, "svg.parallel polyline.pline.best").await, 1);
+    wait_for(10, "the parallel coordinates", move || async move {
+        (js(cr, "return !!(window.PIPE && window.PIPE.parallel);").await == true).then_some(())
+    })
+    .await;
+    let series = js(
+        &c,
+        "return window.PIPE.parallel.chart.getOption().series.map(s => [s.id, s.data.length, s.z]);",
+    )
+    .await;
+    assert_eq!(
+        series,
+        serde_json::json!([["points", 1, 1], ["pruned", 0, 2], ["best", 1, 10]])
+    );
     shot(&c, "sweep").await;
+
+    // The 100-point sweep: brushing the train.lr axis to [3e-3, 5e-3] keeps 30 points in
+    // the table (3 lrs x 10 drops); brushing drop.lr too keeps 3 x 2.
+    c.goto(&format!("{base}/sweep/grid")).await.unwrap();
+    wait_for(10, "the grid's parallel coordinates", move || async move {
+        (js(cr, "return !!(window.PIPE && window.PIPE.parallel);").await == true).then_some(())
+    })
+    .await;
+    assert_eq!(points(&c, "#points tbody tr").await, 100);
+    assert_eq!(points(&c, "#points tbody tr.hidden").await, 0);
+    let axes = js(
+        &c,
+        "return window.PIPE.parallel.chart.getOption().parallelAxis.map(a => [a.name, a.id]);",
+    )
+    .await;
+    eprintln!("axes: {axes}");
+    js(
+        &c,
+        "window.PIPE.parallel.chart.dispatchAction({type: 'axisAreaSelect', parallelAxisId: 'axis0', intervals: [[0.0029, 0.0051]]}); return 0;",
+    )
+    .await;
+    let shown = wait_for(10, "the table to follow the brush", move || async move {
+        let n = points(cr, "#points tbody tr:not(.hidden)").await;
+        (n < 100).then_some(n)
+    })
+    .await;
+    assert_eq!(shown, 30, "3 lrs x 10 drops");
+    js(
+        &c,
+        "window.PIPE.parallel.chart.dispatchAction({type: 'axisAreaSelect', parallelAxisId: 'axis1', intervals: [[0.00015, 0.00035]]}); return 0;",
+    )
+    .await;
+    let shown = wait_for(10, "the second brush", move || async move {
+        let n = points(cr, "#points tbody tr:not(.hidden)").await;
+        (n < 30).then_some(n)
+    })
+    .await;
+    assert_eq!(shown, 6, "3 lrs x 2 drops");
+    let kept: Vec<String> = serde_json::from_value(
+        js(
+            &c,
+            "return Array.from(document.querySelectorAll('#points tbody tr:not(.hidden)')).map(r => r.dataset.name);",
+        )
+        .await,
+    )
+    .unwrap();
+    for k in &kept {
+        assert!(
+            ["lr=3e-3", "lr=4e-3", "lr=5e-3"]
+                .iter()
+                .any(|l| k.contains(l)),
+            "{k}"
+        );
+    }
+    shot(&c, "sweep-brushed").await;
+
+    // The DAG of tiny_imagenet_exp3: no edge passes through a stage's box.
+    c.goto(&format!("{base}/run/tiny_imagenet_exp3"))
+        .await
+        .unwrap();
+    let dag = js(&c, DAG_CROSSINGS).await;
+    assert!(dag["boxes"].as_u64().unwrap() >= 8, "{dag}");
+    assert!(dag["edges"].as_u64().unwrap() >= 8, "{dag}");
+    assert_eq!(dag["crossings"], serde_json::json!([]), "{dag}");
+    js(&c, "document.getElementById('stages').scrollIntoView(); return 0;").await;
+    shot(&c, "dag").await;
 
     // A description holding markup is text, and nothing of it runs.
     c.goto(&format!("{base}/run/xss")).await.unwrap();
@@ -310,7 +548,8 @@ async fn the_dashboard_in_a_real_browser() {
         "{body}"
     );
 
-    // Live: another process trains `slow`; its open page gains epochs with no reload.
+    // Live: another process trains `slow`; its open page gains epochs with no reload,
+    // and when the training ends its stage table turns cached and the stream closes.
     let mut trainer = p
         .cmd(&["run", "slow"])
         .stdout(Stdio::null())
@@ -326,21 +565,20 @@ async fn the_dashboard_in_a_real_browser() {
     .await;
     c.goto(&format!("{base}/run/slow")).await.unwrap();
     js(&c, "window.__same_page = 1; return 0;").await;
-    let first = points(&c, "#curves g.series[data-metric='val_loss'] circle").await;
+    let first = wait_for(10, "the live chart", move || async move {
+        let n = series_points(cr, "loss", "slow/val_loss").await;
+        (n > 0).then_some(n)
+    })
+    .await;
     let grown = wait_for(
         120,
         "two more epochs on the open page",
         move || async move {
-            let n = points(cr, "#curves g.series[data-metric='val_loss'] circle").await;
+            let n = series_points(cr, "loss", "slow/val_loss").await;
             (n >= first + 2).then_some(n)
         },
     )
     .await;
-    assert_eq!(
-        js(&c, "return window.__same_page;").await,
-        1,
-        "the page reloaded"
-    );
     let progress = c
         .find(Locator::Css("#progress"))
         .await
@@ -351,7 +589,38 @@ async fn the_dashboard_in_a_real_browser() {
     assert!(progress.contains("train running: epoch"), "{progress}");
     eprintln!("live: {first} -> {grown} epochs with no reload; {progress}");
     shot(&c, "live").await;
-    let _ = trainer.kill();
-    let _ = trainer.wait();
+    let status = trainer.wait().unwrap();
+    assert!(status.success(), "pipe run slow: {status}");
+    let states = wait_for(60, "the stage table to turn cached", move || async move {
+        let v = js(
+            cr,
+            "return Array.from(document.querySelectorAll('#stages table.stages tbody tr')).map(r => r.cells[2].textContent.trim());",
+        )
+        .await;
+        let all: Vec<String> = serde_json::from_value(v).ok()?;
+        (!all.is_empty() && all.iter().all(|s| s == "cached")).then_some(all)
+    })
+    .await;
+    assert_eq!(states.len(), 6, "{states:?}");
+    assert_eq!(
+        points(&c, "svg.dag g.node.state-cached").await,
+        6,
+        "the DAG too"
+    );
+    assert_eq!(
+        series_points(&c, "loss", "slow/val_loss").await,
+        12,
+        "10 + 2 epochs"
+    );
+    wait_for(10, "the stream to close", move || async move {
+        (js(cr, "return document.body.dataset.closed === '1';").await == true).then_some(())
+    })
+    .await;
+    assert_eq!(
+        js(&c, "return window.__same_page;").await,
+        1,
+        "the page reloaded"
+    );
+    shot(&c, "live-done").await;
     c.close().await.unwrap();
 }

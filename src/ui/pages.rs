@@ -392,6 +392,7 @@ pub fn run_page(v: &RunView, links: &dyn Links) -> String {
         p id="progress" class="progress" data-epochs=(v.history.len()) { (progress_text(&v.live, None)) }
         section {
             h2 { "Curves" }
+            @if v.history.is_empty() { p class="hint" { "No epoch trained yet" @if !finished { ": the charts fill in as it trains." } } }
             (charts::curves_panel(&curves))
         }
         section id="stages" {

@@ -290,7 +290,7 @@ function setupCurves() {
 // Parallel coordinates of a sweep.
 function parallelOption(d) {
   const axes = d.axes.map((a, dim) => {
-    const ax = { dim, name: a.name, nameTextStyle: { fontSize: 12 } };
+    const ax = { id: "axis" + dim, dim, name: a.name, nameTextStyle: { fontSize: 12 } };
     if (a.categories) {
       ax.type = "category";
       ax.data = a.categories;
