@@ -191,6 +191,32 @@ fn export_writes_pages_whose_charts_hold_one_point_per_epoch() {
         assert!(out.join("assets").join(asset).is_file(), "{asset}");
     }
     assert!(out.join("assets/echarts.LICENSE.txt").is_file());
+    // Artifact files are copied beside the pages and linked relatively: the folder works
+    // wherever it is copied.
+    let moved = p.path().join("moved-site");
+    std::fs::rename(&out, &moved).unwrap();
+    let page = std::fs::read_to_string(moved.join("runs/tiny.html")).unwrap();
+    assert!(!page.contains("file://"), "no absolute link");
+    let link = page
+        .split("href=\"../files/")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a relative artifact link")
+        .to_string();
+    let copied = moved.join("files").join(&link);
+    let (output, rel) = link.split_once('/').unwrap();
+    let original = p.cache().join("artifacts").join(output).join(rel);
+    assert_eq!(
+        std::fs::read(&copied).unwrap(),
+        std::fs::read(&original).unwrap(),
+        "{link}"
+    );
+    let index = std::fs::read_to_string(moved.join("index.html")).unwrap();
+    assert!(
+        !index.contains("compare selected"),
+        "no control that needs a server"
+    );
+    std::fs::rename(&moved, &out).unwrap();
     let echarts = std::fs::read(out.join("assets/echarts.min.js")).unwrap();
     assert!(echarts.len() > 500_000, "the real library");
     let index = std::fs::read_to_string(out.join("index.html")).unwrap();

@@ -509,7 +509,11 @@ async fn the_dashboard_in_a_real_browser() {
     assert!(dag["boxes"].as_u64().unwrap() >= 8, "{dag}");
     assert!(dag["edges"].as_u64().unwrap() >= 8, "{dag}");
     assert_eq!(dag["crossings"], serde_json::json!([]), "{dag}");
-    js(&c, "document.getElementById('stages').scrollIntoView(); return 0;").await;
+    js(
+        &c,
+        "document.getElementById('stages').scrollIntoView(); return 0;",
+    )
+    .await;
     shot(&c, "dag").await;
 
     // A description holding markup is text, and nothing of it runs.

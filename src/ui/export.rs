@@ -1,16 +1,21 @@
 //! `pipe ui --export DIR`: the dashboard's pages as static files, for a report or a CI
 //! artifact. `index.html` (the runs), `runs/<run>.html` (its charts' data
 //! inside the page), `sweeps/<sweep>.html`, `compare/<id>.html` (each sweep's points together),
-//! and `assets/`. Links are relative; artifact files are linked where they lie in the
-//! store (`file://`). No live updates: a page shows what the store held when written.
+//! `assets/` and `files/<artifact>/<path>`: each artifact file a page lists, up to
+//! [`EXPORT_MAX`] bytes, copied from the store after its seal is checked. Every link is
+//! relative, so the folder works copied elsewhere (a larger file is listed, unlinked). No
+//! live updates: a page shows what the store held when written.
 
-use std::path::{Path, PathBuf};
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::path::Path;
 
 use anyhow::{Context, Result};
 
 use super::assets;
 use super::pages::{self, Links};
 use super::snapshot::Snapshot;
+use crate::engine::runs::Servable;
 use crate::engine::{Engine, Project};
 use crate::report::show;
 
@@ -38,18 +43,53 @@ fn compare_id(names: &[&str]) -> String {
     blake3::hash(names.join("\n").as_bytes()).to_hex()[..16].to_string()
 }
 
+/// The largest artifact file copied into an export.
+pub const EXPORT_MAX: u64 = 16 << 20;
+
 struct FileLinks {
     /// `../` per level below the export's root.
     up: String,
-    store: PathBuf,
+    /// The artifact files copied into the export's `files/`.
+    copied: RefCell<HashSet<(String, String)>>,
 }
 
 impl FileLinks {
-    fn at(depth: usize, store: &Path) -> FileLinks {
+    fn at(depth: usize) -> FileLinks {
         FileLinks {
             up: "../".repeat(depth),
-            store: store.to_path_buf(),
+            copied: RefCell::default(),
         }
+    }
+
+    /// Copy the files of `v`'s artifacts that its page lists (and that are small enough
+    /// and match their seal) into `dir/files/`.
+    fn copy_files(
+        &self,
+        engine: &Engine,
+        v: &crate::report::run::RunView,
+        dir: &Path,
+    ) -> Result<()> {
+        for a in &v.artifacts {
+            for (f, size) in a.files.iter().take(pages::MAX_FILES) {
+                let key = (a.output.clone(), f.clone());
+                if *size > EXPORT_MAX || self.copied.borrow().contains(&key) {
+                    continue;
+                }
+                let Servable::File(src) = engine.servable(&a.output, f) else {
+                    continue;
+                };
+                let to = dir.join("files").join(&a.output).join(f);
+                if let Some(d) = to.parent() {
+                    std::fs::create_dir_all(d)
+                        .with_context(|| format!("cannot create {}", d.display()))?;
+                }
+                std::fs::copy(&src, &to).with_context(|| {
+                    format!("cannot copy {} to {}", src.display(), to.display())
+                })?;
+                self.copied.borrow_mut().insert(key);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -81,18 +121,15 @@ impl Links for FileLinks {
         format!("{}sweeps/{}.html", self.up, href(&stem(name)))
     }
     fn file(&self, output: &str, path: &str) -> String {
+        if !self
+            .copied
+            .borrow()
+            .contains(&(output.to_string(), path.to_string()))
+        {
+            return String::new();
+        }
         let parts: Vec<String> = path.split('/').map(href).collect();
-        let root: Vec<String> = self
-            .store
-            .join("artifacts")
-            .join(output)
-            .components()
-            .filter_map(|c| match c {
-                std::path::Component::Normal(s) => Some(href(&s.to_string_lossy())),
-                _ => None,
-            })
-            .collect();
-        format!("file:///{}/{}", root.join("/"), parts.join("/"))
+        format!("{}files/{}/{}", self.up, href(output), parts.join("/"))
     }
     fn asset(&self, name: &str) -> String {
         format!("{}assets/{name}", self.up)
@@ -113,25 +150,22 @@ fn write(path: &Path, text: &str) -> Result<()> {
 /// Write the dashboard of `project` into `dir`; returns how many pages.
 pub fn export(project: &Project, dir: &Path) -> Result<usize> {
     let snap = Snapshot::build(project)?;
-    let store = project
-        .cache
-        .canonicalize()
-        .unwrap_or_else(|_| project.cache.clone());
     let mut engine = Engine::read_only(&project.cache);
     let mut pages_written = 0;
     for name in assets::NAMES {
         let (_, body) = assets::get(name).expect("built in");
         write(&dir.join("assets").join(name), body)?;
     }
-    let root = FileLinks::at(0, &store);
+    let root = FileLinks::at(0);
     write(
         &dir.join("index.html"),
         &pages::runs_page(&snap.rows, &snap.sweep_list(), &snap.skipped, &[], &root),
     )?;
     pages_written += 1;
-    let one = FileLinks::at(1, &store);
+    let one = FileLinks::at(1);
     for (run, row) in snap.runs.iter().zip(&snap.rows) {
         let v = engine.run_view(&run.pipeline, Some(row.clone()))?;
+        one.copy_files(&engine, &v, dir)?;
         let s = stem(&run.name);
         write(
             &dir.join("runs").join(format!("{s}.html")),

@@ -231,10 +231,10 @@ pub fn runs_page(
                     }
                 }
             }
-            button id="compare" type="button" data-href=(links.compare(&[])) { "compare selected" }
+            @if !links.compare(&[]).is_empty() { button id="compare" type="button" data-href=(links.compare(&[])) { "compare selected" } }
         }
         div class="table-wrap" {
-        table id="runs" class="runs varying" {
+        table id="runs" class={ "runs varying" @if links.compare(&[]).is_empty() { " no-pick" } } {
             thead {
                 tr {
                     th class="pick" {}
@@ -311,7 +311,7 @@ pub fn progress_text(live: &Option<Live>, eta: Option<f64>) -> String {
 }
 
 /// Files listed per artifact (an ingest of generated images holds thousands).
-const MAX_FILES: usize = 100;
+pub(crate) const MAX_FILES: usize = 100;
 
 /// A metric's value: counts whole, the rest to 4 decimals.
 /// Which way a metric is better, by its name: `Some(true)` higher (accuracies, ranks),
@@ -487,7 +487,11 @@ pub fn run_page(v: &RunView, links: &dyn Links) -> String {
                         summary { (a.stage) ": " code { (crate::ids::short(&a.output)) } " (" (a.files.len()) " files)" }
                         ul class="files" {
                             @for (f, size) in a.files.iter().take(MAX_FILES) {
-                                li { a href=(links.file(&a.output, f)) { (f) } " " span class="size" { (fmt::bytes(*size)) } }
+                                @let href = links.file(&a.output, f);
+                                li {
+                                    @if href.is_empty() { (f) } @else { a href=(href) { (f) } }
+                                    " " span class="size" { (fmt::bytes(*size)) }
+                                }
                             }
                         }
                         @if a.files.len() > MAX_FILES {
@@ -770,7 +774,7 @@ pub fn journal_page(
         p class="summary" { (runs.len()) " recorded runs of " (pipelines.len()) " pipelines" }
         @for w in warnings { p class="warning" { (w) } }
         div class="controls" {
-            button id="compare" type="button" data-href=(links.compare(&[])) { "compare selected" }
+            @if !links.compare(&[]).is_empty() { button id="compare" type="button" data-href=(links.compare(&[])) { "compare selected" } }
         }
         (journal_groups(runs, rows, None, links))
     };

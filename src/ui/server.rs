@@ -607,6 +607,7 @@ async fn file(
         .unwrap_or_default();
     let (ctype, attach) = match ext.as_str() {
         "png" => ("image/png", false),
+        "jpg" | "jpeg" => ("image/jpeg", false),
         "json" | "csv" | "txt" | "log" | "toml" => ("text/plain; charset=utf-8", false),
         _ => ("application/octet-stream", true),
     };

@@ -64,6 +64,9 @@ impl Rect {
     }
 }
 
+/// An edge drawn: its input's index, its stage's index, and its polyline.
+pub type Edge = (usize, usize, Vec<(f64, f64)>);
+
 /// A DAG laid out: each stage's box (in the order given) and each edge's polyline (from
 /// the input's right side to the stage's left side), and the drawing's size.
 #[derive(Debug, Clone)]
@@ -71,7 +74,7 @@ pub struct Layout {
     /// One box per stage.
     pub boxes: Vec<Rect>,
     /// One polyline per edge that names two known stages: (from, to, points).
-    pub edges: Vec<(usize, usize, Vec<(f64, f64)>)>,
+    pub edges: Vec<Edge>,
     /// Width and height.
     pub size: (f64, f64),
 }
