@@ -19,6 +19,9 @@ mod snapshot;
 pub mod svg;
 
 pub use export::export;
+
+/// Bytes of the embedded chart library (`pipe bench ui` reports it).
+pub const ECHARTS_BYTES: usize = assets::ECHARTS.len();
 pub use server::{serve, UiOptions};
 pub use snapshot::Snapshot;
 

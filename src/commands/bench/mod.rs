@@ -13,6 +13,7 @@
 //!
 //! Numbers go to stdout as Markdown tables for `docs/performance.md`; progress to stderr.
 
+mod browser;
 mod data;
 mod journal;
 mod parity;

@@ -86,6 +86,7 @@ fn measure(pipe: &Pipe, host: &str, runs: usize, rounds: usize) -> Result<()> {
         api.push(get(&agent, host, "/api/runs")?.0);
     }
     let (lat, svg) = live_latency(pipe, host, &agent)?;
+    let browser = in_browser(host);
     println!("| measurement | value |");
     println!("|---|---|");
     println!("| runs | {runs} (a random sweep over a tiny pipeline, every point trained and evaluated) |");
@@ -113,7 +114,48 @@ fn measure(pipe: &Pipe, host: &str, runs: usize, rounds: usize) -> Result<()> {
         1e3 * median(svg.clone()),
         1e3 * max(&svg)
     );
+    match browser {
+        Ok(b) => {
+            println!(
+                "| Chromium: the runs page's first contentful paint, median of {} loads | {:.0} ms (max {:.0} ms) |",
+                b.paint.len(),
+                median(b.paint.clone()),
+                max(&b.paint)
+            );
+            println!(
+                "| Chromium: the sweep page ({runs} points) interactive (parallel coordinates drawn, brushing attached), median of {} loads | {:.0} ms (max {:.0} ms) |",
+                b.parallel.len(),
+                median(b.parallel.clone()),
+                max(&b.parallel)
+            );
+        }
+        Err(e) => println!("| Chromium | not measured: {e:#} |"),
+    }
+    println!(
+        "| the chart library embedded (ECharts 6.1.0, `echarts.min.js`) | {:.2} MB |",
+        crate::ui::ECHARTS_BYTES as f64 / 1e6
+    );
     Ok(())
+}
+
+/// What Chromium measured, in milliseconds from navigation.
+struct InBrowser {
+    paint: Vec<f64>,
+    parallel: Vec<f64>,
+}
+
+/// Load the runs page and the sweep page in headless Chromium, 5 times each, with the
+/// browser's own clocks: first contentful paint, and the sweep's chart ready.
+fn in_browser(host: &str) -> Result<InBrowser> {
+    let mut b = super::browser::Browser::start()?;
+    let (mut paint, mut parallel) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        b.goto(&format!("http://{host}/"))?;
+        paint.push(b.first_paint_ms()?);
+        b.goto(&format!("http://{host}/sweep/many"))?;
+        parallel.push(b.ready_ms("parallel")?);
+    }
+    Ok(InBrowser { paint, parallel })
 }
 
 /// Train `slow` in another process while reading its page's event stream: for each epoch

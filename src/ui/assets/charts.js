@@ -249,7 +249,7 @@ function setupCurves() {
   }
   render();
   window.addEventListener("resize", () => panels.forEach((p) => charts[p].resize()));
-  window.PIPE.curves = { charts, state: st, render, data: () => data };
+  window.PIPE.curves = { charts, state: st, render, data: () => data, ready: performance.now() };
 
   // Live: each new epoch redraws the charts, the stage table and the DAG; a finished
   // training closes the stream.
@@ -384,7 +384,7 @@ function setupParallel() {
   });
   window.addEventListener("resize", () => chart.resize());
   el.dataset.active = String(d.lines.length);
-  window.PIPE.parallel = { chart, filter };
+  window.PIPE.parallel = { chart, filter, ready: performance.now() };
 }
 
 document.addEventListener("DOMContentLoaded", () => {
