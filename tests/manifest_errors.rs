@@ -221,3 +221,35 @@ fn the_cli_prints_the_location_and_fails_cleanly() {
             || std::fs::read_dir(p.cache().join("keys")).unwrap().count() == 0
     );
 }
+
+#[test]
+fn random_sweep_points_are_distinct_or_the_space_is_named_too_small() {
+    let p = Project::new();
+    // 4 values, 4 samples: a repeat is drawn again, so all 4 come out, each once.
+    let four = format!(
+        "{GOOD}\n[sweep.random]\nsamples = 4\nseed = 7\n\"split.test_per_class\" = {{ int_uniform = [1, 4] }}\n"
+    );
+    let path = p.manifest("four.toml", &four);
+    let manifest::Loaded::Sweep(s) = manifest::load_any(&path, &[], p.path()).unwrap() else {
+        panic!("a sweep");
+    };
+    let mut ids: Vec<String> = s.points.iter().map(|pt| pt.id.clone()).collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        [
+            "test_per_class=1",
+            "test_per_class=2",
+            "test_per_class=3",
+            "test_per_class=4"
+        ]
+    );
+    // 5 samples from 4 values cannot all differ: refused, naming the key.
+    let five = four.replace("samples = 4", "samples = 5");
+    let e = load_err(&p, "five.toml", &five);
+    let text = e.to_string();
+    assert!(
+        text.contains("cannot draw 5 distinct points") && text.contains("sweep.random.samples"),
+        "{text}"
+    );
+}

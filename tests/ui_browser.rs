@@ -7,7 +7,8 @@
 //! the DAG of tiny_imagenet_exp3 has no edge through a box, that a `<script>` description
 //! renders as text and runs nothing, and that `..` paths are refused, and watches a
 //! training that another `pipe` process runs gain epochs with no reload, then turn its
-//! stage table cached and close its stream. It saves a screenshot of each page (into
+//! stage table cached and close its stream, and sees a manifest added while the runs page
+//! is open appear in its table. It saves a screenshot of each page (into
 //! `$PIPE_UI_SHOTS`, else the test's scratch folder).
 //!
 //! The test command installs chromium and chromium-driver (scripts/bootstrap) and sets
@@ -626,5 +627,22 @@ async fn the_dashboard_in_a_real_browser() {
         "the page reloaded"
     );
     shot(&c, "live-done").await;
+
+    // The runs page follows the project with no reload: a manifest added while it is
+    // open appears in its table, and the sort shown is kept.
+    c.goto(&format!("{base}/")).await.unwrap();
+    js(&c, "window.__runs_page = 1; return 0;").await;
+    let before = points(&c, "#runs tbody tr").await;
+    p.manifest("late.toml", "extends = \"demo.toml\"\nname = \"late\"\n");
+    wait_for(30, "the new manifest's row on the open runs page", move || async move {
+        (points(cr, "#runs tbody tr[data-name='late']").await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(points(&c, "#runs tbody tr").await, before + 1);
+    assert_eq!(
+        js(&c, "return window.__runs_page;").await,
+        1,
+        "the runs page reloaded"
+    );
     c.close().await.unwrap();
 }

@@ -762,32 +762,38 @@ pub fn expand(spec: &SweepSpec) -> Result<Vec<Overrides>, ManifestError> {
             "sweep",
         ));
     }
-    // Random draws, once, in order: sample by sample, key by key.
+    // Random draws, once, in order: sample by sample, key by key. A sample that repeats
+    // an earlier one (after rounding) is drawn again, so a seed whose draws never repeat
+    // gives the points it always gave; a space too small for `samples` distinct points is
+    // an error naming it.
     let mut draws: Vec<Overrides> = Vec::new();
     if let Some(r) = &spec.random {
         let mut rng = ChaCha8Rng::seed_from_u64(r.seed);
+        let mut drawn: BTreeSet<String> = BTreeSet::new();
         for _ in 0..r.samples {
-            let mut one = Vec::new();
-            for (key, origin, d) in &r.keys {
-                let kind = match d {
-                    Dist::Choice(vals) => vals[rng.random_range(0..vals.len())].kind.clone(),
-                    Dist::Uniform(lo, hi) => {
-                        Kind::Float(round4(lo + (hi - lo) * rng.random::<f64>()))
-                    }
-                    Dist::LogUniform(lo, hi) => Kind::Float(round4(
-                        (lo.ln() + (hi.ln() - lo.ln()) * rng.random::<f64>()).exp(),
-                    )),
-                    Dist::IntUniform(lo, hi) => Kind::Int(rng.random_range(*lo..=*hi)),
-                };
-                one.push((
-                    key.clone(),
-                    origin.clone(),
-                    SValue {
-                        kind,
-                        origin: origin.clone(),
-                    },
-                ));
-            }
+            let mut attempts = 0;
+            let one = loop {
+                let one = draw(&mut rng, r);
+                let seen = format!(
+                    "{:?}",
+                    one.iter().map(|(_, _, v)| &v.kind).collect::<Vec<_>>()
+                );
+                if drawn.insert(seen) {
+                    break one;
+                }
+                attempts += 1;
+                if attempts >= MAX_REDRAWS {
+                    return Err(err(
+                        format!(
+                            "`sweep.random` cannot draw {} distinct points: after {} of them, {MAX_REDRAWS} draws in a row repeated an earlier point (widen the ranges or lower `samples`)",
+                            r.samples,
+                            draws.len()
+                        ),
+                        &spec.origin,
+                        "sweep.random.samples",
+                    ));
+                }
+            };
             draws.push(one);
         }
     } else {
@@ -959,4 +965,31 @@ fn check_rungs(p: &Pipeline, h: &Halving, origins: &[Origin]) -> Result<(), Mani
         }
     }
     Ok(())
+}
+
+/// Draws in a row that may repeat an earlier random point before the sweep is refused.
+const MAX_REDRAWS: usize = 1000;
+
+/// One random sample: each key drawn in turn.
+fn draw(rng: &mut ChaCha8Rng, r: &RandomSpec) -> Overrides {
+    let mut one = Vec::new();
+    for (key, origin, d) in &r.keys {
+        let kind = match d {
+            Dist::Choice(vals) => vals[rng.random_range(0..vals.len())].kind.clone(),
+            Dist::Uniform(lo, hi) => Kind::Float(round4(lo + (hi - lo) * rng.random::<f64>())),
+            Dist::LogUniform(lo, hi) => Kind::Float(round4(
+                (lo.ln() + (hi.ln() - lo.ln()) * rng.random::<f64>()).exp(),
+            )),
+            Dist::IntUniform(lo, hi) => Kind::Int(rng.random_range(*lo..=*hi)),
+        };
+        one.push((
+            key.clone(),
+            origin.clone(),
+            SValue {
+                kind,
+                origin: origin.clone(),
+            },
+        ));
+    }
+    one
 }

@@ -87,6 +87,10 @@ fn page(title: &str, links: &dyn Links, attrs: &[(&str, String)], body: Markup) 
         .find(|(k, _)| *k == "events")
         .map(|(_, v)| v.clone());
     let charts = attrs.iter().any(|(k, _)| *k == "charts");
+    let kind = attrs
+        .iter()
+        .find(|(k, _)| *k == "page")
+        .map(|(_, v)| v.clone());
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -101,7 +105,7 @@ fn page(title: &str, links: &dyn Links, attrs: &[(&str, String)], body: Markup) 
                     script src=(links.asset("charts.js")) defer {}
                 }
             }
-            body data-events=[events] {
+            body data-events=[events] data-page=[kind] {
                 header {
                     a class="brand" href=(links.home()) { "pipe" }
                     nav {
@@ -584,7 +588,8 @@ pub fn compare_page(runs: &[Compared], diff: Option<&Diff>, links: &dyn Links) -
             }
         }
     };
-    page("Compare", links, &[("charts", String::new())], body)
+    let attrs = [("charts", String::new()), ("page", "compare".to_string())];
+    page("Compare", links, &attrs, body)
 }
 
 /// A sweep: parallel coordinates of the swept values against a metric (best point and

@@ -32,7 +32,7 @@ pub(super) fn get(agent: &ureq::Agent, host: &str, path: &str) -> Result<(f64, u
     ))
 }
 
-/// `pipe bench ui`: a store of `runs` runs (a random sweep over a tiny pipeline, every
+/// `pipe bench ui`: a store of `runs` runs (random sweeps over a tiny pipeline, every
 /// point trained), served by `pipe ui`; the runs page and `/api/runs` timed over `rounds`
 /// requests each; then a training in another process, and for each epoch how long after
 /// its `history.json` was written the open page's event arrived, and the chart it fetches.
@@ -41,17 +41,39 @@ pub fn bench_ui(runs: usize, rounds: usize) -> Result<()> {
     let scratch = Scratch::new()?;
     let pipe = Pipe::in_project(&scratch.dir.join("project"))?;
     pipe.write("tiny.toml", &manifest("tiny.toml", &[]))?;
-    pipe.write(
-        "many.toml",
-        &manifest("many.toml", &[("RUNS", runs.to_string())]),
-    )?;
+    // Sweeps of up to 1,000 random points (more in one would draw the same point twice):
+    // `many`, `many2`, ...
+    let mut sweeps = Vec::new();
+    for (i, start) in (0..runs).step_by(PER_SWEEP).enumerate() {
+        let name = match i {
+            0 => "many".to_string(),
+            _ => format!("many{}", i + 1),
+        };
+        let n = PER_SWEEP.min(runs - start);
+        let text = manifest(
+            "many.toml",
+            &[
+                ("RUNS", n.to_string()),
+                ("NAME", name.clone()),
+                ("SEED", (i + 1).to_string()),
+            ],
+        );
+        pipe.write(&format!("{name}.toml"), &text)?;
+        sweeps.push(name);
+    }
     pipe.write("slow.toml", &manifest("slow.toml", &[]))?;
-    eprintln!("training {runs} runs (a random sweep over a tiny pipeline)...");
-    let (secs, _) = pipe.run(&["run", "many"])?;
-    eprintln!("  {secs:.1} s");
+    eprintln!("training {runs} runs (random sweeps over a tiny pipeline)...");
+    let t = Instant::now();
+    for s in &sweeps {
+        pipe.run(&["run", s])?;
+    }
+    eprintln!("  {:.1} s", t.elapsed().as_secs_f64());
     pipe.run(&["run", "slow", "--until", "hdf5"])?;
     with_server(&pipe, |host| measure(&pipe, host, runs, rounds))
 }
+
+/// Points per random sweep of `pipe bench ui`.
+const PER_SWEEP: usize = 1000;
 
 /// `pipe ui --port 0` in the project, for as long as `f` runs against its address
 /// (`127.0.0.1:PORT`, from its banner); stopped after.
@@ -89,7 +111,9 @@ fn measure(pipe: &Pipe, host: &str, runs: usize, rounds: usize) -> Result<()> {
     let browser = in_browser(host);
     println!("| measurement | value |");
     println!("|---|---|");
-    println!("| runs | {runs} (a random sweep over a tiny pipeline, every point trained and evaluated) |");
+    println!(
+        "| runs | {runs} (random sweeps over a tiny pipeline, every point trained and evaluated) |"
+    );
     println!(
         "| `GET /` (the runs page, {} KiB), median of {} | {:.1} ms (max {:.1} ms) |",
         bytes / 1024,
@@ -123,7 +147,8 @@ fn measure(pipe: &Pipe, host: &str, runs: usize, rounds: usize) -> Result<()> {
                 max(&b.paint)
             );
             println!(
-                "| Chromium: the sweep page ({runs} points) interactive (parallel coordinates drawn, brushing attached), median of {} loads | {:.0} ms (max {:.0} ms) |",
+                "| Chromium: the sweep page ({} points) interactive (parallel coordinates drawn, brushing attached), median of {} loads | {:.0} ms (max {:.0} ms) |",
+                runs.min(PER_SWEEP),
                 b.parallel.len(),
                 median(b.parallel.clone()),
                 max(&b.parallel)

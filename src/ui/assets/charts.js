@@ -52,22 +52,9 @@ function ema(ys, w) {
   });
 }
 
-function stored(key, fallback) {
-  try {
-    const v = localStorage.getItem(key);
-    return v === null ? fallback : v;
-  } catch (e) {
-    return fallback;
-  }
-}
-
-function store(key, value) {
-  try {
-    localStorage.setItem(key, value);
-  } catch (e) {
-    /* file:// pages may have no storage */
-  }
-}
+// Remembered settings (ui.js's helpers: no storage under file:// is no error).
+const stored = (key, fallback) => window.PIPE.remembered(key, fallback);
+const store = (key, value) => window.PIPE.remember(key, value);
 
 function dataBlock(id) {
   const el = document.getElementById(id);
@@ -249,7 +236,12 @@ function setupCurves() {
   }
   render();
   window.addEventListener("resize", () => panels.forEach((p) => charts[p].resize()));
-  window.PIPE.curves = { charts, state: st, render, data: () => data, ready: performance.now() };
+  const replace = (d) => {
+    if (JSON.stringify(d) === JSON.stringify(data)) return;
+    data = d;
+    render();
+  };
+  window.PIPE.curves = { charts, state: st, render, replace, data: () => data, ready: performance.now() };
 
   // Live: each new epoch redraws the charts, the stage table and the DAG; a finished
   // training closes the stream.

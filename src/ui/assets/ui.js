@@ -4,12 +4,13 @@
 
 // Sort by a column. A metric's first click puts the best first (highest accuracy, lowest
 // loss); a second click reverses. Rows without the value go last either way.
-function sortTable(table, col, th) {
+function sortTable(table, col, th, again) {
   const body = table.tBodies[0];
   const rows = Array.from(body.rows);
   const now = th.getAttribute("aria-sort");
   const first = th.dataset.best === "max" ? -1 : 1;
-  const dir = now === null ? first : now === "ascending" ? -1 : 1;
+  let dir = now === null ? first : now === "ascending" ? -1 : 1;
+  if (again && now !== null) dir = now === "ascending" ? 1 : -1; // keep the order shown
   for (const h of table.tHead.rows[0].cells) h.removeAttribute("aria-sort");
   th.setAttribute("aria-sort", dir === 1 ? "ascending" : "descending");
   const key = (tr) => {
@@ -86,6 +87,11 @@ function setupColumns(table) {
       for (const r of table.tBodies[0].rows) r.cells[c].classList.toggle("off", hide);
     });
   };
+  if (box.dataset.ready) {
+    apply();
+    return;
+  }
+  box.dataset.ready = "1";
   for (const cb of box.querySelectorAll("input[type=checkbox]")) {
     cb.checked = !off.includes(cb.value);
     cb.addEventListener("change", () => {
@@ -116,6 +122,68 @@ function setupRuns() {
   });
   markConstant(table);
   setupColumns(table);
+  liveRuns(table);
+}
+
+// The page fetched again, parsed (no script of it runs).
+function fetchPage() {
+  return fetch(location.href, { cache: "no-store" })
+    .then((r) => (r.ok ? r.text() : Promise.reject(r.status)))
+    .then((html) => new DOMParser().parseFromString(html, "text/html"));
+}
+
+// Served pages look again every few seconds while visible (an exported folder does not):
+// the runs table keeps its sort, filters, ticks and columns; the recorded runs follow.
+const LIVE_MS = 4000;
+function liveEvery(f) {
+  if (location.protocol === "file:") return;
+  let busy = false;
+  setInterval(() => {
+    if (busy || document.hidden) return;
+    busy = true;
+    f().catch(() => {}).finally(() => {
+      busy = false;
+    });
+  }, LIVE_MS);
+}
+
+function liveRuns(table) {
+  liveEvery(() =>
+    fetchPage().then((doc) => {
+      const fresh = doc.getElementById("runs");
+      if (!fresh) return;
+      const ticked = new Set(Array.from(table.querySelectorAll("td.pick input:checked")).map((i) => i.value));
+      const body = document.importNode(fresh.tBodies[0], true);
+      for (const i of body.querySelectorAll("td.pick input")) i.checked = ticked.has(i.value);
+      table.replaceChild(body, table.tBodies[0]);
+      const sorted = Array.from(table.tHead.rows[0].cells).find((h) => h.hasAttribute("aria-sort"));
+      if (sorted) sortTable(table, parseInt(sorted.dataset.col, 10), sorted, true);
+      filterRows(table);
+      setupColumns(table);
+      for (const id of ["summary", "best-so-far", "recorded"]) {
+        const here = document.querySelector("." + id);
+        const there = doc.querySelector("." + id);
+        if (here && there) here.replaceWith(document.importNode(there, true));
+      }
+      table.dataset.refreshed = String(Date.now());
+    })
+  );
+}
+
+// The compare page: its metrics table and its runs' curves, looked at again.
+function liveCompare() {
+  const metrics = document.querySelector("table.metrics");
+  if (!metrics || !document.getElementById("curve-data") || document.body.dataset.page !== "compare") return;
+  liveEvery(() =>
+    fetchPage().then((doc) => {
+      const m = doc.querySelector("table.metrics");
+      const here = document.querySelector("table.metrics");
+      if (m && here) here.replaceWith(document.importNode(m, true));
+      const d = doc.getElementById("curve-data");
+      if (d && PIPE.curves) PIPE.curves.replace(JSON.parse(d.textContent));
+      document.body.dataset.refreshed = String(Date.now());
+    })
+  );
 }
 
 // "compare selected": the runs ticked in any table (pipelines as they stand, recorded runs).
@@ -135,6 +203,9 @@ function setupCompare() {
 // The run page's stage table and DAG, fetched again (after an epoch, when a training
 // ends): the page itself is asked for, and its #stages section swapped in.
 const PIPE = (window.PIPE = window.PIPE || {});
+// Shared with charts.js (loaded after this script).
+PIPE.remembered = remembered;
+PIPE.remember = remember;
 PIPE.refreshStages = () => {
   const here = document.getElementById("stages");
   if (!here || PIPE.refreshing) return;
@@ -155,4 +226,5 @@ PIPE.refreshStages = () => {
 document.addEventListener("DOMContentLoaded", () => {
   setupRuns();
   setupCompare();
+  liveCompare();
 });
