@@ -201,8 +201,16 @@ fn pct(x: Option<f64>) -> String {
     x.map_or("-".into(), |v| format!("{:.2}%", 100.0 * v))
 }
 
+/// A loss as a cell: 4 decimals, or 4 significant digits in exponent form once it is
+/// large (a diverged run's `123456.7891` is `1.235e5`).
 fn num(x: Option<f64>) -> String {
-    x.map_or("-".into(), |v| format!("{v:.4}"))
+    x.map_or("-".into(), |v| {
+        if v.abs() >= 1e4 {
+            format!("{v:.3e}")
+        } else {
+            format!("{v:.4}")
+        }
+    })
 }
 
 /// The table's columns: (header, cell per row). Every row has every column.

@@ -121,6 +121,9 @@ fn page(title: &str, links: &dyn Links, attrs: &[(&str, String)], body: Markup) 
     .into_string()
 }
 
+/// The recorded runs the runs page shows, newest first (the journal page has them all).
+const RECENT_RECORDS: usize = 30;
+
 /// A cell longer than this (a waiting reason) is cut, with the whole text on hover.
 const LONG_CELL: usize = 40;
 
@@ -276,8 +279,8 @@ pub fn runs_page(
         @if !journal.is_empty() {
             section class="recorded" {
                 h2 { "Recorded runs" }
-                p { "From the journal (" a href=(links.journal(None)) { "all " (journal.len()) } "): runs with " code { "--set" } ", on Slurm, or before their manifest changed; the first line of each pipeline is its manifest now." }
-                (journal_groups(journal, rows, Some(10), links))
+                p { "The " (journal.len().min(RECENT_RECORDS)) " latest of the journal (" a href=(links.journal(None)) { "all " (journal.len()) } "): runs with " code { "--set" } ", on Slurm, or before their manifest changed; the first line of each pipeline is its manifest now." }
+                (journal_groups(&journal[..journal.len().min(RECENT_RECORDS)], rows, Some(10), links))
             }
         }
         @if !skipped.is_empty() {

@@ -59,6 +59,9 @@ pub struct UiOptions {
 struct App {
     project: Project,
     snap: RwLock<Arc<Snapshot>>,
+    /// The runs page, rendered with each snapshot (in the background, never in a
+    /// request): serving it is a copy however many runs there are.
+    home: RwLock<axum::body::Bytes>,
     /// The address bound.
     bound: IpAddr,
     /// `--allow-host` names, lowercase.
@@ -70,6 +73,12 @@ impl App {
         self.snap
             .read()
             .map_or_else(|e| e.into_inner().clone(), |s| s.clone())
+    }
+
+    fn home(&self) -> axum::body::Bytes {
+        self.home
+            .read()
+            .map_or_else(|e| e.into_inner().clone(), |h| h.clone())
     }
 
     fn engine(&self) -> Engine {
@@ -115,9 +124,11 @@ impl Links for ServerLinks {
 /// Serve the dashboard of `project` until Ctrl-C.
 pub fn serve(project: Project, opts: &UiOptions) -> Result<()> {
     let snap = Snapshot::build(&project)?;
+    let home = render_home(&project, &snap);
     let app = Arc::new(App {
         project,
         snap: RwLock::new(Arc::new(snap)),
+        home: RwLock::new(home),
         bound: opts.bind,
         allow_hosts: opts
             .allow_hosts
@@ -131,6 +142,10 @@ pub fn serve(project: Project, opts: &UiOptions) -> Result<()> {
         let took = bg.snap().took;
         std::thread::sleep((took * 3).max(Duration::from_secs(2)));
         if let Ok(s) = Snapshot::build(&bg.project) {
+            let home = render_home(&bg.project, &s);
+            if let Ok(mut w) = bg.home.write() {
+                *w = home;
+            }
             if let Ok(mut w) = bg.snap.write() {
                 *w = Arc::new(s);
             }
@@ -314,21 +329,28 @@ fn unknown_run(name: &str) -> Response {
     not_found(&format!("no run named `{name}` in this project"))
 }
 
-async fn runs_page(State(app): State<Arc<App>>) -> Response {
-    let s = app.snap();
-    let a = app.clone();
-    let journal = match blocking(move || Ok(journal(&a).list_heads())).await {
-        Ok(l) => l.runs,
-        Err(r) => return r,
-    };
-    Html(pages::runs_page(
-        &s.rows,
-        &s.sweep_list(),
-        &s.skipped,
-        &journal,
+/// The runs page of `snap`, with the journal's recorded runs.
+fn render_home(project: &Project, snap: &Snapshot) -> axum::body::Bytes {
+    let journal = crate::engine::journal::Journal::of(
+        &crate::engine::store::Store::open_read_only(&project.cache),
+    )
+    .list_heads();
+    pages::runs_page(
+        &snap.rows,
+        &snap.sweep_list(),
+        &snap.skipped,
+        &journal.runs,
         &ServerLinks,
-    ))
-    .into_response()
+    )
+    .into()
+}
+
+async fn runs_page(State(app): State<Arc<App>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        app.home(),
+    )
+        .into_response()
 }
 
 fn journal(app: &App) -> crate::engine::journal::Journal {

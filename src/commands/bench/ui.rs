@@ -24,7 +24,12 @@ pub(super) fn get(agent: &ureq::Agent, host: &str, path: &str) -> Result<(f64, u
         .get(&format!("http://{host}{path}"))
         .call()
         .with_context(|| format!("GET {path}"))?;
-    let body = resp.body_mut().read_to_vec()?;
+    // No cap: the runs page of 10,000 runs is larger than ureq's default 10 MiB.
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(u64::MAX)
+        .read_to_vec()?;
     Ok((
         t.elapsed().as_secs_f64(),
         resp.status().as_u16(),
@@ -78,10 +83,11 @@ const PER_SWEEP: usize = 1000;
 /// `pipe ui --port 0` in the project, for as long as `f` runs against its address
 /// (`127.0.0.1:PORT`, from its banner); stopped after.
 pub(super) fn with_server<T>(pipe: &Pipe, f: impl FnOnce(&str) -> Result<T>) -> Result<T> {
+    let log = pipe.project.join("ui.stderr");
     let mut server = pipe
         .command(&["ui", "--port", "0"])
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
         .spawn()?;
     let mut banner = String::new();
     BufReader::new(server.stdout.take().expect("piped")).read_line(&mut banner)?;
@@ -91,6 +97,11 @@ pub(super) fn with_server<T>(pipe: &Pipe, f: impl FnOnce(&str) -> Result<T>) -> 
         .map(|h| h.trim_end_matches('/').to_string())
         .ok_or_else(|| anyhow::anyhow!("no URL in `{banner}`"))
         .and_then(|host| f(&host));
+    if let Ok(Some(status)) = server.try_wait() {
+        // It should serve until killed: say how it ended, and what it said.
+        let said = std::fs::read_to_string(&log).unwrap_or_default();
+        eprintln!("warning: `pipe ui` ended early ({status}): {said}");
+    }
     let _ = server.kill();
     let _ = server.wait();
     result
