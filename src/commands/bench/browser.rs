@@ -43,7 +43,11 @@ impl Browser {
         let mut b = Browser {
             driver,
             base: format!("http://127.0.0.1:{port}"),
-            agent: super::ui::agent(),
+            // WebDriver answers errors as JSON with a status: read them, not fail on them.
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into(),
             profile,
         };
         let t = Instant::now();
