@@ -125,11 +125,17 @@ function setupRuns() {
   liveRuns(table);
 }
 
-// The page fetched again, parsed (no script of it runs).
+// The page fetched again, parsed (no script of it runs); `null` when it is the same as
+// the last time it was fetched, so that an unchanged page costs no parsing.
+let lastPage = null;
 function fetchPage() {
   return fetch(location.href, { cache: "no-store" })
     .then((r) => (r.ok ? r.text() : Promise.reject(r.status)))
-    .then((html) => new DOMParser().parseFromString(html, "text/html"));
+    .then((html) => {
+      if (html === lastPage) return null;
+      lastPage = html;
+      return new DOMParser().parseFromString(html, "text/html");
+    });
 }
 
 // Served pages look again every few seconds while visible (an exported folder does not):
@@ -150,6 +156,7 @@ function liveEvery(f) {
 function liveRuns(table) {
   liveEvery(() =>
     fetchPage().then((doc) => {
+      if (!doc) return;
       const fresh = doc.getElementById("runs");
       if (!fresh) return;
       const ticked = new Set(Array.from(table.querySelectorAll("td.pick input:checked")).map((i) => i.value));
@@ -176,6 +183,7 @@ function liveCompare() {
   if (!metrics || !document.getElementById("curve-data") || document.body.dataset.page !== "compare") return;
   liveEvery(() =>
     fetchPage().then((doc) => {
+      if (!doc) return;
       const m = doc.querySelector("table.metrics");
       const here = document.querySelector("table.metrics");
       if (m && here) here.replaceWith(document.importNode(m, true));
