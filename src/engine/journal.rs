@@ -194,7 +194,7 @@ impl Journal {
                     let _ = fs::create_dir_all(&last).and_then(|()| {
                         let tmp = last.join(format!(".{}.tmp", std::process::id()));
                         fs::write(&tmp, id.as_bytes())
-                            .and_then(|()| fs::rename(&tmp, last.join(state_stem(&p.name))))
+                            .and_then(|()| fs::rename(&tmp, self.last_path(&p.name)))
                     });
                     return Ok(Recording {
                         journal: self.clone(),
@@ -255,9 +255,21 @@ impl Journal {
     /// Whether the latest recorded run of `pipeline` is running now (`None`: none is
     /// recorded). The dashboard's live pages close their stream when it ends.
     pub fn last_is_running(&self, pipeline: &str) -> Option<bool> {
-        let id = fs::read_to_string(self.dir.join("last").join(state_stem(pipeline))).ok()?;
-        let rec = self.get(id.trim()).ok()?;
+        let rec = self.get(&self.last_id(pipeline)?).ok()?;
         Some(rec.state == RunState::Running)
+    }
+
+    /// Where the id of `pipeline`'s latest run is kept (a hint, written without fsync).
+    fn last_path(&self, pipeline: &str) -> PathBuf {
+        self.dir.join("last").join(state_stem(pipeline))
+    }
+
+    /// The id of `pipeline`'s latest run, if one is recorded.
+    fn last_id(&self, pipeline: &str) -> Option<String> {
+        fs::read_to_string(self.last_path(pipeline))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| is_run_id(s))
     }
 
     /// The latest run of `pipeline` and what changed since: keys whose value differs,
@@ -268,14 +280,9 @@ impl Journal {
         config: &BTreeMap<String, String>,
         sets: &[String],
     ) -> (Option<String>, Vec<String>) {
-        let last = self.dir.join("last").join(state_stem(pipeline));
-        let Some(id) = fs::read_to_string(last)
-            .ok()
-            .filter(|s| is_run_id(s.trim()))
-        else {
+        let Some(id) = self.last_id(pipeline) else {
             return (None, Vec::new());
         };
-        let id = id.trim().to_string();
         let Ok(Some(prev)) = read_json::<RunRecord>(&self.record_path(&id)) else {
             return (None, Vec::new());
         };

@@ -331,10 +331,7 @@ fn unknown_run(name: &str) -> Response {
 
 /// The runs page of `snap`, with the journal's recorded runs.
 fn render_home(project: &Project, snap: &Snapshot) -> axum::body::Bytes {
-    let journal = crate::engine::journal::Journal::of(
-        &crate::engine::store::Store::open_read_only(&project.cache),
-    )
-    .list_heads();
+    let journal = journal_of(project).list_heads();
     pages::runs_page(
         &snap.rows,
         &snap.sweep_list(),
@@ -354,8 +351,13 @@ async fn runs_page(State(app): State<Arc<App>>) -> Response {
 }
 
 fn journal(app: &App) -> crate::engine::journal::Journal {
+    journal_of(&app.project)
+}
+
+/// The journal of `project`'s store, opened read-only.
+fn journal_of(project: &Project) -> crate::engine::journal::Journal {
     crate::engine::journal::Journal::of(&crate::engine::store::Store::open_read_only(
-        &app.project.cache,
+        &project.cache,
     ))
 }
 
