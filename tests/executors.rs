@@ -509,4 +509,34 @@ fn slurm_halving_decides_in_a_promotion_job_with_no_pipe_left_waiting() {
     assert_eq!(text.matches("[pruned after train]").count(), 2, "{text}");
     let log = std::fs::read_to_string(&promote_log).unwrap();
     assert!(log.contains("go on"), "{log}");
+    // The journal: one record per point, carried on by the promotion job. The survivor
+    // ran every stage under a job and has its evaluation; the pruned points are done,
+    // their stages after the rung `pruned`.
+    let runs = p.ok_json(&["runs", "hv", "--json"]);
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 3, "{runs:?}");
+    for r in runs {
+        assert_eq!(r["state"], "done", "{r}");
+        let state = |name: &str| {
+            r["stages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["name"] == name)
+                .map(|s| s["state"].as_str().unwrap().to_string())
+                .unwrap()
+        };
+        if r["pipeline"] == survivor.as_str() {
+            assert!(r["remark"].is_null(), "{r}");
+            assert!(r["metrics"]["rank1"].as_f64().is_some(), "{r}");
+            for stage in ["train", "drop", "evaluate"] {
+                assert_eq!(state(stage), "ran", "{stage}: {r}");
+            }
+        } else {
+            assert_eq!(r["remark"], "pruned after train", "{r}");
+            assert_eq!(state("train"), "ran", "{r}");
+            assert_eq!(state("drop"), "pruned", "{r}");
+            assert_eq!(state("evaluate"), "pruned", "{r}");
+        }
+    }
 }

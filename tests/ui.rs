@@ -246,6 +246,29 @@ fn export_writes_pages_whose_charts_hold_one_point_per_epoch() {
         2,
         "lr and the metric"
     );
+    // The journal is exported too: its page lists the three recorded runs, each with its
+    // own page, linked relatively, with the run's curves as it ran.
+    let runs = p.ok_json(&["runs", "--json"]);
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 3, "tiny and two points");
+    let journal = std::fs::read_to_string(out.join("journal.html")).unwrap();
+    assert!(
+        index.contains("href=\"journal.html\""),
+        "the runs page links it"
+    );
+    for r in runs {
+        let id = r["id"].as_str().unwrap();
+        assert!(
+            journal.contains(&format!("href=\"journal/{id}.html\"")),
+            "{id}"
+        );
+        let page = std::fs::read_to_string(out.join(format!("journal/{id}.html"))).unwrap();
+        assert!(page.contains(&format!("pipe run --from {id}")), "{id}");
+        let d = data_block(&page, "curve-data");
+        assert_eq!(d["runs"][0]["name"], r["pipeline"]);
+        assert_eq!(d["runs"][0]["epochs"].as_array().unwrap().len(), 5, "{id}");
+        assert!(page.contains("\"../assets/charts.js\""), "{id}");
+    }
 }
 
 #[test]

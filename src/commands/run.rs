@@ -190,7 +190,37 @@ pub fn sweep_promote(
         bail!("`{manifest}` is not a sweep");
     };
     let mut engine = super::writing(&proj, false)?;
-    let kept = engine.promote_on_slurm(&s, rung, sets, o)?;
+    // The points' records name this job for their awaiting stages: it says how it went,
+    // as a stage's job does (`running` under its lock, then `ran` or `failed`).
+    let job = slurm_job_id();
+    let journal = crate::engine::journal::Journal::of(engine.store());
+    let entry = |state: &str, summary: String| crate::outcome::record::StageEntry {
+        name: format!("promote after rung {rung}"),
+        kind: "sweep-promote".into(),
+        key: None,
+        output: None,
+        state: state.to_string(),
+        seconds: 0.0,
+        summary,
+        job: job.clone(),
+    };
+    let _live = match &job {
+        Some(j) => journal
+            .job_started(j, &entry("running", String::new()))
+            .ok(),
+        None => None,
+    };
+    let result = engine.promote_on_slurm(&s, rung, sets, o);
+    if let Some(j) = &job {
+        let e = match &result {
+            Ok(kept) => entry("ran", format!("{} go on", kept.len())),
+            Err(err) => entry("failed", format!("{err:#}")),
+        };
+        if let Err(err) = journal.job_ended(j, &e) {
+            eprintln!("warning: could not record the job in the journal: {err:#}");
+        }
+    }
+    let kept = result?;
     eprintln!(
         "sweep {}: after rung {rung}, {} go on: {}",
         s.name,
@@ -200,15 +230,20 @@ pub fn sweep_promote(
     Ok(())
 }
 
+/// This process's Slurm job (`SLURM_JOB_ID`), when it is one and the id is plain.
+fn slurm_job_id() -> Option<String> {
+    std::env::var("SLURM_JOB_ID")
+        .ok()
+        .filter(|j| !j.is_empty() && j.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+}
+
 /// `pipe run-stage`: one stage, its inputs read from the store (an executor's job).
 pub fn run_stage(g: &Global, manifest: &str, stage: &str, sets: &[String]) -> Result<()> {
     let (proj, p) = load(g, manifest, sets)?;
     let mut engine = super::writing(&proj, false)?;
     // A Slurm job says how it went in the journal, for the records of the runs that
     // submitted it (or depend on it): `running` while it holds its lock, then its outcome.
-    let job = std::env::var("SLURM_JOB_ID")
-        .ok()
-        .filter(|j| !j.is_empty() && j.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+    let job = slurm_job_id();
     let journal = crate::engine::journal::Journal::of(engine.store());
     let kind = p
         .stages

@@ -354,7 +354,16 @@ impl Engine {
         let out = self.run_with_inner(p, sets, opts, exec, &mut must, &mut jobs);
         if let Some(rec) = rec.take() {
             let detached = matches!(exec, Executor::Slurm(o) if !o.wait) && out.is_ok();
-            self.finish_record(rec, p, &must, &jobs, out.as_ref().err(), None, detached);
+            self.finish_record(
+                rec,
+                p,
+                &must,
+                &jobs,
+                out.as_ref().err(),
+                None,
+                detached,
+                None,
+            );
         }
         out
     }
@@ -390,6 +399,7 @@ impl Engine {
         error: Option<&anyhow::Error>,
         remark: Option<String>,
         detached: bool,
+        awaiting: Option<&str>,
     ) {
         let mut entries: Vec<StageEntry> = match self.status(p) {
             Ok(st) => st.iter().map(entry_of).collect(),
@@ -409,6 +419,15 @@ impl Engine {
                 e.state = "queued".into();
             } else if e.state == "cached" {
                 e.state = "ran".into();
+            }
+        }
+        // Halving on Slurm: the stages after the rung wait for the promotion job.
+        if let Some(promotion) = awaiting {
+            for e in &mut entries {
+                if !jobs.contains_key(&e.name) && e.state != "cached" && e.state != "ran" {
+                    e.state = super::journal::AWAITING.into();
+                    e.job = Some(promotion.to_string());
+                }
             }
         }
         let artifacts = self.store.root().join("artifacts");

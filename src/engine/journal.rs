@@ -259,6 +259,28 @@ impl Journal {
         Some(rec.state == RunState::Running)
     }
 
+    /// The latest record of `pipeline` when it is a Slurm run whose stages await a
+    /// halving decision (`awaiting`): the one a promotion job carries on.
+    pub fn awaiting_decision(&self, pipeline: &str) -> Option<String> {
+        let id = self.last_id(pipeline)?;
+        let rec: RunRecord = read_json(&self.record_path(&id)).ok()??;
+        (rec.state == RunState::Running
+            && rec.executor == "slurm"
+            && rec.stages.iter().any(|s| s.state == AWAITING))
+        .then_some(id)
+    }
+
+    /// Change a detached (Slurm) record as it stands on disk, and write it back
+    /// atomically: what a promotion job does when it decides for the record's point.
+    pub fn amend(&self, id: &str, change: impl FnOnce(&mut RunRecord)) -> Result<()> {
+        let path = self.record_path(id);
+        let Some(mut rec) = read_json::<RunRecord>(&path)? else {
+            bail!("no run `{id}` in {}", self.dir.display());
+        };
+        change(&mut rec);
+        write_atomic(&path, &serde_json::to_vec(&rec)?)
+    }
+
     /// Where the id of `pipeline`'s latest run is kept (a hint, written without fsync).
     fn last_path(&self, pipeline: &str) -> PathBuf {
         self.dir.join("last").join(state_stem(pipeline))
@@ -484,6 +506,19 @@ impl Journal {
         let mut killed = false;
         for s in &mut rec.stages {
             let Some(job) = s.job.clone() else { continue };
+            if s.state == AWAITING {
+                // Its promotion job decides whether it runs (and amends the record).
+                all_done = false;
+                if let Ok(Some(e)) = read_json::<StageEntry>(&self.job_path(&job)) {
+                    let held = is_held(&self.dir.join("jobs").join(format!("{job}.live")));
+                    if e.state == "running" && !held {
+                        killed = true;
+                    } else if e.state == "failed" {
+                        failed = Some(format!("the halving decision failed: {}", e.summary));
+                    }
+                }
+                continue;
+            }
             if !matches!(s.state.as_str(), "queued" | "running") {
                 continue;
             }
@@ -803,6 +838,13 @@ fn is_held(path: &Path) -> bool {
         Err(_) => false,
     }
 }
+
+/// A stage entry's state while a halving promotion job (its `job`) has not yet decided
+/// whether the point goes on to it.
+pub const AWAITING: &str = "awaiting";
+
+/// A stage entry's state when halving stopped its point before it.
+pub const PRUNED: &str = "pruned";
 
 /// `20261206-041500-3fa9`: UTC start time and 16 random bits.
 fn new_id() -> String {

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use anyhow::{bail, Result};
 
 use super::executor::{Executor, SlurmOptions};
-use super::journal::{entry_of, Journal, Recording};
+use super::journal::{entry_of, Journal, Recording, AWAITING, PRUNED};
 use super::{Engine, RunOptions, WalkOptions};
 use crate::ids::Recipe;
 use crate::manifest::sweep::{Goal, Halving, Metric};
@@ -595,6 +595,7 @@ impl Engine {
                             err.as_ref(),
                             None,
                             false,
+                            None,
                         );
                     }
                     run.points.push(match failed.get(&pt.pipeline.name) {
@@ -677,6 +678,7 @@ impl Engine {
                             err.as_ref(),
                             remark,
                             false,
+                            None,
                         );
                     }
                     run.points.push((s.points[i].id.clone(), res, Vec::new()));
@@ -706,7 +708,16 @@ impl Engine {
                     if let Some((rec, _)) = recs.remove(&i) {
                         let err = waited.as_ref().and_then(|w| w.as_ref().err());
                         let detached = !o.wait && !must.is_empty();
-                        self.finish_record(rec, &pt.pipeline, &must, &ids, err, None, detached);
+                        self.finish_record(
+                            rec,
+                            &pt.pipeline,
+                            &must,
+                            &ids,
+                            err,
+                            None,
+                            detached,
+                            None,
+                        );
                     }
                     let res = match waited {
                         Some(Ok(())) => PointResult::Done,
@@ -723,7 +734,17 @@ impl Engine {
                     bail!("--wait with halving on Slurm: the promotion jobs decide later; follow them with `pipe status {}`", s.name);
                 }
                 let live: Vec<usize> = selected.to_vec();
-                self.submit_rung(s, &h, 0, &live, sets, o, opts)?;
+                let mut recs = self.begin_point_records(s, selected, exec, opts);
+                let sent = self.submit_rung(s, &h, 0, &live, sets, o, opts)?;
+                // Each point's record: the rung's stages queued under their jobs, the
+                // rest awaiting the promotion job, which carries the record on.
+                for (i, must, ids) in &sent.points {
+                    if let Some((rec, _)) = recs.remove(i) {
+                        let p = &s.points[*i].pipeline;
+                        let promotion = sent.promotion.as_deref();
+                        self.finish_record(rec, p, must, ids, None, None, true, promotion);
+                    }
+                }
                 for &i in selected {
                     run.points
                         .push((s.points[i].id.clone(), PointResult::Planned, Vec::new()));
@@ -786,13 +807,14 @@ impl Engine {
         sets: &[String],
         o: &SlurmOptions,
         opts: &RunOptions,
-    ) -> Result<()> {
+    ) -> Result<RungJobs> {
         let last = r + 1 == h.rungs.len();
         let nowait = SlurmOptions {
             wait: false,
             ..o.clone()
         };
         let mut after = Vec::new();
+        let mut sent = RungJobs::default();
         for &i in live {
             let p = &s.points[i].pipeline;
             let o2 = RunOptions {
@@ -800,14 +822,15 @@ impl Engine {
                 ..opts.clone()
             };
             let (must, recipes) = self.plan_slurm(p, &o2)?;
-            if must.is_empty() {
-                continue;
-            }
-            let ids = self.submit_slurm(p, sets, &must, &recipes, &nowait)?;
-            after.extend(ids.into_values());
+            let ids = match must.is_empty() {
+                true => HashMap::new(),
+                false => self.submit_slurm(p, sets, &must, &recipes, &nowait)?,
+            };
+            after.extend(ids.values().cloned());
+            sent.points.push((i, must, ids));
         }
         if last {
-            return Ok(());
+            return Ok(sent);
         }
         after.sort();
         after.dedup();
@@ -851,7 +874,8 @@ impl Engine {
             after.len(),
             log.display()
         ));
-        Ok(())
+        sent.promotion = Some(id);
+        Ok(sent)
     }
 
     /// A promotion job's work (`pipe sweep-promote SWEEP --rung R`): the live points'
@@ -902,14 +926,72 @@ impl Engine {
         let kept = promote(&values, &h);
         decisions
             .rungs
-            .push(rung_record(rung, &h, values, kept.clone()));
+            .push(rung_record(rung, &h, values.clone(), kept.clone()));
         self.record_decisions(s, decisions)?;
         let next: Vec<usize> = (0..s.points.len())
             .filter(|&i| kept.contains(&s.points[i].id))
             .collect();
-        self.submit_rung(s, &h, r + 1, &next, sets, o, &RunOptions::default())?;
+        let sent = self.submit_rung(s, &h, r + 1, &next, sets, o, &RunOptions::default())?;
+        for &i in &live {
+            // A point without a result failed: its record says so, not "pruned".
+            let measured = values.iter().any(|(id, _)| *id == s.points[i].id);
+            let remark = measured.then(|| format!("pruned after {rung}"));
+            self.carry_record_on(&s.points[i].pipeline, remark, &sent, i);
+        }
         Ok(kept)
     }
+
+    /// A promotion job's decision in point `i`'s journal record: a point that goes on
+    /// has the next rung's stages queued under their jobs (the rest await the next
+    /// promotion job); a pruned point's awaiting stages are `pruned`, and the run is done
+    /// once its jobs are.
+    fn carry_record_on(&mut self, p: &Pipeline, pruned: Option<String>, sent: &RungJobs, i: usize) {
+        let journal = Journal::of(&self.store);
+        let Some(id) = journal.awaiting_decision(&p.name) else {
+            return;
+        };
+        let cached = self.cached_stages(p);
+        let went_on = sent.points.iter().find(|(j, _, _)| *j == i);
+        let amended = journal.amend(&id, |rec| {
+            if went_on.is_none() {
+                rec.remark = pruned;
+            }
+            for e in rec.stages.iter_mut().filter(|e| e.state == AWAITING) {
+                let Some((_, _, ids)) = went_on else {
+                    e.state = PRUNED.into();
+                    e.job = None;
+                    continue;
+                };
+                if let Some(job) = ids.get(&e.name) {
+                    e.state = "queued".into();
+                    e.job = Some(job.clone());
+                } else if cached.contains(&e.name) {
+                    e.state = "cached".into();
+                    e.job = None;
+                } else if let Some(next) = &sent.promotion {
+                    e.job = Some(next.clone());
+                } else {
+                    e.state = "skipped".into();
+                    e.job = None;
+                }
+            }
+        });
+        if let Err(e) = amended {
+            self.warn(format!(
+                "{}: could not carry the halving decision into run {id}'s record: {e:#}",
+                p.name
+            ));
+        }
+    }
+}
+
+/// What one rung's submission sent to Slurm: per live point, its index, the stages
+/// submitted and their jobs (none when they were cached); and the promotion job after
+/// them (none after the last rung).
+#[derive(Default)]
+struct RungJobs {
+    points: Vec<(usize, Vec<String>, HashMap<String, String>)>,
+    promotion: Option<String>,
 }
 
 /// The seal of a decisions record: BLAKE3 of its rungs and points as JSON.

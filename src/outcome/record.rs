@@ -80,7 +80,8 @@ pub struct StageEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
     /// `ran`, `cached`, `failed`, `interrupted`, `running`, `queued`, `skipped`,
-    /// `waiting`, `not-run`.
+    /// `waiting`, `not-run`; on Slurm with halving, `awaiting` (the promotion job in
+    /// `job` decides) and `pruned`.
     pub state: String,
     /// Seconds it ran (0 when cached).
     #[serde(default)]

@@ -1,6 +1,7 @@
 //! `pipe ui --export DIR`: the dashboard's pages as static files, for a report or a CI
 //! artifact. `index.html` (the runs), `runs/<run>.html` (its charts' data
 //! inside the page), `sweeps/<sweep>.html`, `compare/<id>.html` (each sweep's points together),
+//! `journal.html` and `journal/<id>.html` (every recorded run, as it ran),
 //! `assets/` and `files/<artifact>/<path>`: each artifact file a page lists, up to
 //! [`EXPORT_MAX`] bytes, copied from the store after its seal is checked. Every link is
 //! relative, so the folder works copied elsewhere (a larger file is listed, unlinked). No
@@ -134,8 +135,11 @@ impl Links for FileLinks {
     fn asset(&self, name: &str) -> String {
         format!("{}assets/{name}", self.up)
     }
-    fn journal(&self, _: Option<&str>) -> String {
-        String::new()
+    fn journal(&self, id: Option<&str>) -> String {
+        match id {
+            None => format!("{}journal.html", self.up),
+            Some(id) => format!("{}journal/{}.html", self.up, href(&stem(id))),
+        }
     }
 }
 
@@ -157,12 +161,39 @@ pub fn export(project: &Project, dir: &Path) -> Result<usize> {
         write(&dir.join("assets").join(name), body)?;
     }
     let root = FileLinks::at(0);
+    let journal = super::server::journal_of(project).list_heads();
+    for w in &journal.warnings {
+        eprintln!("warning: {w}");
+    }
     write(
         &dir.join("index.html"),
-        &pages::runs_page(&snap.rows, &snap.sweep_list(), &snap.skipped, &[], &root),
+        &pages::runs_page(
+            &snap.rows,
+            &snap.sweep_list(),
+            &snap.skipped,
+            &journal.runs,
+            &root,
+        ),
     )?;
     pages_written += 1;
     let one = FileLinks::at(1);
+    // The journal (every page links it): every recorded run, and each one's page as it
+    // ran.
+    write(
+        &dir.join("journal.html"),
+        &pages::journal_page(&journal.runs, &snap.rows, &journal.warnings, &root),
+    )?;
+    pages_written += 1;
+    for r in &journal.runs {
+        let Some((rec, history)) = super::server::record_and_history(project, &r.id)? else {
+            continue;
+        };
+        write(
+            &dir.join("journal").join(format!("{}.html", stem(&rec.id))),
+            &pages::record_page(&rec, &history, &one),
+        )?;
+        pages_written += 1;
+    }
     for (run, row) in snap.runs.iter().zip(&snap.rows) {
         let v = engine.run_view(&run.pipeline, Some(row.clone()))?;
         one.copy_files(&engine, &v, dir)?;

@@ -29,7 +29,7 @@ use axum::routing::get;
 use axum::Router;
 
 use super::pages::{self, Links};
-use super::snapshot::Snapshot;
+use super::snapshot::{Snapshot, Stamp};
 use super::{assets, charts, segment};
 use crate::engine::runs::CurveSource;
 use crate::engine::runs::Servable;
@@ -41,6 +41,10 @@ use crate::report::show;
 
 /// How often a live page's training is looked at.
 const POLL: Duration = Duration::from_millis(200);
+
+/// The longest the runs are kept without gathering them again, when nothing the
+/// snapshot's [`Stamp`] looks at changed.
+const FULL_REBUILD: Duration = Duration::from_secs(60);
 
 /// `pipe ui`'s options.
 #[derive(Debug, Clone)]
@@ -124,7 +128,7 @@ impl Links for ServerLinks {
 /// Serve the dashboard of `project` until Ctrl-C.
 pub fn serve(project: Project, opts: &UiOptions) -> Result<()> {
     let snap = Snapshot::build(&project)?;
-    let home = render_home(&project, &snap);
+    let (home, mut running) = render_home(&project, &snap);
     let app = Arc::new(App {
         project,
         snap: RwLock::new(Arc::new(snap)),
@@ -136,13 +140,24 @@ pub fn serve(project: Project, opts: &UiOptions) -> Result<()> {
             .map(|h| h.to_ascii_lowercase())
             .collect(),
     });
-    // The runs and their rows are gathered again in the background, never in a request.
+    // The runs and their rows are gathered again in the background, never in a request:
+    // when what they are built from changed, and at least once a minute (a dataset
+    // folder changed deep inside, a base file outside `pipelines/`).
     let bg = app.clone();
-    std::thread::spawn(move || loop {
-        let took = bg.snap().took;
-        std::thread::sleep((took * 3).max(Duration::from_secs(2)));
-        if let Ok(s) = Snapshot::build(&bg.project) {
-            let home = render_home(&bg.project, &s);
+    std::thread::spawn(move || {
+        let mut built = Instant::now();
+        loop {
+            let snap = bg.snap();
+            std::thread::sleep((snap.took * 3).max(Duration::from_secs(2)));
+            if !running && built.elapsed() < FULL_REBUILD && Stamp::of(&bg.project) == snap.stamp {
+                continue;
+            }
+            built = Instant::now();
+            let Ok(s) = Snapshot::build(&bg.project) else {
+                continue;
+            };
+            let home;
+            (home, running) = render_home(&bg.project, &s);
             if let Ok(mut w) = bg.home.write() {
                 *w = home;
             }
@@ -330,16 +345,22 @@ fn unknown_run(name: &str) -> Response {
 }
 
 /// The runs page of `snap`, with the journal's recorded runs.
-fn render_home(project: &Project, snap: &Snapshot) -> axum::body::Bytes {
+/// The runs page of `snap` and the journal now, and whether a recorded run is running
+/// (its record can turn `interrupted` with no file changing: look again soon).
+fn render_home(project: &Project, snap: &Snapshot) -> (axum::body::Bytes, bool) {
     let journal = journal_of(project).list_heads();
-    pages::runs_page(
+    let running = journal
+        .runs
+        .iter()
+        .any(|r| r.state == crate::outcome::record::RunState::Running);
+    let page = pages::runs_page(
         &snap.rows,
         &snap.sweep_list(),
         &snap.skipped,
         &journal.runs,
         &ServerLinks,
-    )
-    .into()
+    );
+    (page.into(), running)
 }
 
 async fn runs_page(State(app): State<Arc<App>>) -> Response {
@@ -355,7 +376,7 @@ fn journal(app: &App) -> crate::engine::journal::Journal {
 }
 
 /// The journal of `project`'s store, opened read-only.
-fn journal_of(project: &Project) -> crate::engine::journal::Journal {
+pub(super) fn journal_of(project: &Project) -> crate::engine::journal::Journal {
     crate::engine::journal::Journal::of(&crate::engine::store::Store::open_read_only(
         &project.cache,
     ))
@@ -385,16 +406,16 @@ async fn api_journal(State(app): State<Arc<App>>) -> Response {
 
 /// A recorded run and its epochs so far: from the artifact of its last training stage
 /// that made one, else (it trains now) from the scratch of the stage running.
-fn record_and_history(
-    app: &App,
+pub(super) fn record_and_history(
+    project: &Project,
     id: &str,
 ) -> Result<Option<(crate::outcome::record::RunRecord, Vec<EpochRecord>)>> {
     if !crate::engine::journal::is_run_id(id) {
         return Ok(None);
     }
-    let j = journal(app);
+    let j = journal_of(project);
     let Ok(r) = j.get(id) else { return Ok(None) };
-    let cache = &app.project.cache;
+    let cache = &project.cache;
     let read = |p: std::path::PathBuf| -> Option<Vec<EpochRecord>> {
         serde_json::from_slice(&std::fs::read(p).ok()?).ok()
     };
@@ -434,7 +455,7 @@ fn record_and_history(
 async fn record_page(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
     let a = app.clone();
     let i = id.clone();
-    match blocking(move || record_and_history(&a, &i)).await {
+    match blocking(move || record_and_history(&a.project, &i)).await {
         Ok(Some((r, h))) => Html(pages::record_page(&r, &h, &ServerLinks)).into_response(),
         Ok(None) => not_found(&format!("no recorded run `{id}`")),
         Err(r) => r,
@@ -444,7 +465,7 @@ async fn record_page(State(app): State<Arc<App>>, Path(id): Path<String>) -> Res
 async fn api_record(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response {
     let a = app.clone();
     let i = id.clone();
-    match blocking(move || record_and_history(&a, &i)).await {
+    match blocking(move || record_and_history(&a.project, &i)).await {
         Ok(Some((r, h))) => Json(serde_json::json!({ "record": r, "epochs": h })).into_response(),
         Ok(None) => not_found(&format!("no recorded run `{id}`")),
         Err(r) => r,
@@ -536,7 +557,7 @@ async fn compare_page(State(app): State<Arc<App>>, RawQuery(q): RawQuery) -> Res
                     sides.push(side);
                 }
                 Err(id) => {
-                    let Some((rec, h)) = record_and_history(&a, id)? else {
+                    let Some((rec, h)) = record_and_history(&a.project, id)? else {
                         return Ok(None);
                     };
                     let j = journal(&a);

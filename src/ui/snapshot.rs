@@ -1,8 +1,10 @@
 //! What the runs page shows, gathered once and kept: every run of the project's manifests
 //! with its row (as `pipe show --json` has them), and the sweeps. The server rebuilds it in
-//! the background (see `server`), so serving the runs page costs only rendering.
+//! the background (see `server`) when what it was built from changed ([`Stamp`]), so
+//! serving the runs page costs only rendering, and a store at rest costs nothing.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -27,12 +29,79 @@ pub struct Snapshot {
     pub by_name: HashMap<String, usize>,
     /// How long gathering took.
     pub took: Duration,
+    /// What it was built from, looked at before building.
+    pub stamp: Stamp,
+}
+
+/// What a snapshot is built from, as a few `stat`s: every file under `pipelines/` (size
+/// and modification time), and the store's folders whose entries a run, `gc` or
+/// `verify` adds, renames or removes (a folder's time moves with its entries). Equal
+/// stamps: nothing the runs page shows has changed, except inside a dataset folder or a
+/// file a manifest `extends` from outside `pipelines/` (the server rebuilds now and then
+/// for those).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stamp(Vec<(PathBuf, u64, i128)>);
+
+impl Stamp {
+    /// The stamp of `project` now.
+    pub fn of(project: &Project) -> Stamp {
+        let mut entries = Vec::new();
+        stat_tree(&project.pipelines, 4, &mut entries);
+        let store = &project.cache;
+        for sub in [
+            "",
+            "artifacts",
+            "keys",
+            "sealed",
+            "damaged",
+            "state",
+            "sweeps",
+            "runs",
+        ] {
+            stat_into(&store.join(sub), &mut entries);
+        }
+        entries.sort();
+        Stamp(entries)
+    }
+}
+
+/// `path`'s size and modification time (ns) into `out`, when it is there.
+fn stat_into(path: &Path, out: &mut Vec<(PathBuf, u64, i128)>) {
+    if let Ok(m) = std::fs::metadata(path) {
+        let ns = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as i128);
+        out.push((path.to_path_buf(), m.len(), ns));
+    }
+}
+
+/// [`stat_into`] for `dir` and everything under it, `depth` folders down at most (hidden
+/// entries passed over).
+fn stat_tree(dir: &Path, depth: usize, out: &mut Vec<(PathBuf, u64, i128)>) {
+    stat_into(dir, out);
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        if e.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let path = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() && depth > 0 => stat_tree(&path, depth - 1, out),
+            Ok(t) if t.is_dir() => {}
+            _ => stat_into(&path, out),
+        }
+    }
 }
 
 impl Snapshot {
     /// Gather the runs of `project`'s manifests (read-only).
     pub fn build(project: &Project) -> Result<Snapshot> {
         let t = Instant::now();
+        let stamp = Stamp::of(project);
         let r = project.runs(&[], &[])?;
         let mut rows = r.rows;
         // As `pipe show` does: with sweep points among the rows, mark the best.
@@ -52,6 +121,7 @@ impl Snapshot {
             skipped: r.skipped,
             by_name,
             took: t.elapsed(),
+            stamp,
         })
     }
 
@@ -96,5 +166,53 @@ impl Snapshot {
         } else {
             "val.acc".into()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stamp_moves_with_manifests_and_the_store_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let project = Project::at(dir.path().to_path_buf(), Some(dir.path().join(".pipe")));
+        std::fs::create_dir_all(project.pipelines.join("base")).unwrap();
+        std::fs::create_dir_all(project.cache.join("artifacts")).unwrap();
+        std::fs::create_dir_all(project.cache.join("scratch")).unwrap();
+        std::fs::write(project.pipelines.join("a.toml"), "x = 1\n").unwrap();
+        std::fs::write(project.pipelines.join("base/b.toml"), "y = 1\n").unwrap();
+        let s0 = Stamp::of(&project);
+        assert_eq!(s0, Stamp::of(&project), "nothing changed");
+        // Two manifest folders and two files, the store's root and its artifacts folder.
+        assert_eq!(s0.0.len(), 6, "{:?}", s0.0);
+
+        // A training's scratch is not part of the runs page.
+        std::fs::write(project.cache.join("scratch/history.json"), "[]").unwrap();
+        assert_eq!(s0, Stamp::of(&project));
+
+        // A base file rewritten in place, same size: its time moved.
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(project.pipelines.join("base/b.toml"), "y = 2\n").unwrap();
+        let s1 = Stamp::of(&project);
+        assert_ne!(s0, s1, "an edited base file");
+
+        // An artifact published (a folder renamed into `artifacts/`).
+        std::fs::create_dir(project.cache.join("scratch/out")).unwrap();
+        std::fs::rename(
+            project.cache.join("scratch/out"),
+            project.cache.join("artifacts/abc"),
+        )
+        .unwrap();
+        let s2 = Stamp::of(&project);
+        assert_ne!(s1, s2, "an artifact published");
+
+        // A journal appearing, then a record in it.
+        std::fs::create_dir(project.cache.join("runs")).unwrap();
+        let s3 = Stamp::of(&project);
+        assert_ne!(s2, s3);
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(project.cache.join("runs/r.json"), "{}").unwrap();
+        assert_ne!(s3, Stamp::of(&project), "a record written");
     }
 }

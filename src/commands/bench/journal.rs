@@ -58,6 +58,8 @@ pub fn bench_journal(records: usize, rounds: usize) -> Result<()> {
             runs.join(format!("{id}.json")),
             serde_json::to_vec_pretty(&r)?,
         )?;
+        // A finished run leaves its head in `runs/heads.jsonl` after its record.
+        j.add_head(&serde_json::from_value(r)?)?;
     }
     // Past runs' records are on disk, not in flight: let the writeback finish first.
     // SAFETY: sync(2) takes no arguments and cannot fail.

@@ -67,7 +67,12 @@ impl Scratch {
             .as_nanos();
         let dir = std::env::temp_dir().join(format!("pipe-bench-{nanos}"));
         std::fs::create_dir_all(&dir)?;
-        Ok(Scratch { dir, keep: false })
+        // `PIPE_BENCH_KEEP=1`: leave the benchmark's project behind, to look into.
+        let keep = std::env::var_os("PIPE_BENCH_KEEP").is_some_and(|v| v == "1");
+        if keep {
+            eprintln!("keeping the benchmark's folder {}", dir.display());
+        }
+        Ok(Scratch { dir, keep })
     }
 }
 
