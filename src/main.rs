@@ -19,6 +19,11 @@ struct Cli {
     /// Cache (artifact store) folder [default: $PIPE_CACHE, else .pipe beside pipelines/]
     #[arg(long, global = true, value_name = "DIR")]
     cache: Option<PathBuf>,
+    /// Remote cache: s3://bucket/prefix, gs://, az://, https:// (WebDAV) or file:///path
+    /// [default: $PIPE_REMOTE, else [remote] url in pipe.toml; `none`: no remote]. With
+    /// `verify`, alone: check the remote rather than the store
+    #[arg(long, global = true, value_name = "URL", num_args = 0..=1, default_missing_value = "")]
+    remote: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -184,6 +189,20 @@ enum Cmd {
     Verify {
         /// Only the artifacts of this pipeline's last run (default: the whole store)
         pipeline: Option<String>,
+    },
+    /// Upload what pipelines' current manifests use, and the run records, to the remote
+    Push {
+        /// Pipelines or sweeps (default: every manifest in pipelines/)
+        pipelines: Vec<String>,
+    },
+    /// Download from the remote what pipelines' current manifests need, and the run records
+    Pull {
+        /// Pipelines or sweeps (default: every manifest in pipelines/)
+        pipelines: Vec<String>,
+        /// Only the last training stage and the evaluations (what `pipe predict` and
+        /// `pipe show` read), not the data stages before them
+        #[arg(long)]
+        only_final: bool,
     },
     /// Classify images with a trained stage: one line per image, its top-k classes
     Predict {
@@ -367,6 +386,16 @@ enum BenchCmd {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// The remote cache: one artifact pushed and fetched (against `--remote URL`, or the
+    /// project's remote), in MB/s
+    Remote {
+        /// The artifact's size, MiB
+        #[arg(long, default_value_t = 200)]
+        mb: usize,
+        /// Rounds (each a push and a fetch)
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Training steps of MiniGoogLeNet (batch 64, 32x32) and DeeperGoogLeNet (batch 64, 64x64)
     /// on each backend and in PyTorch, in alternating rounds: medians of images/s and peak RSS
     Train {
@@ -492,7 +521,10 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
-    let g = Global { cache: cli.cache };
+    let g = Global {
+        cache: cli.cache,
+        remote: cli.remote,
+    };
     let result = dispatch(g, cli.cmd);
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -507,7 +539,7 @@ fn main() -> ExitCode {
 }
 
 /// `pipe bench ...`.
-fn bench(what: BenchCmd) -> anyhow::Result<()> {
+fn bench(what: BenchCmd, remote: Option<String>) -> anyhow::Result<()> {
     match what {
         BenchCmd::Data {
             classes,
@@ -542,6 +574,7 @@ fn bench(what: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Sweep { values, rounds } => commands::bench_sweep(values, rounds),
         BenchCmd::Ui { runs, rounds } => commands::bench_ui(runs, rounds),
         BenchCmd::Journal { records, rounds } => commands::bench_journal(records, rounds),
+        BenchCmd::Remote { mb, rounds } => commands::bench_remote(remote.as_deref(), mb, rounds),
         BenchCmd::Predict {
             images,
             batch,
@@ -648,7 +681,14 @@ fn dispatch(g: Global, cmd: Cmd) -> anyhow::Result<()> {
             all,
             keep_runs,
         } => commands::gc(&g, pipelines, dry_run, all, keep_runs),
+        // `pipe verify --remote [URL]`: every artifact in the remote cache.
+        Cmd::Verify { .. } if g.remote.is_some() => commands::verify_remote(&g),
         Cmd::Verify { pipeline } => commands::verify(&g, pipeline.as_deref()),
+        Cmd::Push { pipelines } => commands::push(&g, &pipelines),
+        Cmd::Pull {
+            pipelines,
+            only_final,
+        } => commands::pull(&g, &pipelines, only_final),
         Cmd::Predict {
             target,
             inputs,
@@ -688,7 +728,7 @@ fn dispatch(g: Global, cmd: Cmd) -> anyhow::Result<()> {
             open,
             export,
         } => commands::ui(&g, port, &bind, allow_host, open, export.as_deref()),
-        Cmd::Bench { what } => bench(what),
+        Cmd::Bench { what } => bench(what, g.remote.clone()),
         Cmd::DemoData {
             dir,
             layout,

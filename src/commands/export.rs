@@ -10,7 +10,9 @@ use super::Global;
 /// `pipe export`.
 pub fn export(g: &Global, target: &str, out: &Path) -> Result<()> {
     let (proj, p, stage, run) = load_stage_target(g, target)?;
-    let mut engine = super::looking(&proj);
+    // With a remote cache, a model pulled alone (`pipe pull --only-final`) is found by
+    // the keys the remote's records give the stages before it.
+    let mut engine = super::looking(&proj).with_remote(super::open_remote(g, &proj)?);
     let t = engine.trained_in(&p, stage.as_deref(), run.as_ref())?;
     let bytes = crate::stages::export::onnx_of(
         &t.model_dir,

@@ -24,7 +24,7 @@ pub fn gc(
     let mut engine = if dry_run {
         super::looking(&proj)
     } else {
-        super::writing(&proj, false)?
+        super::writing(g, &proj, false)?
     };
     let opts = GcOptions {
         pipelines,

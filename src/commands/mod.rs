@@ -11,6 +11,7 @@ mod export;
 mod gc;
 mod graph;
 mod predict;
+mod remote;
 mod run;
 mod runs;
 mod show;
@@ -28,8 +29,8 @@ use crate::engine::{Engine, Project};
 use crate::manifest::Pipeline;
 
 pub use bench::{
-    bench_data, bench_journal, bench_parity, bench_predict, bench_step, bench_sweep, bench_train,
-    bench_ui, BenchPredict, BenchTrain, StepTiming,
+    bench_data, bench_journal, bench_parity, bench_predict, bench_remote, bench_step, bench_sweep,
+    bench_train, bench_ui, BenchPredict, BenchTrain, StepTiming,
 };
 pub use dag::dag;
 pub use data::{demo_data, DemoLayout};
@@ -38,6 +39,7 @@ pub use export::export;
 pub use gc::gc;
 pub use graph::graph;
 pub use predict::{predict, PredictFormat, PredictOptions};
+pub use remote::{pull, push, verify_remote};
 pub use run::{run, run_from, run_stage, run_with, sweep_promote};
 pub use runs::{annotate, runs, RunsOptions};
 pub use show::{show, ShowFormat};
@@ -50,6 +52,8 @@ pub use verify::verify;
 pub struct Global {
     /// `--cache DIR`.
     pub cache: Option<PathBuf>,
+    /// `--remote URL`.
+    pub remote: Option<String>,
 }
 
 fn load(g: &Global, pipeline: &str, sets: &[String]) -> Result<(Project, Pipeline)> {
@@ -94,7 +98,22 @@ fn looking(proj: &Project) -> Engine {
 
 /// The engine over a project's store to run and write, watched by the console (`quiet`:
 /// warnings only, as `--json` wants).
-fn writing(proj: &Project, quiet: bool) -> Result<Engine> {
+fn writing(g: &Global, proj: &Project, quiet: bool) -> Result<Engine> {
     device_notice();
-    Ok(Engine::new(&proj.cache)?.watched_by(Box::new(Console::new(quiet))))
+    Ok(Engine::new(&proj.cache)?
+        .watched_by(Box::new(Console::new(quiet)))
+        .with_remote(open_remote(g, proj)?))
+}
+
+/// The project's remote cache (`--remote`, `PIPE_REMOTE`, `pipe.toml`), opened; `None`
+/// when none is set.
+pub(crate) fn open_remote(
+    g: &Global,
+    proj: &Project,
+) -> Result<Option<std::sync::Arc<crate::engine::remote::Remote>>> {
+    use crate::engine::remote::{Remote, RemoteConfig};
+    match RemoteConfig::resolve(g.remote.as_deref(), &proj.dir)? {
+        Some(c) => Ok(Some(std::sync::Arc::new(Remote::open(&c)?))),
+        None => Ok(None),
+    }
 }

@@ -195,7 +195,9 @@ fn csv_field(s: &str) -> String {
 /// `pipe predict`.
 pub fn predict(g: &Global, target: &str, inputs: &[String], o: &PredictOptions) -> Result<()> {
     let (proj, p, stage, run) = load_stage_target(g, target)?;
-    let mut engine = super::looking(&proj);
+    // With a remote cache, a model pulled alone (`pipe pull --only-final`) is found by
+    // the keys the remote's records give the stages before it.
+    let mut engine = super::looking(&proj).with_remote(super::open_remote(g, &proj)?);
     let trained = engine.trained_in(&p, stage.as_deref(), run.as_ref())?;
     if o.top_k == Some(0) {
         bail!("--top-k must be at least 1");

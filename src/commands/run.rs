@@ -26,7 +26,7 @@ pub fn run(
             let mut engine = if opts.dry_run {
                 super::looking(&proj).watched_by(Box::new(Console::new(json)))
             } else {
-                super::writing(&proj, json)?
+                super::writing(g, &proj, json)?
             };
             return run_sweep(&mut engine, &s, &opts, json, only);
         }
@@ -37,16 +37,23 @@ pub fn run(
         bail!("--only selects points of a sweep; `{pipeline}` is one pipeline");
     }
     let what = format!("pipeline {} ({})", p.name, p.file.display());
-    run_one(&proj, &p, &opts, json, &what)
+    run_one(g, &proj, &p, &opts, json, &what)
 }
 
 /// Run one pipeline in this process, saying `what` first and how it went after (JSON:
 /// the report on stdout).
-fn run_one(proj: &Project, p: &Pipeline, opts: &RunOptions, json: bool, what: &str) -> Result<()> {
+fn run_one(
+    g: &Global,
+    proj: &Project,
+    p: &Pipeline,
+    opts: &RunOptions,
+    json: bool,
+    what: &str,
+) -> Result<()> {
     let mut engine = if opts.dry_run {
         super::looking(proj).watched_by(Box::new(Console::new(json)))
     } else {
-        super::writing(proj, json)?
+        super::writing(g, proj, json)?
     };
     if !json {
         eprintln!("{what}{}", if opts.dry_run { " [dry run]" } else { "" });
@@ -78,7 +85,7 @@ pub fn run_from(g: &Global, reference: &str, opts: RunOptions, json: bool) -> Re
         rec.id,
         p.file.display()
     );
-    run_one(&proj, &p, &opts, json, &what)
+    run_one(g, &proj, &p, &opts, json, &what)
 }
 
 /// `pipe run SWEEP`: a dry run shows the sweep as a tree; a run runs every point (or those
@@ -146,7 +153,7 @@ pub fn run_with(
     let mut engine = if opts.dry_run {
         super::looking(&proj)
     } else {
-        super::writing(&proj, false)?
+        super::writing(g, &proj, false)?
     };
     let p = match target {
         Target::Sweep(s) => {
@@ -189,7 +196,7 @@ pub fn sweep_promote(
     let Target::Sweep(s) = target else {
         bail!("`{manifest}` is not a sweep");
     };
-    let mut engine = super::writing(&proj, false)?;
+    let mut engine = super::writing(g, &proj, false)?;
     // The points' records name this job for their awaiting stages: it says how it went,
     // as a stage's job does (`running` under its lock, then `ran` or `failed`).
     let job = slurm_job_id();
@@ -240,7 +247,7 @@ fn slurm_job_id() -> Option<String> {
 /// `pipe run-stage`: one stage, its inputs read from the store (an executor's job).
 pub fn run_stage(g: &Global, manifest: &str, stage: &str, sets: &[String]) -> Result<()> {
     let (proj, p) = load(g, manifest, sets)?;
-    let mut engine = super::writing(&proj, false)?;
+    let mut engine = super::writing(g, &proj, false)?;
     // A Slurm job says how it went in the journal, for the records of the runs that
     // submitted it (or depend on it): `running` while it holds its lock, then its outcome.
     let job = slurm_job_id();

@@ -15,7 +15,8 @@ pub fn status(
     only: Option<&str>,
 ) -> Result<()> {
     let (proj, target) = Project::discover(g.cache.clone())?.load_target(pipeline, sets)?;
-    let mut engine = super::looking(&proj);
+    // With a remote cache: the stages it holds say so ("in remote"), with their size.
+    let mut engine = super::looking(&proj).with_remote(super::open_remote(g, &proj)?);
     let p = match target {
         Target::Sweep(s) => {
             let selected = sweep::select(&s, only)?;

@@ -65,7 +65,7 @@ pub fn verify(g: &Global, pipeline: Option<&str>) -> Result<()> {
             .map(|(a, _, _)| a.clone())
             .collect();
         let keys: Vec<String> = wrong.iter().map(|(k, _, _)| k.clone()).collect();
-        super::writing(&project, false)?.set_aside(&set_aside, &keys)?;
+        super::writing(g, &project, false)?.set_aside(&set_aside, &keys)?;
         anyhow::bail!(
             "{damaged} of {} artifacts are damaged and {} key records point at the wrong artifact; the damaged were moved aside and the records dropped: the next `pipe run` rebuilds what it needs, `pipe gc` deletes the rest",
             results.len(),

@@ -195,7 +195,13 @@ impl Engine {
             }
             act(self, &mut d)?;
             match (d.outcome.state, &d.outcome.output) {
-                (StageState::Cached | StageState::Ran, Some(o)) => {
+                (StageState::Cached | StageState::Ran | StageState::Fetched, Some(o)) => {
+                    outputs.insert(name.clone(), o.clone());
+                }
+                // In the remote: its output is known, so are the keys after it.
+                (StageState::Stale, Some(o))
+                    if matches!(d.outcome.source, Source::Remote { .. }) =>
+                {
                     outputs.insert(name.clone(), o.clone());
                 }
                 (StageState::Waiting, _) => {
@@ -290,6 +296,12 @@ impl Engine {
             if let Some(epoch) = self.interrupted_at(&r.key).filter(|_| !forced) {
                 o.reasons.insert(0, Reason::Interrupted { epoch });
                 o.source = Source::Resume { epoch };
+            } else if let (Mode::Look, false) = (mode, forced) {
+                // Looking (status, a dry run, pull): what the remote cache has.
+                if let Some((output, bytes)) = self.in_remote(&r.key) {
+                    o.source = Source::Remote { bytes };
+                    o.output = Some(output);
+                }
             }
             o.estimate = self.estimate_stage(p, &name, outputs);
         }

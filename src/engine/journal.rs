@@ -147,7 +147,10 @@ impl Journal {
             device,
             backend,
             version: env!("CARGO_PKG_VERSION").to_string(),
-            command: std::env::args().collect(),
+            // A remote's URL may carry a password (`https://user:pw@host`): never kept.
+            command: std::env::args()
+                .map(|a| super::remote::redact_arg(&a))
+                .collect(),
             executor: executor.to_string(),
             started: now_rfc3339(),
             ended: None,
@@ -270,6 +273,35 @@ impl Journal {
         .then_some(id)
     }
 
+    /// A record from elsewhere (`pipe pull`: a teammate's run), as its bytes: written
+    /// under its id unless one is there, with its head when it is complete.
+    pub fn add_record(&self, rec: &RunRecord, bytes: &[u8]) -> Result<()> {
+        let path = self.record_path(&rec.id);
+        if path.exists() {
+            return Ok(());
+        }
+        fs::create_dir_all(&self.dir)?;
+        write_atomic(&path, bytes)?;
+        if rec.state != RunState::Running {
+            self.add_head(rec)?;
+        }
+        Ok(())
+    }
+
+    /// Manifest texts from elsewhere (`runs/sources/<hash>.json`), kept when they match
+    /// their hash.
+    pub fn add_sources(&self, hash: &str, bytes: &[u8]) -> Result<()> {
+        let path = self.dir.join("sources").join(format!("{hash}.json"));
+        if path.exists() {
+            return Ok(());
+        }
+        if blake3::hash(bytes).to_hex().as_str() != hash {
+            bail!("the manifest texts {hash} do not match their hash");
+        }
+        fs::create_dir_all(self.dir.join("sources"))?;
+        write_atomic(&path, bytes)
+    }
+
     /// Change a detached (Slurm) record as it stands on disk, and write it back
     /// atomically: what a promotion job does when it decides for the record's point.
     pub fn amend(&self, id: &str, change: impl FnOnce(&mut RunRecord)) -> Result<()> {
@@ -357,13 +389,20 @@ impl Journal {
             false => std::collections::HashMap::new(),
         };
         let from_head: Vec<Option<Head>> = ids.iter().map(|id| index.remove(id)).collect();
+        // Each record's size and time, looked up by name in the open folder (no path walk
+        // per record: ten thousand of them).
+        let folder = fs::File::open(&self.dir).ok();
         let read: Vec<Result<RunRecord, String>> = ids
             .par_iter()
             .zip(from_head)
             .map(|(id, head)| {
                 let annotated = annotated.contains(id.as_str());
                 if let Some(h) = head {
-                    if file_stamp(&self.record_path(id)) == Some((h.size, h.mtime_ns)) {
+                    let stamp = match &folder {
+                        Some(f) => stamp_in(f, &format!("{id}.json")),
+                        None => file_stamp(&self.record_path(id)),
+                    };
+                    if stamp == Some((h.size, h.mtime_ns)) {
                         let mut rec = h.into_record();
                         if annotated {
                             self.add_annotations(&mut rec);
@@ -817,6 +856,23 @@ fn file_stamp(path: &Path) -> Option<(u64, i128)> {
     Some((m.len(), ns))
 }
 
+/// [`file_stamp`] of the file `name` in the open folder `dir` (`fstatat`).
+fn stamp_in(dir: &fs::File, name: &str) -> Option<(u64, i128)> {
+    use std::os::fd::AsRawFd;
+    let c = std::ffi::CString::new(name).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `dir` is an open descriptor, `c` a NUL-terminated name, `st` room for one
+    // `stat` that the call fills when it returns 0.
+    let rc = unsafe { libc::fstatat(dir.as_raw_fd(), c.as_ptr(), st.as_mut_ptr(), 0) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: fstatat returned 0, so it wrote the whole struct.
+    let st = unsafe { st.assume_init() };
+    let ns = st.st_mtime as i128 * 1_000_000_000 + st.st_mtime_nsec as i128;
+    Some((st.st_size as u64, ns))
+}
+
 enum Pick<'a> {
     Back(usize),
     Prefix(&'a str),
@@ -969,7 +1025,8 @@ pub fn outcomes_of(rec: &RunRecord) -> Vec<StageOutcome> {
         .filter_map(|s| {
             let kind: StageKind =
                 serde_json::from_value(serde_json::Value::String(s.kind.clone())).ok()?;
-            let made = s.output.is_some() && matches!(s.state.as_str(), "ran" | "cached");
+            let made =
+                s.output.is_some() && matches!(s.state.as_str(), "ran" | "cached" | "fetched");
             let mut o = StageOutcome::new(
                 &s.name,
                 kind,
@@ -1184,5 +1241,22 @@ fn merge_entries(into: &mut Vec<StageEntry>, from: &[StageEntry]) {
             }
             None => into.push(e.clone()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stamp_by_name_in_the_folder_is_the_stamp_by_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("20261206-041500-3fa9.json");
+        std::fs::write(&f, b"{\"a\": 1}").unwrap();
+        let folder = fs::File::open(dir.path()).unwrap();
+        let by_name = stamp_in(&folder, "20261206-041500-3fa9.json");
+        assert!(by_name.is_some_and(|(size, ns)| size == 8 && ns > 0));
+        assert_eq!(by_name, file_stamp(&f));
+        assert_eq!(stamp_in(&folder, "missing.json"), None);
     }
 }

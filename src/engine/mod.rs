@@ -21,6 +21,7 @@ pub mod integrity;
 pub mod journal;
 pub mod keys;
 pub mod query;
+pub mod remote;
 pub mod runs;
 pub mod store;
 pub mod sweep;
@@ -296,6 +297,11 @@ pub struct Engine {
     recording: Option<journal::Recording>,
     /// The record of the last run this engine completed.
     pub last_record: Option<crate::outcome::record::RunRecord>,
+    /// The remote cache, when one is set: stages not in the store are looked for there
+    /// before they run, and what runs is uploaded (see [`remote`]).
+    remote: Option<std::sync::Arc<remote::Remote>>,
+    /// Whether a warning about the remote was given already (one per run).
+    remote_warned: std::cell::Cell<bool>,
 }
 
 /// What running a stage made: its artifact, its summary line and how long it took (0 when
@@ -304,6 +310,8 @@ pub(crate) struct Made {
     output: ContentHash,
     summary: String,
     seconds: f64,
+    /// Downloaded from the remote cache rather than computed.
+    fetched: bool,
 }
 
 impl Engine {
@@ -318,6 +326,8 @@ impl Engine {
             sound_memo: None,
             recording: None,
             last_record: None,
+            remote: None,
+            remote_warned: std::cell::Cell::new(false),
         })
     }
 
@@ -332,7 +342,37 @@ impl Engine {
             sound_memo: None,
             recording: None,
             last_record: None,
+            remote: None,
+            remote_warned: std::cell::Cell::new(false),
         }
+    }
+
+    /// Use the remote cache `r` (none: the store alone).
+    pub fn with_remote(mut self, r: Option<std::sync::Arc<remote::Remote>>) -> Engine {
+        self.remote = r;
+        self
+    }
+
+    /// The remote cache in use.
+    pub fn remote(&self) -> Option<&std::sync::Arc<remote::Remote>> {
+        self.remote.as_ref()
+    }
+
+    /// Say a remote failure once per run (a remote that cannot be reached says so once,
+    /// then is not tried again).
+    fn remote_warning(&self, e: &remote::RemoteError) {
+        let once = matches!(
+            e,
+            remote::RemoteError::Unreachable { .. } | remote::RemoteError::Credentials { .. }
+        );
+        if once && self.remote_warned.replace(true) {
+            return;
+        }
+        let then = match e {
+            remote::RemoteError::Refused(_) => "refused; the stage runs here",
+            _ => "going on without it",
+        };
+        self.warn(format!("{e}; {then}"));
     }
 
     /// Send what happens to `w` (the default: nobody).
@@ -446,7 +486,17 @@ impl Engine {
                 None,
                 false,
             ) {
-                Ok(r) => self.last_record = Some(r),
+                Ok(r) => {
+                    // Teammates see it: a run that made or fetched something goes to the
+                    // remote cache too (a no-op run sends nothing).
+                    if settled
+                        .iter()
+                        .any(|o| matches!(o.state, StageState::Ran | StageState::Fetched))
+                    {
+                        self.push_record_remote(&r);
+                    }
+                    self.last_record = Some(r);
+                }
                 Err(e) => self.warn(format!("could not complete the run's record: {e:#}")),
             }
         }
@@ -553,7 +603,10 @@ impl Engine {
                 })?;
                 touched.insert(name, st);
                 let o = &mut d.outcome;
-                o.state = StageState::Ran;
+                o.state = match made.fetched {
+                    true => StageState::Fetched,
+                    false => StageState::Ran,
+                };
                 o.output = Some(made.output);
                 o.seconds = made.seconds;
                 o.summary = made.summary;
@@ -583,11 +636,17 @@ impl Engine {
                     output: rec.output,
                     summary: rec.summary,
                     seconds: 0.0,
+                    fetched: false,
                 });
             }
         }
         let resumed = self.interrupted_at(&r.key).is_some();
         let tmp = self.store.new_out_dir(&r.key)?;
+        if !forced {
+            if let Some(made) = self.fetch_remote(name, kind, &r.key, &tmp)? {
+                return Ok(made);
+            }
+        }
         let scratch = self.store.scratch_dir(&r.key)?;
         let started = Instant::now();
         let inputs: Vec<(String, PathBuf)> = s
@@ -639,6 +698,7 @@ impl Engine {
             })
             .with_context(|| format!("stage `{name}` ({kind}): recording its key failed"))?;
         self.store.remove_scratch(r.key.as_str())?;
+        self.push_remote(name, &r.key);
         let dirs: Vec<PathBuf> = s
             .inputs
             .iter()
@@ -660,7 +720,171 @@ impl Engine {
             output,
             summary,
             seconds,
+            fetched: false,
         })
+    }
+
+    /// Stage `name`'s artifact from the remote cache, when it is there and sound:
+    /// downloaded into `tmp`, each file checked against the remote's manifest, published
+    /// when it hashes to what the key record says, and recorded under `key`. A damaged or
+    /// incomplete one is refused with a warning, and a remote that cannot be reached gives
+    /// one warning: the stage then runs here.
+    fn fetch_remote(
+        &mut self,
+        name: &str,
+        kind: StageKind,
+        key: &StageKey,
+        tmp: &Path,
+    ) -> Result<Option<Made>> {
+        let Some(rem) = self.remote.clone().filter(|r| !r.is_down()) else {
+            return Ok(None);
+        };
+        let fetched = match rem.fetch(key, tmp) {
+            Ok(Some(f)) => f,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                self.remote_warning(&e);
+                clear_dir(tmp)?;
+                return Ok(None);
+            }
+        };
+        let output = self.publish(tmp, kind, key).with_context(|| {
+            format!("stage `{name}` ({kind}): publishing what was fetched failed")
+        })?;
+        if output != fetched.record.output {
+            // Every file matched the manifest, but the folder is not the artifact the key
+            // record names: a remote that contradicts itself. Nothing is recorded.
+            self.remote_warning(&remote::RemoteError::Refused(format!(
+                "{}: key {} names artifact {}, but its files make {}",
+                rem.url(),
+                key.short(),
+                fetched.record.output.short(),
+                output.short()
+            )));
+            return Ok(None);
+        }
+        let rec = KeyRecord {
+            key: key.clone(),
+            kind,
+            stage: name.to_string(),
+            output: output.clone(),
+            summary: fetched.record.summary.clone(),
+            seconds: fetched.record.seconds,
+        };
+        self.store
+            .record(&rec)
+            .with_context(|| format!("stage `{name}` ({kind}): recording its key failed"))?;
+        self.store.remove_scratch(key.as_str())?;
+        Ok(Some(Made {
+            output,
+            summary: format!(
+                "{}  from {} ({})",
+                rec.summary,
+                rem.url(),
+                crate::fmt::bytes(fetched.bytes)
+            ),
+            seconds: fetched.seconds,
+            fetched: true,
+        }))
+    }
+
+    /// Upload a completed run record (and its manifest texts) to the remote cache, unless
+    /// it is set not to push; a failure is a warning.
+    fn push_record_remote(&self, rec: &crate::outcome::record::RunRecord) {
+        let Some(rem) = self
+            .remote
+            .as_ref()
+            .filter(|r| r.push == remote::Push::Always && !r.is_down())
+        else {
+            return;
+        };
+        let j = journal::Journal::of(&self.store);
+        if let Err(e) = rem.push_record(j.dir(), &rec.id, &rec.sources) {
+            self.remote_warning(&e);
+        }
+    }
+
+    /// A fault-injection point for tests outside a stage (see `StageCtx::fault_point`):
+    /// with `PIPE_FAULT=<name>` the watcher is told and the process stalls here.
+    fn fault_point(&self, name: &str) {
+        if std::env::var("PIPE_FAULT").is_ok_and(|v| v == name) {
+            let secs: u64 = std::env::var("PIPE_FAULT_SECS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(600);
+            self.watcher.event(Event::Fault(name));
+            std::thread::sleep(std::time::Duration::from_secs(secs));
+        }
+    }
+
+    /// Whether the remote cache holds stage key `key`: its artifact and size. Asked only
+    /// while looking at a stage the store does not hold; a failure is a warning.
+    fn in_remote(&self, key: &StageKey) -> Option<(ContentHash, u64)> {
+        let rem = self.remote.as_ref().filter(|r| !r.is_down())?;
+        let found = rem.lookup(key).and_then(|rec| match rec {
+            Some(rec) => Ok(rem.manifest(&rec.output)?.map(|m| (rec.output, m.bytes()))),
+            None => Ok(None),
+        });
+        match found {
+            Ok(f) => f,
+            Err(e) => {
+                self.remote_warning(&e);
+                None
+            }
+        }
+    }
+
+    /// Fetch stage key `key` (stage `name`, of `kind`) from the remote cache into the
+    /// store, as a run does before it would run the stage (`pipe pull`): the artifact,
+    /// a summary line and the seconds the download took. `Ok(None)`: the store holds it
+    /// already, or the remote does not (or refused it: said as a warning).
+    pub fn pull_stage(
+        &mut self,
+        name: &str,
+        kind: StageKind,
+        key: &StageKey,
+    ) -> Result<Option<(ContentHash, String, f64)>> {
+        let _lock = self.share_store(&format!("pipe pull {name}"))?;
+        let _key_lock = self
+            .store
+            .lock_running(store::Running::Key(key), name, &|w| self.notice(w))?;
+        let mut damage = Vec::new();
+        if self.lookup_sound(name, key, true, &mut damage)?.is_some() {
+            return Ok(None);
+        }
+        let tmp = self.store.new_out_dir(key)?;
+        let made = self.fetch_remote(name, kind, key, &tmp);
+        let _ = std::fs::remove_dir_all(&tmp);
+        Ok(made?.map(|m| (m.output, m.summary, m.seconds)))
+    }
+
+    /// Upload stage `name`'s artifact (just published under `key`) to the remote cache,
+    /// unless it is set not to push; a failure is a warning.
+    fn push_remote(&self, name: &str, key: &StageKey) {
+        let Some(rem) = self
+            .remote
+            .as_ref()
+            .filter(|r| r.push == remote::Push::Always)
+        else {
+            return;
+        };
+        if rem.is_down() {
+            return;
+        }
+        let Some(rec) = self.store.lookup(key) else {
+            return;
+        };
+        let files_sent = || self.fault_point("remote-push:files-sent");
+        match rem.push_artifact(&rec, &self.store.artifact_dir(&rec.output), &files_sent) {
+            Ok(remote::Pushed::Sent(bytes, secs)) => self.note(format!(
+                "{name}: pushed {} to {} in {}",
+                crate::fmt::bytes(bytes),
+                rem.url(),
+                crate::fmt::secs(secs)
+            )),
+            Ok(remote::Pushed::There) => {}
+            Err(e) => self.remote_warning(&e),
+        }
     }
 
     /// A stage failed on a dataset file that changed after it was fingerprinted: make the
@@ -989,4 +1213,12 @@ fn free_bytes(dir: &Path) -> Option<u64> {
     // SAFETY: as above; statvfs only writes the struct.
     let ok = unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0;
     ok.then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Empty folder `dir` (what a refused download left in it), keeping the folder.
+fn clear_dir(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("cannot clear {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))
 }

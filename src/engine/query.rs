@@ -256,7 +256,8 @@ impl Engine {
         for s in &rec.stages {
             let kind: Option<StageKind> =
                 serde_json::from_value(serde_json::Value::String(s.kind.clone())).ok();
-            let made = s.output.is_some() && matches!(s.state.as_str(), "ran" | "cached");
+            let made =
+                s.output.is_some() && matches!(s.state.as_str(), "ran" | "cached" | "fetched");
             row.stages.push(crate::report::show::StageStatus {
                 name: s.name.clone(),
                 state: if made {
@@ -286,7 +287,7 @@ impl Engine {
                 Some(k) if k.is_training() => {
                     let took = match s.state.as_str() {
                         "ran" => Some(s.seconds),
-                        "cached" => s
+                        "cached" | "fetched" => s
                             .key
                             .as_deref()
                             .and_then(crate::ids::StageKey::parse)

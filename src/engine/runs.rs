@@ -212,6 +212,29 @@ impl Engine {
             Some(StageConfig::Hdf5(c)) => c.filter,
             _ => anyhow::bail!("stage `{root}` does not read an hdf5 stage"),
         };
+        // A model trained since models carry their class list is read alone; an older one
+        // needs the HDF5 artifact it was trained on.
+        use crate::stages::model::ModelArtifact as M;
+        let alone =
+            crate::engine::integrity::read_seal(&self.store.seal_path(&out)).is_some_and(|s| {
+                s.files
+                    .iter()
+                    .any(|f| f.path == crate::stages::train::CLASSES)
+            });
+        if alone {
+            self.check_files(
+                &out,
+                &format!("the model of stage `{stage}`"),
+                &[M::PLAN, M::STATE, M::WEIGHTS, crate::stages::train::CLASSES],
+            )?;
+            return Ok(Trained {
+                key: o.key.clone().expect("a cached stage has a key"),
+                model_dir: self.store.artifact_dir(&out),
+                data_dir: self.store.artifact_dir(&out),
+                filter,
+                stage,
+            });
+        }
         let data_out = of(&data)
             .and_then(|d| d.output.clone().filter(|_| d.state == StageState::Cached))
             .ok_or_else(|| {
@@ -222,7 +245,6 @@ impl Engine {
             })?;
         // What `predict` and `export` read, re-hashed against the seals now: damage that
         // kept a file's size and time is caught here, not printed as predictions.
-        use crate::stages::model::ModelArtifact as M;
         self.check_files(
             &out,
             &format!("the model of stage `{stage}`"),

@@ -27,6 +27,8 @@ pub enum StageState {
     Cached,
     /// It ran in this process.
     Ran,
+    /// Not in the store: downloaded from the remote cache, checked and published.
+    Fetched,
     /// Not cached: it runs (its key may not be known yet, when an input runs first).
     Stale,
     /// It cannot run yet: its dataset folder is missing, or an input's is.
@@ -41,11 +43,21 @@ pub enum StageState {
 }
 
 impl StageState {
+    /// Whether the stage's artifact is in the store now (cached, or made or fetched by
+    /// this run).
+    pub fn is_done(self) -> bool {
+        matches!(
+            self,
+            StageState::Cached | StageState::Ran | StageState::Fetched
+        )
+    }
+
     /// The word shown (`stale`).
     pub fn as_str(self) -> &'static str {
         match self {
             StageState::Cached => "cached",
             StageState::Ran => "ran",
+            StageState::Fetched => "fetched",
             StageState::Stale => "stale",
             StageState::Waiting => "waiting",
             StageState::Skipped => "skipped",
@@ -76,6 +88,11 @@ pub enum Source {
     },
     /// Nowhere yet: it waits for a dataset folder, or `--until` leaves it out.
     Nowhere,
+    /// The remote cache has it: a run fetches it rather than computing it.
+    Remote {
+        /// Its size.
+        bytes: u64,
+    },
 }
 
 /// Why a stage is not cached, or what running it found.

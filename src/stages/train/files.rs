@@ -2,7 +2,8 @@
 //! the full state, the input mean, the plan, the epoch and the history so far), and the
 //! artifact it publishes — `state.safetensors` (full state), `model.safetensors`
 //! (weights and batch-norm statistics), `mean.safetensors`, this segment's checkpoints,
-//! `history.json` and `history.png`, `plan.json`, and the record `timings.json` (how fast
+//! `history.json` and `history.png`, `plan.json`, `classes.csv` (the data's class list),
+//! and the record `timings.json` (how fast
 //! each epoch went: not content, see [`RECORDS`]).
 
 use std::collections::HashMap;
@@ -16,6 +17,10 @@ use crate::ids::StageKey;
 use crate::outcome::history::{EpochRecord, EpochTiming};
 use crate::report::history::plot_png;
 use crate::stages::model::{describe_device, TrainingPlan};
+
+/// The class list of the data the model was trained on (a copy of the HDF5 stage's), so
+/// a model artifact is read alone.
+pub const CLASSES: &str = "classes.csv";
 
 /// The file that holds each epoch's images/s.
 pub const TIMINGS: &str = "timings.json";

@@ -28,7 +28,7 @@ use crate::manifest::{ContinueConfig, OptimizerKind, ScheduleKind, TrainConfig};
 use crate::outcome::history::EpochRecord;
 use segment::Segment;
 
-pub use files::{interrupted_at, last_epoch, RECORDS, TIMINGS};
+pub use files::{interrupted_at, last_epoch, CLASSES, RECORDS, TIMINGS};
 
 /// Learning rate of 0-based epoch `e`.
 #[derive(Debug, Clone)]

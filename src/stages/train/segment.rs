@@ -141,6 +141,9 @@ pub(super) fn run(ctx: &StageCtx<'_>, data: &Path, seg: Segment<'_>) -> Result<S
         start,
         end,
     )?;
+    // The class names with the model: `pipe predict` needs nothing else (a laptop that
+    // pulled only the model from a remote cache).
+    crate::data::copy_file(&data.join(files::CLASSES), &ctx.out.join(files::CLASSES))?;
     let last = history
         .last()
         .ok_or_else(|| anyhow::anyhow!("no epoch was trained"))?;

@@ -1,0 +1,997 @@
+//! The remote cache: stages shared through object storage — S3 and S3-compatible servers
+//! (Garage, MinIO, R2), Google Cloud Storage, Azure, WebDAV over HTTP(S) and a local
+//! folder — through Apache Arrow's `object_store`.
+//!
+//! Layout under the remote's prefix, the same names as the local store's:
+//! - `artifacts/<output-hash>/<path>`: every file of an artifact (content and records).
+//! - `sealed/<output-hash>.json`: the artifact's manifest: each file's path, size and
+//!   BLAKE3. Uploaded after every file.
+//! - `keys/<stage-key>.json`: the key record (stage key -> output hash), uploaded last. A
+//!   reader trusts a key only when its manifest is there and every file it downloads
+//!   matches it; the folder it downloads into must then hash to the record's output, or
+//!   nothing is published. So an upload killed half-way leaves nothing a reader takes,
+//!   and two machines uploading one key at once write the same bytes to the same names.
+//! - `runs/<id>.json` and `runs/sources/<hash>.json`: run records and their manifest texts.
+//!
+//! Credentials come from the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+//! `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_PROFILE` and `~/.aws/credentials`; Google's and
+//! Azure's own variables) and are never written into a record, a log or an error.
+//!
+//! A remote that cannot be reached never fails a run: the first failure marks it down for
+//! the rest of the process (one warning), and the stage is computed locally.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use futures_util::{StreamExt, TryStreamExt};
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use serde::{Deserialize, Serialize};
+
+use super::store::KeyRecord;
+use crate::ids::{ContentHash, StageKey};
+
+/// Whether stages published locally are uploaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Push {
+    /// After each stage is published locally (the default).
+    #[default]
+    Always,
+    /// Never: the remote is only read (`pipe push` still uploads when asked).
+    Never,
+}
+
+/// The `[remote]` table of `pipe.toml`, with `--remote` and `PIPE_REMOTE` applied.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteConfig {
+    /// `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix`,
+    /// `https://host/path` (WebDAV) or `file:///path`.
+    pub url: Option<String>,
+    /// `"always"` (default) or `"never"`.
+    #[serde(default)]
+    pub push: Push,
+    /// Seconds one request may take before it is given up (default 60).
+    pub timeout: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ProjectFile {
+    remote: Option<RemoteConfig>,
+}
+
+/// The project settings file, beside `pipelines/`.
+pub const PROJECT_FILE: &str = "pipe.toml";
+
+impl RemoteConfig {
+    /// The remote of a project, first found: `--remote URL` (`flag`), `PIPE_REMOTE`, the
+    /// `[remote]` table of `pipe.toml` in `project_dir`. `None`: no remote. `--remote
+    /// none` (or `PIPE_REMOTE=none`) turns a configured one off.
+    pub fn resolve(flag: Option<&str>, project_dir: &Path) -> Result<Option<RemoteConfig>> {
+        let file = project_dir.join(PROJECT_FILE);
+        let mut cfg = match std::fs::read_to_string(&file) {
+            Ok(text) => toml::from_str::<ProjectFile>(&text)
+                .with_context(|| format!("{}", file.display()))?
+                .remote
+                .unwrap_or_default(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => RemoteConfig::default(),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
+        };
+        if let Some(env) = std::env::var("PIPE_REMOTE").ok().filter(|s| !s.is_empty()) {
+            cfg.url = Some(env);
+        }
+        // `--remote` with no URL (as `verify --remote` takes it): the one set elsewhere.
+        if let Some(f) = flag.filter(|f| !f.is_empty()) {
+            cfg.url = Some(f.to_string());
+        }
+        if cfg.url.as_deref() == Some("none") {
+            cfg.url = None;
+        }
+        Ok(cfg.url.is_some().then_some(cfg))
+    }
+}
+
+/// One file of an artifact in the remote's manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManifestFile {
+    /// Path in the artifact, `/`-separated.
+    pub path: String,
+    /// Bytes.
+    pub size: u64,
+    /// BLAKE3, hex.
+    pub blake3: String,
+}
+
+/// `sealed/<output>.json` in the remote: every file of one artifact.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The artifact's content hash.
+    pub output: ContentHash,
+    /// Its files, in path order.
+    pub files: Vec<ManifestFile>,
+}
+
+impl Manifest {
+    /// Bytes in all.
+    pub fn bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+}
+
+/// A stage found in the remote and downloaded into a folder (not yet published).
+#[derive(Debug)]
+pub struct Fetched {
+    /// The remote's key record.
+    pub record: KeyRecord,
+    /// Bytes downloaded.
+    pub bytes: u64,
+    /// Seconds the download took.
+    pub seconds: f64,
+}
+
+/// What one artifact's upload did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Pushed {
+    /// The key was in the remote already: nothing sent.
+    There,
+    /// Uploaded: bytes and seconds.
+    Sent(u64, f64),
+}
+
+/// Why a remote operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// The remote is down (this call or an earlier one could not reach it): the caller
+    /// goes on locally.
+    #[error("the remote {url} cannot be reached: {why}")]
+    Unreachable {
+        /// The remote's URL.
+        url: String,
+        /// What failed.
+        why: String,
+    },
+    /// The remote refused the credentials.
+    #[error("the remote {url} refused the credentials: {why}. Check {vars}")]
+    Credentials {
+        /// The remote's URL.
+        url: String,
+        /// What it said.
+        why: String,
+        /// The variables that set them.
+        vars: &'static str,
+    },
+    /// What the remote holds is damaged or incomplete: refused.
+    #[error("{0}")]
+    Refused(String),
+    /// Anything else.
+    #[error("the remote {url}: {why}")]
+    Other {
+        /// The remote's URL.
+        url: String,
+        /// What failed.
+        why: String,
+    },
+}
+
+/// A remote cache, open.
+pub struct Remote {
+    url: String,
+    store: Arc<dyn ObjectStore>,
+    prefix: ObjPath,
+    rt: tokio::runtime::Runtime,
+    /// Whether published stages are uploaded.
+    pub push: Push,
+    requests: AtomicUsize,
+    down: AtomicBool,
+    /// The variables that hold its credentials (for errors).
+    vars: &'static str,
+    /// Secrets to blank out of any message.
+    secrets: Vec<String>,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote").field("url", &self.url).finish()
+    }
+}
+
+/// Parts of one upload, when an artifact file is larger than this: multipart.
+const PART: usize = 16 << 20;
+
+/// Files downloaded or uploaded at once.
+const AT_ONCE: usize = 4;
+
+impl Remote {
+    /// Open the remote `cfg` names (nothing is sent yet).
+    pub fn open(cfg: &RemoteConfig) -> Result<Remote> {
+        let raw = cfg.url.as_deref().context("no remote URL")?;
+        let url = url::Url::parse(raw).map_err(|e| {
+            anyhow::anyhow!(
+                "remote `{}`: not a URL ({e}); expected s3://bucket/prefix, gs://bucket/prefix, az://container/prefix, https://host/path or file:///path",
+                redact_url(raw)
+            )
+        })?;
+        let shown = redact_url(raw);
+        let timeout = Duration::from_secs(cfg.timeout.unwrap_or(60).max(1));
+        let options = object_store::ClientOptions::new()
+            .with_timeout(timeout)
+            .with_connect_timeout(Duration::from_secs(5).min(timeout));
+        let retry = object_store::RetryConfig {
+            max_retries: 2,
+            retry_timeout: Duration::from_secs(15).min(timeout),
+            ..Default::default()
+        };
+        let prefix = url.path().trim_matches('/').to_string();
+        let env_true = |k: &str| std::env::var(k).is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+        let mut secrets = Vec::new();
+        let (store, prefix, vars): (Arc<dyn ObjectStore>, String, &'static str) =
+            match url.scheme() {
+                "s3" | "s3a" => {
+                    let mut b = object_store::aws::AmazonS3Builder::from_env()
+                        .with_url(raw)
+                        .with_client_options(options.with_allow_http(env_true("AWS_ALLOW_HTTP")))
+                        .with_retry(retry);
+                    if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+                        if let Some((id, secret, token)) = aws_profile()? {
+                            secrets.push(secret.clone());
+                            b = b.with_access_key_id(id).with_secret_access_key(secret);
+                            if let Some(t) = token {
+                                b = b.with_token(t);
+                            }
+                        }
+                    }
+                    if std::env::var_os("AWS_REGION").is_none()
+                        && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+                    {
+                        b = b.with_region("us-east-1");
+                    }
+                    let store = b.build().map_err(|e| {
+                        anyhow::anyhow!("remote {shown}: {}", scrub(&e.to_string(), &[]))
+                    })?;
+                    (
+                        Arc::new(store),
+                        prefix,
+                        "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), AWS_ENDPOINT_URL and AWS_REGION",
+                    )
+                }
+                "gs" => {
+                    let store = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                        .with_url(raw)
+                        .with_client_options(options)
+                        .with_retry(retry)
+                        .build()
+                        .map_err(|e| anyhow::anyhow!("remote {shown}: {e}"))?;
+                    (
+                        Arc::new(store),
+                        prefix,
+                        "GOOGLE_APPLICATION_CREDENTIALS (or GOOGLE_SERVICE_ACCOUNT)",
+                    )
+                }
+                "az" | "azure" | "abfs" | "abfss" => {
+                    let store = object_store::azure::MicrosoftAzureBuilder::from_env()
+                        .with_url(raw)
+                        .with_client_options(options)
+                        .with_retry(retry)
+                        .build()
+                        .map_err(|e| anyhow::anyhow!("remote {shown}: {e}"))?;
+                    (
+                        Arc::new(store),
+                        prefix,
+                        "AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY (or a SAS token)",
+                    )
+                }
+                "http" | "https" => {
+                    let store = object_store::http::HttpBuilder::new()
+                        .with_url(raw)
+                        .with_client_options(options.with_allow_http(url.scheme() == "http"))
+                        .with_retry(retry)
+                        .build()
+                        .map_err(|e| anyhow::anyhow!("remote {shown}: {e}"))?;
+                    // The URL's path is the store's root already.
+                    (Arc::new(store), String::new(), "the server's own settings")
+                }
+                "file" => {
+                    let dir = url
+                        .to_file_path()
+                        .map_err(|()| anyhow::anyhow!("remote {shown}: not a local path"))?;
+                    std::fs::create_dir_all(&dir)
+                        .with_context(|| format!("remote {shown}: cannot create {}", dir.display()))?;
+                    let store = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+                        .map_err(|e| anyhow::anyhow!("remote {shown}: {e}"))?;
+                    (Arc::new(store), String::new(), "the folder's permissions")
+                }
+                other => bail!(
+                    "remote {shown}: `{other}:` is not a kind of remote pipe knows (s3, gs, az, http, https, file)"
+                ),
+            };
+        for var in [
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AZURE_STORAGE_ACCOUNT_KEY",
+            "AZURE_STORAGE_SAS_KEY",
+            "GOOGLE_SERVICE_ACCOUNT_KEY",
+        ] {
+            if let Some(v) = std::env::var(var).ok().filter(|v| v.len() >= 4) {
+                secrets.push(v);
+            }
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        Ok(Remote {
+            url: shown,
+            store,
+            prefix: ObjPath::from(prefix),
+            rt,
+            push: cfg.push,
+            requests: AtomicUsize::new(0),
+            down: AtomicBool::new(false),
+            vars,
+            secrets,
+        })
+    }
+
+    /// The remote's URL, as shown (no credentials in it).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Requests sent so far by this process.
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Whether an earlier call found the remote unreachable (it is not tried again).
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Relaxed)
+    }
+
+    fn path(&self, rel: &str) -> ObjPath {
+        let mut p = self.prefix.clone();
+        for part in rel.split('/') {
+            p = p.clone().join(part);
+        }
+        p
+    }
+
+    /// An `object_store` error in pipe's words, secrets blanked; a connection failure
+    /// marks the remote down.
+    fn error(&self, what: &str, e: object_store::Error) -> RemoteError {
+        let why = scrub(&format!("{e}"), &self.secrets);
+        match e {
+            object_store::Error::NotFound { .. } => RemoteError::Other {
+                url: self.url.clone(),
+                why: format!("{what}: not found"),
+            },
+            object_store::Error::Unauthenticated { .. }
+            | object_store::Error::PermissionDenied { .. } => RemoteError::Credentials {
+                url: self.url.clone(),
+                why: format!("{what}: {}", short(&why)),
+                vars: self.vars,
+            },
+            _ if why.contains("403")
+                || why.contains("InvalidAccessKeyId")
+                || why.contains("SignatureDoesNotMatch")
+                || why.contains("AccessDenied") =>
+            {
+                RemoteError::Credentials {
+                    url: self.url.clone(),
+                    why: format!("{what}: {}", short(&why)),
+                    vars: self.vars,
+                }
+            }
+            _ => {
+                self.down.store(true, Ordering::Relaxed);
+                RemoteError::Unreachable {
+                    url: self.url.clone(),
+                    why: format!("{what}: {}", short(&why)),
+                }
+            }
+        }
+    }
+
+    fn guard(&self) -> Result<(), RemoteError> {
+        match self.is_down() {
+            true => Err(RemoteError::Unreachable {
+                url: self.url.clone(),
+                why: "it did not answer earlier in this run".into(),
+            }),
+            false => Ok(()),
+        }
+    }
+
+    /// One object's bytes, or `None` when it is not there.
+    fn get_opt(&self, rel: &str) -> Result<Option<bytes::Bytes>, RemoteError> {
+        self.guard()?;
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let path = self.path(rel);
+        let r = self.rt.block_on(async {
+            match self.store.get(&path).await {
+                Ok(g) => g.bytes().await.map(Some),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        });
+        r.map_err(|e| self.error(&format!("reading {rel}"), e))
+    }
+
+    /// Whether an object is there.
+    fn exists(&self, rel: &str) -> Result<bool, RemoteError> {
+        self.guard()?;
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let path = self.path(rel);
+        match self.rt.block_on(self.store.head(&path)) {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.error(&format!("looking for {rel}"), e)),
+        }
+    }
+
+    fn put(&self, rel: &str, bytes: Vec<u8>) -> Result<(), RemoteError> {
+        self.guard()?;
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let path = self.path(rel);
+        self.rt
+            .block_on(self.store.put(&path, PutPayload::from(bytes)))
+            .map(|_| ())
+            .map_err(|e| self.error(&format!("writing {rel}"), e))
+    }
+
+    /// The key record of `key` in the remote, when it is there.
+    pub fn lookup(&self, key: &StageKey) -> Result<Option<KeyRecord>, RemoteError> {
+        let rel = format!("keys/{key}.json");
+        let Some(bytes) = self.get_opt(&rel)? else {
+            return Ok(None);
+        };
+        let rec: KeyRecord = serde_json::from_slice(&bytes).map_err(|e| {
+            RemoteError::Refused(format!(
+                "{}/{rel}: the key record does not read ({e})",
+                self.url
+            ))
+        })?;
+        if rec.key != *key {
+            return Err(RemoteError::Refused(format!(
+                "{}/{rel}: the record names key {}, not {}",
+                self.url,
+                rec.key.short(),
+                key.short()
+            )));
+        }
+        Ok(Some(rec))
+    }
+
+    /// The manifest of artifact `output`, when it is there.
+    pub fn manifest(&self, output: &ContentHash) -> Result<Option<Manifest>, RemoteError> {
+        let rel = format!("sealed/{output}.json");
+        let Some(bytes) = self.get_opt(&rel)? else {
+            return Ok(None);
+        };
+        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+            RemoteError::Refused(format!(
+                "{}/{rel}: the manifest does not read ({e})",
+                self.url
+            ))
+        })?;
+        if m.output != *output {
+            return Err(RemoteError::Refused(format!(
+                "{}/{rel}: the manifest is of artifact {}, not {}",
+                self.url,
+                m.output.short(),
+                output.short()
+            )));
+        }
+        for f in &m.files {
+            if !plain_relative(&f.path) {
+                return Err(RemoteError::Refused(format!(
+                    "{}/{rel}: the file name `{}` leaves the artifact",
+                    self.url,
+                    f.path.escape_debug()
+                )));
+            }
+        }
+        Ok(Some(m))
+    }
+
+    /// Download the artifact of `key` into `into` (an empty folder), each file checked
+    /// against the remote's manifest as it arrives. `Ok(None)`: the key is not in the
+    /// remote. A file whose size or BLAKE3 differs from the manifest, or a key without
+    /// its manifest, is [`RemoteError::Refused`] (the folder is then to be removed).
+    pub fn fetch(&self, key: &StageKey, into: &Path) -> Result<Option<Fetched>, RemoteError> {
+        let t = Instant::now();
+        let Some(record) = self.lookup(key)? else {
+            return Ok(None);
+        };
+        let Some(manifest) = self.manifest(&record.output)? else {
+            return Err(RemoteError::Refused(format!(
+                "{}: key {} is there but the manifest of its artifact {} is not (an upload that did not finish, or a damaged remote)",
+                self.url,
+                key.short(),
+                record.output.short()
+            )));
+        };
+        self.download(&manifest, into)?;
+        Ok(Some(Fetched {
+            bytes: manifest.bytes(),
+            record,
+            seconds: t.elapsed().as_secs_f64(),
+        }))
+    }
+
+    /// Every file of `m` into `into`, several at once, each checked as it arrives.
+    pub fn download(&self, m: &Manifest, into: &Path) -> Result<(), RemoteError> {
+        self.guard()?;
+        let jobs = m
+            .files
+            .iter()
+            .map(|f| self.download_file(&m.output, f, into));
+        let results: Vec<Result<(), RemoteError>> = self.rt.block_on(
+            futures_util::stream::iter(jobs)
+                .buffer_unordered(AT_ONCE)
+                .collect(),
+        );
+        results.into_iter().collect()
+    }
+
+    async fn download_file(
+        &self,
+        output: &ContentHash,
+        f: &ManifestFile,
+        into: &Path,
+    ) -> Result<(), RemoteError> {
+        let rel = format!("artifacts/{output}/{}", f.path);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let to = into.join(&f.path);
+        let local = |e: std::io::Error| RemoteError::Other {
+            url: self.url.clone(),
+            why: format!("cannot write {}: {e}", to.display()),
+        };
+        if let Some(d) = to.parent() {
+            std::fs::create_dir_all(d).map_err(local)?;
+        }
+        let got = match self.store.get(&self.path(&rel)).await {
+            Ok(g) => g,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(RemoteError::Refused(format!(
+                    "{}/{rel}: missing, though the artifact's manifest lists it",
+                    self.url
+                )))
+            }
+            Err(e) => return Err(self.error(&format!("reading {rel}"), e)),
+        };
+        let mut file = std::fs::File::create(&to).map_err(local)?;
+        let mut hasher = blake3::Hasher::new();
+        let mut size = 0u64;
+        let mut stream = got.into_stream();
+        while let Some(chunk) = stream
+            .try_next()
+            .await
+            .map_err(|e| self.error(&format!("reading {rel}"), e))?
+        {
+            size += chunk.len() as u64;
+            if size > f.size {
+                break;
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).map_err(local)?;
+        }
+        let hash = hasher.finalize().to_hex().to_string();
+        if size != f.size || hash != f.blake3 {
+            return Err(RemoteError::Refused(format!(
+                "{}/{rel} is damaged: {}{} bytes with BLAKE3 {}, its manifest says {} bytes with {}",
+                self.url,
+                if size > f.size { "more than " } else { "" },
+                size.min(f.size + 1),
+                &hash[..12],
+                f.size,
+                &f.blake3[..f.blake3.len().min(12)]
+            )));
+        }
+        Ok(())
+    }
+
+    /// Upload artifact `dir` as what `rec` says (`rec.output`) unless its key is there
+    /// already: every file, then its manifest, then the key record. Idempotent: the
+    /// names are content-addressed, so a second upload of one key writes the same bytes.
+    /// `files_sent` is called between the files and the manifest (a test's fault point).
+    pub fn push_artifact(
+        &self,
+        rec: &KeyRecord,
+        dir: &Path,
+        files_sent: &dyn Fn(),
+    ) -> Result<Pushed, RemoteError> {
+        let key_rel = format!("keys/{}.json", rec.key);
+        if self.exists(&key_rel)? {
+            return Ok(Pushed::There);
+        }
+        let t = Instant::now();
+        let m = manifest_of(dir, &rec.output).map_err(|e| RemoteError::Other {
+            url: self.url.clone(),
+            why: format!("{e:#}"),
+        })?;
+        let uploads = m.files.iter().map(|f| self.upload_file(&m.output, f, dir));
+        let results: Vec<Result<(), RemoteError>> = self.rt.block_on(
+            futures_util::stream::iter(uploads)
+                .buffer_unordered(AT_ONCE)
+                .collect(),
+        );
+        results.into_iter().collect::<Result<(), _>>()?;
+        files_sent();
+        let json = |e: serde_json::Error| RemoteError::Other {
+            url: self.url.clone(),
+            why: e.to_string(),
+        };
+        self.put(
+            &format!("sealed/{}.json", rec.output),
+            serde_json::to_vec(&m).map_err(json)?,
+        )?;
+        self.put(&key_rel, serde_json::to_vec(rec).map_err(json)?)?;
+        Ok(Pushed::Sent(m.bytes(), t.elapsed().as_secs_f64()))
+    }
+
+    async fn upload_file(
+        &self,
+        output: &ContentHash,
+        f: &ManifestFile,
+        dir: &Path,
+    ) -> Result<(), RemoteError> {
+        let rel = format!("artifacts/{output}/{}", f.path);
+        let path = self.path(&rel);
+        let from = dir.join(&f.path);
+        let local = |e: std::io::Error| RemoteError::Other {
+            url: self.url.clone(),
+            why: format!("cannot read {}: {e}", from.display()),
+        };
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if f.size as usize <= PART {
+            let bytes = std::fs::read(&from).map_err(local)?;
+            return self
+                .store
+                .put(&path, PutPayload::from(bytes))
+                .await
+                .map(|_| ())
+                .map_err(|e| self.error(&format!("writing {rel}"), e));
+        }
+        let upload = self
+            .store
+            .put_multipart(&path)
+            .await
+            .map_err(|e| self.error(&format!("writing {rel}"), e))?;
+        let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
+        let mut file = std::fs::File::open(&from).map_err(local)?;
+        let mut buf = vec![0u8; PART];
+        loop {
+            use std::io::Read;
+            let n = file.read(&mut buf).map_err(local)?;
+            if n == 0 {
+                break;
+            }
+            w.wait_for_capacity(AT_ONCE)
+                .await
+                .map_err(|e| self.error(&format!("writing {rel}"), e))?;
+            w.write(&buf[..n]);
+        }
+        w.finish()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.error(&format!("writing {rel}"), e))
+    }
+
+    /// Upload a run record and the manifest texts it points at (those not there yet).
+    pub fn push_record(&self, runs_dir: &Path, id: &str, sources: &str) -> Result<(), RemoteError> {
+        let read = |p: PathBuf| {
+            std::fs::read(&p).map_err(|e| RemoteError::Other {
+                url: self.url.clone(),
+                why: format!("cannot read {}: {e}", p.display()),
+            })
+        };
+        if !sources.is_empty() {
+            let rel = format!("runs/sources/{sources}.json");
+            if !self.exists(&rel)? {
+                self.put(
+                    &rel,
+                    read(runs_dir.join("sources").join(format!("{sources}.json")))?,
+                )?;
+            }
+        }
+        self.put(
+            &format!("runs/{id}.json"),
+            read(runs_dir.join(format!("{id}.json")))?,
+        )
+    }
+
+    /// The run ids in the remote.
+    pub fn record_ids(&self) -> Result<Vec<String>, RemoteError> {
+        self.guard()?;
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let dir = self.path("runs");
+        let listed = self
+            .rt
+            .block_on(self.store.list_with_delimiter(Some(&dir)))
+            .map_err(|e| self.error("listing runs/", e))?;
+        let mut ids: Vec<String> = listed
+            .objects
+            .iter()
+            .filter_map(|o| {
+                o.location
+                    .filename()?
+                    .strip_suffix(".json")
+                    .map(str::to_string)
+            })
+            .filter(|id| super::journal::is_run_id(id))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// A run record's bytes, and those of its manifest texts (`sources`), from the remote.
+    pub fn get_record(&self, id: &str) -> Result<Option<bytes::Bytes>, RemoteError> {
+        self.get_opt(&format!("runs/{id}.json"))
+    }
+
+    /// The manifest texts of a run record (`runs/sources/<hash>.json`).
+    pub fn get_sources(&self, hash: &str) -> Result<Option<bytes::Bytes>, RemoteError> {
+        self.get_opt(&format!("runs/sources/{hash}.json"))
+    }
+
+    /// Every artifact manifest in the remote (`sealed/`).
+    pub fn manifests(&self) -> Result<Vec<ContentHash>, RemoteError> {
+        self.guard()?;
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let dir = self.path("sealed");
+        let listed: Vec<object_store::ObjectMeta> = self
+            .rt
+            .block_on(self.store.list(Some(&dir)).try_collect())
+            .map_err(|e| self.error("listing sealed/", e))?;
+        Ok(listed
+            .iter()
+            .filter_map(|o| ContentHash::parse(o.location.filename()?.strip_suffix(".json")?))
+            .collect())
+    }
+}
+
+/// The manifest of artifact folder `dir` (content hash `output`): every file, hashed.
+pub fn manifest_of(dir: &Path, output: &ContentHash) -> Result<Manifest> {
+    let files = crate::content::content_files(dir, &[])?;
+    let mut out = Vec::with_capacity(files.len());
+    for rel in files {
+        let full = dir.join(&rel);
+        let size = std::fs::metadata(&full)
+            .with_context(|| format!("cannot read {}", full.display()))?
+            .len();
+        out.push(ManifestFile {
+            blake3: crate::content::hash_file(&full)?,
+            path: rel,
+            size,
+        });
+    }
+    Ok(Manifest {
+        output: output.clone(),
+        files: out,
+    })
+}
+
+/// A path inside an artifact: relative, with no `..`, no empty or hidden-dot part.
+fn plain_relative(p: &str) -> bool {
+    !p.is_empty()
+        && !p.starts_with('/')
+        && p.split('/')
+            .all(|part| !part.is_empty() && part != "." && part != ".." && !part.contains('\\'))
+}
+
+/// The first line of a long message, cut.
+fn short(s: &str) -> String {
+    let line = s.lines().next().unwrap_or("");
+    match line.char_indices().nth(300) {
+        Some((i, _)) => format!("{}...", &line[..i]),
+        None => line.to_string(),
+    }
+}
+
+/// `s` with every secret blanked.
+fn scrub(s: &str, secrets: &[String]) -> String {
+    let mut out = s.to_string();
+    for v in secrets {
+        out = out.replace(v.as_str(), "<secret>");
+    }
+    if let Ok(v) = std::env::var("AWS_SECRET_ACCESS_KEY") {
+        if v.len() >= 4 {
+            out = out.replace(&v, "<secret>");
+        }
+    }
+    out
+}
+
+/// A command-line argument with any URL in it (`URL`, `--flag=URL`) without its user and
+/// password.
+pub fn redact_arg(arg: &str) -> String {
+    match arg.split_once('=') {
+        Some((flag, value)) if flag.starts_with("--") => format!("{flag}={}", redact_url(value)),
+        _ => redact_url(arg),
+    }
+}
+
+/// A URL without its user and password.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        _ => raw.to_string(),
+    }
+}
+
+/// Credentials of the AWS profile `AWS_PROFILE` (default `default`) from
+/// `AWS_SHARED_CREDENTIALS_FILE` or `~/.aws/credentials`: (key id, secret, session token).
+fn aws_profile() -> Result<Option<(String, String, Option<String>)>> {
+    let file = match std::env::var_os("AWS_SHARED_CREDENTIALS_FILE") {
+        Some(f) => PathBuf::from(f),
+        None => match std::env::var_os("HOME") {
+            Some(h) => PathBuf::from(h).join(".aws").join("credentials"),
+            None => return Ok(None),
+        },
+    };
+    let Ok(text) = std::fs::read_to_string(&file) else {
+        return Ok(None);
+    };
+    let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
+    let mut section = String::new();
+    let (mut id, mut secret, mut token) = (None, None, None);
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.trim().to_string();
+            continue;
+        }
+        if section != profile {
+            continue;
+        }
+        if let Some((k, v)) = line.split_once('=') {
+            let v = v.trim().to_string();
+            match k.trim() {
+                "aws_access_key_id" => id = Some(v),
+                "aws_secret_access_key" => secret = Some(v),
+                "aws_session_token" => token = Some(v),
+                _ => {}
+            }
+        }
+    }
+    match (id, secret) {
+        (Some(i), Some(s)) => Ok(Some((i, s, token))),
+        (None, None) if std::env::var_os("AWS_PROFILE").is_none() => Ok(None),
+        _ => bail!(
+            "{}: profile `{profile}` has no aws_access_key_id and aws_secret_access_key",
+            file.display()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_leave_the_artifact_are_refused() {
+        for ok in ["model.safetensors", "a/b.json", "x..y"] {
+            assert!(plain_relative(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a//b",
+            "./a",
+            "a\\..\\b",
+        ] {
+            assert!(!plain_relative(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn urls_lose_their_passwords_and_messages_their_secrets() {
+        assert_eq!(
+            redact_url("https://me:hunter2@dav.example.com/pipe"),
+            "https://dav.example.com/pipe"
+        );
+        assert_eq!(redact_url("s3://bucket/p"), "s3://bucket/p");
+        assert_eq!(
+            redact_arg("--remote=https://me:hunter2@dav.example.com/p"),
+            "--remote=https://dav.example.com/p"
+        );
+        assert_eq!(redact_arg("train.lr=0.01"), "train.lr=0.01");
+        assert_eq!(
+            scrub("signature for abcd1234 failed", &["abcd1234".into()]),
+            "signature for <secret> failed"
+        );
+    }
+
+    #[test]
+    fn the_remote_is_set_by_flag_then_environment_then_pipe_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        // (PIPE_REMOTE is not set in the unit tests' environment.)
+        assert!(std::env::var_os("PIPE_REMOTE").is_none());
+        assert!(RemoteConfig::resolve(None, dir.path()).unwrap().is_none());
+        std::fs::write(
+            dir.path().join(PROJECT_FILE),
+            "[remote]\nurl = \"s3://team/pipe\"\npush = \"never\"\n",
+        )
+        .unwrap();
+        let c = RemoteConfig::resolve(None, dir.path()).unwrap().unwrap();
+        assert_eq!(c.url.as_deref(), Some("s3://team/pipe"));
+        assert_eq!(c.push, Push::Never);
+        let c = RemoteConfig::resolve(Some("file:///tmp/x"), dir.path())
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.url.as_deref(), Some("file:///tmp/x"));
+        assert!(RemoteConfig::resolve(Some("none"), dir.path())
+            .unwrap()
+            .is_none());
+        std::fs::write(
+            dir.path().join(PROJECT_FILE),
+            "[remote]\npushh = \"never\"\n",
+        )
+        .unwrap();
+        let e = format!("{:#}", RemoteConfig::resolve(None, dir.path()).unwrap_err());
+        assert!(e.contains("pipe.toml") && e.contains("pushh"), "{e}");
+    }
+
+    #[test]
+    fn a_local_remote_round_trips_an_artifact_and_refuses_a_damaged_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let remote_dir = dir.path().join("remote");
+        let cfg = RemoteConfig {
+            url: Some(format!("file://{}", remote_dir.display())),
+            ..Default::default()
+        };
+        let r = Remote::open(&cfg).unwrap();
+        let art = dir.path().join("art");
+        std::fs::create_dir_all(art.join("sub")).unwrap();
+        std::fs::write(art.join("a.txt"), b"alpha").unwrap();
+        std::fs::write(art.join("sub/b.bin"), vec![7u8; 1000]).unwrap();
+        let output = ContentHash::new("ab".repeat(32));
+        let key = StageKey::new("cd".repeat(32));
+        let rec = KeyRecord {
+            key: key.clone(),
+            kind: crate::manifest::StageKind::Split,
+            stage: "split".into(),
+            output: output.clone(),
+            summary: "s".into(),
+            seconds: 1.0,
+        };
+        assert!(r
+            .fetch(&key, &dir.path().join("nothing"))
+            .unwrap()
+            .is_none());
+        assert!(matches!(
+            r.push_artifact(&rec, &art, &|| {}).unwrap(),
+            Pushed::Sent(1005, _)
+        ));
+        assert_eq!(r.push_artifact(&rec, &art, &|| {}).unwrap(), Pushed::There);
+        let into = dir.path().join("into");
+        let f = r.fetch(&key, &into).unwrap().unwrap();
+        assert_eq!(f.bytes, 1005);
+        assert_eq!(f.record.output, output);
+        assert_eq!(
+            std::fs::read(into.join("sub/b.bin")).unwrap(),
+            vec![7u8; 1000]
+        );
+        // One byte changed in the remote: refused, naming the file.
+        let stored = remote_dir.join(format!("artifacts/{output}/a.txt"));
+        std::fs::write(&stored, b"alphb").unwrap();
+        let e = r.fetch(&key, &dir.path().join("into2")).unwrap_err();
+        assert!(matches!(e, RemoteError::Refused(_)), "{e}");
+        assert!(e.to_string().contains("a.txt is damaged"), "{e}");
+        // A key whose manifest is gone (an upload that stopped before it): refused.
+        std::fs::remove_file(remote_dir.join(format!("sealed/{output}.json"))).unwrap();
+        let e = r.fetch(&key, &dir.path().join("into3")).unwrap_err();
+        assert!(e.to_string().contains("manifest"), "{e}");
+    }
+}

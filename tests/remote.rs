@@ -1,0 +1,444 @@
+//! The remote cache against a real S3 server: a single-node Garage on loopback
+//! (`scripts/garage-up`). Two projects with their own stores stand for two machines that
+//! share only the remote. These tests fail, not skip, under `PIPE_REQUIRE_GARAGE=1` when
+//! the server cannot start.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use common::*;
+
+/// The exports `scripts/garage-up` printed (endpoint, region, key), or None (skipped).
+fn garage() -> Option<&'static BTreeMap<String, String>> {
+    static ENV: OnceLock<Result<BTreeMap<String, String>, String>> = OnceLock::new();
+    let r = ENV.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/garage-up");
+        let out = Command::new(&script)
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "scripts/garage-up failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect())
+    });
+    match r {
+        Ok(env) => Some(env),
+        Err(why) => {
+            if std::env::var("PIPE_REQUIRE_GARAGE").is_ok_and(|v| v == "1") {
+                panic!("PIPE_REQUIRE_GARAGE=1 but the Garage server is not up: {why}");
+            }
+            eprintln!("SKIPPED: Garage cannot start here: {why}");
+            None
+        }
+    }
+}
+
+/// One test at a time: the request counts are the server's, for all its clients.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A fresh prefix in the test bucket: each test its own remote.
+fn remote_url(test: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("s3://pipe/{test}-{nanos}")
+}
+
+/// `pipe args` in `p` with the Garage credentials and `--remote url`: its output.
+fn with_remote(p: &Project, env: &BTreeMap<String, String>, url: &str, args: &[&str]) -> Command {
+    let mut c = p.cmd(&["--remote", url]);
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c
+}
+
+fn ok(mut c: Command) -> (String, String) {
+    let out = c.output().unwrap();
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "failed:\n{so}\n{se}");
+    (so, se)
+}
+
+fn run_json(c: Command) -> (serde_json::Value, String) {
+    let (so, se) = ok(c);
+    (
+        serde_json::from_str(&so).unwrap_or_else(|e| panic!("{e}: {so}")),
+        se,
+    )
+}
+
+/// The tiny pipeline: generated images, hdf5, a training of 2 epochs, an evaluation.
+fn manifest() -> String {
+    Generated::new("g").evaluate().text()
+}
+
+/// The S3 requests Garage has answered so far (its own Prometheus counter).
+fn server_requests(env: &BTreeMap<String, String>) -> u64 {
+    use std::io::{Read, Write};
+    let host = env["PIPE_GARAGE_ADMIN"].trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(
+        text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"),
+        "{text}"
+    );
+    text.lines()
+        .filter(|l| l.starts_with("api_s3_request_counter"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+fn keys_of(report: &serde_json::Value) -> Vec<(String, String)> {
+    string_pairs(&report["stages"], "name", "key")
+}
+
+#[test]
+fn a_second_machine_fetches_every_stage_and_an_edit_pushes_only_what_changed() {
+    let Some(env) = garage() else { return };
+    let _one = serial();
+    let url = remote_url("share");
+    let a = Project::with("g.toml", &manifest());
+    let (ra, _) = run_json(with_remote(&a, env, &url, &["run", "g", "--json"]));
+    assert!(states(&ra).iter().all(|(_, s)| s == "ran"), "{ra}");
+
+    // Machine B: its own empty store, the same manifest and remote. Nothing is computed.
+    let b = Project::with("g.toml", &manifest());
+    let (rb, said) = run_json(with_remote(&b, env, &url, &["run", "g", "--json"]));
+    for (stage, state) in states(&rb) {
+        assert_eq!(state, "fetched", "{stage}: {said}");
+    }
+    assert_eq!(keys_of(&ra), keys_of(&rb));
+    assert!(
+        string_pairs(&rb["stages"], "name", "summary")
+            .iter()
+            .all(|(_, s)| s.contains(&format!("from {url}"))),
+        "{rb}"
+    );
+    // What B fetched is B's now: a second run is a no-op, and verify finds it sound.
+    let (again, _) = run_json(with_remote(&b, env, &url, &["run", "g", "--json"]));
+    assert!(states(&again).iter().all(|(_, s)| s == "cached"), "{again}");
+    b.ok(&["verify"]);
+
+    // An edit on B: the training and the evaluation run again, and are pushed; A then
+    // fetches exactly those.
+    b.manifest("g.toml", &manifest().replace("lr = 0.01", "lr = 0.02"));
+    let (rb2, _) = run_json(with_remote(&b, env, &url, &["run", "g", "--json"]));
+    let ran: Vec<String> = states(&rb2)
+        .into_iter()
+        .filter(|(_, s)| s == "ran")
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(ran, ["train", "evaluate"], "{rb2}");
+    a.manifest("g.toml", &manifest().replace("lr = 0.01", "lr = 0.02"));
+    let (ra2, _) = run_json(with_remote(&a, env, &url, &["run", "g", "--json"]));
+    let st: BTreeMap<String, String> = states(&ra2).into_iter().collect();
+    assert_eq!(st["train"], "fetched", "{ra2}");
+    assert_eq!(st["evaluate"], "fetched", "{ra2}");
+    assert_eq!(st["hdf5"], "cached", "{ra2}");
+    assert_eq!(keys_of(&ra2), keys_of(&rb2));
+
+    // The run records went along: A pulls B's and lists them.
+    ok(with_remote(&a, env, &url, &["pull", "g"]));
+    let runs = a.ok_json(&["runs", "g", "--json"]);
+    let hosts_runs: Vec<&str> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    let b_ids = b.ok_json(&["runs", "g", "--json"]);
+    for r in b_ids.as_array().unwrap() {
+        let fetched_or_ran = r["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["state"] == "ran" || s["state"] == "fetched");
+        if fetched_or_ran {
+            assert!(hosts_runs.contains(&r["id"].as_str().unwrap()), "{r}");
+        }
+    }
+}
+
+#[test]
+fn status_says_in_remote_and_pull_only_final_is_enough_to_predict() {
+    let Some(env) = garage() else { return };
+    let _one = serial();
+    let url = remote_url("final");
+    let a = Project::with("g.toml", &manifest());
+    ok(with_remote(&a, env, &url, &["run", "g"]));
+
+    let c = Project::with("g.toml", &manifest());
+    let (text, _) = ok(with_remote(&c, env, &url, &["status", "g"]));
+    assert_eq!(text.matches("in remote:").count(), 4, "{text}");
+    let (_, said) = ok(with_remote(&c, env, &url, &["pull", "g", "--only-final"]));
+    assert!(said.contains("fetched 2 artifact(s)"), "{said}");
+    // Only the model and the evaluation are in the store.
+    assert_eq!(artifact_names(&c.cache()).len(), 2, "{said}");
+    // An image of the generated data (16x16 RGB) classified with the pulled model.
+    let img = c.path().join("x.png");
+    image::RgbImage::from_fn(16, 16, |x, y| {
+        image::Rgb([(x * 16) as u8, (y * 16) as u8, 90])
+    })
+    .save(&img)
+    .unwrap();
+    let (out, err) = ok(with_remote(
+        &c,
+        env,
+        &url,
+        &["predict", "g", img.to_str().unwrap(), "--json"],
+    ));
+    let line = out.lines().next().unwrap_or_default();
+    let v: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+    let top = &v["top"];
+    assert_eq!(top.as_array().unwrap().len(), 3, "{v}");
+    let p: f64 = top
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["p"].as_f64().unwrap())
+        .sum();
+    assert!((p - 1.0).abs() < 1e-3, "{v}");
+}
+
+#[test]
+fn a_damaged_remote_object_is_refused_and_the_stage_computed_here() {
+    let Some(env) = garage() else { return };
+    let _one = serial();
+    let url = remote_url("damaged");
+    let a = Project::with("g.toml", &manifest());
+    let (ra, _) = run_json(with_remote(&a, env, &url, &["run", "g", "--json"]));
+    // One byte of the trained weights changed in the bucket, through the S3 API.
+    let train = a.artifact(&ra, "train");
+    let output = train.file_name().unwrap().to_str().unwrap().to_string();
+    let object = format!(
+        "{}/artifacts/{output}/model.safetensors",
+        url.trim_start_matches("s3://pipe/")
+    );
+    let mut bytes = std::fs::read(train.join("model.safetensors")).unwrap();
+    let n = bytes.len();
+    bytes[n - 1] ^= 0x40;
+    put_object(env, &object, bytes);
+
+    let b = Project::with("g.toml", &manifest());
+    let (rb, said) = run_json(with_remote(&b, env, &url, &["run", "g", "--json"]));
+    assert!(said.contains("model.safetensors is damaged"), "{said}");
+    assert!(said.contains("refused; the stage runs here"), "{said}");
+    let st: BTreeMap<String, String> = states(&rb).into_iter().collect();
+    assert_eq!(st["train"], "ran", "{rb}");
+    assert_eq!(st["hdf5"], "fetched", "{rb}");
+    assert_eq!(keys_of(&ra), keys_of(&rb));
+    // `pipe verify --remote` finds it too, and fails.
+    let out = with_remote(&b, env, &url, &["verify"]).output().unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("DAMAGED") && text.contains("model.safetensors"),
+        "{text}"
+    );
+}
+
+/// Write `bytes` as object `key` of the test bucket (Garage's S3 API, signed with the
+/// test key), as a damaged or hand-made object would be.
+fn put_object(env: &BTreeMap<String, String>, key: &str, bytes: Vec<u8>) {
+    use object_store::ObjectStoreExt;
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(&env["AWS_ENDPOINT_URL"])
+        .with_region(&env["AWS_REGION"])
+        .with_access_key_id(&env["AWS_ACCESS_KEY_ID"])
+        .with_secret_access_key(&env["AWS_SECRET_ACCESS_KEY"])
+        .with_bucket_name(&env["PIPE_GARAGE_BUCKET"])
+        .with_allow_http(true)
+        .build()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(store.put(&object_store::path::Path::from(key), bytes.into()))
+        .unwrap();
+}
+
+#[test]
+fn a_push_killed_half_way_leaves_nothing_a_reader_takes() {
+    let Some(env) = garage() else { return };
+    let _one = serial();
+    let url = remote_url("killed");
+    let a = Project::with("g.toml", &manifest());
+    // Killed after the first stage's files are uploaded, before its manifest and key.
+    let (mut child, stderr, _) = spawn_to_fault(
+        with_remote(&a, env, &url, &["run", "g"]),
+        "remote-push:files-sent",
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(stderr);
+    // Another machine finds no stage in the remote: it computes everything.
+    let b = Project::with("g.toml", &manifest());
+    let (rb, _) = run_json(with_remote(&b, env, &url, &["run", "g", "--json"]));
+    assert!(states(&rb).iter().all(|(_, s)| s == "ran"), "{rb}");
+}
+
+#[test]
+fn an_unreachable_or_silent_server_never_fails_a_run() {
+    let Some(env) = garage() else { return };
+    let _one = serial();
+    // Nothing listens on this port: a warning, then the run goes on locally.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let a = Project::with("g.toml", &manifest());
+    let mut c = with_remote(&a, env, "s3://pipe/nowhere", &["run", "g", "--json"]);
+    c.env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"));
+    let (r, said) = run_json(c);
+    assert!(states(&r).iter().all(|(_, s)| s == "ran"), "{r}");
+    assert_eq!(
+        said.matches("cannot be reached").count(),
+        1,
+        "one warning:\n{said}"
+    );
+
+    // A server that accepts and never answers: bounded by `timeout`, then local work.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for s in silent.incoming().take(8) {
+            conns.push(s);
+        }
+    });
+    let b = Project::with("g.toml", &manifest());
+    std::fs::write(
+        b.path().join("pipe.toml"),
+        "[remote]\nurl = \"s3://pipe/silent\"\ntimeout = 2\n",
+    )
+    .unwrap();
+    let t = std::time::Instant::now();
+    let mut c = b.cmd(&["run", "g", "--json"]);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"));
+    let (r, said) = run_json(c);
+    assert!(states(&r).iter().all(|(_, s)| s == "ran"), "{r}");
+    assert!(said.contains("cannot be reached"), "{said}");
+    assert!(t.elapsed().as_secs() < 60, "{:?}", t.elapsed());
+    drop(held);
+}
+
+#[test]
+fn wrong_credentials_are_named_and_no_secret_is_printed() {
+    let Some(env) = garage() else { return };
+    let _one = serial();
+    let url = remote_url("creds");
+    let a = Project::with("g.toml", &manifest());
+    ok(a.cmd(&["run", "g"]));
+    let secret = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let mut c = with_remote(&a, env, &url, &["push"]);
+    c.env("AWS_SECRET_ACCESS_KEY", secret);
+    let out = c.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refused the credentials"), "{err}");
+    assert!(
+        err.contains("AWS_ACCESS_KEY_ID") && err.contains("AWS_SECRET_ACCESS_KEY"),
+        "{err}"
+    );
+    assert!(
+        !err.contains(secret) && !err.contains(&env["AWS_SECRET_ACCESS_KEY"]),
+        "{err}"
+    );
+    // A run with them warns once and goes on; its record holds no secret either.
+    let b = Project::with("g.toml", &manifest());
+    let mut c = with_remote(&b, env, &url, &["run", "g"]);
+    c.env("AWS_SECRET_ACCESS_KEY", secret);
+    let (_, said) = ok(c);
+    assert_eq!(said.matches("refused the credentials").count(), 1, "{said}");
+    for f in std::fs::read_dir(b.cache().join("runs")).unwrap().flatten() {
+        if f.path().is_file() {
+            let text = std::fs::read_to_string(f.path()).unwrap_or_default();
+            assert!(!text.contains(secret), "{}", f.path().display());
+        }
+    }
+}
+
+#[test]
+fn two_machines_pushing_one_key_at_once_leave_one_valid_artifact() {
+    let Some(env) = garage() else { return };
+    let _one = serial();
+    let url = remote_url("race");
+    let a = Project::with("g.toml", &manifest());
+    let b = Project::with("g.toml", &manifest());
+    let ca = with_remote(&a, env, &url, &["run", "g", "--json"]).spawn_output();
+    let cb = with_remote(&b, env, &url, &["run", "g", "--json"]).spawn_output();
+    let (ra, rb) = (ca.join().unwrap(), cb.join().unwrap());
+    assert_eq!(keys_of(&ra), keys_of(&rb));
+    // A third machine fetches every stage, each checked against the key.
+    let c = Project::with("g.toml", &manifest());
+    let (rc, said) = run_json(with_remote(&c, env, &url, &["run", "g", "--json"]));
+    assert!(
+        states(&rc).iter().all(|(_, s)| s == "fetched"),
+        "{rc}\n{said}"
+    );
+    ok(with_remote(&c, env, &url, &["verify"]));
+}
+
+#[test]
+fn a_no_op_run_with_a_remote_sends_no_request() {
+    let Some(env) = garage() else { return };
+    let _one = serial();
+    let url = remote_url("noop");
+    let a = Project::with("g.toml", &manifest());
+    ok(with_remote(&a, env, &url, &["run", "g"]));
+    let before = server_requests(env);
+    for _ in 0..3 {
+        ok(with_remote(&a, env, &url, &["run", "g"]));
+    }
+    ok(with_remote(&a, env, &url, &["status", "g"]));
+    assert_eq!(server_requests(env), before, "requests reached the server");
+    // And the counter does count: one push sends some.
+    ok(with_remote(&a, env, &url, &["push", "g"]));
+    assert!(server_requests(env) > before);
+}
+
+/// A command run on its own thread, its JSON report collected.
+trait SpawnOutput {
+    fn spawn_output(self) -> std::thread::JoinHandle<serde_json::Value>;
+}
+
+impl SpawnOutput for Command {
+    fn spawn_output(mut self) -> std::thread::JoinHandle<serde_json::Value> {
+        std::thread::spawn(move || {
+            let out = self.output().unwrap();
+            let so = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{so}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_str(&so).unwrap()
+        })
+    }
+}
