@@ -442,3 +442,31 @@ impl SpawnOutput for Command {
         })
     }
 }
+
+#[test]
+fn a_job_on_a_store_of_its_own_pulls_its_inputs_and_pushes_its_output() {
+    let Some(env) = garage() else { return };
+    let _one = serial();
+    let url = remote_url("job");
+    let a = Project::with("g.toml", &manifest());
+    ok(with_remote(&a, env, &url, &["run", "g"]));
+    // A job (what Slurm runs on a node) with an empty local store: the evaluation, with a
+    // top_k no one ran. Its inputs come from the remote; it runs; its output goes there.
+    let edited = manifest().replace("top_k = [1, 2]", "top_k = [1, 3]");
+    let node = Project::with("g.toml", &edited);
+    let (_, said) = ok(with_remote(
+        &node,
+        env,
+        &url,
+        &["run-stage", "pipelines/g.toml", "evaluate"],
+    ));
+    assert!(
+        said.contains("evaluate") && said.contains(" ran "),
+        "{said}"
+    );
+    assert_eq!(artifact_names(&node.cache()).len(), 4, "{said}");
+    // Another machine with the edit fetches all four.
+    let b = Project::with("g.toml", &edited);
+    let (rb, _) = run_json(with_remote(&b, env, &url, &["run", "g", "--json"]));
+    assert!(states(&rb).iter().all(|(_, s)| s == "fetched"), "{rb}");
+}

@@ -1,7 +1,7 @@
 //! `pipe push`, `pipe pull` and `pipe verify --remote`: the remote cache by hand (a run
 //! fetches and pushes on its own).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -194,9 +194,9 @@ fn pull_records(
         .collect();
     let wanted: HashSet<&str> = runs.runs.iter().map(|r| r.name.as_str()).collect();
     let mut n = 0;
-    let mut sources: BTreeMap<String, ()> = BTreeMap::new();
+    let mut sources: HashSet<String> = HashSet::new();
     for id in rem.record_ids().map_err(remote_err)? {
-        if local.contains(&id) {
+        if local.contains(&id) || !crate::engine::journal::is_run_id(&id) {
             continue;
         }
         let Some(bytes) = rem.get_record(&id).map_err(remote_err)? else {
@@ -215,7 +215,7 @@ fn pull_records(
         if rec.id != id || (!names.is_empty() && !wanted.contains(rec.pipeline.as_str())) {
             continue;
         }
-        if !rec.sources.is_empty() && sources.insert(rec.sources.clone(), ()).is_none() {
+        if !rec.sources.is_empty() && sources.insert(rec.sources.clone()) {
             if let Some(text) = rem.get_sources(&rec.sources).map_err(remote_err)? {
                 journal.add_sources(&rec.sources, &text)?;
             }

@@ -858,6 +858,27 @@ impl Engine {
         Ok(made?.map(|m| (m.output, m.summary, m.seconds)))
     }
 
+    /// A job's input stage `d` that the store lacks, fetched from the remote cache (when
+    /// one is set and has it): `d` then stands as fetched, with its artifact.
+    fn pull_input(&mut self, d: &mut Decision) -> Result<bool> {
+        let Some(key) = d.resolved.as_ref().map(|r| r.key.clone()) else {
+            return Ok(false);
+        };
+        if self.remote.is_none() {
+            return Ok(false);
+        }
+        let (name, kind) = (d.outcome.name.clone(), d.outcome.kind);
+        let Some((output, summary, seconds)) = self.pull_stage(&name, kind, &key)? else {
+            return Ok(false);
+        };
+        let o = &mut d.outcome;
+        o.state = StageState::Fetched;
+        o.output = Some(output);
+        o.summary = summary;
+        o.seconds = seconds;
+        Ok(true)
+    }
+
     /// Upload stage `name`'s artifact (just published under `key`) to the remote cache,
     /// unless it is set not to push; a failure is a warning.
     fn push_remote(&self, name: &str, key: &StageKey) {
@@ -926,6 +947,8 @@ impl Engine {
             let name = d.outcome.name.clone();
             match (d.outcome.state, name == stage) {
                 (StageState::Skipped | StageState::Cached, false) => Ok(()),
+                // A store of its own (a node's local disk): an input from the remote cache.
+                (StageState::Stale, false) if e.pull_input(d)? => Ok(()),
                 (_, false) => anyhow::bail!(
                     "stage `{stage}` needs `{name}`, which is not in the store (did its job fail? `pipe status {}` says)",
                     p.name

@@ -235,7 +235,14 @@ impl Remote {
                 "s3" | "s3a" => {
                     let mut b = object_store::aws::AmazonS3Builder::from_env()
                         .with_url(raw)
-                        .with_client_options(options.with_allow_http(env_true("AWS_ALLOW_HTTP")))
+                        // Plain HTTP when asked (`AWS_ALLOW_HTTP=true`), or when the
+                        // endpoint given is itself `http://` (a MinIO or Garage on a LAN).
+                        .with_client_options(options.with_allow_http(
+                            env_true("AWS_ALLOW_HTTP")
+                                || std::env::var("AWS_ENDPOINT_URL")
+                                    .or_else(|_| std::env::var("AWS_ENDPOINT"))
+                                    .is_ok_and(|e| e.starts_with("http://")),
+                        ))
                         .with_retry(retry);
                     if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
                         if let Some((id, secret, token)) = aws_profile()? {
@@ -370,21 +377,17 @@ impl Remote {
                 why: format!("{what}: not found"),
             },
             object_store::Error::Unauthenticated { .. }
-            | object_store::Error::PermissionDenied { .. } => RemoteError::Credentials {
-                url: self.url.clone(),
-                why: format!("{what}: {}", short(&why)),
-                vars: self.vars,
-            },
-            _ if why.contains("403")
-                || why.contains("InvalidAccessKeyId")
-                || why.contains("SignatureDoesNotMatch")
-                || why.contains("AccessDenied") =>
+            | object_store::Error::PermissionDenied { .. } => self.credentials(what, &why),
+            _ if [
+                "403",
+                "InvalidAccessKeyId",
+                "SignatureDoesNotMatch",
+                "AccessDenied",
+            ]
+            .iter()
+            .any(|w| why.contains(w)) =>
             {
-                RemoteError::Credentials {
-                    url: self.url.clone(),
-                    why: format!("{what}: {}", short(&why)),
-                    vars: self.vars,
-                }
+                self.credentials(what, &why)
             }
             _ => {
                 self.down.store(true, Ordering::Relaxed);
@@ -393,6 +396,16 @@ impl Remote {
                     why: format!("{what}: {}", short(&why)),
                 }
             }
+        }
+    }
+
+    /// Refused credentials: not tried again in this process either.
+    fn credentials(&self, what: &str, why: &str) -> RemoteError {
+        self.down.store(true, Ordering::Relaxed);
+        RemoteError::Credentials {
+            url: self.url.clone(),
+            why: format!("{what}: {}", short(why)),
+            vars: self.vars,
         }
     }
 
@@ -705,7 +718,8 @@ impl Remote {
         )
     }
 
-    /// The run ids in the remote.
+    /// The names of the run records in the remote (`runs/<name>.json`; the journal says
+    /// which are run ids).
     pub fn record_ids(&self) -> Result<Vec<String>, RemoteError> {
         self.guard()?;
         self.requests.fetch_add(1, Ordering::Relaxed);
@@ -723,7 +737,6 @@ impl Remote {
                     .strip_suffix(".json")
                     .map(str::to_string)
             })
-            .filter(|id| super::journal::is_run_id(id))
             .collect();
         ids.sort();
         Ok(ids)
