@@ -470,3 +470,132 @@ fn a_job_on_a_store_of_its_own_pulls_its_inputs_and_pushes_its_output() {
     let (rb, _) = run_json(with_remote(&b, env, &url, &["run", "g", "--json"]));
     assert!(states(&rb).iter().all(|(_, s)| s == "fetched"), "{rb}");
 }
+
+#[test]
+fn the_demo_run_on_one_machine_is_fetched_whole_by_another() {
+    let Some(env) = garage() else { return };
+    let _one = serial();
+    let url = remote_url("demo");
+    let a = demo_project();
+    let (ra, _) = run_json(with_remote(&a, env, &url, &["run", "demo", "--json"]));
+    assert_eq!(states(&ra).len(), 6, "{ra}");
+    assert!(states(&ra).iter().all(|(_, s)| s == "ran"), "{ra}");
+    // Machine B trains nothing: all six stages fetched, the same keys, the same result.
+    let b = demo_project();
+    let (rb, said) = run_json(with_remote(&b, env, &url, &["run", "demo", "--json"]));
+    assert!(
+        states(&rb).iter().all(|(_, s)| s == "fetched"),
+        "{rb}\n{said}"
+    );
+    assert!(!said.contains("epoch"), "B trained:\n{said}");
+    assert_eq!(keys_of(&ra), keys_of(&rb));
+    let metrics = |p: &Project, r: &serde_json::Value| -> serde_json::Value {
+        read_json(&p.artifact(r, "evaluate").join("metrics.json"))
+    };
+    assert_eq!(metrics(&a, &ra), metrics(&b, &rb));
+    // An edit on B (the drop's lr): only the drop and the evaluation run, and are pushed.
+    let edited = repo_file("pipelines/demo.toml").replace("lr = 2e-4", "lr = 1e-4");
+    b.manifest("demo.toml", &edited);
+    let (rb2, _) = run_json(with_remote(&b, env, &url, &["run", "demo", "--json"]));
+    let st: BTreeMap<String, String> = states(&rb2).into_iter().collect();
+    for stage in ["ingest", "split", "hdf5", "train"] {
+        assert_eq!(st[stage], "cached", "{stage}: {rb2}");
+    }
+    assert_eq!(
+        (st["drop"].as_str(), st["evaluate"].as_str()),
+        ("ran", "ran"),
+        "{rb2}"
+    );
+    a.manifest("demo.toml", &edited);
+    let (ra2, _) = run_json(with_remote(&a, env, &url, &["run", "demo", "--json"]));
+    let st: BTreeMap<String, String> = states(&ra2).into_iter().collect();
+    assert_eq!(
+        (st["drop"].as_str(), st["evaluate"].as_str()),
+        ("fetched", "fetched"),
+        "{ra2}"
+    );
+}
+
+/// A TCP relay to Garage that can be cut: every connection through it is closed, and no
+/// new one is accepted, once `cut` is called ("the server stopped").
+struct Relay {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Relay {
+    fn to(target: &str) -> Relay {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let (s, c, target) = (stop.clone(), conns.clone(), target.to_string());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if s.load(Ordering::SeqCst) {
+                    drop(client);
+                    break;
+                }
+                let Ok(server) = std::net::TcpStream::connect(&target) else {
+                    continue;
+                };
+                let mut held = c.lock().unwrap();
+                held.push(client.try_clone().unwrap());
+                held.push(server.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Relay { port, stop, conns }
+    }
+
+    fn cut(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for s in self.conns.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        // Wake the accept loop so that it sees `stop` and closes the listener.
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+#[test]
+fn the_server_stopped_in_the_middle_of_a_run_leaves_the_run_to_finish_here() {
+    let Some(env) = garage() else { return };
+    let _one = serial();
+    let url = remote_url("stopped");
+    let relay = Relay::to(env["AWS_ENDPOINT_URL"].trim_start_matches("http://"));
+    let a = Project::with("g.toml", &manifest());
+    let mut c = with_remote(&a, env, &url, &["run", "g", "--json"]);
+    c.env(
+        "AWS_ENDPOINT_URL",
+        format!("http://127.0.0.1:{}", relay.port),
+    )
+    .env("PIPE_FAULT_SECS", "1")
+    .stdout(std::process::Stdio::piped());
+    // The first stage ran and its files went up; then the server goes away.
+    let (child, mut stderr, said) = spawn_to_fault(c, "remote-push:files-sent");
+    relay.cut();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{said}{rest}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(states(&r).iter().all(|(_, s)| s == "ran"), "{r}");
+    assert_eq!(rest.matches("cannot be reached").count(), 1, "{said}{rest}");
+    // Nothing of it is visible as finished: another machine computes every stage.
+    let b = Project::with("g.toml", &manifest());
+    let (rb, _) = run_json(with_remote(&b, env, &url, &["run", "g", "--json"]));
+    assert!(states(&rb).iter().all(|(_, s)| s == "ran"), "{rb}");
+}

@@ -145,6 +145,19 @@ pub fn serve(project: Project, opts: &UiOptions) -> Result<()> {
     // folder changed deep inside, a base file outside `pipelines/`).
     let bg = app.clone();
     std::thread::spawn(move || {
+        // Behind the requests and the browser on the same cores: this thread and the one
+        // thread its parallel work gets run at a lower priority.
+        lower_priority();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .thread_name(|_| "pipe-ui-snapshot".into())
+            .start_handler(|_| lower_priority())
+            .build()
+            .ok();
+        let build = |p: &Project| match &pool {
+            Some(pool) => pool.install(|| Snapshot::build(p)),
+            None => Snapshot::build(p),
+        };
         let mut built = Instant::now();
         loop {
             let snap = bg.snap();
@@ -153,7 +166,7 @@ pub fn serve(project: Project, opts: &UiOptions) -> Result<()> {
                 continue;
             }
             built = Instant::now();
-            let Ok(s) = Snapshot::build(&bg.project) else {
+            let Ok(s) = build(&bg.project) else {
                 continue;
             };
             let home;
@@ -345,6 +358,14 @@ fn unknown_run(name: &str) -> Response {
 }
 
 /// The runs page of `snap`, with the journal's recorded runs.
+/// Make the calling thread yield to others (`nice` 10): the dashboard's background work.
+fn lower_priority() {
+    // SAFETY: setpriority takes plain integers: this thread's own id and a nice value.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
+    }
+}
+
 /// The runs page of `snap` and the journal now, and whether a recorded run is running
 /// (its record can turn `interrupted` with no file changing: look again soon).
 fn render_home(project: &Project, snap: &Snapshot) -> (axum::body::Bytes, bool) {
