@@ -198,12 +198,43 @@ pub fn sweep_promote(
     };
     let mut engine = super::writing(g, &proj, false)?;
     // The points' records name this job for their awaiting stages: it says how it went,
-    // as a stage's job does (`running` under its lock, then `ran` or `failed`).
-    let job = slurm_job_id();
+    // as a stage's job does.
     let journal = crate::engine::journal::Journal::of(engine.store());
+    let name = format!("promote after rung {rung}");
+    let result = as_slurm_job(
+        &journal,
+        &name,
+        "sweep-promote",
+        || engine.promote_on_slurm(&s, rung, sets, o),
+        |kept: &Vec<String>, mut e| {
+            e.summary = format!("{} go on", kept.len());
+            e
+        },
+    );
+    let kept = result?;
+    eprintln!(
+        "sweep {}: after rung {rung}, {} go on: {}",
+        s.name,
+        kept.len(),
+        kept.join(", ")
+    );
+    Ok(())
+}
+
+/// `work`, said in the journal when this process is a Slurm job: its entry (`name`, of
+/// `kind`) `running` under the job's lock while it works, then what `done` makes of the
+/// `ran` entry for its result, or `failed` with its error.
+fn as_slurm_job<T>(
+    journal: &crate::engine::journal::Journal,
+    name: &str,
+    kind: &str,
+    work: impl FnOnce() -> Result<T>,
+    done: impl FnOnce(&T, crate::outcome::record::StageEntry) -> crate::outcome::record::StageEntry,
+) -> Result<T> {
+    let job = slurm_job_id();
     let entry = |state: &str, summary: String| crate::outcome::record::StageEntry {
-        name: format!("promote after rung {rung}"),
-        kind: "sweep-promote".into(),
+        name: name.to_string(),
+        kind: kind.to_string(),
         key: None,
         output: None,
         state: state.to_string(),
@@ -217,24 +248,17 @@ pub fn sweep_promote(
             .ok(),
         None => None,
     };
-    let result = engine.promote_on_slurm(&s, rung, sets, o);
+    let result = work();
     if let Some(j) = &job {
         let e = match &result {
-            Ok(kept) => entry("ran", format!("{} go on", kept.len())),
+            Ok(v) => done(v, entry("ran", String::new())),
             Err(err) => entry("failed", format!("{err:#}")),
         };
         if let Err(err) = journal.job_ended(j, &e) {
             eprintln!("warning: could not record the job in the journal: {err:#}");
         }
     }
-    let kept = result?;
-    eprintln!(
-        "sweep {}: after rung {rung}, {} go on: {}",
-        s.name,
-        kept.len(),
-        kept.join(", ")
-    );
-    Ok(())
+    result
 }
 
 /// This process's Slurm job (`SLURM_JOB_ID`), when it is one and the id is plain.
@@ -249,47 +273,27 @@ pub fn run_stage(g: &Global, manifest: &str, stage: &str, sets: &[String]) -> Re
     let (proj, p) = load(g, manifest, sets)?;
     let mut engine = super::writing(g, &proj, false)?;
     // A Slurm job says how it went in the journal, for the records of the runs that
-    // submitted it (or depend on it): `running` while it holds its lock, then its outcome.
-    let job = slurm_job_id();
+    // submitted it (or depend on it).
     let journal = crate::engine::journal::Journal::of(engine.store());
     let kind = p
         .stages
         .get(stage)
         .map(|s| s.config.kind().to_string())
         .unwrap_or_default();
-    let entry = |state: &str, summary: String| crate::outcome::record::StageEntry {
-        name: stage.to_string(),
-        kind: kind.clone(),
-        key: None,
-        output: None,
-        state: state.to_string(),
-        seconds: 0.0,
-        summary,
-        job: job.clone(),
-    };
-    let _live = match &job {
-        Some(j) => journal
-            .job_started(j, &entry("running", String::new()))
-            .ok(),
-        None => None,
-    };
-    let result = engine.run_stage(&p, stage);
-    if let Some(j) = &job {
-        let e = match &result {
-            Ok(o) => {
-                let mut e = crate::engine::journal::entry_of(o);
-                e.job = Some(j.clone());
-                if e.state == "not-run" {
-                    e.state = "ran".into();
-                }
-                e
+    let result = as_slurm_job(
+        &journal,
+        stage,
+        &kind,
+        || engine.run_stage(&p, stage),
+        |o, ran| {
+            let mut e = crate::engine::journal::entry_of(o);
+            e.job = ran.job;
+            if e.state == "not-run" {
+                e.state = "ran".into();
             }
-            Err(err) => entry("failed", format!("{err:#}")),
-        };
-        if let Err(err) = journal.job_ended(j, &e) {
-            eprintln!("warning: could not record the job in the journal: {err:#}");
-        }
-    }
+            e
+        },
+    );
     let o = result?;
     eprintln!(
         "{:<12} {:<7} {:>6.1}s  key {}  {}",

@@ -807,14 +807,7 @@ impl Engine {
     /// A fault-injection point for tests outside a stage (see `StageCtx::fault_point`):
     /// with `PIPE_FAULT=<name>` the watcher is told and the process stalls here.
     fn fault_point(&self, name: &str) {
-        if std::env::var("PIPE_FAULT").is_ok_and(|v| v == name) {
-            let secs: u64 = std::env::var("PIPE_FAULT_SECS")
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(600);
-            self.watcher.event(Event::Fault(name));
-            std::thread::sleep(std::time::Duration::from_secs(secs));
-        }
+        crate::outcome::events::fault_point(self.watcher.as_ref(), name);
     }
 
     /// Whether the remote cache holds stage key `key`: its artifact and size. Asked only

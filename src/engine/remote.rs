@@ -456,18 +456,27 @@ impl Remote {
             .map_err(|e| self.error(&format!("writing {rel}"), e))
     }
 
+    /// One JSON object (`what` it is, for errors), or `None` when it is not there; one
+    /// that does not parse is refused.
+    fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        rel: &str,
+        what: &str,
+    ) -> Result<Option<T>, RemoteError> {
+        let Some(bytes) = self.get_opt(rel)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            RemoteError::Refused(format!("{}/{rel}: {what} does not read ({e})", self.url))
+        })
+    }
+
     /// The key record of `key` in the remote, when it is there.
     pub fn lookup(&self, key: &StageKey) -> Result<Option<KeyRecord>, RemoteError> {
         let rel = format!("keys/{key}.json");
-        let Some(bytes) = self.get_opt(&rel)? else {
+        let Some(rec) = self.get_json::<KeyRecord>(&rel, "the key record")? else {
             return Ok(None);
         };
-        let rec: KeyRecord = serde_json::from_slice(&bytes).map_err(|e| {
-            RemoteError::Refused(format!(
-                "{}/{rel}: the key record does not read ({e})",
-                self.url
-            ))
-        })?;
         if rec.key != *key {
             return Err(RemoteError::Refused(format!(
                 "{}/{rel}: the record names key {}, not {}",
@@ -482,15 +491,9 @@ impl Remote {
     /// The manifest of artifact `output`, when it is there.
     pub fn manifest(&self, output: &ContentHash) -> Result<Option<Manifest>, RemoteError> {
         let rel = format!("sealed/{output}.json");
-        let Some(bytes) = self.get_opt(&rel)? else {
+        let Some(m) = self.get_json::<Manifest>(&rel, "the manifest")? else {
             return Ok(None);
         };
-        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
-            RemoteError::Refused(format!(
-                "{}/{rel}: the manifest does not read ({e})",
-                self.url
-            ))
-        })?;
         if m.output != *output {
             return Err(RemoteError::Refused(format!(
                 "{}/{rel}: the manifest is of artifact {}, not {}",

@@ -55,3 +55,18 @@ pub struct Silent;
 impl Watcher for Silent {
     fn event(&self, _: Event<'_>) {}
 }
+
+/// A fault-injection point for tests: with `PIPE_FAULT=<name>` in the environment the
+/// watcher is told (the console always shows it) and the process stalls here (for
+/// `PIPE_FAULT_SECS`, default 600), so a test can kill it there or race another process
+/// against it.
+pub fn fault_point(w: &dyn Watcher, name: &str) {
+    if std::env::var("PIPE_FAULT").is_ok_and(|v| v == name) {
+        let secs: u64 = std::env::var("PIPE_FAULT_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(600);
+        w.event(Event::Fault(name));
+        std::thread::sleep(std::time::Duration::from_secs(secs));
+    }
+}

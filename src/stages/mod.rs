@@ -142,14 +142,7 @@ impl StageCtx<'_> {
     /// `PIPE_FAULT_SECS`, default 600), so a test can kill it mid-stage or race another
     /// process against it.
     pub fn fault_point(&self, name: &str) {
-        if std::env::var("PIPE_FAULT").is_ok_and(|v| v == name) {
-            let secs: u64 = std::env::var("PIPE_FAULT_SECS")
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(600);
-            self.watcher.event(Event::Fault(name));
-            std::thread::sleep(std::time::Duration::from_secs(secs));
-        }
+        crate::outcome::events::fault_point(self.watcher, name);
     }
 }
 
