@@ -599,3 +599,29 @@ fn the_server_stopped_in_the_middle_of_a_run_leaves_the_run_to_finish_here() {
     let (rb, _) = run_json(with_remote(&b, env, &url, &["run", "g", "--json"]));
     assert!(states(&rb).iter().all(|(_, s)| s == "ran"), "{rb}");
 }
+
+#[test]
+fn local_workers_use_the_runs_remote_and_their_record_is_shared() {
+    let Some(env) = garage() else { return };
+    let _one = serial();
+    let url = remote_url("workers");
+    // `-j 2`: each stage a worker process, given the remote on its command line.
+    let a = Project::with("g.toml", &manifest());
+    ok(with_remote(&a, env, &url, &["run", "g", "-j", "2"]));
+    let b = Project::with("g.toml", &manifest());
+    let (rb, said) = run_json(with_remote(&b, env, &url, &["run", "g", "--json"]));
+    assert!(
+        states(&rb).iter().all(|(_, s)| s == "fetched"),
+        "{rb}\n{said}"
+    );
+    // A's record went up with the stages: B pulls it.
+    ok(with_remote(&b, env, &url, &["pull", "g"]));
+    let runs = b.ok_json(&["runs", "g", "--json"]);
+    assert!(
+        runs.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["executor"] == "local" && r["state"] == "done"),
+        "{runs}"
+    );
+}

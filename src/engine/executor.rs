@@ -432,8 +432,18 @@ impl Engine {
         }
         let artifacts = self.store.root().join("artifacts");
         let error = error.map(|e| format!("{e:#}"));
-        if let Err(e) = rec.finish(&entries, &artifacts, error, remark, detached) {
-            self.warn(format!("could not complete the run's record: {e:#}"));
+        match rec.finish(&entries, &artifacts, error, remark, detached) {
+            // A completed run that made or fetched something goes to the remote too.
+            Ok(r)
+                if !detached
+                    && entries
+                        .iter()
+                        .any(|e| e.state == "ran" || e.state == "fetched") =>
+            {
+                self.push_record_remote(&r)
+            }
+            Ok(_) => {}
+            Err(e) => self.warn(format!("could not complete the run's record: {e:#}")),
         }
     }
 
@@ -503,6 +513,11 @@ impl Engine {
         for s in sets {
             a.push("--set".into());
             a.push(s.clone());
+        }
+        // The remote this run uses, however it was set (a `--remote` flag is not in the
+        // jobs' environment): each job fetches what it would run, and pushes what it ran.
+        if let Some(r) = self.remote() {
+            a.splice(0..0, ["--remote".to_string(), r.url().to_string()]);
         }
         a
     }

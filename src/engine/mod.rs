@@ -790,7 +790,7 @@ impl Engine {
 
     /// Upload a completed run record (and its manifest texts) to the remote cache, unless
     /// it is set not to push; a failure is a warning.
-    fn push_record_remote(&self, rec: &crate::outcome::record::RunRecord) {
+    pub(crate) fn push_record_remote(&self, rec: &crate::outcome::record::RunRecord) {
         let Some(rem) = self
             .remote
             .as_ref()
