@@ -761,6 +761,8 @@ impl Engine {
                 fetched.record.output.short(),
                 output.short()
             )));
+            // (What was published stays an artifact no key points at; gc collects it.)
+            clear_dir(tmp)?;
             return Ok(None);
         }
         let rec = KeyRecord {
