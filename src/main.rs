@@ -60,6 +60,10 @@ enum Cmd {
         /// Override a key, as for `run`
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
+        /// The store whose journal hears how the job went (the submitter's, when the job
+        /// has a store of its own)
+        #[arg(long, value_name = "STORE")]
+        journal_to: Option<PathBuf>,
     },
     /// Pipelines side by side: schedules, final metrics, ranks, size, time, state
     Show {
@@ -298,7 +302,7 @@ enum Cmd {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum ExecutorArg {
     /// Parallel processes on this machine (`-j N`)
     Local,
@@ -349,6 +353,11 @@ struct RunArgs {
     /// With `--executor slurm`: wait for the jobs and report how they ended
     #[arg(long)]
     wait: bool,
+    /// With `--executor slurm` and a remote: each job's own store, on its node's disk
+    /// (e.g. `/scratch/$USER/pipe`; `$VARS` expand in the job). Jobs pull their inputs
+    /// from the remote and push their outputs; no shared filesystem holds artifacts
+    #[arg(long, value_name = "PATH")]
+    job_store: Option<String>,
     /// The most memory a training may need, e.g. `8G`, `512M` (default: what this machine
     /// has available); a training estimated to need more is refused before it starts
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
@@ -609,13 +618,15 @@ fn dispatch(g: Global, cmd: Cmd) -> anyhow::Result<()> {
                 partition,
                 gpus_per_stage,
                 wait: false,
+                job_store: None,
             },
         ),
         Cmd::RunStage {
             manifest,
             stage,
             sets,
-        } => commands::run_stage(&g, &manifest, &stage, &sets),
+            journal_to,
+        } => commands::run_stage(&g, &manifest, &stage, &sets, journal_to.as_deref()),
         Cmd::Runs {
             names,
             filter,
@@ -767,6 +778,7 @@ fn run(g: &Global, args: RunArgs) -> anyhow::Result<()> {
         partition,
         gpus_per_stage,
         wait,
+        job_store,
         max_memory,
         only,
         from,
@@ -777,10 +789,14 @@ fn run(g: &Global, args: RunArgs) -> anyhow::Result<()> {
         dry_run,
         max_memory,
     };
+    if job_store.is_some() && executor != Some(ExecutorArg::Slurm) {
+        anyhow::bail!("--job-store is for Slurm jobs: add --executor slurm");
+    }
     let slurm = SlurmOptions {
         partition,
         gpus_per_stage,
         wait,
+        job_store,
     };
     if let Some(from) = from {
         if executor.is_some() || jobs.is_some() {

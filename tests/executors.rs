@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{fill, read_json, Project};
+use common::{artifact_names, fill, read_json, Project};
 
 /// Two experiments over the same data stages; `lr` and `epochs` differ per pipeline.
 fn experiment(name: &str, lr: f64, epochs: usize, per_class: usize) -> String {
@@ -538,5 +538,100 @@ fn slurm_halving_decides_in_a_promotion_job_with_no_pipe_left_waiting() {
             assert_eq!(state("drop"), "pruned", "{r}");
             assert_eq!(state("evaluate"), "pruned", "{r}");
         }
+    }
+}
+
+#[test]
+fn slurm_jobs_on_stores_of_their_own_share_every_stage_through_the_remote() {
+    let Some(conf) = cluster() else { return };
+    let Some(env) = common::garage() else { return };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let url = format!("s3://pipe/slurm-nodes-{nanos}");
+    let p = Project::with("exp1.toml", &experiment("exp1", 0.01, 2, 30));
+    // Each job a store of its own (a node's scratch, here one per job): nothing but the
+    // remote joins them.
+    let scratch = tempfile::tempdir().unwrap();
+    let job_store = format!("{}/node-$SLURM_JOB_ID", scratch.path().display());
+    let cmd = |args: &[&str]| {
+        let mut c = p.cmd(&["--remote", &url]);
+        c.args(args).env("SLURM_CONF", &conf);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    // Without a remote, a job store is refused before anything is submitted.
+    let (refused, why) = pipe(
+        &p,
+        &conf,
+        &[
+            "run",
+            "exp1",
+            "--executor",
+            "slurm",
+            "--job-store",
+            &job_store,
+        ],
+    );
+    assert!(!refused && why.contains("needs a remote cache"), "{why}");
+
+    let out = cmd(&[
+        "run",
+        "exp1",
+        "--executor",
+        "slurm",
+        "--job-store",
+        &job_store,
+        "--wait",
+    ]);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{said}");
+    let jobs = jobs_in(&said);
+    assert_eq!(jobs.len(), 5, "{said}");
+    // The submitter's store holds no artifact: every job worked in its own store, which
+    // holds its stage's output and the inputs it pulled.
+    assert!(artifact_names(&p.cache()).is_empty(), "{said}");
+    for (stage, id, _) in &jobs {
+        let store = scratch.path().join(format!("node-{id}"));
+        let made = artifact_names(&store);
+        assert!(
+            !made.is_empty(),
+            "{stage}: job {id} left no store at {store:?}"
+        );
+        let log = log_of(&p, &conf, id);
+        assert!(log.contains(&format!("{stage:<12} ran")), "{stage}: {log}");
+        if stage != "ingest" {
+            assert!(made.len() >= 2, "{stage} pulled no input: {made:?}\n{log}");
+        }
+    }
+    // The submitter's record is completed by the jobs' entries.
+    let runs = p.ok_json(&["runs", "exp1", "--json"]);
+    let rec = &runs.as_array().unwrap()[0];
+    assert_eq!(rec["state"], "done", "{rec}");
+    for s in rec["stages"].as_array().unwrap() {
+        assert_eq!(s["state"], "ran", "{rec}");
+        assert!(s["job"].is_string(), "{rec}");
+    }
+    // Here, every stage comes from the remote; none is computed again.
+    let out = cmd(&["run", "exp1", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for s in report["stages"].as_array().unwrap() {
+        assert_eq!(s["state"], "fetched", "{report}");
+        let key = s["key"].as_str().unwrap();
+        let entry = rec["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == s["name"])
+            .unwrap();
+        assert_eq!(entry["key"].as_str(), Some(key), "{rec}\n{report}");
     }
 }

@@ -8,41 +8,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard};
 
 use common::*;
-
-/// The exports `scripts/garage-up` printed (endpoint, region, key), or None (skipped).
-fn garage() -> Option<&'static BTreeMap<String, String>> {
-    static ENV: OnceLock<Result<BTreeMap<String, String>, String>> = OnceLock::new();
-    let r = ENV.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/garage-up");
-        let out = Command::new(&script)
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-        if !out.status.success() {
-            return Err(format!(
-                "scripts/garage-up failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect())
-    });
-    match r {
-        Ok(env) => Some(env),
-        Err(why) => {
-            if std::env::var("PIPE_REQUIRE_GARAGE").is_ok_and(|v| v == "1") {
-                panic!("PIPE_REQUIRE_GARAGE=1 but the Garage server is not up: {why}");
-            }
-            eprintln!("SKIPPED: Garage cannot start here: {why}");
-            None
-        }
-    }
-}
 
 /// One test at a time: the request counts are the server's, for all its clients.
 fn serial() -> MutexGuard<'static, ()> {
@@ -624,4 +592,84 @@ fn local_workers_use_the_runs_remote_and_their_record_is_shared() {
             .any(|r| r["executor"] == "local" && r["state"] == "done"),
         "{runs}"
     );
+}
+
+#[test]
+fn a_laptop_without_the_dataset_pulls_the_model_by_the_run_record_and_predicts() {
+    let Some(env) = garage() else { return };
+    let _one = serial();
+    let url = remote_url("laptop");
+    // Real JPEG class folders (Tiny ImageNet's layout) that only machine A has.
+    let text = format!(
+        "{}size = [16, 16]\n\n{}\n[stages.train]\nkind = \"train\"\ninput = \"hdf5\"\nnetwork = \"tiny\"\nepochs = 2\nbatch_size = 8\nlr = 0.01\n\n[stages.evaluate]\nkind = \"evaluate\"\ninput = \"train\"\nsplit = \"test\"\ntop_k = [1, 2]\n",
+        tiny_manifest(Path::new("data"), 2).replace("name = \"exp\"", "name = \"t\""),
+        tiny_network(3)
+    );
+    let a = Project::with("t.toml", &text);
+    tiny_imagenet(&a.path().join("data"), 3, 8, 4);
+    ok(with_remote(&a, env, &url, &["run", "t"]));
+    let model_a = a.ok_json(&["runs", "t", "--json"])[0]["stages"][3]["output"].clone();
+    assert!(
+        model_a.is_string(),
+        "{}",
+        a.ok_json(&["runs", "t", "--json"])
+    );
+
+    // The laptop: the manifest, no dataset, an empty store.
+    let laptop = Project::with("t.toml", &text);
+    let (_, said) = ok(with_remote(
+        &laptop,
+        env,
+        &url,
+        &["pull", "t", "--only-final"],
+    ));
+    assert!(said.contains("cannot be keyed here"), "{said}");
+    assert!(said.contains("fetched 2 artifact(s)"), "{said}");
+    assert_eq!(artifact_names(&laptop.cache()).len(), 2, "{said}");
+    assert!(
+        artifact_names(&laptop.cache()).contains(model_a.as_str().unwrap()),
+        "{said}"
+    );
+    // predict finds the pulled model through the pulled record, and says so.
+    let img = laptop.path().join("x.jpg");
+    image::RgbImage::from_fn(16, 16, |x, y| {
+        image::Rgb([(x * 16) as u8, (y * 16) as u8, 90])
+    })
+    .save(&img)
+    .unwrap();
+    let predict = |p: &Project| {
+        ok(with_remote(
+            p,
+            env,
+            &url,
+            &["predict", "t", img.to_str().unwrap(), "--json"],
+        ))
+    };
+    let (out, err) = predict(&laptop);
+    assert!(err.contains("using the model of its run"), "{err}");
+    // The same image on machine A, which keys the pipeline itself: the same answer.
+    let (on_a, _) = predict(&a);
+    let top = |o: &str| {
+        let v: serde_json::Value = serde_json::from_str(o.lines().next().unwrap()).unwrap();
+        v["top"].clone()
+    };
+    assert_eq!(top(&out), top(&on_a), "{out}\n{on_a}");
+    assert_eq!(top(&out).as_array().unwrap().len(), 3, "{out}");
+
+    // An edited manifest was never run: nothing stands in for it, and predict says what
+    // to do rather than use another manifest's model.
+    laptop.manifest("t.toml", &text.replace("lr = 0.01", "lr = 0.02"));
+    let (_, said) = ok(with_remote(
+        &laptop,
+        env,
+        &url,
+        &["pull", "t", "--only-final"],
+    ));
+    assert!(said.contains("no run of it recorded"), "{said}");
+    let out = with_remote(&laptop, env, &url, &["predict", "t", img.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("has not been trained yet"), "{err}");
 }

@@ -10,6 +10,7 @@ use super::{Console, Global};
 use crate::engine::remote::{Pushed, Remote, RemoteError};
 use crate::engine::{Engine, Project};
 use crate::ids::StageKey;
+use crate::manifest::StageKind;
 use crate::outcome::{Source, StageState};
 
 /// The remote the project sets, or an error that says how to set one.
@@ -119,6 +120,9 @@ pub fn pull(g: &Global, names: &[String], only_final: bool) -> Result<()> {
     let mut engine = Engine::new(&proj.cache)?
         .watched_by(Box::new(Console::new(false)))
         .with_remote(Some(rem.clone()));
+    // The remote's run records first: on a machine that cannot key a pipeline (its
+    // dataset is not here), a pulled run of the same manifest says what to fetch.
+    let records = pull_records(&rem, &engine, names, &runs)?;
     let (mut fetched, mut bytes, mut secs) = (0, 0u64, 0.0);
     let mut done = HashSet::new();
     for r in &runs.runs {
@@ -130,17 +134,49 @@ pub fn pull(g: &Global, names: &[String], only_final: bool) -> Result<()> {
             false => status.iter().map(|o| &o.name).collect(),
             true => final_stages(p),
         };
+        let mut want: Vec<(String, StageKind, StageKey, Option<u64>)> = Vec::new();
         for o in &status {
             let (Source::Remote { bytes: size }, Some(key)) = (o.source, &o.key) else {
                 continue;
             };
-            if !wanted.contains(&&o.name) || !done.insert(key.clone()) {
+            if wanted.contains(&&o.name) {
+                want.push((o.name.clone(), o.kind, key.clone(), Some(size)));
+            }
+        }
+        let keyless = status.iter().any(|o| {
+            wanted.contains(&&o.name) && o.key.is_none() && o.state == StageState::Waiting
+        });
+        if keyless {
+            match engine.stand_in_run(p) {
+                Some(rec) => {
+                    eprintln!(
+                        "note: `{}` cannot be keyed here (a dataset it reads is not here); fetching what its run {} on {} made, from the same manifest texts",
+                        r.name, rec.id, rec.host.hostname
+                    );
+                    for o in crate::engine::journal::outcomes_of(&rec) {
+                        if let (true, Some(key)) = (wanted.contains(&&o.name), o.key) {
+                            want.push((o.name.clone(), o.kind, key, None));
+                        }
+                    }
+                }
+                None => eprintln!(
+                    "warning: `{}` cannot be keyed here (a dataset it reads is not here) and no run of it recorded in {} was loaded from these manifest texts: nothing of it to pull",
+                    r.name,
+                    rem.url()
+                ),
+            }
+        }
+        for (name, kind, key, size) in want {
+            if !done.insert(key.clone()) {
                 continue;
             }
-            if let Some((_, summary, s)) = engine.pull_stage(&o.name, o.kind, key)? {
+            if let Some((output, summary, s)) = engine.pull_stage(&name, kind, &key)? {
+                let size = size.unwrap_or_else(|| {
+                    crate::content::dir_size(&engine.store().artifact_dir(&output))
+                });
                 eprintln!(
                     "fetched  {:<32} {:>10}  {}  {summary}",
-                    format!("{}:{}", r.name, o.name),
+                    format!("{}:{}", r.name, name),
                     crate::fmt::bytes(size),
                     crate::fmt::secs(s)
                 );
@@ -150,7 +186,6 @@ pub fn pull(g: &Global, names: &[String], only_final: bool) -> Result<()> {
             }
         }
     }
-    let records = pull_records(&rem, &engine, names, &runs)?;
     eprintln!(
         "fetched {fetched} artifact(s), {} in {}, from {}; {records} run record(s)",
         crate::fmt::bytes(bytes),

@@ -269,12 +269,23 @@ fn slurm_job_id() -> Option<String> {
 }
 
 /// `pipe run-stage`: one stage, its inputs read from the store (an executor's job).
-pub fn run_stage(g: &Global, manifest: &str, stage: &str, sets: &[String]) -> Result<()> {
+pub fn run_stage(
+    g: &Global,
+    manifest: &str,
+    stage: &str,
+    sets: &[String],
+    journal_to: Option<&std::path::Path>,
+) -> Result<()> {
     let (proj, p) = load(g, manifest, sets)?;
     let mut engine = super::writing(g, &proj, false)?;
     // A Slurm job says how it went in the journal, for the records of the runs that
-    // submitted it (or depend on it).
-    let journal = crate::engine::journal::Journal::of(engine.store());
+    // submitted it (or depend on it): the submitter's, when the job has a store of its own.
+    let journal = match journal_to {
+        Some(root) => {
+            crate::engine::journal::Journal::of(&crate::engine::store::Store::open_read_only(root))
+        }
+        None => crate::engine::journal::Journal::of(engine.store()),
+    };
     let kind = p
         .stages
         .get(stage)

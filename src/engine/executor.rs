@@ -51,6 +51,10 @@ pub struct SlurmOptions {
     pub gpus_per_stage: Option<u32>,
     /// Wait for the jobs to end and report how they ended.
     pub wait: bool,
+    /// Each job's own store (`--job-store`, `$VARS` expanded by the job's shell): with a
+    /// remote, jobs pull their inputs and push their outputs, and no artifact needs a
+    /// shared filesystem. `None`: the submitter's store.
+    pub job_store: Option<String>,
 }
 
 /// Which executor ran or submitted a job (as its record names it).
@@ -254,6 +258,21 @@ fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
+/// `s` as one word for `sh` in which `$NAME` and `${NAME}` still expand (a `--job-store`
+/// path such as `/scratch/$USER/pipe`); nothing else does (no globs, no `` ` ``, no
+/// word splitting).
+fn sh_quote_expanding(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        if matches!(c, '"' | '\\' | '`') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
 impl Engine {
     /// The job record of a recipe, if one was submitted.
     pub fn job_record(&self, recipe: &Recipe) -> Option<JobRecord> {
@@ -410,6 +429,7 @@ impl Engine {
                 e.state = "ran".into();
             }
         }
+        let journal = super::journal::Journal::of(&self.store);
         for e in &mut entries {
             let Some(job) = jobs.get(&e.name) else {
                 continue;
@@ -417,6 +437,10 @@ impl Engine {
             e.job = Some(job.clone());
             if detached {
                 e.state = "queued".into();
+            } else if let Some(said) = journal.job_entry(job).filter(|j| j.state != "running") {
+                // How the job said it went (on a store of its own, its output is in the
+                // remote, not here).
+                e.state = said.state;
             } else if e.state == "cached" {
                 e.state = "ran".into();
             }
@@ -540,6 +564,16 @@ impl Engine {
         o: &SlurmOptions,
     ) -> Result<HashMap<String, String>> {
         let exe = std::env::current_exe().context("finding the pipe executable")?;
+        if let Some(js) = &o.job_store {
+            if js.trim().is_empty() {
+                bail!("--job-store is empty: give each job's store a folder on its node, e.g. /scratch/$USER/pipe");
+            }
+            if self.remote().is_none() {
+                bail!(
+                    "--job-store {js} needs a remote cache (--remote URL, PIPE_REMOTE or [remote] in pipe.toml): each job's store is its own, so the stages reach one another through the remote"
+                );
+            }
+        }
         let jobs_dir = self.store.jobs_dir();
         std::fs::create_dir_all(&jobs_dir)?;
         let mut ids: HashMap<String, String> = HashMap::new();
@@ -598,8 +632,19 @@ impl Engine {
                 .collect();
             let log = jobs_dir.join(format!("{recipe}.log"));
             let script = jobs_dir.join(format!("{recipe}.sh"));
+            let args = self.worker_args(p, sets, name);
+            let mut words: Vec<String> = args.iter().map(|a| sh_quote(a)).collect();
+            if let Some(js) = &o.job_store {
+                // The job's own store, its `$VARS` expanded by the job's shell; the
+                // submitter's journal hears how the job went.
+                if let Some(i) = args.iter().position(|a| a == "--cache") {
+                    words[i + 1] = sh_quote_expanding(js);
+                }
+                words.push("--journal-to".into());
+                words.push(sh_quote(&self.store.root().display().to_string()));
+            }
             let cmd = std::iter::once(sh_quote(&exe.display().to_string()))
-                .chain(self.worker_args(p, sets, name).iter().map(|a| sh_quote(a)))
+                .chain(words)
                 .collect::<Vec<_>>()
                 .join(" ");
             crate::atomic::write_atomic(
@@ -727,7 +772,12 @@ impl Engine {
         let missing: Vec<String> = self
             .decide(p, &WalkOptions::default())?
             .into_iter()
-            .filter(|d| must.contains(&d.outcome.name) && d.outcome.state != StageState::Cached)
+            .filter(|d| {
+                must.contains(&d.outcome.name)
+                    && d.outcome.state != StageState::Cached
+                    // Jobs on stores of their own leave their outputs in the remote.
+                    && !matches!(d.outcome.source, crate::outcome::Source::Remote { .. })
+            })
             .map(|d| d.outcome.name)
             .collect();
         if !failed.is_empty() || !missing.is_empty() {

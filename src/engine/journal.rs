@@ -97,6 +97,11 @@ impl Journal {
         self.dir.join("jobs").join(format!("{job}.json"))
     }
 
+    /// What a Slurm job said of its stage when it ended (or `running`), if it said.
+    pub fn job_entry(&self, job: &str) -> Option<StageEntry> {
+        read_json::<StageEntry>(&self.job_path(job)).ok().flatten()
+    }
+
     /// Start a record for a run of `p` by `executor` (`in-process`, `local`, `slurm`):
     /// written at once, with state `running`, and held (locked) by this process until
     /// [`Recording::finish`] or its exit.
@@ -577,7 +582,7 @@ impl Journal {
                     if s.state == "failed" {
                         failed = Some(format!("stage `{}` failed: {}", s.name, s.summary));
                     }
-                    if s.state != "ran" && s.state != "cached" {
+                    if !matches!(s.state.as_str(), "ran" | "cached" | "fetched") {
                         all_done = false;
                     }
                 }

@@ -151,6 +151,26 @@ impl Engine {
         self.trained_in(p, stage, None)
     }
 
+    /// The newest completed run of `p` in the journal (run here or pulled from a remote)
+    /// that was loaded from the same manifest texts and overrides: what `pull` fetches and
+    /// `predict` reads when `p` cannot be keyed here because a dataset folder is missing.
+    pub fn stand_in_run(&self, p: &Pipeline) -> Option<crate::outcome::record::RunRecord> {
+        let j = super::journal::Journal::of(&self.store);
+        let same = |r: &crate::outcome::record::RunRecord| {
+            j.sources(r).is_ok_and(|s| {
+                s.sets == p.sources.sets
+                    && s.files.len() == p.sources.files.len()
+                    && s.files
+                        .iter()
+                        .zip(&p.sources.files)
+                        .all(|(a, b)| a.text == b.text)
+            })
+        };
+        j.list().runs.into_iter().find(|r| {
+            r.pipeline == p.name && r.state == crate::outcome::record::RunState::Done && same(r)
+        })
+    }
+
     /// [`Engine::trained`], taking the stages' artifacts from a recorded run (`run`) rather
     /// than from deciding `p` now.
     pub fn trained_in(
@@ -185,7 +205,31 @@ impl Engine {
         };
         let status = match run {
             Some(r) => super::journal::outcomes_of(r),
-            None => self.status(p)?,
+            None => {
+                let status = self.status(p)?;
+                // No key here (a dataset folder is missing: a laptop with the pulled
+                // model and nothing else): the newest run of these same manifest texts.
+                let keyless = status
+                    .iter()
+                    .any(|o| o.name == stage && o.key.is_none() && o.state == StageState::Waiting);
+                match keyless.then(|| self.stand_in_run(p)).flatten() {
+                    Some(r) => {
+                        self.notice(format!(
+                            "`{}` cannot be keyed here ({}); using the model of its run {} on {}, loaded from the same manifest texts",
+                            p.name,
+                            status
+                                .iter()
+                                .find(|o| o.state == StageState::Waiting)
+                                .map(|o| crate::report::outcome::join(&o.reasons))
+                                .unwrap_or_default(),
+                            r.id,
+                            r.host.hostname
+                        ));
+                        super::journal::outcomes_of(&r)
+                    }
+                    None => status,
+                }
+            }
         };
         let of = |name: &str| status.iter().find(|o| o.name == name);
         let Some(o) = of(&stage) else {

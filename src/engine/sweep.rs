@@ -730,6 +730,9 @@ impl Engine {
                 }
             }
             (Executor::Slurm(o), Some(h)) => {
+                if let Some(js) = &o.job_store {
+                    bail!("--job-store {js} with halving on Slurm: the promotion job reads every point's results from one store; leave out --job-store (a store the nodes share) or [sweep.halving]");
+                }
                 if o.wait {
                     bail!("--wait with halving on Slurm: the promotion jobs decide later; follow them with `pipe status {}`", s.name);
                 }

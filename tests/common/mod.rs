@@ -452,3 +452,38 @@ impl Ui {
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
     }
 }
+
+// A real S3 server.
+
+/// The exports `scripts/garage-up` printed (endpoint, region, key), or None (skipped).
+pub fn garage() -> Option<&'static std::collections::BTreeMap<String, String>> {
+    static ENV: std::sync::OnceLock<Result<std::collections::BTreeMap<String, String>, String>> =
+        std::sync::OnceLock::new();
+    let r = ENV.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/garage-up");
+        let out = Command::new(&script)
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "scripts/garage-up failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect())
+    });
+    match r {
+        Ok(env) => Some(env),
+        Err(why) => {
+            if std::env::var("PIPE_REQUIRE_GARAGE").is_ok_and(|v| v == "1") {
+                panic!("PIPE_REQUIRE_GARAGE=1 but the Garage server is not up: {why}");
+            }
+            eprintln!("SKIPPED: Garage cannot start here: {why}");
+            None
+        }
+    }
+}
