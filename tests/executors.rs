@@ -563,22 +563,7 @@ fn slurm_jobs_on_stores_of_their_own_share_every_stage_through_the_remote() {
         }
         c.output().unwrap()
     };
-    // Without a remote, a job store is refused before anything is submitted.
-    let (refused, why) = pipe(
-        &p,
-        &conf,
-        &[
-            "run",
-            "exp1",
-            "--executor",
-            "slurm",
-            "--job-store",
-            &job_store,
-        ],
-    );
-    assert!(!refused && why.contains("needs a remote cache"), "{why}");
-
-    let out = cmd(&[
+    let submit = [
         "run",
         "exp1",
         "--executor",
@@ -586,7 +571,12 @@ fn slurm_jobs_on_stores_of_their_own_share_every_stage_through_the_remote() {
         "--job-store",
         &job_store,
         "--wait",
-    ]);
+    ];
+    // Without a remote, a job store is refused before anything is submitted.
+    let (refused, why) = pipe(&p, &conf, &submit);
+    assert!(!refused && why.contains("needs a remote cache"), "{why}");
+
+    let out = cmd(&submit);
     let said = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{said}");
     let jobs = jobs_in(&said);

@@ -303,7 +303,10 @@ impl Engine {
                     o.output = Some(output);
                 }
             }
-            o.estimate = self.estimate_stage(p, &name, outputs);
+            o.estimate = match o.source {
+                Source::Remote { bytes } => Some(self.fetch_seconds(bytes)),
+                _ => self.estimate_stage(p, &name, outputs),
+            };
         }
         d.resolved = Some(Box::new(r));
         Ok(())

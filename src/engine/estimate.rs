@@ -8,6 +8,10 @@
 //! (train, lr-drop and resume count as one), and for training the same network, device and
 //! backend — times the images and epochs it would handle now, read from its inputs when
 //! they are in the store.
+//!
+//! Likewise each download from a remote cache appends its size and seconds to
+//! `<store>/fetches.jsonl`: a stage in the remote is estimated at the median rate of the
+//! last fetches from that remote ([`fetch_rate`]), or at [`REMOTE_RATE`] before any.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -197,4 +201,84 @@ pub fn estimate(past: &[TimingRecord], what: &Described, images: u64, epochs: u6
     }
     rates.sort_by(|a, b| a.total_cmp(b));
     Some(rates[rates.len() / 2] * (images * epochs) as f64)
+}
+
+/// The download rate (bytes/s) a fetch is estimated at before this store has fetched
+/// anything of size from the remote: `pipe bench remote` against a server on loopback is
+/// faster; a link to a cloud bucket, often slower.
+pub const REMOTE_RATE: f64 = 50e6;
+
+const FETCHES: &str = "fetches.jsonl";
+
+/// One download from a remote cache.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FetchRecord {
+    /// The remote (its URL, without credentials).
+    pub remote: String,
+    /// Bytes downloaded.
+    pub bytes: u64,
+    /// Wall seconds, checks included.
+    pub seconds: f64,
+}
+
+/// Append one fetch to the store's log (an O_APPEND write of one short line).
+pub fn append_fetch(store_root: &Path, rec: &FetchRecord) -> Result<()> {
+    let mut line = serde_json::to_string(rec)?;
+    line.push('\n');
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(store_root.join(FETCHES))?
+        .write_all(line.as_bytes())?;
+    Ok(())
+}
+
+/// The median rate (bytes/s) of the last five fetches of 1 MiB or more from `remote`
+/// (smaller ones measure the round trip, not the link); `None` before there are any.
+pub fn fetch_rate(store_root: &Path, remote: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(store_root.join(FETCHES)).ok()?;
+    let mut rates: Vec<f64> = text
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<FetchRecord>(l).ok())
+        .filter(|r| r.remote == remote && r.bytes >= 1 << 20 && r.seconds > 0.0)
+        .take(5)
+        .map(|r| r.bytes as f64 / r.seconds)
+        .collect();
+    if rates.is_empty() {
+        return None;
+    }
+    rates.sort_by(|a, b| a.total_cmp(b));
+    Some(rates[rates.len() / 2])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fetch_is_estimated_at_the_median_rate_of_the_last_five_large_fetches_from_its_remote() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(fetch_rate(dir.path(), "s3://b/p"), None);
+        let mb = 1 << 20;
+        let add = |remote: &str, bytes: u64, seconds: f64| {
+            let rec = FetchRecord {
+                remote: remote.into(),
+                bytes,
+                seconds,
+            };
+            append_fetch(dir.path(), &rec).unwrap();
+        };
+        // Old fetches beyond the last five, another remote's, and small ones do not count.
+        add("s3://b/p", 100 * mb, 100.0);
+        add("s3://b/p", 100 * mb, 100.0);
+        for secs in [1.0, 4.0, 2.0, 8.0, 0.5] {
+            add("s3://b/p", 10 * mb, secs);
+        }
+        add("s3://other", 10 * mb, 0.001);
+        add("s3://b/p", 1000, 1e-6);
+        let rate = fetch_rate(dir.path(), "s3://b/p").unwrap();
+        assert_eq!(rate, (10 * mb) as f64 / 2.0);
+        assert_eq!(fetch_rate(dir.path(), "s3://nowhere"), None);
+    }
 }

@@ -851,7 +851,7 @@ impl Head {
 }
 
 /// A file's size and modification time (nanoseconds), or `None` when it is not there.
-fn file_stamp(path: &Path) -> Option<(u64, i128)> {
+pub(crate) fn file_stamp(path: &Path) -> Option<(u64, i128)> {
     let m = fs::metadata(path).ok()?;
     let t = m.modified().ok()?;
     let ns = match t.duration_since(std::time::UNIX_EPOCH) {

@@ -288,6 +288,8 @@ pub struct Engine {
     rehashed: HashSet<PathBuf>,
     /// The store's timing log, read once (for estimates).
     timings: Option<Vec<estimate::TimingRecord>>,
+    /// The rate fetches from the remote are estimated at (bytes/s), read once.
+    fetch_rate: Option<f64>,
     watcher: Box<dyn Watcher>,
     /// While one query looks at many pipelines (a sweep's points): the keys already found
     /// sound in it, so a stage shared by a thousand points is checked once, not a thousand
@@ -312,6 +314,8 @@ pub(crate) struct Made {
     seconds: f64,
     /// Downloaded from the remote cache rather than computed.
     fetched: bool,
+    /// Computed here (and so to be pushed to the remote).
+    computed: bool,
 }
 
 impl Engine {
@@ -322,6 +326,7 @@ impl Engine {
             fingerprints: HashMap::new(),
             rehashed: HashSet::new(),
             timings: None,
+            fetch_rate: None,
             watcher: Box::new(Silent),
             sound_memo: None,
             recording: None,
@@ -338,6 +343,7 @@ impl Engine {
             fingerprints: HashMap::new(),
             rehashed: HashSet::new(),
             timings: None,
+            fetch_rate: None,
             watcher: Box::new(Silent),
             sound_memo: None,
             recording: None,
@@ -622,6 +628,22 @@ impl Engine {
     /// stage starts over: its key's scratch (an interrupted run's checkpoints) is cleared
     /// first.
     fn execute(&mut self, p: &Pipeline, name: &str, r: &Resolved, forced: bool) -> Result<Made> {
+        let made = self.execute_locked(p, name, r, forced)?;
+        // Uploaded once the key's lock is let go (a process waiting on the key takes the
+        // artifact now), still under the store's shared lock (gc leaves it alone).
+        if made.computed {
+            self.push_remote(name, &r.key);
+        }
+        Ok(made)
+    }
+
+    fn execute_locked(
+        &mut self,
+        p: &Pipeline,
+        name: &str,
+        r: &Resolved,
+        forced: bool,
+    ) -> Result<Made> {
         let s = &p.stages[name];
         let kind = s.config.kind();
         let _key_lock = self
@@ -637,6 +659,7 @@ impl Engine {
                     summary: rec.summary,
                     seconds: 0.0,
                     fetched: false,
+                    computed: false,
                 });
             }
         }
@@ -698,7 +721,6 @@ impl Engine {
             })
             .with_context(|| format!("stage `{name}` ({kind}): recording its key failed"))?;
         self.store.remove_scratch(r.key.as_str())?;
-        self.push_remote(name, &r.key);
         let dirs: Vec<PathBuf> = s
             .inputs
             .iter()
@@ -721,6 +743,7 @@ impl Engine {
             summary,
             seconds,
             fetched: false,
+            computed: true,
         })
     }
 
@@ -748,6 +771,14 @@ impl Engine {
                 return Ok(None);
             }
         };
+        let rec = estimate::FetchRecord {
+            remote: rem.url().to_string(),
+            bytes: fetched.bytes,
+            seconds: fetched.seconds,
+        };
+        if let Err(e) = estimate::append_fetch(self.store.root(), &rec) {
+            self.warn(format!("could not record the fetch's rate: {e:#}"));
+        }
         let output = self.publish(tmp, kind, key).with_context(|| {
             format!("stage `{name}` ({kind}): publishing what was fetched failed")
         })?;
@@ -787,6 +818,7 @@ impl Engine {
             ),
             seconds: fetched.seconds,
             fetched: true,
+            computed: false,
         }))
     }
 
@@ -814,6 +846,23 @@ impl Engine {
 
     /// Whether the remote cache holds stage key `key`: its artifact and size. Asked only
     /// while looking at a stage the store does not hold; a failure is a warning.
+    /// Seconds to fetch `bytes` from the remote: at the median rate of this store's last
+    /// fetches from it, or [`estimate::REMOTE_RATE`] before any.
+    fn fetch_seconds(&mut self, bytes: u64) -> f64 {
+        let rate = match self.fetch_rate {
+            Some(r) => r,
+            None => {
+                let url = self.remote.as_ref().map(|r| r.url().to_string());
+                let r = url
+                    .and_then(|u| estimate::fetch_rate(self.store.root(), &u))
+                    .unwrap_or(estimate::REMOTE_RATE);
+                self.fetch_rate = Some(r);
+                r
+            }
+        };
+        bytes as f64 / rate
+    }
+
     fn in_remote(&self, key: &StageKey) -> Option<(ContentHash, u64)> {
         let rem = self.remote.as_ref().filter(|r| !r.is_down())?;
         let found = rem.lookup(key).and_then(|rec| match rec {

@@ -229,7 +229,17 @@ impl Remote {
         };
         let prefix = url.path().trim_matches('/').to_string();
         let env_true = |k: &str| std::env::var(k).is_ok_and(|v| v.eq_ignore_ascii_case("true"));
-        let mut secrets = Vec::new();
+        // Every secret the environment holds, blanked from whatever is said.
+        let mut secrets: Vec<String> = [
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AZURE_STORAGE_ACCOUNT_KEY",
+            "AZURE_STORAGE_SAS_KEY",
+            "GOOGLE_SERVICE_ACCOUNT_KEY",
+        ]
+        .iter()
+        .filter_map(|var| std::env::var(var).ok().filter(|v| v.len() >= 4))
+        .collect();
         let (store, prefix, vars): (Arc<dyn ObjectStore>, String, &'static str) =
             match url.scheme() {
                 "s3" | "s3a" => {
@@ -259,7 +269,7 @@ impl Remote {
                         b = b.with_region("us-east-1");
                     }
                     let store = b.build().map_err(|e| {
-                        anyhow::anyhow!("remote {shown}: {}", scrub(&e.to_string(), &[]))
+                        anyhow::anyhow!("remote {shown}: {}", scrub(&e.to_string(), &secrets))
                     })?;
                     (
                         Arc::new(store),
@@ -273,7 +283,7 @@ impl Remote {
                         .with_client_options(options)
                         .with_retry(retry)
                         .build()
-                        .map_err(|e| anyhow::anyhow!("remote {shown}: {e}"))?;
+                        .map_err(|e| anyhow::anyhow!("remote {shown}: {}", scrub(&e.to_string(), &secrets)))?;
                     (
                         Arc::new(store),
                         prefix,
@@ -286,7 +296,7 @@ impl Remote {
                         .with_client_options(options)
                         .with_retry(retry)
                         .build()
-                        .map_err(|e| anyhow::anyhow!("remote {shown}: {e}"))?;
+                        .map_err(|e| anyhow::anyhow!("remote {shown}: {}", scrub(&e.to_string(), &secrets)))?;
                     (
                         Arc::new(store),
                         prefix,
@@ -317,17 +327,6 @@ impl Remote {
                     "remote {shown}: `{other}:` is not a kind of remote pipe knows (s3, gs, az, http, https, file)"
                 ),
             };
-        for var in [
-            "AWS_SECRET_ACCESS_KEY",
-            "AWS_SESSION_TOKEN",
-            "AZURE_STORAGE_ACCOUNT_KEY",
-            "AZURE_STORAGE_SAS_KEY",
-            "GOOGLE_SERVICE_ACCOUNT_KEY",
-        ] {
-            if let Some(v) = std::env::var(var).ok().filter(|v| v.len() >= 4) {
-                secrets.push(v);
-            }
-        }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -478,12 +477,12 @@ impl Remote {
             return Ok(None);
         };
         if rec.key != *key {
-            return Err(RemoteError::Refused(format!(
-                "{}/{rel}: the record names key {}, not {}",
-                self.url,
+            let why = format!(
+                "the record names key {}, not {}",
                 rec.key.short(),
                 key.short()
-            )));
+            );
+            return Err(self.refused(&rel, why));
         }
         Ok(Some(rec))
     }
@@ -495,23 +494,26 @@ impl Remote {
             return Ok(None);
         };
         if m.output != *output {
-            return Err(RemoteError::Refused(format!(
-                "{}/{rel}: the manifest is of artifact {}, not {}",
-                self.url,
+            let why = format!(
+                "the manifest is of artifact {}, not {}",
                 m.output.short(),
                 output.short()
-            )));
+            );
+            return Err(self.refused(&rel, why));
         }
-        for f in &m.files {
-            if !plain_relative(&f.path) {
-                return Err(RemoteError::Refused(format!(
-                    "{}/{rel}: the file name `{}` leaves the artifact",
-                    self.url,
-                    f.path.escape_debug()
-                )));
-            }
+        if let Some(f) = m.files.iter().find(|f| !plain_relative(&f.path)) {
+            let why = format!(
+                "the file name `{}` leaves the artifact",
+                f.path.escape_debug()
+            );
+            return Err(self.refused(&rel, why));
         }
         Ok(Some(m))
+    }
+
+    /// Object `rel` of this remote refused, with why.
+    fn refused(&self, rel: &str, why: String) -> RemoteError {
+        RemoteError::Refused(format!("{}/{rel}: {why}", self.url))
     }
 
     /// Download the artifact of `key` into `into` (an empty folder), each file checked
@@ -815,11 +817,6 @@ fn scrub(s: &str, secrets: &[String]) -> String {
     for v in secrets {
         out = out.replace(v.as_str(), "<secret>");
     }
-    if let Ok(v) = std::env::var("AWS_SECRET_ACCESS_KEY") {
-        if v.len() >= 4 {
-            out = out.replace(&v, "<secret>");
-        }
-    }
     out
 }
 
@@ -857,31 +854,30 @@ fn aws_profile() -> Result<Option<(String, String, Option<String>)>> {
     let Ok(text) = std::fs::read_to_string(&file) else {
         return Ok(None);
     };
-    let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
-    let mut section = String::new();
-    let (mut id, mut secret, mut token) = (None, None, None);
-    for line in text.lines() {
-        let line = line.trim();
-        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            section = name.trim().to_string();
-            continue;
-        }
-        if section != profile {
-            continue;
-        }
-        if let Some((k, v)) = line.split_once('=') {
-            let v = v.trim().to_string();
-            match k.trim() {
-                "aws_access_key_id" => id = Some(v),
-                "aws_secret_access_key" => secret = Some(v),
-                "aws_session_token" => token = Some(v),
-                _ => {}
-            }
-        }
-    }
-    match (id, secret) {
-        (Some(i), Some(s)) => Ok(Some((i, s, token))),
-        (None, None) if std::env::var_os("AWS_PROFILE").is_none() => Ok(None),
+    let named = std::env::var("AWS_PROFILE").ok();
+    profile_credentials(&text, named.as_deref(), &file)
+}
+
+/// The credentials of profile `named` (None: `default`, which may be absent) in the text
+/// of an AWS credentials file (an INI file) read from `file`.
+fn profile_credentials(
+    text: &str,
+    named: Option<&str>,
+    file: &Path,
+) -> Result<Option<(String, String, Option<String>)>> {
+    let ini = ini::Ini::load_from_str(text)
+        .map_err(|e| anyhow::anyhow!("{}: not an AWS credentials file: {e}", file.display()))?;
+    let profile = named.unwrap_or("default");
+    let section = ini.section(Some(profile));
+    let get = |k: &str| {
+        section
+            .and_then(|s| s.get(k))
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    match (get("aws_access_key_id"), get("aws_secret_access_key")) {
+        (Some(i), Some(s)) => Ok(Some((i, s, get("aws_session_token")))),
+        (None, None) if named.is_none() => Ok(None),
         _ => bail!(
             "{}: profile `{profile}` has no aws_access_key_id and aws_secret_access_key",
             file.display()
@@ -892,6 +888,32 @@ fn aws_profile() -> Result<Option<(String, String, Option<String>)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aws_profiles_are_read_from_the_credentials_file() {
+        let text = "# team keys\n[default]\naws_access_key_id = AKIADEFAULT\naws_secret_access_key=s3cr3t\n\n[ci]\naws_access_key_id=AKIACI\naws_secret_access_key = ci-secret\naws_session_token = tok\n[broken]\naws_access_key_id=AKIAX\n";
+        let f = Path::new("/home/me/.aws/credentials");
+        assert_eq!(
+            profile_credentials(text, None, f).unwrap(),
+            Some(("AKIADEFAULT".into(), "s3cr3t".into(), None))
+        );
+        assert_eq!(
+            profile_credentials(text, Some("ci"), f).unwrap(),
+            Some(("AKIACI".into(), "ci-secret".into(), Some("tok".into())))
+        );
+        // A named profile that is missing or half written is an error naming the file.
+        for bad in ["broken", "nope"] {
+            let e = profile_credentials(text, Some(bad), f)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("/home/me/.aws/credentials") && e.contains(bad),
+                "{e}"
+            );
+        }
+        // No default profile and none asked for: no credentials from the file.
+        assert_eq!(profile_credentials("[ci]\n", None, f).unwrap(), None);
+    }
 
     #[test]
     fn names_that_leave_the_artifact_are_refused() {

@@ -73,10 +73,6 @@ pub fn run_summary(r: &RunReport, dry_run: bool) -> String {
     out
 }
 
-/// The download rate `status` estimates a fetch with (bytes/s): what `pipe bench remote`
-/// measured against a server on loopback is faster; a link to a cloud bucket, slower.
-pub const REMOTE_RATE: f64 = 50e6;
-
 /// What `status` says of a stage after its key: what it made, or its estimate and why it
 /// is not cached.
 pub fn status_detail(s: &StageOutcome) -> String {
@@ -87,7 +83,7 @@ pub fn status_detail(s: &StageOutcome) -> String {
         return format!(
             "in remote: {}, about {} to fetch; {}",
             fmt::bytes(bytes),
-            fmt::secs(bytes as f64 / REMOTE_RATE),
+            fmt::secs(s.estimate.unwrap_or(0.0)),
             join(&s.reasons)
         );
     }

@@ -67,13 +67,8 @@ impl Stamp {
 
 /// `path`'s size and modification time (ns) into `out`, when it is there.
 fn stat_into(path: &Path, out: &mut Vec<(PathBuf, u64, i128)>) {
-    if let Ok(m) = std::fs::metadata(path) {
-        let ns = m
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos() as i128);
-        out.push((path.to_path_buf(), m.len(), ns));
+    if let Some((size, ns)) = crate::engine::journal::file_stamp(path) {
+        out.push((path.to_path_buf(), size, ns));
     }
 }
 
