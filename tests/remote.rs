@@ -602,12 +602,13 @@ fn a_laptop_without_the_dataset_pulls_the_model_by_the_run_record_and_predicts()
     // Real JPEG class folders (Tiny ImageNet's layout) that only machine A has.
     let text = format!(
         "{}size = [16, 16]\n\n{}\n[stages.train]\nkind = \"train\"\ninput = \"hdf5\"\nnetwork = \"tiny\"\nepochs = 2\nbatch_size = 8\nlr = 0.01\n\n[stages.evaluate]\nkind = \"evaluate\"\ninput = \"train\"\nsplit = \"test\"\ntop_k = [1, 2]\n",
-        tiny_manifest(Path::new("data"), 2).replace("name = \"exp\"", "name = \"t\""),
+        tiny_manifest(Path::new("data"), 2),
         tiny_network(3)
     );
     let a = Project::with("t.toml", &text);
     tiny_imagenet(&a.path().join("data"), 3, 8, 4);
     ok(with_remote(&a, env, &url, &["run", "t"]));
+    // (The manifest's `name` is `exp`; `t` names it by its file, as `run` took it.)
     let model_a = a.ok_json(&["runs", "t", "--json"])[0]["stages"][3]["output"].clone();
     assert!(
         model_a.is_string(),

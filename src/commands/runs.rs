@@ -41,7 +41,23 @@ fn journal(g: &Global) -> Result<(Project, Journal)> {
 
 /// `pipe runs [NAMES...]`.
 pub fn runs(g: &Global, o: &RunsOptions) -> Result<()> {
-    let (_, j) = journal(g)?;
+    let (proj, j) = journal(g)?;
+    // A manifest named as `run` takes it (`t` for pipelines/t.toml, a path, an alias)
+    // selects the runs of the pipeline it names (its `name` may differ from the file's).
+    let mut o = o.clone();
+    for n in o.names.clone() {
+        if let Ok((_, t)) = proj.load_target(&n, &[]) {
+            let name = match t {
+                crate::engine::Target::Pipeline(p) => p.name,
+                crate::engine::Target::Point(s, i) => s.points[i].pipeline.name.clone(),
+                crate::engine::Target::Sweep(s) => s.name,
+            };
+            if !o.names.contains(&name) {
+                o.names.push(name);
+            }
+        }
+    }
+    let o = &o;
     // The table needs only what the heads hold; JSON, CSV, TensorBoard and conditions on
     // configuration keys read the records whole.
     let whole = o.json || o.csv || o.tensorboard.is_some() || o.filter.is_some();
