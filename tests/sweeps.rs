@@ -525,3 +525,67 @@ fn halving_decisions_edited_damaged_or_stale_are_worked_out_again() {
     assert_eq!(text.matches("[pruned after train]").count(), 1, "{text}");
     assert!(!text.contains("5e-2"), "{text}");
 }
+
+#[test]
+fn j2_splits_the_cores_between_workers_and_makes_the_same_artifacts_as_one_process() {
+    let text =
+        generated("\n[sweep.grid]\n\"train.lr\" = [1e-2, 2e-2]\n\"train.batch_size\" = [4, 8]\n");
+    let outputs = |run: &serde_json::Value| -> BTreeMap<String, Vec<(String, String)>> {
+        run["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let stages = p[2]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| {
+                        let out = s["output"].as_str().unwrap_or("").to_string();
+                        (s["name"].as_str().unwrap().to_string(), out)
+                    })
+                    .collect();
+                (p[0].as_str().unwrap().to_string(), stages)
+            })
+            .collect()
+    };
+    let one = Project::with("g.toml", &text);
+    let sequential = one.ok_json(&["run", "g", "--json"]);
+    let two = Project::with("g.toml", &text);
+    let out = two.ok(&["run", "g", "-j", "2"]);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    // Each worker's thread pool is its share of the cores, and says so.
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let each = (cores / 2).max(1);
+    assert!(
+        said.contains(&format!(
+            "up to 2 at once, each with {each} of {cores} threads"
+        )),
+        "{said}"
+    );
+    let parallel = two.ok_json(&["run", "g", "--json"]);
+    let (a, b) = (outputs(&sequential), outputs(&parallel));
+    assert_eq!(a.len(), 4);
+    assert_eq!(a, b, "the same artifacts, bit for bit, under -j 2");
+    for (point, stages) in &b {
+        for (stage, out) in stages {
+            assert_eq!(out.len(), 64, "{point}:{stage} has no artifact");
+        }
+    }
+    // A training the workers ran says how many threads it had, in its record.
+    let (_, stages) = b.iter().next().unwrap();
+    let train = &stages.iter().find(|s| s.0 == "train").unwrap().1;
+    let timings: serde_json::Value = read_json(
+        &two.cache()
+            .join("artifacts")
+            .join(train)
+            .join("timings.json"),
+    );
+    assert!(
+        timings[0]["device"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("cpu ({each} threads")),
+        "{timings}"
+    );
+}

@@ -827,6 +827,23 @@ impl Engine {
                 format!("{:<12}", j.stage)
             }
         };
+        // The cores are split between the workers, not fought over: each gets its share
+        // of this process's (RAYON_NUM_THREADS, else every core) for its thread pool.
+        // Results do not depend on thread counts, so neither do keys nor artifacts.
+        let cores = rayon::current_num_threads().max(1);
+        let at_once = n.max(1).min(jobs.len().max(1));
+        let each = (cores / at_once).max(1);
+        if !jobs.is_empty() {
+            self.note(format!(
+                "{} stage(s), up to {at_once} at once, each with {each} of {cores} threads{}",
+                jobs.len(),
+                if each * at_once > cores {
+                    " (more workers than cores: they share them)"
+                } else {
+                    ""
+                }
+            ));
+        }
         let mut state: BTreeMap<&Recipe, St> =
             jobs.iter().map(|j| (&j.recipe, St::Waiting)).collect();
         let mut running: Vec<(&Job<'_>, Child, Instant, PathBuf)> = Vec::new();
@@ -866,6 +883,7 @@ impl Engine {
                 let child = Command::new(&exe)
                     .args(self.worker_args(j.p, sets, &j.stage))
                     .env("PIPE_JOB_LOG", &log)
+                    .env("RAYON_NUM_THREADS", each.to_string())
                     .current_dir(&j.p.project_dir)
                     .stdin(Stdio::null())
                     .stdout(f.try_clone()?)

@@ -45,4 +45,9 @@ pub struct EpochTiming {
     /// stores written before it was).
     #[serde(default)]
     pub seconds: f64,
+    /// What it trained on: `cpu (2 threads, x86_64)`, or the GPU's name, driver and CUDA
+    /// version. A record, like the rest: thread counts and machines do not change the
+    /// artifact.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub device: String,
 }

@@ -47,9 +47,10 @@ pub struct TrainingPlan {
     /// were dfdx's).
     #[serde(default = "dfdx_backend")]
     pub backend: BackendKind,
-    /// What that device was (GPU name, driver, the CUDA version the binary was built
-    /// with): recorded, not part of the key.
-    #[serde(default)]
+    /// What that device was, in plans written before it moved to the `timings.json`
+    /// record ([`crate::outcome::history::EpochTiming::device`]): it is no longer written
+    /// here, so the same training makes the same artifact on any machine.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub device_info: String,
 }
 

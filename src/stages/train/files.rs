@@ -183,10 +183,12 @@ pub fn belongs_to(path: &Path, key: &StageKey) -> Result<(), String> {
 }
 
 /// Write the monitor of a run in progress into `dir`: `history.json`, `history.png` and
-/// the timings.
-pub(crate) fn write_history(dir: &Path, history: &[EpochRecord]) -> Result<()> {
+/// the timings (each epoch's with the `device` it trained on).
+pub(crate) fn write_history(dir: &Path, history: &[EpochRecord], device: &str) -> Result<()> {
     crate::atomic::write_json_atomic(&dir.join("history.json"), &history)?;
     crate::atomic::write_atomic(&dir.join(PLOT), &plot_png(history)?)?;
+    // The device is this segment's: earlier segments' epochs (continued from) keep none.
+    let current = history.last().map(|r| r.stage.as_str());
     let timings: Vec<EpochTiming> = history
         .iter()
         .filter(|r| r.images_per_sec > 0.0)
@@ -195,6 +197,11 @@ pub(crate) fn write_history(dir: &Path, history: &[EpochRecord]) -> Result<()> {
             stage: r.stage.clone(),
             images_per_sec: r.images_per_sec,
             seconds: r.seconds,
+            device: if Some(r.stage.as_str()) == current {
+                device.to_string()
+            } else {
+                String::new()
+            },
         })
         .collect();
     crate::atomic::write_json_atomic(&dir.join(TIMINGS), &timings)
@@ -237,9 +244,8 @@ pub(crate) fn publish(
             crate::data::copy_file(&p, &out_ckpt.join(format!("epoch_{n}.safetensors")))?;
         }
     }
-    write_history(out, history)?;
+    write_history(out, history, &describe_device(plan.device))?;
     plan.epochs_done = end;
-    plan.device_info = describe_device(plan.device);
     crate::data::write_file(&out.join("plan.json"), serde_json::to_vec_pretty(&plan)?)?;
     Ok(())
 }

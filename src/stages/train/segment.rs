@@ -68,6 +68,7 @@ pub(super) fn run(ctx: &StageCtx<'_>, data: &Path, seg: Segment<'_>) -> Result<S
     };
     check_input(&plan.graph, &train, &plan.network)?;
     let mut model = backend::build_with(&plan.graph, plan.seed, plan.device, plan.backend)?;
+    let device = crate::stages::model::describe_device(plan.device);
     check_classes(model.as_ref(), data, &plan.network)?;
     if let Some(st) = &state {
         model.load_state(st)?;
@@ -116,7 +117,7 @@ pub(super) fn run(ctx: &StageCtx<'_>, data: &Path, seg: Segment<'_>) -> Result<S
         }
         ctx.watcher.event(Event::Epoch { record: &rec, end });
         history.push(rec);
-        files::write_history(ctx.scratch, &history)?;
+        files::write_history(ctx.scratch, &history, &device)?;
         if (e + 1) % plan.checkpoint_every == 0 || e + 1 == end {
             files::save_checkpoint(
                 &ckpt_dir,
