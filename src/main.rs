@@ -459,6 +459,22 @@ enum BenchCmd {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// A sweep of 8 points of a small network on generated data, in one process and with
+    /// `-j N`, each on a fresh store, in alternating rounds: median wall times
+    Jobs {
+        /// Workers of the parallel runs
+        #[arg(short = 'j', long, default_value_t = 2)]
+        jobs: usize,
+        /// Rounds; each runs both once
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Training images per class (10 classes)
+        #[arg(long, default_value_t = 300)]
+        per_class: usize,
+        /// Epochs of each training
+        #[arg(long, default_value_t = 3)]
+        epochs: usize,
+    },
     /// `pipe ui` over RUNS trained runs: the runs page's time, and how soon an epoch
     /// written by another process reaches an open page
     Ui {
@@ -581,6 +597,12 @@ fn bench(what: BenchCmd, remote: Option<String>) -> anyhow::Result<()> {
             device,
         } => commands::bench_step(network.name(), backend, batch, steps, device),
         BenchCmd::Sweep { values, rounds } => commands::bench_sweep(values, rounds),
+        BenchCmd::Jobs {
+            jobs,
+            rounds,
+            per_class,
+            epochs,
+        } => commands::bench_jobs(jobs, rounds, per_class, epochs),
         BenchCmd::Ui { runs, rounds } => commands::bench_ui(runs, rounds),
         BenchCmd::Journal { records, rounds } => commands::bench_journal(records, rounds),
         BenchCmd::Remote { mb, rounds } => commands::bench_remote(remote.as_deref(), mb, rounds),

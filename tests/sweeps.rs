@@ -554,13 +554,21 @@ fn j2_splits_the_cores_between_workers_and_makes_the_same_artifacts_as_one_proce
     let two = Project::with("g.toml", &text);
     let out = two.ok(&["run", "g", "-j", "2"]);
     let said = String::from_utf8_lossy(&out.stderr).into_owned();
-    // Each worker's thread pool is its share of the cores, and says so.
+    // Each worker's thread pool is its share of the cores, and says so: the data stages
+    // run alone, with every core; the four trainings two at a time, with half each.
     let cores = std::thread::available_parallelism().unwrap().get();
     let each = (cores / 2).max(1);
+    let threads = |n: usize| format!("{n} thread{}", if n == 1 { "" } else { "s" });
+    for line in said.lines().filter(|l| l.contains(" started (")) {
+        if line.contains(":ingest ") || line.contains(":hdf5 ") {
+            assert!(line.contains(&format!("({},", threads(cores))), "{said}");
+        }
+    }
     assert!(
-        said.contains(&format!(
-            "up to 2 at once, each with {each} of {cores} threads"
-        )),
+        said.lines()
+            .filter(|l| l.contains(":train ") && l.contains(&format!("({},", threads(each))))
+            .count()
+            >= 2,
         "{said}"
     );
     let parallel = two.ok_json(&["run", "g", "--json"]);
@@ -572,20 +580,29 @@ fn j2_splits_the_cores_between_workers_and_makes_the_same_artifacts_as_one_proce
             assert_eq!(out.len(), 64, "{point}:{stage} has no artifact");
         }
     }
-    // A training the workers ran says how many threads it had, in its record.
-    let (_, stages) = b.iter().next().unwrap();
-    let train = &stages.iter().find(|s| s.0 == "train").unwrap().1;
-    let timings: serde_json::Value = read_json(
-        &two.cache()
-            .join("artifacts")
-            .join(train)
-            .join("timings.json"),
-    );
-    assert!(
-        timings[0]["device"]
-            .as_str()
-            .unwrap()
-            .starts_with(&format!("cpu ({each} threads")),
-        "{timings}"
-    );
+    // Each training the workers ran records the threads it had.
+    for (point, stages) in &b {
+        let started = said
+            .lines()
+            .find(|l| l.contains(&format!("g@{point}:train started (")))
+            .unwrap_or_else(|| panic!("{point}: {said}"));
+        let n: usize = started
+            .split("started (")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{started}"));
+        let train = &stages.iter().find(|s| s.0 == "train").unwrap().1;
+        let timings: serde_json::Value = read_json(
+            &two.cache()
+                .join("artifacts")
+                .join(train)
+                .join("timings.json"),
+        );
+        let device = timings[0]["device"].as_str().unwrap();
+        assert!(
+            device.starts_with(&format!("cpu ({n} threads")),
+            "{device}: {started}"
+        );
+    }
 }

@@ -827,21 +827,17 @@ impl Engine {
                 format!("{:<12}", j.stage)
             }
         };
-        // The cores are split between the workers, not fought over: each gets its share
-        // of this process's (RAYON_NUM_THREADS, else every core) for its thread pool.
+        // The cores are split between the workers, not fought over: a worker's thread
+        // pool (RAYON_NUM_THREADS) is its share of this process's (RAYON_NUM_THREADS, else
+        // every core) among the stages that can run when it starts, at most `n`: a stage
+        // that runs alone (the data stages before a sweep's trainings) has every core.
         // Results do not depend on thread counts, so neither do keys nor artifacts.
         let cores = rayon::current_num_threads().max(1);
-        let at_once = n.max(1).min(jobs.len().max(1));
-        let each = (cores / at_once).max(1);
         if !jobs.is_empty() {
             self.note(format!(
-                "{} stage(s), up to {at_once} at once, each with {each} of {cores} threads{}",
+                "{} stage(s), up to {} at once, sharing {cores} threads",
                 jobs.len(),
-                if each * at_once > cores {
-                    " (more workers than cores: they share them)"
-                } else {
-                    ""
-                }
+                n.max(1).min(jobs.len())
             ));
         }
         let mut state: BTreeMap<&Recipe, St> =
@@ -849,7 +845,15 @@ impl Engine {
         let mut running: Vec<(&Job<'_>, Child, Instant, PathBuf)> = Vec::new();
         let mut failures: Vec<(Recipe, String)> = Vec::new();
         loop {
-            // Start what is ready.
+            // Start what is ready, each worker with its share of the cores.
+            let ready = |state: &BTreeMap<&Recipe, St>, j: &Job<'_>| {
+                state[&j.recipe] == St::Waiting
+                    && j.deps
+                        .iter()
+                        .all(|d| state.get(d).is_none_or(|s| *s == St::Done))
+            };
+            let can_run = running.len() + jobs.iter().filter(|j| ready(&state, j)).count();
+            let each = (cores / can_run.clamp(1, n.max(1))).max(1);
             for j in jobs {
                 if running.len() >= n.max(1) {
                     break;
@@ -899,7 +903,12 @@ impl Engine {
                     log: log.display().to_string(),
                     submitted: now_secs(),
                 })?;
-                self.note(format!("{} started (log {})", label(j), log.display()));
+                self.note(format!(
+                    "{} started ({each} thread{}, log {})",
+                    label(j),
+                    if each == 1 { "" } else { "s" },
+                    log.display()
+                ));
                 state.insert(&j.recipe, St::Running);
                 running.push((j, child, Instant::now(), log));
             }

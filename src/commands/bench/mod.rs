@@ -4,6 +4,7 @@
 //!
 //! - `data`: the data stages' throughput and the no-op re-run;
 //! - `sweep`: planning a large grid;
+//! - `jobs`: a sweep in one process against `-j` workers;
 //! - `ui`: the dashboard's pages and live events;
 //! - `journal`: `pipe runs` and the journal page over many records, and the record's cost;
 //! - `train`: training steps of each engine against PyTorch in alternating rounds (and
@@ -15,6 +16,7 @@
 
 mod browser;
 mod data;
+mod jobs;
 mod journal;
 mod parity;
 mod predict;
@@ -30,6 +32,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 pub use data::bench_data;
+pub use jobs::bench_jobs;
 pub use journal::bench_journal;
 pub use parity::bench_parity;
 pub use predict::{bench_predict, BenchPredict};
@@ -44,6 +47,7 @@ fn manifest(name: &str, fill: &[(&str, String)]) -> String {
     let text = match name {
         "data.toml" => include_str!("../../../benches/manifests/data.toml"),
         "grid.toml" => include_str!("../../../benches/manifests/grid.toml"),
+        "jobs.toml" => include_str!("../../../benches/manifests/jobs.toml"),
         "tiny.toml" => include_str!("../../../benches/manifests/tiny.toml"),
         "many.toml" => include_str!("../../../benches/manifests/many.toml"),
         "slow.toml" => include_str!("../../../benches/manifests/slow.toml"),
