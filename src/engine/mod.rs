@@ -630,7 +630,7 @@ impl Engine {
     fn execute(&mut self, p: &Pipeline, name: &str, r: &Resolved, forced: bool) -> Result<Made> {
         let made = self.execute_locked(p, name, r, forced)?;
         // Uploaded once the key's lock is let go (a process waiting on the key takes the
-        // artifact now), still under the store's shared lock (gc leaves it alone).
+        // artifact now), still under the store's lock (which gc waits for).
         if made.computed {
             self.push_remote(name, &r.key);
         }
