@@ -674,3 +674,125 @@ fn a_laptop_without_the_dataset_pulls_the_model_by_the_run_record_and_predicts()
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("has not been trained yet"), "{err}");
 }
+
+/// A WsgiDAV server (a real WebDAV server, from `.venv`) on a free loopback port, serving
+/// a fresh folder; stopped when dropped. None (skipped) when it is not installed, unless
+/// `PIPE_REQUIRE_WEBDAV=1` (the test command), where that fails.
+struct WebDav {
+    child: std::process::Child,
+    root: tempfile::TempDir,
+    url: String,
+}
+
+impl Drop for WebDav {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn webdav() -> Option<WebDav> {
+    let bin = std::env::var_os("PIPE_PYTHON")
+        .map(|p| Path::new(&p).with_file_name("wsgidav"))
+        .filter(|b| b.exists());
+    let Some(bin) = bin else {
+        if std::env::var("PIPE_REQUIRE_WEBDAV").is_ok_and(|v| v == "1") {
+            panic!("PIPE_REQUIRE_WEBDAV=1 but wsgidav is not beside $PIPE_PYTHON (scripts/bootstrap --with-python installs it)");
+        }
+        eprintln!("SKIPPED: no wsgidav beside $PIPE_PYTHON");
+        return None;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(&bin)
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--auth",
+            "anonymous",
+            "-q",
+        ])
+        .arg("--root")
+        .arg(root.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    let server = WebDav {
+        child,
+        root,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    let t = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t.elapsed().as_secs() < 20,
+            "wsgidav did not start on port {port}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Some(server)
+}
+
+#[test]
+fn a_webdav_remote_shares_stages_and_its_damage_is_found() {
+    let Some(dav) = webdav() else { return };
+    // Folders of the path that are not there yet are made on the first upload.
+    let url = format!("{}/team/pipe", dav.url);
+    let run = |p: &Project, args: &[&str]| {
+        let mut c = p.cmd(&["--remote", &url]);
+        c.args(args);
+        c
+    };
+    let a = Project::with("g.toml", &manifest());
+    let (ra, said) = run_json(run(&a, &["run", "g", "--json"]));
+    assert!(states(&ra).iter().all(|(_, s)| s == "ran"), "{ra}");
+    assert!(!said.contains("warning"), "{said}");
+    let b = Project::with("g.toml", &manifest());
+    let (rb, said) = run_json(run(&b, &["run", "g", "--json"]));
+    for (stage, state) in states(&rb) {
+        assert_eq!(state, "fetched", "{stage}: {said}");
+    }
+    assert_eq!(keys_of(&ra), keys_of(&rb));
+    let (_, said) = ok(b.cmd(&["verify", "--remote", &url]));
+    assert!(said.contains("all sound"), "{said}");
+    // A file changed on the server's disk: verify names it and fails, and a third
+    // machine computes that stage rather than take it.
+    let model = walk_files(&dav.root.path().join("team/pipe/artifacts"))
+        .into_iter()
+        .find(|f| f.ends_with("model.safetensors"))
+        .expect("the model was uploaded");
+    let mut bytes = std::fs::read(&model).unwrap();
+    let n = bytes.len();
+    bytes[n - 1] ^= 0xff;
+    std::fs::write(&model, bytes).unwrap();
+    let out = b.cmd(&["verify", "--remote", &url]).output().unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("model.safetensors"), "{said}");
+    let c = Project::with("g.toml", &manifest());
+    let (rc, said) = run_json(run(&c, &["run", "g", "--json"]));
+    let st: BTreeMap<String, String> = states(&rc).into_iter().collect();
+    assert_eq!(st["train"], "ran", "{said}");
+    assert_eq!(st["hdf5"], "fetched", "{said}");
+}
+
+fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
