@@ -625,3 +625,52 @@ fn slurm_jobs_on_stores_of_their_own_share_every_stage_through_the_remote() {
         assert_eq!(entry["key"].as_str(), Some(key), "{rec}\n{report}");
     }
 }
+
+#[test]
+fn a_job_store_is_refused_where_it_cannot_work_naming_why() {
+    // No cluster is needed: each is refused before anything is submitted.
+    let p = Project::with("exp1.toml", &experiment("exp1", 0.01, 1, 20));
+    let err = p.fails(&["run", "exp1", "--job-store", "/scratch/x"]);
+    assert!(err.contains("--job-store is for Slurm jobs"), "{err}");
+    let err = p.fails(&["run", "exp1", "-j", "2", "--job-store", "/scratch/x"]);
+    assert!(err.contains("--job-store is for Slurm jobs"), "{err}");
+    let err = p.fails(&[
+        "run",
+        "exp1",
+        "--executor",
+        "slurm",
+        "--job-store",
+        "/scratch/x",
+    ]);
+    assert!(err.contains("needs a remote cache"), "{err}");
+    let remote = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", remote.path().display());
+    let err = p.fails(&[
+        "--remote",
+        &url,
+        "run",
+        "exp1",
+        "--executor",
+        "slurm",
+        "--job-store",
+        " ",
+    ]);
+    assert!(err.contains("--job-store is empty"), "{err}");
+    // Halving on Slurm reads every point's results from one store.
+    let mut sweep = experiment("hv", 0.01, 1, 20);
+    sweep.push_str(
+        "\n[sweep.grid]\n\"train.lr\" = [1e-2, 2e-2]\n\n[sweep.halving]\nrungs = [\"train\"]\n",
+    );
+    p.manifest("hv.toml", &sweep);
+    let err = p.fails(&[
+        "--remote",
+        &url,
+        "run",
+        "hv",
+        "--executor",
+        "slurm",
+        "--job-store",
+        "/scratch/x",
+    ]);
+    assert!(err.contains("with halving on Slurm"), "{err}");
+}
