@@ -71,19 +71,11 @@ pub fn bench_jobs(jobs: usize, rounds: usize, per_class: usize, epochs: usize) -
                 true => vec!["run", "jobs", "-j", &j],
                 false => vec!["run", "jobs"],
             };
-            let mut c = pipe.command(&args);
-            if let Some(t) = threads {
-                c.env("RAYON_NUM_THREADS", t);
-            }
-            let t0 = std::time::Instant::now();
-            let out = c.output()?;
-            let secs = t0.elapsed().as_secs_f64();
-            anyhow::ensure!(
-                out.status.success(),
-                "`pipe {}` failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let env: Vec<(&str, &str)> = threads
+                .map(|t| ("RAYON_NUM_THREADS", t))
+                .into_iter()
+                .collect();
+            let (secs, _) = pipe.run_with(&args, &env)?;
             eprintln!("round {}: {label}: {secs:.2} s", round + 1);
             let (_, out) = pipe.run(&["run", "jobs", "--json"])?;
             let made = artifacts(&serde_json::from_slice(&out)?);

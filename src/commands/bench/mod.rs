@@ -124,8 +124,15 @@ impl Pipe {
 
     /// Run `pipe ARGS` to the end: (seconds, stdout). Failing is an error with its stderr.
     fn run(&self, args: &[&str]) -> Result<(f64, Vec<u8>)> {
+        self.run_with(args, &[])
+    }
+
+    /// [`Pipe::run`] with variables `env` set for it.
+    fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> Result<(f64, Vec<u8>)> {
+        let mut c = self.command(args);
+        c.envs(env.iter().copied());
         let t = Instant::now();
-        let out = self.command(args).output()?;
+        let out = c.output()?;
         let secs = t.elapsed().as_secs_f64();
         anyhow::ensure!(
             out.status.success(),
