@@ -259,12 +259,14 @@ fn sh_quote(s: &str) -> String {
 }
 
 /// `s` as one word for `sh` in which `$NAME` and `${NAME}` still expand (a `--job-store`
-/// path such as `/scratch/$USER/pipe`); nothing else does (no globs, no `` ` ``, no
-/// word splitting).
+/// path such as `/scratch/$USER/pipe`); nothing else does (no `$(...)`, no `` ` ``, no
+/// globs, no word splitting).
 fn sh_quote_expanding(s: &str) -> String {
     let mut out = String::from("\"");
-    for c in s.chars() {
-        if matches!(c, '"' | '\\' | '`') {
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        let command = c == '$' && chars.peek() == Some(&'(');
+        if matches!(c, '"' | '\\' | '`') || command {
             out.push('\\');
         }
         out.push(c);
@@ -990,4 +992,30 @@ pub(crate) fn sbatch_command(
         bail!("sbatch printed no job id for `{name}`: {out:?}");
     }
     Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sh_quote_expanding;
+
+    /// What `sh` makes of `word`, with USER and SLURM_JOB_ID set.
+    fn sh_echo(word: &str) -> String {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf '%s|' {word}"))
+            .env("USER", "ana")
+            .env("SLURM_JOB_ID", "42")
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn a_job_store_path_expands_its_variables_and_nothing_else() {
+        let q = sh_quote_expanding("/scratch/$USER/node-${SLURM_JOB_ID}");
+        assert_eq!(sh_echo(&q), "/scratch/ana/node-42|");
+        // Spaces, globs, quotes, backticks and command substitutions stay as written.
+        let odd = r#"/a b/*/"q"/`id`/$(id)/\x"#;
+        assert_eq!(sh_echo(&sh_quote_expanding(odd)), format!("{odd}|"));
+    }
 }
