@@ -762,12 +762,43 @@ fn a_webdav_remote_shares_stages_and_its_damage_is_found() {
     assert_eq!(keys_of(&ra), keys_of(&rb));
     let (_, said) = ok(b.cmd(&["verify", "--remote", &url]));
     assert!(said.contains("all sound"), "{said}");
+    // Two machines pushing the same new stages at once make the same folders at once:
+    // both succeed, with no warning, and a third fetches what they pushed.
+    let edited = manifest().replace("lr = 0.01", "lr = 0.03");
+    let racers: Vec<std::process::Child> = (0..4)
+        .map(|_| {
+            let m = Project::with("g.toml", &edited);
+            let child = run(&m, &["run", "g"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::mem::forget(m); // its folder outlives the race
+            child
+        })
+        .collect();
+    for child in racers {
+        let out = child.wait_with_output().unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && !said.contains("warning"), "{said}");
+    }
+    let d = Project::with("g.toml", &edited);
+    let (rd, said) = run_json(run(&d, &["run", "g", "--json"]));
+    let st: BTreeMap<String, String> = states(&rd).into_iter().collect();
+    assert_eq!(st["train"], "fetched", "{said}");
     // A file changed on the server's disk: verify names it and fails, and a third
     // machine computes that stage rather than take it.
-    let model = walk_files(&dav.root.path().join("team/pipe/artifacts"))
+    let train = string_pairs(&ra["stages"], "name", "output")
         .into_iter()
-        .find(|f| f.ends_with("model.safetensors"))
-        .expect("the model was uploaded");
+        .find(|(n, _)| n == "train")
+        .unwrap()
+        .1;
+    let model = dav
+        .root
+        .path()
+        .join("team/pipe/artifacts")
+        .join(train)
+        .join("model.safetensors");
     let mut bytes = std::fs::read(&model).unwrap();
     let n = bytes.len();
     bytes[n - 1] ^= 0xff;
@@ -782,17 +813,4 @@ fn a_webdav_remote_shares_stages_and_its_damage_is_found() {
     let st: BTreeMap<String, String> = states(&rc).into_iter().collect();
     assert_eq!(st["train"], "ran", "{said}");
     assert_eq!(st["hdf5"], "fetched", "{said}");
-}
-
-fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk_files(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }

@@ -668,6 +668,27 @@ impl Remote {
         Ok(Pushed::Sent(m.bytes(), t.elapsed().as_secs_f64()))
     }
 
+    /// One PUT of `payload` to `path` (`rel` in messages). Over WebDAV, once more when
+    /// making its folder failed: another machine uploading into the same new folder made
+    /// it first (its `MKCOL` won, ours was refused), and now it is there.
+    async fn put_whole(
+        &self,
+        path: &ObjPath,
+        rel: &str,
+        payload: PutPayload,
+    ) -> Result<(), RemoteError> {
+        let mut first = true;
+        loop {
+            match self.store.put(path, payload.clone()).await {
+                Ok(_) => return Ok(()),
+                Err(e) if first && !self.multipart && e.to_string().contains("MKCOL") => {
+                    first = false;
+                }
+                Err(e) => return Err(self.error(&format!("writing {rel}"), e)),
+            }
+        }
+    }
+
     async fn upload_file(
         &self,
         output: &ContentHash,
@@ -684,12 +705,7 @@ impl Remote {
         self.requests.fetch_add(1, Ordering::Relaxed);
         if f.size as usize <= PART {
             let bytes = std::fs::read(&from).map_err(local)?;
-            return self
-                .store
-                .put(&path, PutPayload::from(bytes))
-                .await
-                .map(|_| ())
-                .map_err(|e| self.error(&format!("writing {rel}"), e));
+            return self.put_whole(&path, &rel, PutPayload::from(bytes)).await;
         }
         if !self.multipart {
             // WebDAV has no multipart upload: one PUT of the whole file, mapped rather
@@ -699,12 +715,8 @@ impl Remote {
             // changes in place (it is replaced only by renaming another folder over it),
             // so the mapping's bytes stay as they are while the upload reads them.
             let map = unsafe { memmap2::Mmap::map(&file) }.map_err(local)?;
-            return self
-                .store
-                .put(&path, PutPayload::from(bytes::Bytes::from_owner(map)))
-                .await
-                .map(|_| ())
-                .map_err(|e| self.error(&format!("writing {rel}"), e));
+            let payload = PutPayload::from(bytes::Bytes::from_owner(map));
+            return self.put_whole(&path, &rel, payload).await;
         }
         let upload = self
             .store
