@@ -656,6 +656,33 @@ fn a_job_store_is_refused_where_it_cannot_work_naming_why() {
         " ",
     ]);
     assert!(err.contains("--job-store is empty"), "{err}");
+    let err = p.fails(&[
+        "--remote",
+        &url,
+        "run",
+        "exp1",
+        "--executor",
+        "slurm",
+        "--job-store",
+        "~/s",
+    ]);
+    assert!(err.contains("write $HOME"), "{err}");
+    // A remote the jobs would not push to.
+    std::fs::write(
+        p.path().join("pipe.toml"),
+        format!("[remote]\nurl = \"{url}\"\npush = \"never\"\n"),
+    )
+    .unwrap();
+    let err = p.fails(&[
+        "run",
+        "exp1",
+        "--executor",
+        "slurm",
+        "--job-store",
+        "/scratch/x",
+    ]);
+    assert!(err.contains("push = \"never\""), "{err}");
+    std::fs::remove_file(p.path().join("pipe.toml")).unwrap();
     // Halving on Slurm reads every point's results from one store.
     let mut sweep = experiment("hv", 0.01, 1, 20);
     sweep.push_str(

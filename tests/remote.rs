@@ -786,6 +786,18 @@ fn a_webdav_remote_shares_stages_and_its_damage_is_found() {
     let (rd, said) = run_json(run(&d, &["run", "g", "--json"]));
     let st: BTreeMap<String, String> = states(&rd).into_iter().collect();
     assert_eq!(st["train"], "fetched", "{said}");
+    // A path with a space (escaped in the URL) is the store's root as it is: it must
+    // exist, as a bucket must, and holds what is pushed.
+    std::fs::create_dir(dav.root.path().join("my dir")).unwrap();
+    let spaced = format!("{}/my%20dir", dav.url);
+    let e = Project::with("g.toml", &manifest());
+    let mut c = e.cmd(&["--remote", &spaced, "run", "g"]);
+    let (_, said) = ok({
+        c.env_remove("PIPE_REMOTE");
+        c
+    });
+    assert!(!said.contains("warning"), "{said}");
+    assert!(dav.root.path().join("my dir/keys").is_dir(), "{said}");
     // A file changed on the server's disk: verify names it and fails, and a third
     // machine computes that stage rather than take it.
     let train = string_pairs(&ra["stages"], "name", "output")

@@ -278,6 +278,17 @@ pub fn run_stage(
 ) -> Result<()> {
     let (proj, p) = load(g, manifest, sets)?;
     let mut engine = super::writing(g, &proj, false)?;
+    if journal_to.is_some() {
+        // A job on a store of its own (`--job-store`): its store's path came from the
+        // job's shell, and its output must reach the remote.
+        if let Some(c) = g.cache.as_ref().filter(|c| !c.is_absolute()) {
+            anyhow::bail!(
+                "this job's store `{}` is not an absolute path (did a variable in --job-store expand to nothing?)",
+                c.display()
+            );
+        }
+        engine = engine.require_push();
+    }
     // A Slurm job says how it went in the journal, for the records of the runs that
     // submitted it (or depend on it): the submitter's, when the job has a store of its own.
     let journal = match journal_to {

@@ -103,9 +103,19 @@ fn now_secs() -> u64 {
 
 /// Run a Slurm command, with its stderr in the error.
 fn slurm(cmd: &str, args: &[String]) -> Result<String> {
-    let out = Command::new(cmd).args(args).output().with_context(|| {
-        format!("cannot run `{cmd}` (is Slurm installed, and SLURM_CONF set if needed?)")
-    })?;
+    slurm_with(cmd, args, &[])
+}
+
+/// [`slurm`] with variables `env` set for it (`sbatch` passes its environment on to the
+/// job).
+fn slurm_with(cmd: &str, args: &[String], env: &[(&str, String)]) -> Result<String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .with_context(|| {
+            format!("cannot run `{cmd}` (is Slurm installed, and SLURM_CONF set if needed?)")
+        })?;
     if !out.status.success() {
         bail!(
             "`{cmd} {}` failed: {}",
@@ -258,9 +268,9 @@ fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-/// `s` as one word for `sh` in which `$NAME` and `${NAME}` still expand (a `--job-store`
-/// path such as `/scratch/$USER/pipe`); nothing else does (no `$(...)`, no `` ` ``, no
-/// globs, no word splitting).
+/// `s` as one word for `sh` in which parameter expansions (`$NAME`, `${NAME}`, and so
+/// `$$`, `${X:-y}`) still expand (a `--job-store` path such as `/scratch/$USER/pipe`);
+/// command substitutions (`$(...)`, `` `...` ``), globs and word splitting do not.
 fn sh_quote_expanding(s: &str) -> String {
     let mut out = String::from("\"");
     let mut chars = s.chars().peekable();
@@ -540,12 +550,29 @@ impl Engine {
             a.push("--set".into());
             a.push(s.clone());
         }
-        // The remote this run uses, however it was set (a `--remote` flag is not in the
-        // jobs' environment): each job fetches what it would run, and pushes what it ran.
-        if let Some(r) = self.remote() {
-            a.splice(0..0, ["--remote".to_string(), r.url().to_string()]);
-        }
+        a.splice(0..0, self.remote_args());
         a
+    }
+
+    /// The remote this run uses, however it was set (a `--remote` flag is not in the
+    /// jobs' environment), for a worker's command line: each job fetches what it would
+    /// run, and pushes what it ran. A URL with a password goes by the environment instead
+    /// ([`Engine::worker_env`]).
+    fn remote_args(&self) -> Vec<String> {
+        match self.remote().filter(|r| r.given_url().is_none()) {
+            Some(r) => vec!["--remote".to_string(), r.url().to_string()],
+            None => Vec::new(),
+        }
+    }
+
+    /// What a worker's environment needs beside [`Engine::worker_args`]: the remote's URL
+    /// when it holds a password (`PIPE_REMOTE`), kept off command lines and job scripts.
+    fn worker_env(&self) -> Vec<(&'static str, String)> {
+        self.remote()
+            .and_then(|r| r.given_url())
+            .map(|u| ("PIPE_REMOTE", u.to_string()))
+            .into_iter()
+            .collect()
     }
 
     fn write_job_record(&self, rec: &JobRecord) -> Result<()> {
@@ -570,10 +597,30 @@ impl Engine {
             if js.trim().is_empty() {
                 bail!("--job-store is empty: give each job's store a folder on its node, e.g. /scratch/$USER/pipe");
             }
-            if self.remote().is_none() {
+            if js.starts_with('~') {
+                bail!("--job-store {js}: `~` is not expanded in a job's script; write $HOME");
+            }
+            let Some(rem) = self.remote().cloned() else {
                 bail!(
                     "--job-store {js} needs a remote cache (--remote URL, PIPE_REMOTE or [remote] in pipe.toml): each job's store is its own, so the stages reach one another through the remote"
                 );
+            };
+            if rem.push != super::remote::Push::Always {
+                bail!(
+                    "--job-store {js} needs a remote the jobs push to, and this one is set to push = \"never\": each job's output would stay on its node"
+                );
+            }
+            // What this store holds of the pipeline, the jobs find in the remote.
+            for o in self.status(p)? {
+                if let (StageState::Cached, Some(key)) = (o.state, &o.key) {
+                    if !self.push_remote(&o.name, key) {
+                        bail!(
+                            "--job-store: stage `{}` is in this store but could not be pushed to {}, and the jobs after it would not find it",
+                            o.name,
+                            rem.url()
+                        );
+                    }
+                }
             }
         }
         let jobs_dir = self.store.jobs_dir();
@@ -688,7 +735,7 @@ impl Engine {
                 args.push(format!("--time={t}"));
             }
             args.push(script.display().to_string());
-            let out = slurm("sbatch", &args)
+            let out = slurm_with("sbatch", &args, &self.worker_env())
                 .with_context(|| format!("submitting stage `{name}` of `{}`", p.name))?;
             let id = out.trim().split(';').next().unwrap_or("").to_string();
             if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
@@ -890,6 +937,7 @@ impl Engine {
                     .args(self.worker_args(j.p, sets, &j.stage))
                     .env("PIPE_JOB_LOG", &log)
                     .env("RAYON_NUM_THREADS", each.to_string())
+                    .envs(self.worker_env())
                     .current_dir(&j.p.project_dir)
                     .stdin(Stdio::null())
                     .stdout(f.try_clone()?)
@@ -997,6 +1045,35 @@ pub(crate) fn sbatch_command(
 #[cfg(test)]
 mod tests {
     use super::sh_quote_expanding;
+
+    #[test]
+    fn a_remote_url_with_a_password_reaches_workers_by_their_environment_only() {
+        use crate::engine::remote::{Remote, RemoteConfig};
+        let dir = tempfile::tempdir().unwrap();
+        let with = |url: &str| {
+            let cfg = RemoteConfig {
+                url: Some(url.to_string()),
+                ..Default::default()
+            };
+            let rem = std::sync::Arc::new(Remote::open(&cfg).unwrap());
+            crate::engine::Engine::new(dir.path())
+                .unwrap()
+                .with_remote(Some(rem))
+        };
+        let e = with("https://ana:hunter2@dav.example.com/pipe");
+        assert!(e.remote_args().is_empty());
+        assert_eq!(
+            e.worker_env(),
+            [(
+                "PIPE_REMOTE",
+                "https://ana:hunter2@dav.example.com/pipe".to_string()
+            )]
+        );
+        // Without a password, the URL goes on the command line, as it always did.
+        let e = with("s3://bucket/team");
+        assert_eq!(e.remote_args(), ["--remote", "s3://bucket/team"]);
+        assert!(e.worker_env().is_empty());
+    }
 
     /// What `sh` makes of `word`, with USER and SLURM_JOB_ID set.
     fn sh_echo(word: &str) -> String {

@@ -302,6 +302,9 @@ pub struct Engine {
     /// The remote cache, when one is set: stages not in the store are looked for there
     /// before they run, and what runs is uploaded (see [`remote`]).
     remote: Option<std::sync::Arc<remote::Remote>>,
+    /// A stage computed here must reach the remote, or the run fails (a job on a store of
+    /// its own: the stages after it find its output nowhere else).
+    push_required: bool,
     /// Whether a warning about the remote was given already (one per run).
     remote_warned: std::cell::Cell<bool>,
 }
@@ -327,6 +330,7 @@ impl Engine {
             rehashed: HashSet::new(),
             timings: None,
             fetch_rate: None,
+            push_required: false,
             watcher: Box::new(Silent),
             sound_memo: None,
             recording: None,
@@ -344,6 +348,7 @@ impl Engine {
             rehashed: HashSet::new(),
             timings: None,
             fetch_rate: None,
+            push_required: false,
             watcher: Box::new(Silent),
             sound_memo: None,
             recording: None,
@@ -356,6 +361,12 @@ impl Engine {
     /// Use the remote cache `r` (none: the store alone).
     pub fn with_remote(mut self, r: Option<std::sync::Arc<remote::Remote>>) -> Engine {
         self.remote = r;
+        self
+    }
+
+    /// Fail a stage whose output cannot be pushed to the remote (see `push_required`).
+    pub fn require_push(mut self) -> Engine {
+        self.push_required = true;
         self
     }
 
@@ -631,8 +642,10 @@ impl Engine {
         let made = self.execute_locked(p, name, r, forced)?;
         // Uploaded once the key's lock is let go (a process waiting on the key takes the
         // artifact now), still under the store's lock (which gc waits for).
-        if made.computed {
-            self.push_remote(name, &r.key);
+        if made.computed && !self.push_remote(name, &r.key) && self.push_required {
+            anyhow::bail!(
+                "stage `{name}` ran, but its output is not in the remote: this job's store is its own (--job-store), so the stages after it could not find it"
+            );
         }
         Ok(made)
     }
@@ -844,8 +857,6 @@ impl Engine {
         crate::outcome::events::fault_point(self.watcher.as_ref(), name);
     }
 
-    /// Whether the remote cache holds stage key `key`: its artifact and size. Asked only
-    /// while looking at a stage the store does not hold; a failure is a warning.
     /// Seconds to fetch `bytes` from the remote: at the median rate of this store's last
     /// fetches from it, or [`estimate::REMOTE_RATE`] before any.
     fn fetch_seconds(&mut self, bytes: u64) -> f64 {
@@ -863,6 +874,8 @@ impl Engine {
         bytes as f64 / rate
     }
 
+    /// Whether the remote cache holds stage key `key`: its artifact and size. Asked only
+    /// while looking at a stage the store does not hold; a failure is a warning.
     fn in_remote(&self, key: &StageKey) -> Option<(ContentHash, u64)> {
         let rem = self.remote.as_ref().filter(|r| !r.is_down())?;
         let found = rem.lookup(key).and_then(|rec| match rec {
@@ -925,30 +938,38 @@ impl Engine {
 
     /// Upload stage `name`'s artifact (just published under `key`) to the remote cache,
     /// unless it is set not to push; a failure is a warning.
-    fn push_remote(&self, name: &str, key: &StageKey) {
+    /// Upload stage `name`'s artifact (key `key`) to the remote, unless it is set not to
+    /// push; a failure is a warning. Whether the remote has it now.
+    pub(crate) fn push_remote(&self, name: &str, key: &StageKey) -> bool {
         let Some(rem) = self
             .remote
             .as_ref()
             .filter(|r| r.push == remote::Push::Always)
         else {
-            return;
+            return false;
         };
         if rem.is_down() {
-            return;
+            return false;
         }
         let Some(rec) = self.store.lookup(key) else {
-            return;
+            return false;
         };
         let files_sent = || self.fault_point("remote-push:files-sent");
         match rem.push_artifact(&rec, &self.store.artifact_dir(&rec.output), &files_sent) {
-            Ok(remote::Pushed::Sent(bytes, secs)) => self.note(format!(
-                "{name}: pushed {} to {} in {}",
-                crate::fmt::bytes(bytes),
-                rem.url(),
-                crate::fmt::secs(secs)
-            )),
-            Ok(remote::Pushed::There) => {}
-            Err(e) => self.remote_warning(&e),
+            Ok(remote::Pushed::Sent(bytes, secs)) => {
+                self.note(format!(
+                    "{name}: pushed {} to {} in {}",
+                    crate::fmt::bytes(bytes),
+                    rem.url(),
+                    crate::fmt::secs(secs)
+                ));
+                true
+            }
+            Ok(remote::Pushed::There) => true,
+            Err(e) => {
+                self.remote_warning(&e);
+                false
+            }
         }
     }
 

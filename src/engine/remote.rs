@@ -182,6 +182,8 @@ pub enum RemoteError {
 /// A remote cache, open.
 pub struct Remote {
     url: String,
+    /// The URL as given, credentials and all (never shown): what a worker is handed.
+    given: String,
     store: Arc<dyn ObjectStore>,
     prefix: ObjPath,
     rt: tokio::runtime::Runtime,
@@ -264,6 +266,7 @@ impl Remote {
                             secrets.push(secret.clone());
                             b = b.with_access_key_id(id).with_secret_access_key(secret);
                             if let Some(t) = token {
+                                secrets.push(t.clone());
                                 b = b.with_token(t);
                             }
                         }
@@ -312,14 +315,23 @@ impl Remote {
                     // The server's root as the store's, the URL's path as the prefix: a
                     // folder of the path that is missing is then made (`MKCOL`) like any
                     // other, where a store rooted at the path would have to find it there.
+                    // Only a plain path goes into object paths unchanged (they are escaped
+                    // again on the way out); any other (a space, `~`, `%`) stays the
+                    // store's root, which must then exist.
+                    let plain = prefix
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
                     let mut root = url.clone();
-                    root.set_path("/");
+                    if plain {
+                        root.set_path("/");
+                    }
                     let store = object_store::http::HttpBuilder::new()
                         .with_url(root.as_str())
                         .with_client_options(options.with_allow_http(url.scheme() == "http"))
                         .with_retry(retry)
                         .build()
                         .map_err(|e| anyhow::anyhow!("remote {shown}: {e}"))?;
+                    let prefix = if plain { prefix } else { String::new() };
                     (Arc::new(store), prefix, "the server's own settings")
                 }
                 "file" => {
@@ -340,6 +352,7 @@ impl Remote {
             .enable_all()
             .build()?;
         Ok(Remote {
+            given: raw.to_string(),
             url: shown,
             store,
             prefix: ObjPath::from(prefix),
@@ -360,6 +373,12 @@ impl Remote {
     /// The remote's URL, as shown (no credentials in it).
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The URL as given, with the `user:password@` a WebDAV server may need: for a worker
+    /// process's environment only (never for a command line, a record or a message).
+    pub(crate) fn given_url(&self) -> Option<&str> {
+        (self.given != self.url).then_some(self.given.as_str())
     }
 
     /// Requests sent so far by this process.
@@ -517,6 +536,14 @@ impl Remote {
             );
             return Err(self.refused(&rel, why));
         }
+        if let Some(f) = m
+            .files
+            .iter()
+            .find(|f| f.blake3.len() != 64 || !f.blake3.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            let why = format!("the hash of `{}` is not a BLAKE3", f.path.escape_debug());
+            return Err(self.refused(&rel, why));
+        }
         if let Some(f) = m.files.iter().find(|f| !plain_relative(&f.path)) {
             let why = format!(
                 "the file name `{}` leaves the artifact",
@@ -578,7 +605,7 @@ impl Remote {
         f: &ManifestFile,
         into: &Path,
     ) -> Result<(), RemoteError> {
-        let rel = format!("artifacts/{output}/{}", f.path);
+        let rel = object_of(output, f);
         self.requests.fetch_add(1, Ordering::Relaxed);
         let to = into.join(&f.path);
         let local = |e: std::io::Error| RemoteError::Other {
@@ -668,8 +695,8 @@ impl Remote {
         Ok(Pushed::Sent(m.bytes(), t.elapsed().as_secs_f64()))
     }
 
-    /// One PUT of `payload` to `path` (`rel` in messages). Over WebDAV, once more when
-    /// making its folder failed: another machine uploading into the same new folder made
+    /// One PUT of `payload` to `path` (`rel` in messages). Over WebDAV, again when making
+    /// one of its folders failed: another machine uploading into the same new folder made
     /// it first (its `MKCOL` won, ours was refused), and now it is there.
     async fn put_whole(
         &self,
@@ -677,12 +704,13 @@ impl Remote {
         rel: &str,
         payload: PutPayload,
     ) -> Result<(), RemoteError> {
-        let mut first = true;
+        // Each try makes at least one more folder level, so the path's depth bounds them.
+        let mut tries = rel.matches('/').count() + 1;
         loop {
             match self.store.put(path, payload.clone()).await {
                 Ok(_) => return Ok(()),
-                Err(e) if first && !self.multipart && e.to_string().contains("MKCOL") => {
-                    first = false;
+                Err(e) if tries > 1 && !self.multipart && e.to_string().contains("MKCOL") => {
+                    tries -= 1;
                 }
                 Err(e) => return Err(self.error(&format!("writing {rel}"), e)),
             }
@@ -695,7 +723,7 @@ impl Remote {
         f: &ManifestFile,
         dir: &Path,
     ) -> Result<(), RemoteError> {
-        let rel = format!("artifacts/{output}/{}", f.path);
+        let rel = object_of(output, f);
         let path = self.path(&rel);
         let from = dir.join(&f.path);
         let local = |e: std::io::Error| RemoteError::Other {
@@ -835,6 +863,18 @@ pub fn manifest_of(dir: &Path, output: &ContentHash) -> Result<Manifest> {
         output: output.clone(),
         files: out,
     })
+}
+
+/// Where file `f` of artifact `output` lives in the remote: `artifacts/<output>/<path>`,
+/// or, for a record file (a training's `timings.json`, its plot: not content, so two
+/// machines pushing one artifact have different ones), `records/<its BLAKE3>`, so that
+/// neither overwrites the bytes the other's manifest names.
+fn object_of(output: &ContentHash, f: &ManifestFile) -> String {
+    if crate::stages::ALL_RECORDS.contains(&f.path.as_str()) {
+        format!("records/{}", f.blake3)
+    } else {
+        format!("artifacts/{output}/{}", f.path)
+    }
 }
 
 /// A path inside an artifact: relative, with no `..`, no empty or hidden-dot part.

@@ -134,6 +134,9 @@ fn apply_overrides(plan: &mut TrainingPlan, c: &ContinueConfig) {
         plan.checkpoint_every = k;
     }
     plan.device = device_kind(c.device);
+    // Where the parent trained, as plans written before it moved to the timings record
+    // say: not this segment's content.
+    plan.device_info.clear();
     if let Some(b) = c.backend {
         plan.backend = b;
     }
