@@ -634,38 +634,33 @@ fn a_job_store_is_refused_where_it_cannot_work_naming_why() {
     assert!(err.contains("--job-store is for Slurm jobs"), "{err}");
     let err = p.fails(&["run", "exp1", "-j", "2", "--job-store", "/scratch/x"]);
     assert!(err.contains("--job-store is for Slurm jobs"), "{err}");
-    let err = p.fails(&[
+    let slurm_x = [
         "run",
         "exp1",
         "--executor",
         "slurm",
         "--job-store",
         "/scratch/x",
-    ]);
+    ];
+    let err = p.fails(&slurm_x);
     assert!(err.contains("needs a remote cache"), "{err}");
     let remote = tempfile::tempdir().unwrap();
     let url = format!("file://{}", remote.path().display());
-    let err = p.fails(&[
-        "--remote",
-        &url,
-        "run",
-        "exp1",
-        "--executor",
-        "slurm",
-        "--job-store",
-        " ",
-    ]);
+    let with_remote = |store: &str| {
+        p.fails(&[
+            "--remote",
+            &url,
+            "run",
+            "exp1",
+            "--executor",
+            "slurm",
+            "--job-store",
+            store,
+        ])
+    };
+    let err = with_remote(" ");
     assert!(err.contains("--job-store is empty"), "{err}");
-    let err = p.fails(&[
-        "--remote",
-        &url,
-        "run",
-        "exp1",
-        "--executor",
-        "slurm",
-        "--job-store",
-        "~/s",
-    ]);
+    let err = with_remote("~/s");
     assert!(err.contains("write $HOME"), "{err}");
     // A remote the jobs would not push to.
     std::fs::write(
@@ -673,14 +668,7 @@ fn a_job_store_is_refused_where_it_cannot_work_naming_why() {
         format!("[remote]\nurl = \"{url}\"\npush = \"never\"\n"),
     )
     .unwrap();
-    let err = p.fails(&[
-        "run",
-        "exp1",
-        "--executor",
-        "slurm",
-        "--job-store",
-        "/scratch/x",
-    ]);
+    let err = p.fails(&slurm_x);
     assert!(err.contains("push = \"never\""), "{err}");
     std::fs::remove_file(p.path().join("pipe.toml")).unwrap();
     // Halving on Slurm reads every point's results from one store.
