@@ -8,6 +8,7 @@ use pipe::backend::{BackendKind, DeviceKind};
 use pipe::commands::{self, DemoLayout, Global};
 use pipe::engine::executor::{Executor, SlurmOptions};
 use pipe::engine::RunOptions;
+use pipe::manifest::Tta;
 
 #[derive(Parser)]
 #[command(
@@ -242,6 +243,10 @@ enum Cmd {
         /// With `-`: paths on stdin are separated by NUL bytes (`find -print0`), not lines
         #[arg(short = '0', long = "null")]
         nul: bool,
+        /// Test-time augmentation: `flip` averages each image's class probabilities with
+        /// its mirror's
+        #[arg(long, value_enum, default_value_t = Tta::None)]
+        tta: Tta,
     },
     /// Write a trained stage as an ONNX model (opset 17) for other runtimes
     Export {
@@ -251,6 +256,9 @@ enum Cmd {
         /// The file to write (`-`: stdout); replaced atomically, never half-written
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
+        /// `flip`: the graph averages each image's class probabilities with its mirror's
+        #[arg(long, value_enum, default_value_t = Tta::None)]
+        tta: Tta,
     },
     /// A dashboard of the project's runs in the browser (read-only; loopback unless --bind)
     Ui {
@@ -733,6 +741,7 @@ fn dispatch(g: Global, cmd: Cmd) -> anyhow::Result<()> {
             skip_bad,
             max_pixels,
             nul,
+            tta,
         } => commands::predict(
             &g,
             &target,
@@ -751,9 +760,14 @@ fn dispatch(g: Global, cmd: Cmd) -> anyhow::Result<()> {
                 skip_bad,
                 max_pixels,
                 nul,
+                tta,
             },
         ),
-        Cmd::Export { target, output } => commands::export(&g, &target, &output),
+        Cmd::Export {
+            target,
+            output,
+            tta,
+        } => commands::export(&g, &target, &output, tta),
         Cmd::Ui {
             port,
             bind,

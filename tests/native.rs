@@ -179,6 +179,7 @@ fn parity(g: &Graph, n: usize, classes: i64, tol: f64) {
     let sgd = Optimizer::Sgd {
         momentum: 0.9,
         nesterov: true,
+        weight_decay: 0.0,
     };
     let adam = Optimizer::Adam {
         beta1: 0.9,
@@ -314,6 +315,7 @@ fn native_steps_are_bit_identical_across_thread_counts() {
     let opt = Optimizer::Sgd {
         momentum: 0.9,
         nesterov: false,
+        weight_decay: 0.0,
     };
     let run = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new()
@@ -524,6 +526,7 @@ fn folded_inference_equals_dfdx() {
         let sgd = Optimizer::Sgd {
             momentum: 0.9,
             nesterov: false,
+            weight_decay: 0.0,
         };
         for s in 1..=3 {
             native.train_step(&x, &y, &sgd, 5e-2, s).unwrap();

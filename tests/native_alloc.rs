@@ -64,6 +64,7 @@ fn a_native_training_step_allocates_nothing_after_the_first() {
         Optimizer::Sgd {
             momentum: 0.9,
             nesterov: true,
+            weight_decay: 0.0,
         },
         Optimizer::Adam {
             beta1: 0.9,
@@ -86,6 +87,7 @@ fn a_native_training_step_allocates_nothing_after_the_first() {
     let sgd = Optimizer::Sgd {
         momentum: 0.9,
         nesterov: false,
+        weight_decay: 0.0,
     };
     m.train_step(&x[..4 * 3072], &y[..4], &sgd, 1e-3, 9)
         .unwrap();

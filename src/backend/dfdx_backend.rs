@@ -612,6 +612,14 @@ impl<D: Device<f32> + Synchronize> super::Model for DfdxModel<D> {
         lr: f64,
         dropout_seed: u64,
     ) -> Result<StepStats> {
+        if let super::Optimizer::Adamw { .. } = opt {
+            bail!("the dfdx backend has no AdamW: train with backend = \"native\"");
+        }
+        if opt.weight_decay() != 0.0 {
+            bail!(
+                "the dfdx backend has no decoupled weight decay: train with backend = \"native\""
+            );
+        }
         let n = labels.len();
         let (ce, _, logits, grads, stats) =
             self.net
@@ -656,6 +664,7 @@ impl<D: Device<f32> + Synchronize> super::Model for DfdxModel<D> {
             bn_mean: self.net.bn_mean.clone(),
             bn_var: self.net.bn_var.clone(),
             step: self.step,
+            ema: None,
         })
     }
 
@@ -672,6 +681,10 @@ impl<D: Device<f32> + Synchronize> super::Model for DfdxModel<D> {
         self.net.bn_var = parts.bn_var;
         self.step = parts.step;
         Ok(())
+    }
+
+    fn name(&self) -> &'static str {
+        "dfdx"
     }
 
     fn classes(&self) -> usize {

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::nn::graph::Graph;
 
-/// Optimizer settings (Keras semantics).
+/// Optimizer settings (Keras semantics for SGD and Adam; PyTorch's for AdamW).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Optimizer {
@@ -28,6 +28,9 @@ pub enum Optimizer {
         momentum: f64,
         /// Nesterov update.
         nesterov: bool,
+        /// Decoupled weight decay (SGDW): `w -= lr * weight_decay * w` before the step.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        weight_decay: f64,
     },
     /// Adam: bias-corrected moments, eps added to sqrt(v).
     Adam {
@@ -38,15 +41,67 @@ pub enum Optimizer {
         /// Added to sqrt(v).
         epsilon: f64,
     },
+    /// AdamW (`torch.optim.AdamW`): `w -= lr * weight_decay * w`, then Adam with eps added
+    /// to the bias-corrected sqrt(v).
+    Adamw {
+        /// First-moment decay.
+        beta1: f64,
+        /// Second-moment decay.
+        beta2: f64,
+        /// Added to sqrt(v / (1 - beta2^t)).
+        epsilon: f64,
+        /// Decoupled weight decay.
+        weight_decay: f64,
+    },
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 impl Optimizer {
+    /// The same optimizer with its momentum (SGD) or beta1 (Adam, AdamW) set to `m`: what
+    /// a one-cycle schedule changes at each step.
+    pub fn with_momentum(&self, m: f64) -> Optimizer {
+        let mut o = self.clone();
+        match &mut o {
+            Optimizer::Sgd { momentum, .. } => *momentum = m,
+            Optimizer::Adam { beta1, .. } | Optimizer::Adamw { beta1, .. } => *beta1 = m,
+        }
+        o
+    }
+
+    /// Its momentum (SGD) or beta1 (Adam, AdamW).
+    pub fn momentum(&self) -> f64 {
+        match *self {
+            Optimizer::Sgd { momentum, .. } => momentum,
+            Optimizer::Adam { beta1, .. } | Optimizer::Adamw { beta1, .. } => beta1,
+        }
+    }
+
+    /// Its decoupled weight decay (0 when none).
+    pub fn weight_decay(&self) -> f64 {
+        match *self {
+            Optimizer::Sgd { weight_decay, .. } | Optimizer::Adamw { weight_decay, .. } => {
+                weight_decay
+            }
+            Optimizer::Adam { .. } => 0.0,
+        }
+    }
+
     /// Update one parameter tensor `p` from its gradient `g` and its moments `m`, `v`
     /// (SGD: `m` is the velocity), at learning rate `lr` on step `t` (from 1). Both
     /// backends call this, so their updates are the same arithmetic.
     pub fn update(&self, lr: f64, t: f64, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        let decay = self.weight_decay();
+        if decay != 0.0 {
+            let keep = (1.0 - lr * decay) as f32;
+            p.iter_mut().for_each(|w| *w *= keep);
+        }
         match *self {
-            Optimizer::Sgd { momentum, nesterov } => {
+            Optimizer::Sgd {
+                momentum, nesterov, ..
+            } => {
                 let (mo, lr) = (momentum as f32, lr as f32);
                 for i in 0..p.len() {
                     let vel = mo * m[i] - lr * g[i];
@@ -71,6 +126,101 @@ impl Optimizer {
                     p[i] -= lr_t * m[i] / (v[i].sqrt() + eps);
                 }
             }
+            Optimizer::Adamw {
+                beta1,
+                beta2,
+                epsilon,
+                ..
+            } => {
+                // As torch.optim.AdamW's single-tensor step does it, in f32.
+                let step = (lr / (1.0 - beta1.powf(t))) as f32;
+                let bc2_sqrt = ((1.0 - beta2.powf(t)).sqrt()) as f32;
+                let (b2, eps) = (beta2 as f32, epsilon as f32);
+                let (w1, w2) = ((1.0 - beta1) as f32, (1.0 - beta2) as f32);
+                for i in 0..p.len() {
+                    m[i] += w1 * (g[i] - m[i]);
+                    v[i] = v[i] * b2 + g[i] * g[i] * w2;
+                    p[i] -= step * m[i] / (v[i].sqrt() / bc2_sqrt + eps);
+                }
+            }
+        }
+    }
+}
+
+/// What a training step's loss compares the predictions with: each example's label,
+/// optionally a second label mixed in (mixup, CutMix) and label smoothing. The target
+/// distribution of example `i` over `k` classes is
+/// `(1 - smoothing) * (lambda * onehot(labels[i]) + (1 - lambda) * onehot(other[i])) +
+/// smoothing / k`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Targets<'a> {
+    /// The labels.
+    pub labels: &'a [i64],
+    /// The mixed-in labels and the weight `lambda` of `labels`.
+    pub mix: Option<(&'a [i64], f64)>,
+    /// Label smoothing ε.
+    pub smoothing: f64,
+}
+
+impl<'a> Targets<'a> {
+    /// Integer labels alone (plain cross-entropy).
+    pub fn plain(labels: &'a [i64]) -> Self {
+        Targets {
+            labels,
+            mix: None,
+            smoothing: 0.0,
+        }
+    }
+
+    /// Whether they are plain labels.
+    pub fn is_plain(&self) -> bool {
+        self.mix.is_none() && self.smoothing == 0.0
+    }
+
+    /// Every label (both sets) is in `0..k`: else the first that is not.
+    pub fn check(&self, k: usize) -> Result<()> {
+        let other = self.mix.map(|(o, _)| o).unwrap_or(&[]);
+        if let Some(&l) = self
+            .labels
+            .iter()
+            .chain(other)
+            .find(|&&l| l < 0 || l as usize >= k)
+        {
+            anyhow::bail!("label {l} out of range for a network with {k} classes");
+        }
+        if let Some((o, _)) = self.mix {
+            if o.len() != self.labels.len() {
+                anyhow::bail!(
+                    "{} mixed-in labels for {} examples",
+                    o.len(),
+                    self.labels.len()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The label with the larger weight in row `r` (its own unless mixed below half):
+    /// what a prediction counts as correct against.
+    pub fn dominant(&self, r: usize) -> i64 {
+        match self.mix {
+            Some((o, lambda)) if lambda < 0.5 => o[r],
+            _ => self.labels[r],
+        }
+    }
+
+    /// The target weights of row `r`: (class, weight) pairs over the one-hot part, and
+    /// the weight every class gets from smoothing.
+    pub fn row(&self, r: usize, k: usize) -> ([(usize, f64); 2], f64) {
+        let keep = 1.0 - self.smoothing;
+        let base = self.smoothing / k as f64;
+        let a = self.labels[r] as usize;
+        match self.mix {
+            Some((o, lambda)) => (
+                [(a, keep * lambda), (o[r] as usize, keep * (1.0 - lambda))],
+                base,
+            ),
+            None => ([(a, keep), (a, 0.0)], base),
         }
     }
 }
@@ -78,9 +228,11 @@ impl Optimizer {
 /// What one training step measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepStats {
-    /// Mean cross-entropy over the batch (without the L2 term).
+    /// Mean cross-entropy over the batch (without the L2 term), against the step's
+    /// targets.
     pub loss: f64,
-    /// Examples whose arg-max prediction equals the label.
+    /// Examples whose arg-max prediction equals the label (a mixed example's: the one
+    /// with the larger weight).
     pub correct: usize,
 }
 
@@ -95,13 +247,40 @@ pub struct NamedTensor {
 
 /// The full state of a model: weights, batch-norm running statistics, optimizer moments
 /// and step count. Names: `<node>/kernel`, `<node>/bias`, `<node>/gamma`, `<node>/beta`,
-/// `<node>/moving_mean`, `<node>/moving_variance`; optimizer `opt/<param>/m`, `opt/<param>/v`.
+/// `<node>/moving_mean`, `<node>/moving_variance`; optimizer `opt/<param>/m`, `opt/<param>/v`;
+/// the weights' moving average (`ema`), `ema/<name>` for each weight and statistic.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct State {
     /// Every tensor by name.
     pub tensors: BTreeMap<String, NamedTensor>,
     /// Optimizer steps taken.
     pub step: u64,
+}
+
+impl State {
+    /// Prefix of the moving average's tensors.
+    pub const EMA: &'static str = "ema/";
+
+    /// Whether it holds a moving average of the weights.
+    pub fn has_ema(&self) -> bool {
+        self.tensors.keys().any(|k| k.starts_with(Self::EMA))
+    }
+
+    /// The state a model is evaluated, exported and served with: the moving average of
+    /// the weights in their place when there is one (without its `ema/` copies).
+    pub fn for_inference(mut self) -> State {
+        let ema: Vec<String> = self
+            .tensors
+            .keys()
+            .filter(|k| k.starts_with(Self::EMA))
+            .cloned()
+            .collect();
+        for k in ema {
+            let t = self.tensors.remove(&k).expect("listed");
+            self.tensors.insert(k[Self::EMA.len()..].to_string(), t);
+        }
+        self
+    }
 }
 
 /// A model being trained or evaluated.
@@ -116,6 +295,49 @@ pub trait Model {
         lr: f64,
         dropout_seed: u64,
     ) -> Result<StepStats>;
+
+    /// [`Model::train_step`] against soft targets (label smoothing, mixup, CutMix). By
+    /// default only plain labels: a backend that has no soft-target loss says so.
+    fn train_step_targets(
+        &mut self,
+        images: &[f32],
+        targets: &Targets<'_>,
+        opt: &Optimizer,
+        lr: f64,
+        dropout_seed: u64,
+    ) -> Result<StepStats> {
+        if !targets.is_plain() {
+            anyhow::bail!(
+                "the {} backend has no soft-target loss (label_smoothing, mixup, cutmix): train with backend = \"native\" on the CPU",
+                self.name()
+            );
+        }
+        self.train_step(images, targets.labels, opt, lr, dropout_seed)
+    }
+
+    /// Fold the weights and batch-norm statistics into their exponential moving average
+    /// (`ema = decay * ema + (1 - decay) * current`; the first call copies them, as
+    /// `torch.optim.swa_utils.AveragedModel` does). The average is part of the state
+    /// (`ema/<name>`).
+    fn ema_update(&mut self, decay: f64) -> Result<()> {
+        let _ = decay;
+        anyhow::bail!(
+            "the {} backend keeps no moving average of the weights (ema): train with backend = \"native\" on the CPU",
+            self.name()
+        )
+    }
+
+    /// Exchange the weights and statistics with their moving average (a second call
+    /// swaps them back); an error when there is none yet.
+    fn swap_ema(&mut self) -> Result<()> {
+        anyhow::bail!(
+            "the {} backend keeps no moving average of the weights",
+            self.name()
+        )
+    }
+
+    /// The backend's name, for messages.
+    fn name(&self) -> &'static str;
 
     /// Class probabilities (N x classes) in inference mode (running statistics, no dropout).
     fn predict(&mut self, images: &[f32], n: usize) -> Result<Vec<f32>>;

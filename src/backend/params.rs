@@ -180,6 +180,46 @@ pub struct StateParts {
     pub bn_var: Vec<Vec<f32>>,
     /// Optimizer steps taken.
     pub step: u64,
+    /// The moving average of the weights and statistics, when one is kept.
+    pub ema: Option<Ema>,
+}
+
+/// An exponential moving average of a model's weights and batch-norm statistics, in the
+/// layout's order.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Ema {
+    /// Trainable tensors.
+    pub params: Vec<Vec<f32>>,
+    /// Batch-norm running means.
+    pub bn_mean: Vec<Vec<f32>>,
+    /// Batch-norm running variances.
+    pub bn_var: Vec<Vec<f32>>,
+}
+
+impl Ema {
+    /// `ema = decay * ema + (1 - decay) * current` for every value, in f32 as
+    /// `torch.optim.swa_utils.get_ema_multi_avg_fn` does it (`lerp` towards the current
+    /// value by `1 - decay`).
+    pub fn update(
+        &mut self,
+        decay: f64,
+        params: &[Vec<f32>],
+        bn_mean: &[Vec<f32>],
+        bn_var: &[Vec<f32>],
+    ) {
+        let w = (1.0 - decay) as f32;
+        let pairs = self
+            .params
+            .iter_mut()
+            .zip(params)
+            .chain(self.bn_mean.iter_mut().zip(bn_mean))
+            .chain(self.bn_var.iter_mut().zip(bn_var));
+        for (e, p) in pairs {
+            for (a, b) in e.iter_mut().zip(p) {
+                *a += w * (*b - *a);
+            }
+        }
+    }
 }
 
 impl Layout {
@@ -212,6 +252,23 @@ impl Layout {
                 format!("{}/moving_variance", bn.name),
                 t(&[bn.channels], &parts.bn_var[k]),
             );
+        }
+        if let Some(e) = &parts.ema {
+            let ema = State::EMA;
+            for (k, spec) in self.params.iter().enumerate() {
+                st.tensors
+                    .insert(format!("{ema}{}", spec.name), t(&spec.shape, &e.params[k]));
+            }
+            for (k, bn) in self.bns.iter().enumerate() {
+                st.tensors.insert(
+                    format!("{ema}{}/moving_mean", bn.name),
+                    t(&[bn.channels], &e.bn_mean[k]),
+                );
+                st.tensors.insert(
+                    format!("{ema}{}/moving_variance", bn.name),
+                    t(&[bn.channels], &e.bn_var[k]),
+                );
+            }
         }
         st
     }
@@ -249,6 +306,23 @@ impl Layout {
             parts
                 .bn_var
                 .push(get(&format!("{}/moving_variance", bn.name), bn.channels)?);
+        }
+        if st.has_ema() {
+            let ema = State::EMA;
+            let mut e = Ema::default();
+            for spec in &self.params {
+                e.params
+                    .push(get(&format!("{ema}{}", spec.name), spec.len())?);
+            }
+            for bn in &self.bns {
+                e.bn_mean
+                    .push(get(&format!("{ema}{}/moving_mean", bn.name), bn.channels)?);
+                e.bn_var.push(get(
+                    &format!("{ema}{}/moving_variance", bn.name),
+                    bn.channels,
+                )?);
+            }
+            parts.ema = Some(e);
         }
         Ok(parts)
     }

@@ -6,9 +6,10 @@ use anyhow::{Context, Result};
 
 use super::predict::load_stage_target;
 use super::Global;
+use crate::manifest::Tta;
 
 /// `pipe export`.
-pub fn export(g: &Global, target: &str, out: &Path) -> Result<()> {
+pub fn export(g: &Global, target: &str, out: &Path, tta: Tta) -> Result<()> {
     let (proj, p, stage, run) = load_stage_target(g, target)?;
     // With a remote cache, a model pulled alone (`pipe pull --only-final`) is found by
     // the keys the remote's records give the stages before it.
@@ -21,6 +22,7 @@ pub fn export(g: &Global, target: &str, out: &Path) -> Result<()> {
         &t.stage,
         Some(&t.key),
         t.filter,
+        tta,
     )?;
     if out == Path::new("-") {
         use std::io::Write;
@@ -28,11 +30,12 @@ pub fn export(g: &Global, target: &str, out: &Path) -> Result<()> {
         o.write_all(&bytes)?;
         o.flush()?;
         eprintln!(
-            "wrote {} KiB to stdout: `{}` stage `{}` as ONNX (opset {})",
+            "wrote {} KiB to stdout: `{}` stage `{}` as ONNX (opset {}{})",
             bytes.len() / 1024,
             p.name,
             t.stage,
-            crate::data::onnx::OPSET
+            crate::data::onnx::OPSET,
+            crate::stages::export::tta_note(tta)
         );
         return Ok(());
     }
@@ -71,12 +74,13 @@ pub fn export(g: &Global, target: &str, out: &Path) -> Result<()> {
     crate::atomic::write_atomic(&out, &bytes)
         .with_context(|| format!("cannot write {}", out.display()))?;
     println!(
-        "wrote {} ({} KiB): `{}` stage `{}` as ONNX (opset {})",
+        "wrote {} ({} KiB): `{}` stage `{}` as ONNX (opset {}{})",
         out.display(),
         bytes.len() / 1024,
         p.name,
         t.stage,
-        crate::data::onnx::OPSET
+        crate::data::onnx::OPSET,
+        crate::stages::export::tta_note(tta)
     );
     Ok(())
 }

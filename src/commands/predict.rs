@@ -14,6 +14,7 @@ use super::Console;
 use super::Global;
 use crate::backend::DeviceKind;
 use crate::engine::Project;
+use crate::manifest::Tta;
 use crate::stages::predict::{prepare_image, top_k, Predictor};
 
 /// Output format of `predict`.
@@ -45,6 +46,8 @@ pub struct PredictOptions {
     pub max_pixels: u64,
     /// `-` reads paths separated by NUL bytes (as `find -print0` writes them), not lines.
     pub nul: bool,
+    /// Test-time augmentation.
+    pub tta: Tta,
 }
 
 fn is_image(p: &Path) -> bool {
@@ -223,6 +226,7 @@ pub fn predict(g: &Global, target: &str, inputs: &[String], o: &PredictOptions) 
         trained.filter,
         device,
     )?;
+    model.tta = o.tta;
     let k = match o.top_k {
         Some(k) if k > model.classes.len() => bail!(
             "--top-k {k} asks for more classes than stage `{}` of `{}` knows ({})",
@@ -350,7 +354,11 @@ pub fn predict(g: &Global, target: &str, inputs: &[String], o: &PredictOptions) 
                             serde_json::json!({"label": l, "class": c.id, "name": c.name, "p": p})
                         })
                         .collect();
-                    writeln!(out, "{}", serde_json::json!({"path": path_s, "top": top}))?;
+                    let mut row = serde_json::json!({"path": path_s, "top": top});
+                    if o.tta != Tta::None {
+                        row["tta"] = serde_json::json!(o.tta.to_string());
+                    }
+                    writeln!(out, "{row}")?;
                 }
             }
         }
@@ -363,9 +371,13 @@ pub fn predict(g: &Global, target: &str, inputs: &[String], o: &PredictOptions) 
     pb.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     let mut summary = format!(
-        "predicted {done} images with `{}` stage `{}` in {secs:.2} s ({:.0} images/s)",
+        "predicted {done} images with `{}` stage `{}`{} in {secs:.2} s ({:.0} images/s)",
         p.name,
         trained.stage,
+        match o.tta {
+            Tta::None => String::new(),
+            t => format!(" (tta = {t}: each image averaged with its mirror)"),
+        },
         done as f64 / secs.max(1e-9)
     );
     if !skipped.is_empty() {

@@ -21,6 +21,7 @@ use anyhow::{bail, Context, Result};
 use prost::Message;
 
 use crate::backend::{NamedTensor, State};
+use crate::manifest::Tta;
 use crate::nn::graph::{pad_before, Graph, NodeInfo, Op, Padding, Shape};
 
 /// The opset the export targets.
@@ -209,6 +210,7 @@ use proto::*;
 
 /// `TensorProto.DataType.FLOAT`.
 const FLOAT: i32 = 1;
+const INT64: i32 = 7;
 
 /// What the exported file says of where it comes from.
 #[derive(Debug, Clone, Default)]
@@ -228,6 +230,9 @@ pub struct Provenance {
     /// How the images the model was trained on were resized (`bilinear`, ...): what a
     /// caller's preprocessing must do to feed it the same pixels.
     pub resize_filter: String,
+    /// Test-time augmentation built into the graph (`flip`: the mean of the class
+    /// probabilities of each image and its mirror).
+    pub tta: Tta,
 }
 
 fn attr_ints(name: &str, v: &[usize]) -> AttributeProto {
@@ -254,6 +259,15 @@ fn attr_float(name: &str, v: f32) -> AttributeProto {
         f: Some(v),
         r#type: Some(1),
         ..Default::default()
+    }
+}
+
+fn int64_tensor(name: &str, data: &[i64]) -> TensorProto {
+    TensorProto {
+        dims: vec![data.len() as i64],
+        data_type: Some(INT64),
+        name: Some(name.into()),
+        raw_data: Some(data.iter().flat_map(|v| v.to_le_bytes()).collect()),
     }
 }
 
@@ -317,6 +331,11 @@ impl Builder {
         self.inits.push(float_tensor(name, dims, data));
         name.to_string()
     }
+
+    fn constant_i64(&mut self, name: &str, data: &[i64]) -> String {
+        self.inits.push(int64_tensor(name, data));
+        name.to_string()
+    }
 }
 
 fn tensor<'a>(state: &'a State, name: &str) -> Result<&'a NamedTensor> {
@@ -376,7 +395,20 @@ pub fn export(
         )
     };
     let m = b.constant("input_mean", &mean_dims, &mean.data);
-    let centred = b.node("Sub", &["input", &m], vec![]);
+    // Flip TTA: the batch and its mirror (reversed along W) as one batch of 2N, whose two
+    // halves' probabilities are averaged at the end.
+    let input = match from.tta {
+        Tta::None => "input".to_string(),
+        Tta::Flip => {
+            let starts = b.constant_i64("tta_starts", &[-1]);
+            let ends = b.constant_i64("tta_ends", &[i64::MIN]);
+            let axes = b.constant_i64("tta_axes", &[2]);
+            let steps = b.constant_i64("tta_steps", &[-1]);
+            let mirrored = b.node("Slice", &["input", &starts, &ends, &axes, &steps], vec![]);
+            b.node("Concat", &["input", &mirrored], vec![attr_int("axis", 0)])
+        }
+    };
+    let centred = b.node("Sub", &[&input, &m], vec![]);
     let nchw = b.node(
         "Transpose",
         &[&centred],
@@ -543,6 +575,18 @@ pub fn export(
     } else {
         b.node("Softmax", &[&last], vec![attr_int("axis", -1)])
     };
+    let probs = match from.tta {
+        Tta::None => probs,
+        Tta::Flip => {
+            let shape = b.constant_i64("tta_shape", &[2, -1, classes as i64]);
+            let halves = b.node("Reshape", &[&probs, &shape], vec![]);
+            b.node(
+                "ReduceMean",
+                &[&halves],
+                vec![attr_ints("axes", &[0]), attr_int("keepdims", 0)],
+            )
+        }
+    };
     b.nodes.push(NodeProto {
         input: vec![probs],
         output: vec!["probabilities".into()],
@@ -594,6 +638,7 @@ pub fn export(
             ),
             meta("pipe.input_size", format!("{w}x{h}")),
             meta("pipe.resize_filter", from.resize_filter.clone()),
+            meta("pipe.tta", from.tta.to_string()),
             meta(
                 "pipe.input",
                 "float32 [N, H, W, 3], RGB values 0..255, the image resized to the input size; the mean is subtracted inside the model".into(),

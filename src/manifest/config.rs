@@ -131,6 +131,8 @@ pub enum OptimizerKind {
     Sgd,
     /// Adam.
     Adam,
+    /// AdamW: Adam with decoupled weight decay (`torch.optim.AdamW`).
+    Adamw,
 }
 
 /// Learning-rate schedule of a training stage.
@@ -144,6 +146,15 @@ pub enum ScheduleKind {
     Poly,
     /// `lr` until the first `steps` entry, then each entry's lr from its epoch on.
     Step,
+    /// Per step: linear warmup over `warmup_epochs` from `lr * warmup_start_factor` to
+    /// `lr`, then cosine decay to `min_lr` at the last step (`torch.optim.lr_scheduler`'s
+    /// `LinearLR` then `CosineAnnealingLR`).
+    Cosine,
+    /// Per step: `torch.optim.lr_scheduler.OneCycleLR` (cosine annealing, two phases) from
+    /// `max_lr / div_factor` up to `max_lr` over `pct_start` of the steps, then down to
+    /// `max_lr / div_factor / final_div_factor`; SGD's momentum (Adam's beta1) cycled
+    /// inversely between `max_momentum` and `base_momentum`.
+    Onecycle,
 }
 
 /// Mean subtraction before the network.
@@ -173,6 +184,10 @@ pub struct AugmentConfig {
     /// Random horizontal flips.
     #[serde(default)]
     pub flip: bool,
+    /// Cutout: a square of `size` pixels, centred on a random pixel (clipped at the
+    /// borders), set to the mean (0 after mean subtraction).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cutout: Option<CutoutConfig>,
     /// Rotation range in degrees (uniform in [-r, r]).
     #[serde(default)]
     pub rotation: f64,
@@ -182,6 +197,159 @@ pub struct AugmentConfig {
     /// Shear angle range in degrees.
     #[serde(default)]
     pub shear: f64,
+}
+
+/// `augment.cutout = { size = 8 }` (DeVries & Taylor, 2017).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CutoutConfig {
+    /// Side of the square, in pixels.
+    pub size: usize,
+    /// Probability that an image gets one (default 1).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub p: f64,
+}
+
+/// `mixup = { alpha = 0.2 }` / `cutmix = { alpha = 1.0 }`: λ ~ Beta(alpha, alpha) per
+/// batch.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MixConfig {
+    /// The Beta distribution's parameter.
+    pub alpha: f64,
+}
+
+/// `ema = { decay = 0.999 }`: an exponential moving average of the weights and
+/// batch-norm statistics, updated after every step.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmaConfig {
+    /// `ema = decay * ema + (1 - decay) * weights`.
+    pub decay: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+fn is_one(v: &f64) -> bool {
+    *v == 1.0
+}
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
+}
+fn is_false(v: &bool) -> bool {
+    !*v
+}
+fn yes() -> bool {
+    true
+}
+fn is_true(v: &bool) -> bool {
+    *v
+}
+fn is_constant(s: &ScheduleKind) -> bool {
+    *s == ScheduleKind::Constant
+}
+fn default_warmup_start() -> f64 {
+    0.01
+}
+fn is_default_warmup_start(v: &f64) -> bool {
+    *v == default_warmup_start()
+}
+fn default_pct_start() -> f64 {
+    0.3
+}
+fn is_default_pct_start(v: &f64) -> bool {
+    *v == default_pct_start()
+}
+fn default_div() -> f64 {
+    25.0
+}
+fn is_default_div(v: &f64) -> bool {
+    *v == default_div()
+}
+fn default_final_div() -> f64 {
+    1e4
+}
+fn is_default_final_div(v: &f64) -> bool {
+    *v == default_final_div()
+}
+fn default_base_mom() -> f64 {
+    0.85
+}
+fn is_default_base_mom(v: &f64) -> bool {
+    *v == default_base_mom()
+}
+fn default_max_mom() -> f64 {
+    0.95
+}
+fn is_default_max_mom(v: &f64) -> bool {
+    *v == default_max_mom()
+}
+
+/// The keys of the per-step schedules, as `train` and the continuing stages both write
+/// them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SchedKeys {
+    /// The schedule.
+    pub kind: ScheduleKind,
+    /// Its lr (the peak for `cosine`; `onecycle`'s `max_lr` when that is not set).
+    pub lr: f64,
+    /// `poly` power.
+    pub power: f64,
+    /// See [`TrainConfig::warmup_epochs`].
+    pub warmup_epochs: f64,
+    /// See [`TrainConfig::warmup_start_factor`].
+    pub warmup_start_factor: f64,
+    /// See [`TrainConfig::min_lr`].
+    pub min_lr: f64,
+    /// See [`TrainConfig::max_lr`].
+    pub max_lr: f64,
+    /// See [`TrainConfig::pct_start`].
+    pub pct_start: f64,
+    /// See [`TrainConfig::div_factor`].
+    pub div_factor: f64,
+    /// See [`TrainConfig::final_div_factor`].
+    pub final_div_factor: f64,
+    /// See [`TrainConfig::cycle_momentum`].
+    pub cycle_momentum: bool,
+    /// See [`TrainConfig::base_momentum`].
+    pub base_momentum: f64,
+    /// See [`TrainConfig::max_momentum`].
+    pub max_momentum: f64,
+}
+
+macro_rules! sched_keys {
+    ($c:expr, $kind:expr, $power:expr) => {
+        SchedKeys {
+            kind: $kind,
+            lr: $c.lr,
+            power: $power,
+            warmup_epochs: $c.warmup_epochs,
+            warmup_start_factor: $c.warmup_start_factor,
+            min_lr: $c.min_lr,
+            max_lr: $c.max_lr.unwrap_or($c.lr),
+            pct_start: $c.pct_start,
+            div_factor: $c.div_factor,
+            final_div_factor: $c.final_div_factor,
+            cycle_momentum: $c.cycle_momentum,
+            base_momentum: $c.base_momentum,
+            max_momentum: $c.max_momentum,
+        }
+    };
+}
+
+impl TrainConfig {
+    /// Its schedule's keys.
+    pub fn sched_keys(&self) -> SchedKeys {
+        sched_keys!(self, self.schedule, self.power)
+    }
+}
+
+impl ContinueConfig {
+    /// Its schedule's keys.
+    pub fn sched_keys(&self) -> SchedKeys {
+        sched_keys!(self, self.schedule, self.power)
+    }
 }
 
 /// `kind = "train"`.
@@ -224,6 +392,71 @@ pub struct TrainConfig {
     /// `step`: `[[epoch, lr], ...]`, lr from that epoch on (epochs count from 0).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<(usize, f64)>,
+    /// `cosine`: epochs of linear warmup before the decay (default 0; fractions allowed).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub warmup_epochs: f64,
+    /// `cosine`: the warmup's first lr as a fraction of `lr` (default 0.01).
+    #[serde(
+        default = "default_warmup_start",
+        skip_serializing_if = "is_default_warmup_start"
+    )]
+    pub warmup_start_factor: f64,
+    /// `cosine`: the lr at the last step (default 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub min_lr: f64,
+    /// `onecycle`: the peak lr (default: `lr`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lr: Option<f64>,
+    /// `onecycle`: the fraction of the steps spent rising (default 0.3).
+    #[serde(
+        default = "default_pct_start",
+        skip_serializing_if = "is_default_pct_start"
+    )]
+    pub pct_start: f64,
+    /// `onecycle`: the first lr is `max_lr / div_factor` (default 25).
+    #[serde(default = "default_div", skip_serializing_if = "is_default_div")]
+    pub div_factor: f64,
+    /// `onecycle`: the last lr is the first over `final_div_factor` (default 1e4).
+    #[serde(
+        default = "default_final_div",
+        skip_serializing_if = "is_default_final_div"
+    )]
+    pub final_div_factor: f64,
+    /// `onecycle`: cycle SGD's momentum (Adam's beta1) inversely to the lr (default true).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub cycle_momentum: bool,
+    /// `onecycle`: the momentum at the peak lr (default 0.85).
+    #[serde(
+        default = "default_base_mom",
+        skip_serializing_if = "is_default_base_mom"
+    )]
+    pub base_momentum: f64,
+    /// `onecycle`: the momentum at the first and last step (default 0.95).
+    #[serde(
+        default = "default_max_mom",
+        skip_serializing_if = "is_default_max_mom"
+    )]
+    pub max_momentum: f64,
+    /// Label smoothing ε (default 0): the target is `(1 - ε) onehot + ε / classes`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub label_smoothing: f64,
+    /// Decoupled weight decay (`adamw`: default 0.01; `sgd`: default 0, applied only with
+    /// `decoupled_weight_decay = true`): `w -= lr * weight_decay * w` before each step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_decay: Option<f64>,
+    /// SGD: apply `weight_decay` decoupled (SGDW) (default false).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub decoupled_weight_decay: bool,
+    /// Mixup of each batch with itself rolled by one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mixup: Option<MixConfig>,
+    /// CutMix of each batch with itself rolled by one (with `mixup`: one or the other per
+    /// batch, even odds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cutmix: Option<MixConfig>,
+    /// An exponential moving average of the weights: what is evaluated and exported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema: Option<EmaConfig>,
     /// `rgb` (default), `pixel` or `none`.
     #[serde(default)]
     pub mean: MeanKind,
@@ -279,10 +512,62 @@ pub struct ContinueConfig {
     /// `lr-drop`: the stage to continue (`"train"`); `resume`: a stage and epoch
     /// (`"train@25"`).
     pub from: String,
-    /// The new (constant) learning rate.
+    /// The new learning rate (the peak of a `cosine` or `onecycle` schedule).
     pub lr: f64,
     /// How many more epochs.
     pub epochs: usize,
+    /// `constant` (default), `poly`, `cosine` or `onecycle`, over this segment's epochs
+    /// (its first step is the schedule's first).
+    #[serde(default, skip_serializing_if = "is_constant")]
+    pub schedule: ScheduleKind,
+    /// `poly` power (default 1).
+    #[serde(default = "default_power", skip_serializing_if = "is_one")]
+    pub power: f64,
+    /// `cosine`: epochs of linear warmup before the decay (default 0; fractions allowed).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub warmup_epochs: f64,
+    /// `cosine`: the warmup's first lr as a fraction of `lr` (default 0.01).
+    #[serde(
+        default = "default_warmup_start",
+        skip_serializing_if = "is_default_warmup_start"
+    )]
+    pub warmup_start_factor: f64,
+    /// `cosine`: the lr at the last step (default 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub min_lr: f64,
+    /// `onecycle`: the peak lr (default: `lr`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lr: Option<f64>,
+    /// `onecycle`: the fraction of the steps spent rising (default 0.3).
+    #[serde(
+        default = "default_pct_start",
+        skip_serializing_if = "is_default_pct_start"
+    )]
+    pub pct_start: f64,
+    /// `onecycle`: the first lr is `max_lr / div_factor` (default 25).
+    #[serde(default = "default_div", skip_serializing_if = "is_default_div")]
+    pub div_factor: f64,
+    /// `onecycle`: the last lr is the first over `final_div_factor` (default 1e4).
+    #[serde(
+        default = "default_final_div",
+        skip_serializing_if = "is_default_final_div"
+    )]
+    pub final_div_factor: f64,
+    /// `onecycle`: cycle SGD's momentum (Adam's beta1) inversely to the lr (default true).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub cycle_momentum: bool,
+    /// `onecycle`: the momentum at the peak lr (default 0.85).
+    #[serde(
+        default = "default_base_mom",
+        skip_serializing_if = "is_default_base_mom"
+    )]
+    pub base_momentum: f64,
+    /// `onecycle`: the momentum at the first and last step (default 0.95).
+    #[serde(
+        default = "default_max_mom",
+        skip_serializing_if = "is_default_max_mom"
+    )]
+    pub max_momentum: f64,
     /// Optional new SGD momentum.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub momentum: Option<f64>,
@@ -313,6 +598,10 @@ pub struct EvaluateConfig {
     /// Images per forward pass (default 128).
     #[serde(default = "default_eval_batch")]
     pub batch_size: usize,
+    /// Test-time augmentation: `none` (default) or `flip` (the mean of the class
+    /// probabilities of each image and its mirror).
+    #[serde(default, skip_serializing_if = "Tta::is_none")]
+    pub tta: Tta,
     /// `cpu`, `cuda` or `auto` (default: the pipeline's `device`).
     #[serde(default)]
     pub device: Option<DeviceSetting>,
@@ -389,6 +678,7 @@ impl std::fmt::Display for OptimizerKind {
         f.write_str(match self {
             OptimizerKind::Sgd => "sgd",
             OptimizerKind::Adam => "adam",
+            OptimizerKind::Adamw => "adamw",
         })
     }
 }
@@ -402,6 +692,33 @@ pub enum ExportFormat {
     Onnx,
 }
 
+/// Test-time augmentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Tta {
+    /// Each image once.
+    #[default]
+    None,
+    /// The mean of the class probabilities of the image and its horizontal mirror.
+    Flip,
+}
+
+impl Tta {
+    /// `none`.
+    pub fn is_none(&self) -> bool {
+        *self == Tta::None
+    }
+}
+
+impl std::fmt::Display for Tta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Tta::None => "none",
+            Tta::Flip => "flip",
+        })
+    }
+}
+
 /// `kind = "export"`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -409,4 +726,8 @@ pub struct ExportConfig {
     /// The file format (default `onnx`).
     #[serde(default)]
     pub format: ExportFormat,
+    /// `flip`: the exported graph averages the class probabilities of each image and its
+    /// mirror (default `none`).
+    #[serde(default, skip_serializing_if = "Tta::is_none")]
+    pub tta: Tta,
 }

@@ -338,6 +338,8 @@ fn parse_train(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
                 .at(cx.dotted_at(k))
                 .path(format!("{path}.{k}")));
         }
+        check_schedule(cx, &c.sched_keys(), c.epochs)?;
+        check_recipe(cx, &c)?;
         if c.schedule == ScheduleKind::Step && c.steps.is_empty() {
             return Err(ManifestError::new(
                 "schedule = \"step\" needs `steps = [[epoch, lr], ...]`",
@@ -369,6 +371,220 @@ fn parse_train(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
     })
 }
 
+/// A manifest error at key `k` of the stage (dotted for a nested key).
+fn key_error(cx: &StageCx<'_>, k: &str, msg: String) -> ManifestError {
+    ManifestError::new(msg)
+        .at(cx.dotted_at(k))
+        .path(format!("{}.{k}", cx.path))
+}
+
+/// The per-step schedules' keys: each within its range, and written only with the
+/// schedule that reads it.
+fn check_schedule(cx: &StageCx<'_>, k: &SchedKeys, epochs: usize) -> Result<(), ManifestError> {
+    let cosine = ["warmup_epochs", "warmup_start_factor", "min_lr"];
+    let onecycle = [
+        "max_lr",
+        "pct_start",
+        "div_factor",
+        "final_div_factor",
+        "cycle_momentum",
+        "base_momentum",
+        "max_momentum",
+    ];
+    for (keys, kind, name) in [
+        (&cosine[..], ScheduleKind::Cosine, "cosine"),
+        (&onecycle[..], ScheduleKind::Onecycle, "onecycle"),
+    ] {
+        if k.kind != kind {
+            if let Some(key) = keys.iter().find(|key| cx.table.contains_key(**key)) {
+                return Err(key_error(
+                    cx,
+                    key,
+                    format!("`{key}` is a key of schedule = \"{name}\", and this stage's schedule is \"{}\"", schedule_name(k.kind)),
+                ));
+            }
+        }
+    }
+    let ranges: [(&str, f64, bool, &str); 9] = [
+        (
+            "warmup_epochs",
+            k.warmup_epochs,
+            k.warmup_epochs >= 0.0 && k.warmup_epochs < epochs as f64,
+            "in [0, epochs)",
+        ),
+        (
+            "warmup_start_factor",
+            k.warmup_start_factor,
+            k.warmup_start_factor > 0.0 && k.warmup_start_factor <= 1.0,
+            "in (0, 1]",
+        ),
+        (
+            "min_lr",
+            k.min_lr,
+            k.min_lr >= 0.0 && (k.kind != ScheduleKind::Cosine || k.min_lr < k.lr),
+            "in [0, lr)",
+        ),
+        ("max_lr", k.max_lr, k.max_lr > 0.0, "> 0"),
+        (
+            "pct_start",
+            k.pct_start,
+            k.pct_start > 0.0 && k.pct_start < 1.0,
+            "in (0, 1)",
+        ),
+        ("div_factor", k.div_factor, k.div_factor > 0.0, "> 0"),
+        (
+            "final_div_factor",
+            k.final_div_factor,
+            k.final_div_factor > 0.0,
+            "> 0",
+        ),
+        (
+            "base_momentum",
+            k.base_momentum,
+            (0.0..1.0).contains(&k.base_momentum),
+            "in [0, 1)",
+        ),
+        (
+            "max_momentum",
+            k.max_momentum,
+            (0.0..1.0).contains(&k.max_momentum) && k.max_momentum >= k.base_momentum,
+            "in [base_momentum, 1)",
+        ),
+    ];
+    if let Some((key, v, _, allowed)) = ranges.iter().find(|r| !r.2) {
+        return Err(key_error(
+            cx,
+            key,
+            format!("`{key}` = {v} must be {allowed}"),
+        ));
+    }
+    Ok(())
+}
+
+fn schedule_name(k: ScheduleKind) -> &'static str {
+    match k {
+        ScheduleKind::Constant => "constant",
+        ScheduleKind::Poly => "poly",
+        ScheduleKind::Step => "step",
+        ScheduleKind::Cosine => "cosine",
+        ScheduleKind::Onecycle => "onecycle",
+    }
+}
+
+/// Label smoothing, decoupled weight decay, mixup, CutMix, cutout and the moving average:
+/// their ranges, the optimizer each goes with, and the engines that have them (the
+/// native CPU backend; dfdx and the CUDA device refuse them here, where the manifest
+/// says which engine).
+fn check_recipe(cx: &StageCx<'_>, c: &TrainConfig) -> Result<(), ManifestError> {
+    let mut ranges: Vec<(&str, f64, bool, &str)> = vec![(
+        "label_smoothing",
+        c.label_smoothing,
+        (0.0..1.0).contains(&c.label_smoothing),
+        "in [0, 1)",
+    )];
+    if let Some(w) = c.weight_decay {
+        ranges.push(("weight_decay", w, w >= 0.0, ">= 0"));
+    }
+    if let Some(m) = c.mixup {
+        ranges.push(("mixup.alpha", m.alpha, m.alpha > 0.0, "> 0"));
+    }
+    if let Some(m) = c.cutmix {
+        ranges.push(("cutmix.alpha", m.alpha, m.alpha > 0.0, "> 0"));
+    }
+    if let Some(e) = c.ema {
+        ranges.push((
+            "ema.decay",
+            e.decay,
+            e.decay > 0.0 && e.decay < 1.0,
+            "in (0, 1)",
+        ));
+    }
+    if let Some(k) = c.augment.cutout {
+        ranges.push((
+            "augment.cutout.size",
+            k.size as f64,
+            k.size >= 1,
+            ">= 1 (pixels)",
+        ));
+        ranges.push((
+            "augment.cutout.p",
+            k.p,
+            (0.0..=1.0).contains(&k.p),
+            "in [0, 1]",
+        ));
+    }
+    if let Some((key, v, _, allowed)) = ranges.iter().find(|r| !r.2) {
+        return Err(key_error(
+            cx,
+            key,
+            format!("`{key}` = {v} must be {allowed}"),
+        ));
+    }
+    match c.optimizer {
+        OptimizerKind::Sgd if c.weight_decay.is_some() && !c.decoupled_weight_decay => {
+            return Err(key_error(
+                cx,
+                "weight_decay",
+                "`weight_decay` with optimizer = \"sgd\" is decoupled weight decay: set `decoupled_weight_decay = true` (SGD's coupled decay is the layers' `l2`)".into(),
+            ));
+        }
+        OptimizerKind::Adam if c.weight_decay.is_some() => {
+            return Err(key_error(
+                cx,
+                "weight_decay",
+                "optimizer = \"adam\" has no weight decay: use optimizer = \"adamw\" (decoupled), or the layers' `l2`".into(),
+            ));
+        }
+        OptimizerKind::Adam | OptimizerKind::Adamw if c.decoupled_weight_decay => {
+            return Err(key_error(
+                cx,
+                "decoupled_weight_decay",
+                format!(
+                    "`decoupled_weight_decay` is SGD's; optimizer = \"{}\" {}",
+                    c.optimizer,
+                    if c.optimizer == OptimizerKind::Adamw {
+                        "always decouples its `weight_decay`"
+                    } else {
+                        "has none: use \"adamw\""
+                    }
+                ),
+            ));
+        }
+        _ => {}
+    }
+    // What only the native CPU backend has.
+    let used: Vec<&str> = [
+        ("label_smoothing", c.label_smoothing != 0.0),
+        ("mixup", c.mixup.is_some()),
+        ("cutmix", c.cutmix.is_some()),
+        ("ema", c.ema.is_some()),
+        ("optimizer", c.optimizer == OptimizerKind::Adamw),
+        ("decoupled_weight_decay", c.decoupled_weight_decay),
+    ]
+    .into_iter()
+    .filter(|(_, on)| *on)
+    .map(|(k, _)| k)
+    .collect();
+    let engine = match (c.backend, c.device) {
+        (Some(BackendKind::Dfdx), _) => Some("the dfdx backend"),
+        (_, Some(DeviceSetting::Cuda)) => Some("the native CUDA backend (not yet)"),
+        _ => None,
+    };
+    if let (Some(key), Some(engine)) = (used.first(), engine) {
+        let what = if *key == "optimizer" {
+            "optimizer = \"adamw\"".to_string()
+        } else {
+            format!("`{key}`")
+        };
+        return Err(key_error(
+            cx,
+            key,
+            format!("{what} is trained by the native backend on the CPU only; {engine} does not have it: set backend = \"native\" and device = \"cpu\" for this stage"),
+        ));
+    }
+    Ok(())
+}
+
 /// `lr-drop` and `resume`: what is continued (a stage, `stage@epoch` or a file).
 fn parse_continue(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
     let path = cx.path.clone();
@@ -398,6 +614,14 @@ fn parse_continue(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
                 .path(format!("{path}.{k}")));
         }
         check_epochs(c.epochs, &path, cx.key_at("epochs"))?;
+        if c.schedule == ScheduleKind::Step {
+            return Err(ManifestError::new(format!(
+                "a {kind} stage takes schedule = \"constant\", \"poly\", \"cosine\" or \"onecycle\" over its own epochs, not \"step\" (its epochs are one step; start another {kind} stage for another lr)"
+            ))
+            .at(cx.key_at("schedule"))
+            .path(format!("{path}.schedule")));
+        }
+        check_schedule(cx, &c.sched_keys(), c.epochs)?;
         let from_file = kind == StageKind::Resume && !c.from.contains('@');
         if from_file && cx.inputs.len() != 1 {
             return Err(ManifestError::new(

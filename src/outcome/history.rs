@@ -21,6 +21,12 @@ pub struct EpochRecord {
     pub val_loss: f64,
     /// Validation accuracy.
     pub val_acc: f64,
+    /// Validation loss of the weights' moving average (`ema`), when the stage keeps one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema_val_loss: Option<f64>,
+    /// Validation accuracy of the weights' moving average.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema_val_acc: Option<f64>,
     /// Training images per second. Not written to `history.json` (nor to checkpoints): a
     /// timing is not content, and a byte-identical re-train must give a byte-identical
     /// artifact. Timings go to `timings.json`, a record the store does not hash.

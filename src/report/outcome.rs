@@ -126,8 +126,12 @@ pub fn status_text(pipeline: &str, manifest: &str, stages: &[StageOutcome]) -> S
 
 /// A training epoch's line: `train: epoch   3/6  lr 2.00e-3  loss ...  2411 img/s`.
 pub fn epoch_line(r: &EpochRecord, end: usize) -> String {
+    let ema = match (r.ema_val_loss, r.ema_val_acc) {
+        (Some(l), Some(a)) => format!("  ema val_loss {l:.4}  val_acc {:.2}%", 100.0 * a),
+        _ => String::new(),
+    };
     format!(
-        "{}: epoch {:>3}/{end}  lr {:.2e}  loss {:.4}  acc {:.2}%  val_loss {:.4}  val_acc {:.2}%  {:.0} img/s",
+        "{}: epoch {:>3}/{end}  lr {:.2e}  loss {:.4}  acc {:.2}%  val_loss {:.4}  val_acc {:.2}%{ema}  {:.0} img/s",
         r.stage,
         r.epoch,
         r.lr,

@@ -6,13 +6,13 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use crate::backend::NamedTensor;
 use crate::data::{augment, h5};
-use crate::manifest::{AugmentConfig, MeanKind};
+use crate::manifest::{AugmentConfig, CutoutConfig, MeanKind, MixConfig};
 
 /// A seed for one purpose (`shuffle`, `augment`, `dropout`) of one epoch and item.
 pub(crate) fn derive_seed(seed: u64, what: &str, a: u64, b: u64) -> u64 {
@@ -123,8 +123,109 @@ pub(crate) fn make_batch(
             }
             let _ = k;
             subtract_mean(dst, mean);
+            if let Some((Some(c), seed, epoch)) = aug.map(|(a, s, e)| (a.cutout, s, e)) {
+                let mut rng =
+                    ChaCha8Rng::seed_from_u64(derive_seed(seed, "cutout", epoch, i as u64));
+                cutout(dst, s.h, s.w, c, &mut rng);
+            }
         });
     (out, idx.iter().map(|&i| s.labels[i]).collect())
+}
+
+/// Cutout (DeVries & Taylor's): a square of `c.size` centred on a random pixel, clipped
+/// at the borders, set to 0 (the mean, once subtracted), with probability `c.p`.
+pub fn cutout(dst: &mut [f32], h: usize, w: usize, c: CutoutConfig, rng: &mut impl Rng) {
+    let (cy, cx) = (rng.random_range(0..h), rng.random_range(0..w));
+    let apply = rng.random::<f64>() < c.p;
+    if !apply {
+        return;
+    }
+    let half = c.size / 2;
+    let (y0, y1) = (cy.saturating_sub(half), (cy + half).min(h));
+    let (x0, x1) = (cx.saturating_sub(half), (cx + half).min(w));
+    for y in y0..y1 {
+        dst[(y * w + x0) * 3..(y * w + x1) * 3].fill(0.0);
+    }
+}
+
+/// Mixup or CutMix of a batch `x` (n images h x w x 3) with itself rolled by one (image
+/// `i` mixed with image `i - 1`, as torchvision's `MixUp` and `CutMix` do), seeded per
+/// (seed, epoch, batch): the mixed-in labels and the weight λ of the batch's own. With both
+/// set, one or the other with even odds. `None` when the recipe mixes nothing or the
+/// batch holds one image.
+#[allow(clippy::too_many_arguments)]
+pub fn mix_batch(
+    x: &mut [f32],
+    labels: &[i64],
+    (h, w): (usize, usize),
+    mixup: Option<MixConfig>,
+    cutmix: Option<MixConfig>,
+    seed: u64,
+    epoch: u64,
+    batch: u64,
+) -> Option<(Vec<i64>, f64)> {
+    let n = labels.len();
+    if n < 2 || (mixup.is_none() && cutmix.is_none()) {
+        return None;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(seed, "mix", epoch, batch));
+    let use_cutmix = match (mixup, cutmix) {
+        (Some(_), Some(_)) => rng.random::<f64>() < 0.5,
+        (None, Some(_)) => true,
+        _ => false,
+    };
+    let alpha = if use_cutmix { cutmix } else { mixup }?.alpha;
+    let lambda: f64 = rand_distr::Beta::new(alpha, alpha)
+        .map(|b| rng.sample(b))
+        .unwrap_or(1.0);
+    let px = h * w * 3;
+    let rolled: Vec<f32> = x[(n - 1) * px..]
+        .iter()
+        .chain(&x[..(n - 1) * px])
+        .copied()
+        .collect();
+    let other: Vec<i64> = (0..n).map(|i| labels[(i + n - 1) % n]).collect();
+    if !use_cutmix {
+        mix_images(x, &rolled, lambda as f32);
+        return Some((other, lambda));
+    }
+    let (ry, rx) = (rng.random_range(0..h), rng.random_range(0..w));
+    let (y0, y1, x0, x1) = cutmix_box(h, w, lambda, ry, rx);
+    for (img, src) in x.chunks_exact_mut(px).zip(rolled.chunks_exact(px)) {
+        for y in y0..y1 {
+            let row = (y * w + x0) * 3..(y * w + x1) * 3;
+            img[row.clone()].copy_from_slice(&src[row]);
+        }
+    }
+    let area = ((y1 - y0) * (x1 - x0)) as f64;
+    Some((other, 1.0 - area / (h * w) as f64))
+}
+
+/// Mixup of images: `x = lambda * x + (1 - lambda) * rolled`.
+pub fn mix_images(x: &mut [f32], rolled: &[f32], lambda: f32) {
+    x.par_iter_mut()
+        .zip(rolled.par_iter())
+        .for_each(|(a, b)| *a = lambda * *a + (1.0 - lambda) * *b);
+}
+
+/// CutMix's box for weight `lambda` around pixel (`ry`, `rx`) of an h x w image, as
+/// torchvision's `CutMix` computes it: half-sides `int(0.5 * sqrt(1 - lambda) * side)`,
+/// clipped at the borders. Rows `y0..y1`, columns `x0..x1`.
+pub fn cutmix_box(
+    h: usize,
+    w: usize,
+    lambda: f64,
+    ry: usize,
+    rx: usize,
+) -> (usize, usize, usize, usize) {
+    let r = 0.5 * (1.0 - lambda).sqrt();
+    let (rw, rh) = ((r * w as f64) as usize, (r * h as f64) as usize);
+    (
+        ry.saturating_sub(rh),
+        (ry + rh).min(h),
+        rx.saturating_sub(rw),
+        (rx + rw).min(w),
+    )
 }
 
 /// Subtract the training mean from one image's values (0..255, HWC): per channel (RGB

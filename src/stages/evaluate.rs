@@ -8,10 +8,10 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 
 use super::batches::load_split;
-use super::model::{device_kind, predict_split, ModelArtifact};
+use super::model::{device_kind, predict_split_tta, ModelArtifact};
 use super::StageCtx;
 use crate::data::index::read_classes;
-use crate::manifest::EvaluateConfig;
+use crate::manifest::{EvaluateConfig, Tta};
 
 /// Fraction of rows whose label is among the `k` highest probabilities. A label tied with
 /// others counts as ranked below them (no credit for ties).
@@ -49,6 +49,9 @@ pub struct Metrics {
     pub rank: BTreeMap<String, f64>,
     /// Class id -> accuracy.
     pub per_class: BTreeMap<String, f64>,
+    /// Test-time augmentation (`flip`), when used.
+    #[serde(default, skip_serializing_if = "Tta::is_none")]
+    pub tta: Tta,
 }
 
 /// The rank-k accuracies an evaluate artifact holds (`metrics.json`), by k; empty when
@@ -89,7 +92,14 @@ pub fn run(ctx: &StageCtx<'_>, c: &EvaluateConfig) -> Result<String> {
     if let Some(bad) = c.top_k.iter().find(|&&t| t > k) {
         bail!("top_k {bad} exceeds the {k} classes");
     }
-    let probs = predict_split(model.as_mut(), &plan.graph, &split, &mean, c.batch_size)?;
+    let probs = predict_split_tta(
+        model.as_mut(),
+        &plan.graph,
+        &split,
+        &mean,
+        c.batch_size,
+        c.tta,
+    )?;
     let classes = read_classes(&data.join("classes.csv"))?;
     let labels = &split.labels;
     let mut rank = BTreeMap::new();
@@ -155,6 +165,7 @@ pub fn run(ctx: &StageCtx<'_>, c: &EvaluateConfig) -> Result<String> {
         loss: loss / labels.len().max(1) as f64,
         rank: rank.clone(),
         per_class,
+        tta: c.tta,
     };
     crate::data::write_file(
         &ctx.out.join("metrics.json"),
@@ -164,8 +175,12 @@ pub fn run(ctx: &StageCtx<'_>, c: &EvaluateConfig) -> Result<String> {
         .iter()
         .map(|(k, v)| format!("{k} {:.2}%", 100.0 * v))
         .collect();
+    let tta = match c.tta {
+        Tta::None => String::new(),
+        t => format!(", tta = {t}"),
+    };
     Ok(format!(
-        "{} ({} images): {}",
+        "{} ({} images{tta}): {}",
         c.split,
         labels.len(),
         ranks.join(", ")

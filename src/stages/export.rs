@@ -11,7 +11,15 @@ use super::StageCtx;
 use crate::data::index::read_classes;
 use crate::data::onnx::{self, Provenance};
 use crate::ids::StageKey;
-use crate::manifest::{ExportConfig, ResizeFilter};
+use crate::manifest::{ExportConfig, ResizeFilter, Tta};
+
+/// `, tta = flip` when the graph averages mirrored views, else nothing.
+pub fn tta_note(tta: Tta) -> String {
+    match tta {
+        Tta::None => String::new(),
+        t => format!(", tta = {t}"),
+    }
+}
 
 /// The ONNX model of the trained artifact `model_dir`, with the class names of the data
 /// it was trained on (`data_dir`'s `classes.csv`) and, when given, the pipeline, stage and
@@ -24,6 +32,7 @@ pub fn onnx_of(
     stage: &str,
     key: Option<&StageKey>,
     filter: ResizeFilter,
+    tta: Tta,
 ) -> Result<Vec<u8>> {
     let model = model_dir
         .file_name()
@@ -48,6 +57,7 @@ pub fn onnx_of(
                 .unwrap_or_default()
                 .to_string(),
             model,
+            tta,
             class_ids: classes.iter().map(|c| c.id.clone()).collect(),
             class_names: classes
                 .iter()
@@ -64,18 +74,19 @@ pub fn onnx_of(
 }
 
 /// Run the export stage: `model.onnx` of its input model.
-pub fn run(ctx: &StageCtx<'_>, _c: &ExportConfig) -> Result<String> {
+pub fn run(ctx: &StageCtx<'_>, c: &ExportConfig) -> Result<String> {
     let model_dir = &ctx.inputs[0].1;
     let data = &ctx.inputs[1].1;
     let filter = ctx
         .pipeline
         .resize_filter_of(&ctx.stage.inputs[0])
         .unwrap_or_default();
-    let bytes = onnx_of(model_dir, data, "", "", None, filter)?;
+    let bytes = onnx_of(model_dir, data, "", "", None, filter, c.tta)?;
     crate::atomic::write_atomic(&ctx.out.join("model.onnx"), &bytes)?;
     Ok(format!(
-        "model.onnx ({} KiB, opset {})",
+        "model.onnx ({} KiB, opset {}{})",
         bytes.len() / 1024,
-        onnx::OPSET
+        onnx::OPSET,
+        tta_note(c.tta)
     ))
 }

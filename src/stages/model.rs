@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::batches::{make_batch, prefetched, Split};
 use crate::backend::{self, BackendKind, DeviceKind, Model, NamedTensor, Optimizer, State};
 use crate::data::checkpoint;
-use crate::manifest::{AugmentConfig, DeviceSetting, MeanKind};
+use crate::manifest::{AugmentConfig, DeviceSetting, EmaConfig, MeanKind, MixConfig, Tta};
 use crate::nn::graph::{Graph, Op};
 
 /// Everything needed to continue or evaluate a trained model.
@@ -30,6 +30,9 @@ pub struct TrainingPlan {
     pub mean: MeanKind,
     /// Augmentation.
     pub augment: AugmentConfig,
+    /// Label smoothing, mixup, CutMix and the weights' moving average.
+    #[serde(default, skip_serializing_if = "Recipe::is_plain")]
+    pub recipe: Recipe,
     /// Seed of every random draw.
     pub seed: u64,
     /// Split trained on.
@@ -52,6 +55,30 @@ pub struct TrainingPlan {
     /// here, so the same training makes the same artifact on any machine.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub device_info: String,
+}
+
+/// The parts of a training recipe beyond the optimizer, schedule and augmentation.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct Recipe {
+    /// Label smoothing ε.
+    #[serde(default)]
+    pub label_smoothing: f64,
+    /// Mixup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mixup: Option<MixConfig>,
+    /// CutMix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cutmix: Option<MixConfig>,
+    /// The weights' moving average.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema: Option<EmaConfig>,
+}
+
+impl Recipe {
+    /// None of it.
+    pub fn is_plain(&self) -> bool {
+        *self == Recipe::default()
+    }
 }
 
 fn dfdx_backend() -> BackendKind {
@@ -99,6 +126,44 @@ pub fn device_kind(d: Option<DeviceSetting>) -> DeviceKind {
     }
 }
 
+/// Class probabilities for a whole split, in batches; with `tta = flip`, the mean of each
+/// image's and its mirror's.
+pub(crate) fn predict_split_tta(
+    model: &mut dyn Model,
+    graph: &Graph,
+    s: &Split,
+    mean: &NamedTensor,
+    batch: usize,
+    tta: Tta,
+) -> Result<Vec<f32>> {
+    let mut probs = predict_split_as(model, graph, s, mean, batch, Tta::None)?;
+    if tta == Tta::Flip {
+        let mirrored = predict_split_as(model, graph, s, mean, batch, Tta::Flip)?;
+        average_into(&mut probs, &mirrored);
+    }
+    Ok(probs)
+}
+
+/// `a = (a + b) / 2`: test-time augmentation's mean of two views' probabilities.
+pub fn average_into(a: &mut [f32], b: &[f32]) {
+    for (p, q) in a.iter_mut().zip(b) {
+        *p = (*p + *q) * 0.5;
+    }
+}
+
+/// Mirror every image of a batch (n images h x w x 3, HWC) left to right.
+pub fn mirror_images(x: &mut [f32], h: usize, w: usize) {
+    for row in x.chunks_exact_mut(w * 3) {
+        let _ = h;
+        for i in 0..w / 2 {
+            let j = w - 1 - i;
+            for c in 0..3 {
+                row.swap(i * 3 + c, j * 3 + c);
+            }
+        }
+    }
+}
+
 /// Class probabilities for a whole split, in batches.
 pub(crate) fn predict_split(
     model: &mut dyn Model,
@@ -107,6 +172,19 @@ pub(crate) fn predict_split(
     mean: &NamedTensor,
     batch: usize,
 ) -> Result<Vec<f32>> {
+    predict_split_as(model, graph, s, mean, batch, Tta::None)
+}
+
+/// Class probabilities for a whole split, each image as it is (`none`) or mirrored
+/// (`flip`).
+fn predict_split_as(
+    model: &mut dyn Model,
+    graph: &Graph,
+    s: &Split,
+    mean: &NamedTensor,
+    batch: usize,
+    tta: Tta,
+) -> Result<Vec<f32>> {
     let k = model.classes();
     let ends_in_softmax = matches!(graph.nodes.last().map(|n| &n.op), Some(Op::Softmax));
     let mut probs = Vec::with_capacity(s.n * k);
@@ -114,7 +192,13 @@ pub(crate) fn predict_split(
     let chunks: Vec<&[usize]> = all.chunks(batch.max(1)).collect();
     prefetched(
         chunks.len(),
-        |c| make_batch(s, chunks[c], mean, None),
+        |c| {
+            let (mut x, y) = make_batch(s, chunks[c], mean, None);
+            if tta == Tta::Flip {
+                mirror_images(&mut x, s.h, s.w);
+            }
+            (x, y)
+        },
         |c, (x, _)| {
             let mut out = model.predict(&x, chunks[c].len())?;
             if !ends_in_softmax {
@@ -223,13 +307,14 @@ impl ModelArtifact {
     }
 
     /// The model with its trained state on `device`, by `backend` (default: the one it
-    /// was trained with), and the input mean it was trained with.
+    /// was trained with), and the input mean it was trained with: the weights' moving
+    /// average in place of the weights when the training kept one.
     pub fn load(
         &self,
         device: DeviceKind,
         backend: Option<BackendKind>,
     ) -> Result<(Box<dyn Model>, NamedTensor)> {
-        let (state, _) = self.state()?;
+        let state = self.state()?.0.for_inference();
         let plan = &self.plan;
         let kind = backend.unwrap_or(plan.backend);
         let mut model = backend::build_with(&plan.graph, plan.seed, device, kind)?;

@@ -10,11 +10,11 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use super::batches::subtract_mean;
-use super::model::{softmax_rows, ModelArtifact, TrainingPlan};
+use super::model::{average_into, mirror_images, softmax_rows, ModelArtifact, TrainingPlan};
 use crate::backend::{DeviceKind, Model, NamedTensor};
 use crate::data::decode::{decode_file_max, resize_to};
 use crate::data::index::read_classes;
-use crate::manifest::{BackendKind, ResizeFilter};
+use crate::manifest::{BackendKind, ResizeFilter, Tta};
 use crate::nn::graph::Op;
 
 /// One class as predictions name it.
@@ -51,6 +51,9 @@ pub struct Predictor {
     pub size: (u32, u32),
     /// The hdf5 stage's resize filter.
     pub filter: ResizeFilter,
+    /// Test-time augmentation (`flip`: each image's probabilities averaged with its
+    /// mirror's).
+    pub tta: Tta,
 }
 
 impl Predictor {
@@ -98,6 +101,7 @@ impl Predictor {
             classes,
             size: (w, h),
             filter,
+            tta: Tta::None,
         })
     }
 
@@ -123,14 +127,23 @@ impl Predictor {
             dst.iter_mut().zip(img).for_each(|(d, &v)| *d = v as f32);
             subtract_mean(dst, &self.mean);
         }
-        let mut out = self.model.predict(&x, images.len())?;
         let k = self.classes.len();
         let ends_in_softmax = matches!(
             self.plan.graph.nodes.last().map(|n| &n.op),
             Some(Op::Softmax)
         );
-        if !ends_in_softmax {
-            softmax_rows(&mut out, k);
+        let mut run = |x: &[f32]| -> Result<Vec<f32>> {
+            let mut out = self.model.predict(x, images.len())?;
+            if !ends_in_softmax {
+                softmax_rows(&mut out, k);
+            }
+            Ok(out)
+        };
+        let mut out = run(&x)?;
+        if self.tta == Tta::Flip {
+            let (w, h) = (self.size.0 as usize, self.size.1 as usize);
+            mirror_images(&mut x, h, w);
+            average_into(&mut out, &run(&x)?);
         }
         Ok(out)
     }

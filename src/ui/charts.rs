@@ -181,6 +181,8 @@ mod tests {
             train_acc: 0.5,
             val_loss: loss + 0.1,
             val_acc: 0.4,
+            ema_val_loss: None,
+            ema_val_acc: None,
             images_per_sec: 0.0,
             seconds: 1.5,
         }

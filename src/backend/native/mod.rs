@@ -29,7 +29,7 @@ use self::cpu::{norm, r, Real};
 use self::plan::MemoryPlan;
 use self::shared::{dims, fill_dropout_masks, softmax_rows, Network};
 use super::params;
-use super::{State, StepStats};
+use super::{State, StepStats, Targets};
 use crate::nn::graph::{Graph, Op};
 
 /// A graph with its parameters and arenas, in element type `T`.
@@ -169,7 +169,7 @@ impl<T: Real> NativeNet<T> {
     /// over its parameters and buffers (and a training batch's labels).
     fn split<'a>(
         &'a mut self,
-        labels: &'a [i64],
+        targets: Targets<'a>,
     ) -> (&'a Network, &'a MemoryPlan, &'a mut [bool], Cpu<'a, T>) {
         let cpu = Cpu {
             graph: &self.net.graph,
@@ -179,7 +179,7 @@ impl<T: Real> NativeNet<T> {
             buf: &mut self.buf,
             snapshots: self.snapshots.as_mut(),
             t0: Instant::now(),
-            labels,
+            targets,
             loss: (T::zero(), 0),
             total: T::zero(),
         };
@@ -190,7 +190,7 @@ impl<T: Real> NativeNet<T> {
     /// Forward pass over `n` images already in the input view (dropout masks in place
     /// when training).
     fn forward(&mut self, n: usize, train: bool) {
-        let (net, plan, _, mut cpu) = self.split(&[]);
+        let (net, plan, _, mut cpu) = self.split(Targets::plain(&[]));
         ok(walk::forward(net, plan, &mut cpu, n, train));
     }
 
@@ -230,17 +230,24 @@ impl<T: Real> NativeNet<T> {
         labels: &[i64],
         dropout_seed: u64,
     ) -> Result<(T, T, usize)> {
-        let n = labels.len();
-        let k = self.net.classes;
-        if let Some(&l) = labels.iter().find(|&&l| l < 0 || l as usize >= k) {
-            bail!("label {l} out of range for a network with {k} classes");
-        }
+        self.train_pass_targets(x, &Targets::plain(labels), dropout_seed)
+    }
+
+    /// [`NativeNet::train_pass`] against soft targets (label smoothing, mixup, CutMix).
+    pub fn train_pass_targets(
+        &mut self,
+        x: &[T],
+        targets: &Targets<'_>,
+        dropout_seed: u64,
+    ) -> Result<(T, T, usize)> {
+        let n = targets.labels.len();
+        targets.check(self.net.classes)?;
         self.ensure_plan(n, true);
         self.load_input(x, n)?;
         let t0 = Instant::now();
         self.fill_masks(n, dropout_seed);
         self.buf.tick("dropout masks", t0);
-        let (net, plan, written, mut cpu) = self.split(labels);
+        let (net, plan, written, mut cpu) = self.split(*targets);
         ok(walk::train_pass(net, plan, &mut cpu, n, written));
         let ((ce, correct), total) = (cpu.loss, cpu.total);
         Ok((ce, total, correct))
@@ -266,8 +273,18 @@ impl<T: Real> NativeNet<T> {
 
     /// Loss (cross-entropy + L2) in training mode, for finite differences.
     pub fn loss(&mut self, x: &[T], labels: &[i64], dropout_seed: u64) -> Result<f64> {
+        self.loss_targets(x, &Targets::plain(labels), dropout_seed)
+    }
+
+    /// Loss against soft targets (cross-entropy + L2), for finite differences.
+    pub fn loss_targets(
+        &mut self,
+        x: &[T],
+        targets: &Targets<'_>,
+        dropout_seed: u64,
+    ) -> Result<f64> {
         Ok(self
-            .train_pass(x, labels, dropout_seed)?
+            .train_pass_targets(x, targets, dropout_seed)?
             .1
             .to_f64()
             .unwrap_or(f64::NAN))
@@ -326,12 +343,14 @@ impl<T: Real> NativeNet<T> {
     }
 }
 
-/// The f32 model behind [`super::Model`]: a [`NativeNet`] and its optimizer moments.
+/// The f32 model behind [`super::Model`]: a [`NativeNet`], its optimizer moments and the
+/// weights' moving average when one is kept.
 pub struct NativeModel {
     net: NativeNet<f32>,
     m: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
     step: u64,
+    ema: Option<params::Ema>,
 }
 
 impl NativeModel {
@@ -344,6 +363,7 @@ impl NativeModel {
             v: zeros(),
             net,
             step: 0,
+            ema: None,
         })
     }
 
@@ -362,10 +382,22 @@ impl super::Model for NativeModel {
         lr: f64,
         dropout_seed: u64,
     ) -> Result<StepStats> {
-        let n = labels.len();
+        self.train_step_targets(images, &Targets::plain(labels), opt, lr, dropout_seed)
+    }
+
+    fn train_step_targets(
+        &mut self,
+        images: &[f32],
+        targets: &Targets<'_>,
+        opt: &super::Optimizer,
+        lr: f64,
+        dropout_seed: u64,
+    ) -> Result<StepStats> {
+        let n = targets.labels.len();
         // On a pool thread, the kernels' parallel loops push work onto its own deque
         // instead of injecting a job (and allocating) per loop from outside the pool.
-        let (ce, _, correct) = rayon::scope(|_| self.net.train_pass(images, labels, dropout_seed))?;
+        let (ce, _, correct) =
+            rayon::scope(|_| self.net.train_pass_targets(images, targets, dropout_seed))?;
         if !ce.is_finite() {
             bail!("the loss is {ce} (diverged); lower the learning rate");
         }
@@ -390,6 +422,37 @@ impl super::Model for NativeModel {
         })
     }
 
+    fn ema_update(&mut self, decay: f64) -> Result<()> {
+        let t0 = Instant::now();
+        let net = &self.net;
+        match &mut self.ema {
+            None => {
+                self.ema = Some(params::Ema {
+                    params: net.params.clone(),
+                    bn_mean: net.bn_mean.clone(),
+                    bn_var: net.bn_var.clone(),
+                })
+            }
+            Some(e) => e.update(decay, &net.params, &net.bn_mean, &net.bn_var),
+        }
+        self.net.buf.tick("moving average of the weights", t0);
+        Ok(())
+    }
+
+    fn swap_ema(&mut self) -> Result<()> {
+        let Some(e) = self.ema.as_mut() else {
+            bail!("no moving average of the weights has been taken yet");
+        };
+        std::mem::swap(&mut e.params, &mut self.net.params);
+        std::mem::swap(&mut e.bn_mean, &mut self.net.bn_mean);
+        std::mem::swap(&mut e.bn_var, &mut self.net.bn_var);
+        Ok(())
+    }
+
+    fn name(&self) -> &'static str {
+        "native"
+    }
+
     fn predict(&mut self, images: &[f32], n: usize) -> Result<Vec<f32>> {
         rayon::scope(|_| self.net.infer(images, n))
     }
@@ -402,6 +465,7 @@ impl super::Model for NativeModel {
             bn_mean: self.net.bn_mean.clone(),
             bn_var: self.net.bn_var.clone(),
             step: self.step,
+            ema: self.ema.clone(),
         })
     }
 
@@ -413,6 +477,7 @@ impl super::Model for NativeModel {
         self.net.bn_mean = parts.bn_mean;
         self.net.bn_var = parts.bn_var;
         self.step = parts.step;
+        self.ema = parts.ema;
         Ok(())
     }
 

@@ -22,6 +22,7 @@ pub fn bench_parity(batch: usize) -> Result<()> {
         Optimizer::Sgd {
             momentum: 0.9,
             nesterov: false,
+            weight_decay: 0.0,
         },
         Optimizer::Adam {
             beta1: 0.9,
@@ -38,6 +39,7 @@ pub fn bench_parity(batch: usize) -> Result<()> {
         let kind = match opt {
             Optimizer::Sgd { .. } => "SGD",
             Optimizer::Adam { .. } => "Adam",
+            Optimizer::Adamw { .. } => "AdamW",
         };
         let mut reference: Option<(f64, f64, f64)> = None;
         for (name, backend, device) in engines {

@@ -43,6 +43,7 @@ pub fn bench_step(
     let opt = Optimizer::Sgd {
         momentum: 0.9,
         nesterov: false,
+        weight_decay: 0.0,
     };
     // Warm-up: the first step plans and measures; on a GPU the second is captured.
     for s in 0..2 {

@@ -226,7 +226,9 @@ pub(crate) fn publish(
     checkpoint::save(&out.join("state.safetensors"), &state, meta.clone(), |_| {
         true
     })?;
-    checkpoint::save(&out.join("model.safetensors"), &state, meta, |k| {
+    // The weights served, exported and evaluated: the moving average's, when kept.
+    let weights = state.clone().for_inference();
+    checkpoint::save(&out.join("model.safetensors"), &weights, meta, |k| {
         !k.starts_with("opt/")
     })?;
     let mut mean_state = State::default();

@@ -20,26 +20,144 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use super::model::{device_kind, ModelArtifact, TrainingPlan};
+use super::model::{device_kind, ModelArtifact, Recipe, TrainingPlan};
 use super::StageCtx;
 use crate::backend::{Optimizer, State};
 use crate::data::checkpoint;
-use crate::manifest::{ContinueConfig, OptimizerKind, ScheduleKind, TrainConfig};
+use crate::manifest::{ContinueConfig, OptimizerKind, SchedKeys, ScheduleKind, TrainConfig};
 use crate::outcome::history::EpochRecord;
 use segment::Segment;
 
 pub use files::{interrupted_at, last_epoch, CLASSES, RECORDS, TIMINGS};
 
-/// Learning rate of 0-based epoch `e`.
-#[derive(Debug, Clone)]
-pub(crate) enum Schedule {
+/// The learning rate (and, for one-cycle, the momentum) of each step of a segment.
+/// `constant`, `poly` and `step` change per epoch; `cosine` and `onecycle` per step, as
+/// `torch.optim.lr_scheduler` steps them when called after every batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Schedule {
+    /// The same lr throughout.
     Constant(f64),
-    Poly { lr: f64, power: f64, total: usize },
-    Step { lr: f64, steps: Vec<(usize, f64)> },
+    /// `lr * (1 - epoch / total) ^ power`.
+    Poly {
+        /// The first epoch's lr.
+        lr: f64,
+        /// The exponent.
+        power: f64,
+        /// Epochs of the segment.
+        total: usize,
+    },
+    /// `lr` until the first entry's epoch, then each entry's lr from its epoch on.
+    Step {
+        /// The lr before the first entry.
+        lr: f64,
+        /// `(epoch, lr)` entries.
+        steps: Vec<(usize, f64)>,
+    },
+    /// Linear warmup over `warmup` steps from `lr * start_factor`, then cosine annealing
+    /// from `lr` towards `min_lr` over the remaining `total - warmup` steps.
+    Cosine {
+        /// The peak lr.
+        lr: f64,
+        /// The floor the cosine decays to (reached one step after the last).
+        min_lr: f64,
+        /// Warmup steps.
+        warmup: usize,
+        /// The first warmup step's lr as a fraction of `lr`.
+        start_factor: f64,
+        /// Steps of the segment.
+        total: usize,
+    },
+    /// `torch.optim.lr_scheduler.OneCycleLR` with cosine annealing, two phases.
+    OneCycle {
+        /// The peak lr.
+        max_lr: f64,
+        /// The first lr (`max_lr / div_factor`).
+        initial: f64,
+        /// The last lr (`initial / final_div_factor`).
+        min_lr: f64,
+        /// Fraction of the steps spent rising.
+        pct_start: f64,
+        /// Steps of the segment.
+        total: usize,
+        /// `(base_momentum, max_momentum)` when the momentum cycles.
+        momentum: Option<(f64, f64)>,
+    },
+}
+
+/// `end + (start - end) / 2 * (cos(pi * pct) + 1)`, as `OneCycleLR._anneal_func` computes it.
+fn cos_anneal(start: f64, end: f64, pct: f64) -> f64 {
+    let cos_out = (std::f64::consts::PI * pct).cos() + 1.0;
+    end + (start - end) / 2.0 * cos_out
 }
 
 impl Schedule {
-    pub(crate) fn lr(&self, e: usize) -> f64 {
+    /// The schedule `keys` describe over a segment of `epochs` epochs of `steps_per_epoch`
+    /// steps (`steps`: the `step` schedule's entries).
+    pub fn from_keys(
+        k: &SchedKeys,
+        steps: &[(usize, f64)],
+        epochs: usize,
+        steps_per_epoch: usize,
+    ) -> Result<Schedule> {
+        let total = epochs * steps_per_epoch;
+        Ok(match k.kind {
+            ScheduleKind::Constant => Schedule::Constant(k.lr),
+            ScheduleKind::Poly => Schedule::Poly {
+                lr: k.lr,
+                power: k.power,
+                total: epochs,
+            },
+            ScheduleKind::Step => Schedule::Step {
+                lr: k.lr,
+                steps: steps.to_vec(),
+            },
+            ScheduleKind::Cosine => {
+                let warmup = (k.warmup_epochs * steps_per_epoch as f64).round() as usize;
+                if warmup >= total {
+                    bail!(
+                        "`warmup_epochs` = {} is {warmup} steps, but the segment has only {total} ({epochs} epochs of {steps_per_epoch}): nothing is left to decay over",
+                        k.warmup_epochs
+                    );
+                }
+                Schedule::Cosine {
+                    lr: k.lr,
+                    min_lr: k.min_lr,
+                    warmup,
+                    start_factor: k.warmup_start_factor,
+                    total,
+                }
+            }
+            ScheduleKind::Onecycle => {
+                let up = k.pct_start * total as f64 - 1.0;
+                if up <= 0.0 || up >= total as f64 - 1.0 {
+                    bail!(
+                        "`pct_start` = {} of {total} steps ({epochs} epochs of {steps_per_epoch}) leaves a phase with no steps: raise the epochs or move pct_start towards 0.5",
+                        k.pct_start
+                    );
+                }
+                let initial = k.max_lr / k.div_factor;
+                Schedule::OneCycle {
+                    max_lr: k.max_lr,
+                    initial,
+                    min_lr: initial / k.final_div_factor,
+                    pct_start: k.pct_start,
+                    total,
+                    momentum: k
+                        .cycle_momentum
+                        .then_some((k.base_momentum, k.max_momentum)),
+                }
+            }
+        })
+    }
+
+    /// Whether the lr changes every step (else every epoch).
+    pub fn per_step(&self) -> bool {
+        matches!(self, Schedule::Cosine { .. } | Schedule::OneCycle { .. })
+    }
+
+    /// The lr of step `step` of the segment (from 0), in its epoch `e` (from 0, counted
+    /// from the segment's start).
+    pub fn lr(&self, e: usize, step: usize) -> f64 {
         match self {
             Schedule::Constant(lr) => *lr,
             Schedule::Poly { lr, power, total } => {
@@ -51,6 +169,69 @@ impl Schedule {
                 .max_by_key(|(at, _)| *at)
                 .map(|(_, l)| *l)
                 .unwrap_or(*lr),
+            Schedule::Cosine {
+                lr,
+                min_lr,
+                warmup,
+                start_factor,
+                total,
+            } => {
+                if step < *warmup {
+                    lr * (start_factor + (1.0 - start_factor) * step as f64 / *warmup as f64)
+                } else {
+                    let t = (step - warmup) as f64;
+                    let t_max = (total - warmup) as f64;
+                    min_lr + (lr - min_lr) * (1.0 + (std::f64::consts::PI * t / t_max).cos()) / 2.0
+                }
+            }
+            Schedule::OneCycle {
+                max_lr,
+                initial,
+                min_lr,
+                ..
+            } => {
+                let (phase, pct) = self.one_cycle_phase(step);
+                if phase == 0 {
+                    cos_anneal(*initial, *max_lr, pct)
+                } else {
+                    cos_anneal(*max_lr, *min_lr, pct)
+                }
+            }
+        }
+    }
+
+    /// The momentum (SGD) or beta1 (Adam) of step `step`, where the schedule sets it.
+    pub fn momentum(&self, step: usize) -> Option<f64> {
+        let Schedule::OneCycle {
+            momentum: Some((base, max)),
+            ..
+        } = self
+        else {
+            return None;
+        };
+        let (phase, pct) = self.one_cycle_phase(step);
+        Some(if phase == 0 {
+            cos_anneal(*max, *base, pct)
+        } else {
+            cos_anneal(*base, *max, pct)
+        })
+    }
+
+    /// One-cycle: the phase of `step` (0 rising, 1 falling) and how far into it.
+    fn one_cycle_phase(&self, step: usize) -> (usize, f64) {
+        let Schedule::OneCycle {
+            pct_start, total, ..
+        } = self
+        else {
+            return (0, 0.0);
+        };
+        let up_end = pct_start * *total as f64 - 1.0;
+        let down_end = *total as f64 - 1.0;
+        let t = step as f64;
+        if t <= up_end {
+            (0, t / up_end)
+        } else {
+            (1, (t - up_end) / (down_end - up_end))
         }
     }
 }
@@ -64,30 +245,35 @@ pub fn run_train(ctx: &StageCtx<'_>, c: &TrainConfig) -> Result<String> {
         OptimizerKind::Sgd => Optimizer::Sgd {
             momentum: c.momentum,
             nesterov: c.nesterov,
+            weight_decay: 0.0,
         },
         OptimizerKind::Adam => Optimizer::Adam {
             beta1: c.beta1,
             beta2: c.beta2,
             epsilon: c.epsilon,
         },
+        OptimizerKind::Adamw => Optimizer::Adamw {
+            beta1: c.beta1,
+            beta2: c.beta2,
+            epsilon: c.epsilon,
+            weight_decay: c.weight_decay.unwrap_or(0.01),
+        },
+    };
+    let optimizer = match optimizer {
+        Optimizer::Sgd {
+            momentum, nesterov, ..
+        } if c.decoupled_weight_decay => Optimizer::Sgd {
+            momentum,
+            nesterov,
+            weight_decay: c.weight_decay.unwrap_or(0.0),
+        },
+        o => o,
     };
     let data = ctx.input_dir();
     let val_split = match &c.val_split {
         Some(v) => v.clone(),
         None if data.join("val.h5").is_file() => "val".into(),
         None => "test".into(),
-    };
-    let schedule = match c.schedule {
-        ScheduleKind::Constant => Schedule::Constant(c.lr),
-        ScheduleKind::Poly => Schedule::Poly {
-            lr: c.lr,
-            power: c.power,
-            total: c.epochs,
-        },
-        ScheduleKind::Step => Schedule::Step {
-            lr: c.lr,
-            steps: c.steps.clone(),
-        },
     };
     segment::run(
         ctx,
@@ -100,6 +286,12 @@ pub fn run_train(ctx: &StageCtx<'_>, c: &TrainConfig) -> Result<String> {
                 optimizer,
                 mean: c.mean,
                 augment: c.augment,
+                recipe: Recipe {
+                    label_smoothing: c.label_smoothing,
+                    mixup: c.mixup,
+                    cutmix: c.cutmix,
+                    ema: c.ema,
+                },
                 seed: c.seed.unwrap_or(42),
                 train_split: c.train_split.clone(),
                 val_split,
@@ -109,7 +301,7 @@ pub fn run_train(ctx: &StageCtx<'_>, c: &TrainConfig) -> Result<String> {
                 backend: c.backend.unwrap_or_default(),
                 device_info: String::new(),
             },
-            schedule,
+            schedule: (c.sched_keys(), c.steps.clone()),
             start: 0,
             end: c.epochs,
             history: Vec::new(),
@@ -122,7 +314,10 @@ pub fn run_train(ctx: &StageCtx<'_>, c: &TrainConfig) -> Result<String> {
 
 /// What an `lr-drop` or `resume` stage may change in the plan it continues.
 fn apply_overrides(plan: &mut TrainingPlan, c: &ContinueConfig) {
-    if let Optimizer::Sgd { momentum, nesterov } = &mut plan.optimizer {
+    if let Optimizer::Sgd {
+        momentum, nesterov, ..
+    } = &mut plan.optimizer
+    {
         if let Some(m) = c.momentum {
             *momentum = m;
         }
@@ -199,7 +394,7 @@ fn continue_from(
         data,
         Segment {
             plan,
-            schedule: Schedule::Constant(c.lr),
+            schedule: (c.sched_keys(), Vec::new()),
             start: epoch,
             end: epoch + c.epochs,
             history: hist,

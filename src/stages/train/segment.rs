@@ -6,19 +6,20 @@
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::files;
 use super::Schedule;
-use crate::backend::{self, Model, NamedTensor, State};
+use crate::backend::{self, Model, NamedTensor, State, Targets};
 use crate::data::checkpoint;
+use crate::manifest::SchedKeys;
 use crate::outcome::history::EpochRecord;
 use crate::outcome::Event;
 use crate::stages::batches::{
-    compute_mean, derive_seed, load_split, make_batch, prefetched, Split,
+    compute_mean, derive_seed, load_split, make_batch, mix_batch, prefetched, Split,
 };
 use crate::stages::model::{check_classes, check_input, loss_and_acc, predict_split, TrainingPlan};
 use crate::stages::StageCtx;
@@ -27,8 +28,8 @@ use crate::stages::StageCtx;
 pub(super) struct Segment<'a> {
     /// Network, optimizer and data settings.
     pub plan: TrainingPlan,
-    /// The learning rate of each epoch.
-    pub schedule: Schedule,
+    /// The schedule's keys (and `step`'s entries), laid over this segment's steps.
+    pub schedule: (SchedKeys, Vec<(usize, f64)>),
     /// The epoch it starts after (0 for a `train`).
     pub start: usize,
     /// Its last epoch.
@@ -67,6 +68,9 @@ pub(super) fn run(ctx: &StageCtx<'_>, data: &Path, seg: Segment<'_>) -> Result<S
         None => compute_mean(plan.mean, data, &train)?,
     };
     check_input(&plan.graph, &train, &plan.network)?;
+    let steps_per_epoch = train.n.div_ceil(plan.batch_size.max(1));
+    let schedule = Schedule::from_keys(&schedule.0, &schedule.1, end - start, steps_per_epoch)
+        .with_context(|| format!("stage `{stage}`"))?;
     let mut model = backend::build_with(&plan.graph, plan.seed, plan.device, plan.backend)?;
     let device = crate::stages::model::describe_device(plan.device);
     check_classes(model.as_ref(), data, &plan.network)?;
@@ -94,13 +98,30 @@ pub(super) fn run(ctx: &StageCtx<'_>, data: &Path, seg: Segment<'_>) -> Result<S
         &format!("epoch {}/{end}", first + 1),
     );
     for e in first..end {
-        let lr = schedule.lr(e);
+        let at = Position {
+            schedule: &schedule,
+            epoch: e,
+            end,
+            in_segment: e - start,
+            steps_per_epoch,
+        };
+        let lr = schedule.lr(e - start, (e - start) * steps_per_epoch);
         let t0 = Instant::now();
-        let (loss_sum, correct, seen) =
-            train_epoch(model.as_mut(), &plan, &train, &mean, e, end, lr, &pb)?;
+        let (loss_sum, correct, seen) = train_epoch(model.as_mut(), &plan, &train, &mean, at, &pb)?;
         let secs = t0.elapsed().as_secs_f64();
         let probs = predict_split(model.as_mut(), &plan.graph, &val, &mean, 128)?;
         let (val_loss, val_acc) = loss_and_acc(&probs, &val.labels, model.classes());
+        // The moving average is validated too: swapped in, and back.
+        let ema = match plan.recipe.ema {
+            Some(_) => {
+                model.swap_ema()?;
+                let probs = predict_split(model.as_mut(), &plan.graph, &val, &mean, 128);
+                model.swap_ema()?;
+                let (l, a) = loss_and_acc(&probs?, &val.labels, model.classes());
+                Some((l, a))
+            }
+            None => None,
+        };
         let rec = EpochRecord {
             epoch: e + 1,
             stage: stage.to_string(),
@@ -109,6 +130,8 @@ pub(super) fn run(ctx: &StageCtx<'_>, data: &Path, seg: Segment<'_>) -> Result<S
             train_acc: correct as f64 / seen.max(1) as f64,
             val_loss,
             val_acc,
+            ema_val_loss: ema.map(|(l, _)| l),
+            ema_val_acc: ema.map(|(_, a)| a),
             images_per_sec: seen as f64 / secs.max(1e-9),
             seconds: t0.elapsed().as_secs_f64(),
         };
@@ -148,8 +171,12 @@ pub(super) fn run(ctx: &StageCtx<'_>, data: &Path, seg: Segment<'_>) -> Result<S
     let last = history
         .last()
         .ok_or_else(|| anyhow::anyhow!("no epoch was trained"))?;
+    let ema = match (last.ema_val_loss, last.ema_val_acc) {
+        (Some(l), Some(a)) => format!(", EMA val_loss {l:.4} val_acc {:.2}%", 100.0 * a),
+        _ => String::new(),
+    };
     Ok(format!(
-        "epochs {}-{end}: loss {:.4} acc {:.2}%, val_loss {:.4} val_acc {:.2}% ({:.0} img/s, {} on the {:?})",
+        "epochs {}-{end}: loss {:.4} acc {:.2}%, val_loss {:.4} val_acc {:.2}%{ema} ({:.0} img/s, {} on the {:?})",
         start + 1,
         last.train_loss,
         100.0 * last.train_acc,
@@ -207,18 +234,29 @@ fn resume_in_scratch(
     Ok(start)
 }
 
+/// Where an epoch sits in its segment: what its steps' learning rates are.
+#[derive(Clone, Copy)]
+struct Position<'a> {
+    schedule: &'a Schedule,
+    /// The epoch (from 0, counted over the whole training).
+    epoch: usize,
+    /// The segment's last epoch.
+    end: usize,
+    /// The epoch counted from the segment's start.
+    in_segment: usize,
+    steps_per_epoch: usize,
+}
+
 /// One epoch over the shuffled training split: (summed loss, correct, images seen).
-#[allow(clippy::too_many_arguments)]
 fn train_epoch(
     model: &mut dyn Model,
     plan: &TrainingPlan,
     train: &Split,
     mean: &NamedTensor,
-    e: usize,
-    end: usize,
-    lr: f64,
+    at: Position<'_>,
     pb: &indicatif::ProgressBar,
 ) -> Result<(f64, usize, usize)> {
+    let (e, end) = (at.epoch, at.end);
     let mut order: Vec<usize> = (0..train.n).collect();
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(derive_seed(
         plan.seed, "shuffle", e as u64, 0,
@@ -229,12 +267,44 @@ fn train_epoch(
     let (mut read, mut last_read) = (0usize, Instant::now());
     let batches: Vec<&[usize]> = order.chunks(plan.batch_size).collect();
     let augment = (&plan.augment, plan.seed, e as u64);
+    let recipe = plan.recipe;
     prefetched(
         batches.len(),
-        |b| make_batch(train, batches[b], mean, Some(augment)),
-        |b, (x, y)| {
+        |b| {
+            let (mut x, y) = make_batch(train, batches[b], mean, Some(augment));
+            let mix = mix_batch(
+                &mut x,
+                &y,
+                (train.h, train.w),
+                recipe.mixup,
+                recipe.cutmix,
+                plan.seed,
+                e as u64,
+                b as u64,
+            );
+            (x, y, mix)
+        },
+        |b, (x, y, mix)| {
             let dseed = derive_seed(plan.seed, "dropout", e as u64, b as u64);
-            let s = model.train_step(&x, &y, &plan.optimizer, lr, dseed)?;
+            let step = at.in_segment * at.steps_per_epoch + b;
+            let lr = at.schedule.lr(at.in_segment, step);
+            let cycled;
+            let opt = match at.schedule.momentum(step) {
+                Some(m) => {
+                    cycled = plan.optimizer.with_momentum(m);
+                    &cycled
+                }
+                None => &plan.optimizer,
+            };
+            let targets = Targets {
+                labels: &y,
+                mix: mix.as_ref().map(|(o, l)| (o.as_slice(), *l)),
+                smoothing: recipe.label_smoothing,
+            };
+            let s = model.train_step_targets(&x, &targets, opt, lr, dseed)?;
+            if let Some(ema) = recipe.ema {
+                model.ema_update(ema.decay)?;
+            }
             seen += y.len();
             pb.inc(y.len() as u64);
             if s.loss.is_nan() {

@@ -66,8 +66,8 @@ pub struct Cpu<'a, T: Real> {
     pub snapshots: Option<&'a mut Vec<(usize, Vec<T>)>>,
     /// When the current node started.
     pub t0: Instant,
-    /// The batch's labels (a training pass).
-    pub labels: &'a [i64],
+    /// The batch's targets (a training pass).
+    pub targets: crate::backend::Targets<'a>,
     /// What the loss found: (cross-entropy, correct predictions).
     pub loss: (T, usize),
     /// The loss with every parameter's L2 penalty added, in parameter order.
@@ -96,12 +96,12 @@ impl<T: Real> Kernels for Cpu<'_, T> {
     type Error = Infallible;
 
     fn softmax_cross_entropy(&mut self, x: View, dx: View, n: usize) -> Result<(), Infallible> {
-        debug_assert_eq!(n, self.labels.len());
+        debug_assert_eq!(n, self.targets.labels.len());
         let t0 = Instant::now();
         let (a, g) = (self.a(), self.g());
         // SAFETY: the walk hands views of this network's planned arenas, sized for the
         // batch; no other borrow of the arenas is alive while the kernel runs.
-        self.loss = unsafe { loss::softmax_cross_entropy(a, x, self.labels, (g, dx)) };
+        self.loss = unsafe { loss::softmax_cross_entropy(a, x, &self.targets, (g, dx)) };
         self.total = self.loss.0;
         self.buf.tick("loss", t0);
         Ok(())

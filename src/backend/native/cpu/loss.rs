@@ -2,9 +2,13 @@
 
 use super::{Ptr, Real};
 use crate::backend::native::plan::View;
+use crate::backend::Targets;
 
-/// Mean cross-entropy of `softmax(logits)` against integer labels; writes
-/// `dlogits = (softmax - onehot) / n` and returns (loss, correct arg-max predictions).
+/// Mean cross-entropy of `softmax(logits)` against the targets' distributions (one-hot
+/// labels, or mixed and smoothed: [`Targets`]); writes `dlogits = (softmax - target) / n`
+/// and returns (loss, arg-max predictions equal to the label).
+///
+/// Shapes: `logits (n, k)`, `dlogits (n, k)`, `n = targets.labels.len()`.
 ///
 /// # Safety
 /// The kernels' contract (see [`super`]): views inside their arenas, written rows
@@ -12,38 +16,85 @@ use crate::backend::native::plan::View;
 pub unsafe fn softmax_cross_entropy<T: Real>(
     logits: Ptr<T>,
     lv: View,
-    labels: &[i64],
+    targets: &Targets<'_>,
     dlogits: (Ptr<T>, View),
 ) -> (T, usize) {
-    let n = labels.len();
+    let n = targets.labels.len();
     let inv_n = super::r::<T>(1.0 / n as f64);
     let mut loss = T::zero();
     let mut correct = 0;
-    for (r, &l) in labels.iter().enumerate() {
+    for r in 0..n {
         // SAFETY: row r of the logits and of their gradient (distinct arenas).
         let (x, d) = unsafe { (logits.row(lv, r), dlogits.0.row_mut(dlogits.1, r)) };
-        let mut best = 0;
-        for (i, v) in x.iter().enumerate() {
-            if *v > x[best] {
-                best = i;
-            }
-        }
-        if best == l as usize {
-            correct += 1;
-        }
-        let m = x[best];
-        let mut z = T::zero();
-        for (o, v) in d.iter_mut().zip(x) {
-            *o = (*v - m).exp();
-            z += *o;
-        }
-        loss += z.ln() + m - x[l as usize];
-        for (i, o) in d.iter_mut().enumerate() {
-            let t = if i == l as usize { T::one() } else { T::zero() };
-            *o = (*o / z - t) * inv_n;
-        }
+        let (l, hit) = cross_entropy_row(x, d, targets, r, inv_n);
+        loss += l;
+        correct += hit as usize;
     }
     (loss * inv_n, correct)
+}
+
+/// One row of [`softmax_cross_entropy`]: its loss `-sum(target * log softmax(x))`, its
+/// gradient `(softmax(x) - target) * scale` into `d`, and whether the arg-max is the label.
+fn cross_entropy_row<T: Real>(
+    x: &[T],
+    d: &mut [T],
+    targets: &Targets<'_>,
+    r: usize,
+    scale: T,
+) -> (T, bool) {
+    let k = x.len();
+    let mut best = 0;
+    for (i, v) in x.iter().enumerate() {
+        if *v > x[best] {
+            best = i;
+        }
+    }
+    let label = targets.dominant(r) as usize;
+    let m = x[best];
+    let mut z = T::zero();
+    for (o, v) in d.iter_mut().zip(x) {
+        *o = (*v - m).exp();
+        z += *o;
+    }
+    let ([(a, wa), (b, wb)], base) = targets.row(r, k);
+    let (wa, wb, base) = (super::r::<T>(wa), super::r::<T>(wb), super::r::<T>(base));
+    // -sum_j t_j (x_j - m - ln z) = m + ln z - sum_j t_j x_j, as the targets sum to 1.
+    let mut dot = wa * x[a] + wb * x[b];
+    if base != T::zero() {
+        dot += base * x.iter().fold(T::zero(), |s, v| s + *v);
+    }
+    let loss = z.ln() + m - dot;
+    for (j, o) in d.iter_mut().enumerate() {
+        let mut t = base;
+        if j == a {
+            t += wa;
+        }
+        if j == b {
+            t += wb;
+        }
+        *o = (*o / z - t) * scale;
+    }
+    (loss, best == label)
+}
+
+/// [`softmax_cross_entropy`] over plain rows: `logits (n, k)` row-major, the targets of
+/// `n` examples. Returns (mean loss, `dlogits (n, k)`, correct).
+pub fn cross_entropy(logits: &[f32], k: usize, targets: &Targets<'_>) -> (f32, Vec<f32>, usize) {
+    let n = targets.labels.len();
+    assert_eq!(logits.len(), n * k, "logits (n, k)");
+    let mut d = vec![0f32; n * k];
+    let inv_n = 1.0 / n as f32;
+    let (mut loss, mut correct) = (0f32, 0);
+    for (r, (x, dr)) in logits
+        .chunks_exact(k)
+        .zip(d.chunks_exact_mut(k))
+        .enumerate()
+    {
+        let (l, hit) = cross_entropy_row(x, dr, targets, r, inv_n);
+        loss += l;
+        correct += hit as usize;
+    }
+    (loss * inv_n, d, correct)
 }
 
 /// `l2 * sum(w^2)`, and `grad += 2 * l2 * w`.

@@ -429,7 +429,12 @@ fn loss_bias_and_optimizer_kernels_match_the_cpu() {
     };
     // SAFETY: both views lie in their live vectors, which nothing else touches.
     let (ce, correct) = unsafe {
-        loss::softmax_cross_entropy(Ptr(x.as_mut_ptr()), v, &labels, (Ptr(dc.as_mut_ptr()), v))
+        loss::softmax_cross_entropy(
+            Ptr(x.as_mut_ptr()),
+            v,
+            &crate::backend::Targets::plain(&labels),
+            (Ptr(dc.as_mut_ptr()), v),
+        )
     };
     close(&dg, &dc, 1e-6, "dlogits");
     assert!(
@@ -460,10 +465,12 @@ fn loss_bias_and_optimizer_kernels_match_the_cpu() {
         crate::backend::Optimizer::Sgd {
             momentum: 0.9,
             nesterov: false,
+            weight_decay: 0.0,
         },
         crate::backend::Optimizer::Sgd {
             momentum: 0.9,
             nesterov: true,
+            weight_decay: 0.0,
         },
         crate::backend::Optimizer::Adam {
             beta1: 0.9,
@@ -495,9 +502,9 @@ fn loss_bias_and_optimizer_kernels_match_the_cpu() {
             addr(&mut hyper),
         );
         match opt {
-            crate::backend::Optimizer::Sgd { momentum, nesterov } => {
-                launch::sgd_update(&f, wp, gp, mp, len, hp, momentum as f32, nesterov)
-            }
+            crate::backend::Optimizer::Sgd {
+                momentum, nesterov, ..
+            } => launch::sgd_update(&f, wp, gp, mp, len, hp, momentum as f32, nesterov),
             crate::backend::Optimizer::Adam {
                 beta1,
                 beta2,
@@ -506,6 +513,7 @@ fn loss_bias_and_optimizer_kernels_match_the_cpu() {
                 let b = (beta1 as f32, beta2 as f32, epsilon as f32);
                 launch::adam_update(&f, wp, gp, mp, vp, len, hp, b)
             }
+            crate::backend::Optimizer::Adamw { .. } => unreachable!("not in this list"),
         }
         .unwrap();
         opt.update(lr, t, &mut wc, &g, &mut mc, &mut vc);

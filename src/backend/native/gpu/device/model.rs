@@ -34,7 +34,11 @@ impl Model for CudaModel {
             Optimizer::Adam { beta1, beta2, .. } => {
                 lr * (1.0 - beta2.powf(t)).sqrt() / (1.0 - beta1.powf(t))
             }
-            Optimizer::Sgd { .. } => lr,
+            Optimizer::Sgd { weight_decay, .. } if weight_decay == 0.0 => lr,
+            Optimizer::Sgd { .. } | Optimizer::Adamw { .. } => {
+                self.step -= 1;
+                return Err(super::step::no_decoupled_decay());
+            }
         };
         self.stage_batch(images, labels, [lr as f32, lr_t as f32], Some(dropout_seed))?;
         if self.graph_opt.as_ref() != Some(opt) {
@@ -138,6 +142,7 @@ impl Model for CudaModel {
                 bn_mean: bn(&self.bn_mean)?,
                 bn_var: bn(&self.bn_var)?,
                 step: self.step,
+                ema: None,
             })
         };
         // The trait returns a state, not a result: a device failure here is fatal.
@@ -149,6 +154,10 @@ impl Model for CudaModel {
         let parts = self.net.layout.from_state(st)?;
         dk(self.ctx.bind_to_thread(), "binding the context")?;
         self.upload_parts(&parts)
+    }
+
+    fn name(&self) -> &'static str {
+        "native CUDA"
     }
 
     fn classes(&self) -> usize {

@@ -132,6 +132,7 @@ impl CudaModel {
                 .map(|v| v.into_iter().map(|x| x as f32).collect())
                 .collect(),
             step: 0,
+            ema: None,
         };
         model.upload_parts(&parts)?;
         model.zero(&model.stats, 2)?;

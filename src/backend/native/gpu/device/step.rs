@@ -33,7 +33,11 @@ impl CudaModel {
         let (w, g, m, v) = (self.params.ptr, self.grads.ptr, self.m.ptr, self.v.ptr);
         let (len, hyper) = (self.plen, self.hyper.ptr);
         match *opt {
-            Optimizer::Sgd { momentum, nesterov } => {
+            Optimizer::Sgd {
+                momentum,
+                nesterov,
+                weight_decay,
+            } if weight_decay == 0.0 => {
                 launch::sgd_update(self, w, g, m, len, hyper, momentum as f32, nesterov)
             }
             Optimizer::Adam {
@@ -44,6 +48,7 @@ impl CudaModel {
                 let b = (beta1 as f32, beta2 as f32, epsilon as f32);
                 launch::adam_update(self, w, g, m, v, len, hyper, b)
             }
+            Optimizer::Sgd { .. } | Optimizer::Adamw { .. } => Err(no_decoupled_decay()),
         }
     }
 }
@@ -95,4 +100,11 @@ impl CudaModel {
             }
         }
     }
+}
+
+/// What the GPU says of decoupled weight decay, which its update kernels do not have yet.
+pub(super) fn no_decoupled_decay() -> anyhow::Error {
+    anyhow::anyhow!(
+        "the native CUDA backend has no decoupled weight decay yet (optimizer = \"adamw\", decoupled_weight_decay): train with device = \"cpu\""
+    )
 }
