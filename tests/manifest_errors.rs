@@ -253,3 +253,130 @@ fn random_sweep_points_are_distinct_or_the_space_is_named_too_small() {
         "{text}"
     );
 }
+
+/// The training recipes' keys: out of range, written with the wrong schedule or
+/// optimizer, or asked of an engine that does not have them — each refused at its key.
+#[test]
+fn recipe_keys_are_checked_where_they_are_written() {
+    let p = Project::new();
+    let base = common::Generated::new("r").drop("0.001", 1).text();
+    let train = "lr = 0.01\n";
+    assert!(base.contains(train));
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "warmup_epochs = 1\n",
+            "warmup_epochs",
+            "is a key of schedule = \"cosine\"",
+        ),
+        (
+            "label_smoothing = 1.0\n",
+            "label_smoothing",
+            "must be in [0, 1)",
+        ),
+        (
+            "weight_decay = 1e-4\n",
+            "weight_decay",
+            "set `decoupled_weight_decay = true`",
+        ),
+        (
+            "optimizer = \"adam\"\nweight_decay = 1e-4\n",
+            "weight_decay",
+            "use optimizer = \"adamw\"",
+        ),
+        (
+            "optimizer = \"adamw\"\ndecoupled_weight_decay = true\n",
+            "decoupled_weight_decay",
+            "always decouples",
+        ),
+        (
+            "mixup = { alpha = 0.0 }\n",
+            "alpha",
+            "`mixup.alpha` = 0 must be > 0",
+        ),
+        (
+            "ema = { decay = 1.0 }\n",
+            "decay",
+            "`ema.decay` = 1 must be in (0, 1)",
+        ),
+        (
+            "augment = { cutout = { size = 0 } }\n",
+            "augment",
+            "`augment.cutout.size` = 0 must be >= 1",
+        ),
+        (
+            "schedule = \"onecycle\"\npct_start = 1.5\n",
+            "pct_start",
+            "must be in (0, 1)",
+        ),
+        (
+            "schedule = \"cosine\"\nmin_lr = 0.5\n",
+            "min_lr",
+            "must be in [0, lr)",
+        ),
+        (
+            "backend = \"dfdx\"\nema = { decay = 0.99 }\n",
+            "ema",
+            "the dfdx backend does not have it",
+        ),
+        (
+            "device = \"cuda\"\noptimizer = \"adamw\"\n",
+            "optimizer",
+            "optimizer = \"adamw\" is trained by the native backend on the CPU only",
+        ),
+        (
+            "backend = \"dfdx\"\nlabel_smoothing = 0.1\n",
+            "label_smoothing",
+            "the dfdx backend does not have it",
+        ),
+    ];
+    for (lines, needle, says) in cases {
+        let text = base.replacen(train, &format!("{train}{lines}"), 1);
+        let e = load_err(&p, "r.toml", &text);
+        let msg = e.to_string();
+        assert!(msg.contains(says), "{lines}: {msg}");
+        // The key's own line (the first occurrence after the training's lr).
+        let at = text.find(train).unwrap();
+        let (l, c) = pos(&text[at..], needle);
+        let (l0, _) = pos(&text, train);
+        let loc = e.location().expect("a location");
+        assert!(
+            loc.ends_with(&format!("r.toml:{}:{c}", l0 + l - 1)),
+            "{lines}: expected line {} col {c}, got {loc}\n{msg}",
+            l0 + l - 1
+        );
+    }
+    // A continuing stage: its own schedule over its epochs, never `step`.
+    let text = base.replace(
+        "lr = 0.001\nepochs = 1\n",
+        "lr = 0.001\nepochs = 1\nschedule = \"step\"\n",
+    );
+    let e = load_err(&p, "r.toml", &text);
+    assert!(e.to_string().contains("not \"step\""), "{e}");
+    assert_at(&e, "r.toml", &text, "schedule = \"step\"");
+}
+
+/// What only the data decides is refused when the stage runs, naming the key: a warmup
+/// or a one-cycle phase that gets no steps.
+#[test]
+fn schedules_that_leave_no_steps_fail_naming_the_key() {
+    // 36 images in batches of 8: 5 steps an epoch, 10 in 2 epochs.
+    for (lines, says) in [
+        (
+            "schedule = \"cosine\"\nwarmup_epochs = 1.95\n",
+            "`warmup_epochs` = 1.95 is 10 steps",
+        ),
+        (
+            "schedule = \"onecycle\"\npct_start = 0.1\n",
+            "`pct_start` = 0.1 of 10 steps",
+        ),
+    ] {
+        let text = common::Generated::new("r").text().replacen(
+            "lr = 0.01\n",
+            &format!("lr = 0.01\n{lines}"),
+            1,
+        );
+        let p = Project::with("r.toml", &text);
+        let err = p.fails(&["run", "r"]);
+        assert!(err.contains(says) && err.contains("stage `train`"), "{err}");
+    }
+}

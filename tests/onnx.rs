@@ -53,8 +53,20 @@ fn read_f32(path: &Path) -> Vec<f32> {
 
 /// `pipe predict TARGET IMAGES --json` as full probability rows (by label).
 fn predict_probs(p: &Project, target: &str, images: &[PathBuf], classes: usize) -> Vec<Vec<f32>> {
+    predict_probs_with(p, target, images, classes, &[])
+}
+
+/// [`predict_probs`] with more options (`--tta flip`).
+fn predict_probs_with(
+    p: &Project,
+    target: &str,
+    images: &[PathBuf],
+    classes: usize,
+    extra: &[&str],
+) -> Vec<Vec<f32>> {
     let k = classes.to_string();
     let mut args = vec!["predict", target, "--json", "--top-k", &k];
+    args.extend_from_slice(extra);
     let paths: Vec<String> = images.iter().map(|i| i.display().to_string()).collect();
     args.extend(paths.iter().map(String::as_str));
     let out = p.ok(&args);
@@ -85,11 +97,29 @@ fn check(
     p: &Project,
     target: &str,
     images: &[PathBuf],
-    (w, h): (u32, u32),
+    size: (u32, u32),
     classes: usize,
 ) -> PathBuf {
-    let model = p.path().join(format!("{}.onnx", target.replace(':', "_")));
-    let said = p.ok(&["export", target, "-o", model.to_str().unwrap()]);
+    check_with(p, target, images, size, classes, &[])
+}
+
+/// [`check`] with options given to both `pipe export` and `pipe predict` (`--tta flip`).
+fn check_with(
+    p: &Project,
+    target: &str,
+    images: &[PathBuf],
+    (w, h): (u32, u32),
+    classes: usize,
+    extra: &[&str],
+) -> PathBuf {
+    let model = p.path().join(format!(
+        "{}{}.onnx",
+        target.replace(':', "_"),
+        extra.join("_").replace('-', "")
+    ));
+    let mut args = vec!["export", target, "-o", model.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let said = p.ok(&args);
     assert!(String::from_utf8_lossy(&said.stdout).contains("opset 17"));
     let n = images.len();
     let mut x = Vec::with_capacity(n * (w * h * 3) as usize);
@@ -103,7 +133,7 @@ fn check(
         .unwrap();
         x.extend(px.into_iter().map(f32::from));
     }
-    let want = predict_probs(p, target, images, classes);
+    let want = predict_probs_with(p, target, images, classes, extra);
     assert_eq!(want.len(), n);
     assert!(want.iter().flatten().all(|v| v.is_finite()));
     // tract, in this process.
@@ -296,6 +326,56 @@ fn the_demo_network_exports_and_runs_the_same_everywhere() {
         err.contains("`hdf5` is not a training stage of `small`"),
         "{err}"
     );
+}
+
+#[test]
+fn flip_tta_in_the_exported_graph_equals_pipe_predict_with_tta() {
+    let p = demo_project();
+    p.manifest(
+        "small.toml",
+        "extends = \"demo.toml\"\nname = \"small\"\n\n[stages.ingest]\ntrain_per_class = 20\nval_per_class = 4\n\n[stages.split]\ntest_per_class = 4\n\n[stages.train]\nepochs = 1\n\n[stages.drop]\nepochs = 1\n",
+    );
+    let run = p.run_json("small", &[]);
+    let images = images_of(&p, &run, 6);
+    let model = check_with(&p, "small", &images, (32, 32), 10, &["--tta", "flip"]);
+    let info = pipe::data::onnx::metadata(
+        &pipe::data::onnx::read(&std::fs::read(&model).unwrap()).unwrap(),
+    );
+    assert_eq!(info["pipe.tta"], "flip");
+    // pipe predict --tta flip is the mean of the image's and its mirror's probabilities,
+    // the mirror written as a file of its own.
+    let plain = predict_probs(&p, "small", &images, 10);
+    let tta = predict_probs_with(&p, "small", &images, 10, &["--tta", "flip"]);
+    let mut mirrors = Vec::new();
+    for (i, img) in images.iter().enumerate() {
+        let m = p.path().join(format!("mirror{i}.png"));
+        let rgb = image::open(img).unwrap().fliph();
+        rgb.save(&m).unwrap();
+        mirrors.push(m);
+    }
+    let mirrored = predict_probs(&p, "small", &mirrors, 10);
+    for i in 0..images.len() {
+        for c in 0..10 {
+            let mean = (plain[i][c] + mirrored[i][c]) / 2.0;
+            assert!(
+                (tta[i][c] - mean).abs() < 1e-5,
+                "{i}/{c}: {} vs {mean}",
+                tta[i][c]
+            );
+        }
+        assert!(
+            plain[i] != tta[i],
+            "the mirror changed nothing for image {i}"
+        );
+    }
+    let out = p.ok(&[
+        "predict",
+        "small",
+        "--tta",
+        "flip",
+        images[0].to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tta = flip"));
 }
 
 #[test]

@@ -573,6 +573,7 @@ fn every_feature() -> String {
         ),
     ) + "\n[stages.sgdw]\nkind = \"train\"\ninput = \"hdf5\"\nnetwork = \"tiny\"\nepochs = 3\nbatch_size = 8\nlr = 0.05\ncheckpoint_every = 1\ndecoupled_weight_decay = true\nweight_decay = 5e-4\nschedule = \"onecycle\"\npct_start = 0.4\n"
         + "\n[stages.drop]\nkind = \"lr-drop\"\nfrom = \"sgdw\"\nlr = 0.01\nepochs = 2\nschedule = \"cosine\"\nmin_lr = 1e-4\n"
+        + "\n[stages.evaluate]\ninput = \"train\"\nsplit = \"val\"\ntop_k = [1, 2]\ntta = \"flip\"\n"
 }
 
 fn hashes(p: &Project, threads: &str) -> Vec<(String, String)> {

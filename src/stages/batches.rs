@@ -270,3 +270,103 @@ pub(crate) fn prefetched<T: Send>(
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(n: usize, h: usize, w: usize) -> Vec<f32> {
+        (0..n * h * w * 3).map(|i| i as f32).collect()
+    }
+
+    #[test]
+    fn mixup_is_lambda_times_the_batch_plus_the_rest_times_it_rolled_by_one() {
+        let (n, h, w) = (4, 3, 5);
+        let x0 = batch(n, h, w);
+        let mut x = x0.clone();
+        let labels = [0, 1, 2, 3];
+        let mix = Some(MixConfig { alpha: 0.4 });
+        let (other, lambda) = mix_batch(&mut x, &labels, (h, w), mix, None, 1, 2, 3).unwrap();
+        assert_eq!(other, [3, 0, 1, 2]);
+        assert!(lambda > 0.0 && lambda < 1.0, "{lambda}");
+        let px = h * w * 3;
+        let l = lambda as f32;
+        for i in 0..n {
+            let j = (i + n - 1) % n;
+            for k in 0..px {
+                let want = l * x0[i * px + k] + (1.0 - l) * x0[j * px + k];
+                assert_eq!(x[i * px + k], want);
+            }
+        }
+        // Seeded: the same (seed, epoch, batch) mixes the same; another batch does not.
+        let mut again = x0.clone();
+        assert_eq!(
+            mix_batch(&mut again, &labels, (h, w), mix, None, 1, 2, 3),
+            Some((other, lambda))
+        );
+        assert_eq!(again, x);
+        let mut other_batch = x0.clone();
+        let (_, l2) = mix_batch(&mut other_batch, &labels, (h, w), mix, None, 1, 2, 4).unwrap();
+        assert_ne!(l2, lambda);
+    }
+
+    #[test]
+    fn cutmix_pastes_one_box_of_the_rolled_batch_and_lambda_is_what_is_left() {
+        let (n, h, w) = (3, 8, 10);
+        let x0 = batch(n, h, w);
+        let labels = [4, 5, 6];
+        let cut = Some(MixConfig { alpha: 1.0 });
+        for b in 0..20 {
+            let mut x = x0.clone();
+            let (other, lambda) = mix_batch(&mut x, &labels, (h, w), None, cut, 7, 0, b).unwrap();
+            assert_eq!(other, [6, 4, 5]);
+            let px = h * w * 3;
+            // Every value is the image's own or its predecessor's, the same pixels in each.
+            let mut pasted = 0;
+            for y in 0..h {
+                for xx in 0..w {
+                    let at = (y * w + xx) * 3;
+                    let from_rolled = x[at] != x0[at];
+                    for i in 0..n {
+                        let j = (i + n - 1) % n;
+                        let want = if from_rolled {
+                            x0[j * px + at]
+                        } else {
+                            x0[i * px + at]
+                        };
+                        assert_eq!(x[i * px + at], want);
+                    }
+                    pasted += from_rolled as usize;
+                }
+            }
+            assert!((lambda - (1.0 - pasted as f64 / (h * w) as f64)).abs() < 1e-12);
+        }
+        // torchvision's box: half-sides int(0.5 * sqrt(1 - lambda) * side), clipped.
+        assert_eq!(cutmix_box(8, 10, 0.75, 4, 5), (2, 6, 3, 7));
+        assert_eq!(cutmix_box(8, 10, 0.0, 0, 9), (0, 4, 4, 10));
+    }
+
+    #[test]
+    fn cutout_zeroes_one_square_around_a_pixel_and_p_zero_never_does() {
+        let (h, w) = (9, 9);
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for _ in 0..30 {
+            let mut x = vec![1f32; h * w * 3];
+            cutout(&mut x, h, w, CutoutConfig { size: 4, p: 1.0 }, &mut rng);
+            let zero: Vec<(usize, usize)> = (0..h * w)
+                .filter(|i| x[i * 3] == 0.0)
+                .map(|i| (i / w, i % w))
+                .collect();
+            let (ys, xs): (Vec<usize>, Vec<usize>) = zero.iter().cloned().unzip();
+            let (y0, y1) = (*ys.iter().min().unwrap(), *ys.iter().max().unwrap());
+            let (x0, x1) = (*xs.iter().min().unwrap(), *xs.iter().max().unwrap());
+            // A square of 4 (smaller at a border), all three channels.
+            assert!(y1 - y0 < 4 && x1 - x0 < 4);
+            assert_eq!(zero.len(), (y1 - y0 + 1) * (x1 - x0 + 1));
+            assert!(x.chunks(3).all(|p| p.iter().all(|v| *v == p[0])));
+        }
+        let mut x = vec![1f32; h * w * 3];
+        cutout(&mut x, h, w, CutoutConfig { size: 4, p: 0.0 }, &mut rng);
+        assert!(x.iter().all(|v| *v == 1.0));
+    }
+}
