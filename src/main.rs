@@ -437,6 +437,11 @@ enum BenchCmd {
         /// Device to train on
         #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
         device: DeviceKind,
+        /// Instead: what each training recipe feature (label smoothing, mixup, CutMix,
+        /// cutout, EMA, AdamW, decoupled decay) adds to a native CPU step of the first
+        /// --network, against the plain SGD step, in rotating rounds
+        #[arg(long)]
+        recipes: bool,
     },
     /// One timed run of one engine, in this process (what `bench train` runs per round);
     /// prints JSON with images/s and the peak RSS
@@ -585,9 +590,18 @@ fn bench(what: BenchCmd, remote: Option<String>) -> anyhow::Result<()> {
             steps,
             rounds,
             network,
+            recipes: true,
+            ..
+        } => commands::bench_recipes(network[0].name(), batch, steps.max(1), rounds.max(1)),
+        BenchCmd::Train {
+            batch,
+            steps,
+            rounds,
+            network,
             backend,
             python,
             device,
+            recipes: false,
         } => commands::bench_train(&commands::BenchTrain {
             batch,
             steps,

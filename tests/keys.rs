@@ -37,7 +37,11 @@ fn computed() -> String {
         .filter(|p| !std::fs::read_to_string(p).unwrap().contains("\n[sweep"))
         .collect();
     files.sort();
-    assert_eq!(files.len(), 7, "the demo and the six chapter manifests");
+    assert_eq!(
+        files.len(),
+        8,
+        "the demo, the six chapter manifests and the modern recipe"
+    );
     for f in files {
         let mut p = pipe::manifest::load(&f, &["device=cpu".to_string()], repo())
             .unwrap_or_else(|e| panic!("{e}"));

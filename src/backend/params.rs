@@ -207,18 +207,25 @@ impl Ema {
         bn_mean: &[Vec<f32>],
         bn_var: &[Vec<f32>],
     ) {
+        use rayon::prelude::*;
         let w = (1.0 - decay) as f32;
-        let pairs = self
+        let pairs: Vec<(&mut Vec<f32>, &Vec<f32>)> = self
             .params
             .iter_mut()
             .zip(params)
             .chain(self.bn_mean.iter_mut().zip(bn_mean))
-            .chain(self.bn_var.iter_mut().zip(bn_var));
-        for (e, p) in pairs {
-            for (a, b) in e.iter_mut().zip(p) {
-                *a += w * (*b - *a);
-            }
-        }
+            .chain(self.bn_var.iter_mut().zip(bn_var))
+            .collect();
+        // Element-wise, so the same values on any number of threads.
+        pairs.into_par_iter().for_each(|(e, p)| {
+            e.par_chunks_mut(1 << 14)
+                .zip(p.par_chunks(1 << 14))
+                .for_each(|(ec, pc)| {
+                    for (a, b) in ec.iter_mut().zip(pc) {
+                        *a += w * (*b - *a);
+                    }
+                })
+        });
     }
 }
 

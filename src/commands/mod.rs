@@ -29,8 +29,9 @@ use crate::engine::{Engine, Project};
 use crate::manifest::Pipeline;
 
 pub use bench::{
-    bench_data, bench_jobs, bench_journal, bench_parity, bench_predict, bench_remote, bench_step,
-    bench_sweep, bench_train, bench_ui, BenchPredict, BenchTrain, StepTiming,
+    bench_data, bench_jobs, bench_journal, bench_parity, bench_predict, bench_recipes,
+    bench_remote, bench_step, bench_sweep, bench_train, bench_ui, BenchPredict, BenchTrain,
+    StepTiming,
 };
 pub use dag::dag;
 pub use data::{demo_data, DemoLayout};

@@ -9,6 +9,7 @@
 //! - `journal`: `pipe runs` and the journal page over many records, and the record's cost;
 //! - `train`: training steps of each engine against PyTorch in alternating rounds (and
 //!   `step`, one engine's timed run, what each round runs);
+//! - `recipes`: what each training recipe feature adds to a native CPU step;
 //! - `parity`: one step of each engine from the same weights;
 //! - `predict`: `pipe predict` against PyTorch on the same weights and files.
 //!
@@ -20,6 +21,7 @@ mod jobs;
 mod journal;
 mod parity;
 mod predict;
+mod recipes;
 mod remote;
 mod sweep;
 mod train;
@@ -36,6 +38,7 @@ pub use jobs::bench_jobs;
 pub use journal::bench_journal;
 pub use parity::bench_parity;
 pub use predict::{bench_predict, BenchPredict};
+pub use recipes::bench_recipes;
 pub use remote::bench_remote;
 pub use sweep::bench_sweep;
 pub use train::{bench_step, bench_train, BenchTrain, StepTiming};

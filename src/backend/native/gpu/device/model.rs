@@ -34,7 +34,9 @@ impl Model for CudaModel {
             Optimizer::Adam { beta1, beta2, .. } => {
                 lr * (1.0 - beta2.powf(t)).sqrt() / (1.0 - beta1.powf(t))
             }
-            Optimizer::Sgd { weight_decay, .. } if weight_decay == 0.0 => lr,
+            Optimizer::Sgd {
+                weight_decay: 0.0, ..
+            } => lr,
             Optimizer::Sgd { .. } | Optimizer::Adamw { .. } => {
                 self.step -= 1;
                 return Err(super::step::no_decoupled_decay());

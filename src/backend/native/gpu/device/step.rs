@@ -36,10 +36,8 @@ impl CudaModel {
             Optimizer::Sgd {
                 momentum,
                 nesterov,
-                weight_decay,
-            } if weight_decay == 0.0 => {
-                launch::sgd_update(self, w, g, m, len, hyper, momentum as f32, nesterov)
-            }
+                weight_decay: 0.0,
+            } => launch::sgd_update(self, w, g, m, len, hyper, momentum as f32, nesterov),
             Optimizer::Adam {
                 beta1,
                 beta2,
