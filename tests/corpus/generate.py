@@ -148,7 +148,7 @@ typos = [
     ("{ batchnorm = {} }", "{ batch_norm = {} }"),
     ("kind = \"lr-drop\"", "kind = \"lrdrop\""),
     ("format = \"synthetic\"", "format = \"synthetc\""),
-    ("optimizer = \"sgd\"", "optimizer = \"adamw\""),
+    ("optimizer = \"sgd\"", "optimizer = \"adamx\""),
 ]
 for i, (old, new) in enumerate(typos):
     sub(f"typo-{i:02}", old, new)
@@ -392,7 +392,7 @@ EXPECT = {
     '058-typo-21': ('batch_norm', 'unknown op or block `batch_norm`'),
     '059-typo-22': ('"', 'unknown stage kind `lrdrop`'),
     '060-typo-23': ('"', 'unknown value `synthetc`'),
-    '061-typo-24': ('"', 'unknown value `adamw`'),
+    '061-typo-24': ('"', 'unknown value `adamx`'),
     '062-value-00': ('epochs', '`epochs` must be > 0'),
     '063-value-01': ('-', 'invalid value: integer `-2`, expected usize'),
     '064-value-02': ('batch_size', '`batch_size` must be > 0'),
