@@ -319,9 +319,9 @@ fn recipe_keys_are_checked_where_they_are_written() {
             "the dfdx backend does not have it",
         ),
         (
-            "device = \"cuda\"\noptimizer = \"adamw\"\n",
+            "backend = \"dfdx\"\noptimizer = \"adamw\"\n",
             "optimizer",
-            "optimizer = \"adamw\" is trained by the native backend on the CPU only",
+            "optimizer = \"adamw\" is trained by the native backend; the dfdx backend",
         ),
         (
             "backend = \"dfdx\"\nlabel_smoothing = 0.1\n",

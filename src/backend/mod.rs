@@ -308,7 +308,7 @@ pub trait Model {
     ) -> Result<StepStats> {
         if !targets.is_plain() {
             anyhow::bail!(
-                "the {} backend has no soft-target loss (label_smoothing, mixup, cutmix): train with backend = \"native\" on the CPU",
+                "the {} backend has no soft-target loss (label_smoothing, mixup, cutmix): train with backend = \"native\"",
                 self.name()
             );
         }
@@ -322,7 +322,7 @@ pub trait Model {
     fn ema_update(&mut self, decay: f64) -> Result<()> {
         let _ = decay;
         anyhow::bail!(
-            "the {} backend keeps no moving average of the weights (ema): train with backend = \"native\" on the CPU",
+            "the {} backend keeps no moving average of the weights (ema): train with backend = \"native\"",
             self.name()
         )
     }

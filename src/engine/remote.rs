@@ -599,7 +599,29 @@ impl Remote {
         results.into_iter().collect()
     }
 
+    /// One file of an artifact, checked as it arrives. A file that does not match its
+    /// manifest is read again, twice at most, after a pause: another machine pushing the
+    /// same key may be rewriting it this moment (the same bytes: names are content
+    /// hashes), which a WebDAV server shows half-written. Still wrong after that: refused.
     async fn download_file(
+        &self,
+        output: &ContentHash,
+        f: &ManifestFile,
+        into: &Path,
+    ) -> Result<(), RemoteError> {
+        let mut tries = 0;
+        loop {
+            match self.download_once(output, f, into).await {
+                Err(RemoteError::Refused(why)) if tries < 2 && why.contains(" is damaged: ") => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(250 * tries)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn download_once(
         &self,
         output: &ContentHash,
         f: &ManifestFile,

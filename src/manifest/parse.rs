@@ -472,9 +472,8 @@ fn schedule_name(k: ScheduleKind) -> &'static str {
 }
 
 /// Label smoothing, decoupled weight decay, mixup, CutMix, cutout and the moving average:
-/// their ranges, the optimizer each goes with, and the engines that have them (the
-/// native CPU backend; dfdx and the CUDA device refuse them here, where the manifest
-/// says which engine).
+/// their ranges, the optimizer each goes with, and the engine that has them (the native
+/// backend, CPU and CUDA; `backend = "dfdx"` refuses them here).
 fn check_recipe(cx: &StageCx<'_>, c: &TrainConfig) -> Result<(), ManifestError> {
     let mut ranges: Vec<(&str, f64, bool, &str)> = vec![(
         "label_smoothing",
@@ -552,7 +551,7 @@ fn check_recipe(cx: &StageCx<'_>, c: &TrainConfig) -> Result<(), ManifestError> 
         }
         _ => {}
     }
-    // What only the native CPU backend has.
+    // What only the native backend has.
     let used: Vec<&str> = [
         ("label_smoothing", c.label_smoothing != 0.0),
         ("mixup", c.mixup.is_some()),
@@ -565,12 +564,7 @@ fn check_recipe(cx: &StageCx<'_>, c: &TrainConfig) -> Result<(), ManifestError> 
     .filter(|(_, on)| *on)
     .map(|(k, _)| k)
     .collect();
-    let engine = match (c.backend, c.device) {
-        (Some(BackendKind::Dfdx), _) => Some("the dfdx backend"),
-        (_, Some(DeviceSetting::Cuda)) => Some("the native CUDA backend (not yet)"),
-        _ => None,
-    };
-    if let (Some(key), Some(engine)) = (used.first(), engine) {
+    if let (Some(key), Some(BackendKind::Dfdx)) = (used.first(), c.backend) {
         let what = if *key == "optimizer" {
             "optimizer = \"adamw\"".to_string()
         } else {
@@ -579,7 +573,7 @@ fn check_recipe(cx: &StageCx<'_>, c: &TrainConfig) -> Result<(), ManifestError> 
         return Err(key_error(
             cx,
             key,
-            format!("{what} is trained by the native backend on the CPU only; {engine} does not have it: set backend = \"native\" and device = \"cpu\" for this stage"),
+            format!("{what} is trained by the native backend; the dfdx backend does not have it: set backend = \"native\" for this stage"),
         ));
     }
     Ok(())

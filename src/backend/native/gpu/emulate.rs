@@ -27,6 +27,7 @@ use super::super::cpu::pool;
 use super::super::cpu::{elementwise as ew, loss, Out, Ptr, Workspaces};
 use super::super::plan::View;
 use super::super::shared::{ConvGeom, PoolGeom};
+use super::device;
 use super::kernels;
 use super::launch::{self, Arg, DMat, Launcher, PoolArg};
 use crate::nn::graph::{pad_before, Padding};
@@ -418,9 +419,16 @@ fn loss_bias_and_optimizer_kernels_match_the_cpu() {
     let mut lab32: Vec<i32> = labels.iter().map(|&l| l as i32).collect();
     let (mut dg, mut dc) = (vec![0f32; n * ld], vec![0f32; n * ld]);
     let mut stats = vec![0f32; 2];
+    let plain = crate::backend::Targets::plain(&labels);
+    let sgd = crate::backend::Optimizer::Sgd {
+        momentum: 0.9,
+        nesterov: false,
+        weight_decay: 0.0,
+    };
+    let mut hyp = device::hyper(&sgd, 0.1, 1.0, &plain).to_vec();
     let (xm, dgm) = (dm(&mut x, ld, k), dm(&mut dg, ld, k));
-    let (lp, sp) = (addr(&mut lab32), addr(&mut stats));
-    launch::softmax_cross_entropy(&f, xm, lp, n, dgm, sp).unwrap();
+    let (lp, sp, hp) = (addr(&mut lab32), addr(&mut stats), addr(&mut hyp));
+    launch::softmax_cross_entropy(&f, xm, (lp, lp), n, dgm, hp, sp).unwrap();
     let v = View {
         off: 0,
         ld,
@@ -444,8 +452,39 @@ fn loss_bias_and_optimizer_kernels_match_the_cpu() {
     );
     assert_eq!(stats[1] as usize, correct);
     // The stats accumulate over launches (read and reset by the host per tick).
-    launch::softmax_cross_entropy(&f, xm, lp, n, dgm, sp).unwrap();
+    launch::softmax_cross_entropy(&f, xm, (lp, lp), n, dgm, hp, sp).unwrap();
     assert_eq!(stats[1] as usize, 2 * correct);
+    // Mixed (the batch rolled by one, lambda below and above a half) and smoothed targets.
+    let rolled: Vec<i64> = (0..n).map(|i| labels[(i + n - 1) % n]).collect();
+    let mut rol32: Vec<i32> = rolled.iter().map(|&l| l as i32).collect();
+    for (lambda, eps) in [(0.3, 0.1), (0.8, 0.0), (1.0, 0.2)] {
+        let targets = crate::backend::Targets {
+            labels: &labels,
+            mix: Some((&rolled, lambda)),
+            smoothing: eps,
+        };
+        let mut hyp = device::hyper(&sgd, 0.1, 1.0, &targets).to_vec();
+        let mut stats = vec![0f32; 2];
+        let (mut dg, mut dc) = (vec![0f32; n * ld], vec![0f32; n * ld]);
+        let (hp, sp, rp) = (addr(&mut hyp), addr(&mut stats), addr(&mut rol32));
+        launch::softmax_cross_entropy(&f, xm, (lp, rp), n, dm(&mut dg, ld, k), hp, sp).unwrap();
+        // SAFETY: both views lie in their live vectors, which nothing else touches.
+        let (ce, correct) = unsafe {
+            loss::softmax_cross_entropy(Ptr(x.as_mut_ptr()), v, &targets, (Ptr(dc.as_mut_ptr()), v))
+        };
+        close(
+            &dg,
+            &dc,
+            1e-6,
+            &format!("dlogits, lambda {lambda}, smoothing {eps}"),
+        );
+        assert!(
+            (stats[0] / n as f32 - ce).abs() < 1e-5,
+            "loss {} vs {ce}",
+            stats[0] / n as f32
+        );
+        assert_eq!(stats[1] as usize, correct);
+    }
 
     // Bias gradients: column sums of a strided matrix, with the production launch shape.
     for (rows, c, ld) in [(3000, 70, 96), (17, 3, 3), (1, 40, 40)] {
@@ -477,6 +516,17 @@ fn loss_bias_and_optimizer_kernels_match_the_cpu() {
             beta2: 0.999,
             epsilon: 1e-7,
         },
+        crate::backend::Optimizer::Sgd {
+            momentum: 0.85,
+            nesterov: true,
+            weight_decay: 5e-4,
+        },
+        crate::backend::Optimizer::Adamw {
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-8,
+            weight_decay: 0.05,
+        },
     ] {
         let w0 = rand_vec(&mut rng, len, false);
         let mut g = rand_vec(&mut rng, len, false);
@@ -487,13 +537,7 @@ fn loss_bias_and_optimizer_kernels_match_the_cpu() {
             .collect();
         let (mut wg, mut mg, mut vg) = (w0.clone(), m0.clone(), v0.clone());
         let (mut wc, mut mc, mut vc) = (w0, m0, v0);
-        let lr_t = match opt {
-            crate::backend::Optimizer::Adam { beta1, beta2, .. } => {
-                lr * (1.0 - beta2.powf(t)).sqrt() / (1.0 - beta1.powf(t))
-            }
-            _ => lr,
-        };
-        let mut hyper = vec![lr as f32, lr_t as f32];
+        let mut hyper = device::hyper(&opt, lr, t, &crate::backend::Targets::plain(&[])).to_vec();
         let (wp, gp, mp, vp, hp) = (
             addr(&mut wg),
             addr(&mut g),
@@ -502,18 +546,13 @@ fn loss_bias_and_optimizer_kernels_match_the_cpu() {
             addr(&mut hyper),
         );
         match opt {
-            crate::backend::Optimizer::Sgd {
-                momentum, nesterov, ..
-            } => launch::sgd_update(&f, wp, gp, mp, len, hp, momentum as f32, nesterov),
-            crate::backend::Optimizer::Adam {
-                beta1,
-                beta2,
-                epsilon,
-            } => {
-                let b = (beta1 as f32, beta2 as f32, epsilon as f32);
-                launch::adam_update(&f, wp, gp, mp, vp, len, hp, b)
+            crate::backend::Optimizer::Sgd { nesterov, .. } => {
+                launch::sgd_update(&f, wp, gp, mp, len, hp, nesterov)
             }
-            crate::backend::Optimizer::Adamw { .. } => unreachable!("not in this list"),
+            crate::backend::Optimizer::Adam { beta2, .. }
+            | crate::backend::Optimizer::Adamw { beta2, .. } => {
+                launch::adam_update(&f, wp, gp, mp, vp, len, hp, beta2 as f32)
+            }
         }
         .unwrap();
         opt.update(lr, t, &mut wc, &g, &mut mc, &mut vc);
@@ -521,6 +560,18 @@ fn loss_bias_and_optimizer_kernels_match_the_cpu() {
         close(&mg, &mc, 1e-6, &format!("{opt:?} first moment"));
         close(&vg, &vc, 1e-6, &format!("{opt:?} second moment"));
     }
+    // The moving average: e += (1 - decay) (x - e), as the CPU's.
+    let (decay, len) = (0.99, 777);
+    let e0 = rand_vec(&mut rng, len, false);
+    let mut x = rand_vec(&mut rng, len, false);
+    let mut eg = e0.clone();
+    launch::ema_update(&f, addr(&mut eg), addr(&mut x), len, (1.0 - decay) as f32).unwrap();
+    let mut ec = crate::backend::params::Ema {
+        params: vec![e0],
+        ..Default::default()
+    };
+    ec.update(decay, &[x.clone()], &[], &[]);
+    close(&eg, &ec.params[0], 1e-6, "ema_update");
     // L2: g += 2 * l2 * w, as the CPU's penalty gradient.
     let mut w = rand_vec(&mut rng, 300, false);
     let g0 = rand_vec(&mut rng, 300, false);

@@ -275,22 +275,38 @@ extern "C" __global__ void softmax_backward(const float* y, i64 ldy, const float
     }
 }
 
-// softmax_cross_entropy: for logits (n, k) and labels (n), dlogits = (softmax - onehot) / n;
-// stats[0] += the batch's summed cross-entropy, stats[1] += correct arg-max predictions
-// (first index on ties). The stats stay on the device until the host reads them.
-extern "C" __global__ void softmax_cross_entropy(const float* x, i64 ldx, const int* labels, i64 n,
-                                                 i64 k, float* dx, i64 lddx, float* stats) {
+// softmax_cross_entropy: for logits (n, k) and labels a, b (n; b = a unless mixed), with
+// lambda = hyper[5] (the weight of a) and label smoothing e = hyper[6]: the target is
+// t = (1-e)(lambda onehot(a) + (1-lambda) onehot(b)) + e/k; dlogits = (softmax - t) / n;
+// stats[0] += the batch's summed cross-entropy -sum(t log softmax), stats[1] += arg-max
+// predictions equal to the label with the larger weight (first index on ties). The stats
+// stay on the device until the host reads them.
+extern "C" __global__ void softmax_cross_entropy(const float* x, i64 ldx, const int* labels,
+                                                 const int* labels2, i64 n, i64 k, float* dx,
+                                                 i64 lddx, const float* hyper, float* stats) {
+    float lambda = hyper[5], e = hyper[6];
+    float wa = (1.f - e) * lambda, wb = (1.f - e) * (1.f - lambda), base = e / (float)k;
     FOR_EACH(r, n) {
         const float* xr = x + r * ldx;
         float* dr = dx + r * lddx;
-        int l = labels[r], best = 0;
+        int a = labels[r], b = labels2[r], best = 0;
         for (i64 j = 1; j < k; ++j) if (xr[j] > xr[best]) best = (int)j;
-        float m = xr[best], z = 0.f;
+        float m = xr[best], z = 0.f, dot = wa * xr[a] + wb * xr[b];
+        if (base != 0.f) {
+            float s = 0.f;
+            for (i64 j = 0; j < k; ++j) s += xr[j];
+            dot += base * s;
+        }
         for (i64 j = 0; j < k; ++j) { dr[j] = expf(xr[j] - m); z += dr[j]; }
         float inv_n = 1.f / (float)n;
-        for (i64 j = 0; j < k; ++j) dr[j] = (dr[j] / z - (j == l ? 1.f : 0.f)) * inv_n;
-        atomicAdd(&stats[0], logf(z) + m - xr[l]);
-        if (best == l) atomicAdd(&stats[1], 1.f);
+        for (i64 j = 0; j < k; ++j) {
+            float t = base;
+            if (j == a) t += wa;
+            if (j == b) t += wb;
+            dr[j] = (dr[j] / z - t) * inv_n;
+        }
+        atomicAdd(&stats[0], logf(z) + m - dot);
+        if (best == (lambda < 0.5f ? b : a)) atomicAdd(&stats[1], 1.f);
     }
 }
 
@@ -310,27 +326,36 @@ extern "C" __global__ void l2_backward(const float* w, float* g, i64 len, float 
     FOR_EACH(i, len) { g[i] += 2.f * l2 * w[i]; }
 }
 
-// sgd_update: v = momentum * v - lr * g; w += v (Nesterov: w += momentum * v - lr * g).
-// lr is read from the device (hyper[0]) so a captured step replays with a new rate.
+// sgd_update: w *= keep (decoupled decay; keep = 1 - lr * wd, 1 without); v = momentum * v -
+// lr * g; w += v (Nesterov: w += momentum * v - lr * g). The rates are read from the device
+// (hyper[0] lr, hyper[2] keep, hyper[3] momentum) so a captured step replays with new ones
+// (a schedule, one-cycle's momentum).
 extern "C" __global__ void sgd_update(float* w, const float* g, float* v, i64 len, const float* hyper,
-                                      float momentum, int nesterov) {
-    float lr = hyper[0];
+                                      int nesterov) {
+    float lr = hyper[0], keep = hyper[2], momentum = hyper[3];
     FOR_EACH(i, len) {
         float vel = momentum * v[i] - lr * g[i];
         v[i] = vel;
-        w[i] += nesterov ? momentum * vel - lr * g[i] : vel;
+        w[i] = w[i] * keep + (nesterov ? momentum * vel - lr * g[i] : vel);
     }
 }
 
-// adam_update: m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2; w -= lr_t m / (sqrt(v) + eps),
-// with the bias-corrected rate lr_t read from the device (hyper[1]).
+// adam_update: w *= keep; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+// w -= lr_t m / (sqrt(v) + eps_t), with lr_t = hyper[1] (bias-corrected), keep = hyper[2],
+// b1 = hyper[3] and eps_t = hyper[4] read from the device (AdamW: eps_t = eps * sqrt(1 - b2^t),
+// which is torch's eps added to the bias-corrected sqrt(v)).
 extern "C" __global__ void adam_update(float* w, const float* g, float* m, float* v, i64 len,
-                                       const float* hyper, float b1, float b2, float eps) {
-    float lr_t = hyper[1];
+                                       const float* hyper, float b2) {
+    float lr_t = hyper[1], keep = hyper[2], b1 = hyper[3], eps = hyper[4];
     FOR_EACH(i, len) {
         float gi = g[i];
         m[i] = b1 * m[i] + (1.f - b1) * gi;
         v[i] = b2 * v[i] + (1.f - b2) * gi * gi;
-        w[i] -= lr_t * m[i] / (sqrtf(v[i]) + eps);
+        w[i] = w[i] * keep - lr_t * m[i] / (sqrtf(v[i]) + eps);
     }
+}
+
+// ema_update: e (len) += wt * (x - e): the moving average of x, wt = 1 - decay.
+extern "C" __global__ void ema_update(float* e, const float* x, i64 len, float wt) {
+    FOR_EACH(i, len) e[i] += wt * (x[i] - e[i]);
 }

@@ -5,7 +5,7 @@
 pub const SOURCE: &str = include_str!("kernels.cu");
 
 /// Every kernel in [`SOURCE`], by name (each is loaded after compiling).
-pub const NAMES: [&str; 23] = [
+pub const NAMES: [&str; 24] = [
     "relu_forward",
     "relu_backward",
     "elu_forward",
@@ -29,6 +29,7 @@ pub const NAMES: [&str; 23] = [
     "l2_backward",
     "sgd_update",
     "adam_update",
+    "ema_update",
 ];
 
 /// Where compiled kernels are cached: `$PIPE_KERNEL_CACHE`, else

@@ -461,15 +461,18 @@ pub fn softmax_backward(
     grid_stride(l, "softmax_backward", rows, &args)
 }
 
-/// `softmax_cross_entropy(const float* x, i64 ldx, const int* labels, i64 n, i64 k, float* dx,
-/// i64 lddx, float* stats)`: for logits x (n, k) and labels (n) as int32, dx (n, k) =
-/// (softmax - onehot) / n; stats[0] += summed cross-entropy, stats[1] += correct.
+/// `softmax_cross_entropy(const float* x, i64 ldx, const int* labels, const int* labels2, i64 n,
+/// i64 k, float* dx, i64 lddx, const float* hyper, float* stats)`: for logits x (n, k) and
+/// labels, labels2 (n) as int32, with lambda at hyper[5] and label smoothing at hyper[6],
+/// dx (n, k) = (softmax - target) / n; stats[0] += summed cross-entropy, stats[1] += correct.
+#[allow(clippy::too_many_arguments)]
 pub fn softmax_cross_entropy(
     l: &dyn Launcher,
     x: DMat,
-    labels: u64,
+    (labels, labels2): (u64, u64),
     n: usize,
     dx: DMat,
+    hyper: u64,
     stats: u64,
 ) -> Result<()> {
     let k = same_c(dx, &[x]);
@@ -477,10 +480,12 @@ pub fn softmax_cross_entropy(
         x.p(),
         x.ld(),
         Arg::P(labels),
+        Arg::P(labels2),
         i(n),
         i(k),
         dx.p(),
         dx.ld(),
+        Arg::P(hyper),
         Arg::P(stats),
     ];
     grid_stride(l, "softmax_cross_entropy", n, &args)
@@ -512,9 +517,9 @@ pub fn l2_backward(l: &dyn Launcher, w: u64, g: u64, len: usize, l2: f32) -> Res
     grid_stride(l, "l2_backward", len, &args)
 }
 
-/// `sgd_update(float* w, const float* g, float* v, i64 len, const float* hyper, float momentum,
-/// int nesterov)`: over w, g, v (len), with the learning rate at hyper[0].
-#[allow(clippy::too_many_arguments)]
+/// `sgd_update(float* w, const float* g, float* v, i64 len, const float* hyper, int nesterov)`:
+/// over w, g, v (len), with the learning rate at hyper[0], the decay's keep factor at
+/// hyper[2] and the momentum at hyper[3].
 pub fn sgd_update(
     l: &dyn Launcher,
     w: u64,
@@ -522,7 +527,6 @@ pub fn sgd_update(
     v: u64,
     len: usize,
     hyper: u64,
-    momentum: f32,
     nesterov: bool,
 ) -> Result<()> {
     let args = [
@@ -531,15 +535,14 @@ pub fn sgd_update(
         Arg::P(v),
         i(len),
         Arg::P(hyper),
-        Arg::F(momentum),
         flag(nesterov),
     ];
     grid_stride(l, "sgd_update", len, &args)
 }
 
 /// `adam_update(float* w, const float* g, float* m, float* v, i64 len, const float* hyper,
-/// float b1, float b2, float eps)`: over w, g, m, v (len), with the bias-corrected rate at
-/// hyper[1].
+/// float b2)`: over w, g, m, v (len), with the bias-corrected rate at hyper[1], the decay's
+/// keep factor at hyper[2], beta1 at hyper[3] and epsilon at hyper[4].
 #[allow(clippy::too_many_arguments)]
 pub fn adam_update(
     l: &dyn Launcher,
@@ -549,7 +552,7 @@ pub fn adam_update(
     v: u64,
     len: usize,
     hyper: u64,
-    (b1, b2, eps): (f32, f32, f32),
+    b2: f32,
 ) -> Result<()> {
     let args = [
         Arg::P(w),
@@ -558,11 +561,15 @@ pub fn adam_update(
         Arg::P(v),
         i(len),
         Arg::P(hyper),
-        Arg::F(b1),
         Arg::F(b2),
-        Arg::F(eps),
     ];
     grid_stride(l, "adam_update", len, &args)
+}
+
+/// `ema_update(float* e, const float* x, i64 len, float wt)`: e (len) += wt * (x - e).
+pub fn ema_update(l: &dyn Launcher, e: u64, x: u64, len: usize, wt: f32) -> Result<()> {
+    let args = [Arg::P(e), Arg::P(x), i(len), Arg::F(wt)];
+    grid_stride(l, "ema_update", len, &args)
 }
 
 #[cfg(test)]
@@ -701,11 +708,12 @@ mod tests {
             launched!(global_avgpool_backward(m, m, 2, 9, true)),
             launched!(softmax_forward(m, m, rows)),
             launched!(softmax_backward(m, m, m, rows, false)),
-            launched!(softmax_cross_entropy(m, p, 4, m, p)),
+            launched!(softmax_cross_entropy(m, (p, p), 4, m, p, p)),
             launched!(batchnorm_running_single(p, p, p, 5, 0.9)),
             launched!(l2_backward(p, p, 100, 1e-4)),
-            launched!(sgd_update(p, p, p, 100, p, 0.9, true)),
-            launched!(adam_update(p, p, p, p, 100, p, (0.9, 0.999, 1e-7))),
+            launched!(sgd_update(p, p, p, 100, p, true)),
+            launched!(adam_update(p, p, p, p, 100, p, 0.999)),
+            launched!(ema_update(p, p, 100, 1e-3)),
         ];
         let sigs = signatures();
         assert_eq!(

@@ -32,6 +32,8 @@ mod step;
 use buffers::{DevBuf, Pinned};
 use ops::Gpu;
 use setup::Module;
+#[cfg(test)]
+pub(crate) use step::hyper;
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -51,7 +53,17 @@ use crate::backend::native::shared::{
 };
 use crate::backend::native::walk::{self, Arena, Dst, Kernels, ParamNode, Pass};
 use crate::backend::params::{self, Role};
-use crate::backend::{Model, Optimizer, State, StepStats};
+use crate::backend::{Model, Optimizer, State, StepStats, Targets};
+
+/// The moving average's device buffers.
+struct EmaBufs {
+    params: DevBuf,
+    bn_mean: DevBuf,
+    bn_var: DevBuf,
+}
+
+/// Floats in the `hyper` buffer ([`step::hyper`]).
+const HYPER: usize = 7;
 use crate::nn::graph::{Graph, Op};
 
 /// Find and open the libraries, then the first GPU: an error (never a panic) when any
@@ -109,10 +121,15 @@ pub struct CudaModel {
     /// Where a batch norm writes dx when its input has no gradient.
     sink: DevBuf,
     labels: DevBuf,
+    /// The mixed-in labels (the labels themselves when nothing is mixed).
+    labels2: DevBuf,
     /// [cross-entropy sum, correct] since the last read.
     stats: DevBuf,
-    /// [lr, Adam's bias-corrected lr].
+    /// The step's rates ([`step::hyper`]).
     hyper: DevBuf,
+    /// The moving average of the weights and batch-norm statistics (`ema`), in the
+    /// layouts of `params`, `bn_mean` and `bn_var`.
+    ema: Option<EmaBufs>,
     workspace: DevBuf,
     blas_ws: DevBuf,
     pinned: [Pinned; 2],
@@ -199,6 +216,28 @@ impl CudaModel {
             self.upload(self.bn_mean.f(off), &parts.bn_mean[b])?;
             self.upload(self.bn_var.f(off), &parts.bn_var[b])?;
         }
+        self.ema = match &parts.ema {
+            None => None,
+            Some(e) => {
+                let bufs = EmaBufs {
+                    params: DevBuf::new(self.params.bytes)?,
+                    bn_mean: DevBuf::new(self.bn_mean.bytes)?,
+                    bn_var: DevBuf::new(self.bn_var.bytes)?,
+                };
+                for (p, off) in self.poff.clone().into_iter().enumerate() {
+                    let v = match self.is_conv_kernel(p) {
+                        Some(s) => hwio_to_ohwi(&e.params[p], s),
+                        None => e.params[p].clone(),
+                    };
+                    self.upload(bufs.params.f(off), &v)?;
+                }
+                for (b, off) in self.boff.clone().into_iter().enumerate() {
+                    self.upload(bufs.bn_mean.f(off), &e.bn_mean[b])?;
+                    self.upload(bufs.bn_var.f(off), &e.bn_var[b])?;
+                }
+                Some(bufs)
+            }
+        };
         self.step = parts.step;
         Ok(())
     }

@@ -12,11 +12,20 @@ impl Model for CudaModel {
         lr: f64,
         dropout_seed: u64,
     ) -> Result<StepStats> {
+        self.train_step_targets(images, &Targets::plain(labels), opt, lr, dropout_seed)
+    }
+
+    fn train_step_targets(
+        &mut self,
+        images: &[f32],
+        targets: &Targets<'_>,
+        opt: &Optimizer,
+        lr: f64,
+        dropout_seed: u64,
+    ) -> Result<StepStats> {
+        let labels = targets.labels;
         let n = labels.len();
-        let k = self.net.classes;
-        if let Some(&l) = labels.iter().find(|&&l| l < 0 || l as usize >= k) {
-            bail!("label {l} out of range for a network with {k} classes");
-        }
+        targets.check(self.net.classes)?;
         let px = self.net.infos[0].shape.numel();
         if images.len() != n * px {
             bail!(
@@ -29,26 +38,18 @@ impl Model for CudaModel {
         self.ensure_plan(n)?;
         self.ensure_shaped(n)?;
         self.step += 1;
-        let t = self.step as f64;
-        let lr_t = match *opt {
-            Optimizer::Adam { beta1, beta2, .. } => {
-                lr * (1.0 - beta2.powf(t)).sqrt() / (1.0 - beta1.powf(t))
-            }
-            Optimizer::Sgd {
-                weight_decay: 0.0, ..
-            } => lr,
-            Optimizer::Sgd { .. } | Optimizer::Adamw { .. } => {
-                self.step -= 1;
-                return Err(super::step::no_decoupled_decay());
-            }
-        };
-        self.stage_batch(images, labels, [lr as f32, lr_t as f32], Some(dropout_seed))?;
-        if self.graph_opt.as_ref() != Some(opt) {
+        let hyper = super::step::hyper(opt, lr, self.step as f64, targets);
+        let labels2 = targets.mix.map_or(labels, |(o, _)| o);
+        self.stage_batch(images, (labels, labels2), hyper, Some(dropout_seed))?;
+        // A captured step bakes in what the kernels take as arguments (Nesterov, beta2);
+        // the rates, momentum included, are read from the device each replay.
+        let key = opt.with_momentum(0.0);
+        if self.graph_opt.as_ref() != Some(&key) {
             for s in self.shaped.values_mut() {
                 s.graph = None;
                 s.eager_runs = 0;
             }
-            self.graph_opt = Some(opt.clone());
+            self.graph_opt = Some(key);
         }
         let plan = self.plan.take().expect("planned");
         let mut sh = self.shaped.remove(&n).expect("shaped");
@@ -98,7 +99,17 @@ impl Model for CudaModel {
             let m = b1 - b0;
             self.ensure_shaped(m)?;
             let zeros = vec![0i64; m];
-            self.stage_batch(&images[b0 * px..b1 * px], &zeros, [0.0, 0.0], None)?;
+            let hyper = super::step::hyper(
+                &Optimizer::Sgd {
+                    momentum: 0.0,
+                    nesterov: false,
+                    weight_decay: 0.0,
+                },
+                0.0,
+                1.0,
+                &Targets::plain(&zeros),
+            );
+            self.stage_batch(&images[b0 * px..b1 * px], (&zeros, &zeros), hyper, None)?;
             let plan = self.plan.take().expect("planned");
             let sh = self.shaped.remove(&m).expect("shaped");
             let r = walk::forward(&self.net, &plan, &mut Gpu { m: self, sh: &sh }, m, false);
@@ -144,7 +155,14 @@ impl Model for CudaModel {
                 bn_mean: bn(&self.bn_mean)?,
                 bn_var: bn(&self.bn_var)?,
                 step: self.step,
-                ema: None,
+                ema: match &self.ema {
+                    None => None,
+                    Some(e) => Some(params::Ema {
+                        params: self.download_flat(&e.params)?,
+                        bn_mean: bn(&e.bn_mean)?,
+                        bn_var: bn(&e.bn_var)?,
+                    }),
+                },
             })
         };
         // The trait returns a state, not a result: a device failure here is fatal.
@@ -160,6 +178,60 @@ impl Model for CudaModel {
 
     fn name(&self) -> &'static str {
         "native CUDA"
+    }
+
+    fn ema_update(&mut self, decay: f64) -> Result<()> {
+        dk(self.ctx.bind_to_thread(), "binding the context")?;
+        match &self.ema {
+            Some(e) => {
+                let wt = (1.0 - decay) as f32;
+                for (avg, cur) in [
+                    (&e.params, &self.params),
+                    (&e.bn_mean, &self.bn_mean),
+                    (&e.bn_var, &self.bn_var),
+                ] {
+                    launch::ema_update(self, avg.ptr, cur.ptr, cur.bytes / 4, wt)?;
+                }
+            }
+            None => {
+                // The first average is the weights themselves (AveragedModel's first update).
+                let bufs = EmaBufs {
+                    params: DevBuf::new(self.params.bytes)?,
+                    bn_mean: DevBuf::new(self.bn_mean.bytes)?,
+                    bn_var: DevBuf::new(self.bn_var.bytes)?,
+                };
+                for (avg, cur) in [
+                    (&bufs.params, &self.params),
+                    (&bufs.bn_mean, &self.bn_mean),
+                    (&bufs.bn_var, &self.bn_var),
+                ] {
+                    if cur.bytes > 0 {
+                        // SAFETY: both allocations hold `cur.bytes` bytes; the copy is
+                        // ordered on our stream after the step that wrote `cur`.
+                        dk(
+                            unsafe {
+                                drv::memcpy_dtod_async(avg.ptr, cur.ptr, cur.bytes, self.cu())
+                            },
+                            "copying the weights into their average",
+                        )?;
+                    }
+                }
+                self.ema = Some(bufs);
+            }
+        }
+        Ok(())
+    }
+
+    fn swap_ema(&mut self) -> Result<()> {
+        let Some(e) = self.ema.as_mut() else {
+            bail!("no moving average of the weights has been taken yet");
+        };
+        // The buffers trade places; a captured step holds the weights' addresses, so a
+        // second swap, before the next step, puts them back.
+        std::mem::swap(&mut e.params, &mut self.params);
+        std::mem::swap(&mut e.bn_mean, &mut self.bn_mean);
+        std::mem::swap(&mut e.bn_var, &mut self.bn_var);
+        Ok(())
     }
 
     fn classes(&self) -> usize {

@@ -151,7 +151,15 @@ impl Kernels for Gpu<'_> {
 
     fn softmax_cross_entropy(&mut self, x: View, dx: View, n: usize) -> Result<()> {
         let m = self.m;
-        launch::softmax_cross_entropy(m, self.a(x), m.labels.ptr, n, self.g(dx), m.stats.ptr)
+        launch::softmax_cross_entropy(
+            m,
+            self.a(x),
+            (m.labels.ptr, m.labels2.ptr),
+            n,
+            self.g(dx),
+            m.hyper.ptr,
+            m.stats.ptr,
+        )
     }
 
     fn l2_backward(&mut self, param: usize, l2: f64) -> Result<()> {

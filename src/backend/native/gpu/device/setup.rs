@@ -80,11 +80,13 @@ impl CudaModel {
             save_mean: DevBuf::new(4 * blen)?,
             save_inv: DevBuf::new(4 * blen)?,
             stats: DevBuf::new(8)?,
-            hyper: DevBuf::new(8)?,
+            hyper: DevBuf::new(4 * HYPER)?,
+            ema: None,
             act: DevBuf::new(0)?,
             grad: DevBuf::new(0)?,
             sink: DevBuf::new(0)?,
             labels: DevBuf::new(0)?,
+            labels2: DevBuf::new(0)?,
             workspace: DevBuf::new(0)?,
             pinned: [Pinned::new(0)?, Pinned::new(0)?],
             slot: 0,
@@ -160,11 +162,12 @@ impl CudaModel {
             .unwrap_or(0);
         self.sink = DevBuf::new(4 * sink)?;
         self.labels = DevBuf::new(4 * n)?;
+        self.labels2 = DevBuf::new(4 * n)?;
         let masks: usize = (0..self.net.graph.nodes.len())
             .filter(|&i| p.mask[i].is_some())
             .map(|i| self.net.infos[i].shape.numel() * n)
             .sum();
-        let bytes = 4 * (self.net.infos[0].shape.numel() * n + n + masks + 2);
+        let bytes = 4 * (self.net.infos[0].shape.numel() * n + 2 * n + masks + HYPER);
         self.pinned = [Pinned::new(bytes)?, Pinned::new(bytes)?];
         self.plan = Some(p);
         Ok(())

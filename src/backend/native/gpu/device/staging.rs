@@ -4,13 +4,13 @@
 use super::*;
 
 impl CudaModel {
-    /// Copy a batch, its labels, dropout masks and the rates into the next pinned slot and
+    /// Copy a batch, its labels (and mixed-in labels), dropout masks and the rates into the next pinned slot and
     /// start their upload (the host returns at once; the stream orders it before the step).
     pub(super) fn stage_batch(
         &mut self,
         images: &[f32],
-        labels: &[i64],
-        hyper: [f32; 2],
+        (labels, labels2): (&[i64], &[i64]),
+        hyper: [f32; HYPER],
         dropout_seed: Option<u64>,
     ) -> Result<()> {
         let plan = self.plan.as_ref().expect("planned");
@@ -40,8 +40,12 @@ impl CudaModel {
         for (b, &l) in buf[at..at + n].iter_mut().zip(labels) {
             *b = f32::from_bits(l as i32 as u32);
         }
-        let at = place(2, self.hyper.ptr);
-        buf[at..at + 2].copy_from_slice(&hyper);
+        let at = place(n, self.labels2.ptr);
+        for (b, &l) in buf[at..at + n].iter_mut().zip(labels2) {
+            *b = f32::from_bits(l as i32 as u32);
+        }
+        let at = place(HYPER, self.hyper.ptr);
+        buf[at..at + HYPER].copy_from_slice(&hyper);
         if let Some(seed) = dropout_seed {
             // The same masks as the CPU path and the dfdx backend.
             let (graph, infos) = (&self.net.graph, &self.net.infos);

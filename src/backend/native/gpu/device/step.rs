@@ -33,20 +33,12 @@ impl CudaModel {
         let (w, g, m, v) = (self.params.ptr, self.grads.ptr, self.m.ptr, self.v.ptr);
         let (len, hyper) = (self.plen, self.hyper.ptr);
         match *opt {
-            Optimizer::Sgd {
-                momentum,
-                nesterov,
-                weight_decay: 0.0,
-            } => launch::sgd_update(self, w, g, m, len, hyper, momentum as f32, nesterov),
-            Optimizer::Adam {
-                beta1,
-                beta2,
-                epsilon,
-            } => {
-                let b = (beta1 as f32, beta2 as f32, epsilon as f32);
-                launch::adam_update(self, w, g, m, v, len, hyper, b)
+            Optimizer::Sgd { nesterov, .. } => {
+                launch::sgd_update(self, w, g, m, len, hyper, nesterov)
             }
-            Optimizer::Sgd { .. } | Optimizer::Adamw { .. } => Err(no_decoupled_decay()),
+            Optimizer::Adam { beta2, .. } | Optimizer::Adamw { beta2, .. } => {
+                launch::adam_update(self, w, g, m, v, len, hyper, beta2 as f32)
+            }
         }
     }
 }
@@ -100,9 +92,42 @@ impl CudaModel {
     }
 }
 
-/// What the GPU says of decoupled weight decay, which its update kernels do not have yet.
-pub(super) fn no_decoupled_decay() -> anyhow::Error {
-    anyhow::anyhow!(
-        "the native CUDA backend has no decoupled weight decay yet (optimizer = \"adamw\", decoupled_weight_decay): train with device = \"cpu\""
-    )
+/// The step's rates as the kernels read them from the device: lr, Adam's bias-corrected lr,
+/// the decoupled decay's keep factor `1 - lr * weight_decay` (1 without), the momentum (SGD)
+/// or beta1 (Adam, AdamW), epsilon (AdamW's times `sqrt(1 - beta2^t)`: torch's eps added to
+/// the bias-corrected sqrt(v)), the weight of the labels (1 unless mixed) and label
+/// smoothing — the same arithmetic as [`Optimizer::update`] and the CPU's loss.
+pub(crate) fn hyper(opt: &Optimizer, lr: f64, t: f64, targets: &Targets<'_>) -> [f32; HYPER] {
+    let (lr_t, eps) = match *opt {
+        Optimizer::Sgd { .. } => (lr, 0.0),
+        Optimizer::Adam {
+            beta1,
+            beta2,
+            epsilon,
+        } => (
+            lr * (1.0 - beta2.powf(t)).sqrt() / (1.0 - beta1.powf(t)),
+            epsilon,
+        ),
+        Optimizer::Adamw {
+            beta1,
+            beta2,
+            epsilon,
+            ..
+        } => (
+            lr * (1.0 - beta2.powf(t)).sqrt() / (1.0 - beta1.powf(t)),
+            epsilon * (1.0 - beta2.powf(t)).sqrt(),
+        ),
+    };
+    let keep = 1.0 - lr * opt.weight_decay();
+    let lambda = targets.mix.map_or(1.0, |(_, l)| l);
+    [
+        lr,
+        lr_t,
+        keep,
+        opt.momentum(),
+        eps,
+        lambda,
+        targets.smoothing,
+    ]
+    .map(|v| v as f32)
 }
