@@ -392,6 +392,10 @@ enum BenchCmd {
         /// Keep (and reuse) the generated tree in this folder
         #[arg(long)]
         keep: Option<PathBuf>,
+        /// A `dvc` executable: time `dvc status` over the same tree beside each no-op
+        /// (`python3 -m venv dvc-venv && dvc-venv/bin/pip install dvc`)
+        #[arg(long)]
+        dvc: Option<PathBuf>,
     },
     /// The run journal over many records: `pipe runs`, the journal page, and what writing
     /// a record adds to a no-op run
@@ -584,7 +588,14 @@ fn bench(what: BenchCmd, remote: Option<String>) -> anyhow::Result<()> {
             per_class,
             val_per_class,
             keep,
-        } => commands::bench_data(classes, per_class, val_per_class, keep.as_deref()),
+            dvc,
+        } => commands::bench_data(
+            classes,
+            per_class,
+            val_per_class,
+            keep.as_deref(),
+            dvc.as_deref(),
+        ),
         BenchCmd::Train {
             batch,
             steps,

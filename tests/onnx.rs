@@ -333,8 +333,9 @@ fn flip_tta_in_the_exported_graph_equals_pipe_predict_with_tta() {
     let p = demo_project();
     p.manifest(
         "small.toml",
-        "extends = \"demo.toml\"\nname = \"small\"\n\n[stages.ingest]\ntrain_per_class = 20\nval_per_class = 4\n\n[stages.split]\ntest_per_class = 4\n\n[stages.train]\nepochs = 1\n\n[stages.drop]\nepochs = 1\n",
+        "extends = \"demo.toml\"\nname = \"small\"\n\n[stages.ingest]\ntrain_per_class = 20\nval_per_class = 4\n\n[stages.split]\ntest_per_class = 4\n\n[stages.train]\nepochs = 1\nmean = \"pixel\"\n\n[stages.drop]\nepochs = 1\n",
     );
+    // A per-pixel mean (not symmetric): the mirror is taken before it is subtracted.
     let run = p.run_json("small", &[]);
     let images = images_of(&p, &run, 6);
     let model = check_with(&p, "small", &images, (32, 32), 10, &["--tta", "flip"]);

@@ -632,3 +632,21 @@ fn every_new_feature_gives_the_same_artifact_on_one_or_two_threads_and_after_a_k
     );
     assert_ne!(served.tensors[&kernel], full.tensors[&kernel]);
 }
+
+#[test]
+fn an_lr_drop_to_dfdx_of_a_model_with_a_moving_average_is_refused_before_it_trains() {
+    let text = Generated::new("r")
+        .drop("0.001", 1)
+        .text()
+        .replacen("lr = 0.01\n", "lr = 0.01\nema = { decay = 0.9 }\n", 1)
+        .replace("epochs = 1\n", "epochs = 1\nbackend = \"dfdx\"\n");
+    let p = Project::with("r.toml", &text);
+    let err = p.fails(&["run", "r"]);
+    assert!(
+        err.contains("stage `drop` continues a model trained with ema on the dfdx backend"),
+        "{err}"
+    );
+    // The native training before it ran and is kept.
+    let out = p.ok(&["status", "r"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("train"));
+}

@@ -261,9 +261,17 @@ impl State {
     /// Prefix of the moving average's tensors.
     pub const EMA: &'static str = "ema/";
 
+    /// The weight or statistic that tensor `name` averages, when it is part of the moving
+    /// average: `ema/<node>/<what>`. A node may itself be named `ema` (its tensors are
+    /// `ema/<what>`, with no second `/`), so the rest must hold a `/` too.
+    pub fn ema_of(name: &str) -> Option<&str> {
+        name.strip_prefix(Self::EMA)
+            .filter(|rest| rest.contains('/'))
+    }
+
     /// Whether it holds a moving average of the weights.
     pub fn has_ema(&self) -> bool {
-        self.tensors.keys().any(|k| k.starts_with(Self::EMA))
+        self.tensors.keys().any(|k| Self::ema_of(k).is_some())
     }
 
     /// The state a model is evaluated, exported and served with: the moving average of
@@ -272,12 +280,13 @@ impl State {
         let ema: Vec<String> = self
             .tensors
             .keys()
-            .filter(|k| k.starts_with(Self::EMA))
+            .filter(|k| Self::ema_of(k).is_some())
             .cloned()
             .collect();
         for k in ema {
             let t = self.tensors.remove(&k).expect("listed");
-            self.tensors.insert(k[Self::EMA.len()..].to_string(), t);
+            let of = Self::ema_of(&k).expect("filtered").to_string();
+            self.tensors.insert(of, t);
         }
         self
     }
@@ -509,4 +518,37 @@ pub fn argmax(v: &[f32]) -> usize {
         }
     }
     best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t() -> NamedTensor {
+        NamedTensor {
+            shape: vec![1],
+            data: vec![1.0],
+        }
+    }
+
+    #[test]
+    fn a_node_named_ema_is_not_a_moving_average() {
+        let mut st = State::default();
+        st.tensors.insert("ema/kernel".into(), t());
+        st.tensors.insert("ema/moving_mean".into(), t());
+        assert!(!st.has_ema());
+        assert_eq!(st.clone().for_inference(), st);
+        // Its average is `ema/ema/kernel`, which does stand in for it.
+        let avg = NamedTensor {
+            shape: vec![1],
+            data: vec![2.0],
+        };
+        st.tensors.insert("ema/ema/kernel".into(), avg.clone());
+        assert!(st.has_ema());
+        let inf = st.for_inference();
+        assert_eq!(inf.tensors["ema/kernel"], avg);
+        assert!(!inf.tensors.contains_key("ema/ema/kernel"));
+        assert_eq!(State::ema_of("ema/c1/kernel"), Some("c1/kernel"));
+        assert_eq!(State::ema_of("ema/kernel"), None);
+    }
 }

@@ -629,6 +629,7 @@ pub fn export(
         .into_iter()
         .filter(|(_, v)| !v.is_empty())
         .map(|(k, v)| meta(k, v))
+        .chain((from.tta != Tta::None).then(|| meta("pipe.tta", from.tta.to_string())))
         .chain([
             meta("pipe.classes", serde_json::to_string(&from.class_names)?),
             meta("pipe.class_ids", serde_json::to_string(&from.class_ids)?),
@@ -638,7 +639,6 @@ pub fn export(
             ),
             meta("pipe.input_size", format!("{w}x{h}")),
             meta("pipe.resize_filter", from.resize_filter.clone()),
-            meta("pipe.tta", from.tta.to_string()),
             meta(
                 "pipe.input",
                 "float32 [N, H, W, 3], RGB values 0..255, the image resized to the input size; the mean is subtracted inside the model".into(),

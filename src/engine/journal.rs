@@ -1092,6 +1092,14 @@ pub fn metrics_from(stages: &[StageEntry], artifacts: &Path) -> BTreeMap<String,
                     ] {
                         m.insert(format!("{}.{name}", s.name), v);
                     }
+                    for (name, v) in [
+                        ("ema_val_loss", last.ema_val_loss),
+                        ("ema_val_acc", last.ema_val_acc),
+                    ] {
+                        if let Some(v) = v {
+                            m.insert(format!("{}.{name}", s.name), v);
+                        }
+                    }
                     m.insert("train.loss".into(), last.train_loss);
                     m.insert("train.acc".into(), last.train_acc);
                     m.insert("val.loss".into(), last.val_loss);

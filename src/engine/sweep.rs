@@ -162,9 +162,11 @@ pub fn select(s: &Sweep, only: Option<&str>) -> Result<Vec<usize>> {
 /// A rung's metric from the artifact of a point's rung stage.
 fn metric_of(dir: &std::path::Path, metric: Metric) -> Option<f64> {
     let last = stages::train::last_epoch(dir)?;
+    // With a moving average of the weights, the average is the model evaluated and
+    // served: it is what a rung ranks.
     Some(match metric {
-        Metric::ValAcc => last.val_acc,
-        Metric::ValLoss => last.val_loss,
+        Metric::ValAcc => last.ema_val_acc.unwrap_or(last.val_acc),
+        Metric::ValLoss => last.ema_val_loss.unwrap_or(last.val_loss),
         Metric::TrainAcc => last.train_acc,
         Metric::TrainLoss => last.train_loss,
     })

@@ -147,8 +147,8 @@ pub enum ScheduleKind {
     /// `lr` until the first `steps` entry, then each entry's lr from its epoch on.
     Step,
     /// Per step: linear warmup over `warmup_epochs` from `lr * warmup_start_factor` to
-    /// `lr`, then cosine decay to `min_lr` at the last step (`torch.optim.lr_scheduler`'s
-    /// `LinearLR` then `CosineAnnealingLR`).
+    /// `lr`, then cosine decay towards `min_lr`, reached one step after the last
+    /// (`torch.optim.lr_scheduler`'s `LinearLR` then `CosineAnnealingLR`).
     Cosine,
     /// Per step: `torch.optim.lr_scheduler.OneCycleLR` (cosine annealing, two phases) from
     /// `max_lr / div_factor` up to `max_lr` over `pct_start` of the steps, then down to
@@ -401,7 +401,7 @@ pub struct TrainConfig {
         skip_serializing_if = "is_default_warmup_start"
     )]
     pub warmup_start_factor: f64,
-    /// `cosine`: the lr at the last step (default 0).
+    /// `cosine`: the floor the decay reaches one step after the last (default 0).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub min_lr: f64,
     /// `onecycle`: the peak lr (default: `lr`).
@@ -532,7 +532,7 @@ pub struct ContinueConfig {
         skip_serializing_if = "is_default_warmup_start"
     )]
     pub warmup_start_factor: f64,
-    /// `cosine`: the lr at the last step (default 0).
+    /// `cosine`: the floor the decay reaches one step after the last (default 0).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub min_lr: f64,
     /// `onecycle`: the peak lr (default: `lr`).

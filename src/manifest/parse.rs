@@ -520,6 +520,14 @@ fn check_recipe(cx: &StageCx<'_>, c: &TrainConfig) -> Result<(), ManifestError> 
         ));
     }
     match c.optimizer {
+        OptimizerKind::Sgd if c.decoupled_weight_decay && c.weight_decay.is_none() => {
+            return Err(key_error(
+                cx,
+                "decoupled_weight_decay",
+                "`decoupled_weight_decay = true` needs `weight_decay` (the decay to decouple)"
+                    .into(),
+            ));
+        }
         OptimizerKind::Sgd if c.weight_decay.is_some() && !c.decoupled_weight_decay => {
             return Err(key_error(
                 cx,
@@ -614,6 +622,13 @@ fn parse_continue(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
             ))
             .at(cx.key_at("schedule"))
             .path(format!("{path}.schedule")));
+        }
+        if c.power < 0.0 {
+            return Err(key_error(
+                cx,
+                "power",
+                format!("`power` = {} must be >= 0", c.power),
+            ));
         }
         check_schedule(cx, &c.sched_keys(), c.epochs)?;
         let from_file = kind == StageKind::Resume && !c.from.contains('@');

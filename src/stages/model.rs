@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::batches::{make_batch, prefetched, Split};
+use super::batches::{make_batch, prefetched, subtract_mean, Split};
 use crate::backend::{self, BackendKind, DeviceKind, Model, NamedTensor, Optimizer, State};
 use crate::data::checkpoint;
 use crate::manifest::{AugmentConfig, DeviceSetting, EmaConfig, MeanKind, MixConfig, Tta};
@@ -151,6 +151,20 @@ pub fn average_into(a: &mut [f32], b: &[f32]) {
     }
 }
 
+/// Images `idx` of a split mirrored left to right, then normalised.
+fn mirrored_batch(s: &Split, idx: &[usize], mean: &NamedTensor) -> (Vec<f32>, Vec<i64>) {
+    let px = s.h * s.w * 3;
+    let mut x = vec![0f32; idx.len() * px];
+    for (dst, &i) in x.chunks_exact_mut(px).zip(idx) {
+        for (d, &v) in dst.iter_mut().zip(&s.images[i * px..(i + 1) * px]) {
+            *d = v as f32;
+        }
+        mirror_images(dst, s.h, s.w);
+        subtract_mean(dst, mean);
+    }
+    (x, idx.iter().map(|&i| s.labels[i]).collect())
+}
+
 /// Mirror every image of a batch (n images h x w x 3, HWC) left to right.
 pub fn mirror_images(x: &mut [f32], h: usize, w: usize) {
     for row in x.chunks_exact_mut(w * 3) {
@@ -192,12 +206,12 @@ fn predict_split_as(
     let chunks: Vec<&[usize]> = all.chunks(batch.max(1)).collect();
     prefetched(
         chunks.len(),
-        |c| {
-            let (mut x, y) = make_batch(s, chunks[c], mean, None);
-            if tta == Tta::Flip {
-                mirror_images(&mut x, s.h, s.w);
-            }
-            (x, y)
+        |c| match tta {
+            Tta::None => make_batch(s, chunks[c], mean, None),
+            // Mirrored before the mean is subtracted: `mirror(x) - mean`, as training's
+            // flips and the exported graph see an image (a per-pixel mean is not
+            // symmetric).
+            Tta::Flip => mirrored_batch(s, chunks[c], mean),
         },
         |c, (x, _)| {
             let mut out = model.predict(&x, chunks[c].len())?;

@@ -119,31 +119,33 @@ impl Predictor {
     /// `classes.len()` per image.
     pub fn predict(&mut self, images: &[Vec<u8>]) -> Result<Vec<f32>> {
         let px = (self.size.0 * self.size.1 * 3) as usize;
-        let mut x = vec![0f32; images.len() * px];
-        for (dst, img) in x.chunks_exact_mut(px).zip(images) {
+        let mut raw = vec![0f32; images.len() * px];
+        for (dst, img) in raw.chunks_exact_mut(px).zip(images) {
             if img.len() != px {
                 bail!("a prepared image has {} values, not {px}", img.len());
             }
             dst.iter_mut().zip(img).for_each(|(d, &v)| *d = v as f32);
-            subtract_mean(dst, &self.mean);
         }
         let k = self.classes.len();
         let ends_in_softmax = matches!(
             self.plan.graph.nodes.last().map(|n| &n.op),
             Some(Op::Softmax)
         );
-        let mut run = |x: &[f32]| -> Result<Vec<f32>> {
-            let mut out = self.model.predict(x, images.len())?;
+        let mean = &self.mean;
+        let mut run = |mut x: Vec<f32>| -> Result<Vec<f32>> {
+            x.chunks_exact_mut(px).for_each(|d| subtract_mean(d, mean));
+            let mut out = self.model.predict(&x, images.len())?;
             if !ends_in_softmax {
                 softmax_rows(&mut out, k);
             }
             Ok(out)
         };
-        let mut out = run(&x)?;
+        let mut out = run(raw.clone())?;
         if self.tta == Tta::Flip {
+            // The image mirrored, then the mean subtracted (as the exported graph does).
             let (w, h) = (self.size.0 as usize, self.size.1 as usize);
-            mirror_images(&mut x, h, w);
-            average_into(&mut out, &run(&x)?);
+            mirror_images(&mut raw, h, w);
+            average_into(&mut out, &run(raw)?);
         }
         Ok(out)
     }

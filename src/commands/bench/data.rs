@@ -10,12 +10,15 @@ use crate::data::synthetic;
 
 /// `pipe bench data`: generate a Tiny-ImageNet-shaped tree of 64x64 JPEGs (or reuse the
 /// one in `keep`), time a cold `pipe run` (ingest + split + hdf5) and then no-op re-runs,
-/// each as a separate process.
+/// each as a separate process. With `dvc` (a `dvc` executable), the same tree is also a
+/// DVC project (`dvc add` of a hard-linked copy, cache by hard links), and each no-op round
+/// runs `dvc status` beside `pipe run`, in turn.
 pub fn bench_data(
     classes: usize,
     per_class: usize,
     val_per_class: usize,
     keep: Option<&Path>,
+    dvc: Option<&Path>,
 ) -> Result<()> {
     let mut scratch = Scratch::new()?;
     let base = match keep {
@@ -32,6 +35,11 @@ pub fn bench_data(
         synthetic::write_tiny_imagenet(&root, classes, per_class, val_per_class, 64, 1)?;
     }
     let files = count_files(&root)?;
+    // Before pipe's first run: hard-linking the tree changes its files' ctimes.
+    let dvc_project = match dvc {
+        Some(exe) => Some(dvc_project(exe, &base, &root)?),
+        None => None,
+    };
     let pipe = Pipe::in_project(&base.join("project"))?;
     pipe.write(
         "bench.toml",
@@ -47,8 +55,15 @@ pub fn bench_data(
     // The first run reads files the generator just wrote (warm cache), as a re-run would.
     let cold = pipe.run(&["run", "bench", "--json"])?.0;
     let mut noop = Vec::new();
+    let (mut status, mut ratios) = (Vec::new(), Vec::new());
     for _ in 0..5 {
-        noop.push(pipe.run(&["run", "bench", "--json"])?.0);
+        let ours = pipe.run(&["run", "bench", "--json"])?.0;
+        noop.push(ours);
+        if let (Some(exe), Some(dir)) = (dvc, &dvc_project) {
+            let theirs = dvc_status(exe, dir)?;
+            status.push(theirs);
+            ratios.push(theirs / ours);
+        }
     }
     noop.sort_by(|a, b| a.total_cmp(b));
     println!("| measurement | value |");
@@ -61,5 +76,80 @@ pub fn bench_data(
         "| no-op re-run (median of 5, whole process) | {:.3} s (min {:.3}, max {:.3}) |",
         noop[2], noop[0], noop[4]
     );
+    if let Some(exe) = dvc {
+        let version = std::process::Command::new(exe)
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        let (s, r) = (super::median(status.clone()), super::median(ratios));
+        status.sort_by(|a, b| a.total_cmp(b));
+        println!(
+            "| `dvc status` (DVC {version}), same tree, in turn with each no-op | {s:.3} s (min {:.3}, max {:.3}) |",
+            status[0], status[4]
+        );
+        println!("| `dvc status` / pipe no-op (median of the 5 rounds' ratios) | {r:.1}x |");
+    }
     Ok(())
+}
+
+/// A DVC project over a hard-linked copy of `root` in `base/dvc` (made once, kept with
+/// `--keep`): `dvc init --no-scm`, hard-link cache, `dvc add`.
+fn dvc_project(exe: &Path, base: &Path, root: &Path) -> Result<std::path::PathBuf> {
+    let dir = base.join("dvc");
+    let name = root.file_name().unwrap_or_default();
+    if dir
+        .join(format!("{}.dvc", name.to_string_lossy()))
+        .is_file()
+    {
+        return Ok(dir);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let run = |cmd: &mut std::process::Command, what: &str| -> Result<()> {
+        let o = cmd.current_dir(&dir).output()?;
+        if !o.status.success() {
+            anyhow::bail!("{what} failed: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        Ok(())
+    };
+    run(
+        std::process::Command::new("cp")
+            .arg("-al")
+            .arg(root)
+            .arg(dir.join(name)),
+        "cp -al",
+    )?;
+    run(
+        std::process::Command::new(exe).args(["init", "--no-scm", "-q"]),
+        "dvc init",
+    )?;
+    run(
+        std::process::Command::new(exe).args(["config", "cache.type", "hardlink"]),
+        "dvc config",
+    )?;
+    eprintln!("dvc add over {} (once)...", root.display());
+    run(
+        std::process::Command::new(exe).arg("add").arg(name),
+        "dvc add",
+    )?;
+    Ok(dir)
+}
+
+/// Seconds one `dvc status` takes in `dir` (whole process); it must say all is up to date.
+fn dvc_status(exe: &Path, dir: &Path) -> Result<f64> {
+    let t = std::time::Instant::now();
+    let o = std::process::Command::new(exe)
+        .arg("status")
+        .current_dir(dir)
+        .output()?;
+    let secs = t.elapsed().as_secs_f64();
+    let said = String::from_utf8_lossy(&o.stdout);
+    if !o.status.success() || !said.contains("up to date") {
+        anyhow::bail!(
+            "dvc status did not find the tree unchanged: {said}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    Ok(secs)
 }

@@ -71,6 +71,7 @@ pub(super) fn run(ctx: &StageCtx<'_>, data: &Path, seg: Segment<'_>) -> Result<S
     let steps_per_epoch = train.n.div_ceil(plan.batch_size.max(1));
     let schedule = Schedule::from_keys(&schedule.0, &schedule.1, end - start, steps_per_epoch)
         .with_context(|| format!("stage `{stage}`"))?;
+    refuse_on_dfdx(&plan, stage)?;
     let mut model = backend::build_with(&plan.graph, plan.seed, plan.device, plan.backend)?;
     let device = crate::stages::model::describe_device(plan.device);
     check_classes(model.as_ref(), data, &plan.network)?;
@@ -186,6 +187,39 @@ pub(super) fn run(ctx: &StageCtx<'_>, data: &Path, seg: Segment<'_>) -> Result<S
         plan.backend,
         plan.device
     ))
+}
+
+/// A segment on dfdx of a plan with what only the native backend trains (a `lr-drop` or
+/// `resume` to dfdx of such a model; a `train` is refused by its manifest): an error
+/// before any data is read.
+fn refuse_on_dfdx(plan: &TrainingPlan, stage: &str) -> Result<()> {
+    if plan.backend != backend::BackendKind::Dfdx {
+        return Ok(());
+    }
+    let r = &plan.recipe;
+    let used: Vec<&str> = [
+        ("label_smoothing", r.label_smoothing != 0.0),
+        ("mixup", r.mixup.is_some()),
+        ("cutmix", r.cutmix.is_some()),
+        ("ema", r.ema.is_some()),
+        (
+            "optimizer = \"adamw\"",
+            matches!(plan.optimizer, backend::Optimizer::Adamw { .. }),
+        ),
+        ("weight_decay", plan.optimizer.weight_decay() != 0.0),
+    ]
+    .into_iter()
+    .filter(|(_, on)| *on)
+    .map(|(k, _)| k)
+    .collect();
+    if !used.is_empty() {
+        bail!(
+            "stage `{stage}` continues a model trained with {} on the dfdx backend, which does not have {}: set backend = \"native\" for it",
+            used.join(", "),
+            if used.len() == 1 { "it" } else { "them" }
+        );
+    }
+    Ok(())
 }
 
 /// A killed run of this very stage key left checkpoints in its scratch folder: load the
