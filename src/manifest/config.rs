@@ -249,41 +249,26 @@ fn is_true(v: &bool) -> bool {
 fn is_constant(s: &ScheduleKind) -> bool {
     *s == ScheduleKind::Constant
 }
-fn default_warmup_start() -> f64 {
-    0.01
+/// A float key's default and the test that leaves it out of the serialized config (so a
+/// manifest that does not write it keeps its key).
+macro_rules! float_default {
+    ($($default:ident, $is_default:ident = $v:expr;)*) => {$(
+        fn $default() -> f64 {
+            $v
+        }
+        fn $is_default(v: &f64) -> bool {
+            *v == $v
+        }
+    )*};
 }
-fn is_default_warmup_start(v: &f64) -> bool {
-    *v == default_warmup_start()
-}
-fn default_pct_start() -> f64 {
-    0.3
-}
-fn is_default_pct_start(v: &f64) -> bool {
-    *v == default_pct_start()
-}
-fn default_div() -> f64 {
-    25.0
-}
-fn is_default_div(v: &f64) -> bool {
-    *v == default_div()
-}
-fn default_final_div() -> f64 {
-    1e4
-}
-fn is_default_final_div(v: &f64) -> bool {
-    *v == default_final_div()
-}
-fn default_base_mom() -> f64 {
-    0.85
-}
-fn is_default_base_mom(v: &f64) -> bool {
-    *v == default_base_mom()
-}
-fn default_max_mom() -> f64 {
-    0.95
-}
-fn is_default_max_mom(v: &f64) -> bool {
-    *v == default_max_mom()
+
+float_default! {
+    default_warmup_start, is_default_warmup_start = 0.01;
+    default_pct_start, is_default_pct_start = 0.3;
+    default_div, is_default_div = 25.0;
+    default_final_div, is_default_final_div = 1e4;
+    default_base_mom, is_default_base_mom = 0.85;
+    default_max_mom, is_default_max_mom = 0.95;
 }
 
 /// The keys of the per-step schedules, as `train` and the continuing stages both write
