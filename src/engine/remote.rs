@@ -490,19 +490,34 @@ impl Remote {
             .map_err(|e| self.error(&format!("writing {rel}"), e))
     }
 
-    /// One JSON object (`what` it is, for errors), or `None` when it is not there; one
-    /// that does not parse is refused.
+    /// One JSON object (`what` it is, for errors), or `None` when it is not there. One
+    /// that does not parse is read again, twice at most, after a pause (another machine
+    /// pushing the same key may be rewriting it this moment, which a WebDAV server shows
+    /// half-written); still unreadable, it is refused.
     fn get_json<T: serde::de::DeserializeOwned>(
         &self,
         rel: &str,
         what: &str,
     ) -> Result<Option<T>, RemoteError> {
-        let Some(bytes) = self.get_opt(rel)? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-            RemoteError::Refused(format!("{}/{rel}: {what} does not read ({e})", self.url))
-        })
+        let mut tries = 0;
+        loop {
+            let Some(bytes) = self.get_opt(rel)? else {
+                return Ok(None);
+            };
+            match serde_json::from_slice(&bytes) {
+                Ok(v) => return Ok(Some(v)),
+                Err(_) if tries < 2 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(250 * tries));
+                }
+                Err(e) => {
+                    return Err(RemoteError::Refused(format!(
+                        "{}/{rel}: {what} does not read ({e})",
+                        self.url
+                    )))
+                }
+            }
+        }
     }
 
     /// The key record of `key` in the remote, when it is there.
