@@ -396,6 +396,9 @@ enum BenchCmd {
         /// (`python3 -m venv dvc-venv && dvc-venv/bin/pip install dvc`)
         #[arg(long)]
         dvc: Option<PathBuf>,
+        /// Cold runs (each on an empty store); the median is reported
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+        cold_runs: u64,
     },
     /// The run journal over many records: `pipe runs`, the journal page, and what writing
     /// a record adds to a no-op run
@@ -589,12 +592,14 @@ fn bench(what: BenchCmd, remote: Option<String>) -> anyhow::Result<()> {
             val_per_class,
             keep,
             dvc,
+            cold_runs,
         } => commands::bench_data(
             classes,
             per_class,
             val_per_class,
             keep.as_deref(),
             dvc.as_deref(),
+            cold_runs as usize,
         ),
         BenchCmd::Train {
             batch,

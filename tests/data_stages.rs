@@ -146,6 +146,30 @@ fn a_corrupt_jpeg_stops_the_stage_naming_the_file() {
     assert_eq!(n("train") + n("test"), 3 * 8 - 1);
     let skipped = std::fs::read_to_string(dir.join("skipped.txt")).unwrap();
     assert!(skipped.contains("n00001007_2.JPEG"));
+    // The images after the skipped one moved up in order: each stored image is the file
+    // its index row names, decoded, with that row's label.
+    let mut left_out = 0;
+    for split in ["train", "test"] {
+        let all = index::read_index(&p.artifact(&r, "split").join(format!("{split}.csv"))).unwrap();
+        let rows: Vec<&index::IndexRow> = all
+            .iter()
+            .filter(|row| !row.path.ends_with("n00001007_2.JPEG"))
+            .collect();
+        left_out += all.len() - rows.len();
+        let data = h5::read_split(&dir.join(format!("{split}.h5"))).unwrap();
+        assert_eq!(data.shape[0], rows.len());
+        let frame = data.shape[1] * data.shape[2] * 3;
+        for (i, row) in rows.iter().enumerate() {
+            let want = pipe::data::decode::decode_file(Path::new(&row.path)).unwrap();
+            assert!(
+                data.images[i * frame..(i + 1) * frame] == want.as_raw()[..],
+                "{split} image {i} ({}) is not the file's pixels",
+                row.path
+            );
+            assert_eq!(data.labels[i], row.label);
+        }
+    }
+    assert_eq!(left_out, 1);
 }
 
 #[test]

@@ -26,7 +26,9 @@ pub fn jpeg_is_complete(bytes: &[u8]) -> bool {
     let Some(sos) = bytes.windows(2).position(|w| w == [0xFF, 0xDA]) else {
         return false;
     };
-    bytes[sos..].windows(2).any(|w| w == [0xFF, 0xD9])
+    // The usual case first, without a scan: the file ends with its EOI.
+    let scan = &bytes[sos + 2..];
+    scan.ends_with(&[0xFF, 0xD9]) || scan.windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
 /// The most pixels an image may have unless told otherwise (`pipe predict --max-pixels`):
@@ -55,6 +57,109 @@ pub fn decode_bytes(bytes: &[u8], path: &Path) -> Result<RgbImage> {
 /// says (as Pillow's `ImageOps.exif_transpose` does): a phone photo stored sideways is
 /// classified, and stored, upright.
 pub fn decode_bytes_max(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<RgbImage> {
+    match Jpeg::open(bytes, path, max_pixels)? {
+        Some(jpeg) => jpeg.into_rgb(),
+        None => decode_with_image(bytes, path, max_pixels),
+    }
+}
+
+/// A colour JPEG whose headers were read, ready to decode straight to RGB: zune-jpeg
+/// called as the `image` crate calls it (the same options, so the same pixels), with the
+/// headers parsed once rather than three times and no copy of the input or the output.
+/// The fast path of [`decode_bytes_max`] and of the `hdf5` stage, which decodes into its
+/// block buffer in place.
+pub struct Jpeg<'a> {
+    decoder: zune_jpeg::JpegDecoder<zune_jpeg::zune_core::bytestream::ZCursor<&'a [u8]>>,
+    path: &'a Path,
+    /// Width, height.
+    pub dims: (u32, u32),
+    /// Its EXIF orientation (applied by [`decode_bytes_max`], not by [`Jpeg::decode_into`]).
+    pub orientation: image::metadata::Orientation,
+}
+
+impl<'a> Jpeg<'a> {
+    /// The headers of `bytes` (the file `path`) when they are a complete JPEG in a colour
+    /// space decoded to RGB directly (YCbCr, RGB, CMYK, YCCK); `None` for anything else
+    /// (another format, or a grey or alpha JPEG, left to [`decode_with_image`]). A
+    /// truncated JPEG, headers that do not parse, or more than `max_pixels` are errors.
+    pub fn open(bytes: &'a [u8], path: &'a Path, max_pixels: u64) -> Result<Option<Self>> {
+        use zune_jpeg::zune_core::{
+            bytestream::ZCursor, colorspace::ColorSpace, options::DecoderOptions,
+        };
+        if !bytes.starts_with(&[0xFF, 0xD8]) {
+            return Ok(None);
+        }
+        if !jpeg_is_complete(bytes) {
+            anyhow::bail!(
+                "cannot decode image {}: the JPEG is truncated (no end-of-image marker after its scan data)",
+                path.display()
+            );
+        }
+        let options = DecoderOptions::default()
+            .jpeg_set_out_colorspace(ColorSpace::RGB)
+            .set_strict_mode(false)
+            .set_max_width(usize::MAX)
+            .set_max_height(usize::MAX);
+        let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+        decoder
+            .decode_headers()
+            .with_context(|| format!("cannot decode image {}", path.display()))?;
+        if matches!(
+            decoder.input_colorspace(),
+            None | Some(ColorSpace::Luma | ColorSpace::LumaA | ColorSpace::RGBA)
+        ) {
+            return Ok(None);
+        }
+        let (w, h) = decoder.dimensions().expect("headers were decoded");
+        let (w, h) = (w as u32, h as u32);
+        let pixels = u64::from(w) * u64::from(h);
+        if pixels > max_pixels {
+            anyhow::bail!(
+                "image {} is {w}x{h} = {pixels} pixels, more than the {max_pixels} allowed (a decompression bomb?); it is not decoded (raise the limit with --max-pixels if the image is meant)",
+                path.display()
+            );
+        }
+        let orientation = decoder
+            .exif()
+            .and_then(|e| image::metadata::Orientation::from_exif_chunk(e))
+            .unwrap_or(image::metadata::Orientation::NoTransforms);
+        Ok(Some(Jpeg {
+            decoder,
+            path,
+            dims: (w, h),
+            orientation,
+        }))
+    }
+
+    /// Decode to RGB, HWC, into `out` (exactly width x height x 3 bytes), as stored: the
+    /// orientation is not applied.
+    pub fn decode_into(&mut self, out: &mut [u8]) -> Result<()> {
+        let need = self.dims.0 as usize * self.dims.1 as usize * 3;
+        assert_eq!(out.len(), need, "the output is the image's size");
+        self.decoder
+            .decode_into(out)
+            .with_context(|| format!("cannot decode image {}", self.path.display()))
+    }
+
+    /// Decode to an upright RGB image (its orientation applied).
+    pub fn into_rgb(mut self) -> Result<RgbImage> {
+        let (w, h) = self.dims;
+        let mut px = vec![0; w as usize * h as usize * 3];
+        self.decode_into(&mut px)?;
+        let img = RgbImage::from_raw(w, h, px).expect("the buffer is the image's size");
+        Ok(match self.orientation {
+            image::metadata::Orientation::NoTransforms => img,
+            o => {
+                let mut d = image::DynamicImage::ImageRgb8(img);
+                d.apply_orientation(o);
+                d.into_rgb8()
+            }
+        })
+    }
+}
+
+/// [`decode_bytes_max`] through the `image` crate: every format it reads, converted to RGB.
+fn decode_with_image(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<RgbImage> {
     use image::{DynamicImage, ImageDecoder, ImageReader};
     if bytes.starts_with(&[0xFF, 0xD8]) && !jpeg_is_complete(bytes) {
         anyhow::bail!(
@@ -111,30 +216,35 @@ impl std::fmt::Display for ChangedFile {
 
 impl std::error::Error for ChangedFile {}
 
-/// Decode the image an index row points at, checking the bytes read against the content
-/// hash the index recorded (`hash`, BLAKE3 hex; empty: not checked) as they are decoded,
-/// so the check costs no second read.
-pub fn decode_checked(
-    r: &ImageRef,
-    batches: &BatchCache,
-    hash: &str,
-) -> std::result::Result<RgbImage, Unusable> {
-    let check = |bytes: &[u8]| -> std::result::Result<(), Unusable> {
-        if hash.is_empty() || blake3::hash(bytes).to_hex().as_str() == hash {
-            return Ok(());
-        }
-        let file = match r {
-            ImageRef::File(p) | ImageRef::CifarRecord(p, _) => p.clone(),
-        };
-        Err(Unusable::Changed(anyhow::Error::new(ChangedFile { file }).context(
-            format!(
-                "image {r} changed after its dataset was fingerprinted (its content is not the one indexed, {}...): nothing is published; run again to take the dataset as it is now",
-                crate::ids::short(hash)
-            ),
-        )))
+/// The refusal of image `r`, whose bytes are not the ones with content hash `hash`.
+fn changed(r: &ImageRef, hash: &str) -> Unusable {
+    let file = match r {
+        ImageRef::File(p) | ImageRef::CifarRecord(p, _) => p.clone(),
     };
-    match r {
-        ImageRef::File(p) => {
+    Unusable::Changed(anyhow::Error::new(ChangedFile { file }).context(format!(
+        "image {r} changed after its dataset was fingerprinted (its content is not the one indexed, {}...): nothing is published; run again to take the dataset as it is now",
+        crate::ids::short(hash)
+    )))
+}
+
+/// Check `bytes`, read for image `r`, against the content hash its index recorded
+/// (`hash`, BLAKE3 hex; empty: not checked).
+fn check(r: &ImageRef, bytes: &[u8], hash: &str) -> std::result::Result<(), Unusable> {
+    if hash.is_empty() || blake3::hash(bytes).to_hex().as_str() == hash {
+        Ok(())
+    } else {
+        Err(changed(r, hash))
+    }
+}
+
+/// The bytes of image file `p` (index row `r`), checked against the content hash the
+/// index recorded (`hash`; empty: not checked) as they are read, so the check costs no
+/// second read. A file gone since it was fingerprinted is a changed dataset, not a bad
+/// image.
+pub fn read_checked(r: &ImageRef, p: &Path, hash: &str) -> std::result::Result<Vec<u8>, Unusable> {
+    let bytes = match super::read_regular(p) {
+        Ok(b) => b,
+        Err(e) => {
             if !hash.is_empty() && std::fs::symlink_metadata(p).is_err() {
                 // Indexed, fingerprinted, and gone now: not a bad image to skip, a dataset
                 // that changed under the run.
@@ -142,8 +252,23 @@ pub fn decode_checked(
                     "image {r} was removed after its dataset was fingerprinted: nothing is published; run again to take the dataset as it is now"
                 )));
             }
-            let bytes = super::read_regular(p).map_err(Unusable::Bad)?;
-            check(&bytes)?;
+            return Err(Unusable::Bad(e));
+        }
+    };
+    check(r, &bytes, hash)?;
+    Ok(bytes)
+}
+
+/// Decode the image an index row points at, checking the bytes read against the content
+/// hash the index recorded (`hash`, BLAKE3 hex; empty: not checked) as they are decoded.
+pub fn decode_checked(
+    r: &ImageRef,
+    batches: &BatchCache,
+    hash: &str,
+) -> std::result::Result<RgbImage, Unusable> {
+    match r {
+        ImageRef::File(p) => {
+            let bytes = read_checked(r, p, hash)?;
             decode_bytes(&bytes, p).map_err(Unusable::Bad)
         }
         ImageRef::CifarRecord(p, n) => {
@@ -156,7 +281,7 @@ pub fn decode_checked(
                     bytes.len() / cifar::RECORD
                 ))
             })?;
-            check(rec)?;
+            check(r, rec, hash)?;
             Ok(cifar::decode_record(rec).1)
         }
     }
@@ -207,5 +332,122 @@ impl BatchCache {
         let b = std::sync::Arc::new(cifar::read_batch(p)?);
         m.insert(p.to_path_buf(), b.clone());
         Ok(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jpeg(img: &image::DynamicImage, quality: u8) -> Vec<u8> {
+        let mut out = Vec::new();
+        img.write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(
+            &mut out, quality,
+        ))
+        .unwrap();
+        out
+    }
+
+    /// `bytes` (a JPEG) with an APP1 EXIF segment saying `orientation`, after its SOI.
+    fn with_orientation(bytes: &[u8], orientation: u16) -> Vec<u8> {
+        // "Exif\0\0", a big-endian TIFF header and one IFD entry: Orientation, SHORT, 1.
+        let mut exif = b"Exif\0\0MM\0*\0\0\0\x08\0\x01\x01\x12\0\x03\0\0\0\x01".to_vec();
+        exif.extend_from_slice(&orientation.to_be_bytes());
+        exif.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        let mut out = bytes[..2].to_vec();
+        out.extend_from_slice(&[0xFF, 0xE1]);
+        out.extend_from_slice(&((exif.len() + 2) as u16).to_be_bytes());
+        out.extend_from_slice(&exif);
+        out.extend_from_slice(&bytes[2..]);
+        out
+    }
+
+    fn picture(w: u32, h: u32) -> image::RgbImage {
+        image::RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([
+                (x * 255 / w.max(2)) as u8,
+                ((x * 7 + y * 13) % 256) as u8,
+                (y * 255 / h.max(2)) as u8 ^ ((x & 1) as u8 * 90),
+            ])
+        })
+    }
+
+    /// The direct zune-jpeg path (`Jpeg`) gives the pixels the `image` crate gives, for
+    /// colour JPEGs of odd sizes and qualities, and one with an EXIF orientation (turned
+    /// upright by both); grey JPEGs and PNGs take the `image` path.
+    #[test]
+    fn the_direct_jpeg_path_gives_the_image_crates_pixels() {
+        let p = Path::new("t.jpg");
+        for (w, h, q) in [
+            (64, 64, 90),
+            (13, 7, 75),
+            (33, 17, 50),
+            (1, 1, 95),
+            (200, 120, 85),
+        ] {
+            let bytes = jpeg(&image::DynamicImage::ImageRgb8(picture(w, h)), q);
+            assert!(Jpeg::open(&bytes, p, MAX_PIXELS).unwrap().is_some());
+            let fast = decode_bytes(&bytes, p).unwrap();
+            let slow = decode_with_image(&bytes, p, MAX_PIXELS).unwrap();
+            assert_eq!(fast.dimensions(), (w, h));
+            assert!(fast == slow, "{w}x{h} at quality {q}: the pixels differ");
+            // Into a caller's buffer, as the hdf5 stage decodes.
+            let mut slot = vec![7u8; (w * h * 3) as usize];
+            Jpeg::open(&bytes, p, MAX_PIXELS)
+                .unwrap()
+                .unwrap()
+                .decode_into(&mut slot)
+                .unwrap();
+            assert_eq!(slot, slow.into_raw());
+        }
+        // Stored sideways, marked "turn 90 clockwise" (6): both paths turn it upright.
+        let stored = jpeg(&image::DynamicImage::ImageRgb8(picture(24, 10)), 90);
+        let sideways = with_orientation(&stored, 6);
+        let j = Jpeg::open(&sideways, p, MAX_PIXELS).unwrap().unwrap();
+        assert_eq!(j.orientation, image::metadata::Orientation::Rotate90);
+        let fast = decode_bytes(&sideways, p).unwrap();
+        let slow = decode_with_image(&sideways, p, MAX_PIXELS).unwrap();
+        assert_eq!(fast.dimensions(), (10, 24));
+        assert!(fast == slow, "the turned JPEG's pixels differ");
+        assert!(fast == image::imageops::rotate90(&decode_bytes(&stored, p).unwrap()));
+        // Grey: left to `image` (grey replicated into R, G and B).
+        let grey = jpeg(
+            &image::DynamicImage::ImageLuma8(image::GrayImage::from_fn(9, 5, |x, y| {
+                image::Luma([(x * 20 + y) as u8])
+            })),
+            90,
+        );
+        assert!(Jpeg::open(&grey, p, MAX_PIXELS).unwrap().is_none());
+        let g = decode_bytes(&grey, p).unwrap();
+        assert!(g.pixels().all(|px| px[0] == px[1] && px[1] == px[2]));
+        // A 4x3 image allowed 11 pixels: refused from its header.
+        let small = jpeg(&image::DynamicImage::ImageRgb8(picture(4, 3)), 90);
+        let e = Jpeg::open(&small, p, 11).err().unwrap().to_string();
+        assert!(
+            e.contains("4x3 = 12 pixels, more than the 11 allowed"),
+            "{e}"
+        );
+        // Cut short: refused, never filled with grey.
+        let cut = &small[..small.len() - 10];
+        let e = decode_bytes(cut, p).unwrap_err().to_string();
+        assert!(e.contains("truncated"), "{e}");
+    }
+
+    #[test]
+    fn jpeg_is_complete_finds_the_end_marker_after_the_scan() {
+        let bytes = jpeg(&image::DynamicImage::ImageRgb8(picture(8, 8)), 90);
+        assert!(jpeg_is_complete(&bytes));
+        // Trailing bytes after the EOI (some cameras add them) keep it complete.
+        let mut trailing = bytes.clone();
+        trailing.extend_from_slice(b"\0\0padding");
+        assert!(jpeg_is_complete(&trailing));
+        assert!(!jpeg_is_complete(&bytes[..bytes.len() - 2]));
+        assert!(!jpeg_is_complete(&bytes[..bytes.len() / 2]));
+        // An EOI before the scan does not count.
+        let sos = bytes.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+        let mut early = bytes[..sos].to_vec();
+        early.extend_from_slice(&[0xFF, 0xD9]);
+        early.extend_from_slice(&bytes[sos..bytes.len() - 2]);
+        assert!(!jpeg_is_complete(&early));
     }
 }

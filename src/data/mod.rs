@@ -40,12 +40,17 @@ pub fn check_regular(path: &Path) -> Result<()> {
     if md.is_file() {
         Ok(())
     } else {
-        anyhow::bail!(
-            "{} is {}, not a regular file: only regular files (or links to them) are read",
-            path.display(),
-            special_kind(&md)
-        )
+        Err(not_regular(path, &md))
     }
+}
+
+/// The refusal of `path`, which is what `md` says instead of a regular file.
+fn not_regular(path: &Path, md: &std::fs::Metadata) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{} is {}, not a regular file: only regular files (or links to them) are read",
+        path.display(),
+        special_kind(md)
+    )
 }
 
 /// Write `bytes` to `path` (a stage's output file), with an error that names the file.
@@ -77,8 +82,24 @@ pub fn regular_len(path: &Path) -> Result<u64> {
 /// Read a whole file, which must be a regular file (or a link to one): a FIFO, a device
 /// or a socket named like a data file is an error, never a read that does not end.
 pub fn read_regular(path: &Path) -> Result<Vec<u8>> {
-    check_regular(path)?;
-    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // One stat by name (anything else than a regular file is never opened: opening some
+    // devices does something), then the read, sized from that stat.
+    let md = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if !md.is_file() {
+        return Err(not_regular(path, &md));
+    }
+    // Non-blocking: a FIFO put in the file's place since the stat answers at once.
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let mut bytes = Vec::with_capacity(md.len() as usize);
+    f.read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(bytes)
 }
 
 /// [`read_regular`], as UTF-8 text.

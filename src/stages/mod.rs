@@ -76,7 +76,15 @@ pub const ALL_RECORDS: &[&str] = train::RECORDS;
 
 /// Path order of [`DatasetFiles::files`]: component by component.
 pub fn cmp_paths(a: &str, b: &str) -> std::cmp::Ordering {
-    a.split('/').cmp(b.split('/'))
+    // The order of the components, compared one by one, is the bytes' order with `/` below
+    // every other byte: found at the first byte that differs, with no split.
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let same = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let key = |c: &u8| if *c == b'/' { 0 } else { u16::from(*c) + 1 };
+    match (a.get(same), b.get(same)) {
+        (Some(x), Some(y)) => key(x).cmp(&key(y)),
+        (x, y) => x.is_some().cmp(&y.is_some()),
+    }
 }
 
 /// A dataset folder and the content hash of each file in it.
@@ -170,5 +178,46 @@ pub fn run(ctx: &StageCtx<'_>) -> Result<String> {
         },
         StageConfig::Evaluate(c) => evaluate::run(ctx, c),
         StageConfig::Export(c) => export::run(ctx, c),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cmp_paths;
+
+    #[test]
+    fn cmp_paths_orders_component_by_component() {
+        let names = [
+            "",
+            "/",
+            "a",
+            "a/",
+            "a/b",
+            "a-b",
+            "a.b",
+            "a/b/c",
+            "a/bc",
+            "ab",
+            "a b",
+            "b",
+            "a//b",
+            "train/n01/images/x_1.JPEG",
+            "train/n01/images/x_10.JPEG",
+            "train/n01-x/a",
+            "train/n01",
+            "val/images/v.JPEG",
+            "val-extra",
+            "é/a",
+            "e/a",
+        ];
+        for a in names {
+            for b in names {
+                assert_eq!(
+                    cmp_paths(a, b),
+                    a.split('/').cmp(b.split('/')),
+                    "{a:?} against {b:?}"
+                );
+            }
+        }
     }
 }

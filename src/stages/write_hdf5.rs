@@ -12,10 +12,14 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::StageCtx;
-use crate::data::decode::{decode_checked, decode_ref, resize_to, BatchCache, Unusable};
+use crate::data::decode::{
+    decode_bytes, decode_checked, decode_ref, read_checked, resize_to, BatchCache, Jpeg, Unusable,
+    MAX_PIXELS,
+};
 use crate::data::h5::SplitWriter;
 use crate::data::index::{read_index, splits_in, ImageRef};
 use crate::manifest::{Hdf5Config, OnBadImage};
+use image::metadata::Orientation::NoTransforms;
 
 /// `means.json`: per-channel mean of the train split, in 0..255.
 #[derive(Debug, Serialize, serde::Deserialize, PartialEq)]
@@ -82,45 +86,65 @@ pub fn run(ctx: &StageCtx<'_>, c: &Hdf5Config) -> Result<String> {
         let mut sums = [0u64; 3];
         let block = (c.chunk * 32).max(256);
         let starts: Vec<usize> = (0..rows.len()).step_by(block).collect();
-        let decode_block = |start: usize| -> Result<Block> {
+        let frame = (w * h * 3) as usize;
+        // Each image is decoded straight into its slot of the block's buffer; two buffers
+        // take turns (one written while the other fills), so no block allocates anew.
+        let decode_block = |start: usize, mut pixels: Vec<u8>| -> Result<Block> {
             let end = (start + block).min(rows.len());
-            let decoded: Vec<Result<Option<Decoded>>> = refs[start..end]
-                .par_iter()
+            let len = end - start;
+            if pixels.len() < len * frame {
+                pixels.resize(len * frame, 0);
+            }
+            let decoded: Vec<Result<Option<[u64; 3]>>> = pixels[..len * frame]
+                .par_chunks_mut(frame)
+                .zip(&refs[start..end])
                 .enumerate()
-                .map(|(i, r)| decode_one(r, &rows[start + i].hash, &batches, c, (w, h)))
+                .map(|(i, (slot, r))| {
+                    decode_one(r, &rows[start + i].hash, &batches, c, (w, h), slot)
+                })
                 .collect();
             let mut out = Block {
-                pixels: Vec::with_capacity((end - start) * (w * h * 3) as usize),
-                labels: Vec::with_capacity(end - start),
+                pixels,
+                used: 0,
+                labels: Vec::with_capacity(len),
                 sums: [0; 3],
                 skipped: Vec::new(),
-                len: end - start,
+                len,
             };
             for (i, d) in decoded.into_iter().enumerate() {
                 match d? {
-                    Some((px, s)) => {
+                    Some(s) => {
                         for (acc, v) in out.sums.iter_mut().zip(s) {
                             *acc += v;
                         }
-                        out.pixels.extend_from_slice(&px);
+                        // Close the gap a skipped image left (nothing moves otherwise).
+                        let at = out.labels.len() * frame;
+                        if at != i * frame {
+                            out.pixels.copy_within(i * frame..(i + 1) * frame, at);
+                        }
                         out.labels.push(rows[start + i].label);
                     }
                     None => out.skipped.push(refs[start + i].to_string()),
                 }
             }
+            out.used = out.labels.len() * frame;
             Ok(out)
         };
         // Decode block k+1 on the pool while block k is written to the file.
         let mut pending = match starts.first() {
-            Some(&s0) => Some(decode_block(s0)?),
+            Some(&s0) => Some(decode_block(s0, Vec::new())?),
             None => None,
         };
+        let mut spare = Vec::new();
         for (k, _) in starts.iter().enumerate() {
             let current = pending.take().expect("a decoded block is pending");
             let next_start = starts.get(k + 1).copied();
+            let buffer = std::mem::take(&mut spare);
             let (written, next) = rayon::join(
-                || -> Result<()> { writer.append(&current.pixels, &current.labels) },
-                || next_start.map(decode_block).transpose(),
+                || -> Result<()> {
+                    writer.append(&current.pixels[..current.used], &current.labels)
+                },
+                || next_start.map(|s| decode_block(s, buffer)).transpose(),
             );
             written?;
             pending = next?;
@@ -128,6 +152,7 @@ pub fn run(ctx: &StageCtx<'_>, c: &Hdf5Config) -> Result<String> {
                 *acc += v;
             }
             skipped.extend(current.skipped);
+            spare = current.pixels;
             pb.inc(current.len as u64);
             if k == 0 {
                 ctx.fault_point("hdf5");
@@ -168,55 +193,127 @@ pub fn run(ctx: &StageCtx<'_>, c: &Hdf5Config) -> Result<String> {
     Ok(summary)
 }
 
-/// One decoded image: HWC pixels and its per-channel sums.
-type Decoded = (Vec<u8>, [u64; 3]);
-
 struct Block {
+    /// Decoded images, HWC, back to back in the first `used` bytes.
     pixels: Vec<u8>,
+    used: usize,
     labels: Vec<i64>,
     sums: [u64; 3],
     skipped: Vec<String>,
     len: usize,
 }
 
-/// Decode, resize and check one image, whose index recorded content hash `hash`; `None`
-/// when it is unusable and skipped.
+/// Decode, resize and check one image, whose index recorded content hash `hash`, into
+/// `slot` (w x h x 3 bytes); its per-channel sums, or `None` when it is unusable and
+/// skipped. A colour JPEG already the split's size and upright is decoded in place.
 fn decode_one(
     r: &ImageRef,
     hash: &str,
     batches: &BatchCache,
     c: &Hdf5Config,
     (w, h): (u32, u32),
-) -> Result<Option<Decoded>> {
-    let img = match decode_checked(r, batches, hash) {
-        Ok(img) => img,
-        Err(Unusable::Changed(e)) => return Err(e),
-        Err(Unusable::Bad(e)) => {
-            return match c.on_bad_image {
-                OnBadImage::Skip => Ok(None),
-                OnBadImage::Error => Err(e.context(format!(
-                    "cannot decode image {r} (set on_bad_image = \"skip\" to leave such files out)"
-                ))),
+    slot: &mut [u8],
+) -> Result<Option<[u64; 3]>> {
+    let bad = |e: anyhow::Error| match c.on_bad_image {
+        OnBadImage::Skip => Ok(None),
+        OnBadImage::Error => Err(e.context(format!(
+            "cannot decode image {r} (set on_bad_image = \"skip\" to leave such files out)"
+        ))),
+    };
+    let decoded = match r {
+        ImageRef::File(p) => {
+            let bytes = match read_checked(r, p, hash) {
+                Ok(b) => b,
+                Err(Unusable::Changed(e)) => return Err(e),
+                Err(Unusable::Bad(e)) => return bad(e),
+            };
+            match Jpeg::open(&bytes, p, MAX_PIXELS) {
+                Ok(Some(mut j)) if j.dims == (w, h) && j.orientation == NoTransforms => {
+                    match j.decode_into(slot) {
+                        Ok(()) => None,
+                        Err(e) => return bad(e),
+                    }
+                }
+                Ok(Some(j)) => Some(j.into_rgb()),
+                Ok(None) => Some(decode_bytes(&bytes, p)),
+                Err(e) => return bad(e),
             }
         }
+        ImageRef::CifarRecord(..) => match decode_checked(r, batches, hash) {
+            Ok(img) => Some(Ok(img)),
+            Err(Unusable::Changed(e)) => return Err(e),
+            Err(Unusable::Bad(e)) => return bad(e),
+        },
     };
-    let img = resize_to(img, c.size, c.filter);
-    if img.dimensions() != (w, h) {
-        let (iw, ih) = img.dimensions();
-        bail!(
-            "image {r} is {iw}x{ih} but the split's images are {w}x{h}; set `size = [{w}, {h}]` in the hdf5 stage to resize"
-        );
+    if let Some(img) = decoded {
+        let img = match img {
+            Ok(img) => img,
+            Err(e) => return bad(e),
+        };
+        let img = resize_to(img, c.size, c.filter);
+        if img.dimensions() != (w, h) {
+            let (iw, ih) = img.dimensions();
+            bail!(
+                "image {r} is {iw}x{ih} but the split's images are {w}x{h}; set `size = [{w}, {h}]` in the hdf5 stage to resize"
+            );
+        }
+        slot.copy_from_slice(img.as_raw());
     }
-    let px = img.into_raw();
+    Ok(Some(channel_sums(slot)))
+}
+
+/// The sums of the R, G and B bytes of HWC pixels `px`: 48 bytes (16 pixels) at a time in
+/// u32 lanes that the compiler vectorises, folded into u64 before a lane could overflow.
+fn channel_sums(px: &[u8]) -> [u64; 3] {
+    const LANES: usize = 48;
+    // 255 x 2^24 < 2^32.
+    const FLUSH: usize = 1 << 24;
     let mut s = [0u64; 3];
-    for p in px.chunks_exact(3) {
-        s[0] += p[0] as u64;
-        s[1] += p[1] as u64;
-        s[2] += p[2] as u64;
+    let mut body = px.chunks_exact(LANES);
+    let mut acc = [0u32; LANES];
+    for (n, c) in body.by_ref().enumerate() {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += u32::from(v);
+        }
+        if (n + 1) % FLUSH == 0 {
+            for (j, a) in acc.iter_mut().enumerate() {
+                s[j % 3] += u64::from(std::mem::take(a));
+            }
+        }
     }
-    Ok(Some((px, s)))
+    for (j, a) in acc.iter().enumerate() {
+        s[j % 3] += u64::from(*a);
+    }
+    for p in body.remainder().chunks_exact(3) {
+        s[0] += u64::from(p[0]);
+        s[1] += u64::from(p[1]);
+        s[2] += u64::from(p[2]);
+    }
+    s
 }
 
 fn copy_classes(input: &Path, out: &Path) -> Result<()> {
     crate::data::copy_file(&input.join("classes.csv"), &out.join("classes.csv"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::channel_sums;
+
+    #[test]
+    fn channel_sums_equal_a_plain_count_at_every_length() {
+        // Lengths around the 48-byte lanes, and bytes that differ by channel and position.
+        for n in [0usize, 1, 15, 16, 17, 100, 4096] {
+            let px: Vec<u8> = (0..n * 3).map(|i| ((i * 37 + i / 3) % 256) as u8).collect();
+            let mut want = [0u64; 3];
+            for p in px.chunks_exact(3) {
+                for c in 0..3 {
+                    want[c] += u64::from(p[c]);
+                }
+            }
+            assert_eq!(channel_sums(&px), want, "{n} pixels");
+        }
+        let white = vec![255u8; 48 * 1000 + 6];
+        assert_eq!(channel_sums(&white), [255 * 16002; 3]);
+    }
 }
