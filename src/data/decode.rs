@@ -159,14 +159,9 @@ impl<'a> Jpeg<'a> {
 }
 
 /// [`decode_bytes_max`] through the `image` crate: every format it reads, converted to RGB.
+/// Called for what [`Jpeg::open`] leaves (which has refused a truncated JPEG already).
 fn decode_with_image(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<RgbImage> {
     use image::{DynamicImage, ImageDecoder, ImageReader};
-    if bytes.starts_with(&[0xFF, 0xD8]) && !jpeg_is_complete(bytes) {
-        anyhow::bail!(
-            "cannot decode image {}: the JPEG is truncated (no end-of-image marker after its scan data)",
-            path.display()
-        );
-    }
     let cannot = || format!("cannot decode image {}", path.display());
     let reader = ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
