@@ -387,3 +387,82 @@ fn the_lr_sweeps_points_have_the_keys_of_the_chapters_three_runs() {
         );
     }
 }
+
+/// Blocks of 256 images (`chunk = 1`) take turns in two reused buffers: over four blocks,
+/// with undecodable files left out of the third and fourth, every stored image is its index
+/// row's file, decoded, with its label, in order, and the means are those of what is stored.
+#[test]
+fn hdf5_blocks_reuse_their_buffers_and_close_the_gaps_of_skipped_images() {
+    let p = Project::new();
+    let root = p.path().join("tiny");
+    tiny_imagenet_sized(&root, 3, 300, 0, 8);
+    // The last class's rows come last in the index (897 training rows: 598 onwards).
+    let bad = [
+        "n00001014_5.JPEG",
+        "n00001014_150.JPEG",
+        "n00001014_99.JPEG",
+    ];
+    for b in bad {
+        std::fs::write(root.join("train/n00001014/images").join(b), b"not a jpeg").unwrap();
+    }
+    let text = tiny_manifest(&root, 1).replace(
+        "input = \"split\"\n",
+        "input = \"split\"\nchunk = 1\non_bad_image = \"skip\"\n",
+    );
+    p.manifest("exp.toml", &text);
+    let r = p.run_json("exp", &[]);
+    assert!(
+        field(&r, "hdf5", "summary").contains("3 undecodable images skipped"),
+        "{r}"
+    );
+    let dir = p.artifact(&r, "hdf5");
+    let (mut left_out, mut in_late_blocks) = (0, 0);
+    let mut sums = [0u64; 3];
+    for split in ["train", "test"] {
+        let all = index::read_index(&p.artifact(&r, "split").join(format!("{split}.csv"))).unwrap();
+        assert!(split == "test" || all.len() > 3 * 256, "{} rows", all.len());
+        let mut rows = Vec::new();
+        for (i, row) in all.iter().enumerate() {
+            if bad.iter().any(|b| row.path.ends_with(b)) {
+                left_out += 1;
+                in_late_blocks += usize::from(split == "train" && i >= 2 * 256);
+            } else {
+                rows.push(row);
+            }
+        }
+        let data = h5::read_split(&dir.join(format!("{split}.h5"))).unwrap();
+        assert_eq!(data.shape[0], rows.len());
+        let frame = data.shape[1] * data.shape[2] * 3;
+        for (i, row) in rows.iter().enumerate() {
+            let want = pipe::data::decode::decode_file(Path::new(&row.path)).unwrap();
+            assert!(
+                data.images[i * frame..(i + 1) * frame] == want.as_raw()[..],
+                "{split} image {i} ({}) is not the file's pixels",
+                row.path
+            );
+            assert_eq!(data.labels[i], row.label);
+            if split == "train" {
+                for px in want.as_raw().chunks_exact(3) {
+                    for (s, v) in sums.iter_mut().zip(px) {
+                        *s += u64::from(*v);
+                    }
+                }
+            }
+        }
+        if split == "train" {
+            let means: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(dir.join("means.json")).unwrap())
+                    .unwrap();
+            let px = (rows.len() * frame / 3) as f64;
+            for (c, k) in ["R", "G", "B"].iter().enumerate() {
+                let want = sums[c] as f64 / px;
+                assert!((means[k].as_f64().unwrap() - want).abs() < 1e-9, "{k}");
+            }
+        }
+    }
+    assert_eq!(left_out, 3);
+    assert!(
+        in_late_blocks >= 2,
+        "{in_late_blocks} of the bad files in blocks 3-4"
+    );
+}

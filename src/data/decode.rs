@@ -86,15 +86,11 @@ impl<'a> Jpeg<'a> {
         use zune_jpeg::zune_core::{
             bytestream::ZCursor, colorspace::ColorSpace, options::DecoderOptions,
         };
-        if !bytes.starts_with(&[0xFF, 0xD8]) {
+        // The signature `image` recognises a JPEG by: anything else goes there as before.
+        if !bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
             return Ok(None);
         }
-        if !jpeg_is_complete(bytes) {
-            anyhow::bail!(
-                "cannot decode image {}: the JPEG is truncated (no end-of-image marker after its scan data)",
-                path.display()
-            );
-        }
+        check_complete(bytes, path)?;
         let options = DecoderOptions::default()
             .jpeg_set_out_colorspace(ColorSpace::RGB)
             .set_strict_mode(false)
@@ -158,10 +154,21 @@ impl<'a> Jpeg<'a> {
     }
 }
 
+/// A JPEG (by its start-of-image marker) cut short is an error naming `path`.
+fn check_complete(bytes: &[u8], path: &Path) -> Result<()> {
+    if bytes.starts_with(&[0xFF, 0xD8]) && !jpeg_is_complete(bytes) {
+        anyhow::bail!(
+            "cannot decode image {}: the JPEG is truncated (no end-of-image marker after its scan data)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// [`decode_bytes_max`] through the `image` crate: every format it reads, converted to RGB.
-/// Called for what [`Jpeg::open`] leaves (which has refused a truncated JPEG already).
 fn decode_with_image(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<RgbImage> {
     use image::{DynamicImage, ImageDecoder, ImageReader};
+    check_complete(bytes, path)?;
     let cannot = || format!("cannot decode image {}", path.display());
     let reader = ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()

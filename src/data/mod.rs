@@ -82,21 +82,31 @@ pub fn regular_len(path: &Path) -> Result<u64> {
 /// Read a whole file, which must be a regular file (or a link to one): a FIFO, a device
 /// or a socket named like a data file is an error, never a read that does not end.
 pub fn read_regular(path: &Path) -> Result<Vec<u8>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
     // One stat by name (anything else than a regular file is never opened: opening some
     // devices does something), then the read, sized from that stat.
     let md = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     if !md.is_file() {
         return Err(not_regular(path, &md));
     }
-    // Non-blocking: a FIFO put in the file's place since the stat answers at once.
+    read_known_regular(path, md.len())
+}
+
+/// Read a file a stat just found regular and `len` bytes long (the length only sizes the
+/// buffer): no second stat. Opened non-blocking, so a FIFO put in its place since that stat
+/// reads as empty at once instead of waiting for a writer.
+pub fn read_known_regular(path: &Path, len: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)
         .with_context(|| format!("cannot read {}", path.display()))?;
-    let mut bytes = Vec::with_capacity(md.len() as usize);
+    let mut bytes = Vec::new();
+    // A file larger than memory is an error naming it, not an abort.
+    bytes
+        .try_reserve_exact(len as usize)
+        .with_context(|| format!("cannot read {}: {len} bytes", path.display()))?;
     f.read_to_end(&mut bytes)
         .with_context(|| format!("cannot read {}", path.display()))?;
     Ok(bytes)

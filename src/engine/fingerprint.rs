@@ -202,7 +202,7 @@ pub fn fingerprint_tree(store: &Store, root: &Path, rehash: bool) -> Result<Tree
                 return Ok((*blake3::hash(b"pipe-special-file\0").as_bytes(), false));
             }
             let p = root.join(&s.rel);
-            let bytes = fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+            let bytes = crate::data::read_known_regular(&p, s.size)?;
             Ok((*blake3::hash(&bytes).as_bytes(), true))
         })
         .collect::<Result<_>>()?;

@@ -121,8 +121,9 @@ fn tiny_imagenet(ds: &DatasetFiles<'_>) -> Result<(Vec<ClassRow>, Splits)> {
         .collect();
 
     let mut splits = Splits::new();
-    // The classes' folders are listed in parallel, and their rows joined in class order.
-    let per_class: Vec<Vec<IndexRow>> = wnids
+    // The classes' folders are listed in parallel, and their rows joined in class order
+    // (an error, too, is the first class's in that order, whichever thread met it first).
+    let per_class: Vec<Result<Vec<IndexRow>>> = wnids
         .par_iter()
         .enumerate()
         .map(|(i, w)| -> Result<Vec<IndexRow>> {
@@ -144,7 +145,8 @@ fn tiny_imagenet(ds: &DatasetFiles<'_>) -> Result<(Vec<ClassRow>, Splits)> {
                 .map(|f| row(ds, &format!("train/{w}/images/{f}"), i, w))
                 .collect()
         })
-        .collect::<Result<_>>()?;
+        .collect();
+    let per_class: Vec<Vec<IndexRow>> = per_class.into_iter().collect::<Result<_>>()?;
     let train: Vec<IndexRow> = per_class.into_iter().flatten().collect();
     splits.insert("train".into(), train);
 

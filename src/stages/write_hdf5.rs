@@ -229,6 +229,11 @@ fn decode_one(
             };
             match Jpeg::open(&bytes, p, MAX_PIXELS) {
                 Ok(Some(mut j)) if j.dims == (w, h) && j.orientation == NoTransforms => {
+                    // The slot holds an image of an earlier block: zeroed first, as a fresh
+                    // buffer is, so a corrupt file that zune-jpeg accepts without filling
+                    // every row (a second scan, a marker before the end) stores black
+                    // there, as before, and never another image's pixels.
+                    slot.fill(0);
                     match j.decode_into(slot) {
                         Ok(()) => None,
                         Err(e) => return bad(e),
