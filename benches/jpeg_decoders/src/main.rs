@@ -10,7 +10,9 @@ use std::time::Instant;
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let root = args.next().expect("usage: jpeg_decoders <train folder> [classes]");
+    let root = args
+        .next()
+        .expect("usage: jpeg_decoders <train folder> [classes]");
     let classes: usize = args.next().map_or(40, |c| c.parse().expect("classes"));
     let mut files = Vec::new();
     let mut dirs: Vec<_> = std::fs::read_dir(&root)
