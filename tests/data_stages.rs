@@ -146,30 +146,9 @@ fn a_corrupt_jpeg_stops_the_stage_naming_the_file() {
     assert_eq!(n("train") + n("test"), 3 * 8 - 1);
     let skipped = std::fs::read_to_string(dir.join("skipped.txt")).unwrap();
     assert!(skipped.contains("n00001007_2.JPEG"));
-    // The images after the skipped one moved up in order: each stored image is the file
-    // its index row names, decoded, with that row's label.
-    let mut left_out = 0;
-    for split in ["train", "test"] {
-        let all = index::read_index(&p.artifact(&r, "split").join(format!("{split}.csv"))).unwrap();
-        let rows: Vec<&index::IndexRow> = all
-            .iter()
-            .filter(|row| !row.path.ends_with("n00001007_2.JPEG"))
-            .collect();
-        left_out += all.len() - rows.len();
-        let data = h5::read_split(&dir.join(format!("{split}.h5"))).unwrap();
-        assert_eq!(data.shape[0], rows.len());
-        let frame = data.shape[1] * data.shape[2] * 3;
-        for (i, row) in rows.iter().enumerate() {
-            let want = pipe::data::decode::decode_file(Path::new(&row.path)).unwrap();
-            assert!(
-                data.images[i * frame..(i + 1) * frame] == want.as_raw()[..],
-                "{split} image {i} ({}) is not the file's pixels",
-                row.path
-            );
-            assert_eq!(data.labels[i], row.label);
-        }
-    }
-    assert_eq!(left_out, 1);
+    // The images after the skipped one moved up in order.
+    let left_out = stored_are_their_files(&p.artifact(&r, "split"), &dir, &["n00001007_2.JPEG"]);
+    assert_eq!(left_out.len(), 1);
 }
 
 #[test]
@@ -416,53 +395,62 @@ fn hdf5_blocks_reuse_their_buffers_and_close_the_gaps_of_skipped_images() {
         "{r}"
     );
     let dir = p.artifact(&r, "hdf5");
-    let (mut left_out, mut in_late_blocks) = (0, 0);
+    let split = p.artifact(&r, "split");
+    assert!(index::read_index(&split.join("train.csv")).unwrap().len() > 3 * 256);
+    let left_out = stored_are_their_files(&split, &dir, &bad);
+    assert_eq!(left_out.len(), 3);
+    let in_late_blocks = left_out
+        .iter()
+        .filter(|(s, i)| s == "train" && *i >= 2 * 256)
+        .count();
+    assert!(
+        in_late_blocks >= 2,
+        "{in_late_blocks} of the bad files in blocks 3-4"
+    );
+    // The means are those of what is stored.
+    let data = h5::read_split(&dir.join("train.h5")).unwrap();
     let mut sums = [0u64; 3];
-    for split in ["train", "test"] {
-        let all = index::read_index(&p.artifact(&r, "split").join(format!("{split}.csv"))).unwrap();
-        assert!(split == "test" || all.len() > 3 * 256, "{} rows", all.len());
+    for px in data.images.chunks_exact(3) {
+        for (s, v) in sums.iter_mut().zip(px) {
+            *s += u64::from(*v);
+        }
+    }
+    let means: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("means.json")).unwrap()).unwrap();
+    let px = (data.images.len() / 3) as f64;
+    for (c, k) in ["R", "G", "B"].iter().enumerate() {
+        let want = sums[c] as f64 / px;
+        assert!((means[k].as_f64().unwrap() - want).abs() < 1e-9, "{k}");
+    }
+}
+
+/// Check that each split (train, test) of hdf5 artifact `dir` holds, in order, the decoded
+/// file and the label of every row of split artifact `split`'s index but those whose path
+/// ends in one of `bad`; returns the (split, row number) of the rows left out.
+fn stored_are_their_files(split: &Path, dir: &Path, bad: &[&str]) -> Vec<(String, usize)> {
+    let mut left_out = Vec::new();
+    for name in ["train", "test"] {
+        let all = index::read_index(&split.join(format!("{name}.csv"))).unwrap();
         let mut rows = Vec::new();
         for (i, row) in all.iter().enumerate() {
             if bad.iter().any(|b| row.path.ends_with(b)) {
-                left_out += 1;
-                in_late_blocks += usize::from(split == "train" && i >= 2 * 256);
+                left_out.push((name.to_string(), i));
             } else {
                 rows.push(row);
             }
         }
-        let data = h5::read_split(&dir.join(format!("{split}.h5"))).unwrap();
+        let data = h5::read_split(&dir.join(format!("{name}.h5"))).unwrap();
         assert_eq!(data.shape[0], rows.len());
         let frame = data.shape[1] * data.shape[2] * 3;
         for (i, row) in rows.iter().enumerate() {
             let want = pipe::data::decode::decode_file(Path::new(&row.path)).unwrap();
             assert!(
                 data.images[i * frame..(i + 1) * frame] == want.as_raw()[..],
-                "{split} image {i} ({}) is not the file's pixels",
+                "{name} image {i} ({}) is not the file's pixels",
                 row.path
             );
             assert_eq!(data.labels[i], row.label);
-            if split == "train" {
-                for px in want.as_raw().chunks_exact(3) {
-                    for (s, v) in sums.iter_mut().zip(px) {
-                        *s += u64::from(*v);
-                    }
-                }
-            }
-        }
-        if split == "train" {
-            let means: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(dir.join("means.json")).unwrap())
-                    .unwrap();
-            let px = (rows.len() * frame / 3) as f64;
-            for (c, k) in ["R", "G", "B"].iter().enumerate() {
-                let want = sums[c] as f64 / px;
-                assert!((means[k].as_f64().unwrap() - want).abs() < 1e-9, "{k}");
-            }
         }
     }
-    assert_eq!(left_out, 3);
-    assert!(
-        in_late_blocks >= 2,
-        "{in_late_blocks} of the bad files in blocks 3-4"
-    );
+    left_out
 }
