@@ -49,11 +49,12 @@ struct Stat {
     regular: bool,
 }
 
-/// Every file below `rel` (in `cmp_paths` order), and the folders with no file below them.
+/// What is below `rel`, in `cmp_paths` order: a tree, flattened once by [`flatten`] (merging
+/// each folder's list into its parent's would copy every entry once per level).
 /// Folders nested deeper than this are refused (a symlink loop would never end).
 const MAX_DEPTH: usize = 64;
 
-fn walk(root: &Path, rel: &str) -> Result<(Vec<Stat>, Vec<String>)> {
+fn walk(root: &Path, rel: &str) -> Result<Vec<Found>> {
     if rel.matches('/').count() >= MAX_DEPTH {
         anyhow::bail!(
             "{}: folders nested more than {MAX_DEPTH} deep (a symbolic link to a folder above it?)",
@@ -72,7 +73,8 @@ fn walk(root: &Path, rel: &str) -> Result<(Vec<Stat>, Vec<String>)> {
         .with_context(|| format!("cannot read directory {}", dir.display()))?;
     // Sorted per directory, so the whole walk comes out in `cmp_paths` order.
     entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    let nested: Vec<Found> = entries
+    let mut found: Vec<Result<Found>> = Vec::with_capacity(entries.len());
+    entries
         .par_iter()
         .map(|(name, e)| -> Result<Found> {
             let name = name.to_string_lossy();
@@ -90,11 +92,12 @@ fn walk(root: &Path, rel: &str) -> Result<(Vec<Stat>, Vec<String>)> {
             }
             .with_context(|| format!("cannot stat {}", e.path().display()))?;
             if md.is_dir() {
-                let (files, mut empty) = walk(root, &r)?;
-                if files.is_empty() {
-                    empty.push(r);
-                }
-                Ok(Found::Dir(files, empty))
+                let below = walk(root, &r)?;
+                Ok(Found::Dir {
+                    files: below.iter().map(Found::files).sum(),
+                    rel: r,
+                    below,
+                })
             } else {
                 Ok(Found::File(Stat {
                     rel: r,
@@ -105,25 +108,75 @@ fn walk(root: &Path, rel: &str) -> Result<(Vec<Stat>, Vec<String>)> {
                 }))
             }
         })
-        .collect::<Result<_>>()?;
-    let mut files = Vec::with_capacity(nested.len());
-    let mut empty = Vec::new();
-    for f in nested {
+        .collect_into_vec(&mut found);
+    // The first error in path order, whichever thread met it first.
+    found.into_iter().collect()
+}
+
+/// One entry of a folder: a file, or a subfolder with what is below it.
+enum Found {
+    File(Stat),
+    Dir {
+        rel: String,
+        /// Files anywhere below.
+        files: usize,
+        below: Vec<Found>,
+    },
+}
+
+impl Found {
+    fn files(&self) -> usize {
+        match self {
+            Found::File(_) => 1,
+            Found::Dir { files, .. } => *files,
+        }
+    }
+}
+
+/// The walk's tree as every file in order, and the folders with no file below them (each
+/// after the empty folders inside it).
+fn flatten(found: Vec<Found>, files: &mut Vec<Stat>, empty: &mut Vec<String>) {
+    for f in found {
         match f {
             Found::File(st) => files.push(st),
-            Found::Dir(f, e) => {
-                files.extend(f);
-                empty.extend(e);
+            Found::Dir {
+                rel,
+                files: n,
+                below,
+            } => {
+                flatten(below, files, empty);
+                if n == 0 {
+                    empty.push(rel);
+                }
             }
         }
     }
-    Ok((files, empty))
 }
 
-/// One entry of a folder: a file, or what a subfolder holds.
-enum Found {
-    File(Stat),
-    Dir(Vec<Stat>, Vec<String>),
+/// The stat cache's entries, in its file's order; none when it is missing or unreadable
+/// (then every file is read). The format is postcard's `Vec<CacheEntry>`: a length, then
+/// the entries, decoded here one by one into a vector sized once.
+fn read_cache(bytes: &[u8]) -> Vec<CacheEntry<'_>> {
+    let Ok((n, mut rest)) = postcard::take_from_bytes::<usize>(bytes) else {
+        return Vec::new();
+    };
+    // An entry takes at least 36 bytes (its hash alone 32): a damaged length cannot make
+    // this allocate more than the file could hold.
+    let mut out = Vec::with_capacity(n.min(bytes.len() / 36));
+    for _ in 0..n {
+        match postcard::take_from_bytes::<CacheEntry>(rest) {
+            Ok((e, r)) => {
+                out.push(e);
+                rest = r;
+            }
+            Err(_) => return Vec::new(),
+        }
+    }
+    if rest.is_empty() {
+        out
+    } else {
+        Vec::new()
+    }
 }
 
 fn cache_file(store: &Store, root: &Path) -> PathBuf {
@@ -166,32 +219,63 @@ pub fn fingerprint_tree(store: &Store, root: &Path, rehash: bool) -> Result<Tree
     if !root.is_dir() {
         anyhow::bail!("dataset root {} is not a directory", root.display());
     }
-    let (stats, empty) = walk(&root, "")?;
+    let found = walk(&root, "")?;
+    let mut stats = Vec::with_capacity(found.iter().map(Found::files).sum());
+    let mut empty = Vec::new();
+    flatten(found, &mut stats, &mut empty);
 
     let cpath = cache_file(store, &root);
     // The cache is written in walk order, so an unchanged tree matches it entry by entry;
     // anything else falls back to a lookup by path.
-    let cache_bytes = fs::read(&cpath).unwrap_or_default();
-    let cached: Vec<CacheEntry> = postcard::from_bytes(&cache_bytes).unwrap_or_default();
-    let mut by_path: Option<std::collections::HashMap<&str, &CacheEntry>> = None;
+    let map = fs::File::open(&cpath).ok().and_then(|f| {
+        // SAFETY: the cache file is only ever replaced whole (`write_atomic` renames a new
+        // file over it), so the mapped file's bytes do not change while they are read. A
+        // cache cut short in place by hand would raise SIGBUS here, as for any mapped file.
+        unsafe { memmap2::Mmap::map(&f) }.ok()
+    });
+    let hit = |c: &CacheEntry, s: &Stat| {
+        (!rehash && c.size == s.size && c.mtime_ns == s.mtime_ns && c.ino == s.ino)
+            .then_some(c.hash)
+    };
     let mut matched: Vec<Option<[u8; 32]>> = Vec::with_capacity(stats.len());
-    let mut in_order = cached.len() == stats.len();
-    for (i, s) in stats.iter().enumerate() {
-        let entry = match cached.get(i) {
-            Some(c) if c.path == s.rel => Some(c),
-            _ => by_path
-                .get_or_insert_with(|| cached.iter().map(|c| (c.path.as_ref(), c)).collect())
-                .get(s.rel.as_str())
-                .copied()
-                .inspect(|_| in_order = false),
-        };
-        let hit = entry
-            .filter(|_| !rehash)
-            .filter(|c| c.size == s.size && c.mtime_ns == s.mtime_ns && c.ino == s.ino);
-        matched.push(hit.map(|c| c.hash));
+    // An unchanged tree: the cache's entries decoded one by one beside the walk's, never
+    // gathered. At the first entry out of place, every entry is looked up by path instead.
+    let in_order = match map.as_deref() {
+        None => stats.is_empty(),
+        Some(bytes) => match postcard::take_from_bytes::<usize>(bytes) {
+            Ok((n, mut rest)) if n == stats.len() => {
+                let mut same = true;
+                for s in &stats {
+                    match postcard::take_from_bytes::<CacheEntry>(rest) {
+                        Ok((c, r)) if c.path == s.rel => {
+                            matched.push(hit(&c, s));
+                            rest = r;
+                        }
+                        _ => {
+                            same = false;
+                            break;
+                        }
+                    }
+                }
+                same && rest.is_empty()
+            }
+            _ => false,
+        },
+    };
+    if !in_order {
+        matched.clear();
+        let cached = map.as_deref().map(read_cache).unwrap_or_default();
+        let by_path: std::collections::HashMap<&str, &CacheEntry> =
+            cached.iter().map(|c| (c.path.as_ref(), c)).collect();
+        matched.extend(
+            stats
+                .iter()
+                .map(|s| by_path.get(s.rel.as_str()).and_then(|c| hit(c, s))),
+        );
     }
 
-    let hashes: Vec<([u8; 32], bool)> = stats
+    let mut hashes = Vec::with_capacity(stats.len());
+    stats
         .par_iter()
         .zip(matched.par_iter())
         .map(|(s, m)| -> Result<([u8; 32], bool)> {
@@ -205,19 +289,27 @@ pub fn fingerprint_tree(store: &Store, root: &Path, rehash: bool) -> Result<Tree
             let bytes = crate::data::read_known_regular(&p, s.size)?;
             Ok((*blake3::hash(&bytes).as_bytes(), true))
         })
-        .collect::<Result<_>>()?;
+        .collect_into_vec(&mut hashes);
+    // The first error in path order; no list of partial vectors to append.
+    let hashes: Vec<([u8; 32], bool)> = hashes.into_iter().collect::<Result<_>>()?;
 
     let hashed = hashes.iter().filter(|(_, fresh)| *fresh).count();
     let mut h = blake3::Hasher::new();
-    // The same bytes as one `update` per piece, gathered first: one call, not 360,000.
-    let mut all = Vec::with_capacity(16 + stats.iter().map(|s| s.rel.len() + 33).sum::<usize>());
-    all.extend_from_slice(b"pipe-tree-v1\0");
+    // The same bytes as one `update` per piece, gathered in 64 KiB runs: a few hundred
+    // calls, not 360,000, and no buffer the size of the tree's listing.
+    const RUN: usize = 64 * 1024;
+    let mut run = Vec::with_capacity(RUN + 4096);
+    run.extend_from_slice(b"pipe-tree-v1\0");
     for (s, (fh, _)) in stats.iter().zip(&hashes) {
-        all.extend_from_slice(s.rel.as_bytes());
-        all.push(0);
-        all.extend_from_slice(fh);
+        run.extend_from_slice(s.rel.as_bytes());
+        run.push(0);
+        run.extend_from_slice(fh);
+        if run.len() >= RUN {
+            h.update(&run);
+            run.clear();
+        }
     }
-    h.update(&all);
+    h.update(&run);
     // Empty folders are part of a dataset's layout (an image-folder class with no images is
     // an error): they change the fingerprint, so a run sees them instead of a cached output.
     if !empty.is_empty() {
@@ -255,4 +347,99 @@ pub fn fingerprint_tree(store: &Store, root: &Path, rehash: bool) -> Result<Tree
         files,
         hashed,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    /// The fingerprint through the stat cache, and what reading every file gives.
+    fn both(store: &Store, root: &Path) -> (TreeFingerprint, String) {
+        let cached = fingerprint_tree(store, root, false).unwrap();
+        let fresh = fingerprint_tree(store, root, true).unwrap();
+        (cached, fresh.hash)
+    }
+
+    fn set_mtime(p: &Path, t: SystemTime) {
+        fs::File::options()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    }
+
+    #[test]
+    fn the_stat_cache_sees_every_change_and_reads_only_what_changed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(&tmp.path().join("store")).unwrap();
+        let root = tmp.path().join("data");
+        for (class, n) in [("a", 30), ("b", 25), ("c", 1)] {
+            let dir = root.join("train").join(class);
+            fs::create_dir_all(&dir).unwrap();
+            for i in 0..n {
+                fs::write(dir.join(format!("{i:03}.jpg")), format!("{class}-{i:03}")).unwrap();
+            }
+        }
+        let first = fingerprint_tree(&store, &root, false).unwrap();
+        assert_eq!((first.files.len(), first.hashed), (56, 56));
+        // Unchanged: nothing read, the same hash, in the walk's order.
+        let (again, fresh) = both(&store, &root);
+        assert_eq!((again.hashed, &again.hash), (0, &first.hash));
+        assert_eq!(fresh, first.hash);
+        let mut seen = vec![first.hash.clone()];
+        let mut step = |what: &str, read: usize| {
+            let (fp, fresh) = both(&store, &root);
+            assert_eq!(fp.hash, fresh, "{what}: the cache and a full read disagree");
+            assert!(!seen.contains(&fp.hash), "{what}: not seen");
+            assert_eq!(fp.hashed, read, "{what}: files read");
+            seen.push(fp.hash.clone());
+            // And the run after it reads nothing.
+            let next = fingerprint_tree(&store, &root, false).unwrap();
+            assert_eq!(
+                (next.hashed, &next.hash),
+                (0, &fp.hash),
+                "{what}: the next run"
+            );
+        };
+
+        // Content changed, the same size, its time set within the same second as before
+        // (one nanosecond on).
+        let f = root.join("train/a/007.jpg");
+        let t = fs::metadata(&f).unwrap().modified().unwrap();
+        fs::write(&f, b"a-xyz").unwrap();
+        set_mtime(&f, t + Duration::from_nanos(1));
+        step("same size, same second", 1);
+        // A file added in the middle of a folder, and one removed.
+        fs::write(root.join("train/a/007b.jpg"), b"new").unwrap();
+        step("added", 1);
+        fs::remove_file(root.join("train/b/003.jpg")).unwrap();
+        step("removed", 0);
+        // Renamed: as many files as before, one name different (the cache's order breaks).
+        fs::rename(root.join("train/b/004.jpg"), root.join("train/b/zzz.jpg")).unwrap();
+        step("renamed", 1);
+        // An empty folder, then a file in it.
+        fs::create_dir_all(root.join("train/d")).unwrap();
+        step("empty folder", 0);
+        fs::write(root.join("train/d/000.jpg"), b"d").unwrap();
+        step("a file in the empty folder", 1);
+        // A symbolic link to a file, then its target's content changed.
+        std::os::unix::fs::symlink(root.join("train/c/000.jpg"), root.join("train/a/link.jpg"))
+            .unwrap();
+        step("symlink", 1);
+        let target = root.join("train/c/000.jpg");
+        let t = fs::metadata(&target).unwrap().modified().unwrap();
+        fs::write(&target, b"c-999").unwrap();
+        set_mtime(&target, t + Duration::from_nanos(1));
+        // The target and the link both read again.
+        step("a symlink's target changed", 2);
+        // The cache file damaged: read again whole, and the same hash as a full read.
+        let cpath = cache_file(&store, &root.canonicalize().unwrap());
+        let mut bytes = fs::read(&cpath).unwrap();
+        bytes.truncate(bytes.len() - 5);
+        write_atomic(&cpath, &bytes).unwrap();
+        let fp = fingerprint_tree(&store, &root, false).unwrap();
+        assert_eq!((fp.hashed, &fp.hash), (58, seen.last().unwrap()));
+    }
 }
