@@ -159,7 +159,7 @@ fn an_image_changed_while_hdf5_reads_it_fails_the_stage_and_publishes_nothing() 
         .collect();
     imgs.sort();
     let (a, b) = (imgs[0].clone(), imgs[1].clone());
-    let (ok, err) = stall_at(&p, &["run", "exp"], "hdf5:start", 2, || {
+    let (ok, err) = stall_at(&p, &["run", "exp"], "hdf5:start", 5, || {
         std::fs::copy(&b, &a).unwrap();
     });
     assert!(!ok, "{err}");
@@ -195,7 +195,7 @@ fn an_image_removed_after_the_fingerprint_fails_the_stage_even_with_skip() {
         &(tiny_manifest(&root, 2) + "on_bad_image = \"skip\"\n"),
     );
     let img = first_entry(&first_entry(&root.join("train")).join("images"));
-    let (ok, err) = stall_at(&p, &["run", "exp"], "hdf5:start", 2, || {
+    let (ok, err) = stall_at(&p, &["run", "exp"], "hdf5:start", 5, || {
         std::fs::remove_file(&img).unwrap();
     });
     assert!(!ok, "{err}");

@@ -225,10 +225,10 @@ fn sigkill_during_hdf5_leaves_a_store_the_next_run_repairs() {
 #[test]
 fn two_concurrent_runs_share_one_store_safely() {
     let (p, _) = setup(4, 30);
-    // The first holds the lock for 2 s inside hdf5; the second must wait, then find
+    // The first holds the lock for 5 s inside hdf5; the second must wait, then find
     // everything cached.
     let mut first = p.cmd(&["run", "exp", "--json"]);
-    first.env("PIPE_FAULT_SECS", "2").stdout(Stdio::piped());
+    first.env("PIPE_FAULT_SECS", "5").stdout(Stdio::piped());
     // Its stderr stays open (`_stderr`) until the end.
     let (first, _stderr, _) = spawn_to_fault(first, "hdf5");
     let started = Instant::now();

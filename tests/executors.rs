@@ -86,16 +86,27 @@ fn jobs_in(stderr: &str) -> Vec<(String, String, bool)> {
 }
 
 fn slurm_job_state(conf: &str, id: &str) -> String {
-    let out = Command::new("scontrol")
-        .args(["show", "job", id, "-o"])
-        .env("SLURM_CONF", conf)
-        .output()
-        .expect("scontrol");
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .find_map(|f| f.strip_prefix("JobState="))
-        .unwrap_or("GONE")
-        .to_string()
+    // A loaded slurmctld can time out a query: asked again, and only a job it no longer
+    // knows ("Invalid job id") counts as gone.
+    for _ in 0..20 {
+        let out = Command::new("scontrol")
+            .args(["show", "job", id, "-o"])
+            .env("SLURM_CONF", conf)
+            .output()
+            .expect("scontrol");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if let Some(state) = stdout
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("JobState="))
+        {
+            return state.to_string();
+        }
+        if String::from_utf8_lossy(&out.stderr).contains("Invalid job id") {
+            return "GONE".into();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    panic!("scontrol cannot say what job {id} is doing");
 }
 
 fn wait_for(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
@@ -229,12 +240,24 @@ fn a_training_job_cancelled_mid_run_resumes_from_its_checkpoint() {
     let p = Project::new();
     // Enough images that an epoch takes a moment on two cores.
     p.manifest("long.toml", &experiment("long", 0.01, 8, 400));
-    let (ok, e1) = pipe(&p, &conf, &["run", "long", "--executor", "slurm"]);
+    // The job stalls after its second epoch's checkpoint (Slurm passes the submitter's
+    // environment on): the cancel below never races the training's end.
+    let out = p
+        .cmd(&["run", "long", "--executor", "slurm"])
+        .env("SLURM_CONF", &conf)
+        .env("PIPE_FAULT", "train:epoch2")
+        .env("PIPE_FAULT_SECS", "600")
+        .output()
+        .expect("spawn pipe");
+    let (ok, e1) = (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
     assert!(ok, "{e1}");
     let jobs = jobs_in(&e1);
     let train = jobs.iter().find(|j| j.0 == "train").unwrap().1.clone();
     let eval = jobs.iter().find(|j| j.0 == "evaluate").unwrap().1.clone();
-    // Cancel it once it has written a checkpoint and is still training.
+    // Cancel it once it has written a checkpoint and is still running.
     let scratch = p.cache().join("scratch");
     let checkpoint = || -> Option<PathBuf> {
         for e in std::fs::read_dir(&scratch).ok()? {
@@ -245,7 +268,10 @@ fn a_training_job_cancelled_mid_run_resumes_from_its_checkpoint() {
         }
         None
     };
-    wait_for("the first checkpoint", 240, || checkpoint().is_some());
+    wait_for("the training to stall after its second epoch", 240, || {
+        log_of(&p, &conf, &train).contains("PIPE_FAULT reached: train:epoch2")
+    });
+    assert!(checkpoint().is_some());
     assert_eq!(slurm_job_state(&conf, &train), "RUNNING");
     let st = Command::new("scancel")
         .arg(&train)

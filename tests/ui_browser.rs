@@ -224,10 +224,11 @@ async fn the_dashboard_in_a_real_browser() {
         "xss.toml",
         "extends = \"demo.toml\"\nname = \"xss\"\ndescription = \"<script>window.__pwned = 1</script><img src=x onerror=\\\"window.__pwned = 2\\\">\"\n",
     );
-    // A longer training, watched while it runs: small batches, more epochs.
+    // A longer training, watched while it runs: small batches, more epochs (enough that a
+    // slow page load on a loaded machine still finds it running two epochs later).
     p.manifest(
         "slow.toml",
-        "extends = \"demo.toml\"\nname = \"slow\"\n\n[stages.train]\nepochs = 10\nbatch_size = 4\n",
+        "extends = \"demo.toml\"\nname = \"slow\"\n\n[stages.train]\nepochs = 24\nbatch_size = 4\n",
     );
     // A 100-point sweep (not run: its points are brushed on their swept axes).
     let lrs: Vec<String> = (1..=10).map(|i| format!("{i}e-3")).collect();
@@ -614,8 +615,8 @@ async fn the_dashboard_in_a_real_browser() {
     );
     assert_eq!(
         series_points(&c, "loss", "slow/val_loss").await,
-        12,
-        "10 + 2 epochs"
+        26,
+        "24 + 2 epochs"
     );
     wait_for(10, "the stream to close", move || async move {
         (js(cr, "return document.body.dataset.closed === '1';").await == true).then_some(())
@@ -634,7 +635,7 @@ async fn the_dashboard_in_a_real_browser() {
     js(&c, "window.__runs_page = 1; return 0;").await;
     let before = points(&c, "#runs tbody tr").await;
     p.manifest("late.toml", "extends = \"demo.toml\"\nname = \"late\"\n");
-    wait_for(30, "the new manifest's row on the open runs page", move || async move {
+    wait_for(90, "the new manifest's row on the open runs page", move || async move {
         (points(cr, "#runs tbody tr[data-name='late']").await == 1).then_some(())
     })
     .await;
