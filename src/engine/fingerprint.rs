@@ -73,7 +73,6 @@ fn walk(root: &Path, rel: &str) -> Result<Vec<Found>> {
         .with_context(|| format!("cannot read directory {}", dir.display()))?;
     // Sorted per directory, so the whole walk comes out in `cmp_paths` order.
     entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    let mut found: Vec<Result<Found>> = Vec::with_capacity(entries.len());
     entries
         .par_iter()
         .map(|(name, e)| -> Result<Found> {
@@ -108,9 +107,9 @@ fn walk(root: &Path, rel: &str) -> Result<Vec<Found>> {
                 }))
             }
         })
-        .collect_into_vec(&mut found);
-    // The first error in path order, whichever thread met it first.
-    found.into_iter().collect()
+        // An error stops the entries not yet started (a symbolic link loop under two names
+        // would otherwise take 2^64 folder reads to reach its depth limit).
+        .collect()
 }
 
 /// One entry of a folder: a file, or a subfolder with what is below it.
@@ -227,12 +226,9 @@ pub fn fingerprint_tree(store: &Store, root: &Path, rehash: bool) -> Result<Tree
     let cpath = cache_file(store, &root);
     // The cache is written in walk order, so an unchanged tree matches it entry by entry;
     // anything else falls back to a lookup by path.
-    let map = fs::File::open(&cpath).ok().and_then(|f| {
-        // SAFETY: the cache file is only ever replaced whole (`write_atomic` renames a new
-        // file over it), so the mapped file's bytes do not change while they are read. A
-        // cache cut short in place by hand would raise SIGBUS here, as for any mapped file.
-        unsafe { memmap2::Mmap::map(&f) }.ok()
-    });
+    // Read, not mapped: on a store shared over NFS another node may replace the file while
+    // it is decoded, which a mapping would answer with SIGBUS.
+    let cache_bytes = fs::read(&cpath).ok();
     let hit = |c: &CacheEntry, s: &Stat| {
         (!rehash && c.size == s.size && c.mtime_ns == s.mtime_ns && c.ino == s.ino)
             .then_some(c.hash)
@@ -240,7 +236,7 @@ pub fn fingerprint_tree(store: &Store, root: &Path, rehash: bool) -> Result<Tree
     let mut matched: Vec<Option<[u8; 32]>> = Vec::with_capacity(stats.len());
     // An unchanged tree: the cache's entries decoded one by one beside the walk's, never
     // gathered. At the first entry out of place, every entry is looked up by path instead.
-    let in_order = match map.as_deref() {
+    let in_order = match cache_bytes.as_deref() {
         None => stats.is_empty(),
         Some(bytes) => match postcard::take_from_bytes::<usize>(bytes) {
             Ok((n, mut rest)) if n == stats.len() => {
@@ -264,7 +260,7 @@ pub fn fingerprint_tree(store: &Store, root: &Path, rehash: bool) -> Result<Tree
     };
     if !in_order {
         matched.clear();
-        let cached = map.as_deref().map(read_cache).unwrap_or_default();
+        let cached = cache_bytes.as_deref().map(read_cache).unwrap_or_default();
         let by_path: std::collections::HashMap<&str, &CacheEntry> =
             cached.iter().map(|c| (c.path.as_ref(), c)).collect();
         matched.extend(
@@ -274,8 +270,7 @@ pub fn fingerprint_tree(store: &Store, root: &Path, rehash: bool) -> Result<Tree
         );
     }
 
-    let mut hashes = Vec::with_capacity(stats.len());
-    stats
+    let hashes: Vec<([u8; 32], bool)> = stats
         .par_iter()
         .zip(matched.par_iter())
         .map(|(s, m)| -> Result<([u8; 32], bool)> {
@@ -289,9 +284,8 @@ pub fn fingerprint_tree(store: &Store, root: &Path, rehash: bool) -> Result<Tree
             let bytes = crate::data::read_known_regular(&p, s.size)?;
             Ok((*blake3::hash(&bytes).as_bytes(), true))
         })
-        .collect_into_vec(&mut hashes);
-    // The first error in path order; no list of partial vectors to append.
-    let hashes: Vec<([u8; 32], bool)> = hashes.into_iter().collect::<Result<_>>()?;
+        // An unreadable file stops the reads not yet started.
+        .collect::<Result<_>>()?;
 
     let hashed = hashes.iter().filter(|(_, fresh)| *fresh).count();
     let mut h = blake3::Hasher::new();
@@ -384,10 +378,21 @@ mod tests {
         }
         let first = fingerprint_tree(&store, &root, false).unwrap();
         assert_eq!((first.files.len(), first.hashed), (56, 56));
-        // Unchanged: nothing read, the same hash, in the walk's order.
+        // Unchanged: nothing read, the same hash, in the walk's order; the cache, found in
+        // order, is not written again (a rewrite is a rename: a new inode).
+        let cpath = cache_file(&store, &root.canonicalize().unwrap());
+        let ino = || fs::metadata(&cpath).unwrap().ino();
+        let before = ino();
         let (again, fresh) = both(&store, &root);
         assert_eq!((again.hashed, &again.hash), (0, &first.hash));
         assert_eq!(fresh, first.hash);
+        let next = fingerprint_tree(&store, &root, false).unwrap();
+        assert_eq!((next.hashed, &next.hash), (0, &first.hash));
+        // (The rehash in `both` wrote it; the run after did not.)
+        let written = ino();
+        assert_ne!(written, before);
+        fingerprint_tree(&store, &root, false).unwrap();
+        assert_eq!(ino(), written, "an unchanged tree rewrote its stat cache");
         let mut seen = vec![first.hash.clone()];
         let mut step = |what: &str, read: usize| {
             let (fp, fresh) = both(&store, &root);
@@ -409,7 +414,11 @@ mod tests {
         let f = root.join("train/a/007.jpg");
         let t = fs::metadata(&f).unwrap().modified().unwrap();
         fs::write(&f, b"a-xyz").unwrap();
-        set_mtime(&f, t + Duration::from_nanos(1));
+        set_mtime(&f, t + Duration::from_micros(1));
+        assert_eq!(
+            fs::metadata(&f).unwrap().modified().unwrap(),
+            t + Duration::from_micros(1)
+        );
         step("same size, same second", 1);
         // A file added in the middle of a folder, and one removed.
         fs::write(root.join("train/a/007b.jpg"), b"new").unwrap();
@@ -431,15 +440,34 @@ mod tests {
         let target = root.join("train/c/000.jpg");
         let t = fs::metadata(&target).unwrap().modified().unwrap();
         fs::write(&target, b"c-999").unwrap();
-        set_mtime(&target, t + Duration::from_nanos(1));
+        set_mtime(&target, t + Duration::from_micros(1));
         // The target and the link both read again.
         step("a symlink's target changed", 2);
-        // The cache file damaged: read again whole, and the same hash as a full read.
-        let cpath = cache_file(&store, &root.canonicalize().unwrap());
-        let mut bytes = fs::read(&cpath).unwrap();
-        bytes.truncate(bytes.len() - 5);
-        write_atomic(&cpath, &bytes).unwrap();
-        let fp = fingerprint_tree(&store, &root, false).unwrap();
-        assert_eq!((fp.hashed, &fp.hash), (58, seen.last().unwrap()));
+        // The cache file cut short, or with bytes after its end: every file read again,
+        // and the same hash as a full read.
+        let good = fs::read(&cpath).unwrap();
+        for bad in [&good[..good.len() - 5], &[&good[..], b"x"].concat()[..]] {
+            write_atomic(&cpath, bad).unwrap();
+            let fp = fingerprint_tree(&store, &root, false).unwrap();
+            assert_eq!((fp.hashed, &fp.hash), (58, seen.last().unwrap()));
+        }
+    }
+
+    #[test]
+    fn a_symlink_loop_under_two_names_is_refused_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(&tmp.path().join("store")).unwrap();
+        let root = tmp.path().join("data");
+        fs::create_dir_all(root.join("a")).unwrap();
+        fs::write(root.join("a/f.jpg"), b"f").unwrap();
+        // Two ways back up at every level: 2^64 folders to the depth limit, were the walk
+        // to go on past its first error.
+        std::os::unix::fs::symlink("..", root.join("a/up")).unwrap();
+        std::os::unix::fs::symlink("..", root.join("a/again")).unwrap();
+        let t = std::time::Instant::now();
+        let e = format!("{:#}", fingerprint_tree(&store, &root, false).unwrap_err());
+        assert!(e.contains("folders nested more than 64 deep"), "{e}");
+        // Not a timing claim: a walk that did not stop would not return at all.
+        eprintln!("refused in {:?}", t.elapsed());
     }
 }
