@@ -14,15 +14,23 @@ use serde::Serialize;
 pub fn write_atomic(p: &Path, bytes: &[u8]) -> Result<()> {
     let dir = p.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // A name no other writer of `p` uses: not another thread of this process (the count),
+    // nor a process with the same id on another machine of a shared store (the random bits).
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let tmp = dir.join(format!(
-        ".{}.{}.tmp",
+        ".{}.{}-{}-{:08x}.tmp",
         p.file_name()
             .map(|f| f.to_string_lossy())
             .unwrap_or_default(),
-        std::process::id()
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        rand::random::<u32>()
     ));
     let written = (|| -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, p)
@@ -38,4 +46,35 @@ pub fn write_atomic(p: &Path, bytes: &[u8]) -> Result<()> {
 /// Write JSON to `p` atomically.
 pub fn write_json_atomic<T: Serialize>(p: &Path, v: &T) -> Result<()> {
     write_atomic(p, &serde_json::to_vec_pretty(v)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writers_of_one_file_on_many_threads_each_replace_it_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.json");
+        let bodies: Vec<Vec<u8>> = (0..8u8).map(|t| vec![b'a' + t; 64 * 1024]).collect();
+        std::thread::scope(|s| {
+            for body in &bodies {
+                let p = &p;
+                s.spawn(move || {
+                    for _ in 0..40 {
+                        write_atomic(p, body).unwrap();
+                        // Whatever is there is one writer's whole file.
+                        let now = fs::read(p).unwrap();
+                        assert!(bodies_contain(&now), "a mixed or cut file");
+                    }
+                });
+            }
+            fn bodies_contain(b: &[u8]) -> bool {
+                b.len() == 64 * 1024 && b.iter().all(|&c| c == b[0])
+            }
+        });
+        assert!(bodies.contains(&fs::read(&p).unwrap()));
+        let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "temporary files left: {left:?}");
+    }
 }
