@@ -131,16 +131,7 @@ fn a_corrupt_jpeg_stops_the_stage_naming_the_file() {
     assert!(left.is_empty(), "{left:?}");
 
     // With on_bad_image = "skip" the file is left out and counted.
-    let text = tiny_manifest(&root, 2).replace(
-        "input = \"split\"\n",
-        "input = \"split\"\non_bad_image = \"skip\"\n",
-    );
-    p.manifest("exp.toml", &text);
-    let r = p.run_json("exp", &[]);
-    assert!(
-        field(&r, "hdf5", "summary").contains("1 undecodable images skipped"),
-        "{r}"
-    );
+    let r = run_skipping(&p, &root, 2, "", 1);
     let dir = p.artifact(&r, "hdf5");
     let n = |s: &str| h5::read_split(&dir.join(format!("{s}.h5"))).unwrap().shape[0];
     assert_eq!(n("train") + n("test"), 3 * 8 - 1);
@@ -384,16 +375,7 @@ fn hdf5_blocks_reuse_their_buffers_and_close_the_gaps_of_skipped_images() {
     for b in bad {
         std::fs::write(root.join("train/n00001014/images").join(b), b"not a jpeg").unwrap();
     }
-    let text = tiny_manifest(&root, 1).replace(
-        "input = \"split\"\n",
-        "input = \"split\"\nchunk = 1\non_bad_image = \"skip\"\n",
-    );
-    p.manifest("exp.toml", &text);
-    let r = p.run_json("exp", &[]);
-    assert!(
-        field(&r, "hdf5", "summary").contains("3 undecodable images skipped"),
-        "{r}"
-    );
+    let r = run_skipping(&p, &root, 1, "chunk = 1\n", 3);
     let dir = p.artifact(&r, "hdf5");
     let split = p.artifact(&r, "split");
     assert!(index::read_index(&split.join("train.csv")).unwrap().len() > 3 * 256);
@@ -422,6 +404,28 @@ fn hdf5_blocks_reuse_their_buffers_and_close_the_gaps_of_skipped_images() {
         let want = sums[c] as f64 / px;
         assert!((means[k].as_f64().unwrap() - want).abs() < 1e-9, "{k}");
     }
+}
+
+/// `exp` run over `root` (`tiny_manifest(root, test_per_class)`) with `on_bad_image = "skip"` and the
+/// hdf5 keys in `extra`: its report, once its summary says `skipped` images were left out.
+fn run_skipping(
+    p: &Project,
+    root: &Path,
+    test_per_class: usize,
+    extra: &str,
+    skipped: usize,
+) -> serde_json::Value {
+    let text = tiny_manifest(root, test_per_class).replace(
+        "input = \"split\"\n",
+        &format!("input = \"split\"\n{extra}on_bad_image = \"skip\"\n"),
+    );
+    p.manifest("exp.toml", &text);
+    let r = p.run_json("exp", &[]);
+    assert!(
+        field(&r, "hdf5", "summary").contains(&format!("{skipped} undecodable images skipped")),
+        "{r}"
+    );
+    r
 }
 
 /// Check that each split (train, test) of hdf5 artifact `dir` holds, in order, the decoded
