@@ -129,19 +129,14 @@ fn a_truncated_jpeg_is_undecodable() {
 }
 
 /// Run `pipe` with a fault point: wait until it stalls there, do `meanwhile`, then let it
-/// go on (it stalls for `secs`) and return its output.
-fn stall_at(
-    p: &Project,
-    args: &[&str],
-    fault: &str,
-    secs: u64,
-    meanwhile: impl FnOnce(),
-) -> (bool, String) {
+/// go on and return its output.
+fn stall_at(p: &Project, args: &[&str], fault: &str, meanwhile: impl FnOnce()) -> (bool, String) {
+    let hold = Hold::new();
     let mut cmd = p.cmd(args);
-    cmd.env("PIPE_FAULT_SECS", secs.to_string())
-        .stdout(Stdio::null());
+    hold.on(cmd.env("PIPE_FAULT_SECS", "300").stdout(Stdio::null()));
     let (mut child, mut stderr, mut text) = spawn_to_fault(cmd, fault);
     meanwhile();
+    hold.release();
     stderr.read_to_string(&mut text).unwrap();
     (child.wait().unwrap().success(), text)
 }
@@ -159,7 +154,7 @@ fn an_image_changed_while_hdf5_reads_it_fails_the_stage_and_publishes_nothing() 
         .collect();
     imgs.sort();
     let (a, b) = (imgs[0].clone(), imgs[1].clone());
-    let (ok, err) = stall_at(&p, &["run", "exp"], "hdf5:start", 5, || {
+    let (ok, err) = stall_at(&p, &["run", "exp"], "hdf5:start", || {
         std::fs::copy(&b, &a).unwrap();
     });
     assert!(!ok, "{err}");
@@ -195,7 +190,7 @@ fn an_image_removed_after_the_fingerprint_fails_the_stage_even_with_skip() {
         &(tiny_manifest(&root, 2) + "on_bad_image = \"skip\"\n"),
     );
     let img = first_entry(&first_entry(&root.join("train")).join("images"));
-    let (ok, err) = stall_at(&p, &["run", "exp"], "hdf5:start", 5, || {
+    let (ok, err) = stall_at(&p, &["run", "exp"], "hdf5:start", || {
         std::fs::remove_file(&img).unwrap();
     });
     assert!(!ok, "{err}");

@@ -3,7 +3,7 @@
 mod common;
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -225,25 +225,35 @@ fn sigkill_during_hdf5_leaves_a_store_the_next_run_repairs() {
 #[test]
 fn two_concurrent_runs_share_one_store_safely() {
     let (p, _) = setup(4, 30);
-    // The first holds the lock for 5 s inside hdf5; the second must wait, then find
-    // everything cached.
+    // The first holds the lock inside hdf5 until the second has said it waits for it;
+    // the second must then find everything cached.
+    let hold = Hold::new();
     let mut first = p.cmd(&["run", "exp", "--json"]);
-    first.env("PIPE_FAULT_SECS", "5").stdout(Stdio::piped());
+    hold.on(first.env("PIPE_FAULT_SECS", "300").stdout(Stdio::piped()));
     // Its stderr stays open (`_stderr`) until the end.
     let (first, _stderr, _) = spawn_to_fault(first, "hdf5");
-    let started = Instant::now();
-    let second = p.cmd(&["run", "exp", "--json"]).output().unwrap();
-    assert!(second.status.success());
-    let waited = String::from_utf8_lossy(&second.stderr);
+    let mut second = p
+        .cmd(&["run", "exp", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut second_err = std::io::BufReader::new(second.stderr.take().unwrap());
+    let waited = read_until(&mut second_err, "waiting for the cache lock");
     assert!(
-        waited.contains("waiting for the cache lock") && waited.contains("pipe run exp"),
+        waited.contains("pipe run exp"),
         "second run should say whom it waits for: {waited}"
     );
+    // The first goes on only now: the second cannot have taken the lock before.
+    hold.release();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut second_err, &mut rest).unwrap();
+    let second = second.wait_with_output().unwrap();
+    assert!(second.status.success(), "{waited}{rest}");
     let out = first.wait_with_output().unwrap();
     assert!(out.status.success());
     let r1: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let r2: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
-    assert!(started.elapsed() >= Duration::from_millis(500));
     assert_eq!(state_of(&r1, "hdf5"), "ran");
     assert!(states(&r2).iter().all(|(_, s)| s == "cached"), "{r2}");
     assert_eq!(field(&r1, "hdf5", "output"), field(&r2, "hdf5", "output"));

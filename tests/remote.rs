@@ -546,15 +546,19 @@ fn the_server_stopped_in_the_middle_of_a_run_leaves_the_run_to_finish_here() {
     let relay = Relay::to(env["AWS_ENDPOINT_URL"].trim_start_matches("http://"));
     let a = Project::with("g.toml", &manifest());
     let mut c = with_remote(&a, env, &url, &["run", "g", "--json"]);
-    c.env(
-        "AWS_ENDPOINT_URL",
-        format!("http://127.0.0.1:{}", relay.port),
-    )
-    .env("PIPE_FAULT_SECS", "3")
-    .stdout(std::process::Stdio::piped());
-    // The first stage ran and its files went up; then the server goes away.
+    let hold = Hold::new();
+    hold.on(c
+        .env(
+            "AWS_ENDPOINT_URL",
+            format!("http://127.0.0.1:{}", relay.port),
+        )
+        .env("PIPE_FAULT_SECS", "300")
+        .stdout(std::process::Stdio::piped()));
+    // The first stage ran and its files went up; then the server goes away, and only
+    // then does the run go on.
     let (child, mut stderr, said) = spawn_to_fault(c, "remote-push:files-sent");
     relay.cut();
+    hold.release();
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
     let out = child.wait_with_output().unwrap();

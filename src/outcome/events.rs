@@ -57,16 +57,26 @@ impl Watcher for Silent {
 }
 
 /// A fault-injection point for tests: with `PIPE_FAULT=<name>` in the environment the
-/// watcher is told (the console always shows it) and the process stalls here (for
-/// `PIPE_FAULT_SECS`, default 600), so a test can kill it there or race another process
-/// against it.
+/// watcher is told (the console always shows it) and the process stalls here, so a test
+/// can kill it there or race another process against it. The stall ends when the file
+/// named by `PIPE_FAULT_RELEASE` appears (the test has done what it raced: no guessed
+/// window on a slow machine), and at the latest after `PIPE_FAULT_SECS` (default 600).
 pub fn fault_point(w: &dyn Watcher, name: &str) {
+    use std::time::{Duration, Instant};
     if std::env::var("PIPE_FAULT").is_ok_and(|v| v == name) {
         let secs: u64 = std::env::var("PIPE_FAULT_SECS")
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(600);
+        let release = std::env::var_os("PIPE_FAULT_RELEASE").map(std::path::PathBuf::from);
         w.event(Event::Fault(name));
-        std::thread::sleep(std::time::Duration::from_secs(secs));
+        let until = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let now = Instant::now();
+            if now >= until || release.as_deref().is_some_and(std::path::Path::exists) {
+                break;
+            }
+            std::thread::sleep((until - now).min(Duration::from_millis(10)));
+        }
     }
 }

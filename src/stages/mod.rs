@@ -146,9 +146,9 @@ impl StageCtx<'_> {
     }
 
     /// A fault-injection point for tests: with `PIPE_FAULT=<name>` in the environment the
-    /// watcher is told (the console always shows it) and the process stalls here (for
-    /// `PIPE_FAULT_SECS`, default 600), so a test can kill it mid-stage or race another
-    /// process against it.
+    /// watcher is told (the console always shows it) and the process stalls here (until
+    /// the file `PIPE_FAULT_RELEASE` names appears, at most `PIPE_FAULT_SECS`, default
+    /// 600), so a test can kill it mid-stage or race another process against it.
     pub fn fault_point(&self, name: &str) {
         crate::outcome::events::fault_point(self.watcher, name);
     }

@@ -155,19 +155,55 @@ pub fn spawn_to_fault(mut cmd: Command, fault: &str) -> (Child, BufReader<ChildS
         .spawn()
         .unwrap();
     let mut reader = BufReader::new(child.stderr.take().unwrap());
-    let mut said = String::new();
-    let reached = format!("PIPE_FAULT reached: {fault}");
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap() == 0 {
-            panic!("the run never reached {fault}:\n{said}");
-        }
-        said.push_str(&line);
-        if line.contains(&reached) {
-            break;
+    let said = read_until(&mut reader, &format!("PIPE_FAULT reached: {fault}"));
+    (child, reader, said)
+}
+
+/// A process held at its fault point until the test lets it go, rather than for a guessed
+/// number of seconds: `PIPE_FAULT_RELEASE` names a file that does not exist yet, and
+/// [`Hold::release`] creates it (so does dropping the hold, should the test fail first).
+pub struct Hold {
+    dir: tempfile::TempDir,
+}
+
+impl Hold {
+    pub fn new() -> Self {
+        Hold {
+            dir: tempfile::tempdir().unwrap(),
         }
     }
-    (child, reader, said)
+
+    /// `cmd`, held at its fault point until [`Hold::release`] (at most `PIPE_FAULT_SECS`).
+    pub fn on<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
+        cmd.env("PIPE_FAULT_RELEASE", self.dir.path().join("release"))
+    }
+
+    /// Let the held process go on.
+    pub fn release(&self) {
+        std::fs::write(self.dir.path().join("release"), b"").unwrap();
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.dir.path().join("release"), b"");
+    }
+}
+
+/// Read `r` line by line until a line contains `what`: everything read so far. Panics,
+/// with what was read, when `r` ends first.
+pub fn read_until(r: &mut impl BufRead, what: &str) -> String {
+    let mut said = String::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap() == 0 {
+            panic!("never said {what:?}:\n{said}");
+        }
+        said.push_str(&line);
+        if line.contains(what) {
+            return said;
+        }
+    }
 }
 
 /// `pipe args` in `p`, killed (SIGKILL) as soon as it reaches the fault point `fault`.
