@@ -269,27 +269,32 @@ fn decode_one(
 
 /// The sums of the R, G and B bytes of HWC pixels `px`: 48 bytes (16 pixels) at a time in
 /// u32 lanes that the compiler vectorises, folded into u64 before a lane could overflow.
+/// Not inlined: inlined into the decode loop it was compiled as scalar byte loads (perf
+/// annotate of the release build), a few percent of a cold `hdf5` stage.
+#[inline(never)]
 fn channel_sums(px: &[u8]) -> [u64; 3] {
+    // Chunks summed before the lanes are folded: 255 x 2^24 < 2^32.
+    channel_sums_folding_every::<{ 1 << 24 }>(px)
+}
+
+/// [`channel_sums`], the lanes folded every `FLUSH` chunks of 48 bytes.
+#[inline(always)]
+fn channel_sums_folding_every<const FLUSH: usize>(px: &[u8]) -> [u64; 3] {
     const LANES: usize = 48;
-    // 255 x 2^24 < 2^32.
-    const FLUSH: usize = 1 << 24;
     let mut s = [0u64; 3];
-    let mut body = px.chunks_exact(LANES);
-    let mut acc = [0u32; LANES];
-    for (n, c) in body.by_ref().enumerate() {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += u32::from(v);
-        }
-        if (n + 1) % FLUSH == 0 {
-            for (j, a) in acc.iter_mut().enumerate() {
-                s[j % 3] += u64::from(std::mem::take(a));
+    let (body, rest) = px.as_chunks::<LANES>();
+    for part in body.chunks(FLUSH) {
+        let mut acc = [0u32; LANES];
+        for c in part {
+            for (a, &v) in acc.iter_mut().zip(c) {
+                *a += u32::from(v);
             }
         }
+        for (j, a) in acc.iter().enumerate() {
+            s[j % 3] += u64::from(*a);
+        }
     }
-    for (j, a) in acc.iter().enumerate() {
-        s[j % 3] += u64::from(*a);
-    }
-    for p in body.remainder().chunks_exact(3) {
+    for p in rest.chunks_exact(3) {
         s[0] += u64::from(p[0]);
         s[1] += u64::from(p[1]);
         s[2] += u64::from(p[2]);
@@ -303,7 +308,7 @@ fn copy_classes(input: &Path, out: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::channel_sums;
+    use super::{channel_sums, channel_sums_folding_every};
 
     #[test]
     fn channel_sums_equal_a_plain_count_at_every_length() {
@@ -320,5 +325,10 @@ mod tests {
         }
         let white = vec![255u8; 48 * 1000 + 6];
         assert_eq!(channel_sums(&white), [255 * 16002; 3]);
+        // The lanes folded every few chunks, as they are every 2^24 in a large split.
+        let px: Vec<u8> = (0..48 * 7 + 9).map(|i| (i % 251) as u8).collect();
+        let want = channel_sums_folding_every::<{ 1 << 24 }>(&px);
+        assert_eq!(channel_sums_folding_every::<1>(&px), want);
+        assert_eq!(channel_sums_folding_every::<3>(&px), want);
     }
 }
