@@ -224,8 +224,8 @@ async fn the_dashboard_in_a_real_browser() {
         "xss.toml",
         "extends = \"demo.toml\"\nname = \"xss\"\ndescription = \"<script>window.__pwned = 1</script><img src=x onerror=\\\"window.__pwned = 2\\\">\"\n",
     );
-    // A longer training, watched while it runs: small batches, more epochs (enough that a
-    // slow page load on a loaded machine still finds it running two epochs later).
+    // A longer training, watched while it runs: small batches, more epochs (enough that
+    // the open page still finds it running two epochs after it is let go).
     p.manifest(
         "slow.toml",
         "extends = \"demo.toml\"\nname = \"slow\"\n\n[stages.train]\nepochs = 24\nbatch_size = 4\n",
@@ -556,12 +556,16 @@ async fn the_dashboard_in_a_real_browser() {
 
     // Live: another process trains `slow`; its open page gains epochs with no reload,
     // and when the training ends its stage table turns cached and the stream closes.
-    let mut trainer = p
-        .cmd(&["run", "slow"])
+    // The training is held after its first epoch until the page is open and has drawn
+    // it, so a slow page load cannot miss the training running.
+    let hold = Hold::new();
+    let mut trainer = p.cmd(&["run", "slow"]);
+    hold.on(trainer
+        .env("PIPE_FAULT", "train:epoch1")
+        .env("PIPE_FAULT_SECS", "300")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::null()));
+    let mut trainer = trainer.spawn().unwrap();
     let u = &ui;
     wait_for(120, "slow's first epoch", move || async move {
         let h = u.json("/api/runs/slow/history");
@@ -576,6 +580,7 @@ async fn the_dashboard_in_a_real_browser() {
         (n > 0).then_some(n)
     })
     .await;
+    hold.release();
     let grown = wait_for(
         120,
         "two more epochs on the open page",
