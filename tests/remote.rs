@@ -552,7 +552,6 @@ fn the_server_stopped_in_the_middle_of_a_run_leaves_the_run_to_finish_here() {
             "AWS_ENDPOINT_URL",
             format!("http://127.0.0.1:{}", relay.port),
         )
-        .env("PIPE_FAULT_SECS", "300")
         .stdout(std::process::Stdio::piped()));
     // The first stage ran and its files went up; then the server goes away, and only
     // then does the run go on.

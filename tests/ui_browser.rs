@@ -562,7 +562,6 @@ async fn the_dashboard_in_a_real_browser() {
     let mut trainer = p.cmd(&["run", "slow"]);
     hold.on(trainer
         .env("PIPE_FAULT", "train:epoch1")
-        .env("PIPE_FAULT_SECS", "300")
         .stdout(Stdio::null())
         .stderr(Stdio::null()));
     let mut trainer = trainer.spawn().unwrap();

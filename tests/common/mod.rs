@@ -173,9 +173,11 @@ impl Hold {
         }
     }
 
-    /// `cmd`, held at its fault point until [`Hold::release`] (at most `PIPE_FAULT_SECS`).
+    /// `cmd`, held at its fault point until [`Hold::release`] (at most 300 s, so that a
+    /// test that fails before releasing it leaves no process behind for long).
     pub fn on<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
         cmd.env("PIPE_FAULT_RELEASE", self.dir.path().join("release"))
+            .env("PIPE_FAULT_SECS", "300")
     }
 
     /// Let the held process go on.
