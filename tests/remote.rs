@@ -711,7 +711,18 @@ fn webdav() -> Option<WebDav> {
         .local_addr()
         .unwrap()
         .port();
+    // A body that ends short of its length (a file rewritten in place while it is
+    // served) holds the client until the server's socket timeout: 1 s, not cheroot's 10.
+    // Symbolic links are followed (a test links a file to /dev/null).
+    let config = root.path().join("wsgidav.yaml");
+    std::fs::write(
+        &config,
+        "server_args:\n  timeout: 1\nfs_dav_provider:\n  follow_symlinks: true\n",
+    )
+    .unwrap();
     let child = Command::new(&bin)
+        .arg("--config")
+        .arg(&config)
         .args([
             "--host",
             "127.0.0.1",
@@ -828,4 +839,84 @@ fn a_webdav_remote_shares_stages_and_its_damage_is_found() {
     let st: BTreeMap<String, String> = states(&rc).into_iter().collect();
     assert_eq!(st["train"], "ran", "{said}");
     assert_eq!(st["hdf5"], "fetched", "{said}");
+}
+
+/// Machines pushing one stage at once to a WebDAV server, each with a key record and a
+/// manifest of its own (its `seconds`, its summary, its `timings.json`). WsgiDAV writes a
+/// PUT in place, so two at once can leave one machine's record followed by the tail of
+/// another's, and both PUTs succeed. Each pusher reads back what it wrote and writes it
+/// again until it reads whole: after the race, the key and its manifest read, and fetch.
+#[test]
+fn machines_pushing_one_key_to_webdav_at_once_leave_its_records_whole() {
+    use pipe::engine::remote::{Remote, RemoteConfig};
+    use pipe::engine::store::KeyRecord;
+    use pipe::ids::{ContentHash, StageKey};
+    let Some(dav) = webdav() else { return };
+    let cfg = RemoteConfig {
+        url: Some(format!("{}/race", dav.url)),
+        ..Default::default()
+    };
+    const MACHINES: usize = 6;
+    // Each machine's artifact: the same content, a record file of its own size.
+    let arts: Vec<tempfile::TempDir> = (0..MACHINES)
+        .map(|i| {
+            let d = tempfile::tempdir().unwrap();
+            std::fs::write(d.path().join("model.safetensors"), [7u8; 1000]).unwrap();
+            std::fs::write(d.path().join("timings.json"), vec![b' '; 1 + 997 * i]).unwrap();
+            d
+        })
+        .collect();
+    let output = ContentHash::new("ab".repeat(32));
+    let record = |key: &StageKey, i: usize| KeyRecord {
+        key: key.clone(),
+        kind: pipe::manifest::model::StageKind::Train,
+        stage: "train".into(),
+        output: output.clone(),
+        // Records of very different lengths: a torn one never reads.
+        summary: "s".repeat(1 + 60_000 * i),
+        seconds: i as f64,
+    };
+    for round in 0..12u8 {
+        let key = StageKey::new(format!("{round:02x}").repeat(32));
+        let start = std::sync::Barrier::new(MACHINES);
+        std::thread::scope(|s| {
+            for (i, art) in arts.iter().enumerate() {
+                let (cfg, start, rec) = (&cfg, &start, record(&key, i));
+                s.spawn(move || {
+                    let remote = Remote::open(cfg).unwrap();
+                    start.wait();
+                    remote.push_artifact(&rec, art.path(), &|| {}).unwrap();
+                });
+            }
+        });
+        let on_disk = |rel: String| std::fs::read(dav.root.path().join("race").join(rel)).unwrap();
+        let rec: KeyRecord = serde_json::from_slice(&on_disk(format!("keys/{key}.json")))
+            .unwrap_or_else(|e| panic!("round {round}: the key record is torn: {e}"));
+        assert_eq!(rec.key, key);
+        let m: pipe::engine::remote::Manifest =
+            serde_json::from_slice(&on_disk(format!("sealed/{output}.json")))
+                .unwrap_or_else(|e| panic!("round {round}: the manifest is torn: {e}"));
+        assert_eq!(m.output, output);
+        let into = tempfile::tempdir().unwrap();
+        let got = Remote::open(&cfg)
+            .unwrap()
+            .fetch(&key, into.path())
+            .unwrap();
+        assert!(got.is_some(), "round {round}");
+        assert_eq!(
+            std::fs::read(into.path().join("model.safetensors")).unwrap(),
+            [7u8; 1000]
+        );
+    }
+    // A server that keeps no record it is sent (here the key's file is /dev/null on its
+    // disk): the push fails and says why, rather than leave a key that does not read.
+    let key = StageKey::new("ee".repeat(32));
+    let null = dav.root.path().join(format!("race/keys/{key}.json"));
+    std::os::unix::fs::symlink("/dev/null", null).unwrap();
+    let remote = Remote::open(&cfg).unwrap();
+    let e = remote
+        .push_artifact(&record(&key, 1), arts[1].path(), &|| {})
+        .unwrap_err();
+    assert!(e.to_string().contains("did not read back whole"), "{e}");
+    assert!(e.to_string().contains(&format!("keys/{key}.json")), "{e}");
 }

@@ -198,8 +198,9 @@ pub struct Remote {
     /// Uploads at once: [`AT_ONCE`], or one for WebDAV (two uploads into one new folder
     /// would both create it, and the second `MKCOL` is refused).
     uploads_at_once: usize,
-    /// Whether large files go up in parts (not over WebDAV, which has no such thing).
-    multipart: bool,
+    /// Whether it is a WebDAV server: large files go up whole (there are no parts), and
+    /// a PUT is written in place, so two at once to one path can tear it.
+    webdav: bool,
 }
 
 impl std::fmt::Debug for Remote {
@@ -366,7 +367,7 @@ impl Remote {
                 "http" | "https" => 1,
                 _ => AT_ONCE,
             },
-            multipart: !matches!(url.scheme(), "http" | "https"),
+            webdav: matches!(url.scheme(), "http" | "https"),
         })
     }
 
@@ -453,19 +454,31 @@ impl Remote {
         }
     }
 
-    /// One object's bytes, or `None` when it is not there.
+    /// One object's bytes, or `None` when it is not there. Over WebDAV, a body that ends
+    /// short of its length is read again, twice at most, after a pause: another machine
+    /// is rewriting the object in place this moment (the server sent the old length).
     fn get_opt(&self, rel: &str) -> Result<Option<bytes::Bytes>, RemoteError> {
         self.guard()?;
-        self.requests.fetch_add(1, Ordering::Relaxed);
         let path = self.path(rel);
-        let r = self.rt.block_on(async {
-            match self.store.get(&path).await {
-                Ok(g) => g.bytes().await.map(Some),
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(e),
+        let mut tries = 0;
+        loop {
+            self.requests.fetch_add(1, Ordering::Relaxed);
+            let got = self.rt.block_on(async {
+                match self.store.get(&path).await {
+                    Ok(g) => Ok(g.bytes().await.map(Some)),
+                    Err(object_store::Error::NotFound { .. }) => Ok(Ok(None)),
+                    Err(e) => Err(e),
+                }
+            });
+            match got {
+                Ok(Ok(bytes)) => return Ok(bytes),
+                Ok(Err(_)) if self.webdav && tries < 2 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(250 * tries));
+                }
+                Ok(Err(e)) | Err(e) => return Err(self.error(&format!("reading {rel}"), e)),
             }
-        });
-        r.map_err(|e| self.error(&format!("reading {rel}"), e))
+        }
     }
 
     /// Whether an object is there.
@@ -485,9 +498,7 @@ impl Remote {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let path = self.path(rel);
         self.rt
-            .block_on(self.store.put(&path, PutPayload::from(bytes)))
-            .map(|_| ())
-            .map_err(|e| self.error(&format!("writing {rel}"), e))
+            .block_on(self.put_whole(&path, rel, PutPayload::from(bytes)))
     }
 
     /// One JSON object (`what` it is, for errors), or `None` when it is not there. One
@@ -615,9 +626,10 @@ impl Remote {
     }
 
     /// One file of an artifact, checked as it arrives. A file that does not match its
-    /// manifest is read again, twice at most, after a pause: another machine pushing the
-    /// same key may be rewriting it this moment (the same bytes: names are content
-    /// hashes), which a WebDAV server shows half-written. Still wrong after that: refused.
+    /// manifest, or (over WebDAV) whose body ends short, is read again, twice at most,
+    /// after a pause: another machine pushing the same key may be rewriting it this
+    /// moment (the same bytes: names are content hashes), which a WebDAV server shows
+    /// half-written. Still wrong after that: refused.
     async fn download_file(
         &self,
         output: &ContentHash,
@@ -666,11 +678,16 @@ impl Remote {
         let mut hasher = blake3::Hasher::new();
         let mut size = 0u64;
         let mut stream = got.into_stream();
-        while let Some(chunk) = stream
-            .try_next()
-            .await
-            .map_err(|e| self.error(&format!("reading {rel}"), e))?
-        {
+        let cut = |e: object_store::Error| match self.webdav {
+            // Another machine rewriting it in place this moment: read again.
+            true => RemoteError::Refused(format!(
+                "{}/{rel} is damaged: its body ended short ({})",
+                self.url,
+                short(&scrub(&e.to_string(), &self.secrets))
+            )),
+            false => self.error(&format!("reading {rel}"), e),
+        };
+        while let Some(chunk) = stream.try_next().await.map_err(cut)? {
             size += chunk.len() as u64;
             if size > f.size {
                 break;
@@ -694,8 +711,9 @@ impl Remote {
     }
 
     /// Upload artifact `dir` as what `rec` says (`rec.output`) unless its key is there
-    /// already: every file, then its manifest, then the key record. Idempotent: the
-    /// names are content-addressed, so a second upload of one key writes the same bytes.
+    /// already, readable and with its manifest: every file, then its manifest, then the
+    /// key record. Idempotent: the names are content-addressed, so a second upload of one
+    /// key writes the same bytes.
     /// `files_sent` is called between the files and the manifest (a test's fault point).
     pub fn push_artifact(
         &self,
@@ -703,10 +721,22 @@ impl Remote {
         dir: &Path,
         files_sent: &dyn Fn(),
     ) -> Result<Pushed, RemoteError> {
-        let key_rel = format!("keys/{}.json", rec.key);
-        if self.exists(&key_rel)? {
+        // There and readable, with its manifest: nothing to send. A key record or a
+        // manifest that does not read (damaged, or torn by an older pipe over WebDAV), or a
+        // key without its manifest, is written again: the next push mends the remote.
+        let sound = match self.lookup(&rec.key) {
+            Ok(Some(there)) => match self.manifest(&there.output) {
+                Ok(found) => found.is_some(),
+                Err(RemoteError::Refused(_)) => false,
+                Err(e) => return Err(e),
+            },
+            Ok(None) | Err(RemoteError::Refused(_)) => false,
+            Err(e) => return Err(e),
+        };
+        if sound {
             return Ok(Pushed::There);
         }
+        let key_rel = format!("keys/{}.json", rec.key);
         let t = Instant::now();
         let m = manifest_of(dir, &rec.output).map_err(|e| RemoteError::Other {
             url: self.url.clone(),
@@ -720,16 +750,53 @@ impl Remote {
         );
         results.into_iter().collect::<Result<(), _>>()?;
         files_sent();
-        let json = |e: serde_json::Error| RemoteError::Other {
+        self.put_record(
+            &format!("sealed/{}.json", rec.output),
+            &m,
+            |back: &Manifest| back.output == rec.output,
+        )?;
+        self.put_record(&key_rel, rec, |back: &KeyRecord| back.key == rec.key)?;
+        Ok(Pushed::Sent(m.bytes(), t.elapsed().as_secs_f64()))
+    }
+
+    /// PUT a record that other machines pushing the same key may be writing this moment
+    /// with other bytes: a key record (their `seconds`, their summary) or a manifest
+    /// (their `timings.json`). Any one machine's record is right; a torn one is not. A
+    /// WebDAV server writes a PUT in place, so two at once can leave one record followed
+    /// by the tail of a longer one, and both PUTs succeed. There it is read back, and
+    /// written again after a random pause until it parses and is `sound` (any machine's
+    /// record of this key): whoever wrote last reads the result after its own write, so
+    /// a torn record is always seen by a writer still trying. Other stores replace an
+    /// object whole.
+    fn put_record<T: Serialize + serde::de::DeserializeOwned>(
+        &self,
+        rel: &str,
+        record: &T,
+        sound: impl Fn(&T) -> bool,
+    ) -> Result<(), RemoteError> {
+        const TRIES: u64 = 8;
+        let bytes = serde_json::to_vec(record).map_err(|e| RemoteError::Other {
             url: self.url.clone(),
             why: e.to_string(),
-        };
-        self.put(
-            &format!("sealed/{}.json", rec.output),
-            serde_json::to_vec(&m).map_err(json)?,
-        )?;
-        self.put(&key_rel, serde_json::to_vec(rec).map_err(json)?)?;
-        Ok(Pushed::Sent(m.bytes(), t.elapsed().as_secs_f64()))
+        })?;
+        for t in 1..=TRIES {
+            self.put(rel, bytes.clone())?;
+            if !self.webdav {
+                return Ok(());
+            }
+            let back = self.get_opt(rel)?;
+            if back.is_some_and(|b| serde_json::from_slice(&b).is_ok_and(|r| sound(&r))) {
+                return Ok(());
+            }
+            let pause = rand::random_range(20..=100 * t);
+            std::thread::sleep(Duration::from_millis(pause));
+        }
+        Err(RemoteError::Other {
+            url: self.url.clone(),
+            why: format!(
+                "{rel} did not read back whole after {TRIES} writes (other machines writing it at the same moment each time)"
+            ),
+        })
     }
 
     /// One PUT of `payload` to `path` (`rel` in messages). Over WebDAV, again when making
@@ -746,7 +813,7 @@ impl Remote {
         loop {
             match self.store.put(path, payload.clone()).await {
                 Ok(_) => return Ok(()),
-                Err(e) if tries > 1 && !self.multipart && e.to_string().contains("MKCOL") => {
+                Err(e) if tries > 1 && self.webdav && e.to_string().contains("MKCOL") => {
                     tries -= 1;
                 }
                 Err(e) => return Err(self.error(&format!("writing {rel}"), e)),
@@ -772,7 +839,7 @@ impl Remote {
             let bytes = std::fs::read(&from).map_err(local)?;
             return self.put_whole(&path, &rel, PutPayload::from(bytes)).await;
         }
-        if !self.multipart {
+        if self.webdav {
             // WebDAV has no multipart upload: one PUT of the whole file, mapped rather
             // than read into memory.
             let file = std::fs::File::open(&from).map_err(local)?;
@@ -1147,9 +1214,32 @@ mod tests {
         let e = r.fetch(&key, &dir.path().join("into2")).unwrap_err();
         assert!(matches!(e, RemoteError::Refused(_)), "{e}");
         assert!(e.to_string().contains("a.txt is damaged"), "{e}");
-        // A key whose manifest is gone (an upload that stopped before it): refused.
-        std::fs::remove_file(remote_dir.join(format!("sealed/{output}.json"))).unwrap();
+        // A key whose manifest is gone (an upload that stopped before it): refused, and
+        // the next push of the key sends it again.
+        let sealed = remote_dir.join(format!("sealed/{output}.json"));
+        std::fs::remove_file(&sealed).unwrap();
         let e = r.fetch(&key, &dir.path().join("into3")).unwrap_err();
         assert!(e.to_string().contains("manifest"), "{e}");
+        std::fs::write(&stored, b"alpha").unwrap();
+        assert!(matches!(
+            r.push_artifact(&rec, &art, &|| {}).unwrap(),
+            Pushed::Sent(1005, _)
+        ));
+        assert!(r.fetch(&key, &dir.path().join("into4")).unwrap().is_some());
+        // A key record or a manifest that does not read: refused, and mended by a push.
+        for damaged in [remote_dir.join(format!("keys/{key}.json")), sealed] {
+            let whole = std::fs::read(&damaged).unwrap();
+            std::fs::write(&damaged, [&whole[..], b"}\"x\""].concat()).unwrap();
+            let e = r.fetch(&key, &dir.path().join("into5")).unwrap_err();
+            assert!(matches!(e, RemoteError::Refused(_)), "{e}");
+            assert!(e.to_string().contains("does not read"), "{e}");
+            assert!(matches!(
+                r.push_artifact(&rec, &art, &|| {}).unwrap(),
+                Pushed::Sent(1005, _)
+            ));
+            assert_eq!(std::fs::read(&damaged).unwrap(), whole);
+            let _ = std::fs::remove_dir_all(dir.path().join("into5"));
+        }
+        assert_eq!(r.push_artifact(&rec, &art, &|| {}).unwrap(), Pushed::There);
     }
 }
