@@ -174,6 +174,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Keep the kernel's file events over the dataset folders that runs ask about, so a
+    /// run where nothing changed need not look at each file (Linux; until stopped)
+    Watch,
     /// Remove what no manifest of the store's projects uses, and damaged artifacts (prints the list first)
     Gc {
         /// The folder of the manifests that use the store (default: the projects the store
@@ -746,6 +749,7 @@ fn dispatch(g: Global, cmd: Cmd) -> anyhow::Result<()> {
             sets,
             json,
         } => commands::graph(&g, &pipeline, &sets, network.as_deref(), json),
+        Cmd::Watch => commands::watch(&g),
         Cmd::Gc {
             pipelines,
             dry_run,

@@ -18,6 +18,7 @@ mod show;
 mod status;
 mod ui;
 mod verify;
+mod watch;
 
 use std::path::PathBuf;
 
@@ -47,6 +48,7 @@ pub use show::{show, ShowFormat};
 pub use status::status;
 pub use ui::ui;
 pub use verify::verify;
+pub use watch::watch;
 
 /// Options shared by every verb.
 #[derive(Debug, Clone, Default)]

@@ -3,6 +3,9 @@
 //! A folder's fingerprint is the BLAKE3 of every file's relative path and content hash.
 //! Hashing 120,000 JPEGs on every run would take seconds, so each file's hash is cached
 //! under (size, mtime in ns, inode): an unchanged tree costs one parallel `stat` walk.
+//! Where `pipe watch` serves the store and has seen no event in the folder since the last
+//! fingerprint (the same token, see [`super::fswatch`]), not even that: the last
+//! fingerprint is taken as it is, and the folder is walked only when a stage reads it.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -25,6 +28,21 @@ pub struct TreeFingerprint {
     pub files: Vec<(String, [u8; 32])>,
     /// How many files had to be read (not found in the stat cache).
     pub hashed: usize,
+    /// How many files there are (`files.len()` once walked).
+    pub count: usize,
+    /// Taken from the last fingerprint on the watcher's word, with no walk: `files` is
+    /// empty until [`fingerprint_walk`] lists them.
+    pub vouched: bool,
+    /// Why `pipe watch`, serving this store, does not vouch for the folder.
+    pub watch_refused: Option<String>,
+}
+
+/// `statcache/<id>.watch`: the fingerprint taken after the watcher gave `token`.
+#[derive(Serialize, Deserialize)]
+struct Vouch {
+    token: String,
+    hash: String,
+    files: usize,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -186,6 +204,16 @@ fn cache_file(store: &Store, root: &Path) -> PathBuf {
         .join(format!("{}.bin", &id[..32]))
 }
 
+fn vouch_file(store: &Store, root: &Path) -> PathBuf {
+    cache_file(store, root).with_extension("watch")
+}
+
+/// Forget the fingerprint of `root` that the watcher vouches for: it changed with no event
+/// the watcher saw (a write through a memory mapping), so the next run walks it.
+pub fn distrust(store: &Store, root: &Path) {
+    let _ = fs::remove_file(vouch_file(store, root));
+}
+
 /// Forget what the stat cache of `root` says of `file` (a path below it): the next
 /// fingerprint reads it again. For a file whose bytes changed while its size, time and
 /// inode did not.
@@ -198,6 +226,7 @@ pub fn forget(store: &Store, root: &Path, file: &Path) -> Result<()> {
         return Ok(());
     };
     let rel = rel.to_string_lossy().replace('\\', "/");
+    distrust(store, &root);
     let cpath = cache_file(store, &root);
     let Ok(bytes) = fs::read(&cpath) else {
         return Ok(());
@@ -209,15 +238,65 @@ pub fn forget(store: &Store, root: &Path, file: &Path) -> Result<()> {
     write_atomic(&cpath, &postcard::to_stdvec(&entries)?)
 }
 
-/// Fingerprint `root`, reading only files the stat cache does not vouch for (`rehash`:
-/// reading every file, as `--force` of the stage that reads it asks).
-pub fn fingerprint_tree(store: &Store, root: &Path, rehash: bool) -> Result<TreeFingerprint> {
+/// The canonical path of dataset folder `root`, which must be a folder.
+fn dataset_root(root: &Path) -> Result<PathBuf> {
     let root = root
         .canonicalize()
         .with_context(|| format!("dataset folder {} does not exist", root.display()))?;
     if !root.is_dir() {
         anyhow::bail!("dataset root {} is not a directory", root.display());
     }
+    Ok(root)
+}
+
+/// Fingerprint `root`: the last fingerprint as it is where the store's watcher has seen
+/// nothing happen in the folder since it was taken (then `vouched`, and no file listed);
+/// else a walk, reading only files the stat cache does not vouch for (`rehash`: reading
+/// every file, as `--force` of the stage that reads it asks).
+pub fn fingerprint_tree(store: &Store, root: &Path, rehash: bool) -> Result<TreeFingerprint> {
+    let root = dataset_root(root)?;
+    // Asked before the walk: an event during it changes the token the next run sees.
+    let answer = super::fswatch::ask(store.root(), &root);
+    let vouch = vouch_file(store, &root);
+    if let (false, super::fswatch::Answer::Token(token)) = (rehash, &answer) {
+        let last = fs::read(&vouch)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Vouch>(&b).ok());
+        if let Some(v) = last.filter(|v| v.token == *token && crate::ids::is_hash(&v.hash)) {
+            return Ok(TreeFingerprint {
+                root,
+                hash: v.hash,
+                files: Vec::new(),
+                hashed: 0,
+                count: v.files,
+                vouched: true,
+                watch_refused: None,
+            });
+        }
+    }
+    let mut fp = fingerprint_walk(store, &root, rehash)?;
+    match answer {
+        super::fswatch::Answer::Token(token) if !store.is_read_only() => {
+            let v = Vouch {
+                token,
+                hash: fp.hash.clone(),
+                files: fp.count,
+            };
+            // An optimisation, as the stat cache is: failing to write it is no error.
+            if let Ok(bytes) = serde_json::to_vec(&v) {
+                let _ = write_atomic(&vouch, &bytes);
+            }
+        }
+        super::fswatch::Answer::Refused(why) => fp.watch_refused = Some(why),
+        _ => {}
+    }
+    Ok(fp)
+}
+
+/// Fingerprint `root` by walking it, reading only files the stat cache does not vouch
+/// for (`rehash`: every file), whatever a watcher says.
+pub fn fingerprint_walk(store: &Store, root: &Path, rehash: bool) -> Result<TreeFingerprint> {
+    let root = dataset_root(root)?;
     let found = walk(&root, "")?;
     let mut stats = Vec::with_capacity(found.iter().map(Found::files).sum());
     let mut empty = Vec::new();
@@ -330,6 +409,7 @@ pub fn fingerprint_tree(store: &Store, root: &Path, rehash: bool) -> Result<Tree
             let _ = write_atomic(&cpath, &bytes);
         }
     }
+    let stats_len = stats.len();
     let files = stats
         .into_iter()
         .zip(hashes)
@@ -338,8 +418,11 @@ pub fn fingerprint_tree(store: &Store, root: &Path, rehash: bool) -> Result<Tree
     Ok(TreeFingerprint {
         root,
         hash: h.finalize().to_hex().to_string(),
+        count: stats_len,
         files,
         hashed,
+        vouched: false,
+        watch_refused: None,
     })
 }
 

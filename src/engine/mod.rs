@@ -16,6 +16,7 @@ pub mod decide;
 pub mod estimate;
 pub mod executor;
 pub mod fingerprint;
+pub mod fswatch;
 pub mod gc;
 pub mod integrity;
 pub mod journal;
@@ -454,6 +455,19 @@ impl Engine {
         if !self.fingerprints.contains_key(root) {
             let t = Instant::now();
             let fp = fingerprint_tree(&self.store, root, rehash)?;
+            if fp.vouched {
+                self.note(format!(
+                    "dataset {}: {} files, no change since the last run (pipe watch)",
+                    fp.root.display(),
+                    fp.count
+                ));
+            }
+            if let Some(why) = &fp.watch_refused {
+                self.note(format!(
+                    "dataset {}: pipe watch does not vouch for it ({why}); every file was looked at",
+                    fp.root.display()
+                ));
+            }
             if fp.hashed > 0 {
                 self.note(format!(
                     "dataset {}: {} files, {} hashed (not in the stat cache) in {:.1}s",
@@ -466,6 +480,25 @@ impl Engine {
             self.fingerprints.insert(root.to_path_buf(), fp);
         }
         Ok(&self.fingerprints[root])
+    }
+
+    /// Make sure the fingerprint of dataset folder `root` lists its files, for a stage that
+    /// reads them: one the watcher vouched for is walked now, and must be what the run
+    /// decided on.
+    fn dataset_files(&mut self, root: &Path) -> Result<()> {
+        let Some(fp) = self.fingerprints.get(root).filter(|f| f.vouched) else {
+            return Ok(());
+        };
+        let walked = fingerprint::fingerprint_walk(&self.store, root, false)?;
+        if walked.hash != fp.hash {
+            fingerprint::distrust(&self.store, root);
+            anyhow::bail!(
+                "dataset folder {} changed with no event that `pipe watch` saw (a write through a memory mapping, or a file system mounted inside it?): this run decided on its earlier content; run again",
+                root.display()
+            );
+        }
+        self.fingerprints.insert(root.to_path_buf(), walked);
+        Ok(())
     }
 
     /// Run a pipeline: every stage whose key is not in the store, in dependency order
@@ -683,6 +716,12 @@ impl Engine {
                 return Ok(made);
             }
         }
+        if let Some(root) = stages::external_root(p, s) {
+            if let Err(e) = self.dataset_files(&root) {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(e.context(format!("stage `{name}` ({kind})")));
+            }
+        }
         let scratch = self.store.scratch_dir(&r.key)?;
         let started = Instant::now();
         let inputs: Vec<(String, PathBuf)> = s
@@ -741,7 +780,7 @@ impl Engine {
             .collect();
         let files = stages::external_root(p, s)
             .and_then(|root| self.fingerprints.get(&root))
-            .map(|f| f.files.len());
+            .map(|f| f.count);
         // A resumed training ran only part of its epochs: its time is no rate to go by.
         if let Some((images, epochs)) = estimate::units(p, name, &dirs, files).filter(|_| !resumed)
         {

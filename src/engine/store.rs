@@ -14,6 +14,7 @@
 //!   checked before the artifact is used (`engine::integrity`).
 //! - `damaged/`: artifacts found damaged, moved aside until `pipe gc` deletes them.
 //! - `lock`: `flock`ed by the process writing the store; holds its pid and command.
+//! - `watch.lock`, `watch.sock`: held and answered on by `pipe watch` (`engine::fswatch`).
 //! - `projects.json`: the manifest folders (and their projects) whose pipelines have run
 //!   against this store (where `pipe gc` finds the manifests that still use it).
 

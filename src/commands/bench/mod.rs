@@ -130,6 +130,20 @@ impl Pipe {
         self.run_with(args, &[])
     }
 
+    /// Run `pipe ARGS` to the end: (seconds, what it said on stderr).
+    fn run_noted(&self, args: &[&str]) -> Result<(f64, String)> {
+        let t = Instant::now();
+        let out = self.command(args).output()?;
+        let secs = t.elapsed().as_secs_f64();
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        anyhow::ensure!(
+            out.status.success(),
+            "`pipe {}` failed: {said}",
+            args.join(" ")
+        );
+        Ok((secs, said))
+    }
+
     /// [`Pipe::run`] with variables `env` set for it.
     fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> Result<(f64, Vec<u8>)> {
         let mut c = self.command(args);

@@ -1,0 +1,515 @@
+//! `pipe watch`: a process that holds the kernel's file events (inotify) over the dataset
+//! folders that runs ask about, so that a run can trust its last fingerprint of a folder
+//! in which nothing happened since, without a `stat` of each of its files.
+//!
+//! - A run asks the watcher for a **token** of a folder ([`ask`]) before it fingerprints
+//!   it, and writes the token beside the fingerprint (`statcache/<id>.watch`, see
+//!   `fingerprint.rs`). The next run asks again: the same token means that no event
+//!   happened in the folder since the first asked, so the fingerprint still holds.
+//! - A token is `<watcher>.<epoch>.<events>`: which watcher process, which set of watches
+//!   over the folder, and how many reads of events it has had since they were made. Any
+//!   event bumps it. The watcher reads every queued event before it answers, and the
+//!   kernel queues an event before the call that caused it returns, so every change made
+//!   before a run asks is counted.
+//! - Watched: every folder below the root (a watch on a folder sees each change made to
+//!   its entries through it); each file with more than one hard link, and each symbolic
+//!   link's target and the folders of its hops (a change through another path). An
+//!   entry created or moved in, a watched folder deleted or moved, or the kernel's queue
+//!   overflowing, rebuilds the watches before the next token: a new epoch.
+//! - A folder is vouched for only on a local file system (ext4, XFS, Btrfs, tmpfs, ZFS,
+//!   F2FS, overlayfs). NFS, SMB, FUSE and the like see changes made by other machines,
+//!   which raise no event here: there the runs stat every file, as without a watcher.
+//! - Not seen, as by every inotify watcher (git's fsmonitor, watchman): writes through a
+//!   memory mapping, and a file system mounted over a folder inside the root. A stage
+//!   that reads a dataset re-walks it first and fails if it differs from what the run
+//!   decided on (see `Engine::dataset_files`).
+//!
+//! The watcher never writes to the store: it answers on a Unix socket in it
+//! ([`socket_path`]) and holds `watch.lock` while it serves.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use inotify::{EventMask, Inotify, WatchMask};
+use serde::{Deserialize, Serialize};
+
+/// The socket a store's watcher answers on: `watch.sock` in the store, or, where that
+/// path is too long for a Unix socket (108 bytes), one named by its hash in the system's
+/// temporary folder.
+pub fn socket_path(store_root: &Path) -> PathBuf {
+    let inside = store_root.join("watch.sock");
+    if inside.as_os_str().len() < 100 {
+        return inside;
+    }
+    // Named by the store's canonical path: every spelling of it finds the one socket.
+    let store = store_root
+        .canonicalize()
+        .unwrap_or_else(|_| store_root.to_path_buf());
+    let id = blake3::hash(store.as_os_str().as_encoded_bytes()).to_hex();
+    std::env::temp_dir().join(format!("pipe-watch-{}.sock", &id[..24]))
+}
+
+#[derive(Serialize, Deserialize)]
+struct Request {
+    root: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Reply {
+    /// The folder's token now.
+    Token(String),
+    /// Why the watcher does not vouch for the folder.
+    Refused(String),
+}
+
+/// What the store's watcher says of folder `root` (canonical).
+#[derive(Debug, PartialEq)]
+pub enum Answer {
+    /// No watcher answers for this store (none started, or it has stopped).
+    NoWatcher,
+    /// Its token for the folder now.
+    Token(String),
+    /// It does not vouch for the folder, and why (a network file system, too many folders).
+    Refused(String),
+}
+
+/// Ask the watcher of the store at `store_root` for the token of folder `root` (a
+/// canonical path). Anything that goes wrong on the way is [`Answer::NoWatcher`]: the run
+/// then stats every file, as it would without one.
+pub fn ask(store_root: &Path, root: &Path) -> Answer {
+    let sock = socket_path(store_root);
+    // Only a watcher of this user is believed: another could answer with tokens that make
+    // a run trust a folder that changed.
+    // SAFETY: `geteuid` reads the process's user id; it cannot fail.
+    let me = unsafe { libc::geteuid() };
+    match std::fs::symlink_metadata(&sock) {
+        Ok(m) if m.uid() == me => {}
+        _ => return Answer::NoWatcher,
+    }
+    let Some(root) = root.to_str() else {
+        return Answer::Refused("its path is not UTF-8".into());
+    };
+    let ask = || -> std::io::Result<Reply> {
+        let mut s = UnixStream::connect(&sock)?;
+        // A first request for a big folder waits while its watches are made.
+        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        s.set_write_timeout(Some(Duration::from_secs(5)))?;
+        let mut line = serde_json::to_vec(&Request { root: root.into() })?;
+        line.push(b'\n');
+        s.write_all(&line)?;
+        let mut reply = String::new();
+        BufReader::new(s).read_line(&mut reply)?;
+        Ok(serde_json::from_str(&reply)?)
+    };
+    match ask() {
+        Ok(Reply::Token(t)) => Answer::Token(t),
+        Ok(Reply::Refused(why)) => Answer::Refused(why),
+        Err(_) => Answer::NoWatcher,
+    }
+}
+
+/// What a watch on a folder reports.
+fn folder_mask() -> WatchMask {
+    WatchMask::MODIFY
+        | WatchMask::ATTRIB
+        | WatchMask::CLOSE_WRITE
+        | WatchMask::CREATE
+        | WatchMask::DELETE
+        | WatchMask::MOVED_FROM
+        | WatchMask::MOVED_TO
+        | WatchMask::DELETE_SELF
+        | WatchMask::MOVE_SELF
+        | WatchMask::ONLYDIR
+}
+
+/// What a watch on one file (a hard link, a link's target) reports.
+fn file_mask() -> WatchMask {
+    WatchMask::MODIFY
+        | WatchMask::ATTRIB
+        | WatchMask::CLOSE_WRITE
+        | WatchMask::DELETE_SELF
+        | WatchMask::MOVE_SELF
+}
+
+/// Events after which the watches may no longer cover the folder: rebuilt before the
+/// next token.
+fn structural() -> EventMask {
+    EventMask::CREATE
+        | EventMask::MOVED_TO
+        | EventMask::DELETE_SELF
+        | EventMask::MOVE_SELF
+        | EventMask::IGNORED
+        | EventMask::Q_OVERFLOW
+        | EventMask::UNMOUNT
+}
+
+/// File systems whose every change raises an event on this machine.
+fn local_fs(path: &Path) -> Result<(), String> {
+    const LOCAL: &[(i64, &str)] = &[
+        (0xEF53, "ext4"),
+        (0x5846_5342, "xfs"),
+        (0x9123_683E, "btrfs"),
+        (0x0102_1994, "tmpfs"),
+        (0x2FC1_2FC1, "zfs"),
+        (0xF2F5_2010, "f2fs"),
+        (0x794C_7630, "overlayfs"),
+    ];
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| "a NUL in its path".to_string())?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a writable `statfs` the call fills.
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    if rc != 0 {
+        return Err(format!("statfs: {}", std::io::Error::last_os_error()));
+    }
+    #[allow(clippy::unnecessary_cast)] // `f_type`'s type differs between targets
+    let kind = st.f_type as i64;
+    match LOCAL.iter().find(|(k, _)| *k == kind) {
+        Some(_) => Ok(()),
+        None => Err(format!(
+            "{} is on a file system of type {kind:#x}, not a local one (ext4, xfs, btrfs, tmpfs, zfs, f2fs, overlayfs): changes made elsewhere raise no event here",
+            path.display()
+        )),
+    }
+}
+
+/// One folder's watches.
+struct Watched {
+    /// One inotify instance per folder: rebuilding drops it whole.
+    inotify: Inotify,
+    /// The folder's (device, inode) when watched: the path must still name it.
+    id: (u64, u64),
+    epoch: u64,
+    events: u64,
+    rebuild: bool,
+    refused: Option<String>,
+    folders: usize,
+    files: usize,
+}
+
+/// Most watches on one folder: beyond it, the folder is refused (its runs stat).
+const MAX_WATCHES: usize = 1 << 20;
+
+impl Watched {
+    /// Watch `root`: each folder (a watch is made before the folder is read, so that a
+    /// change after the listing raises an event), each hard-linked file, and each link.
+    fn build(root: &Path, epoch: u64) -> Result<Watched> {
+        let inotify = Inotify::init().context("inotify_init")?;
+        let md = std::fs::metadata(root).with_context(|| format!("{}", root.display()))?;
+        let mut w = Watched {
+            inotify,
+            id: (md.dev(), md.ino()),
+            epoch,
+            events: 0,
+            rebuild: false,
+            refused: None,
+            folders: 0,
+            files: 0,
+        };
+        if let Err(why) = w.add_tree(root, md.dev()) {
+            w.refused = Some(why);
+        }
+        Ok(w)
+    }
+
+    fn add_tree(&mut self, root: &Path, dev: u64) -> Result<(), String> {
+        local_fs(root)?;
+        let mut seen: std::collections::HashSet<(u64, u64)> = Default::default();
+        let mut todo: Vec<PathBuf> = vec![root.to_path_buf()];
+        while let Some(dir) = todo.pop() {
+            let md = std::fs::metadata(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            if !seen.insert((md.dev(), md.ino())) {
+                continue;
+            }
+            if md.dev() != dev {
+                local_fs(&dir)?;
+            }
+            self.add(&dir, folder_mask())?;
+            self.folders += 1;
+            let list = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            for e in list {
+                let e = e.map_err(|e| format!("{}: {e}", dir.display()))?;
+                let path = e.path();
+                let Ok(t) = e.file_type() else { continue };
+                if t.is_dir() {
+                    todo.push(path);
+                } else if t.is_symlink() {
+                    self.add_link(&path)?;
+                    if path.is_dir() {
+                        todo.push(path);
+                    }
+                } else if t.is_file() {
+                    // Another name for the file elsewhere changes it with no event here.
+                    if e.metadata().is_ok_and(|m| m.nlink() > 1) {
+                        self.add(&path, file_mask())?;
+                        self.files += 1;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A symbolic link: the folder of each hop and the final target.
+    fn add_link(&mut self, link: &Path) -> Result<(), String> {
+        let mut at = link.to_path_buf();
+        for _ in 0..40 {
+            let Ok(next) = std::fs::read_link(&at) else {
+                break;
+            };
+            at = match at.parent() {
+                Some(dir) => dir.join(next),
+                None => next,
+            };
+            if let Some(dir) = at.parent().filter(|d| d.is_dir()) {
+                self.add(dir, folder_mask())?;
+            }
+        }
+        if at.is_file() {
+            self.add(&at, file_mask())?;
+            self.files += 1;
+        }
+        Ok(())
+    }
+
+    fn add(&mut self, path: &Path, mask: WatchMask) -> Result<(), String> {
+        if self.folders + self.files >= MAX_WATCHES {
+            return Err(format!("more than {MAX_WATCHES} folders and linked files"));
+        }
+        self.inotify
+            .watches()
+            .add(path, mask)
+            .map(|_| ())
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOSPC) => format!(
+                    "the kernel's limit on watches was reached at {} (raise fs.inotify.max_user_watches)",
+                    path.display()
+                ),
+                _ => format!("cannot watch {}: {e}", path.display()),
+            })
+    }
+
+    /// Read every queued event: any bumps the count; one that may leave something
+    /// unwatched marks the watches for a rebuild.
+    fn drain(&mut self, buf: &mut [u8]) {
+        loop {
+            match self.inotify.read_events(buf) {
+                Ok(events) => {
+                    let mut any = false;
+                    for e in events {
+                        any = true;
+                        if e.mask.intersects(structural()) {
+                            self.rebuild = true;
+                        }
+                    }
+                    if !any {
+                        return;
+                    }
+                    self.events += 1;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    self.events += 1;
+                    self.rebuild = true;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The watcher's state: the folders asked about so far.
+struct Watcher {
+    /// Which process this is (tokens of another watcher never match).
+    id: u64,
+    next_epoch: u64,
+    roots: HashMap<PathBuf, Watched>,
+    buf: Vec<u8>,
+}
+
+impl Watcher {
+    fn token(&mut self, root: &Path, say: &mut dyn FnMut(String)) -> Reply {
+        if !root.is_absolute() {
+            return Reply::Refused(format!("{} is not an absolute path", root.display()));
+        }
+        // A few rebuilds at most while the folder keeps changing under the walk.
+        for _ in 0..4 {
+            if let Some(w) = self.roots.get_mut(root) {
+                w.drain(&mut self.buf);
+                // The folder the path names now must be the one watched: an ancestor
+                // renamed or replaced raises no event on the watches below it.
+                let same = std::fs::metadata(root).is_ok_and(|m| (m.dev(), m.ino()) == w.id);
+                if !w.rebuild && same {
+                    return match &w.refused {
+                        Some(why) => Reply::Refused(why.clone()),
+                        None => Reply::Token(format!("{:016x}.{}.{}", self.id, w.epoch, w.events)),
+                    };
+                }
+            }
+            self.next_epoch += 1;
+            match Watched::build(root, self.next_epoch) {
+                Ok(w) => {
+                    match &w.refused {
+                        Some(why) => say(format!("not watching {}: {why}", root.display())),
+                        None => say(format!(
+                            "watching {} ({} folders, {} linked files)",
+                            root.display(),
+                            w.folders,
+                            w.files
+                        )),
+                    }
+                    self.roots.insert(root.to_path_buf(), w);
+                }
+                Err(e) => {
+                    self.roots.remove(root);
+                    return Reply::Refused(format!("{e:#}"));
+                }
+            }
+        }
+        Reply::Refused(format!("{} keeps changing", root.display()))
+    }
+}
+
+/// Serve the store at `store_root` until killed: answer runs' requests for tokens, and
+/// keep the events of the folders they named. `say` hears each folder watched.
+pub fn serve(store_root: &Path, say: &mut dyn FnMut(String)) -> Result<()> {
+    if !store_root.join("keys").is_dir() {
+        bail!(
+            "no store at {} (run a pipeline first, or name it with --cache)",
+            store_root.display()
+        );
+    }
+    let lock_path = store_root.join("watch.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    if let Err(e) = lock.try_lock() {
+        match e {
+            std::fs::TryLockError::WouldBlock => bail!(
+                "another `pipe watch` serves the store {} already",
+                store_root.display()
+            ),
+            std::fs::TryLockError::Error(e) => {
+                return Err(e).with_context(|| format!("cannot lock {}", lock_path.display()))
+            }
+        }
+    }
+    let sock = socket_path(store_root);
+    // Held the lock: any socket there is a stopped watcher's.
+    match std::fs::remove_file(&sock) {
+        Err(e) if e.kind() != ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("cannot remove {}", sock.display()))
+        }
+        _ => {}
+    }
+    let listener = UnixListener::bind(&sock)
+        .with_context(|| format!("cannot listen on {}", sock.display()))?;
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("{}", sock.display()))?;
+    listener.set_nonblocking(true)?;
+    say(format!(
+        "watching for the store {} on {}; folders are added as runs ask for them",
+        store_root.display(),
+        sock.display()
+    ));
+    let mut w = Watcher {
+        id: rand::random(),
+        next_epoch: 0,
+        roots: HashMap::new(),
+        buf: vec![0u8; 64 * 1024],
+    };
+    loop {
+        let mut fds: Vec<libc::pollfd> = std::iter::once(listener.as_raw_fd())
+            .chain(w.roots.values().map(|r| r.inotify.as_raw_fd()))
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: `fds` is a live, writable array of `fds.len()` pollfd structs.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e).context("poll");
+        }
+        // Keep the kernel's queues short (a full one drops events, and forces a rebuild).
+        let buf = &mut w.buf;
+        for r in w.roots.values_mut() {
+            r.drain(buf);
+        }
+        if fds[0].revents != 0 {
+            loop {
+                match listener.accept() {
+                    Ok((s, _)) => answer(&mut w, s, say),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e).context("accept"),
+                }
+            }
+        }
+    }
+}
+
+/// One request on connection `s`: a line of JSON naming a folder; the reply is a line.
+/// A client that says nothing within a second is dropped.
+fn answer(w: &mut Watcher, s: UnixStream, say: &mut dyn FnMut(String)) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
+    let mut line = String::new();
+    let mut r = BufReader::new(&s).take(64 * 1024);
+    if r.read_line(&mut line).is_err() {
+        return;
+    }
+    let reply = match serde_json::from_str::<Request>(&line) {
+        Ok(q) => w.token(&PathBuf::from(OsString::from(q.root)), say),
+        Err(e) => Reply::Refused(format!("not a request: {e}")),
+    };
+    if let Ok(mut out) = serde_json::to_vec(&reply) {
+        out.push(b'\n');
+        let _ = (&s).write_all(&out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_local_file_systems_are_vouched_for() {
+        let tmp = tempfile::tempdir().unwrap();
+        // The test's temporary folder is on a local disk (or tmpfs) on these machines.
+        assert_eq!(local_fs(tmp.path()), Ok(()));
+        // proc is no file system a dataset lives on: refused, naming its type.
+        let e = local_fs(Path::new("/proc")).unwrap_err();
+        assert!(e.contains("/proc") && e.contains("0x9fa0"), "{e}");
+        let e = local_fs(Path::new("/no/such/folder")).unwrap_err();
+        assert!(e.contains("statfs"), "{e}");
+    }
+
+    #[test]
+    fn a_long_store_path_gets_its_socket_in_the_temporary_folder() {
+        let short = Path::new("/tmp/s/.pipe");
+        assert_eq!(socket_path(short), short.join("watch.sock"));
+        let long = PathBuf::from(format!("/tmp/{}/.pipe", "x".repeat(120)));
+        let s = socket_path(&long);
+        assert!(s.starts_with(std::env::temp_dir()), "{s:?}");
+        assert!(s.as_os_str().len() < 100, "{s:?}");
+        assert_ne!(s, socket_path(&long.join("other")));
+    }
+}

@@ -1,0 +1,293 @@
+//! `pipe watch`: a run trusts its last fingerprint of a dataset folder only while the
+//! watcher has seen nothing happen there, and sees every change the stat walk sees.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::FileExt as _;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use pipe::engine::fingerprint::{fingerprint_tree, fingerprint_walk};
+use pipe::engine::fswatch::{ask, socket_path, Answer};
+use pipe::engine::store::Store;
+
+/// `pipe watch` serving a store, stopped when dropped.
+struct Watcher(Child);
+
+impl Watcher {
+    /// Start one in `dir` (with `--cache store` when given) and wait for its socket.
+    fn start(dir: &Path, store: &Path, cache_flag: bool) -> Watcher {
+        let mut args = vec!["watch"];
+        let s = store.to_str().unwrap();
+        if cache_flag {
+            args.extend(["--cache", s]);
+        }
+        let child = pipe_command(dir, &args)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let w = Watcher(child);
+        let sock = socket_path(store);
+        let t = Instant::now();
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "no watcher on {sock:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        w
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The fingerprint a run takes now must be what a walk reading every file gives; and
+/// whether it was taken on the watcher's word.
+fn vouched(store: &Store, root: &Path, what: &str) -> bool {
+    let fp = fingerprint_tree(store, root, false).unwrap();
+    let fresh = fingerprint_walk(store, root, true).unwrap();
+    assert_eq!(fp.hash, fresh.hash, "{what}: the fingerprint missed it");
+    assert_eq!(fp.count, fresh.count, "{what}");
+    fp.vouched
+}
+
+/// A change to make to the folder, and what it is.
+type Change<'a> = (&'a str, Box<dyn Fn() + 'a>);
+
+fn set_mtime(p: &Path, t: std::time::SystemTime) {
+    fs::File::options()
+        .write(true)
+        .open(p)
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+}
+
+#[test]
+fn a_watched_folder_is_vouched_for_until_anything_in_it_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(&tmp.path().join("store")).unwrap();
+    let root = tmp.path().join("data");
+    for (class, n) in [("a", 20), ("b", 20)] {
+        let dir = root.join(class);
+        fs::create_dir_all(&dir).unwrap();
+        for i in 0..n {
+            fs::write(dir.join(format!("{i:03}.jpg")), format!("{class}-{i:03}")).unwrap();
+        }
+    }
+    // Files outside the folder that reach into it: a link's target, another hard link.
+    let outside = tmp.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("target.jpg"), "target").unwrap();
+    fs::write(outside.join("twin.jpg"), "twin-1").unwrap();
+    fs::hard_link(outside.join("twin.jpg"), root.join("a/twin.jpg")).unwrap();
+    std::os::unix::fs::symlink(outside.join("target.jpg"), root.join("b/link.jpg")).unwrap();
+
+    // No watcher: every run walks.
+    assert_eq!(ask(store.root(), &root), Answer::NoWatcher);
+    assert!(!vouched(&store, &root, "no watcher"));
+    assert!(!vouched(&store, &root, "no watcher, again"));
+
+    let w = Watcher::start(tmp.path(), store.root(), true);
+    assert!(!vouched(&store, &root, "first with the watcher"));
+    assert!(vouched(&store, &root, "nothing changed"));
+    assert!(vouched(&store, &root, "nothing changed, again"));
+
+    let same_size = root.join("a/007.jpg");
+    let t0 = fs::metadata(&same_size).unwrap().modified().unwrap();
+    let changes: Vec<Change> = vec![
+        (
+            "same size, same second",
+            Box::new(|| {
+                fs::write(&same_size, "a-0X7").unwrap();
+                set_mtime(&same_size, t0 + Duration::from_micros(1));
+            }),
+        ),
+        (
+            "a file added",
+            Box::new(|| fs::write(root.join("b/new.jpg"), "new").unwrap()),
+        ),
+        (
+            "a file removed",
+            Box::new(|| fs::remove_file(root.join("b/003.jpg")).unwrap()),
+        ),
+        (
+            "an empty folder",
+            Box::new(|| fs::create_dir(root.join("c")).unwrap()),
+        ),
+        (
+            "a file in the new folder",
+            Box::new(|| fs::write(root.join("c/000.jpg"), "c").unwrap()),
+        ),
+        (
+            "a file renamed",
+            Box::new(|| fs::rename(root.join("a/001.jpg"), root.join("a/101.jpg")).unwrap()),
+        ),
+        (
+            "a symbolic link added",
+            Box::new(|| {
+                std::os::unix::fs::symlink(outside.join("twin.jpg"), root.join("a/link2.jpg"))
+                    .unwrap()
+            }),
+        ),
+        (
+            "a link's target changed outside the folder",
+            Box::new(|| fs::write(outside.join("target.jpg"), "TARGET").unwrap()),
+        ),
+        (
+            "a hard link's twin changed outside the folder",
+            Box::new(|| {
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(outside.join("twin.jpg"))
+                    .unwrap()
+                    .write_all_at(b"twin-2", 0)
+                    .unwrap()
+            }),
+        ),
+        (
+            "only the time",
+            Box::new(|| set_mtime(&root.join("b/010.jpg"), t0 - Duration::from_secs(60))),
+        ),
+        (
+            "the folder replaced by another of the same name",
+            Box::new(|| {
+                fs::rename(&root, tmp.path().join("data-old")).unwrap();
+                fs::create_dir_all(root.join("a")).unwrap();
+                fs::write(root.join("a/000.jpg"), "other").unwrap();
+            }),
+        ),
+    ];
+    for (what, change) in &changes {
+        change();
+        assert!(!vouched(&store, &root, what), "{what}: vouched for");
+        assert!(
+            vouched(&store, &root, what),
+            "{what}: not vouched for after"
+        );
+    }
+
+    // The watcher stopped: every run walks again.
+    drop(w);
+    assert_eq!(ask(store.root(), &root), Answer::NoWatcher);
+    assert!(!vouched(&store, &root, "the watcher stopped"));
+}
+
+#[test]
+fn a_no_op_run_under_pipe_watch_skips_the_walk_and_a_change_runs_again() {
+    let (p, root) = Project::with_tiny_imagenet("tiny", 3, 6, 2);
+    p.manifest("exp.toml", &tiny_manifest(&root, 2));
+    let states = |out: &std::process::Output| -> Vec<(String, String)> {
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        string_pairs(&r["stages"], "name", "state")
+    };
+    let first = p.ok(&["run", "exp", "--json"]);
+    assert!(states(&first).iter().all(|(_, s)| s == "ran"));
+    let w = Watcher::start(p.path(), &p.cache(), false);
+    // A second watcher on one store is refused.
+    let err = p.fails(&["watch"]);
+    assert!(
+        err.contains("another `pipe watch` serves the store"),
+        "{err}"
+    );
+    let note = "no change since the last run (pipe watch)";
+    // What a run says, and which stages ran.
+    let run = || -> (String, Vec<(String, String)>) {
+        let out = p.ok(&["run", "exp"]);
+        let said = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        let ran = ["ingest", "split", "hdf5"]
+            .iter()
+            .map(|s| {
+                let line = said
+                    .lines()
+                    .find(|l| l.starts_with(s) && !l.contains("running"))
+                    .unwrap_or_else(|| panic!("no line of {s}: {said}"));
+                (
+                    s.to_string(),
+                    line.split_whitespace().nth(1).unwrap().to_string(),
+                )
+            })
+            .collect();
+        (said, ran)
+    };
+    let all_cached = |ran: &[(String, String)]| ran.iter().all(|(_, s)| s == "cached");
+    // The first run under the watcher walks; the next take its word.
+    for vouched in [false, true, true] {
+        let (said, ran) = run();
+        assert!(all_cached(&ran), "{said}");
+        assert_eq!(said.contains(note), vouched, "{said}");
+    }
+    // A new image: the ingest runs again, with the walk's fingerprint.
+    let class = fs::read_dir(root.join("train"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("images");
+    let one = fs::read_dir(&class)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    fs::copy(&one, class.join("extra_0.JPEG")).unwrap();
+    let (said, ran) = run();
+    assert!(!said.contains(note), "{said}");
+    assert_eq!(ran[0].1, "ran", "{said}");
+    let (said, ran) = run();
+    assert!(said.contains(note) && all_cached(&ran), "{said}");
+
+    // A change no event reports (a write through a memory mapping: here one letter of a
+    // class name) is taken on the watcher's word by a no-op; a stage that then reads the
+    // folder walks it first and stops, and the next run walks.
+    let words = root.join("words.txt");
+    let at = fs::read(&words)
+        .unwrap()
+        .iter()
+        .rposition(u8::is_ascii_lowercase)
+        .unwrap();
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&words)
+        .unwrap();
+    // SAFETY: the test alone uses this file while it is mapped.
+    let mut map = unsafe { memmap2::MmapMut::map_mut(&file) }.unwrap();
+    map[at] = map[at].to_ascii_uppercase();
+    map.flush().unwrap();
+    drop(map);
+    let (said, ran) = run();
+    assert!(said.contains(note) && all_cached(&ran), "{said}");
+    let out = p.ok(&["run", "exp", "--json"]);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ingest_key = string_pairs(&r["stages"], "name", "key")[0].1.clone();
+    fs::remove_file(p.cache().join("keys").join(format!("{ingest_key}.json"))).unwrap();
+    let err = p.fails(&["run", "exp"]);
+    assert!(
+        err.contains("changed with no event that `pipe watch` saw"),
+        "{err}"
+    );
+    assert!(
+        err.contains(root.canonicalize().unwrap().to_str().unwrap()),
+        "{err}"
+    );
+    let (said, ran) = run();
+    assert!(!said.contains(note), "{said}");
+    assert_eq!(ran[0].1, "ran", "{said}");
+
+    // The watcher stopped: runs walk again, with no word of it.
+    drop(w);
+    let (said, ran) = run();
+    assert!(!said.contains(note) && all_cached(&ran), "{said}");
+}
