@@ -286,6 +286,13 @@ fn a_no_op_run_under_pipe_watch_skips_the_walk_and_a_change_runs_again() {
     assert!(!said.contains(note), "{said}");
     assert_eq!(ran[0].1, "ran", "{said}");
 
+    // Its socket and lock in the store are nothing `verify` or `gc` trips on.
+    let said = String::from_utf8_lossy(&p.ok(&["verify"]).stderr).into_owned();
+    assert!(said.contains("none damaged"), "{said}");
+    p.ok(&["gc"]);
+    let (said, ran) = run();
+    assert!(said.contains(note) && all_cached(&ran), "{said}");
+
     // The watcher stopped: runs walk again, with no word of it.
     drop(w);
     let (said, ran) = run();
