@@ -215,6 +215,8 @@ impl Watched {
             files: 0,
         };
         if let Err(why) = w.add_tree(root, md.dev()) {
+            // The watches made so far are given back (the kernel's limit is per user).
+            w.inotify = Inotify::init().context("inotify_init")?;
             w.refused = Some(why);
         }
         Ok(w)
@@ -290,7 +292,7 @@ impl Watched {
             .map(|_| ())
             .map_err(|e| match e.raw_os_error() {
                 Some(libc::ENOSPC) => format!(
-                    "the kernel's limit on watches was reached at {} (raise fs.inotify.max_user_watches)",
+                    "the kernel's limit on watches was reached at {} (raise fs.inotify.max_user_watches, then restart pipe watch)",
                     path.display()
                 ),
                 _ => format!("cannot watch {}: {e}", path.display()),
