@@ -247,26 +247,27 @@ fn gc_lists_names_that_are_not_ascii_without_panicking() {
     assert!(text.contains("would remove state éxpériénces"), "{text}");
 }
 
-/// `gc` in a loop from another folder while `pipe run -j 1` trains (its worker stalled a
-/// while at an epoch, so gc is sure to try meanwhile): gc waits for the run's workers, the
-/// run publishes everything and exits 0, and every key record of the run points at an
-/// artifact that is there and sound. (Before, gc removed the training's artifact between
-/// its publication and its key record.)
+/// `gc` from another folder while `pipe run -j 1` trains (its worker held at an epoch
+/// until gc has said it waits): gc waits for the run's workers, the run publishes
+/// everything and exits 0, and every key record of the run points at an artifact that is
+/// there and sound. (Before, gc removed the training's artifact between its publication
+/// and its key record.)
 #[test]
 fn gc_beside_a_parallel_run_waits_and_deletes_nothing_it_publishes() {
     let p = Project::with("k.toml", &Generated::new("k").epochs(6).evaluate().text());
     let cache = p.cache().display().to_string();
     let elsewhere = tempfile::tempdir().unwrap();
-    let mut run = p
-        .cmd(&["run", "k", "-j", "1"])
+    let hold = Hold::new();
+    let mut run = p.cmd(&["run", "k", "-j", "1"]);
+    let mut run = hold
+        .on(&mut run)
         .env("PIPE_FAULT", "train:epoch3")
-        .env("PIPE_FAULT_SECS", "2")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let began = std::time::Instant::now();
-    // The data stages published (the store exists): the training is under way.
+    // The data stages published (the store exists): the training is under way, and held.
     while artifact_names(&p.cache()).len() < 2 {
         assert!(
             began.elapsed() < std::time::Duration::from_secs(60),
@@ -274,22 +275,21 @@ fn gc_beside_a_parallel_run_waits_and_deletes_nothing_it_publishes() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let (mut gcs, mut waited) = (0, false);
-    let status = loop {
-        if let Some(st) = run.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            began.elapsed() < std::time::Duration::from_secs(120),
-            "the run did not end"
-        );
-        let out = pipe_in(elsewhere.path(), &["gc", "--cache", &cache]);
-        assert_success(&out, "gc beside a run");
-        gcs += 1;
-        waited |= String::from_utf8_lossy(&out.stderr).contains("waiting for the cache lock");
-    };
+    let mut gc = pipe_command(elsewhere.path(), &["gc", "--cache", &cache])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut gc_said = std::io::BufReader::new(gc.stderr.take().unwrap());
+    read_until(&mut gc_said, "waiting for the cache lock");
+    assert!(
+        run.try_wait().unwrap().is_none(),
+        "the run ended while held"
+    );
+    hold.release();
+    let status = run.wait().unwrap();
+    assert!(gc.wait().unwrap().success(), "gc beside the run failed");
     assert!(status.success(), "the run failed beside gc");
-    assert!(gcs >= 1 && waited, "gc never met the run ({gcs} gc runs)");
     // Everything the run made is there: status finds every stage cached, and verify
     // finds every artifact and key record sound.
     let v = p.ok_json(&["status", "k", "--json"]);
