@@ -98,12 +98,7 @@ fn verify_rehashes_everything_and_gc_drops_the_damage() {
         let last = b.len() - 100;
         b[last] ^= 1;
     });
-    std::fs::File::options()
-        .write(true)
-        .open(&h5)
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
+    set_mtime(&h5, mtime);
     let out = p.cmd(&["verify", "t"]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

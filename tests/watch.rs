@@ -63,15 +63,6 @@ fn vouched(store: &Store, root: &Path, what: &str) -> bool {
 /// A change to make to the folder, and what it is.
 type Change<'a> = (&'a str, Box<dyn Fn() + 'a>);
 
-fn set_mtime(p: &Path, t: std::time::SystemTime) {
-    fs::File::options()
-        .write(true)
-        .open(p)
-        .unwrap()
-        .set_modified(t)
-        .unwrap();
-}
-
 #[test]
 fn a_watched_folder_is_vouched_for_until_anything_in_it_changes() {
     let tmp = tempfile::tempdir().unwrap();

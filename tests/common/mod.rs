@@ -328,11 +328,16 @@ pub fn tamper(path: &Path, edit: impl FnOnce(&mut Vec<u8>)) {
 pub fn tamper_keeping_time(path: &Path, edit: impl FnOnce(&mut Vec<u8>)) {
     let mtime = std::fs::metadata(path).unwrap().modified().unwrap();
     tamper(path, edit);
+    set_mtime(path, mtime);
+}
+
+/// Set the modification time of file `path`.
+pub fn set_mtime(path: &Path, t: std::time::SystemTime) {
     std::fs::File::options()
         .write(true)
         .open(path)
         .unwrap()
-        .set_modified(mtime)
+        .set_modified(t)
         .unwrap();
 }
 
