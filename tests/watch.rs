@@ -82,6 +82,19 @@ fn a_watched_folder_is_vouched_for_until_anything_in_it_changes() {
     fs::write(outside.join("twin.jpg"), "twin-1").unwrap();
     fs::hard_link(outside.join("twin.jpg"), root.join("a/twin.jpg")).unwrap();
     std::os::unix::fs::symlink(outside.join("target.jpg"), root.join("b/link.jpg")).unwrap();
+    // A folder reached through a link (`current`, retargeted on a release) in a folder of
+    // its own, and a file deep in folders of their own.
+    let releases = tmp.path().join("releases");
+    for v in ["v1", "v2"] {
+        fs::create_dir_all(releases.join(v).join("train")).unwrap();
+        fs::write(releases.join(v).join("train/x.jpg"), v).unwrap();
+    }
+    std::os::unix::fs::symlink("v1", releases.join("current")).unwrap();
+    std::os::unix::fs::symlink(releases.join("current/train"), root.join("train")).unwrap();
+    let far = tmp.path().join("far");
+    fs::create_dir_all(far.join("deep/a")).unwrap();
+    fs::write(far.join("deep/a/far.jpg"), "far-1").unwrap();
+    std::os::unix::fs::symlink(far.join("deep/a/far.jpg"), root.join("a/far.jpg")).unwrap();
 
     // No watcher: every run walks.
     assert_eq!(ask(store.root(), &root), Answer::NoWatcher);
@@ -147,6 +160,25 @@ fn a_watched_folder_is_vouched_for_until_anything_in_it_changes() {
                     .unwrap()
                     .write_all_at(b"twin-2", 0)
                     .unwrap()
+            }),
+        ),
+        (
+            "a file in a linked folder",
+            Box::new(|| fs::write(releases.join("v1/train/y.jpg"), "y").unwrap()),
+        ),
+        (
+            "a link on the way to a linked folder retargeted",
+            Box::new(|| {
+                std::os::unix::fs::symlink("v2", releases.join("current.new")).unwrap();
+                fs::rename(releases.join("current.new"), releases.join("current")).unwrap();
+            }),
+        ),
+        (
+            "a folder above a link's target renamed, and another made in its place",
+            Box::new(|| {
+                fs::rename(far.join("deep"), far.join("deep-old")).unwrap();
+                fs::create_dir_all(far.join("deep/a")).unwrap();
+                fs::write(far.join("deep/a/far.jpg"), "far-2").unwrap();
             }),
         ),
         (

@@ -10,5 +10,9 @@ use crate::engine::Project;
 pub fn watch(g: &Global) -> Result<()> {
     let proj = Project::discover(g.cache.clone())?;
     let cache = std::path::absolute(&proj.cache).unwrap_or(proj.cache.clone());
-    crate::engine::fswatch::serve(&cache, &mut |line| eprintln!("{line}"))
+    // A closed stderr (a closed terminal) does not stop the watcher.
+    crate::engine::fswatch::serve(&cache, &mut |line| {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "{line}");
+    })
 }

@@ -12,17 +12,25 @@
 //!   kernel queues an event before the call that caused it returns, so every change made
 //!   before a run asks is counted.
 //! - Watched: every folder below the root (a watch on a folder sees each change made to
-//!   its entries through it); each file with more than one hard link, and each symbolic
-//!   link's target and the folders of its hops (a change through another path). An
-//!   entry created or moved in, a watched folder deleted or moved, or the kernel's queue
-//!   overflowing, rebuilds the watches before the next token: a new epoch.
+//!   its entries through it); each file with more than one hard link (a change through
+//!   another name); and for each symbolic link, resolved one component at a time, the
+//!   folder holding each link met on the way (retargeting it is an event there), each
+//!   folder the path passes through (its own move or deletion), and the target. An entry
+//!   created or moved in, a watched folder deleted or moved, the kernel's queue
+//!   overflowing, or the root's path naming another folder (an ancestor renamed) rebuilds
+//!   the watches before the next token: a new epoch.
 //! - A folder is vouched for only on a local file system (ext4, XFS, Btrfs, tmpfs, ZFS,
-//!   F2FS, overlayfs). NFS, SMB, FUSE and the like see changes made by other machines,
-//!   which raise no event here: there the runs stat every file, as without a watcher.
-//! - Not seen, as by every inotify watcher (git's fsmonitor, watchman): writes through a
-//!   memory mapping, and a file system mounted over a folder inside the root. A stage
-//!   that reads a dataset re-walks it first and fails if it differs from what the run
-//!   decided on (see `Engine::dataset_files`).
+//!   F2FS, overlayfs), link targets included. NFS, SMB, FUSE and the like see changes made
+//!   by other machines, which raise no event here: there the runs stat every file, as
+//!   without a watcher. A refused folder is tried again after a minute.
+//! - Not seen, as by every inotify watcher (git's fsmonitor, watchman): a write through a
+//!   memory mapping, a file system mounted over a folder inside the root, and a hard link
+//!   made from outside to a file that had one name when watched, then written through.
+//!   The watches are made again every ten minutes, so such a change is trusted for at most
+//!   that long (the run after a rebuild walks, and the walk sees it). A stage that reads a
+//!   dataset walks it first and fails if it differs from what the run decided on (see
+//!   `Engine::dataset_files`).
+//! - At most 64 folders are watched at once; the one asked about least recently gives way.
 //!
 //! The watcher never writes to the store: it answers on a Unix socket in it
 //! ([`socket_path`]) and holds `watch.lock` while it serves.
@@ -34,26 +42,25 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use inotify::{EventMask, Inotify, WatchMask};
 use serde::{Deserialize, Serialize};
 
 /// The socket a store's watcher answers on: `watch.sock` in the store, or, where that
-/// path is too long for a Unix socket (108 bytes), one named by its hash in the system's
-/// temporary folder.
+/// path is too long for a Unix socket (108 bytes), one named by its hash in `/tmp`. Decided
+/// on the store's canonical path, so that every spelling of it finds the one socket.
 pub fn socket_path(store_root: &Path) -> PathBuf {
-    let inside = store_root.join("watch.sock");
-    if inside.as_os_str().len() < 100 {
-        return inside;
-    }
-    // Named by the store's canonical path: every spelling of it finds the one socket.
     let store = store_root
         .canonicalize()
         .unwrap_or_else(|_| store_root.to_path_buf());
+    let inside = store.join("watch.sock");
+    if inside.as_os_str().len() < 100 {
+        return inside;
+    }
     let id = blake3::hash(store.as_os_str().as_encoded_bytes()).to_hex();
-    std::env::temp_dir().join(format!("pipe-watch-{}.sock", &id[..24]))
+    Path::new("/tmp").join(format!("pipe-watch-{}.sock", &id[..24]))
 }
 
 #[derive(Serialize, Deserialize)]
@@ -99,8 +106,9 @@ pub fn ask(store_root: &Path, root: &Path) -> Answer {
     };
     let ask = || -> std::io::Result<Reply> {
         let mut s = UnixStream::connect(&sock)?;
-        // A first request for a big folder waits while its watches are made.
-        s.set_read_timeout(Some(Duration::from_secs(60)))?;
+        // A first request for a big folder waits while its watches are made (about 5 s
+        // for a million files).
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
         s.set_write_timeout(Some(Duration::from_secs(5)))?;
         let mut line = serde_json::to_vec(&Request { root: root.into() })?;
         line.push(b'\n');
@@ -193,7 +201,21 @@ struct Watched {
     refused: Option<String>,
     folders: usize,
     files: usize,
+    /// When the watches were made, and when a run last asked.
+    built: Instant,
+    asked: Instant,
 }
+
+/// Watches are made again this often, so that a change no event reports (a write through
+/// a memory mapping, a hard link made from outside after the watches) is trusted for at
+/// most this long: the run after a rebuild walks.
+const REVALIDATE: Duration = Duration::from_secs(600);
+
+/// A folder refused is tried again after this long (a race with a change, a limit raised).
+const RETRY_REFUSED: Duration = Duration::from_secs(60);
+
+/// Folders watched at once; the one asked about least recently gives way.
+const MAX_ROOTS: usize = 64;
 
 /// Most watches on one folder: beyond it, the folder is refused (its runs stat).
 const MAX_WATCHES: usize = 1 << 20;
@@ -213,6 +235,8 @@ impl Watched {
             refused: None,
             folders: 0,
             files: 0,
+            built: Instant::now(),
+            asked: Instant::now(),
         };
         if let Err(why) = w.add_tree(root, md.dev()) {
             // The watches made so far are given back (the kernel's limit is per user).
@@ -226,17 +250,30 @@ impl Watched {
         local_fs(root)?;
         let mut seen: std::collections::HashSet<(u64, u64)> = Default::default();
         let mut todo: Vec<PathBuf> = vec![root.to_path_buf()];
+        // An entry gone between its folder's listing and its own watch: its folder's watch
+        // (made before the listing) has the event, so it is skipped here.
+        let gone = |e: &std::io::Error| e.kind() == ErrorKind::NotFound;
         while let Some(dir) = todo.pop() {
-            let md = std::fs::metadata(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let md = match std::fs::metadata(&dir) {
+                Ok(md) => md,
+                Err(e) if gone(&e) && dir != root => continue,
+                Err(e) => return Err(format!("{}: {e}", dir.display())),
+            };
             if !seen.insert((md.dev(), md.ino())) {
                 continue;
             }
             if md.dev() != dev {
                 local_fs(&dir)?;
             }
-            self.add(&dir, folder_mask())?;
+            if !self.add(&dir, folder_mask())? {
+                continue;
+            }
             self.folders += 1;
-            let list = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let list = match std::fs::read_dir(&dir) {
+                Ok(list) => list,
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(format!("{}: {e}", dir.display())),
+            };
             for e in list {
                 let e = e.map_err(|e| format!("{}: {e}", dir.display()))?;
                 let path = e.path();
@@ -244,14 +281,13 @@ impl Watched {
                 if t.is_dir() {
                     todo.push(path);
                 } else if t.is_symlink() {
-                    self.add_link(&path)?;
+                    self.add_link(&path, dev)?;
                     if path.is_dir() {
                         todo.push(path);
                     }
                 } else if t.is_file() {
                     // Another name for the file elsewhere changes it with no event here.
-                    if e.metadata().is_ok_and(|m| m.nlink() > 1) {
-                        self.add(&path, file_mask())?;
+                    if e.metadata().is_ok_and(|m| m.nlink() > 1) && self.add(&path, file_mask())? {
                         self.files += 1;
                     }
                 }
@@ -260,43 +296,74 @@ impl Watched {
         Ok(())
     }
 
-    /// A symbolic link: the folder of each hop and the final target.
-    fn add_link(&mut self, link: &Path) -> Result<(), String> {
-        let mut at = link.to_path_buf();
+    /// A symbolic link, resolved one component at a time: each folder that holds a link
+    /// met on the way is watched (retargeting that link is an event there), each folder
+    /// the path passes through is watched for its own move or deletion, and the target,
+    /// when a file, for its changes. A dangling link or a loop adds nothing more: the
+    /// fingerprint's walk fails on it.
+    fn add_link(&mut self, link: &Path, dev: u64) -> Result<(), String> {
+        let mut pending = link.to_path_buf();
         for _ in 0..40 {
-            let Ok(next) = std::fs::read_link(&at) else {
-                break;
-            };
-            at = match at.parent() {
-                Some(dir) => dir.join(next),
-                None => next,
-            };
-            if let Some(dir) = at.parent().filter(|d| d.is_dir()) {
-                self.add(dir, folder_mask())?;
+            let mut done = PathBuf::new();
+            let mut parts = pending.components().peekable();
+            let mut next = None;
+            while let Some(c) = parts.next() {
+                done.push(c);
+                let Ok(m) = std::fs::symlink_metadata(&done) else {
+                    return Ok(());
+                };
+                if m.file_type().is_symlink() {
+                    let holder = done.parent().unwrap_or(Path::new("/")).to_path_buf();
+                    self.add_outside(&holder, folder_mask(), dev)?;
+                    let Ok(to) = std::fs::read_link(&done) else {
+                        return Ok(());
+                    };
+                    let mut n = holder.join(to);
+                    n.extend(parts);
+                    next = Some(n);
+                    break;
+                }
+                if m.is_dir() && parts.peek().is_some() {
+                    self.add_outside(&done, WatchMask::MOVE_SELF | WatchMask::DELETE_SELF, dev)?;
+                }
             }
-        }
-        if at.is_file() {
-            self.add(&at, file_mask())?;
-            self.files += 1;
+            match next {
+                Some(n) => pending = n,
+                None => {
+                    if pending.is_file() {
+                        self.add_outside(&pending, file_mask(), dev)?;
+                        self.files += 1;
+                    }
+                    return Ok(());
+                }
+            }
         }
         Ok(())
     }
 
-    fn add(&mut self, path: &Path, mask: WatchMask) -> Result<(), String> {
+    /// A watch on something a link reaches, which may be off the folder's file system.
+    fn add_outside(&mut self, path: &Path, mask: WatchMask, dev: u64) -> Result<(), String> {
+        if std::fs::metadata(path).is_ok_and(|m| m.dev() != dev) {
+            local_fs(path)?;
+        }
+        self.add(path, mask).map(|_| ())
+    }
+
+    /// One watch (its mask added to any the same file or folder has already). `false`:
+    /// the path is gone (its folder's watch has that event).
+    fn add(&mut self, path: &Path, mask: WatchMask) -> Result<bool, String> {
         if self.folders + self.files >= MAX_WATCHES {
             return Err(format!("more than {MAX_WATCHES} folders and linked files"));
         }
-        self.inotify
-            .watches()
-            .add(path, mask)
-            .map(|_| ())
-            .map_err(|e| match e.raw_os_error() {
-                Some(libc::ENOSPC) => format!(
-                    "the kernel's limit on watches was reached at {} (raise fs.inotify.max_user_watches, then restart pipe watch)",
-                    path.display()
-                ),
-                _ => format!("cannot watch {}: {e}", path.display()),
-            })
+        match self.inotify.watches().add(path, mask | WatchMask::MASK_ADD) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => Err(format!(
+                "the kernel's limit on watches was reached at {} (raise fs.inotify.max_user_watches, then restart pipe watch)",
+                path.display()
+            )),
+            Err(e) => Err(format!("cannot watch {}: {e}", path.display())),
+        }
     }
 
     /// Read every queued event: any bumps the count; one that may leave something
@@ -345,11 +412,17 @@ impl Watcher {
         // A few rebuilds at most while the folder keeps changing under the walk.
         for _ in 0..4 {
             if let Some(w) = self.roots.get_mut(root) {
+                w.asked = Instant::now();
                 w.drain(&mut self.buf);
                 // The folder the path names now must be the one watched: an ancestor
                 // renamed or replaced raises no event on the watches below it.
                 let same = std::fs::metadata(root).is_ok_and(|m| (m.dev(), m.ino()) == w.id);
-                if !w.rebuild && same {
+                let fresh = w.built.elapsed()
+                    < match w.refused {
+                        Some(_) => RETRY_REFUSED,
+                        None => REVALIDATE,
+                    };
+                if !w.rebuild && same && fresh {
                     return match &w.refused {
                         Some(why) => Reply::Refused(why.clone()),
                         None => Reply::Token(format!("{:016x}.{}.{}", self.id, w.epoch, w.events)),
@@ -357,6 +430,16 @@ impl Watcher {
                 }
             }
             self.next_epoch += 1;
+            if !self.roots.contains_key(root) && self.roots.len() >= MAX_ROOTS {
+                let least = self
+                    .roots
+                    .iter()
+                    .min_by_key(|(_, w)| w.asked)
+                    .map(|(r, _)| r.clone());
+                if let Some(r) = least {
+                    self.roots.remove(&r);
+                }
+            }
             match Watched::build(root, self.next_epoch) {
                 Ok(w) => {
                     match &w.refused {
@@ -510,7 +593,7 @@ mod tests {
         assert_eq!(socket_path(short), short.join("watch.sock"));
         let long = PathBuf::from(format!("/tmp/{}/.pipe", "x".repeat(120)));
         let s = socket_path(&long);
-        assert!(s.starts_with(std::env::temp_dir()), "{s:?}");
+        assert!(s.starts_with("/tmp"), "{s:?}");
         assert!(s.as_os_str().len() < 100, "{s:?}");
         assert_ne!(s, socket_path(&long.join("other")));
     }

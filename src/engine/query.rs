@@ -47,7 +47,7 @@ impl Engine {
         }
         let files = stages::external_root(p, s)
             .and_then(|root| self.fingerprints.get(&root))
-            .map(|f| f.files.len());
+            .map(|f| f.count);
         let (images, epochs) = estimate::units(p, name, &dirs, files)?;
         let what = estimate::describe(p, name);
         let past = self.timings.as_ref()?;

@@ -476,6 +476,16 @@ impl Remote {
                     tries += 1;
                     std::thread::sleep(Duration::from_millis(250 * tries));
                 }
+                // The server answered; the object kept changing under the reads: no outage.
+                Ok(Err(e)) if self.webdav => {
+                    return Err(self.refused(
+                        rel,
+                        format!(
+                            "its body ended short three times ({})",
+                            short(&scrub(&e.to_string(), &self.secrets))
+                        ),
+                    ))
+                }
                 Ok(Err(e)) | Err(e) => return Err(self.error(&format!("reading {rel}"), e)),
             }
         }
@@ -784,7 +794,12 @@ impl Remote {
             if !self.webdav {
                 return Ok(());
             }
-            let back = self.get_opt(rel)?;
+            let back = match self.get_opt(rel) {
+                Ok(back) => back,
+                // Still being rewritten by another machine: as torn.
+                Err(RemoteError::Refused(_)) => None,
+                Err(e) => return Err(e),
+            };
             if back.is_some_and(|b| serde_json::from_slice(&b).is_ok_and(|r| sound(&r))) {
                 return Ok(());
             }
