@@ -706,11 +706,6 @@ fn webdav() -> Option<WebDav> {
         return None;
     };
     let root = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     // A body that ends short of its length (a file rewritten in place while it is
     // served) holds the client until the server's socket timeout: 1 s, not cheroot's 10.
     // Symbolic links are followed (a test links a file to /dev/null).
@@ -720,37 +715,32 @@ fn webdav() -> Option<WebDav> {
         "server_args:\n  timeout: 1\nfs_dav_provider:\n  follow_symlinks: true\n",
     )
     .unwrap();
-    let child = Command::new(&bin)
-        .arg("--config")
-        .arg(&config)
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--auth",
-            "anonymous",
-            "-q",
-        ])
-        .arg("--root")
-        .arg(root.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    let (child, port) = serve_on_free_port("wsgidav", |port| {
+        Command::new(&bin)
+            .arg("--config")
+            .arg(&config)
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--auth",
+                "anonymous",
+                "-q",
+            ])
+            .arg("--root")
+            .arg(root.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", bin.display()))
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
     let server = WebDav {
         child,
         root,
         url: format!("http://127.0.0.1:{port}"),
     };
-    let t = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            t.elapsed().as_secs() < 20,
-            "wsgidav did not start on port {port}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
     Some(server)
 }
 

@@ -39,14 +39,6 @@ impl Drop for Driver {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// chromedriver on a free port, or why not.
 fn start_driver() -> Result<Driver, String> {
     for p in [CHROMIUM, DRIVER] {
@@ -56,24 +48,15 @@ fn start_driver() -> Result<Driver, String> {
             ));
         }
     }
-    let port = free_port();
-    let child = Command::new(DRIVER)
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start {DRIVER}: {e}"))?;
-    let d = Driver { child, port };
-    let t = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if t.elapsed() > Duration::from_secs(20) {
-            return Err(format!(
-                "{DRIVER} did not listen on port {port} within 20 s"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(d)
+    let (child, port) = serve_on_free_port(DRIVER, |port| {
+        Command::new(DRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {DRIVER}: {e}"))
+    })?;
+    Ok(Driver { child, port })
 }
 
 async fn browser(d: &Driver, profile: &Path) -> Result<Client, String> {

@@ -95,6 +95,9 @@ fn a_watched_folder_is_vouched_for_until_anything_in_it_changes() {
     fs::create_dir_all(far.join("deep/a")).unwrap();
     fs::write(far.join("deep/a/far.jpg"), "far-1").unwrap();
     std::os::unix::fs::symlink(far.join("deep/a/far.jpg"), root.join("a/far.jpg")).unwrap();
+    // A link to a device (`/dev` is devtmpfs, which says it is tmpfs): counts by its kind,
+    // and does not keep the folder from being vouched for.
+    std::os::unix::fs::symlink("/dev/null", root.join("b/null")).unwrap();
 
     // No watcher: every run walks.
     assert_eq!(ask(store.root(), &root), Answer::NoWatcher);

@@ -192,6 +192,46 @@ impl Drop for Hold {
     }
 }
 
+/// A server that `start(port)` spawns, on a free loopback port, once it accepts
+/// connections. The port is found by binding port 0 and letting it go, so another process
+/// may take it first; a server that then exits (it could not bind) is started again on
+/// another port, three times at most. Errors: `start`'s, or none listening within 20 s.
+pub fn serve_on_free_port(
+    what: &str,
+    mut start: impl FnMut(u16) -> Result<Child, String>,
+) -> Result<(Child, u16), String> {
+    let mut why = String::new();
+    for _ in 0..3 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port: {e}"))?
+            .port();
+        let mut child = start(port)?;
+        let t = std::time::Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                why = format!("{what} on port {port} stopped ({status})");
+                break;
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                // Listening, and still ours: a server that lost the port has exited.
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                if child.try_wait().is_ok_and(|s| s.is_none()) {
+                    return Ok((child, port));
+                }
+                continue;
+            }
+            if t.elapsed() > std::time::Duration::from_secs(20) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{what} did not listen on port {port} within 20 s"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    Err(why)
+}
+
 /// Read `r` line by line until a line contains `what`: everything read so far. Panics,
 /// with what was read, when `r` ends first.
 pub fn read_until(r: &mut impl BufRead, what: &str) -> String {
