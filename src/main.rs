@@ -381,7 +381,7 @@ struct RunArgs {
 
 #[derive(Subcommand)]
 enum BenchCmd {
-    /// ingest + split + hdf5 throughput and no-op re-run time on a generated Tiny-ImageNet tree
+    /// ingest + split + hdf5 throughput and no-op re-run time (walking, and with `pipe watch`) on a generated Tiny-ImageNet tree
     Data {
         /// Classes
         #[arg(long, default_value_t = 200)]

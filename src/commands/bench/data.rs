@@ -1,5 +1,6 @@
 //! `pipe bench data`: the data stages' throughput (ingest + split + hdf5, cold) and the
-//! no-op re-run, over a generated Tiny-ImageNet tree of 64x64 JPEGs.
+//! no-op re-run (walking, and with `pipe watch` serving the store), over a generated
+//! Tiny-ImageNet tree of 64x64 JPEGs.
 
 use std::path::Path;
 
