@@ -211,7 +211,9 @@ fn vouch_file(store: &Store, root: &Path) -> PathBuf {
 /// Forget the fingerprint of `root` that the watcher vouches for: it changed with no event
 /// the watcher saw (a write through a memory mapping), so the next run walks it.
 pub fn distrust(store: &Store, root: &Path) {
-    let _ = fs::remove_file(vouch_file(store, root));
+    // Named by the canonical path, as it was written (the manifest may spell it otherwise).
+    let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+    let _ = fs::remove_file(vouch_file(store, &root));
 }
 
 /// Forget what the stat cache of `root` says of `file` (a path below it): the next

@@ -32,8 +32,8 @@
 //!   `Engine::dataset_files`).
 //! - At most 64 folders are watched at once; the one asked about least recently gives way.
 //!
-//! The watcher never writes to the store: it answers on a Unix socket in it
-//! ([`socket_path`]) and holds `watch.lock` while it serves.
+//! The watcher writes nothing in the store but, when it starts, its lock (`watch.lock`,
+//! held while it serves) and its Unix socket ([`socket_path`]); no request writes.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -359,7 +359,7 @@ impl Watched {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
             Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => Err(format!(
-                "the kernel's limit on watches was reached at {} (raise fs.inotify.max_user_watches, then restart pipe watch)",
+                "the kernel's limit on watches was reached at {} (raise fs.inotify.max_user_watches: the folder is tried again a minute later)",
                 path.display()
             )),
             Err(e) => Err(format!("cannot watch {}: {e}", path.display())),
