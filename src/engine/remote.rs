@@ -195,11 +195,10 @@ pub struct Remote {
     vars: &'static str,
     /// Secrets to blank out of any message.
     secrets: Vec<String>,
-    /// Uploads at once: [`AT_ONCE`], or one for WebDAV (two uploads into one new folder
-    /// would both create it, and the second `MKCOL` is refused).
-    uploads_at_once: usize,
-    /// Whether it is a WebDAV server: large files go up whole (there are no parts), and
-    /// a PUT is written in place, so two at once to one path can tear it.
+    /// Whether it is a WebDAV server: large files go up whole (there are no parts), one
+    /// at a time (two uploads into one new folder would both create it, and the second
+    /// `MKCOL` is refused), and a PUT is written in place, so two at once to one path can
+    /// tear it.
     webdav: bool,
 }
 
@@ -363,10 +362,6 @@ impl Remote {
             down: AtomicBool::new(false),
             vars,
             secrets,
-            uploads_at_once: match url.scheme() {
-                "http" | "https" => 1,
-                _ => AT_ONCE,
-            },
             webdav: matches!(url.scheme(), "http" | "https"),
         })
     }
@@ -400,10 +395,15 @@ impl Remote {
         p
     }
 
+    /// What an `object_store` error says, secrets blanked.
+    fn said(&self, e: &object_store::Error) -> String {
+        scrub(&e.to_string(), &self.secrets)
+    }
+
     /// An `object_store` error in pipe's words, secrets blanked; a connection failure
     /// marks the remote down.
     fn error(&self, what: &str, e: object_store::Error) -> RemoteError {
-        let why = scrub(&format!("{e}"), &self.secrets);
+        let why = self.said(&e);
         match e {
             object_store::Error::NotFound { .. } => RemoteError::Other {
                 url: self.url.clone(),
@@ -482,7 +482,7 @@ impl Remote {
                         rel,
                         format!(
                             "its body ended short three times ({})",
-                            short(&scrub(&e.to_string(), &self.secrets))
+                            short(&self.said(&e))
                         ),
                     ))
                 }
@@ -693,7 +693,7 @@ impl Remote {
             true => RemoteError::Refused(format!(
                 "{}/{rel} is damaged: its body ended short ({})",
                 self.url,
-                short(&scrub(&e.to_string(), &self.secrets))
+                short(&self.said(&e))
             )),
             false => self.error(&format!("reading {rel}"), e),
         };
@@ -755,7 +755,7 @@ impl Remote {
         let uploads = m.files.iter().map(|f| self.upload_file(&m.output, f, dir));
         let results: Vec<Result<(), RemoteError>> = self.rt.block_on(
             futures_util::stream::iter(uploads)
-                .buffer_unordered(self.uploads_at_once)
+                .buffer_unordered(if self.webdav { 1 } else { AT_ONCE })
                 .collect(),
         );
         results.into_iter().collect::<Result<(), _>>()?;
@@ -803,8 +803,10 @@ impl Remote {
             if back.is_some_and(|b| serde_json::from_slice(&b).is_ok_and(|r| sound(&r))) {
                 return Ok(());
             }
-            let pause = rand::random_range(20..=100 * t);
-            std::thread::sleep(Duration::from_millis(pause));
+            if t < TRIES {
+                let pause = rand::random_range(20..=100 * t);
+                std::thread::sleep(Duration::from_millis(pause));
+            }
         }
         Err(RemoteError::Other {
             url: self.url.clone(),
