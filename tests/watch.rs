@@ -223,6 +223,16 @@ fn a_no_op_run_under_pipe_watch_skips_the_walk_and_a_change_runs_again() {
     };
     let first = p.ok(&["run", "exp", "--json"]);
     assert!(states(&first).iter().all(|(_, s)| s == "ran"));
+    // No store yet: said, naming the folder.
+    let empty = tempfile::tempdir().unwrap();
+    let none = empty.path().join("store");
+    let out = pipe_in(p.path(), &["watch", "--cache", none.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("no store at {}", none.display())),
+        "{err}"
+    );
     let w = Watcher::start(p.path(), &p.cache(), false);
     // A second watcher on one store is refused.
     let err = p.fails(&["watch"]);
