@@ -225,16 +225,17 @@ fn status_lists_every_stage_when_a_dataset_goes_missing_from_a_used_store() {
     assert!(text.contains("ingest waiting: dataset folder"), "{text}");
 }
 
-/// An image changed in place with its size, time and inode kept (a byte of its JFIF
-/// header: the pixels decode the same): the stat cache vouches for the old bytes, so the
-/// hdf5 stage rightly fails on it — once. The failure makes the next fingerprint read that
-/// file again, so the next run takes the dataset as it is and finishes; `--force ingest`
-/// re-hashes the folder as well. Neither needs a `touch`.
+/// An image changed in place with its size, mtime and inode kept (a byte of its JFIF
+/// header: the pixels decode the same). Between runs, the stat cache sees it by its ctime,
+/// which no one can set back: ingest runs again. During a run, after the fingerprint was
+/// taken (the run held where hdf5 starts): the hdf5 stage refuses the file, naming it, and
+/// publishes nothing; the next run takes the dataset as it is and finishes, with no
+/// `touch`; `--force ingest` re-hashes the folder as well.
 #[test]
-fn an_image_changed_in_place_with_its_time_kept_is_no_dead_end() {
+fn an_image_changed_in_place_with_its_time_kept_is_seen_and_no_dead_end() {
     let (p, root) = Project::with_tiny_imagenet("data/tiny", 3, 8, 2);
     p.manifest("exp.toml", &tiny_manifest(&root, 2));
-    p.run_json("exp", &["--until", "split"]);
+    p.run_json("exp", &[]);
     let class = first_entry(&root.join("train"));
     let mut imgs: Vec<PathBuf> = std::fs::read_dir(class.join("images"))
         .unwrap()
@@ -247,11 +248,33 @@ fn an_image_changed_in_place_with_its_time_kept_is_no_dead_end() {
             b[15] ^= 0x01; // the horizontal pixel density
         })
     };
+    // Between runs.
     edit(&imgs[0]);
-    let err = p.fails(&["run", "exp"]);
+    let r = p.run_json("exp", &[]);
+    assert_eq!(state_of(&r, "ingest"), "ran", "the changed file was seen");
+    assert_eq!(state_of(&r, "hdf5"), "ran");
+
+    // During a run: held at the start of hdf5, after every decision was taken.
+    edit(&imgs[1]);
+    let hold = Hold::new();
+    let mut run = p.cmd(&["run", "exp"]);
+    let mut run = hold
+        .on(&mut run)
+        .env("PIPE_FAULT", "hdf5:start")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = std::io::BufReader::new(run.stderr.take().unwrap());
+    read_until(&mut said, "PIPE_FAULT reached: hdf5:start");
+    edit(&imgs[2]);
+    hold.release();
+    let mut err = String::new();
+    said.read_to_string(&mut err).unwrap();
+    assert!(!run.wait().unwrap().success(), "{err}");
     assert!(
         err.contains("changed after its dataset was fingerprinted")
-            && err.contains(&imgs[0].display().to_string()),
+            && err.contains(&imgs[2].display().to_string()),
         "{err}"
     );
     let r = p.run_json("exp", &[]);
@@ -263,7 +286,7 @@ fn an_image_changed_in_place_with_its_time_kept_is_no_dead_end() {
     assert_eq!(state_of(&r, "hdf5"), "ran");
 
     // The same change to another file, then `--force ingest`: ingest reads every file.
-    edit(&imgs[1]);
+    edit(&imgs[3]);
     let r = p.run_json("exp", &["--force", "ingest"]);
     assert_eq!(state_of(&r, "hdf5"), "ran");
     assert!(p.ok(&["verify"]).status.success());

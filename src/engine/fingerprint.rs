@@ -2,7 +2,12 @@
 //!
 //! A folder's fingerprint is the BLAKE3 of every file's relative path and content hash.
 //! Hashing 120,000 JPEGs on every run would take seconds, so each file's hash is cached
-//! under (size, mtime in ns, inode): an unchanged tree costs one parallel `stat` walk.
+//! under (size, mtime and ctime in ns, device, inode): an unchanged tree costs one parallel
+//! `stat` walk. The ctime is what no one can set back: content rewritten in place with its
+//! mtime restored (`touch -r`, `cp -p`, a tool that keeps times) still moves it. A file whose
+//! times fall within a clock tick of the walk (the "racy" case: a second write in the same
+//! tick would leave both times as they were) is cached as unproven, and read again by the
+//! next walk.
 //! Where `pipe watch` serves the store and has seen no event in the folder since the last
 //! fingerprint (the same token, see [`super::fswatch`]), not even that: the last
 //! fingerprint is taken as it is, and the folder is walked only when a stage reads it.
@@ -52,14 +57,69 @@ struct CacheEntry<'a> {
     path: std::borrow::Cow<'a, str>,
     size: u64,
     mtime_ns: i64,
+    /// [`RACY`] where the walk that hashed the file could not rule out a write after its
+    /// read that left both times as they were.
+    ctime_ns: i64,
+    dev: u64,
     ino: u64,
     hash: [u8; 32],
+}
+
+/// The first bytes of a stat cache file: one written by an older pipe (no ctime) is not
+/// read, and every file is hashed once more.
+const CACHE_MAGIC: &[u8] = b"pipe-statcache-v2\0";
+
+/// The ctime recorded for a file whose hash is not proven for its stat (see [`racy`]): no
+/// file has it, so the next walk reads the file again.
+const RACY: i64 = i64::MIN;
+
+/// Whether a file with times `ctime_ns` and `mtime_ns` may have been written again after a
+/// walk that began at `now_ns` read it, with neither time moving: file times come from a
+/// clock that advances by ticks (Linux: a jiffy, at most 10 ms; 1 s or 2 s where a file
+/// system keeps whole seconds, shown by both times having no fraction), so a write in the
+/// tick the walk read the file in leaves them as they were. Such a file's hash is not
+/// trusted by the next walk (Git's "racy clean" entries). Times a clock ahead of this one
+/// set (another machine's, over NFS) are racy until this clock passes them; a server
+/// clock behind this one by more than the window is not caught.
+fn racy(ctime_ns: i64, mtime_ns: i64, now_ns: i64) -> bool {
+    const NS: i64 = 1_000_000_000;
+    let window = if ctime_ns % NS == 0 && mtime_ns % NS == 0 {
+        3 * NS
+    } else {
+        NS / 10
+    };
+    ctime_ns.max(mtime_ns) >= now_ns.saturating_sub(window)
+}
+
+/// Now, in ns since the epoch (tests may set it).
+fn now_ns() -> i64 {
+    #[cfg(test)]
+    if let Some(t) = tests::FIXED_NOW.with(|c| c.get()) {
+        return t;
+    }
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(t.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// The postcard body of a stat cache file, if it is one this pipe wrote.
+fn cache_body(bytes: &[u8]) -> Option<&[u8]> {
+    bytes.strip_prefix(CACHE_MAGIC)
+}
+
+fn encode_cache(entries: &[CacheEntry]) -> Result<Vec<u8>> {
+    let mut out = CACHE_MAGIC.to_vec();
+    out.extend_from_slice(&postcard::to_stdvec(entries)?);
+    Ok(out)
 }
 
 struct Stat {
     rel: String,
     size: u64,
     mtime_ns: i64,
+    ctime_ns: i64,
+    dev: u64,
     ino: u64,
     /// A regular file (or a link to one): its content is read and hashed. Anything else
     /// (a FIFO, a device, a socket) is never opened: it counts by its kind alone, and the
@@ -120,6 +180,8 @@ fn walk(root: &Path, rel: &str) -> Result<Vec<Found>> {
                     rel: r,
                     size: md.len(),
                     mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+                    ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+                    dev: md.dev(),
                     ino: md.ino(),
                     regular: md.is_file(),
                 }))
@@ -171,9 +233,13 @@ fn flatten(found: Vec<Found>, files: &mut Vec<Stat>, empty: &mut Vec<String>) {
 }
 
 /// The stat cache's entries, in its file's order; none when it is missing or unreadable
-/// (then every file is read). The format is postcard's `Vec<CacheEntry>`: a length, then
-/// the entries, decoded here one by one into a vector sized once.
+/// (then every file is read). The format is [`CACHE_MAGIC`], then postcard's
+/// `Vec<CacheEntry>`: a length, then the entries, decoded here one by one into a vector
+/// sized once.
 fn read_cache(bytes: &[u8]) -> Vec<CacheEntry<'_>> {
+    let Some(bytes) = cache_body(bytes) else {
+        return Vec::new();
+    };
     let Ok((n, mut rest)) = postcard::take_from_bytes::<usize>(bytes) else {
         return Vec::new();
     };
@@ -233,11 +299,12 @@ pub fn forget(store: &Store, root: &Path, file: &Path) -> Result<()> {
     let Ok(bytes) = fs::read(&cpath) else {
         return Ok(());
     };
-    let Ok(mut entries) = postcard::from_bytes::<Vec<CacheEntry>>(&bytes) else {
+    let mut entries = read_cache(&bytes);
+    if entries.is_empty() {
         return Ok(());
-    };
+    }
     entries.retain(|e| e.path != rel);
-    write_atomic(&cpath, &postcard::to_stdvec(&entries)?)
+    write_atomic(&cpath, &encode_cache(&entries)?)
 }
 
 /// The canonical path of dataset folder `root`, which must be a folder.
@@ -299,6 +366,8 @@ pub fn fingerprint_tree(store: &Store, root: &Path, rehash: bool) -> Result<Tree
 /// for (`rehash`: every file), whatever a watcher says.
 pub fn fingerprint_walk(store: &Store, root: &Path, rehash: bool) -> Result<TreeFingerprint> {
     let root = dataset_root(root)?;
+    // Before the first stat: what was written since may be racy (see [`racy`]).
+    let now = now_ns();
     let found = walk(&root, "")?;
     let mut stats = Vec::with_capacity(found.iter().map(Found::files).sum());
     let mut empty = Vec::new();
@@ -311,13 +380,18 @@ pub fn fingerprint_walk(store: &Store, root: &Path, rehash: bool) -> Result<Tree
     // it is decoded, which a mapping would answer with SIGBUS.
     let cache_bytes = fs::read(&cpath).ok();
     let hit = |c: &CacheEntry, s: &Stat| {
-        (!rehash && c.size == s.size && c.mtime_ns == s.mtime_ns && c.ino == s.ino)
+        (!rehash
+            && c.size == s.size
+            && c.mtime_ns == s.mtime_ns
+            && c.ctime_ns == s.ctime_ns
+            && c.ino == s.ino
+            && c.dev == s.dev)
             .then_some(c.hash)
     };
     let mut matched: Vec<Option<[u8; 32]>> = Vec::with_capacity(stats.len());
     // An unchanged tree: the cache's entries decoded one by one beside the walk's, never
     // gathered. At the first entry out of place, every entry is looked up by path instead.
-    let in_order = match cache_bytes.as_deref() {
+    let in_order = match cache_bytes.as_deref().and_then(cache_body) {
         None => stats.is_empty(),
         Some(bytes) => match postcard::take_from_bytes::<usize>(bytes) {
             Ok((n, mut rest)) if n == stats.len() => {
@@ -398,16 +472,24 @@ pub fn fingerprint_walk(store: &Store, root: &Path, rehash: bool) -> Result<Tree
         let entries: Vec<CacheEntry> = stats
             .iter()
             .zip(&hashes)
-            .map(|(s, (hash, _))| CacheEntry {
+            .map(|(s, (hash, fresh))| CacheEntry {
                 path: std::borrow::Cow::Borrowed(s.rel.as_str()),
                 size: s.size,
                 mtime_ns: s.mtime_ns,
+                // A hash from the cache was proven by the walk that read the file; one read
+                // now, only once its times are older than this walk by a tick.
+                ctime_ns: if *fresh && racy(s.ctime_ns, s.mtime_ns, now) {
+                    RACY
+                } else {
+                    s.ctime_ns
+                },
+                dev: s.dev,
                 ino: s.ino,
                 hash: *hash,
             })
             .collect();
         // The stat cache is an optimisation: failing to write it is not an error.
-        if let Ok(bytes) = postcard::to_stdvec(&entries) {
+        if let Ok(bytes) = encode_cache(&entries) {
             let _ = write_atomic(&cpath, &bytes);
         }
     }
@@ -431,7 +513,22 @@ pub fn fingerprint_walk(store: &Store, root: &Path, rehash: bool) -> Result<Tree
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
     use std::time::{Duration, SystemTime};
+
+    thread_local! {
+        /// What [`now_ns`] answers on this thread, where set.
+        pub(super) static FIXED_NOW: Cell<Option<i64>> = const { Cell::new(None) };
+    }
+
+    fn ns(t: SystemTime) -> i64 {
+        t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as i64
+    }
+
+    fn ctime_ns(p: &Path) -> i64 {
+        let md = fs::metadata(p).unwrap();
+        md.ctime() * 1_000_000_000 + md.ctime_nsec()
+    }
 
     /// The fingerprint through the stat cache, and what reading every file gives.
     fn both(store: &Store, root: &Path) -> (TreeFingerprint, String) {
@@ -451,6 +548,8 @@ mod tests {
 
     #[test]
     fn the_stat_cache_sees_every_change_and_reads_only_what_changed() {
+        // Every walk an hour on: no file is racy (that case has its own test).
+        FIXED_NOW.with(|c| c.set(Some(ns(SystemTime::now() + Duration::from_secs(3600)))));
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::open(&tmp.path().join("store")).unwrap();
         let root = tmp.path().join("data");
@@ -505,6 +604,14 @@ mod tests {
             t + Duration::from_micros(1)
         );
         step("same size, same second", 1);
+        // Content changed, the same size, its time put back exactly as it was (`touch -r`,
+        // `cp -p` onto the file): only the ctime moved.
+        let f = root.join("train/a/008.jpg");
+        let t = fs::metadata(&f).unwrap().modified().unwrap();
+        fs::write(&f, b"a-zzz").unwrap();
+        set_mtime(&f, t);
+        assert_eq!(fs::metadata(&f).unwrap().modified().unwrap(), t);
+        step("same size, time restored", 1);
         // A file added in the middle of a folder, and one removed.
         fs::write(root.join("train/a/007b.jpg"), b"new").unwrap();
         step("added", 1);
@@ -536,6 +643,52 @@ mod tests {
             let fp = fingerprint_tree(&store, &root, false).unwrap();
             assert_eq!((fp.hashed, &fp.hash), (58, seen.last().unwrap()));
         }
+        // A cache an older pipe wrote (no ctime; no header): not read, every file hashed.
+        let good = fs::read(&cpath).unwrap();
+        write_atomic(&cpath, &good[CACHE_MAGIC.len()..]).unwrap();
+        let fp = fingerprint_tree(&store, &root, false).unwrap();
+        assert_eq!((fp.hashed, &fp.hash), (58, seen.last().unwrap()));
+        assert_eq!(fs::read(&cpath).unwrap(), good, "the cache is written anew");
+    }
+
+    #[test]
+    fn a_file_written_in_the_tick_a_walk_read_it_is_read_again_by_the_next() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(&tmp.path().join("store")).unwrap();
+        let root = tmp.path().join("data");
+        fs::create_dir_all(root.join("a")).unwrap();
+        fs::write(root.join("a/old.jpg"), b"old").unwrap();
+        let f = root.join("a/new.jpg");
+        fs::write(&f, b"new").unwrap();
+        let c = ctime_ns(&f);
+        // A walk 1 ms after the last write: a second write in that tick would leave both
+        // times as they are, so neither file's hash is proven.
+        FIXED_NOW.with(|t| t.set(Some(c + 1_000_000)));
+        let first = fingerprint_tree(&store, &root, false).unwrap();
+        assert_eq!(first.hashed, 2);
+        // Ten seconds on: both read again (their times have not moved), once.
+        FIXED_NOW.with(|t| t.set(Some(c + 10_000_000_000)));
+        let second = fingerprint_tree(&store, &root, false).unwrap();
+        assert_eq!((second.hashed, &second.hash), (2, &first.hash));
+        let third = fingerprint_tree(&store, &root, false).unwrap();
+        assert_eq!((third.hashed, &third.hash), (0, &first.hash));
+
+        // The window: a tick (at most 10 ms; 100 ms taken) where times have a fraction;
+        // 3 s where both are whole seconds (a file system that keeps seconds, or FAT's 2 s).
+        const S: i64 = 1_000_000_000;
+        let t = 1_700_000_000 * S + 123_456_789;
+        assert!(racy(t, t, t));
+        assert!(racy(t, t - S, t + S / 10));
+        assert!(!racy(t, t - S, t + S / 10 + 1));
+        assert!(racy(t - S, t, t + S / 20), "an mtime set ahead counts too");
+        assert!(
+            racy(t + 60 * S, t, t),
+            "times ahead of this clock: racy until it passes"
+        );
+        let whole = 1_700_000_000 * S;
+        assert!(racy(whole, whole, whole + 3 * S));
+        assert!(!racy(whole, whole, whole + 3 * S + 1));
+        assert!(racy(whole, whole - 5 * S, whole + 2 * S));
     }
 
     #[test]
