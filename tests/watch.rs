@@ -334,6 +334,31 @@ fn a_no_op_run_under_pipe_watch_skips_the_walk_and_a_change_runs_again() {
     let (said, ran) = run();
     assert!(said.contains(note) && all_cached(&ran), "{said}");
 
+    // The watcher suspended (Ctrl-Z in its terminal): a run sees the process stopped and
+    // walks, instead of waiting for an answer (30 s a folder, before). The bound is far
+    // above a walk of this folder and below that wait: a stall, not a speed, is tested.
+    let pid = w.0.id().to_string();
+    let signal = |sig: &str| {
+        assert!(std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success())
+    };
+    signal("-STOP");
+    let t = Instant::now();
+    let (said, ran) = run();
+    let took = t.elapsed();
+    signal("-CONT");
+    assert!(!said.contains(note) && all_cached(&ran), "{said}");
+    assert!(
+        took < Duration::from_secs(20),
+        "waited {took:?} on a stopped watcher"
+    );
+    // Going on, it answers again (a client that gave up on it did not end it).
+    let (said, ran) = run();
+    assert!(said.contains(note) && all_cached(&ran), "{said}");
+
     // The watcher stopped: runs walk again, with no word of it.
     drop(w);
     let (said, ran) = run();

@@ -88,10 +88,24 @@ pub enum Answer {
     Refused(String),
 }
 
+/// Set once this process found the store's watcher stopped (`kill -STOP`, Ctrl-Z in its
+/// terminal) or not answering: it is not asked again, so a run waits on it once at most.
+static SILENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The longest a run waits for an answer from a watcher that is running: a first request
+/// for a big folder waits while its watches are made (about 5 s for a million files).
+const ANSWER_WITHIN: Duration = Duration::from_secs(30);
+
 /// Ask the watcher of the store at `store_root` for the token of folder `root` (a
 /// canonical path). Anything that goes wrong on the way is [`Answer::NoWatcher`]: the run
-/// then stats every file, as it would without one.
+/// then stats every file, as it would without one. A watcher that is stopped is found so
+/// at once (its process state, by the pid the socket gives), not after the wait for a
+/// busy one; one whose queue of connections is full is not waited for.
 pub fn ask(store_root: &Path, root: &Path) -> Answer {
+    use std::sync::atomic::Ordering;
+    if SILENT.load(Ordering::Relaxed) {
+        return Answer::NoWatcher;
+    }
     let sock = socket_path(store_root);
     // Only a watcher of this user is believed: another could answer with tokens that make
     // a run trust a folder that changed.
@@ -104,24 +118,93 @@ pub fn ask(store_root: &Path, root: &Path) -> Answer {
     let Some(root) = root.to_str() else {
         return Answer::Refused("its path is not UTF-8".into());
     };
-    let ask = || -> std::io::Result<Reply> {
-        let mut s = UnixStream::connect(&sock)?;
-        // A first request for a big folder waits while its watches are made (about 5 s
-        // for a million files).
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let ask = || -> std::io::Result<Option<Reply>> {
+        let s = connect_now(&sock)?;
+        // The process that listens: this user's, and running.
+        let pid = match peer(&s) {
+            Some((pid, uid)) if uid == me => Some(pid),
+            Some(_) => return Ok(None),
+            None => None,
+        };
         s.set_write_timeout(Some(Duration::from_secs(5)))?;
         let mut line = serde_json::to_vec(&Request { root: root.into() })?;
         line.push(b'\n');
-        s.write_all(&line)?;
-        let mut reply = String::new();
-        BufReader::new(s).read_line(&mut reply)?;
-        Ok(serde_json::from_str(&reply)?)
+        (&s).write_all(&line)?;
+        // Read in short waits; between them, a watcher that stopped is given up on.
+        s.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let began = Instant::now();
+        let mut reply = Vec::new();
+        let mut r = BufReader::new(&s);
+        loop {
+            if pid.is_some_and(|p| !running(p)) {
+                return Ok(None);
+            }
+            match r.read_until(b'\n', &mut reply) {
+                Ok(_) => return Ok(serde_json::from_slice(&reply).ok()),
+                Err(e)
+                    if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+                        && began.elapsed() < ANSWER_WITHIN => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return Ok(None),
+            }
+        }
     };
     match ask() {
-        Ok(Reply::Token(t)) => Answer::Token(t),
-        Ok(Reply::Refused(why)) => Answer::Refused(why),
+        Ok(Some(Reply::Token(t))) => Answer::Token(t),
+        Ok(Some(Reply::Refused(why))) => Answer::Refused(why),
+        Ok(None) => {
+            SILENT.store(true, Ordering::Relaxed);
+            Answer::NoWatcher
+        }
         Err(_) => Answer::NoWatcher,
     }
+}
+
+/// A connection to the Unix socket `sock`, refused at once (not waited for) when the
+/// listener's queue of connections is full: a stopped watcher stops taking them.
+fn connect_now(sock: &Path) -> std::io::Result<UnixStream> {
+    let s = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
+    s.set_nonblocking(true)?;
+    // On a Unix socket a non-blocking connect completes at once or fails (EAGAIN: the
+    // queue is full); it is never left in progress.
+    s.connect(&socket2::SockAddr::unix(sock)?)?;
+    s.set_nonblocking(false)?;
+    Ok(UnixStream::from(std::os::fd::OwnedFd::from(s)))
+}
+
+/// The pid and user of the process that listens on the other end of `s`.
+fn peer(s: &UnixStream) -> Option<(i32, u32)> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` is a live, writable `ucred` and `len` its size; the kernel writes at
+    // most `len` bytes into it.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && cred.pid > 0).then_some((cred.pid, cred.uid))
+}
+
+/// Whether process `pid` can answer: not stopped (`T`, `t`), not a zombie, and there
+/// (where `/proc` cannot tell, it is taken to be).
+fn running(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return !Path::new("/proc/self/stat").exists();
+    };
+    // `pid (comm) S ...`: the state follows the last `)` (a name may hold one).
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].trim_start().chars().next());
+    !matches!(state, Some('T' | 't' | 'Z' | 'X') | None)
 }
 
 /// What a watch on a folder reports.
