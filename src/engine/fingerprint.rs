@@ -2,12 +2,14 @@
 //!
 //! A folder's fingerprint is the BLAKE3 of every file's relative path and content hash.
 //! Hashing 120,000 JPEGs on every run would take seconds, so each file's hash is cached
-//! under (size, mtime and ctime in ns, device, inode): an unchanged tree costs one parallel
-//! `stat` walk. The ctime is what no one can set back: content rewritten in place with its
-//! mtime restored (`touch -r`, `cp -p`, a tool that keeps times) still moves it. A file whose
-//! times fall within a clock tick of the walk (the "racy" case: a second write in the same
-//! tick would leave both times as they were) is cached as unproven, and read again by the
-//! next walk.
+//! under (size, mtime and ctime in ns, inode): an unchanged tree costs one parallel `stat`
+//! walk. The ctime is what no program can set back on the file systems that keep one
+//! (ext4, XFS, Btrfs, tmpfs, NFS: not FAT, nor FUSE ones that copy the mtime into it):
+//! content rewritten in place with its mtime restored (`touch -r`, `cp -p`, a tool that
+//! keeps times) still moves it. A file whose ctime falls within a clock tick of the walk
+//! (the "racy" case: a second write in the same tick would leave its times as they were) is
+//! cached as unproven, and read again by the next walk. The device number is left out: a
+//! network file system's is the mount's, which differs between the nodes sharing a store.
 //! Where `pipe watch` serves the store and has seen no event in the folder since the last
 //! fingerprint (the same token, see [`super::fswatch`]), not even that: the last
 //! fingerprint is taken as it is, and the folder is walked only when a stage reads it.
@@ -58,9 +60,8 @@ struct CacheEntry<'a> {
     size: u64,
     mtime_ns: i64,
     /// [`RACY`] where the walk that hashed the file could not rule out a write after its
-    /// read that left both times as they were.
+    /// read that left its times as they were.
     ctime_ns: i64,
-    dev: u64,
     ino: u64,
     hash: [u8; 32],
 }
@@ -73,22 +74,20 @@ const CACHE_MAGIC: &[u8] = b"pipe-statcache-v2\0";
 /// file has it, so the next walk reads the file again.
 const RACY: i64 = i64::MIN;
 
-/// Whether a file with times `ctime_ns` and `mtime_ns` may have been written again after a
-/// walk that began at `now_ns` read it, with neither time moving: file times come from a
-/// clock that advances by ticks (Linux: a jiffy, at most 10 ms; 1 s or 2 s where a file
-/// system keeps whole seconds, shown by both times having no fraction), so a write in the
-/// tick the walk read the file in leaves them as they were. Such a file's hash is not
-/// trusted by the next walk (Git's "racy clean" entries). Times a clock ahead of this one
-/// set (another machine's, over NFS) are racy until this clock passes them; a server
-/// clock behind this one by more than the window is not caught.
-fn racy(ctime_ns: i64, mtime_ns: i64, now_ns: i64) -> bool {
+/// Whether a file whose ctime is `ctime_ns` may have been written again after a walk that
+/// began at `now_ns` read it, with none of its times moving. A write sets the ctime (and
+/// the mtime) to the clock's time, which advances by ticks (Linux: a jiffy, at most 10 ms;
+/// 1 s or 2 s where a file system keeps whole seconds, shown by a ctime with no fraction),
+/// so only a write in the tick of the file's last change leaves the ctime as it was, and
+/// only a ctime within a tick of the walk's start can be that tick. Such a file's hash is
+/// not trusted by the next walk (Git's "racy clean" entries). The mtime plays no part: one
+/// set in the future (`touch -d`) is no sign of a write to come. A ctime ahead of this
+/// clock (a file server's clock ahead of this machine's) is racy until this clock passes
+/// it; a server clock behind this one by more than the window is not caught.
+fn racy(ctime_ns: i64, now_ns: i64) -> bool {
     const NS: i64 = 1_000_000_000;
-    let window = if ctime_ns % NS == 0 && mtime_ns % NS == 0 {
-        3 * NS
-    } else {
-        NS / 10
-    };
-    ctime_ns.max(mtime_ns) >= now_ns.saturating_sub(window)
+    let window = if ctime_ns % NS == 0 { 3 * NS } else { NS / 10 };
+    ctime_ns >= now_ns.saturating_sub(window)
 }
 
 /// Now, in ns since the epoch (tests may set it).
@@ -119,7 +118,6 @@ struct Stat {
     size: u64,
     mtime_ns: i64,
     ctime_ns: i64,
-    dev: u64,
     ino: u64,
     /// A regular file (or a link to one): its content is read and hashed. Anything else
     /// (a FIFO, a device, a socket) is never opened: it counts by its kind alone, and the
@@ -181,7 +179,6 @@ fn walk(root: &Path, rel: &str) -> Result<Vec<Found>> {
                     size: md.len(),
                     mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
                     ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
-                    dev: md.dev(),
                     ino: md.ino(),
                     regular: md.is_file(),
                 }))
@@ -283,8 +280,9 @@ pub fn distrust(store: &Store, root: &Path) {
 }
 
 /// Forget what the stat cache of `root` says of `file` (a path below it): the next
-/// fingerprint reads it again. For a file whose bytes changed while its size, time and
-/// inode did not.
+/// fingerprint reads it again. For a file whose bytes changed while its stat did not (a
+/// write through a memory mapping to a page already dirty, or a file system whose ctime
+/// a program can set).
 pub fn forget(store: &Store, root: &Path, file: &Path) -> Result<()> {
     let Ok(root) = root.canonicalize() else {
         return Ok(());
@@ -384,8 +382,7 @@ pub fn fingerprint_walk(store: &Store, root: &Path, rehash: bool) -> Result<Tree
             && c.size == s.size
             && c.mtime_ns == s.mtime_ns
             && c.ctime_ns == s.ctime_ns
-            && c.ino == s.ino
-            && c.dev == s.dev)
+            && c.ino == s.ino)
             .then_some(c.hash)
     };
     let mut matched: Vec<Option<[u8; 32]>> = Vec::with_capacity(stats.len());
@@ -478,12 +475,11 @@ pub fn fingerprint_walk(store: &Store, root: &Path, rehash: bool) -> Result<Tree
                 mtime_ns: s.mtime_ns,
                 // A hash from the cache was proven by the walk that read the file; one read
                 // now, only once its times are older than this walk by a tick.
-                ctime_ns: if *fresh && racy(s.ctime_ns, s.mtime_ns, now) {
+                ctime_ns: if *fresh && racy(s.ctime_ns, now) {
                     RACY
                 } else {
                     s.ctime_ns
                 },
-                dev: s.dev,
                 ino: s.ino,
                 hash: *hash,
             })
@@ -657,12 +653,12 @@ mod tests {
         let store = Store::open(&tmp.path().join("store")).unwrap();
         let root = tmp.path().join("data");
         fs::create_dir_all(root.join("a")).unwrap();
-        fs::write(root.join("a/old.jpg"), b"old").unwrap();
-        let f = root.join("a/new.jpg");
-        fs::write(&f, b"new").unwrap();
+        let f = root.join("a/old.jpg");
+        fs::write(&f, b"old").unwrap();
+        fs::write(root.join("a/new.jpg"), b"new").unwrap();
         let c = ctime_ns(&f);
-        // A walk 1 ms after the last write: a second write in that tick would leave both
-        // times as they are, so neither file's hash is proven.
+        // A walk 1 ms after the first write (the second came after it): a write in that
+        // tick would leave the times as they are, so neither file's hash is proven.
         FIXED_NOW.with(|t| t.set(Some(c + 1_000_000)));
         let first = fingerprint_tree(&store, &root, false).unwrap();
         assert_eq!(first.hashed, 2);
@@ -673,22 +669,52 @@ mod tests {
         let third = fingerprint_tree(&store, &root, false).unwrap();
         assert_eq!((third.hashed, &third.hash), (0, &first.hash));
 
-        // The window: a tick (at most 10 ms; 100 ms taken) where times have a fraction;
-        // 3 s where both are whole seconds (a file system that keeps seconds, or FAT's 2 s).
+        // A file's mtime set in the future (`touch -d`): no sign of a write to come, so the
+        // walk after the next one reads nothing (were it racy, every walk would read it and
+        // write the cache again).
+        let ahead = SystemTime::now() + Duration::from_secs(3600);
+        set_mtime(&f, ahead);
+        let c = ctime_ns(&f);
+        FIXED_NOW.with(|t| t.set(Some(c + 10_000_000_000)));
+        let read = fingerprint_tree(&store, &root, false).unwrap();
+        assert_eq!(read.hashed, 1);
+        let next = fingerprint_tree(&store, &root, false).unwrap();
+        assert_eq!((next.hashed, &next.hash), (0, &read.hash));
+
+        // The window: a tick (at most 10 ms; 100 ms taken) where the ctime has a fraction;
+        // 3 s where it is whole seconds (a file system that keeps seconds, or FAT's 2 s).
         const S: i64 = 1_000_000_000;
         let t = 1_700_000_000 * S + 123_456_789;
-        assert!(racy(t, t, t));
-        assert!(racy(t, t - S, t + S / 10));
-        assert!(!racy(t, t - S, t + S / 10 + 1));
-        assert!(racy(t - S, t, t + S / 20), "an mtime set ahead counts too");
+        assert!(racy(t, t));
+        assert!(racy(t, t + S / 10));
+        assert!(!racy(t, t + S / 10 + 1));
         assert!(
-            racy(t + 60 * S, t, t),
-            "times ahead of this clock: racy until it passes"
+            racy(t + 60 * S, t),
+            "a ctime ahead of this clock: racy until it passes"
         );
         let whole = 1_700_000_000 * S;
-        assert!(racy(whole, whole, whole + 3 * S));
-        assert!(!racy(whole, whole, whole + 3 * S + 1));
-        assert!(racy(whole, whole - 5 * S, whole + 2 * S));
+        assert!(racy(whole, whole + 3 * S));
+        assert!(!racy(whole, whole + 3 * S + 1));
+    }
+
+    #[test]
+    fn a_file_forgotten_is_read_again_by_the_next_walk_and_only_it() {
+        FIXED_NOW.with(|c| c.set(Some(ns(SystemTime::now() + Duration::from_secs(3600)))));
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(&tmp.path().join("store")).unwrap();
+        let root = tmp.path().join("data");
+        fs::create_dir_all(root.join("a")).unwrap();
+        for i in 0..5 {
+            fs::write(root.join(format!("a/{i}.jpg")), format!("{i}")).unwrap();
+        }
+        let first = fingerprint_tree(&store, &root, false).unwrap();
+        assert_eq!(first.hashed, 5);
+        // As a stage that found the file's bytes changed under an unchanged stat does.
+        forget(&store, &root, &root.join("a/3.jpg")).unwrap();
+        let again = fingerprint_tree(&store, &root, false).unwrap();
+        assert_eq!((again.hashed, &again.hash), (1, &first.hash));
+        let next = fingerprint_tree(&store, &root, false).unwrap();
+        assert_eq!(next.hashed, 0);
     }
 
     #[test]

@@ -119,13 +119,19 @@ pub fn ask(store_root: &Path, root: &Path) -> Answer {
         return Answer::Refused("its path is not UTF-8".into());
     };
     let ask = || -> std::io::Result<Option<Reply>> {
-        let s = connect_now(&sock)?;
-        // The process that listens: this user's, and running.
-        let pid = match peer(&s) {
-            Some((pid, uid)) if uid == me => Some(pid),
-            Some(_) => return Ok(None),
-            None => None,
+        let s = match connect_now(&sock) {
+            // The queue of connections is full: the watcher takes none.
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(None),
+            s => s?,
         };
+        // The process that listens: this user's (its pid is 0 where it lives in a PID
+        // namespace this process cannot see: then its state is not looked at).
+        let Some((pid, uid)) = peer(&s) else {
+            return Ok(None);
+        };
+        if uid != me {
+            return Ok(None);
+        }
         s.set_write_timeout(Some(Duration::from_secs(5)))?;
         let mut line = serde_json::to_vec(&Request { root: root.into() })?;
         line.push(b'\n');
@@ -135,9 +141,18 @@ pub fn ask(store_root: &Path, root: &Path) -> Answer {
         let began = Instant::now();
         let mut reply = Vec::new();
         let mut r = BufReader::new(&s);
+        let mut traced = 0;
         loop {
-            if pid.is_some_and(|p| !running(p)) {
-                return Ok(None);
+            match state(pid) {
+                Some('T' | 'Z' | 'X') => return Ok(None),
+                // Stopped by a debugger; `strace` stops it for a moment at each call.
+                Some('t') => {
+                    traced += 1;
+                    if traced >= 5 {
+                        return Ok(None);
+                    }
+                }
+                _ => traced = 0,
             }
             match r.read_until(b'\n', &mut reply) {
                 Ok(_) => return Ok(serde_json::from_slice(&reply).ok()),
@@ -172,7 +187,8 @@ fn connect_now(sock: &Path) -> std::io::Result<UnixStream> {
     Ok(UnixStream::from(std::os::fd::OwnedFd::from(s)))
 }
 
-/// The pid and user of the process that listens on the other end of `s`.
+/// The pid (0: not in this PID namespace) and user of the process that listens on the
+/// other end of `s`.
 fn peer(s: &UnixStream) -> Option<(i32, u32)> {
     let mut cred = libc::ucred {
         pid: 0,
@@ -191,20 +207,19 @@ fn peer(s: &UnixStream) -> Option<(i32, u32)> {
             &mut len,
         )
     };
-    (rc == 0 && cred.pid > 0).then_some((cred.pid, cred.uid))
+    (rc == 0).then_some((cred.pid, cred.uid))
 }
 
-/// Whether process `pid` can answer: not stopped (`T`, `t`), not a zombie, and there
-/// (where `/proc` cannot tell, it is taken to be).
-fn running(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return !Path::new("/proc/self/stat").exists();
-    };
+/// The state of process `pid` (`R`, `S`, `D`; `T` stopped, `t` stopped by a tracer, `Z`
+/// a zombie), where `/proc` tells it.
+fn state(pid: i32) -> Option<char> {
+    if pid <= 0 {
+        return None;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // `pid (comm) S ...`: the state follows the last `)` (a name may hold one).
-    let state = stat
-        .rfind(')')
-        .and_then(|i| stat[i + 1..].trim_start().chars().next());
-    !matches!(state, Some('T' | 't' | 'Z' | 'X') | None)
+    stat.rfind(')')
+        .and_then(|i| stat[i + 1..].trim_start().chars().next())
 }
 
 /// What a watch on a folder reports.
@@ -549,6 +564,12 @@ impl Watcher {
 /// Serve the store at `store_root` until killed: answer runs' requests for tokens, and
 /// keep the events of the folders they named. `say` hears each folder watched.
 pub fn serve(store_root: &Path, say: &mut dyn FnMut(String)) -> Result<()> {
+    // A run that gave up on an answer has closed its end: the reply's write then fails
+    // (EPIPE) instead of ending the watcher. (`pipe` restores SIGPIPE's default at start.)
+    // SAFETY: setting a signal's disposition to "ignore"; no handler runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
     if !store_root.join("keys").is_dir() {
         bail!(
             "no store at {} (run a pipeline first, or name it with --cache)",

@@ -1014,7 +1014,8 @@ impl Engine {
 
     /// A stage failed on a dataset file that changed after it was fingerprinted: make the
     /// next fingerprint read that file again, so the next run takes the dataset as it is
-    /// (a change that kept the file's size and time would otherwise be a dead end).
+    /// (a change that left the file's stat as it was, which the stat cache cannot see,
+    /// would otherwise be a dead end).
     fn forget_changed(&self, e: &anyhow::Error) {
         let Some(c) = e
             .chain()

@@ -6,7 +6,7 @@
 //!   here is complete.
 //! - `keys/<stage-key>.json`: stage key -> output hash (written after the artifact exists).
 //! - `state/<pipeline>.json`: what each pipeline last ran, used to explain staleness.
-//! - `statcache/`: (path, size, mtime, ctime, device, inode) -> content hash for external datasets.
+//! - `statcache/`: (path, size, mtime, ctime, inode) -> content hash for external datasets.
 //! - `scratch/<stage-key>/`: what a stage keeps across interruptions (training
 //!   checkpoints) and the folder it writes its artifact into (`publishing-<pid>/`);
 //!   removed when the stage's artifact is published.
