@@ -273,10 +273,13 @@ fn a_push_killed_half_way_leaves_nothing_a_reader_takes() {
 fn an_unreachable_or_silent_server_never_fails_a_run() {
     let Some(env) = garage() else { return };
     let _one = serial();
-    // Nothing listens on this port: a warning, then the run goes on locally.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    // Nothing listens on this port: a warning, then the run goes on locally. The port is
+    // held, bound and not listening, for the run: no other process can take it meanwhile,
+    // and a connection to it is refused.
+    let closed = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    closed.bind(&any.into()).unwrap();
+    let port = closed.local_addr().unwrap().as_socket().unwrap().port();
     let a = Project::with("g.toml", &manifest());
     let mut c = with_remote(&a, env, "s3://pipe/nowhere", &["run", "g", "--json"]);
     c.env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"));
@@ -287,6 +290,7 @@ fn an_unreachable_or_silent_server_never_fails_a_run() {
         1,
         "one warning:\n{said}"
     );
+    drop(closed);
 
     // A server that accepts and never answers: bounded by `timeout`, then local work.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -46,10 +46,16 @@ pub fn cache_dir() -> std::path::PathBuf {
 }
 
 /// Compile [`SOURCE`] to a CUBIN for `sm_<major><minor>` (NVRTC must be loaded, see
-/// [`super::libs`]), or take it from the cache. The cache key is the source, the
-/// architecture and NVRTC's version; a cache file is written atomically.
+/// [`super::libs`]), or take it from the cache in [`cache_dir`].
 #[cfg(feature = "cuda")]
 pub fn cubin(major: i32, minor: i32) -> anyhow::Result<Vec<u8>> {
+    cubin_in(major, minor, &cache_dir())
+}
+
+/// [`cubin`], with its cache in folder `cache`. The cache key is the source, the
+/// architecture and NVRTC's version; a cache file is written atomically.
+#[cfg(feature = "cuda")]
+pub fn cubin_in(major: i32, minor: i32, cache: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     use anyhow::Context;
     use cudarc::nvrtc::{result, sys};
     let arch = format!("sm_{major}{minor}");
@@ -62,7 +68,7 @@ pub fn cubin(major: i32, minor: i32) -> anyhow::Result<Vec<u8>> {
         (a, b)
     };
     let key = blake3::hash(format!("{SOURCE}\n{arch}\nnvrtc {vmaj}.{vmin}").as_bytes());
-    let path = cache_dir().join(format!("{}-{arch}.cubin", &key.to_hex()[..16]));
+    let path = cache.join(format!("{}-{arch}.cubin", &key.to_hex()[..16]));
     if let Ok(bin) = std::fs::read(&path) {
         if !bin.is_empty() {
             return Ok(bin);
