@@ -249,10 +249,10 @@ fn atomic_writes_replace_whole_files_and_leave_no_temporary() {
     assert_eq!(names, vec!["state.json"]);
 }
 
-/// Damage that keeps a model file's size and time (a stat check cannot see it): `predict`
-/// and `export` re-hash the files they read and refuse, naming `pipe verify`, printing no
-/// probability and writing no file; the dashboard answers 409 for the damaged file and
-/// still serves the sound ones.
+/// Damage that keeps a model file's size and mtime (its ctime moves: the stat check sees
+/// it; what it could not see, `predict` and `export` would still catch by re-hashing the
+/// files they read): both refuse, naming the file, printing no probability and writing no
+/// file; the dashboard answers 409 for the damaged file and still serves the sound ones.
 #[test]
 fn a_model_damaged_in_place_is_refused_by_predict_export_and_the_dashboard() {
     let p = Project::with("t.toml", &pipeline_t());
@@ -277,15 +277,14 @@ fn a_model_damaged_in_place_is_refused_by_predict_export_and_the_dashboard() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && out.stdout.is_empty(), "{err}");
+    let damaged = "state.safetensors: content changed since it was published";
     assert!(
-        err.contains("the model of stage `train`")
-            && err.contains("state.safetensors: content changed since it was published")
-            && err.contains("pipe verify"),
+        err.contains("stage `train`") && err.contains(damaged),
         "{err}"
     );
     let onnx = p.path().join("m.onnx");
     let err = p.fails(&["export", "t", "-o", onnx.to_str().unwrap()]);
-    assert!(err.contains("pipe verify"), "{err}");
+    assert!(err.contains(damaged), "{err}");
     assert!(!onnx.exists(), "export wrote a file from a damaged model");
     let (ui, _) = Ui::start(&p, &[]);
     let hash = field(&r, "train", "output");
@@ -338,4 +337,102 @@ fn a_full_disk_names_the_stage_the_file_and_the_store() {
             "{size}: {err}"
         );
     }
+}
+
+/// Damage with the file's mtime put back (`touch -d`, `cp -p` over it): its ctime moved,
+/// so a run finds it without `pipe verify`, names the file and builds the stage again.
+#[test]
+fn damage_with_its_mtime_put_back_is_found_by_a_run() {
+    let p = Project::with("t.toml", &pipeline_t());
+    let first = p.run_json("t", &[]);
+    let h5 = p.artifact(&first, "hdf5").join("train.h5");
+    let mtime = std::fs::metadata(&h5).unwrap().modified().unwrap();
+    tamper_keeping_time(&h5, |b| {
+        let mid = b.len() / 2;
+        b[mid] ^= 0xFF;
+    });
+    assert_eq!(std::fs::metadata(&h5).unwrap().modified().unwrap(), mtime);
+    let out = p.cmd(&["run", "t", "--json"]).output().unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("train.h5") && err.contains("content changed since it was published"),
+        "{err}"
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(state_of(&r, "hdf5"), "ran");
+    assert_eq!(field(&r, "hdf5", "output"), field(&first, "hdf5", "output"));
+    assert_eq!(state_of(&r, "train"), "cached");
+}
+
+/// A store copied with `cp -a` (its times kept, every ctime new): `status` finds it sound
+/// and writes nothing; the first run re-hashes what it uses, finds it sound and brings
+/// the seals' times up to date; the run after it has nothing to re-hash and leaves every
+/// seal as it is.
+#[test]
+fn a_store_copied_with_its_times_is_sound_and_its_seals_catch_up_once() {
+    use std::os::unix::fs::MetadataExt;
+    let p = Project::with("t.toml", &pipeline_t());
+    let first = p.run_json("t", &[]);
+    let copy = p.path().join("copy");
+    assert!(std::process::Command::new("cp")
+        .arg("-a")
+        .arg(p.cache())
+        .arg(&copy)
+        .status()
+        .unwrap()
+        .success());
+    // Older than a clock tick when the run looks (a ctime within one is not trusted).
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let seals = || -> std::collections::BTreeMap<String, (u64, Vec<u8>)> {
+        std::fs::read_dir(copy.join("sealed"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .map(|p| {
+                let ino = std::fs::metadata(&p).unwrap().ino();
+                (p.display().to_string(), (ino, std::fs::read(&p).unwrap()))
+            })
+            .collect()
+    };
+    let c = copy.to_str().unwrap();
+    let before = seals();
+    let out = p.ok(&["status", "t", "--cache", c]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("damaged"));
+    assert_eq!(seals(), before, "status wrote a seal");
+
+    let out = p.ok(&["run", "t", "--json", "--cache", c]);
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("warning"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        stage_states(&r["stages"])
+            .iter()
+            .all(|(_, s)| s == "cached"),
+        "{r}"
+    );
+    let after = seals();
+    assert_ne!(after, before, "no seal was brought up to date");
+    // The seal of train.h5 now holds the copy's own times.
+    let hash = field(&first, "hdf5", "output");
+    let seal: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(copy.join(format!("sealed/{hash}.json"))).unwrap())
+            .unwrap();
+    let h5 = std::fs::metadata(copy.join(format!("artifacts/{hash}/train.h5"))).unwrap();
+    let entry = seal["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "train.h5")
+        .unwrap();
+    assert_eq!(
+        entry["ctime_ns"].as_i64().unwrap(),
+        h5.ctime() * 1_000_000_000 + h5.ctime_nsec()
+    );
+    p.ok(&["run", "t", "--cache", c]);
+    assert_eq!(seals(), after, "the second run found something to re-hash");
+    assert!(p.ok(&["verify", "--cache", c]).status.success());
 }

@@ -84,14 +84,14 @@ const RACY: i64 = i64::MIN;
 /// set in the future (`touch -d`) is no sign of a write to come. A ctime ahead of this
 /// clock (a file server's clock ahead of this machine's) is racy until this clock passes
 /// it; a server clock behind this one by more than the window is not caught.
-fn racy(ctime_ns: i64, now_ns: i64) -> bool {
+pub(crate) fn racy(ctime_ns: i64, now_ns: i64) -> bool {
     const NS: i64 = 1_000_000_000;
     let window = if ctime_ns % NS == 0 { 3 * NS } else { NS / 10 };
     ctime_ns >= now_ns.saturating_sub(window)
 }
 
 /// Now, in ns since the epoch (tests may set it).
-fn now_ns() -> i64 {
+pub(crate) fn now_ns() -> i64 {
     #[cfg(test)]
     if let Some(t) = tests::FIXED_NOW.with(|c| c.get()) {
         return t;

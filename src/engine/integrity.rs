@@ -1,12 +1,17 @@
 //! Trust in published artifacts. At publish, an artifact is made read-only and *sealed*:
-//! `sealed/<hash>.json` records every file's size, mtime and BLAKE3. Before a cached
+//! `sealed/<hash>.json` records every file's size, mtime, ctime and BLAKE3. Before a cached
 //! artifact is used (and on `pipe status`), each file is stat-ed against its seal, which
-//! costs no reading; a file whose size or mtime moved is re-hashed, and a file whose content
-//! changed (or that went missing, or appeared) makes the artifact *damaged*: it is treated
-//! as missing, so the stage that made it runs again. `pipe verify` re-hashes everything.
+//! costs no reading; a file whose size or either time moved is re-hashed, and a file whose
+//! content changed (or that went missing, or appeared) makes the artifact *damaged*: it is
+//! treated as missing, so the stage that made it runs again. `pipe verify` re-hashes
+//! everything. The ctime is what no program can set back: damage with the mtime restored
+//! (`touch -d`) moves it. A file re-hashed sound whose times had moved (a store copied with
+//! `cp -a`, a `touch`) has its seal's times brought up to date by the next `pipe run`
+//! ([`refresh`]), so it is not read again on every use.
 //!
-//! Not covered: damage that keeps a file's size and mtime (a flipped bit restored with
-//! `touch -d`) until `pipe verify` reads the bytes.
+//! Not covered: damage that keeps a file's stat whole (a write to the disk under the file
+//! system, a FUSE file system that copies the mtime into the ctime) until `pipe verify`
+//! reads the bytes; seals written before ctimes were recorded, as before.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -28,6 +33,9 @@ pub struct SealedFile {
     pub size: u64,
     /// Modification time, ns since the epoch.
     pub mtime_ns: i64,
+    /// Status change time, ns since the epoch (absent in seals from before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctime_ns: Option<i64>,
     /// BLAKE3 of the content, hex.
     pub hash: String,
 }
@@ -55,6 +63,14 @@ pub enum Health {
 fn mtime_ns(md: &fs::Metadata) -> i64 {
     md.mtime() * 1_000_000_000 + md.mtime_nsec()
 }
+
+fn ctime_ns(md: &fs::Metadata) -> i64 {
+    md.ctime() * 1_000_000_000 + md.ctime_nsec()
+}
+
+/// A file of an artifact re-hashed sound though its times had moved: (path, mtime and
+/// ctime as stat-ed before the hash).
+pub type Reproven = (String, i64, i64);
 
 /// Seal a published artifact folder that stage keys `keys` produced: record its files
 /// (`hashed`: path, size, BLAKE3 as the store hashed them) and the keys, then make it
@@ -85,6 +101,8 @@ pub fn seal(dir: &Path, seal_path: &Path, hashed: &[HashedFile], keys: &[StageKe
         }
         return Ok(());
     }
+    // Read-only first: that moves each file's ctime, which the seal then records.
+    set_read_only(dir, true)?;
     let mut files = Vec::with_capacity(hashed.len());
     for (rel, size, hash) in hashed {
         let md = fs::metadata(dir.join(rel))?;
@@ -92,10 +110,10 @@ pub fn seal(dir: &Path, seal_path: &Path, hashed: &[HashedFile], keys: &[StageKe
             path: rel.clone(),
             size: *size,
             mtime_ns: mtime_ns(&md),
+            ctime_ns: Some(ctime_ns(&md)),
             hash: hash.clone(),
         });
     }
-    set_read_only(dir, true)?;
     let mut keys = keys.to_vec();
     keys.sort();
     keys.dedup();
@@ -148,10 +166,21 @@ pub fn vouches(
 }
 
 /// Check an artifact against its seal. `full`: re-hash every file (`pipe verify`);
-/// otherwise only files whose size or mtime moved. `records`: the top-level files its
+/// otherwise only files whose size or a time moved. `records`: the top-level files its
 /// stage kind declares as records, not content (they may come and go).
 pub fn check(dir: &Path, seal: &Seal, full: bool, records: &[&str]) -> Result<Health> {
+    Ok(check_reproving(dir, seal, full, records)?.0)
+}
+
+/// [`check`], and the files it re-hashed sound though a time had moved, for [`refresh`].
+pub fn check_reproving(
+    dir: &Path,
+    seal: &Seal,
+    full: bool,
+    records: &[&str],
+) -> Result<(Health, Vec<Reproven>)> {
     let mut problems = Vec::new();
+    let mut reproven = Vec::new();
     let present = content_files(dir, records)?;
     let sealed: std::collections::HashSet<&str> =
         seal.files.iter().map(|s| s.path.as_str()).collect();
@@ -177,8 +206,17 @@ pub fn check(dir: &Path, seal: &Seal, full: bool, records: &[&str]) -> Result<He
             ));
             continue;
         }
-        let moved = md.len() != s.size || mtime_ns(&md) != s.mtime_ns;
-        if (full || moved) && hash_file(&p)? != s.hash {
+        let (mtime, ctime) = (mtime_ns(&md), ctime_ns(&md));
+        let moved =
+            md.len() != s.size || mtime != s.mtime_ns || s.ctime_ns.is_some_and(|c| c != ctime);
+        if !(full || moved) {
+            continue;
+        }
+        if hash_file(&p)? == s.hash {
+            if moved && md.len() == s.size {
+                reproven.push((s.path.clone(), mtime, ctime));
+            }
+        } else {
             problems.push(if md.len() != s.size {
                 format!(
                     "{}: {} bytes, published with {} (truncated or rewritten)",
@@ -191,11 +229,55 @@ pub fn check(dir: &Path, seal: &Seal, full: bool, records: &[&str]) -> Result<He
             });
         }
     }
-    Ok(if problems.is_empty() {
+    let health = if problems.is_empty() {
         Health::Sound
     } else {
         Health::Damaged(problems)
-    })
+    };
+    Ok((health, reproven))
+}
+
+/// Bring the seal at `seal_path` of artifact `dir` up to date for files [`check_reproving`]
+/// found sound though their times had moved: each takes the times it had when it was
+/// hashed, if it still has them now and its ctime is not within a clock tick of now (a
+/// write in that tick could have left it as it was). Under the seal's lock; an artifact
+/// whose seal changed meanwhile keeps what it has.
+pub fn refresh(dir: &Path, seal_path: &Path, reproven: &[Reproven]) -> Result<()> {
+    if reproven.is_empty() {
+        return Ok(());
+    }
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(seal_path.with_file_name(".lock"))?;
+    lock.lock()?;
+    let Some(mut seal) = read_seal(seal_path) else {
+        return Ok(());
+    };
+    let now = super::fingerprint::now_ns();
+    let mut changed = false;
+    for (rel, mtime, ctime) in reproven {
+        let Some(s) = seal.files.iter_mut().find(|f| f.path == *rel) else {
+            continue;
+        };
+        let Ok(md) = fs::metadata(dir.join(rel)) else {
+            continue;
+        };
+        let same = md.is_file()
+            && md.len() == s.size
+            && mtime_ns(&md) == *mtime
+            && ctime_ns(&md) == *ctime;
+        if same && !super::fingerprint::racy(*ctime, now) {
+            s.mtime_ns = *mtime;
+            s.ctime_ns = Some(*ctime);
+            changed = true;
+        }
+    }
+    if changed {
+        write_json_atomic(seal_path, &seal)?;
+    }
+    Ok(())
 }
 
 /// Check one file of an artifact (`rel`, relative with `/`) fully against the seal: it

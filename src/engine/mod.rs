@@ -1214,6 +1214,28 @@ impl Engine {
         )
     }
 
+    /// [`Self::health`], not full, for a run about to use artifact `output`: where it is
+    /// sound, the seal's times of files re-hashed because their times had moved (a store
+    /// copied with `cp -a`, a `touch`) are brought up to date, so the next use does not
+    /// read them again (see [`integrity::refresh`]).
+    fn health_for_use(&self, output: &ContentHash, records: &[&str]) -> Result<integrity::Health> {
+        let dir = self.store.artifact_dir(output);
+        let seal_path = self.store.seal_path(output);
+        let Some(seal) = integrity::read_seal(&seal_path) else {
+            return self.health(output, false, records);
+        };
+        let (health, reproven) = integrity::check_reproving(&dir, &seal, false, records)?;
+        if health == integrity::Health::Sound && !self.store.is_read_only() {
+            if let Err(e) = integrity::refresh(&dir, &seal_path, &reproven) {
+                self.warn(format!(
+                    "could not bring the seal of artifact {} up to date: {e:#}",
+                    output.short()
+                ));
+            }
+        }
+        Ok(health)
+    }
+
     /// Re-hash `files` of artifact `output` (what a reader is about to use) against its
     /// seal: an error that says what is wrong and what to run, when any is not as
     /// published. The artifact folder itself must be a folder of the store, not a link.
@@ -1292,7 +1314,13 @@ impl Engine {
             }
             return Ok(None);
         }
-        match self.health(&rec.output, false, stages::records(rec.kind))? {
+        let records = stages::records(rec.kind);
+        let health = if quarantine {
+            self.health_for_use(&rec.output, records)?
+        } else {
+            self.health(&rec.output, false, records)?
+        };
+        match health {
             integrity::Health::Sound => {
                 if let Some(m) = self.sound_memo.as_mut() {
                     m.insert(key.clone(), rec.clone());
