@@ -6,8 +6,9 @@
 //! treated as missing, so the stage that made it runs again. `pipe verify` re-hashes
 //! everything. The ctime is what no program can set back: damage with the mtime restored
 //! (`touch -d`) moves it. A file re-hashed sound whose times had moved (a store copied with
-//! `cp -a`, a `touch`) has its seal's times brought up to date by the next `pipe run`
-//! ([`refresh`]), so it is not read again on every use.
+//! `cp -a`, a `touch`) has its seal's times brought up to date by the next command that
+//! uses it to run stages (`run`, `run-stage`, `pull`: [`refresh`]), so it is not read
+//! again on every use.
 //!
 //! Not covered: damage that keeps a file's stat whole (a write to the disk under the file
 //! system, a FUSE file system that copies the mtime into the ctime) until `pipe verify`
@@ -68,9 +69,19 @@ fn ctime_ns(md: &fs::Metadata) -> i64 {
     md.ctime() * 1_000_000_000 + md.ctime_nsec()
 }
 
-/// A file of an artifact re-hashed sound though its times had moved: (path, mtime and
-/// ctime as stat-ed before the hash).
-pub type Reproven = (String, i64, i64);
+/// A file of an artifact re-hashed sound though its times had moved, as stat-ed before
+/// the hash.
+#[derive(Debug, Clone)]
+pub struct Reproven {
+    path: String,
+    mtime_ns: i64,
+    ctime_ns: i64,
+    ino: u64,
+    dev: u64,
+    /// When the check began, before its first stat: a ctime within a clock tick of it
+    /// may be followed by a write that leaves it as it is.
+    checked_ns: i64,
+}
 
 /// Seal a published artifact folder that stage keys `keys` produced: record its files
 /// (`hashed`: path, size, BLAKE3 as the store hashed them) and the keys, then make it
@@ -181,6 +192,7 @@ pub fn check_reproving(
 ) -> Result<(Health, Vec<Reproven>)> {
     let mut problems = Vec::new();
     let mut reproven = Vec::new();
+    let checked_ns = super::fingerprint::now_ns();
     let present = content_files(dir, records)?;
     let sealed: std::collections::HashSet<&str> =
         seal.files.iter().map(|s| s.path.as_str()).collect();
@@ -214,7 +226,14 @@ pub fn check_reproving(
         }
         if hash_file(&p)? == s.hash {
             if moved && md.len() == s.size {
-                reproven.push((s.path.clone(), mtime, ctime));
+                reproven.push(Reproven {
+                    path: s.path.clone(),
+                    mtime_ns: mtime,
+                    ctime_ns: ctime,
+                    ino: md.ino(),
+                    dev: md.dev(),
+                    checked_ns,
+                });
             }
         } else {
             problems.push(if md.len() != s.size {
@@ -239,9 +258,9 @@ pub fn check_reproving(
 
 /// Bring the seal at `seal_path` of artifact `dir` up to date for files [`check_reproving`]
 /// found sound though their times had moved: each takes the times it had when it was
-/// hashed, if it still has them now and its ctime is not within a clock tick of now (a
-/// write in that tick could have left it as it was). Under the seal's lock; an artifact
-/// whose seal changed meanwhile keeps what it has.
+/// hashed, if it is still that regular file (no link), with those times, and its ctime is
+/// not within a clock tick of the check's start (a write in that tick could have left it
+/// as it was). Under the seal's lock, on the seal as it is then.
 pub fn refresh(dir: &Path, seal_path: &Path, reproven: &[Reproven]) -> Result<()> {
     if reproven.is_empty() {
         return Ok(());
@@ -255,22 +274,22 @@ pub fn refresh(dir: &Path, seal_path: &Path, reproven: &[Reproven]) -> Result<()
     let Some(mut seal) = read_seal(seal_path) else {
         return Ok(());
     };
-    let now = super::fingerprint::now_ns();
     let mut changed = false;
-    for (rel, mtime, ctime) in reproven {
-        let Some(s) = seal.files.iter_mut().find(|f| f.path == *rel) else {
+    for r in reproven {
+        let Some(s) = seal.files.iter_mut().find(|f| f.path == r.path) else {
             continue;
         };
-        let Ok(md) = fs::metadata(dir.join(rel)) else {
+        let Ok(md) = fs::symlink_metadata(dir.join(&r.path)) else {
             continue;
         };
         let same = md.is_file()
             && md.len() == s.size
-            && mtime_ns(&md) == *mtime
-            && ctime_ns(&md) == *ctime;
-        if same && !super::fingerprint::racy(*ctime, now) {
-            s.mtime_ns = *mtime;
-            s.ctime_ns = Some(*ctime);
+            && (md.ino(), md.dev()) == (r.ino, r.dev)
+            && mtime_ns(&md) == r.mtime_ns
+            && ctime_ns(&md) == r.ctime_ns;
+        if same && !super::fingerprint::racy(r.ctime_ns, r.checked_ns) {
+            s.mtime_ns = r.mtime_ns;
+            s.ctime_ns = Some(r.ctime_ns);
             changed = true;
         }
     }
@@ -333,5 +352,90 @@ pub fn health(
                 )])
             },
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sealed one-file artifact in `tmp` whose file then had its times moved with its
+    /// bytes kept: (dir, seal path).
+    fn touched(tmp: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+        let dir = tmp.join("a");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("f.bin"), b"bytes").unwrap();
+        let seal_path = tmp.join("sealed").join("a.json");
+        fs::create_dir_all(seal_path.parent().unwrap()).unwrap();
+        let hashed = vec![(
+            "f.bin".to_string(),
+            5,
+            hash_file(&dir.join("f.bin")).unwrap(),
+        )];
+        seal(&dir, &seal_path, &hashed, &[]).unwrap();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+        set_read_only(&dir, false).unwrap();
+        fs::File::options()
+            .write(true)
+            .open(dir.join("f.bin"))
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        (dir, seal_path)
+    }
+
+    #[test]
+    fn a_file_re_hashed_sound_is_brought_up_to_date_only_when_nothing_could_have_changed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, seal_path) = touched(tmp.path());
+        let seal = read_seal(&seal_path).unwrap();
+        let (health, reproven) = check_reproving(&dir, &seal, false, &[]).unwrap();
+        assert_eq!(health, Health::Sound);
+        assert_eq!(reproven.len(), 1);
+        let r = &reproven[0];
+        let sealed_now = || read_seal(&seal_path).unwrap().files[0].clone();
+        let before = sealed_now();
+        // Checked within a tick of the file's last change: left as it was.
+        let racy = Reproven {
+            checked_ns: r.ctime_ns + 1_000_000,
+            ..r.clone()
+        };
+        refresh(&dir, &seal_path, &[racy]).unwrap();
+        assert_eq!(sealed_now(), before);
+        // Another inode with the same times now: left as it was.
+        let other = Reproven {
+            checked_ns: r.ctime_ns + 10_000_000_000,
+            ino: r.ino + 1,
+            ..r.clone()
+        };
+        refresh(&dir, &seal_path, &[other]).unwrap();
+        assert_eq!(sealed_now(), before);
+        // The file as it was hashed, long after its change: the seal takes its times.
+        let proven = Reproven {
+            checked_ns: r.ctime_ns + 10_000_000_000,
+            ..r.clone()
+        };
+        refresh(&dir, &seal_path, std::slice::from_ref(&proven)).unwrap();
+        let after = sealed_now();
+        assert_eq!(
+            (after.mtime_ns, after.ctime_ns, &after.hash),
+            (r.mtime_ns, Some(r.ctime_ns), &before.hash)
+        );
+        let seal = read_seal(&seal_path).unwrap();
+        let (health, reproven) = check_reproving(&dir, &seal, false, &[]).unwrap();
+        assert_eq!((health, reproven.len()), (Health::Sound, 0));
+        // A file changed after the check (its ctime moved): not taken.
+        fs::write(dir.join("f.bin"), b"other").unwrap();
+        let seal_before = fs::read(&seal_path).unwrap();
+        refresh(
+            &dir,
+            &seal_path,
+            &[Reproven {
+                mtime_ns: after.mtime_ns,
+                ..proven
+            }],
+        )
+        .unwrap();
+        assert_eq!(fs::read(&seal_path).unwrap(), seal_before);
     }
 }

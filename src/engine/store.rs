@@ -10,7 +10,7 @@
 //! - `scratch/<stage-key>/`: what a stage keeps across interruptions (training
 //!   checkpoints) and the folder it writes its artifact into (`publishing-<pid>/`);
 //!   removed when the stage's artifact is published.
-//! - `sealed/<output-hash>.json`: each artifact's files as published (size, mtime, BLAKE3),
+//! - `sealed/<output-hash>.json`: each artifact's files as published (size, mtime, ctime, BLAKE3),
 //!   checked before the artifact is used (`engine::integrity`).
 //! - `damaged/`: artifacts found damaged, moved aside until `pipe gc` deletes them.
 //! - `lock`: `flock`ed by the process writing the store; holds its pid and command.
