@@ -88,9 +88,13 @@ pub enum Answer {
     Refused(String),
 }
 
-/// Set once this process found the store's watcher stopped (`kill -STOP`, Ctrl-Z in its
-/// terminal) or not answering: it is not asked again, so a run waits on it once at most.
-static SILENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// When this process last found the store's watcher stopped (`kill -STOP`, Ctrl-Z in its
+/// terminal) or not answering: it is not asked again for [`SILENT_FOR`], so a run waits
+/// on it once at most, and a long-lived process (the dashboard) asks again later.
+static SILENT_SINCE: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+
+/// How long a watcher found silent is not asked.
+const SILENT_FOR: Duration = Duration::from_secs(60);
 
 /// The longest a run waits for an answer from a watcher that is running: a first request
 /// for a big folder waits while its watches are made (about 5 s for a million files).
@@ -102,8 +106,14 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(30);
 /// at once (its process state, by the pid the socket gives), not after the wait for a
 /// busy one; one whose queue of connections is full is not waited for.
 pub fn ask(store_root: &Path, root: &Path) -> Answer {
-    use std::sync::atomic::Ordering;
-    if SILENT.load(Ordering::Relaxed) {
+    let silent = |set: bool| {
+        let mut since = SILENT_SINCE.lock().unwrap_or_else(|e| e.into_inner());
+        if set {
+            *since = Some(Instant::now());
+        }
+        since.is_some_and(|t| t.elapsed() < SILENT_FOR)
+    };
+    if silent(false) {
         return Answer::NoWatcher;
     }
     let sock = socket_path(store_root);
@@ -168,7 +178,7 @@ pub fn ask(store_root: &Path, root: &Path) -> Answer {
         Ok(Some(Reply::Token(t))) => Answer::Token(t),
         Ok(Some(Reply::Refused(why))) => Answer::Refused(why),
         Ok(None) => {
-            SILENT.store(true, Ordering::Relaxed);
+            silent(true);
             Answer::NoWatcher
         }
         Err(_) => Answer::NoWatcher,
