@@ -2,7 +2,8 @@
 //! truncated or edited file, deleted checkpoints, a key record that points at the wrong
 //! artifact are found (by `status`, `verify`, which re-hashes everything, or a run),
 //! reported by name, rebuilt and never carried forward, and gc frees what was moved aside;
-//! an artifact published before seals keeps its key; `status` and `verify` write nothing;
+//! an artifact published before seals keeps its key; `status` writes nothing, nor does
+//! `verify` on a store as published (after a copy it brings seals' times up to date);
 //! files are replaced atomically.
 
 mod common;
@@ -390,7 +391,7 @@ fn damage_with_its_mtime_put_back_is_found_by_a_run() {
 /// A store copied with `cp -a` (its times kept, every ctime new): `status` finds it sound
 /// and writes nothing; the first run re-hashes what it uses, finds it sound and brings
 /// the seals' times up to date; the run after it has nothing to re-hash and leaves every
-/// seal as it is.
+/// seal as it is. `verify` on a fresh copy brings every seal up to date as well.
 #[test]
 fn a_store_copied_with_its_times_is_sound_and_its_seals_catch_up_once() {
     use std::os::unix::fs::MetadataExt;
@@ -464,4 +465,32 @@ fn a_store_copied_with_its_times_is_sound_and_its_seals_catch_up_once() {
         "the second run brought a seal up to date again"
     );
     assert!(p.ok(&["verify", "--cache", c]).status.success());
+    assert_eq!(seals(), after, "verify wrote to up-to-date seals");
+
+    // Another copy, brought up to date by `verify` (what one runs after copying a store):
+    // it says so, and a run after it has nothing left to bring up to date.
+    std::fs::remove_dir_all(&copy).unwrap();
+    assert!(std::process::Command::new("cp")
+        .arg("-a")
+        .arg(p.cache())
+        .arg(&copy)
+        .status()
+        .unwrap()
+        .success());
+    std::thread::sleep(std::time::Duration::from_millis(tick));
+    let before = seals();
+    let out = p.ok(&["verify", "--cache", c]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("their seals were brought up to date"),
+        "{said}"
+    );
+    let verified = seals();
+    assert_ne!(verified, before, "verify brought no seal up to date");
+    p.ok(&["run", "t", "--cache", c]);
+    assert_eq!(
+        seals(),
+        verified,
+        "a run after verify brought a seal up to date"
+    );
 }

@@ -25,7 +25,8 @@ pub fn verify(g: &Global, pipeline: Option<&str>) -> Result<()> {
         None => (project, None, None),
     };
     let engine = super::looking(&project);
-    let results = engine.verify(only.as_ref())?;
+    let verified = engine.verify(only.as_ref())?;
+    let results = verified.artifacts;
     let wrong = engine.verify_keys(only_keys.as_ref())?;
     let mut damaged = 0;
     for (a, stages, h) in &results {
@@ -70,6 +71,16 @@ pub fn verify(g: &Global, pipeline: Option<&str>) -> Result<()> {
             "{damaged} of {} artifacts are damaged and {} key records point at the wrong artifact; the damaged were moved aside and the records dropped: the next `pipe run` rebuilds what it needs, `pipe gc` deletes the rest",
             results.len(),
             wrong.len()
+        );
+    }
+    // Sound files whose times had moved (a store copied with `cp -a`): their seals take the
+    // new times, so `status` and runs do not read them again.
+    if !verified.reproven.is_empty() {
+        let files: usize = verified.reproven.iter().map(|(_, m)| m.len()).sum();
+        crate::engine::Engine::new(&project.cache)?.refresh_seals(&verified.reproven)?;
+        eprintln!(
+            "{files} files of {} artifacts had new times and the same bytes: their seals were brought up to date",
+            verified.reproven.len()
         );
     }
     if !problems.is_empty() {

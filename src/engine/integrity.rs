@@ -7,8 +7,8 @@
 //! everything. The ctime is what no program can set back: damage with the mtime restored
 //! (`touch -d`) moves it. A file re-hashed sound whose times had moved (a store copied with
 //! `cp -a`, a `touch`) has its seal's times brought up to date by the next command that
-//! uses it to run stages (`run`, `run-stage`, `pull`: [`refresh`]), so it is not read
-//! again on every use.
+//! uses it to run stages (`run`, `run-stage`, `pull`) or by `pipe verify` ([`refresh`]),
+//! so it is not read again on every use.
 //!
 //! Not covered: damage that keeps a file's stat whole (a write to the disk under the file
 //! system, a FUSE file system that copies the mtime into the ctime) until `pipe verify`

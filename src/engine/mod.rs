@@ -281,6 +281,14 @@ pub struct RunOptions {
     pub max_memory: Option<u64>,
 }
 
+/// What [`Engine::verify`] found.
+pub struct Verified {
+    /// (artifact, stages that produced it, health), damaged first.
+    pub artifacts: Vec<(ContentHash, Vec<String>, integrity::Health)>,
+    /// For each sound artifact, its files re-hashed sound though their times had moved.
+    pub reproven: Vec<(ContentHash, Vec<integrity::Reproven>)>,
+}
+
 /// The engine over one store.
 pub struct Engine {
     store: Store,
@@ -1100,11 +1108,10 @@ impl Engine {
     }
 
     /// Re-hash artifacts fully against their seals: every artifact in the store, or those
-    /// `only` names. Returns (artifact, stages that produced it, health), damaged first.
-    pub fn verify(
-        &self,
-        only: Option<&HashSet<ContentHash>>,
-    ) -> Result<Vec<(ContentHash, Vec<String>, integrity::Health)>> {
+    /// `only` names. Returns (artifact, stages that produced it, health), damaged first,
+    /// and for each sound artifact the files re-hashed sound though their times had moved
+    /// (for [`Self::refresh_seals`]).
+    pub fn verify(&self, only: Option<&HashSet<ContentHash>>) -> Result<Verified> {
         let mut made_by: HashMap<ContentHash, BTreeSet<String>> = HashMap::new();
         let mut kinds: HashMap<ContentHash, StageKind> = HashMap::new();
         for rec in self.store.all_keys()? {
@@ -1112,6 +1119,7 @@ impl Engine {
             made_by.entry(rec.output).or_default().insert(rec.stage);
         }
         let mut out = Vec::new();
+        let mut reproven = Vec::new();
         for a in self.store.all_artifacts()? {
             if only.is_some_and(|o| !o.contains(&a)) {
                 continue;
@@ -1119,12 +1127,40 @@ impl Engine {
             let records = kinds
                 .get(&a)
                 .map_or(stages::ALL_RECORDS, |k| stages::records(*k));
-            let health = self.health(&a, true, records)?;
+            let seal_path = self.store.seal_path(&a);
+            let (health, moved) = match integrity::read_seal(&seal_path) {
+                Some(seal) => {
+                    integrity::check_reproving(&self.store.artifact_dir(&a), &seal, true, records)?
+                }
+                None => (self.health(&a, true, records)?, Vec::new()),
+            };
+            if health == integrity::Health::Sound && !moved.is_empty() {
+                reproven.push((a.clone(), moved));
+            }
             let stages = made_by.remove(&a).unwrap_or_default().into_iter().collect();
             out.push((a, stages, health));
         }
         out.sort_by_key(|(a, _, h)| (*h == integrity::Health::Sound, a.clone()));
-        Ok(out)
+        Ok(Verified {
+            artifacts: out,
+            reproven,
+        })
+    }
+
+    /// Bring the seals of sound artifacts up to date for files a full check re-hashed
+    /// sound though their times had moved (a store copied with `cp -a`): see
+    /// [`integrity::refresh`]. Nothing in a store opened read-only.
+    pub fn refresh_seals(
+        &self,
+        reproven: &[(ContentHash, Vec<integrity::Reproven>)],
+    ) -> Result<()> {
+        if self.store.is_read_only() {
+            return Ok(());
+        }
+        for (a, moved) in reproven {
+            integrity::refresh(&self.store.artifact_dir(a), &self.store.seal_path(a), moved)?;
+        }
+        Ok(())
     }
 
     /// Every key record (or those whose key `only` names) whose artifact is missing, or is
