@@ -398,13 +398,18 @@ fn a_store_copied_with_its_times_is_sound_and_its_seals_catch_up_once() {
     let p = Project::with("t.toml", &pipeline_t());
     let first = p.run_json("t", &[]);
     let copy = p.path().join("copy");
-    assert!(std::process::Command::new("cp")
-        .arg("-a")
-        .arg(p.cache())
-        .arg(&copy)
-        .status()
-        .unwrap()
-        .success());
+    // The store copied with its times kept (every ctime new), in place of any copy before.
+    let copy_store = || {
+        let _ = std::fs::remove_dir_all(&copy);
+        assert!(std::process::Command::new("cp")
+            .arg("-a")
+            .arg(p.cache())
+            .arg(&copy)
+            .status()
+            .unwrap()
+            .success());
+    };
+    copy_store();
     // Older than a clock tick when the run looks (a ctime within one is not trusted: 100
     // ms, or 3 s where the file system keeps whole seconds).
     let md = std::fs::metadata(copy.join("keys")).unwrap();
@@ -469,14 +474,7 @@ fn a_store_copied_with_its_times_is_sound_and_its_seals_catch_up_once() {
 
     // Another copy, brought up to date by `verify` (what one runs after copying a store):
     // it says so, and a run after it has nothing left to bring up to date.
-    std::fs::remove_dir_all(&copy).unwrap();
-    assert!(std::process::Command::new("cp")
-        .arg("-a")
-        .arg(p.cache())
-        .arg(&copy)
-        .status()
-        .unwrap()
-        .success());
+    copy_store();
     std::thread::sleep(std::time::Duration::from_millis(tick));
     let before = seals();
     let out = p.ok(&["verify", "--cache", c]);
