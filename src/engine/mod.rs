@@ -1154,9 +1154,12 @@ impl Engine {
         &self,
         reproven: &[(ContentHash, Vec<integrity::Reproven>)],
     ) -> Result<()> {
-        if self.store.is_read_only() {
+        if self.store.is_read_only() || reproven.is_empty() {
             return Ok(());
         }
+        // Beside publishers, never beside `pipe gc` (which could remove an artifact and its
+        // seal between the read and the write of the seal).
+        let _lock = self.share_store("pipe verify: bringing seals up to date")?;
         for (a, moved) in reproven {
             integrity::refresh(&self.store.artifact_dir(a), &self.store.seal_path(a), moved)?;
         }
