@@ -177,8 +177,8 @@ fn walk(root: &Path, rel: &str) -> Result<Vec<Found>> {
                 Ok(Found::File(Stat {
                     rel: r,
                     size: md.len(),
-                    mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
-                    ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+                    mtime_ns: super::integrity::mtime_ns(&md),
+                    ctime_ns: super::integrity::ctime_ns(&md),
                     ino: md.ino(),
                     regular: md.is_file(),
                 }))
@@ -522,8 +522,7 @@ mod tests {
     }
 
     fn ctime_ns(p: &Path) -> i64 {
-        let md = fs::metadata(p).unwrap();
-        md.ctime() * 1_000_000_000 + md.ctime_nsec()
+        crate::engine::integrity::ctime_ns(&fs::metadata(p).unwrap())
     }
 
     /// The fingerprint through the stat cache, and what reading every file gives.

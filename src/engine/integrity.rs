@@ -61,11 +61,13 @@ pub enum Health {
     Damaged(Vec<String>),
 }
 
-fn mtime_ns(md: &fs::Metadata) -> i64 {
+/// A file's mtime in ns since the epoch.
+pub(crate) fn mtime_ns(md: &fs::Metadata) -> i64 {
     md.mtime() * 1_000_000_000 + md.mtime_nsec()
 }
 
-fn ctime_ns(md: &fs::Metadata) -> i64 {
+/// A file's ctime (status change) in ns since the epoch.
+pub(crate) fn ctime_ns(md: &fs::Metadata) -> i64 {
     md.ctime() * 1_000_000_000 + md.ctime_nsec()
 }
 

@@ -1127,13 +1127,7 @@ impl Engine {
             let records = kinds
                 .get(&a)
                 .map_or(stages::ALL_RECORDS, |k| stages::records(*k));
-            let seal_path = self.store.seal_path(&a);
-            let (health, moved) = match integrity::read_seal(&seal_path) {
-                Some(seal) => {
-                    integrity::check_reproving(&self.store.artifact_dir(&a), &seal, true, records)?
-                }
-                None => (self.health(&a, true, records)?, Vec::new()),
-            };
+            let (health, moved) = self.health_reproving(&a, true, records)?;
             if health == integrity::Health::Sound && !moved.is_empty() {
                 reproven.push((a.clone(), moved));
             }
@@ -1253,18 +1247,35 @@ impl Engine {
         )
     }
 
+    /// [`Self::health`], and the files it re-hashed sound though their times had moved
+    /// (none for an artifact published before seals).
+    fn health_reproving(
+        &self,
+        output: &ContentHash,
+        full: bool,
+        records: &[&str],
+    ) -> Result<(integrity::Health, Vec<integrity::Reproven>)> {
+        match integrity::read_seal(&self.store.seal_path(output)) {
+            Some(seal) => {
+                integrity::check_reproving(&self.store.artifact_dir(output), &seal, full, records)
+            }
+            None => Ok((self.health(output, full, records)?, Vec::new())),
+        }
+    }
+
     /// [`Self::health`], not full, for a run about to use artifact `output`: where it is
     /// sound, the seal's times of files re-hashed because their times had moved (a store
     /// copied with `cp -a`, a `touch`) are brought up to date, so the next use does not
     /// read them again (see [`integrity::refresh`]).
     fn health_for_use(&self, output: &ContentHash, records: &[&str]) -> Result<integrity::Health> {
-        let dir = self.store.artifact_dir(output);
-        let seal_path = self.store.seal_path(output);
-        let Some(seal) = integrity::read_seal(&seal_path) else {
-            return self.health(output, false, records);
-        };
-        let (health, reproven) = integrity::check_reproving(&dir, &seal, false, records)?;
+        let (health, reproven) = self.health_reproving(output, false, records)?;
         if health == integrity::Health::Sound && !self.store.is_read_only() {
+            let (dir, seal_path) = (
+                self.store.artifact_dir(output),
+                self.store.seal_path(output),
+            );
+            // Under the lock this run already holds (not [`Self::refresh_seals`], whose
+            // shared lock would wait on it).
             if let Err(e) = integrity::refresh(&dir, &seal_path, &reproven) {
                 self.warn(format!(
                     "could not bring the seal of artifact {} up to date: {e:#}",
