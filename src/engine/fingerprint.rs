@@ -90,6 +90,16 @@ pub(crate) fn racy(ctime_ns: i64, now_ns: i64) -> bool {
     ctime_ns >= now_ns.saturating_sub(window)
 }
 
+/// A file's mtime in ns since the epoch.
+pub(crate) fn mtime_ns(md: &fs::Metadata) -> i64 {
+    md.mtime() * 1_000_000_000 + md.mtime_nsec()
+}
+
+/// A file's ctime (status change) in ns since the epoch.
+pub(crate) fn ctime_ns(md: &fs::Metadata) -> i64 {
+    md.ctime() * 1_000_000_000 + md.ctime_nsec()
+}
+
 /// Now, in ns since the epoch (tests may set it).
 pub(crate) fn now_ns() -> i64 {
     #[cfg(test)]
@@ -177,8 +187,8 @@ fn walk(root: &Path, rel: &str) -> Result<Vec<Found>> {
                 Ok(Found::File(Stat {
                     rel: r,
                     size: md.len(),
-                    mtime_ns: super::integrity::mtime_ns(&md),
-                    ctime_ns: super::integrity::ctime_ns(&md),
+                    mtime_ns: mtime_ns(&md),
+                    ctime_ns: ctime_ns(&md),
                     ino: md.ino(),
                     regular: md.is_file(),
                 }))
@@ -522,7 +532,7 @@ mod tests {
     }
 
     fn ctime_ns(p: &Path) -> i64 {
-        crate::engine::integrity::ctime_ns(&fs::metadata(p).unwrap())
+        super::ctime_ns(&fs::metadata(p).unwrap())
     }
 
     /// The fingerprint through the stat cache, and what reading every file gives.

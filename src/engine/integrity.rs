@@ -61,15 +61,7 @@ pub enum Health {
     Damaged(Vec<String>),
 }
 
-/// A file's mtime in ns since the epoch.
-pub(crate) fn mtime_ns(md: &fs::Metadata) -> i64 {
-    md.mtime() * 1_000_000_000 + md.mtime_nsec()
-}
-
-/// A file's ctime (status change) in ns since the epoch.
-pub(crate) fn ctime_ns(md: &fs::Metadata) -> i64 {
-    md.ctime() * 1_000_000_000 + md.ctime_nsec()
-}
+use super::fingerprint::{ctime_ns, mtime_ns};
 
 /// A file of an artifact re-hashed sound though its times had moved, as stat-ed before
 /// the hash.
