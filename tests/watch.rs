@@ -60,11 +60,24 @@ fn vouched(store: &Store, root: &Path, what: &str) -> bool {
     fp.vouched
 }
 
+/// Held by each test here for its whole length, so that no process starts while another
+/// test writes a file. A child started (forked) while a file is open holds the open file
+/// until it runs its program; the file's close event (`IN_CLOSE_WRITE`) then comes when
+/// the child lets go of it, after the run that followed the write asked for its token, and
+/// the next run walks once more. That costs a run a walk, and no wrong answer, but the
+/// test counts walks.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A change to make to the folder, and what it is.
 type Change<'a> = (&'a str, Box<dyn Fn() + 'a>);
 
 #[test]
 fn a_watched_folder_is_vouched_for_until_anything_in_it_changes() {
+    let _alone = one_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let store = Store::open(&tmp.path().join("store")).unwrap();
     let root = tmp.path().join("data");
@@ -214,6 +227,7 @@ fn a_watched_folder_is_vouched_for_until_anything_in_it_changes() {
 
 #[test]
 fn a_no_op_run_under_pipe_watch_skips_the_walk_and_a_change_runs_again() {
+    let _alone = one_at_a_time();
     let (p, root) = Project::with_tiny_imagenet("tiny", 3, 6, 2);
     // Spelled with a `..`: what the run keeps of the folder goes by its canonical path.
     p.manifest("exp.toml", &tiny_manifest(&root.join("../tiny"), 2));

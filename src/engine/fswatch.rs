@@ -10,7 +10,10 @@
 //!   over the folder, and how many reads of events it has had since they were made. Any
 //!   event bumps it. The watcher reads every queued event before it answers, and the
 //!   kernel queues an event before the call that caused it returns, so every change made
-//!   before a run asks is counted.
+//!   before a run asks is counted. (A close comes late where another process still holds
+//!   the file: a child forked while it was open, until it runs its program. That event
+//!   then changes the token once more, and costs the next run a walk: never a stale
+//!   answer.)
 //! - Watched: every folder below the root (a watch on a folder sees each change made to
 //!   its entries through it); each file with more than one hard link (a change through
 //!   another name); and for each symbolic link, resolved one component at a time, the
