@@ -333,26 +333,18 @@ pub(crate) struct Made {
 impl Engine {
     /// Open the engine on a store folder.
     pub fn new(cache: &Path) -> Result<Engine> {
-        Ok(Engine {
-            store: Store::open(cache)?,
-            fingerprints: HashMap::new(),
-            rehashed: HashSet::new(),
-            timings: None,
-            fetch_rate: None,
-            push_required: false,
-            watcher: Box::new(Silent),
-            sound_memo: None,
-            recording: None,
-            last_record: None,
-            remote: None,
-            remote_warned: std::cell::Cell::new(false),
-        })
+        Ok(Engine::over(Store::open(cache)?))
     }
 
     /// Open the engine to look only (status, dry runs, verify): it writes nothing.
     pub fn read_only(cache: &Path) -> Engine {
+        Engine::over(Store::open_read_only(cache))
+    }
+
+    /// An engine over `store`, with nothing fingerprinted or recorded yet.
+    fn over(store: Store) -> Engine {
         Engine {
-            store: Store::open_read_only(cache),
+            store,
             fingerprints: HashMap::new(),
             rehashed: HashSet::new(),
             timings: None,
