@@ -589,7 +589,30 @@ fn local_workers_use_the_runs_remote_and_their_record_is_shared() {
         states(&rb).iter().all(|(_, s)| s == "fetched"),
         "{rb}\n{said}"
     );
-    // A's record went up with the stages: B pulls it.
+    // A's record went up with the stages. Its manifest texts there being rewritten (not
+    // their hash): the pull says so and leaves that run for later, and the next takes it.
+    let sources = a.ok_json(&["runs", "g", "--json"])[0]["sources"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let object = format!(
+        "{}/runs/sources/{sources}.json",
+        url.trim_start_matches("s3://pipe/")
+    );
+    put_object(env, &object, b"{\"files\": {}}".to_vec());
+    let (_, said) = ok(with_remote(&b, env, &url, &["pull", "g"]));
+    assert!(
+        said.contains(&format!("runs/sources/{sources}.json")) && said.contains("skipped"),
+        "{said}"
+    );
+    assert!(b
+        .ok_json(&["runs", "g", "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["executor"] != "local"));
+    let text = std::fs::read(a.cache().join(format!("runs/sources/{sources}.json"))).unwrap();
+    put_object(env, &object, text);
     ok(with_remote(&b, env, &url, &["pull", "g"]));
     let runs = b.ok_json(&["runs", "g", "--json"]);
     assert!(
@@ -699,6 +722,11 @@ impl Drop for WebDav {
 }
 
 fn webdav() -> Option<WebDav> {
+    webdav_with(None)
+}
+
+/// [`webdav`], asking for HTTP Basic authentication as `user` with `password` when given.
+fn webdav_with(login: Option<(&str, &str)>) -> Option<WebDav> {
     let bin = std::env::var_os("PIPE_PYTHON")
         .map(|p| Path::new(&p).with_file_name("wsgidav"))
         .filter(|b| b.exists());
@@ -714,24 +742,24 @@ fn webdav() -> Option<WebDav> {
     // served) holds the client until the server's socket timeout: 1 s, not cheroot's 10.
     // Symbolic links are followed (a test links a file to /dev/null).
     let config = root.path().join("wsgidav.yaml");
-    std::fs::write(
-        &config,
-        "server_args:\n  timeout: 1\nfs_dav_provider:\n  follow_symlinks: true\n",
-    )
-    .unwrap();
+    let mut yaml =
+        "server_args:\n  timeout: 1\nfs_dav_provider:\n  follow_symlinks: true\n".to_string();
+    if let Some((user, password)) = login {
+        yaml += &format!(
+            "http_authenticator:\n  accept_basic: true\n  accept_digest: false\n  default_to_digest: false\nsimple_dc:\n  user_mapping:\n    \"*\":\n      \"{user}\":\n        password: \"{password}\"\n"
+        );
+    }
+    std::fs::write(&config, yaml).unwrap();
+    let auth: &[&str] = match login {
+        Some(_) => &[],
+        None => &["--auth", "anonymous"],
+    };
     let (child, port) = serve_on_free_port("wsgidav", |port| {
         Command::new(&bin)
             .arg("--config")
             .arg(&config)
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--auth",
-                "anonymous",
-                "-q",
-            ])
+            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "-q"])
+            .args(auth)
             .arg("--root")
             .arg(root.path())
             .stdout(std::process::Stdio::null())
@@ -746,6 +774,60 @@ fn webdav() -> Option<WebDav> {
         url: format!("http://127.0.0.1:{port}"),
     };
     Some(server)
+}
+
+#[test]
+fn a_webdav_remote_with_a_password_logs_in_and_never_shows_it() {
+    let Some(dav) = webdav_with(Some(("ana", "s3cr3t-pw"))) else {
+        return;
+    };
+    let host = dav.url.trim_start_matches("http://");
+    let url = format!("http://ana:s3cr3t-pw@{host}/team");
+    let a = Project::with("g.toml", &manifest());
+    let (ra, said) = run_json(a.cmd(&["--remote", &url, "run", "g", "--json"]));
+    assert!(states(&ra).iter().all(|(_, s)| s == "ran"), "{ra}");
+    assert!(!said.contains("warning"), "{said}");
+    assert!(
+        dav.root.path().join("team/keys").is_dir(),
+        "nothing pushed: {said}"
+    );
+    let b = Project::with("g.toml", &manifest());
+    let (rb, said) = run_json(b.cmd(&["--remote", &url, "run", "g", "--json"]));
+    for (stage, state) in states(&rb) {
+        assert_eq!(state, "fetched", "{stage}: {said}");
+    }
+    // A wrong password: refused, said, the run computes, and no password is shown (the
+    // one given, or the header it makes: `ana:wr0ng-pw` in base64).
+    let wrong = format!("http://ana:wr0ng-pw@{host}/team");
+    let c = Project::with("g.toml", &manifest());
+    let (rc, said) = run_json(c.cmd(&["--remote", &wrong, "run", "g", "--json"]));
+    assert!(states(&rc).iter().all(|(_, s)| s == "ran"), "{rc}");
+    assert!(
+        said.contains("warning") && (said.contains("401") || said.contains("credentials")),
+        "{said}"
+    );
+    for secret in ["wr0ng-pw", "YW5hOndyMG5nLXB3"] {
+        assert!(!said.contains(secret), "{said}");
+    }
+    let (_, said) = {
+        let out = c.cmd(&["verify", "--remote", &wrong]).output().unwrap();
+        (
+            (),
+            String::from_utf8_lossy(&out.stderr).into_owned()
+                + &String::from_utf8_lossy(&out.stdout),
+        )
+    };
+    assert!(
+        !said.contains("wr0ng-pw") && !said.contains("YW5hOndyMG5nLXB3"),
+        "{said}"
+    );
+    let record = std::fs::read_dir(c.cache().join("runs"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect::<String>();
+    assert!(!record.contains("wr0ng-pw"), "{record}");
 }
 
 #[test]
@@ -913,4 +995,83 @@ fn machines_pushing_one_key_to_webdav_at_once_leave_its_records_whole() {
         .unwrap_err();
     assert!(e.to_string().contains("did not read back whole"), "{e}");
     assert!(e.to_string().contains(&format!("keys/{key}.json")), "{e}");
+}
+
+#[test]
+fn gc_waits_for_a_push_in_progress() {
+    let a = Project::with("g.toml", &manifest());
+    a.ok(&["run", "g"]);
+    let remote = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", remote.path().display());
+    let hold = common::Hold::new();
+    let mut push = a.cmd(&["--remote", &url, "push"]);
+    hold.on(&mut push);
+    let (mut push, _rest, _) = common::spawn_to_fault(push, "push:files-sent");
+    let mut gc = a
+        .cmd(&["gc"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut gc_said = std::io::BufReader::new(gc.stderr.take().unwrap());
+    let said = common::read_until(&mut gc_said, "waiting for the cache lock");
+    assert!(said.contains("pipe push"), "{said}");
+    assert!(
+        push.try_wait().unwrap().is_none(),
+        "the push ended while held"
+    );
+    hold.release();
+    assert!(push.wait().unwrap().success());
+    assert!(gc.wait().unwrap().success());
+    // What was pushed is whole: another machine fetches every stage.
+    let b = Project::with("g.toml", &manifest());
+    let (rb, said) = run_json(b.cmd(&["--remote", &url, "run", "g", "--json"]));
+    assert!(
+        states(&rb).iter().all(|(_, s)| s == "fetched"),
+        "{rb}\n{said}"
+    );
+}
+
+#[test]
+fn a_webdav_server_that_stalls_mid_body_is_given_up_once_not_per_stage() {
+    use std::io::{BufRead, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // Answers every request with the start of a body it never finishes.
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let conns = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = conns.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in server.incoming().flatten() {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            while r.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let mut w = s;
+            let _ = w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n{\"key\": ");
+            let _ = w.flush();
+            held.push(w);
+        }
+    });
+    let a = Project::with("g.toml", &manifest());
+    std::fs::write(
+        a.path().join("pipe.toml"),
+        format!("[remote]\nurl = \"http://127.0.0.1:{port}/team\"\ntimeout = 1\n"),
+    )
+    .unwrap();
+    let mut c = a.cmd(&["run", "g", "--json"]);
+    c.env_remove("PIPE_REMOTE");
+    let (r, said) = run_json(c);
+    assert!(states(&r).iter().all(|(_, s)| s == "ran"), "{r}");
+    assert_eq!(
+        said.matches("cannot be reached").count(),
+        1,
+        "one warning:\n{said}"
+    );
+    // The first lookup's tries; no stage after it asks again.
+    let n = conns.load(Ordering::SeqCst);
+    assert!(n <= 3, "{n} connections:\n{said}");
 }

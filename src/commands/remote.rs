@@ -38,6 +38,9 @@ pub fn push(g: &Global, names: &[String]) -> Result<()> {
         eprintln!("note: skipped {s}");
     }
     let mut engine = Engine::read_only(&proj.cache);
+    // Held while uploading: `gc` and `verify` (which may collect or quarantine an
+    // artifact) wait, rather than take files from under an upload.
+    let _lock = engine.share_store("pipe push")?;
     // Each key once, in the order the pipelines list them.
     let mut keys: Vec<(String, StageKey)> = Vec::new();
     let mut seen = HashSet::new();
@@ -51,13 +54,15 @@ pub fn push(g: &Global, names: &[String]) -> Result<()> {
         }
     }
     let store = engine.store();
+    let console = super::Console::new(false);
+    let files_sent = || crate::outcome::events::fault_point(&console, "push:files-sent");
     let (mut sent, mut there, mut bytes, mut secs) = (0, 0, 0u64, 0.0);
     for (what, key) in &keys {
         let Some(rec) = store.lookup(key) else {
             continue;
         };
         match rem
-            .push_artifact(&rec, &store.artifact_dir(&rec.output), &|| {})
+            .push_artifact(&rec, &store.artifact_dir(&rec.output), &files_sent)
             .map_err(remote_err)
             .with_context(|| format!("pushing {what}"))?
         {
@@ -250,10 +255,20 @@ fn pull_records(
         if rec.id != id || (!names.is_empty() && !wanted.contains(rec.pipeline.as_str())) {
             continue;
         }
-        if !rec.sources.is_empty() && sources.insert(rec.sources.clone()) {
+        if !rec.sources.is_empty() && !sources.contains(&rec.sources) {
             if let Some(text) = rem.get_sources(&rec.sources).map_err(remote_err)? {
-                journal.add_sources(&rec.sources, &text)?;
+                // Texts that do not match their hash (being written there now): this run
+                // is left for a later pull, the others are taken.
+                if let Err(e) = journal.add_sources(&rec.sources, &text) {
+                    eprintln!(
+                        "warning: {}/runs/sources/{}.json: {e:#}: run {id} skipped (pull again later)",
+                        rem.url(),
+                        rec.sources
+                    );
+                    continue;
+                }
             }
+            sources.insert(rec.sources.clone());
         }
         journal.add_record(&rec, &bytes)?;
         n += 1;

@@ -325,9 +325,18 @@ impl Remote {
                     if plain {
                         root.set_path("/");
                     }
+                    let mut options = options.with_allow_http(url.scheme() == "http");
+                    if let Some((headers, said)) = basic_auth(&url)? {
+                        // object_store sends the URL as it is: a user and password left in
+                        // it would reach no server, and its errors would print them.
+                        options = options.with_default_headers(headers);
+                        secrets.extend(said);
+                        let _ = root.set_username("");
+                        let _ = root.set_password(None);
+                    }
                     let store = object_store::http::HttpBuilder::new()
                         .with_url(root.as_str())
-                        .with_client_options(options.with_allow_http(url.scheme() == "http"))
+                        .with_client_options(options)
                         .with_retry(retry)
                         .build()
                         .map_err(|e| anyhow::anyhow!("remote {shown}: {e}"))?;
@@ -472,12 +481,12 @@ impl Remote {
             });
             match got {
                 Ok(Ok(bytes)) => return Ok(bytes),
-                Ok(Err(_)) if self.webdav && tries < 2 => {
+                Ok(Err(e)) if self.webdav && !timed_out(&e) && tries < 2 => {
                     tries += 1;
                     std::thread::sleep(Duration::from_millis(250 * tries));
                 }
                 // The server answered; the object kept changing under the reads: no outage.
-                Ok(Err(e)) if self.webdav => {
+                Ok(Err(e)) if self.webdav && !timed_out(&e) => {
                     return Err(self.refused(
                         rel,
                         format!(
@@ -688,7 +697,7 @@ impl Remote {
         let mut hasher = blake3::Hasher::new();
         let mut size = 0u64;
         let mut stream = got.into_stream();
-        let cut = |e: object_store::Error| match self.webdav {
+        let cut = |e: object_store::Error| match self.webdav && !timed_out(&e) {
             // Another machine rewriting it in place this moment: read again.
             true => RemoteError::Refused(format!(
                 "{}/{rel} is damaged: its body ended short ({})",
@@ -1013,6 +1022,54 @@ fn short(s: &str) -> String {
         Some((i, _)) => format!("{}...", &line[..i]),
         None => line.to_string(),
     }
+}
+
+/// The user and password of an `https://user:pw@host/path` URL as an HTTP Basic
+/// `Authorization` header (marked sensitive: never printed), and the strings that must
+/// never be shown (the password as written and as sent); `None` without a user.
+fn basic_auth(url: &url::Url) -> Result<Option<(http::HeaderMap, Vec<String>)>> {
+    use base64::Engine as _;
+    if url.username().is_empty() && url.password().is_none() {
+        return Ok(None);
+    }
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let user = decode(url.username());
+    let password = decode(url.password().unwrap_or(""));
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let mut value = http::HeaderValue::from_str(&format!("Basic {token}"))
+        .context("the remote URL's user and password do not make an HTTP header")?;
+    value.set_sensitive(true);
+    let mut headers = http::HeaderMap::new();
+    headers.insert(http::header::AUTHORIZATION, value);
+    let said = [password, url.password().unwrap_or("").to_string(), token]
+        .into_iter()
+        .filter(|s| s.len() >= 4)
+        .collect();
+    Ok(Some((headers, said)))
+}
+
+/// Whether `e` is this client's own timeout or a failed connection: the server stopped
+/// answering (an outage, which marks the remote down), not an object that another machine
+/// is rewriting in place under the read (a body that ends short, read again).
+fn timed_out(e: &object_store::Error) -> bool {
+    let mut at: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = at {
+        if let Some(h) = err.downcast_ref::<object_store::client::HttpError>() {
+            if matches!(
+                h.kind(),
+                object_store::client::HttpErrorKind::Timeout
+                    | object_store::client::HttpErrorKind::Connect
+            ) {
+                return true;
+            }
+        }
+        at = err.source();
+    }
+    false
 }
 
 /// `s` with every secret blanked.
