@@ -232,6 +232,34 @@ fn slurm_runs_shared_data_stages_once_and_each_training_as_its_own_job() {
             .unwrap_or_else(|e| panic!("the log of artifact {out}: {e}"));
         assert!(log.contains("train        ran"), "{log}");
     }
+
+    // A run waited on: running while its submitter waits on its jobs (its record names no
+    // job yet), interrupted once the submitter is killed; never done before its jobs are.
+    p.manifest("exp3.toml", &experiment("exp3", 0.03, 2, 30));
+    let hold = common::Hold::new();
+    let mut cmd = p.cmd(&["run", "exp3", "--executor", "slurm", "--wait"]);
+    cmd.env("SLURM_CONF", &conf);
+    hold.on(&mut cmd);
+    let (mut child, _rest, said) = common::spawn_to_fault(cmd, "slurm:waiting");
+    let record = || p.ok_json(&["runs", "exp3", "--json"])[0].clone();
+    let rec = record();
+    assert_eq!(rec["state"], "running", "{rec}\n{said}");
+    assert!(
+        rec["metrics"].as_object().is_none_or(|m| m.is_empty()),
+        "{rec}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let rec = record();
+    assert_eq!(rec["state"], "interrupted", "{rec}");
+    for (_, id, fresh) in jobs_in(&said) {
+        if fresh {
+            let _ = Command::new("scancel")
+                .arg(&id)
+                .env("SLURM_CONF", &conf)
+                .status();
+        }
+    }
 }
 
 #[test]

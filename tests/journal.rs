@@ -84,8 +84,18 @@ fn a_run_with_set_is_recorded_with_its_overrides_config_metrics_and_changes() {
     assert_eq!(runs(&p, &["--since", "1h"]).len(), 2);
     assert_eq!(runs(&p, &["--since", "2999-01-01"]).len(), 0);
     assert_eq!(runs(&p, &["other"]).len(), 0);
+    assert_eq!(runs(&p, &["--limit", "0"]).len(), 0);
     let e = p.fails(&["runs", "--since", "yesterday"]);
     assert!(e.contains("--since `yesterday`"), "{e}");
+    // A span too long for a date, a last letter of more than one byte, a negative span:
+    // each an error naming the value, never a panic.
+    for bad in ["999999999999w", "3é", "-3d"] {
+        let e = p.fails(&["runs", &format!("--since={bad}")]);
+        assert!(e.contains(&format!("--since `{bad}`")), "{bad}: {e}");
+        assert!(!e.contains("panicked"), "{bad}: {e}");
+    }
+    let e = p.fails(&["runs", "--where", "lr"]);
+    assert!(e.contains("error: --where `lr`: expected KEY=VALUE"), "{e}");
     // CSV: a header and one row per run, the lr column holding each run's value.
     let csv = String::from_utf8(p.ok(&["runs", "--csv"]).stdout).unwrap();
     let mut rdr = csv::Reader::from_reader(csv.as_bytes());
@@ -111,6 +121,11 @@ fn a_run_with_set_is_recorded_with_its_overrides_config_metrics_and_changes() {
     let tagged = runs(&p, &["--where", "tag=baseline"]);
     assert_eq!(tagged.len(), 1);
     assert_eq!(tagged[0]["id"], last["id"]);
+    // The untagged run has no tag `baseline`.
+    let others = runs(&p, &["--where", "tag!=baseline"]);
+    assert_eq!(others.len(), 1);
+    assert_eq!(others[0]["id"], first["id"]);
+    assert_eq!(runs(&p, &["--where", "tag!=other"]).len(), 2);
     assert_eq!(
         tagged[0]["notes"],
         serde_json::json!(["lower lr: same accuracy"])
@@ -270,7 +285,39 @@ fn a_damaged_record_is_skipped_with_a_warning_and_verify_names_it() {
     assert!(said.contains(&format!("{id}.json")), "{said}");
     // exp~1 now names the older sound run: none (the damaged one is skipped).
     let e = p.fails(&["diff", "exp~1", "exp"]);
-    assert!(e.contains("1 recorded run"), "{e}");
+    assert!(
+        e.contains("1 recorded run") && e.contains("1 damaged record"),
+        "{e}"
+    );
+    // The newest record damaged: `exp~0` could be it, so no older run is taken in its place.
+    let newest = all[0]["id"].as_str().unwrap().to_string();
+    let newest_path = p.cache().join("runs").join(format!("{newest}.json"));
+    let newest_text = std::fs::read(&newest_path).unwrap();
+    std::fs::write(&path, &text).unwrap();
+    std::fs::write(&newest_path, b"{\"format\": 1, \"id\"").unwrap();
+    let e = p.fails(&["tag", "exp~0", "x"]);
+    assert!(
+        e.contains(&format!("{newest}.json")) && e.contains("damaged") && e.contains(&id),
+        "{e}"
+    );
+    // By its id, the older run is named all the same.
+    p.ok(&["tag", &id, "x"]);
+    // A FIFO and a link to a device where records are: each skipped, named, at once.
+    std::fs::write(&newest_path, &newest_text).unwrap();
+    let runs_dir = p.cache().join("runs");
+    let fifo = runs_dir.join("20260101-000000-aaaa.json");
+    common::mkfifo(&fifo);
+    std::os::unix::fs::symlink("/dev/zero", runs_dir.join("20260101-000000-bbbb.json")).unwrap();
+    let out = p.ok(&["runs", "--json"]);
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("20260101-000000-aaaa.json") && err.contains("20260101-000000-bbbb.json"),
+        "{err}"
+    );
+    std::fs::remove_file(&fifo).unwrap();
+    std::fs::remove_file(runs_dir.join("20260101-000000-bbbb.json")).unwrap();
     // A record whose manifest texts were damaged: verify says so.
     std::fs::write(&path, text).unwrap();
     let src = all[0]["sources"].as_str().unwrap();
@@ -436,6 +483,15 @@ fn the_dashboard_shows_a_set_run_live_and_a_past_run_after_an_edit() {
     assert_eq!(status, 404);
     let (status, _) = ui.get("/journal/20990101-000000-0000");
     assert_eq!(status, 404);
+    // A record that is there and does not read: said so, naming its file; not "no run".
+    let path = p.cache().join("runs").join(format!("{first}.json"));
+    std::fs::write(&path, b"{\"id\": ").unwrap();
+    let (status, page) = ui.get(&format!("/journal/{first}"));
+    assert_eq!(status, 500, "{page}");
+    assert!(
+        page.contains("damaged") && page.contains(&format!("{first}.json")),
+        "{page}"
+    );
 }
 
 #[test]
@@ -467,4 +523,41 @@ fn a_halved_sweep_leaves_one_record_per_point_with_its_fate() {
     let name = kept["pipeline"].as_str().unwrap();
     let again = runs(&p, &[name]);
     assert_eq!(again.len(), 1);
+}
+
+#[test]
+fn run_from_after_its_dataset_changed_names_the_stages_that_differ_from_the_run() {
+    let (p, root) = Project::with_tiny_imagenet("tiny", 3, 6, 2);
+    p.manifest("exp.toml", &common::tiny_manifest(&root, 2));
+    p.ok(&["run", "exp"]);
+    let id = runs(&p, &["exp"])[0]["id"].as_str().unwrap().to_string();
+    // Nothing changed: no warning, and every stage is cached.
+    let out = p.ok(&["run", "--from", &id]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("warning"), "{err}");
+    assert!(err.contains("nothing to do"), "{err}");
+    // One image rewritten: the run's keys cannot be had again, and it says which stages
+    // run on today's inputs before it runs them.
+    let images = root.join("train/n00001000/images");
+    std::fs::copy(
+        images.join("n00001000_1.JPEG"),
+        images.join("n00001000_0.JPEG"),
+    )
+    .unwrap();
+    let out = p.ok(&["run", "--from", &id]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let warning = err
+        .lines()
+        .find(|l| l.starts_with("warning: ingest"))
+        .unwrap_or_else(|| panic!("no warning:\n{err}"));
+    assert!(
+        warning.starts_with(&format!(
+            "warning: ingest: what it reads changed since run {id}"
+        )) && warning.contains("the stages after it"),
+        "{warning}"
+    );
+    assert!(
+        err.find("warning: ingest").unwrap() < err.find("ingest       running").unwrap(),
+        "{err}"
+    );
 }

@@ -7,6 +7,7 @@ use super::Console;
 use super::{load, Global};
 use crate::engine::{sweep, Engine, Project, RunOptions, Target};
 use crate::manifest::{Pipeline, Sweep};
+use crate::outcome::record::RunRecord;
 use crate::outcome::sweep::SweepRun;
 use crate::report::outcome;
 use crate::report::sweep as report;
@@ -37,7 +38,7 @@ pub fn run(
         bail!("--only selects points of a sweep; `{pipeline}` is one pipeline");
     }
     let what = format!("pipeline {} ({})", p.name, p.file.display());
-    run_one(g, &proj, &p, &opts, json, &what)
+    run_one(g, &proj, &p, &opts, json, &what, None)
 }
 
 /// Run one pipeline in this process, saying `what` first and how it went after (JSON:
@@ -49,6 +50,7 @@ fn run_one(
     opts: &RunOptions,
     json: bool,
     what: &str,
+    recorded: Option<&RunRecord>,
 ) -> Result<()> {
     let mut engine = if opts.dry_run {
         super::looking(proj).watched_by(Box::new(Console::new(json)))
@@ -57,6 +59,37 @@ fn run_one(
     };
     if !json {
         eprintln!("{what}{}", if opts.dry_run { " [dry run]" } else { "" });
+    }
+    if let Some(rec) = recorded {
+        let now = engine.status(p)?;
+        let differ: Vec<&str> = now
+            .iter()
+            .filter(|s| {
+                let then = rec.stages.iter().find(|r| r.name == s.name);
+                match (&s.key, then.and_then(|t| t.key.as_deref())) {
+                    (Some(k), Some(t)) => k.to_string() != t,
+                    _ => false,
+                }
+            })
+            .map(|s| s.name.as_str())
+            .collect();
+        // A stage after one that differs has no key yet (it is keyed on what that one
+        // makes): it is named as one of "the stages after".
+        if !differ.is_empty() {
+            let (read, key, after) = match differ.len() {
+                1 => ("it reads", "its key is", "it and the stages after it run"),
+                _ => (
+                    "they read",
+                    "their keys are",
+                    "they and the stages after them run",
+                ),
+            };
+            eprintln!(
+                "warning: {}: what {read} changed since run {} (a dataset, a checkpoint, a file named): {key} not the run's, so {after} on today's inputs",
+                differ.join(", "),
+                rec.id,
+            );
+        }
     }
     let report = engine.run(p, opts)?;
     if json {
@@ -68,8 +101,9 @@ fn run_one(
 }
 
 /// `pipe run --from RUN`: a recorded run's pipeline, loaded from its recorded manifest
-/// texts and overrides, run again (its stages are cached unless something they read
-/// changed, and its keys are the original run's).
+/// texts and overrides, run again: its keys are the original run's, and its stages cached,
+/// unless something they read changed since (a dataset folder, a checkpoint it resumes
+/// from): those stages are named in a warning before the run.
 pub fn run_from(g: &Global, reference: &str, opts: RunOptions, json: bool) -> Result<()> {
     let Some((proj, rec, p)) = super::resolve_run(g, reference)? else {
         bail!("--from `{reference}` names no recorded run: give a run id (`pipe runs` lists them), `PIPELINE~N` or `PIPELINE@ID-PREFIX`");
@@ -85,7 +119,7 @@ pub fn run_from(g: &Global, reference: &str, opts: RunOptions, json: bool) -> Re
         rec.id,
         p.file.display()
     );
-    run_one(g, &proj, &p, &opts, json, &what)
+    run_one(g, &proj, &p, &opts, json, &what, Some(&rec))
 }
 
 /// `pipe run SWEEP`: a dry run shows the sweep as a tree; a run runs every point (or those

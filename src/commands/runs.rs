@@ -103,7 +103,7 @@ pub fn runs(g: &Global, o: &RunsOptions) -> Result<()> {
 /// The runs `o` selects, newest first.
 pub fn select(runs: Vec<RunRecord>, o: &RunsOptions) -> Result<Vec<RunRecord>> {
     let conds = match &o.filter {
-        Some(e) => parse_conditions(e).context("--where")?,
+        Some(e) => parse_conditions(e, "--where")?,
         None => Vec::new(),
     };
     let since = match &o.since {
@@ -128,10 +128,10 @@ pub fn select(runs: Vec<RunRecord>, o: &RunsOptions) -> Result<Vec<RunRecord>> {
         if !conds.iter().all(|c| condition_holds(&r, c)) {
             continue;
         }
-        out.push(r);
         if o.limit.is_some_and(|l| out.len() >= l) {
             break;
         }
+        out.push(r);
     }
     Ok(out)
 }
@@ -146,6 +146,9 @@ fn condition_holds(r: &RunRecord, c: &Condition) -> bool {
         "state" => return c.holds(r.state.as_str()),
         "backend" => return c.holds(&r.backend),
         "device" => return c.holds(&r.device),
+        // `tag=best`: one of its tags is; `tag!=best`: none is (an untagged run too);
+        // `tag=` (empty): it has none.
+        "tag" if c.negated() => return r.tags.iter().all(|t| c.holds(t)),
         "tag" => {
             return r.tags.iter().any(|t| c.holds(t)) || (c.value.is_empty() && r.tags.is_empty())
         }
@@ -175,19 +178,31 @@ fn condition_holds(r: &RunRecord, c: &Condition) -> bool {
 fn since_cutoff(s: &str) -> Result<i128> {
     let s = s.trim();
     let now = time::OffsetDateTime::now_utc();
-    let unit = s.chars().last().unwrap_or(' ');
-    let num = &s[..s.len().saturating_sub(1)];
-    let secs = match (num.parse::<i64>(), unit) {
-        (Ok(n), 's') => Some(n),
-        (Ok(n), 'm') => Some(n * 60),
-        (Ok(n), 'h') => Some(n * 3600),
-        (Ok(n), 'd') => Some(n * 86400),
-        (Ok(n), 'w') => Some(n * 7 * 86400),
+    let (num, unit) = match s.char_indices().last() {
+        Some((i, c)) => (&s[..i], c),
+        None => ("", ' '),
+    };
+    let per = match unit {
+        's' => Some(1),
+        'm' => Some(60),
+        'h' => Some(3600),
+        'd' => Some(86400),
+        'w' => Some(7 * 86400),
+        _ => None,
+    };
+    let span = match (num.parse::<u64>(), per) {
+        (Ok(n), Some(per)) => Some(
+            i64::try_from(n)
+                .ok()
+                .and_then(|n| n.checked_mul(per))
+                .and_then(|secs| now.checked_sub(time::Duration::seconds(secs)))
+                .with_context(|| format!("--since `{s}`: further back than a date can be"))?,
+        ),
         _ => None,
     };
     let rfc = &time::format_description::well_known::Rfc3339;
-    let t = if let Some(secs) = secs {
-        now - time::Duration::seconds(secs)
+    let t = if let Some(t) = span {
+        t
     } else if let Ok(t) = time::OffsetDateTime::parse(s, rfc) {
         t
     } else if let Ok(d) =

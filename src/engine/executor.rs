@@ -769,6 +769,7 @@ impl Engine {
             p.name
         ));
         if o.wait {
+            self.fault_point("slurm:waiting");
             self.wait_slurm(p, must, recipes, &ids)?;
         }
         Ok(ids)

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! runs/<id>.json           the record (written when the run starts, completed when it ends)
-//! runs/<id>.live           locked (flock) by the run's process while it runs
+//! runs/<id>.live           locked (flock) by the run's process while it runs, removed
+//!                          once its record is complete (a Slurm run's: handed to its jobs)
 //! runs/<id>.notes.jsonl    tags and notes added later (`pipe tag`, `pipe note`)
 //! runs/sources/<h>.json    the manifest texts and overrides a run was loaded from (shared)
 //! runs/last/<pipeline>     the id of the pipeline's latest run (for "what changed")
@@ -23,7 +24,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 
-use super::store::{read_json, state_stem, Store};
+use super::store::{read_capped, read_json, state_stem, Store, JSON_CAP};
 use crate::atomic::{write_atomic, write_json_atomic};
 use crate::manifest::{ManifestSources, Pipeline, StageKind};
 use crate::outcome::record::{
@@ -45,6 +46,9 @@ pub struct Listing {
     pub runs: Vec<RunRecord>,
     /// `runs/x.json: damaged record skipped (...)`.
     pub warnings: Vec<String>,
+    /// The ids of those records (their pipeline is not known; their id says when they
+    /// started).
+    pub damaged: Vec<String>,
 }
 
 /// Whether `PIPE_NO_JOURNAL=1` turns the journal off (for benchmarks that measure what
@@ -200,7 +204,13 @@ impl Journal {
                     // A hint (what changed since): no fsync; a lost one only loses that.
                     let last = self.dir.join("last");
                     let _ = fs::create_dir_all(&last).and_then(|()| {
-                        let tmp = last.join(format!(".{}.tmp", std::process::id()));
+                        // Random as well: processes in two containers sharing the
+                        // store may have one pid.
+                        let tmp = last.join(format!(
+                            ".{}.{:016x}.tmp",
+                            std::process::id(),
+                            rand::random::<u64>()
+                        ));
                         fs::write(&tmp, id.as_bytes())
                             .and_then(|()| fs::rename(&tmp, self.last_path(&p.name)))
                     });
@@ -242,7 +252,7 @@ impl Journal {
             .dir
             .join("sources")
             .join(format!("{}.json", rec.sources));
-        let bytes = fs::read(&path).with_context(|| {
+        let bytes = read_capped(&path, JSON_CAP).with_context(|| {
             format!(
                 "run {}: its manifest texts ({}) cannot be read",
                 rec.id,
@@ -269,13 +279,44 @@ impl Journal {
 
     /// The latest record of `pipeline` when it is a Slurm run whose stages await a
     /// halving decision (`awaiting`): the one a promotion job carries on.
+    ///
+    /// In a promotion job (`SLURM_JOB_ID` set), the record whose stages await this very
+    /// job: the latest run of the point (a hint) is tried first, and when it is another
+    /// (the point run again since, here or in another submission), every record of the
+    /// point is looked at.
     pub fn awaiting_decision(&self, pipeline: &str) -> Option<String> {
-        let id = self.last_id(pipeline)?;
-        let rec: RunRecord = read_json(&self.record_path(&id)).ok()??;
-        (rec.state == RunState::Running
-            && rec.executor == "slurm"
-            && rec.stages.iter().any(|s| s.state == AWAITING))
-        .then_some(id)
+        let me = std::env::var("SLURM_JOB_ID").ok().filter(|j| !j.is_empty());
+        self.awaiting_job(pipeline, me)
+    }
+
+    /// [`Journal::awaiting_decision`] in the job `me`.
+    fn awaiting_job(&self, pipeline: &str, me: Option<String>) -> Option<String> {
+        let awaits = |id: &str| -> bool {
+            let Ok(Some(rec)) = read_json::<RunRecord>(&self.record_path(id)) else {
+                return false;
+            };
+            rec.state == RunState::Running
+                && rec.executor == "slurm"
+                && rec.pipeline == pipeline
+                && rec.stages.iter().any(|s| {
+                    s.state == AWAITING && (me.is_none() || s.job.as_deref() == me.as_deref())
+                })
+        };
+        if let Some(id) = self.last_id(pipeline).filter(|id| awaits(id)) {
+            return Some(id);
+        }
+        me.as_ref()?;
+        let mut ids: Vec<String> = fs::read_dir(&self.dir)
+            .ok()?
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let id = name.strip_suffix(".json")?;
+                is_run_id(id).then(|| id.to_string())
+            })
+            .collect();
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        ids.into_iter().find(|id| awaits(id))
     }
 
     /// A record from elsewhere (`pipe pull`: a teammate's run), as its bytes: written
@@ -325,8 +366,9 @@ impl Journal {
 
     /// The id of `pipeline`'s latest run, if one is recorded.
     fn last_id(&self, pipeline: &str) -> Option<String> {
-        fs::read_to_string(self.last_path(pipeline))
+        read_capped(&self.last_path(pipeline), 4096)
             .ok()
+            .and_then(|b| String::from_utf8(b).ok())
             .map(|s| s.trim().to_string())
             .filter(|s| is_run_id(s))
     }
@@ -397,7 +439,7 @@ impl Journal {
         // Each record's size and time, looked up by name in the open folder (no path walk
         // per record: ten thousand of them).
         let folder = fs::File::open(&self.dir).ok();
-        let read: Vec<Result<RunRecord, String>> = ids
+        let read: Vec<Result<RunRecord, (String, String)>> = ids
             .par_iter()
             .zip(from_head)
             .map(|(id, head)| {
@@ -415,14 +457,17 @@ impl Journal {
                         return Ok(rec);
                     }
                 }
-                self.read_record(id, annotated)
+                self.read_record(id, annotated).map_err(|w| (id.clone(), w))
             })
             .collect();
         let mut out = Listing::default();
         for r in read {
             match r {
                 Ok(rec) => out.runs.push(rec),
-                Err(w) => out.warnings.push(w),
+                Err((id, w)) => {
+                    out.damaged.push(id);
+                    out.warnings.push(w);
+                }
             }
         }
         // Newest first by start time (ids sort by the second; runs in one second by time).
@@ -440,7 +485,7 @@ impl Journal {
     /// record files are the truth, and a line that does not parse (two appends
     /// interleaved on a network file system) is passed over.
     fn read_heads(&self) -> std::collections::HashMap<String, Head> {
-        let Ok(bytes) = fs::read(self.heads_path()) else {
+        let Ok(bytes) = read_capped(&self.heads_path(), 1 << 30) else {
             return std::collections::HashMap::new();
         };
         bytes
@@ -504,6 +549,11 @@ impl Journal {
         }
     }
 
+    /// Whether a record of that id is there (read or not).
+    pub fn has(&self, id: &str) -> bool {
+        is_run_id(id) && self.record_path(id).exists()
+    }
+
     /// One record by its id, as it stands now.
     pub fn get(&self, id: &str) -> Result<RunRecord> {
         if !self.record_path(id).exists() {
@@ -517,22 +567,47 @@ impl Journal {
         let path = self.record_path(id);
         let damaged =
             |why: String| format!("{}: damaged run record skipped ({why})", path.display());
-        let bytes = read_small(&path).map_err(|e| damaged(e.to_string()))?;
+        let bytes = read_capped(&path, JSON_CAP).map_err(|e| damaged(e.to_string()))?;
         let mut rec: RunRecord =
             serde_json::from_slice(&bytes).map_err(|e| damaged(e.to_string()))?;
         if rec.id != id {
             return Err(damaged(format!("it names itself `{}`", rec.id)));
         }
         if rec.state == RunState::Running {
-            if rec.executor == "slurm" {
-                self.assemble_jobs(&mut rec);
-            } else if !is_held(&self.live_path(id)) {
+            let live = self.live_path(id);
+            let interrupt = |rec: &mut RunRecord| {
                 rec.state = RunState::Interrupted;
                 for s in &mut rec.stages {
                     if s.state == "running" {
                         s.state = "interrupted".into();
                     }
                 }
+            };
+            let held = is_held(&live);
+            // Not held: its process may have completed the record between the read above
+            // and the lock's check (then it removed the lock file first). Read again.
+            let again = match held {
+                true => None,
+                false => read_capped(&path, JSON_CAP)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<RunRecord>(&b).ok())
+                    .filter(|r| r.id == id && r.state != RunState::Running),
+            };
+            if let Some(done) = again {
+                rec = done;
+            } else if rec.executor != "slurm" {
+                if !held {
+                    interrupt(&mut rec);
+                }
+            } else if held {
+                // Its submitter is still at it (submitting, or waiting with `--wait`): the
+                // record does not name its jobs yet, so they cannot complete it.
+            } else if live.exists() && rec.stages.iter().all(|s| s.job.is_none()) {
+                // The submitter stopped before it handed the run to Slurm (its record
+                // names no job; one that did removes its lock file first).
+                interrupt(&mut rec);
+            } else {
+                self.assemble_jobs(&mut rec);
             }
         }
         if annotated {
@@ -608,10 +683,10 @@ impl Journal {
     }
 
     fn annotations(&self, id: &str) -> Vec<Annotation> {
-        fs::read_to_string(self.notes_path(id))
+        read_capped(&self.notes_path(id), JSON_CAP)
             .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
+            .split(|&b| b == b'\n')
+            .filter_map(|l| serde_json::from_slice(l).ok())
             .collect()
     }
 
@@ -674,23 +749,55 @@ impl Journal {
             .iter()
             .filter(|r| r.pipeline == pipeline)
             .collect();
+        // A damaged record may be a run of `pipeline` (its pipeline cannot be read): one
+        // that started after the run picked could be the one meant.
+        let unsure = |picked: &RunRecord| -> Result<()> {
+            let after: Vec<&String> = listing
+                .damaged
+                .iter()
+                .filter(|d| match pick {
+                    Pick::Back(_) => d.as_str() > picked.id.as_str(),
+                    Pick::Prefix(prefix) => d.starts_with(prefix),
+                })
+                .collect();
+            match after.first() {
+                None => Ok(()),
+                Some(d) => bail!(
+                    "`{arg}`: the run record {} is damaged, and may be a run of `{pipeline}` that `{arg}` would name (run {} otherwise); name the run by its id, or mend or remove the record (`pipe verify` names what is wrong)",
+                    self.record_path(d).display(),
+                    picked.id
+                ),
+            }
+        };
         match pick {
             Pick::Back(n) => match runs.get(n) {
-                Some(r) => Ok(Some((*r).clone())),
+                Some(r) => {
+                    unsure(r)?;
+                    Ok(Some((*r).clone()))
+                }
                 None if runs.is_empty() => {
                     bail!("`{arg}`: no run of `{pipeline}` is recorded in this store")
                 }
                 None => bail!(
-                    "`{arg}`: `{pipeline}` has {} recorded run(s); `~{}` is the oldest",
+                    "`{arg}`: `{pipeline}` has {} recorded run(s); `~{}` is the oldest{}",
                     runs.len(),
-                    runs.len() - 1
+                    runs.len() - 1,
+                    match listing.damaged.len() {
+                        0 => String::new(),
+                        n => format!(
+                            " ({n} damaged record(s) not counted: `pipe verify` names them)"
+                        ),
+                    }
                 ),
             },
             Pick::Prefix(prefix) => {
                 let hits: Vec<&&RunRecord> =
                     runs.iter().filter(|r| r.id.starts_with(prefix)).collect();
                 match hits.as_slice() {
-                    [one] => Ok(Some((**one).clone())),
+                    [one] => {
+                        unsure(one)?;
+                        Ok(Some((**one).clone()))
+                    }
                     [] if runs.is_empty() => Ok(None),
                     [] => bail!("`{arg}`: no run of `{pipeline}` has an id starting `{prefix}`"),
                     many => bail!(
@@ -881,15 +988,6 @@ fn stamp_in(dir: &fs::File, name: &str) -> Option<(u64, i128)> {
 enum Pick<'a> {
     Back(usize),
     Prefix(&'a str),
-}
-
-/// A small file's bytes: open and read, no `stat` for a size hint (listing reads ten
-/// thousand records; each syscall counts).
-fn read_small(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut buf = Vec::with_capacity(8192);
-    fs::File::open(path)?.read_to_end(&mut buf)?;
-    Ok(buf)
 }
 
 /// Whether some process holds the lock on `path` (a missing file: nobody).
@@ -1219,11 +1317,12 @@ impl Recording {
         Ok(self.record.clone())
     }
 
+    /// Remove the lock file, then let go of its lock: a reader that finds the record
+    /// running and no lock file knows that its process completed it (a run handed to
+    /// Slurm: its jobs complete it).
     fn release(&mut self) {
         if let Some(f) = self.live.take() {
-            if self.record.state != RunState::Running {
-                let _ = fs::remove_file(self.journal.live_path(&self.record.id));
-            }
+            let _ = fs::remove_file(self.journal.live_path(&self.record.id));
             drop(f);
         }
     }
@@ -1260,6 +1359,46 @@ fn merge_entries(into: &mut Vec<StageEntry>, from: &[StageEntry]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_promotion_job_finds_the_record_that_awaits_it_whatever_ran_since() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(&tmp.path().join("store")).unwrap();
+        let j = Journal::of(&store);
+        fs::create_dir_all(j.dir.join("last")).unwrap();
+        let record = |id: &str, executor: &str, state: &str, job: Option<&str>| {
+            let mut stage =
+                serde_json::json!({"name": "drop", "kind": "lr-drop", "state": "cached"});
+            if let Some(job) = job {
+                stage["state"] = AWAITING.into();
+                stage["job"] = job.into();
+            }
+            let rec = serde_json::json!({
+                "format": RECORD_FORMAT, "id": id, "pipeline": "hv@a", "manifest": "m",
+                "project": "p", "sources": "", "version": "0", "executor": executor,
+                "host": {"hostname": "h", "cpu": "c", "cores": 1},
+                "started": "2026-12-07T10:00:00Z", "state": state, "pid": 1,
+                "stages": [stage],
+            });
+            fs::write(j.record_path(id), rec.to_string()).unwrap();
+        };
+        // Submitted (its drop awaits job 100), then the point run here, then submitted
+        // again (awaiting job 200); the hint names the run here.
+        record("20261207-100000-aaaa", "slurm", "running", Some("100"));
+        record("20261207-110000-bbbb", "in-process", "done", None);
+        record("20261207-120000-cccc", "slurm", "running", Some("200"));
+        fs::write(j.last_path("hv@a"), "20261207-110000-bbbb").unwrap();
+        let job = |me: Option<&str>| j.awaiting_job("hv@a", me.map(str::to_string));
+        assert_eq!(job(Some("100")).as_deref(), Some("20261207-100000-aaaa"));
+        assert_eq!(job(Some("200")).as_deref(), Some("20261207-120000-cccc"));
+        assert_eq!(job(Some("300")), None);
+        assert_eq!(job(None), None);
+        // The hint right: taken as it is.
+        fs::write(j.last_path("hv@a"), "20261207-120000-cccc").unwrap();
+        assert_eq!(job(None).as_deref(), Some("20261207-120000-cccc"));
+        assert_eq!(job(Some("100")).as_deref(), Some("20261207-100000-aaaa"));
+        assert_eq!(j.awaiting_job("hv@b", Some("100".into())), None);
+    }
 
     #[test]
     fn a_stamp_by_name_in_the_folder_is_the_stamp_by_path() {

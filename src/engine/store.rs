@@ -600,9 +600,39 @@ fn unique_suffix() -> u128 {
         .map_or(0, |d| d.as_nanos())
 }
 
+/// The most bytes a JSON file of the store (a key record, a manifest, a run record) is
+/// read to: anything larger is no file pipe wrote.
+pub(crate) const JSON_CAP: u64 = 256 << 20;
+
+/// A small file's bytes (JSON, a list of lines), opened without waiting (a FIFO put in
+/// its place reads as empty at once) and refused when it is no regular file (a link to a
+/// device) or larger than `cap` bytes.
+pub(crate) fn read_capped(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let md = f.metadata()?;
+    if !md.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let too_big = |n: u64| std::io::Error::other(format!("{n} bytes: larger than {cap}"));
+    if md.len() > cap {
+        return Err(too_big(md.len()));
+    }
+    let mut buf = Vec::with_capacity(md.len() as usize + 1);
+    f.take(cap + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > cap {
+        return Err(too_big(buf.len() as u64));
+    }
+    Ok(buf)
+}
+
 /// Read a JSON file; `Ok(None)` if it does not exist.
 pub fn read_json<T: for<'de> Deserialize<'de>>(p: &Path) -> Result<Option<T>> {
-    match fs::read(p) {
+    match read_capped(p, JSON_CAP) {
         Ok(bytes) => Ok(Some(
             serde_json::from_slice(&bytes).with_context(|| format!("corrupt {}", p.display()))?,
         )),

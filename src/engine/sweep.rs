@@ -66,6 +66,12 @@ pub struct Condition {
 }
 
 impl Condition {
+    /// Whether it is a `!=`: a condition on a list (a run's tags) then holds when no
+    /// item is the value.
+    pub fn negated(&self) -> bool {
+        self.op == Op::Ne
+    }
+
     /// Whether a value (as shown, and as a number when it is one) meets it: numbers
     /// compare as numbers; otherwise only `=` and `!=` hold, on the text.
     pub fn holds(&self, shown: &str) -> bool {
@@ -79,12 +85,9 @@ impl Condition {
     }
 }
 
-/// `--only`'s (and `--where`'s) conditions: comma-separated comparisons.
-pub fn parse_conditions(expr: &str) -> Result<Vec<Condition>> {
-    parse_only(expr)
-}
-
-fn parse_only(expr: &str) -> Result<Vec<Condition>> {
+/// `--only`'s (and `--where`'s) conditions: comma-separated comparisons; `flag` names
+/// the option in errors.
+pub fn parse_conditions(expr: &str, flag: &str) -> Result<Vec<Condition>> {
     let mut out = Vec::new();
     for part in expr.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let Some((at, written, op)) = Op::WRITTEN
@@ -92,7 +95,7 @@ fn parse_only(expr: &str) -> Result<Vec<Condition>> {
             .filter_map(|(w, op)| part.find(w).map(|i| (i, *w, *op)))
             .min_by_key(|(i, w, _)| (*i, usize::MAX - w.len()))
         else {
-            bail!("--only `{part}`: expected KEY=VALUE, KEY<VALUE, KEY<=VALUE, KEY>VALUE, KEY>=VALUE or KEY!=VALUE");
+            bail!("{flag} `{part}`: expected KEY=VALUE, KEY<VALUE, KEY<=VALUE, KEY>VALUE, KEY>=VALUE or KEY!=VALUE");
         };
         out.push(Condition {
             key: part[..at].trim().to_string(),
@@ -101,7 +104,7 @@ fn parse_only(expr: &str) -> Result<Vec<Condition>> {
         });
     }
     if out.is_empty() {
-        bail!("--only: no condition given");
+        bail!("{flag}: no condition given");
     }
     Ok(out)
 }
@@ -111,7 +114,7 @@ pub fn select(s: &Sweep, only: Option<&str>) -> Result<Vec<usize>> {
     let Some(expr) = only else {
         return Ok((0..s.points.len()).collect());
     };
-    let conds = parse_only(expr)?;
+    let conds = parse_conditions(expr, "--only")?;
     for c in &conds {
         if !s
             .keys

@@ -435,7 +435,12 @@ pub(super) fn record_and_history(
         return Ok(None);
     }
     let j = journal_of(project);
-    let Ok(r) = j.get(id) else { return Ok(None) };
+    // A record that is there and does not read is said so (with its file), not "no run".
+    let r = match j.get(id) {
+        Ok(r) => r,
+        Err(_) if !j.has(id) => return Ok(None),
+        Err(e) => return Err(e),
+    };
     let cache = &project.cache;
     let read = |p: std::path::PathBuf| -> Option<Vec<EpochRecord>> {
         serde_json::from_slice(&std::fs::read(p).ok()?).ok()
