@@ -126,6 +126,9 @@ fn a_run_with_set_is_recorded_with_its_overrides_config_metrics_and_changes() {
     assert_eq!(others.len(), 1);
     assert_eq!(others[0]["id"], first["id"]);
     assert_eq!(runs(&p, &["--where", "tag!=other"]).len(), 2);
+    let any = runs(&p, &["--where", "tag!="]);
+    assert_eq!(any.len(), 1);
+    assert_eq!(any[0]["id"], last["id"]);
     assert_eq!(
         tagged[0]["notes"],
         serde_json::json!(["lower lr: same accuracy"])

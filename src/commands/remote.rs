@@ -40,7 +40,14 @@ pub fn push(g: &Global, names: &[String]) -> Result<()> {
     let mut engine = Engine::read_only(&proj.cache);
     // Held while uploading: `gc` and `verify` (which may collect or quarantine an
     // artifact) wait, rather than take files from under an upload.
-    let _lock = engine.share_store("pipe push")?;
+    let _lock = match engine.share_store("pipe push") {
+        Ok(l) => Some(l),
+        // A store this user may only read (a team's, shared): pushed from as before.
+        Err(e) => {
+            eprintln!("note: pushing without the store's lock ({e:#}): a `pipe gc` meanwhile could take what is being sent");
+            None
+        }
+    };
     // Each key once, in the order the pipelines list them.
     let mut keys: Vec<(String, StageKey)> = Vec::new();
     let mut seen = HashSet::new();
@@ -259,14 +266,15 @@ fn pull_records(
             if let Some(text) = rem.get_sources(&rec.sources).map_err(remote_err)? {
                 // Texts that do not match their hash (being written there now): this run
                 // is left for a later pull, the others are taken.
-                if let Err(e) = journal.add_sources(&rec.sources, &text) {
+                if blake3::hash(&text).to_hex().as_str() != rec.sources {
                     eprintln!(
-                        "warning: {}/runs/sources/{}.json: {e:#}: run {id} skipped (pull again later)",
+                        "warning: {}/runs/sources/{}.json does not match its hash (written there now?): run {id} skipped (pull again later)",
                         rem.url(),
                         rec.sources
                     );
                     continue;
                 }
+                journal.add_sources(&rec.sources, &text)?;
             }
             sources.insert(rec.sources.clone());
         }

@@ -148,6 +148,8 @@ fn condition_holds(r: &RunRecord, c: &Condition) -> bool {
         "device" => return c.holds(&r.device),
         // `tag=best`: one of its tags is; `tag!=best`: none is (an untagged run too);
         // `tag=` (empty): it has none.
+        // `tag!=` (empty): it has one.
+        "tag" if c.negated() && c.value.is_empty() => return !r.tags.is_empty(),
         "tag" if c.negated() => return r.tags.iter().all(|t| c.holds(t)),
         "tag" => {
             return r.tags.iter().any(|t| c.holds(t)) || (c.value.is_empty() && r.tags.is_empty())

@@ -585,16 +585,19 @@ impl Journal {
             };
             let held = is_held(&live);
             // Not held: its process may have completed the record between the read above
-            // and the lock's check (then it removed the lock file first). Read again.
-            let again = match held {
-                true => None,
-                false => read_capped(&path, JSON_CAP)
+            // and the lock's check (it writes the record, then removes the lock file, then
+            // unlocks). The record as it is now is the one to judge.
+            if !held {
+                if let Some(now) = read_capped(&path, JSON_CAP)
                     .ok()
                     .and_then(|b| serde_json::from_slice::<RunRecord>(&b).ok())
-                    .filter(|r| r.id == id && r.state != RunState::Running),
-            };
-            if let Some(done) = again {
-                rec = done;
+                    .filter(|r| r.id == id)
+                {
+                    rec = now;
+                }
+            }
+            if rec.state != RunState::Running {
+                // Completed in the meantime.
             } else if rec.executor != "slurm" {
                 if !held {
                     interrupt(&mut rec);
@@ -602,9 +605,15 @@ impl Journal {
             } else if held {
                 // Its submitter is still at it (submitting, or waiting with `--wait`): the
                 // record does not name its jobs yet, so they cannot complete it.
-            } else if live.exists() && rec.stages.iter().all(|s| s.job.is_none()) {
-                // The submitter stopped before it handed the run to Slurm (its record
-                // names no job; one that did removes its lock file first).
+            } else if live.exists()
+                && rec
+                    .stages
+                    .iter()
+                    .all(|s| s.job.is_none() && s.key.is_none())
+            {
+                // The submitter stopped before it completed the record (no stage has a
+                // key or a job yet: as `begin` wrote it); one that completed it removed
+                // its lock file first.
                 interrupt(&mut rec);
             } else {
                 self.assemble_jobs(&mut rec);
@@ -756,7 +765,9 @@ impl Journal {
                 .damaged
                 .iter()
                 .filter(|d| match pick {
-                    Pick::Back(_) => d.as_str() > picked.id.as_str(),
+                    // Ids order by the second only (then 16 random bits): one of the
+                    // same second may have started after it too.
+                    Pick::Back(_) => d.get(..15) >= picked.id.get(..15),
                     Pick::Prefix(prefix) => d.starts_with(prefix),
                 })
                 .collect();
@@ -1360,6 +1371,63 @@ fn merge_entries(into: &mut Vec<StageEntry>, from: &[StageEntry]) {
 mod tests {
     use super::*;
 
+    /// A record file written by hand.
+    fn write_record(
+        j: &Journal,
+        id: &str,
+        pipeline: &str,
+        executor: &str,
+        state: &str,
+        stages: Vec<serde_json::Value>,
+    ) {
+        let rec = serde_json::json!({
+            "format": RECORD_FORMAT, "id": id, "pipeline": pipeline, "manifest": "m",
+            "project": "p", "sources": "", "version": "0", "executor": executor,
+            "host": {"hostname": "h", "cpu": "c", "cores": 1},
+            "started": "2026-12-07T10:00:00Z", "state": state, "pid": 1,
+            "stages": stages,
+        });
+        fs::write(j.record_path(id), rec.to_string()).unwrap();
+    }
+
+    #[test]
+    fn a_slurm_record_reads_running_while_submitted_and_interrupted_when_its_submitter_died() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(&tmp.path().join("store")).unwrap();
+        let j = Journal::of(&store);
+        fs::create_dir_all(&j.dir).unwrap();
+        let begun =
+            || vec![serde_json::json!({"name": "train", "kind": "train", "state": "not-run"})];
+        let state = |id: &str| j.get(id).unwrap().state;
+        // As `begin` wrote it, its submitter holding the lock: running.
+        let id = "20261207-100000-aaaa";
+        write_record(&j, id, "exp", "slurm", "running", begun());
+        let lock = fs::File::create(j.live_path(id)).unwrap();
+        lock.lock().unwrap();
+        assert_eq!(state(id), RunState::Running);
+        // The submitter gone, the lock file left, no stage keyed or handed to a job.
+        drop(lock);
+        assert_eq!(state(id), RunState::Interrupted);
+        // Every stage cached, nothing to submit (an older pipe left its lock file there):
+        // done.
+        let id = "20261207-100000-bbbb";
+        let cached =
+            serde_json::json!({"name": "train", "kind": "train", "state": "cached", "key": "k"});
+        write_record(&j, id, "exp", "slurm", "running", vec![cached]);
+        fs::File::create(j.live_path(id)).unwrap();
+        assert_eq!(state(id), RunState::Done);
+        // Handed to a job that has not written its entry yet: running.
+        let id = "20261207-100000-cccc";
+        let queued = serde_json::json!({"name": "train", "kind": "train", "state": "queued", "key": "k", "job": "7"});
+        write_record(&j, id, "exp", "slurm", "running", vec![queued]);
+        assert_eq!(state(id), RunState::Running);
+        // A run in this process, its lock not held: interrupted.
+        let id = "20261207-100000-dddd";
+        write_record(&j, id, "exp", "in-process", "running", begun());
+        fs::File::create(j.live_path(id)).unwrap();
+        assert_eq!(state(id), RunState::Interrupted);
+    }
+
     #[test]
     fn a_promotion_job_finds_the_record_that_awaits_it_whatever_ran_since() {
         let tmp = tempfile::tempdir().unwrap();
@@ -1373,14 +1441,7 @@ mod tests {
                 stage["state"] = AWAITING.into();
                 stage["job"] = job.into();
             }
-            let rec = serde_json::json!({
-                "format": RECORD_FORMAT, "id": id, "pipeline": "hv@a", "manifest": "m",
-                "project": "p", "sources": "", "version": "0", "executor": executor,
-                "host": {"hostname": "h", "cpu": "c", "cores": 1},
-                "started": "2026-12-07T10:00:00Z", "state": state, "pid": 1,
-                "stages": [stage],
-            });
-            fs::write(j.record_path(id), rec.to_string()).unwrap();
+            write_record(&j, id, "hv@a", executor, state, vec![stage]);
         };
         // Submitted (its drop awaits job 100), then the point run here, then submitted
         // again (awaiting job 200); the hint names the run here.
