@@ -189,6 +189,18 @@ fn slurm_runs_shared_data_stages_once_and_each_training_as_its_own_job() {
     assert_eq!(train["state"], "ran", "{rec}");
     assert_eq!(train["job"].as_str(), Some(train1.as_str()), "{rec}");
     assert!(rec["metrics"]["val.acc"].as_f64().is_some(), "{rec}");
+    // Pushed, it goes as its jobs completed it: a teammate (no `runs/jobs/` of this
+    // cluster) pulls it done, with its metrics.
+    let remote = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", remote.path().display());
+    p.ok(&["--remote", &url, "push", "exp1"]);
+    let mate = Project::with("exp1.toml", &experiment("exp1", 0.01, 2, 30));
+    mate.ok(&["--remote", &url, "pull", "exp1"]);
+    let theirs = mate.ok_json(&["runs", "exp1", "--json"]);
+    let theirs = &theirs.as_array().unwrap()[0];
+    assert_eq!(theirs["id"], rec["id"], "{theirs}");
+    assert_eq!(theirs["state"], "done", "{theirs}");
+    assert_eq!(theirs["metrics"], rec["metrics"], "{theirs}");
     for id in [train1, train2] {
         assert_eq!(slurm_job_state(&conf, id), "COMPLETED");
         let log = log_of(&p, &conf, id);

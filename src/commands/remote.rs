@@ -103,6 +103,12 @@ pub fn push(g: &Global, names: &[String]) -> Result<()> {
         {
             continue;
         }
+        // A Slurm run completed by its jobs: its file says so before it goes.
+        if r.executor == "slurm" {
+            journal
+                .settle(&r.id)
+                .with_context(|| format!("completing run record {}", r.id))?;
+        }
         rem.push_record(journal.dir(), &r.id, &r.sources)
             .map_err(remote_err)
             .with_context(|| format!("pushing run record {}", r.id))?;

@@ -549,6 +549,25 @@ impl Journal {
         }
     }
 
+    /// Write a Slurm run's record as its jobs completed it (`runs/jobs/`), once every job
+    /// has ended: what the file says then stands alone (`pipe push` sends the file; a
+    /// teammate has no `runs/jobs/` of this cluster). `true` when it was written.
+    pub fn settle(&self, id: &str) -> Result<bool> {
+        let Some(raw) = read_json::<RunRecord>(&self.record_path(id))? else {
+            return Ok(false);
+        };
+        if raw.state != RunState::Running || raw.executor != "slurm" {
+            return Ok(false);
+        }
+        let rec = self.read_record(id, false).map_err(|w| anyhow::anyhow!("{w}"))?;
+        if rec.state == RunState::Running {
+            return Ok(false);
+        }
+        write_atomic(&self.record_path(id), &serde_json::to_vec(&rec)?)?;
+        self.add_head(&rec)?;
+        Ok(true)
+    }
+
     /// Whether a record of that id is there (read or not).
     pub fn has(&self, id: &str) -> bool {
         is_run_id(id) && self.record_path(id).exists()
