@@ -197,6 +197,9 @@ enum Cmd {
     Verify {
         /// Only the artifacts of this pipeline's last run (default: the whole store)
         pipeline: Option<String>,
+        /// With --remote: upload again each damaged artifact this store holds sound
+        #[arg(long)]
+        repair: bool,
     },
     /// Upload what pipelines' current manifests use, and the run records, to the remote
     Push {
@@ -757,8 +760,11 @@ fn dispatch(g: Global, cmd: Cmd) -> anyhow::Result<()> {
             keep_runs,
         } => commands::gc(&g, pipelines, dry_run, all, keep_runs),
         // `pipe verify --remote [URL]`: every artifact in the remote cache.
-        Cmd::Verify { .. } if g.remote.is_some() => commands::verify_remote(&g),
-        Cmd::Verify { pipeline } => commands::verify(&g, pipeline.as_deref()),
+        Cmd::Verify { repair, .. } if g.remote.is_some() => commands::verify_remote(&g, repair),
+        Cmd::Verify { repair: true, .. } => {
+            anyhow::bail!("--repair mends the remote cache: give --remote (or set one)")
+        }
+        Cmd::Verify { pipeline, .. } => commands::verify(&g, pipeline.as_deref()),
         Cmd::Push { pipelines } => commands::push(&g, &pipelines),
         Cmd::Pull {
             pipelines,

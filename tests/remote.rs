@@ -915,6 +915,36 @@ fn a_webdav_remote_shares_stages_and_its_damage_is_found() {
     let st: BTreeMap<String, String> = states(&rc).into_iter().collect();
     assert_eq!(st["train"], "ran", "{said}");
     assert_eq!(st["hdf5"], "fetched", "{said}");
+    // `--repair` from a machine with no copy of it: still damaged, and it says why.
+    let none = Project::new();
+    let out = none
+        .cmd(&["verify", "--remote", &url, "--repair"])
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("holds no sound copy"), "{said}");
+    // From one that holds it sound: sent again, checked, and fetched whole after.
+    let out = b
+        .cmd(&["verify", "--remote", &url, "--repair"])
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("REPAIRED") && said.contains("1 of them repaired"),
+        "{said}"
+    );
+    let (_, said) = ok(b.cmd(&["verify", "--remote", &url]));
+    assert!(said.contains("all sound"), "{said}");
+    let d = Project::with("g.toml", &manifest());
+    let (rd, said) = run_json(run(&d, &["run", "g", "--json"]));
+    assert!(
+        states(&rd).iter().all(|(_, s)| s == "fetched"),
+        "{rd}\n{said}"
+    );
 }
 
 /// Machines pushing one stage at once to a WebDAV server, each with a key record and a

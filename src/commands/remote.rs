@@ -293,30 +293,22 @@ fn pull_records(
 /// `pipe verify --remote`: every artifact in the remote, downloaded and checked file by
 /// file against its manifest (and the folder against its content hash). Exits non-zero
 /// when any is damaged.
-pub fn verify_remote(g: &Global) -> Result<()> {
+pub fn verify_remote(g: &Global, repair: bool) -> Result<()> {
     let proj = Project::discover(g.cache.clone())?;
     let rem = required(g, &proj)?;
     let outputs = rem.manifests().map_err(remote_err)?;
     let scratch = tempfile_dir(&proj)?;
-    let mut damaged = 0;
+    // Repairs read this store's artifacts: `gc` waits meanwhile.
+    let engine = Engine::read_only(&proj.cache);
+    let _lock = match repair && proj.cache.is_dir() {
+        true => Some(engine.share_store("pipe verify --remote --repair")?),
+        false => None,
+    };
+    let store = engine.store();
+    let (mut damaged, mut repaired) = (0, 0);
     for out in &outputs {
         let into = scratch.join(out.as_str());
-        let checked = match rem.manifest(out) {
-            Ok(Some(m)) => rem.download(&m, &into).and_then(|()| {
-                let (content, _) = crate::content::hash_dir(&into, crate::stages::ALL_RECORDS)
-                    .map_err(|e| RemoteError::Refused(format!("{e:#}")))?;
-                match content == out.as_str() {
-                    true => Ok(()),
-                    false => Err(RemoteError::Refused(format!(
-                        "its files make artifact {}, not {}",
-                        &content[..12],
-                        out.short()
-                    ))),
-                }
-            }),
-            Ok(None) => Err(RemoteError::Refused("its manifest went away".into())),
-            Err(e) => Err(e),
-        };
+        let checked = check_remote(&rem, out, &into);
         let _ = std::fs::remove_dir_all(&into);
         match checked {
             Ok(()) => println!("ok       {}", out.short()),
@@ -325,21 +317,93 @@ pub fn verify_remote(g: &Global) -> Result<()> {
                 return Err(remote_err(e));
             }
             Err(e) => {
-                damaged += 1;
                 println!("DAMAGED  {}\n         {e}", out.short());
+                if !repair {
+                    damaged += 1;
+                    continue;
+                }
+                // The same artifact here, sound (its files hash to its name): sent again,
+                // then checked as any other.
+                let local = store.artifact_dir(out);
+                let sound = local.is_dir()
+                    && crate::content::hash_dir(&local, crate::stages::ALL_RECORDS)
+                        .is_ok_and(|(content, _)| content == out.as_str());
+                if !sound {
+                    damaged += 1;
+                    println!("         not repaired: this store holds no sound copy of it");
+                    continue;
+                }
+                let mended = rem
+                    .resend_artifact(out, &local)
+                    .and_then(|()| check_remote(&rem, out, &into));
+                let _ = std::fs::remove_dir_all(&into);
+                match mended {
+                    Ok(()) => {
+                        repaired += 1;
+                        println!(
+                            "REPAIRED {} (sent again from {})",
+                            out.short(),
+                            local.display()
+                        );
+                    }
+                    Err(e) => {
+                        damaged += 1;
+                        println!("         not repaired: {e}");
+                    }
+                }
             }
         }
     }
     let _ = std::fs::remove_dir_all(&scratch);
     if damaged > 0 {
         bail!(
-            "{damaged} of {} artifact(s) in {} are damaged: a run refuses them and computes those stages itself",
+            "{damaged} of {} artifact(s) in {} are damaged{}: a run refuses them and computes those stages itself{}",
             outputs.len(),
-            rem.url()
+            rem.url(),
+            match repaired {
+                0 => String::new(),
+                n => format!(" ({n} more repaired)"),
+            },
+            match repair {
+                true => "",
+                false => "; `pipe verify --remote --repair` on a machine that holds them sends them again",
+            }
         );
     }
-    eprintln!("{} artifact(s) in {}: all sound", outputs.len(), rem.url());
+    match repaired {
+        0 => eprintln!("{} artifact(s) in {}: all sound", outputs.len(), rem.url()),
+        n => eprintln!(
+            "{} artifact(s) in {}: all sound, {n} of them repaired",
+            outputs.len(),
+            rem.url()
+        ),
+    }
     Ok(())
+}
+
+/// Download artifact `out` from the remote into `into` and check each file against its
+/// manifest and the folder against its content hash.
+fn check_remote(
+    rem: &crate::engine::remote::Remote,
+    out: &crate::ids::ContentHash,
+    into: &std::path::Path,
+) -> Result<(), RemoteError> {
+    match rem.manifest(out) {
+        Ok(Some(m)) => rem.download(&m, into).and_then(|()| {
+            let (content, _) = crate::content::hash_dir(into, crate::stages::ALL_RECORDS)
+                .map_err(|e| RemoteError::Refused(format!("{e:#}")))?;
+            match content == out.as_str() {
+                true => Ok(()),
+                false => Err(RemoteError::Refused(format!(
+                    "its files make artifact {}, not {}",
+                    &content[..12],
+                    out.short()
+                ))),
+            }
+        }),
+        Ok(None) => Err(RemoteError::Refused("its manifest went away".into())),
+        Err(e) => Err(e),
+    }
 }
 
 /// A private folder in the store's scratch for `verify --remote`'s downloads.

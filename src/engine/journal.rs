@@ -559,7 +559,9 @@ impl Journal {
         if raw.state != RunState::Running || raw.executor != "slurm" {
             return Ok(false);
         }
-        let rec = self.read_record(id, false).map_err(|w| anyhow::anyhow!("{w}"))?;
+        let rec = self
+            .read_record(id, false)
+            .map_err(|w| anyhow::anyhow!("{w}"))?;
         if rec.state == RunState::Running {
             return Ok(false);
         }

@@ -761,13 +761,7 @@ impl Remote {
             url: self.url.clone(),
             why: format!("{e:#}"),
         })?;
-        let uploads = m.files.iter().map(|f| self.upload_file(&m.output, f, dir));
-        let results: Vec<Result<(), RemoteError>> = self.rt.block_on(
-            futures_util::stream::iter(uploads)
-                .buffer_unordered(if self.webdav { 1 } else { AT_ONCE })
-                .collect(),
-        );
-        results.into_iter().collect::<Result<(), _>>()?;
+        self.send_files(&m, dir)?;
         files_sent();
         self.put_record(
             &format!("sealed/{}.json", rec.output),
@@ -776,6 +770,32 @@ impl Remote {
         )?;
         self.put_record(&key_rel, rec, |back: &KeyRecord| back.key == rec.key)?;
         Ok(Pushed::Sent(m.bytes(), t.elapsed().as_secs_f64()))
+    }
+
+    /// Send artifact `output` again from `dir` (this store's copy, checked sound by the
+    /// caller): every file, then its manifest, over whatever the remote holds (`pipe
+    /// verify --remote --repair`, for an artifact found damaged there).
+    pub fn resend_artifact(&self, output: &ContentHash, dir: &Path) -> Result<(), RemoteError> {
+        let m = manifest_of(dir, output).map_err(|e| RemoteError::Other {
+            url: self.url.clone(),
+            why: format!("{e:#}"),
+        })?;
+        self.send_files(&m, dir)?;
+        self.put_record(&format!("sealed/{output}.json"), &m, |back: &Manifest| {
+            back.output == *output
+        })
+    }
+
+    /// Upload every file of manifest `m` from `dir` (a few at once; one at a time to a
+    /// WebDAV server, where two uploads into one new folder would both make it).
+    fn send_files(&self, m: &Manifest, dir: &Path) -> Result<(), RemoteError> {
+        let uploads = m.files.iter().map(|f| self.upload_file(&m.output, f, dir));
+        let results: Vec<Result<(), RemoteError>> = self.rt.block_on(
+            futures_util::stream::iter(uploads)
+                .buffer_unordered(if self.webdav { 1 } else { AT_ONCE })
+                .collect(),
+        );
+        results.into_iter().collect()
     }
 
     /// PUT a record that other machines pushing the same key may be writing this moment
