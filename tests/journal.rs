@@ -118,6 +118,12 @@ fn a_run_with_set_is_recorded_with_its_overrides_config_metrics_and_changes() {
     let prefix = &id[..(common + 1).max(17)];
     p.ok(&["note", &format!("exp@{prefix}"), "lower lr: same accuracy"]);
     assert_eq!(std::fs::read(&rec_path).unwrap(), before);
+    // A note torn by a crash mid-append does not take the next one with it.
+    let notes = p.cache().join("runs").join(format!("{id}.notes.jsonl"));
+    let mut torn = std::fs::read(&notes).unwrap();
+    torn.extend_from_slice(b"{\"kind\": \"note\", \"te");
+    std::fs::write(&notes, torn).unwrap();
+    p.ok(&["note", &id, "after the crash"]);
     let tagged = runs(&p, &["--where", "tag=baseline"]);
     assert_eq!(tagged.len(), 1);
     assert_eq!(tagged[0]["id"], last["id"]);
@@ -131,7 +137,7 @@ fn a_run_with_set_is_recorded_with_its_overrides_config_metrics_and_changes() {
     assert_eq!(any[0]["id"], last["id"]);
     assert_eq!(
         tagged[0]["notes"],
-        serde_json::json!(["lower lr: same accuracy"])
+        serde_json::json!(["lower lr: same accuracy", "after the crash"])
     );
     let e = p.fails(&["tag", "exp~5", "x"]);
     assert!(e.contains("exp~5") && e.contains("2 recorded run"), "{e}");

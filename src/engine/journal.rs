@@ -730,13 +730,23 @@ impl Journal {
         };
         let mut line = serde_json::to_string(&a)?;
         line.push('\n');
-        use std::io::Write;
+        use std::io::{Read, Seek, Write};
         let path = self.notes_path(id);
         let mut f = fs::OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(&path)
             .with_context(|| format!("cannot open {}", path.display()))?;
+        // A line left torn (a crash in the middle of an append) would swallow this one:
+        // it starts on a line of its own.
+        let mut last = [0u8; 1];
+        let torn = f.seek(std::io::SeekFrom::End(-1)).is_ok()
+            && f.read_exact(&mut last).is_ok()
+            && last[0] != b'\n';
+        if torn {
+            line.insert(0, '\n');
+        }
         f.write_all(line.as_bytes())
             .and_then(|()| f.sync_all())
             .with_context(|| format!("cannot write {}", path.display()))
