@@ -755,3 +755,75 @@ fn a_job_store_is_refused_where_it_cannot_work_naming_why() {
     ]);
     assert!(err.contains("with halving on Slurm"), "{err}");
 }
+
+#[test]
+fn a_sweep_whose_submission_fails_half_way_leaves_the_submitted_points_to_their_jobs() {
+    let Some(conf) = cluster() else { return };
+    let p = Project::with(
+        "sf.toml",
+        &(experiment("sf", 0.01, 1, 20) + "\n[sweep.grid]\n\"train.lr\" = [0.01, 0.05]\n"),
+    );
+    // An sbatch that refuses the second point's jobs (their arguments name it: `lr=5e-2`).
+    let bin = tempfile::tempdir().unwrap();
+    let real = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "command -v sbatch"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    let wrapper = bin.path().join("sbatch");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ncase \"$*\" in *5e-2*) echo 'sbatch: error: refused by the test' >&2; exit 1;; esac\nexec {real} \"$@\"\n"
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap()
+    );
+    let out = p
+        .cmd(&["run", "sf", "--executor", "slurm"])
+        .env("SLURM_CONF", &conf)
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("refused by the test"), "{err}");
+    let state_of = |lr: &str| -> serde_json::Value {
+        let runs = p.ok_json(&["runs", "sf", "--json"]);
+        runs.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["config"]["stages.train.lr"] == lr)
+            .unwrap_or_else(|| panic!("no run with lr {lr}: {runs}"))
+            .clone()
+    };
+    // The refused point: failed, saying why.
+    let refused = state_of("0.05");
+    assert_eq!(refused["state"], "failed", "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("refused by the test"),
+        "{refused}"
+    );
+    // The one submitted before: its jobs complete it.
+    let first = state_of("0.01");
+    assert_ne!(first["state"], "failed", "{first}");
+    wait_for("the first point's jobs", 240, || {
+        state_of("0.01")["state"] == "done"
+    });
+    let done = state_of("0.01");
+    assert!(done["metrics"]["val.acc"].as_f64().is_some(), "{done}");
+}

@@ -123,7 +123,7 @@ fn a_run_with_set_is_recorded_with_its_overrides_config_metrics_and_changes() {
     let mut torn = std::fs::read(&notes).unwrap();
     torn.extend_from_slice(b"{\"kind\": \"note\", \"te");
     std::fs::write(&notes, torn).unwrap();
-    p.ok(&["note", &id, "after the crash"]);
+    p.ok(&["note", id, "after the crash"]);
     let tagged = runs(&p, &["--where", "tag=baseline"]);
     assert_eq!(tagged.len(), 1);
     assert_eq!(tagged[0]["id"], last["id"]);

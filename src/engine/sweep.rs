@@ -698,13 +698,36 @@ impl Engine {
                 let mut recs = self.begin_point_records(s, selected, exec, opts);
                 for &i in selected {
                     let p = &s.points[i].pipeline;
-                    let (must, recipes) = self.plan_slurm(p, opts)?;
-                    let ids = if must.is_empty() || opts.dry_run {
-                        HashMap::new()
-                    } else {
-                        self.submit_slurm(p, sets, &must, &recipes, &nowait)?
-                    };
-                    submitted.push((i, must, recipes, ids));
+                    let planned = self.plan_slurm(p, opts).and_then(|(must, recipes)| {
+                        let ids = if must.is_empty() || opts.dry_run {
+                            HashMap::new()
+                        } else {
+                            self.submit_slurm(p, sets, &must, &recipes, &nowait)?
+                        };
+                        Ok((must, recipes, ids))
+                    });
+                    match planned {
+                        Ok((must, recipes, ids)) => submitted.push((i, must, recipes, ids)),
+                        Err(e) => {
+                            // The points handed to Slurm before it: their jobs run on and
+                            // complete their records. The others: failed, saying why.
+                            for (j, must, _, ids) in submitted {
+                                if let Some((rec, _)) = recs.remove(&j) {
+                                    let p = &s.points[j].pipeline;
+                                    let detached = !must.is_empty();
+                                    self.finish_record(
+                                        rec, p, &must, &ids, None, None, detached, None,
+                                    );
+                                }
+                            }
+                            for (j, (rec, _)) in recs.drain() {
+                                let p = &s.points[j].pipeline;
+                                let none = HashMap::new();
+                                self.finish_record(rec, p, &[], &none, Some(&e), None, false, None);
+                            }
+                            return Err(e);
+                        }
+                    }
                 }
                 for (i, must, recipes, ids) in submitted {
                     let pt = &s.points[i];
