@@ -915,24 +915,23 @@ fn a_webdav_remote_shares_stages_and_its_damage_is_found() {
     let st: BTreeMap<String, String> = states(&rc).into_iter().collect();
     assert_eq!(st["train"], "ran", "{said}");
     assert_eq!(st["hdf5"], "fetched", "{said}");
-    // `--repair` from a machine with no copy of it: still damaged, and it says why.
-    let none = Project::new();
-    let out = none
-        .cmd(&["verify", "--remote", &url, "--repair"])
-        .output()
-        .unwrap();
-    let said =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{said}");
+    // `verify --remote --repair` from a project: whether it succeeded, and what it said.
+    let repair = |p: &Project| -> (bool, String) {
+        let out = p
+            .cmd(&["verify", "--remote", &url, "--repair"])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), said)
+    };
+    // From a machine with no copy of it: still damaged, and it says why.
+    let (ok_, said) = repair(&Project::new());
+    assert!(!ok_, "{said}");
     assert!(said.contains("holds no sound copy"), "{said}");
     // From one that holds it sound: sent again, checked, and fetched whole after.
-    let out = b
-        .cmd(&["verify", "--remote", &url, "--repair"])
-        .output()
-        .unwrap();
-    let said =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{said}");
+    let (ok_, said) = repair(&b);
+    assert!(ok_, "{said}");
     assert!(
         said.contains("REPAIRED") && said.contains("1 of them repaired"),
         "{said}"
