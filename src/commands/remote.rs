@@ -103,13 +103,16 @@ pub fn push(g: &Global, names: &[String]) -> Result<()> {
         {
             continue;
         }
-        // A Slurm run completed by its jobs: its file says so before it goes.
-        if r.executor == "slurm" {
-            journal
-                .settle(&r.id)
-                .with_context(|| format!("completing run record {}", r.id))?;
-        }
-        rem.push_record(journal.dir(), &r.id, &r.sources)
+        // A Slurm run goes as its jobs completed it, once all of them have ended (its
+        // file still says `running`).
+        let record = match r.executor == "slurm" {
+            true => match journal.settled(&r.id)? {
+                Some(done) => Some(serde_json::to_vec(&done)?),
+                None => continue,
+            },
+            false => None,
+        };
+        rem.push_record(journal.dir(), &r.id, &r.sources, record)
             .map_err(remote_err)
             .with_context(|| format!("pushing run record {}", r.id))?;
         records += 1;
@@ -338,6 +341,12 @@ pub fn verify_remote(g: &Global, repair: bool) -> Result<()> {
                     .and_then(|()| check_remote(&rem, out, &into));
                 let _ = std::fs::remove_dir_all(&into);
                 match mended {
+                    Err(
+                        e @ (RemoteError::Unreachable { .. } | RemoteError::Credentials { .. }),
+                    ) => {
+                        let _ = std::fs::remove_dir_all(&scratch);
+                        return Err(remote_err(e));
+                    }
                     Ok(()) => {
                         repaired += 1;
                         println!(

@@ -549,25 +549,20 @@ impl Journal {
         }
     }
 
-    /// Write a Slurm run's record as its jobs completed it (`runs/jobs/`), once every job
-    /// has ended: what the file says then stands alone (`pipe push` sends the file; a
-    /// teammate has no `runs/jobs/` of this cluster). `true` when it was written.
-    pub fn settle(&self, id: &str) -> Result<bool> {
-        let Some(raw) = read_json::<RunRecord>(&self.record_path(id))? else {
-            return Ok(false);
-        };
-        if raw.state != RunState::Running || raw.executor != "slurm" {
-            return Ok(false);
-        }
+    /// A Slurm run's record as its jobs completed it (`runs/jobs/`), once every stage
+    /// handed to a job has ended: what `pipe push` sends for it (a teammate has no
+    /// `runs/jobs/` of this cluster). The file is left as it is (its jobs, or a promotion
+    /// job, may still write beside it). `None` while any stage is queued, running or
+    /// awaiting a decision.
+    pub fn settled(&self, id: &str) -> Result<Option<RunRecord>> {
         let rec = self
             .read_record(id, false)
             .map_err(|w| anyhow::anyhow!("{w}"))?;
-        if rec.state == RunState::Running {
-            return Ok(false);
-        }
-        write_atomic(&self.record_path(id), &serde_json::to_vec(&rec)?)?;
-        self.add_head(&rec)?;
-        Ok(true)
+        let open = rec
+            .stages
+            .iter()
+            .any(|s| matches!(s.state.as_str(), "queued" | "running" | AWAITING));
+        Ok((rec.state != RunState::Running && !open).then_some(rec))
     }
 
     /// Whether a record of that id is there (read or not).

@@ -885,7 +885,7 @@ impl Engine {
             return;
         };
         let j = journal::Journal::of(&self.store);
-        if let Err(e) = rem.push_record(j.dir(), &rec.id, &rec.sources) {
+        if let Err(e) = rem.push_record(j.dir(), &rec.id, &rec.sources, None) {
             self.remote_warning(&e);
         }
     }

@@ -922,7 +922,15 @@ impl Remote {
     }
 
     /// Upload a run record and the manifest texts it points at (those not there yet).
-    pub fn push_record(&self, runs_dir: &Path, id: &str, sources: &str) -> Result<(), RemoteError> {
+    /// `record`: the record's bytes where they are not its file's (a Slurm run as its
+    /// jobs completed it).
+    pub fn push_record(
+        &self,
+        runs_dir: &Path,
+        id: &str,
+        sources: &str,
+        record: Option<Vec<u8>>,
+    ) -> Result<(), RemoteError> {
         let read = |p: PathBuf| {
             std::fs::read(&p).map_err(|e| RemoteError::Other {
                 url: self.url.clone(),
@@ -938,10 +946,11 @@ impl Remote {
                 )?;
             }
         }
-        self.put(
-            &format!("runs/{id}.json"),
-            read(runs_dir.join(format!("{id}.json")))?,
-        )
+        let bytes = match record {
+            Some(b) => b,
+            None => read(runs_dir.join(format!("{id}.json")))?,
+        };
+        self.put(&format!("runs/{id}.json"), bytes)
     }
 
     /// The names of the run records in the remote (`runs/<name>.json`; the journal says
