@@ -145,6 +145,14 @@ fn user_strings_are_escaped_and_paths_out_of_the_store_refused() {
         assert_eq!(status, 404, "{unknown}");
         assert!(body.contains("Not found"), "{unknown}: {body}");
     }
+    // One request compares a bounded number of runs (each costs a decision walk).
+    let many = format!("/compare?{}", vec!["run=tiny"; 25].join("&"));
+    let (status, body) = ui.get(&many);
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("at most 24 runs at once (25 asked)"),
+        "{body}"
+    );
 }
 
 /// The JSON data block `id` of a page.

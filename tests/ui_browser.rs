@@ -429,6 +429,13 @@ async fn the_dashboard_in_a_real_browser() {
         series,
         serde_json::json!([["points", 1, 1], ["pruned", 0, 2], ["best", 1, 10]])
     );
+    // A point's tooltip is set as HTML: its name (a sweep's name is the user's) escaped.
+    let tip = js(
+        &c,
+        "return window.PIPE.parallel.chart.getOption().tooltip[0].formatter({name: '<img src=x onerror=alert(1)>@a'});",
+    )
+    .await;
+    assert_eq!(tip, "&lt;img src=x onerror=alert(1)&gt;@a");
     shot(&c, "sweep").await;
 
     // The 100-point sweep: brushing the train.lr axis to [3e-3, 5e-3] keeps 30 points in

@@ -543,6 +543,9 @@ async fn api_chart(State(app): State<Arc<App>>, Path(name): Path<String>) -> Res
     }
 }
 
+/// The most runs one compare page shows.
+const MAX_COMPARED: usize = 24;
+
 async fn compare_page(State(app): State<Arc<App>>, RawQuery(q): RawQuery) -> Response {
     let names: Vec<String> = query_pairs(&q)
         .into_iter()
@@ -551,6 +554,20 @@ async fn compare_page(State(app): State<Arc<App>>, RawQuery(q): RawQuery) -> Res
         .collect();
     if names.is_empty() {
         return not_found("compare what? pick runs on the runs page (compare?run=A&run=B)");
+    }
+    // Each run costs a decision walk or a manifest load: a bound on one request's work.
+    if names.len() > MAX_COMPARED {
+        return (
+            StatusCode::BAD_REQUEST,
+            Html(pages::not_found_page(
+                &format!(
+                    "compare at most {MAX_COMPARED} runs at once ({} asked)",
+                    names.len()
+                ),
+                &ServerLinks,
+            )),
+        )
+            .into_response();
     }
     // Each a pipeline as it stands, or a recorded run (its id), past or present.
     let mut ps = Vec::new();
@@ -653,8 +670,13 @@ async fn file(
     State(app): State<Arc<App>>,
     Path((output, path)): Path<(String, String)>,
 ) -> Response {
-    // (The engine is not held across an await.)
-    let servable = app.engine().servable(&output, &path);
+    // Off the async workers: a file is checked against its seal (hashed whole) first.
+    let a = app.clone();
+    let servable =
+        match tokio::task::spawn_blocking(move || a.engine().servable(&output, &path)).await {
+            Ok(s) => s,
+            Err(e) => return server_error(e),
+        };
     let full = match servable {
         Servable::File(f) => f,
         Servable::Missing(why) => return not_found(&why),

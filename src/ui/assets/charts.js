@@ -308,7 +308,9 @@ function parallelOption(d) {
       bottom: 30,
       parallelAxisDefault: { realtime: true, areaSelectStyle: { width: 14 } },
     },
-    tooltip: { trigger: "item", formatter: (p) => p.name },
+    // A formatter's string is set as HTML: the point's name (its sweep's name is the
+    // user's) is escaped.
+    tooltip: { trigger: "item", formatter: (p) => escapeHtml(p.name) },
     series: [
       {
         id: "points",
@@ -383,3 +385,8 @@ document.addEventListener("DOMContentLoaded", () => {
   setupCurves();
   setupParallel();
 });
+
+/** `s` with the characters HTML gives a meaning to written as entities. */
+function escapeHtml(s) {
+  return String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+}
