@@ -225,6 +225,20 @@ fn export_writes_pages_whose_charts_hold_one_point_per_epoch() {
         "no control that needs a server"
     );
     std::fs::rename(&moved, &out).unwrap();
+    // Exported again over a folder where that file is now a link elsewhere: the link is
+    // replaced, and what it pointed at is left alone.
+    let victim = p.path().join("victim.txt");
+    std::fs::write(&victim, "mine").unwrap();
+    let at = out.join("files").join(&link);
+    std::fs::remove_file(&at).unwrap();
+    std::os::unix::fs::symlink(&victim, &at).unwrap();
+    p.ok(&["ui", "--export", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "mine");
+    assert!(!std::fs::symlink_metadata(&at).unwrap().is_symlink());
+    assert_eq!(
+        std::fs::read(&at).unwrap(),
+        std::fs::read(&original).unwrap()
+    );
     let echarts = std::fs::read(out.join("assets/echarts.min.js")).unwrap();
     assert!(echarts.len() > 500_000, "the real library");
     let index = std::fs::read_to_string(out.join("index.html")).unwrap();

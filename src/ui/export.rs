@@ -84,6 +84,14 @@ impl FileLinks {
                     std::fs::create_dir_all(d)
                         .with_context(|| format!("cannot create {}", d.display()))?;
                 }
+                // Whatever is there goes first: a link left in the folder would have the
+                // copy written through it, wherever it points.
+                match std::fs::remove_file(&to) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(e).with_context(|| format!("cannot replace {}", to.display()))
+                    }
+                    _ => {}
+                }
                 std::fs::copy(&src, &to).with_context(|| {
                     format!("cannot copy {} to {}", src.display(), to.display())
                 })?;
