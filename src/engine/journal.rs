@@ -583,12 +583,16 @@ impl Journal {
         let path = self.record_path(id);
         let damaged =
             |why: String| format!("{}: damaged run record skipped ({why})", path.display());
-        let bytes = read_capped(&path, JSON_CAP).map_err(|e| damaged(e.to_string()))?;
-        let mut rec: RunRecord =
-            serde_json::from_slice(&bytes).map_err(|e| damaged(e.to_string()))?;
-        if rec.id != id {
-            return Err(damaged(format!("it names itself `{}`", rec.id)));
-        }
+        let read = || -> Result<RunRecord, String> {
+            let bytes = read_capped(&path, JSON_CAP).map_err(|e| damaged(e.to_string()))?;
+            let rec: RunRecord =
+                serde_json::from_slice(&bytes).map_err(|e| damaged(e.to_string()))?;
+            match rec.id == id {
+                true => Ok(rec),
+                false => Err(damaged(format!("it names itself `{}`", rec.id))),
+            }
+        };
+        let mut rec = read()?;
         if rec.state == RunState::Running {
             let live = self.live_path(id);
             let interrupt = |rec: &mut RunRecord| {
@@ -604,11 +608,7 @@ impl Journal {
             // and the lock's check (it writes the record, then removes the lock file, then
             // unlocks). The record as it is now is the one to judge.
             if !held {
-                if let Some(now) = read_capped(&path, JSON_CAP)
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<RunRecord>(&b).ok())
-                    .filter(|r| r.id == id)
-                {
+                if let Ok(now) = read() {
                     rec = now;
                 }
             }
