@@ -5,7 +5,8 @@
 //! drop, smoothing checked against TensorBoard's formula, zoom followed by every chart),
 //! brushes a 100-point sweep's parallel coordinates and sees the table follow, checks that
 //! the DAG of tiny_imagenet_exp3 has no edge through a box, that a `<script>` description
-//! renders as text and runs nothing, and that `..` paths are refused, and watches a
+//! renders as text and runs nothing, that the static export draws the same charts from
+//! file:// under its own policy, and that `..` paths are refused, and watches a
 //! training that another `pipe` process runs gain epochs with no reload, then turn its
 //! stage table cached and close its stream, and sees a manifest added while the runs page
 //! is open appear in its table. It saves a screenshot of each page (into
@@ -527,6 +528,47 @@ async fn the_dashboard_in_a_real_browser() {
         points(&c, "p.description img, p.description script").await,
         0
     );
+
+    // The static export, opened from file:// in the same browser: its charts draw from
+    // the folder's own scripts (8 epochs, as served), its policy (a `<meta>`) blocks an
+    // inline script put into the page, and the description's markup runs nothing there.
+    let site = p.path().join("site");
+    p.ok(&["ui", "--export", site.to_str().unwrap()]);
+    let file_url = |rel: &str| format!("file://{}", site.join(rel).display());
+    c.goto(&file_url("runs/demo.html")).await.unwrap();
+    wait_for(30, "the exported page's chart", move || async move {
+        (series_points(cr, "loss", "demo/val_loss").await == 8).then_some(())
+    })
+    .await;
+    assert_eq!(series_points(&c, "lr", "demo/lr").await, 8);
+    assert_eq!(
+        points(&c, "meta[http-equiv='Content-Security-Policy']").await,
+        1
+    );
+    assert_eq!(
+        js(
+            &c,
+            "const s = document.createElement('script'); s.textContent = 'window.__inline = 1'; document.head.appendChild(s); return window.__inline === undefined;"
+        )
+        .await,
+        true,
+        "an inline script ran in the exported page"
+    );
+    shot(&c, "export-run").await;
+    c.goto(&file_url("runs/xss.html")).await.unwrap();
+    let text = c
+        .find(Locator::Css("p.description"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("<script>window.__pwned = 1</script>"),
+        "{text}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(js(&c, "return window.__pwned === undefined;").await, true);
 
     // `..` is refused (the browser sends the encoded form as is).
     c.goto(&format!("{base}/files/..%2f..%2f..%2fetc%2fpasswd"))

@@ -297,31 +297,81 @@ pub fn refresh(dir: &Path, seal_path: &Path, reproven: &[Reproven]) -> Result<()
 /// must be listed, a regular file reached through no link, and have the sealed BLAKE3.
 /// `Err` says what is wrong.
 pub fn check_file(dir: &Path, seal: &Seal, rel: &str) -> Result<(), String> {
+    open_checked(dir, seal, rel).map(drop)
+}
+
+/// File `rel` of the artifact in `dir`, opened beneath it through no link
+/// ([`open_beneath`]) and hashed from that handle against the seal: the handle, rewound,
+/// reads exactly the bytes that were checked, whatever is put at the path after.
+pub fn open_checked(dir: &Path, seal: &Seal, rel: &str) -> Result<fs::File, String> {
+    use std::io::{Seek, SeekFrom};
     let Some(s) = seal.files.iter().find(|f| f.path == rel) else {
         return Err(format!("{rel} is not a file of the artifact as published"));
     };
-    let mut p = dir.to_path_buf();
-    for part in rel.split('/') {
-        p.push(part);
-        let md = fs::symlink_metadata(&p).map_err(|_| format!("{}: missing", p.display()))?;
-        if md.file_type().is_symlink() {
-            return Err(format!("{}: a link (published as a file)", p.display()));
+    let p = dir.join(rel);
+    let mut f = open_beneath(dir, rel).map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP) | Some(libc::ENOTDIR) => {
+            format!("{}: a link on the way (published as a file)", p.display())
         }
-    }
-    if !fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
+        Some(libc::ENOENT) => format!("{}: missing", p.display()),
+        _ => format!("cannot read {}: {e}", p.display()),
+    })?;
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
         return Err(format!(
             "{}: not a regular file any more (published as one)",
             p.display()
         ));
     }
-    match hash_file(&p) {
-        Ok(h) if h == s.hash => Ok(()),
-        Ok(_) => Err(format!(
+    let mut h = blake3::Hasher::new();
+    h.update_reader(&mut f)
+        .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    if h.finalize().to_hex().as_str() != s.hash {
+        return Err(format!(
             "{}: content changed since it was published",
             p.display()
-        )),
-        Err(e) => Err(format!("{e:#}")),
+        ));
     }
+    f.seek(SeekFrom::Start(0))
+        .map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+    Ok(f)
+}
+
+/// Open `rel` (`/`-separated, no `.`, `..` or empty part) beneath folder `dir`, one
+/// component at a time with `openat(O_NOFOLLOW)`: a link anywhere on the way, `dir`
+/// included, fails (`ELOOP`, `ENOTDIR`) instead of being followed, even when it is put
+/// there while this runs. The last component is opened without waiting (a FIFO does not
+/// block) and not as a terminal; the caller checks what kind of file it got.
+pub fn open_beneath(dir: &Path, rel: &str) -> std::io::Result<fs::File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::fs::OpenOptionsExt;
+    let refuse = || std::io::Error::from_raw_os_error(libc::EINVAL);
+    let parts: Vec<&str> = rel.split('/').collect();
+    if parts
+        .iter()
+        .any(|p| p.is_empty() || *p == "." || *p == "..")
+    {
+        return Err(refuse());
+    }
+    let mut cur = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_DIRECTORY)
+        .open(dir)?;
+    for (i, part) in parts.iter().enumerate() {
+        let name = std::ffi::CString::new(*part).map_err(|_| refuse())?;
+        let kind = match i + 1 == parts.len() {
+            true => libc::O_NONBLOCK | libc::O_NOCTTY,
+            false => libc::O_DIRECTORY,
+        };
+        let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | kind;
+        // SAFETY: `cur` is an open folder for the whole call and `name` is NUL-terminated.
+        let fd = unsafe { libc::openat(cur.as_raw_fd(), name.as_ptr(), flags) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened by this call and nothing else owns it.
+        cur = unsafe { fs::File::from_raw_fd(fd) };
+    }
+    Ok(cur)
 }
 
 /// The health of a published artifact in folder `dir` whose seal is (or would be) at
@@ -376,6 +426,72 @@ mod tests {
             .set_modified(later)
             .unwrap();
         (dir, seal_path)
+    }
+
+    #[test]
+    fn a_checked_handle_reads_what_was_checked_and_no_link_on_the_way_is_followed() {
+        use std::io::Read;
+        use std::os::unix::fs::symlink;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a");
+        fs::create_dir_all(dir.join("sub")).unwrap();
+        fs::write(dir.join("sub/f.bin"), b"published").unwrap();
+        fs::write(tmp.path().join("secret"), b"not of the store").unwrap();
+        let seal_path = tmp.path().join("sealed/a.json");
+        fs::create_dir_all(seal_path.parent().unwrap()).unwrap();
+        let hashed = vec![(
+            "sub/f.bin".to_string(),
+            9,
+            hash_file(&dir.join("sub/f.bin")).unwrap(),
+        )];
+        seal(&dir, &seal_path, &hashed, &[]).unwrap();
+        set_read_only(&dir, false).unwrap();
+        let seal = read_seal(&seal_path).unwrap();
+        let read = |mut f: fs::File| {
+            let mut s = String::new();
+            f.read_to_string(&mut s).unwrap();
+            s
+        };
+        // Checked, then the path replaced by a link out of the store: the handle still
+        // reads the bytes it checked.
+        let f = open_checked(&dir, &seal, "sub/f.bin").unwrap();
+        fs::rename(dir.join("sub/f.bin"), tmp.path().join("kept")).unwrap();
+        symlink(tmp.path().join("secret"), dir.join("sub/f.bin")).unwrap();
+        assert_eq!(read(f), "published");
+        // Opened now through that link: refused, by name.
+        let why = open_checked(&dir, &seal, "sub/f.bin").unwrap_err();
+        assert!(why.contains("a link on the way"), "{why}");
+        let e = open_beneath(&dir, "sub/f.bin").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ELOOP));
+        // A link as a folder on the way, and as the artifact folder itself.
+        fs::remove_file(dir.join("sub/f.bin")).unwrap();
+        fs::rename(tmp.path().join("kept"), dir.join("sub/f.bin")).unwrap();
+        assert_eq!(
+            read(open_checked(&dir, &seal, "sub/f.bin").unwrap()),
+            "published"
+        );
+        fs::rename(dir.join("sub"), tmp.path().join("sub")).unwrap();
+        symlink(tmp.path().join("sub"), dir.join("sub")).unwrap();
+        let why = open_checked(&dir, &seal, "sub/f.bin").unwrap_err();
+        assert!(why.contains("a link on the way"), "{why}");
+        let linked = tmp.path().join("b");
+        symlink(&dir, &linked).unwrap();
+        assert!(open_beneath(&linked, "sub").is_err());
+        // Parts that leave the folder, and a FIFO (opened without waiting, then refused).
+        for bad in ["../secret", "./sub", "", "sub//f.bin"] {
+            assert_eq!(
+                open_beneath(&dir, bad).unwrap_err().raw_os_error(),
+                Some(libc::EINVAL),
+                "{bad}"
+            );
+        }
+        fs::remove_file(dir.join("sub")).unwrap();
+        fs::create_dir(dir.join("sub")).unwrap();
+        let fifo = std::ffi::CString::new(dir.join("sub/f.bin").to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let why = open_checked(&dir, &seal, "sub/f.bin").unwrap_err();
+        assert!(why.contains("not a regular file"), "{why}");
     }
 
     #[test]

@@ -510,25 +510,29 @@ impl Engine {
         };
         let file = dir.join(rel);
         if seal.files.iter().any(|f| f.path == rel) {
-            return match super::integrity::check_file(&dir, &seal, rel) {
-                Ok(()) => Servable::File(file),
+            return match super::integrity::open_checked(&dir, &seal, rel) {
+                Ok(handle) => Servable::File(file, handle),
                 Err(why) => Servable::Damaged(why),
             };
         }
-        let record = stages::ALL_RECORDS.contains(&rel)
-            && std::fs::symlink_metadata(&file).is_ok_and(|m| m.is_file());
-        match record {
-            true => Servable::File(file),
-            false => Servable::Missing("no such file in that artifact".into()),
+        if !stages::ALL_RECORDS.contains(&rel) {
+            return Servable::Missing("no such file in that artifact".into());
+        }
+        match super::integrity::open_beneath(&dir, rel) {
+            Ok(handle) if handle.metadata().is_ok_and(|m| m.is_file()) => {
+                Servable::File(file, handle)
+            }
+            _ => Servable::Missing("no such file in that artifact".into()),
         }
     }
 }
 
 /// Whether a file of the store may be served (see [`Engine::servable`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Servable {
-    /// Yes: this file, as published.
-    File(PathBuf),
+    /// Yes: this file, as published, and a handle opened on it when it was checked. Serve
+    /// from the handle: the path may be replaced (by a link, say) after the check.
+    File(PathBuf, std::fs::File),
     /// No such sealed artifact or file (or a path that leaves it): why.
     Missing(String),
     /// It does not match its seal: why.

@@ -46,6 +46,11 @@ pub trait Links {
             Some(id) => format!("/journal/{id}"),
         }
     }
+    /// A Content-Security-Policy the page carries itself, for pages no server sends
+    /// headers for (the static export); `None` where the server sends it as a header.
+    fn csp(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// A run's state in one word, for colour and filtering.
@@ -96,6 +101,9 @@ fn page(title: &str, links: &dyn Links, attrs: &[(&str, String)], body: Markup) 
         html lang="en" {
             head {
                 meta charset="utf-8";
+                @if let Some(csp) = links.csp() {
+                    meta http-equiv="Content-Security-Policy" content=(csp);
+                }
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · pipe" }
                 link rel="stylesheet" href=(links.asset("ui.css"));

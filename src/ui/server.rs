@@ -677,8 +677,8 @@ async fn file(
             Ok(s) => s,
             Err(e) => return server_error(e),
         };
-    let full = match servable {
-        Servable::File(f) => f,
+    let (full, f) = match servable {
+        Servable::File(path, handle) => (path, tokio::fs::File::from_std(handle)),
         Servable::Missing(why) => return not_found(&why),
         Servable::Damaged(why) => {
             return (
@@ -690,9 +690,6 @@ async fn file(
             )
                 .into_response()
         }
-    };
-    let Ok(f) = tokio::fs::File::open(&full).await else {
-        return not_found("no such file in that artifact");
     };
     let ext = full
         .extension()
