@@ -214,6 +214,48 @@ fn a_recorded_run_whose_manifest_is_gone_is_kept_unless_all() {
 }
 
 #[test]
+fn gc_all_drops_nothing_while_a_manifest_cannot_be_read() {
+    // `other`'s manifest lives elsewhere, linked into pipelines/ under another file name;
+    // the link then leads nowhere (a share not mounted), then the file is half edited.
+    let p = Project::with("t.toml", &pipeline_t_with_split());
+    let shared = p.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::write(
+        shared.join("exp.toml"),
+        pipeline_t_with_split()
+            .replace("name = \"t\"", "name = \"other\"")
+            .replace("test_per_class = 2", "test_per_class = 1"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("../shared/exp.toml", p.path().join("pipelines/exp.toml")).unwrap();
+    p.run_json("t", &["--until", "hdf5"]);
+    p.run_json("other", &["--until", "hdf5"]);
+    assert_eq!(artifact_names(&p.cache()).len(), 5);
+    std::fs::rename(&shared, p.path().join("shared.off")).unwrap();
+    let err = p.fails(&["gc", "--all"]);
+    assert!(err.contains("gc --all refuses"), "{err}");
+    assert!(err.contains("pipelines/exp.toml"), "{err}");
+    assert_eq!(artifact_names(&p.cache()).len(), 5, "nothing removed");
+    assert!(p.cache().join("state/other.json").exists());
+    // Plain gc keeps the recorded runs, and says which manifest it could not read.
+    let out = p.ok(&["gc"]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("removed 0 artifacts"), "{text}");
+    assert!(text.contains("exp.toml"), "{text}");
+    // Not TOML (a file half edited): the same.
+    std::fs::rename(p.path().join("shared.off"), &shared).unwrap();
+    std::fs::write(shared.join("exp.toml"), "name = \"other\n[stages").unwrap();
+    let err = p.fails(&["gc", "--all"]);
+    assert!(err.contains("gc --all refuses"), "{err}");
+    assert_eq!(artifact_names(&p.cache()).len(), 5);
+    // Once the manifest is gone for good, `--all` drops its runs.
+    std::fs::remove_file(p.path().join("pipelines/exp.toml")).unwrap();
+    let out = p.ok(&["gc", "--all"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed 2 artifacts"));
+}
+
+#[test]
 fn gc_counts_and_removes_a_scratch_folder_no_stage_wants() {
     let p = Project::with("t.toml", &pipeline_t_with_split());
     p.run_json("t", &["--until", "hdf5"]);

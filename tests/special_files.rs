@@ -1,6 +1,8 @@
 //! Special files are never read as data: FIFOs and device files in a dataset are refused
 //! by name (or skipped and counted with `on_bad_image = "skip"`), a resume from a FIFO is
-//! refused, and a FIFO in place of an artifact's file is damage. No command hangs on one.
+//! refused, and a FIFO in place of an artifact's file is damage. A manifest that is a
+//! FIFO, a device link or a link to nothing is named as such by `run` and `show`. No
+//! command hangs on one.
 
 mod common;
 
@@ -135,4 +137,51 @@ fn a_cifar_batch_that_is_a_fifo_or_a_device_link_is_refused_by_what_it_is() {
         );
         assert!(!err.contains("not found"), "{what}: {err}");
     }
+}
+
+#[test]
+fn a_manifest_that_is_a_fifo_a_device_or_a_link_to_nothing_is_named_never_read() {
+    let p = Project::with("t.toml", &pipeline_t_with_split());
+    let dir = p.path().join("pipelines");
+    mkfifo(&dir.join("fifo.toml"));
+    std::os::unix::fs::symlink("/dev/zero", dir.join("zero.toml")).unwrap();
+    std::os::unix::fs::symlink("gone.toml", dir.join("nowhere.toml")).unwrap();
+    for (name, what) in [
+        ("fifo", "a FIFO"),
+        ("zero", "a device"),
+        ("nowhere", "a link that leads to no file (gone.toml)"),
+    ] {
+        let out = bounded(&p, &["run", name]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("{name}.toml: {what}, not a manifest file")),
+            "{err}"
+        );
+    }
+    // `show` lists the one that loads and says why each other is not shown.
+    let out = bounded(&p, &["show"]);
+    assert_success(&out, "pipe show");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("t "));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for name in ["fifo", "zero", "nowhere"] {
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with("note: not shown:") && l.contains(&format!("{name}.toml"))),
+            "{err}"
+        );
+    }
+    // `extends` of a FIFO is refused by name too.
+    p.manifest("e.toml", "extends = \"fifo.toml\"\nname = \"e\"\n");
+    let out = bounded(&p, &["status", "e"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a regular file"));
+    // With no manifest that loads, `show` fails and says why each did not.
+    std::fs::remove_file(dir.join("t.toml")).unwrap();
+    std::fs::remove_file(dir.join("e.toml")).unwrap();
+    let out = bounded(&p, &["show"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("none of its manifests loaded"), "{err}");
+    assert!(err.contains("fifo.toml: a FIFO"), "{err}");
 }

@@ -76,7 +76,20 @@ pub fn show(
         ShowFormat::Csv => print!("{}", show::render_csv(&rows)?),
         ShowFormat::Table => {
             if rows.is_empty() {
-                anyhow::bail!("no pipelines to show in {}", discovered.pipelines.display());
+                let why: Vec<&str> = skipped
+                    .iter()
+                    .map(|s| s.lines().next().unwrap_or(""))
+                    .collect();
+                match why.is_empty() {
+                    true => {
+                        anyhow::bail!("no pipelines to show in {}", discovered.pipelines.display())
+                    }
+                    false => anyhow::bail!(
+                        "no pipelines to show in {}: none of its manifests loaded:\n  {}",
+                        discovered.pipelines.display(),
+                        why.join("\n  ")
+                    ),
+                }
             }
             print!("{}", show::render_table(&rows, terminal_width()));
         }

@@ -48,6 +48,17 @@ struct Kept {
     scratch: HashSet<String>,
 }
 
+/// What the manifests keep ([`Engine::keep_what_manifests_use`]).
+struct KeptByManifests {
+    keep: Kept,
+    /// The state names of their pipelines.
+    names: HashSet<String>,
+    /// The declared names of the manifests that did not load.
+    unloaded: HashSet<String>,
+    /// Manifests whose declared name could not be read, each with why.
+    unnamed: Vec<String>,
+}
+
 impl Engine {
     /// The manifest folders that use this store, each with its project folder: those the
     /// store recorded, plus `--pipelines`; with no record, `pipelines/` beside the store.
@@ -116,10 +127,11 @@ impl Engine {
         &mut self,
         folders: &[ProjectRecord],
         report: &mut GcReport,
-    ) -> Result<(Kept, HashSet<String>, HashSet<String>)> {
+    ) -> Result<KeptByManifests> {
         let mut keep = Kept::default();
         let mut names: HashSet<String> = HashSet::new();
         let mut unloaded: HashSet<String> = HashSet::new();
+        let mut unnamed: Vec<String> = Vec::new();
         for folder in folders {
             let project = &folder.project;
             for file in manifest::list(&folder.pipelines)? {
@@ -144,8 +156,21 @@ impl Engine {
                         ));
                         // A manifest that does not load (one needing `--set`, a base
                         // file) keeps its pipeline's last run under the name it declares,
-                        // and, were it a sweep, its points' (`<name>@<id>`).
-                        let name = manifest::discover::declared_name(&file).unwrap_or(stem);
+                        // and, were it a sweep, its points' (`<name>@<id>`). One whose
+                        // name cannot even be read is named by its file, a guess that
+                        // `--all` does not act on (see `gc`).
+                        let name = match manifest::discover::declared_name(&file) {
+                            Ok(n) => n.unwrap_or(stem),
+                            Err(why) => {
+                                let why = why.to_string();
+                                unnamed.push(format!(
+                                    "{} ({})",
+                                    file.display(),
+                                    why.lines().next().unwrap_or("")
+                                ));
+                                stem
+                            }
+                        };
                         names.insert(state_stem(&name));
                         unloaded.insert(name);
                         Vec::new()
@@ -157,7 +182,12 @@ impl Engine {
                 }
             }
         }
-        Ok((keep, names, unloaded))
+        Ok(KeptByManifests {
+            keep,
+            names,
+            unloaded,
+            unnamed,
+        })
     }
 
     /// Keep what pipeline `p` (of manifest `file`) resolves to now: its cached stages'
@@ -203,8 +233,21 @@ impl Engine {
             ..GcReport::default()
         };
         // A sweep's points share stages: each key's seal is checked once.
-        let (mut keep, names, unloaded) =
-            self.with_sound_memo(|e| e.keep_what_manifests_use(&folders, &mut report))?;
+        let KeptByManifests {
+            mut keep,
+            names,
+            unloaded,
+            unnamed,
+        } = self.with_sound_memo(|e| e.keep_what_manifests_use(&folders, &mut report))?;
+        // `--all` drops the runs of pipelines no manifest names; a manifest whose name
+        // cannot be read (a link to nothing, a file half edited) could be the one that
+        // names them, so nothing is dropped.
+        if opts.all && !unnamed.is_empty() {
+            bail!(
+                "gc --all refuses: which pipeline {} declares cannot be read, so runs it names could be taken for runs whose manifest is gone; mend or move it, then run gc again (plain `pipe gc` keeps recorded runs)",
+                unnamed.join(", ")
+            );
+        }
         // Every recorded run is kept — also of pipelines whose manifest is gone, unless
         // `--all`.
         let mut drop_states = Vec::new();

@@ -18,6 +18,11 @@ pub fn find(pipelines_dir: &Path, arg: &str) -> anyhow::Result<PathBuf> {
     if direct.is_file() {
         return Ok(direct);
     }
+    for p in [as_path, direct.as_path()] {
+        if let Some(what) = not_a_manifest(p) {
+            anyhow::bail!("{}: {what}, not a manifest file", p.display());
+        }
+    }
     let mut hits = Vec::new();
     for f in list(pipelines_dir)? {
         if let Ok((name, aliases)) = peek_names(&f) {
@@ -51,13 +56,40 @@ pub fn find(pipelines_dir: &Path, arg: &str) -> anyhow::Result<PathBuf> {
     }
 }
 
-/// Every `*.toml` directly in `dir`, sorted.
+/// What is at `p` when something is there but it is no regular file to read: a link to
+/// nothing, a FIFO, a device, a socket (`None`: nothing there, a regular file or a folder).
+fn not_a_manifest(p: &Path) -> Option<String> {
+    use std::os::unix::fs::FileTypeExt;
+    let link = std::fs::symlink_metadata(p).ok()?;
+    let t = match std::fs::metadata(p) {
+        Ok(m) => m.file_type(),
+        Err(_) if link.file_type().is_symlink() => {
+            let to = std::fs::read_link(p).unwrap_or_default();
+            return Some(format!("a link that leads to no file ({})", to.display()));
+        }
+        Err(_) => return None,
+    };
+    let what = if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        return None;
+    };
+    Some(what.to_string())
+}
+
+/// Every `*.toml` directly in `dir`, sorted: each entry that is not a folder, so one that
+/// cannot be read (a link to nothing, a FIFO, a file without read permission) is listed
+/// too, and whoever loads it says why it did not load instead of never seeing it.
 pub fn list(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     if dir.is_dir() {
         for e in std::fs::read_dir(dir)? {
             let p = e?.path();
-            if p.extension().is_some_and(|x| x == "toml") && p.is_file() {
+            if p.extension().is_some_and(|x| x == "toml") && !p.is_dir() {
                 out.push(p);
             }
         }
@@ -66,10 +98,10 @@ pub fn list(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// The name a manifest gives its pipeline (`name = ...`), read without loading it whole;
-/// `None` when it gives none or does not parse.
-pub fn declared_name(path: &Path) -> Option<String> {
-    peek_names(path).ok().and_then(|(name, _)| name)
+/// The name a manifest gives its pipeline (`name = ...`), read without loading it whole:
+/// `Ok(None)` when it gives none; an error when it cannot be read or is no TOML.
+pub fn declared_name(path: &Path) -> Result<Option<String>, ManifestError> {
+    peek_names(path).map(|(name, _)| name)
 }
 
 fn peek_names(path: &Path) -> Result<(Option<String>, Vec<String>), ManifestError> {

@@ -82,7 +82,7 @@ impl fmt::Display for ReadError {
 
 /// Read a manifest file into a [`Source`].
 pub fn read_source(path: &Path, display: String) -> Result<Arc<Source>, ReadError> {
-    let bytes = std::fs::read(path)
+    let bytes = read_manifest_bytes(path)
         .map_err(|e| ReadError(format!("cannot read {}: {e}", path.display())))?;
     let text = match String::from_utf8(bytes) {
         Ok(t) => t,
@@ -103,6 +103,34 @@ pub fn read_source(path: &Path, display: String) -> Result<Arc<Source>, ReadErro
         path: Some(path.to_path_buf()),
         text,
     }))
+}
+
+/// The most a manifest file may hold.
+const MANIFEST_CAP: u64 = 16 << 20;
+
+/// A manifest's bytes: opened without waiting (a FIFO in its place does not block), and
+/// refused when it is no regular file (a link to a device) or over [`MANIFEST_CAP`].
+fn read_manifest_bytes(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other(
+            "not a regular file (a FIFO, a device or a socket)",
+        ));
+    }
+    let mut buf = Vec::new();
+    f.take(MANIFEST_CAP + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > MANIFEST_CAP {
+        return Err(std::io::Error::other(format!(
+            "larger than {} MiB: not a manifest",
+            MANIFEST_CAP >> 20
+        )));
+    }
+    Ok(buf)
 }
 
 /// How a path is shown in messages: relative to the current folder when inside it.
