@@ -887,11 +887,11 @@ fn run(g: &Global, args: RunArgs) -> anyhow::Result<()> {
             let exec = Executor::Local {
                 jobs: jobs.unwrap_or(2),
             };
-            commands::run_with(g, &pipeline, &sets, opts, &exec, only.as_deref())
+            commands::run_with(g, &pipeline, &sets, opts, &exec, only.as_deref(), json)
         }
         Some(ExecutorArg::Slurm) => {
             let exec = Executor::Slurm(slurm);
-            commands::run_with(g, &pipeline, &sets, opts, &exec, only.as_deref())
+            commands::run_with(g, &pipeline, &sets, opts, &exec, only.as_deref(), json)
         }
     }
 }

@@ -380,3 +380,17 @@ fn schedules_that_leave_no_steps_fail_naming_the_key() {
         assert!(err.contains(says) && err.contains("stage `train`"), "{err}");
     }
 }
+
+#[test]
+fn a_continued_training_that_would_checkpoint_every_zero_epochs_is_refused_by_key() {
+    // Trained first, it panicked (a remainder by zero) after its first epoch.
+    let text = common::Generated::new("c").drop("1e-3", 2).text() + "checkpoint_every = 0\n";
+    let p = Project::with("c.toml", &text);
+    let err = p.fails(&["run", "c"]);
+    assert!(
+        err.contains("`checkpoint_every` must be > 0") && err.contains("c.toml:"),
+        "{err}"
+    );
+    assert!(err.contains("stages.drop.checkpoint_every"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

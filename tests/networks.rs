@@ -237,6 +237,23 @@ layers = [ LAYER ]
         "{e}"
     );
 
+    // Names a checkpoint gives its moving average and optimizer moments: a block used
+    // as `ema` would have had its weights taken for the average.
+    for reserved in ["ema", "opt", "input"] {
+        let (e, t) = case(&format!("{{ cbr = [8], name = \"{reserved}\" }}"));
+        assert!(e.message.contains("and not `input`, `ema` or `opt`"), "{e}");
+        assert!(
+            e.location().unwrap().ends_with(&format!(
+                "net.toml:{}:32",
+                t.lines()
+                    .position(|l| l.contains(&format!("name = \"{reserved}\"")))
+                    .unwrap()
+                    + 1
+            )),
+            "{e}"
+        );
+    }
+
     let (e, _) = case("{ relu = {}, inputs = [\"nope\"] }");
     assert!(
         e.message

@@ -320,6 +320,33 @@ fn local_workers_run_a_sweep_with_each_shared_stage_once_and_halve_it() {
 }
 
 #[test]
+fn local_workers_find_their_point_in_a_project_whose_path_holds_an_at_sign() {
+    // A CI workspace such as `job@2/`: a worker is handed `<manifest path>@<point id>`.
+    let p = Project {
+        dir: tempfile::Builder::new().prefix("ws@2-").tempdir().unwrap(),
+    };
+    std::fs::create_dir_all(p.path().join("pipelines")).unwrap();
+    p.manifest(
+        "g.toml",
+        &generated("\n[sweep.grid]\n\"train.lr\" = [1e-2, 2e-2]\n"),
+    );
+    let r = p.ok_json(&["run", "g", "-j", "2", "--json"]);
+    let points = point_states(&r);
+    assert_eq!(points.len(), 2, "{r}");
+    for (id, states) in &points {
+        assert!(
+            states.iter().all(|(_, s)| s == "ran" || s == "cached"),
+            "{id}: {states:?}"
+        );
+    }
+    // Each point by name, in-process: all cached.
+    for id in ["lr=1e-2", "lr=2e-2"] {
+        let again = p.run_json(&format!("g@{id}"), &[]);
+        assert!(states(&again).iter().all(|(_, s)| s == "cached"), "{again}");
+    }
+}
+
+#[test]
 fn gc_keeps_every_point_of_a_sweep_and_an_interrupted_points_checkpoints() {
     let p = Project::with(
         "g.toml",

@@ -236,6 +236,11 @@ fn rank_k_on_a_hand_made_prediction_table() {
     assert_eq!(rank_k(&probs, &labels, 6, 6), 1.0);
     // A tie with the label gives no credit at k = 1.
     assert_eq!(rank_k(&[0.5, 0.5], &[1], 2, 1), 0.0);
+    // What cannot be compared gets no credit: a NaN at the label, or beside it.
+    let nan = f32::NAN;
+    assert_eq!(rank_k(&[nan, nan, nan], &[0], 3, 2), 0.0);
+    assert_eq!(rank_k(&[0.1, nan, 0.9], &[2], 3, 1), 0.0);
+    assert_eq!(rank_k(&[0.1, nan, 0.9], &[2], 3, 2), 1.0);
 }
 
 #[test]

@@ -182,6 +182,7 @@ pub fn run_with(
     opts: RunOptions,
     exec: &crate::engine::executor::Executor,
     only: Option<&str>,
+    json: bool,
 ) -> Result<()> {
     let (proj, target) = Project::discover(g.cache.clone())?.load_target(pipeline, sets)?;
     let mut engine = if opts.dry_run {
@@ -201,11 +202,14 @@ pub fn run_with(
                 if opts.dry_run { " [dry run]" } else { "" }
             );
             let run = engine.run_sweep_with(&s, &selected, only.is_some(), sets, &opts, exec)?;
-            return finish_sweep(&s, &run, false);
+            return finish_sweep(&s, &run, json);
         }
         Target::Pipeline(p) => p,
         Target::Point(s, i) => s.points[i].pipeline.clone(),
     };
+    if json {
+        bail!("--json with -j or --executor reports a sweep's run; for one pipeline, run it, then `pipe status {pipeline} --json` (or `pipe runs --json`)");
+    }
     if only.is_some() {
         bail!("--only selects points of a sweep; `{pipeline}` is one pipeline");
     }

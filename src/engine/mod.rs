@@ -117,13 +117,16 @@ impl Project {
     /// Find and load what `arg` names: a pipeline, a sweep, or one point of a sweep
     /// (`<sweep>@<id>`).
     pub fn load_target(&self, arg: &str, sets: &[String]) -> Result<(Project, Target)> {
+        // `<sweep>@<id>`: the sweep is what comes before the first `@` that leaves a
+        // manifest (a path may hold `@`, as in a CI workspace `proj@2/`; so may an id).
         let (path, point) = match manifest::find(&self.pipelines, arg) {
             Ok(path) => (path, None),
-            Err(e) => match arg.split_once('@') {
-                Some((sweep, id)) => match manifest::find(&self.pipelines, sweep) {
-                    Ok(path) => (path, Some(id)),
-                    Err(_) => return Err(e),
-                },
+            Err(e) => match arg.match_indices('@').find_map(|(at, _)| {
+                manifest::find(&self.pipelines, &arg[..at])
+                    .ok()
+                    .map(|path| (path, &arg[at + 1..]))
+            }) {
+                Some((path, id)) => (path, Some(id)),
                 None => return Err(e),
             },
         };

@@ -1080,4 +1080,18 @@ mod tests {
         assert_eq!(promote(&v, &h(Goal::Max, 2)), ["p3", "p1"]);
         assert_eq!(promote(&v, &h(Goal::Min, 2)), ["p1", "p3"]);
     }
+
+    #[test]
+    fn a_rung_reads_a_diverged_validation_as_nan_not_as_no_result() {
+        // As a training writes it: serde_json turns the infinite loss into `null`.
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(
+            tmp.path().join("history.json"),
+            r#"[{"epoch":1,"stage":"train","lr":0.1,"train_loss":2.0,"train_acc":0.5,"val_loss":null,"val_acc":0.1,"ema_val_loss":null,"ema_val_acc":0.2}]"#,
+        )
+        .unwrap();
+        assert!(metric_of(tmp.path(), Metric::ValLoss).is_some_and(f64::is_nan));
+        assert_eq!(metric_of(tmp.path(), Metric::ValAcc), Some(0.2));
+        assert_eq!(metric_of(tmp.path(), Metric::TrainLoss), Some(2.0));
+    }
 }

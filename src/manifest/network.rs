@@ -30,6 +30,10 @@ use super::error::{did_you_mean, ManifestError};
 use super::source::Origin;
 use super::value::{Entry, Kind, SValue};
 
+/// Layer names that mean something else: the network's input, and the prefixes of a
+/// checkpoint's moving-average weights and optimizer moments.
+const RESERVED: [&str; 3] = ["input", "ema", "opt"];
+
 /// Every op name.
 pub const OPS: &[&str] = &[
     "conv2d",
@@ -185,12 +189,17 @@ fn parse_layers(v: &SValue, path: &str) -> Result<Vec<LayerSpec>, ManifestError>
                     when = Some((k == "if", e.value.clone()));
                 }
                 "name" => match e.value.as_str() {
-                    Some(s) if !s.is_empty() && !s.contains('/') && s != "input" => {
+                    // `ema/` and `opt/` begin the names of a checkpoint's moving
+                    // average and optimizer moments: a layer of that name would be
+                    // taken for them.
+                    Some(s)
+                        if !s.is_empty() && !s.contains('/') && !RESERVED.contains(&s) =>
+                    {
                         name = Some(s.to_string())
                     }
                     _ => {
                         return Err(err(
-                            "`name` must be a non-empty string without `/` (and not `input`)",
+                            "`name` must be a non-empty string without `/`, and not `input`, `ema` or `opt` (reserved: the input, and a checkpoint's moving average and optimizer moments)",
                             &e.value.origin,
                             &format!("{p}.name"),
                         ))

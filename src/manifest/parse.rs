@@ -609,8 +609,12 @@ fn parse_continue(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
                     .path(format!("{path}.momentum")),
             );
         }
-        if c.lr <= 0.0 || c.epochs == 0 {
-            let k = if c.epochs == 0 { "epochs" } else { "lr" };
+        if c.lr <= 0.0 || c.epochs == 0 || c.checkpoint_every == Some(0) {
+            let k = match (c.epochs, c.checkpoint_every) {
+                (0, _) => "epochs",
+                (_, Some(0)) => "checkpoint_every",
+                _ => "lr",
+            };
             return Err(ManifestError::new(format!("`{k}` must be > 0"))
                 .at(cx.key_at(k))
                 .path(format!("{path}.{k}")));

@@ -14,7 +14,8 @@ use crate::data::index::read_classes;
 use crate::manifest::{EvaluateConfig, Tta};
 
 /// Fraction of rows whose label is among the `k` highest probabilities. A label tied with
-/// others counts as ranked below them (no credit for ties).
+/// others counts as ranked below them (no credit for ties), and so does one next to a NaN
+/// (no credit for what cannot be compared).
 pub fn rank_k(probs: &[f32], labels: &[i64], classes: usize, k: usize) -> f64 {
     if labels.is_empty() {
         return 0.0;
@@ -28,7 +29,9 @@ pub fn rank_k(probs: &[f32], labels: &[i64], classes: usize, k: usize) -> f64 {
             let above = row
                 .iter()
                 .enumerate()
-                .filter(|(j, &q)| *j != l as usize && q >= p)
+                .filter(|(j, &q)| {
+                    *j != l as usize && q.partial_cmp(&p) != Some(std::cmp::Ordering::Less)
+                })
                 .count();
             above < k
         })
@@ -100,6 +103,14 @@ pub fn run(ctx: &StageCtx<'_>, c: &EvaluateConfig) -> Result<String> {
         c.batch_size,
         c.tta,
     )?;
+    let broken = probs.chunks(k).filter(|r| r.iter().any(|p| !p.is_finite()));
+    if let Some(n) = Some(broken.count()).filter(|&n| n > 0) {
+        bail!(
+            "the model gives non-finite probabilities for {n} of {} images of split `{}`: it is damaged or its training diverged; nothing was scored (`pipe verify` checks the store)",
+            split.n,
+            c.split
+        );
+    }
     let classes = read_classes(&data.join("classes.csv"))?;
     let labels = &split.labels;
     let mut rank = BTreeMap::new();
