@@ -1,8 +1,8 @@
 //! Checkpoints and resuming: a resume stage from a checkpoint file, what `status` says
 //! after a training is killed (and that gc keeps its checkpoints while the manifest wants
 //! them), and that a run resumes only from a checkpoint its own key wrote and that loads:
-//! a foreign, truncated or garbage one is passed over, and the result is what an
-//! uninterrupted run makes.
+//! a foreign, truncated or garbage one, or one whose layers had other names, is passed
+//! over, and the result is what an uninterrupted run makes.
 
 mod common;
 
@@ -104,6 +104,44 @@ fn a_checkpoint_this_key_did_not_write_is_not_resumed_from() {
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     // What is published is what a clean store makes.
     let clean = Project::with("t.toml", &pipeline_t_with_split());
+    let c = clean.run_json("t", &[]);
+    assert_eq!(field(&r, "train", "output"), field(&c, "train", "output"));
+}
+
+#[test]
+fn a_checkpoint_of_layers_since_renamed_is_not_resumed_from() {
+    // Two layers of one shape; their names then swap. The stage key covers the
+    // structure, not the names, so the killed run's checkpoints are this key's; but their
+    // tensors go by name and would load each layer's weights into the other.
+    let net = |first: &str, second: &str| {
+        pipeline_t_with_split().replace("lr = 0.01\n", "lr = 0.0001\n").replace(
+            "  { global_avgpool = {} },\n",
+            &format!(
+                "  {{ global_avgpool = {{}} }},\n  {{ dense = 4, name = \"{first}\" }},\n  {{ dense = 4, name = \"{second}\" }},\n"
+            ),
+        )
+    };
+    let p = Project::with("t.toml", &net("a", "b"));
+    kill_at_fault(&p, &["run", "t"], "train:epoch2");
+    let before = key_of(&p, "t", "train", &[]);
+    p.manifest("t.toml", &net("b", "a"));
+    assert_eq!(
+        key_of(&p, "t", "train", &[]),
+        before,
+        "names are not in the key"
+    );
+    let out = p.ok(&["run", "t", "--json"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not resuming from"), "{err}");
+    assert!(
+        err.contains("layers were named otherwise when it was written"),
+        "{err}"
+    );
+    assert!(err.contains("`a` then, `b` now"), "{err}");
+    assert_eq!(epochs_trained(&err, "train"), [1, 2, 3, 4], "{err}");
+    // What is published is what a clean store makes of the renamed network.
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let clean = Project::with("t.toml", &net("b", "a"));
     let c = clean.run_json("t", &[]);
     assert_eq!(field(&r, "train", "output"), field(&c, "train", "output"));
 }
