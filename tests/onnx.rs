@@ -280,6 +280,26 @@ fn the_demo_network_exports_and_runs_the_same_everywhere() {
         .file_type()
         .is_symlink());
     assert_eq!(std::fs::read(&target).unwrap(), written);
+    // A link into the store (to the export stage's own published model), or a path in
+    // it, is refused: the published file is left as it was, and its artifact sound.
+    let published = p.artifact(&run, "onnx").join("model.onnx");
+    let sealed = std::fs::read(&published).unwrap();
+    let into = p.path().join("into-store.onnx");
+    std::os::unix::fs::symlink(&published, &into).unwrap();
+    for o in [into.clone(), p.artifact(&run, "onnx").join("other.onnx")] {
+        let err = p.fails(&[
+            "export",
+            "small",
+            "--tta",
+            "flip",
+            "-o",
+            o.to_str().unwrap(),
+        ]);
+        assert!(err.contains("is inside the store"), "{err}");
+    }
+    assert_eq!(std::fs::read(&published).unwrap(), sealed);
+    assert!(!p.artifact(&run, "onnx").join("other.onnx").exists());
+    p.ok(&["verify"]);
     // A folder, a FIFO or a device is refused, and left as it was.
     let err = p.fails(&["export", "small", "-o", p.path().to_str().unwrap()]);
     assert!(err.contains("is not a regular file"), "{err}");

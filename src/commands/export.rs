@@ -71,6 +71,21 @@ pub fn export(g: &Global, target: &str, out: &Path, tta: Tta) -> Result<()> {
             );
         }
     }
+    // Never into the store: a link to a published file would have it replaced under its
+    // seal (the store's files are pipe's to write, at publish only).
+    let folder = match out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(d) => d.to_path_buf(),
+        None => std::path::PathBuf::from("."),
+    };
+    if let (Ok(dir), Ok(store)) = (folder.canonicalize(), proj.cache.canonicalize()) {
+        if dir.starts_with(&store) {
+            anyhow::bail!(
+                "{} is inside the store {}: pipe writes there only when it publishes; give a path outside it",
+                out.display(),
+                store.display()
+            );
+        }
+    }
     crate::atomic::write_atomic(&out, &bytes)
         .with_context(|| format!("cannot write {}", out.display()))?;
     println!(
