@@ -19,16 +19,54 @@ fn filter(f: ResizeFilter) -> FilterType {
 }
 
 /// Whether a JPEG's entropy-coded data ends: an EOI marker (FF D9) after the first
-/// start-of-scan (FF DA). Inside a scan an FF byte is always followed by 00 or a restart
-/// marker, so a file cut anywhere after its header has no EOI there. (The `image` crate's
-/// decoder fills a truncated file with grey and reports success; PIL refuses it.)
+/// start-of-scan (FF DA). The segments before the scan are stepped over by their lengths,
+/// so an EXIF thumbnail (a whole small JPEG, with its own FF DA and FF D9, inside the APP1
+/// segment of most camera photos) is never taken for the image's own scan. Inside a scan
+/// an FF byte is always followed by 00 or a restart marker, so a file cut anywhere after
+/// its header has no EOI there. (The `image` crate's decoder fills a truncated file with
+/// grey and reports success; PIL refuses it.)
 pub fn jpeg_is_complete(bytes: &[u8]) -> bool {
-    let Some(sos) = bytes.windows(2).position(|w| w == [0xFF, 0xDA]) else {
+    let Some(scan) = first_scan(bytes) else {
         return false;
     };
-    // The usual case first, without a scan: the file ends with its EOI.
-    let scan = &bytes[sos + 2..];
+    // The usual case first, without a search: the file ends with its EOI.
+    let scan = &bytes[scan..];
     scan.ends_with(&[0xFF, 0xD9]) || scan.windows(2).any(|w| w == [0xFF, 0xD9])
+}
+
+/// Where the entropy-coded data of a JPEG's first scan starts: after the SOS segment that
+/// follows SOI and the header segments (each stepped over by its length). `None` when the
+/// file ends first, or has an EOI first.
+fn first_scan(bytes: &[u8]) -> Option<usize> {
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
+        return None;
+    }
+    let mut i = 2;
+    loop {
+        // A marker: FF (any number of fill FFs), then its code.
+        if *bytes.get(i)? != 0xFF {
+            return None;
+        }
+        while *bytes.get(i)? == 0xFF {
+            i += 1;
+        }
+        let code = bytes[i];
+        i += 1;
+        match code {
+            // Standalone markers: no length.
+            0x01 | 0xD0..=0xD8 => continue,
+            0xD9 => return None,
+            _ => {}
+        }
+        let len = u16::from_be_bytes([*bytes.get(i)?, *bytes.get(i + 1)?]) as usize;
+        if len < 2 {
+            return None;
+        }
+        i += len;
+        if code == 0xDA {
+            return (i <= bytes.len()).then_some(i);
+        }
+    }
 }
 
 /// The most pixels an image may have unless told otherwise (`pipe predict --max-pixels`):
@@ -451,5 +489,36 @@ mod tests {
         early.extend_from_slice(&[0xFF, 0xD9]);
         early.extend_from_slice(&bytes[sos..bytes.len() - 2]);
         assert!(!jpeg_is_complete(&early));
+    }
+
+    #[test]
+    fn a_photo_cut_short_is_incomplete_even_with_a_whole_thumbnail_in_its_exif() {
+        // As cameras write them: APP1 ("Exif") right after SOI holds a whole small JPEG,
+        // its own scan and end marker included.
+        let thumb = jpeg(&image::DynamicImage::ImageRgb8(picture(4, 4)), 80);
+        let main = jpeg(&image::DynamicImage::ImageRgb8(picture(32, 24)), 90);
+        let mut payload = b"Exif\0\0".to_vec();
+        payload.extend_from_slice(&thumb);
+        let mut photo = main[..2].to_vec();
+        photo.extend_from_slice(&[0xFF, 0xE1]);
+        photo.extend_from_slice(&((payload.len() + 2) as u16).to_be_bytes());
+        photo.extend_from_slice(&payload);
+        photo.extend_from_slice(&main[2..]);
+        assert!(jpeg_is_complete(&photo));
+        let p = Path::new("photo.jpg");
+        assert_eq!(decode_bytes(&photo, p).unwrap().dimensions(), (32, 24));
+        let header = 2 + 4 + payload.len();
+        for cut in [photo.len() - 2, photo.len() - 40, header + 200] {
+            assert!(!jpeg_is_complete(&photo[..cut]), "cut at {cut}");
+            let e = decode_bytes(&photo[..cut], p).unwrap_err().to_string();
+            assert!(e.contains("truncated"), "{e}");
+        }
+        // Cut inside the thumbnail: no scan of its own yet.
+        assert!(!jpeg_is_complete(&photo[..header - 10]));
+        // Fill bytes before a marker are allowed.
+        let mut filled = main[..2].to_vec();
+        filled.extend_from_slice(&[0xFF, 0xFF]);
+        filled.extend_from_slice(&main[2..]);
+        assert!(jpeg_is_complete(&filled));
     }
 }
