@@ -394,3 +394,25 @@ fn a_continued_training_that_would_checkpoint_every_zero_epochs_is_refused_by_ke
     assert!(err.contains("stages.drop.checkpoint_every"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn a_split_name_that_is_no_plain_file_name_is_refused_by_key() {
+    // `classes` would have been overwritten by the class list (its images lost), "" was
+    // written as `.csv` (never read), and `../x` outside the artifact.
+    let p = Project::new();
+    for bad in ["classes", "", "../x", "a.b", "val/x"] {
+        let text = GOOD.replace(
+            "test_per_class = 5\n",
+            &format!("test_per_class = 5\nto_split = {bad:?}\n"),
+        );
+        let e = load_err(&p, "exp.toml", &text);
+        assert!(e.message.contains("is not a split name"), "{bad}: {e}");
+        assert_at(&e, "exp.toml", &text, "to_split");
+    }
+    let text = GOOD.replace(
+        "test_per_class = 5\n",
+        "test_per_class = 5\nto_split = \"holdout-2\"\n",
+    );
+    let path = p.manifest("ok.toml", &text);
+    manifest::load(&path, &[], p.path()).expect("a plain split name loads");
+}

@@ -228,6 +228,8 @@ fn parse_split(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
         }
         _ => {}
     }
+    check_split_name(cx, "from_split", &c.from_split)?;
+    check_split_name(cx, "to_split", &c.to_split)?;
     if c.from_split == c.to_split {
         return Err(
             ManifestError::new("`from_split` and `to_split` must differ")
@@ -272,6 +274,10 @@ fn parse_train(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
     let body = cx.body.clone();
     Ok({
         let mut c: TrainConfig = de::from_svalue(&body, &path)?;
+        check_split_name(cx, "train_split", &c.train_split)?;
+        if let Some(v) = &c.val_split {
+            check_split_name(cx, "val_split", v)?;
+        }
         c.seed.get_or_insert(seed);
         // `auto` and the backend's default are resolved by the engine (it knows the
         // machine); the resolved values are what the stage's key covers.
@@ -372,6 +378,24 @@ fn parse_train(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
 }
 
 /// A manifest error at key `k` of the stage (dotted for a nested key).
+/// A split's name: it is a file of the artifact (`<name>.csv`, `<name>.h5`), so letters,
+/// digits, `_` and `-` only (no path, no dot), and not `classes` (the class list's file).
+fn check_split_name(cx: &StageCx<'_>, k: &str, name: &str) -> Result<(), ManifestError> {
+    let plain = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if plain && name != "classes" {
+        return Ok(());
+    }
+    Err(key_error(
+        cx,
+        k,
+        format!("`{k}` = {name:?} is not a split name: a split is a file of the artifact (`<name>.csv`, `<name>.h5`), so 1 to 64 letters, digits, `_` or `-`, and not `classes` (the class list's file)"),
+    ))
+}
+
 fn key_error(cx: &StageCx<'_>, k: &str, msg: String) -> ManifestError {
     ManifestError::new(msg)
         .at(cx.dotted_at(k))
@@ -734,6 +758,7 @@ fn parse_evaluate(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
     let backend = cx.backend;
     let body = cx.body.clone();
     let mut c: EvaluateConfig = de::from_svalue(&body, &path)?;
+    check_split_name(cx, "split", &c.split)?;
     // `auto` and the backend's default are resolved by the engine (it knows the
     // machine); the resolved values are what the stage's key covers.
     c.device = Some(c.device.unwrap_or(device));
