@@ -1,7 +1,8 @@
 //! Datasets that are broken, change while a run reads them, or go missing: an empty class
 //! folder, a Tiny ImageNet class without images or without val, a split whose images were
 //! all skipped, a truncated JPEG, an image replaced or removed after ingest fingerprinted
-//! the tree (the stage fails and publishes nothing), a dataset folder that is gone.
+//! the tree (the stage fails and publishes nothing), a dataset folder that is gone, names
+//! that are not UTF-8, a folder named like an image, a val image listed twice.
 
 mod common;
 
@@ -76,6 +77,74 @@ fn a_tiny_imagenet_class_without_training_images_or_without_val_is_an_error() {
     let err = p.fails(&["run", "t", "--until", "ingest"]);
     assert!(
         err.contains("val_annotations.txt") && err.contains("missing"),
+        "{err}"
+    );
+}
+
+#[test]
+fn odd_names_in_a_dataset_are_errors_naming_them_or_ignored_never_a_dead_end() {
+    use std::os::unix::ffi::OsStrExt;
+    let p = Project::new();
+    let data = p.path().join("data");
+    image_folder(&data, &["cat", "dog", "owl"], 6);
+    p.manifest("t.toml", &folder_pipeline(""));
+    // A folder named like an image is no image: ingest and hdf5 run as without it.
+    std::fs::create_dir_all(data.join("cat/old.jpg")).unwrap();
+    let r = p.run_json("t", &["--until", "hdf5"]);
+    assert_eq!(state_of(&r, "hdf5"), "ran");
+    let index = std::fs::read_to_string(p.artifact(&r, "ingest").join("train.csv")).unwrap();
+    assert!(!index.contains("old.jpg"), "{index}");
+    assert_eq!(index.lines().count(), 1 + 18, "{index}");
+    std::fs::remove_dir(data.join("cat/old.jpg")).unwrap();
+    // A file name that is not UTF-8, and a class folder so named: named, once, and what
+    // to do about it.
+    let bad = data
+        .join("dog")
+        .join(std::ffi::OsStr::from_bytes(b"\xff\xfe.jpg"));
+    std::fs::copy(data.join("dog/0.jpg"), &bad).unwrap();
+    let err = p.fails(&["run", "t", "--until", "hdf5"]);
+    assert!(
+        err.contains("a file name that is not UTF-8; rename it") && err.contains("dog/"),
+        "{err}"
+    );
+    std::fs::remove_file(&bad).unwrap();
+    let class = data.join(std::ffi::OsStr::from_bytes(b"b\xe9e"));
+    std::fs::create_dir_all(&class).unwrap();
+    std::fs::copy(data.join("dog/0.jpg"), class.join("0.jpg")).unwrap();
+    let err = p.fails(&["run", "t", "--until", "hdf5"]);
+    assert!(
+        err.contains("data/b\u{FFFD}e: a file name that is not UTF-8; rename it"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&class).unwrap();
+    let r = p.run_json("t", &["--until", "hdf5"]);
+    assert_eq!(state_of(&r, "hdf5"), "cached");
+}
+
+#[test]
+fn a_tiny_imagenet_val_image_listed_twice_is_an_error_naming_both_lines() {
+    let (p, root) = Project::with_tiny_imagenet("tiny", 3, 4, 2);
+    p.manifest("t.toml", &tiny_manifest(&root, 1));
+    let ann = root.join("val/val_annotations.txt");
+    let text = std::fs::read_to_string(&ann).unwrap();
+    let first = text.lines().next().unwrap().to_string();
+    // The same image again, under another class.
+    let (file, rest) = first.split_once('\t').unwrap();
+    let (wnid, tail) = rest.split_once('\t').unwrap_or((rest, ""));
+    let other = text
+        .lines()
+        .map(|l| l.split('\t').nth(1).unwrap())
+        .find(|w| *w != wnid)
+        .unwrap()
+        .to_string();
+    let n = text.lines().count();
+    std::fs::write(&ann, format!("{text}{file}\t{other}\t{tail}\n")).unwrap();
+    let err = p.fails(&["run", "t", "--until", "ingest"]);
+    assert!(
+        err.contains(&format!(
+            "val_annotations.txt:{}: image {file} is listed again (first on line 1)",
+            n + 1
+        )),
         "{err}"
     );
 }

@@ -321,10 +321,15 @@ impl Engine {
         if mode == Mode::Look && !root.exists() {
             return Ok(Dataset::Missing(root));
         }
-        let fp = self.fingerprint(&root, rehash).with_context(|| {
-            format!(
+        let there = root.is_dir();
+        let fp = self.fingerprint(&root, rehash).with_context(|| match there {
+            false => format!(
                 "stage `{name}`: cannot read its dataset folder (point `root` at it, e.g. `--set {name}.root=DIR`)"
-            )
+            ),
+            true => format!(
+                "stage `{name}`: its dataset folder {} cannot be fingerprinted",
+                root.display()
+            ),
         })?;
         Ok(Dataset::Print(fp.hash.clone()))
     }

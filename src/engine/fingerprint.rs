@@ -90,14 +90,19 @@ pub(crate) fn racy(ctime_ns: i64, now_ns: i64) -> bool {
     ctime_ns >= now_ns.saturating_sub(window)
 }
 
-/// A file's mtime in ns since the epoch.
+/// A file's mtime in ns since the epoch (saturated past the year 2262, or before 1678:
+/// `touch -d 2300-01-01` is allowed, and the value is only compared).
 pub(crate) fn mtime_ns(md: &fs::Metadata) -> i64 {
-    md.mtime() * 1_000_000_000 + md.mtime_nsec()
+    md.mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(md.mtime_nsec())
 }
 
-/// A file's ctime (status change) in ns since the epoch.
+/// A file's ctime (status change) in ns since the epoch (saturated as [`mtime_ns`]).
 pub(crate) fn ctime_ns(md: &fs::Metadata) -> i64 {
-    md.ctime() * 1_000_000_000 + md.ctime_nsec()
+    md.ctime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(md.ctime_nsec())
 }
 
 /// Now, in ns since the epoch (tests may set it).
@@ -162,7 +167,14 @@ fn walk(root: &Path, rel: &str) -> Result<Vec<Found>> {
     entries
         .par_iter()
         .map(|(name, e)| -> Result<Found> {
-            let name = name.to_string_lossy();
+            // Paths are text in the indexes and caches: a name that is not UTF-8 would
+            // be written as another name, one no file has.
+            let Some(name) = name.to_str() else {
+                anyhow::bail!(
+                    "{}: a file name that is not UTF-8; rename it (pipe's indexes hold paths as text)",
+                    e.path().display()
+                );
+            };
             let mut r = String::with_capacity(rel.len() + 1 + name.len());
             if !rel.is_empty() {
                 r.push_str(rel);

@@ -46,13 +46,24 @@ fn is_image(name: &str) -> bool {
     lower.ends_with(".jpg") || lower.ends_with(".jpeg") || lower.ends_with(".png")
 }
 
-/// The image files (`.jpg`, `.jpeg`, `.png`) directly in `dir`, by name.
-fn images_in(dir: &Path) -> std::io::Result<Vec<String>> {
-    let mut files: Vec<String> = fs::read_dir(dir)?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| is_image(n))
-        .collect();
+/// The image files (`.jpg`, `.jpeg`, `.png`) directly in `dir`, by name: every entry so
+/// named that is not a folder (a FIFO or a link to a device is kept, to be refused by
+/// name when read). A name that is not UTF-8 is an error naming it: the index holds
+/// paths as text, and a replacement character would name no file.
+fn images_in(dir: &Path) -> Result<Vec<String>> {
+    let mut files = Vec::new();
+    let entries = fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    for e in entries.filter_map(|e| e.ok()) {
+        let Some(name) = e.file_name().to_str().map(str::to_string) else {
+            bail!(
+                "{}: a file name that is not UTF-8; rename it",
+                e.path().display()
+            );
+        };
+        if is_image(&name) && !e.path().is_dir() {
+            files.push(name);
+        }
+    }
     files.sort();
     Ok(files)
 }
@@ -128,12 +139,13 @@ fn tiny_imagenet(ds: &DatasetFiles<'_>) -> Result<(Vec<ClassRow>, Splits)> {
         .enumerate()
         .map(|(i, w)| -> Result<Vec<IndexRow>> {
             let dir = root.join("train").join(w).join("images");
-            let files = images_in(&dir).with_context(|| {
-                format!(
+            if !dir.is_dir() {
+                bail!(
                     "tiny-imagenet: {} missing (wnids.txt lists {w})",
                     dir.display()
-                )
-            })?;
+                );
+            }
+            let files = images_in(&dir)?;
             if files.is_empty() {
                 bail!(
                     "tiny-imagenet: {} holds no training images for class {w} (listed in wnids.txt)",
@@ -160,6 +172,9 @@ fn tiny_imagenet(ds: &DatasetFiles<'_>) -> Result<(Vec<ClassRow>, Splits)> {
     {
         let ann = crate::data::read_regular_text(&ann_path)?;
         let mut val = Vec::new();
+        // Each image once: listed twice, it would be scored twice (under two classes,
+        // if the lines disagree).
+        let mut seen: HashMap<String, usize> = HashMap::new();
         for (ln, l) in ann.lines().enumerate() {
             if l.trim().is_empty() {
                 continue;
@@ -180,6 +195,14 @@ fn tiny_imagenet(ds: &DatasetFiles<'_>) -> Result<(Vec<ClassRow>, Splits)> {
                 );
             };
             let rel = format!("val/images/{}", file.trim());
+            if let Some(first) = seen.insert(rel.clone(), ln + 1) {
+                bail!(
+                    "{}:{}: image {} is listed again (first on line {first}); each validation image is listed once",
+                    ann_path.display(),
+                    ln + 1,
+                    file.trim()
+                );
+            }
             if ds.hash_of(&rel).is_none() {
                 bail!(
                     "{}:{}: image {} does not exist",
@@ -256,12 +279,18 @@ fn cifar10(ds: &DatasetFiles<'_>) -> Result<(Vec<ClassRow>, Splits)> {
 
 fn image_folder(ds: &DatasetFiles<'_>) -> Result<(Vec<ClassRow>, Splits)> {
     let root = ds.root;
-    let mut class_dirs: Vec<String> = fs::read_dir(root)?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().is_dir())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with('.'))
-        .collect();
+    let mut class_dirs: Vec<String> = Vec::new();
+    let entries = fs::read_dir(root).with_context(|| format!("cannot list {}", root.display()))?;
+    for e in entries.filter_map(|e| e.ok()).filter(|e| e.path().is_dir()) {
+        match e.file_name().to_str() {
+            Some(n) if n.starts_with('.') => {}
+            Some(n) => class_dirs.push(n.to_string()),
+            None => bail!(
+                "image-folder: {}: a class folder whose name is not UTF-8; rename it",
+                e.path().display()
+            ),
+        }
+    }
     class_dirs.sort();
     if class_dirs.is_empty() {
         bail!(
