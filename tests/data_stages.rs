@@ -458,3 +458,24 @@ fn stored_are_their_files(split: &Path, dir: &Path, bad: &[&str]) -> Vec<(String
     }
     left_out
 }
+
+#[test]
+fn an_hdf5_chunk_too_large_to_hold_is_an_error_before_any_image_is_decoded() {
+    // 128 images of 2048 x 2048 x 3 are 1.5 GiB a chunk: two blocks of at least that were
+    // to be held in memory (at 4096 x 4096, past HDF5's 4 GiB chunk cap: an error naming
+    // no file).
+    let full = Generated::new("big").text();
+    let data_only = &full[..full.find("[networks").unwrap()];
+    let text = data_only.replace(
+        "[stages.hdf5]\ninput = \"ingest\"\n",
+        "[stages.hdf5]\ninput = \"ingest\"\nsize = [2048, 2048]\nchunk = 128\n",
+    );
+    let p = Project::with("big.toml", &text);
+    let err = p.fails(&["run", "big"]);
+    assert!(
+        err.contains("a chunk of 128 images of 2048x2048 is 1536 MiB")
+            && err.contains("lower `chunk`"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -18,6 +18,8 @@ pub struct SplitWriter {
     written: usize,
     h: usize,
     w: usize,
+    /// The file, for messages.
+    path: std::path::PathBuf,
 }
 
 impl SplitWriter {
@@ -40,13 +42,15 @@ impl SplitWriter {
                 Extent::from(w),
                 Extent::from(3),
             ]))
-            .create("images")?;
+            .create("images")
+            .with_context(|| format!("cannot create `images` in {}", path.display()))?;
         let labels = file
             .new_dataset::<i64>()
             .chunk(chunk * 64)
             .obj_track_times(false)
             .shape(SimpleExtents::from_vec(vec![Extent::resizable(capacity)]))
-            .create("labels")?;
+            .create("labels")
+            .with_context(|| format!("cannot create `labels` in {}", path.display()))?;
         Ok(SplitWriter {
             file,
             images,
@@ -54,6 +58,7 @@ impl SplitWriter {
             written: 0,
             h,
             w,
+            path: path.to_path_buf(),
         })
     }
 
@@ -65,22 +70,36 @@ impl SplitWriter {
         }
         let view = ArrayView4::from_shape((k, self.h, self.w, 3), pixels)?;
         let a = self.written;
-        self.images.write_slice(view, s![a..a + k, .., .., ..])?;
+        let at = || {
+            format!(
+                "cannot write images {a}..{} to {}",
+                a + k,
+                self.path.display()
+            )
+        };
+        self.images
+            .write_slice(view, s![a..a + k, .., .., ..])
+            .with_context(at)?;
         self.labels
-            .write_slice(ArrayView1::from(labels), s![a..a + k])?;
+            .write_slice(ArrayView1::from(labels), s![a..a + k])
+            .with_context(at)?;
         self.written += k;
         Ok(())
     }
 
     /// Shrink to what was written and close; returns the image count.
     pub fn finish(self) -> Result<usize> {
-        self.images.resize((self.written, self.h, self.w, 3))?;
-        self.labels.resize(self.written)?;
-        self.file.flush()?;
+        let path = self.path.clone();
+        let done = || format!("cannot finish {}", path.display());
+        self.images
+            .resize((self.written, self.h, self.w, 3))
+            .with_context(done)?;
+        self.labels.resize(self.written).with_context(done)?;
+        self.file.flush().with_context(done)?;
         let n = self.written;
         drop(self.images);
         drop(self.labels);
-        self.file.close()?;
+        self.file.close().with_context(done)?;
         Ok(n)
     }
 }

@@ -180,7 +180,7 @@ fn walk(root: &Path, rel: &str) -> Result<Vec<Found>> {
                 r.push_str(rel);
                 r.push('/');
             }
-            r.push_str(&name);
+            r.push_str(name);
             // `DirEntry::metadata` stats relative to the open directory (no path walk);
             // symlinks are followed with a full `stat`.
             let md = match e.file_type() {

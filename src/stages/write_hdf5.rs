@@ -35,6 +35,12 @@ pub struct Means {
     pub b: f64,
 }
 
+/// The most pixel bytes one block buffer holds (beyond one chunk).
+const MAX_BLOCK_BYTES: usize = 256 << 20;
+
+/// The most pixel bytes one HDF5 chunk may hold.
+const MAX_CHUNK_BYTES: usize = 1 << 30;
+
 /// Run the hdf5 stage.
 pub fn run(ctx: &StageCtx<'_>, c: &Hdf5Config) -> Result<String> {
     let input = ctx.input_dir();
@@ -81,12 +87,25 @@ pub fn run(ctx: &StageCtx<'_>, c: &Hdf5Config) -> Result<String> {
                 dims.unwrap_or((1, 1))
             }
         };
+        let frame = (w * h * 3) as usize;
+        // A block is what one buffer holds (two take turns): 32 chunks, at least 256
+        // images, but at most 256 MiB of pixels (4096 x 4096 images are allowed) and never
+        // less than one chunk.
+        if c.chunk.saturating_mul(frame) > MAX_CHUNK_BYTES {
+            bail!(
+                "a chunk of {} images of {w}x{h} is {} MiB, more than the {} MiB one may be (HDF5 caps a chunk at 4 GiB; two blocks of at least a chunk are held in memory): lower `chunk`",
+                c.chunk,
+                c.chunk.saturating_mul(frame) >> 20,
+                MAX_CHUNK_BYTES >> 20
+            );
+        }
         let out = ctx.out.join(format!("{split}.h5"));
         let mut writer = SplitWriter::create(&out, rows.len(), h as usize, w as usize, c.chunk)?;
         let mut sums = [0u64; 3];
-        let block = (c.chunk * 32).max(256);
+        let block = (c.chunk * 32)
+            .max(256)
+            .min((MAX_BLOCK_BYTES / frame).max(c.chunk));
         let starts: Vec<usize> = (0..rows.len()).step_by(block).collect();
-        let frame = (w * h * 3) as usize;
         // Each image is decoded straight into its slot of the block's buffer; two buffers
         // take turns (one written while the other fills), so no block allocates anew.
         let decode_block = |start: usize, mut pixels: Vec<u8>| -> Result<Block> {
