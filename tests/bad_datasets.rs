@@ -150,6 +150,47 @@ fn a_tiny_imagenet_val_image_listed_twice_is_an_error_naming_both_lines() {
 }
 
 #[test]
+fn a_moved_project_says_how_to_reindex_and_keeps_its_training() {
+    // The index holds absolute paths, the ingest key the dataset's content: after the
+    // project moves, a cached ingest points at the old place. A stage that must read the
+    // images again says what happened and what to run; that re-indexes, the HDF5 comes
+    // out the same, and the training stays cached.
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    std::fs::create_dir_all(a.join("pipelines")).unwrap();
+    image_folder(&a.join("data"), &["cat", "dog", "owl"], 6);
+    std::fs::write(a.join("pipelines/t.toml"), folder_pipeline("")).unwrap();
+    let out = pipe_in(&a, &["run", "t", "--json"]);
+    assert_success(&out, "pipe run t");
+    let first: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let b = tmp.path().join("b");
+    std::fs::rename(&a, &b).unwrap();
+    // Another chunking: hdf5 must read the images again.
+    std::fs::write(b.join("pipelines/t.toml"), folder_pipeline("\nchunk = 8")).unwrap();
+    let out = pipe_in(&b, &["run", "t"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("data/cat/0.jpg is not there") && err.contains("or the dataset moved"),
+        "{err}"
+    );
+    assert!(
+        err.contains("`pipe run t --force ingest` indexes it where it is"),
+        "{err}"
+    );
+    std::fs::write(b.join("pipelines/t.toml"), folder_pipeline("")).unwrap();
+    let out = pipe_in(&b, &["run", "t", "--force", "ingest", "--json"]);
+    assert_success(&out, "pipe run t --force ingest");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(state_of(&r, "ingest"), "ran");
+    assert_eq!(field(&r, "hdf5", "output"), field(&first, "hdf5", "output"));
+    assert_eq!(state_of(&r, "train"), "cached", "{r}");
+    let out = pipe_in(&b, &["run", "t", "--json"]);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(states(&r).iter().all(|(_, s)| s == "cached"), "{r}");
+}
+
+#[test]
 fn training_on_a_split_whose_images_were_all_skipped_is_an_error() {
     let p = Project::new();
     image_folder(&p.path().join("data"), &["cat", "dog"], 6);

@@ -235,6 +235,27 @@ pub enum Unusable {
     Bad(anyhow::Error),
 }
 
+/// An indexed file that is not there any more: removed after its dataset was
+/// fingerprinted, or the dataset (or the project holding it) moved since the index was
+/// made (an index holds absolute paths; the ingest key holds the content, not the place).
+#[derive(Debug, Clone)]
+pub struct GoneFile {
+    /// The file, as the index names it.
+    pub file: std::path::PathBuf,
+}
+
+impl std::fmt::Display for GoneFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "image {} is not there: it was removed after its dataset was fingerprinted, or the dataset moved since it was indexed; nothing is published",
+            self.file.display()
+        )
+    }
+}
+
+impl std::error::Error for GoneFile {}
+
 /// A dataset file whose bytes are not the ones its fingerprint recorded: carried in the
 /// error's chain, so the engine can make the next fingerprint read the file again (its
 /// size and time may not show the change).
@@ -287,10 +308,10 @@ pub fn read_checked(r: &ImageRef, p: &Path, hash: &str) -> std::result::Result<V
         Err(e) => {
             if !hash.is_empty() && std::fs::symlink_metadata(p).is_err() {
                 // Indexed, fingerprinted, and gone now: not a bad image to skip, a dataset
-                // that changed under the run.
-                return Err(Unusable::Changed(anyhow::anyhow!(
-                    "image {r} was removed after its dataset was fingerprinted: nothing is published; run again to take the dataset as it is now"
-                )));
+                // that changed under the run (or moved since it was indexed).
+                return Err(Unusable::Changed(anyhow::Error::new(GoneFile {
+                    file: p.to_path_buf(),
+                })));
             }
             return Err(Unusable::Bad(e));
         }

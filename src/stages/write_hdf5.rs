@@ -13,8 +13,8 @@ use serde::Serialize;
 
 use super::StageCtx;
 use crate::data::decode::{
-    decode_bytes, decode_checked, decode_ref, read_checked, resize_to, BatchCache, Jpeg, Unusable,
-    MAX_PIXELS,
+    decode_bytes, decode_checked, decode_ref, read_checked, resize_to, BatchCache, GoneFile, Jpeg,
+    Unusable, MAX_PIXELS,
 };
 use crate::data::h5::SplitWriter;
 use crate::data::index::{read_index, splits_in, ImageRef};
@@ -41,8 +41,37 @@ const MAX_BLOCK_BYTES: usize = 256 << 20;
 /// The most pixel bytes one HDF5 chunk may hold.
 const MAX_CHUNK_BYTES: usize = 1 << 30;
 
-/// Run the hdf5 stage.
+/// Run the hdf5 stage. An indexed image that is gone gets what to run added: the index
+/// made again where the dataset is now.
 pub fn run(ctx: &StageCtx<'_>, c: &Hdf5Config) -> Result<String> {
+    write(ctx, c).map_err(|e| {
+        if !e.chain().any(|x| x.is::<GoneFile>()) {
+            return e;
+        }
+        match ingest_above(ctx.pipeline, &ctx.stage.name) {
+            Some(ingest) => e.context(format!(
+                "run again to take the dataset as it is now; if it (or the project) moved, `pipe run {} --force {ingest}` indexes it where it is: the HDF5 comes out the same, so what was trained on it stays cached",
+                ctx.pipeline.name
+            )),
+            None => e.context("run again to take the dataset as it is now"),
+        }
+    })
+}
+
+/// The ingest stage that stage `name` reads from, through its inputs.
+fn ingest_above(p: &crate::manifest::Pipeline, name: &str) -> Option<String> {
+    let mut todo = vec![name.to_string()];
+    while let Some(n) = todo.pop() {
+        let s = p.stages.get(&n)?;
+        if matches!(s.config, crate::manifest::StageConfig::Ingest(_)) {
+            return Some(n);
+        }
+        todo.extend(s.inputs.iter().cloned());
+    }
+    None
+}
+
+fn write(ctx: &StageCtx<'_>, c: &Hdf5Config) -> Result<String> {
     let input = ctx.input_dir();
     let splits = splits_in(input)?;
     if splits.is_empty() {
@@ -70,7 +99,12 @@ pub fn run(ctx: &StageCtx<'_>, c: &Hdf5Config) -> Result<String> {
             // ones before it are left out like any other).
             None => {
                 let mut dims = None;
-                for r in &refs {
+                for (r, row) in refs.iter().zip(&rows) {
+                    if let ImageRef::File(p) = r {
+                        if let Err(Unusable::Changed(e)) = read_checked(r, p, &row.hash) {
+                            return Err(e);
+                        }
+                    }
                     match decode_ref(r, &batches) {
                         Ok(i) => {
                             dims = Some(i.dimensions());
