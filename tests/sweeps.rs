@@ -551,6 +551,22 @@ fn halving_decisions_edited_damaged_or_stale_are_worked_out_again() {
     let (text, _) = status(&p);
     assert_eq!(text.matches("[pruned after train]").count(), 1, "{text}");
     assert!(!text.contains("5e-2"), "{text}");
+    // Stale: the goal turned round since the run. The best point by loss is the one
+    // pruned now, as a run would decide.
+    p.manifest("g.toml", &grid("1e-2, 2e-2, 5e-2"));
+    p.ok(&["run", "g"]);
+    let (text, _) = status(&p);
+    assert!(!best_line(&text, &kept), "{text}");
+    p.manifest(
+        "g.toml",
+        &grid("1e-2, 2e-2, 5e-2").replace("eta = 3\n", "eta = 3\ngoal = \"max\"\n"),
+    );
+    let (text, _) = status(&p);
+    assert!(
+        best_line(&text, &kept),
+        "the old decision was shown:\n{text}"
+    );
+    assert_eq!(text.matches("[pruned after train]").count(), 2, "{text}");
 }
 
 #[test]

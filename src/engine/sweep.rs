@@ -222,7 +222,10 @@ impl Engine {
         match read {
             Ok(None) => HalvingDecisions::default(),
             Ok(Some(d))
-                if !d.seal.is_empty() && d.seal == decisions_seal(&d) && d.points == ids =>
+                if !d.seal.is_empty()
+                    && d.seal == decisions_seal(&d)
+                    && d.points == ids
+                    && d.about == decided_over(s) =>
             {
                 d
             }
@@ -281,6 +284,7 @@ impl Engine {
     fn record_decisions(&self, s: &Sweep, d: HalvingDecisions) -> Result<HalvingDecisions> {
         let mut d = d;
         d.points = s.points.iter().map(|p| p.id.clone()).collect();
+        d.about = decided_over(s);
         d.seal = decisions_seal(&d);
         if !self.store.is_read_only() {
             crate::atomic::write_json_atomic(&self.decisions_path(&s.name), &d)?;
@@ -1026,8 +1030,35 @@ struct RungJobs {
 }
 
 /// The seal of a decisions record: BLAKE3 of its rungs and points as JSON.
+/// What sweep `s`'s halving decisions are taken over (see [`HalvingDecisions::about`]).
+fn decided_over(s: &Sweep) -> String {
+    let stages: Vec<serde_json::Value> = s
+        .points
+        .iter()
+        .map(|pt| {
+            let configs: BTreeMap<&String, serde_json::Value> = pt
+                .pipeline
+                .stages
+                .iter()
+                .map(|(n, st)| (n, st.config.to_json()))
+                .collect();
+            serde_json::json!({"id": pt.id, "stages": configs})
+        })
+        .collect();
+    let h = s.halving.as_ref().map(
+        |h| serde_json::json!({"rungs": h.rungs, "metric": h.metric, "goal": h.goal, "eta": h.eta}),
+    );
+    let body = serde_json::json!({"halving": h, "points": stages});
+    blake3::hash(&serde_json::to_vec(&body).expect("JSON values serialize"))
+        .to_hex()
+        .to_string()
+}
+
 fn decisions_seal(d: &HalvingDecisions) -> String {
-    let body = serde_json::json!({"rungs": d.rungs, "points": d.points});
+    let body = match d.about.is_empty() {
+        true => serde_json::json!({"rungs": d.rungs, "points": d.points}),
+        false => serde_json::json!({"rungs": d.rungs, "points": d.points, "about": d.about}),
+    };
     blake3::hash(&serde_json::to_vec(&body).expect("JSON values serialize"))
         .to_hex()
         .to_string()

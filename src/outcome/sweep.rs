@@ -48,6 +48,11 @@ pub struct HalvingDecisions {
     /// changed since has its decisions worked out again).
     #[serde(default)]
     pub points: Vec<String>,
+    /// BLAKE3 of what the decisions were taken over: the halving settings and every
+    /// point's stages as configured (an `eta`, a `goal` or a rung's epochs changed since
+    /// has the decisions worked out again). Empty in records from before it was kept.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub about: String,
     /// BLAKE3 of the rungs and the points as written: a file edited or damaged since is
     /// not trusted.
     #[serde(default)]
