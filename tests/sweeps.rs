@@ -485,6 +485,45 @@ fn show_of_a_sweep_as_csv_keeps_names_clean_and_marks_the_best_in_a_column() {
     assert_eq!(best, marked);
 }
 
+#[test]
+fn show_marks_each_sweeps_own_best_and_no_plain_pipeline() {
+    let p = Project::with(
+        "g.toml",
+        &generated("\n[sweep.grid]\n\"train.lr\" = [1e-2, 2e-2]\n"),
+    );
+    p.manifest(
+        "h.toml",
+        &generated("\n[sweep.grid]\n\"train.lr\" = [5e-3, 3e-2]\n")
+            .replace("name = \"g\"", "name = \"h\""),
+    );
+    p.manifest("plain.toml", &Generated::new("plain").evaluate().text());
+    p.ok(&["run", "g"]);
+    p.ok(&["run", "h"]);
+    p.ok(&["run", "plain"]);
+    let json = p.ok_json(&["show", "--json"]);
+    let rows = json.as_array().unwrap();
+    let best = |prefix: &str| -> Vec<String> {
+        rows.iter()
+            .filter(|r| r["pipeline"].as_str().unwrap().starts_with(prefix) && r["best"] == true)
+            .map(|r| r["pipeline"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(best("g@").len(), 1, "{json}");
+    assert_eq!(best("h@").len(), 1, "{json}");
+    assert!(best("plain").is_empty(), "{json}");
+    // Each best is its sweep's top point by the default metric, rank-1.
+    for prefix in ["g@", "h@"] {
+        let mine: Vec<&serde_json::Value> = rows
+            .iter()
+            .filter(|r| r["pipeline"].as_str().unwrap().starts_with(prefix))
+            .collect();
+        let rank = |r: &serde_json::Value| r["evals"][0]["ranks"]["1"].as_f64().unwrap();
+        let top = mine.iter().map(|r| rank(r)).fold(f64::MIN, f64::max);
+        let marked = mine.iter().find(|r| r["best"] == true).unwrap();
+        assert_eq!(rank(marked), top, "{prefix}: {json}");
+    }
+}
+
 /// The halving decisions a run recorded (`sweeps/<sweep>.json`) are sealed over what they
 /// say and the points they were made over. Edited, damaged or about another set of points,
 /// they are not trusted: `status` works them out again from the results in the store (with

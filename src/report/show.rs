@@ -91,15 +91,20 @@ pub struct Row {
 
 impl Row {
     /// Every sortable number: `train.loss`, `train.acc`, `val.loss`, `val.acc` (the last
-    /// segment's final epoch), `<evaluate stage>.rank<k>` and `<split>.rank<k>`,
-    /// `rank<k>` (the first evaluate stage), `params`, `macs`, `time`.
+    /// segment's final epoch; with a moving average of the weights, the average's, which
+    /// is the model evaluated and served, and what halving ranks), `<evaluate
+    /// stage>.rank<k>` and `<split>.rank<k>`, `rank<k>` (the first evaluate stage),
+    /// `params`, `macs`, `time`.
     pub fn metrics(&self) -> BTreeMap<String, f64> {
         let mut m = BTreeMap::new();
         if let Some(last) = self.segments.iter().rev().find_map(|s| s.last.as_ref()) {
             m.insert("train.loss".into(), last.train_loss);
             m.insert("train.acc".into(), last.train_acc);
-            m.insert("val.loss".into(), last.val_loss);
-            m.insert("val.acc".into(), last.val_acc);
+            m.insert(
+                "val.loss".into(),
+                last.ema_val_loss.unwrap_or(last.val_loss),
+            );
+            m.insert("val.acc".into(), last.ema_val_acc.unwrap_or(last.val_acc));
         }
         for (i, e) in self.evals.iter().enumerate() {
             for (k, v) in &e.ranks {
