@@ -149,6 +149,77 @@ fn a_failing_point_leaves_the_others_finished_and_fails_the_run() {
     assert!(err.contains("1 of 3 points failed"), "{err}");
 }
 
+#[test]
+fn under_local_workers_a_point_that_cannot_be_planned_fails_alone_naming_itself() {
+    let (p, root) = Project::with_tiny_imagenet("tiny", 3, 4, 2);
+    p.manifest(
+        "g.toml",
+        &(tiny_manifest(&root, 1).replace("name = \"exp\"", "name = \"g\"")
+            + &format!(
+                "\n[sweep.grid]\n\"ingest.root\" = [{:?}, {:?}]\n",
+                root.display().to_string(),
+                p.path().join("missing").display().to_string()
+            )),
+    );
+    let out = p.cmd(&["run", "g", "-j", "2"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("1 of 2 points failed: g@root="), "{err}");
+    assert!(err.contains("missing"), "{err}");
+    // The other point ran whole.
+    let listed = p.ok_json(&["status", "g", "--json"]);
+    let text = listed.to_string();
+    assert!(text.contains("cached"), "{text}");
+    let ok = format!("g@root={}", root.display().to_string().replace('/', "%2F"));
+    let out = p.cmd(&["status", &ok]).output().unwrap();
+    let st = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        st.matches("cached").count(),
+        3,
+        "{st}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn until_and_force_under_halving_do_what_they_say_once() {
+    let text = generated(
+        "\n[sweep.grid]\n\"train.lr\" = [1e-2, 2e-2, 5e-2]\n\n[sweep.halving]\nrungs = [\"train\", \"drop\"]\nmetric = \"val.loss\"\neta = 3\n",
+    );
+    let p = Project::with("g.toml", &text);
+    // A dry run under -j shows the tree, as without it; nothing is taken as pruned.
+    let out = p.ok(&["run", "g", "-j", "2", "--dry-run"]);
+    let tree =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(tree.contains("per point:"), "{tree}");
+    assert!(!tree.contains("pruned"), "{tree}");
+    assert!(!p.cache().join("sweeps/g.json").exists());
+    // --until stops every point there: no training, no decision.
+    let out = p.ok(&["run", "g", "--until", "hdf5"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("train: epoch"), "{err}");
+    assert!(!p.cache().join("sweeps/g.json").exists());
+    // A typo is refused before anything trains.
+    let err = p.fails(&["run", "g", "--until", "trian"]);
+    assert!(err.contains("trian"), "{err}");
+    assert!(!err.contains("train: epoch"), "{err}");
+    p.ok(&["run", "g"]);
+    // --force train: each point's training once (3), not again in a later rung.
+    let out = p.ok(&["run", "g", "--force", "train"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("train: epochs 1..").count(), 3, "{err}");
+    // --force of a stage every point shares: once in the sweep.
+    let out = p.ok(&["run", "g", "--force", "hdf5"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.lines()
+            .filter(|l| l.starts_with("hdf5") && l.contains(" ran "))
+            .count(),
+        1,
+        "{err}"
+    );
+}
+
 /// Nine points of the digits, three rungs: train -> drop1 -> drop2.
 fn halving_manifest(root: &Path) -> String {
     digits_manifest(

@@ -327,16 +327,25 @@ impl Engine {
     }
 
     /// The stages `points` must run (see [`Engine::must_run`]), each recipe once across
-    /// them (what points share runs once), in dependency order.
+    /// them (what points share runs once), in dependency order; and the points that
+    /// cannot be planned (a dataset folder one point names is missing, say), each with
+    /// why: the others run.
     pub(crate) fn plan_jobs<'a>(
         &mut self,
         points: &[&'a Pipeline],
         opts: &RunOptions,
-    ) -> Result<Vec<Job<'a>>> {
+    ) -> (Vec<Job<'a>>, Vec<(String, String)>) {
         let mut out: Vec<Job<'a>> = Vec::new();
+        let mut unplanned = Vec::new();
         let mut seen: std::collections::HashSet<Recipe> = std::collections::HashSet::new();
         for &p in points {
-            let (must, recipes) = self.must_run(p, opts)?;
+            let (must, recipes) = match self.must_run(p, opts) {
+                Ok(x) => x,
+                Err(e) => {
+                    unplanned.push((p.name.clone(), format!("{e:#}")));
+                    continue;
+                }
+            };
             for name in &must {
                 let recipe = recipes[name].clone();
                 if !seen.insert(recipe.clone()) {
@@ -356,7 +365,7 @@ impl Engine {
                 });
             }
         }
-        Ok(out)
+        (out, unplanned)
     }
 
     /// `pipe run --executor ...`: run (local) or submit (Slurm) every stage that must run,
@@ -519,7 +528,10 @@ impl Engine {
                 Ok(())
             }
             Executor::Local { jobs } => {
-                let plan = self.plan_jobs(&[p], opts)?;
+                let (plan, unplanned) = self.plan_jobs(&[p], opts);
+                if let Some((_, why)) = unplanned.into_iter().next() {
+                    bail!("{why}");
+                }
                 let failures = self.run_local_jobs(&plan, sets, (*jobs).max(1))?;
                 if !failures.is_empty() {
                     bail!(

@@ -313,7 +313,11 @@ impl Engine {
         p: &Pipeline,
         opts: &RunOptions,
         recs: &mut HashMap<usize, Recording>,
+        forced: &mut std::collections::HashSet<String>,
     ) -> Result<Vec<StageOutcome>, String> {
+        // `--force` re-runs each forced stage once in the whole sweep: not again in a
+        // later rung, nor for another point that shares it (the same key).
+        let opts = &self.force_left(p, opts, forced);
         if !opts.dry_run && !recs.contains_key(&i) {
             match Journal::of(&self.store).begin(p, "in-process") {
                 Ok(r) => {
@@ -327,6 +331,13 @@ impl Engine {
         }
         self.recording = recs.remove(&i);
         let r = self.run_point(p, opts);
+        if let Ok(st) = &r {
+            for o in st.iter().filter(|o| o.state == StageState::Ran) {
+                if let Some(k) = o.key.as_ref().filter(|_| opts.force.contains(&o.name)) {
+                    forced.insert(k.to_string());
+                }
+            }
+        }
         if let Some(mut rec) = self.recording.take() {
             if let Ok(st) = &r {
                 rec.update(&st.iter().map(entry_of).collect::<Vec<_>>());
@@ -334,6 +345,35 @@ impl Engine {
             recs.insert(i, rec);
         }
         r
+    }
+
+    /// `opts` less the forced stages of `p` whose key was already forced in this sweep.
+    fn force_left(
+        &mut self,
+        p: &Pipeline,
+        opts: &RunOptions,
+        forced: &std::collections::HashSet<String>,
+    ) -> RunOptions {
+        if opts.force.is_empty() || forced.is_empty() {
+            return opts.clone();
+        }
+        let keys: HashMap<String, String> = self
+            .decide(p, &WalkOptions::default())
+            .map(|ds| {
+                ds.into_iter()
+                    .filter_map(|d| Some((d.outcome.name, d.outcome.key?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        RunOptions {
+            force: opts
+                .force
+                .iter()
+                .filter(|n| !keys.get(*n).is_some_and(|k| forced.contains(k)))
+                .cloned()
+                .collect(),
+            ..opts.clone()
+        }
     }
 
     /// Journal records for a sweep's points run by an executor, each with the stages
@@ -415,12 +455,18 @@ impl Engine {
             points: Vec::new(),
             decisions: self.decisions(s),
         };
-        let halving = s.halving.as_ref().filter(|_| only.is_none());
+        // `--until` stops every point before the rungs it names could be decided: the
+        // points run as without halving.
+        let halving = s
+            .halving
+            .as_ref()
+            .filter(|_| only.is_none() && opts.until.is_none());
+        let mut forced = std::collections::HashSet::new();
         let Some(h) = halving else {
             let mut recs = HashMap::new();
             for &i in &selected {
                 let pt = &s.points[i];
-                let r = self.run_point_recorded(i, &pt.pipeline, opts, &mut recs);
+                let r = self.run_point_recorded(i, &pt.pipeline, opts, &mut recs, &mut forced);
                 let (res, stages) = match r {
                     Ok(stages) if opts.dry_run => (PointResult::Planned, stages),
                     Ok(stages) => (PointResult::Done, stages),
@@ -444,7 +490,7 @@ impl Engine {
                     until: Some(rung.clone()),
                     ..opts.clone()
                 };
-                let res = self.run_point_recorded(i, &pt.pipeline, &until, &mut recs);
+                let res = self.run_point_recorded(i, &pt.pipeline, &until, &mut recs, &mut forced);
                 let before = results.remove(&i).map(|x| x.1).unwrap_or_default();
                 match res {
                     Ok(stages) => {
@@ -481,7 +527,7 @@ impl Engine {
         // The survivors run whole (the stages after the last rung: evaluation).
         for &i in &live {
             let pt = &s.points[i];
-            let res = self.run_point_recorded(i, &pt.pipeline, opts, &mut recs);
+            let res = self.run_point_recorded(i, &pt.pipeline, opts, &mut recs, &mut forced);
             let before = results.remove(&i).map(|x| x.1).unwrap_or_default();
             results.insert(
                 i,
@@ -577,7 +623,7 @@ impl Engine {
             true => None,
             false => Some(self.share_store(&format!("pipe run {} (executor)", s.name))?),
         };
-        let halving = s.halving.clone().filter(|_| !only);
+        let halving = s.halving.clone().filter(|_| !only && opts.until.is_none());
         let mut run = SweepRun {
             sweep: s.name.clone(),
             points: Vec::new(),
@@ -797,23 +843,31 @@ impl Engine {
         opts: &RunOptions,
         n: usize,
     ) -> Result<HashMap<String, String>> {
-        let jobs = self.plan_jobs(points, opts)?;
+        let (jobs, unplanned) = self.plan_jobs(points, opts);
+        // A point that cannot be planned fails alone, naming itself; the others run.
+        let mut out: HashMap<String, String> = HashMap::new();
+        for (point, why) in unplanned {
+            self.warn(format!("{point}: {why}"));
+            out.insert(point, why);
+        }
         if opts.dry_run {
             for j in &jobs {
                 self.note(format!("{}:{} would run", j.p.name, j.stage));
             }
-            return Ok(HashMap::new());
+            return Ok(out);
         }
         // Which points each recipe belongs to (a shared stage's failure fails them all).
         let mut failed_recipes: HashMap<Recipe, String> = HashMap::new();
         for (recipe, why) in self.run_local_jobs(&jobs, sets, n.max(1))? {
             failed_recipes.insert(recipe, why);
         }
-        let mut out = HashMap::new();
         if failed_recipes.is_empty() {
             return Ok(out);
         }
         for p in points {
+            if out.contains_key(&p.name) {
+                continue;
+            }
             let recipes = self.decide(p, &WalkOptions::default())?;
             if let Some(why) = recipes.iter().find_map(|d| failed_recipes.get(&d.recipe)) {
                 out.insert(p.name.clone(), why.clone());
