@@ -906,107 +906,124 @@ impl Engine {
             jobs.iter().map(|j| (&j.recipe, St::Waiting)).collect();
         let mut running: Vec<(&Job<'_>, Child, Instant, PathBuf)> = Vec::new();
         let mut failures: Vec<(Recipe, String)> = Vec::new();
-        loop {
-            // Start what is ready, each worker with its share of the cores.
-            let ready = |state: &BTreeMap<&Recipe, St>, j: &Job<'_>| {
-                state[&j.recipe] == St::Waiting
-                    && j.deps
+        // An error here (a log that cannot be opened, a worker that cannot start) leaves
+        // no worker behind: those started are stopped and waited for before it returns,
+        // so none goes on publishing after this process has said it failed.
+        let mut run = || -> Result<()> {
+            loop {
+                // Start what is ready, each worker with its share of the cores.
+                let ready = |state: &BTreeMap<&Recipe, St>, j: &Job<'_>| {
+                    state[&j.recipe] == St::Waiting
+                        && j.deps
+                            .iter()
+                            .all(|d| state.get(d).is_none_or(|s| *s == St::Done))
+                };
+                let can_run = running.len() + jobs.iter().filter(|j| ready(&state, j)).count();
+                let each = (cores / can_run.clamp(1, n.max(1))).max(1);
+                for j in jobs {
+                    if running.len() >= n.max(1) {
+                        break;
+                    }
+                    if state[&j.recipe] != St::Waiting {
+                        continue;
+                    }
+                    if j.deps
                         .iter()
-                        .all(|d| state.get(d).is_none_or(|s| *s == St::Done))
-            };
-            let can_run = running.len() + jobs.iter().filter(|j| ready(&state, j)).count();
-            let each = (cores / can_run.clamp(1, n.max(1))).max(1);
-            for j in jobs {
-                if running.len() >= n.max(1) {
+                        .any(|d| state.get(d).is_some_and(|s| *s == St::Failed))
+                    {
+                        state.insert(&j.recipe, St::Failed);
+                        failures.push((
+                            j.recipe.clone(),
+                            format!("{} (an input failed)", label(j).trim()),
+                        ));
+                        continue;
+                    }
+                    if j.deps
+                        .iter()
+                        .any(|d| state.get(d).is_some_and(|s| *s != St::Done))
+                    {
+                        continue;
+                    }
+                    let log = jobs_dir.join(format!("{}.log", j.recipe));
+                    let f = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&log)
+                        .with_context(|| format!("cannot open {}", log.display()))?;
+                    let child = Command::new(&exe)
+                        .args(self.worker_args(j.p, sets, &j.stage))
+                        .env("PIPE_JOB_LOG", &log)
+                        .env("RAYON_NUM_THREADS", each.to_string())
+                        .envs(self.worker_env())
+                        .current_dir(&j.p.project_dir)
+                        .stdin(Stdio::null())
+                        .stdout(f.try_clone()?)
+                        .stderr(f)
+                        .spawn()
+                        .with_context(|| format!("starting stage `{}`", j.stage))?;
+                    self.write_job_record(&JobRecord {
+                        job: child.id().to_string(),
+                        executor: ExecutorKind::Local,
+                        pipeline: j.p.name.clone(),
+                        stage: j.stage.clone(),
+                        recipe: j.recipe.clone(),
+                        log: log.display().to_string(),
+                        submitted: now_secs(),
+                    })?;
+                    self.note(format!(
+                        "{} started ({each} thread{}, log {})",
+                        label(j),
+                        if each == 1 { "" } else { "s" },
+                        log.display()
+                    ));
+                    state.insert(&j.recipe, St::Running);
+                    running.push((j, child, Instant::now(), log));
+                }
+                if running.is_empty() {
                     break;
                 }
-                if state[&j.recipe] != St::Waiting {
-                    continue;
-                }
-                if j.deps
-                    .iter()
-                    .any(|d| state.get(d).is_some_and(|s| *s == St::Failed))
-                {
-                    state.insert(&j.recipe, St::Failed);
-                    failures.push((
-                        j.recipe.clone(),
-                        format!("{} (an input failed)", label(j).trim()),
-                    ));
-                    continue;
-                }
-                if j.deps
-                    .iter()
-                    .any(|d| state.get(d).is_some_and(|s| *s != St::Done))
-                {
-                    continue;
-                }
-                let log = jobs_dir.join(format!("{}.log", j.recipe));
-                let f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&log)
-                    .with_context(|| format!("cannot open {}", log.display()))?;
-                let child = Command::new(&exe)
-                    .args(self.worker_args(j.p, sets, &j.stage))
-                    .env("PIPE_JOB_LOG", &log)
-                    .env("RAYON_NUM_THREADS", each.to_string())
-                    .envs(self.worker_env())
-                    .current_dir(&j.p.project_dir)
-                    .stdin(Stdio::null())
-                    .stdout(f.try_clone()?)
-                    .stderr(f)
-                    .spawn()
-                    .with_context(|| format!("starting stage `{}`", j.stage))?;
-                self.write_job_record(&JobRecord {
-                    job: child.id().to_string(),
-                    executor: ExecutorKind::Local,
-                    pipeline: j.p.name.clone(),
-                    stage: j.stage.clone(),
-                    recipe: j.recipe.clone(),
-                    log: log.display().to_string(),
-                    submitted: now_secs(),
-                })?;
-                self.note(format!(
-                    "{} started ({each} thread{}, log {})",
-                    label(j),
-                    if each == 1 { "" } else { "s" },
-                    log.display()
-                ));
-                state.insert(&j.recipe, St::Running);
-                running.push((j, child, Instant::now(), log));
-            }
-            if running.is_empty() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-            let mut i = 0;
-            while i < running.len() {
-                match running[i].1.try_wait()? {
-                    None => i += 1,
-                    Some(status) => {
-                        let (j, _, t0, log) = running.swap_remove(i);
-                        let secs = t0.elapsed().as_secs_f64();
-                        if status.success() {
-                            self.note(format!("{} ran      {secs:>6.1}s", label(j)));
-                            state.insert(&j.recipe, St::Done);
-                        } else {
-                            let tail = std::fs::read_to_string(&log)
-                                .ok()
-                                .and_then(|t| t.lines().last().map(|l| l.to_string()))
-                                .unwrap_or_default();
-                            self.note(format!(
-                                "{} FAILED   {secs:>6.1}s  {tail}  (log {})",
-                                label(j),
-                                log.display()
-                            ));
-                            failures
-                                .push((j.recipe.clone(), format!("{}: {tail}", label(j).trim())));
-                            state.insert(&j.recipe, St::Failed);
+                std::thread::sleep(Duration::from_millis(100));
+                let mut i = 0;
+                while i < running.len() {
+                    match running[i].1.try_wait()? {
+                        None => i += 1,
+                        Some(status) => {
+                            let (j, _, t0, log) = running.swap_remove(i);
+                            let secs = t0.elapsed().as_secs_f64();
+                            if status.success() {
+                                self.note(format!("{} ran      {secs:>6.1}s", label(j)));
+                                state.insert(&j.recipe, St::Done);
+                            } else {
+                                let tail = std::fs::read_to_string(&log)
+                                    .ok()
+                                    .and_then(|t| t.lines().last().map(|l| l.to_string()))
+                                    .unwrap_or_default();
+                                self.note(format!(
+                                    "{} FAILED   {secs:>6.1}s  {tail}  (log {})",
+                                    label(j),
+                                    log.display()
+                                ));
+                                failures.push((
+                                    j.recipe.clone(),
+                                    format!("{}: {tail}", label(j).trim()),
+                                ));
+                                state.insert(&j.recipe, St::Failed);
+                            }
                         }
                     }
                 }
             }
+            Ok(())
+        };
+        let outcome = run();
+        if outcome.is_err() {
+            for (j, mut child, _, _) in running.drain(..) {
+                let _ = child.kill();
+                let _ = child.wait();
+                self.warn(format!("{}: stopped (the run failed)", j.stage));
+            }
         }
+        outcome?;
         self.note(format!("{} ran with up to {n} at once", jobs.len()));
         Ok(failures)
     }
