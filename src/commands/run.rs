@@ -201,10 +201,9 @@ pub fn run_with(
                 s.points.len(),
                 if opts.dry_run { " [dry run]" } else { "" }
             );
-            // A dry run shows the sweep as a tree, as without -j: its rungs' decisions
-            // cannot be taken before their stages run.
-            let local = matches!(exec, crate::engine::executor::Executor::Local { .. });
-            if opts.dry_run && (local || s.halving.is_some()) {
+            // A halving sweep's dry run shows the sweep as a tree, as without -j: its
+            // rungs' decisions cannot be taken before their stages run.
+            if opts.dry_run && s.halving.is_some() && only.is_none() && opts.until.is_none() {
                 return super::status::print_tree(&mut engine, &s, &selected, json);
             }
             let run = engine.run_sweep_with(&s, &selected, only.is_some(), sets, &opts, exec)?;

@@ -61,25 +61,9 @@ pub fn show(
     } else {
         discovered.runs(&names, sets)?
     };
+    let mut runs = runs;
+    runs.mark_best(sort);
     let mut rows = runs.rows;
-    // Each sweep's best point, among its own points only, by `--sort` or else what the
-    // sweep ranks by (its halving metric), before the rows are sorted.
-    for sw in &runs.sweeps {
-        let of: Vec<usize> = (0..runs.runs.len())
-            .filter(|&i| runs.runs[i].sweep.as_deref() == Some(sw.name.as_str()))
-            .collect();
-        if of.len() < 2 {
-            continue;
-        }
-        let metric = sort
-            .map(str::to_string)
-            .or_else(|| sw.halving.as_ref().map(|h| h.metric.to_string()));
-        let mut points: Vec<_> = of.iter().map(|&i| rows[i].clone()).collect();
-        show::mark_best(&mut points, metric.as_deref());
-        for (&i, p) in of.iter().zip(&points) {
-            rows[i].best = p.best;
-        }
-    }
     rows.extend(recorded);
     let skipped = runs.skipped;
     if let Some(key) = sort {

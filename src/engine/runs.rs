@@ -42,6 +42,30 @@ pub struct ProjectRuns {
     pub skipped: Vec<String>,
 }
 
+impl ProjectRuns {
+    /// Mark each sweep's best point among its own points (never a plain pipeline), by
+    /// `sort` or else what the sweep ranks by (its halving metric; else rank-1, else the
+    /// val accuracy).
+    pub fn mark_best(&mut self, sort: Option<&str>) {
+        for sw in &self.sweeps {
+            let of: Vec<usize> = (0..self.runs.len().min(self.rows.len()))
+                .filter(|&i| self.runs[i].sweep.as_deref() == Some(sw.name.as_str()))
+                .collect();
+            if of.len() < 2 {
+                continue;
+            }
+            let metric = sort
+                .map(str::to_string)
+                .or_else(|| sw.halving.as_ref().map(|h| h.metric.to_string()));
+            let mut points: Vec<Row> = of.iter().map(|&i| self.rows[i].clone()).collect();
+            crate::report::show::mark_best(&mut points, metric.as_deref());
+            for (&i, p) in of.iter().zip(&points) {
+                self.rows[i].best = p.best;
+            }
+        }
+    }
+}
+
 impl Project {
     /// The runs of `names` (default: every manifest in `pipelines/`), each with its row.
     /// A manifest named explicitly that does not load is an error; one listed from the

@@ -12,7 +12,7 @@ use anyhow::Result;
 use crate::engine::runs::RunEntry;
 use crate::engine::Project;
 use crate::manifest::Sweep;
-use crate::report::show::{self, Row};
+use crate::report::show::Row;
 
 /// The project's runs at one moment.
 #[derive(Debug, Clone)]
@@ -97,12 +97,10 @@ impl Snapshot {
     pub fn build(project: &Project) -> Result<Snapshot> {
         let t = Instant::now();
         let stamp = Stamp::of(project);
-        let r = project.runs(&[], &[])?;
-        let mut rows = r.rows;
-        // As `pipe show` does: with sweep points among the rows, mark the best.
-        if r.runs.iter().filter(|x| x.sweep.is_some()).count() > 1 {
-            show::mark_best(&mut rows, None);
-        }
+        let mut r = project.runs(&[], &[])?;
+        // As `pipe show` does: each sweep's best point.
+        r.mark_best(None);
+        let rows = r.rows;
         let by_name = r
             .runs
             .iter()

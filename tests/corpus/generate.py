@@ -452,7 +452,7 @@ EXPECT = {
     '118-graph-16': ('cbx', 'unknown op or block `cbx`'),
     '119-graph-17': ('"nope', '`c2` reads `nope`, which is not an earlier layer here'),
     '120-graph-18': ('{', 'two layers named `c1` in one scope'),
-    '121-graph-19': ('"', '`name` must be a non-empty string without `/` (and not'),
+    '121-graph-19': ('"', '`name` must be a non-empty string without `/`, and not `input`'),
     '122-graph-20': ('9', '`cbr` takes 2 argument(s) (k, size), got 3'),
     '123-graph-21': ('q', '`cbr` has no argument `q`'),
     '124-graph-22': ('{', 'block `cbr` needs `k` (params: k, size)'),
