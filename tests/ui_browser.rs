@@ -149,6 +149,27 @@ async fn points(c: &Client, selector: &str) -> usize {
     .unwrap() as usize
 }
 
+/// The open page's description shows its markup as text, and none of it ran.
+async fn markup_is_text(c: &Client) {
+    let text = c
+        .find(Locator::Css("p.description"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("<script>window.__pwned = 1</script>"),
+        "{text}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(js(c, "return window.__pwned === undefined;").await, true);
+    assert_eq!(
+        points(c, "p.description img, p.description script").await,
+        0
+    );
+}
+
 fn demo() -> String {
     repo_file("pipelines/demo.toml")
 }
@@ -511,23 +532,7 @@ async fn the_dashboard_in_a_real_browser() {
 
     // A description holding markup is text, and nothing of it runs.
     c.goto(&format!("{base}/run/xss")).await.unwrap();
-    let text = c
-        .find(Locator::Css("p.description"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        text.contains("<script>window.__pwned = 1</script>"),
-        "{text}"
-    );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(js(&c, "return window.__pwned === undefined;").await, true);
-    assert_eq!(
-        points(&c, "p.description img, p.description script").await,
-        0
-    );
+    markup_is_text(&c).await;
 
     // The static export, opened from file:// in the same browser: its charts draw from
     // the folder's own scripts (8 epochs, as served), its policy (a `<meta>`) blocks an
@@ -556,19 +561,7 @@ async fn the_dashboard_in_a_real_browser() {
     );
     shot(&c, "export-run").await;
     c.goto(&file_url("runs/xss.html")).await.unwrap();
-    let text = c
-        .find(Locator::Css("p.description"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        text.contains("<script>window.__pwned = 1</script>"),
-        "{text}"
-    );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(js(&c, "return window.__pwned === undefined;").await, true);
+    markup_is_text(&c).await;
 
     // `..` is refused (the browser sends the encoded form as is).
     c.goto(&format!("{base}/files/..%2f..%2f..%2fetc%2fpasswd"))

@@ -332,8 +332,11 @@ impl ModelArtifact {
         let plan = &self.plan;
         let kind = backend.unwrap_or(plan.backend);
         let mut model = backend::build_with(&plan.graph, plan.seed, device, kind)?;
-        model.load_state(&state)?;
-        let mean = input_mean(&state, Self::STATE)?;
+        let file = self.dir.join(Self::STATE);
+        model
+            .load_state(&state)
+            .with_context(|| format!("cannot load {}", file.display()))?;
+        let mean = input_mean(&state, &file.display().to_string())?;
         Ok((model, mean))
     }
 }
