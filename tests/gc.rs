@@ -228,6 +228,8 @@ fn gc_all_drops_nothing_while_a_manifest_cannot_be_read() {
     )
     .unwrap();
     std::os::unix::fs::symlink("../shared/exp.toml", p.path().join("pipelines/exp.toml")).unwrap();
+    // An editor's lock file (Emacs: `.#t.toml`, a link to nothing) is not a manifest.
+    std::os::unix::fs::symlink("root@host.1234:1", p.path().join("pipelines/.#t.toml")).unwrap();
     p.run_json("t", &["--until", "hdf5"]);
     p.run_json("other", &["--until", "hdf5"]);
     assert_eq!(artifact_names(&p.cache()).len(), 5);
@@ -249,10 +251,13 @@ fn gc_all_drops_nothing_while_a_manifest_cannot_be_read() {
     let err = p.fails(&["gc", "--all"]);
     assert!(err.contains("gc --all refuses"), "{err}");
     assert_eq!(artifact_names(&p.cache()).len(), 5);
-    // Once the manifest is gone for good, `--all` drops its runs.
+    // Once the manifest is gone for good, `--all` drops its runs (the lock file is no
+    // manifest and stops nothing).
     std::fs::remove_file(p.path().join("pipelines/exp.toml")).unwrap();
     let out = p.ok(&["gc", "--all"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("removed 2 artifacts"));
+    let out = p.ok(&["show"]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(".#t.toml"));
 }
 
 #[test]

@@ -204,6 +204,17 @@ fn until_and_force_under_halving_do_what_they_say_once() {
     assert!(err.contains("trian"), "{err}");
     assert!(!err.contains("train: epoch"), "{err}");
     p.ok(&["run", "g"]);
+    // The best is the point halving kept (by its metric and goal), not a pruned one whose
+    // loss comes from a shorter training.
+    let json = p.ok_json(&["show", "g", "--json"]);
+    let best: Vec<&serde_json::Value> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["best"] == true)
+        .collect();
+    assert_eq!(best.len(), 1, "{json}");
+    assert!(best[0]["note"].is_null(), "{json}");
     // --force train: each point's training once (3), not again in a later rung.
     let out = p.ok(&["run", "g", "--force", "train"]);
     let err = String::from_utf8_lossy(&out.stderr);

@@ -43,9 +43,10 @@ fn first_scan(bytes: &[u8]) -> Option<usize> {
     }
     let mut i = 2;
     loop {
-        // A marker: FF (any number of fill FFs), then its code.
-        if *bytes.get(i)? != 0xFF {
-            return None;
+        // A marker: FF (any number of fill FFs), then its code. Bytes between segments
+        // are passed over, as the decoder (not strict) and libjpeg pass them.
+        while *bytes.get(i)? != 0xFF {
+            i += 1;
         }
         while *bytes.get(i)? == 0xFF {
             i += 1;
@@ -53,8 +54,8 @@ fn first_scan(bytes: &[u8]) -> Option<usize> {
         let code = bytes[i];
         i += 1;
         match code {
-            // Standalone markers: no length.
-            0x01 | 0xD0..=0xD8 => continue,
+            // Standalone markers (no length), and a stuffed FF 00 out of place.
+            0x00 | 0x01 | 0xD0..=0xD8 => continue,
             0xD9 => return None,
             _ => {}
         }
@@ -536,10 +537,17 @@ mod tests {
         }
         // Cut inside the thumbnail: no scan of its own yet.
         assert!(!jpeg_is_complete(&photo[..header - 10]));
-        // Fill bytes before a marker are allowed.
+        // Fill bytes before a marker, and stray bytes between segments (the decoder
+        // passes over them), are allowed.
         let mut filled = main[..2].to_vec();
         filled.extend_from_slice(&[0xFF, 0xFF]);
         filled.extend_from_slice(&main[2..]);
         assert!(jpeg_is_complete(&filled));
+        let mut padded = photo[..header].to_vec();
+        padded.extend_from_slice(b"\0\0pad");
+        padded.extend_from_slice(&photo[header..]);
+        assert!(jpeg_is_complete(&padded));
+        assert_eq!(decode_bytes(&padded, p).unwrap().dimensions(), (32, 24));
+        assert!(!jpeg_is_complete(&padded[..padded.len() - 40]));
     }
 }

@@ -961,8 +961,13 @@ impl Engine {
                         .stderr(f)
                         .spawn()
                         .with_context(|| format!("starting stage `{}`", j.stage))?;
+                    let pid = child.id();
+                    // Counted as running before anything else can fail: an error from here on
+                    // stops it with the others.
+                    running.push((j, child, Instant::now(), log.clone()));
+                    state.insert(&j.recipe, St::Running);
                     self.write_job_record(&JobRecord {
-                        job: child.id().to_string(),
+                        job: pid.to_string(),
                         executor: ExecutorKind::Local,
                         pipeline: j.p.name.clone(),
                         stage: j.stage.clone(),
@@ -976,8 +981,6 @@ impl Engine {
                         if each == 1 { "" } else { "s" },
                         log.display()
                     ));
-                    state.insert(&j.recipe, St::Running);
-                    running.push((j, child, Instant::now(), log));
                 }
                 if running.is_empty() {
                     break;

@@ -44,9 +44,11 @@ pub struct ProjectRuns {
 
 impl ProjectRuns {
     /// Mark each sweep's best point among its own points (never a plain pipeline), by
-    /// `sort` or else what the sweep ranks by (its halving metric; else rank-1, else the
-    /// val accuracy).
+    /// `sort`, else by what a halving sweep ranks by (its metric and goal, among the
+    /// points it did not prune: a pruned point's numbers are from a shorter training),
+    /// else rank-1, else the val accuracy.
     pub fn mark_best(&mut self, sort: Option<&str>) {
+        use crate::report::show;
         for sw in &self.sweeps {
             let of: Vec<usize> = (0..self.runs.len().min(self.rows.len()))
                 .filter(|&i| self.runs[i].sweep.as_deref() == Some(sw.name.as_str()))
@@ -54,11 +56,23 @@ impl ProjectRuns {
             if of.len() < 2 {
                 continue;
             }
-            let metric = sort
-                .map(str::to_string)
-                .or_else(|| sw.halving.as_ref().map(|h| h.metric.to_string()));
+            let halving = sw.halving.as_ref().filter(|_| sort.is_none());
+            let of: Vec<usize> = match halving {
+                Some(_) => of
+                    .into_iter()
+                    .filter(|&i| self.rows[i].note.is_none())
+                    .collect(),
+                None => of,
+            };
             let mut points: Vec<Row> = of.iter().map(|&i| self.rows[i].clone()).collect();
-            crate::report::show::mark_best(&mut points, metric.as_deref());
+            match halving {
+                Some(h) => show::mark_best_by(
+                    &mut points,
+                    &h.metric.to_string(),
+                    h.goal == crate::manifest::sweep::Goal::Min,
+                ),
+                None => show::mark_best(&mut points, sort),
+            }
             for (&i, p) in of.iter().zip(&points) {
                 self.rows[i].best = p.best;
             }

@@ -225,7 +225,7 @@ impl Engine {
                 if !d.seal.is_empty()
                     && d.seal == decisions_seal(&d)
                     && d.points == ids
-                    && d.about == decided_over(s) =>
+                    && (d.about.is_empty() || d.about == decided_over(s)) =>
             {
                 d
             }

@@ -81,15 +81,21 @@ fn not_a_manifest(p: &Path) -> Option<String> {
     Some(what.to_string())
 }
 
-/// Every `*.toml` directly in `dir`, sorted: each entry that is not a folder, so one that
-/// cannot be read (a link to nothing, a FIFO, a file without read permission) is listed
-/// too, and whoever loads it says why it did not load instead of never seeing it.
+/// Every `*.toml` directly in `dir`, sorted: each entry that is not a folder and whose name
+/// does not start with `.`, so one that cannot be read (a link to nothing, a FIFO, a file
+/// without read permission) is listed too, and whoever loads it says why it did not load
+/// instead of never seeing it.
 pub fn list(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     if dir.is_dir() {
         for e in std::fs::read_dir(dir)? {
             let p = e?.path();
-            if p.extension().is_some_and(|x| x == "toml") && !p.is_dir() {
+            // Hidden names are an editor's or a file system's, not manifests: Emacs's lock
+            // `.#exp.toml` (a link to nothing), macOS's `._exp.toml`.
+            let hidden = p
+                .file_name()
+                .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."));
+            if p.extension().is_some_and(|x| x == "toml") && !hidden && !p.is_dir() {
                 out.push(p);
             }
         }

@@ -50,7 +50,8 @@ pub struct HalvingDecisions {
     pub points: Vec<String>,
     /// BLAKE3 of what the decisions were taken over: the halving settings and every
     /// point's stages as configured (an `eta`, a `goal` or a rung's epochs changed since
-    /// has the decisions worked out again). Empty in records from before it was kept.
+    /// has the decisions worked out again). Empty in records from before it was kept,
+    /// which are trusted as they were (over their points alone) until a run rewrites them.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub about: String,
     /// BLAKE3 of the rungs and the points as written: a file edited or damaged since is

@@ -289,9 +289,15 @@ pub fn mark_best(rows: &mut [Row], metric: Option<&str>) {
     });
     let Some(key) = key else { return };
     let lower_better = key.ends_with(".loss") || ["time", "params", "macs"].contains(&key.as_str());
+    mark_best_by(rows, &key, lower_better);
+}
+
+/// Mark the best row by `key`, lower or higher being better. A NaN (a diverged
+/// training's loss) is never best.
+pub fn mark_best_by(rows: &mut [Row], key: &str, lower_better: bool) {
     let mut best: Option<(usize, f64)> = None;
     for (i, r) in rows.iter().enumerate() {
-        if let Some(v) = r.metrics().get(&key).copied() {
+        if let Some(v) = r.metrics().get(key).copied().filter(|v| !v.is_nan()) {
             let better = match best {
                 None => true,
                 Some((_, b)) if lower_better => v < b,
@@ -483,4 +489,66 @@ pub fn render_csv(rows: &[Row]) -> Result<String> {
     Ok(String::from_utf8(
         w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?,
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A row whose only number is its last epoch's val loss.
+    fn with_val_loss(name: &str, loss: f64) -> Row {
+        Row {
+            pipeline: name.into(),
+            segments: vec![Segment {
+                stage: "train".into(),
+                kind: StageKind::Train,
+                network: "n".into(),
+                optimizer: "sgd".into(),
+                lr: 0.1,
+                epochs: 1,
+                last: Some(EpochRecord {
+                    epoch: 1,
+                    stage: "train".into(),
+                    lr: 0.1,
+                    train_loss: 1.0,
+                    train_acc: 0.5,
+                    val_loss: loss,
+                    val_acc: 0.5,
+                    ema_val_loss: None,
+                    ema_val_acc: None,
+                    images_per_sec: 0.0,
+                    seconds: 0.0,
+                }),
+            }],
+            evals: Vec::new(),
+            params: None,
+            macs: None,
+            train_seconds: None,
+            device: String::new(),
+            backend: String::new(),
+            stages: Vec::new(),
+            error: None,
+            swept: Vec::new(),
+            note: None,
+            best: false,
+        }
+    }
+
+    #[test]
+    fn a_diverged_row_is_never_the_best_whichever_way_is_better() {
+        for lower in [true, false] {
+            let mut rows = vec![
+                with_val_loss("diverged", f64::NAN),
+                with_val_loss("a", 0.4),
+                with_val_loss("b", 0.2),
+            ];
+            mark_best_by(&mut rows, "val.loss", lower);
+            let best: Vec<&str> = rows
+                .iter()
+                .filter(|r| r.best)
+                .map(|r| r.pipeline.as_str())
+                .collect();
+            assert_eq!(best, [if lower { "b" } else { "a" }]);
+        }
+    }
 }
