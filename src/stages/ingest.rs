@@ -60,7 +60,12 @@ fn images_in(dir: &Path) -> Result<Vec<String>> {
                 e.path().display()
             );
         };
-        if is_image(&name) && !e.path().is_dir() {
+        // The entry's type from the folder listing (no `stat`), followed for a link only.
+        let folder = match e.file_type() {
+            Ok(t) if !t.is_symlink() => t.is_dir(),
+            _ => e.path().is_dir(),
+        };
+        if is_image(&name) && !folder {
             files.push(name);
         }
     }
