@@ -54,11 +54,18 @@ fn status_after_a_kill_says_where_training_resumes_and_gc_counts_scratch() {
         text.contains("resumes from its checkpoint at epoch 2"),
         "{text}"
     );
-    // Another learning rate: the interrupted run's scratch is garbage; gc frees its bytes.
+    // Another learning rate: the interrupted run's scratch is kept while its run is among
+    // the last `--keep-runs` (`run --from t~0` resumes it); past them, gc frees its bytes.
     p.manifest("t.toml", &pipeline_t().replace("lr = 0.01", "lr = 0.02"));
     let out = p.ok(&["gc"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!text.contains("freed 0 B"), "{text}");
+    assert!(text.contains(" 0 scratch folders"), "{text}");
+    let out = p.ok(&["gc", "--keep-runs", "0"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(" 1 scratch folders") && !text.contains(" 0 B in all"),
+        "{text}"
+    );
     assert_eq!(
         std::fs::read_dir(p.cache().join("scratch"))
             .unwrap()
@@ -124,12 +131,19 @@ fn a_checkpoint_of_layers_since_renamed_is_not_resumed_from() {
     let p = Project::with("t.toml", &net("a", "b"));
     kill_at_fault(&p, &["run", "t"], "train:epoch2");
     let before = key_of(&p, "t", "train", &[]);
+    let reasons = |p: &Project| {
+        let v = p.ok_json(&["status", "t", "--json"]);
+        stage(&v, "train")["reasons"].to_string()
+    };
+    assert!(reasons(&p).contains("at epoch 2"), "{}", reasons(&p));
     p.manifest("t.toml", &net("b", "a"));
     assert_eq!(
         key_of(&p, "t", "train", &[]),
         before,
         "names are not in the key"
     );
+    // `status` promises no resume that the run would refuse.
+    assert!(!reasons(&p).contains("epoch"), "{}", reasons(&p));
     let out = p.ok(&["run", "t", "--json"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not resuming from"), "{err}");

@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Stdio;
 
-use common::{kill_at_fault, Generated, Project};
+use common::{epochs_trained, kill_at_fault, Generated, Project};
 use serde_json::Value;
 
 fn exp() -> Generated {
@@ -268,6 +268,44 @@ fn a_killed_run_is_interrupted_and_concurrent_runs_leave_a_record_each() {
         .find(|r| r["pipeline"] == "t" && r["state"] == "done")
         .unwrap();
     assert_eq!(stage_field(t, "train", "state"), "ran");
+}
+
+/// A run with `--set`, killed mid-training: the manifest as it is resolves to another key,
+/// but `pipe gc` keeps the killed stage's checkpoints for its recorded run, and
+/// `run --from` that run resumes where it stopped. Once the run is past `--keep-runs`,
+/// they go. (Before, plain `gc` removed them: the training started over.)
+#[test]
+fn gc_keeps_a_killed_set_runs_checkpoints_and_run_from_resumes_it() {
+    let p = Project::with(
+        "t.toml",
+        &Generated::new("t").epochs(3).checkpoints().text(),
+    );
+    kill_at_fault(&p, &["run", "t", "--set", "train.lr=0.02"], "train:epoch2");
+    let scratch_dirs = |p: &Project| {
+        std::fs::read_dir(p.cache().join("scratch"))
+            .unwrap()
+            .count()
+    };
+    assert_eq!(scratch_dirs(&p), 1);
+    let out = p.ok(&["gc"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(" 0 scratch folders"), "{text}");
+    assert_eq!(scratch_dirs(&p), 1);
+    let out = p.ok(&["run", "--from", "t~0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("resuming from its checkpoint at epoch 2"),
+        "{err}"
+    );
+    assert_eq!(epochs_trained(&err, "train"), [3], "{err}");
+    // Killed again; with no run kept, its checkpoints are removed.
+    kill_at_fault(&p, &["run", "t", "--set", "train.lr=0.03"], "train:epoch2");
+    let out = p.ok(&["gc", "--keep-runs", "1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(" 0 scratch folders"), "{text}");
+    let out = p.ok(&["gc", "--keep-runs", "0"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("1 scratch folders"), "{text}");
 }
 
 #[test]

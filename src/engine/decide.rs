@@ -293,7 +293,7 @@ impl Engine {
                 explain(d.prev.as_ref(), &r)
             };
             o.source = Source::Run;
-            if let Some(epoch) = self.interrupted_at(&r.key).filter(|_| !forced) {
+            if let Some(epoch) = self.interrupted_at(p, &name, &r.key).filter(|_| !forced) {
                 o.reasons.insert(0, Reason::Interrupted { epoch });
                 o.source = Source::Resume { epoch };
             } else if let (Mode::Look, false) = (mode, forced) {

@@ -266,8 +266,8 @@ impl Engine {
         }
         // The last `keep_runs` runs of each pipeline in the journal, and every run still
         // going, keep what they made (an older record stays, its artifacts collected).
-        // With `--all`, not the runs of pipelines whose manifest is gone. A running run's
-        // scratch (its checkpoints) is kept too.
+        // With `--all`, not the runs of pipelines whose manifest is gone. The scratch
+        // (checkpoints) of a stage such a run did not finish is kept too.
         let mut seen: HashMap<String, usize> = HashMap::new();
         for r in super::journal::Journal::of(&self.store).list().runs {
             let running = r.state == crate::outcome::record::RunState::Running;
@@ -284,13 +284,15 @@ impl Engine {
                 continue;
             }
             for s in &r.stages {
-                // A stage that made its artifact keeps its key record; only a running run
-                // keeps a scratch (an interrupted run's checkpoints go with its manifest).
+                // A stage that made its artifact keeps its key record. One that did not
+                // (running, or its run killed or failed mid-way) keeps its scratch: the
+                // checkpoints that `run --from <run>` (or the same `--set`) resumes from,
+                // which the manifest as it is now may no longer resolve to.
                 if let Some(k) = &s.key {
                     if s.output.is_some() || running {
                         keep.keys.insert(k.clone());
                     }
-                    if running {
+                    if running || s.output.is_none() {
                         keep.scratch.insert(k.clone());
                     }
                 }

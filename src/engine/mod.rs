@@ -407,9 +407,15 @@ impl Engine {
         &self.store
     }
 
-    /// The epoch an interrupted training of `key` left its last checkpoint at.
-    fn interrupted_at(&self, key: &StageKey) -> Option<usize> {
-        stages::train::interrupted_at(&self.store.scratch_path(key), key)
+    /// The epoch an interrupted training of `key` (stage `name` of `p`) left its last
+    /// checkpoint at: one the stage would resume from, its layers named as they are now.
+    fn interrupted_at(&self, p: &Pipeline, name: &str, key: &StageKey) -> Option<usize> {
+        let scratch = self.store.scratch_path(key);
+        if !scratch.exists() {
+            return None;
+        }
+        let graph = crate::nn::train_graph(p, name).ok();
+        stages::train::interrupted_at(&scratch, key, graph.as_ref())
     }
 
     /// Record in the store where `p`'s manifest lives (for `pipe gc`).
@@ -712,7 +718,7 @@ impl Engine {
                 });
             }
         }
-        let resumed = self.interrupted_at(&r.key).is_some();
+        let resumed = self.interrupted_at(p, name, &r.key).is_some();
         let tmp = self.store.new_out_dir(&r.key)?;
         if !forced {
             if let Some(made) = self.fetch_remote(name, kind, &r.key, &tmp)? {

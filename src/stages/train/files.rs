@@ -14,6 +14,7 @@ use anyhow::Result;
 use crate::backend::{NamedTensor, State};
 use crate::data::checkpoint;
 use crate::ids::StageKey;
+use crate::nn::graph::Graph;
 use crate::outcome::history::{EpochRecord, EpochTiming};
 use crate::report::history::plot_png;
 use crate::stages::model::{describe_device, TrainingPlan};
@@ -78,13 +79,51 @@ pub fn checkpoints_in(dir: &Path) -> Vec<(usize, PathBuf)> {
 }
 
 /// The epoch of the latest checkpoint of stage key `key` that an interrupted run left in
-/// its scratch folder: where the next run of that stage resumes.
-pub fn interrupted_at(scratch: &Path, key: &StageKey) -> Option<usize> {
+/// its scratch folder: where the next run of that stage resumes. `graph`: a `train`
+/// stage's network, whose layer names the checkpoint must bear (see [`same_layer_names`]).
+pub fn interrupted_at(scratch: &Path, key: &StageKey, graph: Option<&Graph>) -> Option<usize> {
     checkpoints_in(&checkpoint_dir(scratch))
         .into_iter()
         .rev()
-        .find(|(_, p)| belongs_to(p, key).is_ok() && as_written(p, false).is_ok())
+        .find(|(_, p)| {
+            let Ok(meta) = checkpoint::read_metadata(p) else {
+                return false;
+            };
+            meta.get("key").is_some_and(|k| k == key.as_str())
+                && as_written(p, false).is_ok()
+                && graph.is_none_or(|g| same_layer_names(&meta, g).is_ok())
+        })
         .map(|c| c.0)
+}
+
+/// Whether a checkpoint was written by a network whose layers bear the names, in order,
+/// of `graph`'s. The stage key covers the network's structure, not its names (renaming a
+/// block reuses the training); a checkpoint's tensors go by name, so after two layers of
+/// one shape swapped names, resuming would load each one's weights into the other.
+pub(crate) fn same_layer_names(
+    meta: &std::collections::HashMap<String, String>,
+    graph: &crate::nn::graph::Graph,
+) -> std::result::Result<(), String> {
+    let plan: TrainingPlan = meta
+        .get("plan")
+        .and_then(|p| serde_json::from_str(p).ok())
+        .ok_or("it holds no training plan")?;
+    let names = |g: &crate::nn::graph::Graph| -> Vec<String> {
+        g.nodes.iter().map(|n| n.name.clone()).collect()
+    };
+    let (then, now) = (names(&plan.graph), names(graph));
+    match then.iter().zip(&now).position(|(a, b)| a != b) {
+        None if then.len() == now.len() => Ok(()),
+        at => {
+            let at = at.unwrap_or(then.len().min(now.len()));
+            Err(format!(
+                "the network's layers were named otherwise when it was written (layer {}: `{}` then, `{}` now), so its tensors would load into other layers",
+                at + 1,
+                then.get(at).map_or("-", |s| s.as_str()),
+                now.get(at).map_or("-", |s| s.as_str())
+            ))
+        }
+    }
 }
 
 /// The input mean travels inside every checkpoint (as `input/mean`), so that one file

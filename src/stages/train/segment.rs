@@ -251,7 +251,7 @@ fn resume_in_scratch(
                 checkpoint::load(&path).map_err(|err| format!("it does not load: {err:#}"))
             })
             .and_then(|(st, meta)| {
-                same_layer_names(&meta, graph)?;
+                files::same_layer_names(&meta, graph)?;
                 Ok((st, meta))
             });
         let (st, meta) = match verdict {
@@ -278,36 +278,6 @@ fn resume_in_scratch(
         return Ok(e);
     }
     Ok(start)
-}
-
-/// Whether a checkpoint was written by a network whose layers bear the names, in order,
-/// of `graph`'s. The stage key covers the network's structure, not its names (renaming a
-/// block reuses the training); a checkpoint's tensors go by name, so after two layers of
-/// one shape swapped names, resuming would load each one's weights into the other.
-fn same_layer_names(
-    meta: &std::collections::HashMap<String, String>,
-    graph: &crate::nn::graph::Graph,
-) -> std::result::Result<(), String> {
-    let plan: TrainingPlan = meta
-        .get("plan")
-        .and_then(|p| serde_json::from_str(p).ok())
-        .ok_or("it holds no training plan")?;
-    let names = |g: &crate::nn::graph::Graph| -> Vec<String> {
-        g.nodes.iter().map(|n| n.name.clone()).collect()
-    };
-    let (then, now) = (names(&plan.graph), names(graph));
-    match then.iter().zip(&now).position(|(a, b)| a != b) {
-        None if then.len() == now.len() => Ok(()),
-        at => {
-            let at = at.unwrap_or(then.len().min(now.len()));
-            Err(format!(
-                "the network's layers were named otherwise when it was written (layer {}: `{}` then, `{}` now), so its tensors would load into other layers",
-                at + 1,
-                then.get(at).map_or("-", |s| s.as_str()),
-                now.get(at).map_or("-", |s| s.as_str())
-            ))
-        }
-    }
 }
 
 /// Where an epoch sits in its segment: what its steps' learning rates are.
