@@ -36,6 +36,54 @@ fn evaluate_after_a_resume_from_a_checkpoint_file_runs() {
     assert!(field(&r, "evaluate", "summary").contains("rank-1"));
 }
 
+/// Rewrite one metadata entry of a safetensors file (its header re-serialised).
+fn set_metadata(path: &std::path::Path, key: &str, value: &str) {
+    tamper(path, |b| {
+        let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+        let mut header: serde_json::Value = serde_json::from_slice(&b[8..8 + n]).unwrap();
+        header["__metadata__"][key] = value.into();
+        let h = serde_json::to_vec(&header).unwrap();
+        let mut out = (h.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(&h);
+        out.extend_from_slice(&b[8 + n..]);
+        *b = out;
+    });
+}
+
+/// A checkpoint file given to a `resume` stage whose plan or history metadata does not
+/// parse: the error names the file and the entry, never a bare JSON message.
+#[test]
+fn a_resume_file_whose_metadata_does_not_parse_is_named() {
+    let p = Project::with("t.toml", &pipeline_t());
+    let r = p.run_json("t", &[]);
+    let ckpt = p
+        .artifact(&r, "train")
+        .join("checkpoints/epoch_1.safetensors");
+    let file = p.path().join("epoch_1.safetensors");
+    let text = pipeline_t()
+        + "\n[stages.more]\nkind = \"resume\"\nfrom = \"epoch_1.safetensors\"\ninput = \"hdf5\"\nlr = 0.001\nepochs = 1\n";
+    p.manifest("t.toml", &text);
+    for (key, says) in [
+        ("plan", "its training plan (metadata `plan`) does not parse"),
+        (
+            "history",
+            "its training history (metadata `history`) does not parse",
+        ),
+        ("epoch", "names no epoch in its metadata (`epoch`)"),
+    ] {
+        std::fs::copy(&ckpt, &file).unwrap();
+        set_metadata(&file, key, "{not json");
+        let e = p.fails(&["run", "t"]);
+        assert!(
+            e.contains("epoch_1.safetensors") && e.contains(says),
+            "{key}: {e}"
+        );
+    }
+    // Sound again: it runs.
+    std::fs::copy(&ckpt, &file).unwrap();
+    p.ok(&["run", "t"]);
+}
+
 #[test]
 fn status_after_a_kill_says_where_training_resumes_and_gc_counts_scratch() {
     let p = Project::with("t.toml", &pipeline_t().replace("epochs = 2", "epochs = 3"));

@@ -363,7 +363,11 @@ pub fn run_continue(ctx: &StageCtx<'_>, c: &ContinueConfig, at: Option<usize>) -
             checkpoint::load(&p)?
         }
     };
-    continue_from(ctx, data, artifact.plan, c, state, &meta)
+    let source = match at {
+        None => format!("the model of stage `{from}`"),
+        Some(e) => format!("the checkpoint of stage `{from}` at epoch {e}"),
+    };
+    continue_from(ctx, data, artifact.plan, c, state, &meta, &source)
 }
 
 /// Continue training from a loaded checkpoint: epoch, history (trimmed to that epoch, as
@@ -375,19 +379,23 @@ fn continue_from(
     c: &ContinueConfig,
     state: State,
     meta: &HashMap<String, String>,
+    source: &str,
 ) -> Result<String> {
     let epoch: usize = meta
         .get("epoch")
         .and_then(|s| s.parse().ok())
-        .context("checkpoint has no epoch")?;
+        .with_context(|| format!("{source} names no epoch in its metadata (`epoch`)"))?;
     let mut hist: Vec<EpochRecord> =
-        serde_json::from_str(meta.get("history").map(|s| s.as_str()).unwrap_or("[]"))?;
+        serde_json::from_str(meta.get("history").map(|s| s.as_str()).unwrap_or("[]"))
+            .with_context(|| {
+                format!("{source}: its training history (metadata `history`) does not parse")
+            })?;
     hist.retain(|r| r.epoch <= epoch);
     let mean = state
         .tensors
         .get("input/mean")
         .cloned()
-        .context("checkpoint has no `input/mean`")?;
+        .with_context(|| format!("{source} holds no `input/mean` tensor"))?;
     apply_overrides(&mut plan, c);
     segment::run(
         ctx,
@@ -414,6 +422,13 @@ pub fn run_resume_file(ctx: &StageCtx<'_>, c: &ContinueConfig, file: &Path) -> R
             "{} has no training plan in its metadata: it was not written by pipe's training stages",
             file.display()
         )
-    })?)?;
-    continue_from(ctx, &ctx.inputs[0].1, plan, c, state, &meta)
+    })?)
+    .with_context(|| {
+        format!(
+            "{}: its training plan (metadata `plan`) does not parse: it was not written by this pipe's training stages",
+            file.display()
+        )
+    })?;
+    let source = file.display().to_string();
+    continue_from(ctx, &ctx.inputs[0].1, plan, c, state, &meta, &source)
 }

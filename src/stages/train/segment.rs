@@ -252,9 +252,12 @@ fn resume_in_scratch(
             })
             .and_then(|(st, meta)| {
                 files::same_layer_names(&meta, graph)?;
-                Ok((st, meta))
+                let history: Vec<EpochRecord> =
+                    serde_json::from_str(meta.get("history").map_or("[]", |s| s.as_str()))
+                        .map_err(|e| format!("its training history does not parse: {e}"))?;
+                Ok((st, history))
             });
-        let (st, meta) = match verdict {
+        let (st, hist) = match verdict {
             Ok(x) => x,
             Err(why) => {
                 // Moved aside (never published, never tried again), not deleted.
@@ -271,7 +274,7 @@ fn resume_in_scratch(
             continue;
         }
         model.load_state(&st)?;
-        *history = serde_json::from_str(meta.get("history").map(|s| s.as_str()).unwrap_or("[]"))?;
+        *history = hist;
         ctx.note(format!(
             "{stage}: resuming from its checkpoint at epoch {e} (an earlier run was interrupted)"
         ));
