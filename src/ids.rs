@@ -13,7 +13,7 @@ macro_rules! hex_id {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(transparent)]
-        pub struct $name(String);
+        pub struct $name(#[serde(deserialize_with = "hex_string")] String);
 
         impl $name {
             /// From its hex form (as read from a file name or a record).
@@ -74,6 +74,21 @@ hex_id!(
     /// of their content, so known before any input is built. What a job is named by.
     Recipe
 );
+
+/// A record's hash field: 64 lowercase hex characters, else the record is refused. A
+/// record edited by hand or damaged could otherwise name a folder outside the store
+/// (`"../x"`, an absolute path) by way of `artifacts/<hash>`.
+fn hex_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if is_hash(&s) {
+        Ok(s)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "{:?} is not a hash (64 lowercase hex characters)",
+            s.chars().take(80).collect::<String>()
+        )))
+    }
+}
 
 /// Whether `s` is 64 lowercase hex characters.
 pub fn is_hash(s: &str) -> bool {

@@ -84,6 +84,39 @@ fn a_resume_file_whose_metadata_does_not_parse_is_named() {
     p.ok(&["run", "t"]);
 }
 
+/// The checkpoint file a `resume` stage starts from is replaced while the run is on its
+/// way to that stage: the stage's key holds the old bytes' hash, so it refuses to train
+/// from the new ones (which would be published under the old key) and names the file.
+#[test]
+fn a_resume_file_changed_during_the_run_is_refused() {
+    let src = Project::with("t.toml", &pipeline_t());
+    let r = src.run_json("t", &[]);
+    let ckpts = src.artifact(&r, "train").join("checkpoints");
+    let p = Project::new();
+    let file = p.path().join("from.safetensors");
+    std::fs::copy(ckpts.join("epoch_1.safetensors"), &file).unwrap();
+    p.manifest(
+        "t.toml",
+        &(pipeline_t()
+            + "\n[stages.more]\nkind = \"resume\"\nfrom = \"from.safetensors\"\ninput = \"hdf5\"\nlr = 0.001\nepochs = 1\n"),
+    );
+    let hold = Hold::new();
+    let mut cmd = p.cmd(&["run", "t", "--until", "more"]);
+    hold.on(cmd.stdout(std::process::Stdio::null()));
+    let (mut child, mut stderr, _) = spawn_to_fault(cmd, "hdf5:start");
+    std::fs::copy(ckpts.join("epoch_2.safetensors"), &file).unwrap();
+    hold.release();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut err).unwrap();
+    assert!(!child.wait().unwrap().success(), "{err}");
+    assert!(
+        err.contains("from.safetensors changed after the manifest was read"),
+        "{err}"
+    );
+    // Run again: its key now holds the new bytes' hash, and it trains from them.
+    p.ok(&["run", "t", "--until", "more"]);
+}
+
 #[test]
 fn status_after_a_kill_says_where_training_resumes_and_gc_counts_scratch() {
     let p = Project::with("t.toml", &pipeline_t().replace("epochs = 2", "epochs = 3"));

@@ -308,6 +308,31 @@ fn gc_keeps_a_killed_set_runs_checkpoints_and_run_from_resumes_it() {
     assert!(text.contains("1 scratch folders"), "{text}");
 }
 
+/// A run record whose trained stage names its artifact but no valid key (damaged, edited
+/// by hand, pulled from elsewhere): `export` of that run is an error naming the stage, not
+/// a panic.
+#[test]
+fn a_record_whose_stage_has_an_output_but_no_key_is_an_error() {
+    let p = Project::with("exp.toml", &exp().text());
+    p.ok(&["run", "exp"]);
+    let id = runs(&p, &[])[0]["id"].as_str().unwrap().to_string();
+    let path = p.cache().join("runs").join(format!("{id}.json"));
+    let mut rec: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    for s in rec["stages"].as_array_mut().unwrap() {
+        if s["name"] == "train" {
+            s["key"] = Value::Null;
+        }
+    }
+    std::fs::write(&path, serde_json::to_vec(&rec).unwrap()).unwrap();
+    let onnx = p.path().join("m.onnx");
+    let e = p.fails(&["export", "exp~0:train", "-o", onnx.to_str().unwrap()]);
+    assert!(
+        e.contains("stage `train`") && e.contains("no valid stage key"),
+        "{e}"
+    );
+    assert!(!onnx.exists());
+}
+
 #[test]
 fn a_damaged_record_is_skipped_with_a_warning_and_verify_names_it() {
     let p = Project::with("exp.toml", &exp().text());

@@ -492,3 +492,75 @@ fn a_store_copied_with_its_times_is_sound_and_its_seals_catch_up_once() {
         "a run after verify brought a seal up to date"
     );
 }
+
+/// `--force` re-runs a stage without looking at its artifact; when it makes the same
+/// bytes, the damaged copy in the store is checked, moved aside and replaced, never kept
+/// in place of the sound new one. `verify` then finds the store sound.
+#[test]
+fn a_forced_stage_that_makes_the_same_bytes_replaces_a_damaged_copy() {
+    let p = Project::with("t.toml", &pipeline_t());
+    let first = p.run_json("t", &[]);
+    let h5 = p.artifact(&first, "hdf5").join("train.h5");
+    tamper(&h5, |b| {
+        let mid = b.len() / 2;
+        b[mid] ^= 0xFF;
+    });
+    let r = p.run_json("t", &["--force", "hdf5"]);
+    assert_eq!(state_of(&r, "hdf5"), "ran");
+    assert_eq!(field(&r, "hdf5", "output"), field(&first, "hdf5", "output"));
+    let v = p.cmd(&["verify"]).output().unwrap();
+    assert!(
+        v.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
+    // The damaged copy was moved aside, not deleted.
+    assert_eq!(
+        std::fs::read_dir(p.cache().join("damaged"))
+            .unwrap()
+            .count(),
+        1
+    );
+}
+
+/// A key record edited to name a folder outside the store as its artifact (`"../x"`, an
+/// absolute path): refused as a record (its hash field is no hash), so the run builds the
+/// stage again and nothing outside the store is read, made writable or moved.
+#[test]
+fn a_key_record_naming_a_folder_outside_the_store_is_refused() {
+    let p = Project::with("t.toml", &pipeline_t());
+    let first = p.run_json("t", &[]);
+    let key = field(&first, "ingest", "key");
+    let outside = p.path().join("photos");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("classes.csv"), "mine\n").unwrap();
+    let rec_path = p.cache().join("keys").join(format!("{key}.json"));
+    let mut rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&rec_path).unwrap()).unwrap();
+    for bad in [
+        outside.to_str().unwrap().to_string(),
+        "../../photos".to_string(),
+    ] {
+        rec["output"] = bad.clone().into();
+        std::fs::write(&rec_path, serde_json::to_vec(&rec).unwrap()).unwrap();
+        let r = p.run_json("t", &[]);
+        assert_eq!(state_of(&r, "ingest"), "ran", "{bad}");
+        assert_eq!(
+            field(&r, "ingest", "output"),
+            field(&first, "ingest", "output")
+        );
+        assert_eq!(
+            std::fs::read_to_string(outside.join("classes.csv")).unwrap(),
+            "mine\n",
+            "{bad}"
+        );
+    }
+    assert!(
+        !p.cache().join("damaged").exists()
+            || std::fs::read_dir(p.cache().join("damaged"))
+                .unwrap()
+                .count()
+                == 0
+    );
+}

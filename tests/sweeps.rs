@@ -494,6 +494,24 @@ fn a_point_whose_id_is_longer_than_a_file_name_runs_and_stays_cached() {
     assert!(String::from_utf8_lossy(&status.stdout).contains("cached"));
 }
 
+/// A point whose name is too long for a state file keeps what its recorded runs made
+/// under `gc --all`: the journal's runs are matched to the manifests by the same name the
+/// state files use. (Before, they were taken for runs of a manifest gone, and the earlier
+/// run's artifacts removed.)
+#[test]
+fn gc_all_keeps_the_recorded_runs_of_a_point_with_a_long_name() {
+    let p = Project::new();
+    let long = "y".repeat(300);
+    let sweep = format!("\n[sweep.grid]\n\"description\" = [\"{long}\"]\n");
+    p.manifest("g.toml", &generated(&sweep));
+    p.ok(&["run", "g"]);
+    p.manifest("g.toml", &generated(&sweep).replace("0.001", "0.002"));
+    p.ok(&["run", "g"]);
+    let gc = p.ok(&["gc", "--all"]);
+    let said = String::from_utf8_lossy(&gc.stdout);
+    assert!(said.contains("removed 0 artifacts, 0 keys"), "{said}");
+}
+
 #[test]
 fn a_name_that_would_leave_the_stores_folder_or_pick_a_point_is_refused() {
     let p = Project::new();

@@ -99,9 +99,14 @@ pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
 pub fn load(path: &Path) -> Result<(State, HashMap<String, String>)> {
     let bytes = super::read_regular(path)
         .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
-    let st = SafeTensors::deserialize(&bytes)
+    load_bytes(&bytes, path)
+}
+
+/// A state and its metadata from a checkpoint's bytes, read from `path` (named in errors).
+pub fn load_bytes(bytes: &[u8], path: &Path) -> Result<(State, HashMap<String, String>)> {
+    let st = SafeTensors::deserialize(bytes)
         .with_context(|| format!("{} is not a safetensors file", path.display()))?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes)?;
+    let (_, meta) = SafeTensors::read_metadata(bytes)?;
     let metadata = meta.metadata().clone().unwrap_or_default();
     let mut state = State {
         step: metadata

@@ -385,6 +385,11 @@ impl Engine {
             true => None,
             false => Some(self.share_store(&format!("pipe run {} (executor)", p.name))?),
         };
+        if !opts.dry_run {
+            // Recorded under the lock, before any job: a `gc` waiting for the lock then
+            // counts this project's manifests.
+            self.note_project(p)?;
+        }
         let mut rec = match opts.dry_run {
             true => None,
             false => self.begin_record(p, exec),

@@ -220,12 +220,14 @@ impl Engine {
     /// before anything is; with `dry_run` nothing is. Returns the same list.
     pub fn gc(&mut self, opts: &GcOptions, plan: &mut dyn FnMut(&GcReport)) -> Result<GcReport> {
         let mut notes = Vec::new();
-        let folders = self.manifest_folders(opts.pipelines.as_deref(), &mut notes)?;
+        // The projects that use the store are read under its lock: one whose first run
+        // held the lock while gc waited for it is then among them.
         let _lock = if opts.dry_run || self.store.is_read_only() {
             None
         } else {
             Some(self.lock_store("pipe gc")?)
         };
+        let folders = self.manifest_folders(opts.pipelines.as_deref(), &mut notes)?;
         let mut report = GcReport {
             pipelines: folders.iter().map(|f| f.pipelines.clone()).collect(),
             warnings: notes,
@@ -275,7 +277,7 @@ impl Engine {
                 .pipeline
                 .split_once('@')
                 .is_some_and(|(sweep, _)| unloaded.contains(sweep));
-            if opts.all && !running && !names.contains(&r.pipeline) && !of_unloaded {
+            if opts.all && !running && !names.contains(&state_stem(&r.pipeline)) && !of_unloaded {
                 continue;
             }
             let n = seen.entry(r.pipeline.clone()).or_default();

@@ -82,8 +82,17 @@ pub struct Reproven {
 /// read-only. An artifact sealed already (another key made the same bytes) gains the keys;
 /// a seal from before keys were recorded stays as it is (the keys that published it then
 /// are not known, and vouching falls back to the kind's files). Seals are changed under
-/// one lock, so two keys publishing the same bytes at once both end up in it.
-pub fn seal(dir: &Path, seal_path: &Path, hashed: &[HashedFile], keys: &[StageKey]) -> Result<()> {
+/// one lock, so two keys publishing the same bytes at once both end up in it. `fresh`: the
+/// folder was just put in place (none was there), so a seal found is one its earlier
+/// folder left (removed by hand, or a crash between the two steps of removing it): it is
+/// written anew, keeping its keys (they made these bytes too).
+pub fn seal(
+    dir: &Path,
+    seal_path: &Path,
+    hashed: &[HashedFile],
+    keys: &[StageKey],
+    fresh: bool,
+) -> Result<()> {
     let lock_path = seal_path.with_file_name(".lock");
     let lock = fs::OpenOptions::new()
         .create(true)
@@ -91,10 +100,15 @@ pub fn seal(dir: &Path, seal_path: &Path, hashed: &[HashedFile], keys: &[StageKe
         .write(true)
         .open(&lock_path)?;
     lock.lock()?;
-    if let Some(mut seal) = read_seal(seal_path) {
+    let mut keys = keys.to_vec();
+    let found = read_seal(seal_path);
+    if let (true, Some(old)) = (fresh, &found) {
+        keys.extend(old.keys.iter().cloned());
+    }
+    if let Some(mut seal) = found.filter(|_| !fresh) {
         let before = seal.keys.len();
         if before > 0 {
-            for k in keys {
+            for k in &keys {
                 if !seal.keys.contains(k) {
                     seal.keys.push(k.clone());
                 }
@@ -119,7 +133,6 @@ pub fn seal(dir: &Path, seal_path: &Path, hashed: &[HashedFile], keys: &[StageKe
             hash: hash.clone(),
         });
     }
-    let mut keys = keys.to_vec();
     keys.sort();
     keys.dedup();
     write_json_atomic(seal_path, &Seal { files, keys })
@@ -429,7 +442,7 @@ mod tests {
             5,
             hash_file(&dir.join("f.bin")).unwrap(),
         )];
-        seal(&dir, &seal_path, &hashed, &[]).unwrap();
+        seal(&dir, &seal_path, &hashed, &[], false).unwrap();
         let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
         set_read_only(&dir, false).unwrap();
         fs::File::options()
@@ -457,7 +470,7 @@ mod tests {
             9,
             hash_file(&dir.join("sub/f.bin")).unwrap(),
         )];
-        seal(&dir, &seal_path, &hashed, &[]).unwrap();
+        seal(&dir, &seal_path, &hashed, &[], false).unwrap();
         set_read_only(&dir, false).unwrap();
         let seal = read_seal(&seal_path).unwrap();
         let read = |mut f: fs::File| {

@@ -1214,7 +1214,16 @@ impl Engine {
     /// then make it read-only and seal it with the key (see [`integrity`]); returns its
     /// content hash.
     fn publish(&self, tmp: &Path, kind: StageKind, key: &StageKey) -> Result<ContentHash> {
-        let (output, files, existed) = self.store.publish(tmp, stages::records(kind))?;
+        let records = stages::records(kind);
+        // An artifact of these bytes already there is checked whole before the new copy
+        // is dropped for it: a run (`--force` among them) never leaves damage in place.
+        let damaged = |h: &ContentHash| {
+            Ok(matches!(
+                self.health(h, true, records)?,
+                integrity::Health::Damaged(_)
+            ))
+        };
+        let (output, files, existed) = self.store.publish(tmp, records, &damaged)?;
         let seal = self.store.seal_path(&output);
         let mut keys = vec![key.clone()];
         if existed && !seal.is_file() {
@@ -1227,7 +1236,13 @@ impl Engine {
                     .map(|r| r.key),
             );
         }
-        integrity::seal(&self.store.artifact_dir(&output), &seal, &files, &keys)?;
+        integrity::seal(
+            &self.store.artifact_dir(&output),
+            &seal,
+            &files,
+            &keys,
+            !existed,
+        )?;
         Ok(output)
     }
 

@@ -286,6 +286,12 @@ impl Engine {
                 p.name
             );
         };
+        let Some(key) = o.key.clone() else {
+            anyhow::bail!(
+                "stage `{stage}` of `{}`: the record names its artifact but no valid stage key (a damaged or hand-edited run record); `pipe verify` names it",
+                p.name
+            );
+        };
         let root = p.training_root(&stage).ok_or_else(|| {
             anyhow::anyhow!("stage `{stage}` continues a checkpoint file: its data is not known")
         })?;
@@ -310,7 +316,7 @@ impl Engine {
                 &[M::PLAN, M::STATE, M::WEIGHTS, crate::stages::train::CLASSES],
             )?;
             return Ok(Trained {
-                key: o.key.clone().expect("a cached stage has a key"),
+                key: key.clone(),
                 model_dir: self.store.artifact_dir(&out),
                 data_dir: self.store.artifact_dir(&out),
                 filter,
@@ -338,7 +344,7 @@ impl Engine {
             &["classes.csv", "means.json"],
         )?;
         Ok(Trained {
-            key: o.key.clone().expect("a cached stage has a key"),
+            key: key.clone(),
             model_dir: self.store.artifact_dir(&out),
             data_dir: self.store.artifact_dir(&data_out),
             filter,

@@ -273,16 +273,22 @@ impl Store {
     /// Hash a finished temporary directory and publish it by rename; returns its hash,
     /// each content file as hashed (for its seal), and whether the artifact was there
     /// already (a byte-identical artifact already present is kept and the new one
-    /// dropped). `records`: the top-level files its stage kind declares as records.
+    /// dropped, unless `damaged` says it is not what its name says: it is then moved
+    /// aside and the new one put in its place). `records`: the top-level files its stage
+    /// kind declares as records.
     pub fn publish(
         &self,
         tmp: &Path,
         records: &[&str],
+        damaged: &dyn Fn(&ContentHash) -> Result<bool>,
     ) -> Result<(ContentHash, Vec<HashedFile>, bool)> {
         let (hash, files) = content::hash_dir(tmp, records)?;
         let hash = ContentHash::new(hash);
         let dest = self.artifact_dir(&hash);
         let mut existed = false;
+        if dest.is_dir() && damaged(&hash)? {
+            self.quarantine(&hash)?;
+        }
         if dest.is_dir() {
             fs::remove_dir_all(tmp)?;
             existed = true;

@@ -40,6 +40,56 @@ pub(crate) fn check_resume_epochs(
                 .path(format!("stages.{name}.from")));
             }
         }
+        if let Some(kept) = p.checkpoint_epochs(stage) {
+            if !kept.contains(at) {
+                let origin = input_origins
+                    .get(name)
+                    .and_then(|o| o.first().cloned())
+                    .unwrap_or_else(|| s.origin.clone());
+                let list = |xs: &[usize]| {
+                    xs.iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                return Err(ManifestError::new(format!(
+                    "`from = \"{stage}@{at}\"`: stage `{stage}` keeps checkpoints at epochs {} (`checkpoint_every`), not at epoch {at}",
+                    list(&kept)
+                ))
+                .at(origin)
+                .path(format!("stages.{name}.from")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A continuing stage's `momentum` and `nesterov` are SGD's: with the Adam or AdamW its
+/// training started with, they would change the stage key and nothing else.
+pub(crate) fn check_continue_optimizer(p: &Pipeline) -> Result<(), ManifestError> {
+    for (name, s) in &p.stages {
+        let c = match &s.config {
+            StageConfig::LrDrop(c) | StageConfig::Resume { config: c, .. } => c,
+            _ => continue,
+        };
+        let Some(root) = p.root_config(name) else {
+            continue;
+        };
+        if root.optimizer == super::config::OptimizerKind::Sgd {
+            continue;
+        }
+        let given = [
+            ("momentum", c.momentum.is_some()),
+            ("nesterov", c.nesterov.is_some()),
+        ];
+        if let Some((k, _)) = given.iter().find(|(_, set)| *set) {
+            return Err(ManifestError::new(format!(
+                "`{k}` is SGD's, and the training stage `{name}` continues uses optimizer = \"{}\"",
+                root.optimizer
+            ))
+            .at(s.key_origin(k))
+            .path(format!("stages.{name}.{k}")));
+        }
     }
     Ok(())
 }

@@ -587,6 +587,7 @@ fn type_doc(
     check::validate_graph(&pipeline, &input_origins)?;
     check::check_top_k(&pipeline)?;
     check::check_resume_epochs(&pipeline, &input_origins)?;
+    check::check_continue_optimizer(&pipeline)?;
     check::wire_data_inputs(&mut pipeline);
     check::check_data(&pipeline)?;
     Ok(pipeline)

@@ -368,6 +368,43 @@ impl Pipeline {
         self.epochs_at(stage, 0)
     }
 
+    /// The epochs a training stage keeps a checkpoint of: every `checkpoint_every`-th
+    /// epoch it trains (counted over the whole training, as the segment writes them) and
+    /// its last. `None` as for [`Pipeline::epochs_of`].
+    pub fn checkpoint_epochs(&self, stage: &str) -> Option<Vec<usize>> {
+        let (start, end) = self.epochs_of(stage)?;
+        let every = self.checkpoint_every_at(stage, 0)?.max(1);
+        Some(
+            (start + 1..=end)
+                .filter(|e| e % every == 0 || *e == end)
+                .collect(),
+        )
+    }
+
+    /// A training stage's `checkpoint_every`: its own, else the one it continues with.
+    fn checkpoint_every_at(&self, stage: &str, depth: usize) -> Option<usize> {
+        if depth > MAX_CHAIN {
+            return None;
+        }
+        match &self.stages.get(stage)?.config {
+            StageConfig::Train(t) => Some(t.checkpoint_every),
+            StageConfig::LrDrop(c) => match c.checkpoint_every {
+                Some(k) => Some(k),
+                None => self.checkpoint_every_at(&c.from, depth + 1),
+            },
+            StageConfig::Resume {
+                config,
+                stage: from,
+                file: None,
+                ..
+            } => match config.checkpoint_every {
+                Some(k) => Some(k),
+                None => self.checkpoint_every_at(from, depth + 1),
+            },
+            _ => None,
+        }
+    }
+
     fn epochs_at(&self, stage: &str, depth: usize) -> Option<(usize, usize)> {
         if depth > MAX_CHAIN {
             return None;

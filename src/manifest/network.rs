@@ -119,6 +119,20 @@ pub struct Library {
     pub networks: IndexMap<String, NetworkSpec>,
 }
 
+/// Every parameter (`$name`) that `v` names, anywhere in it.
+fn params_named<'a>(v: &'a SValue, out: &mut std::collections::BTreeSet<&'a str>) {
+    match &v.kind {
+        Kind::Str(s) => {
+            if let Some(n) = s.strip_prefix('$') {
+                out.insert(n);
+            }
+        }
+        Kind::Array(a) => a.iter().for_each(|x| params_named(x, out)),
+        Kind::Table(t) => t.values().for_each(|e| params_named(&e.value, out)),
+        _ => {}
+    }
+}
+
 pub(crate) fn err(msg: impl Into<String>, at: &Origin, path: &str) -> ManifestError {
     ManifestError::new(msg).at(at.clone()).path(path)
 }
@@ -439,6 +453,32 @@ pub fn parse_library(doc: &SValue) -> Result<Library, ManifestError> {
                     &layers.value.origin,
                     &format!("{path}.layers"),
                 ));
+            }
+            // A parameter no layer names (a typo, in the manifest, a `--set` or a sweep's
+            // key) would change the stage key and nothing else.
+            let mut used = std::collections::BTreeSet::new();
+            params_named(&layers.value, &mut used);
+            if let Some(p) = t.get("params") {
+                for (k, pe) in table(&p.value, &format!("{path}.params"))? {
+                    if !used.contains(k.as_str()) {
+                        let mut e = err(
+                            format!(
+                                "parameter `{k}` of network `{name}` is named by no layer (`${k}`)"
+                            ),
+                            &pe.key_origin,
+                            &format!("{path}.params.{k}"),
+                        );
+                        e.help = Some(match did_you_mean(k, used.iter().copied()) {
+                            Some(m) => format!("did you mean `{m}`?"),
+                            None if used.is_empty() => "its layers name no parameter".into(),
+                            None => format!(
+                                "its layers name: {}",
+                                used.iter().copied().collect::<Vec<_>>().join(", ")
+                            ),
+                        });
+                        return Err(e);
+                    }
+                }
             }
             lib.networks.insert(
                 name.clone(),

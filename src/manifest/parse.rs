@@ -353,6 +353,34 @@ fn parse_train(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
             .at(cx.key_at("schedule"))
             .path(format!("{path}.steps")));
         }
+        // Each step sets a usable lr from an epoch the stage trains, in order: one past
+        // the last epoch, or given twice, would be silently passed over.
+        let mut last: Option<usize> = None;
+        for (i, &(at, lr)) in c.steps.iter().enumerate() {
+            let why = if !(lr.is_finite() && lr > 0.0) {
+                Some(format!("its lr {lr} must be > 0"))
+            } else if at >= c.epochs {
+                Some(format!(
+                    "epoch {at} is past the stage's last, {} (epochs count from 0 here)",
+                    c.epochs - 1
+                ))
+            } else if last.is_some_and(|l| at <= l) {
+                Some(format!(
+                    "epoch {at} does not come after the step before it ({})",
+                    last.unwrap_or(0)
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(key_error(
+                    cx,
+                    "steps",
+                    format!("`steps` entry {} ([{at}, {lr}]): {why}", i + 1),
+                ));
+            }
+            last = Some(at);
+        }
         if !library.networks.contains_key(&c.network) {
             let mut e = ManifestError::new(format!("no network `{}` in this manifest", c.network))
                 .at(cx.key_at("network"))
@@ -416,6 +444,8 @@ fn check_schedule(cx: &StageCx<'_>, k: &SchedKeys, epochs: usize) -> Result<(), 
         "max_momentum",
     ];
     for (keys, kind, name) in [
+        (&["power"][..], ScheduleKind::Poly, "poly"),
+        (&["steps"][..], ScheduleKind::Step, "step"),
         (&cosine[..], ScheduleKind::Cosine, "cosine"),
         (&onecycle[..], ScheduleKind::Onecycle, "onecycle"),
     ] {
@@ -536,11 +566,33 @@ fn check_recipe(cx: &StageCx<'_>, c: &TrainConfig) -> Result<(), ManifestError> 
             "in [0, 1]",
         ));
     }
+    ranges.push(("beta2", c.beta2, (0.0..1.0).contains(&c.beta2), "in [0, 1)"));
+    ranges.push((
+        "epsilon",
+        c.epsilon,
+        c.epsilon.is_finite() && c.epsilon > 0.0,
+        "> 0",
+    ));
     if let Some((key, v, _, allowed)) = ranges.iter().find(|r| !r.2) {
         return Err(key_error(
             cx,
             key,
             format!("`{key}` = {v} must be {allowed}"),
+        ));
+    }
+    // A key of the other optimizer would change the stage key and nothing else.
+    let (theirs, owner): (&[&str], &str) = match c.optimizer {
+        OptimizerKind::Sgd => (&["beta1", "beta2", "epsilon"], "adam and adamw"),
+        OptimizerKind::Adam | OptimizerKind::Adamw => (&["momentum", "nesterov"], "sgd"),
+    };
+    if let Some(k) = theirs.iter().find(|k| cx.table.contains_key(**k)) {
+        return Err(key_error(
+            cx,
+            k,
+            format!(
+                "`{k}` is a key of optimizer {owner}, and this stage's optimizer is \"{}\"",
+                c.optimizer
+            ),
         ));
     }
     match c.optimizer {

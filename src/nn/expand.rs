@@ -227,6 +227,27 @@ fn op_params(op: &str) -> &'static [&'static str] {
     }
 }
 
+/// An op argument's range: an error at the argument (else the layer) when `ok` is false.
+fn in_range(
+    a: &OpArgs,
+    l: &LayerSpec,
+    path: &str,
+    k: &str,
+    v: f64,
+    ok: bool,
+    allowed: &str,
+) -> Result<(), ManifestError> {
+    if ok {
+        return Ok(());
+    }
+    let at = a.v.get(k).map_or(&l.origin, |v| &v.origin);
+    Err(err(
+        format!("{} `{k}` = {v} must be {allowed}", l.callee),
+        at,
+        path,
+    ))
+}
+
 fn build_op(l: &LayerSpec, env: &Env, path: &str) -> Result<Op, ManifestError> {
     let a = OpArgs {
         l,
@@ -249,14 +270,27 @@ fn build_op(l: &LayerSpec, env: &Env, path: &str) -> Result<Op, ManifestError> {
             bias: a.bool("bias", true)?,
             l2: l2(&a)?,
         },
-        "batchnorm" => Op::BatchNorm {
-            momentum: a.f64("momentum", Some(0.99))?,
-            epsilon: a.f64("epsilon", Some(1e-3))?,
-        },
+        "batchnorm" => {
+            let momentum = a.f64("momentum", Some(0.99))?;
+            let epsilon = a.f64("epsilon", Some(1e-3))?;
+            in_range(
+                &a,
+                l,
+                path,
+                "momentum",
+                momentum,
+                (0.0..1.0).contains(&momentum),
+                "in [0, 1) (Keras' convention: the weight of the running mean)",
+            )?;
+            in_range(&a, l, path, "epsilon", epsilon, epsilon > 0.0, "> 0")?;
+            Op::BatchNorm { momentum, epsilon }
+        }
         "relu" => Op::Relu,
-        "elu" => Op::Elu {
-            alpha: a.f64("alpha", Some(1.0))?,
-        },
+        "elu" => {
+            let alpha = a.f64("alpha", Some(1.0))?;
+            in_range(&a, l, path, "alpha", alpha, alpha >= 0.0, ">= 0")?;
+            Op::Elu { alpha }
+        }
         "maxpool" | "avgpool" => {
             let size = a.pair("size", None)?;
             let stride = a.pair("stride", Some(size))?;
@@ -585,6 +619,24 @@ pub fn expand(
             return Err(err(
                 "the last layer is not the network's output",
                 &spec.origin,
+                &format!("networks.{network}"),
+            ));
+        }
+        // A layer whose output nothing reads is a wiring mistake (an `inputs` naming the
+        // wrong layer): it would count, train and cost, and change nothing.
+        let mut read = vec![false; x.nodes.len()];
+        for n in &x.nodes {
+            for &i in &n.inputs {
+                read[i] = true;
+            }
+        }
+        if let Some(i) = (1..x.nodes.len().saturating_sub(1)).find(|&i| !read[i]) {
+            return Err(err(
+                format!(
+                    "layer `{}` feeds no layer and is not the network's output (check the `inputs` of the layers after it)",
+                    x.nodes[i].name
+                ),
+                &x.origins[i],
                 &format!("networks.{network}"),
             ));
         }

@@ -232,7 +232,10 @@ pub fn out_len(input: usize, k: usize, s: usize, p: Padding) -> Option<usize> {
     match p {
         Padding::Same => Some(input.div_ceil(s)),
         Padding::Valid => (input >= k).then(|| (input - k) / s + 1),
-        Padding::Explicit(pad) => (input + 2 * pad >= k).then(|| (input + 2 * pad - k) / s + 1),
+        Padding::Explicit(pad) => {
+            let padded = pad.checked_mul(2)?.checked_add(input)?;
+            (padded >= k).then(|| (padded - k) / s + 1)
+        }
     }
 }
 
@@ -321,6 +324,14 @@ impl Graph {
                     ..
                 } => {
                     let (h, w, c) = image(one()?)?;
+                    if let Padding::Explicit(pad) = *padding {
+                        if pad >= kernel.0 || pad >= kernel.1 {
+                            return Err(err(format!(
+                                "padding {pad} is not less than the {}x{} kernel: the outer rows and columns would see padding only",
+                                kernel.0, kernel.1
+                            )));
+                        }
+                    }
                     let oh = out_len(h, kernel.0, stride.0, *padding);
                     let ow = out_len(w, kernel.1, stride.1, *padding);
                     let (Some(oh), Some(ow)) = (oh, ow) else {
@@ -359,6 +370,17 @@ impl Graph {
                     padding,
                 } => {
                     let (h, w, c) = image(one()?)?;
+                    // As PyTorch and ONNX ask: no window may lie wholly in the padding.
+                    if let Padding::Explicit(pad) = *padding {
+                        if pad > size.0 / 2 || pad > size.1 / 2 {
+                            return Err(err(format!(
+                                "padding {pad} is more than half the {}x{} window: some windows would see padding only (at most {})",
+                                size.0,
+                                size.1,
+                                size.0.min(size.1) / 2
+                            )));
+                        }
+                    }
                     let oh = out_len(h, size.0, stride.0, *padding);
                     let ow = out_len(w, size.1, stride.1, *padding);
                     let (Some(oh), Some(ow)) = (oh, ow) else {
@@ -367,6 +389,7 @@ impl Graph {
                             size.0, size.1, padding
                         )));
                     };
+                    count(&[oh, ow, c], "output values")?;
                     info.shape = Shape::Image(oh, ow, c);
                 }
                 Op::GlobalAvgPool => {
@@ -425,7 +448,10 @@ impl Graph {
                             }
                         }
                         info.shape = match ins[0] {
-                            Shape::Image(h, w, _) => Shape::Image(h, w, total),
+                            Shape::Image(h, w, _) => {
+                                count(&[h, w, total], "output values")?;
+                                Shape::Image(h, w, total)
+                            }
                             Shape::Flat(_) => Shape::Flat(total),
                         };
                     } else {

@@ -173,7 +173,7 @@ pub fn run(ctx: &StageCtx<'_>) -> Result<String> {
         StageConfig::Resume {
             config, at, file, ..
         } => match file {
-            Some((path, _)) => train::run_resume_file(ctx, config, path),
+            Some((path, hash)) => train::run_resume_file(ctx, config, path, hash),
             None => train::run_continue(ctx, config, Some(*at)),
         },
         StageConfig::Evaluate(c) => evaluate::run(ctx, c),

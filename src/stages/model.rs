@@ -234,14 +234,27 @@ pub(crate) fn softmax_rows(out: &mut [f32], k: usize) {
     }
 }
 
+/// Mean cross-entropy and accuracy of `probs` (rows of `k`) against `labels`. A row with a
+/// value that is not finite makes the loss NaN (a diverged validation: recorded as such,
+/// ranked last) and is never correct; a label tied with another class is not correct
+/// either (as `evaluate`'s rank-1 counts it).
 pub(crate) fn loss_and_acc(probs: &[f32], labels: &[i64], k: usize) -> (f64, f64) {
     let n = labels.len().max(1);
     let mut loss = 0.0;
     let mut correct = 0;
     for (i, &l) in labels.iter().enumerate() {
         let row = &probs[i * k..(i + 1) * k];
-        loss -= (row[l as usize].max(1e-12) as f64).ln();
-        if backend::argmax(row) == l as usize {
+        let p = row[l as usize];
+        if row.iter().any(|v| !v.is_finite()) {
+            loss = f64::NAN;
+            continue;
+        }
+        loss -= (p.max(1e-12) as f64).ln();
+        if row
+            .iter()
+            .enumerate()
+            .all(|(j, &v)| j == l as usize || v < p)
+        {
             correct += 1;
         }
     }
@@ -348,4 +361,26 @@ pub fn input_mean(state: &State, file: &str) -> Result<NamedTensor> {
         .get("input/mean")
         .cloned()
         .with_context(|| format!("{file} has no `input/mean`"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loss_and_acc;
+
+    #[test]
+    fn a_non_finite_row_makes_the_loss_nan_and_a_tie_is_not_correct() {
+        // Two classes, three rows: right, tied with the label, wrong.
+        let probs = [0.9, 0.1, 0.5, 0.5, 0.2, 0.8];
+        let (loss, acc) = loss_and_acc(&probs, &[0, 0, 0], 2);
+        let want = -(0.9f32.ln() as f64 + 0.5f32.ln() as f64 + 0.2f32.ln() as f64) / 3.0;
+        assert!((loss - want).abs() < 1e-6, "{loss} vs {want}");
+        assert!((acc - 1.0 / 3.0).abs() < 1e-12, "{acc}");
+        // A NaN anywhere in a row: the loss is NaN, that row not correct, the others are.
+        let probs = [0.9, 0.1, f32::NAN, f32::NAN, 0.9, 0.1];
+        let (loss, acc) = loss_and_acc(&probs, &[0, 0, 0], 2);
+        assert!(loss.is_nan());
+        assert!((acc - 2.0 / 3.0).abs() < 1e-12, "{acc}");
+        let (loss, _) = loss_and_acc(&[f32::INFINITY, 0.0], &[1], 2);
+        assert!(loss.is_nan());
+    }
 }

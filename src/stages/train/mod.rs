@@ -415,8 +415,23 @@ fn continue_from(
 
 /// `resume` from a checkpoint file written by pipe (any stage, any pipeline): the plan,
 /// input mean, history and epoch come from the file; the data from the stage's input.
-pub fn run_resume_file(ctx: &StageCtx<'_>, c: &ContinueConfig, file: &Path) -> Result<String> {
-    let (state, meta) = checkpoint::load(file)?;
+/// `hash`: the BLAKE3 of the file when the manifest was loaded, which the stage's key
+/// holds: the bytes trained from must be those.
+pub fn run_resume_file(
+    ctx: &StageCtx<'_>,
+    c: &ContinueConfig,
+    file: &Path,
+    hash: &str,
+) -> Result<String> {
+    let bytes = crate::data::read_regular(file)
+        .with_context(|| format!("cannot read checkpoint {}", file.display()))?;
+    if blake3::hash(&bytes).to_hex().as_str() != hash {
+        bail!(
+            "{} changed after the manifest was read (its key holds the checkpoint's hash from then); run again to resume from it as it is now",
+            file.display()
+        );
+    }
+    let (state, meta) = checkpoint::load_bytes(&bytes, file)?;
     let plan: TrainingPlan = serde_json::from_str(meta.get("plan").with_context(|| {
         format!(
             "{} has no training plan in its metadata: it was not written by pipe's training stages",
