@@ -450,7 +450,11 @@ fn check_schedule(cx: &StageCx<'_>, k: &SchedKeys, epochs: usize) -> Result<(), 
         (&onecycle[..], ScheduleKind::Onecycle, "onecycle"),
     ] {
         if k.kind != kind {
-            if let Some(key) = keys.iter().find(|key| cx.table.contains_key(**key)) {
+            // `power` at its default changes no key: a base file's poly `power = 1.0` under
+            // a derived manifest's other schedule is left alone.
+            let set =
+                |key: &&&str| cx.table.contains_key(**key) && !(**key == "power" && k.power == 1.0);
+            if let Some(key) = keys.iter().find(set) {
                 return Err(key_error(
                     cx,
                     key,
@@ -580,12 +584,26 @@ fn check_recipe(cx: &StageCx<'_>, c: &TrainConfig) -> Result<(), ManifestError> 
             format!("`{key}` = {v} must be {allowed}"),
         ));
     }
-    // A key of the other optimizer would change the stage key and nothing else.
-    let (theirs, owner): (&[&str], &str) = match c.optimizer {
-        OptimizerKind::Sgd => (&["beta1", "beta2", "epsilon"], "adam and adamw"),
-        OptimizerKind::Adam | OptimizerKind::Adamw => (&["momentum", "nesterov"], "sgd"),
+    // A key of the other optimizer would change the stage key and nothing else. At its
+    // default it changes nothing (a base file's `momentum = 0.9` under a derived Adam).
+    let (theirs, owner): (&[(&str, bool)], &str) = match c.optimizer {
+        OptimizerKind::Sgd => (
+            &[
+                ("beta1", c.beta1 != 0.9),
+                ("beta2", c.beta2 != 0.999),
+                ("epsilon", c.epsilon != 1e-7),
+            ],
+            "adam and adamw",
+        ),
+        OptimizerKind::Adam | OptimizerKind::Adamw => (
+            &[("momentum", c.momentum != 0.9), ("nesterov", c.nesterov)],
+            "sgd",
+        ),
     };
-    if let Some(k) = theirs.iter().find(|k| cx.table.contains_key(**k)) {
+    if let Some((k, _)) = theirs
+        .iter()
+        .find(|(k, changed)| *changed && cx.table.contains_key(*k))
+    {
         return Err(key_error(
             cx,
             k,
