@@ -302,6 +302,37 @@ fn an_extends_chain_thousands_deep_is_refused_not_a_stack_overflow() {
     }
 }
 
+/// Files that each include the next one twice, 30 deep (within the depth limit): 2^30
+/// reads. The load stops after 256 files with an error naming `include`, at once.
+#[test]
+fn includes_that_fan_out_are_refused_after_256_files() {
+    let p = Project::new();
+    std::fs::create_dir_all(p.path().join("pipelines/base")).unwrap();
+    p.manifest("base/l30.toml", "[stages]\n");
+    for i in 1..30 {
+        p.manifest(
+            &format!("base/l{i}.toml"),
+            &format!("include = [\"l{0}.toml\", \"l{0}.toml\"]\n", i + 1),
+        );
+    }
+    p.manifest(
+        "t.toml",
+        &pipeline_t().replacen(
+            "name = \"t\"",
+            "include = [\"base/l1.toml\"]\nname = \"t\"",
+            1,
+        ),
+    );
+    let t0 = std::time::Instant::now();
+    let e = p.fails(&["status", "t"]);
+    assert!(
+        e.contains("`include`: loading this manifest reads more than 256 files"),
+        "{e}"
+    );
+    // Not a timing assertion of speed, a bound on 2^30 reads: it would not end at all.
+    assert!(t0.elapsed().as_secs() < 60);
+}
+
 /// A training estimated to need more memory than there is (or than `--max-memory`
 /// allows) is refused by a dry run and a run before anything is allocated, saying the
 /// estimate; the store gets no training artifact.

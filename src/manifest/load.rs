@@ -53,6 +53,9 @@ fn default_seed() -> u64 {
 /// extends and includes, level by level).
 pub const MAX_CHAIN: usize = 32;
 
+/// At most this many files are read for one manifest, through `extends` and `include`.
+pub const MAX_READS: usize = 256;
+
 thread_local! {
     /// The files read by the load in progress on this thread (see [`load_any`]).
     static READ: RefCell<Vec<SourceFile>> = const { RefCell::new(Vec::new()) };
@@ -213,6 +216,16 @@ fn load_base(
     if chain.len() >= MAX_CHAIN {
         return Err(ManifestError::new(format!(
             "`{key}` chains more than {MAX_CHAIN} files deep (each file may extend or include others, to at most {MAX_CHAIN} levels)"
+        ))
+        .at(ext.value.origin.clone())
+        .path(key));
+    }
+    // Depth alone does not bound the work: a file that includes the next twice, chained,
+    // reads 2^depth files.
+    let read = READ.with(|r| r.borrow().len());
+    if read >= MAX_READS {
+        return Err(ManifestError::new(format!(
+            "`{key}`: loading this manifest reads more than {MAX_READS} files through `extends` and `include` (a file named twice is read twice)"
         ))
         .at(ext.value.origin.clone())
         .path(key));
