@@ -159,9 +159,11 @@ pub fn units(
     match &s.config {
         StageConfig::Ingest(c) => match c.format {
             IngestFormat::Synthetic => Some((
-                (c.classes.unwrap_or(0)
-                    * (c.train_per_class.unwrap_or(0) + c.val_per_class.unwrap_or(0)))
-                    as u64,
+                (c.classes.unwrap_or(0)).saturating_mul(
+                    c.train_per_class
+                        .unwrap_or(0)
+                        .saturating_add(c.val_per_class.unwrap_or(0)),
+                ) as u64,
                 1,
             ))
             .filter(|u| u.0 > 0),

@@ -164,6 +164,24 @@ fn parse_ingest(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
                     .path(format!("{path}.{k}")));
             }
         }
+        // Generated images are listed before any is written: their count is bounded.
+        let (k, t, v) = (
+            c.classes.unwrap_or(0),
+            c.train_per_class.unwrap_or(0),
+            c.val_per_class.unwrap_or(0),
+        );
+        let total = t.checked_add(v).and_then(|per| per.checked_mul(k));
+        if total.is_none_or(|n| n > MAX_SYNTHETIC) {
+            let at = ["train_per_class", "val_per_class", "classes"]
+                .into_iter()
+                .find(|k| cx.table.contains_key(*k))
+                .unwrap_or("classes");
+            return Err(ManifestError::new(format!(
+                "`classes` x (`train_per_class` + `val_per_class`) = {k} x ({t} + {v}) images is more than the {MAX_SYNTHETIC} a synthetic dataset may generate"
+            ))
+            .at(cx.key_at(at))
+            .path(format!("{path}.{at}")));
+        }
     } else {
         if c.root.is_none() {
             return Err(ManifestError::new(format!(
@@ -423,6 +441,9 @@ fn check_split_name(cx: &StageCx<'_>, k: &str, name: &str) -> Result<(), Manifes
         format!("`{k}` = {name:?} is not a split name: a split is a file of the artifact (`<name>.csv`, `<name>.h5`), so 1 to 64 letters, digits, `_` or `-`, and not `classes` (the class list's file)"),
     ))
 }
+
+/// The most images a synthetic ingest may generate.
+const MAX_SYNTHETIC: usize = 100_000_000;
 
 fn key_error(cx: &StageCx<'_>, k: &str, msg: String) -> ManifestError {
     ManifestError::new(msg)
