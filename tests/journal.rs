@@ -308,6 +308,65 @@ fn gc_keeps_a_killed_set_runs_checkpoints_and_run_from_resumes_it() {
     assert!(text.contains("1 scratch folders"), "{text}");
 }
 
+/// The same under `-j`: the parent, killed with its worker, never wrote the keys of the
+/// stages it had not finished; gc resolves them from the record and keeps the training's
+/// checkpoints, and `run --from` resumes.
+#[test]
+fn gc_keeps_the_checkpoints_of_a_killed_parallel_run() {
+    use std::os::unix::process::CommandExt;
+    let p = Project::with(
+        "t.toml",
+        &Generated::new("t").epochs(3).checkpoints().text(),
+    );
+    // The worker's output goes to its log, not here: its second checkpoint's hash file
+    // (written before the fault point) says it got there.
+    let mut child = p
+        .cmd(&["run", "t", "-j", "1", "--set", "train.lr=0.02"])
+        .env("PIPE_FAULT", "train:epoch2")
+        .process_group(0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let reached = || {
+        std::fs::read_dir(p.cache().join("scratch"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|d| {
+                d.path()
+                    .join("checkpoints/epoch_2.safetensors.blake3")
+                    .exists()
+            })
+    };
+    let t0 = std::time::Instant::now();
+    while !reached() {
+        assert!(
+            t0.elapsed().as_secs() < 300,
+            "the worker never reached epoch 2"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let group = format!("-{}", child.id());
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", "--", &group])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    child.wait().unwrap();
+    let r = &runs(&p, &[])[0];
+    assert_eq!(r["state"], "interrupted", "{r}");
+    let out = p.ok(&["gc"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(" 0 scratch folders"), "{text}");
+    let out = p.ok(&["run", "--from", "t~0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("resuming from its checkpoint at epoch 2"),
+        "{err}"
+    );
+}
+
 /// A run record whose trained stage names its artifact but no valid key (damaged, edited
 /// by hand, pulled from elsewhere): `export` of that run is an error naming the stage, not
 /// a panic.

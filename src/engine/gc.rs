@@ -271,7 +271,8 @@ impl Engine {
         // With `--all`, not the runs of pipelines whose manifest is gone. The scratch
         // (checkpoints) of a stage such a run did not finish is kept too.
         let mut seen: HashMap<String, usize> = HashMap::new();
-        for r in super::journal::Journal::of(&self.store).list().runs {
+        let journal = super::journal::Journal::of(&self.store);
+        for r in journal.list().runs {
             let running = r.state == crate::outcome::record::RunState::Running;
             let of_unloaded = r
                 .pipeline
@@ -300,6 +301,33 @@ impl Engine {
                 }
                 if let Some(o) = s.output.as_deref().and_then(ContentHash::parse) {
                     keep.outputs.insert(o);
+                }
+            }
+            // A run killed under `-j` or on Slurm never wrote the keys of the stages it
+            // had not finished (the parent fills them in at its end): they are resolved
+            // from its recorded manifest and overrides, as `run --from` it would.
+            let ended_short = matches!(
+                r.state,
+                crate::outcome::record::RunState::Interrupted
+                    | crate::outcome::record::RunState::Failed
+            );
+            if ended_short
+                && r.stages
+                    .iter()
+                    .any(|s| s.key.is_none() && s.output.is_none())
+            {
+                let resolved = journal
+                    .sources(&r)
+                    .and_then(|src| super::load_run(&r, &src))
+                    .and_then(|p| self.status(&p));
+                match resolved {
+                    Ok(stages) => keep
+                        .scratch
+                        .extend(stages.into_iter().filter_map(|o| o.key.map(|k| k.to_string()))),
+                    Err(e) => report.warnings.push(format!(
+                        "run {}: the checkpoints of the stages it did not finish cannot be known, and are kept only if a manifest wants them: {e:#}",
+                        r.id
+                    )),
                 }
             }
         }
