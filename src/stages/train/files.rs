@@ -197,7 +197,14 @@ pub(crate) fn refuse(path: &Path) -> Result<PathBuf> {
         .parent()
         .map_or_else(|| PathBuf::from("refused"), |d| d.with_file_name("refused"));
     std::fs::create_dir_all(&aside)?;
-    let to = aside.join(path.file_name().unwrap_or_default());
+    // One refused earlier under the same name stays: the new one takes the next free name.
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let mut to = aside.join(&*name);
+    let mut n = 1;
+    while std::fs::symlink_metadata(&to).is_ok() {
+        to = aside.join(format!("{name}.{n}"));
+        n += 1;
+    }
     std::fs::rename(path, &to)?;
     let hash = hash_path(path);
     if hash.exists() {
@@ -296,4 +303,32 @@ pub fn last_epoch(dir: &Path) -> Option<EpochRecord> {
     let bytes = std::fs::read(dir.join("history.json")).ok()?;
     let h: Vec<EpochRecord> = serde_json::from_slice(&bytes).ok()?;
     h.into_iter().last()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refuse;
+
+    #[test]
+    fn a_second_refused_checkpoint_of_one_name_keeps_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let ckpts = dir.path().join("checkpoints");
+        std::fs::create_dir_all(&ckpts).unwrap();
+        let path = ckpts.join("epoch_1.safetensors");
+        std::fs::write(&path, b"first").unwrap();
+        std::fs::write(ckpts.join("epoch_1.safetensors.blake3"), b"h1").unwrap();
+        let a = refuse(&path).unwrap();
+        std::fs::write(&path, b"second").unwrap();
+        let b = refuse(&path).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(std::fs::read(&a).unwrap(), b"first");
+        assert_eq!(std::fs::read(&b).unwrap(), b"second");
+        let refused = dir.path().join("refused");
+        assert_eq!(b, refused.join("epoch_1.safetensors.1"));
+        assert_eq!(
+            std::fs::read(refused.join("epoch_1.safetensors.blake3")).unwrap(),
+            b"h1"
+        );
+        assert!(!path.exists());
+    }
 }
