@@ -581,8 +581,8 @@ fn check_recipe(cx: &StageCx<'_>, c: &TrainConfig) -> Result<(), ManifestError> 
         ranges.push((
             "augment.cutout.size",
             k.size as f64,
-            k.size >= 1,
-            ">= 1 (pixels)",
+            k.size >= 2,
+            ">= 2 (pixels; the square spans size / 2 on each side of its centre, so 1 would cut nothing)",
         ));
         ranges.push((
             "augment.cutout.p",

@@ -133,7 +133,9 @@ pub(crate) fn make_batch(
 }
 
 /// Cutout (DeVries & Taylor's): a square of `c.size` centred on a random pixel, clipped
-/// at the borders, set to 0 (the mean, once subtracted), with probability `c.p`.
+/// at the borders, set to 0 (the mean, once subtracted), with probability `c.p`. As in
+/// their reference code, it spans `size / 2` on each side of the centre (the centre's
+/// row and column before it), so an odd size cuts the even square below it.
 pub fn cutout(dst: &mut [f32], h: usize, w: usize, c: CutoutConfig, rng: &mut impl Rng) {
     let (cy, cx) = (rng.random_range(0..h), rng.random_range(0..w));
     let apply = rng.random::<f64>() < c.p;
