@@ -299,9 +299,9 @@ fn recipe_keys_are_checked_where_they_are_written() {
             "`ema.decay` = 1 must be in (0, 1)",
         ),
         (
-            "augment = { cutout = { size = 0 } }\n",
+            "augment = { cutout = { size = 1 } }\n",
             "augment",
-            "`augment.cutout.size` = 0 must be >= 1",
+            "`augment.cutout.size` = 1 must be >= 2",
         ),
         (
             "schedule = \"onecycle\"\npct_start = 1.5\n",
