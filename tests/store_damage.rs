@@ -564,3 +564,37 @@ fn a_key_record_naming_a_folder_outside_the_store_is_refused() {
                 == 0
     );
 }
+
+/// `pipe verify` finds an artifact damaged; before it sets it aside, a run rebuilds it
+/// (same bytes, sound again). Under the lock verify checks it again and leaves the sound
+/// one in place: the run after finds everything cached.
+#[test]
+fn verify_leaves_alone_what_a_run_rebuilt_after_its_scan() {
+    let p = Project::with("t.toml", &pipeline_t());
+    let first = p.run_json("t", &[]);
+    let h5 = p.artifact(&first, "hdf5").join("train.h5");
+    tamper(&h5, |b| {
+        let mid = b.len() / 2;
+        b[mid] ^= 0xFF;
+    });
+    let hold = Hold::new();
+    let mut cmd = p.cmd(&["verify"]);
+    hold.on(cmd.stdout(std::process::Stdio::null()));
+    let (mut verify, mut stderr, _) = spawn_to_fault(cmd, "verify:set-aside");
+    let r = p.run_json("t", &[]);
+    assert_eq!(state_of(&r, "hdf5"), "ran");
+    hold.release();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut err).unwrap();
+    assert!(!verify.wait().unwrap().success(), "it found damage: {err}");
+    assert!(
+        err.contains("0 were moved aside")
+            && err.contains("1 artifacts and 0 records were mended by a run meanwhile"),
+        "{err}"
+    );
+    let again = p.run_json("t", &[]);
+    for s in ["ingest", "hdf5", "train"] {
+        assert_eq!(state_of(&again, s), "cached", "{s}: {err}");
+    }
+    p.ok(&["verify"]);
+}

@@ -66,9 +66,18 @@ pub fn verify(g: &Global, pipeline: Option<&str>) -> Result<()> {
             .map(|(a, _, _)| a.clone())
             .collect();
         let keys: Vec<String> = wrong.iter().map(|(k, _, _)| k.clone()).collect();
-        super::writing(g, &project, false)?.set_aside(&set_aside, &keys)?;
+        let (moved, dropped) = super::writing(g, &project, false)?.set_aside(&set_aside, &keys)?;
+        let meanwhile = if moved < set_aside.len() || dropped < keys.len() {
+            format!(
+                " ({} artifacts and {} records were mended by a run meanwhile and left in place)",
+                set_aside.len() - moved,
+                keys.len() - dropped
+            )
+        } else {
+            String::new()
+        };
         anyhow::bail!(
-            "{damaged} of {} artifacts are damaged and {} key records point at the wrong artifact; the damaged were moved aside and the records dropped: the next `pipe run` rebuilds what it needs, `pipe gc` deletes the rest",
+            "{damaged} of {} artifacts are damaged and {} key records point at the wrong artifact; {moved} were moved aside and {dropped} records dropped{meanwhile}: the next `pipe run` rebuilds what it needs, `pipe gc` deletes the rest",
             results.len(),
             wrong.len()
         );

@@ -1172,42 +1172,78 @@ impl Engine {
             if only.is_some_and(|o| !o.contains(&name)) {
                 continue;
             }
-            let Ok(Some(rec)) = store::read_json::<KeyRecord>(&self.store.key_path(&name)) else {
-                out.push((name, String::new(), "the key record does not read".into()));
-                continue;
-            };
-            let dir = self.store.artifact_dir(&rec.output);
-            if !dir.is_dir() {
-                // Its artifact was removed (or moved aside as damaged): the record counts
-                // as missing wherever it is looked up, and gc drops it.
-                continue;
-            }
-            if let Err(why) = integrity::vouches(
-                &dir,
-                &self.store.seal_path(&rec.output),
-                &rec.key,
-                stages::required_files(rec.kind),
-            ) {
-                out.push((name, rec.stage, why));
-            } else if rec.key.as_str() != name {
-                out.push((name, rec.stage, format!("the record names key {}", rec.key)));
+            if let Some((stage, why)) = self.key_problem(&name) {
+                out.push((name, stage, why));
             }
         }
         Ok(out)
     }
 
+    /// What is wrong with key record `name`, if anything: (its stage, why).
+    fn key_problem(&self, name: &str) -> Option<(String, String)> {
+        let Ok(Some(rec)) = store::read_json::<KeyRecord>(&self.store.key_path(name)) else {
+            return Some((String::new(), "the key record does not read".into()));
+        };
+        let dir = self.store.artifact_dir(&rec.output);
+        if !dir.is_dir() {
+            // Its artifact was removed (or moved aside as damaged): the record counts as
+            // missing wherever it is looked up, and gc drops it.
+            return None;
+        }
+        if let Err(why) = integrity::vouches(
+            &dir,
+            &self.store.seal_path(&rec.output),
+            &rec.key,
+            stages::required_files(rec.kind),
+        ) {
+            Some((rec.stage, why))
+        } else if rec.key.as_str() != name {
+            Some((rec.stage, format!("the record names key {}", rec.key)))
+        } else {
+            None
+        }
+    }
+
     /// Move damaged artifacts aside (so even damage a stat check cannot see is not reused)
     /// and drop key records (by name) that point at the wrong artifact: what `pipe verify`
     /// does with what it found, under the store's lock.
-    pub fn set_aside(&self, damaged: &[ContentHash], wrong_keys: &[String]) -> Result<()> {
+    ///
+    /// Each is checked again under the lock first: the scan ran without it, and a run may
+    /// have rebuilt a damaged artifact or rewritten a key record meanwhile.
+    /// Returns how many artifacts and key records it set aside.
+    pub fn set_aside(
+        &self,
+        damaged: &[ContentHash],
+        wrong_keys: &[String],
+    ) -> Result<(usize, usize)> {
+        self.fault_point("verify:set-aside");
         let _lock = self.lock_store("pipe verify")?;
+        let (mut moved, mut dropped) = (0, 0);
+        let kinds: HashMap<ContentHash, StageKind> = self
+            .store
+            .all_keys()?
+            .into_iter()
+            .map(|r| (r.output, r.kind))
+            .collect();
         for a in damaged {
-            self.store.quarantine(a)?;
+            let records = kinds
+                .get(a)
+                .map_or(stages::ALL_RECORDS, |k| stages::records(*k));
+            if matches!(
+                self.health(a, true, records)?,
+                integrity::Health::Damaged(_)
+            ) {
+                self.store.quarantine(a)?;
+                moved += 1;
+            }
         }
         for k in wrong_keys {
-            self.store.remove_key(k)?;
+            if self.key_problem(k).is_some() {
+                self.store.remove_key(k)?;
+                dropped += 1;
+            }
         }
-        Ok(())
+        Ok((moved, dropped))
     }
 
     /// Publish the finished output folder of stage key `key` (see [`Store::publish`]),
