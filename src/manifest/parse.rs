@@ -279,6 +279,15 @@ fn parse_hdf5(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
                 .path(format!("{path}.size")));
         }
     }
+    // Without `size` nothing is resized: another filter would change the key (and what
+    // the model's export says of its images) and nothing else.
+    if c.size.is_none() && c.filter != ResizeFilter::default() {
+        return Err(key_error(
+            cx,
+            "filter",
+            "`filter` is the resize filter of `size`, and this stage sets no `size` (nothing is resized)".into(),
+        ));
+    }
     Ok(StageConfig::Hdf5(c))
 }
 

@@ -345,6 +345,7 @@ sub("quiet-11", "{ batchnorm = {} }", "{ batchnorm = { momentum = 5.0 } }")
 subs("quiet-12", [("checkpoint_every = 1", "checkpoint_every = 2"),
                   ("top_k = [1, 2]\n", 'top_k = [1, 2]\n\n[stages.again]\nkind = "resume"\nfrom = "train@1"\nlr = 0.001\nepochs = 1\n')])
 sub("quiet-13", "train_per_class = 12", "train_per_class = 4294967296")
+sub("quiet-14", "size = [16, 16]\n\n[blocks", 'filter = "nearest"\n\n[blocks')
 
 # What each case must report and where. `at` is the text the error points at, searched
 # from where the case changed the base (from the top of the file when it starts with `^`);
@@ -557,6 +558,7 @@ EXPECT = {
     '204-quiet-11': ('5.0', 'batchnorm `momentum` = 5 must be in [0, 1)'),
     '205-quiet-12': ('"train@1"', 'keeps checkpoints at epochs 2'),
     '206-quiet-13': ('train_per_class', 'images is more than the 100000000 a synthetic dataset may generate'),
+    '207-quiet-14': ('filter', '`filter` is the resize filter of `size`, and this stage sets no `size`'),
 }
 
 
