@@ -503,3 +503,87 @@ pub fn totals(infos: &[NodeInfo]) -> Totals {
         macs: t.macs.saturating_add(i.macs),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn graph(ops: Vec<(Op, Vec<usize>)>) -> Graph {
+        Graph {
+            nodes: ops
+                .into_iter()
+                .enumerate()
+                .map(|(i, (op, inputs))| Node {
+                    name: format!("n{i}"),
+                    op,
+                    inputs,
+                })
+                .collect(),
+        }
+    }
+
+    fn input(h: usize, w: usize, c: usize) -> (Op, Vec<usize>) {
+        (Op::Input { h, w, c }, vec![])
+    }
+
+    #[test]
+    fn explicit_padding_that_would_overflow_is_refused_not_wrapped() {
+        assert_eq!(
+            out_len(16, 3, 1, Padding::Explicit(usize::MAX / 2 + 1)),
+            None
+        );
+        assert_eq!(out_len(16, 3, 1, Padding::Explicit(1)), Some(16));
+        let conv = |pad| Op::Conv2d {
+            filters: 4,
+            kernel: (3, 3),
+            stride: (1, 1),
+            padding: Padding::Explicit(pad),
+            bias: true,
+            l2: 0.0,
+        };
+        let e = graph(vec![input(16, 16, 3), (conv(i64::MAX as usize), vec![0])])
+            .infer()
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("is not less than the 3x3 kernel"),
+            "{e}"
+        );
+        assert!(graph(vec![input(16, 16, 3), (conv(2), vec![0])])
+            .infer()
+            .is_ok());
+    }
+
+    #[test]
+    fn a_pool_padded_past_half_its_window_or_too_large_is_refused() {
+        let pool = |size, pad| Op::MaxPool {
+            size: (size, size),
+            stride: (1, 1),
+            padding: Padding::Explicit(pad),
+        };
+        let e = graph(vec![input(16, 16, 3), (pool(2, 5), vec![0])])
+            .infer()
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("more than half the 2x2 window"),
+            "{e}"
+        );
+        let ok = graph(vec![input(16, 16, 3), (pool(3, 1), vec![0])])
+            .infer()
+            .unwrap();
+        assert_eq!(ok[1].shape, Shape::Image(16, 16, 3));
+        // A window that fits, on an input whose output passes 2^48 values.
+        let e = graph(vec![input(1 << 23, 1 << 23, 4), (pool(2, 1), vec![0])])
+            .infer()
+            .unwrap_err();
+        assert!(e.to_string().contains("2^48"), "{e}");
+    }
+
+    #[test]
+    fn a_concat_whose_values_pass_the_limit_is_refused() {
+        // Each input is within the limit; the concat's h x w x channels is not.
+        let mut ops = vec![input(1 << 16, 1 << 16, 1 << 15)];
+        ops.push((Op::Concat, vec![0, 0, 0]));
+        let e = graph(ops).infer().unwrap_err();
+        assert!(e.to_string().contains("2^48"), "{e}");
+    }
+}
