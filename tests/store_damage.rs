@@ -117,12 +117,7 @@ fn verify_rehashes_everything_and_gc_drops_the_damage() {
     let gc = String::from_utf8_lossy(&out.stdout);
     assert!(gc.contains("removed damaged artifact"), "{gc}");
     assert!(!gc.contains(" 0 B in all"), "{gc}");
-    assert_eq!(
-        std::fs::read_dir(p.cache().join("damaged"))
-            .unwrap()
-            .count(),
-        0
-    );
+    assert_eq!(damaged_count(&p), 0);
 }
 
 #[test]
@@ -516,12 +511,7 @@ fn a_forced_stage_that_makes_the_same_bytes_replaces_a_damaged_copy() {
         String::from_utf8_lossy(&v.stderr)
     );
     // The damaged copy was moved aside, not deleted.
-    assert_eq!(
-        std::fs::read_dir(p.cache().join("damaged"))
-            .unwrap()
-            .count(),
-        1
-    );
+    assert_eq!(damaged_count(&p), 1);
 }
 
 /// A key record edited to name a folder outside the store as its artifact (`"../x"`, an
@@ -556,13 +546,7 @@ fn a_key_record_naming_a_folder_outside_the_store_is_refused() {
             "{bad}"
         );
     }
-    assert!(
-        !p.cache().join("damaged").exists()
-            || std::fs::read_dir(p.cache().join("damaged"))
-                .unwrap()
-                .count()
-                == 0
-    );
+    assert_eq!(damaged_count(&p), 0);
 }
 
 /// `pipe verify` finds an artifact damaged; before it sets it aside, a run rebuilds it
@@ -597,4 +581,9 @@ fn verify_leaves_alone_what_a_run_rebuilt_after_its_scan() {
         assert_eq!(state_of(&again, s), "cached", "{s}: {err}");
     }
     p.ok(&["verify"]);
+}
+
+/// How many folders the store holds moved aside as damaged.
+fn damaged_count(p: &Project) -> usize {
+    std::fs::read_dir(p.cache().join("damaged")).map_or(0, |d| d.count())
 }
