@@ -370,3 +370,75 @@ fn a_training_too_large_for_memory_is_refused_before_it_allocates() {
     let err = q.fails(&["run", "t", "--max-memory", "lots"]);
     assert!(err.contains("`lots` is not a size"), "{err}");
 }
+
+/// The train key of `t` in a dry run with `sets` (its data built first, so the key is
+/// known).
+fn train_key(p: &Project, sets: &[&str]) -> String {
+    p.ok(&["run", "t", "--until", "hdf5"]);
+    let mut args = vec!["--dry-run"];
+    for s in sets {
+        args.extend_from_slice(&["--set", s]);
+    }
+    let r = p.run_json("t", &args);
+    let k = field(&r, "train", "key");
+    assert_eq!(k.len(), 64, "{r}");
+    k
+}
+
+/// A key the stage's optimizer or schedule does not read (Adam's betas under SGD, a
+/// `power` without `poly`, `steps` without `step`) stays out of its key: a base file's
+/// setting under a derived manifest, or a sweep over the optimizer, trains once per real
+/// difference. One it reads changes the key.
+#[test]
+fn a_key_no_stage_reads_stays_out_of_its_key() {
+    let p = Project::with("t.toml", &pipeline_t());
+    let plain = train_key(&p, &[]);
+    for unread in [
+        "train.power=3.0",
+        "train.beta2=0.5",
+        "train.epsilon=1e-3",
+        "train.steps=[[1, 0.001]]",
+    ] {
+        assert_eq!(train_key(&p, &[unread]), plain, "{unread}");
+    }
+    assert_ne!(train_key(&p, &["train.momentum=0.5"]), plain);
+    let poly = train_key(&p, &["train.schedule=\"poly\""]);
+    assert_ne!(poly, plain);
+    assert_ne!(
+        train_key(&p, &["train.schedule=\"poly\"", "train.power=3.0"]),
+        poly
+    );
+    let adam = train_key(&p, &["train.optimizer=\"adam\""]);
+    assert_eq!(
+        train_key(&p, &["train.optimizer=\"adam\"", "train.momentum=0.5"]),
+        adam
+    );
+    assert_ne!(
+        train_key(&p, &["train.optimizer=\"adam\"", "train.beta2=0.9"]),
+        adam
+    );
+}
+
+/// A network parameter may name the op a layer calls (`{ "$act" = {} }`): it is used,
+/// and a sweep over it trains each value.
+#[test]
+fn a_network_parameter_naming_an_op_is_used() {
+    let text = pipeline_t().replace(
+        "classes = 3\nlayers = [",
+        "classes = 3\nparams = { act = \"relu\" }\nlayers = [",
+    );
+    let text = text.replacen("  { relu = {} },\n", "  { \"$act\" = {} },\n", 1);
+    assert!(
+        text.contains("\"$act\"") && text.contains("params = { act"),
+        "{text}"
+    );
+    let p = Project::with("t.toml", &text);
+    let relu = train_key(&p, &[]);
+    assert_ne!(train_key(&p, &["networks.tiny.params.act=\"elu\""]), relu);
+    let e = p.fails(&["status", "t", "--set", "networks.tiny.params.actt=\"elu\""]);
+    assert!(
+        e.contains("parameter `actt` of network `tiny` is named by no layer")
+            && e.contains("did you mean `act`?"),
+        "{e}"
+    );
+}

@@ -311,11 +311,9 @@ impl Engine {
                 crate::outcome::record::RunState::Interrupted
                     | crate::outcome::record::RunState::Failed
             );
-            if ended_short
-                && r.stages
-                    .iter()
-                    .any(|s| s.key.is_none() && s.output.is_none())
-            {
+            // (An in-process run writes each stage's key as the stage starts: a record with
+            // none at all is such a parent's.)
+            if ended_short && r.stages.iter().all(|s| s.key.is_none()) {
                 let resolved = journal
                     .sources(&r)
                     .and_then(|src| super::load_run(&r, &src))

@@ -1251,11 +1251,12 @@ impl Engine {
     /// content hash.
     fn publish(&self, tmp: &Path, kind: StageKind, key: &StageKey) -> Result<ContentHash> {
         let records = stages::records(kind);
-        // An artifact of these bytes already there is checked whole before the new copy
-        // is dropped for it: a run (`--force` among them) never leaves damage in place.
+        // An artifact of these bytes already there is checked against its seal before
+        // the new copy is dropped for it: a run (`--force` among them) never leaves damage
+        // in place of a sound copy.
         let damaged = |h: &ContentHash| {
             Ok(matches!(
-                self.health(h, true, records)?,
+                self.health(h, false, records)?,
                 integrity::Health::Damaged(_)
             ))
         };

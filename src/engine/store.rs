@@ -286,6 +286,13 @@ impl Store {
         let hash = ContentHash::new(hash);
         let dest = self.artifact_dir(&hash);
         let mut existed = false;
+        // Checked and set aside under the seals' lock: two processes publishing these
+        // bytes at once never set aside each other's fresh copy (the second finds the
+        // first's sound).
+        let _seals = match dest.is_dir() {
+            true => Some(self.lock_seals()?),
+            false => None,
+        };
         if dest.is_dir() && damaged(&hash)? {
             self.quarantine(&hash)?;
         }
@@ -304,6 +311,20 @@ impl Store {
             }
         }
         Ok((hash, files, existed))
+    }
+
+    /// The lock seals are changed under (`sealed/.lock`, as `engine::integrity::seal`
+    /// takes it).
+    fn lock_seals(&self) -> Result<fs::File> {
+        let dir = self.root.join("sealed");
+        fs::create_dir_all(&dir)?;
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(".lock"))?;
+        lock.lock()?;
+        Ok(lock)
     }
 
     /// Where an artifact's seal lives (`engine::integrity` writes and reads it).

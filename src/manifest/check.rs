@@ -65,33 +65,26 @@ pub(crate) fn check_resume_epochs(
 }
 
 /// A continuing stage's `momentum` and `nesterov` are SGD's: with the Adam or AdamW its
-/// training started with, they would change the stage key and nothing else.
-pub(crate) fn check_continue_optimizer(p: &Pipeline) -> Result<(), ManifestError> {
-    for (name, s) in &p.stages {
-        let c = match &s.config {
-            StageConfig::LrDrop(c) | StageConfig::Resume { config: c, .. } => c,
-            _ => continue,
-        };
-        let Some(root) = p.root_config(name) else {
-            continue;
-        };
-        if root.optimizer == super::config::OptimizerKind::Sgd {
-            continue;
-        }
-        let given = [
-            ("momentum", c.momentum.is_some()),
-            ("nesterov", c.nesterov.is_some()),
-        ];
-        if let Some((k, _)) = given.iter().find(|(_, set)| *set) {
-            return Err(ManifestError::new(format!(
-                "`{k}` is SGD's, and the training stage `{name}` continues uses optimizer = \"{}\"",
-                root.optimizer
-            ))
-            .at(s.key_origin(k))
-            .path(format!("stages.{name}.{k}")));
+/// training started with, nothing reads them, so they stay out of its key (a base file's
+/// lr-drop `momentum` under a derived Adam, a sweep over the optimizer).
+pub(crate) fn leave_out_unread_momentum(p: &mut Pipeline) {
+    let adam: Vec<String> = p
+        .stages
+        .keys()
+        .filter(|name| {
+            p.root_config(name)
+                .is_some_and(|t| t.optimizer != super::config::OptimizerKind::Sgd)
+        })
+        .cloned()
+        .collect();
+    for name in adam {
+        if let Some(s) = p.stages.get_mut(&name) {
+            if let StageConfig::LrDrop(c) | StageConfig::Resume { config: c, .. } = &mut s.config {
+                c.momentum = None;
+                c.nesterov = None;
+            }
         }
     }
-    Ok(())
 }
 
 /// An evaluate stage cannot ask for rank-k with k above the network's class count.

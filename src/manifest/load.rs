@@ -600,8 +600,8 @@ fn type_doc(
     check::validate_graph(&pipeline, &input_origins)?;
     check::check_top_k(&pipeline)?;
     check::check_resume_epochs(&pipeline, &input_origins)?;
-    check::check_continue_optimizer(&pipeline)?;
     check::wire_data_inputs(&mut pipeline);
+    check::leave_out_unread_momentum(&mut pipeline);
     check::check_data(&pipeline)?;
     Ok(pipeline)
 }

@@ -128,7 +128,15 @@ fn params_named<'a>(v: &'a SValue, out: &mut std::collections::BTreeSet<&'a str>
             }
         }
         Kind::Array(a) => a.iter().for_each(|x| params_named(x, out)),
-        Kind::Table(t) => t.values().for_each(|e| params_named(&e.value, out)),
+        Kind::Table(t) => {
+            // `{ "$act" = {} }`: the op or block a layer calls can be a parameter.
+            for (k, e) in t {
+                if let Some(n) = k.strip_prefix('$') {
+                    out.insert(n);
+                }
+                params_named(&e.value, out);
+            }
+        }
         _ => {}
     }
 }

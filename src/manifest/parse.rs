@@ -279,15 +279,6 @@ fn parse_hdf5(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
                 .path(format!("{path}.size")));
         }
     }
-    // Without `size` nothing is resized: another filter would change the key (and what
-    // the model's export says of its images) and nothing else.
-    if c.size.is_none() && c.filter != ResizeFilter::default() {
-        return Err(key_error(
-            cx,
-            "filter",
-            "`filter` is the resize filter of `size`, and this stage sets no `size` (nothing is resized)".into(),
-        ));
-    }
     Ok(StageConfig::Hdf5(c))
 }
 
@@ -373,6 +364,26 @@ fn parse_train(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
         }
         check_schedule(cx, &c.sched_keys(), c.epochs)?;
         check_recipe(cx, &c)?;
+        // What the stage's optimizer and schedule do not read stays out of its key: a
+        // base file's SGD `momentum` under a derived Adam, a sweep over the optimizer or
+        // the schedule, trains once per real difference.
+        match c.optimizer {
+            OptimizerKind::Sgd => {
+                c.beta1 = 0.9;
+                c.beta2 = 0.999;
+                c.epsilon = 1e-7;
+            }
+            OptimizerKind::Adam | OptimizerKind::Adamw => {
+                c.momentum = 0.9;
+                c.nesterov = false;
+            }
+        }
+        if c.schedule != ScheduleKind::Poly {
+            c.power = 1.0;
+        }
+        if c.schedule != ScheduleKind::Step {
+            c.steps.clear();
+        }
         if c.schedule == ScheduleKind::Step && c.steps.is_empty() {
             return Err(ManifestError::new(
                 "schedule = \"step\" needs `steps = [[epoch, lr], ...]`",
@@ -383,7 +394,11 @@ fn parse_train(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
         // Each step sets a usable lr from an epoch the stage trains, in order: one past
         // the last epoch, or given twice, would be silently passed over.
         let mut last: Option<usize> = None;
-        for (i, &(at, lr)) in c.steps.iter().enumerate() {
+        let steps: &[(usize, f64)] = match c.schedule {
+            ScheduleKind::Step => &c.steps,
+            _ => &[],
+        };
+        for (i, &(at, lr)) in steps.iter().enumerate() {
             let why = if !(lr.is_finite() && lr > 0.0) {
                 Some(format!("its lr {lr} must be > 0"))
             } else if at >= c.epochs {
@@ -474,17 +489,11 @@ fn check_schedule(cx: &StageCx<'_>, k: &SchedKeys, epochs: usize) -> Result<(), 
         "max_momentum",
     ];
     for (keys, kind, name) in [
-        (&["power"][..], ScheduleKind::Poly, "poly"),
-        (&["steps"][..], ScheduleKind::Step, "step"),
         (&cosine[..], ScheduleKind::Cosine, "cosine"),
         (&onecycle[..], ScheduleKind::Onecycle, "onecycle"),
     ] {
         if k.kind != kind {
-            // `power` at its default changes no key: a base file's poly `power = 1.0` under
-            // a derived manifest's other schedule is left alone.
-            let set =
-                |key: &&&str| cx.table.contains_key(**key) && !(**key == "power" && k.power == 1.0);
-            if let Some(key) = keys.iter().find(set) {
+            if let Some(key) = keys.iter().find(|key| cx.table.contains_key(**key)) {
                 return Err(key_error(
                     cx,
                     key,
@@ -614,35 +623,6 @@ fn check_recipe(cx: &StageCx<'_>, c: &TrainConfig) -> Result<(), ManifestError> 
             format!("`{key}` = {v} must be {allowed}"),
         ));
     }
-    // A key of the other optimizer would change the stage key and nothing else. At its
-    // default it changes nothing (a base file's `momentum = 0.9` under a derived Adam).
-    let (theirs, owner): (&[(&str, bool)], &str) = match c.optimizer {
-        OptimizerKind::Sgd => (
-            &[
-                ("beta1", c.beta1 != 0.9),
-                ("beta2", c.beta2 != 0.999),
-                ("epsilon", c.epsilon != 1e-7),
-            ],
-            "adam and adamw",
-        ),
-        OptimizerKind::Adam | OptimizerKind::Adamw => (
-            &[("momentum", c.momentum != 0.9), ("nesterov", c.nesterov)],
-            "sgd",
-        ),
-    };
-    if let Some((k, _)) = theirs
-        .iter()
-        .find(|(k, changed)| *changed && cx.table.contains_key(*k))
-    {
-        return Err(key_error(
-            cx,
-            k,
-            format!(
-                "`{k}` is a key of optimizer {owner}, and this stage's optimizer is \"{}\"",
-                c.optimizer
-            ),
-        ));
-    }
     match c.optimizer {
         OptimizerKind::Sgd if c.decoupled_weight_decay && c.weight_decay.is_none() => {
             return Err(key_error(
@@ -759,6 +739,10 @@ fn parse_continue(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
             ));
         }
         check_schedule(cx, &c.sched_keys(), c.epochs)?;
+        // As for `train`: what the schedule does not read stays out of the key.
+        if c.schedule != ScheduleKind::Poly {
+            c.power = 1.0;
+        }
         let from_file = kind == StageKind::Resume && !c.from.contains('@');
         if from_file && cx.inputs.len() != 1 {
             return Err(ManifestError::new(

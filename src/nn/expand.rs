@@ -233,7 +233,7 @@ fn in_range(
     l: &LayerSpec,
     path: &str,
     k: &str,
-    v: f64,
+    v: &dyn std::fmt::Display,
     ok: bool,
     allowed: &str,
 ) -> Result<(), ManifestError> {
@@ -262,14 +262,26 @@ fn build_op(l: &LayerSpec, env: &Env, path: &str) -> Result<Op, ManifestError> {
         Ok(x)
     };
     Ok(match l.callee.as_str() {
-        "conv2d" => Op::Conv2d {
-            filters: a.usize("filters", None)?,
-            kernel: a.pair("kernel", None)?,
-            stride: a.pair("stride", Some((1, 1)))?,
-            padding: a.padding(Padding::Same)?,
-            bias: a.bool("bias", true)?,
-            l2: l2(&a)?,
-        },
+        "conv2d" => {
+            let kernel = a.pair("kernel", None)?;
+            let padding = a.padding(Padding::Same)?;
+            if let Padding::Explicit(pad) = padding {
+                let ok = pad < kernel.0 && pad < kernel.1;
+                let allowed = format!(
+                    "less than the {}x{} kernel (the outer rows and columns would see padding only)",
+                    kernel.0, kernel.1
+                );
+                in_range(&a, l, path, "padding", &pad, ok, &allowed)?;
+            }
+            Op::Conv2d {
+                filters: a.usize("filters", None)?,
+                kernel,
+                stride: a.pair("stride", Some((1, 1)))?,
+                padding,
+                bias: a.bool("bias", true)?,
+                l2: l2(&a)?,
+            }
+        }
         "batchnorm" => {
             let momentum = a.f64("momentum", Some(0.99))?;
             let epsilon = a.f64("epsilon", Some(1e-3))?;
@@ -278,23 +290,32 @@ fn build_op(l: &LayerSpec, env: &Env, path: &str) -> Result<Op, ManifestError> {
                 l,
                 path,
                 "momentum",
-                momentum,
+                &momentum,
                 (0.0..1.0).contains(&momentum),
                 "in [0, 1) (Keras' convention: the weight of the running mean)",
             )?;
-            in_range(&a, l, path, "epsilon", epsilon, epsilon > 0.0, "> 0")?;
+            in_range(&a, l, path, "epsilon", &epsilon, epsilon > 0.0, "> 0")?;
             Op::BatchNorm { momentum, epsilon }
         }
         "relu" => Op::Relu,
         "elu" => {
             let alpha = a.f64("alpha", Some(1.0))?;
-            in_range(&a, l, path, "alpha", alpha, alpha >= 0.0, ">= 0")?;
+            in_range(&a, l, path, "alpha", &alpha, alpha >= 0.0, ">= 0")?;
             Op::Elu { alpha }
         }
         "maxpool" | "avgpool" => {
             let size = a.pair("size", None)?;
             let stride = a.pair("stride", Some(size))?;
             let padding = a.padding(Padding::Valid)?;
+            // As PyTorch and ONNX ask: no window may lie wholly in the padding.
+            if let Padding::Explicit(pad) = padding {
+                let ok = pad <= size.0 / 2 && pad <= size.1 / 2;
+                let allowed = format!(
+                    "at most half the {}x{} window (a window would see padding only)",
+                    size.0, size.1
+                );
+                in_range(&a, l, path, "padding", &pad, ok, &allowed)?;
+            }
             if l.callee == "maxpool" {
                 Op::MaxPool {
                     size,
