@@ -768,7 +768,7 @@ impl Engine {
             }
         };
         let output = self
-            .publish(&tmp, kind, &r.key)
+            .publish(&tmp, kind, &r.key, forced)
             .with_context(|| format!("stage `{name}` ({kind}): publishing its output failed"))?;
         let seconds = started.elapsed().as_secs_f64();
         self.store
@@ -840,7 +840,7 @@ impl Engine {
         if let Err(e) = estimate::append_fetch(self.store.root(), &rec) {
             self.warn(format!("could not record the fetch's rate: {e:#}"));
         }
-        let output = self.publish(tmp, kind, key).with_context(|| {
+        let output = self.publish(tmp, kind, key, false).with_context(|| {
             format!("stage `{name}` ({kind}): publishing what was fetched failed")
         })?;
         if output != fetched.record.output {
@@ -1249,20 +1249,37 @@ impl Engine {
     /// Publish the finished output folder of stage key `key` (see [`Store::publish`]),
     /// then make it read-only and seal it with the key (see [`integrity`]); returns its
     /// content hash.
-    fn publish(&self, tmp: &Path, kind: StageKind, key: &StageKey) -> Result<ContentHash> {
+    /// `forced`: the stage was forced (`--force`), as one does when its artifact is
+    /// suspected: a copy of the same bytes already there is re-hashed whole, not only
+    /// checked against its seal's sizes and times.
+    fn publish(
+        &self,
+        tmp: &Path,
+        kind: StageKind,
+        key: &StageKey,
+        forced: bool,
+    ) -> Result<ContentHash> {
         let records = stages::records(kind);
-        // An artifact of these bytes already there is checked against its seal before
-        // the new copy is dropped for it: a run (`--force` among them) never leaves damage
-        // in place of a sound copy.
+        // An artifact of these bytes already there is checked before the new copy is
+        // dropped for it: a run never leaves damage it can see in place of a sound copy.
+        // The keys its seal vouched for are kept for the copy put in its place.
+        let vouched: std::cell::RefCell<Vec<StageKey>> = Default::default();
         let damaged = |h: &ContentHash| {
-            Ok(matches!(
-                self.health(h, false, records)?,
+            let bad = matches!(
+                self.health(h, forced, records)?,
                 integrity::Health::Damaged(_)
-            ))
+            );
+            if bad {
+                if let Some(seal) = integrity::read_seal(&self.store.seal_path(h)) {
+                    vouched.borrow_mut().extend(seal.keys);
+                }
+            }
+            Ok(bad)
         };
         let (output, files, existed) = self.store.publish(tmp, records, &damaged)?;
         let seal = self.store.seal_path(&output);
         let mut keys = vec![key.clone()];
+        keys.extend(vouched.take());
         if existed && !seal.is_file() {
             // An artifact from before seals: the keys already recorded for it made it too.
             keys.extend(

@@ -293,7 +293,7 @@ impl Store {
             true => Some(self.lock_seals()?),
             false => None,
         };
-        if dest.is_dir() && damaged(&hash)? {
+        if _seals.is_some() && dest.is_dir() && damaged(&hash)? {
             self.quarantine(&hash)?;
         }
         if dest.is_dir() {
