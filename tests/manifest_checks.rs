@@ -386,7 +386,8 @@ fn train_key(p: &Project, sets: &[&str]) -> String {
 }
 
 /// A key the stage's optimizer or schedule does not read (Adam's betas under SGD, a
-/// `power` without `poly`, `steps` without `step`) stays out of its key: a base file's
+/// `power` without `poly`, `steps` without `step`, `cosine`'s or `onecycle`'s keys under
+/// another schedule) stays out of its key: a base file's
 /// setting under a derived manifest, or a sweep over the optimizer, trains once per real
 /// difference. One it reads changes the key.
 #[test]
@@ -398,6 +399,16 @@ fn a_key_no_stage_reads_stays_out_of_its_key() {
         "train.beta2=0.5",
         "train.epsilon=1e-3",
         "train.steps=[[1, 0.001]]",
+        "train.warmup_epochs=1",
+        "train.min_lr=1e-4",
+        "train.warmup_start_factor=0.5",
+        "train.max_lr=0.1",
+        "train.pct_start=0.5",
+        "train.div_factor=10",
+        "train.final_div_factor=100",
+        "train.cycle_momentum=false",
+        "train.base_momentum=0.8",
+        "train.max_momentum=0.9",
     ] {
         assert_eq!(train_key(&p, &[unread]), plain, "{unread}");
     }
@@ -407,6 +418,26 @@ fn a_key_no_stage_reads_stays_out_of_its_key() {
     assert_ne!(
         train_key(&p, &["train.schedule=\"poly\"", "train.power=3.0"]),
         poly
+    );
+    // Each schedule's own keys change its key.
+    let cosine = train_key(&p, &["train.schedule=\"cosine\""]);
+    assert_ne!(cosine, plain);
+    assert_ne!(
+        train_key(&p, &["train.schedule=\"cosine\"", "train.warmup_epochs=1"]),
+        cosine
+    );
+    assert_eq!(
+        train_key(&p, &["train.schedule=\"cosine\"", "train.pct_start=0.5"]),
+        cosine
+    );
+    let onecycle = train_key(&p, &["train.schedule=\"onecycle\""]);
+    assert_ne!(
+        train_key(&p, &["train.schedule=\"onecycle\"", "train.pct_start=0.5"]),
+        onecycle
+    );
+    assert_eq!(
+        train_key(&p, &["train.schedule=\"onecycle\"", "train.min_lr=1e-4"]),
+        onecycle
     );
     let adam = train_key(&p, &["train.optimizer=\"adam\""]);
     assert_eq!(

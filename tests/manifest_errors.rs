@@ -264,9 +264,9 @@ fn recipe_keys_are_checked_where_they_are_written() {
     assert!(base.contains(train));
     let cases: &[(&str, &str, &str)] = &[
         (
-            "warmup_epochs = 1\n",
+            "warmup_epochs = -1\n",
             "warmup_epochs",
-            "is a key of schedule = \"cosine\"",
+            "`warmup_epochs` = -1 must be in [0, epochs)",
         ),
         (
             "label_smoothing = 1.0\n",

@@ -647,7 +647,7 @@ impl<D: Device<f32> + Synchronize> super::Model for DfdxModel<D> {
         }
         let k = self.net.classes();
         let correct = (0..n)
-            .filter(|&i| super::argmax(&logits[i * k..(i + 1) * k]) == labels[i] as usize)
+            .filter(|&i| super::predicts(&logits[i * k..(i + 1) * k], labels[i] as usize))
             .count();
         Ok(StepStats { loss: ce, correct })
     }

@@ -509,6 +509,32 @@ pub fn cuda_available() -> bool {
     }
 }
 
+/// Whether class `label` is the prediction of `row` on its own: its value above every
+/// other class's. A tie with another class, or a NaN in the row, is not a correct
+/// prediction (as `evaluate`'s rank-1 counts it); training accuracy, validation accuracy
+/// and the confusion matrix's diagonal all use this rule.
+pub fn predicts<T: PartialOrd + Copy>(row: &[T], label: usize) -> bool {
+    let p = row[label];
+    row.iter().enumerate().all(|(j, &v)| j == label || v < p)
+}
+
+/// The predicted class of `row` whose true class is `label`: the arg-max, except that a
+/// tie of the label with another class goes to that other class (no credit for ties, as
+/// [`predicts`]).
+pub fn predicted_class(row: &[f32], label: usize) -> usize {
+    if predicts(row, label) {
+        return label;
+    }
+    let p = row[label];
+    let best = argmax(row);
+    if best != label {
+        return best;
+    }
+    (0..row.len())
+        .find(|&j| j != label && !(row[j] < p))
+        .unwrap_or(best)
+}
+
 /// Index of the largest value (first on ties).
 pub fn argmax(v: &[f32]) -> usize {
     let mut best = 0;
@@ -529,6 +555,26 @@ mod tests {
             shape: vec![1],
             data: vec![1.0],
         }
+    }
+
+    #[test]
+    fn a_tie_with_the_label_is_not_a_correct_prediction() {
+        assert!(predicts(&[0.1f32, 0.7, 0.2], 1));
+        assert!(!predicts(&[0.1f32, 0.7, 0.2], 0));
+        // Tied with another class, whichever comes first.
+        assert!(!predicts(&[0.5f32, 0.5, 0.0], 0));
+        assert!(!predicts(&[0.5f32, 0.5, 0.0], 1));
+        assert!(!predicts(&[0.0f32; 4], 2));
+        // A NaN anywhere in the row.
+        assert!(!predicts(&[f32::NAN, 0.9, 0.1], 1));
+        assert!(!predicts(&[0.1, f32::NAN, 0.1], 1));
+        // The confusion matrix's column: a tie goes to the other class.
+        assert_eq!(predicted_class(&[0.5, 0.5, 0.0], 0), 1);
+        assert_eq!(predicted_class(&[0.5, 0.5, 0.0], 1), 0);
+        assert_eq!(predicted_class(&[0.2, 0.4, 0.4], 2), 1);
+        assert_eq!(predicted_class(&[0.2, 0.4, 0.4], 0), 1);
+        assert_eq!(predicted_class(&[0.1, 0.7, 0.2], 1), 1);
+        assert_eq!(predicted_class(&[0.25; 4], 3), 0);
     }
 
     #[test]

@@ -323,10 +323,44 @@ macro_rules! sched_keys {
     };
 }
 
+/// Sets the keys of the schedules other than `$c.schedule` back to their defaults: what
+/// the schedule does not read stays out of the stage's key (a base file's `cosine` warmup
+/// under a derived `step`, a sweep over the schedule, trains once per real difference).
+macro_rules! clear_unread_sched_keys {
+    ($c:expr) => {
+        if $c.schedule != ScheduleKind::Poly {
+            $c.power = default_power();
+        }
+        if $c.schedule != ScheduleKind::Cosine {
+            $c.warmup_epochs = 0.0;
+            $c.warmup_start_factor = default_warmup_start();
+            $c.min_lr = 0.0;
+        }
+        if $c.schedule != ScheduleKind::Onecycle {
+            $c.max_lr = None;
+            $c.pct_start = default_pct_start();
+            $c.div_factor = default_div();
+            $c.final_div_factor = default_final_div();
+            $c.cycle_momentum = yes();
+            $c.base_momentum = default_base_mom();
+            $c.max_momentum = default_max_mom();
+        }
+    };
+}
+
 impl TrainConfig {
     /// Its schedule's keys.
     pub fn sched_keys(&self) -> SchedKeys {
         sched_keys!(self, self.schedule, self.power)
+    }
+
+    /// The keys of the other schedules back to their defaults (`steps` emptied unless
+    /// the schedule is `step`): see [`clear_unread_sched_keys`].
+    pub fn clear_unread_sched_keys(&mut self) {
+        clear_unread_sched_keys!(self);
+        if self.schedule != ScheduleKind::Step {
+            self.steps.clear();
+        }
     }
 }
 
@@ -334,6 +368,11 @@ impl ContinueConfig {
     /// Its schedule's keys.
     pub fn sched_keys(&self) -> SchedKeys {
         sched_keys!(self, self.schedule, self.power)
+    }
+
+    /// The keys of the other schedules back to their defaults.
+    pub fn clear_unread_sched_keys(&mut self) {
+        clear_unread_sched_keys!(self);
     }
 }
 

@@ -378,12 +378,7 @@ fn parse_train(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
                 c.nesterov = false;
             }
         }
-        if c.schedule != ScheduleKind::Poly {
-            c.power = 1.0;
-        }
-        if c.schedule != ScheduleKind::Step {
-            c.steps.clear();
-        }
+        c.clear_unread_sched_keys();
         if c.schedule == ScheduleKind::Step && c.steps.is_empty() {
             return Err(ManifestError::new(
                 "schedule = \"step\" needs `steps = [[epoch, lr], ...]`",
@@ -475,33 +470,9 @@ fn key_error(cx: &StageCx<'_>, k: &str, msg: String) -> ManifestError {
         .path(format!("{}.{k}", cx.path))
 }
 
-/// The per-step schedules' keys: each within its range, and written only with the
-/// schedule that reads it.
+/// The per-step schedules' keys: each within its range, whichever schedule the stage
+/// uses (a key of another schedule is then set back to its default, out of the key).
 fn check_schedule(cx: &StageCx<'_>, k: &SchedKeys, epochs: usize) -> Result<(), ManifestError> {
-    let cosine = ["warmup_epochs", "warmup_start_factor", "min_lr"];
-    let onecycle = [
-        "max_lr",
-        "pct_start",
-        "div_factor",
-        "final_div_factor",
-        "cycle_momentum",
-        "base_momentum",
-        "max_momentum",
-    ];
-    for (keys, kind, name) in [
-        (&cosine[..], ScheduleKind::Cosine, "cosine"),
-        (&onecycle[..], ScheduleKind::Onecycle, "onecycle"),
-    ] {
-        if k.kind != kind {
-            if let Some(key) = keys.iter().find(|key| cx.table.contains_key(**key)) {
-                return Err(key_error(
-                    cx,
-                    key,
-                    format!("`{key}` is a key of schedule = \"{name}\", and this stage's schedule is \"{}\"", schedule_name(k.kind)),
-                ));
-            }
-        }
-    }
     let ranges: [(&str, f64, bool, &str); 9] = [
         (
             "warmup_epochs",
@@ -556,16 +527,6 @@ fn check_schedule(cx: &StageCx<'_>, k: &SchedKeys, epochs: usize) -> Result<(), 
         ));
     }
     Ok(())
-}
-
-fn schedule_name(k: ScheduleKind) -> &'static str {
-    match k {
-        ScheduleKind::Constant => "constant",
-        ScheduleKind::Poly => "poly",
-        ScheduleKind::Step => "step",
-        ScheduleKind::Cosine => "cosine",
-        ScheduleKind::Onecycle => "onecycle",
-    }
 }
 
 /// Label smoothing, decoupled weight decay, mixup, CutMix, cutout and the moving average:
@@ -740,9 +701,7 @@ fn parse_continue(cx: &mut StageCx<'_>) -> Result<StageConfig, ManifestError> {
         }
         check_schedule(cx, &c.sched_keys(), c.epochs)?;
         // As for `train`: what the schedule does not read stays out of the key.
-        if c.schedule != ScheduleKind::Poly {
-            c.power = 1.0;
-        }
+        c.clear_unread_sched_keys();
         let from_file = kind == StageKind::Resume && !c.from.contains('@');
         if from_file && cx.inputs.len() != 1 {
             return Err(ManifestError::new(

@@ -122,7 +122,7 @@ pub fn run(ctx: &StageCtx<'_>, c: &EvaluateConfig) -> Result<String> {
     let mut pred_rows = Vec::with_capacity(labels.len());
     for (i, &l) in labels.iter().enumerate() {
         let row = &probs[i * k..(i + 1) * k];
-        let pred = crate::backend::argmax(row);
+        let pred = crate::backend::predicted_class(row, l as usize);
         confusion[l as usize][pred] += 1;
         loss -= (row[l as usize].max(1e-12) as f64).ln();
         let mut order: Vec<usize> = (0..k).collect();

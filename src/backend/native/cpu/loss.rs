@@ -6,7 +6,7 @@ use crate::backend::Targets;
 
 /// Mean cross-entropy of `softmax(logits)` against the targets' distributions (one-hot
 /// labels, or mixed and smoothed: [`Targets`]); writes `dlogits = (softmax - target) / n`
-/// and returns (loss, arg-max predictions equal to the label).
+/// and returns (loss, rows whose label's logit is above every other class's).
 ///
 /// Shapes: `logits (n, k)`, `dlogits (n, k)`, `n = targets.labels.len()`.
 ///
@@ -34,7 +34,8 @@ pub unsafe fn softmax_cross_entropy<T: Real>(
 }
 
 /// One row of [`softmax_cross_entropy`]: its loss `-sum(target * log softmax(x))`, its
-/// gradient `(softmax(x) - target) * scale` into `d`, and whether the arg-max is the label.
+/// gradient `(softmax(x) - target) * scale` into `d`, and whether the label's logit is above
+/// every other class's (a tie is not correct: [`crate::backend::predicts`]).
 fn cross_entropy_row<T: Real>(
     x: &[T],
     d: &mut [T],
@@ -74,7 +75,7 @@ fn cross_entropy_row<T: Real>(
         }
         *o = (*o / z - t) * scale;
     }
-    (loss, best == label)
+    (loss, crate::backend::predicts(x, label))
 }
 
 /// [`softmax_cross_entropy`] over plain rows: `logits (n, k)` row-major, the targets of
@@ -107,4 +108,33 @@ pub fn l2_penalty<T: Real>(w: &[T], l2: f64, grad: &mut [T]) -> T {
         *g += two_c * *v;
     }
     s * c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn training_accuracy_gives_no_credit_for_a_tie() {
+        // Four rows of three classes, labels 0: right, tied with class 1 (the label first),
+        // all equal (a network that has collapsed), wrong.
+        let logits = [
+            2.0f32, 1.0, 0.0, //
+            1.0, 1.0, 0.0, //
+            0.0, 0.0, 0.0, //
+            0.0, 3.0, 0.0,
+        ];
+        let labels = [0i64; 4];
+        let (loss, _, correct) = cross_entropy(&logits, 3, &Targets::plain(&labels));
+        assert_eq!(correct, 1);
+        assert!(loss.is_finite());
+        // Mixed targets: the label with the larger weight is the one scored.
+        let other = [1i64; 4];
+        let mixed = Targets {
+            labels: &labels,
+            mix: Some((&other, 0.3)),
+            smoothing: 0.0,
+        };
+        assert_eq!(cross_entropy(&logits, 3, &mixed).2, 1);
+    }
 }

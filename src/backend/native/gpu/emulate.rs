@@ -451,6 +451,15 @@ fn loss_bias_and_optimizer_kernels_match_the_cpu() {
         stats[0] / n as f32
     );
     assert_eq!(stats[1] as usize, correct);
+    // Row 3's label (1) ties with class 4: no credit, on the GPU as on the CPU.
+    assert_eq!(labels[3], 1);
+    let strict = (0..n)
+        .filter(|&r| crate::backend::predicts(&x[r * ld..r * ld + k], labels[r] as usize))
+        .count();
+    let first_max = (0..n)
+        .filter(|&r| crate::backend::argmax(&x[r * ld..r * ld + k]) == labels[r] as usize)
+        .count();
+    assert_eq!((correct, first_max), (strict, strict + 1));
     // The stats accumulate over launches (read and reset by the host per tick).
     launch::softmax_cross_entropy(&f, xm, (lp, lp), n, dgm, hp, sp).unwrap();
     assert_eq!(stats[1] as usize, 2 * correct);

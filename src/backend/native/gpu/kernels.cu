@@ -278,9 +278,9 @@ extern "C" __global__ void softmax_backward(const float* y, i64 ldy, const float
 // softmax_cross_entropy: for logits (n, k) and labels a, b (n; b = a unless mixed), with
 // lambda = hyper[5] (the weight of a) and label smoothing e = hyper[6]: the target is
 // t = (1-e)(lambda onehot(a) + (1-lambda) onehot(b)) + e/k; dlogits = (softmax - t) / n;
-// stats[0] += the batch's summed cross-entropy -sum(t log softmax), stats[1] += arg-max
-// predictions equal to the label with the larger weight (first index on ties). The stats
-// stay on the device until the host reads them.
+// stats[0] += the batch's summed cross-entropy -sum(t log softmax), stats[1] += rows whose
+// logit of the label with the larger weight is above every other class's (a tie or a NaN
+// is not correct). The stats stay on the device until the host reads them.
 extern "C" __global__ void softmax_cross_entropy(const float* x, i64 ldx, const int* labels,
                                                  const int* labels2, i64 n, i64 k, float* dx,
                                                  i64 lddx, const float* hyper, float* stats) {
@@ -306,7 +306,10 @@ extern "C" __global__ void softmax_cross_entropy(const float* x, i64 ldx, const 
             dr[j] = (dr[j] / z - t) * inv_n;
         }
         atomicAdd(&stats[0], logf(z) + m - dot);
-        if (best == (lambda < 0.5f ? b : a)) atomicAdd(&stats[1], 1.f);
+        int lab = lambda < 0.5f ? b : a;
+        bool hit = true;
+        for (i64 j = 0; j < k; ++j) if (j != lab && !(xr[j] < xr[lab])) { hit = false; break; }
+        if (hit) atomicAdd(&stats[1], 1.f);
     }
 }
 
