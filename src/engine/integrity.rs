@@ -18,7 +18,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::atomic::write_json_atomic;
@@ -93,13 +93,7 @@ pub fn seal(
     keys: &[StageKey],
     fresh: bool,
 ) -> Result<()> {
-    let lock_path = seal_path.with_file_name(".lock");
-    let lock = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)?;
-    lock.lock()?;
+    let _lock = lock_seals(seal_path.parent().unwrap_or(Path::new(".")))?;
     let mut keys = keys.to_vec();
     let found = read_seal(seal_path);
     if let (true, Some(old)) = (fresh, &found) {
@@ -263,6 +257,20 @@ pub fn check_reproving(
     Ok((health, reproven))
 }
 
+/// The lock every change of a seal is made under (`<sealed>/.lock`, created if need be),
+/// held until the returned file is dropped.
+pub fn lock_seals(sealed: &Path) -> Result<fs::File> {
+    fs::create_dir_all(sealed)?;
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(sealed.join(".lock"))
+        .with_context(|| format!("cannot open {}", sealed.join(".lock").display()))?;
+    lock.lock()?;
+    Ok(lock)
+}
+
 /// Bring the seal at `seal_path` of artifact `dir` up to date for files [`check_reproving`]
 /// found sound though their times had moved: each takes the times it had when it was
 /// hashed, if it is still that regular file (no link), with those times, and its ctime is
@@ -272,12 +280,7 @@ pub fn refresh(dir: &Path, seal_path: &Path, reproven: &[Reproven]) -> Result<()
     if reproven.is_empty() {
         return Ok(());
     }
-    let lock = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(seal_path.with_file_name(".lock"))?;
-    lock.lock()?;
+    let _lock = lock_seals(seal_path.parent().unwrap_or(Path::new(".")))?;
     let Some(mut seal) = read_seal(seal_path) else {
         return Ok(());
     };

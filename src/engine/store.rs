@@ -313,18 +313,9 @@ impl Store {
         Ok((hash, files, existed))
     }
 
-    /// The lock seals are changed under (`sealed/.lock`, as `engine::integrity::seal`
-    /// takes it).
+    /// The lock seals are changed under (`sealed/.lock`).
     fn lock_seals(&self) -> Result<fs::File> {
-        let dir = self.root.join("sealed");
-        fs::create_dir_all(&dir)?;
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(".lock"))?;
-        lock.lock()?;
-        Ok(lock)
+        super::integrity::lock_seals(&self.root.join("sealed"))
     }
 
     /// Where an artifact's seal lives (`engine::integrity` writes and reads it).
