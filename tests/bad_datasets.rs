@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use common::*;
+use pipe::data::h5;
 
 /// An image-folder dataset of real JPEGs: `root/<class>/<i>.jpg`.
 fn image_folder(root: &Path, classes: &[&str], per_class: usize) {
@@ -150,11 +151,11 @@ fn a_tiny_imagenet_val_image_listed_twice_is_an_error_naming_both_lines() {
 }
 
 #[test]
-fn a_moved_project_says_how_to_reindex_and_keeps_its_training() {
-    // The index holds absolute paths, the ingest key the dataset's content: after the
-    // project moves, a cached ingest points at the old place. A stage that must read the
-    // images again says what happened and what to run; that re-indexes, the HDF5 comes
-    // out the same, and the training stays cached.
+fn a_moved_project_reads_its_images_where_they_are_now() {
+    // The index names each image relative to the dataset folder (`dataset:cat/0.jpg`),
+    // the ingest key holds the dataset's content: after the project moves, the cached
+    // ingest still resolves, against the folder the manifest names now. A stage that must
+    // read the images again does so without re-indexing.
     let tmp = tempfile::tempdir().unwrap();
     let a = tmp.path().join("a");
     std::fs::create_dir_all(a.join("pipelines")).unwrap();
@@ -163,31 +164,33 @@ fn a_moved_project_says_how_to_reindex_and_keeps_its_training() {
     let out = pipe_in(&a, &["run", "t", "--json"]);
     assert_success(&out, "pipe run t");
     let first: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let art = |dir: &Path, r: &serde_json::Value, stage: &str| {
+        dir.join(".pipe/artifacts").join(field(r, stage, "output"))
+    };
+    let index = std::fs::read_to_string(art(&a, &first, "ingest").join("train.csv")).unwrap();
+    assert!(index.contains("dataset:cat/0.jpg,0,cat,"), "{index}");
+    assert!(!index.contains(&a.display().to_string()), "{index}");
     let b = tmp.path().join("b");
     std::fs::rename(&a, &b).unwrap();
     // Another chunking: hdf5 must read the images again.
     std::fs::write(b.join("pipelines/t.toml"), folder_pipeline("\nchunk = 8")).unwrap();
-    let out = pipe_in(&b, &["run", "t"]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("data/cat/0.jpg is not there") && err.contains("or the dataset moved"),
-        "{err}"
-    );
-    assert!(
-        err.contains("`pipe run t --force ingest` indexes it where it is"),
-        "{err}"
-    );
-    std::fs::write(b.join("pipelines/t.toml"), folder_pipeline("")).unwrap();
-    let out = pipe_in(&b, &["run", "t", "--force", "ingest", "--json"]);
-    assert_success(&out, "pipe run t --force ingest");
+    let out = pipe_in(&b, &["run", "t", "--json"]);
+    assert_success(&out, "pipe run t (moved, other chunking)");
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(state_of(&r, "ingest"), "ran");
-    assert_eq!(field(&r, "hdf5", "output"), field(&first, "hdf5", "output"));
-    assert_eq!(state_of(&r, "train"), "cached", "{r}");
+    assert_eq!(state_of(&r, "ingest"), "cached", "{r}");
+    assert_eq!(state_of(&r, "hdf5"), "ran", "{r}");
+    let (moved, before) = (art(&b, &r, "hdf5"), art(&b, &first, "hdf5"));
+    for split in ["train", "val"] {
+        let x = h5::read_split(&moved.join(format!("{split}.h5"))).unwrap();
+        let y = h5::read_split(&before.join(format!("{split}.h5"))).unwrap();
+        assert_eq!((x.images, x.labels), (y.images, y.labels), "{split}");
+    }
+    // The first chunking again: everything is cached where it moved.
+    std::fs::write(b.join("pipelines/t.toml"), folder_pipeline("")).unwrap();
     let out = pipe_in(&b, &["run", "t", "--json"]);
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(states(&r).iter().all(|(_, s)| s == "cached"), "{r}");
+    assert_eq!(field(&r, "hdf5", "output"), field(&first, "hdf5", "output"));
 }
 
 #[test]
@@ -313,6 +316,67 @@ fn an_image_removed_after_the_fingerprint_fails_the_stage_even_with_skip() {
         2,
         "nothing published for hdf5"
     );
+}
+
+/// What ingest reads besides the images (a CIFAR batch, `words.txt`) changed after the
+/// fingerprint was taken, or an image removed before the folders were listed: the stage
+/// fails naming the file and publishes nothing, rather than index other content under
+/// the key of what was fingerprinted (a later run over the first content would reuse it).
+#[test]
+fn a_dataset_changed_between_its_fingerprint_and_ingest_fails_the_stage() {
+    // A CIFAR batch relabelled.
+    let p = Project::new();
+    let root = p.path().join("cifar");
+    pipe::data::synthetic::write_cifar10(&root, 12, 3).unwrap();
+    p.manifest(
+        "c.toml",
+        &format!(
+            "[stages.ingest]\nformat = \"cifar10\"\nroot = \"{}\"\n\n[stages.hdf5]\ninput = \"ingest\"\n",
+            root.display()
+        ),
+    );
+    let batch = root.join("data_batch_3.bin");
+    let (ok, err) = stall_at(&p, &["run", "c"], "ingest:start", || {
+        let mut b = std::fs::read(&batch).unwrap();
+        b[0] = (b[0] + 1) % 10;
+        std::fs::write(&batch, b).unwrap();
+    });
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("data_batch_3.bin changed after its dataset was fingerprinted"),
+        "{err}"
+    );
+    assert!(artifact_names(&p.cache()).is_empty(), "nothing published");
+    // The next run takes the batch as it is now.
+    let r = p.run_json("c", &[]);
+    assert_eq!(state_of(&r, "hdf5"), "ran");
+
+    // Tiny ImageNet: the class names changed; then an image removed.
+    let (p, root) = Project::with_tiny_imagenet("data/tiny", 3, 8, 2);
+    p.manifest("exp.toml", &tiny_manifest(&root, 2));
+    let words = root.join("words.txt");
+    let (ok, err) = stall_at(&p, &["run", "exp"], "ingest:start", || {
+        let text = std::fs::read_to_string(&words).unwrap_or_default();
+        std::fs::write(&words, text + "n09999999\tanother class\n").unwrap();
+    });
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("words.txt changed after its dataset was fingerprinted"),
+        "{err}"
+    );
+    let img = first_entry(&first_entry(&root.join("train")).join("images"));
+    let (ok, err) = stall_at(&p, &["run", "exp"], "ingest:start", || {
+        std::fs::remove_file(&img).unwrap();
+    });
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}: fingerprinted, and not there when the dataset was listed",
+            img.file_name().unwrap().to_string_lossy()
+        )),
+        "{err}"
+    );
+    assert!(artifact_names(&p.cache()).is_empty(), "nothing published");
 }
 
 #[test]

@@ -4,13 +4,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
 
-/// The image paths of a split index, in order (relative ones resolved against the index's
-/// artifact, as the hdf5 stage resolves them).
-fn split_paths(index_dir: &Path, split: &str) -> Vec<String> {
+/// The image paths of a split index, in order (resolved as the hdf5 stage resolves them:
+/// `dataset:` ones against the dataset folder `root`).
+fn split_paths(index_dir: &Path, root: &Path, split: &str) -> Vec<String> {
     let mut r = csv::Reader::from_path(index_dir.join(format!("{split}.csv"))).unwrap();
     let col = r
         .headers()
@@ -20,13 +20,11 @@ fn split_paths(index_dir: &Path, split: &str) -> Vec<String> {
         .unwrap();
     r.records()
         .map(|x| {
-            let p = PathBuf::from(x.unwrap()[col].to_string());
-            let p = if p.is_absolute() {
-                p
-            } else {
-                index_dir.join(p)
-            };
-            p.display().to_string()
+            let row = x.unwrap()[col].to_string();
+            match pipe::data::index::ImageRef::resolve(&row, index_dir, Some(root)).unwrap() {
+                pipe::data::index::ImageRef::File(p) => p.display().to_string(),
+                other => panic!("{other} is not an image file"),
+            }
         })
         .collect()
 }
@@ -75,7 +73,7 @@ fn on_the_digits_predict_agrees_with_evaluate_image_by_image() {
         ),
     );
     let run = p.run_json("dg", &[]);
-    let paths = split_paths(&p.artifact(&run, "split"), "test");
+    let paths = split_paths(&p.artifact(&run, "split"), &root, "test");
     assert_eq!(paths.len(), 100);
     let want = evaluated_top5(&p.artifact(&run, "evaluate"));
     let mut args = vec!["predict", "dg", "--json", "--top-k", "5"];
@@ -130,7 +128,7 @@ fn a_jpeg_that_needs_resizing_is_prepared_as_the_hdf5_stage_prepared_it() {
         ),
     );
     let run = p.run_json("t", &[]);
-    let paths = split_paths(&p.artifact(&run, "ingest"), "val");
+    let paths = split_paths(&p.artifact(&run, "ingest"), &root, "val");
     let h5 = pipe::data::h5::read_split(&p.artifact(&run, "hdf5").join("val.h5")).unwrap();
     assert_eq!(h5.shape, [40, 24, 32, 3]);
     let px = 24 * 32 * 3;

@@ -24,6 +24,12 @@ pub const TEST_BATCH: &str = "test_batch.bin";
 /// Read a whole batch file, checking its length.
 pub fn read_batch(path: &Path) -> Result<Vec<u8>> {
     let bytes = super::read_regular(path)?;
+    check_batch(path, &bytes)?;
+    Ok(bytes)
+}
+
+/// The bytes of batch file `path`, checked as whole records.
+pub fn check_batch(path: &Path, bytes: &[u8]) -> Result<()> {
     if bytes.is_empty() || bytes.len() % RECORD != 0 {
         anyhow::bail!(
             "{}: {} bytes is not a whole number of {RECORD}-byte CIFAR-10 records",
@@ -31,7 +37,7 @@ pub fn read_batch(path: &Path) -> Result<Vec<u8>> {
             bytes.len()
         );
     }
-    Ok(bytes)
+    Ok(())
 }
 
 /// Decode one record into (label, image).
@@ -56,13 +62,11 @@ pub fn encode_record(label: u8, img: &RgbImage) -> Vec<u8> {
     out
 }
 
-/// Class names from `batches.meta.txt` (one a line, blank lines ignored).
-pub fn read_meta(path: &Path) -> Result<Vec<String>> {
-    let text = super::read_regular_text(path)?;
-    Ok(text
-        .lines()
+/// Class names from the text of `batches.meta.txt` (one a line, blank lines ignored).
+pub fn meta_names(text: &str) -> Vec<String> {
+    text.lines()
         .map(|l| l.trim())
         .filter(|l| !l.is_empty())
         .map(|l| l.to_string())
-        .collect())
+        .collect()
 }

@@ -237,8 +237,8 @@ pub enum Unusable {
 }
 
 /// An indexed file that is not there any more: removed after its dataset was
-/// fingerprinted, or the dataset (or the project holding it) moved since the index was
-/// made (an index holds absolute paths; the ingest key holds the content, not the place).
+/// fingerprinted, or, in an index of absolute paths (made before indexes named images
+/// relative to their dataset), the dataset moved since the index was made.
 #[derive(Debug, Clone)]
 pub struct GoneFile {
     /// The file, as the index names it.
@@ -249,7 +249,7 @@ impl std::fmt::Display for GoneFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "image {} is not there: it was removed after its dataset was fingerprinted, or the dataset moved since it was indexed; nothing is published",
+            "image {} is not there: it was removed after its dataset was fingerprinted (or, in an index of absolute paths made by an earlier pipe, the dataset moved since); nothing is published",
             self.file.display()
         )
     }

@@ -1,8 +1,11 @@
 //! Dataset indexes: one CSV per split (`path,label,class,hash`) and `classes.csv`.
 //!
-//! `path` is absolute, or relative to the folder holding the index (for images a stage
-//! generated inside its own artifact). A `path` of the form `file.bin#N` is record `N` of a
-//! CIFAR-10 batch file. `hash` is the BLAKE3 of the image bytes, so a changed image changes
+//! `path` is `dataset:<path>` (relative to the dataset folder the ingest stage read, with
+//! `/`: the index names no place on this machine, so a project or dataset moved, or an
+//! index pulled from another machine's store, still resolves against the folder the
+//! manifest names now), relative to the folder holding the index (for images a stage
+//! generated inside its own artifact), or absolute (indexes made before `dataset:`).
+//! A `path` of the form `file.bin#N` is record `N` of a CIFAR-10 batch file. `hash` is the BLAKE3 of the image bytes, so a changed image changes
 //! the index and everything downstream re-runs, even if no file name changed.
 
 use std::path::{Path, PathBuf};
@@ -98,11 +101,26 @@ pub fn splits_in(dir: &Path) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// The prefix of an index path relative to the dataset folder.
+pub const IN_DATASET: &str = "dataset:";
+
+/// The index path of dataset file `rel` (relative to the dataset folder, with `/`).
+pub fn dataset_path(rel: &str) -> String {
+    format!("{IN_DATASET}{rel}")
+}
+
+/// An index path as a person reads it: a dataset file's path relative to its folder, other
+/// paths as they are.
+pub fn shown_path(path: &str) -> &str {
+    path.strip_prefix(IN_DATASET).unwrap_or(path)
+}
+
 /// Rewrite a row path read from the artifact folder `from` so that it stays valid in a
 /// sibling artifact folder: artifacts all live in one folder, so `images/x.jpg` in artifact
-/// `A` becomes `../A/images/x.jpg`. Absolute and already-rebased paths are unchanged.
+/// `A` becomes `../A/images/x.jpg`. Dataset, absolute and already-rebased paths are
+/// unchanged.
 pub fn rebase_path(path: &str, from: &Path) -> String {
-    if Path::new(path).is_absolute() || path.starts_with("../") {
+    if Path::new(path).is_absolute() || path.starts_with("../") || path.starts_with(IN_DATASET) {
         return path.to_string();
     }
     match from.file_name() {
@@ -121,14 +139,35 @@ pub enum ImageRef {
 }
 
 impl ImageRef {
-    /// Resolve a row's `path` against the folder holding its index.
-    pub fn resolve(path: &str, index_dir: &Path) -> Result<ImageRef> {
+    /// Resolve a row's `path`: a `dataset:` path against `dataset` (the folder the
+    /// ingest stage above reads, as the manifest names it now), a relative one against
+    /// the folder holding its index.
+    pub fn resolve(path: &str, index_dir: &Path, dataset: Option<&Path>) -> Result<ImageRef> {
+        let (base, path) = match path.strip_prefix(IN_DATASET) {
+            Some(rel) => {
+                let Some(root) = dataset else {
+                    anyhow::bail!(
+                        "index path `{path}` is relative to a dataset folder, and no ingest stage above names one"
+                    );
+                };
+                // Made by the ingest stage from its walk, so always below the folder; an
+                // index that says otherwise is not one pipe wrote.
+                let below = Path::new(rel)
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)));
+                if rel.is_empty() || !below {
+                    anyhow::bail!("index path `{path}` is not a path below the dataset folder");
+                }
+                (root, rel)
+            }
+            None => (index_dir, path),
+        };
         let abs = |p: &str| {
             let pb = PathBuf::from(p);
             if pb.is_absolute() {
                 pb
             } else {
-                index_dir.join(pb)
+                base.join(pb)
             }
         };
         if let Some((file, rec)) = path.rsplit_once('#') {
@@ -149,5 +188,40 @@ impl std::fmt::Display for ImageRef {
             ImageRef::File(p) => write!(f, "{}", p.display()),
             ImageRef::CifarRecord(p, n) => write!(f, "{} (record {n})", p.display()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_index_path_resolves_against_the_dataset_the_index_folder_or_nothing() {
+        let (idx, ds) = (Path::new("/store/a1"), Path::new("/data/tiny"));
+        let file = |p: &str| ImageRef::File(PathBuf::from(p));
+        let r = |p: &str| ImageRef::resolve(p, idx, Some(ds)).unwrap();
+        assert_eq!(r("dataset:train/x.jpg"), file("/data/tiny/train/x.jpg"));
+        assert_eq!(r("images/x.png"), file("/store/a1/images/x.png"));
+        assert_eq!(r("/old/place/x.jpg"), file("/old/place/x.jpg"));
+        assert_eq!(
+            r("dataset:data_batch_1.bin#7"),
+            ImageRef::CifarRecord(PathBuf::from("/data/tiny/data_batch_1.bin"), 7)
+        );
+        // A dataset path with no dataset folder known, or one that leaves it: refused.
+        let e = ImageRef::resolve("dataset:x.jpg", idx, None).unwrap_err();
+        assert!(e.to_string().contains("no ingest stage above"), "{e}");
+        for bad in [
+            "dataset:../x.jpg",
+            "dataset:/etc/passwd",
+            "dataset:",
+            "dataset:a/../../b",
+        ] {
+            let e = ImageRef::resolve(bad, idx, Some(ds)).unwrap_err();
+            assert!(e.to_string().contains("not a path below"), "{bad}: {e}");
+        }
+        // Split rebases the artifact's own files, never a dataset path.
+        assert_eq!(rebase_path("dataset:a/b.jpg", idx), "dataset:a/b.jpg");
+        assert_eq!(rebase_path("images/x.png", idx), "../a1/images/x.png");
+        assert_eq!(shown_path("dataset:a/b.jpg"), "a/b.jpg");
     }
 }

@@ -11,7 +11,9 @@ use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 
 use super::{DatasetFiles, StageCtx};
-use crate::data::index::{write_classes, write_index, ClassRow, IndexRow};
+use crate::data::index::{
+    dataset_path, shown_path, write_classes, write_index, ClassRow, IndexRow,
+};
 use crate::data::{cifar, synthetic};
 use crate::manifest::{IngestConfig, IngestFormat};
 
@@ -24,6 +26,7 @@ pub fn run(ctx: &StageCtx<'_>, c: &IngestConfig) -> Result<String> {
                 .dataset
                 .as_ref()
                 .context("ingest: the engine did not fingerprint the dataset folder")?;
+            ctx.fault_point("ingest:start");
             match other {
                 IngestFormat::TinyImagenet => tiny_imagenet(ds)?,
                 IngestFormat::Cifar10 => cifar10(ds)?,
@@ -84,7 +87,7 @@ fn hash_of(ds: &DatasetFiles<'_>, rel: &str) -> Result<String> {
 
 fn row(ds: &DatasetFiles<'_>, rel: &str, label: usize, class: &str) -> Result<IndexRow> {
     Ok(IndexRow {
-        path: ds.root.join(rel).to_string_lossy().into_owned(),
+        path: dataset_path(rel),
         label: label as i64,
         class: class.to_string(),
         hash: hash_of(ds, rel)?,
@@ -102,7 +105,7 @@ fn tiny_imagenet(ds: &DatasetFiles<'_>) -> Result<(Vec<ClassRow>, Splits)> {
             wnids_path.display()
         );
     }
-    let text = crate::data::read_regular_text(&wnids_path).context("tiny-imagenet")?;
+    let text = ds.read_text("wnids.txt").context("tiny-imagenet")?;
     let mut wnids: Vec<String> = text
         .lines()
         .map(|l| l.trim().to_string())
@@ -119,7 +122,12 @@ fn tiny_imagenet(ds: &DatasetFiles<'_>) -> Result<(Vec<ClassRow>, Splits)> {
         .map(|(i, w)| (w.as_str(), i))
         .collect();
     let mut names: HashMap<String, String> = HashMap::new();
-    if let Ok(words) = crate::data::read_regular_text(&root.join("words.txt")) {
+    // Optional: the class names (the wnids when there is none).
+    let words = match ds.hash_of("words.txt").is_some() || root.join("words.txt").is_file() {
+        true => Some(ds.read_text("words.txt").context("tiny-imagenet")?),
+        false => None,
+    };
+    if let Some(words) = words {
         for l in words.lines() {
             if let Some((w, n)) = l.split_once('\t') {
                 names.insert(w.trim().to_string(), n.trim().to_string());
@@ -165,6 +173,10 @@ fn tiny_imagenet(ds: &DatasetFiles<'_>) -> Result<(Vec<ClassRow>, Splits)> {
         .collect();
     let per_class: Vec<Vec<IndexRow>> = per_class.into_iter().collect::<Result<_>>()?;
     let train: Vec<IndexRow> = per_class.into_iter().flatten().collect();
+    ds.check_listed(train.iter().map(|r| shown_path(&r.path)), |rel| {
+        let parts: Vec<&str> = rel.split('/').collect();
+        matches!(parts[..], ["train", w, "images", f] if label.contains_key(w) && is_image(f))
+    })?;
     splits.insert("train".into(), train);
 
     let ann_path = root.join("val/val_annotations.txt");
@@ -175,7 +187,7 @@ fn tiny_imagenet(ds: &DatasetFiles<'_>) -> Result<(Vec<ClassRow>, Splits)> {
         );
     }
     {
-        let ann = crate::data::read_regular_text(&ann_path)?;
+        let ann = ds.read_text("val/val_annotations.txt")?;
         let mut val = Vec::new();
         // Each image once: listed twice, it would be scored twice (under two classes,
         // if the lines disagree).
@@ -226,9 +238,13 @@ fn tiny_imagenet(ds: &DatasetFiles<'_>) -> Result<(Vec<ClassRow>, Splits)> {
 fn cifar10(ds: &DatasetFiles<'_>) -> Result<(Vec<ClassRow>, Splits)> {
     let root = ds.root;
     let meta = root.join("batches.meta.txt");
-    let names = cifar::read_meta(&meta).with_context(|| {
-        "cifar10: `root` must be the folder of the binary version (cifar-10-batches-bin)"
-    })?;
+    let names = match std::fs::symlink_metadata(&meta) {
+        Ok(_) => cifar::meta_names(&ds.read_text("batches.meta.txt").context("cifar10")?),
+        Err(e) => bail!(
+            "cifar10: cannot read {}: {e}; `root` must be the folder of the binary version (cifar-10-batches-bin)",
+            meta.display()
+        ),
+    };
     let classes: Vec<ClassRow> = names
         .iter()
         .enumerate()
@@ -252,7 +268,8 @@ fn cifar10(ds: &DatasetFiles<'_>) -> Result<(Vec<ClassRow>, Splits)> {
             // A FIFO, a device, or a link to one named like a batch is refused by what it
             // is, never read.
             crate::data::check_regular(&p).context("cifar10")?;
-            let bytes = cifar::read_batch(&p)?;
+            let bytes = ds.read(f)?;
+            cifar::check_batch(&p, &bytes)?;
             let batch_rows: Vec<Result<IndexRow>> = bytes
                 .par_chunks(cifar::RECORD)
                 .enumerate()
@@ -266,7 +283,7 @@ fn cifar10(ds: &DatasetFiles<'_>) -> Result<(Vec<ClassRow>, Splits)> {
                         )
                     })?;
                     Ok(IndexRow {
-                        path: format!("{}#{i}", p.display()),
+                        path: format!("{}#{i}", dataset_path(f)),
                         label: lab as i64,
                         class: class.clone(),
                         hash: blake3::hash(rec).to_hex().to_string(),
@@ -325,6 +342,9 @@ fn image_folder(ds: &DatasetFiles<'_>) -> Result<(Vec<ClassRow>, Splits)> {
             name: c.clone(),
         })
         .collect();
+    ds.check_listed(rows.iter().map(|r| shown_path(&r.path)), |rel| {
+        matches!(rel.split('/').collect::<Vec<_>>()[..], [c, f] if !c.starts_with('.') && is_image(f))
+    })?;
     let mut splits = Splits::new();
     splits.insert("train".into(), rows);
     Ok((classes, splits))

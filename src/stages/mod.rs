@@ -20,8 +20,9 @@ pub mod write_hdf5;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
+use crate::data::decode::ChangedFile;
 use crate::ids::StageKey;
 use crate::manifest::{Pipeline, Stage, StageConfig, StageKind};
 use crate::nn::graph::Graph;
@@ -102,6 +103,56 @@ impl DatasetFiles<'_> {
             .binary_search_by(|(p, _)| cmp_paths(p, rel))
             .ok()
             .map(|i| blake3::Hash::from(self.files[i].1).to_hex().to_string())
+    }
+
+    /// The bytes of dataset file `rel` (a regular file, or a link to one), checked against
+    /// the fingerprint the stage's key was made from: a file that appeared or changed since
+    /// the walk is an error (a change carries [`ChangedFile`], so the next fingerprint
+    /// reads the file again), never an index of other bytes under that key.
+    pub fn read(&self, rel: &str) -> Result<Vec<u8>> {
+        let path = self.root.join(rel);
+        let Some(want) = self.hash_of(rel) else {
+            anyhow::bail!(
+                "{}: file appeared after the dataset was fingerprinted; run again",
+                path.display()
+            );
+        };
+        let bytes = crate::data::read_regular(&path)?;
+        if blake3::hash(&bytes).to_hex().as_str() != want {
+            return Err(anyhow::Error::new(ChangedFile { file: path.clone() }).context(format!(
+                "{} changed after its dataset was fingerprinted: nothing is published; run again to take the dataset as it is now",
+                path.display()
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// [`DatasetFiles::read`] of a UTF-8 text file.
+    pub fn read_text(&self, rel: &str) -> Result<String> {
+        String::from_utf8(self.read(rel)?)
+            .with_context(|| format!("{} is not UTF-8 text", self.root.join(rel).display()))
+    }
+
+    /// Check that every fingerprinted file `wanted` picks out is among the index paths
+    /// `listed` (relative to the root): a file removed between the walk and the listing
+    /// would leave the index short of what the key says it holds.
+    pub fn check_listed<'r>(
+        &self,
+        listed: impl IntoIterator<Item = &'r str>,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<()> {
+        let listed: std::collections::HashSet<&str> = listed.into_iter().collect();
+        if let Some((gone, _)) = self
+            .files
+            .iter()
+            .find(|(rel, _)| wanted(rel) && !listed.contains(rel.as_str()))
+        {
+            anyhow::bail!(
+                "{}: fingerprinted, and not there when the dataset was listed: the dataset changed during the run; nothing is published; run again",
+                self.root.join(gone).display()
+            );
+        }
+        Ok(())
     }
 }
 

@@ -17,7 +17,7 @@ use crate::data::decode::{
     Unusable, MAX_PIXELS,
 };
 use crate::data::h5::SplitWriter;
-use crate::data::index::{read_index, splits_in, ImageRef};
+use crate::data::index::{read_index, shown_path, splits_in, ImageRef};
 use crate::manifest::{Hdf5Config, OnBadImage};
 use image::metadata::Orientation::NoTransforms;
 
@@ -50,7 +50,7 @@ pub fn run(ctx: &StageCtx<'_>, c: &Hdf5Config) -> Result<String> {
         }
         match ingest_above(ctx.pipeline, &ctx.stage.name) {
             Some(ingest) => e.context(format!(
-                "run again to take the dataset as it is now; if it (or the project) moved, `pipe run {} --force {ingest}` indexes it where it is: the HDF5 comes out the same, so what was trained on it stays cached",
+                "run again to take the dataset as it is now; an index made before pipe named images relative to their dataset holds absolute paths: if the dataset (or the project) moved since, `pipe run {} --force {ingest}` indexes it where it is (the HDF5 comes out the same, so what was trained on it stays cached)",
                 ctx.pipeline.name
             )),
             None => e.context("run again to take the dataset as it is now"),
@@ -81,6 +81,11 @@ fn write(ctx: &StageCtx<'_>, c: &Hdf5Config) -> Result<String> {
         .iter()
         .map(|s| read_index(&input.join(format!("{s}.csv"))).map(|r| r.len()))
         .sum::<Result<usize>>()?;
+    // What `dataset:` index paths are relative to: the folder the ingest stage above
+    // reads, as the manifest names it now (the index's rows carry their content hashes,
+    // checked as each file is read).
+    let dataset = ingest_above(ctx.pipeline, &ctx.stage.name)
+        .and_then(|i| super::external_root(ctx.pipeline, &ctx.pipeline.stages[&i]));
     ctx.fault_point("hdf5:start");
     let pb = ctx.watcher.bar(total as u64, &ctx.stage.name, "images");
     let batches = BatchCache::default();
@@ -91,7 +96,7 @@ fn write(ctx: &StageCtx<'_>, c: &Hdf5Config) -> Result<String> {
         let rows = read_index(&input.join(format!("{split}.csv")))?;
         let refs: Vec<ImageRef> = rows
             .iter()
-            .map(|r| ImageRef::resolve(&r.path, input))
+            .map(|r| ImageRef::resolve(&r.path, input, dataset.as_deref()))
             .collect::<Result<_>>()?;
         let (w, h) = match c.size {
             Some([w, h]) => (w, h),
@@ -177,7 +182,9 @@ fn write(ctx: &StageCtx<'_>, c: &Hdf5Config) -> Result<String> {
                         }
                         out.labels.push(rows[start + i].label);
                     }
-                    None => out.skipped.push(refs[start + i].to_string()),
+                    None => out
+                        .skipped
+                        .push(shown_path(&rows[start + i].path).to_string()),
                 }
             }
             out.used = out.labels.len() * frame;
