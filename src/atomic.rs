@@ -17,11 +17,10 @@ pub fn write_atomic(p: &Path, bytes: &[u8]) -> Result<()> {
     // A name no other writer of `p` uses: not another thread of this process (the count),
     // nor a process with the same id on another machine of a shared store (the random bits).
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    // The target's name is not in it: a reader that picks files by name (TensorBoard
+    // loads any file whose name holds `tfevents`) must not take a part-written one.
     let tmp = dir.join(format!(
-        ".{}.{}-{}-{:08x}.tmp",
-        p.file_name()
-            .map(|f| f.to_string_lossy())
-            .unwrap_or_default(),
+        ".pipe-write.{}-{}-{:08x}.tmp",
         std::process::id(),
         SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         rand::random::<u32>()

@@ -139,11 +139,17 @@ fn log_of(p: &Project, conf: &str, id: &str) -> String {
 fn slurm_runs_shared_data_stages_once_and_each_training_as_its_own_job() {
     let Some(conf) = cluster() else { return };
     let p = Project::with("exp1.toml", &experiment("exp1", 0.01, 2, 30));
-    p.manifest("exp2.toml", &experiment("exp2", 0.02, 2, 30));
+    // A name with a space: its jobs' names must read back from squeue and scontrol as
+    // theirs (else `--wait` takes them for gone at its first look).
+    p.manifest("exp2.toml", &experiment("exp 2", 0.02, 2, 30));
 
     let (ok, e1) = pipe(&p, &conf, &["run", "exp1", "--executor", "slurm"]);
     assert!(ok, "{e1}");
-    let (ok, e2) = pipe(&p, &conf, &["run", "exp2", "--executor", "slurm", "--wait"]);
+    let (ok, e2) = pipe(
+        &p,
+        &conf,
+        &["run", "exp 2", "--executor", "slurm", "--wait"],
+    );
     assert!(ok, "{e2}");
     let j1 = jobs_in(&e1);
     let j2 = jobs_in(&e2);
@@ -219,7 +225,7 @@ fn slurm_runs_shared_data_stages_once_and_each_training_as_its_own_job() {
         );
     }
     // Both pipelines are complete in the store, and a second run submits nothing.
-    for name in ["exp1", "exp2"] {
+    for name in ["exp1", "exp 2"] {
         let st = p.ok(&["status", name, "--json"]);
         let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
         for s in v["stages"].as_array().unwrap() {
@@ -236,7 +242,7 @@ fn slurm_runs_shared_data_stages_once_and_each_training_as_its_own_job() {
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         common::field(&v, "train", "output")
     };
-    let (o1, o2) = (metrics("exp1"), metrics("exp2"));
+    let (o1, o2) = (metrics("exp1"), metrics("exp 2"));
     assert_ne!(o1, o2);
     // Each job's log sits next to the artifact it made.
     for out in [o1, o2] {
@@ -401,6 +407,60 @@ device = "cpu"
     // The local run and the in-process run agree on every key.
     let v = p.run_json("fan", &[]);
     assert!(common::states(&v).iter().all(|(_, s)| s == "cached"));
+}
+
+/// The pids of the processes whose parent is `pid` (from `/proc/*/stat`).
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let child: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // `pid (comm) state ppid ...`: comm may hold spaces, so read after its `)`.
+            let ppid: u32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == pid).then_some(child)
+        })
+        .collect()
+}
+
+/// `pipe run -j` killed with SIGKILL (no handler of its own runs): its workers end too,
+/// rather than train on with nobody to collect them.
+#[test]
+fn a_killed_parallel_run_takes_its_workers_with_it() {
+    let p = Project::with("exp.toml", &experiment("exp", 0.01, 2, 20));
+    p.ok(&["run", "exp", "--until", "hdf5"]);
+    // The worker stalls after its first epoch (for ten minutes unless stopped).
+    let mut parent = p
+        .cmd(&["run", "exp", "-j", "1"])
+        .env("PIPE_FAULT", "train:epoch1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut worker = None;
+    wait_for("the training worker", 60, || {
+        worker = children_of(parent.id()).first().copied();
+        worker.is_some()
+    });
+    let worker = worker.unwrap();
+    parent.kill().unwrap();
+    parent.wait().unwrap();
+    let alive = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            !matches!(
+                s.rsplit_once(')').map(|x| x.1.trim_start().as_bytes()[0]),
+                Some(b'Z')
+            )
+        })
+    };
+    wait_for("the orphaned worker to end", 20, || !alive(worker));
 }
 
 #[test]

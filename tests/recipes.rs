@@ -650,3 +650,38 @@ fn an_lr_drop_to_dfdx_of_a_model_with_a_moving_average_is_refused_before_it_trai
     let out = p.ok(&["status", "r"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("train"));
 }
+
+/// With `ema`, `val.acc` and `val.loss` are the moving average's wherever they are read:
+/// the journal's record, and `pipe diff` between a run and its own unchanged pipeline (no
+/// difference: one side read from the record, the other as `pipe show` reads it).
+#[test]
+fn the_moving_averages_validation_is_the_runs_val_acc_everywhere() {
+    let text =
+        Generated::new("r")
+            .text()
+            .replacen("lr = 0.01\n", "lr = 0.01\nema = { decay = 0.999 }\n", 1);
+    let p = Project::with("r.toml", &text);
+    p.run_json("r", &[]);
+    let runs = p.ok_json(&["runs", "--json"]);
+    let m = &runs[0]["metrics"];
+    let ema = m["train.ema_val_acc"].as_f64().unwrap();
+    assert_ne!(m["train.ema_val_loss"], m["train.val_loss"], "{m}");
+    assert_eq!(m["val.acc"].as_f64(), Some(ema), "{m}");
+    assert_eq!(m["val.loss"], m["train.ema_val_loss"], "{m}");
+    for args in [
+        &["diff", "r~0", "r", "--json"][..],
+        &["diff", "r", "--json"],
+    ] {
+        let d = p.ok_json(args);
+        let val: Vec<&serde_json::Value> = d["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m[0].as_str().is_some_and(|k| k.starts_with("val.")))
+            .collect();
+        assert_eq!(val.len(), 2, "{args:?}: {d}");
+        for m in val {
+            assert!(m[1].is_number() && m[1] == m[2], "{args:?}: {m}");
+        }
+    }
+}

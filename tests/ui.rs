@@ -494,3 +494,71 @@ fn a_history_being_written_never_breaks_a_page() {
     let (_, page) = ui.get("/run/longer");
     assert!(page.contains("train stopped at epoch 2 of 9"), "{page}");
 }
+
+/// A connection that sends nothing is closed after the idle limit (`PIPE_UI_IDLE_SECS`),
+/// so silent clients cannot hold every file descriptor; and Ctrl-C stops the dashboard
+/// while a live page's event stream is open (the stream never ends by itself).
+#[test]
+fn a_silent_connection_is_closed_and_ctrl_c_stops_the_server_with_a_stream_open() {
+    use std::io::{BufRead, Read, Write};
+    let p = project();
+    let mut child = p
+        .cmd(&["ui", "--port", "0"])
+        .env("PIPE_UI_IDLE_SECS", "2")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http://"))
+        .unwrap_or_else(|| panic!("no URL in `{line}`"))
+        .trim_end_matches('/')
+        .to_string();
+    // Silent: closed by the server (end of file) after about two seconds.
+    let mut silent = std::net::TcpStream::connect(&addr).unwrap();
+    silent
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let t = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let n = silent.read(&mut buf).unwrap_or(0);
+    let waited = t.elapsed();
+    assert_eq!(n, 0, "the server said something to a silent client");
+    assert!(
+        waited >= std::time::Duration::from_millis(1500)
+            && waited < std::time::Duration::from_secs(15),
+        "closed after {waited:?}"
+    );
+    // An event stream, open (its head read), then SIGINT: the process ends.
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        stream,
+        "GET /api/runs/tiny/events HTTP/1.1\r\nHost: {addr}\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let t = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "pipe ui still running 10 s after Ctrl-C with a stream open"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -383,6 +383,25 @@ async fn the_dashboard_in_a_real_browser() {
         serde_json::json!(["lr 2e-4", "lr 2e-4", "lr 1e-3"]),
         "each run's drop is labelled with its own lr"
     );
+    // A schedule that moves the rate every epoch (cosine) is marked only where its next
+    // segment starts; a step schedule's step is marked. (Drawn from data given to the
+    // page's own charts, then the page's data put back.)
+    let drops = js(
+        &c,
+        r##"const keep = window.PIPE.curves.data();
+        const d = JSON.parse(JSON.stringify(keep));
+        const e = (epoch, stage, lr) => ({ epoch, stage, lr, train_loss: 1, val_loss: 1, train_acc: 0.5, val_acc: 0.5, seconds: epoch });
+        d.runs = [
+          { name: "cosine", colour: "#1f77b4", epochs: [e(1, "t", 0.1), e(2, "t", 0.09), e(3, "t", 0.07), e(4, "t", 0.04), e(5, "d", 0.001), e(6, "d", 0.001)] },
+          { name: "step", colour: "#d62728", epochs: [e(1, "t", 0.1), e(2, "t", 0.1), e(3, "t", 0.01), e(4, "t", 0.01)] },
+        ];
+        window.PIPE.curves.replace(d);
+        const got = window.PIPE.curves.charts.loss.getOption().series.filter(s => s.markLine).map(s => s.markLine.data.map(x => x.label.formatter)).flat();
+        window.PIPE.curves.replace(keep);
+        return got;"##,
+    )
+    .await;
+    assert_eq!(drops, serde_json::json!(["lr 1e-3", "lr 1e-2"]));
     // Smoothing: the slider moves, the raw curves fade behind the smoothed ones.
     let raw_first = js(&c, "return window.PIPE.curves.charts.loss.getOption().series.find(s => s.id === 'demo/val_loss').data.map(p => p[1]);").await;
     js(

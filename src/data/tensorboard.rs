@@ -227,7 +227,7 @@ pub fn write_runs(dir: &Path, runs: &[RunRecord], artifacts: &Path) -> Result<us
         let host = if r.host.hostname.is_empty() {
             "pipe".to_string()
         } else {
-            r.host.hostname.clone()
+            r.host.hostname.replace(['/', '\\'], "_")
         };
         let path = run_dir.join(format!("events.out.tfevents.{start}.{host}"));
         crate::atomic::write_atomic(&path, &bytes)?;

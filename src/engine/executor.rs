@@ -218,7 +218,12 @@ fn local_state(pid: &str) -> JobState {
 
 /// The Slurm job name of a stage.
 fn job_name(pipeline: &str, stage: &str) -> String {
+    // One word: `squeue` and `scontrol -o` print fields split by spaces, so a name with a
+    // space (`name = "baseline v2"`) would read back as another job's.
     format!("pipe:{pipeline}:{stage}")
+        .chars()
+        .map(|c| if c.is_whitespace() { '_' } else { c })
+        .collect()
 }
 
 /// A stage that must run but waits for a dataset folder that is not there: an error
@@ -909,7 +914,7 @@ impl Engine {
         }
         let mut state: BTreeMap<&Recipe, St> =
             jobs.iter().map(|j| (&j.recipe, St::Waiting)).collect();
-        let mut running: Vec<(&Job<'_>, Child, Instant, PathBuf)> = Vec::new();
+        let mut running: Vec<(&Job<'_>, Child, Instant, (PathBuf, u64))> = Vec::new();
         let mut failures: Vec<(Recipe, String)> = Vec::new();
         // An error here (a log that cannot be opened, a worker that cannot start) leaves
         // no worker behind: those started are stopped and waited for before it returns,
@@ -955,21 +960,29 @@ impl Engine {
                         .append(true)
                         .open(&log)
                         .with_context(|| format!("cannot open {}", log.display()))?;
-                    let child = Command::new(&exe)
-                        .args(self.worker_args(j.p, sets, &j.stage))
+                    // Where this attempt's lines begin: a failure is told by its own last
+                    // line, never by an earlier attempt's.
+                    let from = f.metadata().map_or(0, |m| m.len());
+                    let mut cmd = Command::new(&exe);
+                    cmd.args(self.worker_args(j.p, sets, &j.stage))
                         .env("PIPE_JOB_LOG", &log)
                         .env("RAYON_NUM_THREADS", each.to_string())
                         .envs(self.worker_env())
+                        // A worker is this process's, not a Slurm job of its own (run in an
+                        // allocation, each would take the job's lock and wait on the others).
+                        .env_remove("SLURM_JOB_ID")
                         .current_dir(&j.p.project_dir)
                         .stdin(Stdio::null())
                         .stdout(f.try_clone()?)
-                        .stderr(f)
+                        .stderr(f);
+                    stop_with_parent(&mut cmd);
+                    let child = cmd
                         .spawn()
                         .with_context(|| format!("starting stage `{}`", j.stage))?;
                     let pid = child.id();
                     // Counted as running before anything else can fail: an error from here on
                     // stops it with the others.
-                    running.push((j, child, Instant::now(), log.clone()));
+                    running.push((j, child, Instant::now(), (log.clone(), from)));
                     state.insert(&j.recipe, St::Running);
                     self.write_job_record(&JobRecord {
                         job: pid.to_string(),
@@ -996,16 +1009,13 @@ impl Engine {
                     match running[i].1.try_wait()? {
                         None => i += 1,
                         Some(status) => {
-                            let (j, _, t0, log) = running.swap_remove(i);
+                            let (j, _, t0, (log, from)) = running.swap_remove(i);
                             let secs = t0.elapsed().as_secs_f64();
                             if status.success() {
                                 self.note(format!("{} ran      {secs:>6.1}s", label(j)));
                                 state.insert(&j.recipe, St::Done);
                             } else {
-                                let tail = std::fs::read_to_string(&log)
-                                    .ok()
-                                    .and_then(|t| t.lines().last().map(|l| l.to_string()))
-                                    .unwrap_or_default();
+                                let tail = failure_line(&log, from, status);
                                 self.note(format!(
                                     "{} FAILED   {secs:>6.1}s  {tail}  (log {})",
                                     label(j),
@@ -1034,6 +1044,53 @@ impl Engine {
         outcome?;
         self.note(format!("{} ran with up to {n} at once", jobs.len()));
         Ok(failures)
+    }
+}
+
+/// Have the child `cmd` starts get SIGTERM when this process ends, however it ends (a
+/// `kill -9` of `pipe run -j` leaves no worker training on its own).
+fn stop_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the id is read before the fork; the closure runs in the child between fork
+    // and exec and calls only prctl, getppid and _exit, which are async-signal-safe.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: as above.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent died before the prctl: it would never send the signal.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
+/// What a local worker that failed says of it: the last line it wrote to `log` from
+/// offset `from` (this attempt's), and the signal that ended it, if one did.
+fn failure_line(log: &Path, from: u64, status: std::process::ExitStatus) -> String {
+    use std::io::{Read, Seek};
+    use std::os::unix::process::ExitStatusExt;
+    let mut text = String::new();
+    if let Ok(mut f) = std::fs::File::open(log) {
+        if f.seek(std::io::SeekFrom::Start(from)).is_ok() {
+            let _ = f.read_to_string(&mut text);
+        }
+    }
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    match status.signal() {
+        Some(sig) => format!("{last} (killed by signal {sig})")
+            .trim_start()
+            .to_string(),
+        None if last.is_empty() => format!("exited with {status}, writing nothing"),
+        None => last.to_string(),
     }
 }
 

@@ -1237,8 +1237,13 @@ pub fn metrics_from(stages: &[StageEntry], artifacts: &Path) -> BTreeMap<String,
                     }
                     m.insert("train.loss".into(), last.train_loss);
                     m.insert("train.acc".into(), last.train_acc);
-                    m.insert("val.loss".into(), last.val_loss);
-                    m.insert("val.acc".into(), last.val_acc);
+                    // The model's (the moving average when the stage keeps one), as
+                    // `pipe show` and halving read them.
+                    m.insert(
+                        "val.loss".into(),
+                        last.ema_val_loss.unwrap_or(last.val_loss),
+                    );
+                    m.insert("val.acc".into(), last.ema_val_acc.unwrap_or(last.val_acc));
                 }
             }
             Some(StageKind::Evaluate) => {

@@ -382,8 +382,11 @@ impl Engine {
         {
             metrics.insert("train.loss".into(), last.train_loss);
             metrics.insert("train.acc".into(), last.train_acc);
-            metrics.insert("val.loss".into(), last.val_loss);
-            metrics.insert("val.acc".into(), last.val_acc);
+            metrics.insert(
+                "val.loss".into(),
+                last.ema_val_loss.unwrap_or(last.val_loss),
+            );
+            metrics.insert("val.acc".into(), last.ema_val_acc.unwrap_or(last.val_acc));
         }
         Ok(Side {
             label: format!("{} (last run)", p.name),

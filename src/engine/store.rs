@@ -420,8 +420,10 @@ impl Store {
     pub fn key_is_running(&self, key: &StageKey) -> bool {
         let path = self.root.join("running").join(format!("{key}.lock"));
         // Read-only: flock needs no write access, and a reader of the store writes nothing.
+        // A shared probe: it fails only against the runner's exclusive lock, never against
+        // another probe (the dashboard's and `pipe status`'s at the same moment).
         match fs::File::open(&path) {
-            Ok(f) => matches!(f.try_lock(), Err(fs::TryLockError::WouldBlock)),
+            Ok(f) => matches!(f.try_lock_shared(), Err(fs::TryLockError::WouldBlock)),
             Err(_) => false,
         }
     }

@@ -9,9 +9,11 @@
 //! - `pages` (HTML, escaped by maud), `charts` (the charts' data, drawn in the browser by
 //!   ECharts) and `svg` (the stage DAG): shared by both.
 //! - `export`: the same pages as files.
+//! - `conn`: the connections the server holds (a cap, an idle limit).
 
 mod assets;
 pub mod charts;
+mod conn;
 mod export;
 pub mod pages;
 mod server;

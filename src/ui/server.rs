@@ -14,6 +14,7 @@
 //! another site that rebinds its DNS name to 127.0.0.1 is refused).
 
 use std::convert::Infallible;
+use std::future::IntoFuture;
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -206,11 +207,23 @@ pub fn serve(project: Project, opts: &UiOptions) -> Result<()> {
                 eprintln!("note: could not open a browser ({e}); open {url}");
             }
         }
-        axum::serve(listener, router(app))
+        let listener = super::conn::Listener::new(listener, super::conn::idle_limit());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = axum::serve(listener, router(app))
             .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
+                let _ = stopped.await;
             })
-            .await?;
+            .into_future();
+        tokio::pin!(server);
+        tokio::select! {
+            r = &mut server => r?,
+            _ = tokio::signal::ctrl_c() => {
+                // Requests in flight may finish; an open event stream never ends by itself,
+                // so what is still open after a moment is dropped with the process.
+                let _ = stop.send(());
+                let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+            }
+        }
         Ok(())
     })
 }
@@ -635,6 +648,16 @@ async fn compare_page(State(app): State<Arc<App>>, RawQuery(q): RawQuery) -> Res
     }
 }
 
+/// A sweep's halving decisions, off the async workers: with a record that no longer
+/// fits the manifest they are decided again, fingerprints included.
+async fn sweep_decisions(
+    app: &Arc<App>,
+    sw: &crate::manifest::Sweep,
+) -> Result<crate::outcome::sweep::HalvingDecisions, Response> {
+    let (a, sw) = (app.clone(), sw.clone());
+    blocking(move || Ok(a.engine().decisions(&sw))).await
+}
+
 /// A sweep's rows with its own best marked (by its metric).
 fn sweep_rows_marked(s: &Snapshot, name: &str, metric: &str) -> Vec<show::Row> {
     let mut rows = s.sweep_rows(name);
@@ -653,7 +676,10 @@ async fn sweep_page(State(app): State<Arc<App>>, Path(name): Path<String>) -> Re
     let metric = snap.sweep_metric(sw);
     let rows = sweep_rows_marked(&snap, &name, &metric);
     let keys: Vec<String> = sw.keys.iter().map(|k| sw.short_key(k)).collect();
-    let decisions = app.engine().decisions(sw);
+    let decisions = match sweep_decisions(&app, sw).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
     Html(pages::sweep_page(
         &sw.name,
         &sw.file.display().to_string(),
@@ -755,13 +781,17 @@ async fn api_sweep(State(app): State<Arc<App>>, Path(name): Path<String>) -> Res
     };
     let metric = snap.sweep_metric(sw);
     let rows = sweep_rows_marked(&snap, &name, &metric);
+    let halving = match sweep_decisions(&app, sw).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
     Json(serde_json::json!({
         "sweep": sw.name,
         "manifest": sw.file.display().to_string(),
         "keys": sw.keys,
         "metric": metric,
         "points": rows,
-        "halving": app.engine().decisions(sw),
+        "halving": halving,
     }))
     .into_response()
 }

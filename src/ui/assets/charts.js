@@ -68,11 +68,19 @@ function xsOf(run, mode) {
   return run.epochs.map((e) => (t += e.seconds || 0));
 }
 
-// Where a run's learning rate changed: the epoch that first used the new rate.
+// Where a run's learning rate dropped: the first epoch of each later segment (an lr-drop
+// or a resume stage), and a step of a stage's own (`schedule = "step"`: the rate held on
+// both sides). A schedule that moves the rate every epoch (poly, cosine, onecycle) is a
+// curve on the lr chart, not a line per epoch.
 function dropsOf(run) {
   const out = [];
-  for (let i = 1; i < run.epochs.length; i++) {
-    if (run.epochs[i].lr !== run.epochs[i - 1].lr) out.push({ at: i, lr: run.epochs[i].lr });
+  const e = run.epochs;
+  for (let i = 1; i < e.length; i++) {
+    const segment = e[i].stage !== e[i - 1].stage;
+    const held = (i < 2 || e[i - 1].lr === e[i - 2].lr) && (i + 1 >= e.length || e[i + 1].lr === e[i].lr);
+    if (segment || (e[i].lr !== e[i - 1].lr && held && e[i].stage === e[i - 1].stage)) {
+      out.push({ at: i, lr: e[i].lr });
+    }
   }
   return out;
 }
