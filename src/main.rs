@@ -65,6 +65,10 @@ enum Cmd {
         /// has a store of its own)
         #[arg(long, value_name = "STORE")]
         journal_to: Option<PathBuf>,
+        /// The stage's recipe as the submitting run decided it: refused when the manifest
+        /// makes another now
+        #[arg(long, value_name = "HEX")]
+        recipe: Option<String>,
     },
     /// Pipelines side by side: schedules, final metrics, ranks, size, time, state
     Show {
@@ -692,7 +696,15 @@ fn dispatch(g: Global, cmd: Cmd) -> anyhow::Result<()> {
             stage,
             sets,
             journal_to,
-        } => commands::run_stage(&g, &manifest, &stage, &sets, journal_to.as_deref()),
+            recipe,
+        } => commands::run_stage(
+            &g,
+            &manifest,
+            &stage,
+            &sets,
+            journal_to.as_deref(),
+            recipe.as_deref(),
+        ),
         Cmd::Runs {
             names,
             filter,

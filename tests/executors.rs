@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{artifact_names, fill, read_json, Project};
+use common::{artifact_names, fill, read_json, Hold, Project};
 
 /// Two experiments over the same data stages; `lr` and `epochs` differ per pipeline.
 fn experiment(name: &str, lr: f64, epochs: usize, per_class: usize) -> String {
@@ -461,6 +461,58 @@ fn a_killed_parallel_run_takes_its_workers_with_it() {
         })
     };
     wait_for("the orphaned worker to end", 20, || !alive(worker));
+}
+
+/// A `-j` worker reads the manifest when it starts. One edited after the run decided on
+/// its stages is refused by the worker (it would record one configuration beside another's
+/// results): the run fails naming why, and its record does not say the stage was done.
+#[test]
+fn a_worker_refuses_a_stage_the_manifest_changed_since_the_run_decided_it() {
+    let p = Project::with("exp.toml", &experiment("exp", 0.01, 2, 20));
+    p.ok(&["run", "exp", "--until", "hdf5"]);
+    let hold = Hold::new();
+    let mut cmd = p.cmd(&["run", "exp", "-j", "1"]);
+    hold.on(&mut cmd)
+        .env("PIPE_FAULT", "train:epoch1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    // The training worker (its stderr goes to its job log) holds after its first epoch.
+    let jobs = p.cache().join("jobs");
+    wait_for("the training worker at its first epoch", 60, || {
+        std::fs::read_dir(&jobs).is_ok_and(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+                .any(|e| {
+                    std::fs::read_to_string(e.path())
+                        .is_ok_and(|t| t.contains("PIPE_FAULT reached: train:epoch1"))
+                })
+        })
+    });
+    // The evaluation asks for another rank meanwhile.
+    let path = p.path().join("pipelines/exp.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("top_k = [1, 3]", "top_k = [1, 2]")).unwrap();
+    hold.release();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("evaluate"), "{err}");
+    let log: String = std::fs::read_dir(&jobs)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    assert!(
+        log.contains("stage `evaluate` of `exp` is not the one this job was started for"),
+        "{log}"
+    );
+    // Nothing evaluated under the old record, and the new manifest's evaluation runs now.
+    let runs = p.ok_json(&["runs", "exp", "--json"]);
+    assert_ne!(runs[0]["state"], "done", "{runs}");
+    let r = p.run_json("exp", &[]);
+    assert_eq!(common::field(&r, "evaluate", "state"), "ran", "{r}");
 }
 
 #[test]

@@ -656,10 +656,11 @@ fn an_lr_drop_to_dfdx_of_a_model_with_a_moving_average_is_refused_before_it_trai
 /// difference: one side read from the record, the other as `pipe show` reads it).
 #[test]
 fn the_moving_averages_validation_is_the_runs_val_acc_everywhere() {
-    let text =
-        Generated::new("r")
-            .text()
-            .replacen("lr = 0.01\n", "lr = 0.01\nema = { decay = 0.999 }\n", 1);
+    let text = Generated::new("r").text().replacen(
+        "lr = 0.01\n",
+        "lr = 0.01\nema = { decay = 0.999 }\n",
+        1,
+    );
     let p = Project::with("r.toml", &text);
     p.run_json("r", &[]);
     let runs = p.ok_json(&["runs", "--json"]);

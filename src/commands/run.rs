@@ -1,7 +1,7 @@
 //! `pipe run` (in this process, or with an executor; a pipeline, a sweep, or one point of
 //! a sweep) and `pipe run-stage` (what an executor's job runs).
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use super::Console;
 use super::{load, Global};
@@ -318,7 +318,15 @@ pub fn run_stage(
     stage: &str,
     sets: &[String],
     journal_to: Option<&std::path::Path>,
+    recipe: Option<&str>,
 ) -> Result<()> {
+    let expect = match recipe {
+        Some(r) => Some(
+            crate::ids::Recipe::parse(r)
+                .with_context(|| format!("--recipe {r}: not a recipe (64 hex digits)"))?,
+        ),
+        None => None,
+    };
     let (proj, p) = load(g, manifest, sets)?;
     let mut engine = super::writing(g, &proj, false)?;
     if journal_to.is_some() {
@@ -349,7 +357,7 @@ pub fn run_stage(
         &journal,
         stage,
         &kind,
-        || engine.run_stage(&p, stage),
+        || engine.run_stage(&p, stage, expect.as_ref()),
         |o, ran| {
             let mut e = crate::engine::journal::entry_of(o);
             e.job = ran.job;

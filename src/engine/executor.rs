@@ -559,7 +559,13 @@ impl Engine {
         }
     }
 
-    fn worker_args(&self, p: &Pipeline, sets: &[String], stage: &str) -> Vec<String> {
+    fn worker_args(
+        &self,
+        p: &Pipeline,
+        sets: &[String],
+        stage: &str,
+        recipe: &Recipe,
+    ) -> Vec<String> {
         let abs = |x: &Path| std::fs::canonicalize(x).unwrap_or_else(|_| x.to_path_buf());
         let mut a = vec![
             "--cache".to_string(),
@@ -567,6 +573,10 @@ impl Engine {
             "run-stage".to_string(),
             target_arg(p),
             stage.to_string(),
+            // The worker reads the manifest again when it starts: it runs only the stage
+            // this run decided on, never what an edit since made of it.
+            "--recipe".to_string(),
+            recipe.to_string(),
         ];
         for s in sets {
             a.push("--set".into());
@@ -703,7 +713,7 @@ impl Engine {
                 .collect();
             let log = jobs_dir.join(format!("{recipe}.log"));
             let script = jobs_dir.join(format!("{recipe}.sh"));
-            let args = self.worker_args(p, sets, name);
+            let args = self.worker_args(p, sets, name, recipe);
             let mut words: Vec<String> = args.iter().map(|a| sh_quote(a)).collect();
             if let Some(js) = &o.job_store {
                 // The job's own store, its `$VARS` expanded by the job's shell; the
@@ -964,7 +974,7 @@ impl Engine {
                     // line, never by an earlier attempt's.
                     let from = f.metadata().map_or(0, |m| m.len());
                     let mut cmd = Command::new(&exe);
-                    cmd.args(self.worker_args(j.p, sets, &j.stage))
+                    cmd.args(self.worker_args(j.p, sets, &j.stage, &j.recipe))
                         .env("PIPE_JOB_LOG", &log)
                         .env("RAYON_NUM_THREADS", each.to_string())
                         .envs(self.worker_env())

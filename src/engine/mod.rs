@@ -1045,7 +1045,12 @@ impl Engine {
     /// Run one stage of a pipeline whose inputs are all in the store (what a cluster job
     /// or a local worker runs): decides every stage before it (each must be in the store),
     /// then runs this one unless it is cached. Errors name an input that is missing.
-    pub fn run_stage(&mut self, p: &Pipeline, stage: &str) -> Result<StageOutcome> {
+    pub fn run_stage(
+        &mut self,
+        p: &Pipeline,
+        stage: &str,
+        expect: Option<&crate::ids::Recipe>,
+    ) -> Result<StageOutcome> {
         decide::check_stage_names(p, &[stage])?;
         let _lock = self.share_store(&format!("pipe run-stage {} {stage}", p.name))?;
         self.note_project(p)?;
@@ -1067,7 +1072,18 @@ impl Engine {
                     "stage `{stage}` needs `{name}`, which is not in the store (did its job fail? `pipe status {}` says)",
                     p.name
                 ),
-                (_, true) => e.act_on_job(p, d),
+                (_, true) => match expect.filter(|r| **r != d.recipe) {
+                    // The manifest (or a dataset it reads) changed since the run that
+                    // started this job decided on it: the job's record would show one
+                    // configuration beside another's results.
+                    Some(r) => anyhow::bail!(
+                        "stage `{stage}` of `{}` is not the one this job was started for (its recipe was {}, the manifest as it is now makes {}): the manifest or its data changed since; nothing run — run the pipeline again",
+                        p.name,
+                        r.short(),
+                        d.recipe.short()
+                    ),
+                    None => e.act_on_job(p, d),
+                },
             }
         })?;
         let outcome = decisions
