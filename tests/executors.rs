@@ -515,6 +515,58 @@ fn a_worker_refuses_a_stage_the_manifest_changed_since_the_run_decided_it() {
     assert_eq!(common::field(&r, "evaluate", "state"), "ran", "{r}");
 }
 
+/// Jobs cancelled while they wait (held here, so none starts) never write how they went:
+/// the run's record reads as failed, naming the job and what Slurm says, instead of
+/// "running" for good.
+#[test]
+fn a_slurm_run_whose_jobs_were_cancelled_before_they_started_reads_as_failed() {
+    let Some(conf) = cluster() else { return };
+    let p = Project::with("exp.toml", &experiment("exp", 0.01, 1, 10));
+    let out = p
+        .cmd(&["run", "exp", "--executor", "slurm"])
+        .env("SLURM_CONF", &conf)
+        .env("SBATCH_HOLD", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    let jobs = jobs_in(&err);
+    assert_eq!(jobs.len(), 5, "{err}");
+    for (_, id, _) in &jobs {
+        assert_eq!(slurm_job_state(&conf, id), "PENDING", "job {id} is held");
+    }
+    let runs = || {
+        let out = p
+            .cmd(&["runs", "exp", "--json"])
+            .env("SLURM_CONF", &conf)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    assert_eq!(runs()[0]["state"], "running", "held, not cancelled yet");
+    let ids: Vec<&str> = jobs.iter().map(|j| j.1.as_str()).collect();
+    let cancel = Command::new("scancel")
+        .args(&ids)
+        .env("SLURM_CONF", &conf)
+        .status()
+        .unwrap();
+    assert!(cancel.success());
+    let mut last = serde_json::Value::Null;
+    wait_for("the record to read as failed", 60, || {
+        last = runs();
+        last[0]["state"] == "failed"
+    });
+    let text = last.to_string();
+    assert!(
+        text.contains(&format!(
+            "job {} ended without recording how it went",
+            ids[0]
+        )) && text.contains("CANCELLED"),
+        "{text}"
+    );
+}
+
 #[test]
 fn resources_are_checked_and_stay_out_of_the_key() {
     let p = Project::new();

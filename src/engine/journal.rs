@@ -30,7 +30,7 @@ use crate::manifest::{ManifestSources, Pipeline, StageKind};
 use crate::outcome::record::{
     Annotation, GitInfo, HostInfo, RunRecord, RunState, StageEntry, RECORD_FORMAT,
 };
-use crate::outcome::{StageOutcome, StageState};
+use crate::outcome::{JobState, StageOutcome, StageState};
 use crate::stages;
 
 /// The journal of one store.
@@ -648,7 +648,9 @@ impl Journal {
         let mut all_done = true;
         let mut failed = None;
         let mut killed = false;
-        for s in &mut rec.stages {
+        // Stages whose job has said nothing yet: queued, or ended before it could say.
+        let mut silent: Vec<usize> = Vec::new();
+        for (i, s) in rec.stages.iter_mut().enumerate() {
             let Some(job) = s.job.clone() else { continue };
             if s.state == AWAITING {
                 // Its promotion job decides whether it runs (and amends the record).
@@ -686,7 +688,36 @@ impl Journal {
                         all_done = false;
                     }
                 }
-                _ => all_done = false,
+                _ => {
+                    all_done = false;
+                    silent.push(i);
+                }
+            }
+        }
+        if !silent.is_empty() {
+            // A job cancelled while it waited (its dependents with it), or one that failed
+            // before it could write its entry, never will: Slurm says it ended.
+            let ids: Vec<&str> = silent
+                .iter()
+                .filter_map(|&i| rec.stages[i].job.as_deref())
+                .collect();
+            let live = super::slurm::queued_or_running(&ids);
+            for &i in &silent {
+                let s = &mut rec.stages[i];
+                let Some(job) = s.job.clone() else { continue };
+                if live.as_ref().is_some_and(|l| l.contains(&job)) {
+                    continue;
+                }
+                let name = super::slurm::job_name(&rec.pipeline, &s.name);
+                let why = match super::slurm::slurm_state(&job, &name) {
+                    JobState::Failed(why) => format!("Slurm says {why}"),
+                    JobState::Done => "it completed".to_string(),
+                    JobState::Gone => "Slurm no longer knows it".to_string(),
+                    JobState::Queued(_) | JobState::Running(_) | JobState::Unknown => continue,
+                };
+                s.state = "failed".into();
+                s.summary = format!("job {job} ended without recording how it went ({why})");
+                failed.get_or_insert_with(|| format!("stage `{}` failed: {}", s.name, s.summary));
             }
         }
         if let Some(f) = failed {

@@ -24,6 +24,7 @@ pub mod keys;
 pub mod query;
 pub mod remote;
 pub mod runs;
+pub mod slurm;
 pub mod store;
 pub mod sweep;
 
