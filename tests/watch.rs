@@ -198,6 +198,25 @@ fn a_watched_folder_is_vouched_for_until_anything_in_it_changes() {
             }),
         ),
         (
+            "a link's target replaced by a file renamed over it (the old file kept by another name)",
+            Box::new(|| {
+                fs::hard_link(outside.join("target.jpg"), outside.join("target-old.jpg")).unwrap();
+                fs::write(outside.join("target.new"), "T2").unwrap();
+                fs::rename(outside.join("target.new"), outside.join("target.jpg")).unwrap();
+            }),
+        ),
+        (
+            "the file that replaced a link's target then changed in place",
+            Box::new(|| {
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(outside.join("target.jpg"))
+                    .unwrap()
+                    .write_all_at(b"T3", 0)
+                    .unwrap()
+            }),
+        ),
+        (
             "only the time",
             Box::new(|| set_mtime(&root.join("b/010.jpg"), t0 - Duration::from_secs(60))),
         ),
@@ -218,6 +237,25 @@ fn a_watched_folder_is_vouched_for_until_anything_in_it_changes() {
             "{what}: not vouched for after"
         );
     }
+
+    // A link whose target is not there yet: the walk fails on it; the target made outside
+    // the folder, and then changed in place, are each seen.
+    std::os::unix::fs::symlink(outside.join("later.jpg"), root.join("a/later.jpg")).unwrap();
+    assert!(fingerprint_tree(&store, &root, false).is_err());
+    fs::write(outside.join("later.jpg"), "later-1").unwrap();
+    assert!(!vouched(&store, &root, "a dangling link's target made"));
+    assert!(vouched(
+        &store,
+        &root,
+        "after a dangling link's target was made"
+    ));
+    fs::OpenOptions::new()
+        .write(true)
+        .open(outside.join("later.jpg"))
+        .unwrap()
+        .write_all_at(b"LATER", 0)
+        .unwrap();
+    assert!(!vouched(&store, &root, "the new target changed in place"));
 
     // The watcher stopped: every run walks again.
     drop(w);

@@ -306,15 +306,32 @@ pub fn distrust(store: &Store, root: &Path) {
 /// write through a memory mapping to a page already dirty, or a file system whose ctime
 /// a program can set).
 pub fn forget(store: &Store, root: &Path, file: &Path) -> Result<()> {
-    let Ok(root) = root.canonicalize() else {
+    let Ok(canonical) = root.canonicalize() else {
         return Ok(());
     };
-    let file = file.canonicalize().unwrap_or_else(|_| file.to_path_buf());
-    let Ok(rel) = file.strip_prefix(&root) else {
+    // Whatever path the file is found under, the watcher's word on the folder goes.
+    distrust(store, &canonical);
+    // The file's own name is kept as it is (a link in the folder is cached under its own
+    // path, not its target's); only the folders above it are resolved, for a root spelled
+    // another way than the walk's.
+    let resolved = match (file.parent(), file.file_name()) {
+        (Some(dir), Some(name)) => dir.canonicalize().map(|d| d.join(name)).ok(),
+        _ => None,
+    };
+    let Some(rel) = [
+        file.strip_prefix(&canonical).ok(),
+        file.strip_prefix(root).ok(),
+        resolved
+            .as_deref()
+            .and_then(|f| f.strip_prefix(&canonical).ok()),
+    ]
+    .into_iter()
+    .flatten()
+    .next() else {
         return Ok(());
     };
     let rel = rel.to_string_lossy().replace('\\', "/");
-    distrust(store, &root);
+    let root = canonical;
     let cpath = cache_file(store, &root);
     let Ok(bytes) = fs::read(&cpath) else {
         return Ok(());
@@ -736,6 +753,22 @@ mod tests {
         assert_eq!((again.hashed, &again.hash), (1, &first.hash));
         let next = fingerprint_tree(&store, &root, false).unwrap();
         assert_eq!(next.hashed, 0);
+        // A link in the folder, to a file outside it, is forgotten under its own name; so
+        // is a file named through a root spelled with a link to it.
+        fs::write(tmp.path().join("outside.jpg"), b"o").unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("outside.jpg"), root.join("a/link.jpg"))
+            .unwrap();
+        std::os::unix::fs::symlink(&root, tmp.path().join("alias")).unwrap();
+        assert_eq!(fingerprint_tree(&store, &root, false).unwrap().hashed, 1);
+        for (spelled, file) in [
+            (&root, root.join("a/link.jpg")),
+            (&root, tmp.path().join("alias/a/link.jpg")),
+            (&tmp.path().join("alias"), tmp.path().join("alias/a/2.jpg")),
+        ] {
+            forget(&store, spelled, &file).unwrap();
+            let again = fingerprint_tree(&store, &root, false).unwrap();
+            assert_eq!(again.hashed, 1, "{}", file.display());
+        }
     }
 
     #[test]

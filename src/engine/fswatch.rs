@@ -69,6 +69,11 @@ pub fn socket_path(store_root: &Path) -> PathBuf {
 #[derive(Serialize, Deserialize)]
 struct Request {
     root: String,
+    /// The folder's (device, inode) as the run sees it: a watcher in another mount
+    /// namespace (a run in a container with the store bind-mounted) may see another
+    /// folder at the same path, and must not vouch for it.
+    #[serde(default)]
+    id: Option<(u64, u64)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -128,6 +133,10 @@ pub fn ask(store_root: &Path, root: &Path) -> Answer {
         Ok(m) if m.uid() == me => {}
         _ => return Answer::NoWatcher,
     }
+    let id = match std::fs::metadata(root) {
+        Ok(m) => (m.dev(), m.ino()),
+        Err(_) => return Answer::NoWatcher,
+    };
     let Some(root) = root.to_str() else {
         return Answer::Refused("its path is not UTF-8".into());
     };
@@ -146,7 +155,10 @@ pub fn ask(store_root: &Path, root: &Path) -> Answer {
             return Ok(None);
         }
         s.set_write_timeout(Some(Duration::from_secs(5)))?;
-        let mut line = serde_json::to_vec(&Request { root: root.into() })?;
+        let mut line = serde_json::to_vec(&Request {
+            root: root.into(),
+            id: Some(id),
+        })?;
         line.push(b'\n');
         (&s).write_all(&line)?;
         // Read in short waits; between them, a watcher that stopped is given up on.
@@ -409,9 +421,12 @@ impl Watched {
 
     /// A symbolic link, resolved one component at a time: each folder that holds a link
     /// met on the way is watched (retargeting that link is an event there), each folder
-    /// the path passes through is watched for its own move or deletion, and the target,
-    /// when a file, for its changes. A dangling link or a loop adds nothing more: the
-    /// fingerprint's walk fails on it.
+    /// the path passes through is watched for its own move or deletion, the folder that
+    /// holds the target for what is created, moved or deleted in it (a file renamed over
+    /// the target is another file), and the target, when a file, for its changes. Where
+    /// the path breaks off (a dangling link), the last folder it reaches is watched the
+    /// same way, so the missing part appearing is an event; a loop adds nothing more (the
+    /// fingerprint's walk fails on it).
     fn add_link(&mut self, link: &Path, dev: u64) -> Result<(), String> {
         let mut pending = link.to_path_buf();
         for _ in 0..40 {
@@ -421,6 +436,9 @@ impl Watched {
             while let Some(c) = parts.next() {
                 done.push(c);
                 let Ok(m) = std::fs::symlink_metadata(&done) else {
+                    if let Some(holder) = done.parent().filter(|h| h.is_dir()) {
+                        self.add_outside(holder, folder_mask(), dev)?;
+                    }
                     return Ok(());
                 };
                 if m.file_type().is_symlink() {
@@ -441,6 +459,9 @@ impl Watched {
             match next {
                 Some(n) => pending = n,
                 None => {
+                    if let Some(holder) = pending.parent().filter(|h| h.is_dir()) {
+                        self.add_outside(holder, folder_mask(), dev)?;
+                    }
                     if pending.is_file() {
                         self.add_outside(&pending, file_mask(), dev)?;
                         self.files += 1;
@@ -679,7 +700,23 @@ fn answer(w: &mut Watcher, s: UnixStream, say: &mut dyn FnMut(String)) {
         return;
     }
     let reply = match serde_json::from_str::<Request>(&line) {
-        Ok(q) => w.token(&PathBuf::from(OsString::from(q.root)), say),
+        Ok(q) => {
+            let root = PathBuf::from(OsString::from(q.root));
+            match (w.token(&root, say), q.id) {
+                // Seen from here, the path names another folder than the run's.
+                (Reply::Token(_), Some(id)) if w.roots.get(&root).is_some_and(|x| x.id != id) => {
+                    Reply::Refused(format!(
+                        "{} is another folder where this watcher runs (another mount namespace?)",
+                        root.display()
+                    ))
+                }
+                (Reply::Token(_), None) => Reply::Refused(
+                    "the run did not say which folder it means (a pipe older than this watcher)"
+                        .into(),
+                ),
+                (reply, _) => reply,
+            }
+        }
         Err(e) => Reply::Refused(format!("not a request: {e}")),
     };
     if let Ok(mut out) = serde_json::to_vec(&reply) {
@@ -702,6 +739,43 @@ mod tests {
         assert!(e.contains("/proc") && e.contains("0x9fa0"), "{e}");
         let e = local_fs(Path::new("/no/such/folder")).unwrap_err();
         assert!(e.contains("statfs"), "{e}");
+    }
+
+    /// A run says which folder (device, inode) it means: a watcher that sees another
+    /// folder at that path (another mount namespace) refuses, and one asked without it
+    /// (an older pipe) refuses too.
+    #[test]
+    fn a_folder_the_watcher_sees_otherwise_than_the_run_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        let md = std::fs::metadata(&root).unwrap();
+        let mut w = Watcher {
+            id: 7,
+            next_epoch: 0,
+            roots: HashMap::new(),
+            buf: vec![0; 4096],
+        };
+        let ask = |w: &mut Watcher, id: Option<(u64, u64)>| -> Reply {
+            let (a, b) = UnixStream::pair().unwrap();
+            let mut q = serde_json::to_vec(&Request {
+                root: root.to_str().unwrap().into(),
+                id,
+            })
+            .unwrap();
+            q.push(b'\n');
+            (&a).write_all(&q).unwrap();
+            answer(w, b, &mut |_| {});
+            let mut line = String::new();
+            BufReader::new(&a).read_line(&mut line).unwrap();
+            serde_json::from_str(&line).unwrap()
+        };
+        let same = Some((md.dev(), md.ino()));
+        assert!(matches!(ask(&mut w, same), Reply::Token(_)));
+        match ask(&mut w, Some((md.dev(), md.ino() + 1))) {
+            Reply::Refused(why) => assert!(why.contains("another mount namespace"), "{why}"),
+            Reply::Token(t) => panic!("vouched with token {t}"),
+        }
+        assert!(matches!(ask(&mut w, None), Reply::Refused(_)));
     }
 
     #[test]
