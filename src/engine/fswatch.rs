@@ -18,17 +18,20 @@
 //!   its entries through it); each file with more than one hard link (a change through
 //!   another name); and for each symbolic link, resolved one component at a time, the
 //!   folder holding each link met on the way (retargeting it is an event there), each
-//!   folder the path passes through (its own move or deletion), and the target. An entry
-//!   created or moved in, a watched folder deleted or moved, the kernel's queue
-//!   overflowing, or the root's path naming another folder (an ancestor renamed) rebuilds
-//!   the watches before the next token: a new epoch.
+//!   folder the path passes through (its own move or deletion), the folder holding the
+//!   target (created or renamed over there), and the target; a dangling link's last folder.
+//!   An entry created or moved in, a watched folder deleted or moved, the kernel's queue
+//!   overflowing, the root's path naming another folder (an ancestor renamed), or the
+//!   mount table changing (a file system mounted inside the root raises no inotify event)
+//!   rebuilds the watches before the next token: a new epoch.
+//! - A run sends the root's (device, inode) as it sees it: a watcher that sees another
+//!   folder at that path (another mount namespace) refuses.
 //! - A folder is vouched for only on a local file system (ext4, XFS, Btrfs, tmpfs, ZFS,
 //!   F2FS, overlayfs), link targets included. NFS, SMB, FUSE and the like see changes made
 //!   by other machines, which raise no event here: there the runs stat every file, as
 //!   without a watcher. A refused folder is tried again after a minute.
 //! - Not seen, as by every inotify watcher (git's fsmonitor, watchman): a write through a
-//!   memory mapping, a file system mounted over a folder inside the root, and a hard link
-//!   made from outside to a file that had one name when watched, then written through.
+//!   memory mapping, and a hard link made from outside to a file that had one name when watched, then written through.
 //!   The watches are made again every ten minutes, so such a change is trusted for at most
 //!   that long (the run after a rebuild walks, and the walk sees it). A stage that reads a
 //!   dataset walks it first and fails if it differs from what the run decided on (see
@@ -534,13 +537,41 @@ struct Watcher {
     next_epoch: u64,
     roots: HashMap<PathBuf, Watched>,
     buf: Vec<u8>,
+    /// The mount table (`/proc/self/mountinfo`): a file system mounted or unmounted
+    /// inside a watched tree raises no inotify event, but the table's change makes the
+    /// file poll with POLLPRI.
+    mounts: Option<std::fs::File>,
 }
 
 impl Watcher {
+    /// Whether the mount table changed since the last look (a poll that does not wait):
+    /// then every folder's watches are made again before its next token.
+    fn check_mounts(&mut self) {
+        let Some(m) = &self.mounts else { return };
+        let mut fd = libc::pollfd {
+            fd: m.as_raw_fd(),
+            events: libc::POLLPRI,
+            revents: 0,
+        };
+        // SAFETY: one live, writable pollfd; a zero timeout.
+        let rc = unsafe { libc::poll(&mut fd, 1, 0) };
+        if rc > 0 && fd.revents & (libc::POLLPRI | libc::POLLERR) != 0 {
+            self.remounted();
+        }
+    }
+
+    /// The mount table changed: every folder's watches are made again.
+    fn remounted(&mut self) {
+        for r in self.roots.values_mut() {
+            r.rebuild = true;
+        }
+    }
+
     fn token(&mut self, root: &Path, say: &mut dyn FnMut(String)) -> Reply {
         if !root.is_absolute() {
             return Reply::Refused(format!("{} is not an absolute path", root.display()));
         }
+        self.check_mounts();
         // A few rebuilds at most while the folder keeps changing under the walk.
         for _ in 0..4 {
             if let Some(w) = self.roots.get_mut(root) {
@@ -651,6 +682,7 @@ pub fn serve(store_root: &Path, say: &mut dyn FnMut(String)) -> Result<()> {
         next_epoch: 0,
         roots: HashMap::new(),
         buf: vec![0u8; 64 * 1024],
+        mounts: std::fs::File::open("/proc/self/mountinfo").ok(),
     };
     loop {
         let mut fds: Vec<libc::pollfd> = std::iter::once(listener.as_raw_fd())
@@ -661,6 +693,13 @@ pub fn serve(store_root: &Path, say: &mut dyn FnMut(String)) -> Result<()> {
                 revents: 0,
             })
             .collect();
+        if let Some(m) = &w.mounts {
+            fds.push(libc::pollfd {
+                fd: m.as_raw_fd(),
+                events: libc::POLLPRI,
+                revents: 0,
+            });
+        }
         // SAFETY: `fds` is a live, writable array of `fds.len()` pollfd structs.
         let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
         if rc < 0 {
@@ -674,6 +713,14 @@ pub fn serve(store_root: &Path, say: &mut dyn FnMut(String)) -> Result<()> {
         let buf = &mut w.buf;
         for r in w.roots.values_mut() {
             r.drain(buf);
+        }
+        // The poll above took the mount table's change (it is reported once per look).
+        if w.mounts.is_some()
+            && fds
+                .last()
+                .is_some_and(|f| f.revents & (libc::POLLPRI | libc::POLLERR) != 0)
+        {
+            w.remounted();
         }
         if fds[0].revents != 0 {
             loop {
@@ -754,6 +801,7 @@ mod tests {
             next_epoch: 0,
             roots: HashMap::new(),
             buf: vec![0; 4096],
+            mounts: None,
         };
         let ask = |w: &mut Watcher, id: Option<(u64, u64)>| -> Reply {
             let (a, b) = UnixStream::pair().unwrap();
