@@ -531,7 +531,7 @@ pub fn predicted_class(row: &[f32], label: usize) -> usize {
         return best;
     }
     (0..row.len())
-        .find(|&j| j != label && !(row[j] < p))
+        .find(|&j| j != label && row[j] >= p)
         .unwrap_or(best)
 }
 

@@ -30,7 +30,7 @@ pub fn read_batch(path: &Path) -> Result<Vec<u8>> {
 
 /// The bytes of batch file `path`, checked as whole records.
 pub fn check_batch(path: &Path, bytes: &[u8]) -> Result<()> {
-    if bytes.is_empty() || bytes.len() % RECORD != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(RECORD) {
         anyhow::bail!(
             "{}: {} bytes is not a whole number of {RECORD}-byte CIFAR-10 records",
             path.display(),

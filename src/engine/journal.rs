@@ -697,19 +697,19 @@ impl Journal {
         if !silent.is_empty() {
             // A job cancelled while it waited (its dependents with it), or one that failed
             // before it could write its entry, never will: Slurm says it ended.
-            let ids: Vec<&str> = silent
+            let jobs: Vec<(String, String)> = silent
                 .iter()
-                .filter_map(|&i| rec.stages[i].job.as_deref())
+                .filter_map(|&i| {
+                    let s = &rec.stages[i];
+                    let name = super::slurm::job_name(&rec.pipeline, &s.name);
+                    s.job.clone().map(|j| (j, name))
+                })
                 .collect();
-            let live = super::slurm::queued_or_running(&ids);
-            for &i in &silent {
+            let states = slurm_job_states(&jobs);
+            for (&i, state) in silent.iter().zip(states) {
                 let s = &mut rec.stages[i];
                 let Some(job) = s.job.clone() else { continue };
-                if live.as_ref().is_some_and(|l| l.contains(&job)) {
-                    continue;
-                }
-                let name = super::slurm::job_name(&rec.pipeline, &s.name);
-                let why = match super::slurm::slurm_state(&job, &name) {
+                let why = match state {
                     JobState::Failed(why) => format!("Slurm says {why}"),
                     JobState::Done => "it completed".to_string(),
                     JobState::Gone => "Slurm no longer knows it".to_string(),
@@ -1429,6 +1429,27 @@ fn merge_entries(into: &mut Vec<StageEntry>, from: &[StageEntry]) {
     }
 }
 
+/// How Slurm says each job `(id, name)` stands: one `squeue` for those still queued or
+/// running, a question each for the others (ended: how). In this crate's unit tests, the
+/// answers the test set ([`tests::SLURM`]), when it set any.
+fn slurm_job_states(jobs: &[(String, String)]) -> Vec<JobState> {
+    #[cfg(test)]
+    if let Some(said) = tests::SLURM.with(|m| m.borrow().clone()) {
+        return jobs
+            .iter()
+            .map(|(j, _)| said.get(j).cloned().unwrap_or(JobState::Unknown))
+            .collect();
+    }
+    let ids: Vec<&str> = jobs.iter().map(|(j, _)| j.as_str()).collect();
+    let live = super::slurm::queued_or_running(&ids);
+    jobs.iter()
+        .map(|(j, name)| match &live {
+            Some(l) if l.contains(j) => JobState::Queued(String::new()),
+            _ => super::slurm::slurm_state(j, name),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1452,8 +1473,25 @@ mod tests {
         fs::write(j.record_path(id), rec.to_string()).unwrap();
     }
 
+    thread_local! {
+        /// What Slurm says of each job id, for [`super::slurm_job_states`] (None: ask it).
+        pub(super) static SLURM: std::cell::RefCell<Option<std::collections::HashMap<String, JobState>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    fn slurm_says(jobs: &[(&str, JobState)]) {
+        SLURM.with(|m| {
+            *m.borrow_mut() = Some(
+                jobs.iter()
+                    .map(|(j, s)| (j.to_string(), s.clone()))
+                    .collect(),
+            )
+        });
+    }
+
     #[test]
     fn a_slurm_record_reads_running_while_submitted_and_interrupted_when_its_submitter_died() {
+        slurm_says(&[("7", JobState::Queued(String::new()))]);
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::open(&tmp.path().join("store")).unwrap();
         let j = Journal::of(&store);
@@ -1481,8 +1519,24 @@ mod tests {
         // Handed to a job that has not written its entry yet: running.
         let id = "20261207-100000-cccc";
         let queued = serde_json::json!({"name": "train", "kind": "train", "state": "queued", "key": "k", "job": "7"});
-        write_record(&j, id, "exp", "slurm", "running", vec![queued]);
+        write_record(&j, id, "exp", "slurm", "running", vec![queued.clone()]);
         assert_eq!(state(id), RunState::Running);
+        // Its job cancelled before it started (Slurm says so), or forgotten by Slurm: it
+        // will never write that entry: failed, naming the job.
+        for (said, why) in [
+            (JobState::Failed("CANCELLED".into()), "Slurm says CANCELLED"),
+            (JobState::Gone, "Slurm no longer knows it"),
+        ] {
+            slurm_says(&[("7", said)]);
+            let r = j.get(id).unwrap();
+            assert_eq!(r.state, RunState::Failed);
+            assert_eq!(
+                r.stages[0].summary,
+                format!("job 7 ended without recording how it went ({why})")
+            );
+        }
+        slurm_says(&[("7", JobState::Unknown)]);
+        assert_eq!(state(id), RunState::Running, "Slurm not answering");
         // A run in this process, its lock not held: interrupted.
         let id = "20261207-100000-dddd";
         write_record(&j, id, "exp", "in-process", "running", begun());
