@@ -70,6 +70,19 @@ fn the_json_endpoints_give_what_pipe_show_gives_and_no_request_writes() {
     let sw = ui.json("/api/sweeps/tiny_lr");
     assert_eq!(sw["keys"], serde_json::json!(["train.lr"]));
     assert_eq!(sw["points"].as_array().unwrap().len(), 2);
+    // Its best point is the one `pipe show` marks.
+    let best = |rows: &serde_json::Value| -> Vec<String> {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| {
+                r["best"] == true && r["pipeline"].as_str().unwrap().starts_with("tiny_lr@")
+            })
+            .map(|r| r["pipeline"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(best(&sw["points"]), best(&show), "{sw}");
+    assert_eq!(best(&show).len(), 1, "{show}");
     // Pages render.
     for path in [
         "/",

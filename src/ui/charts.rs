@@ -62,9 +62,13 @@ pub fn curves(series: &[Series], live: Option<&str>) -> Value {
 pub struct Axis {
     /// Its name.
     pub name: String,
-    /// Each point's value on it, as written (`5e-3`, `elu`), and as a number if it is one.
+    /// Each point's value on it, as written (`5e-3`, `elu`), and as a number if it is one;
+    /// [`MISSING`] where the point has none yet (a point not run, or pruned before it).
     pub values: Vec<(String, Option<f64>)>,
 }
+
+/// How a point with no value on an axis writes it.
+pub const MISSING: &str = "-";
 
 /// One sweep point.
 pub struct Line {
@@ -85,12 +89,22 @@ pub fn parallel(axes: &[Axis], lines: &[Line]) -> Value {
     let axes_json: Vec<Value> = axes
         .iter()
         .map(|a| {
-            let numeric = a.values.iter().all(|(_, n)| n.is_some_and(f64::is_finite));
+            // Numbers, where some are missing or not finite (a point not run yet, a
+            // diverged one), stay a numeric axis, in order: those points have no value
+            // on it (null), rather than turn the axis into unordered categories.
+            let missing = |s: &str, n: Option<f64>| {
+                n.is_none_or(|x| !x.is_finite()) && (s == MISSING || n.is_some())
+            };
+            let numeric = a
+                .values
+                .iter()
+                .all(|(s, n)| n.is_some_and(f64::is_finite) || missing(s, *n))
+                && a.values.iter().any(|(_, n)| n.is_some_and(f64::is_finite));
             if numeric {
                 let (lo, hi) = a
                     .values
                     .iter()
-                    .filter_map(|(_, n)| *n)
+                    .filter_map(|(_, n)| n.filter(|x| x.is_finite()))
                     .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| {
                         (l.min(v), h.max(v))
                     });
@@ -118,7 +132,7 @@ pub fn parallel(axes: &[Axis], lines: &[Line]) -> Value {
                     let (s, n) = &a.values[i];
                     match aj.get("categories") {
                         Some(_) => json!(s),
-                        None => json!(n),
+                        None => json!(n.filter(|x| x.is_finite())),
                     }
                 })
                 .collect();
@@ -246,5 +260,41 @@ mod tests {
         assert_eq!(d["axes"][2]["log"], false);
         assert_eq!(d["lines"][1]["values"], json!([0.1, "elu", 0.7]));
         assert_eq!(d["lines"][0]["pruned"], true);
+        // A point with no metric yet, or a diverged one: the axis stays numeric, in order,
+        // and those points have no value on it.
+        let metric = Axis {
+            name: "val.acc".into(),
+            values: vec![
+                ("0.8123".into(), Some(0.8123)),
+                (MISSING.into(), None),
+                ("NaN".into(), Some(f64::NAN)),
+                ("0.7456".into(), Some(0.7456)),
+            ],
+        };
+        let four: Vec<Line> = (0..4)
+            .map(|i| Line {
+                name: format!("p{i}"),
+                best: false,
+                pruned: false,
+                href: String::new(),
+            })
+            .collect();
+        let d = parallel(&[metric], &four);
+        assert!(d["axes"][0].get("categories").is_none(), "{d}");
+        assert_eq!(d["axes"][0]["log"], false);
+        let got: Vec<Value> = (0..4).map(|i| d["lines"][i]["values"][0].clone()).collect();
+        assert_eq!(
+            got,
+            vec![json!(0.8123), Value::Null, Value::Null, json!(0.7456)]
+        );
+        // All missing: no numbers to order, categories.
+        let none = Axis {
+            name: "x".into(),
+            values: vec![(MISSING.into(), None)],
+        };
+        assert_eq!(
+            parallel(&[none], &four[..1])["axes"][0]["categories"],
+            json!(["-"])
+        );
     }
 }

@@ -18,7 +18,6 @@ use super::pages::{self, Links};
 use super::snapshot::Snapshot;
 use crate::engine::runs::Servable;
 use crate::engine::{Engine, Project};
-use crate::report::show;
 
 /// A file name for a run or sweep: its name where every character is plain, else the
 /// plain part and a hash of the whole (distinct names never share a file).
@@ -227,11 +226,8 @@ pub fn export(project: &Project, dir: &Path) -> Result<usize> {
     }
     for sw in &snap.sweeps {
         let metric = snap.sweep_metric(sw);
-        let mut rows = snap.sweep_rows(&sw.name);
-        for r in &mut rows {
-            r.best = false;
-        }
-        show::mark_best(&mut rows, Some(&metric));
+        // Best as `pipe show` marks it (the snapshot's rows).
+        let rows = snap.sweep_rows(&sw.name);
         let keys: Vec<String> = sw.keys.iter().map(|k| sw.short_key(k)).collect();
         write(
             &dir.join("sweeps").join(format!("{}.html", stem(&sw.name))),

@@ -288,7 +288,7 @@ pub fn runs_page(
             section class="recorded" {
                 h2 { "Recorded runs" }
                 p { "The " (journal.len().min(RECENT_RECORDS)) " latest of the journal (" a href=(links.journal(None)) { "all " (journal.len()) } "): runs with " code { "--set" } ", on Slurm, or before their manifest changed; the first line of each pipeline is its manifest now." }
-                (journal_groups(&journal[..journal.len().min(RECENT_RECORDS)], rows, Some(10), links))
+                (journal_groups(&journal[..journal.len().min(RECENT_RECORDS)], journal, rows, Some(10), links))
             }
         }
         @if !skipped.is_empty() {
@@ -625,7 +625,7 @@ pub fn sweep_page(
                         .swept
                         .iter()
                         .find(|(x, _)| x == k)
-                        .map_or("-".to_string(), |(_, v)| v.clone());
+                        .map_or(charts::MISSING.to_string(), |(_, v)| v.clone());
                     let n = v.parse::<f64>().ok();
                     (v, n)
                 })
@@ -640,7 +640,7 @@ pub fn sweep_page(
         name: metric.to_string(),
         values: values
             .iter()
-            .map(|v| (v.map_or("-".into(), |x| format!("{x:.4}")), *v))
+            .map(|v| (v.map_or(charts::MISSING.into(), |x| format!("{x:.4}")), *v))
             .collect(),
     });
     let lines: Vec<charts::Line> = rows
@@ -726,9 +726,11 @@ fn now_line(r: &Row) -> String {
 }
 
 /// Recorded runs grouped by pipeline, newest first in each (at most `per_group` each,
-/// with a link to the rest), each group led by its manifest's state now (`rows`).
+/// with a link to the rest), each group led by its manifest's state now (`rows`). `all`:
+/// the whole journal `runs` is taken from, which each group's count is of.
 fn journal_groups(
     runs: &[RunRecord],
+    all: &[RunRecord],
     rows: &[Row],
     per_group: Option<usize>,
     links: &dyn Links,
@@ -737,11 +739,16 @@ fn journal_groups(
     for r in runs {
         groups.entry(r.pipeline.as_str()).or_default().push(r);
     }
+    let mut total: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in all {
+        *total.entry(r.pipeline.as_str()).or_default() += 1;
+    }
     html! {
         @for (name, rs) in &groups {
             @let now = rows.iter().find(|r| r.pipeline == *name);
             @let shown = per_group.map_or(rs.len(), |n| n.min(rs.len()));
-            h3 { a href=(links.run(name)) { (name) } " · " (rs.len()) " runs" }
+            @let count = total.get(name).copied().unwrap_or(rs.len()).max(rs.len());
+            h3 { a href=(links.run(name)) { (name) } " · " (count) " runs" }
             table class="runs journal" {
                 thead { tr {
                     th class="pick" {} th { "run" } th { "started (UTC)" } th { "state" } th { "time" }
@@ -766,8 +773,8 @@ fn journal_groups(
                             td { (r.tags.join(", ")) }
                         }
                     }
-                    @if shown < rs.len() {
-                        tr { td {} td colspan="7" { a href=(links.journal(None)) { (rs.len() - shown) " older runs in the journal" } } }
+                    @if shown < count {
+                        tr { td {} td colspan="7" { a href=(links.journal(None)) { (count - shown) " older runs in the journal" } } }
                     }
                 }
             }
@@ -792,7 +799,7 @@ pub fn journal_page(
         div class="controls" {
             @if !links.compare(&[]).is_empty() { button id="compare" type="button" data-href=(links.compare(&[])) { "compare selected" } }
         }
-        (journal_groups(runs, rows, None, links))
+        (journal_groups(runs, runs, rows, None, links))
     };
     page("Journal", links, &[], body)
 }

@@ -38,7 +38,6 @@ use crate::engine::{Engine, Project};
 use crate::manifest::Pipeline;
 use crate::outcome::history::EpochRecord;
 use crate::report::run::Live;
-use crate::report::show;
 
 /// How often a live page's training is looked at.
 const POLL: Duration = Duration::from_millis(200);
@@ -658,23 +657,15 @@ async fn sweep_decisions(
     blocking(move || Ok(a.engine().decisions(&sw))).await
 }
 
-/// A sweep's rows with its own best marked (by its metric).
-fn sweep_rows_marked(s: &Snapshot, name: &str, metric: &str) -> Vec<show::Row> {
-    let mut rows = s.sweep_rows(name);
-    for r in &mut rows {
-        r.best = false;
-    }
-    show::mark_best(&mut rows, Some(metric));
-    rows
-}
-
 async fn sweep_page(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
     let snap = app.snap();
     let Some(sw) = snap.sweep(&name) else {
         return not_found(&format!("no sweep named `{name}` in this project"));
     };
     let metric = snap.sweep_metric(sw);
-    let rows = sweep_rows_marked(&snap, &name, &metric);
+    // Best as `pipe show` marks it (the snapshot's rows): by a halving sweep's goal, among
+    // the points it did not prune.
+    let rows = snap.sweep_rows(&name);
     let keys: Vec<String> = sw.keys.iter().map(|k| sw.short_key(k)).collect();
     let decisions = match sweep_decisions(&app, sw).await {
         Ok(d) => d,
@@ -780,7 +771,9 @@ async fn api_sweep(State(app): State<Arc<App>>, Path(name): Path<String>) -> Res
         return not_found(&format!("no sweep named `{name}` in this project"));
     };
     let metric = snap.sweep_metric(sw);
-    let rows = sweep_rows_marked(&snap, &name, &metric);
+    // Best as `pipe show` marks it (the snapshot's rows): by a halving sweep's goal, among
+    // the points it did not prune.
+    let rows = snap.sweep_rows(&name);
     let halving = match sweep_decisions(&app, sw).await {
         Ok(d) => d,
         Err(r) => return r,
