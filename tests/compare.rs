@@ -255,3 +255,29 @@ fn diff_lists_exactly_the_keys_and_layers_that_differ() {
     let err = p.fails(&["diff", "c"]);
     assert!(err.contains("no recorded run"), "{err}");
 }
+
+/// A training stage with its network on one side only is named, not passed over as "the
+/// same": `diff` compares the training stages of either side.
+#[test]
+fn diff_names_a_network_only_one_side_trains() {
+    let extra = "\n[stages.wide]\nkind = \"train\"\ninput = \"hdf5\"\nnetwork = \"net\"\nepochs = 1\nbatch_size = 16\noptimizer = \"sgd\"\nlr = 0.01\n";
+    let p = Project::with("a.toml", &experiment("a", 0.05, 8, false));
+    p.manifest("b.toml", &(experiment("b", 0.05, 8, false) + extra));
+    let d = p.ok_json(&["diff", "a", "b", "--json"]);
+    assert_eq!(
+        d["networks_one_side"],
+        serde_json::json!([["wide", null, "net"]]),
+        "{d}"
+    );
+    let text = String::from_utf8(p.ok(&["diff", "a", "b"]).stdout).unwrap();
+    assert!(
+        text.contains("network of `wide`: only in b (b): net"),
+        "{text}"
+    );
+    assert!(!text.contains("networks: the same"), "{text}");
+    let d = p.ok_json(&["diff", "b", "a", "--json"]);
+    assert_eq!(
+        d["networks_one_side"],
+        serde_json::json!([["wide", "net", null]])
+    );
+}

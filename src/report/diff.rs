@@ -59,6 +59,8 @@ pub struct Diff {
     pub config: Vec<(String, Option<String>, Option<String>)>,
     /// Networks that differ.
     pub networks: Vec<NetworkDiff>,
+    /// Training stages with a network on one side only: (stage, network of a, of b).
+    pub networks_one_side: Vec<(String, Option<String>, Option<String>)>,
     /// Every metric of either side: (name, a, b).
     pub metrics: Vec<(String, Option<f64>, Option<f64>)>,
 }
@@ -242,16 +244,28 @@ pub fn diff(a: &Side, b: &Side) -> Diff {
         })
         .collect();
     let mut networks = Vec::new();
+    let mut networks_one_side = Vec::new();
+    // One training stage on each side, named differently: the same training renamed.
+    let single = a.networks.len() == 1 && b.networks.len() == 1;
     for (stage, na) in &a.networks {
-        let nb = b.networks.get(stage).or_else(|| {
-            (a.networks.len() == 1 && b.networks.len() == 1)
-                .then(|| b.networks.values().next())
-                .flatten()
-        });
-        if let Some(nb) = nb {
-            let d = diff_graphs(stage, na, nb);
-            if !d.layers.is_empty() || d.params.0 != d.params.1 {
-                networks.push(d);
+        let nb = b
+            .networks
+            .get(stage)
+            .or_else(|| single.then(|| b.networks.values().next()).flatten());
+        match nb {
+            Some(nb) => {
+                let d = diff_graphs(stage, na, nb);
+                if !d.layers.is_empty() || d.params.0 != d.params.1 {
+                    networks.push(d);
+                }
+            }
+            None => networks_one_side.push((stage.clone(), Some(na.0.clone()), None)),
+        }
+    }
+    if !single {
+        for (stage, nb) in &b.networks {
+            if !a.networks.contains_key(stage) {
+                networks_one_side.push((stage.clone(), None, Some(nb.0.clone())));
             }
         }
     }
@@ -271,6 +285,7 @@ pub fn diff(a: &Side, b: &Side) -> Diff {
         b: b.label.clone(),
         config,
         networks,
+        networks_one_side,
         metrics,
     }
 }
@@ -353,7 +368,17 @@ pub fn render_diff(d: &Diff) -> String {
             }
         }
     }
-    if d.networks.is_empty() {
+    for (stage, na, nb) in &d.networks_one_side {
+        let (side, label, net) = match (na, nb) {
+            (Some(n), _) => ("a", &d.a, n),
+            (_, Some(n)) => ("b", &d.b, n),
+            _ => continue,
+        };
+        out.push_str(&format!(
+            "network of `{stage}`: only in {side} ({label}): {net}\n"
+        ));
+    }
+    if d.networks.is_empty() && d.networks_one_side.is_empty() {
         out.push_str("networks: the same\n");
     }
     out.push_str("metrics:\n");

@@ -587,7 +587,10 @@ pub fn compare_page(runs: &[Compared], diff: Option<&Diff>, links: &dyn Links) -
                     }
                 }
                 h3 { "Networks" }
-                @if d.networks.is_empty() { p { "the same" } } @else {
+                @for (stage, na, nb) in &d.networks_one_side {
+                    p { (stage) ": only in " (if na.is_some() { &d.a } else { &d.b }) " (" (na.as_deref().or(nb.as_deref()).unwrap_or("")) ")" }
+                }
+                @if d.networks.is_empty() && d.networks_one_side.is_empty() { p { "the same" } } @else {
                     @for n in &d.networks {
                         p { (n.stage) ": " (n.networks.0) " (" (n.params.0) " params) -> " (n.networks.1) " (" (n.params.1) " params)" }
                         table class="diff" {
