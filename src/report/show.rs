@@ -293,10 +293,14 @@ pub fn mark_best(rows: &mut [Row], metric: Option<&str>) {
 }
 
 /// Mark the best row by `key`, lower or higher being better. A NaN (a diverged
-/// training's loss) is never best.
+/// training's loss) is never best, nor is a row with a training segment that has no
+/// results (its last stage failed or has not run: its numbers are an earlier segment's).
 pub fn mark_best_by(rows: &mut [Row], key: &str, lower_better: bool) {
     let mut best: Option<(usize, f64)> = None;
     for (i, r) in rows.iter().enumerate() {
+        if r.segments.iter().any(|s| s.last.is_none()) {
+            continue;
+        }
         if let Some(v) = r.metrics().get(key).copied().filter(|v| !v.is_nan()) {
             let better = match best {
                 None => true,
@@ -550,5 +554,20 @@ mod tests {
                 .collect();
             assert_eq!(best, [if lower { "b" } else { "a" }]);
         }
+    }
+
+    #[test]
+    fn a_row_whose_last_segment_has_no_results_is_never_the_best() {
+        // `unfinished` trained well, then its lr drop failed: its val loss is its first
+        // segment's.
+        let mut unfinished = with_val_loss("unfinished", 0.1);
+        let mut drop = unfinished.segments[0].clone();
+        drop.stage = "drop".into();
+        drop.kind = StageKind::LrDrop;
+        drop.last = None;
+        unfinished.segments.push(drop);
+        let mut rows = vec![unfinished, with_val_loss("done", 0.3)];
+        mark_best_by(&mut rows, "val.loss", true);
+        assert_eq!((rows[0].best, rows[1].best), (false, true));
     }
 }
