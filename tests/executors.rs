@@ -567,6 +567,55 @@ fn a_slurm_run_whose_jobs_were_cancelled_before_they_started_reads_as_failed() {
     );
 }
 
+/// `--wait` gives up on a Slurm that does not answer (here `squeue` and `scontrol` fail as
+/// they do with the controller down): the command fails saying so, and the run's record
+/// is left to its jobs, which complete it as they end, instead of reading as failed.
+#[test]
+fn a_wait_given_up_on_a_silent_slurm_leaves_the_record_to_its_jobs() {
+    let Some(conf) = cluster() else { return };
+    let p = Project::with("exp.toml", &experiment("exp", 0.01, 1, 10));
+    let fake = tempfile::tempdir().unwrap();
+    for tool in ["squeue", "scontrol"] {
+        let path = fake.path().join(tool);
+        std::fs::write(
+            &path,
+            "#!/bin/sh\necho 'slurm_load_jobs error: Unable to contact slurm controller (connect failure)' >&2\nexit 1\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = format!(
+        "{}:{}",
+        fake.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = p
+        .cmd(&["run", "exp", "--executor", "slurm", "--wait"])
+        .env("SLURM_CONF", &conf)
+        .env("PATH", &path)
+        .env("PIPE_SLURM_PATIENCE", "4")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("Slurm has not answered for 4 s"), "{err}");
+    let jobs = jobs_in(&err);
+    assert_eq!(jobs.len(), 5, "{err}");
+    // Slurm answering again: the jobs end, and the record reads as they went.
+    let ids: Vec<String> = jobs.iter().map(|j| j.1.clone()).collect();
+    wait_for("the jobs", 240, || {
+        ids.iter().all(|id| {
+            !matches!(
+                slurm_job_state(&conf, id).as_str(),
+                "PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING"
+            )
+        })
+    });
+    let runs = p.ok_json(&["runs", "exp", "--json"]);
+    assert_eq!(runs[0]["state"], "done", "{runs}");
+}
+
 #[test]
 fn resources_are_checked_and_stay_out_of_the_key() {
     let p = Project::new();

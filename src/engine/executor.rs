@@ -127,6 +127,27 @@ fn slurm_with(cmd: &str, args: &[String], env: &[(&str, String)]) -> Result<Stri
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// How long `--wait` waits on a Slurm that does not answer (`PIPE_SLURM_PATIENCE`, in
+/// seconds; 300).
+fn slurm_patience_secs() -> u64 {
+    std::env::var("PIPE_SLURM_PATIENCE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300)
+}
+
+/// Slurm did not answer for as long as a `--wait` waits: the jobs' fate is not known.
+#[derive(Debug)]
+pub struct SlurmSilent;
+
+impl std::fmt::Display for SlurmSilent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Slurm has not answered for {} s", slurm_patience_secs())
+    }
+}
+
+impl std::error::Error for SlurmSilent {}
+
 /// The state of a local worker process by pid (alive or gone: its exit status is not
 /// knowable from another process, so a gone worker is judged by the store).
 fn local_state(pid: &str) -> JobState {
@@ -362,6 +383,13 @@ impl Engine {
         detached: bool,
         awaiting: Option<&str>,
     ) {
+        // Given up waiting on a Slurm that does not answer: nothing failed that is known,
+        // and the jobs, as they end, complete the record as if nobody had waited.
+        let silent = error.is_some_and(|e| e.downcast_ref::<SlurmSilent>().is_some());
+        let (error, detached) = match silent {
+            true => (None, true),
+            false => (error, detached),
+        };
         let mut entries: Vec<StageEntry> = match self.status(p) {
             Ok(st) => st.iter().map(entry_of).collect(),
             Err(_) => Vec::new(),
@@ -743,8 +771,11 @@ impl Engine {
                 .collect();
             if states.values().any(|s| *s == JobState::Unknown) {
                 unknown_polls += 1;
-                if unknown_polls > 150 {
-                    bail!("Slurm has not answered for 5 minutes; the jobs may still be running (`pipe status {}`)", p.name);
+                if unknown_polls * 2 > slurm_patience_secs() {
+                    return Err(anyhow::Error::new(SlurmSilent).context(format!(
+                        "stopped waiting; the jobs may still be running, and complete the run's record as they end (`pipe status {}`, `pipe runs`)",
+                        p.name
+                    )));
                 }
                 std::thread::sleep(Duration::from_secs(2));
                 continue;
