@@ -515,17 +515,18 @@ fn a_worker_refuses_a_stage_the_manifest_changed_since_the_run_decided_it() {
     assert_eq!(common::field(&r, "evaluate", "state"), "ran", "{r}");
 }
 
-/// Jobs cancelled while they wait (held here, so none starts) never write how they went:
+/// Jobs cancelled while they wait (on a partition that is down, so none starts) never
+/// write how they went:
 /// the run's record reads as failed, naming the job and what Slurm says, instead of
 /// "running" for good.
 #[test]
 fn a_slurm_run_whose_jobs_were_cancelled_before_they_started_reads_as_failed() {
     let Some(conf) = cluster() else { return };
-    let p = Project::with("exp.toml", &experiment("exp", 0.01, 1, 10));
+    let p = Project::with("exp.toml", &experiment("exp", 0.01, 1, 20));
+    // The test cluster's `held` partition is down: its jobs stay pending.
     let out = p
-        .cmd(&["run", "exp", "--executor", "slurm"])
+        .cmd(&["run", "exp", "--executor", "slurm", "--partition", "held"])
         .env("SLURM_CONF", &conf)
-        .env("SBATCH_HOLD", "1")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -533,7 +534,7 @@ fn a_slurm_run_whose_jobs_were_cancelled_before_they_started_reads_as_failed() {
     let jobs = jobs_in(&err);
     assert_eq!(jobs.len(), 5, "{err}");
     for (_, id, _) in &jobs {
-        assert_eq!(slurm_job_state(&conf, id), "PENDING", "job {id} is held");
+        assert_eq!(slurm_job_state(&conf, id), "PENDING", "job {id} waits");
     }
     let runs = || {
         let out = p
@@ -544,7 +545,7 @@ fn a_slurm_run_whose_jobs_were_cancelled_before_they_started_reads_as_failed() {
         assert!(out.status.success());
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
-    assert_eq!(runs()[0]["state"], "running", "held, not cancelled yet");
+    assert_eq!(runs()[0]["state"], "running", "waiting, not cancelled yet");
     let ids: Vec<&str> = jobs.iter().map(|j| j.1.as_str()).collect();
     let cancel = Command::new("scancel")
         .args(&ids)
@@ -573,7 +574,7 @@ fn a_slurm_run_whose_jobs_were_cancelled_before_they_started_reads_as_failed() {
 #[test]
 fn a_wait_given_up_on_a_silent_slurm_leaves_the_record_to_its_jobs() {
     let Some(conf) = cluster() else { return };
-    let p = Project::with("exp.toml", &experiment("exp", 0.01, 1, 10));
+    let p = Project::with("exp.toml", &experiment("exp", 0.01, 1, 20));
     let fake = tempfile::tempdir().unwrap();
     for tool in ["squeue", "scontrol"] {
         let path = fake.path().join(tool);
@@ -590,8 +591,17 @@ fn a_wait_given_up_on_a_silent_slurm_leaves_the_record_to_its_jobs() {
         fake.path().display(),
         std::env::var("PATH").unwrap_or_default()
     );
+    // On the `held` partition (down), so that none can end before the wait gives up.
     let out = p
-        .cmd(&["run", "exp", "--executor", "slurm", "--wait"])
+        .cmd(&[
+            "run",
+            "exp",
+            "--executor",
+            "slurm",
+            "--wait",
+            "--partition",
+            "held",
+        ])
         .env("SLURM_CONF", &conf)
         .env("PATH", &path)
         .env("PIPE_SLURM_PATIENCE", "4")
@@ -602,8 +612,29 @@ fn a_wait_given_up_on_a_silent_slurm_leaves_the_record_to_its_jobs() {
     assert!(err.contains("Slurm has not answered for 4 s"), "{err}");
     let jobs = jobs_in(&err);
     assert_eq!(jobs.len(), 5, "{err}");
-    // Slurm answering again: the jobs end, and the record reads as they went.
     let ids: Vec<String> = jobs.iter().map(|j| j.1.clone()).collect();
+    // The record is its jobs': running, each stage under its job, until they end.
+    let runs = p.ok_json(&["runs", "exp", "--json"]);
+    assert_eq!(runs[0]["state"], "running", "{runs}");
+    let id = runs[0]["id"].as_str().unwrap();
+    let text = std::fs::read_to_string(p.cache().join("runs").join(format!("{id}.json"))).unwrap();
+    assert!(
+        ids.iter().all(|id| text.contains(&format!("\"{id}\""))),
+        "{text}"
+    );
+    for id in &ids {
+        let moved = Command::new("scontrol")
+            .args(["update", &format!("JobId={id}"), "Partition=debug"])
+            .env("SLURM_CONF", &conf)
+            .output()
+            .unwrap();
+        assert!(
+            moved.status.success(),
+            "{}",
+            String::from_utf8_lossy(&moved.stderr)
+        );
+    }
+    // Slurm answering again: the jobs end, and the record reads as they went.
     wait_for("the jobs", 240, || {
         ids.iter().all(|id| {
             !matches!(

@@ -547,6 +547,22 @@ fn a_silent_connection_is_closed_and_ctrl_c_stops_the_server_with_a_stream_open(
             && waited < std::time::Duration::from_secs(15),
         "closed after {waited:?}"
     );
+    // A request begun and not finished (the client sent something): the server waits
+    // longer for it than for a client that said nothing.
+    let mut partial = std::net::TcpStream::connect(&addr).unwrap();
+    write!(partial, "GET / HTTP/1.1\r\n").unwrap();
+    partial
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let e = partial.read(&mut buf).unwrap_err();
+    assert!(
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "closed after 5 s: {e}"
+    );
+    drop(partial);
     // An event stream, open (its head read), then SIGINT: the process ends.
     let mut stream = std::net::TcpStream::connect(&addr).unwrap();
     write!(

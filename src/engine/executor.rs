@@ -232,7 +232,9 @@ impl Engine {
     /// A recorded job's state now.
     pub fn job_state(&self, rec: &JobRecord) -> JobState {
         match rec.executor {
-            ExecutorKind::Slurm => slurm_state(&rec.job, &job_name(&rec.pipeline, &rec.stage)),
+            ExecutorKind::Slurm => {
+                slurm_state(&rec.job, Some(&job_name(&rec.pipeline, &rec.stage)))
+            }
             ExecutorKind::Local => local_state(&rec.job),
         }
     }
@@ -473,7 +475,13 @@ impl Engine {
         match exec {
             Executor::Slurm(o) => {
                 let ids = self.submit_slurm(p, sets, &must, &recipes, o)?;
-                jobs_of.extend(ids);
+                // Known to the record before any wait: a wait that gives up leaves the
+                // record to these jobs.
+                jobs_of.extend(ids.clone());
+                if o.wait {
+                    self.fault_point("slurm:waiting");
+                    self.wait_slurm(p, &must, &recipes, &ids)?;
+                }
                 Ok(())
             }
             Executor::Local { jobs } => {
@@ -554,7 +562,8 @@ impl Engine {
     }
 
     /// Submit `must` (stages of `p`) as Slurm jobs; returns each stage's job id (its own,
-    /// or the live job of its recipe it depends on). With `o.wait`, waits for them.
+    /// or the live job of its recipe it depends on). `o.wait` is the caller's to act on
+    /// ([`Engine::wait_slurm`]).
     pub(crate) fn submit_slurm(
         &mut self,
         p: &Pipeline,
@@ -739,10 +748,6 @@ impl Engine {
             must.len() - submitted.len(),
             p.name
         ));
-        if o.wait {
-            self.fault_point("slurm:waiting");
-            self.wait_slurm(p, must, recipes, &ids)?;
-        }
         Ok(ids)
     }
 
@@ -766,7 +771,7 @@ impl Engine {
                     let rec = self.job_record(&recipes[n.as_str()]);
                     let jname =
                         rec.map_or(job_name(&p.name, n), |r| job_name(&r.pipeline, &r.stage));
-                    (n, slurm_state(id, &jname))
+                    (n, slurm_state(id, Some(&jname)))
                 })
                 .collect();
             if states.values().any(|s| *s == JobState::Unknown) {
@@ -1026,12 +1031,13 @@ fn stop_with_parent(cmd: &mut Command) {
 fn failure_line(log: &Path, from: u64, status: std::process::ExitStatus) -> String {
     use std::io::{Read, Seek};
     use std::os::unix::process::ExitStatusExt;
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     if let Ok(mut f) = std::fs::File::open(log) {
         if f.seek(std::io::SeekFrom::Start(from)).is_ok() {
-            let _ = f.read_to_string(&mut text);
+            let _ = f.read_to_end(&mut bytes);
         }
     }
+    let text = String::from_utf8_lossy(&bytes);
     let last = text
         .lines()
         .rev()

@@ -684,6 +684,9 @@ pub fn serve(store_root: &Path, say: &mut dyn FnMut(String)) -> Result<()> {
         buf: vec![0u8; 64 * 1024],
         mounts: std::fs::File::open("/proc/self/mountinfo").ok(),
     };
+    if w.mounts.is_none() {
+        say("note: /proc/self/mountinfo cannot be read: a file system mounted inside a watched folder is seen only when the watches are next made (within ten minutes)".into());
+    }
     loop {
         let mut fds: Vec<libc::pollfd> = std::iter::once(listener.as_raw_fd())
             .chain(w.roots.values().map(|r| r.inotify.as_raw_fd()))

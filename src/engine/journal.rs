@@ -697,18 +697,25 @@ impl Journal {
         if !silent.is_empty() {
             // A job cancelled while it waited (its dependents with it), or one that failed
             // before it could write its entry, never will: Slurm says it ended.
-            let jobs: Vec<(String, String)> = silent
+            let jobs: Vec<String> = silent
                 .iter()
-                .filter_map(|&i| {
-                    let s = &rec.stages[i];
-                    let name = super::slurm::job_name(&rec.pipeline, &s.name);
-                    s.job.clone().map(|j| (j, name))
-                })
+                .filter_map(|&i| rec.stages[i].job.clone())
                 .collect();
             let states = slurm_job_states(&jobs);
             for (&i, state) in silent.iter().zip(states) {
                 let s = &mut rec.stages[i];
                 let Some(job) = s.job.clone() else { continue };
+                // Ended since its entry was looked for: it may have written it meanwhile.
+                if let Ok(Some(e)) = read_json::<StageEntry>(&self.job_path(&job)) {
+                    if matches!(e.state.as_str(), "ran" | "cached" | "fetched") {
+                        *s = StageEntry {
+                            job: Some(job),
+                            name: s.name.clone(),
+                            ..e
+                        };
+                        continue;
+                    }
+                }
                 let why = match state {
                     JobState::Failed(why) => format!("Slurm says {why}"),
                     JobState::Done => "it completed".to_string(),
@@ -1429,23 +1436,24 @@ fn merge_entries(into: &mut Vec<StageEntry>, from: &[StageEntry]) {
     }
 }
 
-/// How Slurm says each job `(id, name)` stands: one `squeue` for those still queued or
-/// running, a question each for the others (ended: how). In this crate's unit tests, the
-/// answers the test set ([`tests::SLURM`]), when it set any.
-fn slurm_job_states(jobs: &[(String, String)]) -> Vec<JobState> {
+/// How Slurm says each job stands: one `squeue` for those still queued or running, a
+/// question each for the others (ended: how). A job's name is not checked: a stage may
+/// wait on a job another pipeline submitted (same recipe), named after that pipeline. In
+/// this crate's unit tests, the answers the test set ([`tests::SLURM`]), when it set any.
+fn slurm_job_states(jobs: &[String]) -> Vec<JobState> {
     #[cfg(test)]
     if let Some(said) = tests::SLURM.with(|m| m.borrow().clone()) {
         return jobs
             .iter()
-            .map(|(j, _)| said.get(j).cloned().unwrap_or(JobState::Unknown))
+            .map(|j| said.get(j).cloned().unwrap_or(JobState::Unknown))
             .collect();
     }
-    let ids: Vec<&str> = jobs.iter().map(|(j, _)| j.as_str()).collect();
+    let ids: Vec<&str> = jobs.iter().map(String::as_str).collect();
     let live = super::slurm::queued_or_running(&ids);
     jobs.iter()
-        .map(|(j, name)| match &live {
+        .map(|j| match &live {
             Some(l) if l.contains(j) => JobState::Queued(String::new()),
-            _ => super::slurm::slurm_state(j, name),
+            _ => super::slurm::slurm_state(j, None),
         })
         .collect()
 }

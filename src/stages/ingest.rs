@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 
 use super::{DatasetFiles, StageCtx};
+use crate::data::decode::ChangedFile;
 use crate::data::index::{
     dataset_path, shown_path, write_classes, write_index, ClassRow, IndexRow,
 };
@@ -122,9 +123,17 @@ fn tiny_imagenet(ds: &DatasetFiles<'_>) -> Result<(Vec<ClassRow>, Splits)> {
         .map(|(i, w)| (w.as_str(), i))
         .collect();
     let mut names: HashMap<String, String> = HashMap::new();
-    // Optional: the class names (the wnids when there is none).
-    let words = match ds.hash_of("words.txt").is_some() || root.join("words.txt").is_file() {
-        true => Some(ds.read_text("words.txt").context("tiny-imagenet")?),
+    // Optional: the class names (the wnids where it gives none, or cannot be read, as a
+    // FIFO or a file that is not UTF-8 always could not). Changed since the fingerprint:
+    // an error, as for every file the index is made from.
+    let words = match ds.hash_of("words.txt").is_some() {
+        true => match ds.read("words.txt") {
+            Ok(b) => Some(String::from_utf8_lossy(&b).into_owned()),
+            Err(e) if e.chain().any(|c| c.is::<ChangedFile>()) => {
+                return Err(e.context("tiny-imagenet"))
+            }
+            Err(_) => None,
+        },
         false => None,
     };
     if let Some(words) = words {

@@ -36,7 +36,9 @@ pub fn version(kind: StageKind) -> u32 {
         StageKind::Split => 1,
         StageKind::Hdf5 => 1,
         StageKind::Train | StageKind::LrDrop | StageKind::Resume => 1,
-        StageKind::Evaluate => 1,
+        // 2: a tie with the label is no correct prediction in the confusion matrix and
+        // per-class accuracy either (as rank-1 counts it).
+        StageKind::Evaluate => 2,
         // 2: the model records its resize filter.
         StageKind::Export => 2,
     }

@@ -1,6 +1,8 @@
 //! The connections the dashboard holds: at most [`MAX_CONNECTIONS`] at once (the next
-//! accept waits for one to close), and each closed once nothing was read from it or
-//! written to it for its idle limit. A client that connects and sends nothing, or a
+//! accept waits for one to close), and each closed once it has been silent too long: its
+//! idle limit after the server last wrote to it (or since it was opened), ten times that
+//! after the client last sent something (a request being read, or answered: a page that
+//! takes long to make is not cut off). A client that connects and sends nothing, or a
 //! keep-alive connection left open, gives its slot back instead of holding a file
 //! descriptor for good; a live page's event stream writes a keep-alive comment every 15 s,
 //! so it stays.
@@ -93,11 +95,19 @@ pub struct Guarded {
     limit: Duration,
 }
 
+/// How much longer a connection may stay silent after the client sent something than
+/// after the server wrote.
+const SERVING: u32 = 10;
+
 impl Guarded {
-    /// Something was read or written: the silence starts again.
-    fn touch(&mut self) {
-        let at = Instant::now() + self.limit;
-        self.idle.as_mut().reset(at);
+    /// Something was read (`read`) or written: the silence starts again.
+    fn touch(&mut self, read: bool) {
+        let limit = if read {
+            self.limit * SERVING
+        } else {
+            self.limit
+        };
+        self.idle.as_mut().reset(Instant::now() + limit);
     }
 
     /// Waiting on the socket: an error once it has been silent too long.
@@ -119,9 +129,12 @@ impl AsyncRead for Guarded {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let before = buf.filled().len();
         match Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(r) => {
-                this.touch();
+                // An end of file is no request: the usual limit.
+                let got = buf.filled().len() > before;
+                this.touch(got);
                 Poll::Ready(r)
             }
             Poll::Pending => this.silent(cx),
@@ -138,7 +151,7 @@ impl AsyncWrite for Guarded {
         let this = self.get_mut();
         match Pin::new(&mut this.io).poll_write(cx, buf) {
             Poll::Ready(r) => {
-                this.touch();
+                this.touch(false);
                 Poll::Ready(r)
             }
             Poll::Pending => this.silent(cx),
