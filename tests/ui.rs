@@ -513,25 +513,10 @@ fn a_history_being_written_never_breaks_a_page() {
 /// while a live page's event stream is open (the stream never ends by itself).
 #[test]
 fn a_silent_connection_is_closed_and_ctrl_c_stops_the_server_with_a_stream_open() {
-    use std::io::{BufRead, Read, Write};
+    use std::io::{Read, Write};
     let p = project();
-    let mut child = p
-        .cmd(&["ui", "--port", "0"])
-        .env("PIPE_UI_IDLE_SECS", "2")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("http://"))
-        .unwrap_or_else(|| panic!("no URL in `{line}`"))
-        .trim_end_matches('/')
-        .to_string();
+    let (mut ui, _) = Ui::start_env(&p, &[], &[("PIPE_UI_IDLE_SECS", "2")]);
+    let addr = ui.base.trim_start_matches("http://").to_string();
     // Silent: closed by the server (end of file) after about two seconds.
     let mut silent = std::net::TcpStream::connect(&addr).unwrap();
     silent
@@ -574,13 +559,13 @@ fn a_silent_connection_is_closed_and_ctrl_c_stops_the_server_with_a_stream_open(
     stream.read_exact(&mut head).unwrap();
     assert_eq!(&head, b"HTTP/1.1 200");
     let kill = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args(["-INT", &ui.process().id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
     let t = std::time::Instant::now();
     loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = ui.process().try_wait().unwrap() {
             assert!(status.success(), "{status}");
             break;
         }

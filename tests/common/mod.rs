@@ -470,9 +470,15 @@ impl Drop for Ui {
 impl Ui {
     /// `pipe ui --port 0 <extra>` in `p`, its stdout and stderr piped.
     pub fn spawn(p: &Project, extra: &[&str]) -> Child {
+        Ui::spawn_env(p, extra, &[])
+    }
+
+    /// [`Ui::spawn`] with `env` added to its environment.
+    fn spawn_env(p: &Project, extra: &[&str], env: &[(&str, &str)]) -> Child {
         let mut args = vec!["ui", "--port", "0"];
         args.extend_from_slice(extra);
         p.cmd(&args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -481,7 +487,12 @@ impl Ui {
 
     /// The dashboard, started; and the line it printed first.
     pub fn start(p: &Project, extra: &[&str]) -> (Ui, String) {
-        let mut child = Ui::spawn(p, extra);
+        Ui::start_env(p, extra, &[])
+    }
+
+    /// [`Ui::start`] with `env` added to its environment.
+    pub fn start_env(p: &Project, extra: &[&str], env: &[(&str, &str)]) -> (Ui, String) {
+        let mut child = Ui::spawn_env(p, extra, env);
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -493,6 +504,11 @@ impl Ui {
             .trim_end_matches('/')
             .to_string();
         (Ui { child, base }, line)
+    }
+
+    /// Its process.
+    pub fn process(&mut self) -> &mut Child {
+        &mut self.child
     }
 
     /// The whole response (head and body) to a raw GET of `path` exactly as written.
