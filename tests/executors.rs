@@ -513,6 +513,12 @@ fn a_worker_refuses_a_stage_the_manifest_changed_since_the_run_decided_it() {
     assert_ne!(runs[0]["state"], "done", "{runs}");
     let r = p.run_json("exp", &[]);
     assert_eq!(common::field(&r, "evaluate", "state"), "ran", "{r}");
+    // A recipe that is not one is refused by name, before anything is read or run.
+    let err = p.fails(&["run-stage", "exp", "evaluate", "--recipe", "12ab-not-hex"]);
+    assert!(
+        err.contains("--recipe 12ab-not-hex: not a recipe (64 hex digits)"),
+        "{err}"
+    );
 }
 
 /// Jobs cancelled while they wait (on a partition that is down, so none starts) never
@@ -1070,4 +1076,55 @@ fn a_sweep_whose_submission_fails_half_way_leaves_the_submitted_points_to_their_
     });
     let done = state_of("0.01");
     assert!(done["metrics"]["val.acc"].as_f64().is_some(), "{done}");
+}
+
+/// When `-j` itself fails with workers running (here: the log of the next job cannot be
+/// opened, a folder stands in its place), the workers are stopped and waited for, each
+/// said so, and nothing is left training on its own or recorded as running.
+#[test]
+fn a_parallel_run_that_fails_itself_stops_the_workers_it_started() {
+    let text = experiment("g", 0.01, 3, 40) + "\n[sweep.grid]\n\"train.lr\" = [0.01, 0.02]\n";
+    let p = Project::with("g.toml", &text);
+    let plan = p.ok_json(&["run", "g", "--dry-run", "--json"]);
+    let trains: Vec<String> = plan["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["outcome"]["name"] == "train")
+        .map(|s| s["recipe"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(trains.len(), 2, "{plan}");
+    // The second training's log cannot be opened: the first is running by then.
+    let blocked = p.cache().join("jobs").join(format!("{}.log", trains[1]));
+    std::fs::create_dir_all(&blocked).unwrap();
+    let out = p.cmd(&["run", "g", "-j", "2"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("cannot open {}", blocked.display())),
+        "{err}"
+    );
+    assert!(err.contains("train: stopped (the run failed)"), "{err}");
+    // No worker of this store is left.
+    let store = p.cache().display().to_string();
+    let workers: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&store) && c.contains("run-stage"))
+        .collect();
+    assert!(workers.is_empty(), "{workers:?}");
+    let runs = p.ok_json(&["runs", "--json"]);
+    assert!(
+        runs.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["state"] != "running"),
+        "{runs}"
+    );
+    // The stopped training recorded nothing: run again, both train in full.
+    std::fs::remove_dir(&blocked).unwrap();
+    let out = p.ok(&["run", "g", "-j", "2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches(":train ran").count(), 2, "{err}");
 }

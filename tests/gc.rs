@@ -355,3 +355,53 @@ fn gc_beside_a_parallel_run_waits_and_deletes_nothing_it_publishes() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// A manifest copied under another file name keeps its `name`: two pipelines under one
+/// name would share one last run, one journal and what gc keeps for it. Every command
+/// that loads either refuses, naming both files, and gc says so.
+#[test]
+fn two_manifests_under_one_name_are_refused_naming_both() {
+    let p = Project::with("t.toml", &pipeline_t_with_split());
+    p.run_json("t", &["--until", "hdf5"]);
+    p.manifest(
+        "t_v2.toml",
+        &pipeline_t_with_split().replace("test_per_class = 2", "test_per_class = 1"),
+    );
+    for args in [
+        &["run", "t_v2", "--until", "hdf5"][..],
+        &["run", "t"],
+        &["show", "t"],
+        &["status", "t_v2"],
+    ] {
+        let err = p.fails(args);
+        assert!(err.contains("its pipeline is named `t`"), "{args:?}: {err}");
+        assert!(
+            err.contains("t.toml") && err.contains("t_v2.toml"),
+            "{args:?}: {err}"
+        );
+    }
+    // Nothing ran under the shared name: the store still holds the first run's three.
+    assert_eq!(artifact_names(&p.cache()).len(), 3);
+    let out = p.ok(&["gc", "--dry-run"]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("are both named `t`"), "{text}");
+    // A manifest with no `name` goes by its file's stem: `t.toml` without one and
+    // `u.toml` named `t` collide as well.
+    p.manifest(
+        "t_v2.toml",
+        &pipeline_t_with_split().replace("name = \"t\"", "name = \"t_v2\""),
+    );
+    let r = p.run_json("t_v2", &["--until", "hdf5"]);
+    assert_eq!(state_of(&r, "hdf5"), "cached", "{r}");
+    p.manifest(
+        "t.toml",
+        &pipeline_t_with_split().replace("name = \"t\"\n", ""),
+    );
+    p.manifest("u.toml", &pipeline_t_with_split());
+    let err = p.fails(&["run", "u", "--until", "hdf5"]);
+    assert!(
+        err.contains("u.toml: its pipeline is named `t`, as"),
+        "{err}"
+    );
+}

@@ -20,7 +20,16 @@ pub struct SplitWriter {
     w: usize,
     /// The file, for messages.
     path: std::path::PathBuf,
+    /// The same file opened again, to start its write-back early: the store fsyncs an
+    /// artifact before publishing it, and started here that write overlaps the decoding
+    /// of the next images instead of coming all at once at the end.
+    writeback: Option<std::fs::File>,
+    /// Bytes appended since write-back was last started.
+    unflushed: usize,
 }
+
+/// How many appended bytes start the file's write-back to disk.
+const WRITEBACK_EVERY: usize = 32 << 20;
 
 impl SplitWriter {
     /// Create `path` with room for up to `capacity` images of `h` x `w`.
@@ -59,6 +68,8 @@ impl SplitWriter {
             h,
             w,
             path: path.to_path_buf(),
+            writeback: std::fs::File::open(path).ok(),
+            unflushed: 0,
         })
     }
 
@@ -84,6 +95,13 @@ impl SplitWriter {
             .write_slice(ArrayView1::from(labels), s![a..a + k])
             .with_context(at)?;
         self.written += k;
+        self.unflushed += pixels.len();
+        if self.unflushed >= WRITEBACK_EVERY {
+            if let Some(f) = &self.writeback {
+                crate::content::start_writeback(f);
+            }
+            self.unflushed = 0;
+        }
         Ok(())
     }
 

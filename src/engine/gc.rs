@@ -132,6 +132,9 @@ impl Engine {
         let mut names: HashSet<String> = HashSet::new();
         let mut unloaded: HashSet<String> = HashSet::new();
         let mut unnamed: Vec<String> = Vec::new();
+        // Which manifest each pipeline or sweep name came from: two under one name share
+        // one last run, so the other's is not kept by it (`pipe run` refuses them now).
+        let mut named_by: HashMap<String, PathBuf> = HashMap::new();
         for folder in folders {
             let project = &folder.project;
             for file in manifest::list(&folder.pipelines)? {
@@ -140,7 +143,13 @@ impl Engine {
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_default();
                 // A sweep stands for every one of its points.
-                let pipelines = match load_target(&file, &[], project) {
+                let loaded = load_target(&file, &[], project);
+                let top = match &loaded {
+                    Ok(Target::Pipeline(p)) => Some(p.name.clone()),
+                    Ok(Target::Sweep(sw) | Target::Point(sw, _)) => Some(sw.name.clone()),
+                    Err(_) => None,
+                };
+                let pipelines = match loaded {
                     Ok(Target::Pipeline(p)) => vec![p],
                     Ok(Target::Sweep(sw)) => {
                         names.insert(state_stem(&sw.name));
@@ -176,6 +185,18 @@ impl Engine {
                         Vec::new()
                     }
                 };
+                if let Some(top) = top {
+                    match named_by.get(&top) {
+                        Some(first) => report.warnings.push(format!(
+                            "{} and {} are both named `{top}`: they share one last run, so only the one run last has its last run kept by it; give one of them another `name`",
+                            first.display(),
+                            file.display()
+                        )),
+                        None => {
+                            named_by.insert(top, file.clone());
+                        }
+                    }
+                }
                 for p in pipelines {
                     names.insert(state_stem(&p.name));
                     self.keep_what_resolves(&p, &file, &mut keep, report);

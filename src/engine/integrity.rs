@@ -110,7 +110,7 @@ pub fn seal(
         }
         if seal.keys.len() != before {
             seal.keys.sort();
-            write_json_atomic(seal_path, &seal)?;
+            write_json_durable(seal_path, &seal)?;
         }
         return Ok(());
     }
@@ -129,7 +129,15 @@ pub fn seal(
     }
     keys.sort();
     keys.dedup();
-    write_json_atomic(seal_path, &Seal { files, keys })
+    write_json_durable(seal_path, &Seal { files, keys })
+}
+
+/// Write a seal atomically and durably: the rename is on disk too when this returns (its
+/// folder is fsynced), so it cannot be lost in a power cut that keeps the key record
+/// written after it, which trusts it.
+fn write_json_durable<T: Serialize>(p: &Path, v: &T) -> Result<()> {
+    write_json_atomic(p, v)?;
+    crate::content::sync_dir(p.parent().unwrap_or(Path::new(".")))
 }
 
 /// The seal at `path`, if it reads.

@@ -449,7 +449,11 @@ impl Journal {
                         Some(f) => stamp_in(f, &format!("{id}.json")),
                         None => file_stamp(&self.record_path(id)),
                     };
-                    if stamp == Some((h.size, h.mtime_ns)) {
+                    // A head from before inodes were kept (0) goes by size and time.
+                    let same = stamp.is_some_and(|(size, ns, ino)| {
+                        (size, ns) == (h.size, h.mtime_ns) && (h.ino == 0 || h.ino == ino)
+                    });
+                    if same {
                         let mut rec = h.into_record();
                         if annotated {
                             self.add_annotations(&mut rec);
@@ -499,12 +503,13 @@ impl Journal {
     /// Add a completed record's head to `runs/heads.jsonl`: one line, one `write` in
     /// append mode, after the record file (whose size and time it holds).
     pub fn add_head(&self, rec: &RunRecord) -> Result<()> {
-        let Some((size, mtime_ns)) = file_stamp(&self.record_path(&rec.id)) else {
+        let Some((size, mtime_ns, ino)) = file_stamp(&self.record_path(&rec.id)) else {
             return Ok(());
         };
         let head = Head {
             size,
             mtime_ns,
+            ino,
             id: rec.id.clone(),
             pipeline: rec.pipeline.clone(),
             sweep: rec.sweep.clone(),
@@ -950,6 +955,10 @@ impl Journal {
 struct Head {
     size: u64,
     mtime_ns: i128,
+    /// The record file's inode: a record put in its place (a copy that kept its size and
+    /// time, `cp -p` or `rsync -t`) is another file, read whole. 0 in heads from before.
+    #[serde(default)]
+    ino: u64,
     id: String,
     pipeline: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1033,18 +1042,19 @@ impl Head {
 }
 
 /// A file's size and modification time (nanoseconds), or `None` when it is not there.
-pub(crate) fn file_stamp(path: &Path) -> Option<(u64, i128)> {
+pub(crate) fn file_stamp(path: &Path) -> Option<(u64, i128, u64)> {
+    use std::os::unix::fs::MetadataExt;
     let m = fs::metadata(path).ok()?;
     let t = m.modified().ok()?;
     let ns = match t.duration_since(std::time::UNIX_EPOCH) {
         Ok(d) => d.as_nanos() as i128,
         Err(e) => -(e.duration().as_nanos() as i128),
     };
-    Some((m.len(), ns))
+    Some((m.len(), ns, m.ino()))
 }
 
 /// [`file_stamp`] of the file `name` in the open folder `dir` (`fstatat`).
-fn stamp_in(dir: &fs::File, name: &str) -> Option<(u64, i128)> {
+fn stamp_in(dir: &fs::File, name: &str) -> Option<(u64, i128, u64)> {
     use std::os::fd::AsRawFd;
     let c = std::ffi::CString::new(name).ok()?;
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
@@ -1057,7 +1067,7 @@ fn stamp_in(dir: &fs::File, name: &str) -> Option<(u64, i128)> {
     // SAFETY: fstatat returned 0, so it wrote the whole struct.
     let st = unsafe { st.assume_init() };
     let ns = st.st_mtime as i128 * 1_000_000_000 + st.st_mtime_nsec as i128;
-    Some((st.st_size as u64, ns))
+    Some((st.st_size as u64, ns, st.st_ino))
 }
 
 enum Pick<'a> {
@@ -1065,13 +1075,7 @@ enum Pick<'a> {
     Prefix(&'a str),
 }
 
-/// Whether some process holds the lock on `path` (a missing file: nobody).
-fn is_held(path: &Path) -> bool {
-    match fs::File::open(path) {
-        Ok(f) => matches!(f.try_lock_shared(), Err(fs::TryLockError::WouldBlock)),
-        Err(_) => false,
-    }
-}
+use super::store::lock_is_held as is_held;
 
 /// A stage entry's state while a halving promotion job (its `job`) has not yet decided
 /// whether the point goes on to it.
@@ -1586,13 +1590,61 @@ mod tests {
     }
 
     #[test]
+    fn a_record_put_in_place_with_its_size_and_time_kept_is_read_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(&tmp.path().join("store")).unwrap();
+        let j = Journal::of(&store);
+        fs::create_dir_all(&j.dir).unwrap();
+        let id = "20261208-100000-aaaa";
+        write_record(&j, id, "exp", "local", "done", Vec::new());
+        j.add_head(&j.get(id).unwrap()).unwrap();
+        let listed = || {
+            j.list_heads()
+                .runs
+                .into_iter()
+                .find(|r| r.id == id)
+                .unwrap()
+        };
+        let head = listed();
+        assert!(head.partial, "listed from its head");
+        assert_eq!(head.pipeline, "exp");
+        // Another record file (one byte changed) put in its place with the same size and
+        // time, as `cp -p` or `rsync -t` would.
+        let path = j.record_path(id);
+        let when = fs::metadata(&path).unwrap().modified().unwrap();
+        let text = fs::read_to_string(&path)
+            .unwrap()
+            .replace("\"exp\"", "\"exq\"");
+        let other = j.dir.join("other.json.tmp");
+        fs::write(&other, &text).unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&other)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+        fs::rename(&other, &path).unwrap();
+        let (size, ns, _) = file_stamp(&path).unwrap();
+        assert_eq!(
+            (size as usize, ns),
+            (text.len(), {
+                let d = when.duration_since(std::time::UNIX_EPOCH).unwrap();
+                d.as_nanos() as i128
+            })
+        );
+        let now = listed();
+        assert!(!now.partial, "read whole");
+        assert_eq!(now.pipeline, "exq");
+    }
+
+    #[test]
     fn a_stamp_by_name_in_the_folder_is_the_stamp_by_path() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("20261206-041500-3fa9.json");
         std::fs::write(&f, b"{\"a\": 1}").unwrap();
         let folder = fs::File::open(dir.path()).unwrap();
         let by_name = stamp_in(&folder, "20261206-041500-3fa9.json");
-        assert!(by_name.is_some_and(|(size, ns)| size == 8 && ns > 0));
+        assert!(by_name.is_some_and(|(size, ns, ino)| size == 8 && ns > 0 && ino > 0));
         assert_eq!(by_name, file_stamp(&f));
         assert_eq!(stamp_in(&folder, "missing.json"), None);
     }

@@ -133,6 +133,19 @@ impl Project {
         };
         let proj = Project::for_manifest(&path, self);
         let target = load_target(&path, sets, &proj.dir)?;
+        let name = match &target {
+            Target::Pipeline(p) => &p.name,
+            Target::Sweep(s) | Target::Point(s, _) => &s.name,
+        };
+        // The store keeps a pipeline's last run, its journal and what gc keeps for it by
+        // name: two manifests of one project under one name would mix them up.
+        if let Some(other) = manifest::discover::same_name_beside(&path, name) {
+            anyhow::bail!(
+                "{}: its pipeline is named `{name}`, as {}'s is; two pipelines under one name would share its last run, its journal and what `pipe gc` keeps for it: give one of them another `name`",
+                path.display(),
+                other.display()
+            );
+        }
         match (target, point) {
             (t, None) => Ok((proj, t)),
             (Target::Sweep(s), Some(id)) => match s.points.iter().position(|p| p.id == id) {

@@ -299,7 +299,11 @@ impl Store {
         if dest.is_dir() {
             fs::remove_dir_all(tmp)?;
             existed = true;
-        } else if let Err(e) = fs::rename(tmp, &dest) {
+            return Ok((hash, files, existed));
+        }
+        // On disk before it takes its name: the seal that follows vouches for these bytes.
+        content::sync_tree(tmp)?;
+        if let Err(e) = fs::rename(tmp, &dest) {
             if dest.is_dir() {
                 // Another process published the same content first: same bytes, keep theirs.
                 fs::remove_dir_all(tmp)?;
@@ -309,6 +313,9 @@ impl Store {
                     format!("cannot publish {} as {}", tmp.display(), dest.display())
                 });
             }
+        } else {
+            // The new name is on disk before the seal names it.
+            content::sync_dir(dest.parent().unwrap_or(Path::new(".")))?;
         }
         Ok((hash, files, existed))
     }
@@ -422,10 +429,7 @@ impl Store {
         // Read-only: flock needs no write access, and a reader of the store writes nothing.
         // A shared probe: it fails only against the runner's exclusive lock, never against
         // another probe (the dashboard's and `pipe status`'s at the same moment).
-        match fs::File::open(&path) {
-            Ok(f) => matches!(f.try_lock_shared(), Err(fs::TryLockError::WouldBlock)),
-            Err(_) => false,
-        }
+        lock_is_held(&path)
     }
 
     /// A fresh directory for a stage to write its artifact into, inside the key's scratch
@@ -580,6 +584,26 @@ impl Store {
     }
 }
 
+/// Whether some process holds the lock on `path`: a missing file, nobody. One that cannot
+/// be opened or probed (out of file handles, no read permission, a file system without
+/// locks) counts as held: a reader that cannot tell must not call a run interrupted, nor
+/// `pipe gc` remove what it may be writing.
+pub(crate) fn lock_is_held(path: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Non-blocking: a FIFO put in a lock file's place must not hang a reader.
+    let opened = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path);
+    match opened {
+        Ok(f) => !matches!(f.try_lock_shared(), Ok(())),
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+        ),
+    }
+}
+
 /// Open (creating it) the lock file at `path` and take its `flock`, exclusive or
 /// `shared`; if another process holds it in a way that excludes this one, call `waiting`
 /// first, then wait. The lock is released when the file is dropped, and by the OS on any
@@ -695,7 +719,101 @@ pub fn state_stem(pipeline: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::state_stem;
+    use super::{state_stem, Store};
+    use crate::content::tests::take_synced;
+    use std::fs;
+
+    #[test]
+    fn a_lock_that_cannot_be_probed_counts_as_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("run.live");
+        assert!(!super::lock_is_held(&p), "no file: nobody");
+        assert!(
+            !super::lock_is_held(&dir.path().join("run.live/x")),
+            "nothing under it"
+        );
+        fs::write(&p, b"").unwrap();
+        assert!(!super::lock_is_held(&p), "a file nobody locks");
+        let holder = fs::File::open(&p).unwrap();
+        holder.lock().unwrap();
+        assert!(super::lock_is_held(&p), "locked by another open file");
+        drop(holder);
+        assert!(!super::lock_is_held(&p), "let go");
+        // Something there that cannot be opened (a socket: ENXIO) is not taken for an
+        // ended run.
+        let sock = dir.path().join("sock.live");
+        let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        assert!(super::lock_is_held(&sock));
+        // A FIFO in a lock file's place: an answer, not a reader hung on it for good.
+        let fifo = dir.path().join("fifo.live");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path; no memory is kept.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(super::lock_is_held(&fifo)).unwrap());
+        let answer = rx.recv_timeout(std::time::Duration::from_secs(10));
+        assert_eq!(answer, Ok(false), "nobody locks it");
+    }
+
+    #[test]
+    fn an_artifact_is_on_disk_before_it_is_published_and_its_seal_before_it_is_trusted() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path()).unwrap();
+        let tmp = root.path().join("scratch-one");
+        fs::create_dir_all(tmp.join("sub/deeper")).unwrap();
+        fs::write(tmp.join("a.bin"), b"alpha").unwrap();
+        fs::write(tmp.join("sub/deeper/b.bin"), b"beta").unwrap();
+        fs::write(tmp.join("timings.json"), b"{}").unwrap();
+        take_synced(root.path());
+        let (hash, files, existed) = store
+            .publish(&tmp, &["timings.json"], &|_| Ok(false))
+            .unwrap();
+        assert!(!existed);
+        let synced = take_synced(root.path());
+        let at = |p: &std::path::Path| {
+            synced
+                .iter()
+                .position(|s| s == p)
+                .unwrap_or_else(|| panic!("{} was not synced: {synced:?}", p.display()))
+        };
+        let artifacts = root.path().join("artifacts");
+        // Every file (records too: they are published with it) and folder, then the
+        // folder the new name is in, last.
+        let published = at(&artifacts);
+        assert_eq!(published, synced.len() - 1, "{synced:?}");
+        for p in [
+            "a.bin",
+            "sub/deeper/b.bin",
+            "timings.json",
+            "sub/deeper",
+            "sub",
+            "",
+        ] {
+            assert!(at(&tmp.join(p).components().collect::<std::path::PathBuf>()) < published);
+        }
+        // A folder is synced after what it holds.
+        assert!(at(&tmp.join("sub/deeper/b.bin")) < at(&tmp.join("sub/deeper")));
+        assert!(at(&tmp.join("sub")) < at(&tmp));
+        // The seal: the folder its name is in is synced after it is written.
+        let seal = store.seal_path(&hash);
+        crate::engine::integrity::seal(&store.artifact_dir(&hash), &seal, &files, &[], true)
+            .unwrap();
+        assert_eq!(
+            take_synced(root.path()),
+            vec![seal.parent().unwrap().to_path_buf()]
+        );
+        // The same bytes again: nothing new to make durable.
+        let again = root.path().join("scratch-two");
+        fs::create_dir_all(&again).unwrap();
+        fs::write(again.join("a.bin"), b"alpha").unwrap();
+        fs::create_dir_all(again.join("sub/deeper")).unwrap();
+        fs::write(again.join("sub/deeper/b.bin"), b"beta").unwrap();
+        let (same, _, existed) = store
+            .publish(&again, &["timings.json"], &|_| Ok(false))
+            .unwrap();
+        assert!(existed && same == hash && !again.exists());
+        assert_eq!(take_synced(root.path()), Vec::<std::path::PathBuf>::new());
+    }
 
     #[test]
     fn a_state_file_name_stays_in_its_folder_and_under_the_length_limit() {

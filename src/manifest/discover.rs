@@ -110,6 +110,22 @@ pub fn declared_name(path: &Path) -> Result<Option<String>, ManifestError> {
     peek_names(path).map(|(name, _)| name)
 }
 
+/// Another manifest beside `path` (in its folder) whose pipeline goes by `name` too: its
+/// own `name`, else its file's stem (a name is never inherited through `extends`). One
+/// that cannot be read is passed over: it is refused by name when it is loaded.
+pub fn same_name_beside(path: &Path, name: &str) -> Option<PathBuf> {
+    let dir = path.parent()?;
+    let me = std::fs::canonicalize(path).ok()?;
+    list(dir).ok()?.into_iter().find(|other| {
+        std::fs::canonicalize(other).is_ok_and(|o| o != me)
+            && match peek_names(other) {
+                Ok((Some(n), _)) => n == name,
+                Ok((None, _)) => other.file_stem().is_some_and(|s| s == name),
+                Err(_) => false,
+            }
+    })
+}
+
 fn peek_names(path: &Path) -> Result<(Option<String>, Vec<String>), ManifestError> {
     let src = read_source(path, display_path(path))?;
     let doc = value::parse_document(src)?;

@@ -40,7 +40,7 @@ pub struct Snapshot {
 /// file a manifest `extends` from outside `pipelines/` (the server rebuilds now and then
 /// for those).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Stamp(Vec<(PathBuf, u64, i128)>);
+pub struct Stamp(Vec<(PathBuf, u64, i128, u64)>);
 
 impl Stamp {
     /// The stamp of `project` now.
@@ -65,16 +65,16 @@ impl Stamp {
     }
 }
 
-/// `path`'s size and modification time (ns) into `out`, when it is there.
-fn stat_into(path: &Path, out: &mut Vec<(PathBuf, u64, i128)>) {
-    if let Some((size, ns)) = crate::engine::journal::file_stamp(path) {
-        out.push((path.to_path_buf(), size, ns));
+/// `path`'s size, modification time (ns) and inode into `out`, when it is there.
+fn stat_into(path: &Path, out: &mut Vec<(PathBuf, u64, i128, u64)>) {
+    if let Some((size, ns, ino)) = crate::engine::journal::file_stamp(path) {
+        out.push((path.to_path_buf(), size, ns, ino));
     }
 }
 
 /// [`stat_into`] for `dir` and everything under it, `depth` folders down at most (hidden
 /// entries passed over).
-fn stat_tree(dir: &Path, depth: usize, out: &mut Vec<(PathBuf, u64, i128)>) {
+fn stat_tree(dir: &Path, depth: usize, out: &mut Vec<(PathBuf, u64, i128, u64)>) {
     stat_into(dir, out);
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
