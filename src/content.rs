@@ -121,11 +121,22 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     fsync(dir).with_context(|| format!("cannot sync folder {}", dir.display()))
 }
 
-/// Fsync the file or folder at `p` (opened read-only: fsync needs no write access).
+/// Fsync the file or folder at `p` (opened read-only: fsync needs no write access; and
+/// non-blocking, so a FIFO cannot hang it). A file system that cannot sync at all (EINVAL,
+/// ENOTSUP: some shared-folder and FUSE mounts, for folders above all) leaves nothing
+/// more to do, as PostgreSQL and SQLite take it; any other error (EIO, ENOSPC) is one.
 pub fn fsync(p: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     #[cfg(test)]
     tests::SYNCED.lock().unwrap().push(p.to_path_buf());
-    fs::File::open(p)?.sync_all()
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(p)?;
+    match f.sync_all() {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP)) => Ok(()),
+        r => r,
+    }
 }
 
 /// Start writing `f`'s dirty pages to disk without waiting for them, so that a later
@@ -190,6 +201,17 @@ pub(crate) mod tests {
     /// What [`super::fsync`] synced, in the order asked (for tests of durability order).
     pub(crate) static SYNCED: std::sync::Mutex<Vec<std::path::PathBuf>> =
         std::sync::Mutex::new(Vec::new());
+
+    #[test]
+    fn a_file_system_that_cannot_sync_is_no_error_and_a_missing_file_is() {
+        // procfs has no fsync: EINVAL, for a file and for a folder.
+        assert!(super::fsync(Path::new("/proc/self/status")).is_ok());
+        assert!(super::sync_dir(Path::new("/proc/self")).is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        let err = super::sync_dir(&dir.path().join("gone")).unwrap_err();
+        assert!(format!("{err:#}").contains("cannot sync folder"), "{err:#}");
+        assert!(format!("{err:#}").contains("gone"), "{err:#}");
+    }
 
     /// The paths under `root` fsynced since the last call (other tests' are left).
     pub(crate) fn take_synced(root: &Path) -> Vec<std::path::PathBuf> {

@@ -380,6 +380,30 @@ fn two_manifests_under_one_name_are_refused_naming_both() {
             "{args:?}: {err}"
         );
     }
+    // By a bare file name from inside pipelines/ too.
+    let out = pipe_in(
+        &p.path().join("pipelines"),
+        &["run", "t_v2.toml", "--until", "hdf5"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("is named `t`"),
+        "{err}"
+    );
+    // A listing names both, once each.
+    let out = p.cmd(&["show"]).output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        text.matches("its pipeline is named `t`").count(),
+        2,
+        "{text}"
+    );
+    // A job of a run already decided (a -j worker, a Slurm job) is not failed by a copy
+    // made while it waited: the submitter checked.
+    let out = p.ok(&["run-stage", "t", "hdf5"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("is named"), "{err}");
     // Nothing ran under the shared name: the store still holds the first run's three.
     assert_eq!(artifact_names(&p.cache()).len(), 3);
     let out = p.ok(&["gc", "--dry-run"]);

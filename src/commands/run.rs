@@ -4,7 +4,7 @@
 use anyhow::{bail, Context, Result};
 
 use super::Console;
-use super::{load, Global};
+use super::Global;
 use crate::engine::{sweep, Engine, Project, RunOptions, Target};
 use crate::manifest::{Pipeline, Sweep};
 use crate::outcome::record::RunRecord;
@@ -235,7 +235,8 @@ pub fn sweep_promote(
     sets: &[String],
     o: &crate::engine::executor::SlurmOptions,
 ) -> Result<()> {
-    let (proj, target) = Project::discover(g.cache.clone())?.load_target(manifest, sets)?;
+    let (proj, target) =
+        Project::discover(g.cache.clone())?.load_target_unchecked(manifest, sets)?;
     let Target::Sweep(s) = target else {
         bail!("`{manifest}` is not a sweep");
     };
@@ -327,7 +328,9 @@ pub fn run_stage(
         ),
         None => None,
     };
-    let (proj, p) = load(g, manifest, sets)?;
+    // A job of a run already decided: a manifest copied beside it since, its name not yet
+    // changed, does not fail it (the submitter checked the name).
+    let (proj, p) = Project::discover(g.cache.clone())?.load_job(manifest, sets)?;
     let mut engine = super::writing(g, &proj, false)?;
     if journal_to.is_some() {
         // A job on a store of its own (`--job-store`): its store's path came from the

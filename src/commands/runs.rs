@@ -46,7 +46,8 @@ pub fn runs(g: &Global, o: &RunsOptions) -> Result<()> {
     // selects the runs of the pipeline it names (its `name` may differ from the file's).
     let mut o = o.clone();
     for n in o.names.clone() {
-        if let Ok((_, t)) = proj.load_target(&n, &[]) {
+        // Unchecked: the runs of a name two manifests share are still its runs to read.
+        if let Ok((_, t)) = proj.load_target_unchecked(&n, &[]) {
             let name = match t {
                 crate::engine::Target::Pipeline(p) => p.name,
                 crate::engine::Target::Point(s, i) => s.points[i].pipeline.name.clone(),

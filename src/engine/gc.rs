@@ -134,7 +134,7 @@ impl Engine {
         let mut unnamed: Vec<String> = Vec::new();
         // Which manifest each pipeline or sweep name came from: two under one name share
         // one last run, so the other's is not kept by it (`pipe run` refuses them now).
-        let mut named_by: HashMap<String, PathBuf> = HashMap::new();
+        let mut named_by: HashMap<String, (PathBuf, PathBuf)> = HashMap::new();
         for folder in folders {
             let project = &folder.project;
             for file in manifest::list(&folder.pipelines)? {
@@ -185,15 +185,17 @@ impl Engine {
                         Vec::new()
                     }
                 };
+                // A link to a manifest beside it is that manifest.
+                let canon = std::fs::canonicalize(&file).unwrap_or_else(|_| file.clone());
                 if let Some(top) = top {
-                    match named_by.get(&top) {
-                        Some(first) => report.warnings.push(format!(
+                    match named_by.get(&top).filter(|(_, c)| *c != canon) {
+                        Some((first, _)) => report.warnings.push(format!(
                             "{} and {} are both named `{top}`: they share one last run, so only the one run last has its last run kept by it; give one of them another `name`",
                             first.display(),
                             file.display()
                         )),
                         None => {
-                            named_by.insert(top, file.clone());
+                            named_by.entry(top).or_insert((file.clone(), canon));
                         }
                     }
                 }

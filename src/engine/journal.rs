@@ -503,8 +503,59 @@ impl Journal {
     /// Add a completed record's head to `runs/heads.jsonl`: one line, one `write` in
     /// append mode, after the record file (whose size and time it holds).
     pub fn add_head(&self, rec: &RunRecord) -> Result<()> {
-        let Some((size, mtime_ns, ino)) = file_stamp(&self.record_path(&rec.id)) else {
+        let Some(line) = self.head_line(rec)? else {
             return Ok(());
+        };
+        use std::io::Write;
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.heads_path())?;
+        f.write_all(&line)?;
+        Ok(())
+    }
+
+    /// Write `runs/heads.jsonl` anew from the record files: a head for each completed
+    /// record (its file says so, as when its run wrote it), none for the rest. After a
+    /// store is copied (`cp -a`, `rsync -a`: every record another inode), listings read
+    /// every record whole until this is done; `pipe verify` does it. A run completing
+    /// meanwhile may lose its head (it is then read whole, as without one). Returns how
+    /// many heads were written.
+    pub fn reindex_heads(&self) -> Result<usize> {
+        let Ok(rd) = fs::read_dir(&self.dir) else {
+            return Ok(0);
+        };
+        let ids: Vec<String> = rd
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                Some(
+                    name.strip_suffix(".json")
+                        .filter(|i| is_run_id(i))?
+                        .to_string(),
+                )
+            })
+            .collect();
+        let lines: Vec<Vec<u8>> = ids
+            .par_iter()
+            .filter_map(|id| {
+                let bytes = read_capped(&self.record_path(id), JSON_CAP).ok()?;
+                let rec: RunRecord = serde_json::from_slice(&bytes).ok()?;
+                if rec.id != *id || rec.state == RunState::Running {
+                    return None;
+                }
+                self.head_line(&rec).ok().flatten()
+            })
+            .collect();
+        write_atomic(&self.heads_path(), &lines.concat())?;
+        Ok(lines.len())
+    }
+
+    /// `rec`'s line of `runs/heads.jsonl`, stamped with its record file as it is now
+    /// (`None`: no record file).
+    fn head_line(&self, rec: &RunRecord) -> Result<Option<Vec<u8>>> {
+        let Some((size, mtime_ns, ino)) = file_stamp(&self.record_path(&rec.id)) else {
+            return Ok(None);
         };
         let head = Head {
             size,
@@ -536,13 +587,7 @@ impl Journal {
         };
         let mut line = serde_json::to_vec(&head)?;
         line.push(b'\n');
-        use std::io::Write;
-        let mut f = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.heads_path())?;
-        f.write_all(&line)?;
-        Ok(())
+        Ok(Some(line))
     }
 
     fn add_annotations(&self, rec: &mut RunRecord) {
@@ -920,6 +965,14 @@ impl Journal {
     pub fn verify(&self) -> (usize, Vec<String>) {
         let l = self.list();
         let mut problems = l.warnings.clone();
+        // The listings' cache, made again from the records read above (a copied store's
+        // heads no longer match its files). A store this user may not write keeps its own.
+        if let Err(e) = self.reindex_heads() {
+            problems.push(format!(
+                "{}: not written again: {e:#}",
+                self.heads_path().display()
+            ));
+        }
         for r in &l.runs {
             if let Err(e) = self.sources(r) {
                 problems.push(format!("{e:#}"));
@@ -1635,6 +1688,23 @@ mod tests {
         let now = listed();
         assert!(!now.partial, "read whole");
         assert_eq!(now.pipeline, "exq");
+        // Heads made again from the files (what `pipe verify` does after a copy): listed
+        // from its head again, the new one. A running record gets none.
+        write_record(
+            &j,
+            "20261208-100000-bbbb",
+            "exp",
+            "local",
+            "running",
+            Vec::new(),
+        );
+        assert_eq!(j.reindex_heads().unwrap(), 1);
+        let again = listed();
+        assert!(again.partial, "listed from its new head");
+        assert_eq!(again.pipeline, "exq");
+        let heads = fs::read_to_string(j.heads_path()).unwrap();
+        assert_eq!(heads.lines().count(), 1, "{heads}");
+        assert!(heads.contains(id), "{heads}");
     }
 
     #[test]

@@ -104,7 +104,17 @@ impl Project {
     /// Find and load a pipeline by name or path, with `--set` overrides: typed, its
     /// networks checked, its devices settled. A sweep's point is named `<sweep>@<id>`.
     pub fn load(&self, arg: &str, sets: &[String]) -> Result<(Project, Pipeline)> {
-        match self.load_target(arg, sets)? {
+        self.load_as(arg, sets, true)
+    }
+
+    /// [`Project::load`] for a job of a run already decided (`run-stage`): the
+    /// submitter checked its name (see [`Project::load_target_unchecked`]).
+    pub fn load_job(&self, arg: &str, sets: &[String]) -> Result<(Project, Pipeline)> {
+        self.load_as(arg, sets, false)
+    }
+
+    fn load_as(&self, arg: &str, sets: &[String], check_name: bool) -> Result<(Project, Pipeline)> {
+        match self.load_target_as(arg, sets, check_name)? {
             (proj, Target::Pipeline(p)) => Ok((proj, p)),
             (proj, Target::Point(s, i)) => Ok((proj, s.points[i].pipeline.clone())),
             (_, Target::Sweep(s)) => anyhow::bail!(
@@ -118,6 +128,22 @@ impl Project {
     /// Find and load what `arg` names: a pipeline, a sweep, or one point of a sweep
     /// (`<sweep>@<id>`).
     pub fn load_target(&self, arg: &str, sets: &[String]) -> Result<(Project, Target)> {
+        self.load_target_as(arg, sets, true)
+    }
+
+    /// [`Project::load_target`] without the check that no other manifest beside it goes
+    /// by its name: for a job of a run already decided (`run-stage`, `sweep-promote`; the
+    /// submitter checked), and for a listing that checks every manifest at once.
+    pub fn load_target_unchecked(&self, arg: &str, sets: &[String]) -> Result<(Project, Target)> {
+        self.load_target_as(arg, sets, false)
+    }
+
+    fn load_target_as(
+        &self,
+        arg: &str,
+        sets: &[String],
+        check_name: bool,
+    ) -> Result<(Project, Target)> {
         // `<sweep>@<id>`: the sweep is what comes before the first `@` that leaves a
         // manifest (a path may hold `@`, as in a CI workspace `proj@2/`; so may an id).
         let (path, point) = match manifest::find(&self.pipelines, arg) {
@@ -133,18 +159,9 @@ impl Project {
         };
         let proj = Project::for_manifest(&path, self);
         let target = load_target(&path, sets, &proj.dir)?;
-        let name = match &target {
-            Target::Pipeline(p) => &p.name,
-            Target::Sweep(s) | Target::Point(s, _) => &s.name,
-        };
-        // The store keeps a pipeline's last run, its journal and what gc keeps for it by
-        // name: two manifests of one project under one name would mix them up.
-        if let Some(other) = manifest::discover::same_name_beside(&path, name) {
-            anyhow::bail!(
-                "{}: its pipeline is named `{name}`, as {}'s is; two pipelines under one name would share its last run, its journal and what `pipe gc` keeps for it: give one of them another `name`",
-                path.display(),
-                other.display()
-            );
+        if check_name {
+            let beside = manifest::discover::names_in(manifest::discover::folder_of(&path));
+            check_name_unique(&beside, &path, &target)?;
         }
         match (target, point) {
             (t, None) => Ok((proj, t)),
@@ -163,6 +180,29 @@ impl Project {
             },
             (_, Some(_)) => anyhow::bail!("`{arg}`: {} is not a sweep", path.display()),
         }
+    }
+}
+
+/// Refuse `target` (loaded from `path`) when another manifest among `beside` (the names
+/// of its folder, [`manifest::discover::names_in`]) goes by its name: the store keeps a
+/// pipeline's last run, its journal and what gc keeps for it by name, so two manifests
+/// under one name would mix them up.
+pub fn check_name_unique(
+    beside: &std::collections::HashMap<String, Vec<PathBuf>>,
+    path: &Path,
+    target: &Target,
+) -> Result<()> {
+    let name = match target {
+        Target::Pipeline(p) => &p.name,
+        Target::Sweep(s) | Target::Point(s, _) => &s.name,
+    };
+    match manifest::discover::same_name_among(beside, path, name) {
+        None => Ok(()),
+        Some(other) => anyhow::bail!(
+            "{}: its pipeline is named `{name}`, as {}'s is; two pipelines under one name would share its last run, its journal and what `pipe gc` keeps for it: give one of them another `name`",
+            path.display(),
+            other.display()
+        ),
     }
 }
 

@@ -97,8 +97,20 @@ impl Project {
         let mut out = ProjectRuns::default();
         // One engine per store, so a stage shared by many runs is checked once.
         let mut engines: BTreeMap<PathBuf, Engine> = BTreeMap::new();
+        // Every manifest's name read once (not once per manifest loaded).
+        let beside = match listed {
+            true => crate::manifest::discover::names_in(&self.pipelines),
+            false => Default::default(),
+        };
         for n in &names {
-            let (proj, t) = match self.load_target(n, sets) {
+            let loaded = match listed {
+                true => self.load_target_unchecked(n, sets).and_then(|(proj, t)| {
+                    super::check_name_unique(&beside, Path::new(n), &t)?;
+                    Ok((proj, t))
+                }),
+                false => self.load_target(n, sets),
+            };
+            let (proj, t) = match loaded {
                 Ok(x) => x,
                 Err(e) if listed => {
                     out.skipped.push(format!("{n}: {e}"));

@@ -110,20 +110,48 @@ pub fn declared_name(path: &Path) -> Result<Option<String>, ManifestError> {
     peek_names(path).map(|(name, _)| name)
 }
 
-/// Another manifest beside `path` (in its folder) whose pipeline goes by `name` too: its
-/// own `name`, else its file's stem (a name is never inherited through `extends`). One
-/// that cannot be read is passed over: it is refused by name when it is loaded.
-pub fn same_name_beside(path: &Path, name: &str) -> Option<PathBuf> {
-    let dir = path.parent()?;
-    let me = std::fs::canonicalize(path).ok()?;
-    list(dir).ok()?.into_iter().find(|other| {
-        std::fs::canonicalize(other).is_ok_and(|o| o != me)
-            && match peek_names(other) {
-                Ok((Some(n), _)) => n == name,
-                Ok((None, _)) => other.file_stem().is_some_and(|s| s == name),
-                Err(_) => false,
+/// The names the pipelines of the manifests in `dir` go by: each its own `name`, else its
+/// file's stem (a name is never inherited through `extends`), with the files (canonical
+/// paths: a link to a manifest beside it is that manifest) that go by it. One that
+/// cannot be read is passed over: it is refused by name when it is loaded.
+pub fn names_in(dir: &Path) -> std::collections::HashMap<String, Vec<PathBuf>> {
+    let mut out: std::collections::HashMap<String, Vec<PathBuf>> = Default::default();
+    for f in list(dir).unwrap_or_default() {
+        let name = match peek_names(&f) {
+            Ok((Some(n), _)) => n,
+            Ok((None, _)) => match f.file_stem() {
+                Some(s) => s.to_string_lossy().into_owned(),
+                None => continue,
+            },
+            Err(_) => continue,
+        };
+        if let Ok(canon) = std::fs::canonicalize(&f) {
+            let files = out.entry(name).or_default();
+            if !files.contains(&canon) {
+                files.push(canon);
             }
-    })
+        }
+    }
+    out
+}
+
+/// Another manifest than `path` among `names` ([`names_in`] of its folder) whose
+/// pipeline goes by `name` too.
+pub fn same_name_among(
+    names: &std::collections::HashMap<String, Vec<PathBuf>>,
+    path: &Path,
+    name: &str,
+) -> Option<PathBuf> {
+    let me = std::fs::canonicalize(path).ok()?;
+    names.get(name)?.iter().find(|o| **o != me).cloned()
+}
+
+/// The folder a manifest path is in (`.` for a bare file name).
+pub fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
 }
 
 fn peek_names(path: &Path) -> Result<(Option<String>, Vec<String>), ManifestError> {
