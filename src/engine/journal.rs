@@ -547,7 +547,18 @@ impl Journal {
                 self.head_line(&rec).ok().flatten()
             })
             .collect();
-        write_atomic(&self.heads_path(), &lines.concat())?;
+        let mut lines = lines;
+        lines.sort();
+        // Written only when it says something else (a sound store is left as it was).
+        let mut now: Vec<Vec<u8>> = read_capped(&self.heads_path(), 1 << 30)
+            .unwrap_or_default()
+            .split_inclusive(|&b| b == b'\n')
+            .map(|l| l.to_vec())
+            .collect();
+        now.sort();
+        if now != lines {
+            write_atomic(&self.heads_path(), &lines.concat())?;
+        }
         Ok(lines.len())
     }
 
@@ -1699,6 +1710,13 @@ mod tests {
             Vec::new(),
         );
         assert_eq!(j.reindex_heads().unwrap(), 1);
+        let written = fs::metadata(j.heads_path()).unwrap().modified().unwrap();
+        assert_eq!(j.reindex_heads().unwrap(), 1);
+        assert_eq!(
+            fs::metadata(j.heads_path()).unwrap().modified().unwrap(),
+            written,
+            "the same heads are not written again"
+        );
         let again = listed();
         assert!(again.partial, "listed from its new head");
         assert_eq!(again.pipeline, "exq");

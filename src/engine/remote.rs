@@ -757,6 +757,23 @@ impl Remote {
         }
         let key_rel = format!("keys/{}.json", rec.key);
         let t = Instant::now();
+        // What is sent is what the key says, re-hashed whole: a file damaged in place
+        // (its size and times kept, so a stat check passed it) would otherwise go up with
+        // a manifest that agrees with it, and every reader would refuse that key for good.
+        let local = |why: String| RemoteError::Other {
+            url: self.url.clone(),
+            why,
+        };
+        let (hash, _) = crate::content::hash_dir(dir, crate::stages::records(rec.kind))
+            .map_err(|e| local(format!("{e:#}")))?;
+        if hash != rec.output.as_str() {
+            return Err(local(format!(
+                "not sent: the files of {} hash to {}, not to {} as its name says (damaged since it was sealed): run `pipe verify`, which moves it aside, and the next run makes it again",
+                dir.display(),
+                crate::ids::short(&hash),
+                rec.output.short()
+            )));
+        }
         let m = manifest_of(dir, &rec.output).map_err(|e| RemoteError::Other {
             url: self.url.clone(),
             why: format!("{e:#}"),
@@ -902,18 +919,26 @@ impl Remote {
             .await
             .map_err(|e| self.error(&format!("writing {rel}"), e))?;
         let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
-        let mut file = std::fs::File::open(&from).map_err(local)?;
-        let mut buf = vec![0u8; PART];
-        loop {
-            use std::io::Read;
-            let n = file.read(&mut buf).map_err(local)?;
-            if n == 0 {
-                break;
+        let sent = async {
+            let mut file = std::fs::File::open(&from).map_err(local)?;
+            let mut buf = vec![0u8; PART];
+            loop {
+                use std::io::Read;
+                let n = file.read(&mut buf).map_err(local)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                w.wait_for_capacity(AT_ONCE)
+                    .await
+                    .map_err(|e| self.error(&format!("writing {rel}"), e))?;
+                w.write(&buf[..n]);
             }
-            w.wait_for_capacity(AT_ONCE)
-                .await
-                .map_err(|e| self.error(&format!("writing {rel}"), e))?;
-            w.write(&buf[..n]);
+        }
+        .await;
+        if let Err(e) = sent {
+            // The parts sent so far are dropped on the server, not kept (and billed).
+            let _ = w.abort().await;
+            return Err(e);
         }
         w.finish()
             .await
@@ -1127,7 +1152,16 @@ pub fn redact_url(raw: &str) -> String {
             let _ = u.set_password(None);
             u.to_string()
         }
-        _ => raw.to_string(),
+        Ok(_) => raw.to_string(),
+        // Not a URL the parser takes (a `/`, `#` or `?` in a password reads as the end of
+        // the host): whatever may be a login, up to the last `@`, is blanked as text.
+        Err(_) => match raw.split_once("://") {
+            Some((scheme, rest)) if rest.contains('@') => {
+                let at = rest.rfind('@').expect("checked");
+                format!("{scheme}://***{}", &rest[at..])
+            }
+            _ => raw.to_string(),
+        },
     }
 }
 
@@ -1230,6 +1264,15 @@ mod tests {
             "https://dav.example.com/pipe"
         );
         assert_eq!(redact_url("s3://bucket/p"), "s3://bucket/p");
+        // A password the URL parser cannot take (`/`, `#` or `?` in it): blanked as text.
+        for raw in [
+            "https://ana:ab/cd@host/p",
+            "https://ana:ab#cd@host/p",
+            "https://ana:a?b@host/p",
+        ] {
+            let shown = redact_url(raw);
+            assert_eq!(shown, "https://***@host/p", "{raw}");
+        }
         assert_eq!(
             redact_arg("--remote=https://me:hunter2@dav.example.com/p"),
             "--remote=https://dav.example.com/p"
@@ -1284,7 +1327,11 @@ mod tests {
         std::fs::create_dir_all(art.join("sub")).unwrap();
         std::fs::write(art.join("a.txt"), b"alpha").unwrap();
         std::fs::write(art.join("sub/b.bin"), vec![7u8; 1000]).unwrap();
-        let output = ContentHash::new("ab".repeat(32));
+        let output = ContentHash::new(
+            crate::content::hash_dir(&art, crate::stages::ALL_RECORDS)
+                .unwrap()
+                .0,
+        );
         let key = StageKey::new("cd".repeat(32));
         let rec = KeyRecord {
             key: key.clone(),
@@ -1344,5 +1391,16 @@ mod tests {
             let _ = std::fs::remove_dir_all(dir.path().join("into5"));
         }
         assert_eq!(r.push_artifact(&rec, &art, &|| {}).unwrap(), Pushed::There);
+        // Damaged here in place since it was sealed (a stat check cannot see it): not sent
+        // under a key whose readers would refuse it for good; nothing of it goes up.
+        std::fs::write(art.join("a.txt"), b"alphc").unwrap();
+        let other = KeyRecord {
+            key: StageKey::new("ef".repeat(32)),
+            ..rec.clone()
+        };
+        let e = r.push_artifact(&other, &art, &|| {}).unwrap_err();
+        assert!(e.to_string().contains("not sent"), "{e}");
+        assert!(e.to_string().contains("pipe verify"), "{e}");
+        assert!(!remote_dir.join(format!("keys/{}.json", other.key)).exists());
     }
 }
