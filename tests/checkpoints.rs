@@ -343,3 +343,42 @@ fn a_bit_flipped_checkpoint_is_refused_by_its_hash() {
     assert_eq!(field(&r, "train", "output"), field(&c, "train", "output"));
     assert_eq!(field(&r, "train", "key"), field(&c, "train", "key"));
 }
+
+/// A checkpoint below the newest one damaged in place (bits flipped, its size kept): the
+/// checkpoints of a segment are published with its model, so the run does not resume from
+/// above it (which would publish it, sealed): it trains again from below it, and the
+/// model it publishes, checkpoints included, is the one an uninterrupted run publishes.
+#[test]
+fn an_older_damaged_checkpoint_is_not_published_under_the_models_seal() {
+    let p = Project::with("t.toml", &pipeline_t_with_split());
+    kill_at_fault(&p, &["run", "t"], "train:epoch3");
+    let scratch: PathBuf = std::fs::read_dir(p.cache().join("scratch"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|d| d.join("checkpoints/epoch_3.safetensors").is_file())
+        .expect("the killed run's scratch");
+    let e1 = scratch.join("checkpoints/epoch_1.safetensors");
+    tamper(&e1, |b| {
+        let n = b.len();
+        for i in (n - 64..n).step_by(4) {
+            b[i + 3] ^= 0x40;
+        }
+    });
+    let out = p.ok(&["run", "t", "--json"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("not resuming from {}", e1.display()))
+            && err.contains("its bytes are not the ones written"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("resuming from its checkpoint at epoch"),
+        "{err}"
+    );
+    assert_eq!(epochs_trained(&err, "train"), [1, 2, 3, 4], "{err}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let clean = Project::with("t.toml", &pipeline_t_with_split());
+    let c = clean.run_json("t", &[]);
+    assert_eq!(field(&r, "train", "output"), field(&c, "train", "output"));
+    p.ok(&["verify"]);
+}

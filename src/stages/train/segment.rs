@@ -3,7 +3,7 @@
 //! `checkpoint_every` epochs into the stage's scratch folder, then publishing the
 //! artifact. A killed run of the same key resumes from its last checkpoint there.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -233,8 +233,11 @@ fn refuse_on_dfdx(plan: &TrainingPlan, stage: &str) -> Result<()> {
 /// newest one inside this segment (epochs `(start, end]`) and return the epoch to
 /// continue after, else `start`. A checkpoint that does not load (truncated, garbage), or
 /// that another key wrote (copied in, or a scratch folder two stores share), or that names
-/// no key (written before checkpoints did) is never resumed from: it is moved aside into
-/// `refused/` with a warning naming it, and the next older one is tried.
+/// no key (written before checkpoints did), or whose bytes are not the ones written, or
+/// that does not fit this network, is never resumed from: it is moved aside into
+/// `refused/` with a warning naming it, and the next older one is tried. Nor is one with
+/// such a checkpoint below it in the segment: those are published with the model, so the
+/// run goes back below the broken one and writes it again.
 fn resume_in_scratch(
     ctx: &StageCtx<'_>,
     model: &mut dyn Model,
@@ -244,41 +247,58 @@ fn resume_in_scratch(
     history: &mut Vec<EpochRecord>,
 ) -> Result<usize> {
     let stage = &ctx.stage.name;
-    for (e, path) in files::checkpoints_in(ckpt_dir).into_iter().rev() {
-        let verdict = files::belongs_to(&path, ctx.key)
-            .and_then(|()| files::as_written(&path, true))
-            .and_then(|()| {
-                checkpoint::load(&path).map_err(|err| format!("it does not load: {err:#}"))
-            })
+    // Moved aside (never published, never tried again), not deleted.
+    let refuse = |path: &Path, why: String| -> Result<()> {
+        let to = files::refuse(path)?;
+        ctx.warn(format!(
+            "{stage}: not resuming from {}: {why}; moved to {}",
+            path.display(),
+            to.display()
+        ));
+        Ok(())
+    };
+    // Every checkpoint is checked whole, not only the one resumed from: those below it are
+    // published with the model (a later `from = "stage@N"` starts from them), so the run
+    // resumes only from one with every checkpoint of its segment below it sound.
+    let mut usable: Vec<(usize, PathBuf)> = Vec::new();
+    let mut broken = false;
+    for (e, path) in files::checkpoints_in(ckpt_dir) {
+        let in_segment = e > start && e <= end;
+        match files::belongs_to(&path, ctx.key).and_then(|()| files::as_written(&path, true)) {
+            Ok(()) if in_segment && !broken => usable.push((e, path)),
+            Ok(()) => {}
+            Err(why) => {
+                broken |= in_segment;
+                refuse(&path, why)?;
+            }
+        }
+    }
+    // Newest first: the first that loads into this network.
+    for (e, path) in usable.into_iter().rev() {
+        let loaded = checkpoint::load(&path)
+            .map_err(|err| format!("it does not load: {err:#}"))
             .and_then(|(st, meta)| {
                 files::same_layer_names(&meta, graph)?;
                 let history: Vec<EpochRecord> =
                     serde_json::from_str(meta.get("history").map_or("[]", |s| s.as_str()))
                         .map_err(|e| format!("its training history does not parse: {e}"))?;
-                Ok((st, history))
+                // Before anything of the model changes, a state that does not fit it
+                // (tensors missing or of other shapes) is an error.
+                model
+                    .load_state(&st)
+                    .map_err(|err| format!("it does not fit this network: {err:#}"))?;
+                Ok(history)
             });
-        let (st, hist) = match verdict {
-            Ok(x) => x,
-            Err(why) => {
-                // Moved aside (never published, never tried again), not deleted.
-                let to = files::refuse(&path)?;
-                ctx.warn(format!(
-                    "{stage}: not resuming from {}: {why}; moved to {}",
-                    path.display(),
-                    to.display()
+        match loaded {
+            Ok(hist) => {
+                *history = hist;
+                ctx.note(format!(
+                    "{stage}: resuming from its checkpoint at epoch {e} (an earlier run was interrupted)"
                 ));
-                continue;
+                return Ok(e);
             }
-        };
-        if e <= start || e > end {
-            continue;
+            Err(why) => refuse(&path, why)?,
         }
-        model.load_state(&st)?;
-        *history = hist;
-        ctx.note(format!(
-            "{stage}: resuming from its checkpoint at epoch {e} (an earlier run was interrupted)"
-        ));
-        return Ok(e);
     }
     Ok(start)
 }
