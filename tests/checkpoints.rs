@@ -338,6 +338,20 @@ fn a_bit_flipped_checkpoint_is_refused_by_its_hash() {
     );
     assert_eq!(epochs_trained(&err, "train"), [2, 3, 4], "{err}");
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The published record keeps the timing of every epoch, the one trained before the
+    // interruption too.
+    let timings: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(p.artifact(&r, "train").join("timings.json")).unwrap(),
+    )
+    .unwrap();
+    let timed: Vec<u64> = timings
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["images_per_sec"].as_f64().unwrap() > 0.0)
+        .map(|t| t["epoch"].as_u64().unwrap())
+        .collect();
+    assert_eq!(timed, [1, 2, 3, 4], "{timings}");
     let clean = Project::with("t.toml", &pipeline_t_with_split());
     let c = clean.run_json("t", &[]);
     assert_eq!(field(&r, "train", "output"), field(&c, "train", "output"));

@@ -290,7 +290,8 @@ fn resume_in_scratch(
                 Ok(history)
             });
         match loaded {
-            Ok(hist) => {
+            Ok(mut hist) => {
+                restore_timings(ctx.scratch, &mut hist);
                 *history = hist;
                 ctx.note(format!(
                     "{stage}: resuming from its checkpoint at epoch {e} (an earlier run was interrupted)"
@@ -301,6 +302,28 @@ fn resume_in_scratch(
         }
     }
     Ok(start)
+}
+
+/// Put back into `history` (read from a checkpoint, which keeps no timings: they are not
+/// content) the timings the interrupted run recorded for its epochs in `scratch`'s
+/// `timings.json`, so the published record still holds every epoch's.
+fn restore_timings(scratch: &Path, history: &mut [EpochRecord]) {
+    let Ok(bytes) = std::fs::read(scratch.join(files::TIMINGS)) else {
+        return;
+    };
+    let Ok(timings) = serde_json::from_slice::<Vec<crate::outcome::history::EpochTiming>>(&bytes)
+    else {
+        return;
+    };
+    for r in history.iter_mut() {
+        if let Some(t) = timings
+            .iter()
+            .find(|t| t.epoch == r.epoch && t.stage == r.stage)
+        {
+            r.images_per_sec = t.images_per_sec;
+            r.seconds = t.seconds;
+        }
+    }
 }
 
 /// Where an epoch sits in its segment: what its steps' learning rates are.
