@@ -244,13 +244,7 @@ fn a_checkpoint_of_layers_since_renamed_is_not_resumed_from() {
 #[test]
 fn a_damaged_or_garbage_checkpoint_does_not_block_the_stage() {
     let p = Project::with("t.toml", &pipeline_t_with_split());
-    // Kill the training right after epoch 3's checkpoint.
-    kill_at_fault(&p, &["run", "t"], "train:epoch3");
-    let scratch: PathBuf = std::fs::read_dir(p.cache().join("scratch"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|d| d.join("checkpoints/epoch_3.safetensors").is_file())
-        .expect("the killed run's scratch");
+    let scratch = killed_after_epoch_3(&p);
     // Truncate epoch 3 and turn epoch 2 into garbage: the run falls back to epoch 1.
     let e3 = scratch.join("checkpoints/epoch_3.safetensors");
     let len = std::fs::metadata(&e3).unwrap().len();
@@ -292,12 +286,7 @@ fn a_damaged_or_garbage_checkpoint_does_not_block_the_stage() {
 #[test]
 fn a_bit_flipped_checkpoint_is_refused_by_its_hash() {
     let p = Project::with("t.toml", &pipeline_t_with_split());
-    kill_at_fault(&p, &["run", "t"], "train:epoch3");
-    let scratch: PathBuf = std::fs::read_dir(p.cache().join("scratch"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|d| d.join("checkpoints/epoch_3.safetensors").is_file())
-        .expect("the killed run's scratch");
+    let scratch = killed_after_epoch_3(&p);
     let resumes_at = |p: &Project| {
         let v = p.ok_json(&["status", "t", "--json"]);
         stage(&v, "train")["reasons"][0]
@@ -365,12 +354,7 @@ fn a_bit_flipped_checkpoint_is_refused_by_its_hash() {
 #[test]
 fn an_older_damaged_checkpoint_is_not_published_under_the_models_seal() {
     let p = Project::with("t.toml", &pipeline_t_with_split());
-    kill_at_fault(&p, &["run", "t"], "train:epoch3");
-    let scratch: PathBuf = std::fs::read_dir(p.cache().join("scratch"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|d| d.join("checkpoints/epoch_3.safetensors").is_file())
-        .expect("the killed run's scratch");
+    let scratch = killed_after_epoch_3(&p);
     let e1 = scratch.join("checkpoints/epoch_1.safetensors");
     tamper(&e1, |b| {
         let n = b.len();
@@ -395,4 +379,14 @@ fn an_older_damaged_checkpoint_is_not_published_under_the_models_seal() {
     let c = clean.run_json("t", &[]);
     assert_eq!(field(&r, "train", "output"), field(&c, "train", "output"));
     p.ok(&["verify"]);
+}
+
+/// Kill `pipe run t` right after epoch 3's checkpoint; the killed run's scratch folder.
+fn killed_after_epoch_3(p: &Project) -> PathBuf {
+    kill_at_fault(p, &["run", "t"], "train:epoch3");
+    std::fs::read_dir(p.cache().join("scratch"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|d| d.join("checkpoints/epoch_3.safetensors").is_file())
+        .expect("the killed run's scratch")
 }
