@@ -41,6 +41,9 @@ enum Cmd {
         /// The rung just finished (0 = the first)
         #[arg(long)]
         rung: usize,
+        /// What the submitting run decided over (a manifest changed since is refused)
+        #[arg(long)]
+        about: Option<String>,
         /// Overrides, as for `run`
         #[arg(long = "set", value_name = "KEY=VALUE")]
         sets: Vec<String>,
@@ -676,6 +679,7 @@ fn dispatch(g: Global, cmd: Cmd) -> anyhow::Result<()> {
         Cmd::SweepPromote {
             manifest,
             rung,
+            about,
             sets,
             partition,
             gpus_per_stage,
@@ -683,6 +687,7 @@ fn dispatch(g: Global, cmd: Cmd) -> anyhow::Result<()> {
             &g,
             &manifest,
             rung,
+            about.as_deref(),
             &sets,
             &SlurmOptions {
                 partition,

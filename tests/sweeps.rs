@@ -231,6 +231,68 @@ fn until_and_force_under_halving_do_what_they_say_once() {
     );
 }
 
+#[test]
+fn halving_decisions_that_cannot_be_recorded_leave_the_points_finished() {
+    let p = Project::with(
+        "g.toml",
+        &generated(
+            "\n[sweep.grid]\n\"train.lr\" = [1e-2, 2e-2, 5e-2]\n\n[sweep.halving]\nrungs = [\"train\", \"drop\"]\nmetric = \"val.loss\"\neta = 3\n",
+        ),
+    );
+    // Where the record goes, a folder: writing it fails (as on a full disk).
+    std::fs::create_dir_all(p.cache().join("sweeps/g.json/x")).unwrap();
+    for (n, jobs) in [None, Some("2")].into_iter().enumerate() {
+        let mut args = vec!["run", "g", "--json"];
+        if let Some(j) = jobs {
+            args.extend(["-j", j]);
+        }
+        let out = p.ok(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("the halving decisions of `g` were not recorded"),
+            "{err}"
+        );
+        let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let states: Vec<&str> = run["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|pt| pt[1]["state"].as_str().unwrap())
+            .collect();
+        assert_eq!(states.iter().filter(|s| **s == "done").count(), 1, "{run}");
+        assert_eq!(
+            states.iter().filter(|s| **s == "pruned").count(),
+            2,
+            "{run}"
+        );
+        // The journal holds each point as it finished, not as failed.
+        let journal = p.ok_json(&["runs", "--json"]);
+        let records = journal.as_array().unwrap();
+        assert_eq!(records.len(), 3 * (n + 1), "{journal}");
+        assert!(records.iter().all(|r| r["state"] == "done"), "{journal}");
+    }
+}
+
+#[test]
+fn a_promotion_job_over_a_manifest_changed_since_decides_nothing() {
+    let p = Project::with(
+        "g.toml",
+        &generated(
+            "\n[sweep.grid]\n\"train.lr\" = [1e-2, 2e-2]\n\n[sweep.halving]\nrungs = [\"train\", \"drop\"]\n",
+        ),
+    );
+    // What a promotion job submitted over another version of the manifest says it
+    // decided over: not what the manifest says now.
+    let e = p.fails(&["sweep-promote", "g", "--rung", "0", "--about", "0123abcd"]);
+    assert!(
+        e.contains("g.toml changed since sweep `g` was submitted"),
+        "{e}"
+    );
+    assert!(e.contains("decides nothing and submits nothing"), "{e}");
+    assert!(!p.cache().join("sweeps/g.json").exists());
+    assert!(!e.contains("train: epoch"), "{e}");
+}
+
 /// Nine points of the digits, three rungs: train -> drop1 -> drop2.
 fn halving_manifest(root: &Path) -> String {
     digits_manifest(

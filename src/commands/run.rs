@@ -232,6 +232,7 @@ pub fn sweep_promote(
     g: &Global,
     manifest: &str,
     rung: usize,
+    about: Option<&str>,
     sets: &[String],
     o: &crate::engine::executor::SlurmOptions,
 ) -> Result<()> {
@@ -249,7 +250,7 @@ pub fn sweep_promote(
         &journal,
         &name,
         "sweep-promote",
-        || engine.promote_on_slurm(&s, rung, sets, o),
+        || engine.promote_on_slurm(&s, rung, about, sets, o),
         |kept: &Vec<String>, mut e| {
             e.summary = format!("{} go on", kept.len());
             e

@@ -292,6 +292,23 @@ impl Engine {
         Ok(d)
     }
 
+    /// [`Self::record_decisions`] at the end of a run whose points have finished: a record
+    /// that cannot be written (a full disk, a store's `sweeps/` not writable) is a
+    /// warning, not the failure of points that ran. The decisions are worked out again
+    /// from the results where it is missing.
+    fn record_decisions_after_run(&self, s: &Sweep, d: HalvingDecisions) -> HalvingDecisions {
+        match self.record_decisions(s, d.clone()) {
+            Ok(d) => d,
+            Err(e) => {
+                self.warn(format!(
+                    "{e:#}: the halving decisions of `{}` were not recorded; `status` and `show` work them out again from the results",
+                    s.name
+                ));
+                d
+            }
+        }
+    }
+
     /// Run one point, catching its failure (the error's first line).
     fn run_point(&mut self, p: &Pipeline, opts: &RunOptions) -> Result<Vec<StageOutcome>, String> {
         let what = match &opts.until {
@@ -500,10 +517,19 @@ impl Engine {
                             .find(|o| o.name == *rung && o.state != StageState::Skipped)
                             .and_then(|o| o.output.clone());
                         let m = out.and_then(|o| metric_of(&self.store.artifact_dir(&o), h.metric));
-                        if let Some(m) = m {
-                            values.push((pt.id.clone(), m));
+                        match m {
+                            Some(m) => {
+                                values.push((pt.id.clone(), m));
+                                results.insert(i, (PointResult::Planned, stages));
+                            }
+                            None if opts.dry_run => {
+                                results.insert(i, (PointResult::Planned, stages));
+                            }
+                            None => {
+                                let error = no_rung_metric(rung, h.metric);
+                                results.insert(i, (PointResult::Failed { error }, stages));
+                            }
                         }
-                        results.insert(i, (PointResult::Planned, stages));
                     }
                     Err(error) => {
                         results.insert(i, (PointResult::Failed { error }, Vec::new()));
@@ -539,7 +565,7 @@ impl Engine {
             );
         }
         if !opts.dry_run {
-            run.decisions = self.record_decisions(s, decisions)?;
+            run.decisions = self.record_decisions_after_run(s, decisions);
         }
         for (i, (res, stages)) in results {
             self.finish_point(i, &res, &stages, &mut recs);
@@ -684,6 +710,9 @@ impl Engine {
                             results.insert(i, PointResult::Failed { error: e.clone() });
                         } else if let Some(m) = self.rung_metric(&pt.pipeline, rung, h.metric)? {
                             values.push((pt.id.clone(), m));
+                        } else {
+                            let error = no_rung_metric(rung, h.metric);
+                            results.insert(i, PointResult::Failed { error });
                         }
                     }
                     live.retain(|i| !results.contains_key(i));
@@ -711,7 +740,7 @@ impl Engine {
                         },
                     );
                 }
-                run.decisions = self.record_decisions(s, decisions)?;
+                run.decisions = self.record_decisions_after_run(s, decisions);
                 for (i, res) in results {
                     if let Some((rec, before)) = recs.remove(&i) {
                         let p = &s.points[i].pipeline;
@@ -939,6 +968,8 @@ impl Engine {
                 .to_string(),
             "--rung".to_string(),
             r.to_string(),
+            "--about".to_string(),
+            decided_over(s),
         ];
         if let Some(p) = &o.partition {
             args.extend(["--partition".to_string(), p.clone()]);
@@ -970,16 +1001,28 @@ impl Engine {
     /// A promotion job's work (`pipe sweep-promote SWEEP --rung R`): the live points'
     /// metrics at rung `r` decide who goes on (recorded), and the next rung is submitted
     /// for them, with the next promotion job after it.
+    /// `about`: what the submitting run decided over (its points and halving settings);
+    /// a manifest edited since is refused, so that one sweep never mixes the results of
+    /// two manifests.
     pub fn promote_on_slurm(
         &mut self,
         s: &Sweep,
         r: usize,
+        about: Option<&str>,
         sets: &[String],
         o: &SlurmOptions,
     ) -> Result<Vec<String>> {
         let Some(h) = s.halving.clone() else {
             bail!("sweep `{}` has no [sweep.halving]", s.name);
         };
+        if about.is_some_and(|a| a != decided_over(s)) {
+            bail!(
+                "{} changed since sweep `{}` was submitted (its points, their stages or the halving settings): this promotion job decides nothing and submits nothing; run `pipe run {}` again to go on with the manifest as it is",
+                s.file.display(),
+                s.name,
+                s.name
+            );
+        }
         if r + 1 >= h.rungs.len() {
             bail!(
                 "rung {r} is the last of `{}`: nothing to promote to",
@@ -1118,6 +1161,16 @@ fn decisions_seal(d: &HalvingDecisions) -> String {
         .to_string()
 }
 
+/// Why a point that ran a rung is out of the sweep when the rung's result has no metric
+/// to compare (its `history.json` missing, unreadable or empty): a point is pruned only by
+/// a comparison, never for lack of one.
+fn no_rung_metric(rung: &str, metric: Metric) -> String {
+    format!(
+        "rung `{rung}` finished but its result has no {} to compare (history.json missing, unreadable or empty; `pipe verify` checks the store)",
+        metric.as_str()
+    )
+}
+
 /// The record of one rung's decision.
 fn rung_record(rung: &str, h: &Halving, values: Vec<(String, f64)>, kept: Vec<String>) -> Rung {
     Rung {
@@ -1178,5 +1231,32 @@ mod tests {
         assert!(metric_of(tmp.path(), Metric::ValLoss).is_some_and(f64::is_nan));
         assert_eq!(metric_of(tmp.path(), Metric::ValAcc), Some(0.2));
         assert_eq!(metric_of(tmp.path(), Metric::TrainLoss), Some(2.0));
+    }
+
+    #[test]
+    fn a_record_with_a_diverged_point_reads_back_with_its_seal() {
+        // JSON has no NaN: the record holds `null`, which once made the whole record
+        // unreadable (and the decisions worked out again, with a warning, on every read).
+        let mut d = HalvingDecisions {
+            rungs: vec![rung_record(
+                "train",
+                &h(Goal::Max, 2),
+                vals(&[0.5, f64::NAN, 0.7]),
+                vec!["p2".into(), "p0".into()],
+            )],
+            points: vec!["p0".into(), "p1".into(), "p2".into()],
+            ..Default::default()
+        };
+        d.seal = decisions_seal(&d);
+        let text = serde_json::to_string(&d).unwrap();
+        assert!(text.contains(r#"["p1",null]"#), "{text}");
+        let back: HalvingDecisions = serde_json::from_str(&text).unwrap();
+        assert!(back.rungs[0].values[1].1.is_nan());
+        assert_eq!(back.rungs[0].values[2], ("p2".to_string(), 0.7));
+        assert_eq!(decisions_seal(&back), back.seal);
+        assert_eq!(
+            back.pruned_at("p1").map(|r| r.stage.as_str()),
+            Some("train")
+        );
     }
 }

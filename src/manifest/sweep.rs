@@ -889,6 +889,7 @@ pub fn load_points(
     let halving = match &spec.halving {
         Some((h, origins)) => {
             check_rungs(&points[0].pipeline, h, origins)?;
+            check_rungs_differ(&points[0].pipeline, &keys, h, origins)?;
             Some(h.clone())
         }
         None => None,
@@ -962,6 +963,57 @@ fn check_rungs(p: &Pipeline, h: &Halving, origins: &[Origin]) -> Result<(), Mani
                     "sweep.halving.rungs",
                 ));
             }
+        }
+    }
+    Ok(())
+}
+
+/// Each rung halving decides at (every rung but the last) depends on a swept key. A rung
+/// whose stage and every stage it reads are the same in every point gives every point the
+/// same result: the comparison would be a tie settled by point order, and the swept values
+/// would never be tried. Checked where the keys name stages alone; a key on a block, a
+/// network or the seed may reach any training stage, so such a sweep is not refused.
+fn check_rungs_differ(
+    p: &Pipeline,
+    keys: &[String],
+    h: &Halving,
+    origins: &[Origin],
+) -> Result<(), ManifestError> {
+    let swept: BTreeSet<&str> = keys
+        .iter()
+        .map(|k| k.split('.').next().unwrap_or(k))
+        .collect();
+    if swept.is_empty() || !swept.iter().all(|k| p.stages.contains_key(*k)) {
+        return Ok(());
+    }
+    let decided = h.rungs.len().saturating_sub(1);
+    for (rung, at) in h.rungs.iter().zip(origins).take(decided) {
+        // The rung and every stage it reads, by inputs and by the segment it continues.
+        let mut upstream: BTreeSet<&str> = BTreeSet::new();
+        let mut todo = vec![rung.as_str()];
+        while let Some(name) = todo.pop() {
+            let Some((name, stage)) = p.stages.get_key_value(name) else {
+                continue;
+            };
+            if upstream.insert(name.as_str()) {
+                todo.extend(stage.inputs.iter().map(|i| i.as_str()));
+                todo.extend(p.continues(name));
+            }
+        }
+        if swept.iter().all(|k| !upstream.contains(k)) {
+            let mut e = err(
+                format!(
+                    "halving rung `{rung}` is the same in every point: no swept key ({}) changes it or a stage it reads, so comparing the points there would decide by point order alone",
+                    swept.iter().map(|k| format!("`{k}.*`")).collect::<Vec<_>>().join(", ")
+                ),
+                at,
+                "sweep.halving.rungs",
+            );
+            e.help = Some(
+                "halve at a rung that a swept key changes (a later segment), or drop this rung"
+                    .into(),
+            );
+            return Err(e);
         }
     }
     Ok(())

@@ -33,7 +33,9 @@ pub struct Rung {
     pub goal: Goal,
     /// Reduction factor.
     pub eta: usize,
-    /// Each live point's metric at this rung, in point order.
+    /// Each live point's metric at this rung, in point order (a diverged point's NaN is
+    /// written `null`, and read back as NaN).
+    #[serde(deserialize_with = "values_nan_if_null")]
     pub values: Vec<(String, f64)>,
     /// The points that go on, best first.
     pub kept: Vec<String>,
@@ -58,6 +60,17 @@ pub struct HalvingDecisions {
     /// not trusted.
     #[serde(default)]
     pub seal: String,
+}
+
+/// A rung's values as written: JSON has no NaN, so serde writes a diverged point's metric
+/// as `null`; it reads back as the NaN it was.
+fn values_nan_if_null<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<(String, f64)>, D::Error> {
+    let v: Vec<(String, Option<f64>)> = Deserialize::deserialize(d)?;
+    Ok(v.into_iter()
+        .map(|(id, m)| (id, m.unwrap_or(f64::NAN)))
+        .collect())
 }
 
 impl HalvingDecisions {

@@ -340,6 +340,8 @@ sub("quiet-11", "{ batchnorm = {} }", "{ batchnorm = { momentum = 5.0 } }")
 subs("quiet-12", [("checkpoint_every = 1", "checkpoint_every = 2"),
                   ("top_k = [1, 2]\n", 'top_k = [1, 2]\n\n[stages.again]\nkind = "resume"\nfrom = "train@1"\nlr = 0.001\nepochs = 1\n')])
 sub("quiet-13", "train_per_class = 12", "train_per_class = 4294967296")
+# A halving rung no swept key changes: every point ties there, and point order decides.
+sub("sweep-14", "top_k = [1, 2]\n", "top_k = [1, 2]\n" + SW + '"drop.lr" = [0.001, 0.0005]\n\n[sweep.halving]\nrungs = ["train", "drop"]\n')
 
 # What each case must report and where. `at` is the text the error points at, searched
 # from where the case changed the base (from the top of the file when it starts with `^`);
@@ -548,6 +550,7 @@ EXPECT = {
     '200-quiet-11': ('5.0', 'batchnorm `momentum` = 5 must be in [0, 1)'),
     '201-quiet-12': ('"train@1"', 'keeps checkpoints at epochs 2'),
     '202-quiet-13': ('train_per_class', 'images is more than the 100000000 a synthetic dataset may generate'),
+    '203-sweep-14': ('"train", "drop"]', 'halving rung `train` is the same in every point'),
 }
 
 
