@@ -508,9 +508,21 @@ fn tensorboard_files_read_back_with_tensorboards_own_reader() {
         let out = stage_field(r, "train", "output").as_str().unwrap();
         let hist: Value =
             common::read_json(&p.cache().join("artifacts").join(out).join("history.json"));
+        let timings: Value =
+            common::read_json(&p.cache().join("artifacts").join(out).join("timings.json"));
+        let seconds: Vec<f64> = timings
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["seconds"].as_f64().unwrap())
+            .collect();
+        assert!(
+            seconds.len() == 3 && seconds.iter().all(|s| *s > 0.0),
+            "{timings}"
+        );
         expect.insert(
             format!("exp.{}", r["id"].as_str().unwrap()),
-            serde_json::json!({"history": hist, "rank1": r["metrics"]["rank1"], "lr": r["config"]["stages.train.lr"]}),
+            serde_json::json!({"history": hist, "seconds": seconds, "rank1": r["metrics"]["rank1"], "lr": r["config"]["stages.train.lr"]}),
         );
     }
     let script = r#"
@@ -541,6 +553,11 @@ for run, want in expect.items():
     assert abs(hp["train.lr"].number_value - float(want["lr"])) < 1e-12, hp
     end = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_end_info"])
     assert end.session_end_info.status == 1, end
+    # Wall times: the run's start plus the training seconds up to each epoch's end.
+    t0, total = start.session_start_info.start_time_secs, 0.0
+    for s, secs in zip(loss, want["seconds"]):
+        total += secs
+        assert abs(s.wall_time - (t0 + total)) < 1e-3, (s.wall_time, t0, total)
 print("ok", len(expect))
 "#;
     let py = common::python();

@@ -184,6 +184,29 @@ fn export_writes_pages_whose_charts_hold_one_point_per_epoch() {
     let o = p.ok(&["ui", "--export", out.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("wrote"));
     assert_eq!(before, listing(&p.cache()), "export changed the store");
+    // A folder that is not an earlier export is refused and left as it was.
+    let mine = p.path().join("mine");
+    std::fs::create_dir(&mine).unwrap();
+    std::fs::write(mine.join("notes.txt"), "keep").unwrap();
+    let e = p.fails(&["ui", "--export", mine.to_str().unwrap()]);
+    assert!(
+        e.contains("is not empty and is no earlier `pipe ui --export`"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read_dir(&mine).unwrap().count(), 1);
+    // An earlier export is replaced whole: a page no run has now is gone, and nothing of
+    // the new one is left beside the folder.
+    std::fs::write(out.join("runs/gone.html"), "old").unwrap();
+    p.ok(&["ui", "--export", out.to_str().unwrap()]);
+    assert!(!out.join("runs/gone.html").exists());
+    assert!(out.join(".pipe-export").is_file());
+    let beside: Vec<String> = std::fs::read_dir(p.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".site."))
+        .collect();
+    assert!(beside.is_empty(), "{beside:?}");
     let page = std::fs::read_to_string(out.join("runs/tiny.html")).unwrap();
     let d = data_block(&page, "curve-data");
     let epochs = d["runs"][0]["epochs"].as_array().unwrap();
@@ -204,6 +227,23 @@ fn export_writes_pages_whose_charts_hold_one_point_per_epoch() {
         epochs.iter().all(|e| e["seconds"].as_f64().unwrap() > 0.0),
         "every epoch has its wall time: {epochs:?}"
     );
+    // So does each recorded run's page (its timings are read beside its curves).
+    let mut recorded = 0;
+    for e in std::fs::read_dir(out.join("journal")).unwrap().flatten() {
+        let page = std::fs::read_to_string(e.path()).unwrap();
+        if !page.contains("id=\"curve-data\"") {
+            continue;
+        }
+        let d = data_block(&page, "curve-data");
+        let epochs = d["runs"][0]["epochs"].as_array().unwrap();
+        assert_eq!(epochs.len(), 5, "{}", e.path().display());
+        assert!(
+            epochs.iter().all(|e| e["seconds"].as_f64().unwrap() > 0.0),
+            "a recorded run's epochs have their wall times: {epochs:?}"
+        );
+        recorded += 1;
+    }
+    assert!(recorded >= 1, "no recorded run's page with curves");
     assert!(d["live"].is_null(), "an exported page fetches nothing");
     assert!(!page.contains("data-events"), "nor opens a stream");
     // The page loads the chart library and its script from the folder: it works offline.
@@ -548,6 +588,37 @@ fn a_silent_connection_is_closed_and_ctrl_c_stops_the_server_with_a_stream_open(
         "closed after 5 s: {e}"
     );
     drop(partial);
+    // A head that trickles in, a byte every 200 ms (slowloris): each byte does not buy
+    // more time; the connection is closed three idle limits (6 s) after the first.
+    let mut trickle = std::net::TcpStream::connect(&addr).unwrap();
+    trickle
+        .set_read_timeout(Some(std::time::Duration::from_millis(200)))
+        .unwrap();
+    let t = std::time::Instant::now();
+    let head = b"GET / HTTP/1.1\r\nX-Slow: "
+        .iter()
+        .chain(std::iter::repeat(&b'a'));
+    let mut closed = None;
+    for &b in head {
+        if trickle.write_all(&[b]).is_err() {
+            closed = Some(t.elapsed());
+            break;
+        }
+        match trickle.read(&mut buf) {
+            Ok(0) | Err(_) if t.elapsed() > std::time::Duration::from_secs(30) => break,
+            Ok(0) => {
+                closed = Some(t.elapsed());
+                break;
+            }
+            Ok(_) => panic!("the server answered a head that never ended"),
+            Err(_) => {}
+        }
+    }
+    let closed = closed.expect("a trickling head held its connection for 30 s");
+    assert!(
+        closed >= std::time::Duration::from_secs(5) && closed < std::time::Duration::from_secs(15),
+        "closed after {closed:?}"
+    );
     // An event stream, open (its head read), then SIGINT: the process ends.
     let mut stream = std::net::TcpStream::connect(&addr).unwrap();
     write!(

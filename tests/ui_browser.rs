@@ -325,6 +325,55 @@ async fn the_dashboard_in_a_real_browser() {
     );
     shot(&c, "runs").await;
 
+    // A manifest added while the page is open brings a column (its swept key): the
+    // refreshed table takes the new heads with the new rows, so each cell stays under its
+    // own head, and the sort stays on its column.
+    let heads = "return document.querySelectorAll('#runs thead th').length;";
+    let before = js(&c, heads).await.as_i64().unwrap();
+    p.manifest(
+        "mom.toml",
+        "extends = \"demo.toml\"\nname = \"mom\"\n\n[sweep.grid]\n\"train.momentum\" = [0.5, 0.8]\n",
+    );
+    let cr = &c;
+    let after = wait_for(60, "the new column", move || async move {
+        let n = js(cr, heads).await.as_i64().unwrap();
+        (n > before).then_some(n)
+    })
+    .await;
+    let widths = js(
+        &c,
+        "return Array.from(document.querySelectorAll('#runs tbody tr')).map(r => r.cells.length);",
+    )
+    .await;
+    for w in widths.as_array().unwrap() {
+        assert_eq!(
+            w.as_i64(),
+            Some(after),
+            "a row's cells against {after} heads"
+        );
+    }
+    let sorted = js(
+        &c,
+        "const h = document.querySelector('#runs thead th[aria-sort]'); return h ? [h.textContent.trim(), h.getAttribute('aria-sort')] : null;",
+    )
+    .await;
+    assert_eq!(sorted, serde_json::json!(["val loss", "descending"]));
+    let col = js(
+        &c,
+        "return Array.from(document.querySelectorAll('#runs thead th')).findIndex(h => h.textContent.trim() === 'val loss');",
+    )
+    .await
+    .as_i64()
+    .unwrap();
+    let column = format!(
+        "return Array.from(document.querySelectorAll('#runs tbody tr')).map(r => r.cells[{col}].dataset.v).filter(v => v !== undefined).map(Number);"
+    );
+    let down: Vec<f64> = serde_json::from_value(js(&c, &column).await).unwrap();
+    assert!(
+        down.len() >= 3 && down.windows(2).all(|w| w[0] >= w[1]),
+        "descending after the refresh: {down:?}"
+    );
+
     // A click opens a run whose curve has one point per epoch (6 + 2).
     c.find(Locator::Css("#runs a[href='/run/demo']"))
         .await

@@ -294,21 +294,43 @@ pub fn events_of(r: &RunRecord, keys: &[String], artifacts: &Path) -> Vec<u8> {
         )],
     );
     // Per-epoch scalars from the last training stage's history (it holds every segment).
-    let history = r
+    // A record's outputs are content hashes (a record pulled from elsewhere that says
+    // otherwise names no folder here).
+    let trained: Vec<std::path::PathBuf> = r
         .stages
         .iter()
-        .rev()
         .filter(|s| matches!(s.kind.as_str(), "train" | "lr-drop" | "resume"))
-        .find_map(|s| {
-            let dir = artifacts.join(s.output.as_ref()?);
+        .filter_map(|s| {
+            let out = crate::ids::ContentHash::parse(s.output.as_deref()?)?;
+            Some(artifacts.join(out.as_str()))
+        })
+        .collect();
+    let mut history = trained
+        .iter()
+        .rev()
+        .find_map(|dir| {
             let bytes = std::fs::read(dir.join("history.json")).ok()?;
             serde_json::from_slice::<Vec<EpochRecord>>(&bytes).ok()
         })
         .unwrap_or_default();
+    let timings: Vec<_> = trained
+        .iter()
+        .flat_map(|d| crate::outcome::history::read_timings(d))
+        .collect();
+    crate::outcome::history::with_timings(&mut history, &timings);
+    // Each epoch's wall time: the run's start plus the training seconds up to its end
+    // (`timings.json`), so the relative axis is training time; spread evenly over the
+    // run where an epoch's time was not recorded.
+    let timed = !history.is_empty() && history.iter().all(|e| e.seconds > 0.0);
     let span = (end - start).max(0.0);
     let n = history.len().max(1) as f64;
+    let mut trained_secs = 0.0;
     for (i, e) in history.iter().enumerate() {
-        let wall = start + span * (i + 1) as f64 / n;
+        trained_secs += e.seconds;
+        let wall = match timed {
+            true => start + trained_secs,
+            false => start + span * (i + 1) as f64 / n,
+        };
         event(
             &mut out,
             e.epoch as i64,

@@ -1316,10 +1316,12 @@ pub fn metrics_from(stages: &[StageEntry], artifacts: &Path) -> BTreeMap<String,
     let mut m = BTreeMap::new();
     let mut first_eval = true;
     for s in stages {
-        let Some(out) = s.output.as_ref() else {
+        // A content hash, or no folder of the store (a record pulled from elsewhere may
+        // say anything).
+        let Some(out) = s.output.as_deref().and_then(crate::ids::ContentHash::parse) else {
             continue;
         };
-        let dir = artifacts.join(out);
+        let dir = artifacts.join(out.as_str());
         let kind: Option<StageKind> =
             serde_json::from_value(serde_json::Value::String(s.kind.clone())).ok();
         match kind {
@@ -1516,14 +1518,35 @@ fn slurm_job_states(jobs: &[String]) -> Vec<JobState> {
             .map(|j| said.get(j).cloned().unwrap_or(JobState::Unknown))
             .collect();
     }
+    // An answer is reused for a moment: a dashboard's live pages ask about the same jobs
+    // several times a second, and each question is an `squeue` (and an `sacct` per job
+    // that ended).
+    /// When a list of jobs was asked about, and what Slurm said of each.
+    type Asked = (Instant, Vec<String>, Vec<JobState>);
+    static ASKED: std::sync::Mutex<Vec<Asked>> = std::sync::Mutex::new(Vec::new());
+    const FRESH: std::time::Duration = std::time::Duration::from_secs(2);
+    if let Ok(asked) = ASKED.lock() {
+        if let Some((_, _, said)) = asked
+            .iter()
+            .find(|(at, j, _)| j.as_slice() == jobs && at.elapsed() < FRESH)
+        {
+            return said.clone();
+        }
+    }
     let ids: Vec<&str> = jobs.iter().map(String::as_str).collect();
     let live = super::slurm::queued_or_running(&ids);
-    jobs.iter()
+    let said: Vec<JobState> = jobs
+        .iter()
         .map(|j| match &live {
             Some(l) if l.contains(j) => JobState::Queued(String::new()),
             _ => super::slurm::slurm_state(j, None),
         })
-        .collect()
+        .collect();
+    if let Ok(mut asked) = ASKED.lock() {
+        asked.retain(|(at, _, _)| at.elapsed() < FRESH);
+        asked.push((Instant::now(), jobs.to_vec(), said.clone()));
+    }
+    said
 }
 
 #[cfg(test)]

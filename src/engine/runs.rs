@@ -11,7 +11,7 @@ use anyhow::Result;
 use super::{Engine, Project, Target};
 use crate::ids::{ContentHash, StageKey};
 use crate::manifest::{Pipeline, StageConfig, StageKind, Sweep};
-use crate::outcome::history::{EpochRecord, EpochTiming};
+use crate::outcome::history::{read_timings, with_timings, EpochRecord, EpochTiming};
 use crate::outcome::StageState;
 use crate::report::run::{ArtifactView, EvalView, Layer, Live, NetworkView, RunView};
 use crate::report::show::Row;
@@ -155,13 +155,6 @@ impl Project {
 fn read_history(dir: &Path) -> Option<Vec<EpochRecord>> {
     let bytes = std::fs::read(dir.join("history.json")).ok()?;
     serde_json::from_slice(&bytes).ok()
-}
-
-fn read_timings(dir: &Path) -> Vec<EpochTiming> {
-    std::fs::read(dir.join(stages::train::TIMINGS))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
 }
 
 /// Where a training stage's epochs can be read: its artifact when it is in the store,
@@ -439,16 +432,7 @@ impl Engine {
             }
             best = h;
         }
-        for r in &mut best {
-            if let Some(t) = timings
-                .iter()
-                .rev()
-                .find(|t| t.epoch == r.epoch && t.stage == r.stage)
-            {
-                r.images_per_sec = t.images_per_sec;
-                r.seconds = t.seconds;
-            }
-        }
+        with_timings(&mut best, &timings);
         (best, live)
     }
 

@@ -83,6 +83,32 @@ pub struct EpochTiming {
     pub device: String,
 }
 
+/// The file beside a training's curves that holds each epoch's timing.
+pub const TIMINGS: &str = "timings.json";
+
+/// A training stage's `timings.json` in `dir` (each epoch's images/s and seconds), or none.
+pub fn read_timings(dir: &std::path::Path) -> Vec<EpochTiming> {
+    std::fs::read(dir.join(TIMINGS))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Each epoch's images/s and seconds from the timings of the stages that trained it (the
+/// last said of an epoch of a stage wins: a resumed training's).
+pub fn with_timings(epochs: &mut [EpochRecord], timings: &[EpochTiming]) {
+    for r in epochs {
+        if let Some(t) = timings
+            .iter()
+            .rev()
+            .find(|t| t.epoch == r.epoch && t.stage == r.stage)
+        {
+            r.images_per_sec = t.images_per_sec;
+            r.seconds = t.seconds;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

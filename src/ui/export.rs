@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use super::assets;
 use super::pages::{self, Links};
@@ -171,8 +171,81 @@ fn write(path: &Path, text: &str) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// Write the dashboard of `project` into `dir`; returns how many pages.
+/// What marks a folder as written by `pipe ui --export` (an export may replace it).
+const MARKER: &str = ".pipe-export";
+
+/// Write the dashboard of `project` as folder `dir`; returns how many pages. The pages
+/// are written into a new folder beside it, which then takes `dir`'s place whole: an
+/// export that fails part-way leaves `dir` as it was, and one that succeeds leaves no
+/// page of an earlier export behind. `dir` must be new, empty, or an earlier export.
 pub fn export(project: &Project, dir: &Path) -> Result<usize> {
+    // A link to a folder: the export replaces the folder it names.
+    let dir = match std::fs::canonicalize(dir) {
+        Ok(d) => d,
+        Err(_) => dir.to_path_buf(),
+    };
+    let earlier = match std::fs::symlink_metadata(&dir) {
+        Ok(m) if !m.is_dir() => bail!("{} exists and is not a folder", dir.display()),
+        Ok(_) => {
+            let empty = std::fs::read_dir(&dir)
+                .with_context(|| format!("cannot read {}", dir.display()))?
+                .next()
+                .is_none();
+            if !empty && !dir.join(MARKER).is_file() {
+                bail!(
+                    "{} is not empty and is no earlier `pipe ui --export` (it has no {MARKER}): export into a new or empty folder",
+                    dir.display()
+                );
+            }
+            true
+        }
+        Err(_) => false,
+    };
+    let name = dir
+        .file_name()
+        .with_context(|| format!("{}: not a folder name to export to", dir.display()))?
+        .to_string_lossy()
+        .into_owned();
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent)
+        .with_context(|| format!("cannot create {}", parent.display()))?;
+    let fresh = parent.join(format!(".{name}.export-{}", std::process::id()));
+    let old = parent.join(format!(".{name}.replaced-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&fresh);
+    let written = export_into(project, &fresh)
+        .and_then(|n| write(&fresh.join(MARKER), "written by pipe ui --export\n").map(|_| n));
+    let n = match written {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&fresh);
+            return Err(e);
+        }
+    };
+    if earlier {
+        if let Err(e) = std::fs::rename(&dir, &old) {
+            let _ = std::fs::remove_dir_all(&fresh);
+            return Err(e).with_context(|| format!("cannot move {} aside", dir.display()));
+        }
+    }
+    if let Err(e) = std::fs::rename(&fresh, &dir) {
+        if earlier {
+            let _ = std::fs::rename(&old, &dir);
+        }
+        let _ = std::fs::remove_dir_all(&fresh);
+        return Err(e).with_context(|| format!("cannot move the export to {}", dir.display()));
+    }
+    if earlier {
+        std::fs::remove_dir_all(&old)
+            .with_context(|| format!("cannot remove the earlier export {}", old.display()))?;
+    }
+    Ok(n)
+}
+
+/// [`export`]'s pages, written into `dir`.
+fn export_into(project: &Project, dir: &Path) -> Result<usize> {
     let snap = Snapshot::build(project)?;
     let mut engine = Engine::read_only(&project.cache);
     let mut pages_written = 0;

@@ -160,6 +160,31 @@ fn sort_value(r: &Row, header: &str) -> Option<f64> {
 /// The runs page: every pipeline and sweep point, the columns of `pipe show` (sortable,
 /// those equal for all hidden on demand), a filter by name and by state, a compare
 /// button, the best so far, and the sweeps.
+/// Best so far: the highest of each accuracy, the lowest val loss, among the runs that
+/// `show` may mark best (none pruned, none with a training segment without a result):
+/// (metric, run, value).
+fn best_so_far(rows: &[Row]) -> Vec<(String, String, f64)> {
+    let mut best = Vec::new();
+    for (key, higher) in [("val.acc", true), ("val.loss", false), ("rank1", true)] {
+        let found = rows
+            .iter()
+            .filter(|r| r.note.is_none() && r.segments.iter().all(|s| s.last.is_some()))
+            .filter_map(|r| r.metrics().get(key).map(|v| (r.pipeline.clone(), *v)))
+            .filter(|(_, v)| v.is_finite())
+            .reduce(|a, b| {
+                if (higher && b.1 > a.1) || (!higher && b.1 < a.1) {
+                    b
+                } else {
+                    a
+                }
+            });
+        if let Some((name, v)) = found {
+            best.push((key.to_string(), name, v));
+        }
+    }
+    best
+}
+
 pub fn runs_page(
     rows: &[Row],
     sweeps: &[(String, usize)],
@@ -187,24 +212,7 @@ pub fn runs_page(
     for s in &states {
         *counts.entry(s).or_insert(0) += 1;
     }
-    // Best so far: the highest of each accuracy, the lowest val loss.
-    let mut best: Vec<(String, String, f64)> = Vec::new();
-    for (key, higher) in [("val.acc", true), ("val.loss", false), ("rank1", true)] {
-        let found = rows
-            .iter()
-            .filter_map(|r| r.metrics().get(key).map(|v| (r.pipeline.clone(), *v)))
-            .filter(|(_, v)| v.is_finite())
-            .reduce(|a, b| {
-                if (higher && b.1 > a.1) || (!higher && b.1 < a.1) {
-                    b
-                } else {
-                    a
-                }
-            });
-        if let Some((name, v)) = found {
-            best.push((key.to_string(), name, v));
-        }
-    }
+    let best = best_so_far(rows);
     let body = html! {
         h1 { "Runs" }
         p class="summary" {
@@ -865,4 +873,80 @@ pub fn record_page(r: &RunRecord, history: &[EpochRecord], links: &dyn Links) ->
     };
     let attrs = [("charts", String::new())];
     page(&format!("{} {}", r.pipeline, r.id), links, &attrs, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::StageKind;
+    use crate::outcome::history::EpochRecord;
+    use crate::report::show::Segment;
+
+    fn segment(stage: &str, val_acc: Option<f64>) -> Segment {
+        Segment {
+            stage: stage.into(),
+            kind: StageKind::Train,
+            network: "net".into(),
+            optimizer: "sgd".into(),
+            lr: 0.01,
+            epochs: 2,
+            last: val_acc.map(|a| EpochRecord {
+                epoch: 2,
+                stage: stage.into(),
+                lr: 0.01,
+                train_loss: 1.0,
+                train_acc: 0.5,
+                val_loss: 1.0 - a,
+                val_acc: a,
+                ema_val_loss: None,
+                ema_val_acc: None,
+                images_per_sec: 0.0,
+                seconds: 0.0,
+            }),
+        }
+    }
+
+    fn row(name: &str, segments: Vec<Segment>, note: Option<&str>) -> Row {
+        Row {
+            pipeline: name.into(),
+            segments,
+            evals: Vec::new(),
+            params: None,
+            macs: None,
+            train_seconds: None,
+            device: String::new(),
+            backend: String::new(),
+            stages: Vec::new(),
+            error: None,
+            swept: Vec::new(),
+            note: note.map(String::from),
+            best: false,
+        }
+    }
+
+    #[test]
+    fn best_so_far_passes_over_pruned_runs_and_runs_with_a_segment_missing() {
+        let rows = [
+            row("kept", vec![segment("train", Some(0.6))], None),
+            // A higher accuracy, from a shorter training that halving pruned.
+            row(
+                "pruned",
+                vec![segment("train", Some(0.9))],
+                Some("pruned after train"),
+            ),
+            // A higher accuracy from its first segment; its lr drop has no result.
+            row(
+                "half",
+                vec![segment("train", Some(0.8)), segment("drop", None)],
+                None,
+            ),
+        ];
+        let best = best_so_far(&rows);
+        assert_eq!(
+            best.iter()
+                .map(|(k, r, _)| (k.as_str(), r.as_str()))
+                .collect::<Vec<_>>(),
+            [("val.acc", "kept"), ("val.loss", "kept")]
+        );
+    }
 }

@@ -159,6 +159,7 @@ pub fn serve(project: Project, opts: &UiOptions) -> Result<()> {
             None => Snapshot::build(p),
         };
         let mut built = Instant::now();
+        let mut failing: Option<String> = None;
         loop {
             let snap = bg.snap();
             std::thread::sleep((snap.took * 3).max(Duration::from_secs(2)));
@@ -166,11 +167,40 @@ pub fn serve(project: Project, opts: &UiOptions) -> Result<()> {
                 continue;
             }
             built = Instant::now();
-            let Ok(s) = build(&bg.project) else {
-                continue;
+            // A snapshot that cannot be built (or a bug that panics in it) is said, once
+            // per different reason, and the last good one stays served; the refresh goes
+            // on trying.
+            let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                build(&bg.project).map(|s| {
+                    let (home, running) = render_home(&bg.project, &s);
+                    (s, home, running)
+                })
+            }));
+            let (s, home) = match made {
+                Ok(Ok((s, home, now_running))) => {
+                    running = now_running;
+                    if failing.take().is_some() {
+                        eprintln!("pipe ui: the runs are refreshed again");
+                    }
+                    (s, home)
+                }
+                Ok(Err(e)) => {
+                    let why = format!("{e:#}");
+                    if failing.as_deref() != Some(why.as_str()) {
+                        eprintln!("warning: pipe ui cannot refresh the runs ({why}); the pages show them as they were");
+                        failing = Some(why);
+                    }
+                    continue;
+                }
+                Err(_) => {
+                    let why = "a bug (panic) while reading the runs".to_string();
+                    if failing.as_deref() != Some(why.as_str()) {
+                        eprintln!("warning: pipe ui cannot refresh the runs ({why}); the pages show them as they were");
+                        failing = Some(why);
+                    }
+                    continue;
+                }
             };
-            let home;
-            (home, running) = render_home(&bg.project, &s);
             if let Ok(mut w) = bg.home.write() {
                 *w = home;
             }
@@ -458,35 +488,37 @@ pub(super) fn record_and_history(
         serde_json::from_slice(&std::fs::read(p).ok()?).ok()
     };
     let training = |k: &str| matches!(k, "train" | "lr-drop" | "resume");
-    let running = r
+    // Each training stage's folder: its scratch while it runs, its artifact once done.
+    let running: Vec<std::path::PathBuf> = r
         .stages
         .iter()
         .filter(|s| training(&s.kind) && s.state == "running")
-        .find_map(|s| {
+        .filter_map(|s| {
             let key = crate::ids::StageKey::parse(s.key.as_deref()?)?;
-            read(
-                cache
-                    .join("scratch")
-                    .join(key.as_str())
-                    .join("history.json"),
-            )
-        });
-    let done = || {
-        r.stages
-            .iter()
-            .rev()
-            .filter(|s| training(&s.kind))
-            .find_map(|s| {
-                let out = crate::ids::ContentHash::parse(s.output.as_deref()?)?;
-                read(
-                    cache
-                        .join("artifacts")
-                        .join(out.as_str())
-                        .join("history.json"),
-                )
-            })
-    };
-    let h = running.or_else(done).unwrap_or_default();
+            Some(cache.join("scratch").join(key.as_str()))
+        })
+        .collect();
+    let done: Vec<std::path::PathBuf> = r
+        .stages
+        .iter()
+        .filter(|s| training(&s.kind))
+        .filter_map(|s| {
+            let out = crate::ids::ContentHash::parse(s.output.as_deref()?)?;
+            Some(cache.join("artifacts").join(out.as_str()))
+        })
+        .collect();
+    let mut h = running
+        .iter()
+        .find_map(|d| read(d.join("history.json")))
+        .or_else(|| done.iter().rev().find_map(|d| read(d.join("history.json"))))
+        .unwrap_or_default();
+    // The wall times are kept beside the curves (`timings.json`), not in them.
+    let timings: Vec<_> = done
+        .iter()
+        .chain(&running)
+        .flat_map(|d| crate::outcome::history::read_timings(d))
+        .collect();
+    crate::outcome::history::with_timings(&mut h, &timings);
     Ok(Some((r, h)))
 }
 

@@ -24,7 +24,7 @@ use crate::stages::model::{describe_device, TrainingPlan};
 pub const CLASSES: &str = "classes.csv";
 
 /// The file that holds each epoch's images/s.
-pub const TIMINGS: &str = "timings.json";
+pub const TIMINGS: &str = crate::outcome::history::TIMINGS;
 
 /// The files of a training artifact that are records, not content: the store leaves them
 /// out of the artifact's hash, so a byte-identical re-train cuts off early.

@@ -104,13 +104,23 @@ function setupColumns(table) {
   apply();
 }
 
-function setupRuns() {
-  const table = document.getElementById("runs");
-  if (!table) return;
+// A click on a column's head sorts by it.
+function bindSorting(table) {
   for (const th of table.tHead.rows[0].cells) {
     if (th.dataset.col === undefined) continue;
     th.addEventListener("click", () => sortTable(table, parseInt(th.dataset.col, 10), th));
   }
+}
+
+// What names a column head across refreshes.
+function headKey(th) {
+  return th.dataset.h || th.textContent.trim();
+}
+
+function setupRuns() {
+  const table = document.getElementById("runs");
+  if (!table) return;
+  bindSorting(table);
   document.getElementById("filter").addEventListener("input", () => filterRows(table));
   document.getElementById("state-filter").addEventListener("change", () => filterRows(table));
   const varying = document.getElementById("varying");
@@ -162,6 +172,25 @@ function liveRuns(table) {
       const ticked = new Set(Array.from(table.querySelectorAll("td.pick input:checked")).map((i) => i.value));
       const body = document.importNode(fresh.tBodies[0], true);
       for (const i of body.querySelectorAll("td.pick input")) i.checked = ticked.has(i.value);
+      // The columns come from the runs (a first evaluation, a new swept key): when they
+      // changed, the new heads come with the new rows, the sort follows its column by
+      // name, and the column chooser lists the new set.
+      const heads = (t) => Array.from(t.tHead.rows[0].cells).map(headKey).join("\u0001");
+      const before = Array.from(table.tHead.rows[0].cells).find((h) => h.hasAttribute("aria-sort"));
+      const sortedBy = before ? [headKey(before), before.getAttribute("aria-sort")] : null;
+      if (heads(fresh) !== heads(table)) {
+        table.replaceChild(document.importNode(fresh.tHead, true), table.tHead);
+        bindSorting(table);
+        const box = document.getElementById("columns");
+        const theirs = doc.getElementById("columns");
+        if (box && theirs) {
+          box.replaceWith(document.importNode(theirs, true));
+        }
+        if (sortedBy) {
+          const th = Array.from(table.tHead.rows[0].cells).find((h) => headKey(h) === sortedBy[0]);
+          if (th) th.setAttribute("aria-sort", sortedBy[1]);
+        }
+      }
       table.replaceChild(body, table.tBodies[0]);
       const sorted = Array.from(table.tHead.rows[0].cells).find((h) => h.hasAttribute("aria-sort"));
       if (sorted) sortTable(table, parseInt(sorted.dataset.col, 10), sorted, true);
