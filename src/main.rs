@@ -41,7 +41,7 @@ enum Cmd {
         /// The rung just finished (0 = the first)
         #[arg(long)]
         rung: usize,
-        /// What the submitting run decided over (a manifest changed since is refused)
+        /// What the sweep was submitted over (a manifest changed since is refused)
         #[arg(long)]
         about: Option<String>,
         /// Overrides, as for `run`

@@ -285,7 +285,9 @@ fn a_promotion_job_over_a_manifest_changed_since_decides_nothing() {
     // decided over: not what the manifest says now.
     let e = p.fails(&["sweep-promote", "g", "--rung", "0", "--about", "0123abcd"]);
     assert!(
-        e.contains("g.toml changed since sweep `g` was submitted"),
+        e.contains(
+            "g.toml (or a file it extends or includes) changed since sweep `g` was submitted"
+        ),
         "{e}"
     );
     assert!(e.contains("decides nothing and submits nothing"), "{e}");

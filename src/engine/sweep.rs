@@ -300,8 +300,17 @@ impl Engine {
         match self.record_decisions(s, d.clone()) {
             Ok(d) => d,
             Err(e) => {
+                // An older record left in place would be trusted over these results.
+                let path = self.decisions_path(&s.name);
+                let then = match std::fs::remove_file(&path) {
+                    Err(r) if r.kind() != std::io::ErrorKind::NotFound => format!(
+                        "; an older record at {} could not be removed ({r}) and may be shown instead",
+                        path.display()
+                    ),
+                    _ => "; `status` and `show` work them out again from the results".into(),
+                };
                 self.warn(format!(
-                    "{e:#}: the halving decisions of `{}` were not recorded; `status` and `show` work them out again from the results",
+                    "{e:#}: the halving decisions of `{}` were not recorded{then}",
                     s.name
                 ));
                 d
@@ -969,7 +978,7 @@ impl Engine {
             "--rung".to_string(),
             r.to_string(),
             "--about".to_string(),
-            decided_over(s),
+            submitted_over(s),
         ];
         if let Some(p) = &o.partition {
             args.extend(["--partition".to_string(), p.clone()]);
@@ -1001,7 +1010,7 @@ impl Engine {
     /// A promotion job's work (`pipe sweep-promote SWEEP --rung R`): the live points'
     /// metrics at rung `r` decide who goes on (recorded), and the next rung is submitted
     /// for them, with the next promotion job after it.
-    /// `about`: what the submitting run decided over (its points and halving settings);
+    /// `about`: what the sweep was submitted over (its manifest's texts and overrides);
     /// a manifest edited since is refused, so that one sweep never mixes the results of
     /// two manifests.
     pub fn promote_on_slurm(
@@ -1015,9 +1024,9 @@ impl Engine {
         let Some(h) = s.halving.clone() else {
             bail!("sweep `{}` has no [sweep.halving]", s.name);
         };
-        if about.is_some_and(|a| a != decided_over(s)) {
+        if about.is_some_and(|a| a != submitted_over(s)) {
             bail!(
-                "{} changed since sweep `{}` was submitted (its points, their stages or the halving settings): this promotion job decides nothing and submits nothing; run `pipe run {}` again to go on with the manifest as it is",
+                "{} (or a file it extends or includes) changed since sweep `{}` was submitted: this promotion job decides nothing and submits nothing; run `pipe run {}` again to go on with the manifest as it is",
                 s.file.display(),
                 s.name,
                 s.name
@@ -1128,6 +1137,17 @@ struct RungJobs {
 
 /// The seal of a decisions record: BLAKE3 of its rungs and points as JSON.
 /// What sweep `s`'s halving decisions are taken over (see [`HalvingDecisions::about`]).
+/// What a sweep was submitted over, for its promotion jobs: the BLAKE3 of the texts it
+/// was loaded from (the manifest, every file it extends or includes) and the `--set`s.
+/// Not the stages as resolved: a `device = "auto"` resolves per machine, and the
+/// promotion job runs on another one.
+fn submitted_over(s: &Sweep) -> String {
+    let sources = s.points.first().map(|p| &*p.pipeline.sources);
+    blake3::hash(&serde_json::to_vec(&sources).expect("JSON values serialize"))
+        .to_hex()
+        .to_string()
+}
+
 fn decided_over(s: &Sweep) -> String {
     let stages: Vec<serde_json::Value> = s
         .points

@@ -455,6 +455,12 @@ pub fn load_any(path: &Path, sets: &[String], project_dir: &Path) -> Result<Load
         check_finite(&d, "")?;
         type_doc(&d, path, project_dir, &sources)
     })?;
+    // A sweep as recorded loads as it ran: what was refused later is not refused there
+    // (a record of it stays readable, its keys resolvable).
+    let recorded = RECORDED.with(|r| r.borrow().is_some());
+    if let (Some((h, origins)), false) = (&spec.halving, recorded) {
+        sweep::check_rungs_differ(&s.points[0].pipeline, &s.keys, h, origins)?;
+    }
     Ok(Loaded::Sweep(s))
 }
 

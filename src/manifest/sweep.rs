@@ -889,7 +889,6 @@ pub fn load_points(
     let halving = match &spec.halving {
         Some((h, origins)) => {
             check_rungs(&points[0].pipeline, h, origins)?;
-            check_rungs_differ(&points[0].pipeline, &keys, h, origins)?;
             Some(h.clone())
         }
         None => None,
@@ -973,7 +972,7 @@ fn check_rungs(p: &Pipeline, h: &Halving, origins: &[Origin]) -> Result<(), Mani
 /// same result: the comparison would be a tie settled by point order, and the swept values
 /// would never be tried. Checked where the keys name stages alone; a key on a block, a
 /// network or the seed may reach any training stage, so such a sweep is not refused.
-fn check_rungs_differ(
+pub fn check_rungs_differ(
     p: &Pipeline,
     keys: &[String],
     h: &Halving,

@@ -56,7 +56,7 @@ pub struct StageStatus {
 }
 
 /// One pipeline, as `show` sees it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Row {
     /// Pipeline name.
     pub pipeline: String,
@@ -524,17 +524,7 @@ mod tests {
                     seconds: 0.0,
                 }),
             }],
-            evals: Vec::new(),
-            params: None,
-            macs: None,
-            train_seconds: None,
-            device: String::new(),
-            backend: String::new(),
-            stages: Vec::new(),
-            error: None,
-            swept: Vec::new(),
-            note: None,
-            best: false,
+            ..Row::default()
         }
     }
 

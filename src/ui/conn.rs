@@ -104,7 +104,8 @@ enum Phase {
     /// Nothing received since the server last wrote (or since it opened).
     Waiting,
     /// A request's head is arriving: since when, the length of its current line (without
-    /// `\r`), and whether a line has ended yet (an empty line then ends the head).
+    /// `\r`), and whether a line that was not empty has ended yet (an empty line then
+    /// ends the head).
     Head {
         since: Instant,
         line: usize,
@@ -133,6 +134,9 @@ impl Phase {
         for &b in bytes {
             match b {
                 b'\n' if line == 0 && lines => return Phase::Serving,
+                // Empty lines before the request line are skipped (as the parser does):
+                // they end no head.
+                b'\n' if line == 0 => {}
                 b'\n' => {
                     line = 0;
                     lines = true;
@@ -258,6 +262,10 @@ mod tests {
             Phase::Head { since, .. } => assert_eq!(since, now),
             other => panic!("{other:?}"),
         }
+        // Empty lines before a request end nothing: the parser skips them too.
+        let blank = Phase::Waiting.after(b"\r\n\r\n\n\n", now);
+        assert_eq!(head(blank), Some((0, false)));
+        assert_eq!(blank.after(b"GET / HTTP/1.1\r\n\r\n", now), Phase::Serving);
         // A line that is only "\r" is still the empty line.
         assert_eq!(Phase::Waiting.after(b"GET /\r\n\r\n", now), Phase::Serving);
         assert_eq!(head(Phase::Waiting.after(b"GET /", now)), Some((5, false)));

@@ -174,47 +174,48 @@ fn write(path: &Path, text: &str) -> Result<()> {
 /// What marks a folder as written by `pipe ui --export` (an export may replace it).
 const MARKER: &str = ".pipe-export";
 
-/// Write the dashboard of `project` as folder `dir`; returns how many pages. The pages
-/// are written into a new folder beside it, which then takes `dir`'s place whole: an
-/// export that fails part-way leaves `dir` as it was, and one that succeeds leaves no
-/// page of an earlier export behind. `dir` must be new, empty, or an earlier export.
+/// The folders an export keeps inside DIR while it works: the new pages, and the earlier
+/// export's entries while they are swapped out.
+const STAGING: &str = ".pipe-export-new";
+const REPLACED: &str = ".pipe-export-old";
+
+/// Write the dashboard of `project` into folder `dir`; returns how many pages. The pages
+/// are written into a folder inside `dir` first, and only once every one is written do
+/// they replace what `dir` held: an export that fails part-way leaves `dir` as it was,
+/// and one that succeeds leaves no page of an earlier export behind. `dir` itself stays
+/// (a mount point, its permissions). It must be new, empty, or an earlier export.
 pub fn export(project: &Project, dir: &Path) -> Result<usize> {
-    // A link to a folder: the export replaces the folder it names.
-    let dir = match std::fs::canonicalize(dir) {
-        Ok(d) => d,
-        Err(_) => dir.to_path_buf(),
-    };
-    let earlier = match std::fs::symlink_metadata(&dir) {
+    match std::fs::metadata(dir) {
         Ok(m) if !m.is_dir() => bail!("{} exists and is not a folder", dir.display()),
         Ok(_) => {
-            let empty = std::fs::read_dir(&dir)
+            let theirs: Vec<std::ffi::OsString> = std::fs::read_dir(dir)
                 .with_context(|| format!("cannot read {}", dir.display()))?
-                .next()
-                .is_none();
-            if !empty && !dir.join(MARKER).is_file() {
+                .flatten()
+                .map(|e| e.file_name())
+                .filter(|n| !n.to_string_lossy().starts_with(".pipe-export-"))
+                .collect();
+            // An export from before the marker: its index and its script.
+            let earlier = dir.join(MARKER).is_file()
+                || (dir.join("index.html").is_file() && dir.join("assets/ui.js").is_file());
+            if !theirs.is_empty() && !earlier {
                 bail!(
                     "{} is not empty and is no earlier `pipe ui --export` (it has no {MARKER}): export into a new or empty folder",
                     dir.display()
                 );
             }
-            true
         }
-        Err(_) => false,
-    };
-    let name = dir
-        .file_name()
-        .with_context(|| format!("{}: not a folder name to export to", dir.display()))?
-        .to_string_lossy()
-        .into_owned();
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent)
-        .with_context(|| format!("cannot create {}", parent.display()))?;
-    let fresh = parent.join(format!(".{name}.export-{}", std::process::id()));
-    let old = parent.join(format!(".{name}.replaced-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&fresh);
+        Err(_) => std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?,
+    }
+    let fresh = dir.join(STAGING);
+    let old = dir.join(REPLACED);
+    // What a killed export left.
+    for left in [&fresh, &old] {
+        if left.exists() {
+            std::fs::remove_dir_all(left)
+                .with_context(|| format!("cannot remove {}", left.display()))?;
+        }
+    }
     let written = export_into(project, &fresh)
         .and_then(|n| write(&fresh.join(MARKER), "written by pipe ui --export\n").map(|_| n));
     let n = match written {
@@ -224,22 +225,31 @@ pub fn export(project: &Project, dir: &Path) -> Result<usize> {
             return Err(e);
         }
     };
-    if earlier {
-        if let Err(e) = std::fs::rename(&dir, &old) {
-            let _ = std::fs::remove_dir_all(&fresh);
-            return Err(e).with_context(|| format!("cannot move {} aside", dir.display()));
-        }
+    // The swap: the earlier entries aside, the new ones in, the earlier ones gone.
+    let entries = |d: &Path| -> Result<Vec<std::ffi::OsString>> {
+        Ok(std::fs::read_dir(d)
+            .with_context(|| format!("cannot read {}", d.display()))?
+            .flatten()
+            .map(|e| e.file_name())
+            .filter(|n| n != STAGING && n != REPLACED)
+            .collect())
+    };
+    std::fs::create_dir(&old).with_context(|| format!("cannot create {}", old.display()))?;
+    for name in entries(dir)? {
+        std::fs::rename(dir.join(&name), old.join(&name))
+            .with_context(|| format!("cannot move {} aside", dir.join(&name).display()))?;
     }
-    if let Err(e) = std::fs::rename(&fresh, &dir) {
-        if earlier {
-            let _ = std::fs::rename(&old, &dir);
-        }
-        let _ = std::fs::remove_dir_all(&fresh);
-        return Err(e).with_context(|| format!("cannot move the export to {}", dir.display()));
+    for name in entries(&fresh)? {
+        std::fs::rename(fresh.join(&name), dir.join(&name)).with_context(|| {
+            format!(
+                "cannot move the export's {} into place",
+                name.to_string_lossy()
+            )
+        })?;
     }
-    if earlier {
-        std::fs::remove_dir_all(&old)
-            .with_context(|| format!("cannot remove the earlier export {}", old.display()))?;
+    for left in [&fresh, &old] {
+        std::fs::remove_dir_all(left)
+            .with_context(|| format!("cannot remove {}", left.display()))?;
     }
     Ok(n)
 }

@@ -910,17 +910,8 @@ mod tests {
         Row {
             pipeline: name.into(),
             segments,
-            evals: Vec::new(),
-            params: None,
-            macs: None,
-            train_seconds: None,
-            device: String::new(),
-            backend: String::new(),
-            stages: Vec::new(),
-            error: None,
-            swept: Vec::new(),
             note: note.map(String::from),
-            best: false,
+            ..Row::default()
         }
     }
 
