@@ -1135,8 +1135,6 @@ struct RungJobs {
     promotion: Option<String>,
 }
 
-/// The seal of a decisions record: BLAKE3 of its rungs and points as JSON.
-/// What sweep `s`'s halving decisions are taken over (see [`HalvingDecisions::about`]).
 /// What a sweep was submitted over, for its promotion jobs: the BLAKE3 of the texts it
 /// was loaded from (the manifest, every file it extends or includes) and the `--set`s.
 /// Not the stages as resolved: a `device = "auto"` resolves per machine, and the
@@ -1148,6 +1146,7 @@ fn submitted_over(s: &Sweep) -> String {
         .to_string()
 }
 
+/// What sweep `s`'s halving decisions are taken over (see [`HalvingDecisions::about`]).
 fn decided_over(s: &Sweep) -> String {
     let stages: Vec<serde_json::Value> = s
         .points
@@ -1171,6 +1170,7 @@ fn decided_over(s: &Sweep) -> String {
         .to_string()
 }
 
+/// The seal of a decisions record: BLAKE3 of its rungs and points as JSON.
 fn decisions_seal(d: &HalvingDecisions) -> String {
     let body = match d.about.is_empty() {
         true => serde_json::json!({"rungs": d.rungs, "points": d.points}),
