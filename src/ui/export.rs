@@ -192,7 +192,7 @@ pub fn export(project: &Project, dir: &Path) -> Result<usize> {
                 .with_context(|| format!("cannot read {}", dir.display()))?
                 .flatten()
                 .map(|e| e.file_name())
-                .filter(|n| !n.to_string_lossy().starts_with(".pipe-export-"))
+                .filter(|n| n != STAGING && n != REPLACED)
                 .collect();
             // An export from before the marker: its index and its script.
             let earlier = dir.join(MARKER).is_file()
